@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# install every package the build, the tests and the quick start need.
+# idempotent: when everything is already present it only checks and exits.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+
+DEBS=(
+  build-essential cmake pkg-config ninja-build
+  libgrpc-dev protobuf-compiler-grpc protobuf-compiler libprotobuf-dev
+  libprotobuf-c-dev protobuf-c-compiler
+  libpq-dev postgresql postgresql-contrib
+  librdkafka-dev kcat
+  libuv1-dev check libsubunit-dev
+  libjwt-dev libjansson-dev libhttp-parser-dev libssl-dev
+  python3-grpcio python3-protobuf
+  clang-format clang-tidy valgrind
+  default-jre-headless maven
+  procps curl
+)
+
+missing=()
+for p in "${DEBS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "install-deps: installing ${missing[*]}"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# buf (proto lint) ships as an npm package with a native binary inside
+tools="$here/.tools"
+if [ ! -x "$tools/node_modules/.bin/buf" ]; then
+  echo "install-deps: installing @bufbuild/buf into .tools/"
+  mkdir -p "$tools"
+  (cd "$tools" && npm install --silent --no-audit --no-fund --prefix "$tools" @bufbuild/buf@1 >/dev/null)
+fi
+echo "install-deps: ok"
