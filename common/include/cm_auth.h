@@ -1,0 +1,93 @@
+/*
+ * cm_auth: who is calling, for which tenant.
+ *
+ * callers send `authorization: Bearer <JWT>`; the token names the tenant in
+ * its `tid` claim, the caller in `sub` and its permissions in `roles`. a
+ * verifier is built once from settings and is then read-only, so any number
+ * of worker threads may verify with it at the same time:
+ *
+ *   cm_auth_settings s = {.mode = CM_AUTH_REQUIRED, .hs256_secret = secret};
+ *   cm_auth *a;
+ *   if (cm_auth_new(&s, &a, err, sizeof err) != 0) ... refuse to start
+ *   cm_auth_principal p;
+ *   int rc = cm_auth_verify(a, authorization, x_tenant_id, &p, why, sizeof why);
+ *
+ * accepted algorithms are exactly HS256 (when a secret is configured) and
+ * RS256 (when a public key is configured); the algorithm is read from the
+ * token header before any key is chosen, so a token can neither pick "none"
+ * nor get an RSA public key used as an HMAC secret.
+ */
+#ifndef CM_AUTH_H
+#define CM_AUTH_H
+
+#include <stddef.h>
+
+#define CM_AUTH_TENANT_MAX 64   /* characters, [A-Za-z0-9._-] */
+#define CM_AUTH_SUBJECT_MAX 255 /* bytes */
+#define CM_AUTH_ROLES_MAX 16
+#define CM_AUTH_ROLE_MAX 63         /* bytes per role */
+#define CM_AUTH_HS256_MIN_SECRET 32 /* RFC 7518: a key at least as long as the hash */
+#define CM_AUTH_TOKEN_MAX 8192      /* longer bearer tokens are refused unparsed */
+
+typedef enum {
+    CM_AUTH_OFF = 0,  /* trust x-tenant-id; for development only */
+    CM_AUTH_REQUIRED, /* every call needs a valid bearer token */
+} cm_auth_mode;
+
+typedef struct {
+    cm_auth_mode mode;
+    const char *hs256_secret;          /* NULL: HS256 tokens refused */
+    const char *rs256_public_key_pem;  /* PEM "PUBLIC KEY" text; NULL: see file */
+    const char *rs256_public_key_file; /* read at cm_auth_new when pem is NULL */
+    const char *issuer;                /* NULL: iss not checked */
+    const char *audience;              /* NULL: aud not checked */
+    int leeway_s;                      /* clock skew allowed on exp and nbf, >= 0 */
+} cm_auth_settings;
+
+typedef struct cm_auth cm_auth;
+
+/* the verified caller. plain data, safe to copy. */
+typedef struct {
+    char tenant[CM_AUTH_TENANT_MAX + 1];
+    char subject[CM_AUTH_SUBJECT_MAX + 1]; /* "" when the token has no sub */
+    int nroles;
+    char roles[CM_AUTH_ROLES_MAX][CM_AUTH_ROLE_MAX + 1];
+    int auth_off; /* 1 when the verifier is in mode off: every role check passes */
+} cm_auth_principal;
+
+/* parses "off" or "required". returns 0 or CM_EINVAL. */
+int cm_auth_mode_parse(const char *s, cm_auth_mode *out);
+
+/* 1 when s is a valid tenant id: 1..64 characters of [A-Za-z0-9._-]. */
+int cm_auth_tenant_valid(const char *s);
+
+/* builds a verifier; copies everything it needs from s, which the caller
+ * keeps. in mode required at least one of hs256_secret (>= 32 bytes) or an
+ * RS256 RSA public key must be given; keys are checked here so a bad one
+ * stops the process at start rather than failing every call. returns 0 and
+ * *out (free with cm_auth_free), or CM_EINVAL / CM_EIO / CM_ENOMEM with one
+ * line in err. */
+int cm_auth_new(const cm_auth_settings *s, cm_auth **out, char *err, size_t errlen);
+
+void cm_auth_free(cm_auth *a);
+
+cm_auth_mode cm_auth_get_mode(const cm_auth *a);
+
+/* checks one call's credentials and fills *out. in mode required:
+ * authorization must be "Bearer <token>" (scheme in any case) with a token
+ * whose alg is accepted and signature valid, exp present and not passed,
+ * nbf (if present) reached — both with the configured leeway — iss and aud
+ * matching when configured, a valid `tid`, an optional string `sub`, and
+ * `roles` (optional) as an array of strings or one space-separated string.
+ * when x_tenant_id is given (not NULL, not "") it must equal tid. in mode
+ * off the tenant is x_tenant_id alone and authorization is ignored.
+ * returns 0, CM_EAUTH (missing or invalid credentials) or CM_EPERM (valid
+ * token, other tenant); on failure *out is zeroed and why (may be NULL)
+ * gets a short lower-case reason fit for a log line, never the token. */
+int cm_auth_verify(const cm_auth *a, const char *authorization, const char *x_tenant_id,
+                   cm_auth_principal *out, char *why, size_t whylen);
+
+/* 1 when p holds role (exact match) or p->auth_off is set, else 0. */
+int cm_auth_has_role(const cm_auth_principal *p, const char *role);
+
+#endif

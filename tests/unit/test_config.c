@@ -1,0 +1,462 @@
+#include "cm_config.h"
+#include "cm_err.h"
+
+#include <check.h>
+#include <limits.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static const char *const all_vars[] = {
+    "GRPC_LISTEN",   "ADMIN_LISTEN",           "PG_DSN",
+    "KAFKA_BROKERS", "INVENTORY_TARGET",       "WORKERS",
+    "LOG_LEVEL",     "GRPC_MAX_MESSAGE_BYTES", "DRAIN_GRACE_SECONDS",
+    "AUTH_MODE",     "JWT_HS256_SECRET",       "JWT_RS256_PUBLIC_KEY_FILE",
+    "JWT_ISSUER",    "JWT_AUDIENCE",           "JWT_LEEWAY_SECONDS",
+    "TLS_CERT_FILE", "TLS_KEY_FILE",           "TLS_CLIENT_CA_FILE",
+};
+
+static const cm_config_defaults order_defs = {"order", 50051, 9091, 1};
+static const cm_config_defaults settle_defs = {"settlement", 50053, 9093, 0};
+
+static cm_config cfg;
+static char err[512];
+static char tmpfile_path[64];
+
+/* every test starts from a clean environment and a scratch file */
+static void env_setup(void)
+{
+    for (size_t i = 0; i < sizeof all_vars / sizeof all_vars[0]; i++)
+        unsetenv(all_vars[i]);
+    memset(&cfg, 0, sizeof cfg);
+    err[0] = '\0';
+    snprintf(tmpfile_path, sizeof tmpfile_path, "/tmp/test_configXXXXXX");
+    int fd = mkstemp(tmpfile_path);
+    ck_assert_int_ge(fd, 0);
+    ck_assert_int_eq(write(fd, "pem\n", 4), 4);
+    close(fd);
+}
+
+static void env_teardown(void)
+{
+    unlink(tmpfile_path);
+}
+
+static int load(const cm_config_defaults *d)
+{
+    return cm_config_load(&cfg, d, err, sizeof err);
+}
+
+static int expected_workers(void)
+{
+    cpu_set_t set;
+    ck_assert_int_eq(sched_getaffinity(0, sizeof set, &set), 0);
+    int n = CPU_COUNT(&set);
+    return n > 256 ? 256 : n;
+}
+
+START_TEST(defaults_follow_design_table)
+{
+    ck_assert_int_eq(load(&order_defs), 0);
+    ck_assert_str_eq(err, "");
+    ck_assert_str_eq(cfg.grpc_listen, "0.0.0.0:50051");
+    ck_assert_str_eq(cfg.admin_listen, "0.0.0.0:9091");
+    ck_assert_str_eq(cfg.pg_dsn, "postgresql:///commerce");
+    ck_assert_str_eq(cfg.kafka_brokers, "127.0.0.1:9092");
+    ck_assert_str_eq(cfg.inventory_target, "127.0.0.1:50052");
+    ck_assert_int_eq(cfg.workers, expected_workers());
+    ck_assert_int_ge(cfg.workers, 1);
+    ck_assert_int_eq(cfg.log_level, CM_LOG_INFO);
+    ck_assert_int_eq(cfg.max_message_bytes, 4 * 1024 * 1024);
+    ck_assert_int_eq(cfg.drain_grace_ms, 20000);
+    ck_assert_int_eq(cfg.auth_mode, CM_AUTH_OFF);
+    ck_assert_str_eq(cfg.jwt_hs256_secret, "");
+    ck_assert_str_eq(cfg.jwt_rs256_public_key_file, "");
+    ck_assert_str_eq(cfg.jwt_issuer, "");
+    ck_assert_str_eq(cfg.jwt_audience, "");
+    ck_assert_int_eq(cfg.jwt_leeway_s, 30);
+    ck_assert_str_eq(cfg.tls_cert_file, "");
+    ck_assert_str_eq(cfg.tls_key_file, "");
+    ck_assert_str_eq(cfg.tls_client_ca_file, "");
+}
+END_TEST
+
+START_TEST(defaults_are_per_service)
+{
+    setenv("INVENTORY_TARGET", "not an address", 1); /* ignored: not needed */
+    ck_assert_int_eq(load(&settle_defs), 0);
+    ck_assert_str_eq(cfg.grpc_listen, "0.0.0.0:50053");
+    ck_assert_str_eq(cfg.admin_listen, "0.0.0.0:9093");
+    ck_assert_str_eq(cfg.inventory_target, "");
+}
+END_TEST
+
+START_TEST(environment_overrides_defaults)
+{
+    setenv("GRPC_LISTEN", ":7001", 1);
+    setenv("ADMIN_LISTEN", "127.0.0.1:7002", 1);
+    setenv("PG_DSN", "host=db port=5433 dbname=shop", 1);
+    setenv("KAFKA_BROKERS", "k1:9092,PLAINTEXT://k2.example:19092", 1);
+    setenv("INVENTORY_TARGET", "dns:///inventory.commerce.svc:50052", 1);
+    setenv("WORKERS", "8", 1);
+    setenv("LOG_LEVEL", "debug", 1);
+    setenv("GRPC_MAX_MESSAGE_BYTES", "1048576", 1);
+    setenv("DRAIN_GRACE_SECONDS", "0", 1);
+    setenv("AUTH_MODE", "required", 1);
+    setenv("JWT_HS256_SECRET", "0123456789abcdef0123456789abcdef", 1);
+    setenv("JWT_RS256_PUBLIC_KEY_FILE", tmpfile_path, 1);
+    setenv("JWT_ISSUER", "https://idp.example", 1);
+    setenv("JWT_AUDIENCE", "commerce", 1);
+    setenv("JWT_LEEWAY_SECONDS", "5", 1);
+    setenv("TLS_CERT_FILE", tmpfile_path, 1);
+    setenv("TLS_KEY_FILE", tmpfile_path, 1);
+    setenv("TLS_CLIENT_CA_FILE", tmpfile_path, 1);
+    ck_assert_msg(load(&order_defs) == 0, "%s", err);
+    ck_assert_str_eq(cfg.grpc_listen, "0.0.0.0:7001");
+    ck_assert_str_eq(cfg.admin_listen, "127.0.0.1:7002");
+    ck_assert_str_eq(cfg.pg_dsn, "host=db port=5433 dbname=shop");
+    ck_assert_str_eq(cfg.kafka_brokers, "k1:9092,PLAINTEXT://k2.example:19092");
+    ck_assert_str_eq(cfg.inventory_target, "dns:///inventory.commerce.svc:50052");
+    ck_assert_int_eq(cfg.workers, 8);
+    ck_assert_int_eq(cfg.log_level, CM_LOG_DEBUG);
+    ck_assert_int_eq(cfg.max_message_bytes, 1048576);
+    ck_assert_int_eq(cfg.drain_grace_ms, 0);
+    ck_assert_int_eq(cfg.auth_mode, CM_AUTH_REQUIRED);
+    ck_assert_str_eq(cfg.jwt_hs256_secret, "0123456789abcdef0123456789abcdef");
+    ck_assert_str_eq(cfg.jwt_rs256_public_key_file, tmpfile_path);
+    ck_assert_str_eq(cfg.jwt_issuer, "https://idp.example");
+    ck_assert_str_eq(cfg.jwt_audience, "commerce");
+    ck_assert_int_eq(cfg.jwt_leeway_s, 5);
+    ck_assert_str_eq(cfg.tls_cert_file, tmpfile_path);
+    ck_assert_str_eq(cfg.tls_key_file, tmpfile_path);
+    ck_assert_str_eq(cfg.tls_client_ca_file, tmpfile_path);
+
+    cm_auth_settings s;
+    cm_config_auth_settings(&cfg, &s);
+    ck_assert_int_eq(s.mode, CM_AUTH_REQUIRED);
+    ck_assert_str_eq(s.hs256_secret, cfg.jwt_hs256_secret);
+    ck_assert_str_eq(s.rs256_public_key_file, tmpfile_path);
+    ck_assert_ptr_null(s.rs256_public_key_pem);
+    ck_assert_str_eq(s.issuer, "https://idp.example");
+    ck_assert_int_eq(s.leeway_s, 5);
+}
+END_TEST
+
+START_TEST(empty_variable_means_default)
+{
+    setenv("WORKERS", "", 1);
+    setenv("GRPC_LISTEN", "", 1);
+    setenv("LOG_LEVEL", "", 1);
+    ck_assert_int_eq(load(&order_defs), 0);
+    ck_assert_int_eq(cfg.workers, expected_workers());
+    ck_assert_str_eq(cfg.grpc_listen, "0.0.0.0:50051");
+    ck_assert_int_eq(cfg.log_level, CM_LOG_INFO);
+
+    cm_auth_settings s;
+    cm_config_auth_settings(&cfg, &s);
+    ck_assert_ptr_null(s.hs256_secret);
+    ck_assert_ptr_null(s.rs256_public_key_file);
+    ck_assert_ptr_null(s.issuer);
+    ck_assert_ptr_null(s.audience);
+}
+END_TEST
+
+START_TEST(address_forms_are_normalised)
+{
+    setenv("GRPC_LISTEN", "[::]:50061", 1);
+    setenv("ADMIN_LISTEN", "localhost:9191", 1);
+    setenv("INVENTORY_TARGET", "[::1]:50052", 1);
+    ck_assert_msg(load(&order_defs) == 0, "%s", err);
+    ck_assert_str_eq(cfg.grpc_listen, "[::]:50061");
+    ck_assert_str_eq(cfg.admin_listen, "localhost:9191");
+    ck_assert_str_eq(cfg.inventory_target, "[::1]:50052");
+}
+END_TEST
+
+START_TEST(workers_error_names_variable_and_value)
+{
+    setenv("WORKERS", "abc", 1);
+    ck_assert_int_eq(load(&order_defs), CM_EINVAL);
+    ck_assert_str_eq(err, "WORKERS: must be an integer between 1 and 256, got \"abc\"");
+}
+END_TEST
+
+START_TEST(failed_load_leaves_config_untouched)
+{
+    ck_assert_int_eq(load(&order_defs), 0);
+    cm_config before = cfg;
+    setenv("GRPC_LISTEN", ":7001", 1);
+    setenv("LOG_LEVEL", "loud", 1);
+    ck_assert_int_eq(load(&order_defs), CM_EINVAL);
+    ck_assert_int_eq(memcmp(&before, &cfg, sizeof cfg), 0);
+}
+END_TEST
+
+/* one bad value per row: the message must start with the variable, show
+ * the value (unless secret) and fit on one line */
+static const struct {
+    const char *var, *value, *expect;
+} bad_rows[] = {
+    {"WORKERS", "0", "WORKERS: must be an integer between 1 and 256, got \"0\""},
+    {"WORKERS", "257", "WORKERS: must be an integer between 1 and 256, got \"257\""},
+    {"WORKERS", "-1", "\"-1\""},
+    {"WORKERS", " 4", "\" 4\""},
+    {"WORKERS", "4x", "\"4x\""},
+    {"WORKERS", "0x10", "\"0x10\""},
+    {"WORKERS", "99999999999999999999999", "between 1 and 256"},
+    {"GRPC_LISTEN", "abc", "GRPC_LISTEN: must be host:port"},
+    {"GRPC_LISTEN", "host:0", "\"host:0\""},
+    {"GRPC_LISTEN", "host:65536", "\"host:65536\""},
+    {"GRPC_LISTEN", "host:", "\"host:\""},
+    {"GRPC_LISTEN", ":", "GRPC_LISTEN:"},
+    {"GRPC_LISTEN", "host:80a", "\"host:80a\""},
+    {"GRPC_LISTEN", "ho st:80", "\"ho st:80\""},
+    {"GRPC_LISTEN", "::1:50051", "\"::1:50051\""},
+    {"GRPC_LISTEN", "[::1:50051", "\"[::1:50051\""},
+    {"GRPC_LISTEN", "[]:50051", "\"[]:50051\""},
+    {"GRPC_LISTEN", "a:+80", "\"a:+80\""},
+    {"GRPC_LISTEN", "evil\nline:1", "\"evil\\x0aline:1\""},
+    {"ADMIN_LISTEN", "nope", "ADMIN_LISTEN: must be host:port"},
+    {"ADMIN_LISTEN", ":50051",
+     "ADMIN_LISTEN: port 50051 is already used by GRPC_LISTEN, got \":50051\""},
+    {"INVENTORY_TARGET", ":50052", "INVENTORY_TARGET: must be host:port or a gRPC target"},
+    {"INVENTORY_TARGET", "inventory", "\"inventory\""},
+    {"INVENTORY_TARGET", "dns:", "\"dns:\""},
+    {"KAFKA_BROKERS", "k1:9092,,k2:9092", "KAFKA_BROKERS: must be a comma-separated list"},
+    {"KAFKA_BROKERS", "k1", "\"k1\""},
+    {"KAFKA_BROKERS", "k1:9092,", "\"k1:9092,\""},
+    {"PG_DSN", "nonsense", "PG_DSN: not a valid libpq connection string: missing \"=\""},
+    {"PG_DSN", "postgresql://u:pw@[", "PG_DSN: not a valid libpq connection string"},
+    {"LOG_LEVEL", "verbose", "LOG_LEVEL: must be one of debug, info, warn, error, got \"verbose\""},
+    {"GRPC_MAX_MESSAGE_BYTES", "0", "GRPC_MAX_MESSAGE_BYTES: must be an integer between 1 and"},
+    {"GRPC_MAX_MESSAGE_BYTES", "4MiB", "\"4MiB\""},
+    {"GRPC_MAX_MESSAGE_BYTES", "2147483648", "\"2147483648\""},
+    {"DRAIN_GRACE_SECONDS", "-1", "DRAIN_GRACE_SECONDS: must be an integer between 0 and 3600"},
+    {"DRAIN_GRACE_SECONDS", "3601", "\"3601\""},
+    {"AUTH_MODE", "on", "AUTH_MODE: must be off or required, got \"on\""},
+    {"AUTH_MODE", "required", "AUTH_MODE: \"required\" needs JWT_HS256_SECRET or"},
+    {"JWT_HS256_SECRET", "hunter2", "JWT_HS256_SECRET: must be at least 32 bytes, got 7"},
+    {"JWT_RS256_PUBLIC_KEY_FILE", "/nonexistent/key.pem",
+     "JWT_RS256_PUBLIC_KEY_FILE: cannot read \"/nonexistent/key.pem\": No such file"},
+    {"JWT_RS256_PUBLIC_KEY_FILE", "/tmp", "JWT_RS256_PUBLIC_KEY_FILE: \"/tmp\" is not a regular"},
+    {"JWT_LEEWAY_SECONDS", "x", "JWT_LEEWAY_SECONDS: must be an integer between 0 and 3600"},
+    {"TLS_CERT_FILE", "@tmp", "TLS_KEY_FILE: unset, but TLS_CERT_FILE is set"},
+    {"TLS_KEY_FILE", "@tmp", "TLS_CERT_FILE: unset, but TLS_KEY_FILE is set"},
+    {"TLS_CLIENT_CA_FILE", "@tmp", "TLS_CLIENT_CA_FILE: mTLS needs TLS_CERT_FILE and TLS_KEY_FILE"},
+};
+
+START_TEST(bad_value_error_names_variable)
+{
+    const char *value = bad_rows[_i].value;
+    if (strcmp(value, "@tmp") == 0)
+        value = tmpfile_path;
+    setenv(bad_rows[_i].var, value, 1);
+    ck_assert_int_eq(load(&order_defs), CM_EINVAL);
+    ck_assert_msg(strstr(err, bad_rows[_i].expect) != NULL, "%s=%s: got '%s', want '%s'",
+                  bad_rows[_i].var, value, err, bad_rows[_i].expect);
+    ck_assert_msg(strchr(err, '\n') == NULL, "message spans lines: %s", err);
+    /* the message names a variable first */
+    ck_assert_msg(strchr(err, ':') && strncmp(err, "config", 6) != 0, "%s", err);
+}
+END_TEST
+
+START_TEST(secret_is_never_echoed)
+{
+    setenv("JWT_HS256_SECRET", "topsecret", 1);
+    ck_assert_int_eq(load(&order_defs), CM_EINVAL);
+    ck_assert_ptr_null(strstr(err, "topsecret"));
+    setenv("JWT_HS256_SECRET", "", 1);
+    setenv("PG_DSN", "postgresql://app:s3cr3tpw@[", 1);
+    ck_assert_int_eq(load(&order_defs), CM_EINVAL);
+    ck_assert_ptr_nonnull(strstr(err, "PG_DSN"));
+    ck_assert_ptr_null(strstr(err, "s3cr3tpw"));
+}
+END_TEST
+
+START_TEST(tls_files_must_be_readable)
+{
+    setenv("TLS_CERT_FILE", tmpfile_path, 1);
+    setenv("TLS_KEY_FILE", "/nonexistent/tls.key", 1);
+    ck_assert_int_eq(load(&order_defs), CM_EINVAL);
+    ck_assert_ptr_nonnull(strstr(err, "TLS_KEY_FILE: cannot read \"/nonexistent/tls.key\""));
+    setenv("TLS_KEY_FILE", tmpfile_path, 1);
+    ck_assert_int_eq(load(&order_defs), 0);
+    ck_assert_str_eq(cfg.tls_client_ca_file, "");
+}
+END_TEST
+
+START_TEST(overlong_value_is_rejected)
+{
+    char big[400];
+    memset(big, 'a', sizeof big - 7);
+    memcpy(big + sizeof big - 7, ":50051", 7);
+    setenv("GRPC_LISTEN", big, 1);
+    ck_assert_int_eq(load(&order_defs), CM_EINVAL);
+    ck_assert_ptr_nonnull(strstr(err, "GRPC_LISTEN:"));
+    /* the quoted value is cut short, the line stays readable */
+    ck_assert_uint_lt(strlen(err), 300);
+
+    unsetenv("GRPC_LISTEN");
+    memset(big, 'x', sizeof big - 1);
+    big[sizeof big - 1] = '\0';
+    setenv("JWT_ISSUER", big, 1);
+    ck_assert_int_eq(load(&order_defs), CM_EINVAL);
+    ck_assert_str_eq(err, "JWT_ISSUER: longer than 255 bytes");
+}
+END_TEST
+
+START_TEST(port_of_parses_address_forms)
+{
+    ck_assert_int_eq(cm_config_port_of("0.0.0.0:50051"), 50051);
+    ck_assert_int_eq(cm_config_port_of(":9091"), 9091);
+    ck_assert_int_eq(cm_config_port_of("[::1]:1"), 1);
+    ck_assert_int_eq(cm_config_port_of("host:65535"), 65535);
+    ck_assert_int_eq(cm_config_port_of("host:65536"), CM_EINVAL);
+    ck_assert_int_eq(cm_config_port_of("host:0"), CM_EINVAL);
+    ck_assert_int_eq(cm_config_port_of("host"), CM_EINVAL);
+    ck_assert_int_eq(cm_config_port_of("host:"), CM_EINVAL);
+    ck_assert_int_eq(cm_config_port_of("host:-1"), CM_EINVAL);
+    ck_assert_int_eq(cm_config_port_of(""), CM_EINVAL);
+    ck_assert_int_eq(cm_config_port_of(NULL), CM_EINVAL);
+}
+END_TEST
+
+/* runs fn with stdout and stderr sent to files, returns their text */
+typedef struct {
+    char out[8192];
+    char errs[1024];
+    int rc;
+    int migrate;
+} run_result;
+
+static char *slurp(FILE *f, char *buf, size_t len)
+{
+    rewind(f);
+    size_t n = fread(buf, 1, len - 1, f);
+    buf[n] = '\0';
+    return buf;
+}
+
+static void run_args(int argc, char **argv, const cm_config_defaults *d, run_result *r)
+{
+    FILE *o = tmpfile(), *e = tmpfile();
+    ck_assert_ptr_nonnull(o);
+    ck_assert_ptr_nonnull(e);
+    fflush(stdout);
+    fflush(stderr);
+    int so = dup(STDOUT_FILENO), se = dup(STDERR_FILENO);
+    dup2(fileno(o), STDOUT_FILENO);
+    dup2(fileno(e), STDERR_FILENO);
+    r->migrate = -7;
+    r->rc = cm_config_main_args(argc, argv, d, &r->migrate);
+    fflush(stdout);
+    fflush(stderr);
+    dup2(so, STDOUT_FILENO);
+    dup2(se, STDERR_FILENO);
+    close(so);
+    close(se);
+    slurp(o, r->out, sizeof r->out);
+    slurp(e, r->errs, sizeof r->errs);
+    fclose(o);
+    fclose(e);
+}
+
+START_TEST(help_prints_every_variable_with_defaults)
+{
+    char *argv[] = {"/usr/bin/commerce-order", "--help", NULL};
+    run_result r;
+    run_args(2, argv, &order_defs, &r);
+    ck_assert_int_eq(r.rc, 1);
+    ck_assert_ptr_nonnull(strstr(r.out, "usage: commerce-order"));
+    for (size_t i = 0; i < sizeof all_vars / sizeof all_vars[0]; i++)
+        ck_assert_msg(strstr(r.out, all_vars[i]) != NULL, "--help lacks %s", all_vars[i]);
+    ck_assert_ptr_nonnull(strstr(r.out, "0.0.0.0:50051"));
+    ck_assert_ptr_nonnull(strstr(r.out, "0.0.0.0:9091"));
+    ck_assert_ptr_nonnull(strstr(r.out, "postgresql:///commerce"));
+    ck_assert_ptr_nonnull(strstr(r.out, "migrate"));
+    ck_assert_str_eq(r.errs, "");
+
+    char *argv2[] = {"commerce-settlement", "-h", NULL};
+    run_args(2, argv2, &settle_defs, &r);
+    ck_assert_int_eq(r.rc, 1);
+    ck_assert_ptr_nonnull(strstr(r.out, "0.0.0.0:50053"));
+    ck_assert_ptr_null(strstr(r.out, "INVENTORY_TARGET"));
+}
+END_TEST
+
+START_TEST(version_prints_program_and_version)
+{
+    char *argv[] = {"./build/bin/commerce-order", "--version", NULL};
+    run_result r;
+    run_args(2, argv, &order_defs, &r);
+    ck_assert_int_eq(r.rc, 1);
+    ck_assert_str_eq(r.out, "commerce-order " COMMERCE_VERSION "\n");
+}
+END_TEST
+
+START_TEST(migrate_sets_flag_and_continues)
+{
+    char *argv[] = {"commerce-order", "migrate", NULL};
+    run_result r;
+    run_args(2, argv, &order_defs, &r);
+    ck_assert_int_eq(r.rc, 0);
+    ck_assert_int_eq(r.migrate, 1);
+    ck_assert_str_eq(r.out, "");
+
+    char *argv0[] = {"commerce-order", NULL};
+    run_args(1, argv0, &order_defs, &r);
+    ck_assert_int_eq(r.rc, 0);
+    ck_assert_int_eq(r.migrate, 0);
+}
+END_TEST
+
+START_TEST(unknown_argument_is_one_line_error)
+{
+    char *argv[] = {"commerce-order", "--port=1", NULL};
+    run_result r;
+    run_args(2, argv, &order_defs, &r);
+    ck_assert_int_eq(r.rc, -1);
+    ck_assert_str_eq(r.out, "");
+    ck_assert_str_eq(r.errs, "commerce-order: unknown argument \"--port=1\" (try --help)\n");
+}
+END_TEST
+
+static Suite *config_suite(void)
+{
+    Suite *s = suite_create("config");
+    TCase *tc = tcase_create("load");
+    tcase_add_checked_fixture(tc, env_setup, env_teardown);
+    tcase_add_test(tc, defaults_follow_design_table);
+    tcase_add_test(tc, defaults_are_per_service);
+    tcase_add_test(tc, environment_overrides_defaults);
+    tcase_add_test(tc, empty_variable_means_default);
+    tcase_add_test(tc, address_forms_are_normalised);
+    tcase_add_test(tc, workers_error_names_variable_and_value);
+    tcase_add_test(tc, failed_load_leaves_config_untouched);
+    tcase_add_loop_test(tc, bad_value_error_names_variable, 0,
+                        (int)(sizeof bad_rows / sizeof bad_rows[0]));
+    tcase_add_test(tc, secret_is_never_echoed);
+    tcase_add_test(tc, tls_files_must_be_readable);
+    tcase_add_test(tc, overlong_value_is_rejected);
+    tcase_add_test(tc, port_of_parses_address_forms);
+    suite_add_tcase(s, tc);
+
+    TCase *args = tcase_create("args");
+    tcase_add_test(args, help_prints_every_variable_with_defaults);
+    tcase_add_test(args, version_prints_program_and_version);
+    tcase_add_test(args, migrate_sets_flag_and_continues);
+    tcase_add_test(args, unknown_argument_is_one_line_error);
+    suite_add_tcase(s, args);
+    return s;
+}
+
+int main(void)
+{
+    SRunner *sr = srunner_create(config_suite());
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
