@@ -1,0 +1,91 @@
+/*
+ * cm_db: one libpq connection (one per gRPC worker, never shared between
+ * threads), a transaction helper that retries conflicts, and the migration
+ * runner.
+ *
+ * the connection's search_path is set to the service's schema, so SQL in a
+ * service's store.c names its tables unqualified.
+ */
+#ifndef CM_DB_H
+#define CM_DB_H
+
+#include <libpq-fe.h>
+#include <stddef.h>
+
+typedef struct cm_db cm_db;
+
+/* connects with the libpq dsn and sets search_path to schema (which may not
+ * exist yet: migrations create it). connect_timeout defaults to 5 s and
+ * application_name to "commerce-<schema>" unless the dsn sets them. returns
+ * 0, CM_EINVAL for a missing dsn or schema, or CM_EUNAVAIL with the libpq
+ * reason in err (the dsn itself is never logged: it may hold a password). */
+int cm_db_connect(cm_db **out, const char *dsn, const char *schema, char *err, size_t errlen);
+void cm_db_free(cm_db *db);
+
+/* the raw connection, for the service's store.c. */
+PGconn *cm_db_conn(cm_db *db);
+
+/* 0 when the server answers; otherwise tries one reconnect and returns 0 or
+ * CM_EUNAVAIL. cheap enough for a health probe. */
+int cm_db_ping(cm_db *db);
+
+/* maps a failed result (or NULL result) to a CM_E* code by SQLSTATE:
+ * 40001/40P01 -> CM_ECONFLICT, 23505 -> CM_EEXIST, 23xxx -> CM_EINVAL,
+ * connection classes (08xxx), server shutdown (57P01..57P03) or a dead
+ * connection -> CM_EUNAVAIL,
+ * 57014 (statement timeout / cancel) -> CM_ETIMEDOUT, else CM_EIO.
+ * logs the server's message (never returned to callers). */
+int cm_db_error(cm_db *db, const PGresult *res, const char *what);
+
+/* runs one parameterised statement (text parameters, text results) and maps
+ * a failure with cm_db_error, logging the statement and `what` (never the
+ * parameters, which may carry personal data). returns 0 on success: with out
+ * non-NULL the caller owns *out and must PQclear it; on failure *out is
+ * NULL. use PQcmdTuples(*out) for the affected row count. */
+int cm_db_exec(cm_db *db, const char *what, const char *sql, int nparams, const char *const *params,
+               PGresult **out);
+
+/* runs fn inside BEGIN .. COMMIT. fn returns 0 to commit, a CM_E* to roll
+ * back and return that code. a serialization failure or deadlock
+ * (CM_ECONFLICT from fn or from COMMIT) rolls back and runs fn again, up to
+ * max_attempts with jittered exponential backoff; then CM_ECONFLICT. a lost
+ * connection is reconnected once and, since nothing was committed, retried;
+ * but a connection lost during COMMIT returns CM_EUNAVAIL at once, since the
+ * commit may have happened. fn returning 0 after a statement failed inside
+ * the transaction is a bug: rolled back, CM_EINTERNAL. CM_EINVAL when called
+ * from inside fn (no nesting) or for an unknown isolation.
+ * isolation: "READ COMMITTED", "REPEATABLE READ" or "SERIALIZABLE" (NULL:
+ * read committed). */
+typedef int (*cm_db_tx_fn)(cm_db *db, void *arg);
+int cm_db_tx(cm_db *db, const char *isolation, int max_attempts, cm_db_tx_fn fn, void *arg);
+
+/* sets statement_timeout for the session in milliseconds (0 = none). */
+int cm_db_set_timeout_ms(cm_db *db, int ms);
+
+/* one migration, usually embedded at build time from
+ * services/<svc>/migrations/NNNN_name.sql by commerce_embed_migrations()
+ * (cmake/migrations.cmake), which defines `const cm_migration <sym>[]` and
+ * `const size_t <sym>_count`, sorted by version. */
+typedef struct cm_migration {
+    int version;      /* NNNN, > 0 */
+    const char *name; /* the file name, "0002_add_orders.sql" */
+    const char *sql;  /* one or more statements; no BEGIN/COMMIT, no CONCURRENTLY */
+} cm_migration;
+
+/* applies, in version order, every migration not yet recorded in
+ * <schema>.schema_migrations, each in its own transaction with its row
+ * (version, name, sha256 checksum, applied_at). holds a session advisory lock
+ * keyed by the schema name for the whole run, so two replicas never migrate
+ * at once (the second waits, then finds nothing to do). refuses with
+ * CM_ECHECKSUM, naming the version, when an applied migration's text
+ * changed; CM_EINVAL on duplicate or non-increasing versions, on a pending
+ * migration older than the newest applied one, or on an applied migration
+ * missing from list (applied versions above list's newest are tolerated with
+ * a warning: an older replica during a rolling deploy). unqualified names in
+ * the sql resolve to schema; statement_timeout does not apply to the
+ * migrations themselves. err gets one line for the operator. must not be
+ * called inside cm_db_tx. */
+int cm_db_migrate(cm_db *db, const char *schema, const cm_migration *list, size_t n, char *err,
+                  size_t errlen);
+
+#endif
