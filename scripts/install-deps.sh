@@ -35,6 +35,6 @@ tools="$here/.tools"
 if [ ! -x "$tools/node_modules/.bin/buf" ]; then
   echo "install-deps: installing @bufbuild/buf into .tools/"
   mkdir -p "$tools"
-  (cd "$tools" && npm install --silent --no-audit --no-fund --prefix "$tools" @bufbuild/buf@1 >/dev/null)
+  (cd "$tools" && npm install --silent --no-audit --no-fund --prefix "$tools" @bufbuild/buf@1.75.0 >/dev/null)
 fi
 echo "install-deps: ok"

@@ -11,22 +11,22 @@
 
 enum {
     CM_OK = 0,
-    CM_EINVAL = -1,       /* bad argument / input: INVALID_ARGUMENT */
-    CM_ENOMEM = -2,       /* allocation failed: RESOURCE_EXHAUSTED */
-    CM_ENOTFOUND = -3,    /* NOT_FOUND */
-    CM_EEXIST = -4,       /* idempotency key reused with another body: ALREADY_EXISTS */
-    CM_ESTATE = -5,       /* illegal state transition, sold out: FAILED_PRECONDITION */
-    CM_ECONFLICT = -6,    /* serialization conflict, safe to retry: ABORTED */
-    CM_ELIMIT = -7,       /* rate limited: RESOURCE_EXHAUSTED */
-    CM_EUNAVAIL = -8,     /* a dependency is down: UNAVAILABLE */
-    CM_ETIMEDOUT = -9,    /* deadline passed: DEADLINE_EXCEEDED */
-    CM_EAUTH = -10,       /* missing/invalid credentials: UNAUTHENTICATED */
-    CM_EPERM = -11,       /* not allowed: PERMISSION_DENIED */
-    CM_EOVERFLOW = -12,   /* arithmetic overflow: INVALID_ARGUMENT */
-    CM_EIO = -13,         /* i/o or database error: INTERNAL */
-    CM_EINTERNAL = -14,   /* bug or unexpected state: INTERNAL */
-    CM_ECHECKSUM = -15,   /* an applied migration was edited: INTERNAL */
-    CM_ECANCELLED = -16,  /* operation cancelled, e.g. while draining: CANCELLED */
+    CM_EINVAL = -1,      /* bad argument / input: INVALID_ARGUMENT */
+    CM_ENOMEM = -2,      /* allocation failed: RESOURCE_EXHAUSTED */
+    CM_ENOTFOUND = -3,   /* NOT_FOUND */
+    CM_EEXIST = -4,      /* idempotency key reused with another body: ALREADY_EXISTS */
+    CM_ESTATE = -5,      /* illegal state transition, sold out: FAILED_PRECONDITION */
+    CM_ECONFLICT = -6,   /* serialization conflict, safe to retry: ABORTED */
+    CM_ELIMIT = -7,      /* rate limited: RESOURCE_EXHAUSTED */
+    CM_EUNAVAIL = -8,    /* a dependency is down: UNAVAILABLE */
+    CM_ETIMEDOUT = -9,   /* deadline passed: DEADLINE_EXCEEDED */
+    CM_EAUTH = -10,      /* missing/invalid credentials: UNAUTHENTICATED */
+    CM_EPERM = -11,      /* not allowed: PERMISSION_DENIED */
+    CM_EOVERFLOW = -12,  /* arithmetic overflow: INVALID_ARGUMENT */
+    CM_EIO = -13,        /* i/o or database error: INTERNAL */
+    CM_EINTERNAL = -14,  /* bug or unexpected state: INTERNAL */
+    CM_ECHECKSUM = -15,  /* an applied migration was edited: INTERNAL */
+    CM_ECANCELLED = -16, /* operation cancelled, e.g. while draining: CANCELLED */
 };
 
 /* static text for a CM_E* code; never NULL. */

@@ -1,0 +1,140 @@
+/*
+ * cm_rpc: a gRPC server on gRPC core that hosts protobuf-c services.
+ *
+ * a service registers its protobuf-c service descriptor and a table
+ * {method name -> handler}. the runtime registers "/pkg.Service/Method" for
+ * every entry, runs N worker threads each with its own completion queue,
+ * unpacks the request into a per-call arena, checks the deadline and the
+ * caller's tenant, calls the handler on the worker thread, packs the reply,
+ * maps errors to status codes with google.rpc.Status details in
+ * grpc-status-details-bin, and records per-method metrics. unknown methods
+ * get UNIMPLEMENTED. every server also serves grpc.health.v1.Health/Check.
+ *
+ * a handler runs to completion on its worker thread; it may block (on its
+ * worker's database connection, say). it returns 0 for OK, or the value of
+ * one of the cm_rpc_fail*() calls.
+ */
+#ifndef CM_RPC_H
+#define CM_RPC_H
+
+#include <protobuf-c/protobuf-c.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "cm_arena.h"
+#include "cm_metrics.h"
+
+typedef struct cm_rpc_server cm_rpc_server;
+typedef struct cm_rpc_ctx cm_rpc_ctx;
+struct cm_auth;
+
+/* out is initialised (protobuf defaults) and allocated in the call's arena;
+ * the handler fills it. strings and repeated fields it sets must live at
+ * least as long as the call: use the arena (cm_rpc_alloc, cm_rpc_strdup). */
+typedef int (*cm_rpc_handler)(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out);
+
+enum {
+    /* the method needs no tenant (health, server-wide admin) */
+    CM_RPC_NO_TENANT = 1 << 0,
+};
+
+typedef struct cm_rpc_method {
+    const char *name; /* as in the .proto, e.g. "CreateOrder" */
+    cm_rpc_handler handler;
+    unsigned flags; /* CM_RPC_* */
+} cm_rpc_method;
+
+typedef struct cm_rpc_server_opts {
+    const char *listen;       /* "host:port"; port 0 picks a free one */
+    int workers;              /* threads, each with its own completion queue */
+    size_t max_message_bytes; /* larger requests: RESOURCE_EXHAUSTED (0: 4 MiB) */
+    cm_metrics *metrics;      /* NULL: cm_metrics_default() */
+    /* called on each worker thread before it serves, and after it stopped;
+     * the returned pointer is what cm_rpc_ctx_worker() gives handlers (a
+     * database connection, say). init returning NULL stops the start. */
+    void *(*worker_init)(int index, void *app);
+    void (*worker_fini)(void *worker, void *app);
+    void *app; /* given to hooks, and to handlers by cm_rpc_ctx_app() */
+    /* caller identity: NULL means tenants come from x-tenant-id alone.
+     * not owned. */
+    const struct cm_auth *auth;
+    /* TLS: both or neither; with client_ca the server requires client
+     * certificates (mTLS). paths to PEM files. */
+    const char *tls_cert_file;
+    const char *tls_key_file;
+    const char *tls_client_ca_file;
+    /* error domain in ErrorInfo, e.g. "order.commerce" */
+    const char *error_domain;
+} cm_rpc_server_opts;
+
+/* creates the server; nothing listens until cm_rpc_server_start. */
+int cm_rpc_server_new(cm_rpc_server **out, const cm_rpc_server_opts *o, char *err, size_t errlen);
+
+/* registers every method of methods[] (names must exist in svc); must be
+ * called before start. the tables must outlive the server. */
+int cm_rpc_server_add_service(cm_rpc_server *s, const ProtobufCServiceDescriptor *svc,
+                              const cm_rpc_method *methods, size_t n, char *err, size_t errlen);
+
+/* binds, starts the workers (running worker_init on each) and serves. */
+int cm_rpc_server_start(cm_rpc_server *s, char *err, size_t errlen);
+
+/* the bound port after start. */
+int cm_rpc_server_port(const cm_rpc_server *s);
+
+/* health: serving flag (set by the service: database up, not draining).
+ * thread-safe. */
+void cm_rpc_server_set_serving(cm_rpc_server *s, int serving);
+int cm_rpc_server_serving(const cm_rpc_server *s);
+
+/* graceful drain: health turns NOT_SERVING, no new calls are accepted,
+ * calls in flight get up to grace_ms to finish, the rest are cancelled;
+ * then the workers stop (worker_fini runs on each). blocking; call once,
+ * from any thread but a worker. returns the number of calls that had to
+ * be cancelled. */
+int cm_rpc_server_shutdown(cm_rpc_server *s, int grace_ms);
+
+/* frees a server that was never started or has been shut down. */
+void cm_rpc_server_free(cm_rpc_server *s);
+
+/* ---- inside a handler ---- */
+
+void *cm_rpc_ctx_worker(const cm_rpc_ctx *ctx);
+void *cm_rpc_ctx_app(const cm_rpc_ctx *ctx);
+cm_arena *cm_rpc_ctx_arena(const cm_rpc_ctx *ctx);
+/* "/pkg.Service/Method" */
+const char *cm_rpc_ctx_method(const cm_rpc_ctx *ctx);
+/* the caller's tenant (verified by the runtime); NULL only for methods
+ * flagged CM_RPC_NO_TENANT when none was sent. */
+const char *cm_rpc_ctx_tenant(const cm_rpc_ctx *ctx);
+/* subject ("sub" claim) of the verified token, or NULL. */
+const char *cm_rpc_ctx_subject(const cm_rpc_ctx *ctx);
+/* 1 when the verified token carries the role (always 0 without auth). */
+int cm_rpc_ctx_has_role(const cm_rpc_ctx *ctx, const char *role);
+/* request metadata value by lower-case key, NUL-terminated in the arena;
+ * NULL when absent. binary (-bin) values are returned raw. */
+const char *cm_rpc_ctx_metadata(cm_rpc_ctx *ctx, const char *key);
+/* x-request-id, traceparent and its trace id (32 hex), or NULL. */
+const char *cm_rpc_ctx_request_id(cm_rpc_ctx *ctx);
+const char *cm_rpc_ctx_traceparent(cm_rpc_ctx *ctx);
+const char *cm_rpc_ctx_trace_id(cm_rpc_ctx *ctx);
+/* milliseconds left before the caller's deadline (INT64_MAX: none). */
+int64_t cm_rpc_ctx_deadline_left_ms(const cm_rpc_ctx *ctx);
+
+void *cm_rpc_alloc(cm_rpc_ctx *ctx, size_t n); /* zeroed, from the arena */
+char *cm_rpc_strdup(cm_rpc_ctx *ctx, const char *s);
+
+/* failing: each records the status for the call and returns a negative
+ * value for the handler to return. message is for the developer calling us
+ * (never SQL or internals). reason is an UPPER_SNAKE ErrorInfo reason. */
+int cm_rpc_fail(cm_rpc_ctx *ctx, int grpc_code, const char *reason, const char *message);
+/* INVALID_ARGUMENT with a google.rpc.BadRequest naming the field
+ * ("lines[2].quantity") and reason "INVALID_ARGUMENT". may be called several
+ * times to name several fields; the status message names the first. */
+int cm_rpc_fail_field(cm_rpc_ctx *ctx, const char *field, const char *description);
+/* maps a CM_E* code (cm_err_grpc_code) with the given message. */
+int cm_rpc_fail_err(cm_rpc_ctx *ctx, int cm_err, const char *message);
+/* adds a key/value to the ErrorInfo metadata of the failure (e.g. the SKUs
+ * short and what is available). call after a cm_rpc_fail*. */
+void cm_rpc_fail_meta(cm_rpc_ctx *ctx, const char *key, const char *value);
+
+#endif

@@ -1,0 +1,1128 @@
+/*
+ * the rpc server runtime. design note: common/README.md, "rpc server".
+ *
+ * one completion queue per worker thread. each worker keeps, on its own
+ * queue, one outstanding grpc_server_request_registered_call per method
+ * (a "slot") plus one grpc_server_request_call for unknown paths. when a
+ * slot fires, the worker moves the call out of the slot, re-arms the slot at
+ * once (so core can match the next call while this one runs), runs the
+ * handler to completion, and starts one batch: initial metadata, message,
+ * status (with details in the trailer) and close. the batch completion comes
+ * back on the same queue and releases the call and its arena.
+ */
+#include "cm_rpc.h"
+#include "cm_auth.h"
+#include "cm_err.h"
+#include "cm_log.h"
+
+#include <grpc/byte_buffer.h>
+#include <grpc/byte_buffer_reader.h>
+#include <grpc/grpc.h>
+#include <grpc/grpc_security.h>
+#include <grpc/slice.h>
+#include <grpc/support/time.h>
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "google/protobuf/any.pb-c.h"
+#include "google/rpc/error_details.pb-c.h"
+#include "google/rpc/status.pb-c.h"
+#include "grpc/health/v1/health.pb-c.h"
+
+#define NCODES 17 /* grpc status codes 0..16 */
+#define MAX_FIELD_VIOLATIONS 16
+#define MAX_ERROR_META 16
+#define STOP_POLL_MS 200 /* how often an idle worker looks at the stop flag */
+
+typedef struct worker worker;
+
+typedef struct method_entry {
+    char path[256];
+    const ProtobufCMessageDescriptor *input;
+    const ProtobufCMessageDescriptor *output;
+    cm_rpc_handler handler;
+    unsigned flags;
+    void *registered; /* grpc core's handle */
+    cm_histogram *latency;
+    _Atomic(cm_counter *) handled[NCODES];
+} method_entry;
+
+typedef enum { TAG_SLOT, TAG_UNKNOWN, TAG_FINISH } tag_kind;
+
+/* one outstanding request for a registered method on one worker */
+typedef struct slot {
+    tag_kind kind;
+    worker *w;
+    method_entry *m;
+    grpc_call *call;
+    gpr_timespec deadline;
+    grpc_metadata_array md;
+    grpc_byte_buffer *payload;
+} slot;
+
+/* one outstanding request for anything unregistered */
+typedef struct unknown_slot {
+    tag_kind kind;
+    worker *w;
+    grpc_call *call;
+    grpc_call_details details;
+    grpc_metadata_array md;
+} unknown_slot;
+
+struct cm_rpc_ctx {
+    tag_kind kind; /* TAG_FINISH: the send batch's tag */
+    worker *w;
+    method_entry *m; /* NULL for unknown methods */
+    struct cm_rpc_ctx *next_free;
+    cm_arena *arena;
+    grpc_call *call;
+    gpr_timespec deadline;
+    grpc_metadata_array md;
+    grpc_byte_buffer *payload;
+    grpc_byte_buffer *response;
+    struct timespec t0;
+    int cancelled;
+    const char *unknown_path;
+
+    /* caller */
+    const char *tenant;
+    cm_auth_principal *principal;
+
+    /* outcome */
+    int code;
+    const char *message;
+    const char *reason;
+    Google__Rpc__BadRequest__FieldViolation *violations[MAX_FIELD_VIOLATIONS];
+    size_t n_violations;
+    Google__Rpc__ErrorInfo__MetadataEntry *meta[MAX_ERROR_META];
+    size_t n_meta;
+
+    /* what the send batch references until it completes */
+    grpc_slice status_slice;
+    grpc_metadata trailer;
+    int has_trailer;
+};
+
+struct worker {
+    int index;
+    cm_rpc_server *s;
+    grpc_completion_queue *cq;
+    pthread_t thread;
+    slot *slots;
+    unknown_slot unknown;
+    void *state; /* worker_init's result */
+    cm_rpc_ctx *free_calls;
+    int init_failed;
+};
+
+struct cm_rpc_server {
+    grpc_server *server;
+    cm_rpc_server_opts o;
+    char *listen;
+    char *domain;
+    int port;
+    method_entry *methods;
+    size_t nmethods, capmethods;
+    worker *workers;
+    int nworkers;
+    cm_metrics *metrics;
+    cm_gauge *inflight;
+    cm_counter *unimplemented;
+    atomic_int serving;
+    atomic_int draining;
+    atomic_int stop_workers; /* each worker shuts its own queue down */
+    int started;
+    int stopped;
+    /* start handshake: workers initialise, then wait for go */
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int ready_count;
+    int go; /* 1 serve, -1 abort */
+    /* names for health Check */
+    const char *services[16];
+    size_t nservices;
+};
+
+static const char *const code_names[NCODES] = {
+    "OK",        "CANCELLED",      "UNKNOWN",           "INVALID_ARGUMENT",   "DEADLINE_EXCEEDED",
+    "NOT_FOUND", "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
+    "ABORTED",   "OUT_OF_RANGE",   "UNIMPLEMENTED",     "INTERNAL",           "UNAVAILABLE",
+    "DATA_LOSS", "UNAUTHENTICATED"};
+
+__attribute__((format(printf, 3, 4))) static void set_err(char *err, size_t errlen, const char *fmt,
+                                                          ...)
+{
+    if (!err || !errlen)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+static int64_t elapsed_ns(const struct timespec *t0)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (int64_t)(t.tv_sec - t0->tv_sec) * 1000000000 + (t.tv_nsec - t0->tv_nsec);
+}
+
+/* ---- health ---- */
+
+static int health_check(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    const Grpc__Health__V1__HealthCheckRequest *req = (const void *)in;
+    Grpc__Health__V1__HealthCheckResponse *resp = (void *)out;
+    cm_rpc_server *s = ctx->w->s;
+    int known = req->service[0] == '\0';
+    for (size_t i = 0; !known && i < s->nservices; i++)
+        known = strcmp(req->service, s->services[i]) == 0;
+    if (!known)
+        return cm_rpc_fail(ctx, GRPC_STATUS_NOT_FOUND, "SERVICE_UNKNOWN", "unknown service");
+    resp->status = cm_rpc_server_serving(s)
+                       ? GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING
+                       : GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING;
+    return 0;
+}
+
+static const cm_rpc_method health_methods[] = {
+    {"Check", health_check, CM_RPC_NO_TENANT},
+};
+
+/* ---- server setup ---- */
+
+int cm_rpc_server_new(cm_rpc_server **out, const cm_rpc_server_opts *o, char *err, size_t errlen)
+{
+    *out = NULL;
+    if (!o || !o->listen || o->workers < 1 || o->workers > 256) {
+        set_err(err, errlen, "rpc: invalid options");
+        return CM_EINVAL;
+    }
+    if (!o->tls_cert_file != !o->tls_key_file) {
+        set_err(err, errlen, "rpc: tls certificate and key must be given together");
+        return CM_EINVAL;
+    }
+    cm_rpc_server *s = calloc(1, sizeof *s);
+    if (!s)
+        return CM_ENOMEM;
+    s->o = *o;
+    s->listen = strdup(o->listen);
+    s->domain = strdup(o->error_domain ? o->error_domain : "commerce");
+    s->metrics = o->metrics ? o->metrics : cm_metrics_default();
+    s->nworkers = o->workers;
+    if (!s->o.max_message_bytes)
+        s->o.max_message_bytes = 4u << 20;
+    pthread_mutex_init(&s->mu, NULL);
+    pthread_cond_init(&s->cv, NULL);
+    atomic_init(&s->serving, 1);
+    atomic_init(&s->draining, 0);
+    if (!s->listen || !s->domain) {
+        cm_rpc_server_free(s);
+        return CM_ENOMEM;
+    }
+    s->inflight = cm_metrics_gauge(s->metrics, "rpc_server_in_flight", "calls being handled", NULL);
+    s->unimplemented = cm_metrics_counter(s->metrics, "rpc_server_unimplemented_total",
+                                          "calls to unknown methods", NULL);
+
+    grpc_init();
+    grpc_arg args[] = {
+        {.type = GRPC_ARG_INTEGER,
+         .key = GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH,
+         .value.integer = (int)s->o.max_message_bytes},
+        {.type = GRPC_ARG_INTEGER,
+         .key = GRPC_ARG_MAX_SEND_MESSAGE_LENGTH,
+         .value.integer = (int)s->o.max_message_bytes},
+    };
+    grpc_channel_args cargs = {.num_args = 2, .args = args};
+    s->server = grpc_server_create(&cargs, NULL);
+    if (!s->server) {
+        set_err(err, errlen, "rpc: could not create server");
+        cm_rpc_server_free(s);
+        return CM_EINTERNAL;
+    }
+    int rc = cm_rpc_server_add_service(s, &grpc__health__v1__health__descriptor, health_methods, 1,
+                                       err, errlen);
+    if (rc) {
+        cm_rpc_server_free(s);
+        return rc;
+    }
+    s->nservices = 0; /* health itself is not listed; "" stands for the server */
+    *out = s;
+    return 0;
+}
+
+int cm_rpc_server_add_service(cm_rpc_server *s, const ProtobufCServiceDescriptor *svc,
+                              const cm_rpc_method *methods, size_t n, char *err, size_t errlen)
+{
+    if (s->started) {
+        set_err(err, errlen, "rpc: add_service after start");
+        return CM_ESTATE;
+    }
+    if (s->nmethods + n > s->capmethods) {
+        /* entries are referenced by pointer from slots: grow only before start */
+        size_t cap = s->capmethods ? s->capmethods * 2 : 32;
+        while (cap < s->nmethods + n)
+            cap *= 2;
+        method_entry *nm = realloc(s->methods, cap * sizeof *nm);
+        if (!nm)
+            return CM_ENOMEM;
+        s->methods = nm;
+        s->capmethods = cap;
+    }
+    for (size_t i = 0; i < n; i++) {
+        const ProtobufCMethodDescriptor *md =
+            protobuf_c_service_descriptor_get_method_by_name(svc, methods[i].name);
+        if (!md || !methods[i].handler) {
+            set_err(err, errlen, "rpc: no method %s in the service descriptor", methods[i].name);
+            return CM_EINVAL;
+        }
+        method_entry *e = &s->methods[s->nmethods];
+        memset(e, 0, sizeof *e);
+        int len = snprintf(e->path, sizeof e->path, "/%s/%s", svc->name, md->name);
+        if (len < 0 || (size_t)len >= sizeof e->path) {
+            set_err(err, errlen, "rpc: method path too long: %s", md->name);
+            return CM_EINVAL;
+        }
+        e->input = md->input;
+        e->output = md->output;
+        e->handler = methods[i].handler;
+        e->flags = methods[i].flags;
+        e->registered = grpc_server_register_method(s->server, e->path, NULL,
+                                                    GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER, 0);
+        if (!e->registered) {
+            set_err(err, errlen, "rpc: could not register %s (duplicate?)", e->path);
+            return CM_EINVAL;
+        }
+        char labels[320];
+        snprintf(labels, sizeof labels, "method=\"%s\"", e->path);
+        e->latency = cm_metrics_histogram(s->metrics, "rpc_server_handling_seconds",
+                                          "time from call arrival to status sent", labels,
+                                          cm_metrics_latency_buckets, cm_metrics_latency_nbuckets);
+        s->nmethods++;
+    }
+    if (s->nservices < sizeof s->services / sizeof s->services[0])
+        s->services[s->nservices++] = svc->name;
+    return 0;
+}
+
+static char *read_file(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    char *buf = NULL;
+    size_t len = 0, cap = 0;
+    for (;;) {
+        if (cap - len < 4096) {
+            cap = cap ? cap * 2 : 8192;
+            char *nb = realloc(buf, cap + 1);
+            if (!nb) {
+                free(buf);
+                fclose(f);
+                return NULL;
+            }
+            buf = nb;
+        }
+        size_t r = fread(buf + len, 1, cap - len, f);
+        len += r;
+        if (r == 0)
+            break;
+    }
+    fclose(f);
+    buf[len] = '\0';
+    return buf;
+}
+
+static grpc_server_credentials *server_credentials(cm_rpc_server *s, char *err, size_t errlen)
+{
+    if (!s->o.tls_cert_file)
+        return grpc_insecure_server_credentials_create();
+    char *cert = read_file(s->o.tls_cert_file);
+    char *key = read_file(s->o.tls_key_file);
+    char *ca = s->o.tls_client_ca_file ? read_file(s->o.tls_client_ca_file) : NULL;
+    grpc_server_credentials *creds = NULL;
+    if (!cert || !key || (s->o.tls_client_ca_file && !ca)) {
+        set_err(err, errlen, "rpc: could not read tls files");
+    } else {
+        grpc_ssl_pem_key_cert_pair pair = {.private_key = key, .cert_chain = cert};
+        creds = grpc_ssl_server_credentials_create_ex(
+            ca, &pair, 1,
+            ca ? GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY
+               : GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE,
+            NULL);
+        if (!creds)
+            set_err(err, errlen, "rpc: invalid tls certificate or key");
+    }
+    free(cert);
+    free(key);
+    free(ca);
+    return creds;
+}
+
+/* ---- per-call state ---- */
+
+static cm_rpc_ctx *call_get(worker *w)
+{
+    cm_rpc_ctx *c = w->free_calls;
+    if (c) {
+        w->free_calls = c->next_free;
+        cm_arena *a = c->arena;
+        memset(c, 0, sizeof *c);
+        c->arena = a;
+    } else {
+        c = calloc(1, sizeof *c);
+        if (!c)
+            return NULL;
+        c->arena = cm_arena_new(16384);
+        if (!c->arena) {
+            free(c);
+            return NULL;
+        }
+    }
+    c->kind = TAG_FINISH;
+    c->w = w;
+    c->code = GRPC_STATUS_OK;
+    clock_gettime(CLOCK_MONOTONIC, &c->t0);
+    return c;
+}
+
+static void call_put(worker *w, cm_rpc_ctx *c)
+{
+    if (c->call)
+        grpc_call_unref(c->call);
+    grpc_metadata_array_destroy(&c->md);
+    if (c->payload)
+        grpc_byte_buffer_destroy(c->payload);
+    if (c->response)
+        grpc_byte_buffer_destroy(c->response);
+    grpc_slice_unref(c->status_slice);
+    if (c->has_trailer)
+        grpc_slice_unref(c->trailer.value);
+    cm_arena_reset(c->arena);
+    c->next_free = w->free_calls;
+    w->free_calls = c;
+}
+
+static void free_call_list(cm_rpc_ctx *c)
+{
+    while (c) {
+        cm_rpc_ctx *next = c->next_free;
+        cm_arena_free(c->arena);
+        free(c);
+        c = next;
+    }
+}
+
+static cm_counter *handled_counter(cm_rpc_server *s, method_entry *m, int code)
+{
+    if (code < 0 || code >= NCODES)
+        code = GRPC_STATUS_UNKNOWN;
+    cm_counter *c = atomic_load_explicit(&m->handled[code], memory_order_acquire);
+    if (!c) {
+        char labels[360];
+        snprintf(labels, sizeof labels, "method=\"%s\",code=\"%s\"", m->path, code_names[code]);
+        c = cm_metrics_counter(s->metrics, "rpc_server_handled_total",
+                               "calls completed, by method and status code", labels);
+        atomic_store_explicit(&m->handled[code], c, memory_order_release);
+    }
+    return c;
+}
+
+/* ---- requesting calls ---- */
+
+static void arm_slot(slot *sl)
+{
+    cm_rpc_server *s = sl->w->s;
+    if (atomic_load(&s->draining))
+        return;
+    sl->call = NULL;
+    sl->payload = NULL;
+    grpc_metadata_array_init(&sl->md);
+    grpc_call_error e =
+        grpc_server_request_registered_call(s->server, sl->m->registered, &sl->call, &sl->deadline,
+                                            &sl->md, &sl->payload, sl->w->cq, sl->w->cq, sl);
+    if (e != GRPC_CALL_OK)
+        cm_log_error("could not request call", "method", sl->m->path, NULL);
+}
+
+static void arm_unknown(unknown_slot *u)
+{
+    cm_rpc_server *s = u->w->s;
+    if (atomic_load(&s->draining))
+        return;
+    u->call = NULL;
+    grpc_call_details_init(&u->details);
+    grpc_metadata_array_init(&u->md);
+    grpc_call_error e =
+        grpc_server_request_call(s->server, &u->call, &u->details, &u->md, u->w->cq, u->w->cq, u);
+    if (e != GRPC_CALL_OK)
+        cm_log_error("could not request unregistered call", NULL);
+}
+
+/* ---- status details ---- */
+
+static void pack_any(cm_arena *a, Google__Protobuf__Any *any, const char *type,
+                     const ProtobufCMessage *msg)
+{
+    size_t n = protobuf_c_message_get_packed_size(msg);
+    uint8_t *buf = cm_arena_alloc(a, n ? n : 1);
+    if (!buf)
+        return;
+    protobuf_c_message_pack(msg, buf);
+    any->type_url = (char *)type;
+    any->value.data = buf;
+    any->value.len = n;
+}
+
+/* builds grpc-status-details-bin: google.rpc.Status{code, message, details:
+ * [ErrorInfo, BadRequest?]} */
+static void build_trailer(cm_rpc_ctx *c)
+{
+    cm_arena *a = c->arena;
+    Google__Rpc__ErrorInfo info = GOOGLE__RPC__ERROR_INFO__INIT;
+    info.reason = (char *)(c->reason ? c->reason : code_names[c->code]);
+    info.domain = c->w->s->domain;
+    info.n_metadata = c->n_meta;
+    info.metadata = c->meta;
+
+    Google__Protobuf__Any any_info = GOOGLE__PROTOBUF__ANY__INIT;
+    Google__Protobuf__Any any_bad = GOOGLE__PROTOBUF__ANY__INIT;
+    Google__Protobuf__Any *details[2] = {&any_info, &any_bad};
+    pack_any(a, &any_info, "type.googleapis.com/google.rpc.ErrorInfo", &info.base);
+    size_t ndetails = 1;
+    if (c->n_violations) {
+        Google__Rpc__BadRequest bad = GOOGLE__RPC__BAD_REQUEST__INIT;
+        bad.n_field_violations = c->n_violations;
+        bad.field_violations = c->violations;
+        pack_any(a, &any_bad, "type.googleapis.com/google.rpc.BadRequest", &bad.base);
+        ndetails = 2;
+    }
+    Google__Rpc__Status st = GOOGLE__RPC__STATUS__INIT;
+    st.code = c->code;
+    st.message = (char *)(c->message ? c->message : "");
+    st.n_details = ndetails;
+    st.details = details;
+    size_t n = protobuf_c_message_get_packed_size(&st.base);
+    grpc_slice v = grpc_slice_malloc(n);
+    protobuf_c_message_pack(&st.base, GRPC_SLICE_START_PTR(v));
+    c->trailer.key = grpc_slice_from_static_string("grpc-status-details-bin");
+    c->trailer.value = v;
+    c->has_trailer = 1;
+}
+
+static void start_send(cm_rpc_ctx *c)
+{
+    grpc_op ops[5];
+    memset(ops, 0, sizeof ops);
+    size_t n = 0;
+    /* initial metadata goes out even on errors: with gRPC core 1.51 a
+     * trailers-only reply that carries grpc-status-details-bin never
+     * reached the client (it timed out), while headers + trailers work */
+    ops[n].op = GRPC_OP_SEND_INITIAL_METADATA;
+    n++;
+    if (c->code == GRPC_STATUS_OK && c->response) {
+        ops[n].op = GRPC_OP_SEND_MESSAGE;
+        ops[n].data.send_message.send_message = c->response;
+        n++;
+    } else if (c->code != GRPC_STATUS_OK) {
+        build_trailer(c);
+    }
+    c->status_slice = grpc_slice_from_copied_string(c->message ? c->message : "");
+    ops[n].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
+    ops[n].data.send_status_from_server.status = (grpc_status_code)c->code;
+    ops[n].data.send_status_from_server.status_details = &c->status_slice;
+    ops[n].data.send_status_from_server.trailing_metadata_count = c->has_trailer ? 1 : 0;
+    ops[n].data.send_status_from_server.trailing_metadata = c->has_trailer ? &c->trailer : NULL;
+    n++;
+    ops[n].op = GRPC_OP_RECV_CLOSE_ON_SERVER;
+    ops[n].data.recv_close_on_server.cancelled = &c->cancelled;
+    n++;
+    grpc_call_error e = grpc_call_start_batch(c->call, ops, n, c, NULL);
+    if (e != GRPC_CALL_OK) {
+        /* the call is unusable; nothing will come back on the queue */
+        cm_log_error("could not send reply", "method", c->m ? c->m->path : c->unknown_path, NULL);
+        cm_gauge_add(c->w->s->inflight, -1);
+        call_put(c->w, c);
+    }
+}
+
+/* ---- dispatch ---- */
+
+static const char *md_lookup(cm_rpc_ctx *c, const char *key)
+{
+    size_t klen = strlen(key);
+    for (size_t i = 0; i < c->md.count; i++) {
+        const grpc_slice *k = &c->md.metadata[i].key;
+        if (GRPC_SLICE_LENGTH(*k) == klen && memcmp(GRPC_SLICE_START_PTR(*k), key, klen) == 0) {
+            const grpc_slice *v = &c->md.metadata[i].value;
+            return cm_arena_strndup(c->arena, (const char *)GRPC_SLICE_START_PTR(*v),
+                                    GRPC_SLICE_LENGTH(*v));
+        }
+    }
+    return NULL;
+}
+
+static int valid_tenant(const char *t)
+{
+    size_t n = strlen(t);
+    if (n == 0 || n > 64)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        char ch = t[i];
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+              ch == '-' || ch == '_' || ch == '.'))
+            return 0;
+    }
+    return 1;
+}
+
+/* establishes the caller's tenant; returns 0 or a failure already recorded */
+static int authenticate(cm_rpc_ctx *c)
+{
+    cm_rpc_server *s = c->w->s;
+    const char *xtid = md_lookup(c, "x-tenant-id");
+    int need = !(c->m->flags & CM_RPC_NO_TENANT);
+    if (!s->o.auth) {
+        if (!xtid) {
+            if (!need)
+                return 0;
+            return cm_rpc_fail_field(c, "metadata.x-tenant-id",
+                                     "the x-tenant-id header is required");
+        }
+        if (!valid_tenant(xtid))
+            return cm_rpc_fail_field(c, "metadata.x-tenant-id",
+                                     "must be 1-64 characters of [A-Za-z0-9._-]");
+        c->tenant = xtid;
+        return 0;
+    }
+    const char *authz = md_lookup(c, "authorization");
+    if (!authz && !need)
+        return 0;
+    c->principal = cm_arena_calloc(c->arena, 1, sizeof *c->principal);
+    if (!c->principal)
+        return cm_rpc_fail(c, GRPC_STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
+    char why[160];
+    int rc = cm_auth_verify(s->o.auth, authz, xtid, c->principal, why, sizeof why);
+    if (rc == CM_EPERM)
+        return cm_rpc_fail(c, GRPC_STATUS_PERMISSION_DENIED, "TENANT_MISMATCH",
+                           cm_arena_strdup(c->arena, why));
+    if (rc)
+        return cm_rpc_fail(c, GRPC_STATUS_UNAUTHENTICATED, "INVALID_TOKEN",
+                           cm_arena_strdup(c->arena, why));
+    c->tenant = c->principal->tenant;
+    return 0;
+}
+
+static int read_payload(cm_rpc_ctx *c, const uint8_t **data, size_t *len)
+{
+    grpc_byte_buffer_reader r;
+    if (!grpc_byte_buffer_reader_init(&r, c->payload))
+        return -1;
+    grpc_slice sl = grpc_byte_buffer_reader_readall(&r);
+    grpc_byte_buffer_reader_destroy(&r);
+    size_t n = GRPC_SLICE_LENGTH(sl);
+    uint8_t *buf = cm_arena_alloc(c->arena, n ? n : 1);
+    if (buf)
+        memcpy(buf, GRPC_SLICE_START_PTR(sl), n);
+    grpc_slice_unref(sl);
+    if (!buf)
+        return -1;
+    *data = buf;
+    *len = n;
+    return 0;
+}
+
+static void run_handler(cm_rpc_ctx *c)
+{
+    method_entry *m = c->m;
+    gpr_timespec now = gpr_now(GPR_CLOCK_MONOTONIC);
+    if (gpr_time_cmp(gpr_convert_clock_type(c->deadline, GPR_CLOCK_MONOTONIC), now) <= 0) {
+        cm_rpc_fail(c, GRPC_STATUS_DEADLINE_EXCEEDED, "DEADLINE_EXCEEDED",
+                    "deadline passed before the call was handled");
+        return;
+    }
+    if (authenticate(c))
+        return;
+    if (!c->payload) {
+        cm_rpc_fail(c, GRPC_STATUS_INVALID_ARGUMENT, "MISSING_REQUEST", "no request message");
+        return;
+    }
+    const uint8_t *data;
+    size_t len;
+    if (read_payload(c, &data, &len)) {
+        cm_rpc_fail(c, GRPC_STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
+        return;
+    }
+    ProtobufCAllocator al = cm_arena_allocator(c->arena);
+    ProtobufCMessage *in = protobuf_c_message_unpack(m->input, &al, len, data);
+    if (!in) {
+        cm_rpc_fail(c, GRPC_STATUS_INVALID_ARGUMENT, "MALFORMED_REQUEST",
+                    cm_arena_printf(c->arena, "request is not a valid %s message", m->input->name));
+        return;
+    }
+    ProtobufCMessage *out = cm_arena_alloc(c->arena, m->output->sizeof_message);
+    if (!out) {
+        cm_rpc_fail(c, GRPC_STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
+        return;
+    }
+    protobuf_c_message_init(m->output, out);
+    int rc = m->handler(c, in, out);
+    if (rc && c->code == GRPC_STATUS_OK) {
+        /* the handler returned a CM_E* without describing it */
+        cm_rpc_fail_err(c, rc, cm_strerror(rc));
+    }
+    if (c->code != GRPC_STATUS_OK)
+        return;
+    size_t n = protobuf_c_message_get_packed_size(out);
+    if (n > c->w->s->o.max_message_bytes) {
+        cm_log_error("reply larger than the maximum message size", "method", m->path, NULL);
+        cm_rpc_fail(c, GRPC_STATUS_RESOURCE_EXHAUSTED, "RESPONSE_TOO_LARGE",
+                    "the reply exceeds the maximum message size; ask for a smaller page");
+        return;
+    }
+    grpc_slice sl = grpc_slice_malloc(n);
+    protobuf_c_message_pack(out, GRPC_SLICE_START_PTR(sl));
+    c->response = grpc_raw_byte_buffer_create(&sl, 1);
+    grpc_slice_unref(sl);
+}
+
+static void on_slot(slot *sl, int ok)
+{
+    worker *w = sl->w;
+    if (!ok) {
+        /* the server is shutting down: the request was cancelled */
+        grpc_metadata_array_destroy(&sl->md);
+        return;
+    }
+    cm_rpc_ctx *c = call_get(w);
+    if (!c) {
+        /* out of memory: let the call die with the slot's resources */
+        grpc_call_cancel_with_status(sl->call, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory",
+                                     NULL);
+        grpc_call_unref(sl->call);
+        grpc_metadata_array_destroy(&sl->md);
+        if (sl->payload)
+            grpc_byte_buffer_destroy(sl->payload);
+        arm_slot(sl);
+        return;
+    }
+    c->m = sl->m;
+    c->call = sl->call;
+    c->deadline = sl->deadline;
+    c->md = sl->md;
+    c->payload = sl->payload;
+    arm_slot(sl);
+    cm_gauge_add(w->s->inflight, 1);
+    run_handler(c);
+    start_send(c);
+}
+
+static void on_unknown(unknown_slot *u, int ok)
+{
+    worker *w = u->w;
+    if (!ok) {
+        grpc_call_details_destroy(&u->details);
+        grpc_metadata_array_destroy(&u->md);
+        return;
+    }
+    cm_rpc_ctx *c = call_get(w);
+    grpc_call *call = u->call;
+    if (c) {
+        c->call = call;
+        c->md = u->md;
+        c->unknown_path =
+            cm_arena_strndup(c->arena, (const char *)GRPC_SLICE_START_PTR(u->details.method),
+                             GRPC_SLICE_LENGTH(u->details.method));
+    } else {
+        grpc_call_cancel(call, NULL);
+        grpc_call_unref(call);
+        grpc_metadata_array_destroy(&u->md);
+    }
+    grpc_call_details_destroy(&u->details);
+    arm_unknown(u);
+    if (!c)
+        return;
+    cm_counter_add(w->s->unimplemented, 1);
+    cm_log_debug("unknown method", "method", c->unknown_path, NULL);
+    cm_gauge_add(w->s->inflight, 1);
+    cm_rpc_fail(c, GRPC_STATUS_UNIMPLEMENTED, "UNIMPLEMENTED",
+                cm_arena_printf(c->arena, "unknown method %s", c->unknown_path));
+    start_send(c);
+}
+
+static void on_finish(cm_rpc_ctx *c, int ok)
+{
+    worker *w = c->w;
+    cm_rpc_server *s = w->s;
+    (void)ok;
+    if (c->m) {
+        cm_counter_add(handled_counter(s, c->m, c->code), 1);
+        cm_histogram_observe(c->m->latency, (double)elapsed_ns(&c->t0) / 1e9);
+    }
+    if (c->code == GRPC_STATUS_INTERNAL || c->code == GRPC_STATUS_UNKNOWN)
+        cm_log_error("call failed", "method", c->m ? c->m->path : c->unknown_path, "tenant",
+                     c->tenant, "msg_detail", c->message, NULL);
+    cm_gauge_add(s->inflight, -1);
+    call_put(w, c);
+}
+
+static void *worker_main(void *arg)
+{
+    worker *w = arg;
+    cm_rpc_server *s = w->s;
+    if (s->o.worker_init) {
+        w->state = s->o.worker_init(w->index, s->o.app);
+        w->init_failed = w->state == NULL;
+    }
+    pthread_mutex_lock(&s->mu);
+    s->ready_count++;
+    pthread_cond_broadcast(&s->cv);
+    while (s->go == 0)
+        pthread_cond_wait(&s->cv, &s->mu);
+    int go = s->go;
+    pthread_mutex_unlock(&s->mu);
+
+    if (go > 0) {
+        for (size_t i = 0; i < s->nmethods; i++)
+            arm_slot(&w->slots[i]);
+        arm_unknown(&w->unknown);
+    }
+    int queue_shut = 0;
+    for (;;) {
+        gpr_timespec wake = gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
+                                         gpr_time_from_millis(STOP_POLL_MS, GPR_TIMESPAN));
+        grpc_event ev = grpc_completion_queue_next(w->cq, wake, NULL);
+        if (ev.type == GRPC_QUEUE_SHUTDOWN)
+            break;
+        if (!queue_shut && atomic_load(&s->stop_workers)) {
+            grpc_completion_queue_shutdown(w->cq);
+            queue_shut = 1;
+        }
+        if (ev.type != GRPC_OP_COMPLETE)
+            continue;
+        switch (*(tag_kind *)ev.tag) {
+        case TAG_SLOT:
+            on_slot(ev.tag, ev.success);
+            break;
+        case TAG_UNKNOWN:
+            on_unknown(ev.tag, ev.success);
+            break;
+        case TAG_FINISH:
+            on_finish(ev.tag, ev.success);
+            break;
+        }
+    }
+    if (s->o.worker_fini && w->state)
+        s->o.worker_fini(w->state, s->o.app);
+    w->state = NULL;
+    return NULL;
+}
+
+static void release_workers(cm_rpc_server *s, int go)
+{
+    pthread_mutex_lock(&s->mu);
+    s->go = go;
+    pthread_cond_broadcast(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+}
+
+/* cancelled calls no longer hold up the server's shutdown, but their
+ * handlers may still be running and will start a batch on their worker's
+ * queue when they return. so no other thread shuts a worker's queue down:
+ * the worker does it itself, between handlers, when it sees the flag. */
+static void join_workers(cm_rpc_server *s)
+{
+    atomic_store(&s->stop_workers, 1);
+    for (int i = 0; i < s->nworkers; i++) {
+        pthread_join(s->workers[i].thread, NULL);
+        grpc_completion_queue_destroy(s->workers[i].cq);
+        s->workers[i].cq = NULL;
+    }
+}
+
+int cm_rpc_server_start(cm_rpc_server *s, char *err, size_t errlen)
+{
+    if (s->started)
+        return CM_ESTATE;
+    s->workers = calloc((size_t)s->nworkers, sizeof *s->workers);
+    if (!s->workers)
+        return CM_ENOMEM;
+    for (int i = 0; i < s->nworkers; i++) {
+        worker *w = &s->workers[i];
+        w->index = i;
+        w->s = s;
+        w->cq = grpc_completion_queue_create_for_next(NULL);
+        grpc_server_register_completion_queue(s->server, w->cq, NULL);
+        w->slots = calloc(s->nmethods, sizeof *w->slots);
+        if (!w->slots)
+            return CM_ENOMEM;
+        for (size_t j = 0; j < s->nmethods; j++) {
+            w->slots[j].kind = TAG_SLOT;
+            w->slots[j].w = w;
+            w->slots[j].m = &s->methods[j];
+        }
+        w->unknown.kind = TAG_UNKNOWN;
+        w->unknown.w = w;
+    }
+    grpc_server_credentials *creds = server_credentials(s, err, errlen);
+    if (!creds)
+        return CM_EINVAL;
+    s->port = grpc_server_add_http2_port(s->server, s->listen, creds);
+    grpc_server_credentials_release(creds);
+    if (s->port <= 0) {
+        set_err(err, errlen, "rpc: could not listen on %s", s->listen);
+        return CM_EINVAL;
+    }
+    s->started = 1;
+    grpc_server_start(s->server);
+
+    int spawned = 0;
+    for (int i = 0; i < s->nworkers; i++) {
+        if (pthread_create(&s->workers[i].thread, NULL, worker_main, &s->workers[i]) != 0)
+            break;
+        spawned++;
+    }
+    pthread_mutex_lock(&s->mu);
+    while (s->ready_count < spawned)
+        pthread_cond_wait(&s->cv, &s->mu);
+    pthread_mutex_unlock(&s->mu);
+    int failed = spawned < s->nworkers;
+    for (int i = 0; i < spawned; i++)
+        failed |= s->workers[i].init_failed;
+    if (failed) {
+        /* nothing was requested yet, so no call can be in flight */
+        atomic_store(&s->draining, 1);
+        release_workers(s, -1);
+        s->nworkers = spawned;
+        grpc_completion_queue *cq = grpc_completion_queue_create_for_pluck(NULL);
+        grpc_server_shutdown_and_notify(s->server, cq, cq);
+        grpc_completion_queue_pluck(cq, cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+        grpc_completion_queue_shutdown(cq);
+        while (
+            grpc_completion_queue_pluck(cq, NULL, gpr_inf_future(GPR_CLOCK_REALTIME), NULL).type !=
+            GRPC_QUEUE_SHUTDOWN)
+            ;
+        grpc_completion_queue_destroy(cq);
+        join_workers(s);
+        s->stopped = 1;
+        set_err(err, errlen, "rpc: a worker could not start (see log)");
+        return CM_EUNAVAIL;
+    }
+    release_workers(s, 1);
+    return 0;
+}
+
+int cm_rpc_server_port(const cm_rpc_server *s)
+{
+    return s->port;
+}
+
+void cm_rpc_server_set_serving(cm_rpc_server *s, int serving)
+{
+    atomic_store(&s->serving, serving ? 1 : 0);
+}
+
+int cm_rpc_server_serving(const cm_rpc_server *s)
+{
+    return atomic_load(&((cm_rpc_server *)s)->serving) &&
+           !atomic_load(&((cm_rpc_server *)s)->draining);
+}
+
+int cm_rpc_server_shutdown(cm_rpc_server *s, int grace_ms)
+{
+    if (!s->started || s->stopped)
+        return 0;
+    atomic_store(&s->draining, 1);
+    grpc_completion_queue *cq = grpc_completion_queue_create_for_pluck(NULL);
+    grpc_server_shutdown_and_notify(s->server, cq, cq);
+    int cancelled = 0;
+    gpr_timespec until =
+        gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC), gpr_time_from_millis(grace_ms, GPR_TIMESPAN));
+    grpc_event ev = grpc_completion_queue_pluck(cq, cq, until, NULL);
+    if (ev.type == GRPC_QUEUE_TIMEOUT) {
+        double inflight = cm_gauge_value(s->inflight);
+        cancelled = inflight > 0 ? (int)inflight : 0;
+        cm_log_warn("drain grace period over: cancelling calls in flight", NULL);
+        grpc_server_cancel_all_calls(s->server);
+        grpc_completion_queue_pluck(cq, cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+    }
+    grpc_completion_queue_shutdown(cq);
+    while (grpc_completion_queue_pluck(cq, NULL, gpr_inf_future(GPR_CLOCK_REALTIME), NULL).type !=
+           GRPC_QUEUE_SHUTDOWN)
+        ;
+    grpc_completion_queue_destroy(cq);
+    join_workers(s);
+    s->stopped = 1;
+    return cancelled;
+}
+
+void cm_rpc_server_free(cm_rpc_server *s)
+{
+    if (!s)
+        return;
+    if (s->started && !s->stopped)
+        cm_rpc_server_shutdown(s, 0);
+    if (s->server)
+        grpc_server_destroy(s->server);
+    if (s->workers) {
+        for (int i = 0; i < s->nworkers; i++) {
+            free(s->workers[i].slots);
+            free_call_list(s->workers[i].free_calls);
+        }
+        free(s->workers);
+    }
+    free(s->methods);
+    free(s->listen);
+    free(s->domain);
+    pthread_mutex_destroy(&s->mu);
+    pthread_cond_destroy(&s->cv);
+    free(s);
+    grpc_shutdown();
+}
+
+/* ---- handler api ---- */
+
+void *cm_rpc_ctx_worker(const cm_rpc_ctx *ctx)
+{
+    return ctx->w->state;
+}
+
+void *cm_rpc_ctx_app(const cm_rpc_ctx *ctx)
+{
+    return ctx->w->s->o.app;
+}
+
+cm_arena *cm_rpc_ctx_arena(const cm_rpc_ctx *ctx)
+{
+    return ctx->arena;
+}
+
+const char *cm_rpc_ctx_method(const cm_rpc_ctx *ctx)
+{
+    return ctx->m ? ctx->m->path : ctx->unknown_path;
+}
+
+const char *cm_rpc_ctx_tenant(const cm_rpc_ctx *ctx)
+{
+    return ctx->tenant;
+}
+
+const char *cm_rpc_ctx_subject(const cm_rpc_ctx *ctx)
+{
+    return ctx->principal && ctx->principal->subject[0] ? ctx->principal->subject : NULL;
+}
+
+int cm_rpc_ctx_has_role(const cm_rpc_ctx *ctx, const char *role)
+{
+    return ctx->principal ? cm_auth_has_role(ctx->principal, role) : 0;
+}
+
+const char *cm_rpc_ctx_metadata(cm_rpc_ctx *ctx, const char *key)
+{
+    return md_lookup(ctx, key);
+}
+
+const char *cm_rpc_ctx_request_id(cm_rpc_ctx *ctx)
+{
+    return md_lookup(ctx, "x-request-id");
+}
+
+const char *cm_rpc_ctx_traceparent(cm_rpc_ctx *ctx)
+{
+    return md_lookup(ctx, "traceparent");
+}
+
+const char *cm_rpc_ctx_trace_id(cm_rpc_ctx *ctx)
+{
+    /* traceparent: version(2)-trace_id(32)-parent_id(16)-flags(2) */
+    const char *tp = md_lookup(ctx, "traceparent");
+    if (!tp || strlen(tp) < 55 || tp[2] != '-' || tp[35] != '-')
+        return NULL;
+    for (int i = 3; i < 35; i++) {
+        char ch = tp[i];
+        if (!((ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'f')))
+            return NULL;
+    }
+    return cm_arena_strndup(ctx->arena, tp + 3, 32);
+}
+
+int64_t cm_rpc_ctx_deadline_left_ms(const cm_rpc_ctx *ctx)
+{
+    gpr_timespec d = gpr_convert_clock_type(ctx->deadline, GPR_CLOCK_MONOTONIC);
+    if (gpr_time_cmp(d, gpr_inf_future(GPR_CLOCK_MONOTONIC)) == 0)
+        return INT64_MAX;
+    gpr_timespec left = gpr_time_sub(d, gpr_now(GPR_CLOCK_MONOTONIC));
+    int64_t ms = (int64_t)left.tv_sec * 1000 + left.tv_nsec / 1000000;
+    if (ms > INT64_MAX / 2)
+        return INT64_MAX;
+    return ms < 0 ? 0 : ms;
+}
+
+void *cm_rpc_alloc(cm_rpc_ctx *ctx, size_t n)
+{
+    return cm_arena_calloc(ctx->arena, 1, n);
+}
+
+char *cm_rpc_strdup(cm_rpc_ctx *ctx, const char *s)
+{
+    return cm_arena_strdup(ctx->arena, s ? s : "");
+}
+
+int cm_rpc_fail(cm_rpc_ctx *ctx, int grpc_code, const char *reason, const char *message)
+{
+    if (grpc_code <= 0 || grpc_code >= NCODES)
+        grpc_code = GRPC_STATUS_INTERNAL;
+    /* the first failure wins: later ones only add detail */
+    if (ctx->code == GRPC_STATUS_OK) {
+        ctx->code = grpc_code;
+        ctx->reason = reason;
+        ctx->message = message ? message : code_names[grpc_code];
+    }
+    return -grpc_code;
+}
+
+int cm_rpc_fail_field(cm_rpc_ctx *ctx, const char *field, const char *description)
+{
+    if (ctx->n_violations < MAX_FIELD_VIOLATIONS) {
+        Google__Rpc__BadRequest__FieldViolation *v = cm_arena_alloc(ctx->arena, sizeof *v);
+        if (v) {
+            google__rpc__bad_request__field_violation__init(v);
+            v->field = cm_rpc_strdup(ctx, field);
+            v->description = cm_rpc_strdup(ctx, description);
+            ctx->violations[ctx->n_violations++] = v;
+        }
+    }
+    return cm_rpc_fail(ctx, GRPC_STATUS_INVALID_ARGUMENT, "INVALID_ARGUMENT",
+                       cm_arena_printf(ctx->arena, "%s: %s", field, description));
+}
+
+int cm_rpc_fail_err(cm_rpc_ctx *ctx, int cm_err, const char *message)
+{
+    int code = cm_err_grpc_code(cm_err);
+    if (code == GRPC_STATUS_OK)
+        code = GRPC_STATUS_INTERNAL;
+    /* internal detail stays in the log */
+    if (code == GRPC_STATUS_INTERNAL)
+        return cm_rpc_fail(ctx, code, "INTERNAL", "internal error");
+    return cm_rpc_fail(ctx, code, NULL, message);
+}
+
+void cm_rpc_fail_meta(cm_rpc_ctx *ctx, const char *key, const char *value)
+{
+    if (ctx->n_meta >= MAX_ERROR_META)
+        return;
+    Google__Rpc__ErrorInfo__MetadataEntry *e = cm_arena_alloc(ctx->arena, sizeof *e);
+    if (!e)
+        return;
+    google__rpc__error_info__metadata_entry__init(e);
+    e->key = cm_rpc_strdup(ctx, key);
+    e->value = cm_rpc_strdup(ctx, value);
+    ctx->meta[ctx->n_meta++] = e;
+}

@@ -1,0 +1,295 @@
+/*
+ * the service runtime: wiring of config, log, db, rpc, admin and signals.
+ * threads: the main thread runs a libuv loop (signals, db probe timer,
+ * admin http); the gRPC workers run handlers; the drain runs on libuv's
+ * thread pool so the loop keeps answering /readyz (503) while calls finish.
+ */
+#include "cm_service.h"
+#include "cm_admin.h"
+#include "cm_auth.h"
+#include "cm_err.h"
+#include "cm_log.h"
+
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define DB_PROBE_MS 1000
+
+struct cm_service {
+    const cm_service_def *def;
+    cm_config cfg;
+    uv_loop_t loop;
+    cm_metrics *metrics;
+    cm_db *db; /* main thread's: migrations and the health probe */
+    cm_auth *auth;
+    cm_rpc_server *rpc;
+    cm_admin *admin;
+    uv_signal_t sigterm, sigint;
+    uv_timer_t probe;
+    uv_work_t drain;
+    atomic_int draining;
+    atomic_int db_up;
+    int drain_cancelled;
+    void *app;
+    char domain[80];
+    cm_gauge *up_gauge;
+};
+
+typedef struct svc_worker {
+    cm_db *db;
+    cm_service *svc;
+} svc_worker;
+
+const cm_config *cm_service_config(const cm_service *svc)
+{
+    return &svc->cfg;
+}
+
+uv_loop_t *cm_service_loop(cm_service *svc)
+{
+    return &svc->loop;
+}
+
+cm_metrics *cm_service_metrics(cm_service *svc)
+{
+    return svc->metrics;
+}
+
+cm_db *cm_service_main_db(cm_service *svc)
+{
+    return svc->db;
+}
+
+cm_db *cm_service_db(const cm_rpc_ctx *ctx)
+{
+    svc_worker *w = cm_rpc_ctx_worker(ctx);
+    return w ? w->db : NULL;
+}
+
+void *cm_service_app(const cm_rpc_ctx *ctx)
+{
+    svc_worker *w = cm_rpc_ctx_worker(ctx);
+    return w ? w->svc->app : NULL;
+}
+
+static void *worker_init(int index, void *arg)
+{
+    cm_service *svc = arg;
+    svc_worker *w = calloc(1, sizeof *w);
+    if (!w)
+        return NULL;
+    w->svc = svc;
+    char err[256];
+    if (cm_db_connect(&w->db, svc->cfg.pg_dsn, svc->def->schema, err, sizeof err)) {
+        char idx[16];
+        snprintf(idx, sizeof idx, "%d", index);
+        cm_log_error("could not connect worker to database", "worker", idx, "detail", err, NULL);
+        free(w);
+        return NULL;
+    }
+    return w;
+}
+
+static void worker_fini(void *state, void *arg)
+{
+    (void)arg;
+    svc_worker *w = state;
+    cm_db_free(w->db);
+    free(w);
+}
+
+static int ready(void *arg)
+{
+    cm_service *svc = arg;
+    return !atomic_load(&svc->draining) && atomic_load(&svc->db_up);
+}
+
+static void on_probe(uv_timer_t *t)
+{
+    cm_service *svc = t->data;
+    int up = cm_db_ping(svc->db) == 0;
+    if (up != atomic_load(&svc->db_up)) {
+        if (up)
+            cm_log_info("database reachable again", NULL);
+        else
+            cm_log_error("database unreachable: reporting NOT_SERVING", NULL);
+    }
+    atomic_store(&svc->db_up, up);
+    cm_gauge_set(svc->up_gauge, up);
+    cm_rpc_server_set_serving(svc->rpc, up);
+}
+
+static void drain_work(uv_work_t *req)
+{
+    cm_service *svc = req->data;
+    svc->drain_cancelled = cm_rpc_server_shutdown(svc->rpc, svc->cfg.drain_grace_ms);
+}
+
+static void on_closed(uv_handle_t *h)
+{
+    (void)h;
+}
+
+static void drain_done(uv_work_t *req, int status)
+{
+    cm_service *svc = req->data;
+    (void)status;
+    char n[16];
+    snprintf(n, sizeof n, "%d", svc->drain_cancelled);
+    cm_log_info("drained", "cancelled_calls", n, NULL);
+    cm_admin_close(svc->admin);
+    svc->admin = NULL;
+    uv_close((uv_handle_t *)&svc->sigterm, on_closed);
+    uv_close((uv_handle_t *)&svc->sigint, on_closed);
+}
+
+static void on_signal(uv_signal_t *sig, int signum)
+{
+    cm_service *svc = sig->data;
+    if (atomic_exchange(&svc->draining, 1))
+        return; /* a second signal while draining changes nothing */
+    cm_log_info("draining", "signal", signum == SIGTERM ? "SIGTERM" : "SIGINT", NULL);
+    cm_rpc_server_set_serving(svc->rpc, 0);
+    uv_timer_stop(&svc->probe);
+    uv_close((uv_handle_t *)&svc->probe, on_closed);
+    svc->drain.data = svc;
+    uv_queue_work(&svc->loop, &svc->drain, drain_work, drain_done);
+}
+
+static int migrate(cm_service *svc)
+{
+    char err[512];
+    int rc = cm_db_migrate(svc->db, svc->def->schema, svc->def->migrations, svc->def->nmigrations,
+                           err, sizeof err);
+    if (rc)
+        cm_log_error("could not migrate", "schema", svc->def->schema, "detail", err, NULL);
+    return rc;
+}
+
+static int build_auth(cm_service *svc, char *err, size_t errlen)
+{
+    /* mode off: the rpc runtime reads x-tenant-id itself */
+    if (svc->cfg.auth_mode == CM_AUTH_OFF)
+        return 0;
+    cm_auth_settings as;
+    cm_config_auth_settings(&svc->cfg, &as);
+    return cm_auth_new(&as, &svc->auth, err, errlen);
+}
+
+static int serve(cm_service *svc)
+{
+    char err[512];
+    const cm_service_def *def = svc->def;
+    snprintf(svc->domain, sizeof svc->domain, "%s.commerce", def->name);
+    if (build_auth(svc, err, sizeof err)) {
+        cm_log_error("could not set up authentication", "detail", err, NULL);
+        return 2;
+    }
+    if (def->app_init && def->app_init(svc, &svc->app, err, sizeof err)) {
+        cm_log_error("could not initialise the service", "detail", err, NULL);
+        return 1;
+    }
+    cm_rpc_server_opts o = {
+        .listen = svc->cfg.grpc_listen,
+        .workers = svc->cfg.workers,
+        .max_message_bytes = (size_t)svc->cfg.max_message_bytes,
+        .metrics = svc->metrics,
+        .worker_init = worker_init,
+        .worker_fini = worker_fini,
+        .app = svc,
+        .auth = svc->auth,
+        .tls_cert_file = svc->cfg.tls_cert_file[0] ? svc->cfg.tls_cert_file : NULL,
+        .tls_key_file = svc->cfg.tls_key_file[0] ? svc->cfg.tls_key_file : NULL,
+        .tls_client_ca_file = svc->cfg.tls_client_ca_file[0] ? svc->cfg.tls_client_ca_file : NULL,
+        .error_domain = svc->domain,
+    };
+    if (cm_rpc_server_new(&svc->rpc, &o, err, sizeof err) ||
+        cm_rpc_server_add_service(svc->rpc, def->api, def->methods, def->nmethods, err,
+                                  sizeof err) ||
+        cm_rpc_server_start(svc->rpc, err, sizeof err)) {
+        cm_log_error("could not start the gRPC server", "detail", err, NULL);
+        return 1;
+    }
+    if (cm_admin_start(&svc->admin, &svc->loop, svc->cfg.admin_listen, svc->metrics, ready, svc,
+                       err, sizeof err)) {
+        cm_log_error("could not start the admin server", "detail", err, NULL);
+        cm_rpc_server_shutdown(svc->rpc, 0);
+        return 1;
+    }
+    svc->up_gauge = cm_metrics_gauge(svc->metrics, "db_up", "1 while the database answers", NULL);
+    cm_gauge_set(svc->up_gauge, 1);
+    atomic_store(&svc->db_up, 1);
+    uv_timer_init(&svc->loop, &svc->probe);
+    svc->probe.data = svc;
+    uv_timer_start(&svc->probe, on_probe, DB_PROBE_MS, DB_PROBE_MS);
+    uv_signal_init(&svc->loop, &svc->sigterm);
+    uv_signal_init(&svc->loop, &svc->sigint);
+    svc->sigterm.data = svc->sigint.data = svc;
+    uv_signal_start(&svc->sigterm, on_signal, SIGTERM);
+    uv_signal_start(&svc->sigint, on_signal, SIGINT);
+
+    char port[16], admin_port[16];
+    snprintf(port, sizeof port, "%d", cm_rpc_server_port(svc->rpc));
+    snprintf(admin_port, sizeof admin_port, "%d", cm_admin_port(svc->admin));
+    cm_log_info("serving", "grpc_port", port, "admin_port", admin_port, "version", COMMERCE_VERSION,
+                NULL);
+    uv_run(&svc->loop, UV_RUN_DEFAULT);
+    return 0;
+}
+
+int cm_service_main(int argc, char **argv, const cm_service_def *def)
+{
+    cm_config_defaults d = {
+        .service = def->name,
+        .grpc_port = def->grpc_port,
+        .admin_port = def->admin_port,
+        .needs_inventory_target = def->needs_inventory,
+    };
+    int migrate_only = 0;
+    int a = cm_config_main_args(argc, argv, &d, &migrate_only);
+    if (a > 0)
+        return 0;
+    if (a < 0)
+        return 2;
+
+    cm_service *svc = calloc(1, sizeof *svc);
+    if (!svc)
+        return 1;
+    svc->def = def;
+    char err[512];
+    if (cm_config_load(&svc->cfg, &d, err, sizeof err)) {
+        fprintf(stderr, "commerce-%s: %s\n", def->name, err);
+        free(svc);
+        return 2;
+    }
+    cm_log_init(def->name, svc->cfg.log_level);
+    svc->metrics = cm_metrics_default();
+    uv_loop_init(&svc->loop);
+
+    int code = 1;
+    if (cm_db_connect(&svc->db, svc->cfg.pg_dsn, def->schema, err, sizeof err)) {
+        cm_log_error("could not connect to database", "detail", err, NULL);
+    } else if (migrate(svc) == 0) {
+        code = migrate_only ? 0 : serve(svc);
+    }
+
+    if (svc->admin)
+        cm_admin_close(svc->admin);
+    /* close whatever is still open, then let the callbacks run */
+    if (uv_loop_alive(&svc->loop)) {
+        uv_run(&svc->loop, UV_RUN_NOWAIT);
+    }
+    cm_rpc_server_free(svc->rpc);
+    if (def->app_fini && svc->app)
+        def->app_fini(svc, svc->app);
+    cm_auth_free(svc->auth);
+    cm_db_free(svc->db);
+    if (uv_loop_close(&svc->loop) != 0)
+        cm_log_warn("event loop closed with live handles", NULL);
+    free(svc);
+    if (code == 0)
+        cm_log_info("stopped", NULL);
+    return code;
+}

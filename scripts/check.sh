@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# source checks run by scripts/test.sh: formatting, banned calls, proto lint.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+fail=0
+
+mapfile -t csrc < <(git ls-files -co --exclude-standard -- '*.c' '*.h' | grep -v '^build')
+if ((${#csrc[@]})); then
+  if ! clang-format --dry-run --Werror "${csrc[@]}" 2>/tmp/commerce-format.txt; then
+    echo "check: clang-format differs (run: clang-format -i <file>):"
+    grep -E '^[^ ].*: (error|warning)' /tmp/commerce-format.txt | cut -d: -f1 | sort -u | sed 's/^/  /'
+    fail=1
+  fi
+  # curl's checksrc rule: no unbounded string calls
+  if grep -nE '\b(sprintf|vsprintf|strcat|strcpy|strtok|gets|atoi|atol)\s*\(' "${csrc[@]}"; then
+    echo "check: banned call above (use snprintf, memcpy with bounds, strtol with checks)"
+    fail=1
+  fi
+fi
+
+buf="$root/.tools/node_modules/.bin/buf"
+if [ -d proto/commerce ]; then
+  "$buf" lint proto || { echo "check: buf lint failed"; fail=1; }
+  if [ -n "$("$buf" format -d proto)" ]; then
+    echo "check: buf format differs (run: .tools/node_modules/.bin/buf format -w proto)"
+    fail=1
+  fi
+fi
+[ "$fail" = 0 ] && echo "check: ok"
+exit "$fail"

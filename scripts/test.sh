@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# the test command: installs what is missing, builds with ASan+UBSan and
+# warnings as errors, runs the source checks, starts a private postgres,
+# runs every test (ctest: unit, integration, interop) and exits non-zero on
+# any failure. the private postgres is stopped at the end.
+#
+#   scripts/test.sh            everything
+#   scripts/test.sh -R regex   only the ctest tests matching regex
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+
+"$root/scripts/install-deps.sh"
+
+build=${BUILD_DIR:-$root/build-asan}
+echo "== build ($build, ASan+UBSan)"
+cmake -S "$root" -B "$build" -G Ninja -DCOMMERCE_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug >/dev/null
+ninja -C "$build"
+
+echo "== source checks"
+"$root/scripts/check.sh"
+
+echo "== private postgres"
+started_pg=0
+if [ -z "${PG_DSN:-}" ]; then
+  "$root/scripts/pg.sh" start
+  started_pg=1
+fi
+PG_DSN=$("$root/scripts/pg.sh" dsn)
+export PG_DSN
+cleanup() {
+  if [ "$started_pg" = 1 ] && [ -z "${KEEP_INFRA:-}" ]; then
+    "$root/scripts/pg.sh" stop || true
+  fi
+}
+trap cleanup EXIT
+
+# leaks inside gRPC core's and libpq's own process-lifetime singletons are
+# not ours; everything else must be clean
+export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0:strict_string_checks=1}
+export LSAN_OPTIONS=${LSAN_OPTIONS:-suppressions=$root/tests/lsan.supp:print_suppressions=0}
+export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
+
+echo "== tests"
+cd "$build"
+ctest --output-on-failure -j2 --timeout 600 "$@"

@@ -1,0 +1,454 @@
+/*
+ * the rpc runtime end to end: commerce-testsvc as a real process, real
+ * Postgres, real gRPC over loopback, called with our client.
+ */
+#include "harness.h"
+
+#include "cm_err.h"
+#include "cm_id.h"
+
+#include <check.h>
+#include <grpc/status.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "commerce/test/v1/test.pb-c.h"
+
+#define SVC "/commerce.test.v1.TestService/"
+
+static hs_proc svc;
+static cm_rpc_client *cli;
+
+static const cm_rpc_md tenant_md[] = {{"x-tenant-id", "tenant-a"}};
+
+static void suite_setup(void)
+{
+    ck_assert_int_eq(hs_spawn(&svc, TESTSVC_BIN, NULL), 0);
+    ck_assert_msg(hs_wait_serving(&svc, 20000) == 0, "testsvc did not become SERVING (log %s)",
+                  svc.log_path);
+    char err[256];
+    cm_rpc_client_opts o = {.target = svc.target};
+    ck_assert_int_eq(cm_rpc_client_new(&cli, &o, err, sizeof err), 0);
+}
+
+static void suite_teardown(void)
+{
+    cm_rpc_client_free(cli);
+    cli = NULL;
+    int code = hs_stop(&svc, SIGTERM, 30000);
+    ck_assert_int_eq(code, 0);
+}
+
+static int call(const char *method, const ProtobufCMessage *req,
+                const ProtobufCMessageDescriptor *rd, ProtobufCMessage **resp, const cm_rpc_md *md,
+                size_t nmd, int timeout_ms, cm_rpc_status *st)
+{
+    return cm_rpc_call(cli, method, req, rd, NULL, resp, md, nmd, timeout_ms, 0, st);
+}
+
+static void random_key(char *out)
+{
+    ck_assert_int_eq(cm_id_uuid7(out), 0);
+}
+
+START_TEST(health_reports_serving_and_admin_answers)
+{
+    ck_assert_int_eq(hs_health(&svc), 1);
+    char body[4096];
+    ck_assert_int_eq(hs_http_get(svc.admin_port, "/healthz", body, sizeof body), 200);
+    ck_assert_int_eq(hs_http_get(svc.admin_port, "/readyz", body, sizeof body), 200);
+}
+END_TEST
+
+START_TEST(echo_returns_tenant_and_request_metadata)
+{
+    const cm_rpc_md md[] = {
+        {"x-tenant-id", "tenant-a"},
+        {"x-request-id", "req-42"},
+        {"traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"},
+    };
+    Commerce__Test__V1__EchoRequest req = COMMERCE__TEST__V1__ECHO_REQUEST__INIT;
+    req.text = "héllo";
+    ProtobufCMessage *resp;
+    cm_rpc_status st;
+    ck_assert_int_eq(call(SVC "Echo", &req.base, &commerce__test__v1__echo_response__descriptor,
+                          &resp, md, 3, 5000, &st),
+                     0);
+    Commerce__Test__V1__EchoResponse *r = (void *)resp;
+    ck_assert_str_eq(r->text, "héllo");
+    ck_assert_str_eq(r->tenant, "tenant-a");
+    ck_assert_str_eq(r->request_id, "req-42");
+    ck_assert_str_eq(r->trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+    protobuf_c_message_free_unpacked(resp, NULL);
+}
+END_TEST
+
+START_TEST(put_get_roundtrip_is_idempotent_in_postgres)
+{
+    char key[40];
+    random_key(key);
+    Commerce__Test__V1__PutRequest put = COMMERCE__TEST__V1__PUT_REQUEST__INIT;
+    put.key = key;
+    put.value = "v1";
+    ProtobufCMessage *resp;
+    cm_rpc_status st;
+    ck_assert_int_eq(call(SVC "Put", &put.base, &commerce__test__v1__put_response__descriptor,
+                          &resp, tenant_md, 1, 5000, &st),
+                     0);
+    ck_assert(((Commerce__Test__V1__PutResponse *)resp)->created);
+    protobuf_c_message_free_unpacked(resp, NULL);
+
+    /* the same key and body again: the first result, nothing new */
+    ck_assert_int_eq(call(SVC "Put", &put.base, &commerce__test__v1__put_response__descriptor,
+                          &resp, tenant_md, 1, 5000, &st),
+                     0);
+    ck_assert(!((Commerce__Test__V1__PutResponse *)resp)->created);
+    protobuf_c_message_free_unpacked(resp, NULL);
+
+    /* the same key with another body */
+    put.value = "v2";
+    ck_assert_int_eq(call(SVC "Put", &put.base, &commerce__test__v1__put_response__descriptor,
+                          &resp, tenant_md, 1, 5000, &st),
+                     CM_EEXIST);
+    ck_assert_int_eq(st.code, GRPC_STATUS_ALREADY_EXISTS);
+    ck_assert_str_eq(st.reason, "KEY_EXISTS");
+
+    Commerce__Test__V1__GetRequest get = COMMERCE__TEST__V1__GET_REQUEST__INIT;
+    get.key = key;
+    ck_assert_int_eq(call(SVC "Get", &get.base, &commerce__test__v1__get_response__descriptor,
+                          &resp, tenant_md, 1, 5000, &st),
+                     0);
+    ck_assert_str_eq(((Commerce__Test__V1__GetResponse *)resp)->value, "v1");
+    protobuf_c_message_free_unpacked(resp, NULL);
+
+    /* another tenant does not see it */
+    const cm_rpc_md other[] = {{"x-tenant-id", "tenant-b"}};
+    ck_assert_int_eq(call(SVC "Get", &get.base, &commerce__test__v1__get_response__descriptor,
+                          &resp, other, 1, 5000, &st),
+                     CM_ENOTFOUND);
+    ck_assert_int_eq(st.code, GRPC_STATUS_NOT_FOUND);
+}
+END_TEST
+
+START_TEST(bad_input_names_the_field_and_changes_nothing)
+{
+    Commerce__Test__V1__PutRequest put = COMMERCE__TEST__V1__PUT_REQUEST__INIT;
+    put.key = "";
+    put.value = "x";
+    ProtobufCMessage *resp;
+    cm_rpc_status st;
+    ck_assert_int_eq(call(SVC "Put", &put.base, &commerce__test__v1__put_response__descriptor,
+                          &resp, tenant_md, 1, 5000, &st),
+                     CM_EINVAL);
+    ck_assert_int_eq(st.code, GRPC_STATUS_INVALID_ARGUMENT);
+    ck_assert_str_eq(st.field, "key");
+    ck_assert_str_eq(st.reason, "INVALID_ARGUMENT");
+    ck_assert_ptr_nonnull(strstr(st.message, "key"));
+}
+END_TEST
+
+START_TEST(missing_tenant_is_invalid_argument)
+{
+    Commerce__Test__V1__EchoRequest req = COMMERCE__TEST__V1__ECHO_REQUEST__INIT;
+    ProtobufCMessage *resp;
+    cm_rpc_status st;
+    ck_assert_int_eq(call(SVC "Echo", &req.base, &commerce__test__v1__echo_response__descriptor,
+                          &resp, NULL, 0, 5000, &st),
+                     CM_EINVAL);
+    ck_assert_str_eq(st.field, "metadata.x-tenant-id");
+
+    const cm_rpc_md bad[] = {{"x-tenant-id", "no spaces allowed"}};
+    ck_assert_int_eq(call(SVC "Echo", &req.base, &commerce__test__v1__echo_response__descriptor,
+                          &resp, bad, 1, 5000, &st),
+                     CM_EINVAL);
+    ck_assert_str_eq(st.field, "metadata.x-tenant-id");
+}
+END_TEST
+
+START_TEST(deadline_exceeded_is_reported_on_time)
+{
+    Commerce__Test__V1__SleepRequest req = COMMERCE__TEST__V1__SLEEP_REQUEST__INIT;
+    req.millis = 1500;
+    ProtobufCMessage *resp;
+    cm_rpc_status st;
+    long long t0 = hs_now_ms();
+    ck_assert_int_eq(call(SVC "Sleep", &req.base, &commerce__test__v1__sleep_response__descriptor,
+                          &resp, tenant_md, 1, 200, &st),
+                     CM_ETIMEDOUT);
+    ck_assert_int_eq(st.code, GRPC_STATUS_DEADLINE_EXCEEDED);
+    ck_assert_int_lt(hs_now_ms() - t0, 1200);
+}
+END_TEST
+
+START_TEST(unknown_method_is_unimplemented)
+{
+    Commerce__Test__V1__EchoRequest req = COMMERCE__TEST__V1__ECHO_REQUEST__INIT;
+    ProtobufCMessage *resp;
+    cm_rpc_status st;
+    ck_assert_int_eq(call(SVC "NoSuchMethod", &req.base,
+                          &commerce__test__v1__echo_response__descriptor, &resp, tenant_md, 1, 5000,
+                          &st),
+                     CM_EINTERNAL);
+    ck_assert_int_eq(st.code, GRPC_STATUS_UNIMPLEMENTED);
+    ck_assert_int_eq(call("/no.such.Service/Method", &req.base,
+                          &commerce__test__v1__echo_response__descriptor, &resp, tenant_md, 1, 5000,
+                          &st),
+                     CM_EINTERNAL);
+    ck_assert_int_eq(st.code, GRPC_STATUS_UNIMPLEMENTED);
+}
+END_TEST
+
+START_TEST(oversized_message_is_refused_and_server_lives_on)
+{
+    size_t n = 5u << 20;
+    uint8_t *blob = calloc(1, n);
+    Commerce__Test__V1__EchoRequest req = COMMERCE__TEST__V1__ECHO_REQUEST__INIT;
+    req.blob.data = blob;
+    req.blob.len = n;
+    ProtobufCMessage *resp;
+    cm_rpc_status st;
+    call(SVC "Echo", &req.base, &commerce__test__v1__echo_response__descriptor, &resp, tenant_md, 1,
+         5000, &st);
+    free(blob);
+    ck_assert_int_eq(st.code, GRPC_STATUS_RESOURCE_EXHAUSTED);
+
+    /* just under the limit passes */
+    n = (4u << 20) - 1024;
+    blob = calloc(1, n);
+    req.blob.data = blob;
+    req.blob.len = n;
+    ck_assert_int_eq(call(SVC "Echo", &req.base, &commerce__test__v1__echo_response__descriptor,
+                          &resp, tenant_md, 1, 5000, &st),
+                     0);
+    ck_assert_int_eq(((Commerce__Test__V1__EchoResponse *)resp)->blob_len, (int64_t)n);
+    protobuf_c_message_free_unpacked(resp, NULL);
+    free(blob);
+}
+END_TEST
+
+START_TEST(malformed_request_is_invalid_argument)
+{
+    Commerce__Test__V1__WrongWireRequest req = COMMERCE__TEST__V1__WRONG_WIRE_REQUEST__INIT;
+    req.text = 12345;
+    ProtobufCMessage *resp;
+    cm_rpc_status st;
+    ck_assert_int_eq(call(SVC "Echo", &req.base, &commerce__test__v1__echo_response__descriptor,
+                          &resp, tenant_md, 1, 5000, &st),
+                     CM_EINVAL);
+    ck_assert_int_eq(st.code, GRPC_STATUS_INVALID_ARGUMENT);
+    ck_assert_str_eq(st.reason, "MALFORMED_REQUEST");
+}
+END_TEST
+
+START_TEST(unknown_fields_are_ignored)
+{
+    Commerce__Test__V1__WrongWireRequest req = COMMERCE__TEST__V1__WRONG_WIRE_REQUEST__INIT;
+    req.extra = "from a newer client";
+    ProtobufCMessage *resp;
+    cm_rpc_status st;
+    ck_assert_int_eq(call(SVC "Echo", &req.base, &commerce__test__v1__echo_response__descriptor,
+                          &resp, tenant_md, 1, 5000, &st),
+                     0);
+    ck_assert_str_eq(((Commerce__Test__V1__EchoResponse *)resp)->text, "");
+    protobuf_c_message_free_unpacked(resp, NULL);
+}
+END_TEST
+
+START_TEST(failure_carries_status_details)
+{
+    Commerce__Test__V1__FailRequest req = COMMERCE__TEST__V1__FAIL_REQUEST__INIT;
+    req.code = GRPC_STATUS_FAILED_PRECONDITION;
+    ProtobufCMessage *resp;
+    cm_rpc_status st;
+    ck_assert_int_eq(call(SVC "Fail", &req.base, &commerce__test__v1__fail_response__descriptor,
+                          &resp, tenant_md, 1, 5000, &st),
+                     CM_ESTATE);
+    ck_assert_int_eq(st.code, GRPC_STATUS_FAILED_PRECONDITION);
+    ck_assert_str_eq(st.reason, "REQUESTED_FAILURE");
+    ck_assert_str_eq(st.message, "failed on request");
+}
+END_TEST
+
+START_TEST(metrics_count_calls_by_method_and_code)
+{
+    static char body[1 << 20];
+    ck_assert_int_eq(hs_http_get(svc.admin_port, "/metrics", body, sizeof body), 200);
+    ck_assert_ptr_nonnull(strstr(
+        body,
+        "rpc_server_handled_total{method=\"/commerce.test.v1.TestService/Echo\",code=\"OK\"}"));
+    ck_assert_ptr_nonnull(strstr(body, "rpc_server_handling_seconds_bucket"));
+    ck_assert_ptr_nonnull(strstr(body, "process_resident_memory_bytes"));
+}
+END_TEST
+
+typedef struct put_worker {
+    int n, ok;
+} put_worker;
+
+static void *put_many(void *arg)
+{
+    put_worker *w = arg;
+    for (int i = 0; i < w->n; i++) {
+        char key[40];
+        cm_id_uuid7(key);
+        Commerce__Test__V1__PutRequest put = COMMERCE__TEST__V1__PUT_REQUEST__INIT;
+        put.key = key;
+        put.value = "x";
+        ProtobufCMessage *resp;
+        cm_rpc_status st;
+        if (cm_rpc_call(cli, SVC "Put", &put.base, &commerce__test__v1__put_response__descriptor,
+                        NULL, &resp, tenant_md, 1, 10000, 0, &st) == 0) {
+            w->ok += ((Commerce__Test__V1__PutResponse *)resp)->created;
+            protobuf_c_message_free_unpacked(resp, NULL);
+        }
+    }
+    return NULL;
+}
+
+START_TEST(concurrent_calls_all_succeed)
+{
+    pthread_t t[8];
+    put_worker w[8];
+    for (int i = 0; i < 8; i++) {
+        w[i] = (put_worker){.n = 100};
+        pthread_create(&t[i], NULL, put_many, &w[i]);
+    }
+    int ok = 0;
+    for (int i = 0; i < 8; i++) {
+        pthread_join(t[i], NULL);
+        ok += w[i].ok;
+    }
+    ck_assert_int_eq(ok, 800);
+}
+END_TEST
+
+/* ---- processes of their own ---- */
+
+typedef struct sleeper {
+    const char *target;
+    int millis;
+    int rc;
+    cm_rpc_status st;
+} sleeper;
+
+static void *sleep_call(void *arg)
+{
+    sleeper *s = arg;
+    cm_rpc_client *c;
+    char err[128];
+    cm_rpc_client_opts o = {.target = s->target};
+    cm_rpc_client_new(&c, &o, err, sizeof err);
+    Commerce__Test__V1__SleepRequest req = COMMERCE__TEST__V1__SLEEP_REQUEST__INIT;
+    req.millis = s->millis;
+    ProtobufCMessage *resp = NULL;
+    s->rc = cm_rpc_call(c, SVC "Sleep", &req.base, &commerce__test__v1__sleep_response__descriptor,
+                        NULL, &resp, tenant_md, 1, 20000, 0, &s->st);
+    if (resp)
+        protobuf_c_message_free_unpacked(resp, NULL);
+    cm_rpc_client_free(c);
+    return NULL;
+}
+
+START_TEST(sigterm_drains_the_call_in_flight_and_exits_zero)
+{
+    hs_proc p;
+    ck_assert_int_eq(hs_spawn(&p, TESTSVC_BIN, NULL), 0);
+    ck_assert_int_eq(hs_wait_serving(&p, 20000), 0);
+    sleeper s = {.target = p.target, .millis = 1000};
+    pthread_t t;
+    pthread_create(&t, NULL, sleep_call, &s);
+    usleep(300 * 1000);
+    kill(p.pid, SIGTERM);
+    usleep(100 * 1000);
+    /* draining: health is NOT_SERVING or the port is closed */
+    int h = hs_health(&p);
+    ck_assert_msg(h != 1, "still SERVING while draining (%d)", h);
+    pthread_join(t, NULL);
+    ck_assert_int_eq(s.rc, 0);
+    ck_assert_int_eq(hs_stop(&p, 0, 10000), 0);
+}
+END_TEST
+
+START_TEST(drain_grace_cancels_calls_that_overrun_it)
+{
+    hs_proc p;
+    const char *env[] = {"DRAIN_GRACE_SECONDS=1", NULL};
+    ck_assert_int_eq(hs_spawn(&p, TESTSVC_BIN, env), 0);
+    ck_assert_int_eq(hs_wait_serving(&p, 20000), 0);
+    sleeper s = {.target = p.target, .millis = 4000};
+    pthread_t t;
+    pthread_create(&t, NULL, sleep_call, &s);
+    usleep(300 * 1000);
+    long long t0 = hs_now_ms();
+    kill(p.pid, SIGTERM);
+    pthread_join(t, NULL);
+    ck_assert_int_ne(s.rc, 0); /* cancelled, not completed */
+    ck_assert_int_lt(hs_now_ms() - t0, 3000);
+    ck_assert_int_eq(hs_stop(&p, 0, 10000), 0);
+}
+END_TEST
+
+START_TEST(bad_configuration_exits_2_naming_the_variable)
+{
+    hs_proc p;
+    const char *env[] = {"WORKERS=lots", NULL};
+    ck_assert_int_eq(hs_spawn(&p, TESTSVC_BIN, env), 0);
+    int st;
+    waitpid(p.pid, &st, 0);
+    p.pid = 0;
+    ck_assert(WIFEXITED(st));
+    ck_assert_int_eq(WEXITSTATUS(st), 2);
+    FILE *f = fopen(p.log_path, "r");
+    ck_assert_ptr_nonnull(f);
+    char line[512] = "";
+    ck_assert_ptr_nonnull(fgets(line, sizeof line, f));
+    fclose(f);
+    ck_assert_msg(strstr(line, "WORKERS") != NULL, "no WORKERS in: %s", line);
+}
+END_TEST
+
+static Suite *suite(void)
+{
+    Suite *s = suite_create("rpc_integration");
+    TCase *shared = tcase_create("shared_process");
+    tcase_add_unchecked_fixture(shared, suite_setup, suite_teardown);
+    tcase_set_timeout(shared, 120);
+    tcase_add_test(shared, health_reports_serving_and_admin_answers);
+    tcase_add_test(shared, echo_returns_tenant_and_request_metadata);
+    tcase_add_test(shared, put_get_roundtrip_is_idempotent_in_postgres);
+    tcase_add_test(shared, bad_input_names_the_field_and_changes_nothing);
+    tcase_add_test(shared, missing_tenant_is_invalid_argument);
+    tcase_add_test(shared, deadline_exceeded_is_reported_on_time);
+    tcase_add_test(shared, unknown_method_is_unimplemented);
+    tcase_add_test(shared, oversized_message_is_refused_and_server_lives_on);
+    tcase_add_test(shared, malformed_request_is_invalid_argument);
+    tcase_add_test(shared, unknown_fields_are_ignored);
+    tcase_add_test(shared, failure_carries_status_details);
+    tcase_add_test(shared, concurrent_calls_all_succeed);
+    tcase_add_test(shared, metrics_count_calls_by_method_and_code);
+    suite_add_tcase(s, shared);
+
+    TCase *own = tcase_create("own_process");
+    tcase_set_timeout(own, 120);
+    tcase_add_test(own, sigterm_drains_the_call_in_flight_and_exits_zero);
+    tcase_add_test(own, drain_grace_cancels_calls_that_overrun_it);
+    tcase_add_test(own, bad_configuration_exits_2_naming_the_variable);
+    suite_add_tcase(s, own);
+    return s;
+}
+
+int main(void)
+{
+    /* gRPC does not survive fork: run every test in this process */
+    SRunner *sr = srunner_create(suite());
+    srunner_set_fork_status(sr, CK_NOFORK);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}

@@ -1,0 +1,180 @@
+/*
+ * commerce-testsvc: a small service on the common runtime, for the
+ * integration, interop and benchmark tests. it is shaped like a real
+ * service (handlers validate, use the worker's database connection, map
+ * errors) so the tests exercise what the business services will use.
+ */
+#include "cm_err.h"
+#include "cm_log.h"
+#include "cm_rpc.h"
+#include "cm_service.h"
+
+#include <grpc/status.h>
+#include <libpq-fe.h>
+#include <string.h>
+#include <time.h>
+
+#include "commerce/test/v1/test.pb-c.h"
+
+extern const cm_migration testsvc_migrations[];
+extern const size_t testsvc_migrations_count;
+
+static int echo(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    const Commerce__Test__V1__EchoRequest *req = (const void *)in;
+    Commerce__Test__V1__EchoResponse *resp = (void *)out;
+    resp->text = req->text;
+    resp->tenant = (char *)cm_rpc_ctx_tenant(ctx);
+    const char *rid = cm_rpc_ctx_request_id(ctx);
+    const char *tid = cm_rpc_ctx_trace_id(ctx);
+    resp->request_id = (char *)(rid ? rid : "");
+    resp->trace_id = (char *)(tid ? tid : "");
+    resp->blob_len = (int64_t)req->blob.len;
+    return 0;
+}
+
+static int sleep_ms(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    const Commerce__Test__V1__SleepRequest *req = (const void *)in;
+    Commerce__Test__V1__SleepResponse *resp = (void *)out;
+    if (req->millis < 0 || req->millis > 60000)
+        return cm_rpc_fail_field(ctx, "millis", "must be between 0 and 60000");
+    struct timespec ts = {.tv_sec = req->millis / 1000,
+                          .tv_nsec = (long)(req->millis % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+    resp->slept_millis = req->millis;
+    return 0;
+}
+
+static int check_key(cm_rpc_ctx *ctx, const char *key)
+{
+    size_t n = strlen(key);
+    if (n == 0)
+        return cm_rpc_fail_field(ctx, "key", "must not be empty");
+    if (n > 128)
+        return cm_rpc_fail_field(ctx, "key", "must be at most 128 characters");
+    return 0;
+}
+
+typedef struct put_tx {
+    const char *tenant;
+    const Commerce__Test__V1__PutRequest *req;
+    int created;
+} put_tx;
+
+static int put_in_tx(cm_db *db, void *arg)
+{
+    put_tx *t = arg;
+    const char *params[3] = {t->tenant, t->req->key, t->req->value};
+    PGresult *r = PQexecParams(cm_db_conn(db),
+                               "INSERT INTO kv (tenant_id, key, value) VALUES ($1, $2, $3) "
+                               "ON CONFLICT (tenant_id, key) DO NOTHING RETURNING 1",
+                               3, NULL, params, NULL, NULL, 0);
+    if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+        int rc = cm_db_error(db, r, "insert kv");
+        PQclear(r);
+        return rc;
+    }
+    t->created = PQntuples(r) == 1;
+    PQclear(r);
+    if (t->created)
+        return 0;
+    /* the key exists: same value is a retry, another value a conflict */
+    r = PQexecParams(cm_db_conn(db), "SELECT value FROM kv WHERE tenant_id = $1 AND key = $2", 2,
+                     NULL, params, NULL, NULL, 0);
+    if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1) {
+        int rc = cm_db_error(db, r, "select kv");
+        PQclear(r);
+        return rc;
+    }
+    int same = strcmp(PQgetvalue(r, 0, 0), t->req->value) == 0;
+    PQclear(r);
+    return same ? 0 : CM_EEXIST;
+}
+
+static int put(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    const Commerce__Test__V1__PutRequest *req = (const void *)in;
+    Commerce__Test__V1__PutResponse *resp = (void *)out;
+    if (check_key(ctx, req->key))
+        return -1;
+    if (strlen(req->value) > 1024)
+        return cm_rpc_fail_field(ctx, "value", "must be at most 1024 characters");
+    put_tx t = {.tenant = cm_rpc_ctx_tenant(ctx), .req = req};
+    int rc = cm_db_tx(cm_service_db(ctx), NULL, 5, put_in_tx, &t);
+    if (rc == CM_EEXIST)
+        return cm_rpc_fail(ctx, GRPC_STATUS_ALREADY_EXISTS, "KEY_EXISTS",
+                           "key already holds another value");
+    if (rc)
+        return cm_rpc_fail_err(ctx, rc, "could not store the value");
+    resp->created = t.created;
+    return 0;
+}
+
+static int get(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    const Commerce__Test__V1__GetRequest *req = (const void *)in;
+    Commerce__Test__V1__GetResponse *resp = (void *)out;
+    if (check_key(ctx, req->key))
+        return -1;
+    cm_db *db = cm_service_db(ctx);
+    const char *params[2] = {cm_rpc_ctx_tenant(ctx), req->key};
+    PGresult *r =
+        PQexecParams(cm_db_conn(db), "SELECT value FROM kv WHERE tenant_id = $1 AND key = $2", 2,
+                     NULL, params, NULL, NULL, 0);
+    if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+        int rc = cm_db_error(db, r, "select kv");
+        PQclear(r);
+        return cm_rpc_fail_err(ctx, rc, "could not read the value");
+    }
+    if (PQntuples(r) == 0) {
+        PQclear(r);
+        return cm_rpc_fail(ctx, GRPC_STATUS_NOT_FOUND, "KEY_NOT_FOUND", "no such key");
+    }
+    resp->value = cm_rpc_strdup(ctx, PQgetvalue(r, 0, 0));
+    PQclear(r);
+    return 0;
+}
+
+static int fail(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    const Commerce__Test__V1__FailRequest *req = (const void *)in;
+    (void)out;
+    if (req->field[0])
+        return cm_rpc_fail_field(ctx, req->field, "rejected on request");
+    if (req->code <= 0 || req->code > 16)
+        return cm_rpc_fail_field(ctx, "code", "must be a gRPC status code between 1 and 16");
+    int rc = cm_rpc_fail(ctx, req->code, "REQUESTED_FAILURE", "failed on request");
+    cm_rpc_fail_meta(ctx, "requested_code",
+                     cm_arena_printf(cm_rpc_ctx_arena(ctx), "%d", req->code));
+    return rc;
+}
+
+static int noop(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    (void)ctx;
+    (void)in;
+    (void)out;
+    return 0;
+}
+
+static const cm_rpc_method methods[] = {
+    {"Echo", echo, 0}, {"Sleep", sleep_ms, 0}, {"Put", put, 0},
+    {"Get", get, 0},   {"Fail", fail, 0},      {"Noop", noop, CM_RPC_NO_TENANT},
+};
+
+int main(int argc, char **argv)
+{
+    const cm_service_def def = {
+        .name = "testsvc",
+        .schema = "testsvc",
+        .grpc_port = 50059,
+        .admin_port = 9099,
+        .migrations = testsvc_migrations,
+        .nmigrations = testsvc_migrations_count,
+        .api = &commerce__test__v1__test_service__descriptor,
+        .methods = methods,
+        .nmethods = sizeof methods / sizeof methods[0],
+    };
+    return cm_service_main(argc, argv, &def);
+}

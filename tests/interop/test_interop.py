@@ -1,0 +1,169 @@
+"""Interop: a stock Python grpcio client (Debian python3-grpcio) calls the
+runtime's health service and the test service, and checks status codes and
+the google.rpc.Status details in grpc-status-details-bin.
+
+Run by ctest with TESTSVC_BIN, PG_DSN and COMMERCE_PY_GEN set."""
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import unittest
+import uuid
+
+import grpc
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import commerce_grpc as cg  # noqa: E402
+
+health = cg.load("grpc/health/v1/health_pb2.py")
+status_pb2 = cg.load("google/rpc/status_pb2.py")
+details_pb2 = cg.load("google/rpc/error_details_pb2.py")
+test_pb2 = cg.load("commerce/test/v1/test_pb2.py")
+
+SVC = "/commerce.test.v1.TestService/"
+TENANT = (("x-tenant-id", "tenant-py"),)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def status_details(err):
+    """google.rpc.Status from the trailer, or None."""
+    for k, v in err.trailing_metadata() or ():
+        if k == "grpc-status-details-bin":
+            st = status_pb2.Status()
+            st.ParseFromString(v)
+            return st
+    return None
+
+
+def detail(st, cls, type_name):
+    for any_ in st.details:
+        if any_.type_url == "type.googleapis.com/" + type_name:
+            m = cls()
+            m.ParseFromString(any_.value)
+            return m
+    return None
+
+
+class Interop(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.port = free_port()
+        env = dict(os.environ)
+        env.update(
+            GRPC_LISTEN="127.0.0.1:%d" % cls.port,
+            ADMIN_LISTEN="127.0.0.1:%d" % free_port(),
+            LOG_LEVEL="warn",
+            WORKERS="2",
+        )
+        cls.log = open("/tmp/commerce-interop-testsvc.log", "w")
+        cls.proc = subprocess.Popen([os.environ["TESTSVC_BIN"]], env=env, stderr=cls.log)
+        cls.target = "127.0.0.1:%d" % cls.port
+        deadline = time.time() + 20
+        while True:
+            try:
+                if cg.health_check(cls.target, timeout=1) == "SERVING":
+                    break
+            except grpc.RpcError:
+                pass
+            if cls.proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError("testsvc did not start; see /tmp/commerce-interop-testsvc.log")
+            time.sleep(0.05)
+        cls.ch = grpc.insecure_channel(cls.target)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.ch.close()
+        cls.proc.send_signal(signal.SIGTERM)
+        code = cls.proc.wait(timeout=30)
+        cls.log.close()
+        assert code == 0, "testsvc exited %d after SIGTERM" % code
+
+    def call(self, method, req, resp_cls, metadata=TENANT, timeout=5):
+        return cg.unary(self.ch, SVC + method, req, resp_cls)(req, metadata=metadata, timeout=timeout)
+
+    def test_health_check_serving(self):
+        self.assertEqual(cg.health_check(self.target), "SERVING")
+        self.assertEqual(cg.health_check(self.target, "commerce.test.v1.TestService"), "SERVING")
+
+    def test_health_check_unknown_service_is_not_found(self):
+        with self.assertRaises(grpc.RpcError) as e:
+            cg.health_check(self.target, "no.such.Service")
+        self.assertEqual(e.exception.code(), grpc.StatusCode.NOT_FOUND)
+
+    def test_echo_round_trip_with_metadata(self):
+        md = TENANT + (("x-request-id", "py-1"),)
+        r = self.call("Echo", test_pb2.EchoRequest(text="你好"), test_pb2.EchoResponse, metadata=md)
+        self.assertEqual(r.text, "你好")
+        self.assertEqual(r.tenant, "tenant-py")
+        self.assertEqual(r.request_id, "py-1")
+
+    def test_put_then_get_from_postgres(self):
+        key = str(uuid.uuid4())
+        r = self.call("Put", test_pb2.PutRequest(key=key, value="v"), test_pb2.PutResponse)
+        self.assertTrue(r.created)
+        g = self.call("Get", test_pb2.GetRequest(key=key), test_pb2.GetResponse)
+        self.assertEqual(g.value, "v")
+
+    def test_invalid_argument_carries_bad_request_details(self):
+        with self.assertRaises(grpc.RpcError) as e:
+            self.call("Put", test_pb2.PutRequest(key="", value="v"), test_pb2.PutResponse)
+        err = e.exception
+        self.assertEqual(err.code(), grpc.StatusCode.INVALID_ARGUMENT)
+        st = status_details(err)
+        self.assertIsNotNone(st, "no grpc-status-details-bin trailer")
+        self.assertEqual(st.code, grpc.StatusCode.INVALID_ARGUMENT.value[0])
+        info = detail(st, details_pb2.ErrorInfo, "google.rpc.ErrorInfo")
+        self.assertEqual(info.reason, "INVALID_ARGUMENT")
+        self.assertEqual(info.domain, "testsvc.commerce")
+        bad = detail(st, details_pb2.BadRequest, "google.rpc.BadRequest")
+        self.assertEqual(bad.field_violations[0].field, "key")
+
+    def test_error_info_metadata(self):
+        with self.assertRaises(grpc.RpcError) as e:
+            self.call("Fail", test_pb2.FailRequest(code=9), test_pb2.FailResponse)
+        self.assertEqual(e.exception.code(), grpc.StatusCode.FAILED_PRECONDITION)
+        info = detail(status_details(e.exception), details_pb2.ErrorInfo, "google.rpc.ErrorInfo")
+        self.assertEqual(info.reason, "REQUESTED_FAILURE")
+        self.assertEqual(info.metadata["requested_code"], "9")
+
+    def test_malformed_bytes_are_invalid_argument(self):
+        raw = self.ch.unary_unary(SVC + "Echo", request_serializer=None, response_deserializer=None)
+        with self.assertRaises(grpc.RpcError) as e:
+            raw(b"\x0a\xff\xff\xff\xff\x0f", metadata=TENANT, timeout=5)
+        self.assertEqual(e.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
+
+    def test_missing_tenant_is_invalid_argument(self):
+        with self.assertRaises(grpc.RpcError) as e:
+            self.call("Echo", test_pb2.EchoRequest(text="x"), test_pb2.EchoResponse, metadata=())
+        self.assertEqual(e.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
+        bad = detail(status_details(e.exception), details_pb2.BadRequest, "google.rpc.BadRequest")
+        self.assertEqual(bad.field_violations[0].field, "metadata.x-tenant-id")
+
+    def test_unknown_method_is_unimplemented(self):
+        with self.assertRaises(grpc.RpcError) as e:
+            raw = self.ch.unary_unary(SVC + "Nope", request_serializer=None, response_deserializer=None)
+            raw(b"", metadata=TENANT, timeout=5)
+        self.assertEqual(e.exception.code(), grpc.StatusCode.UNIMPLEMENTED)
+
+    def test_oversized_message_is_resource_exhausted(self):
+        with self.assertRaises(grpc.RpcError) as e:
+            self.call("Echo", test_pb2.EchoRequest(blob=b"\0" * (5 << 20)), test_pb2.EchoResponse)
+        self.assertEqual(e.exception.code(), grpc.StatusCode.RESOURCE_EXHAUSTED)
+        # and the server still answers
+        self.assertEqual(cg.health_check(self.target), "SERVING")
+
+    def test_deadline_exceeded(self):
+        with self.assertRaises(grpc.RpcError) as e:
+            self.call("Sleep", test_pb2.SleepRequest(millis=1500), test_pb2.SleepResponse, timeout=0.2)
+        self.assertEqual(e.exception.code(), grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
