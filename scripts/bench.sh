@@ -1,0 +1,412 @@
+#!/usr/bin/env bash
+# benchmarks, run by hand or by a performance job (never by ctest: their
+# numbers depend on the machine and its load). each benchmark is a
+# sub-command; tests/bench/README.md says what they measure and how to read
+# the output.
+#
+#   scripts/bench.sh rpc [--duration S] [--concurrency C] [options]
+#
+# every benchmark builds a release tree first (build-release: -O2, no
+# sanitizers), starts what it needs, prints the machine and its settings,
+# and stops everything it started, also when interrupted.
+#
+# environment: BENCH_BUILD_DIR (default <repo>/build-release), BENCH_PG_PORT
+# (default 55439) and BENCH_PG_RUN_DIR (default <repo>/.run/pg-bench): the
+# benchmark's own private postgres, so it never stops a cluster that tests
+# are using. PG_DSN: use that server instead and start none.
+#
+# exit: 0 measured and every target met; 1 the measurement failed (a server
+# did not start, a call returned non-OK); 2 usage; 3 measured but a target
+# was missed.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+build=${BENCH_BUILD_DIR:-$root/build-release}
+bin=$build/bin
+
+die() {
+  echo "bench.sh: $*" >&2
+  exit 1
+}
+
+usage() {
+  cat <<EOF
+usage: scripts/bench.sh <benchmark> [options]
+
+benchmarks:
+  rpc    the rpc runtime hosting a no-op handler (commerce-testsvc Noop)
+         against a bare gRPC-core server, alternating, in one run
+         options: --duration S (10) --concurrency C (64) --rounds R (3)
+                  --warmup S (2) --workers W (2) --channels N (4)
+                  --threads T (2) --no-build
+
+exit: 0 targets met, 1 measurement failed, 2 usage, 3 a target was missed.
+EOF
+}
+
+# ---- shared by every benchmark ----
+
+# processes started by this script, stopped by the exit trap (by pid)
+pids=()
+started_pg=0
+workdir=""
+
+cleanup() {
+  local rc=$?
+  local p
+  for p in "${pids[@]}"; do
+    kill -TERM "$p" 2>/dev/null || true
+  done
+  for p in "${pids[@]}"; do
+    # a clean drain takes well under DRAIN_GRACE_SECONDS here; do not hang
+    for _ in $(seq 1 100); do
+      kill -0 "$p" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill -KILL "$p" 2>/dev/null || true
+    wait "$p" 2>/dev/null || true
+  done
+  if [ "$started_pg" = 1 ]; then
+    bench_pg stop >/dev/null 2>&1 || true
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'echo "bench.sh: interrupted" >&2; exit 130' INT
+trap 'echo "bench.sh: interrupted" >&2; exit 143' TERM
+
+bench_pg() {
+  PG_PORT=${BENCH_PG_PORT:-55439} PG_RUN_DIR=${BENCH_PG_RUN_DIR:-$root/.run/pg-bench} \
+    "$root/scripts/pg.sh" "$@"
+}
+
+# starts the benchmark's postgres (unless PG_DSN names one) and exports PG_DSN
+start_pg() {
+  if [ -z "${PG_DSN:-}" ]; then
+    bench_pg start
+    started_pg=1
+  fi
+  PG_DSN=$(bench_pg dsn)
+  export PG_DSN
+}
+
+build_release() {
+  echo "== build ($build: Release, -O2, no sanitizers)"
+  cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+    -DCMAKE_C_FLAGS_RELEASE="-O2 -DNDEBUG" -DCOMMERCE_SANITIZE=OFF >/dev/null
+  ninja -C "$build" "$@" >"$build/bench-build.log" 2>&1 || {
+    tail -n 30 "$build/bench-build.log" >&2
+    die "release build failed (log: $build/bench-build.log)"
+  }
+}
+
+machine() {
+  local model mem
+  model=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
+  mem=$(awk '/^MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo)
+  echo "== machine"
+  echo "cpus         $(nproc) (${model:-unknown model})"
+  echo "memory       $mem"
+  echo "kernel       $(uname -sr)"
+  echo "load         $(cut -d' ' -f1-3 /proc/loadavg) (1, 5, 15 min before the run)"
+  echo "note         the load generator and the server share these $(nproc) cpus: the"
+  echo "             numbers are for comparing servers in one run, not capacity"
+}
+
+# a tcp port nobody listens on: the kernel picks it, or failing python a
+# random one that ss does not list
+free_port() {
+  if command -v python3 >/dev/null 2>&1; then
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+    return
+  fi
+  local p
+  while :; do
+    p=$((20000 + RANDOM % 30000))
+    ss -Hltn "sport = :$p" | grep -q . || { echo "$p"; return; }
+  done
+}
+
+# starts a server in the background, its output in a log file; sets $last_pid
+last_pid=""
+spawn() {
+  local log=$1
+  shift
+  "$@" >"$log" 2>&1 &
+  last_pid=$!
+  pids+=("$last_pid")
+}
+
+# waits for a process we started, then forgets it; returns its exit code
+forget_wait() {
+  local p=$1 rc=0 keep=() q
+  wait "$p" || rc=$?
+  for q in "${pids[@]}"; do
+    [ "$q" = "$p" ] || keep+=("$q")
+  done
+  pids=("${keep[@]+"${keep[@]}"}")
+  return "$rc"
+}
+
+# stops one server we started (SIGTERM: a graceful drain); returns its exit code
+stop_pid() {
+  kill -TERM "$1" 2>/dev/null || true
+  forget_wait "$1"
+}
+
+wait_tcp() {
+  local port=$1 pid=$2 log=$3
+  for _ in $(seq 1 300); do
+    kill -0 "$pid" 2>/dev/null || {
+      tail -n 20 "$log" >&2
+      die "server exited during start (log: $log)"
+    }
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+      return 0
+    fi
+    sleep 0.1
+  done
+  die "nothing listens on 127.0.0.1:$port after 30 s (log: $log)"
+}
+
+wait_http_ok() {
+  local url=$1 pid=$2 log=$3
+  for _ in $(seq 1 300); do
+    kill -0 "$pid" 2>/dev/null || {
+      tail -n 20 "$log" >&2
+      die "server exited during start (log: $log)"
+    }
+    if curl -fsS -o /dev/null --max-time 1 "$url" 2>/dev/null; then
+      return 0
+    fi
+    sleep 0.1
+  done
+  tail -n 20 "$log" >&2
+  die "$url did not answer 200 within 30 s (log: $log)"
+}
+
+rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+anon_kb() { awk '/^RssAnon/ {print $2}' "/proc/$1/status"; }
+hwm_kb() { awk '/^VmHWM/ {print $2}' "/proc/$1/status"; }
+mb() { awk -v k="$1" 'BEGIN {printf "%.1f", k / 1024}'; }
+
+# user + system cpu of a process in clock ticks (fields 14 and 15 of stat;
+# the command name before them may hold spaces, so count after the ')')
+cpu_ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'; }
+
+# busy cpu ticks of the whole machine (user nice system irq softirq steal)
+sys_busy_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9; exit}' /proc/stat; }
+
+# a numeric field of the loadgen's one-line json
+jnum() { sed -n "s/.*\"$2\":\([-0-9.eE+]*\).*/\1/p" <<<"$1"; }
+
+median() {
+  printf '%s\n' "$@" | sort -g | awk '{v[NR] = $1}
+    END {if (NR % 2) print v[(NR + 1) / 2]; else printf "%.1f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2}'
+}
+
+# ---- rpc: the runtime against a bare gRPC-core server ----
+
+bench_rpc() {
+  local duration=10 concurrency=64 rounds=3 warmup=2 workers=2 channels=4 threads=2 do_build=1
+  while [ $# -gt 0 ]; do
+    case "$1" in
+    --duration) duration=$2; shift 2 ;;
+    --concurrency) concurrency=$2; shift 2 ;;
+    --rounds) rounds=$2; shift 2 ;;
+    --warmup) warmup=$2; shift 2 ;;
+    --workers) workers=$2; shift 2 ;;
+    --channels) channels=$2; shift 2 ;;
+    --threads) threads=$2; shift 2 ;;
+    --no-build) do_build=0; shift ;;
+    -h | --help) usage; exit 0 ;;
+    *) usage >&2; exit 2 ;;
+    esac
+  done
+  local v
+  for v in "$duration" "$concurrency" "$rounds" "$warmup" "$workers" "$channels" "$threads"; do
+    [[ "$v" =~ ^[0-9]+$ ]] || { echo "bench.sh: options take whole numbers, got '$v'" >&2; exit 2; }
+  done
+  [ "$rounds" -ge 1 ] && [ "$duration" -ge 1 ] || { echo "bench.sh: rounds and duration must be >= 1" >&2; exit 2; }
+
+  local method=/commerce.test.v1.TestService/Noop
+  local ratio_target=90 rss_target_mb=20
+
+  if [ "$do_build" = 1 ]; then
+    build_release commerce-loadgen commerce-bare-echo commerce-testsvc
+  fi
+  local b
+  for b in commerce-loadgen commerce-bare-echo commerce-testsvc; do
+    [ -x "$bin/$b" ] || die "$bin/$b is missing (build without --no-build)"
+  done
+  workdir=$build/bench/rpc-$(date -u +%Y%m%dT%H%M%SZ)
+  mkdir -p "$workdir"
+
+  machine
+  echo
+  echo "== settings"
+  echo "method       $method (empty request and reply)"
+  echo "servers      bare: commerce-bare-echo --threads $workers"
+  echo "             runtime: commerce-testsvc WORKERS=$workers LOG_LEVEL=warn"
+  echo "load         $concurrency calls in flight, $channels channels, $threads loadgen threads"
+  echo "rounds       $rounds x (bare, runtime), each ${warmup} s warmup + ${duration} s measured;"
+  echo "             the summary is the median over rounds"
+  echo "logs         $workdir"
+  echo
+
+  echo "== postgres (the runtime's workers open database connections)"
+  start_pg
+
+  # the bare server
+  local bare_port bare_pid
+  bare_port=$(free_port)
+  spawn "$workdir/bare.log" "$bin/commerce-bare-echo" --listen "127.0.0.1:$bare_port" \
+    --threads "$workers" --method "$method"
+  bare_pid=$last_pid
+  wait_tcp "$bare_port" "$bare_pid" "$workdir/bare.log"
+
+  # the runtime, measured idle first
+  local rt_port admin_port rt_pid
+  rt_port=$(free_port)
+  admin_port=$(free_port)
+  spawn "$workdir/runtime.log" env GRPC_LISTEN="127.0.0.1:$rt_port" \
+    ADMIN_LISTEN="127.0.0.1:$admin_port" PG_DSN="$PG_DSN" WORKERS="$workers" LOG_LEVEL=warn \
+    "$bin/commerce-testsvc"
+  rt_pid=$last_pid
+  wait_http_ok "http://127.0.0.1:$admin_port/readyz" "$rt_pid" "$workdir/runtime.log"
+  wait_tcp "$rt_port" "$rt_pid" "$workdir/runtime.log"
+  sleep 3
+  local idle_rss_kb idle_anon_kb bare_idle_rss_kb
+  idle_rss_kb=$(rss_kb "$rt_pid")
+  idle_anon_kb=$(anon_kb "$rt_pid")
+  bare_idle_rss_kb=$(rss_kb "$bare_pid")
+  echo "idle RSS     runtime $(mb "$idle_rss_kb") MB, bare $(mb "$bare_idle_rss_kb") MB" \
+    "(VmRSS 3 s after ready, before any call)"
+  echo
+
+  echo "== rounds"
+  # srv_cpu_us: server cpu per call; other_cpu: cpus used by processes
+  # other than this server and the load generator (noise: builds, tests)
+  printf '%-5s %-8s %9s %8s %8s %8s %8s %8s %6s %10s %9s\n' round server calls/s p50_us p90_us \
+    p99_us p999_us max_us errors srv_cpu_us other_cpu
+  local -a bare_rate=() bare_p50=() bare_p99=() bare_p999=() rt_rate=() rt_p50=() rt_p99=() rt_p999=()
+  local -a bare_cpu=() rt_cpu=() others=()
+  local failed=0 r kind port pid out json t0 t1 s0 s1 w0 w1 cpu_us other rc
+  local hz
+  hz=$(getconf CLK_TCK)
+  for r in $(seq 1 "$rounds"); do
+    for kind in bare runtime; do
+      if [ "$kind" = bare ]; then port=$bare_port pid=$bare_pid; else port=$rt_port pid=$rt_pid; fi
+      out=$workdir/round$r-$kind.txt
+      t0=$(cpu_ticks "$pid")
+      s0=$(sys_busy_ticks)
+      w0=$(date +%s%N)
+      rc=0
+      # in the background so that a signal to this script is handled at once
+      # (bash runs traps only between foreground commands); the trap stops it
+      spawn "$out" "$bin/commerce-loadgen" --target "127.0.0.1:$port" --method "$method" \
+        --concurrency "$concurrency" --duration "$duration" --warmup "$warmup" \
+        --channels "$channels" --threads "$threads" --json
+      forget_wait "$last_pid" || rc=$?
+      t1=$(cpu_ticks "$pid")
+      s1=$(sys_busy_ticks)
+      w1=$(date +%s%N)
+      json=$(grep '^{' "$out" || true)
+      if [ "$rc" != 0 ] || [ -z "$json" ]; then
+        echo "round $r $kind: the load generator failed (exit $rc):" >&2
+        sed 's/^/  /' "$out" >&2
+        failed=1
+        continue
+      fi
+      # server cpu per call, warmup included on both sides of the division
+      cpu_us=$(awk -v t="$((t1 - t0))" -v hz="$hz" -v n="$(jnum "$json" calls_total)" \
+        'BEGIN {printf "%.1f", (n > 0 ? t / hz * 1e6 / n : 0)}')
+      other=$(awk -v s="$((s1 - s0))" -v t="$((t1 - t0))" -v hz="$hz" \
+        -v lg="$(jnum "$json" loadgen_cpu_s)" -v ns="$((w1 - w0))" \
+        'BEGIN {o = ((s - t) / hz - lg) / (ns / 1e9); printf "%.2f", (o < 0 ? 0 : o)}')
+      printf '%-5s %-8s %9.0f %8s %8s %8s %8s %8s %6s %10s %9s\n' "$r" "$kind" \
+        "$(jnum "$json" calls_per_s)" "$(jnum "$json" p50_us)" "$(jnum "$json" p90_us)" \
+        "$(jnum "$json" p99_us)" "$(jnum "$json" p999_us)" "$(jnum "$json" max_us)" \
+        "$(jnum "$json" errors)" "$cpu_us" "$other"
+      others+=("$other")
+      if [ "$kind" = bare ]; then
+        bare_rate+=("$(jnum "$json" calls_per_s)") bare_p50+=("$(jnum "$json" p50_us)")
+        bare_p99+=("$(jnum "$json" p99_us)") bare_p999+=("$(jnum "$json" p999_us)")
+        bare_cpu+=("$cpu_us")
+      else
+        rt_rate+=("$(jnum "$json" calls_per_s)") rt_p50+=("$(jnum "$json" p50_us)")
+        rt_p99+=("$(jnum "$json" p99_us)") rt_p999+=("$(jnum "$json" p999_us)")
+        rt_cpu+=("$cpu_us")
+      fi
+    done
+  done
+  local load_rss_kb load_anon_kb load_hwm_kb
+  load_rss_kb=$(rss_kb "$rt_pid")
+  load_anon_kb=$(anon_kb "$rt_pid")
+  load_hwm_kb=$(hwm_kb "$rt_pid")
+
+  # both servers must still be healthy and stop cleanly
+  if ! curl -fsS -o /dev/null --max-time 2 "http://127.0.0.1:$admin_port/readyz"; then
+    echo "bench.sh: the runtime is not ready after the load" >&2
+    failed=1
+  fi
+  stop_pid "$rt_pid" || { echo "bench.sh: the runtime did not exit 0 on SIGTERM" >&2; failed=1; }
+  stop_pid "$bare_pid" || { echo "bench.sh: the bare server did not exit 0 on SIGTERM" >&2; failed=1; }
+
+  echo
+  if [ "$failed" = 1 ] || [ "${#bare_rate[@]}" = 0 ] || [ "${#rt_rate[@]}" = 0 ]; then
+    echo "*** RPC BENCHMARK FAILED: see the errors above; these numbers are not a measurement ***"
+    return 1
+  fi
+  local mb_rate mr_rate ratio ratio_ok rss_ok verdict=0
+  mb_rate=$(median "${bare_rate[@]}")
+  mr_rate=$(median "${rt_rate[@]}")
+  ratio=$(awk -v a="$mr_rate" -v b="$mb_rate" 'BEGIN {printf "%.1f", (b > 0 ? 100 * a / b : 0)}')
+  ratio_ok=$(awk -v r="$ratio" -v t="$ratio_target" 'BEGIN {print ((r >= t) ? "met" : "MISSED")}')
+  rss_ok=$(awk -v k="$idle_rss_kb" -v t="$rss_target_mb" 'BEGIN {print ((k / 1024 < t) ? "met" : "MISSED")}')
+  [ "$ratio_ok" = met ] && [ "$rss_ok" = met ] || verdict=3
+
+  echo "== summary (median of $rounds rounds)"
+  printf '%-8s %10s %9s %9s %9s %14s\n' server calls/s p50_us p99_us p999_us srv_cpu_us/call
+  printf '%-8s %10.0f %9s %9s %9s %14s\n' bare "$mb_rate" "$(median "${bare_p50[@]}")" \
+    "$(median "${bare_p99[@]}")" "$(median "${bare_p999[@]}")" "$(median "${bare_cpu[@]}")"
+  printf '%-8s %10.0f %9s %9s %9s %14s\n' runtime "$mr_rate" "$(median "${rt_p50[@]}")" \
+    "$(median "${rt_p99[@]}")" "$(median "${rt_p999[@]}")" "$(median "${rt_cpu[@]}")"
+  echo
+  echo "throughput   runtime / bare = $ratio % (target >= $ratio_target %): $ratio_ok"
+  # the same comparison from server cpu per call: it does not depend on how
+  # the shared cpus were split, so it is steadier on a busy machine
+  local mb_cpu mr_cpu
+  mb_cpu=$(median "${bare_cpu[@]}")
+  mr_cpu=$(median "${rt_cpu[@]}")
+  echo "cpu per call bare $mb_cpu us, runtime $mr_cpu us: on cpu alone the runtime would do" \
+    "$(awk -v b="$mb_cpu" -v r="$mr_cpu" 'BEGIN {printf "%.1f", (r > 0 ? 100 * b / r : 0)}') % of bare"
+  echo "idle RSS     $(mb "$idle_rss_kb") MB (target < $rss_target_mb MB): $rss_ok;" \
+    "anonymous $(mb "$idle_anon_kb") MB, the rest is shared-library pages"
+  echo "loaded RSS   $(mb "$load_rss_kb") MB after the last round (anonymous $(mb "$load_anon_kb") MB)," \
+    "peak $(mb "$load_hwm_kb") MB; bare server idle: $(mb "$bare_idle_rss_kb") MB"
+  echo "note         loadgen and servers shared $(nproc) cpus; compare the two rows, not absolute rates"
+  local noisy
+  noisy=$(printf '%s\n' "${others[@]}" | awk '$1 > 0.2 {n++} END {print n + 0}')
+  if [ "$noisy" != 0 ]; then
+    echo "WARNING      in $noisy round(s) other processes used more than 0.2 cpu (other_cpu):"
+    echo "             those rounds are noisy; rerun on a quiet machine or with more --rounds"
+  fi
+  return "$verdict"
+}
+
+cmd=${1:-}
+[ $# -gt 0 ] && shift
+case "$cmd" in
+rpc) bench_rpc "$@" ;;
+-h | --help | help) usage ;;
+"")
+  usage >&2
+  exit 2
+  ;;
+*)
+  echo "bench.sh: unknown benchmark '$cmd'" >&2
+  usage >&2
+  exit 2
+  ;;
+esac
