@@ -36,7 +36,7 @@ usage: scripts/bench.sh <benchmark> [options]
 benchmarks:
   rpc    the rpc runtime hosting a no-op handler (commerce-testsvc Noop)
          against a bare gRPC-core server, alternating, in one run
-         options: --duration S (10) --concurrency C (64) --rounds R (3)
+         options: --duration S (10) --concurrency C (64) --rounds R (5)
                   --warmup S (2) --workers W (2) --channels N (4)
                   --threads T (2) --no-build
 
@@ -208,7 +208,7 @@ median() {
 # ---- rpc: the runtime against a bare gRPC-core server ----
 
 bench_rpc() {
-  local duration=10 concurrency=64 rounds=3 warmup=2 workers=2 channels=4 threads=2 do_build=1
+  local duration=10 concurrency=64 rounds=5 warmup=2 workers=2 channels=4 threads=2 do_build=1
   while [ $# -gt 0 ]; do
     case "$1" in
     --duration) duration=$2; shift 2 ;;
