@@ -12,7 +12,7 @@ DEBS=(
   librdkafka-dev kcat
   libuv1-dev check libsubunit-dev
   libjwt-dev libjansson-dev libhttp-parser-dev libssl-dev
-  python3-grpcio python3-protobuf
+  python3-grpcio python3-protobuf python3-jsonschema
   clang-format clang-tidy valgrind
   default-jre-headless maven
   procps curl

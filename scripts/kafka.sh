@@ -1,0 +1,457 @@
+#!/usr/bin/env bash
+# a private single-node apache kafka broker (kraft: broker and controller in
+# one jvm) for tests and benchmarks, under <repo>/.run/kafka. the broker's
+# jars come from maven central through kafka/pom.xml, once: later starts
+# reuse .run/kafka/libs and never touch the network.
+#
+#   scripts/kafka.sh start      fetch jars if absent, format storage if new,
+#                               start, wait until a record round-trips
+#   scripts/kafka.sh stop       sigterm (controlled shutdown), sigkill after
+#                               KAFKA_STOP_TIMEOUT
+#   scripts/kafka.sh status     exit 0 when serving, 3 when stopped
+#   scripts/kafka.sh bootstrap  print the bootstrap servers
+#   scripts/kafka.sh topics     create every topic of kafka/topics.tsv on the
+#                               bootstrap broker (any broker; existing ones are
+#                               left alone)
+#
+# environment: KAFKA_PORT (default 59092), KAFKA_CONTROLLER_PORT (59093),
+# KAFKA_RUN_DIR (<repo>/.run/kafka), KAFKA_HEAP (512m), KAFKA_START_TIMEOUT
+# (120 s), KAFKA_STOP_TIMEOUT (30 s), KAFKA_REPLICATION_FACTOR (1, for
+# "topics"), JAVA_HOME. when KAFKA_BROKERS is set the user brings their own
+# brokers: start/stop do nothing, bootstrap prints KAFKA_BROKERS and topics
+# creates the catalogue there.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+KAFKA_PORT=${KAFKA_PORT:-59092}
+KAFKA_CONTROLLER_PORT=${KAFKA_CONTROLLER_PORT:-59093}
+KAFKA_HEAP=${KAFKA_HEAP:-512m}
+KAFKA_START_TIMEOUT=${KAFKA_START_TIMEOUT:-120}
+KAFKA_STOP_TIMEOUT=${KAFKA_STOP_TIMEOUT:-30}
+KAFKA_REPLICATION_FACTOR=${KAFKA_REPLICATION_FACTOR:-1}
+base=${KAFKA_RUN_DIR:-$root/.run/kafka}
+pom=$root/kafka/pom.xml
+catalogue=$root/kafka/topics.tsv
+libs=$base/libs
+data=$base/data
+logdir=$base/log
+conf=$base/server.properties
+log4j=$base/log4j.properties
+pidfile=$base/kafka.pid
+outfile=$logdir/kafka.out
+probe_topic=commerce.probe
+java=${JAVA_HOME:+$JAVA_HOME/bin/}java
+
+die() {
+  echo "kafka.sh: $*" >&2
+  exit 1
+}
+
+note() { echo "kafka.sh: $*" >&2; }
+
+is_uint() { [[ $1 =~ ^[0-9]+$ ]]; }
+
+check_env() {
+  is_uint "$KAFKA_PORT" && [ "$KAFKA_PORT" -gt 0 ] && [ "$KAFKA_PORT" -lt 65536 ] ||
+    die "KAFKA_PORT must be a port number, got '$KAFKA_PORT'"
+  is_uint "$KAFKA_CONTROLLER_PORT" && [ "$KAFKA_CONTROLLER_PORT" -gt 0 ] &&
+    [ "$KAFKA_CONTROLLER_PORT" -lt 65536 ] ||
+    die "KAFKA_CONTROLLER_PORT must be a port number, got '$KAFKA_CONTROLLER_PORT'"
+  [ "$KAFKA_PORT" != "$KAFKA_CONTROLLER_PORT" ] ||
+    die "KAFKA_PORT and KAFKA_CONTROLLER_PORT must differ"
+  [[ $KAFKA_HEAP =~ ^[0-9]+[kKmMgG]$ ]] || die "KAFKA_HEAP must look like 512m, got '$KAFKA_HEAP'"
+  is_uint "$KAFKA_START_TIMEOUT" || die "KAFKA_START_TIMEOUT must be seconds, got '$KAFKA_START_TIMEOUT'"
+  is_uint "$KAFKA_STOP_TIMEOUT" || die "KAFKA_STOP_TIMEOUT must be seconds, got '$KAFKA_STOP_TIMEOUT'"
+}
+
+bootstrap() {
+  if [ -n "${KAFKA_BROKERS:-}" ]; then
+    printf '%s\n' "$KAFKA_BROKERS"
+  else
+    printf '127.0.0.1:%s\n' "$KAFKA_PORT"
+  fi
+}
+
+# the broker must not inherit our descriptors: the start/stop lock (fd 9)
+# would block every later kafka.sh, and a caller's pipe would never see eof
+close_fds() {
+  local fd n
+  for fd in /proc/$BASHPID/fd/*; do
+    n=${fd##*/}
+    if [ "$n" -gt 2 ]; then
+      eval "exec $n>&-" 2>/dev/null || true
+    fi
+  done
+}
+
+need_java() {
+  command -v "$java" >/dev/null 2>&1 || die "no java found (run scripts/install-deps.sh or set JAVA_HOME)"
+}
+
+need_kcat() {
+  command -v kcat >/dev/null 2>&1 || die "no kcat found (run scripts/install-deps.sh)"
+}
+
+mvn_copy() {
+  (cd "$root/kafka" && mvn -B -q "$@" -f "$pom" dependency:copy-dependencies \
+    -DoutputDirectory="$libs.tmp" </dev/null >"$logdir/mvn.log" 2>&1)
+}
+
+# the jars of kafka/pom.xml in $libs; fetched again only when the pom changes
+ensure_libs() {
+  local stamp
+  stamp=$(sha256sum "$pom" | cut -d' ' -f1)
+  if [ -f "$libs/.pom.sha256" ] && [ "$(cat "$libs/.pom.sha256")" = "$stamp" ]; then
+    return 0
+  fi
+  command -v mvn >/dev/null 2>&1 || die "no mvn found (run scripts/install-deps.sh)"
+  note "fetching the kafka broker jars (kafka/pom.xml) into $libs"
+  mkdir -p "$base" "$logdir"
+  rm -rf "$libs.tmp"
+  # offline first: when ~/.m2 already holds everything, no network at all
+  if ! mvn_copy -o && ! mvn_copy; then
+    tail -n 30 "$logdir/mvn.log" >&2 || true
+    die "could not fetch the kafka jars with maven (log: $logdir/mvn.log)"
+  fi
+  ls "$libs.tmp"/kafka_2.13-*.jar >/dev/null 2>&1 || die "maven ran but fetched no kafka_2.13 jar (log: $logdir/mvn.log)"
+  echo "$stamp" >"$libs.tmp/.pom.sha256"
+  rm -rf "$libs"
+  mv "$libs.tmp" "$libs"
+}
+
+# a short-lived admin tool (StorageTool, TopicCommand) from the broker jars;
+# it logs warnings to stderr, never into the broker's server.log
+run_tool() {
+  local tlog4j=$base/tools-log4j.properties
+  [ -f "$tlog4j" ] || cat >"$tlog4j" <<'EOF'
+# written by scripts/kafka.sh: logging of the admin tools it runs
+log4j.rootLogger=WARN, stderr
+log4j.appender.stderr=org.apache.log4j.ConsoleAppender
+log4j.appender.stderr.Target=System.err
+log4j.appender.stderr.layout=org.apache.log4j.PatternLayout
+log4j.appender.stderr.layout.ConversionPattern=[%d] %p %m (%c)%n
+EOF
+  "$java" -Xmx256m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 -Djava.awt.headless=true \
+    -Dlog4j.configuration="file:$tlog4j" -cp "$libs/*" "$@"
+}
+
+write_config() {
+  mkdir -p "$data" "$logdir"
+  # rewritten on every start so a changed port takes effect
+  cat >"$conf" <<EOF
+# written by scripts/kafka.sh on every start; edits here are overwritten
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:$KAFKA_CONTROLLER_PORT
+listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+log.dirs=$data
+num.partitions=6
+default.replication.factor=1
+min.insync.replicas=1
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=6
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+transaction.state.log.num.partitions=6
+auto.create.topics.enable=false
+group.initial.rebalance.delay.ms=0
+log.retention.hours=168
+log.segment.bytes=134217728
+num.network.threads=2
+num.io.threads=4
+EOF
+  # the broker's own log: a rolling file, quiet request loggers
+  cat >"$log4j" <<'EOF'
+# written by scripts/kafka.sh on every start; edits here are overwritten
+log4j.rootLogger=INFO, file
+log4j.appender.file=org.apache.log4j.RollingFileAppender
+log4j.appender.file.File=${kafka.logs.dir}/server.log
+log4j.appender.file.MaxFileSize=20MB
+log4j.appender.file.MaxBackupIndex=3
+log4j.appender.file.layout=org.apache.log4j.PatternLayout
+log4j.appender.file.layout.ConversionPattern=[%d] %p %m (%c)%n
+log4j.logger.kafka.request.logger=WARN
+log4j.logger.kafka.network.RequestChannel$=WARN
+log4j.logger.state.change.logger=WARN
+log4j.logger.org.apache.kafka.clients=WARN
+log4j.logger.org.apache.kafka.common.utils.AppInfoParser=WARN
+EOF
+}
+
+format_storage() {
+  [ -f "$data/meta.properties" ] && return 0
+  local cluster_id
+  cluster_id=$(run_tool kafka.tools.StorageTool random-uuid 2>>"$outfile") ||
+    die "could not make a cluster id (log: $outfile)"
+  note "formatting $data (cluster $cluster_id)"
+  run_tool kafka.tools.StorageTool format -t "$cluster_id" -c "$conf" --ignore-formatted \
+    >>"$outfile" 2>&1 || {
+    tail -n 20 "$outfile" >&2 || true
+    die "could not format $data (log: $outfile)"
+  }
+}
+
+broker_pid() {
+  local pid
+  [ -f "$pidfile" ] || return 1
+  pid=$(cat "$pidfile")
+  is_uint "$pid" || return 1
+  # a stale pid file may name an unrelated process by now
+  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q "kafka\.Kafka $conf" || return 1
+  echo "$pid"
+}
+
+# kill -0 is not enough: a broker that died as our own child stays a zombie
+alive() {
+  local st
+  st=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+  st=${st##*) }
+  [ "${st%% *}" != Z ]
+}
+
+port_open() {
+  (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+log_tail() {
+  tail -n 25 "$logdir/server.log" >&2 2>/dev/null || true
+  tail -n 10 "$outfile" >&2 2>/dev/null || true
+}
+
+# the broker serves when a record produced to the probe topic comes back,
+# and a consumer group (the coordinator, __consumer_offsets) answers
+probe() {
+  local bs=$1 token got
+  token="probe-$$-$RANDOM-$(date +%s%N)"
+  printf '%s\n' "$token" | timeout 20 kcat -b "$bs" -P -t "$probe_topic" -p 0 \
+    -X enable.idempotence=true -X acks=all -X message.timeout.ms=15000 2>/dev/null || return 1
+  got=$(timeout 15 kcat -b "$bs" -C -t "$probe_topic" -p 0 -o -1 -c 1 -e -q \
+    -X fetch.wait.max.ms=100 -m 5 2>/dev/null) || return 1
+  [ "$got" = "$token" ] || return 1
+  timeout 20 kcat -b "$bs" -G commerce-probe -o beginning -c 1 -e -q \
+    -X session.timeout.ms=6000 -m 5 "$probe_topic" >/dev/null 2>&1 || return 1
+}
+
+# returns 1 (after the log tail) when the broker does not serve in time
+wait_serving() {
+  local pid=$1 bs deadline created=0
+  bs=$(bootstrap)
+  deadline=$((SECONDS + KAFKA_START_TIMEOUT))
+  while [ $SECONDS -lt $deadline ]; do
+    if ! alive "$pid"; then
+      log_tail
+      rm -f "$pidfile"
+      die "broker exited during start (logs: $logdir)"
+    fi
+    if port_open "$KAFKA_PORT" && timeout 10 kcat -b "$bs" -L -t "$probe_topic" -m 2 >/dev/null 2>&1; then
+      if [ $created = 0 ]; then
+        run_tool org.apache.kafka.tools.TopicCommand --bootstrap-server "$bs" --create \
+          --if-not-exists --topic "$probe_topic" --partitions 1 --replication-factor 1 \
+          --config retention.ms=3600000 >>"$outfile" 2>&1 && created=1
+      fi
+      if [ $created = 1 ] && probe "$bs"; then
+        return 0
+      fi
+    fi
+    sleep 0.5
+  done
+  log_tail
+  return 1
+}
+
+timeout_msg() {
+  echo "broker did not serve produce and consume on $(bootstrap) within ${KAFKA_START_TIMEOUT}s (logs: $logdir)"
+}
+
+start() {
+  if [ -n "${KAFKA_BROKERS:-}" ]; then
+    note "KAFKA_BROKERS is set, not starting a private broker"
+    return 0
+  fi
+  check_env
+  need_java
+  need_kcat
+  local pid t0=$SECONDS
+  if pid=$(broker_pid); then
+    wait_serving "$pid" || die "$(timeout_msg)"
+    note "already running on $(bootstrap) (pid $pid)"
+    return 0
+  fi
+  rm -f "$pidfile"
+  local p
+  for p in "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT"; do
+    if port_open "$p"; then
+      die "port $p on 127.0.0.1 is taken by another server; set KAFKA_PORT / KAFKA_CONTROLLER_PORT"
+    fi
+  done
+  ensure_libs
+  write_config
+  : >"$outfile"
+  format_storage
+  # setsid: the broker outlives the caller's terminal and process group.
+  # as a background job this subshell is no group leader, so setsid execs
+  # java in place and $! is the broker's pid
+  (
+    close_fds
+    cd "$base"
+    exec setsid "$java" -Xms"$KAFKA_HEAP" -Xmx"$KAFKA_HEAP" -XX:+UseG1GC \
+      -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35 \
+      -XX:+ExplicitGCInvokesConcurrent -Djava.awt.headless=true \
+      -Dlog4j.configuration="file:$log4j" -Dkafka.logs.dir="$logdir" \
+      -cp "$libs/*" kafka.Kafka "$conf" </dev/null >>"$outfile" 2>&1
+  ) &
+  pid=$!
+  echo "$pid" >"$pidfile"
+  if ! wait_serving "$pid"; then
+    # a broker that never served is of no use to anyone: do not leave it
+    stop_pid "$pid"
+    die "$(timeout_msg)"
+  fi
+  note "kafka running on $(bootstrap) (pid $pid, data: $data, started in $((SECONDS - t0))s)"
+}
+
+stop() {
+  local pid
+  check_env
+  if ! pid=$(broker_pid); then
+    rm -f "$pidfile"
+    note "not running"
+    return 0
+  fi
+  stop_pid "$pid"
+  note "stopped"
+}
+
+# sigterm (the broker's controlled shutdown), sigkill after KAFKA_STOP_TIMEOUT
+stop_pid() {
+  local pid=$1 waited=0
+  kill -TERM "$pid" 2>/dev/null || true
+  while alive "$pid"; do
+    if [ $waited -ge $((KAFKA_STOP_TIMEOUT * 10)) ]; then
+      note "broker did not stop within ${KAFKA_STOP_TIMEOUT}s, killing it"
+      kill -KILL "$pid" 2>/dev/null || true
+      break
+    fi
+    sleep 0.1
+    waited=$((waited + 1))
+  done
+  while alive "$pid"; do sleep 0.1; done
+  rm -f "$pidfile"
+}
+
+status() {
+  need_kcat
+  local bs
+  bs=$(bootstrap)
+  if [ -z "${KAFKA_BROKERS:-}" ] && ! broker_pid >/dev/null; then
+    echo "kafka.sh: stopped"
+    return 3
+  fi
+  if timeout 15 kcat -b "$bs" -L -m 5 >/dev/null 2>&1; then
+    echo "kafka.sh: serving on $bs"
+    return 0
+  fi
+  echo "kafka.sh: not reachable on $bs"
+  return 3
+}
+
+# "7d" "12h" "-1" -> retention.ms
+retention_ms() {
+  case "$1" in
+  -1) echo -1 ;;
+  *d) is_uint "${1%d}" && echo $((${1%d} * 86400000)) ;;
+  *h) is_uint "${1%h}" && echo $((${1%h} * 3600000)) ;;
+  *) return 1 ;;
+  esac
+}
+
+topics() {
+  need_kcat
+  [ -f "$catalogue" ] || die "no topic catalogue at $catalogue"
+  is_uint "$KAFKA_REPLICATION_FACTOR" && [ "$KAFKA_REPLICATION_FACTOR" -ge 1 ] ||
+    die "KAFKA_REPLICATION_FACTOR must be a positive number, got '$KAFKA_REPLICATION_FACTOR'"
+  local bs meta line name parts retention cleanup rest ms have n_existing=0 t
+  local -a todo=()
+  bs=$(bootstrap)
+  meta=$(timeout 30 kcat -b "$bs" -L -m 10 2>&1) ||
+    die "could not read metadata from $bs: $(printf '%s\n' "$meta" | tail -n 1)"
+  while IFS= read -r line || [ -n "$line" ]; do
+    case "$line" in '' | '#'*) continue ;; esac
+    IFS=$'\t' read -r name parts retention cleanup rest <<<"$line"
+    [ "$name" = name ] && continue
+    [[ $name =~ ^[A-Za-z0-9._-]+$ ]] || die "topics.tsv: bad topic name '$name'"
+    is_uint "$parts" && [ "$parts" -ge 1 ] || die "topics.tsv: $name: bad partitions '$parts'"
+    ms=$(retention_ms "$retention") || die "topics.tsv: $name: bad retention '$retention'"
+    case "$cleanup" in
+    delete | compact | compact,delete) ;;
+    *) die "topics.tsv: $name: bad cleanup '$cleanup'" ;;
+    esac
+    have=$(printf '%s\n' "$meta" | sed -n "s/^  topic \"${name//./\\.}\" with \([0-9]*\) partitions:.*/\1/p")
+    if [ -n "$have" ]; then
+      [ "$have" = "$parts" ] ||
+        note "$name exists with $have partitions, the catalogue says $parts (left as it is)"
+      n_existing=$((n_existing + 1))
+    else
+      todo+=("$name $parts $ms $cleanup $retention")
+    fi
+  done <"$catalogue"
+  if ((${#todo[@]})); then
+    # only creating needs the jars (and java); a broker that has every topic
+    # (the embedded one creates them itself) needs neither
+    need_java
+    with_lock ensure_libs
+    exec 9>&-
+    mkdir -p "$logdir"
+    for t in "${todo[@]}"; do
+      read -r name parts ms cleanup retention <<<"$t"
+      if ! run_tool org.apache.kafka.tools.TopicCommand --bootstrap-server "$bs" --create \
+        --if-not-exists --topic "$name" --partitions "$parts" \
+        --replication-factor "$KAFKA_REPLICATION_FACTOR" \
+        --config "retention.ms=$ms" --config "cleanup.policy=$cleanup" \
+        >"$logdir/topics.log" 2>&1; then
+        tail -n 5 "$logdir/topics.log" >&2 || true
+        die "could not create topic $name on $bs (log: $logdir/topics.log)"
+      fi
+      note "created $name ($parts partitions, retention $retention, $cleanup)"
+    done
+  fi
+  note "topics on $bs: ${#todo[@]} created, $n_existing already there"
+}
+
+# serialise start/stop so scripts/test.sh and scripts/run.sh can race safely
+with_lock() {
+  mkdir -p "$base"
+  exec 9>"$base/.lock"
+  flock 9
+  "$@"
+}
+
+cmd=${1:-}
+[ $# -gt 0 ] && shift
+case "$cmd" in
+start)
+  if [ -n "${KAFKA_BROKERS:-}" ]; then
+    start
+  else
+    with_lock start
+  fi
+  ;;
+stop)
+  if [ -n "${KAFKA_BROKERS:-}" ] && [ ! -f "$pidfile" ]; then
+    note "KAFKA_BROKERS is set, nothing to stop"
+  else
+    with_lock stop
+  fi
+  ;;
+status) status ;;
+bootstrap) bootstrap ;;
+topics) topics ;;
+*)
+  echo "usage: $0 start|stop|status|bootstrap|topics" >&2
+  exit 2
+  ;;
+esac
