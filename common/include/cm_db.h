@@ -88,4 +88,12 @@ typedef struct cm_migration {
 int cm_db_migrate(cm_db *db, const char *schema, const cm_migration *list, size_t n, char *err,
                   size_t errlen);
 
+/* cm_db_migrate for a common module's tables in a service's schema (the
+ * outbox, the inbox): the same rules, the same lock, but the history is kept
+ * in <schema>.schema_migrations_<component>, so the module's versions never
+ * collide with the service's own. component matches [a-z][a-z0-9_]{0,31}
+ * (CM_EINVAL otherwise). */
+int cm_db_migrate_component(cm_db *db, const char *schema, const char *component,
+                            const cm_migration *list, size_t n, char *err, size_t errlen);
+
 #endif

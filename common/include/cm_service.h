@@ -20,11 +20,24 @@
 #include <uv.h>
 
 #include "cm_config.h"
+#include "cm_consumer.h"
 #include "cm_db.h"
+#include "cm_kafka.h"
 #include "cm_metrics.h"
 #include "cm_rpc.h"
 
 typedef struct cm_service cm_service;
+
+/* one subscription: a consumer thread with its own database connection,
+ * applying events through the inbox (cm_consumer.h). the handler's arg is
+ * the app state from app_init. */
+typedef struct cm_service_consumer {
+    const char *topic;
+    const char *group; /* NULL: "commerce-<name>" */
+    cm_consumer_fn handler;
+    /* optional, see cm_consumer_opts.after_commit (arg: the app state) */
+    void (*after_commit)(const cm_event *ev, int duplicate, void *arg);
+} cm_service_consumer;
 
 typedef struct cm_service_def {
     const char *name;   /* "order": log "svc" field, error domain "order.commerce" */
@@ -42,6 +55,20 @@ typedef struct cm_service_def {
      * a reason in err. */
     int (*app_init)(cm_service *svc, void **app, char *err, size_t errlen);
     void (*app_fini)(cm_service *svc, void *app);
+    /* events, all optional (default off). uses_outbox: the outbox table is
+     * migrated into the schema and the relay runs in this process (one
+     * replica at a time publishes). consumers: the inbox table is migrated
+     * and one consumer thread runs per entry. either starts the process's
+     * one kafka producer (KAFKA_BROKERS). on SIGTERM, after the gRPC drain:
+     * consumers stop (offsets of committed effects committed), the relay
+     * finishes its batch, the producer flushes; each within
+     * DRAIN_GRACE_SECONDS. */
+    int uses_outbox;
+    const cm_service_consumer *consumers;
+    size_t nconsumers;
+    /* extra librdkafka settings for the producer and the consumers ("key",
+     * "value" pairs, NULL-terminated), e.g. security.protocol */
+    const char *const *kafka_conf;
 } cm_service_def;
 
 /* runs the service; returns the process exit code (0 after a clean drain,
@@ -54,6 +81,9 @@ uv_loop_t *cm_service_loop(cm_service *svc);
 cm_metrics *cm_service_metrics(cm_service *svc);
 /* the main thread's own database connection (not for handlers). */
 cm_db *cm_service_main_db(cm_service *svc);
+/* the process's kafka producer; NULL unless the service uses the outbox or
+ * consumers. */
+cm_kafka_producer *cm_service_producer(cm_service *svc);
 
 /* inside a handler: the worker's database connection and the app state. */
 cm_db *cm_service_db(const cm_rpc_ctx *ctx);

@@ -568,17 +568,16 @@ static int mig_exec(cm_db *db, const char *what, const char *sql, int log_sql, i
     return rc;
 }
 
-static int load_applied(cm_db *db, const char *ident, applied_row **rows, size_t *nrows, char *err,
-                        size_t errlen)
+static int load_applied(cm_db *db, const char *ident, const char *table, applied_row **rows,
+                        size_t *nrows, char *err, size_t errlen)
 {
     *rows = NULL;
     *nrows = 0;
-    size_t len = strlen(ident) + 128;
+    size_t len = strlen(ident) + strlen(table) + 128;
     char *sql = malloc(len);
     if (!sql)
         return CM_ENOMEM;
-    snprintf(sql, len, "SELECT version, name, checksum FROM %s.schema_migrations ORDER BY version",
-             ident);
+    snprintf(sql, len, "SELECT version, name, checksum FROM %s.%s ORDER BY version", ident, table);
     PGresult *res;
     int rc = mig_exec(db, "read schema_migrations", sql, 1, 0, NULL, &res, err, errlen);
     free(sql);
@@ -659,8 +658,8 @@ static int verify_applied(const char *schema, const cm_migration *list, size_t n
     return 0;
 }
 
-static int apply_one(cm_db *db, const char *schema, const char *ident, const cm_migration *m,
-                     char *err, size_t errlen)
+static int apply_one(cm_db *db, const char *schema, const char *ident, const char *table,
+                     const char *component, const cm_migration *m, char *err, size_t errlen)
 {
     char sum[SHA256_HEX_LEN + 1];
     if (sha256_hex(m->sql, sum))
@@ -668,7 +667,7 @@ static int apply_one(cm_db *db, const char *schema, const char *ident, const cm_
     char what[300];
     snprintf(what, sizeof what, "apply migration %d (%s)", m->version, m->name);
 
-    size_t len = strlen(ident) + 160;
+    size_t len = strlen(ident) + strlen(table) + 160;
     char *set = malloc(len);
     char *ins = malloc(len);
     if (!set || !ins) {
@@ -680,9 +679,9 @@ static int apply_one(cm_db *db, const char *schema, const char *ident, const cm_
      * cut short by the session's statement_timeout */
     snprintf(set, len, "SET LOCAL search_path TO %s; SET LOCAL statement_timeout = 0", ident);
     snprintf(ins, len,
-             "INSERT INTO %s.schema_migrations (version, name, checksum, applied_at) "
+             "INSERT INTO %s.%s (version, name, checksum, applied_at) "
              "VALUES ($1::int, $2, $3, now())",
-             ident);
+             ident, table);
 
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
@@ -715,16 +714,16 @@ static int apply_one(cm_db *db, const char *schema, const char *ident, const cm_
     char ms[32];
     snprintf(ms, sizeof ms, "%ld",
              (long)(t1.tv_sec - t0.tv_sec) * 1000L + (t1.tv_nsec - t0.tv_nsec) / 1000000L);
-    cm_log_info("applied migration", "schema", schema, "version", v, "name", m->name, "ms", ms,
-                NULL);
+    cm_log_info("applied migration", "schema", schema, "component", component, "version", v, "name",
+                m->name, "ms", ms, NULL);
     return 0;
 }
 
-static int migrate_locked(cm_db *db, const char *schema, const char *ident,
-                          const cm_migration *list, size_t n, size_t *applied, char *err,
-                          size_t errlen)
+static int migrate_locked(cm_db *db, const char *schema, const char *ident, const char *table,
+                          const char *component, const cm_migration *list, size_t n,
+                          size_t *applied, char *err, size_t errlen)
 {
-    size_t len = strlen(ident) + 256;
+    size_t len = strlen(ident) + strlen(table) + 256;
     char *sql = malloc(len);
     if (!sql)
         return CM_ENOMEM;
@@ -732,10 +731,10 @@ static int migrate_locked(cm_db *db, const char *schema, const char *ident,
     int rc = mig_exec(db, "create schema", sql, 1, 0, NULL, NULL, err, errlen);
     if (rc == 0) {
         snprintf(sql, len,
-                 "CREATE TABLE IF NOT EXISTS %s.schema_migrations ("
+                 "CREATE TABLE IF NOT EXISTS %s.%s ("
                  "version int PRIMARY KEY, name text NOT NULL, checksum text NOT NULL, "
                  "applied_at timestamptz NOT NULL DEFAULT now())",
-                 ident);
+                 ident, table);
         rc = mig_exec(db, "create schema_migrations", sql, 1, 0, NULL, NULL, err, errlen);
     }
     free(sql);
@@ -744,22 +743,25 @@ static int migrate_locked(cm_db *db, const char *schema, const char *ident,
 
     applied_row *rows = NULL;
     size_t nrows = 0;
-    rc = load_applied(db, ident, &rows, &nrows, err, errlen);
+    rc = load_applied(db, ident, table, &rows, &nrows, err, errlen);
     if (rc)
         return rc;
     size_t first = n;
     rc = verify_applied(schema, list, n, rows, nrows, &first, err, errlen);
     free(rows);
     for (size_t i = first; rc == 0 && i < n; i++) {
-        rc = apply_one(db, schema, ident, &list[i], err, errlen);
+        rc = apply_one(db, schema, ident, table, component, &list[i], err, errlen);
         if (rc == 0)
             (*applied)++;
     }
     return rc;
 }
 
-int cm_db_migrate(cm_db *db, const char *schema, const cm_migration *list, size_t n, char *err,
-                  size_t errlen)
+/* component NULL: the service's own history in schema_migrations; else
+ * schema_migrations_<component>, so common modules (outbox, inbox) keep
+ * their own version numbers beside the service's */
+static int migrate_table(cm_db *db, const char *schema, const char *component,
+                         const cm_migration *list, size_t n, char *err, size_t errlen)
 {
     set_err(err, errlen, "%s", "");
     if (!db || !schema || !*schema || (n > 0 && !list)) {
@@ -790,8 +792,11 @@ int cm_db_migrate(cm_db *db, const char *schema, const cm_migration *list, size_
                   "SELECT pg_advisory_lock(hashtext('commerce.migrate.' || $1::text))", 1, 1,
                   lock_params, NULL, err, errlen);
     size_t applied = 0;
+    char table[64];
+    snprintf(table, sizeof table, "schema_migrations%s%s", component ? "_" : "",
+             component ? component : "");
     if (rc == 0) {
-        rc = migrate_locked(db, schema, ident, list, n, &applied, err, errlen);
+        rc = migrate_locked(db, schema, ident, table, component, list, n, &applied, err, errlen);
         if (PQstatus(db->conn) == CONNECTION_OK) {
             char e2[256];
             if (mig_exec(db, "release the migration lock",
@@ -809,13 +814,36 @@ int cm_db_migrate(cm_db *db, const char *schema, const cm_migration *list, size_
         rc = CM_EUNAVAIL;
     }
     if (rc) {
-        cm_log_error("could not migrate schema", "schema", schema, "error", err, "code",
-                     cm_strerror(rc), NULL);
+        cm_log_error("could not migrate schema", "schema", schema, "component", component, "error",
+                     err, "code", cm_strerror(rc), NULL);
         return rc;
     }
     char na[32], latest[16];
     snprintf(na, sizeof na, "%zu", applied);
     snprintf(latest, sizeof latest, "%d", n ? list[n - 1].version : 0);
-    cm_log_info("schema is up to date", "schema", schema, "applied", na, "version", latest, NULL);
+    cm_log_info("schema is up to date", "schema", schema, "component", component, "applied", na,
+                "version", latest, NULL);
     return 0;
+}
+
+int cm_db_migrate(cm_db *db, const char *schema, const cm_migration *list, size_t n, char *err,
+                  size_t errlen)
+{
+    return migrate_table(db, schema, NULL, list, n, err, errlen);
+}
+
+int cm_db_migrate_component(cm_db *db, const char *schema, const char *component,
+                            const cm_migration *list, size_t n, char *err, size_t errlen)
+{
+    size_t len = component ? strlen(component) : 0;
+    int ok = len > 0 && len <= 32 && component[0] >= 'a' && component[0] <= 'z';
+    for (size_t i = 0; ok && i < len; i++) {
+        char c = component[i];
+        ok = (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_';
+    }
+    if (!ok) {
+        set_err(err, errlen, "migration component must match [a-z][a-z0-9_]{0,31}");
+        return CM_EINVAL;
+    }
+    return migrate_table(db, schema, component, list, n, err, errlen);
 }

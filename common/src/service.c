@@ -9,6 +9,7 @@
 #include "cm_auth.h"
 #include "cm_err.h"
 #include "cm_log.h"
+#include "cm_outbox.h"
 
 #include <stdatomic.h>
 #include <stdio.h>
@@ -28,6 +29,9 @@ struct cm_service {
     cm_admin *admin;
     uv_signal_t sigterm, sigint;
     uv_timer_t probe;
+    uv_work_t probe_req;
+    int probing;      /* a probe is on the thread pool (loop thread only) */
+    int probe_result; /* written by the pool thread, read in probe_done */
     uv_work_t drain;
     atomic_int draining;
     atomic_int db_up;
@@ -35,6 +39,11 @@ struct cm_service {
     void *app;
     char domain[80];
     cm_gauge *up_gauge;
+    /* events: NULL/0 unless the service uses the outbox or consumers */
+    cm_kafka_producer *producer;
+    cm_outbox_relay *relay;
+    cm_consumer **consumers;
+    size_t nconsumers;
 };
 
 typedef struct svc_worker {
@@ -62,10 +71,22 @@ cm_db *cm_service_main_db(cm_service *svc)
     return svc->db;
 }
 
+cm_kafka_producer *cm_service_producer(cm_service *svc)
+{
+    return svc->producer;
+}
+
 cm_db *cm_service_db(const cm_rpc_ctx *ctx)
 {
     svc_worker *w = cm_rpc_ctx_worker(ctx);
-    return w ? w->db : NULL;
+    if (!w)
+        return NULL;
+    /* a connection libpq already knows is dead is re-established before the
+     * handler uses it (cm_db_ping reconnects), so one outage does not leave
+     * this worker failing every call */
+    if (PQstatus(cm_db_conn(w->db)) == CONNECTION_BAD)
+        cm_db_ping(w->db);
+    return w->db;
 }
 
 void *cm_service_app(const cm_rpc_ctx *ctx)
@@ -106,10 +127,22 @@ static int ready(void *arg)
     return !atomic_load(&svc->draining) && atomic_load(&svc->db_up);
 }
 
-static void on_probe(uv_timer_t *t)
+/* the probe may block for a whole connect_timeout while the database is
+ * unreachable, so it runs on libuv's thread pool: the loop keeps serving
+ * /metrics and /readyz and reacting to signals meanwhile */
+static void probe_work(uv_work_t *req)
 {
-    cm_service *svc = t->data;
-    int up = cm_db_ping(svc->db) == 0;
+    cm_service *svc = req->data;
+    svc->probe_result = cm_db_ping(svc->db) == 0;
+}
+
+static void probe_done(uv_work_t *req, int status)
+{
+    cm_service *svc = req->data;
+    svc->probing = 0;
+    if (status != 0 || atomic_load(&svc->draining))
+        return;
+    int up = svc->probe_result;
     if (up != atomic_load(&svc->db_up)) {
         if (up)
             cm_log_info("database reachable again", NULL);
@@ -121,10 +154,34 @@ static void on_probe(uv_timer_t *t)
     cm_rpc_server_set_serving(svc->rpc, up);
 }
 
+static void on_probe(uv_timer_t *t)
+{
+    cm_service *svc = t->data;
+    if (svc->probing)
+        return; /* the previous probe is still waiting for the database */
+    svc->probing = 1;
+    svc->probe_req.data = svc;
+    uv_queue_work(&svc->loop, &svc->probe_req, probe_work, probe_done);
+}
+
+/* after the gRPC drain (handlers may still have written outbox rows):
+ * consumers first, so their dead letters go out through the producer, then
+ * the relay's last batch, then whatever the producer still holds */
+static void stop_events(cm_service *svc)
+{
+    int grace = svc->cfg.drain_grace_ms;
+    for (size_t i = 0; i < svc->nconsumers; i++)
+        cm_consumer_stop(svc->consumers[i], grace);
+    cm_outbox_relay_stop(svc->relay, grace);
+    if (svc->producer && cm_kafka_producer_flush(svc->producer, grace) != 0)
+        cm_log_warn("kafka producer not flushed within the drain grace", NULL);
+}
+
 static void drain_work(uv_work_t *req)
 {
     cm_service *svc = req->data;
     svc->drain_cancelled = cm_rpc_server_shutdown(svc->rpc, svc->cfg.drain_grace_ms);
+    stop_events(svc);
 }
 
 static void on_closed(uv_handle_t *h)
@@ -161,11 +218,93 @@ static void on_signal(uv_signal_t *sig, int signum)
 static int migrate(cm_service *svc)
 {
     char err[512];
-    int rc = cm_db_migrate(svc->db, svc->def->schema, svc->def->migrations, svc->def->nmigrations,
-                           err, sizeof err);
+    const cm_service_def *def = svc->def;
+    int rc = 0;
+    /* the common tables first: the service's own migrations may refer to
+     * them */
+    if (def->uses_outbox)
+        rc = cm_db_migrate_component(svc->db, def->schema, "outbox", cm_outbox_migrations,
+                                     cm_outbox_migrations_count, err, sizeof err);
+    if (rc == 0 && def->nconsumers > 0)
+        rc = cm_db_migrate_component(svc->db, def->schema, "inbox", cm_inbox_migrations,
+                                     cm_inbox_migrations_count, err, sizeof err);
+    if (rc == 0)
+        rc =
+            cm_db_migrate(svc->db, def->schema, def->migrations, def->nmigrations, err, sizeof err);
     if (rc)
-        cm_log_error("could not migrate", "schema", svc->def->schema, "detail", err, NULL);
+        cm_log_error("could not migrate", "schema", def->schema, "detail", err, NULL);
     return rc;
+}
+
+static int start_events(cm_service *svc, char *err, size_t errlen)
+{
+    const cm_service_def *def = svc->def;
+    if (!def->uses_outbox && def->nconsumers == 0)
+        return 0;
+    char client[96];
+    snprintf(client, sizeof client, "commerce-%s", def->name);
+    cm_kafka_producer_opts po = {
+        .brokers = svc->cfg.kafka_brokers,
+        .client_id = client,
+        .metrics = svc->metrics,
+        .conf = def->kafka_conf,
+    };
+    int rc = cm_kafka_producer_new_opts(&svc->producer, &po, err, errlen);
+    if (rc)
+        return rc;
+    if (def->uses_outbox) {
+        cm_outbox_relay_opts ro = {
+            .dsn = svc->cfg.pg_dsn,
+            .schema = def->schema,
+            .producer = svc->producer,
+            .metrics = svc->metrics,
+        };
+        rc = cm_outbox_relay_start(&svc->relay, &ro, err, errlen);
+        if (rc)
+            return rc;
+    }
+    if (def->nconsumers > 0) {
+        svc->consumers = calloc(def->nconsumers, sizeof *svc->consumers);
+        if (!svc->consumers)
+            return CM_ENOMEM;
+    }
+    for (size_t i = 0; i < def->nconsumers; i++) {
+        const cm_service_consumer *sc = &def->consumers[i];
+        cm_consumer_opts co = {
+            .brokers = svc->cfg.kafka_brokers,
+            .topic = sc->topic,
+            .group = sc->group ? sc->group : client,
+            .dsn = svc->cfg.pg_dsn,
+            .schema = def->schema,
+            .fn = sc->handler,
+            .arg = svc->app,
+            .producer = svc->producer,
+            .metrics = svc->metrics,
+            .client_id = client,
+            .conf = def->kafka_conf,
+            .after_commit = sc->after_commit,
+        };
+        rc = cm_consumer_start(&svc->consumers[i], &co, err, errlen);
+        if (rc)
+            return rc;
+        svc->nconsumers = i + 1;
+    }
+    return 0;
+}
+
+/* consumers and relay are stopped (by the drain, or here with no grace
+ * after a failed start) before the producer they use goes */
+static void free_events(cm_service *svc)
+{
+    for (size_t i = 0; i < svc->nconsumers; i++)
+        cm_consumer_free(svc->consumers[i]);
+    free(svc->consumers);
+    svc->consumers = NULL;
+    svc->nconsumers = 0;
+    cm_outbox_relay_free(svc->relay);
+    svc->relay = NULL;
+    cm_kafka_producer_free(svc->producer, svc->cfg.drain_grace_ms);
+    svc->producer = NULL;
 }
 
 static int build_auth(cm_service *svc, char *err, size_t errlen)
@@ -189,6 +328,10 @@ static int serve(cm_service *svc)
     }
     if (def->app_init && def->app_init(svc, &svc->app, err, sizeof err)) {
         cm_log_error("could not initialise the service", "detail", err, NULL);
+        return 1;
+    }
+    if (start_events(svc, err, sizeof err)) {
+        cm_log_error("could not start the event relay and consumers", "detail", err, NULL);
         return 1;
     }
     cm_rpc_server_opts o = {
@@ -282,6 +425,7 @@ int cm_service_main(int argc, char **argv, const cm_service_def *def)
         uv_run(&svc->loop, UV_RUN_NOWAIT);
     }
     cm_rpc_server_free(svc->rpc);
+    free_events(svc);
     if (def->app_fini && svc->app)
         def->app_fini(svc, svc->app);
     cm_auth_free(svc->auth);

@@ -1,0 +1,92 @@
+/*
+ * cm_outbox: the transactional outbox and its relay.
+ *
+ * a service writes an event into its schema's outbox table in the same
+ * transaction as the state change (cm_outbox_add), so a committed change
+ * always gets its event and a rolled-back one never does. the relay, a
+ * thread with its own database connection, publishes unsent rows to kafka
+ * in id order, and marks them published only after the broker acknowledged
+ * them. delivery is at least once: a crash between the ack and the mark
+ * publishes a row again, and consumers deduplicate by event id (cm_consumer).
+ *
+ * one relay per schema is active at a time: relays of all replicas compete
+ * for a session advisory lock, the holder publishes, the others wait and
+ * take over when its session ends. see common/README.md, "outbox relay".
+ */
+#ifndef CM_OUTBOX_H
+#define CM_OUTBOX_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "cm_db.h"
+#include "cm_kafka.h"
+#include "cm_metrics.h"
+
+typedef struct cm_outbox_event {
+    const char *event_id;  /* UUID (cm_id_uuid7), equal to the payload's event_id */
+    const char *tenant_id; /* tenant-id header */
+    const char *topic;     /* "commerce.order.v1" */
+    const char *key;       /* the aggregate id: per-key order is kept */
+    const char *type;      /* ce_type, "commerce.events.v1.OrderPaid" */
+    const char *source;    /* ce_source, "/commerce/order" */
+    const void *payload;   /* the protobuf-encoded event */
+    size_t len;
+    const char *content_type; /* NULL: "application/protobuf" */
+    const char *traceparent;  /* NULL: none */
+    int64_t occurred_at_ms;   /* ce_time in unix ms; 0: the transaction's now() */
+    /* extra text headers (NULL-terminated "name", "value" pairs), or NULL.
+     * names of the CloudEvents headers above are refused. */
+    const char *const *headers;
+} cm_outbox_event;
+
+/* inserts ev into <schema>.outbox inside the caller's open transaction (the
+ * cm_db_tx function's db) and notifies the relay, which wakes at commit.
+ * per-key order is id order: insert a key's event after taking the lock
+ * that orders that key's changes (the aggregate row's UPDATE or SELECT ...
+ * FOR UPDATE), which is where a state change naturally writes it. returns
+ * 0; CM_EINVAL (outside a transaction, missing field, bad uuid or topic);
+ * CM_EEXIST (event_id already in the outbox); or the database error. */
+int cm_outbox_add(cm_db *db, const cm_outbox_event *ev);
+
+typedef struct cm_outbox_relay_opts {
+    const char *dsn;
+    const char *schema;
+    cm_kafka_producer *producer; /* required; must outlive the relay */
+    cm_metrics *metrics;         /* NULL: the default registry */
+    int batch_size;              /* rows fetched, produced and marked together; 0: 1000 */
+    int poll_ms;                 /* look for rows without a NOTIFY every; 0: 1000 */
+    int leader_retry_ms;         /* a standby tries the leader lock every; 0: 1000 */
+    int backoff_max_ms;          /* after failures; 0: 10000 */
+    int retention_s;             /* published rows are deleted after; 0: 900 */
+} cm_outbox_relay_opts;
+
+typedef struct cm_outbox_relay cm_outbox_relay;
+
+/* connects, then starts the relay thread (which competes for leadership,
+ * reconnects after database outages and backs off on broker failures by
+ * itself). returns 0, or CM_EINVAL/CM_EUNAVAIL/CM_ENOMEM with err. */
+int cm_outbox_relay_start(cm_outbox_relay **out, const cm_outbox_relay_opts *o, char *err,
+                          size_t errlen);
+
+/* stops the relay: the batch in flight is finished — its reports awaited
+ * for up to timeout_ms, then the producer is purged (a purged row stays
+ * unpublished and goes out again later) — its acknowledged rows marked,
+ * and the connection closed, releasing leadership. idempotent. */
+void cm_outbox_relay_stop(cm_outbox_relay *r, int timeout_ms);
+
+/* stops if needed (timeout 0), then frees. NULL is a no-op. */
+void cm_outbox_relay_free(cm_outbox_relay *r);
+
+/* 1 while this relay holds the leader lock. */
+int cm_outbox_relay_is_leader(const cm_outbox_relay *r);
+
+/* rows this relay has published so far. */
+uint64_t cm_outbox_relay_published(const cm_outbox_relay *r);
+
+/* the embedded outbox migrations (common/migrations/outbox), applied with
+ * cm_db_migrate_component(db, schema, "outbox", ...). */
+extern const cm_migration cm_outbox_migrations[];
+extern const size_t cm_outbox_migrations_count;
+
+#endif

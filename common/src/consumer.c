@@ -1,0 +1,769 @@
+/*
+ * the consumer thread: poll a record, apply it in one transaction with its
+ * inbox row, then store its offset; offsets are committed in the background
+ * and synchronously on revoke and stop. common/README.md, "consumer and
+ * inbox", explains the order of things.
+ */
+#include "cm_consumer.h"
+#include "cm_err.h"
+#include "cm_id.h"
+#include "cm_log.h"
+#include "kafka_internal.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define POLL_MS 100
+#define LAG_EVERY_S 1.0
+#define CLEANUP_EVERY_S 600.0
+#define MAX_LAG_PARTITIONS 1024
+#define INBOX_RETENTION_S (7 * 24 * 3600)
+#define ERROR_LOG_EVERY_S 30.0
+
+enum outcome { APPLIED, DUPLICATE, DEAD_LETTERED, ABANDONED };
+
+struct cm_consumer {
+    char *brokers;
+    char *topic;
+    char *dlq_topic;
+    char *group;
+    char *dsn;
+    char *schema;
+    char *client_id;
+    char **conf;
+    cm_consumer_fn fn;
+    void *arg;
+    cm_kafka_producer *producer;
+    cm_metrics *metrics;
+    int max_attempts;
+    int backoff_min_ms;
+    int backoff_max_ms;
+    int commit_interval_ms;
+    void (*after_commit)(const cm_event *ev, int duplicate, void *arg);
+
+    rd_kafka_t *rk;
+    cm_db *db;
+    pthread_t thread;
+    int started;
+    atomic_int stop;
+    unsigned seed;
+
+    /* offsets of committed effects (next offset to read), not yet
+     * committed to kafka */
+    rd_kafka_topic_partition_list_t *pending;
+    int dirty;
+    double last_commit;
+    double last_error_log;
+
+    atomic_uint_fast64_t n_applied, n_duplicates, n_dead, n_retries;
+    cm_counter *c_applied;
+    cm_counter *c_duplicate;
+    cm_counter *c_dead;
+    cm_counter *c_retries;
+    cm_histogram *h_handler;
+    cm_gauge *lag[MAX_LAG_PARTITIONS];
+    char labels[512]; /* topic="..",group=".." */
+};
+
+static void set_err(char *err, size_t errlen, const char *msg)
+{
+    if (err && errlen)
+        snprintf(err, errlen, "%s", msg);
+}
+
+static int stopping(const cm_consumer *c)
+{
+    return atomic_load(&c->stop);
+}
+
+/* sleeps ms in short slices so stop() is not held up */
+static void nap(const cm_consumer *c, int ms)
+{
+    while (ms > 0 && !stopping(c)) {
+        int step = ms < 50 ? ms : 50;
+        struct timespec ts = {0, (long)step * 1000000L};
+        nanosleep(&ts, NULL);
+        ms -= step;
+    }
+}
+
+static int backoff_ms(cm_consumer *c, int attempt)
+{
+    long d = (long)c->backoff_min_ms << (attempt < 16 ? attempt - 1 : 15);
+    if (d > c->backoff_max_ms)
+        d = c->backoff_max_ms;
+    return (int)(d / 2 + rand_r(&c->seed) % (unsigned)(d / 2 + 1));
+}
+
+/* ---- offsets ---- */
+
+static void commit_pending(cm_consumer *c, int sync)
+{
+    if (!c->dirty || !c->pending || c->pending->cnt == 0)
+        return;
+    rd_kafka_resp_err_t e = rd_kafka_commit(c->rk, c->pending, sync ? 0 : 1);
+    c->last_commit = cm_kafka_mono_s();
+    c->dirty = 0;
+    /* a failure means redelivery, which the inbox absorbs: worth a line */
+    if (e != RD_KAFKA_RESP_ERR_NO_ERROR && e != RD_KAFKA_RESP_ERR__NO_OFFSET)
+        cm_log_warn("could not commit consumer offsets", "topic", c->topic, "group", c->group,
+                    "error", rd_kafka_err2str(e), NULL);
+}
+
+static void store_offset(cm_consumer *c, int32_t partition, int64_t next)
+{
+    rd_kafka_topic_partition_t *tp =
+        rd_kafka_topic_partition_list_find(c->pending, c->topic, partition);
+    if (!tp)
+        tp = rd_kafka_topic_partition_list_add(c->pending, c->topic, partition);
+    if (tp && next > tp->offset)
+        tp->offset = next;
+    c->dirty = 1;
+}
+
+static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
+                         rd_kafka_topic_partition_list_t *parts, void *opaque)
+{
+    cm_consumer *c = opaque;
+    int coop = strcmp(rd_kafka_rebalance_protocol(rk), "COOPERATIVE") == 0;
+    if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
+        char n[16];
+        snprintf(n, sizeof n, "%d", parts->cnt);
+        cm_log_info("consumer partitions assigned", "topic", c->topic, "group", c->group,
+                    "partitions", n, NULL);
+        if (coop) {
+            rd_kafka_error_t *e = rd_kafka_incremental_assign(rk, parts);
+            if (e)
+                rd_kafka_error_destroy(e);
+        } else {
+            rd_kafka_assign(rk, parts);
+        }
+        return;
+    }
+    /* revoked (or lost): commit what is done while the partitions are still
+     * ours, and forget them: a later commit of an old offset could rewind
+     * the next owner */
+    commit_pending(c, 1);
+    rd_kafka_topic_partition_list_destroy(c->pending);
+    c->pending = rd_kafka_topic_partition_list_new(8);
+    for (int i = 0; i < parts->cnt; i++) {
+        int32_t p = parts->elems[i].partition;
+        if (p >= 0 && p < MAX_LAG_PARTITIONS && c->lag[p])
+            cm_gauge_set(c->lag[p], 0);
+    }
+    if (coop) {
+        rd_kafka_error_t *e = rd_kafka_incremental_unassign(rk, parts);
+        if (e)
+            rd_kafka_error_destroy(e);
+    } else {
+        rd_kafka_assign(rk, NULL);
+    }
+}
+
+static void on_commit(rd_kafka_t *rk, rd_kafka_resp_err_t err,
+                      rd_kafka_topic_partition_list_t *offsets, void *opaque)
+{
+    (void)rk;
+    (void)offsets;
+    cm_consumer *c = opaque;
+    if (err != RD_KAFKA_RESP_ERR_NO_ERROR && err != RD_KAFKA_RESP_ERR__NO_OFFSET)
+        cm_log_warn("consumer offset commit failed: the inbox will absorb redeliveries", "topic",
+                    c->topic, "group", c->group, "error", rd_kafka_err2str(err), NULL);
+}
+
+static void on_error(rd_kafka_t *rk, int err, const char *reason, void *opaque)
+{
+    (void)rk;
+    cm_consumer *c = opaque;
+    double now = cm_kafka_mono_s();
+    cm_log_level lvl = CM_LOG_DEBUG;
+    if (now - c->last_error_log > ERROR_LOG_EVERY_S) {
+        lvl = CM_LOG_WARN;
+        c->last_error_log = now;
+    }
+    if (cm_log_enabled(lvl))
+        cm_log(lvl, "kafka consumer error", "topic", c->topic, "group", c->group, "error",
+               rd_kafka_err2name((rd_kafka_resp_err_t)err), "detail", reason, NULL);
+}
+
+/* ---- metrics ---- */
+
+static void update_lag(cm_consumer *c)
+{
+    rd_kafka_topic_partition_list_t *parts = NULL;
+    if (rd_kafka_assignment(c->rk, &parts) != RD_KAFKA_RESP_ERR_NO_ERROR || !parts)
+        return;
+    rd_kafka_position(c->rk, parts);
+    for (int i = 0; i < parts->cnt; i++) {
+        rd_kafka_topic_partition_t *tp = &parts->elems[i];
+        if (tp->partition < 0 || tp->partition >= MAX_LAG_PARTITIONS)
+            continue;
+        int64_t lo = -1, hi = -1;
+        if (rd_kafka_get_watermark_offsets(c->rk, tp->topic, tp->partition, &lo, &hi) !=
+                RD_KAFKA_RESP_ERR_NO_ERROR ||
+            hi < 0)
+            continue;
+        int64_t pos = tp->offset >= 0 ? tp->offset : lo;
+        if (pos < 0)
+            continue;
+        if (!c->lag[tp->partition]) {
+            char labels[600];
+            snprintf(labels, sizeof labels, "%s,partition=\"%d\"", c->labels, (int)tp->partition);
+            c->lag[tp->partition] = cm_metrics_gauge(c->metrics, "consumer_lag",
+                                                     "records behind the partition's end", labels);
+        }
+        cm_gauge_set(c->lag[tp->partition], (double)(hi > pos ? hi - pos : 0));
+    }
+    rd_kafka_topic_partition_list_destroy(parts);
+}
+
+static void cleanup_inbox(cm_consumer *c)
+{
+    char secs[32];
+    snprintf(secs, sizeof secs, "%d", INBOX_RETENTION_S);
+    const char *p[] = {c->group, secs};
+    for (int i = 0; i < 10 && !stopping(c); i++) {
+        PGresult *res = NULL;
+        if (cm_db_exec(c->db, "delete old inbox rows",
+                       "DELETE FROM inbox WHERE ctid IN (SELECT ctid FROM inbox WHERE "
+                       "consumer_group = $1 AND processed_at < now() - make_interval(secs => "
+                       "$2::int) LIMIT 10000)",
+                       2, p, &res) != 0)
+            return;
+        long n = strtol(PQcmdTuples(res), NULL, 10);
+        PQclear(res);
+        if (n < 10000)
+            return;
+    }
+}
+
+/* ---- one event ---- */
+
+int cm_event_header(const cm_event *ev, const char *name, const void **value, size_t *len)
+{
+    if (!ev || !ev->priv || !name || !value || !len)
+        return CM_EINVAL;
+    rd_kafka_headers_t *h = NULL;
+    if (rd_kafka_message_headers((const rd_kafka_message_t *)ev->priv, &h) !=
+        RD_KAFKA_RESP_ERR_NO_ERROR)
+        return CM_ENOTFOUND;
+    return rd_kafka_header_get_last(h, name, value, len) == RD_KAFKA_RESP_ERR_NO_ERROR
+               ? 0
+               : CM_ENOTFOUND;
+}
+
+/* copies of the cloudevents headers and the key, NUL-terminated, in one
+ * allocation the caller frees */
+static char *fill_event(cm_consumer *c, const rd_kafka_message_t *m, cm_event *ev)
+{
+    static const char *const names[] = {"ce_id",        "ce_type",     "ce_source", "ce_time",
+                                        "content-type", "traceparent", "tenant-id"};
+    enum { N = sizeof names / sizeof names[0] };
+    const void *val[N] = {0};
+    size_t len[N] = {0};
+    rd_kafka_headers_t *h = NULL;
+    int have = rd_kafka_message_headers(m, &h) == RD_KAFKA_RESP_ERR_NO_ERROR;
+    size_t total = m->key_len + 1;
+    for (size_t i = 0; i < N; i++) {
+        if (have &&
+            rd_kafka_header_get_last(h, names[i], &val[i], &len[i]) != RD_KAFKA_RESP_ERR_NO_ERROR) {
+            val[i] = NULL;
+            len[i] = 0;
+        }
+        total += len[i] + 1;
+    }
+    char *buf = malloc(total);
+    if (!buf)
+        return NULL;
+    const char *out[N];
+    size_t o = 0;
+    for (size_t i = 0; i < N; i++) {
+        if (len[i])
+            memcpy(buf + o, val[i], len[i]);
+        buf[o + len[i]] = '\0';
+        /* a NUL inside a header would cut it short: make it unmatchable */
+        out[i] = memchr(buf + o, '\0', len[i]) ? "" : buf + o;
+        o += len[i] + 1;
+    }
+    char *key = buf + o;
+    if (m->key_len)
+        memcpy(key, m->key, m->key_len);
+    key[m->key_len] = '\0';
+
+    rd_kafka_timestamp_type_t tstype;
+    *ev = (cm_event){
+        .topic = c->topic,
+        .partition = m->partition,
+        .offset = m->offset,
+        .timestamp_ms = rd_kafka_message_timestamp(m, &tstype),
+        .key = key,
+        .key_len = m->key_len,
+        .payload = m->payload ? m->payload : "",
+        .len = m->len,
+        .id = out[0],
+        .type = out[1],
+        .source = out[2],
+        .time = out[3],
+        .content_type = out[4],
+        .traceparent = out[5],
+        .tenant_id = out[6],
+        .group = c->group,
+        .priv = m,
+    };
+    return buf;
+}
+
+typedef struct apply_tx {
+    cm_consumer *c;
+    const cm_event *ev;
+    int duplicate;
+} apply_tx;
+
+static int apply_in_tx(cm_db *db, void *arg)
+{
+    apply_tx *t = arg;
+    t->duplicate = 0;
+    const cm_event *ev = t->ev;
+    const char *p[] = {t->c->group, ev->id, ev->tenant_id, ev->topic};
+    /* first, so a concurrent redelivery (a rebalance handing the partition
+     * over mid-event) waits on this row and then sees it */
+    PGresult *res = NULL;
+    int rc = cm_db_exec(db, "insert inbox row",
+                        "INSERT INTO inbox (consumer_group, event_id, tenant_id, topic) VALUES "
+                        "($1, $2::uuid, $3, $4) ON CONFLICT DO NOTHING",
+                        4, p, &res);
+    if (rc)
+        return rc;
+    int inserted = strcmp(PQcmdTuples(res), "1") == 0;
+    PQclear(res);
+    if (!inserted) {
+        t->duplicate = 1;
+        return 0;
+    }
+    double t0 = cm_kafka_mono_s();
+    rc = t->c->fn(db, ev, t->c->arg);
+    cm_histogram_observe(t->c->h_handler, cm_kafka_mono_s() - t0);
+    return rc;
+}
+
+static int transient(int rc)
+{
+    return rc == CM_ECONFLICT || rc == CM_EUNAVAIL || rc == CM_ETIMEDOUT || rc == CM_ELIMIT;
+}
+
+/* copies the record to <topic>.dlq with the reason; waits for the ack,
+ * retrying until it lands or the consumer stops (the offset must not be
+ * committed before the copy exists) */
+static enum outcome dead_letter(cm_consumer *c, const rd_kafka_message_t *m, const char *reason,
+                                const char *error)
+{
+    rd_kafka_headers_t *h = NULL;
+    size_t n = 0;
+    if (rd_kafka_message_headers(m, &h) == RD_KAFKA_RESP_ERR_NO_ERROR)
+        n = rd_kafka_header_cnt(h);
+    cm_kafka_header *hs = calloc(n + 8, sizeof *hs);
+    if (!hs)
+        return ABANDONED;
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        const char *name;
+        const void *val;
+        size_t len;
+        if (rd_kafka_header_get_all(h, i, &name, &val, &len) != RD_KAFKA_RESP_ERR_NO_ERROR)
+            break;
+        if (strncmp(name, "dlq-", 4) == 0)
+            continue; /* a re-dead-lettered record keeps only the latest reason */
+        hs[k++] = (cm_kafka_header){name, val, len};
+    }
+    char part[16], off[32], ts[CM_KAFKA_TIME_SIZE];
+    snprintf(part, sizeof part, "%d", (int)m->partition);
+    snprintf(off, sizeof off, "%lld", (long long)m->offset);
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    cm_kafka_time_rfc3339((int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000, ts);
+    const char *extra[][2] = {{"dlq-reason", reason},  {"dlq-error", error},
+                              {"dlq-topic", c->topic}, {"dlq-partition", part},
+                              {"dlq-offset", off},     {"dlq-group", c->group},
+                              {"dlq-time", ts}};
+    for (size_t i = 0; i < sizeof extra / sizeof extra[0]; i++)
+        hs[k++] = (cm_kafka_header){extra[i][0], extra[i][1], strlen(extra[i][1])};
+    cm_kafka_msg msg = {
+        .topic = c->dlq_topic,
+        .key = m->key,
+        .key_len = m->key_len,
+        .payload = m->payload,
+        .len = m->len,
+        .headers = hs,
+        .nheaders = k,
+    };
+    enum outcome out = ABANDONED;
+    for (int attempt = 1; !stopping(c); attempt++) {
+        cm_kafka_report rep;
+        int rc = cm_kafka_produce_sync(c->producer, &msg, &rep);
+        if (rc == 0) {
+            out = DEAD_LETTERED;
+            break;
+        }
+        if (rc == CM_ECANCELLED && stopping(c))
+            break;
+        cm_log_error("could not write to the dead-letter topic: retrying", "topic", c->dlq_topic,
+                     "offset", off, "error", rep.error, NULL);
+        nap(c, backoff_ms(c, attempt < 8 ? attempt : 8));
+    }
+    free(hs);
+    if (out == DEAD_LETTERED) {
+        cm_log_warn("event dead-lettered", "topic", c->topic, "group", c->group, "partition", part,
+                    "offset", off, "reason", reason, "error", error, NULL);
+        cm_counter_add(c->c_dead, 1);
+        atomic_fetch_add(&c->n_dead, 1);
+    }
+    return out;
+}
+
+static enum outcome process(cm_consumer *c, const rd_kafka_message_t *m)
+{
+    cm_event ev;
+    char *buf = fill_event(c, m, &ev);
+    if (!buf)
+        return ABANDONED;
+    enum outcome out;
+    if (!cm_id_is_uuid(ev.id)) {
+        /* without an event id there is nothing to deduplicate by */
+        out = dead_letter(c, m, "malformed", "missing or invalid ce_id header");
+        free(buf);
+        return out;
+    }
+    int db_waits = 0;
+    for (int attempt = 1;;) {
+        ev.attempt = attempt;
+        apply_tx t = {.c = c, .ev = &ev};
+        int rc = cm_db_tx(c->db, NULL, 3, apply_in_tx, &t);
+        if (rc == 0) {
+            if (c->after_commit)
+                c->after_commit(&ev, t.duplicate, c->arg);
+            if (t.duplicate) {
+                cm_counter_add(c->c_duplicate, 1);
+                atomic_fetch_add(&c->n_duplicates, 1);
+                out = DUPLICATE;
+            } else {
+                cm_counter_add(c->c_applied, 1);
+                atomic_fetch_add(&c->n_applied, 1);
+                out = APPLIED;
+            }
+            break;
+        }
+        if (stopping(c)) {
+            out = ABANDONED; /* not committed: redelivered after restart */
+            break;
+        }
+        if (rc == CM_EUNAVAIL && cm_db_ping(c->db) != 0) {
+            /* the database is down: not the event's fault, wait for it */
+            if (db_waits++ % 20 == 0)
+                cm_log_warn("consumer waiting for the database", "topic", c->topic, "group",
+                            c->group, NULL);
+            nap(c, backoff_ms(c, db_waits < 8 ? db_waits : 8));
+            continue;
+        }
+        if (transient(rc) && attempt < c->max_attempts) {
+            cm_counter_add(c->c_retries, 1);
+            atomic_fetch_add(&c->n_retries, 1);
+            nap(c, backoff_ms(c, attempt));
+            attempt++;
+            continue;
+        }
+        const char *reason = transient(rc)     ? "retries_exhausted"
+                             : rc == CM_EINVAL ? "rejected"
+                                               : "handler_error";
+        char why[160];
+        snprintf(why, sizeof why, "%s after %d attempt%s", cm_strerror(rc), attempt,
+                 attempt == 1 ? "" : "s");
+        out = dead_letter(c, m, reason, why);
+        break;
+    }
+    free(buf);
+    return out;
+}
+
+static void handle_error_message(cm_consumer *c, const rd_kafka_message_t *m)
+{
+    if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF)
+        return;
+    double now = cm_kafka_mono_s();
+    if (now - c->last_error_log <= ERROR_LOG_EVERY_S)
+        return;
+    c->last_error_log = now;
+    cm_log_warn("kafka consumer error", "topic", c->topic, "group", c->group, "error",
+                rd_kafka_err2name(m->err), "detail", rd_kafka_message_errstr(m), NULL);
+}
+
+static void *consumer_main(void *arg)
+{
+    cm_consumer *c = arg;
+    double next_lag = 0, next_cleanup = cm_kafka_mono_s() + 60;
+    while (!stopping(c)) {
+        rd_kafka_message_t *m = rd_kafka_consumer_poll(c->rk, POLL_MS);
+        double now = cm_kafka_mono_s();
+        if (m) {
+            if (m->err) {
+                handle_error_message(c, m);
+            } else {
+                enum outcome o = process(c, m);
+                if (o != ABANDONED)
+                    store_offset(c, m->partition, m->offset + 1);
+            }
+            rd_kafka_message_destroy(m);
+        }
+        if (c->dirty && (now - c->last_commit) * 1000 >= c->commit_interval_ms)
+            commit_pending(c, 0);
+        if (now >= next_lag) {
+            update_lag(c);
+            next_lag = now + LAG_EVERY_S;
+        }
+        if (now >= next_cleanup) {
+            cleanup_inbox(c);
+            next_cleanup = now + CLEANUP_EVERY_S;
+        }
+    }
+    commit_pending(c, 1);
+    /* leaves the group: the revoke callback commits anything left */
+    rd_kafka_consumer_close(c->rk);
+    return NULL;
+}
+
+/* ---- lifecycle ---- */
+
+static char **copy_pairs(const char *const *conf, int *bad)
+{
+    size_t n = 0;
+    while (conf && conf[n])
+        n++;
+    *bad = n % 2 != 0;
+    char **out = calloc(n + 1, sizeof *out);
+    for (size_t i = 0; out && i < n; i++) {
+        if (!(out[i] = strdup(conf[i]))) {
+            for (size_t j = 0; j < i; j++)
+                free(out[j]);
+            free(out);
+            return NULL;
+        }
+    }
+    return out;
+}
+
+static int make_rk(cm_consumer *c, char *err, size_t errlen)
+{
+    rd_kafka_conf_t *conf = cm_kafka_conf_base(c->brokers, c->client_id, NULL, err, errlen);
+    if (!conf)
+        return CM_EINVAL;
+    /* offsets move only after the effect is committed (auto-commit would
+     * commit what was merely fetched); a new group starts at the beginning,
+     * so nothing published before the first deploy is skipped */
+    const char *const settings[] = {"group.id",
+                                    c->group,
+                                    "enable.auto.commit",
+                                    "false",
+                                    "enable.auto.offset.store",
+                                    "false",
+                                    "auto.offset.reset",
+                                    "earliest",
+                                    "enable.partition.eof",
+                                    "false",
+                                    "isolation.level",
+                                    "read_committed",
+                                    NULL};
+    int rc = 0;
+    for (size_t i = 0; rc == 0 && settings[i]; i += 2)
+        rc = cm_kafka_conf_set(conf, settings[i], settings[i + 1], err, errlen);
+    for (size_t i = 0; rc == 0 && c->conf && c->conf[i]; i += 2)
+        rc = cm_kafka_conf_set(conf, c->conf[i], c->conf[i + 1], err, errlen);
+    if (rc) {
+        rd_kafka_conf_destroy(conf);
+        return rc;
+    }
+    rd_kafka_conf_set_opaque(conf, c);
+    rd_kafka_conf_set_rebalance_cb(conf, on_rebalance);
+    rd_kafka_conf_set_offset_commit_cb(conf, on_commit);
+    rd_kafka_conf_set_error_cb(conf, on_error);
+    char why[512];
+    c->rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, why, sizeof why);
+    if (!c->rk) {
+        rd_kafka_conf_destroy(conf);
+        if (err && errlen)
+            snprintf(err, errlen, "could not create the kafka consumer: %s", why);
+        return CM_EINVAL;
+    }
+    rd_kafka_poll_set_consumer(c->rk);
+    rd_kafka_topic_partition_list_t *sub = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(sub, c->topic, RD_KAFKA_PARTITION_UA);
+    rd_kafka_resp_err_t e = rd_kafka_subscribe(c->rk, sub);
+    rd_kafka_topic_partition_list_destroy(sub);
+    if (e != RD_KAFKA_RESP_ERR_NO_ERROR) {
+        if (err && errlen)
+            snprintf(err, errlen, "could not subscribe to %s: %s", c->topic, rd_kafka_err2str(e));
+        return CM_EINVAL;
+    }
+    return 0;
+}
+
+int cm_consumer_start(cm_consumer **out, const cm_consumer_opts *o, char *err, size_t errlen)
+{
+    set_err(err, errlen, "");
+    if (!out || !o)
+        return CM_EINVAL;
+    *out = NULL;
+    if (!o->brokers || !*o->brokers || !o->group || !*o->group || !o->dsn || !o->schema || !o->fn ||
+        !o->producer) {
+        set_err(err, errlen,
+                "a consumer needs brokers, a group, a dsn, a schema, a handler "
+                "and a producer");
+        return CM_EINVAL;
+    }
+    if (!cm_kafka_topic_valid(o->topic) || strlen(o->topic) > 245) {
+        set_err(err, errlen, "a consumer needs a valid topic name (at most 245 characters)");
+        return CM_EINVAL;
+    }
+    cm_consumer *c = calloc(1, sizeof *c);
+    if (!c) {
+        set_err(err, errlen, "out of memory");
+        return CM_ENOMEM;
+    }
+    c->fn = o->fn;
+    c->arg = o->arg;
+    c->producer = o->producer;
+    c->metrics = o->metrics ? o->metrics : cm_metrics_default();
+    c->max_attempts = o->max_attempts > 0 ? o->max_attempts : 5;
+    c->backoff_min_ms = o->backoff_min_ms > 0 ? o->backoff_min_ms : 50;
+    c->backoff_max_ms = o->backoff_max_ms > 0 ? o->backoff_max_ms : 5000;
+    if (c->backoff_max_ms < c->backoff_min_ms)
+        c->backoff_max_ms = c->backoff_min_ms;
+    c->commit_interval_ms = o->commit_interval_ms > 0 ? o->commit_interval_ms : 500;
+    c->after_commit = o->after_commit;
+    c->seed = (unsigned)time(NULL) ^ (unsigned)(uintptr_t)c;
+    c->last_error_log = -1e9;
+    int bad = 0;
+    c->brokers = strdup(o->brokers);
+    c->topic = strdup(o->topic);
+    c->group = strdup(o->group);
+    c->dsn = strdup(o->dsn);
+    c->schema = strdup(o->schema);
+    c->client_id = strdup(o->client_id ? o->client_id : "commerce-consumer");
+    c->conf = copy_pairs(o->conf, &bad);
+    size_t dl = strlen(o->topic) + 5;
+    c->dlq_topic = malloc(dl);
+    c->pending = rd_kafka_topic_partition_list_new(8);
+    int rc = 0;
+    if (!c->brokers || !c->topic || !c->group || !c->dsn || !c->schema || !c->client_id ||
+        !c->conf || !c->dlq_topic || !c->pending) {
+        set_err(err, errlen, "out of memory");
+        rc = CM_ENOMEM;
+    } else if (bad) {
+        set_err(err, errlen, "kafka consumer settings must come in key, value pairs");
+        rc = CM_EINVAL;
+    }
+    if (rc == 0) {
+        snprintf(c->dlq_topic, dl, "%s.dlq", o->topic);
+        char group[256];
+        cm_kafka_label_escape(c->group, group, sizeof group);
+        snprintf(c->labels, sizeof c->labels, "topic=\"%s\",group=\"%s\"", c->topic, group);
+        char l[600];
+        const char *help = "events handled by outcome";
+        snprintf(l, sizeof l, "%s,result=\"applied\"", c->labels);
+        c->c_applied = cm_metrics_counter(c->metrics, "consumer_processed_total", help, l);
+        snprintf(l, sizeof l, "%s,result=\"duplicate\"", c->labels);
+        c->c_duplicate = cm_metrics_counter(c->metrics, "consumer_processed_total", help, l);
+        snprintf(l, sizeof l, "%s,result=\"dead_lettered\"", c->labels);
+        c->c_dead = cm_metrics_counter(c->metrics, "consumer_processed_total", help, l);
+        c->c_retries =
+            cm_metrics_counter(c->metrics, "consumer_retries_total",
+                               "event handler retries after transient errors", c->labels);
+        c->h_handler = cm_metrics_histogram(
+            c->metrics, "consumer_handler_seconds", "time in the event handler", c->labels,
+            cm_metrics_latency_buckets, cm_metrics_latency_nbuckets);
+        rc = cm_db_connect(&c->db, c->dsn, c->schema, err, errlen);
+    }
+    if (rc == 0)
+        rc = make_rk(c, err, errlen);
+    if (rc == 0 && pthread_create(&c->thread, NULL, consumer_main, c) != 0) {
+        set_err(err, errlen, "could not start the consumer thread");
+        rc = CM_ENOMEM;
+    }
+    if (rc) {
+        cm_consumer_free(c);
+        return rc;
+    }
+    c->started = 1;
+    cm_log_info("consumer started", "topic", c->topic, "group", c->group, NULL);
+    *out = c;
+    return 0;
+}
+
+void cm_consumer_stop(cm_consumer *c, int timeout_ms)
+{
+    if (!c || !c->started)
+        return;
+    atomic_store(&c->stop, 1);
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    if (timeout_ms < 0)
+        timeout_ms = 0;
+    until.tv_sec += timeout_ms / 1000;
+    until.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+    if (until.tv_nsec >= 1000000000L) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000L;
+    }
+    if (pthread_timedjoin_np(c->thread, NULL, &until) != 0) {
+        /* most likely a dead-letter write waiting for the broker */
+        cm_log_warn("consumer still busy at the stop deadline: purging the producer", "topic",
+                    c->topic, "group", c->group, NULL);
+        cm_kafka_producer_purge(c->producer);
+        pthread_join(c->thread, NULL);
+    }
+    c->started = 0;
+    char a[32], d[32], x[32];
+    snprintf(a, sizeof a, "%llu", (unsigned long long)atomic_load(&c->n_applied));
+    snprintf(d, sizeof d, "%llu", (unsigned long long)atomic_load(&c->n_duplicates));
+    snprintf(x, sizeof x, "%llu", (unsigned long long)atomic_load(&c->n_dead));
+    cm_log_info("consumer stopped", "topic", c->topic, "group", c->group, "applied", a,
+                "duplicates", d, "dead_lettered", x, NULL);
+}
+
+void cm_consumer_free(cm_consumer *c)
+{
+    if (!c)
+        return;
+    cm_consumer_stop(c, 5000);
+    if (c->rk)
+        rd_kafka_destroy(c->rk);
+    if (c->pending)
+        rd_kafka_topic_partition_list_destroy(c->pending);
+    cm_db_free(c->db);
+    for (size_t i = 0; c->conf && c->conf[i]; i++)
+        free(c->conf[i]);
+    free(c->conf);
+    free(c->brokers);
+    free(c->topic);
+    free(c->dlq_topic);
+    free(c->group);
+    free(c->dsn);
+    free(c->schema);
+    free(c->client_id);
+    free(c);
+}
+
+void cm_consumer_get_stats(const cm_consumer *c, cm_consumer_stats *out)
+{
+    if (!out)
+        return;
+    *out = (cm_consumer_stats){0};
+    if (!c)
+        return;
+    out->applied = atomic_load(&c->n_applied);
+    out->duplicates = atomic_load(&c->n_duplicates);
+    out->dead_lettered = atomic_load(&c->n_dead);
+    out->retries = atomic_load(&c->n_retries);
+}

@@ -1,0 +1,817 @@
+/*
+ * the transactional outbox: cm_outbox_add writes a row in the caller's
+ * transaction; the relay thread publishes rows in id order while it holds
+ * the schema's leader lock. common/README.md, "outbox relay", explains why
+ * this keeps per-key order and never loses a row.
+ */
+#include "cm_err.h"
+#include "cm_id.h"
+#include "cm_log.h"
+#include "cm_outbox.h"
+#include "kafka_internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MAX_EXTRA_HEADERS 32
+#define METRICS_EVERY_S 1.0
+#define CLEANUP_EVERY_S 10.0
+#define CLEANUP_CHUNK "10000"
+#define WAIT_LOG_EVERY_S 30.0
+#define STATEMENT_TIMEOUT_MS 30000
+
+/* ---- cm_outbox_add ---- */
+
+static const char *const reserved_headers[] = {
+    "ce_id",       "ce_type",   "ce_source", "ce_specversion", "ce_time", "content-type",
+    "traceparent", "tenant-id", NULL,
+};
+
+static int is_reserved(const char *name)
+{
+    for (size_t i = 0; reserved_headers[i]; i++)
+        if (strcmp(name, reserved_headers[i]) == 0)
+            return 1;
+    return 0;
+}
+
+/* extra headers as a json object; *out NULL when there are none */
+static int headers_json(const char *const *h, char **out)
+{
+    *out = NULL;
+    if (!h || !h[0])
+        return 0;
+    json_t *o = json_object();
+    if (!o)
+        return CM_ENOMEM;
+    int rc = 0;
+    for (size_t i = 0; h[i]; i += 2) {
+        if (!h[i + 1] || !*h[i] || is_reserved(h[i]) || i / 2 >= MAX_EXTRA_HEADERS) {
+            rc = CM_EINVAL;
+            break;
+        }
+        json_t *v = json_string(h[i + 1]); /* NULL unless valid utf-8 */
+        if (!v || json_object_set_new(o, h[i], v) != 0) {
+            rc = CM_EINVAL;
+            break;
+        }
+    }
+    if (rc == 0 && !(*out = json_dumps(o, JSON_COMPACT)))
+        rc = CM_ENOMEM;
+    json_decref(o);
+    return rc;
+}
+
+static int nonempty(const char *s)
+{
+    return s && *s;
+}
+
+int cm_outbox_add(cm_db *db, const cm_outbox_event *ev)
+{
+    if (!db || !ev)
+        return CM_EINVAL;
+    PGconn *conn = cm_db_conn(db);
+    if (PQtransactionStatus(conn) != PQTRANS_INTRANS) {
+        /* outside a transaction the row could commit without its change */
+        cm_log_error("cm_outbox_add called outside a transaction", "topic", ev->topic, NULL);
+        return CM_EINVAL;
+    }
+    if (!cm_id_is_uuid(ev->event_id) || !nonempty(ev->tenant_id) ||
+        !cm_kafka_topic_valid(ev->topic) || !nonempty(ev->key) || !nonempty(ev->type) ||
+        !nonempty(ev->source) || (!ev->payload && ev->len > 0)) {
+        cm_log_error("invalid outbox event", "event_id", ev->event_id, "topic", ev->topic, "type",
+                     ev->type, NULL);
+        return CM_EINVAL;
+    }
+    char *hjson = NULL;
+    int rc = headers_json(ev->headers, &hjson);
+    if (rc) {
+        cm_log_error("invalid outbox event headers", "event_id", ev->event_id, NULL);
+        return rc;
+    }
+    char ms[32];
+    if (ev->occurred_at_ms > 0)
+        snprintf(ms, sizeof ms, "%lld", (long long)ev->occurred_at_ms);
+    const char *params[11] = {
+        ev->event_id,
+        ev->tenant_id,
+        ev->topic,
+        ev->key,
+        ev->type,
+        ev->source,
+        ev->content_type ? ev->content_type : "application/protobuf",
+        ev->payload ? (const char *)ev->payload : "",
+        ev->traceparent,
+        hjson,
+        ev->occurred_at_ms > 0 ? ms : NULL,
+    };
+    int lengths[11] = {0};
+    int formats[11] = {0};
+    lengths[7] = (int)ev->len;
+    formats[7] = 1; /* the payload travels as raw bytes */
+    /* one round trip: the insert, and a NOTIFY that the server delivers at
+     * commit (and drops on rollback); the relay listens on the same name */
+    static const char sql[] =
+        "WITH ins AS (INSERT INTO outbox (event_id, tenant_id, topic, key, type, source, "
+        "content_type, payload, traceparent, headers, occurred_at) VALUES ($1::uuid, $2, $3, $4, "
+        "$5, $6, $7, $8::bytea, $9, $10::jsonb, "
+        "coalesce(to_timestamp($11::float8 / 1000), now())) RETURNING 1) "
+        "SELECT pg_notify(left('outbox.' || current_schema(), 63), '') FROM ins";
+    PGresult *res = PQexecParams(conn, sql, 11, NULL, params, lengths, formats, 0);
+    if (PQresultStatus(res) == PGRES_TUPLES_OK) {
+        rc = 0;
+    } else {
+        rc = cm_db_error(db, res, "insert outbox event");
+        if (rc == CM_EEXIST)
+            cm_log_warn("outbox event id already used", "event_id", ev->event_id, NULL);
+    }
+    PQclear(res);
+    free(hjson);
+    return rc;
+}
+
+/* ---- relay ---- */
+
+struct cm_outbox_relay {
+    char *dsn;
+    char *schema;
+    cm_kafka_producer *producer;
+    cm_metrics *metrics;
+    int batch_size;
+    int poll_ms;
+    int leader_retry_ms;
+    int backoff_max_ms;
+    int retention_s;
+
+    cm_db *db; /* NULL while disconnected */
+    int leader;
+    cm_kafka_batch *batch;
+    int64_t *ids; /* the batch's row ids */
+    char *idbuf;  /* "{1,2,3}" for the mark statement */
+    size_t idbuf_len;
+
+    pthread_t thread;
+    int started;
+    int wake[2]; /* stop() writes here to cut a wait short */
+    atomic_int stop;
+    _Atomic double stop_deadline;
+    atomic_int is_leader;
+    atomic_uint_fast64_t published;
+
+    cm_gauge *g_backlog;
+    cm_gauge *g_oldest;
+    cm_gauge *g_leader;
+    cm_counter *c_published;
+    cm_counter *c_failed;
+    cm_histogram *h_latency;
+};
+
+static const double publish_buckets[] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                                         1,     2.5,  5,     10,   30,  60,   300};
+
+static double now_s(void)
+{
+    return cm_kafka_mono_s();
+}
+
+static int stopping(const cm_outbox_relay *r)
+{
+    return atomic_load(&r->stop);
+}
+
+static void set_leader(cm_outbox_relay *r, int on)
+{
+    if (r->leader == on)
+        return;
+    r->leader = on;
+    atomic_store(&r->is_leader, on);
+    cm_gauge_set(r->g_leader, on);
+    if (!on) {
+        cm_gauge_set(r->g_backlog, 0);
+        cm_gauge_set(r->g_oldest, 0);
+    }
+    cm_log(on ? CM_LOG_INFO : CM_LOG_WARN,
+           on ? "outbox relay is the leader" : "outbox relay lost leadership", "schema", r->schema,
+           NULL);
+}
+
+static void disconnect(cm_outbox_relay *r)
+{
+    cm_db_free(r->db); /* the session ends: the leader lock is released */
+    r->db = NULL;
+    set_leader(r, 0);
+}
+
+/* a failed statement: a dead connection is dropped, to be made anew (with
+ * a new session, so leadership must be won again) */
+static int relay_error(cm_outbox_relay *r, PGresult *res, const char *what)
+{
+    int rc = cm_db_error(r->db, res, what);
+    if (rc == CM_EUNAVAIL || PQstatus(cm_db_conn(r->db)) == CONNECTION_BAD) {
+        cm_log_warn("outbox relay lost its database connection", "schema", r->schema, NULL);
+        disconnect(r);
+        return CM_EUNAVAIL;
+    }
+    return rc;
+}
+
+static int simple(cm_outbox_relay *r, const char *what, const char *sql, int n,
+                  const char *const *params, PGresult **out)
+{
+    if (out)
+        *out = NULL;
+    PGresult *res = PQexecParams(cm_db_conn(r->db), sql, n, NULL, params, NULL, NULL, 0);
+    ExecStatusType st = PQresultStatus(res);
+    if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK) {
+        if (out)
+            *out = res;
+        else
+            PQclear(res);
+        return 0;
+    }
+    int rc = relay_error(r, res, what);
+    PQclear(res);
+    return rc;
+}
+
+static int connect_db(cm_outbox_relay *r)
+{
+    char err[512];
+    cm_db *db = NULL;
+    int rc = cm_db_connect(&db, r->dsn, r->schema, err, sizeof err);
+    if (rc) {
+        cm_log_warn("outbox relay could not connect to database", "schema", r->schema, "detail",
+                    err, NULL);
+        return rc;
+    }
+    r->db = db;
+    /* the server must notice a vanished relay host within seconds, not the
+     * kernel's two hours, or its leader lock would outlive it */
+    rc = simple(r, "set relay session",
+                "SELECT set_config('tcp_keepalives_idle', '10', false), "
+                "set_config('tcp_keepalives_interval', '5', false), "
+                "set_config('tcp_keepalives_count', '3', false)",
+                0, NULL, NULL);
+    if (rc == 0 && r->db)
+        rc = cm_db_set_timeout_ms(r->db, STATEMENT_TIMEOUT_MS);
+    if (rc && r->db)
+        disconnect(r);
+    return rc ? CM_EUNAVAIL : 0;
+}
+
+static int listen_channel(cm_outbox_relay *r)
+{
+    PGresult *res = NULL;
+    const char *p[] = {r->schema};
+    int rc = simple(r, "outbox channel", "SELECT left('outbox.' || $1::text, 63)", 1, p, &res);
+    if (rc)
+        return rc;
+    PGconn *conn = cm_db_conn(r->db);
+    const char *ch = PQgetvalue(res, 0, 0);
+    char *ident = PQescapeIdentifier(conn, ch, strlen(ch));
+    PQclear(res);
+    if (!ident)
+        return CM_ENOMEM;
+    size_t len = strlen(ident) + 16;
+    char *sql = malloc(len);
+    if (!sql) {
+        PQfreemem(ident);
+        return CM_ENOMEM;
+    }
+    snprintf(sql, len, "LISTEN %s", ident);
+    PQfreemem(ident);
+    rc = simple(r, "listen for outbox rows", sql, 0, NULL, NULL);
+    free(sql);
+    return rc;
+}
+
+static void try_lead(cm_outbox_relay *r)
+{
+    PGresult *res = NULL;
+    const char *p[] = {r->schema};
+    /* the two-key form lives apart from the one-key migration locks */
+    if (simple(r, "take the outbox leader lock",
+               "SELECT pg_try_advisory_lock(hashtext('commerce.outbox'), hashtext($1::text))", 1, p,
+               &res) != 0)
+        return;
+    int got = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+    PQclear(res);
+    if (!got)
+        return;
+    /* rows committed before LISTEN are found by the first fetch */
+    if (listen_channel(r) != 0) {
+        if (r->db)
+            disconnect(r);
+        return;
+    }
+    set_leader(r, 1);
+}
+
+static void drain_notifies(cm_outbox_relay *r)
+{
+    if (!r->db)
+        return;
+    PGconn *conn = cm_db_conn(r->db);
+    if (!PQconsumeInput(conn)) {
+        cm_log_warn("outbox relay lost its database connection", "schema", r->schema, NULL);
+        disconnect(r);
+        return;
+    }
+    PGnotify *n;
+    while ((n = PQnotifies(conn)) != NULL)
+        PQfreemem(n);
+}
+
+/* sleeps up to ms; a NOTIFY (when leading), stop() or a dead connection end
+ * it early. returns 1 when woken by a notification */
+static int wait_for(cm_outbox_relay *r, int ms)
+{
+    if (stopping(r) || ms <= 0)
+        return 0;
+    struct pollfd fds[2] = {{.fd = r->wake[0], .events = POLLIN}, {.fd = -1}};
+    nfds_t n = 1;
+    if (r->db && r->leader) {
+        PGconn *conn = cm_db_conn(r->db);
+        PGnotify *pending = PQnotifies(conn);
+        if (pending) {
+            PQfreemem(pending);
+            return 1;
+        }
+        fds[1] = (struct pollfd){.fd = PQsocket(conn), .events = POLLIN};
+        n = fds[1].fd >= 0 ? 2 : 1;
+    }
+    int rc = poll(fds, n, ms);
+    if (rc <= 0)
+        return 0;
+    if (fds[0].revents) {
+        char buf[16];
+        while (read(r->wake[0], buf, sizeof buf) > 0) {
+        }
+    }
+    if (n == 2 && fds[1].revents) {
+        drain_notifies(r);
+        return r->db != NULL;
+    }
+    return 0;
+}
+
+static void update_metrics(cm_outbox_relay *r)
+{
+    PGresult *res = NULL;
+    if (simple(r, "outbox backlog",
+               "SELECT count(*), coalesce(extract(epoch FROM clock_timestamp() - "
+               "min(created_at)), 0) FROM outbox WHERE published_at IS NULL AND failed_at IS NULL",
+               0, NULL, &res) != 0)
+        return;
+    cm_gauge_set(r->g_backlog, strtod(PQgetvalue(res, 0, 0), NULL));
+    cm_gauge_set(r->g_oldest, strtod(PQgetvalue(res, 0, 1), NULL));
+    PQclear(res);
+}
+
+/* published rows are kept retention_s for inspection, then deleted in
+ * chunks from the low ids (the oldest) */
+static void cleanup(cm_outbox_relay *r)
+{
+    char secs[32];
+    snprintf(secs, sizeof secs, "%d", r->retention_s);
+    const char *p[] = {secs};
+    for (int i = 0; i < 10 && r->db && !stopping(r); i++) {
+        PGresult *res = NULL;
+        if (simple(r, "delete published outbox rows",
+                   "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE published_at < "
+                   "now() - make_interval(secs => $1::int) ORDER BY id LIMIT " CLEANUP_CHUNK ")",
+                   1, p, &res) != 0)
+            return;
+        long n = strtol(PQcmdTuples(res), NULL, 10);
+        PQclear(res);
+        if (n < strtol(CLEANUP_CHUNK, NULL, 10))
+            return;
+    }
+}
+
+static int park_row(cm_outbox_relay *r, int64_t id, const char *event_id, const char *why)
+{
+    char sid[32];
+    snprintf(sid, sizeof sid, "%lld", (long long)id);
+    const char *p[] = {sid, why};
+    cm_log_error("outbox row refused by kafka for good: parked, fix and clear failed_at to retry",
+                 "schema", r->schema, "event_id", event_id, "error", why, NULL);
+    cm_counter_add(r->c_failed, 1);
+    return simple(r, "park outbox row",
+                  "UPDATE outbox SET failed_at = now(), last_error = $2 WHERE id = $1::bigint", 2,
+                  p, NULL);
+}
+
+static int mark_published(cm_outbox_relay *r, size_t nacked)
+{
+    const char *p[] = {r->idbuf};
+    PGresult *res = NULL;
+    int rc = simple(r, "mark outbox rows published",
+                    "UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[]) "
+                    "RETURNING extract(epoch FROM clock_timestamp() - created_at)",
+                    1, p, &res);
+    if (rc)
+        return rc;
+    int n = PQntuples(res);
+    for (int i = 0; i < n; i++)
+        cm_histogram_observe(r->h_latency, strtod(PQgetvalue(res, i, 0), NULL));
+    PQclear(res);
+    if ((size_t)n != nacked)
+        cm_log_warn("outbox rows changed while being published", "schema", r->schema, NULL);
+    cm_counter_add(r->c_published, (uint64_t)n);
+    atomic_fetch_add(&r->published, (uint_fast64_t)n);
+    return 0;
+}
+
+/* waits for every report of the batch; when stopping, past the deadline
+ * the producer is purged so the wait ends (purged rows stay unsent) */
+static void await_batch(cm_outbox_relay *r)
+{
+    double started = now_s(), last_log = started, last_metrics = started;
+    int purged = 0;
+    while (cm_kafka_batch_wait(r->batch, 200) == CM_ETIMEDOUT) {
+        double now = now_s();
+        if (stopping(r) && !purged && now >= atomic_load(&r->stop_deadline)) {
+            cm_log_warn("outbox relay stopping with a batch unacknowledged: purging", "schema",
+                        r->schema, NULL);
+            cm_kafka_producer_purge(r->producer);
+            purged = 1;
+        }
+        if (now - last_log >= WAIT_LOG_EVERY_S) {
+            char s[32];
+            snprintf(s, sizeof s, "%.0f", now - started);
+            cm_log_warn("outbox relay waiting for kafka to acknowledge a batch", "schema",
+                        r->schema, "seconds", s, NULL);
+            last_log = now;
+        }
+        /* the gauges must move during an outage: that is when they matter */
+        if (r->db && now - last_metrics >= METRICS_EVERY_S) {
+            update_metrics(r);
+            last_metrics = now;
+        }
+    }
+}
+
+static const char fetch_sql[] =
+    /* aliases matter: ORDER BY id would sort by an output column named id,
+     * the text cast, before the table's bigint */
+    "SELECT id::text AS row_id, event_id::text AS ev_id, tenant_id, topic, key, type, source, "
+    "content_type, "
+    "payload, traceparent, headers::text, "
+    "to_char(occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') "
+    "FROM outbox WHERE published_at IS NULL AND failed_at IS NULL ORDER BY outbox.id LIMIT "
+    "$1::int";
+
+enum {
+    F_ID,
+    F_EVENT_ID,
+    F_TENANT,
+    F_TOPIC,
+    F_KEY,
+    F_TYPE,
+    F_SOURCE,
+    F_CTYPE,
+    F_PAYLOAD,
+    F_TRACE,
+    F_HEADERS,
+    F_TIME
+};
+
+static const char *col(const PGresult *res, int row, int c)
+{
+    return PQgetisnull(res, row, c) ? NULL : PQgetvalue(res, row, c);
+}
+
+/* builds row i's message and adds it to the batch. json holds the parsed
+ * headers until the caller drops it (the producer copies them) */
+static int add_row(cm_outbox_relay *r, const PGresult *res, int i, cm_kafka_header *hdrs,
+                   json_t **json)
+{
+    cm_kafka_msg m = {
+        .topic = col(res, i, F_TOPIC),
+        .key = col(res, i, F_KEY),
+        .key_len = (size_t)PQgetlength(res, i, F_KEY),
+        .payload = PQgetvalue(res, i, F_PAYLOAD),
+        .len = (size_t)PQgetlength(res, i, F_PAYLOAD),
+        .id = col(res, i, F_EVENT_ID),
+        .type = col(res, i, F_TYPE),
+        .source = col(res, i, F_SOURCE),
+        .time = col(res, i, F_TIME),
+        .content_type = col(res, i, F_CTYPE),
+        .traceparent = col(res, i, F_TRACE),
+        .tenant_id = col(res, i, F_TENANT),
+        .headers = hdrs,
+    };
+    *json = NULL;
+    const char *h = col(res, i, F_HEADERS);
+    if (h) {
+        json_error_t jerr;
+        *json = json_loadb(h, (size_t)PQgetlength(res, i, F_HEADERS), 0, &jerr);
+        const char *name;
+        json_t *v;
+        if (*json && json_is_object(*json)) {
+            json_object_foreach(*json, name, v)
+            {
+                if (json_is_string(v) && m.nheaders < MAX_EXTRA_HEADERS)
+                    hdrs[m.nheaders++] =
+                        (cm_kafka_header){name, json_string_value(v), json_string_length(v)};
+            }
+        }
+    }
+    return cm_kafka_batch_add(r->producer, r->batch, &m);
+}
+
+static int ids_to_array(cm_outbox_relay *r, size_t n)
+{
+    size_t need = 2 + n * 21;
+    if (need > r->idbuf_len) {
+        char *b = realloc(r->idbuf, need);
+        if (!b)
+            return CM_ENOMEM;
+        r->idbuf = b;
+        r->idbuf_len = need;
+    }
+    size_t o = 0;
+    r->idbuf[o++] = '{';
+    for (size_t i = 0; i < n; i++)
+        o += (size_t)snprintf(r->idbuf + o, r->idbuf_len - o, "%s%lld", i ? "," : "",
+                              (long long)r->ids[i]);
+    r->idbuf[o++] = '}';
+    r->idbuf[o] = '\0';
+    return 0;
+}
+
+/* one round: fetch up to batch_size unsent rows in id order, produce them
+ * all, wait for every report, mark the acknowledged ones in one UPDATE.
+ * returns the number of rows fetched, or a CM_E* when something failed
+ * (the caller backs off; unacknowledged rows go out again next round) */
+static int publish_batch(cm_outbox_relay *r)
+{
+    char lim[16];
+    snprintf(lim, sizeof lim, "%d", r->batch_size);
+    const char *p[] = {lim};
+    PGresult *res = PQexecParams(cm_db_conn(r->db), fetch_sql, 1, NULL, p, NULL, NULL, 1);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        int rc = relay_error(r, res, "fetch outbox rows");
+        PQclear(res);
+        return rc;
+    }
+    int n = PQntuples(res);
+    if (n == 0) {
+        PQclear(res);
+        return 0;
+    }
+    cm_kafka_batch_reset(r->batch);
+    cm_kafka_header hdrs[MAX_EXTRA_HEADERS];
+    int added = 0, add_rc = 0, park_index = -1;
+    const char *park_why = NULL;
+    for (int i = 0; i < n; i++) {
+        r->ids[i] = strtoll(PQgetvalue(res, i, F_ID), NULL, 10);
+        json_t *json = NULL;
+        add_rc = add_row(r, res, i, hdrs, &json);
+        json_decref(json);
+        if (add_rc) {
+            /* the rest must wait: producing past a gap would reorder a key */
+            if (add_rc == CM_EINVAL) {
+                park_index = i;
+                park_why = "refused by the producer (invalid or too large)";
+            }
+            break;
+        }
+        added++;
+    }
+    await_batch(r);
+
+    size_t nacked = 0;
+    int failed = 0;
+    const char *first_error = NULL;
+    for (int i = 0; i < added; i++) {
+        const cm_kafka_report *rep = cm_kafka_batch_report(r->batch, (size_t)i);
+        if (rep && rep->rc == 0) {
+            r->ids[nacked++] = r->ids[i];
+        } else if (rep && rep->permanent && park_index < 0) {
+            park_index = i;
+            park_why = rep->error;
+        } else {
+            failed++;
+            if (!first_error)
+                first_error = rep ? rep->error : "no report";
+        }
+    }
+    /* ids[] is being compacted in place: the parked row's id and event id
+     * are read from the result */
+    int64_t park_id = park_index >= 0 ? strtoll(PQgetvalue(res, park_index, F_ID), NULL, 10) : 0;
+    char park_event[CM_ID_SIZE] = "";
+    if (park_index >= 0)
+        snprintf(park_event, sizeof park_event, "%s", PQgetvalue(res, park_index, F_EVENT_ID));
+    PQclear(res);
+
+    int rc = 0;
+    if (nacked > 0 && r->db) {
+        rc = ids_to_array(r, nacked);
+        if (rc == 0)
+            rc = mark_published(r, nacked);
+    }
+    if (rc == 0 && park_index >= 0 && r->db)
+        rc = park_row(r, park_id, park_event, park_why);
+    if (rc)
+        return rc;
+    if (failed > 0 || (add_rc && park_index < 0)) {
+        char nf[16];
+        snprintf(nf, sizeof nf, "%d", failed + (add_rc && park_index < 0 ? 1 : 0));
+        cm_log_warn("outbox rows not acknowledged by kafka: retrying", "schema", r->schema, "rows",
+                    nf, "error", first_error ? first_error : cm_strerror(add_rc), NULL);
+        return CM_EUNAVAIL;
+    }
+    return n;
+}
+
+static int backoff_ms(const cm_outbox_relay *r, int failures)
+{
+    long d = 100L << (failures < 10 ? failures - 1 : 9);
+    if (d > r->backoff_max_ms)
+        d = r->backoff_max_ms;
+    /* jitter in [d/2, d]: replicas and restarts spread out */
+    return (int)(d / 2 + rand() % (d / 2 + 1));
+}
+
+static void *relay_main(void *arg)
+{
+    cm_outbox_relay *r = arg;
+    int failures = 0;
+    double next_lock = 0, next_metrics = 0, next_cleanup = 0;
+    while (!stopping(r)) {
+        if (!r->db) {
+            if (connect_db(r) != 0) {
+                failures++;
+                wait_for(r, backoff_ms(r, failures));
+                continue;
+            }
+            next_lock = 0;
+        }
+        if (!r->leader) {
+            double now = now_s();
+            if (now >= next_lock) {
+                try_lead(r);
+                next_lock = now + r->leader_retry_ms / 1000.0;
+            }
+            if (!r->leader) {
+                wait_for(r, r->leader_retry_ms);
+                continue;
+            }
+            next_metrics = next_cleanup = 0;
+        }
+        double now = now_s();
+        if (now >= next_metrics) {
+            update_metrics(r);
+            next_metrics = now + METRICS_EVERY_S;
+        }
+        if (r->db && now >= next_cleanup) {
+            cleanup(r);
+            next_cleanup =
+                now + (r->retention_s < CLEANUP_EVERY_S ? r->retention_s : CLEANUP_EVERY_S);
+        }
+        if (!r->db)
+            continue;
+        drain_notifies(r);
+        if (!r->db)
+            continue;
+        int n = publish_batch(r);
+        if (n < 0) {
+            failures++;
+            wait_for(r, backoff_ms(r, failures));
+            continue;
+        }
+        failures = 0;
+        if (n >= r->batch_size)
+            continue; /* more are waiting */
+        wait_for(r, r->poll_ms);
+    }
+    if (r->db)
+        disconnect(r);
+    return NULL;
+}
+
+int cm_outbox_relay_start(cm_outbox_relay **out, const cm_outbox_relay_opts *o, char *err,
+                          size_t errlen)
+{
+    if (err && errlen)
+        err[0] = '\0';
+    if (!out || !o || !o->dsn || !o->schema || !*o->schema || !o->producer) {
+        if (err && errlen)
+            snprintf(err, errlen, "the outbox relay needs a dsn, a schema and a producer");
+        return CM_EINVAL;
+    }
+    *out = NULL;
+    cm_outbox_relay *r = calloc(1, sizeof *r);
+    if (!r)
+        return CM_ENOMEM;
+    r->wake[0] = r->wake[1] = -1;
+    r->producer = o->producer;
+    r->metrics = o->metrics ? o->metrics : cm_metrics_default();
+    r->batch_size = o->batch_size > 0 ? o->batch_size : 1000;
+    r->poll_ms = o->poll_ms > 0 ? o->poll_ms : 1000;
+    r->leader_retry_ms = o->leader_retry_ms > 0 ? o->leader_retry_ms : 1000;
+    r->backoff_max_ms = o->backoff_max_ms > 0 ? o->backoff_max_ms : 10000;
+    r->retention_s = o->retention_s > 0 ? o->retention_s : 900;
+    r->dsn = strdup(o->dsn);
+    r->schema = strdup(o->schema);
+    r->ids = calloc((size_t)r->batch_size, sizeof *r->ids);
+    int rc = 0;
+    if (!r->dsn || !r->schema || !r->ids || cm_kafka_batch_new(&r->batch, (size_t)r->batch_size))
+        rc = CM_ENOMEM;
+    if (rc == 0 && pipe2(r->wake, O_NONBLOCK | O_CLOEXEC) != 0)
+        rc = CM_ENOMEM;
+    if (rc == 0) {
+        cm_metrics *m = r->metrics;
+        r->g_backlog = cm_metrics_gauge(m, "outbox_backlog", "outbox rows not yet published", NULL);
+        r->g_oldest = cm_metrics_gauge(m, "outbox_oldest_unsent_age_seconds",
+                                       "age of the oldest unpublished outbox row", NULL);
+        r->g_leader =
+            cm_metrics_gauge(m, "outbox_relay_leader", "1 while this relay publishes", NULL);
+        r->c_published = cm_metrics_counter(m, "outbox_published_total",
+                                            "outbox rows published and acknowledged", NULL);
+        r->c_failed = cm_metrics_counter(m, "outbox_failed_total",
+                                         "outbox rows kafka refused for good (parked)", NULL);
+        r->h_latency = cm_metrics_histogram(
+            m, "outbox_publish_latency_seconds", "from the outbox insert to the broker's ack", NULL,
+            publish_buckets, sizeof publish_buckets / sizeof publish_buckets[0]);
+    }
+    if (rc) {
+        if (err && errlen)
+            snprintf(err, errlen, "out of memory");
+        cm_outbox_relay_free(r);
+        return rc;
+    }
+    /* the first connection is made here so a wrong dsn fails the start */
+    if (connect_db(r) != 0) {
+        if (err && errlen)
+            snprintf(err, errlen, "the outbox relay could not connect to the database");
+        cm_outbox_relay_free(r);
+        return CM_EUNAVAIL;
+    }
+    if (pthread_create(&r->thread, NULL, relay_main, r) != 0) {
+        if (err && errlen)
+            snprintf(err, errlen, "could not start the outbox relay thread");
+        cm_outbox_relay_free(r);
+        return CM_ENOMEM;
+    }
+    r->started = 1;
+    cm_log_info("outbox relay started", "schema", r->schema, NULL);
+    *out = r;
+    return 0;
+}
+
+void cm_outbox_relay_stop(cm_outbox_relay *r, int timeout_ms)
+{
+    if (!r || !r->started)
+        return;
+    atomic_store(&r->stop_deadline, now_s() + (timeout_ms > 0 ? timeout_ms : 0) / 1000.0);
+    atomic_store(&r->stop, 1);
+    ssize_t w = write(r->wake[1], "x", 1);
+    (void)w;
+    pthread_join(r->thread, NULL);
+    r->started = 0;
+    char n[32];
+    snprintf(n, sizeof n, "%llu", (unsigned long long)atomic_load(&r->published));
+    cm_log_info("outbox relay stopped", "schema", r->schema, "published", n, NULL);
+}
+
+void cm_outbox_relay_free(cm_outbox_relay *r)
+{
+    if (!r)
+        return;
+    cm_outbox_relay_stop(r, 0);
+    if (r->db)
+        cm_db_free(r->db);
+    cm_kafka_batch_free(r->batch);
+    if (r->wake[0] >= 0)
+        close(r->wake[0]);
+    if (r->wake[1] >= 0)
+        close(r->wake[1]);
+    free(r->ids);
+    free(r->idbuf);
+    free(r->dsn);
+    free(r->schema);
+    free(r);
+}
+
+int cm_outbox_relay_is_leader(const cm_outbox_relay *r)
+{
+    return r ? atomic_load(&r->is_leader) : 0;
+}
+
+uint64_t cm_outbox_relay_published(const cm_outbox_relay *r)
+{
+    return r ? (uint64_t)atomic_load(&r->published) : 0;
+}

@@ -1,0 +1,607 @@
+/*
+ * cm_outbox against the private postgres (PG_DSN) and librdkafka's mock
+ * cluster: rows written in transactions come out of kafka once, in per-key
+ * order, with their headers; late commits, a second replica, a killed
+ * connection, a broker outage and an oversize row. every test works in
+ * schema test_outbox_<pid>.
+ */
+#include "cm_db.h"
+#include "cm_err.h"
+#include "cm_id.h"
+#include "cm_kafka.h"
+#include "cm_log.h"
+#include "cm_metrics.h"
+#include "cm_outbox.h"
+#include "mock_kafka.h"
+
+#include <check.h>
+#include <libpq-fe.h>
+#include <stdarg.h>
+#include <unistd.h>
+
+#define NKEYS 7
+
+static const char *dsn;
+static char schema[64];
+static mk_cluster mk;
+static int seq[NKEYS]; /* next per-key sequence number the writer uses */
+
+static void quiet(void *arg, const char *msg)
+{
+    (void)arg;
+    (void)msg;
+}
+
+static PGconn *admin(void)
+{
+    PGconn *c = PQconnectdb(dsn);
+    ck_assert_msg(PQstatus(c) == CONNECTION_OK, "%s", PQerrorMessage(c));
+    PQsetNoticeProcessor(c, quiet, NULL);
+    return c;
+}
+
+static void sql(PGconn *c, const char *q)
+{
+    PGresult *r = PQexec(c, q);
+    ck_assert_msg(PQresultStatus(r) == PGRES_COMMAND_OK || PQresultStatus(r) == PGRES_TUPLES_OK,
+                  "%s: %s", q, PQerrorMessage(c));
+    PQclear(r);
+}
+
+static long query_long(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* one number from a query; fmt gets the schema name as its arguments */
+static long query_long(const char *fmt, ...)
+{
+    char q[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(q, sizeof q, fmt, ap);
+    va_end(ap);
+    PGconn *c = admin();
+    PGresult *r = PQexec(c, q);
+    ck_assert_msg(PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1, "%s: %s", q,
+                  PQerrorMessage(c));
+    long v = strtol(PQgetvalue(r, 0, 0), NULL, 10);
+    PQclear(r);
+    PQfinish(c);
+    return v;
+}
+
+static cm_db *connect_db(void)
+{
+    cm_db *db;
+    char err[512];
+    ck_assert_msg(cm_db_connect(&db, dsn, schema, err, sizeof err) == 0, "%s", err);
+    return db;
+}
+
+static void setup(void)
+{
+    ck_assert_int_eq(mk_start(&mk, 1), 0);
+    rd_kafka_mock_topic_create(mk.mc, "t.events", 3, 1);
+    memset(seq, 0, sizeof seq);
+    PGconn *c = admin();
+    char q[256];
+    snprintf(q, sizeof q, "DROP SCHEMA IF EXISTS %s CASCADE", schema);
+    sql(c, q);
+    PQfinish(c);
+    cm_db *db = connect_db();
+    char err[512];
+    ck_assert_msg(cm_db_migrate_component(db, schema, "outbox", cm_outbox_migrations,
+                                          cm_outbox_migrations_count, err, sizeof err) == 0,
+                  "%s", err);
+    cm_db_free(db);
+}
+
+static void teardown(void)
+{
+    PGconn *c = admin();
+    char q[256];
+    snprintf(q, sizeof q, "DROP SCHEMA IF EXISTS %s CASCADE", schema);
+    sql(c, q);
+    PQfinish(c);
+    mk_stop(&mk);
+}
+
+static cm_kafka_producer *producer(const char *const *conf)
+{
+    cm_kafka_producer *p = NULL;
+    char err[256];
+    cm_kafka_producer_opts o = {.brokers = mk.brokers, .client_id = "test-outbox", .conf = conf};
+    ck_assert_msg(cm_kafka_producer_new_opts(&p, &o, err, sizeof err) == 0, "%s", err);
+    return p;
+}
+
+static cm_outbox_relay *relay(cm_kafka_producer *p, cm_metrics *m, int batch)
+{
+    cm_outbox_relay *r = NULL;
+    char err[256];
+    cm_outbox_relay_opts o = {
+        .dsn = dsn,
+        .schema = schema,
+        .producer = p,
+        .metrics = m,
+        .batch_size = batch,
+        .poll_ms = 200,
+        .leader_retry_ms = 200,
+        .backoff_max_ms = 500,
+    };
+    ck_assert_msg(cm_outbox_relay_start(&r, &o, err, sizeof err) == 0, "%s", err);
+    return r;
+}
+
+/* ---- writing events ---- */
+
+typedef struct add_tx {
+    int n;
+    int rc;
+} add_tx;
+
+static int add_some(cm_db *db, void *arg)
+{
+    add_tx *t = arg;
+    for (int i = 0; i < t->n; i++) {
+        /* like a service: lock the aggregate's row, then write its event */
+        int k = i % NKEYS;
+        char key[8], payload[32], id[CM_ID_SIZE];
+        snprintf(key, sizeof key, "k%d", k);
+        snprintf(payload, sizeof payload, "%s:%d", key, seq[k]);
+        ck_assert_int_eq(cm_id_uuid7(id), 0);
+        const char *const extra[] = {"x-origin", "test", NULL};
+        cm_outbox_event ev = {
+            .event_id = id,
+            .tenant_id = "t1",
+            .topic = "t.events",
+            .key = key,
+            .type = "commerce.events.v1.Test",
+            .source = "/commerce/test",
+            .payload = payload,
+            .len = strlen(payload),
+            .traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            .headers = extra,
+        };
+        int rc = cm_outbox_add(db, &ev);
+        if (rc)
+            return rc;
+        seq[k]++;
+    }
+    return 0;
+}
+
+static void add_events(cm_db *db, int n)
+{
+    int saved[NKEYS];
+    memcpy(saved, seq, sizeof seq);
+    add_tx t = {.n = n};
+    int rc = cm_db_tx(db, NULL, 1, add_some, &t);
+    if (rc)
+        memcpy(seq, saved, sizeof seq); /* rolled back */
+    ck_assert_int_eq(rc, 0);
+}
+
+static int total_events(void)
+{
+    int n = 0;
+    for (int k = 0; k < NKEYS; k++)
+        n += seq[k];
+    return n;
+}
+
+static void wait_published(long n, int timeout_ms)
+{
+    long long until = mk_now_ms() + timeout_ms;
+    long got = 0;
+    while ((got = query_long("SELECT count(*) FROM %s.outbox WHERE published_at IS NOT NULL",
+                             schema)) < n) {
+        ck_assert_msg(mk_now_ms() < until, "published %ld of %ld rows", got, n);
+        mk_sleep_ms(50);
+    }
+}
+
+/* every event exactly once (dups allowed when allow_dups), in per-key order */
+static void check_topic(int expect, int allow_dups)
+{
+    mk_record *recs;
+    size_t n = mk_read_topic(mk.brokers, "t.events", 3, (size_t)expect + 1000, 3000, &recs);
+    int next[NKEYS] = {0};
+    int seen = 0;
+    if (getenv("TEST_DUMP"))
+        for (size_t i = 0; i < n; i++)
+            fprintf(stderr, "p%d o%lld %s\n", (int)recs[i].partition, (long long)recs[i].offset,
+                    recs[i].payload);
+    for (size_t i = 0; i < n; i++) {
+        int k = -1, s = -1;
+        ck_assert_int_eq(sscanf(recs[i].payload, "k%d:%d", &k, &s), 2);
+        ck_assert(k >= 0 && k < NKEYS);
+        if (s < next[k]) {
+            ck_assert_msg(allow_dups, "k%d:%d delivered twice", k, s);
+            continue;
+        }
+        ck_assert_msg(s == next[k], "k%d: got %d, expected %d (order broken)", k, s, next[k]);
+        next[k]++;
+        seen++;
+        ck_assert_str_eq(mk_header(&recs[i], "ce_type"), "commerce.events.v1.Test");
+        ck_assert_str_eq(mk_header(&recs[i], "x-origin"), "test");
+        ck_assert_int_eq(cm_id_is_uuid(mk_header(&recs[i], "ce_id")), 1);
+    }
+    mk_records_free(recs, n);
+    ck_assert_int_eq(seen, expect);
+    if (!allow_dups)
+        ck_assert_uint_eq(n, (size_t)expect);
+}
+
+static void wait_leader(cm_outbox_relay *r, int timeout_ms)
+{
+    long long until = mk_now_ms() + timeout_ms;
+    while (!cm_outbox_relay_is_leader(r)) {
+        ck_assert_msg(mk_now_ms() < until, "relay did not become leader");
+        mk_sleep_ms(20);
+    }
+}
+
+/* ---- tests ---- */
+
+START_TEST(migrate_component_keeps_its_own_history)
+{
+    cm_db *db = connect_db();
+    char err[512];
+    ck_assert_int_eq(cm_db_migrate_component(db, schema, "outbox", cm_outbox_migrations,
+                                             cm_outbox_migrations_count, err, sizeof err),
+                     0);
+    ck_assert_int_eq(cm_db_migrate(db, schema, NULL, 0, err, sizeof err), 0);
+    ck_assert_int_eq(cm_db_migrate_component(db, schema, "Bad-Name", cm_outbox_migrations,
+                                             cm_outbox_migrations_count, err, sizeof err),
+                     CM_EINVAL);
+    cm_db_free(db);
+    ck_assert_int_eq(query_long("SELECT count(*) FROM %s.schema_migrations_outbox", schema), 1);
+    ck_assert_int_eq(query_long("SELECT count(*) FROM %s.schema_migrations", schema), 0);
+}
+END_TEST
+
+static int add_one(cm_db *db, void *arg)
+{
+    return cm_outbox_add(db, arg);
+}
+
+START_TEST(add_needs_a_transaction_and_a_valid_event)
+{
+    cm_db *db = connect_db();
+    char id[CM_ID_SIZE];
+    ck_assert_int_eq(cm_id_uuid7(id), 0);
+    cm_outbox_event ev = {
+        .event_id = id,
+        .tenant_id = "t1",
+        .topic = "t.events",
+        .key = "k",
+        .type = "commerce.events.v1.Test",
+        .source = "/commerce/test",
+        .payload = "\0binary\xff",
+        .len = 8,
+    };
+    ck_assert_int_eq(cm_outbox_add(db, &ev), CM_EINVAL); /* no transaction */
+    ck_assert_int_eq(cm_db_tx(db, NULL, 1, add_one, &ev), 0);
+    ck_assert_int_eq(cm_db_tx(db, NULL, 1, add_one, &ev), CM_EEXIST);
+    cm_outbox_event bad = ev;
+    bad.event_id = "not-a-uuid";
+    ck_assert_int_eq(cm_db_tx(db, NULL, 1, add_one, &bad), CM_EINVAL);
+    bad = ev;
+    bad.topic = "no spaces";
+    ck_assert_int_eq(cm_db_tx(db, NULL, 1, add_one, &bad), CM_EINVAL);
+    char id2[CM_ID_SIZE];
+    ck_assert_int_eq(cm_id_uuid7(id2), 0);
+    bad = ev;
+    bad.event_id = id2;
+    const char *const reserved[] = {"ce_id", "x", NULL};
+    bad.headers = reserved;
+    ck_assert_int_eq(cm_db_tx(db, NULL, 1, add_one, &bad), CM_EINVAL);
+    cm_db_free(db);
+    /* the payload is stored byte for byte */
+    ck_assert_int_eq(
+        query_long("SELECT count(*) FROM %s.outbox WHERE payload = '\\x0062696e617279ff'::bytea",
+                   schema),
+        1);
+}
+END_TEST
+
+START_TEST(relay_publishes_once_in_key_order_with_headers)
+{
+    cm_db *db = connect_db();
+    for (int i = 0; i < 5; i++)
+        add_events(db, 100);
+    cm_kafka_producer *p = producer(NULL);
+    cm_metrics *m = cm_metrics_new();
+    cm_outbox_relay *r = relay(p, m, 64);
+    wait_published(500, 30000);
+    add_events(db, 30); /* woken by NOTIFY */
+    wait_published(530, 30000);
+    mk_sleep_ms(1200); /* one metrics round after the last batch */
+    cm_outbox_relay_free(r);
+    cm_kafka_producer_free(p, 1000);
+    cm_db_free(db);
+    check_topic(total_events(), 0);
+
+    cm_counter *pub = cm_metrics_counter(m, "outbox_published_total", "", NULL);
+    ck_assert_uint_eq(cm_counter_value(pub), 530);
+    ck_assert(cm_gauge_value(cm_metrics_gauge(m, "outbox_backlog", "", NULL)) == 0);
+    char *text = NULL;
+    ck_assert_int_eq(cm_metrics_render(m, &text, NULL), 0);
+    ck_assert_ptr_nonnull(strstr(text, "outbox_publish_latency_seconds_count 530"));
+    free(text);
+    cm_metrics_free(m);
+}
+END_TEST
+
+START_TEST(rows_committed_late_are_not_skipped)
+{
+    cm_db *slow = connect_db();
+    cm_db *fast = connect_db();
+    cm_kafka_producer *p = producer(NULL);
+    cm_metrics *m = cm_metrics_new();
+    cm_outbox_relay *r = relay(p, m, 64);
+    /* slow takes the smaller id (k0:0) and commits last */
+    ck_assert_int_eq(cm_db_exec(slow, "begin", "BEGIN", 0, NULL, NULL), 0);
+    add_tx t = {.n = 1};
+    ck_assert_int_eq(add_some(slow, &t), 0);
+    /* fast writes k1:0 meanwhile, and is published first */
+    char id[CM_ID_SIZE];
+    const char *payload = "k1:0";
+    ck_assert_int_eq(cm_id_uuid7(id), 0);
+    const char *const extra[] = {"x-origin", "test", NULL};
+    cm_outbox_event ev = {.event_id = id,
+                          .tenant_id = "t1",
+                          .topic = "t.events",
+                          .key = "k1",
+                          .type = "commerce.events.v1.Test",
+                          .source = "/commerce/test",
+                          .payload = payload,
+                          .len = strlen(payload),
+                          .headers = extra};
+    ck_assert_int_eq(cm_db_tx(fast, NULL, 1, add_one, &ev), 0);
+    seq[1] = 1;
+    wait_published(1, 10000);
+    ck_assert_int_eq(
+        query_long("SELECT count(*) FROM %s.outbox WHERE published_at IS NULL", schema), 0);
+    /* the smaller id becomes visible after a larger one went out: still sent */
+    ck_assert_int_eq(cm_db_exec(slow, "commit", "COMMIT", 0, NULL, NULL), 0);
+    wait_published(2, 10000);
+    cm_outbox_relay_free(r);
+    cm_kafka_producer_free(p, 1000);
+    cm_db_free(slow);
+    cm_db_free(fast);
+    cm_metrics_free(m);
+    check_topic(2, 0);
+    ck_assert_int_eq(query_long("SELECT count(*) FROM %s.outbox o1 JOIN %s.outbox o2 ON o1.id < "
+                                "o2.id WHERE o1.key = 'k0' AND o2.key = 'k1'",
+                                schema, schema),
+                     1);
+}
+END_TEST
+
+START_TEST(two_relays_publish_each_row_once)
+{
+    cm_kafka_producer *p = producer(NULL);
+    cm_metrics *m1 = cm_metrics_new(), *m2 = cm_metrics_new();
+    cm_outbox_relay *a = relay(p, m1, 50);
+    cm_outbox_relay *b = relay(p, m2, 50);
+    long long until = mk_now_ms() + 5000;
+    while (!cm_outbox_relay_is_leader(a) && !cm_outbox_relay_is_leader(b)) {
+        ck_assert(mk_now_ms() < until);
+        mk_sleep_ms(20);
+    }
+    ck_assert_int_eq(cm_outbox_relay_is_leader(a) + cm_outbox_relay_is_leader(b), 1);
+    cm_db *db = connect_db();
+    for (int i = 0; i < 6; i++)
+        add_events(db, 50);
+    wait_published(300, 30000);
+    ck_assert_int_eq(cm_outbox_relay_is_leader(a) + cm_outbox_relay_is_leader(b), 1);
+    cm_outbox_relay *leader = cm_outbox_relay_is_leader(a) ? a : b;
+    cm_outbox_relay *standby = leader == a ? b : a;
+    ck_assert_uint_eq(cm_outbox_relay_published(leader), 300);
+    ck_assert_uint_eq(cm_outbox_relay_published(standby), 0);
+
+    /* the leader goes away: the standby takes over */
+    cm_outbox_relay_stop(leader, 1000);
+    wait_leader(standby, 5000);
+    add_events(db, 100);
+    wait_published(400, 30000);
+    ck_assert_uint_eq(cm_outbox_relay_published(standby), 100);
+    cm_outbox_relay_free(a);
+    cm_outbox_relay_free(b);
+    cm_kafka_producer_free(p, 1000);
+    cm_db_free(db);
+    check_topic(total_events(), 0);
+    cm_metrics_free(m1);
+    cm_metrics_free(m2);
+}
+END_TEST
+
+START_TEST(relay_recovers_from_a_killed_connection)
+{
+    cm_kafka_producer *p = producer(NULL);
+    cm_outbox_relay *r = relay(p, NULL, 100);
+    wait_leader(r, 5000);
+    cm_db *db = connect_db();
+    add_events(db, 100);
+    wait_published(100, 30000);
+    /* every session of this schema's application name: the relay's too */
+    char q[256];
+    snprintf(q, sizeof q,
+             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE "
+             "application_name = 'commerce-%s'",
+             schema);
+    PGconn *c = admin();
+    sql(c, q);
+    PQfinish(c);
+    add_events(db, 100); /* cm_db_tx reconnects the writer */
+    wait_published(200, 30000);
+    ck_assert_int_eq(cm_outbox_relay_is_leader(r), 1);
+    cm_outbox_relay_free(r);
+    cm_kafka_producer_free(p, 1000);
+    cm_db_free(db);
+    check_topic(total_events(), 0);
+}
+END_TEST
+
+START_TEST(relay_survives_a_broker_outage)
+{
+    cm_kafka_producer *p = producer(NULL);
+    cm_metrics *m = cm_metrics_new();
+    cm_outbox_relay *r = relay(p, m, 64);
+    wait_leader(r, 5000);
+    cm_db *db = connect_db();
+    add_events(db, 50);
+    wait_published(50, 30000);
+    rd_kafka_mock_broker_set_down(mk.mc, -1);
+    for (int i = 0; i < 4; i++)
+        add_events(db, 50);
+    mk_sleep_ms(2500);
+    ck_assert_int_eq(
+        query_long("SELECT count(*) FROM %s.outbox WHERE published_at IS NULL", schema), 200);
+    /* the gauges show the outage */
+    ck_assert(cm_gauge_value(cm_metrics_gauge(m, "outbox_backlog", "", NULL)) == 200);
+    ck_assert(cm_gauge_value(cm_metrics_gauge(m, "outbox_oldest_unsent_age_seconds", "", NULL)) >
+              1.0);
+    rd_kafka_mock_broker_set_up(mk.mc, -1);
+    wait_published(250, 30000);
+    cm_outbox_relay_free(r);
+    cm_kafka_producer_free(p, 1000);
+    cm_db_free(db);
+    check_topic(total_events(), 0);
+    cm_metrics_free(m);
+}
+END_TEST
+
+START_TEST(stop_during_an_outage_leaves_rows_unsent)
+{
+    cm_kafka_producer *p = producer(NULL);
+    cm_outbox_relay *r = relay(p, NULL, 64);
+    wait_leader(r, 5000);
+    rd_kafka_mock_broker_set_down(mk.mc, -1);
+    cm_db *db = connect_db();
+    add_events(db, 20);
+    mk_sleep_ms(500);
+    long long t0 = mk_now_ms();
+    cm_outbox_relay_stop(r, 500); /* purges the batch after 500 ms */
+    ck_assert_int_lt(mk_now_ms() - t0, 5000);
+    ck_assert_int_eq(
+        query_long("SELECT count(*) FROM %s.outbox WHERE published_at IS NULL", schema), 20);
+    cm_outbox_relay_free(r);
+    rd_kafka_mock_broker_set_up(mk.mc, -1);
+    /* a new relay (a restart) sends them */
+    r = relay(p, NULL, 64);
+    wait_published(20, 30000);
+    cm_outbox_relay_free(r);
+    cm_kafka_producer_free(p, 1000);
+    cm_db_free(db);
+    check_topic(total_events(), 1);
+}
+END_TEST
+
+START_TEST(oversize_row_is_parked_and_the_rest_flow)
+{
+    const char *const conf[] = {"message.max.bytes", "4000", NULL};
+    cm_kafka_producer *p = producer(conf);
+    cm_metrics *m = cm_metrics_new();
+    cm_db *db = connect_db();
+    add_events(db, 3);
+    char id[CM_ID_SIZE];
+    ck_assert_int_eq(cm_id_uuid7(id), 0);
+    char *big = calloc(1, 10000);
+    memset(big, 'x', 9999);
+    cm_outbox_event ev = {.event_id = id,
+                          .tenant_id = "t1",
+                          .topic = "t.events",
+                          .key = "big",
+                          .type = "commerce.events.v1.Test",
+                          .source = "/commerce/test",
+                          .payload = big,
+                          .len = 9999};
+    ck_assert_int_eq(cm_db_tx(db, NULL, 1, add_one, &ev), 0);
+    free(big);
+    add_events(db, 3);
+    cm_outbox_relay *r = relay(p, m, 64);
+    wait_published(6, 30000);
+    mk_sleep_ms(300);
+    cm_outbox_relay_free(r);
+    cm_kafka_producer_free(p, 1000);
+    cm_db_free(db);
+    check_topic(6, 0);
+    ck_assert_int_eq(query_long("SELECT count(*) FROM %s.outbox WHERE failed_at IS NOT NULL AND "
+                                "key = 'big' AND last_error <> ''",
+                                schema),
+                     1);
+    ck_assert_uint_eq(cm_counter_value(cm_metrics_counter(m, "outbox_failed_total", "", NULL)), 1);
+    cm_metrics_free(m);
+}
+END_TEST
+
+START_TEST(published_rows_are_deleted_after_retention)
+{
+    cm_kafka_producer *p = producer(NULL);
+    cm_outbox_relay *r = NULL;
+    char err[256];
+    cm_outbox_relay_opts o = {
+        .dsn = dsn,
+        .schema = schema,
+        .producer = p,
+        .metrics = NULL,
+        .poll_ms = 200,
+        .retention_s = 1,
+    };
+    ck_assert_int_eq(cm_outbox_relay_start(&r, &o, err, sizeof err), 0);
+    cm_db *db = connect_db();
+    add_events(db, 10);
+    long long until = mk_now_ms() + 15000;
+    while (query_long("SELECT count(*) FROM %s.outbox", schema) > 0) {
+        ck_assert_msg(mk_now_ms() < until, "published rows were not deleted");
+        mk_sleep_ms(100);
+    }
+    cm_outbox_relay_free(r);
+    cm_kafka_producer_free(p, 1000);
+    cm_db_free(db);
+    check_topic(10, 0);
+}
+END_TEST
+
+static Suite *outbox_suite(void)
+{
+    Suite *s = suite_create("outbox");
+    TCase *tc = tcase_create("outbox");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 90);
+    tcase_add_test(tc, migrate_component_keeps_its_own_history);
+    tcase_add_test(tc, add_needs_a_transaction_and_a_valid_event);
+    tcase_add_test(tc, relay_publishes_once_in_key_order_with_headers);
+    tcase_add_test(tc, rows_committed_late_are_not_skipped);
+    tcase_add_test(tc, two_relays_publish_each_row_once);
+    tcase_add_test(tc, relay_recovers_from_a_killed_connection);
+    tcase_add_test(tc, relay_survives_a_broker_outage);
+    tcase_add_test(tc, stop_during_an_outage_leaves_rows_unsent);
+    tcase_add_test(tc, oversize_row_is_parked_and_the_rest_flow);
+    tcase_add_test(tc, published_rows_are_deleted_after_retention);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void)
+{
+    dsn = getenv("PG_DSN");
+    if (!dsn || !*dsn) {
+        fprintf(stderr, "test_outbox: FAIL: PG_DSN is not set. these tests need a real "
+                        "postgres: run scripts/test.sh, or scripts/pg.sh start and then "
+                        "PG_DSN=\"$(scripts/pg.sh dsn)\" build/bin/test_outbox\n");
+        return EXIT_FAILURE;
+    }
+    cm_log_level lvl = CM_LOG_ERROR;
+    const char *env = getenv("LOG_LEVEL");
+    if (env && cm_log_level_parse(env, &lvl) != 0)
+        lvl = CM_LOG_ERROR;
+    cm_log_init("test_outbox", lvl);
+    snprintf(schema, sizeof schema, "test_outbox_%ld", (long)getpid());
+    SRunner *sr = srunner_create(outbox_suite());
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
