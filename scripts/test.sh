@@ -42,5 +42,11 @@ export LSAN_OPTIONS=${LSAN_OPTIONS:-suppressions=$root/tests/lsan.supp:print_sup
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 
 echo "== tests"
-cd "$build"
-ctest --output-on-failure -j2 --timeout 600 "$@"
+(cd "$build" && ctest --output-on-failure -j2 --timeout 600 "$@")
+
+# the quick start must keep working: release build (other warnings at -O2)
+# and every service answering health to a non-C client
+if [ $# -eq 0 ]; then
+  echo "== quick start (scripts/run.sh --check)"
+  "$root/scripts/run.sh" --check
+fi

@@ -189,3 +189,211 @@ int hs_http_get(int port, const char *path, char *body, size_t bodylen)
     }
     return status;
 }
+
+/* ---- fault-injection proxy ---- */
+
+#include <libpq-fe.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
+
+#define PROXY_MAX_CONNS 64
+
+struct hs_proxy {
+    int target_port;
+    int port;
+    int listen_fd;
+    int pipe_fd[2]; /* wakes the thread for cut/restore/free */
+    pthread_t thread;
+    pthread_mutex_t mu;
+    int cmd; /* 0 none, 1 cut, 2 restore, 3 quit */
+    int cut;
+    int pairs[PROXY_MAX_CONNS][2]; /* client fd, server fd */
+    int npairs;
+};
+
+/* every proxy fd is close-on-exec: a service spawned later must not inherit
+ * the listener and keep it accepting after a cut */
+static int listen_on(int port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    struct sockaddr_in a = {.sin_family = AF_INET,
+                            .sin_port = htons((uint16_t)port),
+                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    if (bind(fd, (struct sockaddr *)&a, sizeof a) != 0 || listen(fd, 64) != 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+static int connect_to(int port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET,
+                            .sin_port = htons((uint16_t)port),
+                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+static void close_pairs(hs_proxy *p)
+{
+    for (int i = 0; i < p->npairs; i++) {
+        close(p->pairs[i][0]);
+        close(p->pairs[i][1]);
+    }
+    p->npairs = 0;
+}
+
+static void drop_pair(hs_proxy *p, int i)
+{
+    close(p->pairs[i][0]);
+    close(p->pairs[i][1]);
+    p->pairs[i][0] = p->pairs[p->npairs - 1][0];
+    p->pairs[i][1] = p->pairs[p->npairs - 1][1];
+    p->npairs--;
+}
+
+static void *proxy_main(void *arg)
+{
+    hs_proxy *p = arg;
+    char buf[65536];
+    for (;;) {
+        struct pollfd fds[2 + 2 * PROXY_MAX_CONNS];
+        int n = 0;
+        fds[n++] = (struct pollfd){.fd = p->pipe_fd[0], .events = POLLIN};
+        fds[n++] = (struct pollfd){.fd = p->listen_fd, .events = POLLIN};
+        for (int i = 0; i < p->npairs; i++) {
+            fds[n++] = (struct pollfd){.fd = p->pairs[i][0], .events = POLLIN};
+            fds[n++] = (struct pollfd){.fd = p->pairs[i][1], .events = POLLIN};
+        }
+        if (poll(fds, (nfds_t)n, -1) < 0)
+            continue;
+        if (fds[0].revents) {
+            char c;
+            if (read(p->pipe_fd[0], &c, 1) != 1)
+                continue;
+            pthread_mutex_lock(&p->mu);
+            int cmd = p->cmd;
+            p->cmd = 0;
+            pthread_mutex_unlock(&p->mu);
+            if (cmd == 1) {
+                /* the listener first, so a client reconnecting at once is refused */
+                close(p->listen_fd);
+                p->listen_fd = -1;
+                close_pairs(p);
+            } else if (cmd == 2 && p->listen_fd < 0) {
+                p->listen_fd = listen_on(p->port);
+            } else if (cmd == 3) {
+                close_pairs(p);
+                if (p->listen_fd >= 0)
+                    close(p->listen_fd);
+                return NULL;
+            }
+            continue; /* the fd set changed */
+        }
+        if (p->listen_fd >= 0 && (fds[1].revents & POLLIN)) {
+            int c = accept4(p->listen_fd, NULL, NULL, SOCK_CLOEXEC);
+            if (c >= 0) {
+                int s = connect_to(p->target_port);
+                if (s < 0 || p->npairs == PROXY_MAX_CONNS) {
+                    close(c);
+                    if (s >= 0)
+                        close(s);
+                } else {
+                    p->pairs[p->npairs][0] = c;
+                    p->pairs[p->npairs][1] = s;
+                    p->npairs++;
+                }
+            }
+            continue;
+        }
+        for (int i = 0, f = 2; i < p->npairs; i++, f += 2) {
+            int dead = 0;
+            for (int side = 0; side < 2 && !dead; side++) {
+                if (!fds[f + side].revents)
+                    continue;
+                ssize_t r = read(p->pairs[i][side], buf, sizeof buf);
+                if (r <= 0 || write(p->pairs[i][1 - side], buf, (size_t)r) != r)
+                    dead = 1;
+            }
+            if (dead) {
+                drop_pair(p, i);
+                break; /* indices moved; poll again */
+            }
+        }
+    }
+}
+
+static void proxy_cmd(hs_proxy *p, int cmd)
+{
+    pthread_mutex_lock(&p->mu);
+    p->cmd = cmd;
+    pthread_mutex_unlock(&p->mu);
+    char c = 'x';
+    if (write(p->pipe_fd[1], &c, 1) != 1)
+        return;
+    usleep(50 * 1000); /* let the thread act before the caller goes on */
+}
+
+hs_proxy *hs_proxy_start(int target_port)
+{
+    hs_proxy *p = calloc(1, sizeof *p);
+    p->target_port = target_port;
+    p->port = hs_free_port();
+    p->listen_fd = listen_on(p->port);
+    if (p->listen_fd < 0 || pipe2(p->pipe_fd, O_CLOEXEC) != 0) {
+        free(p);
+        return NULL;
+    }
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_create(&p->thread, NULL, proxy_main, p);
+    return p;
+}
+
+int hs_proxy_port(const hs_proxy *p)
+{
+    return p->port;
+}
+
+void hs_proxy_cut(hs_proxy *p)
+{
+    proxy_cmd(p, 1);
+}
+
+void hs_proxy_restore(hs_proxy *p)
+{
+    proxy_cmd(p, 2);
+}
+
+void hs_proxy_free(hs_proxy *p)
+{
+    if (!p)
+        return;
+    proxy_cmd(p, 3);
+    pthread_join(p->thread, NULL);
+    close(p->pipe_fd[0]);
+    close(p->pipe_fd[1]);
+    pthread_mutex_destroy(&p->mu);
+    free(p);
+}
+
+int hs_pg_port(void)
+{
+    char *errmsg = NULL;
+    PQconninfoOption *opts = PQconninfoParse(hs_pg_dsn(), &errmsg);
+    int port = 5432;
+    for (PQconninfoOption *o = opts; o && o->keyword; o++) {
+        if (strcmp(o->keyword, "port") == 0 && o->val)
+            port = (int)strtol(o->val, NULL, 10);
+    }
+    PQconninfoFree(opts);
+    PQfreemem(errmsg);
+    return port;
+}

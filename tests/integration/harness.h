@@ -46,4 +46,15 @@ int hs_http_get(int port, const char *path, char *body, size_t bodylen);
 /* milliseconds on a monotonic clock */
 long long hs_now_ms(void);
 
+/* a tcp proxy on 127.0.0.1 for fault injection: forwards to target_port
+ * until cut (every connection closed, new ones refused), then restored. */
+typedef struct hs_proxy hs_proxy;
+hs_proxy *hs_proxy_start(int target_port);
+int hs_proxy_port(const hs_proxy *p);
+void hs_proxy_cut(hs_proxy *p);
+void hs_proxy_restore(hs_proxy *p);
+void hs_proxy_free(hs_proxy *p);
+
+/* the port of the private postgres from PG_DSN (libpq conninfo) */
+int hs_pg_port(void);
 #endif

@@ -9,6 +9,8 @@
 
 #include <check.h>
 #include <grpc/status.h>
+#include <jwt.h>
+#include <time.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -412,6 +414,181 @@ START_TEST(bad_configuration_exits_2_naming_the_variable)
 }
 END_TEST
 
+static int echo_with(const char *target, const cm_rpc_client_opts *extra, const cm_rpc_md *md,
+                     size_t nmd, cm_rpc_status *st, char *tenant_out, size_t tlen)
+{
+    cm_rpc_client_opts o = extra ? *extra : (cm_rpc_client_opts){0};
+    o.target = target;
+    o.max_attempts = 1;
+    cm_rpc_client *c;
+    char err[256];
+    ck_assert_int_eq(cm_rpc_client_new(&c, &o, err, sizeof err), 0);
+    Commerce__Test__V1__EchoRequest req = COMMERCE__TEST__V1__ECHO_REQUEST__INIT;
+    ProtobufCMessage *resp = NULL;
+    int rc = cm_rpc_call(c, SVC "Echo", &req.base, &commerce__test__v1__echo_response__descriptor,
+                         NULL, &resp, md, nmd, 3000, 0, st);
+    if (rc == 0 && tenant_out)
+        snprintf(tenant_out, tlen, "%s", ((Commerce__Test__V1__EchoResponse *)resp)->tenant);
+    if (resp)
+        protobuf_c_message_free_unpacked(resp, NULL);
+    cm_rpc_client_free(c);
+    return rc;
+}
+
+#define TEST_SECRET "0123456789abcdef0123456789abcdef-test-only"
+
+static char *make_token(const char *tid, long exp_offset, const char *secret)
+{
+    jwt_t *j = NULL;
+    ck_assert_int_eq(jwt_new(&j), 0);
+    jwt_add_grant(j, "tid", tid);
+    jwt_add_grant(j, "sub", "svc-test");
+    jwt_add_grant_int(j, "exp", (long)time(NULL) + exp_offset);
+    jwt_set_alg(j, JWT_ALG_HS256, (const unsigned char *)secret, (int)strlen(secret));
+    char *tok = jwt_encode_str(j);
+    jwt_free(j);
+    size_t n = strlen(tok) + 8;
+    char *bearer = malloc(n);
+    snprintf(bearer, n, "Bearer %s", tok);
+    free(tok);
+    return bearer;
+}
+
+START_TEST(auth_required_verifies_bearer_tokens)
+{
+    hs_proc p;
+    const char *env[] = {"AUTH_MODE=required", "JWT_HS256_SECRET=" TEST_SECRET, NULL};
+    ck_assert_int_eq(hs_spawn(&p, TESTSVC_BIN, env), 0);
+    ck_assert_int_eq(hs_wait_serving(&p, 20000), 0); /* health needs no token */
+    cm_rpc_status st;
+    char tenant[80] = "";
+
+    /* no token: x-tenant-id alone is not enough */
+    ck_assert_int_eq(echo_with(p.target, NULL, tenant_md, 1, &st, NULL, 0), CM_EAUTH);
+    ck_assert_int_eq(st.code, GRPC_STATUS_UNAUTHENTICATED);
+
+    char *good = make_token("tenant-jwt", 60, TEST_SECRET);
+    char *expired = make_token("tenant-jwt", -3600, TEST_SECRET);
+    char *forged = make_token("tenant-jwt", 60, "another-secret-another-secret-another!!");
+    cm_rpc_md md[2] = {{"authorization", good}, {"x-tenant-id", "tenant-jwt"}};
+    ck_assert_int_eq(echo_with(p.target, NULL, md, 1, &st, tenant, sizeof tenant), 0);
+    ck_assert_str_eq(tenant, "tenant-jwt");
+    ck_assert_int_eq(echo_with(p.target, NULL, md, 2, &st, tenant, sizeof tenant), 0);
+
+    md[1].value = "tenant-other"; /* header and token disagree */
+    ck_assert_int_eq(echo_with(p.target, NULL, md, 2, &st, NULL, 0), CM_EPERM);
+    ck_assert_int_eq(st.code, GRPC_STATUS_PERMISSION_DENIED);
+
+    md[0].value = expired;
+    ck_assert_int_eq(echo_with(p.target, NULL, md, 1, &st, NULL, 0), CM_EAUTH);
+    md[0].value = forged;
+    ck_assert_int_eq(echo_with(p.target, NULL, md, 1, &st, NULL, 0), CM_EAUTH);
+    md[0].value = "Bearer not.a.jwt";
+    ck_assert_int_eq(echo_with(p.target, NULL, md, 1, &st, NULL, 0), CM_EAUTH);
+    free(good);
+    free(expired);
+    free(forged);
+    ck_assert_int_eq(hs_stop(&p, SIGTERM, 10000), 0);
+}
+END_TEST
+
+START_TEST(tls_and_mtls_when_certificates_are_configured)
+{
+    char dir[128];
+    snprintf(dir, sizeof dir, "/tmp/commerce-certs-%d", (int)getpid());
+    char cmd[512];
+    snprintf(cmd, sizeof cmd, "%s %s", CERTS_SCRIPT, dir);
+    ck_assert_int_eq(system(cmd), 0);
+    char cert[192], key[192], ca[192], ccert[192], ckey[192];
+    snprintf(cert, sizeof cert, "TLS_CERT_FILE=%s/server.pem", dir);
+    snprintf(key, sizeof key, "TLS_KEY_FILE=%s/server.key", dir);
+    snprintf(ca, sizeof ca, "%s/ca.pem", dir);
+    snprintf(ccert, sizeof ccert, "%s/client.pem", dir);
+    snprintf(ckey, sizeof ckey, "%s/client.key", dir);
+    cm_rpc_status st;
+
+    /* tls: a client trusting the ca talks, a plaintext client cannot */
+    hs_proc p;
+    const char *env[] = {cert, key, NULL};
+    ck_assert_int_eq(hs_spawn(&p, TESTSVC_BIN, env), 0);
+    usleep(1500 * 1000); /* health over plaintext cannot tell us it is up */
+    cm_rpc_client_opts tls = {.tls_ca_file = ca};
+    ck_assert_int_eq(echo_with(p.target, &tls, tenant_md, 1, &st, NULL, 0), 0);
+    ck_assert_int_ne(echo_with(p.target, NULL, tenant_md, 1, &st, NULL, 0), 0);
+    ck_assert_int_eq(hs_stop(&p, SIGTERM, 10000), 0);
+
+    /* mtls: the client must present a certificate signed by the ca */
+    char client_ca[256];
+    snprintf(client_ca, sizeof client_ca, "TLS_CLIENT_CA_FILE=%s", ca);
+    const char *env2[] = {cert, key, client_ca, NULL};
+    ck_assert_int_eq(hs_spawn(&p, TESTSVC_BIN, env2), 0);
+    usleep(1500 * 1000);
+    ck_assert_int_ne(echo_with(p.target, &tls, tenant_md, 1, &st, NULL, 0), 0);
+    cm_rpc_client_opts mtls = {.tls_ca_file = ca, .tls_cert_file = ccert, .tls_key_file = ckey};
+    ck_assert_int_eq(echo_with(p.target, &mtls, tenant_md, 1, &st, NULL, 0), 0);
+    ck_assert_int_eq(hs_stop(&p, SIGTERM, 10000), 0);
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    ck_assert_int_eq(system(cmd), 0);
+}
+END_TEST
+
+static int wait_health(const hs_proc *p, int want, int timeout_ms)
+{
+    long long until = hs_now_ms() + timeout_ms;
+    while (hs_now_ms() < until) {
+        if (hs_health(p) == want)
+            return 0;
+        usleep(100 * 1000);
+    }
+    return -1;
+}
+
+START_TEST(database_outage_turns_health_not_serving_and_back)
+{
+    hs_proxy *px = hs_proxy_start(hs_pg_port());
+    ck_assert_ptr_nonnull(px);
+    char dsn[160];
+    snprintf(dsn, sizeof dsn, "PG_DSN=host=127.0.0.1 port=%d dbname=commerce user=postgres",
+             hs_proxy_port(px));
+    hs_proc p;
+    const char *env[] = {dsn, NULL};
+    ck_assert_int_eq(hs_spawn(&p, TESTSVC_BIN, env), 0);
+    ck_assert_int_eq(hs_wait_serving(&p, 20000), 0);
+
+    hs_proxy_cut(px);
+    ck_assert_msg(wait_health(&p, 2, 5000) == 0, "health stayed SERVING with the database gone");
+    char body[256];
+    ck_assert_int_eq(hs_http_get(p.admin_port, "/readyz", body, sizeof body), 503);
+    ck_assert_int_eq(hs_http_get(p.admin_port, "/healthz", body, sizeof body), 200);
+    Commerce__Test__V1__GetRequest get = COMMERCE__TEST__V1__GET_REQUEST__INIT;
+    get.key = "any";
+    cm_rpc_client *c;
+    char err[128];
+    cm_rpc_client_opts o = {.target = p.target};
+    ck_assert_int_eq(cm_rpc_client_new(&c, &o, err, sizeof err), 0);
+    ProtobufCMessage *resp = NULL;
+    cm_rpc_status st;
+    ck_assert_int_eq(cm_rpc_call(c, SVC "Get", &get.base,
+                                 &commerce__test__v1__get_response__descriptor, NULL, &resp,
+                                 tenant_md, 1, 10000, 0, &st),
+                     CM_EUNAVAIL);
+    ck_assert_int_eq(st.code, GRPC_STATUS_UNAVAILABLE);
+
+    hs_proxy_restore(px);
+    ck_assert_msg(wait_health(&p, 1, 10000) == 0, "health did not come back");
+    ck_assert_int_eq(hs_http_get(p.admin_port, "/readyz", body, sizeof body), 200);
+    /* a worker whose connection died answers UNAVAILABLE once and
+     * reconnects: a caller retrying UNAVAILABLE (an idempotent read) gets
+     * through */
+    int rc = cm_rpc_call(c, SVC "Get", &get.base, &commerce__test__v1__get_response__descriptor,
+                         NULL, &resp, tenant_md, 1, 10000, CM_RPC_CALL_IDEMPOTENT, &st);
+    ck_assert_int_eq(rc, CM_ENOTFOUND);
+    cm_rpc_client_free(c);
+    ck_assert_int_eq(hs_stop(&p, SIGTERM, 10000), 0);
+    hs_proxy_free(px);
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("rpc_integration");
@@ -438,6 +615,9 @@ static Suite *suite(void)
     tcase_add_test(own, sigterm_drains_the_call_in_flight_and_exits_zero);
     tcase_add_test(own, drain_grace_cancels_calls_that_overrun_it);
     tcase_add_test(own, bad_configuration_exits_2_naming_the_variable);
+    tcase_add_test(own, auth_required_verifies_bearer_tokens);
+    tcase_add_test(own, tls_and_mtls_when_certificates_are_configured);
+    tcase_add_test(own, database_outage_turns_health_not_serving_and_back);
     suite_add_tcase(s, own);
     return s;
 }

@@ -26,7 +26,8 @@ static char run_prefix[64];
 
 static void schema_name(char *buf, size_t len, const char *tag)
 {
-    snprintf(buf, len, "%s%s", run_prefix, tag);
+    int n = snprintf(buf, len, "%s%s", run_prefix, tag);
+    ck_assert_msg(n > 0 && (size_t)n < len, "schema name too long: %s%s", run_prefix, tag);
 }
 
 /* a double-quoted identifier, for schema names with odd characters */

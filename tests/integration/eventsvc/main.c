@@ -1,0 +1,351 @@
+/*
+ * commerce-eventsvc: a service on the common runtime that exercises the
+ * kafka backbone end to end, for tests/integration/test_events.c.
+ *
+ * producer role (uses_outbox): a writer thread writes events through the
+ * outbox until the schema holds EVENTSVC_WRITE_TOTAL of them, EVENTSVC_BATCH
+ * per transaction, over EVENTSVC_KEYS keys; each event's payload is its
+ * key's next sequence number, taken from the key's gen row (locked: the
+ * aggregate). resumable: a restarted writer continues where the database
+ * says it stopped. Put(key, value) writes one event with that payload (a
+ * "poison" value is rejected by the consumer).
+ *
+ * consumer role: applies each event to counters(key): n+1, last_seq, and
+ * counts an arrival out of sequence. EVENTSVC_CRASH_AFTER=N kills the
+ * process (SIGKILL) right after the N-th effect committed, before its offset
+ * is stored: the worst moment.
+ *
+ * environment: EVENTSVC_SCHEMA, EVENTSVC_TOPIC, EVENTSVC_ROLE
+ * (producer|consumer|both), EVENTSVC_WRITE_TOTAL, EVENTSVC_KEYS,
+ * EVENTSVC_BATCH, EVENTSVC_PAUSE_MS (between writer transactions),
+ * EVENTSVC_CRASH_AFTER, EVENTSVC_SESSION_TIMEOUT_MS, plus the runtime's.
+ */
+#include "cm_err.h"
+#include "cm_id.h"
+#include "cm_log.h"
+#include "cm_outbox.h"
+#include "cm_rpc.h"
+#include "cm_service.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "commerce/test/v1/test.pb-c.h"
+
+extern const cm_migration eventsvc_migrations[];
+extern const size_t eventsvc_migrations_count;
+
+typedef struct evs_settings {
+    char schema[64];
+    char topic[250];
+    int producer;
+    int consumer;
+    long write_total;
+    int keys;
+    int batch;
+    int pause_ms;
+    long crash_after;
+    char session_timeout[16];
+} evs_settings;
+
+static evs_settings cfg;
+
+typedef struct evs_app {
+    cm_service *svc;
+    pthread_t writer;
+    int writer_started;
+    atomic_int stop;
+    atomic_long applied; /* effects committed by this process */
+} evs_app;
+
+/* ---- settings ---- */
+
+static long env_long(const char *name, long def, long lo, long hi)
+{
+    const char *v = getenv(name);
+    if (!v || !*v)
+        return def;
+    char *end = NULL;
+    errno = 0;
+    long n = strtol(v, &end, 10);
+    if (errno || *end || n < lo || n > hi) {
+        fprintf(stderr, "commerce-eventsvc: %s: must be an integer between %ld and %ld, got \"%s\"\n",
+                name, lo, hi, v);
+        exit(2);
+    }
+    return n;
+}
+
+static void load_settings(void)
+{
+    const char *s = getenv("EVENTSVC_SCHEMA");
+    snprintf(cfg.schema, sizeof cfg.schema, "%s", s && *s ? s : "eventsvc");
+    const char *t = getenv("EVENTSVC_TOPIC");
+    snprintf(cfg.topic, sizeof cfg.topic, "%s", t && *t ? t : "commerce.eventsvc.v1");
+    const char *role = getenv("EVENTSVC_ROLE");
+    if (!role || !*role || strcmp(role, "both") == 0) {
+        cfg.producer = cfg.consumer = 1;
+    } else if (strcmp(role, "producer") == 0) {
+        cfg.producer = 1;
+    } else if (strcmp(role, "consumer") == 0) {
+        cfg.consumer = 1;
+    } else {
+        fprintf(stderr, "commerce-eventsvc: EVENTSVC_ROLE: producer, consumer or both, got \"%s\"\n",
+                role);
+        exit(2);
+    }
+    cfg.write_total = env_long("EVENTSVC_WRITE_TOTAL", 0, 0, 100000000);
+    cfg.keys = (int)env_long("EVENTSVC_KEYS", 8, 1, 100000);
+    cfg.batch = (int)env_long("EVENTSVC_BATCH", 10, 1, 10000);
+    cfg.pause_ms = (int)env_long("EVENTSVC_PAUSE_MS", 0, 0, 60000);
+    cfg.crash_after = env_long("EVENTSVC_CRASH_AFTER", 0, 0, 100000000);
+    long st = env_long("EVENTSVC_SESSION_TIMEOUT_MS", 0, 0, 3600000);
+    if (st > 0)
+        snprintf(cfg.session_timeout, sizeof cfg.session_timeout, "%ld", st);
+}
+
+/* ---- producer side ---- */
+
+static int add_event(cm_db *db, const char *key, const char *payload)
+{
+    char id[CM_ID_SIZE];
+    int rc = cm_id_uuid7(id);
+    if (rc)
+        return rc;
+    const char *const extra[] = {"x-eventsvc", "1", NULL};
+    cm_outbox_event ev = {
+        .event_id = id,
+        .tenant_id = "tenant-events",
+        .topic = cfg.topic,
+        .key = key,
+        .type = "commerce.test.v1.Counted",
+        .source = "/commerce/eventsvc",
+        .payload = payload,
+        .len = strlen(payload),
+        .content_type = "text/plain",
+        .traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        .headers = extra,
+    };
+    return cm_outbox_add(db, &ev);
+}
+
+typedef struct write_tx {
+    long next; /* the writer's running event number: picks the key */
+    int n;
+} write_tx;
+
+static int write_batch(cm_db *db, void *arg)
+{
+    write_tx *t = arg;
+    for (int i = 0; i < t->n; i++) {
+        char key[32];
+        snprintf(key, sizeof key, "k%ld", (t->next + i) % cfg.keys);
+        const char *p[] = {key};
+        PGresult *r = NULL;
+        /* the key's row lock orders its events: the id is drawn after it */
+        int rc = cm_db_exec(db, "next seq",
+                            "INSERT INTO gen (key, next_seq) VALUES ($1, 1) ON CONFLICT (key) DO "
+                            "UPDATE SET next_seq = gen.next_seq + 1 RETURNING next_seq - 1",
+                            1, p, &r);
+        if (rc)
+            return rc;
+        char payload[32];
+        snprintf(payload, sizeof payload, "%s", PQgetvalue(r, 0, 0));
+        PQclear(r);
+        rc = add_event(db, key, payload);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+static long written(cm_db *db)
+{
+    PGresult *r = NULL;
+    if (cm_db_exec(db, "count written", "SELECT coalesce(sum(next_seq), 0) FROM gen", 0, NULL,
+                   &r) != 0)
+        return -1;
+    long n = strtol(PQgetvalue(r, 0, 0), NULL, 10);
+    PQclear(r);
+    return n;
+}
+
+static void nap_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+static void *writer_main(void *arg)
+{
+    evs_app *app = arg;
+    cm_db *db = NULL;
+    char err[512];
+    const cm_config *c = cm_service_config(app->svc);
+    if (cm_db_connect(&db, c->pg_dsn, cfg.schema, err, sizeof err) != 0) {
+        cm_log_error("writer could not connect", "detail", err, NULL);
+        return NULL;
+    }
+    long done = written(db);
+    while (done >= 0 && done < cfg.write_total && !atomic_load(&app->stop)) {
+        long left = cfg.write_total - done;
+        write_tx t = {.next = done, .n = left < cfg.batch ? (int)left : cfg.batch};
+        int rc = cm_db_tx(db, NULL, 5, write_batch, &t);
+        if (rc == 0) {
+            done += t.n;
+        } else {
+            cm_log_warn("writer transaction failed, retrying", "error", cm_strerror(rc), NULL);
+            nap_ms(100);
+            done = written(db);
+        }
+        if (cfg.pause_ms)
+            nap_ms(cfg.pause_ms);
+    }
+    if (done >= cfg.write_total && cfg.write_total > 0)
+        cm_log_info("writer done", NULL);
+    cm_db_free(db);
+    return NULL;
+}
+
+static int put_in_tx(cm_db *db, void *arg)
+{
+    const Commerce__Test__V1__PutRequest *req = arg;
+    return add_event(db, req->key, req->value);
+}
+
+static int put(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    const Commerce__Test__V1__PutRequest *req = (const void *)in;
+    Commerce__Test__V1__PutResponse *resp = (void *)out;
+    if (!cfg.producer)
+        return cm_rpc_fail_err(ctx, CM_ESTATE, "not a producer");
+    if (!req->key[0] || strlen(req->key) > 128)
+        return cm_rpc_fail_field(ctx, "key", "must be 1 to 128 characters");
+    int rc = cm_db_tx(cm_service_db(ctx), NULL, 5, put_in_tx, (void *)req);
+    if (rc)
+        return cm_rpc_fail_err(ctx, rc, "could not write the event");
+    resp->created = 1;
+    return 0;
+}
+
+static int noop(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    (void)ctx;
+    (void)in;
+    (void)out;
+    return 0;
+}
+
+/* ---- consumer side ---- */
+
+static int apply(cm_db *db, const cm_event *ev, void *arg)
+{
+    (void)arg;
+    char text[32];
+    if (ev->len == 0 || ev->len >= sizeof text)
+        return CM_EINVAL;
+    memcpy(text, ev->payload, ev->len);
+    text[ev->len] = '\0';
+    char *end = NULL;
+    errno = 0;
+    long seq = strtol(text, &end, 10);
+    if (errno || *end || seq < 0)
+        return CM_EINVAL; /* "poison" */
+    const char *p[] = {ev->key, text};
+    return cm_db_exec(db, "apply event",
+                      "INSERT INTO counters (key, n, last_seq, out_of_order) VALUES ($1, 1, "
+                      "$2::int, ($2::int <> 0)::int) ON CONFLICT (key) DO UPDATE SET n = "
+                      "counters.n + 1, last_seq = $2::int, out_of_order = counters.out_of_order "
+                      "+ ($2::int <> counters.last_seq + 1)::int",
+                      2, p, NULL);
+}
+
+static void after_commit(const cm_event *ev, int duplicate, void *arg)
+{
+    (void)ev;
+    evs_app *app = arg;
+    if (duplicate)
+        return;
+    long n = atomic_fetch_add(&app->applied, 1) + 1;
+    if (cfg.crash_after > 0 && n == cfg.crash_after) {
+        cm_log_warn("crashing after the effect, before the offset commit", NULL);
+        raise(SIGKILL);
+    }
+}
+
+/* ---- wiring ---- */
+
+static int app_init(cm_service *svc, void **out, char *err, size_t errlen)
+{
+    evs_app *app = calloc(1, sizeof *app);
+    if (!app) {
+        snprintf(err, errlen, "out of memory");
+        return CM_ENOMEM;
+    }
+    app->svc = svc;
+    if (cfg.producer && cfg.write_total > 0) {
+        if (pthread_create(&app->writer, NULL, writer_main, app) != 0) {
+            free(app);
+            snprintf(err, errlen, "could not start the writer");
+            return CM_ENOMEM;
+        }
+        app->writer_started = 1;
+    }
+    *out = app;
+    return 0;
+}
+
+static void app_fini(cm_service *svc, void *arg)
+{
+    (void)svc;
+    evs_app *app = arg;
+    atomic_store(&app->stop, 1);
+    if (app->writer_started)
+        pthread_join(app->writer, NULL);
+    free(app);
+}
+
+static const cm_rpc_method methods[] = {
+    {"Put", put, 0},
+    {"Noop", noop, CM_RPC_NO_TENANT},
+};
+
+int main(int argc, char **argv)
+{
+    load_settings();
+    static cm_service_consumer consumers[1];
+    consumers[0] = (cm_service_consumer){
+        .topic = cfg.topic,
+        .group = "commerce.eventsvc",
+        .handler = apply,
+        .after_commit = after_commit,
+    };
+    /* a restarted consumer gets its partitions once the dead member's
+     * session expires: tests shorten it */
+    const char *const kconf[] = {"session.timeout.ms", cfg.session_timeout,
+                                 "heartbeat.interval.ms", "1000", NULL};
+    const cm_service_def def = {
+        .name = "eventsvc",
+        .schema = cfg.schema,
+        .grpc_port = 50058,
+        .admin_port = 9098,
+        .migrations = eventsvc_migrations,
+        .nmigrations = eventsvc_migrations_count,
+        .api = &commerce__test__v1__test_service__descriptor,
+        .methods = methods,
+        .nmethods = sizeof methods / sizeof methods[0],
+        .app_init = app_init,
+        .app_fini = app_fini,
+        .uses_outbox = cfg.producer,
+        .consumers = cfg.consumer ? consumers : NULL,
+        .nconsumers = cfg.consumer ? 1 : 0,
+        .kafka_consumer_conf = cfg.session_timeout[0] ? kconf : NULL,
+    };
+    return cm_service_main(argc, argv, &def);
+}
