@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # the quick start: installs what is missing, builds (release), starts a
-# private postgres and every service that exists, and shows each one
+# private postgres, an embedded kafka broker (unless KAFKA_BROKERS is set)
+# and every service that exists, and shows each one
 # answering grpc.health.v1.Health/Check to a client that is not ours
 # (python grpcio). Ctrl-C (or SIGTERM) drains and stops everything.
 #
@@ -26,6 +27,25 @@ logs="$root/.run/logs"
 mkdir -p "$logs"
 pids=()
 names=()
+
+# kafka: the user's brokers, else the embedded broker (librdkafka's mock
+# cluster: zero setup, in memory); the services cannot tell the difference
+mock_pid=""
+if [ -z "${KAFKA_BROKERS:-}" ]; then
+  echo "== embedded kafka broker"
+  rm -f "$logs/kafka-mock.addr"
+  "$build/bin/commerce-kafka-mock" --bootstrap-file "$logs/kafka-mock.addr" \
+    >"$logs/kafka-mock.out" 2>"$logs/kafka-mock.log" &
+  mock_pid=$!
+  for _ in $(seq 1 100); do
+    [ -s "$logs/kafka-mock.addr" ] && break
+    sleep 0.05
+  done
+  [ -s "$logs/kafka-mock.addr" ] || { echo "run: embedded broker did not start ($logs/kafka-mock.log)" >&2; exit 1; }
+  KAFKA_BROKERS=$(head -1 "$logs/kafka-mock.addr")
+fi
+export KAFKA_BROKERS
+echo "   KAFKA_BROKERS=$KAFKA_BROKERS"
 stop_all() {
   for i in "${!pids[@]}"; do
     kill -TERM "${pids[$i]}" 2>/dev/null || true
@@ -34,6 +54,12 @@ stop_all() {
     wait "${pids[$i]}" 2>/dev/null || true
   done
   pids=()
+  # the broker last: services flush their producers while draining
+  if [ -n "$mock_pid" ]; then
+    kill -TERM "$mock_pid" 2>/dev/null || true
+    wait "$mock_pid" 2>/dev/null || true
+    mock_pid=""
+  fi
 }
 trap stop_all EXIT
 trap 'echo; echo "== draining"; stop_all; exit 0' INT TERM

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # the test command: installs what is missing, builds with ASan+UBSan and
-# warnings as errors, runs the source checks, starts a private postgres,
-# runs every test (ctest: unit, integration, interop) and exits non-zero on
-# any failure. the private postgres is stopped at the end.
+# warnings as errors, runs the source checks, starts a private postgres and
+# a real kafka broker (or uses PG_DSN / KAFKA_BROKERS when set), runs every
+# test (ctest: unit, integration, interop) and the quick start check, and
+# exits non-zero on any failure. what it started is stopped at the end
+# (KEEP_INFRA=1 keeps it running).
 #
 #   scripts/test.sh            everything
 #   scripts/test.sh -R regex   only the ctest tests matching regex
@@ -28,8 +30,21 @@ if [ -z "${PG_DSN:-}" ]; then
 fi
 PG_DSN=$("$root/scripts/pg.sh" dsn)
 export PG_DSN
+echo "== kafka broker (KRaft, single node)"
+started_kafka=0
+if [ -z "${KAFKA_BROKERS:-}" ]; then
+  "$root/scripts/kafka.sh" start
+  started_kafka=1
+fi
+"$root/scripts/kafka.sh" topics
+KAFKA_BROKERS=$("$root/scripts/kafka.sh" bootstrap)
+export KAFKA_BROKERS
 cleanup() {
-  if [ "$started_pg" = 1 ] && [ -z "${KEEP_INFRA:-}" ]; then
+  [ -n "${KEEP_INFRA:-}" ] && return 0
+  if [ "$started_kafka" = 1 ]; then
+    "$root/scripts/kafka.sh" stop || true
+  fi
+  if [ "$started_pg" = 1 ]; then
     "$root/scripts/pg.sh" stop || true
   fi
 }
@@ -44,9 +59,9 @@ export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 echo "== tests"
 (cd "$build" && ctest --output-on-failure -j2 --timeout 600 "$@")
 
-# the quick start must keep working: release build (other warnings at -O2)
-# and every service answering health to a non-C client
+# the quick start must keep working: release build (other warnings at -O2),
+# the embedded broker, and every service answering health to a non-C client
 if [ $# -eq 0 ]; then
   echo "== quick start (scripts/run.sh --check)"
-  "$root/scripts/run.sh" --check
+  env -u KAFKA_BROKERS "$root/scripts/run.sh" --check
 fi

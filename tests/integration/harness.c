@@ -68,6 +68,9 @@ int hs_spawn(hs_proc *p, const char *bin, const char *const *env)
         setenv("PG_DSN", dsn, 1);
         setenv("LOG_LEVEL", "warn", 1);
         setenv("WORKERS", "2", 1);
+        /* services that call another one default to calling themselves */
+        snprintf(v, sizeof v, "127.0.0.1:%d", p->grpc_port);
+        setenv("INVENTORY_TARGET", v, 1);
         for (size_t i = 0; env && env[i]; i++) {
             const char *eq = strchr(env[i], '=');
             if (!eq)

@@ -276,6 +276,33 @@ START_TEST(failure_carries_status_details)
 }
 END_TEST
 
+START_TEST(client_in_a_handler_forwards_metadata_and_deadline)
+{
+    /* the shared service forwards to itself (INVENTORY_TARGET = own port) */
+    const cm_rpc_md md[] = {
+        {"x-tenant-id", "tenant-fwd"},
+        {"x-request-id", "req-fwd"},
+        {"traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"},
+    };
+    Commerce__Test__V1__ForwardRequest req = COMMERCE__TEST__V1__FORWARD_REQUEST__INIT;
+    req.text = "via forward";
+    ProtobufCMessage *resp;
+    cm_rpc_status st;
+    ck_assert_int_eq(call(SVC "Forward", &req.base,
+                          &commerce__test__v1__forward_response__descriptor, &resp, md, 3, 5000,
+                          &st),
+                     0);
+    Commerce__Test__V1__ForwardResponse *r = (void *)resp;
+    ck_assert_ptr_nonnull(r->echo);
+    ck_assert_str_eq(r->echo->text, "via forward");
+    ck_assert_str_eq(r->echo->tenant, "tenant-fwd");
+    ck_assert_str_eq(r->echo->request_id, "req-fwd");
+    ck_assert_str_eq(r->echo->trace_id, "0af7651916cd43dd8448eb211c80319c");
+    ck_assert_int_eq(r->attempts, 1);
+    protobuf_c_message_free_unpacked(resp, NULL);
+}
+END_TEST
+
 START_TEST(metrics_count_calls_by_method_and_code)
 {
     static char body[1 << 20];
@@ -607,6 +634,7 @@ static Suite *suite(void)
     tcase_add_test(shared, unknown_fields_are_ignored);
     tcase_add_test(shared, failure_carries_status_details);
     tcase_add_test(shared, concurrent_calls_all_succeed);
+    tcase_add_test(shared, client_in_a_handler_forwards_metadata_and_deadline);
     tcase_add_test(shared, metrics_count_calls_by_method_and_code);
     suite_add_tcase(s, shared);
 

@@ -7,6 +7,7 @@
 #include "cm_err.h"
 #include "cm_log.h"
 #include "cm_rpc.h"
+#include "cm_rpc_client.h"
 #include "cm_service.h"
 
 #include <grpc/status.h>
@@ -158,9 +159,51 @@ static int noop(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *o
     return 0;
 }
 
+static int forward(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    const Commerce__Test__V1__ForwardRequest *req = (const void *)in;
+    Commerce__Test__V1__ForwardResponse *resp = (void *)out;
+    cm_rpc_client *client = cm_service_app(ctx);
+    cm_rpc_md md[8];
+    size_t nmd = cm_rpc_ctx_propagate(ctx, md, 8);
+    Commerce__Test__V1__EchoRequest ereq = COMMERCE__TEST__V1__ECHO_REQUEST__INIT;
+    ereq.text = req->text;
+    /* never wait longer than our own caller will */
+    int64_t left = cm_rpc_ctx_deadline_left_ms(ctx);
+    int timeout = left < 2000 ? (int)left : 2000;
+    ProtobufCAllocator al = cm_arena_allocator(cm_rpc_ctx_arena(ctx));
+    ProtobufCMessage *eresp = NULL;
+    cm_rpc_status st;
+    int rc = cm_rpc_call(client, "/commerce.test.v1.TestService/Echo", &ereq.base,
+                         &commerce__test__v1__echo_response__descriptor, &al, &eresp, md, nmd,
+                         timeout, CM_RPC_CALL_IDEMPOTENT, &st);
+    if (rc)
+        return cm_rpc_fail(ctx, GRPC_STATUS_UNAVAILABLE, "DEPENDENCY_FAILED",
+                           cm_arena_printf(cm_rpc_ctx_arena(ctx), "echo failed: %s", st.message));
+    resp->echo = (Commerce__Test__V1__EchoResponse *)eresp;
+    resp->attempts = st.attempts;
+    return 0;
+}
+
+static int app_init(cm_service *svc, void **app, char *err, size_t errlen)
+{
+    cm_rpc_client_opts o = {.target = cm_service_config(svc)->inventory_target};
+    cm_rpc_client *c;
+    int rc = cm_rpc_client_new(&c, &o, err, errlen);
+    if (rc == 0)
+        *app = c;
+    return rc;
+}
+
+static void app_fini(cm_service *svc, void *app)
+{
+    (void)svc;
+    cm_rpc_client_free(app);
+}
+
 static const cm_rpc_method methods[] = {
-    {"Echo", echo, 0}, {"Sleep", sleep_ms, 0}, {"Put", put, 0},
-    {"Get", get, 0},   {"Fail", fail, 0},      {"Noop", noop, CM_RPC_NO_TENANT},
+    {"Echo", echo, 0}, {"Sleep", sleep_ms, 0},           {"Put", put, 0},         {"Get", get, 0},
+    {"Fail", fail, 0}, {"Noop", noop, CM_RPC_NO_TENANT}, {"Forward", forward, 0},
 };
 
 int main(int argc, char **argv)
@@ -175,6 +218,10 @@ int main(int argc, char **argv)
         .api = &commerce__test__v1__test_service__descriptor,
         .methods = methods,
         .nmethods = sizeof methods / sizeof methods[0],
+        /* Forward calls INVENTORY_TARGET, like order calls inventory */
+        .needs_inventory = 1,
+        .app_init = app_init,
+        .app_fini = app_fini,
     };
     return cm_service_main(argc, argv, &def);
 }
