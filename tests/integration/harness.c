@@ -46,8 +46,28 @@ const char *hs_pg_dsn(void)
     return dsn;
 }
 
+/* "K=V" entries, later ones overriding earlier ones with the same K */
+static int env_add(char **envp, int n, int max, const char *kv)
+{
+    const char *eq = strchr(kv, '=');
+    if (!eq)
+        return n;
+    size_t kl = (size_t)(eq - kv) + 1; /* the key and its '=' */
+    for (int i = 0; i < n; i++) {
+        if (strncmp(envp[i], kv, kl) == 0) {
+            free(envp[i]);
+            envp[i] = strdup(kv);
+            return n;
+        }
+    }
+    if (n < max)
+        envp[n++] = strdup(kv);
+    return n;
+}
+
 int hs_spawn(hs_proc *p, const char *bin, const char *const *env)
 {
+    extern char **environ;
     memset(p, 0, sizeof *p);
     p->grpc_port = hs_free_port();
     p->admin_port = hs_free_port();
@@ -55,40 +75,46 @@ int hs_spawn(hs_proc *p, const char *bin, const char *const *env)
     const char *base = strrchr(bin, '/');
     snprintf(p->log_path, sizeof p->log_path, "/tmp/%s.%d.%d.log", base ? base + 1 : bin,
              (int)getpid(), p->grpc_port);
-    const char *dsn = hs_pg_dsn();
+
+    /* the environment is built before fork: the child of a threaded
+     * process may only call async-signal-safe functions until exec */
+    enum { MAX_ENV = 512 };
+    char **envp = calloc(MAX_ENV + 1, sizeof *envp);
+    int n = 0;
+    for (char **e = environ; *e && n < MAX_ENV - 64; e++)
+        n = env_add(envp, n, MAX_ENV, *e);
+    char v[1200];
+    snprintf(v, sizeof v, "GRPC_LISTEN=127.0.0.1:%d", p->grpc_port);
+    n = env_add(envp, n, MAX_ENV, v);
+    snprintf(v, sizeof v, "ADMIN_LISTEN=127.0.0.1:%d", p->admin_port);
+    n = env_add(envp, n, MAX_ENV, v);
+    snprintf(v, sizeof v, "PG_DSN=%s", hs_pg_dsn());
+    n = env_add(envp, n, MAX_ENV, v);
+    n = env_add(envp, n, MAX_ENV, "LOG_LEVEL=warn");
+    n = env_add(envp, n, MAX_ENV, "WORKERS=2");
+    /* services that call another one default to calling themselves */
+    snprintf(v, sizeof v, "INVENTORY_TARGET=127.0.0.1:%d", p->grpc_port);
+    n = env_add(envp, n, MAX_ENV, v);
+    for (size_t i = 0; env && env[i]; i++)
+        n = env_add(envp, n, MAX_ENV, env[i]);
+    envp[n] = NULL;
+
+    int fd = open(p->log_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     pid_t pid = fork();
-    if (pid < 0)
-        return -1;
     if (pid == 0) {
-        char v[512];
-        snprintf(v, sizeof v, "127.0.0.1:%d", p->grpc_port);
-        setenv("GRPC_LISTEN", v, 1);
-        snprintf(v, sizeof v, "127.0.0.1:%d", p->admin_port);
-        setenv("ADMIN_LISTEN", v, 1);
-        setenv("PG_DSN", dsn, 1);
-        setenv("LOG_LEVEL", "warn", 1);
-        setenv("WORKERS", "2", 1);
-        /* services that call another one default to calling themselves */
-        snprintf(v, sizeof v, "127.0.0.1:%d", p->grpc_port);
-        setenv("INVENTORY_TARGET", v, 1);
-        for (size_t i = 0; env && env[i]; i++) {
-            const char *eq = strchr(env[i], '=');
-            if (!eq)
-                continue;
-            char k[128];
-            size_t kl = (size_t)(eq - env[i]) < sizeof k - 1 ? (size_t)(eq - env[i]) : sizeof k - 1;
-            memcpy(k, env[i], kl);
-            k[kl] = '\0';
-            setenv(k, eq + 1, 1);
-        }
-        int fd = open(p->log_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        if (fd >= 0) {
-            dup2(fd, STDERR_FILENO);
-            close(fd);
-        }
-        execl(bin, bin, (char *)NULL);
+        if (fd >= 0)
+            dup2(fd, STDERR_FILENO); /* dup2 clears close-on-exec on the copy */
+        char *const argv[] = {(char *)bin, NULL};
+        execve(bin, argv, envp);
         _exit(127);
     }
+    if (fd >= 0)
+        close(fd);
+    for (int i = 0; i < n; i++)
+        free(envp[i]);
+    free(envp);
+    if (pid < 0)
+        return -1;
     p->pid = pid;
     return 0;
 }

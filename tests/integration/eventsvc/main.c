@@ -51,7 +51,7 @@ typedef struct evs_settings {
     int batch;
     int pause_ms;
     long crash_after;
-    char session_timeout[16];
+    char session_timeout[24];
 } evs_settings;
 
 static evs_settings cfg;
@@ -75,8 +75,9 @@ static long env_long(const char *name, long def, long lo, long hi)
     errno = 0;
     long n = strtol(v, &end, 10);
     if (errno || *end || n < lo || n > hi) {
-        fprintf(stderr, "commerce-eventsvc: %s: must be an integer between %ld and %ld, got \"%s\"\n",
-                name, lo, hi, v);
+        fprintf(stderr,
+                "commerce-eventsvc: %s: must be an integer between %ld and %ld, got \"%s\"\n", name,
+                lo, hi, v);
         exit(2);
     }
     return n;
@@ -96,8 +97,8 @@ static void load_settings(void)
     } else if (strcmp(role, "consumer") == 0) {
         cfg.consumer = 1;
     } else {
-        fprintf(stderr, "commerce-eventsvc: EVENTSVC_ROLE: producer, consumer or both, got \"%s\"\n",
-                role);
+        fprintf(stderr,
+                "commerce-eventsvc: EVENTSVC_ROLE: producer, consumer or both, got \"%s\"\n", role);
         exit(2);
     }
     cfg.write_total = env_long("EVENTSVC_WRITE_TOTAL", 0, 0, 100000000);
@@ -328,8 +329,8 @@ int main(int argc, char **argv)
     };
     /* a restarted consumer gets its partitions once the dead member's
      * session expires: tests shorten it */
-    const char *const kconf[] = {"session.timeout.ms", cfg.session_timeout,
-                                 "heartbeat.interval.ms", "1000", NULL};
+    const char *const kconf[] = {"session.timeout.ms", cfg.session_timeout, "heartbeat.interval.ms",
+                                 "1000", NULL};
     const cm_service_def def = {
         .name = "eventsvc",
         .schema = cfg.schema,
