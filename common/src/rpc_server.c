@@ -99,6 +99,7 @@ struct cm_rpc_ctx {
     int code;
     const char *message;
     const char *reason;
+    const char *detail; /* for the log only, never sent */
     Google__Rpc__BadRequest__FieldViolation *violations[MAX_FIELD_VIOLATIONS];
     size_t n_violations;
     Google__Rpc__ErrorInfo__MetadataEntry *meta[MAX_ERROR_META];
@@ -766,9 +767,19 @@ static void on_finish(cm_rpc_ctx *c, int ok)
         cm_counter_add(handled_counter(s, c->m, c->code), 1);
         cm_histogram_observe(c->m->latency, (double)elapsed_ns(&c->t0) / 1e9);
     }
-    if (c->code == GRPC_STATUS_INTERNAL || c->code == GRPC_STATUS_UNKNOWN)
-        cm_log_error("call failed", "method", c->m ? c->m->path : c->unknown_path, "tenant",
-                     c->tenant, "msg_detail", c->message, NULL);
+    const char *method = c->m ? c->m->path : c->unknown_path;
+    if (c->code == GRPC_STATUS_INTERNAL || c->code == GRPC_STATUS_UNKNOWN) {
+        cm_log_error("call failed", "method", method, "tenant", c->tenant, "detail",
+                     c->detail ? c->detail : c->message, "request_id", md_lookup(c, "x-request-id"),
+                     "trace_id", cm_rpc_ctx_trace_id(c), NULL);
+    } else if (cm_log_enabled(CM_LOG_DEBUG)) {
+        /* the access log: off at the default level, it costs a format per call */
+        char ms[32];
+        snprintf(ms, sizeof ms, "%.3f", (double)elapsed_ns(&c->t0) / 1e6);
+        cm_log_debug("call", "method", method, "code", code_names[c->code], "ms", ms, "tenant",
+                     c->tenant, "request_id", md_lookup(c, "x-request-id"), "trace_id",
+                     cm_rpc_ctx_trace_id(c), NULL);
+    }
     cm_gauge_add(s->inflight, -1);
     call_put(w, c);
 }
@@ -1109,8 +1120,12 @@ int cm_rpc_fail_err(cm_rpc_ctx *ctx, int cm_err, const char *message)
     if (code == GRPC_STATUS_OK)
         code = GRPC_STATUS_INTERNAL;
     /* internal detail stays in the log */
-    if (code == GRPC_STATUS_INTERNAL)
+    if (code == GRPC_STATUS_INTERNAL) {
+        if (ctx->code == GRPC_STATUS_OK)
+            ctx->detail =
+                cm_arena_printf(ctx->arena, "%s: %s", message ? message : "", cm_strerror(cm_err));
         return cm_rpc_fail(ctx, code, "INTERNAL", "internal error");
+    }
     return cm_rpc_fail(ctx, code, NULL, message);
 }
 
