@@ -15,7 +15,7 @@ mode=${1:-run}
 "$root/scripts/install-deps.sh"
 build=${BUILD_DIR:-$root/build}
 echo "== build ($build, release)"
-cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
+cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCOMMERCE_SANITIZE=OFF >/dev/null
 ninja -C "$build"
 
 echo "== private postgres"
