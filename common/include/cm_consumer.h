@@ -23,9 +23,10 @@
  * fault). a record that can never be processed — no valid ce_id, handler
  * returns CM_EINVAL or another permanent error, retries exhausted — is
  * copied to "<topic>.dlq" with the reason in headers (dlq-reason, dlq-error,
- * dlq-topic, dlq-partition, dlq-offset, dlq-group) and its offset committed,
- * so it does not block the partition. dead-lettered events are not recorded
- * in the inbox: replaying them from the dlq after a fix must take effect.
+ * dlq-topic, dlq-partition, dlq-offset, dlq-group, dlq-at) and its offset
+ * committed, so it does not block the partition. dead-lettered events are
+ * not recorded in the inbox: replaying them from the dlq after a fix must
+ * take effect.
  *
  * metrics: consumer_processed_total{topic,group,result="applied"|"duplicate"|
  * "dead_lettered"}, consumer_lag{topic,group,partition},

@@ -6,13 +6,14 @@
  * the protobuf payload, headers ce_id, ce_type, ce_source, ce_specversion,
  * ce_time, content-type, traceparent and tenant-id.
  *
- * the producer is idempotent with acks=all, so a retried request never
- * writes a message twice or out of order within a partition. by default a
- * message never times out in the client (message.timeout.ms=0): during a
- * broker outage messages wait, in order, and are delivered when the broker
- * returns; a local timeout could leave a gap that a later retry would fill
- * out of order. cm_kafka_producer_purge ends the wait when the process must
- * stop.
+ * keys are hashed like the java client (partitioner=murmur2_random, see
+ * kafka/README.md). the producer is idempotent with acks=all, so a retried
+ * request never writes a message twice or out of order within a partition.
+ * by default a message never times out in the client (message.timeout.ms=0):
+ * during a broker outage messages wait, in order, and are delivered when the
+ * broker returns; a local timeout could leave a gap that a later retry would
+ * fill out of order. cm_kafka_producer_purge ends the wait when the process
+ * must stop.
  *
  * delivery reports are served by a poll thread the producer owns: callbacks
  * run on that thread and must be short (no blocking i/o). librdkafka's log

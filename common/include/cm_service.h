@@ -33,7 +33,7 @@ typedef struct cm_service cm_service;
  * the app state from app_init. */
 typedef struct cm_service_consumer {
     const char *topic;
-    const char *group; /* NULL: "commerce-<name>" */
+    const char *group; /* NULL: "commerce.<name>" (kafka/README.md) */
     cm_consumer_fn handler;
     /* optional, see cm_consumer_opts.after_commit (arg: the app state) */
     void (*after_commit)(const cm_event *ev, int duplicate, void *arg);
@@ -66,9 +66,11 @@ typedef struct cm_service_def {
     int uses_outbox;
     const cm_service_consumer *consumers;
     size_t nconsumers;
-    /* extra librdkafka settings for the producer and the consumers ("key",
-     * "value" pairs, NULL-terminated), e.g. security.protocol */
+    /* extra librdkafka settings ("key", "value" pairs, NULL-terminated) for
+     * the producer and the consumers (security.protocol, sasl.*), and for
+     * the consumers only (session.timeout.ms), applied after the first */
     const char *const *kafka_conf;
+    const char *const *kafka_consumer_conf;
 } cm_service_def;
 
 /* runs the service; returns the process exit code (0 after a clean drain,

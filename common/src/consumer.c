@@ -388,7 +388,7 @@ static enum outcome dead_letter(cm_consumer *c, const rd_kafka_message_t *m, con
     const char *extra[][2] = {{"dlq-reason", reason},  {"dlq-error", error},
                               {"dlq-topic", c->topic}, {"dlq-partition", part},
                               {"dlq-offset", off},     {"dlq-group", c->group},
-                              {"dlq-time", ts}};
+                              {"dlq-at", ts}};
     for (size_t i = 0; i < sizeof extra / sizeof extra[0]; i++)
         hs[k++] = (cm_kafka_header){extra[i][0], extra[i][1], strlen(extra[i][1])};
     cm_kafka_msg msg = {

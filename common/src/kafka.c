@@ -374,6 +374,10 @@ static rd_kafka_t *create_rk(cm_kafka_producer *p, char *err, size_t errlen)
         rc = cm_kafka_conf_set(conf, "linger.ms", linger, err, errlen);
     if (rc == 0)
         rc = cm_kafka_conf_set(conf, "message.timeout.ms", timeout, err, errlen);
+    /* the java client's hashing (kafka/README.md): a jvm producer or a
+     * replay tool puts a key where we do */
+    if (rc == 0)
+        rc = cm_kafka_conf_set(conf, "partitioner", "murmur2_random", err, errlen);
     /* lz4 is bundled with librdkafka and cheap on cpu; without it, plain */
     if (rc == 0 && cm_kafka_conf_set(conf, "compression.codec", "lz4", NULL, 0) != 0)
         cm_log_info("kafka lz4 compression unavailable, sending uncompressed", NULL);

@@ -200,9 +200,13 @@ static void set_leader(cm_outbox_relay *r, int on)
         cm_gauge_set(r->g_backlog, 0);
         cm_gauge_set(r->g_oldest, 0);
     }
-    cm_log(on ? CM_LOG_INFO : CM_LOG_WARN,
-           on ? "outbox relay is the leader" : "outbox relay lost leadership", "schema", r->schema,
-           NULL);
+    /* giving leadership up on stop is routine; losing it is not */
+    if (on)
+        cm_log_info("outbox relay is the leader", "schema", r->schema, NULL);
+    else if (stopping(r))
+        cm_log_info("outbox relay released leadership", "schema", r->schema, NULL);
+    else
+        cm_log_warn("outbox relay lost leadership", "schema", r->schema, NULL);
 }
 
 static void disconnect(cm_outbox_relay *r)

@@ -241,8 +241,9 @@ static int start_events(cm_service *svc, char *err, size_t errlen)
     const cm_service_def *def = svc->def;
     if (!def->uses_outbox && def->nconsumers == 0)
         return 0;
-    char client[96];
+    char client[96], group[96];
     snprintf(client, sizeof client, "commerce-%s", def->name);
+    snprintf(group, sizeof group, "commerce.%s", def->name);
     cm_kafka_producer_opts po = {
         .brokers = svc->cfg.kafka_brokers,
         .client_id = client,
@@ -268,12 +269,28 @@ static int start_events(cm_service *svc, char *err, size_t errlen)
         if (!svc->consumers)
             return CM_ENOMEM;
     }
-    for (size_t i = 0; i < def->nconsumers; i++) {
+    /* the consumers' settings: the shared ones, then their own */
+    size_t nk = 0, nc = 0;
+    while (def->kafka_conf && def->kafka_conf[nk])
+        nk++;
+    while (def->kafka_consumer_conf && def->kafka_consumer_conf[nc])
+        nc++;
+    const char **cconf = NULL;
+    if (def->nconsumers > 0 && nk + nc > 0) {
+        cconf = calloc(nk + nc + 1, sizeof *cconf);
+        if (!cconf)
+            return CM_ENOMEM;
+        for (size_t i = 0; i < nk; i++)
+            cconf[i] = def->kafka_conf[i];
+        for (size_t i = 0; i < nc; i++)
+            cconf[nk + i] = def->kafka_consumer_conf[i];
+    }
+    for (size_t i = 0; rc == 0 && i < def->nconsumers; i++) {
         const cm_service_consumer *sc = &def->consumers[i];
         cm_consumer_opts co = {
             .brokers = svc->cfg.kafka_brokers,
             .topic = sc->topic,
-            .group = sc->group ? sc->group : client,
+            .group = sc->group ? sc->group : group,
             .dsn = svc->cfg.pg_dsn,
             .schema = def->schema,
             .fn = sc->handler,
@@ -281,15 +298,15 @@ static int start_events(cm_service *svc, char *err, size_t errlen)
             .producer = svc->producer,
             .metrics = svc->metrics,
             .client_id = client,
-            .conf = def->kafka_conf,
+            .conf = cconf,
             .after_commit = sc->after_commit,
         };
         rc = cm_consumer_start(&svc->consumers[i], &co, err, errlen);
-        if (rc)
-            return rc;
-        svc->nconsumers = i + 1;
+        if (rc == 0)
+            svc->nconsumers = i + 1;
     }
-    return 0;
+    free(cconf); /* the consumer copied what it needs */
+    return rc;
 }
 
 /* consumers and relay are stopped (by the drain, or here with no grace
