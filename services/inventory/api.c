@@ -1,0 +1,689 @@
+/*
+ * InventoryService handlers: validate (inv_domain), call the store or the
+ * hot path, map outcomes to statuses that name the field or the sku.
+ */
+#include "inv_api.h"
+
+#include "cm_err.h"
+#include "cm_log.h"
+#include "cm_metrics.h"
+#include "inv_domain.h"
+#include "inv_events.h"
+#include "inv_hot.h"
+#include "inv_store.h"
+
+#include <errno.h>
+#include <grpc/status.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "commerce/events/v1/order_events.pb-c.h"
+#include "commerce/inventory/v1/inventory_service.pb-c.h"
+
+typedef struct inv_app {
+    cm_service *svc;
+    inv_hot *hot;     /* NULL: INVENTORY_HOT_PATH=off, one transaction per call */
+    inv_hot *soldout; /* the sold-out cache (the hot path's), or NULL */
+    int auth_on;
+    int sweep_ms;
+    pthread_t sweeper;
+    int sweeper_started;
+    pthread_mutex_t mu;
+    pthread_cond_t wake;
+    int stop;
+    cm_gauge *invariants_ok, *violations;
+    cm_counter *expired, *soldout_fast;
+} inv_app;
+
+/* ---- helpers ---- */
+
+static const char *principal_of(cm_rpc_ctx *ctx)
+{
+    const char *s = cm_rpc_ctx_subject(ctx);
+    return s ? s : "";
+}
+
+static int need_admin(cm_rpc_ctx *ctx, inv_app *app)
+{
+    if (app->auth_on && !cm_rpc_ctx_has_role(ctx, "admin"))
+        return cm_rpc_fail(ctx, GRPC_STATUS_PERMISSION_DENIED, "ROLE_REQUIRED",
+                           "this call needs the admin role");
+    return 0;
+}
+
+static int fail_v(cm_rpc_ctx *ctx, const inv_violation *v)
+{
+    return cm_rpc_fail_field(ctx, v->field, v->why);
+}
+
+static int internal(cm_rpc_ctx *ctx, int rc, const char *what)
+{
+    return cm_rpc_fail_err(ctx, rc, what);
+}
+
+/* ---- stock reads ---- */
+
+static int get_stock(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    const Commerce__Inventory__V1__GetStockRequest *req = (const void *)in;
+    Commerce__Inventory__V1__GetStockResponse *resp = (void *)out;
+    if (!inv_valid_key(req->sku, INV_SKU_MAX))
+        return cm_rpc_fail_field(ctx, "sku", "must be 1-64 characters from [A-Za-z0-9._:-]");
+    inv_level l;
+    int rc = inv_store_get_stock(cm_service_db(ctx), cm_rpc_ctx_tenant(ctx), req->sku, &l);
+    if (rc == CM_ENOTFOUND)
+        return cm_rpc_fail(
+            ctx, GRPC_STATUS_NOT_FOUND, "RESOURCE_NOT_FOUND",
+            cm_arena_printf(cm_rpc_ctx_arena(ctx), "sku %s was never stocked", req->sku));
+    if (rc)
+        return internal(ctx, rc, "could not read stock");
+    resp->stock = inv_pb_level(cm_rpc_ctx_arena(ctx), &l);
+    return 0;
+}
+
+static int batch_get_stock(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    const Commerce__Inventory__V1__BatchGetStockRequest *req = (const void *)in;
+    Commerce__Inventory__V1__BatchGetStockResponse *resp = (void *)out;
+    cm_arena *a = cm_rpc_ctx_arena(ctx);
+    if (req->n_skus == 0)
+        return cm_rpc_fail_field(ctx, "skus", "must hold at least one sku");
+    if (req->n_skus > INV_BATCH_GET_MAX)
+        return cm_rpc_fail_field(ctx, "skus", "must hold at most 500 skus");
+    for (size_t i = 0; i < req->n_skus; i++) {
+        if (!inv_valid_key(req->skus[i], INV_SKU_MAX))
+            return cm_rpc_fail_field(ctx, cm_arena_printf(a, "skus[%zu]", i),
+                                     "must be 1-64 characters from [A-Za-z0-9._:-]");
+        for (size_t j = 0; j < i; j++)
+            if (strcmp(req->skus[i], req->skus[j]) == 0)
+                return cm_rpc_fail_field(ctx, cm_arena_printf(a, "skus[%zu]", i),
+                                         "duplicates an earlier sku");
+    }
+    resp->stocks = cm_rpc_alloc(ctx, req->n_skus * sizeof *resp->stocks);
+    resp->missing_skus = cm_rpc_alloc(ctx, req->n_skus * sizeof *resp->missing_skus);
+    for (size_t i = 0; i < req->n_skus; i++) {
+        inv_level l;
+        int rc = inv_store_get_stock(cm_service_db(ctx), cm_rpc_ctx_tenant(ctx), req->skus[i], &l);
+        if (rc == CM_ENOTFOUND) {
+            resp->missing_skus[resp->n_missing_skus++] = req->skus[i];
+            continue;
+        }
+        if (rc)
+            return internal(ctx, rc, "could not read stock");
+        resp->stocks[resp->n_stocks++] = inv_pb_level(a, &l);
+    }
+    return 0;
+}
+
+/* ---- admin ---- */
+
+static int admin_change(cm_rpc_ctx *ctx, int kind, const char *request_id, const char *sku,
+                        int64_t value, const char *reason, const char *actor, int64_t expected,
+                        Commerce__Inventory__V1__StockLevel **stock_out,
+                        Commerce__Inventory__V1__StockChange **change_out)
+{
+    inv_app *app = cm_service_app(ctx);
+    if (need_admin(ctx, app))
+        return -1;
+    inv_violation v;
+    if (inv_check_admin(kind, request_id, sku, value, reason, actor, &v))
+        return fail_v(ctx, &v);
+    if (expected < 0)
+        return cm_rpc_fail_field(ctx, "expected_version", "must not be negative");
+    cm_arena *a = cm_rpc_ctx_arena(ctx);
+    char *body = cm_arena_printf(a, "k=%d;s=%s;v=%lld;r=%s;a=%s;e=%lld", kind, sku,
+                                 (long long)value, reason, actor, (long long)expected);
+    inv_admin_req q = {.tenant = cm_rpc_ctx_tenant(ctx),
+                       .request_id = request_id,
+                       .body = body,
+                       .sku = sku,
+                       .reason = reason,
+                       .actor = actor,
+                       .principal = principal_of(ctx),
+                       .kind = kind,
+                       .value = value,
+                       .expected_version = expected};
+    inv_change *c = cm_arena_calloc(a, 1, sizeof *c);
+    inv_level *l = cm_arena_calloc(a, 1, sizeof *l);
+    int verdict = -1;
+    int rc = inv_store_admin(cm_service_db(ctx), &q, &verdict, c, l, inv_hot_mark, app->soldout);
+    if (rc == CM_EEXIST) /* the same request_id raced in on another sku */
+        verdict = INV_A_REUSED;
+    else if (rc)
+        return internal(ctx, rc, "could not change stock");
+    switch (verdict) {
+    case INV_A_APPLIED:
+    case INV_A_REPLAY:
+        *stock_out = inv_pb_level(a, l);
+        *change_out = inv_pb_change(a, c);
+        return 0;
+    case INV_A_REUSED:
+        return cm_rpc_fail(ctx, GRPC_STATUS_ALREADY_EXISTS, "IDEMPOTENCY_KEY_REUSED",
+                           "request_id was already used with a different body");
+    case INV_A_VERSION:
+        return cm_rpc_fail(ctx, GRPC_STATUS_ABORTED, "VERSION_MISMATCH",
+                           "expected_version differs from the sku's version");
+    case INV_A_NOT_FOUND:
+        return cm_rpc_fail(ctx, GRPC_STATUS_NOT_FOUND, "RESOURCE_NOT_FOUND",
+                           cm_arena_printf(a, "sku %s was never stocked", sku));
+    case INV_A_NEGATIVE: {
+        int f = cm_rpc_fail(ctx, GRPC_STATUS_FAILED_PRECONDITION, "STOCK_WOULD_GO_NEGATIVE",
+                            cm_arena_printf(a, "sku %s: available would go below 0", sku));
+        cm_rpc_fail_meta(ctx, "sku", sku);
+        return f;
+    }
+    default:
+        return internal(ctx, CM_EINTERNAL, "could not change stock");
+    }
+}
+
+static int set_stock(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    const Commerce__Inventory__V1__SetStockRequest *req = (const void *)in;
+    Commerce__Inventory__V1__SetStockResponse *resp = (void *)out;
+    return admin_change(ctx, INV_KIND_SET, req->request_id, req->sku, req->available, req->reason,
+                        req->actor, req->expected_version, &resp->stock, &resp->change);
+}
+
+static int adjust_stock(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    const Commerce__Inventory__V1__AdjustStockRequest *req = (const void *)in;
+    Commerce__Inventory__V1__AdjustStockResponse *resp = (void *)out;
+    return admin_change(ctx, INV_KIND_ADJUST, req->request_id, req->sku, req->delta, req->reason,
+                        req->actor, req->expected_version, &resp->stock, &resp->change);
+}
+
+/* ---- reservations ---- */
+
+static int sold_out(cm_rpc_ctx *ctx, const inv_reserve_item *it)
+{
+    cm_arena *a = cm_rpc_ctx_arena(ctx);
+    char *skus = "", *avail = "", *msg = "could not reserve stock: sold out:";
+    for (size_t i = 0; i < it->nshort; i++) {
+        const inv_shortage *s = &it->shortages[i];
+        skus = cm_arena_printf(a, "%s%s%s", skus, i ? "," : "", s->sku);
+        avail =
+            cm_arena_printf(a, "%s%s%s:%lld", avail, i ? "," : "", s->sku, (long long)s->available);
+        msg = cm_arena_printf(a, "%s%s sku %s requested %lld available %lld", msg, i ? ";" : "",
+                              s->sku, (long long)s->requested, (long long)s->available);
+    }
+    int f = cm_rpc_fail(ctx, GRPC_STATUS_FAILED_PRECONDITION, "SOLD_OUT", msg);
+    cm_rpc_fail_meta(ctx, "skus", skus);
+    cm_rpc_fail_meta(ctx, "available", avail);
+    return f;
+}
+
+static int reserve(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    const Commerce__Inventory__V1__ReserveRequest *req = (const void *)in;
+    Commerce__Inventory__V1__ReserveResponse *resp = (void *)out;
+    inv_app *app = cm_service_app(ctx);
+    cm_arena *a = cm_rpc_ctx_arena(ctx);
+    size_t n = req->n_lines;
+    inv_line *lines = cm_rpc_alloc(ctx, (n ? n : 1) * sizeof *lines);
+    for (size_t i = 0; i < n; i++) {
+        lines[i].sku = req->lines[i]->sku;
+        lines[i].qty = req->lines[i]->quantity;
+    }
+    int64_t ttl = -1;
+    if (req->ttl) {
+        if (req->ttl->seconds < 0 || req->ttl->nanos < 0 || req->ttl->seconds > INV_TTL_MAX_MS)
+            return cm_rpc_fail_field(ctx, "ttl", "must be between 1 second and 7 days");
+        ttl = req->ttl->seconds * 1000 + req->ttl->nanos / 1000000;
+    }
+    inv_violation v;
+    if (inv_check_reserve(req->order_id, req->buyer_id, lines, n, ttl, &ttl, &v))
+        return fail_v(ctx, &v);
+    size_t cap = inv_reserve_body(NULL, 0, req->buyer_id, ttl, lines, n) + 1;
+    char *body = cm_rpc_alloc(ctx, cap);
+    inv_reserve_body(body, cap, req->buyer_id, ttl, lines, n);
+    inv_reserve_item it = {.tenant = cm_rpc_ctx_tenant(ctx),
+                           .order_id = req->order_id,
+                           .buyer_id = req->buyer_id,
+                           .body = body,
+                           .principal = principal_of(ctx),
+                           .ttl_ms = ttl,
+                           .lines = lines,
+                           .nlines = n,
+                           .shortages = cm_rpc_alloc(ctx, n * sizeof(inv_shortage))};
+    int rc = 0;
+    /* the sold-out fast path: answered from memory, no database */
+    if (app->soldout) {
+        for (size_t i = 0; i < n; i++) {
+            if (inv_hot_sold_out(app->soldout, it.tenant, lines[i].sku)) {
+                inv_shortage *s = &it.shortages[it.nshort++];
+                snprintf(s->sku, sizeof s->sku, "%s", lines[i].sku);
+                s->requested = lines[i].qty;
+                s->available = 0;
+            }
+        }
+        if (it.nshort) {
+            cm_counter_add(app->soldout_fast, 1);
+            return sold_out(ctx, &it);
+        }
+    }
+    if (app->hot) {
+        rc = inv_hot_reserve(app->hot, &it);
+    } else {
+        inv_reserve_item *one = &it;
+        rc = inv_store_reserve_batch(cm_service_db(ctx), &one, 1, inv_hot_mark, app->soldout);
+    }
+    if (rc)
+        return internal(ctx, rc, "could not reserve stock");
+    inv_resv *r;
+    switch (it.outcome) {
+    case INV_R_RESERVED:
+        r = cm_arena_calloc(a, 1, sizeof *r);
+        snprintf(r->order_id, sizeof r->order_id, "%s", req->order_id);
+        snprintf(r->buyer_id, sizeof r->buyer_id, "%s", req->buyer_id);
+        r->state = INV_ACTIVE;
+        r->created_ms = it.created_ms;
+        r->expires_ms = it.expires_ms;
+        r->nlines = n;
+        for (size_t i = 0; i < n; i++) {
+            snprintf(r->lines[i].sku, sizeof r->lines[i].sku, "%s", lines[i].sku);
+            r->lines[i].qty = lines[i].qty;
+        }
+        /* flash-sale ids of the lines are read back only when there was a sale */
+        resp->reservation = inv_pb_resv(a, r);
+        return 0;
+    case INV_R_SAME:
+        r = cm_arena_calloc(a, 1, sizeof *r);
+        rc = inv_store_get_reservation(cm_service_db(ctx), it.tenant, req->order_id, r);
+        if (rc)
+            return internal(ctx, rc, "could not read the reservation");
+        resp->reservation = inv_pb_resv(a, r);
+        return 0;
+    case INV_R_DIFFERENT:
+        return cm_rpc_fail(ctx, GRPC_STATUS_ALREADY_EXISTS, "IDEMPOTENCY_KEY_REUSED",
+                           "order_id already has a reservation with other lines, buyer_id or ttl");
+    case INV_R_SOLD_OUT:
+        for (size_t i = 0; i < it.nshort; i++)
+            if (it.shortages[i].available == 0 && !it.shortages[i].flash_sale_id[0])
+                inv_hot_mark(app->soldout, it.tenant, it.shortages[i].sku, 0);
+        return sold_out(ctx, &it);
+    case INV_R_TOMBSTONE:
+        return cm_rpc_fail(ctx, GRPC_STATUS_FAILED_PRECONDITION, "ILLEGAL_STATE_TRANSITION",
+                           "order_id was released before it was reserved");
+    case INV_R_BUYER_REQUIRED:
+        return cm_rpc_fail_field(ctx, "buyer_id", "is required: a sku is in an active flash sale");
+    case INV_R_LIMIT:
+        return cm_rpc_fail(ctx, GRPC_STATUS_FAILED_PRECONDITION, "FLASH_SALE_LIMIT_EXCEEDED",
+                           "the buyer's flash-sale purchase limit would be exceeded");
+    default:
+        return internal(ctx, CM_EINTERNAL, "could not reserve stock");
+    }
+}
+
+static int resolve(cm_rpc_ctx *ctx, const char *order_id, int to,
+                   Commerce__Inventory__V1__Reservation **out)
+{
+    inv_app *app = cm_service_app(ctx);
+    if (!inv_valid_key(order_id, INV_KEY_MAX))
+        return cm_rpc_fail_field(ctx, "order_id", "must be 1-64 characters from [A-Za-z0-9._:-]");
+    inv_resv *r = cm_rpc_alloc(ctx, sizeof *r);
+    inv_resolve_outcome oc;
+    int rc = inv_store_resolve(cm_service_db(ctx), cm_rpc_ctx_tenant(ctx), order_id, to,
+                               principal_of(ctx), &oc, r, inv_hot_mark, app->soldout);
+    if (rc)
+        return internal(ctx, rc,
+                        to == INV_CONFIRMED ? "could not confirm the reservation"
+                                            : "could not release the reservation");
+    int f;
+    switch (oc) {
+    case INV_RESOLVE_OK:
+        *out = inv_pb_resv(cm_rpc_ctx_arena(ctx), r);
+        return 0;
+    case INV_RESOLVE_NOT_FOUND:
+        return cm_rpc_fail(ctx, GRPC_STATUS_NOT_FOUND, "RESOURCE_NOT_FOUND",
+                           "order_id has no reservation");
+    case INV_RESOLVE_EXPIRED:
+        f = cm_rpc_fail(ctx, GRPC_STATUS_FAILED_PRECONDITION, "ILLEGAL_STATE_TRANSITION",
+                        "could not confirm: the reservation expired and its stock was released");
+        cm_rpc_fail_meta(ctx, "state", "EXPIRED");
+        return f;
+    case INV_RESOLVE_WAS_RELEASED:
+        f = cm_rpc_fail(ctx, GRPC_STATUS_FAILED_PRECONDITION, "ILLEGAL_STATE_TRANSITION",
+                        "could not confirm: the reservation was released");
+        cm_rpc_fail_meta(ctx, "state", "RELEASED");
+        return f;
+    case INV_RESOLVE_WAS_CONFIRMED:
+        f = cm_rpc_fail(ctx, GRPC_STATUS_FAILED_PRECONDITION, "ILLEGAL_STATE_TRANSITION",
+                        "could not release: the reservation is confirmed (sold)");
+        cm_rpc_fail_meta(ctx, "state", "CONFIRMED");
+        return f;
+    }
+    return internal(ctx, CM_EINTERNAL, "could not resolve the reservation");
+}
+
+static int confirm(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    const Commerce__Inventory__V1__ConfirmRequest *req = (const void *)in;
+    Commerce__Inventory__V1__ConfirmResponse *resp = (void *)out;
+    return resolve(ctx, req->order_id, INV_CONFIRMED, &resp->reservation);
+}
+
+static int release(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    const Commerce__Inventory__V1__ReleaseRequest *req = (const void *)in;
+    Commerce__Inventory__V1__ReleaseResponse *resp = (void *)out;
+    return resolve(ctx, req->order_id, INV_RELEASED, &resp->reservation);
+}
+
+static int get_reservation(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    const Commerce__Inventory__V1__GetReservationRequest *req = (const void *)in;
+    Commerce__Inventory__V1__GetReservationResponse *resp = (void *)out;
+    if (!inv_valid_key(req->order_id, INV_KEY_MAX))
+        return cm_rpc_fail_field(ctx, "order_id", "must be 1-64 characters from [A-Za-z0-9._:-]");
+    inv_resv *r = cm_rpc_alloc(ctx, sizeof *r);
+    int rc =
+        inv_store_get_reservation(cm_service_db(ctx), cm_rpc_ctx_tenant(ctx), req->order_id, r);
+    if (rc == CM_ENOTFOUND)
+        return cm_rpc_fail(ctx, GRPC_STATUS_NOT_FOUND, "RESOURCE_NOT_FOUND",
+                           "order_id has no reservation");
+    if (rc)
+        return internal(ctx, rc, "could not read the reservation");
+    resp->reservation = inv_pb_resv(cm_rpc_ctx_arena(ctx), r);
+    return 0;
+}
+
+/* ---- invariants ---- */
+
+static const char *invariant_text(int inv)
+{
+    switch (inv) {
+    case 1:
+        return "on_hand differs from available + reserved + sold";
+    case 2:
+        return "a counter is negative";
+    case 3:
+        return "reserved differs from the sum of active reservation lines";
+    case 4:
+        return "sold differs from the sum of confirmed reservation lines";
+    case 5:
+        return "a counter differs from the sum of its audit trail deltas";
+    case 6:
+        return "a flash sale's reserved + sold exceeds its sale_stock";
+    }
+    return "";
+}
+
+static int check_invariants(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    const Commerce__Inventory__V1__CheckInvariantsRequest *req = (const void *)in;
+    Commerce__Inventory__V1__CheckInvariantsResponse *resp = (void *)out;
+    inv_app *app = cm_service_app(ctx);
+    cm_arena *a = cm_rpc_ctx_arena(ctx);
+    if (need_admin(ctx, app))
+        return -1;
+    if (req->n_skus > INV_BATCH_GET_MAX)
+        return cm_rpc_fail_field(ctx, "skus", "must hold at most 500 skus");
+    for (size_t i = 0; i < req->n_skus; i++)
+        if (!inv_valid_key(req->skus[i], INV_SKU_MAX))
+            return cm_rpc_fail_field(ctx, cm_arena_printf(a, "skus[%zu]", i),
+                                     "must be 1-64 characters from [A-Za-z0-9._:-]");
+    size_t cap = 1000, total = 0;
+    inv_breach *b = cm_rpc_alloc(ctx, cap * sizeof *b);
+    int64_t checked = 0, at = 0;
+    int rc =
+        inv_store_check(cm_service_db(ctx), cm_rpc_ctx_tenant(ctx), (const char *const *)req->skus,
+                        req->n_skus, b, cap, &total, &checked, &at);
+    if (rc)
+        return internal(ctx, rc, "could not check the invariants");
+    size_t n = total < cap ? total : cap;
+    resp->checked_skus = checked;
+    resp->truncated = total > cap;
+    resp->checked_at = inv_pb_ts(a, at);
+    resp->violations = cm_rpc_alloc(ctx, (n ? n : 1) * sizeof *resp->violations);
+    for (size_t i = 0; i < n; i++) {
+        Commerce__Inventory__V1__InvariantViolation *v = cm_arena_calloc(a, 1, sizeof *v);
+        commerce__inventory__v1__invariant_violation__init(v);
+        v->sku = cm_arena_strdup(a, b[i].level.sku);
+        v->invariant = (Commerce__Inventory__V1__Invariant)b[i].invariant;
+        v->expected = b[i].expected;
+        v->actual = b[i].actual;
+        v->level = inv_pb_level(a, &b[i].level);
+        v->flash_sale_id = cm_arena_strdup(a, b[i].flash_sale_id);
+        v->description = (char *)invariant_text(b[i].invariant);
+        resp->violations[i] = v;
+    }
+    resp->n_violations = n;
+    return 0;
+}
+
+const cm_rpc_method inv_methods[] = {
+    {"GetStock", get_stock, 0},
+    {"BatchGetStock", batch_get_stock, 0},
+    {"SetStock", set_stock, 0},
+    {"AdjustStock", adjust_stock, 0},
+    {"Reserve", reserve, 0},
+    {"Confirm", confirm, 0},
+    {"Release", release, 0},
+    {"GetReservation", get_reservation, 0},
+    {"CheckInvariants", check_invariants, 0},
+};
+const size_t inv_methods_count = sizeof inv_methods / sizeof inv_methods[0];
+
+/* ---- order events (inbox) ---- */
+
+int inv_on_order_event(cm_db *db, const cm_event *ev, void *arg)
+{
+    inv_app *app = arg;
+    int to;
+    const char *tenant, *order_id;
+    ProtobufCMessage *m = NULL;
+    if (strcmp(ev->type, "commerce.events.v1.OrderPaid") == 0) {
+        Commerce__Events__V1__OrderPaid *p =
+            commerce__events__v1__order_paid__unpack(NULL, ev->len, ev->payload);
+        if (!p)
+            return CM_EINVAL;
+        m = &p->base;
+        to = INV_CONFIRMED;
+        tenant = p->tenant_id;
+        order_id = p->order_id;
+    } else if (strcmp(ev->type, "commerce.events.v1.OrderCancelled") == 0) {
+        Commerce__Events__V1__OrderCancelled *p =
+            commerce__events__v1__order_cancelled__unpack(NULL, ev->len, ev->payload);
+        if (!p)
+            return CM_EINVAL;
+        m = &p->base;
+        to = INV_RELEASED;
+        tenant = p->tenant_id;
+        order_id = p->order_id;
+    } else {
+        return 0; /* not ours to act on */
+    }
+    if (!*tenant)
+        tenant = ev->tenant_id;
+    int rc = CM_EINVAL;
+    inv_resv *r = malloc(sizeof *r);
+    if (r && *tenant && inv_valid_key(order_id, INV_KEY_MAX)) {
+        inv_resolve_outcome oc;
+        rc = inv_store_resolve_tx(db, tenant, order_id, to, "order-events", &oc, r);
+        /* a refused transition (paid after expiry, ...) is a fact, not an
+         * error to retry: it is logged and the event is done */
+        if (rc == 0 && oc != INV_RESOLVE_OK)
+            cm_log_warn("order event could not change the reservation", "tenant", tenant,
+                        "order_id", order_id, "type", ev->type, NULL);
+        if (rc == 0 && to == INV_RELEASED && app)
+            for (size_t i = 0; i < r->nlines; i++)
+                inv_hot_mark(app->soldout, tenant, r->lines[i].sku, 1);
+    }
+    free(r);
+    protobuf_c_message_free_unpacked(m, NULL);
+    return rc;
+}
+
+/* ---- app: hot path, sweeper, invariant metric ---- */
+
+static long env_long(const char *name, long def, long lo, long hi, int *bad)
+{
+    const char *v = getenv(name);
+    if (!v || !*v)
+        return def;
+    char *end = NULL;
+    errno = 0;
+    long n = strtol(v, &end, 10);
+    if (errno || *end || n < lo || n > hi) {
+        *bad = 1;
+        return def;
+    }
+    return n;
+}
+
+static void *sweeper_main(void *p)
+{
+    inv_app *app = p;
+    const cm_config *c = cm_service_config(app->svc);
+    cm_db *db = NULL;
+    char err[256];
+    long long next_check = 0;
+    for (;;) {
+        pthread_mutex_lock(&app->mu);
+        if (!app->stop) {
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            long long ns = ts.tv_nsec + (long long)app->sweep_ms * 1000000LL;
+            ts.tv_sec += (time_t)(ns / 1000000000LL);
+            ts.tv_nsec = (long)(ns % 1000000000LL);
+            pthread_cond_timedwait(&app->wake, &app->mu, &ts);
+        }
+        int stop = app->stop;
+        pthread_mutex_unlock(&app->mu);
+        if (stop)
+            break;
+        if (!db && cm_db_connect(&db, c->pg_dsn,
+                                 getenv("INVENTORY_SCHEMA") && *getenv("INVENTORY_SCHEMA")
+                                     ? getenv("INVENTORY_SCHEMA")
+                                     : "inventory",
+                                 err, sizeof err) != 0) {
+            cm_log_warn("sweeper could not connect", "detail", err, NULL);
+            db = NULL;
+            continue;
+        }
+        int expired = 0, rc;
+        do {
+            rc = inv_store_expire_due(db, 200, &expired, inv_hot_mark, app->soldout);
+            if (rc == 0 && expired)
+                cm_counter_add(app->expired, (uint64_t)expired);
+        } while (rc == 0 && expired == 200);
+        if (rc)
+            cm_log_warn("sweeper could not expire reservations", "error", cm_strerror(rc), NULL);
+        struct timespec now;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        long long ms = (long long)now.tv_sec * 1000 + now.tv_nsec / 1000000;
+        if (ms >= next_check) {
+            /* every tenant, every sku: the metric says whether all hold */
+            size_t total = 0;
+            int64_t checked = 0, at = 0;
+            inv_breach one;
+            if (inv_store_check(db, NULL, NULL, 0, &one, 1, &total, &checked, &at) == 0) {
+                cm_gauge_set(app->invariants_ok, total == 0 ? 1 : 0);
+                cm_gauge_set(app->violations, (double)total);
+                if (total)
+                    cm_log_error("inventory invariants violated", "sku", one.level.sku, NULL);
+            }
+            next_check = ms + 10000;
+        }
+    }
+    cm_db_free(db);
+    return NULL;
+}
+
+int inv_app_init(cm_service *svc, void **out, char *err, size_t errlen)
+{
+    inv_app *app = calloc(1, sizeof *app);
+    if (!app)
+        return CM_ENOMEM;
+    app->svc = svc;
+    const cm_config *c = cm_service_config(svc);
+    app->auth_on = c->auth_mode != CM_AUTH_OFF;
+    pthread_mutex_init(&app->mu, NULL);
+    pthread_cond_init(&app->wake, NULL);
+    int bad = 0;
+    const char *hp = getenv("INVENTORY_HOT_PATH");
+    int hot_on = 1;
+    if (hp && *hp) {
+        if (strcmp(hp, "on") == 0)
+            hot_on = 1;
+        else if (strcmp(hp, "off") == 0)
+            hot_on = 0;
+        else {
+            snprintf(err, errlen, "INVENTORY_HOT_PATH: on or off, got \"%s\"", hp);
+            free(app);
+            return CM_EINVAL;
+        }
+    }
+    const char *evs = getenv("INVENTORY_EVENTS");
+    inv_events_enable(!(evs && strcmp(evs, "off") == 0));
+    app->sweep_ms = (int)env_long("INVENTORY_SWEEP_MS", 1000, 50, 600000, &bad);
+    int batchers = (int)env_long("INVENTORY_BATCHERS", 1, 1, 16, &bad);
+    int max_batch = (int)env_long("INVENTORY_MAX_BATCH", 256, 1, 4096, &bad);
+    int ttl = (int)env_long("INVENTORY_SOLD_OUT_TTL_MS", 200, 1, 60000, &bad);
+    if (bad) {
+        snprintf(err, errlen,
+                 "INVENTORY_SWEEP_MS (50..600000), INVENTORY_BATCHERS (1..16), "
+                 "INVENTORY_MAX_BATCH (1..4096), INVENTORY_SOLD_OUT_TTL_MS (1..60000): an "
+                 "integer in range");
+        free(app);
+        return CM_EINVAL;
+    }
+    cm_metrics *m = cm_service_metrics(svc);
+    app->invariants_ok = cm_metrics_gauge(
+        m, "inventory_invariants_ok",
+        "1 when every sku's invariants held at the last check (every 10 s), 0 otherwise", NULL);
+    app->violations = cm_metrics_gauge(m, "inventory_invariant_violations",
+                                       "invariant violations found by the last check", NULL);
+    app->expired = cm_metrics_counter(m, "inventory_reservations_expired_total",
+                                      "reservations expired by this replica's sweeper", NULL);
+    app->soldout_fast = cm_metrics_counter(
+        m, "inventory_sold_out_fast_total",
+        "reserve calls answered sold out from memory, without the database", NULL);
+    cm_gauge_set(app->invariants_ok, 1);
+    if (hot_on) {
+        const char *schema = getenv("INVENTORY_SCHEMA");
+        inv_hot_opts o = {.dsn = c->pg_dsn,
+                          .schema = schema && *schema ? schema : "inventory",
+                          .batchers = batchers,
+                          .max_batch = max_batch,
+                          .sold_out_ttl_ms = ttl};
+        int rc = inv_hot_new(&app->hot, &o, err, errlen);
+        if (rc) {
+            free(app);
+            return rc;
+        }
+        app->soldout = app->hot;
+    }
+    if (pthread_create(&app->sweeper, NULL, sweeper_main, app) != 0) {
+        inv_hot_free(app->hot);
+        free(app);
+        snprintf(err, errlen, "could not start the sweeper");
+        return CM_ENOMEM;
+    }
+    app->sweeper_started = 1;
+    *out = app;
+    return 0;
+}
+
+void inv_app_fini(cm_service *svc, void *p)
+{
+    (void)svc;
+    inv_app *app = p;
+    if (!app)
+        return;
+    pthread_mutex_lock(&app->mu);
+    app->stop = 1;
+    pthread_cond_broadcast(&app->wake);
+    pthread_mutex_unlock(&app->mu);
+    if (app->sweeper_started)
+        pthread_join(app->sweeper, NULL);
+    inv_hot_free(app->hot);
+    pthread_mutex_destroy(&app->mu);
+    pthread_cond_destroy(&app->wake);
+    free(app);
+}

@@ -1,0 +1,240 @@
+/* inventory events through the outbox: see inv_events.h */
+#include "inv_events.h"
+
+#include "cm_err.h"
+#include "cm_id.h"
+#include "cm_outbox.h"
+
+#include <stdatomic.h>
+#include <string.h>
+#include <time.h>
+
+#include "commerce/events/v1/inventory_events.pb-c.h"
+
+static atomic_int enabled = 1;
+
+void inv_events_enable(int on)
+{
+    atomic_store(&enabled, on);
+}
+
+Google__Protobuf__Timestamp *inv_pb_ts(cm_arena *a, int64_t ms)
+{
+    if (ms <= 0)
+        return NULL;
+    Google__Protobuf__Timestamp *t = cm_arena_calloc(a, 1, sizeof *t);
+    if (!t)
+        return NULL;
+    google__protobuf__timestamp__init(t);
+    t->seconds = ms / 1000;
+    t->nanos = (int32_t)(ms % 1000) * 1000000;
+    return t;
+}
+
+Commerce__Inventory__V1__StockLevel *inv_pb_level(cm_arena *a, const inv_level *l)
+{
+    Commerce__Inventory__V1__StockLevel *s = cm_arena_calloc(a, 1, sizeof *s);
+    if (!s)
+        return NULL;
+    commerce__inventory__v1__stock_level__init(s);
+    s->sku = cm_arena_strdup(a, l->sku);
+    s->available = l->available;
+    s->reserved = l->reserved;
+    s->sold = l->sold;
+    s->on_hand = l->on_hand;
+    s->version = l->version;
+    s->updated_at = inv_pb_ts(a, l->updated_ms);
+    return s;
+}
+
+Commerce__Inventory__V1__StockChange *inv_pb_change(cm_arena *a, const inv_change *c)
+{
+    Commerce__Inventory__V1__StockChange *m = cm_arena_calloc(a, 1, sizeof *m);
+    if (!m)
+        return NULL;
+    commerce__inventory__v1__stock_change__init(m);
+    m->change_id = cm_arena_strdup(a, c->change_id);
+    m->sku = cm_arena_strdup(a, c->level.sku);
+    m->kind = (Commerce__Inventory__V1__StockChangeKind)c->kind;
+    m->available_delta = c->da;
+    m->reserved_delta = c->dr;
+    m->sold_delta = c->ds;
+    m->level = inv_pb_level(a, &c->level);
+    m->order_id = cm_arena_strdup(a, c->order_id);
+    m->request_id = cm_arena_strdup(a, c->request_id);
+    m->reason = cm_arena_strdup(a, c->reason);
+    m->actor = cm_arena_strdup(a, c->actor);
+    m->principal = cm_arena_strdup(a, c->principal);
+    m->occurred_at = inv_pb_ts(a, c->occurred_ms);
+    return m;
+}
+
+Commerce__Inventory__V1__Reservation *inv_pb_resv(cm_arena *a, const inv_resv *r)
+{
+    Commerce__Inventory__V1__Reservation *m = cm_arena_calloc(a, 1, sizeof *m);
+    if (!m)
+        return NULL;
+    commerce__inventory__v1__reservation__init(m);
+    m->order_id = cm_arena_strdup(a, r->order_id);
+    m->state = (Commerce__Inventory__V1__ReservationState)r->state;
+    m->buyer_id = cm_arena_strdup(a, r->buyer_id);
+    m->flash_sale = r->flash;
+    m->created_at = inv_pb_ts(a, r->created_ms);
+    m->expires_at = inv_pb_ts(a, r->expires_ms);
+    m->resolved_at = inv_pb_ts(a, r->resolved_ms);
+    if (r->nlines) {
+        m->lines = cm_arena_calloc(a, r->nlines, sizeof *m->lines);
+        if (!m->lines)
+            return NULL;
+        for (size_t i = 0; i < r->nlines; i++) {
+            Commerce__Inventory__V1__ReservationLine *l = cm_arena_calloc(a, 1, sizeof *l);
+            if (!l)
+                return NULL;
+            commerce__inventory__v1__reservation_line__init(l);
+            l->sku = cm_arena_strdup(a, r->lines[i].sku);
+            l->quantity = r->lines[i].qty;
+            l->flash_sale_id = cm_arena_strdup(a, r->lines[i].flash_sale_id);
+            m->lines[i] = l;
+        }
+        m->n_lines = r->nlines;
+    }
+    return m;
+}
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* packs msg and adds it to the outbox of the caller's transaction */
+static int add(cm_db *db, const char *id, const char *tenant, const char *key, const char *type,
+               const ProtobufCMessage *msg, cm_arena *a)
+{
+    size_t len = protobuf_c_message_get_packed_size(msg);
+    uint8_t *p = cm_arena_alloc(a, len ? len : 1);
+    if (!p)
+        return CM_ENOMEM;
+    protobuf_c_message_pack(msg, p);
+    cm_outbox_event ev = {
+        .event_id = id,
+        .tenant_id = tenant,
+        .topic = INV_TOPIC,
+        .key = key,
+        .type = type,
+        .source = "/commerce/inventory",
+        .payload = p,
+        .len = len,
+    };
+    return cm_outbox_add(db, &ev);
+}
+
+#define EVENT_BEGIN                                                                                \
+    if (!atomic_load(&enabled))                                                                    \
+        return 0;                                                                                  \
+    cm_arena *a = cm_arena_new(4096);                                                              \
+    if (!a)                                                                                        \
+        return CM_ENOMEM;                                                                          \
+    char id[CM_ID_SIZE];                                                                           \
+    int rc = cm_id_uuid7(id);                                                                      \
+    if (rc) {                                                                                      \
+        cm_arena_free(a);                                                                          \
+        return rc;                                                                                 \
+    }                                                                                              \
+    int64_t at = now_ms()
+
+int inv_ev_stock_changed(cm_db *db, const char *tenant, const inv_change *c)
+{
+    EVENT_BEGIN;
+    Commerce__Events__V1__StockChanged m = COMMERCE__EVENTS__V1__STOCK_CHANGED__INIT;
+    m.event_id = id;
+    m.tenant_id = (char *)tenant;
+    m.occurred_at = inv_pb_ts(a, c->occurred_ms ? c->occurred_ms : at);
+    m.sku = (char *)c->level.sku;
+    m.change = inv_pb_change(a, c);
+    rc = m.change ? add(db, id, tenant, c->level.sku, "commerce.events.v1.StockChanged", &m.base, a)
+                  : CM_ENOMEM;
+    cm_arena_free(a);
+    return rc;
+}
+
+int inv_ev_stock_edge(cm_db *db, const char *tenant, const inv_level *l, int restock)
+{
+    EVENT_BEGIN;
+    /* SoldOut and BackInStock have the same fields */
+    Commerce__Events__V1__SoldOut so = COMMERCE__EVENTS__V1__SOLD_OUT__INIT;
+    Commerce__Events__V1__BackInStock bi = COMMERCE__EVENTS__V1__BACK_IN_STOCK__INIT;
+    Google__Protobuf__Timestamp *ts = inv_pb_ts(a, at);
+    Commerce__Inventory__V1__StockLevel *lv = inv_pb_level(a, l);
+    if (!ts || !lv) {
+        cm_arena_free(a);
+        return CM_ENOMEM;
+    }
+    if (restock) {
+        bi.event_id = id;
+        bi.tenant_id = (char *)tenant;
+        bi.occurred_at = ts;
+        bi.sku = (char *)l->sku;
+        bi.stock = lv;
+        rc = add(db, id, tenant, l->sku, "commerce.events.v1.BackInStock", &bi.base, a);
+    } else {
+        so.event_id = id;
+        so.tenant_id = (char *)tenant;
+        so.occurred_at = ts;
+        so.sku = (char *)l->sku;
+        so.stock = lv;
+        rc = add(db, id, tenant, l->sku, "commerce.events.v1.SoldOut", &so.base, a);
+    }
+    cm_arena_free(a);
+    return rc;
+}
+
+int inv_ev_reservation(cm_db *db, const char *tenant, const inv_resv *r)
+{
+    EVENT_BEGIN;
+    /* the three reservation events share their fields */
+    Commerce__Events__V1__ReservationConfirmed c =
+        COMMERCE__EVENTS__V1__RESERVATION_CONFIRMED__INIT;
+    Commerce__Events__V1__ReservationReleased rel =
+        COMMERCE__EVENTS__V1__RESERVATION_RELEASED__INIT;
+    Commerce__Events__V1__ReservationExpired ex = COMMERCE__EVENTS__V1__RESERVATION_EXPIRED__INIT;
+    Google__Protobuf__Timestamp *ts = inv_pb_ts(a, r->resolved_ms ? r->resolved_ms : at);
+    Commerce__Inventory__V1__Reservation *m = inv_pb_resv(a, r);
+    if (!ts || !m) {
+        cm_arena_free(a);
+        return CM_ENOMEM;
+    }
+    switch (r->state) {
+    case INV_CONFIRMED:
+        c.event_id = id;
+        c.tenant_id = (char *)tenant;
+        c.occurred_at = ts;
+        c.order_id = (char *)r->order_id;
+        c.reservation = m;
+        rc =
+            add(db, id, tenant, r->order_id, "commerce.events.v1.ReservationConfirmed", &c.base, a);
+        break;
+    case INV_RELEASED:
+        rel.event_id = id;
+        rel.tenant_id = (char *)tenant;
+        rel.occurred_at = ts;
+        rel.order_id = (char *)r->order_id;
+        rel.reservation = m;
+        rc = add(db, id, tenant, r->order_id, "commerce.events.v1.ReservationReleased", &rel.base,
+                 a);
+        break;
+    case INV_EXPIRED:
+        ex.event_id = id;
+        ex.tenant_id = (char *)tenant;
+        ex.occurred_at = ts;
+        ex.order_id = (char *)r->order_id;
+        ex.reservation = m;
+        rc = add(db, id, tenant, r->order_id, "commerce.events.v1.ReservationExpired", &ex.base, a);
+        break;
+    default:
+        rc = 0;
+    }
+    cm_arena_free(a);
+    return rc;
+}

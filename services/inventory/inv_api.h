@@ -1,0 +1,22 @@
+/*
+ * inv_api: the InventoryService handlers and the process's app state
+ * (hot path, sweeper, invariant metric).
+ */
+#ifndef INV_API_H
+#define INV_API_H
+
+#include "cm_rpc.h"
+#include "cm_service.h"
+
+#include <stddef.h>
+
+extern const cm_rpc_method inv_methods[];
+extern const size_t inv_methods_count;
+
+int inv_app_init(cm_service *svc, void **app, char *err, size_t errlen);
+void inv_app_fini(cm_service *svc, void *app);
+
+/* the order-event consumer (OrderPaid -> confirm, OrderCancelled -> release) */
+int inv_on_order_event(cm_db *db, const cm_event *ev, void *arg);
+
+#endif

@@ -1,0 +1,132 @@
+/*
+ * inv_store: the inventory service's only SQL. every write runs in one
+ * transaction with its audit rows and its outbox events (inv_events.h).
+ */
+#ifndef INV_STORE_H
+#define INV_STORE_H
+
+#include "cm_db.h"
+#include "inv_domain.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct inv_level {
+    char sku[INV_SKU_MAX + 1];
+    int64_t available, reserved, sold, on_hand, version;
+    int64_t updated_ms; /* 0: never stocked */
+} inv_level;
+
+typedef struct inv_change {
+    char change_id[40];
+    int kind;
+    int64_t da, dr, ds;
+    inv_level level;
+    char order_id[INV_KEY_MAX + 1];
+    char request_id[INV_KEY_MAX + 1];
+    char reason[INV_REASON_MAX + 1];
+    char actor[INV_ACTOR_MAX + 1];
+    char principal[256];
+    int64_t occurred_ms;
+} inv_change;
+
+typedef struct inv_resv_line {
+    char sku[INV_SKU_MAX + 1];
+    int64_t qty;
+    char flash_sale_id[40];
+} inv_resv_line;
+
+typedef struct inv_resv {
+    char order_id[INV_KEY_MAX + 1];
+    int state;
+    char buyer_id[INV_BUYER_MAX + 1];
+    int flash;
+    int64_t created_ms, expires_ms, resolved_ms;
+    size_t nlines;
+    inv_resv_line lines[INV_LINES_MAX];
+} inv_resv;
+
+typedef struct inv_shortage {
+    char sku[INV_SKU_MAX + 1];
+    int64_t requested, available;
+    char flash_sale_id[40];
+} inv_shortage;
+
+/* outcomes of one reservation in a batch */
+enum {
+    INV_R_RESERVED = 0,
+    INV_R_SAME = 1,      /* the order already has this reservation: a retry */
+    INV_R_DIFFERENT = 2, /* the order has a reservation with another body */
+    INV_R_SOLD_OUT = 3,
+    INV_R_TOMBSTONE = 4, /* the order was released before it was reserved */
+    INV_R_BUYER_REQUIRED = 5,
+    INV_R_LIMIT = 6,
+    INV_R_PENDING = 99
+};
+
+typedef struct inv_reserve_item {
+    /* in */
+    const char *tenant, *order_id, *buyer_id, *body, *principal;
+    int64_t ttl_ms;
+    const inv_line *lines;
+    size_t nlines;
+    /* out; shortages points at room for nlines entries */
+    int outcome;
+    int64_t created_ms, expires_ms;
+    inv_shortage *shortages;
+    size_t nshort;
+} inv_reserve_item;
+
+/* called after commit for each sku whose available reached 0 (sold out)
+ * or left 0 (back in stock: restock = 1) */
+typedef void (*inv_stock_cb)(void *arg, const char *tenant, const char *sku, int restock);
+
+/* reserves a batch in one transaction (see inv_reserve_batch in the
+ * migration): each item gets its outcome. returns 0, or a CM_E* when the
+ * transaction failed (then no item was reserved). */
+int inv_store_reserve_batch(cm_db *db, inv_reserve_item *const *items, size_t n, inv_stock_cb cb,
+                            void *arg);
+
+/* confirm (to = INV_CONFIRMED) or release (INV_RELEASED) an order's
+ * reservation; *outcome says whether it was refused. out gets the
+ * reservation as it is after the call (unless NOT_FOUND). */
+int inv_store_resolve(cm_db *db, const char *tenant, const char *order_id, int to,
+                      const char *principal, inv_resolve_outcome *outcome, inv_resv *out,
+                      inv_stock_cb cb, void *arg);
+
+/* the same inside the caller's open transaction (the inbox consumer's) */
+int inv_store_resolve_tx(cm_db *db, const char *tenant, const char *order_id, int to,
+                         const char *principal, inv_resolve_outcome *outcome, inv_resv *out);
+
+/* expires up to limit due reservations (any tenant), skipping rows other
+ * sweepers hold; *expired gets the count. */
+int inv_store_expire_due(cm_db *db, int limit, int *expired, inv_stock_cb cb, void *arg);
+
+int inv_store_get_reservation(cm_db *db, const char *tenant, const char *order_id, inv_resv *out);
+int inv_store_get_stock(cm_db *db, const char *tenant, const char *sku, inv_level *out);
+
+/* admin set/adjust. verdict: 0 applied, 1 replay of request_id, 2
+ * request_id reused with another body, 3 version mismatch, 4 unknown sku,
+ * 5 available would go negative. */
+enum { INV_A_APPLIED, INV_A_REPLAY, INV_A_REUSED, INV_A_VERSION, INV_A_NOT_FOUND, INV_A_NEGATIVE };
+typedef struct inv_admin_req {
+    const char *tenant, *request_id, *body, *sku, *reason, *actor, *principal;
+    int kind;
+    int64_t value, expected_version;
+} inv_admin_req;
+int inv_store_admin(cm_db *db, const inv_admin_req *r, int *verdict, inv_change *change,
+                    inv_level *level, inv_stock_cb cb, void *arg);
+
+typedef struct inv_breach {
+    int invariant; /* the proto's Invariant enum value */
+    int64_t expected, actual;
+    inv_level level;
+    char flash_sale_id[40];
+} inv_breach;
+/* checks the invariants for a tenant (NULL: every tenant) and the given
+ * skus (none: all) in one snapshot. fills at most cap breaches; *total
+ * counts all found. */
+int inv_store_check(cm_db *db, const char *tenant, const char *const *skus, size_t nskus,
+                    inv_breach *out, size_t cap, size_t *total, int64_t *checked, int64_t *at_ms);
+
+#endif

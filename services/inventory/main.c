@@ -1,0 +1,42 @@
+/*
+ * commerce-inventory: stock per sku, reservations for orders, flash sales.
+ * wiring only; the handlers are in api.c, the design in README.md.
+ */
+#include "cm_service.h"
+#include "inv_api.h"
+
+#include <stdlib.h>
+
+#include "commerce/inventory/v1/inventory_service.pb-c.h"
+
+extern const cm_migration inv_migrations[];
+extern const size_t inv_migrations_count;
+
+static const cm_service_consumer consumers[] = {
+    {.topic = "commerce.order.v1", .group = "commerce.inventory", .handler = inv_on_order_event},
+};
+
+int main(int argc, char **argv)
+{
+    /* INVENTORY_SCHEMA lets tests and benchmarks run side by side */
+    const char *schema = getenv("INVENTORY_SCHEMA");
+    const char *consume = getenv("INVENTORY_CONSUME_ORDERS");
+    int consume_on = !(consume && consume[0] == 'o' && consume[1] == 'f');
+    const cm_service_def def = {
+        .name = "inventory",
+        .schema = schema && *schema ? schema : "inventory",
+        .grpc_port = 50052,
+        .admin_port = 9092,
+        .migrations = inv_migrations,
+        .nmigrations = inv_migrations_count,
+        .api = &commerce__inventory__v1__inventory_service__descriptor,
+        .methods = inv_methods,
+        .nmethods = inv_methods_count,
+        .app_init = inv_app_init,
+        .app_fini = inv_app_fini,
+        .uses_outbox = 1,
+        .consumers = consume_on ? consumers : NULL,
+        .nconsumers = consume_on ? 1 : 0,
+    };
+    return cm_service_main(argc, argv, &def);
+}

@@ -1,0 +1,687 @@
+/* the inventory service's only SQL: see inv_store.h */
+#include "inv_store.h"
+
+#include "cm_err.h"
+#include "cm_log.h"
+#include "inv_events.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MS(x) "(extract(epoch FROM " x ") * 1000)::bigint"
+
+#define CHANGE_COLS                                                                                \
+    "change_id, kind, available_delta, reserved_delta, sold_delta, sku, available, reserved, "     \
+    "sold, on_hand, version, order_id, request_id, reason, actor, principal, " MS("occurred_at")
+
+#define LEVEL_COLS "sku, available, reserved, sold, on_hand, version, " MS("updated_at")
+
+/* ---- small helpers ---- */
+
+static int64_t i64(const PGresult *r, int row, int col)
+{
+    return strtoll(PQgetvalue(r, row, col), NULL, 10);
+}
+
+static void cpy(char *dst, size_t cap, const PGresult *r, int row, int col)
+{
+    snprintf(dst, cap, "%s", PQgetvalue(r, row, col));
+}
+
+static void parse_level(const PGresult *r, int row, int col, inv_level *l)
+{
+    cpy(l->sku, sizeof l->sku, r, row, col);
+    l->available = i64(r, row, col + 1);
+    l->reserved = i64(r, row, col + 2);
+    l->sold = i64(r, row, col + 3);
+    l->on_hand = i64(r, row, col + 4);
+    l->version = i64(r, row, col + 5);
+    l->updated_ms = i64(r, row, col + 6);
+}
+
+static void parse_change(const PGresult *r, int row, int col, inv_change *c)
+{
+    memset(c, 0, sizeof *c);
+    cpy(c->change_id, sizeof c->change_id, r, row, col);
+    c->kind = (int)i64(r, row, col + 1);
+    c->da = i64(r, row, col + 2);
+    c->dr = i64(r, row, col + 3);
+    c->ds = i64(r, row, col + 4);
+    cpy(c->level.sku, sizeof c->level.sku, r, row, col + 5);
+    c->level.available = i64(r, row, col + 6);
+    c->level.reserved = i64(r, row, col + 7);
+    c->level.sold = i64(r, row, col + 8);
+    c->level.on_hand = i64(r, row, col + 9);
+    c->level.version = i64(r, row, col + 10);
+    cpy(c->order_id, sizeof c->order_id, r, row, col + 11);
+    cpy(c->request_id, sizeof c->request_id, r, row, col + 12);
+    cpy(c->reason, sizeof c->reason, r, row, col + 13);
+    cpy(c->actor, sizeof c->actor, r, row, col + 14);
+    cpy(c->principal, sizeof c->principal, r, row, col + 15);
+    c->occurred_ms = i64(r, row, col + 16);
+    c->level.updated_ms = c->occurred_ms;
+}
+
+/* a growable text buffer for array literals */
+typedef struct buf {
+    char *p;
+    size_t len, cap;
+    int oom;
+} buf;
+
+static void put(buf *b, const char *s, size_t n)
+{
+    if (b->oom)
+        return;
+    if (b->len + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap * 2 : 256;
+        while (cap < b->len + n + 1)
+            cap *= 2;
+        char *q = realloc(b->p, cap);
+        if (!q) {
+            b->oom = 1;
+            return;
+        }
+        b->p = q;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+    b->p[b->len] = 0;
+}
+
+static void puts_(buf *b, const char *s)
+{
+    put(b, s, strlen(s));
+}
+
+/* appends one quoted element of a postgres array literal */
+static void put_elem(buf *b, const char *s)
+{
+    puts_(b, b->len > 1 ? ",\"" : "\"");
+    for (const char *c = s; *c; c++) {
+        if (*c == '"' || *c == '\\')
+            put(b, "\\", 1);
+        put(b, c, 1);
+    }
+    put(b, "\"", 1);
+}
+
+static void put_num(buf *b, long long v)
+{
+    char n[32];
+    snprintf(n, sizeof n, b->len > 1 ? ",%lld" : "%lld", v);
+    puts_(b, n);
+}
+
+static int exec(cm_db *db, const char *what, const char *sql, int n, const char *const *p,
+                PGresult **out)
+{
+    return cm_db_exec(db, what, sql, n, p, out);
+}
+
+/* ---- reads ---- */
+
+int inv_store_get_stock(cm_db *db, const char *tenant, const char *sku, inv_level *out)
+{
+    const char *p[] = {tenant, sku};
+    PGresult *r = NULL;
+    int rc = exec(db, "get stock",
+                  "SELECT " LEVEL_COLS " FROM stock WHERE tenant_id = $1 AND sku = $2", 2, p, &r);
+    if (rc)
+        return rc;
+    if (PQntuples(r) == 0) {
+        PQclear(r);
+        return CM_ENOTFOUND;
+    }
+    parse_level(r, 0, 0, out);
+    PQclear(r);
+    return 0;
+}
+
+int inv_store_get_reservation(cm_db *db, const char *tenant, const char *order_id, inv_resv *out)
+{
+    const char *p[] = {tenant, order_id};
+    PGresult *r = NULL;
+    int rc = exec(
+        db, "get reservation",
+        "SELECT order_id, state, buyer_id, flash_sale::int, " MS("created_at") ", " MS(
+            "expires_at") ", coalesce(" MS("resolved_at") ", 0) FROM reservation "
+                                                          "WHERE tenant_id = $1 AND order_id = $2",
+        2, p, &r);
+    if (rc)
+        return rc;
+    if (PQntuples(r) == 0) {
+        PQclear(r);
+        return CM_ENOTFOUND;
+    }
+    memset(out, 0, offsetof(inv_resv, lines));
+    cpy(out->order_id, sizeof out->order_id, r, 0, 0);
+    out->state = (int)i64(r, 0, 1);
+    cpy(out->buyer_id, sizeof out->buyer_id, r, 0, 2);
+    out->flash = (int)i64(r, 0, 3);
+    out->created_ms = i64(r, 0, 4);
+    out->expires_ms = i64(r, 0, 5);
+    out->resolved_ms = i64(r, 0, 6);
+    PQclear(r);
+    rc = exec(db, "get reservation lines",
+              "SELECT sku, quantity, flash_sale_id FROM reservation_line "
+              "WHERE tenant_id = $1 AND order_id = $2 ORDER BY idx",
+              2, p, &r);
+    if (rc)
+        return rc;
+    int n = PQntuples(r);
+    for (int i = 0; i < n && i < INV_LINES_MAX; i++) {
+        cpy(out->lines[i].sku, sizeof out->lines[i].sku, r, i, 0);
+        out->lines[i].qty = i64(r, i, 1);
+        cpy(out->lines[i].flash_sale_id, sizeof out->lines[i].flash_sale_id, r, i, 2);
+    }
+    out->nlines = (size_t)(n < INV_LINES_MAX ? n : INV_LINES_MAX);
+    PQclear(r);
+    return 0;
+}
+
+/* ---- events for a set of audit rows ---- */
+
+static int emit_changes(cm_db *db, const char *tenant, const PGresult *r, int col, inv_stock_cb cb,
+                        void *arg)
+{
+    int n = PQntuples(r);
+    for (int i = 0; i < n; i++) {
+        inv_change c;
+        parse_change(r, i, col, &c);
+        int rc = inv_ev_stock_changed(db, tenant, &c);
+        if (rc)
+            return rc;
+        int64_t before = c.level.available - c.da;
+        int edge = inv_back_in_stock(before, c.level.available)  ? 1
+                   : inv_sold_out_now(before, c.level.available) ? 0
+                                                                 : -1;
+        if (edge >= 0) {
+            rc = inv_ev_stock_edge(db, tenant, &c.level, edge);
+            if (rc)
+                return rc;
+            /* clearing a sold-out flag early is harmless: it only costs a
+             * database check */
+            if (cb && edge == 1)
+                cb(arg, tenant, c.level.sku, 1);
+        }
+    }
+    return 0;
+}
+
+/* ---- reserve ---- */
+
+typedef struct reserve_tx {
+    inv_reserve_item *const *items;
+    size_t n;
+    const char *params[10];
+    /* skus that reached 0 in the batch: marked sold out after commit */
+    char zero_tenant[64][65];
+    char zero_sku[64][INV_SKU_MAX + 1];
+    int nzero;
+} reserve_tx;
+
+static int reserve_fn(cm_db *db, void *arg)
+{
+    reserve_tx *t = arg;
+    t->nzero = 0;
+    for (size_t i = 0; i < t->n; i++) {
+        t->items[i]->outcome = INV_R_PENDING;
+        t->items[i]->nshort = 0;
+    }
+    PGresult *r = NULL;
+    int rc = exec(db, "reserve batch",
+                  "SELECT req, outcome, sku, requested, avail, flash_sale_id, created_ms, "
+                  "expires_ms FROM inv_reserve_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                  10, t->params, &r);
+    if (rc)
+        return rc;
+    int rows = PQntuples(r);
+    for (int k = 0; k < rows; k++) {
+        int req = (int)i64(r, k, 0);
+        int outcome = (int)i64(r, k, 1);
+        if (outcome == 9) {
+            if (t->nzero < 64) {
+                cpy(t->zero_sku[t->nzero], sizeof t->zero_sku[0], r, k, 2);
+                cpy(t->zero_tenant[t->nzero], sizeof t->zero_tenant[0], r, k, 5);
+                t->nzero++;
+            }
+            continue;
+        }
+        if (req < 1 || (size_t)req > t->n)
+            continue;
+        inv_reserve_item *it = t->items[req - 1];
+        it->outcome = outcome;
+        if (outcome == INV_R_RESERVED) {
+            it->created_ms = i64(r, k, 6);
+            it->expires_ms = i64(r, k, 7);
+        } else if (outcome == INV_R_SOLD_OUT && it->nshort < it->nlines) {
+            inv_shortage *s = &it->shortages[it->nshort++];
+            cpy(s->sku, sizeof s->sku, r, k, 2);
+            s->requested = i64(r, k, 3);
+            s->available = i64(r, k, 4);
+            cpy(s->flash_sale_id, sizeof s->flash_sale_id, r, k, 5);
+        }
+    }
+    PQclear(r);
+    /* a sku that reached 0: its SoldOut event, with the counters */
+    for (int z = 0; z < t->nzero; z++) {
+        inv_level l;
+        rc = inv_store_get_stock(db, t->zero_tenant[z], t->zero_sku[z], &l);
+        if (rc == 0)
+            rc = inv_ev_stock_edge(db, t->zero_tenant[z], &l, 0);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+int inv_store_reserve_batch(cm_db *db, inv_reserve_item *const *items, size_t n, inv_stock_cb cb,
+                            void *arg)
+{
+    buf a[10] = {{0}};
+    for (int k = 0; k < 10; k++)
+        puts_(&a[k], "{");
+    for (size_t i = 0; i < n; i++) {
+        const inv_reserve_item *it = items[i];
+        put_elem(&a[0], it->tenant);
+        put_elem(&a[1], it->order_id);
+        put_elem(&a[2], it->buyer_id ? it->buyer_id : "");
+        put_num(&a[3], it->ttl_ms);
+        put_elem(&a[4], it->body);
+        put_num(&a[5], (long long)it->nlines);
+        for (size_t j = 0; j < it->nlines; j++) {
+            put_elem(&a[6], it->tenant);
+            put_elem(&a[7], it->lines[j].sku);
+            put_num(&a[8], it->lines[j].qty);
+        }
+        put_elem(&a[9], it->principal ? it->principal : "");
+    }
+    int oom = 0;
+    for (int k = 0; k < 10; k++) {
+        puts_(&a[k], "}");
+        oom |= a[k].oom;
+    }
+    int rc = CM_ENOMEM;
+    reserve_tx *t = calloc(1, sizeof *t);
+    if (!oom && t) {
+        t->items = items;
+        t->n = n;
+        for (int k = 0; k < 10; k++)
+            t->params[k] = a[k].p;
+        rc = cm_db_tx(db, NULL, 8, reserve_fn, t);
+        if (rc == 0 && cb)
+            for (int z = 0; z < t->nzero; z++)
+                cb(arg, t->zero_tenant[z], t->zero_sku[z], 0);
+    }
+    free(t);
+    for (int k = 0; k < 10; k++)
+        free(a[k].p);
+    return rc;
+}
+
+/* ---- confirm, release, expire ---- */
+
+static int resolve_lines(cm_db *db, const char *tenant, const char *order_id, int to,
+                         const char *principal, inv_resv *out, inv_stock_cb cb, void *arg)
+{
+    char tos[8];
+    snprintf(tos, sizeof tos, "%d", to);
+    const char *p[] = {tenant, order_id, tos, principal ? principal : ""};
+    PGresult *r = NULL;
+    int rc = exec(db, "resolve reservation",
+                  "SELECT " CHANGE_COLS " FROM inv_resolve_lines($1, $2, $3::int, $4)", 4, p, &r);
+    if (rc)
+        return rc;
+    rc = emit_changes(db, tenant, r, 0, cb, arg);
+    PQclear(r);
+    if (rc)
+        return rc;
+    rc = inv_store_get_reservation(db, tenant, order_id, out);
+    if (rc)
+        return rc == CM_ENOTFOUND ? CM_EINTERNAL : rc;
+    return inv_ev_reservation(db, tenant, out);
+}
+
+typedef struct resolve_tx {
+    const char *tenant, *order_id, *principal;
+    int to;
+    inv_resolve_outcome outcome;
+    inv_resv *out;
+    inv_stock_cb cb;
+    void *arg;
+} resolve_tx;
+
+static int resolve_fn(cm_db *db, void *arg)
+{
+    resolve_tx *t = arg;
+    const char *p[] = {t->tenant, t->order_id};
+    PGresult *r = NULL;
+    int rc = exec(db, "lock reservation",
+                  "SELECT state, (expires_at <= now())::int FROM reservation "
+                  "WHERE tenant_id = $1 AND order_id = $2 FOR UPDATE",
+                  2, p, &r);
+    if (rc)
+        return rc;
+    int state = 0, due = 0;
+    if (PQntuples(r) == 1) {
+        state = (int)i64(r, 0, 0);
+        due = (int)i64(r, 0, 1);
+    }
+    PQclear(r);
+    inv_resolve_plan plan = inv_plan_resolve(state, due, t->to);
+    t->outcome = plan.outcome;
+    if (plan.tombstone) {
+        rc = exec(db, "release tombstone",
+                  "INSERT INTO reservation (tenant_id, order_id, state, body, expires_at, "
+                  "resolved_at) VALUES ($1, $2, 3, '', now(), now()) ON CONFLICT DO NOTHING "
+                  "RETURNING 1",
+                  2, p, &r);
+        if (rc)
+            return rc;
+        int inserted = PQntuples(r) == 1;
+        PQclear(r);
+        /* a reserve committed meanwhile: run again and release it */
+        if (!inserted)
+            return CM_ECONFLICT;
+    }
+    if (plan.expire_first) {
+        rc =
+            resolve_lines(db, t->tenant, t->order_id, INV_EXPIRED, "system", t->out, t->cb, t->arg);
+        if (rc)
+            return rc;
+    }
+    if (plan.apply_to) {
+        rc = resolve_lines(db, t->tenant, t->order_id, plan.apply_to, t->principal, t->out, t->cb,
+                           t->arg);
+        if (rc)
+            return rc;
+    }
+    if (plan.outcome == INV_RESOLVE_NOT_FOUND)
+        return 0;
+    return inv_store_get_reservation(db, t->tenant, t->order_id, t->out);
+}
+
+int inv_store_resolve(cm_db *db, const char *tenant, const char *order_id, int to,
+                      const char *principal, inv_resolve_outcome *outcome, inv_resv *out,
+                      inv_stock_cb cb, void *arg)
+{
+    resolve_tx t = {.tenant = tenant,
+                    .order_id = order_id,
+                    .principal = principal,
+                    .to = to,
+                    .out = out,
+                    .cb = cb,
+                    .arg = arg};
+    int rc = cm_db_tx(db, NULL, 8, resolve_fn, &t);
+    *outcome = t.outcome;
+    return rc;
+}
+
+int inv_store_resolve_tx(cm_db *db, const char *tenant, const char *order_id, int to,
+                         const char *principal, inv_resolve_outcome *outcome, inv_resv *out)
+{
+    resolve_tx t = {
+        .tenant = tenant, .order_id = order_id, .principal = principal, .to = to, .out = out};
+    int rc = resolve_fn(db, &t);
+    *outcome = t.outcome;
+    return rc;
+}
+
+typedef struct expire_tx {
+    int limit, expired;
+    inv_resv *scratch;
+    inv_stock_cb cb;
+    void *arg;
+} expire_tx;
+
+static int expire_fn(cm_db *db, void *arg)
+{
+    expire_tx *t = arg;
+    char lim[16];
+    snprintf(lim, sizeof lim, "%d", t->limit);
+    const char *p[] = {lim};
+    PGresult *r = NULL;
+    /* skip locked: two sweepers (two replicas) never take the same row, and
+     * the row lock rechecks state = 1, so a reservation confirmed or
+     * released meanwhile is left alone */
+    int rc = exec(db, "due reservations",
+                  "SELECT tenant_id, order_id FROM reservation WHERE state = 1 AND expires_at <= "
+                  "now() ORDER BY expires_at LIMIT $1::int FOR UPDATE SKIP LOCKED",
+                  1, p, &r);
+    if (rc)
+        return rc;
+    t->expired = 0;
+    int n = PQntuples(r);
+    for (int i = 0; i < n && rc == 0; i++) {
+        rc = resolve_lines(db, PQgetvalue(r, i, 0), PQgetvalue(r, i, 1), INV_EXPIRED, "system",
+                           t->scratch, t->cb, t->arg);
+        if (rc == 0)
+            t->expired++;
+    }
+    PQclear(r);
+    return rc;
+}
+
+int inv_store_expire_due(cm_db *db, int limit, int *expired, inv_stock_cb cb, void *arg)
+{
+    expire_tx t = {.limit = limit, .cb = cb, .arg = arg};
+    t.scratch = malloc(sizeof *t.scratch);
+    if (!t.scratch)
+        return CM_ENOMEM;
+    int rc = cm_db_tx(db, NULL, 8, expire_fn, &t);
+    free(t.scratch);
+    *expired = rc == 0 ? t.expired : 0;
+    return rc;
+}
+
+/* ---- admin ---- */
+
+typedef struct admin_tx {
+    const inv_admin_req *q;
+    int verdict;
+    inv_change *change;
+    inv_level *level;
+    inv_stock_cb cb;
+    void *arg;
+} admin_tx;
+
+static int admin_fn(cm_db *db, void *arg)
+{
+    admin_tx *t = arg;
+    const inv_admin_req *q = t->q;
+    const char *p2[] = {q->tenant, q->sku};
+    PGresult *r = NULL;
+    int rc;
+    if (q->kind == INV_KIND_SET) {
+        rc = exec(db, "create stock",
+                  "INSERT INTO stock (tenant_id, sku, available, reserved, sold, on_hand, version) "
+                  "VALUES ($1, $2, 0, 0, 0, 0, 0) ON CONFLICT DO NOTHING",
+                  2, p2, NULL);
+        if (rc)
+            return rc;
+    }
+    /* the row lock first: two calls with one request_id then serialise, and
+     * the second sees the first's audit row */
+    rc = exec(db, "lock stock",
+              "SELECT available, version FROM stock WHERE tenant_id = $1 AND sku = $2 FOR UPDATE",
+              2, p2, &r);
+    if (rc)
+        return rc;
+    int found = PQntuples(r) == 1;
+    int64_t avail = found ? i64(r, 0, 0) : 0, version = found ? i64(r, 0, 1) : 0;
+    PQclear(r);
+    const char *pr[] = {q->tenant, q->request_id};
+    rc = exec(db, "find request",
+              "SELECT request_body, " CHANGE_COLS
+              " FROM stock_change WHERE tenant_id = $1 AND request_id = $2",
+              2, pr, &r);
+    if (rc)
+        return rc;
+    if (PQntuples(r) == 1) {
+        int same = strcmp(PQgetvalue(r, 0, 0), q->body) == 0;
+        if (same)
+            parse_change(r, 0, 1, t->change);
+        PQclear(r);
+        t->verdict = same ? INV_A_REPLAY : INV_A_REUSED;
+        if (same && (rc = inv_store_get_stock(db, q->tenant, t->change->level.sku, t->level)))
+            return rc;
+        return CM_ESTATE; /* nothing to write: roll back */
+    }
+    PQclear(r);
+    if (!found) {
+        t->verdict = INV_A_NOT_FOUND;
+        return CM_ESTATE;
+    }
+    if (q->expected_version > 0 && q->expected_version != version) {
+        t->verdict = INV_A_VERSION;
+        return CM_ESTATE;
+    }
+    int64_t delta;
+    if (inv_admin_delta(q->kind, avail, q->value, &delta)) {
+        t->verdict = INV_A_NEGATIVE;
+        return CM_ESTATE;
+    }
+    char kind[8], d[32];
+    snprintf(kind, sizeof kind, "%d", q->kind);
+    snprintf(d, sizeof d, "%lld", (long long)delta);
+    const char *pa[] = {q->tenant, q->sku, kind, d, q->principal ? q->principal : ""};
+    rc = exec(db, "apply admin change",
+              "SELECT " CHANGE_COLS
+              " FROM inv_apply($1, $2, $3::int, $4::bigint, 0, 0, '', $5) AS c",
+              5, pa, &r);
+    if (rc)
+        return rc;
+    parse_change(r, 0, 0, t->change);
+    PQclear(r);
+    const char *pu[] = {t->change->change_id, q->request_id, q->body, q->reason, q->actor};
+    rc = exec(db, "record admin request",
+              "UPDATE stock_change SET request_id = $2, request_body = $3, reason = $4, actor = $5 "
+              "WHERE change_id = $1::uuid",
+              5, pu, NULL);
+    if (rc)
+        return rc;
+    snprintf(t->change->request_id, sizeof t->change->request_id, "%s", q->request_id);
+    snprintf(t->change->reason, sizeof t->change->reason, "%s", q->reason);
+    snprintf(t->change->actor, sizeof t->change->actor, "%s", q->actor);
+    *t->level = t->change->level;
+    t->verdict = INV_A_APPLIED;
+    rc = inv_ev_stock_changed(db, q->tenant, t->change);
+    if (rc)
+        return rc;
+    int64_t before = t->level->available - delta;
+    if (inv_sold_out_now(before, t->level->available))
+        rc = inv_ev_stock_edge(db, q->tenant, t->level, 0);
+    else if (inv_back_in_stock(before, t->level->available))
+        rc = inv_ev_stock_edge(db, q->tenant, t->level, 1);
+    return rc;
+}
+
+int inv_store_admin(cm_db *db, const inv_admin_req *q, int *verdict, inv_change *change,
+                    inv_level *level, inv_stock_cb cb, void *arg)
+{
+    admin_tx t = {.q = q, .verdict = -1, .change = change, .level = level, .cb = cb, .arg = arg};
+    int rc = cm_db_tx(db, NULL, 8, admin_fn, &t);
+    if (rc == CM_ESTATE && t.verdict >= 0)
+        rc = 0;
+    *verdict = t.verdict;
+    if (rc == 0 && t.verdict == INV_A_APPLIED && cb && level->available > 0)
+        cb(arg, q->tenant, q->sku, 1);
+    return rc;
+}
+
+/* ---- invariants ---- */
+
+typedef struct check_tx {
+    const char *tenant;
+    const char *skus;
+    inv_breach *out;
+    size_t cap, total;
+    int64_t checked, at_ms;
+} check_tx;
+
+static int check_fn(cm_db *db, void *arg)
+{
+    check_tx *t = arg;
+    const char *p[] = {t->tenant, t->skus};
+    PGresult *r = NULL;
+    int rc = exec(
+        db, "check invariants",
+        "WITH s AS (SELECT * FROM stock WHERE ($1::text IS NULL OR tenant_id = $1) "
+        "  AND ($2::text[] IS NULL OR sku = ANY($2::text[]))), "
+        "l AS (SELECT x.tenant_id, x.sku, sum(x.quantity) FILTER (WHERE r.state = 1) AS act, "
+        "  sum(x.quantity) FILTER (WHERE r.state = 2) AS conf FROM reservation_line x "
+        "  JOIN reservation r USING (tenant_id, order_id) JOIN s USING (tenant_id, sku) "
+        "  GROUP BY 1, 2), "
+        "a AS (SELECT c.tenant_id, c.sku, sum(c.available_delta) AS da, "
+        "  sum(c.reserved_delta) AS dr, sum(c.sold_delta) AS ds FROM stock_change c "
+        "  JOIN s USING (tenant_id, sku) GROUP BY 1, 2), "
+        "v AS (SELECT s.tenant_id, s.sku, x.inv, x.expected, x.actual, x.fs FROM s "
+        "  LEFT JOIN l USING (tenant_id, sku) LEFT JOIN a USING (tenant_id, sku) "
+        "  CROSS JOIN LATERAL (VALUES "
+        "   (1, (s.available + s.reserved + s.sold)::numeric, s.on_hand::numeric, ''), "
+        "   (2, 0::numeric, least(s.available, s.reserved, s.sold)::numeric, ''), "
+        "   (3, coalesce(l.act, 0), s.reserved::numeric, ''), "
+        "   (4, coalesce(l.conf, 0), s.sold::numeric, ''), "
+        "   (5, coalesce(a.da, 0), s.available::numeric, ''), "
+        "   (5, coalesce(a.dr, 0), s.reserved::numeric, ''), "
+        "   (5, coalesce(a.ds, 0), s.sold::numeric, '')) AS x(inv, expected, actual, fs) "
+        "  WHERE CASE WHEN x.inv = 2 THEN x.actual < 0 ELSE x.expected <> x.actual END "
+        "  UNION ALL SELECT s.tenant_id, s.sku, 6, f.sale_stock, f.reserved + f.sold, "
+        "   f.flash_sale_id FROM s JOIN flash_sale f USING (tenant_id, sku) "
+        "   WHERE f.reserved + f.sold > f.sale_stock) "
+        "SELECT (SELECT count(*) FROM s), (SELECT count(*) FROM v), " MS(
+            "now()") ", "
+                     "  v.inv, v.expected, v.actual, v.fs, s.sku, s.available, s.reserved, s.sold, "
+                     "  s.on_hand, s.version, " MS(
+                         "s.updated_at") " FROM (SELECT 1) AS one "
+                                         "  LEFT JOIN (v JOIN s USING (tenant_id, sku)) ON true "
+                                         "  ORDER BY v.tenant_id, v.sku, v.inv LIMIT 1001",
+        2, p, &r);
+    if (rc)
+        return rc;
+    int n = PQntuples(r);
+    t->checked = i64(r, 0, 0);
+    t->total = (size_t)i64(r, 0, 1);
+    t->at_ms = i64(r, 0, 2);
+    size_t k = 0;
+    for (int i = 0; i < n && k < t->cap; i++) {
+        if (PQgetisnull(r, i, 3))
+            continue;
+        inv_breach *b = &t->out[k++];
+        memset(b, 0, sizeof *b);
+        b->invariant = (int)i64(r, i, 3);
+        b->expected = i64(r, i, 4);
+        b->actual = i64(r, i, 5);
+        cpy(b->flash_sale_id, sizeof b->flash_sale_id, r, i, 6);
+        parse_level(r, i, 7, &b->level);
+    }
+    PQclear(r);
+    return 0;
+}
+
+int inv_store_check(cm_db *db, const char *tenant, const char *const *skus, size_t nskus,
+                    inv_breach *out, size_t cap, size_t *total, int64_t *checked, int64_t *at_ms)
+{
+    buf b = {0};
+    if (nskus) {
+        puts_(&b, "{");
+        for (size_t i = 0; i < nskus; i++)
+            put_elem(&b, skus[i]);
+        puts_(&b, "}");
+        if (b.oom) {
+            free(b.p);
+            return CM_ENOMEM;
+        }
+    }
+    check_tx t = {.tenant = tenant, .skus = b.p, .out = out, .cap = cap};
+    /* one snapshot for every table the check reads */
+    int rc = cm_db_tx(db, "REPEATABLE READ", 3, check_fn, &t);
+    free(b.p);
+    *total = t.total;
+    *checked = t.checked;
+    *at_ms = t.at_ms;
+    return rc;
+}

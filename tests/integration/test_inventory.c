@@ -1,0 +1,637 @@
+/*
+ * commerce-inventory as real processes against the private postgres over
+ * real gRPC: reservations never oversell (one and two replicas), retries
+ * are idempotent, bad input changes nothing, expiry happens exactly once,
+ * a kill -9 under load loses no acknowledged reservation.
+ */
+#include "harness.h"
+
+#include "cm_err.h"
+
+#include <check.h>
+#include <grpc/status.h>
+#include <libpq-fe.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "commerce/inventory/v1/inventory_service.pb-c.h"
+
+#define SVC "/commerce.inventory.v1.InventoryService/"
+
+static const cm_rpc_md tenant_md[] = {{"x-tenant-id", "tenant-inv"}};
+static char schema[64];
+static int schema_seq;
+
+/* a fresh schema per test: tests never see each other's rows */
+static void new_schema(void)
+{
+    snprintf(schema, sizeof schema, "inv_it_%d_%d", (int)getpid(), ++schema_seq);
+}
+
+static void spawn(hs_proc *p, const char *const *extra)
+{
+    char s[96];
+    snprintf(s, sizeof s, "INVENTORY_SCHEMA=%s", schema);
+    const char *env[16] = {s, "INVENTORY_SWEEP_MS=100", "INVENTORY_CONSUME_ORDERS=off",
+                           "WORKERS=16"};
+    size_t n = 4;
+    for (size_t i = 0; extra && extra[i] && n < 15; i++)
+        env[n++] = extra[i];
+    env[n] = NULL;
+    ck_assert_int_eq(hs_spawn(p, INVENTORY_BIN, env), 0);
+    ck_assert_msg(hs_wait_serving(p, 20000) == 0, "inventory did not become serving (log %s)",
+                  p->log_path);
+}
+
+static cm_rpc_client *client_for(const hs_proc *p)
+{
+    cm_rpc_client_opts o = {.target = p->target};
+    cm_rpc_client *c = NULL;
+    char err[256];
+    ck_assert_int_eq(cm_rpc_client_new(&c, &o, err, sizeof err), 0);
+    return c;
+}
+
+static int call(cm_rpc_client *c, const char *method, const ProtobufCMessage *req,
+                const ProtobufCMessageDescriptor *d, ProtobufCMessage **resp, cm_rpc_status *st,
+                const cm_rpc_md *md, size_t nmd)
+{
+    cm_rpc_status local;
+    if (!st)
+        st = &local;
+    ProtobufCMessage *r = NULL;
+    cm_rpc_call(c, method, req, d, NULL, &r, md, nmd, 10000, 0, st);
+    if (resp)
+        *resp = r;
+    else if (r)
+        protobuf_c_message_free_unpacked(r, NULL);
+    return st->code;
+}
+
+static int set_stock(cm_rpc_client *c, const char *rid, const char *sku, int64_t avail)
+{
+    Commerce__Inventory__V1__SetStockRequest q = COMMERCE__INVENTORY__V1__SET_STOCK_REQUEST__INIT;
+    q.request_id = (char *)rid;
+    q.sku = (char *)sku;
+    q.available = avail;
+    q.reason = "goods received";
+    q.actor = "ops:test";
+    return call(c, SVC "SetStock", &q.base,
+                &commerce__inventory__v1__set_stock_response__descriptor, NULL, NULL, tenant_md, 1);
+}
+
+static int reserve_lines(cm_rpc_client *c, const char *order, const char *buyer,
+                         const char *const *skus, const int64_t *qty, size_t n, int ttl_s,
+                         Commerce__Inventory__V1__ReserveResponse **out, cm_rpc_status *st)
+{
+    Commerce__Inventory__V1__ReserveRequest q = COMMERCE__INVENTORY__V1__RESERVE_REQUEST__INIT;
+    Commerce__Inventory__V1__ReserveLine lines[8], *lp[8];
+    Google__Protobuf__Duration ttl = GOOGLE__PROTOBUF__DURATION__INIT;
+    for (size_t i = 0; i < n; i++) {
+        commerce__inventory__v1__reserve_line__init(&lines[i]);
+        lines[i].sku = (char *)skus[i];
+        lines[i].quantity = qty[i];
+        lp[i] = &lines[i];
+    }
+    q.order_id = (char *)order;
+    q.buyer_id = (char *)(buyer ? buyer : "");
+    q.lines = lp;
+    q.n_lines = n;
+    if (ttl_s) {
+        ttl.seconds = ttl_s;
+        q.ttl = &ttl;
+    }
+    return call(c, SVC "Reserve", &q.base, &commerce__inventory__v1__reserve_response__descriptor,
+                (ProtobufCMessage **)out, st, tenant_md, 1);
+}
+
+static int reserve1(cm_rpc_client *c, const char *order, const char *sku, int64_t qty,
+                    cm_rpc_status *st)
+{
+    const char *skus[] = {sku};
+    return reserve_lines(c, order, NULL, skus, &qty, 1, 0, NULL, st);
+}
+
+static int resolve(cm_rpc_client *c, const char *method, const char *order, int *state,
+                   cm_rpc_status *st)
+{
+    Commerce__Inventory__V1__ConfirmRequest q = COMMERCE__INVENTORY__V1__CONFIRM_REQUEST__INIT;
+    q.order_id = (char *)order;
+    Commerce__Inventory__V1__ConfirmResponse *r = NULL;
+    int code = call(c, method, &q.base, &commerce__inventory__v1__confirm_response__descriptor,
+                    (ProtobufCMessage **)&r, st, tenant_md, 1);
+    if (state)
+        *state = r && r->reservation ? (int)r->reservation->state : 0;
+    if (r)
+        protobuf_c_message_free_unpacked(&r->base, NULL);
+    return code;
+}
+
+typedef struct level {
+    int64_t available, reserved, sold, on_hand;
+} level;
+
+static level get_level(cm_rpc_client *c, const char *sku)
+{
+    Commerce__Inventory__V1__GetStockRequest q = COMMERCE__INVENTORY__V1__GET_STOCK_REQUEST__INIT;
+    q.sku = (char *)sku;
+    Commerce__Inventory__V1__GetStockResponse *r = NULL;
+    level l = {-1, -1, -1, -1};
+    if (call(c, SVC "GetStock", &q.base, &commerce__inventory__v1__get_stock_response__descriptor,
+             (ProtobufCMessage **)&r, NULL, tenant_md, 1) == 0) {
+        l.available = r->stock->available;
+        l.reserved = r->stock->reserved;
+        l.sold = r->stock->sold;
+        l.on_hand = r->stock->on_hand;
+        protobuf_c_message_free_unpacked(&r->base, NULL);
+    }
+    return l;
+}
+
+/* violations CheckInvariants reports for the tenant (-1: the call failed) */
+static long violations(cm_rpc_client *c)
+{
+    Commerce__Inventory__V1__CheckInvariantsRequest q =
+        COMMERCE__INVENTORY__V1__CHECK_INVARIANTS_REQUEST__INIT;
+    Commerce__Inventory__V1__CheckInvariantsResponse *r = NULL;
+    if (call(c, SVC "CheckInvariants", &q.base,
+             &commerce__inventory__v1__check_invariants_response__descriptor,
+             (ProtobufCMessage **)&r, NULL, tenant_md, 1) != 0)
+        return -1;
+    long n = (long)r->n_violations;
+    ck_assert_int_gt(r->checked_skus, 0);
+    protobuf_c_message_free_unpacked(&r->base, NULL);
+    return n;
+}
+
+static long sql_long(const char *sql)
+{
+    PGconn *pg = PQconnectdb(hs_pg_dsn());
+    ck_assert_int_eq(PQstatus(pg), CONNECTION_OK);
+    char path[128];
+    snprintf(path, sizeof path, "SET search_path = %s", schema);
+    PQclear(PQexec(pg, path));
+    PGresult *r = PQexec(pg, sql);
+    ck_assert_msg(PQresultStatus(r) == PGRES_TUPLES_OK, "%s: %s", sql, PQerrorMessage(pg));
+    long v = strtol(PQgetvalue(r, 0, 0), NULL, 10);
+    PQclear(r);
+    PQfinish(pg);
+    return v;
+}
+
+/* ---- the basics ---- */
+
+START_TEST(reserve_confirm_release_and_retries)
+{
+    new_schema();
+    hs_proc p;
+    spawn(&p, NULL);
+    cm_rpc_client *c = client_for(&p);
+    ck_assert_int_eq(set_stock(c, "r1", "sku-a", 10), 0);
+    ck_assert_int_eq(set_stock(c, "r2", "sku-b", 5), 0);
+
+    const char *skus[] = {"sku-a", "sku-b"};
+    int64_t q[] = {3, 2};
+    Commerce__Inventory__V1__ReserveResponse *r = NULL;
+    ck_assert_int_eq(reserve_lines(c, "o-1", "u1", skus, q, 2, 0, &r, NULL), 0);
+    ck_assert_int_eq(r->reservation->state,
+                     COMMERCE__INVENTORY__V1__RESERVATION_STATE__RESERVATION_STATE_ACTIVE);
+    ck_assert_uint_eq(r->reservation->n_lines, 2);
+    ck_assert_ptr_nonnull(r->reservation->expires_at);
+    int64_t expires = r->reservation->expires_at->seconds;
+    protobuf_c_message_free_unpacked(&r->base, NULL);
+
+    /* the same order again: the same reservation, nothing more reserved */
+    ck_assert_int_eq(reserve_lines(c, "o-1", "u1", skus, q, 2, 0, &r, NULL), 0);
+    ck_assert_int_eq(r->reservation->expires_at->seconds, expires);
+    protobuf_c_message_free_unpacked(&r->base, NULL);
+    level a = get_level(c, "sku-a");
+    ck_assert_int_eq(a.available, 7);
+    ck_assert_int_eq(a.reserved, 3);
+
+    /* the same order with other lines: ALREADY_EXISTS */
+    int64_t q2[] = {4, 2};
+    cm_rpc_status st;
+    ck_assert_int_eq(reserve_lines(c, "o-1", "u1", skus, q2, 2, 0, NULL, &st),
+                     GRPC_STATUS_ALREADY_EXISTS);
+    ck_assert_str_eq(st.reason, "IDEMPOTENCY_KEY_REUSED");
+
+    /* confirm twice: sold, once */
+    int state;
+    ck_assert_int_eq(resolve(c, SVC "Confirm", "o-1", &state, NULL), 0);
+    ck_assert_int_eq(state,
+                     COMMERCE__INVENTORY__V1__RESERVATION_STATE__RESERVATION_STATE_CONFIRMED);
+    ck_assert_int_eq(resolve(c, SVC "Confirm", "o-1", &state, NULL), 0);
+    a = get_level(c, "sku-a");
+    ck_assert_int_eq(a.sold, 3);
+    ck_assert_int_eq(a.reserved, 0);
+    ck_assert_int_eq(a.on_hand, 10);
+    /* release after confirm is refused */
+    ck_assert_int_eq(resolve(c, SVC "Release", "o-1", NULL, &st), GRPC_STATUS_FAILED_PRECONDITION);
+    ck_assert_str_eq(st.reason, "ILLEGAL_STATE_TRANSITION");
+
+    /* release twice: back to available, once */
+    ck_assert_int_eq(reserve_lines(c, "o-2", "u1", skus, q, 2, 0, NULL, NULL), 0);
+    ck_assert_int_eq(resolve(c, SVC "Release", "o-2", &state, NULL), 0);
+    ck_assert_int_eq(state, COMMERCE__INVENTORY__V1__RESERVATION_STATE__RESERVATION_STATE_RELEASED);
+    ck_assert_int_eq(resolve(c, SVC "Release", "o-2", NULL, NULL), 0);
+    a = get_level(c, "sku-a");
+    ck_assert_int_eq(a.available, 7);
+    ck_assert_int_eq(a.reserved, 0);
+    /* confirm after release is refused */
+    ck_assert_int_eq(resolve(c, SVC "Confirm", "o-2", NULL, &st), GRPC_STATUS_FAILED_PRECONDITION);
+
+    /* release of an unknown order leaves a tombstone: a late reserve is refused */
+    ck_assert_int_eq(resolve(c, SVC "Release", "o-late", NULL, NULL), 0);
+    ck_assert_int_eq(reserve1(c, "o-late", "sku-a", 1, &st), GRPC_STATUS_FAILED_PRECONDITION);
+    ck_assert_int_eq(get_level(c, "sku-a").available, 7);
+    /* confirm of an unknown order */
+    ck_assert_int_eq(resolve(c, SVC "Confirm", "o-none", NULL, NULL), GRPC_STATUS_NOT_FOUND);
+
+    /* sold out names the sku and what is available; nothing is reserved */
+    int64_t big[] = {1, 6};
+    ck_assert_int_eq(reserve_lines(c, "o-3", "u1", skus, big, 2, 0, NULL, &st),
+                     GRPC_STATUS_FAILED_PRECONDITION);
+    ck_assert_str_eq(st.reason, "SOLD_OUT");
+    ck_assert_msg(strstr(st.message, "sku-b") && strstr(st.message, "available 3"), "message: %s",
+                  st.message);
+    ck_assert_int_eq(get_level(c, "sku-a").available, 7);
+
+    ck_assert_int_eq(violations(c), 0);
+    cm_rpc_client_free(c);
+    ck_assert_int_eq(hs_stop(&p, SIGTERM, 20000), 0);
+}
+END_TEST
+
+START_TEST(bad_input_changes_nothing)
+{
+    new_schema();
+    hs_proc p;
+    spawn(&p, NULL);
+    cm_rpc_client *c = client_for(&p);
+    ck_assert_int_eq(set_stock(c, "r1", "sku-a", 10), 0);
+    cm_rpc_status st;
+    const char *two[] = {"sku-a", "sku-a"};
+    int64_t q2[] = {1, 1};
+    ck_assert_int_eq(reserve1(c, "o-1", "sku-a", -1, &st), GRPC_STATUS_INVALID_ARGUMENT);
+    ck_assert_str_eq(st.field, "lines[0].quantity");
+    ck_assert_int_eq(reserve1(c, "o-1", "sku-a", 0, &st), GRPC_STATUS_INVALID_ARGUMENT);
+    ck_assert_str_eq(st.field, "lines[0].quantity");
+    ck_assert_int_eq(reserve1(c, "o-1", "sku-a", 1LL << 60, &st), GRPC_STATUS_INVALID_ARGUMENT);
+    ck_assert_str_eq(st.field, "lines[0].quantity");
+    ck_assert_int_eq(reserve_lines(c, "o-1", NULL, two, q2, 2, 0, NULL, &st),
+                     GRPC_STATUS_INVALID_ARGUMENT);
+    ck_assert_str_eq(st.field, "lines[1].sku");
+    ck_assert_int_eq(reserve_lines(c, "o-1", NULL, two, q2, 0, 0, NULL, &st),
+                     GRPC_STATUS_INVALID_ARGUMENT);
+    ck_assert_str_eq(st.field, "lines");
+    ck_assert_int_eq(reserve1(c, "o-1", "bad sku!", 1, &st), GRPC_STATUS_INVALID_ARGUMENT);
+    ck_assert_str_eq(st.field, "lines[0].sku");
+    ck_assert_int_eq(reserve1(c, "", "sku-a", 1, &st), GRPC_STATUS_INVALID_ARGUMENT);
+    ck_assert_str_eq(st.field, "order_id");
+    /* a never-stocked sku is sold out, as the api says */
+    ck_assert_int_eq(reserve1(c, "o-1", "sku-unknown", 1, &st), GRPC_STATUS_FAILED_PRECONDITION);
+    ck_assert_str_eq(st.reason, "SOLD_OUT");
+    /* missing tenant */
+    Commerce__Inventory__V1__GetStockRequest g = COMMERCE__INVENTORY__V1__GET_STOCK_REQUEST__INIT;
+    g.sku = "sku-a";
+    int code = call(c, SVC "GetStock", &g.base,
+                    &commerce__inventory__v1__get_stock_response__descriptor, NULL, &st, NULL, 0);
+    ck_assert(code == GRPC_STATUS_INVALID_ARGUMENT || code == GRPC_STATUS_UNAUTHENTICATED);
+    g.sku = "sku-unknown";
+    ck_assert_int_eq(call(c, SVC "GetStock", &g.base,
+                          &commerce__inventory__v1__get_stock_response__descriptor, NULL, &st,
+                          tenant_md, 1),
+                     GRPC_STATUS_NOT_FOUND);
+    /* admin input */
+    Commerce__Inventory__V1__AdjustStockRequest a =
+        COMMERCE__INVENTORY__V1__ADJUST_STOCK_REQUEST__INIT;
+    a.request_id = "adj-1";
+    a.sku = "sku-a";
+    a.delta = 0;
+    a.reason = "x";
+    a.actor = "y";
+    ck_assert_int_eq(call(c, SVC "AdjustStock", &a.base,
+                          &commerce__inventory__v1__adjust_stock_response__descriptor, NULL, &st,
+                          tenant_md, 1),
+                     GRPC_STATUS_INVALID_ARGUMENT);
+    ck_assert_str_eq(st.field, "delta");
+    a.delta = -11;
+    ck_assert_int_eq(call(c, SVC "AdjustStock", &a.base,
+                          &commerce__inventory__v1__adjust_stock_response__descriptor, NULL, &st,
+                          tenant_md, 1),
+                     GRPC_STATUS_FAILED_PRECONDITION);
+    ck_assert_str_eq(st.reason, "STOCK_WOULD_GO_NEGATIVE");
+    a.sku = "sku-unknown";
+    a.delta = -1;
+    a.request_id = "adj-2";
+    ck_assert_int_eq(call(c, SVC "AdjustStock", &a.base,
+                          &commerce__inventory__v1__adjust_stock_response__descriptor, NULL, &st,
+                          tenant_md, 1),
+                     GRPC_STATUS_NOT_FOUND);
+    a.reason = "";
+    ck_assert_int_eq(call(c, SVC "AdjustStock", &a.base,
+                          &commerce__inventory__v1__adjust_stock_response__descriptor, NULL, &st,
+                          tenant_md, 1),
+                     GRPC_STATUS_INVALID_ARGUMENT);
+    ck_assert_str_eq(st.field, "reason");
+
+    level l = get_level(c, "sku-a");
+    ck_assert_int_eq(l.available, 10);
+    ck_assert_int_eq(l.reserved, 0);
+    ck_assert_int_eq(sql_long("SELECT count(*) FROM reservation"), 0);
+    ck_assert_int_eq(sql_long("SELECT count(*) FROM stock"), 1);
+    ck_assert_int_eq(sql_long("SELECT count(*) FROM stock_change"), 1);
+    cm_rpc_client_free(c);
+    ck_assert_int_eq(hs_stop(&p, SIGTERM, 20000), 0);
+}
+END_TEST
+
+START_TEST(admin_changes_are_idempotent_and_audited)
+{
+    new_schema();
+    hs_proc p;
+    spawn(&p, NULL);
+    cm_rpc_client *c = client_for(&p);
+    Commerce__Inventory__V1__SetStockRequest s = COMMERCE__INVENTORY__V1__SET_STOCK_REQUEST__INIT;
+    s.request_id = "set-1";
+    s.sku = "sku-a";
+    s.available = 10;
+    s.reason = "stock take";
+    s.actor = "ops:alice";
+    Commerce__Inventory__V1__SetStockResponse *r1 = NULL, *r2 = NULL;
+    ck_assert_int_eq(call(c, SVC "SetStock", &s.base,
+                          &commerce__inventory__v1__set_stock_response__descriptor,
+                          (ProtobufCMessage **)&r1, NULL, tenant_md, 1),
+                     0);
+    ck_assert_int_eq(call(c, SVC "SetStock", &s.base,
+                          &commerce__inventory__v1__set_stock_response__descriptor,
+                          (ProtobufCMessage **)&r2, NULL, tenant_md, 1),
+                     0);
+    ck_assert_str_eq(r1->change->change_id, r2->change->change_id);
+    ck_assert_str_eq(r2->change->reason, "stock take");
+    ck_assert_str_eq(r2->change->actor, "ops:alice");
+    ck_assert_int_eq(r2->change->available_delta, 10);
+    ck_assert_int_eq(r2->stock->available, 10);
+    protobuf_c_message_free_unpacked(&r1->base, NULL);
+    protobuf_c_message_free_unpacked(&r2->base, NULL);
+    cm_rpc_status st;
+    s.available = 11;
+    ck_assert_int_eq(call(c, SVC "SetStock", &s.base,
+                          &commerce__inventory__v1__set_stock_response__descriptor, NULL, &st,
+                          tenant_md, 1),
+                     GRPC_STATUS_ALREADY_EXISTS);
+    /* compare-and-set */
+    s.request_id = "set-2";
+    s.expected_version = 99;
+    ck_assert_int_eq(call(c, SVC "SetStock", &s.base,
+                          &commerce__inventory__v1__set_stock_response__descriptor, NULL, &st,
+                          tenant_md, 1),
+                     GRPC_STATUS_ABORTED);
+    Commerce__Inventory__V1__AdjustStockRequest a =
+        COMMERCE__INVENTORY__V1__ADJUST_STOCK_REQUEST__INIT;
+    a.request_id = "adj-1";
+    a.sku = "sku-a";
+    a.delta = -3;
+    a.reason = "damaged";
+    a.actor = "wms";
+    for (int i = 0; i < 3; i++)
+        ck_assert_int_eq(call(c, SVC "AdjustStock", &a.base,
+                              &commerce__inventory__v1__adjust_stock_response__descriptor, NULL,
+                              NULL, tenant_md, 1),
+                         0);
+    level l = get_level(c, "sku-a");
+    ck_assert_int_eq(l.available, 7);
+    ck_assert_int_eq(l.on_hand, 7);
+    ck_assert_int_eq(sql_long("SELECT count(*) FROM stock_change WHERE reason = 'damaged' AND "
+                              "actor = 'wms' AND available_delta = -3"),
+                     1);
+    ck_assert_int_eq(violations(c), 0);
+    cm_rpc_client_free(c);
+    ck_assert_int_eq(hs_stop(&p, SIGTERM, 20000), 0);
+}
+END_TEST
+
+/* ---- expiry ---- */
+
+START_TEST(expiry_releases_exactly_once_with_two_replicas)
+{
+    new_schema();
+    hs_proc p1, p2;
+    spawn(&p1, NULL);
+    spawn(&p2, NULL);
+    cm_rpc_client *c = client_for(&p1);
+    ck_assert_int_eq(set_stock(c, "r1", "sku-e", 100), 0);
+    const char *skus[] = {"sku-e"};
+    int64_t one = 1;
+    char order[32];
+    for (int i = 0; i < 40; i++) {
+        snprintf(order, sizeof order, "exp-%d", i);
+        ck_assert_int_eq(reserve_lines(c, order, NULL, skus, &one, 1, 1, NULL, NULL), 0);
+    }
+    ck_assert_int_eq(get_level(c, "sku-e").reserved, 40);
+    long long until = hs_now_ms() + 15000;
+    while (hs_now_ms() < until && get_level(c, "sku-e").reserved > 0)
+        usleep(100000);
+    level l = get_level(c, "sku-e");
+    ck_assert_int_eq(l.reserved, 0);
+    ck_assert_int_eq(l.available, 100);
+    ck_assert_int_eq(sql_long("SELECT count(*) FROM stock_change WHERE kind = 6"), 40);
+    ck_assert_int_eq(sql_long("SELECT count(*) FROM reservation WHERE state = 4"), 40);
+    /* confirm after expiry is refused, clearly */
+    cm_rpc_status st;
+    ck_assert_int_eq(resolve(c, SVC "Confirm", "exp-0", NULL, &st),
+                     GRPC_STATUS_FAILED_PRECONDITION);
+    ck_assert_ptr_nonnull(strstr(st.message, "expired"));
+    /* release after expiry is a no-op success */
+    int state;
+    ck_assert_int_eq(resolve(c, SVC "Release", "exp-1", &state, NULL), 0);
+    ck_assert_int_eq(state, COMMERCE__INVENTORY__V1__RESERVATION_STATE__RESERVATION_STATE_EXPIRED);
+    ck_assert_int_eq(get_level(c, "sku-e").available, 100);
+    ck_assert_int_eq(violations(c), 0);
+    cm_rpc_client_free(c);
+    ck_assert_int_eq(hs_stop(&p1, SIGTERM, 20000), 0);
+    ck_assert_int_eq(hs_stop(&p2, SIGTERM, 20000), 0);
+}
+END_TEST
+
+/* ---- concurrency ---- */
+
+typedef struct buyers {
+    cm_rpc_client *clients[2];
+    int nclients;
+    const char *sku;
+    int per_thread;
+    atomic_int ok, sold_out, other, next;
+    char prefix[16];
+} buyers;
+
+static void *buyer_main(void *p)
+{
+    buyers *b = p;
+    for (int i = 0; i < b->per_thread; i++) {
+        int n = atomic_fetch_add(&b->next, 1);
+        char order[48];
+        snprintf(order, sizeof order, "%s-%d", b->prefix, n);
+        cm_rpc_status st;
+        int code = reserve1(b->clients[n % b->nclients], order, b->sku, 1, &st);
+        if (code == 0)
+            atomic_fetch_add(&b->ok, 1);
+        else if (code == GRPC_STATUS_FAILED_PRECONDITION && strcmp(st.reason, "SOLD_OUT") == 0)
+            atomic_fetch_add(&b->sold_out, 1);
+        else
+            atomic_fetch_add(&b->other, 1);
+    }
+    return NULL;
+}
+
+static void run_buyers(buyers *b, int threads)
+{
+    pthread_t t[64];
+    for (int i = 0; i < threads; i++)
+        pthread_create(&t[i], NULL, buyer_main, b);
+    for (int i = 0; i < threads; i++)
+        pthread_join(t[i], NULL);
+}
+
+static void never_oversell(int replicas, const char *hot)
+{
+    new_schema();
+    hs_proc p[2];
+    const char *env[] = {hot, NULL};
+    buyers b = {.nclients = replicas, .sku = "sku-hot", .per_thread = 10, .prefix = "cc"};
+    for (int i = 0; i < replicas; i++) {
+        spawn(&p[i], env);
+        b.clients[i] = client_for(&p[i]);
+    }
+    const int stock = 137;
+    ck_assert_int_eq(set_stock(b.clients[0], "r1", "sku-hot", stock), 0);
+    run_buyers(&b, 32); /* 320 buyers for 137 units */
+    ck_assert_int_eq(atomic_load(&b.other), 0);
+    ck_assert_int_eq(atomic_load(&b.ok), stock);
+    ck_assert_int_eq(atomic_load(&b.sold_out), 320 - stock);
+    level l = get_level(b.clients[0], "sku-hot");
+    ck_assert_int_eq(l.available, 0);
+    ck_assert_int_eq(l.reserved, stock);
+    ck_assert_int_eq(sql_long("SELECT count(*) FROM reservation WHERE state = 1"), stock);
+    ck_assert_int_eq(violations(b.clients[0]), 0);
+    for (int i = 0; i < replicas; i++) {
+        cm_rpc_client_free(b.clients[i]);
+        ck_assert_int_eq(hs_stop(&p[i], SIGTERM, 20000), 0);
+    }
+}
+
+START_TEST(concurrent_buyers_never_oversell)
+{
+    never_oversell(1, "INVENTORY_HOT_PATH=on");
+}
+END_TEST
+
+START_TEST(concurrent_buyers_never_oversell_two_replicas)
+{
+    never_oversell(2, "INVENTORY_HOT_PATH=on");
+}
+END_TEST
+
+START_TEST(concurrent_buyers_never_oversell_naive_path)
+{
+    never_oversell(2, "INVENTORY_HOT_PATH=off");
+}
+END_TEST
+
+/* ---- kill -9 ---- */
+
+typedef struct killer {
+    cm_rpc_client *c;
+    atomic_int next, stop;
+    int acked[4000];
+    atomic_int nacked;
+} killer;
+
+static void *kill_buyer(void *p)
+{
+    killer *k = p;
+    while (!atomic_load(&k->stop)) {
+        int n = atomic_fetch_add(&k->next, 1);
+        if (n >= 4000)
+            break;
+        char order[32];
+        snprintf(order, sizeof order, "k-%d", n);
+        if (reserve1(k->c, order, "sku-k", 1, NULL) == 0)
+            k->acked[atomic_fetch_add(&k->nacked, 1)] = n;
+    }
+    return NULL;
+}
+
+START_TEST(kill_9_under_load_loses_no_acknowledged_reservation)
+{
+    new_schema();
+    hs_proc p;
+    spawn(&p, NULL);
+    killer *k = calloc(1, sizeof *k);
+    k->c = client_for(&p);
+    ck_assert_int_eq(set_stock(k->c, "r1", "sku-k", 300), 0);
+    pthread_t t[16];
+    for (int i = 0; i < 16; i++)
+        pthread_create(&t[i], NULL, kill_buyer, k);
+    usleep(300000);
+    kill(p.pid, SIGKILL);
+    hs_stop(&p, SIGKILL, 5000);
+    atomic_store(&k->stop, 1);
+    for (int i = 0; i < 16; i++)
+        pthread_join(t[i], NULL);
+    int acked = atomic_load(&k->nacked);
+    ck_assert_int_gt(acked, 0);
+    cm_rpc_client_free(k->c);
+
+    spawn(&p, NULL);
+    k->c = client_for(&p);
+    for (int i = 0; i < acked; i++) {
+        char sql[96];
+        snprintf(sql, sizeof sql, "SELECT count(*) FROM reservation WHERE order_id = 'k-%d'",
+                 k->acked[i]);
+        ck_assert_int_eq(sql_long(sql), 1);
+    }
+    level l = get_level(k->c, "sku-k");
+    ck_assert_int_ge(l.reserved, acked);
+    ck_assert_int_le(l.reserved, 300);
+    ck_assert_int_eq(l.on_hand, 300);
+    ck_assert_int_eq(violations(k->c), 0);
+    cm_rpc_client_free(k->c);
+    free(k);
+    ck_assert_int_eq(hs_stop(&p, SIGTERM, 20000), 0);
+}
+END_TEST
+
+static Suite *suite(void)
+{
+    Suite *s = suite_create("inventory");
+    TCase *t = tcase_create("inventory");
+    tcase_set_timeout(t, 120);
+    tcase_add_test(t, reserve_confirm_release_and_retries);
+    tcase_add_test(t, bad_input_changes_nothing);
+    tcase_add_test(t, admin_changes_are_idempotent_and_audited);
+    tcase_add_test(t, expiry_releases_exactly_once_with_two_replicas);
+    tcase_add_test(t, concurrent_buyers_never_oversell);
+    tcase_add_test(t, concurrent_buyers_never_oversell_two_replicas);
+    tcase_add_test(t, concurrent_buyers_never_oversell_naive_path);
+    tcase_add_test(t, kill_9_under_load_loses_no_acknowledged_reservation);
+    suite_add_tcase(s, t);
+    return s;
+}
+
+int main(void)
+{
+    SRunner *sr = srunner_create(suite());
+    srunner_set_fork_status(sr, CK_NOFORK);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? 1 : 0;
+}
