@@ -167,6 +167,7 @@ struct cm_outbox_relay {
     _Atomic double stop_deadline;
     atomic_int is_leader;
     atomic_uint_fast64_t published;
+    unsigned seed; /* backoff jitter, relay thread only */
 
     cm_gauge *g_backlog;
     cm_gauge *g_oldest;
@@ -640,13 +641,13 @@ static int publish_batch(cm_outbox_relay *r)
     return n;
 }
 
-static int backoff_ms(const cm_outbox_relay *r, int failures)
+static int backoff_ms(cm_outbox_relay *r, int failures)
 {
     long d = 100L << (failures < 10 ? failures - 1 : 9);
     if (d > r->backoff_max_ms)
         d = r->backoff_max_ms;
     /* jitter in [d/2, d]: replicas and restarts spread out */
-    return (int)(d / 2 + rand() % (d / 2 + 1));
+    return (int)(d / 2 + rand_r(&r->seed) % (unsigned)(d / 2 + 1));
 }
 
 static void *relay_main(void *arg)
@@ -721,6 +722,7 @@ int cm_outbox_relay_start(cm_outbox_relay **out, const cm_outbox_relay_opts *o, 
     if (!r)
         return CM_ENOMEM;
     r->wake[0] = r->wake[1] = -1;
+    r->seed = (unsigned)time(NULL) ^ (unsigned)(uintptr_t)r;
     r->producer = o->producer;
     r->metrics = o->metrics ? o->metrics : cm_metrics_default();
     r->batch_size = o->batch_size > 0 ? o->batch_size : 1000;

@@ -8,7 +8,8 @@
  * the broker-outage test runs against a mock cluster inside this process
  * (rd_kafka_mock_broker_set_down/up): stopping the shared broker would break
  * whatever else runs meanwhile (ctest -j2). EVENTS_OUTAGE_REAL=1 runs it
- * against KAFKA_BROKERS instead, with scripts/kafka.sh stop and start.
+ * against KAFKA_BROKERS instead, with scripts/kafka.sh stop and start (which
+ * must manage that broker: set KAFKA_PORT/KAFKA_RUN_DIR for a private one).
  */
 #include "cm_err.h"
 #include "cm_id.h"
@@ -242,18 +243,43 @@ static void stop_ok(hs_proc *p)
     ck_assert_msg(code == 0, "exit %d after SIGTERM, see %s", code, p->log_path);
 }
 
-/* a counter from the process's /metrics, -1 when absent */
-static long metric(const hs_proc *p, const char *result)
+/* a sample from the process's /metrics ("name{labels} "), -1 when absent */
+static double sample(const hs_proc *p, const char *series)
 {
     static char body[1 << 18];
     if (hs_http_get(p->admin_port, "/metrics", body, sizeof body) != 200)
         return -1;
-    char needle[256];
-    snprintf(needle, sizeof needle,
-             "consumer_processed_total{topic=\"%s\",group=\"%s\",result=\"%s\"} ", topic,
-             "commerce.eventsvc", result);
+    /* at a line's start: "# HELP name ..." must not match */
+    char needle[512];
+    snprintf(needle, sizeof needle, "\n%s ", series);
     const char *at = strstr(body, needle);
-    return at ? strtol(at + strlen(needle), NULL, 10) : -1;
+    return at ? strtod(at + strlen(needle), NULL) : -1;
+}
+
+static long metric(const hs_proc *p, const char *result)
+{
+    char series[384];
+    snprintf(series, sizeof series,
+             "consumer_processed_total{topic=\"%s\",group=\"commerce.eventsvc\",result=\"%s\"}",
+             topic, result);
+    return (long)sample(p, series);
+}
+
+/* the consumer's lag on every partition comes down to 0 */
+static void wait_no_lag(const hs_proc *p, int parts)
+{
+    long long until = hs_now_ms() + 10000;
+    for (int i = 0; i < parts; i++) {
+        char series[384];
+        snprintf(series, sizeof series,
+                 "consumer_lag{topic=\"%s\",group=\"commerce.eventsvc\",partition=\"%d\"}", topic,
+                 i);
+        double lag;
+        while ((lag = sample(p, series)) != 0) {
+            ck_assert_msg(hs_now_ms() < until, "partition %d lag %.0f", i, lag);
+            usleep(100 * 1000);
+        }
+    }
 }
 
 /* ---- tests ---- */
@@ -270,6 +296,16 @@ START_TEST(events_arrive_once_in_key_order)
     wait_until(published, 2000, 10000, "published");
     ck_assert_int_eq(metric(&c, "applied"), 2000);
     ck_assert_int_eq(metric(&c, "dead_lettered"), 0);
+    wait_no_lag(&c, 3);
+    ck_assert(sample(&p, "outbox_published_total") == 2000);
+    ck_assert(sample(&p, "outbox_relay_leader") == 1);
+    ck_assert(sample(&p, "outbox_publish_latency_seconds_count") == 2000);
+    char series[384];
+    snprintf(series, sizeof series, "kafka_produced_total{topic=\"%s\",result=\"ok\"}", topic);
+    ck_assert(sample(&p, series) == 2000);
+    long long until = hs_now_ms() + 5000;
+    while (sample(&p, "outbox_backlog") != 0)
+        ck_assert_msg(hs_now_ms() < until, "outbox_backlog did not come down to 0");
     stop_ok(&p);
     stop_ok(&c);
     verify(2000);
@@ -409,10 +445,12 @@ static long writes(void)
     return query_long("SELECT coalesce(sum(next_seq), 0) FROM %s.gen", schema);
 }
 
+/* scripts/kafka.sh leaves a broker alone when KAFKA_BROKERS is set (the
+ * user's own); KAFKA_PORT and KAFKA_RUN_DIR still say which one is ours */
 static void kafka_ctl(const char *verb)
 {
     char cmd[512];
-    snprintf(cmd, sizeof cmd, "%s %s >/dev/null 2>&1", KAFKA_SH, verb);
+    snprintf(cmd, sizeof cmd, "env -u KAFKA_BROKERS %s %s >/dev/null 2>&1", KAFKA_SH, verb);
     ck_assert_msg(system(cmd) == 0, "%s failed", cmd);
 }
 
@@ -468,9 +506,13 @@ END_TEST
 static Suite *events_suite(void)
 {
     Suite *s = suite_create("events");
+    /* CK_RUN_CASE=outage runs the outage alone (with EVENTS_OUTAGE_REAL=1) */
+    TCase *outage = tcase_create("outage");
+    tcase_set_timeout(outage, 300);
+    tcase_add_test(outage, broker_outage_delays_but_loses_nothing);
+    suite_add_tcase(s, outage);
     TCase *tc = tcase_create("events");
     tcase_set_timeout(tc, 300);
-    tcase_add_test(tc, broker_outage_delays_but_loses_nothing);
     tcase_add_test(tc, events_arrive_once_in_key_order);
     tcase_add_test(tc, relay_killed_mid_stream_loses_nothing);
     tcase_add_test(tc, consumer_crash_before_offset_commit_has_no_second_effect);
