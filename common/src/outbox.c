@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #define MAX_EXTRA_HEADERS 32
+#define MAX_PAYLOAD (64u << 20) /* far above any broker's limit; fits an int */
 #define METRICS_EVERY_S 1.0
 #define CLEANUP_EVERY_S 10.0
 #define CLEANUP_CHUNK "10000"
@@ -81,14 +82,17 @@ int cm_outbox_add(cm_db *db, const cm_outbox_event *ev)
     if (!db || !ev)
         return CM_EINVAL;
     PGconn *conn = cm_db_conn(db);
-    if (PQtransactionStatus(conn) != PQTRANS_INTRANS) {
+    PGTransactionStatusType ts = PQtransactionStatus(conn);
+    if (ts != PQTRANS_INTRANS) {
         /* outside a transaction the row could commit without its change */
-        cm_log_error("cm_outbox_add called outside a transaction", "topic", ev->topic, NULL);
+        cm_log_error(ts == PQTRANS_INERROR ? "cm_outbox_add called in a failed transaction"
+                                           : "cm_outbox_add called outside a transaction",
+                     "topic", ev->topic, NULL);
         return CM_EINVAL;
     }
     if (!cm_id_is_uuid(ev->event_id) || !nonempty(ev->tenant_id) ||
         !cm_kafka_topic_valid(ev->topic) || !nonempty(ev->key) || !nonempty(ev->type) ||
-        !nonempty(ev->source) || (!ev->payload && ev->len > 0)) {
+        !nonempty(ev->source) || (!ev->payload && ev->len > 0) || ev->len > MAX_PAYLOAD) {
         cm_log_error("invalid outbox event", "event_id", ev->event_id, "topic", ev->topic, "type",
                      ev->type, NULL);
         return CM_EINVAL;
