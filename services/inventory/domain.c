@@ -153,3 +153,22 @@ int inv_back_in_stock(int64_t avail_before, int64_t avail_after)
 {
     return avail_before == 0 && avail_after > 0;
 }
+
+int inv_admit(inv_counter *cs, const size_t *pos, const inv_line *lines, size_t n, int64_t *avail)
+{
+    int fits = 1;
+    for (size_t i = 0; i < n; i++) {
+        avail[i] = pos[i] == SIZE_MAX ? 0 : cs[pos[i]].available;
+        if (avail[i] < lines[i].qty)
+            fits = 0;
+    }
+    if (!fits)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        inv_counter *c = &cs[pos[i]];
+        c->available -= lines[i].qty;
+        c->reserved += lines[i].qty;
+        c->version++;
+    }
+    return 1;
+}

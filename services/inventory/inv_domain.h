@@ -92,4 +92,18 @@ inv_resolve_plan inv_plan_resolve(int state, int due, int to);
 int inv_sold_out_now(int64_t avail_before, int64_t avail_after);
 int inv_back_in_stock(int64_t avail_before, int64_t avail_after);
 
+/* one stock row's counters while a batch is admitted */
+typedef struct inv_counter {
+    const char *tenant, *sku;
+    int64_t available, reserved, sold, on_hand, version;
+    int64_t available0; /* at the start of the batch */
+} inv_counter;
+
+/* admits one reservation against the batch's counters, all lines or none:
+ * pos[i] is the counter of lines[i] (SIZE_MAX: never stocked, available
+ * 0). returns 1 and moves every line's quantity from available to
+ * reserved (version + 1 per line), or 0 and changes nothing; avail[i]
+ * gets what line i could have had. */
+int inv_admit(inv_counter *cs, const size_t *pos, const inv_line *lines, size_t n, int64_t *avail);
+
 #endif

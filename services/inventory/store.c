@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define MS(x) "(extract(epoch FROM " x ") * 1000)::bigint"
 
@@ -223,14 +224,10 @@ typedef struct reserve_tx {
     int nzero;
 } reserve_tx;
 
-static int reserve_fn(cm_db *db, void *arg)
+/* the batch through the row-by-row plpgsql function: used when a sku of
+ * the batch is in an active flash sale (sale stock, per-buyer limits) */
+static int reserve_rows(cm_db *db, reserve_tx *t)
 {
-    reserve_tx *t = arg;
-    t->nzero = 0;
-    for (size_t i = 0; i < t->n; i++) {
-        t->items[i]->outcome = INV_R_PENDING;
-        t->items[i]->nshort = 0;
-    }
     PGresult *r = NULL;
     int rc = exec(db, "reserve batch",
                   "SELECT req, outcome, sku, requested, avail, flash_sale_id, created_ms, "
@@ -258,24 +255,252 @@ static int reserve_fn(cm_db *db, void *arg)
             it->created_ms = i64(r, k, 6);
             it->expires_ms = i64(r, k, 7);
         } else if (outcome == INV_R_SOLD_OUT && it->nshort < it->nlines) {
-            inv_shortage *s = &it->shortages[it->nshort++];
-            cpy(s->sku, sizeof s->sku, r, k, 2);
-            s->requested = i64(r, k, 3);
-            s->available = i64(r, k, 4);
-            cpy(s->flash_sale_id, sizeof s->flash_sale_id, r, k, 5);
+            inv_shortage *sh = &it->shortages[it->nshort++];
+            cpy(sh->sku, sizeof sh->sku, r, k, 2);
+            sh->requested = i64(r, k, 3);
+            sh->available = i64(r, k, 4);
+            cpy(sh->flash_sale_id, sizeof sh->flash_sale_id, r, k, 5);
         }
     }
     PQclear(r);
-    /* a sku that reached 0: its SoldOut event, with the counters */
-    for (int z = 0; z < t->nzero; z++) {
+    for (int z = 0; rc == 0 && z < t->nzero; z++) {
         inv_level l;
         rc = inv_store_get_stock(db, t->zero_tenant[z], t->zero_sku[z], &l);
         if (rc == 0)
             rc = inv_ev_stock_edge(db, t->zero_tenant[z], &l, 0);
-        if (rc)
-            return rc;
     }
-    return 0;
+    return rc;
+}
+
+static int counter_cmp(const void *a, const void *b)
+{
+    const inv_counter *x = a, *y = b;
+    int c = strcmp(x->tenant, y->tenant);
+    return c ? c : strcmp(x->sku, y->sku);
+}
+
+static size_t find_counter(const inv_counter *cs, size_t n, const char *tenant, const char *sku)
+{
+    inv_counter key = {.tenant = tenant, .sku = sku};
+    const inv_counter *c = bsearch(&key, cs, n, sizeof *cs, counter_cmp);
+    return c ? (size_t)(c - cs) : SIZE_MAX;
+}
+
+static int64_t wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+#define NW 22
+
+/* the batch, admitted in c: lock the batch's stock rows (in (tenant, sku)
+ * order, so batches of two replicas never deadlock), read the orders that
+ * already exist, decide every reservation in memory against the locked
+ * counters (inv_admit), then write reservations, lines, audit rows and the
+ * new counters in one statement. three round trips per batch, whatever
+ * its size. */
+static int reserve_fn(cm_db *db, void *arg)
+{
+    reserve_tx *t = arg;
+    t->nzero = 0;
+    for (size_t i = 0; i < t->n; i++) {
+        t->items[i]->outcome = INV_R_PENDING;
+        t->items[i]->nshort = 0;
+    }
+    const char *pl[] = {t->params[6], t->params[7]};
+    PGresult *rs = NULL, *rx = NULL;
+    int rc = exec(db, "lock batch stock",
+                  "SELECT s.tenant_id, s.sku, s.available, s.reserved, s.sold, s.on_hand, "
+                  "s.version, EXISTS (SELECT 1 FROM flash_sale f WHERE f.tenant_id = s.tenant_id "
+                  "AND f.sku = s.sku AND f.starts_at <= now() AND f.ends_at > now())::int "
+                  "FROM stock s JOIN (SELECT DISTINCT * FROM unnest($1::text[], $2::text[])) "
+                  "AS u(t, k) ON s.tenant_id = u.t AND s.sku = u.k "
+                  "ORDER BY s.tenant_id, s.sku FOR UPDATE OF s",
+                  2, pl, &rs);
+    if (rc)
+        return rc;
+    size_t nc = (size_t)PQntuples(rs);
+    for (size_t k = 0; k < nc; k++) {
+        if (i64(rs, (int)k, 7)) {
+            PQclear(rs);
+            return reserve_rows(db, t);
+        }
+    }
+    const char *po[] = {t->params[0], t->params[1]};
+    rc = exec(db, "batch orders",
+              "SELECT x.tenant_id, x.order_id, x.body FROM unnest($1::text[], $2::text[]) "
+              "AS u(t, o) JOIN reservation x ON x.tenant_id = u.t AND x.order_id = u.o",
+              2, po, &rx);
+    if (rc) {
+        PQclear(rs);
+        return rc;
+    }
+    inv_counter *cs = calloc(nc ? nc : 1, sizeof *cs);
+    buf w[NW];
+    memset(w, 0, sizeof w);
+    for (int k = 0; k < NW; k++)
+        puts_(&w[k], "{");
+    size_t maxl = 0;
+    for (size_t i = 0; i < t->n; i++)
+        maxl = t->items[i]->nlines > maxl ? t->items[i]->nlines : maxl;
+    size_t *pos = calloc(maxl ? maxl : 1, sizeof *pos);
+    int64_t *av = calloc(maxl ? maxl : 1, sizeof *av);
+    if (!cs || !pos || !av) {
+        rc = CM_ENOMEM;
+        goto out;
+    }
+    for (size_t k = 0; k < nc; k++) {
+        inv_counter *c = &cs[k];
+        c->tenant = PQgetvalue(rs, (int)k, 0);
+        c->sku = PQgetvalue(rs, (int)k, 1);
+        c->available = c->available0 = i64(rs, (int)k, 2);
+        c->reserved = i64(rs, (int)k, 3);
+        c->sold = i64(rs, (int)k, 4);
+        c->on_hand = i64(rs, (int)k, 5);
+        c->version = i64(rs, (int)k, 6);
+    }
+    /* postgres's collation order is not strcmp's: sort for bsearch */
+    qsort(cs, nc, sizeof *cs, counter_cmp);
+    int nx = PQntuples(rx);
+    int64_t now = wall_ms();
+    long long reserved = 0;
+    for (size_t i = 0; i < t->n; i++) {
+        inv_reserve_item *it = t->items[i];
+        /* an order that exists, or came earlier in this batch */
+        const char *body = NULL;
+        for (int k = 0; k < nx && !body; k++)
+            if (strcmp(PQgetvalue(rx, k, 0), it->tenant) == 0 &&
+                strcmp(PQgetvalue(rx, k, 1), it->order_id) == 0)
+                body = PQgetvalue(rx, k, 2);
+        for (size_t j = 0; j < i && !body; j++)
+            if (t->items[j]->outcome == INV_R_RESERVED &&
+                strcmp(t->items[j]->tenant, it->tenant) == 0 &&
+                strcmp(t->items[j]->order_id, it->order_id) == 0)
+                body = t->items[j]->body;
+        if (body) {
+            it->outcome = !*body                        ? INV_R_TOMBSTONE
+                          : strcmp(body, it->body) == 0 ? INV_R_SAME
+                                                        : INV_R_DIFFERENT;
+            continue;
+        }
+        for (size_t j = 0; j < it->nlines; j++)
+            pos[j] = find_counter(cs, nc, it->tenant, it->lines[j].sku);
+        if (!inv_admit(cs, pos, it->lines, it->nlines, av)) {
+            it->outcome = INV_R_SOLD_OUT;
+            for (size_t j = 0; j < it->nlines; j++) {
+                if (av[j] >= it->lines[j].qty)
+                    continue;
+                inv_shortage *sh = &it->shortages[it->nshort++];
+                snprintf(sh->sku, sizeof sh->sku, "%s", it->lines[j].sku);
+                sh->requested = it->lines[j].qty;
+                sh->available = av[j];
+            }
+            continue;
+        }
+        it->outcome = INV_R_RESERVED;
+        it->created_ms = now;
+        it->expires_ms = now + it->ttl_ms;
+        reserved++;
+        put_elem(&w[0], it->tenant);
+        put_elem(&w[1], it->order_id);
+        put_elem(&w[2], it->buyer_id ? it->buyer_id : "");
+        put_elem(&w[3], it->body);
+        put_num(&w[4], it->created_ms);
+        put_num(&w[5], it->expires_ms);
+        for (size_t j = 0; j < it->nlines; j++) {
+            const inv_counter *c = &cs[pos[j]];
+            put_elem(&w[6], it->tenant);
+            put_elem(&w[7], it->order_id);
+            put_num(&w[8], (long long)j);
+            put_elem(&w[9], it->lines[j].sku);
+            put_num(&w[10], it->lines[j].qty);
+            /* the audit row carries the counters right after this line */
+            put_num(&w[11], c->available);
+            put_num(&w[12], c->reserved);
+            put_num(&w[13], c->sold);
+            put_num(&w[14], c->on_hand);
+            put_num(&w[15], c->version);
+            put_elem(&w[16], it->principal ? it->principal : "");
+        }
+    }
+    for (size_t k = 0; k < nc; k++) {
+        const inv_counter *c = &cs[k];
+        if (c->available == c->available0)
+            continue;
+        put_elem(&w[17], c->tenant);
+        put_elem(&w[18], c->sku);
+        put_num(&w[19], c->available);
+        put_num(&w[20], c->reserved);
+        put_num(&w[21], c->version);
+        if (c->available == 0 && t->nzero < 64) {
+            snprintf(t->zero_tenant[t->nzero], sizeof t->zero_tenant[0], "%s", c->tenant);
+            snprintf(t->zero_sku[t->nzero], sizeof t->zero_sku[0], "%s", c->sku);
+            t->nzero++;
+        }
+    }
+    int oom = 0;
+    for (int k = 0; k < NW; k++) {
+        puts_(&w[k], "}");
+        oom |= w[k].oom;
+    }
+    if (oom) {
+        rc = CM_ENOMEM;
+        goto out;
+    }
+    if (reserved) {
+        const char *pw[NW];
+        for (int k = 0; k < NW; k++)
+            pw[k] = w[k].p;
+        PGresult *r = NULL;
+        rc = exec(
+            db, "write batch",
+            "WITH r AS (INSERT INTO reservation (tenant_id, order_id, state, buyer_id, body, "
+            "  created_at, expires_at) SELECT u.t, u.o, 1, u.b, u.body, to_timestamp(u.c / "
+            "1000.0), "
+            "  to_timestamp(u.e / 1000.0) FROM unnest($1::text[], $2::text[], $3::text[], "
+            "  $4::text[], $5::bigint[], $6::bigint[]) AS u(t, o, b, body, c, e) "
+            "  ON CONFLICT DO NOTHING RETURNING 1), "
+            "l AS (INSERT INTO reservation_line (tenant_id, order_id, idx, sku, quantity) "
+            "  SELECT * FROM unnest($7::text[], $8::text[], $9::int[], $10::text[], "
+            "  $11::bigint[])), "
+            "c AS (INSERT INTO stock_change (tenant_id, sku, kind, available_delta, "
+            "  reserved_delta, sold_delta, available, reserved, sold, on_hand, version, "
+            "  order_id, principal) SELECT u.t, u.s, 3, -u.q, u.q, 0, u.a, u.r, u.sd, u.oh, "
+            "  u.v, u.o, u.p FROM unnest($7::text[], $10::text[], $11::bigint[], $12::bigint[], "
+            "  $13::bigint[], $14::bigint[], $15::bigint[], $16::bigint[], $8::text[], "
+            "  $17::text[]) AS u(t, s, q, a, r, sd, oh, v, o, p)), "
+            "s AS (UPDATE stock x SET available = u.a, reserved = u.r, version = u.v, "
+            "  updated_at = now() FROM unnest($18::text[], $19::text[], $20::bigint[], "
+            "  $21::bigint[], $22::bigint[]) AS u(t, s, a, r, v) "
+            "  WHERE x.tenant_id = u.t AND x.sku = u.s) "
+            "SELECT count(*) FROM r",
+            NW, pw, &r);
+        if (rc == 0) {
+            long long inserted = i64(r, 0, 0);
+            PQclear(r);
+            /* another transaction reserved one of these orders meanwhile:
+             * run the batch again, it will then see that reservation */
+            if (inserted != reserved)
+                rc = CM_ECONFLICT;
+        }
+    }
+    for (int z = 0; rc == 0 && z < t->nzero; z++) {
+        inv_level l;
+        rc = inv_store_get_stock(db, t->zero_tenant[z], t->zero_sku[z], &l);
+        if (rc == 0)
+            rc = inv_ev_stock_edge(db, t->zero_tenant[z], &l, 0);
+    }
+out:
+    for (int k = 0; k < NW; k++)
+        free(w[k].p);
+    free(cs);
+    free(pos);
+    free(av);
+    PQclear(rs);
+    PQclear(rx);
+    return rc;
 }
 
 int inv_store_reserve_batch(cm_db *db, inv_reserve_item *const *items, size_t n, inv_stock_cb cb,

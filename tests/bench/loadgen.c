@@ -6,6 +6,14 @@
  *       [--concurrency 64] [--duration 10] [--warmup 2] [--channels N]
  *       [--threads T] [--payload-hex HEX] [--metadata k=v ...]
  *       [--deadline-ms N] [--connect-timeout S] [--json]
+ *       [--reserve-gen PREFIX:NSKUS:MAXLINES:QTY] [--accept-code N ...]
+ *
+ * --reserve-gen replaces the fixed payload with a fresh
+ * commerce.inventory.v1.ReserveRequest per call: a unique order_id, 1 to
+ * MAXLINES lines of distinct random skus PREFIX0 .. PREFIX<NSKUS-1>, each
+ * of QTY units (for the inventory benchmark). --accept-code counts calls
+ * ending with that status code as completed calls rather than errors (e.g.
+ * 9, FAILED_PRECONDITION, to measure sold-out answers).
  *
  * T threads, each with its own completion queue, keep `concurrency` calls in
  * flight in total, spread over N channels (each its own tcp connection:
@@ -138,6 +146,11 @@ typedef struct config {
     const char *md_keys[MAX_METADATA];
     const char *md_values[MAX_METADATA];
     int nmd;
+    /* --reserve-gen */
+    char gen_prefix[64];
+    int gen_skus, gen_lines, gen_qty;
+    /* --accept-code, as a bit per status code */
+    unsigned accept;
 } config;
 
 static void usage(FILE *f)
@@ -146,6 +159,7 @@ static void usage(FILE *f)
                "         [--concurrency 64] [--duration 10] [--warmup 2] [--channels N]\n"
                "         [--threads T] [--payload-hex HEX] [--metadata k=v ...]\n"
                "         [--deadline-ms 5000] [--connect-timeout 10] [--json]\n"
+               "         [--reserve-gen PREFIX:NSKUS:MAXLINES:QTY] [--accept-code N ...]\n"
                "\n"
                "closed-loop unary load: keeps --concurrency calls in flight over --channels\n"
                "connections from --threads threads (each with its own completion queue) for\n"
@@ -253,6 +267,24 @@ static int parse_args(int argc, char **argv, config *c)
             free(c->payload);
             c->payload = NULL;
             rc = parse_hex(v, &c->payload, &c->payload_len);
+        } else if (strcmp(a, "--reserve-gen") == 0) {
+            char pre[64];
+            int ns, nl, q;
+            if (sscanf(v, "%63[^:]:%d:%d:%d", pre, &ns, &nl, &q) != 4 || ns < 1 || nl < 1 ||
+                nl > 100 || nl > ns || q < 1) {
+                fprintf(stderr,
+                        "commerce-loadgen: --reserve-gen wants PREFIX:NSKUS:MAXLINES:QTY\n");
+                return -1;
+            }
+            memcpy(c->gen_prefix, pre, sizeof pre);
+            c->gen_skus = ns;
+            c->gen_lines = nl;
+            c->gen_qty = q;
+        } else if (strcmp(a, "--accept-code") == 0) {
+            int code;
+            rc = parse_int(a, v, 1, 16, &code);
+            if (rc == 0)
+                c->accept |= 1u << code;
         } else if (strcmp(a, "--metadata") == 0) {
             const char *eq = strchr(v, '=');
             if (!eq || eq == v || c->nmd >= MAX_METADATA) {
@@ -322,6 +354,8 @@ struct loader {
     grpc_metadata md[MAX_METADATA];
     histogram hist;
     uint64_t calls_total; /* every OK completion, warmup included */
+    uint64_t gen_seq;     /* --reserve-gen: this loader's next order number */
+    uint64_t rng;
     uint64_t errors[NCODES];
     uint64_t errors_total;
     uint64_t errors_in_window;
@@ -350,6 +384,69 @@ static int64_t ts_ns(const struct timespec *t)
     return (int64_t)t->tv_sec * 1000000000 + t->tv_nsec;
 }
 
+/* ---- --reserve-gen: a ReserveRequest per call, encoded by hand ---- */
+
+static size_t put_varint(uint8_t *p, uint64_t v)
+{
+    size_t n = 0;
+    while (v >= 0x80) {
+        p[n++] = (uint8_t)(v | 0x80);
+        v >>= 7;
+    }
+    p[n++] = (uint8_t)v;
+    return n;
+}
+
+static size_t put_str(uint8_t *p, int field, const char *s, size_t len)
+{
+    size_t n = put_varint(p, (uint64_t)field << 3 | 2);
+    n += put_varint(p + n, len);
+    memcpy(p + n, s, len);
+    return n + len;
+}
+
+static uint64_t next_rand(uint64_t *x)
+{
+    /* xorshift64 */
+    *x ^= *x << 13;
+    *x ^= *x >> 7;
+    *x ^= *x << 17;
+    return *x;
+}
+
+static size_t gen_reserve(loader *l, uint8_t *out)
+{
+    const config *c = &l->r->cfg;
+    char id[96];
+    int idn = snprintf(id, sizeof id, "lg-%ld-%lld-%d-%llu", (long)getpid(),
+                       (long long)l->r->t_start, l->index, (unsigned long long)l->gen_seq++);
+    size_t n = put_str(out, 1, id, (size_t)idn);
+    int lines = c->gen_lines > 1 ? 1 + (int)(next_rand(&l->rng) % (uint64_t)c->gen_lines) : 1;
+    int picked[100];
+    for (int i = 0; i < lines; i++) {
+        int k;
+        int dup;
+        do {
+            k = c->gen_skus > 1 ? (int)(next_rand(&l->rng) % (uint64_t)c->gen_skus) : 0;
+            dup = 0;
+            for (int j = 0; j < i; j++)
+                dup |= picked[j] == k;
+        } while (dup);
+        picked[i] = k;
+        char sku[96];
+        int sn = snprintf(sku, sizeof sku, "%s%d", c->gen_prefix, k);
+        uint8_t line[128];
+        size_t ln = put_str(line, 1, sku, (size_t)sn);
+        line[ln++] = 2 << 3; /* quantity, varint */
+        ln += put_varint(line + ln, (uint64_t)c->gen_qty);
+        n += put_varint(out + n, 3 << 3 | 2);
+        n += put_varint(out + n, ln);
+        memcpy(out + n, line, ln);
+        n += ln;
+    }
+    return n;
+}
+
 static int start_call(call_slot *s)
 {
     loader *l = s->l;
@@ -363,7 +460,15 @@ static int start_call(call_slot *s)
         return -1;
     /* a fresh buffer per call: core may take the slices out of the one it
      * is given */
-    s->send = grpc_raw_byte_buffer_create(&r->payload, 1);
+    if (r->cfg.gen_skus) {
+        uint8_t buf[8192];
+        size_t n = gen_reserve(l, buf);
+        grpc_slice one = grpc_slice_from_copied_buffer((const char *)buf, n);
+        s->send = grpc_raw_byte_buffer_create(&one, 1);
+        grpc_slice_unref(one);
+    } else {
+        s->send = grpc_raw_byte_buffer_create(&r->payload, 1);
+    }
     grpc_metadata_array_init(&s->initial_md);
     grpc_metadata_array_init(&s->trailing_md);
     s->recv = NULL;
@@ -407,7 +512,7 @@ static int finish_call(call_slot *s, int ok)
     int64_t t1 = now_ns();
     int in_window = t1 >= r->t_measure && t1 < r->t_end;
     grpc_status_code code = ok ? s->status : GRPC_STATUS_UNKNOWN;
-    if (code == GRPC_STATUS_OK) {
+    if (code == GRPC_STATUS_OK || (code > 0 && code < 32 && (r->cfg.accept >> code & 1))) {
         l->calls_total++;
         if (in_window)
             hist_record(&l->hist, (uint64_t)(t1 - ts_ns(&s->t0)));
@@ -662,6 +767,8 @@ int main(int argc, char **argv)
         loader *l = &r.loaders[t];
         l->r = &r;
         l->index = t;
+        l->rng =
+            0x9e3779b97f4a7c15ULL ^ ((uint64_t)(t + 1) * 0x100000001b3ULL) ^ (uint64_t)getpid();
         l->nslots = c->concurrency / c->threads + (t < c->concurrency % c->threads ? 1 : 0);
         l->slots = calloc((size_t)l->nslots, sizeof *l->slots);
         l->cq = grpc_completion_queue_create_for_next(NULL);
