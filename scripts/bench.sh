@@ -5,6 +5,7 @@
 # the output.
 #
 #   scripts/bench.sh rpc [--duration S] [--concurrency C] [options]
+#   scripts/bench.sh inventory [--duration S] [--rounds R] [options]
 #
 # every benchmark builds a release tree first (build-release: -O2, no
 # sanitizers), starts what it needs, prints the machine and its settings,
@@ -39,6 +40,15 @@ benchmarks:
          options: --duration S (10) --concurrency C (64) --rounds R (5)
                   --warmup S (2) --workers W (2) --channels N (4)
                   --threads T (2) --no-build
+
+  inventory
+         commerce-inventory Reserve through gRPC with durable commits: one hot
+         sku with the hot path against the naive one-transaction-per-call
+         baseline, sold-out rejections, random lines over many skus; checks
+         for oversell after every run
+         options: --duration S (10) --concurrency C (64) --rounds R (3)
+                  --warmup S (2) --workers W (64) --channels N (4)
+                  --threads T (2) --skus N (10000) --no-build
 
 exit: 0 targets met, 1 measurement failed, 2 usage, 3 a target was missed.
 EOF
@@ -395,10 +405,196 @@ bench_rpc() {
   return "$verdict"
 }
 
+# ---- inventory: reservations through gRPC with durable commits ----
+
+# runs one inventory scenario in a fresh schema: starts commerce-inventory
+# (hot path on or off), seeds stock, runs the loadgen, checks oversell;
+# prints one row and sets inv_json, inv_rss_kb, inv_check
+inv_scenario() {
+  local name=$1 hot=$2 gen=$3 seed_skus=$4 seed_qty=$5 accept=$6 round=$7
+  local schema="inv_bench_${name//-/_}"
+  local port admin pid out log rc=0 json
+  psql "$PG_DSN" -qX -c "DROP SCHEMA IF EXISTS $schema CASCADE" >/dev/null 2>&1 || true
+  port=$(free_port)
+  admin=$(free_port)
+  log=$workdir/$name-round$round.log
+  spawn "$log" env GRPC_LISTEN="127.0.0.1:$port" ADMIN_LISTEN="127.0.0.1:$admin" PG_DSN="$PG_DSN" \
+    WORKERS="$inv_workers" LOG_LEVEL=warn INVENTORY_SCHEMA="$schema" INVENTORY_HOT_PATH="$hot" \
+    INVENTORY_CONSUME_ORDERS=off INVENTORY_EVENTS=off KAFKA_BROKERS=127.0.0.1:9 \
+    "$bin/commerce-inventory"
+  pid=$last_pid
+  wait_http_ok "http://127.0.0.1:$admin/readyz" "$pid" "$log"
+  wait_tcp "$port" "$pid" "$log"
+  # the fixture: stock rows with their audit rows, so the invariants hold
+  psql "$PG_DSN" -qX -v ON_ERROR_STOP=1 >/dev/null <<SQL
+SET search_path = $schema;
+INSERT INTO stock (tenant_id, sku, available, reserved, sold, on_hand, version)
+  SELECT 'bench', '${gen%%:*}' || g, $seed_qty, 0, 0, $seed_qty, 1 FROM generate_series(0, $seed_skus - 1) g;
+INSERT INTO stock_change (tenant_id, sku, kind, available_delta, reserved_delta, sold_delta,
+                          available, reserved, sold, on_hand, version, reason, actor)
+  SELECT tenant_id, sku, 1, available, 0, 0, available, 0, 0, on_hand, 1, 'benchmark fixture', 'bench.sh'
+    FROM stock;
+SQL
+  out=$workdir/$name-round$round.txt
+  local -a extra=()
+  [ -n "$accept" ] && extra=(--accept-code "$accept")
+  spawn "$out" "$bin/commerce-loadgen" --target "127.0.0.1:$port" \
+    --method /commerce.inventory.v1.InventoryService/Reserve --metadata x-tenant-id=bench \
+    --reserve-gen "$gen" "${extra[@]}" --concurrency "$inv_concurrency" --duration "$inv_duration" \
+    --warmup "$inv_warmup" --channels "$inv_channels" --threads "$inv_threads" --json
+  forget_wait "$last_pid" || rc=$?
+  inv_rss_kb=$(rss_kb "$pid")
+  json=$(grep '^{' "$out" || true)
+  stop_pid "$pid" || { echo "bench.sh: $name: commerce-inventory did not exit 0 on SIGTERM" >&2; rc=1; }
+  if [ "$rc" != 0 ] || [ -z "$json" ]; then
+    echo "$name round $round: the load generator failed (exit $rc):" >&2
+    sed 's/^/  /' "$out" >&2
+    return 1
+  fi
+  # oversell and the invariant, from the database: every counter >= 0 and
+  # balanced, reserved = the active reservation lines, and exactly one unit
+  # held per acknowledged call (calls_total counts warmup calls too)
+  local q
+  q=$(psql "$PG_DSN" -qAtX -F ' ' <<SQL
+SET search_path = $schema;
+SELECT (SELECT count(*) FROM stock WHERE available < 0 OR reserved < 0 OR on_hand <> available + reserved + sold),
+       (SELECT coalesce(sum(reserved), 0) FROM stock),
+       (SELECT coalesce(sum(quantity), 0) FROM reservation_line),
+       (SELECT count(*) FROM reservation),
+       (SELECT coalesce(sum(on_hand), 0) FROM stock);
+SQL
+)
+  local broken reserved lines resv onhand calls
+  read -r broken reserved lines resv onhand <<<"$(tail -n 1 <<<"$q")"
+  calls=$(jnum "$json" calls_total)
+  inv_check=ok
+  if [ "$broken" != 0 ] || [ "$reserved" != "$lines" ] || [ "$onhand" != $((seed_skus * seed_qty)) ]; then
+    inv_check="INVARIANT BROKEN ($broken rows, reserved $reserved vs lines $lines)"
+  elif [ -z "$accept" ] && [ "$resv" != "$calls" ]; then
+    inv_check="MISMATCH ($resv reservations for $calls acknowledged calls)"
+  elif [ -n "$accept" ] && [ "$resv" != 0 ]; then
+    inv_check="RESERVED WHILE SOLD OUT ($resv)"
+  fi
+  inv_json=$json
+  printf '%-5s %-16s %9.0f %8s %8s %8s %9s %8s  %s\n' "$round" "$name" "$(jnum "$json" calls_per_s)" \
+    "$(jnum "$json" p50_us)" "$(jnum "$json" p99_us)" "$(jnum "$json" p999_us)" "$calls" \
+    "$(mb "$inv_rss_kb")" "$inv_check"
+  psql "$PG_DSN" -qX -c "DROP SCHEMA IF EXISTS $schema CASCADE" >/dev/null 2>&1 || true
+  [ "${inv_check}" = ok ]
+}
+
+bench_inventory() {
+  inv_duration=10 inv_concurrency=64 inv_warmup=2 inv_workers=64 inv_channels=4 inv_threads=2
+  local rounds=3 skus=10000 do_build=1
+  while [ $# -gt 0 ]; do
+    case "$1" in
+    --duration) inv_duration=$2; shift 2 ;;
+    --concurrency) inv_concurrency=$2; shift 2 ;;
+    --rounds) rounds=$2; shift 2 ;;
+    --warmup) inv_warmup=$2; shift 2 ;;
+    --workers) inv_workers=$2; shift 2 ;;
+    --channels) inv_channels=$2; shift 2 ;;
+    --threads) inv_threads=$2; shift 2 ;;
+    --skus) skus=$2; shift 2 ;;
+    --no-build) do_build=0; shift ;;
+    -h | --help) usage; exit 0 ;;
+    *) usage >&2; exit 2 ;;
+    esac
+  done
+  local v
+  for v in "$inv_duration" "$inv_concurrency" "$rounds" "$inv_warmup" "$inv_workers" "$inv_channels" "$inv_threads" "$skus"; do
+    [[ "$v" =~ ^[0-9]+$ ]] || { echo "bench.sh: options take whole numbers, got '$v'" >&2; exit 2; }
+  done
+  command -v psql >/dev/null || die "psql is needed to seed and check the inventory benchmark"
+  if [ "$do_build" = 1 ]; then
+    build_release commerce-loadgen commerce-inventory
+  fi
+  local b
+  for b in commerce-loadgen commerce-inventory; do
+    [ -x "$bin/$b" ] || die "$bin/$b is missing (build without --no-build)"
+  done
+  workdir=$build/bench/inventory-$(date -u +%Y%m%dT%H%M%SZ)
+  mkdir -p "$workdir"
+
+  machine
+  echo
+  echo "== settings"
+  echo "service      commerce-inventory WORKERS=$inv_workers LOG_LEVEL=warn, durable commits"
+  echo "             (fsync on, synchronous_commit on), outbox events off (no broker)"
+  echo "load         Reserve with a fresh order_id per call, $inv_concurrency calls in flight,"
+  echo "             $inv_channels channels, $inv_threads loadgen threads"
+  echo "scenarios    naive-hot-sku   one sku, qty 1, INVENTORY_HOT_PATH=off: one transaction"
+  echo "                             (lock the row, insert, update) per call: the baseline"
+  echo "             hot-sku         the same with the hot path: batched group commit"
+  echo "             sold-out        one sku at 0: FAILED_PRECONDITION answered from memory"
+  echo "             random-${skus}    $skus skus, 1-3 random lines of qty 1 per call"
+  echo "rounds       $rounds, each ${inv_warmup} s warmup + ${inv_duration} s measured; median over rounds"
+  echo "check        after each run: no counter negative or unbalanced, reserved = active lines,"
+  echo "             and one reservation per acknowledged call (zero oversell)"
+  echo "logs         $workdir"
+  echo
+  echo "== postgres"
+  start_pg
+  echo
+  echo "== rounds"
+  printf '%-5s %-16s %9s %8s %8s %8s %9s %8s  %s\n' round scenario calls/s p50_us p99_us p999_us \
+    acked rss_mb check
+  local -a naive=() hot=() sold=() rnd=() naive50=() naive99=() hot50=() hot99=() sold50=() sold99=()
+  local -a rnd50=() rnd99=() hot_rss=() rnd_rss=()
+  local failed=0 r
+  for r in $(seq 1 "$rounds"); do
+    if inv_scenario naive-hot-sku off "hot:1:1:1" 1 1000000000 "" "$r"; then
+      naive+=("$(jnum "$inv_json" calls_per_s)") naive50+=("$(jnum "$inv_json" p50_us)")
+      naive99+=("$(jnum "$inv_json" p99_us)")
+    else failed=1; fi
+    if inv_scenario hot-sku on "hot:1:1:1" 1 1000000000 "" "$r"; then
+      hot+=("$(jnum "$inv_json" calls_per_s)") hot50+=("$(jnum "$inv_json" p50_us)")
+      hot99+=("$(jnum "$inv_json" p99_us)") hot_rss+=("$inv_rss_kb")
+    else failed=1; fi
+    if inv_scenario sold-out on "gone:1:1:1" 1 0 9 "$r"; then
+      sold+=("$(jnum "$inv_json" calls_per_s)") sold50+=("$(jnum "$inv_json" p50_us)")
+      sold99+=("$(jnum "$inv_json" p99_us)")
+    else failed=1; fi
+    if inv_scenario "random-$skus" on "sku:$skus:3:1" "$skus" 1000000 "" "$r"; then
+      rnd+=("$(jnum "$inv_json" calls_per_s)") rnd50+=("$(jnum "$inv_json" p50_us)")
+      rnd99+=("$(jnum "$inv_json" p99_us)") rnd_rss+=("$inv_rss_kb")
+    else failed=1; fi
+  done
+  echo
+  if [ "$failed" = 1 ] || [ "${#naive[@]}" = 0 ] || [ "${#hot[@]}" = 0 ] || [ "${#sold[@]}" = 0 ] ||
+    [ "${#rnd[@]}" = 0 ]; then
+    echo "*** INVENTORY BENCHMARK FAILED: see the errors above; these numbers are not a measurement ***"
+    return 1
+  fi
+  local mn mh ms mr ratio verdict=0
+  mn=$(median "${naive[@]}") mh=$(median "${hot[@]}") ms=$(median "${sold[@]}") mr=$(median "${rnd[@]}")
+  ratio=$(awk -v a="$mh" -v b="$mn" 'BEGIN {printf "%.1f", (b > 0 ? a / b : 0)}')
+  target() { awk -v v="$1" -v t="$2" 'BEGIN {print ((v >= t) ? "met" : "MISSED")}'; }
+  local t1 t2 t3 t4
+  t1=$(target "$mh" 10000) t2=$(target "$ratio" 5) t3=$(target "$ms" 20000) t4=$(target "$mr" 10000)
+  for v in "$t1" "$t2" "$t3" "$t4"; do [ "$v" = met ] || verdict=3; done
+  echo "== summary (median of $rounds rounds)"
+  printf '%-16s %10s %9s %9s\n' scenario calls/s p50_us p99_us
+  printf '%-16s %10.0f %9s %9s\n' naive-hot-sku "$mn" "$(median "${naive50[@]}")" "$(median "${naive99[@]}")"
+  printf '%-16s %10.0f %9s %9s\n' hot-sku "$mh" "$(median "${hot50[@]}")" "$(median "${hot99[@]}")"
+  printf '%-16s %10.0f %9s %9s\n' sold-out "$ms" "$(median "${sold50[@]}")" "$(median "${sold99[@]}")"
+  printf '%-16s %10.0f %9s %9s\n' "random-$skus" "$mr" "$(median "${rnd50[@]}")" "$(median "${rnd99[@]}")"
+  echo
+  echo "hot sku      $mh reservations/s (target >= 10000): $t1"
+  echo "vs naive     $ratio x the one-transaction-per-call baseline (target >= 5): $t2"
+  echo "sold out     $ms rejections/s (target >= 20000): $t3"
+  echo "random lines $mr reservations/s over $skus skus (target >= 10000): $t4"
+  echo "memory       RSS under load: hot sku $(mb "$(median "${hot_rss[@]}")") MB," \
+    "random $(mb "$(median "${rnd_rss[@]}")") MB (WORKERS=$inv_workers)"
+  echo "oversell     none: every run passed the database check above"
+  return "$verdict"
+}
+
 cmd=${1:-}
 [ $# -gt 0 ] && shift
 case "$cmd" in
 rpc) bench_rpc "$@" ;;
+inventory) bench_inventory "$@" ;;
 -h | --help | help) usage ;;
 "")
   usage >&2
