@@ -8,7 +8,8 @@
  * caller's tenant, calls the handler on the worker thread, packs the reply,
  * maps errors to status codes with google.rpc.Status details in
  * grpc-status-details-bin, and records per-method metrics. unknown methods
- * get UNIMPLEMENTED. every server also serves grpc.health.v1.Health/Check.
+ * get UNIMPLEMENTED. every server also serves grpc.health.v1.Health (Check,
+ * and Watch as a stream of status changes).
  *
  * a handler runs to completion on its worker thread; it may block (on its
  * worker's database connection, say). it returns 0 for OK, or the value of

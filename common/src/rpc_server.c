@@ -54,7 +54,38 @@ typedef struct method_entry {
     _Atomic(cm_counter *) handled[NCODES];
 } method_entry;
 
-typedef enum { TAG_SLOT, TAG_UNKNOWN, TAG_FINISH } tag_kind;
+typedef enum { TAG_SLOT, TAG_UNKNOWN, TAG_FINISH, TAG_WATCH_SEND, TAG_WATCH_CLOSE } tag_kind;
+
+/* internal method flag: grpc.health.v1.Health/Watch, a server stream */
+#define RPC_WATCH (1u << 31)
+
+typedef struct watcher watcher;
+typedef struct watch_tag {
+    tag_kind kind;
+    watcher *wt;
+} watch_tag;
+
+/* one open Watch stream. every field after `w` is guarded by the server's
+ * watch_mu: status changes come from any thread, completions from the
+ * worker whose queue the call is bound to */
+struct watcher {
+    watch_tag send_tag, close_tag;
+    worker *w;
+    grpc_call *call;
+    grpc_metadata_array md;
+    int known;     /* the service asked for is hosted here */
+    int last_sent; /* status in the last message, -1 before the first */
+    int headers_sent;
+    int send_in_flight; /* one send batch at a time */
+    int finishing;      /* draining: end the stream after the last status */
+    int finished;       /* status sent, or the call is gone */
+    int closed;         /* RECV_CLOSE_ON_SERVER completed */
+    int cancelled;
+    grpc_byte_buffer *out;
+    grpc_slice status_slice;
+    int has_status_slice;
+    watcher *prev, *next;
+};
 
 /* one outstanding request for a registered method on one worker */
 typedef struct slot {
@@ -146,6 +177,9 @@ struct cm_rpc_server {
     pthread_cond_t cv;
     int ready_count;
     int go; /* 1 serve, -1 abort */
+    /* open health Watch streams */
+    pthread_mutex_t watch_mu;
+    watcher *watchers;
     /* names for health Check */
     const char *services[16];
     size_t nservices;
@@ -193,8 +227,17 @@ static int health_check(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMe
     return 0;
 }
 
+/* never called: on_slot hands Watch calls to watch_start */
+static int health_watch(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    (void)in;
+    (void)out;
+    return cm_rpc_fail(ctx, GRPC_STATUS_INTERNAL, "INTERNAL", "watch is a stream");
+}
+
 static const cm_rpc_method health_methods[] = {
     {"Check", health_check, CM_RPC_NO_TENANT},
+    {"Watch", health_watch, CM_RPC_NO_TENANT | RPC_WATCH},
 };
 
 /* ---- server setup ---- */
@@ -222,6 +265,7 @@ int cm_rpc_server_new(cm_rpc_server **out, const cm_rpc_server_opts *o, char *er
         s->o.max_message_bytes = 4u << 20;
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->cv, NULL);
+    pthread_mutex_init(&s->watch_mu, NULL);
     atomic_init(&s->serving, 1);
     atomic_init(&s->draining, 0);
     if (!s->listen || !s->domain) {
@@ -248,7 +292,7 @@ int cm_rpc_server_new(cm_rpc_server **out, const cm_rpc_server_opts *o, char *er
         cm_rpc_server_free(s);
         return CM_EINTERNAL;
     }
-    int rc = cm_rpc_server_add_service(s, &grpc__health__v1__health__descriptor, health_methods, 1,
+    int rc = cm_rpc_server_add_service(s, &grpc__health__v1__health__descriptor, health_methods, 2,
                                        err, errlen);
     if (rc) {
         cm_rpc_server_free(s);
@@ -694,12 +738,189 @@ static void run_handler(cm_rpc_ctx *c)
     grpc_slice_unref(sl);
 }
 
+/* ---- health Watch: a server stream per watcher ---- */
+
+static int watch_status(cm_rpc_server *s, const watcher *wt)
+{
+    if (!wt->known)
+        return GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVICE_UNKNOWN;
+    return cm_rpc_server_serving(s)
+               ? GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING
+               : GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING;
+}
+
+static void watch_free_locked(cm_rpc_server *s, watcher *wt)
+{
+    if (wt->prev)
+        wt->prev->next = wt->next;
+    else
+        s->watchers = wt->next;
+    if (wt->next)
+        wt->next->prev = wt->prev;
+    grpc_call_unref(wt->call);
+    grpc_metadata_array_destroy(&wt->md);
+    if (wt->has_status_slice)
+        grpc_slice_unref(wt->status_slice);
+    free(wt);
+}
+
+/* sends what the watcher lacks: the current status when it changed, or,
+ * when finishing, the final status once the last status went out */
+static void watch_send_locked(cm_rpc_server *s, watcher *wt)
+{
+    if (wt->send_in_flight || wt->finished)
+        return;
+    grpc_op ops[3];
+    memset(ops, 0, sizeof ops);
+    size_t n = 0;
+    if (!wt->headers_sent) {
+        ops[n++].op = GRPC_OP_SEND_INITIAL_METADATA;
+        wt->headers_sent = 1;
+    }
+    int status = watch_status(s, wt);
+    if (status != wt->last_sent) {
+        Grpc__Health__V1__HealthCheckResponse r = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__INIT;
+        r.status = status;
+        size_t len = protobuf_c_message_get_packed_size(&r.base);
+        grpc_slice sl = grpc_slice_malloc(len);
+        protobuf_c_message_pack(&r.base, GRPC_SLICE_START_PTR(sl));
+        wt->out = grpc_raw_byte_buffer_create(&sl, 1);
+        grpc_slice_unref(sl);
+        ops[n].op = GRPC_OP_SEND_MESSAGE;
+        ops[n].data.send_message.send_message = wt->out;
+        n++;
+        wt->last_sent = status;
+    } else if (wt->finishing) {
+        wt->status_slice = grpc_slice_from_static_string("server shutting down");
+        wt->has_status_slice = 1;
+        ops[n].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
+        ops[n].data.send_status_from_server.status = GRPC_STATUS_UNAVAILABLE;
+        ops[n].data.send_status_from_server.status_details = &wt->status_slice;
+        n++;
+        wt->finished = 1;
+    }
+    if (n == 0)
+        return;
+    if (grpc_call_start_batch(wt->call, ops, n, &wt->send_tag, NULL) == GRPC_CALL_OK)
+        wt->send_in_flight = 1;
+    else
+        wt->finished = 1;
+}
+
+static void watch_notify(cm_rpc_server *s, int finishing)
+{
+    pthread_mutex_lock(&s->watch_mu);
+    for (watcher *wt = s->watchers; wt; wt = wt->next) {
+        if (finishing)
+            wt->finishing = 1;
+        watch_send_locked(s, wt);
+    }
+    pthread_mutex_unlock(&s->watch_mu);
+}
+
+static void watch_start(worker *w, grpc_call *call, grpc_metadata_array md,
+                        grpc_byte_buffer *payload)
+{
+    cm_rpc_server *s = w->s;
+    watcher *wt = calloc(1, sizeof *wt);
+    if (!wt) {
+        grpc_call_cancel_with_status(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory", NULL);
+        grpc_call_unref(call);
+        grpc_metadata_array_destroy(&md);
+        if (payload)
+            grpc_byte_buffer_destroy(payload);
+        return;
+    }
+    wt->send_tag = (watch_tag){TAG_WATCH_SEND, wt};
+    wt->close_tag = (watch_tag){TAG_WATCH_CLOSE, wt};
+    wt->w = w;
+    wt->call = call;
+    wt->md = md;
+    wt->last_sent = -1;
+    const char *service = "";
+    Grpc__Health__V1__HealthCheckRequest *req = NULL;
+    if (payload) {
+        grpc_byte_buffer_reader r;
+        if (grpc_byte_buffer_reader_init(&r, payload)) {
+            grpc_slice all = grpc_byte_buffer_reader_readall(&r);
+            grpc_byte_buffer_reader_destroy(&r);
+            req = grpc__health__v1__health_check_request__unpack(NULL, GRPC_SLICE_LENGTH(all),
+                                                                 GRPC_SLICE_START_PTR(all));
+            grpc_slice_unref(all);
+        }
+        grpc_byte_buffer_destroy(payload);
+        if (req)
+            service = req->service;
+    }
+    wt->known = service[0] == '\0';
+    for (size_t i = 0; !wt->known && i < s->nservices; i++)
+        wt->known = strcmp(service, s->services[i]) == 0;
+    if (req)
+        grpc__health__v1__health_check_request__free_unpacked(req, NULL);
+
+    grpc_op close_op;
+    memset(&close_op, 0, sizeof close_op);
+    close_op.op = GRPC_OP_RECV_CLOSE_ON_SERVER;
+    close_op.data.recv_close_on_server.cancelled = &wt->cancelled;
+
+    pthread_mutex_lock(&s->watch_mu);
+    wt->next = s->watchers;
+    if (s->watchers)
+        s->watchers->prev = wt;
+    s->watchers = wt;
+    if (grpc_call_start_batch(call, &close_op, 1, &wt->close_tag, NULL) != GRPC_CALL_OK) {
+        watch_free_locked(s, wt);
+    } else {
+        /* a watch that arrives while draining ends at once */
+        wt->finishing = atomic_load(&s->draining);
+        watch_send_locked(s, wt);
+    }
+    pthread_mutex_unlock(&s->watch_mu);
+}
+
+static void on_watch_send(watcher *wt, int ok)
+{
+    cm_rpc_server *s = wt->w->s;
+    pthread_mutex_lock(&s->watch_mu);
+    wt->send_in_flight = 0;
+    if (wt->out) {
+        grpc_byte_buffer_destroy(wt->out);
+        wt->out = NULL;
+    }
+    if (!ok)
+        wt->finished = 1; /* the stream is broken: nothing more to send */
+    if (wt->closed && !wt->send_in_flight)
+        watch_free_locked(s, wt);
+    else
+        watch_send_locked(s, wt); /* a change may have come in meanwhile */
+    pthread_mutex_unlock(&s->watch_mu);
+}
+
+static void on_watch_close(watcher *wt)
+{
+    cm_rpc_server *s = wt->w->s;
+    pthread_mutex_lock(&s->watch_mu);
+    wt->closed = 1;
+    wt->finished = 1;
+    if (!wt->send_in_flight)
+        watch_free_locked(s, wt);
+    pthread_mutex_unlock(&s->watch_mu);
+}
+
 static void on_slot(slot *sl, int ok)
 {
     worker *w = sl->w;
     if (!ok) {
         /* the server is shutting down: the request was cancelled */
         grpc_metadata_array_destroy(&sl->md);
+        return;
+    }
+    if (sl->m->flags & RPC_WATCH) {
+        grpc_call *call = sl->call;
+        grpc_metadata_array md = sl->md;
+        grpc_byte_buffer *payload = sl->payload;
+        arm_slot(sl);
+        watch_start(w, call, md, payload);
         return;
     }
     cm_rpc_ctx *c = call_get(w);
@@ -825,6 +1046,12 @@ static void *worker_main(void *arg)
         case TAG_UNKNOWN:
             on_unknown(ev.tag, ev.success);
             break;
+        case TAG_WATCH_SEND:
+            on_watch_send(((watch_tag *)ev.tag)->wt, ev.success);
+            break;
+        case TAG_WATCH_CLOSE:
+            on_watch_close(((watch_tag *)ev.tag)->wt);
+            break;
         case TAG_FINISH:
             on_finish(ev.tag, ev.success);
             break;
@@ -937,7 +1164,9 @@ int cm_rpc_server_port(const cm_rpc_server *s)
 
 void cm_rpc_server_set_serving(cm_rpc_server *s, int serving)
 {
-    atomic_store(&s->serving, serving ? 1 : 0);
+    int was = atomic_exchange(&s->serving, serving ? 1 : 0);
+    if (was != (serving ? 1 : 0) && s->started)
+        watch_notify(s, 0);
 }
 
 int cm_rpc_server_serving(const cm_rpc_server *s)
@@ -951,18 +1180,39 @@ int cm_rpc_server_shutdown(cm_rpc_server *s, int grace_ms)
     if (!s->started || s->stopped)
         return 0;
     atomic_store(&s->draining, 1);
+    /* watchers hear NOT_SERVING, then their streams end: open streams
+     * would otherwise hold the drain for the whole grace period */
+    watch_notify(s, 1);
     grpc_completion_queue *cq = grpc_completion_queue_create_for_pluck(NULL);
     grpc_server_shutdown_and_notify(s->server, cq, cq);
-    int cancelled = 0;
+    /* core's shutdown tag waits for every connection to go, not just every
+     * call: an idle client keeping its channel open held the drain ~5 s.
+     * so once no call has been in flight for two looks in a row, idle
+     * connections are dropped; calls still running at the end of the grace
+     * period are cancelled. */
+    int cancelled = 0, idle_looks = 0, cut = 0;
     gpr_timespec until =
         gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC), gpr_time_from_millis(grace_ms, GPR_TIMESPAN));
-    grpc_event ev = grpc_completion_queue_pluck(cq, cq, until, NULL);
-    if (ev.type == GRPC_QUEUE_TIMEOUT) {
+    for (;;) {
+        gpr_timespec step =
+            gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC), gpr_time_from_millis(50, GPR_TIMESPAN));
+        if (gpr_time_cmp(step, until) > 0)
+            step = until;
+        grpc_event ev = grpc_completion_queue_pluck(cq, cq, step, NULL);
+        if (ev.type == GRPC_OP_COMPLETE)
+            break;
         double inflight = cm_gauge_value(s->inflight);
-        cancelled = inflight > 0 ? (int)inflight : 0;
-        cm_log_warn("drain grace period over: cancelling calls in flight", NULL);
-        grpc_server_cancel_all_calls(s->server);
-        grpc_completion_queue_pluck(cq, cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+        idle_looks = inflight <= 0 ? idle_looks + 1 : 0;
+        if (!cut && idle_looks >= 2) {
+            grpc_server_cancel_all_calls(s->server);
+            cut = 1;
+        } else if (gpr_time_cmp(gpr_now(GPR_CLOCK_MONOTONIC), until) >= 0) {
+            cancelled = inflight > 0 ? (int)inflight : 0;
+            cm_log_warn("drain grace period over: cancelling calls in flight", NULL);
+            grpc_server_cancel_all_calls(s->server);
+            grpc_completion_queue_pluck(cq, cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+            break;
+        }
     }
     grpc_completion_queue_shutdown(cq);
     while (grpc_completion_queue_pluck(cq, NULL, gpr_inf_future(GPR_CLOCK_REALTIME), NULL).type !=
@@ -994,6 +1244,7 @@ void cm_rpc_server_free(cm_rpc_server *s)
     free(s->domain);
     pthread_mutex_destroy(&s->mu);
     pthread_cond_destroy(&s->cv);
+    pthread_mutex_destroy(&s->watch_mu);
     free(s);
     grpc_shutdown();
 }

@@ -51,6 +51,68 @@ def detail(st, cls, type_name):
     return None
 
 
+def start_testsvc(log_path, **extra):
+    port = free_port()
+    env = dict(os.environ)
+    env.update(
+        GRPC_LISTEN="127.0.0.1:%d" % port,
+        ADMIN_LISTEN="127.0.0.1:%d" % free_port(),
+        LOG_LEVEL="warn",
+        WORKERS="2",
+        INVENTORY_TARGET="127.0.0.1:%d" % port,  # Forward calls itself
+    )
+    env.update(extra)
+    log = open(log_path, "w")
+    proc = subprocess.Popen([os.environ["TESTSVC_BIN"]], env=env, stderr=log)
+    target = "127.0.0.1:%d" % port
+    deadline = time.time() + 20
+    while True:
+        try:
+            if cg.health_check(target, timeout=1) == "SERVING":
+                return proc, target, log
+        except grpc.RpcError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            raise RuntimeError("testsvc did not start; see %s" % log_path)
+        time.sleep(0.05)
+
+
+class Watch(unittest.TestCase):
+    def test_watch_streams_serving_then_not_serving_on_drain(self):
+        proc, target, log = start_testsvc("/tmp/commerce-interop-watch.log")
+        try:
+            ch = grpc.insecure_channel(target)
+            watch = ch.unary_stream(
+                "/grpc.health.v1.Health/Watch",
+                request_serializer=lambda m: m.SerializeToString(),
+                response_deserializer=health.HealthCheckResponse.FromString)
+            stream = watch(health.HealthCheckRequest(service=""), timeout=30)
+            first = next(stream)
+            self.assertEqual(first.status, health.HealthCheckResponse.SERVING)
+
+            unknown = watch(health.HealthCheckRequest(service="no.such.Service"), timeout=30)
+            self.assertEqual(next(unknown).status, health.HealthCheckResponse.SERVICE_UNKNOWN)
+            unknown.cancel()  # a client leaving must not hold the server
+
+            t0 = time.time()
+            proc.send_signal(signal.SIGTERM)
+            statuses = []
+            with self.assertRaises(grpc.RpcError) as e:
+                for msg in stream:
+                    statuses.append(msg.status)
+            self.assertEqual(statuses, [health.HealthCheckResponse.NOT_SERVING])
+            self.assertEqual(e.exception.code(), grpc.StatusCode.UNAVAILABLE)
+            # the open stream did not hold the drain for its grace period
+            self.assertEqual(proc.wait(timeout=15), 0)
+            self.assertLess(time.time() - t0, 10)
+            ch.close()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            log.close()
+
+
 class Interop(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
