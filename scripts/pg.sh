@@ -21,6 +21,17 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
 PG_PORT=${PG_PORT:-55432}
 base=${PG_RUN_DIR:-$root/.run/pg}
+# as root the server runs as "postgres", which must be able to reach the
+# directory (a checkout under /root is not searchable by it), and the unix
+# socket path must stay under 104 bytes: otherwise a directory of this
+# checkout's own under /tmp
+if [ -z "${PG_RUN_DIR:-}" ]; then
+  if { [ "$(id -u)" = 0 ] && id postgres >/dev/null 2>&1 &&
+    ! runuser -u postgres -- test -x "$root" 2>/dev/null; } ||
+    [ "${#base}" -gt 70 ]; then
+    base=/tmp/commerce-pg-$(printf '%s' "$root" | md5sum | cut -c1-10)
+  fi
+fi
 data=$base/data
 sock=$base/sock
 logfile=$base/log/postgres.log
