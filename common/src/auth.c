@@ -1,5 +1,6 @@
 #include "cm_auth.h"
 #include "cm_err.h"
+#include "cm_file.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -86,29 +87,18 @@ static char *dup_or_null(const char *s)
 static int read_small_file(const char *path, unsigned char **out, size_t *outlen, char *err,
                            size_t errlen)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        set_err(err, errlen, "rs256 public key: cannot read \"%s\": %s", path, strerror(errno));
-        return CM_EIO;
-    }
-    unsigned char *buf = malloc(AUTH_PEM_MAX + 1);
-    if (!buf) {
-        fclose(f);
+    char *buf;
+    int rc = cm_file_read(path, AUTH_PEM_MAX, &buf, outlen);
+    if (rc == CM_ENOMEM) {
         set_err(err, errlen, "rs256 public key: out of memory");
-        return CM_ENOMEM;
+        return rc;
     }
-    size_t n = fread(buf, 1, AUTH_PEM_MAX + 1, f);
-    int bad = ferror(f);
-    fclose(f);
-    if (bad || n > AUTH_PEM_MAX) {
-        free(buf);
-        set_err(err, errlen, "rs256 public key: \"%s\" is %s", path,
-                bad ? "unreadable" : "larger than 64 KiB");
+    if (rc) {
+        set_err(err, errlen, "rs256 public key: cannot read \"%s\": %s", path,
+                errno == EFBIG ? "larger than 64 KiB" : strerror(errno));
         return CM_EIO;
     }
-    buf[n] = '\0';
-    *out = buf;
-    *outlen = n;
+    *out = (unsigned char *)buf;
     return 0;
 }
 

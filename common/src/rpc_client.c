@@ -1,5 +1,6 @@
 #include "cm_rpc_client.h"
 #include "cm_err.h"
+#include "cm_file.h"
 #include "cm_log.h"
 #include "cm_rpc.h"
 
@@ -20,6 +21,8 @@
 #include "google/protobuf/any.pb-c.h"
 #include "google/rpc/error_details.pb-c.h"
 #include "google/rpc/status.pb-c.h"
+
+#define TLS_FILE_MAX (1u << 20) /* certificate chains and keys are small */
 
 struct cm_rpc_client {
     grpc_channel *channel;
@@ -56,23 +59,6 @@ static grpc_completion_queue *thread_cq(void)
     return cq;
 }
 
-static char *slurp(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = n >= 0 ? malloc((size_t)n + 1) : NULL;
-    if (buf) {
-        size_t r = fread(buf, 1, (size_t)n, f);
-        buf[r] = '\0';
-    }
-    fclose(f);
-    return buf;
-}
-
 int cm_rpc_client_new(cm_rpc_client **out, const cm_rpc_client_opts *o, char *err, size_t errlen)
 {
     *out = NULL;
@@ -95,9 +81,12 @@ int cm_rpc_client_new(cm_rpc_client **out, const cm_rpc_client_opts *o, char *er
     grpc_init();
     grpc_channel_credentials *creds;
     if (o->tls_ca_file) {
-        char *ca = slurp(o->tls_ca_file);
-        char *cert = o->tls_cert_file ? slurp(o->tls_cert_file) : NULL;
-        char *key = o->tls_key_file ? slurp(o->tls_key_file) : NULL;
+        char *ca = NULL, *cert = NULL, *key = NULL;
+        cm_file_read(o->tls_ca_file, TLS_FILE_MAX, &ca, NULL);
+        if (o->tls_cert_file)
+            cm_file_read(o->tls_cert_file, TLS_FILE_MAX, &cert, NULL);
+        if (o->tls_key_file)
+            cm_file_read(o->tls_key_file, TLS_FILE_MAX, &key, NULL);
         if (!ca || (o->tls_cert_file && !cert) || (o->tls_key_file && !key)) {
             free(ca);
             free(cert);

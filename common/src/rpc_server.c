@@ -13,6 +13,7 @@
 #include "cm_rpc.h"
 #include "cm_auth.h"
 #include "cm_err.h"
+#include "cm_file.h"
 #include "cm_log.h"
 
 #include <grpc/byte_buffer.h>
@@ -39,7 +40,8 @@
 #define NCODES 17 /* grpc status codes 0..16 */
 #define MAX_FIELD_VIOLATIONS 16
 #define MAX_ERROR_META 16
-#define STOP_POLL_MS 200 /* how often an idle worker looks at the stop flag */
+#define TLS_FILE_MAX (1u << 20) /* certificate chains and keys are small */
+#define STOP_POLL_MS 200        /* how often an idle worker looks at the stop flag */
 
 typedef struct worker worker;
 
@@ -357,41 +359,15 @@ int cm_rpc_server_add_service(cm_rpc_server *s, const ProtobufCServiceDescriptor
     return 0;
 }
 
-static char *read_file(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    char *buf = NULL;
-    size_t len = 0, cap = 0;
-    for (;;) {
-        if (cap - len < 4096) {
-            cap = cap ? cap * 2 : 8192;
-            char *nb = realloc(buf, cap + 1);
-            if (!nb) {
-                free(buf);
-                fclose(f);
-                return NULL;
-            }
-            buf = nb;
-        }
-        size_t r = fread(buf + len, 1, cap - len, f);
-        len += r;
-        if (r == 0)
-            break;
-    }
-    fclose(f);
-    buf[len] = '\0';
-    return buf;
-}
-
 static grpc_server_credentials *server_credentials(cm_rpc_server *s, char *err, size_t errlen)
 {
     if (!s->o.tls_cert_file)
         return grpc_insecure_server_credentials_create();
-    char *cert = read_file(s->o.tls_cert_file);
-    char *key = read_file(s->o.tls_key_file);
-    char *ca = s->o.tls_client_ca_file ? read_file(s->o.tls_client_ca_file) : NULL;
+    char *cert = NULL, *key = NULL, *ca = NULL;
+    cm_file_read(s->o.tls_cert_file, TLS_FILE_MAX, &cert, NULL);
+    cm_file_read(s->o.tls_key_file, TLS_FILE_MAX, &key, NULL);
+    if (s->o.tls_client_ca_file)
+        cm_file_read(s->o.tls_client_ca_file, TLS_FILE_MAX, &ca, NULL);
     grpc_server_credentials *creds = NULL;
     if (!cert || !key || (s->o.tls_client_ca_file && !ca)) {
         set_err(err, errlen, "rpc: could not read tls files");
