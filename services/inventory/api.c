@@ -277,6 +277,15 @@ static int reserve(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage
     inv_resv *r;
     switch (it.outcome) {
     case INV_R_RESERVED:
+        if (it.flash_batch) {
+            /* the flash-sale path: read back the lines' sale ids */
+            r = cm_arena_calloc(a, 1, sizeof *r);
+            rc = inv_store_get_reservation(cm_service_db(ctx), it.tenant, req->order_id, r);
+            if (rc)
+                return internal(ctx, rc, "could not read the reservation");
+            resp->reservation = inv_pb_resv(a, r);
+            return 0;
+        }
         r = cm_arena_calloc(a, 1, sizeof *r);
         snprintf(r->order_id, sizeof r->order_id, "%s", req->order_id);
         snprintf(r->buyer_id, sizeof r->buyer_id, "%s", req->buyer_id);
@@ -288,7 +297,6 @@ static int reserve(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage
             snprintf(r->lines[i].sku, sizeof r->lines[i].sku, "%s", lines[i].sku);
             r->lines[i].qty = lines[i].qty;
         }
-        /* flash-sale ids of the lines are read back only when there was a sale */
         resp->reservation = inv_pb_resv(a, r);
         return 0;
     case INV_R_SAME:
@@ -456,6 +464,123 @@ static int check_invariants(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Protobu
     return 0;
 }
 
+/* ---- flash sales ---- */
+
+static int64_t ts_ms(const Google__Protobuf__Timestamp *t)
+{
+    return t ? t->seconds * 1000 + t->nanos / 1000000 : 0;
+}
+
+static Commerce__Inventory__V1__FlashSale *pb_sale(cm_arena *a, const inv_sale *s)
+{
+    Commerce__Inventory__V1__FlashSale *m = cm_arena_calloc(a, 1, sizeof *m);
+    if (!m)
+        return NULL;
+    commerce__inventory__v1__flash_sale__init(m);
+    m->flash_sale_id = cm_arena_strdup(a, s->flash_sale_id);
+    m->sku = cm_arena_strdup(a, s->sku);
+    m->starts_at = inv_pb_ts(a, s->starts_ms);
+    m->ends_at = inv_pb_ts(a, s->ends_ms);
+    m->sale_stock = s->sale_stock;
+    m->per_buyer_limit = s->per_buyer_limit;
+    m->reserved = s->reserved;
+    m->sold = s->sold;
+    m->version = s->version;
+    m->created_at = inv_pb_ts(a, s->created_ms);
+    m->updated_at = inv_pb_ts(a, s->updated_ms);
+    /* derived from the clock and the counters, never stored */
+    if (s->now_ms < s->starts_ms)
+        m->state = COMMERCE__INVENTORY__V1__FLASH_SALE_STATE__FLASH_SALE_STATE_SCHEDULED;
+    else if (s->now_ms >= s->ends_ms)
+        m->state = COMMERCE__INVENTORY__V1__FLASH_SALE_STATE__FLASH_SALE_STATE_ENDED;
+    else if (s->reserved + s->sold >= s->sale_stock)
+        m->state = COMMERCE__INVENTORY__V1__FLASH_SALE_STATE__FLASH_SALE_STATE_SOLD_OUT;
+    else
+        m->state = COMMERCE__INVENTORY__V1__FLASH_SALE_STATE__FLASH_SALE_STATE_ACTIVE;
+    return m;
+}
+
+static int configure_flash_sale(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    const Commerce__Inventory__V1__ConfigureFlashSaleRequest *req = (const void *)in;
+    Commerce__Inventory__V1__ConfigureFlashSaleResponse *resp = (void *)out;
+    inv_app *app = cm_service_app(ctx);
+    cm_arena *a = cm_rpc_ctx_arena(ctx);
+    if (need_admin(ctx, app))
+        return -1;
+    if (!inv_valid_key(req->request_id, INV_KEY_MAX))
+        return cm_rpc_fail_field(ctx, "request_id", "must be 1-64 characters from [A-Za-z0-9._:-]");
+    if (req->flash_sale_id[0])
+        return cm_rpc_fail(ctx, GRPC_STATUS_UNIMPLEMENTED, "UNIMPLEMENTED",
+                           "updating a flash sale is not supported yet: create a new one");
+    if (!inv_valid_key(req->sku, INV_SKU_MAX))
+        return cm_rpc_fail_field(ctx, "sku", "must be 1-64 characters from [A-Za-z0-9._:-]");
+    if (!req->starts_at)
+        return cm_rpc_fail_field(ctx, "starts_at", "is required");
+    if (!req->ends_at)
+        return cm_rpc_fail_field(ctx, "ends_at", "is required");
+    int64_t st = ts_ms(req->starts_at), en = ts_ms(req->ends_at);
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    if (en <= st)
+        return cm_rpc_fail_field(ctx, "ends_at", "must be after starts_at");
+    if (en <= (int64_t)now.tv_sec * 1000)
+        return cm_rpc_fail_field(ctx, "ends_at", "must be in the future");
+    if (req->sale_stock < 1 || req->sale_stock > INV_QTY_MAX)
+        return cm_rpc_fail_field(ctx, "sale_stock", "must be between 1 and 1000000000");
+    if (req->per_buyer_limit < 1 || req->per_buyer_limit > INV_QTY_MAX)
+        return cm_rpc_fail_field(ctx, "per_buyer_limit", "must be between 1 and 1000000000");
+    if (!req->actor[0] || strlen(req->actor) > INV_ACTOR_MAX)
+        return cm_rpc_fail_field(ctx, "actor", "must be 1 to 128 characters");
+    char *body = cm_arena_printf(a, "s=%s;a=%lld;b=%lld;n=%lld;l=%lld;x=%s", req->sku,
+                                 (long long)st, (long long)en, (long long)req->sale_stock,
+                                 (long long)req->per_buyer_limit, req->actor);
+    inv_sale_req q = {.tenant = cm_rpc_ctx_tenant(ctx),
+                      .request_id = req->request_id,
+                      .body = body,
+                      .sku = req->sku,
+                      .starts_ms = st,
+                      .ends_ms = en,
+                      .sale_stock = req->sale_stock,
+                      .per_buyer_limit = req->per_buyer_limit};
+    inv_sale *sale = cm_rpc_alloc(ctx, sizeof *sale);
+    int verdict = -1;
+    int rc = inv_store_sale_create(cm_service_db(ctx), &q, &verdict, sale);
+    if (rc == CM_EEXIST)
+        verdict = INV_S_REUSED;
+    else if (rc)
+        return internal(ctx, rc, "could not configure the flash sale");
+    switch (verdict) {
+    case INV_S_CREATED:
+    case INV_S_REPLAY:
+        resp->flash_sale = pb_sale(a, sale);
+        return 0;
+    case INV_S_REUSED:
+        return cm_rpc_fail(ctx, GRPC_STATUS_ALREADY_EXISTS, "IDEMPOTENCY_KEY_REUSED",
+                           "request_id was already used with a different body");
+    case INV_S_OVERLAP:
+        return cm_rpc_fail(ctx, GRPC_STATUS_FAILED_PRECONDITION, "FLASH_SALE_OVERLAP",
+                           "another flash sale of the sku overlaps the window");
+    }
+    return internal(ctx, CM_EINTERNAL, "could not configure the flash sale");
+}
+
+static int get_flash_sale(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    const Commerce__Inventory__V1__GetFlashSaleRequest *req = (const void *)in;
+    Commerce__Inventory__V1__GetFlashSaleResponse *resp = (void *)out;
+    if (!req->flash_sale_id[0] || strlen(req->flash_sale_id) > 64)
+        return cm_rpc_fail_field(ctx, "flash_sale_id", "is required");
+    inv_sale s;
+    int rc = inv_store_sale_get(cm_service_db(ctx), cm_rpc_ctx_tenant(ctx), req->flash_sale_id, &s);
+    if (rc == CM_ENOTFOUND)
+        return cm_rpc_fail(ctx, GRPC_STATUS_NOT_FOUND, "RESOURCE_NOT_FOUND", "no such flash sale");
+    if (rc)
+        return internal(ctx, rc, "could not read the flash sale");
+    resp->flash_sale = pb_sale(cm_rpc_ctx_arena(ctx), &s);
+    return 0;
+}
+
 const cm_rpc_method inv_methods[] = {
     {"GetStock", get_stock, 0},
     {"BatchGetStock", batch_get_stock, 0},
@@ -466,6 +591,8 @@ const cm_rpc_method inv_methods[] = {
     {"Release", release, 0},
     {"GetReservation", get_reservation, 0},
     {"CheckInvariants", check_invariants, 0},
+    {"ConfigureFlashSale", configure_flash_sale, 0},
+    {"GetFlashSale", get_flash_sale, 0},
 };
 const size_t inv_methods_count = sizeof inv_methods / sizeof inv_methods[0];
 

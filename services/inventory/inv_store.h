@@ -75,6 +75,7 @@ typedef struct inv_reserve_item {
     int64_t created_ms, expires_ms;
     inv_shortage *shortages;
     size_t nshort;
+    int flash_batch; /* decided by the flash-sale path: lines may carry a sale id */
 } inv_reserve_item;
 
 /* called after commit for each sku whose available reached 0 (sold out)
@@ -129,4 +130,22 @@ typedef struct inv_breach {
 int inv_store_check(cm_db *db, const char *tenant, const char *const *skus, size_t nskus,
                     inv_breach *out, size_t cap, size_t *total, int64_t *checked, int64_t *at_ms);
 
+/* flash sales */
+typedef struct inv_sale {
+    char flash_sale_id[40];
+    char sku[INV_SKU_MAX + 1];
+    int64_t starts_ms, ends_ms, sale_stock, per_buyer_limit, reserved, sold, version;
+    int64_t created_ms, updated_ms, now_ms;
+} inv_sale;
+
+typedef struct inv_sale_req {
+    const char *tenant, *request_id, *body, *sku;
+    int64_t starts_ms, ends_ms, sale_stock, per_buyer_limit;
+} inv_sale_req;
+
+/* creates a sale. verdict: 0 created, 1 replay of request_id, 2 request_id
+ * reused with another body, 3 overlaps another sale of the sku. */
+enum { INV_S_CREATED, INV_S_REPLAY, INV_S_REUSED, INV_S_OVERLAP };
+int inv_store_sale_create(cm_db *db, const inv_sale_req *q, int *verdict, inv_sale *out);
+int inv_store_sale_get(cm_db *db, const char *tenant, const char *id, inv_sale *out);
 #endif

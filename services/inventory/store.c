@@ -251,6 +251,7 @@ static int reserve_rows(cm_db *db, reserve_tx *t)
             continue;
         inv_reserve_item *it = t->items[req - 1];
         it->outcome = outcome;
+        it->flash_batch = 1;
         if (outcome == INV_R_RESERVED) {
             it->created_ms = i64(r, k, 6);
             it->expires_ms = i64(r, k, 7);
@@ -908,5 +909,129 @@ int inv_store_check(cm_db *db, const char *tenant, const char *const *skus, size
     *total = t.total;
     *checked = t.checked;
     *at_ms = t.at_ms;
+    return rc;
+}
+
+/* ---- flash sales ---- */
+
+#define SALE_COLS                                                                                  \
+    "flash_sale_id, sku, " MS("starts_at") ", " MS(                                                \
+        "ends_at") ", sale_stock, per_buyer_limit, "                                               \
+                   "reserved, sold, version, " MS("created_at") ", " MS("updated_at") ", " MS(     \
+                       "now()")
+
+static void parse_sale(const PGresult *r, int row, inv_sale *s)
+{
+    cpy(s->flash_sale_id, sizeof s->flash_sale_id, r, row, 0);
+    cpy(s->sku, sizeof s->sku, r, row, 1);
+    s->starts_ms = i64(r, row, 2);
+    s->ends_ms = i64(r, row, 3);
+    s->sale_stock = i64(r, row, 4);
+    s->per_buyer_limit = i64(r, row, 5);
+    s->reserved = i64(r, row, 6);
+    s->sold = i64(r, row, 7);
+    s->version = i64(r, row, 8);
+    s->created_ms = i64(r, row, 9);
+    s->updated_ms = i64(r, row, 10);
+    s->now_ms = i64(r, row, 11);
+}
+
+int inv_store_sale_get(cm_db *db, const char *tenant, const char *id, inv_sale *out)
+{
+    const char *p[] = {tenant, id};
+    PGresult *r = NULL;
+    int rc =
+        exec(db, "get flash sale",
+             "SELECT " SALE_COLS " FROM flash_sale WHERE tenant_id = $1 AND flash_sale_id = $2", 2,
+             p, &r);
+    if (rc)
+        return rc;
+    if (PQntuples(r) == 0) {
+        PQclear(r);
+        return CM_ENOTFOUND;
+    }
+    parse_sale(r, 0, out);
+    PQclear(r);
+    return 0;
+}
+
+typedef struct sale_tx {
+    const inv_sale_req *q;
+    int verdict;
+    inv_sale *out;
+} sale_tx;
+
+static int sale_fn(cm_db *db, void *arg)
+{
+    sale_tx *t = arg;
+    const inv_sale_req *q = t->q;
+    /* one sku's sales are configured one at a time, so the overlap check
+     * holds across replicas */
+    const char *pk[] = {q->tenant, q->sku};
+    int rc = exec(db, "lock sku sales", "SELECT pg_advisory_xact_lock(hashtext($1 || '/' || $2))",
+                  2, pk, NULL);
+    if (rc)
+        return rc;
+    const char *pr[] = {q->tenant, q->request_id};
+    PGresult *r = NULL;
+    rc = exec(db, "find sale request",
+              "SELECT request_body, flash_sale_id FROM flash_sale_request "
+              "WHERE tenant_id = $1 AND request_id = $2",
+              2, pr, &r);
+    if (rc)
+        return rc;
+    if (PQntuples(r) == 1) {
+        int same = strcmp(PQgetvalue(r, 0, 0), q->body) == 0;
+        char id[40];
+        cpy(id, sizeof id, r, 0, 1);
+        PQclear(r);
+        t->verdict = same ? INV_S_REPLAY : INV_S_REUSED;
+        return same ? inv_store_sale_get(db, q->tenant, id, t->out) : 0;
+    }
+    PQclear(r);
+    char st[24], en[24], stock[24], lim[24];
+    snprintf(st, sizeof st, "%lld", (long long)q->starts_ms);
+    snprintf(en, sizeof en, "%lld", (long long)q->ends_ms);
+    snprintf(stock, sizeof stock, "%lld", (long long)q->sale_stock);
+    snprintf(lim, sizeof lim, "%lld", (long long)q->per_buyer_limit);
+    const char *po[] = {q->tenant, q->sku, st, en};
+    rc = exec(db, "sale overlap",
+              "SELECT 1 FROM flash_sale WHERE tenant_id = $1 AND sku = $2 "
+              "AND starts_at < to_timestamp($4::bigint / 1000.0) "
+              "AND ends_at > to_timestamp($3::bigint / 1000.0)",
+              4, po, &r);
+    if (rc)
+        return rc;
+    int overlap = PQntuples(r) > 0;
+    PQclear(r);
+    if (overlap) {
+        t->verdict = INV_S_OVERLAP;
+        return 0;
+    }
+    const char *pi[] = {q->tenant, q->sku, st, en, stock, lim, q->request_id, q->body};
+    rc = exec(db, "create sale",
+              "INSERT INTO flash_sale (tenant_id, flash_sale_id, sku, starts_at, ends_at, "
+              "sale_stock, per_buyer_limit, request_id, request_body) VALUES ($1, uuid7()::text, "
+              "$2, to_timestamp($3::bigint / 1000.0), to_timestamp($4::bigint / 1000.0), "
+              "$5::bigint, $6::bigint, $7, $8) RETURNING " SALE_COLS,
+              8, pi, &r);
+    if (rc)
+        return rc;
+    parse_sale(r, 0, t->out);
+    PQclear(r);
+    const char *pq[] = {q->tenant, q->request_id, q->body, t->out->flash_sale_id};
+    rc = exec(db, "record sale request",
+              "INSERT INTO flash_sale_request (tenant_id, request_id, request_body, flash_sale_id) "
+              "VALUES ($1, $2, $3, $4)",
+              4, pq, NULL);
+    t->verdict = INV_S_CREATED;
+    return rc;
+}
+
+int inv_store_sale_create(cm_db *db, const inv_sale_req *q, int *verdict, inv_sale *out)
+{
+    sale_tx t = {.q = q, .verdict = -1, .out = out};
+    int rc = cm_db_tx(db, NULL, 8, sale_fn, &t);
+    *verdict = t.verdict;
     return rc;
 }

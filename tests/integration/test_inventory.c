@@ -609,6 +609,142 @@ START_TEST(kill_9_under_load_loses_no_acknowledged_reservation)
 }
 END_TEST
 
+/* ---- flash sale: per-buyer limit under concurrent requests ---- */
+
+typedef struct limit_run {
+    cm_rpc_client *clients[2];
+    atomic_int next, ok, limited, sold_out, other;
+} limit_run;
+
+static void *limit_buyer(void *p)
+{
+    limit_run *lr = p;
+    for (int i = 0; i < 4; i++) {
+        int n = atomic_fetch_add(&lr->next, 1);
+        char order[32];
+        snprintf(order, sizeof order, "fs-%d", n);
+        const char *skus[] = {"sku-fs"};
+        int64_t one = 1;
+        cm_rpc_status st;
+        int code = reserve_lines(lr->clients[n % 2], order, "buyer-1", skus, &one, 1, 0, NULL, &st);
+        if (code == 0)
+            atomic_fetch_add(&lr->ok, 1);
+        else if (code == GRPC_STATUS_FAILED_PRECONDITION &&
+                 strcmp(st.reason, "FLASH_SALE_LIMIT_EXCEEDED") == 0)
+            atomic_fetch_add(&lr->limited, 1);
+        else
+            atomic_fetch_add(&lr->other, 1);
+    }
+    return NULL;
+}
+
+START_TEST(flash_sale_per_buyer_limit_is_exact_under_concurrency)
+{
+    new_schema();
+    hs_proc p[2];
+    limit_run lr = {0};
+    for (int i = 0; i < 2; i++) {
+        spawn(&p[i], NULL);
+        lr.clients[i] = client_for(&p[i]);
+    }
+    cm_rpc_client *c = lr.clients[0];
+    ck_assert_int_eq(set_stock(c, "r1", "sku-fs", 100), 0);
+    Commerce__Inventory__V1__ConfigureFlashSaleRequest q =
+        COMMERCE__INVENTORY__V1__CONFIGURE_FLASH_SALE_REQUEST__INIT;
+    Google__Protobuf__Timestamp st = GOOGLE__PROTOBUF__TIMESTAMP__INIT,
+                                en = GOOGLE__PROTOBUF__TIMESTAMP__INIT;
+    st.seconds = time(NULL) - 5;
+    en.seconds = time(NULL) + 3600;
+    q.request_id = "fs-create-1";
+    q.sku = "sku-fs";
+    q.starts_at = &st;
+    q.ends_at = &en;
+    q.sale_stock = 50;
+    q.per_buyer_limit = 3;
+    q.actor = "ops:test";
+    Commerce__Inventory__V1__ConfigureFlashSaleResponse *fr = NULL;
+    ck_assert_int_eq(call(c, SVC "ConfigureFlashSale", &q.base,
+                          &commerce__inventory__v1__configure_flash_sale_response__descriptor,
+                          (ProtobufCMessage **)&fr, NULL, tenant_md, 1),
+                     0);
+    ck_assert_int_eq(fr->flash_sale->state,
+                     COMMERCE__INVENTORY__V1__FLASH_SALE_STATE__FLASH_SALE_STATE_ACTIVE);
+    char sale_id[64];
+    snprintf(sale_id, sizeof sale_id, "%s", fr->flash_sale->flash_sale_id);
+    protobuf_c_message_free_unpacked(&fr->base, NULL);
+    /* the same request again: the same sale; an overlapping one is refused */
+    ck_assert_int_eq(call(c, SVC "ConfigureFlashSale", &q.base,
+                          &commerce__inventory__v1__configure_flash_sale_response__descriptor,
+                          (ProtobufCMessage **)&fr, NULL, tenant_md, 1),
+                     0);
+    ck_assert_str_eq(fr->flash_sale->flash_sale_id, sale_id);
+    protobuf_c_message_free_unpacked(&fr->base, NULL);
+    cm_rpc_status s;
+    q.request_id = "fs-create-2";
+    ck_assert_int_eq(call(c, SVC "ConfigureFlashSale", &q.base,
+                          &commerce__inventory__v1__configure_flash_sale_response__descriptor, NULL,
+                          &s, tenant_md, 1),
+                     GRPC_STATUS_FAILED_PRECONDITION);
+    ck_assert_str_eq(s.reason, "FLASH_SALE_OVERLAP");
+
+    /* a buyer is required in a sale */
+    ck_assert_int_eq(reserve1(c, "fs-nobuyer", "sku-fs", 1, &s), GRPC_STATUS_INVALID_ARGUMENT);
+    ck_assert_str_eq(s.field, "buyer_id");
+
+    /* one buyer, 16 threads x 4 calls over two replicas: exactly 3 units */
+    pthread_t t[16];
+    for (int i = 0; i < 16; i++)
+        pthread_create(&t[i], NULL, limit_buyer, &lr);
+    for (int i = 0; i < 16; i++)
+        pthread_join(t[i], NULL);
+    ck_assert_int_eq(atomic_load(&lr.other), 0);
+    ck_assert_int_eq(atomic_load(&lr.ok), 3);
+    ck_assert_int_eq(atomic_load(&lr.limited), 61);
+    ck_assert_int_eq(sql_long("SELECT units FROM flash_buyer WHERE buyer_id = 'buyer-1'"), 3);
+    ck_assert_int_eq(get_level(c, "sku-fs").reserved, 3);
+
+    /* the limit counts held units: a release gives one back */
+    Commerce__Inventory__V1__ReserveResponse *rr = NULL;
+    const char *skus[] = {"sku-fs"};
+    int64_t one = 1;
+    char released[32] = "";
+    for (int i = 0; i < 64 && !released[0]; i++) {
+        char order[32];
+        snprintf(order, sizeof order, "fs-%d", i);
+        if (resolve(c, SVC "Release", order, NULL, NULL) == 0 &&
+            sql_long("SELECT units FROM flash_buyer WHERE buyer_id = 'buyer-1'") == 2)
+            snprintf(released, sizeof released, "%s", order);
+    }
+    ck_assert(released[0]);
+    ck_assert_int_eq(reserve_lines(c, "fs-again", "buyer-1", skus, &one, 1, 0, &rr, NULL), 0);
+    ck_assert_uint_eq(rr->reservation->n_lines, 1);
+    ck_assert_str_eq(rr->reservation->lines[0]->flash_sale_id, sale_id);
+    ck_assert(rr->reservation->flash_sale);
+    protobuf_c_message_free_unpacked(&rr->base, NULL);
+    ck_assert_int_eq(reserve_lines(c, "fs-over", "buyer-1", skus, &one, 1, 0, NULL, &s),
+                     GRPC_STATUS_FAILED_PRECONDITION);
+    ck_assert_str_eq(s.reason, "FLASH_SALE_LIMIT_EXCEEDED");
+    /* another buyer is not limited by the first */
+    ck_assert_int_eq(reserve_lines(c, "fs-b2", "buyer-2", skus, &one, 1, 0, NULL, NULL), 0);
+
+    Commerce__Inventory__V1__GetFlashSaleRequest g =
+        COMMERCE__INVENTORY__V1__GET_FLASH_SALE_REQUEST__INIT;
+    g.flash_sale_id = sale_id;
+    Commerce__Inventory__V1__GetFlashSaleResponse *gr = NULL;
+    ck_assert_int_eq(call(c, SVC "GetFlashSale", &g.base,
+                          &commerce__inventory__v1__get_flash_sale_response__descriptor,
+                          (ProtobufCMessage **)&gr, NULL, tenant_md, 1),
+                     0);
+    ck_assert_int_eq(gr->flash_sale->reserved, 4);
+    protobuf_c_message_free_unpacked(&gr->base, NULL);
+    ck_assert_int_eq(violations(c), 0);
+    for (int i = 0; i < 2; i++) {
+        cm_rpc_client_free(lr.clients[i]);
+        ck_assert_int_eq(hs_stop(&p[i], SIGTERM, 20000), 0);
+    }
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("inventory");
@@ -622,6 +758,7 @@ static Suite *suite(void)
     tcase_add_test(t, concurrent_buyers_never_oversell_two_replicas);
     tcase_add_test(t, concurrent_buyers_never_oversell_naive_path);
     tcase_add_test(t, kill_9_under_load_loses_no_acknowledged_reservation);
+    tcase_add_test(t, flash_sale_per_buyer_limit_is_exact_under_concurrency);
     suite_add_tcase(s, t);
     return s;
 }
