@@ -264,6 +264,19 @@ START_TEST(reserve_confirm_release_and_retries)
     ck_assert_int_eq(get_level(c, "sku-a").available, 7);
 
     ck_assert_int_eq(violations(c), 0);
+
+    /* the events went to the outbox with their changes: set, confirm, release */
+    ck_assert_int_ge(sql_long("SELECT count(*) FROM outbox WHERE type = "
+                              "'commerce.events.v1.StockChanged' AND key = 'sku-a'"),
+                     3);
+    ck_assert_int_eq(sql_long("SELECT count(*) FROM outbox WHERE type = "
+                              "'commerce.events.v1.ReservationConfirmed' AND key = 'o-1'"),
+                     1);
+    ck_assert_int_eq(sql_long("SELECT count(*) FROM outbox WHERE type = "
+                              "'commerce.events.v1.ReservationReleased' AND key = 'o-2'"),
+                     1);
+    ck_assert_int_eq(sql_long("SELECT count(*) FROM outbox WHERE topic <> 'commerce.inventory.v1'"),
+                     0);
     cm_rpc_client_free(c);
     ck_assert_int_eq(hs_stop(&p, SIGTERM, 20000), 0);
 }
@@ -444,6 +457,9 @@ START_TEST(expiry_releases_exactly_once_with_two_replicas)
     ck_assert_int_eq(l.available, 100);
     ck_assert_int_eq(sql_long("SELECT count(*) FROM stock_change WHERE kind = 6"), 40);
     ck_assert_int_eq(sql_long("SELECT count(*) FROM reservation WHERE state = 4"), 40);
+    ck_assert_int_eq(sql_long("SELECT count(*) FROM outbox WHERE type = "
+                              "'commerce.events.v1.ReservationExpired'"),
+                     40);
     /* confirm after expiry is refused, clearly */
     cm_rpc_status st;
     ck_assert_int_eq(resolve(c, SVC "Confirm", "exp-0", NULL, &st),
