@@ -5,6 +5,7 @@
 #include "cm_log.h"
 
 #include <pthread.h>
+#include <semaphore.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,11 +13,14 @@
 
 #define SOLD_SLOTS 4096
 
+/* a caller waiting for its batch. woken through its own semaphore, posted
+ * after the batcher let go of the queue lock, so the woken callers do not
+ * all fight the batcher (and each other) for that lock */
 typedef struct waiter {
     inv_reserve_item *it;
     struct waiter *next;
-    pthread_cond_t cond;
-    int done, rc;
+    sem_t done;
+    int rc;
 } waiter;
 
 typedef struct sold_slot {
@@ -131,14 +135,13 @@ static void *batcher_main(void *p)
         int rc = inv_store_reserve_batch(db, items, n, inv_hot_mark, h);
         if (rc)
             cm_log_warn("reservation batch failed", "error", cm_strerror(rc), NULL);
+        for (size_t i = 0; i < n; i++) {
+            ws[i]->rc = rc;
+            sem_post(&ws[i]->done);
+        }
         pthread_mutex_lock(&h->mu);
         h->batches++;
         h->items += n;
-        for (size_t i = 0; i < n; i++) {
-            ws[i]->rc = rc;
-            ws[i]->done = 1;
-            pthread_cond_signal(&ws[i]->cond);
-        }
     }
     pthread_mutex_unlock(&h->mu);
     free(items);
@@ -149,11 +152,12 @@ static void *batcher_main(void *p)
 int inv_hot_reserve(inv_hot *h, inv_reserve_item *it)
 {
     waiter w = {.it = it};
-    pthread_cond_init(&w.cond, NULL);
+    if (sem_init(&w.done, 0, 0) != 0)
+        return CM_ENOMEM;
     pthread_mutex_lock(&h->mu);
     if (h->stop) {
         pthread_mutex_unlock(&h->mu);
-        pthread_cond_destroy(&w.cond);
+        sem_destroy(&w.done);
         return CM_ECANCELLED;
     }
     if (h->tail)
@@ -162,10 +166,10 @@ int inv_hot_reserve(inv_hot *h, inv_reserve_item *it)
         h->head = &w;
     h->tail = &w;
     pthread_cond_signal(&h->more);
-    while (!w.done)
-        pthread_cond_wait(&w.cond, &h->mu);
     pthread_mutex_unlock(&h->mu);
-    pthread_cond_destroy(&w.cond);
+    while (sem_wait(&w.done) != 0)
+        ; /* EINTR: wait on */
+    sem_destroy(&w.done);
     return w.rc;
 }
 
