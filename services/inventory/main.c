@@ -18,6 +18,13 @@ static const cm_service_consumer consumers[] = {
 
 int main(int argc, char **argv)
 {
+    /* a Reserve blocks its worker until its batch commits, so concurrency
+     * per replica is WORKERS: more than the runtime's one per cpu (each is
+     * also a database connection; two replicas stay under postgres's
+     * default max_connections of 100) */
+    const char *w = getenv("WORKERS");
+    if (!w || !*w)
+        setenv("WORKERS", "32", 1);
     /* INVENTORY_SCHEMA lets tests and benchmarks run side by side */
     const char *schema = getenv("INVENTORY_SCHEMA");
     const char *consume = getenv("INVENTORY_CONSUME_ORDERS");
