@@ -6,6 +6,7 @@
 #
 #   scripts/bench.sh rpc [--duration S] [--concurrency C] [options]
 #   scripts/bench.sh inventory [--duration S] [--rounds R] [options]
+#   scripts/bench.sh events [--events N] [--rate R] [options]
 #
 # every benchmark builds a release tree first (build-release: -O2, no
 # sanitizers), starts what it needs, prints the machine and its settings,
@@ -50,6 +51,13 @@ benchmarks:
                   --warmup S (2) --workers W (64) --channels N (4)
                   --threads T (2) --skus N (10000) --no-build
 
+  events outbox -> relay -> kafka (scripts/kafka.sh's broker) -> consumer with
+         inbox, durable on both sides: events/s at full speed, commit-to-effect
+         latency at a fixed offered rate; checks exactly once and key order
+         options: --events N (200000) --rate R (1000) --seconds S (30)
+                  --batch B (100) --consumer-batch B (500) --partitions P (6)
+                  --keys K (1000) --no-build
+
 exit: 0 targets met, 1 measurement failed, 2 usage, 3 a target was missed.
 EOF
 }
@@ -78,6 +86,9 @@ cleanup() {
   done
   if [ "$started_pg" = 1 ]; then
     bench_pg stop >/dev/null 2>&1 || true
+  fi
+  if [ "${started_kafka:-0}" = 1 ]; then
+    "$root/scripts/kafka.sh" stop >/dev/null 2>&1 || true
   fi
   exit "$rc"
 }
@@ -590,11 +601,197 @@ bench_inventory() {
   return "$verdict"
 }
 
+# ---- events: outbox -> relay -> kafka -> consumer with inbox ----
+# (the kafka backbone's benchmark; kept apart from the blocks above)
+
+started_kafka=0
+
+# the scenario's own topic, schema and two commerce-eventsvc processes:
+# a consumer (batched inbox, counter row per key) and a producer (writer
+# thread through the outbox, and the relay). waits until every event's
+# effect is committed, stops both (the consumer writes its latency file at
+# exit) and prints one row. sets ev_rate, ev_p50, ev_p99
+ev_scenario() {
+  local name=$1 total=$2 rate=$3 wbatch=$4
+  local tag schema topic latf cport cadmin pport padmin cpid ppid t_end n got
+  tag=$(date -u +%H%M%S)$$
+  schema=bench_events_${name}_$tag
+  topic=bench.events.$name.$tag
+  latf=$workdir/$name-latency.json
+  "$root/scripts/kafka.sh" topic "$topic" "$ev_partitions" || die "could not create $topic"
+  "$root/scripts/kafka.sh" topic "$topic.dlq" 1 || die "could not create $topic.dlq"
+  local -a common=(PG_DSN="$PG_DSN" KAFKA_BROKERS="$ev_brokers" LOG_LEVEL=warn WORKERS=1
+    EVENTSVC_SCHEMA="$schema" EVENTSVC_TOPIC="$topic" EVENTSVC_KEYS="$ev_keys"
+    DRAIN_GRACE_SECONDS=10)
+  cport=$(free_port) cadmin=$(free_port)
+  spawn "$workdir/$name-consumer.log" env "${common[@]}" GRPC_LISTEN="127.0.0.1:$cport" \
+    ADMIN_LISTEN="127.0.0.1:$cadmin" EVENTSVC_ROLE=consumer EVENTSVC_LATENCY_FILE="$latf" \
+    EVENTSVC_CONSUMER_BATCH="$ev_cbatch" "$bin/commerce-eventsvc"
+  cpid=$last_pid
+  wait_http_ok "http://127.0.0.1:$cadmin/readyz" "$cpid" "$workdir/$name-consumer.log"
+  # the consumer has joined its group and owns every partition before the
+  # first event is written, so the run measures flow, not a rebalance
+  for _ in $(seq 1 300); do
+    curl -fsS --max-time 1 "http://127.0.0.1:$cadmin/metrics" 2>/dev/null |
+      grep -q "^consumer_lag{topic=\"$topic\".*partition=\"$((ev_partitions - 1))\"}" && break
+    sleep 0.1
+  done
+  pport=$(free_port) padmin=$(free_port)
+  spawn "$workdir/$name-producer.log" env "${common[@]}" GRPC_LISTEN="127.0.0.1:$pport" \
+    ADMIN_LISTEN="127.0.0.1:$padmin" EVENTSVC_ROLE=producer EVENTSVC_WRITE_TOTAL="$total" \
+    EVENTSVC_RATE="$rate" EVENTSVC_BATCH="$wbatch" "$bin/commerce-eventsvc"
+  ppid=$last_pid
+  # every effect committed, or give up after a generous deadline
+  t_end=$(($(date +%s) + 60 + total / 500))
+  got=0
+  while [ "$(date +%s)" -lt "$t_end" ]; do
+    n=$(psql "$PG_DSN" -XAtqc "SELECT coalesce(sum(n), 0) FROM $schema.counters" 2>/dev/null || echo 0)
+    if [ "${n:-0}" -ge "$total" ]; then
+      got=1
+      break
+    fi
+    kill -0 "$cpid" 2>/dev/null && kill -0 "$ppid" 2>/dev/null || break
+    sleep 0.5
+  done
+  local ok=1
+  stop_pid "$ppid" || { echo "bench.sh: the producer did not exit 0 on SIGTERM" >&2; ok=0; }
+  stop_pid "$cpid" || { echo "bench.sh: the consumer did not exit 0 on SIGTERM" >&2; ok=0; }
+  local check
+  check=$(psql "$PG_DSN" -XAtqc "SELECT coalesce(sum(n), 0) || ' ' || coalesce(sum(out_of_order), 0) \
+    || ' ' || (SELECT count(*) FROM $schema.inbox) FROM $schema.counters" 2>/dev/null || echo "? ? ?")
+  psql "$PG_DSN" -XAtqc "DROP SCHEMA IF EXISTS $schema CASCADE" >/dev/null 2>&1 || true
+  "$root/scripts/kafka.sh" delete-topic "$topic" >/dev/null 2>&1 || true
+  "$root/scripts/kafka.sh" delete-topic "$topic.dlq" >/dev/null 2>&1 || true
+  local json=""
+  [ -f "$latf" ] && json=$(grep '^{' "$latf" || true)
+  if [ "$got" != 1 ] || [ "$ok" != 1 ] || [ -z "$json" ]; then
+    echo "scenario $name: not every effect arrived or a process failed (applied, out of order," \
+      "inbox rows: $check; logs in $workdir)" >&2
+    return 1
+  fi
+  local applied ooo inbox
+  read -r applied ooo inbox <<<"$check"
+  if [ "$applied" != "$total" ] || [ "$ooo" != 0 ] || [ "$inbox" != "$total" ]; then
+    echo "scenario $name: effects not exactly once in key order (applied $applied of $total," \
+      "out of order $ooo, inbox rows $inbox)" >&2
+    return 1
+  fi
+  ev_rate=$(awk -v n="$(jnum "$json" events)" -v a="$(jnum "$json" first_commit_us)" \
+    -v b="$(jnum "$json" last_effect_us)" 'BEGIN {printf "%.0f", (b > a ? n / ((b - a) / 1e6) : 0)}')
+  ev_p50=$(jnum "$json" p50_ms)
+  ev_p99=$(jnum "$json" p99_ms)
+  printf '%-10s %8s %9s %10s %9s %9s %9s %9s %9s %10s\n' "$name" "$total" \
+    "$([ "$rate" = 0 ] && echo max || echo "$rate")" "$ev_rate" "$ev_p50" "$(jnum "$json" p90_ms)" \
+    "$ev_p99" "$(jnum "$json" p999_ms)" "$(jnum "$json" max_ms)" "$(jnum "$json" relay_p99_ms)"
+}
+
+bench_events() {
+  local events=200000 rate=1000 seconds=30 wbatch=100 do_build=1
+  ev_partitions=6 ev_keys=1000 ev_cbatch=500
+  while [ $# -gt 0 ]; do
+    case "$1" in
+    --events) events=$2; shift 2 ;;
+    --rate) rate=$2; shift 2 ;;
+    --seconds) seconds=$2; shift 2 ;;
+    --batch) wbatch=$2; shift 2 ;;
+    --consumer-batch) ev_cbatch=$2; shift 2 ;;
+    --partitions) ev_partitions=$2; shift 2 ;;
+    --keys) ev_keys=$2; shift 2 ;;
+    --no-build) do_build=0; shift ;;
+    -h | --help) usage; exit 0 ;;
+    *) usage >&2; exit 2 ;;
+    esac
+  done
+  local v
+  for v in "$events" "$rate" "$seconds" "$wbatch" "$ev_cbatch" "$ev_partitions" "$ev_keys"; do
+    [[ "$v" =~ ^[0-9]+$ ]] && [ "$v" -ge 1 ] ||
+      { echo "bench.sh: options take positive whole numbers, got '$v'" >&2; exit 2; }
+  done
+  [ "$wbatch" -le "$ev_keys" ] || { echo "bench.sh: --batch must not exceed --keys" >&2; exit 2; }
+  command -v psql >/dev/null || die "psql is needed"
+  local rate_target=10000 p99_target=100
+
+  if [ "$do_build" = 1 ]; then
+    build_release commerce-eventsvc
+  fi
+  [ -x "$bin/commerce-eventsvc" ] || die "$bin/commerce-eventsvc is missing (build without --no-build)"
+  workdir=$build/bench/events-$(date -u +%Y%m%dT%H%M%SZ)
+  mkdir -p "$workdir"
+
+  machine
+  echo
+  echo "== kafka"
+  if "$root/scripts/kafka.sh" status >/dev/null 2>&1; then
+    echo "broker       already running: used, left running"
+  else
+    "$root/scripts/kafka.sh" start >/dev/null || die "could not start kafka (scripts/kafka.sh start)"
+    started_kafka=1
+    echo "broker       started by this run (scripts/kafka.sh), stopped at the end"
+  fi
+  ev_brokers=$("$root/scripts/kafka.sh" bootstrap)
+  echo "bootstrap    $ev_brokers"
+  echo
+  echo "== postgres"
+  start_pg
+  echo "fsync        $(psql "$PG_DSN" -XAtqc 'SHOW fsync'), synchronous_commit" \
+    "$(psql "$PG_DSN" -XAtqc 'SHOW synchronous_commit')"
+  echo
+
+  echo "== settings"
+  echo "path         commerce-eventsvc producer: writer thread -> outbox (same transaction"
+  echo "             as a per-key sequence row) -> relay (LISTEN/NOTIFY, batches of up to"
+  echo "             1000, idempotent producer, acks=all, linger 5 ms) -> kafka, $ev_partitions partitions"
+  echo "             -> commerce-eventsvc consumer: batches of up to $ev_cbatch records, one"
+  echo "             transaction each (inbox rows + counter upsert per event), then offsets"
+  echo "keys         $ev_keys (the counter row per key is the effect; order checked per key)"
+  echo "full speed   $events events, $wbatch per writer transaction"
+  echo "paced        $rate events/s for $seconds s, one event per writer transaction"
+  echo "latency      writer's CLOCK_REALTIME at the event's insert (its transaction's last"
+  echo "             statement) -> consumer's clock right after its effect's COMMIT"
+  echo "throughput   events / (last effect - first event's commit)"
+  echo "logs         $workdir"
+  echo
+
+  echo "== runs"
+  # relay_p99: commit to the record's kafka timestamp (the relay's produce),
+  # the rest of the latency is broker, fetch and the consumer's batch
+  printf '%-10s %8s %9s %10s %9s %9s %9s %9s %9s %10s\n' scenario events offered events/s p50_ms \
+    p90_ms p99_ms p999_ms max_ms relay_p99
+  local failed=0 full_rate=0 paced_p99=0 paced_p50=0
+  if ev_scenario full "$events" 0 "$wbatch"; then
+    full_rate=$ev_rate
+  else
+    failed=1
+  fi
+  if ev_scenario paced "$((rate * seconds))" "$rate" 1; then
+    paced_p99=$ev_p99 paced_p50=$ev_p50
+  else
+    failed=1
+  fi
+  echo
+  if [ "$failed" = 1 ]; then
+    echo "*** EVENTS BENCHMARK FAILED: see the errors above; these numbers are not a measurement ***"
+    return 1
+  fi
+  local rate_ok p99_ok verdict=0
+  rate_ok=$(awk -v r="$full_rate" -v t="$rate_target" 'BEGIN {print ((r >= t) ? "met" : "MISSED")}')
+  p99_ok=$(awk -v p="$paced_p99" -v t="$p99_target" 'BEGIN {print ((p <= t) ? "met" : "MISSED")}')
+  [ "$rate_ok" = met ] && [ "$p99_ok" = met ] || verdict=3
+  echo "== summary"
+  echo "throughput   $full_rate events/s through relay and consumer (target >= $rate_target): $rate_ok"
+  echo "latency      at $rate events/s: p50 $paced_p50 ms, p99 $paced_p99 ms commit to effect" \
+    "(target p99 <= $p99_target ms): $p99_ok"
+  echo "checked      every event applied exactly once, no key out of order, one inbox row each"
+  echo "note         postgres, the broker (a jvm) and both services share $(nproc) cpus"
+  return "$verdict"
+}
+
 cmd=${1:-}
 [ $# -gt 0 ] && shift
 case "$cmd" in
 rpc) bench_rpc "$@" ;;
 inventory) bench_inventory "$@" ;;
+events) bench_events "$@" ;;
 -h | --help | help) usage ;;
 "")
   usage >&2

@@ -13,6 +13,10 @@
 #   scripts/kafka.sh topics     create every topic of kafka/topics.tsv on the
 #                               bootstrap broker (any broker; existing ones are
 #                               left alone)
+#   scripts/kafka.sh topic NAME PARTITIONS
+#                               create one topic (benchmarks); an existing
+#                               one is left alone
+#   scripts/kafka.sh delete-topic NAME
 #
 # environment: KAFKA_PORT (default 59092), KAFKA_CONTROLLER_PORT (59093),
 # KAFKA_RUN_DIR (<repo>/.run/kafka), KAFKA_HEAP (512m), KAFKA_START_TIMEOUT
@@ -423,6 +427,32 @@ topics() {
 }
 
 # serialise start/stop so scripts/test.sh and scripts/run.sh can race safely
+# one topic outside the catalogue, for benchmarks and tests
+one_topic() {
+  local name=${1:-} parts=${2:-} bs
+  [[ $name =~ ^[A-Za-z0-9._-]+$ ]] || die "topic: bad topic name '$name'"
+  is_uint "$parts" && [ "$parts" -ge 1 ] || die "topic: bad partitions '$parts'"
+  need_java
+  with_lock ensure_libs
+  exec 9>&-
+  bs=$(bootstrap)
+  run_tool org.apache.kafka.tools.TopicCommand --bootstrap-server "$bs" --create \
+    --if-not-exists --topic "$name" --partitions "$parts" \
+    --replication-factor "$KAFKA_REPLICATION_FACTOR" >/dev/null ||
+    die "could not create topic $name on $bs"
+}
+
+delete_topic() {
+  local name=${1:-} bs
+  [[ $name =~ ^[A-Za-z0-9._-]+$ ]] || die "delete-topic: bad topic name '$name'"
+  need_java
+  with_lock ensure_libs
+  exec 9>&-
+  bs=$(bootstrap)
+  run_tool org.apache.kafka.tools.TopicCommand --bootstrap-server "$bs" --delete \
+    --if-exists --topic "$name" >/dev/null || die "could not delete topic $name on $bs"
+}
+
 with_lock() {
   mkdir -p "$base"
   exec 9>"$base/.lock"
@@ -450,8 +480,10 @@ stop)
 status) status ;;
 bootstrap) bootstrap ;;
 topics) topics ;;
+topic) one_topic "$@" ;;
+delete-topic) delete_topic "$@" ;;
 *)
-  echo "usage: $0 start|stop|status|bootstrap|topics" >&2
+  echo "usage: $0 start|stop|status|bootstrap|topics|topic NAME PARTITIONS|delete-topic NAME" >&2
   exit 2
   ;;
 esac

@@ -2,19 +2,30 @@
  * cm_consumer: a kafka consumer-group member that applies each event exactly
  * once, through an inbox table in the service's schema.
  *
- * for every record, on the consumer's own thread and database connection:
+ * records are applied in batches, on the consumer's own thread and
+ * database connection: what the poll has ready (up to batch_size) goes into
+ * one transaction —
  *
  *   BEGIN
- *     INSERT INTO inbox (consumer_group, event_id, ...) ON CONFLICT DO NOTHING
- *     -- no row inserted: a redelivery, the effect already happened: skip
- *     fn(db, ev, arg)                     -- the effect
+ *     INSERT INTO inbox (consumer_group, event_id, ...) SELECT ... unnest(..)
+ *       ON CONFLICT DO NOTHING RETURNING event_id
+ *     -- an id not returned: a redelivery, the effect already happened: skip
+ *     fn(db, ev, arg)                     -- the effect, per first delivery
  *   COMMIT
- *   then the record's offset is committed to kafka
+ *   then each partition's offset (highest applied + 1) is committed to kafka
  *
- * so a crash between COMMIT and the offset commit redelivers the record and
- * the inbox absorbs it. offsets are committed in the background (every few
+ * so a crash between COMMIT and the offset commit redelivers the records and
+ * the inbox absorbs them. offsets are committed in the background (every few
  * hundred ms, and synchronously when partitions are revoked or the consumer
- * stops), never before their effect is committed.
+ * stops), never before their effect is committed. one commit (one fsync)
+ * per batch instead of per event is what lets a consumer go past the
+ * database's commit rate.
+ *
+ * a handler that fails inside a batch aborts that transaction: the batch is
+ * run again without that record and without the later records of its
+ * partition (a key's events never overtake each other); the failed record
+ * then gets its own transactions and retries, as below, and the deferred
+ * ones go into the next batch.
  *
  * failures: the handler returns CM_ECONFLICT, CM_EUNAVAIL, CM_ETIMEDOUT or
  * CM_ELIMIT for transient trouble: retried with jittered backoff up to
@@ -91,6 +102,10 @@ typedef struct cm_consumer_opts {
     int backoff_min_ms;     /* first retry delay; 0: 50 */
     int backoff_max_ms;     /* 0: 5000 */
     int commit_interval_ms; /* background offset commits; 0: 500 */
+    /* records applied in one transaction, at most; 0: 500 (1: one
+     * transaction per event). a batch never waits to fill: it takes what
+     * the poll has ready, so it grows with the load. */
+    int batch_size;
     /* extra librdkafka settings, "key", "value" pairs, NULL-terminated
      * (session.timeout.ms, security); applied last */
     const char *const *conf;

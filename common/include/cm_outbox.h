@@ -24,17 +24,23 @@
 #include "cm_metrics.h"
 
 typedef struct cm_outbox_event {
-    const char *event_id;     /* UUID (cm_id_uuid7), equal to the payload's event_id */
-    const char *tenant_id;    /* tenant-id header */
-    const char *topic;        /* "commerce.order.v1" */
-    const char *key;          /* the aggregate id: per-key order is kept */
-    const char *type;         /* ce_type, "commerce.events.v1.OrderPaid" */
-    const char *source;       /* ce_source, "/commerce/order" */
-    const void *payload;      /* the protobuf-encoded event */
-    size_t len;               /* at most 64 MiB (the broker's limit is far lower) */
-    const char *content_type; /* NULL: "application/protobuf" */
-    const char *traceparent;  /* NULL: none */
-    int64_t occurred_at_ms;   /* ce_time in unix ms; 0: the transaction's now() */
+    const char *event_id;  /* UUID (cm_id_uuid7), equal to the payload's event_id */
+    const char *tenant_id; /* tenant-id header */
+    const char *topic;     /* "commerce.order.v1" */
+    const char *key;       /* the aggregate id: per-key order is kept */
+    const char *type;      /* ce_type, "commerce.events.v1.OrderPaid" */
+    const char *source;    /* ce_source, "/commerce/order" */
+    const void *payload;   /* the protobuf-encoded event */
+    size_t len;            /* at most 64 MiB (the broker's limit is far lower) */
+    /* NULL: "application/protobuf". CM_CLOUDEVENTS_JSON_CONTENT_TYPE
+     * (cm_cloudevents.h): the payload is a whole structured-mode cloudevent
+     * (cm_cloudevent_json), published with this content-type header and
+     * the extra headers only, no ce_* or tenant-id headers; the fields above
+     * are still required (the outbox keeps them) and must match the
+     * envelope's */
+    const char *content_type;
+    const char *traceparent; /* NULL: none */
+    int64_t occurred_at_ms;  /* ce_time in unix ms; 0: the transaction's now() */
     /* extra text headers (NULL-terminated "name", "value" pairs), or NULL.
      * names of the CloudEvents headers above are refused. */
     const char *const *headers;

@@ -43,6 +43,7 @@ struct cm_consumer {
     int backoff_min_ms;
     int backoff_max_ms;
     int commit_interval_ms;
+    int batch_size;
     void (*after_commit)(const cm_event *ev, int duplicate, void *arg);
 
     rd_kafka_t *rk;
@@ -58,6 +59,13 @@ struct cm_consumer {
     int dirty;
     double last_commit;
     double last_error_log;
+    /* bumped by every revoke: a batch gathered across one drops the records
+     * of partitions that are no longer ours */
+    unsigned revokes;
+
+    /* the batch: records polled, in poll order, not yet done */
+    rd_kafka_message_t **msgs;
+    size_t nmsgs;
 
     atomic_uint_fast64_t n_applied, n_duplicates, n_dead, n_retries;
     cm_counter *c_applied;
@@ -150,6 +158,7 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
     commit_pending(c, 1);
     rd_kafka_topic_partition_list_destroy(c->pending);
     c->pending = rd_kafka_topic_partition_list_new(8);
+    c->revokes++;
     for (int i = 0; i < parts->cnt; i++) {
         int32_t p = parts->elems[i].partition;
         if (p >= 0 && p < MAX_LAG_PARTITIONS && c->lag[p])
@@ -424,7 +433,10 @@ static enum outcome dead_letter(cm_consumer *c, const rd_kafka_message_t *m, con
     return out;
 }
 
-static enum outcome process(cm_consumer *c, const rd_kafka_message_t *m)
+/* one record on its own: its own transaction, retries with backoff, the
+ * dead-letter topic. first_rc != 0 is the outcome of a first attempt made
+ * inside a batch (rolled back), so the count of attempts goes on from it. */
+static enum outcome process(cm_consumer *c, const rd_kafka_message_t *m, int first_rc)
 {
     cm_event ev;
     char *buf = fill_event(c, m, &ev);
@@ -438,14 +450,21 @@ static enum outcome process(cm_consumer *c, const rd_kafka_message_t *m)
         return out;
     }
     int db_waits = 0;
+    int rc = first_rc;
+    int have_rc = first_rc != 0;
     for (int attempt = 1;;) {
-        ev.attempt = attempt;
-        apply_tx t = {.c = c, .ev = &ev};
-        int rc = cm_db_tx(c->db, NULL, 3, apply_in_tx, &t);
+        int duplicate = 0;
+        if (!have_rc) {
+            ev.attempt = attempt;
+            apply_tx t = {.c = c, .ev = &ev};
+            rc = cm_db_tx(c->db, NULL, 3, apply_in_tx, &t);
+            duplicate = t.duplicate;
+        }
+        have_rc = 0;
         if (rc == 0) {
             if (c->after_commit)
-                c->after_commit(&ev, t.duplicate, c->arg);
-            if (t.duplicate) {
+                c->after_commit(&ev, duplicate, c->arg);
+            if (duplicate) {
                 cm_counter_add(c->c_duplicate, 1);
                 atomic_fetch_add(&c->n_duplicates, 1);
                 out = DUPLICATE;
@@ -488,6 +507,278 @@ static enum outcome process(cm_consumer *c, const rd_kafka_message_t *m)
     return out;
 }
 
+/* ---- a batch ---- */
+
+/* a record's place in the batch. ACTIVE records are applied together in one
+ * transaction; a FAILED one (its handler failed there, or it cannot be
+ * applied at all) goes through process() after that commit; the records
+ * after it in its partition are DEFERRED to the next batch, so a key's
+ * events never overtake each other. */
+enum item_state { ACTIVE, FAILED, DEFERRED, DROPPED };
+
+typedef struct batch_item {
+    rd_kafka_message_t *m;
+    cm_event ev;
+    char *buf;
+    enum item_state state;
+    int rc;        /* FAILED: the first attempt's code (0: not attempted) */
+    int duplicate; /* ACTIVE: its inbox row existed (set by the transaction) */
+} batch_item;
+
+typedef struct batch_tx {
+    cm_consumer *c;
+    batch_item *items;
+    size_t n;
+    long blamed; /* the record whose handler failed, -1: none */
+    int blamed_rc;
+    char *ids;     /* uuid[] literal of the active records */
+    char *tenants; /* text[] literal */
+} batch_tx;
+
+typedef struct inserted_id {
+    const char *id;
+    int used;
+} inserted_id;
+
+static int cmp_inserted(const void *a, const void *b)
+{
+    return strcmp(((const inserted_id *)a)->id, ((const inserted_id *)b)->id);
+}
+
+/* appends s as an element of a postgres array literal; *at is the write
+ * position, cap the buffer's size (sized by the caller for the worst case) */
+static void array_elem(char *buf, size_t *at, const char *s)
+{
+    size_t o = *at;
+    if (buf[o - 1] != '{')
+        buf[o++] = ',';
+    buf[o++] = '"';
+    for (; *s; s++) {
+        if (*s == '"' || *s == '\\')
+            buf[o++] = '\\';
+        buf[o++] = *s;
+    }
+    buf[o++] = '"';
+    buf[o] = '\0';
+    *at = o;
+}
+
+static void defer_partition_after(batch_item *items, size_t n, size_t i)
+{
+    /* a later record already failed is deferred too: it is tried again, in
+     * its turn, in the next batch */
+    for (size_t j = i + 1; j < n; j++) {
+        if (items[j].m->partition == items[i].m->partition) {
+            items[j].state = DEFERRED;
+            items[j].rc = 0;
+        }
+    }
+}
+
+/* inside the batch's transaction: every active record's inbox row in one
+ * statement (the ids it returns are first deliveries), then the handler of
+ * each first delivery, in poll order. a failing handler aborts the whole
+ * transaction: the caller sets that record aside and runs the batch again
+ * without it. a savepoint per record would spare that re-run, but costs two
+ * round trips per record on the path every record takes, and more than 64
+ * subtransactions overflow every snapshot's subxid cache; a failure is the
+ * rare case, so it pays instead. */
+static int batch_in_tx(cm_db *db, void *arg)
+{
+    batch_tx *t = arg;
+    cm_consumer *c = t->c;
+    t->blamed = -1;
+    size_t ai = 1, at = 1, nactive = 0;
+    t->ids[0] = '{';
+    t->ids[1] = '\0';
+    t->tenants[0] = '{';
+    t->tenants[1] = '\0';
+    for (size_t i = 0; i < t->n; i++) {
+        if (t->items[i].state != ACTIVE)
+            continue;
+        t->items[i].duplicate = 1;
+        array_elem(t->ids, &ai, t->items[i].ev.id);
+        array_elem(t->tenants, &at, t->items[i].ev.tenant_id);
+        nactive++;
+    }
+    if (nactive == 0)
+        return 0;
+    memcpy(t->ids + ai, "}", 2);
+    memcpy(t->tenants + at, "}", 2);
+    const char *p[] = {c->group, t->ids, t->tenants, c->topic};
+    PGresult *res = NULL;
+    /* first, so a concurrent redelivery (a rebalance handing a partition
+     * over mid-batch) waits on these rows and then sees them */
+    int rc = cm_db_exec(db, "insert inbox rows",
+                        "INSERT INTO inbox (consumer_group, event_id, tenant_id, topic) SELECT $1, "
+                        "e, t, $4 FROM unnest($2::uuid[], $3::text[]) AS u(e, t) ON CONFLICT DO "
+                        "NOTHING RETURNING event_id::text",
+                        4, p, &res);
+    if (rc)
+        return rc;
+    int nnew = PQntuples(res);
+    inserted_id *fresh = calloc((size_t)nnew + 1, sizeof *fresh);
+    if (!fresh) {
+        PQclear(res);
+        return CM_ENOMEM;
+    }
+    for (int i = 0; i < nnew; i++)
+        fresh[i].id = PQgetvalue(res, i, 0);
+    qsort(fresh, (size_t)nnew, sizeof *fresh, cmp_inserted);
+    for (size_t i = 0; rc == 0 && i < t->n; i++) {
+        batch_item *it = &t->items[i];
+        if (it->state != ACTIVE)
+            continue;
+        inserted_id key = {.id = it->ev.id};
+        inserted_id *f = bsearch(&key, fresh, (size_t)nnew, sizeof *fresh, cmp_inserted);
+        /* the same id twice in a batch: the first is the delivery */
+        if (!f || f->used)
+            continue;
+        f->used = 1;
+        it->duplicate = 0;
+        it->ev.attempt = 1;
+        double t0 = cm_kafka_mono_s();
+        rc = c->fn(db, &it->ev, c->arg);
+        cm_histogram_observe(c->h_handler, cm_kafka_mono_s() - t0);
+        if (rc == 0 && PQtransactionStatus(cm_db_conn(db)) == PQTRANS_INERROR) {
+            cm_log_error("event handler returned success after a failed statement", "topic",
+                         c->topic, "group", c->group, NULL);
+            rc = CM_EINTERNAL;
+        }
+        /* a lost connection is the database's trouble, not the event's */
+        if (rc && PQstatus(cm_db_conn(db)) != CONNECTION_BAD) {
+            t->blamed = (long)i;
+            t->blamed_rc = rc;
+        }
+    }
+    free(fresh);
+    PQclear(res);
+    return rc;
+}
+
+static void destroy_item(batch_item *it)
+{
+    free(it->buf);
+    it->buf = NULL;
+    if (it->m)
+        rd_kafka_message_destroy(it->m);
+    it->m = NULL;
+}
+
+/* a record was left unfinished while the consumer goes on (out of memory):
+ * rewind its partition to it, or the next record's offset would skip it */
+static void rewind_partition(cm_consumer *c, const rd_kafka_message_t *m)
+{
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
+    if (!l)
+        return;
+    rd_kafka_topic_partition_list_add(l, c->topic, m->partition)->offset = m->offset;
+    rd_kafka_error_t *e = rd_kafka_seek_partitions(c->rk, l, 1000);
+    if (e)
+        rd_kafka_error_destroy(e);
+    rd_kafka_topic_partition_list_destroy(l);
+}
+
+/* applies c->msgs; what is deferred stays in c->msgs for the next batch */
+static void run_batch(cm_consumer *c, batch_item *items)
+{
+    size_t n = c->nmsgs;
+    for (size_t i = 0; i < n; i++) {
+        items[i] = (batch_item){.m = c->msgs[i], .state = ACTIVE};
+        items[i].buf = fill_event(c, items[i].m, &items[i].ev);
+    }
+    for (size_t i = 0; i < n; i++) {
+        /* out of memory, or no event id: process() deals with it alone */
+        if (items[i].state == ACTIVE && (!items[i].buf || !cm_id_is_uuid(items[i].ev.id))) {
+            items[i].state = FAILED;
+            defer_partition_after(items, n, i);
+        }
+    }
+    /* worst case of an array literal: every character escaped, quotes, comma */
+    size_t ids_cap = n * (CM_ID_SIZE * 2 + 3) + 3, ten_cap = 3;
+    for (size_t i = 0; i < n; i++)
+        if (items[i].buf)
+            ten_cap += strlen(items[i].ev.tenant_id) * 2 + 3;
+    batch_tx t = {
+        .c = c, .items = items, .n = n, .ids = malloc(ids_cap), .tenants = malloc(ten_cap)};
+    int committed = 0, per_record = !t.ids || !t.tenants;
+    int db_waits = 0, failures = 0;
+    while (!committed && !per_record) {
+        int rc = cm_db_tx(c->db, NULL, 1, batch_in_tx, &t);
+        if (rc == 0) {
+            committed = 1;
+        } else if (t.blamed >= 0 && !(rc == CM_EUNAVAIL && cm_db_ping(c->db) != 0)) {
+            /* run the batch again without it and its partition's later records */
+            items[t.blamed].state = FAILED;
+            items[t.blamed].rc = t.blamed_rc;
+            defer_partition_after(items, n, (size_t)t.blamed);
+        } else if (stopping(c)) {
+            break; /* nothing committed: all of it is redelivered */
+        } else if (rc == CM_EUNAVAIL && cm_db_ping(c->db) != 0) {
+            if (db_waits++ % 20 == 0)
+                cm_log_warn("consumer waiting for the database", "topic", c->topic, "group",
+                            c->group, NULL);
+            nap(c, backoff_ms(c, db_waits < 8 ? db_waits : 8));
+        } else if (++failures >= 3) {
+            /* the batch itself keeps failing (the inbox statement): record
+             * by record, each with its own retries and dead letter */
+            per_record = 1;
+        } else {
+            nap(c, backoff_ms(c, failures));
+        }
+    }
+    if (committed) {
+        for (size_t i = 0; i < n; i++) {
+            batch_item *it = &items[i];
+            if (it->state != ACTIVE)
+                continue;
+            if (c->after_commit)
+                c->after_commit(&it->ev, it->duplicate, c->arg);
+            if (it->duplicate) {
+                cm_counter_add(c->c_duplicate, 1);
+                atomic_fetch_add(&c->n_duplicates, 1);
+            } else {
+                cm_counter_add(c->c_applied, 1);
+                atomic_fetch_add(&c->n_applied, 1);
+            }
+        }
+        for (size_t i = 0; i < n; i++)
+            if (items[i].state == ACTIVE)
+                store_offset(c, items[i].m->partition, items[i].m->offset + 1);
+    } else if (per_record) {
+        for (size_t i = 0; i < n; i++)
+            items[i].state = FAILED;
+    }
+    /* the failed records one at a time, in order. after an abandoned one
+     * its partition's later records are dropped (and the partition rewound
+     * to it), or their offsets would skip it */
+    size_t keep = 0;
+    for (size_t i = 0; i < n; i++) {
+        batch_item *it = &items[i];
+        if (it->state == FAILED && (committed || per_record)) {
+            enum outcome o = stopping(c) ? ABANDONED : process(c, it->m, it->rc);
+            if (o != ABANDONED) {
+                store_offset(c, it->m->partition, it->m->offset + 1);
+            } else {
+                if (!stopping(c))
+                    rewind_partition(c, it->m);
+                for (size_t j = i + 1; j < n; j++)
+                    if (items[j].m->partition == it->m->partition)
+                        items[j].state = DROPPED;
+            }
+        } else if (it->state == DEFERRED && committed) {
+            free(it->buf);
+            it->buf = NULL;
+            c->msgs[keep++] = it->m; /* the next batch owns it now */
+            it->m = NULL;
+            continue;
+        }
+        destroy_item(it);
+    }
+    c->nmsgs = keep;
+    free(t.ids);
+    free(t.tenants);
+}
 static void handle_error_message(cm_consumer *c, const rd_kafka_message_t *m)
 {
     if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF)
@@ -500,23 +791,65 @@ static void handle_error_message(cm_consumer *c, const rd_kafka_message_t *m)
                 rd_kafka_err2name(m->err), "detail", rd_kafka_message_errstr(m), NULL);
 }
 
+/* 1 when partition is in the consumer's current assignment */
+static int assigned(const rd_kafka_topic_partition_list_t *parts, const char *topic,
+                    int32_t partition)
+{
+    for (int i = 0; parts && i < parts->cnt; i++)
+        if (parts->elems[i].partition == partition && strcmp(parts->elems[i].topic, topic) == 0)
+            return 1;
+    return 0;
+}
+
+/* adds to c->msgs what the poll brings: waits up to POLL_MS for the first
+ * record, then takes only what has already arrived, up to batch_size. no
+ * lingering for more: while a batch commits the next one piles up, so
+ * batches grow with the load and a lone event is not held back. */
+static void gather(cm_consumer *c)
+{
+    unsigned revokes = c->revokes;
+    while (c->nmsgs < (size_t)c->batch_size) {
+        rd_kafka_message_t *m = rd_kafka_consumer_poll(c->rk, c->nmsgs ? 0 : POLL_MS);
+        if (!m)
+            break;
+        if (m->err) {
+            handle_error_message(c, m);
+            rd_kafka_message_destroy(m);
+            if (c->nmsgs == 0)
+                break; /* let the loop's chores run */
+            continue;
+        }
+        c->msgs[c->nmsgs++] = m;
+    }
+    if (revokes == c->revokes)
+        return;
+    /* a revoke ran inside the poll: the records of partitions that are no
+     * longer ours belong to their next owner */
+    rd_kafka_topic_partition_list_t *parts = NULL;
+    if (rd_kafka_assignment(c->rk, &parts) != RD_KAFKA_RESP_ERR_NO_ERROR)
+        parts = NULL;
+    size_t keep = 0;
+    for (size_t i = 0; i < c->nmsgs; i++) {
+        if (assigned(parts, c->topic, c->msgs[i]->partition))
+            c->msgs[keep++] = c->msgs[i];
+        else
+            rd_kafka_message_destroy(c->msgs[i]);
+    }
+    c->nmsgs = keep;
+    if (parts)
+        rd_kafka_topic_partition_list_destroy(parts);
+}
+
 static void *consumer_main(void *arg)
 {
     cm_consumer *c = arg;
     double next_lag = 0, next_cleanup = cm_kafka_mono_s() + 60;
-    while (!stopping(c)) {
-        rd_kafka_message_t *m = rd_kafka_consumer_poll(c->rk, POLL_MS);
+    batch_item *items = calloc((size_t)c->batch_size, sizeof *items);
+    while (items && !stopping(c)) {
+        gather(c);
+        if (c->nmsgs)
+            run_batch(c, items);
         double now = cm_kafka_mono_s();
-        if (m) {
-            if (m->err) {
-                handle_error_message(c, m);
-            } else {
-                enum outcome o = process(c, m);
-                if (o != ABANDONED)
-                    store_offset(c, m->partition, m->offset + 1);
-            }
-            rd_kafka_message_destroy(m);
-        }
         if (c->dirty && (now - c->last_commit) * 1000 >= c->commit_interval_ms)
             commit_pending(c, 0);
         if (now >= next_lag) {
@@ -528,6 +861,13 @@ static void *consumer_main(void *arg)
             next_cleanup = now + CLEANUP_EVERY_S;
         }
     }
+    if (!items)
+        cm_log_error("consumer out of memory: stopped", "topic", c->topic, "group", c->group, NULL);
+    free(items);
+    /* deferred records nobody will process now: redelivered after restart */
+    for (size_t i = 0; i < c->nmsgs; i++)
+        rd_kafka_message_destroy(c->msgs[i]);
+    c->nmsgs = 0;
     commit_pending(c, 1);
     /* leaves the group: the revoke callback commits anything left */
     rd_kafka_consumer_close(c->rk);
@@ -641,6 +981,7 @@ int cm_consumer_start(cm_consumer **out, const cm_consumer_opts *o, char *err, s
     if (c->backoff_max_ms < c->backoff_min_ms)
         c->backoff_max_ms = c->backoff_min_ms;
     c->commit_interval_ms = o->commit_interval_ms > 0 ? o->commit_interval_ms : 500;
+    c->batch_size = o->batch_size > 0 ? (o->batch_size < 10000 ? o->batch_size : 10000) : 500;
     c->after_commit = o->after_commit;
     c->seed = (unsigned)time(NULL) ^ (unsigned)(uintptr_t)c;
     c->last_error_log = -1e9;
@@ -655,9 +996,10 @@ int cm_consumer_start(cm_consumer **out, const cm_consumer_opts *o, char *err, s
     size_t dl = strlen(o->topic) + 5;
     c->dlq_topic = malloc(dl);
     c->pending = rd_kafka_topic_partition_list_new(8);
+    c->msgs = calloc((size_t)c->batch_size, sizeof *c->msgs);
     int rc = 0;
     if (!c->brokers || !c->topic || !c->group || !c->dsn || !c->schema || !c->client_id ||
-        !c->conf || !c->dlq_topic || !c->pending) {
+        !c->conf || !c->dlq_topic || !c->pending || !c->msgs) {
         set_err(err, errlen, "out of memory");
         rc = CM_ENOMEM;
     } else if (bad) {
@@ -752,6 +1094,7 @@ void cm_consumer_free(cm_consumer *c)
     free(c->dsn);
     free(c->schema);
     free(c->client_id);
+    free(c->msgs);
     free(c);
 }
 

@@ -8,6 +8,7 @@
 #include "cm_id.h"
 #include "cm_log.h"
 #include "cm_outbox.h"
+#include "cm_cloudevents.h"
 #include "kafka_internal.h"
 
 #include <errno.h>
@@ -521,6 +522,11 @@ static int add_row(cm_outbox_relay *r, const PGresult *res, int i, cm_kafka_head
         .tenant_id = col(res, i, F_TENANT),
         .headers = hdrs,
     };
+    if (cm_cloudevent_is_structured(m.content_type)) {
+        /* structured mode: the value is the whole event, attributes and
+         * all; binary-mode headers beside it would say it twice */
+        m.id = m.type = m.source = m.time = m.traceparent = m.tenant_id = NULL;
+    }
     *json = NULL;
     const char *h = col(res, i, F_HEADERS);
     if (h) {

@@ -10,6 +10,13 @@
   by the schema.
 
 Run with Debian's python3 (python3-jsonschema): /usr/bin/python3 validate.py
+
+validate.py --records [--key KEY] checks records read from the topic
+instead: one `kcat -C -J` line per record on stdin (key, payload, headers).
+each payload must validate and keep the invariants, the key must be the
+channel id, the content-type header application/cloudevents+json and no
+ce_* binary-mode header may be present. with --key only records of that key
+are checked (the others are skipped); at least one record must be checked.
 """
 import copy
 import json
@@ -210,6 +217,54 @@ def main():
     check(validator.is_valid(doc), "accepts an unknown event type (skipped by readers)")
 
 
-main()
+def records(only_key):
+    """records from kcat -J on stdin (integration.partner_kcat)"""
+    schema = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+    validator = jsonschema.Draft202012Validator(
+        schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
+    seen = 0
+    for n, line in enumerate(sys.stdin, 1):
+        line = line.strip()
+        if not line.startswith("{"):
+            continue
+        try:
+            rec = json.loads(line)
+        except ValueError as e:
+            check(False, f"record {n} is kcat json: {e}")
+            continue
+        key = rec.get("key")
+        if only_key is not None and key != only_key:
+            continue
+        seen += 1
+        where = f"record {rec.get('partition')}/{rec.get('offset')} (key {key})"
+        hdrs = rec.get("headers") or []
+        names = hdrs[0::2]
+        values = dict(zip(hdrs[0::2], hdrs[1::2]))
+        ctype = values.get("content-type", "")
+        check(ctype.lower().startswith("application/cloudevents+json"),
+              f"{where}: content-type header is application/cloudevents+json ({ctype!r})")
+        binary = [h for h in names if h.startswith("ce_")]
+        check(not binary, f"{where}: no binary-mode ce_* headers {binary or ''}")
+        try:
+            doc = json.loads(rec.get("payload") or "")
+        except ValueError as e:
+            check(False, f"{where}: value is json: {e}")
+            continue
+        errors = sorted(validator.iter_errors(doc), key=lambda e: list(e.path))
+        check(not errors, f"{where}: {doc.get('type')} validates" +
+              "".join(f"\n       {'/'.join(map(str, e.path))}: {e.message}" for e in errors))
+        if errors:
+            continue
+        check(key == doc["partitionkey"] == doc["data"]["channel_id"],
+              f"{where}: key is the channel id")
+        errs = invariants(doc)
+        check(not errs, f"{where}: keeps the invariants {errs or ''}")
+    check(seen > 0, f"records checked: {seen}")
+
+
+if len(sys.argv) > 1 and sys.argv[1] == "--records":
+    records(sys.argv[3] if len(sys.argv) > 3 and sys.argv[2] == "--key" else None)
+else:
+    main()
 print(f"{passed} passed, {failed} failed")
 sys.exit(1 if failed else 0)

@@ -356,11 +356,19 @@ START_TEST(consumer_crash_before_offset_commit_has_no_second_effect)
     const char *const crash[] = {"EVENTSVC_CRASH_AFTER=250", NULL};
     spawn(&c, "consumer", brokers, crash, 0);
     ck_assert_int_eq(wait_exit(&c, 60000), 128 + SIGKILL);
-    /* the 250th effect committed; its offset never did */
-    ck_assert_int_eq(applied(), 250);
+    /* the 250th effect committed, with the rest of its batch; none of the
+     * batch's offsets did */
+    ck_assert_int_ge(applied(), 250);
+    ck_assert_int_le(applied(), 600);
     spawn(&c, "consumer", brokers, NULL, 1);
     wait_until(applied, 600, 120000, "applied after the restart");
-    ck_assert_int_ge(metric(&c, "duplicate"), 1);
+    /* the crashed batch may have held every event: then the effects are all
+     * there already, and what shows the redelivery is the inbox absorbing it */
+    long long until = hs_now_ms() + 60000;
+    while (metric(&c, "duplicate") < 1) {
+        ck_assert_msg(hs_now_ms() < until, "the crashed batch was not redelivered");
+        usleep(100 * 1000);
+    }
     stop_ok(&c);
     stop_ok(&p);
     verify(600);

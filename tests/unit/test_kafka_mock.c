@@ -600,6 +600,62 @@ START_TEST(consumer_retries_transient_errors)
 }
 END_TEST
 
+/* 300 events already waiting: they are applied in a few transactions, and a
+ * poison one in the middle is dead-lettered alone, after the events before
+ * it in its partition and before the ones after it */
+START_TEST(consumer_batches_and_isolates_a_failing_event)
+{
+    rd_kafka_mock_topic_create(mk.mc, "t.batch", 2, 1);
+    rd_kafka_mock_topic_create(mk.mc, "t.batch.dlq", 1, 1);
+    cm_kafka_producer *p = producer(NULL, 0);
+    char id[CM_ID_SIZE];
+    for (int i = 0; i < 300; i++) {
+        char key[8], val[16];
+        snprintf(key, sizeof key, "k%d", i % 5);
+        if (i == 150)
+            snprintf(val, sizeof val, "poison");
+        else
+            snprintf(val, sizeof val, "%d", i);
+        cm_kafka_msg m = event("t.batch", key, val, id);
+        ck_assert_int_eq(cm_kafka_produce(p, &m, NULL, NULL), 0);
+    }
+    ck_assert_int_eq(cm_kafka_producer_flush(p, 10000), 0);
+    handler_state st = {0};
+    cm_consumer *c = start_consumer(p, "t.batch", &st, NULL);
+    wait_handled(c, 300);
+    cm_consumer_stats s;
+    cm_consumer_get_stats(c, &s);
+    cm_consumer_free(c);
+    cm_kafka_producer_free(p, 1000);
+    ck_assert_uint_eq(s.applied, 299);
+    ck_assert_uint_eq(s.dead_lettered, 1);
+
+    PGconn *a = admin();
+    char q[512];
+    snprintf(q, sizeof q, "SELECT sum(n) FROM %s.effects", schema);
+    ck_assert_int_eq(query_long(a, q), 299);
+    /* every key's last effect is its last event: nothing overtook */
+    snprintf(q, sizeof q,
+             "SELECT count(*) FROM %s.effects WHERE last IN ('295','296','297','298','299')",
+             schema);
+    ck_assert_int_eq(query_long(a, q), 5);
+    /* inbox rows share transactions: far fewer commits than events */
+    snprintf(q, sizeof q, "SELECT count(DISTINCT xmin::text) FROM %s.inbox", schema);
+    long txs = query_long(a, q);
+    ck_assert_int_le(txs, 30);
+    snprintf(q, sizeof q, "SELECT count(*) FROM %s.inbox", schema);
+    ck_assert_int_eq(query_long(a, q), 299);
+    PQfinish(a);
+
+    mk_record *recs;
+    size_t n = mk_read_topic(mk.brokers, "t.batch.dlq", 1, 1, 10000, &recs);
+    ck_assert_uint_eq(n, 1);
+    ck_assert_str_eq(recs[0].payload, "poison");
+    ck_assert_str_eq(mk_header(&recs[0], "dlq-reason"), "rejected");
+    mk_records_free(recs, n);
+}
+END_TEST
+
 /* the offsets the group has committed, summed over nparts partitions */
 static int64_t committed_sum(const char *topic, int nparts)
 {
@@ -676,6 +732,7 @@ static Suite *kafka_suite(void)
     tcase_add_test(cons, consumer_dead_letters_and_does_not_block_the_partition);
     tcase_add_test(cons, consumer_retries_transient_errors);
     tcase_add_test(cons, consumer_commits_offsets_after_effects);
+    tcase_add_test(cons, consumer_batches_and_isolates_a_failing_event);
     suite_add_tcase(s, cons);
     return s;
 }

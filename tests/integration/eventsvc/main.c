@@ -15,10 +15,19 @@
  * process (SIGKILL) right after the N-th effect committed, before its offset
  * is stored: the worst moment.
  *
+ * for scripts/bench.sh events: EVENTSVC_RATE=R paces the writer at R events/s
+ * (0: as fast as it goes); every payload carries the wall-clock time (unix
+ * µs, CLOCK_REALTIME) taken just before its transaction's COMMIT, "seq ts".
+ * EVENTSVC_LATENCY_FILE makes the consumer record, after each effect's
+ * commit, now - ts, and write at exit one json line: events, the first
+ * event's commit time, the last effect's, and latency percentiles.
+ * EVENTSVC_CONSUMER_BATCH sets the consumer's batch size.
+ *
  * environment: EVENTSVC_SCHEMA, EVENTSVC_TOPIC, EVENTSVC_ROLE
  * (producer|consumer|both), EVENTSVC_WRITE_TOTAL, EVENTSVC_KEYS,
  * EVENTSVC_BATCH, EVENTSVC_PAUSE_MS (between writer transactions),
- * EVENTSVC_CRASH_AFTER, EVENTSVC_SESSION_TIMEOUT_MS, plus the runtime's.
+ * EVENTSVC_CRASH_AFTER, EVENTSVC_SESSION_TIMEOUT_MS, EVENTSVC_RATE,
+ * EVENTSVC_LATENCY_FILE, EVENTSVC_CONSUMER_BATCH, plus the runtime's.
  */
 #include "cm_err.h"
 #include "cm_id.h"
@@ -31,6 +40,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -52,6 +62,9 @@ typedef struct evs_settings {
     int pause_ms;
     long crash_after;
     char session_timeout[24];
+    long rate;
+    int consumer_batch;
+    char latency_file[512];
 } evs_settings;
 
 static evs_settings cfg;
@@ -62,6 +75,12 @@ typedef struct evs_app {
     int writer_started;
     atomic_int stop;
     atomic_long applied; /* effects committed by this process */
+    /* commit-to-effect latencies in µs, recorded on the consumer thread and
+     * read after it stopped */
+    uint32_t *lat;
+    uint32_t *lat_relay; /* to the record's kafka timestamp: the relay's share */
+    size_t nlat, caplat;
+    int64_t first_commit_us, last_effect_us;
 } evs_app;
 
 /* ---- settings ---- */
@@ -109,6 +128,17 @@ static void load_settings(void)
     long st = env_long("EVENTSVC_SESSION_TIMEOUT_MS", 0, 0, 3600000);
     if (st > 0)
         snprintf(cfg.session_timeout, sizeof cfg.session_timeout, "%ld", st);
+    cfg.rate = env_long("EVENTSVC_RATE", 0, 0, 10000000);
+    cfg.consumer_batch = (int)env_long("EVENTSVC_CONSUMER_BATCH", 0, 0, 10000);
+    const char *lf = getenv("EVENTSVC_LATENCY_FILE");
+    snprintf(cfg.latency_file, sizeof cfg.latency_file, "%s", lf ? lf : "");
+}
+
+static int64_t now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
 /* ---- producer side ---- */
@@ -156,8 +186,10 @@ static int write_batch(cm_db *db, void *arg)
                             1, p, &r);
         if (rc)
             return rc;
-        char payload[32];
-        snprintf(payload, sizeof payload, "%s", PQgetvalue(r, 0, 0));
+        char payload[48];
+        /* the insert is the transaction's last statement before COMMIT for
+         * a one-event transaction, which is how the paced writer runs */
+        snprintf(payload, sizeof payload, "%s %lld", PQgetvalue(r, 0, 0), (long long)now_us());
         PQclear(r);
         rc = add_event(db, key, payload);
         if (rc)
@@ -194,7 +226,18 @@ static void *writer_main(void *arg)
         return NULL;
     }
     long done = written(db);
+    long base = done;
+    int64_t t0 = now_us();
     while (done >= 0 && done < cfg.write_total && !atomic_load(&app->stop)) {
+        if (cfg.rate > 0) {
+            /* open loop: event i is due at t0 + i / rate, late or not */
+            int64_t due = t0 + (int64_t)((double)(done - base) * 1e6 / (double)cfg.rate);
+            int64_t wait = due - now_us();
+            if (wait > 0) {
+                struct timespec ts = {(time_t)(wait / 1000000), (long)(wait % 1000000) * 1000L};
+                nanosleep(&ts, NULL);
+            }
+        }
         long left = cfg.write_total - done;
         write_tx t = {.next = done, .n = left < cfg.batch ? (int)left : cfg.batch};
         int rc = cm_db_tx(db, NULL, 5, write_batch, &t);
@@ -248,7 +291,7 @@ static int noop(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *o
 static int apply(cm_db *db, const cm_event *ev, void *arg)
 {
     (void)arg;
-    char text[32];
+    char text[48];
     if (ev->len == 0 || ev->len >= sizeof text)
         return CM_EINVAL;
     memcpy(text, ev->payload, ev->len);
@@ -256,8 +299,9 @@ static int apply(cm_db *db, const cm_event *ev, void *arg)
     char *end = NULL;
     errno = 0;
     long seq = strtol(text, &end, 10);
-    if (errno || *end || seq < 0)
+    if (errno || (*end && *end != ' ') || seq < 0 || end == text)
         return CM_EINVAL; /* "poison" */
+    *end = '\0';          /* the commit time after it is for after_commit */
     const char *p[] = {ev->key, text};
     return cm_db_exec(db, "apply event",
                       "INSERT INTO counters (key, n, last_seq, out_of_order) VALUES ($1, 1, "
@@ -267,12 +311,93 @@ static int apply(cm_db *db, const cm_event *ev, void *arg)
                       2, p, NULL);
 }
 
+/* the commit time in a "seq ts" payload, or -1 */
+static int64_t payload_ts(const cm_event *ev)
+{
+    char text[48];
+    if (ev->len == 0 || ev->len >= sizeof text)
+        return -1;
+    memcpy(text, ev->payload, ev->len);
+    text[ev->len] = '\0';
+    const char *sp = strchr(text, ' ');
+    if (!sp)
+        return -1;
+    char *end = NULL;
+    long long ts = strtoll(sp + 1, &end, 10);
+    return *end || ts <= 0 ? -1 : (int64_t)ts;
+}
+
+static void record_latency(evs_app *app, const cm_event *ev)
+{
+    int64_t ts = payload_ts(ev);
+    if (ts < 0)
+        return;
+    int64_t now = now_us();
+    if (app->nlat == app->caplat) {
+        size_t cap = app->caplat ? app->caplat * 2 : 65536;
+        uint32_t *p = realloc(app->lat, cap * sizeof *p);
+        if (!p)
+            return;
+        app->lat = p;
+        p = realloc(app->lat_relay, cap * sizeof *p);
+        if (!p)
+            return;
+        app->lat_relay = p;
+        app->caplat = cap;
+    }
+    int64_t d = now - ts;
+    int64_t dr = ev->timestamp_ms > 0 ? ev->timestamp_ms * 1000 - ts : 0;
+    app->lat_relay[app->nlat] = dr < 0 ? 0 : (dr > UINT32_MAX ? UINT32_MAX : (uint32_t)dr);
+    app->lat[app->nlat++] = d < 0 ? 0 : (d > UINT32_MAX ? UINT32_MAX : (uint32_t)d);
+    if (app->first_commit_us == 0 || ts < app->first_commit_us)
+        app->first_commit_us = ts;
+    if (now > app->last_effect_us)
+        app->last_effect_us = now;
+}
+
+static int cmp_u32(const void *a, const void *b)
+{
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+    return (x > y) - (x < y);
+}
+
+static double pct_ms(const uint32_t *v, size_t n, double p)
+{
+    if (n == 0)
+        return 0;
+    size_t i = (size_t)(p * (double)(n - 1) + 0.5);
+    return v[i] / 1000.0;
+}
+
+static void write_latency(evs_app *app)
+{
+    FILE *f = fopen(cfg.latency_file, "w");
+    if (!f) {
+        cm_log_error("could not write the latency file", "path", cfg.latency_file, NULL);
+        return;
+    }
+    qsort(app->lat, app->nlat, sizeof *app->lat, cmp_u32);
+    qsort(app->lat_relay, app->nlat, sizeof *app->lat_relay, cmp_u32);
+    fprintf(f,
+            "{\"events\":%zu,\"first_commit_us\":%lld,\"last_effect_us\":%lld,"
+            "\"relay_p50_ms\":%.3f,\"relay_p99_ms\":%.3f,"
+            "\"p50_ms\":%.3f,\"p90_ms\":%.3f,\"p99_ms\":%.3f,\"p999_ms\":%.3f,"
+            "\"max_ms\":%.3f}\n",
+            app->nlat, (long long)app->first_commit_us, (long long)app->last_effect_us,
+            pct_ms(app->lat_relay, app->nlat, 0.50), pct_ms(app->lat_relay, app->nlat, 0.99),
+            pct_ms(app->lat, app->nlat, 0.50), pct_ms(app->lat, app->nlat, 0.90),
+            pct_ms(app->lat, app->nlat, 0.99), pct_ms(app->lat, app->nlat, 0.999),
+            pct_ms(app->lat, app->nlat, 1.0));
+    fclose(f);
+}
+
 static void after_commit(const cm_event *ev, int duplicate, void *arg)
 {
-    (void)ev;
     evs_app *app = arg;
     if (duplicate)
         return;
+    if (cfg.latency_file[0])
+        record_latency(app, ev);
     long n = atomic_fetch_add(&app->applied, 1) + 1;
     if (cfg.crash_after > 0 && n == cfg.crash_after) {
         cm_log_warn("crashing after the effect, before the offset commit", NULL);
@@ -309,6 +434,11 @@ static void app_fini(cm_service *svc, void *arg)
     atomic_store(&app->stop, 1);
     if (app->writer_started)
         pthread_join(app->writer, NULL);
+    /* the consumers have stopped: the latencies are complete */
+    if (cfg.consumer && cfg.latency_file[0])
+        write_latency(app);
+    free(app->lat);
+    free(app->lat_relay);
     free(app);
 }
 
@@ -326,6 +456,7 @@ int main(int argc, char **argv)
         .group = "commerce.eventsvc",
         .handler = apply,
         .after_commit = after_commit,
+        .batch_size = cfg.consumer_batch,
     };
     /* a restarted consumer gets its partitions once the dead member's
      * session expires: tests shorten it */
