@@ -185,6 +185,16 @@ static long sql_long(const char *sql)
     return v;
 }
 
+/* drops the test's schema once it passed (a failed test keeps it to look at) */
+static void drop_schema(void)
+{
+    PGconn *pg = PQconnectdb(hs_pg_dsn());
+    char sql[128];
+    snprintf(sql, sizeof sql, "DROP SCHEMA IF EXISTS %s CASCADE", schema);
+    PQclear(PQexec(pg, sql));
+    PQfinish(pg);
+}
+
 /* ---- the basics ---- */
 
 START_TEST(reserve_confirm_release_and_retries)
@@ -279,6 +289,7 @@ START_TEST(reserve_confirm_release_and_retries)
                      0);
     cm_rpc_client_free(c);
     ck_assert_int_eq(hs_stop(&p, SIGTERM, 20000), 0);
+    drop_schema();
 }
 END_TEST
 
@@ -363,6 +374,7 @@ START_TEST(bad_input_changes_nothing)
     ck_assert_int_eq(sql_long("SELECT count(*) FROM stock_change"), 1);
     cm_rpc_client_free(c);
     ck_assert_int_eq(hs_stop(&p, SIGTERM, 20000), 0);
+    drop_schema();
 }
 END_TEST
 
@@ -428,6 +440,7 @@ START_TEST(admin_changes_are_idempotent_and_audited)
     ck_assert_int_eq(violations(c), 0);
     cm_rpc_client_free(c);
     ck_assert_int_eq(hs_stop(&p, SIGTERM, 20000), 0);
+    drop_schema();
 }
 END_TEST
 
@@ -474,6 +487,7 @@ START_TEST(expiry_releases_exactly_once_with_two_replicas)
     cm_rpc_client_free(c);
     ck_assert_int_eq(hs_stop(&p1, SIGTERM, 20000), 0);
     ck_assert_int_eq(hs_stop(&p2, SIGTERM, 20000), 0);
+    drop_schema();
 }
 END_TEST
 
@@ -546,18 +560,21 @@ static void never_oversell(int replicas, const char *hot)
 START_TEST(concurrent_buyers_never_oversell)
 {
     never_oversell(1, "INVENTORY_HOT_PATH=on");
+    drop_schema();
 }
 END_TEST
 
 START_TEST(concurrent_buyers_never_oversell_two_replicas)
 {
     never_oversell(2, "INVENTORY_HOT_PATH=on");
+    drop_schema();
 }
 END_TEST
 
 START_TEST(concurrent_buyers_never_oversell_naive_path)
 {
     never_oversell(2, "INVENTORY_HOT_PATH=off");
+    drop_schema();
 }
 END_TEST
 
@@ -622,6 +639,7 @@ START_TEST(kill_9_under_load_loses_no_acknowledged_reservation)
     cm_rpc_client_free(k->c);
     free(k);
     ck_assert_int_eq(hs_stop(&p, SIGTERM, 20000), 0);
+    drop_schema();
 }
 END_TEST
 
@@ -758,6 +776,7 @@ START_TEST(flash_sale_per_buyer_limit_is_exact_under_concurrency)
         cm_rpc_client_free(lr.clients[i]);
         ck_assert_int_eq(hs_stop(&p[i], SIGTERM, 20000), 0);
     }
+    drop_schema();
 }
 END_TEST
 
