@@ -12,7 +12,9 @@
 extern const cm_migration inv_migrations[];
 extern const size_t inv_migrations_count;
 
-static const cm_service_consumer consumers[] = {
+/* the order events this service applies (kafka/topics.tsv); the topic and
+ * group can be overridden for tests */
+static cm_service_consumer consumers[] = {
     {.topic = "commerce.order.v1", .group = "commerce.inventory", .handler = inv_on_order_event},
 };
 
@@ -27,6 +29,12 @@ int main(int argc, char **argv)
         setenv("WORKERS", "32", 1);
     /* INVENTORY_SCHEMA lets tests and benchmarks run side by side */
     const char *schema = getenv("INVENTORY_SCHEMA");
+    const char *topic = getenv("INVENTORY_ORDER_TOPIC");
+    const char *group = getenv("INVENTORY_ORDER_GROUP");
+    if (topic && *topic)
+        consumers[0].topic = topic;
+    if (group && *group)
+        consumers[0].group = group;
     const char *consume = getenv("INVENTORY_CONSUME_ORDERS");
     int consume_on = !(consume && consume[0] == 'o' && consume[1] == 'f');
     const cm_service_def def = {

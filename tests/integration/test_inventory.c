@@ -20,6 +20,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cm_kafka.h"
+
+#include "commerce/events/v1/order_events.pb-c.h"
 #include "commerce/inventory/v1/inventory_service.pb-c.h"
 
 #define SVC "/commerce.inventory.v1.InventoryService/"
@@ -191,6 +194,7 @@ static void drop_schema(void)
     PGconn *pg = PQconnectdb(hs_pg_dsn());
     char sql[128];
     snprintf(sql, sizeof sql, "DROP SCHEMA IF EXISTS %s CASCADE", schema);
+    PQclear(PQexec(pg, "SET client_min_messages = warning"));
     PQclear(PQexec(pg, sql));
     PQfinish(pg);
 }
@@ -780,6 +784,120 @@ START_TEST(flash_sale_per_buyer_limit_is_exact_under_concurrency)
 }
 END_TEST
 
+/* ---- order events through the inbox ---- */
+
+static void produce_order_event(cm_kafka_producer *kp, const char *topic, const char *type,
+                                const char *event_id, const char *order_id)
+{
+    uint8_t buf[512];
+    size_t len;
+    if (strcmp(type, "commerce.events.v1.OrderPaid") == 0) {
+        Commerce__Events__V1__OrderPaid m = COMMERCE__EVENTS__V1__ORDER_PAID__INIT;
+        m.event_id = (char *)event_id;
+        m.tenant_id = "tenant-inv";
+        m.order_id = (char *)order_id;
+        len = commerce__events__v1__order_paid__pack(&m, buf);
+    } else {
+        Commerce__Events__V1__OrderCancelled m = COMMERCE__EVENTS__V1__ORDER_CANCELLED__INIT;
+        m.event_id = (char *)event_id;
+        m.tenant_id = "tenant-inv";
+        m.order_id = (char *)order_id;
+        len = commerce__events__v1__order_cancelled__pack(&m, buf);
+    }
+    cm_kafka_msg msg = {.topic = topic,
+                        .key = order_id,
+                        .key_len = strlen(order_id),
+                        .payload = buf,
+                        .len = len,
+                        .id = event_id,
+                        .type = type,
+                        .source = "/commerce/order",
+                        .content_type = "application/protobuf",
+                        .tenant_id = "tenant-inv"};
+    cm_kafka_report rep;
+    ck_assert_int_eq(cm_kafka_produce_sync(kp, &msg, &rep), 0);
+}
+
+static int state_of(cm_rpc_client *c, const char *order)
+{
+    Commerce__Inventory__V1__GetReservationRequest q =
+        COMMERCE__INVENTORY__V1__GET_RESERVATION_REQUEST__INIT;
+    q.order_id = (char *)order;
+    Commerce__Inventory__V1__GetReservationResponse *r = NULL;
+    int state = 0;
+    if (call(c, SVC "GetReservation", &q.base,
+             &commerce__inventory__v1__get_reservation_response__descriptor,
+             (ProtobufCMessage **)&r, NULL, tenant_md, 1) == 0) {
+        state = (int)r->reservation->state;
+        protobuf_c_message_free_unpacked(&r->base, NULL);
+    }
+    return state;
+}
+
+START_TEST(order_events_confirm_and_release_through_the_inbox)
+{
+    const char *brokers = getenv("KAFKA_BROKERS");
+    ck_assert_msg(brokers && *brokers, "KAFKA_BROKERS is not set: run through scripts/test.sh");
+    new_schema();
+    char topic[96], group[96], cmd[512];
+    snprintf(topic, sizeof topic, "commerce.order.v1.it-%s", schema);
+    snprintf(group, sizeof group, "commerce.inventory.it-%s", schema);
+    snprintf(cmd, sizeof cmd, "KAFKA_BROKERS=%s %s topic %s 1 >/dev/null 2>&1", brokers, KAFKA_SH,
+             topic);
+    ck_assert_int_eq(system(cmd), 0);
+    char t_env[128], g_env[128];
+    snprintf(t_env, sizeof t_env, "INVENTORY_ORDER_TOPIC=%s", topic);
+    snprintf(g_env, sizeof g_env, "INVENTORY_ORDER_GROUP=%s", group);
+    const char *env[] = {"INVENTORY_CONSUME_ORDERS=on", t_env, g_env, NULL};
+    hs_proc p;
+    spawn(&p, env);
+    cm_rpc_client *c = client_for(&p);
+    ck_assert_int_eq(set_stock(c, "r1", "sku-o", 10), 0);
+    const char *skus[] = {"sku-o"};
+    int64_t two = 2, three = 3;
+    ck_assert_int_eq(reserve_lines(c, "o-paid", NULL, skus, &two, 1, 0, NULL, NULL), 0);
+    ck_assert_int_eq(reserve_lines(c, "o-cancel", NULL, skus, &three, 1, 0, NULL, NULL), 0);
+
+    cm_kafka_producer *kp = NULL;
+    char err[256];
+    ck_assert_int_eq(cm_kafka_producer_new(&kp, brokers, "test-inventory", NULL, err, sizeof err),
+                     0);
+    produce_order_event(kp, topic, "commerce.events.v1.OrderPaid",
+                        "0190a8e0-0000-7000-8000-000000000001", "o-paid");
+    /* a redelivery of the same event: the inbox absorbs it */
+    produce_order_event(kp, topic, "commerce.events.v1.OrderPaid",
+                        "0190a8e0-0000-7000-8000-000000000001", "o-paid");
+    produce_order_event(kp, topic, "commerce.events.v1.OrderCancelled",
+                        "0190a8e0-0000-7000-8000-000000000002", "o-cancel");
+    cm_kafka_producer_free(kp, 5000);
+
+    long long until = hs_now_ms() + 60000;
+    while (hs_now_ms() < until &&
+           (state_of(c, "o-paid") !=
+                COMMERCE__INVENTORY__V1__RESERVATION_STATE__RESERVATION_STATE_CONFIRMED ||
+            state_of(c, "o-cancel") !=
+                COMMERCE__INVENTORY__V1__RESERVATION_STATE__RESERVATION_STATE_RELEASED))
+        usleep(200000);
+    ck_assert_int_eq(state_of(c, "o-paid"),
+                     COMMERCE__INVENTORY__V1__RESERVATION_STATE__RESERVATION_STATE_CONFIRMED);
+    ck_assert_int_eq(state_of(c, "o-cancel"),
+                     COMMERCE__INVENTORY__V1__RESERVATION_STATE__RESERVATION_STATE_RELEASED);
+    level l = get_level(c, "sku-o");
+    ck_assert_int_eq(l.sold, 2);
+    ck_assert_int_eq(l.reserved, 0);
+    ck_assert_int_eq(l.available, 8);
+    ck_assert_int_eq(sql_long("SELECT count(*) FROM stock_change WHERE kind = 4"), 1);
+    ck_assert_int_eq(violations(c), 0);
+    cm_rpc_client_free(c);
+    ck_assert_int_eq(hs_stop(&p, SIGTERM, 30000), 0);
+    snprintf(cmd, sizeof cmd, "KAFKA_BROKERS=%s %s delete-topic %s >/dev/null 2>&1", brokers,
+             KAFKA_SH, topic);
+    if (system(cmd) != 0)
+        fprintf(stderr, "could not delete topic %s\n", topic);
+    drop_schema();
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("inventory");
@@ -794,6 +912,7 @@ static Suite *suite(void)
     tcase_add_test(t, concurrent_buyers_never_oversell_naive_path);
     tcase_add_test(t, kill_9_under_load_loses_no_acknowledged_reservation);
     tcase_add_test(t, flash_sale_per_buyer_limit_is_exact_under_concurrency);
+    tcase_add_test(t, order_events_confirm_and_release_through_the_inbox);
     suite_add_tcase(s, t);
     return s;
 }
