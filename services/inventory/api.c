@@ -30,6 +30,7 @@ typedef struct inv_app {
     inv_hot *soldout; /* the sold-out cache (the hot path's), or NULL */
     int auth_on;
     int sweep_ms;
+    int check_s; /* invariant metric period */
     pthread_t sweeper;
     int sweeper_started;
     pthread_mutex_t mu;
@@ -715,7 +716,7 @@ static void *sweeper_main(void *p)
                 if (total)
                     cm_log_error("inventory invariants violated", "sku", one.level.sku, NULL);
             }
-            next_check = ms + 10000;
+            next_check = ms + (long long)app->check_s * 1000;
         }
     }
     cm_db_free(db);
@@ -749,21 +750,25 @@ int inv_app_init(cm_service *svc, void **out, char *err, size_t errlen)
     const char *evs = getenv("INVENTORY_EVENTS");
     inv_events_enable(!(evs && strcmp(evs, "off") == 0));
     app->sweep_ms = (int)env_long("INVENTORY_SWEEP_MS", 1000, 50, 600000, &bad);
+    /* the check aggregates every audit row: not too often */
+    app->check_s = (int)env_long("INVENTORY_INVARIANT_CHECK_S", 60, 1, 86400, &bad);
     int batchers = (int)env_long("INVENTORY_BATCHERS", 1, 1, 16, &bad);
     int max_batch = (int)env_long("INVENTORY_MAX_BATCH", 256, 1, 4096, &bad);
     int ttl = (int)env_long("INVENTORY_SOLD_OUT_TTL_MS", 200, 1, 60000, &bad);
     if (bad) {
         snprintf(err, errlen,
                  "INVENTORY_SWEEP_MS (50..600000), INVENTORY_BATCHERS (1..16), "
-                 "INVENTORY_MAX_BATCH (1..4096), INVENTORY_SOLD_OUT_TTL_MS (1..60000): an "
+                 "INVENTORY_MAX_BATCH (1..4096), INVENTORY_SOLD_OUT_TTL_MS (1..60000), "
+                 "INVENTORY_INVARIANT_CHECK_S (1..86400): an "
                  "integer in range");
         free(app);
         return CM_EINVAL;
     }
     cm_metrics *m = cm_service_metrics(svc);
-    app->invariants_ok = cm_metrics_gauge(
-        m, "inventory_invariants_ok",
-        "1 when every sku's invariants held at the last check (every 10 s), 0 otherwise", NULL);
+    app->invariants_ok = cm_metrics_gauge(m, "inventory_invariants_ok",
+                                          "1 when every sku's invariants held at the last check "
+                                          "(every INVENTORY_INVARIANT_CHECK_S), 0 otherwise",
+                                          NULL);
     app->violations = cm_metrics_gauge(m, "inventory_invariant_violations",
                                        "invariant violations found by the last check", NULL);
     app->expired = cm_metrics_counter(m, "inventory_reservations_expired_total",

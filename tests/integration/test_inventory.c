@@ -42,8 +42,8 @@ static void spawn(hs_proc *p, const char *const *extra)
     char s[96];
     snprintf(s, sizeof s, "INVENTORY_SCHEMA=%s", schema);
     const char *env[16] = {s, "INVENTORY_SWEEP_MS=100", "INVENTORY_CONSUME_ORDERS=off",
-                           "WORKERS=16"};
-    size_t n = 4;
+                           "WORKERS=16", "INVENTORY_INVARIANT_CHECK_S=1"};
+    size_t n = 5;
     for (size_t i = 0; extra && extra[i] && n < 15; i++)
         env[n++] = extra[i];
     env[n] = NULL;
@@ -278,6 +278,13 @@ START_TEST(reserve_confirm_release_and_retries)
     ck_assert_int_eq(get_level(c, "sku-a").available, 7);
 
     ck_assert_int_eq(violations(c), 0);
+
+    /* the metric says the invariants hold (checked every second here) */
+    char body[65536];
+    usleep(1500000);
+    ck_assert_int_eq(hs_http_get(p.admin_port, "/metrics", body, sizeof body), 200);
+    ck_assert_ptr_nonnull(strstr(body, "inventory_invariants_ok 1"));
+    ck_assert_ptr_nonnull(strstr(body, "inventory_invariant_violations 0"));
 
     /* the events went to the outbox with their changes: set, confirm, release */
     ck_assert_int_ge(sql_long("SELECT count(*) FROM outbox WHERE type = "
