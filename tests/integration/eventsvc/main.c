@@ -22,6 +22,16 @@
  * commit, now - ts, and write at exit one json line: events, the first
  * event's commit time, the last effect's, and latency percentiles.
  * EVENTSVC_CONSUMER_BATCH sets the consumer's batch size.
+ * EVENTSVC_WRITERS=N runs N writer threads, writer w owning the keys whose
+ * number is w modulo N (so each key still has one writer and one order) and
+ * its share of the events and of the rate. EVENTSVC_WARMUP=1 makes the
+ * writers wait until one event on key "warmup" (payload "0", no time) went
+ * through the relay and kafka's ack: the writer starts before the relay and
+ * its producer exist, and the first produce to a new topic waits for its
+ * metadata, which a latency measurement must not count.
+ * EVENTSVC_WRITER_FILE makes the producer write at exit one json line with
+ * the writers' commit times (from the time in the payload to COMMIT's
+ * return): the producer-side share of the latency.
  *
  * environment: EVENTSVC_SCHEMA, EVENTSVC_TOPIC, EVENTSVC_ROLE
  * (producer|consumer|both), EVENTSVC_WRITE_TOTAL, EVENTSVC_KEYS,
@@ -65,15 +75,34 @@ typedef struct evs_settings {
     long rate;
     int consumer_batch;
     char latency_file[512];
+    int writers;
+    int warmup;
+    char writer_file[512];
 } evs_settings;
 
 static evs_settings cfg;
 
-typedef struct evs_app {
+#define MAX_WRITERS 64
+
+typedef struct evs_app evs_app;
+
+typedef struct evs_writer {
+    evs_app *app;
+    int index;
+    pthread_t thread;
+    int started;
+} evs_writer;
+
+struct evs_app {
     cm_service *svc;
-    pthread_t writer;
-    int writer_started;
+    evs_writer writers[MAX_WRITERS];
+    atomic_int warm; /* 1 once the warm-up event was acknowledged */
     atomic_int stop;
+    /* writer commit times in µs (payload time to COMMIT's return), one per
+     * transaction, from every writer thread */
+    pthread_mutex_t commit_mu;
+    uint32_t *commit;
+    size_t ncommit, capcommit;
     atomic_long applied; /* effects committed by this process */
     /* commit-to-effect latencies in µs, recorded on the consumer thread and
      * read after it stopped */
@@ -81,7 +110,8 @@ typedef struct evs_app {
     uint32_t *lat_relay; /* to the record's kafka timestamp: the relay's share */
     size_t nlat, caplat;
     int64_t first_commit_us, last_effect_us;
-} evs_app;
+    int64_t first_produce_us; /* earliest kafka timestamp: the relay's start */
+};
 
 /* ---- settings ---- */
 
@@ -132,6 +162,14 @@ static void load_settings(void)
     cfg.consumer_batch = (int)env_long("EVENTSVC_CONSUMER_BATCH", 0, 0, 10000);
     const char *lf = getenv("EVENTSVC_LATENCY_FILE");
     snprintf(cfg.latency_file, sizeof cfg.latency_file, "%s", lf ? lf : "");
+    cfg.writers = (int)env_long("EVENTSVC_WRITERS", 1, 1, MAX_WRITERS);
+    if (cfg.writers > cfg.keys) {
+        fprintf(stderr, "commerce-eventsvc: EVENTSVC_WRITERS must not exceed EVENTSVC_KEYS\n");
+        exit(2);
+    }
+    cfg.warmup = (int)env_long("EVENTSVC_WARMUP", 0, 0, 1);
+    const char *wf = getenv("EVENTSVC_WRITER_FILE");
+    snprintf(cfg.writer_file, sizeof cfg.writer_file, "%s", wf ? wf : "");
 }
 
 static int64_t now_us(void)
@@ -169,14 +207,24 @@ static int add_event(cm_db *db, const char *key, const char *payload)
 typedef struct write_tx {
     long next; /* the writer's running event number: picks the key */
     int n;
+    int index;       /* the writer's number */
+    int nkeys;       /* how many keys it owns */
+    int64_t last_ts; /* the time put in the transaction's last payload */
 } write_tx;
+
+/* keys a writer owns: index, index + writers, index + 2 * writers, ... */
+static int keys_of(int index)
+{
+    return cfg.keys / cfg.writers + (index < cfg.keys % cfg.writers ? 1 : 0);
+}
 
 static int write_batch(cm_db *db, void *arg)
 {
     write_tx *t = arg;
     for (int i = 0; i < t->n; i++) {
         char key[32];
-        snprintf(key, sizeof key, "k%ld", (t->next + i) % cfg.keys);
+        snprintf(key, sizeof key, "k%ld",
+                 t->index + (long)cfg.writers * ((t->next + i) % t->nkeys));
         const char *p[] = {key};
         PGresult *r = NULL;
         /* the key's row lock orders its events: the id is drawn after it */
@@ -189,7 +237,8 @@ static int write_batch(cm_db *db, void *arg)
         char payload[48];
         /* the insert is the transaction's last statement before COMMIT for
          * a one-event transaction, which is how the paced writer runs */
-        snprintf(payload, sizeof payload, "%s %lld", PQgetvalue(r, 0, 0), (long long)now_us());
+        t->last_ts = now_us();
+        snprintf(payload, sizeof payload, "%s %lld", PQgetvalue(r, 0, 0), (long long)t->last_ts);
         PQclear(r);
         rc = add_event(db, key, payload);
         if (rc)
@@ -198,11 +247,18 @@ static int write_batch(cm_db *db, void *arg)
     return 0;
 }
 
-static long written(cm_db *db)
+/* the events writer index has committed: its keys' sequence rows */
+static long written(cm_db *db, int index)
 {
+    char w[16], nw[16];
+    snprintf(w, sizeof w, "%d", index);
+    snprintf(nw, sizeof nw, "%d", cfg.writers);
+    const char *p[] = {w, nw};
     PGresult *r = NULL;
-    if (cm_db_exec(db, "count written", "SELECT coalesce(sum(next_seq), 0) FROM gen", 0, NULL,
-                   &r) != 0)
+    if (cm_db_exec(db, "count written",
+                   "SELECT coalesce(sum(next_seq), 0) FROM gen WHERE key LIKE 'k%' AND "
+                   "substr(key, 2)::int % $2::int = $1::int",
+                   2, p, &r) != 0)
         return -1;
     long n = strtol(PQgetvalue(r, 0, 0), NULL, 10);
     PQclear(r);
@@ -215,9 +271,55 @@ static void nap_ms(int ms)
     nanosleep(&ts, NULL);
 }
 
+static void record_commit(evs_app *app, int64_t us)
+{
+    pthread_mutex_lock(&app->commit_mu);
+    if (app->ncommit == app->capcommit) {
+        size_t cap = app->capcommit ? app->capcommit * 2 : 65536;
+        uint32_t *p = realloc(app->commit, cap * sizeof *p);
+        if (!p) {
+            pthread_mutex_unlock(&app->commit_mu);
+            return;
+        }
+        app->commit = p;
+        app->capcommit = cap;
+    }
+    app->commit[app->ncommit++] = us < 0 ? 0 : (us > UINT32_MAX ? UINT32_MAX : (uint32_t)us);
+    pthread_mutex_unlock(&app->commit_mu);
+}
+
+static int warmup_tx(cm_db *db, void *arg)
+{
+    return add_event(db, "warmup", arg);
+}
+
+/* writes the warm-up event and waits for the relay to mark it published */
+static int warm_up(evs_app *app, cm_db *db)
+{
+    if (cm_db_tx(db, NULL, 5, warmup_tx, "0") != 0)
+        return -1;
+    while (!atomic_load(&app->stop)) {
+        PGresult *r = NULL;
+        if (cm_db_exec(db, "warm-up published",
+                       "SELECT count(*) FROM outbox WHERE key = 'warmup' AND published_at IS NOT "
+                       "NULL",
+                       0, NULL, &r) != 0)
+            return -1;
+        int done = strcmp(PQgetvalue(r, 0, 0), "0") != 0;
+        PQclear(r);
+        if (done) {
+            cm_log_info("warm-up event published: writing", NULL);
+            return 0;
+        }
+        nap_ms(10);
+    }
+    return -1;
+}
+
 static void *writer_main(void *arg)
 {
-    evs_app *app = arg;
+    evs_writer *wr = arg;
+    evs_app *app = wr->app;
     cm_db *db = NULL;
     char err[512];
     const cm_config *c = cm_service_config(app->svc);
@@ -225,33 +327,52 @@ static void *writer_main(void *arg)
         cm_log_error("writer could not connect", "detail", err, NULL);
         return NULL;
     }
-    long done = written(db);
+    if (cfg.warmup) {
+        /* writer 0 warms the path up; the others wait for it */
+        if (wr->index == 0) {
+            if (warm_up(app, db) == 0)
+                atomic_store(&app->warm, 1);
+        }
+        while (!atomic_load(&app->warm) && !atomic_load(&app->stop))
+            nap_ms(5);
+    }
+    /* this writer's share of the events and of the rate */
+    long total = cfg.write_total / cfg.writers + (wr->index < cfg.write_total % cfg.writers);
+    double rate = (double)cfg.rate / cfg.writers;
+    int nkeys = keys_of(wr->index);
+    long done = written(db, wr->index);
     long base = done;
     int64_t t0 = now_us();
-    while (done >= 0 && done < cfg.write_total && !atomic_load(&app->stop)) {
+    while (done >= 0 && done < total && !atomic_load(&app->stop)) {
         if (cfg.rate > 0) {
             /* open loop: event i is due at t0 + i / rate, late or not */
-            int64_t due = t0 + (int64_t)((double)(done - base) * 1e6 / (double)cfg.rate);
+            int64_t due = t0 + (int64_t)((double)(done - base) * 1e6 / rate);
             int64_t wait = due - now_us();
             if (wait > 0) {
                 struct timespec ts = {(time_t)(wait / 1000000), (long)(wait % 1000000) * 1000L};
                 nanosleep(&ts, NULL);
             }
         }
-        long left = cfg.write_total - done;
-        write_tx t = {.next = done, .n = left < cfg.batch ? (int)left : cfg.batch};
+        long left = total - done;
+        write_tx t = {.next = done,
+                      .n = left < cfg.batch ? (int)left : cfg.batch,
+                      .index = wr->index,
+                      .nkeys = nkeys};
         int rc = cm_db_tx(db, NULL, 5, write_batch, &t);
         if (rc == 0) {
+            /* the part of the latency spent before the event is committed */
+            if (cfg.writer_file[0])
+                record_commit(app, now_us() - t.last_ts);
             done += t.n;
         } else {
             cm_log_warn("writer transaction failed, retrying", "error", cm_strerror(rc), NULL);
             nap_ms(100);
-            done = written(db);
+            done = written(db, wr->index);
         }
         if (cfg.pause_ms)
             nap_ms(cfg.pause_ms);
     }
-    if (done >= cfg.write_total && cfg.write_total > 0)
+    if (done >= total && total > 0)
         cm_log_info("writer done", NULL);
     cm_db_free(db);
     return NULL;
@@ -347,6 +468,9 @@ static void record_latency(evs_app *app, const cm_event *ev)
     }
     int64_t d = now - ts;
     int64_t dr = ev->timestamp_ms > 0 ? ev->timestamp_ms * 1000 - ts : 0;
+    if (ev->timestamp_ms > 0 &&
+        (app->first_produce_us == 0 || ev->timestamp_ms * 1000 < app->first_produce_us))
+        app->first_produce_us = ev->timestamp_ms * 1000;
     app->lat_relay[app->nlat] = dr < 0 ? 0 : (dr > UINT32_MAX ? UINT32_MAX : (uint32_t)dr);
     app->lat[app->nlat++] = d < 0 ? 0 : (d > UINT32_MAX ? UINT32_MAX : (uint32_t)d);
     if (app->first_commit_us == 0 || ts < app->first_commit_us)
@@ -380,14 +504,31 @@ static void write_latency(evs_app *app)
     qsort(app->lat_relay, app->nlat, sizeof *app->lat_relay, cmp_u32);
     fprintf(f,
             "{\"events\":%zu,\"first_commit_us\":%lld,\"last_effect_us\":%lld,"
-            "\"relay_p50_ms\":%.3f,\"relay_p99_ms\":%.3f,"
+            "\"first_produce_us\":%lld,\"relay_p50_ms\":%.3f,\"relay_p99_ms\":%.3f,"
             "\"p50_ms\":%.3f,\"p90_ms\":%.3f,\"p99_ms\":%.3f,\"p999_ms\":%.3f,"
             "\"max_ms\":%.3f}\n",
             app->nlat, (long long)app->first_commit_us, (long long)app->last_effect_us,
-            pct_ms(app->lat_relay, app->nlat, 0.50), pct_ms(app->lat_relay, app->nlat, 0.99),
-            pct_ms(app->lat, app->nlat, 0.50), pct_ms(app->lat, app->nlat, 0.90),
-            pct_ms(app->lat, app->nlat, 0.99), pct_ms(app->lat, app->nlat, 0.999),
-            pct_ms(app->lat, app->nlat, 1.0));
+            (long long)app->first_produce_us, pct_ms(app->lat_relay, app->nlat, 0.50),
+            pct_ms(app->lat_relay, app->nlat, 0.99), pct_ms(app->lat, app->nlat, 0.50),
+            pct_ms(app->lat, app->nlat, 0.90), pct_ms(app->lat, app->nlat, 0.99),
+            pct_ms(app->lat, app->nlat, 0.999), pct_ms(app->lat, app->nlat, 1.0));
+    fclose(f);
+}
+
+static void write_commits(evs_app *app)
+{
+    FILE *f = fopen(cfg.writer_file, "w");
+    if (!f) {
+        cm_log_error("could not write the writer file", "path", cfg.writer_file, NULL);
+        return;
+    }
+    qsort(app->commit, app->ncommit, sizeof *app->commit, cmp_u32);
+    fprintf(f,
+            "{\"transactions\":%zu,\"commit_p50_ms\":%.3f,\"commit_p99_ms\":%.3f,"
+            "\"commit_p999_ms\":%.3f,\"commit_max_ms\":%.3f}\n",
+            app->ncommit, pct_ms(app->commit, app->ncommit, 0.50),
+            pct_ms(app->commit, app->ncommit, 0.99), pct_ms(app->commit, app->ncommit, 0.999),
+            pct_ms(app->commit, app->ncommit, 1.0));
     fclose(f);
 }
 
@@ -407,6 +548,8 @@ static void after_commit(const cm_event *ev, int duplicate, void *arg)
 
 /* ---- wiring ---- */
 
+static void app_fini(cm_service *svc, void *arg);
+
 static int app_init(cm_service *svc, void **out, char *err, size_t errlen)
 {
     evs_app *app = calloc(1, sizeof *app);
@@ -415,15 +558,22 @@ static int app_init(cm_service *svc, void **out, char *err, size_t errlen)
         return CM_ENOMEM;
     }
     app->svc = svc;
-    if (cfg.producer && cfg.write_total > 0) {
-        if (pthread_create(&app->writer, NULL, writer_main, app) != 0) {
-            free(app);
-            snprintf(err, errlen, "could not start the writer");
-            return CM_ENOMEM;
-        }
-        app->writer_started = 1;
-    }
+    pthread_mutex_init(&app->commit_mu, NULL);
     *out = app;
+    if (cfg.producer && cfg.write_total > 0) {
+        for (int i = 0; i < cfg.writers; i++) {
+            evs_writer *w = &app->writers[i];
+            w->app = app;
+            w->index = i;
+            if (pthread_create(&w->thread, NULL, writer_main, w) != 0) {
+                snprintf(err, errlen, "could not start the writers");
+                app_fini(svc, app);
+                *out = NULL;
+                return CM_ENOMEM;
+            }
+            w->started = 1;
+        }
+    }
     return 0;
 }
 
@@ -432,13 +582,18 @@ static void app_fini(cm_service *svc, void *arg)
     (void)svc;
     evs_app *app = arg;
     atomic_store(&app->stop, 1);
-    if (app->writer_started)
-        pthread_join(app->writer, NULL);
+    for (int i = 0; i < MAX_WRITERS; i++)
+        if (app->writers[i].started)
+            pthread_join(app->writers[i].thread, NULL);
+    if (cfg.producer && cfg.writer_file[0])
+        write_commits(app);
     /* the consumers have stopped: the latencies are complete */
     if (cfg.consumer && cfg.latency_file[0])
         write_latency(app);
     free(app->lat);
     free(app->lat_relay);
+    free(app->commit);
+    pthread_mutex_destroy(&app->commit_mu);
     free(app);
 }
 
