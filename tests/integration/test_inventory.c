@@ -279,6 +279,31 @@ START_TEST(reserve_confirm_release_and_retries)
 
     ck_assert_int_eq(violations(c), 0);
 
+    /* many in one call: known skus in request order, unknown ones listed apart */
+    Commerce__Inventory__V1__BatchGetStockRequest bq =
+        COMMERCE__INVENTORY__V1__BATCH_GET_STOCK_REQUEST__INIT;
+    char *bskus[] = {"sku-b", "sku-none", "sku-a"};
+    bq.skus = bskus;
+    bq.n_skus = 3;
+    Commerce__Inventory__V1__BatchGetStockResponse *br = NULL;
+    ck_assert_int_eq(call(c, SVC "BatchGetStock", &bq.base,
+                          &commerce__inventory__v1__batch_get_stock_response__descriptor,
+                          (ProtobufCMessage **)&br, NULL, tenant_md, 1),
+                     0);
+    ck_assert_uint_eq(br->n_stocks, 2);
+    ck_assert_str_eq(br->stocks[0]->sku, "sku-b");
+    ck_assert_str_eq(br->stocks[1]->sku, "sku-a");
+    ck_assert_int_eq(br->stocks[1]->available, 7);
+    ck_assert_uint_eq(br->n_missing_skus, 1);
+    ck_assert_str_eq(br->missing_skus[0], "sku-none");
+    protobuf_c_message_free_unpacked(&br->base, NULL);
+    bskus[2] = "sku-b";
+    ck_assert_int_eq(call(c, SVC "BatchGetStock", &bq.base,
+                          &commerce__inventory__v1__batch_get_stock_response__descriptor, NULL, &st,
+                          tenant_md, 1),
+                     GRPC_STATUS_INVALID_ARGUMENT);
+    ck_assert_str_eq(st.field, "skus[2]");
+
     /* the metric says the invariants hold (checked every second here) */
     char body[65536];
     usleep(1500000);
