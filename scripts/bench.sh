@@ -47,8 +47,8 @@ benchmarks:
          sku with the hot path against the naive one-transaction-per-call
          baseline, sold-out rejections, random lines over many skus; checks
          for oversell after every run
-         options: --duration S (10) --concurrency C (64) --rounds R (3)
-                  --warmup S (2) --workers W (64) --channels N (4)
+         options: --duration S (10) --concurrency C (128) --rounds R (3)
+                  --warmup S (2) --workers W (160) --channels N (4)
                   --threads T (2) --skus N (10000) --no-build
 
   events outbox -> relay -> kafka (scripts/kafka.sh's broker) -> consumer with
@@ -497,7 +497,7 @@ SQL
 }
 
 bench_inventory() {
-  inv_duration=10 inv_concurrency=64 inv_warmup=2 inv_workers=64 inv_channels=4 inv_threads=2
+  inv_duration=10 inv_concurrency=128 inv_warmup=2 inv_workers=160 inv_channels=4 inv_threads=2
   local rounds=3 skus=10000 do_build=1
   while [ $# -gt 0 ]; do
     case "$1" in
