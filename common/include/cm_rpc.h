@@ -134,6 +134,13 @@ int cm_rpc_fail(cm_rpc_ctx *ctx, int grpc_code, const char *reason, const char *
 int cm_rpc_fail_field(cm_rpc_ctx *ctx, const char *field, const char *description);
 /* maps a CM_E* code (cm_err_grpc_code) with the given message. */
 int cm_rpc_fail_err(cm_rpc_ctx *ctx, int cm_err, const char *message);
+/* adds a typed detail to the failure's google.rpc.Status, packed as an Any
+ * with type URL "type.googleapis.com/<full message name>" (e.g. a
+ * commerce.inventory.v1.StockShortageDetail). packed at once, so detail may
+ * live on the handler's stack. at most 4 per call; call after a
+ * cm_rpc_fail*. */
+void cm_rpc_fail_detail(cm_rpc_ctx *ctx, const ProtobufCMessage *detail);
+
 /* adds a key/value to the ErrorInfo metadata of the failure (e.g. the SKUs
  * short and what is available). call after a cm_rpc_fail*. */
 void cm_rpc_fail_meta(cm_rpc_ctx *ctx, const char *key, const char *value);

@@ -40,6 +40,7 @@
 #define NCODES 17 /* grpc status codes 0..16 */
 #define MAX_FIELD_VIOLATIONS 16
 #define MAX_ERROR_META 16
+#define MAX_EXTRA_DETAILS 4
 #define TLS_FILE_MAX (1u << 20) /* certificate chains and keys are small */
 #define STOP_POLL_MS 200        /* how often an idle worker looks at the stop flag */
 
@@ -137,6 +138,8 @@ struct cm_rpc_ctx {
     size_t n_violations;
     Google__Rpc__ErrorInfo__MetadataEntry *meta[MAX_ERROR_META];
     size_t n_meta;
+    Google__Protobuf__Any *extra[MAX_EXTRA_DETAILS]; /* cm_rpc_fail_detail */
+    size_t n_extra;
 
     /* what the send batch references until it completes */
     grpc_slice status_slice;
@@ -515,7 +518,7 @@ static void build_trailer(cm_rpc_ctx *c)
 
     Google__Protobuf__Any any_info = GOOGLE__PROTOBUF__ANY__INIT;
     Google__Protobuf__Any any_bad = GOOGLE__PROTOBUF__ANY__INIT;
-    Google__Protobuf__Any *details[2] = {&any_info, &any_bad};
+    Google__Protobuf__Any *details[2 + MAX_EXTRA_DETAILS] = {&any_info, &any_bad};
     pack_any(a, &any_info, "type.googleapis.com/google.rpc.ErrorInfo", &info.base);
     size_t ndetails = 1;
     if (c->n_violations) {
@@ -525,6 +528,8 @@ static void build_trailer(cm_rpc_ctx *c)
         pack_any(a, &any_bad, "type.googleapis.com/google.rpc.BadRequest", &bad.base);
         ndetails = 2;
     }
+    for (size_t i = 0; i < c->n_extra; i++)
+        details[ndetails++] = c->extra[i];
     Google__Rpc__Status st = GOOGLE__RPC__STATUS__INIT;
     st.code = c->code;
     st.message = (char *)(c->message ? c->message : "");
@@ -1354,6 +1359,23 @@ int cm_rpc_fail_err(cm_rpc_ctx *ctx, int cm_err, const char *message)
         return cm_rpc_fail(ctx, code, "INTERNAL", "internal error");
     }
     return cm_rpc_fail(ctx, code, NULL, message);
+}
+
+void cm_rpc_fail_detail(cm_rpc_ctx *ctx, const ProtobufCMessage *detail)
+{
+    if (ctx->n_extra >= MAX_EXTRA_DETAILS || !detail)
+        return;
+    Google__Protobuf__Any *any = cm_arena_alloc(ctx->arena, sizeof *any);
+    if (!any)
+        return;
+    google__protobuf__any__init(any);
+    /* packed now: the message may live on the handler's stack */
+    char *url = cm_arena_printf(ctx->arena, "type.googleapis.com/%s", detail->descriptor->name);
+    if (!url)
+        return;
+    pack_any(ctx->arena, any, url, detail);
+    if (any->value.data)
+        ctx->extra[ctx->n_extra++] = any;
 }
 
 void cm_rpc_fail_meta(cm_rpc_ctx *ctx, const char *key, const char *value)

@@ -192,9 +192,14 @@ class Interop(unittest.TestCase):
         with self.assertRaises(grpc.RpcError) as e:
             self.call("Fail", test_pb2.FailRequest(code=9), test_pb2.FailResponse)
         self.assertEqual(e.exception.code(), grpc.StatusCode.FAILED_PRECONDITION)
-        info = detail(status_details(e.exception), details_pb2.ErrorInfo, "google.rpc.ErrorInfo")
+        st = status_details(e.exception)
+        info = detail(st, details_pb2.ErrorInfo, "google.rpc.ErrorInfo")
         self.assertEqual(info.reason, "REQUESTED_FAILURE")
         self.assertEqual(info.metadata["requested_code"], "9")
+        # a service's own typed detail travels as an Any beside ErrorInfo
+        echoed = detail(st, test_pb2.FailRequest, "commerce.test.v1.FailRequest")
+        self.assertIsNotNone(echoed, [a.type_url for a in st.details])
+        self.assertEqual(echoed.code, 9)
 
     def test_malformed_bytes_are_invalid_argument(self):
         raw = self.ch.unary_unary(SVC + "Echo", request_serializer=None, response_deserializer=None)

@@ -146,6 +146,8 @@ static int fail(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *o
     if (req->code <= 0 || req->code > 16)
         return cm_rpc_fail_field(ctx, "code", "must be a gRPC status code between 1 and 16");
     int rc = cm_rpc_fail(ctx, req->code, "REQUESTED_FAILURE", "failed on request");
+    /* a typed detail of our own: the request, echoed */
+    cm_rpc_fail_detail(ctx, in);
     cm_rpc_fail_meta(ctx, "requested_code",
                      cm_arena_printf(cm_rpc_ctx_arena(ctx), "%d", req->code));
     return rc;
