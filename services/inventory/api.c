@@ -465,6 +465,98 @@ static int check_invariants(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Protobu
     return 0;
 }
 
+/* ---- lists ---- */
+
+/* INVALID_ARGUMENT / PAGE_TOKEN_INVALID, naming the field */
+static int bad_token(cm_rpc_ctx *ctx)
+{
+    int f = cm_rpc_fail(ctx, GRPC_STATUS_INVALID_ARGUMENT, "PAGE_TOKEN_INVALID",
+                        "page_token: is not a next_page_token of this call with these filters");
+    cm_rpc_fail_field(ctx, "page_token",
+                      "is not a next_page_token of this call with these filters");
+    return f;
+}
+
+static int64_t ts_us(const Google__Protobuf__Timestamp *t)
+{
+    return t->seconds * 1000000 + t->nanos / 1000;
+}
+
+static int list_stock_changes(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    const Commerce__Inventory__V1__ListStockChangesRequest *req = (const void *)in;
+    Commerce__Inventory__V1__ListStockChangesResponse *resp = (void *)out;
+    cm_arena *a = cm_rpc_ctx_arena(ctx);
+    if (req->sku[0] && !inv_valid_key(req->sku, INV_SKU_MAX))
+        return cm_rpc_fail_field(ctx, "sku", "must be 1-64 characters from [A-Za-z0-9._:-]");
+    if (req->order_id[0] && !inv_valid_key(req->order_id, INV_KEY_MAX))
+        return cm_rpc_fail_field(ctx, "order_id", "must be 1-64 characters from [A-Za-z0-9._:-]");
+    if (req->n_kinds > 16)
+        return cm_rpc_fail_field(ctx, "kinds", "must hold at most 16 kinds");
+    int *kinds = cm_rpc_alloc(ctx, (req->n_kinds ? req->n_kinds : 1) * sizeof *kinds);
+    char *canon = cm_arena_printf(a, "s=%s;o=%s;k=", req->sku, req->order_id);
+    for (size_t i = 0; i < req->n_kinds; i++) {
+        int k = (int)req->kinds[i];
+        if (k < INV_KIND_SET || k > INV_KIND_EXPIRE)
+            return cm_rpc_fail_field(ctx, cm_arena_printf(a, "kinds[%zu]", i),
+                                     "must be a StockChangeKind other than UNSPECIFIED");
+        kinds[i] = k;
+        canon = cm_arena_printf(a, "%s%d,", canon, k);
+    }
+    inv_change_query q = {.tenant = cm_rpc_ctx_tenant(ctx),
+                          .sku = req->sku,
+                          .order_id = req->order_id,
+                          .kinds = kinds,
+                          .nkinds = req->n_kinds};
+    if (req->occurred) {
+        const Google__Protobuf__Timestamp *st = req->occurred->start_at,
+                                          *en = req->occurred->end_at;
+        if (st && (st->nanos < 0 || st->nanos > 999999999))
+            return cm_rpc_fail_field(ctx, "occurred.start_at", "must be a valid timestamp");
+        if (en && (en->nanos < 0 || en->nanos > 999999999))
+            return cm_rpc_fail_field(ctx, "occurred.end_at", "must be a valid timestamp");
+        if (st && en && ts_us(en) <= ts_us(st))
+            return cm_rpc_fail_field(ctx, "occurred.end_at", "must be after occurred.start_at");
+        q.has_from = st != NULL;
+        q.has_to = en != NULL;
+        q.from_us = st ? ts_us(st) : 0;
+        q.to_us = en ? ts_us(en) : 0;
+    }
+    canon = cm_arena_printf(a, "%s;f=%d:%lld;t=%d:%lld", canon, q.has_from, (long long)q.from_us,
+                            q.has_to, (long long)q.to_us);
+    int size = inv_page_size(req->page_size);
+    if (size < 0)
+        return cm_rpc_fail_field(ctx, "page_size", "must not be negative");
+    uint64_t fp = inv_filter_hash(canon);
+    char after[40];
+    if (req->page_token[0]) {
+        if (inv_page_token_parse(req->page_token, 'c', fp, after, sizeof after))
+            return bad_token(ctx);
+        q.after_id = after;
+    }
+    inv_change *rows = cm_rpc_alloc(ctx, (size_t)size * sizeof *rows);
+    if (!rows)
+        return internal(ctx, CM_ENOMEM, "could not list stock changes");
+    size_t n = 0;
+    int more = 0;
+    int rc = inv_store_list_changes(cm_service_db(ctx), &q, rows, (size_t)size, &n, &more);
+    if (rc == CM_ENOTFOUND)
+        return bad_token(ctx);
+    if (rc)
+        return internal(ctx, rc, "could not list stock changes");
+    resp->changes = cm_rpc_alloc(ctx, (n ? n : 1) * sizeof *resp->changes);
+    for (size_t i = 0; i < n; i++)
+        resp->changes[i] = inv_pb_change(a, &rows[i]);
+    resp->n_changes = n;
+    if (more && n) {
+        char tok[256];
+        if (inv_page_token(tok, sizeof tok, 'c', fp, rows[n - 1].change_id))
+            return internal(ctx, CM_EINTERNAL, "could not list stock changes");
+        resp->next_page_token = cm_arena_strdup(a, tok);
+    }
+    return 0;
+}
+
 /* ---- flash sales ---- */
 
 static int64_t ts_ms(const Google__Protobuf__Timestamp *t)
@@ -582,6 +674,61 @@ static int get_flash_sale(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufC
     return 0;
 }
 
+static int list_flash_sales(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    const Commerce__Inventory__V1__ListFlashSalesRequest *req = (const void *)in;
+    Commerce__Inventory__V1__ListFlashSalesResponse *resp = (void *)out;
+    cm_arena *a = cm_rpc_ctx_arena(ctx);
+    if (req->sku[0] && !inv_valid_key(req->sku, INV_SKU_MAX))
+        return cm_rpc_fail_field(ctx, "sku", "must be 1-64 characters from [A-Za-z0-9._:-]");
+    if (req->n_states > 16)
+        return cm_rpc_fail_field(ctx, "states", "must hold at most 16 states");
+    int *states = cm_rpc_alloc(ctx, (req->n_states ? req->n_states : 1) * sizeof *states);
+    char *canon = cm_arena_printf(a, "s=%s;st=", req->sku);
+    for (size_t i = 0; i < req->n_states; i++) {
+        int v = (int)req->states[i];
+        if (v < COMMERCE__INVENTORY__V1__FLASH_SALE_STATE__FLASH_SALE_STATE_SCHEDULED ||
+            v > COMMERCE__INVENTORY__V1__FLASH_SALE_STATE__FLASH_SALE_STATE_ENDED)
+            return cm_rpc_fail_field(ctx, cm_arena_printf(a, "states[%zu]", i),
+                                     "must be a FlashSaleState other than UNSPECIFIED");
+        states[i] = v;
+        canon = cm_arena_printf(a, "%s%d,", canon, v);
+    }
+    int size = inv_page_size(req->page_size);
+    if (size < 0)
+        return cm_rpc_fail_field(ctx, "page_size", "must not be negative");
+    uint64_t fp = inv_filter_hash(canon);
+    char after[40];
+    const char *after_id = NULL;
+    if (req->page_token[0]) {
+        if (inv_page_token_parse(req->page_token, 'f', fp, after, sizeof after))
+            return bad_token(ctx);
+        after_id = after;
+    }
+    inv_sale *rows = cm_rpc_alloc(ctx, (size_t)size * sizeof *rows);
+    if (!rows)
+        return internal(ctx, CM_ENOMEM, "could not list flash sales");
+    size_t n = 0;
+    int more = 0;
+    int rc = inv_store_list_sales(cm_service_db(ctx), cm_rpc_ctx_tenant(ctx), req->sku, states,
+                                  req->n_states, after_id, rows, (size_t)size, &n, &more);
+    if (rc == CM_ENOTFOUND)
+        return bad_token(ctx);
+    if (rc)
+        return internal(ctx, rc, "could not list flash sales");
+    resp->flash_sales = cm_rpc_alloc(ctx, (n ? n : 1) * sizeof *resp->flash_sales);
+    for (size_t i = 0; i < n; i++)
+        resp->flash_sales[i] = pb_sale(a, &rows[i]);
+    resp->n_flash_sales = n;
+    if (more && n) {
+        char tok[256];
+        if (inv_page_token(tok, sizeof tok, 'f', fp, rows[n - 1].flash_sale_id))
+            return internal(ctx, CM_EINTERNAL, "could not list flash sales");
+        resp->next_page_token = cm_arena_strdup(a, tok);
+    }
+    return 0;
+}
+
 const cm_rpc_method inv_methods[] = {
     {"GetStock", get_stock, 0},
     {"BatchGetStock", batch_get_stock, 0},
@@ -594,6 +741,8 @@ const cm_rpc_method inv_methods[] = {
     {"CheckInvariants", check_invariants, 0},
     {"ConfigureFlashSale", configure_flash_sale, 0},
     {"GetFlashSale", get_flash_sale, 0},
+    {"ListFlashSales", list_flash_sales, 0},
+    {"ListStockChanges", list_stock_changes, 0},
 };
 const size_t inv_methods_count = sizeof inv_methods / sizeof inv_methods[0];
 

@@ -172,3 +172,76 @@ int inv_admit(inv_counter *cs, const size_t *pos, const inv_line *lines, size_t 
     }
     return 1;
 }
+
+int inv_page_size(int32_t requested)
+{
+    if (requested < 0)
+        return -1;
+    if (requested == 0)
+        return INV_PAGE_DEFAULT;
+    return requested > INV_PAGE_MAX ? INV_PAGE_MAX : (int)requested;
+}
+
+uint64_t inv_filter_hash(const char *canonical)
+{
+    uint64_t h = 1469598103934665603ULL;
+    for (const unsigned char *c = (const unsigned char *)canonical; *c; c++) {
+        h ^= *c;
+        h *= 1099511628211ULL;
+    }
+    return h;
+}
+
+static const char hexd[] = "0123456789abcdef";
+
+int inv_page_token(char *out, size_t cap, char kind, uint64_t filters, const char *id)
+{
+    char raw[96];
+    int n = snprintf(raw, sizeof raw, "%c.%016llx.%s", kind, (unsigned long long)filters, id);
+    if (n < 0 || (size_t)n >= sizeof raw || cap < (size_t)n * 2 + 1)
+        return CM_EINVAL;
+    for (int i = 0; i < n; i++) {
+        out[2 * i] = hexd[(unsigned char)raw[i] >> 4];
+        out[2 * i + 1] = hexd[(unsigned char)raw[i] & 15];
+    }
+    out[2 * n] = 0;
+    return 0;
+}
+
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    return -1;
+}
+
+int inv_page_token_parse(const char *token, char kind, uint64_t filters, char *id, size_t idcap)
+{
+    char raw[96];
+    size_t len = strlen(token);
+    if (len == 0 || len % 2 || len / 2 >= sizeof raw)
+        return CM_EINVAL;
+    for (size_t i = 0; i < len / 2; i++) {
+        int hi = hexval(token[2 * i]), lo = hexval(token[2 * i + 1]);
+        if (hi < 0 || lo < 0)
+            return CM_EINVAL;
+        raw[i] = (char)(hi << 4 | lo);
+    }
+    raw[len / 2] = 0;
+    char want[24];
+    snprintf(want, sizeof want, "%c.%016llx.", kind, (unsigned long long)filters);
+    size_t wl = strlen(want);
+    if (strlen(raw) != len / 2 || strncmp(raw, want, wl) != 0)
+        return CM_EINVAL;
+    const char *p = raw + wl;
+    size_t n = strlen(p);
+    if (n == 0 || n > 39 || n >= idcap)
+        return CM_EINVAL;
+    for (size_t i = 0; i < n; i++)
+        if (hexval(p[i]) < 0 && p[i] != '-')
+            return CM_EINVAL;
+    memcpy(id, p, n + 1);
+    return 0;
+}

@@ -148,4 +148,29 @@ typedef struct inv_sale_req {
 enum { INV_S_CREATED, INV_S_REPLAY, INV_S_REUSED, INV_S_OVERLAP };
 int inv_store_sale_create(cm_db *db, const inv_sale_req *q, int *verdict, inv_sale *out);
 int inv_store_sale_get(cm_db *db, const char *tenant, const char *id, inv_sale *out);
+/* a page of the audit trail of a tenant, newest first (occurred_at, then
+ * change_id, descending). empty sku / order_id and nkinds = 0 filter
+ * nothing; from_us / to_us (microseconds since the epoch) bound occurred_at
+ * when has_from / has_to (from inclusive, to exclusive). after_id: the
+ * change_id the previous page ended with, or NULL for the first page. */
+typedef struct inv_change_query {
+    const char *tenant, *sku, *order_id, *after_id;
+    const int *kinds;
+    size_t nkinds;
+    int has_from, has_to;
+    int64_t from_us, to_us;
+} inv_change_query;
+
+/* fills up to cap changes into out, *n of them, and sets *more when rows
+ * follow. CM_ENOTFOUND when after_id is not a change of the tenant. */
+int inv_store_list_changes(cm_db *db, const inv_change_query *q, inv_change *out, size_t cap,
+                           size_t *n, int *more);
+
+/* a page of a tenant's flash sales, most recent starts_at first (then
+ * flash_sale_id, descending). empty sku and nstates = 0 filter nothing;
+ * states are the proto's FlashSaleState values, derived from now() and the
+ * counters as pb_sale does. after_id as above; CM_ENOTFOUND when unknown. */
+int inv_store_list_sales(cm_db *db, const char *tenant, const char *sku, const int *states,
+                         size_t nstates, const char *after_id, inv_sale *out, size_t cap, size_t *n,
+                         int *more);
 #endif

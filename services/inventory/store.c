@@ -1035,3 +1035,134 @@ int inv_store_sale_create(cm_db *db, const inv_sale_req *q, int *verdict, inv_sa
     *verdict = t.verdict;
     return rc;
 }
+
+/* ---- lists ---- */
+
+/* a postgres int[] literal ("{1,3}") of the values */
+static char *int_array(const int *v, size_t n)
+{
+    buf b = {0};
+    puts_(&b, "{");
+    for (size_t i = 0; i < n; i++)
+        put_num(&b, v[i]);
+    puts_(&b, "}");
+    if (b.oom) {
+        free(b.p);
+        return NULL;
+    }
+    return b.p;
+}
+
+/* 1 when the row id exists for the tenant: a cursor must point at a row */
+static int cursor_exists(cm_db *db, const char *what, const char *sql, const char *tenant,
+                         const char *id, int *found)
+{
+    const char *p[] = {tenant, id};
+    PGresult *r = NULL;
+    int rc = exec(db, what, sql, 2, p, &r);
+    if (rc)
+        return rc;
+    *found = PQntuples(r) > 0;
+    PQclear(r);
+    return 0;
+}
+
+int inv_store_list_changes(cm_db *db, const inv_change_query *q, inv_change *out, size_t cap,
+                           size_t *n, int *more)
+{
+    *n = 0;
+    *more = 0;
+    if (q->after_id) {
+        int found = 0;
+        /* change ids are uuids: cast in sql only after the text check */
+        int rc = cursor_exists(db, "find change cursor",
+                               "SELECT 1 FROM stock_change WHERE tenant_id = $1 "
+                               "AND change_id::text = $2",
+                               q->tenant, q->after_id, &found);
+        if (rc)
+            return rc;
+        if (!found)
+            return CM_ENOTFOUND;
+    }
+    char *kinds = int_array(q->kinds, q->nkinds);
+    if (!kinds)
+        return CM_ENOMEM;
+    char from[24], to[24], lim[24];
+    snprintf(from, sizeof from, "%lld", (long long)q->from_us);
+    snprintf(to, sizeof to, "%lld", (long long)q->to_us);
+    snprintf(lim, sizeof lim, "%zu", cap + 1);
+    const char *p[] = {
+        q->tenant,   q->sku, q->order_id, kinds, q->has_from ? from : NULL, q->has_to ? to : NULL,
+        q->after_id, lim};
+    PGresult *r = NULL;
+    int rc = exec(db, "list stock changes",
+                  "SELECT " CHANGE_COLS " FROM stock_change c WHERE tenant_id = $1 "
+                  "AND ($2 = '' OR sku = $2) AND ($3 = '' OR order_id = $3) "
+                  "AND (cardinality($4::int[]) = 0 OR kind = ANY($4::int[])) "
+                  "AND ($5::bigint IS NULL OR occurred_at >= "
+                  "timestamptz 'epoch' + $5::bigint * interval '1 microsecond') "
+                  "AND ($6::bigint IS NULL OR occurred_at < "
+                  "timestamptz 'epoch' + $6::bigint * interval '1 microsecond') "
+                  "AND ($7::uuid IS NULL OR (occurred_at, change_id) < "
+                  "(SELECT x.occurred_at, x.change_id FROM stock_change x "
+                  "WHERE x.tenant_id = $1 AND x.change_id = $7::uuid)) "
+                  "ORDER BY occurred_at DESC, change_id DESC LIMIT $8::bigint",
+                  8, p, &r);
+    free(kinds);
+    if (rc)
+        return rc;
+    size_t rows = (size_t)PQntuples(r);
+    *more = rows > cap;
+    for (size_t i = 0; i < rows && i < cap; i++)
+        parse_change(r, (int)i, 0, &out[(*n)++]);
+    PQclear(r);
+    return 0;
+}
+
+#define SALE_STATE                                                                                 \
+    "(CASE WHEN now() < starts_at THEN 1 WHEN now() >= ends_at THEN 4 "                            \
+    "WHEN reserved + sold >= sale_stock THEN 3 ELSE 2 END)"
+
+int inv_store_list_sales(cm_db *db, const char *tenant, const char *sku, const int *states,
+                         size_t nstates, const char *after_id, inv_sale *out, size_t cap, size_t *n,
+                         int *more)
+{
+    *n = 0;
+    *more = 0;
+    if (after_id) {
+        int found = 0;
+        int rc = cursor_exists(db, "find sale cursor",
+                               "SELECT 1 FROM flash_sale WHERE tenant_id = $1 "
+                               "AND flash_sale_id = $2",
+                               tenant, after_id, &found);
+        if (rc)
+            return rc;
+        if (!found)
+            return CM_ENOTFOUND;
+    }
+    char *st = int_array(states, nstates);
+    if (!st)
+        return CM_ENOMEM;
+    char lim[24];
+    snprintf(lim, sizeof lim, "%zu", cap + 1);
+    const char *p[] = {tenant, sku, st, after_id, lim};
+    PGresult *r = NULL;
+    int rc = exec(db, "list flash sales",
+                  "SELECT " SALE_COLS " FROM flash_sale WHERE tenant_id = $1 "
+                  "AND ($2 = '' OR sku = $2) "
+                  "AND (cardinality($3::int[]) = 0 OR " SALE_STATE " = ANY($3::int[])) "
+                  "AND ($4::text IS NULL OR (starts_at, flash_sale_id) < "
+                  "(SELECT x.starts_at, x.flash_sale_id FROM flash_sale x "
+                  "WHERE x.tenant_id = $1 AND x.flash_sale_id = $4::text)) "
+                  "ORDER BY starts_at DESC, flash_sale_id DESC LIMIT $5::bigint",
+                  5, p, &r);
+    free(st);
+    if (rc)
+        return rc;
+    size_t rows = (size_t)PQntuples(r);
+    *more = rows > cap;
+    for (size_t i = 0; i < rows && i < cap; i++)
+        parse_sale(r, (int)i, &out[(*n)++]);
+    PQclear(r);
+    return 0;
+}

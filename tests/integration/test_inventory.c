@@ -930,6 +930,337 @@ START_TEST(order_events_confirm_and_release_through_the_inbox)
 }
 END_TEST
 
+/* ---- lists ---- */
+
+static const cm_rpc_md other_md[] = {{"x-tenant-id", "tenant-other"}};
+
+static int list_changes(cm_rpc_client *c, Commerce__Inventory__V1__ListStockChangesRequest *q,
+                        Commerce__Inventory__V1__ListStockChangesResponse **out, cm_rpc_status *st,
+                        const cm_rpc_md *md)
+{
+    return call(c, SVC "ListStockChanges", &q->base,
+                &commerce__inventory__v1__list_stock_changes_response__descriptor,
+                (ProtobufCMessage **)out, st, md, 1);
+}
+
+static int adjust(cm_rpc_client *c, const char *rid, const char *sku, int64_t delta,
+                  const char *reason, const char *actor)
+{
+    Commerce__Inventory__V1__AdjustStockRequest a =
+        COMMERCE__INVENTORY__V1__ADJUST_STOCK_REQUEST__INIT;
+    a.request_id = (char *)rid;
+    a.sku = (char *)sku;
+    a.delta = delta;
+    a.reason = (char *)reason;
+    a.actor = (char *)actor;
+    return call(c, SVC "AdjustStock", &a.base,
+                &commerce__inventory__v1__adjust_stock_response__descriptor, NULL, NULL, tenant_md,
+                1);
+}
+
+/* rows of one filter, all pages (page_size 0: the default) */
+static size_t count_changes(cm_rpc_client *c, Commerce__Inventory__V1__ListStockChangesRequest *q)
+{
+    Commerce__Inventory__V1__ListStockChangesResponse *r = NULL;
+    ck_assert_int_eq(list_changes(c, q, &r, NULL, tenant_md), 0);
+    size_t n = r->n_changes;
+    ck_assert_str_eq(r->next_page_token, "");
+    protobuf_c_message_free_unpacked(&r->base, NULL);
+    return n;
+}
+
+START_TEST(list_stock_changes_pages_the_audit_trail)
+{
+    new_schema();
+    hs_proc p;
+    spawn(&p, NULL);
+    cm_rpc_client *c = client_for(&p);
+    /* 9 changes: SET + ADJUST + RESERVE on sku-a, SET + 5 RESERVE on sku-b */
+    ck_assert_int_eq(set_stock(c, "set-a", "sku-a", 10), 0);
+    ck_assert_int_eq(adjust(c, "adj-a", "sku-a", -3, "damaged in warehouse", "wms"), 0);
+    ck_assert_int_eq(reserve1(c, "o-a", "sku-a", 2, NULL), 0);
+    ck_assert_int_eq(set_stock(c, "set-b", "sku-b", 50), 0);
+    for (int i = 0; i < 5; i++) {
+        char o[16];
+        snprintf(o, sizeof o, "o-b%d", i);
+        ck_assert_int_eq(reserve1(c, o, "sku-b", 1, NULL), 0);
+    }
+
+    /* one page, newest first, with reason/actor/request id/order id */
+    Commerce__Inventory__V1__ListStockChangesRequest q =
+        COMMERCE__INVENTORY__V1__LIST_STOCK_CHANGES_REQUEST__INIT;
+    Commerce__Inventory__V1__ListStockChangesResponse *r = NULL;
+    ck_assert_int_eq(list_changes(c, &q, &r, NULL, tenant_md), 0);
+    ck_assert_int_eq(r->n_changes, 9);
+    ck_assert_str_eq(r->next_page_token, "");
+    char ids[9][40];
+    for (size_t i = 0; i < r->n_changes; i++) {
+        snprintf(ids[i], sizeof ids[i], "%s", r->changes[i]->change_id);
+        if (i)
+            ck_assert(r->changes[i]->occurred_at->seconds <=
+                      r->changes[i - 1]->occurred_at->seconds);
+    }
+    const Commerce__Inventory__V1__StockChange *set = r->changes[8], *adj = r->changes[7],
+                                               *res = r->changes[6], *last = r->changes[0];
+    ck_assert_int_eq(set->kind, COMMERCE__INVENTORY__V1__STOCK_CHANGE_KIND__STOCK_CHANGE_KIND_SET);
+    ck_assert_str_eq(set->sku, "sku-a");
+    ck_assert_str_eq(set->reason, "goods received");
+    ck_assert_str_eq(set->actor, "ops:test");
+    ck_assert_str_eq(set->request_id, "set-a");
+    ck_assert_int_eq(set->available_delta, 10);
+    ck_assert_int_eq(adj->kind,
+                     COMMERCE__INVENTORY__V1__STOCK_CHANGE_KIND__STOCK_CHANGE_KIND_ADJUST);
+    ck_assert_str_eq(adj->reason, "damaged in warehouse");
+    ck_assert_str_eq(adj->actor, "wms");
+    ck_assert_str_eq(adj->request_id, "adj-a");
+    ck_assert_int_eq(adj->available_delta, -3);
+    ck_assert_int_eq(adj->level->available, 7);
+    ck_assert_int_eq(res->kind,
+                     COMMERCE__INVENTORY__V1__STOCK_CHANGE_KIND__STOCK_CHANGE_KIND_RESERVE);
+    ck_assert_str_eq(res->order_id, "o-a");
+    ck_assert_int_eq(res->available_delta, -2);
+    ck_assert_int_eq(res->reserved_delta, 2);
+    ck_assert_str_eq(res->reason, "");
+    ck_assert_str_eq(last->order_id, "o-b4");
+    protobuf_c_message_free_unpacked(&r->base, NULL);
+
+    /* filters */
+    q.sku = "sku-a";
+    ck_assert_int_eq(count_changes(c, &q), 3);
+    q.sku = "";
+    q.order_id = "o-a";
+    ck_assert_int_eq(count_changes(c, &q), 1);
+    q.order_id = "";
+    Commerce__Inventory__V1__StockChangeKind kinds[] = {
+        COMMERCE__INVENTORY__V1__STOCK_CHANGE_KIND__STOCK_CHANGE_KIND_RESERVE};
+    q.kinds = kinds;
+    q.n_kinds = 1;
+    ck_assert_int_eq(count_changes(c, &q), 6);
+    q.n_kinds = 0;
+    Commerce__Common__V1__TimeRange tr = COMMERCE__COMMON__V1__TIME_RANGE__INIT;
+    Google__Protobuf__Timestamp from = GOOGLE__PROTOBUF__TIMESTAMP__INIT,
+                                to = GOOGLE__PROTOBUF__TIMESTAMP__INIT;
+    from.seconds = time(NULL) + 3600;
+    tr.start_at = &from;
+    q.occurred = &tr;
+    ck_assert_int_eq(count_changes(c, &q), 0);
+    from.seconds = time(NULL) - 3600;
+    ck_assert_int_eq(count_changes(c, &q), 9);
+    q.occurred = NULL;
+
+    /* pages of 2 walk every row exactly once, in the same order, also
+     * when a change is written between pages (it is newer: not listed) */
+    q.page_size = 2;
+    char *token = strdup("");
+    size_t seen = 0, pages = 0;
+    for (;;) {
+        q.page_token = token;
+        ck_assert_int_eq(list_changes(c, &q, &r, NULL, tenant_md), 0);
+        ck_assert_int_le(r->n_changes, 2);
+        for (size_t i = 0; i < r->n_changes; i++) {
+            ck_assert_int_lt(seen, 9);
+            ck_assert_str_eq(r->changes[i]->change_id, ids[seen]);
+            seen++;
+        }
+        free(token);
+        token = strdup(r->next_page_token);
+        protobuf_c_message_free_unpacked(&r->base, NULL);
+        if (++pages == 1)
+            ck_assert_int_eq(adjust(c, "adj-mid", "sku-b", 5, "goods received", "wms"), 0);
+        if (!token[0])
+            break;
+    }
+    free(token);
+    ck_assert_int_eq(seen, 9);
+    ck_assert_int_eq(pages, 5);
+
+    /* a token is tied to its filters and its tenant */
+    q.page_token = "";
+    ck_assert_int_eq(list_changes(c, &q, &r, NULL, tenant_md), 0);
+    char *first_token = strdup(r->next_page_token);
+    protobuf_c_message_free_unpacked(&r->base, NULL);
+    cm_rpc_status st;
+    q.page_token = first_token;
+    q.sku = "sku-b";
+    ck_assert_int_eq(list_changes(c, &q, NULL, &st, tenant_md), GRPC_STATUS_INVALID_ARGUMENT);
+    ck_assert_str_eq(st.field, "page_token");
+    ck_assert_str_eq(st.reason, "PAGE_TOKEN_INVALID");
+    q.sku = "";
+    ck_assert_int_eq(list_changes(c, &q, NULL, &st, other_md), GRPC_STATUS_INVALID_ARGUMENT);
+    ck_assert_str_eq(st.field, "page_token");
+    free(first_token);
+    const char *bad[] = {"zz", "not-a-token", "00", "632e", "abc"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        q.page_token = (char *)bad[i];
+        ck_assert_int_eq(list_changes(c, &q, NULL, &st, tenant_md), GRPC_STATUS_INVALID_ARGUMENT);
+        ck_assert_str_eq(st.field, "page_token");
+        ck_assert_str_eq(st.reason, "PAGE_TOKEN_INVALID");
+    }
+    q.page_token = "";
+
+    /* another tenant sees nothing */
+    q.page_size = 0;
+    ck_assert_int_eq(list_changes(c, &q, &r, NULL, other_md), 0);
+    ck_assert_int_eq(r->n_changes, 0);
+    ck_assert_str_eq(r->next_page_token, "");
+    protobuf_c_message_free_unpacked(&r->base, NULL);
+
+    /* page_size: negative is refused, above 500 is 500 */
+    q.page_size = -1;
+    ck_assert_int_eq(list_changes(c, &q, NULL, &st, tenant_md), GRPC_STATUS_INVALID_ARGUMENT);
+    ck_assert_str_eq(st.field, "page_size");
+    q.page_size = 100000;
+    ck_assert_int_eq(count_changes(c, &q), 10);
+    q.page_size = 0;
+    /* other bad filters name their field */
+    q.sku = "bad sku!";
+    ck_assert_int_eq(list_changes(c, &q, NULL, &st, tenant_md), GRPC_STATUS_INVALID_ARGUMENT);
+    ck_assert_str_eq(st.field, "sku");
+    q.sku = "";
+    Commerce__Inventory__V1__StockChangeKind unspec[] = {
+        COMMERCE__INVENTORY__V1__STOCK_CHANGE_KIND__STOCK_CHANGE_KIND_UNSPECIFIED};
+    q.kinds = unspec;
+    q.n_kinds = 1;
+    ck_assert_int_eq(list_changes(c, &q, NULL, &st, tenant_md), GRPC_STATUS_INVALID_ARGUMENT);
+    ck_assert_str_eq(st.field, "kinds[0]");
+    q.n_kinds = 0;
+    to.seconds = from.seconds - 1;
+    tr.end_at = &to;
+    q.occurred = &tr;
+    ck_assert_int_eq(list_changes(c, &q, NULL, &st, tenant_md), GRPC_STATUS_INVALID_ARGUMENT);
+    ck_assert_str_eq(st.field, "occurred.end_at");
+
+    cm_rpc_client_free(c);
+    ck_assert_int_eq(hs_stop(&p, SIGTERM, 20000), 0);
+    drop_schema();
+}
+END_TEST
+
+static void configure_sale(cm_rpc_client *c, const char *rid, const char *sku, long start_off,
+                           int64_t stock, char *id, size_t idcap)
+{
+    Commerce__Inventory__V1__ConfigureFlashSaleRequest q =
+        COMMERCE__INVENTORY__V1__CONFIGURE_FLASH_SALE_REQUEST__INIT;
+    Google__Protobuf__Timestamp st = GOOGLE__PROTOBUF__TIMESTAMP__INIT,
+                                en = GOOGLE__PROTOBUF__TIMESTAMP__INIT;
+    st.seconds = time(NULL) + start_off;
+    en.seconds = st.seconds + 1800;
+    q.request_id = (char *)rid;
+    q.sku = (char *)sku;
+    q.starts_at = &st;
+    q.ends_at = &en;
+    q.sale_stock = stock;
+    q.per_buyer_limit = 2;
+    q.actor = "ops:test";
+    Commerce__Inventory__V1__ConfigureFlashSaleResponse *r = NULL;
+    ck_assert_int_eq(call(c, SVC "ConfigureFlashSale", &q.base,
+                          &commerce__inventory__v1__configure_flash_sale_response__descriptor,
+                          (ProtobufCMessage **)&r, NULL, tenant_md, 1),
+                     0);
+    snprintf(id, idcap, "%s", r->flash_sale->flash_sale_id);
+    protobuf_c_message_free_unpacked(&r->base, NULL);
+}
+
+static int list_sales(cm_rpc_client *c, Commerce__Inventory__V1__ListFlashSalesRequest *q,
+                      Commerce__Inventory__V1__ListFlashSalesResponse **out, cm_rpc_status *st,
+                      const cm_rpc_md *md)
+{
+    return call(c, SVC "ListFlashSales", &q->base,
+                &commerce__inventory__v1__list_flash_sales_response__descriptor,
+                (ProtobufCMessage **)out, st, md, 1);
+}
+
+START_TEST(list_flash_sales_returns_configured_sales)
+{
+    new_schema();
+    hs_proc p;
+    spawn(&p, NULL);
+    cm_rpc_client *c = client_for(&p);
+    char id[3][64];
+    /* active now, in 1 h, in 2 h: listed newest start first */
+    configure_sale(c, "fs-1", "sku-f1", -5, 10, id[0], sizeof id[0]);
+    configure_sale(c, "fs-2", "sku-f2", 3600, 20, id[1], sizeof id[1]);
+    configure_sale(c, "fs-3", "sku-f3", 7200, 30, id[2], sizeof id[2]);
+
+    Commerce__Inventory__V1__ListFlashSalesRequest q =
+        COMMERCE__INVENTORY__V1__LIST_FLASH_SALES_REQUEST__INIT;
+    Commerce__Inventory__V1__ListFlashSalesResponse *r = NULL;
+    ck_assert_int_eq(list_sales(c, &q, &r, NULL, tenant_md), 0);
+    ck_assert_int_eq(r->n_flash_sales, 3);
+    ck_assert_str_eq(r->next_page_token, "");
+    for (int i = 0; i < 3; i++) {
+        const Commerce__Inventory__V1__FlashSale *f = r->flash_sales[i];
+        ck_assert_str_eq(f->flash_sale_id, id[2 - i]);
+        ck_assert_int_eq(f->sale_stock, 10 * (3 - i));
+        ck_assert_int_eq(f->per_buyer_limit, 2);
+    }
+    ck_assert_str_eq(r->flash_sales[2]->sku, "sku-f1");
+    ck_assert_int_eq(r->flash_sales[2]->state,
+                     COMMERCE__INVENTORY__V1__FLASH_SALE_STATE__FLASH_SALE_STATE_ACTIVE);
+    ck_assert_int_eq(r->flash_sales[0]->state,
+                     COMMERCE__INVENTORY__V1__FLASH_SALE_STATE__FLASH_SALE_STATE_SCHEDULED);
+    protobuf_c_message_free_unpacked(&r->base, NULL);
+
+    /* filters: state, sku */
+    Commerce__Inventory__V1__FlashSaleState active[] = {
+        COMMERCE__INVENTORY__V1__FLASH_SALE_STATE__FLASH_SALE_STATE_ACTIVE};
+    q.states = active;
+    q.n_states = 1;
+    ck_assert_int_eq(list_sales(c, &q, &r, NULL, tenant_md), 0);
+    ck_assert_int_eq(r->n_flash_sales, 1);
+    ck_assert_str_eq(r->flash_sales[0]->flash_sale_id, id[0]);
+    protobuf_c_message_free_unpacked(&r->base, NULL);
+    q.n_states = 0;
+    q.sku = "sku-f2";
+    ck_assert_int_eq(list_sales(c, &q, &r, NULL, tenant_md), 0);
+    ck_assert_int_eq(r->n_flash_sales, 1);
+    ck_assert_str_eq(r->flash_sales[0]->flash_sale_id, id[1]);
+    protobuf_c_message_free_unpacked(&r->base, NULL);
+    q.sku = "";
+
+    /* pages of one: each sale exactly once, in order */
+    q.page_size = 1;
+    char *token = strdup("");
+    int seen = 0;
+    for (;;) {
+        q.page_token = token;
+        ck_assert_int_eq(list_sales(c, &q, &r, NULL, tenant_md), 0);
+        ck_assert_int_le(r->n_flash_sales, 1);
+        for (size_t i = 0; i < r->n_flash_sales; i++) {
+            ck_assert_int_lt(seen, 3);
+            ck_assert_str_eq(r->flash_sales[i]->flash_sale_id, id[2 - seen]);
+            seen++;
+        }
+        free(token);
+        token = strdup(r->next_page_token);
+        protobuf_c_message_free_unpacked(&r->base, NULL);
+        if (!token[0])
+            break;
+    }
+    free(token);
+    ck_assert_int_eq(seen, 3);
+
+    /* bad token, bad page_size, another tenant */
+    cm_rpc_status st;
+    q.page_token = "nonsense";
+    ck_assert_int_eq(list_sales(c, &q, NULL, &st, tenant_md), GRPC_STATUS_INVALID_ARGUMENT);
+    ck_assert_str_eq(st.field, "page_token");
+    ck_assert_str_eq(st.reason, "PAGE_TOKEN_INVALID");
+    q.page_token = "";
+    q.page_size = -5;
+    ck_assert_int_eq(list_sales(c, &q, NULL, &st, tenant_md), GRPC_STATUS_INVALID_ARGUMENT);
+    ck_assert_str_eq(st.field, "page_size");
+    q.page_size = 0;
+    ck_assert_int_eq(list_sales(c, &q, &r, NULL, other_md), 0);
+    ck_assert_int_eq(r->n_flash_sales, 0);
+    protobuf_c_message_free_unpacked(&r->base, NULL);
+
+    cm_rpc_client_free(c);
+    ck_assert_int_eq(hs_stop(&p, SIGTERM, 20000), 0);
+    drop_schema();
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("inventory");
@@ -945,6 +1276,8 @@ static Suite *suite(void)
     tcase_add_test(t, kill_9_under_load_loses_no_acknowledged_reservation);
     tcase_add_test(t, flash_sale_per_buyer_limit_is_exact_under_concurrency);
     tcase_add_test(t, order_events_confirm_and_release_through_the_inbox);
+    tcase_add_test(t, list_stock_changes_pages_the_audit_trail);
+    tcase_add_test(t, list_flash_sales_returns_configured_sales);
     suite_add_tcase(s, t);
     return s;
 }
