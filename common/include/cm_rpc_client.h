@@ -35,13 +35,16 @@ typedef struct cm_rpc_md {
 
 /* what came back. reason and field come from the grpc-status-details-bin
  * trailer (google.rpc.ErrorInfo reason, first BadRequest field), empty if
- * absent. */
+ * absent; detail_types lists the type URL of every detail. */
 typedef struct cm_rpc_status {
     int code; /* grpc_status_code */
     char message[256];
     char reason[64];
     char field[128];
     int attempts;
+    /* type URLs of every detail in google.rpc.Status, in order (at most 8) */
+    int n_details;
+    char detail_types[8][96];
 } cm_rpc_status;
 
 enum { CM_RPC_CALL_IDEMPOTENT = 1 << 0 };

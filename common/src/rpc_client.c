@@ -185,6 +185,9 @@ static void parse_details(const grpc_metadata_array *trailers, cm_rpc_status *st
             return;
         for (size_t d = 0; d < s->n_details; d++) {
             Google__Protobuf__Any *any = s->details[d];
+            if (st->n_details < 8)
+                snprintf(st->detail_types[st->n_details++], sizeof st->detail_types[0], "%s",
+                         any->type_url);
             if (strcmp(any->type_url, "type.googleapis.com/google.rpc.ErrorInfo") == 0) {
                 Google__Rpc__ErrorInfo *ei =
                     google__rpc__error_info__unpack(NULL, any->value.len, any->value.data);
@@ -264,6 +267,7 @@ static int call_once(cm_rpc_client *c, grpc_slice method, grpc_byte_buffer *req_
     memcpy(st->message, GRPC_SLICE_START_PTR(details), dl);
     st->message[dl] = '\0';
     st->reason[0] = st->field[0] = '\0';
+    st->n_details = 0;
     if (status != GRPC_STATUS_OK)
         parse_details(&trailing, st);
     grpc_slice_unref(details);

@@ -215,6 +215,25 @@ static int sold_out(cm_rpc_ctx *ctx, const inv_reserve_item *it)
     int f = cm_rpc_fail(ctx, GRPC_STATUS_FAILED_PRECONDITION, "SOLD_OUT", msg);
     cm_rpc_fail_meta(ctx, "skus", skus);
     cm_rpc_fail_meta(ctx, "available", avail);
+    /* the typed detail the proto documents, beside the ErrorInfo metadata */
+    Commerce__Inventory__V1__StockShortageDetail detail =
+        COMMERCE__INVENTORY__V1__STOCK_SHORTAGE_DETAIL__INIT;
+    Commerce__Inventory__V1__StockShortage *rows = cm_rpc_alloc(ctx, it->nshort * sizeof *rows);
+    Commerce__Inventory__V1__StockShortage **ptrs = cm_rpc_alloc(ctx, it->nshort * sizeof *ptrs);
+    if (rows && ptrs) {
+        for (size_t i = 0; i < it->nshort; i++) {
+            const inv_shortage *s = &it->shortages[i];
+            commerce__inventory__v1__stock_shortage__init(&rows[i]);
+            rows[i].sku = (char *)s->sku;
+            rows[i].requested = s->requested;
+            rows[i].available = s->available;
+            rows[i].flash_sale_id = (char *)s->flash_sale_id;
+            ptrs[i] = &rows[i];
+        }
+        detail.n_shortages = it->nshort;
+        detail.shortages = ptrs;
+        cm_rpc_fail_detail(ctx, &detail.base);
+    }
     return f;
 }
 

@@ -275,6 +275,11 @@ START_TEST(reserve_confirm_release_and_retries)
     ck_assert_str_eq(st.reason, "SOLD_OUT");
     ck_assert_msg(strstr(st.message, "sku-b") && strstr(st.message, "available 3"), "message: %s",
                   st.message);
+    /* ErrorInfo first, then the typed StockShortageDetail */
+    ck_assert_int_eq(st.n_details, 2);
+    ck_assert_str_eq(st.detail_types[0], "type.googleapis.com/google.rpc.ErrorInfo");
+    ck_assert_str_eq(st.detail_types[1],
+                     "type.googleapis.com/commerce.inventory.v1.StockShortageDetail");
     ck_assert_int_eq(get_level(c, "sku-a").available, 7);
 
     ck_assert_int_eq(violations(c), 0);
