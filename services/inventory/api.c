@@ -501,6 +501,37 @@ static int64_t ts_us(const Google__Protobuf__Timestamp *t)
     return t->seconds * 1000000 + t->nanos / 1000;
 }
 
+/* a list request's page_size and page_token: how many rows to fetch, and
+ * the id to continue after (NULL on the first page). a token is bound to
+ * its list (kind) and its filters (fp). returns 0 or a recorded failure. */
+static int page_begin(cm_rpc_ctx *ctx, int32_t page_size, const char *token, char kind, uint64_t fp,
+                      char *after, size_t afterlen, const char **after_id, int *size)
+{
+    *size = inv_page_size(page_size);
+    if (*size < 0)
+        return cm_rpc_fail_field(ctx, "page_size", "must not be negative");
+    *after_id = NULL;
+    if (token[0]) {
+        if (inv_page_token_parse(token, kind, fp, after, afterlen))
+            return bad_token(ctx);
+        *after_id = after;
+    }
+    return 0;
+}
+
+/* the next_page_token after a page whose last row is last_id */
+static int page_end(cm_rpc_ctx *ctx, int more, size_t n, char kind, uint64_t fp,
+                    const char *last_id, char **next, const char *what)
+{
+    if (!more || !n)
+        return 0;
+    char tok[256];
+    if (inv_page_token(tok, sizeof tok, kind, fp, last_id))
+        return internal(ctx, CM_EINTERNAL, what);
+    *next = cm_arena_strdup(cm_rpc_ctx_arena(ctx), tok);
+    return 0;
+}
+
 static int list_stock_changes(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
 {
     const Commerce__Inventory__V1__ListStockChangesRequest *req = (const void *)in;
@@ -543,16 +574,12 @@ static int list_stock_changes(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Proto
     }
     canon = cm_arena_printf(a, "%s;f=%d:%lld;t=%d:%lld", canon, q.has_from, (long long)q.from_us,
                             q.has_to, (long long)q.to_us);
-    int size = inv_page_size(req->page_size);
-    if (size < 0)
-        return cm_rpc_fail_field(ctx, "page_size", "must not be negative");
     uint64_t fp = inv_filter_hash(canon);
     char after[40];
-    if (req->page_token[0]) {
-        if (inv_page_token_parse(req->page_token, 'c', fp, after, sizeof after))
-            return bad_token(ctx);
-        q.after_id = after;
-    }
+    int size;
+    if (page_begin(ctx, req->page_size, req->page_token, 'c', fp, after, sizeof after, &q.after_id,
+                   &size))
+        return -1;
     inv_change *rows = cm_rpc_alloc(ctx, (size_t)size * sizeof *rows);
     if (!rows)
         return internal(ctx, CM_ENOMEM, "could not list stock changes");
@@ -567,13 +594,8 @@ static int list_stock_changes(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Proto
     for (size_t i = 0; i < n; i++)
         resp->changes[i] = inv_pb_change(a, &rows[i]);
     resp->n_changes = n;
-    if (more && n) {
-        char tok[256];
-        if (inv_page_token(tok, sizeof tok, 'c', fp, rows[n - 1].change_id))
-            return internal(ctx, CM_EINTERNAL, "could not list stock changes");
-        resp->next_page_token = cm_arena_strdup(a, tok);
-    }
-    return 0;
+    return page_end(ctx, more, n, 'c', fp, n ? rows[n - 1].change_id : NULL, &resp->next_page_token,
+                    "could not list stock changes");
 }
 
 /* ---- flash sales ---- */
@@ -713,17 +735,13 @@ static int list_flash_sales(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Protobu
         states[i] = v;
         canon = cm_arena_printf(a, "%s%d,", canon, v);
     }
-    int size = inv_page_size(req->page_size);
-    if (size < 0)
-        return cm_rpc_fail_field(ctx, "page_size", "must not be negative");
     uint64_t fp = inv_filter_hash(canon);
     char after[40];
-    const char *after_id = NULL;
-    if (req->page_token[0]) {
-        if (inv_page_token_parse(req->page_token, 'f', fp, after, sizeof after))
-            return bad_token(ctx);
-        after_id = after;
-    }
+    const char *after_id;
+    int size;
+    if (page_begin(ctx, req->page_size, req->page_token, 'f', fp, after, sizeof after, &after_id,
+                   &size))
+        return -1;
     inv_sale *rows = cm_rpc_alloc(ctx, (size_t)size * sizeof *rows);
     if (!rows)
         return internal(ctx, CM_ENOMEM, "could not list flash sales");
@@ -739,13 +757,8 @@ static int list_flash_sales(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Protobu
     for (size_t i = 0; i < n; i++)
         resp->flash_sales[i] = pb_sale(a, &rows[i]);
     resp->n_flash_sales = n;
-    if (more && n) {
-        char tok[256];
-        if (inv_page_token(tok, sizeof tok, 'f', fp, rows[n - 1].flash_sale_id))
-            return internal(ctx, CM_EINTERNAL, "could not list flash sales");
-        resp->next_page_token = cm_arena_strdup(a, tok);
-    }
-    return 0;
+    return page_end(ctx, more, n, 'f', fp, n ? rows[n - 1].flash_sale_id : NULL,
+                    &resp->next_page_token, "could not list flash sales");
 }
 
 const cm_rpc_method inv_methods[] = {
