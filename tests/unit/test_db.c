@@ -9,6 +9,8 @@
 #include "cm_log.h"
 
 #include <check.h>
+
+#include "pg_test.h"
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -45,29 +47,6 @@ static const char *qi(char *buf, size_t len, const char *name)
     return buf;
 }
 
-static void quiet(void *arg, const char *msg)
-{
-    (void)arg;
-    (void)msg;
-}
-
-static PGconn *admin(void)
-{
-    PGconn *c = PQconnectdb(dsn);
-    ck_assert_msg(PQstatus(c) == CONNECTION_OK, "admin connection: %s", PQerrorMessage(c));
-    PQsetNoticeProcessor(c, quiet, NULL); /* "drop cascades to ..." */
-    return c;
-}
-
-static void sql_ok(PGconn *c, const char *sql)
-{
-    PGresult *r = PQexec(c, sql);
-    ExecStatusType st = PQresultStatus(r);
-    ck_assert_msg(st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK, "%s: %s", sql,
-                  PQresultErrorMessage(r));
-    PQclear(r);
-}
-
 /* the first column of the first row; the caller frees */
 static char *sql_text(PGconn *c, const char *sql)
 {
@@ -92,7 +71,7 @@ static long count_in(const char *schema, const char *table)
 {
     char sql[256], q[128];
     snprintf(sql, sizeof sql, "SELECT count(*) FROM %s.%s", qi(q, sizeof q, schema), table);
-    PGconn *c = admin();
+    PGconn *c = pt_admin();
     long n = sql_long(c, sql);
     PQfinish(c);
     return n;
@@ -103,7 +82,7 @@ static int relation_exists(const char *schema, const char *rel)
     char sql[256], q[128];
     snprintf(sql, sizeof sql, "SELECT to_regclass('%s.%s') IS NOT NULL", qi(q, sizeof q, schema),
              rel);
-    PGconn *c = admin();
+    PGconn *c = pt_admin();
     char *v = sql_text(c, sql);
     PQfinish(c);
     int yes = strcmp(v, "t") == 0;
@@ -115,8 +94,8 @@ static void drop_schema(const char *schema)
 {
     char sql[256], q[128];
     snprintf(sql, sizeof sql, "DROP SCHEMA IF EXISTS %s CASCADE", qi(q, sizeof q, schema));
-    PGconn *c = admin();
-    sql_ok(c, sql);
+    PGconn *c = pt_admin();
+    pt_sql(c, sql);
     PQfinish(c);
 }
 
@@ -133,21 +112,21 @@ static cm_db *connect_to(const char *schema)
 static cm_db *fresh(const char *schema, const char *ddl)
 {
     drop_schema(schema);
-    PGconn *c = admin();
+    PGconn *c = pt_admin();
     char sql[1024], q[128];
     qi(q, sizeof q, schema);
     snprintf(sql, sizeof sql, "CREATE SCHEMA %s; SET search_path TO %s; %s", q, q, ddl);
-    sql_ok(c, sql);
+    pt_sql(c, sql);
     PQfinish(c);
     return connect_to(schema);
 }
 
 static PGconn *admin_in(const char *schema)
 {
-    PGconn *c = admin();
+    PGconn *c = pt_admin();
     char sql[256], q[128];
     snprintf(sql, sizeof sql, "SET search_path TO %s", qi(q, sizeof q, schema));
-    sql_ok(c, sql);
+    pt_sql(c, sql);
     return c;
 }
 
@@ -156,7 +135,7 @@ static void kill_backend(cm_db *db)
     char sql[128];
     snprintf(sql, sizeof sql, "SELECT pg_terminate_backend(%d, 5000)",
              PQbackendPID(cm_db_conn(db)));
-    PGconn *c = admin();
+    PGconn *c = pt_admin();
     char *v = sql_text(c, sql);
     ck_assert_str_eq(v, "t");
     free(v);
@@ -171,7 +150,7 @@ static void drop_run_schemas(void)
         PQfinish(c);
         return;
     }
-    PQsetNoticeProcessor(c, quiet, NULL);
+    PQsetNoticeProcessor(c, pt_quiet, NULL);
     const char *params[] = {run_prefix};
     PGresult *r = PQexecParams(c,
                                "SELECT quote_ident(nspname) FROM pg_namespace "
@@ -211,7 +190,7 @@ START_TEST(connect_quotes_the_schema_identifier)
     schema_name(s, sizeof s, "Mixed Case-\"q\"");
     cm_db *db = fresh(s, "SELECT 1");
     ck_assert_int_eq(cm_db_exec(db, "create", "CREATE TABLE t (id int)", 0, NULL, NULL), 0);
-    PGconn *c = admin();
+    PGconn *c = pt_admin();
     const char *params[] = {s};
     PGresult *r = PQexecParams(c,
                                "SELECT count(*) FROM pg_tables WHERE schemaname = $1 "
@@ -440,7 +419,7 @@ static int bump_counter(cm_db *db, void *arg)
         return rc;
     PQclear(r);
     if (a->calls <= a->conflict_until)
-        sql_ok(a->other, "UPDATE counter SET n = n + 100 WHERE id = 1");
+        pt_sql(a->other, "UPDATE counter SET n = n + 100 WHERE id = 1");
     return cm_db_exec(db, "bump counter", "UPDATE counter SET n = n + 1 WHERE id = 1", 0, NULL,
                       NULL);
 }
@@ -498,20 +477,20 @@ static int skew(cm_db *db, void *arg)
         return rc;
     PQclear(r);
     if (interfere) {
-        sql_ok(a->c.other, "BEGIN ISOLATION LEVEL SERIALIZABLE");
-        sql_ok(a->c.other, "SELECT count(*) FROM shifts WHERE kind = 'a'");
+        pt_sql(a->c.other, "BEGIN ISOLATION LEVEL SERIALIZABLE");
+        pt_sql(a->c.other, "SELECT count(*) FROM shifts WHERE kind = 'a'");
     }
     if (a->at_commit) {
         rc = cm_db_exec(db, "write a", "INSERT INTO shifts VALUES ('a')", 0, NULL, NULL);
         if (interfere) {
-            sql_ok(a->c.other, "INSERT INTO shifts VALUES ('b')");
-            sql_ok(a->c.other, "COMMIT");
+            pt_sql(a->c.other, "INSERT INTO shifts VALUES ('b')");
+            pt_sql(a->c.other, "COMMIT");
         }
         return rc;
     }
     if (interfere) {
-        sql_ok(a->c.other, "INSERT INTO shifts VALUES ('b')");
-        sql_ok(a->c.other, "COMMIT");
+        pt_sql(a->c.other, "INSERT INTO shifts VALUES ('b')");
+        pt_sql(a->c.other, "COMMIT");
     }
     return cm_db_exec(db, "write a", "INSERT INTO shifts VALUES ('a')", 0, NULL, NULL);
 }
@@ -591,7 +570,7 @@ START_TEST(migrate_applies_in_order_and_rerun_is_a_noop)
     ck_assert(relation_exists(s, "items_name"));
 
     /* the recorded checksum is the sha-256 of the exact text */
-    PGconn *c = admin();
+    PGconn *c = pt_admin();
     for (int i = 0; i < 2; i++) {
         char v[8];
         snprintf(v, sizeof v, "%d", base[i].version);
@@ -674,7 +653,7 @@ START_TEST(migrate_refuses_duplicate_or_unordered_versions)
     cm_migration nosql[1] = {{1, "0001_x.sql", NULL}};
     ck_assert_int_eq(migrate(s, nosql, 1, err, sizeof err), CM_EINVAL);
     /* refused before touching the database */
-    PGconn *c = admin();
+    PGconn *c = pt_admin();
     char sql[128];
     snprintf(sql, sizeof sql, "SELECT to_regnamespace('\"%s\"') IS NULL", s);
     char *v = sql_text(c, sql);
@@ -885,27 +864,12 @@ static Suite *db_suite(void)
 
 int main(void)
 {
-    dsn = getenv("PG_DSN");
-    if (!dsn || !*dsn) {
-        fprintf(stderr,
-                "test_db: FAIL: PG_DSN is not set. these tests need a real postgres: "
-                "run scripts/test.sh, or scripts/pg.sh start and then "
-                "PG_DSN=\"$(scripts/pg.sh dsn)\" %s\n",
-                "build/bin/test_db");
-        return EXIT_FAILURE;
-    }
     /* the expected failures below log at error level; LOG_LEVEL=debug shows all */
-    cm_log_level lvl = CM_LOG_ERROR;
-    const char *env = getenv("LOG_LEVEL");
-    if (env && cm_log_level_parse(env, &lvl) != 0)
-        lvl = CM_LOG_ERROR;
-    cm_log_init("test_db", lvl);
+    if (pt_init("test_db"))
+        return EXIT_FAILURE;
+    dsn = pt_dsn;
     snprintf(run_prefix, sizeof run_prefix, "test_db_%ld_", (long)getpid());
-
-    SRunner *sr = srunner_create(db_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
+    int rc = pt_run(db_suite());
     drop_run_schemas();
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return rc;
 }

@@ -14,6 +14,8 @@
 #include "mock_kafka.h"
 
 #include <check.h>
+
+#include "pg_test.h"
 #include <libpq-fe.h>
 #include <stdatomic.h>
 #include <unistd.h>
@@ -341,45 +343,13 @@ END_TEST
 
 /* ---- consumer ---- */
 
-static void quiet(void *arg, const char *msg)
-{
-    (void)arg;
-    (void)msg;
-}
-
-static PGconn *admin(void)
-{
-    PGconn *c = PQconnectdb(dsn);
-    ck_assert_msg(PQstatus(c) == CONNECTION_OK, "%s", PQerrorMessage(c));
-    PQsetNoticeProcessor(c, quiet, NULL);
-    return c;
-}
-
-static void sql(PGconn *c, const char *q)
-{
-    PGresult *r = PQexec(c, q);
-    ck_assert_msg(PQresultStatus(r) == PGRES_COMMAND_OK || PQresultStatus(r) == PGRES_TUPLES_OK,
-                  "%s: %s", q, PQerrorMessage(c));
-    PQclear(r);
-}
-
-static long query_long(PGconn *c, const char *q)
-{
-    PGresult *r = PQexec(c, q);
-    ck_assert_msg(PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1, "%s: %s", q,
-                  PQerrorMessage(c));
-    long v = strtol(PQgetvalue(r, 0, 0), NULL, 10);
-    PQclear(r);
-    return v;
-}
-
 static void fresh_schema(void)
 {
     cluster_up();
-    PGconn *c = admin();
+    PGconn *c = pt_admin();
     char q[256];
     snprintf(q, sizeof q, "DROP SCHEMA IF EXISTS %s CASCADE", schema);
-    sql(c, q);
+    pt_sql(c, q);
     PQfinish(c);
     cm_db *db;
     char err[512];
@@ -399,10 +369,10 @@ static void fresh_schema(void)
 
 static void drop_schema(void)
 {
-    PGconn *c = admin();
+    PGconn *c = pt_admin();
     char q[256];
     snprintf(q, sizeof q, "DROP SCHEMA IF EXISTS %s CASCADE", schema);
-    sql(c, q);
+    pt_sql(c, q);
     PQfinish(c);
     cluster_down();
 }
@@ -503,15 +473,15 @@ START_TEST(consumer_applies_each_event_once)
     ck_assert_uint_eq(s.duplicates, 5);
     ck_assert_uint_eq(s.dead_lettered, 0);
 
-    PGconn *a = admin();
+    PGconn *a = pt_admin();
     char q[256];
     snprintf(q, sizeof q, "SELECT sum(n) FROM %s.effects", schema);
-    ck_assert_int_eq(query_long(a, q), 30);
+    ck_assert_int_eq(pt_query_long(a, q), 30);
     /* per key, the last effect is the key's last event: order held */
     snprintf(q, sizeof q, "SELECT count(*) FROM %s.effects WHERE last IN ('27','28','29')", schema);
-    ck_assert_int_eq(query_long(a, q), 3);
+    ck_assert_int_eq(pt_query_long(a, q), 3);
     snprintf(q, sizeof q, "SELECT count(*) FROM %s.inbox WHERE consumer_group = 'g1'", schema);
-    ck_assert_int_eq(query_long(a, q), 30);
+    ck_assert_int_eq(pt_query_long(a, q), 30);
     PQfinish(a);
 
     cm_counter *dup = cm_metrics_counter(metrics, "consumer_processed_total", "",
@@ -550,13 +520,13 @@ START_TEST(consumer_dead_letters_and_does_not_block_the_partition)
     ck_assert_uint_eq(s.dead_lettered, 3);
     ck_assert_uint_eq(s.retries, 2); /* always-busy: 3 attempts */
 
-    PGconn *a = admin();
+    PGconn *a = pt_admin();
     char q[256];
     snprintf(q, sizeof q, "SELECT count(*) FROM %s.effects WHERE key = 'k' AND last = '3'", schema);
-    ck_assert_int_eq(query_long(a, q), 1);
+    ck_assert_int_eq(pt_query_long(a, q), 1);
     /* dead letters are not in the inbox: a replay after a fix must apply */
     snprintf(q, sizeof q, "SELECT count(*) FROM %s.inbox", schema);
-    ck_assert_int_eq(query_long(a, q), 2);
+    ck_assert_int_eq(pt_query_long(a, q), 2);
     PQfinish(a);
 
     mk_record *recs;
@@ -630,21 +600,21 @@ START_TEST(consumer_batches_and_isolates_a_failing_event)
     ck_assert_uint_eq(s.applied, 299);
     ck_assert_uint_eq(s.dead_lettered, 1);
 
-    PGconn *a = admin();
+    PGconn *a = pt_admin();
     char q[512];
     snprintf(q, sizeof q, "SELECT sum(n) FROM %s.effects", schema);
-    ck_assert_int_eq(query_long(a, q), 299);
+    ck_assert_int_eq(pt_query_long(a, q), 299);
     /* every key's last effect is its last event: nothing overtook */
     snprintf(q, sizeof q,
              "SELECT count(*) FROM %s.effects WHERE last IN ('295','296','297','298','299')",
              schema);
-    ck_assert_int_eq(query_long(a, q), 5);
+    ck_assert_int_eq(pt_query_long(a, q), 5);
     /* inbox rows share transactions: far fewer commits than events */
     snprintf(q, sizeof q, "SELECT count(DISTINCT xmin::text) FROM %s.inbox", schema);
-    long txs = query_long(a, q);
+    long txs = pt_query_long(a, q);
     ck_assert_int_le(txs, 30);
     snprintf(q, sizeof q, "SELECT count(*) FROM %s.inbox", schema);
-    ck_assert_int_eq(query_long(a, q), 299);
+    ck_assert_int_eq(pt_query_long(a, q), 299);
     PQfinish(a);
 
     mk_record *recs;
@@ -739,22 +709,9 @@ static Suite *kafka_suite(void)
 
 int main(void)
 {
-    dsn = getenv("PG_DSN");
-    if (!dsn || !*dsn) {
-        fprintf(stderr, "test_kafka_mock: FAIL: PG_DSN is not set. the consumer tests need a "
-                        "real postgres: run scripts/test.sh, or scripts/pg.sh start and then "
-                        "PG_DSN=\"$(scripts/pg.sh dsn)\" build/bin/test_kafka_mock\n");
+    if (pt_init("test_kafka_mock"))
         return EXIT_FAILURE;
-    }
-    cm_log_level lvl = CM_LOG_ERROR;
-    const char *env = getenv("LOG_LEVEL");
-    if (env && cm_log_level_parse(env, &lvl) != 0)
-        lvl = CM_LOG_ERROR;
-    cm_log_init("test_kafka_mock", lvl);
+    dsn = pt_dsn;
     snprintf(schema, sizeof schema, "test_kafka_%ld", (long)getpid());
-    SRunner *sr = srunner_create(kafka_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return pt_run(kafka_suite());
 }

@@ -15,6 +15,8 @@
 #include "mock_kafka.h"
 
 #include <check.h>
+
+#include "pg_test.h"
 #include <libpq-fe.h>
 #include <stdarg.h>
 #include <unistd.h>
@@ -26,28 +28,6 @@ static char schema[64];
 static mk_cluster mk;
 static int seq[NKEYS]; /* next per-key sequence number the writer uses */
 
-static void quiet(void *arg, const char *msg)
-{
-    (void)arg;
-    (void)msg;
-}
-
-static PGconn *admin(void)
-{
-    PGconn *c = PQconnectdb(dsn);
-    ck_assert_msg(PQstatus(c) == CONNECTION_OK, "%s", PQerrorMessage(c));
-    PQsetNoticeProcessor(c, quiet, NULL);
-    return c;
-}
-
-static void sql(PGconn *c, const char *q)
-{
-    PGresult *r = PQexec(c, q);
-    ck_assert_msg(PQresultStatus(r) == PGRES_COMMAND_OK || PQresultStatus(r) == PGRES_TUPLES_OK,
-                  "%s: %s", q, PQerrorMessage(c));
-    PQclear(r);
-}
-
 static long query_long(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 /* one number from a query; fmt gets the schema name as its arguments */
@@ -58,7 +38,7 @@ static long query_long(const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(q, sizeof q, fmt, ap);
     va_end(ap);
-    PGconn *c = admin();
+    PGconn *c = pt_admin();
     PGresult *r = PQexec(c, q);
     ck_assert_msg(PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1, "%s: %s", q,
                   PQerrorMessage(c));
@@ -81,10 +61,10 @@ static void setup(void)
     ck_assert_int_eq(mk_start(&mk, 1), 0);
     rd_kafka_mock_topic_create(mk.mc, "t.events", 3, 1);
     memset(seq, 0, sizeof seq);
-    PGconn *c = admin();
+    PGconn *c = pt_admin();
     char q[256];
     snprintf(q, sizeof q, "DROP SCHEMA IF EXISTS %s CASCADE", schema);
-    sql(c, q);
+    pt_sql(c, q);
     PQfinish(c);
     cm_db *db = connect_db();
     char err[512];
@@ -96,10 +76,10 @@ static void setup(void)
 
 static void teardown(void)
 {
-    PGconn *c = admin();
+    PGconn *c = pt_admin();
     char q[256];
     snprintf(q, sizeof q, "DROP SCHEMA IF EXISTS %s CASCADE", schema);
-    sql(c, q);
+    pt_sql(c, q);
     PQfinish(c);
     mk_stop(&mk);
 }
@@ -430,8 +410,8 @@ START_TEST(relay_recovers_from_a_killed_connection)
              "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE "
              "application_name = 'commerce-%s'",
              schema);
-    PGconn *c = admin();
-    sql(c, q);
+    PGconn *c = pt_admin();
+    pt_sql(c, q);
     PQfinish(c);
     add_events(db, 100); /* cm_db_tx reconnects the writer */
     wait_published(200, 30000);
@@ -586,22 +566,9 @@ static Suite *outbox_suite(void)
 
 int main(void)
 {
-    dsn = getenv("PG_DSN");
-    if (!dsn || !*dsn) {
-        fprintf(stderr, "test_outbox: FAIL: PG_DSN is not set. these tests need a real "
-                        "postgres: run scripts/test.sh, or scripts/pg.sh start and then "
-                        "PG_DSN=\"$(scripts/pg.sh dsn)\" build/bin/test_outbox\n");
+    if (pt_init("test_outbox"))
         return EXIT_FAILURE;
-    }
-    cm_log_level lvl = CM_LOG_ERROR;
-    const char *env = getenv("LOG_LEVEL");
-    if (env && cm_log_level_parse(env, &lvl) != 0)
-        lvl = CM_LOG_ERROR;
-    cm_log_init("test_outbox", lvl);
+    dsn = pt_dsn;
     snprintf(schema, sizeof schema, "test_outbox_%ld", (long)getpid());
-    SRunner *sr = srunner_create(outbox_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return pt_run(outbox_suite());
 }
