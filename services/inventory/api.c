@@ -929,6 +929,11 @@ int inv_app_init(cm_service *svc, void **out, char *err, size_t errlen)
         }
     }
     const char *evs = getenv("INVENTORY_EVENTS");
+    if (evs && *evs && strcmp(evs, "on") != 0 && strcmp(evs, "off") != 0) {
+        snprintf(err, errlen, "INVENTORY_EVENTS: on or off, got \"%s\"", evs);
+        free(app);
+        return CM_EINVAL;
+    }
     inv_events_enable(!(evs && strcmp(evs, "off") == 0));
     app->sweep_ms = (int)env_long("INVENTORY_SWEEP_MS", 1000, 50, 600000, &bad);
     /* the check aggregates every audit row: not too often */

@@ -5,7 +5,9 @@
 #include "cm_service.h"
 #include "inv_api.h"
 
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "commerce/inventory/v1/inventory_service.pb-c.h"
 
@@ -36,7 +38,17 @@ int main(int argc, char **argv)
     if (group && *group)
         consumers[0].group = group;
     const char *consume = getenv("INVENTORY_CONSUME_ORDERS");
-    int consume_on = !(consume && consume[0] == 'o' && consume[1] == 'f');
+    int consume_on = 1;
+    if (consume && *consume) {
+        /* validated like every other variable: a typo must not silently mean "on" */
+        if (strcmp(consume, "off") == 0) {
+            consume_on = 0;
+        } else if (strcmp(consume, "on") != 0) {
+            fprintf(stderr, "commerce-inventory: INVENTORY_CONSUME_ORDERS: on or off, got \"%s\"\n",
+                    consume);
+            return 2;
+        }
+    }
     const cm_service_def def = {
         .name = "inventory",
         .schema = schema && *schema ? schema : "inventory",
