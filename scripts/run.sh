@@ -106,7 +106,14 @@ for n in "${names[@]}"; do
   printf '  %-70s %s\n' "$n" "$status"
   [ "$status" = SERVING ] || ok=0
 done
-[ "$ok" = 1 ] || { echo "run: a service is not serving; logs in $logs" >&2; exit 1; }
+if [ "$ok" != 1 ]; then
+  echo "run: a service is not serving; logs in $logs" >&2
+  for f in "$logs"/*.log; do
+    echo "--- last lines of $f" >&2
+    tail -n 15 "$f" >&2
+  done
+  exit 1
+fi
 
 if [ "$mode" = --check ]; then
   exit 0
