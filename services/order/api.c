@@ -1,0 +1,965 @@
+/*
+ * OrderService handlers: validate (ord_domain), reserve stock in inventory,
+ * call the store, map verdicts to statuses that name the field. the saga
+ * of CreateOrder is described in README.md.
+ */
+#include "ord_api.h"
+
+#include "cm_err.h"
+#include "cm_id.h"
+#include "cm_log.h"
+#include "cm_metrics.h"
+#include "cm_rpc_client.h"
+#include "ord_domain.h"
+#include "ord_events.h"
+#include "ord_store.h"
+
+#include <errno.h>
+#include <grpc/status.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "commerce/inventory/v1/inventory_service.pb-c.h"
+#include "commerce/order/v1/order_service.pb-c.h"
+
+#define RESERVE_METHOD "/commerce.inventory.v1.InventoryService/Reserve"
+#define RELEASE_METHOD "/commerce.inventory.v1.InventoryService/Release"
+
+/* per-tenant payment timeouts, cached for a while (tenant_settings) */
+#define TENANT_CACHE 64
+#define TENANT_CACHE_MS 10000
+
+typedef struct tenant_entry {
+    char tenant[128];
+    int64_t normal_ms, flash_ms; /* 0: the service defaults */
+    int64_t until_ms;
+} tenant_entry;
+
+typedef struct ord_app {
+    cm_service *svc;
+    cm_rpc_client *inv;
+    int64_t timeout_ms, flash_timeout_ms, margin_ms;
+    int inv_timeout_ms, sweep_ms, pause_ms;
+    pthread_t sweeper;
+    int sweeper_started;
+    pthread_mutex_t mu;
+    pthread_cond_t wake;
+    int stop;
+    tenant_entry tenants[TENANT_CACHE];
+    cm_counter *rejected, *timed_out, *released;
+} ord_app;
+
+/* ---- helpers ---- */
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int64_t ts_ms(const Google__Protobuf__Timestamp *t)
+{
+    return t ? t->seconds * 1000 + t->nanos / 1000000 : 0;
+}
+
+/* a Timestamp field: unset gives def; a negative or absurd one is refused */
+static int check_ts(cm_rpc_ctx *ctx, const Google__Protobuf__Timestamp *t, const char *field,
+                    int64_t now, int64_t *out)
+{
+    if (!t) {
+        *out = now;
+        return 0;
+    }
+    if (t->seconds <= 0 || t->nanos < 0 || t->nanos > 999999999)
+        return cm_rpc_fail_field(ctx, field, "must be a valid time after 1970");
+    *out = ts_ms(t);
+    if (*out > now + ORD_PAID_AT_SKEW_MS)
+        return cm_rpc_fail_field(ctx, field, "must not be more than 5 minutes in the future");
+    return 0;
+}
+
+static int fail_v(cm_rpc_ctx *ctx, const ord_violation *v)
+{
+    if (v->reason[0])
+        cm_rpc_fail(ctx, GRPC_STATUS_INVALID_ARGUMENT, cm_rpc_strdup(ctx, v->reason),
+                    cm_arena_printf(cm_rpc_ctx_arena(ctx), "%s: %s", v->field, v->why));
+    return cm_rpc_fail_field(ctx, v->field, v->why);
+}
+
+static int not_found(cm_rpc_ctx *ctx, const char *order_id)
+{
+    int f = cm_rpc_fail(ctx, GRPC_STATUS_NOT_FOUND, "RESOURCE_NOT_FOUND",
+                        cm_arena_printf(cm_rpc_ctx_arena(ctx), "order %s not found", order_id));
+    cm_rpc_fail_meta(ctx, "order_id", order_id);
+    return f;
+}
+
+static int key_reused(cm_rpc_ctx *ctx, const char *field)
+{
+    int f = cm_rpc_fail(ctx, GRPC_STATUS_ALREADY_EXISTS, "IDEMPOTENCY_KEY_REUSED",
+                        cm_arena_printf(cm_rpc_ctx_arena(ctx),
+                                        "%s was already used with a different request", field));
+    cm_rpc_fail_meta(ctx, "field", field);
+    return f;
+}
+
+static const char *state_name(int s)
+{
+    static const char *names[] = {
+        "UNSPECIFIED", "PENDING_PAYMENT",    "PAID",    "SHIPPED", "COMPLETED",
+        "CANCELLED",   "PARTIALLY_REFUNDED", "REFUNDED"};
+    return s >= 0 && s <= 7 ? names[s] : "UNKNOWN";
+}
+
+static int illegal(cm_rpc_ctx *ctx, const ord_order *o, const char *what)
+{
+    int f = cm_rpc_fail(
+        ctx, GRPC_STATUS_FAILED_PRECONDITION, "ILLEGAL_STATE_TRANSITION",
+        cm_arena_printf(cm_rpc_ctx_arena(ctx), "%s: the order is %s", what, state_name(o->state)));
+    cm_rpc_fail_meta(ctx, "state", state_name(o->state));
+    return f;
+}
+
+static int db_fail(cm_rpc_ctx *ctx, int rc, const char *what)
+{
+    if (rc == CM_ECONFLICT)
+        return cm_rpc_fail(ctx, GRPC_STATUS_ABORTED, "CONCURRENT_MODIFICATION",
+                           "the order changed concurrently: retry with the same key");
+    if (rc == CM_EUNAVAIL)
+        return cm_rpc_fail(ctx, GRPC_STATUS_UNAVAILABLE, "DEPENDENCY_UNAVAILABLE",
+                           "the database is unavailable: retry with the same key");
+    return cm_rpc_fail_err(ctx, rc, what);
+}
+
+/* printable text of at most max bytes; required: not empty */
+static int text_ok(const char *s, size_t max, int required)
+{
+    if (!s || !*s)
+        return !required;
+    size_t n = strlen(s);
+    if (n > max)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)s[i] < 0x20 || s[i] == 0x7f)
+            return 0;
+    return 1;
+}
+
+static int order_id_ok(cm_rpc_ctx *ctx, const char *id)
+{
+    if (!id || !*id)
+        return cm_rpc_fail_field(ctx, "order_id", "required");
+    return 0;
+}
+
+/* a canonical body for a request's hash: fields joined with their lengths */
+static char *canon(cm_arena *a, const char *fmt_tag, const char *const *fields, size_t n)
+{
+    char *s = cm_arena_strdup(a, fmt_tag);
+    for (size_t i = 0; s && i < n; i++) {
+        const char *f = fields[i] ? fields[i] : "";
+        s = cm_arena_printf(a, "%s|%zu:%s", s, strlen(f), f);
+    }
+    return s;
+}
+
+static void hash_of(const char *body, char out[ORD_HASH_HEX + 1])
+{
+    ord_hash(body ? body : "", body ? strlen(body) : 0, out);
+}
+
+static const char *num(cm_arena *a, long long v)
+{
+    return cm_arena_printf(a, "%lld", v);
+}
+
+/* ---- tenant settings ---- */
+
+static void timeouts_for(ord_app *app, cm_db *db, const char *tenant, int64_t *normal,
+                         int64_t *flash)
+{
+    *normal = app->timeout_ms;
+    *flash = app->flash_timeout_ms;
+    int64_t now = now_ms();
+    size_t h = 5381;
+    for (const char *c = tenant; *c; c++)
+        h = h * 33 + (unsigned char)*c;
+    tenant_entry *e = &app->tenants[h % TENANT_CACHE];
+    pthread_mutex_lock(&app->mu);
+    int hit = strcmp(e->tenant, tenant) == 0 && e->until_ms > now;
+    tenant_entry copy = *e;
+    pthread_mutex_unlock(&app->mu);
+    if (!hit) {
+        int64_t n = 0, f = 0;
+        int rc = ord_store_tenant_timeouts(db, tenant, &n, &f);
+        if (rc != 0 && rc != CM_ENOTFOUND)
+            return; /* the defaults, this time */
+        if (rc != 0)
+            n = f = 0;
+        snprintf(copy.tenant, sizeof copy.tenant, "%s", tenant);
+        copy.normal_ms = n;
+        copy.flash_ms = f;
+        copy.until_ms = now + TENANT_CACHE_MS;
+        pthread_mutex_lock(&app->mu);
+        *e = copy;
+        pthread_mutex_unlock(&app->mu);
+    }
+    if (copy.normal_ms)
+        *normal = copy.normal_ms;
+    if (copy.flash_ms)
+        *flash = copy.flash_ms;
+}
+
+/* ---- reads ---- */
+
+static int get_order(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    const Commerce__Order__V1__GetOrderRequest *req = (const void *)in;
+    Commerce__Order__V1__GetOrderResponse *resp = (void *)out;
+    if (order_id_ok(ctx, req->order_id))
+        return -1;
+    cm_arena *a = cm_rpc_ctx_arena(ctx);
+    ord_order *o = cm_rpc_alloc(ctx, sizeof *o);
+    if (!o)
+        return cm_rpc_fail_err(ctx, CM_ENOMEM, "get order");
+    int rc = ord_store_get(cm_service_db(ctx), cm_rpc_ctx_tenant(ctx), req->order_id, a, o);
+    if (rc == CM_ENOTFOUND)
+        return not_found(ctx, req->order_id);
+    if (rc)
+        return db_fail(ctx, rc, "could not read the order");
+    resp->order = ord_pb_order(a, o);
+    return resp->order ? 0 : cm_rpc_fail_err(ctx, CM_ENOMEM, "get order");
+}
+
+static int int_cmp(const void *x, const void *y)
+{
+    return *(const int *)x - *(const int *)y;
+}
+
+static int list_orders(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    const Commerce__Order__V1__ListOrdersRequest *req = (const void *)in;
+    Commerce__Order__V1__ListOrdersResponse *resp = (void *)out;
+    cm_arena *a = cm_rpc_ctx_arena(ctx);
+    int limit = ord_page_size(req->page_size);
+    if (limit < 0)
+        return cm_rpc_fail_field(ctx, "page_size", "must not be negative");
+    if (!text_ok(req->buyer_id, ORD_PARTY_MAX, 0))
+        return cm_rpc_fail_field(ctx, "buyer_id", "at most 64 printable characters");
+    if (!text_ok(req->merchant_id, ORD_PARTY_MAX, 0))
+        return cm_rpc_fail_field(ctx, "merchant_id", "at most 64 printable characters");
+    if (!text_ok(req->channel_id, ORD_PARTY_MAX, 0))
+        return cm_rpc_fail_field(ctx, "channel_id", "at most 64 printable characters");
+    if (req->n_states > 7)
+        return cm_rpc_fail_field(ctx, "states", "at most 7 states");
+    int states[8];
+    for (size_t i = 0; i < req->n_states; i++) {
+        int s = (int)req->states[i];
+        if (s < ORD_PENDING || s > ORD_REFUNDED)
+            return cm_rpc_fail_field(ctx, cm_arena_printf(a, "states[%zu]", i),
+                                     "must be a known state, not UNSPECIFIED");
+        states[i] = s;
+    }
+    qsort(states, req->n_states, sizeof states[0], int_cmp);
+    int64_t from = 0, to = 0;
+    if (req->created) {
+        from = ts_ms(req->created->start_at);
+        to = ts_ms(req->created->end_at);
+        if (from && to && to <= from)
+            return cm_rpc_fail_field(ctx, "created.end_at", "must be after created.start_at");
+    }
+    char *filters =
+        cm_arena_printf(a, "b=%s\nm=%s\nc=%s\nf=%lld\nt=%lld\ns=", req->buyer_id, req->merchant_id,
+                        req->channel_id, (long long)from, (long long)to);
+    for (size_t i = 0; filters && i < req->n_states; i++)
+        filters = cm_arena_printf(a, "%s%d,", filters, states[i]);
+    uint64_t fh = ord_filter_hash(filters ? filters : "");
+    ord_list_q q = {.tenant = cm_rpc_ctx_tenant(ctx),
+                    .buyer_id = req->buyer_id,
+                    .merchant_id = req->merchant_id,
+                    .channel_id = req->channel_id,
+                    .states = states,
+                    .nstates = req->n_states,
+                    .from_ms = from,
+                    .to_ms = to,
+                    .limit = limit};
+    char after[40];
+    if (req->page_token && *req->page_token) {
+        if (ord_page_token_parse(req->page_token, fh, &q.after_created_ms, after, sizeof after))
+            return cm_rpc_fail(ctx, GRPC_STATUS_INVALID_ARGUMENT, "PAGE_TOKEN_INVALID",
+                               "page_token: not a token of this listing with these filters");
+        q.after_id = after;
+    }
+    ord_order *rows = cm_rpc_alloc(ctx, (size_t)limit * sizeof *rows);
+    if (!rows)
+        return cm_rpc_fail_err(ctx, CM_ENOMEM, "list orders");
+    size_t n = 0;
+    int more = 0;
+    int rc = ord_store_list(cm_service_db(ctx), &q, a, rows, &n, &more);
+    if (rc)
+        return db_fail(ctx, rc, "could not list orders");
+    if (n) {
+        resp->orders = cm_rpc_alloc(ctx, n * sizeof *resp->orders);
+        if (!resp->orders)
+            return cm_rpc_fail_err(ctx, CM_ENOMEM, "list orders");
+        for (size_t i = 0; i < n; i++) {
+            resp->orders[i] = ord_pb_order(a, &rows[i]);
+            if (!resp->orders[i])
+                return cm_rpc_fail_err(ctx, CM_ENOMEM, "list orders");
+        }
+        resp->n_orders = n;
+    }
+    if (more && n) {
+        char *tok = cm_rpc_alloc(ctx, 200);
+        if (!tok || ord_page_token(tok, 200, fh, rows[n - 1].created_ms, rows[n - 1].order_id))
+            return cm_rpc_fail_err(ctx, CM_ENOMEM, "page token");
+        resp->next_page_token = tok;
+    }
+    return 0;
+}
+
+/* ---- create: reserve, then store ---- */
+
+/* passes a failure of inventory's on to our caller: its code, reason,
+ * message and metadata */
+static int forward(cm_rpc_ctx *ctx, const cm_rpc_status *st)
+{
+    int code = st->code;
+    /* our own misconfiguration towards inventory is not the caller's to fix */
+    if (code == GRPC_STATUS_UNAUTHENTICATED || code == GRPC_STATUS_PERMISSION_DENIED ||
+        code == GRPC_STATUS_UNIMPLEMENTED || code == GRPC_STATUS_INTERNAL ||
+        code == GRPC_STATUS_UNKNOWN || code == GRPC_STATUS_DATA_LOSS) {
+        cm_log_error("inventory refused the reservation", "code", num(cm_rpc_ctx_arena(ctx), code),
+                     "message", st->message, NULL);
+        return cm_rpc_fail(ctx, GRPC_STATUS_INTERNAL, "INTERNAL", "internal error");
+    }
+    return cm_rpc_fail(ctx, code, st->reason[0] ? cm_rpc_strdup(ctx, st->reason) : NULL,
+                       cm_rpc_strdup(ctx, st->message));
+}
+
+static int unavailable(cm_rpc_ctx *ctx)
+{
+    int f = cm_rpc_fail(ctx, GRPC_STATUS_UNAVAILABLE, "DEPENDENCY_UNAVAILABLE",
+                        "inventory is unavailable or slow: nothing was created; retry with the "
+                        "same request_id");
+    cm_rpc_fail_meta(ctx, "dependency", "inventory");
+    return f;
+}
+
+/* answers a create whose request_id has an order already */
+static int answer_existing(cm_rpc_ctx *ctx, const ord_order *o, const char *stored,
+                           const char *hash, Commerce__Order__V1__CreateOrderResponse *resp)
+{
+    if (strcmp(stored, hash) != 0)
+        return key_reused(ctx, "request_id");
+    resp->order = ord_pb_order(cm_rpc_ctx_arena(ctx), o);
+    return resp->order ? 0 : cm_rpc_fail_err(ctx, CM_ENOMEM, "create order");
+}
+
+/* gives the stock back after the order could not be stored (best effort:
+ * the reservation's ttl is the backstop) */
+static void release(ord_app *app, cm_rpc_ctx *ctx, const char *order_id)
+{
+    Commerce__Inventory__V1__ReleaseRequest rq = COMMERCE__INVENTORY__V1__RELEASE_REQUEST__INIT;
+    rq.order_id = (char *)order_id;
+    cm_rpc_md md[8];
+    size_t nmd = cm_rpc_ctx_propagate(ctx, md, 8);
+    ProtobufCMessage *resp = NULL;
+    cm_rpc_status st;
+    int rc = cm_rpc_call(app->inv, RELEASE_METHOD, &rq.base,
+                         &commerce__inventory__v1__release_response__descriptor, NULL, &resp, md,
+                         nmd, app->inv_timeout_ms, CM_RPC_CALL_IDEMPOTENT, &st);
+    if (rc == 0) {
+        cm_counter_add(app->released, 1);
+        protobuf_c_message_free_unpacked(resp, NULL);
+    } else {
+        cm_log_warn("could not release the reservation of an order not stored; its ttl will",
+                    "order_id", order_id, "error", st.message, NULL);
+    }
+}
+
+static int create_order(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    const Commerce__Order__V1__CreateOrderRequest *req = (const void *)in;
+    Commerce__Order__V1__CreateOrderResponse *resp = (void *)out;
+    ord_app *app = cm_service_app(ctx);
+    cm_arena *a = cm_rpc_ctx_arena(ctx);
+    cm_db *db = cm_service_db(ctx);
+    const char *tenant = cm_rpc_ctx_tenant(ctx);
+    size_t n = req->n_lines;
+    ord_line_in *lines = cm_rpc_alloc(ctx, (n ? n : 1) * sizeof *lines);
+    ord_order *o = cm_rpc_alloc(ctx, sizeof *o);
+    ord_order *got = cm_rpc_alloc(ctx, sizeof *got);
+    if (!lines || !o || !got)
+        return cm_rpc_fail_err(ctx, CM_ENOMEM, "create order");
+    for (size_t i = 0; i < n; i++) {
+        const Commerce__Order__V1__CreateOrderLine *l = req->lines[i];
+        lines[i].sku = l->sku;
+        lines[i].qty = l->quantity;
+        lines[i].has_price = l->unit_price != NULL;
+        lines[i].unit_price = l->unit_price ? l->unit_price->amount_minor : 0;
+        lines[i].price_currency = l->unit_price ? l->unit_price->currency : NULL;
+    }
+    ord_create_in ci = {.request_id = req->request_id,
+                        .buyer_id = req->buyer_id,
+                        .merchant_id = req->merchant_id,
+                        .channel_id = req->channel_id,
+                        .currency = req->currency,
+                        .external_ref = req->external_ref,
+                        .lines = lines,
+                        .nlines = n,
+                        .timeout_ms = -1};
+    if (req->payment_timeout) {
+        const Google__Protobuf__Duration *d = req->payment_timeout;
+        if (d->seconds < 0 || d->nanos < 0 || d->seconds > ORD_TIMEOUT_MAX_MS / 1000 + 1)
+            return cm_rpc_fail_field(ctx, "payment_timeout",
+                                     "must be between 1 minute and 72 hours");
+        ci.timeout_ms = d->seconds * 1000 + d->nanos / 1000000;
+    }
+    ord_violation v;
+    if (ord_check_create(&ci, o, &v))
+        return fail_v(ctx, &v);
+    char hash[ORD_HASH_HEX + 1], stored[ORD_HASH_HEX + 1];
+    ord_create_hash(&ci, hash);
+    ord_order_id(tenant, req->request_id, o->order_id);
+    int64_t normal, flash;
+    timeouts_for(app, db, tenant, &normal, &flash);
+    int64_t timeout = ci.timeout_ms >= 0 ? ci.timeout_ms : normal;
+
+    /* 1. reserve under the order id derived from the request id: a retry
+     * finds its reservation instead of making a second one */
+    Commerce__Inventory__V1__ReserveRequest rr = COMMERCE__INVENTORY__V1__RESERVE_REQUEST__INIT;
+    rr.order_id = o->order_id;
+    rr.buyer_id = (char *)req->buyer_id;
+    Commerce__Inventory__V1__ReserveLine *rl = cm_rpc_alloc(ctx, n * sizeof *rl);
+    Commerce__Inventory__V1__ReserveLine **rlp = cm_rpc_alloc(ctx, n * sizeof *rlp);
+    Google__Protobuf__Duration ttl = GOOGLE__PROTOBUF__DURATION__INIT;
+    if (!rl || !rlp)
+        return cm_rpc_fail_err(ctx, CM_ENOMEM, "create order");
+    for (size_t i = 0; i < n; i++) {
+        commerce__inventory__v1__reserve_line__init(&rl[i]);
+        rl[i].sku = (char *)req->lines[i]->sku;
+        rl[i].quantity = req->lines[i]->quantity;
+        rlp[i] = &rl[i];
+    }
+    rr.lines = rlp;
+    rr.n_lines = n;
+    ttl.seconds = (timeout + app->margin_ms) / 1000;
+    rr.ttl = &ttl;
+    int budget = app->inv_timeout_ms;
+    int64_t left = cm_rpc_ctx_deadline_left_ms(ctx);
+    if (left < (int64_t)budget + 50)
+        budget = left > 100 ? (int)(left - 50) : 50;
+    cm_rpc_md md[8];
+    size_t nmd = cm_rpc_ctx_propagate(ctx, md, 8);
+    ProtobufCAllocator al = cm_arena_allocator(a);
+    ProtobufCMessage *rm = NULL;
+    cm_rpc_status st;
+    int rc = cm_rpc_call(app->inv, RESERVE_METHOD, &rr.base,
+                         &commerce__inventory__v1__reserve_response__descriptor, &al, &rm, md, nmd,
+                         budget, CM_RPC_CALL_IDEMPOTENT, &st);
+    const Commerce__Inventory__V1__Reservation *resv =
+        rc == 0 ? ((Commerce__Inventory__V1__ReserveResponse *)rm)->reservation : NULL;
+    if (!resv ||
+        resv->state != COMMERCE__INVENTORY__V1__RESERVATION_STATE__RESERVATION_STATE_ACTIVE) {
+        /* a retry of a create that was stored (its stock may have sold out
+         * or been confirmed since) answers from the store */
+        int g = ord_store_get_by_request(db, tenant, req->request_id, a, got, stored);
+        if (g == 0)
+            return answer_existing(ctx, got, stored, hash, resp);
+        if (rc == 0)
+            return cm_rpc_fail(ctx, GRPC_STATUS_FAILED_PRECONDITION, "ILLEGAL_STATE_TRANSITION",
+                               "the stock reserved for this request_id was already released or "
+                               "expired: create the order with a new request_id");
+        switch (st.code) {
+        case GRPC_STATUS_UNAVAILABLE:
+        case GRPC_STATUS_DEADLINE_EXCEEDED:
+        case GRPC_STATUS_CANCELLED:
+        case GRPC_STATUS_RESOURCE_EXHAUSTED:
+        case GRPC_STATUS_ABORTED:
+            return unavailable(ctx);
+        case GRPC_STATUS_ALREADY_EXISTS:
+            return key_reused(ctx, "request_id");
+        default:
+            return forward(ctx, &st);
+        }
+    }
+    for (size_t i = 0; i < resv->n_lines; i++) {
+        const Commerce__Inventory__V1__ReservationLine *l = resv->lines[i];
+        for (size_t k = 0; k < o->nlines; k++)
+            if (strcmp(o->lines[k].sku, l->sku) == 0)
+                snprintf(o->lines[k].flash_sale_id, sizeof o->lines[k].flash_sale_id, "%s",
+                         l->flash_sale_id);
+    }
+    o->flash = resv->flash_sale;
+    if (o->flash && ci.timeout_ms < 0)
+        timeout = flash;
+    o->created_ms = now_ms();
+    o->resv_expires_ms = ts_ms(resv->expires_at);
+    o->deadline_ms = ord_deadline(o->created_ms, timeout, o->resv_expires_ms, app->margin_ms);
+    if (app->pause_ms > 0)
+        usleep((useconds_t)app->pause_ms * 1000); /* tests: a window to kill -9 in */
+
+    /* 2. the order, its lines and OrderCreated in one transaction */
+    int verdict = 0;
+    rc = ord_store_create(db, tenant, o, hash, a, got, &verdict);
+    if (rc) {
+        /* stored or not? only a definite "not" gives the stock back */
+        int g = ord_store_get_by_request(db, tenant, req->request_id, a, got, stored);
+        if (g == 0)
+            return answer_existing(ctx, got, stored, hash, resp);
+        if (g == CM_ENOTFOUND)
+            release(app, ctx, o->order_id);
+        return db_fail(ctx, rc, "could not store the order");
+    }
+    if (verdict == ORD_KEY_REUSED)
+        return key_reused(ctx, "request_id");
+    resp->order = ord_pb_order(a, got);
+    return resp->order ? 0 : cm_rpc_fail_err(ctx, CM_ENOMEM, "create order");
+}
+
+/* ---- payment ---- */
+
+static int provider_ok(const char *s)
+{
+    if (!s || !*s || strlen(s) > ORD_PROVIDER_MAX)
+        return 0;
+    for (const char *c = s; *c; c++)
+        if (!((*c >= 'a' && *c <= 'z') || (*c >= '0' && *c <= '9') || *c == '_' || *c == '-' ||
+              *c == '.'))
+            return 0;
+    return 1;
+}
+
+static int mark_paid(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    const Commerce__Order__V1__MarkPaidRequest *req = (const void *)in;
+    Commerce__Order__V1__MarkPaidResponse *resp = (void *)out;
+    ord_app *app = cm_service_app(ctx);
+    cm_arena *a = cm_rpc_ctx_arena(ctx);
+    if (!ord_valid_key(req->payment_id, ORD_KEY_MAX))
+        return cm_rpc_fail_field(ctx, "payment_id",
+                                 "required: 1-64 characters from [A-Za-z0-9._:-]");
+    if (order_id_ok(ctx, req->order_id))
+        return -1;
+    if (!req->amount)
+        return cm_rpc_fail_field(ctx, "amount", "required: the amount captured");
+    if (!provider_ok(req->provider))
+        return cm_rpc_fail_field(ctx, "provider",
+                                 "required: at most 32 lower-case characters from [a-z0-9_.-]");
+    if (!text_ok(req->provider_reference, ORD_REF_MAX, 0))
+        return cm_rpc_fail_field(ctx, "provider_reference", "at most 128 printable characters");
+    int64_t now = now_ms(), paid_at;
+    if (check_ts(ctx, req->paid_at, "paid_at", now, &paid_at))
+        return -1;
+    const char *f[] = {req->order_id,         num(a, req->amount->amount_minor),
+                       req->amount->currency, req->paid_at ? num(a, paid_at) : "",
+                       req->provider,         req->provider_reference};
+    char hash[ORD_HASH_HEX + 1];
+    hash_of(canon(a, "pay.v1", f, 6), hash);
+    ord_pay_req q = {.tenant = cm_rpc_ctx_tenant(ctx),
+                     .order_id = req->order_id,
+                     .payment_id = req->payment_id,
+                     .hash = hash,
+                     .amount = req->amount->amount_minor,
+                     .currency = req->amount->currency,
+                     .provider = req->provider,
+                     .provider_ref = req->provider_reference,
+                     .paid_ms = paid_at,
+                     .now_ms = now,
+                     .grace_ms = app->margin_ms / 2};
+    ord_order *o = cm_rpc_alloc(ctx, sizeof *o);
+    if (!o)
+        return cm_rpc_fail_err(ctx, CM_ENOMEM, "mark paid");
+    int verdict = 0;
+    int rc = ord_store_pay(cm_service_db(ctx), &q, a, o, &verdict);
+    if (rc == CM_EEXIST)
+        return key_reused(ctx, "payment_id"); /* taken by another order meanwhile */
+    if (rc)
+        return db_fail(ctx, rc, "could not record the payment");
+    switch (verdict) {
+    case ORD_OK:
+    case ORD_SAME:
+        resp->order = ord_pb_order(a, o);
+        return resp->order ? 0 : cm_rpc_fail_err(ctx, CM_ENOMEM, "mark paid");
+    case ORD_NOT_FOUND:
+        return not_found(ctx, req->order_id);
+    case ORD_KEY_REUSED:
+        return key_reused(ctx, "payment_id");
+    case ORD_AMOUNT: {
+        cm_rpc_fail(ctx, GRPC_STATUS_INVALID_ARGUMENT, "AMOUNT_MISMATCH",
+                    cm_arena_printf(a,
+                                    "amount.amount_minor: %lld differs from the order total %lld",
+                                    (long long)req->amount->amount_minor, (long long)o->total));
+        cm_rpc_fail_meta(ctx, "total_amount", num(a, o->total));
+        return cm_rpc_fail_field(ctx, "amount.amount_minor", "must equal the order total");
+    }
+    case ORD_CURRENCY:
+        cm_rpc_fail(ctx, GRPC_STATUS_INVALID_ARGUMENT, "CURRENCY_MISMATCH",
+                    cm_arena_printf(a, "amount.currency: the order is in %s", o->currency));
+        return cm_rpc_fail_field(ctx, "amount.currency", "must be the order currency");
+    case ORD_LATE:
+        cm_counter_add(app->rejected, 1);
+        return illegal(ctx, o,
+                       "payment refused, refund it with the provider: the order was cancelled "
+                       "before it was paid");
+    case ORD_DOUBLE_PAY: {
+        cm_counter_add(app->rejected, 1);
+        int r = illegal(ctx, o,
+                        cm_arena_printf(a,
+                                        "payment refused, refund it with the provider: the order "
+                                        "is already paid by payment %s",
+                                        o->payment_id));
+        cm_rpc_fail_meta(ctx, "paid_by", o->payment_id);
+        return r;
+    }
+    default:
+        return illegal(ctx, o, "cannot mark paid");
+    }
+}
+
+/* ---- cancel, ship, complete ---- */
+
+static int transition(cm_rpc_ctx *ctx, ord_op_req *q, const char *what,
+                      Commerce__Order__V1__Order **out)
+{
+    cm_arena *a = cm_rpc_ctx_arena(ctx);
+    ord_order *o = cm_rpc_alloc(ctx, sizeof *o);
+    if (!o)
+        return cm_rpc_fail_err(ctx, CM_ENOMEM, what);
+    int verdict = 0;
+    int rc = ord_store_transition(cm_service_db(ctx), q, a, o, &verdict);
+    if (rc)
+        return db_fail(ctx, rc, what);
+    switch (verdict) {
+    case ORD_OK:
+    case ORD_NOOP:
+    case ORD_SAME:
+        *out = ord_pb_order(a, o);
+        return *out ? 0 : cm_rpc_fail_err(ctx, CM_ENOMEM, what);
+    case ORD_NOT_FOUND:
+        return not_found(ctx, q->order_id);
+    case ORD_KEY_REUSED:
+        return key_reused(ctx, "request_id");
+    default:
+        return illegal(ctx, o, what);
+    }
+}
+
+static int op_common(cm_rpc_ctx *ctx, const char *request_id, const char *order_id)
+{
+    if (!ord_valid_key(request_id, ORD_KEY_MAX))
+        return cm_rpc_fail_field(ctx, "request_id",
+                                 "required: 1-64 characters from [A-Za-z0-9._:-]");
+    return order_id_ok(ctx, order_id);
+}
+
+static int cancel_order(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    const Commerce__Order__V1__CancelOrderRequest *req = (const void *)in;
+    Commerce__Order__V1__CancelOrderResponse *resp = (void *)out;
+    cm_arena *a = cm_rpc_ctx_arena(ctx);
+    if (op_common(ctx, req->request_id, req->order_id))
+        return -1;
+    int r = (int)req->reason;
+    if (r == 0 || r == ORD_CANCEL_PAYMENT_TIMEOUT || r < 0 || r > ORD_CANCEL_OTHER)
+        return cm_rpc_fail_field(ctx, "reason",
+                                 "required: BUYER_REQUESTED, MERCHANT_REQUESTED, RISK_CONTROL or "
+                                 "OTHER (PAYMENT_TIMEOUT is set by the server only)");
+    if (!text_ok(req->note, ORD_NOTE_MAX, 0))
+        return cm_rpc_fail_field(ctx, "note", "at most 256 printable characters");
+    const char *f[] = {req->order_id, num(a, r), req->note};
+    char hash[ORD_HASH_HEX + 1];
+    hash_of(canon(a, "cancel.v1", f, 3), hash);
+    ord_op_req q = {.tenant = cm_rpc_ctx_tenant(ctx),
+                    .order_id = req->order_id,
+                    .request_id = req->request_id,
+                    .hash = hash,
+                    .op = ORD_OP_CANCEL,
+                    .now_ms = now_ms(),
+                    .cancel_reason = r,
+                    .note = req->note};
+    return transition(ctx, &q, "cannot cancel", &resp->order);
+}
+
+static int ship_order(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    const Commerce__Order__V1__ShipOrderRequest *req = (const void *)in;
+    Commerce__Order__V1__ShipOrderResponse *resp = (void *)out;
+    cm_arena *a = cm_rpc_ctx_arena(ctx);
+    if (op_common(ctx, req->request_id, req->order_id))
+        return -1;
+    if (!text_ok(req->carrier, ORD_PARTY_MAX, 0))
+        return cm_rpc_fail_field(ctx, "carrier", "at most 64 printable characters");
+    if (!text_ok(req->tracking_number, ORD_REF_MAX, 0))
+        return cm_rpc_fail_field(ctx, "tracking_number", "at most 128 printable characters");
+    int64_t now = now_ms(), at;
+    if (check_ts(ctx, req->shipped_at, "shipped_at", now, &at))
+        return -1;
+    const char *f[] = {req->order_id, req->carrier, req->tracking_number,
+                       req->shipped_at ? num(a, at) : ""};
+    char hash[ORD_HASH_HEX + 1];
+    hash_of(canon(a, "ship.v1", f, 4), hash);
+    ord_op_req q = {.tenant = cm_rpc_ctx_tenant(ctx),
+                    .order_id = req->order_id,
+                    .request_id = req->request_id,
+                    .hash = hash,
+                    .op = ORD_OP_SHIP,
+                    .now_ms = now,
+                    .carrier = req->carrier,
+                    .tracking = req->tracking_number,
+                    .at_ms = at};
+    return transition(ctx, &q, "cannot ship", &resp->order);
+}
+
+static int complete_order(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    const Commerce__Order__V1__CompleteOrderRequest *req = (const void *)in;
+    Commerce__Order__V1__CompleteOrderResponse *resp = (void *)out;
+    cm_arena *a = cm_rpc_ctx_arena(ctx);
+    if (op_common(ctx, req->request_id, req->order_id))
+        return -1;
+    int64_t now = now_ms(), at;
+    if (check_ts(ctx, req->completed_at, "completed_at", now, &at))
+        return -1;
+    const char *f[] = {req->order_id, req->completed_at ? num(a, at) : ""};
+    char hash[ORD_HASH_HEX + 1];
+    hash_of(canon(a, "complete.v1", f, 2), hash);
+    ord_op_req q = {.tenant = cm_rpc_ctx_tenant(ctx),
+                    .order_id = req->order_id,
+                    .request_id = req->request_id,
+                    .hash = hash,
+                    .op = ORD_OP_COMPLETE,
+                    .now_ms = now,
+                    .at_ms = at};
+    return transition(ctx, &q, "cannot complete", &resp->order);
+}
+
+/* ---- refund ---- */
+
+static int refund_order(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    const Commerce__Order__V1__RefundOrderRequest *req = (const void *)in;
+    Commerce__Order__V1__RefundOrderResponse *resp = (void *)out;
+    cm_arena *a = cm_rpc_ctx_arena(ctx);
+    if (!ord_valid_key(req->refund_id, ORD_KEY_MAX))
+        return cm_rpc_fail_field(ctx, "refund_id",
+                                 "required: 1-64 characters from [A-Za-z0-9._:-]");
+    if (order_id_ok(ctx, req->order_id))
+        return -1;
+    if (!text_ok(req->reason, ORD_NOTE_MAX, 0))
+        return cm_rpc_fail_field(ctx, "reason", "at most 256 printable characters");
+    size_t n = req->n_lines;
+    const char **skus = cm_rpc_alloc(ctx, (n ? n : 1) * sizeof *skus);
+    int64_t *qtys = cm_rpc_alloc(ctx, (n ? n : 1) * sizeof *qtys);
+    if (!skus || !qtys)
+        return cm_rpc_fail_err(ctx, CM_ENOMEM, "refund");
+    char *body = cm_arena_printf(
+        a, "refund.v1|%s|%d|%d|%lld|%s|%zu:%s", req->order_id, (int)req->scope, req->amount != NULL,
+        (long long)(req->amount ? req->amount->amount_minor : 0),
+        req->amount ? req->amount->currency : "", strlen(req->reason), req->reason);
+    for (size_t i = 0; i < n; i++) {
+        skus[i] = req->lines[i]->sku;
+        qtys[i] = req->lines[i]->quantity;
+        body = cm_arena_printf(a, "%s|%s:%lld", body, skus[i], (long long)qtys[i]);
+    }
+    ord_refund_in ri = {.scope = (int)req->scope,
+                        .skus = skus,
+                        .qtys = qtys,
+                        .nlines = n,
+                        .has_amount = req->amount != NULL,
+                        .amount = req->amount ? req->amount->amount_minor : 0,
+                        .amount_currency = req->amount ? req->amount->currency : NULL};
+    ord_violation v;
+    if (ord_check_refund(&ri, &v))
+        return fail_v(ctx, &v);
+    char hash[ORD_HASH_HEX + 1];
+    hash_of(body, hash);
+    ord_refund_req q = {.tenant = cm_rpc_ctx_tenant(ctx),
+                        .order_id = req->order_id,
+                        .refund_id = req->refund_id,
+                        .hash = hash,
+                        .reason = req->reason,
+                        .in = &ri,
+                        .now_ms = now_ms()};
+    ord_order *o = cm_rpc_alloc(ctx, sizeof *o);
+    ord_refund *r = cm_rpc_alloc(ctx, sizeof *r);
+    if (!o || !r)
+        return cm_rpc_fail_err(ctx, CM_ENOMEM, "refund");
+    int verdict = 0;
+    memset(&v, 0, sizeof v);
+    int rc = ord_store_refund(cm_service_db(ctx), &q, a, o, r, &verdict, &v);
+    if (rc)
+        return db_fail(ctx, rc, "could not record the refund");
+    switch (verdict) {
+    case ORD_OK:
+    case ORD_SAME:
+        resp->order = ord_pb_order(a, o);
+        resp->refund = ord_pb_refund(a, r, o->currency);
+        return resp->order && resp->refund ? 0 : cm_rpc_fail_err(ctx, CM_ENOMEM, "refund");
+    case ORD_NOT_FOUND:
+        return not_found(ctx, req->order_id);
+    case ORD_KEY_REUSED:
+        return key_reused(ctx, "refund_id");
+    case ORD_BAD_INPUT:
+    case ORD_CURRENCY:
+        return fail_v(ctx, &v);
+    case ORD_EXCEEDS: {
+        int f =
+            cm_rpc_fail(ctx, GRPC_STATUS_FAILED_PRECONDITION, "REFUND_EXCEEDS_REFUNDABLE",
+                        cm_arena_printf(a, "%s: %s (refundable %lld of %lld)", v.field, v.why,
+                                        (long long)(o->total - o->refunded), (long long)o->total));
+        cm_rpc_fail_meta(ctx, "field", cm_rpc_strdup(ctx, v.field));
+        cm_rpc_fail_meta(ctx, "refundable", num(a, o->total - o->refunded));
+        return f;
+    }
+    default:
+        return illegal(ctx, o, "cannot refund");
+    }
+}
+
+const cm_rpc_method ord_methods[] = {
+    {"CreateOrder", create_order, 0},     {"GetOrder", get_order, 0},
+    {"ListOrders", list_orders, 0},       {"MarkPaid", mark_paid, 0},
+    {"CancelOrder", cancel_order, 0},     {"ShipOrder", ship_order, 0},
+    {"CompleteOrder", complete_order, 0}, {"RefundOrder", refund_order, 0},
+};
+const size_t ord_methods_count = sizeof ord_methods / sizeof ord_methods[0];
+
+/* ---- app: inventory client, sweeper ---- */
+
+static long env_long(const char *name, long def, long lo, long hi, int *bad)
+{
+    const char *v = getenv(name);
+    if (!v || !*v)
+        return def;
+    char *end = NULL;
+    errno = 0;
+    long n = strtol(v, &end, 10);
+    if (errno || *end || n < lo || n > hi) {
+        *bad = 1;
+        return def;
+    }
+    return n;
+}
+
+static const char *schema_name(void)
+{
+    const char *s = getenv("ORDER_SCHEMA");
+    return s && *s ? s : "orders";
+}
+
+static void *sweeper_main(void *p)
+{
+    ord_app *app = p;
+    const cm_config *c = cm_service_config(app->svc);
+    cm_db *db = NULL;
+    char err[256];
+    for (;;) {
+        pthread_mutex_lock(&app->mu);
+        if (!app->stop) {
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            long long ns = ts.tv_nsec + (long long)app->sweep_ms * 1000000LL;
+            ts.tv_sec += (time_t)(ns / 1000000000LL);
+            ts.tv_nsec = (long)(ns % 1000000000LL);
+            pthread_cond_timedwait(&app->wake, &app->mu, &ts);
+        }
+        int stop = app->stop;
+        pthread_mutex_unlock(&app->mu);
+        if (stop)
+            break;
+        if (!db && cm_db_connect(&db, c->pg_dsn, schema_name(), err, sizeof err) != 0) {
+            cm_log_warn("sweeper could not connect", "detail", err, NULL);
+            db = NULL;
+            continue;
+        }
+        int cancelled = 0, rc;
+        do {
+            rc = ord_store_cancel_due(db, now_ms(), 200, &cancelled);
+            if (rc == 0 && cancelled)
+                cm_counter_add(app->timed_out, (uint64_t)cancelled);
+        } while (rc == 0 && cancelled == 200);
+        if (rc)
+            cm_log_warn("sweeper could not cancel unpaid orders", "error", cm_strerror(rc), NULL);
+    }
+    cm_db_free(db);
+    return NULL;
+}
+
+int ord_app_init(cm_service *svc, void **out, char *err, size_t errlen)
+{
+    ord_app *app = calloc(1, sizeof *app);
+    if (!app)
+        return CM_ENOMEM;
+    app->svc = svc;
+    const cm_config *c = cm_service_config(svc);
+    int bad = 0;
+    app->timeout_ms = env_long("ORDER_PAYMENT_TIMEOUT_S", 1800, 1, 259200, &bad) * 1000LL;
+    app->flash_timeout_ms =
+        env_long("ORDER_FLASH_PAYMENT_TIMEOUT_S", 300, 1, 259200, &bad) * 1000LL;
+    app->margin_ms = env_long("ORDER_RESERVATION_MARGIN_S", 3600, 1, 86400, &bad) * 1000LL;
+    app->sweep_ms = (int)env_long("ORDER_SWEEP_MS", 1000, 50, 600000, &bad);
+    app->inv_timeout_ms = (int)env_long("ORDER_INVENTORY_TIMEOUT_MS", 2000, 10, 60000, &bad);
+    app->pause_ms = (int)env_long("ORDER_DEBUG_PAUSE_AFTER_RESERVE_MS", 0, 0, 600000, &bad);
+    if (bad) {
+        snprintf(err, errlen,
+                 "ORDER_PAYMENT_TIMEOUT_S and ORDER_FLASH_PAYMENT_TIMEOUT_S (1..259200), "
+                 "ORDER_RESERVATION_MARGIN_S (1..86400), ORDER_SWEEP_MS (50..600000), "
+                 "ORDER_INVENTORY_TIMEOUT_MS (10..60000), ORDER_DEBUG_PAUSE_AFTER_RESERVE_MS "
+                 "(0..600000): an integer in range");
+        free(app);
+        return CM_EINVAL;
+    }
+    cm_rpc_client_opts co = {.target = c->inventory_target};
+    int rc = cm_rpc_client_new(&app->inv, &co, err, errlen);
+    if (rc) {
+        free(app);
+        return rc;
+    }
+    pthread_mutex_init(&app->mu, NULL);
+    pthread_cond_init(&app->wake, NULL);
+    cm_metrics *m = cm_service_metrics(svc);
+    app->rejected = cm_metrics_counter(
+        m, "order_payments_rejected_total",
+        "payments refused after capture (order cancelled first, or paid twice): each must be "
+        "refunded by the caller; listed in the payment_rejections table",
+        NULL);
+    app->timed_out = cm_metrics_counter(m, "order_payment_timeouts_total",
+                                        "unpaid orders cancelled by this replica's sweeper", NULL);
+    app->released =
+        cm_metrics_counter(m, "order_reservations_released_total",
+                           "reservations given back because their order could not be stored", NULL);
+    if (pthread_create(&app->sweeper, NULL, sweeper_main, app) != 0) {
+        cm_rpc_client_free(app->inv);
+        free(app);
+        snprintf(err, errlen, "could not start the sweeper");
+        return CM_ENOMEM;
+    }
+    app->sweeper_started = 1;
+    *out = app;
+    return 0;
+}
+
+void ord_app_fini(cm_service *svc, void *p)
+{
+    (void)svc;
+    ord_app *app = p;
+    if (!app)
+        return;
+    pthread_mutex_lock(&app->mu);
+    app->stop = 1;
+    pthread_cond_broadcast(&app->wake);
+    pthread_mutex_unlock(&app->mu);
+    if (app->sweeper_started)
+        pthread_join(app->sweeper, NULL);
+    cm_rpc_client_free(app->inv);
+    pthread_mutex_destroy(&app->mu);
+    pthread_cond_destroy(&app->wake);
+    free(app);
+}

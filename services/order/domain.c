@@ -1,0 +1,590 @@
+/* the order service's pure decisions: see ord_domain.h */
+#include "ord_domain.h"
+
+#include "cm_err.h"
+#include "cm_id.h"
+#include "cm_money.h"
+
+#include <openssl/evp.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+static void violate(ord_violation *v, const char *reason, const char *why, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static void violate(ord_violation *v, const char *reason, const char *why, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(v->field, sizeof v->field, fmt, ap);
+    va_end(ap);
+    snprintf(v->why, sizeof v->why, "%s", why);
+    snprintf(v->reason, sizeof v->reason, "%s", reason ? reason : "");
+}
+
+int ord_valid_key(const char *s, size_t max)
+{
+    if (!s || !*s)
+        return 0;
+    size_t n = 0;
+    for (const char *c = s; *c; c++, n++) {
+        if (n >= max)
+            return 0;
+        if (!((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') || (*c >= '0' && *c <= '9') ||
+              *c == '.' || *c == '_' || *c == ':' || *c == '-'))
+            return 0;
+    }
+    return 1;
+}
+
+/* printable text of at most max bytes (no control characters) */
+static int valid_text(const char *s, size_t max, int required)
+{
+    if (!s || !*s)
+        return !required;
+    size_t n = strlen(s);
+    if (n > max)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)s[i] < 0x20 || s[i] == 0x7f)
+            return 0;
+    return 1;
+}
+
+int ord_check_create(const ord_create_in *in, ord_order *o, ord_violation *v)
+{
+    memset(o, 0, sizeof *o);
+    if (!ord_valid_key(in->request_id, ORD_KEY_MAX)) {
+        violate(v, NULL, "required: 1-64 characters from [A-Za-z0-9._:-]", "request_id");
+        return CM_EINVAL;
+    }
+    if (!valid_text(in->buyer_id, ORD_PARTY_MAX, 1)) {
+        violate(v, NULL, "required, at most 64 printable characters", "buyer_id");
+        return CM_EINVAL;
+    }
+    if (!valid_text(in->merchant_id, ORD_PARTY_MAX, 1)) {
+        violate(v, NULL, "required, at most 64 printable characters", "merchant_id");
+        return CM_EINVAL;
+    }
+    if (!valid_text(in->channel_id, ORD_PARTY_MAX, 0)) {
+        violate(v, NULL, "at most 64 printable characters", "channel_id");
+        return CM_EINVAL;
+    }
+    if (!in->currency || !*in->currency) {
+        violate(v, NULL, "required: an ISO-4217 code such as \"CNY\"", "currency");
+        return CM_EINVAL;
+    }
+    if (!cm_money_currency_valid(in->currency)) {
+        violate(v, NULL, "unknown ISO-4217 currency code", "currency");
+        return CM_EINVAL;
+    }
+    if (!valid_text(in->external_ref, ORD_REF_MAX, 0)) {
+        violate(v, NULL, "at most 128 printable characters", "external_ref");
+        return CM_EINVAL;
+    }
+    if (in->nlines == 0) {
+        violate(v, NULL, "at least one line is required", "lines");
+        return CM_EINVAL;
+    }
+    if (in->nlines > ORD_LINES_MAX) {
+        violate(v, NULL, "at most 100 lines", "lines");
+        return CM_EINVAL;
+    }
+    if (in->timeout_ms >= 0 &&
+        (in->timeout_ms < ORD_TIMEOUT_MIN_MS || in->timeout_ms > ORD_TIMEOUT_MAX_MS)) {
+        violate(v, NULL, "must be between 1 minute and 72 hours", "payment_timeout");
+        return CM_EINVAL;
+    }
+    int64_t total = 0;
+    for (size_t i = 0; i < in->nlines; i++) {
+        const ord_line_in *l = &in->lines[i];
+        if (!ord_valid_key(l->sku, ORD_KEY_MAX)) {
+            violate(v, NULL, "required: 1-64 characters from [A-Za-z0-9._:-]", "lines[%zu].sku", i);
+            return CM_EINVAL;
+        }
+        for (size_t j = 0; j < i; j++) {
+            if (strcmp(in->lines[j].sku, l->sku) == 0) {
+                violate(v, NULL, "duplicate sku: each sku may appear in one line only",
+                        "lines[%zu].sku", i);
+                return CM_EINVAL;
+            }
+        }
+        if (l->qty < 1) {
+            violate(v, NULL, "must be at least 1", "lines[%zu].quantity", i);
+            return CM_EINVAL;
+        }
+        if (l->qty > ORD_QTY_MAX) {
+            violate(v, NULL, "must be at most 1000000000", "lines[%zu].quantity", i);
+            return CM_EINVAL;
+        }
+        if (!l->has_price) {
+            violate(v, NULL, "required", "lines[%zu].unit_price", i);
+            return CM_EINVAL;
+        }
+        if (l->unit_price < 0) {
+            violate(v, NULL, "must not be negative", "lines[%zu].unit_price.amount_minor", i);
+            return CM_EINVAL;
+        }
+        if (!l->price_currency || strcmp(l->price_currency, in->currency) != 0) {
+            violate(v, "CURRENCY_MISMATCH", "must be in the order currency",
+                    "lines[%zu].unit_price.currency", i);
+            return CM_EINVAL;
+        }
+        ord_line *ol = &o->lines[i];
+        if (cm_money_mul(l->qty, l->unit_price, &ol->line_total) != 0) {
+            violate(v, NULL, "quantity times unit_price overflows a 64-bit amount",
+                    "lines[%zu].unit_price.amount_minor", i);
+            return CM_EINVAL;
+        }
+        if (cm_money_add(total, ol->line_total, &total) != 0) {
+            violate(v, NULL, "the order total overflows a 64-bit amount", "lines");
+            return CM_EINVAL;
+        }
+        snprintf(ol->sku, sizeof ol->sku, "%s", l->sku);
+        ol->qty = l->qty;
+        ol->unit_price = l->unit_price;
+    }
+    o->nlines = in->nlines;
+    o->total = total;
+    snprintf(o->request_id, sizeof o->request_id, "%s", in->request_id);
+    snprintf(o->buyer_id, sizeof o->buyer_id, "%s", in->buyer_id);
+    snprintf(o->merchant_id, sizeof o->merchant_id, "%s", in->merchant_id);
+    snprintf(o->channel_id, sizeof o->channel_id, "%s", in->channel_id ? in->channel_id : "");
+    snprintf(o->currency, sizeof o->currency, "%s", in->currency);
+    snprintf(o->external_ref, sizeof o->external_ref, "%s",
+             in->external_ref ? in->external_ref : "");
+    o->state = ORD_PENDING;
+    return 0;
+}
+
+void ord_hash(const char *body, size_t len, char out[ORD_HASH_HEX + 1])
+{
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int n = 0;
+    if (EVP_Digest(body, len, md, &n, EVP_sha256(), NULL) != 1 || n != 32) {
+        /* cannot happen with a working libcrypto; never equal to a real hash */
+        snprintf(out, ORD_HASH_HEX + 1, "%s", "unhashable");
+        return;
+    }
+    for (unsigned i = 0; i < 32; i++)
+        snprintf(out + 2 * i, 3, "%02x", md[i]);
+}
+
+/* digest input: fields separated by NUL-free framing (length-prefixed) so
+ * that no two different requests share a canonical text */
+typedef struct canon {
+    EVP_MD_CTX *md;
+} canon;
+
+static void canon_str(canon *c, const char *s)
+{
+    if (!s)
+        s = "";
+    char len[24];
+    int n = snprintf(len, sizeof len, "%zu:", strlen(s));
+    EVP_DigestUpdate(c->md, len, (size_t)n);
+    EVP_DigestUpdate(c->md, s, strlen(s));
+}
+
+static void canon_num(canon *c, long long v)
+{
+    char n[32];
+    snprintf(n, sizeof n, "%lld", v);
+    canon_str(c, n);
+}
+
+static void canon_end(canon *c, char out[ORD_HASH_HEX + 1])
+{
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int n = 0;
+    if (EVP_DigestFinal_ex(c->md, md, &n) != 1 || n != 32) {
+        snprintf(out, ORD_HASH_HEX + 1, "%s", "unhashable");
+    } else {
+        for (unsigned i = 0; i < 32; i++)
+            snprintf(out + 2 * i, 3, "%02x", md[i]);
+    }
+    EVP_MD_CTX_free(c->md);
+}
+
+static int canon_begin(canon *c, const char *what)
+{
+    c->md = EVP_MD_CTX_new();
+    if (!c->md || EVP_DigestInit_ex(c->md, EVP_sha256(), NULL) != 1) {
+        EVP_MD_CTX_free(c->md);
+        c->md = NULL;
+        return -1;
+    }
+    canon_str(c, what);
+    return 0;
+}
+
+void ord_create_hash(const ord_create_in *in, char out[ORD_HASH_HEX + 1])
+{
+    canon c;
+    if (canon_begin(&c, "create.v1") != 0) {
+        snprintf(out, ORD_HASH_HEX + 1, "%s", "unhashable");
+        return;
+    }
+    canon_str(&c, in->buyer_id);
+    canon_str(&c, in->merchant_id);
+    canon_str(&c, in->channel_id);
+    canon_str(&c, in->currency);
+    canon_str(&c, in->external_ref);
+    canon_num(&c, in->timeout_ms);
+    canon_num(&c, (long long)in->nlines);
+    for (size_t i = 0; i < in->nlines; i++) {
+        canon_str(&c, in->lines[i].sku);
+        canon_num(&c, in->lines[i].qty);
+        canon_num(&c, in->lines[i].has_price);
+        canon_num(&c, in->lines[i].unit_price);
+        canon_str(&c, in->lines[i].price_currency);
+    }
+    canon_end(&c, out);
+}
+
+void ord_order_id(const char *tenant, const char *request_id, char out[40])
+{
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int n = 0;
+    EVP_MD_CTX *m = EVP_MD_CTX_new();
+    uint8_t id[16] = {0};
+    if (m && EVP_DigestInit_ex(m, EVP_sha256(), NULL) == 1) {
+        EVP_DigestUpdate(m, "commerce.order.id.v1", 21); /* with its NUL: a separator */
+        EVP_DigestUpdate(m, tenant, strlen(tenant) + 1);
+        EVP_DigestUpdate(m, request_id, strlen(request_id));
+        if (EVP_DigestFinal_ex(m, md, &n) == 1 && n >= 16)
+            memcpy(id, md, 16);
+    }
+    EVP_MD_CTX_free(m);
+    id[6] = (uint8_t)((id[6] & 0x0f) | 0x80); /* version 8: custom */
+    id[8] = (uint8_t)((id[8] & 0x3f) | 0x80); /* variant 10 */
+    char text[CM_ID_SIZE];
+    cm_id_format(id, text);
+    snprintf(out, 40, "%s", text);
+}
+
+int64_t ord_deadline(int64_t created_ms, int64_t timeout_ms, int64_t resv_expires_ms,
+                     int64_t margin_ms)
+{
+    int64_t d = created_ms + timeout_ms;
+    if (resv_expires_ms > 0 && d > resv_expires_ms - margin_ms)
+        d = resv_expires_ms - margin_ms;
+    if (d < created_ms)
+        d = created_ms;
+    return d;
+}
+
+static int paid_state(int s)
+{
+    return s == ORD_PAID || s == ORD_SHIPPED || s == ORD_COMPLETED || s == ORD_PART_REFUNDED ||
+           s == ORD_REFUNDED;
+}
+
+ord_verdict ord_plan_pay(const ord_order *o, int64_t amount, const char *currency, int64_t now_ms,
+                         int64_t grace_ms)
+{
+    if (o->state == ORD_CANCELLED)
+        return ORD_LATE;
+    if (paid_state(o->state))
+        return ORD_DOUBLE_PAY;
+    if (o->state != ORD_PENDING)
+        return ORD_ILLEGAL;
+    if (!currency || strcmp(currency, o->currency) != 0)
+        return ORD_CURRENCY;
+    if (amount != o->total)
+        return ORD_AMOUNT;
+    if (now_ms > o->deadline_ms + grace_ms)
+        return ORD_LATE;
+    return ORD_OK;
+}
+
+ord_verdict ord_plan_cancel(const ord_order *o)
+{
+    if (o->state == ORD_CANCELLED)
+        return ORD_NOOP;
+    return o->state == ORD_PENDING ? ORD_OK : ORD_ILLEGAL;
+}
+
+ord_verdict ord_plan_ship(const ord_order *o, int *to)
+{
+    if (o->state == ORD_PAID) {
+        *to = ORD_SHIPPED;
+        return ORD_OK;
+    }
+    if (o->state == ORD_PART_REFUNDED && o->shipped_ms == 0) {
+        *to = ORD_PART_REFUNDED;
+        return ORD_OK;
+    }
+    return ORD_ILLEGAL;
+}
+
+ord_verdict ord_plan_complete(const ord_order *o, int *to)
+{
+    if (o->state == ORD_SHIPPED) {
+        *to = ORD_COMPLETED;
+        return ORD_OK;
+    }
+    if (o->state == ORD_PART_REFUNDED && o->shipped_ms != 0 && o->completed_ms == 0) {
+        *to = ORD_PART_REFUNDED;
+        return ORD_OK;
+    }
+    return ORD_ILLEGAL;
+}
+
+int ord_check_refund(const ord_refund_in *in, ord_violation *v)
+{
+    switch (in->scope) {
+    case ORD_SCOPE_FULL:
+        if (in->nlines) {
+            violate(v, NULL, "must be empty for REFUND_SCOPE_FULL", "lines");
+            return CM_EINVAL;
+        }
+        if (in->has_amount) {
+            violate(v, NULL, "must be unset for REFUND_SCOPE_FULL", "amount");
+            return CM_EINVAL;
+        }
+        return 0;
+    case ORD_SCOPE_LINES:
+        if (in->has_amount) {
+            violate(v, NULL, "must be unset for REFUND_SCOPE_LINES", "amount");
+            return CM_EINVAL;
+        }
+        if (in->nlines == 0) {
+            violate(v, NULL, "at least one line is required for REFUND_SCOPE_LINES", "lines");
+            return CM_EINVAL;
+        }
+        if (in->nlines > ORD_LINES_MAX) {
+            violate(v, NULL, "at most 100 lines", "lines");
+            return CM_EINVAL;
+        }
+        for (size_t i = 0; i < in->nlines; i++) {
+            if (!ord_valid_key(in->skus[i], ORD_KEY_MAX)) {
+                violate(v, NULL, "required: 1-64 characters from [A-Za-z0-9._:-]", "lines[%zu].sku",
+                        i);
+                return CM_EINVAL;
+            }
+            for (size_t j = 0; j < i; j++) {
+                if (strcmp(in->skus[i], in->skus[j]) == 0) {
+                    violate(v, NULL, "duplicate sku", "lines[%zu].sku", i);
+                    return CM_EINVAL;
+                }
+            }
+            if (in->qtys[i] < 1) {
+                violate(v, NULL, "must be at least 1", "lines[%zu].quantity", i);
+                return CM_EINVAL;
+            }
+        }
+        return 0;
+    case ORD_SCOPE_AMOUNT:
+        if (in->nlines) {
+            violate(v, NULL, "must be empty for REFUND_SCOPE_AMOUNT", "lines");
+            return CM_EINVAL;
+        }
+        if (!in->has_amount || in->amount <= 0) {
+            violate(v, NULL, "required for REFUND_SCOPE_AMOUNT: a positive amount",
+                    "amount.amount_minor");
+            return CM_EINVAL;
+        }
+        return 0;
+    default:
+        violate(v, NULL, "required: FULL, LINES or AMOUNT", "scope");
+        return CM_EINVAL;
+    }
+}
+
+static int refundable_state(int s)
+{
+    return s == ORD_PAID || s == ORD_SHIPPED || s == ORD_COMPLETED || s == ORD_PART_REFUNDED;
+}
+
+ord_verdict ord_plan_refund(const ord_order *o, const ord_refund_in *in, ord_refund *r,
+                            ord_violation *v)
+{
+    memset(r, 0, sizeof *r);
+    r->scope = in->scope;
+    if (!refundable_state(o->state))
+        return ORD_ILLEGAL;
+    int64_t left = o->total - o->refunded;
+    switch (in->scope) {
+    case ORD_SCOPE_FULL:
+        for (size_t i = 0; i < o->nlines; i++) {
+            const ord_line *l = &o->lines[i];
+            int64_t amt = l->line_total - l->refunded_amount;
+            int64_t qty = l->qty - l->refunded_qty;
+            if (amt <= 0 && qty <= 0)
+                continue;
+            ord_refund_line *rl = &r->lines[r->nlines++];
+            snprintf(rl->sku, sizeof rl->sku, "%s", l->sku);
+            rl->qty = qty;
+            rl->amount = amt;
+            r->amount += amt;
+        }
+        if (r->amount <= 0) {
+            violate(v, "REFUND_EXCEEDS_REFUNDABLE", "nothing is left to refund", "scope");
+            return ORD_EXCEEDS;
+        }
+        return ORD_OK;
+    case ORD_SCOPE_LINES:
+        /* breakdown in the order's line order, whatever the request's */
+        for (size_t i = 0; i < o->nlines; i++) {
+            const ord_line *l = &o->lines[i];
+            for (size_t k = 0; k < in->nlines; k++) {
+                if (strcmp(in->skus[k], l->sku) != 0)
+                    continue;
+                if (in->qtys[k] > l->qty - l->refunded_qty) {
+                    violate(v, "REFUND_EXCEEDS_REFUNDABLE",
+                            "more units than are left to refund on this line",
+                            "lines[%zu].quantity", k);
+                    return ORD_EXCEEDS;
+                }
+                int64_t amt;
+                if (cm_money_mul(in->qtys[k], l->unit_price, &amt) != 0 ||
+                    amt > l->line_total - l->refunded_amount) {
+                    violate(v, "REFUND_EXCEEDS_REFUNDABLE",
+                            "more than is left to refund on this line", "lines[%zu].quantity", k);
+                    return ORD_EXCEEDS;
+                }
+                ord_refund_line *rl = &r->lines[r->nlines++];
+                snprintf(rl->sku, sizeof rl->sku, "%s", l->sku);
+                rl->qty = in->qtys[k];
+                rl->amount = amt;
+                r->amount += amt;
+            }
+        }
+        for (size_t k = 0; k < in->nlines; k++) {
+            size_t i = 0;
+            while (i < o->nlines && strcmp(o->lines[i].sku, in->skus[k]) != 0)
+                i++;
+            if (i == o->nlines) {
+                violate(v, NULL, "not a sku of this order", "lines[%zu].sku", k);
+                return ORD_BAD_INPUT;
+            }
+        }
+        if (r->amount <= 0) {
+            /* only zero-priced units: nothing to pay back */
+            violate(v, "REFUND_EXCEEDS_REFUNDABLE", "the lines have nothing to refund", "lines");
+            return ORD_EXCEEDS;
+        }
+        return ORD_OK;
+    case ORD_SCOPE_AMOUNT: {
+        if (!in->amount_currency || strcmp(in->amount_currency, o->currency) != 0) {
+            violate(v, "CURRENCY_MISMATCH", "must be in the order currency", "amount.currency");
+            return ORD_CURRENCY;
+        }
+        if (in->amount > left) {
+            violate(v, "REFUND_EXCEEDS_REFUNDABLE", "more than is left to refund on the order",
+                    "amount.amount_minor");
+            return ORD_EXCEEDS;
+        }
+        int64_t parts[ORD_LINES_MAX], totals[ORD_LINES_MAX], done[ORD_LINES_MAX];
+        for (size_t i = 0; i < o->nlines; i++) {
+            totals[i] = o->lines[i].line_total;
+            done[i] = o->lines[i].refunded_amount;
+        }
+        if (cm_money_split_refund(in->amount, totals, done, o->nlines, parts) != 0) {
+            violate(v, "REFUND_EXCEEDS_REFUNDABLE", "more than is left to refund on the order",
+                    "amount.amount_minor");
+            return ORD_EXCEEDS;
+        }
+        for (size_t i = 0; i < o->nlines; i++) {
+            if (parts[i] == 0)
+                continue;
+            ord_refund_line *rl = &r->lines[r->nlines++];
+            snprintf(rl->sku, sizeof rl->sku, "%s", o->lines[i].sku);
+            rl->qty = 0;
+            rl->amount = parts[i];
+        }
+        r->amount = in->amount;
+        return ORD_OK;
+    }
+    default:
+        violate(v, NULL, "required: FULL, LINES or AMOUNT", "scope");
+        return ORD_BAD_INPUT;
+    }
+}
+
+void ord_apply_refund(ord_order *o, const ord_refund *r)
+{
+    for (size_t k = 0; k < r->nlines; k++) {
+        for (size_t i = 0; i < o->nlines; i++) {
+            if (strcmp(o->lines[i].sku, r->lines[k].sku) == 0) {
+                o->lines[i].refunded_qty += r->lines[k].qty;
+                o->lines[i].refunded_amount += r->lines[k].amount;
+                break;
+            }
+        }
+    }
+    o->refunded += r->amount;
+    o->state = o->refunded >= o->total ? ORD_REFUNDED : ORD_PART_REFUNDED;
+}
+
+int ord_page_size(int32_t requested)
+{
+    if (requested < 0)
+        return -1;
+    if (requested == 0)
+        return ORD_PAGE_DEFAULT;
+    return requested > ORD_PAGE_MAX ? ORD_PAGE_MAX : requested;
+}
+
+uint64_t ord_filter_hash(const char *canonical)
+{
+    uint64_t h = 1469598103934665603ULL;
+    for (const unsigned char *p = (const unsigned char *)canonical; *p; p++) {
+        h ^= *p;
+        h *= 1099511628211ULL;
+    }
+    return h;
+}
+
+int ord_page_token(char *out, size_t cap, uint64_t filters, int64_t created_ms,
+                   const char *order_id)
+{
+    char plain[96];
+    int n = snprintf(plain, sizeof plain, "%016llx.%lld.%s", (unsigned long long)filters,
+                     (long long)created_ms, order_id);
+    if (n < 0 || (size_t)n >= sizeof plain || cap < (size_t)n * 2 + 1)
+        return CM_EINVAL;
+    for (int i = 0; i < n; i++)
+        snprintf(out + 2 * i, 3, "%02x", (unsigned char)plain[i]);
+    return 0;
+}
+
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    return -1;
+}
+
+int ord_page_token_parse(const char *token, uint64_t filters, int64_t *created_ms, char *order_id,
+                         size_t idcap)
+{
+    char plain[96];
+    size_t n = token ? strlen(token) : 0;
+    if (n == 0 || n % 2 || n / 2 >= sizeof plain)
+        return CM_EINVAL;
+    for (size_t i = 0; i < n / 2; i++) {
+        int hi = hexval(token[2 * i]), lo = hexval(token[2 * i + 1]);
+        if (hi < 0 || lo < 0)
+            return CM_EINVAL;
+        plain[i] = (char)(hi * 16 + lo);
+        if (!plain[i])
+            return CM_EINVAL;
+    }
+    plain[n / 2] = 0;
+    unsigned long long f = 0;
+    long long ms = 0;
+    int used = 0;
+    if (sscanf(plain, "%16llx.%lld.%n", &f, &ms, &used) != 2 || used <= 0 || f != filters)
+        return CM_EINVAL;
+    const char *id = plain + used;
+    if (!cm_id_is_uuid(id) || strlen(id) + 1 > idcap)
+        return CM_EINVAL;
+    snprintf(order_id, idcap, "%s", id);
+    *created_ms = ms;
+    return 0;
+}

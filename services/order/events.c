@@ -1,0 +1,254 @@
+/* order events through the outbox: see ord_events.h */
+#include "ord_events.h"
+
+#include "cm_err.h"
+#include "cm_id.h"
+#include "cm_outbox.h"
+
+#include <string.h>
+
+#include "commerce/events/v1/order_events.pb-c.h"
+
+static const char *topic = ORD_TOPIC;
+
+void ord_events_set_topic(const char *t)
+{
+    if (t && *t)
+        topic = t;
+}
+
+Google__Protobuf__Timestamp *ord_pb_ts(cm_arena *a, int64_t ms)
+{
+    if (ms <= 0)
+        return NULL;
+    Google__Protobuf__Timestamp *t = cm_arena_calloc(a, 1, sizeof *t);
+    if (!t)
+        return NULL;
+    google__protobuf__timestamp__init(t);
+    t->seconds = ms / 1000;
+    t->nanos = (int32_t)(ms % 1000) * 1000000;
+    return t;
+}
+
+static Commerce__Common__V1__Money *money(cm_arena *a, int64_t amount, const char *currency)
+{
+    Commerce__Common__V1__Money *m = cm_arena_calloc(a, 1, sizeof *m);
+    if (!m)
+        return NULL;
+    commerce__common__v1__money__init(m);
+    m->amount_minor = amount;
+    m->currency = cm_arena_strdup(a, currency);
+    return m;
+}
+
+Commerce__Order__V1__Refund *ord_pb_refund(cm_arena *a, const ord_refund *r, const char *currency)
+{
+    Commerce__Order__V1__Refund *m = cm_arena_calloc(a, 1, sizeof *m);
+    if (!m)
+        return NULL;
+    commerce__order__v1__refund__init(m);
+    m->refund_id = cm_arena_strdup(a, r->refund_id);
+    m->scope = (Commerce__Order__V1__RefundScope)r->scope;
+    m->amount = money(a, r->amount, currency);
+    m->reason = cm_arena_strdup(a, r->reason);
+    m->created_at = ord_pb_ts(a, r->created_ms);
+    if (r->nlines) {
+        m->lines = cm_arena_calloc(a, r->nlines, sizeof *m->lines);
+        if (!m->lines)
+            return NULL;
+        for (size_t i = 0; i < r->nlines; i++) {
+            Commerce__Order__V1__RefundLine *l = cm_arena_calloc(a, 1, sizeof *l);
+            if (!l)
+                return NULL;
+            commerce__order__v1__refund_line__init(l);
+            l->sku = cm_arena_strdup(a, r->lines[i].sku);
+            l->quantity = r->lines[i].qty;
+            l->amount = money(a, r->lines[i].amount, currency);
+            m->lines[i] = l;
+        }
+        m->n_lines = r->nlines;
+    }
+    return m;
+}
+
+Commerce__Order__V1__Order *ord_pb_order(cm_arena *a, const ord_order *o)
+{
+    Commerce__Order__V1__Order *m = cm_arena_calloc(a, 1, sizeof *m);
+    if (!m)
+        return NULL;
+    commerce__order__v1__order__init(m);
+    m->order_id = cm_arena_strdup(a, o->order_id);
+    m->request_id = cm_arena_strdup(a, o->request_id);
+    m->state = (Commerce__Order__V1__OrderState)o->state;
+    m->buyer_id = cm_arena_strdup(a, o->buyer_id);
+    m->merchant_id = cm_arena_strdup(a, o->merchant_id);
+    m->channel_id = cm_arena_strdup(a, o->channel_id);
+    m->currency = cm_arena_strdup(a, o->currency);
+    m->lines = cm_arena_calloc(a, o->nlines ? o->nlines : 1, sizeof *m->lines);
+    if (!m->lines)
+        return NULL;
+    for (size_t i = 0; i < o->nlines; i++) {
+        const ord_line *ol = &o->lines[i];
+        Commerce__Order__V1__OrderLine *l = cm_arena_calloc(a, 1, sizeof *l);
+        if (!l)
+            return NULL;
+        commerce__order__v1__order_line__init(l);
+        l->sku = cm_arena_strdup(a, ol->sku);
+        l->quantity = ol->qty;
+        l->unit_price = money(a, ol->unit_price, o->currency);
+        l->line_total = money(a, ol->line_total, o->currency);
+        l->refunded_quantity = ol->refunded_qty;
+        l->refunded_amount = money(a, ol->refunded_amount, o->currency);
+        l->flash_sale_id = cm_arena_strdup(a, ol->flash_sale_id);
+        m->lines[i] = l;
+    }
+    m->n_lines = o->nlines;
+    m->total_amount = money(a, o->total, o->currency);
+    m->refunded_amount = money(a, o->refunded, o->currency);
+    if (o->payment_id[0]) {
+        Commerce__Order__V1__Payment *p = cm_arena_calloc(a, 1, sizeof *p);
+        if (!p)
+            return NULL;
+        commerce__order__v1__payment__init(p);
+        p->payment_id = cm_arena_strdup(a, o->payment_id);
+        p->amount = money(a, o->pay_amount, o->currency);
+        p->provider = cm_arena_strdup(a, o->provider);
+        p->provider_reference = cm_arena_strdup(a, o->provider_ref);
+        p->paid_at = ord_pb_ts(a, o->paid_ms);
+        p->recorded_at = ord_pb_ts(a, o->pay_recorded_ms);
+        m->payment = p;
+    }
+    if (o->nrefunds) {
+        m->refunds = cm_arena_calloc(a, o->nrefunds, sizeof *m->refunds);
+        if (!m->refunds)
+            return NULL;
+        for (size_t i = 0; i < o->nrefunds; i++) {
+            m->refunds[i] = ord_pb_refund(a, &o->refunds[i], o->currency);
+            if (!m->refunds[i])
+                return NULL;
+        }
+        m->n_refunds = o->nrefunds;
+    }
+    if (o->shipped_ms) {
+        Commerce__Order__V1__Shipment *s = cm_arena_calloc(a, 1, sizeof *s);
+        if (!s)
+            return NULL;
+        commerce__order__v1__shipment__init(s);
+        s->carrier = cm_arena_strdup(a, o->carrier);
+        s->tracking_number = cm_arena_strdup(a, o->tracking);
+        s->shipped_at = ord_pb_ts(a, o->shipped_ms);
+        m->shipment = s;
+    }
+    m->cancel_reason = (Commerce__Order__V1__CancelReason)o->cancel_reason;
+    m->cancel_note = cm_arena_strdup(a, o->cancel_note);
+    m->flash_sale = o->flash;
+    m->external_ref = cm_arena_strdup(a, o->external_ref);
+    m->created_at = ord_pb_ts(a, o->created_ms);
+    m->updated_at = ord_pb_ts(a, o->updated_ms);
+    m->payment_deadline = ord_pb_ts(a, o->deadline_ms);
+    m->cancelled_at = ord_pb_ts(a, o->cancelled_ms);
+    m->completed_at = ord_pb_ts(a, o->completed_ms);
+    return m;
+}
+
+/* the event messages share their first fields; one struct of each kind is
+ * filled and packed */
+int ord_ev_emit(cm_db *db, const char *tenant, int kind, const ord_order *o, int prev_state,
+                const ord_refund *r)
+{
+    cm_arena *a = cm_arena_new(8192);
+    if (!a)
+        return CM_ENOMEM;
+    char id[CM_ID_SIZE];
+    int rc = cm_id_uuid7(id);
+    if (rc) {
+        cm_arena_free(a);
+        return rc;
+    }
+    Commerce__Order__V1__Order *order = ord_pb_order(a, o);
+    /* when it happened: the change's own time */
+    Google__Protobuf__Timestamp *at = ord_pb_ts(a, o->updated_ms);
+    if (!order || !at) {
+        cm_arena_free(a);
+        return CM_ENOMEM;
+    }
+    const char *type = NULL;
+    ProtobufCMessage *msg = NULL;
+    Commerce__Order__V1__OrderState prev = (Commerce__Order__V1__OrderState)prev_state;
+    Commerce__Events__V1__OrderCreated cr = COMMERCE__EVENTS__V1__ORDER_CREATED__INIT;
+    Commerce__Events__V1__OrderPaid pd = COMMERCE__EVENTS__V1__ORDER_PAID__INIT;
+    Commerce__Events__V1__OrderCancelled cn = COMMERCE__EVENTS__V1__ORDER_CANCELLED__INIT;
+    Commerce__Events__V1__OrderShipped sh = COMMERCE__EVENTS__V1__ORDER_SHIPPED__INIT;
+    Commerce__Events__V1__OrderCompleted cp = COMMERCE__EVENTS__V1__ORDER_COMPLETED__INIT;
+    Commerce__Events__V1__OrderRefunded rf = COMMERCE__EVENTS__V1__ORDER_REFUNDED__INIT;
+#define FILL(m)                                                                                    \
+    do {                                                                                           \
+        (m).event_id = id;                                                                         \
+        (m).tenant_id = (char *)tenant;                                                            \
+        (m).occurred_at = at;                                                                      \
+        (m).order_id = order->order_id;                                                            \
+        (m).order = order;                                                                         \
+        msg = &(m).base;                                                                           \
+    } while (0)
+    switch (kind) {
+    case ORD_EV_CREATED:
+        FILL(cr);
+        type = "commerce.events.v1.OrderCreated";
+        break;
+    case ORD_EV_PAID:
+        FILL(pd);
+        pd.previous_state = prev;
+        type = "commerce.events.v1.OrderPaid";
+        break;
+    case ORD_EV_CANCELLED:
+        FILL(cn);
+        cn.previous_state = prev;
+        type = "commerce.events.v1.OrderCancelled";
+        break;
+    case ORD_EV_SHIPPED:
+        FILL(sh);
+        sh.previous_state = prev;
+        type = "commerce.events.v1.OrderShipped";
+        break;
+    case ORD_EV_COMPLETED:
+        FILL(cp);
+        cp.previous_state = prev;
+        type = "commerce.events.v1.OrderCompleted";
+        break;
+    case ORD_EV_REFUNDED:
+        FILL(rf);
+        rf.previous_state = prev;
+        rf.refund = r ? ord_pb_refund(a, r, o->currency) : NULL;
+        if (!rf.refund) {
+            cm_arena_free(a);
+            return CM_EINVAL;
+        }
+        type = "commerce.events.v1.OrderRefunded";
+        break;
+    default:
+        cm_arena_free(a);
+        return CM_EINVAL;
+    }
+#undef FILL
+    size_t len = protobuf_c_message_get_packed_size(msg);
+    uint8_t *p = cm_arena_alloc(a, len ? len : 1);
+    if (!p) {
+        cm_arena_free(a);
+        return CM_ENOMEM;
+    }
+    protobuf_c_message_pack(msg, p);
+    cm_outbox_event ev = {
+        .event_id = id,
+        .tenant_id = tenant,
+        .topic = topic,
+        .key = o->order_id,
+        .type = type,
+        .source = "/commerce/order",
+        .payload = p,
+        .len = len,
+        .occurred_at_ms = o->updated_ms,
+    };
+    rc = cm_outbox_add(db, &ev);
+    cm_arena_free(a);
+    return rc;
+}

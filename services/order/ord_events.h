@@ -1,0 +1,42 @@
+/*
+ * ord_events: order events (commerce.events.v1, topic commerce.order.v1 or
+ * ORDER_TOPIC) written to the outbox inside the caller's transaction, key
+ * = order id, each carrying the whole order after the change; and the
+ * conversions from stored orders to protobuf messages that the api shares.
+ */
+#ifndef ORD_EVENTS_H
+#define ORD_EVENTS_H
+
+#include "cm_arena.h"
+#include "cm_db.h"
+#include "ord_domain.h"
+
+#include "commerce/order/v1/order.pb-c.h"
+
+#define ORD_TOPIC "commerce.order.v1"
+
+enum {
+    ORD_EV_CREATED = 1,
+    ORD_EV_PAID,
+    ORD_EV_CANCELLED,
+    ORD_EV_SHIPPED,
+    ORD_EV_COMPLETED,
+    ORD_EV_REFUNDED
+};
+
+/* the topic events go to; set once at start, before any event (the string
+ * must outlive the process's use of it) */
+void ord_events_set_topic(const char *topic);
+
+/* writes the event of kind for order o (after the change) into the outbox
+ * of the open transaction. prev_state: the state before (not used for
+ * ORD_EV_CREATED); r: the refund of ORD_EV_REFUNDED (else NULL). */
+int ord_ev_emit(cm_db *db, const char *tenant, int kind, const ord_order *o, int prev_state,
+                const ord_refund *r);
+
+/* conversions; everything is allocated in a. NULL on out of memory. */
+Google__Protobuf__Timestamp *ord_pb_ts(cm_arena *a, int64_t ms);
+Commerce__Order__V1__Order *ord_pb_order(cm_arena *a, const ord_order *o);
+Commerce__Order__V1__Refund *ord_pb_refund(cm_arena *a, const ord_refund *r, const char *currency);
+
+#endif

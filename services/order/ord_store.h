@@ -1,0 +1,107 @@
+/*
+ * ord_store: the order service's only SQL. every state change runs in one
+ * transaction that locks the order row, checks the idempotency key, applies
+ * the change and writes its event to the outbox (ord_events.h), so a
+ * committed change always has its event and concurrent changes of one
+ * order are serialised by the row lock (no lost update).
+ *
+ * functions that take a verdict commit what they decided (a change, or a
+ * rejected payment's record) and report the outcome in *verdict
+ * (ord_verdict); their return value is 0 or a CM_E* for a database
+ * failure. orders are filled in *o; refunds, when asked for, are allocated
+ * in the arena a.
+ */
+#ifndef ORD_STORE_H
+#define ORD_STORE_H
+
+#include "cm_arena.h"
+#include "cm_db.h"
+#include "ord_domain.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* stores a new order (PENDING_PAYMENT) with its OrderCreated event. when
+ * the request_id exists already, nothing is written and *verdict is
+ * ORD_SAME (same body hash; *o is the stored order) or ORD_KEY_REUSED. */
+int ord_store_create(cm_db *db, const char *tenant, const ord_order *in, const char *hash,
+                     cm_arena *a, ord_order *o, int *verdict);
+
+/* the order by id (CM_ENOTFOUND if none), with its refunds. */
+int ord_store_get(cm_db *db, const char *tenant, const char *order_id, cm_arena *a, ord_order *o);
+
+/* the order created by request_id and its body hash; CM_ENOTFOUND if none. */
+int ord_store_get_by_request(cm_db *db, const char *tenant, const char *request_id, cm_arena *a,
+                             ord_order *o, char hash[ORD_HASH_HEX + 1]);
+
+typedef struct ord_pay_req {
+    const char *tenant, *order_id, *payment_id, *hash;
+    int64_t amount;
+    const char *currency;
+    const char *provider, *provider_ref;
+    int64_t paid_ms, now_ms;
+    int64_t grace_ms; /* a payment after deadline + grace is too late */
+} ord_pay_req;
+
+/* MarkPaid: ORD_OK (paid now), ORD_SAME (this payment already recorded),
+ * ORD_KEY_REUSED, ORD_NOT_FOUND, ORD_AMOUNT / ORD_CURRENCY (nothing
+ * written), ORD_LATE / ORD_DOUBLE_PAY (the refusal is recorded in
+ * payment_rejections; a late payment of an order past its deadline also
+ * cancels the order). *o is the order after the call. */
+int ord_store_pay(cm_db *db, const ord_pay_req *q, cm_arena *a, ord_order *o, int *verdict);
+
+typedef struct ord_op_req {
+    const char *tenant, *order_id, *request_id, *hash;
+    int op; /* ORD_OP_* */
+    int64_t now_ms;
+    /* cancel */
+    int cancel_reason;
+    const char *note;
+    /* ship */
+    const char *carrier, *tracking;
+    int64_t at_ms; /* shipped_at / completed_at */
+} ord_op_req;
+
+/* CancelOrder, ShipOrder, CompleteOrder: ORD_OK, ORD_NOOP (cancel of a
+ * cancelled order), ORD_SAME (the request_id was applied before),
+ * ORD_KEY_REUSED, ORD_NOT_FOUND or ORD_ILLEGAL. */
+int ord_store_transition(cm_db *db, const ord_op_req *q, cm_arena *a, ord_order *o, int *verdict);
+
+typedef struct ord_refund_req {
+    const char *tenant, *order_id, *refund_id, *hash, *reason;
+    const ord_refund_in *in;
+    int64_t now_ms;
+} ord_refund_req;
+
+/* RefundOrder: ORD_OK (*r is the new refund), ORD_SAME (*r is the refund
+ * recorded before), ORD_KEY_REUSED, ORD_NOT_FOUND, or a refusal from
+ * ord_plan_refund with v filled. */
+int ord_store_refund(cm_db *db, const ord_refund_req *q, cm_arena *a, ord_order *o, ord_refund *r,
+                     int *verdict, ord_violation *v);
+
+/* the sweeper: cancels (CANCEL_REASON_PAYMENT_TIMEOUT) up to limit unpaid
+ * orders whose deadline passed, each with its OrderCancelled event, in one
+ * transaction; rows locked by another replica are skipped, so each order
+ * is cancelled exactly once. */
+int ord_store_cancel_due(cm_db *db, int64_t now_ms, int limit, int *cancelled);
+
+typedef struct ord_list_q {
+    const char *tenant, *buyer_id, *merchant_id, *channel_id;
+    const int *states;
+    size_t nstates;
+    int64_t from_ms, to_ms; /* 0: open */
+    int64_t after_created_ms;
+    const char *after_id; /* NULL: first page */
+    int limit;
+} ord_list_q;
+
+/* up to q->limit orders (with refunds), newest first, after the cursor;
+ * *more is 1 when another page follows. out has room for q->limit. */
+int ord_store_list(cm_db *db, const ord_list_q *q, cm_arena *a, ord_order *out, size_t *n,
+                   int *more);
+
+/* the tenant's payment timeouts from tenant_settings; CM_ENOTFOUND when it
+ * has no row (the service defaults apply). */
+int ord_store_tenant_timeouts(cm_db *db, const char *tenant, int64_t *normal_ms, int64_t *flash_ms);
+
+#endif

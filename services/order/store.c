@@ -1,0 +1,917 @@
+/* the order service's only SQL: see ord_store.h */
+#include "ord_store.h"
+
+#include "cm_err.h"
+#include "cm_id.h"
+#include "cm_log.h"
+#include "ord_events.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MS(x) "(extract(epoch FROM " x ") * 1000)::bigint"
+#define MS0(x) "coalesce(" MS(x) ", 0)"
+#define TS(p) "to_timestamp(" p "::bigint / 1000.0)"
+
+/* every column of an order, in parse_order's order */
+// clang-format off
+#define ORDER_COLS                                                                                 \
+    "order_id, request_id, state, buyer_id, merchant_id, channel_id, currency, total_amount, "     \
+    "refunded_amount, flash_sale::int, external_ref, array_to_string(line_sku, ','), "             \
+    "array_to_string(line_qty, ','), array_to_string(line_price, ','), "                           \
+    "array_to_string(line_flash_sale, ','), array_to_string(line_refunded_qty, ','), "             \
+    "array_to_string(line_refunded_amount, ','), "                                                 \
+    MS("created_at") ", (extract(epoch FROM updated_at) * 1000)::bigint, (extract(epoch FROM payment_deadline) * 1000)::bigint, "                        \
+    MS("reservation_expires_at") ", " MS0("cancelled_at") ", cancel_reason, cancel_note, "         \
+    MS0("completed_at") ", coalesce(payment_id, ''), coalesce(pay_amount, 0), "                    \
+    "coalesce(pay_provider, ''), coalesce(pay_reference, ''), "                                    \
+    MS0("paid_at") ", " MS0("pay_recorded_at") ", coalesce(carrier, ''), "                         \
+    "coalesce(tracking_number, ''), " MS0("shipped_at") ", version, body_hash, "                   \
+    "coalesce(payment_hash, '')"
+
+#define REFUND_COLS                                                                                \
+    "refund_id, scope, amount, array_to_string(line_sku, ','), array_to_string(line_qty, ','), "   \
+    "array_to_string(line_amount, ','), reason, (extract(epoch FROM created_at) * 1000)::bigint, order_id, body_hash"
+// clang-format on
+
+/* ---- small helpers ---- */
+
+static int64_t i64(const PGresult *r, int row, int col)
+{
+    return strtoll(PQgetvalue(r, row, col), NULL, 10);
+}
+
+static void cpy(char *dst, size_t cap, const PGresult *r, int row, int col)
+{
+    snprintf(dst, cap, "%s", PQgetvalue(r, row, col));
+}
+
+static int exec(cm_db *db, const char *what, const char *sql, int n, const char *const *p,
+                PGresult **out)
+{
+    return cm_db_exec(db, what, sql, n, p, out);
+}
+
+/* the i-th comma-separated field of s into dst (fields never hold commas:
+ * skus and flash sale ids are [A-Za-z0-9._:-]) */
+static void field_str(const char *s, size_t i, char *dst, size_t cap)
+{
+    while (i > 0 && *s) {
+        if (*s++ == ',')
+            i--;
+    }
+    size_t n = 0;
+    while (s[n] && s[n] != ',')
+        n++;
+    if (n >= cap)
+        n = cap - 1;
+    memcpy(dst, s, n);
+    dst[n] = 0;
+}
+
+static size_t split_i64(const char *s, int64_t *out, size_t max)
+{
+    size_t n = 0;
+    if (!*s)
+        return 0;
+    while (n < max) {
+        char *end = NULL;
+        out[n++] = strtoll(s, &end, 10);
+        if (*end != ',')
+            break;
+        s = end + 1;
+    }
+    return n;
+}
+
+static void parse_order(const PGresult *r, int row, ord_order *o)
+{
+    memset(o, 0, sizeof *o);
+    cpy(o->order_id, sizeof o->order_id, r, row, 0);
+    cpy(o->request_id, sizeof o->request_id, r, row, 1);
+    o->state = (int)i64(r, row, 2);
+    cpy(o->buyer_id, sizeof o->buyer_id, r, row, 3);
+    cpy(o->merchant_id, sizeof o->merchant_id, r, row, 4);
+    cpy(o->channel_id, sizeof o->channel_id, r, row, 5);
+    cpy(o->currency, sizeof o->currency, r, row, 6);
+    o->total = i64(r, row, 7);
+    o->refunded = i64(r, row, 8);
+    o->flash = (int)i64(r, row, 9);
+    cpy(o->external_ref, sizeof o->external_ref, r, row, 10);
+    int64_t v[ORD_LINES_MAX];
+    const char *skus = PQgetvalue(r, row, 11);
+    size_t n = split_i64(PQgetvalue(r, row, 12), v, ORD_LINES_MAX);
+    o->nlines = n;
+    for (size_t i = 0; i < n; i++) {
+        field_str(skus, i, o->lines[i].sku, sizeof o->lines[i].sku);
+        o->lines[i].qty = v[i];
+        field_str(PQgetvalue(r, row, 14), i, o->lines[i].flash_sale_id,
+                  sizeof o->lines[i].flash_sale_id);
+    }
+    split_i64(PQgetvalue(r, row, 13), v, n);
+    for (size_t i = 0; i < n; i++) {
+        o->lines[i].unit_price = v[i];
+        /* cannot overflow: checked when the order was created */
+        o->lines[i].line_total = o->lines[i].qty * v[i];
+    }
+    split_i64(PQgetvalue(r, row, 15), v, n);
+    for (size_t i = 0; i < n; i++)
+        o->lines[i].refunded_qty = v[i];
+    split_i64(PQgetvalue(r, row, 16), v, n);
+    for (size_t i = 0; i < n; i++)
+        o->lines[i].refunded_amount = v[i];
+    o->created_ms = i64(r, row, 17);
+    o->updated_ms = i64(r, row, 18);
+    o->deadline_ms = i64(r, row, 19);
+    o->resv_expires_ms = i64(r, row, 20);
+    o->cancelled_ms = i64(r, row, 21);
+    o->cancel_reason = (int)i64(r, row, 22);
+    cpy(o->cancel_note, sizeof o->cancel_note, r, row, 23);
+    o->completed_ms = i64(r, row, 24);
+    cpy(o->payment_id, sizeof o->payment_id, r, row, 25);
+    o->pay_amount = i64(r, row, 26);
+    cpy(o->provider, sizeof o->provider, r, row, 27);
+    cpy(o->provider_ref, sizeof o->provider_ref, r, row, 28);
+    o->paid_ms = i64(r, row, 29);
+    o->pay_recorded_ms = i64(r, row, 30);
+    cpy(o->carrier, sizeof o->carrier, r, row, 31);
+    cpy(o->tracking, sizeof o->tracking, r, row, 32);
+    o->shipped_ms = i64(r, row, 33);
+    o->version = i64(r, row, 34);
+}
+
+static void parse_refund(const PGresult *r, int row, ord_refund *f)
+{
+    memset(f, 0, sizeof *f);
+    cpy(f->refund_id, sizeof f->refund_id, r, row, 0);
+    f->scope = (int)i64(r, row, 1);
+    f->amount = i64(r, row, 2);
+    int64_t q[ORD_LINES_MAX], m[ORD_LINES_MAX];
+    size_t n = split_i64(PQgetvalue(r, row, 4), q, ORD_LINES_MAX);
+    split_i64(PQgetvalue(r, row, 5), m, n);
+    for (size_t i = 0; i < n; i++) {
+        field_str(PQgetvalue(r, row, 3), i, f->lines[i].sku, sizeof f->lines[i].sku);
+        f->lines[i].qty = q[i];
+        f->lines[i].amount = m[i];
+    }
+    f->nlines = n;
+    cpy(f->reason, sizeof f->reason, r, row, 6);
+    f->created_ms = i64(r, row, 7);
+}
+
+/* text of a number, in the arena */
+static const char *num(cm_arena *a, long long v)
+{
+    return cm_arena_printf(a, "%lld", v);
+}
+
+static const char *ms_or_null(cm_arena *a, int64_t ms)
+{
+    return ms > 0 ? num(a, ms) : NULL;
+}
+
+/* a postgres bigint[] literal of n numbers, the first at v, each stride
+ * bytes after the previous (a field of an array of structs) */
+static char *num_array(cm_arena *a, const int64_t *v, size_t n, size_t stride)
+{
+    size_t cap = 3 + n * 21;
+    char *s = cm_arena_alloc(a, cap);
+    if (!s)
+        return NULL;
+    size_t len = 0;
+    s[len++] = '{';
+    const char *p = (const char *)v;
+    for (size_t i = 0; i < n; i++, p += stride)
+        len += (size_t)snprintf(s + len, cap - len, i ? ",%lld" : "%lld",
+                                (long long)*(const int64_t *)p);
+    s[len++] = '}';
+    s[len] = 0;
+    return s;
+}
+
+#define LINE_FIELD(o, f) num_array(a, &(o)->lines[0].f, (o)->nlines, sizeof((o)->lines[0]))
+
+/* a postgres text[] literal; elements are [A-Za-z0-9._:-] or empty, so
+ * quoting each one is enough */
+static char *text_array(cm_arena *a, size_t n, const char *(*get)(const void *, size_t),
+                        const void *arg)
+{
+    size_t cap = 3;
+    for (size_t i = 0; i < n; i++)
+        cap += strlen(get(arg, i)) + 3;
+    char *s = cm_arena_alloc(a, cap);
+    if (!s)
+        return NULL;
+    size_t len = 0;
+    s[len++] = '{';
+    for (size_t i = 0; i < n; i++)
+        len += (size_t)snprintf(s + len, cap - len, i ? ",\"%s\"" : "\"%s\"", get(arg, i));
+    s[len++] = '}';
+    s[len] = 0;
+    return s;
+}
+
+static const char *line_sku(const void *o, size_t i)
+{
+    return ((const ord_order *)o)->lines[i].sku;
+}
+
+static const char *line_flash(const void *o, size_t i)
+{
+    return ((const ord_order *)o)->lines[i].flash_sale_id;
+}
+
+static const char *refund_sku(const void *r, size_t i)
+{
+    return ((const ord_refund *)r)->lines[i].sku;
+}
+
+/* ---- reads ---- */
+
+static int load_refunds(cm_db *db, const char *tenant, cm_arena *a, ord_order *o)
+{
+    const char *p[] = {tenant, o->order_id};
+    PGresult *r = NULL;
+    int rc = exec(db, "get refunds",
+                  "SELECT " REFUND_COLS " FROM refunds WHERE tenant_id = $1 AND order_id = $2 "
+                  "ORDER BY created_at, refund_id",
+                  2, p, &r);
+    if (rc)
+        return rc;
+    int n = PQntuples(r);
+    o->nrefunds = 0;
+    o->refunds = NULL;
+    if (n > 0) {
+        o->refunds = cm_arena_calloc(a, (size_t)n, sizeof *o->refunds);
+        if (!o->refunds) {
+            PQclear(r);
+            return CM_ENOMEM;
+        }
+        for (int i = 0; i < n; i++)
+            parse_refund(r, i, &o->refunds[i]);
+        o->nrefunds = (size_t)n;
+    }
+    PQclear(r);
+    return 0;
+}
+
+/* one order by id; lock: "FOR UPDATE" or "" */
+static int load(cm_db *db, const char *tenant, const char *order_id, const char *lock, cm_arena *a,
+                ord_order *o)
+{
+    if (!cm_id_is_uuid(order_id))
+        return CM_ENOTFOUND;
+    const char *p[] = {tenant, order_id};
+    PGresult *r = NULL;
+    char sql[2048];
+    snprintf(sql, sizeof sql,
+             "SELECT " ORDER_COLS " FROM orders WHERE tenant_id = $1 AND order_id = $2::uuid %s",
+             lock);
+    int rc = exec(db, "get order", sql, 2, p, &r);
+    if (rc)
+        return rc;
+    if (PQntuples(r) == 0) {
+        PQclear(r);
+        return CM_ENOTFOUND;
+    }
+    parse_order(r, 0, o);
+    PQclear(r);
+    return a ? load_refunds(db, tenant, a, o) : 0;
+}
+
+int ord_store_get(cm_db *db, const char *tenant, const char *order_id, cm_arena *a, ord_order *o)
+{
+    return load(db, tenant, order_id, "", a, o);
+}
+
+int ord_store_get_by_request(cm_db *db, const char *tenant, const char *request_id, cm_arena *a,
+                             ord_order *o, char hash[ORD_HASH_HEX + 1])
+{
+    const char *p[] = {tenant, request_id};
+    PGresult *r = NULL;
+    int rc = exec(db, "get order by request",
+                  "SELECT " ORDER_COLS " FROM orders WHERE tenant_id = $1 AND request_id = $2", 2,
+                  p, &r);
+    if (rc)
+        return rc;
+    if (PQntuples(r) == 0) {
+        PQclear(r);
+        return CM_ENOTFOUND;
+    }
+    parse_order(r, 0, o);
+    snprintf(hash, ORD_HASH_HEX + 1, "%s", PQgetvalue(r, 0, 35));
+    PQclear(r);
+    return load_refunds(db, tenant, a, o);
+}
+
+/* ---- writes ---- */
+
+/* writes every mutable field of o back (after a transition), version + 1 */
+static int save(cm_db *db, const char *tenant, cm_arena *a, ord_order *o)
+{
+    o->version++;
+    const char *p[] = {
+        tenant,
+        o->order_id,
+        num(a, o->state),
+        num(a, o->refunded),
+        LINE_FIELD(o, refunded_qty),
+        LINE_FIELD(o, refunded_amount),
+        num(a, o->updated_ms),
+        ms_or_null(a, o->cancelled_ms),
+        num(a, o->cancel_reason),
+        o->cancel_note,
+        ms_or_null(a, o->completed_ms),
+        o->payment_id[0] ? o->payment_id : NULL,
+        o->payment_id[0] ? num(a, o->pay_amount) : NULL,
+        o->payment_id[0] ? o->provider : NULL,
+        o->payment_id[0] ? o->provider_ref : NULL,
+        ms_or_null(a, o->paid_ms),
+        ms_or_null(a, o->pay_recorded_ms),
+        o->shipped_ms ? o->carrier : NULL,
+        o->shipped_ms ? o->tracking : NULL,
+        ms_or_null(a, o->shipped_ms),
+        num(a, o->version),
+    };
+    PGresult *r = NULL;
+    int rc = exec(db, "update order",
+                  "UPDATE orders SET state = $3, refunded_amount = $4, line_refunded_qty = $5, "
+                  "line_refunded_amount = $6, updated_at = to_timestamp($7::bigint / 1000.0), "
+                  "cancelled_at = to_timestamp($8::bigint / 1000.0), cancel_reason = $9, "
+                  "cancel_note = $10, completed_at = to_timestamp($11::bigint / 1000.0), "
+                  "payment_id = $12, pay_amount = $13, pay_provider = $14, pay_reference = $15, "
+                  "paid_at = to_timestamp($16::bigint / 1000.0), "
+                  "pay_recorded_at = to_timestamp($17::bigint / 1000.0), carrier = $18, "
+                  "tracking_number = $19, shipped_at = to_timestamp($20::bigint / 1000.0), "
+                  "version = $21 WHERE tenant_id = $1 AND order_id = $2::uuid",
+                  21, p, &r);
+    PQclear(r);
+    return rc;
+}
+
+/* ---- create ---- */
+
+typedef struct create_tx {
+    const char *tenant, *hash;
+    const ord_order *in;
+    cm_arena *a;
+    ord_order *o;
+    int verdict;
+} create_tx;
+
+static int create_fn(cm_db *db, void *arg)
+{
+    create_tx *t = arg;
+    const ord_order *in = t->in;
+    cm_arena *a = t->a;
+    const char *p[] = {
+        t->tenant,
+        in->order_id,
+        in->request_id,
+        t->hash,
+        in->buyer_id,
+        in->merchant_id,
+        in->channel_id,
+        in->currency,
+        num(a, in->total),
+        in->flash ? "true" : "false",
+        in->external_ref,
+        text_array(a, in->nlines, line_sku, in),
+        LINE_FIELD(in, qty),
+        LINE_FIELD(in, unit_price),
+        text_array(a, in->nlines, line_flash, in),
+        num(a, in->created_ms),
+        num(a, in->deadline_ms),
+        num(a, in->resv_expires_ms),
+        num(a, (long long)in->nlines),
+    };
+    PGresult *r = NULL;
+    int rc = exec(
+        db, "insert order",
+        "INSERT INTO orders (tenant_id, order_id, request_id, body_hash, state, buyer_id, "
+        "merchant_id, channel_id, currency, total_amount, flash_sale, external_ref, line_sku, "
+        "line_qty, line_price, line_flash_sale, line_refunded_qty, line_refunded_amount, "
+        "created_at, updated_at, payment_deadline, reservation_expires_at) VALUES ($1, $2::uuid, "
+        "$3, $4, 1, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, "
+        "array_fill(0::bigint, ARRAY[$19::int]), array_fill(0::bigint, ARRAY[$19::int]), "
+        "to_timestamp($16::bigint / 1000.0), to_timestamp($16::bigint / 1000.0), "
+        "to_timestamp($17::bigint / 1000.0), to_timestamp($18::bigint / 1000.0)) "
+        "ON CONFLICT DO NOTHING RETURNING 1",
+        19, p, &r);
+    if (rc)
+        return rc;
+    int inserted = PQntuples(r) == 1;
+    PQclear(r);
+    if (inserted) {
+        *t->o = *in;
+        t->o->version = 1;
+        t->o->updated_ms = in->created_ms;
+        t->verdict = ORD_OK;
+        return ord_ev_emit(db, t->tenant, ORD_EV_CREATED, t->o, 0, NULL);
+    }
+    /* the request_id was used before: a retry, or a reuse with another body */
+    char hash[ORD_HASH_HEX + 1];
+    rc = ord_store_get_by_request(db, t->tenant, in->request_id, a, t->o, hash);
+    if (rc == CM_ENOTFOUND)
+        return CM_ECONFLICT; /* the other insert rolled back: try again */
+    if (rc)
+        return rc;
+    t->verdict = strcmp(hash, t->hash) == 0 ? ORD_SAME : ORD_KEY_REUSED;
+    return 0;
+}
+
+int ord_store_create(cm_db *db, const char *tenant, const ord_order *in, const char *hash,
+                     cm_arena *a, ord_order *o, int *verdict)
+{
+    create_tx t = {.tenant = tenant, .hash = hash, .in = in, .a = a, .o = o};
+    int rc = cm_db_tx(db, NULL, 5, create_fn, &t);
+    if (rc == 0)
+        *verdict = t.verdict;
+    return rc;
+}
+
+/* ---- payment ---- */
+
+typedef struct pay_tx {
+    const ord_pay_req *q;
+    cm_arena *a;
+    ord_order *o;
+    int verdict;
+} pay_tx;
+
+static int record_rejection(cm_db *db, const ord_pay_req *q, cm_arena *a, const char *why)
+{
+    const char *p[] = {
+        q->tenant,   q->payment_id,   q->order_id,        q->hash, num(a, q->amount), q->currency,
+        q->provider, q->provider_ref, num(a, q->paid_ms), why};
+    PGresult *r = NULL;
+    int rc = exec(db, "record rejected payment",
+                  "INSERT INTO payment_rejections (tenant_id, payment_id, order_id, body_hash, "
+                  "amount, currency, provider, provider_reference, paid_at, reason) VALUES ($1, "
+                  "$2, $3::uuid, $4, $5, $6, $7, $8, to_timestamp($9::bigint / 1000.0), $10) ON "
+                  "CONFLICT DO NOTHING",
+                  10, p, &r);
+    PQclear(r);
+    if (rc == 0)
+        cm_log_warn("payment refused: the caller must refund it", "tenant", q->tenant, "order_id",
+                    q->order_id, "payment_id", q->payment_id, "reason", why, NULL);
+    return rc;
+}
+
+static int pay_fn(cm_db *db, void *arg)
+{
+    pay_tx *t = arg;
+    const ord_pay_req *q = t->q;
+    ord_order *o = t->o;
+    int rc = load(db, q->tenant, q->order_id, "FOR UPDATE", t->a, o);
+    if (rc == CM_ENOTFOUND) {
+        t->verdict = ORD_NOT_FOUND;
+        return 0;
+    }
+    if (rc)
+        return rc;
+    if (strcmp(o->payment_id, q->payment_id) == 0) {
+        /* this payment was recorded: a duplicate notification */
+        const char *p[] = {q->tenant, q->order_id};
+        PGresult *r = NULL;
+        rc = exec(db, "get payment hash",
+                  "SELECT payment_hash FROM orders WHERE tenant_id = $1 AND order_id = $2::uuid", 2,
+                  p, &r);
+        if (rc)
+            return rc;
+        t->verdict = strcmp(PQgetvalue(r, 0, 0), q->hash) == 0 ? ORD_SAME : ORD_KEY_REUSED;
+        PQclear(r);
+        return 0;
+    }
+    /* the payment id with another order, or refused before */
+    const char *p[] = {q->tenant, q->payment_id};
+    PGresult *r = NULL;
+    rc = exec(db, "find payment id",
+              "SELECT order_id::text, body_hash, reason FROM payment_rejections "
+              "WHERE tenant_id = $1 AND payment_id = $2 UNION ALL "
+              "SELECT order_id::text, '', '' FROM orders WHERE tenant_id = $1 AND payment_id = $2",
+              2, p, &r);
+    if (rc)
+        return rc;
+    if (PQntuples(r) > 0) {
+        const char *why = PQgetvalue(r, 0, 2);
+        if (strcmp(PQgetvalue(r, 0, 0), q->order_id) == 0 &&
+            strcmp(PQgetvalue(r, 0, 1), q->hash) == 0 && *why)
+            t->verdict = strcmp(why, "double_payment") == 0 ? ORD_DOUBLE_PAY : ORD_LATE;
+        else
+            t->verdict = ORD_KEY_REUSED;
+        PQclear(r);
+        return 0;
+    }
+    PQclear(r);
+    ord_verdict v = ord_plan_pay(o, q->amount, q->currency, q->now_ms, q->grace_ms);
+    t->verdict = (int)v;
+    switch (v) {
+    case ORD_OK: {
+        int prev = o->state;
+        o->state = ORD_PAID;
+        snprintf(o->payment_id, sizeof o->payment_id, "%s", q->payment_id);
+        o->pay_amount = q->amount;
+        snprintf(o->provider, sizeof o->provider, "%s", q->provider);
+        snprintf(o->provider_ref, sizeof o->provider_ref, "%s", q->provider_ref);
+        o->paid_ms = q->paid_ms;
+        o->pay_recorded_ms = q->now_ms;
+        o->updated_ms = q->now_ms;
+        rc = save(db, q->tenant, t->a, o);
+        if (rc)
+            return rc;
+        const char *h[] = {q->tenant, q->order_id, q->hash};
+        rc =
+            exec(db, "set payment hash",
+                 "UPDATE orders SET payment_hash = $3 WHERE tenant_id = $1 AND order_id = $2::uuid",
+                 3, h, NULL);
+        if (rc)
+            return rc;
+        return ord_ev_emit(db, q->tenant, ORD_EV_PAID, o, prev, NULL);
+    }
+    case ORD_LATE:
+        if (o->state == ORD_PENDING) {
+            /* past deadline and grace: cancel now rather than take money
+             * whose stock may already be gone */
+            o->state = ORD_CANCELLED;
+            o->cancel_reason = ORD_CANCEL_PAYMENT_TIMEOUT;
+            o->cancelled_ms = q->now_ms;
+            o->updated_ms = q->now_ms;
+            rc = save(db, q->tenant, t->a, o);
+            if (rc == 0)
+                rc = ord_ev_emit(db, q->tenant, ORD_EV_CANCELLED, o, ORD_PENDING, NULL);
+            if (rc)
+                return rc;
+        }
+        return record_rejection(db, q, t->a, "order_cancelled");
+    case ORD_DOUBLE_PAY:
+        return record_rejection(db, q, t->a, "double_payment");
+    default:
+        return 0; /* refused, nothing written */
+    }
+}
+
+int ord_store_pay(cm_db *db, const ord_pay_req *q, cm_arena *a, ord_order *o, int *verdict)
+{
+    pay_tx t = {.q = q, .a = a, .o = o};
+    int rc = cm_db_tx(db, NULL, 5, pay_fn, &t);
+    if (rc == 0)
+        *verdict = t.verdict;
+    return rc;
+}
+
+/* ---- cancel, ship, complete ---- */
+
+typedef struct op_tx {
+    const ord_op_req *q;
+    cm_arena *a;
+    ord_order *o;
+    int verdict;
+} op_tx;
+
+static int op_fn(cm_db *db, void *arg)
+{
+    op_tx *t = arg;
+    const ord_op_req *q = t->q;
+    ord_order *o = t->o;
+    const char *k[] = {q->tenant, q->request_id};
+    PGresult *r = NULL;
+    int rc = exec(db, "find request",
+                  "SELECT op, order_id::text, body_hash FROM requests "
+                  "WHERE tenant_id = $1 AND request_id = $2",
+                  2, k, &r);
+    if (rc)
+        return rc;
+    if (PQntuples(r) > 0) {
+        int same = i64(r, 0, 0) == q->op && strcmp(PQgetvalue(r, 0, 1), q->order_id) == 0 &&
+                   strcmp(PQgetvalue(r, 0, 2), q->hash) == 0;
+        PQclear(r);
+        if (!same) {
+            t->verdict = ORD_KEY_REUSED;
+            return 0;
+        }
+        rc = load(db, q->tenant, q->order_id, "", t->a, o);
+        t->verdict = ORD_SAME;
+        return rc;
+    }
+    PQclear(r);
+    rc = load(db, q->tenant, q->order_id, "FOR UPDATE", t->a, o);
+    if (rc == CM_ENOTFOUND) {
+        t->verdict = ORD_NOT_FOUND;
+        return 0;
+    }
+    if (rc)
+        return rc;
+    int prev = o->state, to = 0, kind = 0;
+    ord_verdict v;
+    switch (q->op) {
+    case ORD_OP_CANCEL:
+        v = ord_plan_cancel(o);
+        to = ORD_CANCELLED;
+        kind = ORD_EV_CANCELLED;
+        break;
+    case ORD_OP_SHIP:
+        v = ord_plan_ship(o, &to);
+        kind = ORD_EV_SHIPPED;
+        break;
+    default:
+        v = ord_plan_complete(o, &to);
+        kind = ORD_EV_COMPLETED;
+        break;
+    }
+    t->verdict = (int)v;
+    if (v != ORD_OK && v != ORD_NOOP)
+        return 0;
+    /* bind the key; a concurrent call with the same key waits here for the
+     * other transaction and then retries into the branch above */
+    const char *p[] = {q->tenant, q->request_id, num(t->a, q->op), q->order_id, q->hash};
+    rc = exec(db, "record request",
+              "INSERT INTO requests (tenant_id, request_id, op, order_id, body_hash) "
+              "VALUES ($1, $2, $3, $4::uuid, $5) ON CONFLICT DO NOTHING RETURNING 1",
+              5, p, &r);
+    if (rc)
+        return rc;
+    int bound = PQntuples(r) == 1;
+    PQclear(r);
+    if (!bound)
+        return CM_ECONFLICT;
+    if (v == ORD_NOOP)
+        return 0;
+    o->state = to;
+    o->updated_ms = q->now_ms;
+    switch (q->op) {
+    case ORD_OP_CANCEL:
+        o->cancel_reason = q->cancel_reason;
+        snprintf(o->cancel_note, sizeof o->cancel_note, "%s", q->note ? q->note : "");
+        o->cancelled_ms = q->now_ms;
+        break;
+    case ORD_OP_SHIP:
+        snprintf(o->carrier, sizeof o->carrier, "%s", q->carrier ? q->carrier : "");
+        snprintf(o->tracking, sizeof o->tracking, "%s", q->tracking ? q->tracking : "");
+        o->shipped_ms = q->at_ms;
+        break;
+    default:
+        o->completed_ms = q->at_ms;
+        break;
+    }
+    rc = save(db, q->tenant, t->a, o);
+    if (rc)
+        return rc;
+    return ord_ev_emit(db, q->tenant, kind, o, prev, NULL);
+}
+
+int ord_store_transition(cm_db *db, const ord_op_req *q, cm_arena *a, ord_order *o, int *verdict)
+{
+    op_tx t = {.q = q, .a = a, .o = o};
+    int rc = cm_db_tx(db, NULL, 5, op_fn, &t);
+    if (rc == 0)
+        *verdict = t.verdict;
+    return rc;
+}
+
+/* ---- refund ---- */
+
+typedef struct refund_tx {
+    const ord_refund_req *q;
+    cm_arena *a;
+    ord_order *o;
+    ord_refund *r;
+    ord_violation *v;
+    int verdict;
+} refund_tx;
+
+static int refund_fn(cm_db *db, void *arg)
+{
+    refund_tx *t = arg;
+    const ord_refund_req *q = t->q;
+    ord_order *o = t->o;
+    const char *k[] = {q->tenant, q->refund_id};
+    PGresult *r = NULL;
+    int rc = exec(db, "find refund",
+                  "SELECT " REFUND_COLS " FROM refunds WHERE tenant_id = $1 AND refund_id = $2", 2,
+                  k, &r);
+    if (rc)
+        return rc;
+    if (PQntuples(r) > 0) {
+        int same = strcmp(PQgetvalue(r, 0, 8), q->order_id) == 0 &&
+                   strcmp(PQgetvalue(r, 0, 9), q->hash) == 0;
+        if (same)
+            parse_refund(r, 0, t->r);
+        PQclear(r);
+        if (!same) {
+            t->verdict = ORD_KEY_REUSED;
+            return 0;
+        }
+        t->verdict = ORD_SAME;
+        return load(db, q->tenant, q->order_id, "", t->a, o);
+    }
+    PQclear(r);
+    rc = load(db, q->tenant, q->order_id, "FOR UPDATE", t->a, o);
+    if (rc == CM_ENOTFOUND) {
+        t->verdict = ORD_NOT_FOUND;
+        return 0;
+    }
+    if (rc)
+        return rc;
+    ord_verdict v = ord_plan_refund(o, q->in, t->r, t->v);
+    t->verdict = (int)v;
+    if (v != ORD_OK)
+        return 0;
+    ord_refund *f = t->r;
+    snprintf(f->refund_id, sizeof f->refund_id, "%s", q->refund_id);
+    snprintf(f->reason, sizeof f->reason, "%s", q->reason ? q->reason : "");
+    f->created_ms = q->now_ms;
+    const char *p[] = {q->tenant,
+                       q->refund_id,
+                       q->order_id,
+                       q->hash,
+                       num(t->a, f->scope),
+                       num(t->a, f->amount),
+                       text_array(t->a, f->nlines, refund_sku, f),
+                       num_array(t->a, &f->lines[0].qty, f->nlines, sizeof f->lines[0]),
+                       num_array(t->a, &f->lines[0].amount, f->nlines, sizeof f->lines[0]),
+                       f->reason,
+                       num(t->a, f->created_ms)};
+    rc = exec(db, "insert refund",
+              "INSERT INTO refunds (tenant_id, refund_id, order_id, body_hash, scope, amount, "
+              "line_sku, line_qty, line_amount, reason, created_at) VALUES ($1, $2, $3::uuid, $4, "
+              "$5, $6, $7, $8, $9, $10, to_timestamp($11::bigint / 1000.0)) ON CONFLICT DO NOTHING "
+              "RETURNING 1",
+              11, p, &r);
+    if (rc)
+        return rc;
+    int bound = PQntuples(r) == 1;
+    PQclear(r);
+    if (!bound)
+        return CM_ECONFLICT; /* the same refund_id committed meanwhile: retry */
+    int prev = o->state;
+    ord_apply_refund(o, f);
+    o->updated_ms = q->now_ms;
+    /* the event's order lists this refund last */
+    ord_refund *all = cm_arena_calloc(t->a, o->nrefunds + 1, sizeof *all);
+    if (!all)
+        return CM_ENOMEM;
+    if (o->nrefunds)
+        memcpy(all, o->refunds, o->nrefunds * sizeof *all);
+    all[o->nrefunds] = *f;
+    o->refunds = all;
+    o->nrefunds++;
+    rc = save(db, q->tenant, t->a, o);
+    if (rc)
+        return rc;
+    return ord_ev_emit(db, q->tenant, ORD_EV_REFUNDED, o, prev, f);
+}
+
+int ord_store_refund(cm_db *db, const ord_refund_req *q, cm_arena *a, ord_order *o, ord_refund *r,
+                     int *verdict, ord_violation *v)
+{
+    refund_tx t = {.q = q, .a = a, .o = o, .r = r, .v = v};
+    int rc = cm_db_tx(db, NULL, 5, refund_fn, &t);
+    if (rc == 0)
+        *verdict = t.verdict;
+    return rc;
+}
+
+/* ---- the payment-timeout sweeper ---- */
+
+typedef struct due_tx {
+    int64_t now_ms;
+    int limit;
+    int cancelled;
+} due_tx;
+
+static int due_fn(cm_db *db, void *arg)
+{
+    due_tx *t = arg;
+    cm_arena *a = cm_arena_new(8192);
+    if (!a)
+        return CM_ENOMEM;
+    const char *p[] = {num(a, t->now_ms), num(a, t->limit)};
+    PGresult *r = NULL;
+    int rc = exec(
+        db, "find due orders",
+        "SELECT tenant_id, order_id::text FROM orders WHERE state = 1 AND "
+        "payment_deadline <= to_timestamp($1::bigint / 1000.0) ORDER BY payment_deadline LIMIT $2 "
+        "FOR UPDATE SKIP LOCKED",
+        2, p, &r);
+    if (rc) {
+        cm_arena_free(a);
+        return rc;
+    }
+    int n = PQntuples(r);
+    ord_order *o = malloc(sizeof *o);
+    if (!o) {
+        PQclear(r);
+        cm_arena_free(a);
+        return CM_ENOMEM;
+    }
+    t->cancelled = 0;
+    for (int i = 0; i < n && rc == 0; i++) {
+        char tenant[256];
+        snprintf(tenant, sizeof tenant, "%s", PQgetvalue(r, i, 0));
+        const char *oid = PQgetvalue(r, i, 1);
+        rc = load(db, tenant, oid, "", NULL, o); /* locked above */
+        if (rc)
+            break;
+        o->state = ORD_CANCELLED;
+        o->cancel_reason = ORD_CANCEL_PAYMENT_TIMEOUT;
+        o->cancel_note[0] = 0;
+        o->cancelled_ms = t->now_ms;
+        o->updated_ms = t->now_ms;
+        rc = save(db, tenant, a, o);
+        if (rc == 0)
+            rc = ord_ev_emit(db, tenant, ORD_EV_CANCELLED, o, ORD_PENDING, NULL);
+        if (rc == 0)
+            t->cancelled++;
+        cm_arena_reset(a);
+    }
+    free(o);
+    PQclear(r);
+    cm_arena_free(a);
+    return rc;
+}
+
+int ord_store_cancel_due(cm_db *db, int64_t now_ms, int limit, int *cancelled)
+{
+    due_tx t = {.now_ms = now_ms, .limit = limit};
+    int rc = cm_db_tx(db, NULL, 3, due_fn, &t);
+    *cancelled = rc == 0 ? t.cancelled : 0;
+    return rc;
+}
+
+/* ---- list ---- */
+
+int ord_store_list(cm_db *db, const ord_list_q *q, cm_arena *a, ord_order *out, size_t *n,
+                   int *more)
+{
+    /* a fixed statement with optional filters: a NULL parameter is "any" */
+    char *states = NULL;
+    if (q->nstates) {
+        int64_t st[16];
+        size_t ns = q->nstates < 16 ? q->nstates : 16;
+        for (size_t i = 0; i < ns; i++)
+            st[i] = q->states[i];
+        states = num_array(a, st, ns, sizeof st[0]);
+    }
+    const char *p[] = {
+        q->tenant,
+        q->buyer_id && *q->buyer_id ? q->buyer_id : NULL,
+        q->merchant_id && *q->merchant_id ? q->merchant_id : NULL,
+        q->channel_id && *q->channel_id ? q->channel_id : NULL,
+        states,
+        ms_or_null(a, q->from_ms),
+        ms_or_null(a, q->to_ms),
+        q->after_id ? num(a, q->after_created_ms) : NULL,
+        q->after_id,
+        num(a, q->limit + 1),
+    };
+    PGresult *r = NULL;
+    int rc = exec(db, "list orders",
+                  "SELECT " ORDER_COLS " FROM orders WHERE tenant_id = $1 "
+                  "AND ($2::text IS NULL OR buyer_id = $2) "
+                  "AND ($3::text IS NULL OR merchant_id = $3) "
+                  "AND ($4::text IS NULL OR channel_id = $4) "
+                  "AND ($5::smallint[] IS NULL OR state = ANY($5::smallint[])) "
+                  "AND ($6::bigint IS NULL OR created_at >= to_timestamp($6::bigint / 1000.0)) "
+                  "AND ($7::bigint IS NULL OR created_at < to_timestamp($7::bigint / 1000.0)) "
+                  "AND ($8::bigint IS NULL "
+                  "     OR (created_at, order_id) < (to_timestamp($8::bigint / 1000.0), $9::uuid)) "
+                  "ORDER BY created_at DESC, order_id DESC LIMIT $10",
+                  10, p, &r);
+    if (rc)
+        return rc;
+    int rows = PQntuples(r);
+    *more = rows > q->limit;
+    *n = 0;
+    for (int i = 0; i < rows && i < q->limit; i++) {
+        parse_order(r, i, &out[i]);
+        (*n)++;
+    }
+    PQclear(r);
+    for (size_t i = 0; i < *n && rc == 0; i++) {
+        if (out[i].refunded > 0)
+            rc = load_refunds(db, q->tenant, a, &out[i]);
+    }
+    return rc;
+}
+
+int ord_store_tenant_timeouts(cm_db *db, const char *tenant, int64_t *normal_ms, int64_t *flash_ms)
+{
+    const char *p[] = {tenant};
+    PGresult *r = NULL;
+    int rc = exec(db, "get tenant settings",
+                  "SELECT payment_timeout_s, flash_payment_timeout_s FROM tenant_settings "
+                  "WHERE tenant_id = $1",
+                  1, p, &r);
+    if (rc)
+        return rc;
+    if (PQntuples(r) == 0) {
+        PQclear(r);
+        return CM_ENOTFOUND;
+    }
+    *normal_ms = i64(r, 0, 0) * 1000;
+    *flash_ms = i64(r, 0, 1) * 1000;
+    PQclear(r);
+    return 0;
+}
