@@ -361,9 +361,11 @@ static int answer_existing(cm_rpc_ctx *ctx, const ord_order *o, const char *stor
     return resp->order ? 0 : cm_rpc_fail_err(ctx, CM_ENOMEM, "create order");
 }
 
-/* gives the stock back after the order could not be stored (best effort:
- * the reservation's ttl is the backstop) */
-static void release(ord_app *app, cm_rpc_ctx *ctx, const char *order_id)
+/* gives a reservation back (best effort: the reservation's ttl is the
+ * backstop): the order could not be stored, or inventory did not answer in
+ * time and may still make it. a later retry of the create finds the
+ * released reservation and moves to the next order id generation. */
+static void release(ord_app *app, cm_rpc_ctx *ctx, const char *order_id, int budget_ms)
 {
     Commerce__Inventory__V1__ReleaseRequest rq = COMMERCE__INVENTORY__V1__RELEASE_REQUEST__INIT;
     rq.order_id = (char *)order_id;
@@ -373,14 +375,72 @@ static void release(ord_app *app, cm_rpc_ctx *ctx, const char *order_id)
     cm_rpc_status st;
     int rc = cm_rpc_call(app->inv, RELEASE_METHOD, &rq.base,
                          &commerce__inventory__v1__release_response__descriptor, NULL, &resp, md,
-                         nmd, app->inv_timeout_ms, CM_RPC_CALL_IDEMPOTENT, &st);
+                         nmd, budget_ms, CM_RPC_CALL_IDEMPOTENT, &st);
     if (rc == 0) {
         cm_counter_add(app->released, 1);
         protobuf_c_message_free_unpacked(resp, NULL);
     } else {
-        cm_log_warn("could not release the reservation of an order not stored; its ttl will",
-                    "order_id", order_id, "error", st.message, NULL);
+        cm_log_warn("could not release a reservation without an order; its ttl will", "order_id",
+                    order_id, "error", st.message, NULL);
     }
+}
+
+/* the time left for a call to inventory */
+static int inventory_budget(ord_app *app, cm_rpc_ctx *ctx, int want)
+{
+    int budget = want < app->inv_timeout_ms ? want : app->inv_timeout_ms;
+    int64_t left = cm_rpc_ctx_deadline_left_ms(ctx);
+    if (left < (int64_t)budget + 50)
+        budget = left > 100 ? (int)(left - 50) : 50;
+    return budget;
+}
+
+/* Reserve of o's lines under o->order_id. returns the reservation (in the
+ * call's arena) or NULL with st filled. */
+static const Commerce__Inventory__V1__Reservation *
+reserve(ord_app *app, cm_rpc_ctx *ctx, const Commerce__Order__V1__CreateOrderRequest *req,
+        const ord_order *o, int64_t ttl_ms, cm_rpc_status *st)
+{
+    size_t n = req->n_lines;
+    Commerce__Inventory__V1__ReserveRequest rr = COMMERCE__INVENTORY__V1__RESERVE_REQUEST__INIT;
+    Commerce__Inventory__V1__ReserveLine *rl = cm_rpc_alloc(ctx, n * sizeof *rl);
+    Commerce__Inventory__V1__ReserveLine **rlp = cm_rpc_alloc(ctx, n * sizeof *rlp);
+    Google__Protobuf__Duration ttl = GOOGLE__PROTOBUF__DURATION__INIT;
+    if (!rl || !rlp) {
+        memset(st, 0, sizeof *st);
+        st->code = GRPC_STATUS_RESOURCE_EXHAUSTED;
+        return NULL;
+    }
+    rr.order_id = (char *)o->order_id;
+    rr.buyer_id = (char *)req->buyer_id;
+    for (size_t i = 0; i < n; i++) {
+        commerce__inventory__v1__reserve_line__init(&rl[i]);
+        rl[i].sku = (char *)req->lines[i]->sku;
+        rl[i].quantity = req->lines[i]->quantity;
+        rlp[i] = &rl[i];
+    }
+    rr.lines = rlp;
+    rr.n_lines = n;
+    ttl.seconds = ttl_ms / 1000;
+    rr.ttl = &ttl;
+    cm_rpc_md md[8];
+    size_t nmd = cm_rpc_ctx_propagate(ctx, md, 8);
+    ProtobufCAllocator al = cm_arena_allocator(cm_rpc_ctx_arena(ctx));
+    ProtobufCMessage *rm = NULL;
+    int rc =
+        cm_rpc_call(app->inv, RESERVE_METHOD, &rr.base,
+                    &commerce__inventory__v1__reserve_response__descriptor, &al, &rm, md, nmd,
+                    inventory_budget(app, ctx, app->inv_timeout_ms), CM_RPC_CALL_IDEMPOTENT, st);
+    if (rc)
+        return NULL;
+    const Commerce__Inventory__V1__Reservation *r =
+        ((Commerce__Inventory__V1__ReserveResponse *)rm)->reservation;
+    if (!r) {
+        memset(st, 0, sizeof *st);
+        st->code = GRPC_STATUS_INTERNAL;
+        snprintf(st->message, sizeof st->message, "inventory answered without a reservation");
+    }
+    return r;
 }
 
 static int create_order(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
@@ -426,69 +486,57 @@ static int create_order(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMe
         return fail_v(ctx, &v);
     char hash[ORD_HASH_HEX + 1], stored[ORD_HASH_HEX + 1];
     ord_create_hash(&ci, hash);
-    ord_order_id(tenant, req->request_id, o->order_id);
     int64_t normal, flash;
     timeouts_for(app, db, tenant, &normal, &flash);
     int64_t timeout = ci.timeout_ms >= 0 ? ci.timeout_ms : normal;
 
     /* 1. reserve under the order id derived from the request id: a retry
-     * finds its reservation instead of making a second one */
-    Commerce__Inventory__V1__ReserveRequest rr = COMMERCE__INVENTORY__V1__RESERVE_REQUEST__INIT;
-    rr.order_id = o->order_id;
-    rr.buyer_id = (char *)req->buyer_id;
-    Commerce__Inventory__V1__ReserveLine *rl = cm_rpc_alloc(ctx, n * sizeof *rl);
-    Commerce__Inventory__V1__ReserveLine **rlp = cm_rpc_alloc(ctx, n * sizeof *rlp);
-    Google__Protobuf__Duration ttl = GOOGLE__PROTOBUF__DURATION__INIT;
-    if (!rl || !rlp)
-        return cm_rpc_fail_err(ctx, CM_ENOMEM, "create order");
-    for (size_t i = 0; i < n; i++) {
-        commerce__inventory__v1__reserve_line__init(&rl[i]);
-        rl[i].sku = (char *)req->lines[i]->sku;
-        rl[i].quantity = req->lines[i]->quantity;
-        rlp[i] = &rl[i];
-    }
-    rr.lines = rlp;
-    rr.n_lines = n;
-    ttl.seconds = (timeout + app->margin_ms) / 1000;
-    rr.ttl = &ttl;
-    int budget = app->inv_timeout_ms;
-    int64_t left = cm_rpc_ctx_deadline_left_ms(ctx);
-    if (left < (int64_t)budget + 50)
-        budget = left > 100 ? (int)(left - 50) : 50;
-    cm_rpc_md md[8];
-    size_t nmd = cm_rpc_ctx_propagate(ctx, md, 8);
-    ProtobufCAllocator al = cm_arena_allocator(a);
-    ProtobufCMessage *rm = NULL;
+     * finds its reservation instead of making a second one (README.md) */
+    const Commerce__Inventory__V1__Reservation *resv = NULL;
     cm_rpc_status st;
-    int rc = cm_rpc_call(app->inv, RESERVE_METHOD, &rr.base,
-                         &commerce__inventory__v1__reserve_response__descriptor, &al, &rm, md, nmd,
-                         budget, CM_RPC_CALL_IDEMPOTENT, &st);
-    const Commerce__Inventory__V1__Reservation *resv =
-        rc == 0 ? ((Commerce__Inventory__V1__ReserveResponse *)rm)->reservation : NULL;
-    if (!resv ||
-        resv->state != COMMERCE__INVENTORY__V1__RESERVATION_STATE__RESERVATION_STATE_ACTIVE) {
+    int looked = 0;
+    for (unsigned gen = 0; gen < ORD_ID_GENERATIONS; gen++) {
+        ord_order_id(tenant, req->request_id, gen, o->order_id);
+        resv = reserve(app, ctx, req, o, timeout + app->margin_ms, &st);
+        if (resv &&
+            resv->state == COMMERCE__INVENTORY__V1__RESERVATION_STATE__RESERVATION_STATE_ACTIVE)
+            break;
         /* a retry of a create that was stored (its stock may have sold out
          * or been confirmed since) answers from the store */
-        int g = ord_store_get_by_request(db, tenant, req->request_id, a, got, stored);
-        if (g == 0)
-            return answer_existing(ctx, got, stored, hash, resp);
-        if (rc == 0)
-            return cm_rpc_fail(ctx, GRPC_STATUS_FAILED_PRECONDITION, "ILLEGAL_STATE_TRANSITION",
-                               "the stock reserved for this request_id was already released or "
-                               "expired: create the order with a new request_id");
+        if (!looked) {
+            int g = ord_store_get_by_request(db, tenant, req->request_id, a, got, stored);
+            if (g == 0)
+                return answer_existing(ctx, got, stored, hash, resp);
+            if (g != CM_ENOTFOUND)
+                return db_fail(ctx, g, "could not read the order");
+            looked = 1;
+        }
+        if (resv || st.code == GRPC_STATUS_ALREADY_EXISTS) {
+            /* this id's reservation was given up (released, expired) or
+             * made for another body by an attempt that stored nothing:
+             * the next generation reserves afresh */
+            resv = NULL;
+            continue;
+        }
         switch (st.code) {
         case GRPC_STATUS_UNAVAILABLE:
         case GRPC_STATUS_DEADLINE_EXCEEDED:
         case GRPC_STATUS_CANCELLED:
+            /* inventory may still act on it: give it back so nothing stays
+             * behind; a retry moves on to the next generation */
+            release(app, ctx, o->order_id, inventory_budget(app, ctx, 1000));
+            return unavailable(ctx);
         case GRPC_STATUS_RESOURCE_EXHAUSTED:
         case GRPC_STATUS_ABORTED:
             return unavailable(ctx);
-        case GRPC_STATUS_ALREADY_EXISTS:
-            return key_reused(ctx, "request_id");
         default:
             return forward(ctx, &st);
         }
     }
+    if (!resv)
+        return cm_rpc_fail(ctx, GRPC_STATUS_FAILED_PRECONDITION, "ILLEGAL_STATE_TRANSITION",
+                           "the stock of too many abandoned attempts with this request_id "
+                           "lapsed: create the order with a new request_id");
     for (size_t i = 0; i < resv->n_lines; i++) {
         const Commerce__Inventory__V1__ReservationLine *l = resv->lines[i];
         for (size_t k = 0; k < o->nlines; k++)
@@ -507,16 +555,23 @@ static int create_order(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMe
 
     /* 2. the order, its lines and OrderCreated in one transaction */
     int verdict = 0;
-    rc = ord_store_create(db, tenant, o, hash, a, got, &verdict);
+    int rc = ord_store_create(db, tenant, o, hash, a, got, &verdict);
     if (rc) {
         /* stored or not? only a definite "not" gives the stock back */
         int g = ord_store_get_by_request(db, tenant, req->request_id, a, got, stored);
-        if (g == 0)
+        if (g == 0) {
+            if (strcmp(got->order_id, o->order_id) != 0)
+                release(app, ctx, o->order_id, inventory_budget(app, ctx, 1000));
             return answer_existing(ctx, got, stored, hash, resp);
+        }
         if (g == CM_ENOTFOUND)
-            release(app, ctx, o->order_id);
+            release(app, ctx, o->order_id, inventory_budget(app, ctx, 1000));
         return db_fail(ctx, rc, "could not store the order");
     }
+    /* a concurrent create with this request_id stored its order under
+     * another generation: ours is nobody's */
+    if (strcmp(got->order_id, o->order_id) != 0)
+        release(app, ctx, o->order_id, inventory_budget(app, ctx, 1000));
     if (verdict == ORD_KEY_REUSED)
         return key_reused(ctx, "request_id");
     resp->order = ord_pb_order(a, got);

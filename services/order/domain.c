@@ -243,7 +243,7 @@ void ord_create_hash(const ord_create_in *in, char out[ORD_HASH_HEX + 1])
     canon_end(&c, out);
 }
 
-void ord_order_id(const char *tenant, const char *request_id, char out[40])
+void ord_order_id(const char *tenant, const char *request_id, unsigned gen, char out[40])
 {
     unsigned char md[EVP_MAX_MD_SIZE];
     unsigned int n = 0;
@@ -253,6 +253,11 @@ void ord_order_id(const char *tenant, const char *request_id, char out[40])
         EVP_DigestUpdate(m, "commerce.order.id.v1", 21); /* with its NUL: a separator */
         EVP_DigestUpdate(m, tenant, strlen(tenant) + 1);
         EVP_DigestUpdate(m, request_id, strlen(request_id));
+        if (gen > 0) {
+            char g[16];
+            int gl = snprintf(g, sizeof g, "#%u", gen); /* "#" is not a key character */
+            EVP_DigestUpdate(m, g, (size_t)gl);
+        }
         if (EVP_DigestFinal_ex(m, md, &n) == 1 && n >= 16)
             memcpy(id, md, 16);
     }

@@ -142,10 +142,15 @@ void ord_create_hash(const ord_create_in *in, char out[ORD_HASH_HEX + 1]);
 /* sha-256 hex of an arbitrary canonical body */
 void ord_hash(const char *body, size_t len, char out[ORD_HASH_HEX + 1]);
 
-/* the order id for (tenant, request_id): a UUID (version 8, RFC 9562) made
- * from sha-256 of both, so every retry of a create reserves under the same
- * id and inventory's Reserve, keyed by it, never reserves twice */
-void ord_order_id(const char *tenant, const char *request_id, char out[40]);
+/* the order id for (tenant, request_id, generation): a UUID (version 8,
+ * RFC 9562) made from sha-256 of the three, so every retry of a create
+ * reserves under the same id and inventory's Reserve, keyed by it, never
+ * reserves twice. the generation moves on only when the id's reservation
+ * was given up without an order (released after an inventory timeout,
+ * expired, refused): the next attempt then reserves afresh under the next
+ * id. generation 0 hashes no generation at all. */
+#define ORD_ID_GENERATIONS 4
+void ord_order_id(const char *tenant, const char *request_id, unsigned gen, char out[40]);
 
 /* the payment deadline of a new order: created + timeout, but never later
  * than margin before the reservation expires (a retried create can reuse a
