@@ -290,9 +290,12 @@ static int list_orders(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMes
                     .limit = limit};
     char after[40];
     if (req->page_token && *req->page_token) {
-        if (ord_page_token_parse(req->page_token, fh, &q.after_created_ms, after, sizeof after))
-            return cm_rpc_fail(ctx, GRPC_STATUS_INVALID_ARGUMENT, "PAGE_TOKEN_INVALID",
-                               "page_token: not a token of this listing with these filters");
+        if (ord_page_token_parse(req->page_token, fh, &q.after_created_ms, after, sizeof after)) {
+            cm_rpc_fail(ctx, GRPC_STATUS_INVALID_ARGUMENT, "PAGE_TOKEN_INVALID",
+                        "page_token: not a token of this listing with these filters");
+            return cm_rpc_fail_field(ctx, "page_token",
+                                     "not a token of this listing with these filters");
+        }
         q.after_id = after;
     }
     ord_order *rows = cm_rpc_alloc(ctx, (size_t)limit * sizeof *rows);
