@@ -448,6 +448,7 @@ reserve(ord_app *app, cm_rpc_ctx *ctx, const Commerce__Order__V1__CreateOrderReq
 
 static int create_order(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
 {
+    ord_events_trace(cm_rpc_ctx_traceparent(ctx));
     const Commerce__Order__V1__CreateOrderRequest *req = (const void *)in;
     Commerce__Order__V1__CreateOrderResponse *resp = (void *)out;
     ord_app *app = cm_service_app(ctx);
@@ -596,6 +597,7 @@ static int provider_ok(const char *s)
 
 static int mark_paid(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
 {
+    ord_events_trace(cm_rpc_ctx_traceparent(ctx));
     const Commerce__Order__V1__MarkPaidRequest *req = (const void *)in;
     Commerce__Order__V1__MarkPaidResponse *resp = (void *)out;
     ord_app *app = cm_service_app(ctx);
@@ -719,6 +721,7 @@ static int op_common(cm_rpc_ctx *ctx, const char *request_id, const char *order_
 
 static int cancel_order(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
 {
+    ord_events_trace(cm_rpc_ctx_traceparent(ctx));
     const Commerce__Order__V1__CancelOrderRequest *req = (const void *)in;
     Commerce__Order__V1__CancelOrderResponse *resp = (void *)out;
     cm_arena *a = cm_rpc_ctx_arena(ctx);
@@ -747,6 +750,7 @@ static int cancel_order(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMe
 
 static int ship_order(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
 {
+    ord_events_trace(cm_rpc_ctx_traceparent(ctx));
     const Commerce__Order__V1__ShipOrderRequest *req = (const void *)in;
     Commerce__Order__V1__ShipOrderResponse *resp = (void *)out;
     cm_arena *a = cm_rpc_ctx_arena(ctx);
@@ -777,6 +781,7 @@ static int ship_order(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMess
 
 static int complete_order(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
 {
+    ord_events_trace(cm_rpc_ctx_traceparent(ctx));
     const Commerce__Order__V1__CompleteOrderRequest *req = (const void *)in;
     Commerce__Order__V1__CompleteOrderResponse *resp = (void *)out;
     cm_arena *a = cm_rpc_ctx_arena(ctx);
@@ -802,6 +807,7 @@ static int complete_order(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufC
 
 static int refund_order(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
 {
+    ord_events_trace(cm_rpc_ctx_traceparent(ctx));
     const Commerce__Order__V1__RefundOrderRequest *req = (const void *)in;
     Commerce__Order__V1__RefundOrderResponse *resp = (void *)out;
     cm_arena *a = cm_rpc_ctx_arena(ctx);

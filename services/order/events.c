@@ -10,6 +10,12 @@
 #include "commerce/events/v1/order_events.pb-c.h"
 
 static const char *topic = ORD_TOPIC;
+static _Thread_local const char *trace;
+
+void ord_events_trace(const char *traceparent)
+{
+    trace = traceparent;
+}
 
 void ord_events_set_topic(const char *t)
 {
@@ -247,6 +253,7 @@ int ord_ev_emit(cm_db *db, const char *tenant, int kind, const ord_order *o, int
         .payload = p,
         .len = len,
         .occurred_at_ms = o->updated_ms,
+        .traceparent = trace,
     };
     rc = cm_outbox_add(db, &ev);
     cm_arena_free(a);

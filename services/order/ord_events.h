@@ -28,6 +28,12 @@ enum {
  * must outlive the process's use of it) */
 void ord_events_set_topic(const char *topic);
 
+/* the traceparent events written by this thread carry (the call being
+ * handled; NULL: none). every handler that writes events sets it first
+ * (the string is the call's, so it is stale once the call ends); threads
+ * that never set it (the sweeper) write none. */
+void ord_events_trace(const char *traceparent);
+
 /* writes the event of kind for order o (after the change) into the outbox
  * of the open transaction. prev_state: the state before (not used for
  * ORD_EV_CREATED); r: the refund of ORD_EV_REFUNDED (else NULL). */
