@@ -1186,9 +1186,10 @@ START_TEST(saga_create_pay_ship_complete)
     order_free(o);
 
     /* a late duplicate of the payment notification: OK, nothing applied
-     * again (which state the reply shows is discussed in the report) */
+     * again, the order as it is now */
     ck_assert_int_eq(mark_paid(f.oc, &p, &o, &st), 0);
     ck_assert_str_eq(o->order_id, id);
+    ck_assert_int_eq(o->state, ST(COMPLETED));
     ck_assert_str_eq(o->payment->payment_id, "pay-saga-1");
     order_free(o);
     ck_assert_int_eq(state_of(f.oc, id), ST(COMPLETED));
@@ -1237,7 +1238,7 @@ END_TEST
 
 START_TEST(saga_payment_timeout_releases_stock)
 {
-    const char *env[] = {"ORDER_PAYMENT_TIMEOUT_S=1", "ORDER_FLASH_PAYMENT_TIMEOUT_S=2", NULL};
+    const char *env[] = {"ORDER_PAYMENT_TIMEOUT_S=2", "ORDER_FLASH_PAYMENT_TIMEOUT_S=1", NULL};
     static fx f;
     fx_start(&f, env, 0);
     set_stock(f.ic, "s-t", "sku-t", 10);
@@ -1276,7 +1277,7 @@ START_TEST(saga_payment_timeout_releases_stock)
     char id1[64];
     snprintf(id1, sizeof id1, "%s", o->order_id);
     long long dl = ts_ms(o->payment_deadline) - ts_ms(o->created_at);
-    ck_assert_msg(dl >= 500 && dl <= 1500, "deadline - created = %lld ms (expected 1 s)", dl);
+    ck_assert_msg(dl >= 1500 && dl <= 2500, "deadline - created = %lld ms (expected 2 s)", dl);
     ck_assert(!o->flash_sale);
     order_free(o);
     /* a flash-sale line: the flash default (ORDER_FLASH_PAYMENT_TIMEOUT_S) */
@@ -1288,7 +1289,7 @@ START_TEST(saga_payment_timeout_releases_stock)
     ck_assert(o->flash_sale);
     ck_assert_str_eq(o->lines[0]->flash_sale_id, sale);
     dl = ts_ms(o->payment_deadline) - ts_ms(o->created_at);
-    ck_assert_msg(dl >= 1500 && dl <= 2500, "flash: deadline - created = %lld ms (expected 2 s)",
+    ck_assert_msg(dl >= 500 && dl <= 1500, "flash: deadline - created = %lld ms (expected 1 s)",
                   dl);
     order_free(o);
     /* a timeout given in the request wins over both defaults */
@@ -1804,7 +1805,9 @@ START_TEST(payment_notifications_duplicated_and_out_of_order)
     ck_assert_int_eq(sql_long(f.ord_schema, "SELECT count(*) FROM payment_rejections"), 2);
     /* and the duplicate of the first payment after shipping: still OK */
     ck_assert_int_eq(ship_order(f.oc, "ship-p", id[0], NULL, NULL, NULL, &st), 0);
-    ck_assert_int_eq(mark_paid(f.oc, &p1, NULL, &st), 0);
+    ck_assert_int_eq(mark_paid(f.oc, &p1, &o, &st), 0);
+    ck_assert_int_eq(o->state, ST(SHIPPED));
+    order_free(o);
     ck_assert_int_eq(state_of(f.oc, id[0]), ST(SHIPPED));
 
     wait_level(f.ic, "sku-p", 98, 0, 2);
@@ -2406,7 +2409,7 @@ END_TEST
 
 START_TEST(inventory_down_or_slow_fails_fast_and_leaves_nothing)
 {
-    const char *env[] = {"ORDER_INVENTORY_TIMEOUT_MS=1000", "ORDER_PAYMENT_TIMEOUT_S=1", NULL};
+    const char *env[] = {"ORDER_INVENTORY_TIMEOUT_MS=1000", NULL};
     static fx f;
     fx_start(&f, env, 1);
     set_stock(f.ic, "s-d", "sku-d", 10);
@@ -2445,11 +2448,13 @@ START_TEST(inventory_down_or_slow_fails_fast_and_leaves_nothing)
     assert_level(f.ic, "sku-d", 8, 2, 0);
     ck_assert_uint_eq(list_all(f.oc, &q, ids, 8, NULL, NULL), 2);
 
-    /* slow: inventory stopped mid-flight; its reservation's ttl (1 s
-     * default timeout + 2 s margin) returns what may land late */
+    /* slow: inventory stopped mid-flight. the reservation's ttl would be
+     * 10 min: the stock must come back because the service gave it up,
+     * not because it expired */
     line ls[] = {L("sku-s", 3, 100)};
     order_spec slow = spec("req-s-1", ls, 1);
     slow.buyer = "buyer-s";
+    slow.timeout_s = 600;
     kill(f.inv.pid, SIGSTOP);
     t0 = hs_now_ms();
     code = create(f.oc, &slow, NULL, &st);
@@ -2462,10 +2467,19 @@ START_TEST(inventory_down_or_slow_fails_fast_and_leaves_nothing)
     wait_level(f.ic, "sku-s", 10, 0, 0);
     q.buyer_id = "buyer-s";
     ck_assert_uint_eq(list_all(f.oc, &q, ids, 8, NULL, NULL), 0);
+    /* inventory answers again: the same request goes through, reserved once */
+    until = hs_now_ms() + 15000;
+    while ((code = create(f.oc, &slow, &o, &st)) != 0 && hs_now_ms() < until)
+        usleep(200000);
+    ck_assert_msg(code == 0, "after the slow inventory: %d %s %s", code, st.reason, st.message);
+    ck_assert_int_eq(o->state, ST(PENDING_PAYMENT));
+    order_free(o);
+    assert_level(f.ic, "sku-s", 7, 3, 0);
+    ck_assert_uint_eq(list_all(f.oc, &q, ids, 8, NULL, NULL), 1);
 
     settle(&f);
     size_t n = all_orders(f.oc, ids, 8);
-    ck_assert_uint_eq(n, 2);
+    ck_assert_uint_eq(n, 3);
     for (size_t i = 0; i < f.log->n; i++)
         ck_assert(has_id(ids, n, f.log->v[i].key));
     for (size_t i = 0; i < n; i++)
@@ -2505,7 +2519,7 @@ START_TEST(list_orders_filters_and_pages)
         char rid[32];
         snprintf(rid, sizeof rid, "req-l-%d", i);
         buyer[i] = i % 2 ? "b2" : "b1";
-        merchant[i] = (i / 2) % 2 ? "m2" : "m1";
+        merchant[i] = (i / 4) % 2 ? "m2" : "m1";
         channel[i] = i % 3 == 0 ? "ch-1" : "";
         line ls[] = {L("sku-l", 1, 100 + i)};
         order_spec s = spec(rid, ls, 1);
@@ -2752,22 +2766,27 @@ END_TEST
 
 static Suite *suite(void)
 {
+    const TTest *tests[] = {saga_create_pay_ship_complete,
+                            saga_payment_timeout_releases_stock,
+                            saga_cancel_releases_stock,
+                            refunds_by_lines_and_amount_then_the_rest,
+                            payment_notifications_duplicated_and_out_of_order,
+                            mark_paid_racing_the_timeout_has_one_winner,
+                            kill_9_between_reserve_and_commit_leaks_nothing,
+                            every_order_has_exactly_one_created_and_paid_event,
+                            bad_input_is_refused_and_stores_nothing,
+                            inventory_down_or_slow_fails_fast_and_leaves_nothing,
+                            list_orders_filters_and_pages,
+                            illegal_transitions_are_failed_precondition};
+    /* ORDER_IT_ONLY=word runs the tests whose name contains word */
+    const char *only = getenv("ORDER_IT_ONLY");
     Suite *s = suite_create("order");
     TCase *t = tcase_create("order");
     tcase_set_timeout(t, 180);
     tcase_add_checked_fixture(t, NULL, teardown);
-    tcase_add_test(t, saga_create_pay_ship_complete);
-    tcase_add_test(t, saga_payment_timeout_releases_stock);
-    tcase_add_test(t, saga_cancel_releases_stock);
-    tcase_add_test(t, refunds_by_lines_and_amount_then_the_rest);
-    tcase_add_test(t, payment_notifications_duplicated_and_out_of_order);
-    tcase_add_test(t, mark_paid_racing_the_timeout_has_one_winner);
-    tcase_add_test(t, kill_9_between_reserve_and_commit_leaks_nothing);
-    tcase_add_test(t, every_order_has_exactly_one_created_and_paid_event);
-    tcase_add_test(t, bad_input_is_refused_and_stores_nothing);
-    tcase_add_test(t, inventory_down_or_slow_fails_fast_and_leaves_nothing);
-    tcase_add_test(t, list_orders_filters_and_pages);
-    tcase_add_test(t, illegal_transitions_are_failed_precondition);
+    for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++)
+        if (!only || !*only || strstr(tests[i]->name, only))
+            tcase_add_test(t, tests[i]);
     suite_add_tcase(s, t);
     return s;
 }
