@@ -7,6 +7,7 @@
  *       [--threads T] [--payload-hex HEX] [--metadata k=v ...]
  *       [--deadline-ms N] [--connect-timeout S] [--json]
  *       [--reserve-gen PREFIX:NSKUS:MAXLINES:QTY] [--accept-code N ...]
+ *       [--order-gen PREFIX:NSKUS:LINES:QTY] [--rate R]
  *
  * --reserve-gen replaces the fixed payload with a fresh
  * commerce.inventory.v1.ReserveRequest per call: a unique order_id, 1 to
@@ -14,6 +15,18 @@
  * of QTY units (for the inventory benchmark). --accept-code counts calls
  * ending with that status code as completed calls rather than errors (e.g.
  * 9, FAILED_PRECONDITION, to measure sold-out answers).
+ *
+ * --order-gen replaces it with a fresh commerce.order.v1.CreateOrderRequest
+ * per call (for the order benchmark): a unique request_id, a random buyer
+ * and merchant, currency CNY, exactly LINES lines of distinct random skus
+ * PREFIX0 .. PREFIX<NSKUS-1>, QTY units each at a random unit price.
+ *
+ * --rate R makes the load open-loop: calls start on a fixed schedule of R
+ * calls/s in total (spread over the threads), whatever the replies do, with
+ * at most --concurrency in flight. a call that finds every slot busy starts
+ * as soon as one frees, and its latency still counts from its scheduled
+ * start, so a server that falls behind shows in the percentiles instead of
+ * slowing the load down (no coordinated omission).
  *
  * T threads, each with its own completion queue, keep `concurrency` calls in
  * flight in total, spread over N channels (each its own tcp connection:
@@ -151,6 +164,11 @@ typedef struct config {
     int gen_skus, gen_lines, gen_qty;
     /* --accept-code, as a bit per status code */
     unsigned accept;
+    /* --order-gen */
+    char order_prefix[64];
+    int order_skus, order_lines, order_qty;
+    /* --rate: calls/s offered in total, 0: closed loop */
+    int rate;
 } config;
 
 static void usage(FILE *f)
@@ -160,10 +178,13 @@ static void usage(FILE *f)
                "         [--threads T] [--payload-hex HEX] [--metadata k=v ...]\n"
                "         [--deadline-ms 5000] [--connect-timeout 10] [--json]\n"
                "         [--reserve-gen PREFIX:NSKUS:MAXLINES:QTY] [--accept-code N ...]\n"
+               "         [--order-gen PREFIX:NSKUS:LINES:QTY] [--rate R]\n"
                "\n"
                "closed-loop unary load: keeps --concurrency calls in flight over --channels\n"
                "connections from --threads threads (each with its own completion queue) for\n"
                "--warmup + --duration seconds; latencies are measured after the warmup.\n"
+               "--rate R: open loop, R calls/s on a fixed schedule (latency from the\n"
+               "scheduled start), at most --concurrency in flight.\n"
                "defaults: --channels = --threads = number of cpus (at most --concurrency).\n"
                "exit 0 ok, 1 the run saw non-OK statuses, 2 usage or setup error.\n");
 }
@@ -280,6 +301,20 @@ static int parse_args(int argc, char **argv, config *c)
             c->gen_skus = ns;
             c->gen_lines = nl;
             c->gen_qty = q;
+        } else if (strcmp(a, "--order-gen") == 0) {
+            char pre[64];
+            int ns, nl, q;
+            if (sscanf(v, "%63[^:]:%d:%d:%d", pre, &ns, &nl, &q) != 4 || ns < 1 || nl < 1 ||
+                nl > 100 || nl > ns || q < 1) {
+                fprintf(stderr, "commerce-loadgen: --order-gen wants PREFIX:NSKUS:LINES:QTY\n");
+                return -1;
+            }
+            memcpy(c->order_prefix, pre, sizeof pre);
+            c->order_skus = ns;
+            c->order_lines = nl;
+            c->order_qty = q;
+        } else if (strcmp(a, "--rate") == 0) {
+            rc = parse_int(a, v, 1, 10000000, &c->rate);
         } else if (strcmp(a, "--accept-code") == 0) {
             int code;
             rc = parse_int(a, v, 1, 16, &code);
@@ -307,6 +342,10 @@ static int parse_args(int argc, char **argv, config *c)
         }
         if (rc)
             return -1;
+    }
+    if (c->gen_skus && c->order_skus) {
+        fprintf(stderr, "commerce-loadgen: --reserve-gen and --order-gen exclude each other\n");
+        return -1;
     }
     if (!c->target || !c->method || c->method[0] != '/') {
         fprintf(stderr,
@@ -447,6 +486,59 @@ static size_t gen_reserve(loader *l, uint8_t *out)
     return n;
 }
 
+/* ---- --order-gen: a CreateOrderRequest per call, encoded by hand ---- */
+
+/* a commerce.common.v1.Money as field `field` */
+static size_t put_money(uint8_t *p, int field, int64_t minor, const char *cur)
+{
+    uint8_t m[64];
+    size_t n = 0;
+    m[n++] = 1 << 3; /* amount_minor, varint */
+    n += put_varint(m + n, (uint64_t)minor);
+    n += put_str(m + n, 2, cur, strlen(cur));
+    size_t k = put_varint(p, (uint64_t)field << 3 | 2);
+    k += put_varint(p + k, n);
+    memcpy(p + k, m, n);
+    return k + n;
+}
+
+static size_t gen_order(loader *l, uint8_t *out)
+{
+    const config *c = &l->r->cfg;
+    char s[96];
+    int sn = snprintf(s, sizeof s, "lg-%ld-%lld-%d-%llu", (long)getpid(), (long long)l->r->t_start,
+                      l->index, (unsigned long long)l->gen_seq++);
+    size_t n = put_str(out, 1, s, (size_t)sn); /* request_id */
+    sn = snprintf(s, sizeof s, "buyer-%d", (int)(next_rand(&l->rng) % 100000));
+    n += put_str(out + n, 2, s, (size_t)sn); /* buyer_id */
+    sn = snprintf(s, sizeof s, "merchant-%d", (int)(next_rand(&l->rng) % 100));
+    n += put_str(out + n, 3, s, (size_t)sn); /* merchant_id */
+    n += put_str(out + n, 5, "CNY", 3);      /* currency */
+    int picked[100];
+    for (int i = 0; i < c->order_lines; i++) {
+        int k, dup;
+        do {
+            k = c->order_skus > 1 ? (int)(next_rand(&l->rng) % (uint64_t)c->order_skus) : 0;
+            dup = 0;
+            for (int j = 0; j < i; j++)
+                dup |= picked[j] == k;
+        } while (dup);
+        picked[i] = k;
+        char sku[96];
+        int kn = snprintf(sku, sizeof sku, "%s%d", c->order_prefix, k);
+        uint8_t line[160];
+        size_t ln = put_str(line, 1, sku, (size_t)kn);
+        line[ln++] = 2 << 3; /* quantity, varint */
+        ln += put_varint(line + ln, (uint64_t)c->order_qty);
+        ln += put_money(line + ln, 3, 100 + (int64_t)(next_rand(&l->rng) % 10000), "CNY");
+        n += put_varint(out + n, 6 << 3 | 2); /* lines */
+        n += put_varint(out + n, ln);
+        memcpy(out + n, line, ln);
+        n += ln;
+    }
+    return n;
+}
+
 static int start_call(call_slot *s)
 {
     loader *l = s->l;
@@ -460,9 +552,9 @@ static int start_call(call_slot *s)
         return -1;
     /* a fresh buffer per call: core may take the slices out of the one it
      * is given */
-    if (r->cfg.gen_skus) {
-        uint8_t buf[8192];
-        size_t n = gen_reserve(l, buf);
+    if (r->cfg.gen_skus || r->cfg.order_skus) {
+        uint8_t buf[16384];
+        size_t n = r->cfg.gen_skus ? gen_reserve(l, buf) : gen_order(l, buf);
         grpc_slice one = grpc_slice_from_copied_buffer((const char *)buf, n);
         s->send = grpc_raw_byte_buffer_create(&one, 1);
         grpc_slice_unref(one);
@@ -539,11 +631,86 @@ static int finish_call(call_slot *s, int ok)
     return t1 < r->t_end;
 }
 
+/* --rate: starts calls on this thread's share of the schedule */
+static void *loader_paced(loader *l)
+{
+    run *r = l->r;
+    const config *c = &r->cfg;
+    int *free_slots = malloc((size_t)l->nslots * sizeof *free_slots);
+    int nfree = 0, inflight = 0;
+    if (!free_slots) {
+        l->start_failures++;
+        return NULL;
+    }
+    for (int i = l->nslots - 1; i >= 0; i--)
+        free_slots[nfree++] = i;
+    /* the threads' schedules interleave: thread t starts t/threads of an
+     * interval late */
+    int64_t interval = (int64_t)(1e9 * c->threads / c->rate);
+    if (interval < 1)
+        interval = 1;
+    int64_t next = r->t_start + interval * l->index / c->threads;
+    int64_t hard_stop = r->t_end + (int64_t)c->deadline_ms * 1000000 + 1000000000;
+    for (;;) {
+        int64_t now = now_ns();
+        /* every call that is due and has a slot starts now */
+        while (next < r->t_end && next <= now && nfree > 0) {
+            int k = free_slots[--nfree];
+            call_slot *s = &l->slots[k];
+            if (start_call(s) == 0) {
+                /* latency counts from the schedule (the completion is
+                 * handled on this thread, after this) */
+                s->t0.tv_sec = (time_t)(next / 1000000000);
+                s->t0.tv_nsec = (long)(next % 1000000000);
+                inflight++;
+            } else {
+                l->start_failures++;
+                free_slots[nfree++] = k;
+            }
+            next += interval;
+        }
+        if ((next >= r->t_end && inflight == 0) || now > hard_stop)
+            break;
+        int64_t wait = 200000000;
+        if (next < r->t_end && nfree > 0)
+            wait = next > now ? next - now : 0;
+        grpc_event ev = grpc_completion_queue_next(
+            l->cq,
+            gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC), gpr_time_from_nanos(wait, GPR_TIMESPAN)),
+            NULL);
+        if (ev.type != GRPC_OP_COMPLETE)
+            continue;
+        call_slot *s = ev.tag;
+        inflight--;
+        finish_call(s, ev.success);
+        free_slots[nfree++] = (int)(s - l->slots);
+    }
+    free(free_slots);
+    if (inflight > 0) {
+        fprintf(stderr, "commerce-loadgen: thread %d: %d calls still in flight at the hard stop\n",
+                l->index, inflight);
+        for (int i = 0; i < l->nslots; i++)
+            if (l->slots[i].call)
+                grpc_call_cancel(l->slots[i].call, NULL);
+    }
+    grpc_completion_queue_shutdown(l->cq);
+    for (;;) {
+        grpc_event ev = grpc_completion_queue_next(l->cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+        if (ev.type == GRPC_QUEUE_SHUTDOWN)
+            break;
+        if (ev.type == GRPC_OP_COMPLETE)
+            finish_call(ev.tag, ev.success);
+    }
+    return NULL;
+}
+
 static void *loader_main(void *arg)
 {
     loader *l = arg;
     run *r = l->r;
     int inflight = 0;
+    if (r->cfg.rate > 0)
+        return loader_paced(l);
     for (int i = 0; i < l->nslots; i++) {
         if (start_call(&l->slots[i]) == 0)
             inflight++;
@@ -668,6 +835,10 @@ static void report(const run *r, const histogram *h, const loader *sum, double c
     printf("method       %s\n", c->method);
     printf("concurrency  %d calls in flight over %d channels, %d threads\n", c->concurrency,
            c->channels, c->threads);
+    if (c->rate > 0)
+        printf("offered      %d calls/s on a fixed schedule (open loop; at most %d in flight; "
+               "latency from the scheduled start)\n",
+               c->rate, c->concurrency);
     printf("payload      %zu bytes, %d metadata entries, deadline %d ms\n", c->payload_len, c->nmd,
            c->deadline_ms);
     printf("duration     %d s measured after %d s warmup\n", c->duration_s, c->warmup_s);
@@ -703,10 +874,11 @@ static void report(const run *r, const histogram *h, const loader *sum, double c
                "\"warmup_s\":%d,\"payload_bytes\":%zu,\"calls\":%" PRIu64
                ",\"calls_total\":%" PRIu64 ",\"errors\":%" PRIu64 ",\"calls_per_s\":%.1f,"
                "\"p50_us\":%.1f,\"p90_us\":%.1f,\"p99_us\":%.1f,\"p999_us\":%.1f,"
-               "\"max_us\":%.1f,\"mean_us\":%.1f,\"loadgen_cpu_s\":%.3f,\"ncpu\":%ld}\n",
+               "\"max_us\":%.1f,\"mean_us\":%.1f,\"loadgen_cpu_s\":%.3f,\"ncpu\":%ld,"
+               "\"offered_per_s\":%d}\n",
                c->concurrency, c->channels, c->threads, c->duration_s, c->warmup_s, c->payload_len,
                h->total, sum->calls_total, sum->errors_total + sum->start_failures, rate, us(p50),
-               us(p90), us(p99), us(p999), us(h->max), mean / 1000.0, cpu_s, ncpu);
+               us(p90), us(p99), us(p999), us(h->max), mean / 1000.0, cpu_s, ncpu, c->rate);
     }
     fflush(stdout);
 }
