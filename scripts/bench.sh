@@ -7,6 +7,7 @@
 #   scripts/bench.sh rpc [--duration S] [--concurrency C] [options]
 #   scripts/bench.sh inventory [--duration S] [--rounds R] [options]
 #   scripts/bench.sh events [--events N] [--rate R] [options]
+#   scripts/bench.sh order [--duration S] [--rate R] [options]
 #
 # every benchmark builds a release tree first (build-release: -O2, no
 # sanitizers), starts what it needs, prints the machine and its settings,
@@ -15,7 +16,9 @@
 # environment: BENCH_BUILD_DIR (default <repo>/build-release), BENCH_PG_PORT
 # (default 55439) and BENCH_PG_RUN_DIR (default <repo>/.run/pg-bench): the
 # benchmark's own private postgres, so it never stops a cluster that tests
-# are using. PG_DSN: use that server instead and start none.
+# are using (the order benchmark defaults to 55441 and .run/pg-bench-order,
+# so it can run beside another benchmark). PG_DSN: use that server instead
+# and start none.
 #
 # exit: 0 measured and every target met; 1 the measurement failed (a server
 # did not start, a call returned non-OK); 2 usage; 3 measured but a target
@@ -59,6 +62,18 @@ benchmarks:
          options: --events N (200000) --rate R (1000) --seconds S (30)
                   --batch B (100) --writers W (4) --consumer-batch B (500)
                   --partitions P (6) --keys K (1000) --no-build
+
+  order  commerce-order CreateOrder end to end through gRPC: Reserve in
+         commerce-inventory, the order and its OrderCreated committed
+         durably, the outbox relayed to kafka (scripts/kafka.sh's broker);
+         2-line orders over many skus at full speed and at a fixed offered
+         rate, the order service's memory under load; checks orders = OK
+         replies, one reservation each, the outbox drained
+         options: --duration S (10) --rounds R (3) --concurrency C (64)
+                  --rate R (1000) --paced-duration S (20) --paced-concurrency C
+                  (256) --warmup S (2) --workers W (64) --inv-workers W (64)
+                  --channels N (4) --threads T (2) --skus N (10000) --lines L (2)
+                  --no-build
 
 exit: 0 targets met, 1 measurement failed, 2 usage, 3 a target was missed.
 EOF
@@ -869,12 +884,343 @@ bench_events() {
   return "$verdict"
 }
 
+# ---- order: CreateOrder end to end (order -> inventory, postgres, kafka) ----
+# (issue 5's benchmark; kept apart from the blocks above)
+
+# the pid listening on a local tcp port (postgres' postmaster, the broker)
+listener_pid() {
+  ss -Hltnp "sport = :$1" 2>/dev/null | sed -n 's/.*pid=\([0-9]*\).*/\1/p' | head -n 1
+}
+
+# cpu ticks of a process and its children (postgres: postmaster + backends)
+tree_ticks() {
+  local t=0 p v
+  [ -n "$1" ] || { echo 0; return; }
+  for p in $1 $(pgrep -P "$1" 2>/dev/null); do
+    v=$(cpu_ticks "$p" 2>/dev/null || true)
+    t=$((t + ${v:-0}))
+  done
+  echo "$t"
+}
+
+# one loadgen run against the order service; prints one row and sets
+# ord_json, ord_cpu (cpu us per order: order, inventory, loadgen, postgres,
+# kafka broker, everything else on the machine)
+ord_run() {
+  local name=$1 out=$2
+  shift 2
+  local rc=0 t0 i0 p0 k0 s0 t1 i1 p1 k1 s1 hz json calls
+  hz=$(getconf CLK_TCK)
+  t0=$(cpu_ticks "$ord_pid") i0=$(cpu_ticks "$ord_inv_pid") s0=$(sys_busy_ticks)
+  p0=$(tree_ticks "$ord_pg_pid") k0=$(tree_ticks "$ord_kafka_pid")
+  spawn "$out" "$bin/commerce-loadgen" --target "127.0.0.1:$ord_port" \
+    --method /commerce.order.v1.OrderService/CreateOrder --metadata x-tenant-id=bench \
+    --order-gen "sku:$ord_skus:$ord_lines:1" --channels "$ord_channels" --threads "$ord_threads" \
+    --warmup "$ord_warmup" --json "$@"
+  local lg_pid=$last_pid
+  # what the database's active sessions wait on, sampled by one session
+  if [ -n "$ord_waits" ]; then
+    printf '%s\n' "SELECT coalesce(wait_event_type, 'CPU') || ':' || coalesce(wait_event, 'running') \
+      FROM pg_stat_activity WHERE state = 'active' AND backend_type = 'client backend' \
+      AND pid <> pg_backend_pid()" '\watch 0.2' |
+      psql "$PG_DSN" -XAtq >"$ord_waits" 2>/dev/null &
+    ord_sampler=$!
+  fi
+  forget_wait "$lg_pid" || rc=$?
+  if [ -n "$ord_waits" ]; then
+    kill "$ord_sampler" 2>/dev/null || true
+    wait "$ord_sampler" 2>/dev/null || true
+  fi
+  t1=$(cpu_ticks "$ord_pid") i1=$(cpu_ticks "$ord_inv_pid") s1=$(sys_busy_ticks)
+  p1=$(tree_ticks "$ord_pg_pid") k1=$(tree_ticks "$ord_kafka_pid")
+  json=$(grep '^{' "$out" || true)
+  if [ "$rc" != 0 ] || [ -z "$json" ]; then
+    echo "$name: the load generator failed (exit $rc):" >&2
+    sed 's/^/  /' "$out" >&2
+    return 1
+  fi
+  calls=$(jnum "$json" calls_total)
+  ord_calls=$((ord_calls + calls))
+  # cpu per order over the whole run (warmup included on both sides)
+  ord_cpu=$(awk -v o="$((t1 - t0))" -v i="$((i1 - i0))" -v p="$((p1 - p0))" -v k="$((k1 - k0))" \
+    -v s="$((s1 - s0))" -v hz="$hz" -v lg="$(jnum "$json" loadgen_cpu_s)" -v n="$calls" 'BEGIN {
+      if (n == 0) n = 1; r = (s - o - i - p - k) / hz - lg; if (r < 0) r = 0; u = 1e6 / hz / n;
+      printf "%.0f %.0f %.0f %.0f %.0f %.0f", o * u, i * u, lg * 1e6 / n, p * u, k * u, r * 1e6 / n}')
+  ord_json=$json
+  local offered
+  offered=$(jnum "$json" offered_per_s)
+  [ "${offered:-0}" = 0 ] && offered=max
+  printf '%-10s %8s %9.0f %8s %8s %8s %8s %8s %8s  %s\n' "$name" "$offered" \
+    "$(jnum "$json" calls_per_s)" "$(jnum "$json" p50_us)" "$(jnum "$json" p90_us)" \
+    "$(jnum "$json" p99_us)" "$(jnum "$json" p999_us)" "$(jnum "$json" max_us)" "$calls" \
+    "$ord_cpu"
+}
+
+bench_order() {
+  local duration=10 rounds=3 concurrency=64 rate=1000 paced_duration=20 paced_concurrency=256
+  local workers=64 inv_workers=64 do_build=1
+  ord_warmup=2 ord_channels=4 ord_threads=2 ord_skus=10000 ord_lines=2 ord_waits="" ord_sampler=""
+  while [ $# -gt 0 ]; do
+    case "$1" in
+    --duration) duration=$2; shift 2 ;;
+    --rounds) rounds=$2; shift 2 ;;
+    --concurrency) concurrency=$2; shift 2 ;;
+    --rate) rate=$2; shift 2 ;;
+    --paced-duration) paced_duration=$2; shift 2 ;;
+    --paced-concurrency) paced_concurrency=$2; shift 2 ;;
+    --warmup) ord_warmup=$2; shift 2 ;;
+    --workers) workers=$2; shift 2 ;;
+    --inv-workers) inv_workers=$2; shift 2 ;;
+    --channels) ord_channels=$2; shift 2 ;;
+    --threads) ord_threads=$2; shift 2 ;;
+    --skus) ord_skus=$2; shift 2 ;;
+    --lines) ord_lines=$2; shift 2 ;;
+    --no-build) do_build=0; shift ;;
+    -h | --help) usage; exit 0 ;;
+    *) usage >&2; exit 2 ;;
+    esac
+  done
+  local v
+  for v in "$duration" "$rounds" "$concurrency" "$rate" "$paced_duration" "$paced_concurrency" \
+    "$workers" "$inv_workers" "$ord_channels" "$ord_threads" "$ord_skus" "$ord_lines"; do
+    [[ "$v" =~ ^[0-9]+$ ]] && [ "$v" -ge 1 ] ||
+      { echo "bench.sh: options take positive whole numbers, got '$v'" >&2; exit 2; }
+  done
+  [[ "$ord_warmup" =~ ^[0-9]+$ ]] || { echo "bench.sh: --warmup takes seconds, got '$ord_warmup'" >&2; exit 2; }
+  [ "$ord_lines" -le 100 ] && [ "$ord_lines" -le "$ord_skus" ] ||
+    { echo "bench.sh: --lines must be at most 100 and at most --skus" >&2; exit 2; }
+  command -v psql >/dev/null || die "psql is needed to seed and check the order benchmark"
+  local rate_target=3000 p99_target_ms=25 rss_target_mb=64
+  # its own postgres by default, beside the other benchmarks' one
+  BENCH_PG_PORT=${BENCH_PG_PORT:-55441}
+  BENCH_PG_RUN_DIR=${BENCH_PG_RUN_DIR:-$root/.run/pg-bench-order}
+
+  if [ "$do_build" = 1 ]; then
+    build_release commerce-loadgen commerce-order commerce-inventory
+  fi
+  local b
+  for b in commerce-loadgen commerce-order commerce-inventory; do
+    [ -x "$bin/$b" ] || die "$bin/$b is missing (build without --no-build)"
+  done
+  workdir=$build/bench/order-$(date -u +%Y%m%dT%H%M%SZ)
+  mkdir -p "$workdir"
+
+  machine
+  echo
+  echo "== kafka"
+  if "$root/scripts/kafka.sh" status >/dev/null 2>&1; then
+    echo "broker       already running: used, left running"
+  else
+    "$root/scripts/kafka.sh" start >/dev/null || die "could not start kafka (scripts/kafka.sh start)"
+    started_kafka=1
+    echo "broker       started by this run (scripts/kafka.sh), stopped at the end"
+  fi
+  local brokers
+  brokers=$("$root/scripts/kafka.sh" bootstrap)
+  echo "bootstrap    $brokers"
+  echo
+  echo "== postgres"
+  start_pg
+  echo "dsn          $PG_DSN"
+  echo "fsync        $(psql "$PG_DSN" -XAtqc 'SHOW fsync'), synchronous_commit" \
+    "$(psql "$PG_DSN" -XAtqc 'SHOW synchronous_commit')," \
+    "max_connections $(psql "$PG_DSN" -XAtqc 'SHOW max_connections')"
+  echo
+
+  local tag schema inv_schema topic
+  tag=$(date -u +%H%M%S)$$
+  schema=ord_bench_$tag
+  inv_schema=ordinv_bench_$tag
+  topic=bench.order.$tag
+  "$root/scripts/kafka.sh" topic "$topic" 6 || die "could not create $topic"
+
+  echo "== settings"
+  echo "path         loadgen -> commerce-order CreateOrder: validate, Reserve in commerce-inventory"
+  echo "             (gRPC, its hot path, durable), then the order, its lines and OrderCreated"
+  echo "             in one durable transaction; the relay publishes the outbox to $topic"
+  echo "             (6 partitions, idempotent producer, acks=all)"
+  echo "orders       $ord_lines lines each, qty 1, distinct random skus of $ord_skus (each stocked"
+  echo "             with 10^9 units), random buyer and merchant, a fresh request_id per call"
+  echo "services     commerce-order WORKERS=$workers, commerce-inventory WORKERS=$inv_workers"
+  echo "             (INVENTORY_EVENTS=off, INVENTORY_CONSUME_ORDERS=off: inventory's own events"
+  echo "             are not part of this path), LOG_LEVEL=warn, release build"
+  echo "full speed   closed loop, $concurrency in flight, $ord_channels channels, $ord_threads loadgen threads;"
+  echo "             $rounds rounds of ${ord_warmup} s warmup + ${duration} s; median over rounds"
+  echo "paced        $rate orders/s offered on a fixed schedule for ${paced_duration} s after ${ord_warmup} s"
+  echo "             warmup, at most $paced_concurrency in flight; latency from the scheduled start"
+  echo "memory       commerce-order VmHWM (peak RSS since start) and VmRSS after each run"
+  echo "cpu columns  cpu per order in us: order service / inventory / loadgen / postgres"
+  echo "             (postmaster and backends) / kafka broker / everything else on the machine"
+  echo "check        afterwards: orders stored = OK replies, one reservation per order,"
+  echo "             no reserved stock beyond the orders, the outbox drained to kafka"
+  echo "logs         $workdir"
+  echo
+
+  # inventory first: it makes its schema, then the stock is loaded
+  local inv_port inv_admin ord_admin
+  inv_port=$(free_port) inv_admin=$(free_port)
+  spawn "$workdir/inventory.log" env GRPC_LISTEN="127.0.0.1:$inv_port" \
+    ADMIN_LISTEN="127.0.0.1:$inv_admin" PG_DSN="$PG_DSN" WORKERS="$inv_workers" LOG_LEVEL=warn \
+    INVENTORY_SCHEMA="$inv_schema" INVENTORY_EVENTS=off INVENTORY_CONSUME_ORDERS=off \
+    KAFKA_BROKERS=127.0.0.1:9 "$bin/commerce-inventory"
+  ord_inv_pid=$last_pid
+  wait_http_ok "http://127.0.0.1:$inv_admin/readyz" "$ord_inv_pid" "$workdir/inventory.log"
+  wait_tcp "$inv_port" "$ord_inv_pid" "$workdir/inventory.log"
+  psql "$PG_DSN" -qX -v ON_ERROR_STOP=1 >/dev/null <<SQL || die "could not load the stock"
+SET search_path = $inv_schema;
+INSERT INTO stock (tenant_id, sku, available, reserved, sold, on_hand, version)
+  SELECT 'bench', 'sku' || g, 1000000000, 0, 0, 1000000000, 1 FROM generate_series(0, $ord_skus - 1) g;
+INSERT INTO stock_change (tenant_id, sku, kind, available_delta, reserved_delta, sold_delta,
+                          available, reserved, sold, on_hand, version, reason, actor)
+  SELECT tenant_id, sku, 1, available, 0, 0, available, 0, 0, on_hand, 1, 'benchmark fixture', 'bench.sh'
+    FROM stock;
+SQL
+  ord_port=$(free_port) ord_admin=$(free_port)
+  spawn "$workdir/order.log" env GRPC_LISTEN="127.0.0.1:$ord_port" \
+    ADMIN_LISTEN="127.0.0.1:$ord_admin" PG_DSN="$PG_DSN" WORKERS="$workers" LOG_LEVEL=warn \
+    ORDER_SCHEMA="$schema" ORDER_TOPIC="$topic" KAFKA_BROKERS="$brokers" \
+    INVENTORY_TARGET="127.0.0.1:$inv_port" "$bin/commerce-order"
+  ord_pid=$last_pid
+  wait_http_ok "http://127.0.0.1:$ord_admin/readyz" "$ord_pid" "$workdir/order.log"
+  wait_tcp "$ord_port" "$ord_pid" "$workdir/order.log"
+  sleep 2
+  local idle_rss_kb
+  idle_rss_kb=$(rss_kb "$ord_pid")
+  echo "idle RSS     commerce-order $(mb "$idle_rss_kb") MB (2 s after ready, before any call)"
+  echo
+
+  echo "== runs"
+  printf '%-10s %8s %9s %8s %8s %8s %8s %8s %8s  %s\n' run offered orders/s p50_us p90_us \
+    p99_us p999_us max_us acked "cpu us/order: order inv loadgen pg kafka other"
+  ord_calls=0
+  ord_pg_pid=$(listener_pid "$(sed -n 's/.*port=\([0-9]*\).*/\1/p' <<<"$PG_DSN")")
+  ord_kafka_pid=$(listener_pid "${brokers##*:}")
+  local failed=0 r
+  local -a full=() full50=() full99=() rss_after=()
+  local full_cpu="" paced_json="" paced_cpu=""
+  for r in $(seq 1 "$rounds"); do
+    ord_waits=$workdir/pg-waits-full-$r.txt
+    if ord_run "full-$r" "$workdir/full-$r.txt" --concurrency "$concurrency" --duration "$duration"; then
+      full+=("$(jnum "$ord_json" calls_per_s)") full50+=("$(jnum "$ord_json" p50_us)")
+      full99+=("$(jnum "$ord_json" p99_us)")
+      full_cpu=$ord_cpu
+    else
+      failed=1
+    fi
+    rss_after+=("$(rss_kb "$ord_pid")")
+  done
+  ord_waits=$workdir/pg-waits-paced.txt
+  if ord_run paced "$workdir/paced.txt" --rate "$rate" --concurrency "$paced_concurrency" \
+    --duration "$paced_duration"; then
+    paced_json=$ord_json paced_cpu=$ord_cpu
+  else
+    failed=1
+  fi
+  rss_after+=("$(rss_kb "$ord_pid")")
+  local hwm_kb
+  hwm_kb=$(hwm_kb "$ord_pid")
+
+  # the books: every OK reply is one stored order with one reservation, and
+  # every OrderCreated went out
+  echo
+  echo "== check"
+  local n unsent=-1 t_end
+  t_end=$(($(date +%s) + 60))
+  while [ "$(date +%s)" -lt "$t_end" ]; do
+    unsent=$(psql "$PG_DSN" -XAtqc "SELECT count(*) FROM $schema.outbox WHERE published_at IS NULL" \
+      2>/dev/null || echo -1)
+    [ "$unsent" = 0 ] && break
+    sleep 0.5
+  done
+  local q orders resv lines_reserved held created failed_rows
+  q=$(psql "$PG_DSN" -qAtX -F ' ' <<SQL
+SELECT (SELECT count(*) FROM $schema.orders),
+       (SELECT count(*) FROM $inv_schema.reservation),
+       (SELECT coalesce(sum(quantity), 0) FROM $inv_schema.reservation_line),
+       (SELECT coalesce(sum(reserved), 0) FROM $inv_schema.stock),
+       (SELECT count(*) FROM $schema.outbox WHERE type = 'commerce.events.v1.OrderCreated'),
+       (SELECT count(*) FROM $schema.outbox WHERE failed_at IS NOT NULL);
+SQL
+) || q="? ? ? ? ? ?"
+  read -r orders resv lines_reserved held created failed_rows <<<"$q"
+  local books=ok
+  echo "orders       $orders stored, $ord_calls OK replies (warmups included)"
+  echo "reservations $resv, $lines_reserved units reserved in lines, $held units held in stock"
+  echo "outbox       $created OrderCreated rows, $unsent unpublished after the run, $failed_rows failed"
+  if [ "$orders" != "$ord_calls" ] || [ "$resv" != "$orders" ] ||
+    [ "$lines_reserved" != $((orders * ord_lines)) ] || [ "$held" != "$lines_reserved" ] ||
+    [ "$created" != "$orders" ] || [ "$unsent" != 0 ] || [ "$failed_rows" != 0 ]; then
+    books="MISMATCH"
+    echo "*** the books do not balance: see the lines above ***" >&2
+    failed=1
+  else
+    echo "books        balance: orders = OK replies = reservations = OrderCreated, all published"
+  fi
+
+  if ! curl -fsS -o /dev/null --max-time 2 "http://127.0.0.1:$ord_admin/readyz"; then
+    echo "bench.sh: commerce-order is not ready after the load" >&2
+    failed=1
+  fi
+  stop_pid "$ord_pid" || { echo "bench.sh: commerce-order did not exit 0 on SIGTERM" >&2; failed=1; }
+  stop_pid "$ord_inv_pid" || { echo "bench.sh: commerce-inventory did not exit 0 on SIGTERM" >&2; failed=1; }
+  if [ "$books" = ok ]; then
+    psql "$PG_DSN" -qX -c "DROP SCHEMA IF EXISTS $schema CASCADE" \
+      -c "DROP SCHEMA IF EXISTS $inv_schema CASCADE" >/dev/null 2>&1 || true
+  else
+    echo "kept         schemas $schema and $inv_schema to look at" >&2
+  fi
+  "$root/scripts/kafka.sh" delete-topic "$topic" >/dev/null 2>&1 || true
+
+  echo
+  if [ "$failed" = 1 ] || [ "${#full[@]}" = 0 ] || [ -z "$paced_json" ]; then
+    echo "*** ORDER BENCHMARK FAILED: see the errors above; these numbers are not a measurement ***"
+    return 1
+  fi
+  local mf mp50 mp99 pp50 pp99 prate rss_max verdict=0 t1 t2 t3 co ci cl cp ck cr
+  mf=$(median "${full[@]}") mp50=$(median "${full50[@]}") mp99=$(median "${full99[@]}")
+  pp50=$(awk -v u="$(jnum "$paced_json" p50_us)" 'BEGIN {printf "%.1f", u / 1000}')
+  pp99=$(awk -v u="$(jnum "$paced_json" p99_us)" 'BEGIN {printf "%.1f", u / 1000}')
+  prate=$(jnum "$paced_json" calls_per_s)
+  rss_max=$hwm_kb
+  t1=$(awk -v v="$mf" -v t="$rate_target" 'BEGIN {print ((v >= t) ? "met" : "MISSED")}')
+  t2=$(awk -v v="$pp99" -v t="$p99_target_ms" 'BEGIN {print ((v <= t) ? "met" : "MISSED")}')
+  t3=$(awk -v k="$rss_max" -v t="$rss_target_mb" 'BEGIN {print ((k / 1024 <= t) ? "met" : "MISSED")}')
+  for v in "$t1" "$t2" "$t3"; do [ "$v" = met ] || verdict=3; done
+  local rss_list="" k
+  for k in "${rss_after[@]}"; do rss_list+="$(mb "$k") "; done
+  echo "== summary"
+  echo "full speed   $(printf '%.0f' "$mf") orders/s (median of $rounds, target >= $rate_target): $t1;" \
+    "p50 $(awk -v u="$mp50" 'BEGIN {printf "%.1f", u / 1000}') ms," \
+    "p99 $(awk -v u="$mp99" 'BEGIN {printf "%.1f", u / 1000}') ms"
+  echo "paced        $rate orders/s offered, $(printf '%.0f' "$prate") done: p50 $pp50 ms," \
+    "p99 $pp99 ms (target p99 <= $p99_target_ms ms): $t2"
+  echo "memory       commerce-order peak RSS $(mb "$rss_max") MB under load (target <= $rss_target_mb MB):" \
+    "$t3; idle $(mb "$idle_rss_kb") MB; after each run: ${rss_list% }"
+  read -r co ci cl cp ck cr <<<"$full_cpu"
+  echo "cpu/order    at full speed (last round): order $co us, inventory $ci us, loadgen $cl us," \
+    "postgres $cp us, kafka $ck us, other $cr us"
+  echo "             = $((co + ci + cl + cp + ck + cr)) us: $(nproc) cpus allow at most" \
+    "$(awk -v n="$(nproc)" -v t="$((co + ci + cl + cp + ck + cr))" 'BEGIN {printf "%.0f", (t > 0 ? n * 1e6 / t : 0)}')" \
+    "orders/s at this cost"
+  # where the database's sessions were (all full-speed rounds together)
+  local waits
+  waits=$(cat "$workdir"/pg-waits-full-*.txt 2>/dev/null | grep -v '^$' | sort | uniq -c |
+    sort -rn | awk '{n[NR] = $1; w[NR] = $2; t += $1} END {for (i = 1; i <= NR && i <= 6; i++)
+      printf "%s%s %.0f%%", (i > 1 ? ", " : ""), w[i], 100 * n[i] / t}')
+  echo "pg waits     active sessions at full speed, sampled every 0.2 s: ${waits:-none sampled}"
+  echo "checked      $books"
+  echo "load         $(cut -d' ' -f1-3 /proc/loadavg) (1, 5, 15 min, after the run)"
+  echo "note         loadgen, both services, postgres and the broker (a jvm) share $(nproc) cpus"
+  return "$verdict"
+}
+
 cmd=${1:-}
 [ $# -gt 0 ] && shift
 case "$cmd" in
 rpc) bench_rpc "$@" ;;
 inventory) bench_inventory "$@" ;;
 events) bench_events "$@" ;;
+order) bench_order "$@" ;;
 -h | --help | help) usage ;;
 "")
   usage >&2
