@@ -1710,6 +1710,140 @@ START_TEST(refunds_by_lines_and_amount_then_the_rest)
 }
 END_TEST
 
+/* ---- concurrent changes of one order are serialised ---- */
+
+typedef struct refunder {
+    cm_rpc_client *c;
+    const char *order_id;
+    int index;
+    int code;
+    char reason[64];
+} refunder;
+
+static void *refund_main(void *arg)
+{
+    refunder *r = arg;
+    char rid[32];
+    snprintf(rid, sizeof rid, "rf-cc-%d", r->index);
+    refund_spec s = {.refund_id = rid,
+                     .order_id = r->order_id,
+                     .scope = SCOPE(AMOUNT),
+                     .has_amount = 1,
+                     .amount = 1000};
+    cm_rpc_status st;
+    for (int attempt = 0; attempt < 5; attempt++) {
+        r->code = refund_order(r->c, &s, NULL, &st);
+        if (r->code != GRPC_STATUS_ABORTED)
+            break;
+        usleep(20000); /* CONCURRENT_MODIFICATION: retry with the same key */
+    }
+    snprintf(r->reason, sizeof r->reason, "%s", st.reason);
+    return NULL;
+}
+
+typedef struct shipper {
+    cm_rpc_client *c;
+    const char *order_id;
+    int index;
+    int code;
+} shipper;
+
+static void *ship_main(void *arg)
+{
+    shipper *sh = arg;
+    char rid[32], tracking[32];
+    snprintf(rid, sizeof rid, "ship-cc-%d", sh->index);
+    snprintf(tracking, sizeof tracking, "T%d", sh->index);
+    cm_rpc_status st;
+    for (int attempt = 0; attempt < 5; attempt++) {
+        sh->code = ship_order(sh->c, rid, sh->order_id, "sf", tracking, NULL, &st);
+        if (sh->code != GRPC_STATUS_ABORTED)
+            break;
+        usleep(20000);
+    }
+    return NULL;
+}
+
+START_TEST(concurrent_changes_of_one_order_lose_no_update)
+{
+    static fx f;
+    fx_start(&f, NULL, 0);
+    set_stock(f.ic, "s-cc", "sku-cc", 10);
+    line ls[] = {L("sku-cc", 4, 2500)};
+    order_spec s = spec("req-cc", ls, 1);
+    s.timeout_s = 600;
+    Order *o = must_create(f.oc, &s);
+    char id[64];
+    snprintf(id, sizeof id, "%s", o->order_id);
+    must_pay(f.oc, o, "pay-cc");
+    order_free(o);
+
+    /* 16 shipments at once, each its own request: exactly one ships */
+    enum { N = 16 };
+    shipper sh[N];
+    pthread_t t[N];
+    for (int i = 0; i < N; i++) {
+        sh[i] = (shipper){.c = f.oc, .order_id = id, .index = i};
+        pthread_create(&t[i], NULL, ship_main, &sh[i]);
+    }
+    int shipped = 0, winner = -1;
+    for (int i = 0; i < N; i++) {
+        pthread_join(t[i], NULL);
+        ck_assert_msg(sh[i].code == 0 || sh[i].code == GRPC_STATUS_FAILED_PRECONDITION,
+                      "ship %d: code %d", i, sh[i].code);
+        if (sh[i].code == 0) {
+            shipped++;
+            winner = i;
+        }
+    }
+    ck_assert_int_eq(shipped, 1);
+    o = must_get(f.oc, id);
+    char want[32];
+    snprintf(want, sizeof want, "T%d", winner);
+    ck_assert_str_eq(o->shipment->tracking_number, want);
+    order_free(o);
+
+    /* 16 refunds of 10.00 at once on a 100.00 order: exactly 10 go through */
+    refunder rf[N];
+    for (int i = 0; i < N; i++) {
+        rf[i] = (refunder){.c = f.oc, .order_id = id, .index = i};
+        pthread_create(&t[i], NULL, refund_main, &rf[i]);
+    }
+    int ok = 0;
+    for (int i = 0; i < N; i++) {
+        pthread_join(t[i], NULL);
+        if (rf[i].code == 0) {
+            ok++;
+            continue;
+        }
+        ck_assert_msg(rf[i].code == GRPC_STATUS_FAILED_PRECONDITION &&
+                          (strcmp(rf[i].reason, "REFUND_EXCEEDS_REFUNDABLE") == 0 ||
+                           strcmp(rf[i].reason, "ILLEGAL_STATE_TRANSITION") == 0),
+                      "refund %d: code %d reason %s", i, rf[i].code, rf[i].reason);
+    }
+    ck_assert_int_eq(ok, 10);
+    o = must_get(f.oc, id);
+    ck_assert_int_eq(o->state, ST(REFUNDED));
+    assert_money(o->refunded_amount, 10000, "CNY");
+    ck_assert_uint_eq(o->n_refunds, 10);
+    ck_assert_int_eq(minor_or_0(o->lines[0]->refunded_amount), 10000);
+    ck_assert_ptr_nonnull(o->shipment);
+    order_free(o);
+
+    settle(&f);
+    ck_assert_int_eq(ev_count(f.log, id, EV_SHIPPED, NULL), 1);
+    ck_assert_int_eq(ev_count(f.log, id, EV_REFUNDED, NULL), 10);
+    /* each event saw the one before it: refunded amounts step by 10.00 */
+    for (int i = 0; i < 10; i++) {
+        evmsg e;
+        ck_assert_int_eq(ev_decode(ev_nth(f.log, id, EV_REFUNDED, i), &e), 0);
+        assert_money(e.order->refunded_amount, 1000 * (i + 1), "CNY");
+        ev_free(&e);
+    }
+    fx_stop(&f);
+}
+END_TEST
+
 /* ---- payment notifications ---- */
 
 START_TEST(payment_notifications_duplicated_and_out_of_order)
@@ -2770,6 +2904,7 @@ static Suite *suite(void)
                             saga_payment_timeout_releases_stock,
                             saga_cancel_releases_stock,
                             refunds_by_lines_and_amount_then_the_rest,
+                            concurrent_changes_of_one_order_lose_no_update,
                             payment_notifications_duplicated_and_out_of_order,
                             mark_paid_racing_the_timeout_has_one_winner,
                             kill_9_between_reserve_and_commit_leaks_nothing,
