@@ -6,6 +6,7 @@
 #include "cm_outbox.h"
 
 #include <stdatomic.h>
+#include <stdio.h>
 #include <string.h>
 #include <time.h>
 
@@ -108,26 +109,142 @@ static int64_t now_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+int inv_events_on(void)
+{
+    return atomic_load(&enabled);
+}
+
+/* packs msg into the arena */
+static int pack(const ProtobufCMessage *msg, cm_arena *a, const uint8_t **out, size_t *len)
+{
+    *len = protobuf_c_message_get_packed_size(msg);
+    uint8_t *p = cm_arena_alloc(a, *len ? *len : 1);
+    if (!p)
+        return CM_ENOMEM;
+    protobuf_c_message_pack(msg, p);
+    *out = p;
+    return 0;
+}
+
+/* adds a packed row to the outbox of the caller's transaction */
+static int add_row(cm_db *db, const inv_ev_row *r)
+{
+    cm_outbox_event ev = {
+        .event_id = r->event_id,
+        .tenant_id = r->tenant,
+        .topic = INV_TOPIC,
+        .key = r->key,
+        .type = r->type,
+        .source = INV_SOURCE,
+        .payload = r->payload,
+        .len = r->len,
+        .occurred_at_ms = r->occurred_ms,
+    };
+    return cm_outbox_add(db, &ev);
+}
+
 /* packs msg and adds it to the outbox of the caller's transaction */
 static int add(cm_db *db, const char *id, const char *tenant, const char *key, const char *type,
                const ProtobufCMessage *msg, cm_arena *a)
 {
-    size_t len = protobuf_c_message_get_packed_size(msg);
-    uint8_t *p = cm_arena_alloc(a, len ? len : 1);
-    if (!p)
+    inv_ev_row r = {.tenant = tenant, .key = key, .type = type};
+    snprintf(r.event_id, sizeof r.event_id, "%s", id);
+    int rc = pack(msg, a, &r.payload, &r.len);
+    return rc ? rc : add_row(db, &r);
+}
+
+static int64_t ts_to_ms(const Google__Protobuf__Timestamp *t)
+{
+    return t ? t->seconds * 1000 + t->nanos / 1000000 : 0;
+}
+
+int inv_ev_pack_stock_changed(cm_arena *a, const char *tenant, const inv_change *c, inv_ev_row *out)
+{
+    int rc = cm_id_uuid7(out->event_id);
+    if (rc)
+        return rc;
+    Commerce__Events__V1__StockChanged m = COMMERCE__EVENTS__V1__STOCK_CHANGED__INIT;
+    m.event_id = out->event_id;
+    m.tenant_id = (char *)tenant;
+    m.occurred_at = inv_pb_ts(a, c->occurred_ms ? c->occurred_ms : now_ms());
+    m.sku = (char *)c->level.sku;
+    m.change = inv_pb_change(a, c);
+    if (!m.occurred_at || !m.change)
         return CM_ENOMEM;
-    protobuf_c_message_pack(msg, p);
-    cm_outbox_event ev = {
-        .event_id = id,
-        .tenant_id = tenant,
-        .topic = INV_TOPIC,
-        .key = key,
-        .type = type,
-        .source = "/commerce/inventory",
-        .payload = p,
-        .len = len,
-    };
-    return cm_outbox_add(db, &ev);
+    out->tenant = tenant;
+    out->key = c->level.sku;
+    out->type = "commerce.events.v1.StockChanged";
+    out->occurred_ms = ts_to_ms(m.occurred_at);
+    return pack(&m.base, a, &out->payload, &out->len);
+}
+
+int inv_ev_pack_stock_edge(cm_arena *a, const char *tenant, const inv_level *l, int restock,
+                           const char *flash_sale_id, inv_ev_row *out)
+{
+    int rc = cm_id_uuid7(out->event_id);
+    if (rc)
+        return rc;
+    int64_t at = l->updated_ms > 0 ? l->updated_ms : now_ms();
+    Google__Protobuf__Timestamp *ts = inv_pb_ts(a, at);
+    Commerce__Inventory__V1__StockLevel *lv = inv_pb_level(a, l);
+    if (!ts || !lv)
+        return CM_ENOMEM;
+    out->tenant = tenant;
+    out->key = l->sku;
+    out->occurred_ms = at;
+    char *fs = (char *)(flash_sale_id ? flash_sale_id : "");
+    /* SoldOut and BackInStock have the same fields */
+    if (restock) {
+        Commerce__Events__V1__BackInStock m = COMMERCE__EVENTS__V1__BACK_IN_STOCK__INIT;
+        m.event_id = out->event_id;
+        m.tenant_id = (char *)tenant;
+        m.occurred_at = ts;
+        m.sku = (char *)l->sku;
+        m.stock = lv;
+        m.flash_sale_id = fs;
+        out->type = "commerce.events.v1.BackInStock";
+        return pack(&m.base, a, &out->payload, &out->len);
+    }
+    Commerce__Events__V1__SoldOut m = COMMERCE__EVENTS__V1__SOLD_OUT__INIT;
+    m.event_id = out->event_id;
+    m.tenant_id = (char *)tenant;
+    m.occurred_at = ts;
+    m.sku = (char *)l->sku;
+    m.stock = lv;
+    m.flash_sale_id = fs;
+    out->type = "commerce.events.v1.SoldOut";
+    return pack(&m.base, a, &out->payload, &out->len);
+}
+
+int inv_ev_stock_changed(cm_db *db, const char *tenant, const inv_change *c)
+{
+    if (!atomic_load(&enabled))
+        return 0;
+    cm_arena *a = cm_arena_new(4096);
+    if (!a)
+        return CM_ENOMEM;
+    inv_ev_row r;
+    int rc = inv_ev_pack_stock_changed(a, tenant, c, &r);
+    if (rc == 0)
+        rc = add_row(db, &r);
+    cm_arena_free(a);
+    return rc;
+}
+
+int inv_ev_stock_edge(cm_db *db, const char *tenant, const inv_level *l, int restock,
+                      const char *flash_sale_id)
+{
+    if (!atomic_load(&enabled))
+        return 0;
+    cm_arena *a = cm_arena_new(4096);
+    if (!a)
+        return CM_ENOMEM;
+    inv_ev_row r;
+    int rc = inv_ev_pack_stock_edge(a, tenant, l, restock, flash_sale_id, &r);
+    if (rc == 0)
+        rc = add_row(db, &r);
+    cm_arena_free(a);
+    return rc;
 }
 
 #define EVENT_BEGIN                                                                                \
@@ -143,52 +260,6 @@ static int add(cm_db *db, const char *id, const char *tenant, const char *key, c
         return rc;                                                                                 \
     }                                                                                              \
     int64_t at = now_ms()
-
-int inv_ev_stock_changed(cm_db *db, const char *tenant, const inv_change *c)
-{
-    EVENT_BEGIN;
-    Commerce__Events__V1__StockChanged m = COMMERCE__EVENTS__V1__STOCK_CHANGED__INIT;
-    m.event_id = id;
-    m.tenant_id = (char *)tenant;
-    m.occurred_at = inv_pb_ts(a, c->occurred_ms ? c->occurred_ms : at);
-    m.sku = (char *)c->level.sku;
-    m.change = inv_pb_change(a, c);
-    rc = m.change ? add(db, id, tenant, c->level.sku, "commerce.events.v1.StockChanged", &m.base, a)
-                  : CM_ENOMEM;
-    cm_arena_free(a);
-    return rc;
-}
-
-int inv_ev_stock_edge(cm_db *db, const char *tenant, const inv_level *l, int restock)
-{
-    EVENT_BEGIN;
-    /* SoldOut and BackInStock have the same fields */
-    Commerce__Events__V1__SoldOut so = COMMERCE__EVENTS__V1__SOLD_OUT__INIT;
-    Commerce__Events__V1__BackInStock bi = COMMERCE__EVENTS__V1__BACK_IN_STOCK__INIT;
-    Google__Protobuf__Timestamp *ts = inv_pb_ts(a, at);
-    Commerce__Inventory__V1__StockLevel *lv = inv_pb_level(a, l);
-    if (!ts || !lv) {
-        cm_arena_free(a);
-        return CM_ENOMEM;
-    }
-    if (restock) {
-        bi.event_id = id;
-        bi.tenant_id = (char *)tenant;
-        bi.occurred_at = ts;
-        bi.sku = (char *)l->sku;
-        bi.stock = lv;
-        rc = add(db, id, tenant, l->sku, "commerce.events.v1.BackInStock", &bi.base, a);
-    } else {
-        so.event_id = id;
-        so.tenant_id = (char *)tenant;
-        so.occurred_at = ts;
-        so.sku = (char *)l->sku;
-        so.stock = lv;
-        rc = add(db, id, tenant, l->sku, "commerce.events.v1.SoldOut", &so.base, a);
-    }
-    cm_arena_free(a);
-    return rc;
-}
 
 int inv_ev_reservation(cm_db *db, const char *tenant, const inv_resv *r)
 {

@@ -13,16 +13,51 @@
 
 #include "commerce/inventory/v1/inventory.pb-c.h"
 
+#include "cm_id.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
 #define INV_TOPIC "commerce.inventory.v1"
+#define INV_SOURCE "/commerce/inventory"
 
 /* events off: every inv_ev_* is a no-op (INVENTORY_EVENTS=off) */
 void inv_events_enable(int on);
+/* 1 unless events are off: the store asks before packing rows itself */
+int inv_events_on(void);
 
+/* every inv_ev_* below adds its event to the outbox of the caller's open
+ * transaction (cm_outbox_add), keyed as inventory_events.proto says: the
+ * sku for stock events, the order_id for reservation events. returns 0 or
+ * a CM_E*. */
 int inv_ev_stock_changed(cm_db *db, const char *tenant, const inv_change *c);
-/* SoldOut (restock = 0) or BackInStock (restock = 1) */
-int inv_ev_stock_edge(cm_db *db, const char *tenant, const inv_level *l, int restock);
+/* SoldOut (restock = 0) or BackInStock (restock = 1) of regular stock
+ * (flash_sale_id NULL) or of a flash sale's stock; occurred_at is the
+ * level's updated_ms (0: now) */
+int inv_ev_stock_edge(cm_db *db, const char *tenant, const inv_level *l, int restock,
+                      const char *flash_sale_id);
 /* ReservationConfirmed, ReservationReleased or ReservationExpired by r->state */
 int inv_ev_reservation(cm_db *db, const char *tenant, const inv_resv *r);
+
+/* an event packed but not written: the batched reserve path writes a
+ * whole batch of these with one multi-row insert into the outbox table
+ * (store.c, write_outbox), with the columns cm_outbox_add would write */
+typedef struct inv_ev_row {
+    char event_id[CM_ID_SIZE]; /* a fresh UUIDv7, also the payload's event_id */
+    const char *tenant;        /* borrowed from the caller */
+    const char *key;           /* the sku, borrowed from the change or level */
+    const char *type;          /* ce_type, a static string */
+    int64_t occurred_ms;       /* ce_time */
+    const uint8_t *payload;    /* the packed event, in the arena */
+    size_t len;
+} inv_ev_row;
+
+/* pack the events inv_ev_stock_changed and inv_ev_stock_edge write, into
+ * out (payload and messages allocated in a). 0 or CM_ENOMEM / CM_EIO. */
+int inv_ev_pack_stock_changed(cm_arena *a, const char *tenant, const inv_change *c,
+                              inv_ev_row *out);
+int inv_ev_pack_stock_edge(cm_arena *a, const char *tenant, const inv_level *l, int restock,
+                           const char *flash_sale_id, inv_ev_row *out);
 
 /* conversions; everything is allocated in a. inv_pb_ts returns NULL for 0. */
 Google__Protobuf__Timestamp *inv_pb_ts(cm_arena *a, int64_t ms);

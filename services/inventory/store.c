@@ -3,8 +3,11 @@
 
 #include "cm_err.h"
 #include "cm_log.h"
+#include "cm_arena.h"
+#include "cm_id.h"
 #include "inv_events.h"
 
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -183,6 +186,147 @@ int inv_store_get_reservation(cm_db *db, const char *tenant, const char *order_i
     return 0;
 }
 
+/* ---- outbox rows written by the store itself ---- */
+
+/* the events of a batch as the columns of one multi-row insert into the
+ * outbox table, the rows cm_outbox_add would write one statement each:
+ * text arrays, and the payloads concatenated into one binary parameter that
+ * the insert cuts by offset and length. common/ has no batch insert; this
+ * writes the same columns (README.md, "Events"). */
+typedef struct ev_rows {
+    buf id, tenant, key, type, at, off, len;
+    buf blob;
+    size_t n;
+    cm_arena *a; /* scratch for packing one event */
+} ev_rows;
+
+static int ev_init(ev_rows *e)
+{
+    memset(e, 0, sizeof *e);
+    buf *cols[] = {&e->id, &e->tenant, &e->key, &e->type, &e->at, &e->off, &e->len};
+    for (size_t k = 0; k < sizeof cols / sizeof cols[0]; k++)
+        puts_(cols[k], "{");
+    e->a = cm_arena_new(8192);
+    return e->a ? 0 : CM_ENOMEM;
+}
+
+static void ev_free(ev_rows *e)
+{
+    buf *all[] = {&e->id, &e->tenant, &e->key, &e->type, &e->at, &e->off, &e->len, &e->blob};
+    for (size_t k = 0; k < sizeof all / sizeof all[0]; k++)
+        free(all[k]->p);
+    cm_arena_free(e->a);
+}
+
+/* copies r (which may borrow from the caller) into the columns */
+static void ev_add(ev_rows *e, const inv_ev_row *r)
+{
+    put_elem(&e->id, r->event_id);
+    put_elem(&e->tenant, r->tenant);
+    put_elem(&e->key, r->key);
+    put_elem(&e->type, r->type);
+    put_num(&e->at, r->occurred_ms);
+    put_num(&e->off, (long long)e->blob.len);
+    put_num(&e->len, (long long)r->len);
+    put(&e->blob, (const char *)r->payload, r->len);
+    e->n++;
+    cm_arena_reset(e->a);
+}
+
+/* packs and adds the StockChanged of c; nothing when events are off */
+static int ev_changed(ev_rows *e, const char *tenant, const inv_change *c)
+{
+    if (!inv_events_on())
+        return 0;
+    inv_ev_row r;
+    int rc = inv_ev_pack_stock_changed(e->a, tenant, c, &r);
+    if (rc == 0)
+        ev_add(e, &r);
+    return rc;
+}
+
+/* packs and adds a SoldOut (restock 0) or BackInStock */
+static int ev_edge(ev_rows *e, const char *tenant, const inv_level *l, int restock,
+                   const char *flash_sale_id)
+{
+    if (!inv_events_on())
+        return 0;
+    inv_ev_row r;
+    int rc = inv_ev_pack_stock_edge(e->a, tenant, l, restock, flash_sale_id, &r);
+    if (rc == 0)
+        ev_add(e, &r);
+    return rc;
+}
+
+/* closes the arrays; CM_ENOMEM when a buffer could not grow */
+static int ev_close(ev_rows *e)
+{
+    buf *cols[] = {&e->id, &e->tenant, &e->key, &e->type, &e->at, &e->off, &e->len};
+    int oom = e->blob.oom;
+    for (size_t k = 0; k < sizeof cols / sizeof cols[0]; k++) {
+        puts_(cols[k], "}");
+        oom |= cols[k]->oom;
+    }
+    return oom ? CM_ENOMEM : 0;
+}
+
+/* the insert, with its parameters numbered from the macro's arguments: ids,
+ * tenants, keys, types, ms, offsets, lengths (arrays), the payload blob
+ * (bytea), topic and source. rows get their ids in array order (the ORDER
+ * BY), so a key's events are published in the order they were added. */
+#define OUTBOX_INSERT(id, t, k, ty, at, off, len, blob, topic, source)                             \
+    "INSERT INTO outbox (event_id, tenant_id, topic, key, type, source, payload, occurred_at) "    \
+    "SELECT u.id::uuid, u.t, " topic "::text, u.k, u.ty, " source "::text, "                       \
+    "substring(" blob "::bytea FROM u.off + 1 FOR u.len), to_timestamp(u.at / 1000.0) "            \
+    "FROM unnest(" id "::text[], " t "::text[], " k "::text[], " ty "::text[], " at                \
+    "::bigint[], " off "::int[], " len                                                             \
+    "::int[]) WITH ORDINALITY AS u(id, t, k, ty, at, off, len, ord) "                              \
+    "ORDER BY u.ord RETURNING 1"
+
+/* one notification per transaction wakes the relay at commit, as
+ * cm_outbox_add's does (postgres folds repeated ones anyway) */
+#define OUTBOX_NOTIFY(cte)                                                                         \
+    "(SELECT count(pg_notify(left('outbox.' || current_schema(), 63), '')) FROM (SELECT 1 "        \
+    "FROM " cte " LIMIT 1) AS x)"
+
+/* runs sql with text parameters, except p[bin] which is sent as binary
+ * (binlen bytes): the outbox payloads */
+static int exec_bin(cm_db *db, const char *what, const char *sql, int n, const char *const *p,
+                    int bin, size_t binlen, PGresult **out)
+{
+    int lengths[48] = {0}, formats[48] = {0};
+    if (n > 48 || bin >= n || binlen > INT32_MAX)
+        return CM_EINVAL;
+    lengths[bin] = (int)binlen;
+    formats[bin] = 1;
+    PGresult *r = PQexecParams(cm_db_conn(db), sql, n, NULL, p, lengths, formats, 0);
+    ExecStatusType st = PQresultStatus(r);
+    if (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK) {
+        if (out)
+            *out = r;
+        else
+            PQclear(r);
+        return 0;
+    }
+    int rc = cm_db_error(db, r, what);
+    PQclear(r);
+    return rc;
+}
+
+/* writes the rows in the caller's transaction with one statement */
+static int write_outbox(cm_db *db, ev_rows *e)
+{
+    int rc = ev_close(e);
+    if (rc || e->n == 0)
+        return rc;
+    const char *p[] = {e->id.p,  e->tenant.p, e->key.p,  e->type.p, e->at.p,
+                       e->off.p, e->len.p,    e->blob.p, INV_TOPIC, INV_SOURCE};
+    return exec_bin(db, "write outbox rows",
+                    "WITH o AS (" OUTBOX_INSERT("$1", "$2", "$3", "$4", "$5", "$6", "$7", "$8",
+                                                "$9", "$10") ") SELECT " OUTBOX_NOTIFY("o"),
+                    10, p, 7, e->blob.len, NULL);
+}
+
 /* ---- events for a set of audit rows ---- */
 
 static int emit_changes(cm_db *db, const char *tenant, const PGresult *r, int col, inv_stock_cb cb,
@@ -200,7 +344,7 @@ static int emit_changes(cm_db *db, const char *tenant, const PGresult *r, int co
                    : inv_sold_out_now(before, c.level.available) ? 0
                                                                  : -1;
         if (edge >= 0) {
-            rc = inv_ev_stock_edge(db, tenant, &c.level, edge);
+            rc = inv_ev_stock_edge(db, tenant, &c.level, edge, NULL);
             if (rc)
                 return rc;
             /* clearing a sold-out flag early is harmless: it only costs a
@@ -214,37 +358,92 @@ static int emit_changes(cm_db *db, const char *tenant, const PGresult *r, int co
 
 /* ---- reserve ---- */
 
+/* a sku that reached 0 in a batch: marked sold out after commit */
+typedef struct zero_sku {
+    char tenant[INV_KEY_MAX + 1];
+    char sku[INV_SKU_MAX + 1];
+} zero_sku;
+
 typedef struct reserve_tx {
     inv_reserve_item *const *items;
     size_t n;
     const char *params[10];
-    /* skus that reached 0 in the batch: marked sold out after commit */
-    char zero_tenant[64][65];
-    char zero_sku[64][INV_SKU_MAX + 1];
-    int nzero;
+    zero_sku *zero;
+    size_t nzero, capzero;
 } reserve_tx;
 
+static int add_zero(reserve_tx *t, const char *tenant, const char *sku)
+{
+    if (t->nzero == t->capzero) {
+        size_t cap = t->capzero ? t->capzero * 2 : 16;
+        zero_sku *z = realloc(t->zero, cap * sizeof *z);
+        if (!z)
+            return CM_ENOMEM;
+        t->zero = z;
+        t->capzero = cap;
+    }
+    zero_sku *z = &t->zero[t->nzero++];
+    snprintf(z->tenant, sizeof z->tenant, "%s", tenant);
+    snprintf(z->sku, sizeof z->sku, "%s", sku);
+    return 0;
+}
+
+/* the counters of a row of inv_reserve_batch's result (outcomes 8-10) */
+static void parse_batch_level(const PGresult *r, int k, inv_level *l)
+{
+    cpy(l->sku, sizeof l->sku, r, k, 2);
+    l->available = i64(r, k, 11);
+    l->reserved = i64(r, k, 12);
+    l->sold = i64(r, k, 13);
+    l->on_hand = i64(r, k, 14);
+    l->version = i64(r, k, 15);
+    l->updated_ms = i64(r, k, 16);
+}
+
 /* the batch through the row-by-row plpgsql function: used when a sku of
- * the batch is in an active flash sale (sale stock, per-buyer limits) */
+ * the batch is in an active flash sale (sale stock, per-buyer limits). the
+ * function reports the audit rows and the sold-out edges; their events go
+ * to the outbox with one more statement. */
 static int reserve_rows(cm_db *db, reserve_tx *t)
 {
     PGresult *r = NULL;
     int rc = exec(db, "reserve batch",
                   "SELECT req, outcome, sku, requested, avail, flash_sale_id, created_ms, "
-                  "expires_ms FROM inv_reserve_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                  "expires_ms, item, tenant, change_id, l_available, l_reserved, l_sold, "
+                  "l_on_hand, l_version, at_ms "
+                  "FROM inv_reserve_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
                   10, t->params, &r);
     if (rc)
         return rc;
+    ev_rows ev;
+    rc = ev_init(&ev);
     int rows = PQntuples(r);
-    for (int k = 0; k < rows; k++) {
+    for (int k = 0; rc == 0 && k < rows; k++) {
         int req = (int)i64(r, k, 0);
         int outcome = (int)i64(r, k, 1);
-        if (outcome == 9) {
-            if (t->nzero < 64) {
-                cpy(t->zero_sku[t->nzero], sizeof t->zero_sku[0], r, k, 2);
-                cpy(t->zero_tenant[t->nzero], sizeof t->zero_tenant[0], r, k, 5);
-                t->nzero++;
-            }
+        int item = (int)i64(r, k, 8);
+        if (outcome == 8 && item >= 1 && (size_t)item <= t->n) {
+            const inv_reserve_item *it = t->items[item - 1];
+            inv_change c;
+            memset(&c, 0, sizeof c);
+            cpy(c.change_id, sizeof c.change_id, r, k, 10);
+            c.kind = INV_KIND_RESERVE;
+            c.da = -i64(r, k, 3);
+            c.dr = i64(r, k, 3);
+            parse_batch_level(r, k, &c.level);
+            snprintf(c.order_id, sizeof c.order_id, "%s", it->order_id);
+            snprintf(c.principal, sizeof c.principal, "%s", it->principal ? it->principal : "");
+            c.occurred_ms = c.level.updated_ms;
+            rc = ev_changed(&ev, it->tenant, &c);
+            continue;
+        }
+        if (outcome == 9 || outcome == 10) {
+            inv_level l;
+            parse_batch_level(r, k, &l);
+            const char *tenant = PQgetvalue(r, k, 9);
+            rc = ev_edge(&ev, tenant, &l, 0, outcome == 10 ? PQgetvalue(r, k, 5) : NULL);
+            if (rc == 0 && outcome == 9)
+                rc = add_zero(t, tenant, l.sku);
             continue;
         }
         if (req < 1 || (size_t)req > t->n)
@@ -264,12 +463,9 @@ static int reserve_rows(cm_db *db, reserve_tx *t)
         }
     }
     PQclear(r);
-    for (int z = 0; rc == 0 && z < t->nzero; z++) {
-        inv_level l;
-        rc = inv_store_get_stock(db, t->zero_tenant[z], t->zero_sku[z], &l);
-        if (rc == 0)
-            rc = inv_ev_stock_edge(db, t->zero_tenant[z], &l, 0);
-    }
+    if (rc == 0)
+        rc = write_outbox(db, &ev);
+    ev_free(&ev);
     return rc;
 }
 
@@ -294,14 +490,26 @@ static int64_t wall_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-#define NW 22
+static void level_of(const inv_counter *c, int64_t at_ms, inv_level *l)
+{
+    snprintf(l->sku, sizeof l->sku, "%s", c->sku);
+    l->available = c->available;
+    l->reserved = c->reserved;
+    l->sold = c->sold;
+    l->on_hand = c->on_hand;
+    l->version = c->version;
+    l->updated_ms = at_ms;
+}
+
+#define NW 23
 
 /* the batch, admitted in c: lock the batch's stock rows (in (tenant, sku)
  * order, so batches of two replicas never deadlock), read the orders that
  * already exist, decide every reservation in memory against the locked
- * counters (inv_admit), then write reservations, lines, audit rows and the
- * new counters in one statement. three round trips per batch, whatever
- * its size. */
+ * counters (inv_admit), then write reservations, lines, audit rows, the
+ * new counters and the outbox events (one StockChanged per line, SoldOut
+ * per sku that reached 0) in one statement. three round trips per batch,
+ * whatever its size. */
 static int reserve_fn(cm_db *db, void *arg)
 {
     reserve_tx *t = arg;
@@ -343,12 +551,15 @@ static int reserve_fn(cm_db *db, void *arg)
     memset(w, 0, sizeof w);
     for (int k = 0; k < NW; k++)
         puts_(&w[k], "{");
+    ev_rows ev;
+    int evrc = ev_init(&ev);
     size_t maxl = 0;
     for (size_t i = 0; i < t->n; i++)
         maxl = t->items[i]->nlines > maxl ? t->items[i]->nlines : maxl;
     size_t *pos = calloc(maxl ? maxl : 1, sizeof *pos);
     int64_t *av = calloc(maxl ? maxl : 1, sizeof *av);
-    if (!cs || !pos || !av) {
+    inv_change *chg = malloc(sizeof *chg);
+    if (!cs || !pos || !av || !chg || evrc) {
         rc = CM_ENOMEM;
         goto out;
     }
@@ -366,8 +577,10 @@ static int reserve_fn(cm_db *db, void *arg)
     qsort(cs, nc, sizeof *cs, counter_cmp);
     int nx = PQntuples(rx);
     int64_t now = wall_ms();
+    char now_s[24];
+    snprintf(now_s, sizeof now_s, "%lld", (long long)now);
     long long reserved = 0;
-    for (size_t i = 0; i < t->n; i++) {
+    for (size_t i = 0; i < t->n && rc == 0; i++) {
         inv_reserve_item *it = t->items[i];
         /* an order that exists, or came earlier in this batch */
         const char *body = NULL;
@@ -410,8 +623,23 @@ static int reserve_fn(cm_db *db, void *arg)
         put_elem(&w[3], it->body);
         put_num(&w[4], it->created_ms);
         put_num(&w[5], it->expires_ms);
+        /* a line's sku is in no other line of the reservation, so the
+         * counters inv_admit left are the ones right after this line */
         for (size_t j = 0; j < it->nlines; j++) {
             const inv_counter *c = &cs[pos[j]];
+            memset(chg, 0, sizeof *chg);
+            if ((rc = cm_id_uuid7(chg->change_id)) != 0)
+                break;
+            chg->kind = INV_KIND_RESERVE;
+            chg->da = -it->lines[j].qty;
+            chg->dr = it->lines[j].qty;
+            level_of(c, now, &chg->level);
+            snprintf(chg->order_id, sizeof chg->order_id, "%s", it->order_id);
+            snprintf(chg->principal, sizeof chg->principal, "%s",
+                     it->principal ? it->principal : "");
+            chg->occurred_ms = now;
+            if ((rc = ev_changed(&ev, it->tenant, chg)) != 0)
+                break;
             put_elem(&w[6], it->tenant);
             put_elem(&w[7], it->order_id);
             put_num(&w[8], (long long)j);
@@ -424,9 +652,10 @@ static int reserve_fn(cm_db *db, void *arg)
             put_num(&w[14], c->on_hand);
             put_num(&w[15], c->version);
             put_elem(&w[16], it->principal ? it->principal : "");
+            put_elem(&w[22], chg->change_id);
         }
     }
-    for (size_t k = 0; k < nc; k++) {
+    for (size_t k = 0; rc == 0 && k < nc; k++) {
         const inv_counter *c = &cs[k];
         if (c->available == c->available0)
             continue;
@@ -435,27 +664,36 @@ static int reserve_fn(cm_db *db, void *arg)
         put_num(&w[19], c->available);
         put_num(&w[20], c->reserved);
         put_num(&w[21], c->version);
-        if (c->available == 0 && t->nzero < 64) {
-            snprintf(t->zero_tenant[t->nzero], sizeof t->zero_tenant[0], "%s", c->tenant);
-            snprintf(t->zero_sku[t->nzero], sizeof t->zero_sku[0], "%s", c->sku);
-            t->nzero++;
+        if (c->available == 0) {
+            level_of(c, now, &chg->level);
+            rc = ev_edge(&ev, c->tenant, &chg->level, 0, NULL);
+            if (rc == 0)
+                rc = add_zero(t, c->tenant, c->sku);
         }
     }
+    if (rc)
+        goto out;
     int oom = 0;
     for (int k = 0; k < NW; k++) {
         puts_(&w[k], "}");
         oom |= w[k].oom;
     }
-    if (oom) {
+    if (oom || ev_close(&ev)) {
         rc = CM_ENOMEM;
         goto out;
     }
     if (reserved) {
-        const char *pw[NW];
+        const char *pw[NW + 11];
         for (int k = 0; k < NW; k++)
             pw[k] = w[k].p;
+        const char *pe[] = {now_s,     ev.id.p,   ev.tenant.p,
+                            ev.key.p,  ev.type.p, ev.at.p,
+                            ev.off.p,  ev.len.p,  ev.blob.p ? ev.blob.p : "",
+                            INV_TOPIC, INV_SOURCE};
+        for (int k = 0; k < 11; k++)
+            pw[NW + k] = pe[k];
         PGresult *r = NULL;
-        rc = exec(
+        rc = exec_bin(
             db, "write batch",
             "WITH r AS (INSERT INTO reservation (tenant_id, order_id, state, buyer_id, body, "
             "  created_at, expires_at) SELECT u.t, u.o, 1, u.b, u.body, to_timestamp(u.c / "
@@ -466,18 +704,21 @@ static int reserve_fn(cm_db *db, void *arg)
             "l AS (INSERT INTO reservation_line (tenant_id, order_id, idx, sku, quantity) "
             "  SELECT * FROM unnest($7::text[], $8::text[], $9::int[], $10::text[], "
             "  $11::bigint[])), "
-            "c AS (INSERT INTO stock_change (tenant_id, sku, kind, available_delta, "
+            "c AS (INSERT INTO stock_change (change_id, tenant_id, sku, kind, available_delta, "
             "  reserved_delta, sold_delta, available, reserved, sold, on_hand, version, "
-            "  order_id, principal) SELECT u.t, u.s, 3, -u.q, u.q, 0, u.a, u.r, u.sd, u.oh, "
-            "  u.v, u.o, u.p FROM unnest($7::text[], $10::text[], $11::bigint[], $12::bigint[], "
+            "  order_id, principal, occurred_at) SELECT u.id, u.t, u.s, 3, -u.q, u.q, 0, u.a, "
+            "  u.r, u.sd, u.oh, u.v, u.o, u.p, to_timestamp($24::bigint / 1000.0) "
+            "  FROM unnest($23::uuid[], $7::text[], $10::text[], $11::bigint[], $12::bigint[], "
             "  $13::bigint[], $14::bigint[], $15::bigint[], $16::bigint[], $8::text[], "
-            "  $17::text[]) AS u(t, s, q, a, r, sd, oh, v, o, p)), "
+            "  $17::text[]) AS u(id, t, s, q, a, r, sd, oh, v, o, p)), "
             "s AS (UPDATE stock x SET available = u.a, reserved = u.r, version = u.v, "
-            "  updated_at = now() FROM unnest($18::text[], $19::text[], $20::bigint[], "
-            "  $21::bigint[], $22::bigint[]) AS u(t, s, a, r, v) "
-            "  WHERE x.tenant_id = u.t AND x.sku = u.s) "
-            "SELECT count(*) FROM r",
-            NW, pw, &r);
+            "  updated_at = to_timestamp($24::bigint / 1000.0) FROM unnest($18::text[], "
+            "  $19::text[], $20::bigint[], $21::bigint[], $22::bigint[]) AS u(t, s, a, r, v) "
+            "  WHERE x.tenant_id = u.t AND x.sku = u.s), "
+            "o AS (" OUTBOX_INSERT("$25", "$26", "$27", "$28", "$29", "$30", "$31", "$32", "$33",
+                                   "$34") ") "
+                                          "SELECT (SELECT count(*) FROM r), " OUTBOX_NOTIFY("o"),
+            NW + 11, pw, NW + 8, ev.blob.len, &r);
         if (rc == 0) {
             long long inserted = i64(r, 0, 0);
             PQclear(r);
@@ -487,18 +728,14 @@ static int reserve_fn(cm_db *db, void *arg)
                 rc = CM_ECONFLICT;
         }
     }
-    for (int z = 0; rc == 0 && z < t->nzero; z++) {
-        inv_level l;
-        rc = inv_store_get_stock(db, t->zero_tenant[z], t->zero_sku[z], &l);
-        if (rc == 0)
-            rc = inv_ev_stock_edge(db, t->zero_tenant[z], &l, 0);
-    }
 out:
     for (int k = 0; k < NW; k++)
         free(w[k].p);
+    ev_free(&ev);
     free(cs);
     free(pos);
     free(av);
+    free(chg);
     PQclear(rs);
     PQclear(rx);
     return rc;
@@ -539,9 +776,11 @@ int inv_store_reserve_batch(cm_db *db, inv_reserve_item *const *items, size_t n,
             t->params[k] = a[k].p;
         rc = cm_db_tx(db, NULL, 8, reserve_fn, t);
         if (rc == 0 && cb)
-            for (int z = 0; z < t->nzero; z++)
-                cb(arg, t->zero_tenant[z], t->zero_sku[z], 0);
+            for (size_t z = 0; z < t->nzero; z++)
+                cb(arg, t->zero[z].tenant, t->zero[z].sku, 0);
     }
+    if (t)
+        free(t->zero);
     free(t);
     for (int k = 0; k < 10; k++)
         free(a[k].p);
@@ -549,6 +788,36 @@ int inv_store_reserve_batch(cm_db *db, inv_reserve_item *const *items, size_t n,
 }
 
 /* ---- confirm, release, expire ---- */
+
+/* a release or expiry gave a flash sale's units back (inv_resolve_lines,
+ * which holds the sale's row lock): BackInStock of the sale when it was
+ * full before and is running now */
+static int flash_back_in_stock(cm_db *db, const char *tenant, const inv_resv *r)
+{
+    for (size_t i = 0; i < r->nlines; i++) {
+        const inv_resv_line *l = &r->lines[i];
+        if (!l->flash_sale_id[0] || !inv_events_on())
+            continue;
+        char q[24];
+        snprintf(q, sizeof q, "%lld", (long long)l->qty);
+        const char *p[] = {tenant, l->flash_sale_id, q};
+        PGresult *x = NULL;
+        int rc = exec(db, "flash sale freed",
+                      "SELECT 1 FROM flash_sale WHERE tenant_id = $1 AND flash_sale_id = $2 "
+                      "AND reserved + sold < sale_stock AND reserved + sold + $3::bigint >= "
+                      "sale_stock AND starts_at <= now() AND ends_at > now()",
+                      3, p, &x);
+        if (rc)
+            return rc;
+        int edge = PQntuples(x) == 1;
+        PQclear(x);
+        inv_level lv;
+        if (edge && ((rc = inv_store_get_stock(db, tenant, l->sku, &lv)) != 0 ||
+                     (rc = inv_ev_stock_edge(db, tenant, &lv, 1, l->flash_sale_id)) != 0))
+            return rc;
+    }
+    return 0;
+}
 
 static int resolve_lines(cm_db *db, const char *tenant, const char *order_id, int to,
                          const char *principal, inv_resv *out, inv_stock_cb cb, void *arg)
@@ -568,6 +837,8 @@ static int resolve_lines(cm_db *db, const char *tenant, const char *order_id, in
     rc = inv_store_get_reservation(db, tenant, order_id, out);
     if (rc)
         return rc == CM_ENOTFOUND ? CM_EINTERNAL : rc;
+    if (to != INV_CONFIRMED && (rc = flash_back_in_stock(db, tenant, out)) != 0)
+        return rc;
     return inv_ev_reservation(db, tenant, out);
 }
 
@@ -799,9 +1070,9 @@ static int admin_fn(cm_db *db, void *arg)
         return rc;
     int64_t before = t->level->available - delta;
     if (inv_sold_out_now(before, t->level->available))
-        rc = inv_ev_stock_edge(db, q->tenant, t->level, 0);
+        rc = inv_ev_stock_edge(db, q->tenant, t->level, 0, NULL);
     else if (inv_back_in_stock(before, t->level->available))
-        rc = inv_ev_stock_edge(db, q->tenant, t->level, 1);
+        rc = inv_ev_stock_edge(db, q->tenant, t->level, 1, NULL);
     return rc;
 }
 

@@ -11,6 +11,7 @@
 #include <check.h>
 #include <grpc/status.h>
 #include <libpq-fe.h>
+#include <librdkafka/rdkafka.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -22,6 +23,7 @@
 
 #include "cm_kafka.h"
 
+#include "commerce/events/v1/inventory_events.pb-c.h"
 #include "commerce/events/v1/order_events.pb-c.h"
 #include "commerce/inventory/v1/inventory_service.pb-c.h"
 
@@ -1266,6 +1268,274 @@ START_TEST(list_flash_sales_returns_configured_sales)
 }
 END_TEST
 
+/* ---- events of the batched reserve path, read back from kafka ---- */
+
+#define EV_BURST_ORDERS 240
+#define INV_SKU_TEST_MAX 65
+
+/* a consumer of the inventory topic positioned at its end: it sees only
+ * what is published after this call */
+static rd_kafka_t *topic_reader(const char *brokers, const char *topic)
+{
+    char err[512], group[64];
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    snprintf(group, sizeof group, "inv-it-reader-%d", (int)getpid());
+    ck_assert_int_eq(rd_kafka_conf_set(conf, "bootstrap.servers", brokers, err, sizeof err), 0);
+    ck_assert_int_eq(rd_kafka_conf_set(conf, "group.id", group, err, sizeof err), 0);
+    ck_assert_int_eq(rd_kafka_conf_set(conf, "enable.auto.commit", "false", err, sizeof err), 0);
+    ck_assert_int_eq(rd_kafka_conf_set(conf, "log_level", "0", err, sizeof err), 0);
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, sizeof err);
+    ck_assert_msg(rk != NULL, "consumer: %s", err);
+    rd_kafka_poll_set_consumer(rk);
+    rd_kafka_topic_t *t = rd_kafka_topic_new(rk, topic, NULL);
+    const struct rd_kafka_metadata *md = NULL;
+    ck_assert_int_eq(rd_kafka_metadata(rk, 0, t, &md, 10000), RD_KAFKA_RESP_ERR_NO_ERROR);
+    ck_assert_int_eq(md->topic_cnt, 1);
+    int parts = md->topics[0].partition_cnt;
+    ck_assert_int_gt(parts, 0);
+    rd_kafka_metadata_destroy(md);
+    rd_kafka_topic_destroy(t);
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(parts);
+    for (int p = 0; p < parts; p++) {
+        int64_t lo = 0, hi = 0;
+        ck_assert_int_eq(rd_kafka_query_watermark_offsets(rk, topic, p, &lo, &hi, 10000),
+                         RD_KAFKA_RESP_ERR_NO_ERROR);
+        rd_kafka_topic_partition_list_add(l, topic, p)->offset = hi;
+    }
+    ck_assert_int_eq(rd_kafka_assign(rk, l), RD_KAFKA_RESP_ERR_NO_ERROR);
+    rd_kafka_topic_partition_list_destroy(l);
+    return rk;
+}
+
+/* one inventory event as read from the topic, in partition order */
+typedef struct read_ev {
+    char type[64];
+    char sku[INV_SKU_TEST_MAX];
+    char order_id[48];
+    char change_id[40];
+    char flash_sale_id[40];
+    int64_t version, available, da, dr;
+    int kind;
+} read_ev;
+
+/* reads the topic until want events keyed by one of skus came, or
+ * timeout_ms passed */
+static size_t read_events(rd_kafka_t *rk, const char *const *skus, size_t nskus, read_ev *out,
+                          size_t want, int timeout_ms)
+{
+    size_t n = 0;
+    long long until = hs_now_ms() + timeout_ms;
+    while (n < want && hs_now_ms() < until) {
+        rd_kafka_message_t *m = rd_kafka_consumer_poll(rk, 500);
+        if (!m)
+            continue;
+        int ours = 0;
+        for (size_t i = 0; !m->err && i < nskus; i++)
+            ours |= m->key_len == strlen(skus[i]) && memcmp(m->key, skus[i], m->key_len) == 0;
+        rd_kafka_headers_t *h = NULL;
+        const void *tv = NULL;
+        size_t tl = 0;
+        if (ours && rd_kafka_message_headers(m, &h) == RD_KAFKA_RESP_ERR_NO_ERROR &&
+            rd_kafka_header_get_last(h, "ce_type", &tv, &tl) == RD_KAFKA_RESP_ERR_NO_ERROR) {
+            read_ev *e = &out[n++];
+            memset(e, 0, sizeof *e);
+            snprintf(e->type, sizeof e->type, "%.*s", (int)tl, (const char *)tv);
+            if (strcmp(e->type, "commerce.events.v1.StockChanged") == 0) {
+                Commerce__Events__V1__StockChanged *s =
+                    commerce__events__v1__stock_changed__unpack(NULL, m->len, m->payload);
+                ck_assert_ptr_nonnull(s);
+                ck_assert_ptr_nonnull(s->change);
+                ck_assert_ptr_nonnull(s->change->level);
+                snprintf(e->sku, sizeof e->sku, "%s", s->sku);
+                snprintf(e->order_id, sizeof e->order_id, "%s", s->change->order_id);
+                snprintf(e->change_id, sizeof e->change_id, "%s", s->change->change_id);
+                e->kind = (int)s->change->kind;
+                e->dr = s->change->reserved_delta;
+                e->version = s->change->level->version;
+                e->available = s->change->level->available;
+                e->da = s->change->available_delta;
+                ck_assert_ptr_nonnull(s->occurred_at);
+                protobuf_c_message_free_unpacked(&s->base, NULL);
+            } else if (strcmp(e->type, "commerce.events.v1.SoldOut") == 0) {
+                Commerce__Events__V1__SoldOut *s =
+                    commerce__events__v1__sold_out__unpack(NULL, m->len, m->payload);
+                ck_assert_ptr_nonnull(s);
+                snprintf(e->sku, sizeof e->sku, "%s", s->sku);
+                snprintf(e->flash_sale_id, sizeof e->flash_sale_id, "%s", s->flash_sale_id);
+                e->available = s->stock ? s->stock->available : -1;
+                e->version = s->stock ? s->stock->version : -1;
+                protobuf_c_message_free_unpacked(&s->base, NULL);
+            }
+        }
+        rd_kafka_message_destroy(m);
+    }
+    return n;
+}
+
+typedef struct ev_burst {
+    cm_rpc_client *clients[2];
+    const char *plenty, *scarce;
+    atomic_int next;
+    atomic_int ok[EV_BURST_ORDERS];
+    atomic_int other;
+} ev_burst;
+
+/* order n: one line of the plentiful sku, and for odd n a line of the
+ * scarce one too */
+static void *ev_buyer(void *p)
+{
+    ev_burst *b = p;
+    for (;;) {
+        int n = atomic_fetch_add(&b->next, 1);
+        if (n >= EV_BURST_ORDERS)
+            break;
+        char order[32];
+        snprintf(order, sizeof order, "ev-%d", n);
+        const char *skus[] = {b->plenty, b->scarce};
+        int64_t qty[] = {1, 1};
+        cm_rpc_status st;
+        int code =
+            reserve_lines(b->clients[n % 2], order, NULL, skus, qty, n % 2 ? 2 : 1, 0, NULL, &st);
+        if (code == 0)
+            atomic_store(&b->ok[n], 1);
+        else if (code != GRPC_STATUS_FAILED_PRECONDITION || strcmp(st.reason, "SOLD_OUT") != 0)
+            atomic_fetch_add(&b->other, 1);
+    }
+    return NULL;
+}
+
+START_TEST(reserve_burst_emits_one_stock_changed_per_line)
+{
+    const char *brokers = getenv("KAFKA_BROKERS");
+    ck_assert_msg(brokers && *brokers, "KAFKA_BROKERS is not set: run through scripts/test.sh");
+    new_schema();
+    /* skus of this run only: the topic is shared with every other test */
+    char plenty[INV_SKU_TEST_MAX], scarce[INV_SKU_TEST_MAX];
+    snprintf(plenty, sizeof plenty, "ev.%d.%d.plenty", (int)getpid(), schema_seq);
+    snprintf(scarce, sizeof scarce, "ev.%d.%d.scarce", (int)getpid(), schema_seq);
+    rd_kafka_t *rk = topic_reader(brokers, "commerce.inventory.v1");
+    hs_proc p[2];
+    ev_burst *b = calloc(1, sizeof *b);
+    b->plenty = plenty;
+    b->scarce = scarce;
+    for (int i = 0; i < 2; i++) {
+        spawn(&p[i], NULL);
+        b->clients[i] = client_for(&p[i]);
+    }
+    const int scarce_stock = 40;
+    ck_assert_int_eq(set_stock(b->clients[0], "r1", plenty, 1000), 0);
+    ck_assert_int_eq(set_stock(b->clients[0], "r2", scarce, scarce_stock), 0);
+    /* 32 callers over two replicas: batches of several reservations */
+    pthread_t t[32];
+    for (int i = 0; i < 32; i++)
+        pthread_create(&t[i], NULL, ev_buyer, b);
+    for (int i = 0; i < 32; i++)
+        pthread_join(t[i], NULL);
+    ck_assert_int_eq(atomic_load(&b->other), 0);
+    int ok = 0, ok_scarce = 0;
+    for (int n = 0; n < EV_BURST_ORDERS; n++) {
+        ok += atomic_load(&b->ok[n]);
+        ok_scarce += n % 2 ? atomic_load(&b->ok[n]) : 0;
+    }
+    ck_assert_int_eq(ok_scarce, scarce_stock);
+    ck_assert_int_eq(ok, EV_BURST_ORDERS / 2 + scarce_stock);
+    ck_assert_int_eq(sql_long("SELECT count(*) FROM stock_change WHERE kind = 3"), ok + ok_scarce);
+
+    /* from the broker: both skus' SetStock (StockChanged and BackInStock),
+     * every reserved line's StockChanged, the scarce sku's SoldOut */
+    const char *keys[] = {plenty, scarce};
+    size_t want = 4 + (size_t)(ok + ok_scarce) + 1;
+    read_ev *ev = calloc(want + 1, sizeof *ev);
+    size_t got = read_events(rk, keys, 2, ev, want, 60000);
+    ck_assert_uint_eq(got, want);
+    /* and nothing more: a duplicate would have come with the others */
+    ck_assert_uint_eq(read_events(rk, keys, 2, ev + got, 1, 3000), 0);
+    int per_order[EV_BURST_ORDERS][2] = {{0}};
+    int64_t last_version[2] = {-1, -1}, last_avail[2] = {-1, -1};
+    int sold_out = 0, after_sold_out = 0, set = 0;
+    char *ids = strdup("{");
+    for (size_t i = 0; i < got; i++) {
+        const read_ev *e = &ev[i];
+        int s = strcmp(e->sku, scarce) == 0;
+        if (strcmp(e->type, "commerce.events.v1.SoldOut") == 0) {
+            ck_assert(s);
+            ck_assert_int_eq(e->available, 0);
+            ck_assert_str_eq(e->flash_sale_id, "");
+            sold_out++;
+            continue;
+        }
+        if (strcmp(e->type, "commerce.events.v1.BackInStock") == 0)
+            continue;
+        ck_assert_str_eq(e->type, "commerce.events.v1.StockChanged");
+        if (e->kind == COMMERCE__INVENTORY__V1__STOCK_CHANGE_KIND__STOCK_CHANGE_KIND_SET) {
+            /* first of its key: the counters every reserve starts from */
+            ck_assert_int_eq(last_version[s], -1);
+            last_version[s] = e->version;
+            last_avail[s] = e->available;
+            set++;
+            continue;
+        }
+        ck_assert_int_eq(e->kind,
+                         COMMERCE__INVENTORY__V1__STOCK_CHANGE_KIND__STOCK_CHANGE_KIND_RESERVE);
+        ck_assert_int_eq(e->dr, 1);
+        ck_assert_int_eq(e->da, -1);
+        int n = -1;
+        ck_assert_int_eq(sscanf(e->order_id, "ev-%d", &n), 1);
+        ck_assert(n >= 0 && n < EV_BURST_ORDERS && atomic_load(&b->ok[n]));
+        per_order[n][s]++;
+        /* per-key order: each sku's events in the order of its changes */
+        ck_assert_int_gt(e->version, last_version[s]);
+        ck_assert_int_eq(e->available, last_avail[s] - 1);
+        last_version[s] = e->version;
+        last_avail[s] = e->available;
+        after_sold_out += s && sold_out;
+        size_t len = strlen(ids);
+        char *grown = realloc(ids, len + 48);
+        ck_assert_ptr_nonnull(grown);
+        ids = grown;
+        snprintf(ids + len, 48, "%s%s", len > 1 ? "," : "", e->change_id);
+    }
+    ck_assert_int_eq(set, 2);
+    ck_assert_int_eq(sold_out, 1);
+    ck_assert_int_eq(after_sold_out, 0);
+    ck_assert_int_eq(last_avail[0], 1000 - ok);
+    ck_assert_int_eq(last_avail[1], 0);
+    for (int n = 0; n < EV_BURST_ORDERS; n++) {
+        int k = atomic_load(&b->ok[n]);
+        ck_assert_int_eq(per_order[n][0], k);
+        ck_assert_int_eq(per_order[n][1], n % 2 ? k : 0);
+    }
+    /* each event names its audit row */
+    size_t len = strlen(ids);
+    char *sql = malloc(len + 128);
+    snprintf(sql, len + 128,
+             "SELECT count(*) FROM stock_change WHERE kind = 3 AND change_id = ANY('%s}'::uuid[])",
+             ids);
+    ck_assert_int_eq(sql_long(sql), ok + ok_scarce);
+    free(sql);
+    free(ids);
+    /* the relay marks what the broker acknowledged */
+    long long until = hs_now_ms() + 20000;
+    while (hs_now_ms() < until &&
+           sql_long("SELECT count(*) FROM outbox WHERE published_at IS NULL") > 0)
+        usleep(200000);
+    ck_assert_int_eq(sql_long("SELECT count(*) FROM outbox WHERE published_at IS NULL"), 0);
+    ck_assert_int_eq(sql_long("SELECT count(*) FROM outbox WHERE type = "
+                              "'commerce.events.v1.StockChanged'"),
+                     2 + ok + ok_scarce);
+    ck_assert_int_eq(violations(b->clients[0]), 0);
+    for (int i = 0; i < 2; i++) {
+        cm_rpc_client_free(b->clients[i]);
+        ck_assert_int_eq(hs_stop(&p[i], SIGTERM, 20000), 0);
+    }
+    free(ev);
+    free(b);
+    rd_kafka_consumer_close(rk);
+    rd_kafka_destroy(rk);
+    drop_schema();
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("inventory");
@@ -1283,6 +1553,7 @@ static Suite *suite(void)
     tcase_add_test(t, order_events_confirm_and_release_through_the_inbox);
     tcase_add_test(t, list_stock_changes_pages_the_audit_trail);
     tcase_add_test(t, list_flash_sales_returns_configured_sales);
+    tcase_add_test(t, reserve_burst_emits_one_stock_changed_per_line);
     suite_add_tcase(s, t);
     return s;
 }
