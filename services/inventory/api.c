@@ -644,9 +644,12 @@ static int configure_flash_sale(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Pro
         return -1;
     if (!inv_valid_key(req->request_id, INV_KEY_MAX))
         return cm_rpc_fail_field(ctx, "request_id", "must be 1-64 characters from [A-Za-z0-9._:-]");
-    if (req->flash_sale_id[0])
-        return cm_rpc_fail(ctx, GRPC_STATUS_UNIMPLEMENTED, "UNIMPLEMENTED",
-                           "updating a flash sale is not supported yet: create a new one");
+    int update = req->flash_sale_id[0] != 0;
+    if (update && !inv_valid_key(req->flash_sale_id, INV_KEY_MAX))
+        return cm_rpc_fail_field(ctx, "flash_sale_id",
+                                 "must be empty (create) or the id of a sale (update)");
+    if (req->expected_version < 0)
+        return cm_rpc_fail_field(ctx, "expected_version", "must not be negative");
     if (!inv_valid_key(req->sku, INV_SKU_MAX))
         return cm_rpc_fail_field(ctx, "sku", "must be 1-64 characters from [A-Za-z0-9._:-]");
     if (!req->starts_at)
@@ -666,26 +669,35 @@ static int configure_flash_sale(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Pro
         return cm_rpc_fail_field(ctx, "per_buyer_limit", "must be between 1 and 1000000000");
     if (!req->actor[0] || strlen(req->actor) > INV_ACTOR_MAX)
         return cm_rpc_fail_field(ctx, "actor", "must be 1 to 128 characters");
+    /* a create's body is unchanged from before updates existed, so its
+     * stored request ids keep matching */
     char *body = cm_arena_printf(a, "s=%s;a=%lld;b=%lld;n=%lld;l=%lld;x=%s", req->sku,
                                  (long long)st, (long long)en, (long long)req->sale_stock,
                                  (long long)req->per_buyer_limit, req->actor);
+    if (update)
+        body = cm_arena_printf(a, "u=%s;%s;e=%lld", req->flash_sale_id, body,
+                               (long long)req->expected_version);
     inv_sale_req q = {.tenant = cm_rpc_ctx_tenant(ctx),
                       .request_id = req->request_id,
                       .body = body,
                       .sku = req->sku,
+                      .flash_sale_id = update ? req->flash_sale_id : NULL,
                       .starts_ms = st,
                       .ends_ms = en,
                       .sale_stock = req->sale_stock,
-                      .per_buyer_limit = req->per_buyer_limit};
+                      .per_buyer_limit = req->per_buyer_limit,
+                      .expected_version = update ? req->expected_version : 0};
     inv_sale *sale = cm_rpc_alloc(ctx, sizeof *sale);
-    int verdict = -1;
-    int rc = inv_store_sale_create(cm_service_db(ctx), &q, &verdict, sale);
+    int verdict = -1, refusal = 0, f;
+    int64_t held = 0;
+    int rc = inv_store_sale_configure(cm_service_db(ctx), &q, &verdict, &refusal, &held, sale);
     if (rc == CM_EEXIST)
         verdict = INV_S_REUSED;
     else if (rc)
         return internal(ctx, rc, "could not configure the flash sale");
     switch (verdict) {
     case INV_S_CREATED:
+    case INV_S_UPDATED:
     case INV_S_REPLAY:
         resp->flash_sale = pb_sale(a, sale);
         return 0;
@@ -695,6 +707,41 @@ static int configure_flash_sale(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Pro
     case INV_S_OVERLAP:
         return cm_rpc_fail(ctx, GRPC_STATUS_FAILED_PRECONDITION, "FLASH_SALE_OVERLAP",
                            "another flash sale of the sku overlaps the window");
+    case INV_S_NOT_FOUND:
+        return cm_rpc_fail(ctx, GRPC_STATUS_NOT_FOUND, "RESOURCE_NOT_FOUND", "no such flash sale");
+    case INV_S_VERSION:
+        return cm_rpc_fail(ctx, GRPC_STATUS_ABORTED, "VERSION_MISMATCH",
+                           "expected_version differs from the flash sale's version");
+    case INV_S_REFUSED:
+        break;
+    default:
+        return internal(ctx, CM_EINTERNAL, "could not configure the flash sale");
+    }
+    /* refusals name the field (google.rpc.BadRequest beside the status) */
+    switch ((inv_sale_update)refusal) {
+    case INV_SU_SKU_CHANGED:
+        return cm_rpc_fail_field(ctx, "sku", "cannot change: it differs from the sale's sku");
+    case INV_SU_ENDED:
+        f = cm_rpc_fail(ctx, GRPC_STATUS_FAILED_PRECONDITION, "ILLEGAL_STATE_TRANSITION",
+                        "could not update the flash sale: it has ended");
+        cm_rpc_fail_meta(ctx, "state", "ENDED");
+        return f;
+    case INV_SU_STARTED:
+        f = cm_rpc_fail(ctx, GRPC_STATUS_FAILED_PRECONDITION, "ILLEGAL_STATE_TRANSITION",
+                        "starts_at: cannot change once the sale has started");
+        cm_rpc_fail_field(ctx, "starts_at", "cannot change once the sale has started");
+        return f;
+    case INV_SU_STOCK_BELOW_HELD:
+        f = cm_rpc_fail(ctx, GRPC_STATUS_FAILED_PRECONDITION, "STOCK_WOULD_GO_NEGATIVE",
+                        cm_arena_printf(a,
+                                        "sale_stock: %lld is below the %lld units the sale "
+                                        "already holds (reserved + sold)",
+                                        (long long)req->sale_stock, (long long)held));
+        cm_rpc_fail_field(ctx, "sale_stock", "is below the sale's reserved + sold");
+        cm_rpc_fail_meta(ctx, "held", cm_arena_printf(a, "%lld", (long long)held));
+        return f;
+    case INV_SU_OK:
+        break;
     }
     return internal(ctx, CM_EINTERNAL, "could not configure the flash sale");
 }

@@ -154,6 +154,27 @@ int inv_back_in_stock(int64_t avail_before, int64_t avail_after)
     return avail_before == 0 && avail_after > 0;
 }
 
+inv_sale_update inv_plan_sale_update(const inv_sale_cfg *cur, int64_t held,
+                                     const inv_sale_cfg *next, int64_t now_ms)
+{
+    if (strcmp(cur->sku, next->sku) != 0)
+        return INV_SU_SKU_CHANGED;
+    if (now_ms >= cur->ends_ms)
+        return INV_SU_ENDED;
+    /* running (or sold out): buyers already hold units under this window */
+    if (now_ms >= cur->starts_ms && next->starts_ms != cur->starts_ms)
+        return INV_SU_STARTED;
+    if (next->sale_stock < held)
+        return INV_SU_STOCK_BELOW_HELD;
+    return INV_SU_OK;
+}
+
+int inv_sale_stock_edge(int64_t held, int64_t old_stock, int64_t new_stock)
+{
+    int was_full = held >= old_stock, full = held >= new_stock;
+    return was_full == full ? -1 : full ? 0 : 1;
+}
+
 int inv_admit(inv_counter *cs, const size_t *pos, const inv_line *lines, size_t n, int64_t *avail)
 {
     int fits = 1;

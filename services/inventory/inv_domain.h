@@ -106,6 +106,31 @@ typedef struct inv_counter {
  * gets what line i could have had. */
 int inv_admit(inv_counter *cs, const size_t *pos, const inv_line *lines, size_t n, int64_t *avail);
 
+/* a flash sale's configuration, as ConfigureFlashSale sends it */
+typedef struct inv_sale_cfg {
+    const char *sku;
+    int64_t starts_ms, ends_ms, sale_stock, per_buyer_limit;
+} inv_sale_cfg;
+
+/* what an update of an existing sale may do (ConfigureFlashSale with
+ * flash_sale_id), decided at now_ms against the stored configuration cur
+ * and the units the sale holds (reserved + sold) */
+typedef enum inv_sale_update {
+    INV_SU_OK = 0,
+    INV_SU_SKU_CHANGED,     /* the sku of a sale never changes */
+    INV_SU_ENDED,           /* an ended sale is final */
+    INV_SU_STARTED,         /* starts_at is fixed once the sale started */
+    INV_SU_STOCK_BELOW_HELD /* sale_stock below reserved + sold */
+} inv_sale_update;
+
+inv_sale_update inv_plan_sale_update(const inv_sale_cfg *cur, int64_t held,
+                                     const inv_sale_cfg *next, int64_t now_ms);
+
+/* the edge a change of sale_stock makes for a running sale holding held
+ * units: 0 it becomes full (SoldOut), 1 it was full and is not any more
+ * (BackInStock), -1 neither */
+int inv_sale_stock_edge(int64_t held, int64_t old_stock, int64_t new_stock);
+
 /* list pagination (proto/README.md): 0 means 50, above 500 means 500 */
 #define INV_PAGE_DEFAULT 50
 #define INV_PAGE_MAX 500

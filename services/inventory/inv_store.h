@@ -140,13 +140,28 @@ typedef struct inv_sale {
 
 typedef struct inv_sale_req {
     const char *tenant, *request_id, *body, *sku;
+    const char *flash_sale_id; /* NULL or "": create; else update this sale */
     int64_t starts_ms, ends_ms, sale_stock, per_buyer_limit;
+    int64_t expected_version; /* updates: compare-and-set, 0 = none */
 } inv_sale_req;
 
-/* creates a sale. verdict: 0 created, 1 replay of request_id, 2 request_id
- * reused with another body, 3 overlaps another sale of the sku. */
-enum { INV_S_CREATED, INV_S_REPLAY, INV_S_REUSED, INV_S_OVERLAP };
-int inv_store_sale_create(cm_db *db, const inv_sale_req *q, int *verdict, inv_sale *out);
+/* creates or updates a sale. verdict: created, replay of request_id (out
+ * is the sale as it is now), request_id reused with another body, overlaps
+ * another sale of the sku, updated, unknown flash_sale_id, version
+ * mismatch, or refused by inv_plan_sale_update (*refusal says why, *held
+ * is the sale's reserved + sold). */
+enum {
+    INV_S_CREATED,
+    INV_S_REPLAY,
+    INV_S_REUSED,
+    INV_S_OVERLAP,
+    INV_S_UPDATED,
+    INV_S_NOT_FOUND,
+    INV_S_VERSION,
+    INV_S_REFUSED
+};
+int inv_store_sale_configure(cm_db *db, const inv_sale_req *q, int *verdict, int *refusal,
+                             int64_t *held, inv_sale *out);
 int inv_store_sale_get(cm_db *db, const char *tenant, const char *id, inv_sale *out);
 /* a page of the audit trail of a tenant, newest first (occurred_at, then
  * change_id, descending). empty sku / order_id and nkinds = 0 filter

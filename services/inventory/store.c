@@ -1228,9 +1228,125 @@ int inv_store_sale_get(cm_db *db, const char *tenant, const char *id, inv_sale *
 
 typedef struct sale_tx {
     const inv_sale_req *q;
-    int verdict;
+    int verdict, refusal;
+    int64_t held;
     inv_sale *out;
 } sale_tx;
+
+/* 1 when another sale of the sku (not except_id) overlaps [st, en) */
+static int sale_overlaps(cm_db *db, const inv_sale_req *q, const char *st, const char *en,
+                         const char *except_id, int *overlap)
+{
+    const char *po[] = {q->tenant, q->sku, st, en, except_id ? except_id : ""};
+    PGresult *r = NULL;
+    int rc = exec(db, "sale overlap",
+                  "SELECT 1 FROM flash_sale WHERE tenant_id = $1 AND sku = $2 "
+                  "AND flash_sale_id <> $5 "
+                  "AND starts_at < to_timestamp($4::bigint / 1000.0) "
+                  "AND ends_at > to_timestamp($3::bigint / 1000.0)",
+                  5, po, &r);
+    if (rc)
+        return rc;
+    *overlap = PQntuples(r) > 0;
+    PQclear(r);
+    return 0;
+}
+
+static int record_sale_request(cm_db *db, const inv_sale_req *q, const char *id)
+{
+    const char *pq[] = {q->tenant, q->request_id, q->body, id};
+    return exec(db, "record sale request",
+                "INSERT INTO flash_sale_request (tenant_id, request_id, request_body, "
+                "flash_sale_id) VALUES ($1, $2, $3, $4)",
+                4, pq, NULL);
+}
+
+/* an update of an existing sale: locked (the sku's stock row first, then
+ * the sale row, the order the flash reserve path takes them), decided by
+ * inv_plan_sale_update against the stored sale and the clock of the
+ * database, written with the CHECKs of the table as the last word. a
+ * running sale whose sale_stock change makes it full or frees it gets its
+ * SoldOut / BackInStock. */
+static int sale_update(cm_db *db, sale_tx *t, const char *st, const char *en, const char *stock,
+                       const char *lim)
+{
+    const inv_sale_req *q = t->q;
+    const char *pk[] = {q->tenant, q->sku};
+    int rc = exec(db, "lock sale stock",
+                  "SELECT 1 FROM stock WHERE tenant_id = $1 AND sku = $2 FOR UPDATE", 2, pk, NULL);
+    if (rc)
+        return rc;
+    const char *pf[] = {q->tenant, q->flash_sale_id};
+    PGresult *r = NULL;
+    rc = exec(db, "lock flash sale",
+              "SELECT " SALE_COLS " FROM flash_sale WHERE tenant_id = $1 AND flash_sale_id = $2 "
+              "FOR UPDATE",
+              2, pf, &r);
+    if (rc)
+        return rc;
+    if (PQntuples(r) == 0) {
+        PQclear(r);
+        t->verdict = INV_S_NOT_FOUND;
+        return 0;
+    }
+    inv_sale cur;
+    parse_sale(r, 0, &cur);
+    PQclear(r);
+    if (q->expected_version > 0 && q->expected_version != cur.version) {
+        t->verdict = INV_S_VERSION;
+        return 0;
+    }
+    t->held = cur.reserved + cur.sold;
+    inv_sale_cfg was = {.sku = cur.sku,
+                        .starts_ms = cur.starts_ms,
+                        .ends_ms = cur.ends_ms,
+                        .sale_stock = cur.sale_stock,
+                        .per_buyer_limit = cur.per_buyer_limit};
+    inv_sale_cfg next = {.sku = q->sku,
+                         .starts_ms = q->starts_ms,
+                         .ends_ms = q->ends_ms,
+                         .sale_stock = q->sale_stock,
+                         .per_buyer_limit = q->per_buyer_limit};
+    t->refusal = (int)inv_plan_sale_update(&was, t->held, &next, cur.now_ms);
+    if (t->refusal != INV_SU_OK) {
+        t->verdict = INV_S_REFUSED;
+        return 0;
+    }
+    int overlap = 0;
+    if ((rc = sale_overlaps(db, q, st, en, q->flash_sale_id, &overlap)) != 0)
+        return rc;
+    if (overlap) {
+        t->verdict = INV_S_OVERLAP;
+        return 0;
+    }
+    const char *pu[] = {q->tenant, q->flash_sale_id, st, en, stock, lim};
+    rc = exec(db, "update sale",
+              "UPDATE flash_sale SET starts_at = to_timestamp($3::bigint / 1000.0), "
+              "ends_at = to_timestamp($4::bigint / 1000.0), sale_stock = $5::bigint, "
+              "per_buyer_limit = $6::bigint, version = version + 1, updated_at = now() "
+              "WHERE tenant_id = $1 AND flash_sale_id = $2 RETURNING " SALE_COLS,
+              6, pu, &r);
+    if (rc)
+        return rc;
+    parse_sale(r, 0, t->out);
+    PQclear(r);
+    if ((rc = record_sale_request(db, q, q->flash_sale_id)) != 0)
+        return rc;
+    t->verdict = INV_S_UPDATED;
+    int running = cur.now_ms >= cur.starts_ms && cur.now_ms < t->out->ends_ms;
+    int edge = inv_sale_stock_edge(t->held, cur.sale_stock, t->out->sale_stock);
+    if (!running || edge < 0)
+        return 0;
+    inv_level l;
+    rc = inv_store_get_stock(db, q->tenant, q->sku, &l);
+    if (rc == CM_ENOTFOUND) {
+        /* a sale of a sku never stocked: its counters are all 0 */
+        memset(&l, 0, sizeof l);
+        snprintf(l.sku, sizeof l.sku, "%s", q->sku);
+        rc = 0;
+    }
+    return rc ? rc : inv_ev_stock_edge(db, q->tenant, &l, edge, q->flash_sale_id);
+}
 
 static int sale_fn(cm_db *db, void *arg)
 {
@@ -1265,16 +1381,11 @@ static int sale_fn(cm_db *db, void *arg)
     snprintf(en, sizeof en, "%lld", (long long)q->ends_ms);
     snprintf(stock, sizeof stock, "%lld", (long long)q->sale_stock);
     snprintf(lim, sizeof lim, "%lld", (long long)q->per_buyer_limit);
-    const char *po[] = {q->tenant, q->sku, st, en};
-    rc = exec(db, "sale overlap",
-              "SELECT 1 FROM flash_sale WHERE tenant_id = $1 AND sku = $2 "
-              "AND starts_at < to_timestamp($4::bigint / 1000.0) "
-              "AND ends_at > to_timestamp($3::bigint / 1000.0)",
-              4, po, &r);
-    if (rc)
+    if (q->flash_sale_id && q->flash_sale_id[0])
+        return sale_update(db, t, st, en, stock, lim);
+    int overlap = 0;
+    if ((rc = sale_overlaps(db, q, st, en, NULL, &overlap)) != 0)
         return rc;
-    int overlap = PQntuples(r) > 0;
-    PQclear(r);
     if (overlap) {
         t->verdict = INV_S_OVERLAP;
         return 0;
@@ -1290,20 +1401,20 @@ static int sale_fn(cm_db *db, void *arg)
         return rc;
     parse_sale(r, 0, t->out);
     PQclear(r);
-    const char *pq[] = {q->tenant, q->request_id, q->body, t->out->flash_sale_id};
-    rc = exec(db, "record sale request",
-              "INSERT INTO flash_sale_request (tenant_id, request_id, request_body, flash_sale_id) "
-              "VALUES ($1, $2, $3, $4)",
-              4, pq, NULL);
+    rc = record_sale_request(db, q, t->out->flash_sale_id);
     t->verdict = INV_S_CREATED;
     return rc;
 }
 
-int inv_store_sale_create(cm_db *db, const inv_sale_req *q, int *verdict, inv_sale *out)
+int inv_store_sale_configure(cm_db *db, const inv_sale_req *q, int *verdict, int *refusal,
+                             int64_t *held, inv_sale *out)
 {
     sale_tx t = {.q = q, .verdict = -1, .out = out};
     int rc = cm_db_tx(db, NULL, 8, sale_fn, &t);
+    /* a refusal wrote nothing; commit or roll back, it is the same */
     *verdict = t.verdict;
+    *refusal = t.refusal;
+    *held = t.held;
     return rc;
 }
 

@@ -1536,6 +1536,277 @@ START_TEST(reserve_burst_emits_one_stock_changed_per_line)
 }
 END_TEST
 
+/* ---- flash sale updates ---- */
+
+/* ConfigureFlashSale; start and end are offsets in seconds from now. the
+ * response's sale, when wanted, is left in *out (free it) */
+static int configure(cm_rpc_client *c, const char *rid, const char *id, const char *sku,
+                     long start_off, long end_off, int64_t stock, int64_t limit, int64_t expected,
+                     Commerce__Inventory__V1__FlashSale **out, cm_rpc_status *st)
+{
+    Commerce__Inventory__V1__ConfigureFlashSaleRequest q =
+        COMMERCE__INVENTORY__V1__CONFIGURE_FLASH_SALE_REQUEST__INIT;
+    Google__Protobuf__Timestamp s = GOOGLE__PROTOBUF__TIMESTAMP__INIT,
+                                e = GOOGLE__PROTOBUF__TIMESTAMP__INIT;
+    s.seconds = time(NULL) + start_off;
+    e.seconds = time(NULL) + end_off;
+    q.request_id = (char *)rid;
+    q.flash_sale_id = (char *)(id ? id : "");
+    q.sku = (char *)sku;
+    q.starts_at = &s;
+    q.ends_at = &e;
+    q.sale_stock = stock;
+    q.per_buyer_limit = limit;
+    q.actor = "ops:test";
+    q.expected_version = expected;
+    Commerce__Inventory__V1__ConfigureFlashSaleResponse *r = NULL;
+    int code = call(c, SVC "ConfigureFlashSale", &q.base,
+                    &commerce__inventory__v1__configure_flash_sale_response__descriptor,
+                    (ProtobufCMessage **)&r, st, tenant_md, 1);
+    if (out) {
+        *out = r ? r->flash_sale : NULL;
+        if (r)
+            r->flash_sale = NULL;
+    }
+    if (r)
+        protobuf_c_message_free_unpacked(&r->base, NULL);
+    return code;
+}
+
+/* ConfigureFlashSale with the sale's stored window (an update that keeps it) */
+static int configure_keep_window(cm_rpc_client *c, const char *rid,
+                                 const Commerce__Inventory__V1__FlashSale *f, int64_t stock,
+                                 int64_t limit, int64_t expected,
+                                 Commerce__Inventory__V1__FlashSale **out, cm_rpc_status *st)
+{
+    Commerce__Inventory__V1__ConfigureFlashSaleRequest q =
+        COMMERCE__INVENTORY__V1__CONFIGURE_FLASH_SALE_REQUEST__INIT;
+    q.request_id = (char *)rid;
+    q.flash_sale_id = f->flash_sale_id;
+    q.sku = f->sku;
+    q.starts_at = f->starts_at;
+    q.ends_at = f->ends_at;
+    q.sale_stock = stock;
+    q.per_buyer_limit = limit;
+    q.actor = "ops:test";
+    q.expected_version = expected;
+    Commerce__Inventory__V1__ConfigureFlashSaleResponse *r = NULL;
+    int code = call(c, SVC "ConfigureFlashSale", &q.base,
+                    &commerce__inventory__v1__configure_flash_sale_response__descriptor,
+                    (ProtobufCMessage **)&r, st, tenant_md, 1);
+    if (out) {
+        *out = r ? r->flash_sale : NULL;
+        if (r)
+            r->flash_sale = NULL;
+    }
+    if (r)
+        protobuf_c_message_free_unpacked(&r->base, NULL);
+    return code;
+}
+
+static Commerce__Inventory__V1__FlashSale *get_sale(cm_rpc_client *c, const char *id)
+{
+    Commerce__Inventory__V1__GetFlashSaleRequest g =
+        COMMERCE__INVENTORY__V1__GET_FLASH_SALE_REQUEST__INIT;
+    g.flash_sale_id = (char *)id;
+    Commerce__Inventory__V1__GetFlashSaleResponse *r = NULL;
+    ck_assert_int_eq(call(c, SVC "GetFlashSale", &g.base,
+                          &commerce__inventory__v1__get_flash_sale_response__descriptor,
+                          (ProtobufCMessage **)&r, NULL, tenant_md, 1),
+                     0);
+    Commerce__Inventory__V1__FlashSale *f = r->flash_sale;
+    r->flash_sale = NULL;
+    protobuf_c_message_free_unpacked(&r->base, NULL);
+    return f;
+}
+
+static void free_sale(Commerce__Inventory__V1__FlashSale *f)
+{
+    if (f)
+        protobuf_c_message_free_unpacked(&f->base, NULL);
+}
+
+/* reserve one unit of sku for buyer: the status code, and the reason */
+static int buy(cm_rpc_client *c, const char *order, const char *buyer, const char *sku,
+               cm_rpc_status *st)
+{
+    const char *skus[] = {sku};
+    int64_t one = 1;
+    return reserve_lines(c, order, buyer, skus, &one, 1, 0, NULL, st);
+}
+
+/* outbox events of a type keyed by sku whose payload names the sale */
+static long sale_events(const char *type, const char *sku, const char *id)
+{
+    char sql[512];
+    snprintf(sql, sizeof sql,
+             "SELECT count(*) FROM outbox WHERE type = 'commerce.events.v1.%s' AND key = '%s' "
+             "AND position(convert_to('%s', 'UTF8') IN payload) > 0",
+             type, sku, id);
+    return sql_long(sql);
+}
+
+START_TEST(flash_sale_updates_change_a_running_sale_within_its_invariants)
+{
+    new_schema();
+    hs_proc p;
+    spawn(&p, NULL);
+    cm_rpc_client *c = client_for(&p);
+    ck_assert_int_eq(set_stock(c, "r1", "sku-u", 100), 0);
+    Commerce__Inventory__V1__FlashSale *f = NULL, *g = NULL;
+    ck_assert_int_eq(configure(c, "u-0", NULL, "sku-u", -5, 3600, 5, 2, 0, &f, NULL), 0);
+    ck_assert_int_eq(f->state, COMMERCE__INVENTORY__V1__FLASH_SALE_STATE__FLASH_SALE_STATE_ACTIVE);
+    char id[64];
+    snprintf(id, sizeof id, "%s", f->flash_sale_id);
+    free_sale(f);
+    cm_rpc_status st;
+    ck_assert_int_eq(buy(c, "u-b1-1", "b1", "sku-u", NULL), 0);
+    ck_assert_int_eq(buy(c, "u-b1-2", "b1", "sku-u", NULL), 0);
+    ck_assert_int_eq(buy(c, "u-b1-3", "b1", "sku-u", &st), GRPC_STATUS_FAILED_PRECONDITION);
+    ck_assert_str_eq(st.reason, "FLASH_SALE_LIMIT_EXCEEDED");
+
+    /* a higher limit: the buyer may add one more, then no more */
+    Commerce__Inventory__V1__FlashSale *cur = get_sale(c, id);
+    ck_assert_int_eq(configure_keep_window(c, "u-1", cur, 5, 3, cur->version, &g, NULL), 0);
+    ck_assert_str_eq(g->flash_sale_id, id);
+    ck_assert_int_eq(g->per_buyer_limit, 3);
+    ck_assert_int_eq(g->version, cur->version + 1);
+    ck_assert_int_eq(g->reserved, 2);
+    ck_assert_int_eq(g->starts_at->seconds, cur->starts_at->seconds);
+    int64_t v1 = g->version;
+    free_sale(g);
+    ck_assert_int_eq(buy(c, "u-b1-3", "b1", "sku-u", NULL), 0);
+    ck_assert_int_eq(buy(c, "u-b1-4", "b1", "sku-u", &st), GRPC_STATUS_FAILED_PRECONDITION);
+    ck_assert_str_eq(st.reason, "FLASH_SALE_LIMIT_EXCEEDED");
+    /* the same update again: the sale as it is now, applied once */
+    ck_assert_int_eq(configure_keep_window(c, "u-1", cur, 5, 3, cur->version, &g, NULL), 0);
+    ck_assert_int_eq(g->per_buyer_limit, 3);
+    ck_assert_int_eq(g->reserved, 3);
+    ck_assert_int_eq(g->version, v1 + 1); /* + 1: the reservation since */
+    free_sale(g);
+    /* the same request_id for another change */
+    ck_assert_int_eq(configure_keep_window(c, "u-1", cur, 5, 4, cur->version, NULL, &st),
+                     GRPC_STATUS_ALREADY_EXISTS);
+    ck_assert_str_eq(st.reason, "IDEMPOTENCY_KEY_REUSED");
+    /* a stale expected_version */
+    ck_assert_int_eq(configure_keep_window(c, "u-2", cur, 5, 4, cur->version, NULL, &st),
+                     GRPC_STATUS_ABORTED);
+    ck_assert_str_eq(st.reason, "VERSION_MISMATCH");
+    free_sale(cur);
+
+    /* a lower limit is not retroactive: b1 keeps 3 but may not add, b2
+     * gets 1 */
+    cur = get_sale(c, id);
+    ck_assert_int_eq(configure_keep_window(c, "u-3", cur, 5, 1, 0, NULL, NULL), 0);
+    ck_assert_int_eq(buy(c, "u-b1-5", "b1", "sku-u", &st), GRPC_STATUS_FAILED_PRECONDITION);
+    ck_assert_str_eq(st.reason, "FLASH_SALE_LIMIT_EXCEEDED");
+    ck_assert_int_eq(buy(c, "u-b2-1", "b2", "sku-u", NULL), 0);
+    ck_assert_int_eq(buy(c, "u-b2-2", "b2", "sku-u", &st), GRPC_STATUS_FAILED_PRECONDITION);
+    ck_assert_str_eq(st.reason, "FLASH_SALE_LIMIT_EXCEEDED");
+    free_sale(cur);
+
+    /* refused updates name the field and change nothing: stock below the 4
+     * units held, a new start of a running sale, another sku, unknown id */
+    cur = get_sale(c, id);
+    ck_assert_int_eq(cur->reserved, 4);
+    ck_assert_int_eq(configure_keep_window(c, "u-4", cur, 3, 1, 0, NULL, &st),
+                     GRPC_STATUS_FAILED_PRECONDITION);
+    ck_assert_str_eq(st.reason, "STOCK_WOULD_GO_NEGATIVE");
+    ck_assert_str_eq(st.field, "sale_stock");
+    ck_assert_int_eq(configure(c, "u-5", id, "sku-u", -60, 3600, 5, 1, 0, NULL, &st),
+                     GRPC_STATUS_FAILED_PRECONDITION);
+    ck_assert_str_eq(st.reason, "ILLEGAL_STATE_TRANSITION");
+    ck_assert_str_eq(st.field, "starts_at");
+    Commerce__Inventory__V1__FlashSale other = *cur;
+    other.sku = "sku-other";
+    ck_assert_int_eq(configure_keep_window(c, "u-6", &other, 5, 1, 0, NULL, &st),
+                     GRPC_STATUS_INVALID_ARGUMENT);
+    ck_assert_str_eq(st.field, "sku");
+    other = *cur;
+    other.flash_sale_id = "0190a8e0-0000-7000-8000-00000000dead";
+    ck_assert_int_eq(configure_keep_window(c, "u-7", &other, 5, 1, 0, NULL, &st),
+                     GRPC_STATUS_NOT_FOUND);
+    g = get_sale(c, id);
+    ck_assert_int_eq(g->version, cur->version);
+    ck_assert_int_eq(g->sale_stock, 5);
+    ck_assert_int_eq(g->per_buyer_limit, 1);
+    ck_assert_int_eq(g->starts_at->seconds, cur->starts_at->seconds);
+    ck_assert_int_eq(g->ends_at->seconds, cur->ends_at->seconds);
+    free_sale(g);
+    /* a refused request_id was not used up */
+    ck_assert_int_eq(configure_keep_window(c, "u-4", cur, 4, 1, 0, &g, NULL), 0);
+    free_sale(cur);
+
+    /* stock down to what is held: sold out (SoldOut of the sale); a buyer
+     * is refused naming the sale; stock up: back in stock, and buyable */
+    ck_assert_int_eq(g->sale_stock, 4);
+    ck_assert_int_eq(g->state,
+                     COMMERCE__INVENTORY__V1__FLASH_SALE_STATE__FLASH_SALE_STATE_SOLD_OUT);
+    ck_assert_int_eq(sale_events("SoldOut", "sku-u", id), 1);
+    ck_assert_int_eq(buy(c, "u-b3-1", "b3", "sku-u", &st), GRPC_STATUS_FAILED_PRECONDITION);
+    ck_assert_str_eq(st.reason, "SOLD_OUT");
+    ck_assert_int_eq(configure_keep_window(c, "u-8", g, 6, 1, 0, NULL, NULL), 0);
+    free_sale(g);
+    ck_assert_int_eq(sale_events("BackInStock", "sku-u", id), 1);
+    ck_assert_int_eq(buy(c, "u-b3-1", "b3", "sku-u", NULL), 0);
+    /* the last unit through a reservation: SoldOut from the reserve path;
+     * its release: BackInStock */
+    ck_assert_int_eq(buy(c, "u-b4-1", "b4", "sku-u", NULL), 0);
+    ck_assert_int_eq(sale_events("SoldOut", "sku-u", id), 2);
+    ck_assert_int_eq(resolve(c, SVC "Release", "u-b4-1", NULL, NULL), 0);
+    ck_assert_int_eq(sale_events("BackInStock", "sku-u", id), 2);
+    /* every reserved line of the flash path has its StockChanged */
+    ck_assert_int_eq(sql_long("SELECT count(*) FROM outbox WHERE type = "
+                              "'commerce.events.v1.StockChanged' AND key = 'sku-u'"),
+                     1 + 6 + 1);
+
+    /* a later end: the window grows, and the sale runs on */
+    ck_assert_int_eq(configure(c, "u-9", id, "sku-u", 0, 7200, 6, 1, 0, &g, &st),
+                     GRPC_STATUS_FAILED_PRECONDITION); /* a new start: refused */
+    cur = get_sale(c, id);
+    Google__Protobuf__Timestamp later = *cur->ends_at;
+    later.seconds += 3600;
+    other = *cur;
+    other.ends_at = &later;
+    ck_assert_int_eq(configure_keep_window(c, "u-10", &other, 6, 1, 0, &g, NULL), 0);
+    ck_assert_int_eq(g->ends_at->seconds, cur->ends_at->seconds + 3600);
+    ck_assert_int_eq(g->state, COMMERCE__INVENTORY__V1__FLASH_SALE_STATE__FLASH_SALE_STATE_ACTIVE);
+    free_sale(g);
+    free_sale(cur);
+
+    /* a scheduled sale: every field may move, but not onto another sale */
+    ck_assert_int_eq(set_stock(c, "r2", "sku-w", 10), 0);
+    ck_assert_int_eq(configure(c, "w-0", NULL, "sku-w", 3600, 7200, 5, 2, 0, &f, NULL), 0);
+    ck_assert_int_eq(configure(c, "w-1", NULL, "sku-w", 10800, 14400, 5, 2, 0, &g, NULL), 0);
+    ck_assert_int_eq(
+        configure(c, "w-2", f->flash_sale_id, "sku-w", 9000, 12000, 8, 3, 0, NULL, &st),
+        GRPC_STATUS_FAILED_PRECONDITION);
+    ck_assert_str_eq(st.reason, "FLASH_SALE_OVERLAP");
+    free_sale(g);
+    ck_assert_int_eq(configure(c, "w-3", f->flash_sale_id, "sku-w", 1800, 9000, 8, 3, 0, &g, NULL),
+                     0);
+    ck_assert_int_eq(g->sale_stock, 8);
+    ck_assert_int_eq(g->per_buyer_limit, 3);
+    ck_assert_int_le(labs((long)(g->starts_at->seconds - (time(NULL) + 1800))), 2);
+    free_sale(g);
+    /* moved to now, it runs; moved to end in two seconds, it ends, and an
+     * ended sale is final */
+    ck_assert_int_eq(configure(c, "w-4", f->flash_sale_id, "sku-w", -10, 2, 8, 3, 0, &g, NULL), 0);
+    ck_assert_int_eq(g->state, COMMERCE__INVENTORY__V1__FLASH_SALE_STATE__FLASH_SALE_STATE_ACTIVE);
+    free_sale(g);
+    ck_assert_int_eq(buy(c, "w-b1-1", "b1", "sku-w", NULL), 0);
+    sleep(3);
+    ck_assert_int_eq(configure(c, "w-5", f->flash_sale_id, "sku-w", -10, 3600, 8, 3, 0, NULL, &st),
+                     GRPC_STATUS_FAILED_PRECONDITION);
+    ck_assert_str_eq(st.reason, "ILLEGAL_STATE_TRANSITION");
+    free_sale(f);
+    ck_assert_int_eq(violations(c), 0);
+    cm_rpc_client_free(c);
+    ck_assert_int_eq(hs_stop(&p, SIGTERM, 20000), 0);
+    drop_schema();
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("inventory");
@@ -1554,6 +1825,7 @@ static Suite *suite(void)
     tcase_add_test(t, list_stock_changes_pages_the_audit_trail);
     tcase_add_test(t, list_flash_sales_returns_configured_sales);
     tcase_add_test(t, reserve_burst_emits_one_stock_changed_per_line);
+    tcase_add_test(t, flash_sale_updates_change_a_running_sale_within_its_invariants);
     suite_add_tcase(s, t);
     return s;
 }

@@ -141,6 +141,38 @@ START_TEST(admin_delta_refuses_negative_stock)
 }
 END_TEST
 
+START_TEST(sale_update_changes_only_what_the_sale_state_allows)
+{
+    inv_sale_cfg cur = {"sku-a", 1000, 2000, 10, 2};
+    /* scheduled: everything but the sku */
+    inv_sale_cfg next = {"sku-a", 1500, 3000, 5, 1};
+    ck_assert_int_eq(inv_plan_sale_update(&cur, 0, &next, 500), INV_SU_OK);
+    next.sku = "sku-b";
+    ck_assert_int_eq(inv_plan_sale_update(&cur, 0, &next, 500), INV_SU_SKU_CHANGED);
+    /* running: the start is fixed; end, stock and limit move, the stock
+     * not below what the sale holds */
+    next = cur;
+    next.ends_ms = 2500;
+    next.sale_stock = 4;
+    next.per_buyer_limit = 5;
+    ck_assert_int_eq(inv_plan_sale_update(&cur, 4, &next, 1500), INV_SU_OK);
+    next.sale_stock = 3;
+    ck_assert_int_eq(inv_plan_sale_update(&cur, 4, &next, 1500), INV_SU_STOCK_BELOW_HELD);
+    next.sale_stock = 4;
+    next.starts_ms = 900;
+    ck_assert_int_eq(inv_plan_sale_update(&cur, 4, &next, 1500), INV_SU_STARTED);
+    ck_assert_int_eq(inv_plan_sale_update(&cur, 4, &next, 1000), INV_SU_STARTED);
+    /* ended: final, whatever changes */
+    next = cur;
+    ck_assert_int_eq(inv_plan_sale_update(&cur, 0, &next, 2000), INV_SU_ENDED);
+    /* the edges a stock change makes */
+    ck_assert_int_eq(inv_sale_stock_edge(4, 4, 6), 1);
+    ck_assert_int_eq(inv_sale_stock_edge(4, 6, 4), 0);
+    ck_assert_int_eq(inv_sale_stock_edge(3, 6, 5), -1);
+    ck_assert_int_eq(inv_sale_stock_edge(6, 6, 6), -1);
+}
+END_TEST
+
 START_TEST(page_token_round_trips_only_with_its_filters)
 {
     ck_assert_int_eq(inv_page_size(0), 50);
@@ -175,6 +207,7 @@ static Suite *suite(void)
     tcase_add_test(t, resolve_follows_the_state_machine);
     tcase_add_test(t, admin_delta_refuses_negative_stock);
     tcase_add_test(t, page_token_round_trips_only_with_its_filters);
+    tcase_add_test(t, sale_update_changes_only_what_the_sale_state_allows);
     suite_add_tcase(s, t);
     return s;
 }
