@@ -59,6 +59,20 @@ int cm_db_exec(cm_db *db, const char *what, const char *sql, int nparams, const 
 typedef int (*cm_db_tx_fn)(cm_db *db, void *arg);
 int cm_db_tx(cm_db *db, const char *isolation, int max_attempts, cm_db_tx_fn fn, void *arg);
 
+/* registers fn(db, arg) to run once, on this thread and connection, right
+ * after the current cm_db_tx transaction has committed (never after a
+ * rollback; an attempt retried after a conflict starts with no hooks). the
+ * same fn and arg registered twice run once. for wake-ups that must only
+ * happen once the change is visible (the outbox relay's). call only from
+ * inside the transaction function: CM_EINVAL otherwise; CM_ENOMEM beyond
+ * CM_DB_COMMIT_HOOKS hooks. */
+#define CM_DB_COMMIT_HOOKS 4
+typedef void (*cm_db_commit_fn)(cm_db *db, void *arg);
+int cm_db_on_commit(cm_db *db, cm_db_commit_fn fn, void *arg);
+
+/* the schema the connection's search_path names. */
+const char *cm_db_schema(const cm_db *db);
+
 /* sets statement_timeout for the session in milliseconds (0 = none). */
 int cm_db_set_timeout_ms(cm_db *db, int ms);
 

@@ -47,7 +47,8 @@ typedef struct cm_outbox_event {
 } cm_outbox_event;
 
 /* inserts ev into <schema>.outbox inside the caller's open transaction (the
- * cm_db_tx function's db) and notifies the relay, which wakes at commit.
+ * cm_db_tx function's db) and arranges for the relay to be woken once the
+ * transaction commits (cm_outbox_wake_on_commit).
  * per-key order is id order: insert a key's event after taking the lock
  * that orders that key's changes (the aggregate row's UPDATE or SELECT ...
  * FOR UPDATE), which is where a state change naturally writes it. returns
@@ -55,13 +56,30 @@ typedef struct cm_outbox_event {
  * CM_EEXIST (event_id already in the outbox); or the database error. */
 int cm_outbox_add(cm_db *db, const cm_outbox_event *ev);
 
+/* cm_outbox_add for n events (at most 1000) in one statement, in order:
+ * for a batch of changes committed together. 0, CM_EINVAL (any event
+ * invalid: none is written), CM_EEXIST or the database error. */
+int cm_outbox_add_batch(cm_db *db, const cm_outbox_event *evs, size_t n);
+
+/* for code that writes outbox rows itself (a multi-row insert of a batch):
+ * call inside the cm_db_tx transaction; after it commits, the schema's
+ * relay is woken — directly when it runs in this process and leads, else
+ * by a NOTIFY on "outbox.<schema>" sent after the commit, at most one per
+ * 5 ms per process (a transaction that notifies holds a database-wide lock
+ * through its commit, so notifying inside every transaction would
+ * serialise all commits). a row whose wake-up was skipped is found by the
+ * leader's next poll (poll_ms). in a transaction opened by hand rather
+ * than by cm_db_tx no hook sees the commit: the NOTIFY is then sent inside
+ * it (the serialising path). 0 or the database error. */
+int cm_outbox_wake_on_commit(cm_db *db);
+
 typedef struct cm_outbox_relay_opts {
     const char *dsn;
     const char *schema;
     cm_kafka_producer *producer; /* required; must outlive the relay */
     cm_metrics *metrics;         /* NULL: the default registry */
     int batch_size;              /* rows fetched, produced and marked together; 0: 1000 */
-    int poll_ms;                 /* look for rows without a NOTIFY every; 0: 1000 */
+    int poll_ms;                 /* look for rows without a wake-up every; 0: 200 */
     int leader_retry_ms;         /* a standby tries the leader lock every; 0: 1000 */
     int backoff_max_ms;          /* after failures; 0: 10000 */
     int retention_s;             /* published rows are deleted after; 0: 900 */

@@ -24,6 +24,12 @@ struct cm_db {
     int in_tx;      /* inside cm_db_tx: no nesting, no migrations */
     int down;       /* the last reconnect failed: log the outage once */
     uint64_t rng;   /* backoff jitter; per connection, so no locking */
+    /* run once after the current cm_db_tx transaction commits */
+    struct {
+        cm_db_commit_fn fn;
+        void *arg;
+    } on_commit[CM_DB_COMMIT_HOOKS];
+    int n_on_commit;
 };
 
 /* ---- small helpers ---- */
@@ -399,6 +405,35 @@ static void rollback(cm_db *db)
         (void)exec_simple(db, "rollback", "ROLLBACK");
 }
 
+int cm_db_on_commit(cm_db *db, cm_db_commit_fn fn, void *arg)
+{
+    if (!db || !fn || !db->in_tx)
+        return CM_EINVAL;
+    for (int i = 0; i < db->n_on_commit; i++)
+        if (db->on_commit[i].fn == fn && db->on_commit[i].arg == arg)
+            return 0;
+    if (db->n_on_commit >= CM_DB_COMMIT_HOOKS)
+        return CM_ENOMEM;
+    db->on_commit[db->n_on_commit].fn = fn;
+    db->on_commit[db->n_on_commit].arg = arg;
+    db->n_on_commit++;
+    return 0;
+}
+
+/* after COMMIT: the hooks run on the now idle connection, in order */
+static void run_commit_hooks(cm_db *db)
+{
+    int n = db->n_on_commit;
+    db->n_on_commit = 0;
+    for (int i = 0; i < n; i++)
+        db->on_commit[i].fn(db, db->on_commit[i].arg);
+}
+
+const char *cm_db_schema(const cm_db *db)
+{
+    return db ? db->schema : NULL;
+}
+
 int cm_db_tx(cm_db *db, const char *isolation, int max_attempts, cm_db_tx_fn fn, void *arg)
 {
     if (!db || !fn)
@@ -426,6 +461,7 @@ int cm_db_tx(cm_db *db, const char *isolation, int max_attempts, cm_db_tx_fn fn,
             reconnected = 1;
         }
         attempt++;
+        db->n_on_commit = 0; /* a rolled-back attempt's hooks are void */
         int rc = exec_simple(db, "begin", begin);
         if (rc == 0) {
             db->in_tx = 1;
@@ -435,8 +471,10 @@ int cm_db_tx(cm_db *db, const char *isolation, int max_attempts, cm_db_tx_fn fn,
                 PGTransactionStatusType ts = PQtransactionStatus(db->conn);
                 if (ts == PQTRANS_INTRANS) {
                     rc = exec_simple(db, "commit", "COMMIT");
-                    if (rc == 0)
+                    if (rc == 0) {
+                        run_commit_hooks(db);
                         return 0;
+                    }
                     if (rc == CM_EUNAVAIL) {
                         /* the commit may or may not have happened: running
                          * fn again could apply it twice */

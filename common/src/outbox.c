@@ -78,70 +78,163 @@ static int nonempty(const char *s)
     return s && *s;
 }
 
+/* ---- waking the relay after a commit ---- */
+
+/* the relays running in this process, by schema: a commit wakes its
+ * schema's relay directly when that relay leads */
+static pthread_mutex_t relays_mu = PTHREAD_MUTEX_INITIALIZER;
+static cm_outbox_relay *relays_head;
+
+/* NOTIFY for a leader in another process, at most once per this many ms
+ * per process (each notifying transaction holds a database-wide lock
+ * through its commit); a row whose wake-up was skipped is found by the
+ * leader's next poll (poll_ms) at the latest */
+#define NOTIFY_GAP_MS 5
+static _Atomic int64_t last_notify_ms;
+
+static int64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void kick(cm_outbox_relay *r);
+static int relay_leads_schema(const char *schema, int do_kick);
+
+static void outbox_committed(cm_db *db, void *arg)
+{
+    (void)arg;
+    const char *schema = cm_db_schema(db);
+    if (schema && relay_leads_schema(schema, 1))
+        return;
+    int64_t now = mono_ms(), last = atomic_load(&last_notify_ms);
+    if (now - last < NOTIFY_GAP_MS || !atomic_compare_exchange_strong(&last_notify_ms, &last, now))
+        return;
+    /* its own tiny transaction, after ours committed: the row is visible */
+    PGresult *res = PQexec(cm_db_conn(db), "SELECT pg_notify(left('outbox.' || "
+                                           "current_schema(), 63), '')");
+    if (PQresultStatus(res) != PGRES_TUPLES_OK)
+        cm_log_debug("could not notify the outbox relay; it will poll", NULL);
+    PQclear(res);
+}
+
+int cm_outbox_wake_on_commit(cm_db *db)
+{
+    int rc = cm_db_on_commit(db, outbox_committed, NULL);
+    if (rc != CM_EINVAL)
+        return rc;
+    /* a transaction opened by hand, not by cm_db_tx: no hook can see its
+     * commit, so notify inside it (delivered at commit; the serialising
+     * path, kept for such callers) */
+    PGresult *res = PQexec(cm_db_conn(db), "SELECT pg_notify(left('outbox.' || "
+                                           "current_schema(), 63), '')");
+    rc = PQresultStatus(res) == PGRES_TUPLES_OK ? 0 : cm_db_error(db, res, "notify the relay");
+    PQclear(res);
+    return rc;
+}
+
+#define ADD_COLS 11
+#define ADD_BATCH_MAX 1000
+
 int cm_outbox_add(cm_db *db, const cm_outbox_event *ev)
 {
-    if (!db || !ev)
+    return cm_outbox_add_batch(db, ev, 1);
+}
+
+int cm_outbox_add_batch(cm_db *db, const cm_outbox_event *evs, size_t n)
+{
+    if (!db || (!evs && n) || n > ADD_BATCH_MAX)
         return CM_EINVAL;
+    if (n == 0)
+        return 0;
     PGconn *conn = cm_db_conn(db);
     PGTransactionStatusType ts = PQtransactionStatus(conn);
     if (ts != PQTRANS_INTRANS) {
         /* outside a transaction the row could commit without its change */
         cm_log_error(ts == PQTRANS_INERROR ? "cm_outbox_add called in a failed transaction"
                                            : "cm_outbox_add called outside a transaction",
-                     "topic", ev->topic, NULL);
+                     "topic", evs[0].topic, NULL);
         return CM_EINVAL;
     }
-    if (!cm_id_is_uuid(ev->event_id) || !nonempty(ev->tenant_id) ||
-        !cm_kafka_topic_valid(ev->topic) || !nonempty(ev->key) || !nonempty(ev->type) ||
-        !nonempty(ev->source) || (!ev->payload && ev->len > 0) || ev->len > MAX_PAYLOAD) {
-        cm_log_error("invalid outbox event", "event_id", ev->event_id, "topic", ev->topic, "type",
-                     ev->type, NULL);
-        return CM_EINVAL;
+    for (size_t i = 0; i < n; i++) {
+        const cm_outbox_event *ev = &evs[i];
+        if (!cm_id_is_uuid(ev->event_id) || !nonempty(ev->tenant_id) ||
+            !cm_kafka_topic_valid(ev->topic) || !nonempty(ev->key) || !nonempty(ev->type) ||
+            !nonempty(ev->source) || (!ev->payload && ev->len > 0) || ev->len > MAX_PAYLOAD) {
+            cm_log_error("invalid outbox event", "event_id", ev->event_id, "topic", ev->topic,
+                         "type", ev->type, NULL);
+            return CM_EINVAL;
+        }
     }
-    char *hjson = NULL;
-    int rc = headers_json(ev->headers, &hjson);
-    if (rc) {
-        cm_log_error("invalid outbox event headers", "event_id", ev->event_id, NULL);
-        return rc;
+    size_t np = n * ADD_COLS;
+    const char **params = calloc(np, sizeof *params);
+    int *lengths = calloc(np, sizeof *lengths);
+    int *formats = calloc(np, sizeof *formats);
+    char **hjson = calloc(n, sizeof *hjson);
+    char(*ms)[24] = calloc(n, sizeof *ms);
+    /* "($1::uuid, ... ), " per row: 11 numbered parameters and the casts */
+    size_t cap = 256 + n * 220, len = 0;
+    char *sql = malloc(cap);
+    int rc = params && lengths && formats && hjson && ms && sql ? 0 : CM_ENOMEM;
+    if (rc == 0)
+        len = (size_t)snprintf(sql, cap,
+                               "INSERT INTO outbox (event_id, tenant_id, topic, key, type, source, "
+                               "content_type, payload, traceparent, headers, occurred_at) VALUES ");
+    for (size_t i = 0; rc == 0 && i < n; i++) {
+        const cm_outbox_event *ev = &evs[i];
+        rc = headers_json(ev->headers, &hjson[i]);
+        if (rc) {
+            cm_log_error("invalid outbox event headers", "event_id", ev->event_id, NULL);
+            break;
+        }
+        if (ev->occurred_at_ms > 0)
+            snprintf(ms[i], sizeof ms[i], "%lld", (long long)ev->occurred_at_ms);
+        const char **p = params + i * ADD_COLS;
+        p[0] = ev->event_id;
+        p[1] = ev->tenant_id;
+        p[2] = ev->topic;
+        p[3] = ev->key;
+        p[4] = ev->type;
+        p[5] = ev->source;
+        p[6] = ev->content_type ? ev->content_type : "application/protobuf";
+        p[7] = ev->payload ? (const char *)ev->payload : "";
+        p[8] = ev->traceparent;
+        p[9] = hjson[i];
+        p[10] = ev->occurred_at_ms > 0 ? ms[i] : NULL;
+        lengths[i * ADD_COLS + 7] = (int)ev->len;
+        formats[i * ADD_COLS + 7] = 1; /* the payload travels as raw bytes */
+        size_t k = i * ADD_COLS;
+        len += (size_t)snprintf(
+            sql + len, cap - len,
+            "%s($%zu::uuid, $%zu, $%zu, $%zu, $%zu, $%zu, $%zu, $%zu::bytea, $%zu, $%zu::jsonb, "
+            "coalesce(to_timestamp($%zu::float8 / 1000), now()))",
+            i ? ", " : "", k + 1, k + 2, k + 3, k + 4, k + 5, k + 6, k + 7, k + 8, k + 9, k + 10,
+            k + 11);
     }
-    char ms[32];
-    if (ev->occurred_at_ms > 0)
-        snprintf(ms, sizeof ms, "%lld", (long long)ev->occurred_at_ms);
-    const char *params[11] = {
-        ev->event_id,
-        ev->tenant_id,
-        ev->topic,
-        ev->key,
-        ev->type,
-        ev->source,
-        ev->content_type ? ev->content_type : "application/protobuf",
-        ev->payload ? (const char *)ev->payload : "",
-        ev->traceparent,
-        hjson,
-        ev->occurred_at_ms > 0 ? ms : NULL,
-    };
-    int lengths[11] = {0};
-    int formats[11] = {0};
-    lengths[7] = (int)ev->len;
-    formats[7] = 1; /* the payload travels as raw bytes */
-    /* one round trip: the insert, and a NOTIFY that the server delivers at
-     * commit (and drops on rollback); the relay listens on the same name */
-    static const char sql[] =
-        "WITH ins AS (INSERT INTO outbox (event_id, tenant_id, topic, key, type, source, "
-        "content_type, payload, traceparent, headers, occurred_at) VALUES ($1::uuid, $2, $3, $4, "
-        "$5, $6, $7, $8::bytea, $9, $10::jsonb, "
-        "coalesce(to_timestamp($11::float8 / 1000), now())) RETURNING 1) "
-        "SELECT pg_notify(left('outbox.' || current_schema(), 63), '') FROM ins";
-    PGresult *res = PQexecParams(conn, sql, 11, NULL, params, lengths, formats, 0);
-    if (PQresultStatus(res) == PGRES_TUPLES_OK) {
-        rc = 0;
-    } else {
-        rc = cm_db_error(db, res, "insert outbox event");
-        if (rc == CM_EEXIST)
-            cm_log_warn("outbox event id already used", "event_id", ev->event_id, NULL);
+    if (rc == 0) {
+        /* no NOTIFY in the statement: a transaction that notifies holds a
+         * database-wide lock from its commit until it ends, serialising
+         * every such commit. the relay is woken after the commit instead
+         * (cm_outbox_wake_on_commit) */
+        PGresult *res = PQexecParams(conn, sql, (int)np, NULL, params, lengths, formats, 0);
+        if (PQresultStatus(res) == PGRES_COMMAND_OK) {
+            rc = cm_outbox_wake_on_commit(db);
+        } else {
+            rc = cm_db_error(db, res, "insert outbox event");
+            if (rc == CM_EEXIST)
+                cm_log_warn("outbox event id already used", "event_id", evs[0].event_id, NULL);
+        }
+        PQclear(res);
     }
-    PQclear(res);
+    for (size_t i = 0; hjson && i < n; i++)
+        free(hjson[i]);
     free(hjson);
+    free(ms);
+    free(sql);
+    free(formats);
+    free(lengths);
+    free(params);
     return rc;
 }
 
@@ -167,7 +260,9 @@ struct cm_outbox_relay {
 
     pthread_t thread;
     int started;
-    int wake[2]; /* stop() writes here to cut a wait short */
+    int wake[2];                 /* stop() and commits in this process write here */
+    atomic_int kicked;           /* a wake-up byte is in the pipe */
+    cm_outbox_relay *next_relay; /* relays_head's list */
     atomic_int stop;
     _Atomic double stop_deadline;
     atomic_int is_leader;
@@ -193,6 +288,32 @@ static double now_s(void)
 static int stopping(const cm_outbox_relay *r)
 {
     return atomic_load(&r->stop);
+}
+
+static void kick(cm_outbox_relay *r)
+{
+    if (atomic_exchange(&r->kicked, 1) == 0) {
+        ssize_t w = write(r->wake[1], "k", 1);
+        (void)w;
+    }
+}
+
+/* 1 when a relay of this process leads schema (and, with do_kick, wakes
+ * it) */
+static int relay_leads_schema(const char *schema, int do_kick)
+{
+    int found = 0;
+    pthread_mutex_lock(&relays_mu);
+    for (cm_outbox_relay *r = relays_head; r; r = r->next_relay) {
+        if (atomic_load(&r->is_leader) && strcmp(r->schema, schema) == 0) {
+            if (do_kick)
+                kick(r);
+            found = 1;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&relays_mu);
+    return found;
 }
 
 static void set_leader(cm_outbox_relay *r, int on)
@@ -365,8 +486,11 @@ static int wait_for(cm_outbox_relay *r, int ms)
         return 0;
     if (fds[0].revents) {
         char buf[16];
+        atomic_store(&r->kicked, 0);
         while (read(r->wake[0], buf, sizeof buf) > 0) {
         }
+        if (!stopping(r))
+            return 1; /* a commit in this process */
     }
     if (n == 2 && fds[1].revents) {
         drain_notifies(r);
@@ -736,7 +860,7 @@ int cm_outbox_relay_start(cm_outbox_relay **out, const cm_outbox_relay_opts *o, 
     r->producer = o->producer;
     r->metrics = o->metrics ? o->metrics : cm_metrics_default();
     r->batch_size = o->batch_size > 0 ? o->batch_size : 1000;
-    r->poll_ms = o->poll_ms > 0 ? o->poll_ms : 1000;
+    r->poll_ms = o->poll_ms > 0 ? o->poll_ms : 200;
     r->leader_retry_ms = o->leader_retry_ms > 0 ? o->leader_retry_ms : 1000;
     r->backoff_max_ms = o->backoff_max_ms > 0 ? o->backoff_max_ms : 10000;
     r->retention_s = o->retention_s > 0 ? o->retention_s : 900;
@@ -783,6 +907,10 @@ int cm_outbox_relay_start(cm_outbox_relay **out, const cm_outbox_relay_opts *o, 
         return CM_ENOMEM;
     }
     r->started = 1;
+    pthread_mutex_lock(&relays_mu);
+    r->next_relay = relays_head;
+    relays_head = r;
+    pthread_mutex_unlock(&relays_mu);
     cm_log_info("outbox relay started", "schema", r->schema, NULL);
     *out = r;
     return 0;
@@ -807,6 +935,14 @@ void cm_outbox_relay_free(cm_outbox_relay *r)
 {
     if (!r)
         return;
+    pthread_mutex_lock(&relays_mu);
+    for (cm_outbox_relay **p = &relays_head; *p; p = &(*p)->next_relay) {
+        if (*p == r) {
+            *p = r->next_relay;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&relays_mu);
     cm_outbox_relay_stop(r, 0);
     if (r->db)
         cm_db_free(r->db);

@@ -424,6 +424,53 @@ static int bump_counter(cm_db *db, void *arg)
                       NULL);
 }
 
+typedef struct {
+    int ran;  /* how many times the hook ran */
+    int rows; /* rows of t the hook saw committed (from another session) */
+    int fail; /* the transaction function fails with this */
+    char schema[64];
+} hook_arg;
+
+static void count_after_commit(cm_db *db, void *arg)
+{
+    (void)db;
+    hook_arg *h = arg;
+    h->ran++;
+    h->rows = count_in(h->schema, "t"); /* another session: visible only if committed */
+}
+
+static int insert_with_hook(cm_db *db, void *arg)
+{
+    hook_arg *h = arg;
+    int rc = cm_db_exec(db, "insert", "INSERT INTO t VALUES (1)", 0, NULL, NULL);
+    ck_assert_int_eq(cm_db_on_commit(db, count_after_commit, h), 0);
+    ck_assert_int_eq(cm_db_on_commit(db, count_after_commit, h), 0); /* once */
+    return rc ? rc : h->fail;
+}
+
+START_TEST(tx_runs_commit_hooks_after_commit_only)
+{
+    hook_arg h = {0};
+    schema_name(h.schema, sizeof h.schema, "hook");
+    cm_db *db = fresh(h.schema, "CREATE TABLE t (id int)");
+    ck_assert_int_eq(cm_db_tx(db, NULL, 1, insert_with_hook, &h), 0);
+    ck_assert_int_eq(h.ran, 1);
+    ck_assert_int_eq(h.rows, 1); /* the row was visible to others when the hook ran */
+    h.fail = CM_ESTATE;
+    ck_assert_int_eq(cm_db_tx(db, NULL, 1, insert_with_hook, &h), CM_ESTATE);
+    ck_assert_int_eq(h.ran, 1); /* rolled back: not run */
+    h.fail = 0;
+    ck_assert_int_eq(cm_db_tx(db, NULL, 1, insert_with_hook, &h), 0);
+    ck_assert_int_eq(h.ran, 2);
+    ck_assert_int_eq(h.rows, 2);
+    /* outside cm_db_tx there is no commit to wait for */
+    ck_assert_int_eq(cm_db_on_commit(db, count_after_commit, &h), CM_EINVAL);
+    ck_assert_str_eq(cm_db_schema(db), h.schema);
+    cm_db_free(db);
+    drop_schema(h.schema);
+}
+END_TEST
+
 START_TEST(tx_retries_a_serialization_failure)
 {
     char s[64];
@@ -839,6 +886,7 @@ static Suite *db_suite(void)
     tcase_add_test(tx, tx_commits_when_fn_succeeds);
     tcase_add_test(tx, tx_rolls_back_when_fn_fails);
     tcase_add_test(tx, tx_refuses_nesting);
+    tcase_add_test(tx, tx_runs_commit_hooks_after_commit_only);
     tcase_add_test(tx, tx_retries_a_serialization_failure);
     tcase_add_test(tx, tx_gives_up_after_max_attempts);
     tcase_add_test(tx, tx_retries_write_skew_failing_a_write);
