@@ -145,4 +145,42 @@ void cm_rpc_fail_detail(cm_rpc_ctx *ctx, const ProtobufCMessage *detail);
  * short and what is available). call after a cm_rpc_fail*. */
 void cm_rpc_fail_meta(cm_rpc_ctx *ctx, const char *key, const char *value);
 
+struct cm_rpc_status;
+
+/* fails the call with what a downstream call (cm_rpc_call) returned in st,
+ * so our caller sees the downstream's refusal as if it were ours. returns
+ * the negative value for the handler to return; like every cm_rpc_fail*,
+ * the first failure of a call wins. st is copied: it may live on the
+ * handler's stack.
+ *
+ * passed through, same code: INVALID_ARGUMENT, DEADLINE_EXCEEDED,
+ * NOT_FOUND, ALREADY_EXISTS, RESOURCE_EXHAUSTED, FAILED_PRECONDITION,
+ * ABORTED, OUT_OF_RANGE, UNAVAILABLE. the downstream's google.rpc.Status is
+ * re-emitted: its message, and every detail byte for byte — the ErrorInfo
+ * with its reason, metadata and *the downstream's domain* (the domain says
+ * who refused: "inventory.commerce" on SOLD_OUT tells the caller which
+ * service to look at, and the reason is only unique within its domain),
+ * BadRequest (whose field paths name the downstream's request: a handler
+ * whose API names fields otherwise translates instead), typed Any's. a
+ * status without ErrorInfo gets ours in front. when the details were too
+ * large to keep (st->details_truncated), what was parsed is re-emitted:
+ * message, ErrorInfo reason, domain and metadata, first BadRequest field;
+ * other typed details are lost.
+ *
+ * not passed through: a downstream's UNAUTHENTICATED, PERMISSION_DENIED,
+ * UNIMPLEMENTED, INTERNAL, UNKNOWN or DATA_LOSS means our credentials,
+ * deployment or the downstream are broken — nothing our caller can fix or
+ * should retry. the call fails INTERNAL, reason DEPENDENCY_FAILED in our
+ * domain, with a generic message and no downstream detail; the downstream's
+ * status goes to the error log. CANCELLED (our caller did not cancel us,
+ * or it would not be listening) becomes UNAVAILABLE, DEPENDENCY_FAILED.
+ * a status without details was made by gRPC core (connection refused,
+ * deadline, message size) or a foreign server: its text may name
+ * addresses, so only the code passes, with reason DEPENDENCY_FAILED in our
+ * domain and a generic message; the original is logged as a warning.
+ *
+ * later cm_rpc_fail_meta/_detail/_field calls add nothing to a status
+ * passed on byte for byte (it stays as the downstream sent it). */
+int cm_rpc_fail_forward(cm_rpc_ctx *ctx, const struct cm_rpc_status *st);
+
 #endif

@@ -33,9 +33,20 @@ typedef struct cm_rpc_md {
     const char *value;
 } cm_rpc_md;
 
-/* what came back. reason and field come from the grpc-status-details-bin
- * trailer (google.rpc.ErrorInfo reason, first BadRequest field), empty if
- * absent; detail_types lists the type URL of every detail. */
+#define CM_RPC_STATUS_DETAILS_MAX 4096 /* bytes of grpc-status-details-bin kept */
+#define CM_RPC_STATUS_META_MAX 8       /* ErrorInfo metadata pairs kept */
+
+/* what came back. reason, domain, meta and field come from the
+ * grpc-status-details-bin trailer (google.rpc.ErrorInfo reason, domain and
+ * metadata, first BadRequest field), empty if absent; detail_types lists the
+ * type URL of every detail. strings longer than their buffer are cut.
+ *
+ * details_bin holds the trailer itself, the serialized google.rpc.Status,
+ * byte for byte, so a service can pass a failure on with every typed detail
+ * (cm_rpc_fail_forward). a trailer larger than CM_RPC_STATUS_DETAILS_MAX is
+ * not kept at all (a cut protobuf is worthless): details_len is 0 and
+ * details_truncated 1, and the parsed fields above are all that is left.
+ * the struct is about 7.5 KiB: fine on a thread's stack, not in an array. */
 typedef struct cm_rpc_status {
     int code; /* grpc_status_code */
     char message[256];
@@ -45,7 +56,23 @@ typedef struct cm_rpc_status {
     /* type URLs of every detail in google.rpc.Status, in order (at most 8) */
     int n_details;
     char detail_types[8][96];
+    /* ErrorInfo domain: who refused ("inventory.commerce") */
+    char domain[64];
+    /* ErrorInfo metadata in wire order; meta_truncated when there were more */
+    int n_meta;
+    int meta_truncated;
+    struct {
+        char key[64];
+        char value[192];
+    } meta[CM_RPC_STATUS_META_MAX];
+    /* the raw google.rpc.Status of a failed call (see above) */
+    size_t details_len;
+    int details_truncated;
+    unsigned char details_bin[CM_RPC_STATUS_DETAILS_MAX];
 } cm_rpc_status;
+
+/* the ErrorInfo metadata value for key, or NULL. */
+const char *cm_rpc_status_meta(const cm_rpc_status *st, const char *key);
 
 enum { CM_RPC_CALL_IDEMPOTENT = 1 << 0 };
 

@@ -172,6 +172,22 @@ int cm_rpc_code_to_err(int code)
     return CM_EINTERNAL;
 }
 
+static void copy_info(const Google__Rpc__ErrorInfo *ei, cm_rpc_status *st)
+{
+    snprintf(st->reason, sizeof st->reason, "%s", ei->reason);
+    snprintf(st->domain, sizeof st->domain, "%s", ei->domain);
+    for (size_t m = 0; m < ei->n_metadata; m++) {
+        if (st->n_meta == CM_RPC_STATUS_META_MAX) {
+            st->meta_truncated = 1;
+            break;
+        }
+        snprintf(st->meta[st->n_meta].key, sizeof st->meta[0].key, "%s", ei->metadata[m]->key);
+        snprintf(st->meta[st->n_meta].value, sizeof st->meta[0].value, "%s",
+                 ei->metadata[m]->value);
+        st->n_meta++;
+    }
+}
+
 static void parse_details(const grpc_metadata_array *trailers, cm_rpc_status *st)
 {
     for (size_t i = 0; i < trailers->count; i++) {
@@ -179,8 +195,15 @@ static void parse_details(const grpc_metadata_array *trailers, cm_rpc_status *st
         if (grpc_slice_str_cmp(*k, "grpc-status-details-bin") != 0)
             continue;
         const grpc_slice *v = &trailers->metadata[i].value;
-        Google__Rpc__Status *s =
-            google__rpc__status__unpack(NULL, GRPC_SLICE_LENGTH(*v), GRPC_SLICE_START_PTR(*v));
+        size_t len = GRPC_SLICE_LENGTH(*v);
+        /* kept whole or not at all: a cut protobuf is worthless */
+        if (len <= sizeof st->details_bin) {
+            memcpy(st->details_bin, GRPC_SLICE_START_PTR(*v), len);
+            st->details_len = len;
+        } else {
+            st->details_truncated = 1;
+        }
+        Google__Rpc__Status *s = google__rpc__status__unpack(NULL, len, GRPC_SLICE_START_PTR(*v));
         if (!s)
             return;
         for (size_t d = 0; d < s->n_details; d++) {
@@ -192,7 +215,7 @@ static void parse_details(const grpc_metadata_array *trailers, cm_rpc_status *st
                 Google__Rpc__ErrorInfo *ei =
                     google__rpc__error_info__unpack(NULL, any->value.len, any->value.data);
                 if (ei) {
-                    snprintf(st->reason, sizeof st->reason, "%s", ei->reason);
+                    copy_info(ei, st);
                     google__rpc__error_info__free_unpacked(ei, NULL);
                 }
             } else if (strcmp(any->type_url, "type.googleapis.com/google.rpc.BadRequest") == 0) {
@@ -208,6 +231,14 @@ static void parse_details(const grpc_metadata_array *trailers, cm_rpc_status *st
         google__rpc__status__free_unpacked(s, NULL);
         return;
     }
+}
+
+const char *cm_rpc_status_meta(const cm_rpc_status *st, const char *key)
+{
+    for (int i = 0; i < st->n_meta; i++)
+        if (strcmp(st->meta[i].key, key) == 0)
+            return st->meta[i].value;
+    return NULL;
 }
 
 static int call_once(cm_rpc_client *c, grpc_slice method, grpc_byte_buffer *req_bb,
@@ -266,8 +297,11 @@ static int call_once(cm_rpc_client *c, grpc_slice method, grpc_byte_buffer *req_
         dl = sizeof st->message - 1;
     memcpy(st->message, GRPC_SLICE_START_PTR(details), dl);
     st->message[dl] = '\0';
-    st->reason[0] = st->field[0] = '\0';
-    st->n_details = 0;
+    /* a retry's status replaces the previous attempt's */
+    st->reason[0] = st->field[0] = st->domain[0] = '\0';
+    st->n_details = st->n_meta = st->meta_truncated = 0;
+    st->details_len = 0;
+    st->details_truncated = 0;
     if (status != GRPC_STATUS_OK)
         parse_details(&trailing, st);
     grpc_slice_unref(details);

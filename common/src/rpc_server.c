@@ -15,6 +15,7 @@
 #include "cm_err.h"
 #include "cm_file.h"
 #include "cm_log.h"
+#include "cm_rpc_client.h"
 
 #include <grpc/byte_buffer.h>
 #include <grpc/byte_buffer_reader.h>
@@ -43,6 +44,7 @@
 #define MAX_EXTRA_DETAILS 4
 #define TLS_FILE_MAX (1u << 20) /* certificate chains and keys are small */
 #define STOP_POLL_MS 200        /* how often an idle worker looks at the stop flag */
+#define ERROR_INFO_URL "type.googleapis.com/google.rpc.ErrorInfo"
 
 typedef struct worker worker;
 
@@ -140,6 +142,10 @@ struct cm_rpc_ctx {
     size_t n_meta;
     Google__Protobuf__Any *extra[MAX_EXTRA_DETAILS]; /* cm_rpc_fail_detail */
     size_t n_extra;
+    const char *domain; /* ErrorInfo domain when not ours (a forwarded failure) */
+    /* cm_rpc_fail_forward: the downstream's details, sent as they came */
+    Google__Protobuf__Any **fwd;
+    size_t n_fwd;
 
     /* what the send batch references until it completes */
     grpc_slice status_slice;
@@ -505,31 +511,8 @@ static void pack_any(cm_arena *a, Google__Protobuf__Any *any, const char *type,
     any->value.len = n;
 }
 
-/* builds grpc-status-details-bin: google.rpc.Status{code, message, details:
- * [ErrorInfo, BadRequest?]} */
-static void build_trailer(cm_rpc_ctx *c)
+static void set_trailer(cm_rpc_ctx *c, Google__Protobuf__Any **details, size_t ndetails)
 {
-    cm_arena *a = c->arena;
-    Google__Rpc__ErrorInfo info = GOOGLE__RPC__ERROR_INFO__INIT;
-    info.reason = (char *)(c->reason ? c->reason : code_names[c->code]);
-    info.domain = c->w->s->domain;
-    info.n_metadata = c->n_meta;
-    info.metadata = c->meta;
-
-    Google__Protobuf__Any any_info = GOOGLE__PROTOBUF__ANY__INIT;
-    Google__Protobuf__Any any_bad = GOOGLE__PROTOBUF__ANY__INIT;
-    Google__Protobuf__Any *details[2 + MAX_EXTRA_DETAILS] = {&any_info, &any_bad};
-    pack_any(a, &any_info, "type.googleapis.com/google.rpc.ErrorInfo", &info.base);
-    size_t ndetails = 1;
-    if (c->n_violations) {
-        Google__Rpc__BadRequest bad = GOOGLE__RPC__BAD_REQUEST__INIT;
-        bad.n_field_violations = c->n_violations;
-        bad.field_violations = c->violations;
-        pack_any(a, &any_bad, "type.googleapis.com/google.rpc.BadRequest", &bad.base);
-        ndetails = 2;
-    }
-    for (size_t i = 0; i < c->n_extra; i++)
-        details[ndetails++] = c->extra[i];
     Google__Rpc__Status st = GOOGLE__RPC__STATUS__INIT;
     st.code = c->code;
     st.message = (char *)(c->message ? c->message : "");
@@ -541,6 +524,51 @@ static void build_trailer(cm_rpc_ctx *c)
     c->trailer.key = grpc_slice_from_static_string("grpc-status-details-bin");
     c->trailer.value = v;
     c->has_trailer = 1;
+}
+
+/* builds grpc-status-details-bin: google.rpc.Status{code, message, details:
+ * [ErrorInfo, BadRequest?, extra...]}, or a forwarded status's details */
+static void build_trailer(cm_rpc_ctx *c)
+{
+    cm_arena *a = c->arena;
+    Google__Rpc__ErrorInfo info = GOOGLE__RPC__ERROR_INFO__INIT;
+    info.reason = (char *)(c->reason ? c->reason : code_names[c->code]);
+    info.domain = (char *)(c->domain ? c->domain : c->w->s->domain);
+    info.n_metadata = c->n_meta;
+    info.metadata = c->meta;
+
+    Google__Protobuf__Any any_info = GOOGLE__PROTOBUF__ANY__INIT;
+    Google__Protobuf__Any any_bad = GOOGLE__PROTOBUF__ANY__INIT;
+    Google__Protobuf__Any *details[2 + MAX_EXTRA_DETAILS] = {&any_info, &any_bad};
+    pack_any(a, &any_info, ERROR_INFO_URL, &info.base);
+    if (c->fwd) {
+        /* the downstream's details byte for byte; ours in front only when
+         * it sent no ErrorInfo, so every failure carries one */
+        int has_info = 0;
+        for (size_t i = 0; i < c->n_fwd; i++)
+            has_info |= c->fwd[i]->type_url && strcmp(c->fwd[i]->type_url, ERROR_INFO_URL) == 0;
+        Google__Protobuf__Any **d = cm_arena_alloc(a, (c->n_fwd + 1) * sizeof *d);
+        if (d) {
+            size_t n = 0;
+            if (!has_info)
+                d[n++] = &any_info;
+            for (size_t i = 0; i < c->n_fwd; i++)
+                d[n++] = c->fwd[i];
+            set_trailer(c, d, n);
+            return;
+        }
+    }
+    size_t ndetails = 1;
+    if (c->n_violations) {
+        Google__Rpc__BadRequest bad = GOOGLE__RPC__BAD_REQUEST__INIT;
+        bad.n_field_violations = c->n_violations;
+        bad.field_violations = c->violations;
+        pack_any(a, &any_bad, "type.googleapis.com/google.rpc.BadRequest", &bad.base);
+        ndetails = 2;
+    }
+    for (size_t i = 0; i < c->n_extra; i++)
+        details[ndetails++] = c->extra[i];
+    set_trailer(c, details, ndetails);
 }
 
 static void start_send(cm_rpc_ctx *c)
@@ -1389,4 +1417,87 @@ void cm_rpc_fail_meta(cm_rpc_ctx *ctx, const char *key, const char *value)
     e->key = cm_rpc_strdup(ctx, key);
     e->value = cm_rpc_strdup(ctx, value);
     ctx->meta[ctx->n_meta++] = e;
+}
+
+/* what a downstream's code means to our caller: its own request or a
+ * transient state (passed on), or our problem (INTERNAL) */
+static int forward_code(int code)
+{
+    switch (code) {
+    case GRPC_STATUS_INVALID_ARGUMENT:
+    case GRPC_STATUS_DEADLINE_EXCEEDED:
+    case GRPC_STATUS_NOT_FOUND:
+    case GRPC_STATUS_ALREADY_EXISTS:
+    case GRPC_STATUS_RESOURCE_EXHAUSTED:
+    case GRPC_STATUS_FAILED_PRECONDITION:
+    case GRPC_STATUS_ABORTED:
+    case GRPC_STATUS_OUT_OF_RANGE:
+    case GRPC_STATUS_UNAVAILABLE:
+        return code;
+    case GRPC_STATUS_CANCELLED:
+        /* our caller did not cancel us, or it would not be listening */
+        return GRPC_STATUS_UNAVAILABLE;
+    default:
+        /* UNAUTHENTICATED, PERMISSION_DENIED, UNIMPLEMENTED: our credentials
+         * or deployment; INTERNAL, UNKNOWN, DATA_LOSS: the downstream */
+        return GRPC_STATUS_INTERNAL;
+    }
+}
+
+int cm_rpc_fail_forward(cm_rpc_ctx *ctx, const cm_rpc_status *st)
+{
+    if (ctx->code != GRPC_STATUS_OK)
+        return -ctx->code;
+    cm_arena *a = ctx->arena;
+    int code = st ? st->code : GRPC_STATUS_OK;
+    if (code <= 0 || code >= NCODES) {
+        ctx->detail = cm_arena_printf(a, "cm_rpc_fail_forward without a failure (code %d)", code);
+        return cm_rpc_fail(ctx, GRPC_STATUS_INTERNAL, "INTERNAL", "internal error");
+    }
+    /* the downstream's status, for the log */
+    const char *seen =
+        cm_arena_printf(a, "%s %s/%s: %s", code_names[code], st->domain[0] ? st->domain : "-",
+                        st->reason[0] ? st->reason : "-", st->message);
+    int mapped = forward_code(code);
+    if (mapped == GRPC_STATUS_INTERNAL) {
+        /* on_finish logs the detail with the call */
+        ctx->detail = cm_arena_printf(a, "dependency failed: %s", seen);
+        return cm_rpc_fail(ctx, mapped, "DEPENDENCY_FAILED", "internal error");
+    }
+    const char *reason = st->reason[0] ? cm_arena_strdup(a, st->reason) : NULL;
+    if (mapped == code && st->details_len) {
+        ProtobufCAllocator al = cm_arena_allocator(a);
+        Google__Rpc__Status *ds =
+            google__rpc__status__unpack(&al, st->details_len, st->details_bin);
+        if (ds) {
+            const char *msg =
+                ds->message && ds->message[0] ? ds->message : cm_arena_strdup(a, st->message);
+            cm_rpc_fail(ctx, code, reason, msg);
+            ctx->fwd = ds->details;
+            ctx->n_fwd = ds->n_details;
+            /* a status with no details at all still gets our ErrorInfo */
+            if (!ctx->fwd)
+                ctx->fwd = cm_arena_alloc(a, sizeof *ctx->fwd);
+            return -code;
+        }
+    }
+    if (mapped == code && st->details_truncated) {
+        /* too large to have been kept: pass on what was parsed */
+        cm_log_warn("dependency status details too large to pass on whole", "method",
+                    cm_rpc_ctx_method(ctx), "tenant", ctx->tenant, "request_id",
+                    md_lookup(ctx, "x-request-id"), "status", seen, NULL);
+        cm_rpc_fail(ctx, code, reason, cm_arena_strdup(a, st->message));
+        if (st->domain[0])
+            ctx->domain = cm_arena_strdup(a, st->domain);
+        for (int i = 0; i < st->n_meta; i++)
+            cm_rpc_fail_meta(ctx, st->meta[i].key, st->meta[i].value);
+        if (st->field[0])
+            cm_rpc_fail_field(ctx, st->field, ctx->message);
+        return -code;
+    }
+    /* made by gRPC core or a foreign server: its text is not ours to show */
+    cm_log_warn("dependency failed", "method", cm_rpc_ctx_method(ctx), "tenant", ctx->tenant,
+                "request_id", md_lookup(ctx, "x-request-id"), "status", seen, NULL);
+    return cm_rpc_fail(ctx, mapped, "DEPENDENCY_FAILED",
+                       cm_arena_printf(a, "a dependency failed: %s", code_names[mapped]));
 }

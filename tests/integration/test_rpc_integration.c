@@ -20,6 +20,8 @@
 #include <unistd.h>
 
 #include "commerce/test/v1/test.pb-c.h"
+#include "google/protobuf/any.pb-c.h"
+#include "google/rpc/status.pb-c.h"
 
 #define SVC "/commerce.test.v1.TestService/"
 
@@ -616,6 +618,189 @@ START_TEST(database_outage_turns_health_not_serving_and_back)
 }
 END_TEST
 
+/* ---- a dependency's failure passed on (cm_rpc_fail_forward) ---- */
+
+/* Fail on target, directly or through ForwardFail on a front */
+static int fail_via(cm_rpc_client *c, int through, Commerce__Test__V1__FailRequest *fr,
+                    cm_rpc_status *st)
+{
+    Commerce__Test__V1__ForwardFailRequest ff = COMMERCE__TEST__V1__FORWARD_FAIL_REQUEST__INIT;
+    ff.fail = fr;
+    ProtobufCMessage *resp = NULL;
+    int rc = through ? cm_rpc_call(c, SVC "ForwardFail", &ff.base,
+                                   &commerce__test__v1__forward_fail_response__descriptor, NULL,
+                                   &resp, tenant_md, 1, 5000, 0, st)
+                     : cm_rpc_call(c, SVC "Fail", &fr->base,
+                                   &commerce__test__v1__fail_response__descriptor, NULL, &resp,
+                                   tenant_md, 1, 5000, 0, st);
+    ck_assert_ptr_null(resp);
+    return rc;
+}
+
+static int has_detail(const cm_rpc_status *st, const char *type_url)
+{
+    for (int i = 0; i < st->n_details; i++)
+        if (strcmp(st->detail_types[i], type_url) == 0)
+            return 1;
+    return 0;
+}
+
+/* the typed FailRequest detail, unpacked from the raw status (free it) */
+static Commerce__Test__V1__FailRequest *echoed_detail(const cm_rpc_status *st)
+{
+    Google__Rpc__Status *s = google__rpc__status__unpack(NULL, st->details_len, st->details_bin);
+    ck_assert_ptr_nonnull(s);
+    Commerce__Test__V1__FailRequest *fr = NULL;
+    for (size_t i = 0; i < s->n_details && !fr; i++)
+        if (strcmp(s->details[i]->type_url, "type.googleapis.com/commerce.test.v1.FailRequest") ==
+            0)
+            fr = commerce__test__v1__fail_request__unpack(NULL, s->details[i]->value.len,
+                                                          s->details[i]->value.data);
+    google__rpc__status__free_unpacked(s, NULL);
+    return fr;
+}
+
+/* the forwarding test's processes and clients, for the teardown when an
+ * assertion ends the test early (CK_NOFORK: nothing else would stop them) */
+static hs_proc down, front;
+static cm_rpc_client *dc, *fc;
+
+static void forward_teardown(void)
+{
+    cm_rpc_client_free(dc);
+    cm_rpc_client_free(fc);
+    dc = fc = NULL;
+    hs_stop(&down, SIGKILL, 5000); /* no-op once stopped */
+    hs_stop(&front, SIGKILL, 5000);
+}
+
+START_TEST(a_dependency_failure_is_passed_on_intact)
+{
+    /* "stock" refuses; "testsvc" in front calls it and passes it on */
+    const char *denv[] = {"TESTSVC_NAME=stock", NULL};
+    ck_assert_int_eq(hs_spawn(&down, TESTSVC_BIN, denv), 0);
+    ck_assert_int_eq(hs_wait_serving(&down, 20000), 0);
+    char target[96];
+    snprintf(target, sizeof target, "INVENTORY_TARGET=%s", down.target);
+    const char *fenv[] = {target, NULL};
+    ck_assert_int_eq(hs_spawn(&front, TESTSVC_BIN, fenv), 0);
+    ck_assert_int_eq(hs_wait_serving(&front, 20000), 0);
+    char err[128];
+    cm_rpc_client_opts o = {.target = down.target};
+    ck_assert_int_eq(cm_rpc_client_new(&dc, &o, err, sizeof err), 0);
+    o.target = front.target;
+    ck_assert_int_eq(cm_rpc_client_new(&fc, &o, err, sizeof err), 0);
+    static cm_rpc_status direct, st; /* 7.5 KiB each: off the test's stack */
+
+    /* a refusal with reason, metadata and a typed detail: the same bytes */
+    Commerce__Test__V1__FailRequest__MetadataEntry skus =
+        COMMERCE__TEST__V1__FAIL_REQUEST__METADATA_ENTRY__INIT;
+    skus.key = "skus";
+    skus.value = "A,B";
+    Commerce__Test__V1__FailRequest__MetadataEntry *meta[] = {&skus};
+    Commerce__Test__V1__FailRequest fr = COMMERCE__TEST__V1__FAIL_REQUEST__INIT;
+    fr.code = GRPC_STATUS_FAILED_PRECONDITION;
+    fr.n_metadata = 1;
+    fr.metadata = meta;
+    ck_assert_int_eq(fail_via(dc, 0, &fr, &direct), CM_ESTATE);
+    ck_assert_int_eq(fail_via(fc, 1, &fr, &st), CM_ESTATE);
+    ck_assert_int_eq(st.code, GRPC_STATUS_FAILED_PRECONDITION);
+    ck_assert_str_eq(st.message, "failed on request");
+    ck_assert_str_eq(st.reason, "REQUESTED_FAILURE");
+    ck_assert_str_eq(st.domain, "stock.commerce"); /* who refused */
+    ck_assert_str_eq(cm_rpc_status_meta(&st, "skus"), "A,B");
+    ck_assert_str_eq(cm_rpc_status_meta(&st, "requested_code"), "9");
+    ck_assert_int_eq(st.n_meta, 2);
+    ck_assert_int_eq(st.details_truncated, 0);
+    ck_assert_uint_gt(st.details_len, 0);
+    ck_assert_uint_eq(st.details_len, direct.details_len);
+    ck_assert(memcmp(st.details_bin, direct.details_bin, st.details_len) == 0);
+    Commerce__Test__V1__FailRequest *echoed = echoed_detail(&st);
+    ck_assert_ptr_nonnull(echoed);
+    ck_assert_int_eq(echoed->code, GRPC_STATUS_FAILED_PRECONDITION);
+    ck_assert_uint_eq(echoed->n_metadata, 1);
+    ck_assert_str_eq(echoed->metadata[0]->value, "A,B");
+    commerce__test__v1__fail_request__free_unpacked(echoed, NULL);
+
+    /* field violations: the BadRequest passes unchanged */
+    Commerce__Test__V1__FailRequest bad = COMMERCE__TEST__V1__FAIL_REQUEST__INIT;
+    bad.field = "lines[1].sku";
+    ck_assert_int_eq(fail_via(fc, 1, &bad, &st), CM_EINVAL);
+    ck_assert_int_eq(st.code, GRPC_STATUS_INVALID_ARGUMENT);
+    ck_assert_str_eq(st.field, "lines[1].sku");
+    ck_assert_str_eq(st.reason, "INVALID_ARGUMENT");
+    ck_assert_str_eq(st.domain, "stock.commerce");
+    ck_assert(has_detail(&st, "type.googleapis.com/google.rpc.BadRequest"));
+
+    /* the caller's own business or transient: same code, same details */
+    static const int kept[] = {
+        GRPC_STATUS_INVALID_ARGUMENT, GRPC_STATUS_DEADLINE_EXCEEDED,  GRPC_STATUS_NOT_FOUND,
+        GRPC_STATUS_ALREADY_EXISTS,   GRPC_STATUS_RESOURCE_EXHAUSTED, GRPC_STATUS_ABORTED,
+        GRPC_STATUS_OUT_OF_RANGE,     GRPC_STATUS_UNAVAILABLE,
+    };
+    for (size_t i = 0; i < sizeof kept / sizeof kept[0]; i++) {
+        fr.code = kept[i];
+        fail_via(fc, 1, &fr, &st);
+        ck_assert_int_eq(st.code, kept[i]);
+        ck_assert_str_eq(st.reason, "REQUESTED_FAILURE");
+        ck_assert_str_eq(st.domain, "stock.commerce");
+        ck_assert(has_detail(&st, "type.googleapis.com/commerce.test.v1.FailRequest"));
+    }
+
+    /* our misconfiguration or the dependency's bug: INTERNAL, nothing of
+     * the downstream's shown; CANCELLED: UNAVAILABLE */
+    static const int mapped[][2] = {
+        {GRPC_STATUS_UNAUTHENTICATED, GRPC_STATUS_INTERNAL},
+        {GRPC_STATUS_PERMISSION_DENIED, GRPC_STATUS_INTERNAL},
+        {GRPC_STATUS_UNIMPLEMENTED, GRPC_STATUS_INTERNAL},
+        {GRPC_STATUS_INTERNAL, GRPC_STATUS_INTERNAL},
+        {GRPC_STATUS_UNKNOWN, GRPC_STATUS_INTERNAL},
+        {GRPC_STATUS_DATA_LOSS, GRPC_STATUS_INTERNAL},
+        {GRPC_STATUS_CANCELLED, GRPC_STATUS_UNAVAILABLE},
+    };
+    for (size_t i = 0; i < sizeof mapped / sizeof mapped[0]; i++) {
+        fr.code = mapped[i][0];
+        ck_assert_int_eq(fail_via(fc, 1, &fr, &st), cm_rpc_code_to_err(mapped[i][1]));
+        ck_assert_msg(st.code == mapped[i][1], "downstream %d: got %d", mapped[i][0], st.code);
+        ck_assert_str_eq(st.reason, "DEPENDENCY_FAILED");
+        ck_assert_str_eq(st.domain, "testsvc.commerce");
+        ck_assert_ptr_null(strstr(st.message, "failed on request"));
+        ck_assert_ptr_null(cm_rpc_status_meta(&st, "skus"));
+        ck_assert(!has_detail(&st, "type.googleapis.com/commerce.test.v1.FailRequest"));
+    }
+
+    /* details too large to keep: what was parsed still passes */
+    static char padding[4200];
+    memset(padding, 'p', sizeof padding - 1);
+    fr.code = GRPC_STATUS_FAILED_PRECONDITION;
+    fr.padding = padding;
+    ck_assert_int_eq(fail_via(dc, 0, &fr, &direct), CM_ESTATE);
+    ck_assert_int_eq(direct.details_truncated, 1);
+    ck_assert_uint_eq(direct.details_len, 0);
+    ck_assert_str_eq(direct.reason, "REQUESTED_FAILURE");
+    ck_assert_str_eq(cm_rpc_status_meta(&direct, "skus"), "A,B");
+    ck_assert_int_eq(fail_via(fc, 1, &fr, &st), CM_ESTATE);
+    ck_assert_int_eq(st.details_truncated, 0);
+    ck_assert_str_eq(st.message, "failed on request");
+    ck_assert_str_eq(st.reason, "REQUESTED_FAILURE");
+    ck_assert_str_eq(st.domain, "stock.commerce");
+    ck_assert_str_eq(cm_rpc_status_meta(&st, "skus"), "A,B");
+    ck_assert(!has_detail(&st, "type.googleapis.com/commerce.test.v1.FailRequest"));
+    fr.padding = "";
+
+    /* the dependency gone: gRPC core's status, whose text names addresses,
+     * passes as a bare UNAVAILABLE */
+    ck_assert_int_eq(hs_stop(&down, SIGTERM, 10000), 0);
+    ck_assert_int_eq(fail_via(fc, 1, &fr, &st), CM_EUNAVAIL);
+    ck_assert_int_eq(st.code, GRPC_STATUS_UNAVAILABLE);
+    ck_assert_str_eq(st.reason, "DEPENDENCY_FAILED");
+    ck_assert_str_eq(st.domain, "testsvc.commerce");
+    ck_assert_msg(strstr(st.message, "127.0.0.1") == NULL, "address leaked: %s", st.message);
+
+    ck_assert_int_eq(hs_stop(&front, SIGTERM, 10000), 0);
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("rpc_integration");
@@ -639,6 +824,7 @@ static Suite *suite(void)
     suite_add_tcase(s, shared);
 
     TCase *own = tcase_create("own_process");
+    tcase_add_checked_fixture(own, NULL, forward_teardown);
     tcase_set_timeout(own, 120);
     tcase_add_test(own, sigterm_drains_the_call_in_flight_and_exits_zero);
     tcase_add_test(own, drain_grace_cancels_calls_that_overrun_it);
@@ -646,6 +832,7 @@ static Suite *suite(void)
     tcase_add_test(own, auth_required_verifies_bearer_tokens);
     tcase_add_test(own, tls_and_mtls_when_certificates_are_configured);
     tcase_add_test(own, database_outage_turns_health_not_serving_and_back);
+    tcase_add_test(own, a_dependency_failure_is_passed_on_intact);
     suite_add_tcase(s, own);
     return s;
 }

@@ -12,6 +12,7 @@
 
 #include <grpc/status.h>
 #include <libpq-fe.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -150,6 +151,8 @@ static int fail(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *o
     cm_rpc_fail_detail(ctx, in);
     cm_rpc_fail_meta(ctx, "requested_code",
                      cm_arena_printf(cm_rpc_ctx_arena(ctx), "%d", req->code));
+    for (size_t i = 0; i < req->n_metadata; i++)
+        cm_rpc_fail_meta(ctx, req->metadata[i]->key, req->metadata[i]->value);
     return rc;
 }
 
@@ -180,11 +183,30 @@ static int forward(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage
                          &commerce__test__v1__echo_response__descriptor, &al, &eresp, md, nmd,
                          timeout, CM_RPC_CALL_IDEMPOTENT, &st);
     if (rc)
-        return cm_rpc_fail(ctx, GRPC_STATUS_UNAVAILABLE, "DEPENDENCY_FAILED",
-                           cm_arena_printf(cm_rpc_ctx_arena(ctx), "echo failed: %s", st.message));
+        return cm_rpc_fail_forward(ctx, &st);
     resp->echo = (Commerce__Test__V1__EchoResponse *)eresp;
     resp->attempts = st.attempts;
     return 0;
+}
+
+/* Fail on the downstream, its failure passed on as order passes on
+ * inventory's: not retried (the downstream may have acted) */
+static int forward_fail(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    const Commerce__Test__V1__ForwardFailRequest *req = (const void *)in;
+    (void)out;
+    if (!req->fail)
+        return cm_rpc_fail_field(ctx, "fail", "is required");
+    cm_rpc_md md[8];
+    size_t nmd = cm_rpc_ctx_propagate(ctx, md, 8);
+    int64_t left = cm_rpc_ctx_deadline_left_ms(ctx);
+    ProtobufCAllocator al = cm_arena_allocator(cm_rpc_ctx_arena(ctx));
+    ProtobufCMessage *fresp = NULL;
+    cm_rpc_status st;
+    int rc = cm_rpc_call(cm_service_app(ctx), "/commerce.test.v1.TestService/Fail",
+                         &req->fail->base, &commerce__test__v1__fail_response__descriptor, &al,
+                         &fresp, md, nmd, left < 2000 ? (int)left : 2000, 0, &st);
+    return rc ? cm_rpc_fail_forward(ctx, &st) : 0;
 }
 
 static int app_init(cm_service *svc, void **app, char *err, size_t errlen)
@@ -204,14 +226,19 @@ static void app_fini(cm_service *svc, void *app)
 }
 
 static const cm_rpc_method methods[] = {
-    {"Echo", echo, 0}, {"Sleep", sleep_ms, 0},           {"Put", put, 0},         {"Get", get, 0},
-    {"Fail", fail, 0}, {"Noop", noop, CM_RPC_NO_TENANT}, {"Forward", forward, 0},
+    {"Echo", echo, 0},       {"Sleep", sleep_ms, 0},
+    {"Put", put, 0},         {"Get", get, 0},
+    {"Fail", fail, 0},       {"Noop", noop, CM_RPC_NO_TENANT},
+    {"Forward", forward, 0}, {"ForwardFail", forward_fail, 0},
 };
 
 int main(int argc, char **argv)
 {
+    /* TESTSVC_NAME: a second instance with its own error domain
+     * ("<name>.commerce"), to tell a forwarded status from our own */
+    const char *name = getenv("TESTSVC_NAME");
     const cm_service_def def = {
-        .name = "testsvc",
+        .name = name && *name ? name : "testsvc",
         .schema = "testsvc",
         .grpc_port = 50059,
         .admin_port = 9099,
