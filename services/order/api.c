@@ -10,6 +10,7 @@
 #include "cm_log.h"
 #include "cm_metrics.h"
 #include "cm_rpc_client.h"
+#include "ord_batch.h"
 #include "ord_domain.h"
 #include "ord_events.h"
 #include "ord_store.h"
@@ -44,6 +45,7 @@ typedef struct ord_app {
     cm_rpc_client *inv;
     int64_t timeout_ms, flash_timeout_ms, margin_ms;
     int inv_timeout_ms, sweep_ms, pause_ms;
+    ord_batcher *batch;
     pthread_t sweeper;
     int sweeper_started;
     pthread_mutex_t mu;
@@ -328,21 +330,13 @@ static int list_orders(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMes
 
 /* ---- create: reserve, then store ---- */
 
-/* passes a failure of inventory's on to our caller: its code, reason,
- * message and metadata */
+/* passes a refusal of inventory's on to our caller: its code, message,
+ * ErrorInfo (reason, metadata such as the skus short) and typed details
+ * (StockShortageDetail, BadRequest); inventory's own misconfiguration
+ * towards us becomes INTERNAL (cm_rpc_fail_forward) */
 static int forward(cm_rpc_ctx *ctx, const cm_rpc_status *st)
 {
-    int code = st->code;
-    /* our own misconfiguration towards inventory is not the caller's to fix */
-    if (code == GRPC_STATUS_UNAUTHENTICATED || code == GRPC_STATUS_PERMISSION_DENIED ||
-        code == GRPC_STATUS_UNIMPLEMENTED || code == GRPC_STATUS_INTERNAL ||
-        code == GRPC_STATUS_UNKNOWN || code == GRPC_STATUS_DATA_LOSS) {
-        cm_log_error("inventory refused the reservation", "code", num(cm_rpc_ctx_arena(ctx), code),
-                     "message", st->message, NULL);
-        return cm_rpc_fail(ctx, GRPC_STATUS_INTERNAL, "INTERNAL", "internal error");
-    }
-    return cm_rpc_fail(ctx, code, st->reason[0] ? cm_rpc_strdup(ctx, st->reason) : NULL,
-                       cm_rpc_strdup(ctx, st->message));
+    return cm_rpc_fail_forward(ctx, st);
 }
 
 static int unavailable(cm_rpc_ctx *ctx)
@@ -557,29 +551,30 @@ static int create_order(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMe
     if (app->pause_ms > 0)
         usleep((useconds_t)app->pause_ms * 1000); /* tests: a window to kill -9 in */
 
-    /* 2. the order, its lines and OrderCreated in one transaction */
-    int verdict = 0;
-    int rc = ord_store_create(db, tenant, o, hash, a, got, &verdict);
-    if (rc) {
-        /* stored or not? only a definite "not" gives the stock back */
-        int g = ord_store_get_by_request(db, tenant, req->request_id, a, got, stored);
-        if (g == 0) {
-            if (strcmp(got->order_id, o->order_id) != 0)
-                release(app, ctx, o->order_id, inventory_budget(app, ctx, 1000));
-            return answer_existing(ctx, got, stored, hash, resp);
-        }
-        if (g == CM_ENOTFOUND)
-            release(app, ctx, o->order_id, inventory_budget(app, ctx, 1000));
-        return db_fail(ctx, rc, "could not store the order");
+    /* 2. the order, its lines and OrderCreated in one transaction, shared
+     * with the creates running concurrently (group commit, batch.c) */
+    ord_new item = {
+        .tenant = tenant, .hash = hash, .traceparent = cm_rpc_ctx_traceparent(ctx), .o = o};
+    int rc = ord_batcher_create(app->batch, db, &item);
+    if (rc == 0 && item.inserted) {
+        resp->order = ord_pb_order(a, o);
+        return resp->order ? 0 : cm_rpc_fail_err(ctx, CM_ENOMEM, "create order");
     }
-    /* a concurrent create with this request_id stored its order under
-     * another generation: ours is nobody's */
-    if (strcmp(got->order_id, o->order_id) != 0)
+    /* the request_id has an order already (a concurrent retry stored it),
+     * or storing failed: stored or not? only a definite "not" gives the
+     * stock back */
+    int g = ord_store_get_by_request(db, tenant, req->request_id, a, got, stored);
+    if (g == 0) {
+        /* stored under another generation: ours is nobody's */
+        if (strcmp(got->order_id, o->order_id) != 0)
+            release(app, ctx, o->order_id, inventory_budget(app, ctx, 1000));
+        return answer_existing(ctx, got, stored, hash, resp);
+    }
+    if (g == CM_ENOTFOUND && rc != 0)
         release(app, ctx, o->order_id, inventory_budget(app, ctx, 1000));
-    if (verdict == ORD_KEY_REUSED)
-        return key_reused(ctx, "request_id");
-    resp->order = ord_pb_order(a, got);
-    return resp->order ? 0 : cm_rpc_fail_err(ctx, CM_ENOMEM, "create order");
+    if (rc == 0)
+        rc = g == CM_ENOTFOUND ? CM_ECONFLICT : g; /* skipped, yet not there: retry */
+    return db_fail(ctx, rc, "could not store the order");
 }
 
 /* ---- payment ---- */
@@ -971,18 +966,25 @@ int ord_app_init(cm_service *svc, void **out, char *err, size_t errlen)
     app->sweep_ms = (int)env_long("ORDER_SWEEP_MS", 1000, 50, 600000, &bad);
     app->inv_timeout_ms = (int)env_long("ORDER_INVENTORY_TIMEOUT_MS", 2000, 10, 60000, &bad);
     app->pause_ms = (int)env_long("ORDER_DEBUG_PAUSE_AFTER_RESERVE_MS", 0, 0, 600000, &bad);
+    int max_batch = (int)env_long("ORDER_MAX_BATCH", 64, 1, ORD_BATCH_MAX, &bad);
     if (bad) {
         snprintf(err, errlen,
                  "ORDER_PAYMENT_TIMEOUT_S and ORDER_FLASH_PAYMENT_TIMEOUT_S (1..259200), "
                  "ORDER_RESERVATION_MARGIN_S (1..86400), ORDER_SWEEP_MS (50..600000), "
-                 "ORDER_INVENTORY_TIMEOUT_MS (10..60000), ORDER_DEBUG_PAUSE_AFTER_RESERVE_MS "
-                 "(0..600000): an integer in range");
+                 "ORDER_INVENTORY_TIMEOUT_MS (10..60000), ORDER_MAX_BATCH (1..256), "
+                 "ORDER_DEBUG_PAUSE_AFTER_RESERVE_MS (0..600000): an integer in range");
         free(app);
         return CM_EINVAL;
     }
     cm_rpc_client_opts co = {.target = c->inventory_target};
     int rc = cm_rpc_client_new(&app->inv, &co, err, errlen);
     if (rc) {
+        free(app);
+        return rc;
+    }
+    rc = ord_batcher_new(&app->batch, max_batch);
+    if (rc) {
+        cm_rpc_client_free(app->inv);
         free(app);
         return rc;
     }
@@ -1000,6 +1002,7 @@ int ord_app_init(cm_service *svc, void **out, char *err, size_t errlen)
         cm_metrics_counter(m, "order_reservations_released_total",
                            "reservations given back because their order could not be stored", NULL);
     if (pthread_create(&app->sweeper, NULL, sweeper_main, app) != 0) {
+        ord_batcher_free(app->batch);
         cm_rpc_client_free(app->inv);
         free(app);
         snprintf(err, errlen, "could not start the sweeper");
@@ -1022,6 +1025,7 @@ void ord_app_fini(cm_service *svc, void *p)
     pthread_mutex_unlock(&app->mu);
     if (app->sweeper_started)
         pthread_join(app->sweeper, NULL);
+    ord_batcher_free(app->batch);
     cm_rpc_client_free(app->inv);
     pthread_mutex_destroy(&app->mu);
     pthread_cond_destroy(&app->wake);

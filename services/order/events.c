@@ -159,25 +159,20 @@ Commerce__Order__V1__Order *ord_pb_order(cm_arena *a, const ord_order *o)
 
 /* the event messages share their first fields; one struct of each kind is
  * filled and packed */
-int ord_ev_emit(cm_db *db, const char *tenant, int kind, const ord_order *o, int prev_state,
-                const ord_refund *r)
+int ord_ev_build(cm_arena *a, const char *tenant, int kind, const ord_order *o, int prev_state,
+                 const ord_refund *r, cm_outbox_event *ev)
 {
-    cm_arena *a = cm_arena_new(8192);
-    if (!a)
+    char *id = cm_arena_alloc(a, CM_ID_SIZE);
+    if (!id)
         return CM_ENOMEM;
-    char id[CM_ID_SIZE];
     int rc = cm_id_uuid7(id);
-    if (rc) {
-        cm_arena_free(a);
+    if (rc)
         return rc;
-    }
     Commerce__Order__V1__Order *order = ord_pb_order(a, o);
     /* when it happened: the change's own time */
     Google__Protobuf__Timestamp *at = ord_pb_ts(a, o->updated_ms);
-    if (!order || !at) {
-        cm_arena_free(a);
+    if (!order || !at)
         return CM_ENOMEM;
-    }
     const char *type = NULL;
     ProtobufCMessage *msg = NULL;
     Commerce__Order__V1__OrderState prev = (Commerce__Order__V1__OrderState)prev_state;
@@ -225,29 +220,24 @@ int ord_ev_emit(cm_db *db, const char *tenant, int kind, const ord_order *o, int
         FILL(rf);
         rf.previous_state = prev;
         rf.refund = r ? ord_pb_refund(a, r, o->currency) : NULL;
-        if (!rf.refund) {
-            cm_arena_free(a);
+        if (!rf.refund)
             return CM_EINVAL;
-        }
         type = "commerce.events.v1.OrderRefunded";
         break;
     default:
-        cm_arena_free(a);
         return CM_EINVAL;
     }
 #undef FILL
     size_t len = protobuf_c_message_get_packed_size(msg);
     uint8_t *p = cm_arena_alloc(a, len ? len : 1);
-    if (!p) {
-        cm_arena_free(a);
+    if (!p)
         return CM_ENOMEM;
-    }
     protobuf_c_message_pack(msg, p);
-    cm_outbox_event ev = {
+    *ev = (cm_outbox_event){
         .event_id = id,
         .tenant_id = tenant,
         .topic = topic,
-        .key = o->order_id,
+        .key = order->order_id,
         .type = type,
         .source = "/commerce/order",
         .payload = p,
@@ -255,7 +245,19 @@ int ord_ev_emit(cm_db *db, const char *tenant, int kind, const ord_order *o, int
         .occurred_at_ms = o->updated_ms,
         .traceparent = trace,
     };
-    rc = cm_outbox_add(db, &ev);
+    return 0;
+}
+
+int ord_ev_emit(cm_db *db, const char *tenant, int kind, const ord_order *o, int prev_state,
+                const ord_refund *r)
+{
+    cm_arena *a = cm_arena_new(8192);
+    if (!a)
+        return CM_ENOMEM;
+    cm_outbox_event ev;
+    int rc = ord_ev_build(a, tenant, kind, o, prev_state, r, &ev);
+    if (rc == 0)
+        rc = cm_outbox_add(db, &ev);
     cm_arena_free(a);
     return rc;
 }

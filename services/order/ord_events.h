@@ -40,6 +40,12 @@ void ord_events_trace(const char *traceparent);
 int ord_ev_emit(cm_db *db, const char *tenant, int kind, const ord_order *o, int prev_state,
                 const ord_refund *r);
 
+/* the event of kind as an outbox row, everything allocated in a (for
+ * cm_outbox_add_batch). 0, CM_ENOMEM or CM_EINVAL. */
+struct cm_outbox_event;
+int ord_ev_build(cm_arena *a, const char *tenant, int kind, const ord_order *o, int prev_state,
+                 const ord_refund *r, struct cm_outbox_event *ev);
+
 /* conversions; everything is allocated in a. NULL on out of memory. */
 Google__Protobuf__Timestamp *ord_pb_ts(cm_arena *a, int64_t ms);
 Commerce__Order__V1__Order *ord_pb_order(cm_arena *a, const ord_order *o);

@@ -21,11 +21,20 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* stores a new order (PENDING_PAYMENT) with its OrderCreated event. when
- * the request_id exists already, nothing is written and *verdict is
- * ORD_SAME (same body hash; *o is the stored order) or ORD_KEY_REUSED. */
-int ord_store_create(cm_db *db, const char *tenant, const ord_order *in, const char *hash,
-                     cm_arena *a, ord_order *o, int *verdict);
+/* a new order to store. the caller fills o (created_ms set; version and
+ * updated_ms are set here); inserted says whether it was stored. */
+typedef struct ord_new {
+    const char *tenant, *hash;
+    const char *traceparent; /* of the call, for its event; NULL: none */
+    ord_order *o;
+    int inserted;
+} ord_new;
+
+/* stores new orders (PENDING_PAYMENT), each with its OrderCreated event, in
+ * one transaction of two statements (the group commit of CreateOrder,
+ * batch.c). an order whose request_id (or id) exists already is skipped:
+ * inserted = 0, the caller looks it up. 0, or a CM_E* and nothing stored. */
+int ord_store_create_many(cm_db *db, ord_new *items, size_t n);
 
 /* the order by id (CM_ENOTFOUND if none), with its refunds. */
 int ord_store_get(cm_db *db, const char *tenant, const char *order_id, cm_arena *a, ord_order *o);

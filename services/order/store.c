@@ -4,6 +4,7 @@
 #include "cm_err.h"
 #include "cm_id.h"
 #include "cm_log.h"
+#include "cm_outbox.h"
 #include "ord_events.h"
 
 #include <stdio.h>
@@ -352,83 +353,114 @@ static int save(cm_db *db, const char *tenant, cm_arena *a, ord_order *o)
 
 /* ---- create ---- */
 
-typedef struct create_tx {
-    const char *tenant, *hash;
-    const ord_order *in;
-    cm_arena *a;
-    ord_order *o;
-    int verdict;
-} create_tx;
-
-static int create_fn(cm_db *db, void *arg)
+/* inserts items' orders in one statement and, for those inserted, their
+ * OrderCreated events in another; inside the caller's transaction */
+static int insert_many(cm_db *db, ord_new *items, size_t n, cm_arena *a)
 {
-    create_tx *t = arg;
-    const ord_order *in = t->in;
-    cm_arena *a = t->a;
-    const char *p[] = {
-        t->tenant,
-        in->order_id,
-        in->request_id,
-        t->hash,
-        in->buyer_id,
-        in->merchant_id,
-        in->channel_id,
-        in->currency,
-        num(a, in->total),
-        in->flash ? "true" : "false",
-        in->external_ref,
-        text_array(a, in->nlines, line_sku, in),
-        LINE_FIELD(in, qty),
-        LINE_FIELD(in, unit_price),
-        text_array(a, in->nlines, line_flash, in),
-        num(a, in->created_ms),
-        num(a, in->deadline_ms),
-        num(a, in->resv_expires_ms),
-        num(a, (long long)in->nlines),
-    };
-    PGresult *r = NULL;
-    int rc = exec(
-        db, "insert order",
+    enum { COLS = 19 };
+    const char **p = cm_arena_calloc(a, n * COLS, sizeof *p);
+    size_t cap = 640 + n * 420, len = 0;
+    char *sql = cm_arena_alloc(a, cap);
+    if (!p || !sql)
+        return CM_ENOMEM;
+    len += (size_t)snprintf(
+        sql, cap,
         "INSERT INTO orders (tenant_id, order_id, request_id, body_hash, state, buyer_id, "
         "merchant_id, channel_id, currency, total_amount, flash_sale, external_ref, line_sku, "
         "line_qty, line_price, line_flash_sale, line_refunded_qty, line_refunded_amount, "
-        "created_at, updated_at, payment_deadline, reservation_expires_at) VALUES ($1, $2::uuid, "
-        "$3, $4, 1, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, "
-        "array_fill(0::bigint, ARRAY[$19::int]), array_fill(0::bigint, ARRAY[$19::int]), "
-        "to_timestamp($16::bigint / 1000.0), to_timestamp($16::bigint / 1000.0), "
-        "to_timestamp($17::bigint / 1000.0), to_timestamp($18::bigint / 1000.0)) "
-        "ON CONFLICT DO NOTHING RETURNING 1",
-        19, p, &r);
-    if (rc)
-        return rc;
-    int inserted = PQntuples(r) == 1;
-    PQclear(r);
-    if (inserted) {
-        *t->o = *in;
-        t->o->version = 1;
-        t->o->updated_ms = in->created_ms;
-        t->verdict = ORD_OK;
-        return ord_ev_emit(db, t->tenant, ORD_EV_CREATED, t->o, 0, NULL);
+        "created_at, updated_at, payment_deadline, reservation_expires_at) VALUES ");
+    for (size_t i = 0; i < n; i++) {
+        ord_order *o = items[i].o;
+        o->version = 1;
+        o->updated_ms = o->created_ms;
+        items[i].inserted = 0;
+        const char **q = p + i * COLS;
+        q[0] = items[i].tenant;
+        q[1] = o->order_id;
+        q[2] = o->request_id;
+        q[3] = items[i].hash;
+        q[4] = o->buyer_id;
+        q[5] = o->merchant_id;
+        q[6] = o->channel_id;
+        q[7] = o->currency;
+        q[8] = num(a, o->total);
+        q[9] = o->flash ? "true" : "false";
+        q[10] = o->external_ref;
+        q[11] = text_array(a, o->nlines, line_sku, o);
+        q[12] = LINE_FIELD(o, qty);
+        q[13] = LINE_FIELD(o, unit_price);
+        q[14] = text_array(a, o->nlines, line_flash, o);
+        q[15] = num(a, o->created_ms);
+        q[16] = num(a, o->deadline_ms);
+        q[17] = num(a, o->resv_expires_ms);
+        q[18] = num(a, (long long)o->nlines);
+        size_t k = i * COLS;
+#define P(j) (k + (j))
+        len += (size_t)snprintf(
+            sql + len, cap - len,
+            "%s($%zu, $%zu::uuid, $%zu, $%zu, 1, $%zu, $%zu, $%zu, $%zu, $%zu::bigint, "
+            "$%zu::boolean, $%zu, $%zu::text[], $%zu::bigint[], $%zu::bigint[], $%zu::text[], "
+            "array_fill(0::bigint, ARRAY[$%zu::int]), array_fill(0::bigint, ARRAY[$%zu::int]), "
+            "to_timestamp($%zu::bigint / 1000.0), to_timestamp($%zu::bigint / 1000.0), "
+            "to_timestamp($%zu::bigint / 1000.0), to_timestamp($%zu::bigint / 1000.0))",
+            i ? ", " : "", P(1), P(2), P(3), P(4), P(5), P(6), P(7), P(8), P(9), P(10), P(11),
+            P(12), P(13), P(14), P(15), P(19), P(19), P(16), P(16), P(17), P(18));
+#undef P
     }
-    /* the request_id was used before: a retry, or a reuse with another body */
-    char hash[ORD_HASH_HEX + 1];
-    rc = ord_store_get_by_request(db, t->tenant, in->request_id, a, t->o, hash);
-    if (rc == CM_ENOTFOUND)
-        return CM_ECONFLICT; /* the other insert rolled back: try again */
+    if (len + 64 >= cap)
+        return CM_ENOMEM;
+    snprintf(sql + len, cap - len, " ON CONFLICT DO NOTHING RETURNING tenant_id, order_id::text");
+    PGresult *r = NULL;
+    int rc = exec(db, "insert orders", sql, (int)(n * COLS), p, &r);
     if (rc)
         return rc;
-    t->verdict = strcmp(hash, t->hash) == 0 ? ORD_SAME : ORD_KEY_REUSED;
-    return 0;
+    /* RETURNING lists the rows inserted; the others exist already */
+    cm_outbox_event *evs = cm_arena_calloc(a, n, sizeof *evs);
+    size_t nev = 0;
+    if (!evs) {
+        PQclear(r);
+        return CM_ENOMEM;
+    }
+    for (int row = 0; row < PQntuples(r); row++) {
+        for (size_t i = 0; i < n; i++) {
+            if (!items[i].inserted && strcmp(PQgetvalue(r, row, 1), items[i].o->order_id) == 0 &&
+                strcmp(PQgetvalue(r, row, 0), items[i].tenant) == 0) {
+                items[i].inserted = 1;
+                rc = ord_ev_build(a, items[i].tenant, ORD_EV_CREATED, items[i].o, 0, NULL,
+                                  &evs[nev]);
+                evs[nev++].traceparent = items[i].traceparent;
+                break;
+            }
+        }
+        if (rc)
+            break;
+    }
+    PQclear(r);
+    if (rc == 0 && nev)
+        rc = cm_outbox_add_batch(db, evs, nev);
+    return rc;
 }
 
-int ord_store_create(cm_db *db, const char *tenant, const ord_order *in, const char *hash,
-                     cm_arena *a, ord_order *o, int *verdict)
+typedef struct many_tx {
+    ord_new *items;
+    size_t n;
+} many_tx;
+
+static int many_fn(cm_db *db, void *arg)
 {
-    create_tx t = {.tenant = tenant, .hash = hash, .in = in, .a = a, .o = o};
-    int rc = cm_db_tx(db, NULL, 5, create_fn, &t);
-    if (rc == 0)
-        *verdict = t.verdict;
+    many_tx *t = arg;
+    cm_arena *a = cm_arena_new(16384 + t->n * 4096);
+    if (!a)
+        return CM_ENOMEM;
+    int rc = insert_many(db, t->items, t->n, a);
+    cm_arena_free(a);
     return rc;
+}
+
+int ord_store_create_many(cm_db *db, ord_new *items, size_t n)
+{
+    many_tx t = {.items = items, .n = n};
+    return cm_db_tx(db, NULL, 5, many_fn, &t);
 }
 
 /* ---- payment ---- */
