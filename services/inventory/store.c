@@ -3,6 +3,7 @@
 
 #include "cm_err.h"
 #include "cm_log.h"
+#include "cm_outbox.h"
 #include "cm_arena.h"
 #include "cm_id.h"
 #include "inv_events.h"
@@ -283,12 +284,6 @@ static int ev_close(ev_rows *e)
     "::int[]) WITH ORDINALITY AS u(id, t, k, ty, at, off, len, ord) "                              \
     "ORDER BY u.ord RETURNING 1"
 
-/* one notification per transaction wakes the relay at commit, as
- * cm_outbox_add's does (postgres folds repeated ones anyway) */
-#define OUTBOX_NOTIFY(cte)                                                                         \
-    "(SELECT count(pg_notify(left('outbox.' || current_schema(), 63), '')) FROM (SELECT 1 "        \
-    "FROM " cte " LIMIT 1) AS x)"
-
 /* runs sql with text parameters, except p[bin] which is sent as binary
  * (binlen bytes): the outbox payloads */
 static int exec_bin(cm_db *db, const char *what, const char *sql, int n, const char *const *p,
@@ -321,10 +316,12 @@ static int write_outbox(cm_db *db, ev_rows *e)
         return rc;
     const char *p[] = {e->id.p,  e->tenant.p, e->key.p,  e->type.p, e->at.p,
                        e->off.p, e->len.p,    e->blob.p, INV_TOPIC, INV_SOURCE};
-    return exec_bin(db, "write outbox rows",
-                    "WITH o AS (" OUTBOX_INSERT("$1", "$2", "$3", "$4", "$5", "$6", "$7", "$8",
-                                                "$9", "$10") ") SELECT " OUTBOX_NOTIFY("o"),
-                    10, p, 7, e->blob.len, NULL);
+    rc = exec_bin(db, "write outbox rows",
+                  OUTBOX_INSERT("$1", "$2", "$3", "$4", "$5", "$6", "$7", "$8", "$9", "$10"), 10, p,
+                  7, e->blob.len, NULL);
+    /* the relay is woken after the commit (a NOTIFY inside the transaction
+     * would hold a database-wide lock through the commit) */
+    return rc ? rc : cm_outbox_wake_on_commit(db);
 }
 
 /* ---- events for a set of audit rows ---- */
@@ -717,7 +714,7 @@ static int reserve_fn(cm_db *db, void *arg)
             "  WHERE x.tenant_id = u.t AND x.sku = u.s), "
             "o AS (" OUTBOX_INSERT("$25", "$26", "$27", "$28", "$29", "$30", "$31", "$32", "$33",
                                    "$34") ") "
-                                          "SELECT (SELECT count(*) FROM r), " OUTBOX_NOTIFY("o"),
+                                          "SELECT count(*) FROM r",
             NW + 11, pw, NW + 8, ev.blob.len, &r);
         if (rc == 0) {
             long long inserted = i64(r, 0, 0);
@@ -726,6 +723,8 @@ static int reserve_fn(cm_db *db, void *arg)
              * run the batch again, it will then see that reservation */
             if (inserted != reserved)
                 rc = CM_ECONFLICT;
+            else if (ev.n)
+                rc = cm_outbox_wake_on_commit(db);
         }
     }
 out:
