@@ -8,6 +8,7 @@
 #include "cm_id.h"
 #include "inv_events.h"
 
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -324,6 +325,127 @@ static int write_outbox(cm_db *db, ev_rows *e)
     return rc ? rc : cm_outbox_wake_on_commit(db);
 }
 
+/* ---- the batch's prepared statements ---- */
+
+/* the batch's statements are parsed and planned once per connection
+ * (server-side prepared statements): parse, analysis and planning of the
+ * big unnest statements were about a quarter of postgres's cpu per batch.
+ * which connections have which statement is kept here, by connection and
+ * backend pid (a connection cm_db replaced after an outage is new). if the
+ * server disagrees — the statement is unknown (26000) or exists already
+ * (42P05) — the registry is corrected and the transaction fails with
+ * CM_ECONFLICT, which cm_db_tx runs again. a prepared statement outlives
+ * the transaction that made it, also a rolled back one. */
+enum { PS_LOCK, PS_WRITE, PS_COUNT };
+static const char *const ps_names[PS_COUNT] = {"inv_batch_lock", "inv_batch_write"};
+
+#define PS_CONNS 1024
+typedef struct ps_conn {
+    const PGconn *conn;
+    int pid;
+    unsigned ready; /* bit per statement */
+} ps_conn;
+static pthread_mutex_t ps_mu = PTHREAD_MUTEX_INITIALIZER;
+static ps_conn ps_conns[PS_CONNS];
+static size_t ps_evict;
+
+/* the connection's entry (made, evicting round-robin when full); under ps_mu */
+static ps_conn *ps_entry(const PGconn *c, int pid)
+{
+    ps_conn *free_slot = NULL;
+    for (size_t i = 0; i < PS_CONNS; i++) {
+        if (ps_conns[i].conn == c) {
+            if (ps_conns[i].pid != pid) {
+                ps_conns[i].pid = pid;
+                ps_conns[i].ready = 0;
+            }
+            return &ps_conns[i];
+        }
+        if (!ps_conns[i].conn && !free_slot)
+            free_slot = &ps_conns[i];
+    }
+    ps_conn *e = free_slot ? free_slot : &ps_conns[ps_evict++ % PS_CONNS];
+    e->conn = c;
+    e->pid = pid;
+    e->ready = 0;
+    return e;
+}
+
+static int ps_ready(const PGconn *c, int pid, int which)
+{
+    pthread_mutex_lock(&ps_mu);
+    int ready = (ps_entry(c, pid)->ready >> which) & 1;
+    pthread_mutex_unlock(&ps_mu);
+    return ready;
+}
+
+static void ps_mark(const PGconn *c, int pid, int which, int ready)
+{
+    pthread_mutex_lock(&ps_mu);
+    ps_conn *e = ps_entry(c, pid);
+    if (ready)
+        e->ready |= 1u << which;
+    else
+        e->ready &= ~(1u << which);
+    pthread_mutex_unlock(&ps_mu);
+}
+
+static int sqlstate_is(const PGresult *r, const char *code)
+{
+    const char *s = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
+    return s && strcmp(s, code) == 0;
+}
+
+/* runs statement `which` (sql, n text parameters, except p[bin] sent as
+ * binary of binlen bytes when bin >= 0), preparing it first on a
+ * connection that does not have it */
+static int exec_ps(cm_db *db, int which, const char *what, const char *sql, int n,
+                   const char *const *p, int bin, size_t binlen, PGresult **out)
+{
+    int lengths[48] = {0}, formats[48] = {0};
+    if (n > 48 || bin >= n || binlen > INT32_MAX)
+        return CM_EINVAL;
+    if (bin >= 0) {
+        lengths[bin] = (int)binlen;
+        formats[bin] = 1;
+    }
+    PGconn *c = cm_db_conn(db);
+    int pid = PQbackendPID(c);
+    if (!ps_ready(c, pid, which)) {
+        PGresult *r = PQprepare(c, ps_names[which], sql, n, NULL);
+        int ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+        if (!ok && sqlstate_is(r, "42P05")) {
+            PQclear(r);
+            ps_mark(c, pid, which, 1);
+            return CM_ECONFLICT;
+        }
+        if (!ok) {
+            int rc = cm_db_error(db, r, what);
+            PQclear(r);
+            return rc;
+        }
+        PQclear(r);
+        ps_mark(c, pid, which, 1);
+    }
+    PGresult *r = PQexecPrepared(c, ps_names[which], n, p, lengths, formats, 0);
+    ExecStatusType st = PQresultStatus(r);
+    if (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK) {
+        if (out)
+            *out = r;
+        else
+            PQclear(r);
+        return 0;
+    }
+    if (sqlstate_is(r, "26000")) {
+        PQclear(r);
+        ps_mark(c, pid, which, 0);
+        return CM_ECONFLICT;
+    }
+    int rc = cm_db_error(db, r, what);
+    PQclear(r);
+    return rc;
+}
+
 /* ---- events for a set of audit rows ---- */
 
 static int emit_changes(cm_db *db, const char *tenant, const PGresult *r, int col, inv_stock_cb cb,
@@ -515,34 +637,42 @@ static int reserve_fn(cm_db *db, void *arg)
         t->items[i]->outcome = INV_R_PENDING;
         t->items[i]->nshort = 0;
     }
-    const char *pl[] = {t->params[6], t->params[7]};
-    PGresult *rs = NULL, *rx = NULL;
-    int rc = exec(db, "lock batch stock",
-                  "SELECT s.tenant_id, s.sku, s.available, s.reserved, s.sold, s.on_hand, "
-                  "s.version, EXISTS (SELECT 1 FROM flash_sale f WHERE f.tenant_id = s.tenant_id "
-                  "AND f.sku = s.sku AND f.starts_at <= now() AND f.ends_at > now())::int "
-                  "FROM stock s JOIN (SELECT DISTINCT * FROM unnest($1::text[], $2::text[])) "
-                  "AS u(t, k) ON s.tenant_id = u.t AND s.sku = u.k "
-                  "ORDER BY s.tenant_id, s.sku FOR UPDATE OF s",
-                  2, pl, &rs);
+    /* one round trip: the stock rows locked (the CTE's rows are locked
+     * in its ORDER BY order) and the orders of the batch that exist */
+    const char *pl[] = {t->params[6], t->params[7], t->params[0], t->params[1]};
+    PGresult *rs = NULL;
+    int rc = exec_ps(db, PS_LOCK, "lock batch stock",
+                     "WITH k AS (SELECT s.tenant_id, s.sku, s.available, s.reserved, s.sold, "
+                     "  s.on_hand, s.version, EXISTS (SELECT 1 FROM flash_sale f "
+                     "  WHERE f.tenant_id = s.tenant_id AND f.sku = s.sku AND f.starts_at <= now() "
+                     "  AND f.ends_at > now())::int AS fs "
+                     "  FROM stock s JOIN (SELECT DISTINCT * FROM unnest($1::text[], $2::text[])) "
+                     "  AS u(t, k) ON s.tenant_id = u.t AND s.sku = u.k "
+                     "  ORDER BY s.tenant_id, s.sku FOR UPDATE OF s) "
+                     "SELECT 0, tenant_id, sku, available, reserved, sold, on_hand, version, fs, "
+                     "  NULL::text FROM k "
+                     "UNION ALL SELECT 1, x.tenant_id, x.order_id, 0, 0, 0, 0, 0, 0, x.body "
+                     "  FROM unnest($3::text[], $4::text[]) AS u(t, o) "
+                     "  JOIN reservation x ON x.tenant_id = u.t AND x.order_id = u.o",
+                     4, pl, -1, 0, &rs);
     if (rc)
         return rc;
-    size_t nc = (size_t)PQntuples(rs);
-    for (size_t k = 0; k < nc; k++) {
-        if (i64(rs, (int)k, 7)) {
+    int rows = PQntuples(rs);
+    size_t nc = 0;
+    int nx = 0;
+    for (int k = 0; k < rows; k++) {
+        if (i64(rs, k, 0) == 1) {
+            nx++;
+            continue;
+        }
+        nc++;
+        if (i64(rs, k, 8)) {
             PQclear(rs);
             return reserve_rows(db, t);
         }
     }
-    const char *po[] = {t->params[0], t->params[1]};
-    rc = exec(db, "batch orders",
-              "SELECT x.tenant_id, x.order_id, x.body FROM unnest($1::text[], $2::text[]) "
-              "AS u(t, o) JOIN reservation x ON x.tenant_id = u.t AND x.order_id = u.o",
-              2, po, &rx);
-    if (rc) {
-        PQclear(rs);
-        return rc;
-    }
+    /* the existing orders, as row numbers of rs */
+    int *ox = malloc((size_t)(nx ? nx : 1) * sizeof *ox);
     inv_counter *cs = calloc(nc ? nc : 1, sizeof *cs);
     buf w[NW];
     memset(w, 0, sizeof w);
@@ -556,23 +686,28 @@ static int reserve_fn(cm_db *db, void *arg)
     size_t *pos = calloc(maxl ? maxl : 1, sizeof *pos);
     int64_t *av = calloc(maxl ? maxl : 1, sizeof *av);
     inv_change *chg = malloc(sizeof *chg);
-    if (!cs || !pos || !av || !chg || evrc) {
+    if (!cs || !pos || !av || !chg || !ox || evrc) {
         rc = CM_ENOMEM;
         goto out;
     }
-    for (size_t k = 0; k < nc; k++) {
-        inv_counter *c = &cs[k];
-        c->tenant = PQgetvalue(rs, (int)k, 0);
-        c->sku = PQgetvalue(rs, (int)k, 1);
-        c->available = c->available0 = i64(rs, (int)k, 2);
-        c->reserved = i64(rs, (int)k, 3);
-        c->sold = i64(rs, (int)k, 4);
-        c->on_hand = i64(rs, (int)k, 5);
-        c->version = i64(rs, (int)k, 6);
+    nc = 0;
+    nx = 0;
+    for (int k = 0; k < rows; k++) {
+        if (i64(rs, k, 0) == 1) {
+            ox[nx++] = k;
+            continue;
+        }
+        inv_counter *c = &cs[nc++];
+        c->tenant = PQgetvalue(rs, k, 1);
+        c->sku = PQgetvalue(rs, k, 2);
+        c->available = c->available0 = i64(rs, k, 3);
+        c->reserved = i64(rs, k, 4);
+        c->sold = i64(rs, k, 5);
+        c->on_hand = i64(rs, k, 6);
+        c->version = i64(rs, k, 7);
     }
     /* postgres's collation order is not strcmp's: sort for bsearch */
     qsort(cs, nc, sizeof *cs, counter_cmp);
-    int nx = PQntuples(rx);
     int64_t now = wall_ms();
     char now_s[24];
     snprintf(now_s, sizeof now_s, "%lld", (long long)now);
@@ -582,9 +717,9 @@ static int reserve_fn(cm_db *db, void *arg)
         /* an order that exists, or came earlier in this batch */
         const char *body = NULL;
         for (int k = 0; k < nx && !body; k++)
-            if (strcmp(PQgetvalue(rx, k, 0), it->tenant) == 0 &&
-                strcmp(PQgetvalue(rx, k, 1), it->order_id) == 0)
-                body = PQgetvalue(rx, k, 2);
+            if (strcmp(PQgetvalue(rs, ox[k], 1), it->tenant) == 0 &&
+                strcmp(PQgetvalue(rs, ox[k], 2), it->order_id) == 0)
+                body = PQgetvalue(rs, ox[k], 9);
         for (size_t j = 0; j < i && !body; j++)
             if (t->items[j]->outcome == INV_R_RESERVED &&
                 strcmp(t->items[j]->tenant, it->tenant) == 0 &&
@@ -690,8 +825,8 @@ static int reserve_fn(cm_db *db, void *arg)
         for (int k = 0; k < 11; k++)
             pw[NW + k] = pe[k];
         PGresult *r = NULL;
-        rc = exec_bin(
-            db, "write batch",
+        rc = exec_ps(
+            db, PS_WRITE, "write batch",
             "WITH r AS (INSERT INTO reservation (tenant_id, order_id, state, buyer_id, body, "
             "  created_at, expires_at) SELECT u.t, u.o, 1, u.b, u.body, to_timestamp(u.c / "
             "1000.0), "
@@ -735,8 +870,8 @@ out:
     free(pos);
     free(av);
     free(chg);
+    free(ox);
     PQclear(rs);
-    PQclear(rx);
     return rc;
 }
 
