@@ -61,6 +61,40 @@ int cm_outbox_add(cm_db *db, const cm_outbox_event *ev);
  * invalid: none is written), CM_EEXIST or the database error. */
 int cm_outbox_add_batch(cm_db *db, const cm_outbox_event *evs, size_t n);
 
+/* for a service that writes a change and its events in one statement (no
+ * BEGIN/COMMIT round trips: a data-modifying WITH in autocommit is atomic):
+ *
+ *   WITH o AS (INSERT INTO orders ... RETURNING ...),
+ *        e AS (INSERT INTO outbox (CM_OUTBOX_COLUMNS)
+ *              SELECT v.* FROM (<values.sql>) AS v (CM_OUTBOX_COLUMNS)
+ *              JOIN o ON ...)
+ *   SELECT ...
+ *
+ * cm_outbox_values_build checks evs (as cm_outbox_add does) and writes
+ * their rows as "VALUES (...), (...)" numbering its parameters from
+ * first_param; the caller passes values.params/lengths/formats (nparams of
+ * them, the payload in binary) after its own to PQexecParams, and calls
+ * cm_outbox_wake once the statement succeeded. 0, CM_EINVAL or CM_ENOMEM;
+ * free with cm_outbox_values_free (also after an error). */
+#define CM_OUTBOX_COLUMNS                                                                          \
+    "event_id, tenant_id, topic, key, type, source, content_type, payload, traceparent, headers, " \
+    "occurred_at"
+typedef struct cm_outbox_values {
+    char *sql;
+    const char **params;
+    int *lengths, *formats;
+    int nparams;
+    char **owned; /* what params point to that the builder allocated */
+    size_t nowned;
+} cm_outbox_values;
+int cm_outbox_values_build(cm_outbox_values *values, const cm_outbox_event *evs, size_t n,
+                           int first_param);
+void cm_outbox_values_free(cm_outbox_values *values);
+
+/* wakes the relay for rows just committed outside cm_db_tx (see
+ * cm_outbox_wake_on_commit for how). */
+void cm_outbox_wake(cm_db *db);
+
 /* for code that writes outbox rows itself (a multi-row insert of a batch):
  * call inside the cm_db_tx transaction; after it commits, the schema's
  * relay is woken — directly when it runs in this process and leads, else

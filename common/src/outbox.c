@@ -119,6 +119,11 @@ static void outbox_committed(cm_db *db, void *arg)
     PQclear(res);
 }
 
+void cm_outbox_wake(cm_db *db)
+{
+    outbox_committed(db, NULL);
+}
+
 int cm_outbox_wake_on_commit(cm_db *db)
 {
     int rc = cm_db_on_commit(db, outbox_committed, NULL);
@@ -136,6 +141,101 @@ int cm_outbox_wake_on_commit(cm_db *db)
 
 #define ADD_COLS 11
 #define ADD_BATCH_MAX 1000
+
+void cm_outbox_values_free(cm_outbox_values *v)
+{
+    if (!v)
+        return;
+    for (size_t i = 0; v->owned && i < v->nowned; i++)
+        free(v->owned[i]);
+    free(v->owned);
+    free(v->sql);
+    free(v->params);
+    free(v->lengths);
+    free(v->formats);
+    memset(v, 0, sizeof *v);
+}
+
+int cm_outbox_values_build(cm_outbox_values *v, const cm_outbox_event *evs, size_t n,
+                           int first_param)
+{
+    memset(v, 0, sizeof *v);
+    if ((!evs && n) || n == 0 || n > ADD_BATCH_MAX || first_param < 1)
+        return CM_EINVAL;
+    for (size_t i = 0; i < n; i++) {
+        const cm_outbox_event *ev = &evs[i];
+        if (!cm_id_is_uuid(ev->event_id) || !nonempty(ev->tenant_id) ||
+            !cm_kafka_topic_valid(ev->topic) || !nonempty(ev->key) || !nonempty(ev->type) ||
+            !nonempty(ev->source) || (!ev->payload && ev->len > 0) || ev->len > MAX_PAYLOAD) {
+            cm_log_error("invalid outbox event", "event_id", ev->event_id, "topic", ev->topic,
+                         "type", ev->type, NULL);
+            return CM_EINVAL;
+        }
+    }
+    size_t np = n * ADD_COLS;
+    v->params = calloc(np, sizeof *v->params);
+    v->lengths = calloc(np, sizeof *v->lengths);
+    v->formats = calloc(np, sizeof *v->formats);
+    v->owned = calloc(2 * n, sizeof *v->owned); /* headers json and time text per row */
+    /* "($k::uuid, ...)" per row: 11 numbered parameters and their casts */
+    size_t cap = 64 + n * 320, len = 0;
+    v->sql = malloc(cap);
+    if (!v->params || !v->lengths || !v->formats || !v->owned || !v->sql) {
+        cm_outbox_values_free(v);
+        return CM_ENOMEM;
+    }
+    len = (size_t)snprintf(v->sql, cap, "VALUES ");
+    for (size_t i = 0; i < n; i++) {
+        const cm_outbox_event *ev = &evs[i];
+        char *hjson = NULL;
+        int rc = headers_json(ev->headers, &hjson);
+        if (rc) {
+            cm_log_error("invalid outbox event headers", "event_id", ev->event_id, NULL);
+            cm_outbox_values_free(v);
+            return rc;
+        }
+        if (hjson)
+            v->owned[v->nowned++] = hjson;
+        char *ms = NULL;
+        if (ev->occurred_at_ms > 0) {
+            ms = malloc(24);
+            if (!ms) {
+                cm_outbox_values_free(v);
+                return CM_ENOMEM;
+            }
+            snprintf(ms, 24, "%lld", (long long)ev->occurred_at_ms);
+            v->owned[v->nowned++] = ms;
+        }
+        const char **p = v->params + i * ADD_COLS;
+        p[0] = ev->event_id;
+        p[1] = ev->tenant_id;
+        p[2] = ev->topic;
+        p[3] = ev->key;
+        p[4] = ev->type;
+        p[5] = ev->source;
+        p[6] = ev->content_type ? ev->content_type : "application/protobuf";
+        p[7] = ev->payload ? (const char *)ev->payload : "";
+        p[8] = ev->traceparent;
+        p[9] = hjson;
+        p[10] = ms;
+        v->lengths[i * ADD_COLS + 7] = (int)ev->len;
+        v->formats[i * ADD_COLS + 7] = 1; /* the payload travels as raw bytes */
+        size_t k = (size_t)first_param + i * ADD_COLS;
+        len += (size_t)snprintf(
+            v->sql + len, cap - len,
+            "%s($%zu::uuid, $%zu::text, $%zu::text, $%zu::text, $%zu::text, $%zu::text, "
+            "$%zu::text, $%zu::bytea, $%zu::text, $%zu::jsonb, "
+            "coalesce(to_timestamp($%zu::float8 / 1000), now()))",
+            i ? ", " : "", k, k + 1, k + 2, k + 3, k + 4, k + 5, k + 6, k + 7, k + 8, k + 9,
+            k + 10);
+    }
+    if (len >= cap) { /* cannot happen: cap covers 6-digit parameter numbers */
+        cm_outbox_values_free(v);
+        return CM_EINVAL;
+    }
+    v->nparams = (int)np;
+    return 0;
+}
 
 int cm_outbox_add(cm_db *db, const cm_outbox_event *ev)
 {
@@ -157,84 +257,32 @@ int cm_outbox_add_batch(cm_db *db, const cm_outbox_event *evs, size_t n)
                      "topic", evs[0].topic, NULL);
         return CM_EINVAL;
     }
-    for (size_t i = 0; i < n; i++) {
-        const cm_outbox_event *ev = &evs[i];
-        if (!cm_id_is_uuid(ev->event_id) || !nonempty(ev->tenant_id) ||
-            !cm_kafka_topic_valid(ev->topic) || !nonempty(ev->key) || !nonempty(ev->type) ||
-            !nonempty(ev->source) || (!ev->payload && ev->len > 0) || ev->len > MAX_PAYLOAD) {
-            cm_log_error("invalid outbox event", "event_id", ev->event_id, "topic", ev->topic,
-                         "type", ev->type, NULL);
-            return CM_EINVAL;
-        }
-    }
-    size_t np = n * ADD_COLS;
-    const char **params = calloc(np, sizeof *params);
-    int *lengths = calloc(np, sizeof *lengths);
-    int *formats = calloc(np, sizeof *formats);
-    char **hjson = calloc(n, sizeof *hjson);
-    char(*ms)[24] = calloc(n, sizeof *ms);
-    /* "($1::uuid, ... ), " per row: 11 numbered parameters and the casts */
-    size_t cap = 256 + n * 220, len = 0;
+    cm_outbox_values v;
+    int rc = cm_outbox_values_build(&v, evs, n, 1);
+    if (rc)
+        return rc;
+    size_t cap = strlen(v.sql) + sizeof "INSERT INTO outbox () " + sizeof CM_OUTBOX_COLUMNS;
     char *sql = malloc(cap);
-    int rc = params && lengths && formats && hjson && ms && sql ? 0 : CM_ENOMEM;
-    if (rc == 0)
-        len = (size_t)snprintf(sql, cap,
-                               "INSERT INTO outbox (event_id, tenant_id, topic, key, type, source, "
-                               "content_type, payload, traceparent, headers, occurred_at) VALUES ");
-    for (size_t i = 0; rc == 0 && i < n; i++) {
-        const cm_outbox_event *ev = &evs[i];
-        rc = headers_json(ev->headers, &hjson[i]);
-        if (rc) {
-            cm_log_error("invalid outbox event headers", "event_id", ev->event_id, NULL);
-            break;
-        }
-        if (ev->occurred_at_ms > 0)
-            snprintf(ms[i], sizeof ms[i], "%lld", (long long)ev->occurred_at_ms);
-        const char **p = params + i * ADD_COLS;
-        p[0] = ev->event_id;
-        p[1] = ev->tenant_id;
-        p[2] = ev->topic;
-        p[3] = ev->key;
-        p[4] = ev->type;
-        p[5] = ev->source;
-        p[6] = ev->content_type ? ev->content_type : "application/protobuf";
-        p[7] = ev->payload ? (const char *)ev->payload : "";
-        p[8] = ev->traceparent;
-        p[9] = hjson[i];
-        p[10] = ev->occurred_at_ms > 0 ? ms[i] : NULL;
-        lengths[i * ADD_COLS + 7] = (int)ev->len;
-        formats[i * ADD_COLS + 7] = 1; /* the payload travels as raw bytes */
-        size_t k = i * ADD_COLS;
-        len += (size_t)snprintf(
-            sql + len, cap - len,
-            "%s($%zu::uuid, $%zu, $%zu, $%zu, $%zu, $%zu, $%zu, $%zu::bytea, $%zu, $%zu::jsonb, "
-            "coalesce(to_timestamp($%zu::float8 / 1000), now()))",
-            i ? ", " : "", k + 1, k + 2, k + 3, k + 4, k + 5, k + 6, k + 7, k + 8, k + 9, k + 10,
-            k + 11);
+    if (!sql) {
+        cm_outbox_values_free(&v);
+        return CM_ENOMEM;
     }
-    if (rc == 0) {
-        /* no NOTIFY in the statement: a transaction that notifies holds a
-         * database-wide lock from its commit until it ends, serialising
-         * every such commit. the relay is woken after the commit instead
-         * (cm_outbox_wake_on_commit) */
-        PGresult *res = PQexecParams(conn, sql, (int)np, NULL, params, lengths, formats, 0);
-        if (PQresultStatus(res) == PGRES_COMMAND_OK) {
-            rc = cm_outbox_wake_on_commit(db);
-        } else {
-            rc = cm_db_error(db, res, "insert outbox event");
-            if (rc == CM_EEXIST)
-                cm_log_warn("outbox event id already used", "event_id", evs[0].event_id, NULL);
-        }
-        PQclear(res);
+    snprintf(sql, cap, "INSERT INTO outbox (" CM_OUTBOX_COLUMNS ") %s", v.sql);
+    /* no NOTIFY in the statement: a transaction that notifies holds a
+     * database-wide lock from its commit until it ends, serialising every
+     * such commit. the relay is woken after the commit instead
+     * (cm_outbox_wake_on_commit) */
+    PGresult *res = PQexecParams(conn, sql, v.nparams, NULL, v.params, v.lengths, v.formats, 0);
+    if (PQresultStatus(res) == PGRES_COMMAND_OK) {
+        rc = cm_outbox_wake_on_commit(db);
+    } else {
+        rc = cm_db_error(db, res, "insert outbox event");
+        if (rc == CM_EEXIST)
+            cm_log_warn("outbox event id already used", "event_id", evs[0].event_id, NULL);
     }
-    for (size_t i = 0; hjson && i < n; i++)
-        free(hjson[i]);
-    free(hjson);
-    free(ms);
+    PQclear(res);
     free(sql);
-    free(formats);
-    free(lengths);
-    free(params);
+    cm_outbox_values_free(&v);
     return rc;
 }
 

@@ -353,22 +353,27 @@ static int save(cm_db *db, const char *tenant, cm_arena *a, ord_order *o)
 
 /* ---- create ---- */
 
-/* inserts items' orders in one statement and, for those inserted, their
- * OrderCreated events in another; inside the caller's transaction */
+/* stores items' orders and, for those inserted, their OrderCreated events
+ * in one statement: a data-modifying WITH runs in autocommit as one
+ * transaction, so a batch costs one round trip instead of four (BEGIN, two
+ * inserts, COMMIT). an order whose request_id or id exists is skipped by
+ * ON CONFLICT, and so is its event (the join on RETURNING). */
 static int insert_many(cm_db *db, ord_new *items, size_t n, cm_arena *a)
 {
     enum { COLS = 19 };
     const char **p = cm_arena_calloc(a, n * COLS, sizeof *p);
+    cm_outbox_event *evs = cm_arena_calloc(a, n, sizeof *evs);
     size_t cap = 640 + n * 420, len = 0;
     char *sql = cm_arena_alloc(a, cap);
-    if (!p || !sql)
+    if (!p || !evs || !sql)
         return CM_ENOMEM;
     len += (size_t)snprintf(
         sql, cap,
-        "INSERT INTO orders (tenant_id, order_id, request_id, body_hash, state, buyer_id, "
-        "merchant_id, channel_id, currency, total_amount, flash_sale, external_ref, line_sku, "
-        "line_qty, line_price, line_flash_sale, line_refunded_qty, line_refunded_amount, "
-        "created_at, updated_at, payment_deadline, reservation_expires_at) VALUES ");
+        "WITH o AS (INSERT INTO orders (tenant_id, order_id, request_id, body_hash, state, "
+        "buyer_id, merchant_id, channel_id, currency, total_amount, flash_sale, external_ref, "
+        "line_sku, line_qty, line_price, line_flash_sale, line_refunded_qty, "
+        "line_refunded_amount, created_at, updated_at, payment_deadline, reservation_expires_at) "
+        "VALUES ");
     for (size_t i = 0; i < n; i++) {
         ord_order *o = items[i].o;
         o->version = 1;
@@ -394,6 +399,10 @@ static int insert_many(cm_db *db, ord_new *items, size_t n, cm_arena *a)
         q[16] = num(a, o->deadline_ms);
         q[17] = num(a, o->resv_expires_ms);
         q[18] = num(a, (long long)o->nlines);
+        int rc = ord_ev_build(a, items[i].tenant, ORD_EV_CREATED, o, 0, NULL, &evs[i]);
+        if (rc)
+            return rc;
+        evs[i].traceparent = items[i].traceparent;
         size_t k = i * COLS;
 #define P(j) (k + (j))
         len += (size_t)snprintf(
@@ -407,60 +416,73 @@ static int insert_many(cm_db *db, ord_new *items, size_t n, cm_arena *a)
             P(12), P(13), P(14), P(15), P(19), P(19), P(16), P(16), P(17), P(18));
 #undef P
     }
-    if (len + 64 >= cap)
-        return CM_ENOMEM;
-    snprintf(sql + len, cap - len, " ON CONFLICT DO NOTHING RETURNING tenant_id, order_id::text");
-    PGresult *r = NULL;
-    int rc = exec(db, "insert orders", sql, (int)(n * COLS), p, &r);
+    cm_outbox_values v;
+    int rc = cm_outbox_values_build(&v, evs, n, (int)(n * COLS) + 1);
     if (rc)
         return rc;
-    /* RETURNING lists the rows inserted; the others exist already */
-    cm_outbox_event *evs = cm_arena_calloc(a, n, sizeof *evs);
-    size_t nev = 0;
-    if (!evs) {
-        PQclear(r);
+    char *full =
+        cm_arena_printf(a,
+                        "%s ON CONFLICT DO NOTHING RETURNING tenant_id, order_id::text AS oid), "
+                        "e AS (INSERT INTO outbox (" CM_OUTBOX_COLUMNS
+                        ") SELECT v.* FROM (%s) AS v (" CM_OUTBOX_COLUMNS
+                        ") JOIN o ON o.tenant_id = v.tenant_id AND o.oid = v.key RETURNING 1) "
+                        "SELECT tenant_id, oid FROM o",
+                        sql, v.sql);
+    int np = (int)(n * COLS) + v.nparams;
+    const char **all = cm_arena_calloc(a, (size_t)np, sizeof *all);
+    int *lengths = cm_arena_calloc(a, (size_t)np, sizeof *lengths);
+    int *formats = cm_arena_calloc(a, (size_t)np, sizeof *formats);
+    if (!full || len >= cap || !all || !lengths || !formats) {
+        cm_outbox_values_free(&v);
         return CM_ENOMEM;
     }
-    for (int row = 0; row < PQntuples(r); row++) {
-        for (size_t i = 0; i < n; i++) {
-            if (!items[i].inserted && strcmp(PQgetvalue(r, row, 1), items[i].o->order_id) == 0 &&
-                strcmp(PQgetvalue(r, row, 0), items[i].tenant) == 0) {
-                items[i].inserted = 1;
-                rc = ord_ev_build(a, items[i].tenant, ORD_EV_CREATED, items[i].o, 0, NULL,
-                                  &evs[nev]);
-                evs[nev++].traceparent = items[i].traceparent;
-                break;
+    memcpy(all, p, n * COLS * sizeof *all);
+    memcpy(all + n * COLS, v.params, (size_t)v.nparams * sizeof *all);
+    memcpy(lengths + n * COLS, v.lengths, (size_t)v.nparams * sizeof *lengths);
+    memcpy(formats + n * COLS, v.formats, (size_t)v.nparams * sizeof *formats);
+    PGconn *conn = cm_db_conn(db);
+    if (PQstatus(conn) == CONNECTION_BAD && cm_db_ping(db) != 0) {
+        cm_outbox_values_free(&v);
+        return CM_EUNAVAIL;
+    }
+    conn = cm_db_conn(db);
+    for (int attempt = 0;; attempt++) {
+        PGresult *r = PQexecParams(conn, full, np, NULL, all, lengths, formats, 0);
+        if (PQresultStatus(r) == PGRES_TUPLES_OK) {
+            /* RETURNING lists the rows inserted; the others exist already */
+            for (int row = 0; row < PQntuples(r); row++) {
+                for (size_t i = 0; i < n; i++) {
+                    if (!items[i].inserted &&
+                        strcmp(PQgetvalue(r, row, 1), items[i].o->order_id) == 0 &&
+                        strcmp(PQgetvalue(r, row, 0), items[i].tenant) == 0) {
+                        items[i].inserted = 1;
+                        break;
+                    }
+                }
             }
+            PQclear(r);
+            cm_outbox_values_free(&v);
+            cm_outbox_wake(db);
+            return 0;
         }
-        if (rc)
+        rc = cm_db_error(db, r, "insert orders");
+        PQclear(r);
+        /* a deadlock with another replica's batch: nothing was stored */
+        if (rc != CM_ECONFLICT || attempt >= 4)
             break;
     }
-    PQclear(r);
-    if (rc == 0 && nev)
-        rc = cm_outbox_add_batch(db, evs, nev);
-    return rc;
-}
-
-typedef struct many_tx {
-    ord_new *items;
-    size_t n;
-} many_tx;
-
-static int many_fn(cm_db *db, void *arg)
-{
-    many_tx *t = arg;
-    cm_arena *a = cm_arena_new(16384 + t->n * 4096);
-    if (!a)
-        return CM_ENOMEM;
-    int rc = insert_many(db, t->items, t->n, a);
-    cm_arena_free(a);
+    cm_outbox_values_free(&v);
     return rc;
 }
 
 int ord_store_create_many(cm_db *db, ord_new *items, size_t n)
 {
-    many_tx t = {.items = items, .n = n};
-    return cm_db_tx(db, NULL, 5, many_fn, &t);
+    cm_arena *a = cm_arena_new(16384 + n * 8192);
+    if (!a)
+        return CM_ENOMEM;
+    int rc = insert_many(db, items, n, a);
+    cm_arena_free(a);
+    return rc;
 }
 
 /* ---- payment ---- */
