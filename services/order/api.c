@@ -138,20 +138,6 @@ static int db_fail(cm_rpc_ctx *ctx, int rc, const char *what)
     return cm_rpc_fail_err(ctx, rc, what);
 }
 
-/* printable text of at most max bytes; required: not empty */
-static int text_ok(const char *s, size_t max, int required)
-{
-    if (!s || !*s)
-        return !required;
-    size_t n = strlen(s);
-    if (n > max)
-        return 0;
-    for (size_t i = 0; i < n; i++)
-        if ((unsigned char)s[i] < 0x20 || s[i] == 0x7f)
-            return 0;
-    return 1;
-}
-
 static int order_id_ok(cm_rpc_ctx *ctx, const char *id)
 {
     if (!id || !*id)
@@ -251,12 +237,15 @@ static int list_orders(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMes
     int limit = ord_page_size(req->page_size);
     if (limit < 0)
         return cm_rpc_fail_field(ctx, "page_size", "must not be negative");
-    if (!text_ok(req->buyer_id, ORD_PARTY_MAX, 0))
-        return cm_rpc_fail_field(ctx, "buyer_id", "at most 64 printable characters");
-    if (!text_ok(req->merchant_id, ORD_PARTY_MAX, 0))
-        return cm_rpc_fail_field(ctx, "merchant_id", "at most 64 printable characters");
-    if (!text_ok(req->channel_id, ORD_PARTY_MAX, 0))
-        return cm_rpc_fail_field(ctx, "channel_id", "at most 64 printable characters");
+    if (!ord_valid_text(req->buyer_id, ORD_PARTY_MAX, 0))
+        return cm_rpc_fail_field(ctx, "buyer_id",
+                                 "at most 64 characters of utf-8, no control characters");
+    if (!ord_valid_text(req->merchant_id, ORD_PARTY_MAX, 0))
+        return cm_rpc_fail_field(ctx, "merchant_id",
+                                 "at most 64 characters of utf-8, no control characters");
+    if (!ord_valid_text(req->channel_id, ORD_PARTY_MAX, 0))
+        return cm_rpc_fail_field(ctx, "channel_id",
+                                 "at most 64 characters of utf-8, no control characters");
     if (req->n_states > 7)
         return cm_rpc_fail_field(ctx, "states", "at most 7 states");
     int states[8];
@@ -607,8 +596,9 @@ static int mark_paid(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessa
     if (!provider_ok(req->provider))
         return cm_rpc_fail_field(ctx, "provider",
                                  "required: at most 32 lower-case characters from [a-z0-9_.-]");
-    if (!text_ok(req->provider_reference, ORD_REF_MAX, 0))
-        return cm_rpc_fail_field(ctx, "provider_reference", "at most 128 printable characters");
+    if (!ord_valid_text(req->provider_reference, ORD_REF_MAX, 0))
+        return cm_rpc_fail_field(ctx, "provider_reference",
+                                 "at most 128 characters of utf-8, no control characters");
     int64_t now = now_ms(), paid_at;
     if (check_ts(ctx, req->paid_at, "paid_at", now, &paid_at))
         return -1;
@@ -727,8 +717,9 @@ static int cancel_order(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMe
         return cm_rpc_fail_field(ctx, "reason",
                                  "required: BUYER_REQUESTED, MERCHANT_REQUESTED, RISK_CONTROL or "
                                  "OTHER (PAYMENT_TIMEOUT is set by the server only)");
-    if (!text_ok(req->note, ORD_NOTE_MAX, 0))
-        return cm_rpc_fail_field(ctx, "note", "at most 256 printable characters");
+    if (!ord_valid_text(req->note, ORD_NOTE_MAX, 0))
+        return cm_rpc_fail_field(ctx, "note",
+                                 "at most 256 characters of utf-8, no control characters");
     const char *f[] = {req->order_id, num(a, r), req->note};
     char hash[ORD_HASH_HEX + 1];
     hash_of(canon(a, "cancel.v1", f, 3), hash);
@@ -751,10 +742,12 @@ static int ship_order(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMess
     cm_arena *a = cm_rpc_ctx_arena(ctx);
     if (op_common(ctx, req->request_id, req->order_id))
         return -1;
-    if (!text_ok(req->carrier, ORD_PARTY_MAX, 0))
-        return cm_rpc_fail_field(ctx, "carrier", "at most 64 printable characters");
-    if (!text_ok(req->tracking_number, ORD_REF_MAX, 0))
-        return cm_rpc_fail_field(ctx, "tracking_number", "at most 128 printable characters");
+    if (!ord_valid_text(req->carrier, ORD_PARTY_MAX, 0))
+        return cm_rpc_fail_field(ctx, "carrier",
+                                 "at most 64 characters of utf-8, no control characters");
+    if (!ord_valid_text(req->tracking_number, ORD_REF_MAX, 0))
+        return cm_rpc_fail_field(ctx, "tracking_number",
+                                 "at most 128 characters of utf-8, no control characters");
     int64_t now = now_ms(), at;
     if (check_ts(ctx, req->shipped_at, "shipped_at", now, &at))
         return -1;
@@ -811,8 +804,9 @@ static int refund_order(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMe
                                  "required: 1-64 characters from [A-Za-z0-9._:-]");
     if (order_id_ok(ctx, req->order_id))
         return -1;
-    if (!text_ok(req->reason, ORD_NOTE_MAX, 0))
-        return cm_rpc_fail_field(ctx, "reason", "at most 256 printable characters");
+    if (!ord_valid_text(req->reason, ORD_NOTE_MAX, 0))
+        return cm_rpc_fail_field(ctx, "reason",
+                                 "at most 256 characters of utf-8, no control characters");
     size_t n = req->n_lines;
     const char **skus = cm_rpc_alloc(ctx, (n ? n : 1) * sizeof *skus);
     int64_t *qtys = cm_rpc_alloc(ctx, (n ? n : 1) * sizeof *qtys);

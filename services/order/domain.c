@@ -38,18 +38,36 @@ int ord_valid_key(const char *s, size_t max)
     return 1;
 }
 
-/* printable text of at most max bytes (no control characters) */
-static int valid_text(const char *s, size_t max, int required)
+int ord_valid_text(const char *s, size_t max, int required)
 {
     if (!s || !*s)
         return !required;
-    size_t n = strlen(s);
-    if (n > max)
-        return 0;
-    for (size_t i = 0; i < n; i++)
-        if ((unsigned char)s[i] < 0x20 || s[i] == 0x7f)
-            return 0;
-    return 1;
+    const unsigned char *p = (const unsigned char *)s;
+    size_t n = 0;
+    while (*p) {
+        unsigned c = *p;
+        size_t len = c < 0x80             ? 1
+                     : (c & 0xe0) == 0xc0 ? 2
+                     : (c & 0xf0) == 0xe0 ? 3
+                     : (c & 0xf8) == 0xf0 ? 4
+                                          : 0;
+        if (len == 0 || (len == 2 && c < 0xc2) || (len == 4 && c > 0xf4))
+            return 0; /* not a utf-8 lead byte, or an overlong / out of range one */
+        if (c < 0x20 || c == 0x7f)
+            return 0; /* control characters */
+        for (size_t k = 1; k < len; k++)
+            if ((p[k] & 0xc0) != 0x80)
+                return 0;
+        if (len == 3 && ((c == 0xe0 && p[1] < 0xa0) || (c == 0xed && p[1] >= 0xa0)))
+            return 0; /* overlong, or a utf-16 surrogate */
+        if (len == 4 && ((c == 0xf0 && p[1] < 0x90) || (c == 0xf4 && p[1] >= 0x90)))
+            return 0; /* overlong, or past U+10FFFF */
+        p += len;
+        n++;
+    }
+    /* characters as the proto counts them, and bytes as the buffers hold
+     * them (4 bytes per character at most) */
+    return n <= max && (size_t)(p - (const unsigned char *)s) <= max * 4;
 }
 
 int ord_check_create(const ord_create_in *in, ord_order *o, ord_violation *v)
@@ -59,16 +77,18 @@ int ord_check_create(const ord_create_in *in, ord_order *o, ord_violation *v)
         violate(v, NULL, "required: 1-64 characters from [A-Za-z0-9._:-]", "request_id");
         return CM_EINVAL;
     }
-    if (!valid_text(in->buyer_id, ORD_PARTY_MAX, 1)) {
-        violate(v, NULL, "required, at most 64 printable characters", "buyer_id");
+    if (!ord_valid_text(in->buyer_id, ORD_PARTY_MAX, 1)) {
+        violate(v, NULL, "required, at most 64 characters of utf-8, no control characters",
+                "buyer_id");
         return CM_EINVAL;
     }
-    if (!valid_text(in->merchant_id, ORD_PARTY_MAX, 1)) {
-        violate(v, NULL, "required, at most 64 printable characters", "merchant_id");
+    if (!ord_valid_text(in->merchant_id, ORD_PARTY_MAX, 1)) {
+        violate(v, NULL, "required, at most 64 characters of utf-8, no control characters",
+                "merchant_id");
         return CM_EINVAL;
     }
-    if (!valid_text(in->channel_id, ORD_PARTY_MAX, 0)) {
-        violate(v, NULL, "at most 64 printable characters", "channel_id");
+    if (!ord_valid_text(in->channel_id, ORD_PARTY_MAX, 0)) {
+        violate(v, NULL, "at most 64 characters of utf-8, no control characters", "channel_id");
         return CM_EINVAL;
     }
     if (!in->currency || !*in->currency) {
@@ -79,8 +99,8 @@ int ord_check_create(const ord_create_in *in, ord_order *o, ord_violation *v)
         violate(v, NULL, "unknown ISO-4217 currency code", "currency");
         return CM_EINVAL;
     }
-    if (!valid_text(in->external_ref, ORD_REF_MAX, 0)) {
-        violate(v, NULL, "at most 128 printable characters", "external_ref");
+    if (!ord_valid_text(in->external_ref, ORD_REF_MAX, 0)) {
+        violate(v, NULL, "at most 128 characters of utf-8, no control characters", "external_ref");
         return CM_EINVAL;
     }
     if (in->nlines == 0) {
@@ -535,7 +555,7 @@ int ord_page_size(int32_t requested)
 
 uint64_t ord_filter_hash(const char *canonical)
 {
-    uint64_t h = 1469598103934665603ULL;
+    uint64_t h = 14695981039346656037ULL; /* the 64-bit fnv offset basis */
     for (const unsigned char *p = (const unsigned char *)canonical; *p; p++) {
         h ^= *p;
         h *= 1099511628211ULL;

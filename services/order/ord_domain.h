@@ -64,7 +64,7 @@ typedef struct ord_refund {
     int64_t amount;
     size_t nlines;
     ord_refund_line lines[ORD_LINES_MAX];
-    char reason[ORD_NOTE_MAX + 1];
+    char reason[ORD_NOTE_MAX * 4 + 1];
     int64_t created_ms;
 } ord_refund;
 
@@ -73,29 +73,29 @@ typedef struct ord_order {
     char order_id[40];
     char request_id[ORD_KEY_MAX + 1];
     int state;
-    char buyer_id[ORD_PARTY_MAX + 1];
-    char merchant_id[ORD_PARTY_MAX + 1];
-    char channel_id[ORD_PARTY_MAX + 1];
+    char buyer_id[ORD_PARTY_MAX * 4 + 1];
+    char merchant_id[ORD_PARTY_MAX * 4 + 1];
+    char channel_id[ORD_PARTY_MAX * 4 + 1];
     char currency[4];
     size_t nlines;
     ord_line lines[ORD_LINES_MAX];
     int64_t total;
     int64_t refunded;
     int flash;
-    char external_ref[ORD_REF_MAX + 1];
+    char external_ref[ORD_REF_MAX * 4 + 1];
     int64_t created_ms, updated_ms, deadline_ms, cancelled_ms, completed_ms;
     int64_t resv_expires_ms; /* when inventory lets the reservation go */
     int cancel_reason;
-    char cancel_note[ORD_NOTE_MAX + 1];
+    char cancel_note[ORD_NOTE_MAX * 4 + 1];
     /* payment: payment_id[0] == 0 while unpaid */
     char payment_id[ORD_KEY_MAX + 1];
     int64_t pay_amount;
     char provider[ORD_PROVIDER_MAX + 1];
-    char provider_ref[ORD_REF_MAX + 1];
+    char provider_ref[ORD_REF_MAX * 4 + 1];
     int64_t paid_ms, pay_recorded_ms;
     /* shipment: shipped_ms == 0 while not shipped */
-    char carrier[ORD_PARTY_MAX + 1];
-    char tracking[ORD_REF_MAX + 1];
+    char carrier[ORD_PARTY_MAX * 4 + 1];
+    char tracking[ORD_REF_MAX * 4 + 1];
     int64_t shipped_ms;
     int64_t version;
     /* refunds, oldest first (loaded with the order when asked) */
@@ -112,6 +112,10 @@ typedef struct ord_violation {
 
 /* 1 when s is 1-max characters from [A-Za-z0-9._:-] */
 int ord_valid_key(const char *s, size_t max);
+
+/* 1 when s is valid utf-8 of at most max characters without control
+ * characters (and not empty when required) */
+int ord_valid_text(const char *s, size_t max, int required);
 
 /* one line of a create request as received */
 typedef struct ord_line_in {

@@ -31,8 +31,9 @@ typedef struct ord_new {
 } ord_new;
 
 /* stores new orders (PENDING_PAYMENT), each with its OrderCreated event, in
- * one statement (the group commit of CreateOrder, batch.c). an order whose request_id (or id) exists already is skipped:
- * inserted = 0, the caller looks it up. 0, or a CM_E* and nothing stored. */
+ * one statement (the group commit of CreateOrder, batch.c). an order whose request_id (or id)
+ * exists already is skipped: inserted = 0, the caller looks it up. 0, or a CM_E* and nothing
+ * stored. */
 int ord_store_create_many(cm_db *db, ord_new *items, size_t n);
 
 /* the order by id (CM_ENOTFOUND if none), with its refunds. */

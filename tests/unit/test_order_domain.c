@@ -1319,6 +1319,29 @@ START_TEST(page_size_defaults_caps_and_rejects_negative)
 }
 END_TEST
 
+START_TEST(text_counts_utf8_characters_and_refuses_bad_encoding)
+{
+    char buf[512];
+    /* 64 three-byte characters (192 bytes) fit a 64-character field */
+    size_t len = 0;
+    for (int i = 0; i < 65; i++)
+        len += (size_t)snprintf(buf + len, sizeof buf - len, "%s", "\xe5\x95\x86");
+    ck_assert_int_eq(ord_valid_text(buf, 64, 1), 0); /* the 65th is one too many */
+    buf[64 * 3] = 0;
+    ck_assert_int_eq(ord_valid_text(buf, 64, 1), 1);
+    ck_assert_int_eq(ord_valid_text("", 64, 1), 0);
+    ck_assert_int_eq(ord_valid_text("", 64, 0), 1);
+    ck_assert_int_eq(ord_valid_text("caf\xc3\xa9 \xf0\x9f\x9b\x92", 64, 1), 1);
+    ck_assert_int_eq(ord_valid_text("a\xff", 64, 1), 0);            /* not utf-8 */
+    ck_assert_int_eq(ord_valid_text("\xc0\x80", 64, 1), 0);         /* overlong NUL */
+    ck_assert_int_eq(ord_valid_text("\xed\xa0\x80", 64, 1), 0);     /* a surrogate */
+    ck_assert_int_eq(ord_valid_text("\xf4\x90\x80\x80", 64, 1), 0); /* past U+10FFFF */
+    ck_assert_int_eq(ord_valid_text("\xe5\x95", 64, 1), 0);         /* cut short */
+    ck_assert_int_eq(ord_valid_text("line\nbreak", 64, 1), 0);      /* control */
+    ck_assert_int_eq(ord_valid_text("del\x7f", 64, 1), 0);
+}
+END_TEST
+
 START_TEST(filter_hash_is_fnv1a_64)
 {
     /* reference values of 64-bit FNV-1a (offset basis 0xcbf29ce484222325,
@@ -1456,12 +1479,8 @@ static Suite *suite(void)
 
     TCase *p = tcase_create("page");
     tcase_add_test(p, page_size_defaults_caps_and_rejects_negative);
-    /* BUG: services/order/domain.c ord_filter_hash starts from
-     * 1469598103934665603, the FNV offset basis with its last digit lost
-     * (14695981039346656037 = 0xcbf29ce484222325), so it is not the fnv-1a
-     * that ord_domain.h promises. put this back once fixed:
-     * tcase_add_test(p, filter_hash_is_fnv1a_64); */
-    (void)filter_hash_is_fnv1a_64; /* compiled, not run */
+    tcase_add_test(p, filter_hash_is_fnv1a_64);
+    tcase_add_test(p, text_counts_utf8_characters_and_refuses_bad_encoding);
     tcase_add_test(p, page_token_round_trips_only_with_its_filters);
     tcase_add_test(p, page_token_parse_rejects_garbage);
     suite_add_tcase(s, p);
