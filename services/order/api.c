@@ -52,6 +52,7 @@ typedef struct ord_app {
     pthread_cond_t wake;
     int stop;
     tenant_entry tenants[TENANT_CACHE];
+    struct pending_release *releases; /* for the sweeper thread to send */
     cm_counter *rejected, *timed_out, *released;
 } ord_app;
 
@@ -347,27 +348,77 @@ static int answer_existing(cm_rpc_ctx *ctx, const ord_order *o, const char *stor
     return resp->order ? 0 : cm_rpc_fail_err(ctx, CM_ENOMEM, "create order");
 }
 
+/* a Release for the sweeper thread to send, with the metadata of the call
+ * that asked for it (tenant, authorization, trace) */
+typedef struct pending_release {
+    char order_id[40];
+    cm_rpc_md md[8];
+    size_t nmd;
+    struct pending_release *next;
+    char buf[]; /* the metadata's strings */
+} pending_release;
+
 /* gives a reservation back (best effort: the reservation's ttl is the
  * backstop): the order could not be stored, or inventory did not answer in
- * time and may still make it. a later retry of the create finds the
- * released reservation and moves to the next order id generation. */
-static void release(ord_app *app, cm_rpc_ctx *ctx, const char *order_id, int budget_ms)
+ * time and may still make it. queued for the sweeper thread, so the caller
+ * is answered at once; a later retry of the create finds the released
+ * reservation and moves to the next order id generation. */
+static void release(ord_app *app, cm_rpc_ctx *ctx, const char *order_id)
 {
-    Commerce__Inventory__V1__ReleaseRequest rq = COMMERCE__INVENTORY__V1__RELEASE_REQUEST__INIT;
-    rq.order_id = (char *)order_id;
     cm_rpc_md md[8];
-    size_t nmd = cm_rpc_ctx_propagate(ctx, md, 8);
-    ProtobufCMessage *resp = NULL;
-    cm_rpc_status st;
-    int rc = cm_rpc_call(app->inv, RELEASE_METHOD, &rq.base,
-                         &commerce__inventory__v1__release_response__descriptor, NULL, &resp, md,
-                         nmd, budget_ms, CM_RPC_CALL_IDEMPOTENT, &st);
-    if (rc == 0) {
-        cm_counter_add(app->released, 1);
-        protobuf_c_message_free_unpacked(resp, NULL);
-    } else {
-        cm_log_warn("could not release a reservation without an order; its ttl will", "order_id",
-                    order_id, "error", st.message, NULL);
+    size_t nmd = cm_rpc_ctx_propagate(ctx, md, 8), need = 0;
+    for (size_t i = 0; i < nmd; i++)
+        need += strlen(md[i].key) + strlen(md[i].value) + 2;
+    pending_release *r = calloc(1, sizeof *r + need);
+    if (!r) {
+        cm_log_warn("could not queue the release of a reservation; its ttl will", "order_id",
+                    order_id, NULL);
+        return;
+    }
+    snprintf(r->order_id, sizeof r->order_id, "%s", order_id);
+    char *p = r->buf;
+    for (size_t i = 0; i < nmd; i++) {
+        size_t kl = strlen(md[i].key) + 1, vl = strlen(md[i].value) + 1;
+        memcpy(p, md[i].key, kl);
+        r->md[i].key = p;
+        p += kl;
+        memcpy(p, md[i].value, vl);
+        r->md[i].value = p;
+        p += vl;
+    }
+    r->nmd = nmd;
+    pthread_mutex_lock(&app->mu);
+    r->next = app->releases;
+    app->releases = r;
+    pthread_cond_broadcast(&app->wake);
+    pthread_mutex_unlock(&app->mu);
+}
+
+/* on the sweeper thread: sends the queued releases */
+static void send_releases(ord_app *app)
+{
+    pthread_mutex_lock(&app->mu);
+    pending_release *list = app->releases;
+    app->releases = NULL;
+    pthread_mutex_unlock(&app->mu);
+    while (list) {
+        pending_release *r = list;
+        list = r->next;
+        Commerce__Inventory__V1__ReleaseRequest rq = COMMERCE__INVENTORY__V1__RELEASE_REQUEST__INIT;
+        rq.order_id = r->order_id;
+        ProtobufCMessage *resp = NULL;
+        cm_rpc_status st;
+        int rc = cm_rpc_call(app->inv, RELEASE_METHOD, &rq.base,
+                             &commerce__inventory__v1__release_response__descriptor, NULL, &resp,
+                             r->md, r->nmd, app->inv_timeout_ms, CM_RPC_CALL_IDEMPOTENT, &st);
+        if (rc == 0) {
+            cm_counter_add(app->released, 1);
+            protobuf_c_message_free_unpacked(resp, NULL);
+        } else {
+            cm_log_warn("could not release a reservation without an order; its ttl will",
+                        "order_id", r->order_id, "error", st.message, NULL);
+        }
+        free(r);
     }
 }
 
@@ -498,9 +549,12 @@ static int create_order(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMe
                 return db_fail(ctx, g, "could not read the order");
             looked = 1;
         }
-        if (resv || st.code == GRPC_STATUS_ALREADY_EXISTS) {
-            /* this id's reservation was given up (released, expired) or
-             * made for another body by an attempt that stored nothing:
+        if (resv || st.code == GRPC_STATUS_ALREADY_EXISTS ||
+            (st.code == GRPC_STATUS_FAILED_PRECONDITION &&
+             strcmp(st.reason, "ILLEGAL_STATE_TRANSITION") == 0)) {
+            /* this id's reservation was given up (released, expired; or
+             * released before it arrived: inventory's tombstone refuses it)
+             * or made for another body by an attempt that stored nothing:
              * the next generation reserves afresh */
             resv = NULL;
             continue;
@@ -511,7 +565,7 @@ static int create_order(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMe
         case GRPC_STATUS_CANCELLED:
             /* inventory may still act on it: give it back so nothing stays
              * behind; a retry moves on to the next generation */
-            release(app, ctx, o->order_id, inventory_budget(app, ctx, 1000));
+            release(app, ctx, o->order_id);
             return unavailable(ctx);
         case GRPC_STATUS_RESOURCE_EXHAUSTED:
         case GRPC_STATUS_ABORTED:
@@ -556,11 +610,11 @@ static int create_order(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMe
     if (g == 0) {
         /* stored under another generation: ours is nobody's */
         if (strcmp(got->order_id, o->order_id) != 0)
-            release(app, ctx, o->order_id, inventory_budget(app, ctx, 1000));
+            release(app, ctx, o->order_id);
         return answer_existing(ctx, got, stored, hash, resp);
     }
     if (g == CM_ENOTFOUND && rc != 0)
-        release(app, ctx, o->order_id, inventory_budget(app, ctx, 1000));
+        release(app, ctx, o->order_id);
     if (rc == 0)
         rc = g == CM_ENOTFOUND ? CM_ECONFLICT : g; /* skipped, yet not there: retry */
     return db_fail(ctx, rc, "could not store the order");
@@ -915,7 +969,7 @@ static void *sweeper_main(void *p)
     char err[256];
     for (;;) {
         pthread_mutex_lock(&app->mu);
-        if (!app->stop) {
+        if (!app->stop && !app->releases) {
             struct timespec ts;
             clock_gettime(CLOCK_REALTIME, &ts);
             long long ns = ts.tv_nsec + (long long)app->sweep_ms * 1000000LL;
@@ -925,6 +979,7 @@ static void *sweeper_main(void *p)
         }
         int stop = app->stop;
         pthread_mutex_unlock(&app->mu);
+        send_releases(app); /* also on the way out: the drain lets them go */
         if (stop)
             break;
         if (!db && cm_db_connect(&db, c->pg_dsn, schema_name(), err, sizeof err) != 0) {
@@ -1019,6 +1074,14 @@ void ord_app_fini(cm_service *svc, void *p)
     pthread_mutex_unlock(&app->mu);
     if (app->sweeper_started)
         pthread_join(app->sweeper, NULL);
+    while (app->releases) {
+        /* not sent before the drain ended: their ttl releases them */
+        pending_release *r = app->releases;
+        app->releases = r->next;
+        cm_log_warn("reservation release not sent before shutdown; its ttl will", "order_id",
+                    r->order_id, NULL);
+        free(r);
+    }
     ord_batcher_free(app->batch);
     cm_rpc_client_free(app->inv);
     pthread_mutex_destroy(&app->mu);
