@@ -365,7 +365,8 @@ static int insert_many(cm_db *db, ord_new *items, size_t n, cm_arena *a)
     cm_outbox_event *evs = cm_arena_calloc(a, n, sizeof *evs);
     size_t cap = 640 + n * 420, len = 0;
     char *sql = cm_arena_alloc(a, cap);
-    if (!p || !evs || !sql)
+    size_t *uniq = cm_arena_calloc(a, n, sizeof *uniq);
+    if (!p || !evs || !sql || !uniq)
         return CM_ENOMEM;
     len += (size_t)snprintf(
         sql, cap,
@@ -374,12 +375,25 @@ static int insert_many(cm_db *db, ord_new *items, size_t n, cm_arena *a)
         "line_sku, line_qty, line_price, line_flash_sale, line_refunded_qty, "
         "line_refunded_amount, created_at, updated_at, payment_deadline, reservation_expires_at) "
         "VALUES ");
-    for (size_t i = 0; i < n; i++) {
+    /* one row per order id: concurrent retries of one create can meet in
+     * a batch, and two rows of one id would give its order two events (the
+     * join below matches by id) */
+    size_t m = 0;
+    for (size_t j = 0; j < n; j++) {
+        items[j].inserted = 0;
+        int dup = 0;
+        for (size_t k = 0; k < m && !dup; k++)
+            dup = strcmp(items[uniq[k]].o->order_id, items[j].o->order_id) == 0 &&
+                  strcmp(items[uniq[k]].tenant, items[j].tenant) == 0;
+        if (!dup)
+            uniq[m++] = j;
+    }
+    for (size_t u = 0; u < m; u++) {
+        size_t i = uniq[u];
         ord_order *o = items[i].o;
         o->version = 1;
         o->updated_ms = o->created_ms;
-        items[i].inserted = 0;
-        const char **q = p + i * COLS;
+        const char **q = p + u * COLS;
         q[0] = items[i].tenant;
         q[1] = o->order_id;
         q[2] = o->request_id;
@@ -399,11 +413,11 @@ static int insert_many(cm_db *db, ord_new *items, size_t n, cm_arena *a)
         q[16] = num(a, o->deadline_ms);
         q[17] = num(a, o->resv_expires_ms);
         q[18] = num(a, (long long)o->nlines);
-        int rc = ord_ev_build(a, items[i].tenant, ORD_EV_CREATED, o, 0, NULL, &evs[i]);
+        int rc = ord_ev_build(a, items[i].tenant, ORD_EV_CREATED, o, 0, NULL, &evs[u]);
         if (rc)
             return rc;
-        evs[i].traceparent = items[i].traceparent;
-        size_t k = i * COLS;
+        evs[u].traceparent = items[i].traceparent;
+        size_t k = u * COLS;
 #define P(j) (k + (j))
         len += (size_t)snprintf(
             sql + len, cap - len,
@@ -412,12 +426,12 @@ static int insert_many(cm_db *db, ord_new *items, size_t n, cm_arena *a)
             "array_fill(0::bigint, ARRAY[$%zu::int]), array_fill(0::bigint, ARRAY[$%zu::int]), "
             "to_timestamp($%zu::bigint / 1000.0), to_timestamp($%zu::bigint / 1000.0), "
             "to_timestamp($%zu::bigint / 1000.0), to_timestamp($%zu::bigint / 1000.0))",
-            i ? ", " : "", P(1), P(2), P(3), P(4), P(5), P(6), P(7), P(8), P(9), P(10), P(11),
+            u ? ", " : "", P(1), P(2), P(3), P(4), P(5), P(6), P(7), P(8), P(9), P(10), P(11),
             P(12), P(13), P(14), P(15), P(19), P(19), P(16), P(16), P(17), P(18));
 #undef P
     }
     cm_outbox_values v;
-    int rc = cm_outbox_values_build(&v, evs, n, (int)(n * COLS) + 1);
+    int rc = cm_outbox_values_build(&v, evs, m, (int)(m * COLS) + 1);
     if (rc)
         return rc;
     char *full =
@@ -428,7 +442,7 @@ static int insert_many(cm_db *db, ord_new *items, size_t n, cm_arena *a)
                         ") JOIN o ON o.tenant_id = v.tenant_id AND o.oid = v.key RETURNING 1) "
                         "SELECT tenant_id, oid FROM o",
                         sql, v.sql);
-    int np = (int)(n * COLS) + v.nparams;
+    int np = (int)(m * COLS) + v.nparams;
     const char **all = cm_arena_calloc(a, (size_t)np, sizeof *all);
     int *lengths = cm_arena_calloc(a, (size_t)np, sizeof *lengths);
     int *formats = cm_arena_calloc(a, (size_t)np, sizeof *formats);
@@ -436,10 +450,10 @@ static int insert_many(cm_db *db, ord_new *items, size_t n, cm_arena *a)
         cm_outbox_values_free(&v);
         return CM_ENOMEM;
     }
-    memcpy(all, p, n * COLS * sizeof *all);
-    memcpy(all + n * COLS, v.params, (size_t)v.nparams * sizeof *all);
-    memcpy(lengths + n * COLS, v.lengths, (size_t)v.nparams * sizeof *lengths);
-    memcpy(formats + n * COLS, v.formats, (size_t)v.nparams * sizeof *formats);
+    memcpy(all, p, m * COLS * sizeof *all);
+    memcpy(all + m * COLS, v.params, (size_t)v.nparams * sizeof *all);
+    memcpy(lengths + m * COLS, v.lengths, (size_t)v.nparams * sizeof *lengths);
+    memcpy(formats + m * COLS, v.formats, (size_t)v.nparams * sizeof *formats);
     PGconn *conn = cm_db_conn(db);
     if (PQstatus(conn) == CONNECTION_BAD && cm_db_ping(db) != 0) {
         cm_outbox_values_free(&v);
