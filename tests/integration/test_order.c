@@ -2086,6 +2086,81 @@ START_TEST(mark_paid_racing_the_timeout_has_one_winner)
 }
 END_TEST
 
+/* ---- two replicas: each unpaid order is cancelled exactly once ---- */
+
+START_TEST(two_replicas_cancel_each_unpaid_order_once)
+{
+    const char *env[] = {"ORDER_PAYMENT_TIMEOUT_S=1", "ORDER_SWEEP_MS=50", NULL};
+    static fx f;
+    fx_start(&f, env, 0);
+    /* a second replica on the same schema and topic */
+    hs_proc second;
+    char s[96], t[192], inv[64];
+    snprintf(s, sizeof s, "ORDER_SCHEMA=%s", f.ord_schema);
+    snprintf(t, sizeof t, "ORDER_TOPIC=%s", f.topic);
+    snprintf(inv, sizeof inv, "INVENTORY_TARGET=127.0.0.1:%d", f.inv.grpc_port);
+    const char *env2[] = {s,
+                          t,
+                          inv,
+                          "WORKERS=8",
+                          "ORDER_SWEEP_MS=50",
+                          "ORDER_RESERVATION_MARGIN_S=2",
+                          "ORDER_PAYMENT_TIMEOUT_S=1",
+                          NULL};
+    ck_assert_int_eq(hs_spawn(&second, ORDER_BIN, env2), 0);
+    ck_assert_msg(hs_wait_serving(&second, 30000) == 0, "second replica did not serve (log %s)",
+                  second.log_path);
+    cm_rpc_client *c2 = client_for(&second);
+    const int64_t stock = 500;
+    set_stock(f.ic, "s-2r", "sku-2r", stock);
+    enum { N = 60 };
+    static char ids[N][64];
+    for (int i = 0; i < N; i++) {
+        char rid[32];
+        snprintf(rid, sizeof rid, "req-2r-%d", i);
+        line l[] = {L("sku-2r", 1 + i % 3, 100)};
+        Order *o = must_create(i % 2 ? c2 : f.oc, &(order_spec){.rid = rid,
+                                                                .buyer = "buyer-2r",
+                                                                .merchant = "merchant-1",
+                                                                .currency = "CNY",
+                                                                .lines = l,
+                                                                .n = 1});
+        snprintf(ids[i], sizeof ids[i], "%s", o->order_id);
+        order_free(o);
+    }
+    /* both sweepers run against the same due orders */
+    long long until = hs_now_ms() + 20000;
+    for (int i = 0; i < N; i++) {
+        while (state_of(f.oc, ids[i]) == ST(PENDING_PAYMENT) && hs_now_ms() < until)
+            usleep(50000);
+        ck_assert_int_eq(state_of(f.oc, ids[i]), ST(CANCELLED));
+    }
+    wait_level(f.ic, "sku-2r", stock, 0, 0);
+    /* both replicas' relays publish (one leads); then exactly one cancel each */
+    settle(&f);
+    for (int i = 0; i < N; i++) {
+        ck_assert_int_eq(ev_count(f.log, ids[i], EV_CREATED, NULL), 1);
+        ck_assert_int_eq(ev_count(f.log, ids[i], EV_CANCELLED, NULL), 1);
+    }
+    /* and each replica's sweeper did part of the work, or one did all: the
+     * sum of their counters is the number of orders */
+    char body[65536];
+    long total = 0;
+    const hs_proc *ps[] = {&f.ord, &second};
+    for (int k = 0; k < 2; k++) {
+        ck_assert_int_eq(hs_http_get(ps[k]->admin_port, "/metrics", body, sizeof body), 200);
+        const char *m = strstr(body, "\norder_payment_timeouts_total ");
+        if (m)
+            total += strtol(m + strlen("\norder_payment_timeouts_total "), NULL, 10);
+    }
+    ck_assert_int_eq(total, N);
+    ck_assert_int_eq(violations(f.ic), 0);
+    cm_rpc_client_free(c2);
+    ck_assert_int_eq(hs_stop(&second, SIGTERM, 30000), 0);
+    fx_stop(&f);
+}
+END_TEST
+
 /* ---- kill -9 between the reservation and the order's commit ---- */
 
 typedef struct bg_create {
@@ -2907,6 +2982,7 @@ static Suite *suite(void)
                             concurrent_changes_of_one_order_lose_no_update,
                             payment_notifications_duplicated_and_out_of_order,
                             mark_paid_racing_the_timeout_has_one_winner,
+                            two_replicas_cancel_each_unpaid_order_once,
                             kill_9_between_reserve_and_commit_leaks_nothing,
                             every_order_has_exactly_one_created_and_paid_event,
                             bad_input_is_refused_and_stores_nothing,
