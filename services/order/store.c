@@ -501,12 +501,25 @@ int ord_store_create_many(cm_db *db, ord_new *items, size_t n)
 
 /* ---- payment ---- */
 
-typedef struct pay_tx {
-    const ord_pay_req *q;
+/* what every state change's transaction function gets: its request, the
+ * order to fill, and the verdict it decides (ord_store.h) */
+typedef struct change_tx {
+    const void *q;
     cm_arena *a;
     ord_order *o;
+    ord_refund *r;
+    ord_violation *v;
     int verdict;
-} pay_tx;
+} change_tx;
+
+/* runs a state change's transaction; its verdict counts once it committed */
+static int run_change(cm_db *db, cm_db_tx_fn fn, change_tx *t, int *verdict)
+{
+    int rc = cm_db_tx(db, NULL, 5, fn, t);
+    if (rc == 0)
+        *verdict = t->verdict;
+    return rc;
+}
 
 static int record_rejection(cm_db *db, const ord_pay_req *q, cm_arena *a, const char *why)
 {
@@ -529,7 +542,7 @@ static int record_rejection(cm_db *db, const ord_pay_req *q, cm_arena *a, const 
 
 static int pay_fn(cm_db *db, void *arg)
 {
-    pay_tx *t = arg;
+    change_tx *t = arg;
     const ord_pay_req *q = t->q;
     ord_order *o = t->o;
     int rc = load(db, q->tenant, q->order_id, "FOR UPDATE", t->a, o);
@@ -622,25 +635,15 @@ static int pay_fn(cm_db *db, void *arg)
 
 int ord_store_pay(cm_db *db, const ord_pay_req *q, cm_arena *a, ord_order *o, int *verdict)
 {
-    pay_tx t = {.q = q, .a = a, .o = o};
-    int rc = cm_db_tx(db, NULL, 5, pay_fn, &t);
-    if (rc == 0)
-        *verdict = t.verdict;
-    return rc;
+    change_tx t = {.q = q, .a = a, .o = o};
+    return run_change(db, pay_fn, &t, verdict);
 }
 
 /* ---- cancel, ship, complete ---- */
 
-typedef struct op_tx {
-    const ord_op_req *q;
-    cm_arena *a;
-    ord_order *o;
-    int verdict;
-} op_tx;
-
 static int op_fn(cm_db *db, void *arg)
 {
-    op_tx *t = arg;
+    change_tx *t = arg;
     const ord_op_req *q = t->q;
     ord_order *o = t->o;
     const char *k[] = {q->tenant, q->request_id};
@@ -731,27 +734,15 @@ static int op_fn(cm_db *db, void *arg)
 
 int ord_store_transition(cm_db *db, const ord_op_req *q, cm_arena *a, ord_order *o, int *verdict)
 {
-    op_tx t = {.q = q, .a = a, .o = o};
-    int rc = cm_db_tx(db, NULL, 5, op_fn, &t);
-    if (rc == 0)
-        *verdict = t.verdict;
-    return rc;
+    change_tx t = {.q = q, .a = a, .o = o};
+    return run_change(db, op_fn, &t, verdict);
 }
 
 /* ---- refund ---- */
 
-typedef struct refund_tx {
-    const ord_refund_req *q;
-    cm_arena *a;
-    ord_order *o;
-    ord_refund *r;
-    ord_violation *v;
-    int verdict;
-} refund_tx;
-
 static int refund_fn(cm_db *db, void *arg)
 {
-    refund_tx *t = arg;
+    change_tx *t = arg;
     const ord_refund_req *q = t->q;
     ord_order *o = t->o;
     const char *k[] = {q->tenant, q->refund_id};
@@ -834,11 +825,8 @@ static int refund_fn(cm_db *db, void *arg)
 int ord_store_refund(cm_db *db, const ord_refund_req *q, cm_arena *a, ord_order *o, ord_refund *r,
                      int *verdict, ord_violation *v)
 {
-    refund_tx t = {.q = q, .a = a, .o = o, .r = r, .v = v};
-    int rc = cm_db_tx(db, NULL, 5, refund_fn, &t);
-    if (rc == 0)
-        *verdict = t.verdict;
-    return rc;
+    change_tx t = {.q = q, .a = a, .o = o, .r = r, .v = v};
+    return run_change(db, refund_fn, &t, verdict);
 }
 
 /* ---- the payment-timeout sweeper ---- */
