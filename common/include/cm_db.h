@@ -45,6 +45,21 @@ int cm_db_error(cm_db *db, const PGresult *res, const char *what);
 int cm_db_exec(cm_db *db, const char *what, const char *sql, int nparams, const char *const *params,
                PGresult **out);
 
+/* cm_db_exec for a statement run often: prepared once per session under
+ * name (parse, analysis and planning are paid once), then executed with
+ * the parameters; lengths and formats as for PQexecPrepared (NULL: all
+ * text). the connection remembers what it prepared and forgets it when it
+ * reconnects. the same name must always be given the same sql. when the
+ * server lost the statement, it is prepared again — at once outside a
+ * transaction; inside cm_db_tx the attempt fails with CM_ECONFLICT so the
+ * transaction runs again. past CM_DB_PREPARED_MAX names per connection the
+ * statement runs unprepared. */
+#define CM_DB_PREPARED_MAX 128
+#define CM_DB_PREPARED_NAME 48
+int cm_db_exec_prepared(cm_db *db, const char *what, const char *name, const char *sql, int nparams,
+                        const char *const *params, const int *lengths, const int *formats,
+                        PGresult **out);
+
 /* runs fn inside BEGIN .. COMMIT. fn returns 0 to commit, a CM_E* to roll
  * back and return that code. a serialization failure or deadlock
  * (CM_ECONFLICT from fn or from COMMIT) rolls back and runs fn again, up to

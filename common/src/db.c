@@ -30,6 +30,10 @@ struct cm_db {
         void *arg;
     } on_commit[CM_DB_COMMIT_HOOKS];
     int n_on_commit;
+    /* statements prepared on the current session (cm_db_exec_prepared);
+     * forgotten when the connection is reset */
+    char (*prepared)[CM_DB_PREPARED_NAME];
+    int n_prepared;
 };
 
 /* ---- small helpers ---- */
@@ -224,6 +228,98 @@ int cm_db_exec(cm_db *db, const char *what, const char *sql, int nparams, const 
     return rc;
 }
 
+static int sqlstate_is(const PGresult *r, const char *code)
+{
+    const char *s = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
+    return s && strcmp(s, code) == 0;
+}
+
+static int is_prepared(const cm_db *db, const char *name)
+{
+    for (int i = 0; i < db->n_prepared; i++)
+        if (strcmp(db->prepared[i], name) == 0)
+            return 1;
+    return 0;
+}
+
+static void forget_prepared(cm_db *db, const char *name)
+{
+    for (int i = 0; i < db->n_prepared; i++) {
+        if (strcmp(db->prepared[i], name) == 0) {
+            memcpy(db->prepared[i], db->prepared[db->n_prepared - 1], CM_DB_PREPARED_NAME);
+            db->n_prepared--;
+            return;
+        }
+    }
+}
+
+int cm_db_exec_prepared(cm_db *db, const char *what, const char *name, const char *sql, int nparams,
+                        const char *const *params, const int *lengths, const int *formats,
+                        PGresult **out)
+{
+    if (out)
+        *out = NULL;
+    if (!db || !name || !sql || strlen(name) >= CM_DB_PREPARED_NAME || nparams < 0 ||
+        (nparams > 0 && !params))
+        return CM_EINVAL;
+    for (int attempt = 0;; attempt++) {
+        if (!is_prepared(db, name)) {
+            if (!db->prepared) {
+                db->prepared = calloc(CM_DB_PREPARED_MAX, CM_DB_PREPARED_NAME);
+                if (!db->prepared)
+                    return CM_ENOMEM;
+            }
+            if (db->n_prepared >= CM_DB_PREPARED_MAX) {
+                /* full: run it unprepared rather than grow without bound */
+                PGresult *res =
+                    PQexecParams(db->conn, sql, nparams, NULL, params, lengths, formats, 0);
+                ExecStatusType st = PQresultStatus(res);
+                if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK) {
+                    if (out)
+                        *out = res;
+                    else
+                        PQclear(res);
+                    return 0;
+                }
+                int rc = db_error(db, res, what, sql);
+                PQclear(res);
+                return rc;
+            }
+            PGresult *res = PQprepare(db->conn, name, sql, nparams, NULL);
+            int ok = PQresultStatus(res) == PGRES_COMMAND_OK || sqlstate_is(res, "42P05");
+            if (!ok) {
+                int rc = db_error(db, res, what, sql);
+                PQclear(res);
+                return rc;
+            }
+            PQclear(res);
+            snprintf(db->prepared[db->n_prepared++], CM_DB_PREPARED_NAME, "%s", name);
+        }
+        PGresult *res = PQexecPrepared(db->conn, name, nparams, params, lengths, formats, 0);
+        ExecStatusType st = PQresultStatus(res);
+        if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK) {
+            if (out)
+                *out = res;
+            else
+                PQclear(res);
+            return 0;
+        }
+        if (sqlstate_is(res, "26000")) {
+            /* the session lost it (a server-side DISCARD): prepare again,
+             * unless that aborted our transaction: then the caller's
+             * cm_db_tx runs again */
+            PQclear(res);
+            forget_prepared(db, name);
+            if (db->in_tx || attempt > 0)
+                return CM_ECONFLICT;
+            continue;
+        }
+        int rc = db_error(db, res, what, sql);
+        PQclear(res);
+        return rc;
+    }
+}
+
 /* for statements built here from quoted identifiers and integers only */
 static int exec_simple(cm_db *db, const char *what, const char *sql)
 {
@@ -276,6 +372,7 @@ static int db_reconnect(cm_db *db)
     cm_log_level lvl = db->down ? CM_LOG_DEBUG : CM_LOG_WARN;
     cm_log(lvl, "database connection lost, reconnecting", "schema", db->schema, NULL);
     PQreset(db->conn);
+    db->n_prepared = 0; /* a new session has none */
     if (PQstatus(db->conn) != CONNECTION_OK) {
         char msg[512];
         cm_log(db->down ? CM_LOG_DEBUG : CM_LOG_ERROR, "could not reconnect to database", "schema",
@@ -348,6 +445,7 @@ void cm_db_free(cm_db *db)
         return;
     if (db->conn)
         PQfinish(db->conn);
+    free(db->prepared);
     free(db->schema);
     free(db);
 }

@@ -454,15 +454,18 @@ static int insert_many(cm_db *db, ord_new *items, size_t n, cm_arena *a)
     memcpy(all + m * COLS, v.params, (size_t)v.nparams * sizeof *all);
     memcpy(lengths + m * COLS, v.lengths, (size_t)v.nparams * sizeof *lengths);
     memcpy(formats + m * COLS, v.formats, (size_t)v.nparams * sizeof *formats);
-    PGconn *conn = cm_db_conn(db);
-    if (PQstatus(conn) == CONNECTION_BAD && cm_db_ping(db) != 0) {
+    if (PQstatus(cm_db_conn(db)) == CONNECTION_BAD && cm_db_ping(db) != 0) {
         cm_outbox_values_free(&v);
         return CM_EUNAVAIL;
     }
-    conn = cm_db_conn(db);
+    /* the statement's text depends only on the batch size: prepared once
+     * per size and connection, parse and planning are paid once */
+    char name[32];
+    snprintf(name, sizeof name, "ord_create_%zu", m);
     for (int attempt = 0;; attempt++) {
-        PGresult *r = PQexecParams(conn, full, np, NULL, all, lengths, formats, 0);
-        if (PQresultStatus(r) == PGRES_TUPLES_OK) {
+        PGresult *r = NULL;
+        rc = cm_db_exec_prepared(db, "insert orders", name, full, np, all, lengths, formats, &r);
+        if (rc == 0) {
             /* RETURNING lists the rows inserted; the others exist already */
             for (int row = 0; row < PQntuples(r); row++) {
                 for (size_t i = 0; i < n; i++) {
@@ -479,8 +482,6 @@ static int insert_many(cm_db *db, ord_new *items, size_t n, cm_arena *a)
             cm_outbox_wake(db);
             return 0;
         }
-        rc = cm_db_error(db, r, "insert orders");
-        PQclear(r);
         /* a deadlock with another replica's batch: nothing was stored */
         if (rc != CM_ECONFLICT || attempt >= 4)
             break;

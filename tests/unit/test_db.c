@@ -471,6 +471,56 @@ START_TEST(tx_runs_commit_hooks_after_commit_only)
 }
 END_TEST
 
+START_TEST(exec_prepared_prepares_once_and_survives_a_lost_session)
+{
+    char s[64];
+    schema_name(s, sizeof s, "prep");
+    cm_db *db = fresh(s, "CREATE TABLE t (id int, v text)");
+    for (int i = 0; i < 5; i++) {
+        char id[16];
+        snprintf(id, sizeof id, "%d", i);
+        const char *p[] = {id, "x"};
+        ck_assert_int_eq(cm_db_exec_prepared(db, "insert", "t_ins", "INSERT INTO t VALUES ($1, $2)",
+                                             2, p, NULL, NULL, NULL),
+                         0);
+    }
+    ck_assert_int_eq(count_in(s, "t"), 5);
+    PGresult *r = NULL;
+    ck_assert_int_eq(cm_db_exec(db, "count prepared",
+                                "SELECT count(*) FROM pg_prepared_statements WHERE name = 't_ins'",
+                                0, NULL, &r),
+                     0);
+    ck_assert_str_eq(PQgetvalue(r, 0, 0), "1");
+    PQclear(r);
+    /* the server forgets it: prepared again at once outside a transaction */
+    ck_assert_int_eq(cm_db_exec(db, "deallocate", "DEALLOCATE t_ins", 0, NULL, NULL), 0);
+    const char *p[] = {"9", "y"};
+    ck_assert_int_eq(cm_db_exec_prepared(db, "insert", "t_ins", "INSERT INTO t VALUES ($1, $2)", 2,
+                                         p, NULL, NULL, &r),
+                     0);
+    PQclear(r);
+    ck_assert_int_eq(count_in(s, "t"), 6);
+    /* a killed session: the reconnect starts with nothing prepared */
+    PGconn *c = pt_admin();
+    char sql[160];
+    snprintf(sql, sizeof sql, "SELECT pg_terminate_backend(%d)", PQbackendPID(cm_db_conn(db)));
+    pt_sql(c, sql);
+    PQfinish(c);
+    ck_assert_int_eq(cm_db_ping(db), 0);
+    ck_assert_int_eq(cm_db_exec_prepared(db, "insert", "t_ins", "INSERT INTO t VALUES ($1, $2)", 2,
+                                         p, NULL, NULL, NULL),
+                     0);
+    ck_assert_int_eq(count_in(s, "t"), 7);
+    /* names too long are refused */
+    ck_assert_int_eq(cm_db_exec_prepared(db, "x",
+                                         "a_name_far_too_long_for_the_connection_registry_to_keep",
+                                         "SELECT 1", 0, NULL, NULL, NULL, NULL),
+                     CM_EINVAL);
+    cm_db_free(db);
+    drop_schema(s);
+}
+END_TEST
+
 START_TEST(tx_retries_a_serialization_failure)
 {
     char s[64];
@@ -887,6 +937,7 @@ static Suite *db_suite(void)
     tcase_add_test(tx, tx_rolls_back_when_fn_fails);
     tcase_add_test(tx, tx_refuses_nesting);
     tcase_add_test(tx, tx_runs_commit_hooks_after_commit_only);
+    tcase_add_test(tx, exec_prepared_prepares_once_and_survives_a_lost_session);
     tcase_add_test(tx, tx_retries_a_serialization_failure);
     tcase_add_test(tx, tx_gives_up_after_max_attempts);
     tcase_add_test(tx, tx_retries_write_skew_failing_a_write);
