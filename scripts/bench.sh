@@ -73,7 +73,8 @@ benchmarks:
                   --rate R (1000) --paced-duration S (20) --paced-concurrency C
                   (256) --warmup S (2) --workers W (64) --inv-workers W (64)
                   --channels N (4) --threads T (2) --skus N (10000) --lines L (2)
-                  --no-build
+                  --inventory-events on|off (on: inventory emits its events and
+                  consumes the order events, as deployed) --no-build
 
 exit: 0 targets met, 1 measurement failed, 2 usage, 3 a target was missed.
 EOF
@@ -958,7 +959,7 @@ ord_run() {
 
 bench_order() {
   local duration=10 rounds=3 concurrency=64 rate=1000 paced_duration=20 paced_concurrency=256
-  local workers=64 inv_workers=64 do_build=1
+  local workers=64 inv_workers=64 do_build=1 inv_events=on
   ord_warmup=2 ord_channels=4 ord_threads=2 ord_skus=10000 ord_lines=2 ord_waits="" ord_sampler=""
   while [ $# -gt 0 ]; do
     case "$1" in
@@ -975,11 +976,14 @@ bench_order() {
     --threads) ord_threads=$2; shift 2 ;;
     --skus) ord_skus=$2; shift 2 ;;
     --lines) ord_lines=$2; shift 2 ;;
+    --inventory-events) inv_events=$2; shift 2 ;;
     --no-build) do_build=0; shift ;;
     -h | --help) usage; exit 0 ;;
     *) usage >&2; exit 2 ;;
     esac
   done
+  [ "$inv_events" = on ] || [ "$inv_events" = off ] ||
+    { echo "bench.sh: --inventory-events takes on or off, got '$inv_events'" >&2; exit 2; }
   local v
   for v in "$duration" "$rounds" "$concurrency" "$rate" "$paced_duration" "$paced_concurrency" \
     "$workers" "$inv_workers" "$ord_channels" "$ord_threads" "$ord_skus" "$ord_lines"; do
@@ -1033,6 +1037,11 @@ bench_order() {
   inv_schema=ordinv_bench_$tag
   topic=bench.order.$tag
   "$root/scripts/kafka.sh" topic "$topic" 6 || die "could not create $topic"
+  if [ "$inv_events" = on ]; then
+    # inventory's own topic (catalogue) and its consumer's dead-letter topic
+    "$root/scripts/kafka.sh" topics >/dev/null || die "could not create the catalogue topics"
+    "$root/scripts/kafka.sh" topic "$topic.dlq" 1 || die "could not create $topic.dlq"
+  fi
 
   echo "== settings"
   echo "path         loadgen -> commerce-order CreateOrder: validate, Reserve in commerce-inventory"
@@ -1042,8 +1051,14 @@ bench_order() {
   echo "orders       $ord_lines lines each, qty 1, distinct random skus of $ord_skus (each stocked"
   echo "             with 10^9 units), random buyer and merchant, a fresh request_id per call"
   echo "services     commerce-order WORKERS=$workers, commerce-inventory WORKERS=$inv_workers"
-  echo "             (INVENTORY_EVENTS=off, INVENTORY_CONSUME_ORDERS=off: inventory's own events"
-  echo "             are not part of this path), LOG_LEVEL=warn, release build"
+  if [ "$inv_events" = on ]; then
+    echo "             inventory as deployed: its StockChanged events through its outbox to"
+    echo "             commerce.inventory.v1, and consuming $topic (the order events) through"
+    echo "             its inbox; LOG_LEVEL=warn, release build"
+  else
+    echo "             (--inventory-events off: INVENTORY_EVENTS=off, INVENTORY_CONSUME_ORDERS=off,"
+    echo "             inventory's own events left out), LOG_LEVEL=warn, release build"
+  fi
   echo "full speed   closed loop, $concurrency in flight, $ord_channels channels, $ord_threads loadgen threads;"
   echo "             $rounds rounds of ${ord_warmup} s warmup + ${duration} s; median over rounds"
   echo "paced        $rate orders/s offered on a fixed schedule for ${paced_duration} s after ${ord_warmup} s"
@@ -1059,10 +1074,14 @@ bench_order() {
   # inventory first: it makes its schema, then the stock is loaded
   local inv_port inv_admin ord_admin
   inv_port=$(free_port) inv_admin=$(free_port)
+  local -a inv_env=(INVENTORY_EVENTS=off INVENTORY_CONSUME_ORDERS=off KAFKA_BROKERS=127.0.0.1:9)
+  if [ "$inv_events" = on ]; then
+    inv_env=(INVENTORY_EVENTS=on INVENTORY_CONSUME_ORDERS=on INVENTORY_ORDER_TOPIC="$topic"
+      INVENTORY_ORDER_GROUP="bench.inventory.$topic" KAFKA_BROKERS="$brokers")
+  fi
   spawn "$workdir/inventory.log" env GRPC_LISTEN="127.0.0.1:$inv_port" \
     ADMIN_LISTEN="127.0.0.1:$inv_admin" PG_DSN="$PG_DSN" WORKERS="$inv_workers" LOG_LEVEL=warn \
-    INVENTORY_SCHEMA="$inv_schema" INVENTORY_EVENTS=off INVENTORY_CONSUME_ORDERS=off \
-    KAFKA_BROKERS=127.0.0.1:9 "$bin/commerce-inventory"
+    INVENTORY_SCHEMA="$inv_schema" "${inv_env[@]}" "$bin/commerce-inventory"
   ord_inv_pid=$last_pid
   wait_http_ok "http://127.0.0.1:$inv_admin/readyz" "$ord_inv_pid" "$workdir/inventory.log"
   wait_tcp "$inv_port" "$ord_inv_pid" "$workdir/inventory.log"
@@ -1170,6 +1189,7 @@ SQL
     echo "kept         schemas $schema and $inv_schema to look at" >&2
   fi
   "$root/scripts/kafka.sh" delete-topic "$topic" >/dev/null 2>&1 || true
+  "$root/scripts/kafka.sh" delete-topic "$topic.dlq" >/dev/null 2>&1 || true
 
   echo
   if [ "$failed" = 1 ] || [ "${#full[@]}" = 0 ] || [ -z "$paced_json" ]; then

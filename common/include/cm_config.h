@@ -85,6 +85,16 @@ int cm_config_main_args(int argc, char **argv, const cm_config_defaults *d, int 
  * when addr is not such an address. */
 int cm_config_port_of(const char *addr);
 
+/* a service's own integer variable: def when unset or empty; otherwise the
+ * whole value must be a decimal integer in [lo, hi], else def is returned
+ * and *bad set to 1 (so a service checks all its variables, then refuses to
+ * start with one line naming them). */
+long cm_config_env_long(const char *name, long def, long lo, long hi, int *bad);
+
+/* a service's own on/off switch: def when unset or empty, 1 for "on", 0 for
+ * "off", anything else sets *bad and gives def. */
+int cm_config_env_onoff(const char *name, int def, int *bad);
+
 /* points s at cfg's auth fields (no copies: cfg must outlive the
  * cm_auth_new call). */
 void cm_config_auth_settings(const cm_config *cfg, cm_auth_settings *s);

@@ -538,3 +538,32 @@ void cm_config_auth_settings(const cm_config *cfg, cm_auth_settings *s)
     s->audience = cfg->jwt_audience[0] ? cfg->jwt_audience : NULL;
     s->leeway_s = cfg->jwt_leeway_s;
 }
+
+long cm_config_env_long(const char *name, long def, long lo, long hi, int *bad)
+{
+    const char *v = getenv(name);
+    if (!v || !*v)
+        return def;
+    char *end = NULL;
+    errno = 0;
+    long n = strtol(v, &end, 10);
+    /* strtol would skip leading blanks: the whole value must be the number */
+    if (errno || *end || !(*v == '-' || (*v >= '0' && *v <= '9')) || n < lo || n > hi) {
+        *bad = 1;
+        return def;
+    }
+    return n;
+}
+
+int cm_config_env_onoff(const char *name, int def, int *bad)
+{
+    const char *v = getenv(name);
+    if (!v || !*v)
+        return def;
+    if (strcmp(v, "on") == 0)
+        return 1;
+    if (strcmp(v, "off") == 0)
+        return 0;
+    *bad = 1;
+    return def;
+}

@@ -9,7 +9,9 @@
 #include "cm_id.h"
 #include "cm_log.h"
 #include "cm_metrics.h"
+#include "cm_pb.h"
 #include "cm_rpc_client.h"
+#include "cm_ticker.h"
 #include "ord_batch.h"
 #include "ord_domain.h"
 #include "ord_events.h"
@@ -46,11 +48,9 @@ typedef struct ord_app {
     int64_t timeout_ms, flash_timeout_ms, margin_ms;
     int inv_timeout_ms, sweep_ms, pause_ms;
     ord_batcher *batch;
-    pthread_t sweeper;
-    int sweeper_started;
+    cm_ticker *sweeper; /* payment timeouts and queued releases */
+    cm_db *sweep_db;    /* the sweeper's own connection (its thread only) */
     pthread_mutex_t mu;
-    pthread_cond_t wake;
-    int stop;
     tenant_entry tenants[TENANT_CACHE];
     struct pending_release *releases; /* for the sweeper thread to send */
     cm_counter *rejected, *timed_out, *released;
@@ -65,11 +65,6 @@ static int64_t now_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-static int64_t ts_ms(const Google__Protobuf__Timestamp *t)
-{
-    return t ? t->seconds * 1000 + t->nanos / 1000000 : 0;
-}
-
 /* a Timestamp field: unset gives def; a negative or absurd one is refused */
 static int check_ts(cm_rpc_ctx *ctx, const Google__Protobuf__Timestamp *t, const char *field,
                     int64_t now, int64_t *out)
@@ -80,7 +75,7 @@ static int check_ts(cm_rpc_ctx *ctx, const Google__Protobuf__Timestamp *t, const
     }
     if (t->seconds <= 0 || t->nanos < 0 || t->nanos > 999999999)
         return cm_rpc_fail_field(ctx, field, "must be a valid time after 1970");
-    *out = ts_ms(t);
+    *out = cm_pb_timestamp_ms(t);
     if (*out > now + ORD_PAID_AT_SKEW_MS)
         return cm_rpc_fail_field(ctx, field, "must not be more than 5 minutes in the future");
     return 0;
@@ -260,8 +255,8 @@ static int list_orders(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMes
     qsort(states, req->n_states, sizeof states[0], int_cmp);
     int64_t from = 0, to = 0;
     if (req->created) {
-        from = ts_ms(req->created->start_at);
-        to = ts_ms(req->created->end_at);
+        from = cm_pb_timestamp_ms(req->created->start_at);
+        to = cm_pb_timestamp_ms(req->created->end_at);
         if (from && to && to <= from)
             return cm_rpc_fail_field(ctx, "created.end_at", "must be after created.start_at");
     }
@@ -390,8 +385,8 @@ static void release(ord_app *app, cm_rpc_ctx *ctx, const char *order_id)
     pthread_mutex_lock(&app->mu);
     r->next = app->releases;
     app->releases = r;
-    pthread_cond_broadcast(&app->wake);
     pthread_mutex_unlock(&app->mu);
+    cm_ticker_wake(app->sweeper);
 }
 
 /* on the sweeper thread: sends the queued releases */
@@ -589,7 +584,7 @@ static int create_order(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMe
     if (o->flash && ci.timeout_ms < 0)
         timeout = flash;
     o->created_ms = now_ms();
-    o->resv_expires_ms = ts_ms(resv->expires_at);
+    o->resv_expires_ms = cm_pb_timestamp_ms(resv->expires_at);
     o->deadline_ms = ord_deadline(o->created_ms, timeout, o->resv_expires_ms, app->margin_ms);
     if (app->pause_ms > 0)
         usleep((useconds_t)app->pause_ms * 1000); /* tests: a window to kill -9 in */
@@ -940,64 +935,33 @@ const size_t ord_methods_count = sizeof ord_methods / sizeof ord_methods[0];
 
 /* ---- app: inventory client, sweeper ---- */
 
-static long env_long(const char *name, long def, long lo, long hi, int *bad)
-{
-    const char *v = getenv(name);
-    if (!v || !*v)
-        return def;
-    char *end = NULL;
-    errno = 0;
-    long n = strtol(v, &end, 10);
-    if (errno || *end || n < lo || n > hi) {
-        *bad = 1;
-        return def;
-    }
-    return n;
-}
-
 static const char *schema_name(void)
 {
     const char *s = getenv("ORDER_SCHEMA");
     return s && *s ? s : "orders";
 }
 
-static void *sweeper_main(void *p)
+/* a sweeper tick: the queued releases, then unpaid orders past their
+ * deadline */
+static void sweep(void *p)
 {
     ord_app *app = p;
-    const cm_config *c = cm_service_config(app->svc);
-    cm_db *db = NULL;
     char err[256];
-    for (;;) {
-        pthread_mutex_lock(&app->mu);
-        if (!app->stop && !app->releases) {
-            struct timespec ts;
-            clock_gettime(CLOCK_REALTIME, &ts);
-            long long ns = ts.tv_nsec + (long long)app->sweep_ms * 1000000LL;
-            ts.tv_sec += (time_t)(ns / 1000000000LL);
-            ts.tv_nsec = (long)(ns % 1000000000LL);
-            pthread_cond_timedwait(&app->wake, &app->mu, &ts);
-        }
-        int stop = app->stop;
-        pthread_mutex_unlock(&app->mu);
-        send_releases(app); /* also on the way out: the drain lets them go */
-        if (stop)
-            break;
-        if (!db && cm_db_connect(&db, c->pg_dsn, schema_name(), err, sizeof err) != 0) {
-            cm_log_warn("sweeper could not connect", "detail", err, NULL);
-            db = NULL;
-            continue;
-        }
-        int cancelled = 0, rc;
-        do {
-            rc = ord_store_cancel_due(db, now_ms(), 200, &cancelled);
-            if (rc == 0 && cancelled)
-                cm_counter_add(app->timed_out, (uint64_t)cancelled);
-        } while (rc == 0 && cancelled == 200);
-        if (rc)
-            cm_log_warn("sweeper could not cancel unpaid orders", "error", cm_strerror(rc), NULL);
+    send_releases(app);
+    if (!app->sweep_db && cm_db_connect(&app->sweep_db, cm_service_config(app->svc)->pg_dsn,
+                                        schema_name(), err, sizeof err) != 0) {
+        cm_log_warn("sweeper could not connect", "detail", err, NULL);
+        app->sweep_db = NULL;
+        return;
     }
-    cm_db_free(db);
-    return NULL;
+    int cancelled = 0, rc;
+    do {
+        rc = ord_store_cancel_due(app->sweep_db, now_ms(), 200, &cancelled);
+        if (rc == 0 && cancelled)
+            cm_counter_add(app->timed_out, (uint64_t)cancelled);
+    } while (rc == 0 && cancelled == 200);
+    if (rc)
+        cm_log_warn("sweeper could not cancel unpaid orders", "error", cm_strerror(rc), NULL);
 }
 
 int ord_app_init(cm_service *svc, void **out, char *err, size_t errlen)
@@ -1008,14 +972,17 @@ int ord_app_init(cm_service *svc, void **out, char *err, size_t errlen)
     app->svc = svc;
     const cm_config *c = cm_service_config(svc);
     int bad = 0;
-    app->timeout_ms = env_long("ORDER_PAYMENT_TIMEOUT_S", 1800, 1, 259200, &bad) * 1000LL;
+    app->timeout_ms = cm_config_env_long("ORDER_PAYMENT_TIMEOUT_S", 1800, 1, 259200, &bad) * 1000LL;
     app->flash_timeout_ms =
-        env_long("ORDER_FLASH_PAYMENT_TIMEOUT_S", 300, 1, 259200, &bad) * 1000LL;
-    app->margin_ms = env_long("ORDER_RESERVATION_MARGIN_S", 3600, 1, 86400, &bad) * 1000LL;
-    app->sweep_ms = (int)env_long("ORDER_SWEEP_MS", 1000, 50, 600000, &bad);
-    app->inv_timeout_ms = (int)env_long("ORDER_INVENTORY_TIMEOUT_MS", 2000, 10, 60000, &bad);
-    app->pause_ms = (int)env_long("ORDER_DEBUG_PAUSE_AFTER_RESERVE_MS", 0, 0, 600000, &bad);
-    int max_batch = (int)env_long("ORDER_MAX_BATCH", 64, 1, ORD_BATCH_MAX, &bad);
+        cm_config_env_long("ORDER_FLASH_PAYMENT_TIMEOUT_S", 300, 1, 259200, &bad) * 1000LL;
+    app->margin_ms =
+        cm_config_env_long("ORDER_RESERVATION_MARGIN_S", 3600, 1, 86400, &bad) * 1000LL;
+    app->sweep_ms = (int)cm_config_env_long("ORDER_SWEEP_MS", 1000, 50, 600000, &bad);
+    app->inv_timeout_ms =
+        (int)cm_config_env_long("ORDER_INVENTORY_TIMEOUT_MS", 2000, 10, 60000, &bad);
+    app->pause_ms =
+        (int)cm_config_env_long("ORDER_DEBUG_PAUSE_AFTER_RESERVE_MS", 0, 0, 600000, &bad);
+    int max_batch = (int)cm_config_env_long("ORDER_MAX_BATCH", 64, 1, ORD_BATCH_MAX, &bad);
     if (bad) {
         snprintf(err, errlen,
                  "ORDER_PAYMENT_TIMEOUT_S and ORDER_FLASH_PAYMENT_TIMEOUT_S (1..259200), "
@@ -1038,7 +1005,6 @@ int ord_app_init(cm_service *svc, void **out, char *err, size_t errlen)
         return rc;
     }
     pthread_mutex_init(&app->mu, NULL);
-    pthread_cond_init(&app->wake, NULL);
     cm_metrics *m = cm_service_metrics(svc);
     app->rejected = cm_metrics_counter(
         m, "order_payments_rejected_total",
@@ -1050,14 +1016,14 @@ int ord_app_init(cm_service *svc, void **out, char *err, size_t errlen)
     app->released =
         cm_metrics_counter(m, "order_reservations_released_total",
                            "reservations given back because their order could not be stored", NULL);
-    if (pthread_create(&app->sweeper, NULL, sweeper_main, app) != 0) {
+    if (cm_ticker_start(&app->sweeper, app->sweep_ms, sweep, app) != 0) {
         ord_batcher_free(app->batch);
         cm_rpc_client_free(app->inv);
+        pthread_mutex_destroy(&app->mu);
         free(app);
         snprintf(err, errlen, "could not start the sweeper");
         return CM_ENOMEM;
     }
-    app->sweeper_started = 1;
     *out = app;
     return 0;
 }
@@ -1068,23 +1034,11 @@ void ord_app_fini(cm_service *svc, void *p)
     ord_app *app = p;
     if (!app)
         return;
-    pthread_mutex_lock(&app->mu);
-    app->stop = 1;
-    pthread_cond_broadcast(&app->wake);
-    pthread_mutex_unlock(&app->mu);
-    if (app->sweeper_started)
-        pthread_join(app->sweeper, NULL);
-    while (app->releases) {
-        /* not sent before the drain ended: their ttl releases them */
-        pending_release *r = app->releases;
-        app->releases = r->next;
-        cm_log_warn("reservation release not sent before shutdown; its ttl will", "order_id",
-                    r->order_id, NULL);
-        free(r);
-    }
+    cm_ticker_free(app->sweeper);
+    cm_db_free(app->sweep_db);
+    send_releases(app); /* the drain has let the calls go: these still may */
     ord_batcher_free(app->batch);
     cm_rpc_client_free(app->inv);
     pthread_mutex_destroy(&app->mu);
-    pthread_cond_destroy(&app->wake);
     free(app);
 }

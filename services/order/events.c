@@ -4,6 +4,7 @@
 #include "cm_err.h"
 #include "cm_id.h"
 #include "cm_outbox.h"
+#include "cm_pb.h"
 
 #include <string.h>
 
@@ -23,30 +24,6 @@ void ord_events_set_topic(const char *t)
         topic = t;
 }
 
-Google__Protobuf__Timestamp *ord_pb_ts(cm_arena *a, int64_t ms)
-{
-    if (ms <= 0)
-        return NULL;
-    Google__Protobuf__Timestamp *t = cm_arena_calloc(a, 1, sizeof *t);
-    if (!t)
-        return NULL;
-    google__protobuf__timestamp__init(t);
-    t->seconds = ms / 1000;
-    t->nanos = (int32_t)(ms % 1000) * 1000000;
-    return t;
-}
-
-static Commerce__Common__V1__Money *money(cm_arena *a, int64_t amount, const char *currency)
-{
-    Commerce__Common__V1__Money *m = cm_arena_calloc(a, 1, sizeof *m);
-    if (!m)
-        return NULL;
-    commerce__common__v1__money__init(m);
-    m->amount_minor = amount;
-    m->currency = cm_arena_strdup(a, currency);
-    return m;
-}
-
 Commerce__Order__V1__Refund *ord_pb_refund(cm_arena *a, const ord_refund *r, const char *currency)
 {
     Commerce__Order__V1__Refund *m = cm_arena_calloc(a, 1, sizeof *m);
@@ -55,9 +32,9 @@ Commerce__Order__V1__Refund *ord_pb_refund(cm_arena *a, const ord_refund *r, con
     commerce__order__v1__refund__init(m);
     m->refund_id = cm_arena_strdup(a, r->refund_id);
     m->scope = (Commerce__Order__V1__RefundScope)r->scope;
-    m->amount = money(a, r->amount, currency);
+    m->amount = cm_pb_money(a, r->amount, currency);
     m->reason = cm_arena_strdup(a, r->reason);
-    m->created_at = ord_pb_ts(a, r->created_ms);
+    m->created_at = cm_pb_timestamp(a, r->created_ms);
     if (r->nlines) {
         m->lines = cm_arena_calloc(a, r->nlines, sizeof *m->lines);
         if (!m->lines)
@@ -69,7 +46,7 @@ Commerce__Order__V1__Refund *ord_pb_refund(cm_arena *a, const ord_refund *r, con
             commerce__order__v1__refund_line__init(l);
             l->sku = cm_arena_strdup(a, r->lines[i].sku);
             l->quantity = r->lines[i].qty;
-            l->amount = money(a, r->lines[i].amount, currency);
+            l->amount = cm_pb_money(a, r->lines[i].amount, currency);
             m->lines[i] = l;
         }
         m->n_lines = r->nlines;
@@ -101,27 +78,27 @@ Commerce__Order__V1__Order *ord_pb_order(cm_arena *a, const ord_order *o)
         commerce__order__v1__order_line__init(l);
         l->sku = cm_arena_strdup(a, ol->sku);
         l->quantity = ol->qty;
-        l->unit_price = money(a, ol->unit_price, o->currency);
-        l->line_total = money(a, ol->line_total, o->currency);
+        l->unit_price = cm_pb_money(a, ol->unit_price, o->currency);
+        l->line_total = cm_pb_money(a, ol->line_total, o->currency);
         l->refunded_quantity = ol->refunded_qty;
-        l->refunded_amount = money(a, ol->refunded_amount, o->currency);
+        l->refunded_amount = cm_pb_money(a, ol->refunded_amount, o->currency);
         l->flash_sale_id = cm_arena_strdup(a, ol->flash_sale_id);
         m->lines[i] = l;
     }
     m->n_lines = o->nlines;
-    m->total_amount = money(a, o->total, o->currency);
-    m->refunded_amount = money(a, o->refunded, o->currency);
+    m->total_amount = cm_pb_money(a, o->total, o->currency);
+    m->refunded_amount = cm_pb_money(a, o->refunded, o->currency);
     if (o->payment_id[0]) {
         Commerce__Order__V1__Payment *p = cm_arena_calloc(a, 1, sizeof *p);
         if (!p)
             return NULL;
         commerce__order__v1__payment__init(p);
         p->payment_id = cm_arena_strdup(a, o->payment_id);
-        p->amount = money(a, o->pay_amount, o->currency);
+        p->amount = cm_pb_money(a, o->pay_amount, o->currency);
         p->provider = cm_arena_strdup(a, o->provider);
         p->provider_reference = cm_arena_strdup(a, o->provider_ref);
-        p->paid_at = ord_pb_ts(a, o->paid_ms);
-        p->recorded_at = ord_pb_ts(a, o->pay_recorded_ms);
+        p->paid_at = cm_pb_timestamp(a, o->paid_ms);
+        p->recorded_at = cm_pb_timestamp(a, o->pay_recorded_ms);
         m->payment = p;
     }
     if (o->nrefunds) {
@@ -142,18 +119,18 @@ Commerce__Order__V1__Order *ord_pb_order(cm_arena *a, const ord_order *o)
         commerce__order__v1__shipment__init(s);
         s->carrier = cm_arena_strdup(a, o->carrier);
         s->tracking_number = cm_arena_strdup(a, o->tracking);
-        s->shipped_at = ord_pb_ts(a, o->shipped_ms);
+        s->shipped_at = cm_pb_timestamp(a, o->shipped_ms);
         m->shipment = s;
     }
     m->cancel_reason = (Commerce__Order__V1__CancelReason)o->cancel_reason;
     m->cancel_note = cm_arena_strdup(a, o->cancel_note);
     m->flash_sale = o->flash;
     m->external_ref = cm_arena_strdup(a, o->external_ref);
-    m->created_at = ord_pb_ts(a, o->created_ms);
-    m->updated_at = ord_pb_ts(a, o->updated_ms);
-    m->payment_deadline = ord_pb_ts(a, o->deadline_ms);
-    m->cancelled_at = ord_pb_ts(a, o->cancelled_ms);
-    m->completed_at = ord_pb_ts(a, o->completed_ms);
+    m->created_at = cm_pb_timestamp(a, o->created_ms);
+    m->updated_at = cm_pb_timestamp(a, o->updated_ms);
+    m->payment_deadline = cm_pb_timestamp(a, o->deadline_ms);
+    m->cancelled_at = cm_pb_timestamp(a, o->cancelled_ms);
+    m->completed_at = cm_pb_timestamp(a, o->completed_ms);
     return m;
 }
 
@@ -170,7 +147,7 @@ int ord_ev_build(cm_arena *a, const char *tenant, int kind, const ord_order *o, 
         return rc;
     Commerce__Order__V1__Order *order = ord_pb_order(a, o);
     /* when it happened: the change's own time */
-    Google__Protobuf__Timestamp *at = ord_pb_ts(a, o->updated_ms);
+    Google__Protobuf__Timestamp *at = cm_pb_timestamp(a, o->updated_ms);
     if (!order || !at)
         return CM_ENOMEM;
     const char *type = NULL;

@@ -46,8 +46,8 @@ struct cm_outbox_event;
 int ord_ev_build(cm_arena *a, const char *tenant, int kind, const ord_order *o, int prev_state,
                  const ord_refund *r, struct cm_outbox_event *ev);
 
-/* conversions; everything is allocated in a. NULL on out of memory. */
-Google__Protobuf__Timestamp *ord_pb_ts(cm_arena *a, int64_t ms);
+/* conversions; everything is allocated in a. NULL on out of memory.
+ * (timestamps and money: cm_pb.h) */
 Commerce__Order__V1__Order *ord_pb_order(cm_arena *a, const ord_order *o);
 Commerce__Order__V1__Refund *ord_pb_refund(cm_arena *a, const ord_refund *r, const char *currency);
 

@@ -423,6 +423,36 @@ START_TEST(unknown_argument_is_one_line_error)
 }
 END_TEST
 
+START_TEST(service_variables_are_checked_whole)
+{
+    int bad = 0;
+    unsetenv("CM_TEST_N");
+    ck_assert_int_eq(cm_config_env_long("CM_TEST_N", 7, 1, 10, &bad), 7);
+    setenv("CM_TEST_N", "", 1);
+    ck_assert_int_eq(cm_config_env_long("CM_TEST_N", 7, 1, 10, &bad), 7);
+    setenv("CM_TEST_N", "10", 1);
+    ck_assert_int_eq(cm_config_env_long("CM_TEST_N", 7, 1, 10, &bad), 10);
+    ck_assert_int_eq(bad, 0);
+    const char *wrong[] = {"11", "0", "5x", " 5", "-3", "99999999999999999999"};
+    for (size_t i = 0; i < sizeof wrong / sizeof wrong[0]; i++) {
+        bad = 0;
+        setenv("CM_TEST_N", wrong[i], 1);
+        ck_assert_int_eq(cm_config_env_long("CM_TEST_N", 7, 1, 10, &bad), 7);
+        ck_assert_msg(bad == 1, "\"%s\" accepted", wrong[i]);
+    }
+    bad = 0;
+    setenv("CM_TEST_N", "on", 1);
+    ck_assert_int_eq(cm_config_env_onoff("CM_TEST_N", 0, &bad), 1);
+    setenv("CM_TEST_N", "off", 1);
+    ck_assert_int_eq(cm_config_env_onoff("CM_TEST_N", 1, &bad), 0);
+    ck_assert_int_eq(bad, 0);
+    setenv("CM_TEST_N", "yes", 1);
+    ck_assert_int_eq(cm_config_env_onoff("CM_TEST_N", 1, &bad), 1);
+    ck_assert_int_eq(bad, 1);
+    unsetenv("CM_TEST_N");
+}
+END_TEST
+
 static Suite *config_suite(void)
 {
     Suite *s = suite_create("config");
@@ -441,6 +471,7 @@ static Suite *config_suite(void)
     tcase_add_test(tc, tls_files_must_be_readable);
     tcase_add_test(tc, overlong_value_is_rejected);
     tcase_add_test(tc, port_of_parses_address_forms);
+    tcase_add_test(tc, service_variables_are_checked_whole);
     suite_add_tcase(s, tc);
 
     TCase *args = tcase_create("args");
