@@ -1807,6 +1807,56 @@ START_TEST(flash_sale_updates_change_a_running_sale_within_its_invariants)
 }
 END_TEST
 
+/* ---- a lost database connection ---- */
+
+/* the service's connections to the test's schema ended by the server */
+static long terminate_service_backends(void)
+{
+    char sql[256];
+    snprintf(sql, sizeof sql,
+             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+             "WHERE application_name = 'commerce-%s'",
+             schema);
+    return sql_long(sql);
+}
+
+START_TEST(reserve_survives_lost_database_connections)
+{
+    new_schema();
+    hs_proc p[2];
+    const char *naive[] = {"INVENTORY_HOT_PATH=off", NULL};
+    spawn(&p[0], NULL);
+    spawn(&p[1], naive);
+    cm_rpc_client *c[2] = {client_for(&p[0]), client_for(&p[1])};
+    ck_assert_int_eq(set_stock(c[0], "r1", "sku-l", 10), 0);
+    /* each path has prepared its statements on its connection */
+    ck_assert_int_eq(reserve1(c[0], "l-1", "sku-l", 1, NULL), 0);
+    ck_assert_int_eq(reserve1(c[1], "l-2", "sku-l", 1, NULL), 0);
+    ck_assert_int_gt(terminate_service_backends(), 0);
+    /* new connections, without the prepared statements: still served */
+    cm_rpc_status st;
+    ck_assert_msg(reserve1(c[0], "l-3", "sku-l", 1, &st) == 0, "hot path: %s", st.message);
+    ck_assert_msg(reserve1(c[1], "l-4", "sku-l", 1, &st) == 0, "naive path: %s", st.message);
+    ck_assert_int_eq(reserve1(c[0], "l-5", "sku-l", 1, NULL), 0);
+    /* a worker finds its ended connection on its next query: that call is
+     * UNAVAILABLE (retry, as the proto says) and the worker reconnects */
+    level l = get_level(c[0], "sku-l");
+    for (int i = 0; i < 40 && l.reserved < 0; i++)
+        l = get_level(c[0], "sku-l");
+    ck_assert_int_eq(l.reserved, 5);
+    ck_assert_int_eq(l.available, 5);
+    long v = violations(c[0]);
+    for (int i = 0; i < 40 && v < 0; i++)
+        v = violations(c[0]);
+    ck_assert_int_eq(v, 0);
+    for (int i = 0; i < 2; i++) {
+        cm_rpc_client_free(c[i]);
+        ck_assert_int_eq(hs_stop(&p[i], SIGTERM, 20000), 0);
+    }
+    drop_schema();
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("inventory");
@@ -1826,6 +1876,7 @@ static Suite *suite(void)
     tcase_add_test(t, list_flash_sales_returns_configured_sales);
     tcase_add_test(t, reserve_burst_emits_one_stock_changed_per_line);
     tcase_add_test(t, flash_sale_updates_change_a_running_sale_within_its_invariants);
+    tcase_add_test(t, reserve_survives_lost_database_connections);
     suite_add_tcase(s, t);
     return s;
 }
