@@ -40,7 +40,7 @@
  * take effect.
  *
  * metrics: consumer_processed_total{topic,group,result="applied"|"duplicate"|
- * "dead_lettered"}, consumer_lag{topic,group,partition},
+ * "skipped"|"dead_lettered"}, consumer_lag{topic,group,partition},
  * consumer_handler_seconds{topic,group}, consumer_retries_total{topic,group}.
  */
 #ifndef CM_CONSUMER_H
@@ -113,6 +113,11 @@ typedef struct cm_consumer_opts {
      * (applied or duplicate), before its offset is stored: for tests that
      * crash at the worst moment, or post-commit work. may be NULL. */
     void (*after_commit)(const cm_event *ev, int duplicate, void *arg);
+    /* the ce_types the handler acts on, NULL-terminated; NULL: every type.
+     * records of other types (another service's events on a shared topic)
+     * are acknowledged without a transaction or an inbox row — there is no
+     * effect to deduplicate — counted as result="skipped". */
+    const char *const *types;
 } cm_consumer_opts;
 
 typedef struct cm_consumer cm_consumer;

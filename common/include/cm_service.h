@@ -37,7 +37,8 @@ typedef struct cm_service_consumer {
     cm_consumer_fn handler;
     /* optional, see cm_consumer_opts.after_commit (arg: the app state) */
     void (*after_commit)(const cm_event *ev, int duplicate, void *arg);
-    int batch_size; /* see cm_consumer_opts.batch_size; 0: its default */
+    int batch_size;           /* see cm_consumer_opts.batch_size; 0: its default */
+    const char *const *types; /* see cm_consumer_opts.types; NULL: every type */
 } cm_service_consumer;
 
 typedef struct cm_service_def {

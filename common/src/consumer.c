@@ -70,6 +70,9 @@ struct cm_consumer {
     atomic_uint_fast64_t n_applied, n_duplicates, n_dead, n_retries;
     cm_counter *c_applied;
     cm_counter *c_duplicate;
+    cm_counter *c_skipped;
+    char **types; /* ce_types the handler acts on (NULL: all) */
+    size_t ntypes;
     cm_counter *c_dead;
     cm_counter *c_retries;
     cm_histogram *h_handler;
@@ -514,7 +517,7 @@ static enum outcome process(cm_consumer *c, const rd_kafka_message_t *m, int fir
  * applied at all) goes through process() after that commit; the records
  * after it in its partition are DEFERRED to the next batch, so a key's
  * events never overtake each other. */
-enum item_state { ACTIVE, FAILED, DEFERRED, DROPPED };
+enum item_state { ACTIVE, FAILED, DEFERRED, DROPPED, SKIPPED };
 
 typedef struct batch_item {
     rd_kafka_message_t *m;
@@ -679,6 +682,18 @@ static void rewind_partition(cm_consumer *c, const rd_kafka_message_t *m)
     rd_kafka_topic_partition_list_destroy(l);
 }
 
+/* 1 when the handler acts on events of this type (every type without a
+ * list) */
+static int wanted(const cm_consumer *c, const char *type)
+{
+    if (!c->ntypes)
+        return 1;
+    for (size_t i = 0; i < c->ntypes; i++)
+        if (strcmp(c->types[i], type) == 0)
+            return 1;
+    return 0;
+}
+
 /* applies c->msgs; what is deferred stays in c->msgs for the next batch */
 static void run_batch(cm_consumer *c, batch_item *items)
 {
@@ -692,6 +707,9 @@ static void run_batch(cm_consumer *c, batch_item *items)
         if (items[i].state == ACTIVE && (!items[i].buf || !cm_id_is_uuid(items[i].ev.id))) {
             items[i].state = FAILED;
             defer_partition_after(items, n, i);
+        } else if (items[i].state == ACTIVE && !wanted(c, items[i].ev.type)) {
+            /* no effect to apply, so nothing to deduplicate: no inbox row */
+            items[i].state = SKIPPED;
         }
     }
     /* worst case of an array literal: every character escaped, quotes, comma */
@@ -703,6 +721,11 @@ static void run_batch(cm_consumer *c, batch_item *items)
         .c = c, .items = items, .n = n, .ids = malloc(ids_cap), .tenants = malloc(ten_cap)};
     int committed = 0, per_record = !t.ids || !t.tenants;
     int db_waits = 0, failures = 0;
+    size_t nactive = 0;
+    for (size_t i = 0; i < n; i++)
+        nactive += items[i].state == ACTIVE;
+    if (nactive == 0 && !per_record)
+        committed = 1; /* only skipped records (or none): no transaction */
     while (!committed && !per_record) {
         int rc = cm_db_tx(c->db, NULL, 1, batch_in_tx, &t);
         if (rc == 0) {
@@ -742,12 +765,16 @@ static void run_batch(cm_consumer *c, batch_item *items)
                 atomic_fetch_add(&c->n_applied, 1);
             }
         }
-        for (size_t i = 0; i < n; i++)
-            if (items[i].state == ACTIVE)
+        for (size_t i = 0; i < n; i++) {
+            if (items[i].state == SKIPPED)
+                cm_counter_add(c->c_skipped, 1);
+            if (items[i].state == ACTIVE || items[i].state == SKIPPED)
                 store_offset(c, items[i].m->partition, items[i].m->offset + 1);
+        }
     } else if (per_record) {
         for (size_t i = 0; i < n; i++)
-            items[i].state = FAILED;
+            if (items[i].state == ACTIVE)
+                items[i].state = FAILED;
     }
     /* the failed records one at a time, in order. after an abandoned one
      * its partition's later records are dropped (and the partition rewound
@@ -983,6 +1010,16 @@ int cm_consumer_start(cm_consumer **out, const cm_consumer_opts *o, char *err, s
     c->commit_interval_ms = o->commit_interval_ms > 0 ? o->commit_interval_ms : 500;
     c->batch_size = o->batch_size > 0 ? (o->batch_size < 10000 ? o->batch_size : 10000) : 500;
     c->after_commit = o->after_commit;
+    size_t ntypes = 0;
+    for (size_t i = 0; o->types && o->types[i]; i++)
+        ntypes++;
+    int types_ok = 1;
+    if (ntypes) {
+        c->types = calloc(ntypes, sizeof *c->types);
+        types_ok = c->types != NULL;
+        for (size_t i = 0; types_ok && i < ntypes; i++, c->ntypes++)
+            types_ok = (c->types[i] = strdup(o->types[i])) != NULL;
+    }
     c->seed = (unsigned)time(NULL) ^ (unsigned)(uintptr_t)c;
     c->last_error_log = -1e9;
     int bad = 0;
@@ -999,7 +1036,7 @@ int cm_consumer_start(cm_consumer **out, const cm_consumer_opts *o, char *err, s
     c->msgs = calloc((size_t)c->batch_size, sizeof *c->msgs);
     int rc = 0;
     if (!c->brokers || !c->topic || !c->group || !c->dsn || !c->schema || !c->client_id ||
-        !c->conf || !c->dlq_topic || !c->pending || !c->msgs) {
+        !c->conf || !c->dlq_topic || !c->pending || !c->msgs || !types_ok) {
         set_err(err, errlen, "out of memory");
         rc = CM_ENOMEM;
     } else if (bad) {
@@ -1017,6 +1054,8 @@ int cm_consumer_start(cm_consumer **out, const cm_consumer_opts *o, char *err, s
         c->c_applied = cm_metrics_counter(c->metrics, "consumer_processed_total", help, l);
         snprintf(l, sizeof l, "%s,result=\"duplicate\"", c->labels);
         c->c_duplicate = cm_metrics_counter(c->metrics, "consumer_processed_total", help, l);
+        snprintf(l, sizeof l, "%s,result=\"skipped\"", c->labels);
+        c->c_skipped = cm_metrics_counter(c->metrics, "consumer_processed_total", help, l);
         snprintf(l, sizeof l, "%s,result=\"dead_lettered\"", c->labels);
         c->c_dead = cm_metrics_counter(c->metrics, "consumer_processed_total", help, l);
         c->c_retries =
@@ -1095,6 +1134,9 @@ void cm_consumer_free(cm_consumer *c)
     free(c->schema);
     free(c->client_id);
     free(c->msgs);
+    for (size_t i = 0; i < c->ntypes; i++)
+        free(c->types[i]);
+    free(c->types);
     free(c);
 }
 

@@ -301,6 +301,7 @@ static int start_events(cm_service *svc, char *err, size_t errlen)
             .conf = cconf,
             .after_commit = sc->after_commit,
             .batch_size = sc->batch_size,
+            .types = sc->types,
         };
         rc = cm_consumer_start(&svc->consumers[i], &co, err, errlen);
         if (rc == 0)

@@ -16,8 +16,15 @@ extern const size_t inv_migrations_count;
 
 /* the order events this service applies (kafka/topics.tsv); the topic and
  * group can be overridden for tests */
+/* the order events it acts on; the rest of the topic (created, shipped,
+ * refunded, ...) is acknowledged without an inbox row */
+static const char *const order_types[] = {"commerce.events.v1.OrderPaid",
+                                          "commerce.events.v1.OrderCancelled", NULL};
 static cm_service_consumer consumers[] = {
-    {.topic = "commerce.order.v1", .group = "commerce.inventory", .handler = inv_on_order_event},
+    {.topic = "commerce.order.v1",
+     .group = "commerce.inventory",
+     .handler = inv_on_order_event,
+     .types = order_types},
 };
 
 int main(int argc, char **argv)

@@ -403,6 +403,9 @@ static int handler(cm_db *db, const cm_event *ev, void *arg)
                       2, p, NULL);
 }
 
+/* the next consumer's type filter (NULL: every type) */
+static const char *const *consumer_types;
+
 static cm_consumer *start_consumer(cm_kafka_producer *p, const char *topic, handler_state *st,
                                    cm_metrics *metrics)
 {
@@ -423,6 +426,7 @@ static cm_consumer *start_consumer(cm_kafka_producer *p, const char *topic, hand
         .backoff_max_ms = 50,
         .commit_interval_ms = 100,
         .conf = getenv("TEST_KAFKA_DEBUG") ? (const char *const[]){"debug", "cgrp", NULL} : NULL,
+        .types = consumer_types,
     };
     ck_assert_msg(cm_consumer_start(&c, &o, err, sizeof err) == 0, "%s", err);
     return c;
@@ -678,6 +682,45 @@ START_TEST(consumer_commits_offsets_after_effects)
 }
 END_TEST
 
+START_TEST(consumer_skips_types_it_does_not_act_on)
+{
+    rd_kafka_mock_topic_create(mk.mc, "t.types", 2, 1);
+    cm_kafka_producer *p = producer(NULL, 0);
+    char id[CM_ID_SIZE];
+    for (int i = 0; i < 20; i++) {
+        cm_kafka_msg m = event("t.types", i % 4 < 2 ? "a" : "b", "x", id);
+        if (i % 2)
+            m.type = "commerce.events.v1.Other"; /* the handler would fail the test */
+        ck_assert_int_eq(cm_kafka_produce_sync(p, &m, NULL), 0);
+    }
+    static const char *const only[] = {"commerce.events.v1.Test", NULL};
+    consumer_types = only;
+    cm_metrics *metrics = cm_metrics_new();
+    handler_state st = {0};
+    cm_consumer *c = start_consumer(p, "t.types", &st, metrics);
+    consumer_types = NULL;
+    wait_handled(c, 10);
+    /* the skipped records' offsets are committed too */
+    long long until = mk_now_ms() + 10000;
+    while (committed_sum("t.types", 2) < 20) {
+        ck_assert_msg(mk_now_ms() < until, "offsets of skipped records not committed");
+        mk_sleep_ms(100);
+    }
+    cm_consumer_free(c);
+    cm_kafka_producer_free(p, 1000);
+    ck_assert_int_eq(atomic_load(&st.calls), 10);
+    PGconn *a = pt_admin();
+    char q[256];
+    snprintf(q, sizeof q, "SELECT count(*) FROM %s.inbox WHERE consumer_group = 'g1'", schema);
+    ck_assert_int_eq(pt_query_long(a, q), 10); /* no inbox rows for skipped records */
+    PQfinish(a);
+    cm_counter *sk = cm_metrics_counter(metrics, "consumer_processed_total", "",
+                                        "topic=\"t.types\",group=\"g1\",result=\"skipped\"");
+    ck_assert_uint_eq(cm_counter_value(sk), 10);
+    cm_metrics_free(metrics);
+}
+END_TEST
+
 static Suite *kafka_suite(void)
 {
     Suite *s = suite_create("kafka");
@@ -702,6 +745,7 @@ static Suite *kafka_suite(void)
     tcase_add_test(cons, consumer_dead_letters_and_does_not_block_the_partition);
     tcase_add_test(cons, consumer_retries_transient_errors);
     tcase_add_test(cons, consumer_commits_offsets_after_effects);
+    tcase_add_test(cons, consumer_skips_types_it_does_not_act_on);
     tcase_add_test(cons, consumer_batches_and_isolates_a_failing_event);
     suite_add_tcase(s, cons);
     return s;
