@@ -286,7 +286,16 @@ int cm_db_exec_prepared(cm_db *db, const char *what, const char *name, const cha
                 return rc;
             }
             PGresult *res = PQprepare(db->conn, name, sql, nparams, NULL);
-            int ok = PQresultStatus(res) == PGRES_COMMAND_OK || sqlstate_is(res, "42P05");
+            if (sqlstate_is(res, "42P05")) {
+                /* the session has it already (not through us): use it; the
+                 * failed PREPARE aborted an open transaction, though */
+                PQclear(res);
+                snprintf(db->prepared[db->n_prepared++], CM_DB_PREPARED_NAME, "%s", name);
+                if (db->in_tx)
+                    return CM_ECONFLICT;
+                continue;
+            }
+            int ok = PQresultStatus(res) == PGRES_COMMAND_OK;
             if (!ok) {
                 int rc = db_error(db, res, what, sql);
                 PQclear(res);

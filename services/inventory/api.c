@@ -7,6 +7,8 @@
 #include "cm_err.h"
 #include "cm_log.h"
 #include "cm_metrics.h"
+#include "cm_pb.h"
+#include "cm_ticker.h"
 #include "inv_domain.h"
 #include "inv_events.h"
 #include "inv_hot.h"
@@ -30,12 +32,10 @@ typedef struct inv_app {
     inv_hot *soldout; /* the sold-out cache (the hot path's), or NULL */
     int auth_on;
     int sweep_ms;
-    int check_s; /* invariant metric period */
-    pthread_t sweeper;
-    int sweeper_started;
-    pthread_mutex_t mu;
-    pthread_cond_t wake;
-    int stop;
+    int check_s;        /* invariant metric period */
+    cm_ticker *sweeper; /* expiry and the invariant metric */
+    cm_db *sweep_db;    /* the sweeper's own connection (its thread only) */
+    long long next_check;
     cm_gauge *invariants_ok, *violations;
     cm_counter *expired, *soldout_fast;
 } inv_app;
@@ -466,7 +466,7 @@ static int check_invariants(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Protobu
     size_t n = total < cap ? total : cap;
     resp->checked_skus = checked;
     resp->truncated = total > cap;
-    resp->checked_at = inv_pb_ts(a, at);
+    resp->checked_at = cm_pb_timestamp(a, at);
     resp->violations = cm_rpc_alloc(ctx, (n ? n : 1) * sizeof *resp->violations);
     for (size_t i = 0; i < n; i++) {
         Commerce__Inventory__V1__InvariantViolation *v = cm_arena_calloc(a, 1, sizeof *v);
@@ -613,15 +613,15 @@ static Commerce__Inventory__V1__FlashSale *pb_sale(cm_arena *a, const inv_sale *
     commerce__inventory__v1__flash_sale__init(m);
     m->flash_sale_id = cm_arena_strdup(a, s->flash_sale_id);
     m->sku = cm_arena_strdup(a, s->sku);
-    m->starts_at = inv_pb_ts(a, s->starts_ms);
-    m->ends_at = inv_pb_ts(a, s->ends_ms);
+    m->starts_at = cm_pb_timestamp(a, s->starts_ms);
+    m->ends_at = cm_pb_timestamp(a, s->ends_ms);
     m->sale_stock = s->sale_stock;
     m->per_buyer_limit = s->per_buyer_limit;
     m->reserved = s->reserved;
     m->sold = s->sold;
     m->version = s->version;
-    m->created_at = inv_pb_ts(a, s->created_ms);
-    m->updated_at = inv_pb_ts(a, s->updated_ms);
+    m->created_at = cm_pb_timestamp(a, s->created_ms);
+    m->updated_at = cm_pb_timestamp(a, s->updated_ms);
     /* derived from the clock and the counters, never stored */
     if (s->now_ms < s->starts_ms)
         m->state = COMMERCE__INVENTORY__V1__FLASH_SALE_STATE__FLASH_SALE_STATE_SCHEDULED;
@@ -877,78 +877,46 @@ int inv_on_order_event(cm_db *db, const cm_event *ev, void *arg)
 
 /* ---- app: hot path, sweeper, invariant metric ---- */
 
-static long env_long(const char *name, long def, long lo, long hi, int *bad)
-{
-    const char *v = getenv(name);
-    if (!v || !*v)
-        return def;
-    char *end = NULL;
-    errno = 0;
-    long n = strtol(v, &end, 10);
-    if (errno || *end || n < lo || n > hi) {
-        *bad = 1;
-        return def;
-    }
-    return n;
-}
-
-static void *sweeper_main(void *p)
+/* a sweeper tick: reservations past their ttl, and now and then the
+ * invariant check behind the metric */
+static void sweep(void *p)
 {
     inv_app *app = p;
-    const cm_config *c = cm_service_config(app->svc);
-    cm_db *db = NULL;
     char err[256];
-    long long next_check = 0;
-    for (;;) {
-        pthread_mutex_lock(&app->mu);
-        if (!app->stop) {
-            struct timespec ts;
-            clock_gettime(CLOCK_REALTIME, &ts);
-            long long ns = ts.tv_nsec + (long long)app->sweep_ms * 1000000LL;
-            ts.tv_sec += (time_t)(ns / 1000000000LL);
-            ts.tv_nsec = (long)(ns % 1000000000LL);
-            pthread_cond_timedwait(&app->wake, &app->mu, &ts);
-        }
-        int stop = app->stop;
-        pthread_mutex_unlock(&app->mu);
-        if (stop)
-            break;
-        if (!db && cm_db_connect(&db, c->pg_dsn,
-                                 getenv("INVENTORY_SCHEMA") && *getenv("INVENTORY_SCHEMA")
-                                     ? getenv("INVENTORY_SCHEMA")
-                                     : "inventory",
-                                 err, sizeof err) != 0) {
+    if (!app->sweep_db) {
+        const char *schema = getenv("INVENTORY_SCHEMA");
+        if (cm_db_connect(&app->sweep_db, cm_service_config(app->svc)->pg_dsn,
+                          schema && *schema ? schema : "inventory", err, sizeof err) != 0) {
             cm_log_warn("sweeper could not connect", "detail", err, NULL);
-            db = NULL;
-            continue;
-        }
-        int expired = 0, rc;
-        do {
-            rc = inv_store_expire_due(db, 200, &expired, inv_hot_mark, app->soldout);
-            if (rc == 0 && expired)
-                cm_counter_add(app->expired, (uint64_t)expired);
-        } while (rc == 0 && expired == 200);
-        if (rc)
-            cm_log_warn("sweeper could not expire reservations", "error", cm_strerror(rc), NULL);
-        struct timespec now;
-        clock_gettime(CLOCK_MONOTONIC, &now);
-        long long ms = (long long)now.tv_sec * 1000 + now.tv_nsec / 1000000;
-        if (ms >= next_check) {
-            /* every tenant, every sku: the metric says whether all hold */
-            size_t total = 0;
-            int64_t checked = 0, at = 0;
-            inv_breach one;
-            if (inv_store_check(db, NULL, NULL, 0, &one, 1, &total, &checked, &at) == 0) {
-                cm_gauge_set(app->invariants_ok, total == 0 ? 1 : 0);
-                cm_gauge_set(app->violations, (double)total);
-                if (total)
-                    cm_log_error("inventory invariants violated", "sku", one.level.sku, NULL);
-            }
-            next_check = ms + (long long)app->check_s * 1000;
+            app->sweep_db = NULL;
+            return;
         }
     }
-    cm_db_free(db);
-    return NULL;
+    cm_db *db = app->sweep_db;
+    int expired = 0, rc;
+    do {
+        rc = inv_store_expire_due(db, 200, &expired, inv_hot_mark, app->soldout);
+        if (rc == 0 && expired)
+            cm_counter_add(app->expired, (uint64_t)expired);
+    } while (rc == 0 && expired == 200);
+    if (rc)
+        cm_log_warn("sweeper could not expire reservations", "error", cm_strerror(rc), NULL);
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    long long ms = (long long)now.tv_sec * 1000 + now.tv_nsec / 1000000;
+    if (ms >= app->next_check) {
+        /* every tenant, every sku: the metric says whether all hold */
+        size_t total = 0;
+        int64_t checked = 0, at = 0;
+        inv_breach one;
+        if (inv_store_check(db, NULL, NULL, 0, &one, 1, &total, &checked, &at) == 0) {
+            cm_gauge_set(app->invariants_ok, total == 0 ? 1 : 0);
+            cm_gauge_set(app->violations, (double)total);
+            if (total)
+                cm_log_error("inventory invariants violated", "sku", one.level.sku, NULL);
+        }
+        app->next_check = ms + (long long)app->check_s * 1000;
+    }
 }
 
 int inv_app_init(cm_service *svc, void **out, char *err, size_t errlen)
@@ -959,35 +927,24 @@ int inv_app_init(cm_service *svc, void **out, char *err, size_t errlen)
     app->svc = svc;
     const cm_config *c = cm_service_config(svc);
     app->auth_on = c->auth_mode != CM_AUTH_OFF;
-    pthread_mutex_init(&app->mu, NULL);
-    pthread_cond_init(&app->wake, NULL);
-    int bad = 0;
-    const char *hp = getenv("INVENTORY_HOT_PATH");
-    int hot_on = 1;
-    if (hp && *hp) {
-        if (strcmp(hp, "on") == 0)
-            hot_on = 1;
-        else if (strcmp(hp, "off") == 0)
-            hot_on = 0;
-        else {
-            snprintf(err, errlen, "INVENTORY_HOT_PATH: on or off, got \"%s\"", hp);
+    int bad = 0, hot_on = 1, events_on = 1;
+    static const char *const switches[] = {"INVENTORY_HOT_PATH", "INVENTORY_EVENTS"};
+    int *values[] = {&hot_on, &events_on};
+    for (size_t i = 0; i < 2; i++) {
+        *values[i] = cm_config_env_onoff(switches[i], 1, &bad);
+        if (bad) {
+            snprintf(err, errlen, "%s: on or off, got \"%s\"", switches[i], getenv(switches[i]));
             free(app);
             return CM_EINVAL;
         }
     }
-    const char *evs = getenv("INVENTORY_EVENTS");
-    if (evs && *evs && strcmp(evs, "on") != 0 && strcmp(evs, "off") != 0) {
-        snprintf(err, errlen, "INVENTORY_EVENTS: on or off, got \"%s\"", evs);
-        free(app);
-        return CM_EINVAL;
-    }
-    inv_events_enable(!(evs && strcmp(evs, "off") == 0));
-    app->sweep_ms = (int)env_long("INVENTORY_SWEEP_MS", 1000, 50, 600000, &bad);
+    inv_events_enable(events_on);
+    app->sweep_ms = (int)cm_config_env_long("INVENTORY_SWEEP_MS", 1000, 50, 600000, &bad);
     /* the check aggregates every audit row: not too often */
-    app->check_s = (int)env_long("INVENTORY_INVARIANT_CHECK_S", 60, 1, 86400, &bad);
-    int batchers = (int)env_long("INVENTORY_BATCHERS", 1, 1, 16, &bad);
-    int max_batch = (int)env_long("INVENTORY_MAX_BATCH", 256, 1, 4096, &bad);
-    int ttl = (int)env_long("INVENTORY_SOLD_OUT_TTL_MS", 200, 1, 60000, &bad);
+    app->check_s = (int)cm_config_env_long("INVENTORY_INVARIANT_CHECK_S", 60, 1, 86400, &bad);
+    int batchers = (int)cm_config_env_long("INVENTORY_BATCHERS", 1, 1, 16, &bad);
+    int max_batch = (int)cm_config_env_long("INVENTORY_MAX_BATCH", 256, 1, 4096, &bad);
+    int ttl = (int)cm_config_env_long("INVENTORY_SOLD_OUT_TTL_MS", 200, 1, 60000, &bad);
     if (bad) {
         snprintf(err, errlen,
                  "INVENTORY_SWEEP_MS (50..600000), INVENTORY_BATCHERS (1..16), "
@@ -1024,13 +981,12 @@ int inv_app_init(cm_service *svc, void **out, char *err, size_t errlen)
         }
         app->soldout = app->hot;
     }
-    if (pthread_create(&app->sweeper, NULL, sweeper_main, app) != 0) {
+    if (cm_ticker_start(&app->sweeper, app->sweep_ms, sweep, app) != 0) {
         inv_hot_free(app->hot);
         free(app);
         snprintf(err, errlen, "could not start the sweeper");
         return CM_ENOMEM;
     }
-    app->sweeper_started = 1;
     *out = app;
     return 0;
 }
@@ -1041,14 +997,8 @@ void inv_app_fini(cm_service *svc, void *p)
     inv_app *app = p;
     if (!app)
         return;
-    pthread_mutex_lock(&app->mu);
-    app->stop = 1;
-    pthread_cond_broadcast(&app->wake);
-    pthread_mutex_unlock(&app->mu);
-    if (app->sweeper_started)
-        pthread_join(app->sweeper, NULL);
+    cm_ticker_free(app->sweeper);
+    cm_db_free(app->sweep_db);
     inv_hot_free(app->hot);
-    pthread_mutex_destroy(&app->mu);
-    pthread_cond_destroy(&app->wake);
     free(app);
 }

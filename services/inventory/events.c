@@ -4,6 +4,7 @@
 #include "cm_err.h"
 #include "cm_id.h"
 #include "cm_outbox.h"
+#include "cm_pb.h"
 
 #include <stdatomic.h>
 #include <stdio.h>
@@ -19,19 +20,6 @@ void inv_events_enable(int on)
     atomic_store(&enabled, on);
 }
 
-Google__Protobuf__Timestamp *inv_pb_ts(cm_arena *a, int64_t ms)
-{
-    if (ms <= 0)
-        return NULL;
-    Google__Protobuf__Timestamp *t = cm_arena_calloc(a, 1, sizeof *t);
-    if (!t)
-        return NULL;
-    google__protobuf__timestamp__init(t);
-    t->seconds = ms / 1000;
-    t->nanos = (int32_t)(ms % 1000) * 1000000;
-    return t;
-}
-
 Commerce__Inventory__V1__StockLevel *inv_pb_level(cm_arena *a, const inv_level *l)
 {
     Commerce__Inventory__V1__StockLevel *s = cm_arena_calloc(a, 1, sizeof *s);
@@ -44,7 +32,7 @@ Commerce__Inventory__V1__StockLevel *inv_pb_level(cm_arena *a, const inv_level *
     s->sold = l->sold;
     s->on_hand = l->on_hand;
     s->version = l->version;
-    s->updated_at = inv_pb_ts(a, l->updated_ms);
+    s->updated_at = cm_pb_timestamp(a, l->updated_ms);
     return s;
 }
 
@@ -66,7 +54,7 @@ Commerce__Inventory__V1__StockChange *inv_pb_change(cm_arena *a, const inv_chang
     m->reason = cm_arena_strdup(a, c->reason);
     m->actor = cm_arena_strdup(a, c->actor);
     m->principal = cm_arena_strdup(a, c->principal);
-    m->occurred_at = inv_pb_ts(a, c->occurred_ms);
+    m->occurred_at = cm_pb_timestamp(a, c->occurred_ms);
     return m;
 }
 
@@ -80,9 +68,9 @@ Commerce__Inventory__V1__Reservation *inv_pb_resv(cm_arena *a, const inv_resv *r
     m->state = (Commerce__Inventory__V1__ReservationState)r->state;
     m->buyer_id = cm_arena_strdup(a, r->buyer_id);
     m->flash_sale = r->flash;
-    m->created_at = inv_pb_ts(a, r->created_ms);
-    m->expires_at = inv_pb_ts(a, r->expires_ms);
-    m->resolved_at = inv_pb_ts(a, r->resolved_ms);
+    m->created_at = cm_pb_timestamp(a, r->created_ms);
+    m->expires_at = cm_pb_timestamp(a, r->expires_ms);
+    m->resolved_at = cm_pb_timestamp(a, r->resolved_ms);
     if (r->nlines) {
         m->lines = cm_arena_calloc(a, r->nlines, sizeof *m->lines);
         if (!m->lines)
@@ -166,7 +154,7 @@ int inv_ev_pack_stock_changed(cm_arena *a, const char *tenant, const inv_change 
     Commerce__Events__V1__StockChanged m = COMMERCE__EVENTS__V1__STOCK_CHANGED__INIT;
     m.event_id = out->event_id;
     m.tenant_id = (char *)tenant;
-    m.occurred_at = inv_pb_ts(a, c->occurred_ms ? c->occurred_ms : now_ms());
+    m.occurred_at = cm_pb_timestamp(a, c->occurred_ms ? c->occurred_ms : now_ms());
     m.sku = (char *)c->level.sku;
     m.change = inv_pb_change(a, c);
     if (!m.occurred_at || !m.change)
@@ -185,7 +173,7 @@ int inv_ev_pack_stock_edge(cm_arena *a, const char *tenant, const inv_level *l, 
     if (rc)
         return rc;
     int64_t at = l->updated_ms > 0 ? l->updated_ms : now_ms();
-    Google__Protobuf__Timestamp *ts = inv_pb_ts(a, at);
+    Google__Protobuf__Timestamp *ts = cm_pb_timestamp(a, at);
     Commerce__Inventory__V1__StockLevel *lv = inv_pb_level(a, l);
     if (!ts || !lv)
         return CM_ENOMEM;
@@ -270,7 +258,7 @@ int inv_ev_reservation(cm_db *db, const char *tenant, const inv_resv *r)
     Commerce__Events__V1__ReservationReleased rel =
         COMMERCE__EVENTS__V1__RESERVATION_RELEASED__INIT;
     Commerce__Events__V1__ReservationExpired ex = COMMERCE__EVENTS__V1__RESERVATION_EXPIRED__INIT;
-    Google__Protobuf__Timestamp *ts = inv_pb_ts(a, r->resolved_ms ? r->resolved_ms : at);
+    Google__Protobuf__Timestamp *ts = cm_pb_timestamp(a, r->resolved_ms ? r->resolved_ms : at);
     Commerce__Inventory__V1__Reservation *m = inv_pb_resv(a, r);
     if (!ts || !m) {
         cm_arena_free(a);

@@ -59,8 +59,7 @@ int inv_ev_pack_stock_changed(cm_arena *a, const char *tenant, const inv_change 
 int inv_ev_pack_stock_edge(cm_arena *a, const char *tenant, const inv_level *l, int restock,
                            const char *flash_sale_id, inv_ev_row *out);
 
-/* conversions; everything is allocated in a. inv_pb_ts returns NULL for 0. */
-Google__Protobuf__Timestamp *inv_pb_ts(cm_arena *a, int64_t ms);
+/* conversions; everything is allocated in a (timestamps: cm_pb.h). */
 Commerce__Inventory__V1__StockLevel *inv_pb_level(cm_arena *a, const inv_level *l);
 Commerce__Inventory__V1__StockChange *inv_pb_change(cm_arena *a, const inv_change *c);
 Commerce__Inventory__V1__Reservation *inv_pb_resv(cm_arena *a, const inv_resv *r);

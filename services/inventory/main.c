@@ -44,17 +44,13 @@ int main(int argc, char **argv)
         consumers[0].topic = topic;
     if (group && *group)
         consumers[0].group = group;
-    const char *consume = getenv("INVENTORY_CONSUME_ORDERS");
-    int consume_on = 1;
-    if (consume && *consume) {
-        /* validated like every other variable: a typo must not silently mean "on" */
-        if (strcmp(consume, "off") == 0) {
-            consume_on = 0;
-        } else if (strcmp(consume, "on") != 0) {
-            fprintf(stderr, "commerce-inventory: INVENTORY_CONSUME_ORDERS: on or off, got \"%s\"\n",
-                    consume);
-            return 2;
-        }
+    /* validated like every other variable: a typo must not silently mean "on" */
+    int bad = 0;
+    int consume_on = cm_config_env_onoff("INVENTORY_CONSUME_ORDERS", 1, &bad);
+    if (bad) {
+        fprintf(stderr, "commerce-inventory: INVENTORY_CONSUME_ORDERS: on or off, got \"%s\"\n",
+                getenv("INVENTORY_CONSUME_ORDERS"));
+        return 2;
     }
     const cm_service_def def = {
         .name = "inventory",

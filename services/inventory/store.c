@@ -8,7 +8,6 @@
 #include "cm_id.h"
 #include "inv_events.h"
 
-#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -328,77 +327,16 @@ static int write_outbox(cm_db *db, ev_rows *e)
 /* ---- the batch's prepared statements ---- */
 
 /* the batch's statements are parsed and planned once per connection
- * (server-side prepared statements): parse, analysis and planning of the
- * big unnest statements were about a quarter of postgres's cpu per batch.
- * which connections have which statement is kept here, by connection and
- * backend pid (a connection cm_db replaced after an outage is new). if the
- * server disagrees — the statement is unknown (26000) or exists already
- * (42P05) — the registry is corrected and the transaction fails with
- * CM_ECONFLICT, which cm_db_tx runs again. a prepared statement outlives
- * the transaction that made it, also a rolled back one. */
+ * (server-side prepared statements, cm_db_exec_prepared): parse, analysis
+ * and planning of the big unnest statements were about a quarter of
+ * postgres's cpu per batch. a connection replaced after an outage prepares
+ * them again; one the server lost them on fails the attempt with
+ * CM_ECONFLICT, which cm_db_tx runs again. */
 enum { PS_LOCK, PS_WRITE, PS_COUNT };
 static const char *const ps_names[PS_COUNT] = {"inv_batch_lock", "inv_batch_write"};
 
-#define PS_CONNS 1024
-typedef struct ps_conn {
-    const PGconn *conn;
-    int pid;
-    unsigned ready; /* bit per statement */
-} ps_conn;
-static pthread_mutex_t ps_mu = PTHREAD_MUTEX_INITIALIZER;
-static ps_conn ps_conns[PS_CONNS];
-static size_t ps_evict;
-
-/* the connection's entry (made, evicting round-robin when full); under ps_mu */
-static ps_conn *ps_entry(const PGconn *c, int pid)
-{
-    ps_conn *free_slot = NULL;
-    for (size_t i = 0; i < PS_CONNS; i++) {
-        if (ps_conns[i].conn == c) {
-            if (ps_conns[i].pid != pid) {
-                ps_conns[i].pid = pid;
-                ps_conns[i].ready = 0;
-            }
-            return &ps_conns[i];
-        }
-        if (!ps_conns[i].conn && !free_slot)
-            free_slot = &ps_conns[i];
-    }
-    ps_conn *e = free_slot ? free_slot : &ps_conns[ps_evict++ % PS_CONNS];
-    e->conn = c;
-    e->pid = pid;
-    e->ready = 0;
-    return e;
-}
-
-static int ps_ready(const PGconn *c, int pid, int which)
-{
-    pthread_mutex_lock(&ps_mu);
-    int ready = (ps_entry(c, pid)->ready >> which) & 1;
-    pthread_mutex_unlock(&ps_mu);
-    return ready;
-}
-
-static void ps_mark(const PGconn *c, int pid, int which, int ready)
-{
-    pthread_mutex_lock(&ps_mu);
-    ps_conn *e = ps_entry(c, pid);
-    if (ready)
-        e->ready |= 1u << which;
-    else
-        e->ready &= ~(1u << which);
-    pthread_mutex_unlock(&ps_mu);
-}
-
-static int sqlstate_is(const PGresult *r, const char *code)
-{
-    const char *s = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
-    return s && strcmp(s, code) == 0;
-}
-
 /* runs statement `which` (sql, n text parameters, except p[bin] sent as
- * binary of binlen bytes when bin >= 0), preparing it first on a
- * connection that does not have it */
+ * binary of binlen bytes when bin >= 0) */
 static int exec_ps(cm_db *db, int which, const char *what, const char *sql, int n,
                    const char *const *p, int bin, size_t binlen, PGresult **out)
 {
@@ -409,41 +347,7 @@ static int exec_ps(cm_db *db, int which, const char *what, const char *sql, int 
         lengths[bin] = (int)binlen;
         formats[bin] = 1;
     }
-    PGconn *c = cm_db_conn(db);
-    int pid = PQbackendPID(c);
-    if (!ps_ready(c, pid, which)) {
-        PGresult *r = PQprepare(c, ps_names[which], sql, n, NULL);
-        int ok = PQresultStatus(r) == PGRES_COMMAND_OK;
-        if (!ok && sqlstate_is(r, "42P05")) {
-            PQclear(r);
-            ps_mark(c, pid, which, 1);
-            return CM_ECONFLICT;
-        }
-        if (!ok) {
-            int rc = cm_db_error(db, r, what);
-            PQclear(r);
-            return rc;
-        }
-        PQclear(r);
-        ps_mark(c, pid, which, 1);
-    }
-    PGresult *r = PQexecPrepared(c, ps_names[which], n, p, lengths, formats, 0);
-    ExecStatusType st = PQresultStatus(r);
-    if (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK) {
-        if (out)
-            *out = r;
-        else
-            PQclear(r);
-        return 0;
-    }
-    if (sqlstate_is(r, "26000")) {
-        PQclear(r);
-        ps_mark(c, pid, which, 0);
-        return CM_ECONFLICT;
-    }
-    int rc = cm_db_error(db, r, what);
-    PQclear(r);
-    return rc;
+    return cm_db_exec_prepared(db, what, ps_names[which], sql, n, p, lengths, formats, out);
 }
 
 /* ---- events for a set of audit rows ---- */
