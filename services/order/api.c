@@ -648,7 +648,7 @@ static int mark_paid(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessa
     if (!ord_valid_text(req->provider_reference, ORD_REF_MAX, 0))
         return cm_rpc_fail_field(ctx, "provider_reference",
                                  "at most 128 characters of utf-8, no control characters");
-    int64_t now = now_ms(), paid_at;
+    int64_t now = now_ms(), paid_at = 0;
     if (check_ts(ctx, req->paid_at, "paid_at", now, &paid_at))
         return -1;
     const char *f[] = {req->order_id,         num(a, req->amount->amount_minor),
@@ -797,7 +797,7 @@ static int ship_order(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMess
     if (!ord_valid_text(req->tracking_number, ORD_REF_MAX, 0))
         return cm_rpc_fail_field(ctx, "tracking_number",
                                  "at most 128 characters of utf-8, no control characters");
-    int64_t now = now_ms(), at;
+    int64_t now = now_ms(), at = 0;
     if (check_ts(ctx, req->shipped_at, "shipped_at", now, &at))
         return -1;
     const char *f[] = {req->order_id, req->carrier, req->tracking_number,
@@ -824,7 +824,7 @@ static int complete_order(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufC
     cm_arena *a = cm_rpc_ctx_arena(ctx);
     if (op_common(ctx, req->request_id, req->order_id))
         return -1;
-    int64_t now = now_ms(), at;
+    int64_t now = now_ms(), at = 0;
     if (check_ts(ctx, req->completed_at, "completed_at", now, &at))
         return -1;
     const char *f[] = {req->order_id, req->completed_at ? num(a, at) : ""};
