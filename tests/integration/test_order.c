@@ -685,6 +685,27 @@ static Order *must_create(cm_rpc_client *c, const order_spec *s)
     return o;
 }
 
+/* creates order s and keeps only its id */
+static void create_id(cm_rpc_client *c, const order_spec *s, char id[64])
+{
+    Order *o = must_create(c, s);
+    snprintf(id, 64, "%s", o->order_id);
+    order_free(o);
+}
+
+/* n unpaid orders of line l (request ids "<prefix>-<i>", 10 min to pay) */
+static void create_pending(cm_rpc_client *c, const char *prefix, const line *l, int n,
+                           char (*ids)[64])
+{
+    for (int i = 0; i < n; i++) {
+        char rid[32];
+        snprintf(rid, sizeof rid, "%s-%d", prefix, i);
+        order_spec s = spec(rid, l, 1);
+        s.timeout_s = 600;
+        create_id(c, &s, ids[i]);
+    }
+}
+
 static int get_order_md(cm_rpc_client *c, const char *id, Order **out, cm_rpc_status *st,
                         const cm_rpc_md *md)
 {
@@ -1853,15 +1874,7 @@ START_TEST(payment_notifications_duplicated_and_out_of_order)
     set_stock(f.ic, "s-p", "sku-p", 100);
     line ls[] = {L("sku-p", 1, 4999)};
     char id[3][64];
-    for (int i = 0; i < 3; i++) {
-        char rid[32];
-        snprintf(rid, sizeof rid, "req-p-%d", i);
-        order_spec s = spec(rid, ls, 1);
-        s.timeout_s = 600;
-        Order *o = must_create(f.oc, &s);
-        snprintf(id[i], sizeof id[i], "%s", o->order_id);
-        order_free(o);
-    }
+    create_pending(f.oc, "req-p", ls, 3, id);
     cm_rpc_status st;
     Order *o = NULL;
     pay_spec p1 = {.payment_id = "pay-1", .order_id = id[0], .amount = 4999, .reference = "r1"};
@@ -2119,14 +2132,14 @@ START_TEST(two_replicas_cancel_each_unpaid_order_once)
         char rid[32];
         snprintf(rid, sizeof rid, "req-2r-%d", i);
         line l[] = {L("sku-2r", 1 + i % 3, 100)};
-        Order *o = must_create(i % 2 ? c2 : f.oc, &(order_spec){.rid = rid,
-                                                                .buyer = "buyer-2r",
-                                                                .merchant = "merchant-1",
-                                                                .currency = "CNY",
-                                                                .lines = l,
-                                                                .n = 1});
-        snprintf(ids[i], sizeof ids[i], "%s", o->order_id);
-        order_free(o);
+        create_id(i % 2 ? c2 : f.oc,
+                  &(order_spec){.rid = rid,
+                                .buyer = "buyer-2r",
+                                .merchant = "merchant-1",
+                                .currency = "CNY",
+                                .lines = l,
+                                .n = 1},
+                  ids[i]);
     }
     /* both sweepers run against the same due orders */
     long long until = hs_now_ms() + 20000;
@@ -2904,15 +2917,7 @@ START_TEST(illegal_transitions_are_failed_precondition)
     set_stock(f.ic, "s-i", "sku-i", 100);
     line ls[] = {L("sku-i", 1, 300)};
     char id[3][64];
-    for (int i = 0; i < 3; i++) {
-        char rid[32];
-        snprintf(rid, sizeof rid, "req-i-%d", i);
-        order_spec s = spec(rid, ls, 1);
-        s.timeout_s = 600;
-        Order *o = must_create(f.oc, &s);
-        snprintf(id[i], sizeof id[i], "%s", o->order_id);
-        order_free(o);
-    }
+    create_pending(f.oc, "req-i", ls, 3, id);
     cm_rpc_status st;
     /* pending: not shippable, not completable, not refundable */
     refused(ship_order(f.oc, "x-1", id[0], NULL, NULL, NULL, &st), &st, "ship unpaid");
