@@ -465,6 +465,14 @@ static int insert_many(cm_db *db, ord_new *items, size_t n, cm_arena *a)
     for (int attempt = 0;; attempt++) {
         PGresult *r = NULL;
         rc = cm_db_exec_prepared(db, "insert orders", name, full, np, all, lengths, formats, &r);
+        if (rc == CM_EUNAVAIL && attempt == 0 && PQstatus(cm_db_conn(db)) == CONNECTION_BAD &&
+            cm_db_ping(db) == 0) {
+            /* the server ended the connection (a restart, a failover, an
+             * operator): run it again on the new one. safe whether or not
+             * the first run committed: the inserts skip what exists, so a
+             * repeat stores nothing twice and its callers find their orders */
+            continue;
+        }
         if (rc == 0) {
             /* RETURNING lists the rows inserted; the others exist already */
             for (int row = 0; row < PQntuples(r); row++) {

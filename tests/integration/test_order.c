@@ -2174,6 +2174,35 @@ START_TEST(two_replicas_cancel_each_unpaid_order_once)
 }
 END_TEST
 
+/* ---- the database ends the service's connections ---- */
+
+START_TEST(create_survives_lost_database_connections)
+{
+    static fx f;
+    fx_start(&f, NULL, 0);
+    set_stock(f.ic, "s-db", "sku-db", 100);
+    line l[] = {L("sku-db", 1, 100)};
+    char id[4][64];
+    create_pending(f.oc, "req-db-a", l, 2, id); /* the batch statement is prepared */
+    char sql[256];
+    snprintf(sql, sizeof sql,
+             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+             "WHERE application_name = 'commerce-%s'",
+             f.ord_schema);
+    ck_assert_int_gt(sql_long(f.ord_schema, sql), 0);
+    /* the next creates run on new connections, each on its first try (the
+     * client does not retry) */
+    create_pending(f.oc, "req-db-b", l, 2, id + 2);
+    for (int i = 0; i < 4; i++)
+        ck_assert_int_eq(state_of(f.oc, id[i]), ST(PENDING_PAYMENT));
+    assert_level(f.ic, "sku-db", 96, 4, 0);
+    settle(&f);
+    for (int i = 0; i < 4; i++)
+        ck_assert_int_eq(ev_count(f.log, id[i], EV_CREATED, NULL), 1);
+    fx_stop(&f);
+}
+END_TEST
+
 /* ---- kill -9 between the reservation and the order's commit ---- */
 
 typedef struct bg_create {
@@ -2988,6 +3017,7 @@ static Suite *suite(void)
                             payment_notifications_duplicated_and_out_of_order,
                             mark_paid_racing_the_timeout_has_one_winner,
                             two_replicas_cancel_each_unpaid_order_once,
+                            create_survives_lost_database_connections,
                             kill_9_between_reserve_and_commit_leaks_nothing,
                             every_order_has_exactly_one_created_and_paid_event,
                             bad_input_is_refused_and_stores_nothing,
