@@ -164,8 +164,11 @@ static const char *num(cm_arena *a, long long v)
 
 /* ---- tenant settings ---- */
 
-static void timeouts_for(ord_app *app, cm_db *db, const char *tenant, int64_t *normal,
-                         int64_t *flash)
+/* the tenant's payment timeouts (cached); 0 or the database error. never
+ * the defaults in place of a row that could not be read: the timeout sets
+ * the reservation's ttl, which a retry must repeat exactly */
+static int timeouts_for(ord_app *app, cm_db *db, const char *tenant, int64_t *normal,
+                        int64_t *flash)
 {
     *normal = app->timeout_ms;
     *flash = app->flash_timeout_ms;
@@ -181,8 +184,10 @@ static void timeouts_for(ord_app *app, cm_db *db, const char *tenant, int64_t *n
     if (!hit) {
         int64_t n = 0, f = 0;
         int rc = ord_store_tenant_timeouts(db, tenant, &n, &f);
+        if (rc == CM_EUNAVAIL && PQstatus(cm_db_conn(db)) == CONNECTION_BAD && cm_db_ping(db) == 0)
+            rc = ord_store_tenant_timeouts(db, tenant, &n, &f); /* a new connection */
         if (rc != 0 && rc != CM_ENOTFOUND)
-            return; /* the defaults, this time */
+            return rc;
         if (rc != 0)
             n = f = 0;
         snprintf(copy.tenant, sizeof copy.tenant, "%s", tenant);
@@ -197,6 +202,7 @@ static void timeouts_for(ord_app *app, cm_db *db, const char *tenant, int64_t *n
         *normal = copy.normal_ms;
     if (copy.flash_ms)
         *flash = copy.flash_ms;
+    return 0;
 }
 
 /* ---- reads ---- */
@@ -520,7 +526,9 @@ static int create_order(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMe
     char hash[ORD_HASH_HEX + 1], stored[ORD_HASH_HEX + 1];
     ord_create_hash(&ci, hash);
     int64_t normal, flash;
-    timeouts_for(app, db, tenant, &normal, &flash);
+    int trc = timeouts_for(app, db, tenant, &normal, &flash);
+    if (trc)
+        return db_fail(ctx, trc, "could not read the tenant's settings");
     int64_t timeout = ci.timeout_ms >= 0 ? ci.timeout_ms : normal;
 
     /* 1. reserve under the order id derived from the request id: a retry

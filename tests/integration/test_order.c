@@ -2174,6 +2174,55 @@ START_TEST(two_replicas_cancel_each_unpaid_order_once)
 }
 END_TEST
 
+/* ---- per-tenant payment timeouts ---- */
+
+START_TEST(tenant_settings_set_the_default_payment_timeout)
+{
+    const char *env[] = {"ORDER_PAYMENT_TIMEOUT_S=900", NULL};
+    static fx f;
+    fx_start(&f, env, 0);
+    char sql[256];
+    snprintf(sql, sizeof sql,
+             "INSERT INTO tenant_settings (tenant_id, payment_timeout_s, flash_payment_timeout_s) "
+             "VALUES ('%s', 120, 60) RETURNING 1",
+             TENANT);
+    ck_assert_int_eq(sql_long(f.ord_schema, sql), 1);
+    set_stock(f.ic, "s-ts", "sku-ts", 10);
+    Commerce__Inventory__V1__SetStockRequest q = COMMERCE__INVENTORY__V1__SET_STOCK_REQUEST__INIT;
+    q.request_id = "s-ts-other";
+    q.sku = "sku-ts";
+    q.available = 10;
+    q.reason = "goods received";
+    q.actor = "ops:test";
+    cm_rpc_status st;
+    ck_assert_int_eq(call(f.ic, ISVC "SetStock", &q.base,
+                          &commerce__inventory__v1__set_stock_response__descriptor, NULL, &st,
+                          md_other, 1),
+                     0);
+    line l[] = {L("sku-ts", 1, 100)};
+    /* the tenant's row */
+    order_spec s = spec("req-ts-1", l, 1);
+    Order *o = must_create(f.oc, &s);
+    long long dl = ts_ms(o->payment_deadline) - ts_ms(o->created_at);
+    ck_assert_msg(dl >= 119000 && dl <= 121000, "tenant default: %lld ms (expected 120 s)", dl);
+    order_free(o);
+    /* a tenant without a row: the service default */
+    s.rid = "req-ts-2";
+    ck_assert_int_eq(create_md(f.oc, &s, &o, &st, md_other, 1), 0);
+    dl = ts_ms(o->payment_deadline) - ts_ms(o->created_at);
+    ck_assert_msg(dl >= 899000 && dl <= 901000, "service default: %lld ms (expected 900 s)", dl);
+    order_free(o);
+    /* the request's own timeout wins over both */
+    s.rid = "req-ts-3";
+    s.timeout_s = 300;
+    o = must_create(f.oc, &s);
+    dl = ts_ms(o->payment_deadline) - ts_ms(o->created_at);
+    ck_assert_msg(dl >= 299000 && dl <= 301000, "request: %lld ms (expected 300 s)", dl);
+    order_free(o);
+    fx_stop(&f);
+}
+END_TEST
+
 /* ---- the database ends the service's connections ---- */
 
 START_TEST(create_survives_lost_database_connections)
@@ -3018,6 +3067,7 @@ static Suite *suite(void)
                             mark_paid_racing_the_timeout_has_one_winner,
                             two_replicas_cancel_each_unpaid_order_once,
                             create_survives_lost_database_connections,
+                            tenant_settings_set_the_default_payment_timeout,
                             kill_9_between_reserve_and_commit_leaks_nothing,
                             every_order_has_exactly_one_created_and_paid_event,
                             bad_input_is_refused_and_stores_nothing,
