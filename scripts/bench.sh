@@ -69,9 +69,9 @@ benchmarks:
          2-line orders over many skus at full speed and at a fixed offered
          rate, the order service's memory under load; checks orders = OK
          replies, one reservation each, the outbox drained
-         options: --duration S (10) --rounds R (3) --concurrency C (64)
+         options: --duration S (10) --rounds R (3) --concurrency C (80)
                   --rate R (1000) --paced-duration S (20) --paced-concurrency C
-                  (256) --warmup S (2) --workers W (64) --inv-workers W (64)
+                  (256) --warmup S (2) --workers W (72) --inv-workers W (64)
                   --channels N (4) --threads T (2) --skus N (10000) --lines L (2)
                   --inventory-events on|off (on: inventory emits its events and
                   consumes the order events, as deployed) --no-build
@@ -958,8 +958,8 @@ ord_run() {
 }
 
 bench_order() {
-  local duration=10 rounds=3 concurrency=64 rate=1000 paced_duration=20 paced_concurrency=256
-  local workers=64 inv_workers=64 do_build=1 inv_events=on
+  local duration=10 rounds=3 concurrency=80 rate=1000 paced_duration=20 paced_concurrency=256
+  local workers=72 inv_workers=64 do_build=1 inv_events=on
   ord_warmup=2 ord_channels=4 ord_threads=2 ord_skus=10000 ord_lines=2 ord_waits="" ord_sampler=""
   while [ $# -gt 0 ]; do
     case "$1" in
