@@ -187,13 +187,43 @@ int inv_store_get_reservation(cm_db *db, const char *tenant, const char *order_i
     return 0;
 }
 
+/* ---- prepared statements ---- */
+
+/* the batch's statements (and the flash path's outbox insert) are parsed
+ * and planned once per connection
+ * (server-side prepared statements, cm_db_exec_prepared): parse, analysis
+ * and planning of the big unnest statements were about a quarter of
+ * postgres's cpu per batch. a connection replaced after an outage prepares
+ * them again; one the server lost them on fails the attempt with
+ * CM_ECONFLICT, which cm_db_tx runs again. */
+enum { PS_LOCK, PS_WRITE, PS_OUTBOX, PS_COUNT };
+static const char *const ps_names[PS_COUNT] = {"inv_batch_lock", "inv_batch_write",
+                                               "inv_outbox_write"};
+
+/* runs statement `which` (sql, n text parameters, except p[bin] sent as
+ * binary of binlen bytes when bin >= 0) */
+static int exec_ps(cm_db *db, int which, const char *what, const char *sql, int n,
+                   const char *const *p, int bin, size_t binlen, PGresult **out)
+{
+    int lengths[48] = {0}, formats[48] = {0};
+    if (n > 48 || bin >= n || binlen > INT32_MAX)
+        return CM_EINVAL;
+    if (bin >= 0) {
+        lengths[bin] = (int)binlen;
+        formats[bin] = 1;
+    }
+    return cm_db_exec_prepared(db, what, ps_names[which], sql, n, p, lengths, formats, out);
+}
+
 /* ---- outbox rows written by the store itself ---- */
 
 /* the events of a batch as the columns of one multi-row insert into the
  * outbox table, the rows cm_outbox_add would write one statement each:
  * text arrays, and the payloads concatenated into one binary parameter that
- * the insert cuts by offset and length. common/ has no batch insert; this
- * writes the same columns (README.md, "Events"). */
+ * the insert cuts by offset and length. unlike cm_outbox_add_batch (one
+ * VALUES row per event, so the text changes with the count) the statement's
+ * text is fixed, so it is prepared once and also embedded in the batch's
+ * write statement (README.md, "Events"). */
 typedef struct ev_rows {
     buf id, tenant, key, type, at, off, len;
     buf blob;
@@ -284,30 +314,6 @@ static int ev_close(ev_rows *e)
     "::int[]) WITH ORDINALITY AS u(id, t, k, ty, at, off, len, ord) "                              \
     "ORDER BY u.ord RETURNING 1"
 
-/* runs sql with text parameters, except p[bin] which is sent as binary
- * (binlen bytes): the outbox payloads */
-static int exec_bin(cm_db *db, const char *what, const char *sql, int n, const char *const *p,
-                    int bin, size_t binlen, PGresult **out)
-{
-    int lengths[48] = {0}, formats[48] = {0};
-    if (n > 48 || bin >= n || binlen > INT32_MAX)
-        return CM_EINVAL;
-    lengths[bin] = (int)binlen;
-    formats[bin] = 1;
-    PGresult *r = PQexecParams(cm_db_conn(db), sql, n, NULL, p, lengths, formats, 0);
-    ExecStatusType st = PQresultStatus(r);
-    if (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK) {
-        if (out)
-            *out = r;
-        else
-            PQclear(r);
-        return 0;
-    }
-    int rc = cm_db_error(db, r, what);
-    PQclear(r);
-    return rc;
-}
-
 /* writes the rows in the caller's transaction with one statement */
 static int write_outbox(cm_db *db, ev_rows *e)
 {
@@ -316,38 +322,12 @@ static int write_outbox(cm_db *db, ev_rows *e)
         return rc;
     const char *p[] = {e->id.p,  e->tenant.p, e->key.p,  e->type.p, e->at.p,
                        e->off.p, e->len.p,    e->blob.p, INV_TOPIC, INV_SOURCE};
-    rc = exec_bin(db, "write outbox rows",
-                  OUTBOX_INSERT("$1", "$2", "$3", "$4", "$5", "$6", "$7", "$8", "$9", "$10"), 10, p,
-                  7, e->blob.len, NULL);
+    rc = exec_ps(db, PS_OUTBOX, "write outbox rows",
+                 OUTBOX_INSERT("$1", "$2", "$3", "$4", "$5", "$6", "$7", "$8", "$9", "$10"), 10, p,
+                 7, e->blob.len, NULL);
     /* the relay is woken after the commit (a NOTIFY inside the transaction
      * would hold a database-wide lock through the commit) */
     return rc ? rc : cm_outbox_wake_on_commit(db);
-}
-
-/* ---- the batch's prepared statements ---- */
-
-/* the batch's statements are parsed and planned once per connection
- * (server-side prepared statements, cm_db_exec_prepared): parse, analysis
- * and planning of the big unnest statements were about a quarter of
- * postgres's cpu per batch. a connection replaced after an outage prepares
- * them again; one the server lost them on fails the attempt with
- * CM_ECONFLICT, which cm_db_tx runs again. */
-enum { PS_LOCK, PS_WRITE, PS_COUNT };
-static const char *const ps_names[PS_COUNT] = {"inv_batch_lock", "inv_batch_write"};
-
-/* runs statement `which` (sql, n text parameters, except p[bin] sent as
- * binary of binlen bytes when bin >= 0) */
-static int exec_ps(cm_db *db, int which, const char *what, const char *sql, int n,
-                   const char *const *p, int bin, size_t binlen, PGresult **out)
-{
-    int lengths[48] = {0}, formats[48] = {0};
-    if (n > 48 || bin >= n || binlen > INT32_MAX)
-        return CM_EINVAL;
-    if (bin >= 0) {
-        lengths[bin] = (int)binlen;
-        formats[bin] = 1;
-    }
-    return cm_db_exec_prepared(db, what, ps_names[which], sql, n, p, lengths, formats, out);
 }
 
 /* ---- events for a set of audit rows ---- */
