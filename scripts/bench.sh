@@ -1140,7 +1140,9 @@ SQL
   hwm_kb=$(hwm_kb "$ord_pid")
 
   # the books: every OK reply is one stored order with one reservation, and
-  # every OrderCreated went out
+  # every OrderCreated went out: the outbox is empty of unsent rows (the
+  # relay deletes a row once kafka acknowledged it) and the topic holds one
+  # OrderCreated per order
   echo
   echo "== check"
   local n unsent=-1 t_end
@@ -1151,24 +1153,33 @@ SQL
     [ "$unsent" = 0 ] && break
     sleep 0.5
   done
-  local q orders resv lines_reserved held created failed_rows
+  local q orders resv lines_reserved held created created_keys failed_rows
   q=$(psql "$PG_DSN" -qAtX -F ' ' <<SQL
 SELECT (SELECT count(*) FROM $schema.orders),
        (SELECT count(*) FROM $inv_schema.reservation),
        (SELECT coalesce(sum(quantity), 0) FROM $inv_schema.reservation_line),
        (SELECT coalesce(sum(reserved), 0) FROM $inv_schema.stock),
-       (SELECT count(*) FROM $schema.outbox WHERE type = 'commerce.events.v1.OrderCreated'),
        (SELECT count(*) FROM $schema.outbox WHERE failed_at IS NOT NULL);
 SQL
-) || q="? ? ? ? ? ?"
-  read -r orders resv lines_reserved held created failed_rows <<<"$q"
+) || q="? ? ? ? ?"
+  read -r orders resv lines_reserved held failed_rows <<<"$q"
+  # every message on the order topic (only this run's creates write to it),
+  # and how many distinct order ids they carry
+  local onk
+  onk=$(timeout 120 kcat -b "$brokers" -C -t "$topic" -o beginning -e -q \
+    -f '%h %k\n' 2>/dev/null | grep -F 'ce_type=commerce.events.v1.OrderCreated' |
+    awk '{print $NF}' | sort | uniq -c | awk '{n += $1; k++} END {print n + 0, k + 0}') ||
+    onk="? ?"
+  read -r created created_keys <<<"$onk"
   local books=ok
   echo "orders       $orders stored, $ord_calls OK replies (warmups included)"
   echo "reservations $resv, $lines_reserved units reserved in lines, $held units held in stock"
-  echo "outbox       $created OrderCreated rows, $unsent unpublished after the run, $failed_rows failed"
+  echo "outbox       $unsent rows unpublished after the run, $failed_rows failed"
+  echo "kafka        $created OrderCreated on $topic, for $created_keys distinct orders"
   if [ "$orders" != "$ord_calls" ] || [ "$resv" != "$orders" ] ||
     [ "$lines_reserved" != $((orders * ord_lines)) ] || [ "$held" != "$lines_reserved" ] ||
-    [ "$created" != "$orders" ] || [ "$unsent" != 0 ] || [ "$failed_rows" != 0 ]; then
+    [ "$created" != "$orders" ] || [ "$created_keys" != "$orders" ] || [ "$unsent" != 0 ] ||
+    [ "$failed_rows" != 0 ]; then
     books="MISMATCH"
     echo "*** the books do not balance: see the lines above ***" >&2
     failed=1

@@ -116,7 +116,12 @@ typedef struct cm_outbox_relay_opts {
     int poll_ms;                 /* look for rows without a wake-up every; 0: 200 */
     int leader_retry_ms;         /* a standby tries the leader lock every; 0: 1000 */
     int backoff_max_ms;          /* after failures; 0: 10000 */
-    int retention_s;             /* published rows are deleted after; 0: 900 */
+    /* 0: a row is deleted in the statement that records its ack (the
+     * broker is the record of what was sent); > 0: it is kept, marked
+     * published_at, and deleted that many seconds later, for inspection.
+     * marking writes a new version of every row with its index entries:
+     * about a third of an order's write-ahead log (services/order/README.md) */
+    int retention_s;
 } cm_outbox_relay_opts;
 
 typedef struct cm_outbox_relay cm_outbox_relay;

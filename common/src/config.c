@@ -23,6 +23,7 @@
 #define DEF_MAX_MESSAGE (4 * 1024 * 1024)
 #define DEF_DRAIN_S 20
 #define DRAIN_MAX_S 3600
+#define OUTBOX_RETENTION_MAX_S 604800 /* a week */
 #define DEF_LEEWAY_S 30
 #define LEEWAY_MAX_S 3600
 
@@ -363,6 +364,11 @@ static int load_all(cm_config *c, const cm_config_defaults *d, char *err, size_t
         (rc = load_int(&drain_s, "DRAIN_GRACE_SECONDS", v, 0, DRAIN_MAX_S, err, errlen)))
         return rc;
     c->drain_grace_ms = drain_s * 1000;
+    c->outbox_retention_s = 0;
+    if ((v = env("OUTBOX_RETENTION_SECONDS")) &&
+        (rc = load_int(&c->outbox_retention_s, "OUTBOX_RETENTION_SECONDS", v, 0,
+                       OUTBOX_RETENTION_MAX_S, err, errlen)))
+        return rc;
 
     c->auth_mode = CM_AUTH_OFF;
     if ((v = env("AUTH_MODE")) && cm_auth_mode_parse(v, &c->auth_mode) != 0)
@@ -477,6 +483,8 @@ void cm_config_usage(FILE *f, const char *prog, const cm_config_defaults *d)
     usage_row(f, "LOG_LEVEL", "debug, info, warn or error", "info");
     usage_row(f, "GRPC_MAX_MESSAGE_BYTES", "largest gRPC message accepted or sent", msg);
     usage_row(f, "DRAIN_GRACE_SECONDS", "on SIGTERM, time for calls in flight, 0..3600", drain);
+    usage_row(f, "OUTBOX_RETENTION_SECONDS",
+              "keep published outbox rows this long; 0 deletes them, 0..604800", "0");
     usage_row(f, "AUTH_MODE", "off (trust x-tenant-id) or required (bearer JWT)", "off");
     usage_row(f, "JWT_HS256_SECRET", "shared secret for HS256 tokens, >= 32 bytes", "(none)");
     usage_row(f, "JWT_RS256_PUBLIC_KEY_FILE", "PEM public key file for RS256 tokens", "(none)");

@@ -560,8 +560,8 @@ static void update_metrics(cm_outbox_relay *r)
     PQclear(res);
 }
 
-/* published rows are kept retention_s for inspection, then deleted in
- * chunks from the low ids (the oldest) */
+/* with a retention, published rows are kept retention_s for inspection,
+ * then deleted in chunks from the low ids (the oldest) */
 static void cleanup(cm_outbox_relay *r)
 {
     char secs[32];
@@ -594,13 +594,21 @@ static int park_row(cm_outbox_relay *r, int64_t id, const char *event_id, const 
                   p, NULL);
 }
 
+/* records the broker's ack of the batch: the rows are deleted, or with a
+ * retention marked published. deleting writes a small tombstone per row;
+ * marking writes a whole new row version and its index entries (the
+ * partial index on unsent rows names published_at, so the update is never
+ * HOT) */
 static int mark_published(cm_outbox_relay *r, size_t nacked)
 {
     const char *p[] = {r->idbuf};
     PGresult *res = NULL;
     int rc = simple(r, "mark outbox rows published",
-                    "UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[]) "
-                    "RETURNING extract(epoch FROM clock_timestamp() - created_at)",
+                    r->retention_s > 0
+                        ? "UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[]) "
+                          "RETURNING extract(epoch FROM clock_timestamp() - created_at)"
+                        : "DELETE FROM outbox WHERE id = ANY($1::bigint[]) "
+                          "RETURNING extract(epoch FROM clock_timestamp() - created_at)",
                     1, p, &res);
     if (rc)
         return rc;
@@ -863,7 +871,7 @@ static void *relay_main(void *arg)
             update_metrics(r);
             next_metrics = now + METRICS_EVERY_S;
         }
-        if (r->db && now >= next_cleanup) {
+        if (r->db && r->retention_s > 0 && now >= next_cleanup) {
             cleanup(r);
             next_cleanup =
                 now + (r->retention_s < CLEANUP_EVERY_S ? r->retention_s : CLEANUP_EVERY_S);
@@ -911,7 +919,7 @@ int cm_outbox_relay_start(cm_outbox_relay **out, const cm_outbox_relay_opts *o, 
     r->poll_ms = o->poll_ms > 0 ? o->poll_ms : 200;
     r->leader_retry_ms = o->leader_retry_ms > 0 ? o->leader_retry_ms : 1000;
     r->backoff_max_ms = o->backoff_max_ms > 0 ? o->backoff_max_ms : 10000;
-    r->retention_s = o->retention_s > 0 ? o->retention_s : 900;
+    r->retention_s = o->retention_s > 0 ? o->retention_s : 0;
     r->dsn = strdup(o->dsn);
     r->schema = strdup(o->schema);
     r->ids = calloc((size_t)r->batch_size, sizeof *r->ids);

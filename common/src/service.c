@@ -259,6 +259,7 @@ static int start_events(cm_service *svc, char *err, size_t errlen)
             .schema = def->schema,
             .producer = svc->producer,
             .metrics = svc->metrics,
+            .retention_s = svc->cfg.outbox_retention_s,
         };
         rc = cm_outbox_relay_start(&svc->relay, &ro, err, errlen);
         if (rc)

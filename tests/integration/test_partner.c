@@ -187,11 +187,12 @@ static int write_events(cm_db *db, void *arg)
     return 0;
 }
 
-static long published(cm_db *db)
+/* rows not yet acknowledged by kafka (the relay then deletes them) */
+static long unsent(cm_db *db)
 {
     PGresult *r = NULL;
-    if (cm_db_exec(db, "count published",
-                   "SELECT count(*) FROM outbox WHERE published_at IS NOT NULL", 0, NULL, &r) != 0)
+    if (cm_db_exec(db, "count unsent",
+                   "SELECT count(*) FROM outbox WHERE published_at IS NULL", 0, NULL, &r) != 0)
         return -1;
     long n = strtol(PQgetvalue(r, 0, 0), NULL, 10);
     PQclear(r);
@@ -223,7 +224,7 @@ START_TEST(kcat_reads_valid_partner_cloudevents)
     cm_outbox_relay_opts ro = {.dsn = hs_pg_dsn(), .schema = schema, .producer = p};
     ck_assert_msg(cm_outbox_relay_start(&relay, &ro, err, sizeof err) == 0, "%s", err);
     long long until = hs_now_ms() + 30000;
-    while (published(db) < NKINDS) {
+    while (unsent(db) != 0) {
         ck_assert_msg(hs_now_ms() < until, "the relay did not publish the partner events");
         usleep(100 * 1000);
     }

@@ -16,6 +16,7 @@ static const char *const all_vars[] = {
     "AUTH_MODE",     "JWT_HS256_SECRET",       "JWT_RS256_PUBLIC_KEY_FILE",
     "JWT_ISSUER",    "JWT_AUDIENCE",           "JWT_LEEWAY_SECONDS",
     "TLS_CERT_FILE", "TLS_KEY_FILE",           "TLS_CLIENT_CA_FILE",
+    "OUTBOX_RETENTION_SECONDS",
 };
 
 static const cm_config_defaults order_defs = {"order", 50051, 9091, 1};
@@ -71,6 +72,7 @@ START_TEST(defaults_follow_design_table)
     ck_assert_int_eq(cfg.log_level, CM_LOG_INFO);
     ck_assert_int_eq(cfg.max_message_bytes, 4 * 1024 * 1024);
     ck_assert_int_eq(cfg.drain_grace_ms, 20000);
+    ck_assert_int_eq(cfg.outbox_retention_s, 0); /* published rows are deleted */
     ck_assert_int_eq(cfg.auth_mode, CM_AUTH_OFF);
     ck_assert_str_eq(cfg.jwt_hs256_secret, "");
     ck_assert_str_eq(cfg.jwt_rs256_public_key_file, "");
@@ -104,6 +106,7 @@ START_TEST(environment_overrides_defaults)
     setenv("LOG_LEVEL", "debug", 1);
     setenv("GRPC_MAX_MESSAGE_BYTES", "1048576", 1);
     setenv("DRAIN_GRACE_SECONDS", "0", 1);
+    setenv("OUTBOX_RETENTION_SECONDS", "900", 1);
     setenv("AUTH_MODE", "required", 1);
     setenv("JWT_HS256_SECRET", "0123456789abcdef0123456789abcdef", 1);
     setenv("JWT_RS256_PUBLIC_KEY_FILE", tmpfile_path, 1);
@@ -123,6 +126,7 @@ START_TEST(environment_overrides_defaults)
     ck_assert_int_eq(cfg.log_level, CM_LOG_DEBUG);
     ck_assert_int_eq(cfg.max_message_bytes, 1048576);
     ck_assert_int_eq(cfg.drain_grace_ms, 0);
+    ck_assert_int_eq(cfg.outbox_retention_s, 900);
     ck_assert_int_eq(cfg.auth_mode, CM_AUTH_REQUIRED);
     ck_assert_str_eq(cfg.jwt_hs256_secret, "0123456789abcdef0123456789abcdef");
     ck_assert_str_eq(cfg.jwt_rs256_public_key_file, tmpfile_path);
@@ -235,6 +239,8 @@ static const struct {
     {"GRPC_MAX_MESSAGE_BYTES", "2147483648", "\"2147483648\""},
     {"DRAIN_GRACE_SECONDS", "-1", "DRAIN_GRACE_SECONDS: must be an integer between 0 and 3600"},
     {"DRAIN_GRACE_SECONDS", "3601", "\"3601\""},
+    {"OUTBOX_RETENTION_SECONDS", "-5", "OUTBOX_RETENTION_SECONDS: must be an integer between 0 and"},
+    {"OUTBOX_RETENTION_SECONDS", "604801", "\"604801\""},
     {"AUTH_MODE", "on", "AUTH_MODE: must be off or required, got \"on\""},
     {"AUTH_MODE", "required", "AUTH_MODE: \"required\" needs JWT_HS256_SECRET or"},
     {"JWT_HS256_SECRET", "hunter2", "JWT_HS256_SECRET: must be at least 32 bytes, got 7"},

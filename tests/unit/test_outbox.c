@@ -62,7 +62,7 @@ static void setup(void)
     rd_kafka_mock_topic_create(mk.mc, "t.events", 3, 1);
     memset(seq, 0, sizeof seq);
     PGconn *c = pt_admin();
-    char q[256];
+    char q[512];
     snprintf(q, sizeof q, "DROP SCHEMA IF EXISTS %s CASCADE", schema);
     pt_sql(c, q);
     PQfinish(c);
@@ -72,6 +72,25 @@ static void setup(void)
                                           cm_outbox_migrations_count, err, sizeof err) == 0,
                   "%s", err);
     cm_db_free(db);
+    /* by default the relay deletes a row once kafka acknowledged it: this
+     * log of deleted rows lets the tests count what was published in
+     * either mode (marked rows + rows deleted unmarked) and keep the ids */
+    c = pt_admin();
+    snprintf(q, sizeof q,
+             "CREATE TABLE %s.outbox_gone (id bigint, key text, was_marked boolean)", schema);
+    pt_sql(c, q);
+    snprintf(q, sizeof q,
+             "CREATE FUNCTION %s.outbox_gone() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+             "INSERT INTO %s.outbox_gone VALUES (OLD.id, OLD.key, OLD.published_at IS NOT NULL); "
+             "RETURN OLD; END $$",
+             schema, schema);
+    pt_sql(c, q);
+    snprintf(q, sizeof q,
+             "CREATE TRIGGER outbox_gone AFTER DELETE ON %s.outbox FOR EACH ROW EXECUTE "
+             "FUNCTION %s.outbox_gone()",
+             schema, schema);
+    pt_sql(c, q);
+    PQfinish(c);
 }
 
 static void teardown(void)
@@ -93,8 +112,10 @@ static cm_kafka_producer *producer(const char *const *conf)
     return p;
 }
 
-/* the next relay's idle poll (relay() below) */
+/* the next relay's idle poll and retention (relay() below); retention 0,
+ * the default, deletes rows as they are acknowledged */
 static int relay_poll_ms = 200;
+static int relay_retention_s = 0;
 
 static cm_outbox_relay *relay(cm_kafka_producer *p, cm_metrics *m, int batch)
 {
@@ -109,6 +130,7 @@ static cm_outbox_relay *relay(cm_kafka_producer *p, cm_metrics *m, int batch)
         .poll_ms = relay_poll_ms,
         .leader_retry_ms = 200,
         .backoff_max_ms = 500,
+        .retention_s = relay_retention_s,
     };
     ck_assert_msg(cm_outbox_relay_start(&r, &o, err, sizeof err) == 0, "%s", err);
     return r;
@@ -171,12 +193,19 @@ static int total_events(void)
     return n;
 }
 
+/* marked published (with a retention), or deleted unmarked (without) */
+static long published_rows(void)
+{
+    return query_long("SELECT (SELECT count(*) FROM %s.outbox WHERE published_at IS NOT NULL) + "
+                      "(SELECT count(*) FROM %s.outbox_gone WHERE NOT was_marked)",
+                      schema, schema);
+}
+
 static void wait_published(long n, int timeout_ms)
 {
     long long until = mk_now_ms() + timeout_ms;
     long got = 0;
-    while ((got = query_long("SELECT count(*) FROM %s.outbox WHERE published_at IS NOT NULL",
-                             schema)) < n) {
+    while ((got = published_rows()) < n) {
         ck_assert_msg(mk_now_ms() < until, "published %ld of %ld rows", got, n);
         mk_sleep_ms(50);
     }
@@ -426,8 +455,8 @@ START_TEST(rows_committed_late_are_not_skipped)
     cm_db_free(fast);
     cm_metrics_free(m);
     check_topic(2, 0);
-    ck_assert_int_eq(query_long("SELECT count(*) FROM %s.outbox o1 JOIN %s.outbox o2 ON o1.id < "
-                                "o2.id WHERE o1.key = 'k0' AND o2.key = 'k1'",
+    ck_assert_int_eq(query_long("SELECT count(*) FROM %s.outbox_gone o1 JOIN %s.outbox_gone o2 ON "
+                                "o1.id < o2.id WHERE o1.key = 'k0' AND o2.key = 'k1'",
                                 schema, schema),
                      1);
 }
@@ -616,6 +645,37 @@ START_TEST(published_rows_are_deleted_after_retention)
     cm_kafka_producer_free(p, 1000);
     cm_db_free(db);
     check_topic(10, 0);
+    /* kept marked first, deleted by the cleanup afterwards */
+    ck_assert_int_eq(query_long("SELECT count(*) FROM %s.outbox_gone WHERE was_marked", schema),
+                     10);
+}
+END_TEST
+
+START_TEST(acknowledged_rows_are_deleted_by_default)
+{
+    cm_kafka_producer *p = producer(NULL);
+    cm_metrics *m = cm_metrics_new();
+    cm_outbox_relay *r = relay(p, m, 64);
+    cm_db *db = connect_db();
+    for (int i = 0; i < 3; i++)
+        add_events(db, 40);
+    long long until = mk_now_ms() + 30000;
+    while (query_long("SELECT count(*) FROM %s.outbox", schema) > 0) {
+        ck_assert_msg(mk_now_ms() < until, "acknowledged rows were not deleted");
+        mk_sleep_ms(50);
+    }
+    ck_assert_uint_eq(cm_outbox_relay_published(r), 120);
+    cm_outbox_relay_free(r);
+    cm_kafka_producer_free(p, 1000);
+    cm_db_free(db);
+    /* every row went out once, in key order, before its row was deleted:
+     * none was ever kept marked */
+    check_topic(120, 0);
+    ck_assert_int_eq(query_long("SELECT count(*) FROM %s.outbox_gone WHERE NOT was_marked", schema),
+                     120);
+    ck_assert_uint_eq(
+        cm_counter_value(cm_metrics_counter(m, "outbox_published_total", "", NULL)), 120);
+    cm_metrics_free(m);
 }
 END_TEST
 
@@ -636,6 +696,7 @@ static Suite *outbox_suite(void)
     tcase_add_test(tc, stop_during_an_outage_leaves_rows_unsent);
     tcase_add_test(tc, oversize_row_is_parked_and_the_rest_flow);
     tcase_add_test(tc, published_rows_are_deleted_after_retention);
+    tcase_add_test(tc, acknowledged_rows_are_deleted_by_default);
     suite_add_tcase(s, tc);
     return s;
 }

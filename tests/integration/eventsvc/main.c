@@ -293,7 +293,8 @@ static int warmup_tx(cm_db *db, void *arg)
     return add_event(db, "warmup", arg);
 }
 
-/* writes the warm-up event and waits for the relay to mark it published */
+/* writes the warm-up event and waits until the relay published it (no longer
+ * unsent: deleted, or marked with a retention) */
 static int warm_up(evs_app *app, cm_db *db)
 {
     if (cm_db_tx(db, NULL, 5, warmup_tx, "0") != 0)
@@ -301,11 +302,11 @@ static int warm_up(evs_app *app, cm_db *db)
     while (!atomic_load(&app->stop)) {
         PGresult *r = NULL;
         if (cm_db_exec(db, "warm-up published",
-                       "SELECT count(*) FROM outbox WHERE key = 'warmup' AND published_at IS NOT "
+                       "SELECT count(*) = 0 FROM outbox WHERE key = 'warmup' AND published_at IS "
                        "NULL",
                        0, NULL, &r) != 0)
             return -1;
-        int done = strcmp(PQgetvalue(r, 0, 0), "0") != 0;
+        int done = strcmp(PQgetvalue(r, 0, 0), "t") == 0;
         PQclear(r);
         if (done) {
             cm_log_info("warm-up event published: writing", NULL);
