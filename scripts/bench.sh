@@ -71,7 +71,8 @@ benchmarks:
          replies, one reservation each, the outbox drained
          options: --duration S (10) --rounds R (3) --concurrency C (80)
                   --rate R (1000) --paced-duration S (20) --paced-concurrency C
-                  (256) --warmup S (2) --workers W (72) --inv-workers W (64)
+                  (256) --warmup S (2) --prewarm S (20: a first full-speed run
+                  left out of the median) --workers W (72) --inv-workers W (64)
                   --channels N (4) --threads T (2) --skus N (10000) --lines L (2)
                   --inventory-events on|off (on: inventory emits its events and
                   consumes the order events, as deployed) --no-build
@@ -959,7 +960,7 @@ ord_run() {
 
 bench_order() {
   local duration=10 rounds=3 concurrency=80 rate=1000 paced_duration=20 paced_concurrency=256
-  local workers=72 inv_workers=64 do_build=1 inv_events=on
+  local workers=72 inv_workers=64 do_build=1 inv_events=on prewarm=20
   ord_warmup=2 ord_channels=4 ord_threads=2 ord_skus=10000 ord_lines=2 ord_waits="" ord_sampler=""
   while [ $# -gt 0 ]; do
     case "$1" in
@@ -970,6 +971,7 @@ bench_order() {
     --paced-duration) paced_duration=$2; shift 2 ;;
     --paced-concurrency) paced_concurrency=$2; shift 2 ;;
     --warmup) ord_warmup=$2; shift 2 ;;
+    --prewarm) prewarm=$2; shift 2 ;;
     --workers) workers=$2; shift 2 ;;
     --inv-workers) inv_workers=$2; shift 2 ;;
     --channels) ord_channels=$2; shift 2 ;;
@@ -991,6 +993,7 @@ bench_order() {
       { echo "bench.sh: options take positive whole numbers, got '$v'" >&2; exit 2; }
   done
   [[ "$ord_warmup" =~ ^[0-9]+$ ]] || { echo "bench.sh: --warmup takes seconds, got '$ord_warmup'" >&2; exit 2; }
+  [[ "$prewarm" =~ ^[0-9]+$ ]] || { echo "bench.sh: --prewarm takes seconds, got '$prewarm'" >&2; exit 2; }
   [ "$ord_lines" -le 100 ] && [ "$ord_lines" -le "$ord_skus" ] ||
     { echo "bench.sh: --lines must be at most 100 and at most --skus" >&2; exit 2; }
   command -v psql >/dev/null || die "psql is needed to seed and check the order benchmark"
@@ -1061,6 +1064,11 @@ bench_order() {
   fi
   echo "full speed   closed loop, $concurrency in flight, $ord_channels channels, $ord_threads loadgen threads;"
   echo "             $rounds rounds of ${ord_warmup} s warmup + ${duration} s; median over rounds"
+  if [ "$prewarm" -gt 0 ]; then
+    echo "prewarm      first ${prewarm} s at full speed, shown as 'prewarm' and left out of the"
+    echo "             median: the cluster, the services and the broker's jvm start cold"
+    echo "             (steady state is what 'sustained' means; the cold row shows the start)"
+  fi
   echo "paced        $rate orders/s offered on a fixed schedule for ${paced_duration} s after ${ord_warmup} s"
   echo "             warmup, at most $paced_concurrency in flight; latency from the scheduled start"
   echo "memory       commerce-order VmHWM (peak RSS since start) and VmRSS after each run"
@@ -1117,6 +1125,12 @@ SQL
   local failed=0 r
   local -a full=() full50=() full99=() rss_after=()
   local full_cpu="" paced_json="" paced_cpu=""
+  if [ "$prewarm" -gt 0 ]; then
+    ord_waits=$workdir/pg-waits-prewarm.txt
+    ord_run prewarm "$workdir/prewarm.txt" --concurrency "$concurrency" --duration "$prewarm" ||
+      failed=1
+    rss_after+=("$(rss_kb "$ord_pid")")
+  fi
   for r in $(seq 1 "$rounds"); do
     ord_waits=$workdir/pg-waits-full-$r.txt
     if ord_run "full-$r" "$workdir/full-$r.txt" --concurrency "$concurrency" --duration "$duration"; then
