@@ -49,8 +49,8 @@ typedef struct {
     int max_message_bytes;                     /* GRPC_MAX_MESSAGE_BYTES */
     int drain_grace_ms;                        /* DRAIN_GRACE_SECONDS * 1000 */
     int outbox_retention_s; /* OUTBOX_RETENTION_SECONDS: 0 = delete rows once published */
-    cm_auth_mode auth_mode;                    /* AUTH_MODE */
-    char jwt_hs256_secret[CM_CONFIG_TEXT_MAX]; /* JWT_HS256_SECRET; "" = none */
+    cm_auth_mode auth_mode; /* AUTH_MODE */
+    char jwt_hs256_secret[CM_CONFIG_TEXT_MAX];          /* JWT_HS256_SECRET; "" = none */
     char jwt_rs256_public_key_file[CM_CONFIG_PATH_MAX]; /* JWT_RS256_PUBLIC_KEY_FILE */
     char jwt_issuer[CM_CONFIG_ADDR_MAX];                /* JWT_ISSUER; "" = not checked */
     char jwt_audience[CM_CONFIG_ADDR_MAX];              /* JWT_AUDIENCE; "" = not checked */

@@ -326,8 +326,12 @@ START_TEST(relay_killed_mid_stream_loses_nothing)
     spawn(&c, "consumer", brokers, NULL, 1);
     /* published rows are kept (marked) so the test can make some look
      * unsent again below */
-    const char *const w[] = {"EVENTSVC_WRITE_TOTAL=3000", "EVENTSVC_KEYS=16", "EVENTSVC_BATCH=10",
-                             "EVENTSVC_PAUSE_MS=5", "OUTBOX_RETENTION_SECONDS=3600", NULL};
+    const char *const w[] = {"EVENTSVC_WRITE_TOTAL=3000",
+                             "EVENTSVC_KEYS=16",
+                             "EVENTSVC_BATCH=10",
+                             "EVENTSVC_PAUSE_MS=5",
+                             "OUTBOX_RETENTION_SECONDS=3600",
+                             NULL};
     spawn(&p, "producer", brokers, w, 1);
     wait_until(published, 300, 60000, "published before the kill");
     ck_assert_int_eq(hs_stop(&p, SIGKILL, 5000), 128 + SIGKILL);

@@ -191,8 +191,8 @@ static int write_events(cm_db *db, void *arg)
 static long unsent(cm_db *db)
 {
     PGresult *r = NULL;
-    if (cm_db_exec(db, "count unsent",
-                   "SELECT count(*) FROM outbox WHERE published_at IS NULL", 0, NULL, &r) != 0)
+    if (cm_db_exec(db, "count unsent", "SELECT count(*) FROM outbox WHERE published_at IS NULL", 0,
+                   NULL, &r) != 0)
         return -1;
     long n = strtol(PQgetvalue(r, 0, 0), NULL, 10);
     PQclear(r);

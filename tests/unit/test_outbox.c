@@ -76,8 +76,8 @@ static void setup(void)
      * log of deleted rows lets the tests count what was published in
      * either mode (marked rows + rows deleted unmarked) and keep the ids */
     c = pt_admin();
-    snprintf(q, sizeof q,
-             "CREATE TABLE %s.outbox_gone (id bigint, key text, was_marked boolean)", schema);
+    snprintf(q, sizeof q, "CREATE TABLE %s.outbox_gone (id bigint, key text, was_marked boolean)",
+             schema);
     pt_sql(c, q);
     snprintf(q, sizeof q,
              "CREATE FUNCTION %s.outbox_gone() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
@@ -673,8 +673,8 @@ START_TEST(acknowledged_rows_are_deleted_by_default)
     check_topic(120, 0);
     ck_assert_int_eq(query_long("SELECT count(*) FROM %s.outbox_gone WHERE NOT was_marked", schema),
                      120);
-    ck_assert_uint_eq(
-        cm_counter_value(cm_metrics_counter(m, "outbox_published_total", "", NULL)), 120);
+    ck_assert_uint_eq(cm_counter_value(cm_metrics_counter(m, "outbox_published_total", "", NULL)),
+                      120);
     cm_metrics_free(m);
 }
 END_TEST
