@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -100,10 +101,18 @@ int hs_spawn(hs_proc *p, const char *bin, const char *const *env)
     envp[n] = NULL;
 
     int fd = open(p->log_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    pid_t parent = getpid();
     pid_t pid = fork();
     if (pid == 0) {
-        if (fd >= 0)
+        /* a test that fails skips its own cleanup: the service must not
+         * outlive the test process, nor hold ctest's output pipe open (ctest
+         * would wait for its timeout) */
+        if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent)
+            _exit(127);
+        if (fd >= 0) {
             dup2(fd, STDERR_FILENO); /* dup2 clears close-on-exec on the copy */
+            dup2(fd, STDOUT_FILENO);
+        }
         char *const argv[] = {(char *)bin, NULL};
         execve(bin, argv, envp);
         _exit(127);

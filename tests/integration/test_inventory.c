@@ -43,9 +43,15 @@ static void spawn(hs_proc *p, const char *const *extra)
 {
     char s[96];
     snprintf(s, sizeof s, "INVENTORY_SCHEMA=%s", schema);
-    const char *env[16] = {s, "INVENTORY_SWEEP_MS=100", "INVENTORY_CONSUME_ORDERS=off",
-                           "WORKERS=16", "INVENTORY_INVARIANT_CHECK_S=1"};
-    size_t n = 5;
+    /* published outbox rows are kept (marked) for an hour: the tests read
+     * what each change wrote to the outbox after the relay sent it */
+    const char *env[16] = {s,
+                           "INVENTORY_SWEEP_MS=100",
+                           "INVENTORY_CONSUME_ORDERS=off",
+                           "WORKERS=16",
+                           "INVENTORY_INVARIANT_CHECK_S=1",
+                           "OUTBOX_RETENTION_SECONDS=3600"};
+    size_t n = 6;
     for (size_t i = 0; extra && extra[i] && n < 15; i++)
         env[n++] = extra[i];
     env[n] = NULL;
