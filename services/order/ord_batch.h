@@ -2,8 +2,9 @@
  * ord_batch: group commit for CreateOrder. concurrent creates are stored
  * together: the first caller to find no batch running becomes the leader,
  * takes every create queued so far (up to a maximum), stores them in one
- * transaction on its own connection (ord_store_create_many), and wakes the
- * others; whoever is still waiting leads the next batch. each caller
+ * transaction on its own connection (ord_store_create_many), and wakes each
+ * of them once (its own semaphore), then hands the lead to the oldest
+ * caller still waiting, who takes what queued meanwhile. each caller
  * returns only after the transaction holding its order committed. see
  * README.md, "group commit".
  */
