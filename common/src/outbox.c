@@ -16,6 +16,7 @@
 #include <jansson.h>
 #include <poll.h>
 #include <pthread.h>
+#include <math.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -561,13 +562,16 @@ static void update_metrics(cm_outbox_relay *r)
 }
 
 /* with a retention, published rows are kept retention_s for inspection,
- * then deleted in chunks from the low ids (the oldest) */
+ * then deleted in chunks from the low ids (the oldest); without, the rows
+ * left marked by an earlier setting are deleted */
 static void cleanup(cm_outbox_relay *r)
 {
     char secs[32];
     snprintf(secs, sizeof secs, "%d", r->retention_s);
     const char *p[] = {secs};
-    for (int i = 0; i < 10 && r->db && !stopping(r); i++) {
+    /* with a retention at most 10 chunks per call (it runs every few
+     * seconds); without, it runs once, to the end */
+    for (int i = 0; (i < 10 || r->retention_s == 0) && r->db && !stopping(r); i++) {
         PGresult *res = NULL;
         if (simple(r, "delete published outbox rows",
                    "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE published_at < "
@@ -871,10 +875,14 @@ static void *relay_main(void *arg)
             update_metrics(r);
             next_metrics = now + METRICS_EVERY_S;
         }
-        if (r->db && r->retention_s > 0 && now >= next_cleanup) {
+        if (r->db && now >= next_cleanup) {
+            /* without a retention, once on taking the lead: rows a relay
+             * with a retention (an earlier setting or version) left marked */
             cleanup(r);
             next_cleanup =
-                now + (r->retention_s < CLEANUP_EVERY_S ? r->retention_s : CLEANUP_EVERY_S);
+                r->retention_s == 0
+                    ? INFINITY
+                    : now + (r->retention_s < CLEANUP_EVERY_S ? r->retention_s : CLEANUP_EVERY_S);
         }
         if (!r->db)
             continue;
