@@ -120,7 +120,8 @@ typedef struct cm_outbox_relay_opts {
      * broker is the record of what was sent); > 0: it is kept, marked
      * published_at, and deleted that many seconds later, for inspection.
      * marking writes a new version of every row with its index entries:
-     * about a third of an order's write-ahead log (services/order/README.md) */
+     * over a quarter of a created order's write-ahead log (common/README.md,
+     * "Recording the ack") */
     int retention_s;
 } cm_outbox_relay_opts;
 

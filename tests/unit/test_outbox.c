@@ -112,10 +112,9 @@ static cm_kafka_producer *producer(const char *const *conf)
     return p;
 }
 
-/* the next relay's idle poll and retention (relay() below); retention 0,
- * the default, deletes rows as they are acknowledged */
+/* the next relay's idle poll (relay() below). its retention is the
+ * default, 0: rows are deleted as they are acknowledged */
 static int relay_poll_ms = 200;
-static int relay_retention_s = 0;
 
 static cm_outbox_relay *relay(cm_kafka_producer *p, cm_metrics *m, int batch)
 {
@@ -130,7 +129,6 @@ static cm_outbox_relay *relay(cm_kafka_producer *p, cm_metrics *m, int batch)
         .poll_ms = relay_poll_ms,
         .leader_retry_ms = 200,
         .backoff_max_ms = 500,
-        .retention_s = relay_retention_s,
     };
     ck_assert_msg(cm_outbox_relay_start(&r, &o, err, sizeof err) == 0, "%s", err);
     return r;
