@@ -4,7 +4,7 @@
 # a real kafka broker (or uses PG_DSN / KAFKA_BROKERS when set), runs every
 # test (ctest: unit, integration, interop) and the quick start check, and
 # exits non-zero on any failure. what it started is stopped at the end
-# (KEEP_INFRA=1 keeps it running).
+# (KEEP_INFRA=1 keeps it running; unset or 0 stops it).
 #
 #   scripts/test.sh            everything
 #   scripts/test.sh -R regex   only the ctest tests matching regex
@@ -40,7 +40,7 @@ fi
 KAFKA_BROKERS=$("$root/scripts/kafka.sh" bootstrap)
 export KAFKA_BROKERS
 cleanup() {
-  [ -n "${KEEP_INFRA:-}" ] && return 0
+  [ "${KEEP_INFRA:-0}" != 0 ] && return 0
   if [ "$started_kafka" = 1 ]; then
     "$root/scripts/kafka.sh" stop || true
   fi
