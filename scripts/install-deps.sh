@@ -15,7 +15,7 @@ DEBS=(
   python3-grpcio python3-protobuf python3-jsonschema
   clang-format clang-tidy valgrind
   default-jre-headless maven
-  procps curl openssl
+  procps iproute2 curl openssl
 )
 
 missing=()

@@ -64,18 +64,64 @@ stop_all() {
 trap stop_all EXIT
 trap 'echo; echo "== draining"; stop_all; exit 0' INT TERM
 
-# service, grpc port, admin port (DESIGN: configuration table)
+# service, grpc port, admin port (DESIGN: configuration table), in start
+# order: a service comes after the services it calls
 services=(
-  "order 50051 9091"
   "inventory 50052 9092"
+  "order 50051 9091"
   "settlement 50053 9093"
   "commission 50054 9094"
 )
+
+# a port is taken when any socket has it as its local port: a listener, or
+# a connection whose ephemeral port (32768-60999 on linux) happens to be it
+port_busy() {
+  [ -n "$(ss -Htan "sport = :$1" 2>/dev/null)" ]
+}
+# --check (the test command's smoke run) must not depend on the default
+# ports being free on a shared machine: it shifts every port by one offset
+# into 20000-32000, below the ephemeral range, where no outgoing
+# connection can take a port between this check and the bind.
+# RUN_PORT_OFFSET shifts them on purpose (e.g. -10000). Shifted, a
+# service's admin port is its gRPC port + 50 (the default admin ports,
+# 909x, have no room below them).
+offset=${RUN_PORT_OFFSET:-}
+all_free() { # offset
+  local s name grpc admin
+  for s in "${services[@]}"; do
+    read -r name grpc admin <<<"$s"
+    if port_busy $((grpc + $1)) || port_busy $((grpc + $1 + 50)); then
+      return 1
+    fi
+  done
+}
+if [ -z "$offset" ]; then
+  offset=0
+  if [ "$mode" = --check ]; then
+    for o in $(seq -29000 100 -20000); do
+      if all_free "$o"; then offset=$o; break; fi
+    done
+  fi
+fi
+port_of() { echo $(($1 + offset)); }
+admin_of() { # grpc port, admin port (both unshifted)
+  if [ "$offset" = 0 ]; then echo "$2"; else echo $(($1 + offset + 50)); fi
+}
+
+inventory_grpc=$(port_of 50052)
 started=0
 start_service() { # name binary grpc admin
-  local name=$1 bin=$2 grpc=$3 admin=$4
+  local name=$1 bin=$2 grpc=$3 admin=$4 p
+  for p in "$grpc" "$admin"; do
+    if port_busy "$p"; then
+      echo "run: port $p for $name is in use:" >&2
+      ss -Htanp "sport = :$p" >&2 || true
+      echo "run: free it, or shift every port with RUN_PORT_OFFSET=-10000" >&2
+      exit 1
+    fi
+  done
   GRPC_LISTEN="127.0.0.1:$grpc" ADMIN_LISTEN="127.0.0.1:$admin" \
-    INVENTORY_TARGET="127.0.0.1:50052" \
+    INVENTORY_TARGET="127.0.0.1:$inventory_grpc" \
     "$bin" 2>"$logs/$name.log" &
   pids+=($!)
   names+=("$name 127.0.0.1:$grpc admin http://127.0.0.1:$admin")
@@ -84,12 +130,12 @@ start_service() { # name binary grpc admin
 for s in "${services[@]}"; do
   read -r name grpc admin <<<"$s"
   bin="$build/bin/commerce-$name"
-  [ -x "$bin" ] && start_service "$name" "$bin" "$grpc" "$admin"
+  [ -x "$bin" ] && start_service "$name" "$bin" "$(port_of "$grpc")" "$(admin_of "$grpc" "$admin")"
 done
 if [ "$started" = 0 ]; then
   # no business service is built yet: show the runtime with its test service
   echo "(no business service built yet: starting the runtime's test service)"
-  start_service testsvc "$build/bin/commerce-testsvc" 50059 9099
+  start_service testsvc "$build/bin/commerce-testsvc" "$(port_of 50059)" "$(admin_of 50059 9099)"
 fi
 
 echo "== health (python grpcio)"
