@@ -44,10 +44,16 @@ typedef struct {
     char pg_dsn[CM_CONFIG_TEXT_MAX];           /* PG_DSN */
     char kafka_brokers[CM_CONFIG_TEXT_MAX];    /* KAFKA_BROKERS, host:port[,host:port...] */
     char inventory_target[CM_CONFIG_ADDR_MAX]; /* INVENTORY_TARGET; "" when not needed */
-    int workers;                               /* WORKERS, 1..256 */
-    cm_log_level log_level;                    /* LOG_LEVEL */
-    int max_message_bytes;                     /* GRPC_MAX_MESSAGE_BYTES */
-    int drain_grace_ms;                        /* DRAIN_GRACE_SECONDS * 1000 */
+    /* INVENTORY_TLS_CA_FILE: set = calls to inventory use TLS, verified
+     * with this CA bundle; INVENTORY_TLS_CERT_FILE / _KEY_FILE: the client
+     * certificate presented to it (mTLS). "" = unset */
+    char inventory_tls_ca_file[CM_CONFIG_PATH_MAX];
+    char inventory_tls_cert_file[CM_CONFIG_PATH_MAX];
+    char inventory_tls_key_file[CM_CONFIG_PATH_MAX];
+    int workers;            /* WORKERS, 1..256 */
+    cm_log_level log_level; /* LOG_LEVEL */
+    int max_message_bytes;  /* GRPC_MAX_MESSAGE_BYTES */
+    int drain_grace_ms;     /* DRAIN_GRACE_SECONDS * 1000 */
     int outbox_retention_s; /* OUTBOX_RETENTION_SECONDS: 0 = delete rows once published */
     cm_auth_mode auth_mode; /* AUTH_MODE */
     char jwt_hs256_secret[CM_CONFIG_TEXT_MAX];          /* JWT_HS256_SECRET; "" = none */
@@ -65,10 +71,11 @@ typedef struct {
  * with port 1..65535; INVENTORY_TARGET is host:port or a gRPC target URI
  * (dns:///host:port, unix:/path); numbers are plain decimal within their
  * range; files must be readable regular files; TLS_CERT_FILE and
- * TLS_KEY_FILE go together; AUTH_MODE=required needs a JWT key. returns 0,
- * or CM_EINVAL with one line in err ("VARIABLE: problem, got \"value\"";
- * secrets are never echoed) leaving *cfg untouched. reads the environment,
- * so call it before starting threads that might setenv. */
+ * TLS_KEY_FILE go together, so do INVENTORY_TLS_CERT_FILE and
+ * INVENTORY_TLS_KEY_FILE, which need INVENTORY_TLS_CA_FILE; AUTH_MODE=required needs a JWT key.
+ * returns 0, or CM_EINVAL with one line in err ("VARIABLE: problem, got \"value\""; secrets are
+ * never echoed) leaving *cfg untouched. reads the environment, so call it before starting threads
+ * that might setenv. */
 int cm_config_load(cm_config *cfg, const cm_config_defaults *d, char *err, size_t errlen);
 
 /* prints the --help text for prog (NULL: commerce-<service>): usage line,

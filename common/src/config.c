@@ -303,6 +303,34 @@ static int default_workers(void)
     return n > CM_CONFIG_WORKERS_MAX ? CM_CONFIG_WORKERS_MAX : n;
 }
 
+/* the TLS of the calls to inventory: the CA that signed inventory's
+ * certificate turns it on; a client certificate and key (both) add mTLS */
+static int load_client_tls(cm_config *c, char *err, size_t errlen)
+{
+    const char *ca = env("INVENTORY_TLS_CA_FILE"), *cert = env("INVENTORY_TLS_CERT_FILE"),
+               *key = env("INVENTORY_TLS_KEY_FILE");
+    int rc;
+    if (cert && !key)
+        return bad(err, errlen, "INVENTORY_TLS_KEY_FILE",
+                   "unset, but INVENTORY_TLS_CERT_FILE is set (mTLS needs both)");
+    if (key && !cert)
+        return bad(err, errlen, "INVENTORY_TLS_CERT_FILE",
+                   "unset, but INVENTORY_TLS_KEY_FILE is set (mTLS needs both)");
+    if (cert && !ca)
+        return bad(err, errlen, "INVENTORY_TLS_CA_FILE",
+                   "unset, but a client certificate is set (it is sent over TLS only)");
+    if (ca && (rc = load_file(c->inventory_tls_ca_file, sizeof c->inventory_tls_ca_file,
+                              "INVENTORY_TLS_CA_FILE", ca, err, errlen)))
+        return rc;
+    if (cert && (rc = load_file(c->inventory_tls_cert_file, sizeof c->inventory_tls_cert_file,
+                                "INVENTORY_TLS_CERT_FILE", cert, err, errlen)))
+        return rc;
+    if (key && (rc = load_file(c->inventory_tls_key_file, sizeof c->inventory_tls_key_file,
+                               "INVENTORY_TLS_KEY_FILE", key, err, errlen)))
+        return rc;
+    return 0;
+}
+
 static int load_all(cm_config *c, const cm_config_defaults *d, char *err, size_t errlen)
 {
     const char *v;
@@ -343,6 +371,8 @@ static int load_all(cm_config *c, const cm_config_defaults *d, char *err, size_t
         if ((v = env("INVENTORY_TARGET")) &&
             (rc = load_target(c->inventory_target, sizeof c->inventory_target, "INVENTORY_TARGET",
                               v, err, errlen)))
+            return rc;
+        if ((rc = load_client_tls(c, err, errlen)))
             return rc;
     }
 
@@ -477,8 +507,15 @@ void cm_config_usage(FILE *f, const char *prog, const cm_config_defaults *d)
     usage_row(f, "ADMIN_LISTEN", "HTTP address of /metrics, /healthz and /readyz", admin);
     usage_row(f, "PG_DSN", "libpq connection string; the service owns its schema", DEF_PG_DSN);
     usage_row(f, "KAFKA_BROKERS", "Kafka bootstrap servers, host:port[,host:port]", DEF_KAFKA);
-    if (d && d->needs_inventory_target)
+    if (d && d->needs_inventory_target) {
         usage_row(f, "INVENTORY_TARGET", "gRPC target of the inventory service", DEF_INVENTORY);
+        usage_row(f, "INVENTORY_TLS_CA_FILE",
+                  "PEM CA bundle of inventory's certificate; enables TLS", "(plaintext)");
+        usage_row(f, "INVENTORY_TLS_CERT_FILE", "PEM client certificate for inventory's mTLS",
+                  "(none)");
+        usage_row(f, "INVENTORY_TLS_KEY_FILE", "PEM private key of INVENTORY_TLS_CERT_FILE",
+                  "(none)");
+    }
     usage_row(f, "WORKERS", "gRPC worker threads (and DB connections), 1..256", workers);
     usage_row(f, "LOG_LEVEL", "debug, info, warn or error", "info");
     usage_row(f, "GRPC_MAX_MESSAGE_BYTES", "largest gRPC message accepted or sent", msg);

@@ -31,6 +31,7 @@
 
 #define RESERVE_METHOD "/commerce.inventory.v1.InventoryService/Reserve"
 #define RELEASE_METHOD "/commerce.inventory.v1.InventoryService/Release"
+#define GET_RESERVATION_METHOD "/commerce.inventory.v1.InventoryService/GetReservation"
 
 /* per-tenant payment timeouts, cached for a while (tenant_settings) */
 #define TENANT_CACHE 64
@@ -53,7 +54,7 @@ typedef struct ord_app {
     pthread_mutex_t mu;
     tenant_entry tenants[TENANT_CACHE];
     struct pending_release *releases; /* for the sweeper thread to send */
-    cm_counter *rejected, *timed_out, *released;
+    cm_counter *rejected, *timed_out, *released, *adopted;
 } ord_app;
 
 /* ---- helpers ---- */
@@ -481,6 +482,50 @@ reserve(ord_app *app, cm_rpc_ctx *ctx, const Commerce__Order__V1__CreateOrderReq
     return r;
 }
 
+/* inventory refused a Reserve under o->order_id for "another body". The
+ * id is derived from this create's request_id, so the reservation is an
+ * earlier attempt's that stored no order (the store was read first). If
+ * it holds the same buyer and lines and is still ACTIVE, only its ttl
+ * differs: the tenant's payment timeout changed between the attempts, or
+ * the request's did. Carrying on with it keeps the stock held once; the
+ * order's deadline then ends before the reservation (ord_deadline). A
+ * different buyer or lines (the caller reused its key for another order)
+ * or a reservation no longer active answers NULL: the next generation.
+ * Never released here: a concurrent attempt may be storing its order on
+ * this very reservation. */
+static const Commerce__Inventory__V1__Reservation *
+earlier_attempt(ord_app *app, cm_rpc_ctx *ctx, const Commerce__Order__V1__CreateOrderRequest *req,
+                const ord_order *o)
+{
+    Commerce__Inventory__V1__GetReservationRequest rq =
+        COMMERCE__INVENTORY__V1__GET_RESERVATION_REQUEST__INIT;
+    rq.order_id = (char *)o->order_id;
+    cm_rpc_md md[8];
+    size_t nmd = cm_rpc_ctx_propagate(ctx, md, 8);
+    ProtobufCAllocator al = cm_arena_allocator(cm_rpc_ctx_arena(ctx));
+    ProtobufCMessage *rm = NULL;
+    cm_rpc_status st;
+    if (cm_rpc_call(app->inv, GET_RESERVATION_METHOD, &rq.base,
+                    &commerce__inventory__v1__get_reservation_response__descriptor, &al, &rm, md,
+                    nmd, inventory_budget(app, ctx, app->inv_timeout_ms), CM_RPC_CALL_IDEMPOTENT,
+                    &st))
+        return NULL;
+    const Commerce__Inventory__V1__Reservation *r =
+        ((Commerce__Inventory__V1__GetReservationResponse *)rm)->reservation;
+    if (!r || r->state != COMMERCE__INVENTORY__V1__RESERVATION_STATE__RESERVATION_STATE_ACTIVE ||
+        strcmp(r->buyer_id ? r->buyer_id : "", req->buyer_id ? req->buyer_id : "") != 0 ||
+        r->n_lines != req->n_lines)
+        return NULL;
+    for (size_t i = 0; i < req->n_lines; i++) {
+        size_t k = 0;
+        while (k < r->n_lines && strcmp(r->lines[k]->sku, req->lines[i]->sku) != 0)
+            k++;
+        if (k == r->n_lines || r->lines[k]->quantity != req->lines[i]->quantity)
+            return NULL;
+    }
+    return r;
+}
+
 static int create_order(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
 {
     ord_events_trace(cm_rpc_ctx_traceparent(ctx));
@@ -551,6 +596,11 @@ static int create_order(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMe
             if (g != CM_ENOTFOUND)
                 return db_fail(ctx, g, "could not read the order");
             looked = 1;
+        }
+        if (!resv && st.code == GRPC_STATUS_ALREADY_EXISTS &&
+            (resv = earlier_attempt(app, ctx, req, o)) != NULL) {
+            cm_counter_add(app->adopted, 1);
+            break;
         }
         if (resv || st.code == GRPC_STATUS_ALREADY_EXISTS ||
             (st.code == GRPC_STATUS_FAILED_PRECONDITION &&
@@ -1000,7 +1050,11 @@ int ord_app_init(cm_service *svc, void **out, char *err, size_t errlen)
         free(app);
         return CM_EINVAL;
     }
-    cm_rpc_client_opts co = {.target = c->inventory_target};
+    cm_rpc_client_opts co = {
+        .target = c->inventory_target,
+        .tls_ca_file = c->inventory_tls_ca_file[0] ? c->inventory_tls_ca_file : NULL,
+        .tls_cert_file = c->inventory_tls_cert_file[0] ? c->inventory_tls_cert_file : NULL,
+        .tls_key_file = c->inventory_tls_key_file[0] ? c->inventory_tls_key_file : NULL};
     int rc = cm_rpc_client_new(&app->inv, &co, err, errlen);
     if (rc) {
         free(app);
@@ -1024,6 +1078,11 @@ int ord_app_init(cm_service *svc, void **out, char *err, size_t errlen)
     app->released =
         cm_metrics_counter(m, "order_reservations_released_total",
                            "reservations given back because their order could not be stored", NULL);
+    app->adopted = cm_metrics_counter(
+        m, "order_reservations_continued_total",
+        "creates that carried on with an earlier attempt's reservation made under another ttl "
+        "(the payment timeout changed between the attempts)",
+        NULL);
     if (cm_ticker_start(&app->sweeper, app->sweep_ms, sweep, app) != 0) {
         ord_batcher_free(app->batch);
         cm_rpc_client_free(app->inv);

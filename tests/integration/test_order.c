@@ -23,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -412,6 +413,9 @@ static void ev_check_all(const evlog *l)
 typedef struct fx {
     char ord_schema[64], inv_schema[64], topic[128], group[128];
     const char *extra[16];
+    /* set: inventory serves mTLS with make_certs.sh's files from there, and
+     * the test's client presents the client certificate */
+    const char *tls_dir;
     hs_proc inv, ord;
     hs_proxy *proxy;
     cm_rpc_client *oc, *ic;
@@ -423,29 +427,68 @@ static int fx_seq;
  * the test early (CK_NOFORK: nothing else would stop them) */
 static fx *cur_fx;
 
-static cm_rpc_client *client_for(const hs_proc *p)
+static cm_rpc_client *client_tls(const hs_proc *p, const char *tls_dir)
 {
+    char ca[192], cert[192], key[192];
     cm_rpc_client_opts o = {.target = p->target, .max_attempts = 1};
+    if (tls_dir) {
+        snprintf(ca, sizeof ca, "%s/ca.pem", tls_dir);
+        snprintf(cert, sizeof cert, "%s/client.pem", tls_dir);
+        snprintf(key, sizeof key, "%s/client.key", tls_dir);
+        o.tls_ca_file = ca;
+        o.tls_cert_file = cert;
+        o.tls_key_file = key;
+    }
     cm_rpc_client *c = NULL;
     char err[256];
     ck_assert_int_eq(cm_rpc_client_new(&c, &o, err, sizeof err), 0);
     return c;
 }
 
+static cm_rpc_client *client_for(const hs_proc *p)
+{
+    return client_tls(p, NULL);
+}
+
+/* ready by its admin endpoint (plain HTTP, whatever the gRPC port speaks) */
+static int wait_ready(const hs_proc *p, int timeout_ms)
+{
+    long long until = hs_now_ms() + timeout_ms;
+    char body[256];
+    while (hs_now_ms() < until) {
+        int st;
+        if (waitpid(p->pid, &st, WNOHANG) == p->pid)
+            return -1;
+        if (hs_http_get(p->admin_port, "/readyz", body, sizeof body) == 200)
+            return 0;
+        usleep(50 * 1000);
+    }
+    return -1;
+}
+
 static void spawn_inventory(fx *f)
 {
-    char s[96], t[192], g[192];
+    char s[96], t[192], g[192], cert[192], key[192], ca[192];
     snprintf(s, sizeof s, "INVENTORY_SCHEMA=%s", f->inv_schema);
     snprintf(t, sizeof t, "INVENTORY_ORDER_TOPIC=%s", f->topic);
     snprintf(g, sizeof g, "INVENTORY_ORDER_GROUP=%s", f->group);
     const char *env[] = {
-        s, t, g, "INVENTORY_CONSUME_ORDERS=on", "INVENTORY_SWEEP_MS=100", "WORKERS=8", NULL};
+        s,    t,    g,   "INVENTORY_CONSUME_ORDERS=on", "INVENTORY_SWEEP_MS=100", "WORKERS=8", NULL,
+        NULL, NULL, NULL};
+    if (f->tls_dir) {
+        snprintf(cert, sizeof cert, "TLS_CERT_FILE=%s/server.pem", f->tls_dir);
+        snprintf(key, sizeof key, "TLS_KEY_FILE=%s/server.key", f->tls_dir);
+        snprintf(ca, sizeof ca, "TLS_CLIENT_CA_FILE=%s/ca.pem", f->tls_dir);
+        env[6] = cert;
+        env[7] = key;
+        env[8] = ca;
+    }
     ck_assert_int_eq(hs_spawn(&f->inv, INVENTORY_BIN, env), 0);
-    ck_assert_msg(hs_wait_serving(&f->inv, 30000) == 0, "inventory did not become serving (log %s)",
-                  f->inv.log_path);
+    ck_assert_msg((f->tls_dir ? wait_ready(&f->inv, 30000) : hs_wait_serving(&f->inv, 30000)) == 0,
+                  "inventory did not become serving (log %s)", f->inv.log_path);
 }
 
-static void spawn_order(fx *f)
+static void spawn_order_into(fx *f, hs_proc *p, const char *const *extra)
 {
     char s[96], t[192], inv[64];
     snprintf(s, sizeof s, "ORDER_SCHEMA=%s", f->ord_schema);
@@ -455,18 +498,25 @@ static void spawn_order(fx *f)
     const char *env[32] = {
         s, t, inv, "WORKERS=8", "ORDER_SWEEP_MS=100", "ORDER_RESERVATION_MARGIN_S=2"};
     size_t n = 6;
-    for (size_t i = 0; f->extra[i] && n < 31; i++)
-        env[n++] = f->extra[i];
+    for (size_t i = 0; extra[i] && n < 31; i++)
+        env[n++] = extra[i];
     env[n] = NULL;
-    ck_assert_int_eq(hs_spawn(&f->ord, ORDER_BIN, env), 0);
-    ck_assert_msg(hs_wait_serving(&f->ord, 30000) == 0, "order did not become serving (log %s)",
-                  f->ord.log_path);
+    ck_assert_int_eq(hs_spawn(p, ORDER_BIN, env), 0);
+    ck_assert_msg(hs_wait_serving(p, 30000) == 0, "order did not become serving (log %s)",
+                  p->log_path);
 }
 
-/* both services on fresh schemas and a fresh topic; extra: order env */
-static void fx_start(fx *f, const char *const *extra, int proxy)
+static void spawn_order(fx *f)
+{
+    spawn_order_into(f, &f->ord, f->extra);
+}
+
+/* both services on fresh schemas and a fresh topic; extra: order env;
+ * tls_dir: inventory serves mTLS (order's extra names its client files) */
+static void fx_start_tls(fx *f, const char *const *extra, int proxy, const char *tls_dir)
 {
     memset(f, 0, sizeof *f);
+    f->tls_dir = tls_dir;
     cur_fx = f;
     fx_seq++;
     snprintf(f->ord_schema, sizeof f->ord_schema, "ord_it_%d_%d", (int)getpid(), fx_seq);
@@ -483,8 +533,13 @@ static void fx_start(fx *f, const char *const *extra, int proxy)
     }
     spawn_order(f);
     f->oc = client_for(&f->ord);
-    f->ic = client_for(&f->inv);
+    f->ic = client_tls(&f->inv, tls_dir);
     f->log = evlog_open(f->topic);
+}
+
+static void fx_start(fx *f, const char *const *extra, int proxy)
+{
+    fx_start_tls(f, extra, proxy, NULL);
 }
 
 static void fx_stop(fx *f)
@@ -2339,10 +2394,54 @@ START_TEST(kill_9_between_reserve_and_commit_leaks_nothing)
         stock_changes(f.ic, "sku-k2", KIND_RESERVE, reserved_for, sizeof reserved_for), 1);
     ck_assert_str_eq(reserved_for, id);
 
+    /* 3: killed, then the tenant's payment timeout changes before the
+     * retry: the retry asks for another ttl, inventory refuses the id as
+     * "another body", and the create carries on with the reservation the
+     * first attempt made instead of holding the stock a second time */
+    set_stock(f.ic, "s-k3", "sku-k3", 10);
+    char sql[256];
+    snprintf(sql, sizeof sql,
+             "INSERT INTO tenant_settings (tenant_id, payment_timeout_s, flash_payment_timeout_s) "
+             "VALUES ('%s', 600, 60) RETURNING 1",
+             TENANT);
+    ck_assert_int_eq(sql_long(f.ord_schema, sql), 1);
+    hs_stop(&f.ord, SIGTERM, 10000); /* a fresh tenant cache */
+    cm_rpc_client_free(f.oc);
+    spawn_order(&f);
+    f.oc = client_for(&f.ord);
+    bg_create b3 = {.s = spec("req-k-3", NULL, 1), .l = L("sku-k3", 2, 300)};
+    b3.s.buyer = "buyer-k3";
+    kill_after_reserve(&f, &b3, "sku-k3", 2);
+    snprintf(sql, sizeof sql,
+             "UPDATE tenant_settings SET payment_timeout_s = 900 WHERE tenant_id = '%s' "
+             "RETURNING 1",
+             TENANT);
+    ck_assert_int_eq(sql_long(f.ord_schema, sql), 1);
+    cm_rpc_client_free(f.oc);
+    spawn_order(&f);
+    f.oc = client_for(&f.ord);
+    b3.s.lines = &b3.l;
+    o = must_create(f.oc, &b3.s);
+    char id3[64];
+    snprintf(id3, sizeof id3, "%s", o->order_id);
+    ck_assert_int_eq(o->state, ST(PENDING_PAYMENT));
+    /* the deadline ends before the first attempt's reservation (600 s +
+     * the 2 s margin, made before this create), not 900 s from now */
+    long long dl = ts_ms(o->payment_deadline) - ts_ms(o->created_at);
+    ck_assert_msg(dl > 590000 && dl <= 600000, "deadline %lld ms after creation", dl);
+    order_free(o);
+    assert_level(f.ic, "sku-k3", 8, 2, 0);
+    ck_assert_uint_eq(
+        stock_changes(f.ic, "sku-k3", KIND_RESERVE, reserved_for, sizeof reserved_for), 1);
+    ck_assert_str_eq(reserved_for, id3);
+    char body[65536];
+    ck_assert_int_eq(hs_http_get(f.ord.admin_port, "/metrics", body, sizeof body), 200);
+    ck_assert_ptr_nonnull(strstr(body, "\norder_reservations_continued_total 1\n"));
+
     /* no order without its event, exactly one each */
     settle(&f);
     size_t n = all_orders(f.oc, ids, 64);
-    ck_assert_uint_eq(n, 1);
+    ck_assert_uint_eq(n, 2);
     for (size_t i = 0; i < n; i++)
         ck_assert_int_eq(ev_count(f.log, ids[i], EV_CREATED, NULL), 1);
     size_t created = 0;
@@ -3056,6 +3155,56 @@ START_TEST(illegal_transitions_are_failed_precondition)
 }
 END_TEST
 
+/* ---- order calls inventory over mTLS ---- */
+
+START_TEST(order_calls_inventory_over_mtls)
+{
+    char dir[128], cmd[320], ca[192], cert[192], key[192];
+    snprintf(dir, sizeof dir, "/tmp/commerce-ord-certs-%d", (int)getpid());
+    snprintf(cmd, sizeof cmd, "%s %s", CERTS_SCRIPT, dir);
+    ck_assert_int_eq(system(cmd), 0);
+    snprintf(ca, sizeof ca, "INVENTORY_TLS_CA_FILE=%s/ca.pem", dir);
+    snprintf(cert, sizeof cert, "INVENTORY_TLS_CERT_FILE=%s/client.pem", dir);
+    snprintf(key, sizeof key, "INVENTORY_TLS_KEY_FILE=%s/client.key", dir);
+    const char *env[] = {ca, cert, key, NULL};
+    static fx f;
+    fx_start_tls(&f, env, 0, dir);
+    set_stock(f.ic, "s-tls", "sku-tls", 10);
+    line l[] = {L("sku-tls", 3, 250)};
+    order_spec s = spec("req-tls-1", l, 1);
+    Order *o = must_create(f.oc, &s);
+    ck_assert_int_eq(o->state, ST(PENDING_PAYMENT));
+    order_free(o);
+    assert_level(f.ic, "sku-tls", 7, 3, 0);
+
+    /* a replica that trusts inventory's CA but presents no certificate, and
+     * one that speaks plaintext: inventory refuses the connection, the
+     * create answers UNAVAILABLE and nothing is reserved or stored */
+    const char *no_cert[] = {ca, NULL}, *plain[] = {NULL};
+    const char *const *bad[] = {no_cert, plain};
+    for (int i = 0; i < 2; i++) {
+        hs_proc p;
+        spawn_order_into(&f, &p, bad[i]);
+        cm_rpc_client *c = client_for(&p);
+        s.rid = i ? "req-tls-3" : "req-tls-2";
+        cm_rpc_status st;
+        int code = create(c, &s, NULL, &st);
+        ck_assert_msg(code == GRPC_STATUS_UNAVAILABLE, "%s: code %d %s",
+                      i ? "plaintext" : "no client certificate", code, st.message);
+        ck_assert_str_eq(st.reason, "DEPENDENCY_UNAVAILABLE");
+        cm_rpc_client_free(c);
+        ck_assert_int_eq(hs_stop(&p, SIGTERM, 30000), 0);
+    }
+    assert_level(f.ic, "sku-tls", 7, 3, 0);
+    settle(&f);
+    char ids[8][64];
+    ck_assert_uint_eq(all_orders(f.oc, ids, 8), 1);
+    fx_stop(&f);
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    ck_assert_int_eq(system(cmd), 0);
+}
+END_TEST
+
 static Suite *suite(void)
 {
     const TTest *tests[] = {saga_create_pay_ship_complete,
@@ -3073,7 +3222,8 @@ static Suite *suite(void)
                             bad_input_is_refused_and_stores_nothing,
                             inventory_down_or_slow_fails_fast_and_leaves_nothing,
                             list_orders_filters_and_pages,
-                            illegal_transitions_are_failed_precondition};
+                            illegal_transitions_are_failed_precondition,
+                            order_calls_inventory_over_mtls};
     /* ORDER_IT_ONLY=word runs the tests whose name contains word */
     const char *only = getenv("ORDER_IT_ONLY");
     Suite *s = suite_create("order");

@@ -28,6 +28,9 @@ static const char *const all_vars[] = {
     "TLS_CERT_FILE",
     "TLS_KEY_FILE",
     "TLS_CLIENT_CA_FILE",
+    "INVENTORY_TLS_CA_FILE",
+    "INVENTORY_TLS_CERT_FILE",
+    "INVENTORY_TLS_KEY_FILE",
     "OUTBOX_RETENTION_SECONDS",
 };
 
@@ -94,12 +97,24 @@ START_TEST(defaults_follow_design_table)
     ck_assert_str_eq(cfg.tls_cert_file, "");
     ck_assert_str_eq(cfg.tls_key_file, "");
     ck_assert_str_eq(cfg.tls_client_ca_file, "");
+    ck_assert_str_eq(cfg.inventory_tls_ca_file, "");
+
+    /* a client certificate for inventory goes with the CA that turns TLS on */
+    setenv("INVENTORY_TLS_CERT_FILE", tmpfile_path, 1);
+    setenv("INVENTORY_TLS_KEY_FILE", tmpfile_path, 1);
+    ck_assert_int_eq(load(&order_defs), CM_EINVAL);
+    ck_assert_ptr_nonnull(
+        strstr(err, "INVENTORY_TLS_CA_FILE: unset, but a client certificate is set"));
+    setenv("INVENTORY_TLS_CA_FILE", tmpfile_path, 1);
+    ck_assert_int_eq(load(&order_defs), 0);
+    ck_assert_str_eq(cfg.inventory_tls_cert_file, tmpfile_path);
 }
 END_TEST
 
 START_TEST(defaults_are_per_service)
 {
     setenv("INVENTORY_TARGET", "not an address", 1); /* ignored: not needed */
+    setenv("INVENTORY_TLS_CA_FILE", "/nonexistent/ca.pem", 1);
     ck_assert_int_eq(load(&settle_defs), 0);
     ck_assert_str_eq(cfg.grpc_listen, "0.0.0.0:50053");
     ck_assert_str_eq(cfg.admin_listen, "0.0.0.0:9093");
@@ -128,6 +143,9 @@ START_TEST(environment_overrides_defaults)
     setenv("TLS_CERT_FILE", tmpfile_path, 1);
     setenv("TLS_KEY_FILE", tmpfile_path, 1);
     setenv("TLS_CLIENT_CA_FILE", tmpfile_path, 1);
+    setenv("INVENTORY_TLS_CA_FILE", tmpfile_path, 1);
+    setenv("INVENTORY_TLS_CERT_FILE", tmpfile_path, 1);
+    setenv("INVENTORY_TLS_KEY_FILE", tmpfile_path, 1);
     ck_assert_msg(load(&order_defs) == 0, "%s", err);
     ck_assert_str_eq(cfg.grpc_listen, "0.0.0.0:7001");
     ck_assert_str_eq(cfg.admin_listen, "127.0.0.1:7002");
@@ -148,6 +166,9 @@ START_TEST(environment_overrides_defaults)
     ck_assert_str_eq(cfg.tls_cert_file, tmpfile_path);
     ck_assert_str_eq(cfg.tls_key_file, tmpfile_path);
     ck_assert_str_eq(cfg.tls_client_ca_file, tmpfile_path);
+    ck_assert_str_eq(cfg.inventory_tls_ca_file, tmpfile_path);
+    ck_assert_str_eq(cfg.inventory_tls_cert_file, tmpfile_path);
+    ck_assert_str_eq(cfg.inventory_tls_key_file, tmpfile_path);
 
     cm_auth_settings s;
     cm_config_auth_settings(&cfg, &s);
@@ -264,6 +285,12 @@ static const struct {
     {"TLS_CERT_FILE", "@tmp", "TLS_KEY_FILE: unset, but TLS_CERT_FILE is set"},
     {"TLS_KEY_FILE", "@tmp", "TLS_CERT_FILE: unset, but TLS_KEY_FILE is set"},
     {"TLS_CLIENT_CA_FILE", "@tmp", "TLS_CLIENT_CA_FILE: mTLS needs TLS_CERT_FILE and TLS_KEY_FILE"},
+    {"INVENTORY_TLS_CA_FILE", "/nonexistent/ca.pem",
+     "INVENTORY_TLS_CA_FILE: cannot read \"/nonexistent/ca.pem\""},
+    {"INVENTORY_TLS_CERT_FILE", "@tmp",
+     "INVENTORY_TLS_KEY_FILE: unset, but INVENTORY_TLS_CERT_FILE is set"},
+    {"INVENTORY_TLS_KEY_FILE", "@tmp",
+     "INVENTORY_TLS_CERT_FILE: unset, but INVENTORY_TLS_KEY_FILE is set"},
 };
 
 START_TEST(bad_value_error_names_variable)
