@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,19 +25,40 @@ long long hs_now_ms(void)
     return (long long)t.tv_sec * 1000 + t.tv_nsec / 1000000;
 }
 
-int hs_free_port(void)
+/* a port nothing has bound right now */
+static int port_is_free(int port)
 {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof a;
-    if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof a) != 0 ||
-        getsockname(fd, (struct sockaddr *)&a, &len) != 0) {
-        if (fd >= 0)
-            close(fd);
-        return -1;
-    }
+    if (fd < 0)
+        return 0;
+    struct sockaddr_in a = {.sin_family = AF_INET,
+                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK),
+                            .sin_port = htons((uint16_t)port)};
+    int ok = bind(fd, (struct sockaddr *)&a, sizeof a) == 0;
     close(fd);
-    return ntohs(a.sin_port);
+    return ok;
+}
+
+/* Ports come from 20000-31999, below the kernel's ephemeral range
+ * (32768-60999), not from bind(0): between this probe and the service's
+ * own bind, any outgoing connection on the machine (a client's, the
+ * broker's, postgres's) may be given an ephemeral port as its local port,
+ * and a port from that range could be taken that way. Each test process
+ * starts at its own point (by pid) and walks on, so tests running side by
+ * side rarely probe the same ports. */
+int hs_free_port(void)
+{
+    enum { LO = 20000, HI = 32000 };
+    static _Atomic int next;
+    int expected = 0;
+    atomic_compare_exchange_strong(&next, &expected, LO + (int)(getpid() % 400) * 30);
+    for (int tries = 0; tries < HI - LO; tries++) {
+        int p = atomic_fetch_add(&next, 1);
+        p = LO + (p - LO) % (HI - LO);
+        if (port_is_free(p))
+            return p;
+    }
+    return -1;
 }
 
 const char *hs_pg_dsn(void)

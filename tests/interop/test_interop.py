@@ -26,10 +26,23 @@ SVC = "/commerce.test.v1.TestService/"
 TENANT = (("x-tenant-id", "tenant-py"),)
 
 
+_next_port = [20000 + (os.getpid() % 400) * 30]
+
+
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port nothing has bound, below the kernel's ephemeral range (32768
+    and up) so no outgoing connection can take it before the service binds
+    it; the C harness (hs_free_port) does the same."""
+    for _ in range(12000):
+        port = 20000 + (_next_port[0] - 20000) % 12000
+        _next_port[0] += 1
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 20000-31999")
 
 
 def status_details(err):
