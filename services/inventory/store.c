@@ -590,7 +590,8 @@ static int reserve_fn(cm_db *db, void *arg)
         c->on_hand = i64(rs, k, 6);
         c->version = i64(rs, k, 7);
     }
-    /* postgres's collation order is not strcmp's: sort for bsearch */
+    /* the rows come in the key columns' order (COLLATE "C", strcmp's since
+     * migration 0005); sorted here all the same, as bsearch needs it */
     qsort(cs, nc, sizeof *cs, counter_cmp);
     int64_t now = wall_ms();
     char now_s[24];

@@ -2231,11 +2231,31 @@ END_TEST
 
 /* ---- per-tenant payment timeouts ---- */
 
+/* the key columns of both schemas and their inboxes compare bytewise
+ * (inventory's migration 0005, order's 0002, the inbox's 0002): every
+ * text column that is part of an index, and none left on the default */
+static void assert_keys_collate_c(const char *schema)
+{
+    const char *sql =
+        "SELECT count(*) FILTER (WHERE coalesce(c.collation_name, '') <> 'C') * 1000 + count(*) "
+        "FROM information_schema.columns c WHERE c.table_schema = current_schema() "
+        "AND c.data_type = 'text' AND EXISTS (SELECT 1 FROM pg_index i "
+        "  JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey) "
+        "  WHERE i.indrelid = (quote_ident(c.table_schema) || '.' || quote_ident(c.table_name))"
+        "::regclass AND a.attname = c.column_name)";
+    long v = sql_long(schema, sql);
+    ck_assert_msg(v % 1000 >= 3, "%s: only %ld indexed text columns", schema, v % 1000);
+    ck_assert_msg(v / 1000 == 0, "%s: %ld indexed text columns not COLLATE \"C\"", schema,
+                  v / 1000);
+}
+
 START_TEST(tenant_settings_set_the_default_payment_timeout)
 {
     const char *env[] = {"ORDER_PAYMENT_TIMEOUT_S=900", NULL};
     static fx f;
     fx_start(&f, env, 0);
+    assert_keys_collate_c(f.ord_schema);
+    assert_keys_collate_c(f.inv_schema);
     char sql[256];
     snprintf(sql, sizeof sql,
              "INSERT INTO tenant_settings (tenant_id, payment_timeout_s, flash_payment_timeout_s) "
