@@ -43,18 +43,27 @@ static int port_is_free(int port)
  * (32768-60999), not from bind(0): between this probe and the service's
  * own bind, any outgoing connection on the machine (a client's, the
  * broker's, postgres's) may be given an ephemeral port as its local port,
- * and a port from that range could be taken that way. Each test process
- * starts at its own point (by pid) and walks on, so tests running side by
- * side rarely probe the same ports. */
+ * and a port from that range could be taken that way. Each pick is random
+ * (seeded by pid and time), as the kernel's are, so that tests running
+ * side by side rarely probe the same port: a port probed free by two of
+ * them at once would be bound by both services (gRPC sets SO_REUSEPORT). */
 int hs_free_port(void)
 {
     enum { LO = 20000, HI = 32000 };
-    static _Atomic int next;
-    int expected = 0;
-    atomic_compare_exchange_strong(&next, &expected, LO + (int)(getpid() % 400) * 30);
-    for (int tries = 0; tries < HI - LO; tries++) {
-        int p = atomic_fetch_add(&next, 1);
-        p = LO + (p - LO) % (HI - LO);
+    static _Atomic uint64_t state;
+    uint64_t x = atomic_load(&state);
+    if (x == 0) {
+        struct timespec t;
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        x = ((uint64_t)getpid() << 32) ^ (uint64_t)t.tv_nsec ^ (uint64_t)t.tv_sec;
+        x |= 1;
+    }
+    for (int tries = 0; tries < 1000; tries++) {
+        x ^= x << 13; /* xorshift64 */
+        x ^= x >> 7;
+        x ^= x << 17;
+        atomic_store(&state, x);
+        int p = LO + (int)(x % (uint64_t)(HI - LO));
         if (port_is_free(p))
             return p;
     }

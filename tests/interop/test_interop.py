@@ -4,6 +4,7 @@ the google.rpc.Status details in grpc-status-details-bin.
 
 Run by ctest with TESTSVC_BIN, PG_DSN and COMMERCE_PY_GEN set."""
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -26,16 +27,14 @@ SVC = "/commerce.test.v1.TestService/"
 TENANT = (("x-tenant-id", "tenant-py"),)
 
 
-_next_port = [20000 + (os.getpid() % 400) * 30]
-
-
 def free_port():
     """A port nothing has bound, below the kernel's ephemeral range (32768
     and up) so no outgoing connection can take it before the service binds
-    it; the C harness (hs_free_port) does the same."""
-    for _ in range(12000):
-        port = 20000 + (_next_port[0] - 20000) % 12000
-        _next_port[0] += 1
+    it; random, as the C harness's hs_free_port, so that tests running side
+    by side rarely probe the same one."""
+    rng = random.Random(os.getpid() ^ time.monotonic_ns())
+    for _ in range(1000):
+        port = rng.randrange(20000, 32000)
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
