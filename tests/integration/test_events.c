@@ -493,8 +493,11 @@ START_TEST(broker_outage_delays_but_loses_nothing)
     /* the consumer's session outlives the outage: it resumes, not rejoins */
     const char *const cw[] = {"EVENTSVC_SESSION_TIMEOUT_MS=30000", NULL};
     spawn(&c, "consumer", bk, cw, 1);
+    /* ~125 events/s: the writer must still be writing when the outage
+     * starts (at 500/s it had written up to ~1,350 of the 1,500 by then,
+     * and a slow consumer start left fewer than the 50 checked below) */
     const char *const w[] = {"EVENTSVC_WRITE_TOTAL=1500", "EVENTSVC_KEYS=16", "EVENTSVC_BATCH=5",
-                             "EVENTSVC_PAUSE_MS=10", NULL};
+                             "EVENTSVC_PAUSE_MS=40", NULL};
     spawn(&p, "producer", bk, w, 1);
     wait_until(applied, 100, 60000, "applied before the outage");
     if (real)
@@ -502,6 +505,7 @@ START_TEST(broker_outage_delays_but_loses_nothing)
     else
         rd_kafka_mock_broker_set_down(mk.mc, -1);
     long w0 = writes(), p0 = published();
+    fprintf(stderr, "outage: from %ld written, %ld published, %ld applied\n", w0, p0, applied());
     sleep(5);
     /* writes go on into the outbox; nothing more is acknowledged */
     ck_assert_int_gt(writes(), w0 + 50);
