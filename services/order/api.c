@@ -5,6 +5,7 @@
  */
 #include "ord_api.h"
 
+#include "cm_auth.h"
 #include "cm_err.h"
 #include "cm_id.h"
 #include "cm_log.h"
@@ -54,7 +55,7 @@ typedef struct ord_app {
     pthread_mutex_t mu;
     tenant_entry tenants[TENANT_CACHE];
     struct pending_release *releases; /* for the sweeper thread to send */
-    cm_counter *rejected, *timed_out, *released, *adopted;
+    cm_counter *rejected, *timed_out, *released, *adopted, *kept;
 } ord_app;
 
 /* ---- helpers ---- */
@@ -351,9 +352,11 @@ static int answer_existing(cm_rpc_ctx *ctx, const ord_order *o, const char *stor
 }
 
 /* a Release for the sweeper thread to send, with the metadata of the call
- * that asked for it (tenant, authorization, trace) */
+ * that asked for it (tenant, authorization, trace), once due */
 typedef struct pending_release {
     char order_id[40];
+    char tenant[CM_AUTH_TENANT_MAX + 1];
+    int64_t due_ms;
     cm_rpc_md md[8];
     size_t nmd;
     struct pending_release *next;
@@ -363,8 +366,23 @@ typedef struct pending_release {
 /* gives a reservation back (best effort: the reservation's ttl is the
  * backstop): the order could not be stored, or inventory did not answer in
  * time and may still make it. queued for the sweeper thread, so the caller
- * is answered at once; a later retry of the create finds the released
- * reservation and moves to the next order id generation. */
+ * is answered at once.
+ *
+ * Not sent at once: another attempt of the same create (the caller's retry
+ * while this one still waited, or a duplicate) derives the same order id,
+ * finds the same reservation and may be storing its order on it right now.
+ * Released then, that order would hold no stock. So the Release waits
+ * RELEASE_DELAY (twice ORDER_INVENTORY_TIMEOUT_MS, at least 2 s: longer
+ * than such an attempt takes from its Reserve to its commit) and is sent
+ * only if no order with that id exists by then. A later retry finds the
+ * released reservation and moves to the next order id generation, or,
+ * before the release, carries on with the reservation itself. */
+static int64_t release_delay_ms(const ord_app *app)
+{
+    int64_t d = 2 * (int64_t)app->inv_timeout_ms;
+    return d < 2000 ? 2000 : d;
+}
+
 static void release(ord_app *app, cm_rpc_ctx *ctx, const char *order_id)
 {
     cm_rpc_md md[8];
@@ -378,6 +396,8 @@ static void release(ord_app *app, cm_rpc_ctx *ctx, const char *order_id)
         return;
     }
     snprintf(r->order_id, sizeof r->order_id, "%s", order_id);
+    snprintf(r->tenant, sizeof r->tenant, "%s", cm_rpc_ctx_tenant(ctx));
+    r->due_ms = now_ms() + release_delay_ms(app);
     char *p = r->buf;
     for (size_t i = 0; i < nmd; i++) {
         size_t kl = strlen(md[i].key) + 1, vl = strlen(md[i].value) + 1;
@@ -393,19 +413,34 @@ static void release(ord_app *app, cm_rpc_ctx *ctx, const char *order_id)
     r->next = app->releases;
     app->releases = r;
     pthread_mutex_unlock(&app->mu);
-    cm_ticker_wake(app->sweeper);
 }
 
-/* on the sweeper thread: sends the queued releases */
-static void send_releases(ord_app *app)
+/* on the sweeper thread: sends the queued releases that are due, unless
+ * their order exists by now (see release); keeps the others */
+static void send_releases(ord_app *app, cm_db *db)
 {
     pthread_mutex_lock(&app->mu);
     pending_release *list = app->releases;
     app->releases = NULL;
     pthread_mutex_unlock(&app->mu);
+    pending_release *keep = NULL;
+    int64_t now = now_ms();
     while (list) {
         pending_release *r = list;
         list = r->next;
+        int found = r->due_ms > now ? CM_ETIMEDOUT : ord_store_exists(db, r->tenant, r->order_id);
+        if (found == 0) {
+            /* another attempt stored its order on this reservation */
+            cm_counter_add(app->kept, 1);
+            free(r);
+            continue;
+        }
+        if (found != CM_ENOTFOUND) {
+            /* not due, or the store could not say: later */
+            r->next = keep;
+            keep = r;
+            continue;
+        }
         Commerce__Inventory__V1__ReleaseRequest rq = COMMERCE__INVENTORY__V1__RELEASE_REQUEST__INIT;
         rq.order_id = r->order_id;
         ProtobufCMessage *resp = NULL;
@@ -421,6 +456,15 @@ static void send_releases(ord_app *app)
                         "order_id", r->order_id, "error", st.message, NULL);
         }
         free(r);
+    }
+    if (keep) {
+        pthread_mutex_lock(&app->mu);
+        pending_release *last = keep;
+        while (last->next)
+            last = last->next;
+        last->next = app->releases;
+        app->releases = keep;
+        pthread_mutex_unlock(&app->mu);
     }
 }
 
@@ -1005,13 +1049,13 @@ static void sweep(void *p)
 {
     ord_app *app = p;
     char err[256];
-    send_releases(app);
     if (!app->sweep_db && cm_db_connect(&app->sweep_db, cm_service_config(app->svc)->pg_dsn,
                                         schema_name(), err, sizeof err) != 0) {
         cm_log_warn("sweeper could not connect", "detail", err, NULL);
         app->sweep_db = NULL;
         return;
     }
+    send_releases(app, app->sweep_db);
     int cancelled = 0, rc;
     do {
         rc = ord_store_cancel_due(app->sweep_db, now_ms(), 200, &cancelled);
@@ -1078,6 +1122,11 @@ int ord_app_init(cm_service *svc, void **out, char *err, size_t errlen)
     app->released =
         cm_metrics_counter(m, "order_reservations_released_total",
                            "reservations given back because their order could not be stored", NULL);
+    app->kept = cm_metrics_counter(
+        m, "order_releases_skipped_total",
+        "releases not sent because another attempt of the same create stored its order on that "
+        "reservation meanwhile",
+        NULL);
     app->adopted = cm_metrics_counter(
         m, "order_reservations_continued_total",
         "creates that carried on with an earlier attempt's reservation made under another ttl "
@@ -1102,8 +1151,26 @@ void ord_app_fini(cm_service *svc, void *p)
     if (!app)
         return;
     cm_ticker_free(app->sweeper);
+    /* the drain has let the calls go: the releases that are due still go
+     * out; the others are left to their reservations' ttl, since another
+     * replica's attempt may still be storing an order on them */
+    if (app->sweep_db)
+        send_releases(app, app->sweep_db);
     cm_db_free(app->sweep_db);
-    send_releases(app); /* the drain has let the calls go: these still may */
+    size_t left = 0;
+    while (app->releases) {
+        pending_release *r = app->releases;
+        app->releases = r->next;
+        free(r);
+        left++;
+    }
+    if (left) {
+        char n[24];
+        snprintf(n, sizeof n, "%zu", left);
+        cm_log_warn(
+            "releases not yet due at shutdown; their reservations' ttl will return the stock",
+            "count", n, NULL);
+    }
     ord_batcher_free(app->batch);
     cm_rpc_client_free(app->inv);
     pthread_mutex_destroy(&app->mu);

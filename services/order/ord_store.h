@@ -39,6 +39,9 @@ int ord_store_create_many(cm_db *db, ord_new *items, size_t n);
 /* the order by id (CM_ENOTFOUND if none), with its refunds. */
 int ord_store_get(cm_db *db, const char *tenant, const char *order_id, cm_arena *a, ord_order *o);
 
+/* 0 if an order with this id exists, CM_ENOTFOUND if not, or the error. */
+int ord_store_exists(cm_db *db, const char *tenant, const char *order_id);
+
 /* the order created by request_id and its body hash; CM_ENOTFOUND if none. */
 int ord_store_get_by_request(cm_db *db, const char *tenant, const char *request_id, cm_arena *a,
                              ord_order *o, char hash[ORD_HASH_HEX + 1]);

@@ -286,6 +286,19 @@ int ord_store_get(cm_db *db, const char *tenant, const char *order_id, cm_arena 
     return load(db, tenant, order_id, "", a, o);
 }
 
+int ord_store_exists(cm_db *db, const char *tenant, const char *order_id)
+{
+    const char *p[] = {tenant, order_id};
+    PGresult *r = NULL;
+    int rc = exec(db, "find order",
+                  "SELECT 1 FROM orders WHERE tenant_id = $1 AND order_id = $2::uuid", 2, p, &r);
+    if (rc)
+        return rc;
+    rc = PQntuples(r) > 0 ? 0 : CM_ENOTFOUND;
+    PQclear(r);
+    return rc;
+}
+
 int ord_store_get_by_request(cm_db *db, const char *tenant, const char *request_id, cm_arena *a,
                              ord_order *o, char hash[ORD_HASH_HEX + 1])
 {

@@ -275,8 +275,9 @@ struct hs_proxy {
     int pipe_fd[2]; /* wakes the thread for cut/restore/free */
     pthread_t thread;
     pthread_mutex_t mu;
-    int cmd; /* 0 none, 1 cut, 2 restore, 3 quit */
+    int cmd; /* 0 none, 1 cut, 2 restore, 3 quit, 4 hold replies, 5 pass them */
     int cut;
+    int hold;                      /* replies (target -> client) stay unread in the kernel */
     int pairs[PROXY_MAX_CONNS][2]; /* client fd, server fd */
     int npairs;
 };
@@ -340,7 +341,7 @@ static void *proxy_main(void *arg)
         fds[n++] = (struct pollfd){.fd = p->listen_fd, .events = POLLIN};
         for (int i = 0; i < p->npairs; i++) {
             fds[n++] = (struct pollfd){.fd = p->pairs[i][0], .events = POLLIN};
-            fds[n++] = (struct pollfd){.fd = p->pairs[i][1], .events = POLLIN};
+            fds[n++] = (struct pollfd){.fd = p->pairs[i][1], .events = p->hold ? 0 : POLLIN};
         }
         if (poll(fds, (nfds_t)n, -1) < 0)
             continue;
@@ -359,6 +360,8 @@ static void *proxy_main(void *arg)
                 close_pairs(p);
             } else if (cmd == 2 && p->listen_fd < 0) {
                 p->listen_fd = listen_on(p->port);
+            } else if (cmd == 4 || cmd == 5) {
+                p->hold = cmd == 4;
             } else if (cmd == 3) {
                 close_pairs(p);
                 if (p->listen_fd >= 0)
@@ -386,7 +389,7 @@ static void *proxy_main(void *arg)
         for (int i = 0, f = 2; i < p->npairs; i++, f += 2) {
             int dead = 0;
             for (int side = 0; side < 2 && !dead; side++) {
-                if (!fds[f + side].revents)
+                if (!fds[f + side].revents || (side == 1 && p->hold))
                     continue;
                 ssize_t r = read(p->pairs[i][side], buf, sizeof buf);
                 if (r <= 0 || write(p->pairs[i][1 - side], buf, (size_t)r) != r)
@@ -429,6 +432,11 @@ hs_proxy *hs_proxy_start(int target_port)
 int hs_proxy_port(const hs_proxy *p)
 {
     return p->port;
+}
+
+void hs_proxy_hold_replies(hs_proxy *p, int hold)
+{
+    proxy_cmd(p, hold ? 4 : 5);
 }
 
 void hs_proxy_cut(hs_proxy *p)

@@ -51,6 +51,9 @@ long long hs_now_ms(void);
 typedef struct hs_proxy hs_proxy;
 hs_proxy *hs_proxy_start(int target_port);
 int hs_proxy_port(const hs_proxy *p);
+/* hold: the target's bytes to the client stay unforwarded (a reply that
+ * is late), requests still pass; 0 forwards them again */
+void hs_proxy_hold_replies(hs_proxy *p, int hold);
 void hs_proxy_cut(hs_proxy *p);
 void hs_proxy_restore(hs_proxy *p);
 void hs_proxy_free(hs_proxy *p);

@@ -1107,6 +1107,7 @@ static size_t stock_changes(cm_rpc_client *c, const char *sku, int kind, char *o
 
 #define KIND_RESERVE COMMERCE__INVENTORY__V1__STOCK_CHANGE_KIND__STOCK_CHANGE_KIND_RESERVE
 #define KIND_EXPIRE COMMERCE__INVENTORY__V1__STOCK_CHANGE_KIND__STOCK_CHANGE_KIND_EXPIRE
+#define KIND_RELEASE COMMERCE__INVENTORY__V1__STOCK_CHANGE_KIND__STOCK_CHANGE_KIND_RELEASE
 
 static long violations(cm_rpc_client *c)
 {
@@ -2908,6 +2909,79 @@ START_TEST(inventory_down_or_slow_fails_fast_and_leaves_nothing)
 }
 END_TEST
 
+/* ---- a timed-out attempt and a concurrent retry share one reservation ---- */
+
+START_TEST(a_timed_out_attempt_never_releases_its_retrys_stock)
+{
+    /* replica a calls inventory through the proxy, replica b directly */
+    const char *env[] = {"ORDER_INVENTORY_TIMEOUT_MS=1000", NULL};
+    static fx f;
+    fx_start(&f, env, 1);
+    hs_proxy *px = f.proxy;
+    f.proxy = NULL;
+    hs_proc b;
+    /* b stores its order 1.5 s after its Reserve: after a gave up */
+    const char *b_env[] = {"ORDER_INVENTORY_TIMEOUT_MS=1000",
+                           "ORDER_DEBUG_PAUSE_AFTER_RESERVE_MS=1500", NULL};
+    spawn_order_into(&f, &b, b_env);
+    f.proxy = px;
+    cm_rpc_client *bc = client_for(&b);
+    set_stock(f.ic, "s-r", "sku-r", 10);
+    line warm[] = {L("sku-r", 1, 100)};
+    order_spec w = spec("req-r-0", warm, 1);
+    order_free(must_create(f.oc, &w)); /* a's connection to inventory is up */
+    assert_level(f.ic, "sku-r", 9, 1, 0);
+
+    /* a's Reserve reaches inventory, its answer is held back: a gives up
+     * after 1 s and asks for a release of that order id ... */
+    hs_proxy_hold_replies(f.proxy, 1);
+    bg_create a = {.s = spec("req-r-1", NULL, 1), .l = L("sku-r", 2, 100)};
+    a.s.buyer = "buyer-r";
+    a.s.timeout_s = 600;
+    pthread_t t;
+    a.c = f.oc;
+    pthread_create(&t, NULL, bg_create_main, &a);
+    long long until = hs_now_ms() + 10000;
+    while (get_level(f.ic, "sku-r").reserved < 3 && hs_now_ms() < until)
+        usleep(10000);
+    /* ... while the caller's retry, through b, finds that reservation and
+     * stores the order on it, after a found no order and asked for the
+     * release */
+    order_spec retry = a.s;
+    retry.lines = &a.l;
+    Order *o = must_create(bc, &retry);
+    char id[64];
+    snprintf(id, sizeof id, "%s", o->order_id);
+    order_free(o);
+    pthread_join(t, NULL);
+    ck_assert_int_eq(a.code, GRPC_STATUS_UNAVAILABLE);
+    hs_proxy_hold_replies(f.proxy, 0);
+
+    /* a's release is due 2 s after a gave up; by then it finds b's order
+     * and is not sent: the stock stays held for it (sent at once, as
+     * before, it released the stock under b's order) */
+    long long check_until = hs_now_ms() + 4500;
+    while (hs_now_ms() < check_until) {
+        level l = get_level(f.ic, "sku-r");
+        ck_assert_msg(l.reserved == 3, "reserved %lld: the retry's stock was released",
+                      (long long)l.reserved);
+        usleep(200000);
+    }
+    ck_assert_uint_eq(stock_changes(f.ic, "sku-r", KIND_RELEASE, NULL, 0), 0);
+    char body[65536];
+    ck_assert_int_eq(hs_http_get(f.ord.admin_port, "/metrics", body, sizeof body), 200);
+    ck_assert_ptr_nonnull(strstr(body, "\norder_releases_skipped_total 1\n"));
+    /* and the order goes through the saga on that stock */
+    Order *cur = must_get(f.oc, id);
+    must_pay(f.oc, cur, "pay-r-1");
+    order_free(cur);
+    wait_level(f.ic, "sku-r", 7, 1, 2);
+    cm_rpc_client_free(bc);
+    ck_assert_int_eq(hs_stop(&b, SIGTERM, 30000), 0);
+    fx_stop(&f);
+}
+END_TEST
+
 /* ---- listing ---- */
 
 typedef struct mid_page {
@@ -3243,7 +3317,8 @@ static Suite *suite(void)
                             inventory_down_or_slow_fails_fast_and_leaves_nothing,
                             list_orders_filters_and_pages,
                             illegal_transitions_are_failed_precondition,
-                            order_calls_inventory_over_mtls};
+                            order_calls_inventory_over_mtls,
+                            a_timed_out_attempt_never_releases_its_retrys_stock};
     /* ORDER_IT_ONLY=word runs the tests whose name contains word */
     const char *only = getenv("ORDER_IT_ONLY");
     Suite *s = suite_create("order");
