@@ -55,6 +55,7 @@ typedef struct ord_app {
     pthread_mutex_t mu;
     tenant_entry tenants[TENANT_CACHE];
     struct pending_release *releases; /* for the sweeper thread to send */
+    size_t nreleases;
     cm_counter *rejected, *timed_out, *released, *adopted, *kept;
 } ord_app;
 
@@ -372,11 +373,18 @@ typedef struct pending_release {
  * while this one still waited, or a duplicate) derives the same order id,
  * finds the same reservation and may be storing its order on it right now.
  * Released then, that order would hold no stock. So the Release waits
- * RELEASE_DELAY (twice ORDER_INVENTORY_TIMEOUT_MS, at least 2 s: longer
+ * release_delay_ms (twice ORDER_INVENTORY_TIMEOUT_MS, at least 2 s: longer
  * than such an attempt takes from its Reserve to its commit) and is sent
  * only if no order with that id exists by then. A later retry finds the
  * released reservation and moves to the next order id generation, or,
- * before the release, carries on with the reservation itself. */
+ * before the release, carries on with the reservation itself.
+ *
+ * Bounded: at most MAX_RELEASES wait, and one whose check the database
+ * cannot answer for RELEASE_GIVE_UP_MS after it was due is dropped. Either
+ * way the reservation's ttl returns the stock: held too long, never sold
+ * twice. */
+#define MAX_RELEASES 10000
+#define RELEASE_GIVE_UP_MS 60000
 static int64_t release_delay_ms(const ord_app *app)
 {
     int64_t d = 2 * (int64_t)app->inv_timeout_ms;
@@ -410,9 +418,18 @@ static void release(ord_app *app, cm_rpc_ctx *ctx, const char *order_id)
     }
     r->nmd = nmd;
     pthread_mutex_lock(&app->mu);
-    r->next = app->releases;
-    app->releases = r;
+    int full = app->nreleases >= MAX_RELEASES;
+    if (!full) {
+        r->next = app->releases;
+        app->releases = r;
+        app->nreleases++;
+    }
     pthread_mutex_unlock(&app->mu);
+    if (full) {
+        cm_log_warn("too many releases waiting; this reservation's ttl will return the stock",
+                    "order_id", order_id, NULL);
+        free(r);
+    }
 }
 
 /* on the sweeper thread: sends the queued releases that are due, unless
@@ -422,8 +439,10 @@ static void send_releases(ord_app *app, cm_db *db)
     pthread_mutex_lock(&app->mu);
     pending_release *list = app->releases;
     app->releases = NULL;
+    app->nreleases = 0;
     pthread_mutex_unlock(&app->mu);
     pending_release *keep = NULL;
+    size_t nkeep = 0;
     int64_t now = now_ms();
     while (list) {
         pending_release *r = list;
@@ -435,10 +454,18 @@ static void send_releases(ord_app *app, cm_db *db)
             free(r);
             continue;
         }
+        if (found != CM_ENOTFOUND && found != CM_ETIMEDOUT &&
+            now - r->due_ms > RELEASE_GIVE_UP_MS) {
+            cm_log_warn("could not check for an order before a release; its ttl will", "order_id",
+                        r->order_id, "error", cm_strerror(found), NULL);
+            free(r);
+            continue;
+        }
         if (found != CM_ENOTFOUND) {
             /* not due, or the store could not say: later */
             r->next = keep;
             keep = r;
+            nkeep++;
             continue;
         }
         Commerce__Inventory__V1__ReleaseRequest rq = COMMERCE__INVENTORY__V1__RELEASE_REQUEST__INIT;
@@ -464,6 +491,7 @@ static void send_releases(ord_app *app, cm_db *db)
             last = last->next;
         last->next = app->releases;
         app->releases = keep;
+        app->nreleases += nkeep;
         pthread_mutex_unlock(&app->mu);
     }
 }
