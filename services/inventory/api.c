@@ -37,7 +37,7 @@ typedef struct inv_app {
     cm_db *sweep_db;    /* the sweeper's own connection (its thread only) */
     long long next_check;
     cm_gauge *invariants_ok, *violations;
-    cm_counter *expired, *soldout_fast;
+    cm_counter *expired, *soldout_fast, *refused_events;
 } inv_app;
 
 /* ---- helpers ---- */
@@ -863,9 +863,12 @@ int inv_on_order_event(cm_db *db, const cm_event *ev, void *arg)
         rc = inv_store_resolve_tx(db, tenant, order_id, to, "order-events", &oc, r);
         /* a refused transition (paid after expiry, ...) is a fact, not an
          * error to retry: it is logged and the event is done */
-        if (rc == 0 && oc != INV_RESOLVE_OK)
+        if (rc == 0 && oc != INV_RESOLVE_OK) {
             cm_log_warn("order event could not change the reservation", "tenant", tenant,
                         "order_id", order_id, "type", ev->type, NULL);
+            if (app)
+                cm_counter_add(app->refused_events, 1);
+        }
         if (rc == 0 && to == INV_RELEASED && app)
             for (size_t i = 0; i < r->nlines; i++)
                 inv_hot_mark(app->soldout, tenant, r->lines[i].sku, 1);
@@ -966,6 +969,11 @@ int inv_app_init(cm_service *svc, void **out, char *err, size_t errlen)
     app->soldout_fast = cm_metrics_counter(
         m, "inventory_sold_out_fast_total",
         "reserve calls answered sold out from memory, without the database", NULL);
+    app->refused_events = cm_metrics_counter(
+        m, "inventory_order_events_refused_total",
+        "order events that could not change their reservation (an order paid after its "
+        "reservation was released or expired: stock not confirmed, to be resolved by hand)",
+        NULL);
     cm_gauge_set(app->invariants_ok, 1);
     if (hot_on) {
         const char *schema = getenv("INVENTORY_SCHEMA");

@@ -902,6 +902,11 @@ START_TEST(order_events_confirm_and_release_through_the_inbox)
     int64_t two = 2, three = 3;
     ck_assert_int_eq(reserve_lines(c, "o-paid", NULL, skus, &two, 1, 0, NULL, NULL), 0);
     ck_assert_int_eq(reserve_lines(c, "o-cancel", NULL, skus, &three, 1, 0, NULL, NULL), 0);
+    /* an order paid after its reservation was given back: refused, and
+     * counted for the operators (its stock is not confirmed) */
+    int64_t one = 1;
+    ck_assert_int_eq(reserve_lines(c, "o-late-paid", NULL, skus, &one, 1, 0, NULL, NULL), 0);
+    ck_assert_int_eq(resolve(c, SVC "Release", "o-late-paid", NULL, NULL), 0);
 
     cm_kafka_producer *kp = NULL;
     char err[256];
@@ -912,6 +917,8 @@ START_TEST(order_events_confirm_and_release_through_the_inbox)
     /* a redelivery of the same event: the inbox absorbs it */
     produce_order_event(kp, topic, "commerce.events.v1.OrderPaid",
                         "0190a8e0-0000-7000-8000-000000000001", "o-paid");
+    produce_order_event(kp, topic, "commerce.events.v1.OrderPaid",
+                        "0190a8e0-0000-7000-8000-000000000003", "o-late-paid");
     produce_order_event(kp, topic, "commerce.events.v1.OrderCancelled",
                         "0190a8e0-0000-7000-8000-000000000002", "o-cancel");
     cm_kafka_producer_free(kp, 5000);
@@ -932,6 +939,13 @@ START_TEST(order_events_confirm_and_release_through_the_inbox)
     ck_assert_int_eq(l.reserved, 0);
     ck_assert_int_eq(l.available, 8);
     ck_assert_int_eq(sql_long("SELECT count(*) FROM stock_change WHERE kind = 4"), 1);
+    /* the events are one partition, in order: o-late-paid's came before
+     * o-cancel's, which has been applied */
+    ck_assert_int_eq(state_of(c, "o-late-paid"),
+                     COMMERCE__INVENTORY__V1__RESERVATION_STATE__RESERVATION_STATE_RELEASED);
+    char body[65536];
+    ck_assert_int_eq(hs_http_get(p.admin_port, "/metrics", body, sizeof body), 200);
+    ck_assert_ptr_nonnull(strstr(body, "\ninventory_order_events_refused_total 1\n"));
     ck_assert_int_eq(violations(c), 0);
     cm_rpc_client_free(c);
     ck_assert_int_eq(hs_stop(&p, SIGTERM, 30000), 0);
