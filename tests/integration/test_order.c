@@ -2315,6 +2315,16 @@ START_TEST(create_survives_lost_database_connections)
              "WHERE application_name = 'commerce-%s'",
              f.ord_schema);
     ck_assert_int_gt(sql_long(f.ord_schema, sql), 0);
+    /* reads first: each worker finds its connection ended on its next
+     * query and runs the read again on a new one: none fails */
+    for (int i = 0; i < 32; i++) {
+        Order *o = NULL;
+        cm_rpc_status st;
+        int code = get_order_md(f.oc, id[i % 2], &o, &st, md_t);
+        ck_assert_msg(code == 0, "read %d after the connections ended: %d %s", i, code, st.message);
+        order_free(o);
+    }
+    ck_assert_int_gt(sql_long(f.ord_schema, sql), 0);
     /* the next creates run on new connections, each on its first try (the
      * client does not retry) */
     create_pending(f.oc, "req-db-b", l, 2, id + 2);

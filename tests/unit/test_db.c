@@ -511,6 +511,24 @@ START_TEST(exec_prepared_prepares_once_and_survives_a_lost_session)
                                          p, NULL, NULL, NULL),
                      0);
     ck_assert_int_eq(count_in(s, "t"), 7);
+    /* a read outlives a killed session (run again on a new one); a
+     * statement that may write reports it, UNAVAILABLE */
+    for (int k = 0; k < 2; k++) {
+        c = pt_admin();
+        snprintf(sql, sizeof sql, "SELECT pg_terminate_backend(%d, 5000)",
+                 PQbackendPID(cm_db_conn(db)));
+        pt_sql(c, sql);
+        PQfinish(c);
+        if (k == 0) {
+            ck_assert_int_eq(cm_db_read(db, "count", "SELECT count(*) FROM t", 0, NULL, &r), 0);
+            ck_assert_str_eq(PQgetvalue(r, 0, 0), "7");
+            PQclear(r);
+        } else {
+            ck_assert_int_eq(cm_db_exec(db, "count", "SELECT count(*) FROM t", 0, NULL, NULL),
+                             CM_EUNAVAIL);
+        }
+    }
+    ck_assert_int_eq(cm_db_ping(db), 0);
     /* names too long are refused */
     ck_assert_int_eq(cm_db_exec_prepared(db, "x",
                                          "a_name_far_too_long_for_the_connection_registry_to_keep",
