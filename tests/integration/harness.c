@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -49,25 +50,37 @@ static int port_is_free(int port)
  * them at once would be bound by both services (gRPC sets SO_REUSEPORT). */
 int hs_free_port(void)
 {
-    enum { LO = 20000, HI = 32000 };
-    static _Atomic uint64_t state;
-    uint64_t x = atomic_load(&state);
+    enum { LO = 20000, HI = 32000, RECENT = 256 };
+    /* the ports handed out lately: a service binds its port some time
+     * after this returns, so the probe alone would hand the same port to
+     * two callers in a row (a service's gRPC and admin ports, once) */
+    static int recent[RECENT];
+    static size_t nrecent;
+    static uint64_t x;
+    static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+    pthread_mutex_lock(&mu);
     if (x == 0) {
         struct timespec t;
         clock_gettime(CLOCK_MONOTONIC, &t);
         x = ((uint64_t)getpid() << 32) ^ (uint64_t)t.tv_nsec ^ (uint64_t)t.tv_sec;
         x |= 1;
     }
-    for (int tries = 0; tries < 1000; tries++) {
+    int port = -1;
+    for (int tries = 0; tries < 1000 && port < 0; tries++) {
         x ^= x << 13; /* xorshift64 */
         x ^= x >> 7;
         x ^= x << 17;
-        atomic_store(&state, x);
         int p = LO + (int)(x % (uint64_t)(HI - LO));
-        if (port_is_free(p))
-            return p;
+        int seen = 0;
+        for (size_t i = 0; i < RECENT && i < nrecent && !seen; i++)
+            seen = recent[i] == p;
+        if (!seen && port_is_free(p))
+            port = p;
     }
-    return -1;
+    if (port > 0)
+        recent[nrecent++ % RECENT] = port;
+    pthread_mutex_unlock(&mu);
+    return port;
 }
 
 const char *hs_pg_dsn(void)

@@ -35,13 +35,19 @@ def free_port():
     rng = random.Random(os.getpid() ^ time.monotonic_ns())
     for _ in range(1000):
         port = rng.randrange(20000, 32000)
+        if port in _handed_out:  # not bound yet by whoever got it
+            continue
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
                 continue
+            _handed_out.add(port)
             return port
     raise RuntimeError("no free port in 20000-31999")
+
+
+_handed_out = set()
 
 
 def status_details(err):
