@@ -603,11 +603,11 @@ static int park_row(cm_outbox_relay *r, int64_t id, const char *event_id, const 
  * marking writes a whole new row version and its index entries (the
  * partial index on unsent rows names published_at, so the update is never
  * HOT) */
-static int mark_published(cm_outbox_relay *r, size_t nacked)
+static int record_ack(cm_outbox_relay *r, size_t nacked)
 {
     const char *p[] = {r->idbuf};
     PGresult *res = NULL;
-    int rc = simple(r, "mark outbox rows published",
+    int rc = simple(r, "record outbox rows acknowledged",
                     r->retention_s > 0
                         ? "UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[]) "
                           "RETURNING extract(epoch FROM clock_timestamp() - created_at)"
@@ -819,7 +819,7 @@ static int publish_batch(cm_outbox_relay *r)
     if (nacked > 0 && r->db) {
         rc = ids_to_array(r, nacked);
         if (rc == 0)
-            rc = mark_published(r, nacked);
+            rc = record_ack(r, nacked);
     }
     if (rc == 0 && park_index >= 0 && r->db)
         rc = park_row(r, park_id, park_event, park_why);

@@ -126,22 +126,15 @@ static int exec(cm_db *db, const char *what, const char *sql, int n, const char 
     return cm_db_exec(db, what, sql, n, p, out);
 }
 
-/* a statement that only reads: outside a transaction it survives a
- * connection the server ended (cm_db_read) */
-static int read_q(cm_db *db, const char *what, const char *sql, int n, const char *const *p,
-                  PGresult **out)
-{
-    return cm_db_read(db, what, sql, n, p, out);
-}
-
 /* ---- reads ---- */
 
 int inv_store_get_stock(cm_db *db, const char *tenant, const char *sku, inv_level *out)
 {
     const char *p[] = {tenant, sku};
     PGresult *r = NULL;
-    int rc = read_q(db, "get stock",
-                    "SELECT " LEVEL_COLS " FROM stock WHERE tenant_id = $1 AND sku = $2", 2, p, &r);
+    int rc =
+        cm_db_read(db, "get stock",
+                   "SELECT " LEVEL_COLS " FROM stock WHERE tenant_id = $1 AND sku = $2", 2, p, &r);
     if (rc)
         return rc;
     if (PQntuples(r) == 0) {
@@ -157,7 +150,7 @@ int inv_store_get_reservation(cm_db *db, const char *tenant, const char *order_i
 {
     const char *p[] = {tenant, order_id};
     PGresult *r = NULL;
-    int rc = read_q(
+    int rc = cm_db_read(
         db, "get reservation",
         "SELECT order_id, state, buyer_id, flash_sale::int, " MS("created_at") ", " MS(
             "expires_at") ", coalesce(" MS("resolved_at") ", 0) FROM reservation "
@@ -178,10 +171,10 @@ int inv_store_get_reservation(cm_db *db, const char *tenant, const char *order_i
     out->expires_ms = i64(r, 0, 5);
     out->resolved_ms = i64(r, 0, 6);
     PQclear(r);
-    rc = read_q(db, "get reservation lines",
-                "SELECT sku, quantity, flash_sale_id FROM reservation_line "
-                "WHERE tenant_id = $1 AND order_id = $2 ORDER BY idx",
-                2, p, &r);
+    rc = cm_db_read(db, "get reservation lines",
+                    "SELECT sku, quantity, flash_sale_id FROM reservation_line "
+                    "WHERE tenant_id = $1 AND order_id = $2 ORDER BY idx",
+                    2, p, &r);
     if (rc)
         return rc;
     int n = PQntuples(r);
@@ -1238,10 +1231,10 @@ int inv_store_sale_get(cm_db *db, const char *tenant, const char *id, inv_sale *
 {
     const char *p[] = {tenant, id};
     PGresult *r = NULL;
-    int rc =
-        read_q(db, "get flash sale",
-               "SELECT " SALE_COLS " FROM flash_sale WHERE tenant_id = $1 AND flash_sale_id = $2",
-               2, p, &r);
+    int rc = cm_db_read(db, "get flash sale",
+                        "SELECT " SALE_COLS
+                        " FROM flash_sale WHERE tenant_id = $1 AND flash_sale_id = $2",
+                        2, p, &r);
     if (rc)
         return rc;
     if (PQntuples(r) == 0) {
@@ -1504,19 +1497,19 @@ int inv_store_list_changes(cm_db *db, const inv_change_query *q, inv_change *out
         q->tenant,   q->sku, q->order_id, kinds, q->has_from ? from : NULL, q->has_to ? to : NULL,
         q->after_id, lim};
     PGresult *r = NULL;
-    int rc = read_q(db, "list stock changes",
-                    "SELECT " CHANGE_COLS " FROM stock_change c WHERE tenant_id = $1 "
-                    "AND ($2 = '' OR sku = $2) AND ($3 = '' OR order_id = $3) "
-                    "AND (cardinality($4::int[]) = 0 OR kind = ANY($4::int[])) "
-                    "AND ($5::bigint IS NULL OR occurred_at >= "
-                    "timestamptz 'epoch' + $5::bigint * interval '1 microsecond') "
-                    "AND ($6::bigint IS NULL OR occurred_at < "
-                    "timestamptz 'epoch' + $6::bigint * interval '1 microsecond') "
-                    "AND ($7::uuid IS NULL OR (occurred_at, change_id) < "
-                    "(SELECT x.occurred_at, x.change_id FROM stock_change x "
-                    "WHERE x.tenant_id = $1 AND x.change_id = $7::uuid)) "
-                    "ORDER BY occurred_at DESC, change_id DESC LIMIT $8::bigint",
-                    8, p, &r);
+    int rc = cm_db_read(db, "list stock changes",
+                        "SELECT " CHANGE_COLS " FROM stock_change c WHERE tenant_id = $1 "
+                        "AND ($2 = '' OR sku = $2) AND ($3 = '' OR order_id = $3) "
+                        "AND (cardinality($4::int[]) = 0 OR kind = ANY($4::int[])) "
+                        "AND ($5::bigint IS NULL OR occurred_at >= "
+                        "timestamptz 'epoch' + $5::bigint * interval '1 microsecond') "
+                        "AND ($6::bigint IS NULL OR occurred_at < "
+                        "timestamptz 'epoch' + $6::bigint * interval '1 microsecond') "
+                        "AND ($7::uuid IS NULL OR (occurred_at, change_id) < "
+                        "(SELECT x.occurred_at, x.change_id FROM stock_change x "
+                        "WHERE x.tenant_id = $1 AND x.change_id = $7::uuid)) "
+                        "ORDER BY occurred_at DESC, change_id DESC LIMIT $8::bigint",
+                        8, p, &r);
     free(kinds);
     if (rc)
         return rc;
@@ -1556,15 +1549,15 @@ int inv_store_list_sales(cm_db *db, const char *tenant, const char *sku, const i
     snprintf(lim, sizeof lim, "%zu", cap + 1);
     const char *p[] = {tenant, sku, st, after_id, lim};
     PGresult *r = NULL;
-    int rc = read_q(db, "list flash sales",
-                    "SELECT " SALE_COLS " FROM flash_sale WHERE tenant_id = $1 "
-                    "AND ($2 = '' OR sku = $2) "
-                    "AND (cardinality($3::int[]) = 0 OR " SALE_STATE " = ANY($3::int[])) "
-                    "AND ($4::text IS NULL OR (starts_at, flash_sale_id) < "
-                    "(SELECT x.starts_at, x.flash_sale_id FROM flash_sale x "
-                    "WHERE x.tenant_id = $1 AND x.flash_sale_id = $4::text)) "
-                    "ORDER BY starts_at DESC, flash_sale_id DESC LIMIT $5::bigint",
-                    5, p, &r);
+    int rc = cm_db_read(db, "list flash sales",
+                        "SELECT " SALE_COLS " FROM flash_sale WHERE tenant_id = $1 "
+                        "AND ($2 = '' OR sku = $2) "
+                        "AND (cardinality($3::int[]) = 0 OR " SALE_STATE " = ANY($3::int[])) "
+                        "AND ($4::text IS NULL OR (starts_at, flash_sale_id) < "
+                        "(SELECT x.starts_at, x.flash_sale_id FROM flash_sale x "
+                        "WHERE x.tenant_id = $1 AND x.flash_sale_id = $4::text)) "
+                        "ORDER BY starts_at DESC, flash_sale_id DESC LIMIT $5::bigint",
+                        5, p, &r);
     free(st);
     if (rc)
         return rc;

@@ -56,7 +56,7 @@ typedef struct ord_app {
     tenant_entry tenants[TENANT_CACHE];
     struct pending_release *releases; /* for the sweeper thread to send */
     size_t nreleases;
-    cm_counter *rejected, *timed_out, *released, *adopted, *kept;
+    cm_counter *rejected, *timed_out, *released, *continued, *skipped;
 } ord_app;
 
 /* ---- helpers ---- */
@@ -445,22 +445,21 @@ static void send_releases(ord_app *app, cm_db *db)
     while (list) {
         pending_release *r = list;
         list = r->next;
-        int found = r->due_ms > now ? CM_ETIMEDOUT : ord_store_exists(db, r->tenant, r->order_id);
+        int found = r->due_ms > now ? 1 : ord_store_exists(db, r->tenant, r->order_id);
         if (found == 0) {
             /* another attempt stored its order on this reservation */
-            cm_counter_add(app->kept, 1);
+            cm_counter_add(app->skipped, 1);
             free(r);
             continue;
         }
-        if (found != CM_ENOTFOUND && found != CM_ETIMEDOUT &&
-            now - r->due_ms > RELEASE_GIVE_UP_MS) {
+        if (found < 0 && found != CM_ENOTFOUND && now - r->due_ms > RELEASE_GIVE_UP_MS) {
             cm_log_warn("could not check for an order before a release; its ttl will", "order_id",
                         r->order_id, "error", cm_strerror(found), NULL);
             free(r);
             continue;
         }
         if (found != CM_ENOTFOUND) {
-            /* not due, or the store could not say: later */
+            /* not due (1), or the store could not say: later */
             r->next = keep;
             keep = r;
             nkeep++;
@@ -669,7 +668,7 @@ static int create_order(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMe
         }
         if (!resv && st.code == GRPC_STATUS_ALREADY_EXISTS &&
             (resv = earlier_attempt(app, ctx, req, o)) != NULL) {
-            cm_counter_add(app->adopted, 1);
+            cm_counter_add(app->continued, 1);
             break;
         }
         if (resv || st.code == GRPC_STATUS_ALREADY_EXISTS ||
@@ -1148,12 +1147,12 @@ int ord_app_init(cm_service *svc, void **out, char *err, size_t errlen)
     app->released =
         cm_metrics_counter(m, "order_reservations_released_total",
                            "reservations given back because their order could not be stored", NULL);
-    app->kept = cm_metrics_counter(
+    app->skipped = cm_metrics_counter(
         m, "order_releases_skipped_total",
         "releases not sent because another attempt of the same create stored its order on that "
         "reservation meanwhile",
         NULL);
-    app->adopted = cm_metrics_counter(
+    app->continued = cm_metrics_counter(
         m, "order_reservations_continued_total",
         "creates that carried on with an earlier attempt's reservation made under another ttl "
         "(the payment timeout changed between the attempts)",

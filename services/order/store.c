@@ -54,14 +54,6 @@ static int exec(cm_db *db, const char *what, const char *sql, int n, const char 
     return cm_db_exec(db, what, sql, n, p, out);
 }
 
-/* a statement that only reads: outside a transaction it survives a
- * connection the server ended (cm_db_read) */
-static int read_q(cm_db *db, const char *what, const char *sql, int n, const char *const *p,
-                  PGresult **out)
-{
-    return cm_db_read(db, what, sql, n, p, out);
-}
-
 /* the i-th comma-separated field of s into dst (fields never hold commas:
  * skus and flash sale ids are [A-Za-z0-9._:-]) */
 static void field_str(const char *s, size_t i, char *dst, size_t cap)
@@ -242,10 +234,11 @@ static int load_refunds(cm_db *db, const char *tenant, cm_arena *a, ord_order *o
 {
     const char *p[] = {tenant, o->order_id};
     PGresult *r = NULL;
-    int rc = read_q(db, "get refunds",
-                    "SELECT " REFUND_COLS " FROM refunds WHERE tenant_id = $1 AND order_id = $2 "
-                    "ORDER BY created_at, refund_id",
-                    2, p, &r);
+    int rc =
+        cm_db_read(db, "get refunds",
+                   "SELECT " REFUND_COLS " FROM refunds WHERE tenant_id = $1 AND order_id = $2 "
+                   "ORDER BY created_at, refund_id",
+                   2, p, &r);
     if (rc)
         return rc;
     int n = PQntuples(r);
@@ -277,7 +270,7 @@ static int load(cm_db *db, const char *tenant, const char *order_id, const char 
     snprintf(sql, sizeof sql,
              "SELECT " ORDER_COLS " FROM orders WHERE tenant_id = $1 AND order_id = $2::uuid %s",
              lock);
-    int rc = read_q(db, "get order", sql, 2, p, &r);
+    int rc = cm_db_read(db, "get order", sql, 2, p, &r);
     if (rc)
         return rc;
     if (PQntuples(r) == 0) {
@@ -298,8 +291,9 @@ int ord_store_exists(cm_db *db, const char *tenant, const char *order_id)
 {
     const char *p[] = {tenant, order_id};
     PGresult *r = NULL;
-    int rc = read_q(db, "find order",
-                    "SELECT 1 FROM orders WHERE tenant_id = $1 AND order_id = $2::uuid", 2, p, &r);
+    int rc =
+        cm_db_read(db, "find order",
+                   "SELECT 1 FROM orders WHERE tenant_id = $1 AND order_id = $2::uuid", 2, p, &r);
     if (rc)
         return rc;
     rc = PQntuples(r) > 0 ? 0 : CM_ENOTFOUND;
@@ -312,9 +306,9 @@ int ord_store_get_by_request(cm_db *db, const char *tenant, const char *request_
 {
     const char *p[] = {tenant, request_id};
     PGresult *r = NULL;
-    int rc = read_q(db, "get order by request",
-                    "SELECT " ORDER_COLS " FROM orders WHERE tenant_id = $1 AND request_id = $2", 2,
-                    p, &r);
+    int rc = cm_db_read(
+        db, "get order by request",
+        "SELECT " ORDER_COLS " FROM orders WHERE tenant_id = $1 AND request_id = $2", 2, p, &r);
     if (rc)
         return rc;
     if (PQntuples(r) == 0) {
@@ -953,19 +947,19 @@ int ord_store_list(cm_db *db, const ord_list_q *q, cm_arena *a, ord_order *out, 
         num(a, q->limit + 1),
     };
     PGresult *r = NULL;
-    int rc =
-        read_q(db, "list orders",
-               "SELECT " ORDER_COLS " FROM orders WHERE tenant_id = $1 "
-               "AND ($2::text IS NULL OR buyer_id = $2) "
-               "AND ($3::text IS NULL OR merchant_id = $3) "
-               "AND ($4::text IS NULL OR channel_id = $4) "
-               "AND ($5::smallint[] IS NULL OR state = ANY($5::smallint[])) "
-               "AND ($6::bigint IS NULL OR created_at >= to_timestamp($6::bigint / 1000.0)) "
-               "AND ($7::bigint IS NULL OR created_at < to_timestamp($7::bigint / 1000.0)) "
-               "AND ($8::bigint IS NULL "
-               "     OR (created_at, order_id) < (to_timestamp($8::bigint / 1000.0), $9::uuid)) "
-               "ORDER BY created_at DESC, order_id DESC LIMIT $10",
-               10, p, &r);
+    int rc = cm_db_read(
+        db, "list orders",
+        "SELECT " ORDER_COLS " FROM orders WHERE tenant_id = $1 "
+        "AND ($2::text IS NULL OR buyer_id = $2) "
+        "AND ($3::text IS NULL OR merchant_id = $3) "
+        "AND ($4::text IS NULL OR channel_id = $4) "
+        "AND ($5::smallint[] IS NULL OR state = ANY($5::smallint[])) "
+        "AND ($6::bigint IS NULL OR created_at >= to_timestamp($6::bigint / 1000.0)) "
+        "AND ($7::bigint IS NULL OR created_at < to_timestamp($7::bigint / 1000.0)) "
+        "AND ($8::bigint IS NULL "
+        "     OR (created_at, order_id) < (to_timestamp($8::bigint / 1000.0), $9::uuid)) "
+        "ORDER BY created_at DESC, order_id DESC LIMIT $10",
+        10, p, &r);
     if (rc)
         return rc;
     int rows = PQntuples(r);
@@ -987,10 +981,10 @@ int ord_store_tenant_timeouts(cm_db *db, const char *tenant, int64_t *normal_ms,
 {
     const char *p[] = {tenant};
     PGresult *r = NULL;
-    int rc = read_q(db, "get tenant settings",
-                    "SELECT payment_timeout_s, flash_payment_timeout_s FROM tenant_settings "
-                    "WHERE tenant_id = $1",
-                    1, p, &r);
+    int rc = cm_db_read(db, "get tenant settings",
+                        "SELECT payment_timeout_s, flash_payment_timeout_s FROM tenant_settings "
+                        "WHERE tenant_id = $1",
+                        1, p, &r);
     if (rc)
         return rc;
     if (PQntuples(r) == 0) {
