@@ -91,6 +91,13 @@ int cm_rpc_call(cm_rpc_client *c, const char *method, const ProtobufCMessage *re
                 ProtobufCMessage **resp, const cm_rpc_md *md, size_t nmd, int timeout_ms,
                 unsigned flags, cm_rpc_status *st);
 
+/* cm_rpc_call with the request already encoded: data[0..len) is sent as
+ * is, whatever it holds (a proxy's payload, a test's hostile bytes). */
+int cm_rpc_call_bytes(cm_rpc_client *c, const char *method, const uint8_t *data, size_t len,
+                      const ProtobufCMessageDescriptor *resp_desc, ProtobufCAllocator *alloc,
+                      ProtobufCMessage **resp, const cm_rpc_md *md, size_t nmd, int timeout_ms,
+                      unsigned flags, cm_rpc_status *st);
+
 /* fills out[] with the metadata a service forwards downstream from the call
  * it is handling: authorization, x-tenant-id, x-request-id, traceparent.
  * returns how many entries were written (at most max). */

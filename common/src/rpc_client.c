@@ -315,6 +315,11 @@ static int call_once(cm_rpc_client *c, grpc_slice method, grpc_byte_buffer *req_
     return status == GRPC_STATUS_OK ? 0 : -1;
 }
 
+static int call_slice(cm_rpc_client *c, const char *method, grpc_slice sl,
+                      const ProtobufCMessageDescriptor *resp_desc, ProtobufCAllocator *alloc,
+                      ProtobufCMessage **resp, const cm_rpc_md *md, size_t nmd, int timeout_ms,
+                      unsigned flags, cm_rpc_status *st);
+
 static void sleep_ms(int ms)
 {
     struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L};
@@ -326,14 +331,37 @@ int cm_rpc_call(cm_rpc_client *c, const char *method, const ProtobufCMessage *re
                 ProtobufCMessage **resp, const cm_rpc_md *md, size_t nmd, int timeout_ms,
                 unsigned flags, cm_rpc_status *st)
 {
-    *resp = NULL;
-    memset(st, 0, sizeof *st);
     size_t n = protobuf_c_message_get_packed_size(req);
     grpc_slice sl = grpc_slice_malloc(n);
     protobuf_c_message_pack(req, GRPC_SLICE_START_PTR(sl));
-    grpc_byte_buffer *req_bb = grpc_raw_byte_buffer_create(&sl, 1);
+    int rc = call_slice(c, method, sl, resp_desc, alloc, resp, md, nmd, timeout_ms, flags, st);
     grpc_slice_unref(sl);
-    grpc_slice method_slice = grpc_slice_from_static_string(method);
+    return rc;
+}
+
+int cm_rpc_call_bytes(cm_rpc_client *c, const char *method, const uint8_t *data, size_t len,
+                      const ProtobufCMessageDescriptor *resp_desc, ProtobufCAllocator *alloc,
+                      ProtobufCMessage **resp, const cm_rpc_md *md, size_t nmd, int timeout_ms,
+                      unsigned flags, cm_rpc_status *st)
+{
+    grpc_slice sl = grpc_slice_from_copied_buffer((const char *)data, len);
+    int rc = call_slice(c, method, sl, resp_desc, alloc, resp, md, nmd, timeout_ms, flags, st);
+    grpc_slice_unref(sl);
+    return rc;
+}
+
+/* the request in sl (not taken: the caller unrefs it) */
+static int call_slice(cm_rpc_client *c, const char *method, grpc_slice sl,
+                      const ProtobufCMessageDescriptor *resp_desc, ProtobufCAllocator *alloc,
+                      ProtobufCMessage **resp, const cm_rpc_md *md, size_t nmd, int timeout_ms,
+                      unsigned flags, cm_rpc_status *st)
+{
+    *resp = NULL;
+    memset(st, 0, sizeof *st);
+    /* copied: gRPC core may keep a static slice's pointer beyond the call
+     * (a caller's buffer reused for another method was once sent on with
+     * the earlier method's path) */
+    grpc_slice method_slice = grpc_slice_from_copied_string(method);
     gpr_timespec deadline =
         gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC), gpr_time_from_millis(timeout_ms, GPR_TIMESPAN));
     int attempts = (flags & CM_RPC_CALL_IDEMPOTENT) ? c->o.max_attempts : 1;
@@ -342,7 +370,12 @@ int cm_rpc_call(cm_rpc_client *c, const char *method, const ProtobufCMessage *re
     int rc = -1;
     for (int a = 1; a <= attempts; a++) {
         st->attempts = a;
+        /* a fresh buffer per attempt: gRPC core takes the slices of the
+         * buffer it sends (grpc_types.h: afterwards it is "likely empty"),
+         * so a retry with the same buffer would send an empty message */
+        grpc_byte_buffer *req_bb = grpc_raw_byte_buffer_create(&sl, 1);
         rc = call_once(c, method_slice, req_bb, md, nmd, deadline, &resp_bb, st);
+        grpc_byte_buffer_destroy(req_bb);
         if (rc == 0 || st->code != GRPC_STATUS_UNAVAILABLE || a == attempts)
             break;
         /* full jitter: sleep a random time up to the current backoff */
@@ -357,7 +390,7 @@ int cm_rpc_call(cm_rpc_client *c, const char *method, const ProtobufCMessage *re
         sleep_ms(wait);
         backoff = backoff * 2 > c->o.backoff_max_ms ? c->o.backoff_max_ms : backoff * 2;
     }
-    grpc_byte_buffer_destroy(req_bb);
+    grpc_slice_unref(method_slice);
     if (rc != 0)
         return cm_rpc_code_to_err(st->code);
     if (!resp_bb) {

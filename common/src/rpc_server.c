@@ -15,7 +15,9 @@
 #include "cm_err.h"
 #include "cm_file.h"
 #include "cm_log.h"
+#include "cm_pb.h"
 #include "cm_rpc_client.h"
+#include "cm_utf8.h"
 
 #include <grpc/byte_buffer.h>
 #include <grpc/byte_buffer_reader.h>
@@ -44,6 +46,16 @@
 #define MAX_EXTRA_DETAILS 4
 #define TLS_FILE_MAX (1u << 20) /* certificate chains and keys are small */
 #define STOP_POLL_MS 200        /* how often an idle worker looks at the stop flag */
+/* what a status may echo of the caller's input, in bytes */
+#define ECHO_MESSAGE_MAX 512
+#define ECHO_FIELD_MAX 128
+#define ECHO_VALUE_MAX 256
+/* google.rpc.Status details, packed: base64 on the wire (x4/3), with the
+ * message, under a stock client's 8 KB metadata limit */
+#define DETAILS_MAX 4600
+/* violations' and metadata's text together, so ErrorInfo and BadRequest
+ * leave room in DETAILS_MAX */
+#define ECHO_TOTAL_MAX 2560
 #define ERROR_INFO_URL "type.googleapis.com/google.rpc.ErrorInfo"
 
 typedef struct worker worker;
@@ -140,6 +152,7 @@ struct cm_rpc_ctx {
     size_t n_violations;
     Google__Rpc__ErrorInfo__MetadataEntry *meta[MAX_ERROR_META];
     size_t n_meta;
+    size_t echo_bytes; /* of violations and metadata, against ECHO_TOTAL_MAX */
     Google__Protobuf__Any *extra[MAX_EXTRA_DETAILS]; /* cm_rpc_fail_detail */
     size_t n_extra;
     const char *domain; /* ErrorInfo domain when not ours (a forwarded failure) */
@@ -566,8 +579,24 @@ static void build_trailer(cm_rpc_ctx *c)
         pack_any(a, &any_bad, "type.googleapis.com/google.rpc.BadRequest", &bad.base);
         ndetails = 2;
     }
-    for (size_t i = 0; i < c->n_extra; i++)
+    size_t size = any_info.value.len + any_bad.value.len;
+    for (size_t i = 0; i < c->n_extra; i++) {
+        /* typed details are the first thing given up for room */
+        if (size + c->extra[i]->value.len > DETAILS_MAX) {
+            cm_log_warn("status detail dropped: the trailers would be too large", "method",
+                        c->m ? c->m->path : "-", "type", c->extra[i]->type_url, NULL);
+            continue;
+        }
+        size += c->extra[i]->value.len;
         details[ndetails++] = c->extra[i];
+    }
+    if (size > DETAILS_MAX && c->n_violations > 1) {
+        /* the first bad field is named in the message as well */
+        Google__Rpc__BadRequest bad = GOOGLE__RPC__BAD_REQUEST__INIT;
+        bad.n_field_violations = 1;
+        bad.field_violations = c->violations;
+        pack_any(a, &any_bad, "type.googleapis.com/google.rpc.BadRequest", &bad.base);
+    }
     set_trailer(c, details, ndetails);
 }
 
@@ -668,7 +697,8 @@ static int authenticate(cm_rpc_ctx *c)
         return cm_rpc_fail(c, GRPC_STATUS_PERMISSION_DENIED, "TENANT_MISMATCH",
                            cm_arena_strdup(c->arena, why));
     if (rc)
-        return cm_rpc_fail(c, GRPC_STATUS_UNAUTHENTICATED, "INVALID_TOKEN",
+        return cm_rpc_fail(c, GRPC_STATUS_UNAUTHENTICATED,
+                           authz ? "CREDENTIALS_INVALID" : "CREDENTIALS_MISSING",
                            cm_arena_strdup(c->arena, why));
     c->tenant = c->principal->tenant;
     return 0;
@@ -714,11 +744,27 @@ static void run_handler(cm_rpc_ctx *c)
         cm_rpc_fail(c, GRPC_STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
         return;
     }
+    /* strings are checked on the wire, once for every service: a decoded
+     * C string can no longer show an embedded NUL */
+    char path[256];
+    int wire = cm_pb_check_wire(m->input, data, len, path, sizeof path);
+    if (wire == CM_PB_WIRE_NUL || wire == CM_PB_WIRE_INVALID_UTF8) {
+        cm_rpc_fail_field(c, path,
+                          wire == CM_PB_WIRE_NUL ? "must not contain NUL characters"
+                                                 : "must be valid UTF-8");
+        return;
+    }
     ProtobufCAllocator al = cm_arena_allocator(c->arena);
-    ProtobufCMessage *in = protobuf_c_message_unpack(m->input, &al, len, data);
+    ProtobufCMessage *in =
+        wire == CM_PB_WIRE_OK ? protobuf_c_message_unpack(m->input, &al, len, data) : NULL;
     if (!in) {
-        cm_rpc_fail(c, GRPC_STATUS_INVALID_ARGUMENT, "MALFORMED_REQUEST",
-                    cm_arena_printf(c->arena, "request is not a valid %s message", m->input->name));
+        /* named like any bad field: where the encoding broke, or the
+         * request itself */
+        const char *where = path[0] ? path : "(request)";
+        cm_rpc_fail(
+            c, GRPC_STATUS_INVALID_ARGUMENT, "MALFORMED_REQUEST",
+            cm_arena_printf(c->arena, "%s: not a valid encoding of %s", where, m->input->name));
+        cm_rpc_fail_field(c, where, "not a valid protobuf encoding");
         return;
     }
     ProtobufCMessage *out = cm_arena_alloc(c->arena, m->output->sizeof_message);
@@ -1354,7 +1400,10 @@ int cm_rpc_fail(cm_rpc_ctx *ctx, int grpc_code, const char *reason, const char *
     if (ctx->code == GRPC_STATUS_OK) {
         ctx->code = grpc_code;
         ctx->reason = reason;
-        ctx->message = message ? message : code_names[grpc_code];
+        /* messages may echo the caller's input: bounded and printable, so
+         * trailers stay under a client's metadata limit and parse */
+        const char *m = message ? cm_utf8_clip(ctx->arena, message, ECHO_MESSAGE_MAX) : NULL;
+        ctx->message = m ? m : code_names[grpc_code];
     }
     return -grpc_code;
 }
@@ -1365,9 +1414,14 @@ int cm_rpc_fail_field(cm_rpc_ctx *ctx, const char *field, const char *descriptio
         Google__Rpc__BadRequest__FieldViolation *v = cm_arena_alloc(ctx->arena, sizeof *v);
         if (v) {
             google__rpc__bad_request__field_violation__init(v);
-            v->field = cm_rpc_strdup(ctx, field);
-            v->description = cm_rpc_strdup(ctx, description);
-            ctx->violations[ctx->n_violations++] = v;
+            v->field = cm_utf8_clip(ctx->arena, field, ECHO_FIELD_MAX);
+            v->description = cm_utf8_clip(ctx->arena, description, ECHO_MESSAGE_MAX);
+            size_t n = v->field && v->description ? strlen(v->field) + strlen(v->description) : 0;
+            /* the first is always kept; later ones while there is room */
+            if (n && (!ctx->n_violations || ctx->echo_bytes + n <= ECHO_TOTAL_MAX)) {
+                ctx->echo_bytes += n;
+                ctx->violations[ctx->n_violations++] = v;
+            }
         }
     }
     return cm_rpc_fail(ctx, GRPC_STATUS_INVALID_ARGUMENT, "INVALID_ARGUMENT",
@@ -1386,7 +1440,23 @@ int cm_rpc_fail_err(cm_rpc_ctx *ctx, int cm_err, const char *message)
                 cm_arena_printf(ctx->arena, "%s: %s", message ? message : "", cm_strerror(cm_err));
         return cm_rpc_fail(ctx, code, "INTERNAL", "internal error");
     }
-    return cm_rpc_fail(ctx, code, NULL, message);
+    /* the catalogue's reasons (error_reason.proto), not the code's name */
+    const char *reason = NULL;
+    switch (cm_err) {
+    case CM_EUNAVAIL:
+        reason = "DEPENDENCY_UNAVAILABLE";
+        break;
+    case CM_ECONFLICT:
+        reason = "CONCURRENT_MODIFICATION";
+        break;
+    case CM_ENOTFOUND:
+        reason = "RESOURCE_NOT_FOUND";
+        break;
+    case CM_ELIMIT:
+        reason = "RATE_LIMITED";
+        break;
+    }
+    return cm_rpc_fail(ctx, code, reason, message);
 }
 
 void cm_rpc_fail_detail(cm_rpc_ctx *ctx, const ProtobufCMessage *detail)
@@ -1414,9 +1484,13 @@ void cm_rpc_fail_meta(cm_rpc_ctx *ctx, const char *key, const char *value)
     if (!e)
         return;
     google__rpc__error_info__metadata_entry__init(e);
-    e->key = cm_rpc_strdup(ctx, key);
-    e->value = cm_rpc_strdup(ctx, value);
-    ctx->meta[ctx->n_meta++] = e;
+    e->key = cm_utf8_clip(ctx->arena, key, ECHO_FIELD_MAX);
+    e->value = cm_utf8_clip(ctx->arena, value, ECHO_VALUE_MAX);
+    size_t n = e->key && e->value ? strlen(e->key) + strlen(e->value) : 0;
+    if (n && ctx->echo_bytes + n <= ECHO_TOTAL_MAX) {
+        ctx->echo_bytes += n;
+        ctx->meta[ctx->n_meta++] = e;
+    }
 }
 
 /* what a downstream's code means to our caller: its own request or a

@@ -246,6 +246,105 @@ START_TEST(malformed_request_is_invalid_argument)
                      CM_EINVAL);
     ck_assert_int_eq(st.code, GRPC_STATUS_INVALID_ARGUMENT);
     ck_assert_str_eq(st.reason, "MALFORMED_REQUEST");
+    ck_assert_str_eq(st.field, "text"); /* where the encoding broke: a fixed64 as a string */
+}
+END_TEST
+
+/* a string that is not UTF-8, or holds a NUL, is refused naming its field
+ * before any handler sees it: a C string would be cut at the NUL */
+START_TEST(strings_with_nul_or_invalid_utf8_are_refused_naming_the_field)
+{
+    static const struct {
+        const char *bytes;
+        size_t len;
+        const char *why;
+    } bad[] = {
+        {"H-1\0zz", 6, "NUL"},        {"\0", 1, "NUL"},
+        {"\xff", 1, "UTF-8"},         {"ab\xc3", 3, "UTF-8"},
+        {"\xed\xa0\x80", 3, "UTF-8"}, /* a surrogate */
+        {"\xc0\xaf", 2, "UTF-8"},     /* overlong */
+    };
+    ProtobufCMessage *resp;
+    cm_rpc_status st;
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        Commerce__Test__V1__RawEchoRequest raw = COMMERCE__TEST__V1__RAW_ECHO_REQUEST__INIT;
+        raw.text.data = (uint8_t *)bad[i].bytes;
+        raw.text.len = bad[i].len;
+        ck_assert_int_eq(call(SVC "Echo", &raw.base, &commerce__test__v1__echo_response__descriptor,
+                              &resp, tenant_md, 1, 5000, &st),
+                         CM_EINVAL);
+        ck_assert_str_eq(st.reason, "INVALID_ARGUMENT");
+        ck_assert_str_eq(st.field, "text");
+        ck_assert_msg(strstr(st.message, bad[i].why), "case %zu: %s", i, st.message);
+    }
+    /* nested: the second entry of a map names its path */
+    Commerce__Test__V1__RawEntry e0 = COMMERCE__TEST__V1__RAW_ENTRY__INIT,
+                                 e1 = COMMERCE__TEST__V1__RAW_ENTRY__INIT;
+    e0.key.data = (uint8_t *)"k0";
+    e0.key.len = 2;
+    e1.key.data = (uint8_t *)"k1";
+    e1.key.len = 2;
+    e1.value.data = (uint8_t *)"v\0";
+    e1.value.len = 2;
+    Commerce__Test__V1__RawEntry *es[] = {&e0, &e1};
+    Commerce__Test__V1__RawFailRequest rf = COMMERCE__TEST__V1__RAW_FAIL_REQUEST__INIT;
+    rf.code = 9;
+    rf.n_metadata = 2;
+    rf.metadata = es;
+    ck_assert_int_eq(call(SVC "Fail", &rf.base, &commerce__test__v1__fail_response__descriptor,
+                          &resp, tenant_md, 1, 5000, &st),
+                     CM_EINVAL);
+    ck_assert_str_eq(st.field, "metadata[1].value");
+    /* valid multi-byte text still passes */
+    Commerce__Test__V1__EchoRequest ok = COMMERCE__TEST__V1__ECHO_REQUEST__INIT;
+    ok.text = "\xe5\x95\x86\xf0\x9f\x9b\x92"; /* 商, a 4-byte emoji */
+    ck_assert_int_eq(call(SVC "Echo", &ok.base, &commerce__test__v1__echo_response__descriptor,
+                          &resp, tenant_md, 1, 5000, &st),
+                     0);
+    ck_assert_str_eq(((Commerce__Test__V1__EchoResponse *)resp)->text, ok.text);
+    protobuf_c_message_free_unpacked(resp, NULL);
+}
+END_TEST
+
+/* whatever a failure echoes of the caller's input is bounded, so the
+ * trailers stay under a stock client's 8 KB metadata limit and parse */
+START_TEST(echoed_input_in_a_failure_is_bounded)
+{
+    size_t n = 10 * 1024;
+    char *huge = malloc(n + 1);
+    memset(huge, 'x', n);
+    huge[n] = '\0';
+    Commerce__Test__V1__FailRequest req = COMMERCE__TEST__V1__FAIL_REQUEST__INIT;
+    req.field = huge; /* the handler names it as the bad field */
+    ProtobufCMessage *resp;
+    cm_rpc_status st;
+    ck_assert_int_eq(call(SVC "Fail", &req.base, &commerce__test__v1__fail_response__descriptor,
+                          &resp, tenant_md, 1, 5000, &st),
+                     CM_EINVAL);
+    ck_assert_int_eq(st.details_truncated, 0);
+    ck_assert_str_eq(st.reason, "INVALID_ARGUMENT");
+    ck_assert_uint_le(strlen(st.message), 515);
+    ck_assert_uint_le(strlen(st.field), 131);
+    ck_assert(strncmp(st.field, "xxxx", 4) == 0);
+
+    /* metadata values too */
+    req.field = "";
+    req.code = 9;
+    Commerce__Test__V1__FailRequest__MetadataEntry e =
+        COMMERCE__TEST__V1__FAIL_REQUEST__METADATA_ENTRY__INIT;
+    Commerce__Test__V1__FailRequest__MetadataEntry *es[] = {&e};
+    e.key = "echo";
+    e.value = huge;
+    req.n_metadata = 1;
+    req.metadata = es;
+    ck_assert_int_eq(call(SVC "Fail", &req.base, &commerce__test__v1__fail_response__descriptor,
+                          &resp, tenant_md, 1, 5000, &st),
+                     CM_ESTATE);
+    ck_assert_int_eq(st.details_truncated, 0);
+    const char *v = cm_rpc_status_meta(&st, "echo");
+    ck_assert_ptr_nonnull(v);
+    ck_assert_uint_le(strlen(v), 259);
+    free(huge);
 }
 END_TEST
 
@@ -301,6 +400,31 @@ START_TEST(client_in_a_handler_forwards_metadata_and_deadline)
     ck_assert_str_eq(r->echo->request_id, "req-fwd");
     ck_assert_str_eq(r->echo->trace_id, "0af7651916cd43dd8448eb211c80319c");
     ck_assert_int_eq(r->attempts, 1);
+    protobuf_c_message_free_unpacked(resp, NULL);
+}
+END_TEST
+
+/* an idempotent call answered UNAVAILABLE once is retried with the same
+ * message: gRPC core empties the buffer it sends, so each attempt needs
+ * its own (the retry used to arrive empty) */
+START_TEST(a_retried_call_sends_the_same_message)
+{
+    char text[96];
+    char id[CM_ID_SIZE];
+    random_key(id);
+    snprintf(text, sizeof text, "unavailable-once:%s", id);
+    Commerce__Test__V1__ForwardRequest req = COMMERCE__TEST__V1__FORWARD_REQUEST__INIT;
+    req.text = text;
+    ProtobufCMessage *resp;
+    cm_rpc_status st;
+    ck_assert_int_eq(call(SVC "Forward", &req.base,
+                          &commerce__test__v1__forward_response__descriptor, &resp, tenant_md, 1,
+                          5000, &st),
+                     0);
+    Commerce__Test__V1__ForwardResponse *r = (void *)resp;
+    ck_assert_int_eq(r->attempts, 2);
+    ck_assert_ptr_nonnull(r->echo);
+    ck_assert_str_eq(r->echo->text, text);
     protobuf_c_message_free_unpacked(resp, NULL);
 }
 END_TEST
@@ -495,6 +619,7 @@ START_TEST(auth_required_verifies_bearer_tokens)
     /* no token: x-tenant-id alone is not enough */
     ck_assert_int_eq(echo_with(p.target, NULL, tenant_md, 1, &st, NULL, 0), CM_EAUTH);
     ck_assert_int_eq(st.code, GRPC_STATUS_UNAUTHENTICATED);
+    ck_assert_str_eq(st.reason, "CREDENTIALS_MISSING"); /* error_reason.proto's names */
 
     char *good = make_token("tenant-jwt", 60, TEST_SECRET);
     char *expired = make_token("tenant-jwt", -3600, TEST_SECRET);
@@ -510,6 +635,7 @@ START_TEST(auth_required_verifies_bearer_tokens)
 
     md[0].value = expired;
     ck_assert_int_eq(echo_with(p.target, NULL, md, 1, &st, NULL, 0), CM_EAUTH);
+    ck_assert_str_eq(st.reason, "CREDENTIALS_INVALID");
     md[0].value = forged;
     ck_assert_int_eq(echo_with(p.target, NULL, md, 1, &st, NULL, 0), CM_EAUTH);
     md[0].value = "Bearer not.a.jwt";
@@ -817,6 +943,9 @@ static Suite *suite(void)
     tcase_add_test(shared, oversized_message_is_refused_and_server_lives_on);
     tcase_add_test(shared, malformed_request_is_invalid_argument);
     tcase_add_test(shared, unknown_fields_are_ignored);
+    tcase_add_test(shared, strings_with_nul_or_invalid_utf8_are_refused_naming_the_field);
+    tcase_add_test(shared, echoed_input_in_a_failure_is_bounded);
+    tcase_add_test(shared, a_retried_call_sends_the_same_message);
     tcase_add_test(shared, failure_carries_status_details);
     tcase_add_test(shared, concurrent_calls_all_succeed);
     tcase_add_test(shared, client_in_a_handler_forwards_metadata_and_deadline);

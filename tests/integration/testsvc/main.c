@@ -12,6 +12,8 @@
 
 #include <grpc/status.h>
 #include <libpq-fe.h>
+#include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -21,10 +23,32 @@
 extern const cm_migration testsvc_migrations[];
 extern const size_t testsvc_migrations_count;
 
+/* texts starting "unavailable-once:" seen so far: the first Echo of such a
+ * text answers UNAVAILABLE, so a client's retry can be watched */
+#define ONCE_MAX 64
+static char once_seen[ONCE_MAX][128];
+static int once_n;
+static pthread_mutex_t once_mu = PTHREAD_MUTEX_INITIALIZER;
+
+static int first_time(const char *text)
+{
+    pthread_mutex_lock(&once_mu);
+    int seen = 0;
+    for (int i = 0; i < once_n && !seen; i++)
+        seen = strcmp(once_seen[i], text) == 0;
+    if (!seen)
+        snprintf(once_seen[once_n++ % ONCE_MAX], sizeof once_seen[0], "%s", text);
+    pthread_mutex_unlock(&once_mu);
+    return !seen;
+}
+
 static int echo(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
 {
     const Commerce__Test__V1__EchoRequest *req = (const void *)in;
     Commerce__Test__V1__EchoResponse *resp = (void *)out;
+    if (strncmp(req->text, "unavailable-once:", 17) == 0 && first_time(req->text))
+        return cm_rpc_fail(ctx, GRPC_STATUS_UNAVAILABLE, "DEPENDENCY_UNAVAILABLE",
+                           "unavailable once, on request");
     resp->text = req->text;
     resp->tenant = (char *)cm_rpc_ctx_tenant(ctx);
     const char *rid = cm_rpc_ctx_request_id(ctx);
