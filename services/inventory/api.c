@@ -251,9 +251,8 @@ static int reserve(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage
     }
     int64_t ttl = -1;
     if (req->ttl) {
-        if (req->ttl->seconds < 0 || req->ttl->nanos < 0 || req->ttl->seconds > INV_TTL_MAX_MS)
+        if (cm_pb_duration_check(req->ttl, &ttl) || ttl < 0 || ttl > INV_TTL_MAX_MS)
             return cm_rpc_fail_field(ctx, "ttl", "must be between 1 second and 7 days");
-        ttl = req->ttl->seconds * 1000 + req->ttl->nanos / 1000000;
     }
     inv_violation v;
     if (inv_check_reserve(req->order_id, req->buyer_id, lines, n, ttl, &ttl, &v))
@@ -561,9 +560,10 @@ static int list_stock_changes(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Proto
     if (req->occurred) {
         const Google__Protobuf__Timestamp *st = req->occurred->start_at,
                                           *en = req->occurred->end_at;
-        if (st && (st->nanos < 0 || st->nanos > 999999999))
+        int64_t ms;
+        if (st && cm_pb_timestamp_check(st, &ms))
             return cm_rpc_fail_field(ctx, "occurred.start_at", "must be a valid timestamp");
-        if (en && (en->nanos < 0 || en->nanos > 999999999))
+        if (en && cm_pb_timestamp_check(en, &ms))
             return cm_rpc_fail_field(ctx, "occurred.end_at", "must be a valid timestamp");
         if (st && en && ts_us(en) <= ts_us(st))
             return cm_rpc_fail_field(ctx, "occurred.end_at", "must be after occurred.start_at");
@@ -599,11 +599,6 @@ static int list_stock_changes(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Proto
 }
 
 /* ---- flash sales ---- */
-
-static int64_t ts_ms(const Google__Protobuf__Timestamp *t)
-{
-    return t ? t->seconds * 1000 + t->nanos / 1000000 : 0;
-}
 
 static Commerce__Inventory__V1__FlashSale *pb_sale(cm_arena *a, const inv_sale *s)
 {
@@ -656,7 +651,12 @@ static int configure_flash_sale(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Pro
         return cm_rpc_fail_field(ctx, "starts_at", "is required");
     if (!req->ends_at)
         return cm_rpc_fail_field(ctx, "ends_at", "is required");
-    int64_t st = ts_ms(req->starts_at), en = ts_ms(req->ends_at);
+    int64_t st, en;
+    /* in range before any arithmetic: seconds near 2^63 would overflow */
+    if (cm_pb_timestamp_check(req->starts_at, &st) || st <= 0)
+        return cm_rpc_fail_field(ctx, "starts_at", "must be a valid time after 1970");
+    if (cm_pb_timestamp_check(req->ends_at, &en) || en <= 0)
+        return cm_rpc_fail_field(ctx, "ends_at", "must be a valid time after 1970");
     struct timespec now;
     clock_gettime(CLOCK_REALTIME, &now);
     if (en <= st)
@@ -750,8 +750,11 @@ static int get_flash_sale(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufC
 {
     const Commerce__Inventory__V1__GetFlashSaleRequest *req = (const void *)in;
     Commerce__Inventory__V1__GetFlashSaleResponse *resp = (void *)out;
-    if (!req->flash_sale_id[0] || strlen(req->flash_sale_id) > 64)
+    if (!req->flash_sale_id[0])
         return cm_rpc_fail_field(ctx, "flash_sale_id", "is required");
+    if (!inv_valid_key(req->flash_sale_id, INV_KEY_MAX))
+        return cm_rpc_fail_field(ctx, "flash_sale_id",
+                                 "must be 1-64 characters from [A-Za-z0-9._:-]");
     inv_sale s;
     int rc = inv_store_sale_get(cm_service_db(ctx), cm_rpc_ctx_tenant(ctx), req->flash_sale_id, &s);
     if (rc == CM_ENOTFOUND)

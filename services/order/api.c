@@ -76,9 +76,9 @@ static int check_ts(cm_rpc_ctx *ctx, const Google__Protobuf__Timestamp *t, const
         *out = now;
         return 0;
     }
-    if (t->seconds <= 0 || t->nanos < 0 || t->nanos > 999999999)
+    /* checked before any arithmetic: seconds near 2^63 would overflow */
+    if (cm_pb_timestamp_check(t, out) || t->seconds <= 0)
         return cm_rpc_fail_field(ctx, field, "must be a valid time after 1970");
-    *out = cm_pb_timestamp_ms(t);
     if (*out > now + ORD_PAID_AT_SKEW_MS)
         return cm_rpc_fail_field(ctx, field, "must not be more than 5 minutes in the future");
     return 0;
@@ -141,6 +141,9 @@ static int order_id_ok(cm_rpc_ctx *ctx, const char *id)
 {
     if (!id || !*id)
         return cm_rpc_fail_field(ctx, "order_id", "required");
+    /* checked before any lookup: an id is echoed in NOT_FOUND */
+    if (!cm_id_is_uuid(id))
+        return cm_rpc_fail_field(ctx, "order_id", "must be an order id as CreateOrder returns it");
     return 0;
 }
 
@@ -262,8 +265,11 @@ static int list_orders(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMes
     qsort(states, req->n_states, sizeof states[0], int_cmp);
     int64_t from = 0, to = 0;
     if (req->created) {
-        from = cm_pb_timestamp_ms(req->created->start_at);
-        to = cm_pb_timestamp_ms(req->created->end_at);
+        const Google__Protobuf__Timestamp *st = req->created->start_at, *en = req->created->end_at;
+        if (st && (cm_pb_timestamp_check(st, &from) || from <= 0))
+            return cm_rpc_fail_field(ctx, "created.start_at", "must be a valid time after 1970");
+        if (en && (cm_pb_timestamp_check(en, &to) || to <= 0))
+            return cm_rpc_fail_field(ctx, "created.end_at", "must be a valid time after 1970");
         if (from && to && to <= from)
             return cm_rpc_fail_field(ctx, "created.end_at", "must be after created.start_at");
     }
@@ -629,10 +635,10 @@ static int create_order(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMe
                         .timeout_ms = -1};
     if (req->payment_timeout) {
         const Google__Protobuf__Duration *d = req->payment_timeout;
-        if (d->seconds < 0 || d->nanos < 0 || d->seconds > ORD_TIMEOUT_MAX_MS / 1000 + 1)
+        if (cm_pb_duration_check(d, &ci.timeout_ms) || ci.timeout_ms < 0 ||
+            ci.timeout_ms > ORD_TIMEOUT_MAX_MS)
             return cm_rpc_fail_field(ctx, "payment_timeout",
                                      "must be between 1 minute and 72 hours");
-        ci.timeout_ms = d->seconds * 1000 + d->nanos / 1000000;
     }
     ord_violation v;
     if (ord_check_create(&ci, o, &v))
