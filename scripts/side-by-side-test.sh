@@ -55,6 +55,7 @@ check() { # description, command...
   shift
   if "$@"; then ok "$what"; else bad "$what"; fi
 }
+quiet() { "$@" >/dev/null 2>&1; }
 
 # whatever happens, nothing of ours stays running: each clone's own scripts
 # stop its own servers (by data directory and pid file, never by name)
@@ -150,13 +151,13 @@ done
 
 for c in a b; do
   dir=${!c}
-  check "$c: scripts/pg.sh status" "$dir/scripts/pg.sh" status
+  check "$c: scripts/pg.sh status" quiet "$dir/scripts/pg.sh" status
   got=$(timeout 30 "$dir/scripts/pg.sh" psql -tAc 'select 1' 2>&1) || true
   check "$c: psql select 1 (got '$got')" [ "$got" = 1 ]
   # each clone's scripts reach their own cluster, not the other's
   got=$(timeout 30 "$dir/scripts/pg.sh" psql -tAc 'show data_directory' 2>&1) || true
   check "$c: its own cluster ($got)" [ "${got#"$dir"/}" != "$got" ]
-  check "$c: scripts/kafka.sh status" timeout 60 "$dir/scripts/kafka.sh" status
+  check "$c: scripts/kafka.sh status" quiet timeout 60 "$dir/scripts/kafka.sh" status
   bs=$("$dir/scripts/kafka.sh" bootstrap)
   meta=$(timeout 30 kcat -b "$bs" -L -m 10 2>&1) || true
   check "$c: kcat -L on $bs names its broker" grep -q "broker 1 at $bs" <<<"$meta"
@@ -181,10 +182,10 @@ got=$(timeout 30 "$b/scripts/pg.sh" psql -tAc 'select 1' 2>&1) || true
 check "b: psql select 1 after the restart" [ "$got" = 1 ]
 
 echo "== stop: a through scripts/run.sh --stop, b as scripts/test.sh does"
-check "a: scripts/run.sh --stop" timeout 120 "$a/scripts/run.sh" --stop
-check "a: scripts/kafka.sh stop" timeout 90 "$a/scripts/kafka.sh" stop
-check "b: scripts/kafka.sh stop" timeout 90 "$b/scripts/kafka.sh" stop
-check "b: scripts/pg.sh stop" timeout 90 "$b/scripts/pg.sh" stop
+check "a: scripts/run.sh --stop" quiet timeout 120 "$a/scripts/run.sh" --stop
+check "a: scripts/kafka.sh stop" quiet timeout 90 "$a/scripts/kafka.sh" stop
+check "b: scripts/kafka.sh stop" quiet timeout 90 "$b/scripts/kafka.sh" stop
+check "b: scripts/pg.sh stop" quiet timeout 90 "$b/scripts/pg.sh" stop
 stopped() { # script: exit 3 (stopped) from its status
   local rc=0
   timeout 60 "$@" status >/dev/null 2>&1 || rc=$?
