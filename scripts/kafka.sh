@@ -129,7 +129,7 @@ choose_port() {
       [ -z "$prev" ] || note "port $prev is taken now; $name moves to $port"
     fi
   fi
-  echo "$port" >"$file"
+  ports_remember "$file" "$port"
   printf -v "$name" '%s' "$port"
 }
 

@@ -222,7 +222,7 @@ choose_port() {
       fi
     fi
   fi
-  echo "$PG_PORT" >"$portfile"
+  ports_remember "$portfile" "$PG_PORT"
 }
 
 start() {
@@ -257,7 +257,7 @@ start() {
     if [ -z "$pinned_port" ] && [ "$tries" -lt 3 ] && ! running && ports_listening "$PG_PORT"; then
       echo "pg.sh: port $PG_PORT was taken while postgres started; trying another" >&2
       PG_PORT=$(ports_pick "$base") || die "no free port in $ports_lo-$ports_hi"
-      echo "$PG_PORT" >"$portfile"
+      ports_remember "$portfile" "$PG_PORT"
       write_config
       tries=$((tries + 1))
       continue

@@ -127,6 +127,13 @@ ports_claim() {
   ports_locked _ports_claim "$@"
 }
 
+# writes port $2 to file $1 in one step: a status or dsn in another
+# process never reads it half written
+ports_remember() {
+  printf '%s\n' "$2" >"$1.tmp.$$"
+  mv -f "$1.tmp.$$" "$1"
+}
+
 # exit 0 when $1 is a tcp port number
 ports_valid() {
   [[ $1 =~ ^[0-9]+$ ]] && [ "$1" -gt 0 ] && [ "$1" -lt 65536 ]
