@@ -55,25 +55,35 @@ wait_gone() {
   ! kill -0 "$1" 2>/dev/null
 }
 
+stop_pid() { # pid: sigterm, sigkill after 30 s
+  kill -TERM "$1" 2>/dev/null || true
+  # a service drains for up to DRAIN_GRACE_SECONDS (20); run.sh waits for
+  # its services
+  wait_gone "$1" 300 || {
+    echo "run: pid $1 did not stop within 30 s, killing it" >&2
+    kill -KILL "$1" 2>/dev/null || true
+  }
+}
+
 stop_leftovers() {
-  local f pid path
+  local f pid path i
+  local -a lines
   for f in "$root"/.run/run.*.pids; do
     [ -f "$f" ] || continue
-    while read -r pid path; do
+    mapfile -t lines <"$f"
+    # a live run.sh drains its own servers, as on Ctrl-C
+    read -r pid path <<<"${lines[0]:-}"
+    if [ -n "$pid" ] && same_process "$pid" "$path"; then
+      echo "== stopping the quick start running as pid $pid"
+      stop_pid "$pid"
+    fi
+    # what a killed one left: in reverse start order, the broker last
+    for ((i = ${#lines[@]} - 1; i >= 1; i--)); do
+      read -r pid path <<<"${lines[$i]}"
       same_process "$pid" "$path" || continue
-      if [ "$path" = "$root" ]; then
-        echo "== stopping the quick start running as pid $pid"
-      else
-        echo "== stopping ${path##*/} (pid $pid), left by a quick start"
-      fi
-      kill -TERM "$pid" 2>/dev/null || true
-      # a service drains for up to DRAIN_GRACE_SECONDS (20); run.sh waits
-      # for its services
-      wait_gone "$pid" 300 || {
-        echo "run: pid $pid did not stop within 30 s, killing it" >&2
-        kill -KILL "$pid" 2>/dev/null || true
-      }
-    done <"$f"
+      echo "== stopping ${path##*/} (pid $pid), left by a quick start"
+      stop_pid "$pid"
+    done
     rm -f "$f"
   done
   if [ -z "${PG_DSN:-}" ]; then
