@@ -14,11 +14,11 @@
 # and stops everything it started, also when interrupted.
 #
 # environment: BENCH_BUILD_DIR (default <repo>/build-release), BENCH_PG_PORT
-# (default 55439) and BENCH_PG_RUN_DIR (default <repo>/.run/pg-bench): the
-# benchmark's own private postgres, so it never stops a cluster that tests
-# are using (the order benchmark defaults to 55441 and .run/pg-bench-order,
-# so it can run beside another benchmark). PG_DSN: use that server instead
-# and start none.
+# (default: a free port that scripts/pg.sh picks and remembers) and
+# BENCH_PG_RUN_DIR (default <repo>/.run/pg-bench): the benchmark's own
+# private postgres, so it never stops a cluster that tests are using (the
+# order benchmark defaults to .run/pg-bench-order, so it can run beside
+# another benchmark). PG_DSN: use that server instead and start none.
 #
 # exit: 0 measured and every target met; 1 the measurement failed (a server
 # did not start, a call returned non-OK); 2 usage; 3 measured but a target
@@ -116,7 +116,7 @@ trap 'echo "bench.sh: interrupted" >&2; exit 130' INT
 trap 'echo "bench.sh: interrupted" >&2; exit 143' TERM
 
 bench_pg() {
-  PG_PORT=${BENCH_PG_PORT:-55439} PG_RUN_DIR=${BENCH_PG_RUN_DIR:-$root/.run/pg-bench} \
+  PG_PORT=${BENCH_PG_PORT:-} PG_RUN_DIR=${BENCH_PG_RUN_DIR:-$root/.run/pg-bench} \
     "$root/scripts/pg.sh" "$@"
 }
 
@@ -999,7 +999,6 @@ bench_order() {
   command -v psql >/dev/null || die "psql is needed to seed and check the order benchmark"
   local rate_target=3000 p99_target_ms=25 rss_target_mb=64
   # its own postgres by default, beside the other benchmarks' one
-  BENCH_PG_PORT=${BENCH_PG_PORT:-55441}
   BENCH_PG_RUN_DIR=${BENCH_PG_RUN_DIR:-$root/.run/pg-bench-order}
 
   if [ "$do_build" = 1 ]; then

@@ -7,11 +7,14 @@ fail=0
 
 mapfile -t csrc < <(git ls-files -co --exclude-standard -- '*.c' '*.h' | grep -v '^build')
 if ((${#csrc[@]})); then
-  if ! clang-format --dry-run --Werror "${csrc[@]}" 2>/tmp/commerce-format.txt; then
+  # a file of this run's own: another checkout may run its checks meanwhile
+  fmt_out=$(mktemp "${TMPDIR:-/tmp}/commerce-format.XXXXXX")
+  if ! clang-format --dry-run --Werror "${csrc[@]}" 2>"$fmt_out"; then
     echo "check: clang-format differs (run: clang-format -i <file>):"
-    grep -E '^[^ ].*: (error|warning)' /tmp/commerce-format.txt | cut -d: -f1 | sort -u | sed 's/^/  /'
+    grep -E '^[^ ].*: (error|warning)' "$fmt_out" | cut -d: -f1 | sort -u | sed 's/^/  /'
     fail=1
   fi
+  rm -f "$fmt_out"
   # curl's checksrc rule: no unbounded string calls
   if grep -nE '\b(sprintf|vsprintf|strcat|strcpy|strtok|gets|atoi|atol)\s*\(' "${csrc[@]}"; then
     echo "check: banned call above (use snprintf, memcpy with bounds, strtol with checks)"

@@ -18,17 +18,27 @@
 #                               one is left alone
 #   scripts/kafka.sh delete-topic NAME
 #
-# environment: KAFKA_PORT (default 59092), KAFKA_CONTROLLER_PORT (59093),
-# KAFKA_RUN_DIR (<repo>/.run/kafka), KAFKA_HEAP (512m), KAFKA_START_TIMEOUT
-# (120 s), KAFKA_STOP_TIMEOUT (30 s), KAFKA_REPLICATION_FACTOR (1, for
-# "topics"), JAVA_HOME. when KAFKA_BROKERS is set the user brings their own
-# brokers: start/stop do nothing, bootstrap prints KAFKA_BROKERS and topics
-# creates the catalogue there.
+# environment: KAFKA_PORT, KAFKA_CONTROLLER_PORT, KAFKA_RUN_DIR
+# (<repo>/.run/kafka), KAFKA_HEAP (512m), KAFKA_START_TIMEOUT (120 s),
+# KAFKA_STOP_TIMEOUT (30 s), KAFKA_REPLICATION_FACTOR (1, for "topics"),
+# JAVA_HOME. when KAFKA_BROKERS is set the user brings their own brokers:
+# start/stop do nothing, bootstrap prints KAFKA_BROKERS and topics creates
+# the catalogue there.
+#
+# the ports (client and controller): KAFKA_PORT / KAFKA_CONTROLLER_PORT when
+# set (refused when something listens on them). otherwise start picks free
+# ones in 20000-31999 (scripts/lib/ports.sh), so the brokers of several
+# checkouts run side by side. the choice is kept in <run dir>/port and
+# <run dir>/controller-port: bootstrap, status and the topic commands read
+# it, and the next start takes the same ports again while they are free (a
+# restarted broker keeps its address; test_events restarts it under load).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
-KAFKA_PORT=${KAFKA_PORT:-59092}
-KAFKA_CONTROLLER_PORT=${KAFKA_CONTROLLER_PORT:-59093}
+# shellcheck source=scripts/lib/ports.sh
+. "$root/scripts/lib/ports.sh"
+pinned_port=${KAFKA_PORT:-}
+pinned_controller_port=${KAFKA_CONTROLLER_PORT:-}
 KAFKA_HEAP=${KAFKA_HEAP:-512m}
 KAFKA_START_TIMEOUT=${KAFKA_START_TIMEOUT:-120}
 KAFKA_STOP_TIMEOUT=${KAFKA_STOP_TIMEOUT:-30}
@@ -42,6 +52,8 @@ logdir=$base/log
 conf=$base/server.properties
 log4j=$base/log4j.properties
 pidfile=$base/kafka.pid
+portfile=$base/port
+controller_portfile=$base/controller-port
 outfile=$logdir/kafka.out
 probe_topic=commerce.probe
 java=${JAVA_HOME:+$JAVA_HOME/bin/}java
@@ -55,13 +67,30 @@ note() { echo "kafka.sh: $*" >&2; }
 
 is_uint() { [[ $1 =~ ^[0-9]+$ ]]; }
 
+# a port this broker was last started on: the file $1, or for a broker
+# started by an older kafka.sh (always 59092/59093) its server.properties
+# (listener $2)
+remembered_port() {
+  local p=""
+  if [ -f "$1" ]; then
+    p=$(cat "$1")
+  elif [ -f "$conf" ]; then
+    p=$(sed -n "s/^listeners=.*$2:\/\/127\.0\.0\.1:\([0-9]*\).*/\1/p" "$conf") || true
+  fi
+  if ports_valid "$p"; then echo "$p"; fi
+}
+
+# the ports every command but start talks to: the pinned ones, else the
+# remembered ones (empty when this broker never started)
+KAFKA_PORT=${pinned_port:-$(remembered_port "$portfile" PLAINTEXT)}
+KAFKA_CONTROLLER_PORT=${pinned_controller_port:-$(remembered_port "$controller_portfile" CONTROLLER)}
+
 check_env() {
-  is_uint "$KAFKA_PORT" && [ "$KAFKA_PORT" -gt 0 ] && [ "$KAFKA_PORT" -lt 65536 ] ||
-    die "KAFKA_PORT must be a port number, got '$KAFKA_PORT'"
-  is_uint "$KAFKA_CONTROLLER_PORT" && [ "$KAFKA_CONTROLLER_PORT" -gt 0 ] &&
-    [ "$KAFKA_CONTROLLER_PORT" -lt 65536 ] ||
-    die "KAFKA_CONTROLLER_PORT must be a port number, got '$KAFKA_CONTROLLER_PORT'"
-  [ "$KAFKA_PORT" != "$KAFKA_CONTROLLER_PORT" ] ||
+  [ -z "$pinned_port" ] || ports_valid "$pinned_port" ||
+    die "KAFKA_PORT must be a port number, got '$pinned_port'"
+  [ -z "$pinned_controller_port" ] || ports_valid "$pinned_controller_port" ||
+    die "KAFKA_CONTROLLER_PORT must be a port number, got '$pinned_controller_port'"
+  [ -z "$pinned_port" ] || [ "$pinned_port" != "$pinned_controller_port" ] ||
     die "KAFKA_PORT and KAFKA_CONTROLLER_PORT must differ"
   [[ $KAFKA_HEAP =~ ^[0-9]+[kKmMgG]$ ]] || die "KAFKA_HEAP must look like 512m, got '$KAFKA_HEAP'"
   is_uint "$KAFKA_START_TIMEOUT" || die "KAFKA_START_TIMEOUT must be seconds, got '$KAFKA_START_TIMEOUT'"
@@ -71,9 +100,37 @@ check_env() {
 bootstrap() {
   if [ -n "${KAFKA_BROKERS:-}" ]; then
     printf '%s\n' "$KAFKA_BROKERS"
-  else
+  elif [ -n "$KAFKA_PORT" ]; then
     printf '127.0.0.1:%s\n' "$KAFKA_PORT"
+  else
+    die "no broker has been started in $base yet: run scripts/kafka.sh start (or set KAFKA_PORT or KAFKA_BROKERS)"
   fi
+}
+
+# sets the port named $1 (KAFKA_PORT or KAFKA_CONTROLLER_PORT) for a start
+# and remembers it in file $3: the pinned port $2, else the remembered one
+# (of listener $4) while it is free, else a free one; never the other
+# port, $5
+choose_port() {
+  local name=$1 pinned=$2 file=$3 listener=$4 other=${5:-} prev port
+  if [ -n "$pinned" ]; then
+    [ "$pinned" != "$other" ] || die "KAFKA_PORT and KAFKA_CONTROLLER_PORT must differ"
+    if ports_listening "$pinned"; then
+      die "port $pinned ($name) on 127.0.0.1 is in use by $(ports_holder "$pinned"); choose another, or unset $name to get a free one"
+    fi
+    ports_claim "$base" "$pinned"
+    port=$pinned
+  else
+    prev=$(remembered_port "$file" "$listener")
+    if [ -n "$prev" ] && [ "$prev" != "$other" ] && ports_take "$base" "$prev"; then
+      port=$prev
+    else
+      port=$(ports_pick "$base") || die "no free port in $ports_lo-$ports_hi"
+      [ -z "$prev" ] || note "port $prev is taken now; $name moves to $port"
+    fi
+  fi
+  ports_remember "$file" "$port"
+  printf -v "$name" '%s' "$port"
 }
 
 # the broker must not inherit our descriptors: the start/stop lock (fd 9)
@@ -112,8 +169,13 @@ ensure_libs() {
   note "fetching the kafka broker jars (kafka/pom.xml) into $libs"
   mkdir -p "$base" "$logdir"
   rm -rf "$libs.tmp"
-  # offline first: when ~/.m2 already holds everything, no network at all
-  if ! mvn_copy -o && ! mvn_copy; then
+  # offline first: when ~/.m2 already holds everything (any other checkout
+  # fetched them once), no network at all
+  if mvn_copy -o; then
+    note "copied the jars from the local maven repository, offline"
+  elif mvn_copy; then
+    note "downloaded the jars (maven central, through the local maven repository)"
+  else
     tail -n 30 "$logdir/mvn.log" >&2 || true
     die "could not fetch the kafka jars with maven (log: $logdir/mvn.log)"
   fi
@@ -240,7 +302,8 @@ probe() {
     -X session.timeout.ms=6000 -m 5 "$probe_topic" >/dev/null 2>&1 || return 1
 }
 
-# returns 1 (after the log tail) when the broker does not serve in time
+# returns 1 (after the log tail) when the broker does not serve in time, 2
+# when it exited
 wait_serving() {
   local pid=$1 bs deadline created=0
   bs=$(bootstrap)
@@ -249,7 +312,7 @@ wait_serving() {
     if ! alive "$pid"; then
       log_tail
       rm -f "$pidfile"
-      die "broker exited during start (logs: $logdir)"
+      return 2
     fi
     if port_open "$KAFKA_PORT" && timeout 10 kcat -b "$bs" -L -t "$probe_topic" -m 2 >/dev/null 2>&1; then
       if [ $created = 0 ]; then
@@ -267,35 +330,17 @@ wait_serving() {
   return 1
 }
 
-timeout_msg() {
-  echo "broker did not serve produce and consume on $(bootstrap) within ${KAFKA_START_TIMEOUT}s (logs: $logdir)"
+# why wait_serving returned $1
+start_failure() {
+  if [ "$1" = 2 ]; then
+    echo "broker exited during start (logs: $logdir)"
+  else
+    echo "broker did not serve produce and consume on $(bootstrap) within ${KAFKA_START_TIMEOUT}s (logs: $logdir)"
+  fi
 }
 
-start() {
-  if [ -n "${KAFKA_BROKERS:-}" ]; then
-    note "KAFKA_BROKERS is set, not starting a private broker"
-    return 0
-  fi
-  check_env
-  need_java
-  need_kcat
-  local pid t0=$SECONDS
-  if pid=$(broker_pid); then
-    wait_serving "$pid" || die "$(timeout_msg)"
-    note "already running on $(bootstrap) (pid $pid)"
-    return 0
-  fi
-  rm -f "$pidfile"
-  local p
-  for p in "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT"; do
-    if port_open "$p"; then
-      die "port $p on 127.0.0.1 is taken by another server; set KAFKA_PORT / KAFKA_CONTROLLER_PORT"
-    fi
-  done
-  ensure_libs
-  write_config
-  : >"$outfile"
-  format_storage
+# starts the broker in the background; sets pid
+launch() {
   # setsid: the broker outlives the caller's terminal and process group.
   # as a background job this subshell is no group leader, so setsid execs
   # java in place and $! is the broker's pid
@@ -310,11 +355,73 @@ start() {
   ) &
   pid=$!
   echo "$pid" >"$pidfile"
-  if ! wait_serving "$pid"; then
-    # a broker that never served is of no use to anyone: do not leave it
-    stop_pid "$pid"
-    die "$(timeout_msg)"
+}
+
+# after the broker exited during start: picks again each port it picked
+# that something else listens on by now (a process that ignores the claims,
+# such as a test's service, bound it first); exit 1 when there was none
+repick_taken() {
+  local again=1
+  if [ -z "$pinned_port" ] && ports_listening "$KAFKA_PORT"; then
+    choose_port KAFKA_PORT "" "$portfile" PLAINTEXT "$KAFKA_CONTROLLER_PORT"
+    again=0
   fi
+  if [ -z "$pinned_controller_port" ] && ports_listening "$KAFKA_CONTROLLER_PORT"; then
+    choose_port KAFKA_CONTROLLER_PORT "" "$controller_portfile" CONTROLLER "$KAFKA_PORT"
+    again=0
+  fi
+  return "$again"
+}
+
+start() {
+  if [ -n "${KAFKA_BROKERS:-}" ]; then
+    note "KAFKA_BROKERS is set, not starting a private broker"
+    return 0
+  fi
+  check_env
+  need_java
+  need_kcat
+  local pid t0=$SECONDS
+  if pid=$(broker_pid); then
+    KAFKA_PORT=$(remembered_port "$portfile" PLAINTEXT)
+    KAFKA_CONTROLLER_PORT=$(remembered_port "$controller_portfile" CONTROLLER)
+    if [ -n "$pinned_port" ] && [ "$pinned_port" != "$KAFKA_PORT" ]; then
+      die "already running on 127.0.0.1:$KAFKA_PORT, not KAFKA_PORT=$pinned_port: scripts/kafka.sh stop first"
+    fi
+    local rc=0
+    wait_serving "$pid" || rc=$?
+    [ "$rc" = 0 ] || die "$(start_failure "$rc")"
+    note "already running on $(bootstrap) (pid $pid)"
+    return 0
+  fi
+  rm -f "$pidfile"
+  mkdir -p "$base"
+  # a pinned controller port is claimed first, so the broker's port, when
+  # picked, cannot be it
+  [ -z "$pinned_controller_port" ] || ports_claim "$base" "$pinned_controller_port"
+  choose_port KAFKA_PORT "$pinned_port" "$portfile" PLAINTEXT "$pinned_controller_port"
+  choose_port KAFKA_CONTROLLER_PORT "$pinned_controller_port" "$controller_portfile" CONTROLLER \
+    "$KAFKA_PORT"
+  ensure_libs
+  write_config
+  : >"$outfile"
+  format_storage
+  local tries=1 rc
+  while :; do
+    launch
+    rc=0
+    wait_serving "$pid" || rc=$?
+    [ "$rc" != 0 ] || break
+    if [ "$rc" = 2 ] && [ "$tries" -lt 3 ] && repick_taken; then
+      note "a port was taken while the broker started; trying again on $(bootstrap)"
+      write_config
+      tries=$((tries + 1))
+      continue
+    fi
+    # a broker that never served is of no use to anyone: do not leave it
+    [ "$rc" = 2 ] || stop_pid "$pid"
+    die "$(start_failure "$rc")"
+  done
   note "kafka running on $(bootstrap) (pid $pid, data: $data, started in $((SECONDS - t0))s)"
 }
 
@@ -350,11 +457,11 @@ stop_pid() {
 status() {
   need_kcat
   local bs
-  bs=$(bootstrap)
   if [ -z "${KAFKA_BROKERS:-}" ] && ! broker_pid >/dev/null; then
     echo "kafka.sh: stopped"
     return 3
   fi
+  bs=$(bootstrap)
   if timeout 15 kcat -b "$bs" -L -m 5 >/dev/null 2>&1; then
     echo "kafka.sh: serving on $bs"
     return 0

@@ -8,9 +8,16 @@
 #   scripts/pg.sh dsn      print the libpq connection string
 #   scripts/pg.sh psql ... psql on that connection string
 #
-# environment: PG_PORT (default 55432), PG_RUN_DIR (default <repo>/.run/pg),
-# PG_BIN (default /usr/lib/postgresql/15/bin). when PG_DSN is set the user
-# brings their own server: start/stop do nothing and dsn prints PG_DSN.
+# environment: PG_PORT, PG_RUN_DIR (default <repo>/.run/pg), PG_BIN (default
+# /usr/lib/postgresql/15/bin). when PG_DSN is set the user brings their own
+# server: start/stop do nothing and dsn prints PG_DSN.
+#
+# the port: PG_PORT when set (refused when something listens on it).
+# otherwise start picks a free one in 20000-31999 (scripts/lib/ports.sh), so
+# the clusters of several checkouts (a quick start left running, another
+# checkout's tests) never fight over one fixed port. the choice is kept in
+# <run dir>/port: dsn, status and psql read it, and the next start takes it
+# again while it is free, so a restarted cluster keeps its address.
 #
 # postgres refuses to run as root, so as root every server command runs as
 # the "postgres" user on a directory that user owns. commits stay durable
@@ -18,8 +25,10 @@
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=scripts/lib/ports.sh
+. "$root/scripts/lib/ports.sh"
 PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
-PG_PORT=${PG_PORT:-55432}
+pinned_port=${PG_PORT:-}
 base=${PG_RUN_DIR:-$root/.run/pg}
 # as root the server runs as "postgres", which must be able to reach the
 # directory (a checkout under /root is not searchable by it), and the unix
@@ -35,6 +44,7 @@ fi
 data=$base/data
 sock=$base/sock
 logfile=$base/log/postgres.log
+portfile=$base/port
 dbname=commerce
 superuser=postgres
 
@@ -44,6 +54,25 @@ die() {
 }
 
 is_root() { [ "$(id -u)" = 0 ]; }
+
+# the port this cluster was last started on: <run dir>/port, or for a
+# cluster started by an older pg.sh (always 55432) the port of its config
+remembered_port() {
+  local p=""
+  if [ -f "$portfile" ]; then
+    p=$(cat "$portfile")
+  elif [ -f "$data/commerce.conf" ]; then
+    p=$(sed -n 's/^port = \([0-9]*\)$/\1/p' "$data/commerce.conf" 2>/dev/null) || true
+  fi
+  if ports_valid "$p"; then echo "$p"; fi
+}
+
+# the port every command but start talks to: the pinned one, else the
+# remembered one (empty when this cluster never started)
+PG_PORT=${pinned_port:-$(remembered_port)}
+if [ -n "$pinned_port" ] && ! ports_valid "$pinned_port"; then
+  die "PG_PORT must be a port number, got '$pinned_port'"
+fi
 
 # the postmaster must not inherit our descriptors: the start/stop lock (fd 9)
 # would block every later pg.sh, and a caller's pipe would never see eof
@@ -70,8 +99,10 @@ as_owner() {
 dsn() {
   if [ -n "${PG_DSN:-}" ]; then
     printf '%s\n' "$PG_DSN"
-  else
+  elif [ -n "$PG_PORT" ]; then
     printf 'host=127.0.0.1 port=%s dbname=%s user=%s\n' "$PG_PORT" "$dbname" "$superuser"
+  else
+    die "no cluster has been started in $base yet: run scripts/pg.sh start (or set PG_PORT or PG_DSN)"
   fi
 }
 
@@ -94,8 +125,8 @@ wait_ready() {
 
 prepare_dirs() {
   [ -x "$PG_BIN/initdb" ] || die "no postgresql 15 binaries in $PG_BIN (run scripts/install-deps.sh)"
-  # a unix socket path is limited to 107 bytes
-  local s="$sock/.s.PGSQL.$PG_PORT"
+  # a unix socket path is limited to 107 bytes (the port has at most 5 digits)
+  local s="$sock/.s.PGSQL.65535"
   [ "${#s}" -lt 104 ] || die "socket path too long ($s); set PG_RUN_DIR to a shorter directory"
   mkdir -p "$base"
   if is_root; then
@@ -170,6 +201,30 @@ create_db() {
   fi
 }
 
+# sets PG_PORT for a start and remembers it: the pinned port, else the
+# remembered one while it is free, else a free one
+choose_port() {
+  local prev
+  if [ -n "$pinned_port" ]; then
+    if ports_listening "$pinned_port"; then
+      die "port $pinned_port (PG_PORT) on 127.0.0.1 is in use by $(ports_holder "$pinned_port"); choose another, or unset PG_PORT to get a free one"
+    fi
+    ports_claim "$base" "$pinned_port"
+    PG_PORT=$pinned_port
+  else
+    prev=$(remembered_port)
+    if [ -n "$prev" ] && ports_take "$base" "$prev"; then
+      PG_PORT=$prev
+    else
+      PG_PORT=$(ports_pick "$base") || die "no free port in $ports_lo-$ports_hi"
+      if [ -n "$prev" ]; then
+        echo "pg.sh: port $prev is taken now; this cluster moves to $PG_PORT" >&2
+      fi
+    fi
+  fi
+  ports_remember "$portfile" "$PG_PORT"
+}
+
 start() {
   if [ -n "${PG_DSN:-}" ]; then
     echo "pg.sh: PG_DSN is set, not starting a private server" >&2
@@ -177,26 +232,39 @@ start() {
   fi
   prepare_dirs
   if running; then
+    PG_PORT=$(remembered_port)
+    [ -n "$PG_PORT" ] || die "a server runs on $data, but its port is unknown: scripts/pg.sh stop, then start"
+    if [ -n "$pinned_port" ] && [ "$pinned_port" != "$PG_PORT" ]; then
+      die "already running on 127.0.0.1:$PG_PORT, not PG_PORT=$pinned_port: scripts/pg.sh stop first"
+    fi
     wait_ready
     create_db
     return 0
   fi
+  choose_port
   if is_root && [ -d "$data" ] && [ "$(stat -c %U "$data")" != postgres ]; then
     chown -R postgres:postgres "$base"
   fi
   [ -f "$data/PG_VERSION" ] || init_cluster
   write_config
-  if ready; then
-    die "port $PG_PORT on 127.0.0.1 is taken by another server; set PG_PORT"
-  fi
-  (
+  local tries=1
+  until (
     close_fds
     as_owner "$PG_BIN/pg_ctl" -D "$data" -l "$logfile" -w -t 60 start >/dev/null
-  ) ||
-    {
-      tail -n 20 "$logfile" >&2 2>/dev/null || true
-      die "could not start postgres (log: $logfile)"
-    }
+  ); do
+    # a process that ignores the claims (a test's service, another user's
+    # server) may bind a picked port first: pick again, twice at most
+    if [ -z "$pinned_port" ] && [ "$tries" -lt 3 ] && ! running && ports_listening "$PG_PORT"; then
+      echo "pg.sh: port $PG_PORT was taken while postgres started; trying another" >&2
+      PG_PORT=$(ports_pick "$base") || die "no free port in $ports_lo-$ports_hi"
+      ports_remember "$portfile" "$PG_PORT"
+      write_config
+      tries=$((tries + 1))
+      continue
+    fi
+    tail -n 20 "$logfile" >&2 2>/dev/null || true
+    die "could not start postgres (log: $logfile)"
+  done
   wait_ready
   create_db
   echo "pg.sh: postgres running on 127.0.0.1:$PG_PORT (data: $data)" >&2
@@ -220,7 +288,7 @@ status() {
     echo "pg.sh: PG_DSN server not reachable"
     return 3
   fi
-  if running && ready; then
+  if [ -n "$PG_PORT" ] && running && ready; then
     echo "pg.sh: running on 127.0.0.1:$PG_PORT (data: $data)"
     return 0
   fi

@@ -3,14 +3,98 @@
 # private postgres, an embedded kafka broker (unless KAFKA_BROKERS is set)
 # and every service that exists, and shows each one
 # answering grpc.health.v1.Health/Check to a client that is not ours
-# (python grpcio). Ctrl-C (or SIGTERM) drains and stops everything.
+# (python grpcio). Ctrl-C (or SIGTERM) drains and stops everything it
+# started, postgres included (its data stays in .run/pg for the next run).
+# a postgres that was running already (scripts/pg.sh start, a test run
+# with KEEP_INFRA=1) is left running, and the script says so.
 #
 #   scripts/run.sh           run until interrupted
 #   scripts/run.sh --check   start, show the health answers, stop (exit 0 when all serve)
+#   scripts/run.sh --stop    stop what a quick start of this checkout left
+#                            running: a run.sh in another terminal (it drains
+#                            as on Ctrl-C), services of one that was killed,
+#                            and the private postgres
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
+# shellcheck source=scripts/lib/ports.sh
+. "$root/scripts/lib/ports.sh"
 mode=${1:-run}
+case "$mode" in
+run | --check | --stop) ;;
+*)
+  echo "usage: $0 [--check | --stop]" >&2
+  exit 2
+  ;;
+esac
+
+# each quick start's processes, one "pid path" a line: run.sh itself first
+# (path: this checkout), then each server it started (path: its binary)
+pidfile=$root/.run/run.$$.pids
+
+# exit 0 when the process $1 is still the one pidfile line "$1 $2" named
+# (a pid may have been reused since)
+same_process() {
+  local exe
+  if [ "$2" = "$root" ]; then
+    [ "$(readlink "/proc/$1/cwd" 2>/dev/null)" = "$root" ] &&
+      tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null | grep -q 'run\.sh'
+  else
+    exe=$(readlink "/proc/$1/exe" 2>/dev/null) || return 1
+    [ "${exe% (deleted)}" = "$2" ]
+  fi
+}
+
+# waits up to $2 tenths of a second for process $1 to end
+wait_gone() {
+  local i
+  for ((i = 0; i < $2; i++)); do
+    kill -0 "$1" 2>/dev/null || return 0
+    sleep 0.1
+  done
+  ! kill -0 "$1" 2>/dev/null
+}
+
+stop_pid() { # pid: sigterm, sigkill after 30 s
+  kill -TERM "$1" 2>/dev/null || true
+  # a service drains for up to DRAIN_GRACE_SECONDS (20); run.sh waits for
+  # its services
+  wait_gone "$1" 300 || {
+    echo "run: pid $1 did not stop within 30 s, killing it" >&2
+    kill -KILL "$1" 2>/dev/null || true
+  }
+}
+
+stop_leftovers() {
+  local f pid path i
+  local -a lines
+  for f in "$root"/.run/run.*.pids; do
+    [ -f "$f" ] || continue
+    mapfile -t lines <"$f"
+    # a live run.sh drains its own servers, as on Ctrl-C
+    read -r pid path <<<"${lines[0]:-}"
+    if [ -n "$pid" ] && same_process "$pid" "$path"; then
+      echo "== stopping the quick start running as pid $pid"
+      stop_pid "$pid"
+    fi
+    # what a killed one left: in reverse start order, the broker last
+    for ((i = ${#lines[@]} - 1; i >= 1; i--)); do
+      read -r pid path <<<"${lines[$i]}"
+      same_process "$pid" "$path" || continue
+      echo "== stopping ${path##*/} (pid $pid), left by a quick start"
+      stop_pid "$pid"
+    done
+    rm -f "$f"
+  done
+  if [ -z "${PG_DSN:-}" ]; then
+    echo "== private postgres"
+    "$root/scripts/pg.sh" stop
+  fi
+}
+if [ "$mode" = --stop ]; then
+  stop_leftovers
+  exit 0
+fi
 
 "$root/scripts/install-deps.sh"
 build=${BUILD_DIR:-$root/build}
@@ -18,34 +102,12 @@ echo "== build ($build, release)"
 cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCOMMERCE_SANITIZE=OFF >/dev/null
 ninja -C "$build"
 
-echo "== private postgres"
-"$root/scripts/pg.sh" start
-PG_DSN=$("$root/scripts/pg.sh" dsn)
-export PG_DSN
-
 logs="$root/.run/logs"
 mkdir -p "$logs"
 pids=()
 names=()
-
-# kafka: the user's brokers, else the embedded broker (librdkafka's mock
-# cluster: zero setup, in memory); the services cannot tell the difference
 mock_pid=""
-if [ -z "${KAFKA_BROKERS:-}" ]; then
-  echo "== embedded kafka broker"
-  rm -f "$logs/kafka-mock.addr"
-  "$build/bin/commerce-kafka-mock" --bootstrap-file "$logs/kafka-mock.addr" \
-    >"$logs/kafka-mock.out" 2>"$logs/kafka-mock.log" &
-  mock_pid=$!
-  for _ in $(seq 1 100); do
-    [ -s "$logs/kafka-mock.addr" ] && break
-    sleep 0.05
-  done
-  [ -s "$logs/kafka-mock.addr" ] || { echo "run: embedded broker did not start ($logs/kafka-mock.log)" >&2; exit 1; }
-  KAFKA_BROKERS=$(head -1 "$logs/kafka-mock.addr")
-fi
-export KAFKA_BROKERS
-echo "   KAFKA_BROKERS=$KAFKA_BROKERS"
+started_pg=0
 stop_all() {
   for i in "${!pids[@]}"; do
     kill -TERM "${pids[$i]}" 2>/dev/null || true
@@ -60,9 +122,43 @@ stop_all() {
     wait "$mock_pid" 2>/dev/null || true
     mock_pid=""
   fi
+  rm -f "$pidfile"
+  if [ "$started_pg" = 1 ]; then
+    started_pg=0
+    "$root/scripts/pg.sh" stop || true
+  fi
 }
 trap stop_all EXIT
 trap 'echo; echo "== draining"; stop_all; exit 0' INT TERM
+echo "$$ $root" >"$pidfile"
+
+echo "== private postgres"
+# what this run starts it stops; a cluster that was running stays running
+if [ -z "${PG_DSN:-}" ] && ! "$root/scripts/pg.sh" status >/dev/null 2>&1; then
+  started_pg=1
+fi
+"$root/scripts/pg.sh" start
+PG_DSN=$("$root/scripts/pg.sh" dsn)
+export PG_DSN
+
+# kafka: the user's brokers, else the embedded broker (librdkafka's mock
+# cluster: zero setup, in memory); the services cannot tell the difference
+if [ -z "${KAFKA_BROKERS:-}" ]; then
+  echo "== embedded kafka broker"
+  rm -f "$logs/kafka-mock.addr"
+  "$build/bin/commerce-kafka-mock" --bootstrap-file "$logs/kafka-mock.addr" \
+    >"$logs/kafka-mock.out" 2>"$logs/kafka-mock.log" &
+  mock_pid=$!
+  echo "$mock_pid $(readlink -f "$build/bin/commerce-kafka-mock")" >>"$pidfile"
+  for _ in $(seq 1 100); do
+    [ -s "$logs/kafka-mock.addr" ] && break
+    sleep 0.05
+  done
+  [ -s "$logs/kafka-mock.addr" ] || { echo "run: embedded broker did not start ($logs/kafka-mock.log)" >&2; exit 1; }
+  KAFKA_BROKERS=$(head -1 "$logs/kafka-mock.addr")
+fi
+export KAFKA_BROKERS
+echo "   KAFKA_BROKERS=$KAFKA_BROKERS"
 
 # service, grpc port, admin port (DESIGN: configuration table), in start
 # order: a service comes after the services it calls
@@ -75,32 +171,51 @@ services=(
 
 # a port is taken when any socket has it as its local port: a listener, or
 # a connection whose ephemeral port (32768-60999 on linux) happens to be it
+# (scripts/lib/ports.sh)
 port_busy() {
-  [ -n "$(ss -Htan "sport = :$1" 2>/dev/null)" ]
+  ports_in_use "$1"
 }
 # --check (the test command's smoke run) must not depend on the default
 # ports being free on a shared machine: it shifts every port by one offset
 # into 20000-32000, below the ephemeral range, where no outgoing
-# connection can take a port between this check and the bind.
+# connection can take a port between this check and the bind, and skips
+# the ports another checkout's scripts were handed lately and may not
+# have bound yet (the claims of scripts/lib/ports.sh; it claims its own).
 # RUN_PORT_OFFSET shifts them on purpose (e.g. -10000). Shifted, a
 # service's admin port is its gRPC port + 50 (the default admin ports,
 # 909x, have no room below them).
 offset=${RUN_PORT_OFFSET:-}
-all_free() { # offset
+block_of() { # offset: every port of the shifted block
   local s name grpc admin
   for s in "${services[@]}"; do
     read -r name grpc admin <<<"$s"
-    if port_busy $((grpc + $1)) || port_busy $((grpc + $1 + 50)); then
+    echo $((grpc + $1)) $((grpc + $1 + 50))
+  done
+}
+all_free() { # offset (call with the claims locked)
+  local p
+  for p in $(block_of "$1"); do
+    if port_busy "$p" || ports_claimed "$p" "$root"; then
       return 1
+    fi
+  done
+}
+find_offset() {
+  local o
+  for o in $(seq -29000 100 -20000); do
+    if all_free "$o"; then
+      offset=$o
+      # (the claims are locked: ports_locked runs this)
+      # shellcheck disable=SC2046 # one word per port
+      _ports_claim "$root" $(block_of "$o")
+      return 0
     fi
   done
 }
 if [ -z "$offset" ]; then
   offset=0
   if [ "$mode" = --check ]; then
-    for o in $(seq -29000 100 -20000); do
-      if all_free "$o"; then offset=$o; break; fi
-    done
+    ports_locked find_offset
   fi
 fi
 port_of() { echo $(($1 + offset)); }
@@ -124,6 +239,7 @@ start_service() { # name binary grpc admin
     INVENTORY_TARGET="127.0.0.1:$inventory_grpc" \
     "$bin" 2>"$logs/$name.log" &
   pids+=($!)
+  echo "$! $(readlink -f "$bin")" >>"$pidfile"
   names+=("$name 127.0.0.1:$grpc admin http://127.0.0.1:$admin")
   started=$((started + 1))
 }
@@ -164,5 +280,11 @@ fi
 if [ "$mode" = --check ]; then
   exit 0
 fi
-echo "== running; logs in $logs; Ctrl-C to stop"
+if [ "$started_pg" = 1 ]; then
+  echo "== running; logs in $logs; Ctrl-C stops the services and postgres"
+else
+  echo "== running; logs in $logs; Ctrl-C stops the services"
+  echo "   postgres was running before this quick start and keeps running after it;"
+  echo "   scripts/run.sh --stop (or scripts/pg.sh stop) stops it"
+fi
 wait

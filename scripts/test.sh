@@ -4,7 +4,11 @@
 # a real kafka broker (or uses PG_DSN / KAFKA_BROKERS when set), runs every
 # test (ctest: unit, integration, interop) and the quick start check, and
 # exits non-zero on any failure. what it started is stopped at the end
-# (KEEP_INFRA=1 keeps it running; unset or 0 stops it).
+# (KEEP_INFRA=1 keeps it running; unset or 0 stops it); a server of this
+# checkout that was running already (a quick start's postgres) is used and
+# left running. postgres and the broker listen on free ports that pg.sh and
+# kafka.sh pick (PG_PORT, KAFKA_PORT, KAFKA_CONTROLLER_PORT pin them), so
+# the tests of two checkouts can run at the same time.
 #
 #   scripts/test.sh            everything
 #   scripts/test.sh -R regex   only the ctest tests matching regex
@@ -22,23 +26,8 @@ ninja -C "$build"
 echo "== source checks"
 "$root/scripts/check.sh"
 
-echo "== private postgres"
 started_pg=0
-if [ -z "${PG_DSN:-}" ]; then
-  "$root/scripts/pg.sh" start
-  started_pg=1
-fi
-PG_DSN=$("$root/scripts/pg.sh" dsn)
-export PG_DSN
-echo "== kafka broker (KRaft, single node)"
 started_kafka=0
-if [ -z "${KAFKA_BROKERS:-}" ]; then
-  "$root/scripts/kafka.sh" start
-  started_kafka=1
-fi
-"$root/scripts/kafka.sh" topics
-KAFKA_BROKERS=$("$root/scripts/kafka.sh" bootstrap)
-export KAFKA_BROKERS
 cleanup() {
   [ "${KEEP_INFRA:-0}" != 0 ] && return 0
   if [ "$started_kafka" = 1 ]; then
@@ -49,6 +38,22 @@ cleanup() {
   fi
 }
 trap cleanup EXIT
+
+echo "== private postgres"
+if [ -z "${PG_DSN:-}" ]; then
+  "$root/scripts/pg.sh" status >/dev/null 2>&1 || started_pg=1
+  "$root/scripts/pg.sh" start
+fi
+PG_DSN=$("$root/scripts/pg.sh" dsn)
+export PG_DSN
+echo "== kafka broker (KRaft, single node)"
+if [ -z "${KAFKA_BROKERS:-}" ]; then
+  "$root/scripts/kafka.sh" status >/dev/null 2>&1 || started_kafka=1
+  "$root/scripts/kafka.sh" start
+fi
+"$root/scripts/kafka.sh" topics
+KAFKA_BROKERS=$("$root/scripts/kafka.sh" bootstrap)
+export KAFKA_BROKERS
 
 # leaks inside gRPC core's and libpq's own process-lifetime singletons are
 # not ours; everything else must be clean

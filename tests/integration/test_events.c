@@ -466,7 +466,9 @@ static long writes(void)
 }
 
 /* scripts/kafka.sh leaves a broker alone when KAFKA_BROKERS is set (the
- * user's own); KAFKA_PORT and KAFKA_RUN_DIR still say which one is ours */
+ * user's own); KAFKA_RUN_DIR still says which one is ours, and start takes
+ * the ports it remembered there (or KAFKA_PORT) again, so the broker comes
+ * back on the address KAFKA_BROKERS names */
 static void kafka_ctl(const char *verb)
 {
     char cmd[512];

@@ -97,7 +97,8 @@ def start_testsvc(log_path, **extra):
 
 class Watch(unittest.TestCase):
     def test_watch_streams_serving_then_not_serving_on_drain(self):
-        proc, target, log = start_testsvc("/tmp/commerce-interop-watch.log")
+        # logs named by pid: another checkout's tests may run at the same time
+        proc, target, log = start_testsvc("/tmp/commerce-interop-watch.%d.log" % os.getpid())
         try:
             ch = grpc.insecure_channel(target)
             watch = ch.unary_stream(
@@ -143,7 +144,8 @@ class Interop(unittest.TestCase):
             WORKERS="2",
             INVENTORY_TARGET="127.0.0.1:%d" % cls.port,  # Forward calls itself
         )
-        cls.log = open("/tmp/commerce-interop-testsvc.log", "w")
+        cls.log_path = "/tmp/commerce-interop-testsvc.%d.log" % os.getpid()
+        cls.log = open(cls.log_path, "w")
         cls.proc = subprocess.Popen([os.environ["TESTSVC_BIN"]], env=env, stderr=cls.log)
         cls.target = "127.0.0.1:%d" % cls.port
         deadline = time.time() + 20
@@ -154,7 +156,7 @@ class Interop(unittest.TestCase):
             except grpc.RpcError:
                 pass
             if cls.proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError("testsvc did not start; see /tmp/commerce-interop-testsvc.log")
+                raise RuntimeError("testsvc did not start; see %s" % cls.log_path)
             time.sleep(0.05)
         cls.ch = grpc.insecure_channel(cls.target)
 
