@@ -25,6 +25,7 @@ ninja -C "$build"
 
 echo "== source checks"
 "$root/scripts/check.sh"
+"$root/scripts/config-tables.sh" --check "$build/bin"
 
 started_pg=0
 started_kafka=0

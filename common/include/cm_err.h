@@ -9,6 +9,8 @@
 #ifndef CM_ERR_H
 #define CM_ERR_H
 
+#include <stddef.h>
+
 enum {
     CM_OK = 0,
     CM_EINVAL = -1,      /* bad argument / input: INVALID_ARGUMENT */
@@ -34,5 +36,11 @@ const char *cm_strerror(int err);
 
 /* the gRPC status code (grpc_status_code value) that a CM_E* code maps to. */
 int cm_err_grpc_code(int err);
+
+/* writes a printf-style message into a setup call's err buffer (the
+ * "char *err, size_t errlen" convention); NULL or empty buffers are left
+ * alone. */
+void cm_err_set(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
 #endif

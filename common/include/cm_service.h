@@ -25,6 +25,8 @@
 #include "cm_kafka.h"
 #include "cm_metrics.h"
 #include "cm_rpc.h"
+#include "cm_rpc_client.h"
+#include "cm_ticker.h"
 
 typedef struct cm_service cm_service;
 
@@ -39,14 +41,42 @@ typedef struct cm_service_consumer {
     void (*after_commit)(const cm_event *ev, int duplicate, void *arg);
     int batch_size;           /* see cm_consumer_opts.batch_size; 0: its default */
     const char *const *types; /* see cm_consumer_opts.types; NULL: every type */
+    /* optional knobs (declared in the descriptor): an ONOFF knob that turns
+     * the subscription off, TEXT knobs that override topic and group */
+    const char *enabled_knob;
+    const char *topic_knob;
+    const char *group_knob;
 } cm_service_consumer;
+
+/* a periodic job on a database connection the runtime owns: sweepers,
+ * expiry, the settlement run. fn runs on the ticker's own thread, never
+ * twice at a time; db is that thread's connection (schema set), made anew
+ * after the server ended it. singleton: only one replica of the service
+ * runs it at a time, the one holding a postgres advisory lock named after
+ * the schema and the ticker (taken on the ticker's session, so a replica
+ * that dies or loses its connection hands it over within a tick). */
+typedef struct cm_service_ticker {
+    const char *name;        /* "sweeper": logs, the lock's name */
+    const char *period_knob; /* an INT knob holding the period in ms */
+    void (*fn)(cm_service *svc, cm_db *db, void *app);
+    int singleton;
+} cm_service_ticker;
 
 typedef struct cm_service_def {
     const char *name;   /* "order": log "svc" field, error domain "order.commerce" */
-    const char *schema; /* postgres schema, e.g. "orders" */
+    const char *schema; /* default postgres schema, e.g. "orders" (<NAME>_SCHEMA overrides) */
     int grpc_port;      /* default ports of DESIGN's table */
     int admin_port;
-    int needs_inventory; /* reads INVENTORY_TARGET */
+    int workers; /* default WORKERS; 0: the number of CPUs */
+    /* the service's own settings and the services it calls (cm_config.h):
+     * validated and printed by the runtime; read with cm_service_int,
+     * cm_service_text and cm_service_peer */
+    const cm_knob *knobs;
+    size_t nknobs;
+    const cm_peer_def *peers;
+    size_t npeers;
+    const cm_service_ticker *tickers;
+    size_t ntickers;
     const cm_migration *migrations;
     size_t nmigrations;
     const ProtobufCServiceDescriptor *api;
@@ -88,6 +118,19 @@ cm_db *cm_service_main_db(cm_service *svc);
 /* the process's kafka producer; NULL unless the service uses the outbox or
  * consumers. */
 cm_kafka_producer *cm_service_producer(cm_service *svc);
+
+/* the service's knobs (cm_config_int / cm_config_text on its config) */
+long long cm_service_int(const cm_service *svc, const char *knob);
+const char *cm_service_text(const cm_service *svc, const char *knob);
+/* the schema the service runs in (<NAME>_SCHEMA or the descriptor's) */
+const char *cm_service_schema(const cm_service *svc);
+/* the client of a declared peer, made by the runtime before app_init from
+ * <PEER>_TARGET and its TLS files; the caller's retries are its own
+ * (cm_rpc_call's flags). aborts for an undeclared peer. */
+cm_rpc_client *cm_service_peer(cm_service *svc, const char *name);
+/* runs the named ticker now (or right after its run in progress); a no-op
+ * before the tickers start. thread-safe. */
+void cm_service_ticker_wake(cm_service *svc, const char *name);
 
 /* inside a handler: the worker's database connection and the app state. */
 cm_db *cm_service_db(const cm_rpc_ctx *ctx);

@@ -32,19 +32,6 @@ struct cm_auth {
     int leeway_s;
 };
 
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || errlen == 0)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
-
 int cm_auth_mode_parse(const char *s, cm_auth_mode *out)
 {
     if (s && strcmp(s, "off") == 0) {
@@ -90,12 +77,12 @@ static int read_small_file(const char *path, unsigned char **out, size_t *outlen
     char *buf;
     int rc = cm_file_read(path, AUTH_PEM_MAX, &buf, outlen);
     if (rc == CM_ENOMEM) {
-        set_err(err, errlen, "rs256 public key: out of memory");
+        cm_err_set(err, errlen, "rs256 public key: out of memory");
         return rc;
     }
     if (rc) {
-        set_err(err, errlen, "rs256 public key: cannot read \"%s\": %s", path,
-                errno == EFBIG ? "larger than 64 KiB" : strerror(errno));
+        cm_err_set(err, errlen, "rs256 public key: cannot read \"%s\": %s", path,
+                   errno == EFBIG ? "larger than 64 KiB" : strerror(errno));
         return CM_EIO;
     }
     *out = (unsigned char *)buf;
@@ -108,7 +95,7 @@ static int check_rsa_public_key(const unsigned char *pem, size_t len, char *err,
 {
     BIO *bio = BIO_new_mem_buf(pem, (int)len);
     if (!bio) {
-        set_err(err, errlen, "rs256 public key: out of memory");
+        cm_err_set(err, errlen, "rs256 public key: out of memory");
         return CM_ENOMEM;
     }
     EVP_PKEY *pkey = PEM_read_bio_PUBKEY(bio, NULL, NULL, NULL);
@@ -116,16 +103,16 @@ static int check_rsa_public_key(const unsigned char *pem, size_t len, char *err,
     /* leave no stale errors in this thread's queue for the next user */
     ERR_clear_error();
     if (!pkey) {
-        set_err(err, errlen, "rs256 public key: not a PEM \"PUBLIC KEY\"");
+        cm_err_set(err, errlen, "rs256 public key: not a PEM \"PUBLIC KEY\"");
         return CM_EINVAL;
     }
     int rc = 0;
     if (EVP_PKEY_get_base_id(pkey) != EVP_PKEY_RSA) {
-        set_err(err, errlen, "rs256 public key: not an RSA key");
+        cm_err_set(err, errlen, "rs256 public key: not an RSA key");
         rc = CM_EINVAL;
     } else if (EVP_PKEY_get_bits(pkey) < 2048) {
-        set_err(err, errlen, "rs256 public key: %d-bit RSA is too weak, need at least 2048",
-                EVP_PKEY_get_bits(pkey));
+        cm_err_set(err, errlen, "rs256 public key: %d-bit RSA is too weak, need at least 2048",
+                   EVP_PKEY_get_bits(pkey));
         rc = CM_EINVAL;
     }
     EVP_PKEY_free(pkey);
@@ -135,27 +122,27 @@ static int check_rsa_public_key(const unsigned char *pem, size_t len, char *err,
 int cm_auth_new(const cm_auth_settings *s, cm_auth **out, char *err, size_t errlen)
 {
     if (!s || !out) {
-        set_err(err, errlen, "auth: no settings");
+        cm_err_set(err, errlen, "auth: no settings");
         return CM_EINVAL;
     }
     if (s->mode != CM_AUTH_OFF && s->mode != CM_AUTH_REQUIRED) {
-        set_err(err, errlen, "auth: unknown mode %d", (int)s->mode);
+        cm_err_set(err, errlen, "auth: unknown mode %d", (int)s->mode);
         return CM_EINVAL;
     }
     if (s->leeway_s < 0 || s->leeway_s > AUTH_LEEWAY_MAX) {
-        set_err(err, errlen, "auth: leeway must be between 0 and %d seconds, got %d",
-                AUTH_LEEWAY_MAX, s->leeway_s);
+        cm_err_set(err, errlen, "auth: leeway must be between 0 and %d seconds, got %d",
+                   AUTH_LEEWAY_MAX, s->leeway_s);
         return CM_EINVAL;
     }
     if (s->hs256_secret && strlen(s->hs256_secret) < CM_AUTH_HS256_MIN_SECRET) {
-        set_err(err, errlen, "hs256 secret: must be at least %d bytes, got %zu",
-                CM_AUTH_HS256_MIN_SECRET, strlen(s->hs256_secret));
+        cm_err_set(err, errlen, "hs256 secret: must be at least %d bytes, got %zu",
+                   CM_AUTH_HS256_MIN_SECRET, strlen(s->hs256_secret));
         return CM_EINVAL;
     }
 
     cm_auth *a = calloc(1, sizeof *a);
     if (!a) {
-        set_err(err, errlen, "auth: out of memory");
+        cm_err_set(err, errlen, "auth: out of memory");
         return CM_ENOMEM;
     }
     a->mode = s->mode;
@@ -184,10 +171,10 @@ int cm_auth_new(const cm_auth_settings *s, cm_auth **out, char *err, size_t errl
     if (rc == 0 && s->audience && !(a->audience = dup_or_null(s->audience)))
         rc = CM_ENOMEM;
     if (rc == CM_ENOMEM)
-        set_err(err, errlen, "auth: out of memory");
+        cm_err_set(err, errlen, "auth: out of memory");
 
     if (rc == 0 && a->mode == CM_AUTH_REQUIRED && !a->secret && !a->pem) {
-        set_err(err, errlen, "auth: mode required needs an hs256 secret or an rs256 public key");
+        cm_err_set(err, errlen, "auth: mode required needs an hs256 secret or an rs256 public key");
         rc = CM_EINVAL;
     }
     if (rc != 0) {

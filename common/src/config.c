@@ -19,7 +19,6 @@
 
 #define DEF_PG_DSN "postgresql:///commerce"
 #define DEF_KAFKA "127.0.0.1:9092"
-#define DEF_INVENTORY "127.0.0.1:50052"
 #define DEF_MAX_MESSAGE (4 * 1024 * 1024)
 #define DEF_DRAIN_S 20
 #define DRAIN_MAX_S 3600
@@ -303,31 +302,121 @@ static int default_workers(void)
     return n > CM_CONFIG_WORKERS_MAX ? CM_CONFIG_WORKERS_MAX : n;
 }
 
-/* the TLS of the calls to inventory: the CA that signed inventory's
- * certificate turns it on; a client certificate and key (both) add mTLS */
-static int load_client_tls(cm_config *c, char *err, size_t errlen)
+/* "<PEER>_<suffix>" for a peer named "inventory" */
+static void peer_var(char *out, size_t len, const char *peer, const char *suffix)
 {
-    const char *ca = env("INVENTORY_TLS_CA_FILE"), *cert = env("INVENTORY_TLS_CERT_FILE"),
-               *key = env("INVENTORY_TLS_KEY_FILE");
+    size_t n = 0;
+    for (const char *p = peer; *p && n + 1 < len; p++)
+        out[n++] = (char)(*p >= 'a' && *p <= 'z' ? *p - 'a' + 'A' : *p == '-' ? '_' : *p);
+    snprintf(out + n, len - n, "_%s", suffix);
+}
+
+/* a peer: its target, and the TLS of the calls to it: the CA that signed
+ * its certificate turns TLS on; a client certificate and key (both) add
+ * mTLS */
+static int load_peer(cm_config_peer *pc, const cm_peer_def *pd, char *err, size_t errlen)
+{
+    char vt[96], vca[96], vcert[96], vkey[96];
+    peer_var(vt, sizeof vt, pd->name, "TARGET");
+    peer_var(vca, sizeof vca, pd->name, "TLS_CA_FILE");
+    peer_var(vcert, sizeof vcert, pd->name, "TLS_CERT_FILE");
+    peer_var(vkey, sizeof vkey, pd->name, "TLS_KEY_FILE");
     int rc;
+    const char *v = env(vt);
+    if ((rc = load_target(pc->target, sizeof pc->target, vt, v ? v : pd->target, err, errlen)))
+        return rc;
+    const char *ca = env(vca), *cert = env(vcert), *key = env(vkey);
     if (cert && !key)
-        return bad(err, errlen, "INVENTORY_TLS_KEY_FILE",
-                   "unset, but INVENTORY_TLS_CERT_FILE is set (mTLS needs both)");
+        return bad(err, errlen, vkey, "unset, but %s is set (mTLS needs both)", vcert);
     if (key && !cert)
-        return bad(err, errlen, "INVENTORY_TLS_CERT_FILE",
-                   "unset, but INVENTORY_TLS_KEY_FILE is set (mTLS needs both)");
+        return bad(err, errlen, vcert, "unset, but %s is set (mTLS needs both)", vkey);
     if (cert && !ca)
-        return bad(err, errlen, "INVENTORY_TLS_CA_FILE",
-                   "unset, but a client certificate is set (it is sent over TLS only)");
-    if (ca && (rc = load_file(c->inventory_tls_ca_file, sizeof c->inventory_tls_ca_file,
-                              "INVENTORY_TLS_CA_FILE", ca, err, errlen)))
+        return bad(err, errlen, vca,
+                   "unset, but a client certificate is set (it is sent over "
+                   "TLS only)");
+    if (ca && (rc = load_file(pc->tls_ca_file, sizeof pc->tls_ca_file, vca, ca, err, errlen)))
         return rc;
-    if (cert && (rc = load_file(c->inventory_tls_cert_file, sizeof c->inventory_tls_cert_file,
-                                "INVENTORY_TLS_CERT_FILE", cert, err, errlen)))
+    if (cert &&
+        (rc = load_file(pc->tls_cert_file, sizeof pc->tls_cert_file, vcert, cert, err, errlen)))
         return rc;
-    if (key && (rc = load_file(c->inventory_tls_key_file, sizeof c->inventory_tls_key_file,
-                               "INVENTORY_TLS_KEY_FILE", key, err, errlen)))
+    if (key && (rc = load_file(pc->tls_key_file, sizeof pc->tls_key_file, vkey, key, err, errlen)))
         return rc;
+    return 0;
+}
+
+/* "<SERVICE>_SCHEMA" */
+static void schema_var(char *out, size_t len, const char *service)
+{
+    char v[96];
+    peer_var(v, sizeof v, service ? service : "service", "SCHEMA");
+    snprintf(out, len, "%s", v);
+}
+
+/* a postgres identifier we can use unquoted: [a-z_][a-z0-9_]* */
+static int identifier_ok(const char *v)
+{
+    if (!*v || strlen(v) >= CM_CONFIG_SCHEMA_MAX || (*v >= '0' && *v <= '9'))
+        return 0;
+    for (const char *p = v; *p; p++)
+        if (!((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '_'))
+            return 0;
+    return 1;
+}
+
+static int load_knob(cm_config *c, size_t i, char *err, size_t errlen)
+{
+    const cm_knob *k = &c->knobs[i];
+    const char *v = env(k->name);
+    char q[160];
+    switch (k->type) {
+    case CM_KNOB_INT: {
+        c->knob_int[i] = k->def;
+        if (!v)
+            return 0;
+        /* a sign is allowed where the range goes below zero */
+        const char *digits = v[0] == '-' && k->lo < 0 ? v + 1 : v;
+        char *end = NULL;
+        errno = 0;
+        long long x = strtoll(v, &end, 10);
+        if (*digits < '0' || *digits > '9' || errno || !end || *end || x < k->lo || x > k->hi)
+            return bad(err, errlen, k->name, "must be an integer between %lld and %lld, got %s",
+                       k->lo, k->hi, quoted(v, q, sizeof q));
+        c->knob_int[i] = x;
+        return 0;
+    }
+    case CM_KNOB_ONOFF:
+        c->knob_int[i] = k->def;
+        if (!v)
+            return 0;
+        if (strcmp(v, "on") != 0 && strcmp(v, "off") != 0)
+            return bad(err, errlen, k->name, "must be on or off, got %s", quoted(v, q, sizeof q));
+        c->knob_int[i] = strcmp(v, "on") == 0;
+        return 0;
+    case CM_KNOB_TEXT:
+        return copy_value(c->knob_text[i], sizeof c->knob_text[i], k->name,
+                          v ? v : (k->def_text ? k->def_text : ""), err, errlen);
+    }
+    return bad(err, errlen, k->name, "unknown knob type");
+}
+
+/* the descriptor itself: a default outside its own range is a bug that
+ * would otherwise show only when the variable is unset */
+static int check_defaults(const cm_config_defaults *d, char *err, size_t errlen)
+{
+    if (d->nknobs > CM_CONFIG_KNOBS_MAX || d->npeers > CM_CONFIG_PEERS_MAX ||
+        (d->nknobs && !d->knobs) || (d->npeers && !d->peers))
+        return bad(err, errlen, "config", "too many knobs or peers in the service descriptor");
+    for (size_t i = 0; i < d->nknobs; i++) {
+        const cm_knob *k = &d->knobs[i];
+        if (!k->name || !k->help ||
+            (k->type == CM_KNOB_INT && (k->def < k->lo || k->def > k->hi)) ||
+            (k->type == CM_KNOB_ONOFF && k->def != 0 && k->def != 1))
+            return bad(err, errlen, k->name ? k->name : "config",
+                       "the service's default is outside its own range");
+    }
+    for (size_t i = 0; i < d->npeers; i++)
+        if (!d->peers[i].name || !d->peers[i].target)
+            return bad(err, errlen, "config", "a peer without a name or target");
     return 0;
 }
 
@@ -366,17 +455,30 @@ static int load_all(cm_config *c, const cm_config_defaults *d, char *err, size_t
     if ((v = env("KAFKA_BROKERS")) && (rc = load_brokers(c->kafka_brokers, sizeof c->kafka_brokers,
                                                          "KAFKA_BROKERS", v, err, errlen)))
         return rc;
-    if (d->needs_inventory_target) {
-        snprintf(c->inventory_target, sizeof c->inventory_target, "%s", DEF_INVENTORY);
-        if ((v = env("INVENTORY_TARGET")) &&
-            (rc = load_target(c->inventory_target, sizeof c->inventory_target, "INVENTORY_TARGET",
-                              v, err, errlen)))
-            return rc;
-        if ((rc = load_client_tls(c, err, errlen)))
-            return rc;
-    }
+    char svar[96];
+    schema_var(svar, sizeof svar, d->service);
+    v = env(svar);
+    if (!v)
+        v = d->schema ? d->schema : d->service;
+    if (!v || !identifier_ok(v))
+        return bad(err, errlen, svar,
+                   "must be a schema name of [a-z0-9_] (not starting with a "
+                   "digit), at most 63 characters, got %s",
+                   quoted(v ? v : "", q, sizeof q));
+    snprintf(c->schema, sizeof c->schema, "%s", v);
 
-    c->workers = default_workers();
+    c->peer_defs = d->peers;
+    c->npeers = d->npeers;
+    for (size_t i = 0; i < d->npeers; i++)
+        if ((rc = load_peer(&c->peers[i], &d->peers[i], err, errlen)))
+            return rc;
+    c->knobs = d->knobs;
+    c->nknobs = d->nknobs;
+    for (size_t i = 0; i < d->nknobs; i++)
+        if ((rc = load_knob(c, i, err, errlen)))
+            return rc;
+
+    c->workers = d->workers > 0 ? d->workers : default_workers();
     if ((v = env("WORKERS")) &&
         (rc = load_int(&c->workers, "WORKERS", v, 1, CM_CONFIG_WORKERS_MAX, err, errlen)))
         return rc;
@@ -461,11 +563,14 @@ int cm_config_load(cm_config *cfg, const cm_config_defaults *d, char *err, size_
     if (!cfg || !d || d->grpc_port < 1 || d->grpc_port > 65535 || d->admin_port < 1 ||
         d->admin_port > 65535)
         return bad(err, errlen, "config", "invalid service defaults");
+    int rc = check_defaults(d, err, errlen);
+    if (rc)
+        return rc;
     /* build aside and copy on success, so a failed load leaves cfg as it was */
     cm_config *c = calloc(1, sizeof *c);
     if (!c)
         return bad(err, errlen, "config", "out of memory");
-    int rc = load_all(c, d, err, errlen);
+    rc = load_all(c, d, err, errlen);
     if (rc == 0)
         memcpy(cfg, c, sizeof *c);
     /* the secret may be in c: wipe before freeing */
@@ -476,62 +581,173 @@ int cm_config_load(cm_config *cfg, const cm_config_defaults *d, char *err, size_
     return rc;
 }
 
-static void usage_row(FILE *f, const char *var, const char *meaning, const char *def)
+/* one line of --help and of the README tables */
+typedef struct row {
+    char var[96];
+    char meaning[256];
+    char def[128];
+} row;
+
+#define ROWS_MAX (32 + CM_CONFIG_KNOBS_MAX + 4 * CM_CONFIG_PEERS_MAX)
+
+static size_t add_row(row *r, size_t n, const char *var, const char *meaning, const char *def)
 {
-    fprintf(f, "  %-27s %-54s %s\n", var, meaning, def);
+    if (n >= ROWS_MAX)
+        return n;
+    snprintf(r[n].var, sizeof r[n].var, "%s", var);
+    snprintf(r[n].meaning, sizeof r[n].meaning, "%s", meaning);
+    snprintf(r[n].def, sizeof r[n].def, "%s", def);
+    return n + 1;
+}
+
+/* the runtime's own variables; ports, schema and workers show this
+ * service's defaults, or how they are derived when d is "every service" */
+static size_t common_rows(const cm_config_defaults *d, row *r, int generic)
+{
+    char grpc[48], admin[48], workers[64], msg[32], drain[16], leeway[16], svar[96], sdef[96];
+    snprintf(grpc, sizeof grpc, generic ? "0.0.0.0:<the service's port>" : "0.0.0.0:%d",
+             d->grpc_port);
+    snprintf(admin, sizeof admin, generic ? "0.0.0.0:<the service's port>" : "0.0.0.0:%d",
+             d->admin_port);
+    if (generic)
+        snprintf(workers, sizeof workers, "the service's, else the number of CPUs");
+    else if (d->workers > 0)
+        snprintf(workers, sizeof workers, "%d", d->workers);
+    else
+        snprintf(workers, sizeof workers, "number of CPUs (%d here)", default_workers());
+    snprintf(msg, sizeof msg, "%d (4 MiB)", DEF_MAX_MESSAGE);
+    snprintf(drain, sizeof drain, "%d", DEF_DRAIN_S);
+    snprintf(leeway, sizeof leeway, "%d", DEF_LEEWAY_S);
+    if (generic) {
+        snprintf(svar, sizeof svar, "<SERVICE>_SCHEMA");
+        snprintf(sdef, sizeof sdef, "the service's");
+    } else {
+        schema_var(svar, sizeof svar, d->service);
+        snprintf(sdef, sizeof sdef, "%s", d->schema ? d->schema : d->service);
+    }
+    size_t n = 0;
+    n = add_row(r, n, "GRPC_LISTEN", "gRPC address, host:port or :port (all interfaces)", grpc);
+    n = add_row(r, n, "ADMIN_LISTEN", "HTTP address of /metrics, /healthz and /readyz", admin);
+    n = add_row(r, n, "PG_DSN", "libpq connection string; the service owns its schema", DEF_PG_DSN);
+    n = add_row(r, n, svar, "Postgres schema of the service (tests run side by side)", sdef);
+    n = add_row(r, n, "KAFKA_BROKERS", "Kafka bootstrap servers, host:port[,host:port]", DEF_KAFKA);
+    n = add_row(r, n, "WORKERS", "gRPC worker threads (and DB connections), 1..256", workers);
+    n = add_row(r, n, "LOG_LEVEL", "debug, info, warn or error", "info");
+    n = add_row(r, n, "GRPC_MAX_MESSAGE_BYTES", "largest gRPC message accepted or sent", msg);
+    n = add_row(r, n, "DRAIN_GRACE_SECONDS", "on SIGTERM, time for calls in flight, 0..3600",
+                drain);
+    n = add_row(r, n, "OUTBOX_RETENTION_SECONDS",
+                "keep published outbox rows this long; 0 deletes them, 0..604800", "0");
+    n = add_row(r, n, "AUTH_MODE", "off (trust x-tenant-id) or required (bearer JWT)", "off");
+    n = add_row(r, n, "JWT_HS256_SECRET", "shared secret for HS256 tokens, >= 32 bytes", "(none)");
+    n = add_row(r, n, "JWT_RS256_PUBLIC_KEY_FILE", "PEM public key file for RS256 tokens",
+                "(none)");
+    n = add_row(r, n, "JWT_ISSUER", "required iss claim", "(not checked)");
+    n = add_row(r, n, "JWT_AUDIENCE", "required aud claim", "(not checked)");
+    n = add_row(r, n, "JWT_LEEWAY_SECONDS", "clock skew allowed on exp/nbf, 0..3600", leeway);
+    n = add_row(r, n, "TLS_CERT_FILE", "PEM server certificate chain; enables TLS", "(plaintext)");
+    n = add_row(r, n, "TLS_KEY_FILE", "PEM private key of TLS_CERT_FILE", "(none)");
+    n = add_row(r, n, "TLS_CLIENT_CA_FILE", "PEM CA bundle; set = client certificates required",
+                "(no mTLS)");
+    return n;
+}
+
+/* the service's peers and knobs */
+static size_t service_rows(const cm_config_defaults *d, row *r)
+{
+    size_t n = 0;
+    char var[96], var2[96], meaning[256], def[128];
+    schema_var(var, sizeof var, d->service);
+    n = add_row(r, n, var, "Postgres schema of the service (tests run side by side)",
+                d->schema ? d->schema : d->service);
+    if (d->workers > 0) {
+        snprintf(def, sizeof def, "%d", d->workers);
+        n = add_row(r, n, "WORKERS", "gRPC worker threads (and DB connections), 1..256", def);
+    }
+    for (size_t i = 0; i < d->npeers && i < CM_CONFIG_PEERS_MAX; i++) {
+        const char *p = d->peers[i].name;
+        peer_var(var, sizeof var, p, "TARGET");
+        snprintf(meaning, sizeof meaning, "gRPC target of the %s service", p);
+        n = add_row(r, n, var, meaning, d->peers[i].target);
+        peer_var(var, sizeof var, p, "TLS_CA_FILE");
+        snprintf(meaning, sizeof meaning, "PEM CA bundle of %s's certificate; enables TLS", p);
+        n = add_row(r, n, var, meaning, "(plaintext)");
+        peer_var(var, sizeof var, p, "TLS_CERT_FILE");
+        snprintf(meaning, sizeof meaning, "PEM client certificate for %s's mTLS", p);
+        n = add_row(r, n, var, meaning, "(none)");
+        peer_var(var2, sizeof var2, p, "TLS_KEY_FILE");
+        snprintf(meaning, sizeof meaning, "PEM private key of %s", var);
+        n = add_row(r, n, var2, meaning, "(none)");
+    }
+    for (size_t i = 0; i < d->nknobs && i < CM_CONFIG_KNOBS_MAX; i++) {
+        const cm_knob *k = &d->knobs[i];
+        switch (k->type) {
+        case CM_KNOB_INT:
+            snprintf(meaning, sizeof meaning, "%s, %lld..%lld", k->help, k->lo, k->hi);
+            snprintf(def, sizeof def, "%lld", k->def);
+            break;
+        case CM_KNOB_ONOFF:
+            snprintf(meaning, sizeof meaning, "%s, on or off", k->help);
+            snprintf(def, sizeof def, "%s", k->def ? "on" : "off");
+            break;
+        case CM_KNOB_TEXT:
+            snprintf(meaning, sizeof meaning, "%s", k->help);
+            snprintf(def, sizeof def, "%s", k->def_text && *k->def_text ? k->def_text : "(none)");
+            break;
+        }
+        n = add_row(r, n, k->name, meaning, def);
+    }
+    return n;
+}
+
+static void print_rows(FILE *f, const row *r, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        fprintf(f, "  %-34s %-22s %s\n", r[i].var, r[i].def, r[i].meaning);
 }
 
 void cm_config_usage(FILE *f, const char *prog, const cm_config_defaults *d)
 {
-    char name[96], grpc[32], admin[32], workers[48], msg[32], drain[16], leeway[16];
-    const char *svc = d && d->service ? d->service : "service";
+    char name[96];
+    static const cm_config_defaults none = {.service = "service"};
+    if (!d)
+        d = &none;
+    const char *svc = d->service ? d->service : "service";
     if (!prog) {
         snprintf(name, sizeof name, "commerce-%s", svc);
         prog = name;
     }
-    snprintf(grpc, sizeof grpc, "0.0.0.0:%d", d ? d->grpc_port : 0);
-    snprintf(admin, sizeof admin, "0.0.0.0:%d", d ? d->admin_port : 0);
-    snprintf(workers, sizeof workers, "number of CPUs (%d here)", default_workers());
-    snprintf(msg, sizeof msg, "%d (4 MiB)", DEF_MAX_MESSAGE);
-    snprintf(drain, sizeof drain, "%d", DEF_DRAIN_S);
-    snprintf(leeway, sizeof leeway, "%d", DEF_LEEWAY_S);
-
-    fprintf(f, "usage: %s [--help | --version | migrate]\n\n", prog);
+    fprintf(f, "usage: %s [--help | --version | --config-markdown=common|service | migrate]\n\n",
+            prog);
     fprintf(f, "  (no argument)  serve the %s service\n", svc);
     fprintf(f, "  migrate        apply the database schema and exit\n");
     fprintf(f, "  --help         print this text\n");
     fprintf(f, "  --version      print the version\n\n");
     fprintf(f, "environment (a set but empty variable counts as unset):\n");
-    usage_row(f, "VARIABLE", "MEANING", "DEFAULT");
-    usage_row(f, "GRPC_LISTEN", "gRPC address, host:port or :port (all interfaces)", grpc);
-    usage_row(f, "ADMIN_LISTEN", "HTTP address of /metrics, /healthz and /readyz", admin);
-    usage_row(f, "PG_DSN", "libpq connection string; the service owns its schema", DEF_PG_DSN);
-    usage_row(f, "KAFKA_BROKERS", "Kafka bootstrap servers, host:port[,host:port]", DEF_KAFKA);
-    if (d && d->needs_inventory_target) {
-        usage_row(f, "INVENTORY_TARGET", "gRPC target of the inventory service", DEF_INVENTORY);
-        usage_row(f, "INVENTORY_TLS_CA_FILE",
-                  "PEM CA bundle of inventory's certificate; enables TLS", "(plaintext)");
-        usage_row(f, "INVENTORY_TLS_CERT_FILE", "PEM client certificate for inventory's mTLS",
-                  "(none)");
-        usage_row(f, "INVENTORY_TLS_KEY_FILE", "PEM private key of INVENTORY_TLS_CERT_FILE",
-                  "(none)");
+    row *r = calloc(ROWS_MAX, sizeof *r);
+    if (!r)
+        return;
+    row head = {"VARIABLE", "MEANING", "DEFAULT"}; /* printed in the order of print_rows */
+    print_rows(f, &head, 1);
+    print_rows(f, r, common_rows(d, r, 0));
+    size_t n = service_rows(d, r);
+    if (n) {
+        fprintf(f, "\n%s's own:\n", svc);
+        print_rows(f, r, n);
     }
-    usage_row(f, "WORKERS", "gRPC worker threads (and DB connections), 1..256", workers);
-    usage_row(f, "LOG_LEVEL", "debug, info, warn or error", "info");
-    usage_row(f, "GRPC_MAX_MESSAGE_BYTES", "largest gRPC message accepted or sent", msg);
-    usage_row(f, "DRAIN_GRACE_SECONDS", "on SIGTERM, time for calls in flight, 0..3600", drain);
-    usage_row(f, "OUTBOX_RETENTION_SECONDS",
-              "keep published outbox rows this long; 0 deletes them, 0..604800", "0");
-    usage_row(f, "AUTH_MODE", "off (trust x-tenant-id) or required (bearer JWT)", "off");
-    usage_row(f, "JWT_HS256_SECRET", "shared secret for HS256 tokens, >= 32 bytes", "(none)");
-    usage_row(f, "JWT_RS256_PUBLIC_KEY_FILE", "PEM public key file for RS256 tokens", "(none)");
-    usage_row(f, "JWT_ISSUER", "required iss claim", "(not checked)");
-    usage_row(f, "JWT_AUDIENCE", "required aud claim", "(not checked)");
-    usage_row(f, "JWT_LEEWAY_SECONDS", "clock skew allowed on exp/nbf, 0..3600", leeway);
-    usage_row(f, "TLS_CERT_FILE", "PEM server certificate chain; enables TLS", "(plaintext)");
-    usage_row(f, "TLS_KEY_FILE", "PEM private key of TLS_CERT_FILE", "(none)");
-    usage_row(f, "TLS_CLIENT_CA_FILE", "PEM CA bundle; set = client certificates required",
-              "(no mTLS)");
+    free(r);
+}
+
+void cm_config_markdown(FILE *f, const cm_config_defaults *d, const char *which)
+{
+    row *r = calloc(ROWS_MAX, sizeof *r);
+    if (!r)
+        return;
+    size_t n = strcmp(which, "common") == 0 ? common_rows(d, r, 1) : service_rows(d, r);
+    fprintf(f, "| variable | meaning | default |\n|---|---|---|\n");
+    for (size_t i = 0; i < n; i++)
+        fprintf(f, "| `%s` | %s | %s |\n", r[i].var, r[i].meaning, r[i].def);
+    free(r);
 }
 
 int cm_config_main_args(int argc, char **argv, const cm_config_defaults *d, int *migrate_only)
@@ -552,6 +768,12 @@ int cm_config_main_args(int argc, char **argv, const cm_config_defaults *d, int 
         const char *a = argv[i];
         if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
             cm_config_usage(stdout, prog, d);
+            fflush(stdout);
+            return 1;
+        }
+        if (strcmp(a, "--config-markdown=common") == 0 ||
+            strcmp(a, "--config-markdown=service") == 0) {
+            cm_config_markdown(stdout, d, strchr(a, '=') + 1);
             fflush(stdout);
             return 1;
         }
@@ -584,31 +806,32 @@ void cm_config_auth_settings(const cm_config *cfg, cm_auth_settings *s)
     s->leeway_s = cfg->jwt_leeway_s;
 }
 
-long cm_config_env_long(const char *name, long def, long lo, long hi, int *bad)
+/* a knob's index; a name the descriptor does not declare with that kind
+ * of value is a bug in the service: say so and stop */
+static size_t knob_index(const cm_config *cfg, const char *name, int text)
 {
-    const char *v = getenv(name);
-    if (!v || !*v)
-        return def;
-    char *end = NULL;
-    errno = 0;
-    long n = strtol(v, &end, 10);
-    /* strtol would skip leading blanks: the whole value must be the number */
-    if (errno || *end || !(*v == '-' || (*v >= '0' && *v <= '9')) || n < lo || n > hi) {
-        *bad = 1;
-        return def;
-    }
-    return n;
+    for (size_t i = 0; i < cfg->nknobs; i++)
+        if (strcmp(cfg->knobs[i].name, name) == 0 && (cfg->knobs[i].type == CM_KNOB_TEXT) == text)
+            return i;
+    fprintf(stderr, "bug: %s is not a declared %s knob\n", name, text ? "text" : "integer");
+    abort();
 }
 
-int cm_config_env_onoff(const char *name, int def, int *bad)
+long long cm_config_int(const cm_config *cfg, const char *name)
 {
-    const char *v = getenv(name);
-    if (!v || !*v)
-        return def;
-    if (strcmp(v, "on") == 0)
-        return 1;
-    if (strcmp(v, "off") == 0)
-        return 0;
-    *bad = 1;
-    return def;
+    return cfg->knob_int[knob_index(cfg, name, 0)];
+}
+
+const char *cm_config_text(const cm_config *cfg, const char *name)
+{
+    return cfg->knob_text[knob_index(cfg, name, 1)];
+}
+
+const cm_config_peer *cm_config_peer_of(const cm_config *cfg, const char *name)
+{
+    for (size_t i = 0; i < cfg->npeers; i++)
+        if (strcmp(cfg->peer_defs[i].name, name) == 0)
+            return &cfg->peers[i];
+    fprintf(stderr, "bug: %s is not a declared peer\n", name);
+    abort();
 }

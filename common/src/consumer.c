@@ -80,12 +80,6 @@ struct cm_consumer {
     char labels[512]; /* topic="..",group=".." */
 };
 
-static void set_err(char *err, size_t errlen, const char *msg)
-{
-    if (err && errlen)
-        snprintf(err, errlen, "%s", msg);
-}
-
 static int stopping(const cm_consumer *c)
 {
     return atomic_load(&c->stop);
@@ -978,24 +972,25 @@ static int make_rk(cm_consumer *c, char *err, size_t errlen)
 
 int cm_consumer_start(cm_consumer **out, const cm_consumer_opts *o, char *err, size_t errlen)
 {
-    set_err(err, errlen, "");
+    cm_err_set(err, errlen, "%s", "");
     if (!out || !o)
         return CM_EINVAL;
     *out = NULL;
     if (!o->brokers || !*o->brokers || !o->group || !*o->group || !o->dsn || !o->schema || !o->fn ||
         !o->producer) {
-        set_err(err, errlen,
-                "a consumer needs brokers, a group, a dsn, a schema, a handler "
-                "and a producer");
+        cm_err_set(err, errlen, "%s",
+                   "a consumer needs brokers, a group, a dsn, a schema, a handler "
+                   "and a producer");
         return CM_EINVAL;
     }
     if (!cm_kafka_topic_valid(o->topic) || strlen(o->topic) > 245) {
-        set_err(err, errlen, "a consumer needs a valid topic name (at most 245 characters)");
+        cm_err_set(err, errlen, "%s",
+                   "a consumer needs a valid topic name (at most 245 characters)");
         return CM_EINVAL;
     }
     cm_consumer *c = calloc(1, sizeof *c);
     if (!c) {
-        set_err(err, errlen, "out of memory");
+        cm_err_set(err, errlen, "%s", "out of memory");
         return CM_ENOMEM;
     }
     c->fn = o->fn;
@@ -1037,10 +1032,10 @@ int cm_consumer_start(cm_consumer **out, const cm_consumer_opts *o, char *err, s
     int rc = 0;
     if (!c->brokers || !c->topic || !c->group || !c->dsn || !c->schema || !c->client_id ||
         !c->conf || !c->dlq_topic || !c->pending || !c->msgs || !types_ok) {
-        set_err(err, errlen, "out of memory");
+        cm_err_set(err, errlen, "%s", "out of memory");
         rc = CM_ENOMEM;
     } else if (bad) {
-        set_err(err, errlen, "kafka consumer settings must come in key, value pairs");
+        cm_err_set(err, errlen, "%s", "kafka consumer settings must come in key, value pairs");
         rc = CM_EINVAL;
     }
     if (rc == 0) {
@@ -1069,7 +1064,7 @@ int cm_consumer_start(cm_consumer **out, const cm_consumer_opts *o, char *err, s
     if (rc == 0)
         rc = make_rk(c, err, errlen);
     if (rc == 0 && pthread_create(&c->thread, NULL, consumer_main, c) != 0) {
-        set_err(err, errlen, "could not start the consumer thread");
+        cm_err_set(err, errlen, "%s", "could not start the consumer thread");
         rc = CM_ENOMEM;
     }
     if (rc) {

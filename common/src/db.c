@@ -38,19 +38,6 @@ struct cm_db {
 
 /* ---- small helpers ---- */
 
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || errlen == 0)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
-
 /* libpq messages span lines ("...failed: refused\n\tIs the server
  * running..."); err and log fields are one line */
 static const char *one_line(char *buf, size_t len, const char *s)
@@ -413,18 +400,18 @@ static int db_reconnect(cm_db *db)
 
 int cm_db_connect(cm_db **out, const char *dsn, const char *schema, char *err, size_t errlen)
 {
-    set_err(err, errlen, "%s", "");
+    cm_err_set(err, errlen, "%s", "");
     if (!out)
         return CM_EINVAL;
     *out = NULL;
     if (!dsn || !schema || !*schema) {
-        set_err(err, errlen, "a database dsn and a schema are required");
+        cm_err_set(err, errlen, "a database dsn and a schema are required");
         return CM_EINVAL;
     }
     cm_db *db = calloc(1, sizeof *db);
     if (!db || !(db->schema = strdup(schema))) {
         free(db);
-        set_err(err, errlen, "out of memory");
+        cm_err_set(err, errlen, "out of memory");
         return CM_ENOMEM;
     }
     seed_rand(db);
@@ -438,21 +425,21 @@ int cm_db_connect(cm_db **out, const char *dsn, const char *schema, char *err, s
     db->conn = PQconnectdbParams(keys, vals, 1);
     if (!db->conn) {
         cm_db_free(db);
-        set_err(err, errlen, "out of memory");
+        cm_err_set(err, errlen, "out of memory");
         return CM_ENOMEM;
     }
     PQsetNoticeReceiver(db->conn, on_notice, db);
     if (PQstatus(db->conn) != CONNECTION_OK) {
         char msg[512];
-        set_err(err, errlen, "could not connect to database: %s",
-                one_line(msg, sizeof msg, PQerrorMessage(db->conn)));
+        cm_err_set(err, errlen, "could not connect to database: %s",
+                   one_line(msg, sizeof msg, PQerrorMessage(db->conn)));
         cm_db_free(db);
         return CM_EUNAVAIL;
     }
     int rc = apply_session(db);
     if (rc) {
-        set_err(err, errlen, "could not set search_path to schema \"%s\": %s", schema,
-                cm_strerror(rc));
+        cm_err_set(err, errlen, "could not set search_path to schema \"%s\": %s", schema,
+                   cm_strerror(rc));
         cm_db_free(db);
         return rc == CM_ENOMEM ? rc : CM_EUNAVAIL;
     }
@@ -658,14 +645,14 @@ static int check_list(const cm_migration *list, size_t n, char *err, size_t errl
     for (size_t i = 0; i < n; i++) {
         const cm_migration *m = &list[i];
         if (m->version <= 0 || !m->name || !m->sql) {
-            set_err(err, errlen, "migration #%zu (%s) needs a positive version, a name and sql", i,
-                    m->name ? m->name : "unnamed");
+            cm_err_set(err, errlen, "migration #%zu (%s) needs a positive version, a name and sql",
+                       i, m->name ? m->name : "unnamed");
             return CM_EINVAL;
         }
         if (i > 0 && m->version <= list[i - 1].version) {
-            set_err(err, errlen, "migration versions must increase: %d (%s) follows %d (%s)%s",
-                    m->version, m->name, list[i - 1].version, list[i - 1].name,
-                    m->version == list[i - 1].version ? ", a duplicate version" : "");
+            cm_err_set(err, errlen, "migration versions must increase: %d (%s) follows %d (%s)%s",
+                       m->version, m->name, list[i - 1].version, list[i - 1].name,
+                       m->version == list[i - 1].version ? ", a duplicate version" : "");
             return CM_EINVAL;
         }
     }
@@ -711,7 +698,7 @@ static int mig_exec(cm_db *db, const char *what, const char *sql, int log_sql, i
     if (copy) {
         PQclear(res);
         end_copy(db->conn, st);
-        set_err(err, errlen, "could not %s: COPY is not supported in migrations", what);
+        cm_err_set(err, errlen, "could not %s: COPY is not supported in migrations", what);
         cm_log_error("database statement failed", "what", what, "error",
                      "COPY is not supported in migrations", NULL);
         return CM_EINVAL;
@@ -720,7 +707,7 @@ static int mig_exec(cm_db *db, const char *what, const char *sql, int log_sql, i
     const char *primary = res ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : NULL;
     if (!primary)
         primary = PQerrorMessage(db->conn);
-    set_err(err, errlen, "could not %s: %s", what, one_line(msg, sizeof msg, primary));
+    cm_err_set(err, errlen, "could not %s: %s", what, one_line(msg, sizeof msg, primary));
     PQclear(res);
     return rc;
 }
@@ -778,18 +765,18 @@ static int verify_applied(const char *schema, const cm_migration *list, size_t n
                             "version", v, "name", a->name, NULL);
                 continue;
             }
-            set_err(err, errlen, "applied migration %d (%s) is missing from this build", a->version,
-                    a->name);
+            cm_err_set(err, errlen, "applied migration %d (%s) is missing from this build",
+                       a->version, a->name);
             return CM_EINVAL;
         }
         char sum[SHA256_HEX_LEN + 1];
         if (sha256_hex(list[j].sql, sum))
             return CM_EINTERNAL;
         if (strcmp(sum, a->checksum) != 0) {
-            set_err(err, errlen,
-                    "migration %d (%s) was edited after it was applied (checksum %.12s, "
-                    "applied %.12s): add a new migration instead",
-                    list[j].version, list[j].name, sum, a->checksum);
+            cm_err_set(err, errlen,
+                       "migration %d (%s) was edited after it was applied (checksum %.12s, "
+                       "applied %.12s): add a new migration instead",
+                       list[j].version, list[j].name, sum, a->checksum);
             return CM_ECHECKSUM;
         }
     }
@@ -803,10 +790,10 @@ static int verify_applied(const char *schema, const cm_migration *list, size_t n
         if (k < nrows && rows[k].version == list[i].version)
             continue;
         if (list[i].version < newest_applied) {
-            set_err(err, errlen,
-                    "migration %d (%s) is older than the newest applied migration %d: "
-                    "renumber it after %d",
-                    list[i].version, list[i].name, newest_applied, newest_applied);
+            cm_err_set(err, errlen,
+                       "migration %d (%s) is older than the newest applied migration %d: "
+                       "renumber it after %d",
+                       list[i].version, list[i].name, newest_applied, newest_applied);
             return CM_EINVAL;
         }
         if (*first_pending == n)
@@ -852,8 +839,8 @@ static int apply_one(cm_db *db, const char *schema, const char *ident, const cha
     if (rc == 0)
         rc = mig_exec(db, what, m->sql, 0, 0, NULL, NULL, err, errlen);
     if (rc == 0 && PQtransactionStatus(db->conn) != PQTRANS_INTRANS) {
-        set_err(err, errlen, "migration %d (%s) must not end the transaction (COMMIT/ROLLBACK)",
-                m->version, m->name);
+        cm_err_set(err, errlen, "migration %d (%s) must not end the transaction (COMMIT/ROLLBACK)",
+                   m->version, m->name);
         rc = CM_EINVAL;
     }
     if (rc == 0)
@@ -920,25 +907,25 @@ static int migrate_locked(cm_db *db, const char *schema, const char *ident, cons
 static int migrate_table(cm_db *db, const char *schema, const char *component,
                          const cm_migration *list, size_t n, char *err, size_t errlen)
 {
-    set_err(err, errlen, "%s", "");
+    cm_err_set(err, errlen, "%s", "");
     if (!db || !schema || !*schema || (n > 0 && !list)) {
-        set_err(err, errlen, "a connection and a schema are required");
+        cm_err_set(err, errlen, "a connection and a schema are required");
         return CM_EINVAL;
     }
     if (db->in_tx) {
-        set_err(err, errlen, "cannot migrate inside a transaction");
+        cm_err_set(err, errlen, "cannot migrate inside a transaction");
         return CM_EINVAL;
     }
     int rc = check_list(list, n, err, errlen);
     if (rc)
         return rc;
     if (PQstatus(db->conn) == CONNECTION_BAD && db_reconnect(db) != 0) {
-        set_err(err, errlen, "could not reconnect to database");
+        cm_err_set(err, errlen, "could not reconnect to database");
         return CM_EUNAVAIL;
     }
     char *ident = PQescapeIdentifier(db->conn, schema, strlen(schema));
     if (!ident) {
-        set_err(err, errlen, "invalid schema name");
+        cm_err_set(err, errlen, "invalid schema name");
         return CM_EINVAL;
     }
 
@@ -967,7 +954,7 @@ static int migrate_table(cm_db *db, const char *schema, const char *component,
 
     /* a migration may have changed the session's search_path for good */
     if (PQstatus(db->conn) == CONNECTION_OK && apply_session(db) != 0 && rc == 0) {
-        set_err(err, errlen, "could not restore search_path after migrating");
+        cm_err_set(err, errlen, "could not restore search_path after migrating");
         rc = CM_EUNAVAIL;
     }
     if (rc) {
@@ -999,7 +986,7 @@ int cm_db_migrate_component(cm_db *db, const char *schema, const char *component
         ok = (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_';
     }
     if (!ok) {
-        set_err(err, errlen, "migration component must match [a-z][a-z0-9_]{0,31}");
+        cm_err_set(err, errlen, "migration component must match [a-z][a-z0-9_]{0,31}");
         return CM_EINVAL;
     }
     return migrate_table(db, schema, component, list, n, err, errlen);

@@ -1,5 +1,8 @@
 #include "cm_err.h"
 
+#include <stdarg.h>
+#include <stdio.h>
+
 #include <grpc/status.h>
 
 const char *cm_strerror(int err)
@@ -76,4 +79,14 @@ int cm_err_grpc_code(int err)
         return GRPC_STATUS_CANCELLED;
     }
     return GRPC_STATUS_INTERNAL;
+}
+
+void cm_err_set(char *err, size_t errlen, const char *fmt, ...)
+{
+    if (!err || errlen == 0)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
 }

@@ -85,19 +85,6 @@ double cm_kafka_mono_s(void)
     return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
 }
 
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || errlen == 0)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
-
 int cm_kafka_topic_valid(const char *topic)
 {
     if (!topic)
@@ -193,7 +180,7 @@ int cm_kafka_conf_set(rd_kafka_conf_t *conf, const char *key, const char *val, c
 {
     char why[512];
     if (rd_kafka_conf_set(conf, key, val, why, sizeof why) != RD_KAFKA_CONF_OK) {
-        set_err(err, errlen, "kafka setting %s: %s", key, why);
+        cm_err_set(err, errlen, "kafka setting %s: %s", key, why);
         return CM_EINVAL;
     }
     return 0;
@@ -215,12 +202,12 @@ rd_kafka_conf_t *cm_kafka_conf_base(const char *brokers, const char *client_id,
                                     const char *const *overrides, char *err, size_t errlen)
 {
     if (!brokers || !*brokers) {
-        set_err(err, errlen, "kafka bootstrap servers are required");
+        cm_err_set(err, errlen, "kafka bootstrap servers are required");
         return NULL;
     }
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
     if (!conf) {
-        set_err(err, errlen, "out of memory");
+        cm_err_set(err, errlen, "out of memory");
         return NULL;
     }
     rd_kafka_conf_set_log_cb(conf, on_log);
@@ -234,7 +221,7 @@ rd_kafka_conf_t *cm_kafka_conf_base(const char *brokers, const char *client_id,
         rc = cm_kafka_conf_set(conf, "socket.keepalive.enable", "true", err, errlen);
     for (size_t i = 0; rc == 0 && overrides && overrides[i]; i += 2) {
         if (!overrides[i + 1]) {
-            set_err(err, errlen, "kafka setting %s has no value", overrides[i]);
+            cm_err_set(err, errlen, "kafka setting %s has no value", overrides[i]);
             rc = CM_EINVAL;
             break;
         }
@@ -393,7 +380,7 @@ static rd_kafka_t *create_rk(cm_kafka_producer *p, char *err, size_t errlen)
     char why[512];
     rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, why, sizeof why);
     if (!rk) {
-        set_err(err, errlen, "could not create the kafka producer: %s", why);
+        cm_err_set(err, errlen, "could not create the kafka producer: %s", why);
         rd_kafka_conf_destroy(conf);
         return NULL;
     }
@@ -473,24 +460,24 @@ static char **copy_conf(const char *const *conf)
 int cm_kafka_producer_new_opts(cm_kafka_producer **out, const cm_kafka_producer_opts *o, char *err,
                                size_t errlen)
 {
-    set_err(err, errlen, "%s", "");
+    cm_err_set(err, errlen, "%s", "");
     if (!out || !o)
         return CM_EINVAL;
     *out = NULL;
     if (!o->brokers || !*o->brokers) {
-        set_err(err, errlen, "kafka bootstrap servers are required");
+        cm_err_set(err, errlen, "kafka bootstrap servers are required");
         return CM_EINVAL;
     }
     size_t nconf = 0;
     while (o->conf && o->conf[nconf])
         nconf++;
     if (nconf % 2) {
-        set_err(err, errlen, "kafka setting %s has no value", o->conf[nconf - 1]);
+        cm_err_set(err, errlen, "kafka setting %s has no value", o->conf[nconf - 1]);
         return CM_EINVAL;
     }
     cm_kafka_producer *p = calloc(1, sizeof *p);
     if (!p) {
-        set_err(err, errlen, "out of memory");
+        cm_err_set(err, errlen, "out of memory");
         return CM_ENOMEM;
     }
     pthread_rwlock_init(&p->lock, NULL);
@@ -503,12 +490,12 @@ int cm_kafka_producer_new_opts(cm_kafka_producer **out, const cm_kafka_producer_
     p->conf = copy_conf(o->conf);
     int rc = 0;
     if (!p->brokers || !p->client_id || !p->conf) {
-        set_err(err, errlen, "out of memory");
+        cm_err_set(err, errlen, "out of memory");
         rc = CM_ENOMEM;
     } else if (!(p->rk = create_rk(p, err, errlen))) {
         rc = CM_EINVAL;
     } else if (pthread_create(&p->thread, NULL, poll_main, p) != 0) {
-        set_err(err, errlen, "could not start the kafka poll thread");
+        cm_err_set(err, errlen, "could not start the kafka poll thread");
         rc = CM_ENOMEM;
     } else {
         p->thread_started = 1;

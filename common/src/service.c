@@ -44,7 +44,20 @@ struct cm_service {
     cm_outbox_relay *relay;
     cm_consumer **consumers;
     size_t nconsumers;
+    cm_rpc_client *peers[CM_CONFIG_PEERS_MAX];
+    struct svc_ticker *tickers;
+    size_t ntickers;
 };
+
+/* a descriptor's ticker, running */
+typedef struct svc_ticker {
+    cm_service *svc;
+    const cm_service_ticker *def;
+    cm_ticker *t;
+    cm_db *db;  /* the ticker thread's own */
+    int leader; /* singleton: this replica holds the lock */
+    char lock[160];
+} svc_ticker;
 
 typedef struct svc_worker {
     cm_db *db;
@@ -76,6 +89,37 @@ cm_kafka_producer *cm_service_producer(cm_service *svc)
     return svc->producer;
 }
 
+long long cm_service_int(const cm_service *svc, const char *knob)
+{
+    return cm_config_int(&svc->cfg, knob);
+}
+
+const char *cm_service_text(const cm_service *svc, const char *knob)
+{
+    return cm_config_text(&svc->cfg, knob);
+}
+
+const char *cm_service_schema(const cm_service *svc)
+{
+    return svc->cfg.schema;
+}
+
+cm_rpc_client *cm_service_peer(cm_service *svc, const char *name)
+{
+    for (size_t i = 0; i < svc->def->npeers; i++)
+        if (strcmp(svc->def->peers[i].name, name) == 0)
+            return svc->peers[i];
+    fprintf(stderr, "bug: %s is not a declared peer\n", name);
+    abort();
+}
+
+void cm_service_ticker_wake(cm_service *svc, const char *name)
+{
+    for (size_t i = 0; i < svc->ntickers; i++)
+        if (strcmp(svc->tickers[i].def->name, name) == 0 && svc->tickers[i].t)
+            cm_ticker_wake(svc->tickers[i].t);
+}
+
 cm_db *cm_service_db(const cm_rpc_ctx *ctx)
 {
     svc_worker *w = cm_rpc_ctx_worker(ctx);
@@ -103,7 +147,7 @@ static void *worker_init(int index, void *arg)
         return NULL;
     w->svc = svc;
     char err[256];
-    if (cm_db_connect(&w->db, svc->cfg.pg_dsn, svc->def->schema, err, sizeof err)) {
+    if (cm_db_connect(&w->db, svc->cfg.pg_dsn, svc->cfg.schema, err, sizeof err)) {
         char idx[16];
         snprintf(idx, sizeof idx, "%d", index);
         cm_log_error("could not connect worker to database", "worker", idx, "detail", err, NULL);
@@ -223,16 +267,16 @@ static int migrate(cm_service *svc)
     /* the common tables first: the service's own migrations may refer to
      * them */
     if (def->uses_outbox)
-        rc = cm_db_migrate_component(svc->db, def->schema, "outbox", cm_outbox_migrations,
+        rc = cm_db_migrate_component(svc->db, svc->cfg.schema, "outbox", cm_outbox_migrations,
                                      cm_outbox_migrations_count, err, sizeof err);
     if (rc == 0 && def->nconsumers > 0)
-        rc = cm_db_migrate_component(svc->db, def->schema, "inbox", cm_inbox_migrations,
+        rc = cm_db_migrate_component(svc->db, svc->cfg.schema, "inbox", cm_inbox_migrations,
                                      cm_inbox_migrations_count, err, sizeof err);
     if (rc == 0)
-        rc =
-            cm_db_migrate(svc->db, def->schema, def->migrations, def->nmigrations, err, sizeof err);
+        rc = cm_db_migrate(svc->db, svc->cfg.schema, def->migrations, def->nmigrations, err,
+                           sizeof err);
     if (rc)
-        cm_log_error("could not migrate", "schema", def->schema, "detail", err, NULL);
+        cm_log_error("could not migrate", "schema", svc->cfg.schema, "detail", err, NULL);
     return rc;
 }
 
@@ -256,7 +300,7 @@ static int start_events(cm_service *svc, char *err, size_t errlen)
     if (def->uses_outbox) {
         cm_outbox_relay_opts ro = {
             .dsn = svc->cfg.pg_dsn,
-            .schema = def->schema,
+            .schema = svc->cfg.schema,
             .producer = svc->producer,
             .metrics = svc->metrics,
             .retention_s = svc->cfg.outbox_retention_s,
@@ -288,12 +332,21 @@ static int start_events(cm_service *svc, char *err, size_t errlen)
     }
     for (size_t i = 0; rc == 0 && i < def->nconsumers; i++) {
         const cm_service_consumer *sc = &def->consumers[i];
+        if (sc->enabled_knob && !cm_config_int(&svc->cfg, sc->enabled_knob)) {
+            cm_log_info("consumer off", "topic", sc->topic, "knob", sc->enabled_knob, NULL);
+            continue;
+        }
+        const char *topic = sc->topic, *grp = sc->group ? sc->group : group;
+        if (sc->topic_knob && *cm_config_text(&svc->cfg, sc->topic_knob))
+            topic = cm_config_text(&svc->cfg, sc->topic_knob);
+        if (sc->group_knob && *cm_config_text(&svc->cfg, sc->group_knob))
+            grp = cm_config_text(&svc->cfg, sc->group_knob);
         cm_consumer_opts co = {
             .brokers = svc->cfg.kafka_brokers,
-            .topic = sc->topic,
-            .group = sc->group ? sc->group : group,
+            .topic = topic,
+            .group = grp,
             .dsn = svc->cfg.pg_dsn,
-            .schema = def->schema,
+            .schema = svc->cfg.schema,
             .fn = sc->handler,
             .arg = svc->app,
             .producer = svc->producer,
@@ -304,9 +357,9 @@ static int start_events(cm_service *svc, char *err, size_t errlen)
             .batch_size = sc->batch_size,
             .types = sc->types,
         };
-        rc = cm_consumer_start(&svc->consumers[i], &co, err, errlen);
+        rc = cm_consumer_start(&svc->consumers[svc->nconsumers], &co, err, errlen);
         if (rc == 0)
-            svc->nconsumers = i + 1;
+            svc->nconsumers++;
     }
     free(cconf); /* the consumer copied what it needs */
     return rc;
@@ -325,6 +378,97 @@ static void free_events(cm_service *svc)
     svc->relay = NULL;
     cm_kafka_producer_free(svc->producer, svc->cfg.drain_grace_ms);
     svc->producer = NULL;
+}
+
+/* one tick: the connection made (again) if need be, the lock won if the
+ * ticker is a singleton, then the service's function */
+static void tick(void *arg)
+{
+    svc_ticker *st = arg;
+    cm_service *svc = st->svc;
+    char err[512];
+    if (!st->db) {
+        st->leader = 0;
+        if (cm_db_connect(&st->db, svc->cfg.pg_dsn, svc->cfg.schema, err, sizeof err)) {
+            cm_log_warn("ticker could not connect", "ticker", st->def->name, "detail", err, NULL);
+            st->db = NULL;
+            return;
+        }
+    }
+    if (st->def->singleton && !st->leader) {
+        const char *p[] = {st->lock};
+        PGresult *r =
+            PQexecParams(cm_db_conn(st->db), "SELECT pg_try_advisory_lock(hashtext($1::text))", 1,
+                         NULL, p, NULL, NULL, 0);
+        st->leader = PQresultStatus(r) == PGRES_TUPLES_OK && PQgetvalue(r, 0, 0)[0] == 't';
+        PQclear(r);
+        if (st->leader)
+            cm_log_info("ticker leads", "ticker", st->def->name, NULL);
+    }
+    if (!st->def->singleton || st->leader)
+        st->def->fn(svc, st->db, svc->app);
+    /* a session the server ended took the lock with it: start over */
+    if (PQstatus(cm_db_conn(st->db)) == CONNECTION_BAD) {
+        if (st->leader)
+            cm_log_warn("ticker lost its connection and its lead", "ticker", st->def->name, NULL);
+        cm_db_free(st->db);
+        st->db = NULL;
+        st->leader = 0;
+    }
+}
+
+static int start_tickers(cm_service *svc, char *err, size_t errlen)
+{
+    const cm_service_def *def = svc->def;
+    if (!def->ntickers)
+        return 0;
+    svc->tickers = calloc(def->ntickers, sizeof *svc->tickers);
+    if (!svc->tickers)
+        return CM_ENOMEM;
+    for (size_t i = 0; i < def->ntickers; i++) {
+        svc_ticker *st = &svc->tickers[i];
+        st->svc = svc;
+        st->def = &def->tickers[i];
+        snprintf(st->lock, sizeof st->lock, "commerce.ticker.%s.%s", svc->cfg.schema,
+                 st->def->name);
+        long long period = cm_config_int(&svc->cfg, st->def->period_knob);
+        if (period < 1 || period > 86400000LL || cm_ticker_start(&st->t, (int)period, tick, st)) {
+            snprintf(err, errlen, "could not start ticker %s", st->def->name);
+            return CM_EINVAL;
+        }
+        svc->ntickers = i + 1;
+    }
+    return 0;
+}
+
+/* before app_fini: a ticker may use the app state */
+static void stop_tickers(cm_service *svc)
+{
+    for (size_t i = 0; i < svc->ntickers; i++) {
+        cm_ticker_free(svc->tickers[i].t);
+        cm_db_free(svc->tickers[i].db); /* a singleton's lock goes with its session */
+    }
+    free(svc->tickers);
+    svc->tickers = NULL;
+    svc->ntickers = 0;
+}
+
+static int start_peers(cm_service *svc, char *err, size_t errlen)
+{
+    for (size_t i = 0; i < svc->def->npeers; i++) {
+        const cm_config_peer *p = &svc->cfg.peers[i];
+        cm_rpc_client_opts o = {
+            .target = p->target,
+            .tls_ca_file = p->tls_ca_file[0] ? p->tls_ca_file : NULL,
+            .tls_cert_file = p->tls_cert_file[0] ? p->tls_cert_file : NULL,
+            .tls_key_file = p->tls_key_file[0] ? p->tls_key_file : NULL,
+            .max_message_bytes = (size_t)svc->cfg.max_message_bytes,
+        };
+        int rc = cm_rpc_client_new(&svc->peers[i], &o, err, errlen);
+        if (rc)
+            return rc;
+    }
+    return 0;
 }
 
 static int build_auth(cm_service *svc, char *err, size_t errlen)
@@ -346,8 +490,16 @@ static int serve(cm_service *svc)
         cm_log_error("could not set up authentication", "detail", err, NULL);
         return 2;
     }
+    if (start_peers(svc, err, sizeof err)) {
+        cm_log_error("could not set up a client of a peer service", "detail", err, NULL);
+        return 1;
+    }
     if (def->app_init && def->app_init(svc, &svc->app, err, sizeof err)) {
         cm_log_error("could not initialise the service", "detail", err, NULL);
+        return 1;
+    }
+    if (start_tickers(svc, err, sizeof err)) {
+        cm_log_error("could not start the tickers", "detail", err, NULL);
         return 1;
     }
     if (start_events(svc, err, sizeof err)) {
@@ -408,7 +560,12 @@ int cm_service_main(int argc, char **argv, const cm_service_def *def)
         .service = def->name,
         .grpc_port = def->grpc_port,
         .admin_port = def->admin_port,
-        .needs_inventory_target = def->needs_inventory,
+        .schema = def->schema,
+        .workers = def->workers,
+        .knobs = def->knobs,
+        .nknobs = def->nknobs,
+        .peers = def->peers,
+        .npeers = def->npeers,
     };
     int migrate_only = 0;
     int a = cm_config_main_args(argc, argv, &d, &migrate_only);
@@ -432,7 +589,7 @@ int cm_service_main(int argc, char **argv, const cm_service_def *def)
     uv_loop_init(&svc->loop);
 
     int code = 1;
-    if (cm_db_connect(&svc->db, svc->cfg.pg_dsn, def->schema, err, sizeof err)) {
+    if (cm_db_connect(&svc->db, svc->cfg.pg_dsn, svc->cfg.schema, err, sizeof err)) {
         cm_log_error("could not connect to database", "detail", err, NULL);
     } else if (migrate(svc) == 0) {
         code = migrate_only ? 0 : serve(svc);
@@ -446,8 +603,11 @@ int cm_service_main(int argc, char **argv, const cm_service_def *def)
     }
     cm_rpc_server_free(svc->rpc);
     free_events(svc);
+    stop_tickers(svc);
     if (def->app_fini && svc->app)
         def->app_fini(svc, svc->app);
+    for (size_t i = 0; i < CM_CONFIG_PEERS_MAX; i++)
+        cm_rpc_client_free(svc->peers[i]);
     cm_auth_free(svc->auth);
     cm_db_free(svc->db);
     if (uv_loop_close(&svc->loop) != 0)

@@ -7,8 +7,8 @@
 #include "cm_err.h"
 #include "cm_log.h"
 #include "cm_metrics.h"
+#include "cm_page.h"
 #include "cm_pb.h"
-#include "cm_ticker.h"
 #include "inv_domain.h"
 #include "inv_events.h"
 #include "inv_hot.h"
@@ -31,11 +31,8 @@ typedef struct inv_app {
     inv_hot *hot;     /* NULL: INVENTORY_HOT_PATH=off, one transaction per call */
     inv_hot *soldout; /* the sold-out cache (the hot path's), or NULL */
     int auth_on;
-    int sweep_ms;
-    int check_s;        /* invariant metric period */
-    cm_ticker *sweeper; /* expiry and the invariant metric */
-    cm_db *sweep_db;    /* the sweeper's own connection (its thread only) */
-    long long next_check;
+    int check_s;          /* invariant metric period */
+    long long next_check; /* the sweeper's thread only */
     cm_gauge *invariants_ok, *violations;
     cm_counter *expired, *soldout_fast, *refused_events;
 } inv_app;
@@ -486,49 +483,9 @@ static int check_invariants(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Protobu
 /* ---- lists ---- */
 
 /* INVALID_ARGUMENT / PAGE_TOKEN_INVALID, naming the field */
-static int bad_token(cm_rpc_ctx *ctx)
-{
-    int f = cm_rpc_fail(ctx, GRPC_STATUS_INVALID_ARGUMENT, "PAGE_TOKEN_INVALID",
-                        "page_token: is not a next_page_token of this call with these filters");
-    cm_rpc_fail_field(ctx, "page_token",
-                      "is not a next_page_token of this call with these filters");
-    return f;
-}
-
 static int64_t ts_us(const Google__Protobuf__Timestamp *t)
 {
     return t->seconds * 1000000 + t->nanos / 1000;
-}
-
-/* a list request's page_size and page_token: how many rows to fetch, and
- * the id to continue after (NULL on the first page). a token is bound to
- * its list (kind) and its filters (fp). returns 0 or a recorded failure. */
-static int page_begin(cm_rpc_ctx *ctx, int32_t page_size, const char *token, char kind, uint64_t fp,
-                      char *after, size_t afterlen, const char **after_id, int *size)
-{
-    *size = inv_page_size(page_size);
-    if (*size < 0)
-        return cm_rpc_fail_field(ctx, "page_size", "must not be negative");
-    *after_id = NULL;
-    if (token[0]) {
-        if (inv_page_token_parse(token, kind, fp, after, afterlen))
-            return bad_token(ctx);
-        *after_id = after;
-    }
-    return 0;
-}
-
-/* the next_page_token after a page whose last row is last_id */
-static int page_end(cm_rpc_ctx *ctx, int more, size_t n, char kind, uint64_t fp,
-                    const char *last_id, char **next, const char *what)
-{
-    if (!more || !n)
-        return 0;
-    char tok[256];
-    if (inv_page_token(tok, sizeof tok, kind, fp, last_id))
-        return internal(ctx, CM_EINTERNAL, what);
-    *next = cm_arena_strdup(cm_rpc_ctx_arena(ctx), tok);
-    return 0;
 }
 
 static int list_stock_changes(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
@@ -574,11 +531,10 @@ static int list_stock_changes(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Proto
     }
     canon = cm_arena_printf(a, "%s;f=%d:%lld;t=%d:%lld", canon, q.has_from, (long long)q.from_us,
                             q.has_to, (long long)q.to_us);
-    uint64_t fp = inv_filter_hash(canon);
-    char after[40];
+    uint64_t fp = cm_page_filters(canon);
+    char after[CM_PAGE_POSITION_MAX + 1];
     int size;
-    if (page_begin(ctx, req->page_size, req->page_token, 'c', fp, after, sizeof after, &q.after_id,
-                   &size))
+    if (cm_page_begin(ctx, req->page_size, req->page_token, 'c', fp, after, &q.after_id, &size))
         return -1;
     inv_change *rows = cm_rpc_alloc(ctx, (size_t)size * sizeof *rows);
     if (!rows)
@@ -587,15 +543,15 @@ static int list_stock_changes(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Proto
     int more = 0;
     int rc = inv_store_list_changes(cm_service_db(ctx), &q, rows, (size_t)size, &n, &more);
     if (rc == CM_ENOTFOUND)
-        return bad_token(ctx);
+        return cm_page_bad_token(ctx);
     if (rc)
         return internal(ctx, rc, "could not list stock changes");
     resp->changes = cm_rpc_alloc(ctx, (n ? n : 1) * sizeof *resp->changes);
     for (size_t i = 0; i < n; i++)
         resp->changes[i] = inv_pb_change(a, &rows[i]);
     resp->n_changes = n;
-    return page_end(ctx, more, n, 'c', fp, n ? rows[n - 1].change_id : NULL, &resp->next_page_token,
-                    "could not list stock changes");
+    return cm_page_next(ctx, more, 'c', fp, n ? rows[n - 1].change_id : NULL,
+                        &resp->next_page_token);
 }
 
 /* ---- flash sales ---- */
@@ -785,12 +741,11 @@ static int list_flash_sales(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Protobu
         states[i] = v;
         canon = cm_arena_printf(a, "%s%d,", canon, v);
     }
-    uint64_t fp = inv_filter_hash(canon);
-    char after[40];
+    uint64_t fp = cm_page_filters(canon);
+    char after[CM_PAGE_POSITION_MAX + 1];
     const char *after_id;
     int size;
-    if (page_begin(ctx, req->page_size, req->page_token, 'f', fp, after, sizeof after, &after_id,
-                   &size))
+    if (cm_page_begin(ctx, req->page_size, req->page_token, 'f', fp, after, &after_id, &size))
         return -1;
     inv_sale *rows = cm_rpc_alloc(ctx, (size_t)size * sizeof *rows);
     if (!rows)
@@ -800,15 +755,15 @@ static int list_flash_sales(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Protobu
     int rc = inv_store_list_sales(cm_service_db(ctx), cm_rpc_ctx_tenant(ctx), req->sku, states,
                                   req->n_states, after_id, rows, (size_t)size, &n, &more);
     if (rc == CM_ENOTFOUND)
-        return bad_token(ctx);
+        return cm_page_bad_token(ctx);
     if (rc)
         return internal(ctx, rc, "could not list flash sales");
     resp->flash_sales = cm_rpc_alloc(ctx, (n ? n : 1) * sizeof *resp->flash_sales);
     for (size_t i = 0; i < n; i++)
         resp->flash_sales[i] = pb_sale(a, &rows[i]);
     resp->n_flash_sales = n;
-    return page_end(ctx, more, n, 'f', fp, n ? rows[n - 1].flash_sale_id : NULL,
-                    &resp->next_page_token, "could not list flash sales");
+    return cm_page_next(ctx, more, 'f', fp, n ? rows[n - 1].flash_sale_id : NULL,
+                        &resp->next_page_token);
 }
 
 const cm_rpc_method inv_methods[] = {
@@ -885,20 +840,10 @@ int inv_on_order_event(cm_db *db, const cm_event *ev, void *arg)
 
 /* a sweeper tick: reservations past their ttl, and now and then the
  * invariant check behind the metric */
-static void sweep(void *p)
+void inv_sweep(cm_service *svc, cm_db *db, void *p)
 {
+    (void)svc;
     inv_app *app = p;
-    char err[256];
-    if (!app->sweep_db) {
-        const char *schema = getenv("INVENTORY_SCHEMA");
-        if (cm_db_connect(&app->sweep_db, cm_service_config(app->svc)->pg_dsn,
-                          schema && *schema ? schema : "inventory", err, sizeof err) != 0) {
-            cm_log_warn("sweeper could not connect", "detail", err, NULL);
-            app->sweep_db = NULL;
-            return;
-        }
-    }
-    cm_db *db = app->sweep_db;
     int expired = 0, rc;
     do {
         rc = inv_store_expire_due(db, 200, &expired, inv_hot_mark, app->soldout);
@@ -933,33 +878,13 @@ int inv_app_init(cm_service *svc, void **out, char *err, size_t errlen)
     app->svc = svc;
     const cm_config *c = cm_service_config(svc);
     app->auth_on = c->auth_mode != CM_AUTH_OFF;
-    int bad = 0, hot_on = 1, events_on = 1;
-    static const char *const switches[] = {"INVENTORY_HOT_PATH", "INVENTORY_EVENTS"};
-    int *values[] = {&hot_on, &events_on};
-    for (size_t i = 0; i < 2; i++) {
-        *values[i] = cm_config_env_onoff(switches[i], 1, &bad);
-        if (bad) {
-            snprintf(err, errlen, "%s: on or off, got \"%s\"", switches[i], getenv(switches[i]));
-            free(app);
-            return CM_EINVAL;
-        }
-    }
-    inv_events_enable(events_on);
-    app->sweep_ms = (int)cm_config_env_long("INVENTORY_SWEEP_MS", 1000, 50, 600000, &bad);
+    int hot_on = (int)cm_service_int(svc, "INVENTORY_HOT_PATH");
+    inv_events_enable((int)cm_service_int(svc, "INVENTORY_EVENTS"));
     /* the check aggregates every audit row: not too often */
-    app->check_s = (int)cm_config_env_long("INVENTORY_INVARIANT_CHECK_S", 60, 1, 86400, &bad);
-    int batchers = (int)cm_config_env_long("INVENTORY_BATCHERS", 1, 1, 16, &bad);
-    int max_batch = (int)cm_config_env_long("INVENTORY_MAX_BATCH", 256, 1, 4096, &bad);
-    int ttl = (int)cm_config_env_long("INVENTORY_SOLD_OUT_TTL_MS", 200, 1, 60000, &bad);
-    if (bad) {
-        snprintf(err, errlen,
-                 "INVENTORY_SWEEP_MS (50..600000), INVENTORY_BATCHERS (1..16), "
-                 "INVENTORY_MAX_BATCH (1..4096), INVENTORY_SOLD_OUT_TTL_MS (1..60000), "
-                 "INVENTORY_INVARIANT_CHECK_S (1..86400): an "
-                 "integer in range");
-        free(app);
-        return CM_EINVAL;
-    }
+    app->check_s = (int)cm_service_int(svc, "INVENTORY_INVARIANT_CHECK_S");
+    int batchers = (int)cm_service_int(svc, "INVENTORY_BATCHERS");
+    int max_batch = (int)cm_service_int(svc, "INVENTORY_MAX_BATCH");
+    int ttl = (int)cm_service_int(svc, "INVENTORY_SOLD_OUT_TTL_MS");
     cm_metrics *m = cm_service_metrics(svc);
     app->invariants_ok = cm_metrics_gauge(m, "inventory_invariants_ok",
                                           "1 when every sku's invariants held at the last check "
@@ -979,9 +904,8 @@ int inv_app_init(cm_service *svc, void **out, char *err, size_t errlen)
         NULL);
     cm_gauge_set(app->invariants_ok, 1);
     if (hot_on) {
-        const char *schema = getenv("INVENTORY_SCHEMA");
         inv_hot_opts o = {.dsn = c->pg_dsn,
-                          .schema = schema && *schema ? schema : "inventory",
+                          .schema = cm_service_schema(svc),
                           .batchers = batchers,
                           .max_batch = max_batch,
                           .sold_out_ttl_ms = ttl};
@@ -991,12 +915,6 @@ int inv_app_init(cm_service *svc, void **out, char *err, size_t errlen)
             return rc;
         }
         app->soldout = app->hot;
-    }
-    if (cm_ticker_start(&app->sweeper, app->sweep_ms, sweep, app) != 0) {
-        inv_hot_free(app->hot);
-        free(app);
-        snprintf(err, errlen, "could not start the sweeper");
-        return CM_ENOMEM;
     }
     *out = app;
     return 0;
@@ -1008,8 +926,6 @@ void inv_app_fini(cm_service *svc, void *p)
     inv_app *app = p;
     if (!app)
         return;
-    cm_ticker_free(app->sweeper);
-    cm_db_free(app->sweep_db);
     inv_hot_free(app->hot);
     free(app);
 }

@@ -17,6 +17,10 @@ int inv_app_init(cm_service *svc, void **app, char *err, size_t errlen);
 void inv_app_fini(cm_service *svc, void *app);
 
 /* the order-event consumer (OrderPaid -> confirm, OrderCancelled -> release) */
+/* the sweeper ticker: expired reservations, and the invariant metric every
+ * INVENTORY_INVARIANT_CHECK_S (on the runtime's connection db) */
+void inv_sweep(cm_service *svc, cm_db *db, void *app);
+
 int inv_on_order_event(cm_db *db, const cm_event *ev, void *arg);
 
 #endif

@@ -131,23 +131,4 @@ inv_sale_update inv_plan_sale_update(const inv_sale_cfg *cur, int64_t held,
  * (BackInStock), -1 neither */
 int inv_sale_stock_edge(int64_t held, int64_t old_stock, int64_t new_stock);
 
-/* list pagination (proto/README.md): 0 means 50, above 500 means 500 */
-#define INV_PAGE_DEFAULT 50
-#define INV_PAGE_MAX 500
-
-/* the page size to use for a requested one; -1 when negative */
-int inv_page_size(int32_t requested);
-
-/* a 64-bit fingerprint (fnv-1a) of a list request's canonical filters, so
- * a page token is only accepted with the filters it was made for */
-uint64_t inv_filter_hash(const char *canonical);
-
-/* page tokens are opaque to callers: hex of "<kind>.<filter hash>.<id of
- * the last row>". inv_page_token writes one into out (cap >= 2 * (20 +
- * strlen(id)) + 1); returns 0 or CM_EINVAL when it does not fit.
- * inv_page_token_parse checks a token for kind and filter hash and copies
- * the row id (1-39 characters from [0-9a-f-]) into id; 0 or CM_EINVAL. */
-int inv_page_token(char *out, size_t cap, char kind, uint64_t filters, const char *id);
-int inv_page_token_parse(const char *token, char kind, uint64_t filters, char *id, size_t idcap);
-
 #endif

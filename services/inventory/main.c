@@ -5,58 +5,68 @@
 #include "cm_service.h"
 #include "inv_api.h"
 
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-
 #include "commerce/inventory/v1/inventory_service.pb-c.h"
 
 extern const cm_migration inv_migrations[];
 extern const size_t inv_migrations_count;
 
-/* the order events this service applies (kafka/topics.tsv); the topic and
- * group can be overridden for tests */
+static const cm_knob knobs[] = {
+    {"INVENTORY_HOT_PATH", CM_KNOB_ONOFF, 1, 0, 0, NULL,
+     "on: Reserve group-committed in batches; off: one transaction per call"},
+    {"INVENTORY_MAX_BATCH", CM_KNOB_INT, 256, 1, 4096, NULL,
+     "most reservations in one batch transaction"},
+    {"INVENTORY_BATCHERS", CM_KNOB_INT, 1, 1, 16, NULL,
+     "batcher threads, each with its own connection"},
+    {"INVENTORY_SOLD_OUT_TTL_MS", CM_KNOB_INT, 200, 1, 60000, NULL,
+     "how long a sku seen at zero is answered SOLD_OUT from memory (ms)"},
+    {"INVENTORY_SWEEP_MS", CM_KNOB_INT, 1000, 50, 600000, NULL, "expiry sweeper period (ms)"},
+    {"INVENTORY_INVARIANT_CHECK_S", CM_KNOB_INT, 60, 1, 86400, NULL,
+     "period of the check behind inventory_invariants_ok (s)"},
+    {"INVENTORY_EVENTS", CM_KNOB_ONOFF, 1, 0, 0, NULL,
+     "write stock and reservation events to the outbox"},
+    {"INVENTORY_CONSUME_ORDERS", CM_KNOB_ONOFF, 1, 0, 0, NULL,
+     "consume order events (paid: confirm, cancelled: release)"},
+    {"INVENTORY_ORDER_TOPIC", CM_KNOB_TEXT, 0, 0, 0, "commerce.order.v1",
+     "where order events come from (tests override it)"},
+    {"INVENTORY_ORDER_GROUP", CM_KNOB_TEXT, 0, 0, 0, "commerce.inventory",
+     "consumer group of the order events (tests override it)"},
+};
+
 /* the order events it acts on; the rest of the topic (created, shipped,
  * refunded, ...) is acknowledged without an inbox row */
 static const char *const order_types[] = {"commerce.events.v1.OrderPaid",
                                           "commerce.events.v1.OrderCancelled", NULL};
-static cm_service_consumer consumers[] = {
+static const cm_service_consumer consumers[] = {
     {.topic = "commerce.order.v1",
      .group = "commerce.inventory",
      .handler = inv_on_order_event,
-     .types = order_types},
+     .types = order_types,
+     .enabled_knob = "INVENTORY_CONSUME_ORDERS",
+     .topic_knob = "INVENTORY_ORDER_TOPIC",
+     .group_knob = "INVENTORY_ORDER_GROUP"},
+};
+
+static const cm_service_ticker tickers[] = {
+    /* every replica sweeps: the statements skip what another holds */
+    {"sweeper", "INVENTORY_SWEEP_MS", inv_sweep, 0},
 };
 
 int main(int argc, char **argv)
 {
-    /* a Reserve blocks its worker until its batch commits, so concurrency
-     * per replica is WORKERS: more than the runtime's one per cpu (each is
-     * also a database connection; two replicas stay under postgres's
-     * default max_connections of 100) */
-    const char *w = getenv("WORKERS");
-    if (!w || !*w)
-        setenv("WORKERS", "32", 1);
-    /* INVENTORY_SCHEMA lets tests and benchmarks run side by side */
-    const char *schema = getenv("INVENTORY_SCHEMA");
-    const char *topic = getenv("INVENTORY_ORDER_TOPIC");
-    const char *group = getenv("INVENTORY_ORDER_GROUP");
-    if (topic && *topic)
-        consumers[0].topic = topic;
-    if (group && *group)
-        consumers[0].group = group;
-    /* validated like every other variable: a typo must not silently mean "on" */
-    int bad = 0;
-    int consume_on = cm_config_env_onoff("INVENTORY_CONSUME_ORDERS", 1, &bad);
-    if (bad) {
-        fprintf(stderr, "commerce-inventory: INVENTORY_CONSUME_ORDERS: on or off, got \"%s\"\n",
-                getenv("INVENTORY_CONSUME_ORDERS"));
-        return 2;
-    }
     const cm_service_def def = {
         .name = "inventory",
-        .schema = schema && *schema ? schema : "inventory",
+        .schema = "inventory",
         .grpc_port = 50052,
         .admin_port = 9092,
+        /* a Reserve blocks its worker until its batch commits, so
+         * concurrency per replica is WORKERS: more than one per cpu (each is
+         * also a database connection; two replicas stay under postgres's
+         * default max_connections of 100) */
+        .workers = 32,
+        .knobs = knobs,
+        .nknobs = sizeof knobs / sizeof knobs[0],
+        .tickers = tickers,
+        .ntickers = sizeof tickers / sizeof tickers[0],
         .migrations = inv_migrations,
         .nmigrations = inv_migrations_count,
         .api = &commerce__inventory__v1__inventory_service__descriptor,
@@ -65,8 +75,8 @@ int main(int argc, char **argv)
         .app_init = inv_app_init,
         .app_fini = inv_app_fini,
         .uses_outbox = 1,
-        .consumers = consume_on ? consumers : NULL,
-        .nconsumers = consume_on ? 1 : 0,
+        .consumers = consumers,
+        .nconsumers = sizeof consumers / sizeof consumers[0],
     };
     return cm_service_main(argc, argv, &def);
 }

@@ -1,6 +1,7 @@
 /* the inventory service's only SQL: see inv_store.h */
 #include "inv_store.h"
 
+#include "cm_buf.h"
 #include "cm_err.h"
 #include "cm_log.h"
 #include "cm_outbox.h"
@@ -69,57 +70,6 @@ static void parse_change(const PGresult *r, int row, int col, inv_change *c)
 }
 
 /* a growable text buffer for array literals */
-typedef struct buf {
-    char *p;
-    size_t len, cap;
-    int oom;
-} buf;
-
-static void put(buf *b, const char *s, size_t n)
-{
-    if (b->oom)
-        return;
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap * 2 : 256;
-        while (cap < b->len + n + 1)
-            cap *= 2;
-        char *q = realloc(b->p, cap);
-        if (!q) {
-            b->oom = 1;
-            return;
-        }
-        b->p = q;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-    b->p[b->len] = 0;
-}
-
-static void puts_(buf *b, const char *s)
-{
-    put(b, s, strlen(s));
-}
-
-/* appends one quoted element of a postgres array literal */
-static void put_elem(buf *b, const char *s)
-{
-    puts_(b, b->len > 1 ? ",\"" : "\"");
-    for (const char *c = s; *c; c++) {
-        if (*c == '"' || *c == '\\')
-            put(b, "\\", 1);
-        put(b, c, 1);
-    }
-    put(b, "\"", 1);
-}
-
-static void put_num(buf *b, long long v)
-{
-    char n[32];
-    snprintf(n, sizeof n, b->len > 1 ? ",%lld" : "%lld", v);
-    puts_(b, n);
-}
-
 static int exec(cm_db *db, const char *what, const char *sql, int n, const char *const *p,
                 PGresult **out)
 {
@@ -226,8 +176,8 @@ static int exec_ps(cm_db *db, int which, const char *what, const char *sql, int 
  * text is fixed, so it is prepared once and also embedded in the batch's
  * write statement (README.md, "Events"). */
 typedef struct ev_rows {
-    buf id, tenant, key, type, at, off, len;
-    buf blob;
+    cm_buf id, tenant, key, type, at, off, len;
+    cm_buf blob;
     size_t n;
     cm_arena *a; /* scratch for packing one event */
 } ev_rows;
@@ -235,16 +185,16 @@ typedef struct ev_rows {
 static int ev_init(ev_rows *e)
 {
     memset(e, 0, sizeof *e);
-    buf *cols[] = {&e->id, &e->tenant, &e->key, &e->type, &e->at, &e->off, &e->len};
+    cm_buf *cols[] = {&e->id, &e->tenant, &e->key, &e->type, &e->at, &e->off, &e->len};
     for (size_t k = 0; k < sizeof cols / sizeof cols[0]; k++)
-        puts_(cols[k], "{");
+        cm_buf_array_begin(cols[k]);
     e->a = cm_arena_new(8192);
     return e->a ? 0 : CM_ENOMEM;
 }
 
 static void ev_free(ev_rows *e)
 {
-    buf *all[] = {&e->id, &e->tenant, &e->key, &e->type, &e->at, &e->off, &e->len, &e->blob};
+    cm_buf *all[] = {&e->id, &e->tenant, &e->key, &e->type, &e->at, &e->off, &e->len, &e->blob};
     for (size_t k = 0; k < sizeof all / sizeof all[0]; k++)
         free(all[k]->p);
     cm_arena_free(e->a);
@@ -253,14 +203,14 @@ static void ev_free(ev_rows *e)
 /* copies r (which may borrow from the caller) into the columns */
 static void ev_add(ev_rows *e, const inv_ev_row *r)
 {
-    put_elem(&e->id, r->event_id);
-    put_elem(&e->tenant, r->tenant);
-    put_elem(&e->key, r->key);
-    put_elem(&e->type, r->type);
-    put_num(&e->at, r->occurred_ms);
-    put_num(&e->off, (long long)e->blob.len);
-    put_num(&e->len, (long long)r->len);
-    put(&e->blob, (const char *)r->payload, r->len);
+    cm_buf_array_text(&e->id, r->event_id);
+    cm_buf_array_text(&e->tenant, r->tenant);
+    cm_buf_array_text(&e->key, r->key);
+    cm_buf_array_text(&e->type, r->type);
+    cm_buf_array_int(&e->at, r->occurred_ms);
+    cm_buf_array_int(&e->off, (long long)e->blob.len);
+    cm_buf_array_int(&e->len, (long long)r->len);
+    cm_buf_put(&e->blob, (const char *)r->payload, r->len);
     e->n++;
     cm_arena_reset(e->a);
 }
@@ -293,10 +243,10 @@ static int ev_edge(ev_rows *e, const char *tenant, const inv_level *l, int resto
 /* closes the arrays; CM_ENOMEM when a buffer could not grow */
 static int ev_close(ev_rows *e)
 {
-    buf *cols[] = {&e->id, &e->tenant, &e->key, &e->type, &e->at, &e->off, &e->len};
+    cm_buf *cols[] = {&e->id, &e->tenant, &e->key, &e->type, &e->at, &e->off, &e->len};
     int oom = e->blob.oom;
     for (size_t k = 0; k < sizeof cols / sizeof cols[0]; k++) {
-        puts_(cols[k], "}");
+        cm_buf_array_end(cols[k]);
         oom |= cols[k]->oom;
     }
     return oom ? CM_ENOMEM : 0;
@@ -559,10 +509,10 @@ static int reserve_fn(cm_db *db, void *arg)
     /* the existing orders, as row numbers of rs */
     int *ox = malloc((size_t)(nx ? nx : 1) * sizeof *ox);
     inv_counter *cs = calloc(nc ? nc : 1, sizeof *cs);
-    buf w[NW];
+    cm_buf w[NW];
     memset(w, 0, sizeof w);
     for (int k = 0; k < NW; k++)
-        puts_(&w[k], "{");
+        cm_buf_array_begin(&w[k]);
     ev_rows ev;
     int evrc = ev_init(&ev);
     size_t maxl = 0;
@@ -635,12 +585,12 @@ static int reserve_fn(cm_db *db, void *arg)
         it->created_ms = now;
         it->expires_ms = now + it->ttl_ms;
         reserved++;
-        put_elem(&w[0], it->tenant);
-        put_elem(&w[1], it->order_id);
-        put_elem(&w[2], it->buyer_id ? it->buyer_id : "");
-        put_elem(&w[3], it->body);
-        put_num(&w[4], it->created_ms);
-        put_num(&w[5], it->expires_ms);
+        cm_buf_array_text(&w[0], it->tenant);
+        cm_buf_array_text(&w[1], it->order_id);
+        cm_buf_array_text(&w[2], it->buyer_id ? it->buyer_id : "");
+        cm_buf_array_text(&w[3], it->body);
+        cm_buf_array_int(&w[4], it->created_ms);
+        cm_buf_array_int(&w[5], it->expires_ms);
         /* a line's sku is in no other line of the reservation, so the
          * counters inv_admit left are the ones right after this line */
         for (size_t j = 0; j < it->nlines; j++) {
@@ -658,30 +608,30 @@ static int reserve_fn(cm_db *db, void *arg)
             chg->occurred_ms = now;
             if ((rc = ev_changed(&ev, it->tenant, chg)) != 0)
                 break;
-            put_elem(&w[6], it->tenant);
-            put_elem(&w[7], it->order_id);
-            put_num(&w[8], (long long)j);
-            put_elem(&w[9], it->lines[j].sku);
-            put_num(&w[10], it->lines[j].qty);
+            cm_buf_array_text(&w[6], it->tenant);
+            cm_buf_array_text(&w[7], it->order_id);
+            cm_buf_array_int(&w[8], (long long)j);
+            cm_buf_array_text(&w[9], it->lines[j].sku);
+            cm_buf_array_int(&w[10], it->lines[j].qty);
             /* the audit row carries the counters right after this line */
-            put_num(&w[11], c->available);
-            put_num(&w[12], c->reserved);
-            put_num(&w[13], c->sold);
-            put_num(&w[14], c->on_hand);
-            put_num(&w[15], c->version);
-            put_elem(&w[16], it->principal ? it->principal : "");
-            put_elem(&w[22], chg->change_id);
+            cm_buf_array_int(&w[11], c->available);
+            cm_buf_array_int(&w[12], c->reserved);
+            cm_buf_array_int(&w[13], c->sold);
+            cm_buf_array_int(&w[14], c->on_hand);
+            cm_buf_array_int(&w[15], c->version);
+            cm_buf_array_text(&w[16], it->principal ? it->principal : "");
+            cm_buf_array_text(&w[22], chg->change_id);
         }
     }
     for (size_t k = 0; rc == 0 && k < nc; k++) {
         const inv_counter *c = &cs[k];
         if (c->available == c->available0)
             continue;
-        put_elem(&w[17], c->tenant);
-        put_elem(&w[18], c->sku);
-        put_num(&w[19], c->available);
-        put_num(&w[20], c->reserved);
-        put_num(&w[21], c->version);
+        cm_buf_array_text(&w[17], c->tenant);
+        cm_buf_array_text(&w[18], c->sku);
+        cm_buf_array_int(&w[19], c->available);
+        cm_buf_array_int(&w[20], c->reserved);
+        cm_buf_array_int(&w[21], c->version);
         if (c->available == 0) {
             level_of(c, now, &chg->level);
             rc = ev_edge(&ev, c->tenant, &chg->level, 0, NULL);
@@ -693,7 +643,7 @@ static int reserve_fn(cm_db *db, void *arg)
         goto out;
     int oom = 0;
     for (int k = 0; k < NW; k++) {
-        puts_(&w[k], "}");
+        cm_buf_array_end(&w[k]);
         oom |= w[k].oom;
     }
     if (oom || ev_close(&ev)) {
@@ -764,27 +714,27 @@ out:
 int inv_store_reserve_batch(cm_db *db, inv_reserve_item *const *items, size_t n, inv_stock_cb cb,
                             void *arg)
 {
-    buf a[10] = {{0}};
+    cm_buf a[10] = {{0}};
     for (int k = 0; k < 10; k++)
-        puts_(&a[k], "{");
+        cm_buf_array_begin(&a[k]);
     for (size_t i = 0; i < n; i++) {
         const inv_reserve_item *it = items[i];
-        put_elem(&a[0], it->tenant);
-        put_elem(&a[1], it->order_id);
-        put_elem(&a[2], it->buyer_id ? it->buyer_id : "");
-        put_num(&a[3], it->ttl_ms);
-        put_elem(&a[4], it->body);
-        put_num(&a[5], (long long)it->nlines);
+        cm_buf_array_text(&a[0], it->tenant);
+        cm_buf_array_text(&a[1], it->order_id);
+        cm_buf_array_text(&a[2], it->buyer_id ? it->buyer_id : "");
+        cm_buf_array_int(&a[3], it->ttl_ms);
+        cm_buf_array_text(&a[4], it->body);
+        cm_buf_array_int(&a[5], (long long)it->nlines);
         for (size_t j = 0; j < it->nlines; j++) {
-            put_elem(&a[6], it->tenant);
-            put_elem(&a[7], it->lines[j].sku);
-            put_num(&a[8], it->lines[j].qty);
+            cm_buf_array_text(&a[6], it->tenant);
+            cm_buf_array_text(&a[7], it->lines[j].sku);
+            cm_buf_array_int(&a[8], it->lines[j].qty);
         }
-        put_elem(&a[9], it->principal ? it->principal : "");
+        cm_buf_array_text(&a[9], it->principal ? it->principal : "");
     }
     int oom = 0;
     for (int k = 0; k < 10; k++) {
-        puts_(&a[k], "}");
+        cm_buf_array_end(&a[k]);
         oom |= a[k].oom;
     }
     int rc = CM_ENOMEM;
@@ -1182,12 +1132,12 @@ static int check_fn(cm_db *db, void *arg)
 int inv_store_check(cm_db *db, const char *tenant, const char *const *skus, size_t nskus,
                     inv_breach *out, size_t cap, size_t *total, int64_t *checked, int64_t *at_ms)
 {
-    buf b = {0};
+    cm_buf b = {0};
     if (nskus) {
-        puts_(&b, "{");
+        cm_buf_array_begin(&b);
         for (size_t i = 0; i < nskus; i++)
-            put_elem(&b, skus[i]);
-        puts_(&b, "}");
+            cm_buf_array_text(&b, skus[i]);
+        cm_buf_array_end(&b);
         if (b.oom) {
             free(b.p);
             return CM_ENOMEM;
@@ -1440,16 +1390,16 @@ int inv_store_sale_configure(cm_db *db, const inv_sale_req *q, int *verdict, int
 
 /* ---- lists ---- */
 
-/* a postgres int[] literal ("{1,3}") of the values */
+/* a postgres int[] literal ("{1,3}") of the values; malloc'd */
 static char *int_array(const int *v, size_t n)
 {
-    buf b = {0};
-    puts_(&b, "{");
+    cm_buf b = {0};
+    cm_buf_array_begin(&b);
     for (size_t i = 0; i < n; i++)
-        put_num(&b, v[i]);
-    puts_(&b, "}");
+        cm_buf_array_int(&b, v[i]);
+    cm_buf_array_end(&b);
     if (b.oom) {
-        free(b.p);
+        cm_buf_free(&b);
         return NULL;
     }
     return b.p;

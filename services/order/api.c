@@ -10,9 +10,9 @@
 #include "cm_id.h"
 #include "cm_log.h"
 #include "cm_metrics.h"
+#include "cm_page.h"
 #include "cm_pb.h"
 #include "cm_rpc_client.h"
-#include "cm_ticker.h"
 #include "ord_batch.h"
 #include "ord_domain.h"
 #include "ord_events.h"
@@ -48,10 +48,8 @@ typedef struct ord_app {
     cm_service *svc;
     cm_rpc_client *inv;
     int64_t timeout_ms, flash_timeout_ms, margin_ms;
-    int inv_timeout_ms, sweep_ms, pause_ms;
+    int inv_timeout_ms, pause_ms;
     ord_batcher *batch;
-    cm_ticker *sweeper; /* payment timeouts and queued releases */
-    cm_db *sweep_db;    /* the sweeper's own connection (its thread only) */
     pthread_mutex_t mu;
     tenant_entry tenants[TENANT_CACHE];
     struct pending_release *releases; /* for the sweeper thread to send */
@@ -240,9 +238,6 @@ static int list_orders(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMes
     const Commerce__Order__V1__ListOrdersRequest *req = (const void *)in;
     Commerce__Order__V1__ListOrdersResponse *resp = (void *)out;
     cm_arena *a = cm_rpc_ctx_arena(ctx);
-    int limit = ord_page_size(req->page_size);
-    if (limit < 0)
-        return cm_rpc_fail_field(ctx, "page_size", "must not be negative");
     if (!ord_valid_text(req->buyer_id, ORD_PARTY_MAX, 0))
         return cm_rpc_fail_field(ctx, "buyer_id",
                                  "at most 64 characters of utf-8, no control characters");
@@ -278,7 +273,13 @@ static int list_orders(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMes
                         req->channel_id, (long long)from, (long long)to);
     for (size_t i = 0; filters && i < req->n_states; i++)
         filters = cm_arena_printf(a, "%s%d,", filters, states[i]);
-    uint64_t fh = ord_filter_hash(filters ? filters : "");
+    uint64_t fh = cm_page_filters(filters ? filters : "");
+    /* the position is "<created ms>.<order id>": the listing's order */
+    char pos[CM_PAGE_POSITION_MAX + 1], after[40];
+    const char *at;
+    int limit;
+    if (cm_page_begin(ctx, req->page_size, req->page_token, 'o', fh, pos, &at, &limit))
+        return -1;
     ord_list_q q = {.tenant = cm_rpc_ctx_tenant(ctx),
                     .buyer_id = req->buyer_id,
                     .merchant_id = req->merchant_id,
@@ -288,14 +289,14 @@ static int list_orders(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMes
                     .from_ms = from,
                     .to_ms = to,
                     .limit = limit};
-    char after[40];
-    if (req->page_token && *req->page_token) {
-        if (ord_page_token_parse(req->page_token, fh, &q.after_created_ms, after, sizeof after)) {
-            cm_rpc_fail(ctx, GRPC_STATUS_INVALID_ARGUMENT, "PAGE_TOKEN_INVALID",
-                        "page_token: not a token of this listing with these filters");
-            return cm_rpc_fail_field(ctx, "page_token",
-                                     "not a token of this listing with these filters");
-        }
+    if (at) {
+        long long ms = 0;
+        int used = 0;
+        if (sscanf(at, "%lld.%n", &ms, &used) != 1 || used <= 0 ||
+            strlen(at + used) >= sizeof after || !cm_id_is_uuid(at + used))
+            return cm_page_bad_token(ctx);
+        snprintf(after, sizeof after, "%s", at + used);
+        q.after_created_ms = ms;
         q.after_id = after;
     }
     ord_order *rows = cm_rpc_alloc(ctx, (size_t)limit * sizeof *rows);
@@ -317,13 +318,10 @@ static int list_orders(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMes
         }
         resp->n_orders = n;
     }
-    if (more && n) {
-        char *tok = cm_rpc_alloc(ctx, 200);
-        if (!tok || ord_page_token(tok, 200, fh, rows[n - 1].created_ms, rows[n - 1].order_id))
-            return cm_rpc_fail_err(ctx, CM_ENOMEM, "page token");
-        resp->next_page_token = tok;
-    }
-    return 0;
+    const char *end =
+        n ? cm_arena_printf(a, "%lld.%s", (long long)rows[n - 1].created_ms, rows[n - 1].order_id)
+          : NULL;
+    return cm_page_next(ctx, more, 'o', fh, end, &resp->next_page_token);
 }
 
 /* ---- create: reserve, then store ---- */
@@ -1068,28 +1066,16 @@ const size_t ord_methods_count = sizeof ord_methods / sizeof ord_methods[0];
 
 /* ---- app: inventory client, sweeper ---- */
 
-static const char *schema_name(void)
-{
-    const char *s = getenv("ORDER_SCHEMA");
-    return s && *s ? s : "orders";
-}
-
 /* a sweeper tick: the queued releases, then unpaid orders past their
  * deadline */
-static void sweep(void *p)
+void ord_sweep(cm_service *svc, cm_db *db, void *p)
 {
+    (void)svc;
     ord_app *app = p;
-    char err[256];
-    if (!app->sweep_db && cm_db_connect(&app->sweep_db, cm_service_config(app->svc)->pg_dsn,
-                                        schema_name(), err, sizeof err) != 0) {
-        cm_log_warn("sweeper could not connect", "detail", err, NULL);
-        app->sweep_db = NULL;
-        return;
-    }
-    send_releases(app, app->sweep_db);
+    send_releases(app, db);
     int cancelled = 0, rc;
     do {
-        rc = ord_store_cancel_due(app->sweep_db, now_ms(), 200, &cancelled);
+        rc = ord_store_cancel_due(db, now_ms(), 200, &cancelled);
         if (rc == 0 && cancelled)
             cm_counter_add(app->timed_out, (uint64_t)cancelled);
     } while (rc == 0 && cancelled == 200);
@@ -1103,41 +1089,17 @@ int ord_app_init(cm_service *svc, void **out, char *err, size_t errlen)
     if (!app)
         return CM_ENOMEM;
     app->svc = svc;
-    const cm_config *c = cm_service_config(svc);
-    int bad = 0;
-    app->timeout_ms = cm_config_env_long("ORDER_PAYMENT_TIMEOUT_S", 1800, 1, 259200, &bad) * 1000LL;
-    app->flash_timeout_ms =
-        cm_config_env_long("ORDER_FLASH_PAYMENT_TIMEOUT_S", 300, 1, 259200, &bad) * 1000LL;
-    app->margin_ms =
-        cm_config_env_long("ORDER_RESERVATION_MARGIN_S", 3600, 1, 86400, &bad) * 1000LL;
-    app->sweep_ms = (int)cm_config_env_long("ORDER_SWEEP_MS", 1000, 50, 600000, &bad);
-    app->inv_timeout_ms =
-        (int)cm_config_env_long("ORDER_INVENTORY_TIMEOUT_MS", 2000, 10, 60000, &bad);
-    app->pause_ms =
-        (int)cm_config_env_long("ORDER_DEBUG_PAUSE_AFTER_RESERVE_MS", 0, 0, 600000, &bad);
-    int max_batch = (int)cm_config_env_long("ORDER_MAX_BATCH", 64, 1, ORD_BATCH_MAX, &bad);
-    if (bad) {
-        snprintf(err, errlen,
-                 "ORDER_PAYMENT_TIMEOUT_S and ORDER_FLASH_PAYMENT_TIMEOUT_S (1..259200), "
-                 "ORDER_RESERVATION_MARGIN_S (1..86400), ORDER_SWEEP_MS (50..600000), "
-                 "ORDER_INVENTORY_TIMEOUT_MS (10..60000), ORDER_MAX_BATCH (1..256), "
-                 "ORDER_DEBUG_PAUSE_AFTER_RESERVE_MS (0..600000): an integer in range");
-        free(app);
-        return CM_EINVAL;
-    }
-    cm_rpc_client_opts co = {
-        .target = c->inventory_target,
-        .tls_ca_file = c->inventory_tls_ca_file[0] ? c->inventory_tls_ca_file : NULL,
-        .tls_cert_file = c->inventory_tls_cert_file[0] ? c->inventory_tls_cert_file : NULL,
-        .tls_key_file = c->inventory_tls_key_file[0] ? c->inventory_tls_key_file : NULL};
-    int rc = cm_rpc_client_new(&app->inv, &co, err, errlen);
+    app->timeout_ms = cm_service_int(svc, "ORDER_PAYMENT_TIMEOUT_S") * 1000LL;
+    app->flash_timeout_ms = cm_service_int(svc, "ORDER_FLASH_PAYMENT_TIMEOUT_S") * 1000LL;
+    app->margin_ms = cm_service_int(svc, "ORDER_RESERVATION_MARGIN_S") * 1000LL;
+    app->inv_timeout_ms = (int)cm_service_int(svc, "ORDER_INVENTORY_TIMEOUT_MS");
+    app->pause_ms = (int)cm_service_int(svc, "ORDER_DEBUG_PAUSE_AFTER_RESERVE_MS");
+    int max_batch = (int)cm_service_int(svc, "ORDER_MAX_BATCH");
+    ord_events_set_topic(cm_service_text(svc, "ORDER_TOPIC"));
+    app->inv = cm_service_peer(svc, "inventory");
+    int rc = ord_batcher_new(&app->batch, max_batch);
     if (rc) {
-        free(app);
-        return rc;
-    }
-    rc = ord_batcher_new(&app->batch, max_batch);
-    if (rc) {
-        cm_rpc_client_free(app->inv);
+        snprintf(err, errlen, "could not create the group-commit queue");
         free(app);
         return rc;
     }
@@ -1163,31 +1125,20 @@ int ord_app_init(cm_service *svc, void **out, char *err, size_t errlen)
         "creates that carried on with an earlier attempt's reservation made under another ttl "
         "(the payment timeout changed between the attempts)",
         NULL);
-    if (cm_ticker_start(&app->sweeper, app->sweep_ms, sweep, app) != 0) {
-        ord_batcher_free(app->batch);
-        cm_rpc_client_free(app->inv);
-        pthread_mutex_destroy(&app->mu);
-        free(app);
-        snprintf(err, errlen, "could not start the sweeper");
-        return CM_ENOMEM;
-    }
     *out = app;
     return 0;
 }
 
 void ord_app_fini(cm_service *svc, void *p)
 {
-    (void)svc;
     ord_app *app = p;
     if (!app)
         return;
-    cm_ticker_free(app->sweeper);
-    /* the drain has let the calls go: the releases that are due still go
-     * out; the others are left to their reservations' ttl, since another
-     * replica's attempt may still be storing an order on them */
-    if (app->sweep_db)
-        send_releases(app, app->sweep_db);
-    cm_db_free(app->sweep_db);
+    /* the drain has let the calls go and the sweeper has stopped: the
+     * releases that are due still go out; the others are left to their
+     * reservations' ttl, since another replica's attempt may still be
+     * storing an order on them */
+    send_releases(app, cm_service_main_db(svc));
     size_t left = 0;
     while (app->releases) {
         pending_release *r = app->releases;
@@ -1203,7 +1154,6 @@ void ord_app_fini(cm_service *svc, void *p)
             "count", n, NULL);
     }
     ord_batcher_free(app->batch);
-    cm_rpc_client_free(app->inv);
     pthread_mutex_destroy(&app->mu);
     free(app);
 }

@@ -5,32 +5,56 @@
  */
 #include "cm_service.h"
 #include "ord_api.h"
-#include "ord_events.h"
-
-#include <stdlib.h>
+#include "ord_batch.h"
 
 #include "commerce/order/v1/order_service.pb-c.h"
 
 extern const cm_migration ord_migrations[];
 extern const size_t ord_migrations_count;
 
+static const cm_knob knobs[] = {
+    {"ORDER_PAYMENT_TIMEOUT_S", CM_KNOB_INT, 1800, 1, 259200, NULL,
+     "payment timeout when CreateOrder sets none and the tenant has no setting (s)"},
+    {"ORDER_FLASH_PAYMENT_TIMEOUT_S", CM_KNOB_INT, 300, 1, 259200, NULL,
+     "the same when any line was reserved from a flash sale (s)"},
+    {"ORDER_RESERVATION_MARGIN_S", CM_KNOB_INT, 3600, 1, 86400, NULL,
+     "the reservation outlives the payment deadline by this much (s)"},
+    {"ORDER_SWEEP_MS", CM_KNOB_INT, 1000, 50, 600000, NULL,
+     "sweeper period: unpaid orders cancelled, due releases sent (ms)"},
+    {"ORDER_INVENTORY_TIMEOUT_MS", CM_KNOB_INT, 2000, 10, 60000, NULL,
+     "deadline of Reserve; a given-up reservation is released 2x later (ms)"},
+    {"ORDER_MAX_BATCH", CM_KNOB_INT, 64, 1, ORD_BATCH_MAX, NULL,
+     "most creates stored by one group-commit statement"},
+    {"ORDER_TOPIC", CM_KNOB_TEXT, 0, 0, 0, "commerce.order.v1",
+     "topic of the order events (tests and benchmarks override it)"},
+    {"ORDER_DEBUG_PAUSE_AFTER_RESERVE_MS", CM_KNOB_INT, 0, 0, 600000, NULL,
+     "tests only: sleep between Reserve and the order's transaction (ms)"},
+};
+
+static const cm_peer_def peers[] = {{"inventory", "127.0.0.1:50052"}};
+
+static const cm_service_ticker tickers[] = {
+    /* every replica sweeps: the statements skip what another holds */
+    {"sweeper", "ORDER_SWEEP_MS", ord_sweep, 0},
+};
+
 int main(int argc, char **argv)
 {
-    /* a CreateOrder blocks its worker while inventory reserves and while
-     * its transaction commits, so concurrency per replica is WORKERS: more
-     * than the runtime's one per cpu (each is also a database connection) */
-    const char *w = getenv("WORKERS");
-    if (!w || !*w)
-        setenv("WORKERS", "32", 1);
-    /* ORDER_SCHEMA and ORDER_TOPIC let tests and benchmarks run side by side */
-    const char *schema = getenv("ORDER_SCHEMA");
-    ord_events_set_topic(getenv("ORDER_TOPIC"));
     const cm_service_def def = {
         .name = "order",
-        .schema = schema && *schema ? schema : "orders",
+        .schema = "orders",
         .grpc_port = 50051,
         .admin_port = 9091,
-        .needs_inventory = 1,
+        /* a CreateOrder blocks its worker while inventory reserves and while
+         * its transaction commits, so concurrency per replica is WORKERS: more
+         * than one per cpu (each is also a database connection) */
+        .workers = 32,
+        .knobs = knobs,
+        .nknobs = sizeof knobs / sizeof knobs[0],
+        .peers = peers,
+        .npeers = sizeof peers / sizeof peers[0],
+        .tickers = tickers,
+        .ntickers = sizeof tickers / sizeof tickers[0],
         .migrations = ord_migrations,
         .nmigrations = ord_migrations_count,
         .api = &commerce__order__v1__order_service__descriptor,

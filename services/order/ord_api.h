@@ -16,4 +16,8 @@ extern const size_t ord_methods_count;
 int ord_app_init(cm_service *svc, void **app, char *err, size_t errlen);
 void ord_app_fini(cm_service *svc, void *app);
 
+/* the sweeper ticker: queued releases, then unpaid orders past their
+ * deadline (on the runtime's connection db) */
+void ord_sweep(cm_service *svc, cm_db *db, void *app);
+
 #endif

@@ -222,19 +222,4 @@ ord_verdict ord_plan_refund(const ord_order *o, const ord_refund_in *in, ord_ref
  * (REFUNDED when everything paid is refunded, else PARTIALLY_REFUNDED) */
 void ord_apply_refund(ord_order *o, const ord_refund *r);
 
-/* list pagination: 0 means 50, above 500 means 500, -1 when negative */
-#define ORD_PAGE_DEFAULT 50
-#define ORD_PAGE_MAX 500
-int ord_page_size(int32_t requested);
-
-/* page tokens: opaque hex of "<filter hash>.<created ms>.<order id>".
- * ord_page_token writes one (cap >= 160); ord_page_token_parse checks the
- * filter hash and returns the position; 0 or CM_EINVAL. */
-int ord_page_token(char *out, size_t cap, uint64_t filters, int64_t created_ms,
-                   const char *order_id);
-int ord_page_token_parse(const char *token, uint64_t filters, int64_t *created_ms, char *order_id,
-                         size_t idcap);
-/* fnv-1a of a canonical filter text */
-uint64_t ord_filter_hash(const char *canonical);
-
 #endif

@@ -4,6 +4,7 @@
 #include "cm_err.h"
 #include "cm_id.h"
 #include "cm_log.h"
+#include "cm_buf.h"
 #include "cm_outbox.h"
 #include "ord_events.h"
 
@@ -172,46 +173,7 @@ static const char *ms_or_null(cm_arena *a, int64_t ms)
     return ms > 0 ? num(a, ms) : NULL;
 }
 
-/* a postgres bigint[] literal of n numbers, the first at v, each stride
- * bytes after the previous (a field of an array of structs) */
-static char *num_array(cm_arena *a, const int64_t *v, size_t n, size_t stride)
-{
-    size_t cap = 3 + n * 21;
-    char *s = cm_arena_alloc(a, cap);
-    if (!s)
-        return NULL;
-    size_t len = 0;
-    s[len++] = '{';
-    const char *p = (const char *)v;
-    for (size_t i = 0; i < n; i++, p += stride)
-        len += (size_t)snprintf(s + len, cap - len, i ? ",%lld" : "%lld",
-                                (long long)*(const int64_t *)p);
-    s[len++] = '}';
-    s[len] = 0;
-    return s;
-}
-
-#define LINE_FIELD(o, f) num_array(a, &(o)->lines[0].f, (o)->nlines, sizeof((o)->lines[0]))
-
-/* a postgres text[] literal; elements are [A-Za-z0-9._:-] or empty, so
- * quoting each one is enough */
-static char *text_array(cm_arena *a, size_t n, const char *(*get)(const void *, size_t),
-                        const void *arg)
-{
-    size_t cap = 3;
-    for (size_t i = 0; i < n; i++)
-        cap += strlen(get(arg, i)) + 3;
-    char *s = cm_arena_alloc(a, cap);
-    if (!s)
-        return NULL;
-    size_t len = 0;
-    s[len++] = '{';
-    for (size_t i = 0; i < n; i++)
-        len += (size_t)snprintf(s + len, cap - len, i ? ",\"%s\"" : "\"%s\"", get(arg, i));
-    s[len++] = '}';
-    s[len] = 0;
-    return s;
-}
+#define LINE_FIELD(o, f) cm_buf_int_array(a, &(o)->lines[0].f, (o)->nlines, sizeof((o)->lines[0]))
 
 static const char *line_sku(const void *o, size_t i)
 {
@@ -420,10 +382,10 @@ static int insert_many(cm_db *db, ord_new *items, size_t n, cm_arena *a)
         q[8] = num(a, o->total);
         q[9] = o->flash ? "true" : "false";
         q[10] = o->external_ref;
-        q[11] = text_array(a, o->nlines, line_sku, o);
+        q[11] = cm_buf_text_array(a, o->nlines, line_sku, o);
         q[12] = LINE_FIELD(o, qty);
         q[13] = LINE_FIELD(o, unit_price);
-        q[14] = text_array(a, o->nlines, line_flash, o);
+        q[14] = cm_buf_text_array(a, o->nlines, line_flash, o);
         q[15] = num(a, o->created_ms);
         q[16] = num(a, o->deadline_ms);
         q[17] = num(a, o->resv_expires_ms);
@@ -811,9 +773,9 @@ static int refund_fn(cm_db *db, void *arg)
                        q->hash,
                        num(t->a, f->scope),
                        num(t->a, f->amount),
-                       text_array(t->a, f->nlines, refund_sku, f),
-                       num_array(t->a, &f->lines[0].qty, f->nlines, sizeof f->lines[0]),
-                       num_array(t->a, &f->lines[0].amount, f->nlines, sizeof f->lines[0]),
+                       cm_buf_text_array(t->a, f->nlines, refund_sku, f),
+                       cm_buf_int_array(t->a, &f->lines[0].qty, f->nlines, sizeof f->lines[0]),
+                       cm_buf_int_array(t->a, &f->lines[0].amount, f->nlines, sizeof f->lines[0]),
                        f->reason,
                        num(t->a, f->created_ms)};
     rc = exec(db, "insert refund",
@@ -932,7 +894,7 @@ int ord_store_list(cm_db *db, const ord_list_q *q, cm_arena *a, ord_order *out, 
         size_t ns = q->nstates < 16 ? q->nstates : 16;
         for (size_t i = 0; i < ns; i++)
             st[i] = q->states[i];
-        states = num_array(a, st, ns, sizeof st[0]);
+        states = cm_buf_int_array(a, st, ns, sizeof st[0]);
     }
     const char *p[] = {
         q->tenant,

@@ -10,6 +10,7 @@
 #include <check.h>
 #include <grpc/status.h>
 #include <jwt.h>
+#include <libpq-fe.h>
 #include <time.h>
 #include <pthread.h>
 #include <signal.h>
@@ -567,6 +568,58 @@ START_TEST(bad_configuration_exits_2_naming_the_variable)
 }
 END_TEST
 
+/* the processes that ran the singleton ticker since (and including)
+ * since_ms ago: a count of distinct pids, and one of them */
+static int tickers_since(PGconn *pg, const char *schema, int since_ms, int *pid)
+{
+    char sql[256];
+    snprintf(sql, sizeof sql,
+             "SELECT count(DISTINCT pid), min(pid) FROM %s.ticks "
+             "WHERE ran_at > clock_timestamp() - interval '%d milliseconds'",
+             schema, since_ms);
+    PGresult *r = PQexec(pg, sql);
+    ck_assert_int_eq(PQresultStatus(r), PGRES_TUPLES_OK);
+    int n = (int)strtol(PQgetvalue(r, 0, 0), NULL, 10);
+    *pid = PQgetisnull(r, 0, 1) ? 0 : (int)strtol(PQgetvalue(r, 0, 1), NULL, 10);
+    PQclear(r);
+    return n;
+}
+
+/* a ticker the descriptor marks singleton runs on one replica at a time,
+ * and another replica takes over when that one dies */
+START_TEST(a_singleton_ticker_runs_on_one_replica_at_a_time)
+{
+    char schema[64], sv[96];
+    snprintf(schema, sizeof schema, "ticks_it_%d", (int)getpid());
+    snprintf(sv, sizeof sv, "TESTSVC_SCHEMA=%s", schema);
+    const char *env[] = {sv, "TESTSVC_TICK_MS=50", NULL};
+    hs_proc a, b;
+    ck_assert_int_eq(hs_spawn(&a, TESTSVC_BIN, env), 0);
+    ck_assert_int_eq(hs_wait_serving(&a, 20000), 0);
+    ck_assert_int_eq(hs_spawn(&b, TESTSVC_BIN, env), 0);
+    ck_assert_int_eq(hs_wait_serving(&b, 20000), 0);
+    usleep(1500 * 1000);
+    PGconn *pg = PQconnectdb(hs_pg_dsn());
+    ck_assert_int_eq(PQstatus(pg), CONNECTION_OK);
+    int leader = 0;
+    ck_assert_int_eq(tickers_since(pg, schema, 1000, &leader), 1);
+    ck_assert(leader == a.pid || leader == b.pid);
+    hs_proc *dead = leader == a.pid ? &a : &b, *alive = leader == a.pid ? &b : &a;
+    /* the leader dies without a word: its session ends, the lock with it */
+    ck_assert_int_eq(hs_stop(dead, SIGKILL, 5000), 128 + SIGKILL);
+    usleep(1500 * 1000);
+    int next = 0;
+    ck_assert_int_eq(tickers_since(pg, schema, 700, &next), 1);
+    ck_assert_int_eq(next, alive->pid);
+    ck_assert_int_eq(hs_stop(alive, SIGTERM, 10000), 0);
+    char sql[128];
+    snprintf(sql, sizeof sql, "DROP SCHEMA %s CASCADE", schema);
+    PQclear(PQexec(pg, "SET client_min_messages = warning"));
+    PQclear(PQexec(pg, sql));
+    PQfinish(pg);
+}
+END_TEST
+
 static int echo_with(const char *target, const cm_rpc_client_opts *extra, const cm_rpc_md *md,
                      size_t nmd, cm_rpc_status *st, char *tenant_out, size_t tlen)
 {
@@ -962,6 +1015,7 @@ static Suite *suite(void)
     tcase_add_test(own, tls_and_mtls_when_certificates_are_configured);
     tcase_add_test(own, database_outage_turns_health_not_serving_and_back);
     tcase_add_test(own, a_dependency_failure_is_passed_on_intact);
+    tcase_add_test(own, a_singleton_ticker_runs_on_one_replica_at_a_time);
     suite_add_tcase(s, own);
     return s;
 }

@@ -32,10 +32,33 @@ static const char *const all_vars[] = {
     "INVENTORY_TLS_CERT_FILE",
     "INVENTORY_TLS_KEY_FILE",
     "OUTBOX_RETENTION_SECONDS",
+    "ORDER_SCHEMA",
+    "CM_TEST_N",
+    "CM_TEST_NEG",
+    "CM_TEST_SWITCH",
+    "CM_TEST_TEXT",
 };
 
-static const cm_config_defaults order_defs = {"order", 50051, 9091, 1};
-static const cm_config_defaults settle_defs = {"settlement", 50053, 9093, 0};
+/* a service's own settings and peers, declared as data like a descriptor's */
+static const cm_knob order_knobs[] = {
+    {"CM_TEST_N", CM_KNOB_INT, 7, 1, 10, NULL, "a number"},
+    {"CM_TEST_NEG", CM_KNOB_INT, -5, -10, 10, NULL, "a number that may be negative"},
+    {"CM_TEST_SWITCH", CM_KNOB_ONOFF, 1, 0, 0, NULL, "a switch"},
+    {"CM_TEST_TEXT", CM_KNOB_TEXT, 0, 0, 0, "dflt", "a text"},
+};
+static const cm_peer_def order_peers[] = {{"inventory", "127.0.0.1:50052"}};
+static const cm_config_defaults order_defs = {.service = "order",
+                                              .grpc_port = 50051,
+                                              .admin_port = 9091,
+                                              .schema = "orders",
+                                              .knobs = order_knobs,
+                                              .nknobs = 4,
+                                              .peers = order_peers,
+                                              .npeers = 1};
+static const cm_config_defaults settle_defs = {
+    .service = "settlement", .grpc_port = 50053, .admin_port = 9093};
+
+#define INV(field) (cm_config_peer_of(&cfg, "inventory")->field)
 
 static cm_config cfg;
 static char err[512];
@@ -81,7 +104,7 @@ START_TEST(defaults_follow_design_table)
     ck_assert_str_eq(cfg.admin_listen, "0.0.0.0:9091");
     ck_assert_str_eq(cfg.pg_dsn, "postgresql:///commerce");
     ck_assert_str_eq(cfg.kafka_brokers, "127.0.0.1:9092");
-    ck_assert_str_eq(cfg.inventory_target, "127.0.0.1:50052");
+    ck_assert_str_eq(INV(target), "127.0.0.1:50052");
     ck_assert_int_eq(cfg.workers, expected_workers());
     ck_assert_int_ge(cfg.workers, 1);
     ck_assert_int_eq(cfg.log_level, CM_LOG_INFO);
@@ -97,7 +120,7 @@ START_TEST(defaults_follow_design_table)
     ck_assert_str_eq(cfg.tls_cert_file, "");
     ck_assert_str_eq(cfg.tls_key_file, "");
     ck_assert_str_eq(cfg.tls_client_ca_file, "");
-    ck_assert_str_eq(cfg.inventory_tls_ca_file, "");
+    ck_assert_str_eq(INV(tls_ca_file), "");
 
     /* a client certificate for inventory goes with the CA that turns TLS on */
     setenv("INVENTORY_TLS_CERT_FILE", tmpfile_path, 1);
@@ -107,7 +130,7 @@ START_TEST(defaults_follow_design_table)
         strstr(err, "INVENTORY_TLS_CA_FILE: unset, but a client certificate is set"));
     setenv("INVENTORY_TLS_CA_FILE", tmpfile_path, 1);
     ck_assert_int_eq(load(&order_defs), 0);
-    ck_assert_str_eq(cfg.inventory_tls_cert_file, tmpfile_path);
+    ck_assert_str_eq(INV(tls_cert_file), tmpfile_path);
 }
 END_TEST
 
@@ -118,7 +141,8 @@ START_TEST(defaults_are_per_service)
     ck_assert_int_eq(load(&settle_defs), 0);
     ck_assert_str_eq(cfg.grpc_listen, "0.0.0.0:50053");
     ck_assert_str_eq(cfg.admin_listen, "0.0.0.0:9093");
-    ck_assert_str_eq(cfg.inventory_target, "");
+    ck_assert_uint_eq(cfg.npeers, 0); /* no peer: nothing of INVENTORY_* is read */
+    ck_assert_str_eq(cfg.schema, "settlement");
 }
 END_TEST
 
@@ -151,7 +175,7 @@ START_TEST(environment_overrides_defaults)
     ck_assert_str_eq(cfg.admin_listen, "127.0.0.1:7002");
     ck_assert_str_eq(cfg.pg_dsn, "host=db port=5433 dbname=shop");
     ck_assert_str_eq(cfg.kafka_brokers, "k1:9092,PLAINTEXT://k2.example:19092");
-    ck_assert_str_eq(cfg.inventory_target, "dns:///inventory.commerce.svc:50052");
+    ck_assert_str_eq(INV(target), "dns:///inventory.commerce.svc:50052");
     ck_assert_int_eq(cfg.workers, 8);
     ck_assert_int_eq(cfg.log_level, CM_LOG_DEBUG);
     ck_assert_int_eq(cfg.max_message_bytes, 1048576);
@@ -166,9 +190,9 @@ START_TEST(environment_overrides_defaults)
     ck_assert_str_eq(cfg.tls_cert_file, tmpfile_path);
     ck_assert_str_eq(cfg.tls_key_file, tmpfile_path);
     ck_assert_str_eq(cfg.tls_client_ca_file, tmpfile_path);
-    ck_assert_str_eq(cfg.inventory_tls_ca_file, tmpfile_path);
-    ck_assert_str_eq(cfg.inventory_tls_cert_file, tmpfile_path);
-    ck_assert_str_eq(cfg.inventory_tls_key_file, tmpfile_path);
+    ck_assert_str_eq(INV(tls_ca_file), tmpfile_path);
+    ck_assert_str_eq(INV(tls_cert_file), tmpfile_path);
+    ck_assert_str_eq(INV(tls_key_file), tmpfile_path);
 
     cm_auth_settings s;
     cm_config_auth_settings(&cfg, &s);
@@ -208,7 +232,7 @@ START_TEST(address_forms_are_normalised)
     ck_assert_msg(load(&order_defs) == 0, "%s", err);
     ck_assert_str_eq(cfg.grpc_listen, "[::]:50061");
     ck_assert_str_eq(cfg.admin_listen, "localhost:9191");
-    ck_assert_str_eq(cfg.inventory_target, "[::1]:50052");
+    ck_assert_str_eq(INV(target), "[::1]:50052");
 }
 END_TEST
 
@@ -469,33 +493,60 @@ START_TEST(unknown_argument_is_one_line_error)
 }
 END_TEST
 
-START_TEST(service_variables_are_checked_whole)
+START_TEST(service_knobs_are_checked_whole)
 {
-    int bad = 0;
-    unsetenv("CM_TEST_N");
-    ck_assert_int_eq(cm_config_env_long("CM_TEST_N", 7, 1, 10, &bad), 7);
-    setenv("CM_TEST_N", "", 1);
-    ck_assert_int_eq(cm_config_env_long("CM_TEST_N", 7, 1, 10, &bad), 7);
+    ck_assert_int_eq(load(&order_defs), 0);
+    ck_assert_int_eq(cm_config_int(&cfg, "CM_TEST_N"), 7);
+    ck_assert_int_eq(cm_config_int(&cfg, "CM_TEST_NEG"), -5);
+    ck_assert_int_eq(cm_config_int(&cfg, "CM_TEST_SWITCH"), 1);
+    ck_assert_str_eq(cm_config_text(&cfg, "CM_TEST_TEXT"), "dflt");
+    ck_assert_str_eq(cfg.schema, "orders");
+    setenv("CM_TEST_N", "", 1); /* empty is unset */
+    setenv("CM_TEST_NEG", "-10", 1);
+    setenv("CM_TEST_SWITCH", "off", 1);
+    setenv("CM_TEST_TEXT", "commerce.order.v1.it", 1);
+    setenv("ORDER_SCHEMA", "ord_it_1", 1);
+    ck_assert_int_eq(load(&order_defs), 0);
+    ck_assert_int_eq(cm_config_int(&cfg, "CM_TEST_N"), 7);
+    ck_assert_int_eq(cm_config_int(&cfg, "CM_TEST_NEG"), -10);
+    ck_assert_int_eq(cm_config_int(&cfg, "CM_TEST_SWITCH"), 0);
+    ck_assert_str_eq(cm_config_text(&cfg, "CM_TEST_TEXT"), "commerce.order.v1.it");
+    ck_assert_str_eq(cfg.schema, "ord_it_1");
     setenv("CM_TEST_N", "10", 1);
-    ck_assert_int_eq(cm_config_env_long("CM_TEST_N", 7, 1, 10, &bad), 10);
-    ck_assert_int_eq(bad, 0);
-    const char *wrong[] = {"11", "0", "5x", " 5", "-3", "99999999999999999999"};
+    ck_assert_int_eq(load(&order_defs), 0);
+    ck_assert_int_eq(cm_config_int(&cfg, "CM_TEST_N"), 10);
+
+    const char *wrong[] = {"11", "0", "5x", " 5", "-3", "+3", "99999999999999999999"};
     for (size_t i = 0; i < sizeof wrong / sizeof wrong[0]; i++) {
-        bad = 0;
         setenv("CM_TEST_N", wrong[i], 1);
-        ck_assert_int_eq(cm_config_env_long("CM_TEST_N", 7, 1, 10, &bad), 7);
-        ck_assert_msg(bad == 1, "\"%s\" accepted", wrong[i]);
+        ck_assert_msg(load(&order_defs) == CM_EINVAL, "\"%s\" accepted", wrong[i]);
+        ck_assert_ptr_nonnull(strstr(err, "CM_TEST_N: must be an integer between 1 and 10"));
     }
-    bad = 0;
-    setenv("CM_TEST_N", "on", 1);
-    ck_assert_int_eq(cm_config_env_onoff("CM_TEST_N", 0, &bad), 1);
-    setenv("CM_TEST_N", "off", 1);
-    ck_assert_int_eq(cm_config_env_onoff("CM_TEST_N", 1, &bad), 0);
-    ck_assert_int_eq(bad, 0);
-    setenv("CM_TEST_N", "yes", 1);
-    ck_assert_int_eq(cm_config_env_onoff("CM_TEST_N", 1, &bad), 1);
-    ck_assert_int_eq(bad, 1);
     unsetenv("CM_TEST_N");
+    setenv("CM_TEST_NEG", "-11", 1);
+    ck_assert_int_eq(load(&order_defs), CM_EINVAL);
+    unsetenv("CM_TEST_NEG");
+    setenv("CM_TEST_SWITCH", "yes", 1);
+    ck_assert_int_eq(load(&order_defs), CM_EINVAL);
+    ck_assert_str_eq(err, "CM_TEST_SWITCH: must be on or off, got \"yes\"");
+    unsetenv("CM_TEST_SWITCH");
+    const char *schemas[] = {"x-y", "1abc", "Orders", "a;drop"};
+    for (size_t i = 0; i < sizeof schemas / sizeof schemas[0]; i++) {
+        setenv("ORDER_SCHEMA", schemas[i], 1);
+        ck_assert_msg(load(&order_defs) == CM_EINVAL, "schema \"%s\" accepted", schemas[i]);
+        ck_assert_ptr_nonnull(strstr(err, "ORDER_SCHEMA: "));
+    }
+    unsetenv("ORDER_SCHEMA");
+}
+END_TEST
+
+START_TEST(a_descriptor_default_outside_its_range_is_refused)
+{
+    static const cm_knob wrong[] = {{"CM_TEST_N", CM_KNOB_INT, 70, 1, 10, NULL, "a number"}};
+    cm_config_defaults d = {
+        .service = "x", .grpc_port = 1, .admin_port = 2, .knobs = wrong, .nknobs = 1};
+    ck_assert_int_eq(load(&d), CM_EINVAL);
+    ck_assert_ptr_nonnull(strstr(err, "CM_TEST_N: the service's default is outside its own range"));
 }
 END_TEST
 
@@ -517,7 +568,8 @@ static Suite *config_suite(void)
     tcase_add_test(tc, tls_files_must_be_readable);
     tcase_add_test(tc, overlong_value_is_rejected);
     tcase_add_test(tc, port_of_parses_address_forms);
-    tcase_add_test(tc, service_variables_are_checked_whole);
+    tcase_add_test(tc, service_knobs_are_checked_whole);
+    tcase_add_test(tc, a_descriptor_default_outside_its_range_is_refused);
     suite_add_tcase(s, tc);
 
     TCase *args = tcase_create("args");

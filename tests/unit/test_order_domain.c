@@ -1305,20 +1305,6 @@ END_TEST
 
 /* ---- pagination ---- */
 
-START_TEST(page_size_defaults_caps_and_rejects_negative)
-{
-    ck_assert_int_eq(ord_page_size(0), ORD_PAGE_DEFAULT);
-    ck_assert_int_eq(ORD_PAGE_DEFAULT, 50);
-    ck_assert_int_eq(ord_page_size(1), 1);
-    ck_assert_int_eq(ord_page_size(499), 499);
-    ck_assert_int_eq(ord_page_size(500), 500);
-    ck_assert_int_eq(ord_page_size(501), 500);
-    ck_assert_int_eq(ord_page_size(INT32_MAX), 500);
-    ck_assert_int_eq(ord_page_size(-1), -1);
-    ck_assert_int_eq(ord_page_size(INT32_MIN), -1);
-}
-END_TEST
-
 START_TEST(text_counts_utf8_characters_and_refuses_bad_encoding)
 {
     char buf[512];
@@ -1339,101 +1325,6 @@ START_TEST(text_counts_utf8_characters_and_refuses_bad_encoding)
     ck_assert_int_eq(ord_valid_text("\xe5\x95", 64, 1), 0);         /* cut short */
     ck_assert_int_eq(ord_valid_text("line\nbreak", 64, 1), 0);      /* control */
     ck_assert_int_eq(ord_valid_text("del\x7f", 64, 1), 0);
-}
-END_TEST
-
-START_TEST(filter_hash_is_fnv1a_64)
-{
-    /* reference values of 64-bit FNV-1a (offset basis 0xcbf29ce484222325,
-     * prime 0x100000001b3), as ord_domain.h promises */
-    ck_assert_uint_eq(ord_filter_hash(""), 0xcbf29ce484222325ULL);
-    ck_assert_uint_eq(ord_filter_hash("a"), 0xaf63dc4c8601ec8cULL);
-    ck_assert_uint_eq(ord_filter_hash("foobar"), 0x85944171f73967e8ULL);
-}
-END_TEST
-
-START_TEST(page_token_round_trips_only_with_its_filters)
-{
-    uint64_t f = ord_filter_hash("b=u1;m=;c=;s=;t="), g = ord_filter_hash("b=u2;m=;c=;s=;t=");
-    ck_assert(f != g);
-    ck_assert_uint_eq(f, ord_filter_hash("b=u1;m=;c=;s=;t="));
-
-    char id[40], tok[160], out[40];
-    ord_order_id("tenant-1", "req-1", 0, id);
-    const int64_t times[] = {1700000000123LL, 0, 1, INT64_MAX};
-    for (size_t i = 0; i < sizeof times / sizeof *times; i++) {
-        int64_t ms = -5;
-        memset(out, 0, sizeof out);
-        ck_assert_int_eq(ord_page_token(tok, sizeof tok, f, times[i], id), 0);
-        ck_assert_uint_eq(strspn(tok, "0123456789abcdef"), strlen(tok)); /* opaque hex */
-        ck_assert_int_eq(ord_page_token_parse(tok, f, &ms, out, sizeof out), 0);
-        ck_assert_int_eq(ms, times[i]);
-        ck_assert_str_eq(out, id);
-        /* another filter set cannot continue this listing */
-        ck_assert_int_eq(ord_page_token_parse(tok, g, &ms, out, sizeof out), CM_EINVAL);
-    }
-    /* too small for the id */
-    int64_t ms;
-    ck_assert_int_eq(ord_page_token(tok, sizeof tok, f, 1700000000123LL, id), 0);
-    ck_assert_int_eq(ord_page_token_parse(tok, f, &ms, out, CM_ID_LEN), CM_EINVAL);
-    /* the writer refuses a buffer too small instead of truncating */
-    char small[40];
-    ck_assert_int_eq(ord_page_token(small, sizeof small, f, 1700000000123LL, id), CM_EINVAL);
-}
-END_TEST
-
-/* hex of plain text, as the token format */
-static void hex_of(const char *plain, char *out, size_t cap)
-{
-    size_t n = strlen(plain);
-    ck_assert_uint_lt(2 * n, cap);
-    for (size_t i = 0; i < n; i++)
-        snprintf(out + 2 * i, 3, "%02x", (unsigned char)plain[i]);
-    out[2 * n] = 0;
-}
-
-START_TEST(page_token_parse_rejects_garbage)
-{
-    uint64_t f = ord_filter_hash("b=u1");
-    char id[40], tok[400], out[40], plain[200];
-    int64_t ms;
-    ord_order_id("tenant-1", "req-1", 0, id);
-    ck_assert_int_eq(ord_page_token(tok, sizeof tok, f, 1700000000123LL, id), 0);
-    ck_assert_int_eq(ord_page_token_parse(tok, f, &ms, out, sizeof out), 0);
-
-    const char *bad[] = {NULL, "", "a", "abc", "zz", "00", "0g", "--", "2e2e"};
-    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++)
-        ck_assert_msg(ord_page_token_parse(bad[i], f, &ms, out, sizeof out) == CM_EINVAL,
-                      "accepted \"%s\"", bad[i] ? bad[i] : "(null)");
-    /* a damaged character, a truncated token, a token with something added */
-    char t[410];
-    snprintf(t, sizeof t, "%s", tok);
-    t[10] = 'x';
-    ck_assert_int_eq(ord_page_token_parse(t, f, &ms, out, sizeof out), CM_EINVAL);
-    snprintf(t, sizeof t, "%s", tok);
-    t[strlen(t) - 2] = 0;
-    ck_assert_int_eq(ord_page_token_parse(t, f, &ms, out, sizeof out), CM_EINVAL);
-    snprintf(t, sizeof t, "%s00", tok);
-    ck_assert_int_eq(ord_page_token_parse(t, f, &ms, out, sizeof out), CM_EINVAL);
-    snprintf(t, sizeof t, "%s41", tok);
-    ck_assert_int_eq(ord_page_token_parse(t, f, &ms, out, sizeof out), CM_EINVAL);
-    /* well-formed hex of the wrong contents */
-    snprintf(plain, sizeof plain, "%016llx.%s.%s", (unsigned long long)f, "12", "not-a-uuid");
-    hex_of(plain, t, sizeof t);
-    ck_assert_int_eq(ord_page_token_parse(t, f, &ms, out, sizeof out), CM_EINVAL);
-    snprintf(plain, sizeof plain, "%016llx.%s", (unsigned long long)f, "12");
-    hex_of(plain, t, sizeof t);
-    ck_assert_int_eq(ord_page_token_parse(t, f, &ms, out, sizeof out), CM_EINVAL);
-    snprintf(plain, sizeof plain, "%016llx.x.%s", (unsigned long long)f, id);
-    hex_of(plain, t, sizeof t);
-    ck_assert_int_eq(ord_page_token_parse(t, f, &ms, out, sizeof out), CM_EINVAL);
-    snprintf(plain, sizeof plain, "%016llx-12-%s", (unsigned long long)f, id);
-    hex_of(plain, t, sizeof t);
-    ck_assert_int_eq(ord_page_token_parse(t, f, &ms, out, sizeof out), CM_EINVAL);
-    /* far too long */
-    char lng[1001];
-    repeat(lng, sizeof lng, 'a', 1000);
-    ck_assert_int_eq(ord_page_token_parse(lng, f, &ms, out, sizeof out), CM_EINVAL);
 }
 END_TEST
 
@@ -1477,12 +1368,8 @@ static Suite *suite(void)
     tcase_add_test(r, refund_sequences_never_refund_more_than_was_paid);
     suite_add_tcase(s, r);
 
-    TCase *p = tcase_create("page");
-    tcase_add_test(p, page_size_defaults_caps_and_rejects_negative);
-    tcase_add_test(p, filter_hash_is_fnv1a_64);
+    TCase *p = tcase_create("text");
     tcase_add_test(p, text_counts_utf8_characters_and_refuses_bad_encoding);
-    tcase_add_test(p, page_token_round_trips_only_with_its_filters);
-    tcase_add_test(p, page_token_parse_rejects_garbage);
     suite_add_tcase(s, p);
     return s;
 }

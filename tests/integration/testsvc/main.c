@@ -13,6 +13,7 @@
 #include <grpc/status.h>
 #include <libpq-fe.h>
 #include <pthread.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -235,18 +236,23 @@ static int forward_fail(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMe
 
 static int app_init(cm_service *svc, void **app, char *err, size_t errlen)
 {
-    cm_rpc_client_opts o = {.target = cm_service_config(svc)->inventory_target};
-    cm_rpc_client *c;
-    int rc = cm_rpc_client_new(&c, &o, err, errlen);
-    if (rc == 0)
-        *app = c;
-    return rc;
+    (void)err;
+    (void)errlen;
+    *app = cm_service_peer(svc, "inventory");
+    return 0;
 }
 
-static void app_fini(cm_service *svc, void *app)
+/* a singleton ticker: each run records this process in the ticks table,
+ * so a test sees that one replica at a time runs it */
+static void tick(cm_service *svc, cm_db *db, void *app)
 {
     (void)svc;
-    cm_rpc_client_free(app);
+    (void)app;
+    char pid[24];
+    snprintf(pid, sizeof pid, "%d", (int)getpid());
+    const char *p[] = {pid};
+    PQclear(PQexecParams(cm_db_conn(db), "INSERT INTO ticks (pid) VALUES ($1::int)", 1, NULL, p,
+                         NULL, NULL, 0));
 }
 
 static const cm_rpc_method methods[] = {
@@ -255,6 +261,12 @@ static const cm_rpc_method methods[] = {
     {"Fail", fail, 0},       {"Noop", noop, CM_RPC_NO_TENANT},
     {"Forward", forward, 0}, {"ForwardFail", forward_fail, 0},
 };
+
+static const cm_peer_def peers[] = {{"inventory", "127.0.0.1:50052"}};
+static const cm_knob knobs[] = {
+    {"TESTSVC_TICK_MS", CM_KNOB_INT, 1000, 10, 60000, NULL, "period of the singleton ticker (ms)"},
+};
+static const cm_service_ticker tickers[] = {{"ticks", "TESTSVC_TICK_MS", tick, 1}};
 
 int main(int argc, char **argv)
 {
@@ -272,9 +284,13 @@ int main(int argc, char **argv)
         .methods = methods,
         .nmethods = sizeof methods / sizeof methods[0],
         /* Forward calls INVENTORY_TARGET, like order calls inventory */
-        .needs_inventory = 1,
+        .peers = peers,
+        .npeers = 1,
+        .knobs = knobs,
+        .nknobs = sizeof knobs / sizeof knobs[0],
+        .tickers = tickers,
+        .ntickers = sizeof tickers / sizeof tickers[0],
         .app_init = app_init,
-        .app_fini = app_fini,
     };
     return cm_service_main(argc, argv, &def);
 }
