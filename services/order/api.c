@@ -1216,6 +1216,11 @@ static int put_tenant_settings(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Prot
     int rc = ord_store_put_settings(cm_service_db(ctx), &q, now, c, &verdict);
     if (rc)
         return db_fail(ctx, rc, "could not change the tenant's settings");
+    if (now->revision == 0) {
+        /* no row (a retry after an operator deleted it): the defaults apply */
+        now->timeout_s = app->timeout_ms / 1000;
+        now->flash_s = app->flash_timeout_ms / 1000;
+    }
     switch (verdict) {
     case ORD_OK:
         forget_tenant(app, q.tenant);

@@ -85,7 +85,7 @@ static void drop_schema(const char *schema)
 {
     PGconn *pg = PQconnectdb(hs_pg_dsn());
     char sql[128];
-    snprintf(sql, sizeof sql, "DROP SCHEMA IF EXISTS %s CASCADE", schema);
+    snprintf(sql, sizeof sql, "DROP SCHEMA IF EXISTS %.63s CASCADE", schema);
     PQclear(PQexec(pg, "SET client_min_messages = warning"));
     PQclear(PQexec(pg, sql));
     PQfinish(pg);
@@ -104,8 +104,8 @@ static cm_rpc_client *client_for(const hs_proc *p)
 static void spawn_order(fx *f, hs_proc *p, const char *const *extra)
 {
     char s[96], t[192], inv[64];
-    snprintf(s, sizeof s, "ORDER_SCHEMA=%s", f->ord_schema);
-    snprintf(t, sizeof t, "ORDER_TOPIC=%s", f->topic);
+    snprintf(s, sizeof s, "ORDER_SCHEMA=%.63s", f->ord_schema);
+    snprintf(t, sizeof t, "ORDER_TOPIC=%.127s", f->topic);
     snprintf(inv, sizeof inv, "INVENTORY_TARGET=127.0.0.1:%d", f->inv.grpc_port);
     const char *env[16] = {
         s, t, inv, "WORKERS=4", "ORDER_PAYMENT_TIMEOUT_S=900", "ORDER_FLASH_PAYMENT_TIMEOUT_S=120"};
@@ -129,7 +129,7 @@ static void fx_setup(void)
              fx_seq);
     topic_admin(f->topic, 1);
     char s[96];
-    snprintf(s, sizeof s, "INVENTORY_SCHEMA=%s", f->inv_schema);
+    snprintf(s, sizeof s, "INVENTORY_SCHEMA=%.63s", f->inv_schema);
     const char *env[] = {s, "INVENTORY_CONSUME_ORDERS=off", "WORKERS=4", NULL};
     ck_assert_int_eq(hs_spawn(&f->inv, INVENTORY_BIN, env), 0);
     ck_assert_msg(hs_wait_serving(&f->inv, 30000) == 0, "inventory did not become serving (log %s)",
@@ -160,7 +160,7 @@ __attribute__((format(printf, 1, 2))) static long long sql_ll(const char *fmt, .
     PGconn *pg = PQconnectdb(hs_pg_dsn());
     ck_assert_int_eq(PQstatus(pg), CONNECTION_OK);
     char sql[1024];
-    snprintf(sql, sizeof sql, "SET search_path = %s", the_fx.ord_schema);
+    snprintf(sql, sizeof sql, "SET search_path = %.63s", the_fx.ord_schema);
     PQclear(PQexec(pg, sql));
     va_list ap;
     va_start(ap, fmt);
