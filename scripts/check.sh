@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# source checks run by scripts/test.sh: formatting, banned calls, proto lint.
+# source checks run by scripts/test.sh: formatting, banned calls, error reasons
+# against their catalogue, proto lint.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -21,6 +22,9 @@ if ((${#csrc[@]})); then
     fail=1
   fi
 fi
+
+# every error reason the code can send is in error_reason.proto
+/usr/bin/python3 "$root/scripts/check_error_reasons.py" "$root" || fail=1
 
 buf="$root/.tools/node_modules/.bin/buf"
 if [ -d proto/commerce ]; then

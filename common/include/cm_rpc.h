@@ -126,13 +126,19 @@ char *cm_rpc_strdup(cm_rpc_ctx *ctx, const char *s);
 
 /* failing: each records the status for the call and returns a negative
  * value for the handler to return. message is for the developer calling us
- * (never SQL or internals). reason is an UPPER_SNAKE ErrorInfo reason. */
+ * (never SQL or internals). reason is an UPPER_SNAKE ErrorInfo reason, a
+ * value name of error_reason.proto (scripts/check_error_reasons.py checks
+ * every one the code passes); NULL gets the catalogue's plainest reason
+ * for the code. */
 int cm_rpc_fail(cm_rpc_ctx *ctx, int grpc_code, const char *reason, const char *message);
 /* INVALID_ARGUMENT with a google.rpc.BadRequest naming the field
  * ("lines[2].quantity") and reason "INVALID_ARGUMENT". may be called several
  * times to name several fields; the status message names the first. */
 int cm_rpc_fail_field(cm_rpc_ctx *ctx, const char *field, const char *description);
-/* maps a CM_E* code (cm_err_grpc_code) with the given message. */
+/* maps a CM_E* code (cm_err_grpc_code) with the given message and the
+ * code's catalogued reason (CM_EUNAVAIL: DEPENDENCY_UNAVAILABLE, CM_ENOMEM:
+ * OUT_OF_MEMORY, ...); CM_ECANCELLED, which only the drain causes, is
+ * UNAVAILABLE / SHUTTING_DOWN; INTERNAL keeps its detail for the log. */
 int cm_rpc_fail_err(cm_rpc_ctx *ctx, int cm_err, const char *message);
 /* adds a typed detail to the failure's google.rpc.Status, packed as an Any
  * with type URL "type.googleapis.com/<full message name>" (e.g. a

@@ -633,7 +633,10 @@ static size_t common_rows(const cm_config_defaults *d, row *r, int generic)
     n = add_row(r, n, "KAFKA_BROKERS", "Kafka bootstrap servers, host:port[,host:port]", DEF_KAFKA);
     n = add_row(r, n, "WORKERS", "gRPC worker threads (and DB connections), 1..256", workers);
     n = add_row(r, n, "LOG_LEVEL", "debug, info, warn or error", "info");
-    n = add_row(r, n, "GRPC_MAX_MESSAGE_BYTES", "largest gRPC message accepted or sent", msg);
+    n = add_row(r, n, "GRPC_MAX_MESSAGE_BYTES",
+                "largest message; a larger request: RESOURCE_EXHAUSTED, a larger reply: "
+                "FAILED_PRECONDITION / RESPONSE_TOO_LARGE",
+                msg);
     n = add_row(r, n, "DRAIN_GRACE_SECONDS", "on SIGTERM, time for calls in flight, 0..3600",
                 drain);
     n = add_row(r, n, "OUTBOX_RETENTION_SECONDS",

@@ -215,6 +215,29 @@ static const char *const code_names[NCODES] = {
     "ABORTED",   "OUT_OF_RANGE",   "UNIMPLEMENTED",     "INTERNAL",           "UNAVAILABLE",
     "DATA_LOSS", "UNAUTHENTICATED"};
 
+/* the ErrorInfo reason of a failure that named none (cm_rpc_fail with a
+ * NULL reason): for each code the catalogue's reason that says the least
+ * beyond the code. every reason sent is a name of error_reason.proto
+ * (scripts/check_error_reasons.py reads this table too) */
+static const char *const default_reasons[NCODES] = {
+    [GRPC_STATUS_CANCELLED] = "SHUTTING_DOWN",
+    [GRPC_STATUS_UNKNOWN] = "INTERNAL",
+    [GRPC_STATUS_INVALID_ARGUMENT] = "INVALID_ARGUMENT",
+    [GRPC_STATUS_DEADLINE_EXCEEDED] = "DEADLINE_EXCEEDED",
+    [GRPC_STATUS_NOT_FOUND] = "RESOURCE_NOT_FOUND",
+    [GRPC_STATUS_ALREADY_EXISTS] = "IDEMPOTENCY_KEY_REUSED",
+    [GRPC_STATUS_PERMISSION_DENIED] = "ROLE_REQUIRED",
+    [GRPC_STATUS_RESOURCE_EXHAUSTED] = "RATE_LIMITED",
+    [GRPC_STATUS_FAILED_PRECONDITION] = "ILLEGAL_STATE_TRANSITION",
+    [GRPC_STATUS_ABORTED] = "CONCURRENT_MODIFICATION",
+    [GRPC_STATUS_OUT_OF_RANGE] = "INVALID_ARGUMENT",
+    [GRPC_STATUS_UNIMPLEMENTED] = "UNIMPLEMENTED",
+    [GRPC_STATUS_INTERNAL] = "INTERNAL",
+    [GRPC_STATUS_UNAVAILABLE] = "DEPENDENCY_UNAVAILABLE",
+    [GRPC_STATUS_DATA_LOSS] = "INTERNAL",
+    [GRPC_STATUS_UNAUTHENTICATED] = "CREDENTIALS_INVALID",
+};
+
 __attribute__((format(printf, 3, 4))) static void set_err(char *err, size_t errlen, const char *fmt,
                                                           ...)
 {
@@ -545,7 +568,7 @@ static void build_trailer(cm_rpc_ctx *c)
 {
     cm_arena *a = c->arena;
     Google__Rpc__ErrorInfo info = GOOGLE__RPC__ERROR_INFO__INIT;
-    info.reason = (char *)(c->reason ? c->reason : code_names[c->code]);
+    info.reason = (char *)(c->reason ? c->reason : default_reasons[c->code]);
     info.domain = (char *)(c->domain ? c->domain : c->w->s->domain);
     info.n_metadata = c->n_meta;
     info.metadata = c->meta;
@@ -783,7 +806,10 @@ static void run_handler(cm_rpc_ctx *c)
     size_t n = protobuf_c_message_get_packed_size(out);
     if (n > c->w->s->o.max_message_bytes) {
         cm_log_error("reply larger than the maximum message size", "method", m->path, NULL);
-        cm_rpc_fail(c, GRPC_STATUS_RESOURCE_EXHAUSTED, "RESPONSE_TOO_LARGE",
+        /* not RESOURCE_EXHAUSTED: clients retry that, and the same request
+         * would get the same reply forever. FAILED_PRECONDITION is "not
+         * until something changes" (a smaller page, a larger limit) */
+        cm_rpc_fail(c, GRPC_STATUS_FAILED_PRECONDITION, "RESPONSE_TOO_LARGE",
                     "the reply exceeds the maximum message size; ask for a smaller page");
         return;
     }
@@ -1440,20 +1466,51 @@ int cm_rpc_fail_err(cm_rpc_ctx *ctx, int cm_err, const char *message)
                 cm_arena_printf(ctx->arena, "%s: %s", message ? message : "", cm_strerror(cm_err));
         return cm_rpc_fail(ctx, code, "INTERNAL", "internal error");
     }
-    /* the catalogue's reasons (error_reason.proto), not the code's name */
-    const char *reason = NULL;
+    /* the catalogue's reasons (error_reason.proto), never a bare code name */
+    const char *reason;
     switch (cm_err) {
-    case CM_EUNAVAIL:
-        reason = "DEPENDENCY_UNAVAILABLE";
+    case CM_EINVAL:
+    case CM_EOVERFLOW:
+        reason = "INVALID_ARGUMENT";
         break;
-    case CM_ECONFLICT:
-        reason = "CONCURRENT_MODIFICATION";
+    case CM_ENOMEM:
+        reason = "OUT_OF_MEMORY";
         break;
     case CM_ENOTFOUND:
         reason = "RESOURCE_NOT_FOUND";
         break;
+    case CM_EEXIST:
+        reason = "IDEMPOTENCY_KEY_REUSED";
+        break;
+    case CM_ESTATE:
+        reason = "ILLEGAL_STATE_TRANSITION";
+        break;
+    case CM_ECONFLICT:
+        reason = "CONCURRENT_MODIFICATION";
+        break;
     case CM_ELIMIT:
         reason = "RATE_LIMITED";
+        break;
+    case CM_EUNAVAIL:
+        reason = "DEPENDENCY_UNAVAILABLE";
+        break;
+    case CM_ETIMEDOUT:
+        reason = "DEADLINE_EXCEEDED";
+        break;
+    case CM_EAUTH:
+        reason = "CREDENTIALS_INVALID";
+        break;
+    case CM_EPERM:
+        reason = "ROLE_REQUIRED";
+        break;
+    case CM_ECANCELLED:
+        /* only our own drain cancels a handler's work (a caller that
+         * cancelled is not listening): retryable on another instance */
+        code = GRPC_STATUS_UNAVAILABLE;
+        reason = "SHUTTING_DOWN";
+        break;
+    default:
+        reason = default_reasons[code];
         break;
     }
     return cm_rpc_fail(ctx, code, reason, message);
@@ -1538,7 +1595,9 @@ int cm_rpc_fail_forward(cm_rpc_ctx *ctx, const cm_rpc_status *st)
         ctx->detail = cm_arena_printf(a, "dependency failed: %s", seen);
         return cm_rpc_fail(ctx, mapped, "DEPENDENCY_FAILED", "internal error");
     }
-    const char *reason = st->reason[0] ? cm_arena_strdup(a, st->reason) : NULL;
+    /* a downstream status with details but no reason (a foreign server)
+     * gets ours: the dependency failed */
+    const char *reason = st->reason[0] ? cm_arena_strdup(a, st->reason) : "DEPENDENCY_FAILED";
     if (mapped == code && st->details_len) {
         ProtobufCAllocator al = cm_arena_allocator(a);
         Google__Rpc__Status *ds =

@@ -163,6 +163,10 @@ BROKEN = [
      ["data", "commission", "tier_schedule_revision"], 3),
     ("channel id with a space", "accrued", ["data", "channel_id"], "partner 42"),
     ("commission without order_id", "settled", ["data", "commission", "order_id"], DELETE),
+    ("order_id not a UUIDv8 (a UUIDv4)", "accrued", ["data", "commission", "order_id"],
+     "8c1e2f7a-5b9d-4c3e-9f21-0a6b7c8d9e0f"),
+    ("order_id in upper case", "accrued", ["data", "commission", "order_id"],
+     "E1D05D68-9690-8A54-B4B1-BCCE4BDA6785"),
 ]
 
 

@@ -47,9 +47,12 @@ static const char *principal_of(cm_rpc_ctx *ctx)
 
 static int need_admin(cm_rpc_ctx *ctx, inv_app *app)
 {
-    if (app->auth_on && !cm_rpc_ctx_has_role(ctx, "admin"))
-        return cm_rpc_fail(ctx, GRPC_STATUS_PERMISSION_DENIED, "ROLE_REQUIRED",
-                           "this call needs the admin role");
+    if (app->auth_on && !cm_rpc_ctx_has_role(ctx, "admin")) {
+        int f = cm_rpc_fail(ctx, GRPC_STATUS_PERMISSION_DENIED, "ROLE_REQUIRED",
+                            "this call needs the admin role");
+        cm_rpc_fail_meta(ctx, "role", "admin");
+        return f;
+    }
     return 0;
 }
 

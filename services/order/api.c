@@ -46,6 +46,7 @@ typedef struct tenant_entry {
 
 typedef struct ord_app {
     cm_service *svc;
+    int auth_on; /* AUTH_MODE=required: admin rpcs need the admin role */
     cm_rpc_client *inv;
     int64_t timeout_ms, flash_timeout_ms, margin_ms;
     int inv_timeout_ms, pause_ms;
@@ -168,6 +169,15 @@ static const char *num(cm_arena *a, long long v)
 
 /* ---- tenant settings ---- */
 
+/* the cache slot of a tenant */
+static tenant_entry *tenant_slot(ord_app *app, const char *tenant)
+{
+    size_t h = 5381;
+    for (const char *c = tenant; *c; c++)
+        h = h * 33 + (unsigned char)*c;
+    return &app->tenants[h % TENANT_CACHE];
+}
+
 /* the tenant's payment timeouts (cached); 0 or the database error. never
  * the defaults in place of a row that could not be read: the timeout sets
  * the reservation's ttl, which a retry must repeat exactly */
@@ -177,10 +187,7 @@ static int timeouts_for(ord_app *app, cm_db *db, const char *tenant, int64_t *no
     *normal = app->timeout_ms;
     *flash = app->flash_timeout_ms;
     int64_t now = now_ms();
-    size_t h = 5381;
-    for (const char *c = tenant; *c; c++)
-        h = h * 33 + (unsigned char)*c;
-    tenant_entry *e = &app->tenants[h % TENANT_CACHE];
+    tenant_entry *e = tenant_slot(app, tenant);
     pthread_mutex_lock(&app->mu);
     int hit = strcmp(e->tenant, tenant) == 0 && e->until_ms > now;
     tenant_entry copy = *e;
@@ -1056,11 +1063,203 @@ static int refund_order(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMe
     }
 }
 
+/* ---- tenant settings: the admin rpcs ---- */
+
+static int need_admin(cm_rpc_ctx *ctx, const ord_app *app)
+{
+    if (app->auth_on && !cm_rpc_ctx_has_role(ctx, "admin")) {
+        int f = cm_rpc_fail(ctx, GRPC_STATUS_PERMISSION_DENIED, "ROLE_REQUIRED",
+                            "this call needs the admin role");
+        cm_rpc_fail_meta(ctx, "role", "admin");
+        return f;
+    }
+    return 0;
+}
+
+/* this replica's cached entry of the tenant goes: its next create reads
+ * the row. other replicas keep theirs until it ages out (TENANT_CACHE_MS) */
+static void forget_tenant(ord_app *app, const char *tenant)
+{
+    tenant_entry *e = tenant_slot(app, tenant);
+    pthread_mutex_lock(&app->mu);
+    if (strcmp(e->tenant, tenant) == 0)
+        e->until_ms = 0;
+    pthread_mutex_unlock(&app->mu);
+}
+
+static Google__Protobuf__Duration *pb_seconds(cm_arena *a, int64_t s)
+{
+    Google__Protobuf__Duration *d = cm_arena_alloc(a, sizeof *d);
+    if (d) {
+        google__protobuf__duration__init(d);
+        d->seconds = s;
+    }
+    return d;
+}
+
+static Commerce__Order__V1__TenantSettings *pb_settings(cm_arena *a, const ord_settings *s)
+{
+    Commerce__Order__V1__TenantSettings *m = cm_arena_alloc(a, sizeof *m);
+    if (!m)
+        return NULL;
+    commerce__order__v1__tenant_settings__init(m);
+    m->payment_timeout = pb_seconds(a, s->timeout_s);
+    m->flash_payment_timeout = pb_seconds(a, s->flash_s);
+    m->revision = s->revision;
+    m->updated_at = s->updated_ms > 0 ? cm_pb_timestamp(a, s->updated_ms) : NULL;
+    m->updated_by = cm_arena_strdup(a, s->updated_by);
+    if (!m->payment_timeout || !m->flash_payment_timeout || !m->updated_by ||
+        (s->updated_ms > 0 && !m->updated_at))
+        return NULL;
+    return m;
+}
+
+static Commerce__Order__V1__TenantSettingsChange *pb_change(cm_arena *a,
+                                                            const ord_settings_change *c)
+{
+    Commerce__Order__V1__TenantSettingsChange *m = cm_arena_alloc(a, sizeof *m);
+    if (!m)
+        return NULL;
+    commerce__order__v1__tenant_settings_change__init(m);
+    m->change_id = cm_arena_strdup(a, c->change_id);
+    m->request_id = cm_arena_strdup(a, c->request_id);
+    m->previous = c->has_old ? pb_settings(a, &c->old) : NULL;
+    m->current = pb_settings(a, &c->cur);
+    m->actor = cm_arena_strdup(a, c->actor);
+    m->principal = cm_arena_strdup(a, c->principal);
+    m->reason = cm_arena_strdup(a, c->reason);
+    m->changed_at = cm_pb_timestamp(a, c->changed_ms);
+    if (!m->change_id || !m->request_id || (c->has_old && !m->previous) || !m->current ||
+        !m->actor || !m->principal || !m->reason || !m->changed_at)
+        return NULL;
+    return m;
+}
+
+/* the settings that apply: the tenant's row, else the service defaults
+ * (revision 0) */
+static int settings_now(ord_app *app, cm_db *db, const char *tenant, ord_settings *s)
+{
+    int rc = ord_store_get_settings(db, tenant, s);
+    if (rc == CM_ENOTFOUND) {
+        memset(s, 0, sizeof *s);
+        s->timeout_s = app->timeout_ms / 1000;
+        s->flash_s = app->flash_timeout_ms / 1000;
+        return 0;
+    }
+    return rc;
+}
+
+static int get_tenant_settings(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    (void)in;
+    Commerce__Order__V1__GetTenantSettingsResponse *resp = (void *)out;
+    ord_app *app = cm_service_app(ctx);
+    if (need_admin(ctx, app))
+        return -1;
+    ord_settings s;
+    int rc = settings_now(app, cm_service_db(ctx), cm_rpc_ctx_tenant(ctx), &s);
+    if (rc)
+        return db_fail(ctx, rc, "could not read the tenant's settings");
+    resp->settings = pb_settings(cm_rpc_ctx_arena(ctx), &s);
+    return resp->settings ? 0 : cm_rpc_fail_err(ctx, CM_ENOMEM, "tenant settings");
+}
+
+static int put_tenant_settings(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    const Commerce__Order__V1__PutTenantSettingsRequest *req = (const void *)in;
+    Commerce__Order__V1__PutTenantSettingsResponse *resp = (void *)out;
+    ord_app *app = cm_service_app(ctx);
+    cm_arena *a = cm_rpc_ctx_arena(ctx);
+    if (need_admin(ctx, app))
+        return -1;
+    const Commerce__Order__V1__TenantSettings *ts = req->settings;
+    const Google__Protobuf__Duration *pt = ts ? ts->payment_timeout : NULL;
+    const Google__Protobuf__Duration *ft = ts ? ts->flash_payment_timeout : NULL;
+    ord_settings_in si = {.request_id = req->request_id,
+                          .actor = req->actor,
+                          .reason = req->reason,
+                          .has_settings = ts != NULL,
+                          .has_timeout = pt != NULL,
+                          .has_flash = ft != NULL,
+                          .timeout_s = pt ? pt->seconds : 0,
+                          .timeout_nanos = pt ? pt->nanos : 0,
+                          .flash_s = ft ? ft->seconds : 0,
+                          .flash_nanos = ft ? ft->nanos : 0,
+                          .expected_revision = req->expected_revision};
+    ord_violation v;
+    if (ord_check_settings(&si, &v))
+        return fail_v(ctx, &v);
+    /* the body as the caller sent it; the output-only fields are not part
+     * of it (they are ignored) */
+    const char *f[] = {num(a, si.timeout_s), num(a, si.flash_s), num(a, si.expected_revision),
+                       req->actor, req->reason};
+    char hash[ORD_HASH_HEX + 1];
+    hash_of(canon(a, "settings.v1", f, 5), hash);
+    const char *principal = cm_rpc_ctx_subject(ctx);
+    ord_settings_req q = {.tenant = cm_rpc_ctx_tenant(ctx),
+                          .request_id = req->request_id,
+                          .hash = hash,
+                          .actor = req->actor,
+                          .principal = principal ? principal : "",
+                          .reason = req->reason,
+                          .timeout_s = si.timeout_s,
+                          .flash_s = si.flash_s,
+                          .expected_revision = si.expected_revision,
+                          .now_ms = now_ms()};
+    ord_settings *now = cm_rpc_alloc(ctx, sizeof *now);
+    ord_settings_change *c = cm_rpc_alloc(ctx, sizeof *c);
+    if (!now || !c)
+        return cm_rpc_fail_err(ctx, CM_ENOMEM, "tenant settings");
+    int verdict = 0;
+    int rc = ord_store_put_settings(cm_service_db(ctx), &q, now, c, &verdict);
+    if (rc)
+        return db_fail(ctx, rc, "could not change the tenant's settings");
+    if (now->revision == 0) {
+        /* no row (a retry after an operator deleted it): the defaults apply */
+        now->timeout_s = app->timeout_ms / 1000;
+        now->flash_s = app->flash_timeout_ms / 1000;
+    }
+    switch (verdict) {
+    case ORD_OK:
+        forget_tenant(app, q.tenant);
+        cm_log_info("tenant settings changed", "tenant", q.tenant, "request_id", q.request_id,
+                    "actor", q.actor, "principal", q.principal, "payment_timeout_s",
+                    num(a, q.timeout_s), "flash_payment_timeout_s", num(a, q.flash_s), "revision",
+                    num(a, c->cur.revision), NULL);
+        break;
+    case ORD_SAME:
+        break;
+    case ORD_KEY_REUSED:
+        return key_reused(ctx, "request_id");
+    case ORD_VERSION: {
+        int fr =
+            cm_rpc_fail(ctx, GRPC_STATUS_ABORTED, "VERSION_MISMATCH",
+                        cm_arena_printf(a,
+                                        "expected_revision %lld is not the current revision "
+                                        "%lld: read the settings again",
+                                        (long long)q.expected_revision, (long long)now->revision));
+        cm_rpc_fail_meta(ctx, "current_version", num(a, now->revision));
+        return fr;
+    }
+    default:
+        return cm_rpc_fail_err(ctx, CM_EINTERNAL, "tenant settings verdict");
+    }
+    resp->settings = pb_settings(a, now);
+    resp->change = pb_change(a, c);
+    return resp->settings && resp->change ? 0 : cm_rpc_fail_err(ctx, CM_ENOMEM, "tenant settings");
+}
+
 const cm_rpc_method ord_methods[] = {
-    {"CreateOrder", create_order, 0},     {"GetOrder", get_order, 0},
-    {"ListOrders", list_orders, 0},       {"MarkPaid", mark_paid, 0},
-    {"CancelOrder", cancel_order, 0},     {"ShipOrder", ship_order, 0},
-    {"CompleteOrder", complete_order, 0}, {"RefundOrder", refund_order, 0},
+    {"CreateOrder", create_order, 0},
+    {"GetOrder", get_order, 0},
+    {"ListOrders", list_orders, 0},
+    {"MarkPaid", mark_paid, 0},
+    {"CancelOrder", cancel_order, 0},
+    {"ShipOrder", ship_order, 0},
+    {"CompleteOrder", complete_order, 0},
+    {"RefundOrder", refund_order, 0},
+    {"GetTenantSettings", get_tenant_settings, 0},
+    {"PutTenantSettings", put_tenant_settings, 0},
 };
 const size_t ord_methods_count = sizeof ord_methods / sizeof ord_methods[0];
 
@@ -1089,6 +1288,7 @@ int ord_app_init(cm_service *svc, void **out, char *err, size_t errlen)
     if (!app)
         return CM_ENOMEM;
     app->svc = svc;
+    app->auth_on = cm_service_config(svc)->auth_mode != CM_AUTH_OFF;
     app->timeout_ms = cm_service_int(svc, "ORDER_PAYMENT_TIMEOUT_S") * 1000LL;
     app->flash_timeout_ms = cm_service_int(svc, "ORDER_FLASH_PAYMENT_TIMEOUT_S") * 1000LL;
     app->margin_ms = cm_service_int(svc, "ORDER_RESERVATION_MARGIN_S") * 1000LL;

@@ -263,6 +263,55 @@ void ord_create_hash(const ord_create_in *in, char out[ORD_HASH_HEX + 1])
     canon_end(&c, out);
 }
 
+static int check_timeout(int has, int64_t seconds, int32_t nanos, const char *field,
+                         ord_violation *v)
+{
+    if (!has) {
+        violate(v, NULL, "required: 1 minute to 72 hours", "%s", field);
+        return CM_EINVAL;
+    }
+    if (nanos != 0) {
+        violate(v, NULL, "must be a whole number of seconds", "%s", field);
+        return CM_EINVAL;
+    }
+    if (seconds < ORD_TIMEOUT_MIN_MS / 1000 || seconds > ORD_TIMEOUT_MAX_MS / 1000) {
+        violate(v, NULL, "must be between 1 minute and 72 hours", "%s", field);
+        return CM_EINVAL;
+    }
+    return 0;
+}
+
+int ord_check_settings(const ord_settings_in *in, ord_violation *v)
+{
+    memset(v, 0, sizeof *v);
+    if (!ord_valid_key(in->request_id, ORD_KEY_MAX)) {
+        violate(v, NULL, "required: 1-64 characters from [A-Za-z0-9._:-]", "request_id");
+        return CM_EINVAL;
+    }
+    if (!in->has_settings) {
+        violate(v, NULL, "required: payment_timeout and flash_payment_timeout", "settings");
+        return CM_EINVAL;
+    }
+    if (check_timeout(in->has_timeout, in->timeout_s, in->timeout_nanos, "settings.payment_timeout",
+                      v) ||
+        check_timeout(in->has_flash, in->flash_s, in->flash_nanos, "settings.flash_payment_timeout",
+                      v))
+        return CM_EINVAL;
+    if (in->expected_revision < 0) {
+        violate(v, NULL, "must not be negative (0: no check)", "expected_revision");
+        return CM_EINVAL;
+    }
+    if (!ord_valid_text(in->actor, ORD_ACTOR_MAX, 1)) {
+        violate(v, NULL, "required: 1-128 characters of utf-8, no control characters", "actor");
+        return CM_EINVAL;
+    }
+    if (!ord_valid_text(in->reason, ORD_NOTE_MAX, 1)) {
+        violate(v, NULL, "required: 1-256 characters of utf-8, no control characters", "reason");
+        return CM_EINVAL;
+    }
+    return 0;
+}
+
 void ord_order_id(const char *tenant, const char *request_id, unsigned gen, char out[40])
 {
     unsigned char md[EVP_MAX_MD_SIZE];

@@ -175,7 +175,8 @@ typedef enum ord_verdict {
     ORD_BAD_INPUT,  /* INVALID_ARGUMENT, see the violation */
     ORD_KEY_REUSED, /* ALREADY_EXISTS IDEMPOTENCY_KEY_REUSED */
     ORD_NOT_FOUND,  /* NOT_FOUND */
-    ORD_SAME        /* an idempotent retry: answer with the order as it is */
+    ORD_SAME,       /* an idempotent retry: answer with the order as it is */
+    ORD_VERSION     /* ABORTED VERSION_MISMATCH (compare-and-set) */
 } ord_verdict;
 
 /* MarkPaid against the locked order (the payment id is not the order's):
@@ -221,5 +222,21 @@ ord_verdict ord_plan_refund(const ord_order *o, const ord_refund_in *in, ord_ref
 /* applies a planned refund to o: line counters, refunded total, state
  * (REFUNDED when everything paid is refunded, else PARTIALLY_REFUNDED) */
 void ord_apply_refund(ord_order *o, const ord_refund *r);
+
+/* tenant settings (PutTenantSettings) as received: the Durations' raw
+ * seconds and nanos, so nothing is computed before it is checked */
+#define ORD_ACTOR_MAX 128 /* characters */
+typedef struct ord_settings_in {
+    const char *request_id, *actor, *reason;
+    int has_settings, has_timeout, has_flash;
+    int64_t timeout_s, flash_s;
+    int32_t timeout_nanos, flash_nanos;
+    int64_t expected_revision; /* 0: no check */
+} ord_settings_in;
+
+/* checks a PutTenantSettings request: 0, or CM_EINVAL with v naming the
+ * field (settings.payment_timeout, ...). timeouts are whole seconds within
+ * ORD_TIMEOUT_MIN_MS..ORD_TIMEOUT_MAX_MS, as CreateOrder's payment_timeout */
+int ord_check_settings(const ord_settings_in *in, ord_violation *v);
 
 #endif

@@ -116,4 +116,47 @@ int ord_store_list(cm_db *db, const ord_list_q *q, cm_arena *a, ord_order *out, 
  * has no row (the service defaults apply). */
 int ord_store_tenant_timeouts(cm_db *db, const char *tenant, int64_t *normal_ms, int64_t *flash_ms);
 
+/* a tenant's settings row */
+typedef struct ord_settings {
+    int64_t timeout_s, flash_s;
+    int64_t revision; /* 0: no row of its own */
+    int64_t updated_ms;
+    char updated_by[256];
+} ord_settings;
+
+/* one audit entry of tenant_settings_changes */
+typedef struct ord_settings_change {
+    char change_id[40];
+    char request_id[ORD_KEY_MAX + 1];
+    int has_old;      /* 0: the tenant had no row (the service defaults applied) */
+    ord_settings old; /* timeouts and revision before */
+    ord_settings cur; /* after; updated_ms = changed_ms, updated_by = principal */
+    char actor[ORD_ACTOR_MAX * 4 + 1];
+    char principal[256];
+    char reason[ORD_NOTE_MAX * 4 + 1];
+    int64_t changed_ms;
+} ord_settings_change;
+
+/* the tenant's settings (s->revision >= 1), or CM_ENOTFOUND when it has
+ * none of its own. survives a lost connection (a read). */
+int ord_store_get_settings(cm_db *db, const char *tenant, ord_settings *s);
+
+typedef struct ord_settings_req {
+    const char *tenant, *request_id, *hash;
+    const char *actor, *principal, *reason;
+    int64_t timeout_s, flash_s;
+    int64_t expected_revision; /* 0: no check */
+    int64_t now_ms;
+} ord_settings_req;
+
+/* PutTenantSettings in one transaction: the tenant's row locked (or
+ * created), the idempotency key checked, the row written with the next
+ * revision and its audit entry. *verdict: ORD_OK (changed; *c the new
+ * entry), ORD_SAME (this request_id and body were applied before; *c the
+ * entry it wrote), ORD_KEY_REUSED, ORD_VERSION (expected_revision is not
+ * the current one: nothing written). *now is the tenant's settings after
+ * the call (revision 0 if it has none). 0 or a CM_E* for the database. */
+int ord_store_put_settings(cm_db *db, const ord_settings_req *q, ord_settings *now,
+                           ord_settings_change *c, int *verdict);
+
 #endif

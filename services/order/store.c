@@ -958,3 +958,207 @@ int ord_store_tenant_timeouts(cm_db *db, const char *tenant, int64_t *normal_ms,
     PQclear(r);
     return 0;
 }
+
+/* ---- tenant settings (PutTenantSettings) ---- */
+
+#define SETTINGS_COLS                                                                              \
+    "payment_timeout_s, flash_payment_timeout_s, revision, " MS("updated_at") ", updated_by"
+
+static void parse_settings(const PGresult *r, int row, ord_settings *s)
+{
+    memset(s, 0, sizeof *s);
+    s->timeout_s = i64(r, row, 0);
+    s->flash_s = i64(r, row, 1);
+    s->revision = i64(r, row, 2);
+    s->updated_ms = i64(r, row, 3);
+    cpy(s->updated_by, sizeof s->updated_by, r, row, 4);
+}
+
+int ord_store_get_settings(cm_db *db, const char *tenant, ord_settings *s)
+{
+    const char *p[] = {tenant};
+    PGresult *r = NULL;
+    int rc =
+        cm_db_read(db, "get tenant settings row",
+                   "SELECT " SETTINGS_COLS " FROM tenant_settings WHERE tenant_id = $1", 1, p, &r);
+    if (rc)
+        return rc;
+    if (PQntuples(r) == 0) {
+        PQclear(r);
+        return CM_ENOTFOUND;
+    }
+    parse_settings(r, 0, s);
+    PQclear(r);
+    return 0;
+}
+
+typedef struct settings_tx {
+    const ord_settings_req *q;
+    ord_settings *now;
+    ord_settings_change *c;
+    int verdict;
+} settings_tx;
+
+/* the audit entry a request_id wrote: 1 found (hash in *hash_same: 1 when
+ * the body is the same), 0 none, or a CM_E* */
+static int find_settings_change(cm_db *db, const ord_settings_req *q, ord_settings_change *c,
+                                int *same)
+{
+    const char *p[] = {q->tenant, q->request_id};
+    PGresult *r = NULL;
+    int rc = exec(
+        db, "find settings change",
+        "SELECT change_id::text, body_hash, revision, old_revision, "
+        "coalesce(old_payment_timeout_s, 0), coalesce(old_flash_payment_timeout_s, 0), "
+        "(old_payment_timeout_s IS NOT NULL)::int, new_payment_timeout_s, "
+        "new_flash_payment_timeout_s, actor, principal, reason, " MS(
+            "changed_at") " "
+                          "FROM tenant_settings_changes WHERE tenant_id = $1 AND request_id = $2",
+        2, p, &r);
+    if (rc)
+        return rc;
+    if (PQntuples(r) == 0) {
+        PQclear(r);
+        return 0;
+    }
+    *same = strcmp(PQgetvalue(r, 0, 1), q->hash) == 0;
+    memset(c, 0, sizeof *c);
+    cpy(c->change_id, sizeof c->change_id, r, 0, 0);
+    snprintf(c->request_id, sizeof c->request_id, "%s", q->request_id);
+    c->cur.revision = i64(r, 0, 2);
+    c->old.revision = i64(r, 0, 3);
+    c->old.timeout_s = i64(r, 0, 4);
+    c->old.flash_s = i64(r, 0, 5);
+    c->has_old = i64(r, 0, 6) != 0;
+    c->cur.timeout_s = i64(r, 0, 7);
+    c->cur.flash_s = i64(r, 0, 8);
+    cpy(c->actor, sizeof c->actor, r, 0, 9);
+    cpy(c->principal, sizeof c->principal, r, 0, 10);
+    cpy(c->reason, sizeof c->reason, r, 0, 11);
+    c->changed_ms = i64(r, 0, 12);
+    c->cur.updated_ms = c->changed_ms;
+    snprintf(c->cur.updated_by, sizeof c->cur.updated_by, "%s", c->principal);
+    PQclear(r);
+    return 1;
+}
+
+/* the tenant's row, locked; 1 found, 0 none, or a CM_E* */
+static int lock_settings(cm_db *db, const char *tenant, ord_settings *s)
+{
+    const char *p[] = {tenant};
+    PGresult *r = NULL;
+    int rc = exec(db, "lock tenant settings",
+                  "SELECT " SETTINGS_COLS " FROM tenant_settings WHERE tenant_id = $1 FOR UPDATE",
+                  1, p, &r);
+    if (rc)
+        return rc;
+    int found = PQntuples(r) > 0;
+    if (found)
+        parse_settings(r, 0, s);
+    else
+        memset(s, 0, sizeof *s);
+    PQclear(r);
+    return found;
+}
+
+static int put_settings_fn(cm_db *db, void *arg)
+{
+    settings_tx *t = arg;
+    const ord_settings_req *q = t->q;
+    ord_settings_change *c = t->c;
+    char buf[8][24];
+    /* the key first: a retry answers with what its first call recorded */
+    int same = 0;
+    int rc = find_settings_change(db, q, c, &same);
+    if (rc < 0)
+        return rc;
+    if (rc == 1) {
+        t->verdict = same ? ORD_SAME : ORD_KEY_REUSED;
+        rc = lock_settings(db, q->tenant, t->now);
+        return rc < 0 ? rc : 0;
+    }
+    ord_settings old;
+    int had = lock_settings(db, q->tenant, &old);
+    if (had < 0)
+        return had;
+    if (q->expected_revision > 0 && q->expected_revision != old.revision) {
+        t->verdict = ORD_VERSION;
+        *t->now = old;
+        return 0;
+    }
+    memset(c, 0, sizeof *c);
+    if (cm_id_uuid7(c->change_id) != 0)
+        return CM_EINTERNAL;
+    snprintf(c->request_id, sizeof c->request_id, "%s", q->request_id);
+    c->has_old = had;
+    c->old = old;
+    c->cur.timeout_s = q->timeout_s;
+    c->cur.flash_s = q->flash_s;
+    c->cur.revision = old.revision + 1;
+    c->cur.updated_ms = q->now_ms;
+    snprintf(c->cur.updated_by, sizeof c->cur.updated_by, "%s", q->principal);
+    snprintf(c->actor, sizeof c->actor, "%s", q->actor);
+    snprintf(c->principal, sizeof c->principal, "%s", q->principal);
+    snprintf(c->reason, sizeof c->reason, "%s", q->reason);
+    c->changed_ms = q->now_ms;
+
+    snprintf(buf[0], sizeof buf[0], "%lld", (long long)q->timeout_s);
+    snprintf(buf[1], sizeof buf[1], "%lld", (long long)q->flash_s);
+    snprintf(buf[2], sizeof buf[2], "%lld", (long long)c->cur.revision);
+    snprintf(buf[3], sizeof buf[3], "%lld", (long long)q->now_ms);
+    const char *row[] = {q->tenant, buf[0], buf[1], buf[2], buf[3], q->principal};
+    PGresult *r = NULL;
+    /* a tenant without a row: two first puts race to insert it; the loser
+     * inserts nothing and runs again, then finds the row and locks it */
+    rc = exec(db, "write tenant settings",
+              had ? "UPDATE tenant_settings SET payment_timeout_s = $2, "
+                    "flash_payment_timeout_s = $3, revision = $4, updated_at = " TS(
+                        "$5") ", "
+                              "updated_by = $6 WHERE tenant_id = $1 RETURNING 1"
+                  : "INSERT INTO tenant_settings (tenant_id, payment_timeout_s, "
+                    "flash_payment_timeout_s, revision, updated_at, updated_by) "
+                    "VALUES ($1, $2, $3, $4, " TS("$5") ", $6) ON CONFLICT DO NOTHING RETURNING 1",
+              6, row, &r);
+    if (rc)
+        return rc;
+    int wrote = PQntuples(r) == 1;
+    PQclear(r);
+    if (!wrote)
+        return CM_ECONFLICT;
+
+    snprintf(buf[4], sizeof buf[4], "%lld", (long long)old.revision);
+    snprintf(buf[5], sizeof buf[5], "%lld", (long long)old.timeout_s);
+    snprintf(buf[6], sizeof buf[6], "%lld", (long long)old.flash_s);
+    const char *audit[] = {q->tenant, q->request_id,       c->change_id,        q->hash, buf[2],
+                           buf[4],    had ? buf[5] : NULL, had ? buf[6] : NULL, buf[0],  buf[1],
+                           q->actor,  q->principal,        q->reason,           buf[3]};
+    /* binds the key; a concurrent call with the same key waits here for the
+     * other transaction and then runs again into the branch above */
+    rc = exec(
+        db, "record settings change",
+        "INSERT INTO tenant_settings_changes (tenant_id, request_id, change_id, body_hash, "
+        "revision, old_revision, old_payment_timeout_s, old_flash_payment_timeout_s, "
+        "new_payment_timeout_s, new_flash_payment_timeout_s, actor, principal, reason, "
+        "changed_at) VALUES ($1, $2, $3::uuid, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, " TS(
+            "$14") ") ON CONFLICT (tenant_id, request_id) DO NOTHING RETURNING 1",
+        14, audit, &r);
+    if (rc)
+        return rc;
+    int bound = PQntuples(r) == 1;
+    PQclear(r);
+    if (!bound)
+        return CM_ECONFLICT;
+    t->verdict = ORD_OK;
+    *t->now = c->cur;
+    return 0;
+}
+
+int ord_store_put_settings(cm_db *db, const ord_settings_req *q, ord_settings *now,
+                           ord_settings_change *c, int *verdict)
+{
+    settings_tx t = {.q = q, .now = now, .c = c};
+    int rc = cm_db_tx(db, NULL, 5, put_settings_fn, &t);
+    if (rc == 0)
+        *verdict = t.verdict;
+    return rc;
+}

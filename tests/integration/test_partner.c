@@ -6,6 +6,13 @@
  * topic and kafka/partner/validate.py --records checks every record of this
  * run against the json schema and the contract (key = channel id,
  * content-type application/cloudevents+json, no ce_* headers).
+ *
+ * the examples are hand-written; so the schema is also run against events
+ * made from real orders: a commerce-order (with its commerce-inventory)
+ * creates and takes payment for orders, and each becomes an accrued event
+ * carrying that order's id, merchant, channel, amount and payment time, as
+ * the commission service will write them. an order id is a name-based
+ * UUIDv8, not the UUIDv7 the schema once required.
  */
 #include "cm_cloudevents.h"
 #include "cm_db.h"
@@ -17,14 +24,22 @@
 #include "harness.h"
 
 #include <check.h>
+#include <grpc/status.h>
 #include <jansson.h>
+#include <libpq-fe.h>
 #include <librdkafka/rdkafka.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+
+#ifdef ORDER_BIN
+#include "commerce/inventory/v1/inventory_service.pb-c.h"
+#include "commerce/order/v1/order_service.pb-c.h"
+#endif
 
 #define TOPIC "commerce.commission.partner.v1"
 
@@ -199,25 +214,33 @@ static long unsent(cm_db *db)
     return n;
 }
 
-START_TEST(kcat_reads_valid_partner_cloudevents)
+/* a schema of the run's own holding the outbox */
+static cm_db *outbox_db(const char *schema)
 {
-    ensure_topic();
-    char schema[64], channel[64], err[512];
-    snprintf(schema, sizeof schema, "partner_%ld", (long)getpid());
-    snprintf(channel, sizeof channel, "partner-t%ld-%lld", (long)getpid(), hs_now_ms());
+    char err[512], drop[128];
     cm_db *db;
     ck_assert_msg(cm_db_connect(&db, hs_pg_dsn(), schema, err, sizeof err) == 0, "%s", err);
-    char drop[128];
     snprintf(drop, sizeof drop, "DROP SCHEMA IF EXISTS %s CASCADE", schema);
     ck_assert_int_eq(cm_db_exec(db, "drop", drop, 0, NULL, NULL), 0);
     ck_assert_msg(cm_db_migrate_component(db, schema, "outbox", cm_outbox_migrations,
                                           cm_outbox_migrations_count, err, sizeof err) == 0,
                   "%s", err);
-    partner_tx t = {.channel = channel};
-    for (int i = 0; i < NKINDS; i++)
-        ck_assert_int_eq(cm_id_uuid7(t.ids[i]), 0);
-    ck_assert_int_eq(cm_db_tx(db, NULL, 3, write_events, &t), 0);
+    return db;
+}
 
+static void outbox_db_drop(cm_db *db, const char *schema)
+{
+    char drop[128];
+    snprintf(drop, sizeof drop, "DROP SCHEMA IF EXISTS %s CASCADE", schema);
+    ck_assert_int_eq(cm_db_exec(db, "drop", drop, 0, NULL, NULL), 0);
+    cm_db_free(db);
+}
+
+/* the relay publishes what the outbox of schema holds; then kcat reads the
+ * whole topic into a file (returned, to be unlinked) */
+static char *publish_and_read(cm_db *db, const char *schema)
+{
+    char err[512];
     cm_kafka_producer *p;
     ck_assert_int_eq(cm_kafka_producer_new(&p, brokers, "test-partner", NULL, err, sizeof err), 0);
     cm_outbox_relay *relay;
@@ -232,7 +255,7 @@ START_TEST(kcat_reads_valid_partner_cloudevents)
     cm_kafka_producer_free(p, 5000);
 
     /* kcat, not our client, reads the whole topic */
-    char out[] = "/tmp/test_partner_XXXXXX";
+    char *out = strdup("/tmp/test_partner_XXXXXX");
     int fd = mkstemp(out);
     ck_assert_int_ge(fd, 0);
     close(fd);
@@ -240,44 +263,376 @@ START_TEST(kcat_reads_valid_partner_cloudevents)
     snprintf(cmd, sizeof cmd, "kcat -C -b '%s' -t %s -o beginning -e -q -J > %s 2>/dev/null",
              brokers, TOPIC, out);
     ck_assert_msg(system(cmd) == 0, "%s failed", cmd);
+    return out;
+}
 
-    /* this run's records: all four, in commit order (one key, one partition) */
-    FILE *f = fopen(out, "r");
+/* the contract's own checker accepts every record of key in file */
+static void validate_records(const char *file, const char *key)
+{
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd, "/usr/bin/python3 %s/validate.py --records --key '%s' < %s",
+             PARTNER_DIR, key, file);
+    int st = system(cmd);
+    ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "validate.py rejected a record: %s", cmd);
+}
+
+/* each record of key in file, parsed (the caller json_decref's them), in
+ * topic order; returns how many */
+static size_t records_of(const char *file, const char *key, json_t **docs, size_t max)
+{
+    FILE *f = fopen(file, "r");
     ck_assert_ptr_nonnull(f);
-    char line[65536];
-    int seen = 0;
+    static char line[1 << 20];
+    size_t n = 0;
     while (fgets(line, sizeof line, f)) {
         json_error_t jerr;
         json_t *rec = json_loads(line, 0, &jerr);
         if (!rec)
             continue;
-        const char *key = json_string_value(json_object_get(rec, "key"));
-        if (key && strcmp(key, channel) == 0) {
-            ck_assert_int_lt(seen, NKINDS);
-            json_t *doc = json_loads(json_string_value(json_object_get(rec, "payload")), 0, &jerr);
-            ck_assert_ptr_nonnull(doc);
-            ck_assert_str_eq(json_string_value(json_object_get(doc, "id")), t.ids[seen]);
-            char type[96];
-            snprintf(type, sizeof type, "com.commerce.commission.v1.%s", kinds[seen]);
-            ck_assert_str_eq(json_string_value(json_object_get(doc, "type")), type);
-            json_decref(doc);
-            seen++;
+        const char *k = json_string_value(json_object_get(rec, "key"));
+        if (k && strcmp(k, key) == 0) {
+            ck_assert_uint_lt(n, max);
+            docs[n] = json_loads(json_string_value(json_object_get(rec, "payload")), 0, &jerr);
+            ck_assert_ptr_nonnull(docs[n]);
+            n++;
         }
         json_decref(rec);
     }
     fclose(f);
-    ck_assert_int_eq(seen, NKINDS);
+    return n;
+}
 
-    /* the contract's own checker accepts every one of them */
-    snprintf(cmd, sizeof cmd, "/usr/bin/python3 %s/validate.py --records --key '%s' < %s",
-             PARTNER_DIR, channel, out);
-    int st = system(cmd);
-    ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "validate.py rejected a record: %s", cmd);
+START_TEST(kcat_reads_valid_partner_cloudevents)
+{
+    ensure_topic();
+    char schema[64], channel[64];
+    snprintf(schema, sizeof schema, "partner_%ld", (long)getpid());
+    snprintf(channel, sizeof channel, "partner-t%ld-%lld", (long)getpid(), hs_now_ms());
+    cm_db *db = outbox_db(schema);
+    partner_tx t = {.channel = channel};
+    for (int i = 0; i < NKINDS; i++)
+        ck_assert_int_eq(cm_id_uuid7(t.ids[i]), 0);
+    ck_assert_int_eq(cm_db_tx(db, NULL, 3, write_events, &t), 0);
+    char *out = publish_and_read(db, schema);
+
+    /* this run's records: all four, in commit order (one key, one partition) */
+    json_t *docs[NKINDS + 1];
+    size_t seen = records_of(out, channel, docs, NKINDS + 1);
+    ck_assert_uint_eq(seen, NKINDS);
+    for (size_t i = 0; i < seen; i++) {
+        ck_assert_str_eq(json_string_value(json_object_get(docs[i], "id")), t.ids[i]);
+        char type[96];
+        snprintf(type, sizeof type, "com.commerce.commission.v1.%s", kinds[i]);
+        ck_assert_str_eq(json_string_value(json_object_get(docs[i], "type")), type);
+        json_decref(docs[i]);
+    }
+    validate_records(out, channel);
     unlink(out);
-    ck_assert_int_eq(cm_db_exec(db, "drop", drop, 0, NULL, NULL), 0);
-    cm_db_free(db);
+    free(out);
+    outbox_db_drop(db, schema);
 }
 END_TEST
+
+#ifdef ORDER_BIN
+/* ---- events made from real orders ---- */
+
+#define OSVC "/commerce.order.v1.OrderService/"
+#define ISVC "/commerce.inventory.v1.InventoryService/"
+#define NORDERS 6
+
+typedef Commerce__Order__V1__Order Order;
+
+static void topic_admin(const char *topic, int create)
+{
+    char err[256];
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    rd_kafka_conf_set(conf, "bootstrap.servers", brokers, err, sizeof err);
+    rd_kafka_conf_set(conf, "log_level", "0", err, sizeof err);
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof err);
+    ck_assert_ptr_nonnull(rk);
+    rd_kafka_queue_t *q = rd_kafka_queue_new(rk);
+    if (create) {
+        rd_kafka_NewTopic_t *nt = rd_kafka_NewTopic_new(topic, 2, 1, err, sizeof err);
+        ck_assert_ptr_nonnull(nt);
+        rd_kafka_CreateTopics(rk, &nt, 1, NULL, q);
+        rd_kafka_NewTopic_destroy(nt);
+    } else {
+        rd_kafka_DeleteTopic_t *dt = rd_kafka_DeleteTopic_new(topic);
+        rd_kafka_DeleteTopics(rk, &dt, 1, NULL, q);
+        rd_kafka_DeleteTopic_destroy(dt);
+    }
+    rd_kafka_event_t *ev = rd_kafka_queue_poll(q, 30000);
+    ck_assert_msg(ev != NULL, "no answer from the broker about topic %s", topic);
+    rd_kafka_event_destroy(ev);
+    rd_kafka_queue_destroy(q);
+    rd_kafka_destroy(rk);
+}
+
+static void drop_schema(const char *schema)
+{
+    PGconn *pg = PQconnectdb(hs_pg_dsn());
+    char sql[128];
+    snprintf(sql, sizeof sql, "DROP SCHEMA IF EXISTS %s CASCADE", schema);
+    PQclear(PQexec(pg, "SET client_min_messages = warning"));
+    PQclear(PQexec(pg, sql));
+    PQfinish(pg);
+}
+
+static cm_rpc_client *client_for(const hs_proc *p)
+{
+    cm_rpc_client *c = NULL;
+    char err[256];
+    cm_rpc_client_opts o = {.target = p->target, .max_attempts = 1};
+    ck_assert_int_eq(cm_rpc_client_new(&c, &o, err, sizeof err), 0);
+    return c;
+}
+
+static void must_call(cm_rpc_client *c, const char *method, const ProtobufCMessage *req,
+                      const ProtobufCMessageDescriptor *d, ProtobufCMessage **resp,
+                      const cm_rpc_md *md)
+{
+    cm_rpc_status st;
+    int rc = cm_rpc_call(c, method, req, d, NULL, resp, md, 1, 15000, 0, &st);
+    ck_assert_msg(rc == 0, "%s: code %d %s %s", method, st.code, st.reason, st.message);
+}
+
+/* RFC 3339 UTC with milliseconds, as the contract writes instants */
+static void rfc3339(int64_t ms, char out[32])
+{
+    time_t secs = (time_t)(ms / 1000);
+    struct tm tm;
+    gmtime_r(&secs, &tm);
+    char day[24];
+    strftime(day, sizeof day, "%Y-%m-%dT%H:%M:%S", &tm);
+    snprintf(out, 32, "%s.%03dZ", day, (int)(ms % 1000));
+}
+
+static int64_t wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static json_t *money(int64_t amount, const char *currency)
+{
+    char n[24];
+    snprintf(n, sizeof n, "%lld", (long long)amount);
+    return json_pack("{s:s, s:s}", "amount_minor", n, "currency", currency);
+}
+
+/* the accrued example, made the commission of a real (paid) order: its id,
+ * merchant, channel, amount and payment time; one bracket at 5 % */
+static char *accrued_of(const Order *o, const char *commission_id, int64_t now_ms)
+{
+    char path[1024];
+    snprintf(path, sizeof path, "%s/examples/accrued.json", PARTNER_DIR);
+    json_error_t jerr;
+    json_t *doc = json_load_file(path, 0, &jerr);
+    ck_assert_msg(doc != NULL, "%s: %s", path, jerr.text);
+    json_t *data = json_object_get(doc, "data");
+    json_t *c = json_object_get(data, "commission");
+    const char *cur = o->total_amount->currency;
+    int64_t total = o->total_amount->amount_minor;
+    int64_t fee = (total * 500 + 5000) / 10000;
+    char paid[32], accrued[32];
+    rfc3339(o->payment->paid_at->seconds * 1000 + o->payment->paid_at->nanos / 1000000, paid);
+    rfc3339(now_ms, accrued);
+    json_object_set_new(data, "channel_id", json_string(o->channel_id));
+    json_object_set_new(c, "commission_id", json_string(commission_id));
+    json_object_set_new(c, "channel_id", json_string(o->channel_id));
+    json_object_set_new(c, "merchant_id", json_string(o->merchant_id));
+    json_object_set_new(c, "order_id", json_string(o->order_id));
+    json_object_set_new(c, "order_amount", money(total, cur));
+    json_object_set_new(c, "period_sales_before", money(0, cur));
+    json_object_set_new(c, "amount", money(fee, cur));
+    json_object_set_new(c, "clawed_back_amount", money(0, cur));
+    json_object_set_new(c, "net_amount", money(fee, cur));
+    json_object_set_new(c, "brackets",
+                        json_pack("[{s:o, s:i, s:o, s:o}]", "from_sales", money(0, cur), "rate_bps",
+                                  500, "sales", money(total, cur), "commission", money(fee, cur)));
+    json_object_set_new(c, "paid_at", json_string(paid));
+    json_object_set_new(c, "accrued_at", json_string(accrued));
+    char *text = json_dumps(data, JSON_COMPACT);
+    ck_assert_ptr_nonnull(text);
+    json_decref(doc);
+    return text;
+}
+
+typedef struct real_tx {
+    const char *tenant, *channel;
+    Order *orders[NORDERS];
+    char ids[NORDERS][CM_ID_SIZE];         /* event ids */
+    char commissions[NORDERS][CM_ID_SIZE]; /* commission ids */
+} real_tx;
+
+static int write_real_events(cm_db *db, void *arg)
+{
+    real_tx *t = arg;
+    for (int i = 0; i < NORDERS; i++) {
+        int64_t now = wall_ms();
+        char *data = accrued_of(t->orders[i], t->commissions[i], now);
+        cm_cloudevent ce = {
+            .id = t->ids[i],
+            .source = "/commerce/commission",
+            .type = "com.commerce.commission.v1.accrued",
+            .time_ms = now,
+            .subject = t->commissions[i],
+            .tenant_id = t->tenant,
+            .partition_key = t->channel,
+        };
+        char *payload = NULL;
+        size_t len = 0;
+        int rc = cm_cloudevent_json(&ce, data, &payload, &len);
+        free(data);
+        if (rc)
+            return rc;
+        cm_outbox_event ev = {
+            .event_id = t->ids[i],
+            .tenant_id = t->tenant,
+            .topic = TOPIC,
+            .key = t->channel,
+            .type = ce.type,
+            .source = "/commerce/commission",
+            .payload = payload,
+            .len = len,
+            .content_type = CM_CLOUDEVENTS_JSON_CONTENT_TYPE,
+        };
+        rc = cm_outbox_add(db, &ev);
+        free(payload);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+/* orders as a running order service makes them: created (inventory
+ * reserves), then paid */
+static void make_orders(real_tx *t)
+{
+    char ord_schema[64], inv_schema[64], topic[128], s1[96], s2[96], s3[192], s4[64];
+    snprintf(ord_schema, sizeof ord_schema, "partner_ord_%ld", (long)getpid());
+    snprintf(inv_schema, sizeof inv_schema, "partner_inv_%ld", (long)getpid());
+    snprintf(topic, sizeof topic, "commerce.order.v1.it-partner-%ld", (long)getpid());
+    topic_admin(topic, 1);
+    hs_proc inv, ord;
+    snprintf(s1, sizeof s1, "INVENTORY_SCHEMA=%s", inv_schema);
+    const char *ienv[] = {s1, "INVENTORY_CONSUME_ORDERS=off", "WORKERS=4", NULL};
+    ck_assert_int_eq(hs_spawn(&inv, INVENTORY_BIN, ienv), 0);
+    ck_assert_msg(hs_wait_serving(&inv, 30000) == 0, "inventory did not start (log %s)",
+                  inv.log_path);
+    snprintf(s2, sizeof s2, "ORDER_SCHEMA=%s", ord_schema);
+    snprintf(s3, sizeof s3, "ORDER_TOPIC=%s", topic);
+    snprintf(s4, sizeof s4, "INVENTORY_TARGET=127.0.0.1:%d", inv.grpc_port);
+    const char *oenv[] = {s2, s3, s4, "WORKERS=4", NULL};
+    ck_assert_int_eq(hs_spawn(&ord, ORDER_BIN, oenv), 0);
+    ck_assert_msg(hs_wait_serving(&ord, 30000) == 0, "order did not start (log %s)", ord.log_path);
+    cm_rpc_client *ic = client_for(&inv), *oc = client_for(&ord);
+    const cm_rpc_md md[] = {{"x-tenant-id", t->tenant}};
+
+    Commerce__Inventory__V1__SetStockRequest ss = COMMERCE__INVENTORY__V1__SET_STOCK_REQUEST__INIT;
+    ss.request_id = "partner-stock-1";
+    ss.sku = "PARTNER-SKU";
+    ss.available = 1000;
+    ss.reason = "stock for the partner contract test";
+    ss.actor = "test_partner";
+    ProtobufCMessage *r = NULL;
+    must_call(ic, ISVC "SetStock", &ss.base,
+              &commerce__inventory__v1__set_stock_response__descriptor, &r, md);
+    protobuf_c_message_free_unpacked(r, NULL);
+
+    for (int i = 0; i < NORDERS; i++) {
+        char rid[48], pid[64];
+        /* request ids as callers make them: some UUIDs, some their own */
+        if (i % 2)
+            ck_assert_int_eq(cm_id_uuid7(rid), 0);
+        else
+            snprintf(rid, sizeof rid, "checkout-%ld-%d", (long)getpid(), i);
+        Commerce__Common__V1__Money price = COMMERCE__COMMON__V1__MONEY__INIT;
+        price.amount_minor = 1999 + 1000 * i;
+        price.currency = "CNY";
+        Commerce__Order__V1__CreateOrderLine l = COMMERCE__ORDER__V1__CREATE_ORDER_LINE__INIT;
+        l.sku = "PARTNER-SKU";
+        l.quantity = 1 + i;
+        l.unit_price = &price;
+        Commerce__Order__V1__CreateOrderLine *lp[] = {&l};
+        Commerce__Order__V1__CreateOrderRequest co =
+            COMMERCE__ORDER__V1__CREATE_ORDER_REQUEST__INIT;
+        co.request_id = rid;
+        co.buyer_id = "buyer-9";
+        co.merchant_id = "m-1024";
+        co.channel_id = (char *)t->channel;
+        co.currency = "CNY";
+        co.lines = lp;
+        co.n_lines = 1;
+        Commerce__Order__V1__CreateOrderResponse *cr = NULL;
+        must_call(oc, OSVC "CreateOrder", &co.base,
+                  &commerce__order__v1__create_order_response__descriptor, (ProtobufCMessage **)&cr,
+                  md);
+        Commerce__Order__V1__MarkPaidRequest mp = COMMERCE__ORDER__V1__MARK_PAID_REQUEST__INIT;
+        snprintf(pid, sizeof pid, "pay-%s", rid);
+        mp.payment_id = pid;
+        mp.order_id = cr->order->order_id;
+        mp.amount = cr->order->total_amount;
+        mp.provider = "alipay";
+        Commerce__Order__V1__MarkPaidResponse *pr = NULL;
+        must_call(oc, OSVC "MarkPaid", &mp.base,
+                  &commerce__order__v1__mark_paid_response__descriptor, (ProtobufCMessage **)&pr,
+                  md);
+        protobuf_c_message_free_unpacked(&cr->base, NULL);
+        t->orders[i] = pr->order;
+        pr->order = NULL;
+        protobuf_c_message_free_unpacked(&pr->base, NULL);
+        ck_assert_ptr_nonnull(t->orders[i]->payment);
+    }
+    cm_rpc_client_free(ic);
+    cm_rpc_client_free(oc);
+    ck_assert_msg(hs_stop(&ord, SIGTERM, 30000) == 0, "order did not exit 0 (log %s)",
+                  ord.log_path);
+    ck_assert_msg(hs_stop(&inv, SIGTERM, 30000) == 0, "inventory did not exit 0 (log %s)",
+                  inv.log_path);
+    topic_admin(topic, 0);
+    drop_schema(ord_schema);
+    drop_schema(inv_schema);
+}
+
+START_TEST(partner_events_of_real_orders_validate)
+{
+    ensure_topic();
+    char schema[64], channel[64];
+    snprintf(schema, sizeof schema, "partner_real_%ld", (long)getpid());
+    snprintf(channel, sizeof channel, "partner-r%ld-%lld", (long)getpid(), hs_now_ms());
+    real_tx t = {.tenant = "shop-cn-01", .channel = channel};
+    make_orders(&t);
+    for (int i = 0; i < NORDERS; i++) {
+        /* what the order service assigns: a name-based UUIDv8 */
+        uint8_t b[16];
+        ck_assert_int_eq(cm_id_parse(t.orders[i]->order_id, b), 0);
+        ck_assert_uint_eq(b[6] >> 4, 8);
+        ck_assert_int_eq(cm_id_uuid7(t.ids[i]), 0);
+        ck_assert_int_eq(cm_id_uuid7(t.commissions[i]), 0);
+    }
+    cm_db *db = outbox_db(schema);
+    ck_assert_int_eq(cm_db_tx(db, NULL, 3, write_real_events, &t), 0);
+    char *out = publish_and_read(db, schema);
+    json_t *docs[NORDERS + 1];
+    size_t n = records_of(out, channel, docs, NORDERS + 1);
+    ck_assert_uint_eq(n, NORDERS);
+    for (size_t i = 0; i < n; i++) {
+        json_t *c = json_object_get(json_object_get(docs[i], "data"), "commission");
+        ck_assert_str_eq(json_string_value(json_object_get(c, "order_id")), t.orders[i]->order_id);
+        json_decref(docs[i]);
+    }
+    /* the schema and the contract's invariants hold for every one */
+    validate_records(out, channel);
+    unlink(out);
+    free(out);
+    for (int i = 0; i < NORDERS; i++)
+        protobuf_c_message_free_unpacked(&t.orders[i]->base, NULL);
+    outbox_db_drop(db, schema);
+}
+END_TEST
+#endif
 
 static Suite *partner_suite(void)
 {
@@ -288,6 +643,9 @@ static Suite *partner_suite(void)
     TCase *tc = tcase_create("kcat");
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, kcat_reads_valid_partner_cloudevents);
+#ifdef ORDER_BIN
+    tcase_add_test(tc, partner_events_of_real_orders_validate);
+#endif
     suite_add_tcase(s, tc);
     return s;
 }

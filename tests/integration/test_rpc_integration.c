@@ -200,11 +200,61 @@ START_TEST(unknown_method_is_unimplemented)
                           &st),
                      CM_EINTERNAL);
     ck_assert_int_eq(st.code, GRPC_STATUS_UNIMPLEMENTED);
+    ck_assert_str_eq(st.reason, "UNIMPLEMENTED"); /* catalogued in error_reason.proto */
     ck_assert_int_eq(call("/no.such.Service/Method", &req.base,
                           &commerce__test__v1__echo_response__descriptor, &resp, tenant_md, 1, 5000,
                           &st),
                      CM_EINTERNAL);
     ck_assert_int_eq(st.code, GRPC_STATUS_UNIMPLEMENTED);
+}
+END_TEST
+
+/* a reply over GRPC_MAX_MESSAGE_BYTES: FAILED_PRECONDITION, which no
+ * client retries, not RESOURCE_EXHAUSTED, which clients retry forever */
+START_TEST(a_reply_too_large_is_failed_precondition)
+{
+    hs_proc p;
+    const char *env[] = {"GRPC_MAX_MESSAGE_BYTES=256", NULL};
+    ck_assert_int_eq(hs_spawn(&p, TESTSVC_BIN, env), 0);
+    ck_assert_int_eq(hs_wait_serving(&p, 20000), 0);
+    cm_rpc_client *c;
+    char err[256];
+    cm_rpc_client_opts o = {.target = p.target};
+    ck_assert_int_eq(cm_rpc_client_new(&c, &o, err, sizeof err), 0);
+    /* a 160-byte text fits the request; echoed with a 120-byte request id
+     * the reply does not */
+    char text[161], rid[121];
+    memset(text, 't', sizeof text - 1);
+    text[sizeof text - 1] = '\0';
+    memset(rid, 'r', sizeof rid - 1);
+    rid[sizeof rid - 1] = '\0';
+    const cm_rpc_md md[] = {{"x-tenant-id", "tenant-a"}, {"x-request-id", rid}};
+    Commerce__Test__V1__EchoRequest req = COMMERCE__TEST__V1__ECHO_REQUEST__INIT;
+    req.text = text;
+    ProtobufCMessage *resp = NULL;
+    cm_rpc_status st;
+    ck_assert_int_eq(cm_rpc_call(c, SVC "Echo", &req.base,
+                                 &commerce__test__v1__echo_response__descriptor, NULL, &resp, md, 2,
+                                 5000, CM_RPC_CALL_IDEMPOTENT, &st),
+                     CM_ESTATE);
+    ck_assert_int_eq(st.code, GRPC_STATUS_FAILED_PRECONDITION);
+    ck_assert_str_eq(st.reason, "RESPONSE_TOO_LARGE");
+    ck_assert_str_eq(st.domain, "testsvc.commerce");
+    ck_assert_int_eq(st.attempts, 1);
+    /* the same call with a short request id fits */
+    const cm_rpc_md small[] = {{"x-tenant-id", "tenant-a"}, {"x-request-id", "r-1"}};
+    ck_assert_int_eq(cm_rpc_call(c, SVC "Echo", &req.base,
+                                 &commerce__test__v1__echo_response__descriptor, NULL, &resp, small,
+                                 2, 5000, 0, &st),
+                     0);
+    protobuf_c_message_free_unpacked(resp, NULL);
+    static char body[1 << 20];
+    ck_assert_int_eq(hs_http_get(p.admin_port, "/metrics", body, sizeof body), 200);
+    ck_assert_ptr_nonnull(strstr(body, "rpc_server_handled_total{method=\"/commerce.test.v1."
+                                       "TestService/Echo\",code=\"FAILED_PRECONDITION\"} 1"));
+    ck_assert_ptr_null(strstr(body, "code=\"RESOURCE_EXHAUSTED\""));
+    cm_rpc_client_free(c);
+    ck_assert_int_eq(hs_stop(&p, SIGTERM, 10000), 0);
 }
 END_TEST
 
@@ -1012,6 +1062,7 @@ static Suite *suite(void)
     tcase_add_test(own, drain_grace_cancels_calls_that_overrun_it);
     tcase_add_test(own, bad_configuration_exits_2_naming_the_variable);
     tcase_add_test(own, auth_required_verifies_bearer_tokens);
+    tcase_add_test(own, a_reply_too_large_is_failed_precondition);
     tcase_add_test(own, tls_and_mtls_when_certificates_are_configured);
     tcase_add_test(own, database_outage_turns_health_not_serving_and_back);
     tcase_add_test(own, a_dependency_failure_is_passed_on_intact);

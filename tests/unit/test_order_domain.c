@@ -480,6 +480,74 @@ START_TEST(order_id_is_a_deterministic_uuid_v8_per_tenant_request_and_generation
 }
 END_TEST
 
+static ord_settings_in good_settings(void)
+{
+    return (ord_settings_in){.request_id = "set-1",
+                             .actor = "ops:alice",
+                             .reason = "longer checkout for pre-orders",
+                             .has_settings = 1,
+                             .has_timeout = 1,
+                             .has_flash = 1,
+                             .timeout_s = 3600,
+                             .flash_s = 600};
+}
+
+START_TEST(settings_check_names_the_bad_field)
+{
+    ord_violation v;
+    ord_settings_in in = good_settings();
+    ck_assert_int_eq(ord_check_settings(&in, &v), 0);
+    /* the bounds themselves are allowed: 1 minute and 72 hours */
+    in.timeout_s = 60;
+    in.flash_s = 72 * 3600;
+    ck_assert_int_eq(ord_check_settings(&in, &v), 0);
+
+    struct {
+        const char *field;
+        ord_settings_in in;
+    } bad[16];
+    size_t n = 0;
+#define BAD(f, stmt)                                                                               \
+    do {                                                                                           \
+        ord_settings_in x = good_settings();                                                       \
+        stmt;                                                                                      \
+        bad[n].field = f;                                                                          \
+        bad[n++].in = x;                                                                           \
+    } while (0)
+    BAD("request_id", x.request_id = "");
+    BAD("request_id", x.request_id = "has space");
+    BAD("settings", x.has_settings = 0);
+    BAD("settings.payment_timeout", x.has_timeout = 0);
+    BAD("settings.payment_timeout", x.timeout_s = 59);
+    BAD("settings.payment_timeout", x.timeout_s = 72 * 3600 + 1);
+    BAD("settings.payment_timeout", x.timeout_s = INT64_MIN);
+    BAD("settings.payment_timeout", x.timeout_nanos = 500);
+    BAD("settings.flash_payment_timeout", x.has_flash = 0);
+    BAD("settings.flash_payment_timeout", x.flash_s = 0);
+    BAD("settings.flash_payment_timeout", x.flash_nanos = -1);
+    BAD("expected_revision", x.expected_revision = -1);
+    BAD("actor", x.actor = "");
+    BAD("actor", x.actor = "tab\there");
+    BAD("reason", x.reason = "");
+#undef BAD
+    for (size_t i = 0; i < n; i++) {
+        memset(&v, 0, sizeof v);
+        ck_assert_int_eq(ord_check_settings(&bad[i].in, &v), CM_EINVAL);
+        ck_assert_str_eq(v.field, bad[i].field);
+        ck_assert_str_eq(v.reason, ""); /* plain INVALID_ARGUMENT */
+    }
+    char longer[130];
+    memset(longer, 'a', sizeof longer - 1);
+    longer[sizeof longer - 1] = '\0';
+    in = good_settings();
+    in.actor = longer; /* 129 characters */
+    ck_assert_int_eq(ord_check_settings(&in, &v), CM_EINVAL);
+    ck_assert_str_eq(v.field, "actor");
+    longer[128] = '\0';
+    ck_assert_int_eq(ord_check_settings(&in, &v), 0);
+}
+END_TEST
+
 START_TEST(deadline_clamps_to_the_reservation_expiry_minus_the_margin)
 {
     const int64_t created = 1700000000000LL, min = 60000;
@@ -1343,6 +1411,7 @@ static Suite *suite(void)
     tcase_add_test(c, hash_is_sha256_hex);
     tcase_add_test(c, order_id_is_a_deterministic_uuid_v8_per_tenant_request_and_generation);
     tcase_add_test(c, deadline_clamps_to_the_reservation_expiry_minus_the_margin);
+    tcase_add_test(c, settings_check_names_the_bad_field);
     suite_add_tcase(s, c);
 
     TCase *m = tcase_create("state");
