@@ -835,6 +835,14 @@ const hs_record *hs_topic_next(hs_topic *t, int timeout_ms)
     return NULL;
 }
 
+size_t hs_topic_read(hs_topic *t, size_t want, int timeout_ms)
+{
+    long long until = hs_now_ms() + timeout_ms;
+    while (t->n < want && hs_now_ms() < until)
+        hs_topic_next(t, 100);
+    return t->n;
+}
+
 int hs_topic_catch_up(hs_topic *t, int timeout_ms)
 {
     int64_t *hi = calloc((size_t)t->parts, sizeof *hi);

@@ -220,6 +220,10 @@ void hs_topic_close(hs_topic *t);
  * record is kept: hs_topic_at(t, hs_topic_count(t) - 1) is the same. */
 const hs_record *hs_topic_next(hs_topic *t, int timeout_ms);
 
+/* reads until want records are kept, or timeout_ms passed; returns how
+ * many are kept */
+size_t hs_topic_read(hs_topic *t, size_t want, int timeout_ms);
+
 /* reads until every partition's end as it is now; 0, or -1 after
  * timeout_ms or when the ends could not be queried. */
 int hs_topic_catch_up(hs_topic *t, int timeout_ms);

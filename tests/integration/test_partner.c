@@ -87,34 +87,6 @@ END_TEST
 
 /* ---- through the outbox, the relay and the broker ---- */
 
-static void ensure_topic(void)
-{
-    char err[256];
-    rd_kafka_conf_t *conf = rd_kafka_conf_new();
-    rd_kafka_conf_set(conf, "bootstrap.servers", brokers, err, sizeof err);
-    rd_kafka_conf_set(conf, "log_level", "0", err, sizeof err);
-    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof err);
-    ck_assert_ptr_nonnull(rk);
-    rd_kafka_queue_t *q = rd_kafka_queue_new(rk);
-    /* as kafka/topics.tsv has it; an existing topic is left alone */
-    rd_kafka_NewTopic_t *nt = rd_kafka_NewTopic_new(TOPIC, 6, 1, err, sizeof err);
-    ck_assert_ptr_nonnull(nt);
-    rd_kafka_CreateTopics(rk, &nt, 1, NULL, q);
-    rd_kafka_event_t *ev = rd_kafka_queue_poll(q, 30000);
-    ck_assert_ptr_nonnull(ev);
-    size_t n = 0;
-    const rd_kafka_topic_result_t **res =
-        rd_kafka_CreateTopics_result_topics(rd_kafka_event_CreateTopics_result(ev), &n);
-    ck_assert_uint_eq(n, 1);
-    rd_kafka_resp_err_t e = rd_kafka_topic_result_error(res[0]);
-    ck_assert_msg(e == RD_KAFKA_RESP_ERR_NO_ERROR || e == RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS,
-                  "could not create %s: %s", TOPIC, rd_kafka_err2str(e));
-    rd_kafka_event_destroy(ev);
-    rd_kafka_NewTopic_destroy(nt);
-    rd_kafka_queue_destroy(q);
-    rd_kafka_destroy(rk);
-}
-
 typedef struct partner_tx {
     const char *channel;
     char ids[NKINDS][CM_ID_SIZE];
@@ -201,7 +173,8 @@ static long unsent(cm_db *db)
 
 START_TEST(kcat_reads_valid_partner_cloudevents)
 {
-    ensure_topic();
+    /* as kafka/topics.tsv has it; an existing topic is left alone */
+    hs_kafka_create_topic(brokers, TOPIC, 6);
     char schema[64], channel[64], err[512];
     snprintf(schema, sizeof schema, "partner_%ld", (long)getpid());
     snprintf(channel, sizeof channel, "partner-t%ld-%lld", (long)getpid(), hs_now_ms());
@@ -305,9 +278,5 @@ int main(void)
         return EXIT_FAILURE;
     }
     cm_log_init("test_partner", CM_LOG_ERROR);
-    SRunner *sr = srunner_create(partner_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return hs_run(partner_suite(), 0);
 }
