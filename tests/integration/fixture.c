@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 const cm_rpc_md fx_md[1] = {{"x-tenant-id", FX_TENANT}};
@@ -87,7 +88,10 @@ void fx_spawn_order(fx *f, hs_proc *p, const char *const *extra)
 
 void fx_respawn_order(fx *f)
 {
+    cm_rpc_client_free(f->oc);
+    f->oc = NULL;
     fx_spawn_order(f, &f->ord, f->extra);
+    f->oc = hs_client(&f->ord, NULL);
 }
 
 void fx_start_opts(fx *f, const fx_opts *o)
@@ -115,7 +119,6 @@ void fx_start_opts(fx *f, const fx_opts *o)
         ck_assert_ptr_nonnull(f->proxy);
     }
     fx_respawn_order(f);
-    f->oc = hs_client(&f->ord, NULL);
     f->ic = hs_client(&f->inv, f->tls_dir);
     if (f->topic[0])
         f->log = hs_topic_open(hs_kafka_brokers(), f->topic, 0);
@@ -684,6 +687,12 @@ const Commerce__Order__V1__RefundLine *fx_refund_line_of(const fx_refund *r, con
 
 void fx_set_stock(cm_rpc_client *c, const char *rid, const char *sku, int64_t avail)
 {
+    fx_set_stock_md(c, rid, sku, avail, fx_md);
+}
+
+void fx_set_stock_md(cm_rpc_client *c, const char *rid, const char *sku, int64_t avail,
+                     const cm_rpc_md *md)
+{
     Commerce__Inventory__V1__SetStockRequest q = COMMERCE__INVENTORY__V1__SET_STOCK_REQUEST__INIT;
     q.request_id = (char *)rid;
     q.sku = (char *)sku;
@@ -692,9 +701,49 @@ void fx_set_stock(cm_rpc_client *c, const char *rid, const char *sku, int64_t av
     q.actor = "ops:test";
     cm_rpc_status st;
     ck_assert_msg(hs_call(c, FX_ISVC "SetStock", &q.base,
-                          &commerce__inventory__v1__set_stock_response__descriptor, NULL, &st,
-                          fx_md, 1) == 0,
+                          &commerce__inventory__v1__set_stock_response__descriptor, NULL, &st, md,
+                          1) == 0,
                   "SetStock %s: %s", sku, st.message);
+}
+
+int fx_configure_sale(cm_rpc_client *c, const Commerce__Inventory__V1__ConfigureFlashSaleRequest *q,
+                      Commerce__Inventory__V1__FlashSale **out, cm_rpc_status *st)
+{
+    Commerce__Inventory__V1__ConfigureFlashSaleResponse *r = NULL;
+    int code = hs_call(c, FX_ISVC "ConfigureFlashSale", &q->base,
+                       &commerce__inventory__v1__configure_flash_sale_response__descriptor,
+                       (ProtobufCMessage **)&r, st, fx_md, 1);
+    if (out) {
+        *out = r ? r->flash_sale : NULL;
+        if (r)
+            r->flash_sale = NULL;
+    }
+    if (r)
+        protobuf_c_message_free_unpacked(&r->base, NULL);
+    return code;
+}
+
+int fx_configure_sale_in(cm_rpc_client *c, const char *rid, const char *id, const char *sku,
+                         long start_off, long end_off, int64_t stock, int64_t limit,
+                         int64_t expected, Commerce__Inventory__V1__FlashSale **out,
+                         cm_rpc_status *st)
+{
+    Commerce__Inventory__V1__ConfigureFlashSaleRequest q =
+        COMMERCE__INVENTORY__V1__CONFIGURE_FLASH_SALE_REQUEST__INIT;
+    Google__Protobuf__Timestamp s = GOOGLE__PROTOBUF__TIMESTAMP__INIT,
+                                e = GOOGLE__PROTOBUF__TIMESTAMP__INIT;
+    s.seconds = time(NULL) + start_off;
+    e.seconds = time(NULL) + end_off;
+    q.request_id = (char *)rid;
+    q.flash_sale_id = (char *)(id ? id : "");
+    q.sku = (char *)sku;
+    q.starts_at = &s;
+    q.ends_at = &e;
+    q.sale_stock = stock;
+    q.per_buyer_limit = limit;
+    q.actor = "ops:test";
+    q.expected_version = expected;
+    return fx_configure_sale(c, &q, out, st);
 }
 
 fx_level fx_get_level(cm_rpc_client *c, const char *sku)

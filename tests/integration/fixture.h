@@ -100,8 +100,8 @@ void fx_teardown(void);
  * NULL); asserts it serves. stop it with hs_stop. */
 void fx_spawn_order(fx *f, hs_proc *p, const char *const *extra);
 
-/* f->ord again, with fx_start's env, after the test stopped or killed it
- * (the client f->oc is the caller's to replace) */
+/* f->ord again, with fx_start's env, after the test stopped or killed it;
+ * f->oc is freed and replaced by a client of the new process */
 void fx_respawn_order(fx *f);
 
 /* every outbox row of the order service published, then the topic read to
@@ -250,6 +250,20 @@ const Commerce__Order__V1__RefundLine *fx_refund_line_of(const fx_refund *r, con
 
 /* SetStock (reason "goods received", actor ops:test); must succeed */
 void fx_set_stock(cm_rpc_client *c, const char *rid, const char *sku, int64_t avail);
+/* the same for the tenant md names */
+void fx_set_stock_md(cm_rpc_client *c, const char *rid, const char *sku, int64_t avail,
+                     const cm_rpc_md *md);
+
+/* ConfigureFlashSale q as it is; the sale into *out (may be NULL; free it
+ * with protobuf_c_message_free_unpacked). the status code. */
+int fx_configure_sale(cm_rpc_client *c, const Commerce__Inventory__V1__ConfigureFlashSaleRequest *q,
+                      Commerce__Inventory__V1__FlashSale **out, cm_rpc_status *st);
+/* ConfigureFlashSale of sku from start_off to end_off (seconds from now),
+ * actor ops:test; id NULL: a new sale; expected 0: any version */
+int fx_configure_sale_in(cm_rpc_client *c, const char *rid, const char *id, const char *sku,
+                         long start_off, long end_off, int64_t stock, int64_t limit,
+                         int64_t expected, Commerce__Inventory__V1__FlashSale **out,
+                         cm_rpc_status *st);
 
 typedef struct fx_level {
     int64_t available, reserved, sold, on_hand;

@@ -358,53 +358,43 @@ int hs_alive(hs_proc *p)
     return !died(p);
 }
 
-int hs_stop(hs_proc *p, int sig, int timeout_ms)
+/* waits up to timeout_ms for p to exit: its exit code or 128+signal (it
+ * is reaped: p->pid is 0), -2 when it still runs, -1 when it is not a
+ * child to wait for */
+static int exited(hs_proc *p, int timeout_ms)
 {
     if (p->pid <= 0)
         return -1;
-    if (sig)
-        kill(p->pid, sig);
     long long until = hs_now_ms() + timeout_ms;
     int st = 0;
     for (;;) {
         pid_t r = reap(p->pid, &st, WNOHANG);
-        if (r == p->pid)
-            break;
-        if (r < 0) { /* not ours to wait for (any more) */
+        if (r == p->pid || r < 0) {
             p->pid = 0;
-            return -1;
+            return r < 0 ? -1 : status_code(st);
         }
-        if (hs_now_ms() > until) {
-            kill(p->pid, SIGKILL);
-            reap(p->pid, &st, 0);
-            break;
-        }
+        if (hs_now_ms() > until)
+            return -2;
         usleep(10 * 1000);
     }
-    p->pid = 0;
-    return status_code(st);
+}
+
+int hs_stop(hs_proc *p, int sig, int timeout_ms)
+{
+    if (p->pid > 0 && sig)
+        kill(p->pid, sig);
+    int code = exited(p, timeout_ms);
+    if (code == -2) {
+        kill(p->pid, SIGKILL);
+        code = exited(p, 60000);
+    }
+    return code;
 }
 
 int hs_wait_exit(hs_proc *p, int timeout_ms)
 {
-    if (p->pid <= 0)
-        return -1;
-    long long until = hs_now_ms() + timeout_ms;
-    int st = 0;
-    for (;;) {
-        pid_t r = reap(p->pid, &st, WNOHANG);
-        if (r == p->pid)
-            break;
-        if (r < 0) {
-            p->pid = 0;
-            return -1;
-        }
-        if (hs_now_ms() > until)
-            return -1;
-        usleep(20 * 1000);
-    }
-    p->pid = 0;
-    return status_code(st);
+    int code = exited(p, timeout_ms);
+    return code == -2 ? -1 : code;
 }
 
 /* ---- http and /metrics ---- */

@@ -599,23 +599,7 @@ START_TEST(postgres_restarts_under_load_leave_no_orphan_reservation)
     const char *ord_env[] = {"ORDER_INVENTORY_TIMEOUT_MS=1000", NULL};
     fx *p = &the_pair;
     pair_start(p, cl.dsn, "pgr", ord_env);
-    {
-        Commerce__Inventory__V1__SetStockRequest ss =
-            COMMERCE__INVENTORY__V1__SET_STOCK_REQUEST__INIT;
-        ss.request_id = "pgr-stock";
-        ss.sku = "PGR-1";
-        ss.available = 1000000;
-        ss.reason = "hostile test";
-        ss.actor = "test";
-        cm_rpc_status st;
-        ProtobufCMessage *resp = NULL;
-        ck_assert_int_eq(cm_rpc_call(p->ic, "/commerce.inventory.v1.InventoryService/SetStock",
-                                     &ss.base,
-                                     &commerce__inventory__v1__set_stock_response__descriptor, NULL,
-                                     &resp, tenant_md, 1, 5000, 0, &st),
-                         0);
-        protobuf_c_message_free_unpacked(resp, NULL);
-    }
+    fx_set_stock_md(p->ic, "pgr-stock", "PGR-1", 1000000, tenant_md);
 
     loadgen g = {.p = p};
     pthread_mutex_init(&g.mu, NULL);

@@ -654,29 +654,19 @@ START_TEST(flash_sale_per_buyer_limit_is_exact_under_concurrency)
     q.sale_stock = 50;
     q.per_buyer_limit = 3;
     q.actor = "ops:test";
-    Commerce__Inventory__V1__ConfigureFlashSaleResponse *fr = NULL;
-    ck_assert_int_eq(hs_call(c, SVC "ConfigureFlashSale", &q.base,
-                             &commerce__inventory__v1__configure_flash_sale_response__descriptor,
-                             (ProtobufCMessage **)&fr, NULL, fx_md, 1),
-                     0);
-    ck_assert_int_eq(fr->flash_sale->state,
-                     COMMERCE__INVENTORY__V1__FLASH_SALE_STATE__FLASH_SALE_STATE_ACTIVE);
+    Commerce__Inventory__V1__FlashSale *fr = NULL;
+    ck_assert_int_eq(fx_configure_sale(c, &q, &fr, NULL), 0);
+    ck_assert_int_eq(fr->state, COMMERCE__INVENTORY__V1__FLASH_SALE_STATE__FLASH_SALE_STATE_ACTIVE);
     char sale_id[64];
-    snprintf(sale_id, sizeof sale_id, "%s", fr->flash_sale->flash_sale_id);
+    snprintf(sale_id, sizeof sale_id, "%s", fr->flash_sale_id);
     protobuf_c_message_free_unpacked(&fr->base, NULL);
     /* the same request again: the same sale; an overlapping one is refused */
-    ck_assert_int_eq(hs_call(c, SVC "ConfigureFlashSale", &q.base,
-                             &commerce__inventory__v1__configure_flash_sale_response__descriptor,
-                             (ProtobufCMessage **)&fr, NULL, fx_md, 1),
-                     0);
-    ck_assert_str_eq(fr->flash_sale->flash_sale_id, sale_id);
+    ck_assert_int_eq(fx_configure_sale(c, &q, &fr, NULL), 0);
+    ck_assert_str_eq(fr->flash_sale_id, sale_id);
     protobuf_c_message_free_unpacked(&fr->base, NULL);
     cm_rpc_status s;
     q.request_id = "fs-create-2";
-    ck_assert_int_eq(hs_call(c, SVC "ConfigureFlashSale", &q.base,
-                             &commerce__inventory__v1__configure_flash_sale_response__descriptor,
-                             NULL, &s, fx_md, 1),
-                     GRPC_STATUS_FAILED_PRECONDITION);
+    ck_assert_int_eq(fx_configure_sale(c, &q, NULL, &s), GRPC_STATUS_FAILED_PRECONDITION);
     ck_assert_str_eq(s.reason, "FLASH_SALE_OVERLAP");
 
     /* a buyer is required in a sale */
@@ -1068,26 +1058,12 @@ END_TEST
 static void configure_sale(cm_rpc_client *c, const char *rid, const char *sku, long start_off,
                            int64_t stock, char *id, size_t idcap)
 {
-    Commerce__Inventory__V1__ConfigureFlashSaleRequest q =
-        COMMERCE__INVENTORY__V1__CONFIGURE_FLASH_SALE_REQUEST__INIT;
-    Google__Protobuf__Timestamp st = GOOGLE__PROTOBUF__TIMESTAMP__INIT,
-                                en = GOOGLE__PROTOBUF__TIMESTAMP__INIT;
-    st.seconds = time(NULL) + start_off;
-    en.seconds = st.seconds + 1800;
-    q.request_id = (char *)rid;
-    q.sku = (char *)sku;
-    q.starts_at = &st;
-    q.ends_at = &en;
-    q.sale_stock = stock;
-    q.per_buyer_limit = 2;
-    q.actor = "ops:test";
-    Commerce__Inventory__V1__ConfigureFlashSaleResponse *r = NULL;
-    ck_assert_int_eq(hs_call(c, SVC "ConfigureFlashSale", &q.base,
-                             &commerce__inventory__v1__configure_flash_sale_response__descriptor,
-                             (ProtobufCMessage **)&r, NULL, fx_md, 1),
-                     0);
-    snprintf(id, idcap, "%s", r->flash_sale->flash_sale_id);
-    protobuf_c_message_free_unpacked(&r->base, NULL);
+    Commerce__Inventory__V1__FlashSale *f = NULL;
+    ck_assert_int_eq(
+        fx_configure_sale_in(c, rid, NULL, sku, start_off, start_off + 1800, stock, 2, 0, &f, NULL),
+        0);
+    snprintf(id, idcap, "%s", f->flash_sale_id);
+    protobuf_c_message_free_unpacked(&f->base, NULL);
 }
 
 static int list_sales(cm_rpc_client *c, Commerce__Inventory__V1__ListFlashSalesRequest *q,
@@ -1421,41 +1397,6 @@ END_TEST
 
 /* ---- flash sale updates ---- */
 
-/* ConfigureFlashSale; start and end are offsets in seconds from now. the
- * response's sale, when wanted, is left in *out (free it) */
-static int configure(cm_rpc_client *c, const char *rid, const char *id, const char *sku,
-                     long start_off, long end_off, int64_t stock, int64_t limit, int64_t expected,
-                     Commerce__Inventory__V1__FlashSale **out, cm_rpc_status *st)
-{
-    Commerce__Inventory__V1__ConfigureFlashSaleRequest q =
-        COMMERCE__INVENTORY__V1__CONFIGURE_FLASH_SALE_REQUEST__INIT;
-    Google__Protobuf__Timestamp s = GOOGLE__PROTOBUF__TIMESTAMP__INIT,
-                                e = GOOGLE__PROTOBUF__TIMESTAMP__INIT;
-    s.seconds = time(NULL) + start_off;
-    e.seconds = time(NULL) + end_off;
-    q.request_id = (char *)rid;
-    q.flash_sale_id = (char *)(id ? id : "");
-    q.sku = (char *)sku;
-    q.starts_at = &s;
-    q.ends_at = &e;
-    q.sale_stock = stock;
-    q.per_buyer_limit = limit;
-    q.actor = "ops:test";
-    q.expected_version = expected;
-    Commerce__Inventory__V1__ConfigureFlashSaleResponse *r = NULL;
-    int code = hs_call(c, SVC "ConfigureFlashSale", &q.base,
-                       &commerce__inventory__v1__configure_flash_sale_response__descriptor,
-                       (ProtobufCMessage **)&r, st, fx_md, 1);
-    if (out) {
-        *out = r ? r->flash_sale : NULL;
-        if (r)
-            r->flash_sale = NULL;
-    }
-    if (r)
-        protobuf_c_message_free_unpacked(&r->base, NULL);
-    return code;
-}
-
 /* ConfigureFlashSale with the sale's stored window (an update that keeps it) */
 static int configure_keep_window(cm_rpc_client *c, const char *rid,
                                  const Commerce__Inventory__V1__FlashSale *f, int64_t stock,
@@ -1473,18 +1414,7 @@ static int configure_keep_window(cm_rpc_client *c, const char *rid,
     q.per_buyer_limit = limit;
     q.actor = "ops:test";
     q.expected_version = expected;
-    Commerce__Inventory__V1__ConfigureFlashSaleResponse *r = NULL;
-    int code = hs_call(c, SVC "ConfigureFlashSale", &q.base,
-                       &commerce__inventory__v1__configure_flash_sale_response__descriptor,
-                       (ProtobufCMessage **)&r, st, fx_md, 1);
-    if (out) {
-        *out = r ? r->flash_sale : NULL;
-        if (r)
-            r->flash_sale = NULL;
-    }
-    if (r)
-        protobuf_c_message_free_unpacked(&r->base, NULL);
-    return code;
+    return fx_configure_sale(c, &q, out, st);
 }
 
 static Commerce__Inventory__V1__FlashSale *get_sale(cm_rpc_client *c, const char *id)
@@ -1537,7 +1467,7 @@ START_TEST(flash_sale_updates_change_a_running_sale_within_its_invariants)
     cm_rpc_client *c = hs_client(&p, NULL);
     fx_set_stock(c, "r1", "sku-u", 100);
     Commerce__Inventory__V1__FlashSale *f = NULL, *g = NULL;
-    ck_assert_int_eq(configure(c, "u-0", NULL, "sku-u", -5, 3600, 5, 2, 0, &f, NULL), 0);
+    ck_assert_int_eq(fx_configure_sale_in(c, "u-0", NULL, "sku-u", -5, 3600, 5, 2, 0, &f, NULL), 0);
     ck_assert_int_eq(f->state, COMMERCE__INVENTORY__V1__FLASH_SALE_STATE__FLASH_SALE_STATE_ACTIVE);
     char id[64];
     snprintf(id, sizeof id, "%s", f->flash_sale_id);
@@ -1596,7 +1526,7 @@ START_TEST(flash_sale_updates_change_a_running_sale_within_its_invariants)
                      GRPC_STATUS_FAILED_PRECONDITION);
     ck_assert_str_eq(st.reason, "STOCK_WOULD_GO_NEGATIVE");
     ck_assert_str_eq(st.field, "sale_stock");
-    ck_assert_int_eq(configure(c, "u-5", id, "sku-u", -60, 3600, 5, 1, 0, NULL, &st),
+    ck_assert_int_eq(fx_configure_sale_in(c, "u-5", id, "sku-u", -60, 3600, 5, 1, 0, NULL, &st),
                      GRPC_STATUS_FAILED_PRECONDITION);
     ck_assert_str_eq(st.reason, "ILLEGAL_STATE_TRANSITION");
     ck_assert_str_eq(st.field, "starts_at");
@@ -1644,7 +1574,7 @@ START_TEST(flash_sale_updates_change_a_running_sale_within_its_invariants)
                      1 + 6 + 1);
 
     /* a later end: the window grows, and the sale runs on */
-    ck_assert_int_eq(configure(c, "u-9", id, "sku-u", 0, 7200, 6, 1, 0, &g, &st),
+    ck_assert_int_eq(fx_configure_sale_in(c, "u-9", id, "sku-u", 0, 7200, 6, 1, 0, &g, &st),
                      GRPC_STATUS_FAILED_PRECONDITION); /* a new start: refused */
     cur = get_sale(c, id);
     Google__Protobuf__Timestamp later = *cur->ends_at;
@@ -1659,28 +1589,33 @@ START_TEST(flash_sale_updates_change_a_running_sale_within_its_invariants)
 
     /* a scheduled sale: every field may move, but not onto another sale */
     fx_set_stock(c, "r2", "sku-w", 10);
-    ck_assert_int_eq(configure(c, "w-0", NULL, "sku-w", 3600, 7200, 5, 2, 0, &f, NULL), 0);
-    ck_assert_int_eq(configure(c, "w-1", NULL, "sku-w", 10800, 14400, 5, 2, 0, &g, NULL), 0);
+    ck_assert_int_eq(fx_configure_sale_in(c, "w-0", NULL, "sku-w", 3600, 7200, 5, 2, 0, &f, NULL),
+                     0);
+    ck_assert_int_eq(fx_configure_sale_in(c, "w-1", NULL, "sku-w", 10800, 14400, 5, 2, 0, &g, NULL),
+                     0);
     ck_assert_int_eq(
-        configure(c, "w-2", f->flash_sale_id, "sku-w", 9000, 12000, 8, 3, 0, NULL, &st),
+        fx_configure_sale_in(c, "w-2", f->flash_sale_id, "sku-w", 9000, 12000, 8, 3, 0, NULL, &st),
         GRPC_STATUS_FAILED_PRECONDITION);
     ck_assert_str_eq(st.reason, "FLASH_SALE_OVERLAP");
     free_sale(g);
-    ck_assert_int_eq(configure(c, "w-3", f->flash_sale_id, "sku-w", 1800, 9000, 8, 3, 0, &g, NULL),
-                     0);
+    ck_assert_int_eq(
+        fx_configure_sale_in(c, "w-3", f->flash_sale_id, "sku-w", 1800, 9000, 8, 3, 0, &g, NULL),
+        0);
     ck_assert_int_eq(g->sale_stock, 8);
     ck_assert_int_eq(g->per_buyer_limit, 3);
     ck_assert_int_le(labs((long)(g->starts_at->seconds - (time(NULL) + 1800))), 2);
     free_sale(g);
     /* moved to now, it runs; moved to end in two seconds, it ends, and an
      * ended sale is final */
-    ck_assert_int_eq(configure(c, "w-4", f->flash_sale_id, "sku-w", -10, 2, 8, 3, 0, &g, NULL), 0);
+    ck_assert_int_eq(
+        fx_configure_sale_in(c, "w-4", f->flash_sale_id, "sku-w", -10, 2, 8, 3, 0, &g, NULL), 0);
     ck_assert_int_eq(g->state, COMMERCE__INVENTORY__V1__FLASH_SALE_STATE__FLASH_SALE_STATE_ACTIVE);
     free_sale(g);
     ck_assert_int_eq(buy(c, "w-b1-1", "b1", "sku-w", NULL), 0);
     sleep(3);
-    ck_assert_int_eq(configure(c, "w-5", f->flash_sale_id, "sku-w", -10, 3600, 8, 3, 0, NULL, &st),
-                     GRPC_STATUS_FAILED_PRECONDITION);
+    ck_assert_int_eq(
+        fx_configure_sale_in(c, "w-5", f->flash_sale_id, "sku-w", -10, 3600, 8, 3, 0, NULL, &st),
+        GRPC_STATUS_FAILED_PRECONDITION);
     ck_assert_str_eq(st.reason, "ILLEGAL_STATE_TRANSITION");
     free_sale(f);
     ck_assert_int_eq(violations(c), 0);

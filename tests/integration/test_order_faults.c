@@ -106,9 +106,7 @@ START_TEST(kill_9_between_reserve_and_commit_leaks_nothing)
     b1.s.buyer = "buyer-k1";
     kill_after_reserve(&f, &b1, "sku-k1", 2);
     long long killed_at = hs_now_ms();
-    cm_rpc_client_free(f.oc);
     fx_respawn_order(&f);
-    f.oc = hs_client(&f.ord, NULL);
     fx_wait_level(f.ic, "sku-k1", 10, 0, 0);
     fprintf(stderr, "kill -9: orphaned stock back %lld ms after the kill\n",
             hs_now_ms() - killed_at);
@@ -124,9 +122,7 @@ START_TEST(kill_9_between_reserve_and_commit_leaks_nothing)
     b2.s.buyer = "buyer-k2";
     b2.s.timeout_s = 600;
     kill_after_reserve(&f, &b2, "sku-k2", 2);
-    cm_rpc_client_free(f.oc);
     fx_respawn_order(&f);
-    f.oc = hs_client(&f.ord, NULL);
     b2.s.lines = &b2.l;
     fx_order *o = fx_must_create(f.oc, &b2.s);
     char id[64];
@@ -151,9 +147,7 @@ START_TEST(kill_9_between_reserve_and_commit_leaks_nothing)
              FX_TENANT);
     ck_assert_int_eq(hs_sql_long(f.ord_schema, sql), 1);
     hs_stop(&f.ord, SIGTERM, 10000); /* a fresh tenant cache */
-    cm_rpc_client_free(f.oc);
     fx_respawn_order(&f);
-    f.oc = hs_client(&f.ord, NULL);
     bg_create b3 = {.s = fx_spec("req-k-3", NULL, 1), .l = FX_L("sku-k3", 2, 300)};
     b3.s.buyer = "buyer-k3";
     kill_after_reserve(&f, &b3, "sku-k3", 2);
@@ -162,9 +156,7 @@ START_TEST(kill_9_between_reserve_and_commit_leaks_nothing)
              "RETURNING 1",
              FX_TENANT);
     ck_assert_int_eq(hs_sql_long(f.ord_schema, sql), 1);
-    cm_rpc_client_free(f.oc);
     fx_respawn_order(&f);
-    f.oc = hs_client(&f.ord, NULL);
     b3.s.lines = &b3.l;
     o = fx_must_create(f.oc, &b3.s);
     char id3[64];

@@ -182,27 +182,12 @@ START_TEST(saga_payment_timeout_releases_stock)
     fx_set_stock(f.ic, "s-t", "sku-t", 10);
     fx_set_stock(f.ic, "s-f", "sku-f", 10);
     /* a flash sale on sku-f, running now */
-    Commerce__Inventory__V1__ConfigureFlashSaleRequest fq =
-        COMMERCE__INVENTORY__V1__CONFIGURE_FLASH_SALE_REQUEST__INIT;
-    Google__Protobuf__Timestamp fs = GOOGLE__PROTOBUF__TIMESTAMP__INIT,
-                                fe = GOOGLE__PROTOBUF__TIMESTAMP__INIT;
-    fs.seconds = time(NULL) - 5;
-    fe.seconds = time(NULL) + 3600;
-    fq.request_id = "fs-1";
-    fq.sku = "sku-f";
-    fq.starts_at = &fs;
-    fq.ends_at = &fe;
-    fq.sale_stock = 5;
-    fq.per_buyer_limit = 2;
-    fq.actor = "ops:test";
-    Commerce__Inventory__V1__ConfigureFlashSaleResponse *fr = NULL;
-    ck_assert_int_eq(hs_call(f.ic, FX_ISVC "ConfigureFlashSale", &fq.base,
-                             &commerce__inventory__v1__configure_flash_sale_response__descriptor,
-                             (ProtobufCMessage **)&fr, NULL, fx_md, 1),
-                     0);
+    Commerce__Inventory__V1__FlashSale *fs = NULL;
+    ck_assert_int_eq(
+        fx_configure_sale_in(f.ic, "fs-1", NULL, "sku-f", -5, 3600, 5, 2, 0, &fs, NULL), 0);
     char sale[64];
-    snprintf(sale, sizeof sale, "%s", fr->flash_sale->flash_sale_id);
-    protobuf_c_message_free_unpacked(&fr->base, NULL);
+    snprintf(sale, sizeof sale, "%s", fs->flash_sale_id);
+    protobuf_c_message_free_unpacked(&fs->base, NULL);
 
     /* the default payment timeout (ORDER_PAYMENT_TIMEOUT_S) */
     fx_line lt[] = {FX_L("sku-t", 4, 500)};
@@ -407,17 +392,8 @@ START_TEST(tenant_settings_set_the_default_payment_timeout)
              FX_TENANT);
     ck_assert_int_eq(hs_sql_long(f.ord_schema, sql), 1);
     fx_set_stock(f.ic, "s-ts", "sku-ts", 10);
-    Commerce__Inventory__V1__SetStockRequest q = COMMERCE__INVENTORY__V1__SET_STOCK_REQUEST__INIT;
-    q.request_id = "s-ts-other";
-    q.sku = "sku-ts";
-    q.available = 10;
-    q.reason = "goods received";
-    q.actor = "ops:test";
+    fx_set_stock_md(f.ic, "s-ts-other", "sku-ts", 10, fx_md_other);
     cm_rpc_status st;
-    ck_assert_int_eq(hs_call(f.ic, FX_ISVC "SetStock", &q.base,
-                             &commerce__inventory__v1__set_stock_response__descriptor, NULL, &st,
-                             fx_md_other, 1),
-                     0);
     fx_line l[] = {FX_L("sku-ts", 1, 100)};
     /* the tenant's row */
     fx_order_spec s = fx_spec("req-ts-1", l, 1);
