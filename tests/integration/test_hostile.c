@@ -638,10 +638,12 @@ START_TEST(postgres_restarts_under_load_leave_no_orphan_reservation)
     /* once the release delay has passed, every held reservation has its
      * order: none is left held with no order until its ttl */
     PGconn *pg = hs_pg_connect(cl.dsn);
+    /* %.63s: the schema names fit fx's 64-byte arrays (gcc -O3 otherwise
+     * sizes them by the rest of the struct) */
     char sql[2048];
     snprintf(sql, sizeof sql,
-             "SELECT count(*) FROM %s.reservation r WHERE r.state = 1 AND NOT EXISTS "
-             "(SELECT 1 FROM %s.orders o WHERE o.tenant_id = r.tenant_id "
+             "SELECT count(*) FROM %.63s.reservation r WHERE r.state = 1 AND NOT EXISTS "
+             "(SELECT 1 FROM %.63s.orders o WHERE o.tenant_id = r.tenant_id "
              "AND o.order_id::text = r.order_id)",
              p->inv_schema, p->ord_schema);
     long long orphans = -1;
@@ -652,7 +654,8 @@ START_TEST(postgres_restarts_under_load_leave_no_orphan_reservation)
     snprintf(sql, sizeof sql, "SELECT count(*) FROM %s.orders", p->ord_schema);
     long long orders = hs_pg_scalar(pg, sql);
     snprintf(sql, sizeof sql,
-             "SELECT coalesce(sum(l.quantity), 0) FROM %s.reservation r JOIN %s.reservation_line "
+             "SELECT coalesce(sum(l.quantity), 0) FROM %.63s.reservation r JOIN "
+             "%.63s.reservation_line "
              "l USING (tenant_id, order_id) WHERE r.state = 1",
              p->inv_schema, p->inv_schema);
     ck_assert_int_eq(hs_pg_scalar(pg, sql), orders); /* one unit held per order */
