@@ -1,12 +1,13 @@
 #include "harness.h"
 
 #include <arpa/inet.h>
-#include <check.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,11 +19,103 @@
 
 #include "grpc/health/v1/health.pb-c.h"
 
+/* ---- time ---- */
+
 long long hs_now_ms(void)
 {
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
     return (long long)t.tv_sec * 1000 + t.tv_nsec / 1000000;
+}
+
+long long hs_real_ms(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_REALTIME, &t);
+    return (long long)t.tv_sec * 1000 + t.tv_nsec / 1000000;
+}
+
+int hs_poll(int (*done)(void *arg), void *arg, int timeout_ms, int interval_ms)
+{
+    long long until = hs_now_ms() + timeout_ms;
+    for (;;) {
+        if (done(arg))
+            return 0;
+        if (hs_now_ms() >= until)
+            return -1;
+        usleep((useconds_t)interval_ms * 1000);
+    }
+}
+
+/* ---- processes ---- */
+
+/* the pids hs_spawn started and nothing has reaped yet, for hs_teardown.
+ * pids, not hs_procs: a test's hs_proc may be on the stack of a test that
+ * an assertion ended */
+enum { MAX_LIVE = 64 };
+static pid_t live[MAX_LIVE];
+static pthread_mutex_t live_mu = PTHREAD_MUTEX_INITIALIZER;
+
+static void live_add(pid_t pid)
+{
+    pthread_mutex_lock(&live_mu);
+    for (int i = 0; i < MAX_LIVE; i++)
+        if (live[i] == 0) {
+            live[i] = pid;
+            break;
+        }
+    pthread_mutex_unlock(&live_mu);
+}
+
+static void live_remove(pid_t pid)
+{
+    pthread_mutex_lock(&live_mu);
+    for (int i = 0; i < MAX_LIVE; i++)
+        if (live[i] == pid)
+            live[i] = 0;
+    pthread_mutex_unlock(&live_mu);
+}
+
+/* waitpid that forgets a pid once it is reaped */
+static pid_t reap(pid_t pid, int *st, int flags)
+{
+    pid_t r = waitpid(pid, st, flags);
+    if (r == pid || (r < 0 && errno == ECHILD))
+        live_remove(pid);
+    return r;
+}
+
+void hs_teardown(void)
+{
+    int killed = 0;
+    for (int i = 0; i < MAX_LIVE; i++) {
+        pthread_mutex_lock(&live_mu);
+        pid_t pid = live[i];
+        pthread_mutex_unlock(&live_mu);
+        if (pid <= 0)
+            continue;
+        int st;
+        /* only a child of ours that still runs: a pid reaped elsewhere may
+         * have been given to another process since */
+        if (reap(pid, &st, WNOHANG) == 0) {
+            kill(pid, SIGCONT);
+            kill(pid, SIGKILL);
+            reap(pid, &st, 0);
+            killed++;
+        }
+        live_remove(pid);
+    }
+    if (killed)
+        fprintf(stderr, "teardown: killed %d process(es) the test left running\n", killed);
+}
+
+static int status_code(int st)
+{
+    if (WIFEXITED(st))
+        return WEXITSTATUS(st);
+    if (WIFSIGNALED(st))
+        return 128 + WTERMSIG(st);
+    return -1;
 }
 
 /* a port nothing has bound right now */
@@ -82,14 +175,6 @@ int hs_free_port(void)
     return port;
 }
 
-const char *hs_pg_dsn(void)
-{
-    const char *dsn = getenv("PG_DSN");
-    if (!dsn || !*dsn)
-        ck_abort_msg("PG_DSN is not set: run the tests through scripts/test.sh");
-    return dsn;
-}
-
 /* "K=V" entries, later ones overriding earlier ones with the same K */
 static int env_add(char **envp, int n, int max, const char *kv)
 {
@@ -107,6 +192,18 @@ static int env_add(char **envp, int n, int max, const char *kv)
     if (n < max)
         envp[n++] = strdup(kv);
     return n;
+}
+
+const char *const *hs_env_join(const char **out, size_t cap, const char *const *a,
+                               const char *const *b)
+{
+    size_t n = 0;
+    const char *const *lists[] = {a, b};
+    for (size_t k = 0; k < 2; k++)
+        for (size_t i = 0; lists[k] && lists[k][i] && n + 1 < cap; i++)
+            out[n++] = lists[k][i];
+    out[n] = NULL;
+    return out;
 }
 
 int hs_spawn(hs_proc *p, const char *bin, const char *const *env)
@@ -168,7 +265,17 @@ int hs_spawn(hs_proc *p, const char *bin, const char *const *env)
     if (pid < 0)
         return -1;
     p->pid = pid;
+    live_add(pid);
     return 0;
+}
+
+void hs_start(hs_proc *p, const char *bin, const char *const *env)
+{
+    const char *base = strrchr(bin, '/');
+    base = base ? base + 1 : bin;
+    ck_assert_msg(hs_spawn(p, bin, env) == 0, "could not start %s", base);
+    ck_assert_msg(hs_wait_serving(p, 30000) == 0, "%s did not become serving (log %s)", base,
+                  p->log_path);
 }
 
 int hs_health(const hs_proc *p)
@@ -193,45 +300,104 @@ int hs_health(const hs_proc *p)
     return status;
 }
 
-int hs_wait_serving(const hs_proc *p, int timeout_ms)
+/* 1 when the process died (it is reaped) */
+static int died(hs_proc *p)
 {
-    long long until = hs_now_ms() + timeout_ms;
-    while (hs_now_ms() < until) {
-        int st;
-        if (waitpid(p->pid, &st, WNOHANG) == p->pid)
-            return -1; /* it died */
-        if (hs_health(p) == GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING)
-            return 0;
-        usleep(50 * 1000);
+    int st;
+    if (p->pid > 0 && reap(p->pid, &st, WNOHANG) == p->pid) {
+        p->pid = 0;
+        return 1;
     }
-    return -1;
+    return p->pid <= 0;
+}
+
+typedef struct health_wait {
+    hs_proc *p;
+    int want;
+    int check_death;
+    int dead;
+} health_wait;
+
+static int health_is(void *arg)
+{
+    health_wait *w = arg;
+    if (w->check_death && died(w->p))
+        return w->dead = 1;
+    return hs_health(w->p) == w->want;
+}
+
+int hs_wait_serving(hs_proc *p, int timeout_ms)
+{
+    health_wait w = {p, GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING, 1, 0};
+    return hs_poll(health_is, &w, timeout_ms, 50) == 0 && !w.dead ? 0 : -1;
+}
+
+int hs_wait_health(const hs_proc *p, int want, int timeout_ms)
+{
+    health_wait w = {(hs_proc *)p, want, 0, 0};
+    return hs_poll(health_is, &w, timeout_ms, 100);
+}
+
+static int readyz(void *arg)
+{
+    health_wait *w = arg;
+    char body[256];
+    if (died(w->p))
+        return w->dead = 1;
+    return hs_http_get(w->p->admin_port, "/readyz", body, sizeof body) == 200;
+}
+
+int hs_wait_ready(hs_proc *p, int timeout_ms)
+{
+    health_wait w = {p, 0, 1, 0};
+    return hs_poll(readyz, &w, timeout_ms, 50) == 0 && !w.dead ? 0 : -1;
+}
+
+int hs_alive(hs_proc *p)
+{
+    return !died(p);
+}
+
+/* waits up to timeout_ms for p to exit: its exit code or 128+signal (it
+ * is reaped: p->pid is 0), -2 when it still runs, -1 when it is not a
+ * child to wait for */
+static int exited(hs_proc *p, int timeout_ms)
+{
+    if (p->pid <= 0)
+        return -1;
+    long long until = hs_now_ms() + timeout_ms;
+    int st = 0;
+    for (;;) {
+        pid_t r = reap(p->pid, &st, WNOHANG);
+        if (r == p->pid || r < 0) {
+            p->pid = 0;
+            return r < 0 ? -1 : status_code(st);
+        }
+        if (hs_now_ms() > until)
+            return -2;
+        usleep(10 * 1000);
+    }
 }
 
 int hs_stop(hs_proc *p, int sig, int timeout_ms)
 {
-    if (p->pid <= 0)
-        return -1;
-    kill(p->pid, sig);
-    long long until = hs_now_ms() + timeout_ms;
-    int st = 0;
-    for (;;) {
-        pid_t r = waitpid(p->pid, &st, WNOHANG);
-        if (r == p->pid)
-            break;
-        if (hs_now_ms() > until) {
-            kill(p->pid, SIGKILL);
-            waitpid(p->pid, &st, 0);
-            break;
-        }
-        usleep(10 * 1000);
+    if (p->pid > 0 && sig)
+        kill(p->pid, sig);
+    int code = exited(p, timeout_ms);
+    if (code == -2) {
+        kill(p->pid, SIGKILL);
+        code = exited(p, 60000);
     }
-    p->pid = 0;
-    if (WIFEXITED(st))
-        return WEXITSTATUS(st);
-    if (WIFSIGNALED(st))
-        return 128 + WTERMSIG(st);
-    return -1;
+    return code;
 }
+
+int hs_wait_exit(hs_proc *p, int timeout_ms)
+{
+    int code = exited(p, timeout_ms);
+    return code == -2 ? -1 : code;
+}
+
+/* ---- http and /metrics ---- */
 
 int hs_http_get(int port, const char *path, char *body, size_t bodylen)
 {
@@ -271,12 +437,439 @@ int hs_http_get(int port, const char *path, char *body, size_t bodylen)
     return status;
 }
 
-/* ---- fault-injection proxy ---- */
+double hs_metric_in(const char *body, const char *series)
+{
+    size_t n = strlen(series);
+    for (const char *at = body; at && *at; at = strchr(at, '\n')) {
+        if (*at == '\n')
+            at++;
+        if (strncmp(at, series, n) == 0 && at[n] == ' ')
+            return strtod(at + n + 1, NULL);
+    }
+    return -1;
+}
 
-#include <libpq-fe.h>
-#include <poll.h>
-#include <pthread.h>
-#include <stdatomic.h>
+double hs_metric(const hs_proc *p, const char *series)
+{
+    static char body[1 << 18];
+    if (hs_http_get(p->admin_port, "/metrics", body, sizeof body) != 200)
+        return -1;
+    return hs_metric_in(body, series);
+}
+
+/* ---- gRPC ---- */
+
+cm_rpc_client *hs_client(const hs_proc *p, const char *certs_dir)
+{
+    char ca[192], cert[192], key[192];
+    cm_rpc_client_opts o = {.target = p->target};
+    if (certs_dir) {
+        snprintf(ca, sizeof ca, "%s/ca.pem", certs_dir);
+        snprintf(cert, sizeof cert, "%s/client.pem", certs_dir);
+        snprintf(key, sizeof key, "%s/client.key", certs_dir);
+        o.tls_ca_file = ca;
+        o.tls_cert_file = cert;
+        o.tls_key_file = key;
+    }
+    cm_rpc_client *c = NULL;
+    char err[256];
+    ck_assert_msg(cm_rpc_client_new(&c, &o, err, sizeof err) == 0, "client of %s: %s", p->target,
+                  err);
+    return c;
+}
+
+int hs_call(cm_rpc_client *c, const char *method, const ProtobufCMessage *req,
+            const ProtobufCMessageDescriptor *resp_desc, ProtobufCMessage **resp, cm_rpc_status *st,
+            const cm_rpc_md *md, size_t nmd)
+{
+    cm_rpc_status local;
+    if (!st)
+        st = &local;
+    ProtobufCMessage *r = NULL;
+    cm_rpc_call(c, method, req, resp_desc, NULL, &r, md, nmd, 15000, 0, st);
+    if (resp)
+        *resp = r;
+    else if (r)
+        protobuf_c_message_free_unpacked(r, NULL);
+    return st->code;
+}
+
+void hs_make_certs(char *dir, size_t dirlen, const char *tag)
+{
+    snprintf(dir, dirlen, "/tmp/commerce-%s-certs-%d", tag, (int)getpid());
+    char cmd[512];
+    snprintf(cmd, sizeof cmd, "%s %s", CERTS_SCRIPT, dir);
+    ck_assert_msg(system(cmd) == 0, "%s failed", cmd);
+}
+
+void hs_rm_rf(const char *path)
+{
+    char cmd[512];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", path);
+    ck_assert_msg(system(cmd) == 0, "%s failed", cmd);
+}
+
+/* ---- postgres ---- */
+
+const char *hs_pg_dsn(void)
+{
+    const char *dsn = getenv("PG_DSN");
+    if (!dsn || !*dsn)
+        ck_abort_msg("PG_DSN is not set: run the tests through scripts/test.sh");
+    return dsn;
+}
+
+static void quiet(void *arg, const char *msg)
+{
+    (void)arg;
+    (void)msg;
+}
+
+PGconn *hs_pg_connect(const char *dsn)
+{
+    PGconn *pg = PQconnectdb(dsn ? dsn : hs_pg_dsn());
+    ck_assert_msg(PQstatus(pg) == CONNECTION_OK, "postgres: %s", PQerrorMessage(pg));
+    PQsetNoticeProcessor(pg, quiet, NULL);
+    return pg;
+}
+
+long long hs_pg_scalar(PGconn *pg, const char *sql)
+{
+    PGresult *r = PQexec(pg, sql);
+    ck_assert_msg(PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) > 0, "%s: %s", sql,
+                  PQerrorMessage(pg));
+    long long v = PQgetisnull(r, 0, 0) ? 0 : strtoll(PQgetvalue(r, 0, 0), NULL, 10);
+    PQclear(r);
+    return v;
+}
+
+void hs_pg_exec(PGconn *pg, const char *sql)
+{
+    PGresult *r = PQexec(pg, sql);
+    ck_assert_msg(PQresultStatus(r) == PGRES_COMMAND_OK || PQresultStatus(r) == PGRES_TUPLES_OK,
+                  "%s: %s", sql, PQerrorMessage(pg));
+    PQclear(r);
+}
+
+/* a connection to PG_DSN with search_path set to schema (NULL: as is) */
+static PGconn *connect_in(const char *schema)
+{
+    PGconn *pg = hs_pg_connect(NULL);
+    if (schema) {
+        char sql[160];
+        snprintf(sql, sizeof sql, "SET search_path = %s", schema);
+        hs_pg_exec(pg, sql);
+    }
+    return pg;
+}
+
+long long hs_sql_long(const char *schema, const char *sql)
+{
+    PGconn *pg = connect_in(schema);
+    long long v = hs_pg_scalar(pg, sql);
+    PQfinish(pg);
+    return v;
+}
+
+int hs_sql_try_long(const char *schema, const char *sql, long long *out)
+{
+    PGconn *pg = connect_in(schema);
+    PGresult *r = PQexec(pg, sql);
+    int rc = -1;
+    if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1) {
+        *out = PQgetisnull(r, 0, 0) ? 0 : strtoll(PQgetvalue(r, 0, 0), NULL, 10);
+        rc = 0;
+    }
+    PQclear(r);
+    PQfinish(pg);
+    return rc;
+}
+
+void hs_sql_exec(const char *schema, const char *sql)
+{
+    PGconn *pg = connect_in(schema);
+    hs_pg_exec(pg, sql);
+    PQfinish(pg);
+}
+
+void hs_drop_schema(const char *dsn, const char *schema)
+{
+    PGconn *pg = hs_pg_connect(dsn);
+    char sql[160];
+    snprintf(sql, sizeof sql, "DROP SCHEMA IF EXISTS %s CASCADE", schema);
+    hs_pg_exec(pg, sql);
+    PQfinish(pg);
+}
+
+int hs_pg_port(void)
+{
+    char *errmsg = NULL;
+    PQconninfoOption *opts = PQconninfoParse(hs_pg_dsn(), &errmsg);
+    int port = 5432;
+    for (PQconninfoOption *o = opts; o && o->keyword; o++) {
+        if (strcmp(o->keyword, "port") == 0 && o->val)
+            port = (int)strtol(o->val, NULL, 10);
+    }
+    PQconninfoFree(opts);
+    PQfreemem(errmsg);
+    return port;
+}
+
+/* ---- kafka ---- */
+
+const char *hs_kafka_brokers(void)
+{
+    const char *b = getenv("KAFKA_BROKERS");
+    if (!b || !*b)
+        ck_abort_msg("KAFKA_BROKERS is not set: run the tests through scripts/test.sh");
+    return b;
+}
+
+/* a quiet handle for admin calls */
+static rd_kafka_t *admin_handle(const char *brokers)
+{
+    char err[256];
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    rd_kafka_conf_set(conf, "bootstrap.servers", brokers, err, sizeof err);
+    rd_kafka_conf_set(conf, "log_level", "0", err, sizeof err);
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof err);
+    ck_assert_msg(rk != NULL, "kafka: %s", err);
+    return rk;
+}
+
+void hs_kafka_create_topic(const char *brokers, const char *topic, int partitions)
+{
+    char err[256];
+    rd_kafka_t *rk = admin_handle(brokers);
+    rd_kafka_queue_t *q = rd_kafka_queue_new(rk);
+    rd_kafka_NewTopic_t *nt = rd_kafka_NewTopic_new(topic, partitions, 1, err, sizeof err);
+    ck_assert_msg(nt != NULL, "topic %s: %s", topic, err);
+    rd_kafka_CreateTopics(rk, &nt, 1, NULL, q);
+    rd_kafka_event_t *ev = rd_kafka_queue_poll(q, 30000);
+    ck_assert_msg(ev != NULL, "no answer to creating topic %s", topic);
+    size_t n = 0;
+    const rd_kafka_topic_result_t **res =
+        rd_kafka_CreateTopics_result_topics(rd_kafka_event_CreateTopics_result(ev), &n);
+    ck_assert_uint_eq(n, 1);
+    rd_kafka_resp_err_t e = rd_kafka_topic_result_error(res[0]);
+    ck_assert_msg(e == RD_KAFKA_RESP_ERR_NO_ERROR || e == RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS,
+                  "could not create topic %s: %s", topic, rd_kafka_err2str(e));
+    rd_kafka_event_destroy(ev);
+    rd_kafka_NewTopic_destroy(nt);
+    rd_kafka_queue_destroy(q);
+    rd_kafka_destroy(rk);
+}
+
+void hs_kafka_delete_topic(const char *brokers, const char *topic)
+{
+    rd_kafka_t *rk = admin_handle(brokers);
+    rd_kafka_queue_t *q = rd_kafka_queue_new(rk);
+    rd_kafka_DeleteTopic_t *dt = rd_kafka_DeleteTopic_new(topic);
+    rd_kafka_DeleteTopics(rk, &dt, 1, NULL, q);
+    rd_kafka_event_t *ev = rd_kafka_queue_poll(q, 30000);
+    rd_kafka_DeleteTopic_destroy(dt);
+    if (ev)
+        rd_kafka_event_destroy(ev);
+    rd_kafka_queue_destroy(q);
+    rd_kafka_destroy(rk);
+}
+
+struct hs_topic {
+    rd_kafka_t *rk;
+    char name[256];
+    int parts;
+    int64_t *next; /* per partition: the offset after the last record read */
+    hs_record **v; /* each record allocated on its own: pointers stay valid */
+    size_t n, cap;
+};
+
+/* the partitions of topic, waiting a little for a topic created a moment
+ * ago to show in the metadata */
+static int partitions_of(rd_kafka_t *rk, const char *topic)
+{
+    rd_kafka_topic_t *t = rd_kafka_topic_new(rk, topic, NULL);
+    int parts = 0;
+    long long until = hs_now_ms() + 10000;
+    while (parts <= 0 && hs_now_ms() < until) {
+        const struct rd_kafka_metadata *md = NULL;
+        if (rd_kafka_metadata(rk, 0, t, &md, 5000) == RD_KAFKA_RESP_ERR_NO_ERROR) {
+            if (md->topic_cnt == 1 && md->topics[0].err == RD_KAFKA_RESP_ERR_NO_ERROR)
+                parts = md->topics[0].partition_cnt;
+            rd_kafka_metadata_destroy(md);
+        }
+        if (parts <= 0)
+            usleep(100 * 1000);
+    }
+    rd_kafka_topic_destroy(t);
+    return parts;
+}
+
+hs_topic *hs_topic_open(const char *brokers, const char *topic, int at_end)
+{
+    hs_topic *t = calloc(1, sizeof *t);
+    ck_assert_ptr_nonnull(t);
+    snprintf(t->name, sizeof t->name, "%s", topic);
+    char err[256], group[320];
+    snprintf(group, sizeof group, "hs-reader-%d-%s", (int)getpid(), topic);
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    rd_kafka_conf_set(conf, "bootstrap.servers", brokers, err, sizeof err);
+    rd_kafka_conf_set(conf, "group.id", group, err, sizeof err);
+    rd_kafka_conf_set(conf, "enable.auto.commit", "false", err, sizeof err);
+    rd_kafka_conf_set(conf, "log_level", "0", err, sizeof err);
+    t->rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, sizeof err);
+    ck_assert_msg(t->rk != NULL, "consumer: %s", err);
+    rd_kafka_poll_set_consumer(t->rk);
+    t->parts = partitions_of(t->rk, topic);
+    ck_assert_msg(t->parts > 0, "topic %s: no partitions in the metadata", topic);
+    t->next = calloc((size_t)t->parts, sizeof *t->next);
+    ck_assert_ptr_nonnull(t->next);
+    /* assigned, not subscribed: no group join, every partition */
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(t->parts);
+    for (int p = 0; p < t->parts; p++) {
+        int64_t lo = 0, hi = 0;
+        if (at_end)
+            ck_assert_int_eq(rd_kafka_query_watermark_offsets(t->rk, topic, p, &lo, &hi, 10000),
+                             RD_KAFKA_RESP_ERR_NO_ERROR);
+        rd_kafka_topic_partition_list_add(l, topic, p)->offset =
+            at_end ? hi : RD_KAFKA_OFFSET_BEGINNING;
+        t->next[p] = at_end ? hi : 0;
+    }
+    ck_assert_int_eq(rd_kafka_assign(t->rk, l), RD_KAFKA_RESP_ERR_NO_ERROR);
+    rd_kafka_topic_partition_list_destroy(l);
+    return t;
+}
+
+void hs_topic_close(hs_topic *t)
+{
+    if (!t)
+        return;
+    rd_kafka_consumer_close(t->rk);
+    rd_kafka_destroy(t->rk);
+    for (size_t i = 0; i < t->n; i++) {
+        if (t->v[i]->headers)
+            rd_kafka_headers_destroy(t->v[i]->headers);
+        free(t->v[i]->payload);
+        free(t->v[i]);
+    }
+    free(t->v);
+    free(t->next);
+    free(t);
+}
+
+const char *hs_record_header(const hs_record *r, const char *name)
+{
+    const void *val = NULL;
+    size_t sz = 0;
+    if (!r->headers ||
+        rd_kafka_header_get_last(r->headers, name, &val, &sz) != RD_KAFKA_RESP_ERR_NO_ERROR)
+        return NULL;
+    /* librdkafka keeps a NUL after every header value */
+    return val ? (const char *)val : "";
+}
+
+static void copy_header(const hs_record *r, const char *name, char *out, size_t cap)
+{
+    const void *val = NULL;
+    size_t sz = 0;
+    out[0] = '\0';
+    if (r->headers &&
+        rd_kafka_header_get_last(r->headers, name, &val, &sz) == RD_KAFKA_RESP_ERR_NO_ERROR && val)
+        snprintf(out, cap, "%.*s", (int)sz, (const char *)val);
+}
+
+/* keeps m as the reader's next record */
+static const hs_record *keep(hs_topic *t, rd_kafka_message_t *m)
+{
+    if (t->n == t->cap) {
+        t->cap = t->cap ? 2 * t->cap : 256;
+        t->v = realloc(t->v, t->cap * sizeof *t->v);
+        ck_assert_ptr_nonnull(t->v);
+    }
+    hs_record *r = calloc(1, sizeof *r);
+    ck_assert_ptr_nonnull(r);
+    r->partition = m->partition;
+    r->offset = m->offset;
+    snprintf(r->key, sizeof r->key, "%.*s", (int)m->key_len, m->key ? (const char *)m->key : "");
+    r->len = m->len;
+    r->payload = malloc(m->len + 1);
+    ck_assert_ptr_nonnull(r->payload);
+    if (m->len)
+        memcpy(r->payload, m->payload, m->len);
+    r->payload[m->len] = '\0';
+    if (rd_kafka_message_detach_headers(m, &r->headers) != RD_KAFKA_RESP_ERR_NO_ERROR)
+        r->headers = NULL;
+    copy_header(r, "ce_type", r->type, sizeof r->type);
+    copy_header(r, "ce_id", r->id, sizeof r->id);
+    copy_header(r, "ce_source", r->source, sizeof r->source);
+    copy_header(r, "tenant-id", r->tenant, sizeof r->tenant);
+    copy_header(r, "content-type", r->content_type, sizeof r->content_type);
+    if (m->partition >= 0 && m->partition < t->parts)
+        t->next[m->partition] = m->offset + 1;
+    t->v[t->n++] = r;
+    return r;
+}
+
+const hs_record *hs_topic_next(hs_topic *t, int timeout_ms)
+{
+    long long until = hs_now_ms() + timeout_ms;
+    do {
+        long long left = until - hs_now_ms();
+        rd_kafka_message_t *m = rd_kafka_consumer_poll(t->rk, left < 50 ? 50 : 100);
+        if (!m)
+            continue;
+        const hs_record *r = m->err ? NULL : keep(t, m);
+        rd_kafka_message_destroy(m);
+        if (r)
+            return r;
+    } while (hs_now_ms() < until);
+    return NULL;
+}
+
+size_t hs_topic_read(hs_topic *t, size_t want, int timeout_ms)
+{
+    long long until = hs_now_ms() + timeout_ms;
+    while (t->n < want && hs_now_ms() < until)
+        hs_topic_next(t, 100);
+    return t->n;
+}
+
+int hs_topic_catch_up(hs_topic *t, int timeout_ms)
+{
+    int64_t *hi = calloc((size_t)t->parts, sizeof *hi);
+    ck_assert_ptr_nonnull(hi);
+    int rc = 0;
+    for (int p = 0; p < t->parts && rc == 0; p++) {
+        int64_t lo;
+        if (rd_kafka_query_watermark_offsets(t->rk, t->name, p, &lo, &hi[p], 5000))
+            rc = -1;
+    }
+    long long until = hs_now_ms() + timeout_ms;
+    while (rc == 0) {
+        int behind = 0;
+        for (int p = 0; p < t->parts; p++)
+            behind |= t->next[p] < hi[p];
+        if (!behind)
+            break;
+        if (hs_now_ms() > until)
+            rc = -1;
+        else
+            hs_topic_next(t, 100);
+    }
+    free(hi);
+    return rc;
+}
+
+size_t hs_topic_count(const hs_topic *t)
+{
+    return t->n;
+}
+
+const hs_record *hs_topic_at(const hs_topic *t, size_t i)
+{
+    return i < t->n ? t->v[i] : NULL;
+}
+
+/* ---- fault-injection proxy ---- */
 
 #define PROXY_MAX_CONNS 64
 
@@ -473,16 +1066,15 @@ void hs_proxy_free(hs_proxy *p)
     free(p);
 }
 
-int hs_pg_port(void)
+/* ---- the runner ---- */
+
+int hs_run(Suite *s, int nofork)
 {
-    char *errmsg = NULL;
-    PQconninfoOption *opts = PQconninfoParse(hs_pg_dsn(), &errmsg);
-    int port = 5432;
-    for (PQconninfoOption *o = opts; o && o->keyword; o++) {
-        if (strcmp(o->keyword, "port") == 0 && o->val)
-            port = (int)strtol(o->val, NULL, 10);
-    }
-    PQconninfoFree(opts);
-    PQfreemem(errmsg);
-    return port;
+    SRunner *sr = srunner_create(s);
+    if (nofork)
+        srunner_set_fork_status(sr, CK_NOFORK);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
 }

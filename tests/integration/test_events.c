@@ -40,20 +40,6 @@ static char dlq[140];
 
 /* ---- database ---- */
 
-static void quiet(void *arg, const char *msg)
-{
-    (void)arg;
-    (void)msg;
-}
-
-static PGconn *admin(void)
-{
-    PGconn *c = PQconnectdb(hs_pg_dsn());
-    ck_assert_msg(PQstatus(c) == CONNECTION_OK, "%s", PQerrorMessage(c));
-    PQsetNoticeProcessor(c, quiet, NULL);
-    return c;
-}
-
 static void sqlf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 static void sqlf(const char *fmt, ...)
@@ -63,12 +49,7 @@ static void sqlf(const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(q, sizeof q, fmt, ap);
     va_end(ap);
-    PGconn *c = admin();
-    PGresult *r = PQexec(c, q);
-    ck_assert_msg(PQresultStatus(r) == PGRES_COMMAND_OK || PQresultStatus(r) == PGRES_TUPLES_OK,
-                  "%s: %s", q, PQerrorMessage(c));
-    PQclear(r);
-    PQfinish(c);
+    hs_sql_exec(NULL, q);
 }
 
 static long query_long(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -81,14 +62,8 @@ static long query_long(const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(q, sizeof q, fmt, ap);
     va_end(ap);
-    PGconn *c = admin();
-    PGresult *r = PQexec(c, q);
-    long v = -1;
-    if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1)
-        v = strtol(PQgetvalue(r, 0, 0), NULL, 10);
-    PQclear(r);
-    PQfinish(c);
-    return v;
+    long long v;
+    return hs_sql_try_long(NULL, q, &v) == 0 ? (long)v : -1;
 }
 
 static long applied(void)
@@ -107,15 +82,22 @@ static long published(void)
                       schema, schema);
 }
 
+typedef struct at_least {
+    long (*what)(void);
+    long want, got;
+} at_least;
+
+static int reached(void *arg)
+{
+    at_least *a = arg;
+    return (a->got = a->what()) >= a->want;
+}
+
 static void wait_until(long (*what)(void), long want, int timeout_ms, const char *name)
 {
-    long long until = hs_now_ms() + timeout_ms;
-    long got;
-    while ((got = what()) < want) {
-        ck_assert_msg(hs_now_ms() < until, "%s: %ld of %ld after %d ms", name, got, want,
-                      timeout_ms);
-        usleep(100 * 1000);
-    }
+    at_least a = {what, want, 0};
+    ck_assert_msg(hs_poll(reached, &a, timeout_ms, 100) == 0, "%s: %ld of %ld after %d ms", name,
+                  a.got, want, timeout_ms);
 }
 
 /* every event applied exactly once, each key's in order */
@@ -132,53 +114,6 @@ static void verify(long total)
     ck_assert_int_eq(query_long("SELECT count(*) FROM %s.inbox", schema), total);
 }
 
-/* ---- kafka ---- */
-
-static void admin_topics(const char *bk, int create, int parts)
-{
-    char err[256];
-    rd_kafka_conf_t *conf = rd_kafka_conf_new();
-    rd_kafka_conf_set(conf, "bootstrap.servers", bk, err, sizeof err);
-    rd_kafka_conf_set(conf, "log_level", "0", err, sizeof err);
-    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof err);
-    ck_assert_ptr_nonnull(rk);
-    rd_kafka_queue_t *q = rd_kafka_queue_new(rk);
-    const char *names[2] = {topic, dlq};
-    rd_kafka_event_t *ev;
-    if (create) {
-        rd_kafka_NewTopic_t *nt[2];
-        for (int i = 0; i < 2; i++) {
-            nt[i] = rd_kafka_NewTopic_new(names[i], i == 0 ? parts : 1, 1, err, sizeof err);
-            ck_assert_ptr_nonnull(nt[i]);
-        }
-        rd_kafka_CreateTopics(rk, nt, 2, NULL, q);
-        ev = rd_kafka_queue_poll(q, 30000);
-        ck_assert_ptr_nonnull(ev);
-        size_t n = 0;
-        const rd_kafka_topic_result_t **res =
-            rd_kafka_CreateTopics_result_topics(rd_kafka_event_CreateTopics_result(ev), &n);
-        ck_assert_uint_eq(n, 2);
-        for (size_t i = 0; i < n; i++) {
-            rd_kafka_resp_err_t e = rd_kafka_topic_result_error(res[i]);
-            ck_assert_msg(e == RD_KAFKA_RESP_ERR_NO_ERROR ||
-                              e == RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS,
-                          "could not create topic %s: %s", rd_kafka_topic_result_name(res[i]),
-                          rd_kafka_err2str(e));
-        }
-        rd_kafka_NewTopic_destroy_array(nt, 2);
-    } else {
-        rd_kafka_DeleteTopic_t *dt[2] = {rd_kafka_DeleteTopic_new(names[0]),
-                                         rd_kafka_DeleteTopic_new(names[1])};
-        rd_kafka_DeleteTopics(rk, dt, 2, NULL, q);
-        ev = rd_kafka_queue_poll(q, 30000);
-        rd_kafka_DeleteTopic_destroy_array(dt, 2);
-    }
-    if (ev)
-        rd_kafka_event_destroy(ev);
-    rd_kafka_queue_destroy(q);
-    rd_kafka_destroy(rk);
-}
-
 /* ---- processes ---- */
 
 static void fresh(int parts, const char *bk)
@@ -187,16 +122,20 @@ static void fresh(int parts, const char *bk)
     snprintf(schema, sizeof schema, "eventsvc_%ld_%d", (long)getpid(), test_no);
     snprintf(topic, sizeof topic, "test.events.%ld.%d", (long)getpid(), test_no);
     snprintf(dlq, sizeof dlq, "%s.dlq", topic);
-    sqlf("DROP SCHEMA IF EXISTS %s CASCADE", schema);
-    if (bk)
-        admin_topics(bk, 1, parts);
+    hs_drop_schema(NULL, schema);
+    if (bk) {
+        hs_kafka_create_topic(bk, topic, parts);
+        hs_kafka_create_topic(bk, dlq, 1);
+    }
 }
 
 static void cleanup(const char *bk)
 {
-    sqlf("DROP SCHEMA IF EXISTS %s CASCADE", schema);
-    if (bk)
-        admin_topics(bk, 0, 0);
+    hs_drop_schema(NULL, schema);
+    if (bk) {
+        hs_kafka_delete_topic(bk, topic);
+        hs_kafka_delete_topic(bk, dlq);
+    }
 }
 
 /* spawns an eventsvc with role and KEY=value extras (NULL-terminated) */
@@ -207,40 +146,24 @@ static void spawn(hs_proc *p, const char *role, const char *bk, const char *cons
     snprintf(e_topic, sizeof e_topic, "EVENTSVC_TOPIC=%s", topic);
     snprintf(e_role, sizeof e_role, "EVENTSVC_ROLE=%s", role);
     snprintf(e_bk, sizeof e_bk, "KAFKA_BROKERS=%s", bk);
-    const char *env[24] = {e_schema,
-                           e_topic,
-                           e_role,
-                           e_bk,
-                           "EVENTSVC_SESSION_TIMEOUT_MS=6000",
-                           "DRAIN_GRACE_SECONDS=10"};
-    size_t n = 6;
+    const char *env[8] = {e_schema,
+                          e_topic,
+                          e_role,
+                          e_bk,
+                          "EVENTSVC_SESSION_TIMEOUT_MS=6000",
+                          "DRAIN_GRACE_SECONDS=10"};
     /* EVENTS_LOG_LEVEL=info shows the services' own story in their logs */
     char e_log[64];
     const char *lvl = getenv("EVENTS_LOG_LEVEL");
     if (lvl && *lvl) {
         snprintf(e_log, sizeof e_log, "LOG_LEVEL=%s", lvl);
-        env[n++] = e_log;
+        env[6] = e_log;
     }
-    for (size_t i = 0; extra && extra[i] && n < 23; i++)
-        env[n++] = extra[i];
-    env[n] = NULL;
-    ck_assert_int_eq(hs_spawn(p, EVENTSVC_BIN, env), 0);
+    const char *all[32];
+    ck_assert_int_eq(hs_spawn(p, EVENTSVC_BIN, hs_env_join(all, 32, env, extra)), 0);
     if (wait)
         ck_assert_msg(hs_wait_serving(p, 30000) == 0, "%s did not start, see %s", role,
                       p->log_path);
-}
-
-/* waits for a process that ends by itself; 128+signal or its exit code */
-static int wait_exit(hs_proc *p, int timeout_ms)
-{
-    long long until = hs_now_ms() + timeout_ms;
-    int st = 0;
-    while (waitpid(p->pid, &st, WNOHANG) != p->pid) {
-        ck_assert_msg(hs_now_ms() < until, "process %d did not exit", (int)p->pid);
-        usleep(20 * 1000);
-    }
-    p->pid = 0;
-    return WIFSIGNALED(st) ? 128 + WTERMSIG(st) : WEXITSTATUS(st);
 }
 
 static void stop_ok(hs_proc *p)
@@ -249,26 +172,13 @@ static void stop_ok(hs_proc *p)
     ck_assert_msg(code == 0, "exit %d after SIGTERM, see %s", code, p->log_path);
 }
 
-/* a sample from the process's /metrics ("name{labels} "), -1 when absent */
-static double sample(const hs_proc *p, const char *series)
-{
-    static char body[1 << 18];
-    if (hs_http_get(p->admin_port, "/metrics", body, sizeof body) != 200)
-        return -1;
-    /* at a line's start: "# HELP name ..." must not match */
-    char needle[512];
-    snprintf(needle, sizeof needle, "\n%s ", series);
-    const char *at = strstr(body, needle);
-    return at ? strtod(at + strlen(needle), NULL) : -1;
-}
-
 static long metric(const hs_proc *p, const char *result)
 {
     char series[384];
     snprintf(series, sizeof series,
              "consumer_processed_total{topic=\"%s\",group=\"commerce.eventsvc\",result=\"%s\"}",
              topic, result);
-    return (long)sample(p, series);
+    return (long)hs_metric(p, series);
 }
 
 /* the consumer's lag on every partition comes down to 0 */
@@ -281,7 +191,7 @@ static void wait_no_lag(const hs_proc *p, int parts)
                  "consumer_lag{topic=\"%s\",group=\"commerce.eventsvc\",partition=\"%d\"}", topic,
                  i);
         double lag;
-        while ((lag = sample(p, series)) != 0) {
+        while ((lag = hs_metric(p, series)) != 0) {
             ck_assert_msg(hs_now_ms() < until, "partition %d lag %.0f", i, lag);
             usleep(100 * 1000);
         }
@@ -303,14 +213,14 @@ START_TEST(events_arrive_once_in_key_order)
     ck_assert_int_eq(metric(&c, "applied"), 2000);
     ck_assert_int_eq(metric(&c, "dead_lettered"), 0);
     wait_no_lag(&c, 3);
-    ck_assert(sample(&p, "outbox_published_total") == 2000);
-    ck_assert(sample(&p, "outbox_relay_leader") == 1);
-    ck_assert(sample(&p, "outbox_publish_latency_seconds_count") == 2000);
+    ck_assert(hs_metric(&p, "outbox_published_total") == 2000);
+    ck_assert(hs_metric(&p, "outbox_relay_leader") == 1);
+    ck_assert(hs_metric(&p, "outbox_publish_latency_seconds_count") == 2000);
     char series[384];
     snprintf(series, sizeof series, "kafka_produced_total{topic=\"%s\",result=\"ok\"}", topic);
-    ck_assert(sample(&p, series) == 2000);
+    ck_assert(hs_metric(&p, series) == 2000);
     long long until = hs_now_ms() + 5000;
-    while (sample(&p, "outbox_backlog") != 0)
+    while (hs_metric(&p, "outbox_backlog") != 0)
         ck_assert_msg(hs_now_ms() < until, "outbox_backlog did not come down to 0");
     stop_ok(&p);
     stop_ok(&c);
@@ -367,7 +277,7 @@ START_TEST(consumer_crash_before_offset_commit_has_no_second_effect)
     wait_until(published, 600, 60000, "published");
     const char *const crash[] = {"EVENTSVC_CRASH_AFTER=250", NULL};
     spawn(&c, "consumer", brokers, crash, 0);
-    ck_assert_int_eq(wait_exit(&c, 60000), 128 + SIGKILL);
+    ck_assert_int_eq(hs_wait_exit(&c, 60000), 128 + SIGKILL);
     /* the 250th effect committed, with the rest of its batch; none of the
      * batch's offsets did */
     ck_assert_int_ge(applied(), 250);
@@ -390,10 +300,7 @@ END_TEST
 
 static void put_event(const hs_proc *p, const char *key, const char *value)
 {
-    cm_rpc_client *cl;
-    char err[256];
-    cm_rpc_client_opts o = {.target = p->target};
-    ck_assert_int_eq(cm_rpc_client_new(&cl, &o, err, sizeof err), 0);
+    cm_rpc_client *cl = hs_client(p, NULL);
     Commerce__Test__V1__PutRequest req = COMMERCE__TEST__V1__PUT_REQUEST__INIT;
     req.key = (char *)key;
     req.value = (char *)value;
@@ -439,23 +346,23 @@ START_TEST(poison_event_goes_to_dlq_and_does_not_block)
     stop_ok(&c);
     verify(300);
 
-    mk_record *recs;
-    size_t n = mk_read_topic(brokers, dlq, 1, 2, 20000, &recs);
-    ck_assert_uint_eq(n, 2);
-    ck_assert_str_eq(recs[0].payload, "poison");
-    ck_assert_str_eq(mk_header(&recs[0], "dlq-reason"), "rejected");
-    ck_assert_str_eq(mk_header(&recs[0], "dlq-topic"), topic);
-    ck_assert_str_eq(mk_header(&recs[0], "dlq-group"), "commerce.eventsvc");
-    ck_assert_str_eq(mk_header(&recs[0], "dlq-offset"), "0");
-    ck_assert_int_eq(cm_id_is_uuid(mk_header(&recs[0], "ce_id")), 1);
-    ck_assert_str_eq(mk_header(&recs[0], "ce_type"), "commerce.test.v1.Counted");
-    ck_assert_str_eq(mk_header(&recs[0], "tenant-id"), "tenant-events");
-    ck_assert_str_eq(mk_header(&recs[0], "x-eventsvc"), "1");
-    ck_assert_ptr_nonnull(mk_header(&recs[0], "dlq-at"));
-    ck_assert_str_eq(recs[0].key, "k1");
-    ck_assert_str_eq(mk_header(&recs[1], "dlq-reason"), "malformed");
-    ck_assert_str_eq(mk_header(&recs[1], "dlq-offset"), "1");
-    mk_records_free(recs, n);
+    hs_topic *dl = hs_topic_open(brokers, dlq, 0);
+    ck_assert_uint_eq(hs_topic_read(dl, 2, 20000), 2);
+    const hs_record *recs[] = {hs_topic_at(dl, 0), hs_topic_at(dl, 1)};
+    ck_assert_str_eq((const char *)recs[0]->payload, "poison");
+    ck_assert_str_eq(hs_record_header(recs[0], "dlq-reason"), "rejected");
+    ck_assert_str_eq(hs_record_header(recs[0], "dlq-topic"), topic);
+    ck_assert_str_eq(hs_record_header(recs[0], "dlq-group"), "commerce.eventsvc");
+    ck_assert_str_eq(hs_record_header(recs[0], "dlq-offset"), "0");
+    ck_assert_int_eq(cm_id_is_uuid(hs_record_header(recs[0], "ce_id")), 1);
+    ck_assert_str_eq(hs_record_header(recs[0], "ce_type"), "commerce.test.v1.Counted");
+    ck_assert_str_eq(hs_record_header(recs[0], "tenant-id"), "tenant-events");
+    ck_assert_str_eq(hs_record_header(recs[0], "x-eventsvc"), "1");
+    ck_assert_ptr_nonnull(hs_record_header(recs[0], "dlq-at"));
+    ck_assert_str_eq(recs[0]->key, "k1");
+    ck_assert_str_eq(hs_record_header(recs[1], "dlq-reason"), "malformed");
+    ck_assert_str_eq(hs_record_header(recs[1], "dlq-offset"), "1");
+    hs_topic_close(dl);
     cleanup(brokers);
 }
 END_TEST
@@ -563,9 +470,5 @@ int main(void)
         return EXIT_FAILURE;
     }
     cm_log_init("test_events", CM_LOG_ERROR);
-    SRunner *sr = srunner_create(events_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return hs_run(events_suite(), 0);
 }

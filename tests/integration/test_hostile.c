@@ -16,124 +16,42 @@
  * HOSTILE_SEED replays a run (the seed is printed); HOSTILE_CALLS sets the
  * requests per method (default 60).
  */
-#include "harness.h"
+#include "fixture.h"
 
 #include "cm_err.h"
 #include "cm_id.h"
 
-#include <check.h>
 #include <grpc/status.h>
-#include <libpq-fe.h>
 #include <pthread.h>
-#include <signal.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
-
-#include "commerce/inventory/v1/inventory_service.pb-c.h"
-#include "commerce/order/v1/order_service.pb-c.h"
 
 #define TENANT "t-hostile"
 
 static const cm_rpc_md tenant_md[] = {{"x-tenant-id", TENANT}};
 
-/* ---- postgres, for the checks ---- */
-
-static PGconn *pg_open(const char *dsn)
-{
-    PGconn *pg = PQconnectdb(dsn);
-    ck_assert_msg(PQstatus(pg) == CONNECTION_OK, "postgres: %s", PQerrorMessage(pg));
-    PQclear(PQexec(pg, "SET client_min_messages = warning"));
-    return pg;
-}
-
-static long long pg_scalar(PGconn *pg, const char *sql)
-{
-    PGresult *r = PQexec(pg, sql);
-    ck_assert_msg(PQresultStatus(r) == PGRES_TUPLES_OK, "%s: %s", sql, PQerrorMessage(pg));
-    long long v = PQgetisnull(r, 0, 0) ? 0 : strtoll(PQgetvalue(r, 0, 0), NULL, 10);
-    PQclear(r);
-    return v;
-}
-
-static void pg_do(PGconn *pg, const char *sql)
-{
-    PGresult *r = PQexec(pg, sql);
-    ck_assert_msg(PQresultStatus(r) == PGRES_COMMAND_OK || PQresultStatus(r) == PGRES_TUPLES_OK,
-                  "%s: %s", sql, PQerrorMessage(pg));
-    PQclear(r);
-}
-
 /* ---- the two services on fresh schemas ---- */
 
-typedef struct pair {
-    char inv_schema[64], ord_schema[64];
-    hs_proc inv, ord;
-    cm_rpc_client *ic, *oc;
-} pair;
+static fx the_pair; /* static: a failed assertion leaves the test's frame */
 
-static pair *cur;
-static pair the_pair; /* static: a failed assertion leaves the test's frame */
-
-static void pair_start(pair *p, const char *dsn, const char *tag, const char *const *ord_extra)
+/* the pair as these tests have always run it: no order topic of its own,
+ * four workers each, against dsn (the private postgres, or the restart
+ * test's own cluster) */
+static void pair_start(fx *p, const char *dsn, const char *tag, const char *const *ord_extra)
 {
-    static int seq;
-    memset(p, 0, sizeof *p);
-    cur = p;
-    seq++;
-    snprintf(p->inv_schema, sizeof p->inv_schema, "hinv_%s_%d_%d", tag, (int)getpid(), seq);
-    snprintf(p->ord_schema, sizeof p->ord_schema, "hord_%s_%d_%d", tag, (int)getpid(), seq);
-    char s[96], d[512], t[96];
-    snprintf(s, sizeof s, "INVENTORY_SCHEMA=%s", p->inv_schema);
-    snprintf(d, sizeof d, "PG_DSN=%s", dsn);
-    const char *ienv[] = {s, d, "INVENTORY_SWEEP_MS=100", "WORKERS=4", NULL};
-    ck_assert_int_eq(hs_spawn(&p->inv, INVENTORY_BIN, ienv), 0);
-    ck_assert_msg(hs_wait_serving(&p->inv, 30000) == 0, "inventory did not serve (log %s)",
-                  p->inv.log_path);
-    char o[96];
-    snprintf(o, sizeof o, "ORDER_SCHEMA=%s", p->ord_schema);
-    snprintf(t, sizeof t, "INVENTORY_TARGET=%s", p->inv.target);
-    const char *oenv[16] = {o, d, t, "WORKERS=4", "ORDER_SWEEP_MS=100"};
-    size_t n = 5;
-    for (size_t i = 0; ord_extra && ord_extra[i] && n < 15; i++)
-        oenv[n++] = ord_extra[i];
-    ck_assert_int_eq(hs_spawn(&p->ord, ORDER_BIN, oenv), 0);
-    ck_assert_msg(hs_wait_serving(&p->ord, 30000) == 0, "order did not serve (log %s)",
-                  p->ord.log_path);
-    char err[256];
-    cm_rpc_client_opts co = {.target = p->inv.target, .max_attempts = 1};
-    ck_assert_int_eq(cm_rpc_client_new(&p->ic, &co, err, sizeof err), 0);
-    co.target = p->ord.target;
-    ck_assert_int_eq(cm_rpc_client_new(&p->oc, &co, err, sizeof err), 0);
-}
-
-static int alive(const hs_proc *p)
-{
-    int st;
-    return waitpid(p->pid, &st, WNOHANG) == 0;
-}
-
-static void pair_stop(pair *p, const char *dsn)
-{
-    cm_rpc_client_free(p->oc);
-    cm_rpc_client_free(p->ic);
-    ck_assert_msg(hs_stop(&p->ord, SIGTERM, 30000) == 0, "order did not exit 0 (log %s)",
-                  p->ord.log_path);
-    ck_assert_msg(hs_stop(&p->inv, SIGTERM, 30000) == 0, "inventory did not exit 0 (log %s)",
-                  p->inv.log_path);
-    PGconn *pg = pg_open(dsn);
-    char sql[256];
-    snprintf(sql, sizeof sql, "DROP SCHEMA IF EXISTS %s CASCADE", p->ord_schema);
-    pg_do(pg, sql);
-    snprintf(sql, sizeof sql, "DROP SCHEMA IF EXISTS %s CASCADE", p->inv_schema);
-    pg_do(pg, sql);
-    PQfinish(pg);
-    cur = NULL;
+    static const char *const ienv[] = {"INVENTORY_SWEEP_MS=100", "WORKERS=4", NULL};
+    static const char *const oenv[] = {"WORKERS=4", "ORDER_SWEEP_MS=100", NULL};
+    fx_start_opts(p, &(fx_opts){.dsn = dsn,
+                                .tag = tag,
+                                .no_topic = 1,
+                                .inventory_env = ienv,
+                                .order_env = oenv,
+                                .extra = ord_extra});
 }
 
 /* the restart test's private cluster, stopped by the teardown if the test
@@ -147,15 +65,7 @@ static void teardown(void)
             fprintf(stderr, "could not stop the private postgres: %s\n", cluster_stop_cmd);
         cluster_stop_cmd[0] = '\0';
     }
-    pair *p = cur;
-    cur = NULL;
-    if (!p)
-        return;
-    if (p->ord.pid > 0)
-        hs_stop(&p->ord, SIGKILL, 5000);
-    if (p->inv.pid > 0)
-        hs_stop(&p->inv, SIGKILL, 5000);
-    fprintf(stderr, "test failed: schemas %s, %s kept\n", p->ord_schema, p->inv_schema);
+    fx_teardown();
 }
 
 /* ---- requests built from descriptors ---- */
@@ -422,7 +332,7 @@ static int mutate(wbuf *b, unsigned *seed)
 /* the tables a request can write: every table of the two schemas that is
  * still empty once the services are up (what holds rows by then is their
  * own bookkeeping: migrations, leases) */
-static char *data_tables(PGconn *pg, const pair *p)
+static char *data_tables(PGconn *pg, const fx *p)
 {
     char sql[2048];
     snprintf(sql, sizeof sql,
@@ -438,7 +348,7 @@ static char *data_tables(PGconn *pg, const pair *p)
     char *out = calloc(1, cap);
     for (char *save = NULL, *t = strtok_r(all, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
         snprintf(sql, sizeof sql, "SELECT count(*) FROM %s", t);
-        if (pg_scalar(pg, sql) == 0)
+        if (hs_pg_scalar(pg, sql) == 0)
             n += (size_t)snprintf(out + n, cap - n, "%s%s", n ? "," : "", t);
     }
     free(all);
@@ -461,8 +371,8 @@ typedef struct tally {
     int ok, refused, invalid, hostile, mutated;
 } tally;
 
-static void fuzz_service(pair *p, cm_rpc_client *c, const ProtobufCServiceDescriptor *svc,
-                         PGconn *pg, const char *tables, unsigned *seed, int per_method, tally *t)
+static void fuzz_service(fx *p, cm_rpc_client *c, const ProtobufCServiceDescriptor *svc, PGconn *pg,
+                         const char *tables, unsigned *seed, int per_method, tally *t)
 {
     char *count_sql = rows_sql(tables);
     char truncate_sql[4096];
@@ -476,7 +386,7 @@ static void fuzz_service(pair *p, cm_rpc_client *c, const ProtobufCServiceDescri
             if (dirty) {
                 /* what an accepted call stored goes, so a refusal after it
                  * can be seen to store nothing */
-                pg_do(pg, truncate_sql);
+                hs_pg_exec(pg, truncate_sql);
                 dirty = 0;
             }
             wbuf b = {0};
@@ -526,14 +436,14 @@ static void fuzz_service(pair *p, cm_rpc_client *c, const ProtobufCServiceDescri
                 ck_assert_msg(st.field[0], "%s call %d: INVALID_ARGUMENT names no field: %s", path,
                               i, st.message);
             }
-            long long rows = pg_scalar(pg, count_sql);
+            long long rows = hs_pg_scalar(pg, count_sql);
             ck_assert_msg(rows == 0, "%s call %d: refused (code %d %s) yet %lld rows stored", path,
                           i, st.code, st.reason, rows);
         }
-        ck_assert_msg(alive(&p->inv) && alive(&p->ord), "a service died after %s", path);
+        ck_assert_msg(hs_alive(&p->inv) && hs_alive(&p->ord), "a service died after %s", path);
     }
     if (dirty)
-        pg_do(pg, truncate_sql);
+        hs_pg_exec(pg, truncate_sql);
     free(count_sql);
 }
 
@@ -550,9 +460,9 @@ START_TEST(every_rpc_survives_hostile_requests_and_refusals_store_nothing)
     big_b = malloc(300 * 1024);
     memset(big_b, 'y', 300 * 1024);
 
-    pair *p = &the_pair;
-    pair_start(p, hs_pg_dsn(), "fz", NULL);
-    PGconn *pg = pg_open(hs_pg_dsn());
+    fx *p = &the_pair;
+    pair_start(p, NULL, "fz", NULL);
+    PGconn *pg = hs_pg_connect(hs_pg_dsn());
     usleep(500 * 1000); /* the services' own first writes (leases) */
     char *tables = data_tables(pg, p);
     ck_assert_msg(strstr(tables, "reservation") && strstr(tables, "orders"), "data tables: %s",
@@ -575,7 +485,7 @@ START_TEST(every_rpc_survives_hostile_requests_and_refusals_store_nothing)
     ck_assert_int_eq(hs_health(&p->ord), 1);
     free(tables);
     PQfinish(pg);
-    pair_stop(p, hs_pg_dsn());
+    fx_stop(p);
     free(big_a);
     free(big_b);
 }
@@ -600,7 +510,7 @@ static int pg_sh(const cluster *c, const char *verb)
 }
 
 typedef struct loadgen {
-    pair *p;
+    fx *p;
     atomic_int stop;
     atomic_int ok, retryable, bad;
     char last_bad[1024];
@@ -687,25 +597,9 @@ START_TEST(postgres_restarts_under_load_leave_no_orphan_reservation)
 
     /* the inventory timeout sets the release delay: 2x, at least 2 s */
     const char *ord_env[] = {"ORDER_INVENTORY_TIMEOUT_MS=1000", NULL};
-    pair *p = &the_pair;
+    fx *p = &the_pair;
     pair_start(p, cl.dsn, "pgr", ord_env);
-    {
-        Commerce__Inventory__V1__SetStockRequest ss =
-            COMMERCE__INVENTORY__V1__SET_STOCK_REQUEST__INIT;
-        ss.request_id = "pgr-stock";
-        ss.sku = "PGR-1";
-        ss.available = 1000000;
-        ss.reason = "hostile test";
-        ss.actor = "test";
-        cm_rpc_status st;
-        ProtobufCMessage *resp = NULL;
-        ck_assert_int_eq(cm_rpc_call(p->ic, "/commerce.inventory.v1.InventoryService/SetStock",
-                                     &ss.base,
-                                     &commerce__inventory__v1__set_stock_response__descriptor, NULL,
-                                     &resp, tenant_md, 1, 5000, 0, &st),
-                         0);
-        protobuf_c_message_free_unpacked(resp, NULL);
-    }
+    fx_set_stock_md(p->ic, "pgr-stock", "PGR-1", 1000000, tenant_md);
 
     loadgen g = {.p = p};
     pthread_mutex_init(&g.mu, NULL);
@@ -743,28 +637,31 @@ START_TEST(postgres_restarts_under_load_leave_no_orphan_reservation)
 
     /* once the release delay has passed, every held reservation has its
      * order: none is left held with no order until its ttl */
-    PGconn *pg = pg_open(cl.dsn);
+    PGconn *pg = hs_pg_connect(cl.dsn);
+    /* %.63s: the schema names fit fx's 64-byte arrays (gcc -O3 otherwise
+     * sizes them by the rest of the struct) */
     char sql[2048];
     snprintf(sql, sizeof sql,
-             "SELECT count(*) FROM %s.reservation r WHERE r.state = 1 AND NOT EXISTS "
-             "(SELECT 1 FROM %s.orders o WHERE o.tenant_id = r.tenant_id "
+             "SELECT count(*) FROM %.63s.reservation r WHERE r.state = 1 AND NOT EXISTS "
+             "(SELECT 1 FROM %.63s.orders o WHERE o.tenant_id = r.tenant_id "
              "AND o.order_id::text = r.order_id)",
              p->inv_schema, p->ord_schema);
     long long orphans = -1;
     long long until = hs_now_ms() + 20000;
-    while (hs_now_ms() < until && (orphans = pg_scalar(pg, sql)) != 0)
+    while (hs_now_ms() < until && (orphans = hs_pg_scalar(pg, sql)) != 0)
         usleep(250 * 1000);
     ck_assert_msg(orphans == 0, "%lld reservations held without an order", orphans);
     snprintf(sql, sizeof sql, "SELECT count(*) FROM %s.orders", p->ord_schema);
-    long long orders = pg_scalar(pg, sql);
+    long long orders = hs_pg_scalar(pg, sql);
     snprintf(sql, sizeof sql,
-             "SELECT coalesce(sum(l.quantity), 0) FROM %s.reservation r JOIN %s.reservation_line "
+             "SELECT coalesce(sum(l.quantity), 0) FROM %.63s.reservation r JOIN "
+             "%.63s.reservation_line "
              "l USING (tenant_id, order_id) WHERE r.state = 1",
              p->inv_schema, p->inv_schema);
-    ck_assert_int_eq(pg_scalar(pg, sql), orders); /* one unit held per order */
+    ck_assert_int_eq(hs_pg_scalar(pg, sql), orders); /* one unit held per order */
     ck_assert_int_ge(orders, ok);
     PQfinish(pg);
-    pair_stop(p, cl.dsn);
+    fx_stop(p);
     ck_assert_int_eq(system(cluster_stop_cmd), 0);
     cluster_stop_cmd[0] = '\0';
 }
@@ -785,10 +682,5 @@ static Suite *suite(void)
 int main(void)
 {
     /* gRPC does not survive fork: run every test in this process */
-    SRunner *sr = srunner_create(suite());
-    srunner_set_fork_status(sr, CK_NOFORK);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return hs_run(suite(), 1);
 }

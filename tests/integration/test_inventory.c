@@ -2,16 +2,14 @@
  * commerce-inventory as real processes against the private postgres over
  * real gRPC: reservations never oversell (one and two replicas), retries
  * are idempotent, bad input changes nothing, expiry happens exactly once,
- * a kill -9 under load loses no acknowledged reservation.
+ * a kill -9 under load loses no acknowledged reservation. one inventory
+ * (or two) of its own per test, spawned here; the calls every service test
+ * makes (SetStock, GetStock, CheckInvariants) and the tenant come from
+ * fixture.h.
  */
-#include "harness.h"
+#include "fixture.h"
 
-#include "cm_err.h"
-
-#include <check.h>
 #include <grpc/status.h>
-#include <libpq-fe.h>
-#include <librdkafka/rdkafka.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -24,12 +22,9 @@
 #include "cm_kafka.h"
 
 #include "commerce/events/v1/inventory_events.pb-c.h"
-#include "commerce/events/v1/order_events.pb-c.h"
-#include "commerce/inventory/v1/inventory_service.pb-c.h"
 
-#define SVC "/commerce.inventory.v1.InventoryService/"
+#define SVC FX_ISVC
 
-static const cm_rpc_md tenant_md[] = {{"x-tenant-id", "tenant-inv"}};
 static char schema[64];
 static int schema_seq;
 
@@ -45,56 +40,15 @@ static void spawn(hs_proc *p, const char *const *extra)
     snprintf(s, sizeof s, "INVENTORY_SCHEMA=%s", schema);
     /* published outbox rows are kept (marked) for an hour: the tests read
      * what each change wrote to the outbox after the relay sent it */
-    const char *env[16] = {s,
-                           "INVENTORY_SWEEP_MS=100",
-                           "INVENTORY_CONSUME_ORDERS=off",
-                           "WORKERS=16",
-                           "INVENTORY_INVARIANT_CHECK_S=1",
-                           "OUTBOX_RETENTION_SECONDS=3600"};
-    size_t n = 6;
-    for (size_t i = 0; extra && extra[i] && n < 15; i++)
-        env[n++] = extra[i];
-    env[n] = NULL;
-    ck_assert_int_eq(hs_spawn(p, INVENTORY_BIN, env), 0);
-    ck_assert_msg(hs_wait_serving(p, 20000) == 0, "inventory did not become serving (log %s)",
-                  p->log_path);
-}
-
-static cm_rpc_client *client_for(const hs_proc *p)
-{
-    cm_rpc_client_opts o = {.target = p->target};
-    cm_rpc_client *c = NULL;
-    char err[256];
-    ck_assert_int_eq(cm_rpc_client_new(&c, &o, err, sizeof err), 0);
-    return c;
-}
-
-static int call(cm_rpc_client *c, const char *method, const ProtobufCMessage *req,
-                const ProtobufCMessageDescriptor *d, ProtobufCMessage **resp, cm_rpc_status *st,
-                const cm_rpc_md *md, size_t nmd)
-{
-    cm_rpc_status local;
-    if (!st)
-        st = &local;
-    ProtobufCMessage *r = NULL;
-    cm_rpc_call(c, method, req, d, NULL, &r, md, nmd, 10000, 0, st);
-    if (resp)
-        *resp = r;
-    else if (r)
-        protobuf_c_message_free_unpacked(r, NULL);
-    return st->code;
-}
-
-static int set_stock(cm_rpc_client *c, const char *rid, const char *sku, int64_t avail)
-{
-    Commerce__Inventory__V1__SetStockRequest q = COMMERCE__INVENTORY__V1__SET_STOCK_REQUEST__INIT;
-    q.request_id = (char *)rid;
-    q.sku = (char *)sku;
-    q.available = avail;
-    q.reason = "goods received";
-    q.actor = "ops:test";
-    return call(c, SVC "SetStock", &q.base,
-                &commerce__inventory__v1__set_stock_response__descriptor, NULL, NULL, tenant_md, 1);
+    const char *env[] = {s,
+                         "INVENTORY_SWEEP_MS=100",
+                         "INVENTORY_CONSUME_ORDERS=off",
+                         "WORKERS=16",
+                         "INVENTORY_INVARIANT_CHECK_S=1",
+                         "OUTBOX_RETENTION_SECONDS=3600",
+                         NULL};
+    const char *all[24];
+    hs_start(p, INVENTORY_BIN, hs_env_join(all, 24, env, extra));
 }
 
 static int reserve_lines(cm_rpc_client *c, const char *order, const char *buyer,
@@ -118,8 +72,9 @@ static int reserve_lines(cm_rpc_client *c, const char *order, const char *buyer,
         ttl.seconds = ttl_s;
         q.ttl = &ttl;
     }
-    return call(c, SVC "Reserve", &q.base, &commerce__inventory__v1__reserve_response__descriptor,
-                (ProtobufCMessage **)out, st, tenant_md, 1);
+    return hs_call(c, SVC "Reserve", &q.base,
+                   &commerce__inventory__v1__reserve_response__descriptor, (ProtobufCMessage **)out,
+                   st, fx_md, 1);
 }
 
 static int reserve1(cm_rpc_client *c, const char *order, const char *sku, int64_t qty,
@@ -135,8 +90,8 @@ static int resolve(cm_rpc_client *c, const char *method, const char *order, int 
     Commerce__Inventory__V1__ConfirmRequest q = COMMERCE__INVENTORY__V1__CONFIRM_REQUEST__INIT;
     q.order_id = (char *)order;
     Commerce__Inventory__V1__ConfirmResponse *r = NULL;
-    int code = call(c, method, &q.base, &commerce__inventory__v1__confirm_response__descriptor,
-                    (ProtobufCMessage **)&r, st, tenant_md, 1);
+    int code = hs_call(c, method, &q.base, &commerce__inventory__v1__confirm_response__descriptor,
+                       (ProtobufCMessage **)&r, st, fx_md, 1);
     if (state)
         *state = r && r->reservation ? (int)r->reservation->state : 0;
     if (r)
@@ -144,67 +99,15 @@ static int resolve(cm_rpc_client *c, const char *method, const char *order, int 
     return code;
 }
 
-typedef struct level {
-    int64_t available, reserved, sold, on_hand;
-} level;
-
-static level get_level(cm_rpc_client *c, const char *sku)
-{
-    Commerce__Inventory__V1__GetStockRequest q = COMMERCE__INVENTORY__V1__GET_STOCK_REQUEST__INIT;
-    q.sku = (char *)sku;
-    Commerce__Inventory__V1__GetStockResponse *r = NULL;
-    level l = {-1, -1, -1, -1};
-    if (call(c, SVC "GetStock", &q.base, &commerce__inventory__v1__get_stock_response__descriptor,
-             (ProtobufCMessage **)&r, NULL, tenant_md, 1) == 0) {
-        l.available = r->stock->available;
-        l.reserved = r->stock->reserved;
-        l.sold = r->stock->sold;
-        l.on_hand = r->stock->on_hand;
-        protobuf_c_message_free_unpacked(&r->base, NULL);
-    }
-    return l;
-}
-
-/* violations CheckInvariants reports for the tenant (-1: the call failed) */
+/* violations CheckInvariants reports for the tenant (-1: the call failed);
+ * a call that answered must have checked some skus */
 static long violations(cm_rpc_client *c)
 {
-    Commerce__Inventory__V1__CheckInvariantsRequest q =
-        COMMERCE__INVENTORY__V1__CHECK_INVARIANTS_REQUEST__INIT;
-    Commerce__Inventory__V1__CheckInvariantsResponse *r = NULL;
-    if (call(c, SVC "CheckInvariants", &q.base,
-             &commerce__inventory__v1__check_invariants_response__descriptor,
-             (ProtobufCMessage **)&r, NULL, tenant_md, 1) != 0)
-        return -1;
-    long n = (long)r->n_violations;
-    ck_assert_int_gt(r->checked_skus, 0);
-    protobuf_c_message_free_unpacked(&r->base, NULL);
+    int64_t checked = 0;
+    long n = fx_violations(c, &checked);
+    if (n >= 0)
+        ck_assert_int_gt(checked, 0);
     return n;
-}
-
-static long sql_long(const char *sql)
-{
-    PGconn *pg = PQconnectdb(hs_pg_dsn());
-    ck_assert_int_eq(PQstatus(pg), CONNECTION_OK);
-    char path[128];
-    snprintf(path, sizeof path, "SET search_path = %s", schema);
-    PQclear(PQexec(pg, path));
-    PGresult *r = PQexec(pg, sql);
-    ck_assert_msg(PQresultStatus(r) == PGRES_TUPLES_OK, "%s: %s", sql, PQerrorMessage(pg));
-    long v = strtol(PQgetvalue(r, 0, 0), NULL, 10);
-    PQclear(r);
-    PQfinish(pg);
-    return v;
-}
-
-/* drops the test's schema once it passed (a failed test keeps it to look at) */
-static void drop_schema(void)
-{
-    PGconn *pg = PQconnectdb(hs_pg_dsn());
-    char sql[128];
-    snprintf(sql, sizeof sql, "DROP SCHEMA IF EXISTS %s CASCADE", schema);
-    PQclear(PQexec(pg, "SET client_min_messages = warning"));
-    PQclear(PQexec(pg, sql));
-    PQfinish(pg);
 }
 
 /* ---- the basics ---- */
@@ -214,9 +117,9 @@ START_TEST(reserve_confirm_release_and_retries)
     new_schema();
     hs_proc p;
     spawn(&p, NULL);
-    cm_rpc_client *c = client_for(&p);
-    ck_assert_int_eq(set_stock(c, "r1", "sku-a", 10), 0);
-    ck_assert_int_eq(set_stock(c, "r2", "sku-b", 5), 0);
+    cm_rpc_client *c = hs_client(&p, NULL);
+    fx_set_stock(c, "r1", "sku-a", 10);
+    fx_set_stock(c, "r2", "sku-b", 5);
 
     const char *skus[] = {"sku-a", "sku-b"};
     int64_t q[] = {3, 2};
@@ -233,7 +136,7 @@ START_TEST(reserve_confirm_release_and_retries)
     ck_assert_int_eq(reserve_lines(c, "o-1", "u1", skus, q, 2, 0, &r, NULL), 0);
     ck_assert_int_eq(r->reservation->expires_at->seconds, expires);
     protobuf_c_message_free_unpacked(&r->base, NULL);
-    level a = get_level(c, "sku-a");
+    fx_level a = fx_get_level(c, "sku-a");
     ck_assert_int_eq(a.available, 7);
     ck_assert_int_eq(a.reserved, 3);
 
@@ -250,7 +153,7 @@ START_TEST(reserve_confirm_release_and_retries)
     ck_assert_int_eq(state,
                      COMMERCE__INVENTORY__V1__RESERVATION_STATE__RESERVATION_STATE_CONFIRMED);
     ck_assert_int_eq(resolve(c, SVC "Confirm", "o-1", &state, NULL), 0);
-    a = get_level(c, "sku-a");
+    a = fx_get_level(c, "sku-a");
     ck_assert_int_eq(a.sold, 3);
     ck_assert_int_eq(a.reserved, 0);
     ck_assert_int_eq(a.on_hand, 10);
@@ -263,7 +166,7 @@ START_TEST(reserve_confirm_release_and_retries)
     ck_assert_int_eq(resolve(c, SVC "Release", "o-2", &state, NULL), 0);
     ck_assert_int_eq(state, COMMERCE__INVENTORY__V1__RESERVATION_STATE__RESERVATION_STATE_RELEASED);
     ck_assert_int_eq(resolve(c, SVC "Release", "o-2", NULL, NULL), 0);
-    a = get_level(c, "sku-a");
+    a = fx_get_level(c, "sku-a");
     ck_assert_int_eq(a.available, 7);
     ck_assert_int_eq(a.reserved, 0);
     /* confirm after release is refused */
@@ -272,7 +175,7 @@ START_TEST(reserve_confirm_release_and_retries)
     /* release of an unknown order leaves a tombstone: a late reserve is refused */
     ck_assert_int_eq(resolve(c, SVC "Release", "o-late", NULL, NULL), 0);
     ck_assert_int_eq(reserve1(c, "o-late", "sku-a", 1, &st), GRPC_STATUS_FAILED_PRECONDITION);
-    ck_assert_int_eq(get_level(c, "sku-a").available, 7);
+    ck_assert_int_eq(fx_get_level(c, "sku-a").available, 7);
     /* confirm of an unknown order */
     ck_assert_int_eq(resolve(c, SVC "Confirm", "o-none", NULL, NULL), GRPC_STATUS_NOT_FOUND);
 
@@ -288,7 +191,7 @@ START_TEST(reserve_confirm_release_and_retries)
     ck_assert_str_eq(st.detail_types[0], "type.googleapis.com/google.rpc.ErrorInfo");
     ck_assert_str_eq(st.detail_types[1],
                      "type.googleapis.com/commerce.inventory.v1.StockShortageDetail");
-    ck_assert_int_eq(get_level(c, "sku-a").available, 7);
+    ck_assert_int_eq(fx_get_level(c, "sku-a").available, 7);
 
     ck_assert_int_eq(violations(c), 0);
 
@@ -299,9 +202,9 @@ START_TEST(reserve_confirm_release_and_retries)
     bq.skus = bskus;
     bq.n_skus = 3;
     Commerce__Inventory__V1__BatchGetStockResponse *br = NULL;
-    ck_assert_int_eq(call(c, SVC "BatchGetStock", &bq.base,
-                          &commerce__inventory__v1__batch_get_stock_response__descriptor,
-                          (ProtobufCMessage **)&br, NULL, tenant_md, 1),
+    ck_assert_int_eq(hs_call(c, SVC "BatchGetStock", &bq.base,
+                             &commerce__inventory__v1__batch_get_stock_response__descriptor,
+                             (ProtobufCMessage **)&br, NULL, fx_md, 1),
                      0);
     ck_assert_uint_eq(br->n_stocks, 2);
     ck_assert_str_eq(br->stocks[0]->sku, "sku-b");
@@ -311,9 +214,9 @@ START_TEST(reserve_confirm_release_and_retries)
     ck_assert_str_eq(br->missing_skus[0], "sku-none");
     protobuf_c_message_free_unpacked(&br->base, NULL);
     bskus[2] = "sku-b";
-    ck_assert_int_eq(call(c, SVC "BatchGetStock", &bq.base,
-                          &commerce__inventory__v1__batch_get_stock_response__descriptor, NULL, &st,
-                          tenant_md, 1),
+    ck_assert_int_eq(hs_call(c, SVC "BatchGetStock", &bq.base,
+                             &commerce__inventory__v1__batch_get_stock_response__descriptor, NULL,
+                             &st, fx_md, 1),
                      GRPC_STATUS_INVALID_ARGUMENT);
     ck_assert_str_eq(st.field, "skus[2]");
 
@@ -321,24 +224,27 @@ START_TEST(reserve_confirm_release_and_retries)
     char body[65536];
     usleep(1500000);
     ck_assert_int_eq(hs_http_get(p.admin_port, "/metrics", body, sizeof body), 200);
-    ck_assert_ptr_nonnull(strstr(body, "inventory_invariants_ok 1"));
-    ck_assert_ptr_nonnull(strstr(body, "inventory_invariant_violations 0"));
+    ck_assert(hs_metric_in(body, "inventory_invariants_ok") == 1);
+    ck_assert(hs_metric_in(body, "inventory_invariant_violations") == 0);
 
     /* the events went to the outbox with their changes: set, confirm, release */
-    ck_assert_int_ge(sql_long("SELECT count(*) FROM outbox WHERE type = "
-                              "'commerce.events.v1.StockChanged' AND key = 'sku-a'"),
+    ck_assert_int_ge(hs_sql_long(schema, "SELECT count(*) FROM outbox WHERE type = "
+                                         "'commerce.events.v1.StockChanged' AND key = 'sku-a'"),
                      3);
-    ck_assert_int_eq(sql_long("SELECT count(*) FROM outbox WHERE type = "
-                              "'commerce.events.v1.ReservationConfirmed' AND key = 'o-1'"),
+    ck_assert_int_eq(hs_sql_long(schema,
+                                 "SELECT count(*) FROM outbox WHERE type = "
+                                 "'commerce.events.v1.ReservationConfirmed' AND key = 'o-1'"),
                      1);
-    ck_assert_int_eq(sql_long("SELECT count(*) FROM outbox WHERE type = "
-                              "'commerce.events.v1.ReservationReleased' AND key = 'o-2'"),
+    ck_assert_int_eq(hs_sql_long(schema,
+                                 "SELECT count(*) FROM outbox WHERE type = "
+                                 "'commerce.events.v1.ReservationReleased' AND key = 'o-2'"),
                      1);
-    ck_assert_int_eq(sql_long("SELECT count(*) FROM outbox WHERE topic <> 'commerce.inventory.v1'"),
-                     0);
+    ck_assert_int_eq(
+        hs_sql_long(schema, "SELECT count(*) FROM outbox WHERE topic <> 'commerce.inventory.v1'"),
+        0);
     cm_rpc_client_free(c);
     ck_assert_int_eq(hs_stop(&p, SIGTERM, 20000), 0);
-    drop_schema();
+    hs_drop_schema(NULL, schema);
 }
 END_TEST
 
@@ -347,8 +253,8 @@ START_TEST(bad_input_changes_nothing)
     new_schema();
     hs_proc p;
     spawn(&p, NULL);
-    cm_rpc_client *c = client_for(&p);
-    ck_assert_int_eq(set_stock(c, "r1", "sku-a", 10), 0);
+    cm_rpc_client *c = hs_client(&p, NULL);
+    fx_set_stock(c, "r1", "sku-a", 10);
     cm_rpc_status st;
     const char *two[] = {"sku-a", "sku-a"};
     int64_t q2[] = {1, 1};
@@ -374,13 +280,14 @@ START_TEST(bad_input_changes_nothing)
     /* missing tenant */
     Commerce__Inventory__V1__GetStockRequest g = COMMERCE__INVENTORY__V1__GET_STOCK_REQUEST__INIT;
     g.sku = "sku-a";
-    int code = call(c, SVC "GetStock", &g.base,
-                    &commerce__inventory__v1__get_stock_response__descriptor, NULL, &st, NULL, 0);
+    int code =
+        hs_call(c, SVC "GetStock", &g.base,
+                &commerce__inventory__v1__get_stock_response__descriptor, NULL, &st, NULL, 0);
     ck_assert(code == GRPC_STATUS_INVALID_ARGUMENT || code == GRPC_STATUS_UNAUTHENTICATED);
     g.sku = "sku-unknown";
-    ck_assert_int_eq(call(c, SVC "GetStock", &g.base,
-                          &commerce__inventory__v1__get_stock_response__descriptor, NULL, &st,
-                          tenant_md, 1),
+    ck_assert_int_eq(hs_call(c, SVC "GetStock", &g.base,
+                             &commerce__inventory__v1__get_stock_response__descriptor, NULL, &st,
+                             fx_md, 1),
                      GRPC_STATUS_NOT_FOUND);
     /* admin input */
     Commerce__Inventory__V1__AdjustStockRequest a =
@@ -390,40 +297,40 @@ START_TEST(bad_input_changes_nothing)
     a.delta = 0;
     a.reason = "x";
     a.actor = "y";
-    ck_assert_int_eq(call(c, SVC "AdjustStock", &a.base,
-                          &commerce__inventory__v1__adjust_stock_response__descriptor, NULL, &st,
-                          tenant_md, 1),
+    ck_assert_int_eq(hs_call(c, SVC "AdjustStock", &a.base,
+                             &commerce__inventory__v1__adjust_stock_response__descriptor, NULL, &st,
+                             fx_md, 1),
                      GRPC_STATUS_INVALID_ARGUMENT);
     ck_assert_str_eq(st.field, "delta");
     a.delta = -11;
-    ck_assert_int_eq(call(c, SVC "AdjustStock", &a.base,
-                          &commerce__inventory__v1__adjust_stock_response__descriptor, NULL, &st,
-                          tenant_md, 1),
+    ck_assert_int_eq(hs_call(c, SVC "AdjustStock", &a.base,
+                             &commerce__inventory__v1__adjust_stock_response__descriptor, NULL, &st,
+                             fx_md, 1),
                      GRPC_STATUS_FAILED_PRECONDITION);
     ck_assert_str_eq(st.reason, "STOCK_WOULD_GO_NEGATIVE");
     a.sku = "sku-unknown";
     a.delta = -1;
     a.request_id = "adj-2";
-    ck_assert_int_eq(call(c, SVC "AdjustStock", &a.base,
-                          &commerce__inventory__v1__adjust_stock_response__descriptor, NULL, &st,
-                          tenant_md, 1),
+    ck_assert_int_eq(hs_call(c, SVC "AdjustStock", &a.base,
+                             &commerce__inventory__v1__adjust_stock_response__descriptor, NULL, &st,
+                             fx_md, 1),
                      GRPC_STATUS_NOT_FOUND);
     a.reason = "";
-    ck_assert_int_eq(call(c, SVC "AdjustStock", &a.base,
-                          &commerce__inventory__v1__adjust_stock_response__descriptor, NULL, &st,
-                          tenant_md, 1),
+    ck_assert_int_eq(hs_call(c, SVC "AdjustStock", &a.base,
+                             &commerce__inventory__v1__adjust_stock_response__descriptor, NULL, &st,
+                             fx_md, 1),
                      GRPC_STATUS_INVALID_ARGUMENT);
     ck_assert_str_eq(st.field, "reason");
 
-    level l = get_level(c, "sku-a");
+    fx_level l = fx_get_level(c, "sku-a");
     ck_assert_int_eq(l.available, 10);
     ck_assert_int_eq(l.reserved, 0);
-    ck_assert_int_eq(sql_long("SELECT count(*) FROM reservation"), 0);
-    ck_assert_int_eq(sql_long("SELECT count(*) FROM stock"), 1);
-    ck_assert_int_eq(sql_long("SELECT count(*) FROM stock_change"), 1);
+    ck_assert_int_eq(hs_sql_long(schema, "SELECT count(*) FROM reservation"), 0);
+    ck_assert_int_eq(hs_sql_long(schema, "SELECT count(*) FROM stock"), 1);
+    ck_assert_int_eq(hs_sql_long(schema, "SELECT count(*) FROM stock_change"), 1);
     cm_rpc_client_free(c);
     ck_assert_int_eq(hs_stop(&p, SIGTERM, 20000), 0);
-    drop_schema();
+    hs_drop_schema(NULL, schema);
 }
 END_TEST
 
@@ -432,7 +339,7 @@ START_TEST(admin_changes_are_idempotent_and_audited)
     new_schema();
     hs_proc p;
     spawn(&p, NULL);
-    cm_rpc_client *c = client_for(&p);
+    cm_rpc_client *c = hs_client(&p, NULL);
     Commerce__Inventory__V1__SetStockRequest s = COMMERCE__INVENTORY__V1__SET_STOCK_REQUEST__INIT;
     s.request_id = "set-1";
     s.sku = "sku-a";
@@ -440,13 +347,13 @@ START_TEST(admin_changes_are_idempotent_and_audited)
     s.reason = "stock take";
     s.actor = "ops:alice";
     Commerce__Inventory__V1__SetStockResponse *r1 = NULL, *r2 = NULL;
-    ck_assert_int_eq(call(c, SVC "SetStock", &s.base,
-                          &commerce__inventory__v1__set_stock_response__descriptor,
-                          (ProtobufCMessage **)&r1, NULL, tenant_md, 1),
+    ck_assert_int_eq(hs_call(c, SVC "SetStock", &s.base,
+                             &commerce__inventory__v1__set_stock_response__descriptor,
+                             (ProtobufCMessage **)&r1, NULL, fx_md, 1),
                      0);
-    ck_assert_int_eq(call(c, SVC "SetStock", &s.base,
-                          &commerce__inventory__v1__set_stock_response__descriptor,
-                          (ProtobufCMessage **)&r2, NULL, tenant_md, 1),
+    ck_assert_int_eq(hs_call(c, SVC "SetStock", &s.base,
+                             &commerce__inventory__v1__set_stock_response__descriptor,
+                             (ProtobufCMessage **)&r2, NULL, fx_md, 1),
                      0);
     ck_assert_str_eq(r1->change->change_id, r2->change->change_id);
     ck_assert_str_eq(r2->change->reason, "stock take");
@@ -457,16 +364,16 @@ START_TEST(admin_changes_are_idempotent_and_audited)
     protobuf_c_message_free_unpacked(&r2->base, NULL);
     cm_rpc_status st;
     s.available = 11;
-    ck_assert_int_eq(call(c, SVC "SetStock", &s.base,
-                          &commerce__inventory__v1__set_stock_response__descriptor, NULL, &st,
-                          tenant_md, 1),
+    ck_assert_int_eq(hs_call(c, SVC "SetStock", &s.base,
+                             &commerce__inventory__v1__set_stock_response__descriptor, NULL, &st,
+                             fx_md, 1),
                      GRPC_STATUS_ALREADY_EXISTS);
     /* compare-and-set */
     s.request_id = "set-2";
     s.expected_version = 99;
-    ck_assert_int_eq(call(c, SVC "SetStock", &s.base,
-                          &commerce__inventory__v1__set_stock_response__descriptor, NULL, &st,
-                          tenant_md, 1),
+    ck_assert_int_eq(hs_call(c, SVC "SetStock", &s.base,
+                             &commerce__inventory__v1__set_stock_response__descriptor, NULL, &st,
+                             fx_md, 1),
                      GRPC_STATUS_ABORTED);
     Commerce__Inventory__V1__AdjustStockRequest a =
         COMMERCE__INVENTORY__V1__ADJUST_STOCK_REQUEST__INIT;
@@ -476,20 +383,21 @@ START_TEST(admin_changes_are_idempotent_and_audited)
     a.reason = "damaged";
     a.actor = "wms";
     for (int i = 0; i < 3; i++)
-        ck_assert_int_eq(call(c, SVC "AdjustStock", &a.base,
-                              &commerce__inventory__v1__adjust_stock_response__descriptor, NULL,
-                              NULL, tenant_md, 1),
+        ck_assert_int_eq(hs_call(c, SVC "AdjustStock", &a.base,
+                                 &commerce__inventory__v1__adjust_stock_response__descriptor, NULL,
+                                 NULL, fx_md, 1),
                          0);
-    level l = get_level(c, "sku-a");
+    fx_level l = fx_get_level(c, "sku-a");
     ck_assert_int_eq(l.available, 7);
     ck_assert_int_eq(l.on_hand, 7);
-    ck_assert_int_eq(sql_long("SELECT count(*) FROM stock_change WHERE reason = 'damaged' AND "
-                              "actor = 'wms' AND available_delta = -3"),
+    ck_assert_int_eq(hs_sql_long(schema,
+                                 "SELECT count(*) FROM stock_change WHERE reason = 'damaged' AND "
+                                 "actor = 'wms' AND available_delta = -3"),
                      1);
     ck_assert_int_eq(violations(c), 0);
     cm_rpc_client_free(c);
     ck_assert_int_eq(hs_stop(&p, SIGTERM, 20000), 0);
-    drop_schema();
+    hs_drop_schema(NULL, schema);
 }
 END_TEST
 
@@ -501,8 +409,8 @@ START_TEST(expiry_releases_exactly_once_with_two_replicas)
     hs_proc p1, p2;
     spawn(&p1, NULL);
     spawn(&p2, NULL);
-    cm_rpc_client *c = client_for(&p1);
-    ck_assert_int_eq(set_stock(c, "r1", "sku-e", 100), 0);
+    cm_rpc_client *c = hs_client(&p1, NULL);
+    fx_set_stock(c, "r1", "sku-e", 100);
     const char *skus[] = {"sku-e"};
     int64_t one = 1;
     char order[32];
@@ -510,17 +418,17 @@ START_TEST(expiry_releases_exactly_once_with_two_replicas)
         snprintf(order, sizeof order, "exp-%d", i);
         ck_assert_int_eq(reserve_lines(c, order, NULL, skus, &one, 1, 1, NULL, NULL), 0);
     }
-    ck_assert_int_eq(get_level(c, "sku-e").reserved, 40);
+    ck_assert_int_eq(fx_get_level(c, "sku-e").reserved, 40);
     long long until = hs_now_ms() + 15000;
-    while (hs_now_ms() < until && get_level(c, "sku-e").reserved > 0)
+    while (hs_now_ms() < until && fx_get_level(c, "sku-e").reserved > 0)
         usleep(100000);
-    level l = get_level(c, "sku-e");
+    fx_level l = fx_get_level(c, "sku-e");
     ck_assert_int_eq(l.reserved, 0);
     ck_assert_int_eq(l.available, 100);
-    ck_assert_int_eq(sql_long("SELECT count(*) FROM stock_change WHERE kind = 6"), 40);
-    ck_assert_int_eq(sql_long("SELECT count(*) FROM reservation WHERE state = 4"), 40);
-    ck_assert_int_eq(sql_long("SELECT count(*) FROM outbox WHERE type = "
-                              "'commerce.events.v1.ReservationExpired'"),
+    ck_assert_int_eq(hs_sql_long(schema, "SELECT count(*) FROM stock_change WHERE kind = 6"), 40);
+    ck_assert_int_eq(hs_sql_long(schema, "SELECT count(*) FROM reservation WHERE state = 4"), 40);
+    ck_assert_int_eq(hs_sql_long(schema, "SELECT count(*) FROM outbox WHERE type = "
+                                         "'commerce.events.v1.ReservationExpired'"),
                      40);
     /* confirm after expiry is refused, clearly */
     cm_rpc_status st;
@@ -531,12 +439,12 @@ START_TEST(expiry_releases_exactly_once_with_two_replicas)
     int state;
     ck_assert_int_eq(resolve(c, SVC "Release", "exp-1", &state, NULL), 0);
     ck_assert_int_eq(state, COMMERCE__INVENTORY__V1__RESERVATION_STATE__RESERVATION_STATE_EXPIRED);
-    ck_assert_int_eq(get_level(c, "sku-e").available, 100);
+    ck_assert_int_eq(fx_get_level(c, "sku-e").available, 100);
     ck_assert_int_eq(violations(c), 0);
     cm_rpc_client_free(c);
     ck_assert_int_eq(hs_stop(&p1, SIGTERM, 20000), 0);
     ck_assert_int_eq(hs_stop(&p2, SIGTERM, 20000), 0);
-    drop_schema();
+    hs_drop_schema(NULL, schema);
 }
 END_TEST
 
@@ -587,18 +495,19 @@ static void never_oversell(int replicas, const char *hot)
     buyers b = {.nclients = replicas, .sku = "sku-hot", .per_thread = 10, .prefix = "cc"};
     for (int i = 0; i < replicas; i++) {
         spawn(&p[i], env);
-        b.clients[i] = client_for(&p[i]);
+        b.clients[i] = hs_client(&p[i], NULL);
     }
     const int stock = 137;
-    ck_assert_int_eq(set_stock(b.clients[0], "r1", "sku-hot", stock), 0);
+    fx_set_stock(b.clients[0], "r1", "sku-hot", stock);
     run_buyers(&b, 32); /* 320 buyers for 137 units */
     ck_assert_int_eq(atomic_load(&b.other), 0);
     ck_assert_int_eq(atomic_load(&b.ok), stock);
     ck_assert_int_eq(atomic_load(&b.sold_out), 320 - stock);
-    level l = get_level(b.clients[0], "sku-hot");
+    fx_level l = fx_get_level(b.clients[0], "sku-hot");
     ck_assert_int_eq(l.available, 0);
     ck_assert_int_eq(l.reserved, stock);
-    ck_assert_int_eq(sql_long("SELECT count(*) FROM reservation WHERE state = 1"), stock);
+    ck_assert_int_eq(hs_sql_long(schema, "SELECT count(*) FROM reservation WHERE state = 1"),
+                     stock);
     ck_assert_int_eq(violations(b.clients[0]), 0);
     for (int i = 0; i < replicas; i++) {
         cm_rpc_client_free(b.clients[i]);
@@ -609,21 +518,21 @@ static void never_oversell(int replicas, const char *hot)
 START_TEST(concurrent_buyers_never_oversell)
 {
     never_oversell(1, "INVENTORY_HOT_PATH=on");
-    drop_schema();
+    hs_drop_schema(NULL, schema);
 }
 END_TEST
 
 START_TEST(concurrent_buyers_never_oversell_two_replicas)
 {
     never_oversell(2, "INVENTORY_HOT_PATH=on");
-    drop_schema();
+    hs_drop_schema(NULL, schema);
 }
 END_TEST
 
 START_TEST(concurrent_buyers_never_oversell_naive_path)
 {
     never_oversell(2, "INVENTORY_HOT_PATH=off");
-    drop_schema();
+    hs_drop_schema(NULL, schema);
 }
 END_TEST
 
@@ -657,8 +566,8 @@ START_TEST(kill_9_under_load_loses_no_acknowledged_reservation)
     hs_proc p;
     spawn(&p, NULL);
     killer *k = calloc(1, sizeof *k);
-    k->c = client_for(&p);
-    ck_assert_int_eq(set_stock(k->c, "r1", "sku-k", 300), 0);
+    k->c = hs_client(&p, NULL);
+    fx_set_stock(k->c, "r1", "sku-k", 300);
     pthread_t t[16];
     for (int i = 0; i < 16; i++)
         pthread_create(&t[i], NULL, kill_buyer, k);
@@ -673,14 +582,14 @@ START_TEST(kill_9_under_load_loses_no_acknowledged_reservation)
     cm_rpc_client_free(k->c);
 
     spawn(&p, NULL);
-    k->c = client_for(&p);
+    k->c = hs_client(&p, NULL);
     for (int i = 0; i < acked; i++) {
         char sql[96];
         snprintf(sql, sizeof sql, "SELECT count(*) FROM reservation WHERE order_id = 'k-%d'",
                  k->acked[i]);
-        ck_assert_int_eq(sql_long(sql), 1);
+        ck_assert_int_eq(hs_sql_long(schema, sql), 1);
     }
-    level l = get_level(k->c, "sku-k");
+    fx_level l = fx_get_level(k->c, "sku-k");
     ck_assert_int_ge(l.reserved, acked);
     ck_assert_int_le(l.reserved, 300);
     ck_assert_int_eq(l.on_hand, 300);
@@ -688,7 +597,7 @@ START_TEST(kill_9_under_load_loses_no_acknowledged_reservation)
     cm_rpc_client_free(k->c);
     free(k);
     ck_assert_int_eq(hs_stop(&p, SIGTERM, 20000), 0);
-    drop_schema();
+    hs_drop_schema(NULL, schema);
 }
 END_TEST
 
@@ -728,10 +637,10 @@ START_TEST(flash_sale_per_buyer_limit_is_exact_under_concurrency)
     limit_run lr = {0};
     for (int i = 0; i < 2; i++) {
         spawn(&p[i], NULL);
-        lr.clients[i] = client_for(&p[i]);
+        lr.clients[i] = hs_client(&p[i], NULL);
     }
     cm_rpc_client *c = lr.clients[0];
-    ck_assert_int_eq(set_stock(c, "r1", "sku-fs", 100), 0);
+    fx_set_stock(c, "r1", "sku-fs", 100);
     Commerce__Inventory__V1__ConfigureFlashSaleRequest q =
         COMMERCE__INVENTORY__V1__CONFIGURE_FLASH_SALE_REQUEST__INIT;
     Google__Protobuf__Timestamp st = GOOGLE__PROTOBUF__TIMESTAMP__INIT,
@@ -745,29 +654,19 @@ START_TEST(flash_sale_per_buyer_limit_is_exact_under_concurrency)
     q.sale_stock = 50;
     q.per_buyer_limit = 3;
     q.actor = "ops:test";
-    Commerce__Inventory__V1__ConfigureFlashSaleResponse *fr = NULL;
-    ck_assert_int_eq(call(c, SVC "ConfigureFlashSale", &q.base,
-                          &commerce__inventory__v1__configure_flash_sale_response__descriptor,
-                          (ProtobufCMessage **)&fr, NULL, tenant_md, 1),
-                     0);
-    ck_assert_int_eq(fr->flash_sale->state,
-                     COMMERCE__INVENTORY__V1__FLASH_SALE_STATE__FLASH_SALE_STATE_ACTIVE);
+    Commerce__Inventory__V1__FlashSale *fr = NULL;
+    ck_assert_int_eq(fx_configure_sale(c, &q, &fr, NULL), 0);
+    ck_assert_int_eq(fr->state, COMMERCE__INVENTORY__V1__FLASH_SALE_STATE__FLASH_SALE_STATE_ACTIVE);
     char sale_id[64];
-    snprintf(sale_id, sizeof sale_id, "%s", fr->flash_sale->flash_sale_id);
+    snprintf(sale_id, sizeof sale_id, "%s", fr->flash_sale_id);
     protobuf_c_message_free_unpacked(&fr->base, NULL);
     /* the same request again: the same sale; an overlapping one is refused */
-    ck_assert_int_eq(call(c, SVC "ConfigureFlashSale", &q.base,
-                          &commerce__inventory__v1__configure_flash_sale_response__descriptor,
-                          (ProtobufCMessage **)&fr, NULL, tenant_md, 1),
-                     0);
-    ck_assert_str_eq(fr->flash_sale->flash_sale_id, sale_id);
+    ck_assert_int_eq(fx_configure_sale(c, &q, &fr, NULL), 0);
+    ck_assert_str_eq(fr->flash_sale_id, sale_id);
     protobuf_c_message_free_unpacked(&fr->base, NULL);
     cm_rpc_status s;
     q.request_id = "fs-create-2";
-    ck_assert_int_eq(call(c, SVC "ConfigureFlashSale", &q.base,
-                          &commerce__inventory__v1__configure_flash_sale_response__descriptor, NULL,
-                          &s, tenant_md, 1),
-                     GRPC_STATUS_FAILED_PRECONDITION);
+    ck_assert_int_eq(fx_configure_sale(c, &q, NULL, &s), GRPC_STATUS_FAILED_PRECONDITION);
     ck_assert_str_eq(s.reason, "FLASH_SALE_OVERLAP");
 
     /* a buyer is required in a sale */
@@ -783,8 +682,9 @@ START_TEST(flash_sale_per_buyer_limit_is_exact_under_concurrency)
     ck_assert_int_eq(atomic_load(&lr.other), 0);
     ck_assert_int_eq(atomic_load(&lr.ok), 3);
     ck_assert_int_eq(atomic_load(&lr.limited), 61);
-    ck_assert_int_eq(sql_long("SELECT units FROM flash_buyer WHERE buyer_id = 'buyer-1'"), 3);
-    ck_assert_int_eq(get_level(c, "sku-fs").reserved, 3);
+    ck_assert_int_eq(
+        hs_sql_long(schema, "SELECT units FROM flash_buyer WHERE buyer_id = 'buyer-1'"), 3);
+    ck_assert_int_eq(fx_get_level(c, "sku-fs").reserved, 3);
 
     /* the limit counts held units: a release gives one back */
     Commerce__Inventory__V1__ReserveResponse *rr = NULL;
@@ -795,7 +695,7 @@ START_TEST(flash_sale_per_buyer_limit_is_exact_under_concurrency)
         char order[32];
         snprintf(order, sizeof order, "fs-%d", i);
         if (resolve(c, SVC "Release", order, NULL, NULL) == 0 &&
-            sql_long("SELECT units FROM flash_buyer WHERE buyer_id = 'buyer-1'") == 2)
+            hs_sql_long(schema, "SELECT units FROM flash_buyer WHERE buyer_id = 'buyer-1'") == 2)
             snprintf(released, sizeof released, "%s", order);
     }
     ck_assert(released[0]);
@@ -814,9 +714,9 @@ START_TEST(flash_sale_per_buyer_limit_is_exact_under_concurrency)
         COMMERCE__INVENTORY__V1__GET_FLASH_SALE_REQUEST__INIT;
     g.flash_sale_id = sale_id;
     Commerce__Inventory__V1__GetFlashSaleResponse *gr = NULL;
-    ck_assert_int_eq(call(c, SVC "GetFlashSale", &g.base,
-                          &commerce__inventory__v1__get_flash_sale_response__descriptor,
-                          (ProtobufCMessage **)&gr, NULL, tenant_md, 1),
+    ck_assert_int_eq(hs_call(c, SVC "GetFlashSale", &g.base,
+                             &commerce__inventory__v1__get_flash_sale_response__descriptor,
+                             (ProtobufCMessage **)&gr, NULL, fx_md, 1),
                      0);
     ck_assert_int_eq(gr->flash_sale->reserved, 4);
     protobuf_c_message_free_unpacked(&gr->base, NULL);
@@ -825,7 +725,7 @@ START_TEST(flash_sale_per_buyer_limit_is_exact_under_concurrency)
         cm_rpc_client_free(lr.clients[i]);
         ck_assert_int_eq(hs_stop(&p[i], SIGTERM, 20000), 0);
     }
-    drop_schema();
+    hs_drop_schema(NULL, schema);
 }
 END_TEST
 
@@ -839,13 +739,13 @@ static void produce_order_event(cm_kafka_producer *kp, const char *topic, const 
     if (strcmp(type, "commerce.events.v1.OrderPaid") == 0) {
         Commerce__Events__V1__OrderPaid m = COMMERCE__EVENTS__V1__ORDER_PAID__INIT;
         m.event_id = (char *)event_id;
-        m.tenant_id = "tenant-inv";
+        m.tenant_id = FX_TENANT;
         m.order_id = (char *)order_id;
         len = commerce__events__v1__order_paid__pack(&m, buf);
     } else {
         Commerce__Events__V1__OrderCancelled m = COMMERCE__EVENTS__V1__ORDER_CANCELLED__INIT;
         m.event_id = (char *)event_id;
-        m.tenant_id = "tenant-inv";
+        m.tenant_id = FX_TENANT;
         m.order_id = (char *)order_id;
         len = commerce__events__v1__order_cancelled__pack(&m, buf);
     }
@@ -858,7 +758,7 @@ static void produce_order_event(cm_kafka_producer *kp, const char *topic, const 
                         .type = type,
                         .source = "/commerce/order",
                         .content_type = "application/protobuf",
-                        .tenant_id = "tenant-inv"};
+                        .tenant_id = FX_TENANT};
     cm_kafka_report rep;
     ck_assert_int_eq(cm_kafka_produce_sync(kp, &msg, &rep), 0);
 }
@@ -870,9 +770,9 @@ static int state_of(cm_rpc_client *c, const char *order)
     q.order_id = (char *)order;
     Commerce__Inventory__V1__GetReservationResponse *r = NULL;
     int state = 0;
-    if (call(c, SVC "GetReservation", &q.base,
-             &commerce__inventory__v1__get_reservation_response__descriptor,
-             (ProtobufCMessage **)&r, NULL, tenant_md, 1) == 0) {
+    if (hs_call(c, SVC "GetReservation", &q.base,
+                &commerce__inventory__v1__get_reservation_response__descriptor,
+                (ProtobufCMessage **)&r, NULL, fx_md, 1) == 0) {
         state = (int)r->reservation->state;
         protobuf_c_message_free_unpacked(&r->base, NULL);
     }
@@ -881,23 +781,20 @@ static int state_of(cm_rpc_client *c, const char *order)
 
 START_TEST(order_events_confirm_and_release_through_the_inbox)
 {
-    const char *brokers = getenv("KAFKA_BROKERS");
-    ck_assert_msg(brokers && *brokers, "KAFKA_BROKERS is not set: run through scripts/test.sh");
+    const char *brokers = hs_kafka_brokers();
     new_schema();
-    char topic[96], group[96], cmd[512];
+    char topic[96], group[96];
     snprintf(topic, sizeof topic, "commerce.order.v1.it-%s", schema);
     snprintf(group, sizeof group, "commerce.inventory.it-%s", schema);
-    snprintf(cmd, sizeof cmd, "KAFKA_BROKERS=%s %s topic %s 1 >/dev/null 2>&1", brokers, KAFKA_SH,
-             topic);
-    ck_assert_int_eq(system(cmd), 0);
+    hs_kafka_create_topic(brokers, topic, 1);
     char t_env[128], g_env[128];
     snprintf(t_env, sizeof t_env, "INVENTORY_ORDER_TOPIC=%s", topic);
     snprintf(g_env, sizeof g_env, "INVENTORY_ORDER_GROUP=%s", group);
     const char *env[] = {"INVENTORY_CONSUME_ORDERS=on", t_env, g_env, NULL};
     hs_proc p;
     spawn(&p, env);
-    cm_rpc_client *c = client_for(&p);
-    ck_assert_int_eq(set_stock(c, "r1", "sku-o", 10), 0);
+    cm_rpc_client *c = hs_client(&p, NULL);
+    fx_set_stock(c, "r1", "sku-o", 10);
     const char *skus[] = {"sku-o"};
     int64_t two = 2, three = 3;
     ck_assert_int_eq(reserve_lines(c, "o-paid", NULL, skus, &two, 1, 0, NULL, NULL), 0);
@@ -934,40 +831,35 @@ START_TEST(order_events_confirm_and_release_through_the_inbox)
                      COMMERCE__INVENTORY__V1__RESERVATION_STATE__RESERVATION_STATE_CONFIRMED);
     ck_assert_int_eq(state_of(c, "o-cancel"),
                      COMMERCE__INVENTORY__V1__RESERVATION_STATE__RESERVATION_STATE_RELEASED);
-    level l = get_level(c, "sku-o");
+    fx_level l = fx_get_level(c, "sku-o");
     ck_assert_int_eq(l.sold, 2);
     ck_assert_int_eq(l.reserved, 0);
     ck_assert_int_eq(l.available, 8);
-    ck_assert_int_eq(sql_long("SELECT count(*) FROM stock_change WHERE kind = 4"), 1);
+    ck_assert_int_eq(hs_sql_long(schema, "SELECT count(*) FROM stock_change WHERE kind = 4"), 1);
     /* the events are one partition, in order: o-late-paid's came before
      * o-cancel's, which has been applied */
     ck_assert_int_eq(state_of(c, "o-late-paid"),
                      COMMERCE__INVENTORY__V1__RESERVATION_STATE__RESERVATION_STATE_RELEASED);
     char body[65536];
     ck_assert_int_eq(hs_http_get(p.admin_port, "/metrics", body, sizeof body), 200);
-    ck_assert_ptr_nonnull(strstr(body, "\ninventory_order_events_refused_total 1\n"));
+    ck_assert(hs_metric_in(body, "inventory_order_events_refused_total") == 1);
     ck_assert_int_eq(violations(c), 0);
     cm_rpc_client_free(c);
     ck_assert_int_eq(hs_stop(&p, SIGTERM, 30000), 0);
-    snprintf(cmd, sizeof cmd, "KAFKA_BROKERS=%s %s delete-topic %s >/dev/null 2>&1", brokers,
-             KAFKA_SH, topic);
-    if (system(cmd) != 0)
-        fprintf(stderr, "could not delete topic %s\n", topic);
-    drop_schema();
+    hs_kafka_delete_topic(brokers, topic);
+    hs_drop_schema(NULL, schema);
 }
 END_TEST
 
 /* ---- lists ---- */
 
-static const cm_rpc_md other_md[] = {{"x-tenant-id", "tenant-other"}};
-
 static int list_changes(cm_rpc_client *c, Commerce__Inventory__V1__ListStockChangesRequest *q,
                         Commerce__Inventory__V1__ListStockChangesResponse **out, cm_rpc_status *st,
                         const cm_rpc_md *md)
 {
-    return call(c, SVC "ListStockChanges", &q->base,
-                &commerce__inventory__v1__list_stock_changes_response__descriptor,
-                (ProtobufCMessage **)out, st, md, 1);
+    return hs_call(c, SVC "ListStockChanges", &q->base,
+                   &commerce__inventory__v1__list_stock_changes_response__descriptor,
+                   (ProtobufCMessage **)out, st, md, 1);
 }
 
 static int adjust(cm_rpc_client *c, const char *rid, const char *sku, int64_t delta,
@@ -980,16 +872,16 @@ static int adjust(cm_rpc_client *c, const char *rid, const char *sku, int64_t de
     a.delta = delta;
     a.reason = (char *)reason;
     a.actor = (char *)actor;
-    return call(c, SVC "AdjustStock", &a.base,
-                &commerce__inventory__v1__adjust_stock_response__descriptor, NULL, NULL, tenant_md,
-                1);
+    return hs_call(c, SVC "AdjustStock", &a.base,
+                   &commerce__inventory__v1__adjust_stock_response__descriptor, NULL, NULL, fx_md,
+                   1);
 }
 
 /* rows of one filter, all pages (page_size 0: the default) */
 static size_t count_changes(cm_rpc_client *c, Commerce__Inventory__V1__ListStockChangesRequest *q)
 {
     Commerce__Inventory__V1__ListStockChangesResponse *r = NULL;
-    ck_assert_int_eq(list_changes(c, q, &r, NULL, tenant_md), 0);
+    ck_assert_int_eq(list_changes(c, q, &r, NULL, fx_md), 0);
     size_t n = r->n_changes;
     ck_assert_str_eq(r->next_page_token, "");
     protobuf_c_message_free_unpacked(&r->base, NULL);
@@ -1001,12 +893,12 @@ START_TEST(list_stock_changes_pages_the_audit_trail)
     new_schema();
     hs_proc p;
     spawn(&p, NULL);
-    cm_rpc_client *c = client_for(&p);
+    cm_rpc_client *c = hs_client(&p, NULL);
     /* 9 changes: SET + ADJUST + RESERVE on sku-a, SET + 5 RESERVE on sku-b */
-    ck_assert_int_eq(set_stock(c, "set-a", "sku-a", 10), 0);
+    fx_set_stock(c, "set-a", "sku-a", 10);
     ck_assert_int_eq(adjust(c, "adj-a", "sku-a", -3, "damaged in warehouse", "wms"), 0);
     ck_assert_int_eq(reserve1(c, "o-a", "sku-a", 2, NULL), 0);
-    ck_assert_int_eq(set_stock(c, "set-b", "sku-b", 50), 0);
+    fx_set_stock(c, "set-b", "sku-b", 50);
     for (int i = 0; i < 5; i++) {
         char o[16];
         snprintf(o, sizeof o, "o-b%d", i);
@@ -1017,7 +909,7 @@ START_TEST(list_stock_changes_pages_the_audit_trail)
     Commerce__Inventory__V1__ListStockChangesRequest q =
         COMMERCE__INVENTORY__V1__LIST_STOCK_CHANGES_REQUEST__INIT;
     Commerce__Inventory__V1__ListStockChangesResponse *r = NULL;
-    ck_assert_int_eq(list_changes(c, &q, &r, NULL, tenant_md), 0);
+    ck_assert_int_eq(list_changes(c, &q, &r, NULL, fx_md), 0);
     ck_assert_int_eq(r->n_changes, 9);
     ck_assert_str_eq(r->next_page_token, "");
     char ids[9][40];
@@ -1082,7 +974,7 @@ START_TEST(list_stock_changes_pages_the_audit_trail)
     size_t seen = 0, pages = 0;
     for (;;) {
         q.page_token = token;
-        ck_assert_int_eq(list_changes(c, &q, &r, NULL, tenant_md), 0);
+        ck_assert_int_eq(list_changes(c, &q, &r, NULL, fx_md), 0);
         ck_assert_int_le(r->n_changes, 2);
         for (size_t i = 0; i < r->n_changes; i++) {
             ck_assert_int_lt(seen, 9);
@@ -1103,23 +995,23 @@ START_TEST(list_stock_changes_pages_the_audit_trail)
 
     /* a token is tied to its filters and its tenant */
     q.page_token = "";
-    ck_assert_int_eq(list_changes(c, &q, &r, NULL, tenant_md), 0);
+    ck_assert_int_eq(list_changes(c, &q, &r, NULL, fx_md), 0);
     char *first_token = strdup(r->next_page_token);
     protobuf_c_message_free_unpacked(&r->base, NULL);
     cm_rpc_status st;
     q.page_token = first_token;
     q.sku = "sku-b";
-    ck_assert_int_eq(list_changes(c, &q, NULL, &st, tenant_md), GRPC_STATUS_INVALID_ARGUMENT);
+    ck_assert_int_eq(list_changes(c, &q, NULL, &st, fx_md), GRPC_STATUS_INVALID_ARGUMENT);
     ck_assert_str_eq(st.field, "page_token");
     ck_assert_str_eq(st.reason, "PAGE_TOKEN_INVALID");
     q.sku = "";
-    ck_assert_int_eq(list_changes(c, &q, NULL, &st, other_md), GRPC_STATUS_INVALID_ARGUMENT);
+    ck_assert_int_eq(list_changes(c, &q, NULL, &st, fx_md_other), GRPC_STATUS_INVALID_ARGUMENT);
     ck_assert_str_eq(st.field, "page_token");
     free(first_token);
     const char *bad[] = {"zz", "not-a-token", "00", "632e", "abc"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         q.page_token = (char *)bad[i];
-        ck_assert_int_eq(list_changes(c, &q, NULL, &st, tenant_md), GRPC_STATUS_INVALID_ARGUMENT);
+        ck_assert_int_eq(list_changes(c, &q, NULL, &st, fx_md), GRPC_STATUS_INVALID_ARGUMENT);
         ck_assert_str_eq(st.field, "page_token");
         ck_assert_str_eq(st.reason, "PAGE_TOKEN_INVALID");
     }
@@ -1127,74 +1019,60 @@ START_TEST(list_stock_changes_pages_the_audit_trail)
 
     /* another tenant sees nothing */
     q.page_size = 0;
-    ck_assert_int_eq(list_changes(c, &q, &r, NULL, other_md), 0);
+    ck_assert_int_eq(list_changes(c, &q, &r, NULL, fx_md_other), 0);
     ck_assert_int_eq(r->n_changes, 0);
     ck_assert_str_eq(r->next_page_token, "");
     protobuf_c_message_free_unpacked(&r->base, NULL);
 
     /* page_size: negative is refused, above 500 is 500 */
     q.page_size = -1;
-    ck_assert_int_eq(list_changes(c, &q, NULL, &st, tenant_md), GRPC_STATUS_INVALID_ARGUMENT);
+    ck_assert_int_eq(list_changes(c, &q, NULL, &st, fx_md), GRPC_STATUS_INVALID_ARGUMENT);
     ck_assert_str_eq(st.field, "page_size");
     q.page_size = 100000;
     ck_assert_int_eq(count_changes(c, &q), 10);
     q.page_size = 0;
     /* other bad filters name their field */
     q.sku = "bad sku!";
-    ck_assert_int_eq(list_changes(c, &q, NULL, &st, tenant_md), GRPC_STATUS_INVALID_ARGUMENT);
+    ck_assert_int_eq(list_changes(c, &q, NULL, &st, fx_md), GRPC_STATUS_INVALID_ARGUMENT);
     ck_assert_str_eq(st.field, "sku");
     q.sku = "";
     Commerce__Inventory__V1__StockChangeKind unspec[] = {
         COMMERCE__INVENTORY__V1__STOCK_CHANGE_KIND__STOCK_CHANGE_KIND_UNSPECIFIED};
     q.kinds = unspec;
     q.n_kinds = 1;
-    ck_assert_int_eq(list_changes(c, &q, NULL, &st, tenant_md), GRPC_STATUS_INVALID_ARGUMENT);
+    ck_assert_int_eq(list_changes(c, &q, NULL, &st, fx_md), GRPC_STATUS_INVALID_ARGUMENT);
     ck_assert_str_eq(st.field, "kinds[0]");
     q.n_kinds = 0;
     to.seconds = from.seconds - 1;
     tr.end_at = &to;
     q.occurred = &tr;
-    ck_assert_int_eq(list_changes(c, &q, NULL, &st, tenant_md), GRPC_STATUS_INVALID_ARGUMENT);
+    ck_assert_int_eq(list_changes(c, &q, NULL, &st, fx_md), GRPC_STATUS_INVALID_ARGUMENT);
     ck_assert_str_eq(st.field, "occurred.end_at");
 
     cm_rpc_client_free(c);
     ck_assert_int_eq(hs_stop(&p, SIGTERM, 20000), 0);
-    drop_schema();
+    hs_drop_schema(NULL, schema);
 }
 END_TEST
 
 static void configure_sale(cm_rpc_client *c, const char *rid, const char *sku, long start_off,
                            int64_t stock, char *id, size_t idcap)
 {
-    Commerce__Inventory__V1__ConfigureFlashSaleRequest q =
-        COMMERCE__INVENTORY__V1__CONFIGURE_FLASH_SALE_REQUEST__INIT;
-    Google__Protobuf__Timestamp st = GOOGLE__PROTOBUF__TIMESTAMP__INIT,
-                                en = GOOGLE__PROTOBUF__TIMESTAMP__INIT;
-    st.seconds = time(NULL) + start_off;
-    en.seconds = st.seconds + 1800;
-    q.request_id = (char *)rid;
-    q.sku = (char *)sku;
-    q.starts_at = &st;
-    q.ends_at = &en;
-    q.sale_stock = stock;
-    q.per_buyer_limit = 2;
-    q.actor = "ops:test";
-    Commerce__Inventory__V1__ConfigureFlashSaleResponse *r = NULL;
-    ck_assert_int_eq(call(c, SVC "ConfigureFlashSale", &q.base,
-                          &commerce__inventory__v1__configure_flash_sale_response__descriptor,
-                          (ProtobufCMessage **)&r, NULL, tenant_md, 1),
-                     0);
-    snprintf(id, idcap, "%s", r->flash_sale->flash_sale_id);
-    protobuf_c_message_free_unpacked(&r->base, NULL);
+    Commerce__Inventory__V1__FlashSale *f = NULL;
+    ck_assert_int_eq(
+        fx_configure_sale_in(c, rid, NULL, sku, start_off, start_off + 1800, stock, 2, 0, &f, NULL),
+        0);
+    snprintf(id, idcap, "%s", f->flash_sale_id);
+    protobuf_c_message_free_unpacked(&f->base, NULL);
 }
 
 static int list_sales(cm_rpc_client *c, Commerce__Inventory__V1__ListFlashSalesRequest *q,
                       Commerce__Inventory__V1__ListFlashSalesResponse **out, cm_rpc_status *st,
                       const cm_rpc_md *md)
 {
-    return call(c, SVC "ListFlashSales", &q->base,
-                &commerce__inventory__v1__list_flash_sales_response__descriptor,
-                (ProtobufCMessage **)out, st, md, 1);
+    return hs_call(c, SVC "ListFlashSales", &q->base,
+                   &commerce__inventory__v1__list_flash_sales_response__descriptor,
+                   (ProtobufCMessage **)out, st, md, 1);
 }
 
 START_TEST(list_flash_sales_returns_configured_sales)
@@ -1202,7 +1080,7 @@ START_TEST(list_flash_sales_returns_configured_sales)
     new_schema();
     hs_proc p;
     spawn(&p, NULL);
-    cm_rpc_client *c = client_for(&p);
+    cm_rpc_client *c = hs_client(&p, NULL);
     char id[3][64];
     /* active now, in 1 h, in 2 h: listed newest start first */
     configure_sale(c, "fs-1", "sku-f1", -5, 10, id[0], sizeof id[0]);
@@ -1212,7 +1090,7 @@ START_TEST(list_flash_sales_returns_configured_sales)
     Commerce__Inventory__V1__ListFlashSalesRequest q =
         COMMERCE__INVENTORY__V1__LIST_FLASH_SALES_REQUEST__INIT;
     Commerce__Inventory__V1__ListFlashSalesResponse *r = NULL;
-    ck_assert_int_eq(list_sales(c, &q, &r, NULL, tenant_md), 0);
+    ck_assert_int_eq(list_sales(c, &q, &r, NULL, fx_md), 0);
     ck_assert_int_eq(r->n_flash_sales, 3);
     ck_assert_str_eq(r->next_page_token, "");
     for (int i = 0; i < 3; i++) {
@@ -1233,13 +1111,13 @@ START_TEST(list_flash_sales_returns_configured_sales)
         COMMERCE__INVENTORY__V1__FLASH_SALE_STATE__FLASH_SALE_STATE_ACTIVE};
     q.states = active;
     q.n_states = 1;
-    ck_assert_int_eq(list_sales(c, &q, &r, NULL, tenant_md), 0);
+    ck_assert_int_eq(list_sales(c, &q, &r, NULL, fx_md), 0);
     ck_assert_int_eq(r->n_flash_sales, 1);
     ck_assert_str_eq(r->flash_sales[0]->flash_sale_id, id[0]);
     protobuf_c_message_free_unpacked(&r->base, NULL);
     q.n_states = 0;
     q.sku = "sku-f2";
-    ck_assert_int_eq(list_sales(c, &q, &r, NULL, tenant_md), 0);
+    ck_assert_int_eq(list_sales(c, &q, &r, NULL, fx_md), 0);
     ck_assert_int_eq(r->n_flash_sales, 1);
     ck_assert_str_eq(r->flash_sales[0]->flash_sale_id, id[1]);
     protobuf_c_message_free_unpacked(&r->base, NULL);
@@ -1251,7 +1129,7 @@ START_TEST(list_flash_sales_returns_configured_sales)
     int seen = 0;
     for (;;) {
         q.page_token = token;
-        ck_assert_int_eq(list_sales(c, &q, &r, NULL, tenant_md), 0);
+        ck_assert_int_eq(list_sales(c, &q, &r, NULL, fx_md), 0);
         ck_assert_int_le(r->n_flash_sales, 1);
         for (size_t i = 0; i < r->n_flash_sales; i++) {
             ck_assert_int_lt(seen, 3);
@@ -1270,21 +1148,21 @@ START_TEST(list_flash_sales_returns_configured_sales)
     /* bad token, bad page_size, another tenant */
     cm_rpc_status st;
     q.page_token = "nonsense";
-    ck_assert_int_eq(list_sales(c, &q, NULL, &st, tenant_md), GRPC_STATUS_INVALID_ARGUMENT);
+    ck_assert_int_eq(list_sales(c, &q, NULL, &st, fx_md), GRPC_STATUS_INVALID_ARGUMENT);
     ck_assert_str_eq(st.field, "page_token");
     ck_assert_str_eq(st.reason, "PAGE_TOKEN_INVALID");
     q.page_token = "";
     q.page_size = -5;
-    ck_assert_int_eq(list_sales(c, &q, NULL, &st, tenant_md), GRPC_STATUS_INVALID_ARGUMENT);
+    ck_assert_int_eq(list_sales(c, &q, NULL, &st, fx_md), GRPC_STATUS_INVALID_ARGUMENT);
     ck_assert_str_eq(st.field, "page_size");
     q.page_size = 0;
-    ck_assert_int_eq(list_sales(c, &q, &r, NULL, other_md), 0);
+    ck_assert_int_eq(list_sales(c, &q, &r, NULL, fx_md_other), 0);
     ck_assert_int_eq(r->n_flash_sales, 0);
     protobuf_c_message_free_unpacked(&r->base, NULL);
 
     cm_rpc_client_free(c);
     ck_assert_int_eq(hs_stop(&p, SIGTERM, 20000), 0);
-    drop_schema();
+    hs_drop_schema(NULL, schema);
 }
 END_TEST
 
@@ -1292,40 +1170,6 @@ END_TEST
 
 #define EV_BURST_ORDERS 240
 #define INV_SKU_TEST_MAX 65
-
-/* a consumer of the inventory topic positioned at its end: it sees only
- * what is published after this call */
-static rd_kafka_t *topic_reader(const char *brokers, const char *topic)
-{
-    char err[512], group[64];
-    rd_kafka_conf_t *conf = rd_kafka_conf_new();
-    snprintf(group, sizeof group, "inv-it-reader-%d", (int)getpid());
-    ck_assert_int_eq(rd_kafka_conf_set(conf, "bootstrap.servers", brokers, err, sizeof err), 0);
-    ck_assert_int_eq(rd_kafka_conf_set(conf, "group.id", group, err, sizeof err), 0);
-    ck_assert_int_eq(rd_kafka_conf_set(conf, "enable.auto.commit", "false", err, sizeof err), 0);
-    ck_assert_int_eq(rd_kafka_conf_set(conf, "log_level", "0", err, sizeof err), 0);
-    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, sizeof err);
-    ck_assert_msg(rk != NULL, "consumer: %s", err);
-    rd_kafka_poll_set_consumer(rk);
-    rd_kafka_topic_t *t = rd_kafka_topic_new(rk, topic, NULL);
-    const struct rd_kafka_metadata *md = NULL;
-    ck_assert_int_eq(rd_kafka_metadata(rk, 0, t, &md, 10000), RD_KAFKA_RESP_ERR_NO_ERROR);
-    ck_assert_int_eq(md->topic_cnt, 1);
-    int parts = md->topics[0].partition_cnt;
-    ck_assert_int_gt(parts, 0);
-    rd_kafka_metadata_destroy(md);
-    rd_kafka_topic_destroy(t);
-    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(parts);
-    for (int p = 0; p < parts; p++) {
-        int64_t lo = 0, hi = 0;
-        ck_assert_int_eq(rd_kafka_query_watermark_offsets(rk, topic, p, &lo, &hi, 10000),
-                         RD_KAFKA_RESP_ERR_NO_ERROR);
-        rd_kafka_topic_partition_list_add(l, topic, p)->offset = hi;
-    }
-    ck_assert_int_eq(rd_kafka_assign(rk, l), RD_KAFKA_RESP_ERR_NO_ERROR);
-    rd_kafka_topic_partition_list_destroy(l);
-    return rk;
-}
 
 /* one inventory event as read from the topic, in partition order */
 typedef struct read_ev {
@@ -1340,26 +1184,22 @@ typedef struct read_ev {
 
 /* reads the topic until want events keyed by one of skus came, or
  * timeout_ms passed */
-static size_t read_events(rd_kafka_t *rk, const char *const *skus, size_t nskus, read_ev *out,
+static size_t read_events(hs_topic *t, const char *const *skus, size_t nskus, read_ev *out,
                           size_t want, int timeout_ms)
 {
     size_t n = 0;
     long long until = hs_now_ms() + timeout_ms;
     while (n < want && hs_now_ms() < until) {
-        rd_kafka_message_t *m = rd_kafka_consumer_poll(rk, 500);
+        const hs_record *m = hs_topic_next(t, 500);
         if (!m)
             continue;
         int ours = 0;
-        for (size_t i = 0; !m->err && i < nskus; i++)
-            ours |= m->key_len == strlen(skus[i]) && memcmp(m->key, skus[i], m->key_len) == 0;
-        rd_kafka_headers_t *h = NULL;
-        const void *tv = NULL;
-        size_t tl = 0;
-        if (ours && rd_kafka_message_headers(m, &h) == RD_KAFKA_RESP_ERR_NO_ERROR &&
-            rd_kafka_header_get_last(h, "ce_type", &tv, &tl) == RD_KAFKA_RESP_ERR_NO_ERROR) {
+        for (size_t i = 0; i < nskus; i++)
+            ours |= strcmp(m->key, skus[i]) == 0;
+        if (ours && hs_record_header(m, "ce_type")) {
             read_ev *e = &out[n++];
             memset(e, 0, sizeof *e);
-            snprintf(e->type, sizeof e->type, "%.*s", (int)tl, (const char *)tv);
+            snprintf(e->type, sizeof e->type, "%s", m->type);
             if (strcmp(e->type, "commerce.events.v1.StockChanged") == 0) {
                 Commerce__Events__V1__StockChanged *s =
                     commerce__events__v1__stock_changed__unpack(NULL, m->len, m->payload);
@@ -1387,7 +1227,6 @@ static size_t read_events(rd_kafka_t *rk, const char *const *skus, size_t nskus,
                 protobuf_c_message_free_unpacked(&s->base, NULL);
             }
         }
-        rd_kafka_message_destroy(m);
     }
     return n;
 }
@@ -1426,25 +1265,24 @@ static void *ev_buyer(void *p)
 
 START_TEST(reserve_burst_emits_one_stock_changed_per_line)
 {
-    const char *brokers = getenv("KAFKA_BROKERS");
-    ck_assert_msg(brokers && *brokers, "KAFKA_BROKERS is not set: run through scripts/test.sh");
+    const char *brokers = hs_kafka_brokers();
     new_schema();
     /* skus of this run only: the topic is shared with every other test */
     char plenty[INV_SKU_TEST_MAX], scarce[INV_SKU_TEST_MAX];
     snprintf(plenty, sizeof plenty, "ev.%d.%d.plenty", (int)getpid(), schema_seq);
     snprintf(scarce, sizeof scarce, "ev.%d.%d.scarce", (int)getpid(), schema_seq);
-    rd_kafka_t *rk = topic_reader(brokers, "commerce.inventory.v1");
+    hs_topic *rk = hs_topic_open(brokers, "commerce.inventory.v1", 1);
     hs_proc p[2];
     ev_burst *b = calloc(1, sizeof *b);
     b->plenty = plenty;
     b->scarce = scarce;
     for (int i = 0; i < 2; i++) {
         spawn(&p[i], NULL);
-        b->clients[i] = client_for(&p[i]);
+        b->clients[i] = hs_client(&p[i], NULL);
     }
     const int scarce_stock = 40;
-    ck_assert_int_eq(set_stock(b->clients[0], "r1", plenty, 1000), 0);
-    ck_assert_int_eq(set_stock(b->clients[0], "r2", scarce, scarce_stock), 0);
+    fx_set_stock(b->clients[0], "r1", plenty, 1000);
+    fx_set_stock(b->clients[0], "r2", scarce, scarce_stock);
     /* 32 callers over two replicas: batches of several reservations */
     pthread_t t[32];
     for (int i = 0; i < 32; i++)
@@ -1459,7 +1297,8 @@ START_TEST(reserve_burst_emits_one_stock_changed_per_line)
     }
     ck_assert_int_eq(ok_scarce, scarce_stock);
     ck_assert_int_eq(ok, EV_BURST_ORDERS / 2 + scarce_stock);
-    ck_assert_int_eq(sql_long("SELECT count(*) FROM stock_change WHERE kind = 3"), ok + ok_scarce);
+    ck_assert_int_eq(hs_sql_long(schema, "SELECT count(*) FROM stock_change WHERE kind = 3"),
+                     ok + ok_scarce);
 
     /* from the broker: both skus' SetStock (StockChanged and BackInStock),
      * every reserved line's StockChanged, the scarce sku's SoldOut */
@@ -1531,17 +1370,18 @@ START_TEST(reserve_burst_emits_one_stock_changed_per_line)
     snprintf(sql, len + 128,
              "SELECT count(*) FROM stock_change WHERE kind = 3 AND change_id = ANY('%s}'::uuid[])",
              ids);
-    ck_assert_int_eq(sql_long(sql), ok + ok_scarce);
+    ck_assert_int_eq(hs_sql_long(schema, sql), ok + ok_scarce);
     free(sql);
     free(ids);
     /* the relay marks what the broker acknowledged */
     long long until = hs_now_ms() + 20000;
     while (hs_now_ms() < until &&
-           sql_long("SELECT count(*) FROM outbox WHERE published_at IS NULL") > 0)
+           hs_sql_long(schema, "SELECT count(*) FROM outbox WHERE published_at IS NULL") > 0)
         usleep(200000);
-    ck_assert_int_eq(sql_long("SELECT count(*) FROM outbox WHERE published_at IS NULL"), 0);
-    ck_assert_int_eq(sql_long("SELECT count(*) FROM outbox WHERE type = "
-                              "'commerce.events.v1.StockChanged'"),
+    ck_assert_int_eq(hs_sql_long(schema, "SELECT count(*) FROM outbox WHERE published_at IS NULL"),
+                     0);
+    ck_assert_int_eq(hs_sql_long(schema, "SELECT count(*) FROM outbox WHERE type = "
+                                         "'commerce.events.v1.StockChanged'"),
                      2 + ok + ok_scarce);
     ck_assert_int_eq(violations(b->clients[0]), 0);
     for (int i = 0; i < 2; i++) {
@@ -1550,48 +1390,12 @@ START_TEST(reserve_burst_emits_one_stock_changed_per_line)
     }
     free(ev);
     free(b);
-    rd_kafka_consumer_close(rk);
-    rd_kafka_destroy(rk);
-    drop_schema();
+    hs_topic_close(rk);
+    hs_drop_schema(NULL, schema);
 }
 END_TEST
 
 /* ---- flash sale updates ---- */
-
-/* ConfigureFlashSale; start and end are offsets in seconds from now. the
- * response's sale, when wanted, is left in *out (free it) */
-static int configure(cm_rpc_client *c, const char *rid, const char *id, const char *sku,
-                     long start_off, long end_off, int64_t stock, int64_t limit, int64_t expected,
-                     Commerce__Inventory__V1__FlashSale **out, cm_rpc_status *st)
-{
-    Commerce__Inventory__V1__ConfigureFlashSaleRequest q =
-        COMMERCE__INVENTORY__V1__CONFIGURE_FLASH_SALE_REQUEST__INIT;
-    Google__Protobuf__Timestamp s = GOOGLE__PROTOBUF__TIMESTAMP__INIT,
-                                e = GOOGLE__PROTOBUF__TIMESTAMP__INIT;
-    s.seconds = time(NULL) + start_off;
-    e.seconds = time(NULL) + end_off;
-    q.request_id = (char *)rid;
-    q.flash_sale_id = (char *)(id ? id : "");
-    q.sku = (char *)sku;
-    q.starts_at = &s;
-    q.ends_at = &e;
-    q.sale_stock = stock;
-    q.per_buyer_limit = limit;
-    q.actor = "ops:test";
-    q.expected_version = expected;
-    Commerce__Inventory__V1__ConfigureFlashSaleResponse *r = NULL;
-    int code = call(c, SVC "ConfigureFlashSale", &q.base,
-                    &commerce__inventory__v1__configure_flash_sale_response__descriptor,
-                    (ProtobufCMessage **)&r, st, tenant_md, 1);
-    if (out) {
-        *out = r ? r->flash_sale : NULL;
-        if (r)
-            r->flash_sale = NULL;
-    }
-    if (r)
-        protobuf_c_message_free_unpacked(&r->base, NULL);
-    return code;
-}
 
 /* ConfigureFlashSale with the sale's stored window (an update that keeps it) */
 static int configure_keep_window(cm_rpc_client *c, const char *rid,
@@ -1610,18 +1414,7 @@ static int configure_keep_window(cm_rpc_client *c, const char *rid,
     q.per_buyer_limit = limit;
     q.actor = "ops:test";
     q.expected_version = expected;
-    Commerce__Inventory__V1__ConfigureFlashSaleResponse *r = NULL;
-    int code = call(c, SVC "ConfigureFlashSale", &q.base,
-                    &commerce__inventory__v1__configure_flash_sale_response__descriptor,
-                    (ProtobufCMessage **)&r, st, tenant_md, 1);
-    if (out) {
-        *out = r ? r->flash_sale : NULL;
-        if (r)
-            r->flash_sale = NULL;
-    }
-    if (r)
-        protobuf_c_message_free_unpacked(&r->base, NULL);
-    return code;
+    return fx_configure_sale(c, &q, out, st);
 }
 
 static Commerce__Inventory__V1__FlashSale *get_sale(cm_rpc_client *c, const char *id)
@@ -1630,9 +1423,9 @@ static Commerce__Inventory__V1__FlashSale *get_sale(cm_rpc_client *c, const char
         COMMERCE__INVENTORY__V1__GET_FLASH_SALE_REQUEST__INIT;
     g.flash_sale_id = (char *)id;
     Commerce__Inventory__V1__GetFlashSaleResponse *r = NULL;
-    ck_assert_int_eq(call(c, SVC "GetFlashSale", &g.base,
-                          &commerce__inventory__v1__get_flash_sale_response__descriptor,
-                          (ProtobufCMessage **)&r, NULL, tenant_md, 1),
+    ck_assert_int_eq(hs_call(c, SVC "GetFlashSale", &g.base,
+                             &commerce__inventory__v1__get_flash_sale_response__descriptor,
+                             (ProtobufCMessage **)&r, NULL, fx_md, 1),
                      0);
     Commerce__Inventory__V1__FlashSale *f = r->flash_sale;
     r->flash_sale = NULL;
@@ -1663,7 +1456,7 @@ static long sale_events(const char *type, const char *sku, const char *id)
              "SELECT count(*) FROM outbox WHERE type = 'commerce.events.v1.%s' AND key = '%s' "
              "AND position(convert_to('%s', 'UTF8') IN payload) > 0",
              type, sku, id);
-    return sql_long(sql);
+    return hs_sql_long(schema, sql);
 }
 
 START_TEST(flash_sale_updates_change_a_running_sale_within_its_invariants)
@@ -1671,10 +1464,10 @@ START_TEST(flash_sale_updates_change_a_running_sale_within_its_invariants)
     new_schema();
     hs_proc p;
     spawn(&p, NULL);
-    cm_rpc_client *c = client_for(&p);
-    ck_assert_int_eq(set_stock(c, "r1", "sku-u", 100), 0);
+    cm_rpc_client *c = hs_client(&p, NULL);
+    fx_set_stock(c, "r1", "sku-u", 100);
     Commerce__Inventory__V1__FlashSale *f = NULL, *g = NULL;
-    ck_assert_int_eq(configure(c, "u-0", NULL, "sku-u", -5, 3600, 5, 2, 0, &f, NULL), 0);
+    ck_assert_int_eq(fx_configure_sale_in(c, "u-0", NULL, "sku-u", -5, 3600, 5, 2, 0, &f, NULL), 0);
     ck_assert_int_eq(f->state, COMMERCE__INVENTORY__V1__FLASH_SALE_STATE__FLASH_SALE_STATE_ACTIVE);
     char id[64];
     snprintf(id, sizeof id, "%s", f->flash_sale_id);
@@ -1733,7 +1526,7 @@ START_TEST(flash_sale_updates_change_a_running_sale_within_its_invariants)
                      GRPC_STATUS_FAILED_PRECONDITION);
     ck_assert_str_eq(st.reason, "STOCK_WOULD_GO_NEGATIVE");
     ck_assert_str_eq(st.field, "sale_stock");
-    ck_assert_int_eq(configure(c, "u-5", id, "sku-u", -60, 3600, 5, 1, 0, NULL, &st),
+    ck_assert_int_eq(fx_configure_sale_in(c, "u-5", id, "sku-u", -60, 3600, 5, 1, 0, NULL, &st),
                      GRPC_STATUS_FAILED_PRECONDITION);
     ck_assert_str_eq(st.reason, "ILLEGAL_STATE_TRANSITION");
     ck_assert_str_eq(st.field, "starts_at");
@@ -1776,12 +1569,12 @@ START_TEST(flash_sale_updates_change_a_running_sale_within_its_invariants)
     ck_assert_int_eq(resolve(c, SVC "Release", "u-b4-1", NULL, NULL), 0);
     ck_assert_int_eq(sale_events("BackInStock", "sku-u", id), 2);
     /* every reserved line of the flash path has its StockChanged */
-    ck_assert_int_eq(sql_long("SELECT count(*) FROM outbox WHERE type = "
-                              "'commerce.events.v1.StockChanged' AND key = 'sku-u'"),
+    ck_assert_int_eq(hs_sql_long(schema, "SELECT count(*) FROM outbox WHERE type = "
+                                         "'commerce.events.v1.StockChanged' AND key = 'sku-u'"),
                      1 + 6 + 1);
 
     /* a later end: the window grows, and the sale runs on */
-    ck_assert_int_eq(configure(c, "u-9", id, "sku-u", 0, 7200, 6, 1, 0, &g, &st),
+    ck_assert_int_eq(fx_configure_sale_in(c, "u-9", id, "sku-u", 0, 7200, 6, 1, 0, &g, &st),
                      GRPC_STATUS_FAILED_PRECONDITION); /* a new start: refused */
     cur = get_sale(c, id);
     Google__Protobuf__Timestamp later = *cur->ends_at;
@@ -1795,35 +1588,40 @@ START_TEST(flash_sale_updates_change_a_running_sale_within_its_invariants)
     free_sale(cur);
 
     /* a scheduled sale: every field may move, but not onto another sale */
-    ck_assert_int_eq(set_stock(c, "r2", "sku-w", 10), 0);
-    ck_assert_int_eq(configure(c, "w-0", NULL, "sku-w", 3600, 7200, 5, 2, 0, &f, NULL), 0);
-    ck_assert_int_eq(configure(c, "w-1", NULL, "sku-w", 10800, 14400, 5, 2, 0, &g, NULL), 0);
+    fx_set_stock(c, "r2", "sku-w", 10);
+    ck_assert_int_eq(fx_configure_sale_in(c, "w-0", NULL, "sku-w", 3600, 7200, 5, 2, 0, &f, NULL),
+                     0);
+    ck_assert_int_eq(fx_configure_sale_in(c, "w-1", NULL, "sku-w", 10800, 14400, 5, 2, 0, &g, NULL),
+                     0);
     ck_assert_int_eq(
-        configure(c, "w-2", f->flash_sale_id, "sku-w", 9000, 12000, 8, 3, 0, NULL, &st),
+        fx_configure_sale_in(c, "w-2", f->flash_sale_id, "sku-w", 9000, 12000, 8, 3, 0, NULL, &st),
         GRPC_STATUS_FAILED_PRECONDITION);
     ck_assert_str_eq(st.reason, "FLASH_SALE_OVERLAP");
     free_sale(g);
-    ck_assert_int_eq(configure(c, "w-3", f->flash_sale_id, "sku-w", 1800, 9000, 8, 3, 0, &g, NULL),
-                     0);
+    ck_assert_int_eq(
+        fx_configure_sale_in(c, "w-3", f->flash_sale_id, "sku-w", 1800, 9000, 8, 3, 0, &g, NULL),
+        0);
     ck_assert_int_eq(g->sale_stock, 8);
     ck_assert_int_eq(g->per_buyer_limit, 3);
     ck_assert_int_le(labs((long)(g->starts_at->seconds - (time(NULL) + 1800))), 2);
     free_sale(g);
     /* moved to now, it runs; moved to end in two seconds, it ends, and an
      * ended sale is final */
-    ck_assert_int_eq(configure(c, "w-4", f->flash_sale_id, "sku-w", -10, 2, 8, 3, 0, &g, NULL), 0);
+    ck_assert_int_eq(
+        fx_configure_sale_in(c, "w-4", f->flash_sale_id, "sku-w", -10, 2, 8, 3, 0, &g, NULL), 0);
     ck_assert_int_eq(g->state, COMMERCE__INVENTORY__V1__FLASH_SALE_STATE__FLASH_SALE_STATE_ACTIVE);
     free_sale(g);
     ck_assert_int_eq(buy(c, "w-b1-1", "b1", "sku-w", NULL), 0);
     sleep(3);
-    ck_assert_int_eq(configure(c, "w-5", f->flash_sale_id, "sku-w", -10, 3600, 8, 3, 0, NULL, &st),
-                     GRPC_STATUS_FAILED_PRECONDITION);
+    ck_assert_int_eq(
+        fx_configure_sale_in(c, "w-5", f->flash_sale_id, "sku-w", -10, 3600, 8, 3, 0, NULL, &st),
+        GRPC_STATUS_FAILED_PRECONDITION);
     ck_assert_str_eq(st.reason, "ILLEGAL_STATE_TRANSITION");
     free_sale(f);
     ck_assert_int_eq(violations(c), 0);
     cm_rpc_client_free(c);
     ck_assert_int_eq(hs_stop(&p, SIGTERM, 20000), 0);
-    drop_schema();
+    hs_drop_schema(NULL, schema);
 }
 END_TEST
 
@@ -1837,7 +1635,7 @@ static long terminate_service_backends(void)
              "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
              "WHERE application_name = 'commerce-%s'",
              schema);
-    return sql_long(sql);
+    return hs_sql_long(schema, sql);
 }
 
 START_TEST(reserve_survives_lost_database_connections)
@@ -1847,8 +1645,8 @@ START_TEST(reserve_survives_lost_database_connections)
     const char *naive[] = {"INVENTORY_HOT_PATH=off", NULL};
     spawn(&p[0], NULL);
     spawn(&p[1], naive);
-    cm_rpc_client *c[2] = {client_for(&p[0]), client_for(&p[1])};
-    ck_assert_int_eq(set_stock(c[0], "r1", "sku-l", 10), 0);
+    cm_rpc_client *c[2] = {hs_client(&p[0], NULL), hs_client(&p[1], NULL)};
+    fx_set_stock(c[0], "r1", "sku-l", 10);
     /* each path has prepared its statements on its connection */
     ck_assert_int_eq(reserve1(c[0], "l-1", "sku-l", 1, NULL), 0);
     ck_assert_int_eq(reserve1(c[1], "l-2", "sku-l", 1, NULL), 0);
@@ -1857,7 +1655,7 @@ START_TEST(reserve_survives_lost_database_connections)
      * query, and a read runs again on a new one (cm_db_read): none fails */
     for (int k = 0; k < 2; k++)
         for (int i = 0; i < 48; i++) {
-            level r = get_level(c[k], "sku-l");
+            fx_level r = fx_get_level(c[k], "sku-l");
             ck_assert_msg(r.reserved == 2, "replica %d, read %d after the connections ended: %lld",
                           k, i, (long long)r.reserved);
         }
@@ -1866,7 +1664,7 @@ START_TEST(reserve_survives_lost_database_connections)
     ck_assert_msg(reserve1(c[0], "l-3", "sku-l", 1, &st) == 0, "hot path: %s", st.message);
     ck_assert_msg(reserve1(c[1], "l-4", "sku-l", 1, &st) == 0, "naive path: %s", st.message);
     ck_assert_int_eq(reserve1(c[0], "l-5", "sku-l", 1, NULL), 0);
-    level l = get_level(c[0], "sku-l");
+    fx_level l = fx_get_level(c[0], "sku-l");
     ck_assert_int_eq(l.reserved, 5);
     ck_assert_int_eq(l.available, 5);
     long v = violations(c[0]);
@@ -1877,7 +1675,7 @@ START_TEST(reserve_survives_lost_database_connections)
         cm_rpc_client_free(c[i]);
         ck_assert_int_eq(hs_stop(&p[i], SIGTERM, 20000), 0);
     }
-    drop_schema();
+    hs_drop_schema(NULL, schema);
 }
 END_TEST
 
@@ -1886,6 +1684,7 @@ static Suite *suite(void)
     Suite *s = suite_create("inventory");
     TCase *t = tcase_create("inventory");
     tcase_set_timeout(t, 120);
+    tcase_add_checked_fixture(t, NULL, hs_teardown);
     tcase_add_test(t, reserve_confirm_release_and_retries);
     tcase_add_test(t, bad_input_changes_nothing);
     tcase_add_test(t, admin_changes_are_idempotent_and_audited);
@@ -1907,10 +1706,5 @@ static Suite *suite(void)
 
 int main(void)
 {
-    SRunner *sr = srunner_create(suite());
-    srunner_set_fork_status(sr, CK_NOFORK);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return hs_run(suite(), 1);
 }

@@ -8,9 +8,9 @@
  * new orders take the new timeout: at once on the replica that answered,
  * within the cache's 10 s on another.
  *
- * its fixture is a minimal copy of test_order.c's (both services on fresh
- * schemas, a fresh order topic); the shared harness is to absorb both.
+ * on the shared order+inventory pair (fixture.h).
  */
+#include "fixture.h"
 #include "harness.h"
 
 #include "cm_err.h"
@@ -19,7 +19,6 @@
 #include <grpc/status.h>
 #include <jwt.h>
 #include <libpq-fe.h>
-#include <librdkafka/rdkafka.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -37,120 +36,23 @@
 
 typedef Commerce__Order__V1__TenantSettings Settings;
 
-/* ---- the fixture: inventory and order on fresh schemas ---- */
-
-typedef struct fx {
-    char ord_schema[64], inv_schema[64], topic[128];
-    hs_proc inv, ord;
-    cm_rpc_client *oc, *ic;
-} fx;
+/* ---- the fixture: the shared order+inventory pair (fixture.h), one for
+ * the whole case ---- */
 
 static fx the_fx;
-static int fx_seq;
+static const char *const inv_env[] = {"INVENTORY_CONSUME_ORDERS=off", "WORKERS=4", NULL};
+static const char *const ord_env[] = {"WORKERS=4", "ORDER_PAYMENT_TIMEOUT_S=900",
+                                      "ORDER_FLASH_PAYMENT_TIMEOUT_S=120", NULL};
 
-static const char *brokers(void)
+static void pair_start(void)
 {
-    const char *b = getenv("KAFKA_BROKERS");
-    ck_assert_msg(b && *b, "KAFKA_BROKERS is not set: run through scripts/test.sh");
-    return b;
+    fx_opts o = {.tag = "set", .inventory_env = inv_env, .order_env = ord_env};
+    fx_start_opts(&the_fx, &o);
 }
 
-static void topic_admin(const char *topic, int create)
+static void pair_stop(void)
 {
-    char err[256];
-    rd_kafka_conf_t *conf = rd_kafka_conf_new();
-    rd_kafka_conf_set(conf, "bootstrap.servers", brokers(), err, sizeof err);
-    rd_kafka_conf_set(conf, "log_level", "0", err, sizeof err);
-    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof err);
-    ck_assert_ptr_nonnull(rk);
-    rd_kafka_queue_t *q = rd_kafka_queue_new(rk);
-    if (create) {
-        rd_kafka_NewTopic_t *nt = rd_kafka_NewTopic_new(topic, 2, 1, err, sizeof err);
-        ck_assert_ptr_nonnull(nt);
-        rd_kafka_CreateTopics(rk, &nt, 1, NULL, q);
-        rd_kafka_NewTopic_destroy(nt);
-    } else {
-        rd_kafka_DeleteTopic_t *dt = rd_kafka_DeleteTopic_new(topic);
-        rd_kafka_DeleteTopics(rk, &dt, 1, NULL, q);
-        rd_kafka_DeleteTopic_destroy(dt);
-    }
-    rd_kafka_event_t *ev = rd_kafka_queue_poll(q, 30000);
-    ck_assert_msg(ev != NULL, "no answer from the broker about topic %s", topic);
-    rd_kafka_event_destroy(ev);
-    rd_kafka_queue_destroy(q);
-    rd_kafka_destroy(rk);
-}
-
-static void drop_schema(const char *schema)
-{
-    PGconn *pg = PQconnectdb(hs_pg_dsn());
-    char sql[128];
-    snprintf(sql, sizeof sql, "DROP SCHEMA IF EXISTS %.63s CASCADE", schema);
-    PQclear(PQexec(pg, "SET client_min_messages = warning"));
-    PQclear(PQexec(pg, sql));
-    PQfinish(pg);
-}
-
-static cm_rpc_client *client_for(const hs_proc *p)
-{
-    cm_rpc_client *c = NULL;
-    char err[256];
-    cm_rpc_client_opts o = {.target = p->target, .max_attempts = 1};
-    ck_assert_int_eq(cm_rpc_client_new(&c, &o, err, sizeof err), 0);
-    return c;
-}
-
-/* an order replica on the fixture's schema and topic; extra: more env */
-static void spawn_order(fx *f, hs_proc *p, const char *const *extra)
-{
-    char s[96], t[192], inv[64];
-    snprintf(s, sizeof s, "ORDER_SCHEMA=%.63s", f->ord_schema);
-    snprintf(t, sizeof t, "ORDER_TOPIC=%.127s", f->topic);
-    snprintf(inv, sizeof inv, "INVENTORY_TARGET=127.0.0.1:%d", f->inv.grpc_port);
-    const char *env[16] = {
-        s, t, inv, "WORKERS=4", "ORDER_PAYMENT_TIMEOUT_S=900", "ORDER_FLASH_PAYMENT_TIMEOUT_S=120"};
-    size_t n = 6;
-    for (size_t i = 0; extra && extra[i] && n < 15; i++)
-        env[n++] = extra[i];
-    env[n] = NULL;
-    ck_assert_int_eq(hs_spawn(p, ORDER_BIN, env), 0);
-    ck_assert_msg(hs_wait_serving(p, 30000) == 0, "order did not become serving (log %s)",
-                  p->log_path);
-}
-
-static void fx_setup(void)
-{
-    fx *f = &the_fx;
-    memset(f, 0, sizeof *f);
-    fx_seq++;
-    snprintf(f->ord_schema, sizeof f->ord_schema, "ordset_it_%d_%d", (int)getpid(), fx_seq);
-    snprintf(f->inv_schema, sizeof f->inv_schema, "ordsetinv_it_%d_%d", (int)getpid(), fx_seq);
-    snprintf(f->topic, sizeof f->topic, "commerce.order.v1.it-settings-%d-%d", (int)getpid(),
-             fx_seq);
-    topic_admin(f->topic, 1);
-    char s[96];
-    snprintf(s, sizeof s, "INVENTORY_SCHEMA=%.63s", f->inv_schema);
-    const char *env[] = {s, "INVENTORY_CONSUME_ORDERS=off", "WORKERS=4", NULL};
-    ck_assert_int_eq(hs_spawn(&f->inv, INVENTORY_BIN, env), 0);
-    ck_assert_msg(hs_wait_serving(&f->inv, 30000) == 0, "inventory did not become serving (log %s)",
-                  f->inv.log_path);
-    spawn_order(f, &f->ord, NULL);
-    f->oc = client_for(&f->ord);
-    f->ic = client_for(&f->inv);
-}
-
-static void fx_teardown(void)
-{
-    fx *f = &the_fx;
-    cm_rpc_client_free(f->oc);
-    cm_rpc_client_free(f->ic);
-    int o = hs_stop(&f->ord, SIGTERM, 30000);
-    int i = hs_stop(&f->inv, SIGTERM, 30000);
-    topic_admin(f->topic, 0);
-    ck_assert_msg(o == 0, "order did not exit 0 (log %s)", f->ord.log_path);
-    ck_assert_msg(i == 0, "inventory did not exit 0 (log %s)", f->inv.log_path);
-    drop_schema(f->ord_schema);
-    drop_schema(f->inv_schema);
+    fx_stop(&the_fx);
 }
 
 /* ---- the database (only to look) ---- */
@@ -510,8 +412,8 @@ START_TEST(new_orders_take_the_new_timeout)
     stock(f->ic, md, 100);
     /* a second replica, its cache filled before the change */
     hs_proc b;
-    spawn_order(f, &b, NULL);
-    cm_rpc_client *bc = client_for(&b);
+    fx_spawn_order(f, &b, NULL);
+    cm_rpc_client *bc = hs_client(&b, NULL);
     int64_t d = create_timeout_s(f->oc, md, "ord-a-1");
     ck_assert_msg(d >= 899 && d <= 901, "deadline %lld s after creation, expected 900",
                   (long long)d);
@@ -569,8 +471,8 @@ START_TEST(the_admin_role_is_required_when_auth_is_on)
     fx *f = &the_fx;
     hs_proc a;
     const char *env[] = {"AUTH_MODE=required", "JWT_HS256_SECRET=" SECRET, NULL};
-    spawn_order(f, &a, env);
-    cm_rpc_client *ac = client_for(&a);
+    fx_spawn_order(f, &a, env);
+    cm_rpc_client *ac = hs_client(&a, NULL);
     char *clerk = token("set-auth", "clerk-7", "support");
     char *admin = token("set-auth", "admin-1", "admin support");
     cm_rpc_md md[] = {{"authorization", clerk}};
@@ -614,7 +516,7 @@ static Suite *suite(void)
     Suite *s = suite_create("order_settings");
     TCase *tc = tcase_create("settings");
     tcase_set_timeout(tc, 240);
-    tcase_add_unchecked_fixture(tc, fx_setup, fx_teardown);
+    tcase_add_unchecked_fixture(tc, pair_start, pair_stop);
     tcase_add_test(tc, get_shows_the_defaults_then_what_put_set);
     tcase_add_test(tc, put_is_idempotent_by_request_id);
     tcase_add_test(tc, put_validates_naming_the_field_and_stores_nothing);

@@ -33,12 +33,8 @@ static const cm_rpc_md tenant_md[] = {{"x-tenant-id", "tenant-a"}};
 
 static void suite_setup(void)
 {
-    ck_assert_int_eq(hs_spawn(&svc, TESTSVC_BIN, NULL), 0);
-    ck_assert_msg(hs_wait_serving(&svc, 20000) == 0, "testsvc did not become SERVING (log %s)",
-                  svc.log_path);
-    char err[256];
-    cm_rpc_client_opts o = {.target = svc.target};
-    ck_assert_int_eq(cm_rpc_client_new(&cli, &o, err, sizeof err), 0);
+    hs_start(&svc, TESTSVC_BIN, NULL);
+    cli = hs_client(&svc, NULL);
 }
 
 static void suite_teardown(void)
@@ -563,8 +559,7 @@ static void *sleep_call(void *arg)
 START_TEST(sigterm_drains_the_call_in_flight_and_exits_zero)
 {
     hs_proc p;
-    ck_assert_int_eq(hs_spawn(&p, TESTSVC_BIN, NULL), 0);
-    ck_assert_int_eq(hs_wait_serving(&p, 20000), 0);
+    hs_start(&p, TESTSVC_BIN, NULL);
     sleeper s = {.target = p.target, .millis = 1000};
     pthread_t t;
     pthread_create(&t, NULL, sleep_call, &s);
@@ -584,8 +579,7 @@ START_TEST(drain_grace_cancels_calls_that_overrun_it)
 {
     hs_proc p;
     const char *env[] = {"DRAIN_GRACE_SECONDS=1", NULL};
-    ck_assert_int_eq(hs_spawn(&p, TESTSVC_BIN, env), 0);
-    ck_assert_int_eq(hs_wait_serving(&p, 20000), 0);
+    hs_start(&p, TESTSVC_BIN, env);
     sleeper s = {.target = p.target, .millis = 4000};
     pthread_t t;
     pthread_create(&t, NULL, sleep_call, &s);
@@ -604,11 +598,7 @@ START_TEST(bad_configuration_exits_2_naming_the_variable)
     hs_proc p;
     const char *env[] = {"WORKERS=lots", NULL};
     ck_assert_int_eq(hs_spawn(&p, TESTSVC_BIN, env), 0);
-    int st;
-    waitpid(p.pid, &st, 0);
-    p.pid = 0;
-    ck_assert(WIFEXITED(st));
-    ck_assert_int_eq(WEXITSTATUS(st), 2);
+    ck_assert_int_eq(hs_wait_exit(&p, 30000), 2); /* exited with 2, not killed */
     FILE *f = fopen(p.log_path, "r");
     ck_assert_ptr_nonnull(f);
     char line[512] = "";
@@ -714,8 +704,7 @@ START_TEST(auth_required_verifies_bearer_tokens)
 {
     hs_proc p;
     const char *env[] = {"AUTH_MODE=required", "JWT_HS256_SECRET=" TEST_SECRET, NULL};
-    ck_assert_int_eq(hs_spawn(&p, TESTSVC_BIN, env), 0);
-    ck_assert_int_eq(hs_wait_serving(&p, 20000), 0); /* health needs no token */
+    hs_start(&p, TESTSVC_BIN, env); /* health needs no token */
     cm_rpc_status st;
     char tenant[80] = "";
 
@@ -753,10 +742,7 @@ END_TEST
 START_TEST(tls_and_mtls_when_certificates_are_configured)
 {
     char dir[128];
-    snprintf(dir, sizeof dir, "/tmp/commerce-certs-%d", (int)getpid());
-    char cmd[512];
-    snprintf(cmd, sizeof cmd, "%s %s", CERTS_SCRIPT, dir);
-    ck_assert_int_eq(system(cmd), 0);
+    hs_make_certs(dir, sizeof dir, "rpc");
     char cert[192], key[192], ca[192], ccert[192], ckey[192];
     snprintf(cert, sizeof cert, "TLS_CERT_FILE=%s/server.pem", dir);
     snprintf(key, sizeof key, "TLS_KEY_FILE=%s/server.key", dir);
@@ -769,7 +755,8 @@ START_TEST(tls_and_mtls_when_certificates_are_configured)
     hs_proc p;
     const char *env[] = {cert, key, NULL};
     ck_assert_int_eq(hs_spawn(&p, TESTSVC_BIN, env), 0);
-    usleep(1500 * 1000); /* health over plaintext cannot tell us it is up */
+    /* health over plaintext cannot tell us it is up: the admin port can */
+    ck_assert_int_eq(hs_wait_ready(&p, 20000), 0);
     cm_rpc_client_opts tls = {.tls_ca_file = ca};
     ck_assert_int_eq(echo_with(p.target, &tls, tenant_md, 1, &st, NULL, 0), 0);
     ck_assert_int_ne(echo_with(p.target, NULL, tenant_md, 1, &st, NULL, 0), 0);
@@ -780,26 +767,14 @@ START_TEST(tls_and_mtls_when_certificates_are_configured)
     snprintf(client_ca, sizeof client_ca, "TLS_CLIENT_CA_FILE=%s", ca);
     const char *env2[] = {cert, key, client_ca, NULL};
     ck_assert_int_eq(hs_spawn(&p, TESTSVC_BIN, env2), 0);
-    usleep(1500 * 1000);
+    ck_assert_int_eq(hs_wait_ready(&p, 20000), 0);
     ck_assert_int_ne(echo_with(p.target, &tls, tenant_md, 1, &st, NULL, 0), 0);
     cm_rpc_client_opts mtls = {.tls_ca_file = ca, .tls_cert_file = ccert, .tls_key_file = ckey};
     ck_assert_int_eq(echo_with(p.target, &mtls, tenant_md, 1, &st, NULL, 0), 0);
     ck_assert_int_eq(hs_stop(&p, SIGTERM, 10000), 0);
-    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-    ck_assert_int_eq(system(cmd), 0);
+    hs_rm_rf(dir);
 }
 END_TEST
-
-static int wait_health(const hs_proc *p, int want, int timeout_ms)
-{
-    long long until = hs_now_ms() + timeout_ms;
-    while (hs_now_ms() < until) {
-        if (hs_health(p) == want)
-            return 0;
-        usleep(100 * 1000);
-    }
-    return -1;
-}
 
 START_TEST(database_outage_turns_health_not_serving_and_back)
 {
@@ -810,20 +785,16 @@ START_TEST(database_outage_turns_health_not_serving_and_back)
              hs_proxy_port(px));
     hs_proc p;
     const char *env[] = {dsn, NULL};
-    ck_assert_int_eq(hs_spawn(&p, TESTSVC_BIN, env), 0);
-    ck_assert_int_eq(hs_wait_serving(&p, 20000), 0);
+    hs_start(&p, TESTSVC_BIN, env);
 
     hs_proxy_cut(px);
-    ck_assert_msg(wait_health(&p, 2, 5000) == 0, "health stayed SERVING with the database gone");
+    ck_assert_msg(hs_wait_health(&p, 2, 5000) == 0, "health stayed SERVING with the database gone");
     char body[256];
     ck_assert_int_eq(hs_http_get(p.admin_port, "/readyz", body, sizeof body), 503);
     ck_assert_int_eq(hs_http_get(p.admin_port, "/healthz", body, sizeof body), 200);
     Commerce__Test__V1__GetRequest get = COMMERCE__TEST__V1__GET_REQUEST__INIT;
     get.key = "any";
-    cm_rpc_client *c;
-    char err[128];
-    cm_rpc_client_opts o = {.target = p.target};
-    ck_assert_int_eq(cm_rpc_client_new(&c, &o, err, sizeof err), 0);
+    cm_rpc_client *c = hs_client(&p, NULL);
     ProtobufCMessage *resp = NULL;
     cm_rpc_status st;
     ck_assert_int_eq(cm_rpc_call(c, SVC "Get", &get.base,
@@ -833,7 +804,7 @@ START_TEST(database_outage_turns_health_not_serving_and_back)
     ck_assert_int_eq(st.code, GRPC_STATUS_UNAVAILABLE);
 
     hs_proxy_restore(px);
-    ck_assert_msg(wait_health(&p, 1, 10000) == 0, "health did not come back");
+    ck_assert_msg(hs_wait_health(&p, 1, 10000) == 0, "health did not come back");
     ck_assert_int_eq(hs_http_get(p.admin_port, "/readyz", body, sizeof body), 200);
     /* a worker whose connection died answers UNAVAILABLE once and
      * reconnects: a caller retrying UNAVAILABLE (an idempotent read) gets
@@ -899,26 +870,20 @@ static void forward_teardown(void)
     cm_rpc_client_free(dc);
     cm_rpc_client_free(fc);
     dc = fc = NULL;
-    hs_stop(&down, SIGKILL, 5000); /* no-op once stopped */
-    hs_stop(&front, SIGKILL, 5000);
+    hs_teardown(); /* down, front, or what an earlier test left running */
 }
 
 START_TEST(a_dependency_failure_is_passed_on_intact)
 {
     /* "stock" refuses; "testsvc" in front calls it and passes it on */
     const char *denv[] = {"TESTSVC_NAME=stock", NULL};
-    ck_assert_int_eq(hs_spawn(&down, TESTSVC_BIN, denv), 0);
-    ck_assert_int_eq(hs_wait_serving(&down, 20000), 0);
+    hs_start(&down, TESTSVC_BIN, denv);
     char target[96];
     snprintf(target, sizeof target, "INVENTORY_TARGET=%s", down.target);
     const char *fenv[] = {target, NULL};
-    ck_assert_int_eq(hs_spawn(&front, TESTSVC_BIN, fenv), 0);
-    ck_assert_int_eq(hs_wait_serving(&front, 20000), 0);
-    char err[128];
-    cm_rpc_client_opts o = {.target = down.target};
-    ck_assert_int_eq(cm_rpc_client_new(&dc, &o, err, sizeof err), 0);
-    o.target = front.target;
-    ck_assert_int_eq(cm_rpc_client_new(&fc, &o, err, sizeof err), 0);
+    hs_start(&front, TESTSVC_BIN, fenv);
+    dc = hs_client(&down, NULL);
+    fc = hs_client(&front, NULL);
     static cm_rpc_status direct, st; /* 7.5 KiB each: off the test's stack */
 
     /* a refusal with reason, metadata and a typed detail: the same bytes */
@@ -1074,10 +1039,5 @@ static Suite *suite(void)
 int main(void)
 {
     /* gRPC does not survive fork: run every test in this process */
-    SRunner *sr = srunner_create(suite());
-    srunner_set_fork_status(sr, CK_NOFORK);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return hs_run(suite(), 1);
 }
