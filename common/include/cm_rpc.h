@@ -111,6 +111,12 @@ const char *cm_rpc_ctx_tenant(const cm_rpc_ctx *ctx);
 const char *cm_rpc_ctx_subject(const cm_rpc_ctx *ctx);
 /* 1 when the verified token carries the role (always 0 without auth). */
 int cm_rpc_ctx_has_role(const cm_rpc_ctx *ctx, const char *role);
+/* 0 when the caller may make a call that needs role: authentication is
+ * off (every caller is trusted, AUTH_MODE=off), or its verified token
+ * carries the role. otherwise the call fails PERMISSION_DENIED /
+ * ROLE_REQUIRED with metadata "role", and that failure's value is
+ * returned. */
+int cm_rpc_require_role(cm_rpc_ctx *ctx, const char *role);
 /* request metadata value by lower-case key, NUL-terminated in the arena;
  * NULL when absent. binary (-bin) values are returned raw. */
 const char *cm_rpc_ctx_metadata(cm_rpc_ctx *ctx, const char *key);

@@ -1418,6 +1418,16 @@ char *cm_rpc_strdup(cm_rpc_ctx *ctx, const char *s)
     return cm_arena_strdup(ctx->arena, s ? s : "");
 }
 
+int cm_rpc_require_role(cm_rpc_ctx *ctx, const char *role)
+{
+    if (!ctx->w->s->o.auth || cm_rpc_ctx_has_role(ctx, role))
+        return 0;
+    int f = cm_rpc_fail(ctx, GRPC_STATUS_PERMISSION_DENIED, "ROLE_REQUIRED",
+                        cm_arena_printf(ctx->arena, "this call needs the %s role", role));
+    cm_rpc_fail_meta(ctx, "role", role);
+    return f;
+}
+
 int cm_rpc_fail(cm_rpc_ctx *ctx, int grpc_code, const char *reason, const char *message)
 {
     if (grpc_code <= 0 || grpc_code >= NCODES)

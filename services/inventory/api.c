@@ -28,9 +28,8 @@
 
 typedef struct inv_app {
     cm_service *svc;
-    inv_hot *hot;     /* NULL: INVENTORY_HOT_PATH=off, one transaction per call */
-    inv_hot *soldout; /* the sold-out cache (the hot path's), or NULL */
-    int auth_on;
+    inv_hot *hot;         /* NULL: INVENTORY_HOT_PATH=off, one transaction per call */
+    inv_hot *soldout;     /* the sold-out cache (the hot path's), or NULL */
     int check_s;          /* invariant metric period */
     long long next_check; /* the sweeper's thread only */
     cm_gauge *invariants_ok, *violations;
@@ -43,17 +42,6 @@ static const char *principal_of(cm_rpc_ctx *ctx)
 {
     const char *s = cm_rpc_ctx_subject(ctx);
     return s ? s : "";
-}
-
-static int need_admin(cm_rpc_ctx *ctx, inv_app *app)
-{
-    if (app->auth_on && !cm_rpc_ctx_has_role(ctx, "admin")) {
-        int f = cm_rpc_fail(ctx, GRPC_STATUS_PERMISSION_DENIED, "ROLE_REQUIRED",
-                            "this call needs the admin role");
-        cm_rpc_fail_meta(ctx, "role", "admin");
-        return f;
-    }
-    return 0;
 }
 
 static int fail_v(cm_rpc_ctx *ctx, const inv_violation *v)
@@ -128,7 +116,7 @@ static int admin_change(cm_rpc_ctx *ctx, int kind, const char *request_id, const
                         Commerce__Inventory__V1__StockChange **change_out)
 {
     inv_app *app = cm_service_app(ctx);
-    if (need_admin(ctx, app))
+    if (cm_rpc_require_role(ctx, "admin"))
         return -1;
     inv_violation v;
     if (inv_check_admin(kind, request_id, sku, value, reason, actor, &v))
@@ -444,9 +432,8 @@ static int check_invariants(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Protobu
 {
     const Commerce__Inventory__V1__CheckInvariantsRequest *req = (const void *)in;
     Commerce__Inventory__V1__CheckInvariantsResponse *resp = (void *)out;
-    inv_app *app = cm_service_app(ctx);
     cm_arena *a = cm_rpc_ctx_arena(ctx);
-    if (need_admin(ctx, app))
+    if (cm_rpc_require_role(ctx, "admin"))
         return -1;
     if (req->n_skus > INV_BATCH_GET_MAX)
         return cm_rpc_fail_field(ctx, "skus", "must hold at most 500 skus");
@@ -592,9 +579,8 @@ static int configure_flash_sale(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Pro
 {
     const Commerce__Inventory__V1__ConfigureFlashSaleRequest *req = (const void *)in;
     Commerce__Inventory__V1__ConfigureFlashSaleResponse *resp = (void *)out;
-    inv_app *app = cm_service_app(ctx);
     cm_arena *a = cm_rpc_ctx_arena(ctx);
-    if (need_admin(ctx, app))
+    if (cm_rpc_require_role(ctx, "admin"))
         return -1;
     if (!inv_valid_key(req->request_id, INV_KEY_MAX))
         return cm_rpc_fail_field(ctx, "request_id", "must be 1-64 characters from [A-Za-z0-9._:-]");
@@ -880,7 +866,6 @@ int inv_app_init(cm_service *svc, void **out, char *err, size_t errlen)
         return CM_ENOMEM;
     app->svc = svc;
     const cm_config *c = cm_service_config(svc);
-    app->auth_on = c->auth_mode != CM_AUTH_OFF;
     int hot_on = (int)cm_service_int(svc, "INVENTORY_HOT_PATH");
     inv_events_enable((int)cm_service_int(svc, "INVENTORY_EVENTS"));
     /* the check aggregates every audit row: not too often */

@@ -16,6 +16,7 @@
 #include "ord_batch.h"
 #include "ord_domain.h"
 #include "ord_events.h"
+#include "ord_saga.h"
 #include "ord_store.h"
 
 #include <errno.h>
@@ -30,10 +31,6 @@
 #include "commerce/inventory/v1/inventory_service.pb-c.h"
 #include "commerce/order/v1/order_service.pb-c.h"
 
-#define RESERVE_METHOD "/commerce.inventory.v1.InventoryService/Reserve"
-#define RELEASE_METHOD "/commerce.inventory.v1.InventoryService/Release"
-#define GET_RESERVATION_METHOD "/commerce.inventory.v1.InventoryService/GetReservation"
-
 /* per-tenant payment timeouts, cached for a while (tenant_settings) */
 #define TENANT_CACHE 64
 #define TENANT_CACHE_MS 10000
@@ -46,16 +43,14 @@ typedef struct tenant_entry {
 
 typedef struct ord_app {
     cm_service *svc;
-    int auth_on; /* AUTH_MODE=required: admin rpcs need the admin role */
-    cm_rpc_client *inv;
     int64_t timeout_ms, flash_timeout_ms, margin_ms;
-    int inv_timeout_ms, pause_ms;
+    int pause_ms;
+    const char *topic; /* ORDER_TOPIC */
     ord_batcher *batch;
     pthread_mutex_t mu;
     tenant_entry tenants[TENANT_CACHE];
-    struct pending_release *releases; /* for the sweeper thread to send */
-    size_t nreleases;
-    cm_counter *rejected, *timed_out, *released, *continued, *skipped;
+    ord_saga *saga; /* Reserve, and the queued Releases */
+    cm_counter *rejected, *timed_out, *continued;
 } ord_app;
 
 /* ---- helpers ---- */
@@ -65,6 +60,13 @@ static int64_t now_ms(void)
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* where a handler's events go, and the trace they carry */
+static ord_ev_ctx ev_of(cm_rpc_ctx *ctx)
+{
+    const ord_app *app = cm_service_app(ctx);
+    return (ord_ev_ctx){.topic = app->topic, .traceparent = cm_rpc_ctx_traceparent(ctx)};
 }
 
 /* a Timestamp field: unset gives def; a negative or absurd one is refused */
@@ -361,265 +363,16 @@ static int answer_existing(cm_rpc_ctx *ctx, const ord_order *o, const char *stor
     return resp->order ? 0 : cm_rpc_fail_err(ctx, CM_ENOMEM, "create order");
 }
 
-/* a Release for the sweeper thread to send, with the metadata of the call
- * that asked for it (tenant, authorization, trace), once due */
-typedef struct pending_release {
-    char order_id[40];
-    char tenant[CM_AUTH_TENANT_MAX + 1];
-    int64_t due_ms;
-    cm_rpc_md md[8];
-    size_t nmd;
-    struct pending_release *next;
-    char buf[]; /* the metadata's strings */
-} pending_release;
+/* ---- create, in its phases: check, reserve, store ---- */
 
-/* gives a reservation back (best effort: the reservation's ttl is the
- * backstop): the order could not be stored, or inventory did not answer in
- * time and may still make it. queued for the sweeper thread, so the caller
- * is answered at once.
- *
- * Not sent at once: another attempt of the same create (the caller's retry
- * while this one still waited, or a duplicate) derives the same order id,
- * finds the same reservation and may be storing its order on it right now.
- * Released then, that order would hold no stock. So the Release waits
- * release_delay_ms (twice ORDER_INVENTORY_TIMEOUT_MS, at least 2 s: longer
- * than such an attempt takes from its Reserve to its commit) and is sent
- * only if no order with that id exists by then. A later retry finds the
- * released reservation and moves to the next order id generation, or,
- * before the release, carries on with the reservation itself.
- *
- * Bounded: at most MAX_RELEASES wait, and one whose check the database
- * cannot answer for RELEASE_GIVE_UP_MS after it was due is dropped. Either
- * way the reservation's ttl returns the stock: held too long, never sold
- * twice. */
-#define MAX_RELEASES 10000
-#define RELEASE_GIVE_UP_MS 60000
-static int64_t release_delay_ms(const ord_app *app)
+/* the request as the domain checks it, o filled from it; 0 or a failure
+ * naming the field */
+static int create_check(cm_rpc_ctx *ctx, const Commerce__Order__V1__CreateOrderRequest *req,
+                        ord_create_in *ci, ord_order *o)
 {
-    int64_t d = 2 * (int64_t)app->inv_timeout_ms;
-    return d < 2000 ? 2000 : d;
-}
-
-static void release(ord_app *app, cm_rpc_ctx *ctx, const char *order_id)
-{
-    cm_rpc_md md[8];
-    size_t nmd = cm_rpc_ctx_propagate(ctx, md, 8), need = 0;
-    for (size_t i = 0; i < nmd; i++)
-        need += strlen(md[i].key) + strlen(md[i].value) + 2;
-    pending_release *r = calloc(1, sizeof *r + need);
-    if (!r) {
-        cm_log_warn("could not queue the release of a reservation; its ttl will", "order_id",
-                    order_id, NULL);
-        return;
-    }
-    snprintf(r->order_id, sizeof r->order_id, "%s", order_id);
-    snprintf(r->tenant, sizeof r->tenant, "%s", cm_rpc_ctx_tenant(ctx));
-    r->due_ms = now_ms() + release_delay_ms(app);
-    char *p = r->buf;
-    for (size_t i = 0; i < nmd; i++) {
-        size_t kl = strlen(md[i].key) + 1, vl = strlen(md[i].value) + 1;
-        memcpy(p, md[i].key, kl);
-        r->md[i].key = p;
-        p += kl;
-        memcpy(p, md[i].value, vl);
-        r->md[i].value = p;
-        p += vl;
-    }
-    r->nmd = nmd;
-    pthread_mutex_lock(&app->mu);
-    int full = app->nreleases >= MAX_RELEASES;
-    if (!full) {
-        r->next = app->releases;
-        app->releases = r;
-        app->nreleases++;
-    }
-    pthread_mutex_unlock(&app->mu);
-    if (full) {
-        cm_log_warn("too many releases waiting; this reservation's ttl will return the stock",
-                    "order_id", order_id, NULL);
-        free(r);
-    }
-}
-
-/* on the sweeper thread: sends the queued releases that are due, unless
- * their order exists by now (see release); keeps the others */
-static void send_releases(ord_app *app, cm_db *db)
-{
-    pthread_mutex_lock(&app->mu);
-    pending_release *list = app->releases;
-    app->releases = NULL;
-    app->nreleases = 0;
-    pthread_mutex_unlock(&app->mu);
-    pending_release *keep = NULL;
-    size_t nkeep = 0;
-    int64_t now = now_ms();
-    while (list) {
-        pending_release *r = list;
-        list = r->next;
-        int found = r->due_ms > now ? 1 : ord_store_exists(db, r->tenant, r->order_id);
-        if (found == 0) {
-            /* another attempt stored its order on this reservation */
-            cm_counter_add(app->skipped, 1);
-            free(r);
-            continue;
-        }
-        if (found < 0 && found != CM_ENOTFOUND && now - r->due_ms > RELEASE_GIVE_UP_MS) {
-            cm_log_warn("could not check for an order before a release; its ttl will", "order_id",
-                        r->order_id, "error", cm_strerror(found), NULL);
-            free(r);
-            continue;
-        }
-        if (found != CM_ENOTFOUND) {
-            /* not due (1), or the store could not say: later */
-            r->next = keep;
-            keep = r;
-            nkeep++;
-            continue;
-        }
-        Commerce__Inventory__V1__ReleaseRequest rq = COMMERCE__INVENTORY__V1__RELEASE_REQUEST__INIT;
-        rq.order_id = r->order_id;
-        ProtobufCMessage *resp = NULL;
-        cm_rpc_status st;
-        int rc = cm_rpc_call(app->inv, RELEASE_METHOD, &rq.base,
-                             &commerce__inventory__v1__release_response__descriptor, NULL, &resp,
-                             r->md, r->nmd, app->inv_timeout_ms, CM_RPC_CALL_IDEMPOTENT, &st);
-        if (rc == 0) {
-            cm_counter_add(app->released, 1);
-            protobuf_c_message_free_unpacked(resp, NULL);
-        } else {
-            cm_log_warn("could not release a reservation without an order; its ttl will",
-                        "order_id", r->order_id, "error", st.message, NULL);
-        }
-        free(r);
-    }
-    if (keep) {
-        pthread_mutex_lock(&app->mu);
-        pending_release *last = keep;
-        while (last->next)
-            last = last->next;
-        last->next = app->releases;
-        app->releases = keep;
-        app->nreleases += nkeep;
-        pthread_mutex_unlock(&app->mu);
-    }
-}
-
-/* the time left for a call to inventory */
-static int inventory_budget(ord_app *app, cm_rpc_ctx *ctx, int want)
-{
-    int budget = want < app->inv_timeout_ms ? want : app->inv_timeout_ms;
-    int64_t left = cm_rpc_ctx_deadline_left_ms(ctx);
-    if (left < (int64_t)budget + 50)
-        budget = left > 100 ? (int)(left - 50) : 50;
-    return budget;
-}
-
-/* Reserve of o's lines under o->order_id. returns the reservation (in the
- * call's arena) or NULL with st filled. */
-static const Commerce__Inventory__V1__Reservation *
-reserve(ord_app *app, cm_rpc_ctx *ctx, const Commerce__Order__V1__CreateOrderRequest *req,
-        const ord_order *o, int64_t ttl_ms, cm_rpc_status *st)
-{
-    size_t n = req->n_lines;
-    Commerce__Inventory__V1__ReserveRequest rr = COMMERCE__INVENTORY__V1__RESERVE_REQUEST__INIT;
-    Commerce__Inventory__V1__ReserveLine *rl = cm_rpc_alloc(ctx, n * sizeof *rl);
-    Commerce__Inventory__V1__ReserveLine **rlp = cm_rpc_alloc(ctx, n * sizeof *rlp);
-    Google__Protobuf__Duration ttl = GOOGLE__PROTOBUF__DURATION__INIT;
-    if (!rl || !rlp) {
-        memset(st, 0, sizeof *st);
-        st->code = GRPC_STATUS_RESOURCE_EXHAUSTED;
-        return NULL;
-    }
-    rr.order_id = (char *)o->order_id;
-    rr.buyer_id = (char *)req->buyer_id;
-    for (size_t i = 0; i < n; i++) {
-        commerce__inventory__v1__reserve_line__init(&rl[i]);
-        rl[i].sku = (char *)req->lines[i]->sku;
-        rl[i].quantity = req->lines[i]->quantity;
-        rlp[i] = &rl[i];
-    }
-    rr.lines = rlp;
-    rr.n_lines = n;
-    ttl.seconds = ttl_ms / 1000;
-    rr.ttl = &ttl;
-    cm_rpc_md md[8];
-    size_t nmd = cm_rpc_ctx_propagate(ctx, md, 8);
-    ProtobufCAllocator al = cm_arena_allocator(cm_rpc_ctx_arena(ctx));
-    ProtobufCMessage *rm = NULL;
-    int rc =
-        cm_rpc_call(app->inv, RESERVE_METHOD, &rr.base,
-                    &commerce__inventory__v1__reserve_response__descriptor, &al, &rm, md, nmd,
-                    inventory_budget(app, ctx, app->inv_timeout_ms), CM_RPC_CALL_IDEMPOTENT, st);
-    if (rc)
-        return NULL;
-    const Commerce__Inventory__V1__Reservation *r =
-        ((Commerce__Inventory__V1__ReserveResponse *)rm)->reservation;
-    if (!r) {
-        memset(st, 0, sizeof *st);
-        st->code = GRPC_STATUS_INTERNAL;
-        snprintf(st->message, sizeof st->message, "inventory answered without a reservation");
-    }
-    return r;
-}
-
-/* inventory refused a Reserve under o->order_id for "another body". The
- * id is derived from this create's request_id, so the reservation is an
- * earlier attempt's that stored no order (the store was read first). If
- * it holds the same buyer and lines and is still ACTIVE, only its ttl
- * differs: the tenant's payment timeout changed between the attempts, or
- * the request's did. Carrying on with it keeps the stock held once; the
- * order's deadline then ends before the reservation (ord_deadline). A
- * different buyer or lines (the caller reused its key for another order)
- * or a reservation no longer active answers NULL: the next generation.
- * Never released here: a concurrent attempt may be storing its order on
- * this very reservation. */
-static const Commerce__Inventory__V1__Reservation *
-earlier_attempt(ord_app *app, cm_rpc_ctx *ctx, const Commerce__Order__V1__CreateOrderRequest *req,
-                const ord_order *o)
-{
-    Commerce__Inventory__V1__GetReservationRequest rq =
-        COMMERCE__INVENTORY__V1__GET_RESERVATION_REQUEST__INIT;
-    rq.order_id = (char *)o->order_id;
-    cm_rpc_md md[8];
-    size_t nmd = cm_rpc_ctx_propagate(ctx, md, 8);
-    ProtobufCAllocator al = cm_arena_allocator(cm_rpc_ctx_arena(ctx));
-    ProtobufCMessage *rm = NULL;
-    cm_rpc_status st;
-    if (cm_rpc_call(app->inv, GET_RESERVATION_METHOD, &rq.base,
-                    &commerce__inventory__v1__get_reservation_response__descriptor, &al, &rm, md,
-                    nmd, inventory_budget(app, ctx, app->inv_timeout_ms), CM_RPC_CALL_IDEMPOTENT,
-                    &st))
-        return NULL;
-    const Commerce__Inventory__V1__Reservation *r =
-        ((Commerce__Inventory__V1__GetReservationResponse *)rm)->reservation;
-    if (!r || r->state != COMMERCE__INVENTORY__V1__RESERVATION_STATE__RESERVATION_STATE_ACTIVE ||
-        strcmp(r->buyer_id ? r->buyer_id : "", req->buyer_id ? req->buyer_id : "") != 0 ||
-        r->n_lines != req->n_lines)
-        return NULL;
-    for (size_t i = 0; i < req->n_lines; i++) {
-        size_t k = 0;
-        while (k < r->n_lines && strcmp(r->lines[k]->sku, req->lines[i]->sku) != 0)
-            k++;
-        if (k == r->n_lines || r->lines[k]->quantity != req->lines[i]->quantity)
-            return NULL;
-    }
-    return r;
-}
-
-static int create_order(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
-{
-    ord_events_trace(cm_rpc_ctx_traceparent(ctx));
-    const Commerce__Order__V1__CreateOrderRequest *req = (const void *)in;
-    Commerce__Order__V1__CreateOrderResponse *resp = (void *)out;
-    ord_app *app = cm_service_app(ctx);
-    cm_arena *a = cm_rpc_ctx_arena(ctx);
-    cm_db *db = cm_service_db(ctx);
-    const char *tenant = cm_rpc_ctx_tenant(ctx);
     size_t n = req->n_lines;
     ord_line_in *lines = cm_rpc_alloc(ctx, (n ? n : 1) * sizeof *lines);
-    ord_order *o = cm_rpc_alloc(ctx, sizeof *o);
-    ord_order *got = cm_rpc_alloc(ctx, sizeof *got);
-    if (!lines || !o || !got)
+    if (!lines)
         return cm_rpc_fail_err(ctx, CM_ENOMEM, "create order");
     for (size_t i = 0; i < n; i++) {
         const Commerce__Order__V1__CreateOrderLine *l = req->lines[i];
@@ -629,56 +382,74 @@ static int create_order(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMe
         lines[i].unit_price = l->unit_price ? l->unit_price->amount_minor : 0;
         lines[i].price_currency = l->unit_price ? l->unit_price->currency : NULL;
     }
-    ord_create_in ci = {.request_id = req->request_id,
-                        .buyer_id = req->buyer_id,
-                        .merchant_id = req->merchant_id,
-                        .channel_id = req->channel_id,
-                        .currency = req->currency,
-                        .external_ref = req->external_ref,
-                        .lines = lines,
-                        .nlines = n,
-                        .timeout_ms = -1};
+    *ci = (ord_create_in){.request_id = req->request_id,
+                          .buyer_id = req->buyer_id,
+                          .merchant_id = req->merchant_id,
+                          .channel_id = req->channel_id,
+                          .currency = req->currency,
+                          .external_ref = req->external_ref,
+                          .lines = lines,
+                          .nlines = n,
+                          .timeout_ms = -1};
     if (req->payment_timeout) {
         const Google__Protobuf__Duration *d = req->payment_timeout;
-        if (cm_pb_duration_check(d, &ci.timeout_ms) || ci.timeout_ms < 0 ||
-            ci.timeout_ms > ORD_TIMEOUT_MAX_MS)
+        if (cm_pb_duration_check(d, &ci->timeout_ms) || ci->timeout_ms < 0 ||
+            ci->timeout_ms > ORD_TIMEOUT_MAX_MS)
             return cm_rpc_fail_field(ctx, "payment_timeout",
                                      "must be between 1 minute and 72 hours");
     }
     ord_violation v;
-    if (ord_check_create(&ci, o, &v))
-        return fail_v(ctx, &v);
-    char hash[ORD_HASH_HEX + 1], stored[ORD_HASH_HEX + 1];
-    ord_create_hash(&ci, hash);
-    int64_t normal, flash;
-    int trc = timeouts_for(app, db, tenant, &normal, &flash);
-    if (trc)
-        return db_fail(ctx, trc, "could not read the tenant's settings");
-    int64_t timeout = ci.timeout_ms >= 0 ? ci.timeout_ms : normal;
+    return ord_check_create(ci, o, &v) ? fail_v(ctx, &v) : 0;
+}
 
-    /* 1. reserve under the order id derived from the request id: a retry
-     * finds its reservation instead of making a second one (README.md) */
+/* what a create phase decided: go on, or the handler's answer is rc */
+typedef struct create_step {
+    int done;
+    int rc;
+} create_step;
+
+static create_step answered(int rc)
+{
+    return (create_step){.done = 1, .rc = rc};
+}
+
+/* 1. reserve under the order id derived from the request id: a retry
+ * finds its reservation instead of making a second one (README.md). a
+ * retry of a create that was stored is answered from the store. */
+static create_step create_reserve(cm_rpc_ctx *ctx, ord_app *app,
+                                  const Commerce__Order__V1__CreateOrderRequest *req, ord_order *o,
+                                  const char *hash, int64_t ttl_ms,
+                                  const Commerce__Inventory__V1__Reservation **out,
+                                  Commerce__Order__V1__CreateOrderResponse *resp)
+{
+    cm_db *db = cm_service_db(ctx);
+    const char *tenant = cm_rpc_ctx_tenant(ctx);
     const Commerce__Inventory__V1__Reservation *resv = NULL;
     cm_rpc_status st;
     int looked = 0;
     for (unsigned gen = 0; gen < ORD_ID_GENERATIONS; gen++) {
         ord_order_id(tenant, req->request_id, gen, o->order_id);
-        resv = reserve(app, ctx, req, o, timeout + app->margin_ms, &st);
+        resv = ord_saga_reserve(app->saga, ctx, req, o, ttl_ms, &st);
         if (resv &&
             resv->state == COMMERCE__INVENTORY__V1__RESERVATION_STATE__RESERVATION_STATE_ACTIVE)
             break;
         /* a retry of a create that was stored (its stock may have sold out
          * or been confirmed since) answers from the store */
         if (!looked) {
-            int g = ord_store_get_by_request(db, tenant, req->request_id, a, got, stored);
+            ord_order *got = cm_rpc_alloc(ctx, sizeof *got);
+            char stored[ORD_HASH_HEX + 1];
+            if (!got)
+                return answered(cm_rpc_fail_err(ctx, CM_ENOMEM, "create order"));
+            int g = ord_store_get_by_request(db, tenant, req->request_id, cm_rpc_ctx_arena(ctx),
+                                             got, stored);
             if (g == 0)
-                return answer_existing(ctx, got, stored, hash, resp);
+                return answered(answer_existing(ctx, got, stored, hash, resp));
             if (g != CM_ENOTFOUND)
-                return db_fail(ctx, g, "could not read the order");
+                return answered(db_fail(ctx, g, "could not read the order"));
             looked = 1;
         }
         if (!resv && st.code == GRPC_STATUS_ALREADY_EXISTS &&
-            (resv = earlier_attempt(app, ctx, req, o)) != NULL) {
+            (resv = ord_saga_earlier_attempt(app->saga, ctx, req, o)) != NULL) {
             cm_counter_add(app->continued, 1);
             break;
         }
@@ -698,19 +469,30 @@ static int create_order(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMe
         case GRPC_STATUS_CANCELLED:
             /* inventory may still act on it: give it back so nothing stays
              * behind; a retry moves on to the next generation */
-            release(app, ctx, o->order_id);
-            return unavailable(ctx);
+            ord_saga_release_later(app->saga, ctx, o->order_id);
+            return answered(unavailable(ctx));
         case GRPC_STATUS_RESOURCE_EXHAUSTED:
         case GRPC_STATUS_ABORTED:
-            return unavailable(ctx);
+            return answered(unavailable(ctx));
         default:
-            return forward(ctx, &st);
+            return answered(forward(ctx, &st));
         }
     }
     if (!resv)
-        return cm_rpc_fail(ctx, GRPC_STATUS_FAILED_PRECONDITION, "ILLEGAL_STATE_TRANSITION",
-                           "the stock of too many abandoned attempts with this request_id "
-                           "lapsed: create the order with a new request_id");
+        return answered(cm_rpc_fail(ctx, GRPC_STATUS_FAILED_PRECONDITION,
+                                    "ILLEGAL_STATE_TRANSITION",
+                                    "the stock of too many abandoned attempts with this "
+                                    "request_id lapsed: create the order with a new request_id"));
+    *out = resv;
+    return (create_step){0};
+}
+
+/* what the reservation decided for the order: its lines' flash sales, and
+ * the deadlines (the payment timeout is the flash one when a line is) */
+static void create_apply_reservation(ord_app *app, ord_order *o,
+                                     const Commerce__Inventory__V1__Reservation *resv,
+                                     int64_t timeout, int64_t flash_timeout)
+{
     for (size_t i = 0; i < resv->n_lines; i++) {
         const Commerce__Inventory__V1__ReservationLine *l = resv->lines[i];
         for (size_t k = 0; k < o->nlines; k++)
@@ -719,18 +501,24 @@ static int create_order(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMe
                          l->flash_sale_id);
     }
     o->flash = resv->flash_sale;
-    if (o->flash && ci.timeout_ms < 0)
-        timeout = flash;
+    if (o->flash && flash_timeout >= 0)
+        timeout = flash_timeout;
     o->created_ms = now_ms();
     o->resv_expires_ms = cm_pb_timestamp_ms(resv->expires_at);
     o->deadline_ms = ord_deadline(o->created_ms, timeout, o->resv_expires_ms, app->margin_ms);
-    if (app->pause_ms > 0)
-        usleep((useconds_t)app->pause_ms * 1000); /* tests: a window to kill -9 in */
+}
 
-    /* 2. the order, its lines and OrderCreated in one transaction, shared
-     * with the creates running concurrently (group commit, batch.c) */
-    ord_new item = {
-        .tenant = tenant, .hash = hash, .traceparent = cm_rpc_ctx_traceparent(ctx), .o = o};
+/* 2. the order, its lines and OrderCreated in one transaction, shared with
+ * the creates running concurrently (group commit, batch.c) */
+static int create_store(cm_rpc_ctx *ctx, ord_app *app,
+                        const Commerce__Order__V1__CreateOrderRequest *req, ord_order *o,
+                        const char *hash, const ord_ev_ctx *ev,
+                        Commerce__Order__V1__CreateOrderResponse *resp)
+{
+    cm_db *db = cm_service_db(ctx);
+    cm_arena *a = cm_rpc_ctx_arena(ctx);
+    const char *tenant = cm_rpc_ctx_tenant(ctx);
+    ord_new item = {.tenant = tenant, .hash = hash, .ev = ev, .o = o};
     int rc = ord_batcher_create(app->batch, db, &item);
     if (rc == 0 && item.inserted) {
         resp->order = ord_pb_order(a, o);
@@ -739,18 +527,53 @@ static int create_order(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMe
     /* the request_id has an order already (a concurrent retry stored it),
      * or storing failed: stored or not? only a definite "not" gives the
      * stock back */
+    ord_order *got = cm_rpc_alloc(ctx, sizeof *got);
+    char stored[ORD_HASH_HEX + 1];
+    if (!got)
+        return cm_rpc_fail_err(ctx, CM_ENOMEM, "create order");
     int g = ord_store_get_by_request(db, tenant, req->request_id, a, got, stored);
     if (g == 0) {
         /* stored under another generation: ours is nobody's */
         if (strcmp(got->order_id, o->order_id) != 0)
-            release(app, ctx, o->order_id);
+            ord_saga_release_later(app->saga, ctx, o->order_id);
         return answer_existing(ctx, got, stored, hash, resp);
     }
     if (g == CM_ENOTFOUND && rc != 0)
-        release(app, ctx, o->order_id);
+        ord_saga_release_later(app->saga, ctx, o->order_id);
     if (rc == 0)
         rc = g == CM_ENOTFOUND ? CM_ECONFLICT : g; /* skipped, yet not there: retry */
     return db_fail(ctx, rc, "could not store the order");
+}
+
+static int create_order(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    const Commerce__Order__V1__CreateOrderRequest *req = (const void *)in;
+    Commerce__Order__V1__CreateOrderResponse *resp = (void *)out;
+    ord_app *app = cm_service_app(ctx);
+    ord_order *o = cm_rpc_alloc(ctx, sizeof *o);
+    if (!o)
+        return cm_rpc_fail_err(ctx, CM_ENOMEM, "create order");
+    ord_create_in ci;
+    if (create_check(ctx, req, &ci, o))
+        return -1;
+    char hash[ORD_HASH_HEX + 1];
+    ord_create_hash(&ci, hash);
+    int64_t normal, flash;
+    int trc = timeouts_for(app, cm_service_db(ctx), cm_rpc_ctx_tenant(ctx), &normal, &flash);
+    if (trc)
+        return db_fail(ctx, trc, "could not read the tenant's settings");
+    /* the request's own timeout wins over the tenant's, flash or not */
+    int64_t timeout = ci.timeout_ms >= 0 ? ci.timeout_ms : normal;
+    const Commerce__Inventory__V1__Reservation *resv = NULL;
+    create_step step =
+        create_reserve(ctx, app, req, o, hash, timeout + app->margin_ms, &resv, resp);
+    if (step.done)
+        return step.rc;
+    create_apply_reservation(app, o, resv, timeout, ci.timeout_ms >= 0 ? -1 : flash);
+    if (app->pause_ms > 0)
+        usleep((useconds_t)app->pause_ms * 1000); /* tests: a window to kill -9 in */
+    ord_ev_ctx ev = ev_of(ctx);
+    return create_store(ctx, app, req, o, hash, &ev, resp);
 }
 
 /* ---- payment ---- */
@@ -768,7 +591,7 @@ static int provider_ok(const char *s)
 
 static int mark_paid(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
 {
-    ord_events_trace(cm_rpc_ctx_traceparent(ctx));
+    ord_ev_ctx ev = ev_of(ctx);
     const Commerce__Order__V1__MarkPaidRequest *req = (const void *)in;
     Commerce__Order__V1__MarkPaidResponse *resp = (void *)out;
     ord_app *app = cm_service_app(ctx);
@@ -794,7 +617,8 @@ static int mark_paid(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessa
                        req->provider,         req->provider_reference};
     char hash[ORD_HASH_HEX + 1];
     hash_of(canon(a, "pay.v1", f, 6), hash);
-    ord_pay_req q = {.tenant = cm_rpc_ctx_tenant(ctx),
+    ord_pay_req q = {.ev = &ev,
+                     .tenant = cm_rpc_ctx_tenant(ctx),
                      .order_id = req->order_id,
                      .payment_id = req->payment_id,
                      .hash = hash,
@@ -893,7 +717,7 @@ static int op_common(cm_rpc_ctx *ctx, const char *request_id, const char *order_
 
 static int cancel_order(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
 {
-    ord_events_trace(cm_rpc_ctx_traceparent(ctx));
+    ord_ev_ctx ev = ev_of(ctx);
     const Commerce__Order__V1__CancelOrderRequest *req = (const void *)in;
     Commerce__Order__V1__CancelOrderResponse *resp = (void *)out;
     cm_arena *a = cm_rpc_ctx_arena(ctx);
@@ -910,7 +734,8 @@ static int cancel_order(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMe
     const char *f[] = {req->order_id, num(a, r), req->note};
     char hash[ORD_HASH_HEX + 1];
     hash_of(canon(a, "cancel.v1", f, 3), hash);
-    ord_op_req q = {.tenant = cm_rpc_ctx_tenant(ctx),
+    ord_op_req q = {.ev = &ev,
+                    .tenant = cm_rpc_ctx_tenant(ctx),
                     .order_id = req->order_id,
                     .request_id = req->request_id,
                     .hash = hash,
@@ -923,7 +748,7 @@ static int cancel_order(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMe
 
 static int ship_order(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
 {
-    ord_events_trace(cm_rpc_ctx_traceparent(ctx));
+    ord_ev_ctx ev = ev_of(ctx);
     const Commerce__Order__V1__ShipOrderRequest *req = (const void *)in;
     Commerce__Order__V1__ShipOrderResponse *resp = (void *)out;
     cm_arena *a = cm_rpc_ctx_arena(ctx);
@@ -942,7 +767,8 @@ static int ship_order(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMess
                        req->shipped_at ? num(a, at) : ""};
     char hash[ORD_HASH_HEX + 1];
     hash_of(canon(a, "ship.v1", f, 4), hash);
-    ord_op_req q = {.tenant = cm_rpc_ctx_tenant(ctx),
+    ord_op_req q = {.ev = &ev,
+                    .tenant = cm_rpc_ctx_tenant(ctx),
                     .order_id = req->order_id,
                     .request_id = req->request_id,
                     .hash = hash,
@@ -956,7 +782,7 @@ static int ship_order(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMess
 
 static int complete_order(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
 {
-    ord_events_trace(cm_rpc_ctx_traceparent(ctx));
+    ord_ev_ctx ev = ev_of(ctx);
     const Commerce__Order__V1__CompleteOrderRequest *req = (const void *)in;
     Commerce__Order__V1__CompleteOrderResponse *resp = (void *)out;
     cm_arena *a = cm_rpc_ctx_arena(ctx);
@@ -968,7 +794,8 @@ static int complete_order(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufC
     const char *f[] = {req->order_id, req->completed_at ? num(a, at) : ""};
     char hash[ORD_HASH_HEX + 1];
     hash_of(canon(a, "complete.v1", f, 2), hash);
-    ord_op_req q = {.tenant = cm_rpc_ctx_tenant(ctx),
+    ord_op_req q = {.ev = &ev,
+                    .tenant = cm_rpc_ctx_tenant(ctx),
                     .order_id = req->order_id,
                     .request_id = req->request_id,
                     .hash = hash,
@@ -982,7 +809,7 @@ static int complete_order(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufC
 
 static int refund_order(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
 {
-    ord_events_trace(cm_rpc_ctx_traceparent(ctx));
+    ord_ev_ctx ev = ev_of(ctx);
     const Commerce__Order__V1__RefundOrderRequest *req = (const void *)in;
     Commerce__Order__V1__RefundOrderResponse *resp = (void *)out;
     cm_arena *a = cm_rpc_ctx_arena(ctx);
@@ -1020,7 +847,8 @@ static int refund_order(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMe
         return fail_v(ctx, &v);
     char hash[ORD_HASH_HEX + 1];
     hash_of(body, hash);
-    ord_refund_req q = {.tenant = cm_rpc_ctx_tenant(ctx),
+    ord_refund_req q = {.ev = &ev,
+                        .tenant = cm_rpc_ctx_tenant(ctx),
                         .order_id = req->order_id,
                         .refund_id = req->refund_id,
                         .hash = hash,
@@ -1064,17 +892,6 @@ static int refund_order(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMe
 }
 
 /* ---- tenant settings: the admin rpcs ---- */
-
-static int need_admin(cm_rpc_ctx *ctx, const ord_app *app)
-{
-    if (app->auth_on && !cm_rpc_ctx_has_role(ctx, "admin")) {
-        int f = cm_rpc_fail(ctx, GRPC_STATUS_PERMISSION_DENIED, "ROLE_REQUIRED",
-                            "this call needs the admin role");
-        cm_rpc_fail_meta(ctx, "role", "admin");
-        return f;
-    }
-    return 0;
-}
 
 /* this replica's cached entry of the tenant goes: its next create reads
  * the row. other replicas keep theirs until it ages out (TENANT_CACHE_MS) */
@@ -1154,7 +971,7 @@ static int get_tenant_settings(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Prot
     (void)in;
     Commerce__Order__V1__GetTenantSettingsResponse *resp = (void *)out;
     ord_app *app = cm_service_app(ctx);
-    if (need_admin(ctx, app))
+    if (cm_rpc_require_role(ctx, "admin"))
         return -1;
     ord_settings s;
     int rc = settings_now(app, cm_service_db(ctx), cm_rpc_ctx_tenant(ctx), &s);
@@ -1170,7 +987,7 @@ static int put_tenant_settings(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Prot
     Commerce__Order__V1__PutTenantSettingsResponse *resp = (void *)out;
     ord_app *app = cm_service_app(ctx);
     cm_arena *a = cm_rpc_ctx_arena(ctx);
-    if (need_admin(ctx, app))
+    if (cm_rpc_require_role(ctx, "admin"))
         return -1;
     const Commerce__Order__V1__TenantSettings *ts = req->settings;
     const Google__Protobuf__Duration *pt = ts ? ts->payment_timeout : NULL;
@@ -1271,10 +1088,11 @@ void ord_sweep(cm_service *svc, cm_db *db, void *p)
 {
     (void)svc;
     ord_app *app = p;
-    send_releases(app, db);
+    ord_saga_send_releases(app->saga, db);
     int cancelled = 0, rc;
     do {
-        rc = ord_store_cancel_due(db, now_ms(), 200, &cancelled);
+        ord_ev_ctx ev = {.topic = app->topic};
+        rc = ord_store_cancel_due(db, &ev, now_ms(), 200, &cancelled);
         if (rc == 0 && cancelled)
             cm_counter_add(app->timed_out, (uint64_t)cancelled);
     } while (rc == 0 && cancelled == 200);
@@ -1288,23 +1106,24 @@ int ord_app_init(cm_service *svc, void **out, char *err, size_t errlen)
     if (!app)
         return CM_ENOMEM;
     app->svc = svc;
-    app->auth_on = cm_service_config(svc)->auth_mode != CM_AUTH_OFF;
     app->timeout_ms = cm_service_int(svc, "ORDER_PAYMENT_TIMEOUT_S") * 1000LL;
     app->flash_timeout_ms = cm_service_int(svc, "ORDER_FLASH_PAYMENT_TIMEOUT_S") * 1000LL;
     app->margin_ms = cm_service_int(svc, "ORDER_RESERVATION_MARGIN_S") * 1000LL;
-    app->inv_timeout_ms = (int)cm_service_int(svc, "ORDER_INVENTORY_TIMEOUT_MS");
     app->pause_ms = (int)cm_service_int(svc, "ORDER_DEBUG_PAUSE_AFTER_RESERVE_MS");
     int max_batch = (int)cm_service_int(svc, "ORDER_MAX_BATCH");
-    ord_events_set_topic(cm_service_text(svc, "ORDER_TOPIC"));
-    app->inv = cm_service_peer(svc, "inventory");
+    app->topic = cm_service_text(svc, "ORDER_TOPIC");
+    cm_metrics *m = cm_service_metrics(svc);
     int rc = ord_batcher_new(&app->batch, max_batch);
+    if (rc == 0 &&
+        (rc = ord_saga_new(&app->saga, cm_service_peer(svc, "inventory"),
+                           (int)cm_service_int(svc, "ORDER_INVENTORY_TIMEOUT_MS"), m)) != 0)
+        ord_batcher_free(app->batch);
     if (rc) {
-        snprintf(err, errlen, "could not create the group-commit queue");
+        snprintf(err, errlen, "could not create the group-commit queue or the release queue");
         free(app);
         return rc;
     }
     pthread_mutex_init(&app->mu, NULL);
-    cm_metrics *m = cm_service_metrics(svc);
     app->rejected = cm_metrics_counter(
         m, "order_payments_rejected_total",
         "payments refused after capture (order cancelled first, or paid twice): each must be "
@@ -1312,14 +1131,6 @@ int ord_app_init(cm_service *svc, void **out, char *err, size_t errlen)
         NULL);
     app->timed_out = cm_metrics_counter(m, "order_payment_timeouts_total",
                                         "unpaid orders cancelled by this replica's sweeper", NULL);
-    app->released =
-        cm_metrics_counter(m, "order_reservations_released_total",
-                           "reservations given back because their order could not be stored", NULL);
-    app->skipped = cm_metrics_counter(
-        m, "order_releases_skipped_total",
-        "releases not sent because another attempt of the same create stored its order on that "
-        "reservation meanwhile",
-        NULL);
     app->continued = cm_metrics_counter(
         m, "order_reservations_continued_total",
         "creates that carried on with an earlier attempt's reservation made under another ttl "
@@ -1334,25 +1145,7 @@ void ord_app_fini(cm_service *svc, void *p)
     ord_app *app = p;
     if (!app)
         return;
-    /* the drain has let the calls go and the sweeper has stopped: the
-     * releases that are due still go out; the others are left to their
-     * reservations' ttl, since another replica's attempt may still be
-     * storing an order on them */
-    send_releases(app, cm_service_main_db(svc));
-    size_t left = 0;
-    while (app->releases) {
-        pending_release *r = app->releases;
-        app->releases = r->next;
-        free(r);
-        left++;
-    }
-    if (left) {
-        char n[24];
-        snprintf(n, sizeof n, "%zu", left);
-        cm_log_warn(
-            "releases not yet due at shutdown; their reservations' ttl will return the stock",
-            "count", n, NULL);
-    }
+    ord_saga_free(app->saga, cm_service_main_db(svc));
     ord_batcher_free(app->batch);
     pthread_mutex_destroy(&app->mu);
     free(app);

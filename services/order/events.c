@@ -10,20 +10,6 @@
 
 #include "commerce/events/v1/order_events.pb-c.h"
 
-static const char *topic = ORD_TOPIC;
-static _Thread_local const char *trace;
-
-void ord_events_trace(const char *traceparent)
-{
-    trace = traceparent;
-}
-
-void ord_events_set_topic(const char *t)
-{
-    if (t && *t)
-        topic = t;
-}
-
 Commerce__Order__V1__Refund *ord_pb_refund(cm_arena *a, const ord_refund *r, const char *currency)
 {
     Commerce__Order__V1__Refund *m = cm_arena_calloc(a, 1, sizeof *m);
@@ -136,8 +122,8 @@ Commerce__Order__V1__Order *ord_pb_order(cm_arena *a, const ord_order *o)
 
 /* the event messages share their first fields; one struct of each kind is
  * filled and packed */
-int ord_ev_build(cm_arena *a, const char *tenant, int kind, const ord_order *o, int prev_state,
-                 const ord_refund *r, cm_outbox_event *ev)
+int ord_ev_build(cm_arena *a, const ord_ev_ctx *ec, const char *tenant, int kind,
+                 const ord_order *o, int prev_state, const ord_refund *r, cm_outbox_event *ev)
 {
     char *id = cm_arena_alloc(a, CM_ID_SIZE);
     if (!id)
@@ -213,26 +199,26 @@ int ord_ev_build(cm_arena *a, const char *tenant, int kind, const ord_order *o, 
     *ev = (cm_outbox_event){
         .event_id = id,
         .tenant_id = tenant,
-        .topic = topic,
+        .topic = ec->topic && *ec->topic ? ec->topic : ORD_TOPIC,
         .key = order->order_id,
         .type = type,
         .source = "/commerce/order",
         .payload = p,
         .len = len,
         .occurred_at_ms = o->updated_ms,
-        .traceparent = trace,
+        .traceparent = ec->traceparent,
     };
     return 0;
 }
 
-int ord_ev_emit(cm_db *db, const char *tenant, int kind, const ord_order *o, int prev_state,
-                const ord_refund *r)
+int ord_ev_emit(cm_db *db, const ord_ev_ctx *ec, const char *tenant, int kind, const ord_order *o,
+                int prev_state, const ord_refund *r)
 {
     cm_arena *a = cm_arena_new(8192);
     if (!a)
         return CM_ENOMEM;
     cm_outbox_event ev;
-    int rc = ord_ev_build(a, tenant, kind, o, prev_state, r, &ev);
+    int rc = ord_ev_build(a, ec, tenant, kind, o, prev_state, r, &ev);
     if (rc == 0)
         rc = cm_outbox_add(db, &ev);
     cm_arena_free(a);

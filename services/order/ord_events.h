@@ -24,27 +24,26 @@ enum {
     ORD_EV_REFUNDED
 };
 
-/* the topic events go to; set once at start, before any event (the string
- * must outlive the process's use of it) */
-void ord_events_set_topic(const char *topic);
-
-/* the traceparent events written by this thread carry (the call being
- * handled; NULL: none). every handler that writes events sets it first
- * (the string is the call's, so it is stale once the call ends); threads
- * that never set it (the sweeper) write none. */
-void ord_events_trace(const char *traceparent);
+/* where an event goes and what it carries besides the order: the topic
+ * (ORDER_TOPIC, from the app) and the traceparent of the call being
+ * handled (NULL for the sweeper's). both strings must outlive the write. */
+typedef struct ord_ev_ctx {
+    const char *topic;
+    const char *traceparent;
+} ord_ev_ctx;
 
 /* writes the event of kind for order o (after the change) into the outbox
  * of the open transaction. prev_state: the state before (not used for
  * ORD_EV_CREATED); r: the refund of ORD_EV_REFUNDED (else NULL). */
-int ord_ev_emit(cm_db *db, const char *tenant, int kind, const ord_order *o, int prev_state,
-                const ord_refund *r);
+int ord_ev_emit(cm_db *db, const ord_ev_ctx *ec, const char *tenant, int kind, const ord_order *o,
+                int prev_state, const ord_refund *r);
 
 /* the event of kind as an outbox row, everything allocated in a (for
  * cm_outbox_add_batch). 0, CM_ENOMEM or CM_EINVAL. */
 struct cm_outbox_event;
-int ord_ev_build(cm_arena *a, const char *tenant, int kind, const ord_order *o, int prev_state,
-                 const ord_refund *r, struct cm_outbox_event *ev);
+int ord_ev_build(cm_arena *a, const ord_ev_ctx *ec, const char *tenant, int kind,
+                 const ord_order *o, int prev_state, const ord_refund *r,
+                 struct cm_outbox_event *ev);
 
 /* conversions; everything is allocated in a. NULL on out of memory.
  * (timestamps and money: cm_pb.h) */

@@ -17,6 +17,7 @@
 #include "cm_arena.h"
 #include "cm_db.h"
 #include "ord_domain.h"
+#include "ord_events.h"
 
 #include <stddef.h>
 #include <stdint.h>
@@ -25,7 +26,7 @@
  * updated_ms are set here); inserted says whether it was stored. */
 typedef struct ord_new {
     const char *tenant, *hash;
-    const char *traceparent; /* of the call, for its event; NULL: none */
+    const ord_ev_ctx *ev; /* its event's topic and the call's traceparent */
     ord_order *o;
     int inserted;
 } ord_new;
@@ -47,6 +48,7 @@ int ord_store_get_by_request(cm_db *db, const char *tenant, const char *request_
                              ord_order *o, char hash[ORD_HASH_HEX + 1]);
 
 typedef struct ord_pay_req {
+    const ord_ev_ctx *ev; /* the events' topic and traceparent */
     const char *tenant, *order_id, *payment_id, *hash;
     int64_t amount;
     const char *currency;
@@ -63,6 +65,7 @@ typedef struct ord_pay_req {
 int ord_store_pay(cm_db *db, const ord_pay_req *q, cm_arena *a, ord_order *o, int *verdict);
 
 typedef struct ord_op_req {
+    const ord_ev_ctx *ev; /* the events' topic and traceparent */
     const char *tenant, *order_id, *request_id, *hash;
     int op; /* ORD_OP_* */
     int64_t now_ms;
@@ -80,6 +83,7 @@ typedef struct ord_op_req {
 int ord_store_transition(cm_db *db, const ord_op_req *q, cm_arena *a, ord_order *o, int *verdict);
 
 typedef struct ord_refund_req {
+    const ord_ev_ctx *ev; /* the events' topic and traceparent */
     const char *tenant, *order_id, *refund_id, *hash, *reason;
     const ord_refund_in *in;
     int64_t now_ms;
@@ -95,7 +99,8 @@ int ord_store_refund(cm_db *db, const ord_refund_req *q, cm_arena *a, ord_order 
  * orders whose deadline passed, each with its OrderCancelled event, in one
  * transaction; rows locked by another replica are skipped, so each order
  * is cancelled exactly once. */
-int ord_store_cancel_due(cm_db *db, int64_t now_ms, int limit, int *cancelled);
+int ord_store_cancel_due(cm_db *db, const ord_ev_ctx *ev, int64_t now_ms, int limit,
+                         int *cancelled);
 
 typedef struct ord_list_q {
     const char *tenant, *buyer_id, *merchant_id, *channel_id;

@@ -390,10 +390,9 @@ static int insert_many(cm_db *db, ord_new *items, size_t n, cm_arena *a)
         q[16] = num(a, o->deadline_ms);
         q[17] = num(a, o->resv_expires_ms);
         q[18] = num(a, (long long)o->nlines);
-        int rc = ord_ev_build(a, items[i].tenant, ORD_EV_CREATED, o, 0, NULL, &evs[u]);
+        int rc = ord_ev_build(a, items[i].ev, items[i].tenant, ORD_EV_CREATED, o, 0, NULL, &evs[u]);
         if (rc)
             return rc;
-        evs[u].traceparent = items[i].traceparent;
         size_t k = u * COLS;
 #define P(j) (k + (j))
         len += (size_t)snprintf(
@@ -595,7 +594,7 @@ static int pay_fn(cm_db *db, void *arg)
                  3, h, NULL);
         if (rc)
             return rc;
-        return ord_ev_emit(db, q->tenant, ORD_EV_PAID, o, prev, NULL);
+        return ord_ev_emit(db, q->ev, q->tenant, ORD_EV_PAID, o, prev, NULL);
     }
     case ORD_LATE:
         if (o->state == ORD_PENDING) {
@@ -607,7 +606,7 @@ static int pay_fn(cm_db *db, void *arg)
             o->updated_ms = q->now_ms;
             rc = save(db, q->tenant, t->a, o);
             if (rc == 0)
-                rc = ord_ev_emit(db, q->tenant, ORD_EV_CANCELLED, o, ORD_PENDING, NULL);
+                rc = ord_ev_emit(db, q->ev, q->tenant, ORD_EV_CANCELLED, o, ORD_PENDING, NULL);
             if (rc)
                 return rc;
         }
@@ -715,7 +714,7 @@ static int op_fn(cm_db *db, void *arg)
     rc = save(db, q->tenant, t->a, o);
     if (rc)
         return rc;
-    return ord_ev_emit(db, q->tenant, kind, o, prev, NULL);
+    return ord_ev_emit(db, q->ev, q->tenant, kind, o, prev, NULL);
 }
 
 int ord_store_transition(cm_db *db, const ord_op_req *q, cm_arena *a, ord_order *o, int *verdict)
@@ -805,7 +804,7 @@ static int refund_fn(cm_db *db, void *arg)
     rc = save(db, q->tenant, t->a, o);
     if (rc)
         return rc;
-    return ord_ev_emit(db, q->tenant, ORD_EV_REFUNDED, o, prev, f);
+    return ord_ev_emit(db, q->ev, q->tenant, ORD_EV_REFUNDED, o, prev, f);
 }
 
 int ord_store_refund(cm_db *db, const ord_refund_req *q, cm_arena *a, ord_order *o, ord_refund *r,
@@ -818,6 +817,7 @@ int ord_store_refund(cm_db *db, const ord_refund_req *q, cm_arena *a, ord_order 
 /* ---- the payment-timeout sweeper ---- */
 
 typedef struct due_tx {
+    const ord_ev_ctx *ev;
     int64_t now_ms;
     int limit;
     int cancelled;
@@ -863,7 +863,7 @@ static int due_fn(cm_db *db, void *arg)
         o->updated_ms = t->now_ms;
         rc = save(db, tenant, a, o);
         if (rc == 0)
-            rc = ord_ev_emit(db, tenant, ORD_EV_CANCELLED, o, ORD_PENDING, NULL);
+            rc = ord_ev_emit(db, t->ev, tenant, ORD_EV_CANCELLED, o, ORD_PENDING, NULL);
         if (rc == 0)
             t->cancelled++;
         cm_arena_reset(a);
@@ -874,9 +874,9 @@ static int due_fn(cm_db *db, void *arg)
     return rc;
 }
 
-int ord_store_cancel_due(cm_db *db, int64_t now_ms, int limit, int *cancelled)
+int ord_store_cancel_due(cm_db *db, const ord_ev_ctx *ev, int64_t now_ms, int limit, int *cancelled)
 {
-    due_tx t = {.now_ms = now_ms, .limit = limit};
+    due_tx t = {.ev = ev, .now_ms = now_ms, .limit = limit};
     int rc = cm_db_tx(db, NULL, 3, due_fn, &t);
     *cancelled = rc == 0 ? t.cancelled : 0;
     return rc;
