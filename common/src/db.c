@@ -189,6 +189,30 @@ static int db_error(cm_db *db, const PGresult *res, const char *what, const char
     return rc;
 }
 
+/* a statement's result: on success handed to *out (or cleared), 1; else 0
+ * and res is the caller's to look at */
+static int hand_out(PGresult *res, PGresult **out)
+{
+    ExecStatusType st = PQresultStatus(res);
+    if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK)
+        return 0;
+    if (out)
+        *out = res;
+    else
+        PQclear(res);
+    return 1;
+}
+
+/* hand_out, or the error (logged with the statement) and res cleared */
+static int finish(cm_db *db, PGresult *res, const char *what, const char *sql, PGresult **out)
+{
+    if (hand_out(res, out))
+        return 0;
+    int rc = db_error(db, res, what, sql);
+    PQclear(res);
+    return rc;
+}
+
 int cm_db_error(cm_db *db, const PGresult *res, const char *what)
 {
     return db_error(db, res, what, NULL);
@@ -201,18 +225,8 @@ int cm_db_exec(cm_db *db, const char *what, const char *sql, int nparams, const 
         *out = NULL;
     if (!db || !sql || nparams < 0 || (nparams > 0 && !params))
         return CM_EINVAL;
-    PGresult *res = PQexecParams(db->conn, sql, nparams, NULL, params, NULL, NULL, 0);
-    ExecStatusType st = PQresultStatus(res);
-    if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK) {
-        if (out)
-            *out = res;
-        else
-            PQclear(res);
-        return 0;
-    }
-    int rc = db_error(db, res, what, sql);
-    PQclear(res);
-    return rc;
+    return finish(db, PQexecParams(db->conn, sql, nparams, NULL, params, NULL, NULL, 0), what, sql,
+                  out);
 }
 
 static int db_reconnect(cm_db *db);
@@ -270,19 +284,9 @@ int cm_db_exec_prepared(cm_db *db, const char *what, const char *name, const cha
             }
             if (db->n_prepared >= CM_DB_PREPARED_MAX) {
                 /* full: run it unprepared rather than grow without bound */
-                PGresult *res =
-                    PQexecParams(db->conn, sql, nparams, NULL, params, lengths, formats, 0);
-                ExecStatusType st = PQresultStatus(res);
-                if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK) {
-                    if (out)
-                        *out = res;
-                    else
-                        PQclear(res);
-                    return 0;
-                }
-                int rc = db_error(db, res, what, sql);
-                PQclear(res);
-                return rc;
+                return finish(
+                    db, PQexecParams(db->conn, sql, nparams, NULL, params, lengths, formats, 0),
+                    what, sql, out);
             }
             PGresult *res = PQprepare(db->conn, name, sql, nparams, NULL);
             if (sqlstate_is(res, "42P05")) {
@@ -304,14 +308,8 @@ int cm_db_exec_prepared(cm_db *db, const char *what, const char *name, const cha
             snprintf(db->prepared[db->n_prepared++], CM_DB_PREPARED_NAME, "%s", name);
         }
         PGresult *res = PQexecPrepared(db->conn, name, nparams, params, lengths, formats, 0);
-        ExecStatusType st = PQresultStatus(res);
-        if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK) {
-            if (out)
-                *out = res;
-            else
-                PQclear(res);
+        if (hand_out(res, out))
             return 0;
-        }
         if (sqlstate_is(res, "26000")) {
             /* the session lost it (a server-side DISCARD): prepare again,
              * unless that aborted our transaction: then the caller's
@@ -685,14 +683,9 @@ static int mig_exec(cm_db *db, const char *what, const char *sql, int log_sql, i
         *out = NULL;
     PGresult *res = nparams ? PQexecParams(db->conn, sql, nparams, NULL, params, NULL, NULL, 0)
                             : PQexec(db->conn, sql);
-    ExecStatusType st = PQresultStatus(res);
-    if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK) {
-        if (out)
-            *out = res;
-        else
-            PQclear(res);
+    if (hand_out(res, out))
         return 0;
-    }
+    ExecStatusType st = PQresultStatus(res);
     int copy = st == PGRES_COPY_IN || st == PGRES_COPY_OUT;
     char msg[512];
     if (copy) {

@@ -1,5 +1,7 @@
 #include "harness.h"
 
+#include <jwt.h>
+
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -1077,4 +1079,26 @@ int hs_run(Suite *s, int nofork)
     int failed = srunner_ntests_failed(sr);
     srunner_free(sr);
     return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
+
+char *hs_bearer(const char *secret, const char *tid, const char *sub, const char *roles,
+                long exp_offset)
+{
+    jwt_t *j = NULL;
+    ck_assert_int_eq(jwt_new(&j), 0);
+    jwt_add_grant(j, "tid", tid);
+    jwt_add_grant(j, "sub", sub);
+    if (roles)
+        jwt_add_grant(j, "roles", roles);
+    jwt_add_grant_int(j, "exp", (long)time(NULL) + exp_offset);
+    jwt_set_alg(j, JWT_ALG_HS256, (const unsigned char *)secret, (int)strlen(secret));
+    char *tok = jwt_encode_str(j);
+    jwt_free(j);
+    ck_assert_ptr_nonnull(tok);
+    size_t n = strlen(tok) + 8;
+    char *bearer = malloc(n);
+    ck_assert_ptr_nonnull(bearer);
+    snprintf(bearer, n, "Bearer %s", tok);
+    free(tok);
+    return bearer;
 }

@@ -171,6 +171,12 @@ int hs_sql_try_long(const char *schema, const char *sql, long long *out);
 /* hs_pg_exec on a connection of its own to PG_DSN (search_path as above) */
 void hs_sql_exec(const char *schema, const char *sql);
 
+/* "Bearer <HS256 JWT>" signed with secret, with claims tid, sub, roles
+ * (NULL: none) and exp now + exp_offset seconds (negative: expired).
+ * malloc'd: free it. */
+char *hs_bearer(const char *secret, const char *tid, const char *sub, const char *roles,
+                long exp_offset);
+
 /* DROP SCHEMA IF EXISTS schema CASCADE on dsn (NULL: PG_DSN) */
 void hs_drop_schema(const char *dsn, const char *schema);
 

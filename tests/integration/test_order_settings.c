@@ -449,21 +449,7 @@ END_TEST
 
 static char *token(const char *tid, const char *sub, const char *roles)
 {
-    jwt_t *j = NULL;
-    ck_assert_int_eq(jwt_new(&j), 0);
-    jwt_add_grant(j, "tid", tid);
-    jwt_add_grant(j, "sub", sub);
-    if (roles)
-        jwt_add_grant(j, "roles", roles);
-    jwt_add_grant_int(j, "exp", (long)time(NULL) + 300);
-    jwt_set_alg(j, JWT_ALG_HS256, (const unsigned char *)SECRET, (int)strlen(SECRET));
-    char *tok = jwt_encode_str(j);
-    jwt_free(j);
-    size_t n = strlen(tok) + 8;
-    char *bearer = malloc(n);
-    snprintf(bearer, n, "Bearer %s", tok);
-    free(tok);
-    return bearer;
+    return hs_bearer(SECRET, tid, sub, roles, 300);
 }
 
 START_TEST(the_admin_role_is_required_when_auth_is_on)

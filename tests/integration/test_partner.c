@@ -37,6 +37,8 @@
 #include <unistd.h>
 
 #ifdef ORDER_BIN
+#include "fixture.h"
+
 #include "commerce/inventory/v1/inventory_service.pb-c.h"
 #include "commerce/order/v1/order_service.pb-c.h"
 #endif
@@ -101,34 +103,6 @@ START_TEST(envelope_has_the_contract_attributes)
 END_TEST
 
 /* ---- through the outbox, the relay and the broker ---- */
-
-static void ensure_topic(void)
-{
-    char err[256];
-    rd_kafka_conf_t *conf = rd_kafka_conf_new();
-    rd_kafka_conf_set(conf, "bootstrap.servers", brokers, err, sizeof err);
-    rd_kafka_conf_set(conf, "log_level", "0", err, sizeof err);
-    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof err);
-    ck_assert_ptr_nonnull(rk);
-    rd_kafka_queue_t *q = rd_kafka_queue_new(rk);
-    /* as kafka/topics.tsv has it; an existing topic is left alone */
-    rd_kafka_NewTopic_t *nt = rd_kafka_NewTopic_new(TOPIC, 6, 1, err, sizeof err);
-    ck_assert_ptr_nonnull(nt);
-    rd_kafka_CreateTopics(rk, &nt, 1, NULL, q);
-    rd_kafka_event_t *ev = rd_kafka_queue_poll(q, 30000);
-    ck_assert_ptr_nonnull(ev);
-    size_t n = 0;
-    const rd_kafka_topic_result_t **res =
-        rd_kafka_CreateTopics_result_topics(rd_kafka_event_CreateTopics_result(ev), &n);
-    ck_assert_uint_eq(n, 1);
-    rd_kafka_resp_err_t e = rd_kafka_topic_result_error(res[0]);
-    ck_assert_msg(e == RD_KAFKA_RESP_ERR_NO_ERROR || e == RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS,
-                  "could not create %s: %s", TOPIC, rd_kafka_err2str(e));
-    rd_kafka_event_destroy(ev);
-    rd_kafka_NewTopic_destroy(nt);
-    rd_kafka_queue_destroy(q);
-    rd_kafka_destroy(rk);
-}
 
 typedef struct partner_tx {
     const char *channel;
@@ -304,7 +278,7 @@ static size_t records_of(const char *file, const char *key, json_t **docs, size_
 
 START_TEST(kcat_reads_valid_partner_cloudevents)
 {
-    ensure_topic();
+    hs_kafka_create_topic(brokers, TOPIC, 6); /* as kafka/topics.tsv has it */
     char schema[64], channel[64];
     snprintf(schema, sizeof schema, "partner_%ld", (long)getpid());
     snprintf(channel, sizeof channel, "partner-t%ld-%lld", (long)getpid(), hs_now_ms());
@@ -341,51 +315,6 @@ END_TEST
 #define NORDERS 6
 
 typedef Commerce__Order__V1__Order Order;
-
-static void topic_admin(const char *topic, int create)
-{
-    char err[256];
-    rd_kafka_conf_t *conf = rd_kafka_conf_new();
-    rd_kafka_conf_set(conf, "bootstrap.servers", brokers, err, sizeof err);
-    rd_kafka_conf_set(conf, "log_level", "0", err, sizeof err);
-    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof err);
-    ck_assert_ptr_nonnull(rk);
-    rd_kafka_queue_t *q = rd_kafka_queue_new(rk);
-    if (create) {
-        rd_kafka_NewTopic_t *nt = rd_kafka_NewTopic_new(topic, 2, 1, err, sizeof err);
-        ck_assert_ptr_nonnull(nt);
-        rd_kafka_CreateTopics(rk, &nt, 1, NULL, q);
-        rd_kafka_NewTopic_destroy(nt);
-    } else {
-        rd_kafka_DeleteTopic_t *dt = rd_kafka_DeleteTopic_new(topic);
-        rd_kafka_DeleteTopics(rk, &dt, 1, NULL, q);
-        rd_kafka_DeleteTopic_destroy(dt);
-    }
-    rd_kafka_event_t *ev = rd_kafka_queue_poll(q, 30000);
-    ck_assert_msg(ev != NULL, "no answer from the broker about topic %s", topic);
-    rd_kafka_event_destroy(ev);
-    rd_kafka_queue_destroy(q);
-    rd_kafka_destroy(rk);
-}
-
-static void drop_schema(const char *schema)
-{
-    PGconn *pg = PQconnectdb(hs_pg_dsn());
-    char sql[128];
-    snprintf(sql, sizeof sql, "DROP SCHEMA IF EXISTS %s CASCADE", schema);
-    PQclear(PQexec(pg, "SET client_min_messages = warning"));
-    PQclear(PQexec(pg, sql));
-    PQfinish(pg);
-}
-
-static cm_rpc_client *client_for(const hs_proc *p)
-{
-    cm_rpc_client *c = NULL;
-    char err[256];
-    cm_rpc_client_opts o = {.target = p->target, .max_attempts = 1};
-    ck_assert_int_eq(cm_rpc_client_new(&c, &o, err, sizeof err), 0);
-    return c;
-}
 
 static void must_call(cm_rpc_client *c, const char *method, const ProtobufCMessage *req,
                       const ProtobufCMessageDescriptor *d, ProtobufCMessage **resp,
@@ -510,24 +439,13 @@ static int write_real_events(cm_db *db, void *arg)
  * reserves), then paid */
 static void make_orders(real_tx *t)
 {
-    char ord_schema[64], inv_schema[64], topic[128], s1[96], s2[96], s3[192], s4[64];
-    snprintf(ord_schema, sizeof ord_schema, "partner_ord_%ld", (long)getpid());
-    snprintf(inv_schema, sizeof inv_schema, "partner_inv_%ld", (long)getpid());
-    snprintf(topic, sizeof topic, "commerce.order.v1.it-partner-%ld", (long)getpid());
-    topic_admin(topic, 1);
-    hs_proc inv, ord;
-    snprintf(s1, sizeof s1, "INVENTORY_SCHEMA=%s", inv_schema);
-    const char *ienv[] = {s1, "INVENTORY_CONSUME_ORDERS=off", "WORKERS=4", NULL};
-    ck_assert_int_eq(hs_spawn(&inv, INVENTORY_BIN, ienv), 0);
-    ck_assert_msg(hs_wait_serving(&inv, 30000) == 0, "inventory did not start (log %s)",
-                  inv.log_path);
-    snprintf(s2, sizeof s2, "ORDER_SCHEMA=%s", ord_schema);
-    snprintf(s3, sizeof s3, "ORDER_TOPIC=%s", topic);
-    snprintf(s4, sizeof s4, "INVENTORY_TARGET=127.0.0.1:%d", inv.grpc_port);
-    const char *oenv[] = {s2, s3, s4, "WORKERS=4", NULL};
-    ck_assert_int_eq(hs_spawn(&ord, ORDER_BIN, oenv), 0);
-    ck_assert_msg(hs_wait_serving(&ord, 30000) == 0, "order did not start (log %s)", ord.log_path);
-    cm_rpc_client *ic = client_for(&inv), *oc = client_for(&ord);
+    /* the shared pair (fixture.h) on fresh schemas and a fresh order topic */
+    static fx pair;
+    static const char *const inv_env[] = {"INVENTORY_CONSUME_ORDERS=off", "WORKERS=4", NULL};
+    static const char *const ord_env[] = {"WORKERS=4", NULL};
+    fx_opts fo = {.tag = "partner", .inventory_env = inv_env, .order_env = ord_env};
+    fx_start_opts(&pair, &fo);
+    cm_rpc_client *ic = pair.ic, *oc = pair.oc;
     const cm_rpc_md md[] = {{"x-tenant-id", t->tenant}};
 
     Commerce__Inventory__V1__SetStockRequest ss = COMMERCE__INVENTORY__V1__SET_STOCK_REQUEST__INIT;
@@ -585,20 +503,12 @@ static void make_orders(real_tx *t)
         protobuf_c_message_free_unpacked(&pr->base, NULL);
         ck_assert_ptr_nonnull(t->orders[i]->payment);
     }
-    cm_rpc_client_free(ic);
-    cm_rpc_client_free(oc);
-    ck_assert_msg(hs_stop(&ord, SIGTERM, 30000) == 0, "order did not exit 0 (log %s)",
-                  ord.log_path);
-    ck_assert_msg(hs_stop(&inv, SIGTERM, 30000) == 0, "inventory did not exit 0 (log %s)",
-                  inv.log_path);
-    topic_admin(topic, 0);
-    drop_schema(ord_schema);
-    drop_schema(inv_schema);
+    fx_stop(&pair);
 }
 
 START_TEST(partner_events_of_real_orders_validate)
 {
-    ensure_topic();
+    hs_kafka_create_topic(brokers, TOPIC, 6); /* as kafka/topics.tsv has it */
     char schema[64], channel[64];
     snprintf(schema, sizeof schema, "partner_real_%ld", (long)getpid());
     snprintf(channel, sizeof channel, "partner-r%ld-%lld", (long)getpid(), hs_now_ms());
