@@ -19,6 +19,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "cm_buf.h"
 #include "cm_db.h"
 #include "cm_kafka.h"
 #include "cm_metrics.h"
@@ -90,6 +91,59 @@ typedef struct cm_outbox_values {
 int cm_outbox_values_build(cm_outbox_values *values, const cm_outbox_event *evs, size_t n,
                            int first_param);
 void cm_outbox_values_free(cm_outbox_values *values);
+
+/* a batch of outbox rows as the columns of one insert whose text does not
+ * change with the number of rows, so it can be prepared once and embedded
+ * in a larger statement (a data-modifying WITH): text arrays, and the
+ * payloads concatenated into one binary parameter that the insert cuts by
+ * offset and length. every row of a batch shares one topic and source
+ * (parameters of the statement); content_type and headers keep their
+ * defaults. rows get their ids in the order they were added, so a key's
+ * events are published in that order.
+ *
+ *   cm_outbox_rows r;
+ *   cm_outbox_rows_init(&r);
+ *   cm_outbox_rows_add(&r, &ev) ...;          (copies ev's strings and payload)
+ *   if (cm_outbox_rows_close(&r)) -> CM_ENOMEM
+ *   const char *p[CM_OUTBOX_ROWS_NPARAMS]; cm_outbox_rows_params(&r, p);
+ *   run CM_OUTBOX_ROWS_INSERT("$1", ..., "$9", topic, source) with p (p[8]
+ *   binary, r.blob.len bytes) and the topic and source as the last two,
+ *   inside the transaction; then cm_outbox_wake_on_commit.
+ *   cm_outbox_rows_free(&r);
+ */
+typedef struct cm_outbox_rows {
+    cm_buf id, tenant, key, type, at, off, len, tp;
+    cm_buf blob;
+    size_t n;
+} cm_outbox_rows;
+
+#define CM_OUTBOX_ROWS_NPARAMS 9 /* the arrays and the blob; topic and source come after */
+#define CM_OUTBOX_ROWS_BLOB 8    /* the index of the binary parameter */
+
+void cm_outbox_rows_init(cm_outbox_rows *r);
+/* event_id, tenant_id, key, type, payload/len, occurred_at_ms (0: now) and
+ * traceparent (NULL: none) of ev are used; its topic, source,
+ * content_type and headers are not (see above). */
+void cm_outbox_rows_add(cm_outbox_rows *r, const cm_outbox_event *ev);
+/* ends the arrays: 0, or CM_ENOMEM when a buffer could not grow. */
+int cm_outbox_rows_close(cm_outbox_rows *r);
+void cm_outbox_rows_params(const cm_outbox_rows *r, const char *p[CM_OUTBOX_ROWS_NPARAMS]);
+void cm_outbox_rows_free(cm_outbox_rows *r);
+
+/* the insert, its parameters named by the macro's arguments (placeholders
+ * such as "$25"): ids, tenants, keys, types, ms, offsets, lengths,
+ * traceparents ("" for none) as arrays, the payload blob (bytea), topic,
+ * source. RETURNING 1 per row. */
+#define CM_OUTBOX_ROWS_INSERT(id, t, k, ty, at, off, len, tp, blob, topic, source)                 \
+    "INSERT INTO outbox (event_id, tenant_id, topic, key, type, source, payload, occurred_at, "    \
+    "traceparent) "                                                                                \
+    "SELECT u.id::uuid, u.t, " topic "::text, u.k, u.ty, " source "::text, "                       \
+    "substring(" blob "::bytea FROM u.off + 1 FOR u.len), "                                        \
+    "CASE WHEN u.at > 0 THEN to_timestamp(u.at / 1000.0) ELSE now() END, NULLIF(u.tp, '') "        \
+    "FROM unnest(" id "::text[], " t "::text[], " k "::text[], " ty "::text[], " at                \
+    "::bigint[], " off "::int[], " len "::int[], " tp                                              \
+    "::text[]) WITH ORDINALITY AS u(id, t, k, ty, at, off, len, tp, ord) "                         \
+    "ORDER BY u.ord RETURNING 1"
 
 /* wakes the relay for rows just committed outside cm_db_tx (see
  * cm_outbox_wake_on_commit for how). */

@@ -1031,3 +1031,55 @@ uint64_t cm_outbox_relay_published(const cm_outbox_relay *r)
 {
     return r ? (uint64_t)atomic_load(&r->published) : 0;
 }
+
+/* ---- a batch of rows for one fixed-text insert (cm_outbox_rows) ---- */
+
+void cm_outbox_rows_init(cm_outbox_rows *r)
+{
+    memset(r, 0, sizeof *r);
+    cm_buf *cols[] = {&r->id, &r->tenant, &r->key, &r->type, &r->at, &r->off, &r->len, &r->tp};
+    for (size_t k = 0; k < sizeof cols / sizeof cols[0]; k++)
+        cm_buf_array_begin(cols[k]);
+}
+
+void cm_outbox_rows_add(cm_outbox_rows *r, const cm_outbox_event *ev)
+{
+    cm_buf_array_text(&r->id, ev->event_id);
+    cm_buf_array_text(&r->tenant, ev->tenant_id);
+    cm_buf_array_text(&r->key, ev->key);
+    cm_buf_array_text(&r->type, ev->type);
+    cm_buf_array_int(&r->at, ev->occurred_at_ms);
+    cm_buf_array_int(&r->off, (long long)r->blob.len);
+    cm_buf_array_int(&r->len, (long long)ev->len);
+    cm_buf_array_text(&r->tp, ev->traceparent ? ev->traceparent : "");
+    cm_buf_put(&r->blob, ev->payload, ev->len);
+    r->n++;
+}
+
+int cm_outbox_rows_close(cm_outbox_rows *r)
+{
+    cm_buf *cols[] = {&r->id, &r->tenant, &r->key, &r->type, &r->at, &r->off, &r->len, &r->tp};
+    int oom = r->blob.oom;
+    for (size_t k = 0; k < sizeof cols / sizeof cols[0]; k++) {
+        cm_buf_array_end(cols[k]);
+        oom |= cols[k]->oom;
+    }
+    return oom ? CM_ENOMEM : 0;
+}
+
+void cm_outbox_rows_params(const cm_outbox_rows *r, const char *p[CM_OUTBOX_ROWS_NPARAMS])
+{
+    const char *all[CM_OUTBOX_ROWS_NPARAMS] = {r->id.p,   r->tenant.p, r->key.p,
+                                               r->type.p, r->at.p,     r->off.p,
+                                               r->len.p,  r->tp.p,     r->blob.p ? r->blob.p : ""};
+    memcpy(p, all, sizeof all);
+}
+
+void cm_outbox_rows_free(cm_outbox_rows *r)
+{
+    cm_buf *all[] = {&r->id,  &r->tenant, &r->key, &r->type, &r->at,
+                     &r->off, &r->len,    &r->tp,  &r->blob};
+    for (size_t k = 0; k < sizeof all / sizeof all[0]; k++)
+        cm_buf_free(all[k]);
+    r->n = 0;
+}

@@ -34,6 +34,7 @@ typedef struct inv_app {
     long long next_check; /* the sweeper's thread only */
     cm_gauge *invariants_ok, *violations;
     cm_counter *expired, *soldout_fast, *refused_events;
+    int events_on; /* INVENTORY_EVENTS */
 } inv_app;
 
 /* ---- helpers ---- */
@@ -42,6 +43,13 @@ static const char *principal_of(cm_rpc_ctx *ctx)
 {
     const char *s = cm_rpc_ctx_subject(ctx);
     return s ? s : "";
+}
+
+/* what a handler's events are written with: on, and the call's trace */
+static inv_ev_ctx ev_of(cm_rpc_ctx *ctx)
+{
+    const inv_app *app = cm_service_app(ctx);
+    return (inv_ev_ctx){.on = app->events_on, .traceparent = cm_rpc_ctx_traceparent(ctx)};
 }
 
 static int fail_v(cm_rpc_ctx *ctx, const inv_violation *v)
@@ -126,7 +134,9 @@ static int admin_change(cm_rpc_ctx *ctx, int kind, const char *request_id, const
     cm_arena *a = cm_rpc_ctx_arena(ctx);
     char *body = cm_arena_printf(a, "k=%d;s=%s;v=%lld;r=%s;a=%s;e=%lld", kind, sku,
                                  (long long)value, reason, actor, (long long)expected);
-    inv_admin_req q = {.tenant = cm_rpc_ctx_tenant(ctx),
+    inv_ev_ctx ev = ev_of(ctx);
+    inv_admin_req q = {.ev = &ev,
+                       .tenant = cm_rpc_ctx_tenant(ctx),
                        .request_id = request_id,
                        .body = body,
                        .sku = sku,
@@ -248,7 +258,9 @@ static int reserve(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage
     size_t cap = inv_reserve_body(NULL, 0, req->buyer_id, ttl, lines, n) + 1;
     char *body = cm_rpc_alloc(ctx, cap);
     inv_reserve_body(body, cap, req->buyer_id, ttl, lines, n);
-    inv_reserve_item it = {.tenant = cm_rpc_ctx_tenant(ctx),
+    inv_ev_ctx ev = ev_of(ctx);
+    inv_reserve_item it = {.ev = &ev,
+                           .tenant = cm_rpc_ctx_tenant(ctx),
                            .order_id = req->order_id,
                            .buyer_id = req->buyer_id,
                            .body = body,
@@ -342,7 +354,8 @@ static int resolve(cm_rpc_ctx *ctx, const char *order_id, int to,
         return cm_rpc_fail_field(ctx, "order_id", "must be 1-64 characters from [A-Za-z0-9._:-]");
     inv_resv *r = cm_rpc_alloc(ctx, sizeof *r);
     inv_resolve_outcome oc;
-    int rc = inv_store_resolve(cm_service_db(ctx), cm_rpc_ctx_tenant(ctx), order_id, to,
+    inv_ev_ctx ev = ev_of(ctx);
+    int rc = inv_store_resolve(cm_service_db(ctx), &ev, cm_rpc_ctx_tenant(ctx), order_id, to,
                                principal_of(ctx), &oc, r, inv_hot_mark, app->soldout);
     if (rc)
         return internal(ctx, rc,
@@ -622,7 +635,9 @@ static int configure_flash_sale(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Pro
     if (update)
         body = cm_arena_printf(a, "u=%s;%s;e=%lld", req->flash_sale_id, body,
                                (long long)req->expected_version);
-    inv_sale_req q = {.tenant = cm_rpc_ctx_tenant(ctx),
+    inv_ev_ctx ev = ev_of(ctx);
+    inv_sale_req q = {.ev = &ev,
+                      .tenant = cm_rpc_ctx_tenant(ctx),
                       .request_id = req->request_id,
                       .body = body,
                       .sku = req->sku,
@@ -807,7 +822,9 @@ int inv_on_order_event(cm_db *db, const cm_event *ev, void *arg)
     inv_resv *r = malloc(sizeof *r);
     if (r && *tenant && inv_valid_key(order_id, INV_KEY_MAX)) {
         inv_resolve_outcome oc;
-        rc = inv_store_resolve_tx(db, tenant, order_id, to, "order-events", &oc, r);
+        /* the order event's trace goes on to the events it causes */
+        inv_ev_ctx ec = {.on = app ? app->events_on : 1, .traceparent = ev->traceparent};
+        rc = inv_store_resolve_tx(db, &ec, tenant, order_id, to, "order-events", &oc, r);
         /* a refused transition (paid after expiry, ...) is a fact, not an
          * error to retry: it is logged and the event is done */
         if (rc == 0 && oc != INV_RESOLVE_OK) {
@@ -835,7 +852,8 @@ void inv_sweep(cm_service *svc, cm_db *db, void *p)
     inv_app *app = p;
     int expired = 0, rc;
     do {
-        rc = inv_store_expire_due(db, 200, &expired, inv_hot_mark, app->soldout);
+        inv_ev_ctx ec = {.on = app->events_on};
+        rc = inv_store_expire_due(db, &ec, 200, &expired, inv_hot_mark, app->soldout);
         if (rc == 0 && expired)
             cm_counter_add(app->expired, (uint64_t)expired);
     } while (rc == 0 && expired == 200);
@@ -867,7 +885,7 @@ int inv_app_init(cm_service *svc, void **out, char *err, size_t errlen)
     app->svc = svc;
     const cm_config *c = cm_service_config(svc);
     int hot_on = (int)cm_service_int(svc, "INVENTORY_HOT_PATH");
-    inv_events_enable((int)cm_service_int(svc, "INVENTORY_EVENTS"));
+    app->events_on = (int)cm_service_int(svc, "INVENTORY_EVENTS");
     /* the check aggregates every audit row: not too often */
     app->check_s = (int)cm_service_int(svc, "INVENTORY_INVARIANT_CHECK_S");
     int batchers = (int)cm_service_int(svc, "INVENTORY_BATCHERS");

@@ -6,19 +6,11 @@
 #include "cm_outbox.h"
 #include "cm_pb.h"
 
-#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
 
 #include "commerce/events/v1/inventory_events.pb-c.h"
-
-static atomic_int enabled = 1;
-
-void inv_events_enable(int on)
-{
-    atomic_store(&enabled, on);
-}
 
 Commerce__Inventory__V1__StockLevel *inv_pb_level(cm_arena *a, const inv_level *l)
 {
@@ -97,11 +89,6 @@ static int64_t now_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-int inv_events_on(void)
-{
-    return atomic_load(&enabled);
-}
-
 /* packs msg into the arena */
 static int pack(const ProtobufCMessage *msg, cm_arena *a, const uint8_t **out, size_t *len)
 {
@@ -127,15 +114,16 @@ static int add_row(cm_db *db, const inv_ev_row *r)
         .payload = r->payload,
         .len = r->len,
         .occurred_at_ms = r->occurred_ms,
+        .traceparent = r->traceparent,
     };
     return cm_outbox_add(db, &ev);
 }
 
 /* packs msg and adds it to the outbox of the caller's transaction */
-static int add(cm_db *db, const char *id, const char *tenant, const char *key, const char *type,
-               const ProtobufCMessage *msg, cm_arena *a)
+static int add(cm_db *db, const inv_ev_ctx *ec, const char *id, const char *tenant, const char *key,
+               const char *type, const ProtobufCMessage *msg, cm_arena *a)
 {
-    inv_ev_row r = {.tenant = tenant, .key = key, .type = type};
+    inv_ev_row r = {.tenant = tenant, .key = key, .type = type, .traceparent = ec->traceparent};
     snprintf(r.event_id, sizeof r.event_id, "%s", id);
     int rc = pack(msg, a, &r.payload, &r.len);
     return rc ? rc : add_row(db, &r);
@@ -204,31 +192,33 @@ int inv_ev_pack_stock_edge(cm_arena *a, const char *tenant, const inv_level *l, 
     return pack(&m.base, a, &out->payload, &out->len);
 }
 
-int inv_ev_stock_changed(cm_db *db, const char *tenant, const inv_change *c)
+int inv_ev_stock_changed(cm_db *db, const inv_ev_ctx *ec, const char *tenant, const inv_change *c)
 {
-    if (!atomic_load(&enabled))
+    if (!ec->on)
         return 0;
     cm_arena *a = cm_arena_new(4096);
     if (!a)
         return CM_ENOMEM;
     inv_ev_row r;
     int rc = inv_ev_pack_stock_changed(a, tenant, c, &r);
+    r.traceparent = ec->traceparent;
     if (rc == 0)
         rc = add_row(db, &r);
     cm_arena_free(a);
     return rc;
 }
 
-int inv_ev_stock_edge(cm_db *db, const char *tenant, const inv_level *l, int restock,
-                      const char *flash_sale_id)
+int inv_ev_stock_edge(cm_db *db, const inv_ev_ctx *ec, const char *tenant, const inv_level *l,
+                      int restock, const char *flash_sale_id)
 {
-    if (!atomic_load(&enabled))
+    if (!ec->on)
         return 0;
     cm_arena *a = cm_arena_new(4096);
     if (!a)
         return CM_ENOMEM;
     inv_ev_row r;
     int rc = inv_ev_pack_stock_edge(a, tenant, l, restock, flash_sale_id, &r);
+    r.traceparent = ec->traceparent;
     if (rc == 0)
         rc = add_row(db, &r);
     cm_arena_free(a);
@@ -236,7 +226,7 @@ int inv_ev_stock_edge(cm_db *db, const char *tenant, const inv_level *l, int res
 }
 
 #define EVENT_BEGIN                                                                                \
-    if (!atomic_load(&enabled))                                                                    \
+    if (!ec->on)                                                                                   \
         return 0;                                                                                  \
     cm_arena *a = cm_arena_new(4096);                                                              \
     if (!a)                                                                                        \
@@ -249,7 +239,7 @@ int inv_ev_stock_edge(cm_db *db, const char *tenant, const inv_level *l, int res
     }                                                                                              \
     int64_t at = now_ms()
 
-int inv_ev_reservation(cm_db *db, const char *tenant, const inv_resv *r)
+int inv_ev_reservation(cm_db *db, const inv_ev_ctx *ec, const char *tenant, const inv_resv *r)
 {
     EVENT_BEGIN;
     /* the three reservation events share their fields */
@@ -271,8 +261,8 @@ int inv_ev_reservation(cm_db *db, const char *tenant, const inv_resv *r)
         c.occurred_at = ts;
         c.order_id = (char *)r->order_id;
         c.reservation = m;
-        rc =
-            add(db, id, tenant, r->order_id, "commerce.events.v1.ReservationConfirmed", &c.base, a);
+        rc = add(db, ec, id, tenant, r->order_id, "commerce.events.v1.ReservationConfirmed",
+                 &c.base, a);
         break;
     case INV_RELEASED:
         rel.event_id = id;
@@ -280,8 +270,8 @@ int inv_ev_reservation(cm_db *db, const char *tenant, const inv_resv *r)
         rel.occurred_at = ts;
         rel.order_id = (char *)r->order_id;
         rel.reservation = m;
-        rc = add(db, id, tenant, r->order_id, "commerce.events.v1.ReservationReleased", &rel.base,
-                 a);
+        rc = add(db, ec, id, tenant, r->order_id, "commerce.events.v1.ReservationReleased",
+                 &rel.base, a);
         break;
     case INV_EXPIRED:
         ex.event_id = id;
@@ -289,7 +279,8 @@ int inv_ev_reservation(cm_db *db, const char *tenant, const inv_resv *r)
         ex.occurred_at = ts;
         ex.order_id = (char *)r->order_id;
         ex.reservation = m;
-        rc = add(db, id, tenant, r->order_id, "commerce.events.v1.ReservationExpired", &ex.base, a);
+        rc = add(db, ec, id, tenant, r->order_id, "commerce.events.v1.ReservationExpired", &ex.base,
+                 a);
         break;
     default:
         rc = 0;

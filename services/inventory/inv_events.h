@@ -21,23 +21,27 @@
 #define INV_TOPIC "commerce.inventory.v1"
 #define INV_SOURCE "/commerce/inventory"
 
-/* events off: every inv_ev_* is a no-op (INVENTORY_EVENTS=off) */
-void inv_events_enable(int on);
-/* 1 unless events are off: the store asks before packing rows itself */
-int inv_events_on(void);
+/* what an event is written with: on (INVENTORY_EVENTS; off: every inv_ev_*
+ * is a no-op) and the traceparent of the call being handled or of the
+ * event being applied (NULL: none). passed down by each caller: no
+ * process-wide setting. */
+typedef struct inv_ev_ctx {
+    int on;
+    const char *traceparent;
+} inv_ev_ctx;
 
 /* every inv_ev_* below adds its event to the outbox of the caller's open
  * transaction (cm_outbox_add), keyed as inventory_events.proto says: the
  * sku for stock events, the order_id for reservation events. returns 0 or
  * a CM_E*. */
-int inv_ev_stock_changed(cm_db *db, const char *tenant, const inv_change *c);
+int inv_ev_stock_changed(cm_db *db, const inv_ev_ctx *ec, const char *tenant, const inv_change *c);
 /* SoldOut (restock = 0) or BackInStock (restock = 1) of regular stock
  * (flash_sale_id NULL) or of a flash sale's stock; occurred_at is the
  * level's updated_ms (0: now) */
-int inv_ev_stock_edge(cm_db *db, const char *tenant, const inv_level *l, int restock,
-                      const char *flash_sale_id);
+int inv_ev_stock_edge(cm_db *db, const inv_ev_ctx *ec, const char *tenant, const inv_level *l,
+                      int restock, const char *flash_sale_id);
 /* ReservationConfirmed, ReservationReleased or ReservationExpired by r->state */
-int inv_ev_reservation(cm_db *db, const char *tenant, const inv_resv *r);
+int inv_ev_reservation(cm_db *db, const inv_ev_ctx *ec, const char *tenant, const inv_resv *r);
 
 /* an event packed but not written: the batched reserve path writes a
  * whole batch of these with one multi-row insert into the outbox table
@@ -48,6 +52,7 @@ typedef struct inv_ev_row {
     const char *key;           /* the sku, borrowed from the change or level */
     const char *type;          /* ce_type, a static string */
     int64_t occurred_ms;       /* ce_time */
+    const char *traceparent;   /* NULL: none; set by the writer, not the packer */
     const uint8_t *payload;    /* the packed event, in the arena */
     size_t len;
 } inv_ev_row;

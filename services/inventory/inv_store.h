@@ -64,8 +64,11 @@ enum {
     INV_R_PENDING = 99
 };
 
+typedef struct inv_ev_ctx inv_ev_ctx; /* inv_events.h */
+
 typedef struct inv_reserve_item {
     /* in */
+    const inv_ev_ctx *ev; /* events on, and the call's trace (one process: on agrees) */
     const char *tenant, *order_id, *buyer_id, *body, *principal;
     int64_t ttl_ms;
     const inv_line *lines;
@@ -91,17 +94,19 @@ int inv_store_reserve_batch(cm_db *db, inv_reserve_item *const *items, size_t n,
 /* confirm (to = INV_CONFIRMED) or release (INV_RELEASED) an order's
  * reservation; *outcome says whether it was refused. out gets the
  * reservation as it is after the call (unless NOT_FOUND). */
-int inv_store_resolve(cm_db *db, const char *tenant, const char *order_id, int to,
-                      const char *principal, inv_resolve_outcome *outcome, inv_resv *out,
+int inv_store_resolve(cm_db *db, const inv_ev_ctx *ec, const char *tenant, const char *order_id,
+                      int to, const char *principal, inv_resolve_outcome *outcome, inv_resv *out,
                       inv_stock_cb cb, void *arg);
 
 /* the same inside the caller's open transaction (the inbox consumer's) */
-int inv_store_resolve_tx(cm_db *db, const char *tenant, const char *order_id, int to,
-                         const char *principal, inv_resolve_outcome *outcome, inv_resv *out);
+int inv_store_resolve_tx(cm_db *db, const inv_ev_ctx *ec, const char *tenant, const char *order_id,
+                         int to, const char *principal, inv_resolve_outcome *outcome,
+                         inv_resv *out);
 
 /* expires up to limit due reservations (any tenant), skipping rows other
  * sweepers hold; *expired gets the count. */
-int inv_store_expire_due(cm_db *db, int limit, int *expired, inv_stock_cb cb, void *arg);
+int inv_store_expire_due(cm_db *db, const inv_ev_ctx *ec, int limit, int *expired, inv_stock_cb cb,
+                         void *arg);
 
 int inv_store_get_reservation(cm_db *db, const char *tenant, const char *order_id, inv_resv *out);
 int inv_store_get_stock(cm_db *db, const char *tenant, const char *sku, inv_level *out);
@@ -111,6 +116,7 @@ int inv_store_get_stock(cm_db *db, const char *tenant, const char *sku, inv_leve
  * 5 available would go negative. */
 enum { INV_A_APPLIED, INV_A_REPLAY, INV_A_REUSED, INV_A_VERSION, INV_A_NOT_FOUND, INV_A_NEGATIVE };
 typedef struct inv_admin_req {
+    const inv_ev_ctx *ev; /* events on, and the call's trace */
     const char *tenant, *request_id, *body, *sku, *reason, *actor, *principal;
     int kind;
     int64_t value, expected_version;
@@ -139,6 +145,7 @@ typedef struct inv_sale {
 } inv_sale;
 
 typedef struct inv_sale_req {
+    const inv_ev_ctx *ev; /* events on, and the call's trace */
     const char *tenant, *request_id, *body, *sku;
     const char *flash_sale_id; /* NULL or "": create; else update this sale */
     int64_t starts_ms, ends_ms, sale_stock, per_buyer_limit;

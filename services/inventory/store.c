@@ -168,60 +168,54 @@ static int exec_ps(cm_db *db, int which, const char *what, const char *sql, int 
 
 /* ---- outbox rows written by the store itself ---- */
 
-/* the events of a batch as the columns of one multi-row insert into the
- * outbox table, the rows cm_outbox_add would write one statement each:
- * text arrays, and the payloads concatenated into one binary parameter that
- * the insert cuts by offset and length. unlike cm_outbox_add_batch (one
- * VALUES row per event, so the text changes with the count) the statement's
- * text is fixed, so it is prepared once and also embedded in the batch's
- * write statement (README.md, "Events"). */
+/* the events of a batch as one fixed-text insert into the outbox
+ * (cm_outbox_rows): prepared once, and also embedded in the batch's write
+ * statement (README.md, "Events") */
 typedef struct ev_rows {
-    cm_buf id, tenant, key, type, at, off, len;
-    cm_buf blob;
-    size_t n;
+    cm_outbox_rows rows;
+    int on;      /* INVENTORY_EVENTS: off adds nothing */
     cm_arena *a; /* scratch for packing one event */
 } ev_rows;
 
-static int ev_init(ev_rows *e)
+static int ev_init(ev_rows *e, int on)
 {
     memset(e, 0, sizeof *e);
-    cm_buf *cols[] = {&e->id, &e->tenant, &e->key, &e->type, &e->at, &e->off, &e->len};
-    for (size_t k = 0; k < sizeof cols / sizeof cols[0]; k++)
-        cm_buf_array_begin(cols[k]);
+    e->on = on;
+    cm_outbox_rows_init(&e->rows);
     e->a = cm_arena_new(8192);
     return e->a ? 0 : CM_ENOMEM;
 }
 
 static void ev_free(ev_rows *e)
 {
-    cm_buf *all[] = {&e->id, &e->tenant, &e->key, &e->type, &e->at, &e->off, &e->len, &e->blob};
-    for (size_t k = 0; k < sizeof all / sizeof all[0]; k++)
-        free(all[k]->p);
+    cm_outbox_rows_free(&e->rows);
     cm_arena_free(e->a);
 }
 
-/* copies r (which may borrow from the caller) into the columns */
+/* copies r (which may borrow from the caller) into the rows */
 static void ev_add(ev_rows *e, const inv_ev_row *r)
 {
-    cm_buf_array_text(&e->id, r->event_id);
-    cm_buf_array_text(&e->tenant, r->tenant);
-    cm_buf_array_text(&e->key, r->key);
-    cm_buf_array_text(&e->type, r->type);
-    cm_buf_array_int(&e->at, r->occurred_ms);
-    cm_buf_array_int(&e->off, (long long)e->blob.len);
-    cm_buf_array_int(&e->len, (long long)r->len);
-    cm_buf_put(&e->blob, (const char *)r->payload, r->len);
-    e->n++;
+    cm_outbox_event ev = {.event_id = r->event_id,
+                          .tenant_id = r->tenant,
+                          .key = r->key,
+                          .type = r->type,
+                          .payload = r->payload,
+                          .len = r->len,
+                          .occurred_at_ms = r->occurred_ms,
+                          .traceparent = r->traceparent};
+    cm_outbox_rows_add(&e->rows, &ev);
     cm_arena_reset(e->a);
 }
 
-/* packs and adds the StockChanged of c; nothing when events are off */
-static int ev_changed(ev_rows *e, const char *tenant, const inv_change *c)
+/* packs and adds the StockChanged of c, with the trace of the call that
+ * made it (NULL: none); nothing when events are off */
+static int ev_changed(ev_rows *e, const char *tenant, const inv_change *c, const char *trace)
 {
-    if (!inv_events_on())
+    if (!e->on)
         return 0;
     inv_ev_row r;
     int rc = inv_ev_pack_stock_changed(e->a, tenant, c, &r);
+    r.traceparent = trace;
     if (rc == 0)
         ev_add(e, &r);
     return rc;
@@ -229,53 +223,32 @@ static int ev_changed(ev_rows *e, const char *tenant, const inv_change *c)
 
 /* packs and adds a SoldOut (restock 0) or BackInStock */
 static int ev_edge(ev_rows *e, const char *tenant, const inv_level *l, int restock,
-                   const char *flash_sale_id)
+                   const char *flash_sale_id, const char *trace)
 {
-    if (!inv_events_on())
+    if (!e->on)
         return 0;
     inv_ev_row r;
     int rc = inv_ev_pack_stock_edge(e->a, tenant, l, restock, flash_sale_id, &r);
+    r.traceparent = trace;
     if (rc == 0)
         ev_add(e, &r);
     return rc;
 }
 
-/* closes the arrays; CM_ENOMEM when a buffer could not grow */
-static int ev_close(ev_rows *e)
-{
-    cm_buf *cols[] = {&e->id, &e->tenant, &e->key, &e->type, &e->at, &e->off, &e->len};
-    int oom = e->blob.oom;
-    for (size_t k = 0; k < sizeof cols / sizeof cols[0]; k++) {
-        cm_buf_array_end(cols[k]);
-        oom |= cols[k]->oom;
-    }
-    return oom ? CM_ENOMEM : 0;
-}
-
-/* the insert, with its parameters numbered from the macro's arguments: ids,
- * tenants, keys, types, ms, offsets, lengths (arrays), the payload blob
- * (bytea), topic and source. rows get their ids in array order (the ORDER
- * BY), so a key's events are published in the order they were added. */
-#define OUTBOX_INSERT(id, t, k, ty, at, off, len, blob, topic, source)                             \
-    "INSERT INTO outbox (event_id, tenant_id, topic, key, type, source, payload, occurred_at) "    \
-    "SELECT u.id::uuid, u.t, " topic "::text, u.k, u.ty, " source "::text, "                       \
-    "substring(" blob "::bytea FROM u.off + 1 FOR u.len), to_timestamp(u.at / 1000.0) "            \
-    "FROM unnest(" id "::text[], " t "::text[], " k "::text[], " ty "::text[], " at                \
-    "::bigint[], " off "::int[], " len                                                             \
-    "::int[]) WITH ORDINALITY AS u(id, t, k, ty, at, off, len, ord) "                              \
-    "ORDER BY u.ord RETURNING 1"
-
 /* writes the rows in the caller's transaction with one statement */
 static int write_outbox(cm_db *db, ev_rows *e)
 {
-    int rc = ev_close(e);
-    if (rc || e->n == 0)
+    int rc = cm_outbox_rows_close(&e->rows);
+    if (rc || e->rows.n == 0)
         return rc;
-    const char *p[] = {e->id.p,  e->tenant.p, e->key.p,  e->type.p, e->at.p,
-                       e->off.p, e->len.p,    e->blob.p, INV_TOPIC, INV_SOURCE};
-    rc = exec_ps(db, PS_OUTBOX, "write outbox rows",
-                 OUTBOX_INSERT("$1", "$2", "$3", "$4", "$5", "$6", "$7", "$8", "$9", "$10"), 10, p,
-                 7, e->blob.len, NULL);
+    const char *p[CM_OUTBOX_ROWS_NPARAMS + 2];
+    cm_outbox_rows_params(&e->rows, p);
+    p[CM_OUTBOX_ROWS_NPARAMS] = INV_TOPIC;
+    p[CM_OUTBOX_ROWS_NPARAMS + 1] = INV_SOURCE;
+    rc = exec_ps(
+        db, PS_OUTBOX, "write outbox rows",
+        CM_OUTBOX_ROWS_INSERT("$1", "$2", "$3", "$4", "$5", "$6", "$7", "$8", "$9", "$10", "$11"),
+        CM_OUTBOX_ROWS_NPARAMS + 2, p, CM_OUTBOX_ROWS_BLOB, e->rows.blob.len, NULL);
     /* the relay is woken after the commit (a NOTIFY inside the transaction
      * would hold a database-wide lock through the commit) */
     return rc ? rc : cm_outbox_wake_on_commit(db);
@@ -283,14 +256,14 @@ static int write_outbox(cm_db *db, ev_rows *e)
 
 /* ---- events for a set of audit rows ---- */
 
-static int emit_changes(cm_db *db, const char *tenant, const PGresult *r, int col, inv_stock_cb cb,
-                        void *arg)
+static int emit_changes(cm_db *db, const inv_ev_ctx *ec, const char *tenant, const PGresult *r,
+                        int col, inv_stock_cb cb, void *arg)
 {
     int n = PQntuples(r);
     for (int i = 0; i < n; i++) {
         inv_change c;
         parse_change(r, i, col, &c);
-        int rc = inv_ev_stock_changed(db, tenant, &c);
+        int rc = inv_ev_stock_changed(db, ec, tenant, &c);
         if (rc)
             return rc;
         int64_t before = c.level.available - c.da;
@@ -298,7 +271,7 @@ static int emit_changes(cm_db *db, const char *tenant, const PGresult *r, int co
                    : inv_sold_out_now(before, c.level.available) ? 0
                                                                  : -1;
         if (edge >= 0) {
-            rc = inv_ev_stock_edge(db, tenant, &c.level, edge, NULL);
+            rc = inv_ev_stock_edge(db, ec, tenant, &c.level, edge, NULL);
             if (rc)
                 return rc;
             /* clearing a sold-out flag early is harmless: it only costs a
@@ -370,7 +343,7 @@ static int reserve_rows(cm_db *db, reserve_tx *t)
     if (rc)
         return rc;
     ev_rows ev;
-    rc = ev_init(&ev);
+    rc = ev_init(&ev, t->n && t->items[0]->ev->on);
     int rows = PQntuples(r);
     for (int k = 0; rc == 0 && k < rows; k++) {
         int req = (int)i64(r, k, 0);
@@ -388,14 +361,15 @@ static int reserve_rows(cm_db *db, reserve_tx *t)
             snprintf(c.order_id, sizeof c.order_id, "%s", it->order_id);
             snprintf(c.principal, sizeof c.principal, "%s", it->principal ? it->principal : "");
             c.occurred_ms = c.level.updated_ms;
-            rc = ev_changed(&ev, it->tenant, &c);
+            rc = ev_changed(&ev, it->tenant, &c, it->ev->traceparent);
             continue;
         }
         if (outcome == 9 || outcome == 10) {
             inv_level l;
             parse_batch_level(r, k, &l);
             const char *tenant = PQgetvalue(r, k, 9);
-            rc = ev_edge(&ev, tenant, &l, 0, outcome == 10 ? PQgetvalue(r, k, 5) : NULL);
+            /* a sku's edge belongs to no single call: no trace */
+            rc = ev_edge(&ev, tenant, &l, 0, outcome == 10 ? PQgetvalue(r, k, 5) : NULL, NULL);
             if (rc == 0 && outcome == 9)
                 rc = add_zero(t, tenant, l.sku);
             continue;
@@ -514,7 +488,7 @@ static int reserve_fn(cm_db *db, void *arg)
     for (int k = 0; k < NW; k++)
         cm_buf_array_begin(&w[k]);
     ev_rows ev;
-    int evrc = ev_init(&ev);
+    int evrc = ev_init(&ev, t->n && t->items[0]->ev->on);
     size_t maxl = 0;
     for (size_t i = 0; i < t->n; i++)
         maxl = t->items[i]->nlines > maxl ? t->items[i]->nlines : maxl;
@@ -606,7 +580,7 @@ static int reserve_fn(cm_db *db, void *arg)
             snprintf(chg->principal, sizeof chg->principal, "%s",
                      it->principal ? it->principal : "");
             chg->occurred_ms = now;
-            if ((rc = ev_changed(&ev, it->tenant, chg)) != 0)
+            if ((rc = ev_changed(&ev, it->tenant, chg, it->ev->traceparent)) != 0)
                 break;
             cm_buf_array_text(&w[6], it->tenant);
             cm_buf_array_text(&w[7], it->order_id);
@@ -634,7 +608,8 @@ static int reserve_fn(cm_db *db, void *arg)
         cm_buf_array_int(&w[21], c->version);
         if (c->available == 0) {
             level_of(c, now, &chg->level);
-            rc = ev_edge(&ev, c->tenant, &chg->level, 0, NULL);
+            /* a sku's edge belongs to no single call: no trace */
+            rc = ev_edge(&ev, c->tenant, &chg->level, 0, NULL, NULL);
             if (rc == 0)
                 rc = add_zero(t, c->tenant, c->sku);
         }
@@ -646,20 +621,18 @@ static int reserve_fn(cm_db *db, void *arg)
         cm_buf_array_end(&w[k]);
         oom |= w[k].oom;
     }
-    if (oom || ev_close(&ev)) {
+    if (oom || cm_outbox_rows_close(&ev.rows)) {
         rc = CM_ENOMEM;
         goto out;
     }
     if (reserved) {
-        const char *pw[NW + 11];
+        const char *pw[NW + 1 + CM_OUTBOX_ROWS_NPARAMS + 2];
         for (int k = 0; k < NW; k++)
             pw[k] = w[k].p;
-        const char *pe[] = {now_s,     ev.id.p,   ev.tenant.p,
-                            ev.key.p,  ev.type.p, ev.at.p,
-                            ev.off.p,  ev.len.p,  ev.blob.p ? ev.blob.p : "",
-                            INV_TOPIC, INV_SOURCE};
-        for (int k = 0; k < 11; k++)
-            pw[NW + k] = pe[k];
+        pw[NW] = now_s;
+        cm_outbox_rows_params(&ev.rows, pw + NW + 1);
+        pw[NW + 1 + CM_OUTBOX_ROWS_NPARAMS] = INV_TOPIC;
+        pw[NW + 2 + CM_OUTBOX_ROWS_NPARAMS] = INV_SOURCE;
         PGresult *r = NULL;
         rc = exec_ps(
             db, PS_WRITE, "write batch",
@@ -683,10 +656,10 @@ static int reserve_fn(cm_db *db, void *arg)
             "  updated_at = to_timestamp($24::bigint / 1000.0) FROM unnest($18::text[], "
             "  $19::text[], $20::bigint[], $21::bigint[], $22::bigint[]) AS u(t, s, a, r, v) "
             "  WHERE x.tenant_id = u.t AND x.sku = u.s), "
-            "o AS (" OUTBOX_INSERT("$25", "$26", "$27", "$28", "$29", "$30", "$31", "$32", "$33",
-                                   "$34") ") "
-                                          "SELECT count(*) FROM r",
-            NW + 11, pw, NW + 8, ev.blob.len, &r);
+            "o AS (" CM_OUTBOX_ROWS_INSERT("$25", "$26", "$27", "$28", "$29", "$30", "$31", "$32",
+                                           "$33", "$34", "$35") ") SELECT count(*) FROM r",
+            NW + 3 + CM_OUTBOX_ROWS_NPARAMS, pw, NW + 1 + CM_OUTBOX_ROWS_BLOB, ev.rows.blob.len,
+            &r);
         if (rc == 0) {
             long long inserted = i64(r, 0, 0);
             PQclear(r);
@@ -694,7 +667,7 @@ static int reserve_fn(cm_db *db, void *arg)
              * run the batch again, it will then see that reservation */
             if (inserted != reserved)
                 rc = CM_ECONFLICT;
-            else if (ev.n)
+            else if (ev.rows.n)
                 rc = cm_outbox_wake_on_commit(db);
         }
     }
@@ -762,11 +735,12 @@ int inv_store_reserve_batch(cm_db *db, inv_reserve_item *const *items, size_t n,
 /* a release or expiry gave a flash sale's units back (inv_resolve_lines,
  * which holds the sale's row lock): BackInStock of the sale when it was
  * full before and is running now */
-static int flash_back_in_stock(cm_db *db, const char *tenant, const inv_resv *r)
+static int flash_back_in_stock(cm_db *db, const inv_ev_ctx *ec, const char *tenant,
+                               const inv_resv *r)
 {
     for (size_t i = 0; i < r->nlines; i++) {
         const inv_resv_line *l = &r->lines[i];
-        if (!l->flash_sale_id[0] || !inv_events_on())
+        if (!l->flash_sale_id[0] || !ec->on)
             continue;
         char q[24];
         snprintf(q, sizeof q, "%lld", (long long)l->qty);
@@ -783,14 +757,14 @@ static int flash_back_in_stock(cm_db *db, const char *tenant, const inv_resv *r)
         PQclear(x);
         inv_level lv;
         if (edge && ((rc = inv_store_get_stock(db, tenant, l->sku, &lv)) != 0 ||
-                     (rc = inv_ev_stock_edge(db, tenant, &lv, 1, l->flash_sale_id)) != 0))
+                     (rc = inv_ev_stock_edge(db, ec, tenant, &lv, 1, l->flash_sale_id)) != 0))
             return rc;
     }
     return 0;
 }
 
-static int resolve_lines(cm_db *db, const char *tenant, const char *order_id, int to,
-                         const char *principal, inv_resv *out, inv_stock_cb cb, void *arg)
+static int resolve_lines(cm_db *db, const inv_ev_ctx *ec, const char *tenant, const char *order_id,
+                         int to, const char *principal, inv_resv *out, inv_stock_cb cb, void *arg)
 {
     char tos[8];
     snprintf(tos, sizeof tos, "%d", to);
@@ -800,19 +774,20 @@ static int resolve_lines(cm_db *db, const char *tenant, const char *order_id, in
                   "SELECT " CHANGE_COLS " FROM inv_resolve_lines($1, $2, $3::int, $4)", 4, p, &r);
     if (rc)
         return rc;
-    rc = emit_changes(db, tenant, r, 0, cb, arg);
+    rc = emit_changes(db, ec, tenant, r, 0, cb, arg);
     PQclear(r);
     if (rc)
         return rc;
     rc = inv_store_get_reservation(db, tenant, order_id, out);
     if (rc)
         return rc == CM_ENOTFOUND ? CM_EINTERNAL : rc;
-    if (to != INV_CONFIRMED && (rc = flash_back_in_stock(db, tenant, out)) != 0)
+    if (to != INV_CONFIRMED && (rc = flash_back_in_stock(db, ec, tenant, out)) != 0)
         return rc;
-    return inv_ev_reservation(db, tenant, out);
+    return inv_ev_reservation(db, ec, tenant, out);
 }
 
 typedef struct resolve_tx {
+    const inv_ev_ctx *ec;
     const char *tenant, *order_id, *principal;
     int to;
     inv_resolve_outcome outcome;
@@ -855,14 +830,14 @@ static int resolve_fn(cm_db *db, void *arg)
             return CM_ECONFLICT;
     }
     if (plan.expire_first) {
-        rc =
-            resolve_lines(db, t->tenant, t->order_id, INV_EXPIRED, "system", t->out, t->cb, t->arg);
+        rc = resolve_lines(db, t->ec, t->tenant, t->order_id, INV_EXPIRED, "system", t->out, t->cb,
+                           t->arg);
         if (rc)
             return rc;
     }
     if (plan.apply_to) {
-        rc = resolve_lines(db, t->tenant, t->order_id, plan.apply_to, t->principal, t->out, t->cb,
-                           t->arg);
+        rc = resolve_lines(db, t->ec, t->tenant, t->order_id, plan.apply_to, t->principal, t->out,
+                           t->cb, t->arg);
         if (rc)
             return rc;
     }
@@ -871,11 +846,12 @@ static int resolve_fn(cm_db *db, void *arg)
     return inv_store_get_reservation(db, t->tenant, t->order_id, t->out);
 }
 
-int inv_store_resolve(cm_db *db, const char *tenant, const char *order_id, int to,
-                      const char *principal, inv_resolve_outcome *outcome, inv_resv *out,
+int inv_store_resolve(cm_db *db, const inv_ev_ctx *ec, const char *tenant, const char *order_id,
+                      int to, const char *principal, inv_resolve_outcome *outcome, inv_resv *out,
                       inv_stock_cb cb, void *arg)
 {
-    resolve_tx t = {.tenant = tenant,
+    resolve_tx t = {.ec = ec,
+                    .tenant = tenant,
                     .order_id = order_id,
                     .principal = principal,
                     .to = to,
@@ -887,17 +863,22 @@ int inv_store_resolve(cm_db *db, const char *tenant, const char *order_id, int t
     return rc;
 }
 
-int inv_store_resolve_tx(cm_db *db, const char *tenant, const char *order_id, int to,
-                         const char *principal, inv_resolve_outcome *outcome, inv_resv *out)
+int inv_store_resolve_tx(cm_db *db, const inv_ev_ctx *ec, const char *tenant, const char *order_id,
+                         int to, const char *principal, inv_resolve_outcome *outcome, inv_resv *out)
 {
-    resolve_tx t = {
-        .tenant = tenant, .order_id = order_id, .principal = principal, .to = to, .out = out};
+    resolve_tx t = {.ec = ec,
+                    .tenant = tenant,
+                    .order_id = order_id,
+                    .principal = principal,
+                    .to = to,
+                    .out = out};
     int rc = resolve_fn(db, &t);
     *outcome = t.outcome;
     return rc;
 }
 
 typedef struct expire_tx {
+    const inv_ev_ctx *ec;
     int limit, expired;
     inv_resv *scratch;
     inv_stock_cb cb;
@@ -923,8 +904,8 @@ static int expire_fn(cm_db *db, void *arg)
     t->expired = 0;
     int n = PQntuples(r);
     for (int i = 0; i < n && rc == 0; i++) {
-        rc = resolve_lines(db, PQgetvalue(r, i, 0), PQgetvalue(r, i, 1), INV_EXPIRED, "system",
-                           t->scratch, t->cb, t->arg);
+        rc = resolve_lines(db, t->ec, PQgetvalue(r, i, 0), PQgetvalue(r, i, 1), INV_EXPIRED,
+                           "system", t->scratch, t->cb, t->arg);
         if (rc == 0)
             t->expired++;
     }
@@ -932,9 +913,10 @@ static int expire_fn(cm_db *db, void *arg)
     return rc;
 }
 
-int inv_store_expire_due(cm_db *db, int limit, int *expired, inv_stock_cb cb, void *arg)
+int inv_store_expire_due(cm_db *db, const inv_ev_ctx *ec, int limit, int *expired, inv_stock_cb cb,
+                         void *arg)
 {
-    expire_tx t = {.limit = limit, .cb = cb, .arg = arg};
+    expire_tx t = {.ec = ec, .limit = limit, .cb = cb, .arg = arg};
     t.scratch = malloc(sizeof *t.scratch);
     if (!t.scratch)
         return CM_ENOMEM;
@@ -1035,14 +1017,14 @@ static int admin_fn(cm_db *db, void *arg)
     snprintf(t->change->actor, sizeof t->change->actor, "%s", q->actor);
     *t->level = t->change->level;
     t->verdict = INV_A_APPLIED;
-    rc = inv_ev_stock_changed(db, q->tenant, t->change);
+    rc = inv_ev_stock_changed(db, q->ev, q->tenant, t->change);
     if (rc)
         return rc;
     int64_t before = t->level->available - delta;
     if (inv_sold_out_now(before, t->level->available))
-        rc = inv_ev_stock_edge(db, q->tenant, t->level, 0, NULL);
+        rc = inv_ev_stock_edge(db, q->ev, q->tenant, t->level, 0, NULL);
     else if (inv_back_in_stock(before, t->level->available))
-        rc = inv_ev_stock_edge(db, q->tenant, t->level, 1, NULL);
+        rc = inv_ev_stock_edge(db, q->ev, q->tenant, t->level, 1, NULL);
     return rc;
 }
 
@@ -1315,7 +1297,7 @@ static int sale_update(cm_db *db, sale_tx *t, const char *st, const char *en, co
         snprintf(l.sku, sizeof l.sku, "%s", q->sku);
         rc = 0;
     }
-    return rc ? rc : inv_ev_stock_edge(db, q->tenant, &l, edge, q->flash_sale_id);
+    return rc ? rc : inv_ev_stock_edge(db, q->ev, q->tenant, &l, edge, q->flash_sale_id);
 }
 
 static int sale_fn(cm_db *db, void *arg)

@@ -1679,6 +1679,78 @@ START_TEST(reserve_survives_lost_database_connections)
 }
 END_TEST
 
+/* the events a call causes carry its traceparent, on every write path:
+ * an admin change (one statement per event), the batched Reserve (one
+ * insert for a batch, each row with its own call's trace) and a release;
+ * the sweeper's expiry, caused by no call, carries none */
+START_TEST(events_carry_the_callers_traceparent)
+{
+    new_schema();
+    hs_proc p;
+    spawn(&p, NULL);
+    cm_rpc_client *c = hs_client(&p, NULL);
+    const char *tp_set = "00-11111111111111111111111111111111-1111111111111111-01";
+    const char *tp_res = "00-22222222222222222222222222222222-2222222222222222-01";
+    const char *tp_rel = "00-33333333333333333333333333333333-3333333333333333-01";
+    const cm_rpc_md md_set[] = {{"x-tenant-id", FX_TENANT}, {"traceparent", tp_set}};
+    Commerce__Inventory__V1__SetStockRequest ss = COMMERCE__INVENTORY__V1__SET_STOCK_REQUEST__INIT;
+    ss.request_id = "tp-stock";
+    ss.sku = "TP-1";
+    ss.available = 10;
+    ss.reason = "trace test";
+    ss.actor = "test";
+    cm_rpc_status st;
+    ck_assert_int_eq(hs_call(c, SVC "SetStock", &ss.base,
+                             &commerce__inventory__v1__set_stock_response__descriptor, NULL, &st,
+                             md_set, 2),
+                     0);
+
+    Commerce__Inventory__V1__ReserveLine line = COMMERCE__INVENTORY__V1__RESERVE_LINE__INIT;
+    Commerce__Inventory__V1__ReserveLine *lp[] = {&line};
+    line.sku = "TP-1";
+    line.quantity = 10; /* all of it: a SoldOut in the same batch */
+    Commerce__Inventory__V1__ReserveRequest q = COMMERCE__INVENTORY__V1__RESERVE_REQUEST__INIT;
+    q.order_id = "tp-order-1";
+    q.lines = lp;
+    q.n_lines = 1;
+    const cm_rpc_md md_res[] = {{"x-tenant-id", FX_TENANT}, {"traceparent", tp_res}};
+    ck_assert_int_eq(hs_call(c, SVC "Reserve", &q.base,
+                             &commerce__inventory__v1__reserve_response__descriptor, NULL, &st,
+                             md_res, 2),
+                     0);
+    Commerce__Inventory__V1__ReleaseRequest rq = COMMERCE__INVENTORY__V1__RELEASE_REQUEST__INIT;
+    rq.order_id = "tp-order-1";
+    const cm_rpc_md md_rel[] = {{"x-tenant-id", FX_TENANT}, {"traceparent", tp_rel}};
+    ck_assert_int_eq(hs_call(c, SVC "Release", &rq.base,
+                             &commerce__inventory__v1__release_response__descriptor, NULL, &st,
+                             md_rel, 2),
+                     0);
+    char sql[512];
+    /* SetStock: its StockChanged */
+    snprintf(sql, sizeof sql,
+             "SELECT count(*) FROM outbox WHERE type = 'commerce.events.v1.StockChanged' "
+             "AND traceparent = '%s'",
+             tp_set);
+    ck_assert_int_eq(hs_sql_long(schema, sql), 1);
+    /* Reserve through the batch: its StockChanged; the SoldOut belongs to
+     * the sku, not to one call, and carries none */
+    snprintf(sql, sizeof sql,
+             "SELECT count(*) FROM outbox WHERE type = 'commerce.events.v1.StockChanged' "
+             "AND traceparent = '%s'",
+             tp_res);
+    ck_assert_int_eq(hs_sql_long(schema, sql), 1);
+    ck_assert_int_eq(hs_sql_long(schema, "SELECT count(*) FROM outbox WHERE type = "
+                                         "'commerce.events.v1.SoldOut' AND traceparent IS NULL"),
+                     1);
+    /* Release: its StockChanged, BackInStock and ReservationReleased */
+    snprintf(sql, sizeof sql, "SELECT count(*) FROM outbox WHERE traceparent = '%s'", tp_rel);
+    ck_assert_int_eq(hs_sql_long(schema, sql), 3);
+    cm_rpc_client_free(c);
+    ck_assert_int_eq(hs_stop(&p, SIGTERM, 30000), 0);
+    hs_drop_schema(NULL, schema);
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("inventory");
@@ -1686,6 +1758,7 @@ static Suite *suite(void)
     tcase_set_timeout(t, 120);
     tcase_add_checked_fixture(t, NULL, hs_teardown);
     tcase_add_test(t, reserve_confirm_release_and_retries);
+    tcase_add_test(t, events_carry_the_callers_traceparent);
     tcase_add_test(t, bad_input_changes_nothing);
     tcase_add_test(t, admin_changes_are_idempotent_and_audited);
     tcase_add_test(t, expiry_releases_exactly_once_with_two_replicas);

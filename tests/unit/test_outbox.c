@@ -690,6 +690,72 @@ START_TEST(acknowledged_rows_are_deleted_by_default)
 }
 END_TEST
 
+/* the fixed-text batch insert: rows in order, each payload cut from the
+ * blob exactly, a row's own traceparent or none */
+START_TEST(rows_insert_writes_each_row_with_its_payload_and_trace)
+{
+    cm_db *db = connect_db();
+    cm_outbox_rows rows;
+    cm_outbox_rows_init(&rows);
+    char ids[3][CM_ID_SIZE];
+    static const char *const payloads[] = {"first", "", "third \"quoted\" \\ {x}"};
+    static const char *const traces[] = {"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+                                         NULL,
+                                         "00-11111111111111111111111111111111-1111111111111111-01"};
+    for (int i = 0; i < 3; i++) {
+        ck_assert_int_eq(cm_id_uuid7(ids[i]), 0);
+        cm_outbox_event ev = {.event_id = ids[i],
+                              .tenant_id = "t1",
+                              .key = i == 1 ? "k\"1" : "k0",
+                              .type = "commerce.events.v1.Test",
+                              .payload = payloads[i],
+                              .len = strlen(payloads[i]),
+                              .occurred_at_ms = i == 2 ? 0 : 1700000000123LL,
+                              .traceparent = traces[i]};
+        cm_outbox_rows_add(&rows, &ev);
+    }
+    ck_assert_int_eq(cm_outbox_rows_close(&rows), 0);
+    const char *p[CM_OUTBOX_ROWS_NPARAMS + 2];
+    cm_outbox_rows_params(&rows, p);
+    p[CM_OUTBOX_ROWS_NPARAMS] = "t.events";
+    p[CM_OUTBOX_ROWS_NPARAMS + 1] = "/commerce/test";
+    int lengths[CM_OUTBOX_ROWS_NPARAMS + 2] = {0}, formats[CM_OUTBOX_ROWS_NPARAMS + 2] = {0};
+    lengths[CM_OUTBOX_ROWS_BLOB] = (int)rows.blob.len;
+    formats[CM_OUTBOX_ROWS_BLOB] = 1;
+    PGresult *r = NULL;
+    ck_assert_int_eq(cm_db_exec_prepared(db, "rows test", "test_rows_insert",
+                                         CM_OUTBOX_ROWS_INSERT("$1", "$2", "$3", "$4", "$5", "$6",
+                                                               "$7", "$8", "$9", "$10", "$11"),
+                                         CM_OUTBOX_ROWS_NPARAMS + 2, p, lengths, formats, &r),
+                     0);
+    ck_assert_int_eq(PQntuples(r), 3);
+    PQclear(r);
+    cm_outbox_rows_free(&rows);
+    cm_db_free(db);
+    PGconn *c = pt_admin();
+    char q[512];
+    snprintf(q, sizeof q,
+             "SELECT event_id::text, key, convert_from(payload, 'UTF8'), coalesce(traceparent, "
+             "'-'), topic, source, (occurred_at = to_timestamp(1700000000.123))::int "
+             "FROM %s.outbox ORDER BY id",
+             schema);
+    PGresult *x = PQexec(c, q);
+    ck_assert_int_eq(PQresultStatus(x), PGRES_TUPLES_OK);
+    ck_assert_int_eq(PQntuples(x), 3);
+    for (int i = 0; i < 3; i++) {
+        ck_assert_str_eq(PQgetvalue(x, i, 0), ids[i]);
+        ck_assert_str_eq(PQgetvalue(x, i, 1), i == 1 ? "k\"1" : "k0");
+        ck_assert_str_eq(PQgetvalue(x, i, 2), payloads[i]);
+        ck_assert_str_eq(PQgetvalue(x, i, 3), traces[i] ? traces[i] : "-");
+        ck_assert_str_eq(PQgetvalue(x, i, 4), "t.events");
+        ck_assert_str_eq(PQgetvalue(x, i, 5), "/commerce/test");
+        ck_assert_str_eq(PQgetvalue(x, i, 6), i == 2 ? "0" : "1"); /* 0 ms: now() */
+    }
+    PQclear(x);
+    PQfinish(c);
+}
+END_TEST
+
 static Suite *outbox_suite(void)
 {
     Suite *s = suite_create("outbox");
@@ -701,6 +767,7 @@ static Suite *outbox_suite(void)
     tcase_add_test(tc, relay_publishes_once_in_key_order_with_headers);
     tcase_add_test(tc, rows_committed_late_are_not_skipped);
     tcase_add_test(tc, batch_add_is_published_in_order_and_all_or_nothing);
+    tcase_add_test(tc, rows_insert_writes_each_row_with_its_payload_and_trace);
     tcase_add_test(tc, two_relays_publish_each_row_once);
     tcase_add_test(tc, relay_recovers_from_a_killed_connection);
     tcase_add_test(tc, relay_survives_a_broker_outage);
