@@ -6,7 +6,8 @@
 #   version in K8S_VERSIONS;
 #   values.schema.json refuses each planted bad value (k8s/tests/bad-values/)
 #   with the message written beside it;
-#   the chart's knob files agree with the binaries (when BIN_DIR has them).
+#   the chart's knob files agree with the binaries (when BIN_DIR has them);
+#   k8s/README.md's values table agrees with values.yaml.
 # it installs its own tools, cached outside the clone under
 # $HOME/.cache/commerce/<tool>-<version> (a cold machine builds helm once,
 # ~1.5 min).
@@ -105,6 +106,9 @@ if ls "$bin"/commerce-order "$bin"/commerce-inventory >/dev/null 2>&1; then
 else
   echo "k8s-check: no binaries in $bin: knob files not compared (build first)"
 fi
+
+step "values table of k8s/README.md against values.yaml"
+python3 "$root/scripts/k8s-values-table.py" --check || fail=1
 
 step "helm lint --strict"
 for values in "$chart/values.yaml" "$chart/values-production.yaml" "$root"/k8s/tests/good-values/*.yaml; do
