@@ -1,0 +1,164 @@
+#!/usr/bin/env bash
+# builds the image from the Dockerfile here, without a registry: a Debian 12
+# base made by debootstrap (localhost/debian:12), buildah for the build,
+# podman to run it. then it starts every service from the image (read-only
+# root, uid 65532, all capabilities dropped, no network but a private
+# Postgres's unix socket), checks each answers gRPC health (SERVING) and
+# /healthz, /readyz from inside the container's network namespace, prints
+# the image's size and saves it as an OCI archive.
+#
+#   scripts/image.sh [--no-smoke]     (archive: build/image/commerce-<version>.oci.tar)
+#
+# podman/buildah keep their own configuration and storage under
+# $HOME/.cache/commerce/containers (vfs driver, runc, cgroupfs, no bridge
+# network: what works on these machines, see the notes in k8s/README.md), so
+# nothing of the machine's container setup is used or changed. the Debian
+# packages podman buildah debootstrap runc are installed when missing.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+smoke=1
+[ "${1:-}" = --no-smoke ] && smoke=0
+
+version=$(sed -n 's/^project(commerce VERSION \([0-9.]*\).*/\1/p' "$root/CMakeLists.txt")
+revision=$(git -C "$root" rev-parse HEAD 2>/dev/null || echo unknown)
+image=localhost/commerce:$version
+base_image=localhost/debian:12
+mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+out=$root/build/image
+cache=${COMMERCE_CACHE:-$HOME/.cache/commerce}
+state=$cache/containers
+
+SUDO=""
+[ "$(id -u)" = 0 ] || SUDO=sudo
+missing=()
+for p in podman buildah debootstrap runc; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "image: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  log=$(mktemp)
+  { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"; } >"$log" 2>&1 || {
+    tail -20 "$log"
+    exit 1
+  }
+  rm -f "$log"
+fi
+
+# a private container configuration: crun fails on setrlimit here, the
+# default bridge network must not be created, overlay is not available
+mkdir -p "$state/storage" "$state/run"
+cat >"$state/containers.conf" <<CONF
+[containers]
+netns = "none"
+default_ulimits = ["nofile=4096:4096", "nproc=4096:4096"]
+[engine]
+runtime = "runc"
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+[network]
+default_network = "none"
+CONF
+cat >"$state/storage.conf" <<CONF
+[storage]
+driver = "vfs"
+graphroot = "$state/storage"
+runroot = "$state/run"
+CONF
+export CONTAINERS_CONF=$state/containers.conf CONTAINERS_STORAGE_CONF=$state/storage.conf
+
+# the base: debian 12 minbase from the configured mirror (~50 s, once)
+if ! podman image exists "$base_image"; then
+  echo "image: debootstrap bookworm from $mirror"
+  tmp=$(mktemp -d)
+  $SUDO debootstrap --variant=minbase bookworm "$tmp/rootfs" "$mirror" >"$tmp/debootstrap.log" 2>&1 || {
+    tail -20 "$tmp/debootstrap.log"
+    exit 1
+  }
+  $SUDO rm -rf "$tmp/rootfs/var/cache/apt/archives"/*.deb "$tmp/rootfs/var/lib/apt/lists"/*
+  $SUDO tar -C "$tmp/rootfs" -c . | podman import - "$base_image" >/dev/null
+  $SUDO rm -rf "$tmp"
+fi
+
+echo "image: building $image (revision $revision)"
+start=$(date +%s)
+buildah bud --isolation chroot --network host --layers=false \
+  --build-arg BASE="$base_image" --build-arg VERSION="$version" \
+  --build-arg REVISION="$revision" -t "$image" "$root" >"$cache/image-build.log" 2>&1 || {
+  tail -40 "$cache/image-build.log"
+  echo "image: build failed (log: $cache/image-build.log)" >&2
+  exit 1
+}
+echo "image: built in $(($(date +%s) - start)) s"
+size=$(podman image inspect --format '{{.Size}}' "$image")
+echo "image: $image is $((size / 1000000)) MB ($size bytes)"
+podman image inspect --format '{{range $k, $v := .Labels}}{{$k}}={{$v}}{{"\n"}}{{end}}' "$image" |
+  grep '^org.opencontainers' | sed 's/^/  /'
+
+if [ "$smoke" = 1 ]; then
+  # a private postgres for the smoke run; the containers reach it through
+  # its unix socket only (they have no network)
+  pgdir=/tmp/commerce-image-pg-$(printf '%s' "$root" | md5sum | cut -c1-8)
+  export PG_RUN_DIR=$pgdir
+  pg_started=0
+  "$root/scripts/pg.sh" status >/dev/null 2>&1 || pg_started=1
+  "$root/scripts/pg.sh" start >/dev/null
+  port=$(cat "$pgdir/port")
+  gen=$(mktemp -d)
+  containers=()
+  cleanup() {
+    for c in "${containers[@]}"; do podman rm -f "$c" >/dev/null 2>&1 || true; done
+    [ "$pg_started" = 1 ] && "$root/scripts/pg.sh" stop >/dev/null 2>&1 || true
+    rm -rf "$gen"
+  }
+  trap cleanup EXIT
+  protoc -I "$root/proto/third_party" --python_out="$gen" grpc/health/v1/health.proto
+
+  fail=0
+  for svc in inventory order; do
+    case $svc in inventory) grpc=50052 admin=9092 ;; order) grpc=50051 admin=9091 ;; esac
+    name=commerce-smoke-$svc-$$
+    podman run -d --name "$name" --network none --read-only --read-only-tmpfs=false \
+      --cap-drop ALL --security-opt no-new-privileges \
+      -v "$pgdir/sock:/run/postgresql" \
+      -e PG_DSN="host=/run/postgresql port=$port dbname=commerce user=postgres" \
+      -e KAFKA_BROKERS=127.0.0.1:9 -e LOG_LEVEL=warn \
+      "$image" "commerce-$svc" >/dev/null
+    containers+=("$name")
+    pid=$(podman inspect --format '{{.State.Pid}}' "$name")
+    user=$(podman inspect --format '{{.Config.User}}' "$name")
+    ok=0
+    for _ in $(seq 1 100); do
+      if status=$($SUDO nsenter -t "$pid" -n env COMMERCE_PY_GEN="$gen" /usr/bin/python3 \
+        "$root/tests/interop/commerce_grpc.py" health "127.0.0.1:$grpc" 2>/dev/null) &&
+        [ "$status" = SERVING ] &&
+        $SUDO nsenter -t "$pid" -n curl -fsS -o /dev/null "http://127.0.0.1:$admin/healthz" &&
+        $SUDO nsenter -t "$pid" -n curl -fsS -o /dev/null "http://127.0.0.1:$admin/readyz"; then
+        ok=1
+        break
+      fi
+      sleep 0.2
+    done
+    if [ "$ok" = 1 ]; then
+      mkdir -p "$out"
+      $SUDO nsenter -t "$pid" -n curl -fsS "http://127.0.0.1:$admin/metrics" >"$out/metrics-$svc.txt"
+      echo "image: commerce-$svc in the container (user $user, read-only root): gRPC health SERVING, /healthz and /readyz 200"
+    else
+      echo "image: commerce-$svc does not answer health in the container; its log:"
+      podman logs "$name" 2>&1 | tail -20
+      fail=1
+    fi
+  done
+  [ "$fail" = 0 ] || exit 1
+  # the alerts' and dashboards' metrics in what the containers expose. the
+  # smoke run has no Kafka and no traffic, so series made on first use
+  # (per status code, per consumer partition) may be absent: reported, not
+  # fatal here; the source check in scripts/k8s-check.sh is.
+  python3 "$root/scripts/k8s-metrics-check.py" "$out"/metrics-*.txt ||
+    echo "image: (absent series above are made on first use; see k8s/README.md)"
+fi
+
+mkdir -p "$out"
+rm -f "$out/commerce-$version.oci.tar"
+podman save -q --format oci-archive -o "$out/commerce-$version.oci.tar" "$image"
+echo "image: saved $out/commerce-$version.oci.tar ($(du -m "$out/commerce-$version.oci.tar" | cut -f1) MB)"
