@@ -6,6 +6,9 @@
 #   version in K8S_VERSIONS;
 #   values.schema.json refuses each planted bad value (k8s/tests/bad-values/)
 #   with the message written beside it;
+#   helm-unittest suites (k8s/commerce/tests);
+#   promtool check rules and test rules (k8s/tests/prometheus-rules.test.yaml);
+#   every metric of the alerts and dashboards is one the source registers;
 #   the chart's knob files agree with the binaries (when BIN_DIR has them);
 #   k8s/README.md's values table agrees with values.yaml.
 # it installs its own tools, cached outside the clone under
@@ -26,6 +29,8 @@ chart=$root/k8s/commerce
 HELM_VERSION=v3.21.4
 KUBECONFORM_VERSION=v0.8.0
 KUBERNETES_VALIDATE_VERSION=1.37.0
+PROMETHEUS_VERSION=v0.316.0
+HELM_UNITTEST_VERSION=v1.1.2
 K8S_VERSIONS=${K8S_VERSIONS:-"1.30.0 1.37.0"}
 cache=${COMMERCE_CACHE:-$HOME/.cache/commerce}
 mkdir -p "$cache"
@@ -46,6 +51,26 @@ go_tool() {
 }
 helm=$(go_tool helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION")
 kubeconform=$(go_tool kubeconform github.com/yannh/kubeconform/cmd/kubeconform "$KUBECONFORM_VERSION")
+# promtool: ~4 min cold
+promtool=$(go_tool promtool github.com/prometheus/prometheus/cmd/promtool "$PROMETHEUS_VERSION")
+
+# helm-unittest: `go install` refuses it (replace directives in its go.mod),
+# so build it inside a copy of its module; run as a binary, not a plugin
+unittest=$cache/helm-unittest-$HELM_UNITTEST_VERSION/helm-unittest
+if [ ! -x "$unittest" ]; then
+  echo "k8s-check: building helm-unittest $HELM_UNITTEST_VERSION" >&2
+  dir=$cache/helm-unittest-$HELM_UNITTEST_VERSION
+  rm -rf "$dir.tmp"
+  mkdir -p "$dir.tmp"
+  src=$(go mod download -json "github.com/helm-unittest/helm-unittest@$HELM_UNITTEST_VERSION" |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["Dir"])')
+  cp -r "$src" "$dir.tmp/src"
+  chmod -R u+w "$dir.tmp/src"
+  (cd "$dir.tmp/src" && go build -o "$dir.tmp/helm-unittest" ./cmd/helm-unittest)
+  mkdir -p "$dir"
+  mv "$dir.tmp/helm-unittest" "$unittest"
+  rm -rf "$dir.tmp"
+fi
 
 # the JSON schemas of kubernetes-validate, rewritten for kubeconform: no
 # "$id", and "$ref": "/api/_definitions.json#..." made relative
@@ -97,6 +122,8 @@ PY
 fi
 [ "$tools_only" = 1 ] && { echo "k8s-check: tools ready in $cache"; exit 0; }
 
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
 fail=0
 step() { echo "== $*"; }
 
@@ -112,26 +139,36 @@ python3 "$root/scripts/k8s-values-table.py" --check || fail=1
 
 step "helm lint --strict"
 for values in "$chart/values.yaml" "$chart/values-production.yaml" "$root"/k8s/tests/good-values/*.yaml; do
-  "$helm" lint --strict "$chart" -f "$values" >"$cache/lint.out" 2>&1 || {
-    cat "$cache/lint.out"
+  "$helm" lint --strict "$chart" -f "$values" >"$work/lint.out" 2>&1 || {
+    cat "$work/lint.out"
     echo "k8s-check: helm lint failed with ${values#"$root"/}"
     fail=1
   }
 done
 echo "lint: ok"
 
+step "helm-unittest (k8s/commerce/tests)"
+"$unittest" --color=false -f 'tests/*_test.yaml' "$chart" || fail=1
+
+step "promtool: the alert rules and their tests"
+"$promtool" check rules "$chart/files/prometheus-rules.yaml" || fail=1
+"$promtool" test rules "$root/k8s/tests/prometheus-rules.test.yaml" || fail=1
+
+step "the alerts' and dashboards' metrics exist"
+python3 "$root/scripts/k8s-metrics-check.py" || fail=1
+
 # the kinds of the Prometheus operator have no schema offline
 skip=ServiceMonitor,PrometheusRule
 for kv in $K8S_VERSIONS; do
   for values in "$chart/values.yaml" "$chart/values-production.yaml" "$root"/k8s/tests/good-values/*.yaml; do
     step "helm template (${values#"$root"/}) | kubeconform -strict, Kubernetes $kv"
-    if ! "$helm" template commerce "$chart" --kube-version "$kv" -f "$values" >"$cache/rendered.yaml"; then
+    if ! "$helm" template commerce "$chart" --kube-version "$kv" -f "$values" >"$work/rendered.yaml"; then
       fail=1
       continue
     fi
     "$kubeconform" -strict -summary -kubernetes-version "$kv" -skip "$skip" \
       -schema-location "$schemas/{{ .NormalizedKubernetesVersion }}-local{{ .StrictSuffix }}/{{ .ResourceKind }}{{ .KindSuffix }}.json" \
-      "$cache/rendered.yaml" || fail=1
+      "$work/rendered.yaml" || fail=1
   done
 done
 
@@ -142,15 +179,15 @@ kv=${K8S_VERSIONS%% *}
 for bad in "$root"/k8s/tests/bad-values/*.yaml; do
   expect=$(sed -n '1s/^# expect: //p' "$bad")
   name=${bad##*/}
-  if "$helm" template commerce "$chart" --kube-version "$kv" -f "$bad" >/dev/null 2>"$cache/bad.err"; then
+  if "$helm" template commerce "$chart" --kube-version "$kv" -f "$bad" >/dev/null 2>"$work/bad.err"; then
     echo "FAIL $name: accepted"
     fail=1
-  elif ! grep -qF -- "$expect" "$cache/bad.err"; then
+  elif ! grep -qF -- "$expect" "$work/bad.err"; then
     echo "FAIL $name: refused, but without \"$expect\":"
-    sed 's/^/    /' "$cache/bad.err"
+    sed 's/^/    /' "$work/bad.err"
     fail=1
   else
-    echo "ok   $name: $(grep -F -- "$expect" "$cache/bad.err" | head -1 | sed 's/^ *//' | cut -c1-150)"
+    echo "ok   $name: $(grep -F -- "$expect" "$work/bad.err" | head -1 | sed 's/^ *//' | cut -c1-150)"
   fi
 done
 
