@@ -10,7 +10,9 @@
 #   promtool check rules and test rules (k8s/tests/prometheus-rules.test.yaml);
 #   every metric of the alerts and dashboards is one the source registers;
 #   the chart's knob files agree with the binaries (when BIN_DIR has them);
-#   k8s/README.md's values table agrees with values.yaml.
+#   k8s/README.md's values table agrees with values.yaml;
+#   helm install (default values) and upgrade (production values) into a
+#   local kube-apiserver + etcd, hooks admitted dry-run (scripts/k8s-cluster.sh).
 # it installs its own tools, cached outside the clone under
 # $HOME/.cache/commerce/<tool>-<version> (a cold machine builds helm once,
 # ~1.5 min).
@@ -190,6 +192,13 @@ for bad in "$root"/k8s/tests/bad-values/*.yaml; do
     echo "ok   $name: $(grep -F -- "$expect" "$work/bad.err" | head -1 | sed 's/^ *//' | cut -c1-150)"
   fi
 done
+
+# a real API server (etcd + kube-apiserver, no kubelet); K8S_CHECK_CLUSTER=0
+# skips it
+if [ "${K8S_CHECK_CLUSTER:-1}" != 0 ]; then
+  step "helm install/upgrade into a local kube-apiserver"
+  "$root/scripts/k8s-cluster.sh" "$helm" || fail=1
+fi
 
 if [ "$fail" != 0 ]; then
   echo "k8s-check: FAILED"
