@@ -204,10 +204,11 @@ for kind in deployments:apps/v1 horizontalpodautoscalers:autoscaling/v2 poddisru
   echo "k8s-cluster:   ${kind%%:*}: $n"
   [ "$n" = 2 ] || fail=1
 done
-for kind in configmaps services; do
-  n=$(kapi "$api/api/v1/namespaces/$ns/$kind?labelSelector=app.kubernetes.io/part-of%3Dcommerce" | python3 -c 'import json, sys; print(len(json.load(sys.stdin)["items"]))')
-  echo "k8s-cluster:   $kind: $n"
-  [ "$n" = 2 ] || fail=1
+# configmaps: one per service and the dashboards'
+for kind in configmaps:3 services:2; do
+  n=$(kapi "$api/api/v1/namespaces/$ns/${kind%%:*}?labelSelector=app.kubernetes.io/part-of%3Dcommerce" | python3 -c 'import json, sys; print(len(json.load(sys.stdin)["items"]))')
+  echo "k8s-cluster:   ${kind%%:*}: $n"
+  [ "$n" = "${kind#*:}" ] || fail=1
 done
 # the hooks: the migrate Jobs and the test Pod, admitted with dryRun=All
 "$helm" template commerce "$chart" -n "$ns" -f "$chart/values-production.yaml" \

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Every metric the alerts (k8s/commerce/files/prometheus-rules.yaml) and
-the dashboards (k8s/dashboards/*.json) use must exist.
+the dashboards (k8s/commerce/files/dashboards/*.json) use must exist.
 
   scripts/k8s-metrics-check.py                  names registered in the source
                                                 (cm_metrics_counter/gauge/histogram
@@ -43,7 +43,7 @@ def exprs():
             out.append(("prometheus-rules.yaml", "\n".join(block)))
         else:
             out.append(("prometheus-rules.yaml", m.group(2)))
-    for f in sorted(glob.glob(os.path.join(ROOT, "k8s", "dashboards", "*.json"))):
+    for f in sorted(glob.glob(os.path.join(ROOT, "k8s", "commerce", "files", "dashboards", "*.json"))):
         d = json.load(open(f))
         for p in d.get("panels", []):
             for t in p.get("targets", []):
