@@ -4,7 +4,7 @@
 # (gRPC core, libpq, librdkafka, libuv, common/), so one image is one build,
 # one vulnerability scan and one tag per release, and every service of a
 # release runs the same common/ code; the binaries add ~0.5 MB each, whereas
-# an image per service would repeat the same ~35 MB of libraries in each.
+# an image per service would repeat the same ~33 MB of libraries in each.
 # the chart picks the binary with `command`.
 #
 #   docker build -t commerce:dev .                  (debian:12 from a registry)
