@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # one image holding every service binary (commerce-order, commerce-inventory,
 # later settlement and commission): the services share all their libraries
 # (gRPC core, libpq, librdkafka, libuv, common/), so one image is one build,
