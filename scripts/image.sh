@@ -4,7 +4,8 @@
 # podman to run it. then it starts every service from the image (read-only
 # root, uid 65532, all capabilities dropped, no network but a private
 # Postgres's unix socket and the build's embedded Kafka started inside its
-# network namespace), checks each answers gRPC health (SERVING) and
+# network namespace), runs `commerce-<svc> migrate` twice at once and once
+# more (the chart's hook Job), checks each answers gRPC health (SERVING) and
 # /healthz, /readyz from inside the container's network namespace, that
 # /metrics exposes every metric the alerts and dashboards use, prints the
 # image's size and saves it as an OCI archive.
@@ -109,6 +110,7 @@ if [ "$smoke" = 1 ]; then
   gen=$(mktemp -d)
   containers=()
   mocks=()
+  schemas=()
   # the embedded broker, when the build has it (ninja -C build commerce-kafka-mock)
   mock=$root/build/bin/commerce-kafka-mock
   [ -x "$mock" ] || {
@@ -119,6 +121,9 @@ if [ "$smoke" = 1 ]; then
   cleanup() {
     for c in "${containers[@]}"; do podman rm -f "$c" >/dev/null 2>&1 || true; done
     for p in "${mocks[@]}"; do kill "$p" 2>/dev/null || true; done
+    for sch in "${schemas[@]}"; do
+      "$root/scripts/pg.sh" psql -q -c "DROP SCHEMA IF EXISTS $sch CASCADE" >/dev/null 2>&1 || true
+    done
     [ "$pg_started" = 1 ] && "$root/scripts/pg.sh" stop >/dev/null 2>&1 || true
     rm -rf "$gen"
   }
@@ -129,12 +134,31 @@ if [ "$smoke" = 1 ]; then
   for svc in inventory order; do
     case $svc in inventory) grpc=50052 admin=9092 ;; order) grpc=50051 admin=9091 ;; esac
     name=commerce-smoke-$svc-$$
-    podman run -d --name "$name" --network none --read-only --read-only-tmpfs=false \
-      --cap-drop ALL --security-opt no-new-privileges \
-      -v "$pgdir/sock:/run/postgresql" \
-      -e PG_DSN="host=/run/postgresql port=$port dbname=commerce user=postgres" \
-      -e KAFKA_BROKERS=127.0.0.1:$kafka_port -e LOG_LEVEL=warn \
-      "$image" "commerce-$svc" >/dev/null
+    # a fresh schema per run, dropped at the end
+    schema=${svc}_image_$$
+    schemas+=("$schema")
+    run_opts=(--network none --read-only --read-only-tmpfs=false
+      --cap-drop ALL --security-opt no-new-privileges
+      -v "$pgdir/sock:/run/postgresql"
+      -e PG_DSN="host=/run/postgresql port=$port dbname=commerce user=postgres"
+      -e "$(echo "$svc" | tr 'a-z' 'A-Z')_SCHEMA=$schema"
+      -e KAFKA_BROKERS=127.0.0.1:$kafka_port -e LOG_LEVEL=warn)
+    # the chart's hook: `commerce-<svc> migrate`, twice at once on the empty
+    # schema (the advisory lock serialises them), then once more (nothing to do)
+    podman run --rm "${run_opts[@]}" "$image" "commerce-$svc" migrate >"$gen/migrate-$svc-1.log" 2>&1 &
+    m1=$!
+    podman run --rm "${run_opts[@]}" "$image" "commerce-$svc" migrate >"$gen/migrate-$svc-2.log" 2>&1 &
+    m2=$!
+    if wait "$m1" && wait "$m2" &&
+      podman run --rm "${run_opts[@]}" "$image" "commerce-$svc" migrate >"$gen/migrate-$svc-3.log" 2>&1; then
+      echo "image: commerce-$svc migrate: twice at once, then again: all exit 0"
+    else
+      echo "image: commerce-$svc migrate failed:"
+      cat "$gen/migrate-$svc"-*.log
+      fail=1
+      continue
+    fi
+    podman run -d --name "$name" "${run_opts[@]}" "$image" "commerce-$svc" >/dev/null
     containers+=("$name")
     pid=$(podman inspect --format '{{.State.Pid}}' "$name")
     # an in-memory Kafka (the build's commerce-kafka-mock) inside the
