@@ -212,4 +212,6 @@ fi
 mkdir -p "$out"
 rm -f "$out/commerce-$version.oci.tar"
 podman save -q --format oci-archive -o "$out/commerce-$version.oci.tar" "$image"
+# the previous build's image, untagged by this one
+podman image prune -f >/dev/null
 echo "image: saved $out/commerce-$version.oci.tar ($(du -m "$out/commerce-$version.oci.tar" | cut -f1) MB)"
