@@ -65,6 +65,15 @@ export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 echo "== tests"
 (cd "$build" && ctest --output-on-failure -j2 --timeout 600 "$@")
 
+# the deploy artefacts: the chart linted, rendered and validated offline,
+# its schema refusing bad values, the alert rules tested, installed and
+# upgraded into a local kube-apiserver (tools cached under
+# ~/.cache/commerce: a cold machine builds them once, ~10 min)
+if [ $# -eq 0 ]; then
+  echo "== deploy checks (scripts/k8s-check.sh)"
+  "$root/scripts/k8s-check.sh" "$build/bin"
+fi
+
 # the quick start must keep working: release build (other warnings at -O2),
 # the embedded broker, and every service answering health to a non-C client
 if [ $# -eq 0 ]; then
