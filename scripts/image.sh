@@ -111,6 +111,7 @@ if [ "$smoke" = 1 ]; then
   # its unix socket only (they have no network)
   pgdir=/tmp/commerce-image-pg-$(printf '%s' "$root" | md5sum | cut -c1-8)
   export PG_RUN_DIR=$pgdir
+  unset PG_DSN # ours, even when the caller (scripts/test.sh) has its own
   pg_started=0
   "$root/scripts/pg.sh" status >/dev/null 2>&1 || pg_started=1
   "$root/scripts/pg.sh" start >/dev/null
