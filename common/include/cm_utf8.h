@@ -17,8 +17,9 @@
  * surrogates, nothing above U+10FFFF); NUL bytes are well-formed here. */
 int cm_utf8_valid(const char *s, size_t n);
 
-/* s, made fit to echo in a status or a log: at most max bytes (cut on a
- * character boundary, "..." appended when cut), invalid bytes and control
+/* s, made fit to echo in a status or a log: its first max bytes at most,
+ * cut on a character boundary, with "..." appended when cut (so up to
+ * max + 3 bytes), invalid bytes and control
  * characters (C0, DEL) replaced by '?'. allocated in a; NULL s gives "".
  * NULL only when a is out of memory. */
 char *cm_utf8_clip(cm_arena *a, const char *s, size_t max);

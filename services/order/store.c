@@ -190,6 +190,20 @@ static const char *refund_sku(const void *r, size_t i)
     return ((const ord_refund *)r)->lines[i].sku;
 }
 
+/* a lookup of one row: 0 with *r holding it (the caller clears it),
+ * CM_ENOTFOUND with nothing held, or the database error */
+static int read_row(cm_db *db, const char *what, const char *sql, int n, const char *const *p,
+                    PGresult **r)
+{
+    int rc = cm_db_read(db, what, sql, n, p, r);
+    if (rc == 0 && PQntuples(*r) == 0) {
+        PQclear(*r);
+        *r = NULL;
+        return CM_ENOTFOUND;
+    }
+    return rc;
+}
+
 /* ---- reads ---- */
 
 static int load_refunds(cm_db *db, const char *tenant, cm_arena *a, ord_order *o)
@@ -232,13 +246,9 @@ static int load(cm_db *db, const char *tenant, const char *order_id, const char 
     snprintf(sql, sizeof sql,
              "SELECT " ORDER_COLS " FROM orders WHERE tenant_id = $1 AND order_id = $2::uuid %s",
              lock);
-    int rc = cm_db_read(db, "get order", sql, 2, p, &r);
+    int rc = read_row(db, "get order", sql, 2, p, &r);
     if (rc)
         return rc;
-    if (PQntuples(r) == 0) {
-        PQclear(r);
-        return CM_ENOTFOUND;
-    }
     parse_order(r, 0, o);
     PQclear(r);
     return a ? load_refunds(db, tenant, a, o) : 0;
@@ -268,15 +278,11 @@ int ord_store_get_by_request(cm_db *db, const char *tenant, const char *request_
 {
     const char *p[] = {tenant, request_id};
     PGresult *r = NULL;
-    int rc = cm_db_read(
-        db, "get order by request",
-        "SELECT " ORDER_COLS " FROM orders WHERE tenant_id = $1 AND request_id = $2", 2, p, &r);
+    int rc = read_row(db, "get order by request",
+                      "SELECT " ORDER_COLS " FROM orders WHERE tenant_id = $1 AND request_id = $2",
+                      2, p, &r);
     if (rc)
         return rc;
-    if (PQntuples(r) == 0) {
-        PQclear(r);
-        return CM_ENOTFOUND;
-    }
     parse_order(r, 0, o);
     snprintf(hash, ORD_HASH_HEX + 1, "%s", PQgetvalue(r, 0, 35));
     PQclear(r);
@@ -943,16 +949,12 @@ int ord_store_tenant_timeouts(cm_db *db, const char *tenant, int64_t *normal_ms,
 {
     const char *p[] = {tenant};
     PGresult *r = NULL;
-    int rc = cm_db_read(db, "get tenant settings",
-                        "SELECT payment_timeout_s, flash_payment_timeout_s FROM tenant_settings "
-                        "WHERE tenant_id = $1",
-                        1, p, &r);
+    int rc = read_row(db, "get tenant settings",
+                      "SELECT payment_timeout_s, flash_payment_timeout_s FROM tenant_settings "
+                      "WHERE tenant_id = $1",
+                      1, p, &r);
     if (rc)
         return rc;
-    if (PQntuples(r) == 0) {
-        PQclear(r);
-        return CM_ENOTFOUND;
-    }
     *normal_ms = i64(r, 0, 0) * 1000;
     *flash_ms = i64(r, 0, 1) * 1000;
     PQclear(r);
@@ -979,14 +981,10 @@ int ord_store_get_settings(cm_db *db, const char *tenant, ord_settings *s)
     const char *p[] = {tenant};
     PGresult *r = NULL;
     int rc =
-        cm_db_read(db, "get tenant settings row",
-                   "SELECT " SETTINGS_COLS " FROM tenant_settings WHERE tenant_id = $1", 1, p, &r);
+        read_row(db, "get tenant settings row",
+                 "SELECT " SETTINGS_COLS " FROM tenant_settings WHERE tenant_id = $1", 1, p, &r);
     if (rc)
         return rc;
-    if (PQntuples(r) == 0) {
-        PQclear(r);
-        return CM_ENOTFOUND;
-    }
     parse_settings(r, 0, s);
     PQclear(r);
     return 0;

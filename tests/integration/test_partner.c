@@ -131,6 +131,34 @@ static char *example_data(const char *kind, const char *channel, char *type, siz
     return text;
 }
 
+/* a partner event as the commission service writes it: the structured
+ * CloudEvent of ce with data (taken and freed) into the outbox of the open
+ * transaction, keyed by its channel */
+static int add_cloudevent(cm_db *db, const cm_cloudevent *ce, char *data)
+{
+    char *payload = NULL;
+    size_t len = 0;
+    int rc = cm_cloudevent_json(ce, data, &payload, &len);
+    free(data);
+    if (rc)
+        return rc;
+    cm_outbox_event ev = {
+        .event_id = ce->id,
+        .tenant_id = ce->tenant_id,
+        .topic = TOPIC,
+        .key = ce->partition_key,
+        .type = ce->type,
+        .source = ce->source,
+        .payload = payload,
+        .len = len,
+        .content_type = CM_CLOUDEVENTS_JSON_CONTENT_TYPE,
+        .traceparent = ce->traceparent,
+    };
+    rc = cm_outbox_add(db, &ev);
+    free(payload);
+    return rc;
+}
+
 static int write_events(cm_db *db, void *arg)
 {
     partner_tx *t = arg;
@@ -150,26 +178,7 @@ static int write_events(cm_db *db, void *arg)
             .traceparent =
                 i == 0 ? "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01" : NULL,
         };
-        char *payload = NULL;
-        size_t len = 0;
-        int rc = cm_cloudevent_json(&ce, data, &payload, &len);
-        free(data);
-        if (rc)
-            return rc;
-        cm_outbox_event ev = {
-            .event_id = t->ids[i],
-            .tenant_id = "shop-cn-01",
-            .topic = TOPIC,
-            .key = t->channel,
-            .type = type,
-            .source = "/commerce/commission",
-            .payload = payload,
-            .len = len,
-            .content_type = CM_CLOUDEVENTS_JSON_CONTENT_TYPE,
-            .traceparent = ce.traceparent,
-        };
-        rc = cm_outbox_add(db, &ev);
-        free(payload);
+        int rc = add_cloudevent(db, &ce, data);
         if (rc)
             return rc;
     }
@@ -410,25 +419,7 @@ static int write_real_events(cm_db *db, void *arg)
             .tenant_id = t->tenant,
             .partition_key = t->channel,
         };
-        char *payload = NULL;
-        size_t len = 0;
-        int rc = cm_cloudevent_json(&ce, data, &payload, &len);
-        free(data);
-        if (rc)
-            return rc;
-        cm_outbox_event ev = {
-            .event_id = t->ids[i],
-            .tenant_id = t->tenant,
-            .topic = TOPIC,
-            .key = t->channel,
-            .type = ce.type,
-            .source = "/commerce/commission",
-            .payload = payload,
-            .len = len,
-            .content_type = CM_CLOUDEVENTS_JSON_CONTENT_TYPE,
-        };
-        rc = cm_outbox_add(db, &ev);
-        free(payload);
+        int rc = add_cloudevent(db, &ce, data);
         if (rc)
             return rc;
     }
