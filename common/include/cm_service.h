@@ -128,9 +128,6 @@ const char *cm_service_schema(const cm_service *svc);
  * <PEER>_TARGET and its TLS files; the caller's retries are its own
  * (cm_rpc_call's flags). aborts for an undeclared peer. */
 cm_rpc_client *cm_service_peer(cm_service *svc, const char *name);
-/* runs the named ticker now (or right after its run in progress); a no-op
- * before the tickers start. thread-safe. */
-void cm_service_ticker_wake(cm_service *svc, const char *name);
 
 /* inside a handler: the worker's database connection and the app state. */
 cm_db *cm_service_db(const cm_rpc_ctx *ctx);

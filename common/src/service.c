@@ -113,13 +113,6 @@ cm_rpc_client *cm_service_peer(cm_service *svc, const char *name)
     abort();
 }
 
-void cm_service_ticker_wake(cm_service *svc, const char *name)
-{
-    for (size_t i = 0; i < svc->ntickers; i++)
-        if (strcmp(svc->tickers[i].def->name, name) == 0 && svc->tickers[i].t)
-            cm_ticker_wake(svc->tickers[i].t);
-}
-
 cm_db *cm_service_db(const cm_rpc_ctx *ctx)
 {
     svc_worker *w = cm_rpc_ctx_worker(ctx);
