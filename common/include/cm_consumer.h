@@ -113,6 +113,15 @@ typedef struct cm_consumer_opts {
      * (applied or duplicate), before its offset is stored: for tests that
      * crash at the worst moment, or post-commit work. may be NULL. */
     void (*after_commit)(const cm_event *ev, int duplicate, void *arg);
+    /* optional, for handlers that stage their effects and write a whole
+     * batch's in a few statements: tx_begin(arg) runs at the start of every
+     * transaction attempt (drop what an aborted attempt staged), tx_end(db,
+     * arg) inside it after the last handler, before COMMIT. tx_end failing
+     * aborts the transaction without blaming a record: the batch is tried
+     * again, and after repeated failures record by record (each one's
+     * transaction is tx_begin, fn, tx_end), which finds the culprit. */
+    void (*tx_begin)(void *arg);
+    int (*tx_end)(cm_db *db, void *arg);
     /* the ce_types the handler acts on, NULL-terminated; NULL: every type.
      * records of other types (another service's events on a shared topic)
      * are acknowledged without a transaction or an inbox row — there is no

@@ -12,6 +12,7 @@
 #ifndef CM_ID_H
 #define CM_ID_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 /* canonical text length without the NUL, and the buffer size with it. */
@@ -46,5 +47,10 @@ int cm_id_is_uuid(const char *s);
 /* the unix-ms timestamp of a UUIDv7, or CM_EINVAL when id is not version 7
  * with variant 10. */
 int64_t cm_id_uuid7_time_ms(const uint8_t id[16]);
+
+/* the lower-case hex SHA-256 of len bytes at data (64 characters and the
+ * NUL): idempotency body hashes, migration checksums. */
+#define CM_SHA256_HEX 65
+void cm_sha256_hex(const void *data, size_t len, char out[CM_SHA256_HEX]);
 
 #endif

@@ -45,6 +45,8 @@ struct cm_consumer {
     int commit_interval_ms;
     int batch_size;
     void (*after_commit)(const cm_event *ev, int duplicate, void *arg);
+    void (*tx_begin)(void *arg);
+    int (*tx_end)(cm_db *db, void *arg);
 
     rd_kafka_t *rk;
     cm_db *db;
@@ -334,6 +336,8 @@ static int apply_in_tx(cm_db *db, void *arg)
     apply_tx *t = arg;
     t->duplicate = 0;
     const cm_event *ev = t->ev;
+    if (t->c->tx_begin)
+        t->c->tx_begin(t->c->arg);
     const char *p[] = {t->c->group, ev->id, ev->tenant_id, ev->topic};
     /* first, so a concurrent redelivery (a rebalance handing the partition
      * over mid-event) waits on this row and then sees it */
@@ -352,6 +356,8 @@ static int apply_in_tx(cm_db *db, void *arg)
     }
     double t0 = cm_kafka_mono_s();
     rc = t->c->fn(db, ev, t->c->arg);
+    if (rc == 0 && t->c->tx_end)
+        rc = t->c->tx_end(db, t->c->arg);
     cm_histogram_observe(t->c->h_handler, cm_kafka_mono_s() - t0);
     return rc;
 }
@@ -585,6 +591,8 @@ static int batch_in_tx(cm_db *db, void *arg)
     batch_tx *t = arg;
     cm_consumer *c = t->c;
     t->blamed = -1;
+    if (c->tx_begin)
+        c->tx_begin(c->arg);
     size_t ai = 1, at = 1, nactive = 0;
     t->ids[0] = '{';
     t->ids[1] = '\0';
@@ -650,6 +658,11 @@ static int batch_in_tx(cm_db *db, void *arg)
     }
     free(fresh);
     PQclear(res);
+    /* what the handlers staged, written for the whole batch; a failure
+     * here blames no record: the batch is tried again, then record by
+     * record */
+    if (rc == 0 && c->tx_end)
+        rc = c->tx_end(db, c->arg);
     return rc;
 }
 
@@ -1005,6 +1018,8 @@ int cm_consumer_start(cm_consumer **out, const cm_consumer_opts *o, char *err, s
     c->commit_interval_ms = o->commit_interval_ms > 0 ? o->commit_interval_ms : 500;
     c->batch_size = o->batch_size > 0 ? (o->batch_size < 10000 ? o->batch_size : 10000) : 500;
     c->after_commit = o->after_commit;
+    c->tx_begin = o->tx_begin;
+    c->tx_end = o->tx_end;
     size_t ntypes = 0;
     for (size_t i = 0; o->types && o->types[i]; i++)
         ntypes++;

@@ -1,8 +1,8 @@
 #include "cm_db.h"
+#include "cm_id.h"
 #include "cm_err.h"
 #include "cm_log.h"
 
-#include <openssl/evp.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -104,17 +104,8 @@ static void backoff(cm_db *db, int attempt)
 
 static int sha256_hex(const char *s, char out[SHA256_HEX_LEN + 1])
 {
-    unsigned char md[EVP_MAX_MD_SIZE];
-    unsigned int len = 0;
-    if (EVP_Digest(s, strlen(s), md, &len, EVP_sha256(), NULL) != 1 || len != 32)
-        return CM_EINTERNAL;
-    static const char hex[] = "0123456789abcdef";
-    for (unsigned int i = 0; i < len; i++) {
-        out[2 * i] = hex[md[i] >> 4];
-        out[2 * i + 1] = hex[md[i] & 15];
-    }
-    out[2 * len] = '\0';
-    return 0;
+    cm_sha256_hex(s, strlen(s), out);
+    return strcmp(out, "unhashable") == 0 ? CM_EINTERNAL : 0;
 }
 
 /* ---- error mapping ---- */

@@ -2,6 +2,7 @@
 #include "cm_err.h"
 
 #include <errno.h>
+#include <openssl/evp.h>
 #include <pthread.h>
 #include <stddef.h>
 #include <string.h>
@@ -156,4 +157,21 @@ int64_t cm_id_uuid7_time_ms(const uint8_t id[16])
     for (int i = 0; i < 6; i++)
         ms = ms << 8 | id[i];
     return (int64_t)ms;
+}
+
+void cm_sha256_hex(const void *data, size_t len, char out[CM_SHA256_HEX])
+{
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int n = 0;
+    if (EVP_Digest(data, len, md, &n, EVP_sha256(), NULL) != 1 || n != 32) {
+        /* cannot happen with a working libcrypto; never equal to a real hash */
+        memcpy(out, "unhashable", sizeof "unhashable");
+        return;
+    }
+    static const char hex[] = "0123456789abcdef";
+    for (unsigned i = 0; i < 32; i++) {
+        out[2 * i] = hex[md[i] >> 4];
+        out[2 * i + 1] = hex[md[i] & 15];
+    }
+    out[64] = '\0';
 }

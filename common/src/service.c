@@ -347,6 +347,8 @@ static int start_events(cm_service *svc, char *err, size_t errlen)
             .client_id = client,
             .conf = cconf,
             .after_commit = sc->after_commit,
+            .tx_begin = sc->tx_begin,
+            .tx_end = sc->tx_end,
             .batch_size = sc->batch_size,
             .types = sc->types,
         };

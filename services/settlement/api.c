@@ -1,0 +1,619 @@
+/* the SettlementService handlers: see stl_api.h, README.md */
+#include "stl_api.h"
+
+#include "cm_err.h"
+#include "cm_id.h"
+#include "cm_log.h"
+#include "cm_money.h"
+#include "cm_page.h"
+#include "cm_pb.h"
+#include "cm_utf8.h"
+#include "stl_events.h"
+
+#include <grpc/status.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "commerce/settlement/v1/settlement_service.pb-c.h"
+
+#define KEY_CHARS "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:-"
+
+static int valid_key(const char *s)
+{
+    size_t n = strlen(s);
+    return n >= 1 && n <= STL_ID_MAX && strspn(s, KEY_CHARS) == n;
+}
+
+static const char *num(cm_arena *a, long long v)
+{
+    return cm_arena_printf(a, "%lld", v);
+}
+
+static int fail_field(cm_rpc_ctx *ctx, const char *field, const char *why)
+{
+    return cm_rpc_fail_field(ctx, field, why);
+}
+
+static int db_fail(cm_rpc_ctx *ctx, int rc, const char *what)
+{
+    if (rc == CM_ECONFLICT)
+        return cm_rpc_fail(ctx, GRPC_STATUS_ABORTED, "CONCURRENT_MODIFICATION",
+                           "changed concurrently: retry with the same key");
+    if (rc == CM_EUNAVAIL)
+        return cm_rpc_fail(ctx, GRPC_STATUS_UNAVAILABLE, "DEPENDENCY_UNAVAILABLE",
+                           "the database is unavailable: retry");
+    return cm_rpc_fail_err(ctx, rc, what);
+}
+
+static int key_reused(cm_rpc_ctx *ctx)
+{
+    int f = cm_rpc_fail(ctx, GRPC_STATUS_ALREADY_EXISTS, "IDEMPOTENCY_KEY_REUSED",
+                        "request_id was already used with a different request");
+    cm_rpc_fail_meta(ctx, "field", "request_id");
+    return f;
+}
+
+static int version_mismatch(cm_rpc_ctx *ctx, const char *what, long long expected, long long cur)
+{
+    int f = cm_rpc_fail(ctx, GRPC_STATUS_ABORTED, "VERSION_MISMATCH",
+                        cm_arena_printf(cm_rpc_ctx_arena(ctx),
+                                        "%s %lld is not the current one (%lld): read it again",
+                                        what, expected, cur));
+    cm_rpc_fail_meta(ctx, "current_version", num(cm_rpc_ctx_arena(ctx), cur));
+    return f;
+}
+
+static int request_id_ok(cm_rpc_ctx *ctx, const char *id)
+{
+    if (!valid_key(id))
+        return fail_field(ctx, "request_id",
+                          "required: 1-64 characters from [A-Za-z0-9._:-]");
+    return 0;
+}
+
+static const char *principal(cm_rpc_ctx *ctx)
+{
+    const char *p = cm_rpc_ctx_subject(ctx);
+    return p ? p : "";
+}
+
+/* ---- protos ---- */
+
+static Commerce__Settlement__V1__SplitRule *pb_rule(cm_arena *a, const stl_rule_row *row)
+{
+    Commerce__Settlement__V1__SplitRule *m = cm_arena_calloc(a, 1, sizeof *m);
+    Commerce__Settlement__V1__FeeModel *fee = cm_arena_calloc(a, 1, sizeof *fee);
+    if (!m || !fee)
+        return NULL;
+    commerce__settlement__v1__split_rule__init(m);
+    commerce__settlement__v1__fee_model__init(fee);
+    const stl_rule *r = &row->rule;
+    m->merchant_id = cm_arena_strdup(a, row->merchant);
+    m->currency = cm_arena_strdup(a, r->currency);
+    fee->bps = (int32_t)r->fee_bps;
+    fee->fixed_minor = r->fee_fixed;
+    fee->min_minor = r->fee_min;
+    fee->max_minor = r->fee_max;
+    fee->bearer = (Commerce__Settlement__V1__FeeBearer)r->fee_bearer;
+    m->fee = fee;
+    m->merchant_settle_delay_days = (uint32_t)r->merchant_delay_days;
+    m->refund_policy = (Commerce__Settlement__V1__RefundPolicy)r->refund_policy;
+    m->version = row->version;
+    m->effective_from = cm_pb_timestamp(a, row->effective_ms);
+    m->created_by = cm_arena_strdup(a, row->created_by);
+    m->receivers = cm_arena_calloc(a, r->n ? r->n : 1, sizeof *m->receivers);
+    if (!m->merchant_id || !m->currency || !m->created_by || !m->receivers)
+        return NULL;
+    for (size_t i = 0; i < r->n; i++) {
+        Commerce__Settlement__V1__SplitReceiver *x = cm_arena_calloc(a, 1, sizeof *x);
+        if (!x)
+            return NULL;
+        commerce__settlement__v1__split_receiver__init(x);
+        x->type = (Commerce__Settlement__V1__PartyType)r->r[i].type;
+        x->receiver_id = cm_arena_strdup(a, r->r[i].id);
+        x->share_bps = (int32_t)r->r[i].share_bps;
+        x->fixed_amount_minor = r->r[i].fixed;
+        x->settle_delay_days = (uint32_t)r->r[i].delay_days;
+        x->description = cm_arena_strdup(a, row->desc[i]);
+        if (!x->receiver_id || !x->description)
+            return NULL;
+        m->receivers[i] = x;
+    }
+    m->n_receivers = r->n;
+    return m;
+}
+
+static Commerce__Settlement__V1__TenantSettings *pb_settings(cm_arena *a, const stl_settings *s)
+{
+    Commerce__Settlement__V1__TenantSettings *m = cm_arena_calloc(a, 1, sizeof *m);
+    if (!m)
+        return NULL;
+    commerce__settlement__v1__tenant_settings__init(m);
+    m->time_zone = cm_arena_strdup(a, s->tz);
+    m->max_split_bps = (int32_t)s->max_split_bps;
+    m->run_at = cm_arena_strdup(a, s->run_at);
+    m->revision = s->revision;
+    m->updated_at = s->revision ? cm_pb_timestamp(a, s->updated_ms) : NULL;
+    m->updated_by = cm_arena_strdup(a, s->updated_by);
+    return m->time_zone && m->run_at && m->updated_by ? m : NULL;
+}
+
+static Commerce__Settlement__V1__Account *pb_account(cm_arena *a, const stl_account *x)
+{
+    Commerce__Settlement__V1__Account *m = cm_arena_calloc(a, 1, sizeof *m);
+    Commerce__Settlement__V1__Party *p = cm_arena_calloc(a, 1, sizeof *p);
+    if (!m || !p)
+        return NULL;
+    commerce__settlement__v1__account__init(m);
+    commerce__settlement__v1__party__init(p);
+    p->type = (Commerce__Settlement__V1__PartyType)x->type;
+    p->id = cm_arena_strdup(a, x->owner);
+    m->account_id = x->id;
+    m->party = p;
+    m->currency = cm_arena_strdup(a, x->currency);
+    m->pending_minor = x->pending;
+    m->available_minor = x->available;
+    m->paying_minor = x->paying;
+    m->paid_out_minor = x->paid_out;
+    m->debt_minor = x->available < 0 ? -x->available : 0;
+    m->version = x->version;
+    m->updated_at = cm_pb_timestamp(a, x->updated_ms);
+    return p->id && m->currency ? m : NULL;
+}
+
+/* ---- split rules ---- */
+
+/* the rule of a request as the domain checks it; 0 or a failure naming
+ * the field */
+static int rule_in(cm_rpc_ctx *ctx, const Commerce__Settlement__V1__SplitRule *in, stl_rule *r,
+                   char (*desc)[STL_DESC_MAX + 1])
+{
+    cm_arena *a = cm_rpc_ctx_arena(ctx);
+    memset(r, 0, sizeof *r);
+    if (!in)
+        return fail_field(ctx, "rule", "required");
+    if (!valid_key(in->merchant_id))
+        return fail_field(ctx, "rule.merchant_id",
+                          "required: 1-64 characters from [A-Za-z0-9._:-]");
+    if (in->n_receivers > STL_RECEIVERS_MAX)
+        return fail_field(ctx, "rule.receivers",
+                          cm_arena_printf(a, "at most %d receivers", STL_RECEIVERS_MAX));
+    snprintf(r->currency, sizeof r->currency, "%s", in->currency);
+    if (strlen(in->currency) != 3)
+        r->currency[0] = '?'; /* refused by the check, naming the field */
+    const Commerce__Settlement__V1__FeeModel *f = in->fee;
+    r->fee_bps = f ? f->bps : 0;
+    r->fee_fixed = f ? f->fixed_minor : 0;
+    r->fee_min = f ? f->min_minor : 0;
+    r->fee_max = f ? f->max_minor : 0;
+    r->fee_bearer = f && f->bearer ? (int)f->bearer : STL_FEE_PRO_RATA;
+    r->refund_policy = in->refund_policy ? (int)in->refund_policy : STL_REFUND_PRO_RATA;
+    r->merchant_delay_days = in->merchant_settle_delay_days > STL_DELAY_DAYS_MAX
+                                 ? STL_DELAY_DAYS_MAX + 1
+                                 : (int)in->merchant_settle_delay_days;
+    if (in->merchant_settle_delay_days > STL_DELAY_DAYS_MAX)
+        return fail_field(ctx, "rule.merchant_settle_delay_days",
+                          cm_arena_printf(a, "0-%d days", STL_DELAY_DAYS_MAX));
+    r->n = in->n_receivers;
+    for (size_t i = 0; i < in->n_receivers; i++) {
+        const Commerce__Settlement__V1__SplitReceiver *x = in->receivers[i];
+        if (!valid_key(x->receiver_id))
+            return fail_field(ctx, cm_arena_printf(a, "rule.receivers[%zu].receiver_id", i),
+                              "required: 1-64 characters from [A-Za-z0-9._:-]");
+        if (x->settle_delay_days > STL_DELAY_DAYS_MAX)
+            return fail_field(ctx, cm_arena_printf(a, "rule.receivers[%zu].settle_delay_days", i),
+                              cm_arena_printf(a, "0-%d days", STL_DELAY_DAYS_MAX));
+        if (cm_utf8_chars(x->description) > STL_DESC_MAX)
+            return fail_field(ctx, cm_arena_printf(a, "rule.receivers[%zu].description", i),
+                              "at most 256 characters");
+        r->r[i].type = (int)x->type;
+        snprintf(r->r[i].id, sizeof r->r[i].id, "%s", x->receiver_id);
+        r->r[i].share_bps = x->share_bps;
+        r->r[i].fixed = x->fixed_amount_minor;
+        r->r[i].delay_days = (int)x->settle_delay_days;
+        snprintf(desc[i], STL_DESC_MAX + 1, "%s", x->description);
+    }
+    return 0;
+}
+
+static int put_split_rule(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    const Commerce__Settlement__V1__PutSplitRuleRequest *req = (const void *)in;
+    Commerce__Settlement__V1__PutSplitRuleResponse *resp = (void *)out;
+    stl_app *app = cm_service_app(ctx);
+    cm_arena *a = cm_rpc_ctx_arena(ctx);
+    if (cm_rpc_require_role(ctx, "admin") || request_id_ok(ctx, req->request_id))
+        return -1;
+    if (req->expected_version < 0)
+        return fail_field(ctx, "expected_version", "must be >= 0");
+    stl_rule *rule = cm_rpc_alloc(ctx, sizeof *rule);
+    char(*desc)[STL_DESC_MAX + 1] = cm_rpc_alloc(ctx, STL_RECEIVERS_MAX * (STL_DESC_MAX + 1));
+    stl_rule_row *row = cm_rpc_alloc(ctx, sizeof *row);
+    stl_settings *set = cm_rpc_alloc(ctx, sizeof *set);
+    if (!rule || !desc || !row || !set)
+        return cm_rpc_fail_err(ctx, CM_ENOMEM, "split rule");
+    if (rule_in(ctx, req->rule, rule, desc))
+        return -1;
+    cm_db *db = cm_service_db(ctx);
+    const char *tenant = cm_rpc_ctx_tenant(ctx);
+    int rc = stl_store_get_settings(db, tenant, &app->defaults, set);
+    if (rc)
+        return db_fail(ctx, rc, "could not read the tenant's settings");
+    stl_violation v;
+    if (stl_rule_check(rule, set->max_split_bps, &v))
+        return fail_field(ctx, v.field, v.why);
+    /* the canonical body: what the caller asked for, output fields aside */
+    cm_buf body = {0};
+    cm_buf_puts(&body, cm_arena_printf(a, "rule.v1|%s|%s|%lld|%lld|%lld|%lld|%d|%d|%d|%lld",
+                                       req->rule->merchant_id, rule->currency,
+                                       (long long)rule->fee_bps, (long long)rule->fee_fixed,
+                                       (long long)rule->fee_min, (long long)rule->fee_max,
+                                       rule->fee_bearer, rule->refund_policy,
+                                       rule->merchant_delay_days,
+                                       (long long)req->expected_version));
+    for (size_t i = 0; i < rule->n; i++) {
+        const stl_receiver *x = &rule->r[i];
+        cm_buf_puts(&body, cm_arena_printf(a, "|%d|%s|%lld|%lld|%d|%zu:", x->type, x->id,
+                                           (long long)x->share_bps, (long long)x->fixed,
+                                           x->delay_days, strlen(desc[i])));
+        cm_buf_puts(&body, desc[i]);
+    }
+    if (body.oom) {
+        cm_buf_free(&body);
+        return cm_rpc_fail_err(ctx, CM_ENOMEM, "split rule");
+    }
+    char hash[CM_SHA256_HEX];
+    cm_sha256_hex(body.p, body.len, hash);
+    cm_buf_free(&body);
+    int verdict = 0;
+    rc = stl_store_put_rule(db, tenant, req->request_id, hash, req->rule->merchant_id, rule,
+                            (const char(*)[STL_DESC_MAX + 1])desc, req->expected_version,
+                            principal(ctx), row, &verdict);
+    if (rc)
+        return db_fail(ctx, rc, "could not store the split rule");
+    if (verdict == STL_KEY_REUSED)
+        return key_reused(ctx);
+    if (verdict == STL_VERSION)
+        return version_mismatch(ctx, "expected_version", req->expected_version, row->version);
+    if (verdict == STL_OK)
+        cm_log_info("split rule stored", "tenant", tenant, "merchant_id", row->merchant,
+                    "currency", row->rule.currency, "version", num(a, row->version), "principal",
+                    principal(ctx), NULL);
+    resp->rule = pb_rule(a, row);
+    return resp->rule ? 0 : cm_rpc_fail_err(ctx, CM_ENOMEM, "split rule");
+}
+
+static int merchant_currency_ok(cm_rpc_ctx *ctx, const char *merchant, const char *currency)
+{
+    if (!valid_key(merchant))
+        return fail_field(ctx, "merchant_id", "required: 1-64 characters from [A-Za-z0-9._:-]");
+    if (!cm_money_currency_valid(currency))
+        return fail_field(ctx, "currency", "required: a known ISO-4217 code");
+    return 0;
+}
+
+static int get_split_rule(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    const Commerce__Settlement__V1__GetSplitRuleRequest *req = (const void *)in;
+    Commerce__Settlement__V1__GetSplitRuleResponse *resp = (void *)out;
+    if (merchant_currency_ok(ctx, req->merchant_id, req->currency))
+        return -1;
+    if (req->version < 0)
+        return fail_field(ctx, "version", "must be >= 0");
+    stl_rule_row *row = cm_rpc_alloc(ctx, sizeof *row);
+    if (!row)
+        return cm_rpc_fail_err(ctx, CM_ENOMEM, "split rule");
+    int rc = stl_store_get_rule(cm_service_db(ctx), cm_rpc_ctx_tenant(ctx), req->merchant_id,
+                                req->currency, req->version, row);
+    if (rc == CM_ENOTFOUND)
+        return cm_rpc_fail(ctx, GRPC_STATUS_NOT_FOUND, "RESOURCE_NOT_FOUND",
+                           "no split rule for this merchant, currency and version");
+    if (rc)
+        return db_fail(ctx, rc, "could not read the split rule");
+    resp->rule = pb_rule(cm_rpc_ctx_arena(ctx), row);
+    return resp->rule ? 0 : cm_rpc_fail_err(ctx, CM_ENOMEM, "split rule");
+}
+
+static int list_split_rule_versions(cm_rpc_ctx *ctx, const ProtobufCMessage *in,
+                                    ProtobufCMessage *out)
+{
+    const Commerce__Settlement__V1__ListSplitRuleVersionsRequest *req = (const void *)in;
+    Commerce__Settlement__V1__ListSplitRuleVersionsResponse *resp = (void *)out;
+    cm_arena *a = cm_rpc_ctx_arena(ctx);
+    if (merchant_currency_ok(ctx, req->merchant_id, req->currency))
+        return -1;
+    uint64_t fh =
+        cm_page_filters(cm_arena_printf(a, "%s|%s", req->merchant_id, req->currency));
+    char pos[CM_PAGE_POSITION_MAX + 1];
+    const char *after;
+    int limit;
+    if (cm_page_begin(ctx, req->page_size, req->page_token, 'r', fh, pos, &after, &limit))
+        return -1;
+    int64_t before = after ? strtoll(after, NULL, 10) : 0;
+    if (after && before <= 0)
+        return cm_page_bad_token(ctx);
+    stl_rule_row *rows = cm_rpc_alloc(ctx, (size_t)(limit + 1) * sizeof *rows);
+    if (!rows)
+        return cm_rpc_fail_err(ctx, CM_ENOMEM, "split rules");
+    int n = 0;
+    int rc = stl_store_list_rules(cm_service_db(ctx), cm_rpc_ctx_tenant(ctx), req->merchant_id,
+                                  req->currency, before, limit + 1, rows, &n);
+    if (rc)
+        return db_fail(ctx, rc, "could not list the split rules");
+    int more = n > limit;
+    if (more)
+        n = limit;
+    resp->rules = cm_rpc_alloc(ctx, (size_t)(n ? n : 1) * sizeof *resp->rules);
+    if (!resp->rules)
+        return cm_rpc_fail_err(ctx, CM_ENOMEM, "split rules");
+    for (int i = 0; i < n; i++)
+        if (!(resp->rules[i] = pb_rule(a, &rows[i])))
+            return cm_rpc_fail_err(ctx, CM_ENOMEM, "split rules");
+    resp->n_rules = (size_t)n;
+    return cm_page_next(ctx, more, 'r', fh, n ? num(a, rows[n - 1].version) : NULL,
+                        &resp->next_page_token);
+}
+
+/* ---- tenant settings ---- */
+
+static int get_tenant_settings(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    (void)in;
+    Commerce__Settlement__V1__GetTenantSettingsResponse *resp = (void *)out;
+    stl_app *app = cm_service_app(ctx);
+    stl_settings s;
+    int rc = stl_store_get_settings(cm_service_db(ctx), cm_rpc_ctx_tenant(ctx), &app->defaults,
+                                    &s);
+    if (rc)
+        return db_fail(ctx, rc, "could not read the tenant's settings");
+    resp->settings = pb_settings(cm_rpc_ctx_arena(ctx), &s);
+    return resp->settings ? 0 : cm_rpc_fail_err(ctx, CM_ENOMEM, "tenant settings");
+}
+
+/* "HH:MM", 00:00 to 23:59 */
+static int valid_hhmm(const char *s)
+{
+    return strlen(s) == 5 && s[2] == ':' && s[0] >= '0' && s[0] <= '2' && s[1] >= '0' &&
+           s[1] <= '9' && (s[0] < '2' || s[1] <= '3') && s[3] >= '0' && s[3] <= '5' &&
+           s[4] >= '0' && s[4] <= '9';
+}
+
+static int put_tenant_settings(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    const Commerce__Settlement__V1__PutTenantSettingsRequest *req = (const void *)in;
+    Commerce__Settlement__V1__PutTenantSettingsResponse *resp = (void *)out;
+    stl_app *app = cm_service_app(ctx);
+    cm_arena *a = cm_rpc_ctx_arena(ctx);
+    if (cm_rpc_require_role(ctx, "admin") || request_id_ok(ctx, req->request_id))
+        return -1;
+    const Commerce__Settlement__V1__TenantSettings *s = req->settings;
+    if (!s)
+        return fail_field(ctx, "settings", "required");
+    if (req->expected_revision < 0)
+        return fail_field(ctx, "expected_revision", "must be >= 0");
+    if (s->max_split_bps < 0 || s->max_split_bps > CM_MONEY_BPS_ONE)
+        return fail_field(ctx, "settings.max_split_bps", "0-10000 basis points");
+    if (!valid_hhmm(s->run_at))
+        return fail_field(ctx, "settings.run_at", "required: a local time \"HH:MM\" (24 h)");
+    cm_db *db = cm_service_db(ctx);
+    int known = strlen(s->time_zone) <= STL_TZ_MAX && *s->time_zone
+                    ? stl_store_zone_known(db, s->time_zone)
+                    : 0;
+    if (known < 0)
+        return db_fail(ctx, known, "could not check the time zone");
+    if (!known)
+        return fail_field(ctx, "settings.time_zone",
+                          "required: an IANA time zone name, e.g. \"Asia/Shanghai\"");
+    stl_settings want = {.max_split_bps = s->max_split_bps};
+    snprintf(want.tz, sizeof want.tz, "%s", s->time_zone);
+    snprintf(want.run_at, sizeof want.run_at, "%s", s->run_at);
+    const char *body = cm_arena_printf(a, "settings.v1|%s|%d|%s|%lld", s->time_zone,
+                                       s->max_split_bps, s->run_at,
+                                       (long long)req->expected_revision);
+    if (!body)
+        return cm_rpc_fail_err(ctx, CM_ENOMEM, "tenant settings");
+    char hash[CM_SHA256_HEX];
+    cm_sha256_hex(body, strlen(body), hash);
+    stl_settings now;
+    int verdict = 0;
+    int rc = stl_store_put_settings(db, cm_rpc_ctx_tenant(ctx), req->request_id, hash, &want,
+                                    req->expected_revision, principal(ctx), &app->defaults, &now,
+                                    &verdict);
+    if (rc)
+        return db_fail(ctx, rc, "could not change the tenant's settings");
+    if (verdict == STL_KEY_REUSED)
+        return key_reused(ctx);
+    if (verdict == STL_VERSION)
+        return version_mismatch(ctx, "expected_revision", req->expected_revision, now.revision);
+    if (verdict == STL_OK)
+        cm_log_info("settlement settings changed", "tenant", cm_rpc_ctx_tenant(ctx), "revision",
+                    num(a, now.revision), "principal", principal(ctx), NULL);
+    resp->settings = pb_settings(a, &now);
+    return resp->settings ? 0 : cm_rpc_fail_err(ctx, CM_ENOMEM, "tenant settings");
+}
+
+/* ---- accounts and the journal ---- */
+
+static int list_accounts(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    const Commerce__Settlement__V1__ListAccountsRequest *req = (const void *)in;
+    Commerce__Settlement__V1__ListAccountsResponse *resp = (void *)out;
+    cm_arena *a = cm_rpc_ctx_arena(ctx);
+    int type = 0;
+    const char *owner = NULL;
+    if (req->party) {
+        type = (int)req->party->type;
+        owner = req->party->id;
+        if (!stl_party_name(type) && type != STL_PARTY_CLEARING && type != STL_PARTY_PROVIDER_FEE)
+            return fail_field(ctx, "party.type", "a known party type");
+        int ledger = type == STL_PARTY_CLEARING || type == STL_PARTY_PROVIDER_FEE;
+        if (ledger ? *owner != '\0' : !valid_key(owner))
+            return fail_field(ctx, "party.id",
+                              ledger ? "empty for the ledger's own accounts"
+                                     : "required: 1-64 characters from [A-Za-z0-9._:-]");
+    }
+    if (*req->currency && !cm_money_currency_valid(req->currency))
+        return fail_field(ctx, "currency", "a known ISO-4217 code, or empty for all");
+    uint64_t fh = cm_page_filters(
+        cm_arena_printf(a, "%d|%s|%s", type, owner ? owner : "\x01", req->currency));
+    char pos[CM_PAGE_POSITION_MAX + 1];
+    const char *after;
+    int limit;
+    if (cm_page_begin(ctx, req->page_size, req->page_token, 'a', fh, pos, &after, &limit))
+        return -1;
+    int64_t after_id = after ? strtoll(after, NULL, 10) : 0;
+    if (after && after_id <= 0)
+        return cm_page_bad_token(ctx);
+    stl_account *rows = cm_rpc_alloc(ctx, (size_t)(limit + 1) * sizeof *rows);
+    if (!rows)
+        return cm_rpc_fail_err(ctx, CM_ENOMEM, "accounts");
+    int n = 0;
+    int rc = stl_store_list_accounts(cm_service_db(ctx), cm_rpc_ctx_tenant(ctx), type, owner,
+                                     req->currency, after_id, limit + 1, rows, &n);
+    if (rc)
+        return db_fail(ctx, rc, "could not list the accounts");
+    int more = n > limit;
+    if (more)
+        n = limit;
+    resp->accounts = cm_rpc_alloc(ctx, (size_t)(n ? n : 1) * sizeof *resp->accounts);
+    if (!resp->accounts)
+        return cm_rpc_fail_err(ctx, CM_ENOMEM, "accounts");
+    for (int i = 0; i < n; i++)
+        if (!(resp->accounts[i] = pb_account(a, &rows[i])))
+            return cm_rpc_fail_err(ctx, CM_ENOMEM, "accounts");
+    resp->n_accounts = (size_t)n;
+    return cm_page_next(ctx, more, 'a', fh, n ? num(a, rows[n - 1].id) : NULL,
+                        &resp->next_page_token);
+}
+
+static int list_journal_entries(cm_rpc_ctx *ctx, const ProtobufCMessage *in,
+                                ProtobufCMessage *out)
+{
+    const Commerce__Settlement__V1__ListJournalEntriesRequest *req = (const void *)in;
+    Commerce__Settlement__V1__ListJournalEntriesResponse *resp = (void *)out;
+    cm_arena *a = cm_rpc_ctx_arena(ctx);
+    if (*req->order_id && !cm_id_is_uuid(req->order_id))
+        return fail_field(ctx, "order_id", "a UUID, or empty for all");
+    if (req->account_id < 0)
+        return fail_field(ctx, "account_id", "must be >= 0");
+    int64_t from = 0, to = 0;
+    if (req->posted) {
+        if (req->posted->start_at && cm_pb_timestamp_check(req->posted->start_at, &from))
+            return fail_field(ctx, "posted.start_at", "not a valid timestamp");
+        if (req->posted->end_at && cm_pb_timestamp_check(req->posted->end_at, &to))
+            return fail_field(ctx, "posted.end_at", "not a valid timestamp");
+        if (from && to && to <= from)
+            return fail_field(ctx, "posted.end_at", "must be after posted.start_at");
+    }
+    uint64_t fh = cm_page_filters(cm_arena_printf(a, "%s|%lld|%lld|%lld", req->order_id,
+                                                  (long long)req->account_id, (long long)from,
+                                                  (long long)to));
+    char pos[CM_PAGE_POSITION_MAX + 1];
+    const char *after;
+    int limit;
+    if (cm_page_begin(ctx, req->page_size, req->page_token, 'e', fh, pos, &after, &limit))
+        return -1;
+    int64_t before = after ? strtoll(after, NULL, 10) : 0;
+    if (after && before <= 0)
+        return cm_page_bad_token(ctx);
+    /* entries are large (up to 106 postings): a page is read in slices */
+    stl_entry *rows = malloc((size_t)(limit + 1) * sizeof *rows);
+    if (!rows)
+        return cm_rpc_fail_err(ctx, CM_ENOMEM, "entries");
+    int n = 0;
+    int rc = stl_store_list_entries(cm_service_db(ctx), cm_rpc_ctx_tenant(ctx),
+                                    *req->order_id ? req->order_id : NULL, req->account_id, from,
+                                    to, before, limit + 1, rows, &n);
+    if (rc) {
+        free(rows);
+        return db_fail(ctx, rc, "could not list the journal");
+    }
+    int more = n > limit;
+    if (more)
+        n = limit;
+    resp->entries = cm_rpc_alloc(ctx, (size_t)(n ? n : 1) * sizeof *resp->entries);
+    for (int i = 0; resp->entries && i < n; i++) {
+        if (!(resp->entries[i] = stl_pb_entry(a, &rows[i]))) {
+            resp->entries = NULL;
+            break;
+        }
+    }
+    int64_t last = n ? rows[n - 1].id : 0;
+    free(rows);
+    if (!resp->entries)
+        return cm_rpc_fail_err(ctx, CM_ENOMEM, "entries");
+    resp->n_entries = (size_t)n;
+    return cm_page_next(ctx, more, 'e', fh, n ? num(a, last) : NULL, &resp->next_page_token);
+}
+
+const cm_rpc_method stl_methods[] = {
+    {"PutSplitRule", put_split_rule, 0},
+    {"GetSplitRule", get_split_rule, 0},
+    {"ListSplitRuleVersions", list_split_rule_versions, 0},
+    {"GetTenantSettings", get_tenant_settings, 0},
+    {"PutTenantSettings", put_tenant_settings, 0},
+    {"ListAccounts", list_accounts, 0},
+    {"ListJournalEntries", list_journal_entries, 0},
+};
+const size_t stl_methods_count = sizeof stl_methods / sizeof stl_methods[0];
+
+/* ---- app ---- */
+
+int stl_app_init(cm_service *svc, void **out, char *err, size_t errlen)
+{
+    stl_app *app = calloc(1, sizeof *app);
+    if (!app) {
+        snprintf(err, errlen, "out of memory");
+        return CM_ENOMEM;
+    }
+    snprintf(app->defaults.tz, sizeof app->defaults.tz, "%s",
+             cm_service_text(svc, "SETTLEMENT_DEFAULT_TIME_ZONE"));
+    app->defaults.max_split_bps = cm_service_int(svc, "SETTLEMENT_DEFAULT_MAX_SPLIT_BPS");
+    snprintf(app->defaults.run_at, sizeof app->defaults.run_at, "%s",
+             cm_service_text(svc, "SETTLEMENT_DEFAULT_RUN_AT"));
+    if (!valid_hhmm(app->defaults.run_at)) {
+        snprintf(err, errlen, "SETTLEMENT_DEFAULT_RUN_AT: not a local time \"HH:MM\"");
+        free(app);
+        return CM_EINVAL;
+    }
+    int known = stl_store_zone_known(cm_service_main_db(svc), app->defaults.tz);
+    if (known <= 0) {
+        snprintf(err, errlen, "SETTLEMENT_DEFAULT_TIME_ZONE: %s",
+                 known < 0 ? "could not be checked" : "not a time zone the database knows");
+        free(app);
+        return known < 0 ? known : CM_EINVAL;
+    }
+    app->events_on = (int)cm_service_int(svc, "SETTLEMENT_EVENTS");
+    app->ledger = stl_ledger_new(&app->defaults, app->events_on);
+    cm_metrics *m = cm_service_metrics(svc);
+    app->posted = cm_metrics_counter(m, "settlement_splits_posted_total",
+                                     "paid orders split and posted on the ledger", NULL);
+    app->reversed = cm_metrics_counter(m, "settlement_refunds_reversed_total",
+                                       "refunds reversed on the ledger", NULL);
+    app->duplicates = cm_metrics_counter(
+        m, "settlement_duplicate_postings_total",
+        "payments or refunds seen again under another event id (posted once)", NULL);
+    app->capped = cm_metrics_counter(m, "settlement_capped_splits_total",
+                                     "splits scaled down to the tenant's cap", NULL);
+    app->waiting = cm_metrics_counter(m, "settlement_refunds_waiting_total",
+                                      "refund attempts that found their payment not posted yet",
+                                      NULL);
+    if (!app->ledger) {
+        snprintf(err, errlen, "out of memory");
+        free(app);
+        return CM_ENOMEM;
+    }
+    *out = app;
+    return 0;
+}
+
+void stl_app_fini(cm_service *svc, void *p)
+{
+    (void)svc;
+    stl_app *app = p;
+    if (!app)
+        return;
+    stl_ledger_free(app->ledger);
+    free(app);
+}

@@ -1,0 +1,254 @@
+/* settlement's events: see stl_events.h */
+#include "stl_events.h"
+
+#include "cm_err.h"
+#include "cm_id.h"
+#include "cm_log.h"
+#include "cm_money.h"
+#include "cm_pb.h"
+#include "stl_api.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include "commerce/events/v1/order_events.pb-c.h"
+#include "commerce/events/v1/settlement_events.pb-c.h"
+
+static Commerce__Common__V1__Money *money(cm_arena *a, int64_t amount, const char *currency)
+{
+    Commerce__Common__V1__Money *m = cm_arena_calloc(a, 1, sizeof *m);
+    if (!m)
+        return NULL;
+    commerce__common__v1__money__init(m);
+    m->amount_minor = amount;
+    m->currency = cm_arena_strdup(a, currency);
+    return m->currency ? m : NULL;
+}
+
+static Commerce__Common__V1__Date *date(cm_arena *a, const char *ymd)
+{
+    int y, mo, d;
+    if (!*ymd || sscanf(ymd, "%d-%d-%d", &y, &mo, &d) != 3)
+        return NULL;
+    Commerce__Common__V1__Date *m = cm_arena_calloc(a, 1, sizeof *m);
+    if (!m)
+        return NULL;
+    commerce__common__v1__date__init(m);
+    m->year = y;
+    m->month = mo;
+    m->day = d;
+    return m;
+}
+
+Commerce__Settlement__V1__JournalEntry *stl_pb_entry(cm_arena *a, const stl_entry *e)
+{
+    Commerce__Settlement__V1__JournalEntry *m = cm_arena_calloc(a, 1, sizeof *m);
+    if (!m)
+        return NULL;
+    commerce__settlement__v1__journal_entry__init(m);
+    m->entry_id = e->id;
+    m->kind = (Commerce__Settlement__V1__EntryKind)e->kind;
+    m->order_id = cm_arena_strdup(a, e->order_id);
+    m->merchant_id = cm_arena_strdup(a, e->merchant);
+    m->refund_id = cm_arena_strdup(a, e->ref);
+    m->currency = cm_arena_strdup(a, e->currency);
+    m->posted_at = cm_pb_timestamp(a, e->posted_ms);
+    m->rule_version = e->rule_version;
+    m->capped = e->capped;
+    m->source_event_id = cm_arena_strdup(a, e->event_id);
+    m->amount = money(a, e->amount, e->currency);
+    m->fee = money(a, e->fee, e->currency);
+    m->postings = cm_arena_calloc(a, e->n ? e->n : 1, sizeof *m->postings);
+    if (!m->order_id || !m->merchant_id || !m->refund_id || !m->currency || !m->amount ||
+        !m->fee || !m->postings || !m->source_event_id)
+        return NULL;
+    for (size_t i = 0; i < e->n; i++) {
+        const stl_posting *q = &e->p[i];
+        Commerce__Settlement__V1__Posting *p = cm_arena_calloc(a, 1, sizeof *p);
+        Commerce__Settlement__V1__Party *party = cm_arena_calloc(a, 1, sizeof *party);
+        if (!p || !party)
+            return NULL;
+        commerce__settlement__v1__posting__init(p);
+        commerce__settlement__v1__party__init(party);
+        party->type = (Commerce__Settlement__V1__PartyType)q->type;
+        party->id = cm_arena_strdup(a, q->owner);
+        if (!party->id)
+            return NULL;
+        p->account_id = q->account;
+        p->party = party;
+        p->bucket = (Commerce__Settlement__V1__Bucket)q->bucket;
+        p->amount_minor = q->amount;
+        p->due_date = date(a, q->due);
+        m->postings[i] = p;
+    }
+    m->n_postings = e->n;
+    return m;
+}
+
+int stl_ev_pack_entry(cm_arena *a, const char *tenant, const char *event_id, const stl_entry *e,
+                      const uint8_t **out, size_t *len)
+{
+    Commerce__Settlement__V1__JournalEntry *entry = stl_pb_entry(a, e);
+    int64_t *versions = cm_arena_calloc(a, e->n ? e->n : 1, sizeof *versions);
+    if (!entry || !versions)
+        return CM_ENOMEM;
+    for (size_t i = 0; i < e->n; i++)
+        versions[i] = e->p[i].version;
+    const ProtobufCMessage *msg;
+    Commerce__Events__V1__SplitPosted sp = COMMERCE__EVENTS__V1__SPLIT_POSTED__INIT;
+    Commerce__Events__V1__SplitReversed sr = COMMERCE__EVENTS__V1__SPLIT_REVERSED__INIT;
+    if (e->kind == STL_ENTRY_SPLIT) {
+        sp.event_id = (char *)event_id;
+        sp.tenant_id = (char *)tenant;
+        sp.occurred_at = entry->posted_at;
+        sp.order_id = entry->order_id;
+        sp.merchant_id = entry->merchant_id;
+        sp.paid_amount = entry->amount;
+        sp.entry = entry;
+        sp.account_versions = versions;
+        sp.n_account_versions = e->n;
+        msg = &sp.base;
+    } else {
+        sr.event_id = (char *)event_id;
+        sr.tenant_id = (char *)tenant;
+        sr.occurred_at = entry->posted_at;
+        sr.order_id = entry->order_id;
+        sr.merchant_id = entry->merchant_id;
+        sr.refund_id = entry->refund_id;
+        sr.refunded_amount = entry->amount;
+        sr.entry = entry;
+        sr.account_versions = versions;
+        sr.n_account_versions = e->n;
+        msg = &sr.base;
+    }
+    size_t n = protobuf_c_message_get_packed_size(msg);
+    uint8_t *p = cm_arena_alloc(a, n ? n : 1);
+    if (!p)
+        return CM_ENOMEM;
+    protobuf_c_message_pack(msg, p);
+    *out = p;
+    *len = n;
+    return 0;
+}
+
+/* ---- the order events ---- */
+
+static int64_t ts_ms(const Google__Protobuf__Timestamp *t)
+{
+    return t ? cm_pb_timestamp_ms(t) : 0;
+}
+
+/* a key as the order service writes them: 1-64 of [A-Za-z0-9._:-] */
+static int valid_key(const char *s)
+{
+    size_t n = strlen(s);
+    return n >= 1 && n <= STL_ID_MAX && strspn(s,
+                                               "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+                                               "0123456789._:-") == n;
+}
+
+static int on_paid(stl_app *app, const cm_event *ev)
+{
+    Commerce__Events__V1__OrderPaid *p =
+        commerce__events__v1__order_paid__unpack(NULL, ev->len, ev->payload);
+    if (!p)
+        return CM_EINVAL;
+    const Commerce__Order__V1__Order *o = p->order;
+    const char *tenant = *p->tenant_id ? p->tenant_id : ev->tenant_id;
+    const Commerce__Common__V1__Money *amt =
+        o && o->payment && o->payment->amount ? o->payment->amount : o ? o->total_amount : NULL;
+    int rc = CM_EINVAL;
+    if (o && amt && *tenant && cm_id_is_uuid(p->order_id) && valid_key(o->merchant_id) &&
+        cm_money_currency_valid(amt->currency) && amt->amount_minor >= 0) {
+        int64_t paid = ts_ms(o->payment ? o->payment->paid_at : NULL);
+        if (!paid)
+            paid = ts_ms(o->payment ? o->payment->recorded_at : NULL);
+        if (!paid)
+            paid = ts_ms(p->occurred_at);
+        stl_pay_in in = {.tenant = tenant,
+                         .order_id = p->order_id,
+                         .merchant = o->merchant_id,
+                         .currency = amt->currency,
+                         .event_id = ev->id,
+                         .traceparent = ev->traceparent,
+                         .amount = amt->amount_minor,
+                         .paid_ms = paid};
+        rc = stl_ledger_stage_pay(app->ledger, &in);
+    } else {
+        cm_log_warn("OrderPaid event refused: missing or invalid fields", "event_id", ev->id,
+                    NULL);
+    }
+    protobuf_c_message_free_unpacked(&p->base, NULL);
+    return rc;
+}
+
+static int on_refunded(stl_app *app, cm_db *db, const cm_event *ev)
+{
+    Commerce__Events__V1__OrderRefunded *p =
+        commerce__events__v1__order_refunded__unpack(NULL, ev->len, ev->payload);
+    if (!p)
+        return CM_EINVAL;
+    const char *tenant = *p->tenant_id ? p->tenant_id : ev->tenant_id;
+    const Commerce__Order__V1__Refund *rf = p->refund;
+    int rc = CM_EINVAL;
+    if (rf && rf->amount && *tenant && cm_id_is_uuid(p->order_id) && valid_key(rf->refund_id)) {
+        stl_refund_in in = {.tenant = tenant,
+                            .order_id = p->order_id,
+                            .refund_id = rf->refund_id,
+                            .currency = rf->amount->currency,
+                            .event_id = ev->id,
+                            .traceparent = ev->traceparent,
+                            .amount = rf->amount->amount_minor};
+        rc = stl_ledger_refund(app->ledger, db, &in);
+        if (rc == CM_ENOTFOUND) {
+            /* the payment is not posted yet: wait for it (retried with
+             * backoff, then dead-lettered) */
+            cm_log_warn("refund before its payment: retrying", "tenant", tenant, "order_id",
+                        p->order_id, "attempt", ev->attempt > 1 ? "again" : "first", NULL);
+            cm_counter_add(app->waiting, 1);
+            rc = CM_ECONFLICT;
+        }
+    } else {
+        cm_log_warn("OrderRefunded event refused: missing or invalid fields", "event_id", ev->id,
+                    NULL);
+    }
+    protobuf_c_message_free_unpacked(&p->base, NULL);
+    return rc;
+}
+
+int stl_on_order_event(cm_db *db, const cm_event *ev, void *arg)
+{
+    stl_app *app = arg;
+    if (strcmp(ev->type, "commerce.events.v1.OrderPaid") == 0)
+        return on_paid(app, ev);
+    if (strcmp(ev->type, "commerce.events.v1.OrderRefunded") == 0)
+        return on_refunded(app, db, ev);
+    return 0;
+}
+
+void stl_on_tx_begin(void *arg)
+{
+    stl_app *app = arg;
+    stl_ledger_begin(app->ledger);
+}
+
+int stl_on_tx_end(cm_db *db, void *arg)
+{
+    stl_app *app = arg;
+    return stl_ledger_flush(app->ledger, db);
+}
+
+void stl_on_committed(const cm_event *ev, int duplicate, void *arg)
+{
+    (void)ev;
+    (void)duplicate;
+    stl_app *app = arg;
+    stl_ledger_committed(app->ledger);
+    stl_ledger_stats s;
+    stl_ledger_get_stats(app->ledger, &s);
+    cm_counter_add(app->posted, s.splits - app->last.splits);
+    cm_counter_add(app->reversed, s.reversals - app->last.reversals);
+    cm_counter_add(app->duplicates, s.duplicates - app->last.duplicates);
+    cm_counter_add(app->capped, s.capped - app->last.capped);
+    app->last = s;
+}

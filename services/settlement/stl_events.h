@@ -1,0 +1,37 @@
+/*
+ * stl_events: settlement's side of kafka. consumes the order events
+ * (OrderPaid, OrderRefunded) into the ledger, and packs the events it
+ * publishes (SplitPosted, SplitReversed) for the outbox.
+ */
+#ifndef STL_EVENTS_H
+#define STL_EVENTS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "cm_arena.h"
+#include "cm_consumer.h"
+#include "stl_store.h"
+
+#include "commerce/settlement/v1/settlement.pb-c.h"
+
+#define STL_TOPIC "commerce.settlement.v1"
+#define STL_SOURCE "/commerce/settlement"
+#define STL_TYPE_SPLIT_POSTED "commerce.events.v1.SplitPosted"
+#define STL_TYPE_SPLIT_REVERSED "commerce.events.v1.SplitReversed"
+
+/* the proto of an entry (in a); NULL when out of memory */
+Commerce__Settlement__V1__JournalEntry *stl_pb_entry(cm_arena *a, const stl_entry *e);
+
+/* packs the event of a posted entry (SplitPosted for a SPLIT, else
+ * SplitReversed) into a. 0 or CM_ENOMEM. */
+int stl_ev_pack_entry(cm_arena *a, const char *tenant, const char *event_id, const stl_entry *e,
+                      const uint8_t **out, size_t *len);
+
+/* the consumer's handler and transaction hooks (arg: the stl_app) */
+int stl_on_order_event(cm_db *db, const cm_event *ev, void *arg);
+void stl_on_tx_begin(void *arg);
+int stl_on_tx_end(cm_db *db, void *arg);
+void stl_on_committed(const cm_event *ev, int duplicate, void *arg);
+
+#endif

@@ -1,0 +1,71 @@
+/*
+ * stl_ledger: posting payments and refunds on the ledger, from the order
+ * events (README.md, "Posting").
+ *
+ * payments are staged by the consumer's handler and written per batch
+ * (stl_ledger_flush, from the consumer's tx_end): a few statements for the
+ * whole batch — the rule version and tenant settings of every payment, the
+ * split rows (whose primary key makes an order split once, whatever event
+ * ids carry it), the accounts' balances (one update per account, locked in
+ * id order), the pending rows by due date, the journal entries and their
+ * events in the outbox. a refund is posted at once, after the staged
+ * payments (its payment may be in the same batch).
+ *
+ * a ledger belongs to one consumer thread: it keeps the staged batch and
+ * two caches, rule versions (immutable once stored) and account ids
+ * (permanent once committed; ids created by a transaction that then rolls
+ * back are dropped at the next stl_ledger_begin).
+ */
+#ifndef STL_LEDGER_H
+#define STL_LEDGER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "cm_db.h"
+#include "cm_metrics.h"
+#include "stl_store.h"
+
+typedef struct stl_ledger stl_ledger;
+
+/* defaults: the settings of tenants without their own */
+stl_ledger *stl_ledger_new(const stl_settings *defaults, int events_on);
+void stl_ledger_free(stl_ledger *l);
+
+/* a transaction attempt starts: drop what an earlier attempt staged */
+void stl_ledger_begin(stl_ledger *l);
+/* the transaction committed: the account ids it created are permanent */
+void stl_ledger_committed(stl_ledger *l);
+
+typedef struct stl_pay_in {
+    const char *tenant, *order_id, *merchant, *currency;
+    const char *event_id, *traceparent;
+    int64_t amount;  /* the paid amount, minor units */
+    int64_t paid_ms; /* when it was paid */
+} stl_pay_in;
+
+/* stages a payment for the next flush. 0, or CM_ENOMEM */
+int stl_ledger_stage_pay(stl_ledger *l, const stl_pay_in *in);
+
+/* posts the staged payments, inside the caller's transaction. 0 or a
+ * CM_E* (the transaction must then roll back) */
+int stl_ledger_flush(stl_ledger *l, cm_db *db);
+
+typedef struct stl_refund_in {
+    const char *tenant, *order_id, *refund_id, *currency;
+    const char *event_id, *traceparent;
+    int64_t amount; /* this refund, minor units */
+} stl_refund_in;
+
+/* posts a refund's reversal, inside the caller's transaction, after the
+ * staged payments. 0 (also for a refund already reversed); CM_ENOTFOUND
+ * when the order's payment was not posted yet (the caller retries later);
+ * CM_EINVAL for a refund that cannot apply (currency, more than remains). */
+int stl_ledger_refund(stl_ledger *l, cm_db *db, const stl_refund_in *in);
+
+typedef struct stl_ledger_stats {
+    uint64_t splits, reversals, duplicates, capped;
+} stl_ledger_stats;
+void stl_ledger_get_stats(const stl_ledger *l, stl_ledger_stats *out);
+
+#endif
