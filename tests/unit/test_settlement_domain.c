@@ -228,8 +228,12 @@ START_TEST(overflow_is_an_error_not_a_wrong_split)
     add_receiver(&r, STL_PARTY_PLATFORM, "b", 0, 1, 0);
     ck_assert_int_eq(stl_rule_check(&r, 10000, &v), CM_EINVAL);
     ck_assert_str_eq(v.field, "rule.receivers[1].fixed");
-    /* unchecked, the split refuses rather than wrap */
+    /* unchecked, the split refuses rather than wrap, and writes nothing */
+    stl_split before;
+    memset(&s, 0x5a, sizeof s);
+    before = s;
     ck_assert_int_eq(stl_split_payment(&r, 10000, INT64_MAX, &s), CM_EOVERFLOW);
+    ck_assert_int_eq(memcmp(&s, &before, sizeof s), 0);
     /* one INT64_MAX fixed amount on its own is fine: the receiver takes
      * the whole net */
     r.n = 1;
@@ -746,6 +750,12 @@ START_TEST(refund_validation_refuses_bad_input)
     done[1] = 4981;
     ck_assert_int_eq(stl_reverse_refund(STL_REFUND_PRO_RATA, &s, 36, done, 9001, 1, &of, op),
                      CM_EINVAL);
+    /* nothing is written on error */
+    of = -7;
+    op[0] = -7;
+    ck_assert_int_eq(stl_reverse_refund(STL_REFUND_MERCHANT_FIRST, &s, 36, done, 9001, 1, &of, op),
+                     CM_EINVAL);
+    ck_assert(of == -7 && op[0] == -7);
     /* FEE_RETAINED never reversed a fee */
     int64_t none[STL_PARTS_MAX] = {0};
     ck_assert_int_eq(stl_reverse_refund(STL_REFUND_FEE_RETAINED, &s, 1, none, 1, 1, &of, op),
