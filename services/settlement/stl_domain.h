@@ -13,7 +13,8 @@
  *
  * the fee: fee_bps of the amount (rounded half up) plus fee_fixed, then
  * raised to fee_min and lowered to fee_max (0: no bound), never above the
- * amount.
+ * amount. it is exact for every amount: a sum past INT64_MAX is above the
+ * amount and fee_max anyway, so it cannot overflow.
  *
  * who bears the fee (fee_bearer):
  *   STL_FEE_PRO_RATA  shares apply to the net (amount - fee): every party
@@ -23,16 +24,22 @@
  * the receivers' parts: the share base (net or gross, above) minus the sum
  * of fixed amounts is split among (merchant, receivers...) by
  * cm_money_split with weights (10000 - sum(share_bps), share_bps...), then
- * each receiver's fixed_amount is added; fixed amounts that do not fit are
- * reduced in receiver order (a part is never negative). the merchant gets
- * what is left.
+ * each receiver's fixed_amount is added. when the fixed amounts do not fit
+ * in the base, nothing is split and they are granted in receiver order:
+ * earlier receivers get theirs in full, the first that does not fit gets
+ * what is left of the base, later ones nothing (a part is never negative).
+ * the merchant gets what is left of the net.
  *
  * the cap: the total to others (every receiver) may not exceed cap_bps of
  * the net amount (amount - fee: what WeChat Pay checks its 30 % against),
  * checked on the rounded parts. when the parts exceed it, the cap amount
  * (floor of net * cap_bps / 10000) is split among the receivers in
  * proportion to their uncapped parts (cm_money_split) and the rest goes to
- * the merchant; the split says capped = 1.
+ * the merchant; the split says capped = 1. the cap is the one passed to the
+ * split, which may be below the one the rule was checked under (a tenant's
+ * cap lowered later). because it is at most 100 % of the net, it also keeps
+ * the merchant's part >= 0 under STL_FEE_MERCHANT when the receivers' gross
+ * shares and fixed amounts would take more than the net.
  *
  * refunds (refund_policy), with `refunded` the cumulative reversal so far:
  *   STL_REFUND_PRO_RATA      (default) the refund is reversed over the fee
@@ -40,10 +47,15 @@
  *                            is not yet reversed (cm_money_split_refund):
  *                            refunds summing to the amount return every
  *                            part and the fee to zero exactly.
- *   STL_REFUND_MERCHANT_FIRST the fee is reversed pro rata as above; the
- *                            parties' share of the refund is taken from the
+ *   STL_REFUND_MERCHANT_FIRST the fee's share is the fee's pro-rata part of
+ *                            the refund against the parties together
+ *                            (cm_money_split_refund over the fee and the sum
+ *                            of the parts, with what of each is not yet
+ *                            reversed); the parties' share is taken from the
  *                            merchant's remaining part first, the rest pro
- *                            rata from the receivers' remaining parts.
+ *                            rata from the receivers' remaining parts. a
+ *                            full refund returns every part and the fee to
+ *                            zero exactly, as under PRO_RATA.
  *   STL_REFUND_FEE_RETAINED  the provider keeps its fee: nothing of the fee
  *                            is reversed; the refund is reversed pro rata
  *                            over the parts' remainders, and what exceeds
@@ -79,23 +91,23 @@ enum { STL_FEE_PRO_RATA = 1, STL_FEE_MERCHANT = 2 };
 enum { STL_REFUND_PRO_RATA = 1, STL_REFUND_MERCHANT_FIRST = 2, STL_REFUND_FEE_RETAINED = 3 };
 
 typedef struct stl_receiver {
-    int type;            /* STL_PARTY_*, not MERCHANT */
+    int type; /* STL_PARTY_*, not MERCHANT */
     char id[STL_ID_MAX + 1];
-    int64_t share_bps;   /* 0..10000 */
-    int64_t fixed;       /* minor units, >= 0 */
-    int delay_days;      /* 0: T+0 real time; N: T+N calendar days */
+    int64_t share_bps; /* 0..10000 */
+    int64_t fixed;     /* minor units, >= 0 */
+    int delay_days;    /* 0: T+0 real time; N: T+N calendar days */
 } stl_receiver;
 
 typedef struct stl_rule {
     char currency[4];
-    int64_t fee_bps;     /* 0..10000 */
-    int64_t fee_fixed;   /* >= 0 */
-    int64_t fee_min;     /* >= 0; 0: none */
-    int64_t fee_max;     /* >= 0; 0: none; >= fee_min when both set */
-    int fee_bearer;      /* STL_FEE_* */
-    int refund_policy;   /* STL_REFUND_* */
+    int64_t fee_bps;   /* 0..10000 */
+    int64_t fee_fixed; /* >= 0 */
+    int64_t fee_min;   /* >= 0; 0: none */
+    int64_t fee_max;   /* >= 0; 0: none; >= fee_min when both set */
+    int fee_bearer;    /* STL_FEE_* */
+    int refund_policy; /* STL_REFUND_* */
     int merchant_delay_days;
-    size_t n;            /* receivers, 0..STL_RECEIVERS_MAX */
+    size_t n; /* receivers, 0..STL_RECEIVERS_MAX */
     stl_receiver r[STL_RECEIVERS_MAX];
 } stl_rule;
 
@@ -109,24 +121,31 @@ typedef struct stl_violation {
  * currency (cm_money_currency_valid), types, ranges, ids non-empty and at
  * most STL_ID_MAX bytes, no receiver twice (same type and id), the sum of
  * share_bps <= 10000 and <= cap_bps, fixed amounts and fee bounds
- * non-negative and their sums free of overflow. returns 0 or CM_EINVAL with
- * v naming the first offending field (paths under "rule."). */
+ * non-negative and the fixed amounts' sum free of overflow, fee_max >=
+ * fee_min when both are set, known fee_bearer and refund_policy, delay days
+ * 0..STL_DELAY_DAYS_MAX. returns 0 or CM_EINVAL with v (may be NULL) naming
+ * the first offending field: paths under "rule." ("rule.receivers[2].id"),
+ * or "cap_bps" for a cap outside 0..10000 (a caller's bug, not the user's). */
 int stl_rule_check(const stl_rule *rule, int64_t cap_bps, stl_violation *v);
 
 typedef struct stl_split {
-    int64_t amount;              /* the paid amount */
-    int64_t fee;                 /* the provider's fee */
-    size_t nparts;               /* 1 + rule->n */
+    int64_t amount;               /* the paid amount */
+    int64_t fee;                  /* the provider's fee */
+    size_t nparts;                /* 1 + rule->n */
     int64_t parts[STL_PARTS_MAX]; /* [0] merchant, [i] receiver i-1 */
-    int capped;                  /* the cap reduced the receivers' parts */
+    int capped;                   /* the cap reduced the receivers' parts */
 } stl_split;
 
-/* the fee alone (as described above); 0, CM_EINVAL (amount < 0) or
- * CM_EOVERFLOW. */
+/* the fee alone (as described above). returns 0, or CM_EINVAL (amount < 0,
+ * or the rule's fee fields out of their ranges). */
 int stl_fee(const stl_rule *rule, int64_t amount, int64_t *fee);
 
 /* splits a payment of amount (>= 0) by a checked rule under the tenant's
- * cap. returns 0, CM_EINVAL (amount < 0) or CM_EOVERFLOW. */
+ * cap (0..10000). with a checked rule it cannot overflow, whatever the
+ * amount. returns 0, CM_EINVAL (amount < 0, cap out of range, or a rule
+ * whose fee fields, shares or fixed amounts are out of their ranges) or
+ * CM_EOVERFLOW (an unchecked rule whose fixed amounts sum past int64); out
+ * is untouched on error. parts[nparts..] are zeroed. */
 int stl_split_payment(const stl_rule *rule, int64_t cap_bps, int64_t amount, stl_split *out);
 
 /* the reversal of one refund. orig is the payment's split; rev_fee and
@@ -134,7 +153,12 @@ int stl_split_payment(const stl_rule *rule, int64_t cap_bps, int64_t amount, stl
  * cumulative); refunded is their total (earlier refunds), refund this
  * one's amount (> 0, refunded + refund <= orig->amount). out_fee and
  * out_parts[0..nparts) receive this refund's reversal (>= 0 each) with
- * out_fee + sum(out_parts) == refund. returns 0 or CM_EINVAL. */
+ * out_fee + sum(out_parts) == refund. the state is checked, since it comes
+ * from the ledger: orig's fee and parts are >= 0 and sum to its amount,
+ * rev_fee + sum(rev_parts) == refunded, no reversal exceeds what it
+ * reverses (the merchant's may reach parts[0] + fee under FEE_RETAINED,
+ * whose rev_fee must be 0). returns 0 or CM_EINVAL (bad policy, refund or
+ * state); the outputs are untouched on error. */
 int stl_reverse_refund(int policy, const stl_split *orig, int64_t rev_fee, const int64_t *rev_parts,
                        int64_t refunded, int64_t refund, int64_t *out_fee, int64_t *out_parts);
 
