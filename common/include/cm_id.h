@@ -53,4 +53,8 @@ int64_t cm_id_uuid7_time_ms(const uint8_t id[16]);
 #define CM_SHA256_HEX 65
 void cm_sha256_hex(const void *data, size_t len, char out[CM_SHA256_HEX]);
 
+/* 1 when s is a caller key: 1..max characters from [A-Za-z0-9._:-]
+ * (request ids, merchant, sku and party ids); NULL is not one. */
+int cm_id_key_valid(const char *s, size_t max);
+
 #endif

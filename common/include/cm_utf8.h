@@ -24,4 +24,10 @@ int cm_utf8_valid(const char *s, size_t n);
  * NULL only when a is out of memory. */
 char *cm_utf8_clip(cm_arena *a, const char *s, size_t max);
 
+/* 1 when s is acceptable free text: well-formed UTF-8 without control
+ * characters (C0, DEL), at most max characters (code points, as the proto
+ * counts them) and max * 4 bytes; NULL or "" is acceptable unless
+ * required. */
+int cm_utf8_text_valid(const char *s, size_t max, int required);
+
 #endif

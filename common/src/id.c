@@ -175,3 +175,10 @@ void cm_sha256_hex(const void *data, size_t len, char out[CM_SHA256_HEX])
     }
     out[64] = '\0';
 }
+
+int cm_id_key_valid(const char *s, size_t max)
+{
+    size_t n = s ? strlen(s) : 0;
+    return n >= 1 && n <= max &&
+           strspn(s, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:-") == n;
+}

@@ -83,3 +83,35 @@ char *cm_utf8_clip(cm_arena *a, const char *s, size_t max)
     out[o] = '\0';
     return out;
 }
+
+int cm_utf8_text_valid(const char *s, size_t max, int required)
+{
+    if (!s || !*s)
+        return !required;
+    const unsigned char *p = (const unsigned char *)s;
+    size_t n = 0;
+    while (*p) {
+        unsigned c = *p;
+        size_t len = c < 0x80             ? 1
+                     : (c & 0xe0) == 0xc0 ? 2
+                     : (c & 0xf0) == 0xe0 ? 3
+                     : (c & 0xf8) == 0xf0 ? 4
+                                          : 0;
+        if (len == 0 || (len == 2 && c < 0xc2) || (len == 4 && c > 0xf4))
+            return 0; /* not a utf-8 lead byte, or an overlong / out of range one */
+        if (c < 0x20 || c == 0x7f)
+            return 0; /* control characters */
+        for (size_t k = 1; k < len; k++)
+            if ((p[k] & 0xc0) != 0x80)
+                return 0;
+        if (len == 3 && ((c == 0xe0 && p[1] < 0xa0) || (c == 0xed && p[1] >= 0xa0)))
+            return 0; /* overlong, or a utf-16 surrogate */
+        if (len == 4 && ((c == 0xf0 && p[1] < 0x90) || (c == 0xf4 && p[1] >= 0x90)))
+            return 0; /* overlong, or past U+10FFFF */
+        p += len;
+        n++;
+    }
+    /* characters as the proto counts them, and bytes as the buffers hold
+     * them (4 bytes per character at most) */
+    return n <= max && (size_t)(p - (const unsigned char *)s) <= max * 4;
+}

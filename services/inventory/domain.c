@@ -2,6 +2,7 @@
 #include "inv_domain.h"
 
 #include "cm_err.h"
+#include "cm_id.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -15,17 +16,7 @@ static int viol(inv_violation *v, const char *field, const char *why)
 
 int inv_valid_key(const char *s, size_t max)
 {
-    size_t n = s ? strlen(s) : 0;
-    if (n == 0 || n > max)
-        return 0;
-    for (size_t i = 0; i < n; i++) {
-        char c = s[i];
-        int ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-                 c == '.' || c == '_' || c == ':' || c == '-';
-        if (!ok)
-            return 0;
-    }
-    return 1;
+    return cm_id_key_valid(s, max);
 }
 
 int inv_check_reserve(const char *order_id, const char *buyer_id, const inv_line *lines,

@@ -4,6 +4,7 @@
 #include "cm_err.h"
 #include "cm_id.h"
 #include "cm_money.h"
+#include "cm_utf8.h"
 
 #include <openssl/evp.h>
 
@@ -26,49 +27,12 @@ static void violate(ord_violation *v, const char *reason, const char *why, const
 
 int ord_valid_key(const char *s, size_t max)
 {
-    if (!s || !*s)
-        return 0;
-    size_t n = 0;
-    for (const char *c = s; *c; c++, n++) {
-        if (n >= max)
-            return 0;
-        if (!((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') || (*c >= '0' && *c <= '9') ||
-              *c == '.' || *c == '_' || *c == ':' || *c == '-'))
-            return 0;
-    }
-    return 1;
+    return cm_id_key_valid(s, max);
 }
 
 int ord_valid_text(const char *s, size_t max, int required)
 {
-    if (!s || !*s)
-        return !required;
-    const unsigned char *p = (const unsigned char *)s;
-    size_t n = 0;
-    while (*p) {
-        unsigned c = *p;
-        size_t len = c < 0x80             ? 1
-                     : (c & 0xe0) == 0xc0 ? 2
-                     : (c & 0xf0) == 0xe0 ? 3
-                     : (c & 0xf8) == 0xf0 ? 4
-                                          : 0;
-        if (len == 0 || (len == 2 && c < 0xc2) || (len == 4 && c > 0xf4))
-            return 0; /* not a utf-8 lead byte, or an overlong / out of range one */
-        if (c < 0x20 || c == 0x7f)
-            return 0; /* control characters */
-        for (size_t k = 1; k < len; k++)
-            if ((p[k] & 0xc0) != 0x80)
-                return 0;
-        if (len == 3 && ((c == 0xe0 && p[1] < 0xa0) || (c == 0xed && p[1] >= 0xa0)))
-            return 0; /* overlong, or a utf-16 surrogate */
-        if (len == 4 && ((c == 0xf0 && p[1] < 0x90) || (c == 0xf4 && p[1] >= 0x90)))
-            return 0; /* overlong, or past U+10FFFF */
-        p += len;
-        n++;
-    }
-    /* characters as the proto counts them, and bytes as the buffers hold
-     * them (4 bytes per character at most) */
-    return n <= max && (size_t)(p - (const unsigned char *)s) <= max * 4;
+    return cm_utf8_text_valid(s, max, required);
 }
 
 int ord_check_create(const ord_create_in *in, ord_order *o, ord_violation *v)
@@ -182,9 +146,6 @@ int ord_check_create(const ord_create_in *in, ord_order *o, ord_violation *v)
 void ord_hash(const char *body, size_t len, char out[ORD_HASH_HEX + 1])
 {
     cm_sha256_hex(body, len, out);
-}
-    for (unsigned i = 0; i < 32; i++)
-        snprintf(out + 2 * i, 3, "%02x", md[i]);
 }
 
 /* digest input: fields separated by NUL-free framing (length-prefixed) so

@@ -1,6 +1,7 @@
 /* the SettlementService handlers: see stl_api.h, README.md */
 #include "stl_api.h"
 
+#include "cm_buf.h"
 #include "cm_err.h"
 #include "cm_id.h"
 #include "cm_log.h"
@@ -17,12 +18,9 @@
 
 #include "commerce/settlement/v1/settlement_service.pb-c.h"
 
-#define KEY_CHARS "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:-"
-
 static int valid_key(const char *s)
 {
-    size_t n = strlen(s);
-    return n >= 1 && n <= STL_ID_MAX && strspn(s, KEY_CHARS) == n;
+    return cm_id_key_valid(s, STL_ID_MAX);
 }
 
 static const char *num(cm_arena *a, long long v)
@@ -67,8 +65,7 @@ static int version_mismatch(cm_rpc_ctx *ctx, const char *what, long long expecte
 static int request_id_ok(cm_rpc_ctx *ctx, const char *id)
 {
     if (!valid_key(id))
-        return fail_field(ctx, "request_id",
-                          "required: 1-64 characters from [A-Za-z0-9._:-]");
+        return fail_field(ctx, "request_id", "required: 1-64 characters from [A-Za-z0-9._:-]");
     return 0;
 }
 
@@ -204,9 +201,9 @@ static int rule_in(cm_rpc_ctx *ctx, const Commerce__Settlement__V1__SplitRule *i
         if (x->settle_delay_days > STL_DELAY_DAYS_MAX)
             return fail_field(ctx, cm_arena_printf(a, "rule.receivers[%zu].settle_delay_days", i),
                               cm_arena_printf(a, "0-%d days", STL_DELAY_DAYS_MAX));
-        if (cm_utf8_chars(x->description) > STL_DESC_MAX)
+        if (!cm_utf8_text_valid(x->description, STL_DESC_MAX, 0))
             return fail_field(ctx, cm_arena_printf(a, "rule.receivers[%zu].description", i),
-                              "at most 256 characters");
+                              "at most 256 characters, no control characters");
         r->r[i].type = (int)x->type;
         snprintf(r->r[i].id, sizeof r->r[i].id, "%s", x->receiver_id);
         r->r[i].share_bps = x->share_bps;
@@ -245,13 +242,12 @@ static int put_split_rule(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufC
         return fail_field(ctx, v.field, v.why);
     /* the canonical body: what the caller asked for, output fields aside */
     cm_buf body = {0};
-    cm_buf_puts(&body, cm_arena_printf(a, "rule.v1|%s|%s|%lld|%lld|%lld|%lld|%d|%d|%d|%lld",
-                                       req->rule->merchant_id, rule->currency,
-                                       (long long)rule->fee_bps, (long long)rule->fee_fixed,
-                                       (long long)rule->fee_min, (long long)rule->fee_max,
-                                       rule->fee_bearer, rule->refund_policy,
-                                       rule->merchant_delay_days,
-                                       (long long)req->expected_version));
+    cm_buf_puts(&body,
+                cm_arena_printf(a, "rule.v1|%s|%s|%lld|%lld|%lld|%lld|%d|%d|%d|%lld",
+                                req->rule->merchant_id, rule->currency, (long long)rule->fee_bps,
+                                (long long)rule->fee_fixed, (long long)rule->fee_min,
+                                (long long)rule->fee_max, rule->fee_bearer, rule->refund_policy,
+                                rule->merchant_delay_days, (long long)req->expected_version));
     for (size_t i = 0; i < rule->n; i++) {
         const stl_receiver *x = &rule->r[i];
         cm_buf_puts(&body, cm_arena_printf(a, "|%d|%s|%lld|%lld|%d|%zu:", x->type, x->id,
@@ -268,7 +264,7 @@ static int put_split_rule(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufC
     cm_buf_free(&body);
     int verdict = 0;
     rc = stl_store_put_rule(db, tenant, req->request_id, hash, req->rule->merchant_id, rule,
-                            (const char(*)[STL_DESC_MAX + 1])desc, req->expected_version,
+                            (const char(*)[STL_DESC_MAX + 1]) desc, req->expected_version,
                             principal(ctx), row, &verdict);
     if (rc)
         return db_fail(ctx, rc, "could not store the split rule");
@@ -277,8 +273,8 @@ static int put_split_rule(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufC
     if (verdict == STL_VERSION)
         return version_mismatch(ctx, "expected_version", req->expected_version, row->version);
     if (verdict == STL_OK)
-        cm_log_info("split rule stored", "tenant", tenant, "merchant_id", row->merchant,
-                    "currency", row->rule.currency, "version", num(a, row->version), "principal",
+        cm_log_info("split rule stored", "tenant", tenant, "merchant_id", row->merchant, "currency",
+                    row->rule.currency, "version", num(a, row->version), "principal",
                     principal(ctx), NULL);
     resp->rule = pb_rule(a, row);
     return resp->rule ? 0 : cm_rpc_fail_err(ctx, CM_ENOMEM, "split rule");
@@ -323,8 +319,7 @@ static int list_split_rule_versions(cm_rpc_ctx *ctx, const ProtobufCMessage *in,
     cm_arena *a = cm_rpc_ctx_arena(ctx);
     if (merchant_currency_ok(ctx, req->merchant_id, req->currency))
         return -1;
-    uint64_t fh =
-        cm_page_filters(cm_arena_printf(a, "%s|%s", req->merchant_id, req->currency));
+    uint64_t fh = cm_page_filters(cm_arena_printf(a, "%s|%s", req->merchant_id, req->currency));
     char pos[CM_PAGE_POSITION_MAX + 1];
     const char *after;
     int limit;
@@ -363,8 +358,7 @@ static int get_tenant_settings(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Prot
     Commerce__Settlement__V1__GetTenantSettingsResponse *resp = (void *)out;
     stl_app *app = cm_service_app(ctx);
     stl_settings s;
-    int rc = stl_store_get_settings(cm_service_db(ctx), cm_rpc_ctx_tenant(ctx), &app->defaults,
-                                    &s);
+    int rc = stl_store_get_settings(cm_service_db(ctx), cm_rpc_ctx_tenant(ctx), &app->defaults, &s);
     if (rc)
         return db_fail(ctx, rc, "could not read the tenant's settings");
     resp->settings = pb_settings(cm_rpc_ctx_arena(ctx), &s);
@@ -408,9 +402,9 @@ static int put_tenant_settings(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Prot
     stl_settings want = {.max_split_bps = s->max_split_bps};
     snprintf(want.tz, sizeof want.tz, "%s", s->time_zone);
     snprintf(want.run_at, sizeof want.run_at, "%s", s->run_at);
-    const char *body = cm_arena_printf(a, "settings.v1|%s|%d|%s|%lld", s->time_zone,
-                                       s->max_split_bps, s->run_at,
-                                       (long long)req->expected_revision);
+    const char *body =
+        cm_arena_printf(a, "settings.v1|%s|%d|%s|%lld", s->time_zone, s->max_split_bps, s->run_at,
+                        (long long)req->expected_revision);
     if (!body)
         return cm_rpc_fail_err(ctx, CM_ENOMEM, "tenant settings");
     char hash[CM_SHA256_HEX];
@@ -487,8 +481,7 @@ static int list_accounts(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCM
                         &resp->next_page_token);
 }
 
-static int list_journal_entries(cm_rpc_ctx *ctx, const ProtobufCMessage *in,
-                                ProtobufCMessage *out)
+static int list_journal_entries(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
 {
     const Commerce__Settlement__V1__ListJournalEntriesRequest *req = (const void *)in;
     Commerce__Settlement__V1__ListJournalEntriesResponse *resp = (void *)out;
@@ -585,7 +578,8 @@ int stl_app_init(cm_service *svc, void **out, char *err, size_t errlen)
         return known < 0 ? known : CM_EINVAL;
     }
     app->events_on = (int)cm_service_int(svc, "SETTLEMENT_EVENTS");
-    app->ledger = stl_ledger_new(&app->defaults, app->events_on);
+    app->ledger =
+        stl_ledger_new(&app->defaults, app->events_on, cm_service_text(svc, "SETTLEMENT_TOPIC"));
     cm_metrics *m = cm_service_metrics(svc);
     app->posted = cm_metrics_counter(m, "settlement_splits_posted_total",
                                      "paid orders split and posted on the ledger", NULL);
@@ -596,9 +590,11 @@ int stl_app_init(cm_service *svc, void **out, char *err, size_t errlen)
         "payments or refunds seen again under another event id (posted once)", NULL);
     app->capped = cm_metrics_counter(m, "settlement_capped_splits_total",
                                      "splits scaled down to the tenant's cap", NULL);
-    app->waiting = cm_metrics_counter(m, "settlement_refunds_waiting_total",
-                                      "refund attempts that found their payment not posted yet",
-                                      NULL);
+    app->parked = cm_metrics_counter(m, "settlement_refunds_parked_total",
+                                     "refunds that arrived before their payment was posted", NULL);
+    app->dead_lettered = cm_metrics_counter(
+        m, "settlement_refunds_dead_lettered_total",
+        "parked refunds whose payment never came, sent to the dead-letter topic", NULL);
     if (!app->ledger) {
         snprintf(err, errlen, "out of memory");
         free(app);

@@ -37,23 +37,23 @@ int stl_rule_check(const stl_rule *rule, int64_t cap_bps, stl_violation *v)
         !cm_money_currency_valid(rule->currency))
         return viol(v, "rule.currency", "must be a known ISO-4217 code");
     if (rule->fee_bps < 0 || rule->fee_bps > CM_MONEY_BPS_ONE)
-        return viol(v, "rule.fee_bps", "must be between 0 and 10000");
+        return viol(v, "rule.fee.bps", "must be between 0 and 10000");
     if (rule->fee_fixed < 0)
-        return viol(v, "rule.fee_fixed", "must not be negative");
+        return viol(v, "rule.fee.fixed_minor", "must not be negative");
     if (rule->fee_min < 0)
-        return viol(v, "rule.fee_min", "must not be negative");
+        return viol(v, "rule.fee.min_minor", "must not be negative");
     if (rule->fee_max < 0)
-        return viol(v, "rule.fee_max", "must not be negative");
+        return viol(v, "rule.fee.max_minor", "must not be negative");
     if (rule->fee_max > 0 && rule->fee_max < rule->fee_min)
-        return viol(v, "rule.fee_max", "must not be below fee_min");
+        return viol(v, "rule.fee.max_minor", "must not be below fee_min");
     if (rule->fee_bearer != STL_FEE_PRO_RATA && rule->fee_bearer != STL_FEE_MERCHANT)
-        return viol(v, "rule.fee_bearer", "must be PRO_RATA or MERCHANT");
+        return viol(v, "rule.fee.bearer", "must be PRO_RATA or MERCHANT");
     if (rule->refund_policy != STL_REFUND_PRO_RATA &&
         rule->refund_policy != STL_REFUND_MERCHANT_FIRST &&
         rule->refund_policy != STL_REFUND_FEE_RETAINED)
         return viol(v, "rule.refund_policy", "must be PRO_RATA, MERCHANT_FIRST or FEE_RETAINED");
     if (rule->merchant_delay_days < 0 || rule->merchant_delay_days > STL_DELAY_DAYS_MAX)
-        return viol(v, "rule.merchant_delay_days", "must be between 0 and 365");
+        return viol(v, "rule.merchant_settle_delay_days", "must be between 0 and 365");
     if (rule->n > STL_RECEIVERS_MAX)
         return viol(v, "rule.receivers", "must hold at most 50 receivers");
 
@@ -65,12 +65,13 @@ int stl_rule_check(const stl_rule *rule, int64_t cap_bps, stl_violation *v)
                          "must be platform, service provider, sub-merchant or "
                          "channel");
         if (!terminated(r->id, sizeof r->id))
-            return rviol(v, i, "id", "must be at most 64 bytes");
+            return rviol(v, i, "receiver_id", "must be at most 64 bytes");
         if (r->id[0] == '\0')
-            return rviol(v, i, "id", "must not be empty");
+            return rviol(v, i, "receiver_id", "must not be empty");
         for (size_t j = 0; j < i; j++)
             if (rule->r[j].type == r->type && strcmp(rule->r[j].id, r->id) == 0)
-                return rviol(v, i, "id", "duplicates an earlier receiver (same type and id)");
+                return rviol(v, i, "receiver_id",
+                             "duplicates an earlier receiver (same type and id)");
         if (r->share_bps < 0 || r->share_bps > CM_MONEY_BPS_ONE)
             return rviol(v, i, "share_bps", "must be between 0 and 10000");
         /* both below 10000 * 51: no overflow */
@@ -80,11 +81,11 @@ int stl_rule_check(const stl_rule *rule, int64_t cap_bps, stl_violation *v)
         if (shares > cap_bps)
             return rviol(v, i, "share_bps", "brings the shares above the tenant's cap");
         if (r->fixed < 0)
-            return rviol(v, i, "fixed", "must not be negative");
+            return rviol(v, i, "fixed_amount_minor", "must not be negative");
         if (cm_money_add(fixed, r->fixed, &fixed) != 0)
-            return rviol(v, i, "fixed", "brings the fixed amounts' sum past int64");
+            return rviol(v, i, "fixed_amount_minor", "brings the fixed amounts' sum past int64");
         if (r->delay_days < 0 || r->delay_days > STL_DELAY_DAYS_MAX)
-            return rviol(v, i, "delay_days", "must be between 0 and 365");
+            return rviol(v, i, "settle_delay_days", "must be between 0 and 365");
     }
     return 0;
 }

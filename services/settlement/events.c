@@ -59,8 +59,8 @@ Commerce__Settlement__V1__JournalEntry *stl_pb_entry(cm_arena *a, const stl_entr
     m->amount = money(a, e->amount, e->currency);
     m->fee = money(a, e->fee, e->currency);
     m->postings = cm_arena_calloc(a, e->n ? e->n : 1, sizeof *m->postings);
-    if (!m->order_id || !m->merchant_id || !m->refund_id || !m->currency || !m->amount ||
-        !m->fee || !m->postings || !m->source_event_id)
+    if (!m->order_id || !m->merchant_id || !m->refund_id || !m->currency || !m->amount || !m->fee ||
+        !m->postings || !m->source_event_id)
         return NULL;
     for (size_t i = 0; i < e->n; i++) {
         const stl_posting *q = &e->p[i];
@@ -141,10 +141,7 @@ static int64_t ts_ms(const Google__Protobuf__Timestamp *t)
 /* a key as the order service writes them: 1-64 of [A-Za-z0-9._:-] */
 static int valid_key(const char *s)
 {
-    size_t n = strlen(s);
-    return n >= 1 && n <= STL_ID_MAX && strspn(s,
-                                               "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-                                               "0123456789._:-") == n;
+    return cm_id_key_valid(s, STL_ID_MAX);
 }
 
 static int on_paid(stl_app *app, const cm_event *ev)
@@ -155,8 +152,10 @@ static int on_paid(stl_app *app, const cm_event *ev)
         return CM_EINVAL;
     const Commerce__Order__V1__Order *o = p->order;
     const char *tenant = *p->tenant_id ? p->tenant_id : ev->tenant_id;
-    const Commerce__Common__V1__Money *amt =
-        o && o->payment && o->payment->amount ? o->payment->amount : o ? o->total_amount : NULL;
+    const Commerce__Common__V1__Money *amt = o && o->payment && o->payment->amount
+                                                 ? o->payment->amount
+                                             : o ? o->total_amount
+                                                 : NULL;
     int rc = CM_EINVAL;
     if (o && amt && *tenant && cm_id_is_uuid(p->order_id) && valid_key(o->merchant_id) &&
         cm_money_currency_valid(amt->currency) && amt->amount_minor >= 0) {
@@ -175,8 +174,7 @@ static int on_paid(stl_app *app, const cm_event *ev)
                          .paid_ms = paid};
         rc = stl_ledger_stage_pay(app->ledger, &in);
     } else {
-        cm_log_warn("OrderPaid event refused: missing or invalid fields", "event_id", ev->id,
-                    NULL);
+        cm_log_warn("OrderPaid event refused: missing or invalid fields", "event_id", ev->id, NULL);
     }
     protobuf_c_message_free_unpacked(&p->base, NULL);
     return rc;
@@ -201,12 +199,12 @@ static int on_refunded(stl_app *app, cm_db *db, const cm_event *ev)
                             .amount = rf->amount->amount_minor};
         rc = stl_ledger_refund(app->ledger, db, &in);
         if (rc == CM_ENOTFOUND) {
-            /* the payment is not posted yet: wait for it (retried with
-             * backoff, then dead-lettered) */
-            cm_log_warn("refund before its payment: retrying", "tenant", tenant, "order_id",
-                        p->order_id, "attempt", ev->attempt > 1 ? "again" : "first", NULL);
-            cm_counter_add(app->waiting, 1);
-            rc = CM_ECONFLICT;
+            /* the payment is not posted yet: parked until it is (or until
+             * the parker dead-letters it), the consumer goes on */
+            cm_log_warn("refund before its payment: parked", "tenant", tenant, "order_id",
+                        p->order_id, "refund_id", rf->refund_id, NULL);
+            cm_counter_add(app->parked, 1);
+            rc = stl_ledger_park(db, &in, ev->topic, ev->payload, ev->len);
         }
     } else {
         cm_log_warn("OrderRefunded event refused: missing or invalid fields", "event_id", ev->id,
@@ -224,6 +222,23 @@ int stl_on_order_event(cm_db *db, const cm_event *ev, void *arg)
     if (strcmp(ev->type, "commerce.events.v1.OrderRefunded") == 0)
         return on_refunded(app, db, ev);
     return 0;
+}
+
+void stl_parker(cm_service *svc, cm_db *db, void *arg)
+{
+    stl_app *app = arg;
+    int n = 0, rc;
+    do {
+        rc =
+            stl_ledger_expire_parked(db, (int)cm_service_int(svc, "SETTLEMENT_PARK_TIMEOUT_S"), &n);
+        if (rc == 0 && n) {
+            cm_counter_add(app->dead_lettered, (uint64_t)n);
+            cm_log_warn("parked refunds dead-lettered: their payment never came", "count",
+                        n > 1 ? "several" : "one", NULL);
+        }
+    } while (rc == 0 && n == 500);
+    if (rc)
+        cm_log_warn("parker could not expire refunds", "error", cm_strerror(rc), NULL);
 }
 
 void stl_on_tx_begin(void *arg)

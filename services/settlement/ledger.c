@@ -107,6 +107,7 @@ typedef struct pay {
 struct stl_ledger {
     stl_settings def;
     int events_on;
+    char topic[256];
     pay *pays;
     size_t npays, cap;
     map rules, accounts;
@@ -116,13 +117,14 @@ struct stl_ledger {
     atomic_uint_fast64_t splits, reversals, duplicates, capped;
 };
 
-stl_ledger *stl_ledger_new(const stl_settings *defaults, int events_on)
+stl_ledger *stl_ledger_new(const stl_settings *defaults, int events_on, const char *topic)
 {
     stl_ledger *l = calloc(1, sizeof *l);
     if (!l)
         return NULL;
     l->def = *defaults;
     l->events_on = events_on;
+    snprintf(l->topic, sizeof l->topic, "%s", topic);
     return l;
 }
 
@@ -231,7 +233,10 @@ static void date_add(const char *ymd, int days, char out[STL_DATE_LEN])
     long dd = doy - (153 * mp + 2) / 5 + 1;
     long mm = mp + (mp < 10 ? 3 : -9);
     yy += mm <= 2;
-    snprintf(out, STL_DATE_LEN, "%04ld-%02ld-%02ld", yy % 10000, mm, dd);
+    char tmp[64];
+    snprintf(tmp, sizeof tmp, "%04ld-%02ld-%02ld", yy % 10000, mm, dd);
+    memcpy(out, tmp, STL_DATE_LEN - 1);
+    out[STL_DATE_LEN - 1] = '\0';
 }
 
 /* ---- flush: resolve ---- */
@@ -259,7 +264,8 @@ static int resolve_rules(stl_ledger *l, cm_db *db, cm_arena *a)
                        cm_buf_text_array(a, l->npays, pay_merchant, l->pays),
                        cm_buf_text_array(a, l->npays, pay_currency, l->pays),
                        cm_buf_int_array(a, &l->pays[0].paid_ms, l->npays, sizeof(pay)),
-                       l->def.tz, cap};
+                       l->def.tz,
+                       cap};
     for (int i = 0; i < 4; i++)
         if (!p[i])
             return CM_ENOMEM;
@@ -582,11 +588,15 @@ static stl_entry *split_entry(const pay *y, int64_t posted_ms)
     e->posted_ms = posted_ms;
     size_t np = y->split.nparts;
     /* the clearing account owes the whole amount, the provider kept the fee */
-    e->p[e->n++] = (stl_posting){.account = y->acct[np], .bucket = STL_AVAILABLE,
-                                 .amount = -y->amount, .type = STL_PARTY_CLEARING};
+    e->p[e->n++] = (stl_posting){.account = y->acct[np],
+                                 .bucket = STL_AVAILABLE,
+                                 .amount = -y->amount,
+                                 .type = STL_PARTY_CLEARING};
     if (y->split.fee)
-        e->p[e->n++] = (stl_posting){.account = y->acct[np + 1], .bucket = STL_AVAILABLE,
-                                     .amount = y->split.fee, .type = STL_PARTY_PROVIDER_FEE};
+        e->p[e->n++] = (stl_posting){.account = y->acct[np + 1],
+                                     .bucket = STL_AVAILABLE,
+                                     .amount = y->split.fee,
+                                     .type = STL_PARTY_PROVIDER_FEE};
     int types[STL_PARTS_MAX + 2];
     const char *owners[STL_PARTS_MAX + 2];
     parties(y, types, owners);
@@ -603,8 +613,8 @@ static stl_entry *split_entry(const pay *y, int64_t posted_ms)
     }
     /* a zero payment still records its order (every bucket unchanged) */
     if (e->n < 2)
-        e->p[e->n++] = (stl_posting){.account = y->acct[0], .bucket = STL_AVAILABLE,
-                                     .type = STL_PARTY_MERCHANT};
+        e->p[e->n++] = (stl_posting){
+            .account = y->acct[0], .bucket = STL_AVAILABLE, .type = STL_PARTY_MERCHANT};
     return e;
 }
 
@@ -709,7 +719,7 @@ static int insert_entries(stl_ledger *l, cm_db *db, const char *const *tenants,
         cm_outbox_rows_params(&ob, p + 20);
         len[20 + CM_OUTBOX_ROWS_BLOB] = (int)ob.blob.len;
         fmt[20 + CM_OUTBOX_ROWS_BLOB] = 1;
-        p[20 + CM_OUTBOX_ROWS_NPARAMS] = STL_TOPIC;
+        p[20 + CM_OUTBOX_ROWS_NPARAMS] = l->topic;
         p[20 + CM_OUTBOX_ROWS_NPARAMS + 1] = STL_SOURCE;
         PGresult *r = NULL;
         rc = cm_db_exec_prepared(
@@ -727,10 +737,10 @@ static int insert_entries(stl_ledger *l, cm_db *db, const char *const *tenants,
             "$11::int[], $12::text[], $13::bigint[], $14::int[], $15::int[]) WITH ORDINALITY AS "
             "u(id, t, k, o, m, ref, c, a, f, v, cap, ev, at, off, n, i) ORDER BY u.i RETURNING "
             "1), o AS (" CM_OUTBOX_ROWS_INSERT("$21", "$22", "$23", "$24", "$25", "$26", "$27",
-                                                "$28", "$29", "$30", "$31") ") SELECT (SELECT "
-                                                                            "count(*) FROM e), "
-                                                                            "(SELECT count(*) "
-                                                                            "FROM o)",
+                                               "$28", "$29", "$30", "$31") ") SELECT (SELECT "
+                                                                           "count(*) FROM e), "
+                                                                           "(SELECT count(*) "
+                                                                           "FROM o)",
             31, p, len, fmt, &r);
         if (rc == 0) {
             if (strtoll(PQgetvalue(r, 0, 0), NULL, 10) != (long long)n)
@@ -748,6 +758,8 @@ static int insert_entries(stl_ledger *l, cm_db *db, const char *const *tenants,
 }
 
 /* ---- flush ---- */
+
+static int apply_parked(stl_ledger *l, cm_db *db);
 
 static int post_fresh(stl_ledger *l, cm_db *db)
 {
@@ -824,6 +836,8 @@ int stl_ledger_flush(stl_ledger *l, cm_db *db)
         rc = insert_splits(l, db);
     if (rc == 0)
         rc = post_fresh(l, db);
+    if (rc == 0)
+        rc = apply_parked(l, db);
     if (rc == 0) {
         for (size_t i = 0; i < l->npays; i++) {
             if (l->pays[i].fresh) {
@@ -841,14 +855,13 @@ int stl_ledger_flush(stl_ledger *l, cm_db *db)
 
 /* ---- refunds ---- */
 
-int stl_ledger_refund(stl_ledger *l, cm_db *db, const stl_refund_in *in)
+/* the reversal of one refund whose payment is posted (CM_ENOTFOUND when
+ * it is not) */
+static int reverse(stl_ledger *l, cm_db *db, const stl_refund_in *in)
 {
-    int rc = stl_ledger_flush(l, db);
-    if (rc)
-        return rc;
     const char *p[] = {in->tenant, in->order_id, in->refund_id};
     PGresult *r = NULL;
-    rc = cm_db_exec_prepared(
+    int rc = cm_db_exec_prepared(
         db, "read order split", "stl_split_for_refund",
         "SELECT s.merchant_id, s.currency, s.amount, s.fee, s.refund_policy, s.rule_version, "
         "s.account_ids::text, s.parts::text, s.due_dates::text, s.refunded, s.rev_fee, "
@@ -960,34 +973,35 @@ int stl_ledger_refund(stl_ledger *l, cm_db *db, const stl_refund_in *in)
     e->amount = in->amount;
     e->fee = out_fee;
     e->posted_ms = now_ms();
-    e->p[e->n++] = (stl_posting){.account = sys[0], .bucket = STL_AVAILABLE,
-                                 .amount = in->amount, .type = STL_PARTY_CLEARING};
+    e->p[e->n++] = (stl_posting){.account = sys[0],
+                                 .bucket = STL_AVAILABLE,
+                                 .amount = in->amount,
+                                 .type = STL_PARTY_CLEARING};
     if (out_fee)
-        e->p[e->n++] = (stl_posting){.account = sys[1], .bucket = STL_AVAILABLE,
-                                     .amount = -out_fee, .type = STL_PARTY_PROVIDER_FEE};
+        e->p[e->n++] = (stl_posting){.account = sys[1],
+                                     .bucket = STL_AVAILABLE,
+                                     .amount = -out_fee,
+                                     .type = STL_PARTY_PROVIDER_FEE};
     for (size_t k = 0; k < np; k++) {
         if (!out[k])
             continue;
         int64_t left = orig.parts[k] - rev[k];
         int64_t x = from_pending[k] ? (out[k] < left ? out[k] : left) : 0;
-        const char *ow = owners[k];
-        size_t ol = strlen(ow);
         char owner[STL_ID_MAX + 1];
-        if (ol >= 2 && ow[0] == '"')
-            snprintf(owner, sizeof owner, "%.*s", (int)(ol - 2), ow + 1);
-        else
-            snprintf(owner, sizeof owner, "%s", ow);
+        stl_store_unquote(owner, sizeof owner, owners[k]);
         if (x) {
             stl_posting *q = &e->p[e->n++];
-            *q = (stl_posting){.account = acct[k], .bucket = STL_PENDING, .amount = -x,
-                               .type = (int)types[k]};
+            *q = (stl_posting){
+                .account = acct[k], .bucket = STL_PENDING, .amount = -x, .type = (int)types[k]};
             memcpy(q->due, due[k], STL_DATE_LEN);
             snprintf(q->owner, sizeof q->owner, "%s", owner);
         }
         if (out[k] - x) {
             stl_posting *q = &e->p[e->n++];
-            *q = (stl_posting){.account = acct[k], .bucket = STL_AVAILABLE,
-                               .amount = -(out[k] - x), .type = (int)types[k]};
+            *q = (stl_posting){.account = acct[k],
+                               .bucket = STL_AVAILABLE,
+                               .amount = -(out[k] - x),
+                               .type = (int)types[k]};
             snprintf(q->owner, sizeof q->owner, "%s", owner);
         }
         rev[k] += out[k];
@@ -1024,4 +1038,131 @@ int stl_ledger_refund(stl_ledger *l, cm_db *db, const stl_refund_in *in)
         atomic_fetch_add(&l->reversals, 1);
     free(e);
     return rc;
+}
+
+int stl_ledger_refund(stl_ledger *l, cm_db *db, const stl_refund_in *in)
+{
+    int rc = stl_ledger_flush(l, db);
+    return rc ? rc : reverse(l, db, in);
+}
+
+int stl_ledger_park(cm_db *db, const stl_refund_in *in, const char *topic, const void *payload,
+                    size_t len)
+{
+    char amt[24];
+    snprintf(amt, sizeof amt, "%lld", (long long)in->amount);
+    const char *p[] = {in->tenant,
+                       in->order_id,
+                       in->refund_id,
+                       in->event_id,
+                       in->currency,
+                       amt,
+                       in->traceparent ? in->traceparent : "",
+                       topic,
+                       payload};
+    int lens[9] = {0, 0, 0, 0, 0, 0, 0, 0, (int)len};
+    int fmts[9] = {0, 0, 0, 0, 0, 0, 0, 0, 1};
+    return cm_db_exec_prepared(db, "park refund", "stl_park",
+                               "INSERT INTO parked_refunds (tenant_id, order_id, refund_id, "
+                               "event_id, currency, amount, traceparent, topic, payload) VALUES "
+                               "($1, $2::uuid, $3, $4::uuid, $5, $6, $7, $8, $9) ON CONFLICT DO "
+                               "NOTHING",
+                               9, p, lens, fmts, NULL);
+}
+
+/* the parked refunds of the payments just posted, reversed now */
+static int apply_parked(stl_ledger *l, cm_db *db)
+{
+    cm_buf t = {0}, o = {0};
+    cm_buf_array_begin(&t);
+    cm_buf_array_begin(&o);
+    size_t n = 0;
+    for (size_t i = 0; i < l->npays; i++) {
+        if (!l->pays[i].fresh)
+            continue;
+        cm_buf_array_text(&t, l->pays[i].tenant);
+        cm_buf_array_text(&o, l->pays[i].order_id);
+        n++;
+    }
+    cm_buf_array_end(&t);
+    cm_buf_array_end(&o);
+    int rc = t.oom || o.oom ? CM_ENOMEM : 0;
+    PGresult *r = NULL;
+    if (rc == 0 && n) {
+        const char *p[] = {t.p, o.p};
+        rc = cm_db_exec_prepared(
+            db, "take parked refunds", "stl_unpark",
+            "DELETE FROM parked_refunds k USING unnest($1::text[], $2::uuid[]) AS u(t, o) WHERE "
+            "k.tenant_id = u.t AND k.order_id = u.o RETURNING k.tenant_id, k.order_id::text, "
+            "k.refund_id, k.currency, k.event_id::text, k.traceparent, k.amount, k.parked_at",
+            2, p, NULL, NULL, &r);
+    }
+    cm_buf_free(&t);
+    cm_buf_free(&o);
+    if (rc || !n)
+        return rc;
+    /* in the order they were parked */
+    int rows = PQntuples(r);
+    int *ord = malloc(((size_t)rows + 1) * sizeof *ord);
+    if (!ord) {
+        PQclear(r);
+        return CM_ENOMEM;
+    }
+    for (int i = 0; i < rows; i++)
+        ord[i] = i;
+    for (int i = 1; i < rows; i++)
+        for (int j = i; j > 0 && strcmp(PQgetvalue(r, ord[j - 1], 7), PQgetvalue(r, ord[j], 7)) > 0;
+             j--) {
+            int x = ord[j];
+            ord[j] = ord[j - 1];
+            ord[j - 1] = x;
+        }
+    for (int k = 0; k < rows && rc == 0; k++) {
+        int i = ord[k];
+        stl_refund_in in = {.tenant = PQgetvalue(r, i, 0),
+                            .order_id = PQgetvalue(r, i, 1),
+                            .refund_id = PQgetvalue(r, i, 2),
+                            .currency = PQgetvalue(r, i, 3),
+                            .event_id = PQgetvalue(r, i, 4),
+                            .traceparent = PQgetvalue(r, i, 5),
+                            .amount = strtoll(PQgetvalue(r, i, 6), NULL, 10)};
+        rc = reverse(l, db, &in);
+        if (rc == CM_EINVAL) {
+            /* a refund that cannot apply to this payment: logged by
+             * reverse, dropped (the order service never sends one) */
+            rc = 0;
+        }
+    }
+    free(ord);
+    PQclear(r);
+    return rc;
+}
+
+int stl_ledger_expire_parked(cm_db *db, int older_than_s, int *expired)
+{
+    char age[24];
+    snprintf(age, sizeof age, "%d", older_than_s);
+    const char *p[] = {age};
+    PGresult *r = NULL;
+    /* dead-lettered through the outbox, as the consumer's dead letters
+     * (the same headers), in one statement: parked rows out, dlq rows in */
+    int rc = cm_db_exec(
+        db, "expire parked refunds",
+        "WITH x AS (DELETE FROM parked_refunds WHERE ctid IN (SELECT ctid FROM parked_refunds "
+        "WHERE parked_at < now() - make_interval(secs => $1::int) ORDER BY parked_at LIMIT 500 "
+        "FOR UPDATE SKIP LOCKED) RETURNING *), o AS (INSERT INTO outbox (event_id, tenant_id, "
+        "topic, key, type, source, payload, occurred_at, traceparent, headers) SELECT "
+        "gen_random_uuid(), x.tenant_id, x.topic || '.dlq', x.order_id::text, "
+        "'commerce.events.v1.OrderRefunded', '/commerce/order', x.payload, x.parked_at, "
+        "NULLIF(x.traceparent, ''), jsonb_build_object('dlq-reason', 'payment not posted in "
+        "time', 'dlq-topic', x.topic, 'dlq-event-id', x.event_id::text, 'dlq-at', now()::text) "
+        "FROM x RETURNING 1) SELECT count(*) FROM o",
+        1, p, &r);
+    if (rc)
+        return rc;
+    *expired = (int)strtol(PQgetvalue(r, 0, 0), NULL, 10);
+    PQclear(r);
+    if (*expired)
+        cm_outbox_wake(db);
+    return 0;
 }

@@ -16,7 +16,7 @@ typedef struct stl_app {
     stl_settings defaults; /* SETTLEMENT_DEFAULT_* */
     int events_on;
     stl_ledger *ledger; /* the order-event consumer's (one consumer thread) */
-    cm_counter *posted, *reversed, *duplicates, *capped, *waiting;
+    cm_counter *posted, *reversed, *duplicates, *capped, *parked, *dead_lettered;
     stl_ledger_stats last; /* what was last added to the counters */
 } stl_app;
 

@@ -15,7 +15,6 @@
 
 #include "commerce/settlement/v1/settlement.pb-c.h"
 
-#define STL_TOPIC "commerce.settlement.v1"
 #define STL_SOURCE "/commerce/settlement"
 #define STL_TYPE_SPLIT_POSTED "commerce.events.v1.SplitPosted"
 #define STL_TYPE_SPLIT_REVERSED "commerce.events.v1.SplitReversed"
@@ -31,6 +30,10 @@ int stl_ev_pack_entry(cm_arena *a, const char *tenant, const char *event_id, con
 /* the consumer's handler and transaction hooks (arg: the stl_app) */
 int stl_on_order_event(cm_db *db, const cm_event *ev, void *arg);
 void stl_on_tx_begin(void *arg);
+/* the parker ticker: refunds parked longer than SETTLEMENT_PARK_TIMEOUT_S
+ * go to the dead-letter topic */
+struct cm_service;
+void stl_parker(struct cm_service *svc, cm_db *db, void *arg);
 int stl_on_tx_end(cm_db *db, void *arg);
 void stl_on_committed(const cm_event *ev, int duplicate, void *arg);
 

@@ -28,8 +28,9 @@
 
 typedef struct stl_ledger stl_ledger;
 
-/* defaults: the settings of tenants without their own */
-stl_ledger *stl_ledger_new(const stl_settings *defaults, int events_on);
+/* defaults: the settings of tenants without their own; topic: where
+ * the entries' events go (events_on) */
+stl_ledger *stl_ledger_new(const stl_settings *defaults, int events_on, const char *topic);
 void stl_ledger_free(stl_ledger *l);
 
 /* a transaction attempt starts: drop what an earlier attempt staged */
@@ -59,9 +60,20 @@ typedef struct stl_refund_in {
 
 /* posts a refund's reversal, inside the caller's transaction, after the
  * staged payments. 0 (also for a refund already reversed); CM_ENOTFOUND
- * when the order's payment was not posted yet (the caller retries later);
+ * when the order's payment was not posted yet (the caller parks it);
  * CM_EINVAL for a refund that cannot apply (currency, more than remains). */
 int stl_ledger_refund(stl_ledger *l, cm_db *db, const stl_refund_in *in);
+
+/* parks a refund whose payment is not posted yet (stl_ledger_refund said
+ * CM_ENOTFOUND), with its record (topic, payload) for a dead letter:
+ * posting the payment reverses it then. inside the consumer's
+ * transaction; a refund parked twice is kept once. */
+int stl_ledger_park(cm_db *db, const stl_refund_in *in, const char *topic, const void *payload,
+                    size_t len);
+
+/* dead-letters (to "<topic>.dlq", through the outbox, with dlq-* headers)
+ * up to 500 refunds parked longer than older_than_s; *expired: how many */
+int stl_ledger_expire_parked(cm_db *db, int older_than_s, int *expired);
 
 typedef struct stl_ledger_stats {
     uint64_t splits, reversals, duplicates, capped;

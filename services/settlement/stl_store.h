@@ -34,7 +34,7 @@ enum { STL_OK = 0, STL_SAME = 1, STL_KEY_REUSED = 2, STL_VERSION = 3 };
 typedef struct stl_settings {
     char tz[STL_TZ_MAX + 1];
     int64_t max_split_bps;
-    char run_at[6]; /* "HH:MM" */
+    char run_at[6];   /* "HH:MM" */
     int64_t revision; /* 0: the defaults */
     int64_t updated_ms;
     char updated_by[STL_PRINCIPAL_MAX + 1];
@@ -60,9 +60,8 @@ int stl_store_zone_known(cm_db *db, const char *tz);
  * compare-and-set by expected_revision. *verdict: STL_OK, STL_SAME,
  * STL_KEY_REUSED, STL_VERSION; out: the settings now. */
 int stl_store_put_settings(cm_db *db, const char *tenant, const char *request_id, const char *hash,
-                           const stl_settings *in, int64_t expected_revision,
-                           const char *principal, const stl_settings *def, stl_settings *out,
-                           int *verdict);
+                           const stl_settings *in, int64_t expected_revision, const char *principal,
+                           const stl_settings *def, stl_settings *out, int *verdict);
 
 /* ---- rules ---- */
 
@@ -78,9 +77,8 @@ int stl_store_get_rule(cm_db *db, const char *tenant, const char *merchant, cons
                        int64_t version, stl_rule_row *out);
 /* versions below before (0: from the newest), newest first, at most limit;
  * out[] has room for limit */
-int stl_store_list_rules(cm_db *db, const char *tenant, const char *merchant,
-                         const char *currency, int64_t before, int limit, stl_rule_row *out,
-                         int *n);
+int stl_store_list_rules(cm_db *db, const char *tenant, const char *merchant, const char *currency,
+                         int64_t before, int limit, stl_rule_row *out, int *n);
 
 /* ---- accounts ---- */
 
@@ -147,5 +145,8 @@ int stl_store_list_entries(cm_db *db, const char *tenant, const char *order_id, 
  * returns the count. */
 size_t stl_store_parse_words(const char *s, char *out, size_t cap, size_t max);
 size_t stl_store_parse_i64s(const char *s, int64_t *out, size_t max);
+/* an element of stl_store_parse_words without its quotes (text elements
+ * are quoted when empty; ids, [A-Za-z0-9._:-], never need escapes) */
+void stl_store_unquote(char *dst, size_t cap, const char *word);
 
 #endif

@@ -41,7 +41,7 @@ static int read_one(cm_db *db, const char *what, const char *sql, int n, const c
 /* ---- settings ---- */
 
 #define SETTINGS_COLS                                                                              \
-    "time_zone, max_split_bps, to_char(run_at, 'HH24:MI'), revision, "                            \
+    "time_zone, max_split_bps, to_char(run_at, 'HH24:MI'), revision, "                             \
     "(extract(epoch FROM updated_at) * 1000)::bigint, updated_by"
 
 static void parse_settings(const PGresult *r, int row, stl_settings *s)
@@ -59,9 +59,9 @@ int stl_store_get_settings(cm_db *db, const char *tenant, const stl_settings *de
 {
     const char *p[] = {tenant};
     PGresult *r = NULL;
-    int rc = read_one(db, "get tenant settings",
-                      "SELECT " SETTINGS_COLS " FROM tenant_settings WHERE tenant_id = $1", 1, p,
-                      &r);
+    int rc =
+        read_one(db, "get tenant settings",
+                 "SELECT " SETTINGS_COLS " FROM tenant_settings WHERE tenant_id = $1", 1, p, &r);
     if (rc == CM_ENOTFOUND) {
         *out = *def;
         out->revision = 0;
@@ -78,8 +78,8 @@ int stl_store_zone_known(cm_db *db, const char *tz)
 {
     const char *p[] = {tz};
     PGresult *r = NULL;
-    int rc = cm_db_read(db, "check time zone",
-                        "SELECT 1 FROM pg_timezone_names WHERE name = $1", 1, p, &r);
+    int rc = cm_db_read(db, "check time zone", "SELECT 1 FROM pg_timezone_names WHERE name = $1", 1,
+                        p, &r);
     if (rc)
         return rc;
     int known = PQntuples(r) > 0;
@@ -98,7 +98,7 @@ typedef struct settings_tx {
 static int put_settings_fn(cm_db *db, void *arg)
 {
     settings_tx *t = arg;
-    char bps[24], exp[24];
+    char bps[24];
     const char *k[] = {t->tenant, t->request_id};
     PGresult *r = NULL;
     /* serialises changes of one tenant, and with them the idempotency check */
@@ -123,9 +123,9 @@ static int put_settings_fn(cm_db *db, void *arg)
         t->verdict = STL_VERSION;
         return 0;
     }
-    const char *p[] = {t->tenant,   t->in->tz,     num(bps, sizeof bps, t->in->max_split_bps),
+    const char *p[] = {t->tenant,     t->in->tz,    num(bps, sizeof bps, t->in->max_split_bps),
                        t->in->run_at, t->principal, t->request_id,
-                       t->hash,     num(exp, sizeof exp, t->expected)};
+                       t->hash};
     rc = cm_db_exec(db, "put tenant settings",
                     "WITH s AS (INSERT INTO tenant_settings (tenant_id, time_zone, max_split_bps, "
                     "run_at, revision, updated_at, updated_by) VALUES ($1, $2, $3, $4::time, 1, "
@@ -135,8 +135,7 @@ static int put_settings_fn(cm_db *db, void *arg)
                     "), c AS (INSERT INTO tenant_settings_changes (tenant_id, request_id, "
                     "body_hash, revision, principal) SELECT $1, $6, $7, revision, $5 FROM s) "
                     "SELECT * FROM s",
-                    8, p, &r);
-    (void)exp;
+                    7, p, &r);
     if (rc)
         return rc;
     parse_settings(r, 0, t->out);
@@ -146,9 +145,8 @@ static int put_settings_fn(cm_db *db, void *arg)
 }
 
 int stl_store_put_settings(cm_db *db, const char *tenant, const char *request_id, const char *hash,
-                           const stl_settings *in, int64_t expected_revision,
-                           const char *principal, const stl_settings *def, stl_settings *out,
-                           int *verdict)
+                           const stl_settings *in, int64_t expected_revision, const char *principal,
+                           const stl_settings *def, stl_settings *out, int *verdict)
 {
     settings_tx t = {.tenant = tenant,
                      .request_id = request_id,
@@ -166,8 +164,8 @@ int stl_store_put_settings(cm_db *db, const char *tenant, const char *request_id
 /* ---- rules ---- */
 
 #define RULE_COLS                                                                                  \
-    "merchant_id, currency, version, (extract(epoch FROM effective_from) * 1000)::bigint, "       \
-    "fee_bps, fee_fixed, fee_min, fee_max, fee_bearer, refund_policy, merchant_delay_days, "      \
+    "merchant_id, currency, version, (extract(epoch FROM effective_from) * 1000)::bigint, "        \
+    "fee_bps, fee_fixed, fee_min, fee_max, fee_bearer, refund_policy, merchant_delay_days, "       \
     "receivers::text, created_by"
 
 static int parse_rule(const PGresult *r, int row, stl_rule_row *o)
@@ -246,7 +244,8 @@ static int put_rule_fn(cm_db *db, void *arg)
     /* one writer per merchant and currency at a time: versions stay dense */
     int rc = cm_db_exec(
         db, "lock split rule",
-        "SELECT pg_advisory_xact_lock(hashtext('settlement.rule:' || $1 || '/' || $3 || '/' || $4)), "
+        "SELECT pg_advisory_xact_lock(hashtext('settlement.rule:' || $1 || '/' || $3 || '/' || "
+        "$4)), "
         "(SELECT body_hash || ' ' || merchant_id || ' ' || currency || ' ' || version FROM "
         "split_rules WHERE tenant_id = $1 AND request_id = $2), (SELECT coalesce(max(version), 0) "
         "FROM split_rules WHERE tenant_id = $1 AND merchant_id = $3 AND currency = $4)",
@@ -343,9 +342,8 @@ int stl_store_get_rule(cm_db *db, const char *tenant, const char *merchant, cons
     return rc;
 }
 
-int stl_store_list_rules(cm_db *db, const char *tenant, const char *merchant,
-                         const char *currency, int64_t before, int limit, stl_rule_row *out,
-                         int *n)
+int stl_store_list_rules(cm_db *db, const char *tenant, const char *merchant, const char *currency,
+                         int64_t before, int limit, stl_rule_row *out, int *n)
 {
     char b[24], l[24];
     const char *p[] = {tenant, merchant, currency, num(b, sizeof b, before),
@@ -390,7 +388,8 @@ int stl_store_accounts(cm_db *db, const char *tenant, const char *currency, size
             "WITH k AS (SELECT t, o, i FROM unnest($3::smallint[], $4::text[]) WITH ORDINALITY "
             "AS k(t, o, i)), n AS (INSERT INTO accounts (tenant_id, party_type, owner_id, "
             "currency) SELECT DISTINCT $1, t, o, $2 FROM k ORDER BY 2, 3 ON CONFLICT DO "
-            "NOTHING RETURNING account_id, party_type, owner_id) SELECT k.i, coalesce(n.account_id, "
+            "NOTHING RETURNING account_id, party_type, owner_id) SELECT k.i, "
+            "coalesce(n.account_id, "
             "a.account_id) FROM k LEFT JOIN n ON n.party_type = k.t AND n.owner_id = k.o LEFT "
             "JOIN accounts a ON a.tenant_id = $1 AND a.party_type = k.t AND a.owner_id = k.o AND "
             "a.currency = $2 ORDER BY k.i",
@@ -415,7 +414,7 @@ int stl_store_accounts(cm_db *db, const char *tenant, const char *currency, size
 }
 
 #define ACCOUNT_COLS                                                                               \
-    "account_id, party_type, owner_id, currency, pending, available, paying, paid_out, version, " \
+    "account_id, party_type, owner_id, currency, pending, available, paying, paid_out, version, "  \
     "(extract(epoch FROM updated_at) * 1000)::bigint"
 
 static void parse_account(const PGresult *r, int row, stl_account *a)
@@ -437,8 +436,8 @@ int stl_store_list_accounts(cm_db *db, const char *tenant, int type, const char 
                             int *n)
 {
     char t[8], a[24], l[24];
-    const char *p[] = {tenant,   num(t, sizeof t, type), owner, currency, num(a, sizeof a, after_id),
-                       num(l, sizeof l, limit)};
+    const char *p[] = {tenant,   num(t, sizeof t, type),     owner,
+                       currency, num(a, sizeof a, after_id), num(l, sizeof l, limit)};
     PGresult *r = NULL;
     int rc = cm_db_read(db, "list accounts",
                         "SELECT " ACCOUNT_COLS " FROM accounts WHERE tenant_id = $1 AND ($2 = 0 OR "
@@ -476,22 +475,32 @@ size_t stl_store_parse_words(const char *s, char *out, size_t cap, size_t max)
     return n;
 }
 
+void stl_store_unquote(char *dst, size_t cap, const char *w)
+{
+    size_t k = strlen(w);
+    if (k >= 2 && w[0] == '"')
+        snprintf(dst, cap, "%.*s", (int)(k - 2), w + 1);
+    else
+        snprintf(dst, cap, "%.*s", (int)(cap - 1), w);
+}
+
 size_t stl_store_parse_i64s(const char *s, int64_t *out, size_t max)
 {
     char w[STL_POSTINGS_MAX][24];
-    size_t n = stl_store_parse_words(s, &w[0][0], sizeof w[0], max < STL_POSTINGS_MAX ? max : STL_POSTINGS_MAX);
+    size_t n = stl_store_parse_words(s, &w[0][0], sizeof w[0],
+                                     max < STL_POSTINGS_MAX ? max : STL_POSTINGS_MAX);
     for (size_t i = 0; i < n; i++)
         out[i] = strtoll(w[i], NULL, 10);
     return n;
 }
 
 #define ENTRY_COLS                                                                                 \
-    "e.entry_id, e.kind, e.order_id::text, e.merchant_id, e.ref, e.currency, e.amount, e.fee, "   \
-    "e.rule_version, e.capped, coalesce(e.source_event_id::text, ''), "                           \
-    "(extract(epoch FROM e.posted_at) * 1000)::bigint, e.account_ids::text, e.buckets::text, "    \
-    "e.amounts::text, e.due_dates::text, e.versions::text, "                                      \
-    "(SELECT array_agg(a.party_type ORDER BY x.i)::text FROM unnest(e.account_ids) WITH "         \
-    "ORDINALITY x(id, i) JOIN accounts a ON a.account_id = x.id), "                               \
+    "e.entry_id, e.kind, e.order_id::text, e.merchant_id, e.ref, e.currency, e.amount, e.fee, "    \
+    "e.rule_version, e.capped, coalesce(e.source_event_id::text, ''), "                            \
+    "(extract(epoch FROM e.posted_at) * 1000)::bigint, e.account_ids::text, e.buckets::text, "     \
+    "e.amounts::text, e.due_dates::text, e.versions::text, "                                       \
+    "(SELECT array_agg(a.party_type ORDER BY x.i)::text FROM unnest(e.account_ids) WITH "          \
+    "ORDINALITY x(id, i) JOIN accounts a ON a.account_id = x.id), "                                \
     "(SELECT array_agg(a.owner_id ORDER BY x.i) FROM unnest(e.account_ids) WITH ORDINALITY x(id, " \
     "i) JOIN accounts a ON a.account_id = x.id)"
 
@@ -534,14 +543,8 @@ static void parse_entry(const PGresult *r, int row, stl_entry *e)
      * ids ([A-Za-z0-9._:-]) never do */
     char o[STL_POSTINGS_MAX][STL_ID_MAX + 3];
     stl_store_parse_words(PQgetvalue(r, row, 18), &o[0][0], sizeof o[0], e->n);
-    for (size_t i = 0; i < e->n; i++) {
-        const char *s = o[i];
-        size_t k = strlen(s);
-        if (k >= 2 && s[0] == '"') /* "" is the empty owner of the ledger's accounts */
-            snprintf(e->p[i].owner, sizeof e->p[i].owner, "%.*s", (int)(k - 2), s + 1);
-        else
-            snprintf(e->p[i].owner, sizeof e->p[i].owner, "%s", s);
-    }
+    for (size_t i = 0; i < e->n; i++)
+        stl_store_unquote(e->p[i].owner, sizeof e->p[i].owner, o[i]);
 }
 
 int stl_store_list_entries(cm_db *db, const char *tenant, const char *order_id, int64_t account,

@@ -676,6 +676,62 @@ void hs_kafka_delete_topic(const char *brokers, const char *topic)
     rd_kafka_destroy(rk);
 }
 
+struct hs_producer {
+    rd_kafka_t *rk;
+};
+
+static void delivered(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
+{
+    (void)rk;
+    (void)opaque;
+    *(int *)m->_private = m->err == RD_KAFKA_RESP_ERR_NO_ERROR ? 1 : -1;
+}
+
+hs_producer *hs_producer_new(const char *brokers)
+{
+    char err[256];
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    rd_kafka_conf_set(conf, "bootstrap.servers", brokers, err, sizeof err);
+    rd_kafka_conf_set(conf, "log_level", "0", err, sizeof err);
+    rd_kafka_conf_set(conf, "enable.idempotence", "true", err, sizeof err);
+    rd_kafka_conf_set(conf, "linger.ms", "0", err, sizeof err);
+    rd_kafka_conf_set_dr_msg_cb(conf, delivered);
+    hs_producer *p = calloc(1, sizeof *p);
+    ck_assert(p != NULL);
+    p->rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof err);
+    ck_assert_msg(p->rk != NULL, "kafka producer: %s", err);
+    return p;
+}
+
+void hs_produce(hs_producer *p, const char *topic, const char *key, const char *const *headers,
+                const void *payload, size_t len)
+{
+    rd_kafka_headers_t *h = rd_kafka_headers_new(8);
+    for (size_t i = 0; headers && headers[i] && headers[i + 1]; i += 2)
+        rd_kafka_header_add(h, headers[i], -1, headers[i + 1], -1);
+    int done = 0;
+    rd_kafka_resp_err_t e = rd_kafka_producev(
+        p->rk, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_KEY(key, key ? strlen(key) : 0),
+        RD_KAFKA_V_VALUE((void *)payload, len), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+        RD_KAFKA_V_HEADERS(h), RD_KAFKA_V_OPAQUE(&done), RD_KAFKA_V_END);
+    if (e)
+        rd_kafka_headers_destroy(h);
+    ck_assert_msg(e == RD_KAFKA_RESP_ERR_NO_ERROR, "produce to %s: %s", topic, rd_kafka_err2str(e));
+    long long until = hs_now_ms() + 30000;
+    while (!done && hs_now_ms() < until)
+        rd_kafka_poll(p->rk, 50);
+    ck_assert_msg(done == 1, "record to %s not acknowledged", topic);
+}
+
+void hs_producer_free(hs_producer *p)
+{
+    if (!p)
+        return;
+    rd_kafka_flush(p->rk, 10000);
+    rd_kafka_destroy(p->rk);
+    free(p);
+}
+
 struct hs_topic {
     rd_kafka_t *rk;
     char name[256];

@@ -194,6 +194,15 @@ void hs_kafka_create_topic(const char *brokers, const char *topic, int partition
  * does not check): a leftover test topic harms nothing. */
 void hs_kafka_delete_topic(const char *brokers, const char *topic);
 
+/* a producer for tests that play another service: hs_produce sends one
+ * record (headers: NULL-terminated "name", "value" pairs) and waits until
+ * the broker acknowledged it; asserts it was. */
+typedef struct hs_producer hs_producer;
+hs_producer *hs_producer_new(const char *brokers);
+void hs_produce(hs_producer *p, const char *topic, const char *key, const char *const *headers,
+                const void *payload, size_t len);
+void hs_producer_free(hs_producer *p);
+
 /* one record as read from a topic */
 typedef struct hs_record {
     int32_t partition;

@@ -227,7 +227,7 @@ START_TEST(overflow_is_an_error_not_a_wrong_split)
     add_receiver(&r, STL_PARTY_PLATFORM, "a", 0, INT64_MAX, 0);
     add_receiver(&r, STL_PARTY_PLATFORM, "b", 0, 1, 0);
     ck_assert_int_eq(stl_rule_check(&r, 10000, &v), CM_EINVAL);
-    ck_assert_str_eq(v.field, "rule.receivers[1].fixed");
+    ck_assert_str_eq(v.field, "rule.receivers[1].fixed_amount_minor");
     /* unchecked, the split refuses rather than wrap, and writes nothing */
     stl_split before;
     memset(&s, 0x5a, sizeof s);
@@ -287,20 +287,20 @@ START_TEST(rule_check_names_each_bad_field)
 
     seed_rule(&r);
     r.fee_fixed = -1;
-    EXPECT_FIELD(10000, "rule.fee_fixed");
+    EXPECT_FIELD(10000, "rule.fee.fixed_minor");
     seed_rule(&r);
     r.fee_bps = 10001;
-    EXPECT_FIELD(10000, "rule.fee_bps");
+    EXPECT_FIELD(10000, "rule.fee.bps");
     seed_rule(&r);
     r.fee_min = -5;
-    EXPECT_FIELD(10000, "rule.fee_min");
+    EXPECT_FIELD(10000, "rule.fee.min_minor");
     seed_rule(&r);
     r.fee_max = -5;
-    EXPECT_FIELD(10000, "rule.fee_max");
+    EXPECT_FIELD(10000, "rule.fee.max_minor");
     seed_rule(&r);
     r.fee_min = 100;
     r.fee_max = 99;
-    EXPECT_FIELD(10000, "rule.fee_max");
+    EXPECT_FIELD(10000, "rule.fee.max_minor");
     r.fee_max = 0; /* no upper bound */
     ck_assert_int_eq(stl_rule_check(&r, 10000, &v), 0);
     r.fee_max = 100;
@@ -308,38 +308,38 @@ START_TEST(rule_check_names_each_bad_field)
 
     seed_rule(&r);
     r.fee_bearer = 0;
-    EXPECT_FIELD(10000, "rule.fee_bearer");
+    EXPECT_FIELD(10000, "rule.fee.bearer");
     seed_rule(&r);
     r.refund_policy = 4;
     EXPECT_FIELD(10000, "rule.refund_policy");
     seed_rule(&r);
     r.merchant_delay_days = STL_DELAY_DAYS_MAX + 1;
-    EXPECT_FIELD(10000, "rule.merchant_delay_days");
+    EXPECT_FIELD(10000, "rule.merchant_settle_delay_days");
 
     seed_rule(&r);
     r.r[1].fixed = -1;
-    EXPECT_FIELD(10000, "rule.receivers[1].fixed");
+    EXPECT_FIELD(10000, "rule.receivers[1].fixed_amount_minor");
     seed_rule(&r);
     r.r[0].fixed = INT64_MAX - 5;
     r.r[2].fixed = 6;
-    EXPECT_FIELD(10000, "rule.receivers[2].fixed"); /* the sum overflows */
+    EXPECT_FIELD(10000, "rule.receivers[2].fixed_amount_minor"); /* the sum overflows */
     r.r[2].fixed = 5;
     ck_assert_int_eq(stl_rule_check(&r, 10000, &v), 0);
 
     seed_rule(&r);
     r.r[2].type = STL_PARTY_SERVICE_PROVIDER;
     snprintf(r.r[2].id, sizeof r.r[2].id, "sp-1");
-    EXPECT_FIELD(10000, "rule.receivers[2].id"); /* duplicate */
+    EXPECT_FIELD(10000, "rule.receivers[2].receiver_id"); /* duplicate */
     ck_assert_ptr_nonnull(strstr(v.why, "duplicates"));
     r.r[2].type = STL_PARTY_PLATFORM; /* same id, other type: fine */
     ck_assert_int_eq(stl_rule_check(&r, 10000, &v), 0);
 
     seed_rule(&r);
     r.r[1].id[0] = '\0';
-    EXPECT_FIELD(10000, "rule.receivers[1].id");
+    EXPECT_FIELD(10000, "rule.receivers[1].receiver_id");
     seed_rule(&r);
     memset(r.r[1].id, 'x', sizeof r.r[1].id); /* 65 bytes, no NUL */
-    EXPECT_FIELD(10000, "rule.receivers[1].id");
+    EXPECT_FIELD(10000, "rule.receivers[1].receiver_id");
     memset(r.r[1].id, 'x', STL_ID_MAX); /* 64 bytes: the most */
     r.r[1].id[STL_ID_MAX] = '\0';
     ck_assert_int_eq(stl_rule_check(&r, 10000, &v), 0);
@@ -351,7 +351,7 @@ START_TEST(rule_check_names_each_bad_field)
     EXPECT_FIELD(10000, "rule.receivers[0].type");
     seed_rule(&r);
     r.r[2].delay_days = -1;
-    EXPECT_FIELD(10000, "rule.receivers[2].delay_days");
+    EXPECT_FIELD(10000, "rule.receivers[2].settle_delay_days");
 
     /* 50 receivers are fine, 51 are not */
     plain_rule(&r);

@@ -141,3 +141,21 @@ CREATE TABLE pending_due (
   PRIMARY KEY (account_id, due_date)
 );
 CREATE INDEX pending_due_by_date ON pending_due (tenant_id, due_date);
+
+-- refunds whose payment was not posted yet: parked, not retried in a loop
+-- that would hold the consumer. posting the payment applies them; the
+-- parker ticker dead-letters (through the outbox) what waited too long.
+CREATE TABLE parked_refunds (
+  tenant_id   text COLLATE "C" NOT NULL,
+  order_id    uuid        NOT NULL,
+  refund_id   text COLLATE "C" NOT NULL,
+  event_id    uuid        NOT NULL,
+  currency    text COLLATE "C" NOT NULL,
+  amount      bigint      NOT NULL,
+  traceparent text        NOT NULL DEFAULT '',
+  topic       text        NOT NULL,
+  payload     bytea       NOT NULL,
+  parked_at   timestamptz NOT NULL DEFAULT now(),
+  PRIMARY KEY (tenant_id, order_id, refund_id)
+);
+CREATE INDEX parked_refunds_by_age ON parked_refunds (parked_at);

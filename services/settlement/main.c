@@ -1,0 +1,81 @@
+/*
+ * commerce-settlement: payment split (分账) on a double-entry ledger.
+ * wiring only; the handlers are in api.c, the design in README.md.
+ */
+#include "cm_service.h"
+#include "stl_api.h"
+#include "stl_events.h"
+
+#include "commerce/settlement/v1/settlement_service.pb-c.h"
+
+extern const cm_migration stl_migrations[];
+extern const size_t stl_migrations_count;
+
+static const cm_knob knobs[] = {
+    {"SETTLEMENT_DEFAULT_TIME_ZONE", CM_KNOB_TEXT, 0, 0, 0, "Asia/Shanghai",
+     "IANA time zone of tenants without their own settings (T+N days, run dates)"},
+    {"SETTLEMENT_DEFAULT_MAX_SPLIT_BPS", CM_KNOB_INT, 3000, 0, 10000, NULL,
+     "cap on the split to others, bps of the net amount, for tenants without their own"},
+    {"SETTLEMENT_DEFAULT_RUN_AT", CM_KNOB_TEXT, 0, 0, 0, "02:00",
+     "local time of the daily settlement run, for tenants without their own"},
+    {"SETTLEMENT_EVENTS", CM_KNOB_ONOFF, 1, 0, 0, NULL,
+     "write split and payout events to the outbox"},
+    {"SETTLEMENT_TOPIC", CM_KNOB_TEXT, 0, 0, 0, "commerce.settlement.v1",
+     "where settlement's events go (tests override it)"},
+    {"SETTLEMENT_PARK_TIMEOUT_S", CM_KNOB_INT, 3600, 1, 30 * 86400, NULL,
+     "how long a refund waits for its payment before it is dead-lettered (s)"},
+    {"SETTLEMENT_PARKER_MS", CM_KNOB_INT, 10000, 100, 3600000, NULL,
+     "period of the parked-refund expiry (ms)"},
+    {"SETTLEMENT_CONSUME_ORDERS", CM_KNOB_ONOFF, 1, 0, 0, NULL,
+     "consume order events (paid: split, refunded: reverse)"},
+    {"SETTLEMENT_ORDER_TOPIC", CM_KNOB_TEXT, 0, 0, 0, "commerce.order.v1",
+     "where order events come from (tests override it)"},
+    {"SETTLEMENT_ORDER_GROUP", CM_KNOB_TEXT, 0, 0, 0, "commerce.settlement",
+     "consumer group of the order events (tests override it)"},
+};
+
+/* the order events it posts; the rest of the topic is acknowledged
+ * without an inbox row */
+static const char *const order_types[] = {"commerce.events.v1.OrderPaid",
+                                          "commerce.events.v1.OrderRefunded", NULL};
+static const cm_service_consumer consumers[] = {
+    {.topic = "commerce.order.v1",
+     .group = "commerce.settlement",
+     .handler = stl_on_order_event,
+     .after_commit = stl_on_committed,
+     .tx_begin = stl_on_tx_begin,
+     .tx_end = stl_on_tx_end,
+     .types = order_types,
+     .enabled_knob = "SETTLEMENT_CONSUME_ORDERS",
+     .topic_knob = "SETTLEMENT_ORDER_TOPIC",
+     .group_knob = "SETTLEMENT_ORDER_GROUP"},
+};
+
+static const cm_service_ticker tickers[] = {
+    {"parker", "SETTLEMENT_PARKER_MS", stl_parker, 1},
+};
+
+int main(int argc, char **argv)
+{
+    const cm_service_def def = {
+        .name = "settlement",
+        .schema = "settlement",
+        .grpc_port = 50053,
+        .admin_port = 9093,
+        .knobs = knobs,
+        .nknobs = sizeof knobs / sizeof knobs[0],
+        .tickers = tickers,
+        .ntickers = sizeof tickers / sizeof tickers[0],
+        .migrations = stl_migrations,
+        .nmigrations = stl_migrations_count,
+        .api = &commerce__settlement__v1__settlement_service__descriptor,
+        .methods = stl_methods,
+        .nmethods = stl_methods_count,
+        .app_init = stl_app_init,
+        .app_fini = stl_app_fini,
+        .uses_outbox = 1,
+        .consumers = consumers,
+        .nconsumers = sizeof consumers / sizeof consumers[0],
+    };
+    return cm_service_main(argc, argv, &def);
+}

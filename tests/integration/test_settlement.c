@@ -1,0 +1,573 @@
+/*
+ * commerce-settlement against the private postgres and the broker: rules,
+ * posting from order events (played by the test on a topic of its own, so
+ * that every case controls ids, order and duplicates exactly), refunds,
+ * idempotency, tenant isolation, and the events it publishes.
+ */
+#include "harness.h"
+
+#include <check.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cm_id.h"
+#include "commerce/events/v1/order_events.pb-c.h"
+#include "commerce/events/v1/settlement_events.pb-c.h"
+#include "commerce/settlement/v1/settlement_service.pb-c.h"
+
+#define SVC "/commerce.settlement.v1.SettlementService/"
+#define TENANT "tenant-stl"
+#define PT(x) COMMERCE__SETTLEMENT__V1__PARTY_TYPE__PARTY_TYPE_##x
+
+static const cm_rpc_md md[1] = {{"x-tenant-id", TENANT}};
+static const cm_rpc_md md_other[1] = {{"x-tenant-id", TENANT "-other"}};
+
+typedef struct st {
+    char schema[64], otopic[128], stopic[128], group[128];
+    hs_proc p;
+    cm_rpc_client *c;
+    hs_producer *prod;
+    hs_topic *events; /* the settlement topic */
+} st;
+
+static st S;
+static int seq;
+
+static void st_start_env(st *s, const char *tag, const char *const *extra)
+{
+    memset(s, 0, sizeof *s);
+    seq++;
+    int pid = (int)getpid();
+    snprintf(s->schema, sizeof s->schema, "stl_%s_%d_%d", tag, pid, seq);
+    snprintf(s->otopic, sizeof s->otopic, "commerce.order.v1.stl-%s-%d-%d", tag, pid, seq);
+    snprintf(s->stopic, sizeof s->stopic, "commerce.settlement.v1.%s-%d-%d", tag, pid, seq);
+    snprintf(s->group, sizeof s->group, "commerce.settlement.%s-%d-%d", tag, pid, seq);
+    hs_kafka_create_topic(hs_kafka_brokers(), s->otopic, 2);
+    hs_kafka_create_topic(hs_kafka_brokers(), s->stopic, 2);
+    char e1[128], e2[192], e3[192], e4[192];
+    snprintf(e1, sizeof e1, "SETTLEMENT_SCHEMA=%s", s->schema);
+    snprintf(e2, sizeof e2, "SETTLEMENT_ORDER_TOPIC=%s", s->otopic);
+    snprintf(e3, sizeof e3, "SETTLEMENT_ORDER_GROUP=%s", s->group);
+    snprintf(e4, sizeof e4, "SETTLEMENT_TOPIC=%s", s->stopic);
+    const char *base[] = {e1, e2, e3, e4, NULL};
+    const char *env[32];
+    hs_start(&s->p, SETTLEMENT_BIN, hs_env_join(env, 32, base, extra));
+    s->c = hs_client(&s->p, NULL);
+    s->prod = hs_producer_new(hs_kafka_brokers());
+    s->events = hs_topic_open(hs_kafka_brokers(), s->stopic, 0);
+}
+
+static void st_start(st *s, const char *tag)
+{
+    st_start_env(s, tag, NULL);
+}
+
+static void st_stop(st *s)
+{
+    cm_rpc_client_free(s->c);
+    hs_producer_free(s->prod);
+    hs_topic_close(s->events);
+    ck_assert_msg(hs_stop(&s->p, SIGTERM, 30000) == 0, "settlement did not exit 0 (log %s)",
+                  s->p.log_path);
+    hs_kafka_delete_topic(hs_kafka_brokers(), s->otopic);
+    hs_kafka_delete_topic(hs_kafka_brokers(), s->stopic);
+    hs_drop_schema(NULL, s->schema);
+}
+
+static void teardown(void)
+{
+    hs_teardown();
+}
+
+/* ---- rules and settings ---- */
+
+static int put_settings(st *s, const char *req_id, int cap_bps, cm_rpc_status *stt)
+{
+    Commerce__Settlement__V1__TenantSettings ts = COMMERCE__SETTLEMENT__V1__TENANT_SETTINGS__INIT;
+    ts.time_zone = "Asia/Shanghai";
+    ts.max_split_bps = cap_bps;
+    ts.run_at = "02:00";
+    Commerce__Settlement__V1__PutTenantSettingsRequest r =
+        COMMERCE__SETTLEMENT__V1__PUT_TENANT_SETTINGS_REQUEST__INIT;
+    r.request_id = (char *)req_id;
+    r.settings = &ts;
+    return hs_call(s->c, SVC "PutTenantSettings", &r.base,
+                   &commerce__settlement__v1__put_tenant_settings_response__descriptor, NULL, stt,
+                   md, 1);
+}
+
+/* the seed's rule: fee 0.3 % + 0.10 shared; platform 50 % T+0, service
+ * provider 30 % T+1, sub-merchant 20 % T+0 */
+typedef struct seed_rule {
+    Commerce__Settlement__V1__SplitReceiver r[3], *rp[3];
+    Commerce__Settlement__V1__FeeModel fee;
+    Commerce__Settlement__V1__SplitRule rule;
+} seed_rule;
+
+static void seed(seed_rule *x, const char *merchant)
+{
+    static const struct {
+        int type;
+        const char *id;
+        int bps, delay;
+    } def[3] = {{PT(PLATFORM), "plat", 5000, 0},
+                {PT(SERVICE_PROVIDER), "sp-1", 3000, 1},
+                {PT(SUB_MERCHANT), "sub-1", 2000, 0}};
+    for (int i = 0; i < 3; i++) {
+        commerce__settlement__v1__split_receiver__init(&x->r[i]);
+        x->r[i].type = def[i].type;
+        x->r[i].receiver_id = (char *)def[i].id;
+        x->r[i].share_bps = def[i].bps;
+        x->r[i].settle_delay_days = (uint32_t)def[i].delay;
+        x->rp[i] = &x->r[i];
+    }
+    commerce__settlement__v1__fee_model__init(&x->fee);
+    x->fee.bps = 30;
+    x->fee.fixed_minor = 10;
+    x->fee.bearer = COMMERCE__SETTLEMENT__V1__FEE_BEARER__FEE_BEARER_PRO_RATA;
+    commerce__settlement__v1__split_rule__init(&x->rule);
+    x->rule.merchant_id = (char *)merchant;
+    x->rule.currency = "CNY";
+    x->rule.receivers = x->rp;
+    x->rule.n_receivers = 3;
+    x->rule.fee = &x->fee;
+}
+
+static int put_rule(st *s, const char *req_id, Commerce__Settlement__V1__SplitRule *rule,
+                    Commerce__Settlement__V1__PutSplitRuleResponse **out, cm_rpc_status *stt)
+{
+    Commerce__Settlement__V1__PutSplitRuleRequest r =
+        COMMERCE__SETTLEMENT__V1__PUT_SPLIT_RULE_REQUEST__INIT;
+    r.request_id = (char *)req_id;
+    r.rule = rule;
+    return hs_call(s->c, SVC "PutSplitRule", &r.base,
+                   &commerce__settlement__v1__put_split_rule_response__descriptor,
+                   (ProtobufCMessage **)out, stt, md, 1);
+}
+
+/* ---- order events, as the order service would send them ---- */
+
+static void send_event(st *s, const char *type, const char *order_id, const char *event_id,
+                       const char *tenant, const ProtobufCMessage *m)
+{
+    size_t len = protobuf_c_message_get_packed_size(m);
+    uint8_t *buf = malloc(len ? len : 1);
+    ck_assert_ptr_nonnull(buf);
+    protobuf_c_message_pack(m, buf);
+    const char *h[] = {"ce_id",
+                       event_id,
+                       "ce_type",
+                       type,
+                       "ce_source",
+                       "/commerce/order",
+                       "content-type",
+                       "application/protobuf",
+                       "tenant-id",
+                       tenant,
+                       NULL};
+    hs_produce(s->prod, s->otopic, order_id, h, buf, len);
+    free(buf);
+}
+
+static void paid(st *s, const char *tenant, const char *order_id, const char *event_id,
+                 const char *merchant, long long amount, long long paid_ms)
+{
+    Commerce__Common__V1__Money m = COMMERCE__COMMON__V1__MONEY__INIT;
+    m.amount_minor = amount;
+    m.currency = "CNY";
+    Google__Protobuf__Timestamp at = GOOGLE__PROTOBUF__TIMESTAMP__INIT;
+    at.seconds = paid_ms / 1000;
+    at.nanos = (int32_t)(paid_ms % 1000) * 1000000;
+    Commerce__Order__V1__Payment pay = COMMERCE__ORDER__V1__PAYMENT__INIT;
+    pay.payment_id = "pay-1";
+    pay.amount = &m;
+    pay.paid_at = &at;
+    Commerce__Order__V1__Order o = COMMERCE__ORDER__V1__ORDER__INIT;
+    o.order_id = (char *)order_id;
+    o.merchant_id = (char *)merchant;
+    o.currency = "CNY";
+    o.total_amount = &m;
+    o.payment = &pay;
+    Commerce__Events__V1__OrderPaid e = COMMERCE__EVENTS__V1__ORDER_PAID__INIT;
+    e.event_id = (char *)event_id;
+    e.tenant_id = (char *)tenant;
+    e.order_id = (char *)order_id;
+    e.order = &o;
+    send_event(s, "commerce.events.v1.OrderPaid", order_id, event_id, tenant, &e.base);
+}
+
+static void refunded(st *s, const char *order_id, const char *event_id, const char *refund_id,
+                     long long amount)
+{
+    Commerce__Common__V1__Money m = COMMERCE__COMMON__V1__MONEY__INIT;
+    m.amount_minor = amount;
+    m.currency = "CNY";
+    Commerce__Order__V1__Refund rf = COMMERCE__ORDER__V1__REFUND__INIT;
+    rf.refund_id = (char *)refund_id;
+    rf.amount = &m;
+    Commerce__Order__V1__Order o = COMMERCE__ORDER__V1__ORDER__INIT;
+    o.order_id = (char *)order_id;
+    Commerce__Events__V1__OrderRefunded e = COMMERCE__EVENTS__V1__ORDER_REFUNDED__INIT;
+    e.event_id = (char *)event_id;
+    e.tenant_id = TENANT;
+    e.order_id = (char *)order_id;
+    e.order = &o;
+    e.refund = &rf;
+    send_event(s, "commerce.events.v1.OrderRefunded", order_id, event_id, TENANT, &e.base);
+}
+
+static char *uuid(void)
+{
+    static char ids[64][CM_ID_SIZE];
+    static int k;
+    char *id = ids[k++ % 64];
+    ck_assert_int_eq(cm_id_uuid7(id), 0);
+    return id;
+}
+
+/* ---- reading the ledger ---- */
+
+static long long sql(const st *s, const char *q)
+{
+    return hs_sql_long(s->schema, q);
+}
+
+typedef struct wait_sql {
+    const st *s;
+    const char *q;
+    long long want;
+} wait_sql;
+
+static int sql_is(void *arg)
+{
+    wait_sql *w = arg;
+    long long v = -1;
+    return hs_sql_try_long(w->s->schema, w->q, &v) == 0 && v == w->want;
+}
+
+static void wait_for(const st *s, const char *q, long long want)
+{
+    wait_sql w = {s, q, want};
+    int rc = hs_poll(sql_is, &w, 30000, 50);
+    long long v = -1;
+    hs_sql_try_long(s->schema, q, &v);
+    ck_assert_msg(rc == 0, "waited for %s = %lld, have %lld (log %s)", q, want, v, s->p.log_path);
+}
+
+/* an account's buckets through ListAccounts: pending, available */
+static void balance(st *s, const cm_rpc_md *m, int type, const char *owner, long long *pending,
+                    long long *available)
+{
+    Commerce__Settlement__V1__Party party = COMMERCE__SETTLEMENT__V1__PARTY__INIT;
+    party.type = type;
+    party.id = (char *)owner;
+    Commerce__Settlement__V1__ListAccountsRequest r =
+        COMMERCE__SETTLEMENT__V1__LIST_ACCOUNTS_REQUEST__INIT;
+    r.party = &party;
+    r.currency = "CNY";
+    Commerce__Settlement__V1__ListAccountsResponse *resp = NULL;
+    cm_rpc_status stt;
+    int code = hs_call(s->c, SVC "ListAccounts", &r.base,
+                       &commerce__settlement__v1__list_accounts_response__descriptor,
+                       (ProtobufCMessage **)&resp, &stt, m, 1);
+    ck_assert_msg(code == 0, "ListAccounts: %d %s", code, stt.message);
+    *pending = *available = 0;
+    if (resp->n_accounts) {
+        *pending = resp->accounts[0]->pending_minor;
+        *available = resp->accounts[0]->available_minor;
+    }
+    protobuf_c_message_free_unpacked(&resp->base, NULL);
+}
+
+static void ck_balance(st *s, int type, const char *owner, long long pending, long long available)
+{
+    long long p, a;
+    balance(s, md, type, owner, &p, &a);
+    ck_assert_msg(p == pending && a == available,
+                  "account %d/%s: pending %lld available %lld, expected %lld %lld", type, owner, p,
+                  a, pending, available);
+}
+
+/* every account of every tenant sums to zero, and every account's buckets
+ * equal the sum of its postings */
+static void ck_ledger_balanced(const st *s)
+{
+    ck_assert_int_eq(sql(s, "SELECT coalesce(sum(pending + available + paying + paid_out), 0) "
+                            "FROM accounts"),
+                     0);
+    ck_assert_int_eq(
+        sql(s, "SELECT count(*) FROM accounts a LEFT JOIN (SELECT x.id, sum(x.amt) FILTER "
+               "(WHERE x.b = 1) AS p, sum(x.amt) FILTER (WHERE x.b = 2) AS v FROM entries e, "
+               "unnest(e.account_ids, e.buckets, e.amounts) AS x(id, b, amt) GROUP BY x.id) "
+               "j ON j.id = a.account_id WHERE a.pending <> coalesce(j.p, 0) OR a.available <> "
+               "coalesce(j.v, 0)"),
+        0);
+    ck_assert_int_eq(sql(s, "SELECT count(*) FROM entries WHERE entry_sum(amounts) <> 0"), 0);
+}
+
+/* ---- tests ---- */
+
+START_TEST(rules_validated_versioned_idempotent)
+{
+    st_start(&S, "rules");
+    seed_rule x;
+    seed(&x, "m-1");
+    cm_rpc_status stt;
+    /* 100 % to others is over the default 30 % cap */
+    ck_assert_int_eq(put_rule(&S, "r-1", &x.rule, NULL, &stt), 3);
+    ck_assert_msg(strncmp(stt.field, "rule.receivers[", 15) == 0, "field %s", stt.field);
+    /* nothing was stored */
+    ck_assert_int_eq(sql(&S, "SELECT count(*) FROM split_rules"), 0);
+    ck_assert_int_eq(put_settings(&S, "s-1", 10000, &stt), 0);
+    Commerce__Settlement__V1__PutSplitRuleResponse *resp = NULL;
+    ck_assert_int_eq(put_rule(&S, "r-2", &x.rule, &resp, &stt), 0);
+    ck_assert_int_eq(resp->rule->version, 1);
+    ck_assert_int_eq(resp->rule->n_receivers, 3);
+    protobuf_c_message_free_unpacked(&resp->base, NULL);
+    /* a retry returns the same version; another body under the key is refused */
+    ck_assert_int_eq(put_rule(&S, "r-2", &x.rule, &resp, &stt), 0);
+    ck_assert_int_eq(resp->rule->version, 1);
+    protobuf_c_message_free_unpacked(&resp->base, NULL);
+    x.r[0].share_bps = 4000;
+    ck_assert_int_eq(put_rule(&S, "r-2", &x.rule, NULL, &stt), 6);
+    ck_assert_str_eq(stt.reason, "IDEMPOTENCY_KEY_REUSED");
+    ck_assert_int_eq(put_rule(&S, "r-3", &x.rule, &resp, &stt), 0);
+    ck_assert_int_eq(resp->rule->version, 2);
+    protobuf_c_message_free_unpacked(&resp->base, NULL);
+    /* bad rules, each naming its field, none stored */
+    seed(&x, "m-1");
+    x.r[1].share_bps = 6000; /* 110 % */
+    ck_assert_int_eq(put_rule(&S, "r-4", &x.rule, NULL, &stt), 3);
+    ck_assert_msg(strstr(stt.field, "share_bps") != NULL, "field %s", stt.field);
+    seed(&x, "m-1");
+    x.rule.currency = "XXQ";
+    ck_assert_int_eq(put_rule(&S, "r-5", &x.rule, NULL, &stt), 3);
+    ck_assert_str_eq(stt.field, "rule.currency");
+    seed(&x, "m-1");
+    x.r[2].fixed_amount_minor = -1;
+    ck_assert_int_eq(put_rule(&S, "r-6", &x.rule, NULL, &stt), 3);
+    ck_assert_str_eq(stt.field, "rule.receivers[2].fixed_amount_minor");
+    seed(&x, "m-1");
+    x.fee.min_minor = 100;
+    x.fee.max_minor = 50;
+    ck_assert_int_eq(put_rule(&S, "r-7", &x.rule, NULL, &stt), 3);
+    ck_assert_msg(strstr(stt.field, "fee") != NULL, "field %s", stt.field);
+    seed(&x, "m-1");
+    x.r[2].type = PT(PLATFORM);
+    x.r[2].receiver_id = "plat"; /* the platform twice */
+    ck_assert_int_eq(put_rule(&S, "r-8", &x.rule, NULL, &stt), 3);
+    ck_assert_msg(strncmp(stt.field, "rule.receivers[2]", 17) == 0, "field %s", stt.field);
+    ck_assert_int_eq(sql(&S, "SELECT count(*) FROM split_rules"), 2);
+    /* versions, newest first */
+    Commerce__Settlement__V1__ListSplitRuleVersionsRequest lr =
+        COMMERCE__SETTLEMENT__V1__LIST_SPLIT_RULE_VERSIONS_REQUEST__INIT;
+    lr.merchant_id = "m-1";
+    lr.currency = "CNY";
+    lr.page_size = 1;
+    Commerce__Settlement__V1__ListSplitRuleVersionsResponse *lv = NULL;
+    ck_assert_int_eq(
+        hs_call(S.c, SVC "ListSplitRuleVersions", &lr.base,
+                &commerce__settlement__v1__list_split_rule_versions_response__descriptor,
+                (ProtobufCMessage **)&lv, &stt, md, 1),
+        0);
+    ck_assert_int_eq(lv->n_rules, 1);
+    ck_assert_int_eq(lv->rules[0]->version, 2);
+    ck_assert_str_ne(lv->next_page_token, "");
+    lr.page_token = lv->next_page_token;
+    Commerce__Settlement__V1__ListSplitRuleVersionsResponse *lv2 = NULL;
+    ck_assert_int_eq(
+        hs_call(S.c, SVC "ListSplitRuleVersions", &lr.base,
+                &commerce__settlement__v1__list_split_rule_versions_response__descriptor,
+                (ProtobufCMessage **)&lv2, &stt, md, 1),
+        0);
+    ck_assert_int_eq(lv2->n_rules, 1);
+    ck_assert_int_eq(lv2->rules[0]->version, 1);
+    ck_assert_str_eq(lv2->next_page_token, "");
+    protobuf_c_message_free_unpacked(&lv->base, NULL);
+    protobuf_c_message_free_unpacked(&lv2->base, NULL);
+    /* another tenant sees no rule */
+    Commerce__Settlement__V1__GetSplitRuleRequest gr =
+        COMMERCE__SETTLEMENT__V1__GET_SPLIT_RULE_REQUEST__INIT;
+    gr.merchant_id = "m-1";
+    gr.currency = "CNY";
+    ck_assert_int_eq(hs_call(S.c, SVC "GetSplitRule", &gr.base,
+                             &commerce__settlement__v1__get_split_rule_response__descriptor, NULL,
+                             &stt, md_other, 1),
+                     5);
+    st_stop(&S);
+}
+END_TEST
+
+START_TEST(seed_example_posted_to_the_minor_unit)
+{
+    st_start(&S, "seed");
+    seed_rule x;
+    seed(&x, "m-1");
+    cm_rpc_status stt;
+    ck_assert_int_eq(put_settings(&S, "s-1", 10000, &stt), 0);
+    ck_assert_int_eq(put_rule(&S, "r-1", &x.rule, NULL, &stt), 0);
+    /* paid after the rule; 10000 fen and 12345 fen */
+    long long now = hs_real_ms() + 1000;
+    char *o1 = uuid(), *o2 = uuid();
+    paid(&S, TENANT, o1, uuid(), "m-1", 10000, now);
+    paid(&S, TENANT, o2, uuid(), "m-1", 12345, now);
+    wait_for(&S, "SELECT count(*) FROM entries", 2);
+    /* fee 40 + 47; platform 4980 + 6149 (T+0); service provider 2988 +
+     * 3689 (T+1, pending); sub-merchant 1992 + 2460 (T+0) */
+    ck_balance(&S, PT(PLATFORM), "plat", 0, 4980 + 6149);
+    ck_balance(&S, PT(SERVICE_PROVIDER), "sp-1", 2988 + 3689, 0);
+    ck_balance(&S, PT(SUB_MERCHANT), "sub-1", 0, 1992 + 2460);
+    ck_balance(&S, PT(MERCHANT), "m-1", 0, 0);
+    ck_balance(&S, PT(PROVIDER_FEE), "", 0, 87);
+    ck_balance(&S, PT(CLEARING), "", 0, -22345);
+    ck_ledger_balanced(&S);
+    /* the service provider's part is due the next local day */
+    ck_assert_int_eq(sql(&S, "SELECT count(*) FROM pending_due WHERE amount = 6677 AND due_date "
+                             "= (now() AT TIME ZONE 'Asia/Shanghai')::date + 1"),
+                     1);
+    /* its events: one SplitPosted per order, keyed by the merchant */
+    ck_assert_uint_ge(hs_topic_read(S.events, 2, 30000), 2);
+    int found = 0;
+    for (size_t i = 0; i < hs_topic_count(S.events); i++) {
+        const hs_record *r = hs_topic_at(S.events, i);
+        ck_assert_str_eq(r->type, "commerce.events.v1.SplitPosted");
+        ck_assert_str_eq(r->key, "m-1");
+        Commerce__Events__V1__SplitPosted *e =
+            commerce__events__v1__split_posted__unpack(NULL, r->len, r->payload);
+        ck_assert_ptr_nonnull(e);
+        if (strcmp(e->order_id, o1) == 0) {
+            found++;
+            ck_assert_int_eq(e->entry->fee->amount_minor, 40);
+            ck_assert_int_eq(e->entry->rule_version, 1);
+            long long sum = 0;
+            for (size_t k = 0; k < e->entry->n_postings; k++)
+                sum += e->entry->postings[k]->amount_minor;
+            ck_assert_int_eq(sum, 0);
+            ck_assert_uint_eq(e->n_account_versions, e->entry->n_postings);
+        }
+        protobuf_c_message_free_unpacked(&e->base, NULL);
+    }
+    ck_assert_int_eq(found, 1);
+    st_stop(&S);
+}
+END_TEST
+
+START_TEST(posted_once_per_order_and_refunds_reverse_exactly)
+{
+    st_start(&S, "once");
+    seed_rule x;
+    seed(&x, "m-1");
+    cm_rpc_status stt;
+    ck_assert_int_eq(put_settings(&S, "s-1", 10000, &stt), 0);
+    ck_assert_int_eq(put_rule(&S, "r-1", &x.rule, NULL, &stt), 0);
+    long long now = hs_real_ms() + 1000;
+    char *o = uuid(), *ev = uuid();
+    paid(&S, TENANT, o, ev, "m-1", 9999, now);
+    paid(&S, TENANT, o, ev, "m-1", 9999, now);     /* redelivered */
+    paid(&S, TENANT, o, uuid(), "m-1", 9999, now); /* the same order, another event id */
+    wait_for(&S, "SELECT count(*) FROM inbox", 2);
+    ck_assert_int_eq(sql(&S, "SELECT count(*) FROM entries"), 1);
+    /* three partial refunds, one repeated under another event id, summing
+     * to the whole: every party back to zero */
+    refunded(&S, o, uuid(), "rf-1", 3333);
+    refunded(&S, o, uuid(), "rf-1", 3333);
+    refunded(&S, o, uuid(), "rf-2", 1);
+    refunded(&S, o, uuid(), "rf-3", 6665);
+    wait_for(&S, "SELECT count(*) FROM entries WHERE kind = 2", 3);
+    wait_for(&S, "SELECT count(*) FROM inbox", 6);
+    ck_assert_int_eq(sql(&S, "SELECT count(*) FROM entries WHERE kind = 2"), 3);
+    ck_balance(&S, PT(PLATFORM), "plat", 0, 0);
+    ck_balance(&S, PT(SERVICE_PROVIDER), "sp-1", 0, 0);
+    ck_balance(&S, PT(SUB_MERCHANT), "sub-1", 0, 0);
+    ck_balance(&S, PT(PROVIDER_FEE), "", 0, 0);
+    ck_balance(&S, PT(CLEARING), "", 0, 0);
+    ck_assert_int_eq(sql(&S, "SELECT sum(amount) FROM pending_due"), 0);
+    ck_ledger_balanced(&S);
+    st_stop(&S);
+}
+END_TEST
+
+START_TEST(refund_before_its_payment_waits)
+{
+    static const char *const env[] = {"SETTLEMENT_PARK_TIMEOUT_S=3", "SETTLEMENT_PARKER_MS=200",
+                                      NULL};
+    st_start_env(&S, "early", env);
+    char dlq[160];
+    snprintf(dlq, sizeof dlq, "%s.dlq", S.otopic);
+    hs_kafka_create_topic(hs_kafka_brokers(), dlq, 1);
+    hs_topic *dl = hs_topic_open(hs_kafka_brokers(), dlq, 0);
+    cm_rpc_status stt;
+    seed_rule x;
+    seed(&x, "m-1");
+    ck_assert_int_eq(put_settings(&S, "s-1", 10000, &stt), 0);
+    ck_assert_int_eq(put_rule(&S, "r-1", &x.rule, NULL, &stt), 0);
+    char *o = uuid(), *never = uuid();
+    /* the refunds arrive first (say, replayed from a dead-letter topic):
+     * parked, and the consumer goes on */
+    refunded(&S, o, uuid(), "rf-1", 500);
+    refunded(&S, never, uuid(), "rf-9", 100);
+    wait_for(&S, "SELECT count(*) FROM parked_refunds", 2);
+    ck_assert_int_eq(sql(&S, "SELECT count(*) FROM entries"), 0);
+    paid(&S, TENANT, o, uuid(), "m-1", 1000, hs_real_ms() + 1000);
+    wait_for(&S, "SELECT count(*) FROM entries", 2);
+    ck_assert_int_eq(sql(&S, "SELECT refunded FROM order_splits"), 500);
+    ck_ledger_balanced(&S);
+    /* the other payment never comes: dead-lettered, with the record as sent */
+    const hs_record *r = hs_topic_next(dl, 30000);
+    ck_assert_msg(r != NULL, "no dead letter (log %s)", S.p.log_path);
+    ck_assert_str_eq(r->key, never);
+    ck_assert_str_eq(r->type, "commerce.events.v1.OrderRefunded");
+    ck_assert_str_eq(hs_record_header(r, "dlq-reason"), "payment not posted in time");
+    wait_for(&S, "SELECT count(*) FROM parked_refunds", 0);
+    hs_topic_close(dl);
+    hs_kafka_delete_topic(hs_kafka_brokers(), dlq);
+    st_stop(&S);
+}
+END_TEST
+
+START_TEST(no_rule_merchant_keeps_all_and_tenants_are_apart)
+{
+    st_start(&S, "norule");
+    long long now = hs_real_ms();
+    paid(&S, TENANT, uuid(), uuid(), "m-9", 777, now);
+    paid(&S, TENANT "-other", uuid(), uuid(), "m-9", 100, now);
+    wait_for(&S, "SELECT count(*) FROM entries", 2);
+    ck_balance(&S, PT(MERCHANT), "m-9", 0, 777);
+    long long p, a;
+    balance(&S, md_other, PT(MERCHANT), "m-9", &p, &a);
+    ck_assert_int_eq(a, 100);
+    /* the journal of one tenant does not show the other's entries */
+    Commerce__Settlement__V1__ListJournalEntriesRequest r =
+        COMMERCE__SETTLEMENT__V1__LIST_JOURNAL_ENTRIES_REQUEST__INIT;
+    Commerce__Settlement__V1__ListJournalEntriesResponse *resp = NULL;
+    cm_rpc_status stt;
+    ck_assert_int_eq(hs_call(S.c, SVC "ListJournalEntries", &r.base,
+                             &commerce__settlement__v1__list_journal_entries_response__descriptor,
+                             (ProtobufCMessage **)&resp, &stt, md, 1),
+                     0);
+    ck_assert_uint_eq(resp->n_entries, 1);
+    ck_assert_int_eq(resp->entries[0]->amount->amount_minor, 777);
+    ck_assert_int_eq(resp->entries[0]->rule_version, 0);
+    protobuf_c_message_free_unpacked(&resp->base, NULL);
+    ck_ledger_balanced(&S);
+    st_stop(&S);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("settlement");
+    TCase *tc = tcase_create("settlement");
+    tcase_set_timeout(tc, 120);
+    tcase_add_checked_fixture(tc, NULL, teardown);
+    tcase_add_test(tc, rules_validated_versioned_idempotent);
+    tcase_add_test(tc, seed_example_posted_to_the_minor_unit);
+    tcase_add_test(tc, posted_once_per_order_and_refunds_reverse_exactly);
+    tcase_add_test(tc, refund_before_its_payment_waits);
+    tcase_add_test(tc, no_rule_merchant_keeps_all_and_tenants_are_apart);
+    suite_add_tcase(s, tc);
+    return hs_run(s, 1);
+}
