@@ -239,8 +239,16 @@ static int put_split_rule(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufC
     if (rc)
         return db_fail(ctx, rc, "could not read the tenant's settings");
     stl_violation v;
-    if (stl_rule_check(rule, set->max_split_bps, &v))
+    if (stl_rule_check(rule, set->max_split_bps, &v)) {
+        /* over the tenant's cap: a reason of its own, with the cap */
+        if (strstr(v.why, "cap")) {
+            cm_rpc_fail(ctx, GRPC_STATUS_INVALID_ARGUMENT, "SPLIT_RATIO_EXCEEDED",
+                        cm_arena_printf(a, "%s: %s (the tenant's cap is %lld bps)", v.field, v.why,
+                                        (long long)set->max_split_bps));
+            cm_rpc_fail_meta(ctx, "max_split_bps", num(a, set->max_split_bps));
+        }
         return fail_field(ctx, v.field, v.why);
+    }
     /* the canonical body: what the caller asked for, output fields aside */
     cm_buf body = {0};
     cm_buf_puts(&body,

@@ -322,6 +322,7 @@ START_TEST(rules_validated_versioned_idempotent)
     /* 100 % to others is over the default 30 % cap */
     ck_assert_int_eq(put_rule(&S, "r-1", &x.rule, NULL, &stt), 3);
     ck_assert_msg(strncmp(stt.field, "rule.receivers[", 15) == 0, "field %s", stt.field);
+    ck_assert_str_eq(stt.reason, "SPLIT_RATIO_EXCEEDED");
     /* nothing was stored */
     ck_assert_int_eq(sql(&S, "SELECT count(*) FROM split_rules"), 0);
     ck_assert_int_eq(put_settings(&S, "s-1", 10000, &stt), 0);
