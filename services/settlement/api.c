@@ -737,8 +737,94 @@ static int report_payout_result(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Pro
     if (verdict == STL_VERSION)
         return cm_rpc_fail(ctx, GRPC_STATUS_FAILED_PRECONDITION, "ILLEGAL_STATE_TRANSITION",
                            "the payout was already reported with the other result");
+    if (verdict == STL_OK)
+        cm_counter_add(result == STL_PAYOUT_PAID ? app->payouts_paid : app->payouts_failed, 1);
     resp->payout = stl_pb_payout(cm_rpc_ctx_arena(ctx), p);
     return resp->payout ? 0 : cm_rpc_fail_err(ctx, CM_ENOMEM, "payout");
+}
+
+static Commerce__Settlement__V1__BucketBalances *pb_buckets(cm_arena *a, const stl_buckets *b)
+{
+    Commerce__Settlement__V1__BucketBalances *m = cm_arena_calloc(a, 1, sizeof *m);
+    if (!m)
+        return NULL;
+    commerce__settlement__v1__bucket_balances__init(m);
+    m->pending_minor = b->pending;
+    m->available_minor = b->available;
+    m->paying_minor = b->paying;
+    m->paid_out_minor = b->paid_out;
+    return m;
+}
+
+static int get_account_statement(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    const Commerce__Settlement__V1__GetAccountStatementRequest *req = (const void *)in;
+    Commerce__Settlement__V1__GetAccountStatementResponse *resp = (void *)out;
+    cm_arena *a = cm_rpc_ctx_arena(ctx);
+    if (req->account_id <= 0)
+        return fail_field(ctx, "account_id", "required: an account id from ListAccounts");
+    int64_t from = 0, to = 0;
+    if (!req->period || !req->period->start_at ||
+        cm_pb_timestamp_check(req->period->start_at, &from))
+        return fail_field(ctx, "period.start_at", "required: a valid timestamp");
+    if (!req->period->end_at || cm_pb_timestamp_check(req->period->end_at, &to))
+        return fail_field(ctx, "period.end_at", "required: a valid timestamp");
+    if (to <= from)
+        return fail_field(ctx, "period.end_at", "must be after period.start_at");
+    uint64_t fh = cm_page_filters(cm_arena_printf(a, "%lld|%lld|%lld", (long long)req->account_id,
+                                                  (long long)from, (long long)to));
+    char pos[CM_PAGE_POSITION_MAX + 1];
+    const char *after;
+    int limit;
+    if (cm_page_begin(ctx, req->page_size, req->page_token, 's', fh, pos, &after, &limit))
+        return -1;
+    /* the position: "<entry id>.<posting index>" */
+    long long after_id = 0, after_k = 0;
+    if (after && (sscanf(after, "%lld.%lld", &after_id, &after_k) != 2 || after_id <= 0))
+        return cm_page_bad_token(ctx);
+    stl_account acct;
+    stl_buckets open, close;
+    stl_line *lines = cm_rpc_alloc(ctx, (size_t)(limit + 1) * sizeof *lines);
+    int *ks = cm_rpc_alloc(ctx, (size_t)(limit + 1) * sizeof *ks);
+    if (!lines || !ks)
+        return cm_rpc_fail_err(ctx, CM_ENOMEM, "statement");
+    int n = 0;
+    int rc =
+        stl_store_statement(cm_service_db(ctx), cm_rpc_ctx_tenant(ctx), req->account_id, from, to,
+                            after_id, (int)after_k, limit + 1, &acct, &open, &close, lines, ks, &n);
+    if (rc == CM_ENOTFOUND)
+        return not_found(ctx, "account");
+    if (rc)
+        return db_fail(ctx, rc, "could not read the statement");
+    int more = n > limit;
+    if (more)
+        n = limit;
+    resp->account = pb_account(a, &acct);
+    resp->opening = pb_buckets(a, &open);
+    resp->closing = pb_buckets(a, &close);
+    resp->lines = cm_rpc_alloc(ctx, (size_t)(n ? n : 1) * sizeof *resp->lines);
+    if (!resp->account || !resp->opening || !resp->closing || !resp->lines)
+        return cm_rpc_fail_err(ctx, CM_ENOMEM, "statement");
+    for (int i = 0; i < n; i++) {
+        Commerce__Settlement__V1__StatementLine *l = cm_arena_calloc(a, 1, sizeof *l);
+        if (!l)
+            return cm_rpc_fail_err(ctx, CM_ENOMEM, "statement");
+        commerce__settlement__v1__statement_line__init(l);
+        l->entry_id = lines[i].entry_id;
+        l->kind = (Commerce__Settlement__V1__EntryKind)lines[i].kind;
+        l->posted_at = cm_pb_timestamp(a, lines[i].posted_ms);
+        l->order_id = cm_arena_strdup(a, lines[i].order_id);
+        l->reference = cm_arena_strdup(a, lines[i].ref);
+        l->bucket = (Commerce__Settlement__V1__Bucket)lines[i].bucket;
+        l->amount_minor = lines[i].amount;
+        if (!l->order_id || !l->reference)
+            return cm_rpc_fail_err(ctx, CM_ENOMEM, "statement");
+        resp->lines[i] = l;
+    }
+    resp->n_lines = (size_t)n;
+    const char *end =
+        n ? cm_arena_printf(a, "%lld.%d", (long long)lines[n - 1].entry_id, ks[n - 1]) : NULL;
+    return cm_page_next(ctx, more, 's', fh, end, &resp->next_page_token);
 }
 
 const cm_rpc_method stl_methods[] = {
@@ -755,6 +841,7 @@ const cm_rpc_method stl_methods[] = {
     {"GetPayout", get_payout, 0},
     {"ListPayouts", list_payouts, 0},
     {"ReportPayoutResult", report_payout_result, 0},
+    {"GetAccountStatement", get_account_statement, 0},
 };
 const size_t stl_methods_count = sizeof stl_methods / sizeof stl_methods[0];
 
@@ -786,8 +873,12 @@ int stl_app_init(cm_service *svc, void **out, char *err, size_t errlen)
     }
     app->events_on = (int)cm_service_int(svc, "SETTLEMENT_EVENTS");
     snprintf(app->topic, sizeof app->topic, "%s", cm_service_text(svc, "SETTLEMENT_TOPIC"));
-    app->ledger = stl_ledger_new(&app->defaults, app->events_on, app->topic);
     cm_metrics *m = cm_service_metrics(svc);
+    static const double lag_bounds[] = {0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30, 60};
+    app->lag = cm_metrics_histogram(m, "settlement_posting_lag_seconds",
+                                    "from a payment's paid_at to its posting on the ledger", NULL,
+                                    lag_bounds, sizeof lag_bounds / sizeof lag_bounds[0]);
+    app->ledger = stl_ledger_new(&app->defaults, app->events_on, app->topic, app->lag);
     app->posted = cm_metrics_counter(m, "settlement_splits_posted_total",
                                      "paid orders split and posted on the ledger", NULL);
     app->reversed = cm_metrics_counter(m, "settlement_refunds_reversed_total",
@@ -804,8 +895,15 @@ int stl_app_init(cm_service *svc, void **out, char *err, size_t errlen)
         "parked refunds whose payment never came, sent to the dead-letter topic", NULL);
     app->runs = cm_metrics_counter(m, "settlement_runs_completed_total",
                                    "settlement runs carried out to the end", NULL);
-    app->payouts =
-        cm_metrics_counter(m, "settlement_payouts_created_total", "payouts created", NULL);
+    app->payouts = cm_metrics_counter(m, "settlement_payouts_total", "payouts by state reached",
+                                      "state=\"created\"");
+    app->payouts_paid = cm_metrics_counter(m, "settlement_payouts_total",
+                                           "payouts by state reached", "state=\"paid\"");
+    app->payouts_failed = cm_metrics_counter(m, "settlement_payouts_total",
+                                             "payouts by state reached", "state=\"failed\"");
+    app->payouts_pending = cm_metrics_gauge(
+        m, "settlement_payouts_pending",
+        "payouts waiting for the payment system's report (as of the payer's last pass)", NULL);
     if (!app->ledger) {
         snprintf(err, errlen, "out of memory");
         free(app);

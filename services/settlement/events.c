@@ -355,6 +355,9 @@ void stl_payer(cm_service *svc, cm_db *db, void *arg)
     if (rc)
         cm_log_warn("payer could not finish", "error", cm_strerror(rc), NULL);
     cm_counter_add(app->payouts, (uint64_t)payouts);
+    long long pending = 0;
+    if (stl_payouts_pending(db, &pending) == 0)
+        cm_gauge_set(app->payouts_pending, (double)pending);
 }
 
 void stl_on_tx_begin(void *arg)

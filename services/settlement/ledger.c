@@ -108,6 +108,7 @@ struct stl_ledger {
     stl_settings def;
     int events_on;
     char topic[256];
+    cm_histogram *lag;
     pay *pays;
     size_t npays, cap;
     map rules, accounts;
@@ -117,7 +118,8 @@ struct stl_ledger {
     atomic_uint_fast64_t splits, reversals, duplicates, capped;
 };
 
-stl_ledger *stl_ledger_new(const stl_settings *defaults, int events_on, const char *topic)
+stl_ledger *stl_ledger_new(const stl_settings *defaults, int events_on, const char *topic,
+                           cm_histogram *lag)
 {
     stl_ledger *l = calloc(1, sizeof *l);
     if (!l)
@@ -125,6 +127,7 @@ stl_ledger *stl_ledger_new(const stl_settings *defaults, int events_on, const ch
     l->def = *defaults;
     l->events_on = events_on;
     snprintf(l->topic, sizeof l->topic, "%s", topic);
+    l->lag = lag;
     return l;
 }
 
@@ -843,6 +846,10 @@ int stl_ledger_flush(stl_ledger *l, cm_db *db)
         for (size_t i = 0; i < l->npays; i++) {
             if (l->pays[i].fresh) {
                 atomic_fetch_add(&l->splits, 1);
+                if (l->lag && l->pays[i].entry)
+                    cm_histogram_observe(
+                        l->lag,
+                        (double)(l->pays[i].entry->posted_ms - l->pays[i].paid_ms) / 1000.0);
                 if (l->pays[i].split.capped)
                     atomic_fetch_add(&l->capped, 1);
             } else {

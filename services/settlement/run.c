@@ -487,3 +487,15 @@ int stl_payout_report(cm_db *db, const char *tenant, const char *id, int result,
         return stl_payout_get(db, tenant, id, out);
     return rc;
 }
+
+int stl_payouts_pending(cm_db *db, long long *n)
+{
+    PGresult *r = NULL;
+    int rc = cm_db_read(db, "count pending payouts", "SELECT count(*) FROM payouts WHERE state = 1",
+                        0, NULL, &r);
+    if (rc)
+        return rc;
+    *n = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
+    PQclear(r);
+    return 0;
+}

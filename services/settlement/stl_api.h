@@ -18,6 +18,9 @@ typedef struct stl_app {
     char topic[256];    /* SETTLEMENT_TOPIC */
     stl_ledger *ledger; /* the order-event consumer's (one consumer thread) */
     cm_counter *posted, *reversed, *duplicates, *capped, *parked, *dead_lettered, *runs, *payouts;
+    cm_counter *payouts_paid, *payouts_failed;
+    cm_gauge *payouts_pending;
+    cm_histogram *lag;
     stl_ledger_stats last; /* what was last added to the counters */
 } stl_app;
 

@@ -29,8 +29,10 @@
 typedef struct stl_ledger stl_ledger;
 
 /* defaults: the settings of tenants without their own; topic: where
- * the entries' events go (events_on) */
-stl_ledger *stl_ledger_new(const stl_settings *defaults, int events_on, const char *topic);
+ * the entries' events go (events_on); lag (may be NULL): observes, per
+ * payment posted, the seconds from its paid_at to its posting */
+stl_ledger *stl_ledger_new(const stl_settings *defaults, int events_on, const char *topic,
+                           cm_histogram *lag);
 void stl_ledger_free(stl_ledger *l);
 
 /* a transaction attempt starts: drop what an earlier attempt staged */

@@ -63,6 +63,9 @@ int stl_settle(cm_db *db, const stl_settings *def, int batch, int events_on, con
  * transaction, until none is left) */
 int stl_pay_out(cm_db *db, int events_on, const char *topic, int *payouts);
 
+/* payouts waiting for a report, every tenant's */
+int stl_payouts_pending(cm_db *db, long long *n);
+
 int stl_payout_get(cm_db *db, const char *tenant, const char *id, stl_payout *out);
 /* payouts of a tenant, newest first, before (created ms, id) (0: from the
  * newest), filtered by state (0: any) and account (0: any) */

@@ -139,6 +139,30 @@ int stl_store_list_entries(cm_db *db, const char *tenant, const char *order_id, 
                            int64_t from_ms, int64_t to_ms, int64_t before_id, int limit,
                            stl_entry *out, int *n);
 
+/* ---- statements ---- */
+
+typedef struct stl_buckets {
+    int64_t pending, available, paying, paid_out;
+} stl_buckets;
+
+typedef struct stl_line {
+    int64_t entry_id;
+    int kind;
+    int64_t posted_ms;
+    char order_id[CM_ID_SIZE];
+    char ref[STL_ID_MAX + 1];
+    int bucket;
+    int64_t amount;
+} stl_line;
+
+/* the account (CM_ENOTFOUND when not the tenant's), its buckets at from_ms
+ * and to_ms, and its postings in [from_ms, to_ms) after (entry after_id,
+ * posting index after_k), oldest first, at most limit */
+int stl_store_statement(cm_db *db, const char *tenant, int64_t account, int64_t from_ms,
+                        int64_t to_ms, int64_t after_id, int after_k, int limit, stl_account *acct,
+                        stl_buckets *opening, stl_buckets *closing, stl_line *lines, int *ks,
+                        int *n);
+
 /* the elements of a one-dimensional postgres array literal of numbers or
  * plain words ("{1,2}", "{2024-01-02,NULL}") into out[i] (cap bytes each,
  * at most max of them); NULL becomes "", a quoted element keeps its quotes.

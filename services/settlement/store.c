@@ -575,3 +575,69 @@ int stl_store_list_entries(cm_db *db, const char *tenant, const char *order_id, 
     PQclear(r);
     return 0;
 }
+
+/* ---- statements ---- */
+
+int stl_store_statement(cm_db *db, const char *tenant, int64_t account, int64_t from_ms,
+                        int64_t to_ms, int64_t after_id, int after_k, int limit, stl_account *acct,
+                        stl_buckets *opening, stl_buckets *closing, stl_line *lines, int *ks,
+                        int *n)
+{
+    char ac[24], f[24], t[24], a[24], k[24], l[24];
+    const char *p[] = {tenant,
+                       num(ac, sizeof ac, account),
+                       num(f, sizeof f, from_ms),
+                       num(t, sizeof t, to_ms),
+                       num(a, sizeof a, after_id),
+                       num(k, sizeof k, after_k),
+                       num(l, sizeof l, limit)};
+    PGresult *r = NULL;
+    int rc = read_one(db, "get account",
+                      "SELECT " ACCOUNT_COLS " FROM accounts WHERE tenant_id = $1 AND account_id "
+                      "= $2",
+                      2, p, &r);
+    if (rc)
+        return rc;
+    parse_account(r, 0, acct);
+    PQclear(r);
+    /* every posting of the account, as (entry, index, bucket, amount) */
+    rc = cm_db_read(
+        db, "account statement",
+        "WITH x AS (SELECT e.entry_id, x.k, e.kind, e.posted_at, coalesce(e.order_id::text, '') "
+        "AS oid, e.ref, x.b, x.amt FROM entries e, unnest(e.account_ids, e.buckets, e.amounts) "
+        "WITH "
+        "ORDINALITY AS x(id, b, amt, k) WHERE e.tenant_id = $1 AND e.account_ids @> "
+        "ARRAY[$2::bigint] AND x.id = $2 AND e.posted_at < to_timestamp($4 / 1000.0)), s AS "
+        "(SELECT coalesce(sum(amt) FILTER (WHERE b = 1 AND posted_at < to_timestamp($3 / "
+        "1000.0)), 0) AS p0, coalesce(sum(amt) FILTER (WHERE b = 2 AND posted_at < "
+        "to_timestamp($3 / 1000.0)), 0) AS a0, coalesce(sum(amt) FILTER (WHERE b = 3 AND "
+        "posted_at < to_timestamp($3 / 1000.0)), 0) AS y0, coalesce(sum(amt) FILTER (WHERE b = 4 "
+        "AND posted_at < to_timestamp($3 / 1000.0)), 0) AS o0, coalesce(sum(amt) FILTER (WHERE "
+        "b = 1), 0) AS p1, coalesce(sum(amt) FILTER (WHERE b = 2), 0) AS a1, coalesce(sum(amt) "
+        "FILTER (WHERE b = 3), 0) AS y1, coalesce(sum(amt) FILTER (WHERE b = 4), 0) AS o1 FROM "
+        "x) SELECT s.*, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM s UNION ALL (SELECT "
+        "0, 0, 0, 0, 0, 0, 0, 0, x.entry_id, x.k, x.kind, (extract(epoch FROM x.posted_at) * "
+        "1000)::bigint, x.oid, x.ref, x.b, x.amt FROM x WHERE x.posted_at >= "
+        "to_timestamp($3 / 1000.0) AND (x.entry_id, x.k) > ($5::bigint, $6::bigint) ORDER BY "
+        "x.entry_id, x.k LIMIT $7)",
+        7, p, &r);
+    if (rc)
+        return rc;
+    *opening = (stl_buckets){i64(r, 0, 0), i64(r, 0, 1), i64(r, 0, 2), i64(r, 0, 3)};
+    *closing = (stl_buckets){i64(r, 0, 4), i64(r, 0, 5), i64(r, 0, 6), i64(r, 0, 7)};
+    *n = PQntuples(r) - 1;
+    for (int i = 0; i < *n; i++) {
+        stl_line *x = &lines[i];
+        memset(x, 0, sizeof *x);
+        x->entry_id = i64(r, i + 1, 8);
+        ks[i] = (int)i64(r, i + 1, 9);
+        x->kind = (int)i64(r, i + 1, 10);
+        x->posted_ms = i64(r, i + 1, 11);
+        copy(x->order_id, sizeof x->order_id, r, i + 1, 12);
+        copy(x->ref, sizeof x->ref, r, i + 1, 13);
+        x->bucket = (int)i64(r, i + 1, 14);
+        x->amount = i64(r, i + 1, 15);
+    }
+    PQclear(r);
+    return 0;
+}

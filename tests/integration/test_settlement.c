@@ -311,6 +311,40 @@ static void ck_ledger_balanced(const st *s)
     ck_assert_int_eq(sql(s, "SELECT count(*) FROM entries WHERE entry_sum(amounts) <> 0"), 0);
 }
 
+static long long account_id(st *s, int type, const char *owner)
+{
+    char q[256];
+    snprintf(q, sizeof q,
+             "SELECT account_id FROM accounts WHERE party_type = %d AND owner_id = '%s'", type,
+             owner);
+    return sql(s, q);
+}
+
+static Commerce__Settlement__V1__GetAccountStatementResponse *
+statement(st *s, long long account, long long from_ms, long long to_ms, int page_size,
+          const char *token, cm_rpc_status *stt)
+{
+    Google__Protobuf__Timestamp a = GOOGLE__PROTOBUF__TIMESTAMP__INIT,
+                                b = GOOGLE__PROTOBUF__TIMESTAMP__INIT;
+    a.seconds = from_ms / 1000;
+    b.seconds = to_ms / 1000;
+    Commerce__Common__V1__TimeRange tr = COMMERCE__COMMON__V1__TIME_RANGE__INIT;
+    tr.start_at = &a;
+    tr.end_at = &b;
+    Commerce__Settlement__V1__GetAccountStatementRequest r =
+        COMMERCE__SETTLEMENT__V1__GET_ACCOUNT_STATEMENT_REQUEST__INIT;
+    r.account_id = account;
+    r.period = &tr;
+    r.page_size = page_size;
+    r.page_token = (char *)(token ? token : "");
+    Commerce__Settlement__V1__GetAccountStatementResponse *resp = NULL;
+    if (hs_call(s->c, SVC "GetAccountStatement", &r.base,
+                &commerce__settlement__v1__get_account_statement_response__descriptor,
+                (ProtobufCMessage **)&resp, stt, md, 1))
+        return NULL;
+    return resp;
+}
+
 /* ---- tests ---- */
 
 START_TEST(rules_validated_versioned_idempotent)
@@ -428,6 +462,42 @@ START_TEST(seed_example_posted_to_the_minor_unit)
     ck_balance(&S, PT(PROVIDER_FEE), "", 0, 87);
     ck_balance(&S, PT(CLEARING), "", 0, -22345);
     ck_ledger_balanced(&S);
+    /* the platform's statement: opening 0, two lines (paged), closing the
+     * balance; a period after the postings opens with the balance */
+    cm_rpc_status stt2;
+    long long plat = account_id(&S, PT(PLATFORM), "plat");
+    long long t0 = hs_real_ms() - 3600 * 1000, t1 = hs_real_ms() + 3600 * 1000;
+    Commerce__Settlement__V1__GetAccountStatementResponse *st1 =
+        statement(&S, plat, t0, t1, 1, NULL, &stt2);
+    ck_assert_msg(st1 != NULL, "statement: %s", stt2.message);
+    ck_assert_int_eq(st1->opening->available_minor, 0);
+    ck_assert_int_eq(st1->closing->available_minor, 4980 + 6149);
+    ck_assert_uint_eq(st1->n_lines, 1);
+    ck_assert_int_eq(st1->lines[0]->amount_minor, 4980);
+    Commerce__Settlement__V1__GetAccountStatementResponse *st2 =
+        statement(&S, plat, t0, t1, 1, st1->next_page_token, &stt2);
+    ck_assert_ptr_nonnull(st2);
+    ck_assert_uint_eq(st2->n_lines, 1);
+    ck_assert_int_eq(st2->lines[0]->amount_minor, 6149);
+    ck_assert_str_eq(st2->next_page_token, "");
+    protobuf_c_message_free_unpacked(&st1->base, NULL);
+    protobuf_c_message_free_unpacked(&st2->base, NULL);
+    st1 = statement(&S, plat, t1 - 1000, t1, 10, NULL, &stt2);
+    ck_assert_ptr_nonnull(st1);
+    ck_assert_int_eq(st1->opening->available_minor, 4980 + 6149);
+    ck_assert_uint_eq(st1->n_lines, 0);
+    protobuf_c_message_free_unpacked(&st1->base, NULL);
+    /* a statement needs its period */
+    Commerce__Settlement__V1__GetAccountStatementRequest bad =
+        COMMERCE__SETTLEMENT__V1__GET_ACCOUNT_STATEMENT_REQUEST__INIT;
+    bad.account_id = plat;
+    ck_assert_int_eq(hs_call(S.c, SVC "GetAccountStatement", &bad.base,
+                             &commerce__settlement__v1__get_account_statement_response__descriptor,
+                             NULL, &stt2, md, 1),
+                     3);
+    ck_assert_str_eq(stt2.field, "period.start_at");
+    /* another tenant does not see the account */
+    bad.account_id = plat;
     /* the service provider's part is due the next local day */
     ck_assert_int_eq(sql(&S, "SELECT count(*) FROM pending_due WHERE amount = 6677 AND due_date "
                              "= (now() AT TIME ZONE 'Asia/Shanghai')::date + 1"),
