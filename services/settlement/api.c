@@ -10,6 +10,7 @@
 #include "cm_pb.h"
 #include "cm_utf8.h"
 #include "stl_events.h"
+#include "stl_recon.h"
 
 #include <grpc/status.h>
 #include <stdio.h>
@@ -548,6 +549,9 @@ const cm_rpc_method stl_methods[] = {
     {"PutTenantSettings", put_tenant_settings, 0},
     {"ListAccounts", list_accounts, 0},
     {"ListJournalEntries", list_journal_entries, 0},
+    {"ImportStatement", stl_import_statement, 0},
+    {"GetReconciliation", stl_get_reconciliation, 0},
+    {"ListReconciliationDifferences", stl_list_reconciliation_differences, 0},
 };
 const size_t stl_methods_count = sizeof stl_methods / sizeof stl_methods[0];
 
