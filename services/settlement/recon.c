@@ -1,4 +1,4 @@
-/* reconciliation (对账): see stl_recon.h, README.md "Reconciliation" */
+/* reconciliation (对账): see stl_recon.h, RECONCILIATION.md */
 #include "stl_recon.h"
 
 #include "cm_buf.h"

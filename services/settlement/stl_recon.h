@@ -1,6 +1,6 @@
 /*
  * stl_recon: reconciliation (对账) of the ledger with itself and with the
- * payment provider's daily statement (README.md, "Reconciliation"): the
+ * payment provider's daily statement (RECONCILIATION.md): the
  * statement's CSV, its import, the RPCs that compare, and the ticker that
  * keeps the metrics settlement_ledger_balanced and
  * settlement_reconciliation_differences.

@@ -1,5 +1,5 @@
 -- settlement: the payment provider's daily statements, reconciled against
--- the ledger (services/settlement/recon.c, README.md "Reconciliation").
+-- the ledger (services/settlement/recon.c, RECONCILIATION.md).
 
 -- one statement per tenant and bill date: the current import. a later
 -- import of the same date replaces its lines (a corrected bill).
