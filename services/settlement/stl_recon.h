@@ -47,9 +47,13 @@ typedef struct stl_stmt_line {
  * returns 0 to go on, anything else stops the parse and is returned.
  * checks every line on its own (a duplicate is the store's to find).
  * returns 0, the value of fn, or CM_EINVAL with why ("line 7: amount: ...")
- * and *line the line at fault. pure: no i/o. */
+ * and *line the line at fault. pure: no i/o (recon_csv.c). */
 int stl_recon_parse(const char *csv, size_t len, int (*fn)(void *arg, const stl_stmt_line *l),
                     void *arg, char *why, size_t whylen, int *line);
+
+/* 1 when s is "YYYY-MM-DD HH:MM:SS" and that time exists (leap years
+ * counted, no leap seconds) */
+int stl_recon_time_valid(const char *s);
 
 /* the SettlementService handlers (registered in api.c's stl_methods[]) */
 int stl_import_statement(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out);
