@@ -26,7 +26,7 @@ services' reasons, or DEPENDENCY_FAILED.
 
 exit 0 when every reason found is catalogued; 1 otherwise, naming file,
 line and reason. catalogued reasons no code sends are listed as a note
-(the settlement and commission services are not built yet).
+(the commission service is not built yet).
 
   scripts/check_error_reasons.py [repo root]
 """

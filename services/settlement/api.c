@@ -11,6 +11,7 @@
 #include "cm_utf8.h"
 #include "stl_events.h"
 #include "stl_recon.h"
+#include "stl_run.h"
 
 #include <grpc/status.h>
 #include <stdio.h>
@@ -239,8 +240,16 @@ static int put_split_rule(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufC
     if (rc)
         return db_fail(ctx, rc, "could not read the tenant's settings");
     stl_violation v;
-    if (stl_rule_check(rule, set->max_split_bps, &v))
+    if (stl_rule_check(rule, set->max_split_bps, &v)) {
+        /* over the tenant's cap: a reason of its own, with the cap */
+        if (strstr(v.why, "cap")) {
+            cm_rpc_fail(ctx, GRPC_STATUS_INVALID_ARGUMENT, "SPLIT_RATIO_EXCEEDED",
+                        cm_arena_printf(a, "%s: %s (the tenant's cap is %lld bps)", v.field, v.why,
+                                        (long long)set->max_split_bps));
+            cm_rpc_fail_meta(ctx, "max_split_bps", num(a, set->max_split_bps));
+        }
         return fail_field(ctx, v.field, v.why);
+    }
     /* the canonical body: what the caller asked for, output fields aside */
     cm_buf body = {0};
     cm_buf_puts(&body,
@@ -541,6 +550,198 @@ static int list_journal_entries(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Pro
     return cm_page_next(ctx, more, 'e', fh, n ? num(a, last) : NULL, &resp->next_page_token);
 }
 
+/* ---- settlement runs and payouts ---- */
+
+static int run_settlement(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    const Commerce__Settlement__V1__RunSettlementRequest *req = (const void *)in;
+    Commerce__Settlement__V1__RunSettlementResponse *resp = (void *)out;
+    stl_app *app = cm_service_app(ctx);
+    cm_arena *a = cm_rpc_ctx_arena(ctx);
+    if (cm_rpc_require_role(ctx, "admin"))
+        return -1;
+    const char *date = NULL;
+    if (req->business_date) {
+        const Commerce__Common__V1__Date *d = req->business_date;
+        static const int mdays[] = {31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+        int leap = d->year % 4 == 0 && (d->year % 100 != 0 || d->year % 400 == 0);
+        if (d->year < 2000 || d->year > 9999 || d->month < 1 || d->month > 12 || d->day < 1 ||
+            d->day > mdays[d->month - 1] || (d->month == 2 && d->day == 29 && !leap))
+            return fail_field(ctx, "business_date", "not a valid date");
+        date = cm_arena_printf(a, "%04d-%02d-%02d", d->year, d->month, d->day);
+    }
+    stl_run run;
+    cm_db *db = cm_service_db(ctx);
+    int rc = stl_run_request(db, cm_rpc_ctx_tenant(ctx), date, STL_TRIGGER_MANUAL, principal(ctx),
+                             &app->defaults, &run);
+    if (rc == CM_EINVAL)
+        return fail_field(ctx, "business_date", "after the tenant's local today");
+    if (rc)
+        return db_fail(ctx, rc, "could not ask for the settlement run");
+    resp->run = stl_pb_run(a, &run);
+    return resp->run ? 0 : cm_rpc_fail_err(ctx, CM_ENOMEM, "settlement run");
+}
+
+static int not_found(cm_rpc_ctx *ctx, const char *what)
+{
+    return cm_rpc_fail(ctx, GRPC_STATUS_NOT_FOUND, "RESOURCE_NOT_FOUND",
+                       cm_arena_printf(cm_rpc_ctx_arena(ctx), "no such %s", what));
+}
+
+static int get_settlement_run(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    const Commerce__Settlement__V1__GetSettlementRunRequest *req = (const void *)in;
+    Commerce__Settlement__V1__GetSettlementRunResponse *resp = (void *)out;
+    if (!cm_id_is_uuid(req->run_id))
+        return fail_field(ctx, "run_id", "required: a UUID");
+    stl_run run;
+    int rc = stl_run_get(cm_service_db(ctx), cm_rpc_ctx_tenant(ctx), req->run_id, &run);
+    if (rc == CM_ENOTFOUND)
+        return not_found(ctx, "settlement run");
+    if (rc)
+        return db_fail(ctx, rc, "could not read the settlement run");
+    resp->run = stl_pb_run(cm_rpc_ctx_arena(ctx), &run);
+    return resp->run ? 0 : cm_rpc_fail_err(ctx, CM_ENOMEM, "settlement run");
+}
+
+static int list_settlement_runs(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    const Commerce__Settlement__V1__ListSettlementRunsRequest *req = (const void *)in;
+    Commerce__Settlement__V1__ListSettlementRunsResponse *resp = (void *)out;
+    cm_arena *a = cm_rpc_ctx_arena(ctx);
+    uint64_t fh = cm_page_filters("runs");
+    char pos[CM_PAGE_POSITION_MAX + 1];
+    const char *after;
+    int limit;
+    if (cm_page_begin(ctx, req->page_size, req->page_token, 'u', fh, pos, &after, &limit))
+        return -1;
+    if (after && strlen(after) != 10)
+        return cm_page_bad_token(ctx);
+    stl_run *rows = cm_rpc_alloc(ctx, (size_t)(limit + 1) * sizeof *rows);
+    if (!rows)
+        return cm_rpc_fail_err(ctx, CM_ENOMEM, "settlement runs");
+    int n = 0;
+    int rc = stl_run_list(cm_service_db(ctx), cm_rpc_ctx_tenant(ctx), after ? after : "", limit + 1,
+                          rows, &n);
+    if (rc)
+        return db_fail(ctx, rc, "could not list the settlement runs");
+    int more = n > limit;
+    if (more)
+        n = limit;
+    resp->runs = cm_rpc_alloc(ctx, (size_t)(n ? n : 1) * sizeof *resp->runs);
+    if (!resp->runs)
+        return cm_rpc_fail_err(ctx, CM_ENOMEM, "settlement runs");
+    for (int i = 0; i < n; i++)
+        if (!(resp->runs[i] = stl_pb_run(a, &rows[i])))
+            return cm_rpc_fail_err(ctx, CM_ENOMEM, "settlement runs");
+    resp->n_runs = (size_t)n;
+    return cm_page_next(ctx, more, 'u', fh, n ? rows[n - 1].date : NULL, &resp->next_page_token);
+}
+
+static int get_payout(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    const Commerce__Settlement__V1__GetPayoutRequest *req = (const void *)in;
+    Commerce__Settlement__V1__GetPayoutResponse *resp = (void *)out;
+    if (!cm_id_is_uuid(req->payout_id))
+        return fail_field(ctx, "payout_id", "required: a UUID");
+    stl_payout *p = cm_rpc_alloc(ctx, sizeof *p);
+    if (!p)
+        return cm_rpc_fail_err(ctx, CM_ENOMEM, "payout");
+    int rc = stl_payout_get(cm_service_db(ctx), cm_rpc_ctx_tenant(ctx), req->payout_id, p);
+    if (rc == CM_ENOTFOUND)
+        return not_found(ctx, "payout");
+    if (rc)
+        return db_fail(ctx, rc, "could not read the payout");
+    resp->payout = stl_pb_payout(cm_rpc_ctx_arena(ctx), p);
+    return resp->payout ? 0 : cm_rpc_fail_err(ctx, CM_ENOMEM, "payout");
+}
+
+static int list_payouts(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    const Commerce__Settlement__V1__ListPayoutsRequest *req = (const void *)in;
+    Commerce__Settlement__V1__ListPayoutsResponse *resp = (void *)out;
+    cm_arena *a = cm_rpc_ctx_arena(ctx);
+    int state = (int)req->state;
+    if (state < 0 || state > STL_PAYOUT_FAILED)
+        return fail_field(ctx, "state", "a payout state, or unset for all");
+    if (req->account_id < 0)
+        return fail_field(ctx, "account_id", "must be >= 0");
+    uint64_t fh = cm_page_filters(cm_arena_printf(a, "%d|%lld", state, (long long)req->account_id));
+    char pos[CM_PAGE_POSITION_MAX + 1];
+    const char *after;
+    int limit;
+    if (cm_page_begin(ctx, req->page_size, req->page_token, 'p', fh, pos, &after, &limit))
+        return -1;
+    /* the position: "<created ms>.<payout id>" */
+    long long before_ms = 0;
+    const char *before_id = "";
+    if (after) {
+        const char *dot = strchr(after, '.');
+        before_ms = strtoll(after, NULL, 10);
+        if (!dot || before_ms <= 0 || !cm_id_is_uuid(dot + 1))
+            return cm_page_bad_token(ctx);
+        before_id = dot + 1;
+    }
+    stl_payout *rows = cm_rpc_alloc(ctx, (size_t)(limit + 1) * sizeof *rows);
+    if (!rows)
+        return cm_rpc_fail_err(ctx, CM_ENOMEM, "payouts");
+    int n = 0;
+    int rc = stl_payout_list(cm_service_db(ctx), cm_rpc_ctx_tenant(ctx), state, req->account_id,
+                             before_ms, before_id, limit + 1, rows, &n);
+    if (rc)
+        return db_fail(ctx, rc, "could not list the payouts");
+    int more = n > limit;
+    if (more)
+        n = limit;
+    resp->payouts = cm_rpc_alloc(ctx, (size_t)(n ? n : 1) * sizeof *resp->payouts);
+    if (!resp->payouts)
+        return cm_rpc_fail_err(ctx, CM_ENOMEM, "payouts");
+    for (int i = 0; i < n; i++)
+        if (!(resp->payouts[i] = stl_pb_payout(a, &rows[i])))
+            return cm_rpc_fail_err(ctx, CM_ENOMEM, "payouts");
+    resp->n_payouts = (size_t)n;
+    const char *end =
+        n ? cm_arena_printf(a, "%lld.%s", (long long)rows[n - 1].created_ms, rows[n - 1].id) : NULL;
+    return cm_page_next(ctx, more, 'p', fh, end, &resp->next_page_token);
+}
+
+static int report_payout_result(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    const Commerce__Settlement__V1__ReportPayoutResultRequest *req = (const void *)in;
+    Commerce__Settlement__V1__ReportPayoutResultResponse *resp = (void *)out;
+    stl_app *app = cm_service_app(ctx);
+    if (cm_rpc_require_role(ctx, "admin"))
+        return -1;
+    if (!cm_id_is_uuid(req->payout_id))
+        return fail_field(ctx, "payout_id", "required: a UUID");
+    int result = (int)req->result;
+    if (result != STL_PAYOUT_PAID && result != STL_PAYOUT_FAILED)
+        return fail_field(ctx, "result", "required: PAYOUT_STATE_PAID or PAYOUT_STATE_FAILED");
+    const char *ref = result == STL_PAYOUT_PAID ? req->provider_reference : "";
+    const char *why = result == STL_PAYOUT_FAILED ? req->failure_reason : "";
+    if (result == STL_PAYOUT_PAID && !cm_utf8_text_valid(ref, STL_REF_MAX, 1))
+        return fail_field(ctx, "provider_reference",
+                          "required for PAID: 1-128 characters, no control characters");
+    if (result == STL_PAYOUT_FAILED && !cm_utf8_text_valid(why, STL_REASON_MAX, 1))
+        return fail_field(ctx, "failure_reason",
+                          "required for FAILED: 1-256 characters, no control characters");
+    stl_payout *p = cm_rpc_alloc(ctx, sizeof *p);
+    if (!p)
+        return cm_rpc_fail_err(ctx, CM_ENOMEM, "payout");
+    int verdict = 0;
+    int rc = stl_payout_report(cm_service_db(ctx), cm_rpc_ctx_tenant(ctx), req->payout_id, result,
+                               ref, why, app->events_on, app->topic, p, &verdict);
+    if (rc == CM_ENOTFOUND)
+        return not_found(ctx, "payout");
+    if (rc)
+        return db_fail(ctx, rc, "could not record the payout's result");
+    if (verdict == STL_VERSION)
+        return cm_rpc_fail(ctx, GRPC_STATUS_FAILED_PRECONDITION, "ILLEGAL_STATE_TRANSITION",
+                           "the payout was already reported with the other result");
+    resp->payout = stl_pb_payout(cm_rpc_ctx_arena(ctx), p);
+    return resp->payout ? 0 : cm_rpc_fail_err(ctx, CM_ENOMEM, "payout");
+}
+
 const cm_rpc_method stl_methods[] = {
     {"PutSplitRule", put_split_rule, 0},
     {"GetSplitRule", get_split_rule, 0},
@@ -549,6 +750,12 @@ const cm_rpc_method stl_methods[] = {
     {"PutTenantSettings", put_tenant_settings, 0},
     {"ListAccounts", list_accounts, 0},
     {"ListJournalEntries", list_journal_entries, 0},
+    {"RunSettlement", run_settlement, 0},
+    {"GetSettlementRun", get_settlement_run, 0},
+    {"ListSettlementRuns", list_settlement_runs, 0},
+    {"GetPayout", get_payout, 0},
+    {"ListPayouts", list_payouts, 0},
+    {"ReportPayoutResult", report_payout_result, 0},
     {"ImportStatement", stl_import_statement, 0},
     {"GetReconciliation", stl_get_reconciliation, 0},
     {"ListReconciliationDifferences", stl_list_reconciliation_differences, 0},
@@ -582,8 +789,8 @@ int stl_app_init(cm_service *svc, void **out, char *err, size_t errlen)
         return known < 0 ? known : CM_EINVAL;
     }
     app->events_on = (int)cm_service_int(svc, "SETTLEMENT_EVENTS");
-    app->ledger =
-        stl_ledger_new(&app->defaults, app->events_on, cm_service_text(svc, "SETTLEMENT_TOPIC"));
+    snprintf(app->topic, sizeof app->topic, "%s", cm_service_text(svc, "SETTLEMENT_TOPIC"));
+    app->ledger = stl_ledger_new(&app->defaults, app->events_on, app->topic);
     cm_metrics *m = cm_service_metrics(svc);
     app->posted = cm_metrics_counter(m, "settlement_splits_posted_total",
                                      "paid orders split and posted on the ledger", NULL);
@@ -599,6 +806,10 @@ int stl_app_init(cm_service *svc, void **out, char *err, size_t errlen)
     app->dead_lettered = cm_metrics_counter(
         m, "settlement_refunds_dead_lettered_total",
         "parked refunds whose payment never came, sent to the dead-letter topic", NULL);
+    app->runs = cm_metrics_counter(m, "settlement_runs_completed_total",
+                                   "settlement runs carried out to the end", NULL);
+    app->payouts =
+        cm_metrics_counter(m, "settlement_payouts_created_total", "payouts created", NULL);
     if (!app->ledger) {
         snprintf(err, errlen, "out of memory");
         free(app);

@@ -85,6 +85,18 @@ Commerce__Settlement__V1__JournalEntry *stl_pb_entry(cm_arena *a, const stl_entr
     return m;
 }
 
+static int pack(cm_arena *a, const ProtobufCMessage *msg, const uint8_t **out, size_t *len)
+{
+    size_t n = protobuf_c_message_get_packed_size(msg);
+    uint8_t *p = cm_arena_alloc(a, n ? n : 1);
+    if (!p)
+        return CM_ENOMEM;
+    protobuf_c_message_pack(msg, p);
+    *out = p;
+    *len = n;
+    return 0;
+}
+
 int stl_ev_pack_entry(cm_arena *a, const char *tenant, const char *event_id, const stl_entry *e,
                       const uint8_t **out, size_t *len)
 {
@@ -121,14 +133,95 @@ int stl_ev_pack_entry(cm_arena *a, const char *tenant, const char *event_id, con
         sr.n_account_versions = e->n;
         msg = &sr.base;
     }
-    size_t n = protobuf_c_message_get_packed_size(msg);
-    uint8_t *p = cm_arena_alloc(a, n ? n : 1);
-    if (!p)
+    return pack(a, msg, out, len);
+}
+
+Commerce__Settlement__V1__Payout *stl_pb_payout(cm_arena *a, const stl_payout *x)
+{
+    Commerce__Settlement__V1__Payout *m = cm_arena_calloc(a, 1, sizeof *m);
+    Commerce__Settlement__V1__Party *party = cm_arena_calloc(a, 1, sizeof *party);
+    if (!m || !party)
+        return NULL;
+    commerce__settlement__v1__payout__init(m);
+    commerce__settlement__v1__party__init(party);
+    party->type = (Commerce__Settlement__V1__PartyType)x->type;
+    party->id = cm_arena_strdup(a, x->owner);
+    m->payout_id = cm_arena_strdup(a, x->id);
+    m->account_id = x->account;
+    m->party = party;
+    m->amount = money(a, x->amount, x->currency);
+    m->state = (Commerce__Settlement__V1__PayoutState)x->state;
+    m->created_at = cm_pb_timestamp(a, x->created_ms);
+    m->updated_at = cm_pb_timestamp(a, x->updated_ms);
+    m->provider_reference = cm_arena_strdup(a, x->ref);
+    m->failure_reason = cm_arena_strdup(a, x->reason);
+    return party->id && m->payout_id && m->amount && m->provider_reference && m->failure_reason
+               ? m
+               : NULL;
+}
+
+Commerce__Settlement__V1__SettlementRun *stl_pb_run(cm_arena *a, const stl_run *r)
+{
+    Commerce__Settlement__V1__SettlementRun *m = cm_arena_calloc(a, 1, sizeof *m);
+    if (!m)
+        return NULL;
+    commerce__settlement__v1__settlement_run__init(m);
+    m->run_id = cm_arena_strdup(a, r->id);
+    m->business_date = date(a, r->date);
+    m->state = (Commerce__Settlement__V1__SettlementRunState)r->state;
+    m->trigger = (Commerce__Settlement__V1__SettlementTrigger)r->trigger;
+    m->settled_accounts = r->entries;
+    m->settled_rows = r->rows;
+    m->started_at = cm_pb_timestamp(a, r->started_ms);
+    m->finished_at = r->finished_ms ? cm_pb_timestamp(a, r->finished_ms) : NULL;
+    return m->run_id && m->business_date ? m : NULL;
+}
+
+int stl_ev_pack_payout(cm_arena *a, const char *tenant, const char *event_id, const char *type,
+                       const stl_payout *x, const uint8_t **out, size_t *len)
+{
+    Commerce__Settlement__V1__Payout *po = stl_pb_payout(a, x);
+    if (!po)
         return CM_ENOMEM;
-    protobuf_c_message_pack(msg, p);
-    *out = p;
-    *len = n;
-    return 0;
+    Google__Protobuf__Timestamp *at =
+        x->state == STL_PAYOUT_PENDING ? po->created_at : po->updated_at;
+    /* the three payout events have the same fields */
+    if (strcmp(type, STL_TYPE_PAYOUT_CREATED) == 0) {
+        Commerce__Events__V1__PayoutCreated e = COMMERCE__EVENTS__V1__PAYOUT_CREATED__INIT;
+        e.event_id = (char *)event_id;
+        e.tenant_id = (char *)tenant;
+        e.occurred_at = at;
+        e.payout = po;
+        return pack(a, &e.base, out, len);
+    }
+    if (strcmp(type, STL_TYPE_PAYOUT_PAID) == 0) {
+        Commerce__Events__V1__PayoutPaid e = COMMERCE__EVENTS__V1__PAYOUT_PAID__INIT;
+        e.event_id = (char *)event_id;
+        e.tenant_id = (char *)tenant;
+        e.occurred_at = at;
+        e.payout = po;
+        return pack(a, &e.base, out, len);
+    }
+    Commerce__Events__V1__PayoutFailed e = COMMERCE__EVENTS__V1__PAYOUT_FAILED__INIT;
+    e.event_id = (char *)event_id;
+    e.tenant_id = (char *)tenant;
+    e.occurred_at = at;
+    e.payout = po;
+    return pack(a, &e.base, out, len);
+}
+
+int stl_ev_pack_run(cm_arena *a, const char *tenant, const char *event_id, const stl_run *r,
+                    const uint8_t **out, size_t *len)
+{
+    Commerce__Events__V1__SettlementRunCompleted e =
+        COMMERCE__EVENTS__V1__SETTLEMENT_RUN_COMPLETED__INIT;
+    e.event_id = (char *)event_id;
+    e.tenant_id = (char *)tenant;
+    e.run = stl_pb_run(a, r);
+    if (!e.run)
+        return CM_ENOMEM;
+    e.occurred_at = e.run->finished_at;
+    return pack(a, &e.base, out, len);
 }
 
 /* ---- the order events ---- */
@@ -239,6 +332,29 @@ void stl_parker(cm_service *svc, cm_db *db, void *arg)
     } while (rc == 0 && n == 500);
     if (rc)
         cm_log_warn("parker could not expire refunds", "error", cm_strerror(rc), NULL);
+}
+
+void stl_settler(cm_service *svc, cm_db *db, void *arg)
+{
+    stl_app *app = arg;
+    int runs = 0, payouts = 0;
+    int rc = stl_settle(db, &app->defaults, (int)cm_service_int(svc, "SETTLEMENT_RUN_BATCH"),
+                        app->events_on, app->topic, &runs, &payouts);
+    if (rc)
+        cm_log_warn("settler could not finish", "error", cm_strerror(rc), NULL);
+    cm_counter_add(app->runs, (uint64_t)runs);
+    cm_counter_add(app->payouts, (uint64_t)payouts);
+}
+
+void stl_payer(cm_service *svc, cm_db *db, void *arg)
+{
+    (void)svc;
+    stl_app *app = arg;
+    int payouts = 0;
+    int rc = stl_pay_out(db, app->events_on, app->topic, &payouts);
+    if (rc)
+        cm_log_warn("payer could not finish", "error", cm_strerror(rc), NULL);
+    cm_counter_add(app->payouts, (uint64_t)payouts);
 }
 
 void stl_on_tx_begin(void *arg)

@@ -27,6 +27,12 @@ static const cm_knob knobs[] = {
      "how long a refund waits for its payment before it is dead-lettered (s)"},
     {"SETTLEMENT_PARKER_MS", CM_KNOB_INT, 10000, 100, 3600000, NULL,
      "period of the parked-refund expiry (ms)"},
+    {"SETTLEMENT_RUN_TICK_MS", CM_KNOB_INT, 10000, 100, 3600000, NULL,
+     "how often the settler looks for runs to start or finish (ms)"},
+    {"SETTLEMENT_RUN_BATCH", CM_KNOB_INT, 5000, 100, 100000, NULL,
+     "pending rows a run moves per transaction"},
+    {"SETTLEMENT_PAYOUT_MS", CM_KNOB_INT, 60000, 100, 86400000, NULL,
+     "how often T+0 money available becomes payouts (ms)"},
     {"SETTLEMENT_CONSUME_ORDERS", CM_KNOB_ONOFF, 1, 0, 0, NULL,
      "consume order events (paid: split, refunded: reverse)"},
     {"SETTLEMENT_ORDER_TOPIC", CM_KNOB_TEXT, 0, 0, 0, "commerce.order.v1",
@@ -56,8 +62,14 @@ static const cm_service_consumer consumers[] = {
      .group_knob = "SETTLEMENT_ORDER_GROUP"},
 };
 
+/* a replica that died hands its partitions over within 10 s (librdkafka's
+ * default is 45 s, during which the dead member's partitions wait) */
+static const char *const consumer_conf[] = {"session.timeout.ms", "10000", NULL};
+
 static const cm_service_ticker tickers[] = {
     {"parker", "SETTLEMENT_PARKER_MS", stl_parker, 1},
+    {"settler", "SETTLEMENT_RUN_TICK_MS", stl_settler, 1},
+    {"payer", "SETTLEMENT_PAYOUT_MS", stl_payer, 1},
     {"recon", "SETTLEMENT_RECON_MS", stl_recon_tick, 1},
 };
 
@@ -82,6 +94,7 @@ int main(int argc, char **argv)
         .uses_outbox = 1,
         .consumers = consumers,
         .nconsumers = sizeof consumers / sizeof consumers[0],
+        .kafka_consumer_conf = consumer_conf,
     };
     return cm_service_main(argc, argv, &def);
 }

@@ -15,8 +15,9 @@
 typedef struct stl_app {
     stl_settings defaults; /* SETTLEMENT_DEFAULT_* */
     int events_on;
+    char topic[256];    /* SETTLEMENT_TOPIC */
     stl_ledger *ledger; /* the order-event consumer's (one consumer thread) */
-    cm_counter *posted, *reversed, *duplicates, *capped, *parked, *dead_lettered;
+    cm_counter *posted, *reversed, *duplicates, *capped, *parked, *dead_lettered, *runs, *payouts;
     stl_ledger_stats last; /* what was last added to the counters */
 } stl_app;
 

@@ -11,6 +11,7 @@
 
 #include "cm_arena.h"
 #include "cm_consumer.h"
+#include "stl_run.h"
 #include "stl_store.h"
 
 #include "commerce/settlement/v1/settlement.pb-c.h"
@@ -18,6 +19,10 @@
 #define STL_SOURCE "/commerce/settlement"
 #define STL_TYPE_SPLIT_POSTED "commerce.events.v1.SplitPosted"
 #define STL_TYPE_SPLIT_REVERSED "commerce.events.v1.SplitReversed"
+#define STL_TYPE_PAYOUT_CREATED "commerce.events.v1.PayoutCreated"
+#define STL_TYPE_PAYOUT_PAID "commerce.events.v1.PayoutPaid"
+#define STL_TYPE_PAYOUT_FAILED "commerce.events.v1.PayoutFailed"
+#define STL_TYPE_RUN_COMPLETED "commerce.events.v1.SettlementRunCompleted"
 
 /* the proto of an entry (in a); NULL when out of memory */
 Commerce__Settlement__V1__JournalEntry *stl_pb_entry(cm_arena *a, const stl_entry *e);
@@ -27,6 +32,17 @@ Commerce__Settlement__V1__JournalEntry *stl_pb_entry(cm_arena *a, const stl_entr
 int stl_ev_pack_entry(cm_arena *a, const char *tenant, const char *event_id, const stl_entry *e,
                       const uint8_t **out, size_t *len);
 
+/* the protos of a payout and a run (in a); NULL when out of memory */
+Commerce__Settlement__V1__Payout *stl_pb_payout(cm_arena *a, const stl_payout *p);
+Commerce__Settlement__V1__SettlementRun *stl_pb_run(cm_arena *a, const stl_run *r);
+
+/* packs PayoutCreated/PayoutPaid/PayoutFailed (by type) or
+ * SettlementRunCompleted into a. 0 or CM_ENOMEM. */
+int stl_ev_pack_payout(cm_arena *a, const char *tenant, const char *event_id, const char *type,
+                       const stl_payout *p, const uint8_t **out, size_t *len);
+int stl_ev_pack_run(cm_arena *a, const char *tenant, const char *event_id, const stl_run *r,
+                    const uint8_t **out, size_t *len);
+
 /* the consumer's handler and transaction hooks (arg: the stl_app) */
 int stl_on_order_event(cm_db *db, const cm_event *ev, void *arg);
 void stl_on_tx_begin(void *arg);
@@ -34,6 +50,10 @@ void stl_on_tx_begin(void *arg);
  * go to the dead-letter topic */
 struct cm_service;
 void stl_parker(struct cm_service *svc, cm_db *db, void *arg);
+/* the settler ticker (scheduled runs, running runs, then payouts) and the
+ * payer ticker (payouts of what is available) */
+void stl_settler(struct cm_service *svc, cm_db *db, void *arg);
+void stl_payer(struct cm_service *svc, cm_db *db, void *arg);
 int stl_on_tx_end(cm_db *db, void *arg);
 void stl_on_committed(const cm_event *ev, int duplicate, void *arg);
 

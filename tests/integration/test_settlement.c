@@ -52,7 +52,10 @@ static void st_start_env(st *s, const char *tag, const char *const *extra)
     snprintf(e2, sizeof e2, "SETTLEMENT_ORDER_TOPIC=%s", s->otopic);
     snprintf(e3, sizeof e3, "SETTLEMENT_ORDER_GROUP=%s", s->group);
     snprintf(e4, sizeof e4, "SETTLEMENT_TOPIC=%s", s->stopic);
-    const char *base[] = {e1, e2, e3, e4, NULL};
+    /* the settler and the payer stay out of the way unless a test wants
+     * them (they move money on their own) */
+    const char *base[] = {
+        e1, e2, e3, e4, "SETTLEMENT_RUN_TICK_MS=3600000", "SETTLEMENT_PAYOUT_MS=3600000", NULL};
     const char *env[32];
     hs_start(&s->p, SETTLEMENT_BIN, hs_env_join(env, 32, base, extra));
     s->c = hs_client(&s->p, NULL);
@@ -319,6 +322,7 @@ START_TEST(rules_validated_versioned_idempotent)
     /* 100 % to others is over the default 30 % cap */
     ck_assert_int_eq(put_rule(&S, "r-1", &x.rule, NULL, &stt), 3);
     ck_assert_msg(strncmp(stt.field, "rule.receivers[", 15) == 0, "field %s", stt.field);
+    ck_assert_str_eq(stt.reason, "SPLIT_RATIO_EXCEEDED");
     /* nothing was stored */
     ck_assert_int_eq(sql(&S, "SELECT count(*) FROM split_rules"), 0);
     ck_assert_int_eq(put_settings(&S, "s-1", 10000, &stt), 0);
@@ -414,7 +418,7 @@ START_TEST(seed_example_posted_to_the_minor_unit)
     char *o1 = uuid(), *o2 = uuid();
     paid(&S, TENANT, o1, uuid(), "m-1", 10000, now);
     paid(&S, TENANT, o2, uuid(), "m-1", 12345, now);
-    wait_for(&S, "SELECT count(*) FROM entries", 2);
+    wait_for(&S, "SELECT count(*) FROM entries WHERE kind IN (1, 2)", 2);
     /* fee 40 + 47; platform 4980 + 6149 (T+0); service provider 2988 +
      * 3689 (T+1, pending); sub-merchant 1992 + 2460 (T+0) */
     ck_balance(&S, PT(PLATFORM), "plat", 0, 4980 + 6149);
@@ -512,7 +516,7 @@ START_TEST(refund_before_its_payment_waits)
     wait_for(&S, "SELECT count(*) FROM parked_refunds", 2);
     ck_assert_int_eq(sql(&S, "SELECT count(*) FROM entries"), 0);
     paid(&S, TENANT, o, uuid(), "m-1", 1000, hs_real_ms() + 1000);
-    wait_for(&S, "SELECT count(*) FROM entries", 2);
+    wait_for(&S, "SELECT count(*) FROM entries WHERE kind IN (1, 2)", 2);
     ck_assert_int_eq(sql(&S, "SELECT refunded FROM order_splits"), 500);
     ck_ledger_balanced(&S);
     /* the other payment never comes: dead-lettered, with the record as sent */
@@ -534,7 +538,7 @@ START_TEST(no_rule_merchant_keeps_all_and_tenants_are_apart)
     long long now = hs_real_ms();
     paid(&S, TENANT, uuid(), uuid(), "m-9", 777, now);
     paid(&S, TENANT "-other", uuid(), uuid(), "m-9", 100, now);
-    wait_for(&S, "SELECT count(*) FROM entries", 2);
+    wait_for(&S, "SELECT count(*) FROM entries WHERE kind IN (1, 2)", 2);
     ck_balance(&S, PT(MERCHANT), "m-9", 0, 777);
     long long p, a;
     balance(&S, md_other, PT(MERCHANT), "m-9", &p, &a);
@@ -557,6 +561,211 @@ START_TEST(no_rule_merchant_keeps_all_and_tenants_are_apart)
 }
 END_TEST
 
+static Commerce__Settlement__V1__SettlementRun *run_settlement(st *s, const char *date,
+                                                               cm_rpc_status *stt)
+{
+    Commerce__Settlement__V1__RunSettlementRequest r =
+        COMMERCE__SETTLEMENT__V1__RUN_SETTLEMENT_REQUEST__INIT;
+    Commerce__Common__V1__Date d = COMMERCE__COMMON__V1__DATE__INIT;
+    if (date) {
+        sscanf(date, "%d-%d-%d", &d.year, &d.month, &d.day);
+        r.business_date = &d;
+    }
+    Commerce__Settlement__V1__RunSettlementResponse *resp = NULL;
+    if (hs_call(s->c, SVC "RunSettlement", &r.base,
+                &commerce__settlement__v1__run_settlement_response__descriptor,
+                (ProtobufCMessage **)&resp, stt, md, 1))
+        return NULL;
+    Commerce__Settlement__V1__SettlementRun *run = resp->run;
+    resp->run = NULL;
+    protobuf_c_message_free_unpacked(&resp->base, NULL);
+    return run;
+}
+
+static int report(st *s, const char *payout_id, int paid, cm_rpc_status *stt)
+{
+    Commerce__Settlement__V1__ReportPayoutResultRequest r =
+        COMMERCE__SETTLEMENT__V1__REPORT_PAYOUT_RESULT_REQUEST__INIT;
+    r.payout_id = (char *)payout_id;
+    r.result = paid ? COMMERCE__SETTLEMENT__V1__PAYOUT_STATE__PAYOUT_STATE_PAID
+                    : COMMERCE__SETTLEMENT__V1__PAYOUT_STATE__PAYOUT_STATE_FAILED;
+    r.provider_reference = paid ? "bank-ref-1" : "";
+    r.failure_reason = paid ? "" : "account closed";
+    return hs_call(s->c, SVC "ReportPayoutResult", &r.base,
+                   &commerce__settlement__v1__report_payout_result_response__descriptor, NULL, stt,
+                   md, 1);
+}
+
+/* the payout id of an account's payout in a state (1 pending, 2 paid) */
+static void payout_of(const st *s, const char *owner, int state, char *id, size_t cap)
+{
+    char q[512];
+    snprintf(q, sizeof q,
+             "SELECT count(*) FROM payouts p JOIN accounts a USING (account_id) WHERE a.owner_id "
+             "= '%s' AND p.state = %d",
+             owner, state);
+    wait_for(s, q, 1);
+    PGconn *pg = hs_pg_connect(NULL);
+    snprintf(q, sizeof q,
+             "SELECT p.payout_id FROM %s.payouts p JOIN %s.accounts a USING (account_id) WHERE "
+             "a.owner_id = '%s' AND p.state = %d",
+             s->schema, s->schema, owner, state);
+    PGresult *r = PQexec(pg, q);
+    ck_assert_int_eq(PQntuples(r), 1);
+    snprintf(id, cap, "%s", PQgetvalue(r, 0, 0));
+    PQclear(r);
+    PQfinish(pg);
+}
+
+START_TEST(run_settles_once_pays_out_and_records_debt)
+{
+    static const char *const env[] = {"SETTLEMENT_RUN_TICK_MS=200", "SETTLEMENT_PAYOUT_MS=200",
+                                      NULL};
+    st_start_env(&S, "run", env);
+    /* a second replica on the same schema and topic */
+    hs_proc p2;
+    char e1[128], e2[192], e3[192], e4[192];
+    snprintf(e1, sizeof e1, "SETTLEMENT_SCHEMA=%s", S.schema);
+    snprintf(e2, sizeof e2, "SETTLEMENT_ORDER_TOPIC=%s", S.otopic);
+    snprintf(e3, sizeof e3, "SETTLEMENT_ORDER_GROUP=%s", S.group);
+    snprintf(e4, sizeof e4, "SETTLEMENT_TOPIC=%s", S.stopic);
+    const char *env2[] = {e1, e2, e3, e4, env[0], env[1], NULL};
+    hs_start(&p2, SETTLEMENT_BIN, env2);
+    cm_rpc_client *c2 = hs_client(&p2, NULL);
+    cm_rpc_status stt;
+    seed_rule x;
+    seed(&x, "m-1");
+    ck_assert_int_eq(put_settings(&S, "s-1", 10000, &stt), 0);
+    ck_assert_int_eq(put_rule(&S, "r-1", &x.rule, NULL, &stt), 0);
+    /* the rule in force for three days (the test cannot wait a day) */
+    hs_sql_exec(S.schema, "UPDATE split_rules SET effective_from = now() - interval '3 days'");
+    long long day = 86400LL * 1000;
+    char *o1 = uuid(), *o2 = uuid();
+    paid(&S, TENANT, o1, uuid(), "m-1", 10000, hs_real_ms() - day); /* provider due today */
+    paid(&S, TENANT, o2, uuid(), "m-1", 20000, hs_real_ms());       /* due tomorrow */
+    wait_for(&S, "SELECT count(*) FROM entries WHERE kind = 1", 2);
+    /* T+0 parties are paid out continuously */
+    char pid[64];
+    payout_of(&S, "plat", 1, pid, sizeof pid);
+    ck_balance(&S, PT(PLATFORM), "plat", 0, 0);
+    /* the run of local today, asked for on both replicas: one run */
+    Commerce__Settlement__V1__SettlementRun *r1 = run_settlement(&S, NULL, &stt);
+    ck_assert_ptr_nonnull(r1);
+    S.c = c2;
+    Commerce__Settlement__V1__SettlementRun *r2 = run_settlement(&S, NULL, &stt);
+    ck_assert_ptr_nonnull(r2);
+    ck_assert_str_eq(r1->run_id, r2->run_id);
+    wait_for(&S, "SELECT count(*) FROM settlement_runs WHERE state = 2", 1);
+    ck_assert_int_eq(sql(&S, "SELECT count(*) FROM settlement_runs"), 1);
+    /* the provider's part of o1 (2988) was due: available, then paid out;
+     * o2's (5979) waits for tomorrow */
+    char sp_payout[64];
+    payout_of(&S, "sp-1", 1, sp_payout, sizeof sp_payout);
+    ck_assert_int_eq(sql(&S, "SELECT amount FROM payouts p JOIN accounts a USING (account_id) "
+                             "WHERE a.owner_id = 'sp-1'"),
+                     2988);
+    ck_balance(&S, PT(SERVICE_PROVIDER), "sp-1", 5979, 0);
+    /* a date after today is refused; asking again returns the same run */
+    char tomorrow[16];
+    PGconn *pg = hs_pg_connect(NULL);
+    PGresult *tr = PQexec(pg, "SELECT to_char((now() AT TIME ZONE 'Asia/Shanghai')::date + 1, "
+                              "'YYYY-MM-DD')");
+    snprintf(tomorrow, sizeof tomorrow, "%s", PQgetvalue(tr, 0, 0));
+    PQclear(tr);
+    PQfinish(pg);
+    ck_assert_ptr_null(run_settlement(&S, tomorrow, &stt));
+    ck_assert_int_eq(stt.code, 3);
+    ck_assert_str_eq(stt.field, "business_date");
+    Commerce__Settlement__V1__SettlementRun *r3 = run_settlement(&S, NULL, &stt);
+    ck_assert_str_eq(r3->run_id, r1->run_id);
+    ck_assert_int_eq(
+        r3->state, COMMERCE__SETTLEMENT__V1__SETTLEMENT_RUN_STATE__SETTLEMENT_RUN_STATE_SUCCEEDED);
+    protobuf_c_message_free_unpacked(&r1->base, NULL);
+    protobuf_c_message_free_unpacked(&r2->base, NULL);
+    protobuf_c_message_free_unpacked(&r3->base, NULL);
+    /* the payment system reports: paid (twice: the same), then the other
+     * result is refused; the platform's payout failed: back to available,
+     * and paid out again */
+    ck_assert_int_eq(report(&S, sp_payout, 1, &stt), 0);
+    ck_assert_int_eq(report(&S, sp_payout, 1, &stt), 0);
+    ck_assert_int_eq(report(&S, sp_payout, 0, &stt), 9);
+    ck_assert_str_eq(stt.reason, "ILLEGAL_STATE_TRANSITION");
+    ck_assert_int_eq(report(&S, pid, 0, &stt), 0);
+    wait_for(&S,
+             "SELECT count(*) FROM payouts p JOIN accounts a USING (account_id) WHERE "
+             "a.owner_id = 'plat' AND p.state = 1",
+             1);
+    /* a full refund of o1 after its provider part was paid out: the
+     * provider owes it (debt), and gets no payout while it does */
+    refunded(&S, o1, uuid(), "rf-1", 10000);
+    wait_for(&S, "SELECT count(*) FROM entries WHERE kind = 2", 1);
+    ck_balance(&S, PT(SERVICE_PROVIDER), "sp-1", 5979, -2988);
+    usleep(600 * 1000);
+    ck_assert_int_eq(sql(&S, "SELECT count(*) FROM payouts p JOIN accounts a USING (account_id) "
+                             "WHERE a.owner_id = 'sp-1'"),
+                     1);
+    ck_ledger_balanced(&S);
+    /* the events of payouts and the run */
+    hs_topic_catch_up(S.events, 30000);
+    int created = 0, paidn = 0, failed = 0, runs = 0;
+    for (size_t i = 0; i < hs_topic_count(S.events); i++) {
+        const char *t = hs_topic_at(S.events, i)->type;
+        created += strcmp(t, "commerce.events.v1.PayoutCreated") == 0;
+        paidn += strcmp(t, "commerce.events.v1.PayoutPaid") == 0;
+        failed += strcmp(t, "commerce.events.v1.PayoutFailed") == 0;
+        runs += strcmp(t, "commerce.events.v1.SettlementRunCompleted") == 0;
+    }
+    ck_assert_int_ge(created, 4);
+    ck_assert_int_eq(paidn, 1);
+    ck_assert_int_eq(failed, 1);
+    ck_assert_int_eq(runs, 1);
+    S.c = hs_client(&S.p, NULL);
+    cm_rpc_client_free(c2);
+    ck_assert_int_eq(hs_stop(&p2, SIGTERM, 30000), 0);
+    st_stop(&S);
+}
+END_TEST
+
+START_TEST(kill_mid_batch_posts_each_order_once)
+{
+    st_start(&S, "kill");
+    cm_rpc_status stt;
+    seed_rule x;
+    seed(&x, "m-1");
+    ck_assert_int_eq(put_settings(&S, "s-1", 10000, &stt), 0);
+    ck_assert_int_eq(put_rule(&S, "r-1", &x.rule, NULL, &stt), 0);
+    /* the events wait on the topic while the service is down, then it is
+     * killed while it posts them */
+    ck_assert_int_eq(hs_stop(&S.p, SIGTERM, 30000), 0);
+    long long now = hs_real_ms() + 1000;
+    enum { N = 3000 };
+    for (int i = 0; i < N; i++)
+        paid(&S, TENANT, uuid(), uuid(), "m-1", 1000 + i, now);
+    char e1[128], e2[192], e3[192], e4[192];
+    snprintf(e1, sizeof e1, "SETTLEMENT_SCHEMA=%s", S.schema);
+    snprintf(e2, sizeof e2, "SETTLEMENT_ORDER_TOPIC=%s", S.otopic);
+    snprintf(e3, sizeof e3, "SETTLEMENT_ORDER_GROUP=%s", S.group);
+    snprintf(e4, sizeof e4, "SETTLEMENT_TOPIC=%s", S.stopic);
+    const char *env[] = {e1, e2, e3, e4, NULL};
+    hs_start(&S.p, SETTLEMENT_BIN, env);
+    wait_sql w = {&S, "SELECT least(count(*), 1) FROM entries WHERE kind = 1", 1};
+    ck_assert_int_eq(hs_poll(sql_is, &w, 30000, 2), 0);
+    ck_assert_int_eq(hs_stop(&S.p, SIGKILL, 5000), 128 + SIGKILL);
+    long long before = sql(&S, "SELECT count(*) FROM entries WHERE kind = 1");
+    ck_assert_msg(before < N, "all %d posted before the kill: nothing to prove", N);
+    hs_start(&S.p, SETTLEMENT_BIN, env);
+    cm_rpc_client_free(S.c);
+    S.c = hs_client(&S.p, NULL);
+    wait_for(&S, "SELECT count(*) FROM entries WHERE kind = 1", N);
+    ck_assert_int_eq(sql(&S, "SELECT count(*) FROM order_splits"), N);
+    ck_assert_int_eq(sql(&S, "SELECT count(DISTINCT order_id) FROM entries WHERE kind = 1"), N);
+    ck_assert_int_eq(sql(&S, "SELECT sum(amount) FROM entries WHERE kind = 1"),
+                     (long long)N * 1000 + (long long)N * (N - 1) / 2);
+    ck_ledger_balanced(&S);
+    st_stop(&S);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("settlement");
@@ -568,6 +777,8 @@ int main(void)
     tcase_add_test(tc, posted_once_per_order_and_refunds_reverse_exactly);
     tcase_add_test(tc, refund_before_its_payment_waits);
     tcase_add_test(tc, no_rule_merchant_keeps_all_and_tenants_are_apart);
+    tcase_add_test(tc, run_settles_once_pays_out_and_records_debt);
+    tcase_add_test(tc, kill_mid_batch_posts_each_order_once);
     suite_add_tcase(s, tc);
     return hs_run(s, 1);
 }
