@@ -39,7 +39,7 @@ typedef struct cm_service_consumer {
     cm_consumer_fn handler;
     /* optional, see cm_consumer_opts.after_commit (arg: the app state) */
     void (*after_commit)(const cm_event *ev, int duplicate, void *arg);
-    int batch_size;           /* see cm_consumer_opts.batch_size; 0: its default */
+    int batch_size; /* see cm_consumer_opts.batch_size; 0: its default */
     /* optional, see cm_consumer_opts.tx_begin/tx_end (arg: the app state) */
     void (*tx_begin)(void *arg);
     int (*tx_end)(cm_db *db, void *arg);

@@ -10,6 +10,7 @@
 #include "cm_pb.h"
 #include "cm_utf8.h"
 #include "stl_events.h"
+#include "stl_recon.h"
 #include "stl_run.h"
 
 #include <grpc/status.h>
@@ -842,6 +843,9 @@ const cm_rpc_method stl_methods[] = {
     {"ListPayouts", list_payouts, 0},
     {"ReportPayoutResult", report_payout_result, 0},
     {"GetAccountStatement", get_account_statement, 0},
+    {"ImportStatement", stl_import_statement, 0},
+    {"GetReconciliation", stl_get_reconciliation, 0},
+    {"ListReconciliationDifferences", stl_list_reconciliation_differences, 0},
 };
 const size_t stl_methods_count = sizeof stl_methods / sizeof stl_methods[0];
 

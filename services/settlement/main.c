@@ -5,6 +5,7 @@
 #include "cm_service.h"
 #include "stl_api.h"
 #include "stl_events.h"
+#include "stl_recon.h"
 
 #include "commerce/settlement/v1/settlement_service.pb-c.h"
 
@@ -38,6 +39,10 @@ static const cm_knob knobs[] = {
      "where order events come from (tests override it)"},
     {"SETTLEMENT_ORDER_GROUP", CM_KNOB_TEXT, 0, 0, 0, "commerce.settlement",
      "consumer group of the order events (tests override it)"},
+    {"SETTLEMENT_RECON_MS", CM_KNOB_INT, 60000, 100, 86400000, NULL,
+     "period of the reconciliation metrics (ledger balanced, statement differences) (ms)"},
+    {"SETTLEMENT_RECON_DAYS", CM_KNOB_INT, 7, 1, 90, NULL,
+     "bill dates back from today whose statements the differences metric covers"},
 };
 
 /* the order events it posts; the rest of the topic is acknowledged
@@ -65,6 +70,7 @@ static const cm_service_ticker tickers[] = {
     {"parker", "SETTLEMENT_PARKER_MS", stl_parker, 1},
     {"settler", "SETTLEMENT_RUN_TICK_MS", stl_settler, 1},
     {"payer", "SETTLEMENT_PAYOUT_MS", stl_payer, 1},
+    {"recon", "SETTLEMENT_RECON_MS", stl_recon_tick, 1},
 };
 
 int main(int argc, char **argv)
