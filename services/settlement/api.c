@@ -101,6 +101,7 @@ static Commerce__Settlement__V1__SplitRule *pb_rule(cm_arena *a, const stl_rule_
     m->version = row->version;
     m->effective_from = cm_pb_timestamp(a, row->effective_ms);
     m->created_by = cm_arena_strdup(a, row->created_by);
+    m->settle_on_completion = r->on_completion;
     m->receivers = cm_arena_calloc(a, r->n ? r->n : 1, sizeof *m->receivers);
     if (!m->merchant_id || !m->currency || !m->created_by || !m->receivers)
         return NULL;
@@ -188,6 +189,7 @@ static int rule_in(cm_rpc_ctx *ctx, const Commerce__Settlement__V1__SplitRule *i
     r->fee_max = f ? f->max_minor : 0;
     r->fee_bearer = f && f->bearer ? (int)f->bearer : STL_FEE_PRO_RATA;
     r->refund_policy = in->refund_policy ? (int)in->refund_policy : STL_REFUND_PRO_RATA;
+    r->on_completion = in->settle_on_completion;
     r->merchant_delay_days = in->merchant_settle_delay_days > STL_DELAY_DAYS_MAX
                                  ? STL_DELAY_DAYS_MAX + 1
                                  : (int)in->merchant_settle_delay_days;
@@ -253,11 +255,12 @@ static int put_split_rule(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufC
     /* the canonical body: what the caller asked for, output fields aside */
     cm_buf body = {0};
     cm_buf_puts(&body,
-                cm_arena_printf(a, "rule.v1|%s|%s|%lld|%lld|%lld|%lld|%d|%d|%d|%lld",
+                cm_arena_printf(a, "rule.v1|%s|%s|%lld|%lld|%lld|%lld|%d|%d|%d|%d|%lld",
                                 req->rule->merchant_id, rule->currency, (long long)rule->fee_bps,
                                 (long long)rule->fee_fixed, (long long)rule->fee_min,
                                 (long long)rule->fee_max, rule->fee_bearer, rule->refund_policy,
-                                rule->merchant_delay_days, (long long)req->expected_version));
+                                rule->merchant_delay_days, rule->on_completion,
+                                (long long)req->expected_version));
     for (size_t i = 0; i < rule->n; i++) {
         const stl_receiver *x = &rule->r[i];
         cm_buf_puts(&body, cm_arena_printf(a, "|%d|%s|%lld|%lld|%d|%zu:", x->type, x->id,

@@ -307,6 +307,27 @@ static int on_refunded(stl_app *app, cm_db *db, const cm_event *ev)
     return rc;
 }
 
+static int on_completed(stl_app *app, cm_db *db, const cm_event *ev)
+{
+    Commerce__Events__V1__OrderCompleted *p =
+        commerce__events__v1__order_completed__unpack(NULL, ev->len, ev->payload);
+    if (!p)
+        return CM_EINVAL;
+    const char *tenant = *p->tenant_id ? p->tenant_id : ev->tenant_id;
+    int rc = CM_EINVAL;
+    if (*tenant && cm_id_is_uuid(p->order_id)) {
+        int64_t at = ts_ms(p->order ? p->order->completed_at : NULL);
+        if (!at)
+            at = ts_ms(p->occurred_at);
+        rc = stl_ledger_complete(app->ledger, db, tenant, p->order_id, at);
+    } else {
+        cm_log_warn("OrderCompleted event refused: missing or invalid fields", "event_id", ev->id,
+                    NULL);
+    }
+    protobuf_c_message_free_unpacked(&p->base, NULL);
+    return rc;
+}
+
 int stl_on_order_event(cm_db *db, const cm_event *ev, void *arg)
 {
     stl_app *app = arg;
@@ -314,6 +335,8 @@ int stl_on_order_event(cm_db *db, const cm_event *ev, void *arg)
         return on_paid(app, ev);
     if (strcmp(ev->type, "commerce.events.v1.OrderRefunded") == 0)
         return on_refunded(app, db, ev);
+    if (strcmp(ev->type, "commerce.events.v1.OrderCompleted") == 0)
+        return on_completed(app, db, ev);
     return 0;
 }
 

@@ -98,6 +98,8 @@ typedef struct pay {
     stl_split split;
     int64_t acct[STL_PARTS_MAX + 2]; /* parts..., clearing, fee */
     char due[STL_PARTS_MAX][STL_DATE_LEN];
+    int delay[STL_PARTS_MAX];
+    int held; /* settle on completion: every part held until OrderCompleted */
     int fresh;
     stl_entry *entry;
 } pay;
@@ -420,10 +422,11 @@ static void cols_free(cols *c)
 static int insert_splits(stl_ledger *l, cm_db *db)
 {
     cols c;
-    cols_begin(&c, 14);
+    cols_begin(&c, 16);
     for (size_t i = 0; i < l->npays; i++) {
         pay *y = &l->pays[i];
         size_t np = y->split.nparts;
+        cm_buf_array_text(&c.c[14], y->held ? "t" : "f");
         cm_buf_array_text(&c.c[0], y->tenant);
         cm_buf_array_text(&c.c[1], y->order_id);
         cm_buf_array_text(&c.c[2], y->merchant);
@@ -439,27 +442,29 @@ static int insert_splits(stl_ledger *l, cm_db *db)
             cm_buf_array_int(&c.c[11], y->acct[k]);
             cm_buf_array_int(&c.c[12], y->split.parts[k]);
             cm_buf_array_text(&c.c[13], y->due[k]);
+            cm_buf_array_int(&c.c[15], y->delay[k]);
         }
     }
     int rc = cols_end(&c);
     PGresult *r = NULL;
     if (rc == 0) {
-        const char *p[14];
-        for (int i = 0; i < 14; i++)
+        const char *p[16];
+        for (int i = 0; i < 16; i++)
             p[i] = c.c[i].p;
         rc = cm_db_exec_prepared(
             db, "insert order splits", "stl_splits",
             "INSERT INTO order_splits (tenant_id, order_id, merchant_id, currency, paid_at, "
-            "amount, fee, refund_policy, rule_version, account_ids, parts, due_dates, rev_parts) "
-            "SELECT u.t, u.o::uuid, u.m, u.c, to_timestamp(u.ms / 1000.0), u.a, u.f, u.rp, u.v, "
-            "($12::bigint[])[u.off + 1 : u.off + u.n], ($13::bigint[])[u.off + 1 : u.off + u.n], "
-            "ARRAY(SELECT NULLIF(d, '')::date FROM unnest(($14::text[])[u.off + 1 : u.off + "
-            "u.n]) WITH ORDINALITY AS dd(d, k) ORDER BY k), array_fill(0::bigint, ARRAY[u.n]) "
-            "FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], "
-            "$6::bigint[], $7::bigint[], $8::smallint[], $9::bigint[], $10::int[], $11::int[]) "
-            "WITH ORDINALITY AS u(t, o, m, c, ms, a, f, rp, v, off, n, i) ORDER BY u.i ON "
-            "CONFLICT DO NOTHING RETURNING tenant_id, order_id::text",
-            14, p, NULL, NULL, &r);
+            "amount, fee, refund_policy, rule_version, account_ids, parts, due_dates, rev_parts, "
+            "held, delays) SELECT u.t, u.o::uuid, u.m, u.c, to_timestamp(u.ms / 1000.0), u.a, "
+            "u.f, u.rp, u.v, ($12::bigint[])[u.off + 1 : u.off + u.n], ($13::bigint[])[u.off + "
+            "1 : u.off + u.n], ARRAY(SELECT NULLIF(d, '')::date FROM unnest(($14::text[])[u.off "
+            "+ 1 : u.off + u.n]) WITH ORDINALITY AS dd(d, k) ORDER BY k), array_fill(0::bigint, "
+            "ARRAY[u.n]), u.h, ($16::int[])[u.off + 1 : u.off + u.n] FROM unnest($1::text[], "
+            "$2::text[], $3::text[], $4::text[], $5::bigint[], $6::bigint[], $7::bigint[], "
+            "$8::smallint[], $9::bigint[], $10::int[], $11::int[], $15::bool[]) WITH ORDINALITY "
+            "AS u(t, o, m, c, ms, a, f, rp, v, off, n, h, i) ORDER BY u.i ON CONFLICT DO NOTHING "
+            "RETURNING tenant_id, order_id::text",
+            16, p, NULL, NULL, &r);
     }
     cols_free(&c);
     if (rc)
@@ -826,10 +831,13 @@ int stl_ledger_flush(stl_ledger *l, cm_db *db)
                          cm_strerror(rc), NULL);
             break;
         }
+        y->held = rule->on_completion;
         for (size_t k = 0; k < y->split.nparts; k++) {
-            int delay = k == 0 ? rule->merchant_delay_days : rule->r[k - 1].delay_days;
-            if (delay > 0)
-                date_add(y->local_date, delay, y->due[k]);
+            y->delay[k] = k == 0 ? rule->merchant_delay_days : rule->r[k - 1].delay_days;
+            if (y->held)
+                memcpy(y->due[k], STL_HELD_DATE, sizeof STL_HELD_DATE);
+            else if (y->delay[k] > 0)
+                date_add(y->local_date, y->delay[k], y->due[k]);
         }
         int types[STL_PARTS_MAX + 2];
         const char *owners[STL_PARTS_MAX + 2];
@@ -1173,4 +1181,114 @@ int stl_ledger_expire_parked(cm_db *db, int older_than_s, int *expired)
     if (*expired)
         cm_outbox_wake(db);
     return 0;
+}
+
+/* ---- completion (rules that settle on completion) ---- */
+
+int stl_ledger_complete(stl_ledger *l, cm_db *db, const char *tenant, const char *order_id,
+                        int64_t completed_ms)
+{
+    int rc = stl_ledger_flush(l, db);
+    if (rc)
+        return rc;
+    char ms[24];
+    snprintf(ms, sizeof ms, "%lld", (long long)completed_ms);
+    const char *p[] = {tenant, order_id, ms, l->def.tz};
+    PGresult *r = NULL;
+    rc = cm_db_exec_prepared(
+        db, "read held split", "stl_split_held",
+        "SELECT s.currency, s.account_ids::text, s.parts::text, s.rev_parts::text, "
+        "s.delays::text, to_char((to_timestamp($3 / 1000.0) AT TIME ZONE coalesce((SELECT "
+        "time_zone FROM tenant_settings t WHERE t.tenant_id = $1), $4))::date, 'YYYY-MM-DD'), "
+        "(SELECT array_agg(a.party_type ORDER BY x.i)::text FROM unnest(s.account_ids) WITH "
+        "ORDINALITY x(id, i) JOIN accounts a ON a.account_id = x.id), (SELECT "
+        "array_agg(a.owner_id ORDER BY x.i)::text FROM unnest(s.account_ids) WITH ORDINALITY "
+        "x(id, i) JOIN accounts a ON a.account_id = x.id) FROM order_splits s WHERE s.tenant_id "
+        "= $1 AND s.order_id = $2::uuid AND s.held FOR UPDATE",
+        4, p, NULL, NULL, &r);
+    if (rc)
+        return rc;
+    if (PQntuples(r) == 0) {
+        PQclear(r);
+        return 0; /* nothing held: the rule settles from payment, or done already */
+    }
+    stl_entry *e = calloc(1, sizeof *e);
+    if (!e) {
+        PQclear(r);
+        return CM_ENOMEM;
+    }
+    int64_t acct[STL_PARTS_MAX], parts[STL_PARTS_MAX], rev[STL_PARTS_MAX] = {0};
+    int64_t delays[STL_PARTS_MAX] = {0}, types[STL_PARTS_MAX] = {0};
+    char owners[STL_PARTS_MAX][STL_ID_MAX + 3] = {{0}}, day[STL_DATE_LEN];
+    snprintf(e->currency, sizeof e->currency, "%s", PQgetvalue(r, 0, 0));
+    size_t np = stl_store_parse_i64s(PQgetvalue(r, 0, 1), acct, STL_PARTS_MAX);
+    stl_store_parse_i64s(PQgetvalue(r, 0, 2), parts, STL_PARTS_MAX);
+    stl_store_parse_i64s(PQgetvalue(r, 0, 3), rev, STL_PARTS_MAX);
+    stl_store_parse_i64s(PQgetvalue(r, 0, 4), delays, STL_PARTS_MAX);
+    snprintf(day, sizeof day, "%s", PQgetvalue(r, 0, 5));
+    stl_store_parse_i64s(PQgetvalue(r, 0, 6), types, STL_PARTS_MAX);
+    stl_store_parse_words(PQgetvalue(r, 0, 7), &owners[0][0], sizeof owners[0], STL_PARTS_MAX);
+    PQclear(r);
+    /* what is left of each part leaves the held row: due after its delay
+     * from the completion date, or available now (T+0: one SETTLE entry) */
+    cols c;
+    cols_begin(&c, 5);
+    char dues[STL_PARTS_MAX][STL_DATE_LEN] = {{0}};
+    for (size_t k = 0; k < np; k++) {
+        int64_t left = parts[k] - rev[k];
+        if (delays[k] > 0)
+            date_add(day, (int)delays[k], dues[k]);
+        cm_buf_array_text(&c.c[4], dues[k]);
+        if (left <= 0)
+            continue;
+        cm_buf_array_int(&c.c[0], acct[k]);
+        cm_buf_array_int(&c.c[1], left);
+        cm_buf_array_text(&c.c[2], dues[k]);
+        if (!dues[k][0]) {
+            stl_posting *q = &e->p[e->n++];
+            *q = (stl_posting){
+                .account = acct[k], .bucket = STL_PENDING, .amount = -left, .type = (int)types[k]};
+            memcpy(q->due, STL_HELD_DATE, sizeof STL_HELD_DATE);
+            stl_store_unquote(q->owner, sizeof q->owner, owners[k]);
+            q = &e->p[e->n++];
+            *q = (stl_posting){
+                .account = acct[k], .bucket = STL_AVAILABLE, .amount = left, .type = (int)types[k]};
+            stl_store_unquote(q->owner, sizeof q->owner, owners[k]);
+            e->amount += left;
+        }
+    }
+    cm_buf_array_text(&c.c[3], tenant);
+    rc = cols_end(&c);
+    if (rc == 0) {
+        const char *q[] = {c.c[0].p, c.c[1].p, c.c[2].p, tenant, order_id, c.c[4].p};
+        rc = cm_db_exec_prepared(
+            db, "release held parts", "stl_release_held",
+            "WITH x AS (SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[]) AS x(id, "
+            "amt, due)), h AS (UPDATE pending_due p SET amount = p.amount - x.amt FROM x WHERE "
+            "p.account_id = x.id AND p.due_date = '9999-12-31' RETURNING 1), d AS (INSERT INTO "
+            "pending_due (account_id, due_date, tenant_id, amount) SELECT id, due::date, $4, amt "
+            "FROM x WHERE due <> '' ORDER BY 1, 2 ON CONFLICT (account_id, due_date) DO UPDATE SET "
+            "amount = pending_due.amount + excluded.amount RETURNING 1) UPDATE order_splits SET "
+            "held = false, due_dates = ARRAY(SELECT NULLIF(d, '')::date FROM unnest($6::text[]) "
+            "WITH ORDINALITY AS dd(d, k) ORDER BY k) WHERE tenant_id = $4 AND order_id = $5::uuid",
+            6, q, NULL, NULL, NULL);
+    }
+    cols_free(&c);
+    if (rc == 0 && e->n) {
+        e->kind = STL_ENTRY_SETTLE;
+        snprintf(e->ref, sizeof e->ref, "%s", order_id);
+        e->posted_ms = now_ms();
+        const char *tenants[] = {tenant};
+        const char *tps[] = {NULL};
+        stl_entry *es[] = {e};
+        int64_t id = 0;
+        rc = apply_postings(db, tenants, es, 1, 0);
+        if (rc == 0)
+            rc = next_entry_ids(db, 1, &id);
+        e->id = id;
+        if (rc == 0)
+            rc = insert_entries(l, db, tenants, tps, es, 1);
+    }
+    free(e);
+    return rc;
 }

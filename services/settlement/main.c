@@ -48,7 +48,8 @@ static const cm_knob knobs[] = {
 /* the order events it posts; the rest of the topic is acknowledged
  * without an inbox row */
 static const char *const order_types[] = {"commerce.events.v1.OrderPaid",
-                                          "commerce.events.v1.OrderRefunded", NULL};
+                                          "commerce.events.v1.OrderRefunded",
+                                          "commerce.events.v1.OrderCompleted", NULL};
 static const cm_service_consumer consumers[] = {
     {.topic = "commerce.order.v1",
      .group = "commerce.settlement",

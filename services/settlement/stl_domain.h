@@ -107,7 +107,8 @@ typedef struct stl_rule {
     int fee_bearer;    /* STL_FEE_* */
     int refund_policy; /* STL_REFUND_* */
     int merchant_delay_days;
-    size_t n; /* receivers, 0..STL_RECEIVERS_MAX */
+    int on_completion; /* held until the order completes (the store's, not the split's) */
+    size_t n;          /* receivers, 0..STL_RECEIVERS_MAX */
     stl_receiver r[STL_RECEIVERS_MAX];
 } stl_rule;
 

@@ -77,6 +77,13 @@ int stl_ledger_park(cm_db *db, const stl_refund_in *in, const char *topic, const
  * up to 500 refunds parked longer than older_than_s; *expired: how many */
 int stl_ledger_expire_parked(cm_db *db, int older_than_s, int *expired);
 
+/* an order completed: its parts held by a settle-on-completion rule become
+ * due after their delays from the completion's local date (T+0: available
+ * now, one SETTLE entry). inside the consumer's transaction, after the
+ * staged payments. 0 also when nothing is held. */
+int stl_ledger_complete(stl_ledger *l, cm_db *db, const char *tenant, const char *order_id,
+                        int64_t completed_ms);
+
 typedef struct stl_ledger_stats {
     uint64_t splits, reversals, duplicates, capped;
 } stl_ledger_stats;

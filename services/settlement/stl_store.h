@@ -18,6 +18,8 @@
 #define STL_PRINCIPAL_MAX 128
 #define STL_TENANT_MAX CM_AUTH_TENANT_MAX
 #define STL_DATE_LEN 11 /* "YYYY-MM-DD" and the NUL */
+/* the due date of parts held until their order completes */
+#define STL_HELD_DATE "9999-12-31"
 
 /* the ledger's own accounts (PartyType values) */
 enum { STL_PARTY_CLEARING = 100, STL_PARTY_PROVIDER_FEE = 101 };
@@ -26,7 +28,7 @@ enum { STL_PARTY_CLEARING = 100, STL_PARTY_PROVIDER_FEE = 101 };
 enum { STL_PENDING = 1, STL_AVAILABLE = 2, STL_PAYING = 3, STL_PAID_OUT = 4 };
 
 /* entry kinds, as stored and as in the proto enum */
-enum { STL_ENTRY_SPLIT = 1, STL_ENTRY_REVERSAL = 2 };
+enum { STL_ENTRY_SPLIT = 1, STL_ENTRY_REVERSAL = 2, STL_ENTRY_SETTLE = 3 };
 
 /* verdicts of idempotent writes */
 enum { STL_OK = 0, STL_SAME = 1, STL_KEY_REUSED = 2, STL_VERSION = 3 };

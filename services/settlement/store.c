@@ -166,7 +166,7 @@ int stl_store_put_settings(cm_db *db, const char *tenant, const char *request_id
 #define RULE_COLS                                                                                  \
     "merchant_id, currency, version, (extract(epoch FROM effective_from) * 1000)::bigint, "        \
     "fee_bps, fee_fixed, fee_min, fee_max, fee_bearer, refund_policy, merchant_delay_days, "       \
-    "receivers::text, created_by"
+    "receivers::text, created_by, on_completion"
 
 static int parse_rule(const PGresult *r, int row, stl_rule_row *o)
 {
@@ -183,6 +183,7 @@ static int parse_rule(const PGresult *r, int row, stl_rule_row *o)
     o->rule.refund_policy = (int)i64(r, row, 9);
     o->rule.merchant_delay_days = (int)i64(r, row, 10);
     copy(o->created_by, sizeof o->created_by, r, row, 12);
+    o->rule.on_completion = PQgetvalue(r, row, 13)[0] == 't';
     json_error_t je;
     json_t *arr = json_loads(PQgetvalue(r, row, 11), 0, &je);
     if (!json_is_array(arr) || json_array_size(arr) > STL_RECEIVERS_MAX) {
@@ -285,14 +286,15 @@ static int put_rule_fn(cm_db *db, void *arg)
                        t->receivers,
                        t->request_id,
                        t->hash,
-                       t->principal};
+                       t->principal,
+                       ru->on_completion ? "true" : "false"};
     rc = cm_db_exec(db, "put split rule",
                     "INSERT INTO split_rules (tenant_id, merchant_id, currency, version, "
                     "effective_from, fee_bps, fee_fixed, fee_min, fee_max, fee_bearer, "
                     "refund_policy, merchant_delay_days, receivers, request_id, body_hash, "
-                    "created_by) VALUES ($1, $2, $3, $4, clock_timestamp(), $5, $6, $7, $8, $9, "
-                    "$10, $11, $12::jsonb, $13, $14, $15) RETURNING " RULE_COLS,
-                    15, p, &r);
+                    "created_by, on_completion) VALUES ($1, $2, $3, $4, clock_timestamp(), $5, $6, "
+                    "$7, $8, $9, $10, $11, $12::jsonb, $13, $14, $15, $16) RETURNING " RULE_COLS,
+                    16, p, &r);
     if (rc)
         return rc;
     rc = parse_rule(r, 0, t->out);

@@ -222,6 +222,23 @@ static void refunded(st *s, const char *order_id, const char *event_id, const ch
     send_event(s, "commerce.events.v1.OrderRefunded", order_id, event_id, TENANT, &e.base);
 }
 
+static void completed(st *s, const char *order_id, long long at_ms)
+{
+    Google__Protobuf__Timestamp at = GOOGLE__PROTOBUF__TIMESTAMP__INIT;
+    at.seconds = at_ms / 1000;
+    Commerce__Order__V1__Order o = COMMERCE__ORDER__V1__ORDER__INIT;
+    o.order_id = (char *)order_id;
+    o.completed_at = &at;
+    Commerce__Events__V1__OrderCompleted e = COMMERCE__EVENTS__V1__ORDER_COMPLETED__INIT;
+    char id[CM_ID_SIZE];
+    ck_assert_int_eq(cm_id_uuid7(id), 0);
+    e.event_id = id;
+    e.tenant_id = TENANT;
+    e.order_id = (char *)order_id;
+    e.order = &o;
+    send_event(s, "commerce.events.v1.OrderCompleted", order_id, id, TENANT, &e.base);
+}
+
 static char *uuid(void)
 {
     static char ids[64][CM_ID_SIZE];
@@ -836,6 +853,48 @@ START_TEST(kill_mid_batch_posts_each_order_once)
 }
 END_TEST
 
+START_TEST(settle_on_completion_holds_parts_until_completed)
+{
+    st_start(&S, "compl");
+    cm_rpc_status stt;
+    seed_rule x;
+    seed(&x, "m-1");
+    x.rule.settle_on_completion = 1;
+    ck_assert_int_eq(put_settings(&S, "s-1", 10000, &stt), 0);
+    ck_assert_int_eq(put_rule(&S, "r-1", &x.rule, NULL, &stt), 0);
+    char *o = uuid();
+    paid(&S, TENANT, o, uuid(), "m-1", 10000, hs_real_ms() + 1000);
+    wait_for(&S, "SELECT count(*) FROM entries WHERE kind = 1", 1);
+    /* held: every part pending, even the T+0 ones */
+    ck_balance(&S, PT(PLATFORM), "plat", 4980, 0);
+    ck_balance(&S, PT(SUB_MERCHANT), "sub-1", 1992, 0);
+    ck_balance(&S, PT(SERVICE_PROVIDER), "sp-1", 2988, 0);
+    /* a partial refund before completion comes out of the held parts */
+    refunded(&S, o, uuid(), "rf-1", 5000);
+    wait_for(&S, "SELECT count(*) FROM entries WHERE kind = 2", 1);
+    ck_balance(&S, PT(PLATFORM), "plat", 2490, 0);
+    /* completed: T+0 parts available at once, the provider's due the day
+     * after the completion */
+    completed(&S, o, hs_real_ms());
+    wait_for(&S, "SELECT count(*) FROM order_splits WHERE NOT held", 1);
+    ck_balance(&S, PT(PLATFORM), "plat", 0, 2490);
+    ck_balance(&S, PT(SUB_MERCHANT), "sub-1", 0, 996);
+    ck_balance(&S, PT(SERVICE_PROVIDER), "sp-1", 1494, 0);
+    ck_assert_int_eq(sql(&S, "SELECT count(*) FROM pending_due WHERE amount = 1494 AND due_date "
+                             "= (now() AT TIME ZONE 'Asia/Shanghai')::date + 1"),
+                     1);
+    ck_assert_int_eq(sql(&S, "SELECT coalesce(sum(amount), 0) FROM pending_due WHERE due_date = "
+                             "'9999-12-31'"),
+                     0);
+    /* completed again (redelivered under another id): nothing moves twice */
+    completed(&S, o, hs_real_ms());
+    wait_for(&S, "SELECT count(*) FROM inbox", 4);
+    ck_assert_int_eq(sql(&S, "SELECT count(*) FROM entries WHERE kind = 3"), 1);
+    ck_ledger_balanced(&S);
+    st_stop(&S);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("settlement");
@@ -849,6 +908,7 @@ int main(void)
     tcase_add_test(tc, no_rule_merchant_keeps_all_and_tenants_are_apart);
     tcase_add_test(tc, run_settles_once_pays_out_and_records_debt);
     tcase_add_test(tc, kill_mid_batch_posts_each_order_once);
+    tcase_add_test(tc, settle_on_completion_holds_parts_until_completed);
     suite_add_tcase(s, tc);
     return hs_run(s, 1);
 }

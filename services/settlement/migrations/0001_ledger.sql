@@ -46,6 +46,7 @@ CREATE TABLE split_rules (
   fee_bearer          smallint    NOT NULL CHECK (fee_bearer IN (1, 2)),
   refund_policy       smallint    NOT NULL CHECK (refund_policy IN (1, 2, 3)),
   merchant_delay_days int         NOT NULL CHECK (merchant_delay_days BETWEEN 0 AND 365),
+  on_completion       boolean     NOT NULL DEFAULT false,
   receivers           jsonb       NOT NULL,
   request_id          text COLLATE "C" NOT NULL,
   body_hash           text        NOT NULL,
@@ -131,6 +132,10 @@ CREATE TABLE order_splits (
   account_ids   bigint[]    NOT NULL,
   parts         bigint[]    NOT NULL,
   due_dates     date[]      NOT NULL,
+  -- settle on completion: parts held (due 9999-12-31) until OrderCompleted,
+  -- then due completion date + delays[i]
+  held          boolean     NOT NULL DEFAULT false,
+  delays        int[]       NOT NULL DEFAULT '{}',
   refunded      bigint      NOT NULL DEFAULT 0 CHECK (refunded BETWEEN 0 AND amount),
   rev_fee       bigint      NOT NULL DEFAULT 0,
   rev_parts     bigint[]    NOT NULL,
