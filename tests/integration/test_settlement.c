@@ -738,6 +738,7 @@ START_TEST(run_settles_once_pays_out_and_records_debt)
     /* the run of local today, asked for on both replicas: one run */
     Commerce__Settlement__V1__SettlementRun *r1 = run_settlement(&S, NULL, &stt);
     ck_assert_ptr_nonnull(r1);
+    cm_rpc_client *c1 = S.c;
     S.c = c2;
     Commerce__Settlement__V1__SettlementRun *r2 = run_settlement(&S, NULL, &stt);
     ck_assert_ptr_nonnull(r2);
@@ -806,7 +807,7 @@ START_TEST(run_settles_once_pays_out_and_records_debt)
     ck_assert_int_eq(paidn, 1);
     ck_assert_int_eq(failed, 1);
     ck_assert_int_eq(runs, 1);
-    S.c = hs_client(&S.p, NULL);
+    S.c = c1;
     cm_rpc_client_free(c2);
     ck_assert_int_eq(hs_stop(&p2, SIGTERM, 30000), 0);
     st_stop(&S);
