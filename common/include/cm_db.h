@@ -11,6 +11,7 @@
 
 #include <libpq-fe.h>
 #include <stddef.h>
+#include <stdint.h>
 
 typedef struct cm_db cm_db;
 
@@ -53,6 +54,16 @@ int cm_db_exec(cm_db *db, const char *what, const char *sql, int nparams, const 
  * (the transaction is lost with the connection; cm_db_tx runs it again). */
 int cm_db_read(cm_db *db, const char *what, const char *sql, int nparams, const char *const *params,
                PGresult **out);
+
+/* cm_db_read for a statement that must find a row: CM_ENOTFOUND (and *out
+ * NULL) when it finds none. */
+int cm_db_read_row(cm_db *db, const char *what, const char *sql, int nparams,
+                   const char *const *params, PGresult **out);
+
+/* a result's value as a number (strtoll of the text; NULL reads as 0), and
+ * copied into dst (cap bytes, cut to fit) */
+int64_t cm_db_int(const PGresult *r, int row, int col);
+void cm_db_text(char *dst, size_t cap, const PGresult *r, int row, int col);
 
 /* cm_db_exec for a statement run often: prepared once per session under
  * name (parse, analysis and planning are paid once), then executed with

@@ -25,6 +25,9 @@ int64_t cm_pb_timestamp_ms(const Google__Protobuf__Timestamp *t);
 
 /* a Money of amount minor units in currency (copied into a); NULL on out
  * of memory. */
+/* msg packed into a (the bytes and their count); 0 or CM_ENOMEM */
+int cm_pb_pack(cm_arena *a, const ProtobufCMessage *msg, const uint8_t **out, size_t *len);
+
 Commerce__Common__V1__Money *cm_pb_money(cm_arena *a, int64_t amount, const char *currency);
 
 /* the range a google.protobuf.Timestamp may hold (timestamp.proto:

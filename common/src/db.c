@@ -232,6 +232,28 @@ int cm_db_read(cm_db *db, const char *what, const char *sql, int nparams, const 
     return rc;
 }
 
+int cm_db_read_row(cm_db *db, const char *what, const char *sql, int nparams,
+                   const char *const *params, PGresult **out)
+{
+    int rc = cm_db_read(db, what, sql, nparams, params, out);
+    if (rc == 0 && PQntuples(*out) == 0) {
+        PQclear(*out);
+        *out = NULL;
+        return CM_ENOTFOUND;
+    }
+    return rc;
+}
+
+int64_t cm_db_int(const PGresult *r, int row, int col)
+{
+    return strtoll(PQgetvalue(r, row, col), NULL, 10);
+}
+
+void cm_db_text(char *dst, size_t cap, const PGresult *r, int row, int col)
+{
+    snprintf(dst, cap, "%s", PQgetvalue(r, row, col));
+}
+
 static int sqlstate_is(const PGresult *r, const char *code)
 {
     const char *s = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;

@@ -214,3 +214,15 @@ int cm_pb_check_wire(const ProtobufCMessageDescriptor *d, const uint8_t *data, s
         path[0] = '\0';
     return walk(d, data, len, 0, path, pathlen);
 }
+
+int cm_pb_pack(cm_arena *a, const ProtobufCMessage *msg, const uint8_t **out, size_t *len)
+{
+    size_t n = protobuf_c_message_get_packed_size(msg);
+    uint8_t *p = cm_arena_alloc(a, n ? n : 1);
+    if (!p)
+        return CM_ENOMEM;
+    protobuf_c_message_pack(msg, p);
+    *out = p;
+    *len = n;
+    return 0;
+}

@@ -35,17 +35,6 @@ static int fail_field(cm_rpc_ctx *ctx, const char *field, const char *why)
     return cm_rpc_fail_field(ctx, field, why);
 }
 
-static int db_fail(cm_rpc_ctx *ctx, int rc, const char *what)
-{
-    if (rc == CM_ECONFLICT)
-        return cm_rpc_fail(ctx, GRPC_STATUS_ABORTED, "CONCURRENT_MODIFICATION",
-                           "changed concurrently: retry with the same key");
-    if (rc == CM_EUNAVAIL)
-        return cm_rpc_fail(ctx, GRPC_STATUS_UNAVAILABLE, "DEPENDENCY_UNAVAILABLE",
-                           "the database is unavailable: retry");
-    return cm_rpc_fail_err(ctx, rc, what);
-}
-
 static int key_reused(cm_rpc_ctx *ctx)
 {
     int f = cm_rpc_fail(ctx, GRPC_STATUS_ALREADY_EXISTS, "IDEMPOTENCY_KEY_REUSED",
@@ -142,15 +131,11 @@ static Commerce__Settlement__V1__TenantSettings *pb_settings(cm_arena *a, const 
 static Commerce__Settlement__V1__Account *pb_account(cm_arena *a, const stl_account *x)
 {
     Commerce__Settlement__V1__Account *m = cm_arena_calloc(a, 1, sizeof *m);
-    Commerce__Settlement__V1__Party *p = cm_arena_calloc(a, 1, sizeof *p);
-    if (!m || !p)
+    if (!m)
         return NULL;
     commerce__settlement__v1__account__init(m);
-    commerce__settlement__v1__party__init(p);
-    p->type = (Commerce__Settlement__V1__PartyType)x->type;
-    p->id = cm_arena_strdup(a, x->owner);
     m->account_id = x->id;
-    m->party = p;
+    m->party = stl_pb_party(a, x->type, x->owner);
     m->currency = cm_arena_strdup(a, x->currency);
     m->pending_minor = x->pending;
     m->available_minor = x->available;
@@ -159,7 +144,7 @@ static Commerce__Settlement__V1__Account *pb_account(cm_arena *a, const stl_acco
     m->debt_minor = x->available < 0 ? -x->available : 0;
     m->version = x->version;
     m->updated_at = cm_pb_timestamp(a, x->updated_ms);
-    return p->id && m->currency ? m : NULL;
+    return m->party && m->currency ? m : NULL;
 }
 
 /* ---- split rules ---- */
@@ -240,7 +225,7 @@ static int put_split_rule(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufC
     const char *tenant = cm_rpc_ctx_tenant(ctx);
     int rc = stl_store_get_settings(db, tenant, &app->defaults, set);
     if (rc)
-        return db_fail(ctx, rc, "could not read the tenant's settings");
+        return cm_rpc_fail_err(ctx, rc, "could not read the tenant's settings");
     stl_violation v;
     if (stl_rule_check(rule, set->max_split_bps, &v)) {
         /* over the tenant's cap: a reason of its own, with the cap */
@@ -280,7 +265,7 @@ static int put_split_rule(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufC
                             (const char(*)[STL_DESC_MAX + 1]) desc, req->expected_version,
                             principal(ctx), row, &verdict);
     if (rc)
-        return db_fail(ctx, rc, "could not store the split rule");
+        return cm_rpc_fail_err(ctx, rc, "could not store the split rule");
     if (verdict == STL_KEY_REUSED)
         return key_reused(ctx);
     if (verdict == STL_VERSION)
@@ -319,7 +304,7 @@ static int get_split_rule(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufC
         return cm_rpc_fail(ctx, GRPC_STATUS_NOT_FOUND, "RESOURCE_NOT_FOUND",
                            "no split rule for this merchant, currency and version");
     if (rc)
-        return db_fail(ctx, rc, "could not read the split rule");
+        return cm_rpc_fail_err(ctx, rc, "could not read the split rule");
     resp->rule = pb_rule(cm_rpc_ctx_arena(ctx), row);
     return resp->rule ? 0 : cm_rpc_fail_err(ctx, CM_ENOMEM, "split rule");
 }
@@ -348,7 +333,7 @@ static int list_split_rule_versions(cm_rpc_ctx *ctx, const ProtobufCMessage *in,
     int rc = stl_store_list_rules(cm_service_db(ctx), cm_rpc_ctx_tenant(ctx), req->merchant_id,
                                   req->currency, before, limit + 1, rows, &n);
     if (rc)
-        return db_fail(ctx, rc, "could not list the split rules");
+        return cm_rpc_fail_err(ctx, rc, "could not list the split rules");
     int more = n > limit;
     if (more)
         n = limit;
@@ -373,7 +358,7 @@ static int get_tenant_settings(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Prot
     stl_settings s;
     int rc = stl_store_get_settings(cm_service_db(ctx), cm_rpc_ctx_tenant(ctx), &app->defaults, &s);
     if (rc)
-        return db_fail(ctx, rc, "could not read the tenant's settings");
+        return cm_rpc_fail_err(ctx, rc, "could not read the tenant's settings");
     resp->settings = pb_settings(cm_rpc_ctx_arena(ctx), &s);
     return resp->settings ? 0 : cm_rpc_fail_err(ctx, CM_ENOMEM, "tenant settings");
 }
@@ -408,7 +393,7 @@ static int put_tenant_settings(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Prot
                     ? stl_store_zone_known(db, s->time_zone)
                     : 0;
     if (known < 0)
-        return db_fail(ctx, known, "could not check the time zone");
+        return cm_rpc_fail_err(ctx, known, "could not check the time zone");
     if (!known)
         return fail_field(ctx, "settings.time_zone",
                           "required: an IANA time zone name, e.g. \"Asia/Shanghai\"");
@@ -428,7 +413,7 @@ static int put_tenant_settings(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Prot
                                     req->expected_revision, principal(ctx), &app->defaults, &now,
                                     &verdict);
     if (rc)
-        return db_fail(ctx, rc, "could not change the tenant's settings");
+        return cm_rpc_fail_err(ctx, rc, "could not change the tenant's settings");
     if (verdict == STL_KEY_REUSED)
         return key_reused(ctx);
     if (verdict == STL_VERSION)
@@ -479,7 +464,7 @@ static int list_accounts(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCM
     int rc = stl_store_list_accounts(cm_service_db(ctx), cm_rpc_ctx_tenant(ctx), type, owner,
                                      req->currency, after_id, limit + 1, rows, &n);
     if (rc)
-        return db_fail(ctx, rc, "could not list the accounts");
+        return cm_rpc_fail_err(ctx, rc, "could not list the accounts");
     int more = n > limit;
     if (more)
         n = limit;
@@ -533,7 +518,7 @@ static int list_journal_entries(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Pro
                                     to, before, limit + 1, rows, &n);
     if (rc) {
         free(rows);
-        return db_fail(ctx, rc, "could not list the journal");
+        return cm_rpc_fail_err(ctx, rc, "could not list the journal");
     }
     int more = n > limit;
     if (more)
@@ -580,7 +565,7 @@ static int run_settlement(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufC
     if (rc == CM_EINVAL)
         return fail_field(ctx, "business_date", "after the tenant's local today");
     if (rc)
-        return db_fail(ctx, rc, "could not ask for the settlement run");
+        return cm_rpc_fail_err(ctx, rc, "could not ask for the settlement run");
     resp->run = stl_pb_run(a, &run);
     return resp->run ? 0 : cm_rpc_fail_err(ctx, CM_ENOMEM, "settlement run");
 }
@@ -602,7 +587,7 @@ static int get_settlement_run(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Proto
     if (rc == CM_ENOTFOUND)
         return not_found(ctx, "settlement run");
     if (rc)
-        return db_fail(ctx, rc, "could not read the settlement run");
+        return cm_rpc_fail_err(ctx, rc, "could not read the settlement run");
     resp->run = stl_pb_run(cm_rpc_ctx_arena(ctx), &run);
     return resp->run ? 0 : cm_rpc_fail_err(ctx, CM_ENOMEM, "settlement run");
 }
@@ -627,7 +612,7 @@ static int list_settlement_runs(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Pro
     int rc = stl_run_list(cm_service_db(ctx), cm_rpc_ctx_tenant(ctx), after ? after : "", limit + 1,
                           rows, &n);
     if (rc)
-        return db_fail(ctx, rc, "could not list the settlement runs");
+        return cm_rpc_fail_err(ctx, rc, "could not list the settlement runs");
     int more = n > limit;
     if (more)
         n = limit;
@@ -654,7 +639,7 @@ static int get_payout(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMess
     if (rc == CM_ENOTFOUND)
         return not_found(ctx, "payout");
     if (rc)
-        return db_fail(ctx, rc, "could not read the payout");
+        return cm_rpc_fail_err(ctx, rc, "could not read the payout");
     resp->payout = stl_pb_payout(cm_rpc_ctx_arena(ctx), p);
     return resp->payout ? 0 : cm_rpc_fail_err(ctx, CM_ENOMEM, "payout");
 }
@@ -692,7 +677,7 @@ static int list_payouts(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMe
     int rc = stl_payout_list(cm_service_db(ctx), cm_rpc_ctx_tenant(ctx), state, req->account_id,
                              before_ms, before_id, limit + 1, rows, &n);
     if (rc)
-        return db_fail(ctx, rc, "could not list the payouts");
+        return cm_rpc_fail_err(ctx, rc, "could not list the payouts");
     int more = n > limit;
     if (more)
         n = limit;
@@ -737,7 +722,7 @@ static int report_payout_result(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Pro
     if (rc == CM_ENOTFOUND)
         return not_found(ctx, "payout");
     if (rc)
-        return db_fail(ctx, rc, "could not record the payout's result");
+        return cm_rpc_fail_err(ctx, rc, "could not record the payout's result");
     if (verdict == STL_VERSION)
         return cm_rpc_fail(ctx, GRPC_STATUS_FAILED_PRECONDITION, "ILLEGAL_STATE_TRANSITION",
                            "the payout was already reported with the other result");
@@ -799,7 +784,7 @@ static int get_account_statement(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Pr
     if (rc == CM_ENOTFOUND)
         return not_found(ctx, "account");
     if (rc)
-        return db_fail(ctx, rc, "could not read the statement");
+        return cm_rpc_fail_err(ctx, rc, "could not read the statement");
     int more = n > limit;
     if (more)
         n = limit;

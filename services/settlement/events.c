@@ -14,17 +14,6 @@
 #include "commerce/events/v1/order_events.pb-c.h"
 #include "commerce/events/v1/settlement_events.pb-c.h"
 
-static Commerce__Common__V1__Money *money(cm_arena *a, int64_t amount, const char *currency)
-{
-    Commerce__Common__V1__Money *m = cm_arena_calloc(a, 1, sizeof *m);
-    if (!m)
-        return NULL;
-    commerce__common__v1__money__init(m);
-    m->amount_minor = amount;
-    m->currency = cm_arena_strdup(a, currency);
-    return m->currency ? m : NULL;
-}
-
 static Commerce__Common__V1__Date *date(cm_arena *a, const char *ymd)
 {
     int y, mo, d;
@@ -38,6 +27,17 @@ static Commerce__Common__V1__Date *date(cm_arena *a, const char *ymd)
     m->month = mo;
     m->day = d;
     return m;
+}
+
+Commerce__Settlement__V1__Party *stl_pb_party(cm_arena *a, int type, const char *id)
+{
+    Commerce__Settlement__V1__Party *m = cm_arena_calloc(a, 1, sizeof *m);
+    if (!m)
+        return NULL;
+    commerce__settlement__v1__party__init(m);
+    m->type = (Commerce__Settlement__V1__PartyType)type;
+    m->id = cm_arena_strdup(a, id);
+    return m->id ? m : NULL;
 }
 
 Commerce__Settlement__V1__JournalEntry *stl_pb_entry(cm_arena *a, const stl_entry *e)
@@ -56,8 +56,8 @@ Commerce__Settlement__V1__JournalEntry *stl_pb_entry(cm_arena *a, const stl_entr
     m->rule_version = e->rule_version;
     m->capped = e->capped;
     m->source_event_id = cm_arena_strdup(a, e->event_id);
-    m->amount = money(a, e->amount, e->currency);
-    m->fee = money(a, e->fee, e->currency);
+    m->amount = cm_pb_money(a, e->amount, e->currency);
+    m->fee = cm_pb_money(a, e->fee, e->currency);
     m->postings = cm_arena_calloc(a, e->n ? e->n : 1, sizeof *m->postings);
     if (!m->order_id || !m->merchant_id || !m->refund_id || !m->currency || !m->amount || !m->fee ||
         !m->postings || !m->source_event_id)
@@ -65,17 +65,12 @@ Commerce__Settlement__V1__JournalEntry *stl_pb_entry(cm_arena *a, const stl_entr
     for (size_t i = 0; i < e->n; i++) {
         const stl_posting *q = &e->p[i];
         Commerce__Settlement__V1__Posting *p = cm_arena_calloc(a, 1, sizeof *p);
-        Commerce__Settlement__V1__Party *party = cm_arena_calloc(a, 1, sizeof *party);
-        if (!p || !party)
+        if (!p)
             return NULL;
         commerce__settlement__v1__posting__init(p);
-        commerce__settlement__v1__party__init(party);
-        party->type = (Commerce__Settlement__V1__PartyType)q->type;
-        party->id = cm_arena_strdup(a, q->owner);
-        if (!party->id)
+        if (!(p->party = stl_pb_party(a, q->type, q->owner)))
             return NULL;
         p->account_id = q->account;
-        p->party = party;
         p->bucket = (Commerce__Settlement__V1__Bucket)q->bucket;
         p->amount_minor = q->amount;
         p->due_date = date(a, q->due);
@@ -83,18 +78,6 @@ Commerce__Settlement__V1__JournalEntry *stl_pb_entry(cm_arena *a, const stl_entr
     }
     m->n_postings = e->n;
     return m;
-}
-
-static int pack(cm_arena *a, const ProtobufCMessage *msg, const uint8_t **out, size_t *len)
-{
-    size_t n = protobuf_c_message_get_packed_size(msg);
-    uint8_t *p = cm_arena_alloc(a, n ? n : 1);
-    if (!p)
-        return CM_ENOMEM;
-    protobuf_c_message_pack(msg, p);
-    *out = p;
-    *len = n;
-    return 0;
 }
 
 int stl_ev_pack_entry(cm_arena *a, const char *tenant, const char *event_id, const stl_entry *e,
@@ -133,29 +116,25 @@ int stl_ev_pack_entry(cm_arena *a, const char *tenant, const char *event_id, con
         sr.n_account_versions = e->n;
         msg = &sr.base;
     }
-    return pack(a, msg, out, len);
+    return cm_pb_pack(a, msg, out, len);
 }
 
 Commerce__Settlement__V1__Payout *stl_pb_payout(cm_arena *a, const stl_payout *x)
 {
     Commerce__Settlement__V1__Payout *m = cm_arena_calloc(a, 1, sizeof *m);
-    Commerce__Settlement__V1__Party *party = cm_arena_calloc(a, 1, sizeof *party);
-    if (!m || !party)
+    if (!m)
         return NULL;
     commerce__settlement__v1__payout__init(m);
-    commerce__settlement__v1__party__init(party);
-    party->type = (Commerce__Settlement__V1__PartyType)x->type;
-    party->id = cm_arena_strdup(a, x->owner);
+    m->party = stl_pb_party(a, x->type, x->owner);
     m->payout_id = cm_arena_strdup(a, x->id);
     m->account_id = x->account;
-    m->party = party;
-    m->amount = money(a, x->amount, x->currency);
+    m->amount = cm_pb_money(a, x->amount, x->currency);
     m->state = (Commerce__Settlement__V1__PayoutState)x->state;
     m->created_at = cm_pb_timestamp(a, x->created_ms);
     m->updated_at = cm_pb_timestamp(a, x->updated_ms);
     m->provider_reference = cm_arena_strdup(a, x->ref);
     m->failure_reason = cm_arena_strdup(a, x->reason);
-    return party->id && m->payout_id && m->amount && m->provider_reference && m->failure_reason
+    return m->party && m->payout_id && m->amount && m->provider_reference && m->failure_reason
                ? m
                : NULL;
 }
@@ -192,7 +171,7 @@ int stl_ev_pack_payout(cm_arena *a, const char *tenant, const char *event_id, co
         e.tenant_id = (char *)tenant;
         e.occurred_at = at;
         e.payout = po;
-        return pack(a, &e.base, out, len);
+        return cm_pb_pack(a, &e.base, out, len);
     }
     if (strcmp(type, STL_TYPE_PAYOUT_PAID) == 0) {
         Commerce__Events__V1__PayoutPaid e = COMMERCE__EVENTS__V1__PAYOUT_PAID__INIT;
@@ -200,14 +179,14 @@ int stl_ev_pack_payout(cm_arena *a, const char *tenant, const char *event_id, co
         e.tenant_id = (char *)tenant;
         e.occurred_at = at;
         e.payout = po;
-        return pack(a, &e.base, out, len);
+        return cm_pb_pack(a, &e.base, out, len);
     }
     Commerce__Events__V1__PayoutFailed e = COMMERCE__EVENTS__V1__PAYOUT_FAILED__INIT;
     e.event_id = (char *)event_id;
     e.tenant_id = (char *)tenant;
     e.occurred_at = at;
     e.payout = po;
-    return pack(a, &e.base, out, len);
+    return cm_pb_pack(a, &e.base, out, len);
 }
 
 int stl_ev_pack_run(cm_arena *a, const char *tenant, const char *event_id, const stl_run *r,
@@ -221,7 +200,7 @@ int stl_ev_pack_run(cm_arena *a, const char *tenant, const char *event_id, const
     if (!e.run)
         return CM_ENOMEM;
     e.occurred_at = e.run->finished_at;
-    return pack(a, &e.base, out, len);
+    return cm_pb_pack(a, &e.base, out, len);
 }
 
 /* ---- the order events ---- */

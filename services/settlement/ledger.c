@@ -551,8 +551,8 @@ static int apply_postings(cm_db *db, const char *const *tenants, stl_entry *cons
         return CM_ENOMEM;
     }
     for (int i = 0; i < rows; i++) {
-        ids[2 * i] = strtoll(PQgetvalue(r, i, 0), NULL, 10);
-        ids[2 * i + 1] = strtoll(PQgetvalue(r, i, 1), NULL, 10);
+        ids[2 * i] = cm_db_int(r, i, 0);
+        ids[2 * i + 1] = cm_db_int(r, i, 1);
     }
     PQclear(r);
     for (size_t e = 0; e < n && rc == 0; e++) {
@@ -752,7 +752,7 @@ static int insert_entries(stl_ledger *l, cm_db *db, const char *const *tenants,
                                                                            "FROM o)",
             31, p, len, fmt, &r);
         if (rc == 0) {
-            if (strtoll(PQgetvalue(r, 0, 0), NULL, 10) != (long long)n)
+            if (cm_db_int(r, 0, 0) != (long long)n)
                 rc = CM_EIO;
             PQclear(r);
         }
@@ -907,10 +907,10 @@ static int reverse(stl_ledger *l, cm_db *db, const stl_refund_in *in)
     stl_split orig = {0};
     snprintf(e->merchant, sizeof e->merchant, "%s", PQgetvalue(r, 0, 0));
     snprintf(e->currency, sizeof e->currency, "%s", PQgetvalue(r, 0, 1));
-    orig.amount = strtoll(PQgetvalue(r, 0, 2), NULL, 10);
-    orig.fee = strtoll(PQgetvalue(r, 0, 3), NULL, 10);
-    int policy = (int)strtoll(PQgetvalue(r, 0, 4), NULL, 10);
-    e->rule_version = strtoll(PQgetvalue(r, 0, 5), NULL, 10);
+    orig.amount = cm_db_int(r, 0, 2);
+    orig.fee = cm_db_int(r, 0, 3);
+    int policy = (int)cm_db_int(r, 0, 4);
+    e->rule_version = cm_db_int(r, 0, 5);
     int64_t acct[STL_PARTS_MAX], rev[STL_PARTS_MAX] = {0}, types[STL_PARTS_MAX] = {0};
     char due[STL_PARTS_MAX][STL_DATE_LEN] = {{0}};
     char owners[STL_PARTS_MAX][STL_ID_MAX + 3] = {{0}};
@@ -922,8 +922,8 @@ static int reverse(stl_ledger *l, cm_db *db, const stl_refund_in *in)
     stl_store_parse_i64s(PQgetvalue(r, 0, 13), types, STL_PARTS_MAX);
     stl_store_parse_words(PQgetvalue(r, 0, 14), &owners[0][0], sizeof owners[0], STL_PARTS_MAX);
     orig.nparts = np;
-    int64_t refunded = strtoll(PQgetvalue(r, 0, 9), NULL, 10);
-    int64_t rev_fee = strtoll(PQgetvalue(r, 0, 10), NULL, 10);
+    int64_t refunded = cm_db_int(r, 0, 9);
+    int64_t rev_fee = cm_db_int(r, 0, 10);
     PQclear(r);
     int64_t out_fee = 0, out[STL_PARTS_MAX] = {0};
     if (strcmp(in->currency, e->currency) != 0 || in->amount <= 0 ||
@@ -1141,7 +1141,7 @@ static int apply_parked(stl_ledger *l, cm_db *db)
                             .currency = PQgetvalue(r, i, 3),
                             .event_id = PQgetvalue(r, i, 4),
                             .traceparent = PQgetvalue(r, i, 5),
-                            .amount = strtoll(PQgetvalue(r, i, 6), NULL, 10)};
+                            .amount = cm_db_int(r, i, 6)};
         rc = reverse(l, db, &in);
         if (rc == CM_EINVAL) {
             /* a refund that cannot apply to this payment: logged by

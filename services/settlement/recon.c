@@ -27,22 +27,6 @@ static int fail_field(cm_rpc_ctx *ctx, const char *field, const char *why)
     return cm_rpc_fail_field(ctx, field, why);
 }
 
-static int db_fail(cm_rpc_ctx *ctx, int rc, const char *what)
-{
-    if (rc == CM_ECONFLICT)
-        return cm_rpc_fail(ctx, GRPC_STATUS_ABORTED, "CONCURRENT_MODIFICATION",
-                           "changed concurrently: retry with the same key");
-    if (rc == CM_EUNAVAIL)
-        return cm_rpc_fail(ctx, GRPC_STATUS_UNAVAILABLE, "DEPENDENCY_UNAVAILABLE",
-                           "the database is unavailable: retry");
-    return cm_rpc_fail_err(ctx, rc, what);
-}
-
-static int64_t i64(const PGresult *r, int row, int col)
-{
-    return strtoll(PQgetvalue(r, row, col), NULL, 10);
-}
-
 static const char *num(char *buf, size_t cap, long long v)
 {
     snprintf(buf, cap, "%lld", v);
@@ -150,15 +134,15 @@ static int import_fn(cm_db *db, void *arg)
     if (!PQgetisnull(r, 0, 1)) {
         t->verdict = strcmp(PQgetvalue(r, 0, 1), t->hash) == 0 ? STL_SAME : STL_KEY_REUSED;
         date_text(t->date_out, PQgetvalue(r, 0, 2));
-        t->lines = i64(r, 0, 3);
-        t->payments = i64(r, 0, 4);
-        t->refunds = i64(r, 0, 5);
-        t->replaced = (int)i64(r, 0, 6);
-        t->imported_ms = i64(r, 0, 7);
+        t->lines = cm_db_int(r, 0, 3);
+        t->payments = cm_db_int(r, 0, 4);
+        t->refunds = cm_db_int(r, 0, 5);
+        t->replaced = (int)cm_db_int(r, 0, 6);
+        t->imported_ms = cm_db_int(r, 0, 7);
         PQclear(r);
         return 0;
     }
-    t->replaced = i64(r, 0, 8) > 0;
+    t->replaced = cm_db_int(r, 0, 8) > 0;
     PQclear(r);
     import_cols *c = t->c;
     /* an item listed twice: the later line is at fault */
@@ -172,9 +156,9 @@ static int import_fn(cm_db *db, void *arg)
         return rc;
     if (PQntuples(r)) {
         t->verdict = STL_DUPLICATE;
-        t->dup_line = (int)i64(r, 0, 0);
-        t->dup_first = (int)i64(r, 0, 1);
-        t->dup_kind = (int)i64(r, 0, 2);
+        t->dup_line = (int)cm_db_int(r, 0, 0);
+        t->dup_first = (int)cm_db_int(r, 0, 1);
+        t->dup_kind = (int)cm_db_int(r, 0, 2);
         PQclear(r);
         return 0;
     }
@@ -221,7 +205,7 @@ static int import_fn(cm_db *db, void *arg)
         return CM_ECONFLICT; /* the key was taken meanwhile (another date): run again */
     if (rc)
         return rc;
-    t->imported_ms = i64(r, 0, 0);
+    t->imported_ms = cm_db_int(r, 0, 0);
     PQclear(r);
     t->verdict = STL_OK;
     snprintf(t->date_out, sizeof t->date_out, "%s", t->date);
@@ -282,7 +266,7 @@ int stl_import_statement(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCM
     for (int i = 0; i < 9; i++)
         cm_buf_free(cols_at(&c, i));
     if (rc)
-        return db_fail(ctx, rc, "could not store the statement");
+        return cm_rpc_fail_err(ctx, rc, "could not store the statement");
     if (t.verdict == STL_KEY_REUSED) {
         int f = cm_rpc_fail(ctx, GRPC_STATUS_ALREADY_EXISTS, "IDEMPOTENCY_KEY_REUSED",
                             "request_id was already used with a different request");
@@ -361,7 +345,7 @@ static int count_diffs(cm_db *db, const char *const p[4], int64_t *n)
                         "WITH " RECON_BOUNDS ", " RECON_DIFFS " SELECT count(*) FROM d", 4, p, &r);
     if (rc)
         return rc;
-    *n = i64(r, 0, 0);
+    *n = cm_db_int(r, 0, 0);
     PQclear(r);
     return 0;
 }
@@ -404,10 +388,10 @@ static int recon_fn(cm_db *db, void *arg)
     if (rc)
         return rc;
     for (int i = 0; i < 9; i++)
-        t->v[i] = i64(r, 0, i);
-    t->total = i64(r, 0, 9);
-    t->mismatched = i64(r, 0, 10);
-    t->now_ms = i64(r, 0, 11);
+        t->v[i] = cm_db_int(r, 0, i);
+    t->total = cm_db_int(r, 0, 9);
+    t->mismatched = cm_db_int(r, 0, 10);
+    t->now_ms = cm_db_int(r, 0, 11);
     PQclear(r);
     const char *q[] = {t->p[0], t->p[1], t->p[2]};
     rc = cm_db_exec(
@@ -428,7 +412,7 @@ static int recon_fn(cm_db *db, void *arg)
         snprintf(t->request_id, sizeof t->request_id, "%s", PQgetvalue(r, 0, 0));
         snprintf(t->by, sizeof t->by, "%s", PQgetvalue(r, 0, 1));
         for (int i = 0; i < 8; i++)
-            t->s[i] = i64(r, 0, i + 2);
+            t->s[i] = cm_db_int(r, 0, i + 2);
     }
     PQclear(r);
     t->diffs = 0;
@@ -446,7 +430,7 @@ static int recon_in(cm_rpc_ctx *ctx, const Commerce__Common__V1__Date *d, const 
     stl_app *app = cm_service_app(ctx);
     int rc =
         stl_store_get_settings(cm_service_db(ctx), cm_rpc_ctx_tenant(ctx), &app->defaults, set);
-    return rc ? db_fail(ctx, rc, "could not read the tenant's settings") : 0;
+    return rc ? cm_rpc_fail_err(ctx, rc, "could not read the tenant's settings") : 0;
 }
 
 int stl_get_reconciliation(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
@@ -462,7 +446,7 @@ int stl_get_reconciliation(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Protobuf
     /* one snapshot: the sums agree with each other */
     int rc = cm_db_tx(cm_service_db(ctx), "REPEATABLE READ", 3, recon_fn, &t);
     if (rc)
-        return db_fail(ctx, rc, "could not reconcile");
+        return cm_rpc_fail_err(ctx, rc, "could not reconcile");
     Commerce__Settlement__V1__Reconciliation *m = cm_arena_calloc(a, 1, sizeof *m);
     if (!m)
         return cm_rpc_fail_err(ctx, CM_ENOMEM, "reconciliation");
@@ -535,7 +519,7 @@ int stl_list_reconciliation_differences(cm_rpc_ctx *ctx, const ProtobufCMessage 
                         "SELECT 1 FROM statements WHERE tenant_id = $1 AND bill_date = $2::date", 2,
                         p, &r);
     if (rc)
-        return db_fail(ctx, rc, "could not list the differences");
+        return cm_rpc_fail_err(ctx, rc, "could not list the differences");
     int found = PQntuples(r) > 0;
     PQclear(r);
     if (!found)
@@ -549,7 +533,7 @@ int stl_list_reconciliation_differences(cm_rpc_ctx *ctx, const ProtobufCMessage 
                     "$5::text COLLATE \"C\" ORDER BY z.k LIMIT $6::int",
                     6, p, &r);
     if (rc)
-        return db_fail(ctx, rc, "could not list the differences");
+        return cm_rpc_fail_err(ctx, rc, "could not list the differences");
     int n = PQntuples(r);
     int more = n > limit;
     if (more)
@@ -562,17 +546,17 @@ int stl_list_reconciliation_differences(cm_rpc_ctx *ctx, const ProtobufCMessage 
             break;
         }
         commerce__settlement__v1__reconciliation_difference__init(x);
-        x->kind = (Commerce__Settlement__V1__DifferenceKind)i64(r, i, 0);
-        x->line_kind = (Commerce__Settlement__V1__StatementLineKind)i64(r, i, 1);
+        x->kind = (Commerce__Settlement__V1__DifferenceKind)cm_db_int(r, i, 0);
+        x->line_kind = (Commerce__Settlement__V1__StatementLineKind)cm_db_int(r, i, 1);
         x->order_id = cm_arena_strdup(a, PQgetvalue(r, i, 2));
         x->refund_id = cm_arena_strdup(a, PQgetvalue(r, i, 3));
         x->provider_transaction_id = cm_arena_strdup(a, PQgetvalue(r, i, 4));
-        x->statement_line = (int32_t)i64(r, i, 5);
-        x->entry_id = i64(r, i, 6);
-        x->ledger_amount_minor = i64(r, i, 7);
-        x->statement_amount_minor = i64(r, i, 8);
-        x->ledger_fee_minor = i64(r, i, 9);
-        x->statement_fee_minor = i64(r, i, 10);
+        x->statement_line = (int32_t)cm_db_int(r, i, 5);
+        x->entry_id = cm_db_int(r, i, 6);
+        x->ledger_amount_minor = cm_db_int(r, i, 7);
+        x->statement_amount_minor = cm_db_int(r, i, 8);
+        x->ledger_fee_minor = cm_db_int(r, i, 9);
+        x->statement_fee_minor = cm_db_int(r, i, 10);
         if (!x->order_id || !x->refund_id || !x->provider_transaction_id) {
             resp->differences = NULL;
             break;
@@ -615,7 +599,7 @@ void stl_recon_tick(cm_service *svc, cm_db *db, void *arg)
         cm_log_warn("could not check the ledger", "error", cm_strerror(rc), NULL);
         return;
     }
-    int64_t unbalanced = i64(r, 0, 0), mismatched = i64(r, 0, 1);
+    int64_t unbalanced = cm_db_int(r, 0, 0), mismatched = cm_db_int(r, 0, 1);
     PQclear(r);
     int ok = unbalanced == 0 && mismatched == 0;
     char nu[24], nm[24];

@@ -11,16 +11,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int64_t i64(const PGresult *r, int row, int col)
-{
-    return strtoll(PQgetvalue(r, row, col), NULL, 10);
-}
-
-static void copy(char *dst, size_t cap, const PGresult *r, int row, int col)
-{
-    snprintf(dst, cap, "%s", PQgetvalue(r, row, col));
-}
-
 /* ---- runs ---- */
 
 #define RUN_COLS                                                                                   \
@@ -31,15 +21,15 @@ static void copy(char *dst, size_t cap, const PGresult *r, int row, int col)
 static void parse_run(const PGresult *r, int row, stl_run *o)
 {
     memset(o, 0, sizeof *o);
-    copy(o->id, sizeof o->id, r, row, 0);
-    copy(o->tenant, sizeof o->tenant, r, row, 1);
-    copy(o->date, sizeof o->date, r, row, 2);
-    o->state = (int)i64(r, row, 3);
-    o->trigger = (int)i64(r, row, 4);
-    o->entries = i64(r, row, 5);
-    o->rows = i64(r, row, 6);
-    o->started_ms = i64(r, row, 7);
-    o->finished_ms = i64(r, row, 8);
+    cm_db_text(o->id, sizeof o->id, r, row, 0);
+    cm_db_text(o->tenant, sizeof o->tenant, r, row, 1);
+    cm_db_text(o->date, sizeof o->date, r, row, 2);
+    o->state = (int)cm_db_int(r, row, 3);
+    o->trigger = (int)cm_db_int(r, row, 4);
+    o->entries = cm_db_int(r, row, 5);
+    o->rows = cm_db_int(r, row, 6);
+    o->started_ms = cm_db_int(r, row, 7);
+    o->finished_ms = cm_db_int(r, row, 8);
 }
 
 int stl_run_request(cm_db *db, const char *tenant, const char *date, int trigger,
@@ -187,7 +177,7 @@ static int chunk_fn(cm_db *db, void *arg)
         4, p, &r);
     if (rc)
         return rc;
-    t->moved = i64(r, 0, 0);
+    t->moved = cm_db_int(r, 0, 0);
     PQclear(r);
     return 0;
 }
@@ -291,18 +281,18 @@ int stl_settle(cm_db *db, const stl_settings *def, int batch, int events_on, con
 static void parse_payout(const PGresult *r, int row, stl_payout *o)
 {
     memset(o, 0, sizeof *o);
-    copy(o->id, sizeof o->id, r, row, 0);
-    copy(o->tenant, sizeof o->tenant, r, row, 1);
-    o->account = i64(r, row, 2);
-    o->type = (int)i64(r, row, 3);
-    copy(o->owner, sizeof o->owner, r, row, 4);
-    copy(o->currency, sizeof o->currency, r, row, 5);
-    o->amount = i64(r, row, 6);
-    o->state = (int)i64(r, row, 7);
-    o->created_ms = i64(r, row, 8);
-    o->updated_ms = i64(r, row, 9);
-    copy(o->ref, sizeof o->ref, r, row, 10);
-    copy(o->reason, sizeof o->reason, r, row, 11);
+    cm_db_text(o->id, sizeof o->id, r, row, 0);
+    cm_db_text(o->tenant, sizeof o->tenant, r, row, 1);
+    o->account = cm_db_int(r, row, 2);
+    o->type = (int)cm_db_int(r, row, 3);
+    cm_db_text(o->owner, sizeof o->owner, r, row, 4);
+    cm_db_text(o->currency, sizeof o->currency, r, row, 5);
+    o->amount = cm_db_int(r, row, 6);
+    o->state = (int)cm_db_int(r, row, 7);
+    o->created_ms = cm_db_int(r, row, 8);
+    o->updated_ms = cm_db_int(r, row, 9);
+    cm_db_text(o->ref, sizeof o->ref, r, row, 10);
+    cm_db_text(o->reason, sizeof o->reason, r, row, 11);
 }
 
 typedef struct pay_tx {
@@ -495,7 +485,7 @@ int stl_payouts_pending(cm_db *db, long long *n)
                         0, NULL, &r);
     if (rc)
         return rc;
-    *n = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
+    *n = cm_db_int(r, 0, 0);
     PQclear(r);
     return 0;
 }

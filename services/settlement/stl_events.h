@@ -24,7 +24,8 @@
 #define STL_TYPE_PAYOUT_FAILED "commerce.events.v1.PayoutFailed"
 #define STL_TYPE_RUN_COMPLETED "commerce.events.v1.SettlementRunCompleted"
 
-/* the proto of an entry (in a); NULL when out of memory */
+/* the protos of a party and an entry (in a); NULL when out of memory */
+Commerce__Settlement__V1__Party *stl_pb_party(cm_arena *a, int type, const char *id);
 Commerce__Settlement__V1__JournalEntry *stl_pb_entry(cm_arena *a, const stl_entry *e);
 
 /* packs the event of a posted entry (SplitPosted for a SPLIT, else

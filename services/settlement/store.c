@@ -9,16 +9,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int64_t i64(const PGresult *r, int row, int col)
-{
-    return strtoll(PQgetvalue(r, row, col), NULL, 10);
-}
-
-static void copy(char *dst, size_t cap, const PGresult *r, int row, int col)
-{
-    snprintf(dst, cap, "%s", PQgetvalue(r, row, col));
-}
-
 static const char *num(char *buf, size_t cap, long long v)
 {
     snprintf(buf, cap, "%lld", v);
@@ -26,18 +16,6 @@ static const char *num(char *buf, size_t cap, long long v)
 }
 
 /* a read that must find one row: CM_ENOTFOUND when it finds none */
-static int read_one(cm_db *db, const char *what, const char *sql, int n, const char *const *p,
-                    PGresult **r)
-{
-    int rc = cm_db_read(db, what, sql, n, p, r);
-    if (rc == 0 && PQntuples(*r) == 0) {
-        PQclear(*r);
-        *r = NULL;
-        return CM_ENOTFOUND;
-    }
-    return rc;
-}
-
 /* ---- settings ---- */
 
 #define SETTINGS_COLS                                                                              \
@@ -46,12 +24,12 @@ static int read_one(cm_db *db, const char *what, const char *sql, int n, const c
 
 static void parse_settings(const PGresult *r, int row, stl_settings *s)
 {
-    copy(s->tz, sizeof s->tz, r, row, 0);
-    s->max_split_bps = i64(r, row, 1);
-    copy(s->run_at, sizeof s->run_at, r, row, 2);
-    s->revision = i64(r, row, 3);
-    s->updated_ms = i64(r, row, 4);
-    copy(s->updated_by, sizeof s->updated_by, r, row, 5);
+    cm_db_text(s->tz, sizeof s->tz, r, row, 0);
+    s->max_split_bps = cm_db_int(r, row, 1);
+    cm_db_text(s->run_at, sizeof s->run_at, r, row, 2);
+    s->revision = cm_db_int(r, row, 3);
+    s->updated_ms = cm_db_int(r, row, 4);
+    cm_db_text(s->updated_by, sizeof s->updated_by, r, row, 5);
 }
 
 int stl_store_get_settings(cm_db *db, const char *tenant, const stl_settings *def,
@@ -59,9 +37,9 @@ int stl_store_get_settings(cm_db *db, const char *tenant, const stl_settings *de
 {
     const char *p[] = {tenant};
     PGresult *r = NULL;
-    int rc =
-        read_one(db, "get tenant settings",
-                 "SELECT " SETTINGS_COLS " FROM tenant_settings WHERE tenant_id = $1", 1, p, &r);
+    int rc = cm_db_read_row(db, "get tenant settings",
+                            "SELECT " SETTINGS_COLS " FROM tenant_settings WHERE tenant_id = $1", 1,
+                            p, &r);
     if (rc == CM_ENOTFOUND) {
         *out = *def;
         out->revision = 0;
@@ -171,18 +149,18 @@ int stl_store_put_settings(cm_db *db, const char *tenant, const char *request_id
 static int parse_rule(const PGresult *r, int row, stl_rule_row *o)
 {
     memset(o, 0, sizeof *o);
-    copy(o->merchant, sizeof o->merchant, r, row, 0);
-    copy(o->rule.currency, sizeof o->rule.currency, r, row, 1);
-    o->version = i64(r, row, 2);
-    o->effective_ms = i64(r, row, 3);
-    o->rule.fee_bps = i64(r, row, 4);
-    o->rule.fee_fixed = i64(r, row, 5);
-    o->rule.fee_min = i64(r, row, 6);
-    o->rule.fee_max = i64(r, row, 7);
-    o->rule.fee_bearer = (int)i64(r, row, 8);
-    o->rule.refund_policy = (int)i64(r, row, 9);
-    o->rule.merchant_delay_days = (int)i64(r, row, 10);
-    copy(o->created_by, sizeof o->created_by, r, row, 12);
+    cm_db_text(o->merchant, sizeof o->merchant, r, row, 0);
+    cm_db_text(o->rule.currency, sizeof o->rule.currency, r, row, 1);
+    o->version = cm_db_int(r, row, 2);
+    o->effective_ms = cm_db_int(r, row, 3);
+    o->rule.fee_bps = cm_db_int(r, row, 4);
+    o->rule.fee_fixed = cm_db_int(r, row, 5);
+    o->rule.fee_min = cm_db_int(r, row, 6);
+    o->rule.fee_max = cm_db_int(r, row, 7);
+    o->rule.fee_bearer = (int)cm_db_int(r, row, 8);
+    o->rule.refund_policy = (int)cm_db_int(r, row, 9);
+    o->rule.merchant_delay_days = (int)cm_db_int(r, row, 10);
+    cm_db_text(o->created_by, sizeof o->created_by, r, row, 12);
     o->rule.on_completion = PQgetvalue(r, row, 13)[0] == 't';
     json_error_t je;
     json_t *arr = json_loads(PQgetvalue(r, row, 11), 0, &je);
@@ -253,7 +231,7 @@ static int put_rule_fn(cm_db *db, void *arg)
         4, k, &r);
     if (rc)
         return rc;
-    int64_t current = i64(r, 0, 2);
+    int64_t current = cm_db_int(r, 0, 2);
     if (!PQgetisnull(r, 0, 1)) {
         char hash[80] = "", m[STL_ID_MAX + 1] = "", cur[4] = "";
         long long ver = 0;
@@ -332,11 +310,12 @@ int stl_store_get_rule(cm_db *db, const char *tenant, const char *merchant, cons
     char ver[24];
     const char *p[] = {tenant, merchant, currency, num(ver, sizeof ver, version)};
     PGresult *r = NULL;
-    int rc = read_one(db, "get split rule",
-                      "SELECT " RULE_COLS " FROM split_rules WHERE tenant_id = $1 AND "
-                      "merchant_id = $2 AND currency = $3 AND ($4 = 0 OR version = $4) ORDER BY "
-                      "version DESC LIMIT 1",
-                      4, p, &r);
+    int rc =
+        cm_db_read_row(db, "get split rule",
+                       "SELECT " RULE_COLS " FROM split_rules WHERE tenant_id = $1 AND "
+                       "merchant_id = $2 AND currency = $3 AND ($4 = 0 OR version = $4) ORDER BY "
+                       "version DESC LIMIT 1",
+                       4, p, &r);
     if (rc)
         return rc;
     rc = parse_rule(r, 0, out);
@@ -404,7 +383,7 @@ int stl_store_accounts(cm_db *db, const char *tenant, const char *currency, size
                     if (PQgetisnull(r, (int)i, 1))
                         rc = CM_ECONFLICT; /* created by a transaction still open */
                     else
-                        ids[i] = i64(r, (int)i, 1);
+                        ids[i] = cm_db_int(r, (int)i, 1);
                 }
             }
             PQclear(r);
@@ -421,16 +400,16 @@ int stl_store_accounts(cm_db *db, const char *tenant, const char *currency, size
 
 static void parse_account(const PGresult *r, int row, stl_account *a)
 {
-    a->id = i64(r, row, 0);
-    a->type = (int)i64(r, row, 1);
-    copy(a->owner, sizeof a->owner, r, row, 2);
-    copy(a->currency, sizeof a->currency, r, row, 3);
-    a->pending = i64(r, row, 4);
-    a->available = i64(r, row, 5);
-    a->paying = i64(r, row, 6);
-    a->paid_out = i64(r, row, 7);
-    a->version = i64(r, row, 8);
-    a->updated_ms = i64(r, row, 9);
+    a->id = cm_db_int(r, row, 0);
+    a->type = (int)cm_db_int(r, row, 1);
+    cm_db_text(a->owner, sizeof a->owner, r, row, 2);
+    cm_db_text(a->currency, sizeof a->currency, r, row, 3);
+    a->pending = cm_db_int(r, row, 4);
+    a->available = cm_db_int(r, row, 5);
+    a->paying = cm_db_int(r, row, 6);
+    a->paid_out = cm_db_int(r, row, 7);
+    a->version = cm_db_int(r, row, 8);
+    a->updated_ms = cm_db_int(r, row, 9);
 }
 
 int stl_store_list_accounts(cm_db *db, const char *tenant, int type, const char *owner,
@@ -509,18 +488,18 @@ size_t stl_store_parse_i64s(const char *s, int64_t *out, size_t max)
 static void parse_entry(const PGresult *r, int row, stl_entry *e)
 {
     memset(e, 0, sizeof *e);
-    e->id = i64(r, row, 0);
-    e->kind = (int)i64(r, row, 1);
-    copy(e->order_id, sizeof e->order_id, r, row, 2);
-    copy(e->merchant, sizeof e->merchant, r, row, 3);
-    copy(e->ref, sizeof e->ref, r, row, 4);
-    copy(e->currency, sizeof e->currency, r, row, 5);
-    e->amount = i64(r, row, 6);
-    e->fee = i64(r, row, 7);
-    e->rule_version = i64(r, row, 8);
+    e->id = cm_db_int(r, row, 0);
+    e->kind = (int)cm_db_int(r, row, 1);
+    cm_db_text(e->order_id, sizeof e->order_id, r, row, 2);
+    cm_db_text(e->merchant, sizeof e->merchant, r, row, 3);
+    cm_db_text(e->ref, sizeof e->ref, r, row, 4);
+    cm_db_text(e->currency, sizeof e->currency, r, row, 5);
+    e->amount = cm_db_int(r, row, 6);
+    e->fee = cm_db_int(r, row, 7);
+    e->rule_version = cm_db_int(r, row, 8);
     e->capped = PQgetvalue(r, row, 9)[0] == 't';
-    copy(e->event_id, sizeof e->event_id, r, row, 10);
-    e->posted_ms = i64(r, row, 11);
+    cm_db_text(e->event_id, sizeof e->event_id, r, row, 10);
+    e->posted_ms = cm_db_int(r, row, 11);
     int64_t v[STL_POSTINGS_MAX];
     e->n = stl_store_parse_i64s(PQgetvalue(r, row, 12), v, STL_POSTINGS_MAX);
     for (size_t i = 0; i < e->n; i++)
@@ -594,10 +573,11 @@ int stl_store_statement(cm_db *db, const char *tenant, int64_t account, int64_t 
                        num(k, sizeof k, after_k),
                        num(l, sizeof l, limit)};
     PGresult *r = NULL;
-    int rc = read_one(db, "get account",
-                      "SELECT " ACCOUNT_COLS " FROM accounts WHERE tenant_id = $1 AND account_id "
-                      "= $2",
-                      2, p, &r);
+    int rc =
+        cm_db_read_row(db, "get account",
+                       "SELECT " ACCOUNT_COLS " FROM accounts WHERE tenant_id = $1 AND account_id "
+                       "= $2",
+                       2, p, &r);
     if (rc)
         return rc;
     parse_account(r, 0, acct);
@@ -625,20 +605,22 @@ int stl_store_statement(cm_db *db, const char *tenant, int64_t account, int64_t 
         7, p, &r);
     if (rc)
         return rc;
-    *opening = (stl_buckets){i64(r, 0, 0), i64(r, 0, 1), i64(r, 0, 2), i64(r, 0, 3)};
-    *closing = (stl_buckets){i64(r, 0, 4), i64(r, 0, 5), i64(r, 0, 6), i64(r, 0, 7)};
+    *opening = (stl_buckets){cm_db_int(r, 0, 0), cm_db_int(r, 0, 1), cm_db_int(r, 0, 2),
+                             cm_db_int(r, 0, 3)};
+    *closing = (stl_buckets){cm_db_int(r, 0, 4), cm_db_int(r, 0, 5), cm_db_int(r, 0, 6),
+                             cm_db_int(r, 0, 7)};
     *n = PQntuples(r) - 1;
     for (int i = 0; i < *n; i++) {
         stl_line *x = &lines[i];
         memset(x, 0, sizeof *x);
-        x->entry_id = i64(r, i + 1, 8);
-        ks[i] = (int)i64(r, i + 1, 9);
-        x->kind = (int)i64(r, i + 1, 10);
-        x->posted_ms = i64(r, i + 1, 11);
-        copy(x->order_id, sizeof x->order_id, r, i + 1, 12);
-        copy(x->ref, sizeof x->ref, r, i + 1, 13);
-        x->bucket = (int)i64(r, i + 1, 14);
-        x->amount = i64(r, i + 1, 15);
+        x->entry_id = cm_db_int(r, i + 1, 8);
+        ks[i] = (int)cm_db_int(r, i + 1, 9);
+        x->kind = (int)cm_db_int(r, i + 1, 10);
+        x->posted_ms = cm_db_int(r, i + 1, 11);
+        cm_db_text(x->order_id, sizeof x->order_id, r, i + 1, 12);
+        cm_db_text(x->ref, sizeof x->ref, r, i + 1, 13);
+        x->bucket = (int)cm_db_int(r, i + 1, 14);
+        x->amount = cm_db_int(r, i + 1, 15);
     }
     PQclear(r);
     return 0;
