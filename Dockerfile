@@ -1,5 +1,5 @@
 # one image holding every service binary (commerce-order, commerce-inventory,
-# later settlement and commission): the services share all their libraries
+# commerce-settlement, later commission): the services share all their libraries
 # (gRPC core, libpq, librdkafka, libuv, common/), so one image is one build,
 # one vulnerability scan and one tag per release, and every service of a
 # release runs the same common/ code; the binaries add ~0.5 MB each, whereas
@@ -30,9 +30,10 @@ WORKDIR /src
 COPY . .
 # only the service binaries: the tests' executables are not shipped
 RUN cmake -S . -B /build -G Ninja -DCMAKE_BUILD_TYPE=Release \
- && ninja -C /build commerce-order commerce-inventory \
+ && ninja -C /build commerce-order commerce-inventory commerce-settlement \
  && install -d /rootfs/usr/local/bin \
- && install -m 0755 -s /build/bin/commerce-order /build/bin/commerce-inventory /rootfs/usr/local/bin/ \
+ && install -m 0755 -s /build/bin/commerce-order /build/bin/commerce-inventory \
+      /build/bin/commerce-settlement /rootfs/usr/local/bin/ \
  && docker/collect-rootfs.sh /rootfs /rootfs/usr/local/bin/commerce-*
 
 FROM scratch AS runtime
@@ -41,7 +42,7 @@ ARG REVISION=unknown
 ARG SOURCE=https://github.com/commerce/commerce
 ARG BASE
 LABEL org.opencontainers.image.title="commerce" \
-      org.opencontainers.image.description="commerce services: commerce-order, commerce-inventory" \
+      org.opencontainers.image.description="commerce services: commerce-order, commerce-inventory, commerce-settlement" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.revision="${REVISION}" \
       org.opencontainers.image.source="${SOURCE}" \
@@ -53,6 +54,6 @@ ENV PATH=/usr/local/bin \
 # the numeric uid, so runAsNonRoot can verify it without reading /etc/passwd
 USER 65532:65532
 WORKDIR /
-EXPOSE 50051 50052 9091 9092
+EXPOSE 50051 50052 50053 9091 9092 9093
 # no ENTRYPOINT: the binary is the command (docker run IMAGE commerce-inventory)
 CMD ["commerce-order", "--help"]

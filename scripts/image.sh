@@ -140,8 +140,16 @@ if [ "$smoke" = 1 ]; then
   protoc -I "$root/proto/third_party" --python_out="$gen" grpc/health/v1/health.proto
 
   fail=0
-  for svc in inventory order; do
-    case $svc in inventory) grpc=50052 admin=9092 ;; order) grpc=50051 admin=9091 ;; esac
+  for svc in inventory order settlement; do
+    case $svc in
+      inventory) grpc=50052 admin=9092 ;;
+      order) grpc=50051 admin=9091 ;;
+      settlement) grpc=50053 admin=9093 ;;
+    esac
+    # settlement's ledger gauges come from its recon ticker, one period
+    # after the start (60 s by default): a short period for the scrape
+    extra=()
+    [ "$svc" = settlement ] && extra=(-e SETTLEMENT_RECON_MS=500)
     name=commerce-smoke-$svc-$$
     # a fresh schema per run, dropped at the end
     schema=${svc}_image_$$
@@ -151,7 +159,7 @@ if [ "$smoke" = 1 ]; then
       -v "$pgdir/sock:/run/postgresql"
       -e PG_DSN="host=/run/postgresql port=$port dbname=commerce user=postgres"
       -e "$(echo "$svc" | tr 'a-z' 'A-Z')_SCHEMA=$schema"
-      -e KAFKA_BROKERS=127.0.0.1:$kafka_port -e LOG_LEVEL=warn)
+      -e KAFKA_BROKERS=127.0.0.1:$kafka_port -e LOG_LEVEL=warn "${extra[@]}")
     # the chart's hook: `commerce-<svc> migrate`, twice at once on the empty
     # schema (the advisory lock serialises them), then once more (nothing to do)
     podman run --rm "${run_opts[@]}" "$image" "commerce-$svc" migrate >"$gen/migrate-$svc-1.log" 2>&1 &
@@ -192,11 +200,15 @@ if [ "$smoke" = 1 ]; then
     if [ "$ok" = 1 ]; then
       mkdir -p "$out"
       # with Kafka, wait (up to 30 s) for the consumer's partitions: its lag
-      # series appear then
+      # series appear then; settlement's ledger gauge after its first recon
       for _ in $(seq 1 150); do
         $SUDO nsenter -t "$pid" -n curl -fsS "http://127.0.0.1:$admin/metrics" >"$out/metrics-$svc.txt"
-        [ -n "$mock" ] && [ "$svc" = inventory ] || break
-        grep -q '^consumer_lag' "$out/metrics-$svc.txt" && break
+        case $svc in
+          inventory) [ -n "$mock" ] || break
+            grep -q '^consumer_lag' "$out/metrics-$svc.txt" && break ;;
+          settlement) grep -q '^settlement_ledger_balanced' "$out/metrics-$svc.txt" && break ;;
+          *) break ;;
+        esac
         sleep 0.2
       done
       echo "image: commerce-$svc in the container (user $user, read-only root): gRPC health SERVING, /healthz and /readyz 200"

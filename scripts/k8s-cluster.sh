@@ -199,13 +199,17 @@ echo "k8s-cluster: helm upgrade (production values)"
   cat "$work/upgrade.out"
   fail=1
 }
-for kind in deployments:apps/v1 horizontalpodautoscalers:autoscaling/v2 poddisruptionbudgets:policy/v1 networkpolicies:networking.k8s.io/v1; do
+# one of each per service the production values enable
+nsvc=$("$helm" template commerce "$chart" -n "$ns" -f "$chart/values-production.yaml" \
+  --kube-version "${K8S_VERSION#v}" --show-only templates/deployment.yaml | grep -c '^kind: Deployment$')
+echo "k8s-cluster:   $nsvc services enabled"
+for kind in deployments:apps/v1 horizontalpodautoscalers:autoscaling/v2 poddisruptionbudgets:policy/v1 networkpolicies:networking.k8s.io/v1 servicemonitors:monitoring.coreos.com/v1; do
   n=$(kapi "$api/apis/${kind#*:}/namespaces/$ns/${kind%%:*}" | python3 -c 'import json, sys; print(len(json.load(sys.stdin)["items"]))')
   echo "k8s-cluster:   ${kind%%:*}: $n"
-  [ "$n" = 2 ] || fail=1
+  [ "$n" = "$nsvc" ] && [ "$nsvc" -gt 0 ] || fail=1
 done
 # configmaps: one per service and the dashboards'
-for kind in configmaps:3 services:2; do
+for kind in configmaps:$((nsvc + 1)) services:$nsvc; do
   n=$(kapi "$api/api/v1/namespaces/$ns/${kind%%:*}?labelSelector=app.kubernetes.io/part-of%3Dcommerce" | python3 -c 'import json, sys; print(len(json.load(sys.stdin)["items"]))')
   echo "k8s-cluster:   ${kind%%:*}: $n"
   [ "$n" = "${kind#*:}" ] || fail=1
