@@ -270,7 +270,7 @@ static int put_rule_fn(cm_db *db, void *arg)
         }
         return stl_store_get_rule(db, t->tenant, t->merchant, ru->currency, 0, t->out);
     }
-    char ver[24], bps[24], fix[24], mn[24], mx[24], fb[8], rp[8], md[8];
+    char ver[24], bps[24], fix[24], mn[24], mx[24], fb[24], rp[24], md[24];
     const char *p[] = {t->tenant,
                        t->merchant,
                        ru->currency,
@@ -435,7 +435,7 @@ int stl_store_list_accounts(cm_db *db, const char *tenant, int type, const char 
                             const char *currency, int64_t after_id, int limit, stl_account *out,
                             int *n)
 {
-    char t[8], a[24], l[24];
+    char t[24], a[24], l[24];
     const char *p[] = {tenant,   num(t, sizeof t, type),     owner,
                        currency, num(a, sizeof a, after_id), num(l, sizeof l, limit)};
     PGresult *r = NULL;
