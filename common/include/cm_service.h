@@ -39,16 +39,19 @@ typedef struct cm_service_consumer {
     cm_consumer_fn handler;
     /* optional, see cm_consumer_opts.after_commit (arg: the app state) */
     void (*after_commit)(const cm_event *ev, int duplicate, void *arg);
-    int batch_size;           /* see cm_consumer_opts.batch_size; 0: its default */
+    int batch_size; /* see cm_consumer_opts.batch_size; 0: its default */
     /* optional, see cm_consumer_opts.tx_begin/tx_end (arg: the app state) */
     void (*tx_begin)(void *arg);
     int (*tx_end)(cm_db *db, void *arg);
     const char *const *types; /* see cm_consumer_opts.types; NULL: every type */
     /* optional knobs (declared in the descriptor): an ONOFF knob that turns
-     * the subscription off, TEXT knobs that override topic and group */
+     * the subscription off, TEXT knobs that override topic and group, an INT
+     * knob that overrides batch_size when > 0 (1: one transaction per event,
+     * the naive baseline of a benchmark) */
     const char *enabled_knob;
     const char *topic_knob;
     const char *group_knob;
+    const char *batch_knob;
 } cm_service_consumer;
 
 /* a periodic job on a database connection the runtime owns: sweepers,

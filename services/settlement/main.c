@@ -32,6 +32,9 @@ static const cm_knob knobs[] = {
      "where order events come from (tests override it)"},
     {"SETTLEMENT_ORDER_GROUP", CM_KNOB_TEXT, 0, 0, 0, "commerce.settlement",
      "consumer group of the order events (tests override it)"},
+    {"SETTLEMENT_CONSUMER_BATCH", CM_KNOB_INT, 0, 0, 10000, NULL,
+     "order events applied per transaction, at most; 0: the consumer's default (500), "
+     "1: one transaction per event (the benchmark's naive baseline)"},
 };
 
 /* the order events it posts; the rest of the topic is acknowledged
@@ -48,7 +51,8 @@ static const cm_service_consumer consumers[] = {
      .types = order_types,
      .enabled_knob = "SETTLEMENT_CONSUME_ORDERS",
      .topic_knob = "SETTLEMENT_ORDER_TOPIC",
-     .group_knob = "SETTLEMENT_ORDER_GROUP"},
+     .group_knob = "SETTLEMENT_ORDER_GROUP",
+     .batch_knob = "SETTLEMENT_CONSUMER_BATCH"},
 };
 
 static const cm_service_ticker tickers[] = {
