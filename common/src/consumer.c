@@ -935,8 +935,14 @@ static int make_rk(cm_consumer *c, char *err, size_t errlen)
         return CM_EINVAL;
     /* offsets move only after the effect is committed (auto-commit would
      * commit what was merely fetched); a new group starts at the beginning,
-     * so nothing published before the first deploy is skipped */
-    const char *const settings[] = {"group.id",
+     * so nothing published before the first deploy is skipped. the
+     * prefetch is bounded at 8 MB (librdkafka's default, 64 MB, is what a
+     * backlog filled: settlement's RSS reached 128 MB draining a preloaded
+     * topic); a batch of 500 events is a fraction of a MB, so 8 MB still
+     * keeps tens of batches ready */
+    const char *const settings[] = {"queued.max.messages.kbytes",
+                                    "8192",
+                                    "group.id",
                                     c->group,
                                     "enable.auto.commit",
                                     "false",
