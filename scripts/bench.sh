@@ -1367,7 +1367,13 @@ stl_drain() {
   t0=$(cpu_ticks "$stl_pid") s0=$(sys_busy_ticks) p0=$(tree_ticks "$stl_pg_pid")
   t_end=$(($(date +%s) + 60 + n / 100))
   while [ "$(date +%s)" -lt "$t_end" ]; do
-    c=$(psql "$stl_dsn" -XAtqc "SELECT count(*) FROM $schema.entries" 2>/dev/null || echo 0)
+    # the highest entry id is a cheap upper bound of the count (ids of a
+    # rolled-back batch are skipped); count(*) only once it is reached: a
+    # count every 0.2 s cost postgres ~10 us per order over 200,000
+    c=$(psql "$stl_dsn" -XAtqc "SELECT coalesce(max(entry_id), 0) FROM $schema.entries" \
+      2>/dev/null || echo 0)
+    [ "${c:-0}" -ge "$n" ] &&
+      c=$(psql "$stl_dsn" -XAtqc "SELECT count(*) FROM $schema.entries" 2>/dev/null || echo 0)
     if [ "${c:-0}" -ge "$n" ]; then
       got=1
       break
