@@ -8,6 +8,7 @@
 #   scripts/bench.sh inventory [--duration S] [--rounds R] [options]
 #   scripts/bench.sh events [--events N] [--rate R] [options]
 #   scripts/bench.sh order [--duration S] [--rate R] [options]
+#   scripts/bench.sh settlement [--events N] [--rate R] [options]
 #
 # every benchmark builds a release tree first (build-release: -O2, no
 # sanitizers), starts what it needs, prints the machine and its settings,
@@ -76,6 +77,16 @@ benchmarks:
                   --channels N (4) --threads T (2) --skus N (10000) --lines L (2)
                   --inventory-events on|off (on: inventory emits its events and
                   consumes the order events, as deployed) --no-build
+
+  settlement
+         commerce-settlement posting OrderPaid events (the seed's rule: 3
+         receivers, fee shared) on its ledger, durable: orders/s from a
+         preloaded topic against the naive one-transaction-per-event consumer,
+         produce-to-entry-visible latency at a fixed offered rate, the
+         service's peak memory; checks the ledger balanced after every run
+         options: --events N (200000) --naive-events N (10000) --rate R (1000)
+                  --seconds S (20) --warmup S (2) --merchants M (1)
+                  --partitions P (6) --no-build
 
 exit: 0 targets met, 1 measurement failed, 2 usage, 3 a target was missed.
 EOF
@@ -1263,6 +1274,349 @@ SQL
   return "$verdict"
 }
 
+# ---- settlement: OrderPaid -> split posted on the ledger ----
+# (issue 11's benchmark; kept apart from the blocks above)
+
+# a settlement service on its own schema, topic and group; sets stl_pid,
+# stl_admin. extra: more VAR=value settings
+stl_start() {
+  local log=$1 schema=$2 topic=$3 group=$4
+  shift 4
+  local port
+  port=$(free_port) stl_admin=$(free_port)
+  spawn "$log" env GRPC_LISTEN="127.0.0.1:$port" ADMIN_LISTEN="127.0.0.1:$stl_admin" \
+    PG_DSN="$stl_dsn" KAFKA_BROKERS="$stl_brokers" LOG_LEVEL=warn WORKERS=2 \
+    SETTLEMENT_SCHEMA="$schema" SETTLEMENT_ORDER_TOPIC="$topic" SETTLEMENT_ORDER_GROUP="$group" \
+    SETTLEMENT_TOPIC="$topic.out" "$@" "$bin/commerce-settlement"
+  stl_pid=$last_pid
+  wait_http_ok "http://127.0.0.1:$stl_admin/readyz" "$stl_pid" "$log"
+  wait_tcp "$port" "$stl_pid" "$log"
+  stl_port=$port
+}
+
+# the scenario's schema with the tenant's settings and the seed's rule (the
+# service runs once without consuming, for the api), and its topics
+stl_prepare() {
+  local name=$1 schema=$2 topic=$3
+  "$root/scripts/kafka.sh" topic "$topic" "$stl_partitions" || die "could not create $topic"
+  "$root/scripts/kafka.sh" topic "$topic.out" "$stl_partitions" || die "could not create $topic.out"
+  "$root/scripts/kafka.sh" topic "$topic.dlq" 1 || die "could not create $topic.dlq"
+  stl_start "$workdir/$name-setup.log" "$schema" "$topic" "bench.setup" SETTLEMENT_CONSUME_ORDERS=off
+  "$bin/commerce-stlgen" setup --target "127.0.0.1:$stl_port" --tenant bench \
+    --merchants "$stl_merchants" >"$workdir/$name-setup.txt" 2>&1 ||
+    { cat "$workdir/$name-setup.txt" >&2; die "$name: could not put the settings and rules"; }
+  stop_pid "$stl_pid" || die "$name: commerce-settlement did not exit 0 on SIGTERM"
+}
+
+stl_cleanup() {
+  local schema=$1 topic=$2
+  psql "$stl_dsn" -XAtqc "DROP SCHEMA IF EXISTS $schema CASCADE" >/dev/null 2>&1 || true
+  "$root/scripts/kafka.sh" delete-topic "$topic" >/dev/null 2>&1 || true
+  "$root/scripts/kafka.sh" delete-topic "$topic.out" >/dev/null 2>&1 || true
+  "$root/scripts/kafka.sh" delete-topic "$topic.dlq" >/dev/null 2>&1 || true
+}
+
+# the books of a scenario: n split entries and n splits, none unbalanced,
+# every account's buckets sum to zero over the tenant, and equal the sum of
+# its postings. prints "ok" or what is wrong
+stl_check() {
+  local schema=$1 n=$2 q
+  q=$(psql "$stl_dsn" -qAtX -F ' ' <<SQL 2>&1
+SET search_path = $schema;
+SELECT (SELECT count(*) FROM entries WHERE kind = 1),
+       (SELECT count(*) FROM order_splits),
+       (SELECT count(*) FROM entries WHERE entry_sum(amounts) <> 0),
+       (SELECT coalesce(sum(pending + available + paying + paid_out), 0) FROM accounts),
+       (SELECT count(*) FROM accounts a LEFT JOIN (SELECT x.id, sum(x.amt) FILTER (WHERE x.b = 1) AS p,
+               sum(x.amt) FILTER (WHERE x.b = 2) AS v FROM entries e,
+               unnest(e.account_ids, e.buckets, e.amounts) AS x(id, b, amt) GROUP BY x.id) j
+          ON j.id = a.account_id
+        WHERE a.pending <> coalesce(j.p, 0) OR a.available <> coalesce(j.v, 0)),
+       (SELECT min(cardinality(account_ids)) FROM entries);
+SQL
+) || { echo "CHECK FAILED ($q)"; return; }
+  local entries splits unbalanced total drift parts
+  read -r entries splits unbalanced total drift parts <<<"$(tail -n 1 <<<"$q")"
+  if [ "$entries" = "$n" ] && [ "$splits" = "$n" ] && [ "$unbalanced" = 0 ] && [ "$total" = 0 ] &&
+    [ "$drift" = 0 ]; then
+    echo "ok ($entries entries of >= $parts postings, every one balanced, accounts sum to 0)"
+  else
+    echo "MISMATCH (entries $entries, splits $splits of $n; unbalanced $unbalanced; accounts sum" \
+      "$total; accounts off their postings $drift)"
+  fi
+}
+
+# preloaded topic -> the consumer with batch size $batch (0: its default);
+# prints one row; sets stl_rate, stl_hwm_kb, stl_check_out
+stl_drain() {
+  local name=$1 batch=$2 n=$3
+  local tag schema topic
+  tag=$(date -u +%H%M%S)$$
+  schema=stl_bench_${name}_$tag
+  topic=bench.settlement.$name.$tag
+  stl_prepare "$name" "$schema" "$topic"
+  "$bin/commerce-stlgen" produce --brokers "$stl_brokers" --topic "$topic" --events "$n" \
+    --tenant bench --merchants "$stl_merchants" >"$workdir/$name-produce.txt" 2>&1 ||
+    { cat "$workdir/$name-produce.txt" >&2; die "$name: could not preload $topic"; }
+  [ "$stl_statements" = 1 ] && psql "$stl_dsn" -XAtqc "SELECT pg_stat_statements_reset()" >/dev/null
+  local hz t0 s0 p0 w0 t1 s1 p1 w1 got=0 c=0 t_end
+  hz=$(getconf CLK_TCK)
+  w0=$(date +%s%N)
+  stl_start "$workdir/$name.log" "$schema" "$topic" "bench.settlement.$tag" \
+    SETTLEMENT_CONSUMER_BATCH="$batch"
+  t0=$(cpu_ticks "$stl_pid") s0=$(sys_busy_ticks) p0=$(tree_ticks "$stl_pg_pid")
+  t_end=$(($(date +%s) + 60 + n / 100))
+  while [ "$(date +%s)" -lt "$t_end" ]; do
+    # the highest entry id is a cheap upper bound of the count (ids of a
+    # rolled-back batch are skipped); count(*) only once it is reached: a
+    # count every 0.2 s cost postgres ~10 us per order over 200,000
+    c=$(psql "$stl_dsn" -XAtqc "SELECT coalesce(max(entry_id), 0) FROM $schema.entries" \
+      2>/dev/null || echo 0)
+    [ "${c:-0}" -ge "$n" ] &&
+      c=$(psql "$stl_dsn" -XAtqc "SELECT count(*) FROM $schema.entries" 2>/dev/null || echo 0)
+    if [ "${c:-0}" -ge "$n" ]; then
+      got=1
+      break
+    fi
+    kill -0 "$stl_pid" 2>/dev/null || break
+    sleep 0.2
+  done
+  w1=$(date +%s%N)
+  t1=$(cpu_ticks "$stl_pid") s1=$(sys_busy_ticks) p1=$(tree_ticks "$stl_pg_pid")
+  stl_hwm_kb=$(hwm_kb "$stl_pid")
+  stop_pid "$stl_pid" || { echo "bench.sh: $name: commerce-settlement did not exit 0 on SIGTERM" >&2; got=0; }
+  if [ "$got" != 1 ]; then
+    echo "$name: $c of $n entries posted before the deadline (log: $workdir/$name.log)" >&2
+    return 1
+  fi
+  if [ "$stl_statements" = 1 ]; then
+    psql "$stl_dsn" -XAq -P pager=off >"$workdir/$name-statements.txt" 2>&1 <<SQL || true
+SELECT calls, round(total_exec_time::numeric, 0) AS total_ms,
+       round((total_exec_time / calls)::numeric, 3) AS mean_ms, rows,
+       round((1000 * total_exec_time / $n)::numeric, 1) AS us_per_order,
+       pg_size_pretty(wal_bytes / $n) AS wal_per_order,
+       left(regexp_replace(query, '\s+', ' ', 'g'), 110) AS query
+  FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+ ORDER BY total_exec_time DESC LIMIT 12;
+SQL
+  fi
+  # the rate over the ledger's own clock: first to last posting (the
+  # consumer's start, group join and the first fetch are not in it)
+  local span
+  span=$(psql "$stl_dsn" -XAtqc "SELECT extract(epoch FROM max(posted_at) - min(posted_at)) \
+    FROM $schema.entries" 2>/dev/null || echo 0)
+  stl_rate=$(awk -v n="$n" -v s="$span" 'BEGIN {printf "%.0f", (s > 0 ? (n - 1) / s : 0)}')
+  stl_check_out=$(stl_check "$schema" "$n")
+  local wall cpu_stl cpu_pg cpu_other
+  wall=$(awk -v a="$w0" -v b="$w1" 'BEGIN {printf "%.1f", (b - a) / 1e9}')
+  read -r cpu_stl cpu_pg cpu_other <<<"$(awk -v t="$((t1 - t0))" -v p="$((p1 - p0))" \
+    -v s="$((s1 - s0))" -v hz="$hz" -v n="$n" 'BEGIN {u = 1e6 / hz / n; o = s - t - p;
+      if (o < 0) o = 0; printf "%.0f %.0f %.0f", t * u, p * u, o * u}')"
+  printf '%-9s %6s %8s %10s %8s %8s  %-22s %s\n' "$name" "$([ "$batch" = 0 ] && echo 500 || echo "$batch")" \
+    "$n" "$stl_rate" "$wall" "$(mb "$stl_hwm_kb")" "$cpu_stl $cpu_pg $cpu_other" "${stl_check_out%% *}"
+  if [ "${stl_check_out%% *}" = ok ]; then
+    stl_cleanup "$schema" "$topic"
+  else
+    echo "$name: the books do not balance: $stl_check_out (schema $schema kept)" >&2
+    return 1
+  fi
+}
+
+# the service consuming, stlgen producing at a fixed rate and watching the
+# ledger; sets stl_paced_json, stl_hwm_kb
+stl_paced() {
+  local name=paced tag schema topic
+  tag=$(date -u +%H%M%S)$$
+  schema=stl_bench_${name}_$tag
+  topic=bench.settlement.$name.$tag
+  stl_prepare "$name" "$schema" "$topic"
+  stl_start "$workdir/$name.log" "$schema" "$topic" "bench.settlement.$tag"
+  # the consumer owns every partition before the first event is produced
+  for _ in $(seq 1 300); do
+    curl -fsS --max-time 1 "http://127.0.0.1:$stl_admin/metrics" 2>/dev/null |
+      grep -q "^consumer_lag{.*partition=\"$((stl_partitions - 1))\"}" && break
+    sleep 0.1
+  done
+  local out=$workdir/$name.txt rc=0 n=$((stl_rate_paced * stl_seconds))
+  spawn "$out" "$bin/commerce-stlgen" produce --brokers "$stl_brokers" --topic "$topic" \
+    --events "$n" --rate "$stl_rate_paced" --warmup "$stl_warmup" --tenant bench \
+    --merchants "$stl_merchants" --dsn "$stl_dsn" --schema "$schema"
+  forget_wait "$last_pid" || rc=$?
+  stl_hwm_kb=$(hwm_kb "$stl_pid")
+  stop_pid "$stl_pid" || { echo "bench.sh: $name: commerce-settlement did not exit 0 on SIGTERM" >&2; rc=1; }
+  stl_paced_json=$(grep '^{' "$out" || true)
+  if [ "$rc" != 0 ] || [ -z "$stl_paced_json" ]; then
+    echo "$name: the generator failed (exit $rc):" >&2
+    sed 's/^/  /' "$out" >&2
+    return 1
+  fi
+  stl_check_out=$(stl_check "$schema" "$((n + stl_rate_paced * stl_warmup))")
+  local j=$stl_paced_json
+  printf '%-9s %6s %8s %10s %8s %8s  p50 %s p90 %s p99 %s p999 %s max %s ms (posted_at: p50 %s p99 %s)  %s\n' \
+    "$name" 500 "$(jnum "$j" events)" "$stl_rate_paced" - "$(mb "$stl_hwm_kb")" "$(jnum "$j" p50_ms)" \
+    "$(jnum "$j" p90_ms)" "$(jnum "$j" p99_ms)" "$(jnum "$j" p999_ms)" "$(jnum "$j" max_ms)" \
+    "$(jnum "$j" posted_p50_ms)" "$(jnum "$j" posted_p99_ms)" "${stl_check_out%% *}"
+  if [ "${stl_check_out%% *}" = ok ]; then
+    stl_cleanup "$schema" "$topic"
+  else
+    echo "$name: the books do not balance: $stl_check_out (schema $schema kept)" >&2
+    return 1
+  fi
+}
+
+bench_settlement() {
+  local events=200000 naive_events=10000 do_build=1
+  stl_partitions=6 stl_merchants=1 stl_rate_paced=1000 stl_seconds=20 stl_warmup=2
+  while [ $# -gt 0 ]; do
+    case "$1" in
+    --events) events=$2; shift 2 ;;
+    --naive-events) naive_events=$2; shift 2 ;;
+    --rate) stl_rate_paced=$2; shift 2 ;;
+    --seconds) stl_seconds=$2; shift 2 ;;
+    --warmup) stl_warmup=$2; shift 2 ;;
+    --merchants) stl_merchants=$2; shift 2 ;;
+    --partitions) stl_partitions=$2; shift 2 ;;
+    --no-build) do_build=0; shift ;;
+    -h | --help) usage; exit 0 ;;
+    *) usage >&2; exit 2 ;;
+    esac
+  done
+  local v
+  for v in "$events" "$naive_events" "$stl_rate_paced" "$stl_seconds" "$stl_merchants" "$stl_partitions"; do
+    [[ "$v" =~ ^[0-9]+$ ]] && [ "$v" -ge 1 ] ||
+      { echo "bench.sh: options take positive whole numbers, got '$v'" >&2; exit 2; }
+  done
+  [[ "$stl_warmup" =~ ^[0-9]+$ ]] || { echo "bench.sh: --warmup takes seconds, got '$stl_warmup'" >&2; exit 2; }
+  [ "$events" -le 10000000 ] && [ "$naive_events" -le "$events" ] ||
+    { echo "bench.sh: --events at most 10^7, --naive-events at most --events" >&2; exit 2; }
+  command -v psql >/dev/null || die "psql is needed to check the ledger"
+  local rate_target=10000 ratio_target=5 p99_target_ms=200 rss_target_mb=64
+  # its own postgres by default, beside the other benchmarks' clusters
+  BENCH_PG_RUN_DIR=${BENCH_PG_RUN_DIR:-$root/.run/pg-bench-settlement}
+
+  if [ "$do_build" = 1 ]; then
+    build_release commerce-settlement commerce-stlgen
+  fi
+  local b
+  for b in commerce-settlement commerce-stlgen; do
+    [ -x "$bin/$b" ] || die "$bin/$b is missing (build without --no-build)"
+  done
+  workdir=$build/bench/settlement-$(date -u +%Y%m%dT%H%M%SZ)
+  mkdir -p "$workdir"
+
+  machine
+  echo
+  echo "== kafka"
+  if "$root/scripts/kafka.sh" status >/dev/null 2>&1; then
+    echo "broker       already running: used, left running"
+  else
+    "$root/scripts/kafka.sh" start >/dev/null || die "could not start kafka (scripts/kafka.sh start)"
+    started_kafka=1
+    echo "broker       started by this run (scripts/kafka.sh), stopped at the end"
+  fi
+  stl_brokers=$("$root/scripts/kafka.sh" bootstrap)
+  echo "bootstrap    $stl_brokers"
+  echo
+  echo "== postgres"
+  start_pg
+  # scripts/pg.sh's cluster is tuned for writes (durable commits, large
+  # wal, lz4 page images) and also lowers random_page_cost and
+  # effective_cache_size; the service's sessions put the planner back at
+  # postgres' defaults, so a plan that only works on the tuned cost model
+  # shows here (NOTES: the same load ran 3.5x slower at random_page_cost 4)
+  stl_dsn="$PG_DSN options='-c random_page_cost=4 -c effective_cache_size=4GB'"
+  stl_pg_pid=$(listener_pid "$(sed -n 's/.*port=\([0-9]*\).*/\1/p' <<<"$PG_DSN")")
+  stl_statements=0
+  if psql "$PG_DSN" -XAtqc 'SHOW shared_preload_libraries' 2>/dev/null | grep -q pg_stat_statements; then
+    psql "$PG_DSN" -XAtqc 'CREATE EXTENSION IF NOT EXISTS pg_stat_statements' >/dev/null 2>&1 &&
+      stl_statements=1
+  fi
+  echo "dsn          $stl_dsn"
+  echo "durability   fsync $(psql "$PG_DSN" -XAtqc 'SHOW fsync'), synchronous_commit" \
+    "$(psql "$PG_DSN" -XAtqc 'SHOW synchronous_commit'), wal_compression" \
+    "$(psql "$PG_DSN" -XAtqc 'SHOW wal_compression'), max_wal_size $(psql "$PG_DSN" -XAtqc 'SHOW max_wal_size')"
+  echo "planner      random_page_cost $(psql "$stl_dsn" -XAtqc 'SHOW random_page_cost')," \
+    "effective_cache_size $(psql "$stl_dsn" -XAtqc 'SHOW effective_cache_size')" \
+    "(postgres' defaults; the cluster's own: $(psql "$PG_DSN" -XAtqc 'SHOW random_page_cost')," \
+    "$(psql "$PG_DSN" -XAtqc 'SHOW effective_cache_size'))"
+  echo "statements   pg_stat_statements $([ "$stl_statements" = 1 ] && echo "loaded: top statements per scenario in the logs" || echo "not loaded (shared_preload_libraries)")"
+  echo
+
+  echo "== settings"
+  echo "events       OrderPaid as the order service's relay writes them (headers ce_id, ce_type,"
+  echo "             ce_source, content-type, tenant-id; key = order id; UUIDv7 ids), tenant"
+  echo "             'bench', $stl_merchants merchant(s), 1.00-1000.00 CNY, $stl_partitions partitions"
+  echo "rule         the seed's: fee 30 bps + 10 shared pro rata; platform 50 % T+0, service"
+  echo "             provider 30 % T+1, sub-merchant 20 % T+0; tenant cap 10000 bps"
+  echo "             (PutTenantSettings, PutSplitRule through the api): 6 postings per entry"
+  echo "service      commerce-settlement, release build, LOG_LEVEL=warn, its split events"
+  echo "             through the outbox and the relay to <topic>.out (as deployed)"
+  echo "batched      $events events preloaded, then the service starts; consumer batches of up to"
+  echo "             500 (SETTLEMENT_CONSUMER_BATCH=0); orders/s = entries / (last - first"
+  echo "             posted_at): the group join and first fetch are left out (wall_s has them)"
+  echo "naive        the same with SETTLEMENT_CONSUMER_BATCH=1 (one transaction per event):"
+  echo "             the baseline, $naive_events events"
+  echo "paced        $stl_rate_paced events/s for $stl_seconds s after ${stl_warmup} s of warmup, produced straight to"
+  echo "             the topic (not yet through commerce-order's MarkPaid: a first cut);"
+  echo "             latency = the 5 ms ledger poll that first saw the entry - the event's"
+  echo "             paid_at (its scheduled produce time); posted_at shows the service's clock"
+  echo "cpu columns  us of cpu per order: settlement / postgres (postmaster and backends) /"
+  echo "             everything else (broker, generator, other jobs)"
+  echo "memory       commerce-settlement VmHWM (peak RSS since its start) per run"
+  echo "check        after each run: one split entry and one order_splits row per event, every"
+  echo "             entry balanced (entry_sum(amounts) = 0), all accounts sum to 0, every"
+  echo "             account's buckets = the sum of its postings"
+  echo "logs         $workdir"
+  echo
+
+  echo "== runs"
+  printf '%-9s %6s %8s %10s %8s %8s  %-22s %s\n' run batch events orders/s wall_s hwm_mb \
+    "cpu us: stl pg other" check
+  local failed=0 batched_rate=0 naive_rate=0 rss_max=0
+  if stl_drain batched 0 "$events"; then
+    batched_rate=$stl_rate
+    [ "$stl_hwm_kb" -gt "$rss_max" ] && rss_max=$stl_hwm_kb
+  else
+    failed=1
+  fi
+  if stl_drain naive 1 "$naive_events"; then
+    naive_rate=$stl_rate
+  else
+    failed=1
+  fi
+  if stl_paced; then
+    [ "$stl_hwm_kb" -gt "$rss_max" ] && rss_max=$stl_hwm_kb
+  else
+    failed=1
+  fi
+  echo
+  if [ "$failed" = 1 ]; then
+    echo "*** SETTLEMENT BENCHMARK FAILED: see the errors above; these numbers are not a measurement ***"
+    return 1
+  fi
+  local ratio t1 t2 t3 t4 p99 verdict=0
+  ratio=$(awk -v a="$batched_rate" -v b="$naive_rate" 'BEGIN {printf "%.1f", (b > 0 ? a / b : 0)}')
+  p99=$(jnum "$stl_paced_json" p99_ms)
+  t1=$(awk -v v="$batched_rate" -v t="$rate_target" 'BEGIN {print ((v >= t) ? "met" : "MISSED")}')
+  t2=$(awk -v v="$ratio" -v t="$ratio_target" 'BEGIN {print ((v >= t) ? "met" : "MISSED")}')
+  t3=$(awk -v v="$p99" -v t="$p99_target_ms" 'BEGIN {print ((v <= t) ? "met" : "MISSED")}')
+  t4=$(awk -v k="$rss_max" -v t="$rss_target_mb" 'BEGIN {print ((k / 1024 <= t) ? "met" : "MISSED")}')
+  for v in "$t1" "$t2" "$t3" "$t4"; do [ "$v" = met ] || verdict=3; done
+  echo "== summary"
+  echo "throughput   $batched_rate orders/s split and posted durably from a preloaded topic"
+  echo "             (target >= $rate_target): $t1"
+  echo "vs naive     $ratio x the one-transaction-per-event consumer ($naive_rate orders/s;"
+  echo "             target >= $ratio_target x): $t2"
+  echo "latency      at $stl_rate_paced orders/s produced -> entry visible: p50 $(jnum "$stl_paced_json" p50_ms) ms," \
+    "p99 $p99 ms (target p99 <= $p99_target_ms ms): $t3"
+  echo "             (OrderPaid produced directly, not yet MarkPaid through commerce-order)"
+  echo "memory       commerce-settlement peak RSS $(mb "$rss_max") MB under load (target <= $rss_target_mb MB): $t4"
+  echo "checked      every run: the ledger balanced, one entry per order"
+  echo "load         $(cut -d' ' -f1-3 /proc/loadavg) (1, 5, 15 min, after the run)"
+  echo "note         postgres, the broker (a jvm), the generator and the service share $(nproc) cpus"
+  return "$verdict"
+}
+
 cmd=${1:-}
 [ $# -gt 0 ] && shift
 case "$cmd" in
@@ -1270,6 +1624,7 @@ rpc) bench_rpc "$@" ;;
 inventory) bench_inventory "$@" ;;
 events) bench_events "$@" ;;
 order) bench_order "$@" ;;
+settlement) bench_settlement "$@" ;;
 -h | --help | help) usage ;;
 "")
   usage >&2

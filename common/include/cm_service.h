@@ -45,10 +45,13 @@ typedef struct cm_service_consumer {
     int (*tx_end)(cm_db *db, void *arg);
     const char *const *types; /* see cm_consumer_opts.types; NULL: every type */
     /* optional knobs (declared in the descriptor): an ONOFF knob that turns
-     * the subscription off, TEXT knobs that override topic and group */
+     * the subscription off, TEXT knobs that override topic and group, an INT
+     * knob that overrides batch_size when > 0 (1: one transaction per event,
+     * the naive baseline of a benchmark) */
     const char *enabled_knob;
     const char *topic_knob;
     const char *group_knob;
+    const char *batch_knob;
 } cm_service_consumer;
 
 /* a periodic job on a database connection the runtime owns: sweepers,

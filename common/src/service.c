@@ -334,6 +334,9 @@ static int start_events(cm_service *svc, char *err, size_t errlen)
             topic = cm_config_text(&svc->cfg, sc->topic_knob);
         if (sc->group_knob && *cm_config_text(&svc->cfg, sc->group_knob))
             grp = cm_config_text(&svc->cfg, sc->group_knob);
+        int batch = sc->batch_size;
+        if (sc->batch_knob && cm_config_int(&svc->cfg, sc->batch_knob) > 0)
+            batch = (int)cm_config_int(&svc->cfg, sc->batch_knob);
         cm_consumer_opts co = {
             .brokers = svc->cfg.kafka_brokers,
             .topic = topic,
@@ -349,7 +352,7 @@ static int start_events(cm_service *svc, char *err, size_t errlen)
             .after_commit = sc->after_commit,
             .tx_begin = sc->tx_begin,
             .tx_end = sc->tx_end,
-            .batch_size = sc->batch_size,
+            .batch_size = batch,
             .types = sc->types,
         };
         rc = cm_consumer_start(&svc->consumers[svc->nconsumers], &co, err, errlen);

@@ -242,6 +242,27 @@ static int int_cmp(const void *x, const void *y)
     return *(const int *)x - *(const int *)y;
 }
 
+/* a listing's time range filter (the field's name for errors): *from and
+ * *to in ms, 0 where open. 0, or -1 with the call failed */
+static int list_range(cm_rpc_ctx *ctx, const Commerce__Common__V1__TimeRange *tr, const char *name,
+                      int64_t *from, int64_t *to)
+{
+    cm_arena *a = cm_rpc_ctx_arena(ctx);
+    *from = *to = 0;
+    if (!tr)
+        return 0;
+    if (tr->start_at && (cm_pb_timestamp_check(tr->start_at, from) || *from <= 0))
+        return cm_rpc_fail_field(ctx, cm_arena_printf(a, "%s.start_at", name),
+                                 "must be a valid time after 1970");
+    if (tr->end_at && (cm_pb_timestamp_check(tr->end_at, to) || *to <= 0))
+        return cm_rpc_fail_field(ctx, cm_arena_printf(a, "%s.end_at", name),
+                                 "must be a valid time after 1970");
+    if (*from && *to && *to <= *from)
+        return cm_rpc_fail_field(ctx, cm_arena_printf(a, "%s.end_at", name),
+                                 cm_arena_printf(a, "must be after %s.start_at", name));
+    return 0;
+}
+
 static int list_orders(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
 {
     const Commerce__Order__V1__ListOrdersRequest *req = (const void *)in;
@@ -267,21 +288,21 @@ static int list_orders(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMes
         states[i] = s;
     }
     qsort(states, req->n_states, sizeof states[0], int_cmp);
-    int64_t from = 0, to = 0;
-    if (req->created) {
-        const Google__Protobuf__Timestamp *st = req->created->start_at, *en = req->created->end_at;
-        if (st && (cm_pb_timestamp_check(st, &from) || from <= 0))
-            return cm_rpc_fail_field(ctx, "created.start_at", "must be a valid time after 1970");
-        if (en && (cm_pb_timestamp_check(en, &to) || to <= 0))
-            return cm_rpc_fail_field(ctx, "created.end_at", "must be a valid time after 1970");
-        if (from && to && to <= from)
-            return cm_rpc_fail_field(ctx, "created.end_at", "must be after created.start_at");
-    }
+    int64_t from = 0, to = 0, paid_from = 0, paid_to = 0;
+    if (list_range(ctx, req->created, "created", &from, &to) ||
+        list_range(ctx, req->paid, "paid", &paid_from, &paid_to))
+        return -1;
     char *filters =
         cm_arena_printf(a, "b=%s\nm=%s\nc=%s\nf=%lld\nt=%lld\ns=", req->buyer_id, req->merchant_id,
                         req->channel_id, (long long)from, (long long)to);
     for (size_t i = 0; filters && i < req->n_states; i++)
         filters = cm_arena_printf(a, "%s%d,", filters, states[i]);
+    /* appended only when set, so the tokens of listings without it stay
+     * valid across the upgrade; set with no bounds ("only paid orders")
+     * differs from unset */
+    if (filters && req->paid)
+        filters = cm_arena_printf(a, "%s\np=%lld,%lld", filters, (long long)paid_from,
+                                  (long long)paid_to);
     uint64_t fh = cm_page_filters(filters ? filters : "");
     /* the position is "<created ms>.<order id>": the listing's order */
     char pos[CM_PAGE_POSITION_MAX + 1], after[40];
@@ -297,6 +318,9 @@ static int list_orders(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMes
                     .nstates = req->n_states,
                     .from_ms = from,
                     .to_ms = to,
+                    .paid = req->paid != NULL,
+                    .paid_from_ms = paid_from,
+                    .paid_to_ms = paid_to,
                     .limit = limit};
     if (at) {
         long long ms = 0;

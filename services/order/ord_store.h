@@ -106,7 +106,11 @@ typedef struct ord_list_q {
     const char *tenant, *buyer_id, *merchant_id, *channel_id;
     const int *states;
     size_t nstates;
-    int64_t from_ms, to_ms; /* 0: open */
+    int64_t from_ms, to_ms; /* created in [from, to); 0: open */
+    /* paid: only orders with a payment, paid_at in [paid_from, paid_to)
+     * (0: open); 0: paid or not */
+    int paid;
+    int64_t paid_from_ms, paid_to_ms;
     int64_t after_created_ms;
     const char *after_id; /* NULL: first page */
     int limit;

@@ -913,6 +913,9 @@ int ord_store_list(cm_db *db, const ord_list_q *q, cm_arena *a, ord_order *out, 
         q->after_id ? num(a, q->after_created_ms) : NULL,
         q->after_id,
         num(a, q->limit + 1),
+        q->paid ? "t" : NULL,
+        q->paid ? ms_or_null(a, q->paid_from_ms) : NULL,
+        q->paid ? ms_or_null(a, q->paid_to_ms) : NULL,
     };
     PGresult *r = NULL;
     int rc = cm_db_read(
@@ -926,8 +929,11 @@ int ord_store_list(cm_db *db, const ord_list_q *q, cm_arena *a, ord_order *out, 
         "AND ($7::bigint IS NULL OR created_at < to_timestamp($7::bigint / 1000.0)) "
         "AND ($8::bigint IS NULL "
         "     OR (created_at, order_id) < (to_timestamp($8::bigint / 1000.0), $9::uuid)) "
+        "AND ($11::boolean IS NULL OR paid_at IS NOT NULL) "
+        "AND ($12::bigint IS NULL OR paid_at >= to_timestamp($12::bigint / 1000.0)) "
+        "AND ($13::bigint IS NULL OR paid_at < to_timestamp($13::bigint / 1000.0)) "
         "ORDER BY created_at DESC, order_id DESC LIMIT $10",
-        10, p, &r);
+        13, p, &r);
     if (rc)
         return rc;
     int rows = PQntuples(r);

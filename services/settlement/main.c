@@ -43,6 +43,9 @@ static const cm_knob knobs[] = {
      "period of the reconciliation metrics (ledger balanced, statement differences) (ms)"},
     {"SETTLEMENT_RECON_DAYS", CM_KNOB_INT, 7, 1, 90, NULL,
      "bill dates back from today whose statements the differences metric covers"},
+    {"SETTLEMENT_CONSUMER_BATCH", CM_KNOB_INT, 0, 0, 10000, NULL,
+     "order events applied per transaction, at most; 0: the consumer's default (500), "
+     "1: one transaction per event (the benchmark's naive baseline)"},
 };
 
 /* the order events it posts; the rest of the topic is acknowledged
@@ -60,7 +63,8 @@ static const cm_service_consumer consumers[] = {
      .types = order_types,
      .enabled_knob = "SETTLEMENT_CONSUME_ORDERS",
      .topic_knob = "SETTLEMENT_ORDER_TOPIC",
-     .group_knob = "SETTLEMENT_ORDER_GROUP"},
+     .group_knob = "SETTLEMENT_ORDER_GROUP",
+     .batch_knob = "SETTLEMENT_CONSUMER_BATCH"},
 };
 
 /* a replica that died hands its partitions over within 10 s (librdkafka's

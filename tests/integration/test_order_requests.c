@@ -549,12 +549,155 @@ START_TEST(list_orders_filters_and_pages)
 }
 END_TEST
 
+/* the paid-time filter: orders by when their payment was captured
+ * (MarkPaid's paid_at), for reconciling settlement against order */
+START_TEST(list_orders_by_paid_time)
+{
+    static fx f;
+    fx_start(&f, NULL, 0);
+    fx_set_stock(f.ic, "s-p", "sku-p", 1000);
+    /* orders 0-4 paid 1..5 hours ago (4 then fully refunded), 5 pending,
+     * 6 cancelled */
+    enum { N = 7, PAID = 5 };
+    char id[N][64];
+    long long now_ms = (long long)time(NULL) * 1000, hour = 3600 * 1000;
+    for (int i = 0; i < N; i++) {
+        char rid[32], pid[32];
+        snprintf(rid, sizeof rid, "req-p-%d", i);
+        fx_line ls[] = {FX_L("sku-p", 1, 100 + i)};
+        fx_order_spec s = fx_spec(rid, ls, 1);
+        s.timeout_s = 600;
+        fx_order *o = fx_must_create(f.oc, &s);
+        snprintf(id[i], sizeof id[i], "%s", o->order_id);
+        cm_rpc_status st;
+        if (i < PAID) {
+            snprintf(pid, sizeof pid, "pay-p-%d", i);
+            fx_pay_spec p = {.payment_id = pid,
+                             .order_id = o->order_id,
+                             .amount = o->total_amount->amount_minor,
+                             .paid_at_ms = now_ms - (i + 1) * hour};
+            ck_assert_int_eq(fx_mark_paid(f.oc, &p, NULL, &st), 0);
+        } else if (i == N - 1) {
+            ck_assert_int_eq(
+                fx_cancel(f.oc, "cx-p", id[i], FX_CANCEL(BUYER_REQUESTED), NULL, NULL, NULL), 0);
+        }
+        if (i == PAID - 1) {
+            fx_refund_spec r = {
+                .refund_id = "rf-p", .order_id = o->order_id, .scope = FX_SCOPE(FULL)};
+            ck_assert_int_eq(fx_refund_order(f.oc, &r, NULL, &st), 0);
+        }
+        fx_order_free(o);
+    }
+    static char got[64][64];
+    Commerce__Order__V1__ListOrdersRequest q = COMMERCE__ORDER__V1__LIST_ORDERS_REQUEST__INIT;
+    Commerce__Common__V1__TimeRange tr = COMMERCE__COMMON__V1__TIME_RANGE__INIT;
+    Google__Protobuf__Timestamp from = GOOGLE__PROTOBUF__TIMESTAMP__INIT;
+    Google__Protobuf__Timestamp to = GOOGLE__PROTOBUF__TIMESTAMP__INIT;
+    q.paid = &tr;
+
+    /* set with no bounds: every paid order, the refunded one too */
+    size_t n = fx_list_all(f.oc, &q, got, 64, NULL, NULL);
+    ck_assert_uint_eq(n, PAID);
+    for (int i = 0; i < N; i++)
+        ck_assert_int_eq(fx_has_id(got, n, id[i]), i < PAID);
+
+    /* [3.5 h ago, 1.5 h ago): paid 2 and 3 hours ago, in pages of 1 */
+    from.seconds = (now_ms - 7 * hour / 2) / 1000;
+    to.seconds = (now_ms - 3 * hour / 2) / 1000;
+    tr.start_at = &from;
+    tr.end_at = &to;
+    q.page_size = 1;
+    n = fx_list_all(f.oc, &q, got, 64, NULL, NULL);
+    ck_assert_uint_eq(n, 2);
+    ck_assert(fx_has_id(got, n, id[1]) && fx_has_id(got, n, id[2]));
+
+    /* the lower bound is inclusive, the upper exclusive (ms) */
+    from.seconds = (now_ms - 2 * hour) / 1000;
+    to.seconds = (now_ms - 1 * hour) / 1000;
+    n = fx_list_all(f.oc, &q, got, 64, NULL, NULL);
+    ck_assert_uint_eq(n, 1);
+    ck_assert_str_eq(got[0], id[1]);
+
+    /* open above: paid within the last 2.5 hours */
+    from.seconds = (now_ms - 5 * hour / 2) / 1000;
+    tr.end_at = NULL;
+    n = fx_list_all(f.oc, &q, got, 64, NULL, NULL);
+    ck_assert_uint_eq(n, 2);
+    ck_assert(fx_has_id(got, n, id[0]) && fx_has_id(got, n, id[1]));
+
+    /* with the created filter and a state: both apply */
+    Commerce__Common__V1__TimeRange cr = COMMERCE__COMMON__V1__TIME_RANGE__INIT;
+    Google__Protobuf__Timestamp cfrom = GOOGLE__PROTOBUF__TIMESTAMP__INIT;
+    cfrom.seconds = now_ms / 1000 - 3600;
+    cr.start_at = &cfrom;
+    q.created = &cr;
+    Commerce__Order__V1__OrderState paid_state[] = {FX_ST(PAID)};
+    q.states = paid_state;
+    q.n_states = 1;
+    tr.start_at = NULL;
+    n = fx_list_all(f.oc, &q, got, 64, NULL, NULL);
+    ck_assert_uint_eq(n, PAID - 1); /* not the refunded one */
+    ck_assert(!fx_has_id(got, n, id[PAID - 1]));
+    cfrom.seconds = now_ms / 1000 + 3600; /* created in the future: none */
+    ck_assert_uint_eq(fx_list_all(f.oc, &q, got, 64, NULL, NULL), 0);
+    q.created = NULL;
+    q.n_states = 0;
+
+    /* a page token belongs to its paid range: another range, or none at
+     * all, is refused */
+    tr.start_at = NULL;
+    tr.end_at = NULL;
+    Commerce__Order__V1__ListOrdersResponse *r = NULL;
+    cm_rpc_status st;
+    ck_assert_int_eq(fx_list_orders(f.oc, &q, &r, &st, fx_md), 0);
+    ck_assert_uint_eq(r->n_orders, 1);
+    char *token = strdup(r->next_page_token);
+    ck_assert(token[0]);
+    protobuf_c_message_free_unpacked(&r->base, NULL);
+    q.page_token = token;
+    from.seconds = (now_ms - 10 * hour) / 1000;
+    tr.start_at = &from;
+    ck_assert_int_eq(fx_list_orders(f.oc, &q, NULL, &st, fx_md), GRPC_STATUS_INVALID_ARGUMENT);
+    ck_assert_str_eq(st.reason, "PAGE_TOKEN_INVALID");
+    tr.start_at = NULL;
+    q.paid = NULL;
+    ck_assert_int_eq(fx_list_orders(f.oc, &q, NULL, &st, fx_md), GRPC_STATUS_INVALID_ARGUMENT);
+    ck_assert_str_eq(st.reason, "PAGE_TOKEN_INVALID");
+    q.paid = &tr;
+    ck_assert_int_eq(fx_list_orders(f.oc, &q, NULL, &st, fx_md), 0);
+    free(token);
+    q.page_token = "";
+    q.page_size = 0;
+
+    /* bad ranges name their field */
+    from.seconds = now_ms / 1000;
+    to.seconds = now_ms / 1000 - 60;
+    tr.start_at = &from;
+    tr.end_at = &to;
+    ck_assert_int_eq(fx_list_orders(f.oc, &q, NULL, &st, fx_md), GRPC_STATUS_INVALID_ARGUMENT);
+    fx_ck_field(st, "paid.end_at");
+    from.seconds = -5;
+    tr.end_at = NULL;
+    ck_assert_int_eq(fx_list_orders(f.oc, &q, NULL, &st, fx_md), GRPC_STATUS_INVALID_ARGUMENT);
+    fx_ck_field(st, "paid.start_at");
+
+    /* another tenant sees none of them */
+    q.paid = &tr;
+    tr.start_at = NULL;
+    ck_assert_int_eq(fx_list_orders(f.oc, &q, &r, &st, fx_md_other), 0);
+    ck_assert_uint_eq(r->n_orders, 0);
+    protobuf_c_message_free_unpacked(&r->base, NULL);
+    fx_stop(&f);
+}
+END_TEST
+
 int main(void)
 {
     const TTest *const tests[] = {
         every_order_has_exactly_one_created_and_paid_event,
         bad_input_is_refused_and_stores_nothing,
         list_orders_filters_and_pages,
+        list_orders_by_paid_time,
     };
     return fx_run("order_requests", tests, sizeof tests / sizeof tests[0]);
 }

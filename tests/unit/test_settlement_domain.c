@@ -35,7 +35,7 @@ static void add_receiver(stl_rule *r, int type, const char *id, int64_t share_bp
     stl_receiver *x = &r->r[r->n++];
     memset(x, 0, sizeof *x);
     x->type = type;
-    snprintf(x->id, sizeof x->id, "%.*s", (int)(sizeof x->id - 1), id);
+    snprintf(x->id, sizeof x->id, "%.*s", STL_ID_MAX, id);
     x->share_bps = share_bps;
     x->fixed = fixed;
     x->delay_days = delay_days;
