@@ -36,6 +36,9 @@ void cm_buf_free(cm_buf *b);
 void cm_buf_array_begin(cm_buf *b);
 void cm_buf_array_int(cm_buf *b, long long v);
 void cm_buf_array_text(cm_buf *b, const char *s);
+/* a NULL element; and s as a text element, or NULL when s is NULL or "" */
+void cm_buf_array_null(cm_buf *b);
+void cm_buf_array_text_or_null(cm_buf *b, const char *s);
 void cm_buf_array_end(cm_buf *b);
 
 /* a bigint[] literal of n numbers, the first at v, each stride bytes after

@@ -66,6 +66,19 @@ void cm_buf_array_text(cm_buf *b, const char *s)
     cm_buf_put(b, "\"", 1);
 }
 
+void cm_buf_array_null(cm_buf *b)
+{
+    cm_buf_puts(b, b->items++ ? ",NULL" : "NULL");
+}
+
+void cm_buf_array_text_or_null(cm_buf *b, const char *s)
+{
+    if (s && *s)
+        cm_buf_array_text(b, s);
+    else
+        cm_buf_array_null(b);
+}
+
 void cm_buf_array_end(cm_buf *b)
 {
     cm_buf_put(b, "}", 1);

@@ -441,7 +441,7 @@ static int insert_splits(stl_ledger *l, cm_db *db)
         for (size_t k = 0; k < np; k++) {
             cm_buf_array_int(&c.c[11], y->acct[k]);
             cm_buf_array_int(&c.c[12], y->split.parts[k]);
-            cm_buf_array_text(&c.c[13], y->due[k]);
+            cm_buf_array_text_or_null(&c.c[13], y->due[k]);
             cm_buf_array_int(&c.c[15], y->delay[k]);
         }
     }
@@ -457,8 +457,8 @@ static int insert_splits(stl_ledger *l, cm_db *db)
             "amount, fee, refund_policy, rule_version, account_ids, parts, due_dates, rev_parts, "
             "held, delays) SELECT u.t, u.o::uuid, u.m, u.c, to_timestamp(u.ms / 1000.0), u.a, "
             "u.f, u.rp, u.v, ($12::bigint[])[u.off + 1 : u.off + u.n], ($13::bigint[])[u.off + "
-            "1 : u.off + u.n], ARRAY(SELECT NULLIF(d, '')::date FROM unnest(($14::text[])[u.off "
-            "+ 1 : u.off + u.n]) WITH ORDINALITY AS dd(d, k) ORDER BY k), array_fill(0::bigint, "
+            "1 : u.off + u.n], ($14::date[])[u.off + 1 : u.off + "
+            "u.n], array_fill(0::bigint, "
             "ARRAY[u.n]), u.h, ($16::int[])[u.off + 1 : u.off + u.n] FROM unnest($1::text[], "
             "$2::text[], $3::text[], $4::text[], $5::bigint[], $6::bigint[], $7::bigint[], "
             "$8::smallint[], $9::bigint[], $10::int[], $11::int[], $15::bool[]) WITH ORDINALITY "
@@ -706,7 +706,7 @@ static int insert_entries(stl_ledger *l, cm_db *db, const char *const *tenants,
             cm_buf_array_int(&pc.c[0], q->account);
             cm_buf_array_int(&pc.c[1], q->bucket);
             cm_buf_array_int(&pc.c[2], q->amount);
-            cm_buf_array_text(&pc.c[3], q->due);
+            cm_buf_array_text_or_null(&pc.c[3], q->due);
             cm_buf_array_int(&pc.c[4], q->version);
         }
     }
@@ -739,8 +739,7 @@ static int insert_entries(stl_ledger *l, cm_db *db, const char *const *tenants,
             "'')::uuid, "
             "to_timestamp(u.at / 1000.0), ($16::bigint[])[u.off + 1 : u.off + u.n], "
             "($17::smallint[])[u.off + 1 : u.off + u.n], ($18::bigint[])[u.off + 1 : u.off + "
-            "u.n], ARRAY(SELECT NULLIF(d, '')::date FROM unnest(($19::text[])[u.off + 1 : u.off "
-            "+ u.n]) WITH ORDINALITY AS dd(d, k) ORDER BY k), ($20::bigint[])[u.off + 1 : u.off "
+            "u.n], ($19::date[])[u.off + 1 : u.off + u.n], ($20::bigint[])[u.off + 1 : u.off "
             "+ u.n] FROM unnest($1::bigint[], $2::text[], $3::smallint[], $4::text[], "
             "$5::text[], $6::text[], $7::text[], $8::bigint[], $9::bigint[], $10::bigint[], "
             "$11::int[], $12::text[], $13::bigint[], $14::int[], $15::int[]) WITH ORDINALITY AS "

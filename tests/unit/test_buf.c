@@ -35,6 +35,21 @@ START_TEST(array_literals_quote_and_separate)
 }
 END_TEST
 
+START_TEST(array_null_elements)
+{
+    cm_buf b = {0};
+    cm_buf_array_begin(&b);
+    cm_buf_array_null(&b);
+    cm_buf_array_text_or_null(&b, "2026-12-08");
+    cm_buf_array_text_or_null(&b, "");
+    cm_buf_array_text_or_null(&b, NULL);
+    cm_buf_array_end(&b);
+    ck_assert(!b.oom);
+    ck_assert_str_eq(b.p, "{NULL,\"2026-12-08\",NULL,NULL}");
+    cm_buf_free(&b);
+}
+END_TEST
+
 START_TEST(buffers_grow_past_their_first_size)
 {
     cm_buf b = {0};
@@ -77,6 +92,7 @@ int main(void)
     Suite *s = suite_create("buf");
     TCase *tc = tcase_create("core");
     tcase_add_test(tc, array_literals_quote_and_separate);
+    tcase_add_test(tc, array_null_elements);
     tcase_add_test(tc, buffers_grow_past_their_first_size);
     tcase_add_test(tc, arena_arrays_of_struct_fields);
     suite_add_tcase(s, tc);
