@@ -429,7 +429,7 @@ static int put_schedule_fn(cm_db *db, void *arg)
     rc = from.oom || bps.oom || types.oom
              ? CM_ENOMEM
              : cm_db_exec(db, "put tier schedule",
-                          "INSERT INTO tier_schedules s (tenant_id, schedule_id, revision, "
+                          "INSERT INTO tier_schedules AS s (tenant_id, schedule_id, revision, "
                           "effective_from, name, currency, period, time_zone, mode, tier_from, "
                           "tier_bps, channel_types, payer, min_payout, created_by) VALUES ($1, $2, "
                           "$3, clock_timestamp(), $4, $5, $6, $7, $8, $9::bigint[], $10::int[], "
