@@ -1,0 +1,1432 @@
+/* accruing and clawing back commission: see cms_accrual.h, README.md "Posting a batch" */
+#include "cms_accrual.h"
+
+#include "cm_arena.h"
+#include "cm_buf.h"
+#include "cm_err.h"
+#include "cm_id.h"
+#include "cm_log.h"
+#include "cm_outbox.h"
+#include "cms_domain.h"
+#include "cms_events.h"
+#include "cms_store.h"
+
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+enum { PAY = 1, REFUND = 2 };
+
+/* one staged event, in arrival order */
+typedef struct item {
+    int kind;
+    char tenant[CMS_TENANT_MAX + 1], order_id[CM_ID_SIZE], channel[CMS_ID_MAX + 1];
+    char merchant[CMS_ID_MAX + 1], currency[4], refund_id[CMS_ID_MAX + 1];
+    char event_id[CM_ID_SIZE], traceparent[64];
+    int64_t amount, paid_ms;
+    char *topic; /* refunds: the record, for parking */
+    uint8_t *payload;
+    size_t len;
+    /* resolved (pays) */
+    int channel_found, state;
+    char parent[CMS_ID_MAX + 1];
+    int64_t parent_bps;
+    int has_schedule;
+    cms_schedule_row sched;
+    int64_t pstart_ms, pend_ms;
+    int from_park; /* a parked refund taken back for its payment */
+    int done;      /* applied, skipped or parked */
+} item;
+
+/* a period row, locked */
+typedef struct period {
+    const char *tenant, *channel, *schedule_id, *currency;
+    int64_t revision, start_ms, end_ms;
+    int64_t net_sales, posted, orders;
+    cms_schedule_row sched;
+    int dirty;
+} period;
+
+/* a parent pool, locked */
+typedef struct pool {
+    const char *tenant, *parent, *currency;
+    int64_t start_ms, bps;
+    int64_t base, posted;
+    int dirty;
+} pool;
+
+/* a commission of the batch: read (locked) or made now */
+typedef struct comm {
+    char tenant[CMS_TENANT_MAX + 1];
+    cms_commission c;
+    int fresh, dirty;
+} comm;
+
+typedef struct applied {
+    const char *tenant, *order_id, *refund_id;
+    int64_t amount, clawback;
+    const char *event_id;
+    int fresh;
+} applied;
+
+typedef struct skipped {
+    const char *tenant, *order_id, *channel, *reason;
+    int fresh;
+} skipped;
+
+#define GROW(arr, n, cap) ((n) < (cap) ? 0 : grow((void **)&(arr), &(cap), sizeof *(arr)))
+
+static int grow(void **p, size_t *cap, size_t size)
+{
+    size_t c = *cap ? *cap * 2 : 64;
+    void *q = realloc(*p, c * size);
+    if (!q)
+        return CM_ENOMEM;
+    *p = q;
+    *cap = c;
+    return 0;
+}
+
+struct cms_accrual {
+    int events_on;
+    char topic[256];
+    cm_histogram *lag;
+    item *items;
+    size_t nitems, citems;
+    /* per flush */
+    period *periods;
+    size_t nperiods, cperiods;
+    pool *pools;
+    size_t npools, cpools;
+    comm *comms;
+    size_t ncomms, ccomms;
+    applied *applied;
+    size_t napplied, capplied;
+    skipped *skipped;
+    size_t nskipped, cskipped;
+    cms_adjustment *adjs;
+    const char **adj_tenants;
+    size_t nadjs, cadjs, cadj_tenants;
+    cm_outbox_event *evs;
+    size_t nevs, cevs;
+    cm_arena *arena;
+    atomic_uint_fast64_t accrued, clawbacks, duplicates, skipped_n, parked, adjustments;
+};
+
+cms_accrual *cms_accrual_new(int events_on, const char *topic, cm_histogram *lag)
+{
+    cms_accrual *a = calloc(1, sizeof *a);
+    if (!a)
+        return NULL;
+    a->events_on = events_on;
+    snprintf(a->topic, sizeof a->topic, "%s", topic);
+    a->lag = lag;
+    return a;
+}
+
+static void free_items(cms_accrual *a)
+{
+    for (size_t i = 0; i < a->nitems; i++) {
+        free(a->items[i].payload);
+        free(a->items[i].topic);
+    }
+    a->nitems = 0;
+}
+
+static void reset_flush(cms_accrual *a)
+{
+    a->nperiods = a->npools = a->ncomms = a->napplied = a->nskipped = a->nadjs = a->nevs = 0;
+    if (a->arena)
+        cm_arena_reset(a->arena);
+}
+
+void cms_accrual_free(cms_accrual *a)
+{
+    if (!a)
+        return;
+    free_items(a);
+    free(a->items);
+    free(a->periods);
+    free(a->pools);
+    free(a->comms);
+    free(a->applied);
+    free(a->skipped);
+    free(a->adjs);
+    free(a->adj_tenants);
+    free(a->evs);
+    cm_arena_free(a->arena);
+    free(a);
+}
+
+void cms_accrual_begin(cms_accrual *a)
+{
+    free_items(a);
+    reset_flush(a);
+}
+
+void cms_accrual_get_stats(const cms_accrual *a, cms_accrual_stats *out)
+{
+    out->accrued = atomic_load(&a->accrued);
+    out->clawbacks = atomic_load(&a->clawbacks);
+    out->duplicates = atomic_load(&a->duplicates);
+    out->skipped = atomic_load(&a->skipped_n);
+    out->parked = atomic_load(&a->parked);
+    out->adjustments = atomic_load(&a->adjustments);
+}
+
+static item *new_item(cms_accrual *a)
+{
+    if (GROW(a->items, a->nitems, a->citems))
+        return NULL;
+    item *it = &a->items[a->nitems++];
+    memset(it, 0, sizeof *it);
+    return it;
+}
+
+#define COPY(dst, src) snprintf(dst, sizeof dst, "%s", (src) ? (src) : "")
+
+int cms_accrual_stage_pay(cms_accrual *a, const cms_pay_in *in)
+{
+    item *it = new_item(a);
+    if (!it)
+        return CM_ENOMEM;
+    it->kind = PAY;
+    COPY(it->tenant, in->tenant);
+    COPY(it->order_id, in->order_id);
+    COPY(it->channel, in->channel);
+    COPY(it->merchant, in->merchant);
+    COPY(it->currency, in->currency);
+    COPY(it->event_id, in->event_id);
+    COPY(it->traceparent, in->traceparent);
+    it->amount = in->amount;
+    it->paid_ms = in->paid_ms;
+    return 0;
+}
+
+static int stage_refund(cms_accrual *a, const cms_refund_in *in, int from_park)
+{
+    item *it = new_item(a);
+    if (!it)
+        return CM_ENOMEM;
+    it->kind = REFUND;
+    it->from_park = from_park;
+    it->done = from_park ? 2 : 0; /* waits for its payment in the batch */
+    COPY(it->tenant, in->tenant);
+    COPY(it->order_id, in->order_id);
+    COPY(it->refund_id, in->refund_id);
+    COPY(it->currency, in->currency);
+    COPY(it->event_id, in->event_id);
+    COPY(it->traceparent, in->traceparent);
+    it->amount = in->amount;
+    if (!from_park) {
+        it->topic = strdup(in->topic ? in->topic : "");
+        it->payload = malloc(in->len ? in->len : 1);
+        if (!it->topic || !it->payload) {
+            free(it->topic);
+            free(it->payload);
+            a->nitems--;
+            return CM_ENOMEM;
+        }
+        memcpy(it->payload, in->payload, in->len);
+        it->len = in->len;
+    }
+    return 0;
+}
+
+int cms_accrual_stage_refund(cms_accrual *a, const cms_refund_in *in)
+{
+    return stage_refund(a, in, 0);
+}
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int64_t i64(const PGresult *r, int row, int col)
+{
+    return strtoll(PQgetvalue(r, row, col), NULL, 10);
+}
+
+/* ---- the batch's keys as array literals ---- */
+
+/* (tenant, order) of every item (and so of every parked refund's order) */
+static int order_keys(cms_accrual *a, cm_buf *t, cm_buf *o, int pays_only)
+{
+    cm_buf_array_begin(t);
+    cm_buf_array_begin(o);
+    for (size_t i = 0; i < a->nitems; i++) {
+        if (pays_only && a->items[i].kind != PAY)
+            continue;
+        cm_buf_array_text(t, a->items[i].tenant);
+        cm_buf_array_text(o, a->items[i].order_id);
+    }
+    cm_buf_array_end(t);
+    cm_buf_array_end(o);
+    return t->oom || o->oom ? CM_ENOMEM : 0;
+}
+
+static comm *find_comm(cms_accrual *a, const char *tenant, const char *order_id)
+{
+    for (size_t i = 0; i < a->ncomms; i++)
+        if (strcmp(a->comms[i].c.order_id, order_id) == 0 &&
+            strcmp(a->comms[i].tenant, tenant) == 0)
+            return &a->comms[i];
+    return NULL;
+}
+
+static skipped *find_skipped(cms_accrual *a, const char *tenant, const char *order_id)
+{
+    for (size_t i = 0; i < a->nskipped; i++)
+        if (strcmp(a->skipped[i].order_id, order_id) == 0 &&
+            strcmp(a->skipped[i].tenant, tenant) == 0)
+            return &a->skipped[i];
+    return NULL;
+}
+
+static applied *find_applied(cms_accrual *a, const char *tenant, const char *order_id,
+                             const char *refund_id)
+{
+    for (size_t i = 0; i < a->napplied; i++)
+        if (strcmp(a->applied[i].order_id, order_id) == 0 &&
+            strcmp(a->applied[i].refund_id, refund_id) == 0 &&
+            strcmp(a->applied[i].tenant, tenant) == 0)
+            return &a->applied[i];
+    return NULL;
+}
+
+/* ---- flush: reads ---- */
+
+/* the commissions of the batch's orders (locked), the orders that earned
+ * nothing, and the refunds already applied */
+static int read_known(cms_accrual *a, cm_db *db)
+{
+    cm_buf t = {0}, o = {0}, rt = {0}, ro = {0}, rr = {0};
+    int rc = order_keys(a, &t, &o, 0);
+    cm_buf_array_begin(&rt);
+    cm_buf_array_begin(&ro);
+    cm_buf_array_begin(&rr);
+    for (size_t i = 0; i < a->nitems; i++) {
+        if (a->items[i].kind != REFUND)
+            continue;
+        cm_buf_array_text(&rt, a->items[i].tenant);
+        cm_buf_array_text(&ro, a->items[i].order_id);
+        cm_buf_array_text(&rr, a->items[i].refund_id);
+    }
+    cm_buf_array_end(&rt);
+    cm_buf_array_end(&ro);
+    cm_buf_array_end(&rr);
+    if (rt.oom || ro.oom || rr.oom)
+        rc = CM_ENOMEM;
+    PGresult *r = NULL;
+    if (rc == 0) {
+        const char *p[] = {t.p, o.p};
+        rc = cm_db_exec_prepared(db, "read commissions", "cms_read_comms",
+                                 "SELECT " CMS_COMMISSION_COLS
+                                 ", tenant_id FROM commissions WHERE (tenant_id, order_id) IN "
+                                 "(SELECT * FROM unnest($1::text[], $2::uuid[])) ORDER BY "
+                                 "commission_id FOR UPDATE",
+                                 2, p, NULL, NULL, &r);
+    }
+    for (int i = 0; rc == 0 && i < PQntuples(r); i++) {
+        if ((rc = GROW(a->comms, a->ncomms, a->ccomms)))
+            break;
+        comm *c = &a->comms[a->ncomms++];
+        memset(c, 0, sizeof *c);
+        cms_store_parse_commission(r, i, &c->c);
+        snprintf(c->tenant, sizeof c->tenant, "%s", PQgetvalue(r, i, CMS_COMMISSION_NCOLS));
+    }
+    PQclear(r);
+    r = NULL;
+    if (rc == 0) {
+        const char *p[] = {t.p, o.p};
+        rc = cm_db_exec_prepared(db, "read uncommissioned orders", "cms_read_skipped",
+                                 "SELECT tenant_id, order_id::text FROM uncommissioned_orders "
+                                 "WHERE (tenant_id, order_id) IN (SELECT * FROM "
+                                 "unnest($1::text[], $2::uuid[]))",
+                                 2, p, NULL, NULL, &r);
+    }
+    for (int i = 0; rc == 0 && i < PQntuples(r); i++) {
+        if ((rc = GROW(a->skipped, a->nskipped, a->cskipped)))
+            break;
+        a->skipped[a->nskipped++] =
+            (skipped){.tenant = cm_arena_strdup(a->arena, PQgetvalue(r, i, 0)),
+                      .order_id = cm_arena_strdup(a->arena, PQgetvalue(r, i, 1))};
+    }
+    PQclear(r);
+    r = NULL;
+    if (rc == 0 && rt.items) {
+        const char *p[] = {rt.p, ro.p, rr.p};
+        rc = cm_db_exec_prepared(db, "read applied refunds", "cms_read_applied",
+                                 "SELECT tenant_id, order_id::text, refund_id FROM "
+                                 "refunds_applied WHERE (tenant_id, order_id, refund_id) IN "
+                                 "(SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[]))",
+                                 3, p, NULL, NULL, &r);
+        for (int i = 0; rc == 0 && i < PQntuples(r); i++) {
+            if ((rc = GROW(a->applied, a->napplied, a->capplied)))
+                break;
+            a->applied[a->napplied++] =
+                (applied){.tenant = cm_arena_strdup(a->arena, PQgetvalue(r, i, 0)),
+                          .order_id = cm_arena_strdup(a->arena, PQgetvalue(r, i, 1)),
+                          .refund_id = cm_arena_strdup(a->arena, PQgetvalue(r, i, 2))};
+        }
+        PQclear(r);
+    }
+    cm_buf_free(&t);
+    cm_buf_free(&o);
+    cm_buf_free(&rt);
+    cm_buf_free(&ro);
+    cm_buf_free(&rr);
+    return rc;
+}
+
+/* the refunds parked for the batch's paid orders, taken out (in the order
+ * they were parked) and staged after the batch: they are applied when
+ * their payment is */
+static int take_parked(cms_accrual *a, cm_db *db)
+{
+    cm_buf t = {0}, o = {0};
+    int rc = order_keys(a, &t, &o, 1);
+    PGresult *r = NULL;
+    if (rc == 0 && t.items) {
+        const char *p[] = {t.p, o.p};
+        rc = cm_db_exec_prepared(
+            db, "take parked refunds", "cms_unpark",
+            "WITH d AS (DELETE FROM parked_refunds WHERE (tenant_id, order_id) IN (SELECT * FROM "
+            "unnest($1::text[], $2::uuid[])) RETURNING *) SELECT tenant_id, order_id::text, "
+            "refund_id, currency, event_id::text, traceparent, amount FROM d ORDER BY parked_at, "
+            "refund_id",
+            2, p, NULL, NULL, &r);
+        for (int i = 0; rc == 0 && i < PQntuples(r); i++) {
+            cms_refund_in in = {.tenant = PQgetvalue(r, i, 0),
+                                .order_id = PQgetvalue(r, i, 1),
+                                .refund_id = PQgetvalue(r, i, 2),
+                                .currency = PQgetvalue(r, i, 3),
+                                .event_id = PQgetvalue(r, i, 4),
+                                .traceparent = PQgetvalue(r, i, 5),
+                                .amount = i64(r, i, 6)};
+            rc = stage_refund(a, &in, 1);
+        }
+        PQclear(r);
+    }
+    cm_buf_free(&t);
+    cm_buf_free(&o);
+    return rc;
+}
+
+/* every paid order's channel, schedule revision (the channel's own, else
+ * the newest assigned to its type in the order's currency, as effective
+ * at paid_at) and period there, in one statement */
+static int resolve_pays(cms_accrual *a, cm_db *db)
+{
+    cm_buf t = {0}, ch = {0}, cur = {0}, ms = {0};
+    cm_buf_array_begin(&t);
+    cm_buf_array_begin(&ch);
+    cm_buf_array_begin(&cur);
+    cm_buf_array_begin(&ms);
+    size_t n = 0;
+    for (size_t i = 0; i < a->nitems; i++) {
+        item *it = &a->items[i];
+        if (it->kind != PAY)
+            continue;
+        cm_buf_array_text(&t, it->tenant);
+        cm_buf_array_text(&ch, it->channel);
+        cm_buf_array_text(&cur, it->currency);
+        cm_buf_array_int(&ms, it->paid_ms);
+        n++;
+    }
+    cm_buf_array_end(&t);
+    cm_buf_array_end(&ch);
+    cm_buf_array_end(&cur);
+    cm_buf_array_end(&ms);
+    int rc = t.oom || ch.oom || cur.oom || ms.oom ? CM_ENOMEM : 0;
+    PGresult *r = NULL;
+    if (rc == 0 && n) {
+        const char *p[] = {t.p, ch.p, cur.p, ms.p};
+        rc = cm_db_exec_prepared(
+            db, "resolve channels and schedules", "cms_resolve",
+            "SELECT c.channel_id IS NOT NULL, coalesce(c.state, 0), coalesce(c.parent_id, ''), "
+            "coalesce(c.override_bps, 0), s.schedule_id IS NOT NULL, " CMS_SCHEDULE_COLS
+            ", (extract(epoch FROM (l.ls AT TIME ZONE s.time_zone)) * 1000)::bigint, "
+            "(extract(epoch FROM ((l.ls + CASE s.period WHEN 1 THEN interval '1 week' WHEN 2 THEN "
+            "interval '1 month' WHEN 3 THEN interval '3 months' ELSE interval '1 year' END) AT "
+            "TIME ZONE s.time_zone)) * 1000)::bigint FROM unnest($1::text[], $2::text[], "
+            "$3::text[], $4::bigint[]) WITH ORDINALITY AS u(t, ch, cur, ms, i) LEFT JOIN channels "
+            "c ON c.tenant_id = u.t AND c.channel_id = u.ch LEFT JOIN LATERAL (SELECT s.* FROM "
+            "tier_schedules s WHERE s.tenant_id = u.t AND s.effective_from <= to_timestamp(u.ms "
+            "/ 1000.0) AND (CASE WHEN c.schedule_id <> '' THEN s.schedule_id = c.schedule_id "
+            "ELSE c.type = ANY (s.channel_types) AND s.currency = u.cur END) AND s.revision = "
+            "(SELECT max(x.revision) FROM tier_schedules x WHERE x.tenant_id = s.tenant_id AND "
+            "x.schedule_id = s.schedule_id AND x.effective_from <= to_timestamp(u.ms / 1000.0)) "
+            "ORDER BY s.effective_from DESC, s.schedule_id LIMIT 1) s ON c.channel_id IS NOT "
+            "NULL LEFT JOIN LATERAL (SELECT date_trunc(CASE s.period WHEN 1 THEN 'week' WHEN 2 "
+            "THEN 'month' WHEN 3 THEN 'quarter' ELSE 'year' END, to_timestamp(u.ms / 1000.0) AT "
+            "TIME ZONE s.time_zone) AS ls) l ON true ORDER BY u.i",
+            4, p, NULL, NULL, &r);
+        if (rc == 0 && (size_t)PQntuples(r) != n)
+            rc = CM_EIO;
+        for (size_t i = 0, k = 0; rc == 0 && i < a->nitems; i++) {
+            item *it = &a->items[i];
+            if (it->kind != PAY)
+                continue;
+            int row = (int)k++;
+            it->channel_found = PQgetvalue(r, row, 0)[0] == 't';
+            it->state = (int)i64(r, row, 1);
+            snprintf(it->parent, sizeof it->parent, "%s", PQgetvalue(r, row, 2));
+            it->parent_bps = i64(r, row, 3);
+            it->has_schedule = PQgetvalue(r, row, 4)[0] == 't';
+            if (it->has_schedule) {
+                cms_store_parse_schedule(r, row, 5, &it->sched);
+                it->pstart_ms = i64(r, row, 5 + CMS_SCHEDULE_NCOLS);
+                it->pend_ms = i64(r, row, 6 + CMS_SCHEDULE_NCOLS);
+            }
+        }
+    }
+    PQclear(r);
+    cm_buf_free(&t);
+    cm_buf_free(&ch);
+    cm_buf_free(&cur);
+    cm_buf_free(&ms);
+    return rc;
+}
+
+/* ---- flush: the locked rows ---- */
+
+static period *find_period(cms_accrual *a, const char *tenant, const char *channel,
+                           const char *schedule_id, int64_t revision, int64_t start_ms)
+{
+    for (size_t i = 0; i < a->nperiods; i++) {
+        period *p = &a->periods[i];
+        if (p->revision == revision && p->start_ms == start_ms &&
+            strcmp(p->channel, channel) == 0 && strcmp(p->schedule_id, schedule_id) == 0 &&
+            strcmp(p->tenant, tenant) == 0)
+            return p;
+    }
+    return NULL;
+}
+
+static int want_period(cms_accrual *a, const char *tenant, const char *channel,
+                       const char *schedule_id, int64_t revision, int64_t start_ms, int64_t end_ms,
+                       const char *currency)
+{
+    if (find_period(a, tenant, channel, schedule_id, revision, start_ms))
+        return 0;
+    if (GROW(a->periods, a->nperiods, a->cperiods))
+        return CM_ENOMEM;
+    period *p = &a->periods[a->nperiods++];
+    memset(p, 0, sizeof *p);
+    p->tenant = tenant;
+    p->channel = channel;
+    p->schedule_id = schedule_id;
+    p->currency = currency;
+    p->revision = revision;
+    p->start_ms = start_ms;
+    p->end_ms = end_ms;
+    return 0;
+}
+
+static pool *find_pool(cms_accrual *a, const char *tenant, const char *parent, const char *currency,
+                       int64_t start_ms, int64_t bps)
+{
+    for (size_t i = 0; i < a->npools; i++) {
+        pool *p = &a->pools[i];
+        if (p->start_ms == start_ms && p->bps == bps && strcmp(p->parent, parent) == 0 &&
+            strcmp(p->currency, currency) == 0 && strcmp(p->tenant, tenant) == 0)
+            return p;
+    }
+    return NULL;
+}
+
+static int want_pool(cms_accrual *a, const char *tenant, const char *parent, const char *currency,
+                     int64_t start_ms, int64_t bps)
+{
+    if (!*parent || find_pool(a, tenant, parent, currency, start_ms, bps))
+        return 0;
+    if (GROW(a->pools, a->npools, a->cpools))
+        return CM_ENOMEM;
+    pool *p = &a->pools[a->npools++];
+    memset(p, 0, sizeof *p);
+    p->tenant = tenant;
+    p->parent = parent;
+    p->currency = currency;
+    p->start_ms = start_ms;
+    p->bps = bps;
+    return 0;
+}
+
+/* the period rows and pools the batch may touch: created when new, then
+ * locked once each in key order, their figures and schedules read */
+static int lock_rows(cms_accrual *a, cm_db *db)
+{
+    int rc = 0;
+    for (size_t i = 0; i < a->nitems && rc == 0; i++) {
+        item *it = &a->items[i];
+        if (it->kind == PAY && it->has_schedule && it->state == CMS_CHANNEL_ACTIVE &&
+            strcmp(it->sched.s.currency, it->currency) == 0) {
+            rc = want_period(a, it->tenant, it->channel, it->sched.id, it->sched.revision,
+                             it->pstart_ms, it->pend_ms, it->sched.s.currency);
+            if (rc == 0 && it->parent_bps > 0)
+                rc = want_pool(a, it->tenant, it->parent, it->sched.s.currency, it->pstart_ms,
+                               it->parent_bps);
+        }
+    }
+    for (size_t i = 0; i < a->ncomms && rc == 0; i++) {
+        const cms_commission *c = &a->comms[i].c;
+        rc = want_period(a, a->comms[i].tenant, c->channel, c->schedule_id, c->schedule_revision,
+                         c->period_start_ms, c->period_end_ms, c->currency);
+        if (rc == 0 && c->parent_bps > 0)
+            rc = want_pool(a, a->comms[i].tenant, c->parent, c->currency, c->period_start_ms,
+                           c->parent_bps);
+    }
+    if (rc || !a->nperiods)
+        return rc;
+    cm_buf c[7] = {{0}};
+    for (int k = 0; k < 7; k++)
+        cm_buf_array_begin(&c[k]);
+    for (size_t i = 0; i < a->nperiods; i++) {
+        period *p = &a->periods[i];
+        cm_buf_array_text(&c[0], p->tenant);
+        cm_buf_array_text(&c[1], p->channel);
+        cm_buf_array_text(&c[2], p->schedule_id);
+        cm_buf_array_int(&c[3], p->revision);
+        cm_buf_array_int(&c[4], p->start_ms);
+        cm_buf_array_int(&c[5], p->end_ms);
+        cm_buf_array_text(&c[6], p->currency);
+    }
+    for (int k = 0; k < 7; k++) {
+        cm_buf_array_end(&c[k]);
+        if (c[k].oom)
+            rc = CM_ENOMEM;
+    }
+    PGresult *r = NULL;
+    const char *p[7];
+    for (int k = 0; k < 7; k++)
+        p[k] = c[k].p;
+    if (rc == 0)
+        rc = cm_db_exec_prepared(
+            db, "create period rows", "cms_new_periods",
+            "INSERT INTO channel_periods (tenant_id, channel_id, schedule_id, schedule_revision, "
+            "period_start, period_end, currency) SELECT u.t, u.c, u.s, u.r, to_timestamp(u.ps / "
+            "1000.0), to_timestamp(u.pe / 1000.0), u.cur FROM unnest($1::text[], $2::text[], "
+            "$3::text[], $4::bigint[], $5::bigint[], $6::bigint[], $7::text[]) AS u(t, c, s, r, "
+            "ps, pe, cur) ORDER BY 1, 2, 3, 4, 5 ON CONFLICT DO NOTHING",
+            7, p, NULL, NULL, NULL);
+    /* the hot rows: locked once for the whole batch, in key order */
+    if (rc == 0)
+        rc = cm_db_exec_prepared(
+            db, "lock period rows", "cms_lock_periods",
+            "SELECT p.tenant_id, p.channel_id, p.schedule_id, p.schedule_revision, "
+            "(extract(epoch FROM p.period_start) * 1000)::bigint, p.net_sales, p.posted, "
+            "p.orders, " CMS_SCHEDULE_COLS " FROM channel_periods p JOIN tier_schedules s ON "
+            "s.tenant_id = p.tenant_id AND s.schedule_id = p.schedule_id AND s.revision = "
+            "p.schedule_revision WHERE (p.tenant_id, p.channel_id, p.schedule_id, "
+            "p.schedule_revision, p.period_start) IN (SELECT u.t, u.c, u.s, u.r, to_timestamp(u.ps "
+            "/ 1000.0) FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], "
+            "$5::bigint[]) AS u(t, c, s, r, ps)) ORDER BY p.tenant_id, p.channel_id, "
+            "p.schedule_id, p.schedule_revision, p.period_start FOR UPDATE OF p",
+            5, p, NULL, NULL, &r);
+    for (int k = 0; k < 7; k++)
+        cm_buf_free(&c[k]);
+    if (rc)
+        return rc;
+    if ((size_t)PQntuples(r) != a->nperiods)
+        rc = CM_EIO;
+    for (int i = 0; rc == 0 && i < PQntuples(r); i++) {
+        period *q = find_period(a, PQgetvalue(r, i, 0), PQgetvalue(r, i, 1), PQgetvalue(r, i, 2),
+                                i64(r, i, 3), i64(r, i, 4));
+        if (!q) {
+            rc = CM_EIO;
+            break;
+        }
+        q->net_sales = i64(r, i, 5);
+        q->posted = i64(r, i, 6);
+        q->orders = i64(r, i, 7);
+        cms_store_parse_schedule(r, i, 8, &q->sched);
+    }
+    PQclear(r);
+    if (rc || !a->npools)
+        return rc;
+    cm_buf d[5] = {{0}};
+    for (int k = 0; k < 5; k++)
+        cm_buf_array_begin(&d[k]);
+    for (size_t i = 0; i < a->npools; i++) {
+        pool *q = &a->pools[i];
+        cm_buf_array_text(&d[0], q->tenant);
+        cm_buf_array_text(&d[1], q->parent);
+        cm_buf_array_text(&d[2], q->currency);
+        cm_buf_array_int(&d[3], q->start_ms);
+        cm_buf_array_int(&d[4], q->bps);
+    }
+    for (int k = 0; k < 5; k++) {
+        cm_buf_array_end(&d[k]);
+        if (d[k].oom)
+            rc = CM_ENOMEM;
+    }
+    const char *pp[5];
+    for (int k = 0; k < 5; k++)
+        pp[k] = d[k].p;
+    if (rc == 0)
+        rc = cm_db_exec_prepared(
+            db, "create parent pools", "cms_new_pools",
+            "INSERT INTO parent_pools (tenant_id, parent_id, currency, period_start, "
+            "override_bps) SELECT u.t, u.p, u.c, to_timestamp(u.ps / 1000.0), u.b FROM "
+            "unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::int[]) AS u(t, p, c, "
+            "ps, b) ORDER BY 1, 2, 3, 4, 5 ON CONFLICT DO NOTHING",
+            5, pp, NULL, NULL, NULL);
+    r = NULL;
+    if (rc == 0)
+        rc = cm_db_exec_prepared(
+            db, "lock parent pools", "cms_lock_pools",
+            "SELECT tenant_id, parent_id, currency, (extract(epoch FROM period_start) * "
+            "1000)::bigint, override_bps, base, posted FROM parent_pools WHERE (tenant_id, "
+            "parent_id, currency, period_start, override_bps) IN (SELECT u.t, u.p, u.c, "
+            "to_timestamp(u.ps / 1000.0), u.b FROM unnest($1::text[], $2::text[], $3::text[], "
+            "$4::bigint[], $5::int[]) AS u(t, p, c, ps, b)) ORDER BY 1, 2, 3, 4, 5 FOR UPDATE",
+            5, pp, NULL, NULL, &r);
+    for (int k = 0; k < 5; k++)
+        cm_buf_free(&d[k]);
+    if (rc)
+        return rc;
+    if ((size_t)PQntuples(r) != a->npools)
+        rc = CM_EIO;
+    for (int i = 0; rc == 0 && i < PQntuples(r); i++) {
+        pool *q = find_pool(a, PQgetvalue(r, i, 0), PQgetvalue(r, i, 1), PQgetvalue(r, i, 2),
+                            i64(r, i, 3), i64(r, i, 4));
+        if (!q) {
+            rc = CM_EIO;
+            break;
+        }
+        q->base = i64(r, i, 5);
+        q->posted = i64(r, i, 6);
+    }
+    PQclear(r);
+    return rc;
+}
+
+/* ---- flush: computing ---- */
+
+static int add_event(cms_accrual *a, const char *tenant, const char *key, const char *type,
+                     const char *event_id, const uint8_t *payload, size_t len, int64_t at_ms,
+                     const char *traceparent)
+{
+    if (!a->events_on)
+        return 0;
+    if (GROW(a->evs, a->nevs, a->cevs))
+        return CM_ENOMEM;
+    a->evs[a->nevs++] = (cm_outbox_event){
+        .event_id = cm_arena_strdup(a->arena, event_id),
+        .tenant_id = cm_arena_strdup(a->arena, tenant),
+        .topic = a->topic,
+        .key = cm_arena_strdup(a->arena, key),
+        .type = type,
+        .source = CMS_SOURCE,
+        .payload = payload,
+        .len = len,
+        .occurred_at_ms = at_ms,
+        .traceparent = traceparent && *traceparent ? cm_arena_strdup(a->arena, traceparent) : NULL};
+    const cm_outbox_event *e = &a->evs[a->nevs - 1];
+    return e->event_id && e->tenant_id && e->key ? 0 : CM_ENOMEM;
+}
+
+/* an adjustment and its event */
+static int adjust(cms_accrual *a, const char *tenant, const char *channel, int kind,
+                  const char *currency, int64_t amount, const char *order_id, const char *refund_id,
+                  const char *child, int64_t start_ms, int64_t at_ms, const char *traceparent)
+{
+    if (!amount)
+        return 0;
+    if (GROW(a->adjs, a->nadjs, a->cadjs))
+        return CM_ENOMEM;
+    if (a->cadj_tenants < a->cadjs) {
+        const char **t = realloc(a->adj_tenants, a->cadjs * sizeof *t);
+        if (!t)
+            return CM_ENOMEM;
+        a->adj_tenants = t;
+        a->cadj_tenants = a->cadjs;
+    }
+    cms_adjustment *x = &a->adjs[a->nadjs];
+    memset(x, 0, sizeof *x);
+    int rc = cm_id_uuid7(x->id);
+    if (rc)
+        return rc;
+    snprintf(x->channel, sizeof x->channel, "%s", channel);
+    x->kind = kind;
+    snprintf(x->currency, sizeof x->currency, "%s", currency);
+    x->amount = amount;
+    snprintf(x->order_id, sizeof x->order_id, "%s", order_id);
+    snprintf(x->refund_id, sizeof x->refund_id, "%s", refund_id ? refund_id : "");
+    snprintf(x->child, sizeof x->child, "%s", child ? child : "");
+    x->period_start_ms = start_ms;
+    x->posted_ms = at_ms;
+    a->adj_tenants[a->nadjs] = tenant;
+    a->nadjs++;
+    if (!a->events_on)
+        return 0;
+    char id[CM_ID_SIZE];
+    const uint8_t *payload;
+    size_t len;
+    rc = cm_id_uuid7(id);
+    if (rc == 0)
+        rc = cms_ev_pack_adjusted(a->arena, tenant, id, x, &payload, &len);
+    return rc ? rc
+              : add_event(a, tenant, channel, CMS_TYPE_ADJUSTED, id, payload, len, at_ms,
+                          traceparent);
+}
+
+/* the parent's share of a child's posting of delta */
+static int parent_share(cms_accrual *a, const char *tenant, const cms_commission *c, int64_t delta,
+                        const char *refund_id, int64_t at_ms, const char *traceparent)
+{
+    if (!c->parent[0] || c->parent_bps <= 0 || !delta)
+        return 0;
+    pool *q = find_pool(a, tenant, c->parent, c->currency, c->period_start_ms, c->parent_bps);
+    if (!q)
+        return CM_EINTERNAL;
+    int64_t share = 0;
+    int rc = cms_parent_share(c->parent_bps, q->base, delta, &share);
+    if (rc)
+        return rc;
+    q->base += delta;
+    q->posted += share;
+    q->dirty = 1;
+    return adjust(a, tenant, c->parent, CMS_ADJ_PARENT_SHARE, c->currency, share, c->order_id,
+                  refund_id, c->channel, c->period_start_ms, at_ms, traceparent);
+}
+
+static int skip(cms_accrual *a, item *it, const char *reason)
+{
+    if (GROW(a->skipped, a->nskipped, a->cskipped))
+        return CM_ENOMEM;
+    a->skipped[a->nskipped++] = (skipped){.tenant = it->tenant,
+                                          .order_id = it->order_id,
+                                          .channel = it->channel,
+                                          .reason = reason,
+                                          .fresh = 1};
+    atomic_fetch_add(&a->skipped_n, 1);
+    cm_log_info("order earns no commission", "tenant", it->tenant, "order_id", it->order_id,
+                "channel_id", it->channel, "reason", reason, NULL);
+    return 0;
+}
+
+static int apply_refund(cms_accrual *a, item *it, int64_t at_ms);
+
+static int accrue(cms_accrual *a, item *it, int64_t at_ms)
+{
+    if (find_comm(a, it->tenant, it->order_id) || find_skipped(a, it->tenant, it->order_id)) {
+        atomic_fetch_add(&a->duplicates, 1);
+        return 0; /* accrued (or refused) before, under another event id */
+    }
+    if (!it->channel_found)
+        return skip(a, it, "unknown channel");
+    if (it->state != CMS_CHANNEL_ACTIVE)
+        return skip(a, it, "channel suspended");
+    if (!it->has_schedule)
+        return skip(a, it, "no tier schedule for the channel at paid_at");
+    if (strcmp(it->sched.s.currency, it->currency) != 0)
+        return skip(a, it, "the order's currency is not the schedule's");
+    period *p =
+        find_period(a, it->tenant, it->channel, it->sched.id, it->sched.revision, it->pstart_ms);
+    if (!p)
+        return CM_EINTERNAL;
+    cms_posting post;
+    cms_portion por[CMS_TIERS_MAX];
+    size_t npor = 0;
+    int rc = cms_accrue(&p->sched.s, p->net_sales, it->amount, &post);
+    if (rc == 0)
+        rc = cms_portions(&p->sched.s, p->net_sales, it->amount, por, &npor);
+    if (rc) {
+        cm_log_error("commission cannot accrue", "tenant", it->tenant, "order_id", it->order_id,
+                     "error", cm_strerror(rc), NULL);
+        return skip(a, it, "accrual overflow");
+    }
+    if ((rc = GROW(a->comms, a->ncomms, a->ccomms)))
+        return rc;
+    comm *m = &a->comms[a->ncomms++];
+    memset(m, 0, sizeof *m);
+    m->fresh = 1;
+    snprintf(m->tenant, sizeof m->tenant, "%s", it->tenant);
+    cms_commission *c = &m->c;
+    if ((rc = cm_id_uuid7(c->id)))
+        return rc;
+    snprintf(c->channel, sizeof c->channel, "%s", it->channel);
+    snprintf(c->order_id, sizeof c->order_id, "%s", it->order_id);
+    snprintf(c->merchant, sizeof c->merchant, "%s", it->merchant);
+    snprintf(c->currency, sizeof c->currency, "%s", it->currency);
+    c->state = CMS_FROZEN;
+    c->order_amount = it->amount;
+    c->sales_before = p->net_sales;
+    c->amount = post.order_amount;
+    snprintf(c->schedule_id, sizeof c->schedule_id, "%s", p->schedule_id);
+    c->schedule_revision = p->revision;
+    c->period_start_ms = p->start_ms;
+    c->period_end_ms = p->end_ms;
+    c->paid_ms = it->paid_ms;
+    c->accrued_ms = at_ms;
+    c->nb = npor;
+    for (size_t k = 0; k < npor; k++) {
+        c->b_from[k] = p->sched.s.t[por[k].tier].from_sales;
+        c->b_bps[k] = p->sched.s.t[por[k].tier].rate_bps;
+        c->b_sales[k] = por[k].sales;
+        c->b_amount[k] = por[k].commission;
+    }
+    if (it->parent_bps > 0) {
+        snprintf(c->parent, sizeof c->parent, "%s", it->parent);
+        c->parent_bps = it->parent_bps;
+    }
+    p->net_sales = post.sales_after;
+    p->posted += post.total;
+    p->orders++;
+    p->dirty = 1;
+    atomic_fetch_add(&a->accrued, 1);
+    if (a->lag)
+        cm_histogram_observe(a->lag, (double)(at_ms - it->paid_ms) / 1000.0);
+    if (a->events_on) {
+        char id[CM_ID_SIZE];
+        const uint8_t *payload;
+        size_t len;
+        rc = cm_id_uuid7(id);
+        if (rc == 0)
+            rc = cms_ev_pack_accrued(a->arena, it->tenant, id, c, &payload, &len);
+        if (rc == 0)
+            rc = add_event(a, it->tenant, c->channel, CMS_TYPE_ACCRUED, id, payload, len, at_ms,
+                           it->traceparent);
+        if (rc)
+            return rc;
+    }
+    rc = adjust(a, it->tenant, c->channel, CMS_ADJ_TRUE_UP, c->currency, post.true_up, c->order_id,
+                NULL, NULL, c->period_start_ms, at_ms, it->traceparent);
+    if (rc == 0)
+        rc = parent_share(a, it->tenant, c, post.total, NULL, at_ms, it->traceparent);
+    /* the refunds that waited for this payment (parked earlier, or earlier
+     * in this batch), in the order they came */
+    for (size_t i = 0; rc == 0 && i < a->nitems; i++) {
+        item *r = &a->items[i];
+        if (r->kind == REFUND && r->done == 2 && strcmp(r->order_id, it->order_id) == 0 &&
+            strcmp(r->tenant, it->tenant) == 0) {
+            r->done = 0;
+            rc = apply_refund(a, r, at_ms);
+        }
+    }
+    return rc;
+}
+
+/* done: 1 applied or dropped, 2 waiting for its payment (parked) */
+static int apply_refund(cms_accrual *a, item *it, int64_t at_ms)
+{
+    it->done = 1;
+    if (find_applied(a, it->tenant, it->order_id, it->refund_id)) {
+        atomic_fetch_add(&a->duplicates, 1);
+        return 0;
+    }
+    comm *m = find_comm(a, it->tenant, it->order_id);
+    if (!m) {
+        if (!find_skipped(a, it->tenant, it->order_id))
+            it->done = 2; /* parked, unless its payment comes later in the batch */
+        return 0;
+    }
+    cms_commission *c = &m->c;
+    period *p = find_period(a, it->tenant, c->channel, c->schedule_id, c->schedule_revision,
+                            c->period_start_ms);
+    if (!p)
+        return CM_EINTERNAL;
+    cms_order o = {.amount = c->order_amount, .commission = c->amount, .refunded = c->refunded};
+    cms_posting post;
+    int rc = strcmp(it->currency, c->currency) != 0
+                 ? CM_EINVAL
+                 : cms_clawback(&p->sched.s, p->net_sales, &o, it->amount, &post);
+    if (rc) {
+        /* a refund that cannot apply to this order (the order service
+         * never sends one): logged and dropped */
+        cm_log_error("refund cannot be clawed back", "tenant", it->tenant, "order_id", it->order_id,
+                     "refund_id", it->refund_id, "error", cm_strerror(rc), NULL);
+        return 0;
+    }
+    if ((rc = GROW(a->applied, a->napplied, a->capplied)))
+        return rc;
+    a->applied[a->napplied++] = (applied){.tenant = it->tenant,
+                                          .order_id = it->order_id,
+                                          .refund_id = it->refund_id,
+                                          .amount = it->amount,
+                                          .clawback = -post.order_amount,
+                                          .event_id = it->event_id,
+                                          .fresh = 1};
+    c->refunded += it->amount;
+    c->clawed_back -= post.order_amount;
+    c->clawed_ms = at_ms;
+    if (c->refunded == c->order_amount)
+        c->state = CMS_CLAWED_BACK;
+    m->dirty = 1;
+    p->net_sales = post.sales_after;
+    p->posted += post.total;
+    p->dirty = 1;
+    atomic_fetch_add(&a->clawbacks, 1);
+    if (a->events_on) {
+        char id[CM_ID_SIZE];
+        const uint8_t *payload;
+        size_t len;
+        rc = cm_id_uuid7(id);
+        if (rc == 0)
+            rc = cms_ev_pack_clawed_back(a->arena, it->tenant, id, c, it->refund_id,
+                                         -post.order_amount, &payload, &len);
+        if (rc == 0)
+            rc = add_event(a, it->tenant, c->channel, CMS_TYPE_CLAWED_BACK, id, payload, len, at_ms,
+                           it->traceparent);
+        if (rc)
+            return rc;
+    }
+    rc = adjust(a, it->tenant, c->channel, CMS_ADJ_TRUE_UP, c->currency, post.true_up, c->order_id,
+                it->refund_id, NULL, c->period_start_ms, at_ms, it->traceparent);
+    if (rc == 0)
+        rc = parent_share(a, it->tenant, c, post.total, it->refund_id, at_ms, it->traceparent);
+    return rc;
+}
+
+/* ---- flush: writes ---- */
+
+static int write_commissions(cms_accrual *a, cm_db *db)
+{
+    cm_buf c[24] = {{0}};
+    size_t nf = 0, nu = 0;
+    for (int k = 0; k < 24; k++)
+        cm_buf_array_begin(&c[k]);
+    for (size_t i = 0; i < a->ncomms; i++) {
+        comm *m = &a->comms[i];
+        const cms_commission *x = &m->c;
+        if (m->fresh) {
+            cm_buf b[4] = {{0}};
+            for (int k = 0; k < 4; k++)
+                cm_buf_array_begin(&b[k]);
+            for (size_t k = 0; k < x->nb; k++) {
+                cm_buf_array_int(&b[0], x->b_from[k]);
+                cm_buf_array_int(&b[1], x->b_bps[k]);
+                cm_buf_array_int(&b[2], x->b_sales[k]);
+                cm_buf_array_int(&b[3], x->b_amount[k]);
+            }
+            for (int k = 0; k < 4; k++) {
+                cm_buf_array_end(&b[k]);
+                cm_buf_array_text(&c[17 + k], b[k].p ? b[k].p : "{}");
+                if (b[k].oom)
+                    c[0].oom = 1;
+                cm_buf_free(&b[k]);
+            }
+            cm_buf_array_text(&c[0], x->id);
+            cm_buf_array_text(&c[1], m->tenant);
+            cm_buf_array_text(&c[2], x->channel);
+            cm_buf_array_text(&c[3], x->order_id);
+            cm_buf_array_text(&c[4], x->merchant);
+            cm_buf_array_text(&c[5], x->currency);
+            cm_buf_array_int(&c[6], x->state);
+            cm_buf_array_int(&c[7], x->order_amount);
+            cm_buf_array_int(&c[8], x->sales_before);
+            cm_buf_array_int(&c[9], x->amount);
+            cm_buf_array_int(&c[10], x->refunded);
+            cm_buf_array_int(&c[11], x->clawed_back);
+            cm_buf_array_text(&c[12], x->schedule_id);
+            cm_buf_array_int(&c[13], x->schedule_revision);
+            cm_buf_array_int(&c[14], x->period_start_ms);
+            cm_buf_array_int(&c[15], x->period_end_ms);
+            cm_buf_array_int(&c[16], x->paid_ms);
+            cm_buf_array_text(&c[21], x->parent);
+            cm_buf_array_int(&c[22], x->parent_bps);
+            cm_buf_array_int(&c[23], x->accrued_ms);
+            nf++;
+        }
+    }
+    int rc = 0;
+    for (int k = 0; k < 24; k++) {
+        cm_buf_array_end(&c[k]);
+        if (c[k].oom)
+            rc = CM_ENOMEM;
+    }
+    /* the event id of each fresh commission's payment */
+    cm_buf ev = {0};
+    cm_buf_array_begin(&ev);
+    for (size_t i = 0; i < a->ncomms; i++) {
+        if (!a->comms[i].fresh)
+            continue;
+        const char *id = "";
+        for (size_t k = 0; k < a->nitems; k++)
+            if (a->items[k].kind == PAY &&
+                strcmp(a->items[k].order_id, a->comms[i].c.order_id) == 0 &&
+                strcmp(a->items[k].tenant, a->comms[i].tenant) == 0) {
+                id = a->items[k].event_id;
+                break;
+            }
+        cm_buf_array_text(&ev, id);
+    }
+    cm_buf_array_end(&ev);
+    if (ev.oom)
+        rc = CM_ENOMEM;
+    if (rc == 0 && nf) {
+        const char *p[25];
+        for (int k = 0; k < 24; k++)
+            p[k] = c[k].p;
+        p[24] = ev.p;
+        rc = cm_db_exec_prepared(
+            db, "insert commissions", "cms_insert_comms",
+            "INSERT INTO commissions (commission_id, tenant_id, channel_id, order_id, "
+            "merchant_id, currency, state, order_amount, sales_before, amount, refunded, "
+            "clawed_back, schedule_id, schedule_revision, period_start, period_end, paid_at, "
+            "bracket_from, bracket_bps, bracket_sales, bracket_amount, parent_id, parent_bps, "
+            "accrued_at, clawed_back_at, source_event_id) SELECT u.id::uuid, u.t, u.ch, "
+            "u.o::uuid, u.m, u.cur, u.st, u.oa, u.sb, u.a, u.rf, u.cb, u.s, u.r, to_timestamp(u.ps "
+            "/ 1000.0), to_timestamp(u.pe / 1000.0), to_timestamp(u.pa / 1000.0), u.bf::bigint[], "
+            "u.bb::int[], u.bs::bigint[], u.ba::bigint[], u.par, u.pb, to_timestamp(u.at / "
+            "1000.0), CASE WHEN u.rf > 0 THEN to_timestamp(u.at / 1000.0) END, u.ev::uuid FROM "
+            "unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], "
+            "$7::int[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[], "
+            "$13::text[], $14::bigint[], $15::bigint[], $16::bigint[], $17::bigint[], "
+            "$18::text[], $19::text[], $20::text[], $21::text[], $22::text[], $23::int[], "
+            "$24::bigint[], $25::text[]) AS u(id, t, ch, o, m, cur, st, oa, sb, a, rf, cb, s, r, "
+            "ps, pe, pa, bf, bb, bs, ba, par, pb, at, ev)",
+            25, p, NULL, NULL, NULL);
+    }
+    for (int k = 0; k < 24; k++)
+        cm_buf_free(&c[k]);
+    cm_buf_free(&ev);
+    if (rc)
+        return rc;
+    /* the clawbacks of commissions accrued before: their final figures */
+    cm_buf u[5] = {{0}};
+    for (int k = 0; k < 5; k++)
+        cm_buf_array_begin(&u[k]);
+    for (size_t i = 0; i < a->ncomms; i++) {
+        comm *m = &a->comms[i];
+        if (m->fresh || !m->dirty)
+            continue;
+        cm_buf_array_text(&u[0], m->c.id);
+        cm_buf_array_int(&u[1], m->c.refunded);
+        cm_buf_array_int(&u[2], m->c.clawed_back);
+        cm_buf_array_int(&u[3], m->c.state);
+        cm_buf_array_int(&u[4], m->c.clawed_ms);
+        nu++;
+    }
+    for (int k = 0; k < 5; k++) {
+        cm_buf_array_end(&u[k]);
+        if (u[k].oom)
+            rc = CM_ENOMEM;
+    }
+    if (rc == 0 && nu) {
+        const char *p[] = {u[0].p, u[1].p, u[2].p, u[3].p, u[4].p};
+        rc = cm_db_exec_prepared(db, "update commissions", "cms_update_comms",
+                                 "UPDATE commissions c SET refunded = u.rf, clawed_back = u.cb, "
+                                 "state = u.st, clawed_back_at = to_timestamp(u.at / 1000.0) FROM "
+                                 "unnest($1::uuid[], $2::bigint[], $3::bigint[], $4::int[], "
+                                 "$5::bigint[]) AS u(id, rf, cb, st, at) WHERE c.commission_id = "
+                                 "u.id",
+                                 5, p, NULL, NULL, NULL);
+    }
+    for (int k = 0; k < 5; k++)
+        cm_buf_free(&u[k]);
+    return rc;
+}
+
+static int write_rows(cms_accrual *a, cm_db *db)
+{
+    int rc = 0;
+    /* one update per period row */
+    cm_buf c[8] = {{0}};
+    size_t n = 0;
+    for (int k = 0; k < 8; k++)
+        cm_buf_array_begin(&c[k]);
+    for (size_t i = 0; i < a->nperiods; i++) {
+        period *p = &a->periods[i];
+        if (!p->dirty)
+            continue;
+        cm_buf_array_text(&c[0], p->tenant);
+        cm_buf_array_text(&c[1], p->channel);
+        cm_buf_array_text(&c[2], p->schedule_id);
+        cm_buf_array_int(&c[3], p->revision);
+        cm_buf_array_int(&c[4], p->start_ms);
+        cm_buf_array_int(&c[5], p->net_sales);
+        cm_buf_array_int(&c[6], p->posted);
+        cm_buf_array_int(&c[7], p->orders);
+        n++;
+    }
+    for (int k = 0; k < 8; k++) {
+        cm_buf_array_end(&c[k]);
+        if (c[k].oom)
+            rc = CM_ENOMEM;
+    }
+    if (rc == 0 && n) {
+        const char *p[8];
+        for (int k = 0; k < 8; k++)
+            p[k] = c[k].p;
+        rc = cm_db_exec_prepared(
+            db, "update period rows", "cms_update_periods",
+            "UPDATE channel_periods p SET net_sales = u.ns, posted = u.po, orders = u.n, "
+            "updated_at = now() FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], "
+            "$5::bigint[], $6::bigint[], $7::bigint[], $8::bigint[]) AS u(t, c, s, r, ps, ns, "
+            "po, n) WHERE p.tenant_id = u.t AND p.channel_id = u.c AND p.schedule_id = u.s AND "
+            "p.schedule_revision = u.r AND p.period_start = to_timestamp(u.ps / 1000.0)",
+            8, p, NULL, NULL, NULL);
+    }
+    for (int k = 0; k < 8; k++)
+        cm_buf_free(&c[k]);
+    if (rc)
+        return rc;
+    /* one update per pool */
+    cm_buf d[7] = {{0}};
+    n = 0;
+    for (int k = 0; k < 7; k++)
+        cm_buf_array_begin(&d[k]);
+    for (size_t i = 0; i < a->npools; i++) {
+        pool *q = &a->pools[i];
+        if (!q->dirty)
+            continue;
+        cm_buf_array_text(&d[0], q->tenant);
+        cm_buf_array_text(&d[1], q->parent);
+        cm_buf_array_text(&d[2], q->currency);
+        cm_buf_array_int(&d[3], q->start_ms);
+        cm_buf_array_int(&d[4], q->bps);
+        cm_buf_array_int(&d[5], q->base);
+        cm_buf_array_int(&d[6], q->posted);
+        n++;
+    }
+    for (int k = 0; k < 7; k++) {
+        cm_buf_array_end(&d[k]);
+        if (d[k].oom)
+            rc = CM_ENOMEM;
+    }
+    if (rc == 0 && n) {
+        const char *p[7];
+        for (int k = 0; k < 7; k++)
+            p[k] = d[k].p;
+        rc = cm_db_exec_prepared(
+            db, "update parent pools", "cms_update_pools",
+            "UPDATE parent_pools q SET base = u.b, posted = u.po FROM unnest($1::text[], "
+            "$2::text[], $3::text[], $4::bigint[], $5::int[], $6::bigint[], $7::bigint[]) AS "
+            "u(t, p, c, ps, bps, b, po) WHERE q.tenant_id = u.t AND q.parent_id = u.p AND "
+            "q.currency = u.c AND q.period_start = to_timestamp(u.ps / 1000.0) AND "
+            "q.override_bps = u.bps",
+            7, p, NULL, NULL, NULL);
+    }
+    for (int k = 0; k < 7; k++)
+        cm_buf_free(&d[k]);
+    if (rc)
+        return rc;
+    /* adjustments */
+    if (a->nadjs) {
+        cm_buf e[11] = {{0}};
+        for (int k = 0; k < 11; k++)
+            cm_buf_array_begin(&e[k]);
+        for (size_t i = 0; i < a->nadjs; i++) {
+            const cms_adjustment *x = &a->adjs[i];
+            cm_buf_array_text(&e[0], x->id);
+            cm_buf_array_text(&e[1], a->adj_tenants[i]);
+            cm_buf_array_text(&e[2], x->channel);
+            cm_buf_array_int(&e[3], x->kind);
+            cm_buf_array_text(&e[4], x->currency);
+            cm_buf_array_int(&e[5], x->amount);
+            cm_buf_array_text(&e[6], x->order_id);
+            cm_buf_array_text(&e[7], x->refund_id);
+            cm_buf_array_text(&e[8], x->child);
+            cm_buf_array_int(&e[9], x->period_start_ms);
+            cm_buf_array_int(&e[10], x->posted_ms);
+        }
+        for (int k = 0; k < 11; k++) {
+            cm_buf_array_end(&e[k]);
+            if (e[k].oom)
+                rc = CM_ENOMEM;
+        }
+        const char *p[11];
+        for (int k = 0; k < 11; k++)
+            p[k] = e[k].p;
+        if (rc == 0)
+            rc = cm_db_exec_prepared(
+                db, "insert adjustments", "cms_insert_adjs",
+                "INSERT INTO adjustments (adjustment_id, tenant_id, channel_id, kind, currency, "
+                "amount, order_id, refund_id, child_id, period_start, posted_at) SELECT "
+                "u.id::uuid, u.t, u.c, u.k, u.cur, u.a, u.o::uuid, u.rf, u.ch, to_timestamp(u.ps "
+                "/ 1000.0), to_timestamp(u.at / 1000.0) FROM unnest($1::text[], $2::text[], "
+                "$3::text[], $4::int[], $5::text[], $6::bigint[], $7::text[], $8::text[], "
+                "$9::text[], $10::bigint[], $11::bigint[]) AS u(id, t, c, k, cur, a, o, rf, ch, "
+                "ps, at)",
+                11, p, NULL, NULL, NULL);
+        for (int k = 0; k < 11; k++)
+            cm_buf_free(&e[k]);
+        if (rc)
+            return rc;
+        atomic_fetch_add(&a->adjustments, a->nadjs);
+    }
+    /* refunds applied and orders that earned nothing */
+    cm_buf f[6] = {{0}};
+    n = 0;
+    for (int k = 0; k < 6; k++)
+        cm_buf_array_begin(&f[k]);
+    for (size_t i = 0; i < a->napplied; i++) {
+        const applied *x = &a->applied[i];
+        if (!x->fresh)
+            continue;
+        cm_buf_array_text(&f[0], x->tenant);
+        cm_buf_array_text(&f[1], x->order_id);
+        cm_buf_array_text(&f[2], x->refund_id);
+        cm_buf_array_int(&f[3], x->amount);
+        cm_buf_array_int(&f[4], x->clawback);
+        cm_buf_array_text(&f[5], x->event_id);
+        n++;
+    }
+    for (int k = 0; k < 6; k++) {
+        cm_buf_array_end(&f[k]);
+        if (f[k].oom)
+            rc = CM_ENOMEM;
+    }
+    if (rc == 0 && n) {
+        const char *p[6];
+        for (int k = 0; k < 6; k++)
+            p[k] = f[k].p;
+        rc = cm_db_exec_prepared(
+            db, "insert applied refunds", "cms_insert_applied",
+            "INSERT INTO refunds_applied (tenant_id, order_id, refund_id, amount, clawback, "
+            "event_id) SELECT u.t, u.o::uuid, u.r, u.a, u.c, u.e::uuid FROM unnest($1::text[], "
+            "$2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::text[]) AS u(t, o, r, a, "
+            "c, e)",
+            6, p, NULL, NULL, NULL);
+    }
+    for (int k = 0; k < 6; k++)
+        cm_buf_free(&f[k]);
+    if (rc)
+        return rc;
+    cm_buf g[4] = {{0}};
+    n = 0;
+    for (int k = 0; k < 4; k++)
+        cm_buf_array_begin(&g[k]);
+    for (size_t i = 0; i < a->nskipped; i++) {
+        const skipped *x = &a->skipped[i];
+        if (!x->fresh)
+            continue;
+        cm_buf_array_text(&g[0], x->tenant);
+        cm_buf_array_text(&g[1], x->order_id);
+        cm_buf_array_text(&g[2], x->channel);
+        cm_buf_array_text(&g[3], x->reason);
+        n++;
+    }
+    for (int k = 0; k < 4; k++) {
+        cm_buf_array_end(&g[k]);
+        if (g[k].oom)
+            rc = CM_ENOMEM;
+    }
+    if (rc == 0 && n) {
+        const char *p[] = {g[0].p, g[1].p, g[2].p, g[3].p};
+        rc = cm_db_exec_prepared(db, "insert uncommissioned orders", "cms_insert_skipped",
+                                 "INSERT INTO uncommissioned_orders (tenant_id, order_id, "
+                                 "channel_id, reason) SELECT u.t, u.o::uuid, u.c, u.r FROM "
+                                 "unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS u(t, "
+                                 "o, c, r) ON CONFLICT DO NOTHING",
+                                 4, p, NULL, NULL, NULL);
+    }
+    for (int k = 0; k < 4; k++)
+        cm_buf_free(&g[k]);
+    return rc;
+}
+
+/* refunds still waiting for their payment: parked (rare: one statement
+ * each) */
+static int park(cms_accrual *a, cm_db *db)
+{
+    int rc = 0;
+    for (size_t i = 0; i < a->nitems && rc == 0; i++) {
+        item *it = &a->items[i];
+        if (it->kind != REFUND || it->done != 2)
+            continue;
+        if (it->from_park) {
+            /* taken out for a payment that did not accrue after all */
+            continue;
+        }
+        char amt[24];
+        snprintf(amt, sizeof amt, "%lld", (long long)it->amount);
+        const char *p[] = {it->tenant,      it->order_id, it->refund_id,
+                           it->event_id,    it->currency, amt,
+                           it->traceparent, it->topic,    (const char *)it->payload};
+        int lens[9] = {0, 0, 0, 0, 0, 0, 0, 0, (int)it->len};
+        int fmts[9] = {0, 0, 0, 0, 0, 0, 0, 0, 1};
+        rc = cm_db_exec_prepared(db, "park refund", "cms_park",
+                                 "INSERT INTO parked_refunds (tenant_id, order_id, refund_id, "
+                                 "event_id, currency, amount, traceparent, topic, payload) VALUES "
+                                 "($1, $2::uuid, $3, $4::uuid, $5, $6, $7, $8, $9) ON CONFLICT DO "
+                                 "NOTHING",
+                                 9, p, lens, fmts, NULL);
+        if (rc == 0) {
+            atomic_fetch_add(&a->parked, 1);
+            cm_log_warn("refund before its payment: parked", "tenant", it->tenant, "order_id",
+                        it->order_id, "refund_id", it->refund_id, NULL);
+        }
+    }
+    return rc;
+}
+
+int cms_accrual_flush(cms_accrual *a, cm_db *db)
+{
+    if (!a->nitems)
+        return 0;
+    reset_flush(a);
+    if (!a->arena && !(a->arena = cm_arena_new(64 * 1024)))
+        return CM_ENOMEM;
+    size_t staged = a->nitems;
+    int rc = take_parked(a, db);
+    if (rc == 0)
+        rc = read_known(a, db);
+    if (rc == 0)
+        rc = resolve_pays(a, db);
+    if (rc == 0)
+        rc = lock_rows(a, db);
+    int64_t at = now_ms();
+    /* in arrival order; the parked refunds (staged after the batch) only
+     * through their payment */
+    for (size_t i = 0; i < staged && rc == 0; i++) {
+        item *it = &a->items[i];
+        if (it->kind == PAY)
+            rc = accrue(a, it, at);
+        else
+            rc = apply_refund(a, it, at);
+    }
+    /* a parked refund still waiting: its payment earned nothing (dropped) */
+    if (rc == 0)
+        rc = write_commissions(a, db);
+    if (rc == 0)
+        rc = write_rows(a, db);
+    if (rc == 0)
+        rc = park(a, db);
+    for (size_t off = 0; rc == 0 && off < a->nevs; off += 1000) {
+        size_t k = a->nevs - off < 1000 ? a->nevs - off : 1000;
+        rc = cm_outbox_add_batch(db, a->evs + off, k);
+    }
+    if (rc == 0) {
+        free_items(a);
+        reset_flush(a);
+    }
+    return rc;
+}
+
+int cms_accrual_expire_parked(cm_db *db, int older_than_s, int *expired)
+{
+    char age[24];
+    snprintf(age, sizeof age, "%d", older_than_s);
+    const char *p[] = {age};
+    PGresult *r = NULL;
+    /* dead-lettered through the outbox, as the consumer's dead letters
+     * (the same headers), in one statement: parked rows out, dlq rows in */
+    int rc = cm_db_exec(
+        db, "expire parked refunds",
+        "WITH x AS (DELETE FROM parked_refunds WHERE ctid IN (SELECT ctid FROM parked_refunds "
+        "WHERE parked_at < now() - make_interval(secs => $1::int) ORDER BY parked_at LIMIT 500 "
+        "FOR UPDATE SKIP LOCKED) RETURNING *), o AS (INSERT INTO outbox (event_id, tenant_id, "
+        "topic, key, type, source, payload, occurred_at, traceparent, headers) SELECT "
+        "gen_random_uuid(), x.tenant_id, x.topic || '.dlq', x.order_id::text, "
+        "'commerce.events.v1.OrderRefunded', '/commerce/order', x.payload, x.parked_at, "
+        "NULLIF(x.traceparent, ''), jsonb_build_object('dlq-reason', 'payment not accrued in "
+        "time', 'dlq-topic', x.topic, 'dlq-event-id', x.event_id::text, 'dlq-at', now()::text) "
+        "FROM x RETURNING 1) SELECT count(*) FROM o",
+        1, p, &r);
+    if (rc)
+        return rc;
+    *expired = (int)strtol(PQgetvalue(r, 0, 0), NULL, 10);
+    PQclear(r);
+    if (*expired)
+        cm_outbox_wake(db);
+    return 0;
+}

@@ -1,0 +1,734 @@
+/* the CommissionService handlers: see cms_api.h, README.md */
+#include "cms_api.h"
+
+#include "cm_buf.h"
+#include "cm_err.h"
+#include "cm_id.h"
+#include "cm_log.h"
+#include "cm_money.h"
+#include "cm_page.h"
+#include "cm_pb.h"
+#include "cm_utf8.h"
+#include "cms_domain.h"
+#include "cms_events.h"
+#include "cms_store.h"
+
+#include <grpc/status.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "commerce/commission/v1/commission_service.pb-c.h"
+
+#define KEY_RULE "1-64 characters from [A-Za-z0-9._:-]"
+
+static int valid_key(const char *s)
+{
+    return cm_id_key_valid(s, CMS_ID_MAX);
+}
+
+static const char *num(cm_arena *a, long long v)
+{
+    return cm_arena_printf(a, "%lld", v);
+}
+
+static int fail_field(cm_rpc_ctx *ctx, const char *field, const char *why)
+{
+    return cm_rpc_fail_field(ctx, field, why);
+}
+
+static int db_fail(cm_rpc_ctx *ctx, int rc, const char *what)
+{
+    if (rc == CM_ECONFLICT)
+        return cm_rpc_fail(ctx, GRPC_STATUS_ABORTED, "CONCURRENT_MODIFICATION",
+                           "changed concurrently: retry with the same key");
+    if (rc == CM_EUNAVAIL)
+        return cm_rpc_fail(ctx, GRPC_STATUS_UNAVAILABLE, "DEPENDENCY_UNAVAILABLE",
+                           "the database is unavailable: retry");
+    return cm_rpc_fail_err(ctx, rc, what);
+}
+
+static int not_found(cm_rpc_ctx *ctx, const char *what)
+{
+    return cm_rpc_fail(ctx, GRPC_STATUS_NOT_FOUND, "RESOURCE_NOT_FOUND",
+                       cm_arena_printf(cm_rpc_ctx_arena(ctx), "no such %s", what));
+}
+
+static int key_reused(cm_rpc_ctx *ctx)
+{
+    int f = cm_rpc_fail(ctx, GRPC_STATUS_ALREADY_EXISTS, "IDEMPOTENCY_KEY_REUSED",
+                        "request_id was already used with a different request");
+    cm_rpc_fail_meta(ctx, "field", "request_id");
+    return f;
+}
+
+static int version_mismatch(cm_rpc_ctx *ctx, long long expected, long long cur)
+{
+    int f = cm_rpc_fail(ctx, GRPC_STATUS_ABORTED, "VERSION_MISMATCH",
+                        cm_arena_printf(cm_rpc_ctx_arena(ctx),
+                                        "expected_revision %lld is not the current one (%lld): "
+                                        "read it again",
+                                        expected, cur));
+    cm_rpc_fail_meta(ctx, "current_revision", num(cm_rpc_ctx_arena(ctx), cur));
+    return f;
+}
+
+static const char *principal(cm_rpc_ctx *ctx)
+{
+    const char *p = cm_rpc_ctx_subject(ctx);
+    return p ? p : "";
+}
+
+/* ---- protos ---- */
+
+static Commerce__Commission__V1__Channel *pb_channel(cm_arena *a, const cms_channel *c)
+{
+    Commerce__Commission__V1__Channel *m = cm_arena_calloc(a, 1, sizeof *m);
+    if (!m)
+        return NULL;
+    commerce__commission__v1__channel__init(m);
+    m->channel_id = cm_arena_strdup(a, c->id);
+    m->name = cm_arena_strdup(a, c->name);
+    m->type = (Commerce__Commission__V1__ChannelType)c->type;
+    m->state = (Commerce__Commission__V1__ChannelState)c->state;
+    m->parent_channel_id = cm_arena_strdup(a, c->parent);
+    m->parent_override_bps = (int32_t)c->override_bps;
+    m->tier_schedule_id = cm_arena_strdup(a, c->schedule_id);
+    m->partner_id = cm_arena_strdup(a, c->partner);
+    m->revision = c->revision;
+    m->created_at = cm_pb_timestamp(a, c->created_ms);
+    m->updated_at = cm_pb_timestamp(a, c->updated_ms);
+    return m->channel_id && m->name && m->parent_channel_id && m->tier_schedule_id && m->partner_id
+               ? m
+               : NULL;
+}
+
+static Commerce__Commission__V1__TierSchedule *pb_schedule(cm_arena *a, const cms_schedule_row *s)
+{
+    Commerce__Commission__V1__TierSchedule *m = cm_arena_calloc(a, 1, sizeof *m);
+    if (!m)
+        return NULL;
+    commerce__commission__v1__tier_schedule__init(m);
+    m->tier_schedule_id = cm_arena_strdup(a, s->id);
+    m->name = cm_arena_strdup(a, s->name);
+    m->currency = cm_arena_strdup(a, s->s.currency);
+    m->period = (Commerce__Commission__V1__PeriodType)s->period;
+    m->time_zone = cm_arena_strdup(a, s->tz);
+    m->mode = (Commerce__Commission__V1__TierMode)s->s.mode;
+    m->payer = (Commerce__Commission__V1__CommissionPayer)s->payer;
+    m->min_payout_minor = s->min_payout;
+    m->revision = s->revision;
+    m->effective_from = cm_pb_timestamp(a, s->effective_ms);
+    m->tiers = cm_arena_calloc(a, s->s.n ? s->s.n : 1, sizeof *m->tiers);
+    m->channel_types = cm_arena_calloc(a, s->ntypes ? s->ntypes : 1, sizeof *m->channel_types);
+    if (!m->tier_schedule_id || !m->name || !m->currency || !m->time_zone || !m->tiers ||
+        !m->channel_types)
+        return NULL;
+    for (size_t i = 0; i < s->s.n; i++) {
+        Commerce__Commission__V1__Tier *t = cm_arena_calloc(a, 1, sizeof *t);
+        if (!t)
+            return NULL;
+        commerce__commission__v1__tier__init(t);
+        t->from_sales = cm_pb_money(a, s->s.t[i].from_sales, s->s.currency);
+        t->rate_bps = (int32_t)s->s.t[i].rate_bps;
+        if (!t->from_sales)
+            return NULL;
+        m->tiers[i] = t;
+    }
+    m->n_tiers = s->s.n;
+    for (size_t i = 0; i < s->ntypes; i++)
+        m->channel_types[i] = (Commerce__Commission__V1__ChannelType)s->types[i];
+    m->n_channel_types = s->ntypes;
+    return m;
+}
+
+/* ---- channels ---- */
+
+static int put_channel(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    const Commerce__Commission__V1__PutChannelRequest *req = (const void *)in;
+    Commerce__Commission__V1__PutChannelResponse *resp = (void *)out;
+    cm_arena *a = cm_rpc_ctx_arena(ctx);
+    if (cm_rpc_require_role(ctx, "admin"))
+        return -1;
+    if (!valid_key(req->request_id))
+        return fail_field(ctx, "request_id", "required: " KEY_RULE);
+    if (req->expected_revision < 0)
+        return fail_field(ctx, "expected_revision", "must be >= 0");
+    const Commerce__Commission__V1__Channel *c = req->channel;
+    if (!c)
+        return fail_field(ctx, "channel", "required");
+    if (!valid_key(c->channel_id))
+        return fail_field(ctx, "channel.channel_id", "required: " KEY_RULE);
+    if (!cm_utf8_text_valid(c->name, CMS_NAME_MAX, 1))
+        return fail_field(ctx, "channel.name", "required: 1-128 characters, no control characters");
+    if (c->type < 1 || c->type > CMS_TYPES_MAX)
+        return fail_field(ctx, "channel.type", "required: a known channel type");
+    if ((int)c->state != CMS_CHANNEL_ACTIVE && (int)c->state != CMS_CHANNEL_SUSPENDED)
+        return fail_field(ctx, "channel.state", "required: ACTIVE or SUSPENDED");
+    if (*c->parent_channel_id && !valid_key(c->parent_channel_id))
+        return fail_field(ctx, "channel.parent_channel_id", KEY_RULE ", or empty for none");
+    if (strcmp(c->parent_channel_id, c->channel_id) == 0)
+        return fail_field(ctx, "channel.parent_channel_id", "a channel is not its own parent");
+    if (c->parent_override_bps < 0 || c->parent_override_bps > CM_MONEY_BPS_ONE)
+        return fail_field(ctx, "channel.parent_override_bps", "0-10000 basis points");
+    if (!*c->parent_channel_id && c->parent_override_bps)
+        return fail_field(ctx, "channel.parent_override_bps", "0 without a parent channel");
+    if (*c->tier_schedule_id && !valid_key(c->tier_schedule_id))
+        return fail_field(ctx, "channel.tier_schedule_id", KEY_RULE ", or empty for the type's");
+    if (*c->partner_id && !valid_key(c->partner_id))
+        return fail_field(ctx, "channel.partner_id", KEY_RULE ", or empty for none");
+    cms_channel *want = cm_rpc_alloc(ctx, sizeof *want);
+    cms_channel *now = cm_rpc_alloc(ctx, sizeof *now);
+    if (!want || !now)
+        return cm_rpc_fail_err(ctx, CM_ENOMEM, "channel");
+    snprintf(want->id, sizeof want->id, "%s", c->channel_id);
+    snprintf(want->name, sizeof want->name, "%s", c->name);
+    want->type = (int)c->type;
+    want->state = (int)c->state;
+    snprintf(want->parent, sizeof want->parent, "%s", c->parent_channel_id);
+    want->override_bps = c->parent_override_bps;
+    snprintf(want->schedule_id, sizeof want->schedule_id, "%s", c->tier_schedule_id);
+    snprintf(want->partner, sizeof want->partner, "%s", c->partner_id);
+    /* the canonical body: what the caller asked for, output fields aside */
+    const char *body = cm_arena_printf(
+        a, "channel.v1|%s|%zu:%s|%d|%d|%s|%lld|%s|%s|%lld", want->id, strlen(want->name),
+        want->name, want->type, want->state, want->parent, (long long)want->override_bps,
+        want->schedule_id, want->partner, (long long)req->expected_revision);
+    if (!body)
+        return cm_rpc_fail_err(ctx, CM_ENOMEM, "channel");
+    char hash[CM_SHA256_HEX];
+    cm_sha256_hex(body, strlen(body), hash);
+    int verdict = 0;
+    const char *what = NULL;
+    const char *tenant = cm_rpc_ctx_tenant(ctx);
+    int rc = cms_store_put_channel(cm_service_db(ctx), tenant, req->request_id, hash, want,
+                                   req->expected_revision, principal(ctx), now, &verdict, &what);
+    if (rc)
+        return db_fail(ctx, rc, "could not store the channel");
+    if (verdict == CMS_KEY_REUSED)
+        return key_reused(ctx);
+    if (verdict == CMS_VERSION)
+        return version_mismatch(ctx, req->expected_revision, now->revision);
+    if (verdict == CMS_NO_REF) {
+        int f =
+            cm_rpc_fail(ctx, GRPC_STATUS_FAILED_PRECONDITION, "REFERENCE_NOT_FOUND",
+                        cm_arena_printf(a, "%s: no such %s", what,
+                                        strstr(what, "schedule") ? "tier schedule" : "channel"));
+        cm_rpc_fail_meta(ctx, "field", what);
+        return f;
+    }
+    if (verdict == CMS_LEVELS) {
+        int f = cm_rpc_fail(ctx, GRPC_STATUS_FAILED_PRECONDITION, "ILLEGAL_STATE_TRANSITION",
+                            "two levels of distribution at most: the parent has a parent, or "
+                            "this channel is a parent");
+        cm_rpc_fail_meta(ctx, "field", what);
+        return f;
+    }
+    if (verdict == CMS_OK)
+        cm_log_info("channel stored", "tenant", tenant, "channel_id", now->id, "revision",
+                    num(a, now->revision), "principal", principal(ctx), NULL);
+    resp->channel = pb_channel(a, now);
+    return resp->channel ? 0 : cm_rpc_fail_err(ctx, CM_ENOMEM, "channel");
+}
+
+static int get_channel(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    const Commerce__Commission__V1__GetChannelRequest *req = (const void *)in;
+    Commerce__Commission__V1__GetChannelResponse *resp = (void *)out;
+    if (!valid_key(req->channel_id))
+        return fail_field(ctx, "channel_id", "required: " KEY_RULE);
+    cms_channel *c = cm_rpc_alloc(ctx, sizeof *c);
+    if (!c)
+        return cm_rpc_fail_err(ctx, CM_ENOMEM, "channel");
+    int rc = cms_store_get_channel(cm_service_db(ctx), cm_rpc_ctx_tenant(ctx), req->channel_id, c);
+    if (rc == CM_ENOTFOUND)
+        return not_found(ctx, "channel");
+    if (rc)
+        return db_fail(ctx, rc, "could not read the channel");
+    resp->channel = pb_channel(cm_rpc_ctx_arena(ctx), c);
+    return resp->channel ? 0 : cm_rpc_fail_err(ctx, CM_ENOMEM, "channel");
+}
+
+static int list_channels(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    const Commerce__Commission__V1__ListChannelsRequest *req = (const void *)in;
+    Commerce__Commission__V1__ListChannelsResponse *resp = (void *)out;
+    cm_arena *a = cm_rpc_ctx_arena(ctx);
+    unsigned states = 0;
+    for (size_t i = 0; i < req->n_states; i++) {
+        if ((int)req->states[i] != CMS_CHANNEL_ACTIVE &&
+            (int)req->states[i] != CMS_CHANNEL_SUSPENDED)
+            return fail_field(ctx, cm_arena_printf(a, "states[%zu]", i), "ACTIVE or SUSPENDED");
+        states |= 1u << req->states[i];
+    }
+    if (*req->tier_schedule_id && !valid_key(req->tier_schedule_id))
+        return fail_field(ctx, "tier_schedule_id", KEY_RULE ", or empty for any");
+    uint64_t fh = cm_page_filters(cm_arena_printf(a, "%u|%s", states, req->tier_schedule_id));
+    char pos[CM_PAGE_POSITION_MAX + 1];
+    const char *after;
+    int limit;
+    if (cm_page_begin(ctx, req->page_size, req->page_token, 'c', fh, pos, &after, &limit))
+        return -1;
+    cms_channel *rows = cm_rpc_alloc(ctx, (size_t)(limit + 1) * sizeof *rows);
+    if (!rows)
+        return cm_rpc_fail_err(ctx, CM_ENOMEM, "channels");
+    int n = 0;
+    int rc =
+        cms_store_list_channels(cm_service_db(ctx), cm_rpc_ctx_tenant(ctx), states,
+                                req->tier_schedule_id, after ? after : "", limit + 1, rows, &n);
+    if (rc)
+        return db_fail(ctx, rc, "could not list the channels");
+    int more = n > limit;
+    if (more)
+        n = limit;
+    resp->channels = cm_rpc_alloc(ctx, (size_t)(n ? n : 1) * sizeof *resp->channels);
+    if (!resp->channels)
+        return cm_rpc_fail_err(ctx, CM_ENOMEM, "channels");
+    for (int i = 0; i < n; i++)
+        if (!(resp->channels[i] = pb_channel(a, &rows[i])))
+            return cm_rpc_fail_err(ctx, CM_ENOMEM, "channels");
+    resp->n_channels = (size_t)n;
+    return cm_page_next(ctx, more, 'c', fh, n ? rows[n - 1].id : NULL, &resp->next_page_token);
+}
+
+/* ---- tier schedules ---- */
+
+/* the schedule of a request as the domain checks it; 0 or a failure
+ * naming the field */
+static int schedule_in(cm_rpc_ctx *ctx, const Commerce__Commission__V1__TierSchedule *in,
+                       cms_schedule_row *s)
+{
+    cm_arena *a = cm_rpc_ctx_arena(ctx);
+    memset(s, 0, sizeof *s);
+    if (!in)
+        return fail_field(ctx, "schedule", "required");
+    if (!valid_key(in->tier_schedule_id))
+        return fail_field(ctx, "schedule.tier_schedule_id", "required: " KEY_RULE);
+    if (!cm_utf8_text_valid(in->name, CMS_NAME_MAX, 1))
+        return fail_field(ctx, "schedule.name",
+                          "required: 1-128 characters, no control characters");
+    snprintf(s->id, sizeof s->id, "%s", in->tier_schedule_id);
+    snprintf(s->name, sizeof s->name, "%s", in->name);
+    snprintf(s->s.currency, sizeof s->s.currency, "%s", in->currency);
+    if (strlen(in->currency) != 3)
+        s->s.currency[0] = '?'; /* refused by the check, naming the field */
+    s->s.mode = (int)in->mode;
+    if (in->n_tiers > CMS_TIERS_MAX)
+        return fail_field(ctx, "schedule.tiers", cm_arena_printf(a, "1-%d tiers", CMS_TIERS_MAX));
+    s->s.n = in->n_tiers;
+    for (size_t i = 0; i < in->n_tiers; i++) {
+        const Commerce__Commission__V1__Tier *t = in->tiers[i];
+        if (!t->from_sales)
+            return fail_field(ctx, cm_arena_printf(a, "schedule.tiers[%zu].from_sales", i),
+                              "required");
+        s->s.t[i].from_sales = t->from_sales->amount_minor;
+        s->s.t[i].rate_bps = t->rate_bps;
+    }
+    cms_violation v;
+    if (cms_schedule_check(&s->s, &v))
+        return fail_field(ctx, v.field, v.why);
+    for (size_t i = 0; i < in->n_tiers; i++) {
+        if (strcmp(in->tiers[i]->from_sales->currency, s->s.currency) != 0) {
+            const char *f = cm_arena_printf(a, "schedule.tiers[%zu].from_sales.currency", i);
+            cm_rpc_fail(
+                ctx, GRPC_STATUS_INVALID_ARGUMENT, "CURRENCY_MISMATCH",
+                cm_arena_printf(a, "%s: must be the schedule's currency %s", f, s->s.currency));
+            return fail_field(ctx, f, "must be the schedule's currency");
+        }
+    }
+    if ((int)in->period < CMS_PERIOD_WEEK || (int)in->period > CMS_PERIOD_YEAR)
+        return fail_field(ctx, "schedule.period", "required: WEEK, MONTH, QUARTER or YEAR");
+    s->period = (int)in->period;
+    if (!*in->time_zone || strlen(in->time_zone) > CMS_TZ_MAX)
+        return fail_field(ctx, "schedule.time_zone",
+                          "required: an IANA time zone name, e.g. \"Asia/Shanghai\"");
+    snprintf(s->tz, sizeof s->tz, "%s", in->time_zone);
+    if (in->n_channel_types > CMS_TYPES_MAX)
+        return fail_field(ctx, "schedule.channel_types", "each channel type at most once");
+    for (size_t i = 0; i < in->n_channel_types; i++) {
+        int t = (int)in->channel_types[i];
+        int dup = 0;
+        for (size_t k = 0; k < i; k++)
+            dup |= s->types[k] == t;
+        if (t < 1 || t > CMS_TYPES_MAX || dup)
+            return fail_field(ctx, cm_arena_printf(a, "schedule.channel_types[%zu]", i),
+                              dup ? "listed twice" : "a known channel type");
+        s->types[s->ntypes++] = t;
+    }
+    if ((int)in->payer != 0 && (int)in->payer != CMS_PAYER_MERCHANT &&
+        (int)in->payer != CMS_PAYER_PLATFORM)
+        return fail_field(ctx, "schedule.payer", "MERCHANT, PLATFORM, or unset for MERCHANT");
+    s->payer = in->payer ? (int)in->payer : CMS_PAYER_MERCHANT;
+    if (in->min_payout_minor < 0)
+        return fail_field(ctx, "schedule.min_payout_minor", "must be >= 0");
+    s->min_payout = in->min_payout_minor;
+    return 0;
+}
+
+static int put_tier_schedule(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    const Commerce__Commission__V1__PutTierScheduleRequest *req = (const void *)in;
+    Commerce__Commission__V1__PutTierScheduleResponse *resp = (void *)out;
+    cm_arena *a = cm_rpc_ctx_arena(ctx);
+    if (cm_rpc_require_role(ctx, "admin"))
+        return -1;
+    if (!valid_key(req->request_id))
+        return fail_field(ctx, "request_id", "required: " KEY_RULE);
+    if (req->expected_revision < 0)
+        return fail_field(ctx, "expected_revision", "must be >= 0");
+    cms_schedule_row *want = cm_rpc_alloc(ctx, sizeof *want);
+    cms_schedule_row *now = cm_rpc_alloc(ctx, sizeof *now);
+    if (!want || !now)
+        return cm_rpc_fail_err(ctx, CM_ENOMEM, "tier schedule");
+    if (schedule_in(ctx, req->schedule, want))
+        return -1;
+    cm_db *db = cm_service_db(ctx);
+    int known = cms_store_zone_known(db, want->tz);
+    if (known < 0)
+        return db_fail(ctx, known, "could not check the time zone");
+    if (!known)
+        return fail_field(ctx, "schedule.time_zone",
+                          "required: an IANA time zone name, e.g. \"Asia/Shanghai\"");
+    cm_buf body = {0};
+    cm_buf_puts(&body, cm_arena_printf(a, "schedule.v1|%s|%zu:", want->id, strlen(want->name)));
+    cm_buf_puts(&body, want->name);
+    cm_buf_puts(&body,
+                cm_arena_printf(a, "|%s|%d|%s|%d|%d|%lld|%lld", want->s.currency, want->period,
+                                want->tz, want->s.mode, want->payer, (long long)want->min_payout,
+                                (long long)req->expected_revision));
+    for (size_t i = 0; i < want->s.n; i++)
+        cm_buf_puts(&body, cm_arena_printf(a, "|%lld:%lld", (long long)want->s.t[i].from_sales,
+                                           (long long)want->s.t[i].rate_bps));
+    for (size_t i = 0; i < want->ntypes; i++)
+        cm_buf_puts(&body, cm_arena_printf(a, "|t%d", want->types[i]));
+    if (body.oom) {
+        cm_buf_free(&body);
+        return cm_rpc_fail_err(ctx, CM_ENOMEM, "tier schedule");
+    }
+    char hash[CM_SHA256_HEX];
+    cm_sha256_hex(body.p, body.len, hash);
+    cm_buf_free(&body);
+    int verdict = 0;
+    const char *tenant = cm_rpc_ctx_tenant(ctx);
+    int rc = cms_store_put_schedule(db, tenant, req->request_id, hash, want, req->expected_revision,
+                                    principal(ctx), now, &verdict);
+    if (rc)
+        return db_fail(ctx, rc, "could not store the tier schedule");
+    if (verdict == CMS_KEY_REUSED)
+        return key_reused(ctx);
+    if (verdict == CMS_VERSION)
+        return version_mismatch(ctx, req->expected_revision, now->revision);
+    if (verdict == CMS_LEVELS)
+        return cm_rpc_fail(ctx, GRPC_STATUS_FAILED_PRECONDITION, "ILLEGAL_STATE_TRANSITION",
+                           "the schedule is in use: its currency, period and time zone cannot "
+                           "change (make a new schedule instead)");
+    if (verdict == CMS_OK)
+        cm_log_info("tier schedule stored", "tenant", tenant, "tier_schedule_id", now->id,
+                    "revision", num(a, now->revision), "mode", cms_mode_name(now->s.mode),
+                    "principal", principal(ctx), NULL);
+    resp->schedule = pb_schedule(a, now);
+    return resp->schedule ? 0 : cm_rpc_fail_err(ctx, CM_ENOMEM, "tier schedule");
+}
+
+static int get_tier_schedule(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    const Commerce__Commission__V1__GetTierScheduleRequest *req = (const void *)in;
+    Commerce__Commission__V1__GetTierScheduleResponse *resp = (void *)out;
+    if (!valid_key(req->tier_schedule_id))
+        return fail_field(ctx, "tier_schedule_id", "required: " KEY_RULE);
+    cms_schedule_row *s = cm_rpc_alloc(ctx, sizeof *s);
+    if (!s)
+        return cm_rpc_fail_err(ctx, CM_ENOMEM, "tier schedule");
+    int rc = cms_store_get_schedule(cm_service_db(ctx), cm_rpc_ctx_tenant(ctx),
+                                    req->tier_schedule_id, 0, s);
+    if (rc == CM_ENOTFOUND)
+        return not_found(ctx, "tier schedule");
+    if (rc)
+        return db_fail(ctx, rc, "could not read the tier schedule");
+    resp->schedule = pb_schedule(cm_rpc_ctx_arena(ctx), s);
+    return resp->schedule ? 0 : cm_rpc_fail_err(ctx, CM_ENOMEM, "tier schedule");
+}
+
+static int list_tier_schedules(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    const Commerce__Commission__V1__ListTierSchedulesRequest *req = (const void *)in;
+    Commerce__Commission__V1__ListTierSchedulesResponse *resp = (void *)out;
+    cm_arena *a = cm_rpc_ctx_arena(ctx);
+    uint64_t fh = cm_page_filters("schedules");
+    char pos[CM_PAGE_POSITION_MAX + 1];
+    const char *after;
+    int limit;
+    if (cm_page_begin(ctx, req->page_size, req->page_token, 's', fh, pos, &after, &limit))
+        return -1;
+    cms_schedule_row *rows = cm_rpc_alloc(ctx, (size_t)(limit + 1) * sizeof *rows);
+    if (!rows)
+        return cm_rpc_fail_err(ctx, CM_ENOMEM, "tier schedules");
+    int n = 0;
+    int rc = cms_store_list_schedules(cm_service_db(ctx), cm_rpc_ctx_tenant(ctx),
+                                      after ? after : "", limit + 1, rows, &n);
+    if (rc)
+        return db_fail(ctx, rc, "could not list the tier schedules");
+    int more = n > limit;
+    if (more)
+        n = limit;
+    resp->schedules = cm_rpc_alloc(ctx, (size_t)(n ? n : 1) * sizeof *resp->schedules);
+    if (!resp->schedules)
+        return cm_rpc_fail_err(ctx, CM_ENOMEM, "tier schedules");
+    for (int i = 0; i < n; i++)
+        if (!(resp->schedules[i] = pb_schedule(a, &rows[i])))
+            return cm_rpc_fail_err(ctx, CM_ENOMEM, "tier schedules");
+    resp->n_schedules = (size_t)n;
+    return cm_page_next(ctx, more, 's', fh, n ? rows[n - 1].id : NULL, &resp->next_page_token);
+}
+
+/* ---- commissions and adjustments ---- */
+
+/* a position "<ms>.<uuid>"; 0 or the page-token failure */
+static int ms_id_position(cm_rpc_ctx *ctx, const char *after, long long *ms, const char **id)
+{
+    *ms = 0;
+    *id = "";
+    if (!after)
+        return 0;
+    const char *dot = strchr(after, '.');
+    *ms = strtoll(after, NULL, 10);
+    if (!dot || *ms <= 0 || !cm_id_is_uuid(dot + 1))
+        return cm_page_bad_token(ctx);
+    *id = dot + 1;
+    return 0;
+}
+
+static int list_commissions(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    const Commerce__Commission__V1__ListCommissionsRequest *req = (const void *)in;
+    Commerce__Commission__V1__ListCommissionsResponse *resp = (void *)out;
+    cm_arena *a = cm_rpc_ctx_arena(ctx);
+    if (*req->channel_id && !valid_key(req->channel_id))
+        return fail_field(ctx, "channel_id", KEY_RULE ", or empty for any");
+    if (*req->order_id && !cm_id_is_uuid(req->order_id))
+        return fail_field(ctx, "order_id", "a UUID, or empty for any");
+    unsigned states = 0;
+    for (size_t i = 0; i < req->n_states; i++) {
+        if ((int)req->states[i] != CMS_FROZEN && (int)req->states[i] != CMS_CLAWED_BACK)
+            return fail_field(ctx, cm_arena_printf(a, "states[%zu]", i), "FROZEN or CLAWED_BACK");
+        states |= 1u << req->states[i];
+    }
+    int64_t from = 0, to = 0;
+    if (req->accrued) {
+        if (req->accrued->start_at && cm_pb_timestamp_check(req->accrued->start_at, &from))
+            return fail_field(ctx, "accrued.start_at", "not a valid timestamp");
+        if (req->accrued->end_at && cm_pb_timestamp_check(req->accrued->end_at, &to))
+            return fail_field(ctx, "accrued.end_at", "not a valid timestamp");
+        if (from && to && to <= from)
+            return fail_field(ctx, "accrued.end_at", "must be after accrued.start_at");
+    }
+    uint64_t fh = cm_page_filters(cm_arena_printf(a, "%s|%u|%s|%lld|%lld", req->channel_id, states,
+                                                  req->order_id, (long long)from, (long long)to));
+    char pos[CM_PAGE_POSITION_MAX + 1];
+    const char *after, *before_id;
+    long long before_ms;
+    int limit;
+    if (cm_page_begin(ctx, req->page_size, req->page_token, 'm', fh, pos, &after, &limit) ||
+        ms_id_position(ctx, after, &before_ms, &before_id))
+        return -1;
+    cms_commission *rows = malloc((size_t)(limit + 1) * sizeof *rows);
+    if (!rows)
+        return cm_rpc_fail_err(ctx, CM_ENOMEM, "commissions");
+    int n = 0;
+    int rc = cms_store_list_commissions(cm_service_db(ctx), cm_rpc_ctx_tenant(ctx), req->channel_id,
+                                        states, req->order_id, from, to, before_ms, before_id,
+                                        limit + 1, rows, &n);
+    if (rc) {
+        free(rows);
+        return db_fail(ctx, rc, "could not list the commissions");
+    }
+    int more = n > limit;
+    if (more)
+        n = limit;
+    resp->commissions = cm_rpc_alloc(ctx, (size_t)(n ? n : 1) * sizeof *resp->commissions);
+    for (int i = 0; resp->commissions && i < n; i++)
+        if (!(resp->commissions[i] = cms_pb_commission(a, &rows[i])))
+            resp->commissions = NULL;
+    const char *end =
+        n ? cm_arena_printf(a, "%lld.%s", (long long)rows[n - 1].accrued_ms, rows[n - 1].id) : NULL;
+    free(rows);
+    if (!resp->commissions)
+        return cm_rpc_fail_err(ctx, CM_ENOMEM, "commissions");
+    resp->n_commissions = (size_t)n;
+    return cm_page_next(ctx, more, 'm', fh, end, &resp->next_page_token);
+}
+
+static int list_adjustments(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    const Commerce__Commission__V1__ListAdjustmentsRequest *req = (const void *)in;
+    Commerce__Commission__V1__ListAdjustmentsResponse *resp = (void *)out;
+    cm_arena *a = cm_rpc_ctx_arena(ctx);
+    if (!valid_key(req->channel_id))
+        return fail_field(ctx, "channel_id", "required: " KEY_RULE);
+    uint64_t fh = cm_page_filters(req->channel_id);
+    char pos[CM_PAGE_POSITION_MAX + 1];
+    const char *after, *before_id;
+    long long before_ms;
+    int limit;
+    if (cm_page_begin(ctx, req->page_size, req->page_token, 'j', fh, pos, &after, &limit) ||
+        ms_id_position(ctx, after, &before_ms, &before_id))
+        return -1;
+    cms_adjustment *rows = cm_rpc_alloc(ctx, (size_t)(limit + 1) * sizeof *rows);
+    if (!rows)
+        return cm_rpc_fail_err(ctx, CM_ENOMEM, "adjustments");
+    int n = 0;
+    int rc = cms_store_list_adjustments(cm_service_db(ctx), cm_rpc_ctx_tenant(ctx), req->channel_id,
+                                        before_ms, before_id, limit + 1, rows, &n);
+    if (rc)
+        return db_fail(ctx, rc, "could not list the adjustments");
+    int more = n > limit;
+    if (more)
+        n = limit;
+    resp->adjustments = cm_rpc_alloc(ctx, (size_t)(n ? n : 1) * sizeof *resp->adjustments);
+    if (!resp->adjustments)
+        return cm_rpc_fail_err(ctx, CM_ENOMEM, "adjustments");
+    for (int i = 0; i < n; i++)
+        if (!(resp->adjustments[i] = cms_pb_adjustment(a, &rows[i])))
+            return cm_rpc_fail_err(ctx, CM_ENOMEM, "adjustments");
+    resp->n_adjustments = (size_t)n;
+    const char *end =
+        n ? cm_arena_printf(a, "%lld.%s", (long long)rows[n - 1].posted_ms, rows[n - 1].id) : NULL;
+    return cm_page_next(ctx, more, 'j', fh, end, &resp->next_page_token);
+}
+
+/* ---- the summary ---- */
+
+static int get_channel_summary(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    const Commerce__Commission__V1__GetChannelSummaryRequest *req = (const void *)in;
+    Commerce__Commission__V1__GetChannelSummaryResponse *resp = (void *)out;
+    cm_arena *a = cm_rpc_ctx_arena(ctx);
+    if (!valid_key(req->channel_id))
+        return fail_field(ctx, "channel_id", "required: " KEY_RULE);
+    int64_t at = 0;
+    if (req->at && cm_pb_timestamp_check(req->at, &at))
+        return fail_field(ctx, "at", "not a valid timestamp");
+    if (!at) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        at = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    }
+    cm_db *db = cm_service_db(ctx);
+    const char *tenant = cm_rpc_ctx_tenant(ctx);
+    cms_channel *ch = cm_rpc_alloc(ctx, sizeof *ch);
+    cms_summary_row *s = cm_rpc_alloc(ctx, sizeof *s);
+    if (!ch || !s)
+        return cm_rpc_fail_err(ctx, CM_ENOMEM, "summary");
+    int rc = cms_store_get_channel(db, tenant, req->channel_id, ch);
+    if (rc == CM_ENOTFOUND)
+        return not_found(ctx, "channel");
+    if (rc)
+        return db_fail(ctx, rc, "could not read the channel");
+    rc = cms_store_summary(db, tenant, ch, at, s);
+    if (rc == CM_ENOTFOUND)
+        return cm_rpc_fail(ctx, GRPC_STATUS_FAILED_PRECONDITION, "REFERENCE_NOT_FOUND",
+                           "no tier schedule applies to the channel at that time");
+    if (rc)
+        return db_fail(ctx, rc, "could not read the channel's summary");
+    cms_progress pg;
+    rc = cms_progress_of(&s->sched.s, s->net_sales, &pg);
+    if (rc)
+        return db_fail(ctx, CM_EINTERNAL, "could not compute the channel's progress");
+    const char *cur = s->sched.s.currency;
+    Commerce__Commission__V1__ChannelSummary *m = cm_arena_calloc(a, 1, sizeof *m);
+    if (!m)
+        return cm_rpc_fail_err(ctx, CM_ENOMEM, "summary");
+    commerce__commission__v1__channel_summary__init(m);
+    m->channel_id = cm_arena_strdup(a, ch->id);
+    m->currency = cm_arena_strdup(a, cur);
+    m->period_start = cm_pb_timestamp(a, s->period_start_ms);
+    m->period_end = cm_pb_timestamp(a, s->period_end_ms);
+    m->period_sales = cm_pb_money(a, s->net_sales, cur);
+    m->period_orders = s->orders;
+    m->period_commission = cm_pb_money(a, pg.commission, cur);
+    m->current_tier = (int32_t)pg.tier;
+    m->current_rate_bps = (int32_t)pg.rate_bps;
+    if (pg.has_next) {
+        m->next_tier_from_sales = cm_pb_money(a, pg.next_from_sales, cur);
+        m->sales_to_next_tier = cm_pb_money(a, pg.sales_needed, cur);
+        m->next_rate_bps = (int32_t)pg.next_rate_bps;
+    }
+    m->frozen = cm_pb_money(a, s->frozen, cur);
+    m->tier_schedule_id = cm_arena_strdup(a, s->sched.id);
+    m->tier_schedule_revision = s->sched.revision;
+    m->mode = (Commerce__Commission__V1__TierMode)s->sched.s.mode;
+    if (!m->channel_id || !m->currency || !m->period_sales || !m->period_commission || !m->frozen ||
+        !m->tier_schedule_id || (pg.has_next && !m->sales_to_next_tier))
+        return cm_rpc_fail_err(ctx, CM_ENOMEM, "summary");
+    resp->summary = m;
+    return 0;
+}
+
+const cm_rpc_method cms_methods[] = {
+    {"PutChannel", put_channel, 0},
+    {"GetChannel", get_channel, 0},
+    {"ListChannels", list_channels, 0},
+    {"PutTierSchedule", put_tier_schedule, 0},
+    {"GetTierSchedule", get_tier_schedule, 0},
+    {"ListTierSchedules", list_tier_schedules, 0},
+    {"ListCommissions", list_commissions, 0},
+    {"GetChannelSummary", get_channel_summary, 0},
+    {"ListAdjustments", list_adjustments, 0},
+};
+const size_t cms_methods_count = sizeof cms_methods / sizeof cms_methods[0];
+
+/* ---- app ---- */
+
+int cms_app_init(cm_service *svc, void **out, char *err, size_t errlen)
+{
+    cms_app *app = calloc(1, sizeof *app);
+    if (!app) {
+        snprintf(err, errlen, "out of memory");
+        return CM_ENOMEM;
+    }
+    app->events_on = (int)cm_service_int(svc, "COMMISSION_EVENTS");
+    snprintf(app->topic, sizeof app->topic, "%s", cm_service_text(svc, "COMMISSION_TOPIC"));
+    cm_metrics *m = cm_service_metrics(svc);
+    static const double lag_bounds[] = {0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30, 60};
+    app->lag = cm_metrics_histogram(m, "commission_accrual_lag_seconds",
+                                    "from an order's paid_at to its commission's accrual", NULL,
+                                    lag_bounds, sizeof lag_bounds / sizeof lag_bounds[0]);
+    app->accrual = cms_accrual_new(app->events_on, app->topic, app->lag);
+    app->accrued = cm_metrics_counter(m, "commission_accrued_total",
+                                      "paid orders whose commission accrued", NULL);
+    app->clawbacks =
+        cm_metrics_counter(m, "commission_clawbacks_total", "refunds clawed back", NULL);
+    app->duplicates = cm_metrics_counter(
+        m, "commission_duplicates_total",
+        "payments or refunds seen again under another event id (applied once)", NULL);
+    app->skipped = cm_metrics_counter(
+        m, "commission_uncommissioned_orders_total",
+        "paid orders with a channel that earned nothing (unknown or suspended channel, no "
+        "schedule in the order's currency)",
+        NULL);
+    app->parked = cm_metrics_counter(m, "commission_refunds_parked_total",
+                                     "refunds that arrived before their payment accrued", NULL);
+    app->adjustments = cm_metrics_counter(m, "commission_adjustments_total",
+                                          "true-ups and parent shares posted", NULL);
+    app->dead_lettered = cm_metrics_counter(
+        m, "commission_refunds_dead_lettered_total",
+        "parked refunds whose payment never accrued, sent to the dead-letter topic", NULL);
+    if (!app->accrual) {
+        snprintf(err, errlen, "out of memory");
+        free(app);
+        return CM_ENOMEM;
+    }
+    *out = app;
+    return 0;
+}
+
+void cms_app_fini(cm_service *svc, void *p)
+{
+    (void)svc;
+    cms_app *app = p;
+    if (!app)
+        return;
+    cms_accrual_free(app->accrual);
+    free(app);
+}

@@ -1,0 +1,30 @@
+/*
+ * cms_api: the CommissionService handlers and the process's app state.
+ */
+#ifndef CMS_API_H
+#define CMS_API_H
+
+#include <stddef.h>
+
+#include "cm_metrics.h"
+#include "cm_rpc.h"
+#include "cm_service.h"
+#include "cms_accrual.h"
+
+typedef struct cms_app {
+    int events_on;
+    char topic[256];      /* COMMISSION_TOPIC */
+    cms_accrual *accrual; /* the order-event consumer's (one consumer thread) */
+    cm_counter *accrued, *clawbacks, *duplicates, *skipped, *parked, *adjustments;
+    cm_counter *dead_lettered;
+    cm_histogram *lag;
+    cms_accrual_stats last; /* what was last added to the counters */
+} cms_app;
+
+extern const cm_rpc_method cms_methods[];
+extern const size_t cms_methods_count;
+
+int cms_app_init(cm_service *svc, void **app, char *err, size_t errlen);
+void cms_app_fini(cm_service *svc, void *app);
+
+#endif

@@ -1,0 +1,49 @@
+/*
+ * cms_events: commission's side of kafka. consumes the order events
+ * (OrderPaid, OrderRefunded) into the accrual, and packs the events it
+ * publishes (CommissionAccrued, CommissionClawedBack, CommissionAdjusted)
+ * for the outbox.
+ */
+#ifndef CMS_EVENTS_H
+#define CMS_EVENTS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "cm_arena.h"
+#include "cm_consumer.h"
+#include "cms_store.h"
+
+#include "commerce/commission/v1/commission.pb-c.h"
+
+#define CMS_SOURCE "/commerce/commission"
+#define CMS_TYPE_ACCRUED "commerce.events.v1.CommissionAccrued"
+#define CMS_TYPE_CLAWED_BACK "commerce.events.v1.CommissionClawedBack"
+#define CMS_TYPE_ADJUSTED "commerce.events.v1.CommissionAdjusted"
+
+/* the protos of a commission, an adjustment and a schedule (in a); NULL
+ * when out of memory */
+Commerce__Commission__V1__Commission *cms_pb_commission(cm_arena *a, const cms_commission *c);
+Commerce__Commission__V1__Adjustment *cms_pb_adjustment(cm_arena *a, const cms_adjustment *x);
+
+/* pack the events into a. 0 or CM_ENOMEM. */
+int cms_ev_pack_accrued(cm_arena *a, const char *tenant, const char *event_id,
+                        const cms_commission *c, const uint8_t **out, size_t *len);
+int cms_ev_pack_clawed_back(cm_arena *a, const char *tenant, const char *event_id,
+                            const cms_commission *c, const char *refund_id, int64_t clawback,
+                            const uint8_t **out, size_t *len);
+int cms_ev_pack_adjusted(cm_arena *a, const char *tenant, const char *event_id,
+                         const cms_adjustment *x, const uint8_t **out, size_t *len);
+
+/* the consumer's handler and transaction hooks (arg: the cms_app) */
+int cms_on_order_event(cm_db *db, const cm_event *ev, void *arg);
+void cms_on_tx_begin(void *arg);
+int cms_on_tx_end(cm_db *db, void *arg);
+void cms_on_committed(const cm_event *ev, int duplicate, void *arg);
+
+/* the parker ticker: refunds parked longer than COMMISSION_PARK_TIMEOUT_S
+ * go to the dead-letter topic */
+struct cm_service;
+void cms_parker(struct cm_service *svc, cm_db *db, void *arg);
+
+#endif

@@ -1,0 +1,287 @@
+/* commission's events: see cms_events.h */
+#include "cms_events.h"
+
+#include "cm_err.h"
+#include "cm_id.h"
+#include "cm_log.h"
+#include "cm_money.h"
+#include "cm_pb.h"
+#include "cms_accrual.h"
+#include "cms_api.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include "commerce/events/v1/commission_events.pb-c.h"
+#include "commerce/events/v1/order_events.pb-c.h"
+
+Commerce__Commission__V1__Commission *cms_pb_commission(cm_arena *a, const cms_commission *c)
+{
+    Commerce__Commission__V1__Commission *m = cm_arena_calloc(a, 1, sizeof *m);
+    if (!m)
+        return NULL;
+    commerce__commission__v1__commission__init(m);
+    m->commission_id = cm_arena_strdup(a, c->id);
+    m->channel_id = cm_arena_strdup(a, c->channel);
+    m->order_id = cm_arena_strdup(a, c->order_id);
+    m->merchant_id = cm_arena_strdup(a, c->merchant);
+    m->state = (Commerce__Commission__V1__CommissionState)c->state;
+    m->order_amount = cm_pb_money(a, c->order_amount, c->currency);
+    m->period_sales_before = cm_pb_money(a, c->sales_before, c->currency);
+    m->amount = cm_pb_money(a, c->amount, c->currency);
+    m->clawed_back_amount = cm_pb_money(a, c->clawed_back, c->currency);
+    m->net_amount = cm_pb_money(a, c->amount - c->clawed_back, c->currency);
+    m->tier_schedule_id = cm_arena_strdup(a, c->schedule_id);
+    m->tier_schedule_revision = c->schedule_revision;
+    m->period_start = cm_pb_timestamp(a, c->period_start_ms);
+    m->period_end = cm_pb_timestamp(a, c->period_end_ms);
+    m->paid_at = cm_pb_timestamp(a, c->paid_ms);
+    m->accrued_at = cm_pb_timestamp(a, c->accrued_ms);
+    m->clawed_back_at = c->clawed_ms ? cm_pb_timestamp(a, c->clawed_ms) : NULL;
+    m->parent_channel_id = cm_arena_strdup(a, c->parent);
+    m->parent_override_bps = (int32_t)c->parent_bps;
+    m->brackets = cm_arena_calloc(a, c->nb ? c->nb : 1, sizeof *m->brackets);
+    if (!m->commission_id || !m->channel_id || !m->order_id || !m->merchant_id ||
+        !m->order_amount || !m->period_sales_before || !m->amount || !m->clawed_back_amount ||
+        !m->net_amount || !m->tier_schedule_id || !m->parent_channel_id || !m->brackets)
+        return NULL;
+    for (size_t k = 0; k < c->nb; k++) {
+        Commerce__Commission__V1__BracketPortion *b = cm_arena_calloc(a, 1, sizeof *b);
+        if (!b)
+            return NULL;
+        commerce__commission__v1__bracket_portion__init(b);
+        b->from_sales = cm_pb_money(a, c->b_from[k], c->currency);
+        b->rate_bps = (int32_t)c->b_bps[k];
+        b->sales = cm_pb_money(a, c->b_sales[k], c->currency);
+        b->commission = cm_pb_money(a, c->b_amount[k], c->currency);
+        if (!b->from_sales || !b->sales || !b->commission)
+            return NULL;
+        m->brackets[k] = b;
+    }
+    m->n_brackets = c->nb;
+    return m;
+}
+
+Commerce__Commission__V1__Adjustment *cms_pb_adjustment(cm_arena *a, const cms_adjustment *x)
+{
+    Commerce__Commission__V1__Adjustment *m = cm_arena_calloc(a, 1, sizeof *m);
+    if (!m)
+        return NULL;
+    commerce__commission__v1__adjustment__init(m);
+    m->adjustment_id = cm_arena_strdup(a, x->id);
+    m->channel_id = cm_arena_strdup(a, x->channel);
+    m->kind = (Commerce__Commission__V1__AdjustmentKind)x->kind;
+    m->amount = cm_pb_money(a, x->amount, x->currency);
+    m->order_id = cm_arena_strdup(a, x->order_id);
+    m->child_channel_id = cm_arena_strdup(a, x->child);
+    m->refund_id = cm_arena_strdup(a, x->refund_id);
+    m->period_start = cm_pb_timestamp(a, x->period_start_ms);
+    m->posted_at = cm_pb_timestamp(a, x->posted_ms);
+    return m->adjustment_id && m->channel_id && m->amount && m->order_id && m->child_channel_id &&
+                   m->refund_id
+               ? m
+               : NULL;
+}
+
+static int pack(cm_arena *a, const ProtobufCMessage *msg, const uint8_t **out, size_t *len)
+{
+    size_t n = protobuf_c_message_get_packed_size(msg);
+    uint8_t *p = cm_arena_alloc(a, n ? n : 1);
+    if (!p)
+        return CM_ENOMEM;
+    protobuf_c_message_pack(msg, p);
+    *out = p;
+    *len = n;
+    return 0;
+}
+
+int cms_ev_pack_accrued(cm_arena *a, const char *tenant, const char *event_id,
+                        const cms_commission *c, const uint8_t **out, size_t *len)
+{
+    Commerce__Events__V1__CommissionAccrued e = COMMERCE__EVENTS__V1__COMMISSION_ACCRUED__INIT;
+    e.event_id = (char *)event_id;
+    e.tenant_id = (char *)tenant;
+    e.commission = cms_pb_commission(a, c);
+    if (!e.commission)
+        return CM_ENOMEM;
+    e.occurred_at = e.commission->accrued_at;
+    e.channel_id = e.commission->channel_id;
+    return pack(a, &e.base, out, len);
+}
+
+int cms_ev_pack_clawed_back(cm_arena *a, const char *tenant, const char *event_id,
+                            const cms_commission *c, const char *refund_id, int64_t clawback,
+                            const uint8_t **out, size_t *len)
+{
+    Commerce__Events__V1__CommissionClawedBack e =
+        COMMERCE__EVENTS__V1__COMMISSION_CLAWED_BACK__INIT;
+    e.event_id = (char *)event_id;
+    e.tenant_id = (char *)tenant;
+    e.commission = cms_pb_commission(a, c);
+    e.refund_id = cm_arena_strdup(a, refund_id);
+    e.clawback_amount = cm_pb_money(a, clawback, c->currency);
+    if (!e.commission || !e.refund_id || !e.clawback_amount)
+        return CM_ENOMEM;
+    e.occurred_at = e.commission->clawed_back_at;
+    e.channel_id = e.commission->channel_id;
+    return pack(a, &e.base, out, len);
+}
+
+int cms_ev_pack_adjusted(cm_arena *a, const char *tenant, const char *event_id,
+                         const cms_adjustment *x, const uint8_t **out, size_t *len)
+{
+    Commerce__Events__V1__CommissionAdjusted e = COMMERCE__EVENTS__V1__COMMISSION_ADJUSTED__INIT;
+    e.event_id = (char *)event_id;
+    e.tenant_id = (char *)tenant;
+    e.adjustment = cms_pb_adjustment(a, x);
+    if (!e.adjustment)
+        return CM_ENOMEM;
+    e.occurred_at = e.adjustment->posted_at;
+    e.channel_id = e.adjustment->channel_id;
+    return pack(a, &e.base, out, len);
+}
+
+/* ---- the order events ---- */
+
+static int64_t ts_ms(const Google__Protobuf__Timestamp *t)
+{
+    return t ? cm_pb_timestamp_ms(t) : 0;
+}
+
+static int valid_key(const char *s)
+{
+    return cm_id_key_valid(s, CMS_ID_MAX);
+}
+
+static int on_paid(cms_app *app, const cm_event *ev)
+{
+    Commerce__Events__V1__OrderPaid *p =
+        commerce__events__v1__order_paid__unpack(NULL, ev->len, ev->payload);
+    if (!p)
+        return CM_EINVAL;
+    const Commerce__Order__V1__Order *o = p->order;
+    const char *tenant = *p->tenant_id ? p->tenant_id : ev->tenant_id;
+    int rc = 0;
+    if (o && !*o->channel_id) {
+        /* no channel: no commission */
+    } else if (o && *tenant && cm_id_is_uuid(p->order_id) && valid_key(o->channel_id) &&
+               valid_key(o->merchant_id)) {
+        const Commerce__Common__V1__Money *amt =
+            o->payment && o->payment->amount ? o->payment->amount : o->total_amount;
+        if (amt && cm_money_currency_valid(amt->currency) && amt->amount_minor >= 0) {
+            int64_t paid = ts_ms(o->payment ? o->payment->paid_at : NULL);
+            if (!paid)
+                paid = ts_ms(o->payment ? o->payment->recorded_at : NULL);
+            if (!paid)
+                paid = ts_ms(p->occurred_at);
+            cms_pay_in in = {.tenant = tenant,
+                             .order_id = p->order_id,
+                             .channel = o->channel_id,
+                             .merchant = o->merchant_id,
+                             .currency = amt->currency,
+                             .event_id = ev->id,
+                             .traceparent = ev->traceparent,
+                             .amount = amt->amount_minor,
+                             .paid_ms = paid};
+            rc = cms_accrual_stage_pay(app->accrual, &in);
+        } else {
+            rc = CM_EINVAL;
+        }
+    } else {
+        rc = CM_EINVAL;
+    }
+    if (rc == CM_EINVAL)
+        cm_log_warn("OrderPaid event refused: missing or invalid fields", "event_id", ev->id, NULL);
+    protobuf_c_message_free_unpacked(&p->base, NULL);
+    return rc;
+}
+
+static int on_refunded(cms_app *app, const cm_event *ev)
+{
+    Commerce__Events__V1__OrderRefunded *p =
+        commerce__events__v1__order_refunded__unpack(NULL, ev->len, ev->payload);
+    if (!p)
+        return CM_EINVAL;
+    const char *tenant = *p->tenant_id ? p->tenant_id : ev->tenant_id;
+    const Commerce__Order__V1__Refund *rf = p->refund;
+    int rc = 0;
+    if (p->order && !*p->order->channel_id) {
+        /* no channel: nothing was accrued */
+    } else if (rf && rf->amount && *tenant && cm_id_is_uuid(p->order_id) &&
+               valid_key(rf->refund_id) && cm_money_currency_valid(rf->amount->currency) &&
+               rf->amount->amount_minor > 0) {
+        cms_refund_in in = {.tenant = tenant,
+                            .order_id = p->order_id,
+                            .refund_id = rf->refund_id,
+                            .currency = rf->amount->currency,
+                            .event_id = ev->id,
+                            .traceparent = ev->traceparent,
+                            .amount = rf->amount->amount_minor,
+                            .topic = ev->topic,
+                            .payload = ev->payload,
+                            .len = ev->len};
+        rc = cms_accrual_stage_refund(app->accrual, &in);
+    } else {
+        cm_log_warn("OrderRefunded event refused: missing or invalid fields", "event_id", ev->id,
+                    NULL);
+        rc = CM_EINVAL;
+    }
+    protobuf_c_message_free_unpacked(&p->base, NULL);
+    return rc;
+}
+
+int cms_on_order_event(cm_db *db, const cm_event *ev, void *arg)
+{
+    (void)db;
+    cms_app *app = arg;
+    if (strcmp(ev->type, "commerce.events.v1.OrderPaid") == 0)
+        return on_paid(app, ev);
+    if (strcmp(ev->type, "commerce.events.v1.OrderRefunded") == 0)
+        return on_refunded(app, ev);
+    return 0;
+}
+
+void cms_on_tx_begin(void *arg)
+{
+    cms_app *app = arg;
+    cms_accrual_begin(app->accrual);
+}
+
+int cms_on_tx_end(cm_db *db, void *arg)
+{
+    cms_app *app = arg;
+    return cms_accrual_flush(app->accrual, db);
+}
+
+void cms_on_committed(const cm_event *ev, int duplicate, void *arg)
+{
+    (void)ev;
+    (void)duplicate;
+    cms_app *app = arg;
+    cms_accrual_stats s;
+    cms_accrual_get_stats(app->accrual, &s);
+    cm_counter_add(app->accrued, s.accrued - app->last.accrued);
+    cm_counter_add(app->clawbacks, s.clawbacks - app->last.clawbacks);
+    cm_counter_add(app->duplicates, s.duplicates - app->last.duplicates);
+    cm_counter_add(app->skipped, s.skipped - app->last.skipped);
+    cm_counter_add(app->parked, s.parked - app->last.parked);
+    cm_counter_add(app->adjustments, s.adjustments - app->last.adjustments);
+    app->last = s;
+}
+
+void cms_parker(cm_service *svc, cm_db *db, void *arg)
+{
+    cms_app *app = arg;
+    int n = 0, rc;
+    do {
+        rc = cms_accrual_expire_parked(db, (int)cm_service_int(svc, "COMMISSION_PARK_TIMEOUT_S"),
+                                       &n);
+        if (rc == 0 && n) {
+            cm_counter_add(app->dead_lettered, (uint64_t)n);
+            cm_log_warn("parked refunds dead-lettered: their payment never accrued", "count",
+                        n > 1 ? "several" : "one", NULL);
+        }
+    } while (rc == 0 && n == 500);
+    if (rc)
+        cm_log_warn("parker could not expire refunds", "error", cm_strerror(rc), NULL);
+}

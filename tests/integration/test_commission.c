@@ -1,0 +1,818 @@
+/*
+ * commerce-commission against the private postgres and the broker:
+ * channels and tier schedules, accrual and clawback from order events
+ * (played by the test on a topic of its own, so that every case controls
+ * ids, order and duplicates exactly), true-ups, parent shares, parking,
+ * idempotency, tenant isolation, and the events it publishes.
+ */
+#include "harness.h"
+
+#include <check.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cm_id.h"
+#include "commerce/commission/v1/commission_service.pb-c.h"
+#include "commerce/events/v1/commission_events.pb-c.h"
+#include "commerce/events/v1/order_events.pb-c.h"
+
+#define SVC "/commerce.commission.v1.CommissionService/"
+#define TENANT "tenant-cms"
+#define CT(x) COMMERCE__COMMISSION__V1__CHANNEL_TYPE__CHANNEL_TYPE_##x
+#define MARGINAL COMMERCE__COMMISSION__V1__TIER_MODE__TIER_MODE_MARGINAL
+#define WHOLE COMMERCE__COMMISSION__V1__TIER_MODE__TIER_MODE_WHOLE_VOLUME
+#define ACTIVE COMMERCE__COMMISSION__V1__CHANNEL_STATE__CHANNEL_STATE_ACTIVE
+#define SUSPENDED COMMERCE__COMMISSION__V1__CHANNEL_STATE__CHANNEL_STATE_SUSPENDED
+
+static const cm_rpc_md md[1] = {{"x-tenant-id", TENANT}};
+static const cm_rpc_md md_other[1] = {{"x-tenant-id", TENANT "-other"}};
+
+typedef struct st {
+    char schema[64], otopic[128], ctopic[128], group[128];
+    char e[4][192];
+    hs_proc p;
+    cm_rpc_client *c;
+    hs_producer *prod;
+    hs_topic *events; /* the commission topic */
+} st;
+
+static st S;
+static int seq;
+
+static const char *const *st_env(st *s, const char **env, size_t cap, const char *const *extra)
+{
+    const char *base[] = {s->e[0], s->e[1], s->e[2], s->e[3], NULL};
+    return hs_env_join(env, cap, base, extra);
+}
+
+static void st_start_env(st *s, const char *tag, const char *const *extra)
+{
+    memset(s, 0, sizeof *s);
+    seq++;
+    int pid = (int)getpid();
+    snprintf(s->schema, sizeof s->schema, "cms_%s_%d_%d", tag, pid, seq);
+    snprintf(s->otopic, sizeof s->otopic, "commerce.order.v1.cms-%s-%d-%d", tag, pid, seq);
+    snprintf(s->ctopic, sizeof s->ctopic, "commerce.commission.v1.%s-%d-%d", tag, pid, seq);
+    snprintf(s->group, sizeof s->group, "commerce.commission.%s-%d-%d", tag, pid, seq);
+    hs_kafka_create_topic(hs_kafka_brokers(), s->otopic, 2);
+    hs_kafka_create_topic(hs_kafka_brokers(), s->ctopic, 2);
+    snprintf(s->e[0], sizeof s->e[0], "COMMISSION_SCHEMA=%s", s->schema);
+    snprintf(s->e[1], sizeof s->e[1], "COMMISSION_ORDER_TOPIC=%s", s->otopic);
+    snprintf(s->e[2], sizeof s->e[2], "COMMISSION_ORDER_GROUP=%s", s->group);
+    snprintf(s->e[3], sizeof s->e[3], "COMMISSION_TOPIC=%s", s->ctopic);
+    const char *env[32];
+    hs_start(&s->p, COMMISSION_BIN, st_env(s, env, 32, extra));
+    s->c = hs_client(&s->p, NULL);
+    s->prod = hs_producer_new(hs_kafka_brokers());
+    s->events = hs_topic_open(hs_kafka_brokers(), s->ctopic, 0);
+}
+
+static void st_start(st *s, const char *tag)
+{
+    st_start_env(s, tag, NULL);
+}
+
+static void st_stop(st *s)
+{
+    cm_rpc_client_free(s->c);
+    hs_producer_free(s->prod);
+    hs_topic_close(s->events);
+    ck_assert_msg(hs_stop(&s->p, SIGTERM, 30000) == 0, "commission did not exit 0 (log %s)",
+                  s->p.log_path);
+    hs_kafka_delete_topic(hs_kafka_brokers(), s->otopic);
+    hs_kafka_delete_topic(hs_kafka_brokers(), s->ctopic);
+    hs_drop_schema(NULL, s->schema);
+}
+
+static void teardown(void)
+{
+    hs_teardown();
+}
+
+/* ---- schedules and channels ---- */
+
+/* the seed's table: 0-9,999.99 5 %, 10,000-49,999.99 8 %, >= 50,000 12 % */
+typedef struct seed_sched {
+    Commerce__Common__V1__Money from[3];
+    Commerce__Commission__V1__Tier t[3], *tp[3];
+    Commerce__Commission__V1__ChannelType types[3];
+    Commerce__Commission__V1__TierSchedule s;
+} seed_sched;
+
+static void seed(seed_sched *x, const char *id, int mode)
+{
+    static const long long from[3] = {0, 1000000, 5000000};
+    static const int bps[3] = {500, 800, 1200};
+    for (int i = 0; i < 3; i++) {
+        commerce__common__v1__money__init(&x->from[i]);
+        x->from[i].amount_minor = from[i];
+        x->from[i].currency = "CNY";
+        commerce__commission__v1__tier__init(&x->t[i]);
+        x->t[i].from_sales = &x->from[i];
+        x->t[i].rate_bps = bps[i];
+        x->tp[i] = &x->t[i];
+    }
+    x->types[0] = CT(COMMUNITY_LEADER);
+    x->types[1] = CT(REGIONAL_AGENT);
+    x->types[2] = CT(PROVINCIAL_AGENT);
+    commerce__commission__v1__tier_schedule__init(&x->s);
+    x->s.tier_schedule_id = (char *)id;
+    x->s.name = "seed";
+    x->s.currency = "CNY";
+    x->s.period = COMMERCE__COMMISSION__V1__PERIOD_TYPE__PERIOD_TYPE_MONTH;
+    x->s.time_zone = "Asia/Shanghai";
+    x->s.tiers = x->tp;
+    x->s.n_tiers = 3;
+    x->s.mode = mode;
+}
+
+static int put_schedule(st *s, const char *req_id, Commerce__Commission__V1__TierSchedule *sc,
+                        long long expected, cm_rpc_status *stt)
+{
+    Commerce__Commission__V1__PutTierScheduleRequest r =
+        COMMERCE__COMMISSION__V1__PUT_TIER_SCHEDULE_REQUEST__INIT;
+    r.request_id = (char *)req_id;
+    r.schedule = sc;
+    r.expected_revision = expected;
+    return hs_call(s->c, SVC "PutTierSchedule", &r.base,
+                   &commerce__commission__v1__put_tier_schedule_response__descriptor, NULL, stt, md,
+                   1);
+}
+
+static int put_channel_full(st *s, const cm_rpc_md *m, const char *req_id, const char *id, int type,
+                            int state, const char *parent, int bps, const char *sched,
+                            long long expected, cm_rpc_status *stt)
+{
+    Commerce__Commission__V1__Channel c = COMMERCE__COMMISSION__V1__CHANNEL__INIT;
+    c.channel_id = (char *)id;
+    c.name = "a channel";
+    c.type = type;
+    c.state = state;
+    c.parent_channel_id = (char *)(parent ? parent : "");
+    c.parent_override_bps = bps;
+    c.tier_schedule_id = (char *)(sched ? sched : "");
+    Commerce__Commission__V1__PutChannelRequest r =
+        COMMERCE__COMMISSION__V1__PUT_CHANNEL_REQUEST__INIT;
+    r.request_id = (char *)req_id;
+    r.channel = &c;
+    r.expected_revision = expected;
+    return hs_call(s->c, SVC "PutChannel", &r.base,
+                   &commerce__commission__v1__put_channel_response__descriptor, NULL, stt, m, 1);
+}
+
+static void put_channel(st *s, const char *id, int state, const char *parent, int bps,
+                        const char *sched)
+{
+    cm_rpc_status stt;
+    char req[96];
+    snprintf(req, sizeof req, "ch-%s-%d", id, state);
+    int code =
+        put_channel_full(s, md, req, id, CT(COMMUNITY_LEADER), state, parent, bps, sched, 0, &stt);
+    ck_assert_msg(code == 0, "PutChannel %s: %d %s %s", id, code, stt.field, stt.message);
+}
+
+/* ---- order events, as the order service would send them ---- */
+
+static void send_event(st *s, const char *type, const char *order_id, const char *event_id,
+                       const char *tenant, const ProtobufCMessage *m)
+{
+    size_t len = protobuf_c_message_get_packed_size(m);
+    uint8_t *buf = malloc(len ? len : 1);
+    ck_assert_ptr_nonnull(buf);
+    protobuf_c_message_pack(m, buf);
+    const char *h[] = {"ce_id",
+                       event_id,
+                       "ce_type",
+                       type,
+                       "ce_source",
+                       "/commerce/order",
+                       "content-type",
+                       "application/protobuf",
+                       "tenant-id",
+                       tenant,
+                       NULL};
+    hs_produce(s->prod, s->otopic, order_id, h, buf, len);
+    free(buf);
+}
+
+static void paid_in(st *s, const char *tenant, const char *order_id, const char *event_id,
+                    const char *channel, long long amount, long long paid_ms)
+{
+    Commerce__Common__V1__Money m = COMMERCE__COMMON__V1__MONEY__INIT;
+    m.amount_minor = amount;
+    m.currency = "CNY";
+    Google__Protobuf__Timestamp at = GOOGLE__PROTOBUF__TIMESTAMP__INIT;
+    at.seconds = paid_ms / 1000;
+    at.nanos = (int32_t)(paid_ms % 1000) * 1000000;
+    Commerce__Order__V1__Payment pay = COMMERCE__ORDER__V1__PAYMENT__INIT;
+    pay.payment_id = "pay-1";
+    pay.amount = &m;
+    pay.paid_at = &at;
+    Commerce__Order__V1__Order o = COMMERCE__ORDER__V1__ORDER__INIT;
+    o.order_id = (char *)order_id;
+    o.merchant_id = "m-1";
+    o.channel_id = (char *)channel;
+    o.currency = "CNY";
+    o.total_amount = &m;
+    o.payment = &pay;
+    Commerce__Events__V1__OrderPaid e = COMMERCE__EVENTS__V1__ORDER_PAID__INIT;
+    e.event_id = (char *)event_id;
+    e.tenant_id = (char *)tenant;
+    e.order_id = (char *)order_id;
+    e.order = &o;
+    send_event(s, "commerce.events.v1.OrderPaid", order_id, event_id, tenant, &e.base);
+}
+
+static long long T0; /* one paid_at per test: every order in one period */
+
+static void paid(st *s, const char *order_id, const char *event_id, const char *channel,
+                 long long amount)
+{
+    paid_in(s, TENANT, order_id, event_id, channel, amount, T0);
+}
+
+static void refunded(st *s, const char *order_id, const char *event_id, const char *channel,
+                     const char *refund_id, long long amount)
+{
+    Commerce__Common__V1__Money m = COMMERCE__COMMON__V1__MONEY__INIT;
+    m.amount_minor = amount;
+    m.currency = "CNY";
+    Commerce__Order__V1__Refund rf = COMMERCE__ORDER__V1__REFUND__INIT;
+    rf.refund_id = (char *)refund_id;
+    rf.amount = &m;
+    Commerce__Order__V1__Order o = COMMERCE__ORDER__V1__ORDER__INIT;
+    o.order_id = (char *)order_id;
+    o.channel_id = (char *)channel;
+    Commerce__Events__V1__OrderRefunded e = COMMERCE__EVENTS__V1__ORDER_REFUNDED__INIT;
+    e.event_id = (char *)event_id;
+    e.tenant_id = TENANT;
+    e.order_id = (char *)order_id;
+    e.order = &o;
+    e.refund = &rf;
+    send_event(s, "commerce.events.v1.OrderRefunded", order_id, event_id, TENANT, &e.base);
+}
+
+static char *uuid(void)
+{
+    static char ids[64][CM_ID_SIZE];
+    static int k;
+    char *id = ids[k++ % 64];
+    ck_assert_int_eq(cm_id_uuid7(id), 0);
+    return id;
+}
+
+/* ---- reading ---- */
+
+static long long sql(const st *s, const char *q)
+{
+    return hs_sql_long(s->schema, q);
+}
+
+typedef struct wait_sql {
+    const st *s;
+    const char *q;
+    long long want;
+} wait_sql;
+
+static int sql_is(void *arg)
+{
+    wait_sql *w = arg;
+    long long v = -1;
+    return hs_sql_try_long(w->s->schema, w->q, &v) == 0 && v == w->want;
+}
+
+static void wait_for(const st *s, const char *q, long long want)
+{
+    wait_sql w = {s, q, want};
+    int rc = hs_poll(sql_is, &w, 30000, 50);
+    long long v = -1;
+    hs_sql_try_long(s->schema, q, &v);
+    ck_assert_msg(rc == 0, "waited for %s = %lld, have %lld (log %s)", q, want, v, s->p.log_path);
+}
+
+/* a column of an order's commission */
+static long long comm_col(const st *s, const char *col, const char *order_id)
+{
+    char q[512];
+    snprintf(q, sizeof q, "SELECT %s FROM commissions WHERE order_id = '%s'", col, order_id);
+    return sql(s, q);
+}
+
+/* what a channel's period rows say, and what was posted to the channel:
+ * commissions net of clawbacks plus adjustments */
+static long long posted(const st *s, const char *ch)
+{
+    char q[512];
+    snprintf(q, sizeof q,
+             "SELECT coalesce(sum(posted), 0) FROM channel_periods WHERE channel_id = '%s'", ch);
+    return sql(s, q);
+}
+
+static long long earned(const st *s, const char *ch)
+{
+    char q[512];
+    snprintf(q, sizeof q,
+             "SELECT (SELECT coalesce(sum(amount - clawed_back), 0) FROM commissions WHERE "
+             "channel_id = '%s') + (SELECT coalesce(sum(amount), 0) FROM adjustments WHERE "
+             "channel_id = '%s')",
+             ch, ch);
+    return sql(s, q);
+}
+
+static Commerce__Commission__V1__ChannelSummary *summary(st *s, const char *ch)
+{
+    Commerce__Commission__V1__GetChannelSummaryRequest r =
+        COMMERCE__COMMISSION__V1__GET_CHANNEL_SUMMARY_REQUEST__INIT;
+    Google__Protobuf__Timestamp at = GOOGLE__PROTOBUF__TIMESTAMP__INIT;
+    at.seconds = T0 / 1000;
+    r.channel_id = (char *)ch;
+    r.at = &at;
+    Commerce__Commission__V1__GetChannelSummaryResponse *resp = NULL;
+    cm_rpc_status stt;
+    int code = hs_call(s->c, SVC "GetChannelSummary", &r.base,
+                       &commerce__commission__v1__get_channel_summary_response__descriptor,
+                       (ProtobufCMessage **)&resp, &stt, md, 1);
+    ck_assert_msg(code == 0, "GetChannelSummary: %d %s", code, stt.message);
+    Commerce__Commission__V1__ChannelSummary *sum = resp->summary;
+    resp->summary = NULL;
+    protobuf_c_message_free_unpacked(&resp->base, NULL);
+    return sum;
+}
+
+/* ---- tests ---- */
+
+START_TEST(seed_table_to_the_minor_unit_in_both_modes)
+{
+    st_start(&S, "seed");
+    T0 = hs_real_ms() + 1000;
+    seed_sched m, w;
+    seed(&m, "marginal", MARGINAL);
+    seed(&w, "whole", WHOLE);
+    cm_rpc_status stt;
+    ck_assert_int_eq(put_schedule(&S, "s-1", &m.s, 0, &stt), 0);
+    ck_assert_int_eq(put_schedule(&S, "s-2", &w.s, 0, &stt), 0);
+    put_channel(&S, "ch-m", ACTIVE, NULL, 0, "marginal");
+    put_channel(&S, "ch-w", ACTIVE, NULL, 0, "whole");
+    /* 60,000.00 in one month, as six orders of 10,000.00 */
+    char om[6][CM_ID_SIZE];
+    for (int i = 0; i < 6; i++) {
+        snprintf(om[i], sizeof om[i], "%s", uuid());
+        paid(&S, om[i], uuid(), "ch-m", 1000000);
+        paid(&S, uuid(), uuid(), "ch-w", 1000000);
+    }
+    wait_for(&S, "SELECT count(*) FROM commissions", 12);
+    /* marginal 4,900.00: 500, 800 x 4, 1,200 */
+    ck_assert_int_eq(posted(&S, "ch-m"), 490000);
+    ck_assert_int_eq(earned(&S, "ch-m"), 490000);
+    ck_assert_int_eq(sql(&S, "SELECT count(*) FROM commissions WHERE channel_id = 'ch-m' AND "
+                             "amount = 80000 AND sales_before BETWEEN 1000000 AND 4000000"),
+                     4);
+    ck_assert_int_eq(sql(&S, "SELECT amount FROM commissions WHERE channel_id = 'ch-m' AND "
+                             "sales_before = 0"),
+                     50000);
+    ck_assert_int_eq(sql(&S, "SELECT amount FROM commissions WHERE channel_id = 'ch-m' AND "
+                             "sales_before = 5000000"),
+                     120000);
+    ck_assert_int_eq(sql(&S, "SELECT count(*) FROM adjustments WHERE channel_id = 'ch-m'"), 0);
+    /* whole volume 7,200.00: 800 x 4, then the fifth reaches 50,000.00:
+     * 1,200 and a true-up of +1,600 for the first 40,000.00; the sixth 1,200 */
+    ck_assert_int_eq(posted(&S, "ch-w"), 720000);
+    ck_assert_int_eq(earned(&S, "ch-w"), 720000);
+    ck_assert_int_eq(sql(&S, "SELECT count(*) FROM commissions WHERE channel_id = 'ch-w' AND "
+                             "amount = 80000"),
+                     4);
+    ck_assert_int_eq(sql(&S, "SELECT count(*) FROM commissions WHERE channel_id = 'ch-w' AND "
+                             "amount = 120000"),
+                     2);
+    ck_assert_int_eq(sql(&S, "SELECT amount FROM adjustments WHERE channel_id = 'ch-w' AND kind "
+                             "= 1 AND period_start = (SELECT period_start FROM commissions LIMIT "
+                             "1)"),
+                     160000);
+    /* brackets of the marginal order crossing nothing; whole volume: one */
+    ck_assert_int_eq(sql(&S, "SELECT count(*) FROM commissions WHERE cardinality(bracket_sales) "
+                             "<> 1"),
+                     0);
+    /* the dashboard: 60,000.00 in the top tier, nothing to reach */
+    Commerce__Commission__V1__ChannelSummary *sum = summary(&S, "ch-w");
+    ck_assert_int_eq(sum->period_sales->amount_minor, 6000000);
+    ck_assert_int_eq(sum->period_orders, 6);
+    ck_assert_int_eq(sum->period_commission->amount_minor, 720000);
+    ck_assert_int_eq(sum->current_tier, 2);
+    ck_assert_int_eq(sum->current_rate_bps, 1200);
+    ck_assert_ptr_null(sum->sales_to_next_tier);
+    ck_assert_int_eq(sum->frozen->amount_minor, 720000);
+    ck_assert_int_eq(sum->mode, WHOLE);
+    protobuf_c_message_free_unpacked(&sum->base, NULL);
+    /* refunding the first marginal order: its own 500 back, a true-up of
+     * -700 (the remaining 50,000.00 earn 3,700.00) */
+    refunded(&S, om[0], uuid(), "ch-m", "rf-1", 1000000);
+    wait_for(&S, "SELECT count(*) FROM refunds_applied", 1);
+    ck_assert_int_eq(sql(&S, "SELECT clawed_back FROM commissions WHERE state = 4"), 50000);
+    ck_assert_int_eq(sql(&S, "SELECT amount FROM adjustments WHERE channel_id = 'ch-m'"), -70000);
+    ck_assert_int_eq(posted(&S, "ch-m"), 370000);
+    ck_assert_int_eq(earned(&S, "ch-m"), 370000);
+    sum = summary(&S, "ch-m");
+    ck_assert_int_eq(sum->period_sales->amount_minor, 5000000);
+    ck_assert_int_eq(sum->period_commission->amount_minor, 370000);
+    ck_assert_int_eq(sum->current_tier, 2);
+    protobuf_c_message_free_unpacked(&sum->base, NULL);
+    /* its events: 12 accrued, 1 true-up, 1 clawback, 1 true-up, keyed by
+     * the channel */
+    ck_assert_uint_ge(hs_topic_read(S.events, 15, 30000), 15);
+    int accrued = 0, adjusted = 0, clawed = 0;
+    for (size_t i = 0; i < hs_topic_count(S.events); i++) {
+        const hs_record *r = hs_topic_at(S.events, i);
+        ck_assert_msg(strcmp(r->key, "ch-m") == 0 || strcmp(r->key, "ch-w") == 0, "key %s", r->key);
+        if (strcmp(r->type, "commerce.events.v1.CommissionAccrued") == 0) {
+            Commerce__Events__V1__CommissionAccrued *e =
+                commerce__events__v1__commission_accrued__unpack(NULL, r->len, r->payload);
+            ck_assert_ptr_nonnull(e);
+            ck_assert_str_eq(e->channel_id, r->key);
+            ck_assert_int_eq(e->commission->state,
+                             COMMERCE__COMMISSION__V1__COMMISSION_STATE__COMMISSION_STATE_FROZEN);
+            ck_assert_int_eq(e->commission->order_amount->amount_minor, 1000000);
+            ck_assert_uint_eq(e->commission->n_brackets, 1);
+            protobuf_c_message_free_unpacked(&e->base, NULL);
+            accrued++;
+        } else if (strcmp(r->type, "commerce.events.v1.CommissionAdjusted") == 0) {
+            adjusted++;
+        } else if (strcmp(r->type, "commerce.events.v1.CommissionClawedBack") == 0) {
+            Commerce__Events__V1__CommissionClawedBack *e =
+                commerce__events__v1__commission_clawed_back__unpack(NULL, r->len, r->payload);
+            ck_assert_ptr_nonnull(e);
+            ck_assert_int_eq(e->clawback_amount->amount_minor, 50000);
+            ck_assert_str_eq(e->refund_id, "rf-1");
+            protobuf_c_message_free_unpacked(&e->base, NULL);
+            clawed++;
+        }
+    }
+    ck_assert_int_eq(accrued, 12);
+    ck_assert_int_eq(adjusted, 2);
+    ck_assert_int_eq(clawed, 1);
+    st_stop(&S);
+}
+END_TEST
+
+START_TEST(threshold_crossed_and_uncrossed_trues_up_and_parent_shares_exactly)
+{
+    st_start(&S, "trueup");
+    T0 = hs_real_ms() + 1000;
+    seed_sched w;
+    seed(&w, "whole", WHOLE);
+    cm_rpc_status stt;
+    ck_assert_int_eq(put_schedule(&S, "s-1", &w.s, 0, &stt), 0);
+    /* the parent earns 10 % of its child's net commission, on top */
+    put_channel(&S, "par", ACTIVE, NULL, 0, "whole");
+    put_channel(&S, "kid", ACTIVE, "par", 1000, "whole");
+    char *a = uuid(), *b = uuid();
+    /* A 9,000.00 at 5 %: 450.00 */
+    paid(&S, a, uuid(), "kid", 900000);
+    wait_for(&S, "SELECT count(*) FROM commissions", 1);
+    /* B 2,000.00 crosses 10,000.00: 160.00, A trued up +270.00 */
+    paid(&S, b, uuid(), "kid", 200000);
+    wait_for(&S, "SELECT count(*) FROM commissions", 2);
+    ck_assert_int_eq(comm_col(&S, "amount", b), 16000);
+    ck_assert_int_eq(sql(&S, "SELECT amount FROM adjustments WHERE channel_id = 'kid'"), 27000);
+    ck_assert_int_eq(posted(&S, "kid"), 88000);
+    /* B refunds 1,500.00 back under 10,000.00: 120.00 (3/4 of 160.00)
+     * back, true-up -285.00 */
+    refunded(&S, b, uuid(), "kid", "rf-b", 150000);
+    wait_for(&S, "SELECT count(*) FROM refunds_applied", 1);
+    ck_assert_int_eq(comm_col(&S, "clawed_back", b), 12000);
+    ck_assert_int_eq(sql(&S, "SELECT amount FROM adjustments WHERE channel_id = 'kid' AND "
+                             "refund_id = 'rf-b'"),
+                     -28500);
+    ck_assert_int_eq(posted(&S, "kid"), 47500);
+    ck_assert_int_eq(earned(&S, "kid"), 47500);
+    /* the parent: 4,500 + 4,300 - 4,050 = 4,750 = floor(10 % of 47,500) */
+    ck_assert_int_eq(sql(&S, "SELECT count(*) FROM adjustments WHERE channel_id = 'par' AND kind "
+                             "= 2 AND child_id = 'kid'"),
+                     3);
+    ck_assert_int_eq(earned(&S, "par"), 4750);
+    ck_assert_int_eq(sql(&S, "SELECT base FROM parent_pools"), 47500);
+    /* listed newest first, with a cursor */
+    Commerce__Commission__V1__ListAdjustmentsRequest lr =
+        COMMERCE__COMMISSION__V1__LIST_ADJUSTMENTS_REQUEST__INIT;
+    lr.channel_id = "kid";
+    lr.page_size = 1;
+    Commerce__Commission__V1__ListAdjustmentsResponse *resp = NULL;
+    ck_assert_int_eq(hs_call(S.c, SVC "ListAdjustments", &lr.base,
+                             &commerce__commission__v1__list_adjustments_response__descriptor,
+                             (ProtobufCMessage **)&resp, &stt, md, 1),
+                     0);
+    ck_assert_uint_eq(resp->n_adjustments, 1);
+    ck_assert_int_eq(resp->adjustments[0]->amount->amount_minor, -28500);
+    ck_assert_int_eq(resp->adjustments[0]->kind,
+                     COMMERCE__COMMISSION__V1__ADJUSTMENT_KIND__ADJUSTMENT_KIND_TRUE_UP);
+    ck_assert_str_ne(resp->next_page_token, "");
+    Commerce__Commission__V1__ListAdjustmentsResponse *resp2 = NULL;
+    lr.page_token = resp->next_page_token;
+    ck_assert_int_eq(hs_call(S.c, SVC "ListAdjustments", &lr.base,
+                             &commerce__commission__v1__list_adjustments_response__descriptor,
+                             (ProtobufCMessage **)&resp2, &stt, md, 1),
+                     0);
+    ck_assert_uint_eq(resp2->n_adjustments, 1);
+    ck_assert_int_eq(resp2->adjustments[0]->amount->amount_minor, 27000);
+    ck_assert_str_eq(resp2->next_page_token, "");
+    protobuf_c_message_free_unpacked(&resp->base, NULL);
+    protobuf_c_message_free_unpacked(&resp2->base, NULL);
+    /* the dashboard: 9,500.00 at 5 %, 500.00 still needed for 8 % */
+    Commerce__Commission__V1__ChannelSummary *sum = summary(&S, "kid");
+    ck_assert_int_eq(sum->period_sales->amount_minor, 950000);
+    ck_assert_int_eq(sum->current_tier, 0);
+    ck_assert_int_eq(sum->current_rate_bps, 500);
+    ck_assert_int_eq(sum->next_tier_from_sales->amount_minor, 1000000);
+    ck_assert_int_eq(sum->sales_to_next_tier->amount_minor, 50000);
+    ck_assert_int_eq(sum->next_rate_bps, 800);
+    ck_assert_int_eq(sum->period_commission->amount_minor, 47500);
+    ck_assert_int_eq(sum->frozen->amount_minor, 47500);
+    protobuf_c_message_free_unpacked(&sum->base, NULL);
+    st_stop(&S);
+}
+END_TEST
+
+START_TEST(duplicates_accrue_and_claw_back_once)
+{
+    st_start(&S, "dup");
+    T0 = hs_real_ms() + 1000;
+    seed_sched m;
+    seed(&m, "marginal", MARGINAL);
+    cm_rpc_status stt;
+    ck_assert_int_eq(put_schedule(&S, "s-1", &m.s, 0, &stt), 0);
+    put_channel(&S, "ch", ACTIVE, NULL, 0, "marginal");
+    char *o = uuid(), *ev = uuid(), *rv = uuid();
+    paid(&S, o, ev, "ch", 100000);
+    paid(&S, o, ev, "ch", 100000);     /* redelivered */
+    paid(&S, o, uuid(), "ch", 100000); /* the same order under a new event id */
+    refunded(&S, o, rv, "ch", "rf-1", 40000);
+    refunded(&S, o, rv, "ch", "rf-1", 40000);     /* redelivered */
+    refunded(&S, o, uuid(), "ch", "rf-1", 40000); /* a new event id */
+    wait_for(&S, "SELECT count(*) FROM inbox", 4);
+    ck_assert_int_eq(sql(&S, "SELECT count(*) FROM commissions"), 1);
+    ck_assert_int_eq(sql(&S, "SELECT amount FROM commissions"), 5000);
+    ck_assert_int_eq(sql(&S, "SELECT refunded FROM commissions"), 40000);
+    ck_assert_int_eq(sql(&S, "SELECT clawed_back FROM commissions"), 2000);
+    ck_assert_int_eq(sql(&S, "SELECT net_sales FROM channel_periods"), 60000);
+    ck_assert_int_eq(sql(&S, "SELECT orders FROM channel_periods"), 1);
+    ck_assert_int_eq(posted(&S, "ch"), 3000);
+    ck_assert_int_eq(earned(&S, "ch"), 3000);
+    st_stop(&S);
+}
+END_TEST
+
+START_TEST(refund_before_its_payment_is_parked_then_applied)
+{
+    static const char *const env[] = {"COMMISSION_PARK_TIMEOUT_S=3", "COMMISSION_PARKER_MS=200",
+                                      NULL};
+    st_start_env(&S, "early", env);
+    T0 = hs_real_ms() + 1000;
+    char dlq[160];
+    snprintf(dlq, sizeof dlq, "%s.dlq", S.otopic);
+    hs_kafka_create_topic(hs_kafka_brokers(), dlq, 1);
+    hs_topic *dl = hs_topic_open(hs_kafka_brokers(), dlq, 0);
+    seed_sched m;
+    seed(&m, "marginal", MARGINAL);
+    cm_rpc_status stt;
+    ck_assert_int_eq(put_schedule(&S, "s-1", &m.s, 0, &stt), 0);
+    put_channel(&S, "ch", ACTIVE, NULL, 0, "marginal");
+    char *o = uuid(), *never = uuid();
+    refunded(&S, o, uuid(), "ch", "rf-1", 50000);
+    refunded(&S, never, uuid(), "ch", "rf-9", 100);
+    wait_for(&S, "SELECT count(*) FROM parked_refunds", 2);
+    ck_assert_int_eq(sql(&S, "SELECT count(*) FROM commissions"), 0);
+    paid(&S, o, uuid(), "ch", 100000);
+    wait_for(&S, "SELECT count(*) FROM refunds_applied", 1);
+    ck_assert_int_eq(sql(&S, "SELECT amount FROM commissions"), 5000);
+    ck_assert_int_eq(sql(&S, "SELECT clawed_back FROM commissions"), 2500);
+    ck_assert_int_eq(sql(&S, "SELECT net_sales FROM channel_periods"), 50000);
+    ck_assert_int_eq(earned(&S, "ch"), 2500);
+    /* the other payment never comes: dead-lettered, with the record as sent */
+    const hs_record *r = hs_topic_next(dl, 30000);
+    ck_assert_msg(r != NULL, "no dead letter (log %s)", S.p.log_path);
+    ck_assert_str_eq(r->key, never);
+    ck_assert_str_eq(r->type, "commerce.events.v1.OrderRefunded");
+    wait_for(&S, "SELECT count(*) FROM parked_refunds", 0);
+    hs_topic_close(dl);
+    hs_kafka_delete_topic(hs_kafka_brokers(), dlq);
+    st_stop(&S);
+}
+END_TEST
+
+START_TEST(suspended_or_unknown_channel_accrues_nothing)
+{
+    st_start(&S, "susp");
+    T0 = hs_real_ms() + 1000;
+    seed_sched m;
+    seed(&m, "marginal", MARGINAL);
+    m.s.n_channel_types = 3; /* assigned by type: the channels name none */
+    m.s.channel_types = m.types;
+    cm_rpc_status stt;
+    ck_assert_int_eq(put_schedule(&S, "s-1", &m.s, 0, &stt), 0);
+    put_channel(&S, "on", ACTIVE, NULL, 0, NULL);
+    put_channel(&S, "off", SUSPENDED, NULL, 0, NULL);
+    char *o = uuid();
+    paid(&S, uuid(), uuid(), "on", 100000);
+    paid(&S, o, uuid(), "off", 100000);
+    paid(&S, uuid(), uuid(), "nobody", 100000);
+    refunded(&S, o, uuid(), "off", "rf-1", 100000); /* nothing to claw back, not parked */
+    wait_for(&S, "SELECT count(*) FROM inbox", 4);
+    ck_assert_int_eq(sql(&S, "SELECT count(*) FROM commissions"), 1);
+    ck_assert_int_eq(sql(&S, "SELECT count(*) FROM commissions WHERE channel_id = 'on' AND "
+                             "schedule_id = 's-1'"),
+                     0);
+    ck_assert_int_eq(sql(&S, "SELECT count(*) FROM commissions WHERE channel_id = 'on' AND "
+                             "schedule_id = 'marginal' AND amount = 5000"),
+                     1);
+    ck_assert_int_eq(sql(&S, "SELECT count(*) FROM uncommissioned_orders"), 2);
+    ck_assert_int_eq(sql(&S, "SELECT count(*) FROM parked_refunds"), 0);
+    ck_assert_int_eq(sql(&S, "SELECT count(*) FROM channel_periods WHERE channel_id <> 'on'"), 0);
+    ck_assert_int_eq(sql(&S, "SELECT count(*) FROM refunds_applied"), 0);
+    st_stop(&S);
+}
+END_TEST
+
+START_TEST(bad_input_is_named_and_tenants_are_apart)
+{
+    st_start(&S, "bad");
+    T0 = hs_real_ms() + 1000;
+    seed_sched m;
+    cm_rpc_status stt;
+    /* tiers: not from 0, not increasing, a rate out of range, too many */
+    seed(&m, "s", MARGINAL);
+    m.from[0].amount_minor = 1;
+    ck_assert_int_eq(put_schedule(&S, "s-1", &m.s, 0, &stt), 3);
+    ck_assert_str_eq(stt.field, "schedule.tiers[0].from_sales.amount_minor");
+    seed(&m, "s", MARGINAL);
+    m.from[2].amount_minor = 1000000;
+    ck_assert_int_eq(put_schedule(&S, "s-2", &m.s, 0, &stt), 3);
+    ck_assert_str_eq(stt.field, "schedule.tiers[2].from_sales.amount_minor");
+    seed(&m, "s", MARGINAL);
+    m.t[1].rate_bps = 10001;
+    ck_assert_int_eq(put_schedule(&S, "s-3", &m.s, 0, &stt), 3);
+    ck_assert_str_eq(stt.field, "schedule.tiers[1].rate_bps");
+    seed(&m, "s", MARGINAL);
+    m.s.n_tiers = 0;
+    ck_assert_int_eq(put_schedule(&S, "s-4", &m.s, 0, &stt), 3);
+    ck_assert_str_eq(stt.field, "schedule.tiers");
+    seed(&m, "s", 0);
+    ck_assert_int_eq(put_schedule(&S, "s-5", &m.s, 0, &stt), 3);
+    ck_assert_str_eq(stt.field, "schedule.mode");
+    seed(&m, "s", MARGINAL);
+    m.from[1].currency = "USD";
+    ck_assert_int_eq(put_schedule(&S, "s-6", &m.s, 0, &stt), 3);
+    ck_assert_str_eq(stt.reason, "CURRENCY_MISMATCH");
+    seed(&m, "s", MARGINAL);
+    m.s.time_zone = "Mars/Olympus";
+    ck_assert_int_eq(put_schedule(&S, "s-7", &m.s, 0, &stt), 3);
+    ck_assert_str_eq(stt.field, "schedule.time_zone");
+    ck_assert_int_eq(sql(&S, "SELECT count(*) FROM tier_schedules"), 0);
+    /* stored; a retry answers the same; another body under the key is refused */
+    seed(&m, "s", MARGINAL);
+    ck_assert_int_eq(put_schedule(&S, "s-8", &m.s, 0, &stt), 0);
+    ck_assert_int_eq(put_schedule(&S, "s-8", &m.s, 0, &stt), 0);
+    m.t[0].rate_bps = 600;
+    ck_assert_int_eq(put_schedule(&S, "s-8", &m.s, 0, &stt), 6);
+    ck_assert_str_eq(stt.reason, "IDEMPOTENCY_KEY_REUSED");
+    ck_assert_int_eq(put_schedule(&S, "s-9", &m.s, 7, &stt), 10);
+    ck_assert_str_eq(stt.reason, "VERSION_MISMATCH");
+    ck_assert_int_eq(put_schedule(&S, "s-9", &m.s, 1, &stt), 0);
+    ck_assert_int_eq(sql(&S, "SELECT max(revision) FROM tier_schedules"), 2);
+    /* channels: an unknown type, a missing schedule, a third level */
+    ck_assert_int_eq(put_channel_full(&S, md, "c-1", "ch", 9, ACTIVE, NULL, 0, NULL, 0, &stt), 3);
+    ck_assert_str_eq(stt.field, "channel.type");
+    ck_assert_int_eq(put_channel_full(&S, md, "c-2", "ch", 0, ACTIVE, NULL, 0, NULL, 0, &stt), 3);
+    ck_assert_str_eq(stt.field, "channel.type");
+    ck_assert_int_eq(
+        put_channel_full(&S, md, "c-3", "ch", CT(AFFILIATE), ACTIVE, NULL, 0, "nope", 0, &stt), 9);
+    ck_assert_str_eq(stt.reason, "REFERENCE_NOT_FOUND");
+    ck_assert_int_eq(
+        put_channel_full(&S, md, "c-4", "ch", CT(AFFILIATE), ACTIVE, "ch", 100, NULL, 0, &stt), 3);
+    ck_assert_str_eq(stt.field, "channel.parent_channel_id");
+    put_channel(&S, "top", ACTIVE, NULL, 0, "s");
+    put_channel(&S, "mid", ACTIVE, "top", 500, "s");
+    ck_assert_int_eq(
+        put_channel_full(&S, md, "c-5", "low", CT(AFFILIATE), ACTIVE, "mid", 100, NULL, 0, &stt),
+        9);
+    ck_assert_str_eq(stt.reason, "ILLEGAL_STATE_TRANSITION");
+    ck_assert_int_eq(sql(&S, "SELECT count(*) FROM channels"), 2);
+    /* another tenant sees none of it */
+    Commerce__Commission__V1__GetChannelRequest g =
+        COMMERCE__COMMISSION__V1__GET_CHANNEL_REQUEST__INIT;
+    g.channel_id = "top";
+    ck_assert_int_eq(hs_call(S.c, SVC "GetChannel", &g.base,
+                             &commerce__commission__v1__get_channel_response__descriptor, NULL,
+                             &stt, md_other, 1),
+                     5);
+    ck_assert_int_eq(hs_call(S.c, SVC "GetChannel", &g.base,
+                             &commerce__commission__v1__get_channel_response__descriptor, NULL,
+                             &stt, md, 1),
+                     0);
+    Commerce__Commission__V1__ListChannelsRequest l =
+        COMMERCE__COMMISSION__V1__LIST_CHANNELS_REQUEST__INIT;
+    Commerce__Commission__V1__ListChannelsResponse *lr = NULL;
+    ck_assert_int_eq(hs_call(S.c, SVC "ListChannels", &l.base,
+                             &commerce__commission__v1__list_channels_response__descriptor,
+                             (ProtobufCMessage **)&lr, &stt, md_other, 1),
+                     0);
+    ck_assert_uint_eq(lr->n_channels, 0);
+    protobuf_c_message_free_unpacked(&lr->base, NULL);
+    ck_assert_int_eq(hs_call(S.c, SVC "ListChannels", &l.base,
+                             &commerce__commission__v1__list_channels_response__descriptor,
+                             (ProtobufCMessage **)&lr, &stt, md, 1),
+                     0);
+    ck_assert_uint_eq(lr->n_channels, 2);
+    protobuf_c_message_free_unpacked(&lr->base, NULL);
+    /* nor its commissions: an order of the tenant paid to "top" */
+    paid(&S, uuid(), uuid(), "top", 100000);
+    paid_in(&S, TENANT "-other", uuid(), uuid(), "top", 100000, T0); /* no such channel there */
+    wait_for(&S, "SELECT count(*) FROM inbox", 2);
+    Commerce__Commission__V1__ListCommissionsRequest lc =
+        COMMERCE__COMMISSION__V1__LIST_COMMISSIONS_REQUEST__INIT;
+    Commerce__Commission__V1__ListCommissionsResponse *lcr = NULL;
+    ck_assert_int_eq(hs_call(S.c, SVC "ListCommissions", &lc.base,
+                             &commerce__commission__v1__list_commissions_response__descriptor,
+                             (ProtobufCMessage **)&lcr, &stt, md_other, 1),
+                     0);
+    ck_assert_uint_eq(lcr->n_commissions, 0);
+    protobuf_c_message_free_unpacked(&lcr->base, NULL);
+    ck_assert_int_eq(hs_call(S.c, SVC "ListCommissions", &lc.base,
+                             &commerce__commission__v1__list_commissions_response__descriptor,
+                             (ProtobufCMessage **)&lcr, &stt, md, 1),
+                     0);
+    ck_assert_uint_eq(lcr->n_commissions, 1);
+    ck_assert_int_eq(lcr->commissions[0]->amount->amount_minor, 6000);
+    protobuf_c_message_free_unpacked(&lcr->base, NULL);
+    st_stop(&S);
+}
+END_TEST
+
+START_TEST(kill_mid_batch_accrues_each_order_once)
+{
+    st_start(&S, "kill");
+    T0 = hs_real_ms() + 1000;
+    seed_sched w;
+    seed(&w, "whole", WHOLE);
+    cm_rpc_status stt;
+    ck_assert_int_eq(put_schedule(&S, "s-1", &w.s, 0, &stt), 0);
+    static const char *const chans[] = {"c0", "c1", "c2", "c3"};
+    put_channel(&S, "par", ACTIVE, NULL, 0, "whole");
+    for (int i = 0; i < 4; i++)
+        put_channel(&S, chans[i], ACTIVE, i % 2 ? "par" : NULL, i % 2 ? 750 : 0, "whole");
+    /* the events wait on the topic while the service is down, then it is
+     * killed while it accrues them */
+    ck_assert_int_eq(hs_stop(&S.p, SIGTERM, 30000), 0);
+    enum { N = 3000 };
+    long long total = 0;
+    for (int i = 0; i < N; i++) {
+        paid(&S, uuid(), uuid(), chans[i % 4], 10000 + i);
+        total += 10000 + i;
+    }
+    const char *env[32];
+    st_env(&S, env, 32, NULL);
+    hs_start(&S.p, COMMISSION_BIN, env);
+    wait_sql w1 = {&S, "SELECT least(count(*), 1) FROM commissions", 1};
+    ck_assert_int_eq(hs_poll(sql_is, &w1, 30000, 2), 0);
+    ck_assert_int_eq(hs_stop(&S.p, SIGKILL, 5000), 128 + SIGKILL);
+    long long before = sql(&S, "SELECT count(*) FROM commissions");
+    ck_assert_msg(before < N, "all %d accrued before the kill: nothing to prove", N);
+    hs_start(&S.p, COMMISSION_BIN, env);
+    cm_rpc_client_free(S.c);
+    S.c = hs_client(&S.p, NULL);
+    wait_for(&S, "SELECT count(*) FROM commissions", N);
+    ck_assert_int_eq(sql(&S, "SELECT count(DISTINCT order_id) FROM commissions"), N);
+    ck_assert_int_eq(sql(&S, "SELECT sum(orders) FROM channel_periods"), N);
+    ck_assert_int_eq(sql(&S, "SELECT sum(net_sales) FROM channel_periods"), total);
+    /* each period's posted sum is the formula on its net sales: 12 % of
+     * everything past 50,000.00 (each channel has about 7,500,000) */
+    ck_assert_int_eq(
+        sql(&S, "SELECT count(*) FROM channel_periods WHERE posted <> net_sales * 1200 / 10000"),
+        0);
+    for (int i = 0; i < 4; i++)
+        ck_assert_int_eq(earned(&S, chans[i]), posted(&S, chans[i]));
+    /* the parent: floor(7.5 % of its children's net commission) */
+    ck_assert_int_eq(earned(&S, "par"),
+                     sql(&S, "SELECT sum(posted) * 750 / 10000 FROM channel_periods WHERE "
+                             "channel_id IN ('c1', 'c3')"));
+    st_stop(&S);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("commission");
+    TCase *tc = tcase_create("commission");
+    tcase_set_timeout(tc, 120);
+    tcase_add_checked_fixture(tc, NULL, teardown);
+    tcase_add_test(tc, seed_table_to_the_minor_unit_in_both_modes);
+    tcase_add_test(tc, threshold_crossed_and_uncrossed_trues_up_and_parent_shares_exactly);
+    tcase_add_test(tc, duplicates_accrue_and_claw_back_once);
+    tcase_add_test(tc, refund_before_its_payment_is_parked_then_applied);
+    tcase_add_test(tc, suspended_or_unknown_channel_accrues_nothing);
+    tcase_add_test(tc, bad_input_is_named_and_tenants_are_apart);
+    tcase_add_test(tc, kill_mid_batch_accrues_each_order_once);
+    suite_add_tcase(s, tc);
+    return hs_run(s, 1);
+}
