@@ -65,6 +65,15 @@ int cm_db_read_row(cm_db *db, const char *what, const char *sql, int nparams,
 int64_t cm_db_int(const PGresult *r, int row, int col);
 void cm_db_text(char *dst, size_t cap, const PGresult *r, int row, int col);
 
+/* the elements of a one-dimensional array as postgres prints it ("{1,2}",
+ * "{2024-01-02,NULL}", "{a,\"\"}") into out[i] (cap bytes each, cut to
+ * fit), at most max of them; NULL becomes "", a quoted element loses its
+ * quotes (elements with escapes inside are not supported: use them for
+ * numbers, dates and keys). returns the count. cm_db_parse_ints: the same
+ * for numbers. */
+size_t cm_db_parse_words(const char *s, char *out, size_t cap, size_t max);
+size_t cm_db_parse_ints(const char *s, int64_t *out, size_t max);
+
 /* cm_db_exec for a statement run often: prepared once per session under
  * name (parse, analysis and planning are paid once), then executed with
  * the parameters; lengths and formats as for PQexecPrepared (NULL: all

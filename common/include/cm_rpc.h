@@ -146,6 +146,16 @@ int cm_rpc_fail_field(cm_rpc_ctx *ctx, const char *field, const char *descriptio
  * OUT_OF_MEMORY, ...); CM_ECANCELLED, which only the drain causes, is
  * UNAVAILABLE / SHUTTING_DOWN; INTERNAL keeps its detail for the log. */
 int cm_rpc_fail_err(cm_rpc_ctx *ctx, int cm_err, const char *message);
+/* the failures every admin api shares: an idempotency key used with
+ * another body (ALREADY_EXISTS / IDEMPOTENCY_KEY_REUSED, metadata field);
+ * compare-and-set lost (ABORTED / VERSION_MISMATCH naming the field and
+ * the current value, metadata current_version); an unknown id of the
+ * caller's tenant (NOT_FOUND / RESOURCE_NOT_FOUND, "no such <what>"). each
+ * returns the failure's value. */
+int cm_rpc_fail_key_reused(cm_rpc_ctx *ctx, const char *field);
+int cm_rpc_fail_version(cm_rpc_ctx *ctx, const char *field, long long expected, long long current);
+int cm_rpc_fail_not_found(cm_rpc_ctx *ctx, const char *what);
+
 /* adds a typed detail to the failure's google.rpc.Status, packed as an Any
  * with type URL "type.googleapis.com/<full message name>" (e.g. a
  * commerce.inventory.v1.StockShortageDetail). packed at once, so detail may

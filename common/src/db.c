@@ -997,3 +997,40 @@ int cm_db_migrate_component(cm_db *db, const char *schema, const char *component
     }
     return migrate_table(db, schema, component, list, n, err, errlen);
 }
+
+size_t cm_db_parse_words(const char *s, char *out, size_t cap, size_t max)
+{
+    size_t n = 0;
+    if (*s == '{')
+        s++;
+    while (*s && *s != '}' && n < max) {
+        size_t k = strcspn(s, ",}");
+        char *dst = out + n * cap;
+        if (k == 4 && strncmp(s, "NULL", 4) == 0)
+            *dst = '\0';
+        else if (k >= 2 && s[0] == '"' && s[k - 1] == '"')
+            snprintf(dst, cap, "%.*s", (int)(k - 2), s + 1);
+        else
+            snprintf(dst, cap, "%.*s", (int)k, s);
+        n++;
+        s += k;
+        if (*s == ',')
+            s++;
+    }
+    return n;
+}
+
+size_t cm_db_parse_ints(const char *s, int64_t *out, size_t max)
+{
+    size_t n = 0;
+    if (*s == '{')
+        s++;
+    while (*s && *s != '}' && n < max) {
+        char *end;
+        out[n++] = strtoll(s, &end, 10);
+        s = end + strcspn(end, ",}");
+        if (*s == ',')
+            s++;
+    }
+    return n;
+}

@@ -1644,3 +1644,28 @@ int cm_rpc_fail_forward(cm_rpc_ctx *ctx, const cm_rpc_status *st)
     return cm_rpc_fail(ctx, mapped, "DEPENDENCY_FAILED",
                        cm_arena_printf(a, "a dependency failed: %s", code_names[mapped]));
 }
+
+int cm_rpc_fail_key_reused(cm_rpc_ctx *ctx, const char *field)
+{
+    int f = cm_rpc_fail(ctx, GRPC_STATUS_ALREADY_EXISTS, "IDEMPOTENCY_KEY_REUSED",
+                        cm_arena_printf(cm_rpc_ctx_arena(ctx),
+                                        "%s was already used with a different request", field));
+    cm_rpc_fail_meta(ctx, "field", field);
+    return f;
+}
+
+int cm_rpc_fail_version(cm_rpc_ctx *ctx, const char *field, long long expected, long long current)
+{
+    cm_arena *a = cm_rpc_ctx_arena(ctx);
+    int f = cm_rpc_fail(ctx, GRPC_STATUS_ABORTED, "VERSION_MISMATCH",
+                        cm_arena_printf(a, "%s %lld is not the current one (%lld): read it again",
+                                        field, expected, current));
+    cm_rpc_fail_meta(ctx, "current_version", cm_arena_printf(a, "%lld", current));
+    return f;
+}
+
+int cm_rpc_fail_not_found(cm_rpc_ctx *ctx, const char *what)
+{
+    return cm_rpc_fail(ctx, GRPC_STATUS_NOT_FOUND, "RESOURCE_NOT_FOUND",
+                       cm_arena_printf(cm_rpc_ctx_arena(ctx), "no such %s", what));
+}

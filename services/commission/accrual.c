@@ -7,6 +7,7 @@
 #include "cm_id.h"
 #include "cm_log.h"
 #include "cm_outbox.h"
+#include "cm_park.h"
 #include "cms_domain.h"
 #include "cms_events.h"
 #include "cms_store.h"
@@ -1337,19 +1338,17 @@ static int park(cms_accrual *a, cm_db *db)
             /* taken out for a payment that did not accrue after all */
             continue;
         }
-        char amt[24];
-        snprintf(amt, sizeof amt, "%lld", (long long)it->amount);
-        const char *p[] = {it->tenant,      it->order_id, it->refund_id,
-                           it->event_id,    it->currency, amt,
-                           it->traceparent, it->topic,    (const char *)it->payload};
-        int lens[9] = {0, 0, 0, 0, 0, 0, 0, 0, (int)it->len};
-        int fmts[9] = {0, 0, 0, 0, 0, 0, 0, 0, 1};
-        rc = cm_db_exec_prepared(db, "park refund", "cms_park",
-                                 "INSERT INTO parked_refunds (tenant_id, order_id, refund_id, "
-                                 "event_id, currency, amount, traceparent, topic, payload) VALUES "
-                                 "($1, $2::uuid, $3, $4::uuid, $5, $6, $7, $8, $9) ON CONFLICT DO "
-                                 "NOTHING",
-                                 9, p, lens, fmts, NULL);
+        cm_park_refund pk = {.tenant = it->tenant,
+                             .order_id = it->order_id,
+                             .refund_id = it->refund_id,
+                             .event_id = it->event_id,
+                             .currency = it->currency,
+                             .amount = it->amount,
+                             .traceparent = it->traceparent,
+                             .topic = it->topic,
+                             .payload = it->payload,
+                             .len = it->len};
+        rc = cm_park_add(db, &pk);
         if (rc == 0) {
             atomic_fetch_add(&a->parked, 1);
             cm_log_warn("refund before its payment: parked", "tenant", it->tenant, "order_id",
@@ -1400,33 +1399,4 @@ int cms_accrual_flush(cms_accrual *a, cm_db *db)
         reset_flush(a);
     }
     return rc;
-}
-
-int cms_accrual_expire_parked(cm_db *db, int older_than_s, int *expired)
-{
-    char age[24];
-    snprintf(age, sizeof age, "%d", older_than_s);
-    const char *p[] = {age};
-    PGresult *r = NULL;
-    /* dead-lettered through the outbox, as the consumer's dead letters
-     * (the same headers), in one statement: parked rows out, dlq rows in */
-    int rc = cm_db_exec(
-        db, "expire parked refunds",
-        "WITH x AS (DELETE FROM parked_refunds WHERE ctid IN (SELECT ctid FROM parked_refunds "
-        "WHERE parked_at < now() - make_interval(secs => $1::int) ORDER BY parked_at LIMIT 500 "
-        "FOR UPDATE SKIP LOCKED) RETURNING *), o AS (INSERT INTO outbox (event_id, tenant_id, "
-        "topic, key, type, source, payload, occurred_at, traceparent, headers) SELECT "
-        "gen_random_uuid(), x.tenant_id, x.topic || '.dlq', x.order_id::text, "
-        "'commerce.events.v1.OrderRefunded', '/commerce/order', x.payload, x.parked_at, "
-        "NULLIF(x.traceparent, ''), jsonb_build_object('dlq-reason', 'payment not accrued in "
-        "time', 'dlq-topic', x.topic, 'dlq-event-id', x.event_id::text, 'dlq-at', now()::text) "
-        "FROM x RETURNING 1) SELECT count(*) FROM o",
-        1, p, &r);
-    if (rc)
-        return rc;
-    *expired = (int)strtol(PQgetvalue(r, 0, 0), NULL, 10);
-    PQclear(r);
-    if (*expired)
-        cm_outbox_wake(db);
-    return 0;
 }

@@ -37,42 +37,6 @@ static int fail_field(cm_rpc_ctx *ctx, const char *field, const char *why)
     return cm_rpc_fail_field(ctx, field, why);
 }
 
-static int db_fail(cm_rpc_ctx *ctx, int rc, const char *what)
-{
-    if (rc == CM_ECONFLICT)
-        return cm_rpc_fail(ctx, GRPC_STATUS_ABORTED, "CONCURRENT_MODIFICATION",
-                           "changed concurrently: retry with the same key");
-    if (rc == CM_EUNAVAIL)
-        return cm_rpc_fail(ctx, GRPC_STATUS_UNAVAILABLE, "DEPENDENCY_UNAVAILABLE",
-                           "the database is unavailable: retry");
-    return cm_rpc_fail_err(ctx, rc, what);
-}
-
-static int not_found(cm_rpc_ctx *ctx, const char *what)
-{
-    return cm_rpc_fail(ctx, GRPC_STATUS_NOT_FOUND, "RESOURCE_NOT_FOUND",
-                       cm_arena_printf(cm_rpc_ctx_arena(ctx), "no such %s", what));
-}
-
-static int key_reused(cm_rpc_ctx *ctx)
-{
-    int f = cm_rpc_fail(ctx, GRPC_STATUS_ALREADY_EXISTS, "IDEMPOTENCY_KEY_REUSED",
-                        "request_id was already used with a different request");
-    cm_rpc_fail_meta(ctx, "field", "request_id");
-    return f;
-}
-
-static int version_mismatch(cm_rpc_ctx *ctx, long long expected, long long cur)
-{
-    int f = cm_rpc_fail(ctx, GRPC_STATUS_ABORTED, "VERSION_MISMATCH",
-                        cm_arena_printf(cm_rpc_ctx_arena(ctx),
-                                        "expected_revision %lld is not the current one (%lld): "
-                                        "read it again",
-                                        expected, cur));
-    cm_rpc_fail_meta(ctx, "current_revision", num(cm_rpc_ctx_arena(ctx), cur));
-    return f;
-}
-
 static const char *principal(cm_rpc_ctx *ctx)
 {
     const char *p = cm_rpc_ctx_subject(ctx);
@@ -205,11 +169,11 @@ static int put_channel(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMes
     int rc = cms_store_put_channel(cm_service_db(ctx), tenant, req->request_id, hash, want,
                                    req->expected_revision, principal(ctx), now, &verdict, &what);
     if (rc)
-        return db_fail(ctx, rc, "could not store the channel");
+        return cm_rpc_fail_err(ctx, rc, "could not store the channel");
     if (verdict == CMS_KEY_REUSED)
-        return key_reused(ctx);
+        return cm_rpc_fail_key_reused(ctx, "request_id");
     if (verdict == CMS_VERSION)
-        return version_mismatch(ctx, req->expected_revision, now->revision);
+        return cm_rpc_fail_version(ctx, "expected_revision", req->expected_revision, now->revision);
     if (verdict == CMS_NO_REF) {
         int f =
             cm_rpc_fail(ctx, GRPC_STATUS_FAILED_PRECONDITION, "REFERENCE_NOT_FOUND",
@@ -243,9 +207,9 @@ static int get_channel(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMes
         return cm_rpc_fail_err(ctx, CM_ENOMEM, "channel");
     int rc = cms_store_get_channel(cm_service_db(ctx), cm_rpc_ctx_tenant(ctx), req->channel_id, c);
     if (rc == CM_ENOTFOUND)
-        return not_found(ctx, "channel");
+        return cm_rpc_fail_not_found(ctx, "channel");
     if (rc)
-        return db_fail(ctx, rc, "could not read the channel");
+        return cm_rpc_fail_err(ctx, rc, "could not read the channel");
     resp->channel = pb_channel(cm_rpc_ctx_arena(ctx), c);
     return resp->channel ? 0 : cm_rpc_fail_err(ctx, CM_ENOMEM, "channel");
 }
@@ -278,7 +242,7 @@ static int list_channels(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCM
         cms_store_list_channels(cm_service_db(ctx), cm_rpc_ctx_tenant(ctx), states,
                                 req->tier_schedule_id, after ? after : "", limit + 1, rows, &n);
     if (rc)
-        return db_fail(ctx, rc, "could not list the channels");
+        return cm_rpc_fail_err(ctx, rc, "could not list the channels");
     int more = n > limit;
     if (more)
         n = limit;
@@ -386,7 +350,7 @@ static int put_tier_schedule(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Protob
     cm_db *db = cm_service_db(ctx);
     int known = cms_store_zone_known(db, want->tz);
     if (known < 0)
-        return db_fail(ctx, known, "could not check the time zone");
+        return cm_rpc_fail_err(ctx, known, "could not check the time zone");
     if (!known)
         return fail_field(ctx, "schedule.time_zone",
                           "required: an IANA time zone name, e.g. \"Asia/Shanghai\"");
@@ -414,11 +378,11 @@ static int put_tier_schedule(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Protob
     int rc = cms_store_put_schedule(db, tenant, req->request_id, hash, want, req->expected_revision,
                                     principal(ctx), now, &verdict);
     if (rc)
-        return db_fail(ctx, rc, "could not store the tier schedule");
+        return cm_rpc_fail_err(ctx, rc, "could not store the tier schedule");
     if (verdict == CMS_KEY_REUSED)
-        return key_reused(ctx);
+        return cm_rpc_fail_key_reused(ctx, "request_id");
     if (verdict == CMS_VERSION)
-        return version_mismatch(ctx, req->expected_revision, now->revision);
+        return cm_rpc_fail_version(ctx, "expected_revision", req->expected_revision, now->revision);
     if (verdict == CMS_LEVELS)
         return cm_rpc_fail(ctx, GRPC_STATUS_FAILED_PRECONDITION, "ILLEGAL_STATE_TRANSITION",
                            "the schedule is in use: its currency, period and time zone cannot "
@@ -443,9 +407,9 @@ static int get_tier_schedule(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Protob
     int rc = cms_store_get_schedule(cm_service_db(ctx), cm_rpc_ctx_tenant(ctx),
                                     req->tier_schedule_id, 0, s);
     if (rc == CM_ENOTFOUND)
-        return not_found(ctx, "tier schedule");
+        return cm_rpc_fail_not_found(ctx, "tier schedule");
     if (rc)
-        return db_fail(ctx, rc, "could not read the tier schedule");
+        return cm_rpc_fail_err(ctx, rc, "could not read the tier schedule");
     resp->schedule = pb_schedule(cm_rpc_ctx_arena(ctx), s);
     return resp->schedule ? 0 : cm_rpc_fail_err(ctx, CM_ENOMEM, "tier schedule");
 }
@@ -468,7 +432,7 @@ static int list_tier_schedules(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Prot
     int rc = cms_store_list_schedules(cm_service_db(ctx), cm_rpc_ctx_tenant(ctx),
                                       after ? after : "", limit + 1, rows, &n);
     if (rc)
-        return db_fail(ctx, rc, "could not list the tier schedules");
+        return cm_rpc_fail_err(ctx, rc, "could not list the tier schedules");
     int more = n > limit;
     if (more)
         n = limit;
@@ -541,7 +505,7 @@ static int list_commissions(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Protobu
                                         limit + 1, rows, &n);
     if (rc) {
         free(rows);
-        return db_fail(ctx, rc, "could not list the commissions");
+        return cm_rpc_fail_err(ctx, rc, "could not list the commissions");
     }
     int more = n > limit;
     if (more)
@@ -581,7 +545,7 @@ static int list_adjustments(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Protobu
     int rc = cms_store_list_adjustments(cm_service_db(ctx), cm_rpc_ctx_tenant(ctx), req->channel_id,
                                         before_ms, before_id, limit + 1, rows, &n);
     if (rc)
-        return db_fail(ctx, rc, "could not list the adjustments");
+        return cm_rpc_fail_err(ctx, rc, "could not list the adjustments");
     int more = n > limit;
     if (more)
         n = limit;
@@ -622,19 +586,19 @@ static int get_channel_summary(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Prot
         return cm_rpc_fail_err(ctx, CM_ENOMEM, "summary");
     int rc = cms_store_get_channel(db, tenant, req->channel_id, ch);
     if (rc == CM_ENOTFOUND)
-        return not_found(ctx, "channel");
+        return cm_rpc_fail_not_found(ctx, "channel");
     if (rc)
-        return db_fail(ctx, rc, "could not read the channel");
+        return cm_rpc_fail_err(ctx, rc, "could not read the channel");
     rc = cms_store_summary(db, tenant, ch, at, s);
     if (rc == CM_ENOTFOUND)
         return cm_rpc_fail(ctx, GRPC_STATUS_FAILED_PRECONDITION, "REFERENCE_NOT_FOUND",
                            "no tier schedule applies to the channel at that time");
     if (rc)
-        return db_fail(ctx, rc, "could not read the channel's summary");
+        return cm_rpc_fail_err(ctx, rc, "could not read the channel's summary");
     cms_progress pg;
     rc = cms_progress_of(&s->sched.s, s->net_sales, &pg);
     if (rc)
-        return db_fail(ctx, CM_EINTERNAL, "could not compute the channel's progress");
+        return cm_rpc_fail_err(ctx, CM_EINTERNAL, "could not compute the channel's progress");
     const char *cur = s->sched.s.currency;
     Commerce__Commission__V1__ChannelSummary *m = cm_arena_calloc(a, 1, sizeof *m);
     if (!m)

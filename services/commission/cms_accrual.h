@@ -65,10 +65,6 @@ int cms_accrual_stage_refund(cms_accrual *a, const cms_refund_in *in);
  * until the next cms_accrual_begin) */
 int cms_accrual_flush(cms_accrual *a, cm_db *db);
 
-/* dead-letters (to "<topic>.dlq", through the outbox, with dlq-* headers)
- * up to 500 refunds parked longer than older_than_s; *expired: how many */
-int cms_accrual_expire_parked(cm_db *db, int older_than_s, int *expired);
-
 typedef struct cms_accrual_stats {
     uint64_t accrued, clawbacks, duplicates, skipped, parked, adjustments;
 } cms_accrual_stats;

@@ -175,7 +175,5 @@ void cms_store_parse_schedule(const PGresult *r, int row, int col, cms_schedule_
     "bracket_amount::text, parent_id, parent_bps"
 #define CMS_COMMISSION_NCOLS 24
 void cms_store_parse_commission(const PGresult *r, int row, cms_commission *c);
-/* the numbers of a postgres array literal ("{1,2}") into out (at most max) */
-size_t cms_store_parse_i64s(const char *s, int64_t *out, size_t max);
 
 #endif

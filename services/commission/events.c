@@ -4,6 +4,7 @@
 #include "cm_err.h"
 #include "cm_id.h"
 #include "cm_log.h"
+#include "cm_park.h"
 #include "cm_money.h"
 #include "cm_pb.h"
 #include "cms_accrual.h"
@@ -274,8 +275,8 @@ void cms_parker(cm_service *svc, cm_db *db, void *arg)
     cms_app *app = arg;
     int n = 0, rc;
     do {
-        rc = cms_accrual_expire_parked(db, (int)cm_service_int(svc, "COMMISSION_PARK_TIMEOUT_S"),
-                                       &n);
+        rc = cm_park_expire(db, "payment not accrued in time",
+                            (int)cm_service_int(svc, "COMMISSION_PARK_TIMEOUT_S"), &n);
         if (rc == 0 && n) {
             cm_counter_add(app->dead_lettered, (uint64_t)n);
             cm_log_warn("parked refunds dead-lettered: their payment never accrued", "count",

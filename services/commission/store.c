@@ -24,21 +24,6 @@ static const char *num(char *buf, size_t cap, long long v)
     return buf;
 }
 
-size_t cms_store_parse_i64s(const char *s, int64_t *out, size_t max)
-{
-    size_t n = 0;
-    const char *p = *s == '{' ? s + 1 : s;
-    while (*p && *p != '}' && n < max) {
-        char *end;
-        long long v = strtoll(p, &end, 10);
-        if (end == p)
-            break;
-        out[n++] = v;
-        p = *end == ',' ? end + 1 : end;
-    }
-    return n;
-}
-
 int cms_store_zone_known(cm_db *db, const char *tz)
 {
     const char *p[] = {tz};
@@ -288,11 +273,11 @@ void cms_store_parse_schedule(const PGresult *r, int row, int col, cms_schedule_
     copy(o->s.currency, sizeof o->s.currency, r, row, col + 4);
     o->s.mode = (int)i64(r, row, col + 5);
     int64_t from[CMS_TIERS_MAX], bps[CMS_TIERS_MAX], types[CMS_TYPES_MAX];
-    o->s.n = cms_store_parse_i64s(PQgetvalue(r, row, col + 6), from, CMS_TIERS_MAX);
-    cms_store_parse_i64s(PQgetvalue(r, row, col + 7), bps, CMS_TIERS_MAX);
+    o->s.n = cm_db_parse_ints(PQgetvalue(r, row, col + 6), from, CMS_TIERS_MAX);
+    cm_db_parse_ints(PQgetvalue(r, row, col + 7), bps, CMS_TIERS_MAX);
     for (size_t i = 0; i < o->s.n; i++)
         o->s.t[i] = (cms_tier){.from_sales = from[i], .rate_bps = bps[i]};
-    o->ntypes = cms_store_parse_i64s(PQgetvalue(r, row, col + 8), types, CMS_TYPES_MAX);
+    o->ntypes = cm_db_parse_ints(PQgetvalue(r, row, col + 8), types, CMS_TYPES_MAX);
     for (size_t i = 0; i < o->ntypes; i++)
         o->types[i] = (int)types[i];
     o->payer = (int)i64(r, row, col + 9);
@@ -486,10 +471,10 @@ void cms_store_parse_commission(const PGresult *r, int row, cms_commission *c)
     c->paid_ms = i64(r, row, 15);
     c->accrued_ms = i64(r, row, 16);
     c->clawed_ms = i64(r, row, 17);
-    c->nb = cms_store_parse_i64s(PQgetvalue(r, row, 18), c->b_from, CMS_TIERS_MAX);
-    cms_store_parse_i64s(PQgetvalue(r, row, 19), c->b_bps, CMS_TIERS_MAX);
-    cms_store_parse_i64s(PQgetvalue(r, row, 20), c->b_sales, CMS_TIERS_MAX);
-    cms_store_parse_i64s(PQgetvalue(r, row, 21), c->b_amount, CMS_TIERS_MAX);
+    c->nb = cm_db_parse_ints(PQgetvalue(r, row, 18), c->b_from, CMS_TIERS_MAX);
+    cm_db_parse_ints(PQgetvalue(r, row, 19), c->b_bps, CMS_TIERS_MAX);
+    cm_db_parse_ints(PQgetvalue(r, row, 20), c->b_sales, CMS_TIERS_MAX);
+    cm_db_parse_ints(PQgetvalue(r, row, 21), c->b_amount, CMS_TIERS_MAX);
     copy(c->parent, sizeof c->parent, r, row, 22);
     c->parent_bps = i64(r, row, 23);
 }

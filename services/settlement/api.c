@@ -35,24 +35,6 @@ static int fail_field(cm_rpc_ctx *ctx, const char *field, const char *why)
     return cm_rpc_fail_field(ctx, field, why);
 }
 
-static int key_reused(cm_rpc_ctx *ctx)
-{
-    int f = cm_rpc_fail(ctx, GRPC_STATUS_ALREADY_EXISTS, "IDEMPOTENCY_KEY_REUSED",
-                        "request_id was already used with a different request");
-    cm_rpc_fail_meta(ctx, "field", "request_id");
-    return f;
-}
-
-static int version_mismatch(cm_rpc_ctx *ctx, const char *what, long long expected, long long cur)
-{
-    int f = cm_rpc_fail(ctx, GRPC_STATUS_ABORTED, "VERSION_MISMATCH",
-                        cm_arena_printf(cm_rpc_ctx_arena(ctx),
-                                        "%s %lld is not the current one (%lld): read it again",
-                                        what, expected, cur));
-    cm_rpc_fail_meta(ctx, "current_version", num(cm_rpc_ctx_arena(ctx), cur));
-    return f;
-}
-
 static int request_id_ok(cm_rpc_ctx *ctx, const char *id)
 {
     if (!valid_key(id))
@@ -267,9 +249,9 @@ static int put_split_rule(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufC
     if (rc)
         return cm_rpc_fail_err(ctx, rc, "could not store the split rule");
     if (verdict == STL_KEY_REUSED)
-        return key_reused(ctx);
+        return cm_rpc_fail_key_reused(ctx, "request_id");
     if (verdict == STL_VERSION)
-        return version_mismatch(ctx, "expected_version", req->expected_version, row->version);
+        return cm_rpc_fail_version(ctx, "expected_version", req->expected_version, row->version);
     if (verdict == STL_OK)
         cm_log_info("split rule stored", "tenant", tenant, "merchant_id", row->merchant, "currency",
                     row->rule.currency, "version", num(a, row->version), "principal",
@@ -415,9 +397,9 @@ static int put_tenant_settings(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Prot
     if (rc)
         return cm_rpc_fail_err(ctx, rc, "could not change the tenant's settings");
     if (verdict == STL_KEY_REUSED)
-        return key_reused(ctx);
+        return cm_rpc_fail_key_reused(ctx, "request_id");
     if (verdict == STL_VERSION)
-        return version_mismatch(ctx, "expected_revision", req->expected_revision, now.revision);
+        return cm_rpc_fail_version(ctx, "expected_revision", req->expected_revision, now.revision);
     if (verdict == STL_OK)
         cm_log_info("settlement settings changed", "tenant", cm_rpc_ctx_tenant(ctx), "revision",
                     num(a, now.revision), "principal", principal(ctx), NULL);
@@ -570,12 +552,6 @@ static int run_settlement(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufC
     return resp->run ? 0 : cm_rpc_fail_err(ctx, CM_ENOMEM, "settlement run");
 }
 
-static int not_found(cm_rpc_ctx *ctx, const char *what)
-{
-    return cm_rpc_fail(ctx, GRPC_STATUS_NOT_FOUND, "RESOURCE_NOT_FOUND",
-                       cm_arena_printf(cm_rpc_ctx_arena(ctx), "no such %s", what));
-}
-
 static int get_settlement_run(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
 {
     const Commerce__Settlement__V1__GetSettlementRunRequest *req = (const void *)in;
@@ -585,7 +561,7 @@ static int get_settlement_run(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Proto
     stl_run run;
     int rc = stl_run_get(cm_service_db(ctx), cm_rpc_ctx_tenant(ctx), req->run_id, &run);
     if (rc == CM_ENOTFOUND)
-        return not_found(ctx, "settlement run");
+        return cm_rpc_fail_not_found(ctx, "settlement run");
     if (rc)
         return cm_rpc_fail_err(ctx, rc, "could not read the settlement run");
     resp->run = stl_pb_run(cm_rpc_ctx_arena(ctx), &run);
@@ -637,7 +613,7 @@ static int get_payout(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMess
         return cm_rpc_fail_err(ctx, CM_ENOMEM, "payout");
     int rc = stl_payout_get(cm_service_db(ctx), cm_rpc_ctx_tenant(ctx), req->payout_id, p);
     if (rc == CM_ENOTFOUND)
-        return not_found(ctx, "payout");
+        return cm_rpc_fail_not_found(ctx, "payout");
     if (rc)
         return cm_rpc_fail_err(ctx, rc, "could not read the payout");
     resp->payout = stl_pb_payout(cm_rpc_ctx_arena(ctx), p);
@@ -720,7 +696,7 @@ static int report_payout_result(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Pro
     int rc = stl_payout_report(cm_service_db(ctx), cm_rpc_ctx_tenant(ctx), req->payout_id, result,
                                ref, why, app->events_on, app->topic, p, &verdict);
     if (rc == CM_ENOTFOUND)
-        return not_found(ctx, "payout");
+        return cm_rpc_fail_not_found(ctx, "payout");
     if (rc)
         return cm_rpc_fail_err(ctx, rc, "could not record the payout's result");
     if (verdict == STL_VERSION)
@@ -782,7 +758,7 @@ static int get_account_statement(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Pr
         stl_store_statement(cm_service_db(ctx), cm_rpc_ctx_tenant(ctx), req->account_id, from, to,
                             after_id, (int)after_k, limit + 1, &acct, &open, &close, lines, ks, &n);
     if (rc == CM_ENOTFOUND)
-        return not_found(ctx, "account");
+        return cm_rpc_fail_not_found(ctx, "account");
     if (rc)
         return cm_rpc_fail_err(ctx, rc, "could not read the statement");
     int more = n > limit;

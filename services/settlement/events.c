@@ -5,6 +5,7 @@
 #include "cm_id.h"
 #include "cm_log.h"
 #include "cm_money.h"
+#include "cm_park.h"
 #include "cm_pb.h"
 #include "stl_api.h"
 
@@ -276,7 +277,17 @@ static int on_refunded(stl_app *app, cm_db *db, const cm_event *ev)
             cm_log_warn("refund before its payment: parked", "tenant", tenant, "order_id",
                         p->order_id, "refund_id", rf->refund_id, NULL);
             cm_counter_add(app->parked, 1);
-            rc = stl_ledger_park(db, &in, ev->topic, ev->payload, ev->len);
+            cm_park_refund pk = {.tenant = tenant,
+                                 .order_id = p->order_id,
+                                 .refund_id = rf->refund_id,
+                                 .event_id = ev->id,
+                                 .currency = in.currency,
+                                 .amount = in.amount,
+                                 .traceparent = ev->traceparent,
+                                 .topic = ev->topic,
+                                 .payload = ev->payload,
+                                 .len = ev->len};
+            rc = cm_park_add(db, &pk);
         }
     } else {
         cm_log_warn("OrderRefunded event refused: missing or invalid fields", "event_id", ev->id,
@@ -324,8 +335,8 @@ void stl_parker(cm_service *svc, cm_db *db, void *arg)
     stl_app *app = arg;
     int n = 0, rc;
     do {
-        rc =
-            stl_ledger_expire_parked(db, (int)cm_service_int(svc, "SETTLEMENT_PARK_TIMEOUT_S"), &n);
+        rc = cm_park_expire(db, "payment not posted in time",
+                            (int)cm_service_int(svc, "SETTLEMENT_PARK_TIMEOUT_S"), &n);
         if (rc == 0 && n) {
             cm_counter_add(app->dead_lettered, (uint64_t)n);
             cm_log_warn("parked refunds dead-lettered: their payment never came", "count",

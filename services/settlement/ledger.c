@@ -912,14 +912,14 @@ static int reverse(stl_ledger *l, cm_db *db, const stl_refund_in *in)
     e->rule_version = cm_db_int(r, 0, 5);
     int64_t acct[STL_PARTS_MAX], rev[STL_PARTS_MAX] = {0}, types[STL_PARTS_MAX] = {0};
     char due[STL_PARTS_MAX][STL_DATE_LEN] = {{0}};
-    char owners[STL_PARTS_MAX][STL_ID_MAX + 3] = {{0}};
+    char owners[STL_PARTS_MAX][STL_ID_MAX + 1] = {{0}};
     size_t np = 0;
-    np = stl_store_parse_i64s(PQgetvalue(r, 0, 6), acct, STL_PARTS_MAX);
-    stl_store_parse_i64s(PQgetvalue(r, 0, 7), orig.parts, STL_PARTS_MAX);
-    stl_store_parse_words(PQgetvalue(r, 0, 8), &due[0][0], STL_DATE_LEN, STL_PARTS_MAX);
-    stl_store_parse_i64s(PQgetvalue(r, 0, 11), rev, STL_PARTS_MAX);
-    stl_store_parse_i64s(PQgetvalue(r, 0, 13), types, STL_PARTS_MAX);
-    stl_store_parse_words(PQgetvalue(r, 0, 14), &owners[0][0], sizeof owners[0], STL_PARTS_MAX);
+    np = cm_db_parse_ints(PQgetvalue(r, 0, 6), acct, STL_PARTS_MAX);
+    cm_db_parse_ints(PQgetvalue(r, 0, 7), orig.parts, STL_PARTS_MAX);
+    cm_db_parse_words(PQgetvalue(r, 0, 8), &due[0][0], STL_DATE_LEN, STL_PARTS_MAX);
+    cm_db_parse_ints(PQgetvalue(r, 0, 11), rev, STL_PARTS_MAX);
+    cm_db_parse_ints(PQgetvalue(r, 0, 13), types, STL_PARTS_MAX);
+    cm_db_parse_words(PQgetvalue(r, 0, 14), &owners[0][0], sizeof owners[0], STL_PARTS_MAX);
     orig.nparts = np;
     int64_t refunded = cm_db_int(r, 0, 9);
     int64_t rev_fee = cm_db_int(r, 0, 10);
@@ -1003,7 +1003,7 @@ static int reverse(stl_ledger *l, cm_db *db, const stl_refund_in *in)
         int64_t left = orig.parts[k] - rev[k];
         int64_t x = from_pending[k] ? (out[k] < left ? out[k] : left) : 0;
         char owner[STL_ID_MAX + 1];
-        stl_store_unquote(owner, sizeof owner, owners[k]);
+        memcpy(owner, owners[k], sizeof owners[k]);
         if (x) {
             stl_posting *q = &e->p[e->n++];
             *q = (stl_posting){
@@ -1059,30 +1059,6 @@ int stl_ledger_refund(stl_ledger *l, cm_db *db, const stl_refund_in *in)
 {
     int rc = stl_ledger_flush(l, db);
     return rc ? rc : reverse(l, db, in);
-}
-
-int stl_ledger_park(cm_db *db, const stl_refund_in *in, const char *topic, const void *payload,
-                    size_t len)
-{
-    char amt[24];
-    snprintf(amt, sizeof amt, "%lld", (long long)in->amount);
-    const char *p[] = {in->tenant,
-                       in->order_id,
-                       in->refund_id,
-                       in->event_id,
-                       in->currency,
-                       amt,
-                       in->traceparent ? in->traceparent : "",
-                       topic,
-                       payload};
-    int lens[9] = {0, 0, 0, 0, 0, 0, 0, 0, (int)len};
-    int fmts[9] = {0, 0, 0, 0, 0, 0, 0, 0, 1};
-    return cm_db_exec_prepared(db, "park refund", "stl_park",
-                               "INSERT INTO parked_refunds (tenant_id, order_id, refund_id, "
-                               "event_id, currency, amount, traceparent, topic, payload) VALUES "
-                               "($1, $2::uuid, $3, $4::uuid, $5, $6, $7, $8, $9) ON CONFLICT DO "
-                               "NOTHING",
-                               9, p, lens, fmts, NULL);
 }
 
 /* the parked refunds of the payments just posted, reversed now */
@@ -1153,35 +1129,6 @@ static int apply_parked(stl_ledger *l, cm_db *db)
     return rc;
 }
 
-int stl_ledger_expire_parked(cm_db *db, int older_than_s, int *expired)
-{
-    char age[24];
-    snprintf(age, sizeof age, "%d", older_than_s);
-    const char *p[] = {age};
-    PGresult *r = NULL;
-    /* dead-lettered through the outbox, as the consumer's dead letters
-     * (the same headers), in one statement: parked rows out, dlq rows in */
-    int rc = cm_db_exec(
-        db, "expire parked refunds",
-        "WITH x AS (DELETE FROM parked_refunds WHERE ctid IN (SELECT ctid FROM parked_refunds "
-        "WHERE parked_at < now() - make_interval(secs => $1::int) ORDER BY parked_at LIMIT 500 "
-        "FOR UPDATE SKIP LOCKED) RETURNING *), o AS (INSERT INTO outbox (event_id, tenant_id, "
-        "topic, key, type, source, payload, occurred_at, traceparent, headers) SELECT "
-        "gen_random_uuid(), x.tenant_id, x.topic || '.dlq', x.order_id::text, "
-        "'commerce.events.v1.OrderRefunded', '/commerce/order', x.payload, x.parked_at, "
-        "NULLIF(x.traceparent, ''), jsonb_build_object('dlq-reason', 'payment not posted in "
-        "time', 'dlq-topic', x.topic, 'dlq-event-id', x.event_id::text, 'dlq-at', now()::text) "
-        "FROM x RETURNING 1) SELECT count(*) FROM o",
-        1, p, &r);
-    if (rc)
-        return rc;
-    *expired = (int)strtol(PQgetvalue(r, 0, 0), NULL, 10);
-    PQclear(r);
-    if (*expired)
-        cm_outbox_wake(db);
-    return 0;
-}
-
 /* ---- completion (rules that settle on completion) ---- */
 
 int stl_ledger_complete(stl_ledger *l, cm_db *db, const char *tenant, const char *order_id,
@@ -1218,15 +1165,15 @@ int stl_ledger_complete(stl_ledger *l, cm_db *db, const char *tenant, const char
     }
     int64_t acct[STL_PARTS_MAX], parts[STL_PARTS_MAX], rev[STL_PARTS_MAX] = {0};
     int64_t delays[STL_PARTS_MAX] = {0}, types[STL_PARTS_MAX] = {0};
-    char owners[STL_PARTS_MAX][STL_ID_MAX + 3] = {{0}}, day[STL_DATE_LEN];
+    char owners[STL_PARTS_MAX][STL_ID_MAX + 1] = {{0}}, day[STL_DATE_LEN];
     snprintf(e->currency, sizeof e->currency, "%s", PQgetvalue(r, 0, 0));
-    size_t np = stl_store_parse_i64s(PQgetvalue(r, 0, 1), acct, STL_PARTS_MAX);
-    stl_store_parse_i64s(PQgetvalue(r, 0, 2), parts, STL_PARTS_MAX);
-    stl_store_parse_i64s(PQgetvalue(r, 0, 3), rev, STL_PARTS_MAX);
-    stl_store_parse_i64s(PQgetvalue(r, 0, 4), delays, STL_PARTS_MAX);
+    size_t np = cm_db_parse_ints(PQgetvalue(r, 0, 1), acct, STL_PARTS_MAX);
+    cm_db_parse_ints(PQgetvalue(r, 0, 2), parts, STL_PARTS_MAX);
+    cm_db_parse_ints(PQgetvalue(r, 0, 3), rev, STL_PARTS_MAX);
+    cm_db_parse_ints(PQgetvalue(r, 0, 4), delays, STL_PARTS_MAX);
     snprintf(day, sizeof day, "%s", PQgetvalue(r, 0, 5));
-    stl_store_parse_i64s(PQgetvalue(r, 0, 6), types, STL_PARTS_MAX);
-    stl_store_parse_words(PQgetvalue(r, 0, 7), &owners[0][0], sizeof owners[0], STL_PARTS_MAX);
+    cm_db_parse_ints(PQgetvalue(r, 0, 6), types, STL_PARTS_MAX);
+    cm_db_parse_words(PQgetvalue(r, 0, 7), &owners[0][0], sizeof owners[0], STL_PARTS_MAX);
     PQclear(r);
     /* what is left of each part leaves the held row: due after its delay
      * from the completion date, or available now (T+0: one SETTLE entry) */
@@ -1248,11 +1195,11 @@ int stl_ledger_complete(stl_ledger *l, cm_db *db, const char *tenant, const char
             *q = (stl_posting){
                 .account = acct[k], .bucket = STL_PENDING, .amount = -left, .type = (int)types[k]};
             memcpy(q->due, STL_HELD_DATE, sizeof STL_HELD_DATE);
-            stl_store_unquote(q->owner, sizeof q->owner, owners[k]);
+            memcpy(q->owner, owners[k], sizeof owners[k]);
             q = &e->p[e->n++];
             *q = (stl_posting){
                 .account = acct[k], .bucket = STL_AVAILABLE, .amount = left, .type = (int)types[k]};
-            stl_store_unquote(q->owner, sizeof q->owner, owners[k]);
+            memcpy(q->owner, owners[k], sizeof owners[k]);
             e->amount += left;
         }
     }

@@ -66,17 +66,6 @@ typedef struct stl_refund_in {
  * CM_EINVAL for a refund that cannot apply (currency, more than remains). */
 int stl_ledger_refund(stl_ledger *l, cm_db *db, const stl_refund_in *in);
 
-/* parks a refund whose payment is not posted yet (stl_ledger_refund said
- * CM_ENOTFOUND), with its record (topic, payload) for a dead letter:
- * posting the payment reverses it then. inside the consumer's
- * transaction; a refund parked twice is kept once. */
-int stl_ledger_park(cm_db *db, const stl_refund_in *in, const char *topic, const void *payload,
-                    size_t len);
-
-/* dead-letters (to "<topic>.dlq", through the outbox, with dlq-* headers)
- * up to 500 refunds parked longer than older_than_s; *expired: how many */
-int stl_ledger_expire_parked(cm_db *db, int older_than_s, int *expired);
-
 /* an order completed: its parts held by a settle-on-completion rule become
  * due after their delays from the completion's local date (T+0: available
  * now, one SETTLE entry). inside the consumer's transaction, after the

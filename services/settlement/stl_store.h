@@ -165,14 +165,4 @@ int stl_store_statement(cm_db *db, const char *tenant, int64_t account, int64_t 
                         stl_buckets *opening, stl_buckets *closing, stl_line *lines, int *ks,
                         int *n);
 
-/* the elements of a one-dimensional postgres array literal of numbers or
- * plain words ("{1,2}", "{2024-01-02,NULL}") into out[i] (cap bytes each,
- * at most max of them); NULL becomes "", a quoted element keeps its quotes.
- * returns the count. */
-size_t stl_store_parse_words(const char *s, char *out, size_t cap, size_t max);
-size_t stl_store_parse_i64s(const char *s, int64_t *out, size_t max);
-/* an element of stl_store_parse_words without its quotes (text elements
- * are quoted when empty; ids, [A-Za-z0-9._:-], never need escapes) */
-void stl_store_unquote(char *dst, size_t cap, const char *word);
-
 #endif

@@ -436,45 +436,6 @@ int stl_store_list_accounts(cm_db *db, const char *tenant, int type, const char 
 
 /* ---- the journal ---- */
 
-size_t stl_store_parse_words(const char *s, char *out, size_t cap, size_t max)
-{
-    size_t n = 0;
-    if (*s == '{')
-        s++;
-    while (*s && *s != '}' && n < max) {
-        size_t k = strcspn(s, ",}");
-        char *dst = out + n * cap;
-        if (k == 4 && strncmp(s, "NULL", 4) == 0)
-            *dst = '\0';
-        else
-            snprintf(dst, cap, "%.*s", (int)k, s);
-        n++;
-        s += k;
-        if (*s == ',')
-            s++;
-    }
-    return n;
-}
-
-void stl_store_unquote(char *dst, size_t cap, const char *w)
-{
-    size_t k = strlen(w);
-    if (k >= 2 && w[0] == '"')
-        snprintf(dst, cap, "%.*s", (int)(k - 2), w + 1);
-    else
-        snprintf(dst, cap, "%.*s", (int)(cap - 1), w);
-}
-
-size_t stl_store_parse_i64s(const char *s, int64_t *out, size_t max)
-{
-    char w[STL_POSTINGS_MAX][24];
-    size_t n = stl_store_parse_words(s, &w[0][0], sizeof w[0],
-                                     max < STL_POSTINGS_MAX ? max : STL_POSTINGS_MAX);
-    for (size_t i = 0; i < n; i++)
-        out[i] = strtoll(w[i], NULL, 10);
-    return n;
-}
-
 #define ENTRY_COLS                                                                                 \
     "e.entry_id, e.kind, e.order_id::text, e.merchant_id, e.ref, e.currency, e.amount, e.fee, "    \
     "e.rule_version, e.capped, coalesce(e.source_event_id::text, ''), "                            \
@@ -501,31 +462,31 @@ static void parse_entry(const PGresult *r, int row, stl_entry *e)
     cm_db_text(e->event_id, sizeof e->event_id, r, row, 10);
     e->posted_ms = cm_db_int(r, row, 11);
     int64_t v[STL_POSTINGS_MAX];
-    e->n = stl_store_parse_i64s(PQgetvalue(r, row, 12), v, STL_POSTINGS_MAX);
+    e->n = cm_db_parse_ints(PQgetvalue(r, row, 12), v, STL_POSTINGS_MAX);
     for (size_t i = 0; i < e->n; i++)
         e->p[i].account = v[i];
-    stl_store_parse_i64s(PQgetvalue(r, row, 13), v, e->n);
+    cm_db_parse_ints(PQgetvalue(r, row, 13), v, e->n);
     for (size_t i = 0; i < e->n; i++)
         e->p[i].bucket = (int)v[i];
-    stl_store_parse_i64s(PQgetvalue(r, row, 14), v, e->n);
+    cm_db_parse_ints(PQgetvalue(r, row, 14), v, e->n);
     for (size_t i = 0; i < e->n; i++)
         e->p[i].amount = v[i];
     char d[STL_POSTINGS_MAX][STL_DATE_LEN];
-    stl_store_parse_words(PQgetvalue(r, row, 15), &d[0][0], STL_DATE_LEN, e->n);
+    cm_db_parse_words(PQgetvalue(r, row, 15), &d[0][0], STL_DATE_LEN, e->n);
     for (size_t i = 0; i < e->n; i++)
         memcpy(e->p[i].due, d[i], STL_DATE_LEN);
-    stl_store_parse_i64s(PQgetvalue(r, row, 16), v, e->n);
+    cm_db_parse_ints(PQgetvalue(r, row, 16), v, e->n);
     for (size_t i = 0; i < e->n; i++)
         e->p[i].version = v[i];
-    stl_store_parse_i64s(PQgetvalue(r, row, 17), v, e->n);
+    cm_db_parse_ints(PQgetvalue(r, row, 17), v, e->n);
     for (size_t i = 0; i < e->n; i++)
         e->p[i].type = (int)v[i];
     /* owners are text: quoted when they hold a comma or a quote, which
      * ids ([A-Za-z0-9._:-]) never do */
-    char o[STL_POSTINGS_MAX][STL_ID_MAX + 3];
-    stl_store_parse_words(PQgetvalue(r, row, 18), &o[0][0], sizeof o[0], e->n);
+    char o[STL_POSTINGS_MAX][STL_ID_MAX + 1];
+    cm_db_parse_words(PQgetvalue(r, row, 18), &o[0][0], sizeof o[0], e->n);
     for (size_t i = 0; i < e->n; i++)
-        stl_store_unquote(e->p[i].owner, sizeof e->p[i].owner, o[i]);
+        memcpy(e->p[i].owner, o[i], sizeof o[i]);
 }
 
 int stl_store_list_entries(cm_db *db, const char *tenant, const char *order_id, int64_t account,

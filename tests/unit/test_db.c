@@ -167,6 +167,25 @@ static void drop_run_schemas(void)
 
 /* ---- connection ---- */
 
+START_TEST(array_texts_parse)
+{
+    int64_t v[4] = {0};
+    ck_assert_uint_eq(cm_db_parse_ints("{1,-22,9223372036854775807}", v, 4), 3);
+    ck_assert_int_eq(v[1], -22);
+    ck_assert_int_eq(v[2], INT64_MAX);
+    ck_assert_uint_eq(cm_db_parse_ints("{}", v, 4), 0);
+    ck_assert_uint_eq(cm_db_parse_ints("{5,6,7}", v, 2), 2);
+    char w[4][16];
+    ck_assert_uint_eq(cm_db_parse_words("{2026-12-08,NULL,\"\",sp-1}", &w[0][0], 16, 4), 4);
+    ck_assert_str_eq(w[0], "2026-12-08");
+    ck_assert_str_eq(w[1], "");
+    ck_assert_str_eq(w[2], "");
+    ck_assert_str_eq(w[3], "sp-1");
+    ck_assert_uint_eq(cm_db_parse_words("{abcdefghijklmnopqrstuvwxyz}", &w[0][0], 16, 4), 1);
+    ck_assert_str_eq(w[0], "abcdefghijklmno"); /* cut to fit */
+}
+END_TEST
+
 START_TEST(connect_sets_search_path_to_schema)
 {
     char s[64];
@@ -940,6 +959,7 @@ static Suite *db_suite(void)
     TCase *conn = tcase_create("connection");
     tcase_add_unchecked_fixture(conn, NULL, drop_run_schemas);
     tcase_set_timeout(conn, 30);
+    tcase_add_test(conn, array_texts_parse);
     tcase_add_test(conn, connect_sets_search_path_to_schema);
     tcase_add_test(conn, connect_quotes_the_schema_identifier);
     tcase_add_test(conn, connect_to_dead_server_is_unavailable);
