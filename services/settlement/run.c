@@ -145,6 +145,9 @@ typedef struct chunk_tx {
     const stl_run *run;
     int batch;
     long long moved;
+    /* where the last batch ended: the next starts after it (keyset: the
+     * rows before it are gone, a batch never scans them again) */
+    char after_account[24], after_due[STL_DATE_LEN];
 } chunk_tx;
 
 /* one batch of due pending rows of the run's tenant to available: one
@@ -154,13 +157,14 @@ static int chunk_fn(cm_db *db, void *arg)
     chunk_tx *t = arg;
     char b[24];
     snprintf(b, sizeof b, "%d", t->batch);
-    const char *p[] = {t->run->tenant, t->run->date, b, t->run->id};
+    const char *p[] = {t->run->tenant, t->run->date, b, t->run->id, t->after_account, t->after_due};
     PGresult *r = NULL;
     int rc = cm_db_exec(
         db, "settle a batch",
         "WITH due AS (DELETE FROM pending_due WHERE ctid = ANY (ARRAY(SELECT ctid FROM "
-        "pending_due WHERE tenant_id = $1 AND due_date <= $2::date ORDER BY account_id, "
-        "due_date LIMIT $3::int FOR UPDATE)) RETURNING account_id, amount), agg AS (SELECT "
+        "pending_due WHERE tenant_id = $1 AND (account_id, due_date) > ($5::bigint, $6::date) "
+        "AND due_date <= $2::date ORDER BY account_id, due_date LIMIT $3::int FOR UPDATE)) "
+        "RETURNING account_id, due_date, amount), agg AS (SELECT "
         "account_id, sum(amount)::bigint AS s, count(*) AS k FROM due GROUP BY account_id), l AS "
         "(SELECT a.account_id FROM accounts a JOIN agg USING (account_id) ORDER BY a.account_id "
         "FOR UPDATE OF a), u AS (UPDATE accounts a SET pending = a.pending - agg.s, available = "
@@ -173,11 +177,17 @@ static int chunk_fn(cm_db *db, void *arg)
         "FROM u WHERE u.s <> 0 RETURNING 1), x AS (UPDATE settlement_runs SET settled_accounts "
         "= settled_accounts + (SELECT count(*) FROM e), settled_rows = settled_rows + (SELECT "
         "count(*) FROM due) WHERE run_id = $4::uuid RETURNING 1) SELECT (SELECT count(*) FROM "
-        "due), (SELECT count(*) FROM x)",
-        4, p, &r);
+        "due), (SELECT count(*) FROM x), (SELECT account_id FROM due ORDER BY account_id DESC, "
+        "due_date DESC LIMIT 1), (SELECT to_char(due_date, 'YYYY-MM-DD') FROM due ORDER BY "
+        "account_id DESC, due_date DESC LIMIT 1)",
+        6, p, &r);
     if (rc)
         return rc;
     t->moved = cm_db_int(r, 0, 0);
+    if (t->moved > 0) {
+        cm_db_text(t->after_account, sizeof t->after_account, r, 0, 2);
+        cm_db_text(t->after_due, sizeof t->after_due, r, 0, 3);
+    }
     PQclear(r);
     return 0;
 }
@@ -212,7 +222,7 @@ static int finish_fn(cm_db *db, void *arg)
 /* carries out one running run to the end */
 static int carry_out(cm_db *db, stl_run *run, int batch, int events_on, const char *topic)
 {
-    chunk_tx c = {.run = run, .batch = batch};
+    chunk_tx c = {.run = run, .batch = batch, .after_account = "0", .after_due = "0001-01-01"};
     int rc;
     do {
         rc = cm_db_tx(db, NULL, 5, chunk_fn, &c);

@@ -152,7 +152,9 @@ CREATE TABLE pending_due (
   amount     bigint NOT NULL CHECK (amount >= 0),
   PRIMARY KEY (account_id, due_date)
 );
-CREATE INDEX pending_due_by_date ON pending_due (tenant_id, due_date);
+-- a run walks a tenant's rows in (account, due date) order, batch after
+-- batch, each starting where the last one ended
+CREATE INDEX pending_due_by_tenant ON pending_due (tenant_id, account_id, due_date);
 
 -- refunds whose payment was not posted yet: parked, not retried in a loop
 -- that would hold the consumer. posting the payment applies them; the
