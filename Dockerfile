@@ -1,5 +1,5 @@
 # one image holding every service binary (commerce-order, commerce-inventory,
-# commerce-settlement, later commission): the services share all their libraries
+# commerce-settlement, commerce-commission): the services share all their libraries
 # (gRPC core, libpq, librdkafka, libuv, common/), so one image is one build,
 # one vulnerability scan and one tag per release, and every service of a
 # release runs the same common/ code; the binaries add ~0.5 MB each, whereas
@@ -30,10 +30,10 @@ WORKDIR /src
 COPY . .
 # only the service binaries: the tests' executables are not shipped
 RUN cmake -S . -B /build -G Ninja -DCMAKE_BUILD_TYPE=Release \
- && ninja -C /build commerce-order commerce-inventory commerce-settlement \
+ && ninja -C /build commerce-order commerce-inventory commerce-settlement commerce-commission \
  && install -d /rootfs/usr/local/bin \
  && install -m 0755 -s /build/bin/commerce-order /build/bin/commerce-inventory \
-      /build/bin/commerce-settlement /rootfs/usr/local/bin/ \
+      /build/bin/commerce-settlement /build/bin/commerce-commission /rootfs/usr/local/bin/ \
  && docker/collect-rootfs.sh /rootfs /rootfs/usr/local/bin/commerce-*
 
 FROM scratch AS runtime
@@ -42,7 +42,7 @@ ARG REVISION=unknown
 ARG SOURCE=https://github.com/commerce/commerce
 ARG BASE
 LABEL org.opencontainers.image.title="commerce" \
-      org.opencontainers.image.description="commerce services: commerce-order, commerce-inventory, commerce-settlement" \
+      org.opencontainers.image.description="commerce services: commerce-order, commerce-inventory, commerce-settlement, commerce-commission" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.revision="${REVISION}" \
       org.opencontainers.image.source="${SOURCE}" \
@@ -54,6 +54,6 @@ ENV PATH=/usr/local/bin \
 # the numeric uid, so runAsNonRoot can verify it without reading /etc/passwd
 USER 65532:65532
 WORKDIR /
-EXPOSE 50051 50052 50053 9091 9092 9093
+EXPOSE 50051 50052 50053 50054 9091 9092 9093 9094
 # no ENTRYPOINT: the binary is the command (docker run IMAGE commerce-inventory)
 CMD ["commerce-order", "--help"]

@@ -140,11 +140,12 @@ if [ "$smoke" = 1 ]; then
   protoc -I "$root/proto/third_party" --python_out="$gen" grpc/health/v1/health.proto
 
   fail=0
-  for svc in inventory order settlement; do
+  for svc in inventory order settlement commission; do
     case $svc in
       inventory) grpc=50052 admin=9092 ;;
       order) grpc=50051 admin=9091 ;;
       settlement) grpc=50053 admin=9093 ;;
+      commission) grpc=50054 admin=9094 ;;
     esac
     # settlement's ledger gauges come from its recon ticker, one period
     # after the start (60 s by default): a short period for the scrape
@@ -200,13 +201,17 @@ if [ "$smoke" = 1 ]; then
     if [ "$ok" = 1 ]; then
       mkdir -p "$out"
       # with Kafka, wait (up to 30 s) for the consumer's partitions: its lag
-      # series appear then; settlement's ledger gauge after its first recon
+      # series appear then; settlement's ledger gauge after its first recon;
+      # commission's consumer (commerce.order.v1) gets its partitions, its
+      # accrual counters and lag histogram are there from the start
       for _ in $(seq 1 150); do
         $SUDO nsenter -t "$pid" -n curl -fsS "http://127.0.0.1:$admin/metrics" >"$out/metrics-$svc.txt"
         case $svc in
           inventory) [ -n "$mock" ] || break
             grep -q '^consumer_lag' "$out/metrics-$svc.txt" && break ;;
           settlement) grep -q '^settlement_ledger_balanced' "$out/metrics-$svc.txt" && break ;;
+          commission) [ -n "$mock" ] || break
+            grep -q '^consumer_lag{[^}]*topic="commerce.order.v1"' "$out/metrics-$svc.txt" && break ;;
           *) break ;;
         esac
         sleep 0.2

@@ -130,7 +130,7 @@ fail=0
 step() { echo "== $*"; }
 
 step "knob files against the binaries"
-if ls "$bin"/commerce-order "$bin"/commerce-inventory "$bin"/commerce-settlement >/dev/null 2>&1; then
+if ls "$bin"/commerce-order "$bin"/commerce-inventory "$bin"/commerce-settlement "$bin"/commerce-commission >/dev/null 2>&1; then
   "$root/scripts/k8s-knobs.sh" --check "$bin" || fail=1
 else
   echo "k8s-check: no binaries in $bin: knob files not compared (build first)"

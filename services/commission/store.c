@@ -18,6 +18,8 @@ static void copy(char *dst, size_t cap, const PGresult *r, int row, int col)
     snprintf(dst, cap, "%s", PQgetvalue(r, row, col));
 }
 
+/* buffers for num() hold any long long (20 digits, a sign, the NUL): gcc
+ * -O2 checks the width of the value, not the enum it came from */
 static const char *num(char *buf, size_t cap, long long v)
 {
     snprintf(buf, cap, "%lld", v);
@@ -196,7 +198,7 @@ static int put_channel_fn(cm_db *db, void *arg)
         t->what = "channel.parent_channel_id";
         return 0;
     }
-    char ty[8], st[8], bps[24];
+    char ty[24], st[24], bps[24];
     const char *p[] = {t->tenant,
                        c->id,
                        c->name,
@@ -395,7 +397,7 @@ static int put_schedule_fn(cm_db *db, void *arg)
     cm_buf_array_end(&from);
     cm_buf_array_end(&bps);
     cm_buf_array_end(&types);
-    char rv[24], per[8], mode[8], payer[8], minp[24];
+    char rv[24], per[24], mode[24], payer[24], minp[24];
     const char *p[] = {t->tenant,
                        s->id,
                        num(rv, sizeof rv, current + 1),
@@ -555,7 +557,7 @@ int cms_store_list_adjustments(cm_db *db, const char *tenant, const char *channe
 int cms_store_summary(cm_db *db, const char *tenant, const cms_channel *ch, int64_t at_ms,
                       cms_summary_row *out)
 {
-    char at[24], ty[8];
+    char at[24], ty[24];
     const char *p[] = {tenant, ch->id, ch->schedule_id, num(ty, sizeof ty, ch->type),
                        num(at, sizeof at, at_ms)};
     PGresult *r = NULL;
