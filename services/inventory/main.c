@@ -16,7 +16,7 @@ static const cm_knob knobs[] = {
     {"INVENTORY_MAX_BATCH", CM_KNOB_INT, 256, 1, 4096, NULL,
      "most reservations in one batch transaction"},
     {"INVENTORY_BATCHERS", CM_KNOB_INT, 1, 1, 16, NULL,
-     "batcher threads, each with its own connection"},
+     "batches committing at once, each on a waiting call's connection"},
     {"INVENTORY_SOLD_OUT_TTL_MS", CM_KNOB_INT, 200, 1, 60000, NULL,
      "how long a sku seen at zero is answered SOLD_OUT from memory (ms)"},
     {"INVENTORY_SWEEP_MS", CM_KNOB_INT, 1000, 50, 600000, NULL, "expiry sweeper period (ms)"},

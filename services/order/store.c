@@ -341,7 +341,7 @@ static int save(cm_db *db, const char *tenant, cm_arena *a, ord_order *o)
  * transaction, so a batch costs one round trip instead of four (BEGIN, two
  * inserts, COMMIT). an order whose request_id or id exists is skipped by
  * ON CONFLICT, and so is its event (the join on RETURNING). */
-static int insert_many(cm_db *db, ord_new *items, size_t n, cm_arena *a)
+static int insert_many(cm_db *db, ord_new *const *items, size_t n, cm_arena *a)
 {
     enum { COLS = 19 };
     const char **p = cm_arena_calloc(a, n * COLS, sizeof *p);
@@ -363,24 +363,24 @@ static int insert_many(cm_db *db, ord_new *items, size_t n, cm_arena *a)
      * join below matches by id) */
     size_t m = 0;
     for (size_t j = 0; j < n; j++) {
-        items[j].inserted = 0;
+        items[j]->inserted = 0;
         int dup = 0;
         for (size_t k = 0; k < m && !dup; k++)
-            dup = strcmp(items[uniq[k]].o->order_id, items[j].o->order_id) == 0 &&
-                  strcmp(items[uniq[k]].tenant, items[j].tenant) == 0;
+            dup = strcmp(items[uniq[k]]->o->order_id, items[j]->o->order_id) == 0 &&
+                  strcmp(items[uniq[k]]->tenant, items[j]->tenant) == 0;
         if (!dup)
             uniq[m++] = j;
     }
     for (size_t u = 0; u < m; u++) {
         size_t i = uniq[u];
-        ord_order *o = items[i].o;
+        ord_order *o = items[i]->o;
         o->version = 1;
         o->updated_ms = o->created_ms;
         const char **q = p + u * COLS;
-        q[0] = items[i].tenant;
+        q[0] = items[i]->tenant;
         q[1] = o->order_id;
         q[2] = o->request_id;
-        q[3] = items[i].hash;
+        q[3] = items[i]->hash;
         q[4] = o->buyer_id;
         q[5] = o->merchant_id;
         q[6] = o->channel_id;
@@ -396,7 +396,8 @@ static int insert_many(cm_db *db, ord_new *items, size_t n, cm_arena *a)
         q[16] = num(a, o->deadline_ms);
         q[17] = num(a, o->resv_expires_ms);
         q[18] = num(a, (long long)o->nlines);
-        int rc = ord_ev_build(a, items[i].ev, items[i].tenant, ORD_EV_CREATED, o, 0, NULL, &evs[u]);
+        int rc =
+            ord_ev_build(a, items[i]->ev, items[i]->tenant, ORD_EV_CREATED, o, 0, NULL, &evs[u]);
         if (rc)
             return rc;
         size_t k = u * COLS;
@@ -459,10 +460,10 @@ static int insert_many(cm_db *db, ord_new *items, size_t n, cm_arena *a)
             /* RETURNING lists the rows inserted; the others exist already */
             for (int row = 0; row < PQntuples(r); row++) {
                 for (size_t i = 0; i < n; i++) {
-                    if (!items[i].inserted &&
-                        strcmp(PQgetvalue(r, row, 1), items[i].o->order_id) == 0 &&
-                        strcmp(PQgetvalue(r, row, 0), items[i].tenant) == 0) {
-                        items[i].inserted = 1;
+                    if (!items[i]->inserted &&
+                        strcmp(PQgetvalue(r, row, 1), items[i]->o->order_id) == 0 &&
+                        strcmp(PQgetvalue(r, row, 0), items[i]->tenant) == 0) {
+                        items[i]->inserted = 1;
                         break;
                     }
                 }
@@ -480,7 +481,7 @@ static int insert_many(cm_db *db, ord_new *items, size_t n, cm_arena *a)
     return rc;
 }
 
-int ord_store_create_many(cm_db *db, ord_new *items, size_t n)
+int ord_store_create_many(cm_db *db, ord_new *const *items, size_t n)
 {
     cm_arena *a = cm_arena_new(16384 + n * 8192);
     if (!a)
