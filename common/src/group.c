@@ -24,22 +24,46 @@ typedef struct slot {
 
 /* a leader's scratch: the items it commits and their slots */
 typedef struct batch {
+    cm_group *g;
     void **items;
     slot **slots;
+    void *conn; /* opts.conns[i], or NULL: the leading caller's */
     int busy;
+    pthread_t thread; /* opts.threads: the leader that owns it */
 } batch;
 
 struct cm_group {
     pthread_mutex_t mu;
     pthread_cond_t idle; /* shutdown waits for active == 0 */
+    pthread_cond_t more; /* opts.threads: an item queued */
     slot *head, *tail;   /* queued, not yet taken by a leader */
-    int active;          /* callers leading (at most leaders) */
+    int active;          /* leading (at most leaders; all of them with threads) */
     int leaders, max_batch, closing;
+    int threads, nstarted;
     batch *bufs; /* one per possible leader */
     cm_group_commit_fn commit;
     void *arg;
     unsigned long long batches, items;
 };
+
+static void lead_one(cm_group *g, batch *b, void *conn);
+
+/* opts.threads: a leader for good, on its own batch */
+static void *leader_main(void *p)
+{
+    batch *b = p;
+    cm_group *g = b->g;
+    pthread_mutex_lock(&g->mu);
+    for (;;) {
+        while (!g->head && !g->closing)
+            pthread_cond_wait(&g->more, &g->mu);
+        if (!g->head)
+            break; /* closing, and everything queued was committed */
+        lead_one(g, b, NULL);
+    }
+    pthread_mutex_unlock(&g->mu);
+    return NULL;
+}
 
 int cm_group_new(cm_group **out, const cm_group_opts *o)
 {
@@ -54,10 +78,13 @@ int cm_group_new(cm_group **out, const cm_group_opts *o)
     g->leaders = o->leaders ? o->leaders : 1;
     pthread_mutex_init(&g->mu, NULL);
     pthread_cond_init(&g->idle, NULL);
+    pthread_cond_init(&g->more, NULL);
     g->bufs = calloc((size_t)g->leaders, sizeof *g->bufs);
     for (int i = 0; g->bufs && i < g->leaders; i++) {
+        g->bufs[i].g = g;
         g->bufs[i].items = malloc((size_t)g->max_batch * sizeof(void *));
         g->bufs[i].slots = malloc((size_t)g->max_batch * sizeof(slot *));
+        g->bufs[i].conn = o->conns ? o->conns[i] : NULL;
         if (!g->bufs[i].items || !g->bufs[i].slots) {
             cm_group_free(g);
             return CM_ENOMEM;
@@ -66,6 +93,19 @@ int cm_group_new(cm_group **out, const cm_group_opts *o)
     if (!g->bufs) {
         cm_group_free(g);
         return CM_ENOMEM;
+    }
+    if (o->threads) {
+        /* every lead is taken for good: callers only queue */
+        g->threads = 1;
+        g->active = g->leaders;
+        for (; g->nstarted < g->leaders; g->nstarted++) {
+            batch *b = &g->bufs[g->nstarted];
+            b->busy = 1;
+            if (pthread_create(&b->thread, NULL, leader_main, b) != 0) {
+                cm_group_free(g);
+                return CM_ENOMEM;
+            }
+        }
     }
     *out = g;
     return 0;
@@ -78,14 +118,10 @@ static void sleep_on(slot *s)
 }
 
 /* called locked by a leader with a non-empty queue: commits the oldest
- * max_batch items, marks them done and posts their sleeping callers.
- * returns locked. */
-static void lead_one(cm_group *g, void *conn)
+ * max_batch items with b, marks them done and posts their sleeping
+ * callers. returns locked. */
+static void lead_one(cm_group *g, batch *b, void *conn)
 {
-    batch *b = g->bufs;
-    while (b->busy) /* one is free: at most `leaders` callers get here */
-        b++;
-    b->busy = 1;
     size_t n = 0;
     while (g->head && n < (size_t)g->max_batch) {
         slot *s = g->head;
@@ -96,7 +132,7 @@ static void lead_one(cm_group *g, void *conn)
     if (!g->head)
         g->tail = NULL;
     pthread_mutex_unlock(&g->mu);
-    int rc = g->commit(g->arg, conn, b->items, n);
+    int rc = g->commit(g->arg, b->conn ? b->conn : conn, b->items, n);
     pthread_mutex_lock(&g->mu);
     size_t npost = 0;
     for (size_t i = 0; i < n; i++) {
@@ -112,6 +148,16 @@ static void lead_one(cm_group *g, void *conn)
     for (size_t i = 0; i < npost; i++)
         sem_post(&b->slots[i]->wake); /* the slot may be gone right after */
     pthread_mutex_lock(&g->mu);
+}
+
+/* a caller's lead: on a free batch (at most `leaders` callers lead) */
+static void lead_caller(cm_group *g, void *conn)
+{
+    batch *b = g->bufs;
+    while (b->busy)
+        b++;
+    b->busy = 1;
+    lead_one(g, b, conn);
     b->busy = 0;
 }
 
@@ -131,46 +177,46 @@ int cm_group_submit(cm_group *g, void *conn, void *item)
     else
         g->head = &me;
     g->tail = &me;
+    if (g->threads)
+        pthread_cond_signal(&g->more);
     if (g->active < g->leaders) {
         g->active++;
         me.lead = 1;
     } else {
         pthread_mutex_unlock(&g->mu);
-        sleep_on(&me); /* done, or handed the lead */
+        sleep_on(&me);
+        /* posted done (rc final) or handed the lead, each written before
+         * the post and by nobody after it: a done caller leaves without
+         * the lock, not fighting the leader for it */
+        if (!me.lead) {
+            sem_destroy(&me.wake);
+            return me.rc;
+        }
         pthread_mutex_lock(&g->mu);
     }
     /* lead while this caller's item is not committed and items queue (its
      * own is among the oldest max_batch unless another leader took it) */
-    while (me.lead && !me.done && g->head)
-        lead_one(g, conn);
-    slot *next = NULL;
-    if (me.lead) {
-        /* hand the lead to the oldest waiter, if any: skip the items of
-         * callers that lead already (at most leaders - 1 of them) */
-        me.lead = 0;
-        next = g->head;
-        while (next && next->lead)
-            next = next->next;
-        if (next)
-            next->lead = 1;
-        else if (--g->active == 0 && g->closing)
-            pthread_cond_broadcast(&g->idle);
-    }
-    if (!me.done) {
-        /* another leader's batch holds this item: it posts when done */
-        pthread_mutex_unlock(&g->mu);
-        if (next)
-            sem_post(&next->wake);
-        next = NULL;
-        sleep_on(&me);
-        pthread_mutex_lock(&g->mu);
-    }
-    int rc = me.rc;
+    while (!me.done && g->head)
+        lead_caller(g, conn);
+    /* hand the lead to the oldest waiter, if any: skip the items of
+     * callers that lead already (at most leaders - 1 of them) */
+    me.lead = 0;
+    slot *next = g->head;
+    while (next && next->lead)
+        next = next->next;
+    if (next)
+        next->lead = 1;
+    else if (--g->active == 0 && g->closing)
+        pthread_cond_broadcast(&g->idle);
+    /* not done: another leader's batch holds this item, and posts */
+    int wait = !me.done;
     pthread_mutex_unlock(&g->mu);
     if (next)
         sem_post(&next->wake);
+    if (wait)
+        sleep_on(&me);
     sem_destroy(&me.wake);
-    return rc;
+    return me.rc;
 }
 
 void cm_group_shutdown(cm_group *g)
@@ -179,6 +225,16 @@ void cm_group_shutdown(cm_group *g)
         return;
     pthread_mutex_lock(&g->mu);
     g->closing = 1;
+    pthread_cond_broadcast(&g->more);
+    int join = g->nstarted;
+    g->nstarted = 0;
+    pthread_mutex_unlock(&g->mu);
+    /* threads lead until the queue is empty, then end */
+    for (int i = 0; i < join; i++)
+        pthread_join(g->bufs[i].thread, NULL);
+    pthread_mutex_lock(&g->mu);
+    if (g->threads)
+        g->active = 0;
     while (g->active > 0 || g->head)
         pthread_cond_wait(&g->idle, &g->mu);
     pthread_mutex_unlock(&g->mu);
@@ -204,5 +260,6 @@ void cm_group_free(cm_group *g)
     free(g->bufs);
     pthread_mutex_destroy(&g->mu);
     pthread_cond_destroy(&g->idle);
+    pthread_cond_destroy(&g->more);
     free(g);
 }

@@ -29,10 +29,11 @@
 
 typedef struct inv_app {
     cm_service *svc;
-    cm_group *hot;        /* NULL: INVENTORY_HOT_PATH=off, one transaction per call */
-    inv_soldout *soldout; /* the hot path's sold-out cache, or NULL */
-    int check_s;          /* invariant metric period */
-    long long next_check; /* the sweeper's thread only */
+    cm_group *hot;                     /* NULL: INVENTORY_HOT_PATH=off, one transaction per call */
+    cm_db *batch_db[INV_BATCHERS_MAX]; /* the hot path's connections, one per batch in flight */
+    inv_soldout *soldout;              /* the hot path's sold-out cache, or NULL */
+    int check_s;                       /* invariant metric period */
+    long long next_check;              /* the sweeper's thread only */
     cm_gauge *invariants_ok, *violations;
     cm_counter *expired, *soldout_fast, *refused_events;
     int events_on; /* INVENTORY_EVENTS */
@@ -288,7 +289,7 @@ static int reserve(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage
         }
     }
     if (app->hot) {
-        rc = cm_group_submit(app->hot, cm_service_db(ctx), &it);
+        rc = cm_group_submit(app->hot, NULL, &it);
     } else {
         inv_reserve_item *one = &it;
         rc = inv_store_reserve_batch(cm_service_db(ctx), &one, 1, inv_soldout_mark, app->soldout);
@@ -923,14 +924,23 @@ int inv_app_init(cm_service *svc, void **out, char *err, size_t errlen)
         NULL);
     cm_gauge_set(app->invariants_ok, 1);
     if (hot_on) {
-        cm_group_opts o = {
-            .commit = reserve_batch, .arg = app, .max_batch = max_batch, .leaders = batchers};
-        int rc = inv_soldout_new(&app->soldout, ttl);
-        if (rc == 0 && (rc = cm_group_new(&app->hot, &o)) != 0)
-            inv_soldout_free(app->soldout);
-        if (rc) {
+        /* batcher threads, back to back, on connections of their own: the
+         * batch statements are prepared on these few (README.md) */
+        cm_group_opts o = {.commit = reserve_batch,
+                           .arg = app,
+                           .max_batch = max_batch,
+                           .leaders = batchers,
+                           .conns = (void *const *)app->batch_db,
+                           .threads = 1};
+        const char *dsn = cm_service_config(svc)->pg_dsn;
+        int rc = 0;
+        for (int i = 0; i < batchers && rc == 0; i++)
+            rc = cm_db_connect(&app->batch_db[i], dsn, cm_service_schema(svc), err, errlen);
+        if (rc == 0 && (rc = inv_soldout_new(&app->soldout, ttl)) == 0 &&
+            (rc = cm_group_new(&app->hot, &o)) != 0)
             snprintf(err, errlen, "could not create the reservation hot path");
-            free(app);
+        if (rc) {
+            inv_app_fini(svc, app);
             return rc;
         }
     }
@@ -946,5 +956,7 @@ void inv_app_fini(cm_service *svc, void *p)
         return;
     cm_group_free(app->hot);
     inv_soldout_free(app->soldout);
+    for (int i = 0; i < INV_BATCHERS_MAX; i++)
+        cm_db_free(app->batch_db[i]);
     free(app);
 }

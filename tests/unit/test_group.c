@@ -206,11 +206,58 @@ START_TEST(group_runs_at_most_leaders_batches_at_once)
 }
 END_TEST
 
+/* the group's own connections: each used by one batch at a time */
+static int conn_busy[2];
+static int conn_misuse;
+static int commit_on_own(void *arg, void *conn, void *const *items, size_t n)
+{
+    int *conns = arg;
+    int k = conn == &conns[0] ? 0 : conn == &conns[1] ? 1 : -1;
+    pthread_mutex_lock(&seen.mu);
+    if (k < 0 || conn_busy[k]++)
+        conn_misuse++;
+    pthread_mutex_unlock(&seen.mu);
+    int rc = commit(NULL, conn, items, n);
+    pthread_mutex_lock(&seen.mu);
+    if (k >= 0)
+        conn_busy[k]--;
+    pthread_mutex_unlock(&seen.mu);
+    return rc;
+}
+
+/* callers leading (_i == 0) or the group's threads (1) */
+START_TEST(group_commits_on_its_own_connections)
+{
+    reset_seen();
+    static int conns[2];
+    void *const own[] = {&conns[0], &conns[1]};
+    cm_group *g = NULL;
+    cm_group_opts o = {.commit = commit_on_own,
+                       .arg = conns,
+                       .max_batch = 4,
+                       .leaders = 2,
+                       .conns = own,
+                       .threads = _i};
+    ck_assert_int_eq(cm_group_new(&g, &o), 0);
+    static worker ws[THREADS];
+    run_all(ws, g, 0);
+    for (int i = 0; i < THREADS; i++)
+        for (int k = 0; k < PER_THREAD; k++)
+            ck_assert_int_eq(ws[i].rc[k], 0);
+    ck_assert_int_eq(conn_misuse, 0);
+    /* no batch ran on a caller's connection; batches formed */
+    ck_assert_int_eq(seen.foreign_conn, seen.nbatches);
+    ck_assert_int_lt(seen.nbatches * 2, THREADS * PER_THREAD);
+    ck_assert_int_le(seen.max_in_flight, 2);
+    cm_group_free(g);
+}
+END_TEST
+
 START_TEST(group_shutdown_drains)
 {
     reset_seen();
     cm_group *g = NULL;
-    cm_group_opts o = {.commit = commit, .max_batch = 4, .leaders = 2};
+    cm_group_opts o = {.commit = commit, .max_batch = 4, .leaders = 2, .threads = _i};
     ck_assert_int_eq(cm_group_new(&g, &o), 0);
     static worker ws[THREADS];
     pthread_t th[THREADS];
@@ -276,7 +323,8 @@ int main(void)
     tcase_add_test(tc, group_each_caller_gets_its_own_result);
     tcase_add_test(tc, group_error_reaches_exactly_its_batch);
     tcase_add_test(tc, group_runs_at_most_leaders_batches_at_once);
-    tcase_add_test(tc, group_shutdown_drains);
+    tcase_add_loop_test(tc, group_commits_on_its_own_connections, 0, 2);
+    tcase_add_loop_test(tc, group_shutdown_drains, 0, 2);
     tcase_add_test(tc, group_refuses_bad_options);
     suite_add_tcase(s, tc);
     SRunner *r = srunner_create(s);
