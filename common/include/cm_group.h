@@ -18,10 +18,11 @@
 typedef struct cm_group cm_group;
 
 /* commits items[0..n) (n >= 1) in one transaction on conn: the leading
- * caller's connection, or one of opts.conns. it writes each item's own outcome into the item (the
- * caller's struct) and returns 0, or a CM_E* that every caller of this batch
- * gets, and only they. runs on the leader's thread, never with the group's
- * lock held; several run at once when leaders > 1. */
+ * caller's connection, or one of opts.conns. it writes each item's own
+ * outcome into the item (the caller's struct) and returns 0, or a CM_E*
+ * that every caller of this batch gets, and only they. runs on the
+ * leader's thread, never with the group's lock held; several run at once
+ * when leaders > 1. */
 typedef int (*cm_group_commit_fn)(void *arg, void *conn, void *const *items, size_t n);
 
 typedef struct cm_group_opts {
