@@ -89,6 +89,13 @@ int cm_db_exec_prepared(cm_db *db, const char *what, const char *name, const cha
                         const char *const *params, const int *lengths, const int *formats,
                         PGresult **out);
 
+/* a statement with named parameters: writes sql to out with each "$name"
+ * (a letter or '_', then letters, digits, '_') replaced by "$k", k the
+ * name's place in names (1-based), so a long statement and the array of
+ * its parameters agree by name rather than by counting. 0; CM_EINVAL for
+ * a name not in names or when out (cap bytes) is too small. */
+int cm_db_number_params(const char *sql, const char *const *names, size_t n, char *out, size_t cap);
+
 /* runs fn inside BEGIN .. COMMIT. fn returns 0 to commit, a CM_E* to roll
  * back and return that code. a serialization failure or deadlock
  * (CM_ECONFLICT from fn or from COMMIT) rolls back and runs fn again, up to

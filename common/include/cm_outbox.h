@@ -62,36 +62,6 @@ int cm_outbox_add(cm_db *db, const cm_outbox_event *ev);
  * invalid: none is written), CM_EEXIST or the database error. */
 int cm_outbox_add_batch(cm_db *db, const cm_outbox_event *evs, size_t n);
 
-/* for a service that writes a change and its events in one statement (no
- * BEGIN/COMMIT round trips: a data-modifying WITH in autocommit is atomic):
- *
- *   WITH o AS (INSERT INTO orders ... RETURNING ...),
- *        e AS (INSERT INTO outbox (CM_OUTBOX_COLUMNS)
- *              SELECT v.* FROM (<values.sql>) AS v (CM_OUTBOX_COLUMNS)
- *              JOIN o ON ...)
- *   SELECT ...
- *
- * cm_outbox_values_build checks evs (as cm_outbox_add does) and writes
- * their rows as "VALUES (...), (...)" numbering its parameters from
- * first_param; the caller passes values.params/lengths/formats (nparams of
- * them, the payload in binary) after its own to PQexecParams, and calls
- * cm_outbox_wake once the statement succeeded. 0, CM_EINVAL or CM_ENOMEM;
- * free with cm_outbox_values_free (also after an error). */
-#define CM_OUTBOX_COLUMNS                                                                          \
-    "event_id, tenant_id, topic, key, type, source, content_type, payload, traceparent, headers, " \
-    "occurred_at"
-typedef struct cm_outbox_values {
-    char *sql;
-    const char **params;
-    int *lengths, *formats;
-    int nparams;
-    char **owned; /* what params point to that the builder allocated */
-    size_t nowned;
-} cm_outbox_values;
-int cm_outbox_values_build(cm_outbox_values *values, const cm_outbox_event *evs, size_t n,
-                           int first_param);
-void cm_outbox_values_free(cm_outbox_values *values);
-
 /* a batch of outbox rows as the columns of one insert whose text does not
  * change with the number of rows, so it can be prepared once and embedded
  * in a larger statement (a data-modifying WITH): text arrays, and the
@@ -135,6 +105,20 @@ void cm_outbox_rows_free(cm_outbox_rows *r);
  * traceparents ("" for none) as arrays, the payload blob (bytea), topic,
  * source. RETURNING 1 per row. */
 #define CM_OUTBOX_ROWS_INSERT(id, t, k, ty, at, off, len, tp, blob, topic, source)                 \
+    CM_OUTBOX_ROWS_INSERT_WHERE(id, t, k, ty, at, off, len, tp, blob, topic, source, "true")
+
+/* the same, inserting only the rows for which `where` holds; it names a
+ * row's tenant u.t and key u.k. for a change and its events in one
+ * statement (a data-modifying WITH, atomic in autocommit) where some
+ * changes may be skipped:
+ *
+ *   WITH o AS (INSERT INTO orders ... ON CONFLICT DO NOTHING RETURNING ...),
+ *        e AS (CM_OUTBOX_ROWS_INSERT_WHERE(..., "EXISTS (SELECT 1 FROM o
+ *              WHERE o.tenant_id = u.t AND o.id = u.k)"))
+ *   SELECT ... FROM o
+ *
+ * then cm_outbox_wake once it succeeded (no cm_db_tx hook sees that commit). */
+#define CM_OUTBOX_ROWS_INSERT_WHERE(id, t, k, ty, at, off, len, tp, blob, topic, source, where)    \
     "INSERT INTO outbox (event_id, tenant_id, topic, key, type, source, payload, occurred_at, "    \
     "traceparent) "                                                                                \
     "SELECT u.id::uuid, u.t, " topic "::text, u.k, u.ty, " source "::text, "                       \
@@ -143,7 +127,7 @@ void cm_outbox_rows_free(cm_outbox_rows *r);
     "FROM unnest(" id "::text[], " t "::text[], " k "::text[], " ty "::text[], " at                \
     "::bigint[], " off "::int[], " len "::int[], " tp                                              \
     "::text[]) WITH ORDINALITY AS u(id, t, k, ty, at, off, len, tp, ord) "                         \
-    "ORDER BY u.ord RETURNING 1"
+    "WHERE " where " ORDER BY u.ord RETURNING 1"
 
 /* wakes the relay for rows just committed outside cm_db_tx (see
  * cm_outbox_wake_on_commit for how). */

@@ -1034,3 +1034,34 @@ size_t cm_db_parse_ints(const char *s, int64_t *out, size_t max)
     }
     return n;
 }
+
+int cm_db_number_params(const char *sql, const char *const *names, size_t n, char *out, size_t cap)
+{
+    size_t len = 0;
+    for (const char *c = sql; *c;) {
+        size_t w = 1;
+        char num[24];
+        const char *put = c;
+        if (c[0] == '$' &&
+            (c[1] == '_' || (c[1] >= 'a' && c[1] <= 'z') || (c[1] >= 'A' && c[1] <= 'Z'))) {
+            while (c[w] == '_' || (c[w] >= 'a' && c[w] <= 'z') || (c[w] >= 'A' && c[w] <= 'Z') ||
+                   (c[w] >= '0' && c[w] <= '9'))
+                w++;
+            size_t k = 0;
+            while (k < n && (strlen(names[k]) != w - 1 || strncmp(names[k], c + 1, w - 1) != 0))
+                k++;
+            if (k == n)
+                return CM_EINVAL;
+            snprintf(num, sizeof num, "$%zu", k + 1);
+            put = num;
+        }
+        size_t plen = put == c ? w : strlen(put);
+        if (len + plen >= cap)
+            return CM_EINVAL;
+        memcpy(out + len, put, plen);
+        len += plen;
+        c += w;
+    }
+    out[len] = '\0';
+    return 0;
+}

@@ -143,7 +143,23 @@ int cm_outbox_wake_on_commit(cm_db *db)
 #define ADD_COLS 11
 #define ADD_BATCH_MAX 1000
 
-void cm_outbox_values_free(cm_outbox_values *v)
+#define OUTBOX_COLUMNS                                                                             \
+    "event_id, tenant_id, topic, key, type, source, content_type, payload, traceparent, headers, " \
+    "occurred_at"
+
+/* cm_outbox_add_batch's rows as "VALUES (...), (...)", numbering its
+ * parameters from first_param (payloads in binary); every column, so
+ * content types and headers go through as well */
+typedef struct outbox_values {
+    char *sql;
+    const char **params;
+    int *lengths, *formats;
+    int nparams;
+    char **owned; /* what params point to that the builder allocated */
+    size_t nowned;
+} outbox_values;
+
+static void values_free(outbox_values *v)
 {
     if (!v)
         return;
@@ -157,8 +173,7 @@ void cm_outbox_values_free(cm_outbox_values *v)
     memset(v, 0, sizeof *v);
 }
 
-int cm_outbox_values_build(cm_outbox_values *v, const cm_outbox_event *evs, size_t n,
-                           int first_param)
+static int values_build(outbox_values *v, const cm_outbox_event *evs, size_t n, int first_param)
 {
     memset(v, 0, sizeof *v);
     if ((!evs && n) || n == 0 || n > ADD_BATCH_MAX || first_param < 1)
@@ -182,7 +197,7 @@ int cm_outbox_values_build(cm_outbox_values *v, const cm_outbox_event *evs, size
     size_t cap = 64 + n * 320, len = 0;
     v->sql = malloc(cap);
     if (!v->params || !v->lengths || !v->formats || !v->owned || !v->sql) {
-        cm_outbox_values_free(v);
+        values_free(v);
         return CM_ENOMEM;
     }
     len = (size_t)snprintf(v->sql, cap, "VALUES ");
@@ -192,7 +207,7 @@ int cm_outbox_values_build(cm_outbox_values *v, const cm_outbox_event *evs, size
         int rc = headers_json(ev->headers, &hjson);
         if (rc) {
             cm_log_error("invalid outbox event headers", "event_id", ev->event_id, NULL);
-            cm_outbox_values_free(v);
+            values_free(v);
             return rc;
         }
         if (hjson)
@@ -201,7 +216,7 @@ int cm_outbox_values_build(cm_outbox_values *v, const cm_outbox_event *evs, size
         if (ev->occurred_at_ms > 0) {
             ms = malloc(24);
             if (!ms) {
-                cm_outbox_values_free(v);
+                values_free(v);
                 return CM_ENOMEM;
             }
             snprintf(ms, 24, "%lld", (long long)ev->occurred_at_ms);
@@ -231,7 +246,7 @@ int cm_outbox_values_build(cm_outbox_values *v, const cm_outbox_event *evs, size
             k + 10);
     }
     if (len >= cap) { /* cannot happen: cap covers 6-digit parameter numbers */
-        cm_outbox_values_free(v);
+        values_free(v);
         return CM_EINVAL;
     }
     v->nparams = (int)np;
@@ -258,17 +273,17 @@ int cm_outbox_add_batch(cm_db *db, const cm_outbox_event *evs, size_t n)
                      "topic", evs[0].topic, NULL);
         return CM_EINVAL;
     }
-    cm_outbox_values v;
-    int rc = cm_outbox_values_build(&v, evs, n, 1);
+    outbox_values v;
+    int rc = values_build(&v, evs, n, 1);
     if (rc)
         return rc;
-    size_t cap = strlen(v.sql) + sizeof "INSERT INTO outbox () " + sizeof CM_OUTBOX_COLUMNS;
+    size_t cap = strlen(v.sql) + sizeof "INSERT INTO outbox () " + sizeof OUTBOX_COLUMNS;
     char *sql = malloc(cap);
     if (!sql) {
-        cm_outbox_values_free(&v);
+        values_free(&v);
         return CM_ENOMEM;
     }
-    snprintf(sql, cap, "INSERT INTO outbox (" CM_OUTBOX_COLUMNS ") %s", v.sql);
+    snprintf(sql, cap, "INSERT INTO outbox (" OUTBOX_COLUMNS ") %s", v.sql);
     /* no NOTIFY in the statement: a transaction that notifies holds a
      * database-wide lock from its commit until it ends, serialising every
      * such commit. the relay is woken after the commit instead
@@ -283,7 +298,7 @@ int cm_outbox_add_batch(cm_db *db, const cm_outbox_event *evs, size_t n)
     }
     PQclear(res);
     free(sql);
-    cm_outbox_values_free(&v);
+    values_free(&v);
     return rc;
 }
 

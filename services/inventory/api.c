@@ -5,13 +5,14 @@
 #include "inv_api.h"
 
 #include "cm_err.h"
+#include "cm_group.h"
 #include "cm_log.h"
 #include "cm_metrics.h"
 #include "cm_page.h"
 #include "cm_pb.h"
 #include "inv_domain.h"
 #include "inv_events.h"
-#include "inv_hot.h"
+#include "inv_soldout.h"
 #include "inv_store.h"
 
 #include <errno.h>
@@ -28,10 +29,11 @@
 
 typedef struct inv_app {
     cm_service *svc;
-    inv_hot *hot;         /* NULL: INVENTORY_HOT_PATH=off, one transaction per call */
-    inv_hot *soldout;     /* the sold-out cache (the hot path's), or NULL */
-    int check_s;          /* invariant metric period */
-    long long next_check; /* the sweeper's thread only */
+    cm_group *hot;                     /* NULL: INVENTORY_HOT_PATH=off, one transaction per call */
+    cm_db *batch_db[INV_BATCHERS_MAX]; /* the hot path's connections, one per batch in flight */
+    inv_soldout *soldout;              /* the hot path's sold-out cache, or NULL */
+    int check_s;                       /* invariant metric period */
+    long long next_check;              /* the sweeper's thread only */
     cm_gauge *invariants_ok, *violations;
     cm_counter *expired, *soldout_fast, *refused_events;
     int events_on; /* INVENTORY_EVENTS */
@@ -149,7 +151,8 @@ static int admin_change(cm_rpc_ctx *ctx, int kind, const char *request_id, const
     inv_change *c = cm_arena_calloc(a, 1, sizeof *c);
     inv_level *l = cm_arena_calloc(a, 1, sizeof *l);
     int verdict = -1;
-    int rc = inv_store_admin(cm_service_db(ctx), &q, &verdict, c, l, inv_hot_mark, app->soldout);
+    int rc =
+        inv_store_admin(cm_service_db(ctx), &q, &verdict, c, l, inv_soldout_mark, app->soldout);
     if (rc == CM_EEXIST) /* the same request_id raced in on another sku */
         verdict = INV_A_REUSED;
     else if (rc)
@@ -273,7 +276,7 @@ static int reserve(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage
     /* the sold-out fast path: answered from memory, no database */
     if (app->soldout) {
         for (size_t i = 0; i < n; i++) {
-            if (inv_hot_sold_out(app->soldout, it.tenant, lines[i].sku)) {
+            if (inv_soldout_hit(app->soldout, it.tenant, lines[i].sku)) {
                 inv_shortage *s = &it.shortages[it.nshort++];
                 snprintf(s->sku, sizeof s->sku, "%s", lines[i].sku);
                 s->requested = lines[i].qty;
@@ -286,10 +289,10 @@ static int reserve(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage
         }
     }
     if (app->hot) {
-        rc = inv_hot_reserve(app->hot, &it);
+        rc = cm_group_submit(app->hot, NULL, &it);
     } else {
         inv_reserve_item *one = &it;
-        rc = inv_store_reserve_batch(cm_service_db(ctx), &one, 1, inv_hot_mark, app->soldout);
+        rc = inv_store_reserve_batch(cm_service_db(ctx), &one, 1, inv_soldout_mark, app->soldout);
     }
     if (rc)
         return internal(ctx, rc, "could not reserve stock");
@@ -331,7 +334,7 @@ static int reserve(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage
     case INV_R_SOLD_OUT:
         for (size_t i = 0; i < it.nshort; i++)
             if (it.shortages[i].available == 0 && !it.shortages[i].flash_sale_id[0])
-                inv_hot_mark(app->soldout, it.tenant, it.shortages[i].sku, 0);
+                inv_soldout_mark(app->soldout, it.tenant, it.shortages[i].sku, 0);
         return sold_out(ctx, &it);
     case INV_R_TOMBSTONE:
         return cm_rpc_fail(ctx, GRPC_STATUS_FAILED_PRECONDITION, "ILLEGAL_STATE_TRANSITION",
@@ -356,7 +359,7 @@ static int resolve(cm_rpc_ctx *ctx, const char *order_id, int to,
     inv_resolve_outcome oc;
     inv_ev_ctx ev = ev_of(ctx);
     int rc = inv_store_resolve(cm_service_db(ctx), &ev, cm_rpc_ctx_tenant(ctx), order_id, to,
-                               principal_of(ctx), &oc, r, inv_hot_mark, app->soldout);
+                               principal_of(ctx), &oc, r, inv_soldout_mark, app->soldout);
     if (rc)
         return internal(ctx, rc,
                         to == INV_CONFIRMED ? "could not confirm the reservation"
@@ -835,7 +838,7 @@ int inv_on_order_event(cm_db *db, const cm_event *ev, void *arg)
         }
         if (rc == 0 && to == INV_RELEASED && app)
             for (size_t i = 0; i < r->nlines; i++)
-                inv_hot_mark(app->soldout, tenant, r->lines[i].sku, 1);
+                inv_soldout_mark(app->soldout, tenant, r->lines[i].sku, 1);
     }
     free(r);
     protobuf_c_message_free_unpacked(m, NULL);
@@ -853,7 +856,7 @@ void inv_sweep(cm_service *svc, cm_db *db, void *p)
     int expired = 0, rc;
     do {
         inv_ev_ctx ec = {.on = app->events_on};
-        rc = inv_store_expire_due(db, &ec, 200, &expired, inv_hot_mark, app->soldout);
+        rc = inv_store_expire_due(db, &ec, 200, &expired, inv_soldout_mark, app->soldout);
         if (rc == 0 && expired)
             cm_counter_add(app->expired, (uint64_t)expired);
     } while (rc == 0 && expired == 200);
@@ -877,13 +880,24 @@ void inv_sweep(cm_service *svc, cm_db *db, void *p)
     }
 }
 
+/* a cm_group's commit: the reservations that queued, in one transaction on
+ * the leading call's connection (README.md, "Reserve: the hot path") */
+static int reserve_batch(void *arg, void *db, void *const *items, size_t n)
+{
+    inv_app *app = arg;
+    int rc = inv_store_reserve_batch(db, (inv_reserve_item *const *)items, n, inv_soldout_mark,
+                                     app->soldout);
+    if (rc)
+        cm_log_warn("reservation batch failed", "error", cm_strerror(rc), NULL);
+    return rc;
+}
+
 int inv_app_init(cm_service *svc, void **out, char *err, size_t errlen)
 {
     inv_app *app = calloc(1, sizeof *app);
     if (!app)
         return CM_ENOMEM;
     app->svc = svc;
-    const cm_config *c = cm_service_config(svc);
     int hot_on = (int)cm_service_int(svc, "INVENTORY_HOT_PATH");
     app->events_on = (int)cm_service_int(svc, "INVENTORY_EVENTS");
     /* the check aggregates every audit row: not too often */
@@ -910,17 +924,25 @@ int inv_app_init(cm_service *svc, void **out, char *err, size_t errlen)
         NULL);
     cm_gauge_set(app->invariants_ok, 1);
     if (hot_on) {
-        inv_hot_opts o = {.dsn = c->pg_dsn,
-                          .schema = cm_service_schema(svc),
-                          .batchers = batchers,
-                          .max_batch = max_batch,
-                          .sold_out_ttl_ms = ttl};
-        int rc = inv_hot_new(&app->hot, &o, err, errlen);
+        /* batcher threads, back to back, on connections of their own: the
+         * batch statements are prepared on these few (README.md) */
+        cm_group_opts o = {.commit = reserve_batch,
+                           .arg = app,
+                           .max_batch = max_batch,
+                           .leaders = batchers,
+                           .conns = (void *const *)app->batch_db,
+                           .threads = 1};
+        const char *dsn = cm_service_config(svc)->pg_dsn;
+        int rc = 0;
+        for (int i = 0; i < batchers && rc == 0; i++)
+            rc = cm_db_connect(&app->batch_db[i], dsn, cm_service_schema(svc), err, errlen);
+        if (rc == 0 && (rc = inv_soldout_new(&app->soldout, ttl)) == 0 &&
+            (rc = cm_group_new(&app->hot, &o)) != 0)
+            snprintf(err, errlen, "could not create the reservation hot path");
         if (rc) {
-            free(app);
+            inv_app_fini(svc, app);
             return rc;
         }
-        app->soldout = app->hot;
     }
     *out = app;
     return 0;
@@ -932,6 +954,9 @@ void inv_app_fini(cm_service *svc, void *p)
     inv_app *app = p;
     if (!app)
         return;
-    inv_hot_free(app->hot);
+    cm_group_free(app->hot);
+    inv_soldout_free(app->soldout);
+    for (int i = 0; i < INV_BATCHERS_MAX; i++)
+        cm_db_free(app->batch_db[i]);
     free(app);
 }

@@ -10,6 +10,9 @@
 
 #include <stddef.h>
 
+/* INVENTORY_BATCHERS' ceiling: the hot path's own connections */
+#define INV_BATCHERS_MAX 16
+
 extern const cm_rpc_method inv_methods[];
 extern const size_t inv_methods_count;
 

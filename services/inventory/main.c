@@ -15,7 +15,7 @@ static const cm_knob knobs[] = {
      "on: Reserve group-committed in batches; off: one transaction per call"},
     {"INVENTORY_MAX_BATCH", CM_KNOB_INT, 256, 1, 4096, NULL,
      "most reservations in one batch transaction"},
-    {"INVENTORY_BATCHERS", CM_KNOB_INT, 1, 1, 16, NULL,
+    {"INVENTORY_BATCHERS", CM_KNOB_INT, 1, 1, INV_BATCHERS_MAX, NULL,
      "batcher threads, each with its own connection"},
     {"INVENTORY_SOLD_OUT_TTL_MS", CM_KNOB_INT, 200, 1, 60000, NULL,
      "how long a sku seen at zero is answered SOLD_OUT from memory (ms)"},

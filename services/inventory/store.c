@@ -9,6 +9,7 @@
 #include "cm_id.h"
 #include "inv_events.h"
 
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -291,10 +292,26 @@ typedef struct zero_sku {
     char sku[INV_SKU_MAX + 1];
 } zero_sku;
 
+/* the batch's requests as arrays: inv_reserve_batch's ten arguments, in
+ * its order (the row-by-row path), four of them the lock's */
+enum {
+    A_TENANT,
+    A_ORDER,
+    A_BUYER,
+    A_TTL,
+    A_BODY,
+    A_NLINES,
+    A_LINE_TENANT,
+    A_LINE_SKU,
+    A_LINE_QTY,
+    A_PRINCIPAL,
+    A_COUNT
+};
+
 typedef struct reserve_tx {
     inv_reserve_item *const *items;
     size_t n;
-    const char *params[10];
+    const char *params[A_COUNT];
     zero_sku *zero;
     size_t nzero, capzero;
 } reserve_tx;
@@ -339,7 +356,7 @@ static int reserve_rows(cm_db *db, reserve_tx *t)
                   "expires_ms, item, tenant, change_id, l_available, l_reserved, l_sold, "
                   "l_on_hand, l_version, at_ms "
                   "FROM inv_reserve_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-                  10, t->params, &r);
+                  A_COUNT, t->params, &r);
     if (rc)
         return rc;
     ev_rows ev;
@@ -429,84 +446,109 @@ static void level_of(const inv_counter *c, int64_t at_ms, inv_level *l)
     l->updated_ms = at_ms;
 }
 
-#define NW 23
+/* the batch's arrays, one per column (cm_buf array literals): its
+ * reservations, their lines, the lines' audit rows and the stock rows
+ * they changed. the write statement names them (below), so nothing is
+ * numbered by hand */
+/* clang-format off */
+#define BATCH_ARRAYS(X)                                                                  \
+    X(r_tenant) X(r_order) X(r_buyer) X(r_body) X(r_created) X(r_expires)                \
+    X(l_tenant) X(l_order) X(l_idx) X(l_sku) X(l_qty)                                    \
+    X(a_id) X(a_available) X(a_reserved) X(a_sold) X(a_on_hand) X(a_version)             \
+    X(a_principal)                                                                       \
+    X(s_tenant) X(s_sku) X(s_available) X(s_reserved) X(s_version)
+/* the write statement's parameters: the arrays, the batch's time, the
+ * outbox rows (CM_OUTBOX_ROWS_NPARAMS of them, in cm_outbox_rows_params'
+ * order) and their topic and source */
+#define WRITE_PARAMS(X)                                                                  \
+    BATCH_ARRAYS(X) X(now)                                                               \
+    X(ob_id) X(ob_tenant) X(ob_key) X(ob_type) X(ob_at) X(ob_off) X(ob_len) X(ob_tp)     \
+    X(ob_blob) X(ob_topic) X(ob_source)
+/* clang-format on */
+#define AS_ENUM(n) W_##n,
+#define AS_NAME(n) #n,
+enum { WRITE_PARAMS(AS_ENUM) W_COUNT };
+enum { W_ARRAYS = W_now };
+static const char *const write_names[W_COUNT] = {WRITE_PARAMS(AS_NAME)};
 
-/* the batch, admitted in c: lock the batch's stock rows (in (tenant, sku)
- * order, so batches of two replicas never deadlock), read the orders that
- * already exist, decide every reservation in memory against the locked
- * counters (inv_admit), then write reservations, lines, audit rows, the
- * new counters and the outbox events (one StockChanged per line, SoldOut
- * per sku that reached 0) in one statement. three round trips per batch,
- * whatever its size. */
-static int reserve_fn(cm_db *db, void *arg)
+static const char write_sql[] =
+    "WITH r AS (INSERT INTO reservation (tenant_id, order_id, state, buyer_id, body, "
+    "  created_at, expires_at) SELECT u.t, u.o, 1, u.b, u.body, to_timestamp(u.c / 1000.0), "
+    "  to_timestamp(u.e / 1000.0) FROM unnest($r_tenant::text[], $r_order::text[], "
+    "  $r_buyer::text[], $r_body::text[], $r_created::bigint[], $r_expires::bigint[]) "
+    "  AS u(t, o, b, body, c, e) ON CONFLICT DO NOTHING RETURNING 1), "
+    "l AS (INSERT INTO reservation_line (tenant_id, order_id, idx, sku, quantity) "
+    "  SELECT * FROM unnest($l_tenant::text[], $l_order::text[], $l_idx::int[], "
+    "  $l_sku::text[], $l_qty::bigint[])), "
+    "c AS (INSERT INTO stock_change (change_id, tenant_id, sku, kind, available_delta, "
+    "  reserved_delta, sold_delta, available, reserved, sold, on_hand, version, "
+    "  order_id, principal, occurred_at) SELECT u.id, u.t, u.s, 3, -u.q, u.q, 0, u.a, "
+    "  u.r, u.sd, u.oh, u.v, u.o, u.p, to_timestamp($now::bigint / 1000.0) "
+    "  FROM unnest($a_id::uuid[], $l_tenant::text[], $l_sku::text[], $l_qty::bigint[], "
+    "  $a_available::bigint[], $a_reserved::bigint[], $a_sold::bigint[], "
+    "  $a_on_hand::bigint[], $a_version::bigint[], $l_order::text[], $a_principal::text[]) "
+    "  AS u(id, t, s, q, a, r, sd, oh, v, o, p)), "
+    "s AS (UPDATE stock x SET available = u.a, reserved = u.r, version = u.v, "
+    "  updated_at = to_timestamp($now::bigint / 1000.0) FROM unnest($s_tenant::text[], "
+    "  $s_sku::text[], $s_available::bigint[], $s_reserved::bigint[], $s_version::bigint[]) "
+    "  AS u(t, s, a, r, v) WHERE x.tenant_id = u.t AND x.sku = u.s), "
+    "o AS (" CM_OUTBOX_ROWS_INSERT("$ob_id", "$ob_tenant", "$ob_key", "$ob_type", "$ob_at",
+                                   "$ob_off", "$ob_len", "$ob_tp", "$ob_blob", "$ob_topic",
+                                   "$ob_source") ") SELECT count(*) FROM r";
+
+/* write_sql with $1... for its names: built once */
+static char write_numbered[sizeof write_sql + W_COUNT * 4];
+static pthread_once_t write_once = PTHREAD_ONCE_INIT;
+static void number_write(void)
 {
-    reserve_tx *t = arg;
-    t->nzero = 0;
-    for (size_t i = 0; i < t->n; i++) {
-        t->items[i]->outcome = INV_R_PENDING;
-        t->items[i]->nshort = 0;
-    }
-    /* one round trip: the stock rows locked (the CTE's rows are locked
-     * in its ORDER BY order) and the orders of the batch that exist */
-    const char *pl[] = {t->params[6], t->params[7], t->params[0], t->params[1]};
-    PGresult *rs = NULL;
-    int rc = exec_ps(db, PS_LOCK, "lock batch stock",
-                     "WITH k AS (SELECT s.tenant_id, s.sku, s.available, s.reserved, s.sold, "
-                     "  s.on_hand, s.version, EXISTS (SELECT 1 FROM flash_sale f "
-                     "  WHERE f.tenant_id = s.tenant_id AND f.sku = s.sku AND f.starts_at <= now() "
-                     "  AND f.ends_at > now())::int AS fs "
-                     "  FROM stock s JOIN (SELECT DISTINCT * FROM unnest($1::text[], $2::text[])) "
-                     "  AS u(t, k) ON s.tenant_id = u.t AND s.sku = u.k "
-                     "  ORDER BY s.tenant_id, s.sku FOR UPDATE OF s) "
-                     "SELECT 0, tenant_id, sku, available, reserved, sold, on_hand, version, fs, "
-                     "  NULL::text FROM k "
-                     "UNION ALL SELECT 1, x.tenant_id, x.order_id, 0, 0, 0, 0, 0, 0, x.body "
-                     "  FROM unnest($3::text[], $4::text[]) AS u(t, o) "
-                     "  JOIN reservation x ON x.tenant_id = u.t AND x.order_id = u.o",
-                     4, pl, -1, 0, &rs);
-    if (rc)
-        return rc;
-    int rows = PQntuples(rs);
-    size_t nc = 0;
-    int nx = 0;
-    for (int k = 0; k < rows; k++) {
-        if (i64(rs, k, 0) == 1) {
-            nx++;
-            continue;
-        }
-        nc++;
-        if (i64(rs, k, 8)) {
-            PQclear(rs);
-            return reserve_rows(db, t);
-        }
-    }
-    /* the existing orders, as row numbers of rs */
-    int *ox = malloc((size_t)(nx ? nx : 1) * sizeof *ox);
-    inv_counter *cs = calloc(nc ? nc : 1, sizeof *cs);
-    cm_buf w[NW];
-    memset(w, 0, sizeof w);
-    for (int k = 0; k < NW; k++)
-        cm_buf_array_begin(&w[k]);
+    if (cm_db_number_params(write_sql, write_names, W_COUNT, write_numbered, sizeof write_numbered))
+        write_numbered[0] = '\0';
+}
+
+/* what a batch decides, to be written by one statement */
+typedef struct batch_writes {
+    cm_buf col[W_ARRAYS];
     ev_rows ev;
-    int evrc = ev_init(&ev, t->n && t->items[0]->ev->on);
-    size_t maxl = 0;
-    for (size_t i = 0; i < t->n; i++)
-        maxl = t->items[i]->nlines > maxl ? t->items[i]->nlines : maxl;
-    size_t *pos = calloc(maxl ? maxl : 1, sizeof *pos);
-    int64_t *av = calloc(maxl ? maxl : 1, sizeof *av);
-    inv_change *chg = malloc(sizeof *chg);
-    if (!cs || !pos || !av || !chg || !ox || evrc) {
-        rc = CM_ENOMEM;
-        goto out;
-    }
-    nc = 0;
-    nx = 0;
+    long long reserved; /* reservations admitted */
+    int64_t now;
+} batch_writes;
+
+/* phase 1, read: one round trip locks the batch's stock rows (the CTE's
+ * rows are locked in its ORDER BY order: (tenant, sku), so batches of two
+ * replicas never deadlock) and returns with them the batch's orders that
+ * exist: kind 0 a stock row, 1 an order (its stored body last) */
+static int lock_batch(cm_db *db, const reserve_tx *t, PGresult **rs)
+{
+    const char *p[] = {t->params[A_LINE_TENANT], t->params[A_LINE_SKU], t->params[A_TENANT],
+                       t->params[A_ORDER]};
+    return exec_ps(db, PS_LOCK, "lock batch stock",
+                   "WITH k AS (SELECT s.tenant_id, s.sku, s.available, s.reserved, s.sold, "
+                   "  s.on_hand, s.version, EXISTS (SELECT 1 FROM flash_sale f "
+                   "  WHERE f.tenant_id = s.tenant_id AND f.sku = s.sku AND f.starts_at <= now() "
+                   "  AND f.ends_at > now())::int AS fs "
+                   "  FROM stock s JOIN (SELECT DISTINCT * FROM unnest($1::text[], $2::text[])) "
+                   "  AS u(t, k) ON s.tenant_id = u.t AND s.sku = u.k "
+                   "  ORDER BY s.tenant_id, s.sku FOR UPDATE OF s) "
+                   "SELECT 0, tenant_id, sku, available, reserved, sold, on_hand, version, fs, "
+                   "  NULL::text FROM k "
+                   "UNION ALL SELECT 1, x.tenant_id, x.order_id, 0, 0, 0, 0, 0, 0, x.body "
+                   "  FROM unnest($3::text[], $4::text[]) AS u(t, o) "
+                   "  JOIN reservation x ON x.tenant_id = u.t AND x.order_id = u.o",
+                   4, p, -1, 0, rs);
+}
+
+/* the locked counters of rs, sorted for find_counter; they point into rs */
+static inv_counter *read_counters(const PGresult *rs, size_t *nc)
+{
+    int rows = PQntuples(rs);
+    inv_counter *cs = calloc((size_t)(rows ? rows : 1), sizeof *cs);
+    if (!cs)
+        return NULL;
+    *nc = 0;
     for (int k = 0; k < rows; k++) {
-        if (i64(rs, k, 0) == 1) {
-            ox[nx++] = k;
+        if (i64(rs, k, 0) != 0)
             continue;
-        }
-        inv_counter *c = &cs[nc++];
+        inv_counter *c = &cs[(*nc)++];
         c->tenant = PQgetvalue(rs, k, 1);
         c->sku = PQgetvalue(rs, k, 2);
         c->available = c->available0 = i64(rs, k, 3);
@@ -517,24 +559,89 @@ static int reserve_fn(cm_db *db, void *arg)
     }
     /* the rows come in the key columns' order (COLLATE "C", strcmp's since
      * migration 0005); sorted here all the same, as bsearch needs it */
-    qsort(cs, nc, sizeof *cs, counter_cmp);
-    int64_t now = wall_ms();
-    char now_s[24];
-    snprintf(now_s, sizeof now_s, "%lld", (long long)now);
-    long long reserved = 0;
+    qsort(cs, *nc, sizeof *cs, counter_cmp);
+    return cs;
+}
+
+/* the stored body of it's order: one that exists (rs), or came earlier in
+ * this batch; NULL if none */
+static const char *existing_body(const reserve_tx *t, size_t i, const PGresult *rs)
+{
+    const inv_reserve_item *it = t->items[i];
+    for (int k = 0; k < PQntuples(rs); k++)
+        if (i64(rs, k, 0) == 1 && strcmp(PQgetvalue(rs, k, 1), it->tenant) == 0 &&
+            strcmp(PQgetvalue(rs, k, 2), it->order_id) == 0)
+            return PQgetvalue(rs, k, 9);
+    for (size_t j = 0; j < i; j++)
+        if (t->items[j]->outcome == INV_R_RESERVED &&
+            strcmp(t->items[j]->tenant, it->tenant) == 0 &&
+            strcmp(t->items[j]->order_id, it->order_id) == 0)
+            return t->items[j]->body;
+    return NULL;
+}
+
+/* an admitted reservation's rows: it, its lines, one audit row and one
+ * StockChanged per line. a line's sku is in no other line of the
+ * reservation, so the counters inv_admit left are the ones right after
+ * this line, which its audit row carries */
+static int add_reservation(batch_writes *w, const inv_reserve_item *it, const inv_counter *cs,
+                           const size_t *pos)
+{
+    cm_buf *col = w->col;
+    cm_buf_array_text(&col[W_r_tenant], it->tenant);
+    cm_buf_array_text(&col[W_r_order], it->order_id);
+    cm_buf_array_text(&col[W_r_buyer], it->buyer_id ? it->buyer_id : "");
+    cm_buf_array_text(&col[W_r_body], it->body);
+    cm_buf_array_int(&col[W_r_created], it->created_ms);
+    cm_buf_array_int(&col[W_r_expires], it->expires_ms);
+    const char *principal = it->principal ? it->principal : "";
+    for (size_t j = 0; j < it->nlines; j++) {
+        const inv_counter *c = &cs[pos[j]];
+        inv_change chg;
+        memset(&chg, 0, sizeof chg);
+        int rc = cm_id_uuid7(chg.change_id);
+        if (rc)
+            return rc;
+        chg.kind = INV_KIND_RESERVE;
+        chg.da = -it->lines[j].qty;
+        chg.dr = it->lines[j].qty;
+        level_of(c, w->now, &chg.level);
+        snprintf(chg.order_id, sizeof chg.order_id, "%s", it->order_id);
+        snprintf(chg.principal, sizeof chg.principal, "%s", principal);
+        chg.occurred_ms = w->now;
+        if ((rc = ev_changed(&w->ev, it->tenant, &chg, it->ev->traceparent)) != 0)
+            return rc;
+        cm_buf_array_text(&col[W_l_tenant], it->tenant);
+        cm_buf_array_text(&col[W_l_order], it->order_id);
+        cm_buf_array_int(&col[W_l_idx], (long long)j);
+        cm_buf_array_text(&col[W_l_sku], it->lines[j].sku);
+        cm_buf_array_int(&col[W_l_qty], it->lines[j].qty);
+        cm_buf_array_text(&col[W_a_id], chg.change_id);
+        cm_buf_array_int(&col[W_a_available], c->available);
+        cm_buf_array_int(&col[W_a_reserved], c->reserved);
+        cm_buf_array_int(&col[W_a_sold], c->sold);
+        cm_buf_array_int(&col[W_a_on_hand], c->on_hand);
+        cm_buf_array_int(&col[W_a_version], c->version);
+        cm_buf_array_text(&col[W_a_principal], principal);
+    }
+    w->reserved++;
+    return 0;
+}
+
+/* phase 2, decide: every reservation in request order against the locked
+ * counters (inv_admit: all lines or none), in memory; then the stock rows
+ * that changed, with a SoldOut for each that reached 0 */
+static int decide(reserve_tx *t, const PGresult *rs, inv_counter *cs, size_t nc, batch_writes *w)
+{
+    size_t maxl = 1;
+    for (size_t i = 0; i < t->n; i++)
+        maxl = t->items[i]->nlines > maxl ? t->items[i]->nlines : maxl;
+    size_t *pos = calloc(maxl, sizeof *pos);
+    int64_t *av = calloc(maxl, sizeof *av);
+    int rc = pos && av ? 0 : CM_ENOMEM;
     for (size_t i = 0; i < t->n && rc == 0; i++) {
         inv_reserve_item *it = t->items[i];
-        /* an order that exists, or came earlier in this batch */
-        const char *body = NULL;
-        for (int k = 0; k < nx && !body; k++)
-            if (strcmp(PQgetvalue(rs, ox[k], 1), it->tenant) == 0 &&
-                strcmp(PQgetvalue(rs, ox[k], 2), it->order_id) == 0)
-                body = PQgetvalue(rs, ox[k], 9);
-        for (size_t j = 0; j < i && !body; j++)
-            if (t->items[j]->outcome == INV_R_RESERVED &&
-                strcmp(t->items[j]->tenant, it->tenant) == 0 &&
-                strcmp(t->items[j]->order_id, it->order_id) == 0)
-                body = t->items[j]->body;
+        const char *body = existing_body(t, i, rs);
         if (body) {
             it->outcome = !*body                        ? INV_R_TOMBSTONE
                           : strcmp(body, it->body) == 0 ? INV_R_SAME
@@ -556,130 +663,109 @@ static int reserve_fn(cm_db *db, void *arg)
             continue;
         }
         it->outcome = INV_R_RESERVED;
-        it->created_ms = now;
-        it->expires_ms = now + it->ttl_ms;
-        reserved++;
-        cm_buf_array_text(&w[0], it->tenant);
-        cm_buf_array_text(&w[1], it->order_id);
-        cm_buf_array_text(&w[2], it->buyer_id ? it->buyer_id : "");
-        cm_buf_array_text(&w[3], it->body);
-        cm_buf_array_int(&w[4], it->created_ms);
-        cm_buf_array_int(&w[5], it->expires_ms);
-        /* a line's sku is in no other line of the reservation, so the
-         * counters inv_admit left are the ones right after this line */
-        for (size_t j = 0; j < it->nlines; j++) {
-            const inv_counter *c = &cs[pos[j]];
-            memset(chg, 0, sizeof *chg);
-            if ((rc = cm_id_uuid7(chg->change_id)) != 0)
-                break;
-            chg->kind = INV_KIND_RESERVE;
-            chg->da = -it->lines[j].qty;
-            chg->dr = it->lines[j].qty;
-            level_of(c, now, &chg->level);
-            snprintf(chg->order_id, sizeof chg->order_id, "%s", it->order_id);
-            snprintf(chg->principal, sizeof chg->principal, "%s",
-                     it->principal ? it->principal : "");
-            chg->occurred_ms = now;
-            if ((rc = ev_changed(&ev, it->tenant, chg, it->ev->traceparent)) != 0)
-                break;
-            cm_buf_array_text(&w[6], it->tenant);
-            cm_buf_array_text(&w[7], it->order_id);
-            cm_buf_array_int(&w[8], (long long)j);
-            cm_buf_array_text(&w[9], it->lines[j].sku);
-            cm_buf_array_int(&w[10], it->lines[j].qty);
-            /* the audit row carries the counters right after this line */
-            cm_buf_array_int(&w[11], c->available);
-            cm_buf_array_int(&w[12], c->reserved);
-            cm_buf_array_int(&w[13], c->sold);
-            cm_buf_array_int(&w[14], c->on_hand);
-            cm_buf_array_int(&w[15], c->version);
-            cm_buf_array_text(&w[16], it->principal ? it->principal : "");
-            cm_buf_array_text(&w[22], chg->change_id);
-        }
+        it->created_ms = w->now;
+        it->expires_ms = w->now + it->ttl_ms;
+        rc = add_reservation(w, it, cs, pos);
     }
     for (size_t k = 0; rc == 0 && k < nc; k++) {
         const inv_counter *c = &cs[k];
         if (c->available == c->available0)
             continue;
-        cm_buf_array_text(&w[17], c->tenant);
-        cm_buf_array_text(&w[18], c->sku);
-        cm_buf_array_int(&w[19], c->available);
-        cm_buf_array_int(&w[20], c->reserved);
-        cm_buf_array_int(&w[21], c->version);
+        cm_buf_array_text(&w->col[W_s_tenant], c->tenant);
+        cm_buf_array_text(&w->col[W_s_sku], c->sku);
+        cm_buf_array_int(&w->col[W_s_available], c->available);
+        cm_buf_array_int(&w->col[W_s_reserved], c->reserved);
+        cm_buf_array_int(&w->col[W_s_version], c->version);
         if (c->available == 0) {
-            level_of(c, now, &chg->level);
+            inv_level l;
+            level_of(c, w->now, &l);
             /* a sku's edge belongs to no single call: no trace */
-            rc = ev_edge(&ev, c->tenant, &chg->level, 0, NULL, NULL);
+            rc = ev_edge(&w->ev, c->tenant, &l, 0, NULL, NULL);
             if (rc == 0)
                 rc = add_zero(t, c->tenant, c->sku);
         }
     }
-    if (rc)
-        goto out;
-    int oom = 0;
-    for (int k = 0; k < NW; k++) {
-        cm_buf_array_end(&w[k]);
-        oom |= w[k].oom;
-    }
-    if (oom || cm_outbox_rows_close(&ev.rows)) {
-        rc = CM_ENOMEM;
-        goto out;
-    }
-    if (reserved) {
-        const char *pw[NW + 1 + CM_OUTBOX_ROWS_NPARAMS + 2];
-        for (int k = 0; k < NW; k++)
-            pw[k] = w[k].p;
-        pw[NW] = now_s;
-        cm_outbox_rows_params(&ev.rows, pw + NW + 1);
-        pw[NW + 1 + CM_OUTBOX_ROWS_NPARAMS] = INV_TOPIC;
-        pw[NW + 2 + CM_OUTBOX_ROWS_NPARAMS] = INV_SOURCE;
-        PGresult *r = NULL;
-        rc = exec_ps(
-            db, PS_WRITE, "write batch",
-            "WITH r AS (INSERT INTO reservation (tenant_id, order_id, state, buyer_id, body, "
-            "  created_at, expires_at) SELECT u.t, u.o, 1, u.b, u.body, to_timestamp(u.c / "
-            "1000.0), "
-            "  to_timestamp(u.e / 1000.0) FROM unnest($1::text[], $2::text[], $3::text[], "
-            "  $4::text[], $5::bigint[], $6::bigint[]) AS u(t, o, b, body, c, e) "
-            "  ON CONFLICT DO NOTHING RETURNING 1), "
-            "l AS (INSERT INTO reservation_line (tenant_id, order_id, idx, sku, quantity) "
-            "  SELECT * FROM unnest($7::text[], $8::text[], $9::int[], $10::text[], "
-            "  $11::bigint[])), "
-            "c AS (INSERT INTO stock_change (change_id, tenant_id, sku, kind, available_delta, "
-            "  reserved_delta, sold_delta, available, reserved, sold, on_hand, version, "
-            "  order_id, principal, occurred_at) SELECT u.id, u.t, u.s, 3, -u.q, u.q, 0, u.a, "
-            "  u.r, u.sd, u.oh, u.v, u.o, u.p, to_timestamp($24::bigint / 1000.0) "
-            "  FROM unnest($23::uuid[], $7::text[], $10::text[], $11::bigint[], $12::bigint[], "
-            "  $13::bigint[], $14::bigint[], $15::bigint[], $16::bigint[], $8::text[], "
-            "  $17::text[]) AS u(id, t, s, q, a, r, sd, oh, v, o, p)), "
-            "s AS (UPDATE stock x SET available = u.a, reserved = u.r, version = u.v, "
-            "  updated_at = to_timestamp($24::bigint / 1000.0) FROM unnest($18::text[], "
-            "  $19::text[], $20::bigint[], $21::bigint[], $22::bigint[]) AS u(t, s, a, r, v) "
-            "  WHERE x.tenant_id = u.t AND x.sku = u.s), "
-            "o AS (" CM_OUTBOX_ROWS_INSERT("$25", "$26", "$27", "$28", "$29", "$30", "$31", "$32",
-                                           "$33", "$34", "$35") ") SELECT count(*) FROM r",
-            NW + 3 + CM_OUTBOX_ROWS_NPARAMS, pw, NW + 1 + CM_OUTBOX_ROWS_BLOB, ev.rows.blob.len,
-            &r);
-        if (rc == 0) {
-            long long inserted = i64(r, 0, 0);
-            PQclear(r);
-            /* another transaction reserved one of these orders meanwhile:
-             * run the batch again, it will then see that reservation */
-            if (inserted != reserved)
-                rc = CM_ECONFLICT;
-            else if (ev.rows.n)
-                rc = cm_outbox_wake_on_commit(db);
-        }
-    }
-out:
-    for (int k = 0; k < NW; k++)
-        free(w[k].p);
-    ev_free(&ev);
-    free(cs);
     free(pos);
     free(av);
-    free(chg);
-    free(ox);
+    return rc;
+}
+
+/* phase 3, write: reservations, lines, audit rows, the new counters and
+ * the outbox events in one statement */
+static int write_batch(cm_db *db, batch_writes *w)
+{
+    int oom = 0;
+    for (int k = 0; k < W_ARRAYS; k++) {
+        cm_buf_array_end(&w->col[k]);
+        oom |= w->col[k].oom;
+    }
+    if (oom || cm_outbox_rows_close(&w->ev.rows))
+        return CM_ENOMEM;
+    pthread_once(&write_once, number_write);
+    if (!write_numbered[0])
+        return CM_EINTERNAL;
+    char now_s[24];
+    snprintf(now_s, sizeof now_s, "%lld", (long long)w->now);
+    const char *p[W_COUNT];
+    for (int k = 0; k < W_ARRAYS; k++)
+        p[k] = w->col[k].p;
+    p[W_now] = now_s;
+    cm_outbox_rows_params(&w->ev.rows, p + W_ob_id);
+    p[W_ob_topic] = INV_TOPIC;
+    p[W_ob_source] = INV_SOURCE;
+    PGresult *r = NULL;
+    int rc = exec_ps(db, PS_WRITE, "write batch", write_numbered, W_COUNT, p, W_ob_blob,
+                     w->ev.rows.blob.len, &r);
+    if (rc)
+        return rc;
+    long long inserted = i64(r, 0, 0);
+    PQclear(r);
+    /* another transaction reserved one of these orders meanwhile: run the
+     * batch again, it will then see that reservation */
+    if (inserted != w->reserved)
+        return CM_ECONFLICT;
+    return w->ev.rows.n ? cm_outbox_wake_on_commit(db) : 0;
+}
+
+/* the batch, in one transaction: read (lock), decide, write. three round
+ * trips per batch, whatever its size. a sku in an active flash sale sends
+ * the batch down the row-by-row path instead (reserve_rows) */
+static int reserve_fn(cm_db *db, void *arg)
+{
+    reserve_tx *t = arg;
+    t->nzero = 0;
+    for (size_t i = 0; i < t->n; i++) {
+        t->items[i]->outcome = INV_R_PENDING;
+        t->items[i]->nshort = 0;
+    }
+    PGresult *rs = NULL;
+    int rc = lock_batch(db, t, &rs);
+    if (rc)
+        return rc;
+    for (int k = 0; k < PQntuples(rs); k++) {
+        if (i64(rs, k, 0) == 0 && i64(rs, k, 8)) {
+            PQclear(rs);
+            return reserve_rows(db, t);
+        }
+    }
+    batch_writes w;
+    memset(&w, 0, sizeof w);
+    w.now = wall_ms();
+    for (int k = 0; k < W_ARRAYS; k++)
+        cm_buf_array_begin(&w.col[k]);
+    size_t nc = 0;
+    inv_counter *cs = read_counters(rs, &nc);
+    rc = ev_init(&w.ev, t->n && t->items[0]->ev->on);
+    if (!cs && rc == 0)
+        rc = CM_ENOMEM;
+    if (rc == 0)
+        rc = decide(t, rs, cs, nc, &w);
+    if (rc == 0 && w.reserved)
+        rc = write_batch(db, &w);
+    for (int k = 0; k < W_ARRAYS; k++)
+        free(w.col[k].p);
+    ev_free(&w.ev);
+    free(cs);
     PQclear(rs);
     return rc;
 }
@@ -687,26 +773,26 @@ out:
 int inv_store_reserve_batch(cm_db *db, inv_reserve_item *const *items, size_t n, inv_stock_cb cb,
                             void *arg)
 {
-    cm_buf a[10] = {{0}};
-    for (int k = 0; k < 10; k++)
+    cm_buf a[A_COUNT] = {{0}};
+    for (int k = 0; k < A_COUNT; k++)
         cm_buf_array_begin(&a[k]);
     for (size_t i = 0; i < n; i++) {
         const inv_reserve_item *it = items[i];
-        cm_buf_array_text(&a[0], it->tenant);
-        cm_buf_array_text(&a[1], it->order_id);
-        cm_buf_array_text(&a[2], it->buyer_id ? it->buyer_id : "");
-        cm_buf_array_int(&a[3], it->ttl_ms);
-        cm_buf_array_text(&a[4], it->body);
-        cm_buf_array_int(&a[5], (long long)it->nlines);
+        cm_buf_array_text(&a[A_TENANT], it->tenant);
+        cm_buf_array_text(&a[A_ORDER], it->order_id);
+        cm_buf_array_text(&a[A_BUYER], it->buyer_id ? it->buyer_id : "");
+        cm_buf_array_int(&a[A_TTL], it->ttl_ms);
+        cm_buf_array_text(&a[A_BODY], it->body);
+        cm_buf_array_int(&a[A_NLINES], (long long)it->nlines);
         for (size_t j = 0; j < it->nlines; j++) {
-            cm_buf_array_text(&a[6], it->tenant);
-            cm_buf_array_text(&a[7], it->lines[j].sku);
-            cm_buf_array_int(&a[8], it->lines[j].qty);
+            cm_buf_array_text(&a[A_LINE_TENANT], it->tenant);
+            cm_buf_array_text(&a[A_LINE_SKU], it->lines[j].sku);
+            cm_buf_array_int(&a[A_LINE_QTY], it->lines[j].qty);
         }
-        cm_buf_array_text(&a[9], it->principal ? it->principal : "");
+        cm_buf_array_text(&a[A_PRINCIPAL], it->principal ? it->principal : "");
     }
     int oom = 0;
-    for (int k = 0; k < 10; k++) {
+    for (int k = 0; k < A_COUNT; k++) {
         cm_buf_array_end(&a[k]);
         oom |= a[k].oom;
     }
@@ -715,7 +801,7 @@ int inv_store_reserve_batch(cm_db *db, inv_reserve_item *const *items, size_t n,
     if (!oom && t) {
         t->items = items;
         t->n = n;
-        for (int k = 0; k < 10; k++)
+        for (int k = 0; k < A_COUNT; k++)
             t->params[k] = a[k].p;
         rc = cm_db_tx(db, NULL, 8, reserve_fn, t);
         if (rc == 0 && cb)
@@ -725,7 +811,7 @@ int inv_store_reserve_batch(cm_db *db, inv_reserve_item *const *items, size_t n,
     if (t)
         free(t->zero);
     free(t);
-    for (int k = 0; k < 10; k++)
+    for (int k = 0; k < A_COUNT; k++)
         free(a[k].p);
     return rc;
 }

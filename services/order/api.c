@@ -7,13 +7,13 @@
 
 #include "cm_auth.h"
 #include "cm_err.h"
+#include "cm_group.h"
 #include "cm_id.h"
 #include "cm_log.h"
 #include "cm_metrics.h"
 #include "cm_page.h"
 #include "cm_pb.h"
 #include "cm_rpc_client.h"
-#include "ord_batch.h"
 #include "ord_domain.h"
 #include "ord_events.h"
 #include "ord_saga.h"
@@ -46,7 +46,7 @@ typedef struct ord_app {
     int64_t timeout_ms, flash_timeout_ms, margin_ms;
     int pause_ms;
     const char *topic; /* ORDER_TOPIC */
-    ord_batcher *batch;
+    cm_group *creates; /* the group commit of CreateOrder */
     pthread_mutex_t mu;
     tenant_entry tenants[TENANT_CACHE];
     ord_saga *saga; /* Reserve, and the queued Releases */
@@ -532,8 +532,16 @@ static void create_apply_reservation(ord_app *app, ord_order *o,
     o->deadline_ms = ord_deadline(o->created_ms, timeout, o->resv_expires_ms, app->margin_ms);
 }
 
+/* a cm_group's commit: the creates that queued, in one statement on the
+ * leading caller's connection */
+static int create_batch(void *arg, void *db, void *const *items, size_t n)
+{
+    (void)arg;
+    return ord_store_create_many(db, (ord_new *const *)items, n);
+}
+
 /* 2. the order, its lines and OrderCreated in one transaction, shared with
- * the creates running concurrently (group commit, batch.c) */
+ * the creates running concurrently (group commit, create_batch) */
 static int create_store(cm_rpc_ctx *ctx, ord_app *app,
                         const Commerce__Order__V1__CreateOrderRequest *req, ord_order *o,
                         const char *hash, const ord_ev_ctx *ev,
@@ -543,7 +551,7 @@ static int create_store(cm_rpc_ctx *ctx, ord_app *app,
     cm_arena *a = cm_rpc_ctx_arena(ctx);
     const char *tenant = cm_rpc_ctx_tenant(ctx);
     ord_new item = {.tenant = tenant, .hash = hash, .ev = ev, .o = o};
-    int rc = ord_batcher_create(app->batch, db, &item);
+    int rc = cm_group_submit(app->creates, db, &item);
     if (rc == 0 && item.inserted) {
         resp->order = ord_pb_order(a, o);
         return resp->order ? 0 : cm_rpc_fail_err(ctx, CM_ENOMEM, "create order");
@@ -1137,11 +1145,12 @@ int ord_app_init(cm_service *svc, void **out, char *err, size_t errlen)
     int max_batch = (int)cm_service_int(svc, "ORDER_MAX_BATCH");
     app->topic = cm_service_text(svc, "ORDER_TOPIC");
     cm_metrics *m = cm_service_metrics(svc);
-    int rc = ord_batcher_new(&app->batch, max_batch);
+    int rc = cm_group_new(&app->creates,
+                          &(cm_group_opts){.commit = create_batch, .max_batch = max_batch});
     if (rc == 0 &&
         (rc = ord_saga_new(&app->saga, cm_service_peer(svc, "inventory"),
                            (int)cm_service_int(svc, "ORDER_INVENTORY_TIMEOUT_MS"), m)) != 0)
-        ord_batcher_free(app->batch);
+        cm_group_free(app->creates);
     if (rc) {
         snprintf(err, errlen, "could not create the group-commit queue or the release queue");
         free(app);
@@ -1170,7 +1179,7 @@ void ord_app_fini(cm_service *svc, void *p)
     if (!app)
         return;
     ord_saga_free(app->saga, cm_service_main_db(svc));
-    ord_batcher_free(app->batch);
+    cm_group_free(app->creates);
     pthread_mutex_destroy(&app->mu);
     free(app);
 }

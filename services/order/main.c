@@ -5,7 +5,7 @@
  */
 #include "cm_service.h"
 #include "ord_api.h"
-#include "ord_batch.h"
+#include "ord_store.h"
 
 #include "commerce/order/v1/order_service.pb-c.h"
 
@@ -23,7 +23,7 @@ static const cm_knob knobs[] = {
      "sweeper period: unpaid orders cancelled, due releases sent (ms)"},
     {"ORDER_INVENTORY_TIMEOUT_MS", CM_KNOB_INT, 2000, 10, 60000, NULL,
      "deadline of Reserve; a given-up reservation is released 2x later (ms)"},
-    {"ORDER_MAX_BATCH", CM_KNOB_INT, 64, 1, ORD_BATCH_MAX, NULL,
+    {"ORDER_MAX_BATCH", CM_KNOB_INT, 64, 1, ORD_CREATE_MAX, NULL,
      "most creates stored by one group-commit statement"},
     {"ORDER_TOPIC", CM_KNOB_TEXT, 0, 0, 0, "commerce.order.v1",
      "topic of the order events (tests and benchmarks override it)"},

@@ -39,7 +39,8 @@ int ord_ev_emit(cm_db *db, const ord_ev_ctx *ec, const char *tenant, int kind, c
                 int prev_state, const ord_refund *r);
 
 /* the event of kind as an outbox row, everything allocated in a (for
- * cm_outbox_add_batch). 0, CM_ENOMEM or CM_EINVAL. */
+ * cm_outbox_add, or the batched cm_outbox_rows of a create). 0, CM_ENOMEM or
+ * CM_EINVAL. */
 struct cm_outbox_event;
 int ord_ev_build(cm_arena *a, const ord_ev_ctx *ec, const char *tenant, int kind,
                  const ord_order *o, int prev_state, const ord_refund *r,

@@ -31,11 +31,14 @@ typedef struct ord_new {
     int inserted;
 } ord_new;
 
+/* the most creates one statement stores (ORDER_MAX_BATCH's ceiling) */
+#define ORD_CREATE_MAX 256
+
 /* stores new orders (PENDING_PAYMENT), each with its OrderCreated event, in
- * one statement (the group commit of CreateOrder, batch.c). an order whose request_id (or id)
+ * one statement (the group commit of CreateOrder, cm_group). an order whose request_id (or id)
  * exists already is skipped: inserted = 0, the caller looks it up. 0, or a CM_E* and nothing
  * stored. */
-int ord_store_create_many(cm_db *db, ord_new *items, size_t n);
+int ord_store_create_many(cm_db *db, ord_new *const *items, size_t n);
 
 /* the order by id (CM_ENOTFOUND if none), with its refunds. */
 int ord_store_get(cm_db *db, const char *tenant, const char *order_id, cm_arena *a, ord_order *o);

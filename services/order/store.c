@@ -340,16 +340,19 @@ static int save(cm_db *db, const char *tenant, cm_arena *a, ord_order *o)
  * in one statement: a data-modifying WITH runs in autocommit as one
  * transaction, so a batch costs one round trip instead of four (BEGIN, two
  * inserts, COMMIT). an order whose request_id or id exists is skipped by
- * ON CONFLICT, and so is its event (the join on RETURNING). */
-static int insert_many(cm_db *db, ord_new *items, size_t n, cm_arena *a)
+ * ON CONFLICT, and so is its event (it is inserted only where its order
+ * was). the events are the shared batched outbox insert (cm_outbox_rows):
+ * parameters $1-$11, the orders' from $12. */
+enum { COLS = 19, FIRST = CM_OUTBOX_ROWS_NPARAMS + 3 };
+static int insert_many(cm_db *db, ord_new *const *items, size_t n, cm_arena *a, cm_outbox_rows *ev)
 {
-    enum { COLS = 19 };
-    const char **p = cm_arena_calloc(a, n * COLS, sizeof *p);
-    cm_outbox_event *evs = cm_arena_calloc(a, n, sizeof *evs);
-    size_t cap = 640 + n * 420, len = 0;
+    const char **p = cm_arena_calloc(a, FIRST - 1 + n * COLS, sizeof *p);
+    int *lengths = cm_arena_calloc(a, FIRST - 1 + n * COLS, sizeof *lengths);
+    int *formats = cm_arena_calloc(a, FIRST - 1 + n * COLS, sizeof *formats);
+    size_t cap = 1024 + n * 420, len = 0;
     char *sql = cm_arena_alloc(a, cap);
     size_t *uniq = cm_arena_calloc(a, n, sizeof *uniq);
-    if (!p || !evs || !sql || !uniq)
+    if (!p || !lengths || !formats || !sql || !uniq)
         return CM_ENOMEM;
     len += (size_t)snprintf(
         sql, cap,
@@ -360,27 +363,28 @@ static int insert_many(cm_db *db, ord_new *items, size_t n, cm_arena *a)
         "VALUES ");
     /* one row per order id: concurrent retries of one create can meet in
      * a batch, and two rows of one id would give its order two events (the
-     * join below matches by id) */
+     * filter below matches by id) */
     size_t m = 0;
     for (size_t j = 0; j < n; j++) {
-        items[j].inserted = 0;
+        items[j]->inserted = 0;
         int dup = 0;
         for (size_t k = 0; k < m && !dup; k++)
-            dup = strcmp(items[uniq[k]].o->order_id, items[j].o->order_id) == 0 &&
-                  strcmp(items[uniq[k]].tenant, items[j].tenant) == 0;
+            dup = strcmp(items[uniq[k]]->o->order_id, items[j]->o->order_id) == 0 &&
+                  strcmp(items[uniq[k]]->tenant, items[j]->tenant) == 0;
         if (!dup)
             uniq[m++] = j;
     }
+    const char *topic = NULL;
     for (size_t u = 0; u < m; u++) {
         size_t i = uniq[u];
-        ord_order *o = items[i].o;
+        ord_order *o = items[i]->o;
         o->version = 1;
         o->updated_ms = o->created_ms;
-        const char **q = p + u * COLS;
-        q[0] = items[i].tenant;
+        const char **q = p + FIRST - 1 + u * COLS;
+        q[0] = items[i]->tenant;
         q[1] = o->order_id;
         q[2] = o->request_id;
-        q[3] = items[i].hash;
+        q[3] = items[i]->hash;
         q[4] = o->buyer_id;
         q[5] = o->merchant_id;
         q[6] = o->channel_id;
@@ -396,11 +400,17 @@ static int insert_many(cm_db *db, ord_new *items, size_t n, cm_arena *a)
         q[16] = num(a, o->deadline_ms);
         q[17] = num(a, o->resv_expires_ms);
         q[18] = num(a, (long long)o->nlines);
-        int rc = ord_ev_build(a, items[i].ev, items[i].tenant, ORD_EV_CREATED, o, 0, NULL, &evs[u]);
+        cm_outbox_event e;
+        int rc = ord_ev_build(a, items[i]->ev, items[i]->tenant, ORD_EV_CREATED, o, 0, NULL, &e);
         if (rc)
             return rc;
-        size_t k = u * COLS;
-#define P(j) (k + (j))
+        /* one topic per statement: every create of a process has its */
+        if (topic && strcmp(topic, e.topic) != 0)
+            return CM_EINVAL;
+        topic = e.topic;
+        cm_outbox_rows_add(ev, &e);
+        size_t k = FIRST + u * COLS;
+#define P(j) (k + (j)-1)
         len += (size_t)snprintf(
             sql + len, cap - len,
             "%s($%zu, $%zu::uuid, $%zu, $%zu, 1, $%zu, $%zu, $%zu, $%zu, $%zu::bigint, "
@@ -412,41 +422,34 @@ static int insert_many(cm_db *db, ord_new *items, size_t n, cm_arena *a)
             P(12), P(13), P(14), P(15), P(19), P(19), P(16), P(16), P(17), P(18));
 #undef P
     }
-    cm_outbox_values v;
-    int rc = cm_outbox_values_build(&v, evs, m, (int)(m * COLS) + 1);
-    if (rc)
-        return rc;
-    char *full =
+    if (cm_outbox_rows_close(ev) || len >= cap)
+        return CM_ENOMEM;
+    const char *full =
         cm_arena_printf(a,
                         "%s ON CONFLICT DO NOTHING RETURNING tenant_id, order_id::text AS oid), "
-                        "e AS (INSERT INTO outbox (" CM_OUTBOX_COLUMNS
-                        ") SELECT v.* FROM (%s) AS v (" CM_OUTBOX_COLUMNS
-                        ") JOIN o ON o.tenant_id = v.tenant_id AND o.oid = v.key RETURNING 1) "
-                        "SELECT tenant_id, oid FROM o",
-                        sql, v.sql);
-    int np = (int)(m * COLS) + v.nparams;
-    const char **all = cm_arena_calloc(a, (size_t)np, sizeof *all);
-    int *lengths = cm_arena_calloc(a, (size_t)np, sizeof *lengths);
-    int *formats = cm_arena_calloc(a, (size_t)np, sizeof *formats);
-    if (!full || len >= cap || !all || !lengths || !formats) {
-        cm_outbox_values_free(&v);
+                        "e AS (" CM_OUTBOX_ROWS_INSERT_WHERE(
+                            "$1", "$2", "$3", "$4", "$5", "$6", "$7", "$8", "$9", "$10", "$11",
+                            "EXISTS (SELECT 1 FROM o WHERE o.tenant_id = u.t "
+                            "AND o.oid = u.k)") ") SELECT tenant_id, oid FROM o",
+                        sql);
+    if (!full)
         return CM_ENOMEM;
-    }
-    memcpy(all, p, m * COLS * sizeof *all);
-    memcpy(all + m * COLS, v.params, (size_t)v.nparams * sizeof *all);
-    memcpy(lengths + m * COLS, v.lengths, (size_t)v.nparams * sizeof *lengths);
-    memcpy(formats + m * COLS, v.formats, (size_t)v.nparams * sizeof *formats);
-    if (PQstatus(cm_db_conn(db)) == CONNECTION_BAD && cm_db_ping(db) != 0) {
-        cm_outbox_values_free(&v);
+    cm_outbox_rows_params(ev, p);
+    p[CM_OUTBOX_ROWS_NPARAMS] = topic;
+    p[CM_OUTBOX_ROWS_NPARAMS + 1] = "/commerce/order";
+    lengths[CM_OUTBOX_ROWS_BLOB] = (int)ev->blob.len;
+    formats[CM_OUTBOX_ROWS_BLOB] = 1;
+    int np = (int)(FIRST - 1 + m * COLS);
+    if (PQstatus(cm_db_conn(db)) == CONNECTION_BAD && cm_db_ping(db) != 0)
         return CM_EUNAVAIL;
-    }
     /* the statement's text depends only on the batch size: prepared once
      * per size and connection, parse and planning are paid once */
     char name[32];
     snprintf(name, sizeof name, "ord_create_%zu", m);
+    int rc;
     for (int attempt = 0;; attempt++) {
         PGresult *r = NULL;
-        rc = cm_db_exec_prepared(db, "insert orders", name, full, np, all, lengths, formats, &r);
+        rc = cm_db_exec_prepared(db, "insert orders", name, full, np, p, lengths, formats, &r);
         if (rc == CM_EUNAVAIL && attempt == 0 && PQstatus(cm_db_conn(db)) == CONNECTION_BAD &&
             cm_db_ping(db) == 0) {
             /* the server ended the connection (a restart, a failover, an
@@ -459,16 +462,15 @@ static int insert_many(cm_db *db, ord_new *items, size_t n, cm_arena *a)
             /* RETURNING lists the rows inserted; the others exist already */
             for (int row = 0; row < PQntuples(r); row++) {
                 for (size_t i = 0; i < n; i++) {
-                    if (!items[i].inserted &&
-                        strcmp(PQgetvalue(r, row, 1), items[i].o->order_id) == 0 &&
-                        strcmp(PQgetvalue(r, row, 0), items[i].tenant) == 0) {
-                        items[i].inserted = 1;
+                    if (!items[i]->inserted &&
+                        strcmp(PQgetvalue(r, row, 1), items[i]->o->order_id) == 0 &&
+                        strcmp(PQgetvalue(r, row, 0), items[i]->tenant) == 0) {
+                        items[i]->inserted = 1;
                         break;
                     }
                 }
             }
             PQclear(r);
-            cm_outbox_values_free(&v);
             cm_outbox_wake(db);
             return 0;
         }
@@ -476,16 +478,18 @@ static int insert_many(cm_db *db, ord_new *items, size_t n, cm_arena *a)
         if (rc != CM_ECONFLICT || attempt >= 4)
             break;
     }
-    cm_outbox_values_free(&v);
     return rc;
 }
 
-int ord_store_create_many(cm_db *db, ord_new *items, size_t n)
+int ord_store_create_many(cm_db *db, ord_new *const *items, size_t n)
 {
     cm_arena *a = cm_arena_new(16384 + n * 8192);
     if (!a)
         return CM_ENOMEM;
-    int rc = insert_many(db, items, n, a);
+    cm_outbox_rows ev;
+    cm_outbox_rows_init(&ev);
+    int rc = insert_many(db, items, n, a, &ev);
+    cm_outbox_rows_free(&ev);
     cm_arena_free(a);
     return rc;
 }

@@ -186,6 +186,19 @@ START_TEST(array_texts_parse)
 }
 END_TEST
 
+START_TEST(number_params_by_name)
+{
+    const char *names[] = {"ids", "t", "t2"};
+    char out[128];
+    ck_assert_int_eq(cm_db_number_params("SELECT $t2::text, $ids::int[], $t, $t, $1, '$'", names, 3,
+                                         out, sizeof out),
+                     0);
+    ck_assert_str_eq(out, "SELECT $3::text, $1::int[], $2, $2, $1, '$'");
+    ck_assert_int_eq(cm_db_number_params("SELECT $nope", names, 3, out, sizeof out), CM_EINVAL);
+    ck_assert_int_eq(cm_db_number_params("SELECT $ids", names, 3, out, 9), CM_EINVAL);
+}
+END_TEST
+
 START_TEST(connect_sets_search_path_to_schema)
 {
     char s[64];
@@ -960,6 +973,7 @@ static Suite *db_suite(void)
     tcase_add_unchecked_fixture(conn, NULL, drop_run_schemas);
     tcase_set_timeout(conn, 30);
     tcase_add_test(conn, array_texts_parse);
+    tcase_add_test(conn, number_params_by_name);
     tcase_add_test(conn, connect_sets_search_path_to_schema);
     tcase_add_test(conn, connect_quotes_the_schema_identifier);
     tcase_add_test(conn, connect_to_dead_server_is_unavailable);
