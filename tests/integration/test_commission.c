@@ -347,7 +347,7 @@ static Commerce__Commission__V1__ChannelSummary *summary(st *s, const char *ch)
 START_TEST(seed_table_to_the_minor_unit_in_both_modes)
 {
     st_start(&S, "seed");
-    T0 = hs_real_ms() + 1000;
+    T0 = hs_real_ms() + 60000; /* after the schedule, however slow the setup */
     seed_sched m, w;
     seed(&m, "marginal", MARGINAL);
     seed(&w, "whole", WHOLE);
@@ -459,7 +459,7 @@ END_TEST
 START_TEST(threshold_crossed_and_uncrossed_trues_up_and_parent_shares_exactly)
 {
     st_start(&S, "trueup");
-    T0 = hs_real_ms() + 1000;
+    T0 = hs_real_ms() + 60000; /* after the schedule, however slow the setup */
     seed_sched w;
     seed(&w, "whole", WHOLE);
     cm_rpc_status stt;
@@ -537,7 +537,7 @@ END_TEST
 START_TEST(duplicates_accrue_and_claw_back_once)
 {
     st_start(&S, "dup");
-    T0 = hs_real_ms() + 1000;
+    T0 = hs_real_ms() + 60000; /* after the schedule, however slow the setup */
     seed_sched m;
     seed(&m, "marginal", MARGINAL);
     cm_rpc_status stt;
@@ -568,7 +568,7 @@ START_TEST(refund_before_its_payment_is_parked_then_applied)
     static const char *const env[] = {"COMMISSION_PARK_TIMEOUT_S=3", "COMMISSION_PARKER_MS=200",
                                       NULL};
     st_start_env(&S, "early", env);
-    T0 = hs_real_ms() + 1000;
+    T0 = hs_real_ms() + 60000; /* after the schedule, however slow the setup */
     char dlq[160];
     snprintf(dlq, sizeof dlq, "%s.dlq", S.otopic);
     hs_kafka_create_topic(hs_kafka_brokers(), dlq, 1);
@@ -604,7 +604,7 @@ END_TEST
 START_TEST(suspended_or_unknown_channel_accrues_nothing)
 {
     st_start(&S, "susp");
-    T0 = hs_real_ms() + 1000;
+    T0 = hs_real_ms() + 60000; /* after the schedule, however slow the setup */
     seed_sched m;
     seed(&m, "marginal", MARGINAL);
     m.s.n_channel_types = 3; /* assigned by type: the channels name none */
@@ -637,7 +637,7 @@ END_TEST
 START_TEST(bad_input_is_named_and_tenants_are_apart)
 {
     st_start(&S, "bad");
-    T0 = hs_real_ms() + 1000;
+    T0 = hs_real_ms() + 60000; /* after the schedule, however slow the setup */
     seed_sched m;
     cm_rpc_status stt;
     /* tiers: not from 0, not increasing, a rate out of range, too many */
@@ -752,7 +752,7 @@ END_TEST
 START_TEST(kill_mid_batch_accrues_each_order_once)
 {
     st_start(&S, "kill");
-    T0 = hs_real_ms() + 1000;
+    T0 = hs_real_ms() + 60000; /* after the schedule, however slow the setup */
     seed_sched w;
     seed(&w, "whole", WHOLE);
     cm_rpc_status stt;
