@@ -961,8 +961,7 @@ static Commerce__Order__V1__TenantSettings *pb_settings(cm_arena *a, const ord_s
     m->updated_at = s->updated_ms > 0 ? cm_pb_timestamp(a, s->updated_ms) : NULL;
     m->updated_by = cm_arena_strdup(a, s->updated_by);
     if (!m->payment_timeout || !m->flash_payment_timeout || !m->auto_complete_after ||
-        !m->updated_by ||
-        (s->updated_ms > 0 && !m->updated_at))
+        !m->updated_by || (s->updated_ms > 0 && !m->updated_at))
         return NULL;
     return m;
 }
@@ -1053,8 +1052,8 @@ static int put_tenant_settings(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Prot
     /* the body as the caller sent it; the output-only fields are not part
      * of it (they are ignored). without auto_complete_after it hashes as
      * before that field existed, so a retry across the upgrade is the same */
-    const char *f[] = {num(a, si.timeout_s),  num(a, si.flash_s), num(a, si.expected_revision),
-                       req->actor,            req->reason,        num(a, si.auto_s)};
+    const char *f[] = {num(a, si.timeout_s), num(a, si.flash_s), num(a, si.expected_revision),
+                       req->actor,           req->reason,        num(a, si.auto_s)};
     char hash[ORD_HASH_HEX + 1];
     if (si.has_auto)
         hash_of(canon(a, "settings.v2", f, 6), hash);

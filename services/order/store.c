@@ -927,17 +927,17 @@ static int complete_due_fn(cm_db *db, void *arg)
      * the scan walks orders_to_complete from the oldest shipment, bounded
      * by the shortest window any tenant has; rows another replica holds
      * are skipped, and a row it completed meanwhile no longer matches */
-    int rc = exec(
-        db, "find orders to complete",
-        "SELECT o.tenant_id, o.order_id::text FROM orders o "
-        "LEFT JOIN tenant_settings s ON s.tenant_id = o.tenant_id "
-        "WHERE o.state IN (3, 6) AND o.completed_at IS NULL AND o.shipped_at IS NOT NULL "
-        "AND o.shipped_at <= to_timestamp($1::bigint / 1000.0) - make_interval(secs => "
-        "(SELECT least($2::int, min(auto_complete_after_s)) FROM tenant_settings)) "
-        "AND o.shipped_at + make_interval(secs => coalesce(s.auto_complete_after_s, $2::int)) "
-        "<= to_timestamp($1::bigint / 1000.0) "
-        "ORDER BY o.shipped_at LIMIT $3 FOR UPDATE OF o SKIP LOCKED",
-        3, p, &r);
+    int rc =
+        exec(db, "find orders to complete",
+             "SELECT o.tenant_id, o.order_id::text FROM orders o "
+             "LEFT JOIN tenant_settings s ON s.tenant_id = o.tenant_id "
+             "WHERE o.state IN (3, 6) AND o.completed_at IS NULL AND o.shipped_at IS NOT NULL "
+             "AND o.shipped_at <= to_timestamp($1::bigint / 1000.0) - make_interval(secs => "
+             "(SELECT least($2::int, min(auto_complete_after_s)) FROM tenant_settings)) "
+             "AND o.shipped_at + make_interval(secs => coalesce(s.auto_complete_after_s, $2::int)) "
+             "<= to_timestamp($1::bigint / 1000.0) "
+             "ORDER BY o.shipped_at LIMIT $3 FOR UPDATE OF o SKIP LOCKED",
+             3, p, &r);
     if (rc) {
         cm_arena_free(a);
         return rc;
@@ -1069,8 +1069,9 @@ int ord_store_tenant_timeouts(cm_db *db, const char *tenant, int64_t *normal_ms,
 /* ---- tenant settings (PutTenantSettings) ---- */
 
 #define SETTINGS_COLS                                                                              \
-    "payment_timeout_s, flash_payment_timeout_s, revision, " MS("updated_at") ", updated_by, "     \
-    "coalesce(auto_complete_after_s, 0)"
+    "payment_timeout_s, flash_payment_timeout_s, revision, " MS(                                   \
+        "updated_at") ", updated_by, "                                                             \
+                      "coalesce(auto_complete_after_s, 0)"
 
 static void parse_settings(const PGresult *r, int row, ord_settings *s)
 {
@@ -1216,8 +1217,8 @@ static int put_settings_fn(cm_db *db, void *arg)
     snprintf(buf[2], sizeof buf[2], "%lld", (long long)c->cur.revision);
     snprintf(buf[3], sizeof buf[3], "%lld", (long long)q->now_ms);
     snprintf(buf[7], sizeof buf[7], "%lld", (long long)q->auto_s);
-    const char *row[] = {q->tenant, buf[0],       buf[1], buf[2],
-                         buf[3],    q->principal, q->auto_s > 0 ? buf[7] : NULL};
+    const char *row[] = {
+        q->tenant, buf[0], buf[1], buf[2], buf[3], q->principal, q->auto_s > 0 ? buf[7] : NULL};
     PGresult *r = NULL;
     /* a tenant without a row: two first puts race to insert it; the loser
      * inserts nothing and runs again, then finds the row and locks it */
@@ -1261,15 +1262,14 @@ static int put_settings_fn(cm_db *db, void *arg)
                            q->auto_s > 0 ? buf[7] : NULL};
     /* binds the key; a concurrent call with the same key waits here for the
      * other transaction and then runs again into the branch above */
-    rc = exec(
-        db, "record settings change",
-        "INSERT INTO tenant_settings_changes (tenant_id, request_id, change_id, body_hash, "
-        "revision, old_revision, old_payment_timeout_s, old_flash_payment_timeout_s, "
-        "new_payment_timeout_s, new_flash_payment_timeout_s, actor, principal, reason, "
-        "changed_at, old_auto_complete_after_s, new_auto_complete_after_s) VALUES ($1, $2, "
-        "$3::uuid, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, " TS(
-            "$14") ", $15, $16) ON CONFLICT (tenant_id, request_id) DO NOTHING RETURNING 1",
-        16, audit, &r);
+    rc = exec(db, "record settings change",
+              "INSERT INTO tenant_settings_changes (tenant_id, request_id, change_id, body_hash, "
+              "revision, old_revision, old_payment_timeout_s, old_flash_payment_timeout_s, "
+              "new_payment_timeout_s, new_flash_payment_timeout_s, actor, principal, reason, "
+              "changed_at, old_auto_complete_after_s, new_auto_complete_after_s) VALUES ($1, $2, "
+              "$3::uuid, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, " TS(
+                  "$14") ", $15, $16) ON CONFLICT (tenant_id, request_id) DO NOTHING RETURNING 1",
+              16, audit, &r);
     if (rc)
         return rc;
     int bound = PQntuples(r) == 1;
