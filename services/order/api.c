@@ -1084,13 +1084,16 @@ static int put_tenant_settings(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Prot
         now->timeout_s = app->timeout_ms / 1000;
         now->flash_s = app->flash_timeout_ms / 1000;
     }
-    /* unset: the service default, shown as it applies */
+    /* unset: the service default, shown as it applies (the change is
+     * filled only when one was made or found) */
     if (now->auto_s == 0)
         now->auto_s = app->auto_complete_s;
-    if (c->has_old && c->old.auto_s == 0)
-        c->old.auto_s = app->auto_complete_s;
-    if (c->cur.auto_s == 0)
-        c->cur.auto_s = app->auto_complete_s;
+    if (verdict == ORD_OK || verdict == ORD_SAME) {
+        if (c->has_old && c->old.auto_s == 0)
+            c->old.auto_s = app->auto_complete_s;
+        if (c->cur.auto_s == 0)
+            c->cur.auto_s = app->auto_complete_s;
+    }
     switch (verdict) {
     case ORD_OK:
         forget_tenant(app, q.tenant);
