@@ -1168,7 +1168,7 @@ void ord_sweep(cm_service *svc, cm_db *db, void *p)
             cm_log_info("shipped orders auto-completed", "count", n, "completed_by",
                         ORD_AUTO_COMPLETE_ACTOR, NULL);
         }
-    } while (rc == 0 && completed == 200);
+    } while (rc == 0 && completed >= 200); /* two scans of up to 200 each */
     if (rc)
         cm_log_warn("sweeper could not complete shipped orders", "error", cm_strerror(rc), NULL);
 }

@@ -109,9 +109,9 @@ int ord_store_cancel_due(cm_db *db, const ord_ev_ctx *ev, int64_t now_ms, int li
 
 /* the auto-completing sweeper: completes (ord_plan_complete: SHIPPED ->
  * COMPLETED, a shipped PARTIALLY_REFUNDED order gets its completed_at) up
- * to limit shipped orders whose shipped_at + the tenant's
- * auto_complete_after (default_s when it has none) is past, in one
- * transaction, each through the path CompleteOrder takes (the same row
+ * to limit shipped orders of tenants on the default window (default_s) and
+ * up to limit of tenants with their own, whose shipped_at + that window is
+ * past, in one transaction, each through the path CompleteOrder takes (the same row
  * change and OrderCompleted), completed_at = now_ms, completed_by
  * ORD_AUTO_COMPLETE_ACTOR. rows locked by another replica are skipped and a
  * completed order never matches again, so each order completes once. */

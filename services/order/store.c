@@ -915,46 +915,38 @@ typedef struct complete_due_tx {
     int completed;
 } complete_due_tx;
 
-static int complete_due_fn(cm_db *db, void *arg)
+/* the orders of a tenant on the service default: the oldest shipments
+ * first across tenants (orders_to_complete), past the default window,
+ * skipping tenants with a window of their own */
+#define DUE_DEFAULT                                                                                \
+    "SELECT o.tenant_id, o.order_id::text FROM orders o "                                          \
+    "WHERE o.state IN (3, 6) AND o.completed_at IS NULL AND o.shipped_at IS NOT NULL "             \
+    "AND o.shipped_at <= to_timestamp($1::bigint / 1000.0) - make_interval(secs => $2::int) "      \
+    "AND NOT EXISTS (SELECT 1 FROM tenant_settings s WHERE s.tenant_id = o.tenant_id "             \
+    "AND s.auto_complete_after_s IS NOT NULL) "                                                    \
+    "ORDER BY o.shipped_at LIMIT $3 FOR UPDATE OF o SKIP LOCKED"
+
+/* the orders of tenants with a window of their own: per tenant, its
+ * oldest shipments past its window (orders_to_complete_by_tenant) */
+#define DUE_OWN                                                                                    \
+    "SELECT d.tenant_id, d.order_id::text FROM tenant_settings s CROSS JOIN LATERAL ("             \
+    "SELECT o.tenant_id, o.order_id FROM orders o WHERE o.tenant_id = s.tenant_id "                \
+    "AND o.state IN (3, 6) AND o.completed_at IS NULL AND o.shipped_at IS NOT NULL "               \
+    "AND o.shipped_at <= to_timestamp($1::bigint / 1000.0) "                                       \
+    "- make_interval(secs => s.auto_complete_after_s) "                                            \
+    "ORDER BY o.shipped_at LIMIT $2 FOR UPDATE OF o SKIP LOCKED) d "                               \
+    "WHERE s.auto_complete_after_s IS NOT NULL LIMIT $2"
+
+/* completes the (locked) orders of r through CompleteOrder's write phase */
+static int complete_rows(cm_db *db, complete_due_tx *t, const PGresult *r, cm_arena *a,
+                         ord_order *o)
 {
-    complete_due_tx *t = arg;
-    cm_arena *a = cm_arena_new(8192);
-    if (!a)
-        return CM_ENOMEM;
-    const char *p[] = {num(a, t->now_ms), num(a, t->default_s), num(a, t->limit)};
-    PGresult *r = NULL;
-    /* shipped, not completed, the tenant's window (or the default) passed.
-     * the scan walks orders_to_complete from the oldest shipment, bounded
-     * by the shortest window any tenant has; rows another replica holds
-     * are skipped, and a row it completed meanwhile no longer matches */
-    int rc =
-        exec(db, "find orders to complete",
-             "SELECT o.tenant_id, o.order_id::text FROM orders o "
-             "LEFT JOIN tenant_settings s ON s.tenant_id = o.tenant_id "
-             "WHERE o.state IN (3, 6) AND o.completed_at IS NULL AND o.shipped_at IS NOT NULL "
-             "AND o.shipped_at <= to_timestamp($1::bigint / 1000.0) - make_interval(secs => "
-             "(SELECT least($2::int, min(auto_complete_after_s)) FROM tenant_settings)) "
-             "AND o.shipped_at + make_interval(secs => coalesce(s.auto_complete_after_s, $2::int)) "
-             "<= to_timestamp($1::bigint / 1000.0) "
-             "ORDER BY o.shipped_at LIMIT $3 FOR UPDATE OF o SKIP LOCKED",
-             3, p, &r);
-    if (rc) {
-        cm_arena_free(a);
-        return rc;
-    }
-    int n = PQntuples(r);
-    ord_order *o = malloc(sizeof *o);
-    if (!o) {
-        PQclear(r);
-        cm_arena_free(a);
-        return CM_ENOMEM;
-    }
-    t->completed = 0;
-    for (int i = 0; i < n && rc == 0; i++) {
+    int rc = 0;
+    for (int i = 0; i < PQntuples(r) && rc == 0; i++) {
         char tenant[256];
         snprintf(tenant, sizeof tenant, "%s", PQgetvalue(r, i, 0));
         const char *oid = PQgetvalue(r, i, 1);
-        rc = load(db, tenant, oid, "", a, o); /* locked above; refunds for the event */
+        rc = load(db, tenant, oid, "", a, o); /* locked; refunds for the event */
         if (rc)
             break;
         int to = 0, prev = o->state;
@@ -972,8 +964,40 @@ static int complete_due_fn(cm_db *db, void *arg)
         }
         cm_arena_reset(a);
     }
-    free(o);
+    return rc;
+}
+
+/* shipped, not completed, the tenant's window (or the default) passed: two
+ * scans, each an index range of due rows only, so a tenant with a long
+ * window never makes the others' scan read its waiting orders. rows
+ * another replica holds are skipped, and a row it completed meanwhile no
+ * longer matches */
+static int complete_due_fn(cm_db *db, void *arg)
+{
+    complete_due_tx *t = arg;
+    cm_arena *a = cm_arena_new(8192);
+    ord_order *o = malloc(sizeof *o);
+    char now[24], def[24], lim[24];
+    snprintf(now, sizeof now, "%lld", (long long)t->now_ms);
+    snprintf(def, sizeof def, "%lld", (long long)t->default_s);
+    snprintf(lim, sizeof lim, "%d", t->limit);
+    int rc = a && o ? 0 : CM_ENOMEM;
+    t->completed = 0;
+    PGresult *r = NULL;
+    const char *p1[] = {now, def, lim};
+    if (rc == 0)
+        rc = exec(db, "find orders to complete", DUE_DEFAULT, 3, p1, &r);
+    if (rc == 0)
+        rc = complete_rows(db, t, r, a, o);
     PQclear(r);
+    r = NULL;
+    const char *p2[] = {now, lim};
+    if (rc == 0)
+        rc = exec(db, "find orders to complete (own window)", DUE_OWN, 2, p2, &r);
+    if (rc == 0)
+        rc = complete_rows(db, t, r, a, o);
+    PQclear(r);
+    free(o);
     cm_arena_free(a);
     return rc;
 }

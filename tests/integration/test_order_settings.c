@@ -9,8 +9,8 @@
  * within the cache's 10 s on another. and auto-completion: a shipped order
  * (also a partially refunded one) completes once the tenant's
  * auto_complete_after has passed, with one OrderCompleted even with three
- * replicas sweeping; an order not shipped does not, nor one of a tenant on
- * the 7-day default.
+ * replicas sweeping; an order not shipped does not; on the 7-day default
+ * an order shipped 8 days ago completes and one shipped now does not.
  *
  * on the shared order+inventory pair (fixture.h).
  */
@@ -597,6 +597,25 @@ static int wait_completed(fx *f, const char *id, long long ms)
     }
 }
 
+/* ShipOrder with shipped_at ago_s seconds in the past */
+static void ship_ago(fx *f, const char *id, int64_t ago_s)
+{
+    Commerce__Order__V1__ShipOrderRequest q = COMMERCE__ORDER__V1__SHIP_ORDER_REQUEST__INIT;
+    Google__Protobuf__Timestamp at = GOOGLE__PROTOBUF__TIMESTAMP__INIT;
+    char rid[96];
+    snprintf(rid, sizeof rid, "ship-%s", id);
+    at.seconds = (int64_t)time(NULL) - ago_s;
+    q.request_id = rid;
+    q.order_id = (char *)id;
+    q.carrier = "sf";
+    q.tracking_number = "SF2";
+    q.shipped_at = &at;
+    cm_rpc_status st;
+    int code = call(f->oc, OSVC "ShipOrder", &q.base,
+                    &commerce__order__v1__ship_order_response__descriptor, NULL, &st, fx_md, 1);
+    ck_assert_msg(code == 0, "ShipOrder: code %d %s %s %s", code, st.reason, st.field, st.message);
+}
+
 START_TEST(shipped_orders_complete_after_the_tenants_window)
 {
     fx *f = &ac_fx;
@@ -675,9 +694,13 @@ START_TEST(shipped_orders_complete_after_the_tenants_window)
     /* back to the default (7 days): a shipped order stays shipped */
     p = put_of("ac-2", 1800, 300);
     ck_assert_int_eq(put_settings(f->oc, fx_md, 1, &p, NULL, &st), 0);
-    char later[64];
+    char later[64], old_ship[64];
     paid_order(f, "ac-later", "AC-SKU", later);
+    paid_order(f, "ac-old", "AC-SKU", old_ship);
     ship(f, later);
+    /* shipped 8 days ago (the carrier reported it late): past the default */
+    ship_ago(f, old_ship, 8 * 86400);
+    ck_assert_int_eq(wait_completed(f, old_ship, 15000), 4 /* COMPLETED */);
     usleep(3000 * 1000);
     ck_assert_int_eq(fx_state_of(f->oc, later), 3 /* SHIPPED */);
     ck_assert_int_eq(fx_state_of(f->oc, unshipped), 2 /* PAID */);

@@ -15,7 +15,10 @@ ALTER TABLE tenant_settings_changes
 -- migration and for orders not completed.
 ALTER TABLE orders ADD COLUMN completed_by text NOT NULL DEFAULT '';
 
--- the sweeper's scan: shipped orders not completed, oldest shipment first.
--- the tenant's window is applied to the rows this index yields.
+-- the sweeper's scans of shipped orders not completed, oldest shipment
+-- first: across the tenants on the default window, and per tenant with a
+-- window of its own. each reads only rows that are due.
 CREATE INDEX orders_to_complete ON orders (shipped_at)
+  WHERE state IN (3, 6) AND completed_at IS NULL AND shipped_at IS NOT NULL;
+CREATE INDEX orders_to_complete_by_tenant ON orders (tenant_id, shipped_at)
   WHERE state IN (3, 6) AND completed_at IS NULL AND shipped_at IS NOT NULL;
