@@ -44,13 +44,14 @@ typedef struct tenant_entry {
 typedef struct ord_app {
     cm_service *svc;
     int64_t timeout_ms, flash_timeout_ms, margin_ms;
+    int64_t auto_complete_s; /* ORDER_AUTO_COMPLETE_DAYS, in seconds */
     int pause_ms;
     const char *topic; /* ORDER_TOPIC */
     cm_group *creates; /* the group commit of CreateOrder */
     pthread_mutex_t mu;
     tenant_entry tenants[TENANT_CACHE];
     ord_saga *saga; /* Reserve, and the queued Releases */
-    cm_counter *rejected, *timed_out, *continued;
+    cm_counter *rejected, *timed_out, *continued, *auto_completed;
 } ord_app;
 
 /* ---- helpers ---- */
@@ -833,7 +834,8 @@ static int complete_order(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufC
                     .hash = hash,
                     .op = ORD_OP_COMPLETE,
                     .now_ms = now,
-                    .at_ms = at};
+                    .at_ms = at,
+                    .completed_by = cm_rpc_ctx_subject(ctx)};
     return transition(ctx, &q, "cannot complete", &resp->order);
 }
 
@@ -954,11 +956,12 @@ static Commerce__Order__V1__TenantSettings *pb_settings(cm_arena *a, const ord_s
     commerce__order__v1__tenant_settings__init(m);
     m->payment_timeout = pb_seconds(a, s->timeout_s);
     m->flash_payment_timeout = pb_seconds(a, s->flash_s);
+    m->auto_complete_after = pb_seconds(a, s->auto_s);
     m->revision = s->revision;
     m->updated_at = s->updated_ms > 0 ? cm_pb_timestamp(a, s->updated_ms) : NULL;
     m->updated_by = cm_arena_strdup(a, s->updated_by);
-    if (!m->payment_timeout || !m->flash_payment_timeout || !m->updated_by ||
-        (s->updated_ms > 0 && !m->updated_at))
+    if (!m->payment_timeout || !m->flash_payment_timeout || !m->auto_complete_after ||
+        !m->updated_by || (s->updated_ms > 0 && !m->updated_at))
         return NULL;
     return m;
 }
@@ -993,6 +996,10 @@ static int settings_now(ord_app *app, cm_db *db, const char *tenant, ord_setting
         memset(s, 0, sizeof *s);
         s->timeout_s = app->timeout_ms / 1000;
         s->flash_s = app->flash_timeout_ms / 1000;
+    }
+    if (rc == 0 || rc == CM_ENOTFOUND) {
+        if (s->auto_s == 0)
+            s->auto_s = app->auto_complete_s;
         return 0;
     }
     return rc;
@@ -1024,6 +1031,7 @@ static int put_tenant_settings(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Prot
     const Commerce__Order__V1__TenantSettings *ts = req->settings;
     const Google__Protobuf__Duration *pt = ts ? ts->payment_timeout : NULL;
     const Google__Protobuf__Duration *ft = ts ? ts->flash_payment_timeout : NULL;
+    const Google__Protobuf__Duration *at = ts ? ts->auto_complete_after : NULL;
     ord_settings_in si = {.request_id = req->request_id,
                           .actor = req->actor,
                           .reason = req->reason,
@@ -1034,16 +1042,23 @@ static int put_tenant_settings(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Prot
                           .timeout_nanos = pt ? pt->nanos : 0,
                           .flash_s = ft ? ft->seconds : 0,
                           .flash_nanos = ft ? ft->nanos : 0,
+                          .has_auto = at != NULL,
+                          .auto_s = at ? at->seconds : 0,
+                          .auto_nanos = at ? at->nanos : 0,
                           .expected_revision = req->expected_revision};
     ord_violation v;
     if (ord_check_settings(&si, &v))
         return fail_v(ctx, &v);
     /* the body as the caller sent it; the output-only fields are not part
-     * of it (they are ignored) */
+     * of it (they are ignored). without auto_complete_after it hashes as
+     * before that field existed, so a retry across the upgrade is the same */
     const char *f[] = {num(a, si.timeout_s), num(a, si.flash_s), num(a, si.expected_revision),
-                       req->actor, req->reason};
+                       req->actor,           req->reason,        num(a, si.auto_s)};
     char hash[ORD_HASH_HEX + 1];
-    hash_of(canon(a, "settings.v1", f, 5), hash);
+    if (si.has_auto)
+        hash_of(canon(a, "settings.v2", f, 6), hash);
+    else
+        hash_of(canon(a, "settings.v1", f, 5), hash);
     const char *principal = cm_rpc_ctx_subject(ctx);
     ord_settings_req q = {.tenant = cm_rpc_ctx_tenant(ctx),
                           .request_id = req->request_id,
@@ -1053,6 +1068,7 @@ static int put_tenant_settings(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Prot
                           .reason = req->reason,
                           .timeout_s = si.timeout_s,
                           .flash_s = si.flash_s,
+                          .auto_s = si.has_auto ? si.auto_s : 0,
                           .expected_revision = si.expected_revision,
                           .now_ms = now_ms()};
     ord_settings *now = cm_rpc_alloc(ctx, sizeof *now);
@@ -1068,12 +1084,23 @@ static int put_tenant_settings(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Prot
         now->timeout_s = app->timeout_ms / 1000;
         now->flash_s = app->flash_timeout_ms / 1000;
     }
+    /* unset: the service default, shown as it applies (the change is
+     * filled only when one was made or found) */
+    if (now->auto_s == 0)
+        now->auto_s = app->auto_complete_s;
+    if (verdict == ORD_OK || verdict == ORD_SAME) {
+        if (c->has_old && c->old.auto_s == 0)
+            c->old.auto_s = app->auto_complete_s;
+        if (c->cur.auto_s == 0)
+            c->cur.auto_s = app->auto_complete_s;
+    }
     switch (verdict) {
     case ORD_OK:
         forget_tenant(app, q.tenant);
         cm_log_info("tenant settings changed", "tenant", q.tenant, "request_id", q.request_id,
                     "actor", q.actor, "principal", q.principal, "payment_timeout_s",
-                    num(a, q.timeout_s), "flash_payment_timeout_s", num(a, q.flash_s), "revision",
+                    num(a, q.timeout_s), "flash_payment_timeout_s", num(a, q.flash_s),
+                    "auto_complete_after_s", q.auto_s ? num(a, q.auto_s) : "default", "revision",
                     num(a, c->cur.revision), NULL);
         break;
     case ORD_SAME:
@@ -1115,7 +1142,7 @@ const size_t ord_methods_count = sizeof ord_methods / sizeof ord_methods[0];
 /* ---- app: inventory client, sweeper ---- */
 
 /* a sweeper tick: the queued releases, then unpaid orders past their
- * deadline */
+ * deadline, then shipped orders past the tenant's auto_complete_after */
 void ord_sweep(cm_service *svc, cm_db *db, void *p)
 {
     (void)svc;
@@ -1130,6 +1157,20 @@ void ord_sweep(cm_service *svc, cm_db *db, void *p)
     } while (rc == 0 && cancelled == 200);
     if (rc)
         cm_log_warn("sweeper could not cancel unpaid orders", "error", cm_strerror(rc), NULL);
+    int completed = 0;
+    do {
+        ord_ev_ctx ev = {.topic = app->topic};
+        rc = ord_store_complete_due(db, &ev, now_ms(), app->auto_complete_s, 200, &completed);
+        if (rc == 0 && completed) {
+            cm_counter_add(app->auto_completed, (uint64_t)completed);
+            char n[24];
+            snprintf(n, sizeof n, "%d", completed);
+            cm_log_info("shipped orders auto-completed", "count", n, "completed_by",
+                        ORD_AUTO_COMPLETE_ACTOR, NULL);
+        }
+    } while (rc == 0 && completed >= 200); /* two scans of up to 200 each */
+    if (rc)
+        cm_log_warn("sweeper could not complete shipped orders", "error", cm_strerror(rc), NULL);
 }
 
 int ord_app_init(cm_service *svc, void **out, char *err, size_t errlen)
@@ -1141,6 +1182,7 @@ int ord_app_init(cm_service *svc, void **out, char *err, size_t errlen)
     app->timeout_ms = cm_service_int(svc, "ORDER_PAYMENT_TIMEOUT_S") * 1000LL;
     app->flash_timeout_ms = cm_service_int(svc, "ORDER_FLASH_PAYMENT_TIMEOUT_S") * 1000LL;
     app->margin_ms = cm_service_int(svc, "ORDER_RESERVATION_MARGIN_S") * 1000LL;
+    app->auto_complete_s = cm_service_int(svc, "ORDER_AUTO_COMPLETE_DAYS") * 86400LL;
     app->pause_ms = (int)cm_service_int(svc, "ORDER_DEBUG_PAUSE_AFTER_RESERVE_MS");
     int max_batch = (int)cm_service_int(svc, "ORDER_MAX_BATCH");
     app->topic = cm_service_text(svc, "ORDER_TOPIC");
@@ -1164,6 +1206,11 @@ int ord_app_init(cm_service *svc, void **out, char *err, size_t errlen)
         NULL);
     app->timed_out = cm_metrics_counter(m, "order_payment_timeouts_total",
                                         "unpaid orders cancelled by this replica's sweeper", NULL);
+    app->auto_completed = cm_metrics_counter(
+        m, "order_auto_completed_total",
+        "shipped orders completed by this replica's sweeper (the tenant's auto_complete_after "
+        "passed)",
+        NULL);
     app->continued = cm_metrics_counter(
         m, "order_reservations_continued_total",
         "creates that carried on with an earlier attempt's reservation made under another ttl "

@@ -254,6 +254,17 @@ int ord_check_settings(const ord_settings_in *in, ord_violation *v)
         check_timeout(in->has_flash, in->flash_s, in->flash_nanos, "settings.flash_payment_timeout",
                       v))
         return CM_EINVAL;
+    if (in->has_auto) {
+        if (in->auto_nanos != 0) {
+            violate(v, NULL, "must be a whole number of seconds", "settings.auto_complete_after");
+            return CM_EINVAL;
+        }
+        if (in->auto_s < ORD_AUTO_COMPLETE_MIN_S || in->auto_s > ORD_AUTO_COMPLETE_MAX_S) {
+            violate(v, NULL, "must be between 1 second and 90 days",
+                    "settings.auto_complete_after");
+            return CM_EINVAL;
+        }
+    }
     if (in->expected_revision < 0) {
         violate(v, NULL, "must not be negative (0: no check)", "expected_revision");
         return CM_EINVAL;

@@ -117,6 +117,7 @@ Commerce__Order__V1__Order *ord_pb_order(cm_arena *a, const ord_order *o)
     m->payment_deadline = cm_pb_timestamp(a, o->deadline_ms);
     m->cancelled_at = cm_pb_timestamp(a, o->cancelled_ms);
     m->completed_at = cm_pb_timestamp(a, o->completed_ms);
+    m->completed_by = cm_arena_strdup(a, o->completed_by);
     return m;
 }
 

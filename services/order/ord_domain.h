@@ -19,6 +19,11 @@
 #define ORD_QTY_MAX 1000000000LL /* inventory's per-line limit */
 #define ORD_TIMEOUT_MIN_MS (60LL * 1000)
 #define ORD_TIMEOUT_MAX_MS (72LL * 3600 * 1000)
+/* auto_complete_after: whole seconds, 1 s (tests) to 90 days */
+#define ORD_AUTO_COMPLETE_MIN_S 1LL
+#define ORD_AUTO_COMPLETE_MAX_S (90LL * 86400)
+/* who completed an order when the sweeper did */
+#define ORD_AUTO_COMPLETE_ACTOR "system:auto-complete"
 #define ORD_PAID_AT_SKEW_MS (5LL * 60 * 1000)
 #define ORD_HASH_HEX 64 /* sha-256 as hex */
 
@@ -97,6 +102,9 @@ typedef struct ord_order {
     char carrier[ORD_PARTY_MAX * 4 + 1];
     char tracking[ORD_REF_MAX * 4 + 1];
     int64_t shipped_ms;
+    /* "system:auto-complete", the CompleteOrder caller's principal, or
+     * "caller"; "" while not completed */
+    char completed_by[256];
     int64_t version;
     /* refunds, oldest first (loaded with the order when asked) */
     size_t nrefunds;
@@ -228,15 +236,17 @@ void ord_apply_refund(ord_order *o, const ord_refund *r);
 #define ORD_ACTOR_MAX 128 /* characters */
 typedef struct ord_settings_in {
     const char *request_id, *actor, *reason;
-    int has_settings, has_timeout, has_flash;
-    int64_t timeout_s, flash_s;
-    int32_t timeout_nanos, flash_nanos;
+    int has_settings, has_timeout, has_flash, has_auto;
+    int64_t timeout_s, flash_s, auto_s;
+    int32_t timeout_nanos, flash_nanos, auto_nanos;
     int64_t expected_revision; /* 0: no check */
 } ord_settings_in;
 
 /* checks a PutTenantSettings request: 0, or CM_EINVAL with v naming the
  * field (settings.payment_timeout, ...). timeouts are whole seconds within
- * ORD_TIMEOUT_MIN_MS..ORD_TIMEOUT_MAX_MS, as CreateOrder's payment_timeout */
+ * ORD_TIMEOUT_MIN_MS..ORD_TIMEOUT_MAX_MS, as CreateOrder's payment_timeout;
+ * auto_complete_after, when set, whole seconds within
+ * ORD_AUTO_COMPLETE_MIN_S..ORD_AUTO_COMPLETE_MAX_S */
 int ord_check_settings(const ord_settings_in *in, ord_violation *v);
 
 #endif

@@ -78,6 +78,8 @@ typedef struct ord_op_req {
     /* ship */
     const char *carrier, *tracking;
     int64_t at_ms; /* shipped_at / completed_at */
+    /* complete: the order's completed_by ("" or NULL: "caller") */
+    const char *completed_by;
 } ord_op_req;
 
 /* CancelOrder, ShipOrder, CompleteOrder: ORD_OK, ORD_NOOP (cancel of a
@@ -105,6 +107,17 @@ int ord_store_refund(cm_db *db, const ord_refund_req *q, cm_arena *a, ord_order 
 int ord_store_cancel_due(cm_db *db, const ord_ev_ctx *ev, int64_t now_ms, int limit,
                          int *cancelled);
 
+/* the auto-completing sweeper: completes (ord_plan_complete: SHIPPED ->
+ * COMPLETED, a shipped PARTIALLY_REFUNDED order gets its completed_at) up
+ * to limit shipped orders of tenants on the default window (default_s) and
+ * up to limit of tenants with their own, whose shipped_at + that window is
+ * past, in one transaction, each through the path CompleteOrder takes (the same row
+ * change and OrderCompleted), completed_at = now_ms, completed_by
+ * ORD_AUTO_COMPLETE_ACTOR. rows locked by another replica are skipped and a
+ * completed order never matches again, so each order completes once. */
+int ord_store_complete_due(cm_db *db, const ord_ev_ctx *ev, int64_t now_ms, int64_t default_s,
+                           int limit, int *completed);
+
 typedef struct ord_list_q {
     const char *tenant, *buyer_id, *merchant_id, *channel_id;
     const int *states;
@@ -131,6 +144,7 @@ int ord_store_tenant_timeouts(cm_db *db, const char *tenant, int64_t *normal_ms,
 /* a tenant's settings row */
 typedef struct ord_settings {
     int64_t timeout_s, flash_s;
+    int64_t auto_s;   /* auto_complete_after; 0: the service default */
     int64_t revision; /* 0: no row of its own */
     int64_t updated_ms;
     char updated_by[256];
@@ -157,6 +171,7 @@ typedef struct ord_settings_req {
     const char *tenant, *request_id, *hash;
     const char *actor, *principal, *reason;
     int64_t timeout_s, flash_s;
+    int64_t auto_s;            /* 0: unset (the service default applies) */
     int64_t expected_revision; /* 0: no check */
     int64_t now_ms;
 } ord_settings_req;

@@ -30,7 +30,7 @@
     "coalesce(pay_provider, ''), coalesce(pay_reference, ''), "                                    \
     MS0("paid_at") ", " MS0("pay_recorded_at") ", coalesce(carrier, ''), "                         \
     "coalesce(tracking_number, ''), " MS0("shipped_at") ", version, body_hash, "                   \
-    "coalesce(payment_hash, '')"
+    "coalesce(payment_hash, ''), completed_by"
 
 #define REFUND_COLS                                                                                \
     "refund_id, scope, amount, array_to_string(line_sku, ','), array_to_string(line_qty, ','), "   \
@@ -141,6 +141,7 @@ static void parse_order(const PGresult *r, int row, ord_order *o)
     cpy(o->tracking, sizeof o->tracking, r, row, 32);
     o->shipped_ms = i64(r, row, 33);
     o->version = i64(r, row, 34);
+    cpy(o->completed_by, sizeof o->completed_by, r, row, 37);
 }
 
 static void parse_refund(const PGresult *r, int row, ord_refund *f)
@@ -317,6 +318,7 @@ static int save(cm_db *db, const char *tenant, cm_arena *a, ord_order *o)
         o->shipped_ms ? o->tracking : NULL,
         ms_or_null(a, o->shipped_ms),
         num(a, o->version),
+        o->completed_by,
     };
     PGresult *r = NULL;
     int rc = exec(db, "update order",
@@ -328,8 +330,8 @@ static int save(cm_db *db, const char *tenant, cm_arena *a, ord_order *o)
                   "paid_at = to_timestamp($16::bigint / 1000.0), "
                   "pay_recorded_at = to_timestamp($17::bigint / 1000.0), carrier = $18, "
                   "tracking_number = $19, shipped_at = to_timestamp($20::bigint / 1000.0), "
-                  "version = $21 WHERE tenant_id = $1 AND order_id = $2::uuid",
-                  21, p, &r);
+                  "version = $21, completed_by = $22 WHERE tenant_id = $1 AND order_id = $2::uuid",
+                  22, p, &r);
     PQclear(r);
     return rc;
 }
@@ -636,6 +638,38 @@ int ord_store_pay(cm_db *db, const ord_pay_req *q, cm_arena *a, ord_order *o, in
 
 /* ---- cancel, ship, complete ---- */
 
+/* the write phase of a planned transition of the locked order o (state prev
+ * before, to after): its fields, the row, and its event in the outbox. one
+ * path for the rpcs and the auto-completing sweeper, so a completion is the
+ * same change and the same OrderCompleted whoever made it. */
+static int apply_op(cm_db *db, const ord_op_req *q, cm_arena *a, ord_order *o, int prev, int to,
+                    int kind)
+{
+    o->state = to;
+    o->updated_ms = q->now_ms;
+    switch (q->op) {
+    case ORD_OP_CANCEL:
+        o->cancel_reason = q->cancel_reason;
+        snprintf(o->cancel_note, sizeof o->cancel_note, "%s", q->note ? q->note : "");
+        o->cancelled_ms = q->now_ms;
+        break;
+    case ORD_OP_SHIP:
+        snprintf(o->carrier, sizeof o->carrier, "%s", q->carrier ? q->carrier : "");
+        snprintf(o->tracking, sizeof o->tracking, "%s", q->tracking ? q->tracking : "");
+        o->shipped_ms = q->at_ms;
+        break;
+    default:
+        o->completed_ms = q->at_ms;
+        snprintf(o->completed_by, sizeof o->completed_by, "%s",
+                 q->completed_by && *q->completed_by ? q->completed_by : "caller");
+        break;
+    }
+    int rc = save(db, q->tenant, a, o);
+    if (rc)
+        return rc;
+    return ord_ev_emit(db, q->ev, q->tenant, kind, o, prev, NULL);
+}
+
 static int op_fn(cm_db *db, void *arg)
 {
     change_tx *t = arg;
@@ -704,27 +738,7 @@ static int op_fn(cm_db *db, void *arg)
         return CM_ECONFLICT;
     if (v == ORD_NOOP)
         return 0;
-    o->state = to;
-    o->updated_ms = q->now_ms;
-    switch (q->op) {
-    case ORD_OP_CANCEL:
-        o->cancel_reason = q->cancel_reason;
-        snprintf(o->cancel_note, sizeof o->cancel_note, "%s", q->note ? q->note : "");
-        o->cancelled_ms = q->now_ms;
-        break;
-    case ORD_OP_SHIP:
-        snprintf(o->carrier, sizeof o->carrier, "%s", q->carrier ? q->carrier : "");
-        snprintf(o->tracking, sizeof o->tracking, "%s", q->tracking ? q->tracking : "");
-        o->shipped_ms = q->at_ms;
-        break;
-    default:
-        o->completed_ms = q->at_ms;
-        break;
-    }
-    rc = save(db, q->tenant, t->a, o);
-    if (rc)
-        return rc;
-    return ord_ev_emit(db, q->ev, q->tenant, kind, o, prev, NULL);
+    return apply_op(db, q, t->a, o, prev, to, kind);
 }
 
 int ord_store_transition(cm_db *db, const ord_op_req *q, cm_arena *a, ord_order *o, int *verdict)
@@ -892,6 +906,111 @@ int ord_store_cancel_due(cm_db *db, const ord_ev_ctx *ev, int64_t now_ms, int li
     return rc;
 }
 
+/* ---- the auto-completing sweeper ---- */
+
+typedef struct complete_due_tx {
+    const ord_ev_ctx *ev;
+    int64_t now_ms, default_s;
+    int limit;
+    int completed;
+} complete_due_tx;
+
+/* the orders of a tenant on the service default: the oldest shipments
+ * first across tenants (orders_to_complete), past the default window,
+ * skipping tenants with a window of their own */
+#define DUE_DEFAULT                                                                                \
+    "SELECT o.tenant_id, o.order_id::text FROM orders o "                                          \
+    "WHERE o.state IN (3, 6) AND o.completed_at IS NULL AND o.shipped_at IS NOT NULL "             \
+    "AND o.shipped_at <= to_timestamp($1::bigint / 1000.0) - make_interval(secs => $2::int) "      \
+    "AND NOT EXISTS (SELECT 1 FROM tenant_settings s WHERE s.tenant_id = o.tenant_id "             \
+    "AND s.auto_complete_after_s IS NOT NULL) "                                                    \
+    "ORDER BY o.shipped_at LIMIT $3 FOR UPDATE OF o SKIP LOCKED"
+
+/* the orders of tenants with a window of their own: per tenant, its
+ * oldest shipments past its window (orders_to_complete_by_tenant) */
+#define DUE_OWN                                                                                    \
+    "SELECT d.tenant_id, d.order_id::text FROM tenant_settings s CROSS JOIN LATERAL ("             \
+    "SELECT o.tenant_id, o.order_id FROM orders o WHERE o.tenant_id = s.tenant_id "                \
+    "AND o.state IN (3, 6) AND o.completed_at IS NULL AND o.shipped_at IS NOT NULL "               \
+    "AND o.shipped_at <= to_timestamp($1::bigint / 1000.0) "                                       \
+    "- make_interval(secs => s.auto_complete_after_s) "                                            \
+    "ORDER BY o.shipped_at LIMIT $2 FOR UPDATE OF o SKIP LOCKED) d "                               \
+    "WHERE s.auto_complete_after_s IS NOT NULL LIMIT $2"
+
+/* completes the (locked) orders of r through CompleteOrder's write phase */
+static int complete_rows(cm_db *db, complete_due_tx *t, const PGresult *r, cm_arena *a,
+                         ord_order *o)
+{
+    int rc = 0;
+    for (int i = 0; i < PQntuples(r) && rc == 0; i++) {
+        char tenant[256];
+        snprintf(tenant, sizeof tenant, "%s", PQgetvalue(r, i, 0));
+        const char *oid = PQgetvalue(r, i, 1);
+        rc = load(db, tenant, oid, "", a, o); /* locked; refunds for the event */
+        if (rc)
+            break;
+        int to = 0, prev = o->state;
+        if (ord_plan_complete(o, &to) == ORD_OK) {
+            ord_op_req q = {.ev = t->ev,
+                            .tenant = tenant,
+                            .order_id = oid,
+                            .op = ORD_OP_COMPLETE,
+                            .now_ms = t->now_ms,
+                            .at_ms = t->now_ms,
+                            .completed_by = ORD_AUTO_COMPLETE_ACTOR};
+            rc = apply_op(db, &q, a, o, prev, to, ORD_EV_COMPLETED);
+            if (rc == 0)
+                t->completed++;
+        }
+        cm_arena_reset(a);
+    }
+    return rc;
+}
+
+/* shipped, not completed, the tenant's window (or the default) passed: two
+ * scans, each an index range of due rows only, so a tenant with a long
+ * window never makes the others' scan read its waiting orders. rows
+ * another replica holds are skipped, and a row it completed meanwhile no
+ * longer matches */
+static int complete_due_fn(cm_db *db, void *arg)
+{
+    complete_due_tx *t = arg;
+    cm_arena *a = cm_arena_new(8192);
+    ord_order *o = malloc(sizeof *o);
+    char now[24], def[24], lim[24];
+    snprintf(now, sizeof now, "%lld", (long long)t->now_ms);
+    snprintf(def, sizeof def, "%lld", (long long)t->default_s);
+    snprintf(lim, sizeof lim, "%d", t->limit);
+    int rc = a && o ? 0 : CM_ENOMEM;
+    t->completed = 0;
+    PGresult *r = NULL;
+    const char *p1[] = {now, def, lim};
+    if (rc == 0)
+        rc = exec(db, "find orders to complete", DUE_DEFAULT, 3, p1, &r);
+    if (rc == 0)
+        rc = complete_rows(db, t, r, a, o);
+    PQclear(r);
+    r = NULL;
+    const char *p2[] = {now, lim};
+    if (rc == 0)
+        rc = exec(db, "find orders to complete (own window)", DUE_OWN, 2, p2, &r);
+    if (rc == 0)
+        rc = complete_rows(db, t, r, a, o);
+    PQclear(r);
+    free(o);
+    cm_arena_free(a);
+    return rc;
+}
+
+int ord_store_complete_due(cm_db *db, const ord_ev_ctx *ev, int64_t now_ms, int64_t default_s,
+                           int limit, int *completed)
+{
+    complete_due_tx t = {.ev = ev, .now_ms = now_ms, .default_s = default_s, .limit = limit};
+    int rc = cm_db_tx(db, NULL, 3, complete_due_fn, &t);
+    *completed = rc == 0 ? t.completed : 0;
+    return rc;
+}
+
 /* ---- list ---- */
 
 int ord_store_list(cm_db *db, const ord_list_q *q, cm_arena *a, ord_order *out, size_t *n,
@@ -974,7 +1093,9 @@ int ord_store_tenant_timeouts(cm_db *db, const char *tenant, int64_t *normal_ms,
 /* ---- tenant settings (PutTenantSettings) ---- */
 
 #define SETTINGS_COLS                                                                              \
-    "payment_timeout_s, flash_payment_timeout_s, revision, " MS("updated_at") ", updated_by"
+    "payment_timeout_s, flash_payment_timeout_s, revision, " MS(                                   \
+        "updated_at") ", updated_by, "                                                             \
+                      "coalesce(auto_complete_after_s, 0)"
 
 static void parse_settings(const PGresult *r, int row, ord_settings *s)
 {
@@ -984,6 +1105,7 @@ static void parse_settings(const PGresult *r, int row, ord_settings *s)
     s->revision = i64(r, row, 2);
     s->updated_ms = i64(r, row, 3);
     cpy(s->updated_by, sizeof s->updated_by, r, row, 4);
+    s->auto_s = i64(r, row, 5);
 }
 
 int ord_store_get_settings(cm_db *db, const char *tenant, ord_settings *s)
@@ -1020,7 +1142,8 @@ static int find_settings_change(cm_db *db, const ord_settings_req *q, ord_settin
         "coalesce(old_payment_timeout_s, 0), coalesce(old_flash_payment_timeout_s, 0), "
         "(old_payment_timeout_s IS NOT NULL)::int, new_payment_timeout_s, "
         "new_flash_payment_timeout_s, actor, principal, reason, " MS(
-            "changed_at") " "
+            "changed_at") ", coalesce(old_auto_complete_after_s, 0), "
+                          "coalesce(new_auto_complete_after_s, 0) "
                           "FROM tenant_settings_changes WHERE tenant_id = $1 AND request_id = $2",
         2, p, &r);
     if (rc)
@@ -1044,6 +1167,8 @@ static int find_settings_change(cm_db *db, const ord_settings_req *q, ord_settin
     cpy(c->principal, sizeof c->principal, r, 0, 10);
     cpy(c->reason, sizeof c->reason, r, 0, 11);
     c->changed_ms = i64(r, 0, 12);
+    c->old.auto_s = i64(r, 0, 13);
+    c->cur.auto_s = i64(r, 0, 14);
     c->cur.updated_ms = c->changed_ms;
     snprintf(c->cur.updated_by, sizeof c->cur.updated_by, "%s", c->principal);
     PQclear(r);
@@ -1074,7 +1199,7 @@ static int put_settings_fn(cm_db *db, void *arg)
     settings_tx *t = arg;
     const ord_settings_req *q = t->q;
     ord_settings_change *c = t->c;
-    char buf[8][24];
+    char buf[10][24];
     /* the key first: a retry answers with what its first call recorded */
     int same = 0;
     int rc = find_settings_change(db, q, c, &same);
@@ -1102,6 +1227,7 @@ static int put_settings_fn(cm_db *db, void *arg)
     c->old = old;
     c->cur.timeout_s = q->timeout_s;
     c->cur.flash_s = q->flash_s;
+    c->cur.auto_s = q->auto_s;
     c->cur.revision = old.revision + 1;
     c->cur.updated_ms = q->now_ms;
     snprintf(c->cur.updated_by, sizeof c->cur.updated_by, "%s", q->principal);
@@ -1114,7 +1240,9 @@ static int put_settings_fn(cm_db *db, void *arg)
     snprintf(buf[1], sizeof buf[1], "%lld", (long long)q->flash_s);
     snprintf(buf[2], sizeof buf[2], "%lld", (long long)c->cur.revision);
     snprintf(buf[3], sizeof buf[3], "%lld", (long long)q->now_ms);
-    const char *row[] = {q->tenant, buf[0], buf[1], buf[2], buf[3], q->principal};
+    snprintf(buf[7], sizeof buf[7], "%lld", (long long)q->auto_s);
+    const char *row[] = {
+        q->tenant, buf[0], buf[1], buf[2], buf[3], q->principal, q->auto_s > 0 ? buf[7] : NULL};
     PGresult *r = NULL;
     /* a tenant without a row: two first puts race to insert it; the loser
      * inserts nothing and runs again, then finds the row and locks it */
@@ -1122,11 +1250,13 @@ static int put_settings_fn(cm_db *db, void *arg)
               had ? "UPDATE tenant_settings SET payment_timeout_s = $2, "
                     "flash_payment_timeout_s = $3, revision = $4, updated_at = " TS(
                         "$5") ", "
-                              "updated_by = $6 WHERE tenant_id = $1 RETURNING 1"
+                              "updated_by = $6, auto_complete_after_s = $7 "
+                              "WHERE tenant_id = $1 RETURNING 1"
                   : "INSERT INTO tenant_settings (tenant_id, payment_timeout_s, "
-                    "flash_payment_timeout_s, revision, updated_at, updated_by) "
-                    "VALUES ($1, $2, $3, $4, " TS("$5") ", $6) ON CONFLICT DO NOTHING RETURNING 1",
-              6, row, &r);
+                    "flash_payment_timeout_s, revision, updated_at, updated_by, "
+                    "auto_complete_after_s) VALUES ($1, $2, $3, $4, " TS(
+                        "$5") ", $6, $7) ON CONFLICT DO NOTHING RETURNING 1",
+              7, row, &r);
     if (rc)
         return rc;
     int wrote = PQntuples(r) == 1;
@@ -1137,19 +1267,33 @@ static int put_settings_fn(cm_db *db, void *arg)
     snprintf(buf[4], sizeof buf[4], "%lld", (long long)old.revision);
     snprintf(buf[5], sizeof buf[5], "%lld", (long long)old.timeout_s);
     snprintf(buf[6], sizeof buf[6], "%lld", (long long)old.flash_s);
-    const char *audit[] = {q->tenant, q->request_id,       c->change_id,        q->hash, buf[2],
-                           buf[4],    had ? buf[5] : NULL, had ? buf[6] : NULL, buf[0],  buf[1],
-                           q->actor,  q->principal,        q->reason,           buf[3]};
+    snprintf(buf[8], sizeof buf[8], "%lld", (long long)old.auto_s);
+    const char *audit[] = {q->tenant,
+                           q->request_id,
+                           c->change_id,
+                           q->hash,
+                           buf[2],
+                           buf[4],
+                           had ? buf[5] : NULL,
+                           had ? buf[6] : NULL,
+                           buf[0],
+                           buf[1],
+                           q->actor,
+                           q->principal,
+                           q->reason,
+                           buf[3],
+                           had && old.auto_s > 0 ? buf[8] : NULL,
+                           q->auto_s > 0 ? buf[7] : NULL};
     /* binds the key; a concurrent call with the same key waits here for the
      * other transaction and then runs again into the branch above */
-    rc = exec(
-        db, "record settings change",
-        "INSERT INTO tenant_settings_changes (tenant_id, request_id, change_id, body_hash, "
-        "revision, old_revision, old_payment_timeout_s, old_flash_payment_timeout_s, "
-        "new_payment_timeout_s, new_flash_payment_timeout_s, actor, principal, reason, "
-        "changed_at) VALUES ($1, $2, $3::uuid, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, " TS(
-            "$14") ") ON CONFLICT (tenant_id, request_id) DO NOTHING RETURNING 1",
-        14, audit, &r);
+    rc = exec(db, "record settings change",
+              "INSERT INTO tenant_settings_changes (tenant_id, request_id, change_id, body_hash, "
+              "revision, old_revision, old_payment_timeout_s, old_flash_payment_timeout_s, "
+              "new_payment_timeout_s, new_flash_payment_timeout_s, actor, principal, reason, "
+              "changed_at, old_auto_complete_after_s, new_auto_complete_after_s) VALUES ($1, $2, "
+              "$3::uuid, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, " TS(
+                  "$14") ", $15, $16) ON CONFLICT (tenant_id, request_id) DO NOTHING RETURNING 1",
+              16, audit, &r);
     if (rc)
         return rc;
     int bound = PQntuples(r) == 1;

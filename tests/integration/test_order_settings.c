@@ -6,7 +6,11 @@
  * nothing), idempotency by request_id, compare-and-set, the audit trail
  * (who, when, why, old -> new), the admin role when auth is on, and that
  * new orders take the new timeout: at once on the replica that answered,
- * within the cache's 10 s on another.
+ * within the cache's 10 s on another. and auto-completion: a shipped order
+ * (also a partially refunded one) completes once the tenant's
+ * auto_complete_after has passed, with one OrderCompleted even with three
+ * replicas sweeping; an order not shipped does not; on the 7-day default
+ * an order shipped 8 days ago completes and one shipped now does not.
  *
  * on the shared order+inventory pair (fixture.h).
  */
@@ -55,6 +59,23 @@ static void pair_stop(void)
     fx_stop(&the_fx);
 }
 
+/* the auto-completion case has a pair of its own: the events on its topic
+ * are all the fixture tenant's, as fx_settle checks */
+static fx ac_fx;
+static fx *db_fx = &the_fx; /* the schema sql_ll looks into */
+
+static void ac_start(void)
+{
+    fx_start_opts(&ac_fx, &(fx_opts){.tag = "ac"});
+    db_fx = &ac_fx;
+}
+
+static void ac_stop(void)
+{
+    fx_stop(&ac_fx);
+    db_fx = &the_fx;
+}
+
 /* ---- the database (only to look) ---- */
 
 __attribute__((format(printf, 1, 2))) static long long sql_ll(const char *fmt, ...)
@@ -62,7 +83,7 @@ __attribute__((format(printf, 1, 2))) static long long sql_ll(const char *fmt, .
     PGconn *pg = PQconnectdb(hs_pg_dsn());
     ck_assert_int_eq(PQstatus(pg), CONNECTION_OK);
     char sql[1024];
-    snprintf(sql, sizeof sql, "SET search_path = %.63s", the_fx.ord_schema);
+    snprintf(sql, sizeof sql, "SET search_path = %.63s", db_fx->ord_schema);
     PQclear(PQexec(pg, sql));
     va_list ap;
     va_start(ap, fmt);
@@ -110,6 +131,8 @@ typedef struct put_spec {
     const char *rid, *actor, *reason;
     int64_t timeout_s, flash_s; /* < 0: unset */
     int32_t nanos;              /* of payment_timeout */
+    int64_t auto_s;             /* auto_complete_after; 0: unset */
+    int32_t auto_nanos;
     int64_t expected;
     int no_settings;
 } put_spec;
@@ -131,6 +154,10 @@ static int put_settings(cm_rpc_client *c, const cm_rpc_md *md, size_t nmd, const
     Settings s = COMMERCE__ORDER__V1__TENANT_SETTINGS__INIT;
     Google__Protobuf__Duration t = GOOGLE__PROTOBUF__DURATION__INIT;
     Google__Protobuf__Duration f = GOOGLE__PROTOBUF__DURATION__INIT;
+    Google__Protobuf__Duration ac = GOOGLE__PROTOBUF__DURATION__INIT;
+    ac.seconds = p->auto_s;
+    ac.nanos = p->auto_nanos;
+    s.auto_complete_after = p->auto_s || p->auto_nanos ? &ac : NULL;
     t.seconds = p->timeout_s;
     t.nanos = p->nanos;
     f.seconds = p->flash_s;
@@ -185,6 +212,9 @@ START_TEST(get_shows_the_defaults_then_what_put_set)
      * and ORDER_FLASH_PAYMENT_TIMEOUT_S=120, at revision 0 */
     assert_settings(g->settings, 900, 120, 0);
     ck_assert_ptr_null(g->settings->updated_at);
+    /* and ORDER_AUTO_COMPLETE_DAYS' default, 7 days */
+    ck_assert_ptr_nonnull(g->settings->auto_complete_after);
+    ck_assert_int_eq(g->settings->auto_complete_after->seconds, 7 * 86400);
     free_msg(g);
 
     Commerce__Order__V1__PutTenantSettingsResponse *p = NULL;
@@ -223,6 +253,27 @@ START_TEST(get_shows_the_defaults_then_what_put_set)
                             "interval '1 minute'",
                             "set-basic"),
                      1);
+    /* auto_complete_after set, then left unset again (the default) */
+    ps = put_of("basic-3", 1800, 300);
+    ps.auto_s = 3 * 86400;
+    ck_assert_int_eq(put_settings(f->oc, md, 1, &ps, &p, &st), 0);
+    ck_assert_int_eq(p->settings->auto_complete_after->seconds, 3 * 86400);
+    ck_assert_int_eq(p->change->previous->auto_complete_after->seconds, 7 * 86400);
+    ck_assert_int_eq(p->change->current->auto_complete_after->seconds, 3 * 86400);
+    free_msg(p);
+    ps = put_of("basic-4", 1800, 300);
+    ck_assert_int_eq(put_settings(f->oc, md, 1, &ps, &p, &st), 0);
+    ck_assert_int_eq(p->settings->auto_complete_after->seconds, 7 * 86400);
+    ck_assert_int_eq(p->change->previous->auto_complete_after->seconds, 3 * 86400);
+    free_msg(p);
+    ck_assert_int_eq(sql_ll("SELECT count(*) FROM tenant_settings_changes WHERE tenant_id = '%s' "
+                            "AND ((request_id = 'basic-3' AND old_auto_complete_after_s IS NULL "
+                            "AND new_auto_complete_after_s = 259200) OR (request_id = 'basic-4' "
+                            "AND old_auto_complete_after_s = 259200 AND "
+                            "new_auto_complete_after_s IS NULL))",
+                            "set-basic"),
+                     2);
+    ck_assert_int_eq(audit_rows("set-basic"), 4);
     /* other tenants are untouched */
     const cm_rpc_md other[] = MD("set-basic-other");
     ck_assert_int_eq(get_settings(f->oc, other, 1, &g, &st), 0);
@@ -308,6 +359,14 @@ START_TEST(put_validates_naming_the_field_and_stores_nothing)
     p.nanos = 5;
     ck_assert_int_eq(put_settings(f->oc, md, 1, &p, NULL, &st), GRPC_STATUS_INVALID_ARGUMENT);
     ck_assert_str_eq(st.field, "settings.payment_timeout");
+    int64_t bad_auto[][2] = {{-1, 0}, {90LL * 86400 + 1, 0}, {60, 5}, {0, 500000000}};
+    for (size_t i = 0; i < sizeof bad_auto / sizeof bad_auto[0]; i++) {
+        p = put_of("bad-1", 3600, 600);
+        p.auto_s = bad_auto[i][0];
+        p.auto_nanos = (int32_t)bad_auto[i][1];
+        ck_assert_int_eq(put_settings(f->oc, md, 1, &p, NULL, &st), GRPC_STATUS_INVALID_ARGUMENT);
+        ck_assert_str_eq(st.field, "settings.auto_complete_after");
+    }
     p = put_of("bad-1", 3600, 600);
     p.no_settings = 1;
     ck_assert_int_eq(put_settings(f->oc, md, 1, &p, NULL, &st), GRPC_STATUS_INVALID_ARGUMENT);
@@ -497,6 +556,160 @@ START_TEST(the_admin_role_is_required_when_auth_is_on)
 }
 END_TEST
 
+/* ---- auto-completion (the fixture's tenant, FX_TENANT) ---- */
+
+/* a paid order of one unit of sku, request id rid; its id into id */
+static void paid_order(fx *f, const char *rid, const char *sku, char id[64])
+{
+    const fx_line l[] = {FX_L(sku, 2, 500)};
+    fx_order_spec spec = fx_spec(rid, l, 1);
+    fx_order *o = fx_must_create(f->oc, &spec);
+    char pid[80];
+    snprintf(pid, sizeof pid, "pay-%s", rid);
+    fx_must_pay(f->oc, o, pid);
+    snprintf(id, 64, "%s", o->order_id);
+    fx_order_free(o);
+}
+
+static void ship(fx *f, const char *id)
+{
+    char rid[96];
+    snprintf(rid, sizeof rid, "ship-%s", id);
+    cm_rpc_status st;
+    ck_assert_int_eq(fx_ship(f->oc, rid, id, "sf", "SF1", NULL, &st), 0);
+}
+
+/* waits (at most ms) until order id has completed_at; its state then */
+static int wait_completed(fx *f, const char *id, long long ms)
+{
+    long long until = hs_now_ms() + ms;
+    for (;;) {
+        fx_order *o = fx_must_get(f->oc, id);
+        int done = o->completed_at != NULL;
+        int state = (int)o->state;
+        if (done)
+            ck_assert_str_eq(o->completed_by, "system:auto-complete");
+        fx_order_free(o);
+        if (done)
+            return state;
+        ck_assert_msg(hs_now_ms() < until, "order %s not completed after %lld ms", id, ms);
+        usleep(100 * 1000);
+    }
+}
+
+/* ShipOrder with shipped_at ago_s seconds in the past */
+static void ship_ago(fx *f, const char *id, int64_t ago_s)
+{
+    Commerce__Order__V1__ShipOrderRequest q = COMMERCE__ORDER__V1__SHIP_ORDER_REQUEST__INIT;
+    Google__Protobuf__Timestamp at = GOOGLE__PROTOBUF__TIMESTAMP__INIT;
+    char rid[96];
+    snprintf(rid, sizeof rid, "ship-%s", id);
+    at.seconds = (int64_t)time(NULL) - ago_s;
+    q.request_id = rid;
+    q.order_id = (char *)id;
+    q.carrier = "sf";
+    q.tracking_number = "SF2";
+    q.shipped_at = &at;
+    cm_rpc_status st;
+    int code = call(f->oc, OSVC "ShipOrder", &q.base,
+                    &commerce__order__v1__ship_order_response__descriptor, NULL, &st, fx_md, 1);
+    ck_assert_msg(code == 0, "ShipOrder: code %d %s %s %s", code, st.reason, st.field, st.message);
+}
+
+START_TEST(shipped_orders_complete_after_the_tenants_window)
+{
+    fx *f = &ac_fx;
+    cm_rpc_status st;
+    fx_set_stock(f->ic, "ac-stock", "AC-SKU", 1000);
+    /* two more replicas sweeping every 50 ms next to the fixture's: every
+     * order is offered to three sweepers at once */
+    const char *fast[] = {"ORDER_SWEEP_MS=50", NULL};
+    hs_proc r2, r3;
+    fx_spawn_order(f, &r2, fast);
+    fx_spawn_order(f, &r3, fast);
+
+    char shipped[24][64], part[64], unshipped[64], manual[64];
+    for (int i = 0; i < 24; i++) {
+        char rid[32];
+        snprintf(rid, sizeof rid, "ac-s-%d", i);
+        paid_order(f, rid, "AC-SKU", shipped[i]);
+    }
+    paid_order(f, "ac-part", "AC-SKU", part);
+    paid_order(f, "ac-unshipped", "AC-SKU", unshipped);
+    paid_order(f, "ac-manual", "AC-SKU", manual);
+    /* a partial refund before shipment: still completes (it keeps its
+     * state, PARTIALLY_REFUNDED, and gets completed_at) */
+    fx_refund_spec rs = {
+        .refund_id = "ac-r1", .order_id = part, .scope = 3, .has_amount = 1, .amount = 100};
+    ck_assert_int_eq(fx_refund_order(f->oc, &rs, NULL, &st), 0);
+    /* completed by its caller before the window: not again by the sweeper */
+    ship(f, manual);
+    ck_assert_int_eq(fx_complete(f->oc, "ac-manual-c", manual, NULL, &st), 0);
+
+    put_spec p = put_of("ac-1", 1800, 300);
+    p.auto_s = 2;
+    ck_assert_int_eq(put_settings(f->oc, fx_md, 1, &p, NULL, &st), 0);
+    long long t0 = hs_now_ms();
+    for (int i = 0; i < 24; i++)
+        ship(f, shipped[i]);
+    ship(f, part);
+
+    for (int i = 0; i < 24; i++)
+        ck_assert_int_eq(wait_completed(f, shipped[i], 15000), 4 /* COMPLETED */);
+    ck_assert_int_eq(wait_completed(f, part, 15000), 6 /* PARTIALLY_REFUNDED */);
+    /* not before the window */
+    fx_order *o = fx_must_get(f->oc, shipped[0]);
+    ck_assert_msg(fx_ts_ms(o->completed_at) - fx_ts_ms(o->shipment->shipped_at) >= 2000,
+                  "completed %lld ms after shipment",
+                  fx_ts_ms(o->completed_at) - fx_ts_ms(o->shipment->shipped_at));
+    ck_assert_int_ge(hs_now_ms() - t0, 2000);
+    fx_order_free(o);
+    o = fx_must_get(f->oc, manual);
+    ck_assert_str_eq(o->completed_by, "caller"); /* CompleteOrder, no authentication */
+    fx_order_free(o);
+    /* a paid order not shipped is left alone, well past the window */
+    usleep(1500 * 1000);
+    ck_assert_int_eq(fx_state_of(f->oc, unshipped), 2 /* PAID */);
+
+    fx_settle(f);
+    for (int i = 0; i < 24; i++) {
+        int dups = 0;
+        ck_assert_int_eq(fx_ev_count(f->log, shipped[i], FX_EV_COMPLETED, &dups), 1);
+        const hs_record *r = fx_ev_nth(f->log, shipped[i], FX_EV_COMPLETED, 0);
+        fx_event e;
+        ck_assert_int_eq(fx_ev_decode(r, &e), 0);
+        ck_assert_int_eq(e.prev, 3 /* SHIPPED */);
+        ck_assert_int_eq((int)e.order->state, 4);
+        ck_assert_str_eq(e.order->completed_by, "system:auto-complete");
+        fx_ev_free(&e);
+    }
+    ck_assert_int_eq(fx_ev_count(f->log, part, FX_EV_COMPLETED, NULL), 1);
+    ck_assert_int_eq(fx_ev_count(f->log, manual, FX_EV_COMPLETED, NULL), 1);
+    ck_assert_int_eq(fx_ev_count(f->log, unshipped, FX_EV_COMPLETED, NULL), 0);
+    ck_assert_int_eq(sql_ll("SELECT count(*) FROM orders WHERE tenant_id = '%s' AND "
+                            "completed_by = 'system:auto-complete'",
+                            FX_TENANT),
+                     25);
+
+    /* back to the default (7 days): a shipped order stays shipped */
+    p = put_of("ac-2", 1800, 300);
+    ck_assert_int_eq(put_settings(f->oc, fx_md, 1, &p, NULL, &st), 0);
+    char later[64], old_ship[64];
+    paid_order(f, "ac-later", "AC-SKU", later);
+    paid_order(f, "ac-old", "AC-SKU", old_ship);
+    ship(f, later);
+    /* shipped 8 days ago (the carrier reported it late): past the default */
+    ship_ago(f, old_ship, 8 * 86400);
+    ck_assert_int_eq(wait_completed(f, old_ship, 15000), 4 /* COMPLETED */);
+    usleep(3000 * 1000);
+    ck_assert_int_eq(fx_state_of(f->oc, later), 3 /* SHIPPED */);
+    ck_assert_int_eq(fx_state_of(f->oc, unshipped), 2 /* PAID */);
+
+    ck_assert_int_eq(hs_stop(&r2, SIGTERM, 30000), 0);
+    ck_assert_int_eq(hs_stop(&r3, SIGTERM, 30000), 0);
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("order_settings");
@@ -510,6 +723,11 @@ static Suite *suite(void)
     tcase_add_test(tc, new_orders_take_the_new_timeout);
     tcase_add_test(tc, the_admin_role_is_required_when_auth_is_on);
     suite_add_tcase(s, tc);
+    TCase *ac = tcase_create("auto_complete");
+    tcase_set_timeout(ac, 240);
+    tcase_add_unchecked_fixture(ac, ac_start, ac_stop);
+    tcase_add_test(ac, shipped_orders_complete_after_the_tenants_window);
+    suite_add_tcase(s, ac);
     return s;
 }
 

@@ -501,11 +501,17 @@ START_TEST(settings_check_names_the_bad_field)
     in.timeout_s = 60;
     in.flash_s = 72 * 3600;
     ck_assert_int_eq(ord_check_settings(&in, &v), 0);
+    /* auto_complete_after: unset, or 1 second (tests) to 90 days */
+    in.has_auto = 1;
+    in.auto_s = 1;
+    ck_assert_int_eq(ord_check_settings(&in, &v), 0);
+    in.auto_s = 90LL * 86400;
+    ck_assert_int_eq(ord_check_settings(&in, &v), 0);
 
     struct {
         const char *field;
         ord_settings_in in;
-    } bad[16];
+    } bad[24];
     size_t n = 0;
 #define BAD(f, stmt)                                                                               \
     do {                                                                                           \
@@ -529,6 +535,10 @@ START_TEST(settings_check_names_the_bad_field)
     BAD("actor", x.actor = "");
     BAD("actor", x.actor = "tab\there");
     BAD("reason", x.reason = "");
+    BAD("settings.auto_complete_after", (x.has_auto = 1, x.auto_s = 0));
+    BAD("settings.auto_complete_after", (x.has_auto = 1, x.auto_s = 90LL * 86400 + 1));
+    BAD("settings.auto_complete_after", (x.has_auto = 1, x.auto_s = INT64_MIN));
+    BAD("settings.auto_complete_after", (x.has_auto = 1, x.auto_s = 60, x.auto_nanos = 1));
 #undef BAD
     for (size_t i = 0; i < n; i++) {
         memset(&v, 0, sizeof v);
