@@ -474,8 +474,10 @@ static int list_commissions(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Protobu
         return fail_field(ctx, "order_id", "a UUID, or empty for any");
     unsigned states = 0;
     for (size_t i = 0; i < req->n_states; i++) {
-        if ((int)req->states[i] != CMS_FROZEN && (int)req->states[i] != CMS_CLAWED_BACK)
-            return fail_field(ctx, cm_arena_printf(a, "states[%zu]", i), "FROZEN or CLAWED_BACK");
+        if ((int)req->states[i] != CMS_FROZEN && (int)req->states[i] != CMS_PAYABLE &&
+            (int)req->states[i] != CMS_CLAWED_BACK)
+            return fail_field(ctx, cm_arena_printf(a, "states[%zu]", i),
+                              "FROZEN, PAYABLE or CLAWED_BACK");
         states |= 1u << req->states[i];
     }
     int64_t from = 0, to = 0;
@@ -619,11 +621,12 @@ static int get_channel_summary(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Prot
         m->next_rate_bps = (int32_t)pg.next_rate_bps;
     }
     m->frozen = cm_pb_money(a, s->frozen, cur);
+    m->payable = cm_pb_money(a, s->payable, cur);
     m->tier_schedule_id = cm_arena_strdup(a, s->sched.id);
     m->tier_schedule_revision = s->sched.revision;
     m->mode = (Commerce__Commission__V1__TierMode)s->sched.s.mode;
     if (!m->channel_id || !m->currency || !m->period_sales || !m->period_commission || !m->frozen ||
-        !m->tier_schedule_id || (pg.has_next && !m->sales_to_next_tier))
+        !m->payable || !m->tier_schedule_id || (pg.has_next && !m->sales_to_next_tier))
         return cm_rpc_fail_err(ctx, CM_ENOMEM, "summary");
     resp->summary = m;
     return 0;

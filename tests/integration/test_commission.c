@@ -255,6 +255,24 @@ static void refunded(st *s, const char *order_id, const char *event_id, const ch
     send_event(s, "commerce.events.v1.OrderRefunded", order_id, event_id, TENANT, &e.base);
 }
 
+static void completed(st *s, const char *order_id, const char *event_id, const char *channel,
+                      long long at_ms)
+{
+    Google__Protobuf__Timestamp at = GOOGLE__PROTOBUF__TIMESTAMP__INIT;
+    at.seconds = at_ms / 1000;
+    at.nanos = (int32_t)(at_ms % 1000) * 1000000;
+    Commerce__Order__V1__Order o = COMMERCE__ORDER__V1__ORDER__INIT;
+    o.order_id = (char *)order_id;
+    o.channel_id = (char *)channel;
+    Commerce__Events__V1__OrderCompleted e = COMMERCE__EVENTS__V1__ORDER_COMPLETED__INIT;
+    e.event_id = (char *)event_id;
+    e.tenant_id = TENANT;
+    e.occurred_at = &at;
+    e.order_id = (char *)order_id;
+    e.order = &o;
+    send_event(s, "commerce.events.v1.OrderCompleted", order_id, event_id, TENANT, &e.base);
+}
+
 static char *uuid(void)
 {
     static char ids[64][CM_ID_SIZE];
@@ -302,7 +320,8 @@ static long long comm_col(const st *s, const char *col, const char *order_id)
 }
 
 /* what a channel's period rows say, and what was posted to the channel:
- * commissions net of clawbacks plus adjustments */
+ * commissions net of clawbacks plus adjustments (a CLAWBACK adjustment
+ * nets a clawback from payouts, it is no posting of its own) */
 static long long posted(const st *s, const char *ch)
 {
     char q[512];
@@ -317,7 +336,7 @@ static long long earned(const st *s, const char *ch)
     snprintf(q, sizeof q,
              "SELECT (SELECT coalesce(sum(amount - clawed_back), 0) FROM commissions WHERE "
              "channel_id = '%s') + (SELECT coalesce(sum(amount), 0) FROM adjustments WHERE "
-             "channel_id = '%s')",
+             "channel_id = '%s' AND kind <> 3)",
              ch, ch);
     return sql(s, q);
 }
@@ -749,6 +768,153 @@ START_TEST(bad_input_is_named_and_tenants_are_apart)
 }
 END_TEST
 
+/* the CommissionPayable events read so far, of one order (NULL: all) */
+static int payable_events(st *s, const char *order_id)
+{
+    int n = 0;
+    for (size_t i = 0; i < hs_topic_count(s->events); i++) {
+        const hs_record *r = hs_topic_at(s->events, i);
+        if (strcmp(r->type, "commerce.events.v1.CommissionPayable") != 0)
+            continue;
+        Commerce__Events__V1__CommissionPayable *e =
+            commerce__events__v1__commission_payable__unpack(NULL, r->len, r->payload);
+        ck_assert_ptr_nonnull(e);
+        ck_assert_str_eq(e->channel_id, r->key);
+        ck_assert_int_eq(e->commission->state,
+                         COMMERCE__COMMISSION__V1__COMMISSION_STATE__COMMISSION_STATE_PAYABLE);
+        ck_assert_ptr_nonnull(e->commission->payable_at);
+        if (!order_id || strcmp(e->commission->order_id, order_id) == 0)
+            n++;
+        protobuf_c_message_free_unpacked(&e->base, NULL);
+    }
+    return n;
+}
+
+START_TEST(completed_past_the_window_is_payable_and_later_refunds_net_from_it)
+{
+    static const char *const env[] = {"COMMISSION_AFTER_SALE_DAYS=7", "COMMISSION_PAYABLE_MS=200",
+                                      NULL};
+    st_start_env(&S, "pay", env);
+    T0 = hs_real_ms() + 1000;
+    seed_sched m;
+    seed(&m, "marginal", MARGINAL);
+    cm_rpc_status stt;
+    ck_assert_int_eq(put_schedule(&S, "s-1", &m.s, 0, &stt), 0);
+    put_channel(&S, "par", ACTIVE, NULL, 0, "marginal");
+    put_channel(&S, "ch", ACTIVE, "par", 1000, "marginal");
+    char *o1 = uuid(), *o2 = uuid(), *o3 = uuid();
+    paid(&S, o1, uuid(), "ch", 1000000); /* 500.00 at 5 %, parent 50.00 */
+    paid(&S, o2, uuid(), "ch", 200000);  /* 160.00 at 8 %, parent 16.00 */
+    paid(&S, o3, uuid(), "ch", 100000);  /* 80.00 */
+    wait_for(&S, "SELECT count(*) FROM commissions WHERE state = 1", 3);
+    /* completed 8 days ago: past the window; 6 days ago: inside it; o3
+     * completes before its payment is seen again (the order is kept) */
+    long long now = hs_real_ms(), day = 86400000LL;
+    completed(&S, o1, uuid(), "ch", now - 8 * day);
+    completed(&S, o2, uuid(), "ch", now - 6 * day);
+    char q[256];
+    snprintf(q, sizeof q, "SELECT state FROM commissions WHERE order_id = '%s'", o1);
+    wait_for(&S, q, 2);
+    wait_for(&S, "SELECT count(*) FROM inbox", 5);
+    usleep(600 * 1000); /* three more ticks: o2 stays frozen */
+    ck_assert_int_eq(comm_col(&S, "state", o2), 1);
+    ck_assert_int_eq(comm_col(&S, "state", o3), 1);
+    ck_assert_int_eq(comm_col(&S, "payable_amount", o1), 50000);
+    ck_assert_int_eq(comm_col(&S, "(payable_at IS NOT NULL)::int", o1), 1);
+    /* the parent's share of o1 follows it; o2's stays frozen */
+    snprintf(q, sizeof q, "SELECT state FROM adjustments WHERE order_id = '%s'", o1);
+    ck_assert_int_eq(sql(&S, q), 2);
+    snprintf(q, sizeof q, "SELECT state FROM adjustments WHERE order_id = '%s'", o2);
+    ck_assert_int_eq(sql(&S, q), 1);
+    Commerce__Commission__V1__ChannelSummary *sum = summary(&S, "ch");
+    ck_assert_int_eq(sum->payable->amount_minor, 50000);
+    ck_assert_int_eq(sum->frozen->amount_minor, 16000 + 8000);
+    protobuf_c_message_free_unpacked(&sum->base, NULL);
+    sum = summary(&S, "par");
+    ck_assert_int_eq(sum->payable->amount_minor, 5000);
+    protobuf_c_message_free_unpacked(&sum->base, NULL);
+    /* one CommissionPayable for o1 */
+    for (int tries = 0; tries < 300 && payable_events(&S, o1) < 1; tries++)
+        hs_topic_next(S.events, 100);
+    ck_assert_int_eq(payable_events(&S, o1), 1);
+    /* a refund of 40 % of o1 after PAYABLE: the commission keeps its state
+     * and payable figure, the 200.00 clawed back is a negative payable
+     * item, and the parent's share follows (marginal: o1's refund also
+     * trues up the others' slices: the true-up is payable with o1 too) */
+    refunded(&S, o1, uuid(), "ch", "rf-1", 400000);
+    wait_for(&S, "SELECT count(*) FROM inbox", 6);
+    ck_assert_int_eq(comm_col(&S, "state", o1), 2);
+    ck_assert_int_eq(comm_col(&S, "clawed_back", o1), 20000);
+    ck_assert_int_eq(comm_col(&S, "payable_amount", o1), 50000);
+    snprintf(q, sizeof q,
+             "SELECT amount FROM adjustments WHERE order_id = '%s' AND kind = 3 AND state = 2 AND "
+             "refund_id = 'rf-1' AND channel_id = 'ch'",
+             o1);
+    ck_assert_int_eq(sql(&S, q), -20000);
+    snprintf(q, sizeof q,
+             "SELECT count(*) FROM adjustments WHERE order_id = '%s' AND refund_id = 'rf-1' AND "
+             "state <> 2",
+             o1);
+    ck_assert_int_eq(sql(&S, q), 0);
+    /* payable = what the channel earned on o1 net of its refund, plus the
+     * refund's true-up; the whole ledger still telescopes */
+    snprintf(q, sizeof q,
+             "SELECT 50000 + coalesce(sum(amount), 0) FROM adjustments WHERE channel_id = 'ch' "
+             "AND state = 2");
+    long long want = sql(&S, q);
+    sum = summary(&S, "ch");
+    ck_assert_int_eq(sum->payable->amount_minor, want);
+    ck_assert_int_eq(sum->payable->amount_minor + sum->frozen->amount_minor, posted(&S, "ch"));
+    protobuf_c_message_free_unpacked(&sum->base, NULL);
+    /* a full refund after PAYABLE keeps it PAYABLE with net 0 to pay */
+    refunded(&S, o1, uuid(), "ch", "rf-2", 600000);
+    wait_for(&S, "SELECT count(*) FROM inbox", 7);
+    ck_assert_int_eq(comm_col(&S, "state", o1), 2);
+    snprintf(q, sizeof q,
+             "SELECT sum(amount) FROM adjustments WHERE order_id = '%s' AND kind = 3 AND "
+             "channel_id = 'ch'",
+             o1);
+    ck_assert_int_eq(sql(&S, q), -50000);
+    st_stop(&S);
+}
+END_TEST
+
+START_TEST(two_replicas_make_each_commission_payable_once)
+{
+    static const char *const env[] = {"COMMISSION_AFTER_SALE_DAYS=0", "COMMISSION_PAYABLE_MS=100",
+                                      NULL};
+    st_start_env(&S, "pay2", env);
+    const char *env2[32];
+    hs_proc second;
+    hs_start(&second, COMMISSION_BIN, st_env(&S, env2, 32, env));
+    T0 = hs_real_ms() + 1000;
+    seed_sched m;
+    seed(&m, "marginal", MARGINAL);
+    cm_rpc_status stt;
+    ck_assert_int_eq(put_schedule(&S, "s-1", &m.s, 0, &stt), 0);
+    put_channel(&S, "ch", ACTIVE, NULL, 0, "marginal");
+    enum { N = 200 };
+    static char ids[N][CM_ID_SIZE];
+    for (int i = 0; i < N; i++) {
+        ck_assert_int_eq(cm_id_uuid7(ids[i]), 0);
+        paid(&S, ids[i], uuid(), "ch", 10000 + i);
+    }
+    /* completions trickle in while both replicas tick */
+    for (int i = 0; i < N; i++) {
+        completed(&S, ids[i], uuid(), "ch", hs_real_ms());
+        if (i % 50 == 0)
+            usleep(150 * 1000);
+    }
+    wait_for(&S, "SELECT count(*) FROM commissions WHERE state = 2", N);
+    ck_assert_uint_ge(hs_topic_read(S.events, 2 * N, 30000), 2 * N);
+    usleep(500 * 1000);
+    hs_topic_catch_up(S.events, 5000);
+    ck_assert_int_eq(payable_events(&S, NULL), N);
+    ck_assert_int_eq(hs_stop(&second, SIGTERM, 30000), 0);
+    st_stop(&S);
+}
+END_TEST
+
 START_TEST(kill_mid_batch_accrues_each_order_once)
 {
     st_start(&S, "kill");
@@ -813,6 +979,8 @@ int main(void)
     tcase_add_test(tc, suspended_or_unknown_channel_accrues_nothing);
     tcase_add_test(tc, bad_input_is_named_and_tenants_are_apart);
     tcase_add_test(tc, kill_mid_batch_accrues_each_order_once);
+    tcase_add_test(tc, completed_past_the_window_is_payable_and_later_refunds_net_from_it);
+    tcase_add_test(tc, two_replicas_make_each_commission_payable_once);
     suite_add_tcase(s, tc);
     return hs_run(s, 1);
 }
