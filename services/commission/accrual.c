@@ -7,6 +7,7 @@
 #include "cm_id.h"
 #include "cm_log.h"
 #include "cm_outbox.h"
+#include "cms_partner.h"
 #include "cm_park.h"
 #include "cms_domain.h"
 #include "cms_events.h"
@@ -92,7 +93,7 @@ static int grow(void **p, size_t *cap, size_t size)
 
 struct cms_accrual {
     int events_on;
-    char topic[256];
+    char topic[256], partner_topic[256];
     cm_histogram *lag;
     item *items;
     size_t nitems, citems;
@@ -116,13 +117,15 @@ struct cms_accrual {
     atomic_uint_fast64_t accrued, clawbacks, duplicates, skipped_n, parked, adjustments;
 };
 
-cms_accrual *cms_accrual_new(int events_on, const char *topic, cm_histogram *lag)
+cms_accrual *cms_accrual_new(int events_on, const char *topic, const char *partner_topic,
+                             cm_histogram *lag)
 {
     cms_accrual *a = calloc(1, sizeof *a);
     if (!a)
         return NULL;
     a->events_on = events_on;
     snprintf(a->topic, sizeof a->topic, "%s", topic);
+    snprintf(a->partner_topic, sizeof a->partner_topic, "%s", partner_topic);
     a->lag = lag;
     return a;
 }
@@ -733,6 +736,23 @@ static int add_event(cms_accrual *a, const char *tenant, const char *key, const 
     return e->event_id && e->tenant_id && e->key ? 0 : CM_ENOMEM;
 }
 
+/* the partner event of a commission; one the contract cannot carry (no
+ * brackets, a clawback of 0) is left out */
+static int add_partner(cms_accrual *a, const char *tenant, const char *type,
+                       const cms_commission *c, const char *refund_id, int64_t clawback,
+                       int64_t at_ms, const char *traceparent)
+{
+    if (!a->events_on)
+        return 0;
+    if (GROW(a->evs, a->nevs, a->cevs))
+        return CM_ENOMEM;
+    int rc = cms_partner_event(a->arena, a->partner_topic, type, tenant, c, refund_id, clawback,
+                               at_ms, traceparent, &a->evs[a->nevs]);
+    if (rc == 0)
+        a->nevs++;
+    return rc == CM_EINVAL ? 0 : rc;
+}
+
 /* an adjustment and its event. state: its order's commission's, FROZEN
  * or PAYABLE (an adjustment is payable with the order that caused it) */
 static int adjust(cms_accrual *a, const char *tenant, const char *channel, int kind, int state,
@@ -899,6 +919,9 @@ static int accrue(cms_accrual *a, item *it, int64_t at_ms)
         if (rc == 0)
             rc = add_event(a, it->tenant, c->channel, CMS_TYPE_ACCRUED, id, payload, len, at_ms,
                            it->traceparent);
+        if (rc == 0)
+            rc =
+                add_partner(a, it->tenant, CMS_PARTNER_ACCRUED, c, NULL, 0, at_ms, it->traceparent);
         if (rc)
             return rc;
     }
@@ -984,6 +1007,9 @@ static int apply_refund(cms_accrual *a, item *it, int64_t at_ms)
         if (rc == 0)
             rc = add_event(a, it->tenant, c->channel, CMS_TYPE_CLAWED_BACK, id, payload, len, at_ms,
                            it->traceparent);
+        if (rc == 0)
+            rc = add_partner(a, it->tenant, CMS_PARTNER_CLAWED_BACK, c, it->refund_id,
+                             -post.order_amount, at_ms, it->traceparent);
         if (rc)
             return rc;
     }

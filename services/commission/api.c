@@ -661,7 +661,9 @@ int cms_app_init(cm_service *svc, void **out, char *err, size_t errlen)
     app->lag = cm_metrics_histogram(m, "commission_accrual_lag_seconds",
                                     "from an order's paid_at to its commission's accrual", NULL,
                                     lag_bounds, sizeof lag_bounds / sizeof lag_bounds[0]);
-    app->accrual = cms_accrual_new(app->events_on, app->topic, app->lag);
+    snprintf(app->partner_topic, sizeof app->partner_topic, "%s",
+             cm_service_text(svc, "COMMISSION_PARTNER_TOPIC"));
+    app->accrual = cms_accrual_new(app->events_on, app->topic, app->partner_topic, app->lag);
     app->accrued = cm_metrics_counter(m, "commission_accrued_total",
                                       "paid orders whose commission accrued", NULL);
     app->clawbacks =

@@ -9,6 +9,7 @@
 #include "cm_service.h"
 #include "cms_api.h"
 #include "cms_events.h"
+#include "cms_partner.h"
 #include "cms_store.h"
 
 #include <stdio.h>
@@ -50,7 +51,7 @@ static int batch(cm_db *db, void *arg)
         return rc;
     int n = PQntuples(r);
     cm_arena *ar = n ? cm_arena_new(64 * 1024) : NULL;
-    cm_outbox_event *evs = n ? calloc((size_t)n, sizeof *evs) : NULL;
+    cm_outbox_event *evs = n ? calloc(2 * (size_t)n, sizeof *evs) : NULL;
     if (n && (!ar || !evs))
         rc = CM_ENOMEM;
     size_t nevs = 0;
@@ -78,6 +79,14 @@ static int batch(cm_db *db, void *arg)
                                             .payload = payload,
                                             .len = len,
                                             .occurred_at_ms = c.payable_ms};
+        if (rc == 0) {
+            rc = cms_partner_event(ar, x->app->partner_topic, CMS_PARTNER_PAYABLE, tenant, &c, NULL,
+                                   0, c.payable_ms, NULL, &evs[nevs]);
+            if (rc == 0)
+                nevs++;
+            else if (rc == CM_EINVAL)
+                rc = 0; /* no brackets: not for partners */
+        }
     }
     PQclear(r);
     if (rc == 0 && nevs)

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "cm_id.h"
@@ -31,8 +32,8 @@ static const cm_rpc_md md[1] = {{"x-tenant-id", TENANT}};
 static const cm_rpc_md md_other[1] = {{"x-tenant-id", TENANT "-other"}};
 
 typedef struct st {
-    char schema[64], otopic[128], ctopic[128], group[128];
-    char e[4][192];
+    char schema[64], otopic[128], ctopic[128], ptopic[128], group[128];
+    char e[5][192];
     hs_proc p;
     cm_rpc_client *c;
     hs_producer *prod;
@@ -44,7 +45,7 @@ static int seq;
 
 static const char *const *st_env(st *s, const char **env, size_t cap, const char *const *extra)
 {
-    const char *base[] = {s->e[0], s->e[1], s->e[2], s->e[3], NULL};
+    const char *base[] = {s->e[0], s->e[1], s->e[2], s->e[3], s->e[4], NULL};
     return hs_env_join(env, cap, base, extra);
 }
 
@@ -56,13 +57,16 @@ static void st_start_env(st *s, const char *tag, const char *const *extra)
     snprintf(s->schema, sizeof s->schema, "cms_%s_%d_%d", tag, pid, seq);
     snprintf(s->otopic, sizeof s->otopic, "commerce.order.v1.cms-%s-%d-%d", tag, pid, seq);
     snprintf(s->ctopic, sizeof s->ctopic, "commerce.commission.v1.%s-%d-%d", tag, pid, seq);
+    snprintf(s->ptopic, sizeof s->ptopic, "commerce.commission.partner.v1.%s-%d-%d", tag, pid, seq);
     snprintf(s->group, sizeof s->group, "commerce.commission.%s-%d-%d", tag, pid, seq);
     hs_kafka_create_topic(hs_kafka_brokers(), s->otopic, 2);
     hs_kafka_create_topic(hs_kafka_brokers(), s->ctopic, 2);
+    hs_kafka_create_topic(hs_kafka_brokers(), s->ptopic, 2);
     snprintf(s->e[0], sizeof s->e[0], "COMMISSION_SCHEMA=%s", s->schema);
     snprintf(s->e[1], sizeof s->e[1], "COMMISSION_ORDER_TOPIC=%s", s->otopic);
     snprintf(s->e[2], sizeof s->e[2], "COMMISSION_ORDER_GROUP=%s", s->group);
     snprintf(s->e[3], sizeof s->e[3], "COMMISSION_TOPIC=%s", s->ctopic);
+    snprintf(s->e[4], sizeof s->e[4], "COMMISSION_PARTNER_TOPIC=%s", s->ptopic);
     const char *env[32];
     hs_start(&s->p, COMMISSION_BIN, st_env(s, env, 32, extra));
     s->c = hs_client(&s->p, NULL);
@@ -84,6 +88,7 @@ static void st_stop(st *s)
                   s->p.log_path);
     hs_kafka_delete_topic(hs_kafka_brokers(), s->otopic);
     hs_kafka_delete_topic(hs_kafka_brokers(), s->ctopic);
+    hs_kafka_delete_topic(hs_kafka_brokers(), s->ptopic);
     hs_drop_schema(NULL, s->schema);
 }
 
@@ -279,6 +284,15 @@ static char *uuid(void)
     static int k;
     char *id = ids[k++ % 64];
     ck_assert_int_eq(cm_id_uuid7(id), 0);
+    return id;
+}
+
+/* an order id of the form the order service gives: a UUIDv8 (what the
+ * partner schema requires) */
+static char *order_uuid(void)
+{
+    char *id = uuid();
+    id[14] = '8';
     return id;
 }
 
@@ -790,6 +804,47 @@ static int payable_events(st *s, const char *order_id)
     return n;
 }
 
+/* the partner topic as a client that is not ours reads it (kcat), checked
+ * by the contract's validate.py: every record of channel valid against the
+ * schema and its invariants. returns how many records of channel carry
+ * each type: accrued, payable, clawed_back */
+static void partner_check(const st *s, const char *channel, int want[3])
+{
+    char out[] = "/tmp/test_commission_XXXXXX", cmd[2048];
+    int fd = mkstemp(out);
+    ck_assert_int_ge(fd, 0);
+    close(fd);
+    static const char *const types[] = {"accrued", "payable", "clawed_back"};
+    int have[3] = {0, 0, 0};
+    for (int tries = 0; tries < 100; tries++) {
+        snprintf(cmd, sizeof cmd, "kcat -C -b '%s' -t %s -o beginning -e -q -J > %s 2>/dev/null",
+                 hs_kafka_brokers(), s->ptopic, out);
+        ck_assert_msg(system(cmd) == 0, "%s failed", cmd);
+        int same = 1;
+        for (int k = 0; k < 3; k++) {
+            /* kcat -J escapes the value's quotes */
+            snprintf(cmd, sizeof cmd,
+                     "exit $(grep -F '\"key\":\"%s\"' %s | grep -oF "
+                     "'com.commerce.commission.v1.%s\\\"' | wc -l)",
+                     channel, out, types[k]);
+            int ws = system(cmd);
+            have[k] = WIFEXITED(ws) ? WEXITSTATUS(ws) : -1;
+            same = same && have[k] == want[k];
+        }
+        if (same)
+            break;
+        usleep(200 * 1000);
+    }
+    for (int k = 0; k < 3; k++)
+        ck_assert_msg(have[k] == want[k], "partner %s events: %d, want %d", types[k], have[k],
+                      want[k]);
+    snprintf(cmd, sizeof cmd, "/usr/bin/python3 %s/validate.py --records --key '%s' < %s",
+             PARTNER_DIR, channel, out);
+    int ws = system(cmd);
+    ck_assert_msg(WIFEXITED(ws) && WEXITSTATUS(ws) == 0, "validate.py rejected a record: %s", cmd);
+    unlink(out);
+}
+
 START_TEST(completed_past_the_window_is_payable_and_later_refunds_net_from_it)
 {
     static const char *const env[] = {"COMMISSION_AFTER_SALE_DAYS=7", "COMMISSION_PAYABLE_MS=200",
@@ -802,7 +857,7 @@ START_TEST(completed_past_the_window_is_payable_and_later_refunds_net_from_it)
     ck_assert_int_eq(put_schedule(&S, "s-1", &m.s, 0, &stt), 0);
     put_channel(&S, "par", ACTIVE, NULL, 0, "marginal");
     put_channel(&S, "ch", ACTIVE, "par", 1000, "marginal");
-    char *o1 = uuid(), *o2 = uuid(), *o3 = uuid();
+    char *o1 = order_uuid(), *o2 = order_uuid(), *o3 = order_uuid();
     paid(&S, o1, uuid(), "ch", 1000000); /* 500.00 at 5 %, parent 50.00 */
     paid(&S, o2, uuid(), "ch", 200000);  /* 160.00 at 8 %, parent 16.00 */
     paid(&S, o3, uuid(), "ch", 100000);  /* 80.00 */
@@ -875,6 +930,10 @@ START_TEST(completed_past_the_window_is_payable_and_later_refunds_net_from_it)
              "channel_id = 'ch'",
              o1);
     ck_assert_int_eq(sql(&S, q), -50000);
+    /* for partners: 3 accrued, 1 payable, 2 clawed back (of a PAYABLE
+     * commission), all valid against kafka/partner's schema */
+    int kinds[3] = {3, 1, 2};
+    partner_check(&S, "ch", kinds);
     st_stop(&S);
 }
 END_TEST
