@@ -262,8 +262,11 @@ static int on_completed(cm_db *db, const cm_event *ev)
     if (p->order && !*p->order->channel_id) {
         /* no channel: no commission */
     } else if (*tenant && cm_id_is_uuid(p->order_id) && p->occurred_at) {
+        /* the buyer's receipt as the order records it, else when the
+         * completion was recorded */
+        int64_t done = ts_ms(p->order ? p->order->completed_at : NULL);
         char at[24];
-        snprintf(at, sizeof at, "%lld", (long long)ts_ms(p->occurred_at));
+        snprintf(at, sizeof at, "%lld", (long long)(done ? done : ts_ms(p->occurred_at)));
         const char *prm[] = {tenant, p->order_id, at, ev->id};
         rc = cm_db_exec_prepared(db, "record completion", "cms_completed",
                                  "INSERT INTO completed_orders (tenant_id, order_id, completed_at, "

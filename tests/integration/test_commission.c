@@ -380,7 +380,7 @@ static Commerce__Commission__V1__ChannelSummary *summary(st *s, const char *ch)
 START_TEST(seed_table_to_the_minor_unit_in_both_modes)
 {
     st_start(&S, "seed");
-    T0 = hs_real_ms() + 1000;
+    T0 = hs_real_ms() + 3000; /* past the schedule put below, even under load */
     seed_sched m, w;
     seed(&m, "marginal", MARGINAL);
     seed(&w, "whole", WHOLE);
@@ -492,7 +492,7 @@ END_TEST
 START_TEST(threshold_crossed_and_uncrossed_trues_up_and_parent_shares_exactly)
 {
     st_start(&S, "trueup");
-    T0 = hs_real_ms() + 1000;
+    T0 = hs_real_ms() + 3000; /* past the schedule put below, even under load */
     seed_sched w;
     seed(&w, "whole", WHOLE);
     cm_rpc_status stt;
@@ -570,7 +570,7 @@ END_TEST
 START_TEST(duplicates_accrue_and_claw_back_once)
 {
     st_start(&S, "dup");
-    T0 = hs_real_ms() + 1000;
+    T0 = hs_real_ms() + 3000; /* past the schedule put below, even under load */
     seed_sched m;
     seed(&m, "marginal", MARGINAL);
     cm_rpc_status stt;
@@ -601,7 +601,7 @@ START_TEST(refund_before_its_payment_is_parked_then_applied)
     static const char *const env[] = {"COMMISSION_PARK_TIMEOUT_S=3", "COMMISSION_PARKER_MS=200",
                                       NULL};
     st_start_env(&S, "early", env);
-    T0 = hs_real_ms() + 1000;
+    T0 = hs_real_ms() + 3000; /* past the schedule put below, even under load */
     char dlq[160];
     snprintf(dlq, sizeof dlq, "%s.dlq", S.otopic);
     hs_kafka_create_topic(hs_kafka_brokers(), dlq, 1);
@@ -637,7 +637,7 @@ END_TEST
 START_TEST(suspended_or_unknown_channel_accrues_nothing)
 {
     st_start(&S, "susp");
-    T0 = hs_real_ms() + 1000;
+    T0 = hs_real_ms() + 3000; /* past the schedule put below, even under load */
     seed_sched m;
     seed(&m, "marginal", MARGINAL);
     m.s.n_channel_types = 3; /* assigned by type: the channels name none */
@@ -670,7 +670,7 @@ END_TEST
 START_TEST(bad_input_is_named_and_tenants_are_apart)
 {
     st_start(&S, "bad");
-    T0 = hs_real_ms() + 1000;
+    T0 = hs_real_ms() + 3000; /* past the schedule put below, even under load */
     seed_sched m;
     cm_rpc_status stt;
     /* tiers: not from 0, not increasing, a rate out of range, too many */
@@ -850,13 +850,15 @@ START_TEST(completed_past_the_window_is_payable_and_later_refunds_net_from_it)
     static const char *const env[] = {"COMMISSION_AFTER_SALE_DAYS=7", "COMMISSION_PAYABLE_MS=200",
                                       NULL};
     st_start_env(&S, "pay", env);
-    T0 = hs_real_ms() + 1000;
     seed_sched m;
     seed(&m, "marginal", MARGINAL);
     cm_rpc_status stt;
     ck_assert_int_eq(put_schedule(&S, "s-1", &m.s, 0, &stt), 0);
     put_channel(&S, "par", ACTIVE, NULL, 0, "marginal");
     put_channel(&S, "ch", ACTIVE, "par", 1000, "marginal");
+    /* after the schedule's effective_from by more than the second the
+     * summary's `at` is truncated to */
+    T0 = hs_real_ms() + 2000;
     char *o1 = order_uuid(), *o2 = order_uuid(), *o3 = order_uuid();
     paid(&S, o1, uuid(), "ch", 1000000); /* 500.00 at 5 %, parent 50.00 */
     paid(&S, o2, uuid(), "ch", 200000);  /* 160.00 at 8 %, parent 16.00 */
@@ -946,7 +948,7 @@ START_TEST(two_replicas_make_each_commission_payable_once)
     const char *env2[32];
     hs_proc second;
     hs_start(&second, COMMISSION_BIN, st_env(&S, env2, 32, env));
-    T0 = hs_real_ms() + 1000;
+    T0 = hs_real_ms() + 3000; /* past the schedule put below, even under load */
     seed_sched m;
     seed(&m, "marginal", MARGINAL);
     cm_rpc_status stt;
@@ -977,7 +979,7 @@ END_TEST
 START_TEST(kill_mid_batch_accrues_each_order_once)
 {
     st_start(&S, "kill");
-    T0 = hs_real_ms() + 1000;
+    T0 = hs_real_ms() + 3000; /* past the schedule put below, even under load */
     seed_sched w;
     seed(&w, "whole", WHOLE);
     cm_rpc_status stt;
