@@ -982,10 +982,10 @@ static int apply_refund(cms_accrual *a, item *it, int64_t at_ms)
                                           .clawback = -post.order_amount,
                                           .event_id = it->event_id,
                                           .fresh = 1};
-    /* after PAYABLE the commission keeps its state and payable figure; what
-     * the refund takes back is a negative CLAWBACK item, payable at once,
-     * netted from the channel's next payout */
-    int was = c->state == CMS_PAYABLE ? CMS_PAYABLE : CMS_FROZEN;
+    /* after PAYABLE (or SETTLED) the commission keeps its state and
+     * payable figure; what the refund takes back is a negative CLAWBACK
+     * item, payable at once, netted from the channel's next payout */
+    int was = c->state == CMS_PAYABLE || c->state == CMS_SETTLED ? CMS_PAYABLE : CMS_FROZEN;
     c->refunded += it->amount;
     c->clawed_back -= post.order_amount;
     c->clawed_ms = at_ms;

@@ -40,12 +40,15 @@ Commerce__Commission__V1__Commission *cms_pb_commission(cm_arena *a, const cms_c
     m->accrued_at = cm_pb_timestamp(a, c->accrued_ms);
     m->clawed_back_at = c->clawed_ms ? cm_pb_timestamp(a, c->clawed_ms) : NULL;
     m->payable_at = c->payable_ms ? cm_pb_timestamp(a, c->payable_ms) : NULL;
+    m->settled_at = c->settled_ms ? cm_pb_timestamp(a, c->settled_ms) : NULL;
+    m->payout_id = cm_arena_strdup(a, c->payout_id);
     m->parent_channel_id = cm_arena_strdup(a, c->parent);
     m->parent_override_bps = (int32_t)c->parent_bps;
     m->brackets = cm_arena_calloc(a, c->nb ? c->nb : 1, sizeof *m->brackets);
     if (!m->commission_id || !m->channel_id || !m->order_id || !m->merchant_id ||
         !m->order_amount || !m->period_sales_before || !m->amount || !m->clawed_back_amount ||
-        !m->net_amount || !m->tier_schedule_id || !m->parent_channel_id || !m->brackets)
+        !m->net_amount || !m->tier_schedule_id || !m->parent_channel_id || !m->brackets ||
+        !m->payout_id)
         return NULL;
     for (size_t k = 0; k < c->nb; k++) {
         Commerce__Commission__V1__BracketPortion *b = cm_arena_calloc(a, 1, sizeof *b);
@@ -81,8 +84,9 @@ Commerce__Commission__V1__Adjustment *cms_pb_adjustment(cm_arena *a, const cms_a
     m->posted_at = cm_pb_timestamp(a, x->posted_ms);
     m->state = (Commerce__Commission__V1__CommissionState)x->state;
     m->payable_at = x->payable_ms ? cm_pb_timestamp(a, x->payable_ms) : NULL;
+    m->payout_id = cm_arena_strdup(a, x->payout_id);
     return m->adjustment_id && m->channel_id && m->amount && m->order_id && m->child_channel_id &&
-                   m->refund_id
+                   m->refund_id && m->payout_id
                ? m
                : NULL;
 }
@@ -127,6 +131,21 @@ int cms_ev_pack_payable(cm_arena *a, const char *tenant, const char *event_id,
     return pack(a, &e.base, out, len);
 }
 
+int cms_ev_pack_settled(cm_arena *a, const char *tenant, const char *event_id,
+                        const cms_commission *c, const uint8_t **out, size_t *len)
+{
+    Commerce__Events__V1__CommissionSettled e = COMMERCE__EVENTS__V1__COMMISSION_SETTLED__INIT;
+    e.event_id = (char *)event_id;
+    e.tenant_id = (char *)tenant;
+    e.commission = cms_pb_commission(a, c);
+    if (!e.commission || !e.commission->settled_at)
+        return CM_ENOMEM;
+    e.occurred_at = e.commission->settled_at;
+    e.channel_id = e.commission->channel_id;
+    e.payout_id = e.commission->payout_id;
+    return pack(a, &e.base, out, len);
+}
+
 int cms_ev_pack_clawed_back(cm_arena *a, const char *tenant, const char *event_id,
                             const cms_commission *c, const char *refund_id, int64_t clawback,
                             const uint8_t **out, size_t *len)
@@ -138,6 +157,7 @@ int cms_ev_pack_clawed_back(cm_arena *a, const char *tenant, const char *event_i
     e.commission = cms_pb_commission(a, c);
     e.refund_id = cm_arena_strdup(a, refund_id);
     e.clawback_amount = cm_pb_money(a, clawback, c->currency);
+    e.after_settlement = c->state == CMS_SETTLED;
     if (!e.commission || !e.refund_id || !e.clawback_amount)
         return CM_ENOMEM;
     e.occurred_at = e.commission->clawed_back_at;

@@ -20,7 +20,8 @@ static const cm_knob knobs[] = {
     {"COMMISSION_TOPIC", CM_KNOB_TEXT, 0, 0, 0, "commerce.commission.v1",
      "where commission's events go (tests override it)"},
     {"COMMISSION_PARTNER_TOPIC", CM_KNOB_TEXT, 0, 0, 0, "commerce.commission.partner.v1",
-     "where the partners' cloudevents (accrued, payable, clawed back) go (tests override it)"},
+     "where the partners' cloudevents (accrued, payable, settled, clawed back) go (tests override "
+     "it)"},
     {"COMMISSION_CONSUME_ORDERS", CM_KNOB_ONOFF, 1, 0, 0, NULL,
      "consume order events (paid: accrue, refunded: claw back, completed: after-sale window)"},
     {"COMMISSION_ORDER_TOPIC", CM_KNOB_TEXT, 0, 0, 0, "commerce.order.v1",

@@ -19,6 +19,8 @@ static const char *state_name(int state)
         return "COMMISSION_STATE_FROZEN";
     case CMS_PAYABLE:
         return "COMMISSION_STATE_PAYABLE";
+    case CMS_SETTLED:
+        return "COMMISSION_STATE_SETTLED";
     case CMS_CLAWED_BACK:
         return "COMMISSION_STATE_CLAWED_BACK";
     default:
@@ -71,6 +73,10 @@ static json_t *commission(const cms_commission *c)
         "accrued_at", ts(c->accrued_ms));
     if (o && c->payable_ms && json_object_set_new(o, "payable_at", ts(c->payable_ms)) != 0)
         goto fail;
+    if (o && c->settled_ms && json_object_set_new(o, "settled_at", ts(c->settled_ms)) != 0)
+        goto fail;
+    if (o && c->payout_id[0] && json_object_set_new(o, "payout_id", json_string(c->payout_id)) != 0)
+        goto fail;
     if (o && c->clawed_ms && json_object_set_new(o, "clawed_back_at", ts(c->clawed_ms)) != 0)
         goto fail;
     return o;
@@ -97,13 +103,19 @@ int cms_partner_event(cm_arena *a, const char *topic, const char *type, const ch
                       int64_t at_ms, const char *traceparent, cm_outbox_event *out)
 {
     int clawed = strcmp(type, CMS_PARTNER_CLAWED_BACK) == 0;
-    if (!c->nb || (clawed && clawback <= 0))
+    int settled = strcmp(type, CMS_PARTNER_SETTLED) == 0;
+    if (!c->nb || (clawed && clawback <= 0) || (settled && !c->payout_id[0]))
         return CM_EINVAL;
     json_t *data = json_pack("{s:s, s:o}", "channel_id", c->channel, "commission", commission(c));
     if (data && clawed &&
         (json_object_set_new(data, "refund_id", json_string(refund_id)) != 0 ||
          json_object_set_new(data, "clawback_amount", money(clawback, c->currency)) != 0 ||
-         json_object_set_new(data, "after_settlement", json_false()) != 0)) {
+         json_object_set_new(data, "after_settlement",
+                             c->state == CMS_SETTLED ? json_true() : json_false()) != 0)) {
+        json_decref(data);
+        data = NULL;
+    }
+    if (data && settled && json_object_set_new(data, "payout_id", json_string(c->payout_id)) != 0) {
         json_decref(data);
         data = NULL;
     }

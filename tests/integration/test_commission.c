@@ -8,6 +8,7 @@
 #include "harness.h"
 
 #include <check.h>
+#include <grpc/status.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -806,22 +807,22 @@ static int payable_events(st *s, const char *order_id)
 
 /* the partner topic as a client that is not ours reads it (kcat), checked
  * by the contract's validate.py: every record of channel valid against the
- * schema and its invariants. returns how many records of channel carry
- * each type: accrued, payable, clawed_back */
-static void partner_check(const st *s, const char *channel, int want[3])
+ * schema and its invariants, and as many records of each type (accrued,
+ * payable, clawed_back, settled) as want says */
+static void partner_check(const st *s, const char *channel, int want[4])
 {
     char out[] = "/tmp/test_commission_XXXXXX", cmd[2048];
     int fd = mkstemp(out);
     ck_assert_int_ge(fd, 0);
     close(fd);
-    static const char *const types[] = {"accrued", "payable", "clawed_back"};
-    int have[3] = {0, 0, 0};
+    static const char *const types[] = {"accrued", "payable", "clawed_back", "settled"};
+    int have[4] = {0, 0, 0, 0};
     for (int tries = 0; tries < 100; tries++) {
         snprintf(cmd, sizeof cmd, "kcat -C -b '%s' -t %s -o beginning -e -q -J > %s 2>/dev/null",
                  hs_kafka_brokers(), s->ptopic, out);
         ck_assert_msg(system(cmd) == 0, "%s failed", cmd);
         int same = 1;
-        for (int k = 0; k < 3; k++) {
+        for (int k = 0; k < 4; k++) {
             /* kcat -J escapes the value's quotes */
             snprintf(cmd, sizeof cmd,
                      "exit $(grep -F '\"key\":\"%s\"' %s | grep -oF "
@@ -835,7 +836,7 @@ static void partner_check(const st *s, const char *channel, int want[3])
             break;
         usleep(200 * 1000);
     }
-    for (int k = 0; k < 3; k++)
+    for (int k = 0; k < 4; k++)
         ck_assert_msg(have[k] == want[k], "partner %s events: %d, want %d", types[k], have[k],
                       want[k]);
     snprintf(cmd, sizeof cmd, "/usr/bin/python3 %s/validate.py --records --key '%s' < %s",
@@ -934,7 +935,167 @@ START_TEST(completed_past_the_window_is_payable_and_later_refunds_net_from_it)
     ck_assert_int_eq(sql(&S, q), -50000);
     /* for partners: 3 accrued, 1 payable, 2 clawed back (of a PAYABLE
      * commission), all valid against kafka/partner's schema */
-    int kinds[3] = {3, 1, 2};
+    int kinds[4] = {3, 1, 2, 0};
+    partner_check(&S, "ch", kinds);
+    st_stop(&S);
+}
+END_TEST
+
+static int settle(st *s, const char *req_id, const char *ch,
+                  Commerce__Commission__V1__SettleCommissionsResponse **out, cm_rpc_status *stt)
+{
+    Commerce__Commission__V1__SettleCommissionsRequest r =
+        COMMERCE__COMMISSION__V1__SETTLE_COMMISSIONS_REQUEST__INIT;
+    r.request_id = (char *)req_id;
+    r.channel_id = (char *)ch;
+    r.currency = "CNY";
+    return hs_call(s->c, SVC "SettleCommissions", &r.base,
+                   &commerce__commission__v1__settle_commissions_response__descriptor,
+                   (ProtobufCMessage **)out, stt, md, 1);
+}
+
+static int report(st *s, const char *payout_id, int result,
+                  Commerce__Commission__V1__ReportPayoutResultResponse **out, cm_rpc_status *stt)
+{
+    Commerce__Commission__V1__ReportPayoutResultRequest r =
+        COMMERCE__COMMISSION__V1__REPORT_PAYOUT_RESULT_REQUEST__INIT;
+    r.payout_id = (char *)payout_id;
+    r.result = result;
+    r.provider_reference = "alipay-transfer-1";
+    r.failure_reason = "the channel's account was closed";
+    return hs_call(s->c, SVC "ReportPayoutResult", &r.base,
+                   &commerce__commission__v1__report_payout_result_response__descriptor,
+                   (ProtobufCMessage **)out, stt, md, 1);
+}
+
+#define PAID COMMERCE__COMMISSION__V1__PAYOUT_STATE__PAYOUT_STATE_PAID
+#define FAILED COMMERCE__COMMISSION__V1__PAYOUT_STATE__PAYOUT_STATE_FAILED
+#define PENDING COMMERCE__COMMISSION__V1__PAYOUT_STATE__PAYOUT_STATE_PENDING
+
+/* the net a payout of ch would pay now */
+static long long payable_now(const st *s, const char *ch)
+{
+    char q[512];
+    snprintf(q, sizeof q,
+             "SELECT (SELECT coalesce(sum(payable_amount), 0) FROM commissions WHERE channel_id = "
+             "'%s' AND state = 2 AND payout_id IS NULL) + (SELECT coalesce(sum(amount), 0) FROM "
+             "adjustments WHERE channel_id = '%s' AND state = 2 AND payout_id IS NULL)",
+             ch, ch);
+    return sql(s, q);
+}
+
+START_TEST(payouts_net_payables_and_clawbacks_after_settlement)
+{
+    static const char *const env[] = {"COMMISSION_AFTER_SALE_DAYS=0", "COMMISSION_PAYABLE_MS=100",
+                                      NULL};
+    st_start_env(&S, "payout", env);
+    seed_sched m;
+    seed(&m, "marginal", MARGINAL);
+    m.s.min_payout_minor = 10000; /* 100.00 */
+    cm_rpc_status stt;
+    ck_assert_int_eq(put_schedule(&S, "s-1", &m.s, 0, &stt), 0);
+    put_channel(&S, "ch", ACTIVE, NULL, 0, "marginal");
+    T0 = hs_real_ms() + 2000;
+    char *o1 = order_uuid(), *o2 = order_uuid(), *o3 = order_uuid();
+    paid(&S, o1, uuid(), "ch", 1000000); /* 500.00 */
+    paid(&S, o2, uuid(), "ch", 100000);  /* 80.00 (8 % from 10,000.00) */
+    wait_for(&S, "SELECT count(*) FROM commissions WHERE state = 1", 2);
+    /* only o2 payable: 80.00 is below the minimum of 100.00 */
+    completed(&S, o2, uuid(), "ch", hs_real_ms());
+    wait_for(&S, "SELECT count(*) FROM commissions WHERE state = 2", 1);
+    Commerce__Commission__V1__SettleCommissionsResponse *sr = NULL;
+    ck_assert_int_eq(settle(&S, "pay-1", "ch", &sr, &stt), 0);
+    ck_assert(sr->below_minimum);
+    ck_assert_ptr_null(sr->payout);
+    ck_assert_int_eq(sr->payable->amount_minor, 8000);
+    protobuf_c_message_free_unpacked(&sr->base, NULL);
+    ck_assert_int_eq(sql(&S, "SELECT count(*) FROM payouts"), 0);
+    /* o1 too: 580.00, one payout, idempotent by request_id */
+    completed(&S, o1, uuid(), "ch", hs_real_ms());
+    wait_for(&S, "SELECT count(*) FROM commissions WHERE state = 2", 2);
+    ck_assert_int_eq(settle(&S, "pay-2", "ch", &sr, &stt), 0);
+    ck_assert(!sr->below_minimum);
+    ck_assert_int_eq(sr->payout->amount->amount_minor, 58000);
+    ck_assert_int_eq(sr->payout->commissions, 2);
+    ck_assert_int_eq(sr->payout->state, PENDING);
+    char p1[CM_ID_SIZE];
+    snprintf(p1, sizeof p1, "%s", sr->payout->payout_id);
+    protobuf_c_message_free_unpacked(&sr->base, NULL);
+    ck_assert_int_eq(settle(&S, "pay-2", "ch", &sr, &stt), 0);
+    ck_assert_str_eq(sr->payout->payout_id, p1);
+    protobuf_c_message_free_unpacked(&sr->base, NULL);
+    ck_assert_int_eq(settle(&S, "pay-2", "other", &sr, &stt), GRPC_STATUS_ALREADY_EXISTS);
+    ck_assert_int_eq(settle(&S, "pay-3", "nobody", &sr, &stt), GRPC_STATUS_NOT_FOUND);
+    /* nothing left for another payout while it is pending */
+    ck_assert_int_eq(settle(&S, "pay-3", "ch", &sr, &stt), 0);
+    ck_assert(sr->below_minimum);
+    ck_assert_int_eq(sr->payable->amount_minor, 0);
+    protobuf_c_message_free_unpacked(&sr->base, NULL);
+    /* the transfer failed: the items are payable again */
+    Commerce__Commission__V1__ReportPayoutResultResponse *rr = NULL;
+    ck_assert_int_eq(report(&S, p1, FAILED, &rr, &stt), 0);
+    ck_assert_int_eq(rr->payout->state, FAILED);
+    protobuf_c_message_free_unpacked(&rr->base, NULL);
+    ck_assert_int_eq(report(&S, p1, PAID, &rr, &stt), GRPC_STATUS_FAILED_PRECONDITION);
+    ck_assert_int_eq(payable_now(&S, "ch"), 58000);
+    ck_assert_int_eq(settle(&S, "pay-4", "ch", &sr, &stt), 0);
+    ck_assert_int_eq(sr->payout->amount->amount_minor, 58000);
+    char p2[CM_ID_SIZE];
+    snprintf(p2, sizeof p2, "%s", sr->payout->payout_id);
+    protobuf_c_message_free_unpacked(&sr->base, NULL);
+    ck_assert_int_eq(report(&S, p2, PAID, &rr, &stt), 0);
+    ck_assert_int_eq(rr->payout->state, PAID);
+    ck_assert_str_eq(rr->payout->provider_reference, "alipay-transfer-1");
+    protobuf_c_message_free_unpacked(&rr->base, NULL);
+    ck_assert_int_eq(report(&S, p2, PAID, &rr, &stt), 0); /* again: as it is */
+    ck_assert_int_eq(rr->payout->state, PAID);
+    protobuf_c_message_free_unpacked(&rr->base, NULL);
+    ck_assert_int_eq(report(&S, p2, FAILED, &rr, &stt), GRPC_STATUS_FAILED_PRECONDITION);
+    ck_assert_int_eq(sql(&S, "SELECT count(*) FROM commissions WHERE state = 3 AND settled_at IS "
+                             "NOT NULL"),
+                     2);
+    /* o1 refunded by 40 % after settlement: 200.00 is owed by the channel
+     * (with the refund's true-up of o2's slice), netted from the next
+     * payout, never lost */
+    refunded(&S, o1, uuid(), "ch", "rf-1", 400000);
+    wait_for(&S, "SELECT count(*) FROM refunds_applied", 1);
+    ck_assert_int_eq(comm_col(&S, "state", o1), 3);
+    char q[256];
+    snprintf(q, sizeof q, "SELECT amount FROM adjustments WHERE order_id = '%s' AND kind = 3", o1);
+    ck_assert_int_eq(sql(&S, q), -20000);
+    long long owed = payable_now(&S, "ch");
+    ck_assert_int_lt(owed, 0);
+    ck_assert_int_eq(settle(&S, "pay-5", "ch", &sr, &stt), 0);
+    ck_assert(sr->below_minimum);
+    ck_assert_int_eq(sr->payable->amount_minor, owed);
+    protobuf_c_message_free_unpacked(&sr->base, NULL);
+    /* o3 pays it back: the next payout is o3's commission net of it */
+    paid(&S, o3, uuid(), "ch", 1000000);
+    wait_for(&S, "SELECT count(*) FROM commissions", 3);
+    completed(&S, o3, uuid(), "ch", hs_real_ms());
+    snprintf(q, sizeof q, "SELECT state FROM commissions WHERE order_id = '%s'", o3);
+    wait_for(&S, q, 2);
+    long long want = comm_col(&S, "payable_amount", o3) + owed;
+    ck_assert_int_eq(payable_now(&S, "ch"), want);
+    ck_assert_int_eq(settle(&S, "pay-6", "ch", &sr, &stt), 0);
+    ck_assert(!sr->below_minimum);
+    ck_assert_int_eq(sr->payout->amount->amount_minor, want);
+    ck_assert_int_eq(sr->payout->commissions, 1);
+    ck_assert_int_ge(sr->payout->adjustments, 1);
+    protobuf_c_message_free_unpacked(&sr->base, NULL);
+    /* the CommissionSettled events, and the partner topic: 3 accrued, 3
+     * payable, 2 settled, 1 clawed back after settlement */
+    ck_assert_uint_ge(hs_topic_read(S.events, 3, 30000), 3);
+    int settled = 0;
+    for (int tries = 0; tries < 100 && settled < 2; tries++) {
+        settled = 0;
+        hs_topic_next(S.events, 100);
+        for (size_t i = 0; i < hs_topic_count(S.events); i++)
+            settled +=
+                strcmp(hs_topic_at(S.events, i)->type, "commerce.events.v1.CommissionSettled") == 0;
+    }
+    ck_assert_int_eq(settled, 2);
+    int kinds[4] = {3, 3, 1, 2};
     partner_check(&S, "ch", kinds);
     st_stop(&S);
 }
@@ -1042,6 +1203,7 @@ int main(void)
     tcase_add_test(tc, kill_mid_batch_accrues_each_order_once);
     tcase_add_test(tc, completed_past_the_window_is_payable_and_later_refunds_net_from_it);
     tcase_add_test(tc, two_replicas_make_each_commission_payable_once);
+    tcase_add_test(tc, payouts_net_payables_and_clawbacks_after_settlement);
     suite_add_tcase(s, tc);
     return hs_run(s, 1);
 }
