@@ -158,7 +158,7 @@ typedef struct cms_summary_row {
     int64_t period_start_ms, period_end_ms;
     int64_t net_sales, orders;
     int64_t frozen;  /* commissions and adjustments FROZEN, in the currency */
-    int64_t payable; /* PAYABLE: commissions' payable_amount and adjustments */
+    int64_t payable; /* PAYABLE in no payout: commissions' payable_amount, adjustments */
 } cms_summary_row;
 
 /* the schedule the channel would use for an order paid at at_ms (its own,

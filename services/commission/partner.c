@@ -75,7 +75,9 @@ static json_t *commission(const cms_commission *c)
         goto fail;
     if (o && c->settled_ms && json_object_set_new(o, "settled_at", ts(c->settled_ms)) != 0)
         goto fail;
-    if (o && c->payout_id[0] && json_object_set_new(o, "payout_id", json_string(c->payout_id)) != 0)
+    /* the contract has payout_id once settled, not while a payout is pending */
+    if (o && c->settled_ms && c->payout_id[0] &&
+        json_object_set_new(o, "payout_id", json_string(c->payout_id)) != 0)
         goto fail;
     if (o && c->clawed_ms && json_object_set_new(o, "clawed_back_at", ts(c->clawed_ms)) != 0)
         goto fail;

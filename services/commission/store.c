@@ -598,8 +598,9 @@ int cms_store_summary(cm_db *db, const char *tenant, const cms_channel *ch, int6
         "coalesce(sum(amount), 0) FROM adjustments a WHERE a.tenant_id = $1 AND a.channel_id = $2 "
         "AND a.currency = s.currency AND a.state = 1), (SELECT coalesce(sum(payable_amount), 0) "
         "FROM commissions c WHERE c.tenant_id = $1 AND c.channel_id = $2 AND c.currency = "
-        "s.currency AND c.state = 2) + (SELECT coalesce(sum(amount), 0) FROM adjustments a WHERE "
-        "a.tenant_id = $1 AND a.channel_id = $2 AND a.currency = s.currency AND a.state = 2) "
+        "s.currency AND c.state = 2 AND c.payout_id IS NULL) + (SELECT coalesce(sum(amount), 0) "
+        "FROM adjustments a WHERE a.tenant_id = $1 AND a.channel_id = $2 AND a.currency = "
+        "s.currency AND a.state = 2 AND a.payout_id IS NULL) "
         "FROM p s",
         5, p, &r);
     if (rc)

@@ -10,9 +10,11 @@
  * the examples are hand-written; so the schema is also run against events
  * made from real orders: a commerce-order (with its commerce-inventory)
  * creates and takes payment for orders, and each becomes an accrued event
- * carrying that order's id, merchant, channel, amount and payment time, as
- * the commission service will write them. an order id is a name-based
- * UUIDv8, not the UUIDv7 the schema once required.
+ * carrying that order's id, merchant, channel, amount and payment time. an
+ * order id is a name-based UUIDv8, not the UUIDv7 the schema once
+ * required. and a running commerce-commission consumes such orders (paid,
+ * shipped, completed, refunded): what it writes to its partner topic
+ * itself is checked the same way.
  */
 #include "cm_cloudevents.h"
 #include "cm_db.h"
