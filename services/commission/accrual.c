@@ -7,6 +7,7 @@
 #include "cm_id.h"
 #include "cm_log.h"
 #include "cm_outbox.h"
+#include "cms_partner.h"
 #include "cm_park.h"
 #include "cms_domain.h"
 #include "cms_events.h"
@@ -92,7 +93,7 @@ static int grow(void **p, size_t *cap, size_t size)
 
 struct cms_accrual {
     int events_on;
-    char topic[256];
+    char topic[256], partner_topic[256];
     cm_histogram *lag;
     item *items;
     size_t nitems, citems;
@@ -116,13 +117,15 @@ struct cms_accrual {
     atomic_uint_fast64_t accrued, clawbacks, duplicates, skipped_n, parked, adjustments;
 };
 
-cms_accrual *cms_accrual_new(int events_on, const char *topic, cm_histogram *lag)
+cms_accrual *cms_accrual_new(int events_on, const char *topic, const char *partner_topic,
+                             cm_histogram *lag)
 {
     cms_accrual *a = calloc(1, sizeof *a);
     if (!a)
         return NULL;
     a->events_on = events_on;
     snprintf(a->topic, sizeof a->topic, "%s", topic);
+    snprintf(a->partner_topic, sizeof a->partner_topic, "%s", partner_topic);
     a->lag = lag;
     return a;
 }
@@ -733,8 +736,26 @@ static int add_event(cms_accrual *a, const char *tenant, const char *key, const 
     return e->event_id && e->tenant_id && e->key ? 0 : CM_ENOMEM;
 }
 
-/* an adjustment and its event */
-static int adjust(cms_accrual *a, const char *tenant, const char *channel, int kind,
+/* the partner event of a commission; one the contract cannot carry (no
+ * brackets, a clawback of 0) is left out */
+static int add_partner(cms_accrual *a, const char *tenant, const char *type,
+                       const cms_commission *c, const char *refund_id, int64_t clawback,
+                       int64_t at_ms, const char *traceparent)
+{
+    if (!a->events_on)
+        return 0;
+    if (GROW(a->evs, a->nevs, a->cevs))
+        return CM_ENOMEM;
+    int rc = cms_partner_event(a->arena, a->partner_topic, type, tenant, c, refund_id, clawback,
+                               at_ms, traceparent, &a->evs[a->nevs]);
+    if (rc == 0)
+        a->nevs++;
+    return rc == CM_EINVAL ? 0 : rc;
+}
+
+/* an adjustment and its event. state: its order's commission's, FROZEN
+ * or PAYABLE (an adjustment is payable with the order that caused it) */
+static int adjust(cms_accrual *a, const char *tenant, const char *channel, int kind, int state,
                   const char *currency, int64_t amount, const char *order_id, const char *refund_id,
                   const char *child, int64_t start_ms, int64_t at_ms, const char *traceparent)
 {
@@ -763,6 +784,8 @@ static int adjust(cms_accrual *a, const char *tenant, const char *channel, int k
     snprintf(x->child, sizeof x->child, "%s", child ? child : "");
     x->period_start_ms = start_ms;
     x->posted_ms = at_ms;
+    x->state = state == CMS_PAYABLE ? CMS_PAYABLE : CMS_FROZEN;
+    x->payable_ms = x->state == CMS_PAYABLE ? at_ms : 0;
     a->adj_tenants[a->nadjs] = tenant;
     a->nadjs++;
     if (!a->events_on)
@@ -779,8 +802,9 @@ static int adjust(cms_accrual *a, const char *tenant, const char *channel, int k
 }
 
 /* the parent's share of a child's posting of delta */
-static int parent_share(cms_accrual *a, const char *tenant, const cms_commission *c, int64_t delta,
-                        const char *refund_id, int64_t at_ms, const char *traceparent)
+static int parent_share(cms_accrual *a, const char *tenant, const cms_commission *c, int state,
+                        int64_t delta, const char *refund_id, int64_t at_ms,
+                        const char *traceparent)
 {
     if (!c->parent[0] || c->parent_bps <= 0 || !delta)
         return 0;
@@ -794,8 +818,8 @@ static int parent_share(cms_accrual *a, const char *tenant, const cms_commission
     q->base += delta;
     q->posted += share;
     q->dirty = 1;
-    return adjust(a, tenant, c->parent, CMS_ADJ_PARENT_SHARE, c->currency, share, c->order_id,
-                  refund_id, c->channel, c->period_start_ms, at_ms, traceparent);
+    return adjust(a, tenant, c->parent, CMS_ADJ_PARENT_SHARE, state, c->currency, share,
+                  c->order_id, refund_id, c->channel, c->period_start_ms, at_ms, traceparent);
 }
 
 static int skip(cms_accrual *a, item *it, const char *reason)
@@ -895,13 +919,16 @@ static int accrue(cms_accrual *a, item *it, int64_t at_ms)
         if (rc == 0)
             rc = add_event(a, it->tenant, c->channel, CMS_TYPE_ACCRUED, id, payload, len, at_ms,
                            it->traceparent);
+        if (rc == 0)
+            rc =
+                add_partner(a, it->tenant, CMS_PARTNER_ACCRUED, c, NULL, 0, at_ms, it->traceparent);
         if (rc)
             return rc;
     }
-    rc = adjust(a, it->tenant, c->channel, CMS_ADJ_TRUE_UP, c->currency, post.true_up, c->order_id,
-                NULL, NULL, c->period_start_ms, at_ms, it->traceparent);
+    rc = adjust(a, it->tenant, c->channel, CMS_ADJ_TRUE_UP, CMS_FROZEN, c->currency, post.true_up,
+                c->order_id, NULL, NULL, c->period_start_ms, at_ms, it->traceparent);
     if (rc == 0)
-        rc = parent_share(a, it->tenant, c, post.total, NULL, at_ms, it->traceparent);
+        rc = parent_share(a, it->tenant, c, CMS_FROZEN, post.total, NULL, at_ms, it->traceparent);
     /* the refunds that waited for this payment (parked earlier, or earlier
      * in this batch), in the order they came */
     for (size_t i = 0; rc == 0 && i < a->nitems; i++) {
@@ -955,10 +982,14 @@ static int apply_refund(cms_accrual *a, item *it, int64_t at_ms)
                                           .clawback = -post.order_amount,
                                           .event_id = it->event_id,
                                           .fresh = 1};
+    /* after PAYABLE (or SETTLED) the commission keeps its state and
+     * payable figure; what the refund takes back is a negative CLAWBACK
+     * item, payable at once, netted from the channel's next payout */
+    int was = c->state == CMS_PAYABLE || c->state == CMS_SETTLED ? CMS_PAYABLE : CMS_FROZEN;
     c->refunded += it->amount;
     c->clawed_back -= post.order_amount;
     c->clawed_ms = at_ms;
-    if (c->refunded == c->order_amount)
+    if (c->refunded == c->order_amount && was == CMS_FROZEN)
         c->state = CMS_CLAWED_BACK;
     m->dirty = 1;
     p->net_sales = post.sales_after;
@@ -976,13 +1007,21 @@ static int apply_refund(cms_accrual *a, item *it, int64_t at_ms)
         if (rc == 0)
             rc = add_event(a, it->tenant, c->channel, CMS_TYPE_CLAWED_BACK, id, payload, len, at_ms,
                            it->traceparent);
+        if (rc == 0)
+            rc = add_partner(a, it->tenant, CMS_PARTNER_CLAWED_BACK, c, it->refund_id,
+                             -post.order_amount, at_ms, it->traceparent);
         if (rc)
             return rc;
     }
-    rc = adjust(a, it->tenant, c->channel, CMS_ADJ_TRUE_UP, c->currency, post.true_up, c->order_id,
-                it->refund_id, NULL, c->period_start_ms, at_ms, it->traceparent);
+    if (was == CMS_PAYABLE)
+        rc =
+            adjust(a, it->tenant, c->channel, CMS_ADJ_CLAWBACK, was, c->currency, post.order_amount,
+                   c->order_id, it->refund_id, NULL, c->period_start_ms, at_ms, it->traceparent);
     if (rc == 0)
-        rc = parent_share(a, it->tenant, c, post.total, it->refund_id, at_ms, it->traceparent);
+        rc = adjust(a, it->tenant, c->channel, CMS_ADJ_TRUE_UP, was, c->currency, post.true_up,
+                    c->order_id, it->refund_id, NULL, c->period_start_ms, at_ms, it->traceparent);
+    if (rc == 0)
+        rc = parent_share(a, it->tenant, c, was, post.total, it->refund_id, at_ms, it->traceparent);
     return rc;
 }
 
@@ -1212,8 +1251,8 @@ static int write_rows(cms_accrual *a, cm_db *db)
         return rc;
     /* adjustments */
     if (a->nadjs) {
-        cm_buf e[11] = {{0}};
-        for (int k = 0; k < 11; k++)
+        cm_buf e[12] = {{0}};
+        for (int k = 0; k < 12; k++)
             cm_buf_array_begin(&e[k]);
         for (size_t i = 0; i < a->nadjs; i++) {
             const cms_adjustment *x = &a->adjs[i];
@@ -1228,27 +1267,29 @@ static int write_rows(cms_accrual *a, cm_db *db)
             cm_buf_array_text(&e[8], x->child);
             cm_buf_array_int(&e[9], x->period_start_ms);
             cm_buf_array_int(&e[10], x->posted_ms);
+            cm_buf_array_int(&e[11], x->state);
         }
-        for (int k = 0; k < 11; k++) {
+        for (int k = 0; k < 12; k++) {
             cm_buf_array_end(&e[k]);
             if (e[k].oom)
                 rc = CM_ENOMEM;
         }
-        const char *p[11];
-        for (int k = 0; k < 11; k++)
+        const char *p[12];
+        for (int k = 0; k < 12; k++)
             p[k] = e[k].p;
         if (rc == 0)
             rc = cm_db_exec_prepared(
                 db, "insert adjustments", "cms_insert_adjs",
                 "INSERT INTO adjustments (adjustment_id, tenant_id, channel_id, kind, currency, "
-                "amount, order_id, refund_id, child_id, period_start, posted_at) SELECT "
-                "u.id::uuid, u.t, u.c, u.k, u.cur, u.a, u.o::uuid, u.rf, u.ch, to_timestamp(u.ps "
-                "/ 1000.0), to_timestamp(u.at / 1000.0) FROM unnest($1::text[], $2::text[], "
+                "amount, order_id, refund_id, child_id, period_start, posted_at, state, "
+                "payable_at) SELECT u.id::uuid, u.t, u.c, u.k, u.cur, u.a, u.o::uuid, u.rf, u.ch, "
+                "to_timestamp(u.ps / 1000.0), to_timestamp(u.at / 1000.0), u.st, CASE WHEN u.st = "
+                "2 THEN to_timestamp(u.at / 1000.0) END FROM unnest($1::text[], $2::text[], "
                 "$3::text[], $4::int[], $5::text[], $6::bigint[], $7::text[], $8::text[], "
-                "$9::text[], $10::bigint[], $11::bigint[]) AS u(id, t, c, k, cur, a, o, rf, ch, "
-                "ps, at)",
-                11, p, NULL, NULL, NULL);
-        for (int k = 0; k < 11; k++)
+                "$9::text[], $10::bigint[], $11::bigint[], $12::int[]) AS u(id, t, c, k, cur, a, "
+                "o, rf, ch, ps, at, st)",
+                12, p, NULL, NULL, NULL);
+        for (int k = 0; k < 12; k++)
             cm_buf_free(&e[k]);
         if (rc)
             return rc;

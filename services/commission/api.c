@@ -11,6 +11,7 @@
 #include "cm_utf8.h"
 #include "cms_domain.h"
 #include "cms_events.h"
+#include "cms_payout.h"
 #include "cms_store.h"
 
 #include <grpc/status.h>
@@ -474,8 +475,9 @@ static int list_commissions(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Protobu
         return fail_field(ctx, "order_id", "a UUID, or empty for any");
     unsigned states = 0;
     for (size_t i = 0; i < req->n_states; i++) {
-        if ((int)req->states[i] != CMS_FROZEN && (int)req->states[i] != CMS_CLAWED_BACK)
-            return fail_field(ctx, cm_arena_printf(a, "states[%zu]", i), "FROZEN or CLAWED_BACK");
+        if ((int)req->states[i] < CMS_FROZEN || (int)req->states[i] > CMS_CLAWED_BACK)
+            return fail_field(ctx, cm_arena_printf(a, "states[%zu]", i),
+                              "FROZEN, PAYABLE, SETTLED or CLAWED_BACK");
         states |= 1u << req->states[i];
     }
     int64_t from = 0, to = 0;
@@ -619,14 +621,133 @@ static int get_channel_summary(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Prot
         m->next_rate_bps = (int32_t)pg.next_rate_bps;
     }
     m->frozen = cm_pb_money(a, s->frozen, cur);
+    m->payable = cm_pb_money(a, s->payable, cur);
     m->tier_schedule_id = cm_arena_strdup(a, s->sched.id);
     m->tier_schedule_revision = s->sched.revision;
     m->mode = (Commerce__Commission__V1__TierMode)s->sched.s.mode;
     if (!m->channel_id || !m->currency || !m->period_sales || !m->period_commission || !m->frozen ||
-        !m->tier_schedule_id || (pg.has_next && !m->sales_to_next_tier))
+        !m->payable || !m->tier_schedule_id || (pg.has_next && !m->sales_to_next_tier))
         return cm_rpc_fail_err(ctx, CM_ENOMEM, "summary");
     resp->summary = m;
     return 0;
+}
+
+/* ---- payouts ---- */
+
+static Commerce__Commission__V1__Payout *pb_payout(cm_arena *a, const cms_payout *p)
+{
+    Commerce__Commission__V1__Payout *m = cm_arena_calloc(a, 1, sizeof *m);
+    if (!m)
+        return NULL;
+    commerce__commission__v1__payout__init(m);
+    m->payout_id = cm_arena_strdup(a, p->id);
+    m->channel_id = cm_arena_strdup(a, p->channel);
+    m->state = (Commerce__Commission__V1__PayoutState)p->state;
+    m->amount = cm_pb_money(a, p->amount, p->currency);
+    m->commissions = p->commissions;
+    m->adjustments = p->adjustments;
+    m->request_id = cm_arena_strdup(a, p->request_id);
+    m->created_at = cm_pb_timestamp(a, p->created_ms);
+    m->reported_at = p->reported_ms ? cm_pb_timestamp(a, p->reported_ms) : NULL;
+    m->provider_reference = cm_arena_strdup(a, p->reference);
+    m->failure_reason = cm_arena_strdup(a, p->reason);
+    return m->payout_id && m->channel_id && m->amount && m->request_id && m->created_at &&
+                   m->provider_reference && m->failure_reason
+               ? m
+               : NULL;
+}
+
+static int settle_commissions(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    const Commerce__Commission__V1__SettleCommissionsRequest *req = (const void *)in;
+    Commerce__Commission__V1__SettleCommissionsResponse *resp = (void *)out;
+    cm_arena *a = cm_rpc_ctx_arena(ctx);
+    if (cm_rpc_require_role(ctx, "admin"))
+        return -1;
+    if (!valid_key(req->request_id))
+        return fail_field(ctx, "request_id", "required: " KEY_RULE);
+    if (!valid_key(req->channel_id))
+        return fail_field(ctx, "channel_id", "required: " KEY_RULE);
+    if (!cm_money_currency_valid(req->currency))
+        return fail_field(ctx, "currency", "required: an ISO-4217 code");
+    cms_payout *p = cm_rpc_alloc(ctx, sizeof *p);
+    if (!p)
+        return cm_rpc_fail_err(ctx, CM_ENOMEM, "payout");
+    int64_t payable = 0;
+    int verdict = 0;
+    const char *tenant = cm_rpc_ctx_tenant(ctx);
+    int rc = cms_payout_settle(cm_service_db(ctx), cm_service_app(ctx), tenant, req->request_id,
+                               req->channel_id, req->currency, p, &payable, &verdict);
+    if (rc)
+        return cm_rpc_fail_err(ctx, rc, "could not settle the channel");
+    if (verdict == CMS_NO_REF)
+        return cm_rpc_fail_not_found(ctx, "channel");
+    if (verdict == CMS_KEY_REUSED)
+        return cm_rpc_fail_key_reused(ctx, "request_id");
+    if (verdict == CMS_BELOW_MINIMUM) {
+        resp->below_minimum = 1;
+        resp->payable = cm_pb_money(a, payable, req->currency);
+        return resp->payable ? 0 : cm_rpc_fail_err(ctx, CM_ENOMEM, "payout");
+    }
+    if (verdict == CMS_OK)
+        cm_log_info("payout made", "tenant", tenant, "channel_id", p->channel, "payout_id", p->id,
+                    "amount", num(a, p->amount), NULL);
+    resp->payout = pb_payout(a, p);
+    return resp->payout ? 0 : cm_rpc_fail_err(ctx, CM_ENOMEM, "payout");
+}
+
+static int get_payout(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    const Commerce__Commission__V1__GetPayoutRequest *req = (const void *)in;
+    Commerce__Commission__V1__GetPayoutResponse *resp = (void *)out;
+    if (!cm_id_is_uuid(req->payout_id))
+        return fail_field(ctx, "payout_id", "required: a UUID");
+    cms_payout *p = cm_rpc_alloc(ctx, sizeof *p);
+    if (!p)
+        return cm_rpc_fail_err(ctx, CM_ENOMEM, "payout");
+    int rc = cms_payout_get(cm_service_db(ctx), cm_rpc_ctx_tenant(ctx), req->payout_id, p);
+    if (rc == CM_ENOTFOUND)
+        return cm_rpc_fail_not_found(ctx, "payout");
+    if (rc)
+        return cm_rpc_fail_err(ctx, rc, "could not read the payout");
+    resp->payout = pb_payout(cm_rpc_ctx_arena(ctx), p);
+    return resp->payout ? 0 : cm_rpc_fail_err(ctx, CM_ENOMEM, "payout");
+}
+
+static int report_payout_result(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    const Commerce__Commission__V1__ReportPayoutResultRequest *req = (const void *)in;
+    Commerce__Commission__V1__ReportPayoutResultResponse *resp = (void *)out;
+    if (cm_rpc_require_role(ctx, "admin"))
+        return -1;
+    if (!cm_id_is_uuid(req->payout_id))
+        return fail_field(ctx, "payout_id", "required: a UUID");
+    int result = (int)req->result;
+    if (result != CMS_PAYOUT_PAID && result != CMS_PAYOUT_FAILED)
+        return fail_field(ctx, "result", "required: PAID or FAILED");
+    if (result == CMS_PAYOUT_PAID && !cm_utf8_text_valid(req->provider_reference, CMS_REF_MAX, 1))
+        return fail_field(ctx, "provider_reference", "required with PAID: 1-128 characters");
+    if (result == CMS_PAYOUT_FAILED && !cm_utf8_text_valid(req->failure_reason, CMS_REASON_MAX, 1))
+        return fail_field(ctx, "failure_reason", "required with FAILED: 1-256 characters");
+    cms_payout *p = cm_rpc_alloc(ctx, sizeof *p);
+    if (!p)
+        return cm_rpc_fail_err(ctx, CM_ENOMEM, "payout");
+    int verdict = 0;
+    const char *tenant = cm_rpc_ctx_tenant(ctx);
+    int rc = cms_payout_report(cm_service_db(ctx), cm_service_app(ctx), tenant, req->payout_id,
+                               result, req->provider_reference, req->failure_reason, p, &verdict);
+    if (rc == CM_ENOTFOUND)
+        return cm_rpc_fail_not_found(ctx, "payout");
+    if (rc)
+        return cm_rpc_fail_err(ctx, rc, "could not record the payout result");
+    if (verdict == CMS_ILLEGAL)
+        return cm_rpc_fail(ctx, GRPC_STATUS_FAILED_PRECONDITION, "ILLEGAL_STATE_TRANSITION",
+                           "another result was reported for the payout already");
+    if (verdict == CMS_OK)
+        cm_log_info("payout result", "tenant", tenant, "payout_id", p->id, "state",
+                    result == CMS_PAYOUT_PAID ? "paid" : "failed", NULL);
+    resp->payout = pb_payout(cm_rpc_ctx_arena(ctx), p);
+    return resp->payout ? 0 : cm_rpc_fail_err(ctx, CM_ENOMEM, "payout");
 }
 
 const cm_rpc_method cms_methods[] = {
@@ -639,6 +760,9 @@ const cm_rpc_method cms_methods[] = {
     {"ListCommissions", list_commissions, 0},
     {"GetChannelSummary", get_channel_summary, 0},
     {"ListAdjustments", list_adjustments, 0},
+    {"SettleCommissions", settle_commissions, 0},
+    {"GetPayout", get_payout, 0},
+    {"ReportPayoutResult", report_payout_result, 0},
 };
 const size_t cms_methods_count = sizeof cms_methods / sizeof cms_methods[0];
 
@@ -658,7 +782,9 @@ int cms_app_init(cm_service *svc, void **out, char *err, size_t errlen)
     app->lag = cm_metrics_histogram(m, "commission_accrual_lag_seconds",
                                     "from an order's paid_at to its commission's accrual", NULL,
                                     lag_bounds, sizeof lag_bounds / sizeof lag_bounds[0]);
-    app->accrual = cms_accrual_new(app->events_on, app->topic, app->lag);
+    snprintf(app->partner_topic, sizeof app->partner_topic, "%s",
+             cm_service_text(svc, "COMMISSION_PARTNER_TOPIC"));
+    app->accrual = cms_accrual_new(app->events_on, app->topic, app->partner_topic, app->lag);
     app->accrued = cm_metrics_counter(m, "commission_accrued_total",
                                       "paid orders whose commission accrued", NULL);
     app->clawbacks =

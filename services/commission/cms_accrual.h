@@ -31,9 +31,12 @@
 
 typedef struct cms_accrual cms_accrual;
 
-/* topic: where the events go (events_on); lag (may be NULL): observes,
- * per accrual, the seconds from the order's paid_at to its posting */
-cms_accrual *cms_accrual_new(int events_on, const char *topic, cm_histogram *lag);
+/* topic: where the events go (events_on), partner_topic: where their
+ * cloudevents for partners go (cms_partner.h); lag (may be NULL):
+ * observes, per accrual, the seconds from the order's paid_at to its
+ * posting */
+cms_accrual *cms_accrual_new(int events_on, const char *topic, const char *partner_topic,
+                             cm_histogram *lag);
 void cms_accrual_free(cms_accrual *a);
 
 /* a transaction attempt starts: drop what an earlier attempt staged */

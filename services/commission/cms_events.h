@@ -1,8 +1,8 @@
 /*
  * cms_events: commission's side of kafka. consumes the order events
- * (OrderPaid, OrderRefunded) into the accrual, and packs the events it
- * publishes (CommissionAccrued, CommissionClawedBack, CommissionAdjusted)
- * for the outbox.
+ * (OrderPaid, OrderRefunded) into the accrual and records OrderCompleted,
+ * and packs the events it publishes (CommissionAccrued, CommissionPayable,
+ * CommissionClawedBack, CommissionAdjusted) for the outbox.
  */
 #ifndef CMS_EVENTS_H
 #define CMS_EVENTS_H
@@ -20,6 +20,8 @@
 #define CMS_TYPE_ACCRUED "commerce.events.v1.CommissionAccrued"
 #define CMS_TYPE_CLAWED_BACK "commerce.events.v1.CommissionClawedBack"
 #define CMS_TYPE_ADJUSTED "commerce.events.v1.CommissionAdjusted"
+#define CMS_TYPE_PAYABLE "commerce.events.v1.CommissionPayable"
+#define CMS_TYPE_SETTLED "commerce.events.v1.CommissionSettled"
 
 /* the protos of a commission, an adjustment and a schedule (in a); NULL
  * when out of memory */
@@ -28,6 +30,10 @@ Commerce__Commission__V1__Adjustment *cms_pb_adjustment(cm_arena *a, const cms_a
 
 /* pack the events into a. 0 or CM_ENOMEM. */
 int cms_ev_pack_accrued(cm_arena *a, const char *tenant, const char *event_id,
+                        const cms_commission *c, const uint8_t **out, size_t *len);
+int cms_ev_pack_payable(cm_arena *a, const char *tenant, const char *event_id,
+                        const cms_commission *c, const uint8_t **out, size_t *len);
+int cms_ev_pack_settled(cm_arena *a, const char *tenant, const char *event_id,
                         const cms_commission *c, const uint8_t **out, size_t *len);
 int cms_ev_pack_clawed_back(cm_arena *a, const char *tenant, const char *event_id,
                             const cms_commission *c, const char *refund_id, int64_t clawback,

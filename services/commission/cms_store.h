@@ -25,8 +25,9 @@
 enum { CMS_CHANNEL_ACTIVE = 1, CMS_CHANNEL_SUSPENDED = 2 };
 enum { CMS_PERIOD_WEEK = 1, CMS_PERIOD_MONTH = 2, CMS_PERIOD_QUARTER = 3, CMS_PERIOD_YEAR = 4 };
 enum { CMS_PAYER_MERCHANT = 1, CMS_PAYER_PLATFORM = 2 };
-enum { CMS_FROZEN = 1, CMS_CLAWED_BACK = 4 };
-enum { CMS_ADJ_TRUE_UP = 1, CMS_ADJ_PARENT_SHARE = 2 };
+enum { CMS_FROZEN = 1, CMS_PAYABLE = 2, CMS_SETTLED = 3, CMS_CLAWED_BACK = 4 };
+enum { CMS_PAYOUT_PENDING = 1, CMS_PAYOUT_PAID = 2, CMS_PAYOUT_FAILED = 3 };
+enum { CMS_ADJ_TRUE_UP = 1, CMS_ADJ_PARENT_SHARE = 2, CMS_ADJ_CLAWBACK = 3 };
 /* verdicts of idempotent writes */
 enum {
     CMS_OK = 0,
@@ -34,7 +35,9 @@ enum {
     CMS_KEY_REUSED = 2,
     CMS_VERSION = 3,
     CMS_NO_REF = 4,
-    CMS_LEVELS = 5
+    CMS_LEVELS = 5,
+    CMS_BELOW_MINIMUM = 6,
+    CMS_ILLEGAL = 7
 };
 
 typedef struct cms_channel {
@@ -78,6 +81,10 @@ typedef struct cms_commission {
         b_amount[CMS_TIERS_MAX];
     char parent[CMS_ID_MAX + 1];
     int64_t parent_bps;
+    int64_t payable_ms;         /* 0 unless PAYABLE */
+    int64_t payable_amount;     /* its net when it became payable: what payouts count */
+    int64_t settled_ms;         /* 0 unless SETTLED */
+    char payout_id[CM_ID_SIZE]; /* "" unless in a payout */
 } cms_commission;
 
 typedef struct cms_adjustment {
@@ -90,6 +97,9 @@ typedef struct cms_adjustment {
     char refund_id[CMS_ID_MAX + 1];
     char child[CMS_ID_MAX + 1];
     int64_t period_start_ms, posted_ms;
+    int state;                  /* CMS_FROZEN or CMS_PAYABLE */
+    int64_t payable_ms;         /* 0 while FROZEN */
+    char payout_id[CM_ID_SIZE]; /* "" unless in a payout */
 } cms_adjustment;
 
 /* 1 when the database knows the IANA zone name, else 0 (or an error < 0) */
@@ -147,7 +157,8 @@ typedef struct cms_summary_row {
     cms_schedule_row sched;
     int64_t period_start_ms, period_end_ms;
     int64_t net_sales, orders;
-    int64_t frozen; /* commissions and adjustments FROZEN, in the currency */
+    int64_t frozen;  /* commissions and adjustments FROZEN, in the currency */
+    int64_t payable; /* PAYABLE in no payout: commissions' payable_amount, adjustments */
 } cms_summary_row;
 
 /* the schedule the channel would use for an order paid at at_ms (its own,
@@ -172,8 +183,10 @@ void cms_store_parse_schedule(const PGresult *r, int row, int col, cms_schedule_
     "period_end) * 1000)::bigint, (extract(epoch FROM paid_at) * 1000)::bigint, (extract(epoch "   \
     "FROM accrued_at) * 1000)::bigint, coalesce((extract(epoch FROM clawed_back_at) * "            \
     "1000)::bigint, 0), bracket_from::text, bracket_bps::text, bracket_sales::text, "              \
-    "bracket_amount::text, parent_id, parent_bps"
-#define CMS_COMMISSION_NCOLS 24
+    "bracket_amount::text, parent_id, parent_bps, coalesce((extract(epoch FROM payable_at) * "     \
+    "1000)::bigint, 0), payable_amount, coalesce((extract(epoch FROM settled_at) * "               \
+    "1000)::bigint, 0), coalesce(payout_id::text, '')"
+#define CMS_COMMISSION_NCOLS 28
 void cms_store_parse_commission(const PGresult *r, int row, cms_commission *c);
 
 #endif

@@ -39,12 +39,16 @@ Commerce__Commission__V1__Commission *cms_pb_commission(cm_arena *a, const cms_c
     m->paid_at = cm_pb_timestamp(a, c->paid_ms);
     m->accrued_at = cm_pb_timestamp(a, c->accrued_ms);
     m->clawed_back_at = c->clawed_ms ? cm_pb_timestamp(a, c->clawed_ms) : NULL;
+    m->payable_at = c->payable_ms ? cm_pb_timestamp(a, c->payable_ms) : NULL;
+    m->settled_at = c->settled_ms ? cm_pb_timestamp(a, c->settled_ms) : NULL;
+    m->payout_id = cm_arena_strdup(a, c->payout_id);
     m->parent_channel_id = cm_arena_strdup(a, c->parent);
     m->parent_override_bps = (int32_t)c->parent_bps;
     m->brackets = cm_arena_calloc(a, c->nb ? c->nb : 1, sizeof *m->brackets);
     if (!m->commission_id || !m->channel_id || !m->order_id || !m->merchant_id ||
         !m->order_amount || !m->period_sales_before || !m->amount || !m->clawed_back_amount ||
-        !m->net_amount || !m->tier_schedule_id || !m->parent_channel_id || !m->brackets)
+        !m->net_amount || !m->tier_schedule_id || !m->parent_channel_id || !m->brackets ||
+        !m->payout_id)
         return NULL;
     for (size_t k = 0; k < c->nb; k++) {
         Commerce__Commission__V1__BracketPortion *b = cm_arena_calloc(a, 1, sizeof *b);
@@ -78,8 +82,11 @@ Commerce__Commission__V1__Adjustment *cms_pb_adjustment(cm_arena *a, const cms_a
     m->refund_id = cm_arena_strdup(a, x->refund_id);
     m->period_start = cm_pb_timestamp(a, x->period_start_ms);
     m->posted_at = cm_pb_timestamp(a, x->posted_ms);
+    m->state = (Commerce__Commission__V1__CommissionState)x->state;
+    m->payable_at = x->payable_ms ? cm_pb_timestamp(a, x->payable_ms) : NULL;
+    m->payout_id = cm_arena_strdup(a, x->payout_id);
     return m->adjustment_id && m->channel_id && m->amount && m->order_id && m->child_channel_id &&
-                   m->refund_id
+                   m->refund_id && m->payout_id
                ? m
                : NULL;
 }
@@ -110,6 +117,35 @@ int cms_ev_pack_accrued(cm_arena *a, const char *tenant, const char *event_id,
     return pack(a, &e.base, out, len);
 }
 
+int cms_ev_pack_payable(cm_arena *a, const char *tenant, const char *event_id,
+                        const cms_commission *c, const uint8_t **out, size_t *len)
+{
+    Commerce__Events__V1__CommissionPayable e = COMMERCE__EVENTS__V1__COMMISSION_PAYABLE__INIT;
+    e.event_id = (char *)event_id;
+    e.tenant_id = (char *)tenant;
+    e.commission = cms_pb_commission(a, c);
+    if (!e.commission || !e.commission->payable_at)
+        return CM_ENOMEM;
+    e.occurred_at = e.commission->payable_at;
+    e.channel_id = e.commission->channel_id;
+    return pack(a, &e.base, out, len);
+}
+
+int cms_ev_pack_settled(cm_arena *a, const char *tenant, const char *event_id,
+                        const cms_commission *c, const uint8_t **out, size_t *len)
+{
+    Commerce__Events__V1__CommissionSettled e = COMMERCE__EVENTS__V1__COMMISSION_SETTLED__INIT;
+    e.event_id = (char *)event_id;
+    e.tenant_id = (char *)tenant;
+    e.commission = cms_pb_commission(a, c);
+    if (!e.commission || !e.commission->settled_at)
+        return CM_ENOMEM;
+    e.occurred_at = e.commission->settled_at;
+    e.channel_id = e.commission->channel_id;
+    e.payout_id = e.commission->payout_id;
+    return pack(a, &e.base, out, len);
+}
+
 int cms_ev_pack_clawed_back(cm_arena *a, const char *tenant, const char *event_id,
                             const cms_commission *c, const char *refund_id, int64_t clawback,
                             const uint8_t **out, size_t *len)
@@ -121,6 +157,7 @@ int cms_ev_pack_clawed_back(cm_arena *a, const char *tenant, const char *event_i
     e.commission = cms_pb_commission(a, c);
     e.refund_id = cm_arena_strdup(a, refund_id);
     e.clawback_amount = cm_pb_money(a, clawback, c->currency);
+    e.after_settlement = c->state == CMS_SETTLED;
     if (!e.commission || !e.refund_id || !e.clawback_amount)
         return CM_ENOMEM;
     e.occurred_at = e.commission->clawed_back_at;
@@ -231,10 +268,45 @@ static int on_refunded(cms_app *app, const cm_event *ev)
     return rc;
 }
 
+/* the completion is recorded by order, not on the commission: the payable
+ * ticker joins the two, so a completion that comes before its payment's
+ * accrual (a later partition, or earlier in the same batch) still counts */
+static int on_completed(cm_db *db, const cm_event *ev)
+{
+    Commerce__Events__V1__OrderCompleted *p =
+        commerce__events__v1__order_completed__unpack(NULL, ev->len, ev->payload);
+    if (!p)
+        return CM_EINVAL;
+    const char *tenant = *p->tenant_id ? p->tenant_id : ev->tenant_id;
+    int rc = 0;
+    if (p->order && !*p->order->channel_id) {
+        /* no channel: no commission */
+    } else if (*tenant && cm_id_is_uuid(p->order_id) && p->occurred_at) {
+        /* the buyer's receipt as the order records it, else when the
+         * completion was recorded */
+        int64_t done = ts_ms(p->order ? p->order->completed_at : NULL);
+        char at[24];
+        snprintf(at, sizeof at, "%lld", (long long)(done ? done : ts_ms(p->occurred_at)));
+        const char *prm[] = {tenant, p->order_id, at, ev->id};
+        rc = cm_db_exec_prepared(db, "record completion", "cms_completed",
+                                 "INSERT INTO completed_orders (tenant_id, order_id, completed_at, "
+                                 "event_id) VALUES ($1, $2::uuid, to_timestamp($3::bigint / "
+                                 "1000.0), $4::uuid) ON CONFLICT DO NOTHING",
+                                 4, prm, NULL, NULL, NULL);
+    } else {
+        cm_log_warn("OrderCompleted event refused: missing or invalid fields", "event_id", ev->id,
+                    NULL);
+        rc = CM_EINVAL;
+    }
+    protobuf_c_message_free_unpacked(&p->base, NULL);
+    return rc;
+}
+
 int cms_on_order_event(cm_db *db, const cm_event *ev, void *arg)
 {
-    (void)db;
     cms_app *app = arg;
+    if (strcmp(ev->type, "commerce.events.v1.OrderCompleted") == 0)
+        return on_completed(db, ev);
     if (strcmp(ev->type, "commerce.events.v1.OrderPaid") == 0)
         return on_paid(app, ev);
     if (strcmp(ev->type, "commerce.events.v1.OrderRefunded") == 0)

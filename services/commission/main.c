@@ -6,6 +6,7 @@
 #include "cm_service.h"
 #include "cms_api.h"
 #include "cms_events.h"
+#include "cms_payable.h"
 
 #include "commerce/commission/v1/commission_service.pb-c.h"
 
@@ -14,11 +15,15 @@ extern const size_t cms_migrations_count;
 
 static const cm_knob knobs[] = {
     {"COMMISSION_EVENTS", CM_KNOB_ONOFF, 1, 0, 0, NULL,
-     "write commission events (accrued, clawed back, adjusted) to the outbox"},
+     "write commission events (accrued, payable, clawed back, adjusted; also to partners) to the "
+     "outbox"},
     {"COMMISSION_TOPIC", CM_KNOB_TEXT, 0, 0, 0, "commerce.commission.v1",
      "where commission's events go (tests override it)"},
+    {"COMMISSION_PARTNER_TOPIC", CM_KNOB_TEXT, 0, 0, 0, "commerce.commission.partner.v1",
+     "where the partners' cloudevents (accrued, payable, settled, clawed back) go (tests override "
+     "it)"},
     {"COMMISSION_CONSUME_ORDERS", CM_KNOB_ONOFF, 1, 0, 0, NULL,
-     "consume order events (paid: accrue, refunded: claw back)"},
+     "consume order events (paid: accrue, refunded: claw back, completed: after-sale window)"},
     {"COMMISSION_ORDER_TOPIC", CM_KNOB_TEXT, 0, 0, 0, "commerce.order.v1",
      "where order events come from (tests override it)"},
     {"COMMISSION_ORDER_GROUP", CM_KNOB_TEXT, 0, 0, 0, "commerce.commission",
@@ -27,12 +32,17 @@ static const cm_knob knobs[] = {
      "how long a refund waits for its payment's accrual before it is dead-lettered (s)"},
     {"COMMISSION_PARKER_MS", CM_KNOB_INT, 10000, 100, 3600000, NULL,
      "period of the parked-refund expiry (ms)"},
+    {"COMMISSION_AFTER_SALE_DAYS", CM_KNOB_INT, 7, 0, 90, NULL,
+     "after-sale window: days after an order's completion before its commission is payable"},
+    {"COMMISSION_PAYABLE_MS", CM_KNOB_INT, 60000, 100, 3600000, NULL,
+     "period of the payable ticker: FROZEN commissions past their window -> PAYABLE (ms)"},
 };
 
 /* the order events it acts on; the rest of the topic is acknowledged
  * without an inbox row */
 static const char *const order_types[] = {"commerce.events.v1.OrderPaid",
-                                          "commerce.events.v1.OrderRefunded", NULL};
+                                          "commerce.events.v1.OrderRefunded",
+                                          "commerce.events.v1.OrderCompleted", NULL};
 
 static const cm_service_consumer consumers[] = {
     {.topic = "commerce.order.v1",
@@ -52,6 +62,7 @@ static const char *const consumer_conf[] = {"session.timeout.ms", "10000", NULL}
 
 static const cm_service_ticker tickers[] = {
     {"parker", "COMMISSION_PARKER_MS", cms_parker, 1},
+    {"payable", "COMMISSION_PAYABLE_MS", cms_payable_tick, 1},
 };
 
 int main(int argc, char **argv)

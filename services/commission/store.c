@@ -479,6 +479,10 @@ void cms_store_parse_commission(const PGresult *r, int row, cms_commission *c)
     cm_db_parse_ints(PQgetvalue(r, row, 21), c->b_amount, CMS_TIERS_MAX);
     copy(c->parent, sizeof c->parent, r, row, 22);
     c->parent_bps = i64(r, row, 23);
+    c->payable_ms = i64(r, row, 24);
+    c->payable_amount = i64(r, row, 25);
+    c->settled_ms = i64(r, row, 26);
+    copy(c->payout_id, sizeof c->payout_id, r, row, 27);
 }
 
 int cms_store_list_commissions(cm_db *db, const char *tenant, const char *channel, unsigned states,
@@ -527,7 +531,9 @@ int cms_store_list_adjustments(cm_db *db, const char *tenant, const char *channe
         db, "list adjustments",
         "SELECT adjustment_id::text, channel_id, kind, currency, amount, order_id::text, "
         "refund_id, child_id, (extract(epoch FROM period_start) * 1000)::bigint, (extract(epoch "
-        "FROM posted_at) * 1000)::bigint FROM adjustments WHERE tenant_id = $1 AND channel_id = "
+        "FROM posted_at) * 1000)::bigint, state, coalesce((extract(epoch FROM payable_at) * "
+        "1000)::bigint, 0), coalesce(payout_id::text, '') FROM adjustments WHERE tenant_id = $1 "
+        "AND channel_id = "
         "$2 AND ($3::bigint = 0 OR (posted_at, adjustment_id) < (to_timestamp($3 / 1000.0), "
         "NULLIF($4, '')::uuid)) ORDER BY posted_at DESC, adjustment_id DESC LIMIT $5",
         5, p, &r);
@@ -547,6 +553,9 @@ int cms_store_list_adjustments(cm_db *db, const char *tenant, const char *channe
         copy(a->child, sizeof a->child, r, i, 7);
         a->period_start_ms = i64(r, i, 8);
         a->posted_ms = i64(r, i, 9);
+        a->state = (int)i64(r, i, 10);
+        a->payable_ms = i64(r, i, 11);
+        copy(a->payout_id, sizeof a->payout_id, r, i, 12);
     }
     PQclear(r);
     return 0;
@@ -587,7 +596,12 @@ int cms_store_summary(cm_db *db, const char *tenant, const cms_channel *ch, int6
         "coalesce(sum(amount - clawed_back), 0) FROM commissions c WHERE c.tenant_id = $1 AND "
         "c.channel_id = $2 AND c.currency = s.currency AND c.state IN (1, 4)) + (SELECT "
         "coalesce(sum(amount), 0) FROM adjustments a WHERE a.tenant_id = $1 AND a.channel_id = $2 "
-        "AND a.currency = s.currency AND a.state = 1) FROM p s",
+        "AND a.currency = s.currency AND a.state = 1), (SELECT coalesce(sum(payable_amount), 0) "
+        "FROM commissions c WHERE c.tenant_id = $1 AND c.channel_id = $2 AND c.currency = "
+        "s.currency AND c.state = 2 AND c.payout_id IS NULL) + (SELECT coalesce(sum(amount), 0) "
+        "FROM adjustments a WHERE a.tenant_id = $1 AND a.channel_id = $2 AND a.currency = "
+        "s.currency AND a.state = 2 AND a.payout_id IS NULL) "
+        "FROM p s",
         5, p, &r);
     if (rc)
         return rc;
@@ -598,6 +612,7 @@ int cms_store_summary(cm_db *db, const char *tenant, const cms_channel *ch, int6
     out->net_sales = i64(r, 0, k + 2);
     out->orders = i64(r, 0, k + 3);
     out->frozen = i64(r, 0, k + 4);
+    out->payable = i64(r, 0, k + 5);
     PQclear(r);
     return 0;
 }

@@ -8,10 +8,12 @@
 #include "harness.h"
 
 #include <check.h>
+#include <grpc/status.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "cm_id.h"
@@ -31,8 +33,8 @@ static const cm_rpc_md md[1] = {{"x-tenant-id", TENANT}};
 static const cm_rpc_md md_other[1] = {{"x-tenant-id", TENANT "-other"}};
 
 typedef struct st {
-    char schema[64], otopic[128], ctopic[128], group[128];
-    char e[4][192];
+    char schema[64], otopic[128], ctopic[128], ptopic[128], group[128];
+    char e[5][192];
     hs_proc p;
     cm_rpc_client *c;
     hs_producer *prod;
@@ -44,7 +46,7 @@ static int seq;
 
 static const char *const *st_env(st *s, const char **env, size_t cap, const char *const *extra)
 {
-    const char *base[] = {s->e[0], s->e[1], s->e[2], s->e[3], NULL};
+    const char *base[] = {s->e[0], s->e[1], s->e[2], s->e[3], s->e[4], NULL};
     return hs_env_join(env, cap, base, extra);
 }
 
@@ -56,13 +58,16 @@ static void st_start_env(st *s, const char *tag, const char *const *extra)
     snprintf(s->schema, sizeof s->schema, "cms_%s_%d_%d", tag, pid, seq);
     snprintf(s->otopic, sizeof s->otopic, "commerce.order.v1.cms-%s-%d-%d", tag, pid, seq);
     snprintf(s->ctopic, sizeof s->ctopic, "commerce.commission.v1.%s-%d-%d", tag, pid, seq);
+    snprintf(s->ptopic, sizeof s->ptopic, "commerce.commission.partner.v1.%s-%d-%d", tag, pid, seq);
     snprintf(s->group, sizeof s->group, "commerce.commission.%s-%d-%d", tag, pid, seq);
     hs_kafka_create_topic(hs_kafka_brokers(), s->otopic, 2);
     hs_kafka_create_topic(hs_kafka_brokers(), s->ctopic, 2);
+    hs_kafka_create_topic(hs_kafka_brokers(), s->ptopic, 2);
     snprintf(s->e[0], sizeof s->e[0], "COMMISSION_SCHEMA=%s", s->schema);
     snprintf(s->e[1], sizeof s->e[1], "COMMISSION_ORDER_TOPIC=%s", s->otopic);
     snprintf(s->e[2], sizeof s->e[2], "COMMISSION_ORDER_GROUP=%s", s->group);
     snprintf(s->e[3], sizeof s->e[3], "COMMISSION_TOPIC=%s", s->ctopic);
+    snprintf(s->e[4], sizeof s->e[4], "COMMISSION_PARTNER_TOPIC=%s", s->ptopic);
     const char *env[32];
     hs_start(&s->p, COMMISSION_BIN, st_env(s, env, 32, extra));
     s->c = hs_client(&s->p, NULL);
@@ -84,6 +89,7 @@ static void st_stop(st *s)
                   s->p.log_path);
     hs_kafka_delete_topic(hs_kafka_brokers(), s->otopic);
     hs_kafka_delete_topic(hs_kafka_brokers(), s->ctopic);
+    hs_kafka_delete_topic(hs_kafka_brokers(), s->ptopic);
     hs_drop_schema(NULL, s->schema);
 }
 
@@ -255,12 +261,39 @@ static void refunded(st *s, const char *order_id, const char *event_id, const ch
     send_event(s, "commerce.events.v1.OrderRefunded", order_id, event_id, TENANT, &e.base);
 }
 
+static void completed(st *s, const char *order_id, const char *event_id, const char *channel,
+                      long long at_ms)
+{
+    Google__Protobuf__Timestamp at = GOOGLE__PROTOBUF__TIMESTAMP__INIT;
+    at.seconds = at_ms / 1000;
+    at.nanos = (int32_t)(at_ms % 1000) * 1000000;
+    Commerce__Order__V1__Order o = COMMERCE__ORDER__V1__ORDER__INIT;
+    o.order_id = (char *)order_id;
+    o.channel_id = (char *)channel;
+    Commerce__Events__V1__OrderCompleted e = COMMERCE__EVENTS__V1__ORDER_COMPLETED__INIT;
+    e.event_id = (char *)event_id;
+    e.tenant_id = TENANT;
+    e.occurred_at = &at;
+    e.order_id = (char *)order_id;
+    e.order = &o;
+    send_event(s, "commerce.events.v1.OrderCompleted", order_id, event_id, TENANT, &e.base);
+}
+
 static char *uuid(void)
 {
     static char ids[64][CM_ID_SIZE];
     static int k;
     char *id = ids[k++ % 64];
     ck_assert_int_eq(cm_id_uuid7(id), 0);
+    return id;
+}
+
+/* an order id of the form the order service gives: a UUIDv8 (what the
+ * partner schema requires) */
+static char *order_uuid(void)
+{
+    char *id = uuid();
+    id[14] = '8';
     return id;
 }
 
@@ -302,7 +335,8 @@ static long long comm_col(const st *s, const char *col, const char *order_id)
 }
 
 /* what a channel's period rows say, and what was posted to the channel:
- * commissions net of clawbacks plus adjustments */
+ * commissions net of clawbacks plus adjustments (a CLAWBACK adjustment
+ * nets a clawback from payouts, it is no posting of its own) */
 static long long posted(const st *s, const char *ch)
 {
     char q[512];
@@ -317,7 +351,7 @@ static long long earned(const st *s, const char *ch)
     snprintf(q, sizeof q,
              "SELECT (SELECT coalesce(sum(amount - clawed_back), 0) FROM commissions WHERE "
              "channel_id = '%s') + (SELECT coalesce(sum(amount), 0) FROM adjustments WHERE "
-             "channel_id = '%s')",
+             "channel_id = '%s' AND kind <> 3)",
              ch, ch);
     return sql(s, q);
 }
@@ -749,6 +783,360 @@ START_TEST(bad_input_is_named_and_tenants_are_apart)
 }
 END_TEST
 
+/* the CommissionPayable events read so far, of one order (NULL: all) */
+static int payable_events(st *s, const char *order_id)
+{
+    int n = 0;
+    for (size_t i = 0; i < hs_topic_count(s->events); i++) {
+        const hs_record *r = hs_topic_at(s->events, i);
+        if (strcmp(r->type, "commerce.events.v1.CommissionPayable") != 0)
+            continue;
+        Commerce__Events__V1__CommissionPayable *e =
+            commerce__events__v1__commission_payable__unpack(NULL, r->len, r->payload);
+        ck_assert_ptr_nonnull(e);
+        ck_assert_str_eq(e->channel_id, r->key);
+        ck_assert_int_eq(e->commission->state,
+                         COMMERCE__COMMISSION__V1__COMMISSION_STATE__COMMISSION_STATE_PAYABLE);
+        ck_assert_ptr_nonnull(e->commission->payable_at);
+        if (!order_id || strcmp(e->commission->order_id, order_id) == 0)
+            n++;
+        protobuf_c_message_free_unpacked(&e->base, NULL);
+    }
+    return n;
+}
+
+/* the partner topic as a client that is not ours reads it (kcat), checked
+ * by the contract's validate.py: every record of channel valid against the
+ * schema and its invariants, and as many records of each type (accrued,
+ * payable, clawed_back, settled) as want says */
+static void partner_check(const st *s, const char *channel, int want[4])
+{
+    char out[] = "/tmp/test_commission_XXXXXX", cmd[2048];
+    int fd = mkstemp(out);
+    ck_assert_int_ge(fd, 0);
+    close(fd);
+    static const char *const types[] = {"accrued", "payable", "clawed_back", "settled"};
+    int have[4] = {0, 0, 0, 0};
+    for (int tries = 0; tries < 100; tries++) {
+        snprintf(cmd, sizeof cmd, "kcat -C -b '%s' -t %s -o beginning -e -q -J > %s 2>/dev/null",
+                 hs_kafka_brokers(), s->ptopic, out);
+        ck_assert_msg(system(cmd) == 0, "%s failed", cmd);
+        int same = 1;
+        for (int k = 0; k < 4; k++) {
+            /* kcat -J escapes the value's quotes */
+            snprintf(cmd, sizeof cmd,
+                     "exit $(grep -F '\"key\":\"%s\"' %s | grep -oF "
+                     "'com.commerce.commission.v1.%s\\\"' | wc -l)",
+                     channel, out, types[k]);
+            int ws = system(cmd);
+            have[k] = WIFEXITED(ws) ? WEXITSTATUS(ws) : -1;
+            same = same && have[k] == want[k];
+        }
+        if (same)
+            break;
+        usleep(200 * 1000);
+    }
+    for (int k = 0; k < 4; k++)
+        ck_assert_msg(have[k] == want[k], "partner %s events: %d, want %d", types[k], have[k],
+                      want[k]);
+    snprintf(cmd, sizeof cmd, "/usr/bin/python3 %s/validate.py --records --key '%s' < %s",
+             PARTNER_DIR, channel, out);
+    int ws = system(cmd);
+    ck_assert_msg(WIFEXITED(ws) && WEXITSTATUS(ws) == 0, "validate.py rejected a record: %s", cmd);
+    unlink(out);
+}
+
+START_TEST(completed_past_the_window_is_payable_and_later_refunds_net_from_it)
+{
+    static const char *const env[] = {"COMMISSION_AFTER_SALE_DAYS=7", "COMMISSION_PAYABLE_MS=200",
+                                      NULL};
+    st_start_env(&S, "pay", env);
+    seed_sched m;
+    seed(&m, "marginal", MARGINAL);
+    cm_rpc_status stt;
+    ck_assert_int_eq(put_schedule(&S, "s-1", &m.s, 0, &stt), 0);
+    put_channel(&S, "par", ACTIVE, NULL, 0, "marginal");
+    put_channel(&S, "ch", ACTIVE, "par", 1000, "marginal");
+    /* after the schedule's effective_from by more than the second the
+     * summary's `at` is truncated to */
+    T0 = hs_real_ms() + 2000;
+    char *o1 = order_uuid(), *o2 = order_uuid(), *o3 = order_uuid();
+    paid(&S, o1, uuid(), "ch", 1000000); /* 500.00 at 5 %, parent 50.00 */
+    paid(&S, o2, uuid(), "ch", 200000);  /* 160.00 at 8 %, parent 16.00 */
+    paid(&S, o3, uuid(), "ch", 100000);  /* 80.00 */
+    wait_for(&S, "SELECT count(*) FROM commissions WHERE state = 1", 3);
+    /* completed 8 days ago: past the window; 6 days ago: inside it; o3
+     * completes before its payment is seen again (the order is kept) */
+    long long now = hs_real_ms(), day = 86400000LL;
+    completed(&S, o1, uuid(), "ch", now - 8 * day);
+    completed(&S, o2, uuid(), "ch", now - 6 * day);
+    char q[256];
+    snprintf(q, sizeof q, "SELECT state FROM commissions WHERE order_id = '%s'", o1);
+    wait_for(&S, q, 2);
+    wait_for(&S, "SELECT count(*) FROM inbox", 5);
+    usleep(600 * 1000); /* three more ticks: o2 stays frozen */
+    ck_assert_int_eq(comm_col(&S, "state", o2), 1);
+    ck_assert_int_eq(comm_col(&S, "state", o3), 1);
+    ck_assert_int_eq(comm_col(&S, "payable_amount", o1), 50000);
+    ck_assert_int_eq(comm_col(&S, "(payable_at IS NOT NULL)::int", o1), 1);
+    /* the parent's share of o1 follows it; o2's stays frozen */
+    snprintf(q, sizeof q, "SELECT state FROM adjustments WHERE order_id = '%s'", o1);
+    ck_assert_int_eq(sql(&S, q), 2);
+    snprintf(q, sizeof q, "SELECT state FROM adjustments WHERE order_id = '%s'", o2);
+    ck_assert_int_eq(sql(&S, q), 1);
+    Commerce__Commission__V1__ChannelSummary *sum = summary(&S, "ch");
+    ck_assert_int_eq(sum->payable->amount_minor, 50000);
+    ck_assert_int_eq(sum->frozen->amount_minor, 16000 + 8000);
+    protobuf_c_message_free_unpacked(&sum->base, NULL);
+    sum = summary(&S, "par");
+    ck_assert_int_eq(sum->payable->amount_minor, 5000);
+    protobuf_c_message_free_unpacked(&sum->base, NULL);
+    /* one CommissionPayable for o1 */
+    for (int tries = 0; tries < 300 && payable_events(&S, o1) < 1; tries++)
+        hs_topic_next(S.events, 100);
+    ck_assert_int_eq(payable_events(&S, o1), 1);
+    /* a refund of 40 % of o1 after PAYABLE: the commission keeps its state
+     * and payable figure, the 200.00 clawed back is a negative payable
+     * item, and the parent's share follows (marginal: o1's refund also
+     * trues up the others' slices: the true-up is payable with o1 too) */
+    refunded(&S, o1, uuid(), "ch", "rf-1", 400000);
+    wait_for(&S, "SELECT count(*) FROM inbox", 6);
+    ck_assert_int_eq(comm_col(&S, "state", o1), 2);
+    ck_assert_int_eq(comm_col(&S, "clawed_back", o1), 20000);
+    ck_assert_int_eq(comm_col(&S, "payable_amount", o1), 50000);
+    snprintf(q, sizeof q,
+             "SELECT amount FROM adjustments WHERE order_id = '%s' AND kind = 3 AND state = 2 AND "
+             "refund_id = 'rf-1' AND channel_id = 'ch'",
+             o1);
+    ck_assert_int_eq(sql(&S, q), -20000);
+    snprintf(q, sizeof q,
+             "SELECT count(*) FROM adjustments WHERE order_id = '%s' AND refund_id = 'rf-1' AND "
+             "state <> 2",
+             o1);
+    ck_assert_int_eq(sql(&S, q), 0);
+    /* payable = what the channel earned on o1 net of its refund, plus the
+     * refund's true-up; the whole ledger still telescopes */
+    snprintf(q, sizeof q,
+             "SELECT 50000 + coalesce(sum(amount), 0) FROM adjustments WHERE channel_id = 'ch' "
+             "AND state = 2");
+    long long want = sql(&S, q);
+    sum = summary(&S, "ch");
+    ck_assert_int_eq(sum->payable->amount_minor, want);
+    ck_assert_int_eq(sum->payable->amount_minor + sum->frozen->amount_minor, posted(&S, "ch"));
+    protobuf_c_message_free_unpacked(&sum->base, NULL);
+    /* a full refund after PAYABLE keeps it PAYABLE with net 0 to pay */
+    refunded(&S, o1, uuid(), "ch", "rf-2", 600000);
+    wait_for(&S, "SELECT count(*) FROM inbox", 7);
+    ck_assert_int_eq(comm_col(&S, "state", o1), 2);
+    snprintf(q, sizeof q,
+             "SELECT sum(amount) FROM adjustments WHERE order_id = '%s' AND kind = 3 AND "
+             "channel_id = 'ch'",
+             o1);
+    ck_assert_int_eq(sql(&S, q), -50000);
+    /* for partners: 3 accrued, 1 payable, 2 clawed back (of a PAYABLE
+     * commission), all valid against kafka/partner's schema */
+    int kinds[4] = {3, 1, 2, 0};
+    partner_check(&S, "ch", kinds);
+    st_stop(&S);
+}
+END_TEST
+
+static int settle(st *s, const char *req_id, const char *ch,
+                  Commerce__Commission__V1__SettleCommissionsResponse **out, cm_rpc_status *stt)
+{
+    Commerce__Commission__V1__SettleCommissionsRequest r =
+        COMMERCE__COMMISSION__V1__SETTLE_COMMISSIONS_REQUEST__INIT;
+    r.request_id = (char *)req_id;
+    r.channel_id = (char *)ch;
+    r.currency = "CNY";
+    return hs_call(s->c, SVC "SettleCommissions", &r.base,
+                   &commerce__commission__v1__settle_commissions_response__descriptor,
+                   (ProtobufCMessage **)out, stt, md, 1);
+}
+
+static int report(st *s, const char *payout_id, int result,
+                  Commerce__Commission__V1__ReportPayoutResultResponse **out, cm_rpc_status *stt)
+{
+    Commerce__Commission__V1__ReportPayoutResultRequest r =
+        COMMERCE__COMMISSION__V1__REPORT_PAYOUT_RESULT_REQUEST__INIT;
+    r.payout_id = (char *)payout_id;
+    r.result = result;
+    r.provider_reference = "alipay-transfer-1";
+    r.failure_reason = "the channel's account was closed";
+    return hs_call(s->c, SVC "ReportPayoutResult", &r.base,
+                   &commerce__commission__v1__report_payout_result_response__descriptor,
+                   (ProtobufCMessage **)out, stt, md, 1);
+}
+
+#define PAID COMMERCE__COMMISSION__V1__PAYOUT_STATE__PAYOUT_STATE_PAID
+#define FAILED COMMERCE__COMMISSION__V1__PAYOUT_STATE__PAYOUT_STATE_FAILED
+#define PENDING COMMERCE__COMMISSION__V1__PAYOUT_STATE__PAYOUT_STATE_PENDING
+
+/* the net a payout of ch would pay now */
+static long long payable_now(const st *s, const char *ch)
+{
+    char q[512];
+    snprintf(q, sizeof q,
+             "SELECT (SELECT coalesce(sum(payable_amount), 0) FROM commissions WHERE channel_id = "
+             "'%s' AND state = 2 AND payout_id IS NULL) + (SELECT coalesce(sum(amount), 0) FROM "
+             "adjustments WHERE channel_id = '%s' AND state = 2 AND payout_id IS NULL)",
+             ch, ch);
+    return sql(s, q);
+}
+
+START_TEST(payouts_net_payables_and_clawbacks_after_settlement)
+{
+    static const char *const env[] = {"COMMISSION_AFTER_SALE_DAYS=0", "COMMISSION_PAYABLE_MS=100",
+                                      NULL};
+    st_start_env(&S, "payout", env);
+    seed_sched m;
+    seed(&m, "marginal", MARGINAL);
+    m.s.min_payout_minor = 10000; /* 100.00 */
+    cm_rpc_status stt;
+    ck_assert_int_eq(put_schedule(&S, "s-1", &m.s, 0, &stt), 0);
+    put_channel(&S, "ch", ACTIVE, NULL, 0, "marginal");
+    T0 = hs_real_ms() + 2000;
+    char *o1 = order_uuid(), *o2 = order_uuid(), *o3 = order_uuid();
+    paid(&S, o1, uuid(), "ch", 1000000); /* 500.00 */
+    paid(&S, o2, uuid(), "ch", 100000);  /* 80.00 (8 % from 10,000.00) */
+    wait_for(&S, "SELECT count(*) FROM commissions WHERE state = 1", 2);
+    /* only o2 payable: 80.00 is below the minimum of 100.00 */
+    completed(&S, o2, uuid(), "ch", hs_real_ms());
+    wait_for(&S, "SELECT count(*) FROM commissions WHERE state = 2", 1);
+    Commerce__Commission__V1__SettleCommissionsResponse *sr = NULL;
+    ck_assert_int_eq(settle(&S, "pay-1", "ch", &sr, &stt), 0);
+    ck_assert(sr->below_minimum);
+    ck_assert_ptr_null(sr->payout);
+    ck_assert_int_eq(sr->payable->amount_minor, 8000);
+    protobuf_c_message_free_unpacked(&sr->base, NULL);
+    ck_assert_int_eq(sql(&S, "SELECT count(*) FROM payouts"), 0);
+    /* o1 too: 580.00, one payout, idempotent by request_id */
+    completed(&S, o1, uuid(), "ch", hs_real_ms());
+    wait_for(&S, "SELECT count(*) FROM commissions WHERE state = 2", 2);
+    ck_assert_int_eq(settle(&S, "pay-2", "ch", &sr, &stt), 0);
+    ck_assert(!sr->below_minimum);
+    ck_assert_int_eq(sr->payout->amount->amount_minor, 58000);
+    ck_assert_int_eq(sr->payout->commissions, 2);
+    ck_assert_int_eq(sr->payout->state, PENDING);
+    char p1[CM_ID_SIZE];
+    snprintf(p1, sizeof p1, "%s", sr->payout->payout_id);
+    protobuf_c_message_free_unpacked(&sr->base, NULL);
+    ck_assert_int_eq(settle(&S, "pay-2", "ch", &sr, &stt), 0);
+    ck_assert_str_eq(sr->payout->payout_id, p1);
+    protobuf_c_message_free_unpacked(&sr->base, NULL);
+    ck_assert_int_eq(settle(&S, "pay-2", "other", &sr, &stt), GRPC_STATUS_ALREADY_EXISTS);
+    ck_assert_int_eq(settle(&S, "pay-3", "nobody", &sr, &stt), GRPC_STATUS_NOT_FOUND);
+    /* nothing left for another payout while it is pending */
+    ck_assert_int_eq(settle(&S, "pay-3", "ch", &sr, &stt), 0);
+    ck_assert(sr->below_minimum);
+    ck_assert_int_eq(sr->payable->amount_minor, 0);
+    protobuf_c_message_free_unpacked(&sr->base, NULL);
+    /* the transfer failed: the items are payable again */
+    Commerce__Commission__V1__ReportPayoutResultResponse *rr = NULL;
+    ck_assert_int_eq(report(&S, p1, FAILED, &rr, &stt), 0);
+    ck_assert_int_eq(rr->payout->state, FAILED);
+    protobuf_c_message_free_unpacked(&rr->base, NULL);
+    ck_assert_int_eq(report(&S, p1, PAID, &rr, &stt), GRPC_STATUS_FAILED_PRECONDITION);
+    ck_assert_int_eq(payable_now(&S, "ch"), 58000);
+    ck_assert_int_eq(settle(&S, "pay-4", "ch", &sr, &stt), 0);
+    ck_assert_int_eq(sr->payout->amount->amount_minor, 58000);
+    char p2[CM_ID_SIZE];
+    snprintf(p2, sizeof p2, "%s", sr->payout->payout_id);
+    protobuf_c_message_free_unpacked(&sr->base, NULL);
+    ck_assert_int_eq(report(&S, p2, PAID, &rr, &stt), 0);
+    ck_assert_int_eq(rr->payout->state, PAID);
+    ck_assert_str_eq(rr->payout->provider_reference, "alipay-transfer-1");
+    protobuf_c_message_free_unpacked(&rr->base, NULL);
+    ck_assert_int_eq(report(&S, p2, PAID, &rr, &stt), 0); /* again: as it is */
+    ck_assert_int_eq(rr->payout->state, PAID);
+    protobuf_c_message_free_unpacked(&rr->base, NULL);
+    ck_assert_int_eq(report(&S, p2, FAILED, &rr, &stt), GRPC_STATUS_FAILED_PRECONDITION);
+    ck_assert_int_eq(sql(&S, "SELECT count(*) FROM commissions WHERE state = 3 AND settled_at IS "
+                             "NOT NULL"),
+                     2);
+    /* o1 refunded by 40 % after settlement: 200.00 is owed by the channel
+     * (with the refund's true-up of o2's slice), netted from the next
+     * payout, never lost */
+    refunded(&S, o1, uuid(), "ch", "rf-1", 400000);
+    wait_for(&S, "SELECT count(*) FROM refunds_applied", 1);
+    ck_assert_int_eq(comm_col(&S, "state", o1), 3);
+    char q[256];
+    snprintf(q, sizeof q, "SELECT amount FROM adjustments WHERE order_id = '%s' AND kind = 3", o1);
+    ck_assert_int_eq(sql(&S, q), -20000);
+    long long owed = payable_now(&S, "ch");
+    ck_assert_int_lt(owed, 0);
+    ck_assert_int_eq(settle(&S, "pay-5", "ch", &sr, &stt), 0);
+    ck_assert(sr->below_minimum);
+    ck_assert_int_eq(sr->payable->amount_minor, owed);
+    protobuf_c_message_free_unpacked(&sr->base, NULL);
+    /* o3 pays it back: the next payout is o3's commission net of it */
+    paid(&S, o3, uuid(), "ch", 1000000);
+    wait_for(&S, "SELECT count(*) FROM commissions", 3);
+    completed(&S, o3, uuid(), "ch", hs_real_ms());
+    snprintf(q, sizeof q, "SELECT state FROM commissions WHERE order_id = '%s'", o3);
+    wait_for(&S, q, 2);
+    long long want = comm_col(&S, "payable_amount", o3) + owed;
+    ck_assert_int_eq(payable_now(&S, "ch"), want);
+    ck_assert_int_eq(settle(&S, "pay-6", "ch", &sr, &stt), 0);
+    ck_assert(!sr->below_minimum);
+    ck_assert_int_eq(sr->payout->amount->amount_minor, want);
+    ck_assert_int_eq(sr->payout->commissions, 1);
+    ck_assert_int_ge(sr->payout->adjustments, 1);
+    protobuf_c_message_free_unpacked(&sr->base, NULL);
+    /* the CommissionSettled events, and the partner topic: 3 accrued, 3
+     * payable, 2 settled, 1 clawed back after settlement */
+    ck_assert_uint_ge(hs_topic_read(S.events, 3, 30000), 3);
+    int settled = 0;
+    for (int tries = 0; tries < 100 && settled < 2; tries++) {
+        settled = 0;
+        hs_topic_next(S.events, 100);
+        for (size_t i = 0; i < hs_topic_count(S.events); i++)
+            settled +=
+                strcmp(hs_topic_at(S.events, i)->type, "commerce.events.v1.CommissionSettled") == 0;
+    }
+    ck_assert_int_eq(settled, 2);
+    int kinds[4] = {3, 3, 1, 2};
+    partner_check(&S, "ch", kinds);
+    st_stop(&S);
+}
+END_TEST
+
+START_TEST(two_replicas_make_each_commission_payable_once)
+{
+    static const char *const env[] = {"COMMISSION_AFTER_SALE_DAYS=0", "COMMISSION_PAYABLE_MS=100",
+                                      NULL};
+    st_start_env(&S, "pay2", env);
+    const char *env2[32];
+    hs_proc second;
+    hs_start(&second, COMMISSION_BIN, st_env(&S, env2, 32, env));
+    T0 = hs_real_ms() + 60000; /* after the schedule, however slow the setup */
+    seed_sched m;
+    seed(&m, "marginal", MARGINAL);
+    cm_rpc_status stt;
+    ck_assert_int_eq(put_schedule(&S, "s-1", &m.s, 0, &stt), 0);
+    put_channel(&S, "ch", ACTIVE, NULL, 0, "marginal");
+    enum { N = 200 };
+    static char ids[N][CM_ID_SIZE];
+    for (int i = 0; i < N; i++) {
+        ck_assert_int_eq(cm_id_uuid7(ids[i]), 0);
+        paid(&S, ids[i], uuid(), "ch", 10000 + i);
+    }
+    /* completions trickle in while both replicas tick */
+    for (int i = 0; i < N; i++) {
+        completed(&S, ids[i], uuid(), "ch", hs_real_ms());
+        if (i % 50 == 0)
+            usleep(150 * 1000);
+    }
+    wait_for(&S, "SELECT count(*) FROM commissions WHERE state = 2", N);
+    ck_assert_uint_ge(hs_topic_read(S.events, 2 * N, 30000), 2 * N);
+    usleep(500 * 1000);
+    hs_topic_catch_up(S.events, 5000);
+    ck_assert_int_eq(payable_events(&S, NULL), N);
+    ck_assert_int_eq(hs_stop(&second, SIGTERM, 30000), 0);
+    st_stop(&S);
+}
+END_TEST
+
 START_TEST(kill_mid_batch_accrues_each_order_once)
 {
     st_start(&S, "kill");
@@ -813,6 +1201,9 @@ int main(void)
     tcase_add_test(tc, suspended_or_unknown_channel_accrues_nothing);
     tcase_add_test(tc, bad_input_is_named_and_tenants_are_apart);
     tcase_add_test(tc, kill_mid_batch_accrues_each_order_once);
+    tcase_add_test(tc, completed_past_the_window_is_payable_and_later_refunds_net_from_it);
+    tcase_add_test(tc, two_replicas_make_each_commission_payable_once);
+    tcase_add_test(tc, payouts_net_payables_and_clawbacks_after_settlement);
     suite_add_tcase(s, tc);
     return hs_run(s, 1);
 }

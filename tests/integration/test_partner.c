@@ -10,9 +10,11 @@
  * the examples are hand-written; so the schema is also run against events
  * made from real orders: a commerce-order (with its commerce-inventory)
  * creates and takes payment for orders, and each becomes an accrued event
- * carrying that order's id, merchant, channel, amount and payment time, as
- * the commission service will write them. an order id is a name-based
- * UUIDv8, not the UUIDv7 the schema once required.
+ * carrying that order's id, merchant, channel, amount and payment time. an
+ * order id is a name-based UUIDv8, not the UUIDv7 the schema once
+ * required. and a running commerce-commission consumes such orders (paid,
+ * shipped, completed, refunded): what it writes to its partner topic
+ * itself is checked the same way.
  */
 #include "cm_cloudevents.h"
 #include "cm_db.h"
@@ -39,6 +41,7 @@
 #ifdef ORDER_BIN
 #include "fixture.h"
 
+#include "commerce/commission/v1/commission_service.pb-c.h"
 #include "commerce/inventory/v1/inventory_service.pb-c.h"
 #include "commerce/order/v1/order_service.pb-c.h"
 #endif
@@ -533,6 +536,260 @@ START_TEST(partner_events_of_real_orders_validate)
     outbox_db_drop(db, schema);
 }
 END_TEST
+
+#ifdef COMMISSION_BIN
+/* ---- what commerce-commission itself writes for real orders ---- */
+
+#define CSVC "/commerce.commission.v1.CommissionService/"
+
+static long long cms_sql(const char *schema, const char *q)
+{
+    long long v = -1;
+    hs_sql_try_long(schema, q, &v);
+    return v;
+}
+
+typedef struct cms_wait {
+    const char *schema, *q;
+    long long want;
+} cms_wait;
+
+static int cms_is(void *arg)
+{
+    cms_wait *w = arg;
+    return cms_sql(w->schema, w->q) == w->want;
+}
+
+static void cms_wait_for(const char *schema, const char *q, long long want)
+{
+    cms_wait w = {schema, q, want};
+    ck_assert_msg(hs_poll(cms_is, &w, 60000, 100) == 0, "waited for %s = %lld, have %lld", q, want,
+                  cms_sql(schema, q));
+}
+
+/* how many records of key in file carry com.commerce.commission.v1.<kind> */
+static int count_kind(const char *file, const char *key, const char *kind)
+{
+    json_t *docs[32];
+    size_t n = records_of(file, key, docs, 32);
+    int k = 0;
+    char type[96];
+    snprintf(type, sizeof type, "com.commerce.commission.v1.%s", kind);
+    for (size_t i = 0; i < n; i++) {
+        k += strcmp(json_string_value(json_object_get(docs[i], "type")), type) == 0;
+        json_decref(docs[i]);
+    }
+    return k;
+}
+
+/* orders made, paid, shipped, completed and refunded by a running order
+ * service; commerce-commission consumes its topic, and what it writes to
+ * its partner topic is read with kcat and checked with validate.py:
+ * accrued for each order, payable once completed (window 0), clawed back
+ * after PAYABLE and while FROZEN */
+START_TEST(commission_partner_events_of_real_orders_validate)
+{
+    static fx pair;
+    static const char *const inv_env[] = {"INVENTORY_CONSUME_ORDERS=off", "WORKERS=4", NULL};
+    static const char *const ord_env[] = {"WORKERS=4", NULL};
+    fx_opts fo = {.tag = "pcms", .inventory_env = inv_env, .order_env = ord_env};
+    fx_start_opts(&pair, &fo);
+    const char *tenant = "shop-cn-02";
+    const cm_rpc_md md[] = {{"x-tenant-id", tenant}};
+    long pid = (long)getpid();
+    char schema[64], ptopic[128], ctopic[128], channel[64];
+    char e[6][192];
+    snprintf(schema, sizeof schema, "partner_cms_%ld", pid);
+    snprintf(ptopic, sizeof ptopic, "commerce.commission.partner.v1.pcms-%ld", pid);
+    snprintf(ctopic, sizeof ctopic, "commerce.commission.v1.pcms-%ld", pid);
+    snprintf(channel, sizeof channel, "partner-c%ld-%lld", pid, hs_now_ms());
+    hs_kafka_create_topic(brokers, ptopic, 2);
+    hs_kafka_create_topic(brokers, ctopic, 2);
+    snprintf(e[0], sizeof e[0], "COMMISSION_SCHEMA=%s", schema);
+    snprintf(e[1], sizeof e[1], "COMMISSION_ORDER_TOPIC=%s", pair.topic);
+    snprintf(e[2], sizeof e[2], "COMMISSION_ORDER_GROUP=commerce.commission.pcms-%ld", pid);
+    snprintf(e[3], sizeof e[3], "COMMISSION_TOPIC=%s", ctopic);
+    snprintf(e[4], sizeof e[4], "COMMISSION_PARTNER_TOPIC=%s", ptopic);
+    snprintf(e[5], sizeof e[5], "COMMISSION_AFTER_SALE_DAYS=0");
+    const char *env[] = {e[0], e[1], e[2], e[3], e[4], e[5], "COMMISSION_PAYABLE_MS=200", NULL};
+    hs_proc cp;
+    hs_start(&cp, COMMISSION_BIN, env);
+    cm_rpc_client *cc = hs_client(&cp, NULL);
+
+    /* 5 % up to 100.00 of period sales, 8 % above: orders cross a bound */
+    Commerce__Common__V1__Money f0 = COMMERCE__COMMON__V1__MONEY__INIT,
+                                f1 = COMMERCE__COMMON__V1__MONEY__INIT;
+    f0.currency = f1.currency = "CNY";
+    f1.amount_minor = 10000;
+    Commerce__Commission__V1__Tier t0 = COMMERCE__COMMISSION__V1__TIER__INIT,
+                                   t1 = COMMERCE__COMMISSION__V1__TIER__INIT;
+    t0.from_sales = &f0;
+    t0.rate_bps = 500;
+    t1.from_sales = &f1;
+    t1.rate_bps = 800;
+    Commerce__Commission__V1__Tier *tp[] = {&t0, &t1};
+    Commerce__Commission__V1__TierSchedule sc = COMMERCE__COMMISSION__V1__TIER_SCHEDULE__INIT;
+    sc.tier_schedule_id = "ts-partner";
+    sc.name = "partner";
+    sc.currency = "CNY";
+    sc.period = COMMERCE__COMMISSION__V1__PERIOD_TYPE__PERIOD_TYPE_MONTH;
+    sc.time_zone = "Asia/Shanghai";
+    sc.tiers = tp;
+    sc.n_tiers = 2;
+    sc.mode = COMMERCE__COMMISSION__V1__TIER_MODE__TIER_MODE_MARGINAL;
+    Commerce__Commission__V1__PutTierScheduleRequest ps =
+        COMMERCE__COMMISSION__V1__PUT_TIER_SCHEDULE_REQUEST__INIT;
+    ps.request_id = "ps-1";
+    ps.schedule = &sc;
+    ProtobufCMessage *r = NULL;
+    must_call(cc, CSVC "PutTierSchedule", &ps.base,
+              &commerce__commission__v1__put_tier_schedule_response__descriptor, &r, md);
+    protobuf_c_message_free_unpacked(r, NULL);
+    Commerce__Commission__V1__Channel ch = COMMERCE__COMMISSION__V1__CHANNEL__INIT;
+    ch.channel_id = channel;
+    ch.name = "partner channel";
+    ch.type = COMMERCE__COMMISSION__V1__CHANNEL_TYPE__CHANNEL_TYPE_COMMUNITY_LEADER;
+    ch.state = COMMERCE__COMMISSION__V1__CHANNEL_STATE__CHANNEL_STATE_ACTIVE;
+    ch.tier_schedule_id = "ts-partner";
+    Commerce__Commission__V1__PutChannelRequest pc =
+        COMMERCE__COMMISSION__V1__PUT_CHANNEL_REQUEST__INIT;
+    pc.request_id = "pc-1";
+    pc.channel = &ch;
+    must_call(cc, CSVC "PutChannel", &pc.base,
+              &commerce__commission__v1__put_channel_response__descriptor, &r, md);
+    protobuf_c_message_free_unpacked(r, NULL);
+
+    cm_rpc_client *ic = pair.ic, *oc = pair.oc;
+    Commerce__Inventory__V1__SetStockRequest ss = COMMERCE__INVENTORY__V1__SET_STOCK_REQUEST__INIT;
+    ss.request_id = "pcms-stock-1";
+    ss.sku = "PCMS-SKU";
+    ss.available = 1000;
+    ss.reason = "stock for the commission partner test";
+    ss.actor = "test_partner";
+    must_call(ic, ISVC "SetStock", &ss.base,
+              &commerce__inventory__v1__set_stock_response__descriptor, &r, md);
+    protobuf_c_message_free_unpacked(r, NULL);
+
+    enum { N = 3 };
+    char oid[N][CM_ID_SIZE];
+    for (int i = 0; i < N; i++) {
+        char rid[48], payid[64];
+        snprintf(rid, sizeof rid, "pcms-%ld-%d", pid, i);
+        Commerce__Common__V1__Money price = COMMERCE__COMMON__V1__MONEY__INIT;
+        price.amount_minor = 4999 + 1000 * i;
+        price.currency = "CNY";
+        Commerce__Order__V1__CreateOrderLine l = COMMERCE__ORDER__V1__CREATE_ORDER_LINE__INIT;
+        l.sku = "PCMS-SKU";
+        l.quantity = 1 + i;
+        l.unit_price = &price;
+        Commerce__Order__V1__CreateOrderLine *lp[] = {&l};
+        Commerce__Order__V1__CreateOrderRequest co =
+            COMMERCE__ORDER__V1__CREATE_ORDER_REQUEST__INIT;
+        co.request_id = rid;
+        co.buyer_id = "buyer-9";
+        co.merchant_id = "m-1024";
+        co.channel_id = channel;
+        co.currency = "CNY";
+        co.lines = lp;
+        co.n_lines = 1;
+        Commerce__Order__V1__CreateOrderResponse *cr = NULL;
+        must_call(oc, OSVC "CreateOrder", &co.base,
+                  &commerce__order__v1__create_order_response__descriptor, (ProtobufCMessage **)&cr,
+                  md);
+        snprintf(oid[i], sizeof oid[i], "%s", cr->order->order_id);
+        Commerce__Order__V1__MarkPaidRequest mp = COMMERCE__ORDER__V1__MARK_PAID_REQUEST__INIT;
+        snprintf(payid, sizeof payid, "pay-%s", rid);
+        mp.payment_id = payid;
+        mp.order_id = oid[i];
+        mp.amount = cr->order->total_amount;
+        mp.provider = "alipay";
+        must_call(oc, OSVC "MarkPaid", &mp.base,
+                  &commerce__order__v1__mark_paid_response__descriptor, &r, md);
+        protobuf_c_message_free_unpacked(r, NULL);
+        protobuf_c_message_free_unpacked(&cr->base, NULL);
+    }
+    cms_wait_for(schema, "SELECT count(*) FROM commissions WHERE state = 1", N);
+    /* orders 0 and 1 are shipped and received: payable at once (window 0) */
+    for (int i = 0; i < 2; i++) {
+        char rq[64];
+        snprintf(rq, sizeof rq, "ship-%ld-%d", pid, i);
+        Commerce__Order__V1__ShipOrderRequest so = COMMERCE__ORDER__V1__SHIP_ORDER_REQUEST__INIT;
+        so.request_id = rq;
+        so.order_id = oid[i];
+        so.carrier = "sf-express";
+        so.tracking_number = "SF1234567890";
+        must_call(oc, OSVC "ShipOrder", &so.base,
+                  &commerce__order__v1__ship_order_response__descriptor, &r, md);
+        protobuf_c_message_free_unpacked(r, NULL);
+        snprintf(rq, sizeof rq, "done-%ld-%d", pid, i);
+        Commerce__Order__V1__CompleteOrderRequest dn =
+            COMMERCE__ORDER__V1__COMPLETE_ORDER_REQUEST__INIT;
+        dn.request_id = rq;
+        dn.order_id = oid[i];
+        must_call(oc, OSVC "CompleteOrder", &dn.base,
+                  &commerce__order__v1__complete_order_response__descriptor, &r, md);
+        protobuf_c_message_free_unpacked(r, NULL);
+    }
+    cms_wait_for(schema, "SELECT count(*) FROM commissions WHERE state = 2", 2);
+    /* order 1 refunded in part after PAYABLE, order 2 in full while FROZEN */
+    for (int i = 1; i < N; i++) {
+        char rq[64];
+        snprintf(rq, sizeof rq, "rf-%ld-%d", pid, i);
+        Commerce__Common__V1__Money amt = COMMERCE__COMMON__V1__MONEY__INIT;
+        amt.amount_minor = 3000;
+        amt.currency = "CNY";
+        Commerce__Order__V1__RefundOrderRequest rf =
+            COMMERCE__ORDER__V1__REFUND_ORDER_REQUEST__INIT;
+        rf.refund_id = rq;
+        rf.order_id = oid[i];
+        rf.scope = i == 1 ? COMMERCE__ORDER__V1__REFUND_SCOPE__REFUND_SCOPE_AMOUNT
+                          : COMMERCE__ORDER__V1__REFUND_SCOPE__REFUND_SCOPE_FULL;
+        rf.amount = i == 1 ? &amt : NULL;
+        rf.reason = "partner test";
+        must_call(oc, OSVC "RefundOrder", &rf.base,
+                  &commerce__order__v1__refund_order_response__descriptor, &r, md);
+        protobuf_c_message_free_unpacked(r, NULL);
+    }
+    cms_wait_for(schema, "SELECT count(*) FROM refunds_applied", 2);
+    ck_assert_int_eq(cms_sql(schema, "SELECT count(*) FROM commissions WHERE state = 4"), 1);
+    ck_assert_int_eq(cms_sql(schema, "SELECT count(*) FROM adjustments WHERE kind = 3"), 1);
+
+    /* the relay publishes what the service committed; kcat reads it */
+    char *out = strdup("/tmp/test_partner_cms_XXXXXX");
+    int fd = mkstemp(out);
+    ck_assert_int_ge(fd, 0);
+    close(fd);
+    char cmd[2048];
+    int want[3] = {N, 2, 2}, have[3] = {0, 0, 0};
+    static const char *const kinds3[] = {"accrued", "payable", "clawed_back"};
+    for (int tries = 0; tries < 150; tries++) {
+        snprintf(cmd, sizeof cmd, "kcat -C -b '%s' -t %s -o beginning -e -q -J > %s 2>/dev/null",
+                 brokers, ptopic, out);
+        ck_assert_msg(system(cmd) == 0, "%s failed", cmd);
+        int same = 1;
+        for (int k = 0; k < 3; k++) {
+            have[k] = count_kind(out, channel, kinds3[k]);
+            same = same && have[k] == want[k];
+        }
+        if (same)
+            break;
+        usleep(200 * 1000);
+    }
+    for (int k = 0; k < 3; k++)
+        ck_assert_msg(have[k] == want[k], "%s: %d records, want %d", kinds3[k], have[k], want[k]);
+    validate_records(out, channel);
+    unlink(out);
+    free(out);
+
+    cm_rpc_client_free(cc);
+    ck_assert_int_eq(hs_stop(&cp, SIGTERM, 30000), 0);
+    fx_stop(&pair);
+    hs_kafka_delete_topic(brokers, ptopic);
+    hs_kafka_delete_topic(brokers, ctopic);
+    hs_drop_schema(NULL, schema);
+}
+END_TEST
+#endif
 #endif
 
 static Suite *partner_suite(void)
@@ -546,6 +803,9 @@ static Suite *partner_suite(void)
     tcase_add_test(tc, kcat_reads_valid_partner_cloudevents);
 #ifdef ORDER_BIN
     tcase_add_test(tc, partner_events_of_real_orders_validate);
+#ifdef COMMISSION_BIN
+    tcase_add_test(tc, commission_partner_events_of_real_orders_validate);
+#endif
 #endif
     suite_add_tcase(s, tc);
     return s;

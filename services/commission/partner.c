@@ -1,0 +1,163 @@
+/* commission's partner events: see cms_partner.h */
+#include "cms_partner.h"
+
+#include "cm_cloudevents.h"
+#include "cm_err.h"
+#include "cm_id.h"
+#include "cm_kafka.h"
+#include "cms_events.h"
+
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char *state_name(int state)
+{
+    switch (state) {
+    case CMS_FROZEN:
+        return "COMMISSION_STATE_FROZEN";
+    case CMS_PAYABLE:
+        return "COMMISSION_STATE_PAYABLE";
+    case CMS_SETTLED:
+        return "COMMISSION_STATE_SETTLED";
+    case CMS_CLAWED_BACK:
+        return "COMMISSION_STATE_CLAWED_BACK";
+    default:
+        return "COMMISSION_STATE_UNSPECIFIED";
+    }
+}
+
+/* int64 as the proto3 json mapping writes it: a decimal string */
+static json_t *i64(int64_t v)
+{
+    char s[24];
+    snprintf(s, sizeof s, "%lld", (long long)v);
+    return json_string(s);
+}
+
+static json_t *money(int64_t v, const char *currency)
+{
+    return json_pack("{s:o, s:s}", "amount_minor", i64(v), "currency", currency);
+}
+
+static json_t *ts(int64_t ms)
+{
+    char s[CM_KAFKA_TIME_SIZE];
+    cm_kafka_time_rfc3339(ms, s);
+    return json_string(s);
+}
+
+static json_t *commission(const cms_commission *c)
+{
+    json_t *b = json_array();
+    for (size_t k = 0; b && k < c->nb; k++)
+        if (json_array_append_new(b, json_pack("{s:o, s:I, s:o, s:o}", "from_sales",
+                                               money(c->b_from[k], c->currency), "rate_bps",
+                                               (json_int_t)c->b_bps[k], "sales",
+                                               money(c->b_sales[k], c->currency), "commission",
+                                               money(c->b_amount[k], c->currency))) != 0) {
+            json_decref(b);
+            return NULL;
+        }
+    json_t *o = json_pack(
+        "{s:s, s:s, s:s, s:s, s:s, s:o, s:o, s:o, s:o, s:o, s:o, s:s, s:o, s:o, s:o, s:o, s:o}",
+        "commission_id", c->id, "channel_id", c->channel, "order_id", c->order_id, "merchant_id",
+        c->merchant, "state", state_name(c->state), "order_amount",
+        money(c->order_amount, c->currency), "period_sales_before",
+        money(c->sales_before, c->currency), "amount", money(c->amount, c->currency),
+        "clawed_back_amount", money(c->clawed_back, c->currency), "net_amount",
+        money(c->amount - c->clawed_back, c->currency), "brackets", b, "tier_schedule_id",
+        c->schedule_id, "tier_schedule_revision", i64(c->schedule_revision), "period_start",
+        ts(c->period_start_ms), "period_end", ts(c->period_end_ms), "paid_at", ts(c->paid_ms),
+        "accrued_at", ts(c->accrued_ms));
+    if (o && c->payable_ms && json_object_set_new(o, "payable_at", ts(c->payable_ms)) != 0)
+        goto fail;
+    if (o && c->settled_ms && json_object_set_new(o, "settled_at", ts(c->settled_ms)) != 0)
+        goto fail;
+    /* the contract has payout_id once settled, not while a payout is pending */
+    if (o && c->settled_ms && c->payout_id[0] &&
+        json_object_set_new(o, "payout_id", json_string(c->payout_id)) != 0)
+        goto fail;
+    if (o && c->clawed_ms && json_object_set_new(o, "clawed_back_at", ts(c->clawed_ms)) != 0)
+        goto fail;
+    return o;
+fail:
+    json_decref(o);
+    return NULL;
+}
+
+/* the contract's traceparent: version-trace-parent-flags in lower hex */
+static int traceparent_ok(const char *s)
+{
+    if (!s || strlen(s) != 55)
+        return 0;
+    for (size_t i = 0; i < 55; i++) {
+        int dash = i == 2 || i == 35 || i == 52;
+        if (dash ? s[i] != '-' : !((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
+            return 0;
+    }
+    return 1;
+}
+
+int cms_partner_event(cm_arena *a, const char *topic, const char *type, const char *tenant,
+                      const cms_commission *c, const char *refund_id, int64_t clawback,
+                      int64_t at_ms, const char *traceparent, cm_outbox_event *out)
+{
+    int clawed = strcmp(type, CMS_PARTNER_CLAWED_BACK) == 0;
+    int settled = strcmp(type, CMS_PARTNER_SETTLED) == 0;
+    if (!c->nb || (clawed && clawback <= 0) || (settled && !c->payout_id[0]))
+        return CM_EINVAL;
+    json_t *data = json_pack("{s:s, s:o}", "channel_id", c->channel, "commission", commission(c));
+    if (data && clawed &&
+        (json_object_set_new(data, "refund_id", json_string(refund_id)) != 0 ||
+         json_object_set_new(data, "clawback_amount", money(clawback, c->currency)) != 0 ||
+         json_object_set_new(data, "after_settlement",
+                             c->state == CMS_SETTLED ? json_true() : json_false()) != 0)) {
+        json_decref(data);
+        data = NULL;
+    }
+    if (data && settled && json_object_set_new(data, "payout_id", json_string(c->payout_id)) != 0) {
+        json_decref(data);
+        data = NULL;
+    }
+    char *dj = data ? json_dumps(data, JSON_COMPACT) : NULL;
+    json_decref(data);
+    if (!dj)
+        return CM_ENOMEM;
+    char *id = cm_arena_alloc(a, CM_ID_SIZE);
+    int rc = id ? cm_id_uuid7(id) : CM_ENOMEM;
+    char *text = NULL;
+    size_t len = 0;
+    if (rc == 0) {
+        cm_cloudevent ce = {.id = id,
+                            .source = CMS_SOURCE,
+                            .type = type,
+                            .time_ms = at_ms,
+                            .subject = c->id,
+                            .tenant_id = tenant,
+                            .partition_key = c->channel,
+                            .traceparent = traceparent_ok(traceparent) ? traceparent : NULL};
+        rc = cm_cloudevent_json(&ce, dj, &text, &len);
+    }
+    free(dj);
+    if (rc)
+        return rc;
+    char *payload = cm_arena_alloc(a, len + 1);
+    if (payload)
+        memcpy(payload, text, len + 1);
+    free(text);
+    *out = (cm_outbox_event){
+        .event_id = id,
+        .tenant_id = cm_arena_strdup(a, tenant),
+        .topic = topic,
+        .key = cm_arena_strdup(a, c->channel),
+        .type = type,
+        .source = CMS_SOURCE,
+        .payload = payload,
+        .len = len,
+        .content_type = CM_CLOUDEVENTS_JSON_CONTENT_TYPE,
+        .occurred_at_ms = at_ms,
+        .traceparent = traceparent && *traceparent ? cm_arena_strdup(a, traceparent) : NULL};
+    return payload && out->tenant_id && out->key ? 0 : CM_ENOMEM;
+}
