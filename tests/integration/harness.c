@@ -723,6 +723,29 @@ void hs_produce(hs_producer *p, const char *topic, const char *key, const char *
     ck_assert_msg(done == 1, "record to %s not acknowledged", topic);
 }
 
+void hs_produce_event(hs_producer *p, const char *topic, const char *key, const char *type,
+                      const char *source, const char *event_id, const char *tenant,
+                      const ProtobufCMessage *m)
+{
+    size_t len = protobuf_c_message_get_packed_size(m);
+    uint8_t *buf = malloc(len ? len : 1);
+    ck_assert_ptr_nonnull(buf);
+    protobuf_c_message_pack(m, buf);
+    const char *h[] = {"ce_id",
+                       event_id,
+                       "ce_type",
+                       type,
+                       "ce_source",
+                       source,
+                       "content-type",
+                       "application/protobuf",
+                       "tenant-id",
+                       tenant,
+                       NULL};
+    hs_produce(p, topic, key, h, buf, len);
+    free(buf);
+}
+
 void hs_producer_free(hs_producer *p)
 {
     if (!p)
@@ -1157,4 +1180,30 @@ char *hs_bearer(const char *secret, const char *tid, const char *sub, const char
     snprintf(bearer, n, "Bearer %s", tok);
     free(tok);
     return bearer;
+}
+
+typedef struct sql_wait {
+    const char *schema, *q;
+    long long want;
+} sql_wait;
+
+static int sql_reads(void *arg)
+{
+    sql_wait *w = arg;
+    long long v = -1;
+    return hs_sql_try_long(w->schema, w->q, &v) == 0 && v == w->want;
+}
+
+int hs_poll_sql(const char *schema, const char *q, long long want, int timeout_ms, int interval_ms)
+{
+    sql_wait w = {schema, q, want};
+    return hs_poll(sql_reads, &w, timeout_ms, interval_ms);
+}
+
+void hs_wait_sql(const char *schema, const char *q, long long want, const char *log)
+{
+    int rc = hs_poll_sql(schema, q, want, 30000, 50);
+    long long v = -1;
+    hs_sql_try_long(schema, q, &v);
+    ck_assert_msg(rc == 0, "waited for %s = %lld, have %lld (log %s)", q, want, v, log ? log : "-");
 }

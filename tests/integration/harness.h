@@ -164,6 +164,12 @@ void hs_pg_exec(PGconn *pg, const char *sql);
  * to schema (may be NULL: the default). */
 long long hs_sql_long(const char *schema, const char *sql);
 
+/* polls the one-row query q in schema every interval_ms until it reads
+ * want, for up to timeout_ms; 0, or -1 on timeout. hs_wait_sql asserts
+ * it came within 30 s, naming the query, what it read last and log (a
+ * service's log path, may be NULL) */
+int hs_poll_sql(const char *schema, const char *q, long long want, int timeout_ms, int interval_ms);
+void hs_wait_sql(const char *schema, const char *q, long long want, const char *log);
 /* hs_sql_long that does not assert: 0 and *out set when the query returned
  * exactly one row, -1 otherwise (a table that is not there yet). */
 int hs_sql_try_long(const char *schema, const char *sql, long long *out);
@@ -202,6 +208,13 @@ hs_producer *hs_producer_new(const char *brokers);
 void hs_produce(hs_producer *p, const char *topic, const char *key, const char *const *headers,
                 const void *payload, size_t len);
 void hs_producer_free(hs_producer *p);
+/* an event as a service's outbox relay publishes it: m packed as the
+ * value, key, and the headers ce_id (event_id), ce_type (type), ce_source
+ * (source), content-type application/protobuf and tenant-id; acknowledged
+ * before it returns */
+void hs_produce_event(hs_producer *p, const char *topic, const char *key, const char *type,
+                      const char *source, const char *event_id, const char *tenant,
+                      const ProtobufCMessage *m);
 
 /* one record as read from a topic */
 typedef struct hs_record {

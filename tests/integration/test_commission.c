@@ -185,23 +185,7 @@ static void put_channel(st *s, const char *id, int state, const char *parent, in
 static void send_event(st *s, const char *type, const char *order_id, const char *event_id,
                        const char *tenant, const ProtobufCMessage *m)
 {
-    size_t len = protobuf_c_message_get_packed_size(m);
-    uint8_t *buf = malloc(len ? len : 1);
-    ck_assert_ptr_nonnull(buf);
-    protobuf_c_message_pack(m, buf);
-    const char *h[] = {"ce_id",
-                       event_id,
-                       "ce_type",
-                       type,
-                       "ce_source",
-                       "/commerce/order",
-                       "content-type",
-                       "application/protobuf",
-                       "tenant-id",
-                       tenant,
-                       NULL};
-    hs_produce(s->prod, s->otopic, order_id, h, buf, len);
-    free(buf);
+    hs_produce_event(s->prod, s->otopic, order_id, type, "/commerce/order", event_id, tenant, m);
 }
 
 static void paid_in(st *s, const char *tenant, const char *order_id, const char *event_id,
@@ -304,26 +288,9 @@ static long long sql(const st *s, const char *q)
     return hs_sql_long(s->schema, q);
 }
 
-typedef struct wait_sql {
-    const st *s;
-    const char *q;
-    long long want;
-} wait_sql;
-
-static int sql_is(void *arg)
-{
-    wait_sql *w = arg;
-    long long v = -1;
-    return hs_sql_try_long(w->s->schema, w->q, &v) == 0 && v == w->want;
-}
-
 static void wait_for(const st *s, const char *q, long long want)
 {
-    wait_sql w = {s, q, want};
-    int rc = hs_poll(sql_is, &w, 30000, 50);
-    long long v = -1;
-    hs_sql_try_long(s->schema, q, &v);
-    ck_assert_msg(rc == 0, "waited for %s = %lld, have %lld (log %s)", q, want, v, s->p.log_path);
+    hs_wait_sql(s->schema, q, want, s->p.log_path);
 }
 
 /* a column of an order's commission */
@@ -1161,8 +1128,8 @@ START_TEST(kill_mid_batch_accrues_each_order_once)
     const char *env[32];
     st_env(&S, env, 32, NULL);
     hs_start(&S.p, COMMISSION_BIN, env);
-    wait_sql w1 = {&S, "SELECT least(count(*), 1) FROM commissions", 1};
-    ck_assert_int_eq(hs_poll(sql_is, &w1, 30000, 2), 0);
+    ck_assert_int_eq(
+        hs_poll_sql(S.schema, "SELECT least(count(*), 1) FROM commissions", 1, 30000, 2), 0);
     ck_assert_int_eq(hs_stop(&S.p, SIGKILL, 5000), 128 + SIGKILL);
     long long before = sql(&S, "SELECT count(*) FROM commissions");
     ck_assert_msg(before < N, "all %d accrued before the kill: nothing to prove", N);

@@ -49,25 +49,9 @@ static void stop_settlement(void)
     hs_drop_schema(NULL, schema);
 }
 
-typedef struct want {
-    const char *q;
-    long long v;
-} want;
-
-static int is(void *arg)
-{
-    want *w = arg;
-    long long v = -1;
-    return hs_sql_try_long(schema, w->q, &v) == 0 && v == w->v;
-}
-
 static void wait_for(const char *q, long long v)
 {
-    want w = {q, v};
-    long long have = -1;
-    int rc = hs_poll(is, &w, 30000, 50);
-    hs_sql_try_long(schema, q, &have);
-    ck_assert_msg(rc == 0, "waited for %s = %lld, have %lld (log %s)", q, v, have, P.log_path);
+    hs_wait_sql(schema, q, v, P.log_path);
 }
 
 static long long available(int type, const char *owner)

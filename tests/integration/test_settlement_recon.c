@@ -139,23 +139,7 @@ static void put_seed_rule(st *s, const cm_rpc_md *m)
 static void send_event(st *s, const char *type, const char *order_id, const char *event_id,
                        const char *tenant, const ProtobufCMessage *m)
 {
-    size_t len = protobuf_c_message_get_packed_size(m);
-    uint8_t *buf = malloc(len ? len : 1);
-    ck_assert_ptr_nonnull(buf);
-    protobuf_c_message_pack(m, buf);
-    const char *h[] = {"ce_id",
-                       event_id,
-                       "ce_type",
-                       type,
-                       "ce_source",
-                       "/commerce/order",
-                       "content-type",
-                       "application/protobuf",
-                       "tenant-id",
-                       tenant,
-                       NULL};
-    hs_produce(s->prod, s->otopic, order_id, h, buf, len);
-    free(buf);
+    hs_produce_event(s->prod, s->otopic, order_id, type, "/commerce/order", event_id, tenant, m);
 }
 
 static char *uuid(void)
@@ -222,26 +206,9 @@ static long long sql(const st *s, const char *q)
     return hs_sql_long(s->schema, q);
 }
 
-typedef struct wait_sql {
-    const st *s;
-    const char *q;
-    long long want;
-} wait_sql;
-
-static int sql_is(void *arg)
-{
-    wait_sql *w = arg;
-    long long v = -1;
-    return hs_sql_try_long(w->s->schema, w->q, &v) == 0 && v == w->want;
-}
-
 static void wait_for(const st *s, const char *q, long long want)
 {
-    wait_sql w = {s, q, want};
-    int rc = hs_poll(sql_is, &w, 30000, 50);
-    long long v = -1;
-    hs_sql_try_long(s->schema, q, &v);
-    ck_assert_msg(rc == 0, "waited for %s = %lld, have %lld (log %s)", q, want, v, s->p.log_path);
+    hs_wait_sql(s->schema, q, want, s->p.log_path);
 }
 
 typedef struct wait_metric {
