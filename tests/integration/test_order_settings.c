@@ -574,7 +574,7 @@ static void paid_order(fx *f, const char *rid, const char *sku, char id[64])
 static void ship(fx *f, const char *id)
 {
     char rid[96];
-    snprintf(rid, sizeof rid, "ship-%s", id);
+    snprintf(rid, sizeof rid, "ship-%.64s", id);
     cm_rpc_status st;
     ck_assert_int_eq(fx_ship(f->oc, rid, id, "sf", "SF1", NULL, &st), 0);
 }
@@ -603,7 +603,7 @@ static void ship_ago(fx *f, const char *id, int64_t ago_s)
     Commerce__Order__V1__ShipOrderRequest q = COMMERCE__ORDER__V1__SHIP_ORDER_REQUEST__INIT;
     Google__Protobuf__Timestamp at = GOOGLE__PROTOBUF__TIMESTAMP__INIT;
     char rid[96];
-    snprintf(rid, sizeof rid, "ship-%s", id);
+    snprintf(rid, sizeof rid, "ship-%.64s", id);
     at.seconds = (int64_t)time(NULL) - ago_s;
     q.request_id = rid;
     q.order_id = (char *)id;
