@@ -41,6 +41,14 @@ void cm_buf_array_null(cm_buf *b);
 void cm_buf_array_text_or_null(cm_buf *b, const char *s);
 void cm_buf_array_end(cm_buf *b);
 
+/* n array literals built side by side: the columns of a batch a
+ * statement unnests. begin starts them, end closes them and points
+ * params[i] at column i (0, or CM_ENOMEM when any ran out of memory),
+ * free releases them (also after an error). */
+void cm_buf_columns_begin(cm_buf *cols, size_t n);
+int cm_buf_columns_end(cm_buf *cols, size_t n, const char **params);
+void cm_buf_columns_free(cm_buf *cols, size_t n);
+
 /* a bigint[] literal of n numbers, the first at v, each stride bytes after
  * the previous (one field of an array of structs); in a, NULL when out of
  * memory */

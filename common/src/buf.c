@@ -1,5 +1,6 @@
 /* growable buffers and postgres array literals: see cm_buf.h */
 #include "cm_buf.h"
+#include "cm_err.h"
 
 #include <stdint.h>
 #include <stdio.h>
@@ -115,4 +116,29 @@ char *cm_buf_text_array(cm_arena *a, size_t n, const char *(*get)(const void *ar
         cm_buf_array_text(&b, get(arg, i));
     cm_buf_array_end(&b);
     return into_arena(a, &b);
+}
+
+void cm_buf_columns_begin(cm_buf *cols, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        cols[i] = (cm_buf){0};
+        cm_buf_array_begin(&cols[i]);
+    }
+}
+
+int cm_buf_columns_end(cm_buf *cols, size_t n, const char **params)
+{
+    int oom = 0;
+    for (size_t i = 0; i < n; i++) {
+        cm_buf_array_end(&cols[i]);
+        oom |= cols[i].oom;
+        params[i] = cols[i].p;
+    }
+    return oom ? CM_ENOMEM : 0;
+}
+
+void cm_buf_columns_free(cm_buf *cols, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        cm_buf_free(&cols[i]);
 }

@@ -588,9 +588,8 @@ static int lock_rows(cms_accrual *a, cm_db *db)
     }
     if (rc || !a->nperiods)
         return rc;
-    cm_buf c[7] = {{0}};
-    for (int k = 0; k < 7; k++)
-        cm_buf_array_begin(&c[k]);
+    cm_buf c[7];
+    cm_buf_columns_begin(c, 7);
     for (size_t i = 0; i < a->nperiods; i++) {
         period *p = &a->periods[i];
         cm_buf_array_text(&c[0], p->tenant);
@@ -601,15 +600,11 @@ static int lock_rows(cms_accrual *a, cm_db *db)
         cm_buf_array_int(&c[5], p->end_ms);
         cm_buf_array_text(&c[6], p->currency);
     }
-    for (int k = 0; k < 7; k++) {
-        cm_buf_array_end(&c[k]);
-        if (c[k].oom)
-            rc = CM_ENOMEM;
-    }
+    const char *c_p[7];
+    if (cm_buf_columns_end(c, 7, c_p))
+        rc = CM_ENOMEM;
     PGresult *r = NULL;
-    const char *p[7];
-    for (int k = 0; k < 7; k++)
-        p[k] = c[k].p;
+    const char *const *p = c_p;
     if (rc == 0)
         rc = cm_db_exec_prepared(
             db, "create period rows", "cms_new_periods",
@@ -633,8 +628,7 @@ static int lock_rows(cms_accrual *a, cm_db *db)
             "$5::bigint[]) AS u(t, c, s, r, ps)) ORDER BY p.tenant_id, p.channel_id, "
             "p.schedule_id, p.schedule_revision, p.period_start FOR UPDATE OF p",
             5, p, NULL, NULL, &r);
-    for (int k = 0; k < 7; k++)
-        cm_buf_free(&c[k]);
+    cm_buf_columns_free(c, 7);
     if (rc)
         return rc;
     if ((size_t)PQntuples(r) != a->nperiods)
@@ -654,9 +648,8 @@ static int lock_rows(cms_accrual *a, cm_db *db)
     PQclear(r);
     if (rc || !a->npools)
         return rc;
-    cm_buf d[5] = {{0}};
-    for (int k = 0; k < 5; k++)
-        cm_buf_array_begin(&d[k]);
+    cm_buf d[5];
+    cm_buf_columns_begin(d, 5);
     for (size_t i = 0; i < a->npools; i++) {
         pool *q = &a->pools[i];
         cm_buf_array_text(&d[0], q->tenant);
@@ -665,14 +658,10 @@ static int lock_rows(cms_accrual *a, cm_db *db)
         cm_buf_array_int(&d[3], q->start_ms);
         cm_buf_array_int(&d[4], q->bps);
     }
-    for (int k = 0; k < 5; k++) {
-        cm_buf_array_end(&d[k]);
-        if (d[k].oom)
-            rc = CM_ENOMEM;
-    }
-    const char *pp[5];
-    for (int k = 0; k < 5; k++)
-        pp[k] = d[k].p;
+    const char *d_p[5];
+    if (cm_buf_columns_end(d, 5, d_p))
+        rc = CM_ENOMEM;
+    const char *const *pp = d_p;
     if (rc == 0)
         rc = cm_db_exec_prepared(
             db, "create parent pools", "cms_new_pools",
@@ -691,8 +680,7 @@ static int lock_rows(cms_accrual *a, cm_db *db)
             "to_timestamp(u.ps / 1000.0), u.b FROM unnest($1::text[], $2::text[], $3::text[], "
             "$4::bigint[], $5::int[]) AS u(t, p, c, ps, b)) ORDER BY 1, 2, 3, 4, 5 FOR UPDATE",
             5, pp, NULL, NULL, &r);
-    for (int k = 0; k < 5; k++)
-        cm_buf_free(&d[k]);
+    cm_buf_columns_free(d, 5);
     if (rc)
         return rc;
     if ((size_t)PQntuples(r) != a->npools)
@@ -1029,17 +1017,15 @@ static int apply_refund(cms_accrual *a, item *it, int64_t at_ms)
 
 static int write_commissions(cms_accrual *a, cm_db *db)
 {
-    cm_buf c[24] = {{0}};
+    cm_buf c[24];
     size_t nf = 0, nu = 0;
-    for (int k = 0; k < 24; k++)
-        cm_buf_array_begin(&c[k]);
+    cm_buf_columns_begin(c, 24);
     for (size_t i = 0; i < a->ncomms; i++) {
         comm *m = &a->comms[i];
         const cms_commission *x = &m->c;
         if (m->fresh) {
-            cm_buf b[4] = {{0}};
-            for (int k = 0; k < 4; k++)
-                cm_buf_array_begin(&b[k]);
+            cm_buf b[4];
+            cm_buf_columns_begin(b, 4);
             for (size_t k = 0; k < x->nb; k++) {
                 cm_buf_array_int(&b[0], x->b_from[k]);
                 cm_buf_array_int(&b[1], x->b_bps[k]);
@@ -1077,11 +1063,9 @@ static int write_commissions(cms_accrual *a, cm_db *db)
         }
     }
     int rc = 0;
-    for (int k = 0; k < 24; k++) {
-        cm_buf_array_end(&c[k]);
-        if (c[k].oom)
-            rc = CM_ENOMEM;
-    }
+    const char *c_p[24];
+    if (cm_buf_columns_end(c, 24, c_p))
+        rc = CM_ENOMEM;
     /* the event id of each fresh commission's payment */
     cm_buf ev = {0};
     cm_buf_array_begin(&ev);
@@ -1125,15 +1109,13 @@ static int write_commissions(cms_accrual *a, cm_db *db)
             "ps, pe, pa, bf, bb, bs, ba, par, pb, at, ev)",
             25, p, NULL, NULL, NULL);
     }
-    for (int k = 0; k < 24; k++)
-        cm_buf_free(&c[k]);
+    cm_buf_columns_free(c, 24);
     cm_buf_free(&ev);
     if (rc)
         return rc;
     /* the clawbacks of commissions accrued before: their final figures */
-    cm_buf u[5] = {{0}};
-    for (int k = 0; k < 5; k++)
-        cm_buf_array_begin(&u[k]);
+    cm_buf u[5];
+    cm_buf_columns_begin(u, 5);
     for (size_t i = 0; i < a->ncomms; i++) {
         comm *m = &a->comms[i];
         if (m->fresh || !m->dirty)
@@ -1145,11 +1127,9 @@ static int write_commissions(cms_accrual *a, cm_db *db)
         cm_buf_array_int(&u[4], m->c.clawed_ms);
         nu++;
     }
-    for (int k = 0; k < 5; k++) {
-        cm_buf_array_end(&u[k]);
-        if (u[k].oom)
-            rc = CM_ENOMEM;
-    }
+    const char *u_p[5];
+    if (cm_buf_columns_end(u, 5, u_p))
+        rc = CM_ENOMEM;
     if (rc == 0 && nu) {
         const char *p[] = {u[0].p, u[1].p, u[2].p, u[3].p, u[4].p};
         rc = cm_db_exec_prepared(db, "update commissions", "cms_update_comms",
@@ -1160,8 +1140,7 @@ static int write_commissions(cms_accrual *a, cm_db *db)
                                  "u.id",
                                  5, p, NULL, NULL, NULL);
     }
-    for (int k = 0; k < 5; k++)
-        cm_buf_free(&u[k]);
+    cm_buf_columns_free(u, 5);
     return rc;
 }
 
@@ -1169,10 +1148,9 @@ static int write_rows(cms_accrual *a, cm_db *db)
 {
     int rc = 0;
     /* one update per period row */
-    cm_buf c[8] = {{0}};
+    cm_buf c[8];
     size_t n = 0;
-    for (int k = 0; k < 8; k++)
-        cm_buf_array_begin(&c[k]);
+    cm_buf_columns_begin(c, 8);
     for (size_t i = 0; i < a->nperiods; i++) {
         period *p = &a->periods[i];
         if (!p->dirty)
@@ -1187,15 +1165,11 @@ static int write_rows(cms_accrual *a, cm_db *db)
         cm_buf_array_int(&c[7], p->orders);
         n++;
     }
-    for (int k = 0; k < 8; k++) {
-        cm_buf_array_end(&c[k]);
-        if (c[k].oom)
-            rc = CM_ENOMEM;
-    }
+    const char *c_p[8];
+    if (cm_buf_columns_end(c, 8, c_p))
+        rc = CM_ENOMEM;
     if (rc == 0 && n) {
-        const char *p[8];
-        for (int k = 0; k < 8; k++)
-            p[k] = c[k].p;
+        const char *const *p = c_p;
         rc = cm_db_exec_prepared(
             db, "update period rows", "cms_update_periods",
             "UPDATE channel_periods p SET net_sales = u.ns, posted = u.po, orders = u.n, "
@@ -1205,15 +1179,13 @@ static int write_rows(cms_accrual *a, cm_db *db)
             "p.schedule_revision = u.r AND p.period_start = to_timestamp(u.ps / 1000.0)",
             8, p, NULL, NULL, NULL);
     }
-    for (int k = 0; k < 8; k++)
-        cm_buf_free(&c[k]);
+    cm_buf_columns_free(c, 8);
     if (rc)
         return rc;
     /* one update per pool */
-    cm_buf d[7] = {{0}};
+    cm_buf d[7];
     n = 0;
-    for (int k = 0; k < 7; k++)
-        cm_buf_array_begin(&d[k]);
+    cm_buf_columns_begin(d, 7);
     for (size_t i = 0; i < a->npools; i++) {
         pool *q = &a->pools[i];
         if (!q->dirty)
@@ -1227,15 +1199,11 @@ static int write_rows(cms_accrual *a, cm_db *db)
         cm_buf_array_int(&d[6], q->posted);
         n++;
     }
-    for (int k = 0; k < 7; k++) {
-        cm_buf_array_end(&d[k]);
-        if (d[k].oom)
-            rc = CM_ENOMEM;
-    }
+    const char *d_p[7];
+    if (cm_buf_columns_end(d, 7, d_p))
+        rc = CM_ENOMEM;
     if (rc == 0 && n) {
-        const char *p[7];
-        for (int k = 0; k < 7; k++)
-            p[k] = d[k].p;
+        const char *const *p = d_p;
         rc = cm_db_exec_prepared(
             db, "update parent pools", "cms_update_pools",
             "UPDATE parent_pools q SET base = u.b, posted = u.po FROM unnest($1::text[], "
@@ -1245,15 +1213,13 @@ static int write_rows(cms_accrual *a, cm_db *db)
             "q.override_bps = u.bps",
             7, p, NULL, NULL, NULL);
     }
-    for (int k = 0; k < 7; k++)
-        cm_buf_free(&d[k]);
+    cm_buf_columns_free(d, 7);
     if (rc)
         return rc;
     /* adjustments */
     if (a->nadjs) {
-        cm_buf e[12] = {{0}};
-        for (int k = 0; k < 12; k++)
-            cm_buf_array_begin(&e[k]);
+        cm_buf e[12];
+        cm_buf_columns_begin(e, 12);
         for (size_t i = 0; i < a->nadjs; i++) {
             const cms_adjustment *x = &a->adjs[i];
             cm_buf_array_text(&e[0], x->id);
@@ -1269,14 +1235,10 @@ static int write_rows(cms_accrual *a, cm_db *db)
             cm_buf_array_int(&e[10], x->posted_ms);
             cm_buf_array_int(&e[11], x->state);
         }
-        for (int k = 0; k < 12; k++) {
-            cm_buf_array_end(&e[k]);
-            if (e[k].oom)
-                rc = CM_ENOMEM;
-        }
-        const char *p[12];
-        for (int k = 0; k < 12; k++)
-            p[k] = e[k].p;
+        const char *e_p[12];
+        if (cm_buf_columns_end(e, 12, e_p))
+            rc = CM_ENOMEM;
+        const char *const *p = e_p;
         if (rc == 0)
             rc = cm_db_exec_prepared(
                 db, "insert adjustments", "cms_insert_adjs",
@@ -1289,17 +1251,15 @@ static int write_rows(cms_accrual *a, cm_db *db)
                 "$9::text[], $10::bigint[], $11::bigint[], $12::int[]) AS u(id, t, c, k, cur, a, "
                 "o, rf, ch, ps, at, st)",
                 12, p, NULL, NULL, NULL);
-        for (int k = 0; k < 12; k++)
-            cm_buf_free(&e[k]);
+        cm_buf_columns_free(e, 12);
         if (rc)
             return rc;
         atomic_fetch_add(&a->adjustments, a->nadjs);
     }
     /* refunds applied and orders that earned nothing */
-    cm_buf f[6] = {{0}};
+    cm_buf f[6];
     n = 0;
-    for (int k = 0; k < 6; k++)
-        cm_buf_array_begin(&f[k]);
+    cm_buf_columns_begin(f, 6);
     for (size_t i = 0; i < a->napplied; i++) {
         const applied *x = &a->applied[i];
         if (!x->fresh)
@@ -1312,15 +1272,11 @@ static int write_rows(cms_accrual *a, cm_db *db)
         cm_buf_array_text(&f[5], x->event_id);
         n++;
     }
-    for (int k = 0; k < 6; k++) {
-        cm_buf_array_end(&f[k]);
-        if (f[k].oom)
-            rc = CM_ENOMEM;
-    }
+    const char *f_p[6];
+    if (cm_buf_columns_end(f, 6, f_p))
+        rc = CM_ENOMEM;
     if (rc == 0 && n) {
-        const char *p[6];
-        for (int k = 0; k < 6; k++)
-            p[k] = f[k].p;
+        const char *const *p = f_p;
         rc = cm_db_exec_prepared(
             db, "insert applied refunds", "cms_insert_applied",
             "INSERT INTO refunds_applied (tenant_id, order_id, refund_id, amount, clawback, "
@@ -1329,14 +1285,12 @@ static int write_rows(cms_accrual *a, cm_db *db)
             "c, e)",
             6, p, NULL, NULL, NULL);
     }
-    for (int k = 0; k < 6; k++)
-        cm_buf_free(&f[k]);
+    cm_buf_columns_free(f, 6);
     if (rc)
         return rc;
-    cm_buf g[4] = {{0}};
+    cm_buf g[4];
     n = 0;
-    for (int k = 0; k < 4; k++)
-        cm_buf_array_begin(&g[k]);
+    cm_buf_columns_begin(g, 4);
     for (size_t i = 0; i < a->nskipped; i++) {
         const skipped *x = &a->skipped[i];
         if (!x->fresh)
@@ -1347,11 +1301,9 @@ static int write_rows(cms_accrual *a, cm_db *db)
         cm_buf_array_text(&g[3], x->reason);
         n++;
     }
-    for (int k = 0; k < 4; k++) {
-        cm_buf_array_end(&g[k]);
-        if (g[k].oom)
-            rc = CM_ENOMEM;
-    }
+    const char *g_p[4];
+    if (cm_buf_columns_end(g, 4, g_p))
+        rc = CM_ENOMEM;
     if (rc == 0 && n) {
         const char *p[] = {g[0].p, g[1].p, g[2].p, g[3].p};
         rc = cm_db_exec_prepared(db, "insert uncommissioned orders", "cms_insert_skipped",
@@ -1361,8 +1313,7 @@ static int write_rows(cms_accrual *a, cm_db *db)
                                  "o, c, r) ON CONFLICT DO NOTHING",
                                  4, p, NULL, NULL, NULL);
     }
-    for (int k = 0; k < 4; k++)
-        cm_buf_free(&g[k]);
+    cm_buf_columns_free(g, 4);
     return rc;
 }
 

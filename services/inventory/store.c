@@ -773,9 +773,8 @@ static int reserve_fn(cm_db *db, void *arg)
 int inv_store_reserve_batch(cm_db *db, inv_reserve_item *const *items, size_t n, inv_stock_cb cb,
                             void *arg)
 {
-    cm_buf a[A_COUNT] = {{0}};
-    for (int k = 0; k < A_COUNT; k++)
-        cm_buf_array_begin(&a[k]);
+    cm_buf a[A_COUNT];
+    cm_buf_columns_begin(a, A_COUNT);
     for (size_t i = 0; i < n; i++) {
         const inv_reserve_item *it = items[i];
         cm_buf_array_text(&a[A_TENANT], it->tenant);

@@ -386,71 +386,40 @@ static int resolve_accounts(stl_ledger *l, cm_db *db, const char *tenant, const 
 
 /* ---- flush: split rows ---- */
 
-/* a parallel-array builder: one literal per column */
-typedef struct cols {
-    cm_buf c[16];
-    size_t n;
-} cols;
-
-static void cols_begin(cols *c, size_t n)
-{
-    memset(c, 0, sizeof *c);
-    c->n = n;
-    for (size_t i = 0; i < n; i++)
-        cm_buf_array_begin(&c->c[i]);
-}
-
-static int cols_end(cols *c)
-{
-    int oom = 0;
-    for (size_t i = 0; i < c->n; i++) {
-        cm_buf_array_end(&c->c[i]);
-        oom |= c->c[i].oom;
-    }
-    return oom ? CM_ENOMEM : 0;
-}
-
-static void cols_free(cols *c)
-{
-    for (size_t i = 0; i < c->n; i++)
-        cm_buf_free(&c->c[i]);
-}
-
 /* inserts the split rows; the ones inserted are the payments posted now
  * (fresh), the rest were split before (a redelivery under another event
  * id, or the same order twice in the batch) */
 static int insert_splits(stl_ledger *l, cm_db *db)
 {
-    cols c;
-    cols_begin(&c, 16);
+    cm_buf c[16];
+    const char *c_p[16];
+    cm_buf_columns_begin(c, 16);
     for (size_t i = 0; i < l->npays; i++) {
         pay *y = &l->pays[i];
         size_t np = y->split.nparts;
-        cm_buf_array_text(&c.c[14], y->held ? "t" : "f");
-        cm_buf_array_text(&c.c[0], y->tenant);
-        cm_buf_array_text(&c.c[1], y->order_id);
-        cm_buf_array_text(&c.c[2], y->merchant);
-        cm_buf_array_text(&c.c[3], y->currency);
-        cm_buf_array_int(&c.c[4], y->paid_ms);
-        cm_buf_array_int(&c.c[5], y->amount);
-        cm_buf_array_int(&c.c[6], y->split.fee);
-        cm_buf_array_int(&c.c[7], y->rule ? y->rule->rule.refund_policy : STL_REFUND_PRO_RATA);
-        cm_buf_array_int(&c.c[8], y->version);
-        cm_buf_array_int(&c.c[9], (long long)(c.c[13].items));
-        cm_buf_array_int(&c.c[10], (long long)np);
+        cm_buf_array_text(&c[14], y->held ? "t" : "f");
+        cm_buf_array_text(&c[0], y->tenant);
+        cm_buf_array_text(&c[1], y->order_id);
+        cm_buf_array_text(&c[2], y->merchant);
+        cm_buf_array_text(&c[3], y->currency);
+        cm_buf_array_int(&c[4], y->paid_ms);
+        cm_buf_array_int(&c[5], y->amount);
+        cm_buf_array_int(&c[6], y->split.fee);
+        cm_buf_array_int(&c[7], y->rule ? y->rule->rule.refund_policy : STL_REFUND_PRO_RATA);
+        cm_buf_array_int(&c[8], y->version);
+        cm_buf_array_int(&c[9], (long long)(c[13].items));
+        cm_buf_array_int(&c[10], (long long)np);
         for (size_t k = 0; k < np; k++) {
-            cm_buf_array_int(&c.c[11], y->acct[k]);
-            cm_buf_array_int(&c.c[12], y->split.parts[k]);
-            cm_buf_array_text_or_null(&c.c[13], y->due[k]);
-            cm_buf_array_int(&c.c[15], y->delay[k]);
+            cm_buf_array_int(&c[11], y->acct[k]);
+            cm_buf_array_int(&c[12], y->split.parts[k]);
+            cm_buf_array_text_or_null(&c[13], y->due[k]);
+            cm_buf_array_int(&c[15], y->delay[k]);
         }
     }
-    int rc = cols_end(&c);
+    int rc = cm_buf_columns_end(c, 16, c_p);
     PGresult *r = NULL;
     if (rc == 0) {
-        const char *p[16];
-        for (int i = 0; i < 16; i++)
-            p[i] = c.c[i].p;
+        const char *const *p = c_p;
         rc = cm_db_exec_prepared(
             db, "insert order splits", "stl_splits",
             "INSERT INTO order_splits (tenant_id, order_id, merchant_id, currency, paid_at, "
@@ -466,7 +435,7 @@ static int insert_splits(stl_ledger *l, cm_db *db)
             "RETURNING tenant_id, order_id::text",
             16, p, NULL, NULL, &r);
     }
-    cols_free(&c);
+    cm_buf_columns_free(c, 16);
     if (rc)
         return rc;
     /* the first staged payment of each returned order is the fresh one */
@@ -501,28 +470,27 @@ static int insert_splits(stl_ledger *l, cm_db *db)
 static int apply_postings(cm_db *db, const char *const *tenants, stl_entry *const *entries,
                           size_t n, int with_pending)
 {
-    cols c;
-    cols_begin(&c, 7);
+    cm_buf c[7];
+    const char *c_p[7];
+    cm_buf_columns_begin(c, 7);
     for (size_t e = 0; e < n; e++) {
         for (size_t k = 0; k < entries[e]->n; k++) {
             const stl_posting *q = &entries[e]->p[k];
-            cm_buf_array_int(&c.c[0], q->account);
-            cm_buf_array_int(&c.c[1], q->bucket == STL_PENDING ? q->amount : 0);
-            cm_buf_array_int(&c.c[2], q->bucket == STL_AVAILABLE ? q->amount : 0);
+            cm_buf_array_int(&c[0], q->account);
+            cm_buf_array_int(&c[1], q->bucket == STL_PENDING ? q->amount : 0);
+            cm_buf_array_int(&c[2], q->bucket == STL_AVAILABLE ? q->amount : 0);
             if (with_pending && q->bucket == STL_PENDING) {
-                cm_buf_array_int(&c.c[3], q->account);
-                cm_buf_array_text(&c.c[4], q->due);
-                cm_buf_array_text(&c.c[5], tenants[e]);
-                cm_buf_array_int(&c.c[6], q->amount);
+                cm_buf_array_int(&c[3], q->account);
+                cm_buf_array_text(&c[4], q->due);
+                cm_buf_array_text(&c[5], tenants[e]);
+                cm_buf_array_int(&c[6], q->amount);
             }
         }
     }
-    int rc = cols_end(&c);
+    int rc = cm_buf_columns_end(c, 7, c_p);
     PGresult *r = NULL;
     if (rc == 0) {
-        const char *p[7];
-        for (int i = 0; i < 7; i++)
-            p[i] = c.c[i].p;
+        const char *const *p = c_p;
         rc = cm_db_exec_prepared(
             db, "apply postings", "stl_apply",
             "WITH d AS (SELECT id, sum(p) AS p, sum(v) AS v, count(*) AS n FROM "
@@ -539,7 +507,7 @@ static int apply_postings(cm_db *db, const char *const *tenants, stl_entry *cons
             "RETURNING 1) SELECT account_id, base, (SELECT count(*) FROM pd) FROM u",
             7, p, NULL, NULL, &r);
     }
-    cols_free(&c);
+    cm_buf_columns_free(c, 7);
     if (rc)
         return rc;
     /* the versions: each account's postings numbered from its old version,
@@ -652,29 +620,30 @@ static int insert_entries(stl_ledger *l, cm_db *db, const char *const *tenants,
     cm_arena *a = cm_arena_new(64 * 1024);
     if (!a)
         return CM_ENOMEM;
-    cols c;
-    cols_begin(&c, 16);
+    cm_buf c[16];
+    const char *c_p[16];
+    cm_buf_columns_begin(c, 16);
     cm_outbox_rows ob;
     cm_outbox_rows_init(&ob);
     int rc = 0;
     size_t off = 0;
     for (size_t i = 0; i < n && rc == 0; i++) {
         const stl_entry *e = entries[i];
-        cm_buf_array_int(&c.c[0], e->id);
-        cm_buf_array_text(&c.c[1], tenants[i]);
-        cm_buf_array_int(&c.c[2], e->kind);
-        cm_buf_array_text(&c.c[3], e->order_id);
-        cm_buf_array_text(&c.c[4], e->merchant);
-        cm_buf_array_text(&c.c[5], e->ref);
-        cm_buf_array_text(&c.c[6], e->currency);
-        cm_buf_array_int(&c.c[7], e->amount);
-        cm_buf_array_int(&c.c[8], e->fee);
-        cm_buf_array_int(&c.c[9], e->rule_version);
-        cm_buf_array_int(&c.c[10], e->capped);
-        cm_buf_array_text(&c.c[11], e->event_id);
-        cm_buf_array_int(&c.c[12], e->posted_ms);
-        cm_buf_array_int(&c.c[13], (long long)off);
-        cm_buf_array_int(&c.c[14], (long long)e->n);
+        cm_buf_array_int(&c[0], e->id);
+        cm_buf_array_text(&c[1], tenants[i]);
+        cm_buf_array_int(&c[2], e->kind);
+        cm_buf_array_text(&c[3], e->order_id);
+        cm_buf_array_text(&c[4], e->merchant);
+        cm_buf_array_text(&c[5], e->ref);
+        cm_buf_array_text(&c[6], e->currency);
+        cm_buf_array_int(&c[7], e->amount);
+        cm_buf_array_int(&c[8], e->fee);
+        cm_buf_array_int(&c[9], e->rule_version);
+        cm_buf_array_int(&c[10], e->capped);
+        cm_buf_array_text(&c[11], e->event_id);
+        cm_buf_array_int(&c[12], e->posted_ms);
+        cm_buf_array_int(&c[13], (long long)off);
+        cm_buf_array_int(&c[14], (long long)e->n);
         off += e->n;
         if (l->events_on) {
             char id[CM_ID_SIZE];
@@ -698,22 +667,23 @@ static int insert_entries(stl_ledger *l, cm_db *db, const char *const *tenants,
         }
     }
     /* the postings, flattened */
-    cols pc;
-    cols_begin(&pc, 5);
+    cm_buf pc[5];
+    const char *pc_p[5];
+    cm_buf_columns_begin(pc, 5);
     for (size_t i = 0; i < n; i++) {
         for (size_t k = 0; k < entries[i]->n; k++) {
             const stl_posting *q = &entries[i]->p[k];
-            cm_buf_array_int(&pc.c[0], q->account);
-            cm_buf_array_int(&pc.c[1], q->bucket);
-            cm_buf_array_int(&pc.c[2], q->amount);
-            cm_buf_array_text_or_null(&pc.c[3], q->due);
-            cm_buf_array_int(&pc.c[4], q->version);
+            cm_buf_array_int(&pc[0], q->account);
+            cm_buf_array_int(&pc[1], q->bucket);
+            cm_buf_array_int(&pc[2], q->amount);
+            cm_buf_array_text_or_null(&pc[3], q->due);
+            cm_buf_array_int(&pc[4], q->version);
         }
     }
     if (rc == 0)
-        rc = cols_end(&c);
+        rc = cm_buf_columns_end(c, 16, c_p);
     if (rc == 0)
-        rc = cols_end(&pc);
+        rc = cm_buf_columns_end(pc, 5, pc_p);
     if (rc == 0)
         rc = cm_outbox_rows_close(&ob);
     if (rc == 0) {
@@ -721,9 +691,9 @@ static int insert_entries(stl_ledger *l, cm_db *db, const char *const *tenants,
         int len[20 + CM_OUTBOX_ROWS_NPARAMS + 2] = {0};
         int fmt[20 + CM_OUTBOX_ROWS_NPARAMS + 2] = {0};
         for (int i = 0; i < 15; i++)
-            p[i] = c.c[i].p;
+            p[i] = c[i].p;
         for (int i = 0; i < 5; i++)
-            p[15 + i] = pc.c[i].p;
+            p[15 + i] = pc[i].p;
         cm_outbox_rows_params(&ob, p + 20);
         len[20 + CM_OUTBOX_ROWS_BLOB] = (int)ob.blob.len;
         fmt[20 + CM_OUTBOX_ROWS_BLOB] = 1;
@@ -758,8 +728,8 @@ static int insert_entries(stl_ledger *l, cm_db *db, const char *const *tenants,
         if (rc == 0 && ob.n)
             rc = cm_outbox_wake_on_commit(db);
     }
-    cols_free(&c);
-    cols_free(&pc);
+    cm_buf_columns_free(c, 16);
+    cm_buf_columns_free(pc, 5);
     cm_outbox_rows_free(&ob);
     cm_arena_free(a);
     return rc;
@@ -938,22 +908,23 @@ static int reverse(stl_ledger *l, cm_db *db, const stl_refund_in *in)
     }
     /* what of each part is still pending comes out of pending (the run
      * has not made it available), the rest out of available */
-    cols c;
-    cols_begin(&c, 4);
+    cm_buf c[4];
+    const char *c_p[4];
+    cm_buf_columns_begin(c, 4);
     for (size_t k = 0; k < np; k++) {
         int64_t left = orig.parts[k] - rev[k];
         int64_t x = out[k] < left ? out[k] : left;
         if (due[k][0] && x > 0) {
-            cm_buf_array_int(&c.c[0], acct[k]);
-            cm_buf_array_text(&c.c[1], due[k]);
-            cm_buf_array_int(&c.c[2], x);
-            cm_buf_array_int(&c.c[3], (long long)k);
+            cm_buf_array_int(&c[0], acct[k]);
+            cm_buf_array_text(&c[1], due[k]);
+            cm_buf_array_int(&c[2], x);
+            cm_buf_array_int(&c[3], (long long)k);
         }
     }
-    rc = cols_end(&c);
+    rc = cm_buf_columns_end(c, 4, c_p);
     int from_pending[STL_PARTS_MAX] = {0};
     if (rc == 0) {
-        const char *q[] = {c.c[0].p, c.c[1].p, c.c[2].p, c.c[3].p};
+        const char *q[] = {c[0].p, c[1].p, c[2].p, c[3].p};
         rc = cm_db_exec_prepared(
             db, "take from pending", "stl_take_pending",
             "UPDATE pending_due p SET amount = p.amount - x.amt FROM unnest($1::bigint[], "
@@ -966,7 +937,7 @@ static int reverse(stl_ledger *l, cm_db *db, const stl_refund_in *in)
             PQclear(r);
         }
     }
-    cols_free(&c);
+    cm_buf_columns_free(c, 4);
     if (rc) {
         free(e);
         return rc;
@@ -1177,19 +1148,20 @@ int stl_ledger_complete(stl_ledger *l, cm_db *db, const char *tenant, const char
     PQclear(r);
     /* what is left of each part leaves the held row: due after its delay
      * from the completion date, or available now (T+0: one SETTLE entry) */
-    cols c;
-    cols_begin(&c, 5);
+    cm_buf c[5];
+    const char *c_p[5];
+    cm_buf_columns_begin(c, 5);
     char dues[STL_PARTS_MAX][STL_DATE_LEN] = {{0}};
     for (size_t k = 0; k < np; k++) {
         int64_t left = parts[k] - rev[k];
         if (delays[k] > 0)
             date_add(day, (int)delays[k], dues[k]);
-        cm_buf_array_text(&c.c[4], dues[k]);
+        cm_buf_array_text(&c[4], dues[k]);
         if (left <= 0)
             continue;
-        cm_buf_array_int(&c.c[0], acct[k]);
-        cm_buf_array_int(&c.c[1], left);
-        cm_buf_array_text(&c.c[2], dues[k]);
+        cm_buf_array_int(&c[0], acct[k]);
+        cm_buf_array_int(&c[1], left);
+        cm_buf_array_text(&c[2], dues[k]);
         if (!dues[k][0]) {
             stl_posting *q = &e->p[e->n++];
             *q = (stl_posting){
@@ -1203,10 +1175,10 @@ int stl_ledger_complete(stl_ledger *l, cm_db *db, const char *tenant, const char
             e->amount += left;
         }
     }
-    cm_buf_array_text(&c.c[3], tenant);
-    rc = cols_end(&c);
+    cm_buf_array_text(&c[3], tenant);
+    rc = cm_buf_columns_end(c, 5, c_p);
     if (rc == 0) {
-        const char *q[] = {c.c[0].p, c.c[1].p, c.c[2].p, tenant, order_id, c.c[4].p};
+        const char *q[] = {c[0].p, c[1].p, c[2].p, tenant, order_id, c[4].p};
         rc = cm_db_exec_prepared(
             db, "release held parts", "stl_release_held",
             "WITH x AS (SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[]) AS x(id, "
@@ -1219,7 +1191,7 @@ int stl_ledger_complete(stl_ledger *l, cm_db *db, const char *tenant, const char
             "WITH ORDINALITY AS dd(d, k) ORDER BY k) WHERE tenant_id = $4 AND order_id = $5::uuid",
             6, q, NULL, NULL, NULL);
     }
-    cols_free(&c);
+    cm_buf_columns_free(c, 5);
     if (rc == 0 && e->n) {
         e->kind = STL_ENTRY_SETTLE;
         snprintf(e->ref, sizeof e->ref, "%s", order_id);

@@ -1,6 +1,7 @@
 /* cm_buf: growable text and postgres array literals */
 #include "cm_arena.h"
 #include "cm_buf.h"
+#include "cm_err.h"
 
 #include <check.h>
 #include <stdint.h>
@@ -50,6 +51,26 @@ START_TEST(array_null_elements)
 }
 END_TEST
 
+START_TEST(columns_side_by_side)
+{
+    cm_buf cols[2];
+    const char *p[2] = {NULL, NULL};
+    cm_buf_columns_begin(cols, 2);
+    cm_buf_array_int(&cols[0], 7);
+    cm_buf_array_text(&cols[1], "a");
+    cm_buf_array_int(&cols[0], -1);
+    cm_buf_array_text(&cols[1], "b");
+    ck_assert_int_eq(cm_buf_columns_end(cols, 2, p), 0);
+    ck_assert_str_eq(p[0], "{7,-1}");
+    ck_assert_str_eq(p[1], "{\"a\",\"b\"}");
+    cm_buf_columns_free(cols, 2);
+    cm_buf_columns_begin(cols, 2);
+    cols[1].oom = 1; /* a column that could not grow */
+    ck_assert_int_eq(cm_buf_columns_end(cols, 2, p), CM_ENOMEM);
+    cm_buf_columns_free(cols, 2);
+}
+END_TEST
+
 START_TEST(buffers_grow_past_their_first_size)
 {
     cm_buf b = {0};
@@ -93,6 +114,7 @@ int main(void)
     TCase *tc = tcase_create("core");
     tcase_add_test(tc, array_literals_quote_and_separate);
     tcase_add_test(tc, array_null_elements);
+    tcase_add_test(tc, columns_side_by_side);
     tcase_add_test(tc, buffers_grow_past_their_first_size);
     tcase_add_test(tc, arena_arrays_of_struct_fields);
     suite_add_tcase(s, tc);
