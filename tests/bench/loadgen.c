@@ -7,7 +7,8 @@
  *       [--threads T] [--payload-hex HEX] [--metadata k=v ...]
  *       [--deadline-ms N] [--connect-timeout S] [--json]
  *       [--reserve-gen PREFIX:NSKUS:MAXLINES:QTY] [--accept-code N ...]
- *       [--order-gen PREFIX:NSKUS:LINES:QTY] [--rate R]
+ *       [--order-gen PREFIX:NSKUS:LINES:QTY] [--order-channels N] [--rate R]
+ *       [--pay-gen FILE]
  *
  * --reserve-gen replaces the fixed payload with a fresh
  * commerce.inventory.v1.ReserveRequest per call: a unique order_id, 1 to
@@ -20,6 +21,16 @@
  * per call (for the order benchmark): a unique request_id, a random buyer
  * and merchant, currency CNY, exactly LINES lines of distinct random skus
  * PREFIX0 .. PREFIX<NSKUS-1>, QTY units each at a random unit price.
+ * --order-channels N gives each order a distribution channel, skewed: half
+ * of the orders go to ch-0 (the hot channel), the rest evenly to ch-1 ..
+ * ch-<N-1> (for the commission benchmark).
+ *
+ * --pay-gen FILE replaces it with a commerce.order.v1.MarkPaidRequest per
+ * call, paying the orders FILE lists one per line ("order_id amount_minor
+ * currency", e.g. from psql's COPY ... TO with a space delimiter), in file
+ * order, each once: payment_id "pay-<order_id>", provider "bench", paid_at
+ * unset (the service's clock). a run that needs more calls than FILE has
+ * lines is refused before it starts (--rate: rate x (warmup + duration)).
  *
  * --rate R makes the load open-loop: calls start on a fixed schedule of R
  * calls/s in total (spread over the threads), whatever the replies do, with
@@ -167,6 +178,10 @@ typedef struct config {
     /* --order-gen */
     char order_prefix[64];
     int order_skus, order_lines, order_qty;
+    int order_channels; /* --order-channels, 0: none */
+    /* --pay-gen: the orders to pay, "order_id amount currency" each */
+    char **pay_lines;
+    long pay_n;
     /* --rate: calls/s offered in total, 0: closed loop */
     int rate;
 } config;
@@ -178,7 +193,8 @@ static void usage(FILE *f)
                "         [--threads T] [--payload-hex HEX] [--metadata k=v ...]\n"
                "         [--deadline-ms 5000] [--connect-timeout 10] [--json]\n"
                "         [--reserve-gen PREFIX:NSKUS:MAXLINES:QTY] [--accept-code N ...]\n"
-               "         [--order-gen PREFIX:NSKUS:LINES:QTY] [--rate R]\n"
+               "         [--order-gen PREFIX:NSKUS:LINES:QTY] [--order-channels N] [--rate R]\n"
+               "         [--pay-gen FILE]\n"
                "\n"
                "closed-loop unary load: keeps --concurrency calls in flight over --channels\n"
                "connections from --threads threads (each with its own completion queue) for\n"
@@ -187,6 +203,48 @@ static void usage(FILE *f)
                "scheduled start), at most --concurrency in flight.\n"
                "defaults: --channels = --threads = number of cpus (at most --concurrency).\n"
                "exit 0 ok, 1 the run saw non-OK statuses, 2 usage or setup error.\n");
+}
+
+/* --pay-gen: every non-empty line of the file, checked for three fields */
+static int load_pay_lines(config *c, const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        fprintf(stderr, "commerce-loadgen: --pay-gen %s: %s\n", path, strerror(errno));
+        return -1;
+    }
+    char line[256];
+    long cap = 0;
+    int rc = 0;
+    while (rc == 0 && fgets(line, sizeof line, f)) {
+        line[strcspn(line, "\r\n")] = '\0';
+        if (!line[0])
+            continue;
+        char id[80], cur[8];
+        long long amount;
+        if (sscanf(line, "%79s %lld %7s", id, &amount, cur) != 3 || amount < 0) {
+            fprintf(stderr, "commerce-loadgen: --pay-gen %s: bad line \"%s\"\n", path, line);
+            rc = -1;
+            break;
+        }
+        if (c->pay_n == cap) {
+            cap = cap ? 2 * cap : 4096;
+            char **v = realloc(c->pay_lines, (size_t)cap * sizeof *v);
+            if (!v) {
+                rc = -1;
+                break;
+            }
+            c->pay_lines = v;
+        }
+        if (!(c->pay_lines[c->pay_n++] = strdup(line)))
+            rc = -1;
+    }
+    fclose(f);
+    if (rc == 0 && c->pay_n == 0) {
+        fprintf(stderr, "commerce-loadgen: --pay-gen %s lists no orders\n", path);
+        rc = -1;
+    }
+    return rc;
 }
 
 static int parse_int(const char *name, const char *s, long lo, long hi, int *out)
@@ -313,6 +371,10 @@ static int parse_args(int argc, char **argv, config *c)
             c->order_skus = ns;
             c->order_lines = nl;
             c->order_qty = q;
+        } else if (strcmp(a, "--order-channels") == 0) {
+            rc = parse_int(a, v, 1, 1000000, &c->order_channels);
+        } else if (strcmp(a, "--pay-gen") == 0) {
+            rc = load_pay_lines(c, v);
         } else if (strcmp(a, "--rate") == 0) {
             rc = parse_int(a, v, 1, 10000000, &c->rate);
         } else if (strcmp(a, "--accept-code") == 0) {
@@ -343,8 +405,15 @@ static int parse_args(int argc, char **argv, config *c)
         if (rc)
             return -1;
     }
-    if (c->gen_skus && c->order_skus) {
-        fprintf(stderr, "commerce-loadgen: --reserve-gen and --order-gen exclude each other\n");
+    if (!!c->gen_skus + !!c->order_skus + !!c->pay_n > 1) {
+        fprintf(stderr,
+                "commerce-loadgen: --reserve-gen, --order-gen and --pay-gen exclude each other\n");
+        return -1;
+    }
+    if (c->pay_n && c->rate &&
+        (long long)c->rate * (c->warmup_s + c->duration_s) > (long long)c->pay_n) {
+        fprintf(stderr, "commerce-loadgen: --pay-gen lists %ld orders, the run pays %lld\n",
+                c->pay_n, (long long)c->rate * (c->warmup_s + c->duration_s));
         return -1;
     }
     if (!c->target || !c->method || c->method[0] != '/') {
@@ -513,7 +582,16 @@ static size_t gen_order(loader *l, uint8_t *out)
     n += put_str(out + n, 2, s, (size_t)sn); /* buyer_id */
     sn = snprintf(s, sizeof s, "merchant-%d", (int)(next_rand(&l->rng) % 100));
     n += put_str(out + n, 3, s, (size_t)sn); /* merchant_id */
-    n += put_str(out + n, 5, "CNY", 3);      /* currency */
+    if (c->order_channels) {
+        /* half to the hot channel ch-0, the rest evenly over the others */
+        uint64_t x = next_rand(&l->rng);
+        int ch = (x & 1) || c->order_channels == 1
+                     ? 0
+                     : 1 + (int)((x >> 1) % (uint64_t)(c->order_channels - 1));
+        sn = snprintf(s, sizeof s, "ch-%d", ch);
+        n += put_str(out + n, 4, s, (size_t)sn); /* channel_id */
+    }
+    n += put_str(out + n, 5, "CNY", 3); /* currency */
     int picked[100];
     for (int i = 0; i < c->order_lines; i++) {
         int k, dup;
@@ -539,6 +617,28 @@ static size_t gen_order(loader *l, uint8_t *out)
     return n;
 }
 
+/* ---- --pay-gen: a MarkPaidRequest per call, the file's next order ---- */
+
+static long pay_next; /* the next line of --pay-gen, shared by the threads */
+
+static size_t gen_pay(loader *l, uint8_t *out)
+{
+    const config *c = &l->r->cfg;
+    long i = __atomic_fetch_add(&pay_next, 1, __ATOMIC_RELAXED);
+    if (i >= c->pay_n)
+        return 0; /* an empty request: INVALID_ARGUMENT, counted as an error */
+    char id[80], cur[8], pay[96];
+    long long amount;
+    if (sscanf(c->pay_lines[i], "%79s %lld %7s", id, &amount, cur) != 3)
+        return 0;
+    int pn = snprintf(pay, sizeof pay, "pay-%s", id);
+    size_t n = put_str(out, 1, pay, (size_t)pn); /* payment_id */
+    n += put_str(out + n, 2, id, strlen(id));    /* order_id */
+    n += put_money(out + n, 3, amount, cur);     /* amount */
+    n += put_str(out + n, 5, "bench", 5);        /* provider */
+    return n;
+}
+
 static int start_call(call_slot *s)
 {
     loader *l = s->l;
@@ -552,9 +652,11 @@ static int start_call(call_slot *s)
         return -1;
     /* a fresh buffer per call: core may take the slices out of the one it
      * is given */
-    if (r->cfg.gen_skus || r->cfg.order_skus) {
+    if (r->cfg.gen_skus || r->cfg.order_skus || r->cfg.pay_n) {
         uint8_t buf[16384];
-        size_t n = r->cfg.gen_skus ? gen_reserve(l, buf) : gen_order(l, buf);
+        size_t n = r->cfg.gen_skus     ? gen_reserve(l, buf)
+                   : r->cfg.order_skus ? gen_order(l, buf)
+                                       : gen_pay(l, buf);
         grpc_slice one = grpc_slice_from_copied_buffer((const char *)buf, n);
         s->send = grpc_raw_byte_buffer_create(&one, 1);
         grpc_slice_unref(one);
@@ -1018,6 +1120,9 @@ int main(int argc, char **argv)
     for (int k = 0; k < c->nmd; k++)
         free((char *)c->md_keys[k]);
     free(c->payload);
+    for (long k = 0; k < c->pay_n; k++)
+        free(c->pay_lines[k]);
+    free(c->pay_lines);
     free(r.channels);
     free(r.registered);
     free(r.loaders);

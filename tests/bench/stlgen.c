@@ -3,7 +3,9 @@
  * (scripts/bench.sh settlement, tests/bench/README.md).
  *
  *   commerce-stlgen setup --target HOST:PORT [--tenant T] [--merchants M]
- *       PutTenantSettings (cap 10000 bps) and, per merchant m-0 .. m-<M-1>,
+ *       [--merchant-prefix P]
+ *       PutTenantSettings (cap 10000 bps) and, per merchant P0 .. P<M-1>
+ *       (P: m-),
  *       PutSplitRule with the seed's rule: fee 30 bps + 10 shared pro rata,
  *       platform 50 % T+0, service provider 30 % T+1, sub-merchant 20 % T+0.
  *
@@ -19,6 +21,17 @@
  *       ledger (DSN, schema S) is polled every 5 ms for new split entries:
  *       an entry's latency is the poll that first saw it minus its order's
  *       paid_at (visible), and its posted_at minus paid_at (posted).
+ *
+ *   commerce-stlgen watch --dsn DSN --schema S --from-ms T --done-file F
+ *       the ledger's side of a run whose OrderPaid events come from the
+ *       order service (MarkPaid): polls the ledger every 5 ms as above,
+ *       counting entries whose order was paid at or after T (epoch ms; the
+ *       warmup's are seen, not counted), until F exists and holds the number
+ *       of orders paid (the caller writes it once its load has ended) and
+ *       that many entries were seen. latency = the poll that first saw the
+ *       entry - the order's paid_at, which the order service takes when the
+ *       MarkPaid call arrives, before its commit: so it includes MarkPaid's
+ *       own transaction, an upper bound of commit -> visible.
  *
  * prints one json line. exit: 0 ok, 1 a failure (produce, rpc, entries that
  * never appeared within 30 s of the last produce), 2 usage.
@@ -44,8 +57,9 @@
 #define DRAIN_MS 30000
 
 typedef struct opts {
-    const char *target, *brokers, *topic, *tenant, *dsn, *schema;
+    const char *target, *brokers, *topic, *tenant, *dsn, *schema, *merchant_prefix, *done_file;
     long events, merchants, rate, warmup;
+    long long from_ms;
 } opts;
 
 static int64_t now_ms(void)
@@ -72,9 +86,11 @@ static void sleep_us(int64_t us)
 
 static int usage(void)
 {
-    fprintf(stderr, "usage: commerce-stlgen setup --target HOST:PORT [--tenant T] [--merchants M]\n"
-                    "       commerce-stlgen produce --brokers B --topic T --events N [--tenant T]\n"
-                    "           [--merchants M] [--rate R --warmup S --dsn DSN --schema S]\n");
+    fprintf(stderr,
+            "usage: commerce-stlgen setup --target HOST:PORT [--tenant T] [--merchants M]\n"
+            "       commerce-stlgen produce --brokers B --topic T --events N [--tenant T]\n"
+            "           [--merchants M] [--rate R --warmup S --dsn DSN --schema S]\n"
+            "       commerce-stlgen watch --dsn DSN --schema S --from-ms T --done-file F\n");
     return 2;
 }
 
@@ -139,7 +155,7 @@ static int setup(const opts *o)
     fee.bearer = COMMERCE__SETTLEMENT__V1__FEE_BEARER__FEE_BEARER_PRO_RATA;
     for (long m = 0; rc == 0 && m < o->merchants; m++) {
         char merchant[32], req_id[48];
-        snprintf(merchant, sizeof merchant, "m-%ld", m);
+        snprintf(merchant, sizeof merchant, "%s%ld", o->merchant_prefix, m);
         snprintf(req_id, sizeof req_id, "bench-rule-%ld", m);
         Commerce__Settlement__V1__SplitRule rule = COMMERCE__SETTLEMENT__V1__SPLIT_RULE__INIT;
         rule.merchant_id = merchant;
@@ -188,10 +204,10 @@ static uint64_t next_rand(void)
 /* one OrderPaid, as the order service writes it; 0 or 1 */
 static int produce_paid(rd_kafka_t *rk, const opts *o, long i, int64_t paid_ms)
 {
-    char order_id[CM_ID_SIZE], event_id[CM_ID_SIZE], merchant[32], pay_id[32];
+    char order_id[CM_ID_SIZE], event_id[CM_ID_SIZE], merchant[48], pay_id[32];
     if (cm_id_uuid7(order_id) || cm_id_uuid7(event_id))
         return 1;
-    snprintf(merchant, sizeof merchant, "m-%ld", i % o->merchants);
+    snprintf(merchant, sizeof merchant, "%s%ld", o->merchant_prefix, i % o->merchants);
     snprintf(pay_id, sizeof pay_id, "pay-%ld", i);
     Commerce__Common__V1__Money m = COMMERCE__COMMON__V1__MONEY__INIT;
     m.amount_minor = 100 + (int64_t)(next_rand() % 99901);
@@ -299,6 +315,30 @@ static int watch_poll(watch *w)
     return 0;
 }
 
+static int watch_open(watch *w, const opts *o)
+{
+    w->pg = PQconnectdb(o->dsn);
+    if (PQstatus(w->pg) != CONNECTION_OK) {
+        fprintf(stderr, "stlgen: %s", PQerrorMessage(w->pg));
+        return 1;
+    }
+    snprintf(w->sql, sizeof w->sql,
+             "SELECT e.entry_id, extract(epoch FROM s.paid_at) * 1000, "
+             "extract(epoch FROM e.posted_at) * 1000 FROM \"%s\".entries e JOIN "
+             "\"%s\".order_splits s USING (tenant_id, order_id) WHERE e.entry_id > $1 "
+             "AND e.kind = 1 ORDER BY e.entry_id LIMIT 10000",
+             o->schema, o->schema);
+    return 0;
+}
+
+static void watch_close(watch *w)
+{
+    free(w->vis);
+    free(w->posted);
+    if (w->pg)
+        PQfinish(w->pg);
+}
+
 static int cmp_double(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
@@ -311,6 +351,18 @@ static double pct(const double *v, long n, double p)
         return 0;
     long i = (long)(p / 100.0 * (double)n);
     return v[i < n ? i : n - 1];
+}
+
+/* the latency fields of the json line: sorts the samples */
+static void watch_report(watch *w)
+{
+    qsort(w->vis, (size_t)w->n, sizeof *w->vis, cmp_double);
+    qsort(w->posted, (size_t)w->n, sizeof *w->posted, cmp_double);
+    printf("\"measured\":%ld,\"p50_ms\":%.1f,\"p90_ms\":%.1f,\"p99_ms\":%.1f,"
+           "\"p999_ms\":%.1f,\"max_ms\":%.1f,\"posted_p50_ms\":%.1f,\"posted_p99_ms\":%.1f",
+           w->n, pct(w->vis, w->n, 50), pct(w->vis, w->n, 90), pct(w->vis, w->n, 99),
+           pct(w->vis, w->n, 99.9), w->n ? w->vis[w->n - 1] : 0, pct(w->posted, w->n, 50),
+           pct(w->posted, w->n, 99));
 }
 
 static int produce(const opts *o)
@@ -339,19 +391,8 @@ static int produce(const opts *o)
     }
     watch w = {0};
     int rc = 0;
-    if (o->rate > 0) {
-        w.pg = PQconnectdb(o->dsn);
-        if (PQstatus(w.pg) != CONNECTION_OK) {
-            fprintf(stderr, "stlgen: %s", PQerrorMessage(w.pg));
-            rc = 1;
-        }
-        snprintf(w.sql, sizeof w.sql,
-                 "SELECT e.entry_id, extract(epoch FROM s.paid_at) * 1000, "
-                 "extract(epoch FROM e.posted_at) * 1000 FROM \"%s\".entries e JOIN "
-                 "\"%s\".order_splits s USING (tenant_id, order_id) WHERE e.entry_id > $1 "
-                 "AND e.kind = 1 ORDER BY e.entry_id LIMIT 10000",
-                 o->schema, o->schema);
-    }
+    if (o->rate > 0)
+        rc = watch_open(&w, o);
     long total = o->events + (o->rate > 0 ? o->rate * o->warmup : 0);
     int64_t t0 = now_us();
     w.measure_from_ms = t0 / 1000 + (o->rate > 0 ? o->warmup * 1000 : 0);
@@ -401,22 +442,60 @@ static int produce(const opts *o)
         printf("{\"events\":%ld,\"produced_per_s\":%.0f,\"acked_s\":%.3f", total,
                secs > 0 ? (double)total / secs : 0, (double)(t_acked - t0) / 1e6);
         if (o->rate > 0) {
-            qsort(w.vis, (size_t)w.n, sizeof *w.vis, cmp_double);
-            qsort(w.posted, (size_t)w.n, sizeof *w.posted, cmp_double);
-            printf(",\"offered_per_s\":%ld,\"measured\":%ld,\"p50_ms\":%.1f,\"p90_ms\":%.1f,"
-                   "\"p99_ms\":%.1f,\"p999_ms\":%.1f,\"max_ms\":%.1f,\"posted_p50_ms\":%.1f,"
-                   "\"posted_p99_ms\":%.1f",
-                   o->rate, w.n, pct(w.vis, w.n, 50), pct(w.vis, w.n, 90), pct(w.vis, w.n, 99),
-                   pct(w.vis, w.n, 99.9), w.n ? w.vis[w.n - 1] : 0, pct(w.posted, w.n, 50),
-                   pct(w.posted, w.n, 99));
+            printf(",\"offered_per_s\":%ld,", o->rate);
+            watch_report(&w);
         }
         printf("}\n");
     }
-    free(w.vis);
-    free(w.posted);
-    if (w.pg)
-        PQfinish(w.pg);
+    watch_close(&w);
     rd_kafka_destroy(rk);
+    return rc;
+}
+
+/* the number the caller wrote to the done file, or -1 while there is none */
+static long done_count(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return -1;
+    long n = -1;
+    if (fscanf(f, "%ld", &n) != 1)
+        n = -1;
+    fclose(f);
+    return n;
+}
+
+static int watch_only(const opts *o)
+{
+    watch w = {.measure_from_ms = (int64_t)o->from_ms};
+    int rc = watch_open(&w, o);
+    int64_t deadline = 0; /* set once the done file names the count */
+    long expect = -1;
+    /* bounded: a caller that never writes the done file ends this in an hour */
+    int64_t give_up = now_us() + 3600LL * 1000000;
+    while (rc == 0) {
+        int64_t t = now_us();
+        rc = watch_poll(&w);
+        if (rc)
+            break;
+        if (expect < 0 && (expect = done_count(o->done_file)) >= 0)
+            deadline = now_us() + DRAIN_MS * 1000LL;
+        if (expect >= 0 && w.seen >= expect)
+            break;
+        if ((deadline && now_us() > deadline) || now_us() > give_up) {
+            fprintf(stderr, "stlgen: %ld of %ld entries appeared within %d s of the load's end\n",
+                    w.seen, expect, DRAIN_MS / 1000);
+            rc = 1;
+            break;
+        }
+        sleep_us(t + POLL_MS * 1000 - now_us());
+    }
+    if (rc == 0) {
+        printf("{\"events\":%ld,", w.seen);
+        watch_report(&w);
+        printf("}\n");
+    }
+    watch_close(&w);
     return rc;
 }
 
@@ -424,7 +503,7 @@ int main(int argc, char **argv)
 {
     if (argc < 2)
         return usage();
-    opts o = {.tenant = "bench", .merchants = 1, .warmup = 2};
+    opts o = {.tenant = "bench", .merchants = 1, .warmup = 2, .merchant_prefix = "m-"};
     for (int i = 2; i < argc; i++) {
         const char *a = argv[i];
         if (i + 1 >= argc)
@@ -450,6 +529,12 @@ int main(int argc, char **argv)
             o.rate = strtol(v, NULL, 10);
         else if (strcmp(a, "--warmup") == 0)
             o.warmup = strtol(v, NULL, 10);
+        else if (strcmp(a, "--merchant-prefix") == 0)
+            o.merchant_prefix = v;
+        else if (strcmp(a, "--done-file") == 0)
+            o.done_file = v;
+        else if (strcmp(a, "--from-ms") == 0)
+            o.from_ms = strtoll(v, NULL, 10);
         else
             return usage();
     }
@@ -458,6 +543,13 @@ int main(int argc, char **argv)
     rng ^= (uint64_t)now_us();
     if (strcmp(argv[1], "setup") == 0)
         return o.target ? setup(&o) : usage();
+    if (strlen(o.merchant_prefix) > 24)
+        return usage();
+    if (strcmp(argv[1], "watch") == 0) {
+        if (!o.dsn || !o.schema || strchr(o.schema, '"') || !o.done_file || o.from_ms <= 0)
+            return usage();
+        return watch_only(&o);
+    }
     if (strcmp(argv[1], "produce") == 0) {
         if (!o.brokers || !o.topic || o.events < 1 || o.events > 100000000)
             return usage();
