@@ -9,6 +9,7 @@
 #   scripts/bench.sh events [--events N] [--rate R] [options]
 #   scripts/bench.sh order [--duration S] [--rate R] [options]
 #   scripts/bench.sh settlement [--events N] [--rate R] [options]
+#   scripts/bench.sh commission [--events N] [--rate R] [options]
 #
 # every benchmark builds a release tree first (build-release: -O2, no
 # sanitizers), starts what it needs, prints the machine and its settings,
@@ -91,6 +92,18 @@ benchmarks:
                   --seconds S (20) --warmup S (2) --merchants M (1)
                   --partitions P (6) --run-parts N (1000000)
                   --run-accounts A (100000) --no-run --no-build
+
+  commission
+         commerce-commission accruing OrderPaid events with a channel (the
+         seed's tier table; half of the orders on one channel: its period row
+         is the hot row), durable: orders/s from a preloaded topic against the
+         naive one-transaction-per-event consumer, orders paid through
+         commerce-order's MarkPaid at a fixed rate: MarkPaid -> accrued event
+         on the partner topic latency, the service's peak memory; checks
+         every period row against the formula after every run
+         options: --events N (200000) --naive-events N (10000) --rate R (1000)
+                  --seconds S (20) --warmup S (2) --channels C (1000)
+                  --mode marginal|whole (marginal) --partitions P (6) --no-build
 
 exit: 0 targets met, 1 measurement failed, 2 usage, 3 a target was missed.
 EOF
@@ -1378,7 +1391,7 @@ stl_prepare() {
   "$root/scripts/kafka.sh" topic "$topic.out" "$stl_partitions" || die "could not create $topic.out"
   "$root/scripts/kafka.sh" topic "$topic.dlq" 1 || die "could not create $topic.dlq"
   stl_start "$workdir/$name-setup.log" "$schema" "$topic" "bench.setup" SETTLEMENT_CONSUME_ORDERS=off
-  "$bin/commerce-stlgen" setup --target "127.0.0.1:$stl_port" --tenant bench \
+  "$bin/commerce-paidgen" setup --target "127.0.0.1:$stl_port" --tenant bench \
     --merchants "$stl_merchants" "$@" >"$workdir/$name-setup.txt" 2>&1 ||
     { cat "$workdir/$name-setup.txt" >&2; die "$name: could not put the settings and rules"; }
   stop_pid "$stl_pid" || die "$name: commerce-settlement did not exit 0 on SIGTERM"
@@ -1431,7 +1444,7 @@ stl_drain() {
   schema=stl_bench_${name}_$tag
   topic=bench.settlement.$name.$tag
   stl_prepare "$name" "$schema" "$topic"
-  "$bin/commerce-stlgen" produce --brokers "$stl_brokers" --topic "$topic" --events "$n" \
+  "$bin/commerce-paidgen" produce --brokers "$stl_brokers" --topic "$topic" --events "$n" \
     --tenant bench --merchants "$stl_merchants" >"$workdir/$name-produce.txt" 2>&1 ||
     { cat "$workdir/$name-produce.txt" >&2; die "$name: could not preload $topic"; }
   [ "$stl_statements" = 1 ] && psql "$stl_dsn" -XAtqc "SELECT pg_stat_statements_reset()" >/dev/null
@@ -1498,7 +1511,7 @@ SQL
   fi
 }
 
-# the service consuming, stlgen producing at a fixed rate and watching the
+# the service consuming, paidgen producing at a fixed rate and watching the
 # ledger; sets stl_paced_json, stl_hwm_kb
 stl_paced() {
   local name=paced tag schema topic
@@ -1514,7 +1527,7 @@ stl_paced() {
     sleep 0.1
   done
   local out=$workdir/$name.txt rc=0 n=$((stl_rate_paced * stl_seconds))
-  spawn "$out" "$bin/commerce-stlgen" produce --brokers "$stl_brokers" --topic "$topic" \
+  spawn "$out" "$bin/commerce-paidgen" produce --brokers "$stl_brokers" --topic "$topic" \
     --events "$n" --rate "$stl_rate_paced" --warmup "$stl_warmup" --tenant bench \
     --merchants "$stl_merchants" --dsn "$stl_dsn" --schema "$schema"
   forget_wait "$last_pid" || rc=$?
@@ -1561,7 +1574,7 @@ stl_orders() {
   # the OrderCreated backlog consumed before the payments start
   sleep 3
   ord_pay_watched "$workdir/$name-orders.txt" "$stl_rate_paced" "$stl_seconds" "$stl_warmup" \
-    "$ord_schema" "$workdir/$name" "$bin/commerce-stlgen" watch --dsn "$stl_dsn" --schema "$schema" ||
+    "$ord_schema" "$workdir/$name" "$bin/commerce-paidgen" watch --dsn "$stl_dsn" --schema "$schema" ||
     rc=1
   stl_hwm_kb=$(hwm_kb "$stl_pid")
   stop_pid "$stl_pid" || { echo "bench.sh: $name: commerce-settlement did not exit 0 on SIGTERM" >&2; rc=1; }
@@ -1641,7 +1654,7 @@ SQL
     sleep 0.1
   done
   local out=$workdir/$name.txt rc=0 n=$((stl_run_rate * stl_run_seconds))
-  spawn "$out" "$bin/commerce-stlgen" produce --brokers "$stl_brokers" --topic "$topic" \
+  spawn "$out" "$bin/commerce-paidgen" produce --brokers "$stl_brokers" --topic "$topic" \
     --events "$n" --rate "$stl_run_rate" --warmup 2 --tenant bench \
     --merchants "$stl_merchants" --dsn "$stl_dsn" --schema "$schema"
   local gen=$last_pid
@@ -1725,10 +1738,10 @@ bench_settlement() {
   BENCH_PG_RUN_DIR=${BENCH_PG_RUN_DIR:-$root/.run/pg-bench-settlement}
 
   if [ "$do_build" = 1 ]; then
-    build_release commerce-settlement commerce-stlgen commerce-order commerce-inventory commerce-loadgen
+    build_release commerce-settlement commerce-paidgen commerce-order commerce-inventory commerce-loadgen
   fi
   local b
-  for b in commerce-settlement commerce-stlgen commerce-order commerce-inventory commerce-loadgen; do
+  for b in commerce-settlement commerce-paidgen commerce-order commerce-inventory commerce-loadgen; do
     [ -x "$bin/$b" ] || die "$bin/$b is missing (build without --no-build)"
   done
   workdir=$build/bench/settlement-$(date -u +%Y%m%dT%H%M%SZ)
@@ -1879,6 +1892,339 @@ bench_settlement() {
   return "$verdict"
 }
 
+# ---- commission: OrderPaid with a channel -> commission accrued ----
+# (issue 12's benchmark)
+
+# a commission service on its own schema and topics; sets cms_pid, cms_admin
+cms_start() {
+  local log=$1 schema=$2 topic=$3 group=$4
+  shift 4
+  local port
+  port=$(free_port) cms_admin=$(free_port)
+  spawn "$log" env GRPC_LISTEN="127.0.0.1:$port" ADMIN_LISTEN="127.0.0.1:$cms_admin" \
+    PG_DSN="$cms_dsn" KAFKA_BROKERS="$cms_brokers" LOG_LEVEL=warn WORKERS=2 \
+    COMMISSION_SCHEMA="$schema" COMMISSION_ORDER_TOPIC="$topic" COMMISSION_ORDER_GROUP="$group" \
+    COMMISSION_TOPIC="$topic.out" COMMISSION_PARTNER_TOPIC="$topic.partner" "$@" \
+    "$bin/commerce-commission"
+  cms_pid=$last_pid
+  wait_http_ok "http://127.0.0.1:$cms_admin/readyz" "$cms_pid" "$log"
+  wait_tcp "$port" "$cms_pid" "$log"
+  cms_port=$port
+}
+
+# the scenario's schema with the seed's tier table and $cms_channels
+# channels (the service runs once without consuming, for the api), and its
+# topics
+cms_prepare() {
+  local name=$1 schema=$2 topic=$3
+  local t
+  for t in "$topic" "$topic.out" "$topic.partner"; do
+    "$root/scripts/kafka.sh" topic "$t" "$cms_partitions" || die "could not create $t"
+  done
+  "$root/scripts/kafka.sh" topic "$topic.dlq" 1 || die "could not create $topic.dlq"
+  cms_start "$workdir/$name-setup.log" "$schema" "$topic" "bench.setup" COMMISSION_CONSUME_ORDERS=off
+  "$bin/commerce-paidgen" cms-setup --target "127.0.0.1:$cms_port" --tenant bench \
+    --channels "$cms_channels" --mode "$cms_mode" >"$workdir/$name-setup.txt" 2>&1 ||
+    { cat "$workdir/$name-setup.txt" >&2; die "$name: could not put the schedule and channels"; }
+  stop_pid "$cms_pid" || die "$name: commerce-commission did not exit 0 on SIGTERM"
+}
+
+cms_cleanup() {
+  local schema=$1 topic=$2 t
+  psql "$cms_dsn" -XAtqc "DROP SCHEMA IF EXISTS $schema CASCADE" >/dev/null 2>&1 || true
+  for t in "$topic" "$topic.out" "$topic.partner" "$topic.dlq"; do
+    "$root/scripts/kafka.sh" delete-topic "$t" >/dev/null 2>&1 || true
+  done
+}
+
+# the books of a scenario: n commissions; every period row's net sales =
+# the sum of its orders, its posted total = the seed's formula on its net
+# sales (C(s), floor of the exact marginal or whole-volume sum) = the sum of
+# its commissions and adjustments. prints "ok" or what is wrong
+cms_check() {
+  local schema=$1 n=$2 q c
+  if [ "$cms_mode" = whole ]; then
+    c="(CASE WHEN p.net_sales >= 5000000 THEN 1200 WHEN p.net_sales >= 1000000 THEN 800 ELSE 500 END
+        * p.net_sales) / 10000"
+  else
+    c="(least(p.net_sales, 1000000) * 500 + greatest(least(p.net_sales, 5000000) - 1000000, 0) * 800
+        + greatest(p.net_sales - 5000000, 0) * 1200) / 10000"
+  fi
+  q=$(psql "$cms_dsn" -qAtX -F ' ' <<SQL 2>&1
+SET search_path = $schema;
+WITH c AS (SELECT channel_id, period_start, sum(order_amount) AS sales, sum(amount) AS amount,
+                  count(*) AS orders FROM commissions GROUP BY 1, 2),
+     a AS (SELECT channel_id, period_start, sum(amount) AS amount FROM adjustments GROUP BY 1, 2)
+SELECT (SELECT count(*) FROM commissions),
+       (SELECT count(*) FROM channel_periods),
+       count(*) FILTER (WHERE p.net_sales <> coalesce(c.sales, 0) OR p.orders <> coalesce(c.orders, 0)),
+       count(*) FILTER (WHERE p.posted <> $c),
+       count(*) FILTER (WHERE p.posted <> coalesce(c.amount, 0) + coalesce(a.amount, 0)),
+       coalesce(max(p.orders), 0)
+  FROM channel_periods p
+  LEFT JOIN c USING (channel_id, period_start)
+  LEFT JOIN a USING (channel_id, period_start);
+SQL
+) || { echo "CHECK FAILED ($q)"; return; }
+  local comms periods sales_off formula_off sum_off hot
+  read -r comms periods sales_off formula_off sum_off hot <<<"$(tail -n 1 <<<"$q")"
+  if [ "$comms" = "$n" ] && [ "$sales_off" = 0 ] && [ "$formula_off" = 0 ] && [ "$sum_off" = 0 ]; then
+    echo "ok ($comms commissions on $periods period rows, the hottest with $hot orders; every row's" \
+      "total = the formula on its net sales = its commissions + adjustments)"
+  else
+    echo "MISMATCH (commissions $comms of $n; period rows off their orders $sales_off, off the" \
+      "formula $formula_off, off their commissions $sum_off)"
+  fi
+}
+
+# preloaded topic -> the consumer with batch size $2 (0: its default);
+# prints one row; sets cms_rate, cms_hwm_kb
+cms_drain() {
+  local name=$1 batch=$2 n=$3
+  local tag schema topic
+  tag=$(date -u +%H%M%S)$$
+  schema=cms_bench_${name}_$tag
+  topic=bench.commission.$name.$tag
+  cms_prepare "$name" "$schema" "$topic"
+  "$bin/commerce-paidgen" produce --brokers "$cms_brokers" --topic "$topic" --events "$n" \
+    --tenant bench --merchants 100 --channels "$cms_channels" >"$workdir/$name-produce.txt" 2>&1 ||
+    { cat "$workdir/$name-produce.txt" >&2; die "$name: could not preload $topic"; }
+  local hz t0 s0 p0 w0 t1 s1 p1 w1 got=0 c=0 t_end
+  hz=$(getconf CLK_TCK)
+  w0=$(date +%s%N)
+  cms_start "$workdir/$name.log" "$schema" "$topic" "bench.commission.$tag" \
+    COMMISSION_CONSUMER_BATCH="$batch"
+  t0=$(cpu_ticks "$cms_pid") s0=$(sys_busy_ticks) p0=$(tree_ticks "$cms_pg_pid")
+  t_end=$(($(date +%s) + 60 + n / 100))
+  while [ "$(date +%s)" -lt "$t_end" ]; do
+    c=$(psql "$cms_dsn" -XAtqc "SELECT coalesce(sum(orders), 0) FROM $schema.channel_periods" \
+      2>/dev/null || echo 0)
+    if [ "${c:-0}" -ge "$n" ]; then
+      got=1
+      break
+    fi
+    kill -0 "$cms_pid" 2>/dev/null || break
+    sleep 0.2
+  done
+  w1=$(date +%s%N)
+  t1=$(cpu_ticks "$cms_pid") s1=$(sys_busy_ticks) p1=$(tree_ticks "$cms_pg_pid")
+  cms_hwm_kb=$(hwm_kb "$cms_pid")
+  stop_pid "$cms_pid" || { echo "bench.sh: $name: commerce-commission did not exit 0 on SIGTERM" >&2; got=0; }
+  if [ "$got" != 1 ]; then
+    echo "$name: $c of $n commissions accrued before the deadline (log: $workdir/$name.log)" >&2
+    return 1
+  fi
+  # the rate over the service's own clock: first to last accrual
+  local span
+  span=$(psql "$cms_dsn" -XAtqc "SELECT extract(epoch FROM max(accrued_at) - min(accrued_at)) \
+    FROM $schema.commissions" 2>/dev/null || echo 0)
+  cms_rate=$(awk -v n="$n" -v s="$span" 'BEGIN {printf "%.0f", (s > 0 ? (n - 1) / s : 0)}')
+  local check wall cpu_cms cpu_pg cpu_other
+  check=$(cms_check "$schema" "$n")
+  wall=$(awk -v a="$w0" -v b="$w1" 'BEGIN {printf "%.1f", (b - a) / 1e9}')
+  read -r cpu_cms cpu_pg cpu_other <<<"$(awk -v t="$((t1 - t0))" -v p="$((p1 - p0))" \
+    -v s="$((s1 - s0))" -v hz="$hz" -v n="$n" 'BEGIN {u = 1e6 / hz / n; o = s - t - p;
+      if (o < 0) o = 0; printf "%.0f %.0f %.0f", t * u, p * u, o * u}')"
+  printf '%-9s %6s %8s %10s %8s %8s  %-22s %s\n' "$name" "$([ "$batch" = 0 ] && echo 500 || echo "$batch")" \
+    "$n" "$cms_rate" "$wall" "$(mb "$cms_hwm_kb")" "$cpu_cms $cpu_pg $cpu_other" "${check%% *}"
+  echo "$name: $check" >>"$workdir/checks.txt"
+  if [ "${check%% *}" = ok ]; then
+    cms_cleanup "$schema" "$topic"
+  else
+    echo "$name: the books do not balance: $check (schema $schema kept)" >&2
+    return 1
+  fi
+}
+
+# the suite as deployed: orders with a channel (the same skew) created in
+# commerce-order, paid through MarkPaid at $cms_rate_paced/s; commission
+# consumes the order topic and publishes to the partner topic, which
+# paidgen watch-partner reads: latency = arrival there - the order's paid_at
+# (taken when MarkPaid arrives, before its commit). sets cms_orders_json,
+# cms_pay_json, cms_hwm_kb
+cms_orders() {
+  local name=orders tag schema topic ord_schema inv_schema
+  tag=$(date -u +%H%M%S)$$
+  schema=cms_bench_${name}_$tag ord_schema=cms_bench_ord_$tag inv_schema=cms_bench_inv_$tag
+  topic=bench.commission.$name.$tag
+  "$root/scripts/kafka.sh" topics >/dev/null 2>&1 || die "could not create the catalogue topics"
+  cms_prepare "$name" "$schema" "$topic"
+  ord_dsn=$cms_dsn ord_stack_start "$workdir" "$ord_schema" "$inv_schema" "$topic" "$cms_brokers" \
+    72 64 on 10000
+  cms_start "$workdir/$name.log" "$schema" "$topic" "bench.commission.$tag"
+  local n=$((cms_rate_paced * (cms_seconds + cms_warmup))) rc=0
+  ord_create_pending "$n" "$workdir/$name-orders.txt" "$ord_schema" "$workdir/$name" \
+    --order-channels "$cms_channels"
+  sleep 3
+  ord_pay_watched "$workdir/$name-orders.txt" "$cms_rate_paced" "$cms_seconds" "$cms_warmup" \
+    "$ord_schema" "$workdir/$name" "$bin/commerce-paidgen" watch-partner --brokers "$cms_brokers" \
+    --topic "$topic.partner" || rc=1
+  cms_hwm_kb=$(hwm_kb "$cms_pid")
+  stop_pid "$cms_pid" || { echo "bench.sh: $name: commerce-commission did not exit 0 on SIGTERM" >&2; rc=1; }
+  stop_pid "$ord_pid" || { echo "bench.sh: $name: commerce-order did not exit 0 on SIGTERM" >&2; rc=1; }
+  stop_pid "$ord_inv_pid" || { echo "bench.sh: $name: commerce-inventory did not exit 0 on SIGTERM" >&2; rc=1; }
+  [ "$rc" = 0 ] || return 1
+  cms_orders_json=$watch_json cms_pay_json=$pay_json
+  local check j=$watch_json
+  check=$(cms_check "$schema" "$ord_paid")
+  printf '%-9s %6s %8s %10s %8s %8s  p50 %s p90 %s p99 %s p999 %s max %s ms (accrued_at: p50 %s p99 %s)  %s\n' \
+    "$name" 500 "$ord_paid" "$cms_rate_paced" - "$(mb "$cms_hwm_kb")" "$(jnum "$j" p50_ms)" \
+    "$(jnum "$j" p90_ms)" "$(jnum "$j" p99_ms)" "$(jnum "$j" p999_ms)" "$(jnum "$j" max_ms)" \
+    "$(jnum "$j" posted_p50_ms)" "$(jnum "$j" posted_p99_ms)" "${check%% *}"
+  echo "$name: $check" >>"$workdir/checks.txt"
+  if [ "${check%% *}" = ok ]; then
+    cms_cleanup "$schema" "$topic"
+    psql "$cms_dsn" -XAtqc "DROP SCHEMA IF EXISTS $ord_schema CASCADE; DROP SCHEMA IF EXISTS $inv_schema CASCADE" \
+      >/dev/null 2>&1 || true
+  else
+    echo "$name: the books do not balance: $check (schema $schema kept)" >&2
+    return 1
+  fi
+}
+
+bench_commission() {
+  local events=200000 naive_events=10000 do_build=1
+  cms_partitions=6 cms_channels=1000 cms_rate_paced=1000 cms_seconds=20 cms_warmup=2 cms_mode=marginal
+  while [ $# -gt 0 ]; do
+    case "$1" in
+    --events) events=$2; shift 2 ;;
+    --naive-events) naive_events=$2; shift 2 ;;
+    --rate) cms_rate_paced=$2; shift 2 ;;
+    --seconds) cms_seconds=$2; shift 2 ;;
+    --warmup) cms_warmup=$2; shift 2 ;;
+    --channels) cms_channels=$2; shift 2 ;;
+    --partitions) cms_partitions=$2; shift 2 ;;
+    --mode) cms_mode=$2; shift 2 ;;
+    --no-build) do_build=0; shift ;;
+    -h | --help) usage; exit 0 ;;
+    *) usage >&2; exit 2 ;;
+    esac
+  done
+  local v
+  for v in "$events" "$naive_events" "$cms_rate_paced" "$cms_seconds" "$cms_channels" "$cms_partitions"; do
+    [[ "$v" =~ ^[0-9]+$ ]] && [ "$v" -ge 1 ] ||
+      { echo "bench.sh: options take positive whole numbers, got '$v'" >&2; exit 2; }
+  done
+  [[ "$cms_warmup" =~ ^[0-9]+$ ]] || { echo "bench.sh: --warmup takes seconds, got '$cms_warmup'" >&2; exit 2; }
+  [ "$cms_mode" = marginal ] || [ "$cms_mode" = whole ] ||
+    { echo "bench.sh: --mode takes marginal or whole, got '$cms_mode'" >&2; exit 2; }
+  [ "$events" -le 10000000 ] && [ "$naive_events" -le "$events" ] ||
+    { echo "bench.sh: --events at most 10^7, --naive-events at most --events" >&2; exit 2; }
+  command -v psql >/dev/null || die "psql is needed to check the books"
+  local rate_target=10000 p99_target_ms=250 rss_target_mb=64
+  BENCH_PG_RUN_DIR=${BENCH_PG_RUN_DIR:-$root/.run/pg-bench-commission}
+
+  if [ "$do_build" = 1 ]; then
+    build_release commerce-commission commerce-paidgen commerce-order commerce-inventory commerce-loadgen
+  fi
+  local b
+  for b in commerce-commission commerce-paidgen commerce-order commerce-inventory commerce-loadgen; do
+    [ -x "$bin/$b" ] || die "$bin/$b is missing (build without --no-build)"
+  done
+  workdir=$build/bench/commission-$(date -u +%Y%m%dT%H%M%SZ)
+  mkdir -p "$workdir"
+
+  machine
+  echo
+  echo "== kafka"
+  if "$root/scripts/kafka.sh" status >/dev/null 2>&1; then
+    echo "broker       already running: used, left running"
+  else
+    "$root/scripts/kafka.sh" start >/dev/null || die "could not start kafka (scripts/kafka.sh start)"
+    started_kafka=1
+    echo "broker       started by this run (scripts/kafka.sh), stopped at the end"
+  fi
+  cms_brokers=$("$root/scripts/kafka.sh" bootstrap)
+  echo "bootstrap    $cms_brokers"
+  echo
+  echo "== postgres"
+  start_pg
+  # the planner at postgres' defaults in the services' sessions (as for
+  # the settlement benchmark: a plan that only works on the tuned cost
+  # model shows here)
+  cms_dsn="$PG_DSN options='-c random_page_cost=4 -c effective_cache_size=4GB'"
+  cms_pg_pid=$(listener_pid "$(sed -n 's/.*port=\([0-9]*\).*/\1/p' <<<"$PG_DSN")")
+  echo "dsn          $cms_dsn"
+  echo "durability   fsync $(psql "$PG_DSN" -XAtqc 'SHOW fsync'), synchronous_commit" \
+    "$(psql "$PG_DSN" -XAtqc 'SHOW synchronous_commit')"
+  echo "planner      random_page_cost $(psql "$cms_dsn" -XAtqc 'SHOW random_page_cost')," \
+    "effective_cache_size $(psql "$cms_dsn" -XAtqc 'SHOW effective_cache_size') (postgres' defaults)"
+  echo
+
+  echo "== settings"
+  echo "schedule     the seed's table (0 -> 5 %, 10,000.00 -> 8 %, 50,000.00 -> 12 %), monthly in"
+  echo "             Asia/Shanghai, mode $cms_mode, paid by the merchant (PutTierSchedule)"
+  echo "channels     $cms_channels community leaders on it (PutChannel); every order has one, skewed:"
+  echo "             half of them ch-0 (its period row is the hot row), the rest evenly"
+  echo "events       OrderPaid as the order service's relay writes them, tenant 'bench', 100"
+  echo "             merchants, 1.00-1000.00 CNY, $cms_partitions partitions"
+  echo "service      commerce-commission, release build, LOG_LEVEL=warn, its events through the"
+  echo "             outbox and the relay to <topic>.out and the partner topic (as deployed)"
+  echo "batched      $events events preloaded, then the service starts; consumer batches of up to"
+  echo "             500 (COMMISSION_CONSUMER_BATCH=0); orders/s = commissions / (last - first"
+  echo "             accrued_at): the group join and the first fetch are left out (wall_s has them)"
+  echo "naive        the same with COMMISSION_CONSUMER_BATCH=1 (one transaction per event):"
+  echo "             the baseline, $naive_events events"
+  echo "orders       the suite as deployed: $((cms_rate_paced * (cms_seconds + cms_warmup))) orders with channels (same skew) created in"
+  echo "             commerce-order (reserved in commerce-inventory), paid through MarkPaid at"
+  echo "             $cms_rate_paced/s for $cms_seconds s after ${cms_warmup} s of warmup (open loop, at most 256 in flight);"
+  echo "             latency = the accrued event's arrival on the partner topic (CloudEvents"
+  echo "             JSON, read by paidgen watch-partner) - the order's paid_at, taken when"
+  echo "             MarkPaid arrives, before its commit (an upper bound of commit -> event)"
+  echo "cpu columns  us of cpu per order: commission / postgres / everything else"
+  echo "memory       commerce-commission VmHWM (peak RSS since its start) per run"
+  echo "check        after each run: one commission per order; every period row's net sales ="
+  echo "             its orders, its total = the formula on them = its commissions + adjustments"
+  echo "logs         $workdir"
+  echo
+
+  echo "== runs"
+  printf '%-9s %6s %8s %10s %8s %8s  %-22s %s\n' run batch events orders/s wall_s hwm_mb \
+    "cpu us: cms pg other" check
+  local failed=0 batched_rate=0 naive_rate=0 rss_max=0
+  if cms_drain batched 0 "$events"; then
+    batched_rate=$cms_rate
+    [ "$cms_hwm_kb" -gt "$rss_max" ] && rss_max=$cms_hwm_kb
+  else
+    failed=1
+  fi
+  if cms_drain naive 1 "$naive_events"; then
+    naive_rate=$cms_rate
+  else
+    failed=1
+  fi
+  if cms_orders; then
+    [ "$cms_hwm_kb" -gt "$rss_max" ] && rss_max=$cms_hwm_kb
+  else
+    failed=1
+  fi
+  echo
+  if [ "$failed" = 1 ]; then
+    echo "*** COMMISSION BENCHMARK FAILED: see the errors above; these numbers are not a measurement ***"
+    return 1
+  fi
+  local ratio t1 t3 t4 p99 verdict=0
+  ratio=$(awk -v a="$batched_rate" -v b="$naive_rate" 'BEGIN {printf "%.1f", (b > 0 ? a / b : 0)}')
+  p99=$(jnum "$cms_orders_json" p99_ms)
+  t1=$(awk -v v="$batched_rate" -v t="$rate_target" 'BEGIN {print ((v >= t) ? "met" : "MISSED")}')
+  t3=$(awk -v v="$p99" -v t="$p99_target_ms" 'BEGIN {print ((v <= t) ? "met" : "MISSED")}')
+  t4=$(awk -v k="$rss_max" -v t="$rss_target_mb" 'BEGIN {print ((k / 1024 <= t) ? "met" : "MISSED")}')
+  for v in "$t1" "$t3" "$t4"; do [ "$v" = met ] || verdict=3; done
+  echo "== summary"
+  echo "throughput   $batched_rate orders/s accrued durably from a preloaded topic, half of them on"
+  echo "             one channel's period row (target >= $rate_target): $t1"
+  echo "vs naive     $ratio x the one-transaction-per-event consumer ($naive_rate orders/s)"
+  echo "latency      at $cms_rate_paced orders/s paid through commerce-order's MarkPaid -> the accrued event"
+  echo "             on the partner topic: p50 $(jnum "$cms_orders_json" p50_ms) ms, p99 $p99 ms (target p99 <= $p99_target_ms ms): $t3"
+  echo "             ($(jnum "$cms_pay_json" calls_per_s) MarkPaid/s done, their own p99 $(awk -v u="$(jnum "$cms_pay_json" p99_us)" 'BEGIN {printf "%.1f", u / 1000}') ms)"
+  echo "memory       commerce-commission peak RSS $(mb "$rss_max") MB under load (target <= $rss_target_mb MB): $t4"
+  echo "checked      every run: one commission per order, every period row = the formula"
+  sed 's/^/             /' "$workdir/checks.txt"
+  echo "load         $(cut -d' ' -f1-3 /proc/loadavg) (1, 5, 15 min, after the run)"
+  echo "note         postgres, the broker (a jvm), the generator and the services share $(nproc) cpus"
+  return "$verdict"
+}
+
 cmd=${1:-}
 [ $# -gt 0 ] && shift
 case "$cmd" in
@@ -1887,6 +2233,7 @@ inventory) bench_inventory "$@" ;;
 events) bench_events "$@" ;;
 order) bench_order "$@" ;;
 settlement) bench_settlement "$@" ;;
+commission) bench_commission "$@" ;;
 -h | --help | help) usage ;;
 "")
   usage >&2

@@ -1,19 +1,30 @@
 /*
- * commerce-stlgen: the settlement benchmark's fixture and load generator
- * (scripts/bench.sh settlement, tests/bench/README.md).
+ * commerce-paidgen: the settlement and commission benchmarks' fixtures, their
+ * OrderPaid generator and their watchers (scripts/bench.sh settlement and
+ * commission, tests/bench/README.md).
  *
- *   commerce-stlgen setup --target HOST:PORT [--tenant T] [--merchants M]
+ *   commerce-paidgen setup --target HOST:PORT [--tenant T] [--merchants M]
  *       [--merchant-prefix P]
  *       PutTenantSettings (cap 10000 bps) and, per merchant P0 .. P<M-1>
  *       (P: m-),
  *       PutSplitRule with the seed's rule: fee 30 bps + 10 shared pro rata,
  *       platform 50 % T+0, service provider 30 % T+1, sub-merchant 20 % T+0.
  *
- *   commerce-stlgen produce --brokers B --topic T --events N [--tenant T]
- *       [--merchants M] [--rate R --warmup S --dsn DSN --schema S]
+ *   commerce-paidgen cms-setup --target HOST:PORT [--tenant T] [--channels C]
+ *       [--mode marginal|whole]
+ *       PutTierSchedule "bench-tiers" with the seed's table (CNY, monthly in
+ *       Asia/Shanghai: 0 -> 5 %, 10,000.00 -> 8 %, 50,000.00 -> 12 %; mode
+ *       marginal unless whole; paid by the merchant) and PutChannel ch-0 ..
+ *       ch-<C-1> (community leaders on it, partner p-<k>).
+ *
+ *   commerce-paidgen produce --brokers B --topic T --events N [--tenant T]
+ *       [--merchants M] [--channels C] [--rate R --warmup S --dsn DSN
+ *       --schema S]
  *       N OrderPaid events as the order service's relay writes them (headers
  *       ce_id, ce_type, ce_source, content-type, tenant-id; key = order id;
- *       ids UUIDv7; amounts 1.00-1000.00 CNY, merchants round robin),
+ *       ids UUIDv7; amounts 1.00-1000.00 CNY, merchants round robin; with
+ *       --channels C a channel each, skewed: half ch-0, the rest evenly
+ *       ch-1 .. ch-<C-1>),
  *       idempotent producer, acks=all. without --rate: as fast as the
  *       broker takes them (a preload), then flushed. with --rate R: R events/s
  *       on a fixed schedule after S s of warmup at the same rate (not
@@ -22,7 +33,7 @@
  *       an entry's latency is the poll that first saw it minus its order's
  *       paid_at (visible), and its posted_at minus paid_at (posted).
  *
- *   commerce-stlgen watch --dsn DSN --schema S --from-ms T --done-file F
+ *   commerce-paidgen watch --dsn DSN --schema S --from-ms T --done-file F
  *       the ledger's side of a run whose OrderPaid events come from the
  *       order service (MarkPaid): polls the ledger every 5 ms as above,
  *       counting entries whose order was paid at or after T (epoch ms; the
@@ -33,12 +44,22 @@
  *       MarkPaid call arrives, before its commit: so it includes MarkPaid's
  *       own transaction, an upper bound of commit -> visible.
  *
+ *   commerce-paidgen watch-partner --brokers B --topic T --from-ms T
+ *       --done-file F
+ *       the commission benchmark's: consumes the partner topic T from its
+ *       start, and for every accrued event (CloudEvents JSON) takes its
+ *       latency as the time it arrived here - its commission's paid_at
+ *       (posted: accrued_at - paid_at); counted when paid at or after T,
+ *       until F holds the number of orders paid and that many accrued
+ *       events arrived.
+ *
  * prints one json line. exit: 0 ok, 1 a failure (produce, rpc, entries that
  * never appeared within 30 s of the last produce), 2 usage.
  */
 #include "cm_id.h"
 #include "cm_rpc_client.h"
 
+#include <jansson.h>
 #include <libpq-fe.h>
 #include <librdkafka/rdkafka.h>
 
@@ -49,6 +70,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "commerce/commission/v1/commission_service.pb-c.h"
 #include "commerce/events/v1/order_events.pb-c.h"
 #include "commerce/settlement/v1/settlement_service.pb-c.h"
 
@@ -58,8 +80,9 @@
 
 typedef struct opts {
     const char *target, *brokers, *topic, *tenant, *dsn, *schema, *merchant_prefix, *done_file;
-    long events, merchants, rate, warmup;
+    long events, merchants, rate, warmup, channels;
     long long from_ms;
+    int whole; /* cms-setup --mode whole */
 } opts;
 
 static int64_t now_ms(void)
@@ -87,10 +110,16 @@ static void sleep_us(int64_t us)
 static int usage(void)
 {
     fprintf(stderr,
-            "usage: commerce-stlgen setup --target HOST:PORT [--tenant T] [--merchants M]\n"
-            "       commerce-stlgen produce --brokers B --topic T --events N [--tenant T]\n"
-            "           [--merchants M] [--rate R --warmup S --dsn DSN --schema S]\n"
-            "       commerce-stlgen watch --dsn DSN --schema S --from-ms T --done-file F\n");
+            "usage: commerce-paidgen setup --target HOST:PORT [--tenant T] [--merchants M]\n"
+            "           [--merchant-prefix P]\n"
+            "       commerce-paidgen cms-setup --target HOST:PORT [--tenant T] [--channels C]\n"
+            "           [--mode marginal|whole]\n"
+            "       commerce-paidgen produce --brokers B --topic T --events N [--tenant T]\n"
+            "           [--merchants M] [--channels C] [--rate R --warmup S --dsn DSN\n"
+            "           --schema S]\n"
+            "       commerce-paidgen watch --dsn DSN --schema S --from-ms T --done-file F\n"
+            "       commerce-paidgen watch-partner --brokers B --topic T --from-ms T\n"
+            "           --done-file F\n");
     return 2;
 }
 
@@ -105,7 +134,7 @@ static int call(cm_rpc_client *c, const char *tenant, const char *method,
     int rc =
         cm_rpc_call(c, method, req, rd, NULL, &resp, md, 1, 10000, CM_RPC_CALL_IDEMPOTENT, &st);
     if (rc) {
-        fprintf(stderr, "stlgen: %s: status %d %s (%s %s)\n", method, st.code, st.message,
+        fprintf(stderr, "paidgen: %s: status %d %s (%s %s)\n", method, st.code, st.message,
                 st.reason, st.field);
         return 1;
     }
@@ -119,7 +148,7 @@ static int setup(const opts *o)
     char err[256];
     cm_rpc_client_opts co = {.target = o->target};
     if (cm_rpc_client_new(&c, &co, err, sizeof err)) {
-        fprintf(stderr, "stlgen: client of %s: %s\n", o->target, err);
+        fprintf(stderr, "paidgen: client of %s: %s\n", o->target, err);
         return 1;
     }
     Commerce__Settlement__V1__TenantSettings ts = COMMERCE__SETTLEMENT__V1__TENANT_SETTINGS__INIT;
@@ -177,6 +206,75 @@ static int setup(const opts *o)
     return rc;
 }
 
+/* ---- cms-setup: the seed's tier table and the channels ---- */
+
+#define CMS "/commerce.commission.v1.CommissionService/"
+
+static int cms_setup(const opts *o)
+{
+    cm_rpc_client *c = NULL;
+    char err[256];
+    cm_rpc_client_opts co = {.target = o->target};
+    if (cm_rpc_client_new(&c, &co, err, sizeof err)) {
+        fprintf(stderr, "paidgen: client of %s: %s\n", o->target, err);
+        return 1;
+    }
+    static const int64_t from[3] = {0, 1000000, 5000000}; /* 0, 10,000.00, 50,000.00 */
+    static const int bps[3] = {500, 800, 1200};
+    Commerce__Common__V1__Money m[3];
+    Commerce__Commission__V1__Tier t[3], *tp[3];
+    for (int i = 0; i < 3; i++) {
+        commerce__common__v1__money__init(&m[i]);
+        m[i].amount_minor = from[i];
+        m[i].currency = "CNY";
+        commerce__commission__v1__tier__init(&t[i]);
+        t[i].from_sales = &m[i];
+        t[i].rate_bps = bps[i];
+        tp[i] = &t[i];
+    }
+    Commerce__Commission__V1__TierSchedule ts = COMMERCE__COMMISSION__V1__TIER_SCHEDULE__INIT;
+    ts.tier_schedule_id = "bench-tiers";
+    ts.name = "the seed's table";
+    ts.currency = "CNY";
+    ts.period = COMMERCE__COMMISSION__V1__PERIOD_TYPE__PERIOD_TYPE_MONTH;
+    ts.time_zone = "Asia/Shanghai";
+    ts.tiers = tp;
+    ts.n_tiers = 3;
+    ts.mode = o->whole ? COMMERCE__COMMISSION__V1__TIER_MODE__TIER_MODE_WHOLE_VOLUME
+                       : COMMERCE__COMMISSION__V1__TIER_MODE__TIER_MODE_MARGINAL;
+    ts.payer = COMMERCE__COMMISSION__V1__COMMISSION_PAYER__COMMISSION_PAYER_MERCHANT;
+    Commerce__Commission__V1__PutTierScheduleRequest tr =
+        COMMERCE__COMMISSION__V1__PUT_TIER_SCHEDULE_REQUEST__INIT;
+    tr.request_id = "bench-tiers";
+    tr.schedule = &ts;
+    int rc = call(c, o->tenant, CMS "PutTierSchedule", &tr.base,
+                  &commerce__commission__v1__put_tier_schedule_response__descriptor);
+    for (long k = 0; rc == 0 && k < o->channels; k++) {
+        char id[32], partner[32], req[48];
+        snprintf(id, sizeof id, "ch-%ld", k);
+        snprintf(partner, sizeof partner, "p-%ld", k);
+        snprintf(req, sizeof req, "bench-channel-%ld", k);
+        Commerce__Commission__V1__Channel ch = COMMERCE__COMMISSION__V1__CHANNEL__INIT;
+        ch.channel_id = id;
+        ch.name = id;
+        ch.type = COMMERCE__COMMISSION__V1__CHANNEL_TYPE__CHANNEL_TYPE_COMMUNITY_LEADER;
+        ch.state = COMMERCE__COMMISSION__V1__CHANNEL_STATE__CHANNEL_STATE_ACTIVE;
+        ch.tier_schedule_id = "bench-tiers";
+        ch.partner_id = partner;
+        Commerce__Commission__V1__PutChannelRequest pr =
+            COMMERCE__COMMISSION__V1__PUT_CHANNEL_REQUEST__INIT;
+        pr.request_id = req;
+        pr.channel = &ch;
+        rc = call(c, o->tenant, CMS "PutChannel", &pr.base,
+                  &commerce__commission__v1__put_channel_response__descriptor);
+    }
+    cm_rpc_client_free(c);
+    if (rc == 0)
+        printf("{\"tenant\":\"%s\",\"channels\":%ld,\"mode\":\"%s\"}\n", o->tenant, o->channels,
+               o->whole ? "whole" : "marginal");
+    return rc;
+}
+
 /* ---- produce ---- */
 
 static long delivered, failed;
@@ -223,6 +321,14 @@ static int produce_paid(rd_kafka_t *rk, const opts *o, long i, int64_t paid_ms)
     Commerce__Order__V1__Order ord = COMMERCE__ORDER__V1__ORDER__INIT;
     ord.order_id = order_id;
     ord.merchant_id = merchant;
+    char channel[32];
+    if (o->channels > 0) {
+        uint64_t x = next_rand();
+        long ch =
+            (x & 1) || o->channels == 1 ? 0 : 1 + (long)((x >> 1) % (uint64_t)(o->channels - 1));
+        snprintf(channel, sizeof channel, "ch-%ld", ch);
+        ord.channel_id = channel;
+    }
     ord.currency = "CNY";
     ord.total_amount = &m;
     ord.payment = &pay;
@@ -253,12 +359,12 @@ static int produce_paid(rd_kafka_t *rk, const opts *o, long i, int64_t paid_ms)
             return 0;
         rd_kafka_headers_destroy(h);
         if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL) {
-            fprintf(stderr, "stlgen: produce to %s: %s\n", o->topic, rd_kafka_err2str(err));
+            fprintf(stderr, "paidgen: produce to %s: %s\n", o->topic, rd_kafka_err2str(err));
             return 1;
         }
         rd_kafka_poll(rk, 10);
     }
-    fprintf(stderr, "stlgen: the producer's queue stayed full for a minute\n");
+    fprintf(stderr, "paidgen: the producer's queue stayed full for a minute\n");
     return 1;
 }
 
@@ -282,7 +388,7 @@ static int watch_poll(watch *w)
     int64_t sent = now_us();
     PGresult *r = PQexecParams(w->pg, w->sql, 1, NULL, params, NULL, NULL, 0);
     if (PQresultStatus(r) != PGRES_TUPLES_OK) {
-        fprintf(stderr, "stlgen: polling the ledger: %s", PQerrorMessage(w->pg));
+        fprintf(stderr, "paidgen: polling the ledger: %s", PQerrorMessage(w->pg));
         PQclear(r);
         return 1;
     }
@@ -319,7 +425,7 @@ static int watch_open(watch *w, const opts *o)
 {
     w->pg = PQconnectdb(o->dsn);
     if (PQstatus(w->pg) != CONNECTION_OK) {
-        fprintf(stderr, "stlgen: %s", PQerrorMessage(w->pg));
+        fprintf(stderr, "paidgen: %s", PQerrorMessage(w->pg));
         return 1;
     }
     snprintf(w->sql, sizeof w->sql,
@@ -378,7 +484,7 @@ static int produce(const opts *o)
                            {"log_level", "3"}};
     for (size_t i = 0; i < sizeof kv / sizeof kv[0]; i++) {
         if (rd_kafka_conf_set(conf, kv[i][0], kv[i][1], err, sizeof err) != RD_KAFKA_CONF_OK) {
-            fprintf(stderr, "stlgen: %s: %s\n", kv[i][0], err);
+            fprintf(stderr, "paidgen: %s: %s\n", kv[i][0], err);
             rd_kafka_conf_destroy(conf);
             return 1;
         }
@@ -386,7 +492,7 @@ static int produce(const opts *o)
     rd_kafka_conf_set_dr_msg_cb(conf, on_delivery);
     rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof err);
     if (!rk) {
-        fprintf(stderr, "stlgen: kafka producer: %s\n", err);
+        fprintf(stderr, "paidgen: kafka producer: %s\n", err);
         return 1;
     }
     watch w = {0};
@@ -422,7 +528,7 @@ static int produce(const opts *o)
     }
     int64_t t_produced = now_us();
     if (rd_kafka_flush(rk, 60000) != RD_KAFKA_RESP_ERR_NO_ERROR || failed) {
-        fprintf(stderr, "stlgen: %ld of %ld records not acknowledged\n", total - delivered, total);
+        fprintf(stderr, "paidgen: %ld of %ld records not acknowledged\n", total - delivered, total);
         rc = 1;
     }
     int64_t t_acked = now_us();
@@ -433,7 +539,7 @@ static int produce(const opts *o)
         sleep_us(POLL_MS * 1000);
     }
     if (rc == 0 && o->rate > 0 && w.seen < total) {
-        fprintf(stderr, "stlgen: %ld of %ld entries appeared within %d s of the last produce\n",
+        fprintf(stderr, "paidgen: %ld of %ld entries appeared within %d s of the last produce\n",
                 w.seen, total, DRAIN_MS / 1000);
         rc = 1;
     }
@@ -483,7 +589,7 @@ static int watch_only(const opts *o)
         if (expect >= 0 && w.seen >= expect)
             break;
         if ((deadline && now_us() > deadline) || now_us() > give_up) {
-            fprintf(stderr, "stlgen: %ld of %ld entries appeared within %d s of the load's end\n",
+            fprintf(stderr, "paidgen: %ld of %ld entries appeared within %d s of the load's end\n",
                     w.seen, expect, DRAIN_MS / 1000);
             rc = 1;
             break;
@@ -496,6 +602,121 @@ static int watch_only(const opts *o)
         printf("}\n");
     }
     watch_close(&w);
+    return rc;
+}
+
+/* "2026-11-20T02:15:29.870Z" -> epoch ms; -1 when it is not that shape */
+static int64_t rfc3339_ms(const char *s)
+{
+    struct tm tm = {0};
+    int ms = 0;
+    if (!s || sscanf(s, "%d-%d-%dT%d:%d:%d.%3dZ", &tm.tm_year, &tm.tm_mon, &tm.tm_mday, &tm.tm_hour,
+                     &tm.tm_min, &tm.tm_sec, &ms) != 7)
+        return -1;
+    tm.tm_year -= 1900;
+    tm.tm_mon -= 1;
+    return (int64_t)timegm(&tm) * 1000 + ms;
+}
+
+/* one partner-topic record: an accrued event counted, its latency kept */
+static void partner_record(watch *w, const rd_kafka_message_t *m, int64_t arrived_ms)
+{
+    json_error_t jerr;
+    json_t *e = json_loadb(m->payload, m->len, 0, &jerr);
+    const char *type = NULL, *paid = NULL, *accrued = NULL;
+    if (!e ||
+        json_unpack(e, "{s:s, s:{s:{s:s, s:s}}}", "type", &type, "data", "commission", "paid_at",
+                    &paid, "accrued_at", &accrued) ||
+        strcmp(type, "com.commerce.commission.v1.accrued") != 0) {
+        json_decref(e);
+        return;
+    }
+    int64_t p = rfc3339_ms(paid), a = rfc3339_ms(accrued);
+    json_decref(e);
+    if (p < 0 || a < 0)
+        return;
+    w->seen++;
+    if (p < w->measure_from_ms)
+        return;
+    if (w->n == w->cap) {
+        long cap = w->cap ? 2 * w->cap : 4096;
+        double *v = realloc(w->vis, (size_t)cap * sizeof *v);
+        if (!v)
+            return;
+        w->vis = v;
+        double *q = realloc(w->posted, (size_t)cap * sizeof *q);
+        if (!q)
+            return;
+        w->posted = q;
+        w->cap = cap;
+    }
+    w->vis[w->n] = (double)(arrived_ms - p);
+    w->posted[w->n] = (double)(a - p);
+    w->n++;
+}
+
+static int watch_partner(const opts *o)
+{
+    char err[512], group[64];
+    snprintf(group, sizeof group, "bench.watch.%lld", (long long)now_us());
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    const char *kv[][2] = {{"bootstrap.servers", o->brokers}, {"group.id", group},
+                           {"auto.offset.reset", "earliest"}, {"enable.auto.commit", "false"},
+                           {"fetch.wait.max.ms", "5"},        {"log_level", "3"}};
+    for (size_t i = 0; i < sizeof kv / sizeof kv[0]; i++) {
+        if (rd_kafka_conf_set(conf, kv[i][0], kv[i][1], err, sizeof err) != RD_KAFKA_CONF_OK) {
+            fprintf(stderr, "paidgen: %s: %s\n", kv[i][0], err);
+            rd_kafka_conf_destroy(conf);
+            return 1;
+        }
+    }
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, sizeof err);
+    if (!rk) {
+        fprintf(stderr, "paidgen: kafka consumer: %s\n", err);
+        return 1;
+    }
+    rd_kafka_poll_set_consumer(rk);
+    rd_kafka_topic_partition_list_t *topics = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(topics, o->topic, RD_KAFKA_PARTITION_UA);
+    rd_kafka_resp_err_t e = rd_kafka_subscribe(rk, topics);
+    rd_kafka_topic_partition_list_destroy(topics);
+    int rc = 0;
+    if (e) {
+        fprintf(stderr, "paidgen: subscribe %s: %s\n", o->topic, rd_kafka_err2str(e));
+        rc = 1;
+    }
+    watch w = {.measure_from_ms = (int64_t)o->from_ms};
+    long expect = -1;
+    int64_t deadline = 0, give_up = now_us() + 3600LL * 1000000;
+    while (rc == 0) {
+        rd_kafka_message_t *m = rd_kafka_consumer_poll(rk, POLL_MS);
+        if (m) {
+            if (!m->err)
+                partner_record(&w, m, now_ms());
+            else if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
+                fprintf(stderr, "paidgen: consume: %s\n", rd_kafka_message_errstr(m));
+            rd_kafka_message_destroy(m);
+        }
+        if (expect < 0 && (expect = done_count(o->done_file)) >= 0)
+            deadline = now_us() + DRAIN_MS * 1000LL;
+        if (expect >= 0 && w.seen >= expect)
+            break;
+        if ((deadline && now_us() > deadline) || now_us() > give_up) {
+            fprintf(stderr,
+                    "paidgen: %ld of %ld accrued events arrived within %d s of the "
+                    "load's end\n",
+                    w.seen, expect, DRAIN_MS / 1000);
+            rc = 1;
+        }
+    }
+    if (rc == 0) {
+        printf("{\"events\":%ld,", w.seen);
+        watch_report(&w);
+        printf("}\n");
+    }
+    watch_close(&w);
+    rd_kafka_consumer_close(rk);
+    rd_kafka_destroy(rk);
     return rc;
 }
 
@@ -529,7 +750,13 @@ int main(int argc, char **argv)
             o.rate = strtol(v, NULL, 10);
         else if (strcmp(a, "--warmup") == 0)
             o.warmup = strtol(v, NULL, 10);
-        else if (strcmp(a, "--merchant-prefix") == 0)
+        else if (strcmp(a, "--channels") == 0)
+            o.channels = strtol(v, NULL, 10);
+        else if (strcmp(a, "--mode") == 0) {
+            if (strcmp(v, "whole") != 0 && strcmp(v, "marginal") != 0)
+                return usage();
+            o.whole = strcmp(v, "whole") == 0;
+        } else if (strcmp(a, "--merchant-prefix") == 0)
             o.merchant_prefix = v;
         else if (strcmp(a, "--done-file") == 0)
             o.done_file = v;
@@ -545,6 +772,15 @@ int main(int argc, char **argv)
         return o.target ? setup(&o) : usage();
     if (strlen(o.merchant_prefix) > 24)
         return usage();
+    if (o.channels < 0 || o.channels > 1000000)
+        return usage();
+    if (strcmp(argv[1], "cms-setup") == 0)
+        return o.target && o.channels > 0 ? cms_setup(&o) : usage();
+    if (strcmp(argv[1], "watch-partner") == 0) {
+        if (!o.brokers || !o.topic || !o.done_file || o.from_ms <= 0)
+            return usage();
+        return watch_partner(&o);
+    }
     if (strcmp(argv[1], "watch") == 0) {
         if (!o.dsn || !o.schema || strchr(o.schema, '"') || !o.done_file || o.from_ms <= 0)
             return usage();
