@@ -1362,6 +1362,31 @@ SQL
   return "$verdict"
 }
 
+# pg_stat_statements, when the cluster loads it: 1 (and the extension made)
+# or 0
+pg_statements_on() {
+  psql "$PG_DSN" -XAtqc 'SHOW shared_preload_libraries' 2>/dev/null | grep -q pg_stat_statements &&
+    psql "$PG_DSN" -XAtqc 'CREATE EXTENSION IF NOT EXISTS pg_stat_statements' >/dev/null 2>&1 &&
+    echo 1 || echo 0
+}
+
+pg_statements_reset() {
+  psql "$1" -XAtqc "SELECT pg_stat_statements_reset()" >/dev/null
+}
+
+# the top statements since the reset, per order of $2, into file $3
+pg_statements() {
+  psql "$1" -XAq -P pager=off >"$3" 2>&1 <<SQL || true
+SELECT calls, round(total_exec_time::numeric, 0) AS total_ms,
+       round((total_exec_time / calls)::numeric, 3) AS mean_ms, rows,
+       round((1000 * total_exec_time / $2)::numeric, 1) AS us_per_order,
+       pg_size_pretty(wal_bytes / $2) AS wal_per_order,
+       left(regexp_replace(query, '\s+', ' ', 'g'), 110) AS query
+  FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+ ORDER BY total_exec_time DESC LIMIT 14;
+SQL
+}
+
 # ---- settlement: OrderPaid -> split posted on the ledger ----
 # (issue 11's benchmark; kept apart from the blocks above)
 
@@ -1447,7 +1472,7 @@ stl_drain() {
   "$bin/commerce-paidgen" produce --brokers "$stl_brokers" --topic "$topic" --events "$n" \
     --tenant bench --merchants "$stl_merchants" >"$workdir/$name-produce.txt" 2>&1 ||
     { cat "$workdir/$name-produce.txt" >&2; die "$name: could not preload $topic"; }
-  [ "$stl_statements" = 1 ] && psql "$stl_dsn" -XAtqc "SELECT pg_stat_statements_reset()" >/dev/null
+  [ "$stl_statements" = 1 ] && pg_statements_reset "$stl_dsn"
   local hz t0 s0 p0 w0 t1 s1 p1 w1 got=0 c=0 t_end
   hz=$(getconf CLK_TCK)
   w0=$(date +%s%N)
@@ -1478,17 +1503,7 @@ stl_drain() {
     echo "$name: $c of $n entries posted before the deadline (log: $workdir/$name.log)" >&2
     return 1
   fi
-  if [ "$stl_statements" = 1 ]; then
-    psql "$stl_dsn" -XAq -P pager=off >"$workdir/$name-statements.txt" 2>&1 <<SQL || true
-SELECT calls, round(total_exec_time::numeric, 0) AS total_ms,
-       round((total_exec_time / calls)::numeric, 3) AS mean_ms, rows,
-       round((1000 * total_exec_time / $n)::numeric, 1) AS us_per_order,
-       pg_size_pretty(wal_bytes / $n) AS wal_per_order,
-       left(regexp_replace(query, '\s+', ' ', 'g'), 110) AS query
-  FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
- ORDER BY total_exec_time DESC LIMIT 12;
-SQL
-  fi
+  [ "$stl_statements" = 1 ] && pg_statements "$stl_dsn" "$n" "$workdir/$name-statements.txt"
   # the rate over the ledger's own clock: first to last posting (the
   # consumer's start, group join and the first fetch are not in it)
   local span
@@ -1769,11 +1784,7 @@ bench_settlement() {
   # shows here (NOTES: the same load ran 3.5x slower at random_page_cost 4)
   stl_dsn="$PG_DSN options='-c random_page_cost=4 -c effective_cache_size=4GB'"
   stl_pg_pid=$(listener_pid "$(sed -n 's/.*port=\([0-9]*\).*/\1/p' <<<"$PG_DSN")")
-  stl_statements=0
-  if psql "$PG_DSN" -XAtqc 'SHOW shared_preload_libraries' 2>/dev/null | grep -q pg_stat_statements; then
-    psql "$PG_DSN" -XAtqc 'CREATE EXTENSION IF NOT EXISTS pg_stat_statements' >/dev/null 2>&1 &&
-      stl_statements=1
-  fi
+  stl_statements=$(pg_statements_on)
   echo "dsn          $stl_dsn"
   echo "durability   fsync $(psql "$PG_DSN" -XAtqc 'SHOW fsync'), synchronous_commit" \
     "$(psql "$PG_DSN" -XAtqc 'SHOW synchronous_commit'), wal_compression" \
@@ -1989,6 +2000,7 @@ cms_drain() {
   "$bin/commerce-paidgen" produce --brokers "$cms_brokers" --topic "$topic" --events "$n" \
     --tenant bench --merchants 100 --channels "$cms_channels" >"$workdir/$name-produce.txt" 2>&1 ||
     { cat "$workdir/$name-produce.txt" >&2; die "$name: could not preload $topic"; }
+  [ "$cms_statements" = 1 ] && pg_statements_reset "$cms_dsn"
   local hz t0 s0 p0 w0 t1 s1 p1 w1 got=0 c=0 t_end
   hz=$(getconf CLK_TCK)
   w0=$(date +%s%N)
@@ -2014,6 +2026,7 @@ cms_drain() {
     echo "$name: $c of $n commissions accrued before the deadline (log: $workdir/$name.log)" >&2
     return 1
   fi
+  [ "$cms_statements" = 1 ] && pg_statements "$cms_dsn" "$n" "$workdir/$name-statements.txt"
   # the rate over the service's own clock: first to last accrual
   local span
   span=$(psql "$cms_dsn" -XAtqc "SELECT extract(epoch FROM max(accrued_at) - min(accrued_at)) \
@@ -2144,6 +2157,7 @@ bench_commission() {
   # model shows here)
   cms_dsn="$PG_DSN options='-c random_page_cost=4 -c effective_cache_size=4GB'"
   cms_pg_pid=$(listener_pid "$(sed -n 's/.*port=\([0-9]*\).*/\1/p' <<<"$PG_DSN")")
+  cms_statements=$(pg_statements_on)
   echo "dsn          $cms_dsn"
   echo "durability   fsync $(psql "$PG_DSN" -XAtqc 'SHOW fsync'), synchronous_commit" \
     "$(psql "$PG_DSN" -XAtqc 'SHOW synchronous_commit')"

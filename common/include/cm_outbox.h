@@ -161,6 +161,11 @@ typedef struct cm_outbox_relay_opts {
      * over a quarter of a created order's write-ahead log (common/README.md,
      * "Recording the ack") */
     int retention_s;
+    /* a fetch from the first row, past the lower bound that skips what
+     * was published (outbox.c, fetch_sql's note), every; 0: 1000. a row
+     * whose transaction took its id before its xid is late by at most
+     * this (tests set it high to show the bound alone sends every row) */
+    int sweep_ms;
 } cm_outbox_relay_opts;
 
 typedef struct cm_outbox_relay cm_outbox_relay;
