@@ -645,7 +645,7 @@ static int insert_entries(stl_ledger *l, cm_db *db, const char *const *tenants,
         cm_buf_array_int(&c[13], (long long)off);
         cm_buf_array_int(&c[14], (long long)e->n);
         off += e->n;
-        if (l->events_on) {
+        if (l->events_on && e->kind != STL_ENTRY_COMMISSION) {
             char id[CM_ID_SIZE];
             const uint8_t *payload;
             size_t len;
@@ -735,6 +735,33 @@ static int insert_entries(stl_ledger *l, cm_db *db, const char *const *tenants,
     return rc;
 }
 
+/* ---- for the other posting modules ---- */
+
+int stl_ledger_accounts(stl_ledger *l, cm_db *db, const char *tenant, const char *currency,
+                        size_t n, const int *types, const char *const *owners, int64_t *ids)
+{
+    return resolve_accounts(l, db, tenant, currency, n, types, owners, ids);
+}
+
+int stl_ledger_post(stl_ledger *l, cm_db *db, const char *const *tenants,
+                    const char *const *traceparents, stl_entry *const *entries, size_t n)
+{
+    if (!n)
+        return 0;
+    int64_t *ids = calloc(n, sizeof *ids);
+    if (!ids)
+        return CM_ENOMEM;
+    int rc = apply_postings(db, tenants, entries, n, 1);
+    if (rc == 0)
+        rc = next_entry_ids(db, n, ids);
+    for (size_t i = 0; i < n && rc == 0; i++)
+        entries[i]->id = ids[i];
+    if (rc == 0)
+        rc = insert_entries(l, db, tenants, traceparents, entries, n);
+    free(ids);
+    return rc;
+}
+
 /* ---- flush ---- */
 
 static int apply_parked(stl_ledger *l, cm_db *db);
@@ -749,8 +776,7 @@ static int post_fresh(stl_ledger *l, cm_db *db)
     stl_entry **entries = calloc(n, sizeof *entries);
     const char **tenants = calloc(n, sizeof *tenants);
     const char **tps = calloc(n, sizeof *tps);
-    int64_t *ids = calloc(n, sizeof *ids);
-    int rc = entries && tenants && tps && ids ? 0 : CM_ENOMEM;
+    int rc = entries && tenants && tps ? 0 : CM_ENOMEM;
     int64_t posted = now_ms();
     size_t k = 0;
     for (size_t i = 0; i < l->npays && rc == 0; i++) {
@@ -765,17 +791,10 @@ static int post_fresh(stl_ledger *l, cm_db *db)
         k++;
     }
     if (rc == 0)
-        rc = apply_postings(db, tenants, entries, n, 1);
-    if (rc == 0)
-        rc = next_entry_ids(db, n, ids);
-    for (size_t i = 0; i < n && rc == 0; i++)
-        entries[i]->id = ids[i];
-    if (rc == 0)
-        rc = insert_entries(l, db, tenants, tps, entries, n);
+        rc = stl_ledger_post(l, db, tenants, tps, entries, n);
     free(entries);
     free(tenants);
     free(tps);
-    free(ids);
     return rc;
 }
 

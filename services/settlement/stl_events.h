@@ -58,4 +58,12 @@ void stl_payer(struct cm_service *svc, cm_db *db, void *arg);
 int stl_on_tx_end(cm_db *db, void *arg);
 void stl_on_committed(const cm_event *ev, int duplicate, void *arg);
 
+/* the commission-event consumer's handler (CommissionAccrued,
+ * CommissionClawedBack, CommissionAdjusted: the commission cost, cost.c)
+ * and its transaction hooks (arg: the stl_app) */
+int stl_on_commission_event(cm_db *db, const cm_event *ev, void *arg);
+void stl_on_cost_tx_begin(void *arg);
+int stl_on_cost_tx_end(cm_db *db, void *arg);
+void stl_on_cost_committed(const cm_event *ev, int duplicate, void *arg);
+
 #endif
