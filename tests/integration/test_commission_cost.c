@@ -18,6 +18,7 @@
 
 #include "cm_id.h"
 #include "commerce/commission/v1/commission_service.pb-c.h"
+#include "commerce/events/v1/commission_events.pb-c.h"
 #include "commerce/events/v1/order_events.pb-c.h"
 
 #define CSVC "/commerce.commission.v1.CommissionService/"
@@ -34,7 +35,7 @@ enum { P_MERCHANT = 1, P_PLATFORM = 2, P_COMMISSION = 102 };
 static const cm_rpc_md md[1] = {{"x-tenant-id", TENANT}};
 
 typedef struct pair {
-    char cschema[64], sschema[64], otopic[128], ctopic[128], ptopic[128], stopic[128];
+    char cschema[64], sschema[64], otopic[128], ctopic[128], ptopic[128], stopic[128], dlq[160];
     char cgroup[128], sgroup[128], kgroup[128];
     hs_proc cms, stl;
     cm_rpc_client *c;
@@ -60,9 +61,10 @@ static void pair_start(pair *s, const char *tag)
     snprintf(s->sgroup, sizeof s->sgroup, "commerce.settlement.cost-%s-%d-%d", tag, pid, seq);
     snprintf(s->kgroup, sizeof s->kgroup, "commerce.settlement.commission.cost-%s-%d-%d", tag, pid,
              seq);
-    const char *topics[] = {s->otopic, s->ctopic, s->ptopic, s->stopic};
-    for (int i = 0; i < 4; i++)
-        hs_kafka_create_topic(hs_kafka_brokers(), topics[i], 2);
+    snprintf(s->dlq, sizeof s->dlq, "%s.dlq", s->ctopic);
+    const char *topics[] = {s->otopic, s->ctopic, s->ptopic, s->stopic, s->dlq};
+    for (int i = 0; i < 5; i++)
+        hs_kafka_create_topic(hs_kafka_brokers(), topics[i], i == 4 ? 1 : 2);
     /* the commission service: payable 7 days after completion, checked
      * every 200 ms */
     char ce[5][192];
@@ -114,8 +116,8 @@ static void pair_stop(pair *s)
                   s->stl.log_path);
     ck_assert_msg(hs_stop(&s->cms, SIGTERM, 30000) == 0, "commission did not exit 0 (log %s)",
                   s->cms.log_path);
-    const char *topics[] = {s->otopic, s->ctopic, s->ptopic, s->stopic};
-    for (int i = 0; i < 4; i++)
+    const char *topics[] = {s->otopic, s->ctopic, s->ptopic, s->stopic, s->dlq};
+    for (int i = 0; i < 5; i++)
         hs_kafka_delete_topic(hs_kafka_brokers(), topics[i]);
     hs_drop_schema(NULL, s->cschema);
     hs_drop_schema(NULL, s->sschema);
@@ -419,6 +421,37 @@ static void replay(pair *s, const char *type, int nth)
     hs_topic_close(t);
 }
 
+/* a settlement metric, once it reads want (30 s at most) */
+static double wait_metric(const pair *s, const char *series, double want)
+{
+    double v = -1;
+    for (int i = 0; i < 300 && (v = hs_metric(&s->stl, series)) != want; i++)
+        usleep(100 * 1000);
+    return v;
+}
+
+/* a CommissionAccrued that cannot be booked (a negative commission) */
+static void bad_accrual(pair *s)
+{
+    Commerce__Common__V1__Money m = COMMERCE__COMMON__V1__MONEY__INIT;
+    m.amount_minor = -5;
+    m.currency = "CNY";
+    Commerce__Commission__V1__Commission c = COMMERCE__COMMISSION__V1__COMMISSION__INIT;
+    c.commission_id = uuid();
+    c.channel_id = "ch-m";
+    c.order_id = uuid();
+    c.merchant_id = MERCHANT;
+    c.amount = &m;
+    Commerce__Events__V1__CommissionAccrued e = COMMERCE__EVENTS__V1__COMMISSION_ACCRUED__INIT;
+    const char *id = uuid();
+    e.event_id = (char *)id;
+    e.tenant_id = TENANT;
+    e.channel_id = "ch-m";
+    e.commission = &c;
+    hs_produce_event(s->prod, s->ctopic, "ch-m", "commerce.events.v1.CommissionAccrued",
+                     "/commerce/commission", id, TENANT, &e.base);
+}
+
 /* ---- tests ---- */
 
 START_TEST(cost_follows_its_payer_reverses_exactly_and_books_once)
@@ -522,6 +555,30 @@ START_TEST(cost_follows_its_payer_reverses_exactly_and_books_once)
              "AND owner_id = '%s'",
              MERCHANT);
     ck_assert_int_eq(ssql(&S, q), 1500000 - 1350000 - earned(&S, "ch-m") - earned(&S, "par"));
+
+    /* an event that cannot be booked is dead-lettered, nothing posted */
+    n = entries(&S);
+    bad_accrual(&S);
+    char series[512];
+    snprintf(series, sizeof series,
+             "consumer_processed_total{topic=\"%s\",group=\"%s\",result=\"dead_lettered\"}",
+             S.ctopic, S.kgroup);
+    ck_assert_int_eq((long long)wait_metric(&S, series, 1), 1);
+    ck_assert_int_eq(entries(&S), n);
+    hs_topic *d = hs_topic_open(hs_kafka_brokers(), S.dlq, 0);
+    ck_assert_uint_eq(hs_topic_read(d, 1, 10000), 1);
+    hs_topic_close(d);
+    ck_costs(&S);
+    /* the metrics: every entry once, the three replays under a new id as
+     * duplicates (the same ids again: the inbox's) */
+    ck_assert_int_eq(
+        (long long)wait_metric(&S, "settlement_commission_costs_posted_total", (double)n), n);
+    ck_assert_int_eq((long long)hs_metric(&S.stl, "settlement_commission_costs_duplicate_total"),
+                     3);
+    snprintf(series, sizeof series,
+             "consumer_processed_total{topic=\"%s\",group=\"%s\",result=\"duplicate\"}", S.ctopic,
+             S.kgroup);
+    ck_assert_int_eq((long long)hs_metric(&S.stl, series), 3);
     pair_stop(&S);
 }
 END_TEST
