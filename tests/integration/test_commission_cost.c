@@ -37,6 +37,8 @@ static const cm_rpc_md md[1] = {{"x-tenant-id", TENANT}};
 typedef struct pair {
     char cschema[64], sschema[64], otopic[128], ctopic[128], ptopic[128], stopic[128], dlq[160];
     char cgroup[128], sgroup[128], kgroup[128];
+    char se[7][192];
+    const char *senv[16];
     hs_proc cms, stl;
     cm_rpc_client *c;
     hs_producer *prod;
@@ -85,7 +87,7 @@ static void pair_start(pair *s, const char *tag)
     /* settlement: splits from the same order events, the cost from the
      * commission topic; the payer runs often (it must leave the channels'
      * commission accounts alone), the settler not at all */
-    char se[7][192];
+    char(*se)[192] = s->se;
     snprintf(se[0], sizeof se[0], "SETTLEMENT_SCHEMA=%s", s->sschema);
     snprintf(se[1], sizeof se[1], "SETTLEMENT_ORDER_TOPIC=%s", s->otopic);
     snprintf(se[2], sizeof se[2], "SETTLEMENT_ORDER_GROUP=%s", s->sgroup);
@@ -93,17 +95,13 @@ static void pair_start(pair *s, const char *tag)
     snprintf(se[4], sizeof se[4], "SETTLEMENT_COMMISSION_TOPIC=%s", s->ctopic);
     snprintf(se[5], sizeof se[5], "SETTLEMENT_COMMISSION_GROUP=%s", s->kgroup);
     snprintf(se[6], sizeof se[6], "SETTLEMENT_PLATFORM_ID=%s", PLATFORM);
-    const char *senv[] = {se[0],
-                          se[1],
-                          se[2],
-                          se[3],
-                          se[4],
-                          se[5],
-                          se[6],
-                          "SETTLEMENT_RUN_TICK_MS=3600000",
-                          "SETTLEMENT_PAYOUT_MS=300",
-                          NULL};
-    hs_start(&s->stl, SETTLEMENT_BIN, senv);
+    size_t k = 0;
+    for (int i = 0; i < 7; i++)
+        s->senv[k++] = se[i];
+    s->senv[k++] = "SETTLEMENT_RUN_TICK_MS=3600000";
+    s->senv[k++] = "SETTLEMENT_PAYOUT_MS=300";
+    s->senv[k] = NULL;
+    hs_start(&s->stl, SETTLEMENT_BIN, s->senv);
     s->c = hs_client(&s->cms, NULL);
     s->prod = hs_producer_new(hs_kafka_brokers());
 }
@@ -583,6 +581,41 @@ START_TEST(cost_follows_its_payer_reverses_exactly_and_books_once)
 }
 END_TEST
 
+START_TEST(kill_mid_batch_books_each_change_once)
+{
+    pair_start(&S, "kill");
+    put_schedule(&S, "mer", PAYER(MERCHANT));
+    put_schedule(&S, "plt", PAYER(PLATFORM));
+    put_channel(&S, "par", NULL, 0, "mer");
+    put_channel(&S, "ch-m", "par", 750, "mer");
+    put_channel(&S, "ch-p", NULL, 0, "plt");
+    T0 = hs_real_ms() + 2000;
+    /* the commission events wait on their topic while settlement is down,
+     * then it is killed while it books them */
+    ck_assert_int_eq(hs_stop(&S.stl, SIGTERM, 30000), 0);
+    enum { N = 2000 };
+    for (int i = 0; i < N; i++)
+        paid(&S, uuid(), i % 2 ? "ch-m" : "ch-p", 10000 + i);
+    hs_wait_sql(S.cschema, "SELECT count(*) FROM commissions", N, S.cms.log_path);
+    /* what books something: every accrual, the parent's shares */
+    long long want = csql(&S, "SELECT (SELECT count(*) FROM commissions WHERE amount > 0) + "
+                              "(SELECT count(*) FROM adjustments WHERE kind <> 3)");
+    hs_start(&S.stl, SETTLEMENT_BIN, S.senv);
+    ck_assert_int_eq(hs_poll_sql(S.sschema, "SELECT least(count(*), 1) FROM entries WHERE kind = 7",
+                                 1, 30000, 2),
+                     0);
+    ck_assert_int_eq(hs_stop(&S.stl, SIGKILL, 5000), 128 + SIGKILL);
+    long long before = entries(&S);
+    ck_assert_msg(before < want, "all %lld booked before the kill: nothing to prove", want);
+    hs_start(&S.stl, SETTLEMENT_BIN, S.senv);
+    ck_costs(&S);
+    ck_assert_int_eq(entries(&S), want);
+    ck_assert_int_eq(ssql(&S, "SELECT count(DISTINCT ref) FROM entries WHERE kind = 7"), want);
+    ck_assert_int_gt(earned(&S, "par"), 0);
+    pair_stop(&S);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("commission_cost");
@@ -590,6 +623,7 @@ int main(void)
     tcase_set_timeout(tc, 240);
     tcase_add_checked_fixture(tc, NULL, teardown);
     tcase_add_test(tc, cost_follows_its_payer_reverses_exactly_and_books_once);
+    tcase_add_test(tc, kill_mid_batch_books_each_change_once);
     suite_add_tcase(s, tc);
     return hs_run(s, 1);
 }
