@@ -883,7 +883,7 @@ int stl_app_init(cm_service *svc, void **out, char *err, size_t errlen)
         "from a commission event's occurred_at to its cost entry on the ledger", NULL, lag_bounds,
         sizeof lag_bounds / sizeof lag_bounds[0]);
     app->costs = stl_costs_new(&app->defaults, cm_service_text(svc, "SETTLEMENT_PLATFORM_ID"),
-                               app->costs_lag);
+                               app->events_on, app->topic, app->costs_lag);
     app->costs_posted =
         cm_metrics_counter(m, "settlement_commission_costs_posted_total",
                            "commission changes (accrued, clawed back, adjusted) booked as cost "

@@ -31,13 +31,13 @@ struct stl_costs {
     atomic_uint_fast64_t posted, duplicates, nothing;
 };
 
-stl_costs *stl_costs_new(const stl_settings *defaults, const char *platform, cm_histogram *lag)
+stl_costs *stl_costs_new(const stl_settings *defaults, const char *platform, int events_on,
+                         const char *topic, cm_histogram *lag)
 {
     stl_costs *c = calloc(1, sizeof *c);
     if (!c)
         return NULL;
-    /* no events of its own yet: the ledger's topic is unused */
-    if (!(c->ledger = stl_ledger_new(defaults, 0, "", NULL))) {
+    if (!(c->ledger = stl_ledger_new(defaults, events_on, topic, NULL))) {
         free(c);
         return NULL;
     }

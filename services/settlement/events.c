@@ -92,6 +92,25 @@ int stl_ev_pack_entry(cm_arena *a, const char *tenant, const char *event_id, con
     for (size_t i = 0; i < e->n; i++)
         versions[i] = e->p[i].version;
     const ProtobufCMessage *msg;
+    if (e->kind == STL_ENTRY_COMMISSION && e->n == 2) {
+        /* postings: the payer, then the channel's commission account */
+        Commerce__Events__V1__CommissionCostPosted cc =
+            COMMERCE__EVENTS__V1__COMMISSION_COST_POSTED__INIT;
+        cc.event_id = (char *)event_id;
+        cc.tenant_id = (char *)tenant;
+        cc.occurred_at = entry->posted_at;
+        cc.order_id = entry->order_id;
+        cc.merchant_id = entry->merchant_id;
+        cc.channel_id = cm_arena_strdup(a, e->p[1].owner);
+        cc.payer = stl_pb_party(a, e->p[0].type, e->p[0].owner);
+        cc.change = cm_pb_money(a, e->p[1].amount, e->currency);
+        cc.entry = entry;
+        cc.account_versions = versions;
+        cc.n_account_versions = e->n;
+        if (!cc.channel_id || !cc.payer || !cc.change)
+            return CM_ENOMEM;
+        return cm_pb_pack(a, &cc.base, out, len);
+    }
     Commerce__Events__V1__SplitPosted sp = COMMERCE__EVENTS__V1__SPLIT_POSTED__INIT;
     Commerce__Events__V1__SplitReversed sr = COMMERCE__EVENTS__V1__SPLIT_REVERSED__INIT;
     if (e->kind == STL_ENTRY_SPLIT) {

@@ -645,7 +645,7 @@ static int insert_entries(stl_ledger *l, cm_db *db, const char *const *tenants,
         cm_buf_array_int(&c[13], (long long)off);
         cm_buf_array_int(&c[14], (long long)e->n);
         off += e->n;
-        if (l->events_on && e->kind != STL_ENTRY_COMMISSION) {
+        if (l->events_on) {
             char id[CM_ID_SIZE];
             const uint8_t *payload;
             size_t len;
@@ -653,10 +653,14 @@ static int insert_entries(stl_ledger *l, cm_db *db, const char *const *tenants,
             if (rc == 0)
                 rc = stl_ev_pack_entry(a, tenants[i], id, e, &payload, &len);
             if (rc == 0) {
+                /* a commission cost: keyed by the order's merchant, as its
+                 * splits (the channel when the event named none) */
+                int cost = e->kind == STL_ENTRY_COMMISSION;
                 cm_outbox_event ev = {.event_id = id,
                                       .tenant_id = tenants[i],
-                                      .key = e->merchant,
+                                      .key = cost && !e->merchant[0] ? e->p[1].owner : e->merchant,
                                       .type = e->kind == STL_ENTRY_SPLIT ? STL_TYPE_SPLIT_POSTED
+                                              : cost                     ? STL_TYPE_COMMISSION_COST
                                                                          : STL_TYPE_SPLIT_REVERSED,
                                       .payload = payload,
                                       .len = len,

@@ -20,7 +20,7 @@ static const cm_knob knobs[] = {
     {"SETTLEMENT_DEFAULT_RUN_AT", CM_KNOB_TEXT, 0, 0, 0, "02:00",
      "local time of the daily settlement run, for tenants without their own"},
     {"SETTLEMENT_EVENTS", CM_KNOB_ONOFF, 1, 0, 0, NULL,
-     "write split and payout events to the outbox"},
+     "write split, commission cost and payout events to the outbox"},
     {"SETTLEMENT_TOPIC", CM_KNOB_TEXT, 0, 0, 0, "commerce.settlement.v1",
      "where settlement's events go (tests override it)"},
     {"SETTLEMENT_PARK_TIMEOUT_S", CM_KNOB_INT, 3600, 1, 30 * 86400, NULL,

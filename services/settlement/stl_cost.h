@@ -25,9 +25,11 @@
 typedef struct stl_costs stl_costs;
 
 /* platform: the owner id of the platform's account (SETTLEMENT_PLATFORM_ID);
- * lag (may be NULL): observes, per entry posted, the seconds from the
- * commission event's occurred_at to the posting. NULL when out of memory. */
-stl_costs *stl_costs_new(const stl_settings *defaults, const char *platform, cm_histogram *lag);
+ * topic: where the entries' CommissionCostPosted go (events_on); lag (may
+ * be NULL): observes, per entry posted, the seconds from the commission
+ * event's occurred_at to the posting. NULL when out of memory. */
+stl_costs *stl_costs_new(const stl_settings *defaults, const char *platform, int events_on,
+                         const char *topic, cm_histogram *lag);
 void stl_costs_free(stl_costs *c);
 
 /* a transaction attempt starts: drop what an earlier attempt staged */

@@ -84,8 +84,8 @@ int stl_ledger_accounts(stl_ledger *l, cm_db *db, const char *tenant, const char
 /* posts entries[0..n) inside the caller's transaction: applies their
  * postings to the accounts (locked in id order; pending postings also to
  * pending_due), assigns each entry its id and each posting its account's
- * version, and inserts them, with their events when events are on (splits
- * and reversals have one; commission cost entries none yet).
+ * version, and inserts them, with their events when events are on
+ * (stl_ev_pack_entry).
  * traceparents[i] may be NULL. 0 or a CM_E* (roll back). */
 int stl_ledger_post(stl_ledger *l, cm_db *db, const char *const *tenants,
                     const char *const *traceparents, stl_entry *const *entries, size_t n);

@@ -20,6 +20,7 @@
 #include "commerce/commission/v1/commission_service.pb-c.h"
 #include "commerce/events/v1/commission_events.pb-c.h"
 #include "commerce/events/v1/order_events.pb-c.h"
+#include "commerce/events/v1/settlement_events.pb-c.h"
 
 #define CSVC "/commerce.commission.v1.CommissionService/"
 #define TENANT "tenant-cost"
@@ -450,6 +451,42 @@ static void bad_accrual(pair *s)
                      "/commerce/commission", id, TENANT, &e.base);
 }
 
+/* settlement's CommissionCostPosted: one per cost entry, each saying
+ * its payer and the signed change; returns how many say payer type/owner
+ * for a change of `change` on channel ch */
+static int cost_events(const pair *s, long long want, int type, const char *owner, const char *ch,
+                       long long change)
+{
+    hs_topic *t = hs_topic_open(hs_kafka_brokers(), s->stopic, 0);
+    ck_assert_int_eq(hs_topic_catch_up(t, 30000), 0);
+    long long n = 0;
+    int match = 0;
+    for (size_t i = 0; i < hs_topic_count(t); i++) {
+        const hs_record *r = hs_topic_at(t, i);
+        if (strcmp(r->type, "commerce.events.v1.CommissionCostPosted") != 0)
+            continue;
+        n++;
+        Commerce__Events__V1__CommissionCostPosted *e =
+            commerce__events__v1__commission_cost_posted__unpack(NULL, r->len, r->payload);
+        ck_assert_ptr_nonnull(e);
+        ck_assert_ptr_nonnull(e->entry);
+        ck_assert_ptr_nonnull(e->payer);
+        ck_assert_ptr_nonnull(e->change);
+        ck_assert_str_eq(r->key, e->merchant_id);
+        ck_assert_int_eq(e->entry->kind, 7);
+        ck_assert_int_eq(e->n_account_versions, e->entry->n_postings);
+        ck_assert_int_eq(e->entry->postings[1]->amount_minor, e->change->amount_minor);
+        ck_assert_int_eq(e->entry->postings[0]->amount_minor, -e->change->amount_minor);
+        if ((int)e->payer->type == type && strcmp(e->payer->id, owner) == 0 &&
+            strcmp(e->channel_id, ch) == 0 && e->change->amount_minor == change)
+            match++;
+        protobuf_c_message_free_unpacked(&e->base, NULL);
+    }
+    hs_topic_close(t);
+    ck_assert_int_eq(n, want);
+    return match;
+}
+
 /* ---- tests ---- */
 
 START_TEST(cost_follows_its_payer_reverses_exactly_and_books_once)
@@ -465,9 +502,12 @@ START_TEST(cost_follows_its_payer_reverses_exactly_and_books_once)
     memcpy(o1, uuid(), CM_ID_SIZE);
     memcpy(o2, uuid(), CM_ID_SIZE);
     memcpy(o3, uuid(), CM_ID_SIZE);
-    paid(&S, o1, "ch-m", 1000000); /* 500.00 at 5 %; par 50.00 */
-    paid(&S, o2, "ch-m", 200000);  /* 160.00 at 8 %; par 16.00 */
-    paid(&S, o3, "ch-p", 300000);  /* 150.00 at 5 %, the platform's */
+    /* 10,000.00 and 2,000.00 for ch-m: 660.00 together (5 % to 10,000.00,
+     * 8 % above), par 66.00, whichever is accrued first (they are keyed
+     * apart); 3,000.00 for ch-p: 150.00 at 5 %, the platform's */
+    paid(&S, o1, "ch-m", 1000000);
+    paid(&S, o2, "ch-m", 200000);
+    paid(&S, o3, "ch-p", 300000);
     hs_wait_sql(S.cschema, "SELECT count(*) FROM commissions", 3, S.cms.log_path);
     ck_assert_int_eq(csql(&S, "SELECT count(*) FROM commissions WHERE payer = 2"), 1);
     ck_costs(&S);
@@ -504,10 +544,14 @@ START_TEST(cost_follows_its_payer_reverses_exactly_and_books_once)
              "e.order_id = '%s' AND (e.ref LIKE 'accrued/%%' OR e.ref LIKE 'clawback/%%')",
              o1);
     ck_assert_int_eq(ssql(&S, q), 0);
+    /* (o1 and o2 may be accrued in either order: they are keyed apart) */
+    snprintf(q, sizeof q, "SELECT amount FROM commissions WHERE order_id = '%s'", o1);
+    long long c1 = csql(&S, q), rf1 = c1 * 400000 / 1000000;
+    ck_assert_int_gt(rf1, 0);
     snprintf(q, sizeof q,
              "SELECT count(*) FROM entries e WHERE e.kind = 7 AND e.order_id = '%s' AND e.ref "
-             "LIKE 'clawback/%%/rf-1' AND e.amount = 20000 AND e.amounts[1] = 20000",
-             o1);
+             "LIKE 'clawback/%%/rf-1' AND e.amount = %lld AND e.amounts[1] = %lld",
+             o1, rf1, rf1);
     ck_assert_int_eq(ssql(&S, q), 1);
     /* a clawback replayed under a new id books nothing */
     long long n = entries(&S);
@@ -554,6 +598,24 @@ START_TEST(cost_follows_its_payer_reverses_exactly_and_books_once)
              MERCHANT);
     ck_assert_int_eq(ssql(&S, q), 1500000 - 1350000 - earned(&S, "ch-m") - earned(&S, "par"));
 
+    /* each entry is a CommissionCostPosted on settlement's topic, e.g. the
+     * platform's accrual and clawback of o3 */
+    long long ne = entries(&S);
+    for (int i = 0; i < 300; i++) {
+        hs_topic *t = hs_topic_open(hs_kafka_brokers(), S.stopic, 0);
+        ck_assert_int_eq(hs_topic_catch_up(t, 30000), 0);
+        long long got = 0;
+        for (size_t k = 0; k < hs_topic_count(t); k++)
+            got += strcmp(hs_topic_at(t, k)->type, "commerce.events.v1.CommissionCostPosted") == 0;
+        hs_topic_close(t);
+        if (got >= ne)
+            break;
+        usleep(100 * 1000);
+    }
+    ck_assert_int_eq(cost_events(&S, ne, P_PLATFORM, PLATFORM, "ch-p", 15000), 1);
+    ck_assert_int_eq(cost_events(&S, ne, P_PLATFORM, PLATFORM, "ch-p", -15000), 1);
+    ck_assert_int_eq(cost_events(&S, ne, P_MERCHANT, MERCHANT, "ch-m", c1), 1);
+
     /* an event that cannot be booked is dead-lettered, nothing posted */
     n = entries(&S);
     bad_accrual(&S);
@@ -593,7 +655,7 @@ START_TEST(kill_mid_batch_books_each_change_once)
     /* the commission events wait on their topic while settlement is down,
      * then it is killed while it books them */
     ck_assert_int_eq(hs_stop(&S.stl, SIGTERM, 30000), 0);
-    enum { N = 2000 };
+    enum { N = 1000 };
     for (int i = 0; i < N; i++)
         paid(&S, uuid(), i % 2 ? "ch-m" : "ch-p", 10000 + i);
     hs_wait_sql(S.cschema, "SELECT count(*) FROM commissions", N, S.cms.log_path);
