@@ -743,9 +743,12 @@ static int add_partner(cms_accrual *a, const char *tenant, const char *type,
 
 /* an adjustment and its event. state: its order's commission's, FROZEN
  * or PAYABLE (an adjustment is payable with the order that caused it) */
+/* of: the commission of the order that caused it (its order, merchant and
+ * payer) */
 static int adjust(cms_accrual *a, const char *tenant, const char *channel, int kind, int state,
-                  const char *currency, int64_t amount, const char *order_id, const char *refund_id,
-                  const char *child, int64_t start_ms, int64_t at_ms, const char *traceparent)
+                  const char *currency, int64_t amount, const cms_commission *of,
+                  const char *refund_id, const char *child, int64_t start_ms, int64_t at_ms,
+                  const char *traceparent)
 {
     if (!amount)
         return 0;
@@ -767,7 +770,9 @@ static int adjust(cms_accrual *a, const char *tenant, const char *channel, int k
     x->kind = kind;
     snprintf(x->currency, sizeof x->currency, "%s", currency);
     x->amount = amount;
-    snprintf(x->order_id, sizeof x->order_id, "%s", order_id);
+    snprintf(x->order_id, sizeof x->order_id, "%s", of->order_id);
+    snprintf(x->merchant, sizeof x->merchant, "%s", of->merchant);
+    x->payer = of->payer;
     snprintf(x->refund_id, sizeof x->refund_id, "%s", refund_id ? refund_id : "");
     snprintf(x->child, sizeof x->child, "%s", child ? child : "");
     x->period_start_ms = start_ms;
@@ -806,8 +811,8 @@ static int parent_share(cms_accrual *a, const char *tenant, const cms_commission
     q->base += delta;
     q->posted += share;
     q->dirty = 1;
-    return adjust(a, tenant, c->parent, CMS_ADJ_PARENT_SHARE, state, c->currency, share,
-                  c->order_id, refund_id, c->channel, c->period_start_ms, at_ms, traceparent);
+    return adjust(a, tenant, c->parent, CMS_ADJ_PARENT_SHARE, state, c->currency, share, c,
+                  refund_id, c->channel, c->period_start_ms, at_ms, traceparent);
 }
 
 static int skip(cms_accrual *a, item *it, const char *reason)
@@ -875,6 +880,7 @@ static int accrue(cms_accrual *a, item *it, int64_t at_ms)
     c->amount = post.order_amount;
     snprintf(c->schedule_id, sizeof c->schedule_id, "%s", p->schedule_id);
     c->schedule_revision = p->revision;
+    c->payer = p->sched.payer;
     c->period_start_ms = p->start_ms;
     c->period_end_ms = p->end_ms;
     c->paid_ms = it->paid_ms;
@@ -914,7 +920,7 @@ static int accrue(cms_accrual *a, item *it, int64_t at_ms)
             return rc;
     }
     rc = adjust(a, it->tenant, c->channel, CMS_ADJ_TRUE_UP, CMS_FROZEN, c->currency, post.true_up,
-                c->order_id, NULL, NULL, c->period_start_ms, at_ms, it->traceparent);
+                c, NULL, NULL, c->period_start_ms, at_ms, it->traceparent);
     if (rc == 0)
         rc = parent_share(a, it->tenant, c, CMS_FROZEN, post.total, NULL, at_ms, it->traceparent);
     /* the refunds that waited for this payment (parked earlier, or earlier
@@ -1004,10 +1010,10 @@ static int apply_refund(cms_accrual *a, item *it, int64_t at_ms)
     if (was == CMS_PAYABLE)
         rc =
             adjust(a, it->tenant, c->channel, CMS_ADJ_CLAWBACK, was, c->currency, post.order_amount,
-                   c->order_id, it->refund_id, NULL, c->period_start_ms, at_ms, it->traceparent);
+                   c, it->refund_id, NULL, c->period_start_ms, at_ms, it->traceparent);
     if (rc == 0)
-        rc = adjust(a, it->tenant, c->channel, CMS_ADJ_TRUE_UP, was, c->currency, post.true_up,
-                    c->order_id, it->refund_id, NULL, c->period_start_ms, at_ms, it->traceparent);
+        rc = adjust(a, it->tenant, c->channel, CMS_ADJ_TRUE_UP, was, c->currency, post.true_up, c,
+                    it->refund_id, NULL, c->period_start_ms, at_ms, it->traceparent);
     if (rc == 0)
         rc = parent_share(a, it->tenant, c, was, post.total, it->refund_id, at_ms, it->traceparent);
     return rc;
@@ -1017,9 +1023,9 @@ static int apply_refund(cms_accrual *a, item *it, int64_t at_ms)
 
 static int write_commissions(cms_accrual *a, cm_db *db)
 {
-    cm_buf c[24];
+    cm_buf c[25];
     size_t nf = 0, nu = 0;
-    cm_buf_columns_begin(c, 24);
+    cm_buf_columns_begin(c, 25);
     for (size_t i = 0; i < a->ncomms; i++) {
         comm *m = &a->comms[i];
         const cms_commission *x = &m->c;
@@ -1059,12 +1065,13 @@ static int write_commissions(cms_accrual *a, cm_db *db)
             cm_buf_array_text(&c[21], x->parent);
             cm_buf_array_int(&c[22], x->parent_bps);
             cm_buf_array_int(&c[23], x->accrued_ms);
+            cm_buf_array_int(&c[24], x->payer);
             nf++;
         }
     }
     int rc = 0;
-    const char *c_p[24];
-    if (cm_buf_columns_end(c, 24, c_p))
+    const char *c_p[25];
+    if (cm_buf_columns_end(c, 25, c_p))
         rc = CM_ENOMEM;
     /* the event id of each fresh commission's payment */
     cm_buf ev = {0};
@@ -1086,30 +1093,31 @@ static int write_commissions(cms_accrual *a, cm_db *db)
     if (ev.oom)
         rc = CM_ENOMEM;
     if (rc == 0 && nf) {
-        const char *p[25];
-        for (int k = 0; k < 24; k++)
+        const char *p[26];
+        for (int k = 0; k < 25; k++)
             p[k] = c[k].p;
-        p[24] = ev.p;
+        p[25] = ev.p;
         rc = cm_db_exec_prepared(
             db, "insert commissions", "cms_insert_comms",
             "INSERT INTO commissions (commission_id, tenant_id, channel_id, order_id, "
             "merchant_id, currency, state, order_amount, sales_before, amount, refunded, "
             "clawed_back, schedule_id, schedule_revision, period_start, period_end, paid_at, "
             "bracket_from, bracket_bps, bracket_sales, bracket_amount, parent_id, parent_bps, "
-            "accrued_at, clawed_back_at, source_event_id) SELECT u.id::uuid, u.t, u.ch, "
+            "accrued_at, clawed_back_at, payer, source_event_id) SELECT u.id::uuid, u.t, u.ch, "
             "u.o::uuid, u.m, u.cur, u.st, u.oa, u.sb, u.a, u.rf, u.cb, u.s, u.r, to_timestamp(u.ps "
             "/ 1000.0), to_timestamp(u.pe / 1000.0), to_timestamp(u.pa / 1000.0), u.bf::bigint[], "
             "u.bb::int[], u.bs::bigint[], u.ba::bigint[], u.par, u.pb, to_timestamp(u.at / "
-            "1000.0), CASE WHEN u.rf > 0 THEN to_timestamp(u.at / 1000.0) END, u.ev::uuid FROM "
+            "1000.0), CASE WHEN u.rf > 0 THEN to_timestamp(u.at / 1000.0) END, u.py, u.ev::uuid "
+            "FROM "
             "unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], "
             "$7::int[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[], "
             "$13::text[], $14::bigint[], $15::bigint[], $16::bigint[], $17::bigint[], "
             "$18::text[], $19::text[], $20::text[], $21::text[], $22::text[], $23::int[], "
-            "$24::bigint[], $25::text[]) AS u(id, t, ch, o, m, cur, st, oa, sb, a, rf, cb, s, r, "
-            "ps, pe, pa, bf, bb, bs, ba, par, pb, at, ev)",
-            25, p, NULL, NULL, NULL);
+            "$24::bigint[], $25::smallint[], $26::text[]) AS u(id, t, ch, o, m, cur, st, oa, sb, "
+            "a, rf, cb, s, r, ps, pe, pa, bf, bb, bs, ba, par, pb, at, py, ev)",
+            26, p, NULL, NULL, NULL);
     }
-    cm_buf_columns_free(c, 24);
+    cm_buf_columns_free(c, 25);
     cm_buf_free(&ev);
     if (rc)
         return rc;
@@ -1218,8 +1226,8 @@ static int write_rows(cms_accrual *a, cm_db *db)
         return rc;
     /* adjustments */
     if (a->nadjs) {
-        cm_buf e[12];
-        cm_buf_columns_begin(e, 12);
+        cm_buf e[14];
+        cm_buf_columns_begin(e, 14);
         for (size_t i = 0; i < a->nadjs; i++) {
             const cms_adjustment *x = &a->adjs[i];
             cm_buf_array_text(&e[0], x->id);
@@ -1234,9 +1242,11 @@ static int write_rows(cms_accrual *a, cm_db *db)
             cm_buf_array_int(&e[9], x->period_start_ms);
             cm_buf_array_int(&e[10], x->posted_ms);
             cm_buf_array_int(&e[11], x->state);
+            cm_buf_array_int(&e[12], x->payer);
+            cm_buf_array_text(&e[13], x->merchant);
         }
-        const char *e_p[12];
-        if (cm_buf_columns_end(e, 12, e_p))
+        const char *e_p[14];
+        if (cm_buf_columns_end(e, 14, e_p))
             rc = CM_ENOMEM;
         const char *const *p = e_p;
         if (rc == 0)
@@ -1244,14 +1254,15 @@ static int write_rows(cms_accrual *a, cm_db *db)
                 db, "insert adjustments", "cms_insert_adjs",
                 "INSERT INTO adjustments (adjustment_id, tenant_id, channel_id, kind, currency, "
                 "amount, order_id, refund_id, child_id, period_start, posted_at, state, "
-                "payable_at) SELECT u.id::uuid, u.t, u.c, u.k, u.cur, u.a, u.o::uuid, u.rf, u.ch, "
-                "to_timestamp(u.ps / 1000.0), to_timestamp(u.at / 1000.0), u.st, CASE WHEN u.st = "
-                "2 THEN to_timestamp(u.at / 1000.0) END FROM unnest($1::text[], $2::text[], "
-                "$3::text[], $4::int[], $5::text[], $6::bigint[], $7::text[], $8::text[], "
-                "$9::text[], $10::bigint[], $11::bigint[], $12::int[]) AS u(id, t, c, k, cur, a, "
-                "o, rf, ch, ps, at, st)",
-                12, p, NULL, NULL, NULL);
-        cm_buf_columns_free(e, 12);
+                "payable_at, payer, merchant_id) SELECT u.id::uuid, u.t, u.c, u.k, u.cur, u.a, "
+                "u.o::uuid, u.rf, u.ch, to_timestamp(u.ps / 1000.0), to_timestamp(u.at / 1000.0), "
+                "u.st, CASE WHEN u.st = 2 THEN to_timestamp(u.at / 1000.0) END, u.py, u.m FROM "
+                "unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::text[], $6::bigint[], "
+                "$7::text[], $8::text[], $9::text[], $10::bigint[], $11::bigint[], $12::int[], "
+                "$13::smallint[], $14::text[]) AS u(id, t, c, k, cur, a, o, rf, ch, ps, at, st, "
+                "py, m)",
+                14, p, NULL, NULL, NULL);
+        cm_buf_columns_free(e, 14);
         if (rc)
             return rc;
         atomic_fetch_add(&a->adjustments, a->nadjs);

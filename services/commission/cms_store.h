@@ -85,6 +85,7 @@ typedef struct cms_commission {
     int64_t payable_amount;     /* its net when it became payable: what payouts count */
     int64_t settled_ms;         /* 0 unless SETTLED */
     char payout_id[CM_ID_SIZE]; /* "" unless in a payout */
+    int payer;                  /* CMS_PAYER_*: its schedule revision's, fixed at accrual */
 } cms_commission;
 
 typedef struct cms_adjustment {
@@ -97,9 +98,11 @@ typedef struct cms_adjustment {
     char refund_id[CMS_ID_MAX + 1];
     char child[CMS_ID_MAX + 1];
     int64_t period_start_ms, posted_ms;
-    int state;                  /* CMS_FROZEN or CMS_PAYABLE */
-    int64_t payable_ms;         /* 0 while FROZEN */
-    char payout_id[CM_ID_SIZE]; /* "" unless in a payout */
+    int state;                     /* CMS_FROZEN or CMS_PAYABLE */
+    int64_t payable_ms;            /* 0 while FROZEN */
+    char payout_id[CM_ID_SIZE];    /* "" unless in a payout */
+    int payer;                     /* CMS_PAYER_*: the payer of order_id's commission */
+    char merchant[CMS_ID_MAX + 1]; /* order_id's merchant */
 } cms_adjustment;
 
 /* 1 when the database knows the IANA zone name, else 0 (or an error < 0) */
@@ -185,8 +188,8 @@ void cms_store_parse_schedule(const PGresult *r, int row, int col, cms_schedule_
     "1000)::bigint, 0), bracket_from::text, bracket_bps::text, bracket_sales::text, "              \
     "bracket_amount::text, parent_id, parent_bps, coalesce((extract(epoch FROM payable_at) * "     \
     "1000)::bigint, 0), payable_amount, coalesce((extract(epoch FROM settled_at) * "               \
-    "1000)::bigint, 0), coalesce(payout_id::text, '')"
-#define CMS_COMMISSION_NCOLS 28
+    "1000)::bigint, 0), coalesce(payout_id::text, ''), payer"
+#define CMS_COMMISSION_NCOLS 29
 void cms_store_parse_commission(const PGresult *r, int row, cms_commission *c);
 
 #endif

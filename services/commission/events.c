@@ -44,6 +44,7 @@ Commerce__Commission__V1__Commission *cms_pb_commission(cm_arena *a, const cms_c
     m->payout_id = cm_arena_strdup(a, c->payout_id);
     m->parent_channel_id = cm_arena_strdup(a, c->parent);
     m->parent_override_bps = (int32_t)c->parent_bps;
+    m->payer = (Commerce__Commission__V1__CommissionPayer)c->payer;
     m->brackets = cm_arena_calloc(a, c->nb ? c->nb : 1, sizeof *m->brackets);
     if (!m->commission_id || !m->channel_id || !m->order_id || !m->merchant_id ||
         !m->order_amount || !m->period_sales_before || !m->amount || !m->clawed_back_amount ||
@@ -85,8 +86,10 @@ Commerce__Commission__V1__Adjustment *cms_pb_adjustment(cm_arena *a, const cms_a
     m->state = (Commerce__Commission__V1__CommissionState)x->state;
     m->payable_at = x->payable_ms ? cm_pb_timestamp(a, x->payable_ms) : NULL;
     m->payout_id = cm_arena_strdup(a, x->payout_id);
-    return m->adjustment_id && m->channel_id && m->amount && m->order_id && m->child_channel_id &&
-                   m->refund_id && m->payout_id
+    m->payer = (Commerce__Commission__V1__CommissionPayer)x->payer;
+    m->merchant_id = cm_arena_strdup(a, x->merchant);
+    return m->merchant_id && m->adjustment_id && m->channel_id && m->amount && m->order_id &&
+                   m->child_channel_id && m->refund_id && m->payout_id
                ? m
                : NULL;
 }

@@ -483,6 +483,7 @@ void cms_store_parse_commission(const PGresult *r, int row, cms_commission *c)
     c->payable_amount = i64(r, row, 25);
     c->settled_ms = i64(r, row, 26);
     copy(c->payout_id, sizeof c->payout_id, r, row, 27);
+    c->payer = (int)i64(r, row, 28);
 }
 
 int cms_store_list_commissions(cm_db *db, const char *tenant, const char *channel, unsigned states,
@@ -532,8 +533,8 @@ int cms_store_list_adjustments(cm_db *db, const char *tenant, const char *channe
         "SELECT adjustment_id::text, channel_id, kind, currency, amount, order_id::text, "
         "refund_id, child_id, (extract(epoch FROM period_start) * 1000)::bigint, (extract(epoch "
         "FROM posted_at) * 1000)::bigint, state, coalesce((extract(epoch FROM payable_at) * "
-        "1000)::bigint, 0), coalesce(payout_id::text, '') FROM adjustments WHERE tenant_id = $1 "
-        "AND channel_id = "
+        "1000)::bigint, 0), coalesce(payout_id::text, ''), payer, merchant_id FROM adjustments "
+        "WHERE tenant_id = $1 AND channel_id = "
         "$2 AND ($3::bigint = 0 OR (posted_at, adjustment_id) < (to_timestamp($3 / 1000.0), "
         "NULLIF($4, '')::uuid)) ORDER BY posted_at DESC, adjustment_id DESC LIMIT $5",
         5, p, &r);
@@ -556,6 +557,8 @@ int cms_store_list_adjustments(cm_db *db, const char *tenant, const char *channe
         a->state = (int)i64(r, i, 10);
         a->payable_ms = i64(r, i, 11);
         copy(a->payout_id, sizeof a->payout_id, r, i, 12);
+        a->payer = (int)i64(r, i, 13);
+        copy(a->merchant, sizeof a->merchant, r, i, 14);
     }
     PQclear(r);
     return 0;

@@ -419,7 +419,8 @@ static int list_accounts(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCM
     if (req->party) {
         type = (int)req->party->type;
         owner = req->party->id;
-        if (!stl_party_name(type) && type != STL_PARTY_CLEARING && type != STL_PARTY_PROVIDER_FEE)
+        if (!stl_party_name(type) && type != STL_PARTY_CLEARING && type != STL_PARTY_PROVIDER_FEE &&
+            type != STL_PARTY_COMMISSION)
             return fail_field(ctx, "party.type", "a known party type");
         int ledger = type == STL_PARTY_CLEARING || type == STL_PARTY_PROVIDER_FEE;
         if (ledger ? *owner != '\0' : !valid_key(owner))
@@ -832,6 +833,11 @@ int stl_app_init(cm_service *svc, void **out, char *err, size_t errlen)
         free(app);
         return CM_EINVAL;
     }
+    if (!valid_key(cm_service_text(svc, "SETTLEMENT_PLATFORM_ID"))) {
+        snprintf(err, errlen, "SETTLEMENT_PLATFORM_ID: 1-64 characters from [A-Za-z0-9._:-]");
+        free(app);
+        return CM_EINVAL;
+    }
     int known = stl_store_zone_known(cm_service_main_db(svc), app->defaults.tz);
     if (known <= 0) {
         snprintf(err, errlen, "SETTLEMENT_DEFAULT_TIME_ZONE: %s",
@@ -872,7 +878,23 @@ int stl_app_init(cm_service *svc, void **out, char *err, size_t errlen)
     app->payouts_pending = cm_metrics_gauge(
         m, "settlement_payouts_pending",
         "payouts waiting for the payment system's report (as of the payer's last pass)", NULL);
-    if (!app->ledger) {
+    app->costs_lag = cm_metrics_histogram(
+        m, "settlement_commission_cost_lag_seconds",
+        "from a commission event's occurred_at to its cost entry on the ledger", NULL, lag_bounds,
+        sizeof lag_bounds / sizeof lag_bounds[0]);
+    app->costs = stl_costs_new(&app->defaults, cm_service_text(svc, "SETTLEMENT_PLATFORM_ID"),
+                               app->events_on, app->topic, app->costs_lag);
+    app->costs_posted =
+        cm_metrics_counter(m, "settlement_commission_costs_posted_total",
+                           "commission changes (accrued, clawed back, adjusted) booked as cost "
+                           "entries on the ledger",
+                           NULL);
+    app->costs_duplicates = cm_metrics_counter(
+        m, "settlement_commission_costs_duplicate_total",
+        "commission changes seen again under another event id (booked once)", NULL);
+    if (!app->ledger || !app->costs) {
+        stl_ledger_free(app->ledger);
+        stl_costs_free(app->costs);
         snprintf(err, errlen, "out of memory");
         free(app);
         return CM_ENOMEM;
@@ -888,5 +910,6 @@ void stl_app_fini(cm_service *svc, void *p)
     if (!app)
         return;
     stl_ledger_free(app->ledger);
+    stl_costs_free(app->costs);
     free(app);
 }

@@ -323,3 +323,84 @@ const char *stl_party_name(int type)
     }
     return NULL;
 }
+
+/* ---- the commission cost ---- */
+
+int stl_cost_of(const stl_cost_in *in, stl_cost *out)
+{
+    int64_t delta;
+    switch (in->kind) {
+    case STL_COST_ACCRUED:
+        if (in->amount < 0)
+            return CM_EINVAL;
+        delta = in->amount;
+        break;
+    case STL_COST_CLAWED_BACK:
+        if (in->amount < 0)
+            return CM_EINVAL;
+        delta = -in->amount;
+        break;
+    case STL_COST_ADJUSTED:
+        if (in->adj_kind != STL_ADJ_TRUE_UP && in->adj_kind != STL_ADJ_PARENT_SHARE &&
+            in->adj_kind != STL_ADJ_CLAWBACK)
+            return CM_EINVAL;
+        /* the entry's amount is |delta|: INT64_MIN has none */
+        if (in->amount == INT64_MIN)
+            return CM_EINVAL;
+        if (in->adj_kind == STL_ADJ_CLAWBACK)
+            return STL_COST_NOTHING; /* booked by the refund's CommissionClawedBack */
+        delta = in->amount;
+        break;
+    default:
+        return CM_EINVAL;
+    }
+    int type;
+    const char *owner;
+    switch (in->payer) {
+    case STL_PAYER_UNSPECIFIED:
+    case STL_PAYER_MERCHANT:
+        type = STL_PARTY_MERCHANT;
+        owner = in->merchant;
+        break;
+    case STL_PAYER_PLATFORM:
+        type = STL_PARTY_PLATFORM;
+        owner = in->platform;
+        break;
+    default:
+        return CM_EINVAL;
+    }
+    if (!owner || !*owner)
+        return CM_EINVAL;
+    if (!delta)
+        return STL_COST_NOTHING;
+    out->payer_type = type;
+    out->payer_owner = owner;
+    out->delta = delta;
+    return 0;
+}
+
+int stl_cost_key(int kind, const char *commission_id, const char *refund_id,
+                 const char *adjustment_id, char *out, size_t cap)
+{
+    int n;
+    switch (kind) {
+    case STL_COST_ACCRUED:
+        if (!commission_id || !*commission_id)
+            return CM_EINVAL;
+        n = snprintf(out, cap, "accrued/%s", commission_id);
+        break;
+    case STL_COST_CLAWED_BACK:
+        if (!commission_id || !*commission_id || !refund_id || !*refund_id)
+            return CM_EINVAL;
+        n = snprintf(out, cap, "clawback/%s/%s", commission_id, refund_id);
+        break;
+    case STL_COST_ADJUSTED:
+        if (!adjustment_id || !*adjustment_id)
+            return CM_EINVAL;
+        n = snprintf(out, cap, "adjustment/%s", adjustment_id);
+        break;
+    default:
+        return CM_EINVAL;
+    }
+    return n < 0 || (size_t)n >= cap ? CM_EINVAL : 0;
+}

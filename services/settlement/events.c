@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "commerce/events/v1/commission_events.pb-c.h"
 #include "commerce/events/v1/order_events.pb-c.h"
 #include "commerce/events/v1/settlement_events.pb-c.h"
 
@@ -91,6 +92,25 @@ int stl_ev_pack_entry(cm_arena *a, const char *tenant, const char *event_id, con
     for (size_t i = 0; i < e->n; i++)
         versions[i] = e->p[i].version;
     const ProtobufCMessage *msg;
+    if (e->kind == STL_ENTRY_COMMISSION && e->n == 2) {
+        /* postings: the payer, then the channel's commission account */
+        Commerce__Events__V1__CommissionCostPosted cc =
+            COMMERCE__EVENTS__V1__COMMISSION_COST_POSTED__INIT;
+        cc.event_id = (char *)event_id;
+        cc.tenant_id = (char *)tenant;
+        cc.occurred_at = entry->posted_at;
+        cc.order_id = entry->order_id;
+        cc.merchant_id = entry->merchant_id;
+        cc.channel_id = cm_arena_strdup(a, e->p[1].owner);
+        cc.payer = stl_pb_party(a, e->p[0].type, e->p[0].owner);
+        cc.change = cm_pb_money(a, e->p[1].amount, e->currency);
+        cc.entry = entry;
+        cc.account_versions = versions;
+        cc.n_account_versions = e->n;
+        if (!cc.channel_id || !cc.payer || !cc.change)
+            return CM_ENOMEM;
+        return cm_pb_pack(a, &cc.base, out, len);
+    }
     Commerce__Events__V1__SplitPosted sp = COMMERCE__EVENTS__V1__SPLIT_POSTED__INIT;
     Commerce__Events__V1__SplitReversed sr = COMMERCE__EVENTS__V1__SPLIT_REVERSED__INIT;
     if (e->kind == STL_ENTRY_SPLIT) {
@@ -398,4 +418,116 @@ void stl_on_committed(const cm_event *ev, int duplicate, void *arg)
     cm_counter_add(app->duplicates, s.duplicates - app->last.duplicates);
     cm_counter_add(app->capped, s.capped - app->last.capped);
     app->last = s;
+}
+
+/* ---- the commission events: the commission cost (cost.c) ---- */
+
+/* the fields every commission event's entry needs, checked once */
+static int cost_valid(const stl_cost_event *c)
+{
+    return *c->tenant && valid_key(c->channel) && cm_id_is_uuid(c->order_id) &&
+           (!*c->merchant || valid_key(c->merchant)) && cm_money_currency_valid(c->currency) &&
+           (c->kind == STL_COST_ADJUSTED ? cm_id_is_uuid(c->adjustment_id)
+                                         : cm_id_is_uuid(c->commission_id)) &&
+           (c->kind != STL_COST_CLAWED_BACK || valid_key(c->refund_id));
+}
+
+/* c: the event's commission (accrued, clawed back); money: the amount */
+static void cost_from_commission(stl_cost_event *out, const Commerce__Commission__V1__Commission *c,
+                                 const Commerce__Common__V1__Money *money)
+{
+    out->commission_id = c->commission_id;
+    out->channel = c->channel_id;
+    out->order_id = c->order_id;
+    out->merchant = c->merchant_id;
+    out->payer = (int)c->payer;
+    out->currency = money->currency;
+    out->amount = money->amount_minor;
+}
+
+int stl_on_commission_event(cm_db *db, const cm_event *ev, void *arg)
+{
+    (void)db;
+    stl_app *app = arg;
+    stl_cost_event c = {.event_id = ev->id, .traceparent = ev->traceparent, .refund_id = ""};
+    ProtobufCMessage *msg = NULL;
+    const char *tenant = "";
+    int ok = 0;
+    if (strcmp(ev->type, "commerce.events.v1.CommissionAccrued") == 0) {
+        Commerce__Events__V1__CommissionAccrued *p =
+            commerce__events__v1__commission_accrued__unpack(NULL, ev->len, ev->payload);
+        if ((msg = p ? &p->base : NULL) && p->commission && p->commission->amount) {
+            c.kind = STL_COST_ACCRUED;
+            cost_from_commission(&c, p->commission, p->commission->amount);
+            c.occurred_ms = ts_ms(p->occurred_at);
+            tenant = p->tenant_id;
+            ok = 1;
+        }
+    } else if (strcmp(ev->type, "commerce.events.v1.CommissionClawedBack") == 0) {
+        Commerce__Events__V1__CommissionClawedBack *p =
+            commerce__events__v1__commission_clawed_back__unpack(NULL, ev->len, ev->payload);
+        if ((msg = p ? &p->base : NULL) && p->commission && p->clawback_amount) {
+            c.kind = STL_COST_CLAWED_BACK;
+            cost_from_commission(&c, p->commission, p->clawback_amount);
+            c.refund_id = p->refund_id;
+            c.occurred_ms = ts_ms(p->occurred_at);
+            tenant = p->tenant_id;
+            ok = 1;
+        }
+    } else if (strcmp(ev->type, "commerce.events.v1.CommissionAdjusted") == 0) {
+        Commerce__Events__V1__CommissionAdjusted *p =
+            commerce__events__v1__commission_adjusted__unpack(NULL, ev->len, ev->payload);
+        const Commerce__Commission__V1__Adjustment *x = p ? p->adjustment : NULL;
+        if ((msg = p ? &p->base : NULL) && x && x->amount) {
+            c.kind = STL_COST_ADJUSTED;
+            c.adj_kind = (int)x->kind;
+            c.adjustment_id = x->adjustment_id;
+            c.channel = x->channel_id;
+            c.order_id = x->order_id;
+            c.merchant = x->merchant_id;
+            c.payer = (int)x->payer;
+            c.currency = x->amount->currency;
+            c.amount = x->amount->amount_minor;
+            c.occurred_ms = ts_ms(p->occurred_at);
+            tenant = p->tenant_id;
+            ok = 1;
+        }
+    } else {
+        return 0;
+    }
+    c.tenant = *tenant ? tenant : ev->tenant_id;
+    int rc = CM_EINVAL;
+    if (ok && cost_valid(&c))
+        rc = stl_costs_stage(app->costs, &c);
+    if (rc == CM_EINVAL)
+        cm_log_warn("commission event refused: missing or invalid fields", "event_id", ev->id,
+                    "type", ev->type, NULL);
+    if (msg)
+        protobuf_c_message_free_unpacked(msg, NULL);
+    return rc;
+}
+
+void stl_on_cost_tx_begin(void *arg)
+{
+    stl_app *app = arg;
+    stl_costs_begin(app->costs);
+}
+
+int stl_on_cost_tx_end(cm_db *db, void *arg)
+{
+    stl_app *app = arg;
+    return stl_costs_flush(app->costs, db);
+}
+
+void stl_on_cost_committed(const cm_event *ev, int duplicate, void *arg)
+{
+    (void)ev;
+    (void)duplicate;
+    stl_app *app = arg;
+    stl_costs_committed(app->costs);
+    stl_costs_stats s;
+    stl_costs_get_stats(app->costs, &s);
+    cm_counter_add(app->costs_posted, s.posted - app->costs_last.posted);
+    cm_counter_add(app->costs_duplicates, s.duplicates - app->costs_last.duplicates);
+    app->costs_last = s;
 }

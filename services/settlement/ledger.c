@@ -653,10 +653,14 @@ static int insert_entries(stl_ledger *l, cm_db *db, const char *const *tenants,
             if (rc == 0)
                 rc = stl_ev_pack_entry(a, tenants[i], id, e, &payload, &len);
             if (rc == 0) {
+                /* a commission cost: keyed by the order's merchant, as its
+                 * splits (the channel when the event named none) */
+                int cost = e->kind == STL_ENTRY_COMMISSION;
                 cm_outbox_event ev = {.event_id = id,
                                       .tenant_id = tenants[i],
-                                      .key = e->merchant,
+                                      .key = cost && !e->merchant[0] ? e->p[1].owner : e->merchant,
                                       .type = e->kind == STL_ENTRY_SPLIT ? STL_TYPE_SPLIT_POSTED
+                                              : cost                     ? STL_TYPE_COMMISSION_COST
                                                                          : STL_TYPE_SPLIT_REVERSED,
                                       .payload = payload,
                                       .len = len,
@@ -735,6 +739,33 @@ static int insert_entries(stl_ledger *l, cm_db *db, const char *const *tenants,
     return rc;
 }
 
+/* ---- for the other posting modules ---- */
+
+int stl_ledger_accounts(stl_ledger *l, cm_db *db, const char *tenant, const char *currency,
+                        size_t n, const int *types, const char *const *owners, int64_t *ids)
+{
+    return resolve_accounts(l, db, tenant, currency, n, types, owners, ids);
+}
+
+int stl_ledger_post(stl_ledger *l, cm_db *db, const char *const *tenants,
+                    const char *const *traceparents, stl_entry *const *entries, size_t n)
+{
+    if (!n)
+        return 0;
+    int64_t *ids = calloc(n, sizeof *ids);
+    if (!ids)
+        return CM_ENOMEM;
+    int rc = apply_postings(db, tenants, entries, n, 1);
+    if (rc == 0)
+        rc = next_entry_ids(db, n, ids);
+    for (size_t i = 0; i < n && rc == 0; i++)
+        entries[i]->id = ids[i];
+    if (rc == 0)
+        rc = insert_entries(l, db, tenants, traceparents, entries, n);
+    free(ids);
+    return rc;
+}
+
 /* ---- flush ---- */
 
 static int apply_parked(stl_ledger *l, cm_db *db);
@@ -749,8 +780,7 @@ static int post_fresh(stl_ledger *l, cm_db *db)
     stl_entry **entries = calloc(n, sizeof *entries);
     const char **tenants = calloc(n, sizeof *tenants);
     const char **tps = calloc(n, sizeof *tps);
-    int64_t *ids = calloc(n, sizeof *ids);
-    int rc = entries && tenants && tps && ids ? 0 : CM_ENOMEM;
+    int rc = entries && tenants && tps ? 0 : CM_ENOMEM;
     int64_t posted = now_ms();
     size_t k = 0;
     for (size_t i = 0; i < l->npays && rc == 0; i++) {
@@ -765,17 +795,10 @@ static int post_fresh(stl_ledger *l, cm_db *db)
         k++;
     }
     if (rc == 0)
-        rc = apply_postings(db, tenants, entries, n, 1);
-    if (rc == 0)
-        rc = next_entry_ids(db, n, ids);
-    for (size_t i = 0; i < n && rc == 0; i++)
-        entries[i]->id = ids[i];
-    if (rc == 0)
-        rc = insert_entries(l, db, tenants, tps, entries, n);
+        rc = stl_ledger_post(l, db, tenants, tps, entries, n);
     free(entries);
     free(tenants);
     free(tps);
-    free(ids);
     return rc;
 }
 

@@ -20,7 +20,7 @@ static const cm_knob knobs[] = {
     {"SETTLEMENT_DEFAULT_RUN_AT", CM_KNOB_TEXT, 0, 0, 0, "02:00",
      "local time of the daily settlement run, for tenants without their own"},
     {"SETTLEMENT_EVENTS", CM_KNOB_ONOFF, 1, 0, 0, NULL,
-     "write split and payout events to the outbox"},
+     "write split, commission cost and payout events to the outbox"},
     {"SETTLEMENT_TOPIC", CM_KNOB_TEXT, 0, 0, 0, "commerce.settlement.v1",
      "where settlement's events go (tests override it)"},
     {"SETTLEMENT_PARK_TIMEOUT_S", CM_KNOB_INT, 3600, 1, 30 * 86400, NULL,
@@ -39,6 +39,15 @@ static const cm_knob knobs[] = {
      "where order events come from (tests override it)"},
     {"SETTLEMENT_ORDER_GROUP", CM_KNOB_TEXT, 0, 0, 0, "commerce.settlement",
      "consumer group of the order events (tests override it)"},
+    {"SETTLEMENT_CONSUME_COMMISSIONS", CM_KNOB_ONOFF, 1, 0, 0, NULL,
+     "consume commission events (accrued, clawed back, adjusted: the commission cost)"},
+    {"SETTLEMENT_COMMISSION_TOPIC", CM_KNOB_TEXT, 0, 0, 0, "commerce.commission.v1",
+     "where commission events come from (tests override it)"},
+    {"SETTLEMENT_COMMISSION_GROUP", CM_KNOB_TEXT, 0, 0, 0, "commerce.settlement.commission",
+     "consumer group of the commission events (tests override it)"},
+    {"SETTLEMENT_PLATFORM_ID", CM_KNOB_TEXT, 0, 0, 0, "platform",
+     "owner id of the platform's account, debited with the commission cost of schedules the "
+     "platform pays"},
     {"SETTLEMENT_RECON_MS", CM_KNOB_INT, 60000, 100, 86400000, NULL,
      "period of the reconciliation metrics (ledger balanced, statement differences) (ms)"},
     {"SETTLEMENT_RECON_DAYS", CM_KNOB_INT, 7, 1, 90, NULL,
@@ -53,6 +62,10 @@ static const cm_knob knobs[] = {
 static const char *const order_types[] = {"commerce.events.v1.OrderPaid",
                                           "commerce.events.v1.OrderRefunded",
                                           "commerce.events.v1.OrderCompleted", NULL};
+/* the commission events that change a channel's commission: its cost */
+static const char *const commission_types[] = {"commerce.events.v1.CommissionAccrued",
+                                               "commerce.events.v1.CommissionClawedBack",
+                                               "commerce.events.v1.CommissionAdjusted", NULL};
 static const cm_service_consumer consumers[] = {
     {.topic = "commerce.order.v1",
      .group = "commerce.settlement",
@@ -65,6 +78,16 @@ static const cm_service_consumer consumers[] = {
      .topic_knob = "SETTLEMENT_ORDER_TOPIC",
      .group_knob = "SETTLEMENT_ORDER_GROUP",
      .batch_knob = "SETTLEMENT_CONSUMER_BATCH"},
+    {.topic = "commerce.commission.v1",
+     .group = "commerce.settlement.commission",
+     .handler = stl_on_commission_event,
+     .after_commit = stl_on_cost_committed,
+     .tx_begin = stl_on_cost_tx_begin,
+     .tx_end = stl_on_cost_tx_end,
+     .types = commission_types,
+     .enabled_knob = "SETTLEMENT_CONSUME_COMMISSIONS",
+     .topic_knob = "SETTLEMENT_COMMISSION_TOPIC",
+     .group_knob = "SETTLEMENT_COMMISSION_GROUP"},
 };
 
 /* a replica that died hands its partitions over within 10 s (librdkafka's

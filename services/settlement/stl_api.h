@@ -7,6 +7,7 @@
 #include "cm_metrics.h"
 #include "cm_rpc.h"
 #include "cm_service.h"
+#include "stl_cost.h"
 #include "stl_ledger.h"
 #include "stl_store.h"
 
@@ -22,6 +23,11 @@ typedef struct stl_app {
     cm_gauge *payouts_pending;
     cm_histogram *lag;
     stl_ledger_stats last; /* what was last added to the counters */
+    /* the commission consumer's (one consumer thread) and its metrics */
+    stl_costs *costs;
+    cm_counter *costs_posted, *costs_duplicates;
+    cm_histogram *costs_lag;
+    stl_costs_stats costs_last;
 } stl_app;
 
 extern const cm_rpc_method stl_methods[];

@@ -167,4 +167,58 @@ int stl_reverse_refund(int policy, const stl_split *orig, int64_t rev_fee, const
  * unknown value */
 const char *stl_party_name(int type);
 
+/* ---- the commission cost (README.md, "Commission cost") ----
+ *
+ * every change of a channel's commission that the commission service
+ * publishes is booked as one entry: the payer (the order's merchant, or
+ * the platform) debited, the channel's commission account credited, by
+ * the signed delta of the channel's commission:
+ *   STL_COST_ACCRUED      CommissionAccrued: +amount (>= 0)
+ *   STL_COST_CLAWED_BACK  CommissionClawedBack: -clawback_amount (>= 0)
+ *   STL_COST_ADJUSTED     CommissionAdjusted: +amount (either sign) for a
+ *                         TRUE_UP or a PARENT_SHARE; nothing for a
+ *                         CLAWBACK adjustment, which is the payout-side
+ *                         record of a clawback the CommissionClawedBack of
+ *                         the same refund books already (booking both
+ *                         would take the clawback twice).
+ * so the entries of a channel sum to its net commission: its commissions
+ * net of clawbacks, plus its true-ups and parent shares. */
+enum { STL_COST_ACCRUED = 1, STL_COST_CLAWED_BACK = 2, STL_COST_ADJUSTED = 3 };
+/* CommissionPayer and AdjustmentKind of the commission proto */
+enum { STL_PAYER_UNSPECIFIED = 0, STL_PAYER_MERCHANT = 1, STL_PAYER_PLATFORM = 2 };
+enum { STL_ADJ_TRUE_UP = 1, STL_ADJ_PARENT_SHARE = 2, STL_ADJ_CLAWBACK = 3 };
+/* the longest natural key: "clawback/" uuid "/" refund id */
+#define STL_COST_KEY_MAX (9 + 36 + 1 + STL_ID_MAX)
+
+typedef struct stl_cost_in {
+    int kind;             /* STL_COST_* */
+    int adj_kind;         /* STL_COST_ADJUSTED: STL_ADJ_* */
+    int payer;            /* STL_PAYER_*; unspecified is the merchant (as the proto says) */
+    int64_t amount;       /* as above */
+    const char *merchant; /* the order's merchant */
+    const char *platform; /* the platform's account owner (SETTLEMENT_PLATFORM_ID) */
+} stl_cost_in;
+
+typedef struct stl_cost {
+    int payer_type;          /* STL_PARTY_MERCHANT or STL_PARTY_PLATFORM */
+    const char *payer_owner; /* in->merchant or in->platform */
+    int64_t delta;           /* the channel's commission changes by it: payer -delta */
+} stl_cost;
+
+#define STL_COST_NOTHING 1
+
+/* decides the entry of one commission event. 0 with out filled;
+ * STL_COST_NOTHING when it books nothing (a zero amount, a CLAWBACK
+ * adjustment); CM_EINVAL for an event that cannot be booked (unknown kind,
+ * adjustment kind or payer, a negative accrual or clawback, an amount of
+ * INT64_MIN, no merchant for a merchant payer, no platform id). */
+int stl_cost_of(const stl_cost_in *in, stl_cost *out);
+
+/* the natural key of an event's entry (ref of the entry, unique per
+ * tenant): "accrued/<commission id>", "clawback/<commission id>/<refund
+ * id>", "adjustment/<adjustment id>". 0, or CM_EINVAL (unknown kind, an
+ * empty id, or out of room: cap must exceed the key's length). */
+int stl_cost_key(int kind, const char *commission_id, const char *refund_id,
+                 const char *adjustment_id, char *out, size_t cap);
+
 #endif

@@ -19,6 +19,7 @@
 #define STL_SOURCE "/commerce/settlement"
 #define STL_TYPE_SPLIT_POSTED "commerce.events.v1.SplitPosted"
 #define STL_TYPE_SPLIT_REVERSED "commerce.events.v1.SplitReversed"
+#define STL_TYPE_COMMISSION_COST "commerce.events.v1.CommissionCostPosted"
 #define STL_TYPE_PAYOUT_CREATED "commerce.events.v1.PayoutCreated"
 #define STL_TYPE_PAYOUT_PAID "commerce.events.v1.PayoutPaid"
 #define STL_TYPE_PAYOUT_FAILED "commerce.events.v1.PayoutFailed"
@@ -28,8 +29,9 @@
 Commerce__Settlement__V1__Party *stl_pb_party(cm_arena *a, int type, const char *id);
 Commerce__Settlement__V1__JournalEntry *stl_pb_entry(cm_arena *a, const stl_entry *e);
 
-/* packs the event of a posted entry (SplitPosted for a SPLIT, else
- * SplitReversed) into a. 0 or CM_ENOMEM. */
+/* packs the event of a posted entry (SplitPosted for a SPLIT,
+ * CommissionCostPosted for a COMMISSION, else SplitReversed) into a. 0 or
+ * CM_ENOMEM. */
 int stl_ev_pack_entry(cm_arena *a, const char *tenant, const char *event_id, const stl_entry *e,
                       const uint8_t **out, size_t *len);
 
@@ -57,5 +59,13 @@ void stl_settler(struct cm_service *svc, cm_db *db, void *arg);
 void stl_payer(struct cm_service *svc, cm_db *db, void *arg);
 int stl_on_tx_end(cm_db *db, void *arg);
 void stl_on_committed(const cm_event *ev, int duplicate, void *arg);
+
+/* the commission-event consumer's handler (CommissionAccrued,
+ * CommissionClawedBack, CommissionAdjusted: the commission cost, cost.c)
+ * and its transaction hooks (arg: the stl_app) */
+int stl_on_commission_event(cm_db *db, const cm_event *ev, void *arg);
+void stl_on_cost_tx_begin(void *arg);
+int stl_on_cost_tx_end(cm_db *db, void *arg);
+void stl_on_cost_committed(const cm_event *ev, int duplicate, void *arg);
 
 #endif

@@ -73,6 +73,23 @@ int stl_ledger_refund(stl_ledger *l, cm_db *db, const stl_refund_in *in);
 int stl_ledger_complete(stl_ledger *l, cm_db *db, const char *tenant, const char *order_id,
                         int64_t completed_ms);
 
+/* ---- for the other posting modules (the commission cost, cost.c) ---- */
+
+/* the ids of n accounts of a tenant (types[i], owners[i]) in currency: from
+ * the ledger's cache, the missing ones from the database (created when
+ * new). inside the caller's transaction. */
+int stl_ledger_accounts(stl_ledger *l, cm_db *db, const char *tenant, const char *currency,
+                        size_t n, const int *types, const char *const *owners, int64_t *ids);
+
+/* posts entries[0..n) inside the caller's transaction: applies their
+ * postings to the accounts (locked in id order; pending postings also to
+ * pending_due), assigns each entry its id and each posting its account's
+ * version, and inserts them, with their events when events are on
+ * (stl_ev_pack_entry).
+ * traceparents[i] may be NULL. 0 or a CM_E* (roll back). */
+int stl_ledger_post(stl_ledger *l, cm_db *db, const char *const *tenants,
+                    const char *const *traceparents, stl_entry *const *entries, size_t n);
+
 typedef struct stl_ledger_stats {
     uint64_t splits, reversals, duplicates, capped;
 } stl_ledger_stats;

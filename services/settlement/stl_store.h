@@ -21,14 +21,21 @@
 /* the due date of parts held until their order completes */
 #define STL_HELD_DATE "9999-12-31"
 
-/* the ledger's own accounts (PartyType values) */
-enum { STL_PARTY_CLEARING = 100, STL_PARTY_PROVIDER_FEE = 101 };
+/* the ledger's own accounts (PartyType values), and a channel's commission
+ * account (owner: the channel id), which settlement never pays out: the
+ * commission service pays channels (README.md, "Commission cost") */
+enum { STL_PARTY_CLEARING = 100, STL_PARTY_PROVIDER_FEE = 101, STL_PARTY_COMMISSION = 102 };
 
 /* buckets, as stored and as in the proto enum */
 enum { STL_PENDING = 1, STL_AVAILABLE = 2, STL_PAYING = 3, STL_PAID_OUT = 4 };
 
 /* entry kinds, as stored and as in the proto enum */
-enum { STL_ENTRY_SPLIT = 1, STL_ENTRY_REVERSAL = 2, STL_ENTRY_SETTLE = 3 };
+enum {
+    STL_ENTRY_SPLIT = 1,
+    STL_ENTRY_REVERSAL = 2,
+    STL_ENTRY_SETTLE = 3,
+    STL_ENTRY_COMMISSION = 7
+};
 
 /* verdicts of idempotent writes */
 enum { STL_OK = 0, STL_SAME = 1, STL_KEY_REUSED = 2, STL_VERSION = 3 };
@@ -124,7 +131,7 @@ typedef struct stl_entry {
     int kind;
     char order_id[CM_ID_SIZE];
     char merchant[STL_ID_MAX + 1];
-    char ref[STL_ID_MAX + 1]; /* a reversal's refund id */
+    char ref[STL_COST_KEY_MAX + 1]; /* a reversal's refund id, a commission cost's key */
     char currency[4];
     int64_t amount, fee, rule_version;
     int capped;

@@ -781,6 +781,88 @@ START_TEST(party_names_follow_the_proto)
 }
 END_TEST
 
+/* ---- the commission cost ---- */
+
+static int cost(int kind, int adj, int payer, int64_t amount, const char *merchant, stl_cost *out)
+{
+    stl_cost_in in = {.kind = kind,
+                      .adj_kind = adj,
+                      .payer = payer,
+                      .amount = amount,
+                      .merchant = merchant,
+                      .platform = "plat"};
+    memset(out, 0, sizeof *out);
+    return stl_cost_of(&in, out);
+}
+
+START_TEST(commission_cost_debits_the_payer_by_the_signed_change)
+{
+    stl_cost c;
+    /* accrued: the merchant pays (also when the payer is unset) */
+    ck_assert_int_eq(cost(STL_COST_ACCRUED, 0, STL_PAYER_MERCHANT, 50000, "m-1", &c), 0);
+    ck_assert_int_eq(c.payer_type, STL_PARTY_MERCHANT);
+    ck_assert_str_eq(c.payer_owner, "m-1");
+    ck_assert_int_eq(c.delta, 50000);
+    ck_assert_int_eq(cost(STL_COST_ACCRUED, 0, STL_PAYER_UNSPECIFIED, 7, "m-1", &c), 0);
+    ck_assert_int_eq(c.payer_type, STL_PARTY_MERCHANT);
+    /* the platform pays: its account, whatever the merchant */
+    ck_assert_int_eq(cost(STL_COST_ACCRUED, 0, STL_PAYER_PLATFORM, 15000, "", &c), 0);
+    ck_assert_int_eq(c.payer_type, STL_PARTY_PLATFORM);
+    ck_assert_str_eq(c.payer_owner, "plat");
+    ck_assert_int_eq(c.delta, 15000);
+    /* a clawback gives back: the reverse direction, exactly */
+    ck_assert_int_eq(cost(STL_COST_CLAWED_BACK, 0, STL_PAYER_PLATFORM, 15000, "m-1", &c), 0);
+    ck_assert_int_eq(c.delta, -15000);
+    /* true-ups and parent shares of either sign, to int64's limits */
+    ck_assert_int_eq(cost(STL_COST_ADJUSTED, STL_ADJ_TRUE_UP, 1, -6000, "m-1", &c), 0);
+    ck_assert_int_eq(c.delta, -6000);
+    ck_assert_int_eq(cost(STL_COST_ADJUSTED, STL_ADJ_PARENT_SHARE, 1, INT64_MAX, "m-1", &c), 0);
+    ck_assert_int_eq(c.delta, INT64_MAX);
+    ck_assert_int_eq(cost(STL_COST_ADJUSTED, STL_ADJ_TRUE_UP, 1, INT64_MIN + 1, "m-1", &c), 0);
+    ck_assert_int_eq(c.delta, INT64_MIN + 1);
+}
+END_TEST
+
+START_TEST(commission_cost_books_nothing_twice_and_refuses_bad_events)
+{
+    stl_cost c;
+    /* a CLAWBACK adjustment is booked by its CommissionClawedBack */
+    ck_assert_int_eq(cost(STL_COST_ADJUSTED, STL_ADJ_CLAWBACK, 1, -20000, "m-1", &c),
+                     STL_COST_NOTHING);
+    ck_assert_int_eq(cost(STL_COST_ACCRUED, 0, 1, 0, "m-1", &c), STL_COST_NOTHING);
+    ck_assert_int_eq(cost(STL_COST_CLAWED_BACK, 0, 2, 0, "m-1", &c), STL_COST_NOTHING);
+    ck_assert_int_eq(cost(STL_COST_ACCRUED, 0, 1, -1, "m-1", &c), CM_EINVAL);
+    ck_assert_int_eq(cost(STL_COST_CLAWED_BACK, 0, 1, -1, "m-1", &c), CM_EINVAL);
+    ck_assert_int_eq(cost(STL_COST_ADJUSTED, STL_ADJ_TRUE_UP, 1, INT64_MIN, "m-1", &c), CM_EINVAL);
+    ck_assert_int_eq(cost(STL_COST_ADJUSTED, 0, 1, 5, "m-1", &c), CM_EINVAL);
+    ck_assert_int_eq(cost(STL_COST_ADJUSTED, 4, 1, 5, "m-1", &c), CM_EINVAL);
+    ck_assert_int_eq(cost(0, 0, 1, 5, "m-1", &c), CM_EINVAL);
+    ck_assert_int_eq(cost(STL_COST_ACCRUED, 0, 3, 5, "m-1", &c), CM_EINVAL);
+    ck_assert_int_eq(cost(STL_COST_ACCRUED, 0, 1, 5, "", &c), CM_EINVAL);
+    ck_assert_int_eq(cost(STL_COST_ACCRUED, 0, 1, 5, NULL, &c), CM_EINVAL);
+    /* the natural keys: one per change, whatever event carries it */
+    char k[STL_COST_KEY_MAX + 1];
+    const char *id = "0190f0e4-7c1a-7d2e-9b3f-0123456789ab";
+    ck_assert_int_eq(stl_cost_key(STL_COST_ACCRUED, id, NULL, NULL, k, sizeof k), 0);
+    ck_assert_str_eq(k, "accrued/0190f0e4-7c1a-7d2e-9b3f-0123456789ab");
+    ck_assert_int_eq(stl_cost_key(STL_COST_CLAWED_BACK, id, "rf-1", NULL, k, sizeof k), 0);
+    ck_assert_str_eq(k, "clawback/0190f0e4-7c1a-7d2e-9b3f-0123456789ab/rf-1");
+    ck_assert_int_eq(stl_cost_key(STL_COST_ADJUSTED, NULL, NULL, id, k, sizeof k), 0);
+    ck_assert_str_eq(k, "adjustment/0190f0e4-7c1a-7d2e-9b3f-0123456789ab");
+    /* the longest refund id fits */
+    char rf[STL_ID_MAX + 1];
+    memset(rf, 'r', STL_ID_MAX);
+    rf[STL_ID_MAX] = '\0';
+    ck_assert_int_eq(stl_cost_key(STL_COST_CLAWED_BACK, id, rf, NULL, k, sizeof k), 0);
+    ck_assert_uint_eq(strlen(k), STL_COST_KEY_MAX);
+    ck_assert_int_eq(stl_cost_key(STL_COST_CLAWED_BACK, id, rf, NULL, k, sizeof k - 1), CM_EINVAL);
+    ck_assert_int_eq(stl_cost_key(STL_COST_CLAWED_BACK, id, "", NULL, k, sizeof k), CM_EINVAL);
+    ck_assert_int_eq(stl_cost_key(STL_COST_ACCRUED, "", NULL, NULL, k, sizeof k), CM_EINVAL);
+    ck_assert_int_eq(stl_cost_key(STL_COST_ADJUSTED, id, NULL, NULL, k, sizeof k), CM_EINVAL);
+    ck_assert_int_eq(stl_cost_key(9, id, "rf", id, k, sizeof k), CM_EINVAL);
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("settlement_domain");
@@ -795,6 +877,8 @@ static Suite *suite(void)
     tcase_add_test(t, refund_policies_on_the_seed_example);
     tcase_add_test(t, refund_validation_refuses_bad_input);
     tcase_add_test(t, party_names_follow_the_proto);
+    tcase_add_test(t, commission_cost_debits_the_payer_by_the_signed_change);
+    tcase_add_test(t, commission_cost_books_nothing_twice_and_refuses_bad_events);
     suite_add_tcase(s, t);
     TCase *p = tcase_create("properties");
     tcase_set_timeout(p, 60);
