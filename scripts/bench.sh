@@ -1400,7 +1400,8 @@ stl_start() {
   spawn "$log" env GRPC_LISTEN="127.0.0.1:$port" ADMIN_LISTEN="127.0.0.1:$stl_admin" \
     PG_DSN="$stl_dsn" KAFKA_BROKERS="$stl_brokers" LOG_LEVEL=warn WORKERS=2 \
     SETTLEMENT_SCHEMA="$schema" SETTLEMENT_ORDER_TOPIC="$topic" SETTLEMENT_ORDER_GROUP="$group" \
-    SETTLEMENT_TOPIC="$topic.out" "$@" "$bin/commerce-settlement"
+    SETTLEMENT_TOPIC="$topic.out" SETTLEMENT_COMMISSION_TOPIC="$topic.cms" \
+    SETTLEMENT_COMMISSION_GROUP="$group.cms" "$@" "$bin/commerce-settlement"
   stl_pid=$last_pid
   wait_http_ok "http://127.0.0.1:$stl_admin/readyz" "$stl_pid" "$log"
   wait_tcp "$port" "$stl_pid" "$log"
@@ -1415,6 +1416,9 @@ stl_prepare() {
   "$root/scripts/kafka.sh" topic "$topic" "$stl_partitions" || die "could not create $topic"
   "$root/scripts/kafka.sh" topic "$topic.out" "$stl_partitions" || die "could not create $topic.out"
   "$root/scripts/kafka.sh" topic "$topic.dlq" 1 || die "could not create $topic.dlq"
+  # the commission-cost consumer runs as deployed, on an empty topic of its own
+  "$root/scripts/kafka.sh" topic "$topic.cms" 1 || die "could not create $topic.cms"
+  "$root/scripts/kafka.sh" topic "$topic.cms.dlq" 1 || die "could not create $topic.cms.dlq"
   stl_start "$workdir/$name-setup.log" "$schema" "$topic" "bench.setup" SETTLEMENT_CONSUME_ORDERS=off
   "$bin/commerce-paidgen" setup --target "127.0.0.1:$stl_port" --tenant bench \
     --merchants "$stl_merchants" "$@" >"$workdir/$name-setup.txt" 2>&1 ||
@@ -1428,6 +1432,8 @@ stl_cleanup() {
   "$root/scripts/kafka.sh" delete-topic "$topic" >/dev/null 2>&1 || true
   "$root/scripts/kafka.sh" delete-topic "$topic.out" >/dev/null 2>&1 || true
   "$root/scripts/kafka.sh" delete-topic "$topic.dlq" >/dev/null 2>&1 || true
+  "$root/scripts/kafka.sh" delete-topic "$topic.cms" >/dev/null 2>&1 || true
+  "$root/scripts/kafka.sh" delete-topic "$topic.cms.dlq" >/dev/null 2>&1 || true
 }
 
 # the books of a scenario: n split entries and n splits, none unbalanced,
