@@ -329,12 +329,13 @@ static int read_known(cms_accrual *a, cm_db *db)
     PGresult *r = NULL;
     if (rc == 0) {
         const char *p[] = {t.p, o.p};
-        rc = cm_db_exec_prepared(db, "read commissions", "cms_read_comms",
-                                 "SELECT " CMS_COMMISSION_COLS
-                                 ", tenant_id FROM commissions WHERE (tenant_id, order_id) IN "
-                                 "(SELECT * FROM unnest($1::text[], $2::uuid[])) ORDER BY "
-                                 "commission_id FOR UPDATE",
-                                 2, p, NULL, NULL, &r);
+        rc = cm_db_exec_prepared(
+            db, "read commissions", "cms_read_comms",
+            "SELECT " CMS_COMMISSION_COLS
+            ", tenant_id FROM commissions WHERE (tenant_id, order_id) IN "
+            "(SELECT * FROM unnest($1::text[] COLLATE \"C\", $2::uuid[])) ORDER BY "
+            "commission_id FOR UPDATE",
+            2, p, NULL, NULL, &r);
     }
     for (int i = 0; rc == 0 && i < PQntuples(r); i++) {
         if ((rc = GROW(a->comms, a->ncomms, a->ccomms)))
@@ -351,7 +352,7 @@ static int read_known(cms_accrual *a, cm_db *db)
         rc = cm_db_exec_prepared(db, "read uncommissioned orders", "cms_read_skipped",
                                  "SELECT tenant_id, order_id::text FROM uncommissioned_orders "
                                  "WHERE (tenant_id, order_id) IN (SELECT * FROM "
-                                 "unnest($1::text[], $2::uuid[]))",
+                                 "unnest($1::text[] COLLATE \"C\", $2::uuid[]))",
                                  2, p, NULL, NULL, &r);
     }
     for (int i = 0; rc == 0 && i < PQntuples(r); i++) {
@@ -368,7 +369,8 @@ static int read_known(cms_accrual *a, cm_db *db)
         rc = cm_db_exec_prepared(db, "read applied refunds", "cms_read_applied",
                                  "SELECT tenant_id, order_id::text, refund_id FROM "
                                  "refunds_applied WHERE (tenant_id, order_id, refund_id) IN "
-                                 "(SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[]))",
+                                 "(SELECT * FROM unnest($1::text[] COLLATE \"C\", $2::uuid[], "
+                                 "$3::text[] COLLATE \"C\"))",
                                  3, p, NULL, NULL, &r);
         for (int i = 0; rc == 0 && i < PQntuples(r); i++) {
             if ((rc = GROW(a->applied, a->napplied, a->capplied)))
@@ -401,7 +403,8 @@ static int take_parked(cms_accrual *a, cm_db *db)
         rc = cm_db_exec_prepared(
             db, "take parked refunds", "cms_unpark",
             "WITH d AS (DELETE FROM parked_refunds WHERE (tenant_id, order_id) IN (SELECT * FROM "
-            "unnest($1::text[], $2::uuid[])) RETURNING *) SELECT tenant_id, order_id::text, "
+            "unnest($1::text[] COLLATE \"C\", $2::uuid[])) RETURNING *) SELECT tenant_id, "
+            "order_id::text, "
             "refund_id, currency, event_id::text, traceparent, amount FROM d ORDER BY parked_at, "
             "refund_id",
             2, p, NULL, NULL, &r);
@@ -458,8 +461,10 @@ static int resolve_pays(cms_accrual *a, cm_db *db)
             ", (extract(epoch FROM (l.ls AT TIME ZONE s.time_zone)) * 1000)::bigint, "
             "(extract(epoch FROM ((l.ls + CASE s.period WHEN 1 THEN interval '1 week' WHEN 2 THEN "
             "interval '1 month' WHEN 3 THEN interval '3 months' ELSE interval '1 year' END) AT "
-            "TIME ZONE s.time_zone)) * 1000)::bigint FROM unnest($1::text[], $2::text[], "
-            "$3::text[], $4::bigint[]) WITH ORDINALITY AS u(t, ch, cur, ms, i) LEFT JOIN channels "
+            "TIME ZONE s.time_zone)) * 1000)::bigint FROM unnest($1::text[] COLLATE \"C\", "
+            "$2::text[] COLLATE \"C\", "
+            "$3::text[] COLLATE \"C\", $4::bigint[]) WITH ORDINALITY AS u(t, ch, cur, ms, i) LEFT "
+            "JOIN channels "
             "c ON c.tenant_id = u.t AND c.channel_id = u.ch LEFT JOIN LATERAL (SELECT s.* FROM "
             "tier_schedules s WHERE s.tenant_id = u.t AND s.effective_from <= to_timestamp(u.ms "
             "/ 1000.0) AND (CASE WHEN c.schedule_id <> '' THEN s.schedule_id = c.schedule_id "
@@ -610,8 +615,10 @@ static int lock_rows(cms_accrual *a, cm_db *db)
             db, "create period rows", "cms_new_periods",
             "INSERT INTO channel_periods (tenant_id, channel_id, schedule_id, schedule_revision, "
             "period_start, period_end, currency) SELECT u.t, u.c, u.s, u.r, to_timestamp(u.ps / "
-            "1000.0), to_timestamp(u.pe / 1000.0), u.cur FROM unnest($1::text[], $2::text[], "
-            "$3::text[], $4::bigint[], $5::bigint[], $6::bigint[], $7::text[]) AS u(t, c, s, r, "
+            "1000.0), to_timestamp(u.pe / 1000.0), u.cur FROM unnest($1::text[] COLLATE \"C\", "
+            "$2::text[] COLLATE \"C\", "
+            "$3::text[] COLLATE \"C\", $4::bigint[], $5::bigint[], $6::bigint[], $7::text[] "
+            "COLLATE \"C\") AS u(t, c, s, r, "
             "ps, pe, cur) ORDER BY 1, 2, 3, 4, 5 ON CONFLICT DO NOTHING",
             7, p, NULL, NULL, NULL);
     /* the hot rows: locked once for the whole batch, in key order */
@@ -624,7 +631,8 @@ static int lock_rows(cms_accrual *a, cm_db *db)
             "s.tenant_id = p.tenant_id AND s.schedule_id = p.schedule_id AND s.revision = "
             "p.schedule_revision WHERE (p.tenant_id, p.channel_id, p.schedule_id, "
             "p.schedule_revision, p.period_start) IN (SELECT u.t, u.c, u.s, u.r, to_timestamp(u.ps "
-            "/ 1000.0) FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], "
+            "/ 1000.0) FROM unnest($1::text[] COLLATE \"C\", $2::text[] COLLATE \"C\", $3::text[] "
+            "COLLATE \"C\", $4::bigint[], "
             "$5::bigint[]) AS u(t, c, s, r, ps)) ORDER BY p.tenant_id, p.channel_id, "
             "p.schedule_id, p.schedule_revision, p.period_start FOR UPDATE OF p",
             5, p, NULL, NULL, &r);
@@ -667,7 +675,8 @@ static int lock_rows(cms_accrual *a, cm_db *db)
             db, "create parent pools", "cms_new_pools",
             "INSERT INTO parent_pools (tenant_id, parent_id, currency, period_start, "
             "override_bps) SELECT u.t, u.p, u.c, to_timestamp(u.ps / 1000.0), u.b FROM "
-            "unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::int[]) AS u(t, p, c, "
+            "unnest($1::text[] COLLATE \"C\", $2::text[] COLLATE \"C\", $3::text[] COLLATE \"C\", "
+            "$4::bigint[], $5::int[]) AS u(t, p, c, "
             "ps, b) ORDER BY 1, 2, 3, 4, 5 ON CONFLICT DO NOTHING",
             5, pp, NULL, NULL, NULL);
     r = NULL;
@@ -677,7 +686,8 @@ static int lock_rows(cms_accrual *a, cm_db *db)
             "SELECT tenant_id, parent_id, currency, (extract(epoch FROM period_start) * "
             "1000)::bigint, override_bps, base, posted FROM parent_pools WHERE (tenant_id, "
             "parent_id, currency, period_start, override_bps) IN (SELECT u.t, u.p, u.c, "
-            "to_timestamp(u.ps / 1000.0), u.b FROM unnest($1::text[], $2::text[], $3::text[], "
+            "to_timestamp(u.ps / 1000.0), u.b FROM unnest($1::text[] COLLATE \"C\", $2::text[] "
+            "COLLATE \"C\", $3::text[] COLLATE \"C\", "
             "$4::bigint[], $5::int[]) AS u(t, p, c, ps, b)) ORDER BY 1, 2, 3, 4, 5 FOR UPDATE",
             5, pp, NULL, NULL, &r);
     cm_buf_columns_free(d, 5);
@@ -1109,11 +1119,15 @@ static int write_commissions(cms_accrual *a, cm_db *db)
             "u.bb::int[], u.bs::bigint[], u.ba::bigint[], u.par, u.pb, to_timestamp(u.at / "
             "1000.0), CASE WHEN u.rf > 0 THEN to_timestamp(u.at / 1000.0) END, u.py, u.ev::uuid "
             "FROM "
-            "unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], "
+            "unnest($1::text[] COLLATE \"C\", $2::text[] COLLATE \"C\", $3::text[] COLLATE \"C\", "
+            "$4::text[] COLLATE \"C\", $5::text[] COLLATE \"C\", $6::text[] COLLATE \"C\", "
             "$7::int[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[], "
-            "$13::text[], $14::bigint[], $15::bigint[], $16::bigint[], $17::bigint[], "
-            "$18::text[], $19::text[], $20::text[], $21::text[], $22::text[], $23::int[], "
-            "$24::bigint[], $25::smallint[], $26::text[]) AS u(id, t, ch, o, m, cur, st, oa, sb, "
+            "$13::text[] COLLATE \"C\", $14::bigint[], $15::bigint[], $16::bigint[], "
+            "$17::bigint[], "
+            "$18::text[] COLLATE \"C\", $19::text[] COLLATE \"C\", $20::text[] COLLATE \"C\", "
+            "$21::text[] COLLATE \"C\", $22::text[] COLLATE \"C\", $23::int[], "
+            "$24::bigint[], $25::smallint[], $26::text[] COLLATE \"C\") AS u(id, t, ch, o, m, cur, "
+            "st, oa, sb, "
             "a, rf, cb, s, r, ps, pe, pa, bf, bb, bs, ba, par, pb, at, py, ev)",
             26, p, NULL, NULL, NULL);
     }
@@ -1181,7 +1195,8 @@ static int write_rows(cms_accrual *a, cm_db *db)
         rc = cm_db_exec_prepared(
             db, "update period rows", "cms_update_periods",
             "UPDATE channel_periods p SET net_sales = u.ns, posted = u.po, orders = u.n, "
-            "updated_at = now() FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], "
+            "updated_at = now() FROM unnest($1::text[] COLLATE \"C\", $2::text[] COLLATE \"C\", "
+            "$3::text[] COLLATE \"C\", $4::bigint[], "
             "$5::bigint[], $6::bigint[], $7::bigint[], $8::bigint[]) AS u(t, c, s, r, ps, ns, "
             "po, n) WHERE p.tenant_id = u.t AND p.channel_id = u.c AND p.schedule_id = u.s AND "
             "p.schedule_revision = u.r AND p.period_start = to_timestamp(u.ps / 1000.0)",
@@ -1214,8 +1229,10 @@ static int write_rows(cms_accrual *a, cm_db *db)
         const char *const *p = d_p;
         rc = cm_db_exec_prepared(
             db, "update parent pools", "cms_update_pools",
-            "UPDATE parent_pools q SET base = u.b, posted = u.po FROM unnest($1::text[], "
-            "$2::text[], $3::text[], $4::bigint[], $5::int[], $6::bigint[], $7::bigint[]) AS "
+            "UPDATE parent_pools q SET base = u.b, posted = u.po FROM unnest($1::text[] COLLATE "
+            "\"C\", "
+            "$2::text[] COLLATE \"C\", $3::text[] COLLATE \"C\", $4::bigint[], $5::int[], "
+            "$6::bigint[], $7::bigint[]) AS "
             "u(t, p, c, ps, bps, b, po) WHERE q.tenant_id = u.t AND q.parent_id = u.p AND "
             "q.currency = u.c AND q.period_start = to_timestamp(u.ps / 1000.0) AND "
             "q.override_bps = u.bps",
@@ -1257,9 +1274,12 @@ static int write_rows(cms_accrual *a, cm_db *db)
                 "payable_at, payer, merchant_id) SELECT u.id::uuid, u.t, u.c, u.k, u.cur, u.a, "
                 "u.o::uuid, u.rf, u.ch, to_timestamp(u.ps / 1000.0), to_timestamp(u.at / 1000.0), "
                 "u.st, CASE WHEN u.st = 2 THEN to_timestamp(u.at / 1000.0) END, u.py, u.m FROM "
-                "unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::text[], $6::bigint[], "
-                "$7::text[], $8::text[], $9::text[], $10::bigint[], $11::bigint[], $12::int[], "
-                "$13::smallint[], $14::text[]) AS u(id, t, c, k, cur, a, o, rf, ch, ps, at, st, "
+                "unnest($1::text[] COLLATE \"C\", $2::text[] COLLATE \"C\", $3::text[] COLLATE "
+                "\"C\", $4::int[], $5::text[] COLLATE \"C\", $6::bigint[], "
+                "$7::text[] COLLATE \"C\", $8::text[] COLLATE \"C\", $9::text[] COLLATE \"C\", "
+                "$10::bigint[], $11::bigint[], $12::int[], "
+                "$13::smallint[], $14::text[] COLLATE \"C\") AS u(id, t, c, k, cur, a, o, rf, ch, "
+                "ps, at, st, "
                 "py, m)",
                 14, p, NULL, NULL, NULL);
         cm_buf_columns_free(e, 14);
@@ -1291,8 +1311,10 @@ static int write_rows(cms_accrual *a, cm_db *db)
         rc = cm_db_exec_prepared(
             db, "insert applied refunds", "cms_insert_applied",
             "INSERT INTO refunds_applied (tenant_id, order_id, refund_id, amount, clawback, "
-            "event_id) SELECT u.t, u.o::uuid, u.r, u.a, u.c, u.e::uuid FROM unnest($1::text[], "
-            "$2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::text[]) AS u(t, o, r, a, "
+            "event_id) SELECT u.t, u.o::uuid, u.r, u.a, u.c, u.e::uuid FROM unnest($1::text[] "
+            "COLLATE \"C\", "
+            "$2::text[] COLLATE \"C\", $3::text[] COLLATE \"C\", $4::bigint[], $5::bigint[], "
+            "$6::text[] COLLATE \"C\") AS u(t, o, r, a, "
             "c, e)",
             6, p, NULL, NULL, NULL);
     }
@@ -1320,7 +1342,8 @@ static int write_rows(cms_accrual *a, cm_db *db)
         rc = cm_db_exec_prepared(db, "insert uncommissioned orders", "cms_insert_skipped",
                                  "INSERT INTO uncommissioned_orders (tenant_id, order_id, "
                                  "channel_id, reason) SELECT u.t, u.o::uuid, u.c, u.r FROM "
-                                 "unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS u(t, "
+                                 "unnest($1::text[] COLLATE \"C\", $2::text[] COLLATE \"C\", "
+                                 "$3::text[] COLLATE \"C\", $4::text[] COLLATE \"C\") AS u(t, "
                                  "o, c, r) ON CONFLICT DO NOTHING",
                                  4, p, NULL, NULL, NULL);
     }
