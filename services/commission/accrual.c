@@ -625,16 +625,19 @@ static int lock_rows(cms_accrual *a, cm_db *db)
     if (rc == 0)
         rc = cm_db_exec_prepared(
             db, "lock period rows", "cms_lock_periods",
+            /* one primary-key lookup per row, in key order, whatever the
+             * statistics say: an IN (unnest) let a generic plan with
+             * empty-table estimates walk every period row of the tenant
+             * per batch row */
             "SELECT p.tenant_id, p.channel_id, p.schedule_id, p.schedule_revision, "
             "(extract(epoch FROM p.period_start) * 1000)::bigint, p.net_sales, p.posted, "
-            "p.orders, " CMS_SCHEDULE_COLS " FROM channel_periods p JOIN tier_schedules s ON "
-            "s.tenant_id = p.tenant_id AND s.schedule_id = p.schedule_id AND s.revision = "
-            "p.schedule_revision WHERE (p.tenant_id, p.channel_id, p.schedule_id, "
-            "p.schedule_revision, p.period_start) IN (SELECT u.t, u.c, u.s, u.r, to_timestamp(u.ps "
-            "/ 1000.0) FROM unnest($1::text[] COLLATE \"C\", $2::text[] COLLATE \"C\", $3::text[] "
-            "COLLATE \"C\", $4::bigint[], "
-            "$5::bigint[]) AS u(t, c, s, r, ps)) ORDER BY p.tenant_id, p.channel_id, "
-            "p.schedule_id, p.schedule_revision, p.period_start FOR UPDATE OF p",
+            "p.orders, " CMS_SCHEDULE_COLS " FROM (SELECT * FROM unnest($1::text[] COLLATE "
+            "\"C\", $2::text[] COLLATE \"C\", $3::text[] COLLATE \"C\", $4::bigint[], "
+            "$5::bigint[]) AS u(t, c, s, r, ps) ORDER BY 1, 2, 3, 4, 5) u CROSS JOIN LATERAL "
+            "(SELECT * FROM channel_periods k WHERE k.tenant_id = u.t AND k.channel_id = u.c AND "
+            "k.schedule_id = u.s AND k.schedule_revision = u.r AND k.period_start = "
+            "to_timestamp(u.ps / 1000.0) FOR UPDATE) p JOIN tier_schedules s ON s.tenant_id = "
+            "p.tenant_id AND s.schedule_id = p.schedule_id AND s.revision = p.schedule_revision",
             5, p, NULL, NULL, &r);
     cm_buf_columns_free(c, 7);
     if (rc)
@@ -683,12 +686,13 @@ static int lock_rows(cms_accrual *a, cm_db *db)
     if (rc == 0)
         rc = cm_db_exec_prepared(
             db, "lock parent pools", "cms_lock_pools",
-            "SELECT tenant_id, parent_id, currency, (extract(epoch FROM period_start) * "
-            "1000)::bigint, override_bps, base, posted FROM parent_pools WHERE (tenant_id, "
-            "parent_id, currency, period_start, override_bps) IN (SELECT u.t, u.p, u.c, "
-            "to_timestamp(u.ps / 1000.0), u.b FROM unnest($1::text[] COLLATE \"C\", $2::text[] "
-            "COLLATE \"C\", $3::text[] COLLATE \"C\", "
-            "$4::bigint[], $5::int[]) AS u(t, p, c, ps, b)) ORDER BY 1, 2, 3, 4, 5 FOR UPDATE",
+            "SELECT q.tenant_id, q.parent_id, q.currency, (extract(epoch FROM q.period_start) * "
+            "1000)::bigint, q.override_bps, q.base, q.posted FROM (SELECT * FROM "
+            "unnest($1::text[] COLLATE \"C\", $2::text[] COLLATE \"C\", $3::text[] COLLATE "
+            "\"C\", $4::bigint[], $5::int[]) AS u(t, p, c, ps, b) ORDER BY 1, 2, 3, 4, 5) u "
+            "CROSS JOIN LATERAL (SELECT * FROM parent_pools k WHERE k.tenant_id = u.t AND "
+            "k.parent_id = u.p AND k.currency = u.c AND k.period_start = to_timestamp(u.ps / "
+            "1000.0) AND k.override_bps = u.b FOR UPDATE) q",
             5, pp, NULL, NULL, &r);
     cm_buf_columns_free(d, 5);
     if (rc)
