@@ -45,4 +45,12 @@ typedef struct cm_cloudevent {
  * is not a UUID, or data_json is not a JSON object; CM_ENOMEM. */
 int cm_cloudevent_json(const cm_cloudevent *ce, const char *data_json, char **out, size_t *len);
 
+/* the same with data as a jansson object (a json_t *), taken over whatever
+ * the result (the caller's reference is consumed): no text to parse back
+ * when the caller built the object (commission's partner events: the parse
+ * and the extra dump were most of a batch's json work) */
+struct json_t;
+int cm_cloudevent_json_object(const cm_cloudevent *ce, struct json_t *data, char **out,
+                              size_t *len);
+
 #endif

@@ -39,12 +39,25 @@ int cm_cloudevent_json(const cm_cloudevent *ce, const char *data_json, char **ou
         return CM_EINVAL;
     *out = NULL;
     *len = 0;
-    if (!ce || !cm_id_is_uuid(ce->id) || !ce->source || !*ce->source || !ce->type || !*ce->type ||
-        ce->time_ms <= 0 || !data_json)
+    if (!data_json)
         return CM_EINVAL;
     json_error_t jerr;
     json_t *data = json_loads(data_json, JSON_REJECT_DUPLICATES, &jerr);
-    if (!data || !json_is_object(data)) {
+    if (!data)
+        return CM_EINVAL;
+    return cm_cloudevent_json_object(ce, data, out, len);
+}
+
+int cm_cloudevent_json_object(const cm_cloudevent *ce, json_t *data, char **out, size_t *len)
+{
+    if (!out || !len) {
+        json_decref(data);
+        return CM_EINVAL;
+    }
+    *out = NULL;
+    *len = 0;
+    if (!ce || !cm_id_is_uuid(ce->id) || !ce->source || !*ce->source || !ce->type || !*ce->type ||
+        ce->time_ms <= 0 || !data || !json_is_object(data)) {
         json_decref(data);
         return CM_EINVAL;
     }

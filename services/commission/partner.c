@@ -121,9 +121,7 @@ int cms_partner_event(cm_arena *a, const char *topic, const char *type, const ch
         json_decref(data);
         data = NULL;
     }
-    char *dj = data ? json_dumps(data, JSON_COMPACT) : NULL;
-    json_decref(data);
-    if (!dj)
+    if (!data)
         return CM_ENOMEM;
     char *id = cm_arena_alloc(a, CM_ID_SIZE);
     int rc = id ? cm_id_uuid7(id) : CM_ENOMEM;
@@ -138,9 +136,10 @@ int cms_partner_event(cm_arena *a, const char *topic, const char *type, const ch
                             .tenant_id = tenant,
                             .partition_key = c->channel,
                             .traceparent = traceparent_ok(traceparent) ? traceparent : NULL};
-        rc = cm_cloudevent_json(&ce, dj, &text, &len);
+        rc = cm_cloudevent_json_object(&ce, data, &text, &len);
+    } else {
+        json_decref(data);
     }
-    free(dj);
     if (rc)
         return rc;
     char *payload = cm_arena_alloc(a, len + 1);

@@ -86,6 +86,18 @@ START_TEST(envelope_has_the_contract_attributes)
     ck_assert_str_eq(json_string_value(json_object_get(json_object_get(doc, "data"), "channel_id")),
                      "partner-\"42\"");
     json_decref(doc);
+    /* the object form writes the same text, and takes the reference */
+    char *out2 = NULL;
+    size_t len2 = 0;
+    ck_assert_int_eq(cm_cloudevent_json_object(
+                         &ce, json_pack("{s:s}", "channel_id", "partner-\"42\""), &out2, &len2),
+                     0);
+    ck_assert_str_eq(out2, out);
+    ck_assert_uint_eq(len2, len);
+    free(out2);
+    ck_assert_int_eq(cm_cloudevent_json_object(&ce, json_pack("[i]", 1), &out2, &len2), CM_EINVAL);
+    ck_assert_int_eq(cm_cloudevent_json_object(&ce, NULL, &out2, &len2), CM_EINVAL);
+    ck_assert_ptr_null(out2);
     free(out);
 
     ck_assert_int_eq(cm_cloudevent_json(&ce, "[1]", &out, &len), CM_EINVAL);
