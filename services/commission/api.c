@@ -750,6 +750,92 @@ static int report_payout_result(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Pro
     return resp->payout ? 0 : cm_rpc_fail_err(ctx, CM_ENOMEM, "payout");
 }
 
+/* ---- tenant settings ---- */
+
+static Commerce__Commission__V1__TenantSettings *pb_settings(cm_arena *a, const cms_settings *s,
+                                                             long long default_days)
+{
+    Commerce__Commission__V1__TenantSettings *m = cm_arena_calloc(a, 1, sizeof *m);
+    Google__Protobuf__Duration *w = cm_arena_calloc(a, 1, sizeof *w);
+    if (!m || !w)
+        return NULL;
+    commerce__commission__v1__tenant_settings__init(m);
+    google__protobuf__duration__init(w);
+    w->seconds = cms_window_of(s->has_window, s->window_s, default_days);
+    m->after_sale_window = w;
+    m->after_sale_window_default = !s->has_window;
+    m->revision = s->revision;
+    m->updated_at = s->updated_ms > 0 && s->revision ? cm_pb_timestamp(a, s->updated_ms) : NULL;
+    m->updated_by = cm_arena_strdup(a, s->updated_by);
+    return m->updated_by ? m : NULL;
+}
+
+static int get_tenant_settings(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    (void)in;
+    Commerce__Commission__V1__GetTenantSettingsResponse *resp = (void *)out;
+    if (cm_rpc_require_role(ctx, "admin"))
+        return -1;
+    cms_settings *s = cm_rpc_alloc(ctx, sizeof *s);
+    if (!s)
+        return cm_rpc_fail_err(ctx, CM_ENOMEM, "tenant settings");
+    int rc = cms_store_get_settings(cm_service_db(ctx), cm_rpc_ctx_tenant(ctx), s);
+    if (rc)
+        return cm_rpc_fail_err(ctx, rc, "could not read the tenant settings");
+    const cms_app *app = cm_service_app(ctx);
+    resp->settings = pb_settings(cm_rpc_ctx_arena(ctx), s, app->after_sale_days);
+    return resp->settings ? 0 : cm_rpc_fail_err(ctx, CM_ENOMEM, "tenant settings");
+}
+
+static int put_tenant_settings(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    const Commerce__Commission__V1__PutTenantSettingsRequest *req = (const void *)in;
+    Commerce__Commission__V1__PutTenantSettingsResponse *resp = (void *)out;
+    cm_arena *a = cm_rpc_ctx_arena(ctx);
+    if (cm_rpc_require_role(ctx, "admin"))
+        return -1;
+    if (!valid_key(req->request_id))
+        return fail_field(ctx, "request_id", "required: " KEY_RULE);
+    if (req->expected_revision < 0)
+        return fail_field(ctx, "expected_revision", "must be >= 0");
+    if (!req->settings)
+        return fail_field(ctx, "settings", "required");
+    const Google__Protobuf__Duration *w = req->settings->after_sale_window;
+    cms_violation v;
+    if (w && cms_window_check(w->seconds, w->nanos, &v))
+        return fail_field(ctx, v.field, v.why);
+    cms_settings *want = cm_rpc_alloc(ctx, sizeof *want);
+    cms_settings *now = cm_rpc_alloc(ctx, sizeof *now);
+    if (!want || !now)
+        return cm_rpc_fail_err(ctx, CM_ENOMEM, "tenant settings");
+    want->has_window = w != NULL;
+    want->window_s = w ? w->seconds : 0;
+    const char *body =
+        cm_arena_printf(a, "settings.v1|%s|%lld|%lld", w ? "own" : "default",
+                        (long long)want->window_s, (long long)req->expected_revision);
+    if (!body)
+        return cm_rpc_fail_err(ctx, CM_ENOMEM, "tenant settings");
+    char hash[CM_SHA256_HEX];
+    cm_sha256_hex(body, strlen(body), hash);
+    int verdict = 0;
+    const char *tenant = cm_rpc_ctx_tenant(ctx);
+    int rc = cms_store_put_settings(cm_service_db(ctx), tenant, req->request_id, hash, want,
+                                    req->expected_revision, principal(ctx), now, &verdict);
+    if (rc)
+        return cm_rpc_fail_err(ctx, rc, "could not store the tenant settings");
+    if (verdict == CMS_KEY_REUSED)
+        return cm_rpc_fail_key_reused(ctx, "request_id");
+    if (verdict == CMS_VERSION)
+        return cm_rpc_fail_version(ctx, "expected_revision", req->expected_revision, now->revision);
+    const cms_app *app = cm_service_app(ctx);
+    if (verdict == CMS_OK)
+        cm_log_info("tenant settings stored", "tenant", tenant, "after_sale_window_s",
+                    want->has_window ? num(a, want->window_s) : "default", "revision",
+                    num(a, now->revision), "principal", principal(ctx), NULL);
+    resp->settings = pb_settings(a, now, app->after_sale_days);
+    return resp->settings ? 0 : cm_rpc_fail_err(ctx, CM_ENOMEM, "tenant settings");
+}
+
 const cm_rpc_method cms_methods[] = {
     {"PutChannel", put_channel, 0},
     {"GetChannel", get_channel, 0},
@@ -763,6 +849,8 @@ const cm_rpc_method cms_methods[] = {
     {"SettleCommissions", settle_commissions, 0},
     {"GetPayout", get_payout, 0},
     {"ReportPayoutResult", report_payout_result, 0},
+    {"GetTenantSettings", get_tenant_settings, 0},
+    {"PutTenantSettings", put_tenant_settings, 0},
 };
 const size_t cms_methods_count = sizeof cms_methods / sizeof cms_methods[0];
 
@@ -776,6 +864,7 @@ int cms_app_init(cm_service *svc, void **out, char *err, size_t errlen)
         return CM_ENOMEM;
     }
     app->events_on = (int)cm_service_int(svc, "COMMISSION_EVENTS");
+    app->after_sale_days = cm_service_int(svc, "COMMISSION_AFTER_SALE_DAYS");
     snprintf(app->topic, sizeof app->topic, "%s", cm_service_text(svc, "COMMISSION_TOPIC"));
     cm_metrics *m = cm_service_metrics(svc);
     static const double lag_bounds[] = {0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30, 60};

@@ -210,4 +210,17 @@ int cms_portions(const cms_schedule *s, int64_t sales_before, int64_t amount, cm
  * unknown mode */
 const char *cms_mode_name(int mode);
 
+/* the after-sale window of a tenant (TenantSettings.after_sale_window):
+ * whole seconds, 0 .. CMS_WINDOW_MAX_S (90 days). */
+#define CMS_WINDOW_MAX_S (90LL * 86400)
+
+/* checks a window given as a Duration's seconds and nanos. returns 0 or
+ * CM_EINVAL with v (may be NULL) naming "settings.after_sale_window":
+ * negative, a fraction of a second, or longer than 90 days. */
+int cms_window_check(int64_t seconds, int32_t nanos, cms_violation *v);
+
+/* the window that applies to a tenant: its own (has_own, own_s) or the
+ * service's default in days. */
+int64_t cms_window_of(int has_own, int64_t own_s, int64_t default_days);
+
 #endif

@@ -189,4 +189,26 @@ void cms_store_parse_schedule(const PGresult *r, int row, int col, cms_schedule_
 #define CMS_COMMISSION_NCOLS 28
 void cms_store_parse_commission(const PGresult *r, int row, cms_commission *c);
 
+/* ---- tenant settings ---- */
+
+typedef struct cms_settings {
+    int has_window;   /* the tenant set its own after-sale window */
+    int64_t window_s; /* its window, when has_window */
+    int64_t revision; /* 0: no settings of its own */
+    int64_t updated_ms;
+    char updated_by[CMS_PRINCIPAL_MAX * 4 + 1];
+} cms_settings;
+
+/* the tenant's settings (revision 0 and has_window 0 when it has none) */
+int cms_store_get_settings(cm_db *db, const char *tenant, cms_settings *out);
+
+/* PutTenantSettings: in->has_window / in->window_s replace the tenant's
+ * settings under compare-and-set (expected_revision > 0) and idempotency by
+ * request_id (hash: the canonical body). *verdict: CMS_OK, CMS_SAME (out:
+ * the settings as they are now), CMS_KEY_REUSED or CMS_VERSION (out: the
+ * current revision). 0 or a CM_E* */
+int cms_store_put_settings(cm_db *db, const char *tenant, const char *request_id, const char *hash,
+                           const cms_settings *in, int64_t expected_revision, const char *principal,
+                           cms_settings *out, int *verdict);
+
 #endif

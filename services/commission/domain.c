@@ -242,3 +242,26 @@ const char *cms_mode_name(int mode)
         return NULL;
     }
 }
+
+int cms_window_check(int64_t seconds, int32_t nanos, cms_violation *v)
+{
+    const char *why = NULL;
+    if (seconds < 0 || nanos < 0)
+        why = "must not be negative";
+    else if (nanos != 0)
+        why = "must be a whole number of seconds";
+    else if (seconds > CMS_WINDOW_MAX_S)
+        why = "at most 90 days (7776000 s)";
+    if (!why)
+        return 0;
+    if (v) {
+        snprintf(v->field, sizeof v->field, "%s", "settings.after_sale_window");
+        snprintf(v->why, sizeof v->why, "%s", why);
+    }
+    return CM_EINVAL;
+}
+
+int64_t cms_window_of(int has_own, int64_t own_s, int64_t default_days)
+{
+    return has_own ? own_s : default_days * 86400;
+}

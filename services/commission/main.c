@@ -33,7 +33,8 @@ static const cm_knob knobs[] = {
     {"COMMISSION_PARKER_MS", CM_KNOB_INT, 10000, 100, 3600000, NULL,
      "period of the parked-refund expiry (ms)"},
     {"COMMISSION_AFTER_SALE_DAYS", CM_KNOB_INT, 7, 0, 90, NULL,
-     "after-sale window: days after an order's completion before its commission is payable"},
+     "default after-sale window: days after an order's completion before its commission is "
+     "payable, for tenants without their own (PutTenantSettings)"},
     {"COMMISSION_PAYABLE_MS", CM_KNOB_INT, 60000, 100, 3600000, NULL,
      "period of the payable ticker: FROZEN commissions past their window -> PAYABLE (ms)"},
 };

@@ -24,7 +24,8 @@ typedef struct run {
     int moved, released;
 } run;
 
-/* one batch. SKIP LOCKED: a commission the consumer holds (a refund being
+/* one batch. the window is the tenant's own (tenant_settings.after_sale_s)
+ * or the knob's days. SKIP LOCKED: a commission the consumer holds (a refund being
  * clawed back) waits for the next tick rather than blocking the batch */
 static int batch(cm_db *db, void *arg)
 {
@@ -38,9 +39,11 @@ static int batch(cm_db *db, void *arg)
     int rc = cm_db_exec_prepared(
         db, "make commissions payable", "cms_payable",
         "WITH due AS (SELECT c.commission_id FROM commissions c JOIN completed_orders o ON "
-        "o.tenant_id = c.tenant_id AND o.order_id = c.order_id WHERE c.state = 1 AND "
-        "o.completed_at <= now() - make_interval(days => $1::int) ORDER BY c.commission_id "
-        "LIMIT $2 FOR UPDATE OF c SKIP LOCKED), up AS (UPDATE commissions c SET state = 2, "
+        "o.tenant_id = c.tenant_id AND o.order_id = c.order_id LEFT JOIN tenant_settings t ON "
+        "t.tenant_id = c.tenant_id WHERE c.state = 1 AND o.completed_at <= now() - "
+        "make_interval(secs => coalesce(t.after_sale_s, $1::int * 86400)) ORDER BY "
+        "c.commission_id LIMIT $2 FOR UPDATE OF c SKIP LOCKED), up AS (UPDATE commissions c SET "
+        "state = 2, "
         "payable_at = now(), payable_amount = c.amount - c.clawed_back FROM due WHERE "
         "c.commission_id = due.commission_id RETURNING c.*), adj AS (UPDATE adjustments a SET "
         "state = 2, payable_at = now() FROM up WHERE a.tenant_id = up.tenant_id AND a.order_id = "

@@ -245,8 +245,8 @@ static void refunded(st *s, const char *order_id, const char *event_id, const ch
     send_event(s, "commerce.events.v1.OrderRefunded", order_id, event_id, TENANT, &e.base);
 }
 
-static void completed(st *s, const char *order_id, const char *event_id, const char *channel,
-                      long long at_ms)
+static void completed_in(st *s, const char *tenant, const char *order_id, const char *event_id,
+                         const char *channel, long long at_ms)
 {
     Google__Protobuf__Timestamp at = GOOGLE__PROTOBUF__TIMESTAMP__INIT;
     at.seconds = at_ms / 1000;
@@ -256,11 +256,17 @@ static void completed(st *s, const char *order_id, const char *event_id, const c
     o.channel_id = (char *)channel;
     Commerce__Events__V1__OrderCompleted e = COMMERCE__EVENTS__V1__ORDER_COMPLETED__INIT;
     e.event_id = (char *)event_id;
-    e.tenant_id = TENANT;
+    e.tenant_id = (char *)tenant;
     e.occurred_at = &at;
     e.order_id = (char *)order_id;
     e.order = &o;
-    send_event(s, "commerce.events.v1.OrderCompleted", order_id, event_id, TENANT, &e.base);
+    send_event(s, "commerce.events.v1.OrderCompleted", order_id, event_id, tenant, &e.base);
+}
+
+static void completed(st *s, const char *order_id, const char *event_id, const char *channel,
+                      long long at_ms)
+{
+    completed_in(s, TENANT, order_id, event_id, channel, at_ms);
 }
 
 static char *uuid(void)
@@ -1155,6 +1161,162 @@ START_TEST(kill_mid_batch_accrues_each_order_once)
 }
 END_TEST
 
+/* ---- per-tenant settings ---- */
+
+/* PutTenantSettings of tenant m: window_s WINDOW_DEFAULT leaves the window
+ * unset (the default); nanos for the bad-input cases */
+#define WINDOW_DEFAULT (-1000000LL)
+static int put_settings(st *s, const cm_rpc_md *m, const char *req_id, long long window_s,
+                        int nanos, long long expected,
+                        Commerce__Commission__V1__TenantSettings **out, cm_rpc_status *stt)
+{
+    Google__Protobuf__Duration w = GOOGLE__PROTOBUF__DURATION__INIT;
+    w.seconds = window_s;
+    w.nanos = nanos;
+    Commerce__Commission__V1__TenantSettings ts = COMMERCE__COMMISSION__V1__TENANT_SETTINGS__INIT;
+    ts.after_sale_window = window_s == WINDOW_DEFAULT ? NULL : &w;
+    Commerce__Commission__V1__PutTenantSettingsRequest r =
+        COMMERCE__COMMISSION__V1__PUT_TENANT_SETTINGS_REQUEST__INIT;
+    r.request_id = (char *)req_id;
+    r.settings = &ts;
+    r.expected_revision = expected;
+    Commerce__Commission__V1__PutTenantSettingsResponse *resp = NULL;
+    int code = hs_call(s->c, SVC "PutTenantSettings", &r.base,
+                       &commerce__commission__v1__put_tenant_settings_response__descriptor,
+                       (ProtobufCMessage **)&resp, stt, m, 1);
+    if (out && code == 0) {
+        *out = resp->settings;
+        resp->settings = NULL;
+    }
+    if (resp)
+        protobuf_c_message_free_unpacked(&resp->base, NULL);
+    return code;
+}
+
+static Commerce__Commission__V1__TenantSettings *get_settings(st *s, const cm_rpc_md *m)
+{
+    Commerce__Commission__V1__GetTenantSettingsRequest r =
+        COMMERCE__COMMISSION__V1__GET_TENANT_SETTINGS_REQUEST__INIT;
+    Commerce__Commission__V1__GetTenantSettingsResponse *resp = NULL;
+    cm_rpc_status stt;
+    int code = hs_call(s->c, SVC "GetTenantSettings", &r.base,
+                       &commerce__commission__v1__get_tenant_settings_response__descriptor,
+                       (ProtobufCMessage **)&resp, &stt, m, 1);
+    ck_assert_msg(code == 0, "GetTenantSettings: %d %s", code, stt.message);
+    Commerce__Commission__V1__TenantSettings *out = resp->settings;
+    resp->settings = NULL;
+    protobuf_c_message_free_unpacked(&resp->base, NULL);
+    return out;
+}
+
+#define FREE_SETTINGS(x) protobuf_c_message_free_unpacked(&(x)->base, NULL)
+
+START_TEST(tenant_window_decides_when_commissions_become_payable)
+{
+    /* the knob's default: 0 days, so a tenant without settings is payable
+     * at the first tick after completion */
+    static const char *const env[] = {"COMMISSION_AFTER_SALE_DAYS=0", "COMMISSION_PAYABLE_MS=100",
+                                      NULL};
+    st_start_env(&S, "window", env);
+    cm_rpc_status stt;
+    Commerce__Commission__V1__TenantSettings *ts = get_settings(&S, md);
+    ck_assert_int_eq(ts->revision, 0);
+    ck_assert(ts->after_sale_window_default);
+    ck_assert_int_eq(ts->after_sale_window->seconds, 0);
+    FREE_SETTINGS(ts);
+    /* bad input, named */
+    ck_assert_int_eq(put_settings(&S, md, "", 60, 0, 0, NULL, &stt), 3);
+    ck_assert_str_eq(stt.field, "request_id");
+    ck_assert_int_eq(put_settings(&S, md, "w-0", -5, 0, 0, NULL, &stt), 3);
+    ck_assert_str_eq(stt.field, "settings.after_sale_window");
+    ck_assert_int_eq(put_settings(&S, md, "w-0", 91 * 86400LL, 0, 0, NULL, &stt), 3);
+    ck_assert_str_eq(stt.field, "settings.after_sale_window");
+    ck_assert_int_eq(put_settings(&S, md, "w-0", 60, 500, 0, NULL, &stt), 3);
+    ck_assert_str_eq(stt.field, "settings.after_sale_window");
+    ck_assert_int_eq(put_settings(&S, md, "w-0", 60, 0, -1, NULL, &stt), 3);
+    ck_assert_str_eq(stt.field, "expected_revision");
+    {
+        Commerce__Commission__V1__PutTenantSettingsRequest r =
+            COMMERCE__COMMISSION__V1__PUT_TENANT_SETTINGS_REQUEST__INIT;
+        r.request_id = "w-0";
+        ck_assert_int_eq(
+            hs_call(S.c, SVC "PutTenantSettings", &r.base,
+                    &commerce__commission__v1__put_tenant_settings_response__descriptor, NULL, &stt,
+                    md, 1),
+            3);
+        ck_assert_str_eq(stt.field, "settings");
+    }
+    ck_assert_int_eq(sql(&S, "SELECT count(*) FROM tenant_settings"), 0);
+    /* an hour for TENANT; idempotent; compare-and-set */
+    ck_assert_int_eq(put_settings(&S, md, "w-1", 3600, 0, 0, &ts, &stt), 0);
+    ck_assert_int_eq(ts->revision, 1);
+    ck_assert_int_eq(ts->after_sale_window->seconds, 3600);
+    ck_assert(!ts->after_sale_window_default);
+    ck_assert_ptr_nonnull(ts->updated_at);
+    FREE_SETTINGS(ts);
+    ck_assert_int_eq(put_settings(&S, md, "w-1", 3600, 0, 0, &ts, &stt), 0);
+    ck_assert_int_eq(ts->revision, 1);
+    FREE_SETTINGS(ts);
+    ck_assert_int_eq(put_settings(&S, md, "w-1", 7200, 0, 0, NULL, &stt), 6);
+    ck_assert_str_eq(stt.reason, "IDEMPOTENCY_KEY_REUSED");
+    ck_assert_int_eq(put_settings(&S, md, "w-2", 0, 0, 5, NULL, &stt), 10);
+    ck_assert_str_eq(stt.reason, "VERSION_MISMATCH");
+    /* the other tenant still has the default */
+    ts = get_settings(&S, md_other);
+    ck_assert_int_eq(ts->revision, 0);
+    ck_assert(ts->after_sale_window_default);
+    FREE_SETTINGS(ts);
+    /* a channel in each tenant; an order each, completed now */
+    seed_sched m;
+    seed(&m, "marginal", MARGINAL);
+    ck_assert_int_eq(put_schedule(&S, "s-1", &m.s, 0, &stt), 0);
+    put_channel(&S, "ch", ACTIVE, NULL, 0, "marginal");
+    {
+        Commerce__Commission__V1__PutTierScheduleRequest r =
+            COMMERCE__COMMISSION__V1__PUT_TIER_SCHEDULE_REQUEST__INIT;
+        r.request_id = "s-1";
+        r.schedule = &m.s;
+        ck_assert_int_eq(hs_call(S.c, SVC "PutTierSchedule", &r.base,
+                                 &commerce__commission__v1__put_tier_schedule_response__descriptor,
+                                 NULL, &stt, md_other, 1),
+                         0);
+    }
+    ck_assert_int_eq(put_channel_full(&S, md_other, "c-o", "ch", CT(COMMUNITY_LEADER), ACTIVE, NULL,
+                                      0, "marginal", 0, &stt),
+                     0);
+    T0 = hs_real_ms() + 2000;
+    char *o1 = order_uuid(), *o2 = order_uuid();
+    paid(&S, o1, uuid(), "ch", 1000000);
+    paid_in(&S, TENANT "-other", o2, uuid(), "ch", 1000000, T0);
+    wait_for(&S, "SELECT count(*) FROM commissions WHERE state = 1", 2);
+    completed(&S, o1, uuid(), "ch", hs_real_ms());
+    completed_in(&S, TENANT "-other", o2, uuid(), "ch", hs_real_ms());
+    char q[256];
+    /* the other tenant's (default 0 days) becomes payable; TENANT's waits
+     * its hour */
+    snprintf(q, sizeof q, "SELECT state FROM commissions WHERE order_id = '%s'", o2);
+    wait_for(&S, q, 2);
+    wait_for(&S, "SELECT count(*) FROM completed_orders", 2);
+    usleep(500 * 1000); /* five more ticks */
+    ck_assert_int_eq(comm_col(&S, "state", o1), 1);
+    /* TENANT shortens its window: the next tick makes o1 payable */
+    ck_assert_int_eq(put_settings(&S, md, "w-3", 0, 0, 1, &ts, &stt), 0);
+    ck_assert_int_eq(ts->revision, 2);
+    ck_assert_int_eq(ts->after_sale_window->seconds, 0);
+    FREE_SETTINGS(ts);
+    snprintf(q, sizeof q, "SELECT state FROM commissions WHERE order_id = '%s'", o1);
+    wait_for(&S, q, 2);
+    /* back to the default: shown as the knob's days */
+    ck_assert_int_eq(put_settings(&S, md, "w-4", WINDOW_DEFAULT, 0, 2, &ts, &stt), 0);
+    ck_assert_int_eq(ts->revision, 3);
+    ck_assert(ts->after_sale_window_default);
+    ck_assert_int_eq(ts->after_sale_window->seconds, 0);
+    FREE_SETTINGS(ts);
+    ck_assert_int_eq(sql(&S, "SELECT count(*) FROM tenant_settings WHERE after_sale_s IS NULL"), 1);
+    st_stop(&S);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("commission");
@@ -1171,6 +1333,7 @@ int main(void)
     tcase_add_test(tc, completed_past_the_window_is_payable_and_later_refunds_net_from_it);
     tcase_add_test(tc, two_replicas_make_each_commission_payable_once);
     tcase_add_test(tc, payouts_net_payables_and_clawbacks_after_settlement);
+    tcase_add_test(tc, tenant_window_decides_when_commissions_become_payable);
     suite_add_tcase(s, tc);
     return hs_run(s, 1);
 }

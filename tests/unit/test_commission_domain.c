@@ -869,6 +869,29 @@ START_TEST(accrual_overflows_exactly_past_int64)
 }
 END_TEST
 
+START_TEST(window_check_names_the_field_and_bounds)
+{
+    cms_violation v;
+    EQ(cms_window_check(0, 0, &v), 0);
+    EQ(cms_window_check(7 * 86400, 0, &v), 0);
+    EQ(cms_window_check(CMS_WINDOW_MAX_S, 0, &v), 0);
+    EQ(cms_window_check(CMS_WINDOW_MAX_S + 1, 0, &v), CM_EINVAL);
+    ck_assert_str_eq(v.field, "settings.after_sale_window");
+    ck_assert_str_eq(v.why, "at most 90 days (7776000 s)");
+    EQ(cms_window_check(-1, 0, &v), CM_EINVAL);
+    ck_assert_str_eq(v.why, "must not be negative");
+    EQ(cms_window_check(0, -5, &v), CM_EINVAL);
+    ck_assert_str_eq(v.why, "must not be negative");
+    EQ(cms_window_check(60, 1, &v), CM_EINVAL);
+    ck_assert_str_eq(v.why, "must be a whole number of seconds");
+    EQ(cms_window_check(INT64_MAX, 0, NULL), CM_EINVAL);
+    /* the tenant's own window wins, even 0; else the default's days */
+    EQ(cms_window_of(1, 0, 7), 0);
+    EQ(cms_window_of(1, 3600, 7), 3600);
+    EQ(cms_window_of(0, 3600, 7), 7 * 86400);
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("commission_domain");
@@ -882,6 +905,7 @@ static Suite *suite(void)
     tcase_add_test(t, schedule_check_names_each_bad_field);
     tcase_add_test(t, unchecked_schedules_and_bad_input_are_refused);
     tcase_add_test(t, overflow_is_an_error_not_a_wrapped_amount);
+    tcase_add_test(t, window_check_names_the_field_and_bounds);
     suite_add_tcase(s, t);
     TCase *p = tcase_create("properties");
     tcase_set_timeout(p, 60);
