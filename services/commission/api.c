@@ -634,29 +634,6 @@ static int get_channel_summary(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Prot
 
 /* ---- payouts ---- */
 
-static Commerce__Commission__V1__Payout *pb_payout(cm_arena *a, const cms_payout *p)
-{
-    Commerce__Commission__V1__Payout *m = cm_arena_calloc(a, 1, sizeof *m);
-    if (!m)
-        return NULL;
-    commerce__commission__v1__payout__init(m);
-    m->payout_id = cm_arena_strdup(a, p->id);
-    m->channel_id = cm_arena_strdup(a, p->channel);
-    m->state = (Commerce__Commission__V1__PayoutState)p->state;
-    m->amount = cm_pb_money(a, p->amount, p->currency);
-    m->commissions = p->commissions;
-    m->adjustments = p->adjustments;
-    m->request_id = cm_arena_strdup(a, p->request_id);
-    m->created_at = cm_pb_timestamp(a, p->created_ms);
-    m->reported_at = p->reported_ms ? cm_pb_timestamp(a, p->reported_ms) : NULL;
-    m->provider_reference = cm_arena_strdup(a, p->reference);
-    m->failure_reason = cm_arena_strdup(a, p->reason);
-    return m->payout_id && m->channel_id && m->amount && m->request_id && m->created_at &&
-                   m->provider_reference && m->failure_reason
-               ? m
-               : NULL;
-}
-
 static int settle_commissions(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
 {
     const Commerce__Commission__V1__SettleCommissionsRequest *req = (const void *)in;
@@ -670,6 +647,11 @@ static int settle_commissions(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Proto
         return fail_field(ctx, "channel_id", "required: " KEY_RULE);
     if (!cm_money_currency_valid(req->currency))
         return fail_field(ctx, "currency", "required: an ISO-4217 code");
+    int64_t period = 0;
+    if (req->period_start && (cm_pb_timestamp_check(req->period_start, &period) || period <= 0))
+        return fail_field(ctx, "period_start",
+                          "a valid timestamp after 1970, or unset for every "
+                          "period");
     cms_payout *p = cm_rpc_alloc(ctx, sizeof *p);
     if (!p)
         return cm_rpc_fail_err(ctx, CM_ENOMEM, "payout");
@@ -677,7 +659,7 @@ static int settle_commissions(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Proto
     int verdict = 0;
     const char *tenant = cm_rpc_ctx_tenant(ctx);
     int rc = cms_payout_settle(cm_service_db(ctx), cm_service_app(ctx), tenant, req->request_id,
-                               req->channel_id, req->currency, p, &payable, &verdict);
+                               req->channel_id, req->currency, period, p, &payable, &verdict);
     if (rc)
         return cm_rpc_fail_err(ctx, rc, "could not settle the channel");
     if (verdict == CMS_NO_REF)
@@ -692,7 +674,7 @@ static int settle_commissions(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Proto
     if (verdict == CMS_OK)
         cm_log_info("payout made", "tenant", tenant, "channel_id", p->channel, "payout_id", p->id,
                     "amount", num(a, p->amount), NULL);
-    resp->payout = pb_payout(a, p);
+    resp->payout = cms_pb_payout(a, p);
     return resp->payout ? 0 : cm_rpc_fail_err(ctx, CM_ENOMEM, "payout");
 }
 
@@ -710,7 +692,7 @@ static int get_payout(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMess
         return cm_rpc_fail_not_found(ctx, "payout");
     if (rc)
         return cm_rpc_fail_err(ctx, rc, "could not read the payout");
-    resp->payout = pb_payout(cm_rpc_ctx_arena(ctx), p);
+    resp->payout = cms_pb_payout(cm_rpc_ctx_arena(ctx), p);
     return resp->payout ? 0 : cm_rpc_fail_err(ctx, CM_ENOMEM, "payout");
 }
 
@@ -746,8 +728,54 @@ static int report_payout_result(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Pro
     if (verdict == CMS_OK)
         cm_log_info("payout result", "tenant", tenant, "payout_id", p->id, "state",
                     result == CMS_PAYOUT_PAID ? "paid" : "failed", NULL);
-    resp->payout = pb_payout(cm_rpc_ctx_arena(ctx), p);
+    resp->payout = cms_pb_payout(cm_rpc_ctx_arena(ctx), p);
     return resp->payout ? 0 : cm_rpc_fail_err(ctx, CM_ENOMEM, "payout");
+}
+
+static int list_payouts(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    const Commerce__Commission__V1__ListPayoutsRequest *req = (const void *)in;
+    Commerce__Commission__V1__ListPayoutsResponse *resp = (void *)out;
+    cm_arena *a = cm_rpc_ctx_arena(ctx);
+    if (*req->channel_id && !valid_key(req->channel_id))
+        return fail_field(ctx, "channel_id", KEY_RULE ", or empty for any");
+    unsigned states = 0;
+    for (size_t i = 0; i < req->n_states; i++) {
+        if ((int)req->states[i] < CMS_PAYOUT_PENDING || (int)req->states[i] > CMS_PAYOUT_FAILED)
+            return fail_field(ctx, cm_arena_printf(a, "states[%zu]", i), "PENDING, PAID or FAILED");
+        states |= 1u << req->states[i];
+    }
+    uint64_t fh = cm_page_filters(cm_arena_printf(a, "%s|%u", req->channel_id, states));
+    char pos[CM_PAGE_POSITION_MAX + 1];
+    const char *after;
+    int limit;
+    if (cm_page_begin(ctx, req->page_size, req->page_token, 'p', fh, pos, &after, &limit))
+        return -1;
+    if (after && !cm_id_is_uuid(after))
+        return cm_page_bad_token(ctx);
+    cms_payout *rows = malloc((size_t)(limit + 1) * sizeof *rows);
+    if (!rows)
+        return cm_rpc_fail_err(ctx, CM_ENOMEM, "payouts");
+    int n = 0;
+    int rc = cms_payout_list(cm_service_db(ctx), cm_rpc_ctx_tenant(ctx), req->channel_id, states,
+                             after ? after : "", limit + 1, rows, &n);
+    if (rc) {
+        free(rows);
+        return cm_rpc_fail_err(ctx, rc, "could not list the payouts");
+    }
+    int more = n > limit;
+    if (more)
+        n = limit;
+    resp->payouts = cm_rpc_alloc(ctx, (size_t)(n ? n : 1) * sizeof *resp->payouts);
+    for (int i = 0; resp->payouts && i < n; i++)
+        if (!(resp->payouts[i] = cms_pb_payout(a, &rows[i])))
+            resp->payouts = NULL;
+    const char *end = n ? cm_arena_strdup(a, rows[n - 1].id) : NULL;
+    free(rows);
+    if (!resp->payouts || (n && !end))
+        return cm_rpc_fail_err(ctx, CM_ENOMEM, "payouts");
+    resp->n_payouts = (size_t)n;
+    return cm_page_next(ctx, more, 'p', fh, end, &resp->next_page_token);
 }
 
 /* ---- tenant settings ---- */
@@ -849,6 +877,7 @@ const cm_rpc_method cms_methods[] = {
     {"SettleCommissions", settle_commissions, 0},
     {"GetPayout", get_payout, 0},
     {"ReportPayoutResult", report_payout_result, 0},
+    {"ListPayouts", list_payouts, 0},
     {"GetTenantSettings", get_tenant_settings, 0},
     {"PutTenantSettings", put_tenant_settings, 0},
 };

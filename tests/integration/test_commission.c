@@ -1317,6 +1317,213 @@ START_TEST(tenant_window_decides_when_commissions_become_payable)
 }
 END_TEST
 
+/* ---- payouts per period, listed, with their events ---- */
+
+static int settle_in(st *s, const cm_rpc_md *m, const char *req_id, const char *ch,
+                     long long period_ms, int nanos,
+                     Commerce__Commission__V1__SettleCommissionsResponse **out, cm_rpc_status *stt)
+{
+    Google__Protobuf__Timestamp at = GOOGLE__PROTOBUF__TIMESTAMP__INIT;
+    at.seconds = period_ms / 1000;
+    at.nanos = nanos;
+    Commerce__Commission__V1__SettleCommissionsRequest r =
+        COMMERCE__COMMISSION__V1__SETTLE_COMMISSIONS_REQUEST__INIT;
+    r.request_id = (char *)req_id;
+    r.channel_id = (char *)ch;
+    r.currency = "CNY";
+    r.period_start = period_ms || nanos ? &at : NULL;
+    return hs_call(s->c, SVC "SettleCommissions", &r.base,
+                   &commerce__commission__v1__settle_commissions_response__descriptor,
+                   (ProtobufCMessage **)out, stt, m, 1);
+}
+
+/* ListPayouts of tenant m: channel ("" any), one state filter (0 none) */
+static int list_payouts(st *s, const cm_rpc_md *m, const char *ch, int state, int page_size,
+                        const char *token, Commerce__Commission__V1__ListPayoutsResponse **out,
+                        cm_rpc_status *stt)
+{
+    Commerce__Commission__V1__PayoutState states[1] = {state};
+    Commerce__Commission__V1__ListPayoutsRequest r =
+        COMMERCE__COMMISSION__V1__LIST_PAYOUTS_REQUEST__INIT;
+    r.channel_id = (char *)ch;
+    r.states = states;
+    r.n_states = state >= 0 && state != 0 ? 1 : 0;
+    if (state == -1) { /* an UNSPECIFIED state, for the bad input */
+        states[0] = 0;
+        r.n_states = 1;
+    }
+    r.page_size = page_size;
+    r.page_token = (char *)(token ? token : "");
+    return hs_call(s->c, SVC "ListPayouts", &r.base,
+                   &commerce__commission__v1__list_payouts_response__descriptor,
+                   (ProtobufCMessage **)out, stt, m, 1);
+}
+
+/* the payout events of a type read so far, for payout id (NULL: any) */
+static int payout_events(st *s, const char *type, const char *payout_id)
+{
+    int n = 0;
+    for (size_t i = 0; i < hs_topic_count(s->events); i++) {
+        const hs_record *r = hs_topic_at(s->events, i);
+        if (strcmp(r->type, type) != 0)
+            continue;
+        /* the three share one shape: read them as the created event */
+        Commerce__Events__V1__CommissionPayoutCreated *e =
+            commerce__events__v1__commission_payout_created__unpack(NULL, r->len, r->payload);
+        ck_assert_ptr_nonnull(e);
+        ck_assert_ptr_nonnull(e->payout);
+        ck_assert_ptr_nonnull(e->occurred_at);
+        ck_assert_str_eq(e->channel_id, r->key);
+        ck_assert_str_eq(e->payout->channel_id, r->key);
+        if (!payout_id || strcmp(e->payout->payout_id, payout_id) == 0)
+            n++;
+        protobuf_c_message_free_unpacked(&e->base, NULL);
+    }
+    return n;
+}
+
+START_TEST(payouts_per_period_are_listed_per_tenant_with_their_events)
+{
+    static const char *const env[] = {"COMMISSION_AFTER_SALE_DAYS=0", "COMMISSION_PAYABLE_MS=100",
+                                      NULL};
+    st_start_env(&S, "plist", env);
+    seed_sched m;
+    seed(&m, "marginal", MARGINAL);
+    cm_rpc_status stt;
+    ck_assert_int_eq(put_schedule(&S, "s-1", &m.s, 0, &stt), 0);
+    put_channel(&S, "ch", ACTIVE, NULL, 0, "marginal");
+    {
+        Commerce__Commission__V1__PutTierScheduleRequest r =
+            COMMERCE__COMMISSION__V1__PUT_TIER_SCHEDULE_REQUEST__INIT;
+        r.request_id = "s-1";
+        r.schedule = &m.s;
+        ck_assert_int_eq(hs_call(S.c, SVC "PutTierSchedule", &r.base,
+                                 &commerce__commission__v1__put_tier_schedule_response__descriptor,
+                                 NULL, &stt, md_other, 1),
+                         0);
+    }
+    ck_assert_int_eq(put_channel_full(&S, md_other, "c-o", "ch", CT(COMMUNITY_LEADER), ACTIVE, NULL,
+                                      0, "marginal", 0, &stt),
+                     0);
+    /* two periods of TENANT's channel (this month, and one 40 days on:
+     * another month), and one order of the other tenant's */
+    long long day = 86400000LL;
+    T0 = hs_real_ms() + 2000;
+    char *o1 = order_uuid(), *o2 = order_uuid(), *o3 = order_uuid();
+    paid(&S, o1, uuid(), "ch", 1000000);                           /* 500.00 */
+    paid_in(&S, TENANT, o2, uuid(), "ch", 2000000, T0 + 40 * day); /* 500 + 800 */
+    paid_in(&S, TENANT "-other", o3, uuid(), "ch", 1000000, T0);   /* 500.00 */
+    wait_for(&S, "SELECT count(*) FROM commissions WHERE state = 1", 3);
+    ck_assert_int_eq(sql(&S, "SELECT count(DISTINCT period_start) FROM commissions"), 2);
+    completed(&S, o1, uuid(), "ch", hs_real_ms());
+    completed(&S, o2, uuid(), "ch", hs_real_ms());
+    completed_in(&S, TENANT "-other", o3, uuid(), "ch", hs_real_ms());
+    wait_for(&S, "SELECT count(*) FROM commissions WHERE state = 2", 3);
+    long long p1 = comm_col(&S, "(extract(epoch FROM period_start) * 1000)::bigint", o1);
+    /* bad input, named */
+    Commerce__Commission__V1__SettleCommissionsResponse *sr = NULL;
+    ck_assert_int_eq(settle_in(&S, md, "pp-0", "ch", p1, -1, &sr, &stt), 3);
+    ck_assert_str_eq(stt.field, "period_start");
+    /* the first period only: o1's 500.00 */
+    ck_assert_int_eq(settle_in(&S, md, "pp-1", "ch", p1, 0, &sr, &stt), 0);
+    ck_assert(!sr->below_minimum);
+    ck_assert_int_eq(sr->payout->amount->amount_minor, 50000);
+    ck_assert_int_eq(sr->payout->commissions, 1);
+    ck_assert_ptr_nonnull(sr->payout->period_start);
+    ck_assert_int_eq(sr->payout->period_start->seconds, p1 / 1000);
+    char pay1[CM_ID_SIZE];
+    snprintf(pay1, sizeof pay1, "%s", sr->payout->payout_id);
+    protobuf_c_message_free_unpacked(&sr->base, NULL);
+    /* the same key for another period (here: every period) is refused;
+     * the same request answers the same payout */
+    ck_assert_int_eq(settle_in(&S, md, "pp-1", "ch", 0, 0, &sr, &stt), 6);
+    ck_assert_int_eq(settle_in(&S, md, "pp-1", "ch", p1, 0, &sr, &stt), 0);
+    ck_assert_str_eq(sr->payout->payout_id, pay1);
+    protobuf_c_message_free_unpacked(&sr->base, NULL);
+    /* nothing more in that period */
+    ck_assert_int_eq(settle_in(&S, md, "pp-2", "ch", p1, 0, &sr, &stt), 0);
+    ck_assert(sr->below_minimum);
+    ck_assert_int_eq(sr->payable->amount_minor, 0);
+    protobuf_c_message_free_unpacked(&sr->base, NULL);
+    /* without a period: everything payable, here o2's 1,300.00 */
+    ck_assert_int_eq(settle_in(&S, md, "pp-3", "ch", 0, 0, &sr, &stt), 0);
+    ck_assert_int_eq(sr->payout->amount->amount_minor, 130000);
+    ck_assert_ptr_null(sr->payout->period_start);
+    char pay2[CM_ID_SIZE];
+    snprintf(pay2, sizeof pay2, "%s", sr->payout->payout_id);
+    protobuf_c_message_free_unpacked(&sr->base, NULL);
+    /* the other tenant's payout */
+    ck_assert_int_eq(settle_in(&S, md_other, "pp-1", "ch", 0, 0, &sr, &stt), 0);
+    ck_assert_int_eq(sr->payout->amount->amount_minor, 50000);
+    char pay3[CM_ID_SIZE];
+    snprintf(pay3, sizeof pay3, "%s", sr->payout->payout_id);
+    protobuf_c_message_free_unpacked(&sr->base, NULL);
+    /* results: the first paid, the second failed */
+    Commerce__Commission__V1__ReportPayoutResultResponse *rr = NULL;
+    ck_assert_int_eq(report(&S, pay1, PAID, &rr, &stt), 0);
+    protobuf_c_message_free_unpacked(&rr->base, NULL);
+    ck_assert_int_eq(report(&S, pay2, FAILED, &rr, &stt), 0);
+    protobuf_c_message_free_unpacked(&rr->base, NULL);
+    /* ListPayouts: newest first, a page at a time, TENANT's only */
+    Commerce__Commission__V1__ListPayoutsResponse *lr = NULL;
+    ck_assert_int_eq(list_payouts(&S, md, "", 0, 1, NULL, &lr, &stt), 0);
+    ck_assert_uint_eq(lr->n_payouts, 1);
+    ck_assert_str_eq(lr->payouts[0]->payout_id, pay2);
+    ck_assert_int_eq(lr->payouts[0]->state, FAILED);
+    ck_assert_str_ne(lr->next_page_token, "");
+    char tok[512];
+    snprintf(tok, sizeof tok, "%s", lr->next_page_token);
+    protobuf_c_message_free_unpacked(&lr->base, NULL);
+    ck_assert_int_eq(list_payouts(&S, md, "", 0, 1, tok, &lr, &stt), 0);
+    ck_assert_uint_eq(lr->n_payouts, 1);
+    ck_assert_str_eq(lr->payouts[0]->payout_id, pay1);
+    ck_assert_int_eq(lr->payouts[0]->state, PAID);
+    ck_assert_str_eq(lr->payouts[0]->provider_reference, "alipay-transfer-1");
+    ck_assert_str_eq(lr->next_page_token, "");
+    protobuf_c_message_free_unpacked(&lr->base, NULL);
+    ck_assert_int_eq(list_payouts(&S, md, "ch", PAID, 0, NULL, &lr, &stt), 0);
+    ck_assert_uint_eq(lr->n_payouts, 1);
+    ck_assert_str_eq(lr->payouts[0]->payout_id, pay1);
+    protobuf_c_message_free_unpacked(&lr->base, NULL);
+    ck_assert_int_eq(list_payouts(&S, md, "nobody", 0, 0, NULL, &lr, &stt), 0);
+    ck_assert_uint_eq(lr->n_payouts, 0);
+    protobuf_c_message_free_unpacked(&lr->base, NULL);
+    /* the other tenant sees its own payout, never TENANT's */
+    ck_assert_int_eq(list_payouts(&S, md_other, "", 0, 0, NULL, &lr, &stt), 0);
+    ck_assert_uint_eq(lr->n_payouts, 1);
+    ck_assert_str_eq(lr->payouts[0]->payout_id, pay3);
+    protobuf_c_message_free_unpacked(&lr->base, NULL);
+    ck_assert_int_eq(list_payouts(&S, md_other, "ch", PAID, 0, NULL, &lr, &stt), 0);
+    ck_assert_uint_eq(lr->n_payouts, 0);
+    protobuf_c_message_free_unpacked(&lr->base, NULL);
+    /* a token of one tenant's query with other filters is refused */
+    ck_assert_int_eq(list_payouts(&S, md, "ch", 0, 1, tok, &lr, &stt), 3);
+    ck_assert_str_eq(stt.reason, "PAGE_TOKEN_INVALID");
+    /* bad input, named */
+    ck_assert_int_eq(list_payouts(&S, md, "", -1, 0, NULL, &lr, &stt), 3);
+    ck_assert_str_eq(stt.field, "states[0]");
+    ck_assert_int_eq(list_payouts(&S, md, "bad id!", 0, 0, NULL, &lr, &stt), 3);
+    ck_assert_str_eq(stt.field, "channel_id");
+    ck_assert_int_eq(list_payouts(&S, md, "", 0, -1, NULL, &lr, &stt), 3);
+    ck_assert_str_eq(stt.field, "page_size");
+    ck_assert_int_eq(list_payouts(&S, md, "", 0, 0, "garbage", &lr, &stt), 3);
+    ck_assert_str_eq(stt.reason, "PAGE_TOKEN_INVALID");
+    /* the payout events, keyed by channel: 3 created, 1 paid, 1 failed */
+    for (int tries = 0; tries < 300; tries++) {
+        if (payout_events(&S, "commerce.events.v1.CommissionPayoutCreated", NULL) == 3 &&
+            payout_events(&S, "commerce.events.v1.CommissionPayoutPaid", NULL) == 1 &&
+            payout_events(&S, "commerce.events.v1.CommissionPayoutFailed", NULL) == 1)
+            break;
+        hs_topic_next(S.events, 100);
+    }
+    ck_assert_int_eq(payout_events(&S, "commerce.events.v1.CommissionPayoutCreated", NULL), 3);
+    ck_assert_int_eq(payout_events(&S, "commerce.events.v1.CommissionPayoutCreated", pay1), 1);
+    ck_assert_int_eq(payout_events(&S, "commerce.events.v1.CommissionPayoutPaid", pay1), 1);
+    ck_assert_int_eq(payout_events(&S, "commerce.events.v1.CommissionPayoutFailed", pay2), 1);
+    st_stop(&S);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("commission");
@@ -1334,6 +1541,7 @@ int main(void)
     tcase_add_test(tc, two_replicas_make_each_commission_payable_once);
     tcase_add_test(tc, payouts_net_payables_and_clawbacks_after_settlement);
     tcase_add_test(tc, tenant_window_decides_when_commissions_become_payable);
+    tcase_add_test(tc, payouts_per_period_are_listed_per_tenant_with_their_events);
     suite_add_tcase(s, tc);
     return hs_run(s, 1);
 }
