@@ -784,9 +784,18 @@ static int adjust(cms_accrual *a, const char *tenant, const char *channel, int k
     rc = cm_id_uuid7(id);
     if (rc == 0)
         rc = cms_ev_pack_adjusted(a->arena, tenant, id, x, &payload, &len);
-    return rc ? rc
-              : add_event(a, tenant, channel, CMS_TYPE_ADJUSTED, id, payload, len, at_ms,
-                          traceparent);
+    if (rc == 0)
+        rc = add_event(a, tenant, channel, CMS_TYPE_ADJUSTED, id, payload, len, at_ms, traceparent);
+    /* and for partners */
+    if (rc == 0 && !GROW(a->evs, a->nevs, a->cevs)) {
+        rc = cms_partner_adjustment_event(a->arena, a->partner_topic, CMS_PARTNER_ADJUSTED, tenant,
+                                          x, at_ms, traceparent, &a->evs[a->nevs]);
+        if (rc == 0)
+            a->nevs++;
+    } else if (rc == 0) {
+        rc = CM_ENOMEM;
+    }
+    return rc;
 }
 
 /* the parent's share of a child's posting of delta */

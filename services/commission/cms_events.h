@@ -22,6 +22,7 @@
 #define CMS_TYPE_ADJUSTED "commerce.events.v1.CommissionAdjusted"
 #define CMS_TYPE_PAYABLE "commerce.events.v1.CommissionPayable"
 #define CMS_TYPE_SETTLED "commerce.events.v1.CommissionSettled"
+#define CMS_TYPE_ADJUSTMENT_PAYABLE "commerce.events.v1.CommissionAdjustmentPayable"
 #define CMS_TYPE_PAYOUT_CREATED "commerce.events.v1.CommissionPayoutCreated"
 #define CMS_TYPE_PAYOUT_PAID "commerce.events.v1.CommissionPayoutPaid"
 #define CMS_TYPE_PAYOUT_FAILED "commerce.events.v1.CommissionPayoutFailed"
@@ -51,6 +52,8 @@ int cms_ev_pack_clawed_back(cm_arena *a, const char *tenant, const char *event_i
                             const uint8_t **out, size_t *len);
 int cms_ev_pack_adjusted(cm_arena *a, const char *tenant, const char *event_id,
                          const cms_adjustment *x, const uint8_t **out, size_t *len);
+int cms_ev_pack_adjustment_payable(cm_arena *a, const char *tenant, const char *event_id,
+                                   const cms_adjustment *x, const uint8_t **out, size_t *len);
 
 /* a payout event of kind CMS_PAYOUT_EV_*: *type its ce_type, *occurred_ms
  * its time (created_at for CREATED, reported_at otherwise). 0, CM_ENOMEM

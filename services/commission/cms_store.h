@@ -188,6 +188,14 @@ void cms_store_parse_schedule(const PGresult *r, int row, int col, cms_schedule_
     "1000)::bigint, 0), coalesce(payout_id::text, '')"
 #define CMS_COMMISSION_NCOLS 28
 void cms_store_parse_commission(const PGresult *r, int row, cms_commission *c);
+/* the adjustment columns (of adjustments, unqualified) and their parser */
+#define CMS_ADJUSTMENT_COLS                                                                        \
+    "adjustment_id::text, channel_id, kind, currency, amount, order_id::text, refund_id, "         \
+    "child_id, (extract(epoch FROM period_start) * 1000)::bigint, (extract(epoch FROM posted_at) " \
+    "* 1000)::bigint, state, coalesce((extract(epoch FROM payable_at) * 1000)::bigint, 0), "       \
+    "coalesce(payout_id::text, '')"
+#define CMS_ADJUSTMENT_NCOLS 13
+void cms_store_parse_adjustment(const PGresult *r, int row, cms_adjustment *a);
 
 /* ---- tenant settings ---- */
 

@@ -255,6 +255,21 @@ int cms_ev_pack_adjusted(cm_arena *a, const char *tenant, const char *event_id,
     return pack(a, &e.base, out, len);
 }
 
+int cms_ev_pack_adjustment_payable(cm_arena *a, const char *tenant, const char *event_id,
+                                   const cms_adjustment *x, const uint8_t **out, size_t *len)
+{
+    Commerce__Events__V1__CommissionAdjustmentPayable e =
+        COMMERCE__EVENTS__V1__COMMISSION_ADJUSTMENT_PAYABLE__INIT;
+    e.event_id = (char *)event_id;
+    e.tenant_id = (char *)tenant;
+    e.adjustment = cms_pb_adjustment(a, x);
+    if (!e.adjustment || !e.adjustment->payable_at)
+        return CM_ENOMEM;
+    e.occurred_at = e.adjustment->payable_at;
+    e.channel_id = e.adjustment->channel_id;
+    return pack(a, &e.base, out, len);
+}
+
 /* ---- the order events ---- */
 
 static int64_t ts_ms(const Google__Protobuf__Timestamp *t)

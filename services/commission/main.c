@@ -15,13 +15,12 @@ extern const size_t cms_migrations_count;
 
 static const cm_knob knobs[] = {
     {"COMMISSION_EVENTS", CM_KNOB_ONOFF, 1, 0, 0, NULL,
-     "write commission events (accrued, payable, clawed back, adjusted; also to partners) to the "
-     "outbox"},
+     "write commission events (accrued, payable, clawed back, adjusted, settled, payouts; also to "
+     "partners) to the outbox"},
     {"COMMISSION_TOPIC", CM_KNOB_TEXT, 0, 0, 0, "commerce.commission.v1",
      "where commission's events go (tests override it)"},
     {"COMMISSION_PARTNER_TOPIC", CM_KNOB_TEXT, 0, 0, 0, "commerce.commission.partner.v1",
-     "where the partners' cloudevents (accrued, payable, settled, clawed back) go (tests override "
-     "it)"},
+     "where the partners' cloudevents (commissions, adjustments, payouts) go (tests override it)"},
     {"COMMISSION_CONSUME_ORDERS", CM_KNOB_ONOFF, 1, 0, 0, NULL,
      "consume order events (paid: accrue, refunded: claw back, completed: after-sale window)"},
     {"COMMISSION_ORDER_TOPIC", CM_KNOB_TEXT, 0, 0, 0, "commerce.order.v1",

@@ -56,18 +56,26 @@ static int payout_event(cm_db *db, const cms_app *app, const char *tenant, int k
     int rc = cm_id_uuid7(id);
     if (rc == 0)
         rc = cms_ev_pack_payout(ar, tenant, id, kind, p, &type, &at, &payload, &len);
+    cm_outbox_event ev[2];
     if (rc == 0) {
-        cm_outbox_event ev = {.event_id = id,
-                              .tenant_id = tenant,
-                              .topic = app->topic,
-                              .key = p->channel,
-                              .type = type,
-                              .source = CMS_SOURCE,
-                              .payload = payload,
-                              .len = len,
-                              .occurred_at_ms = at};
-        rc = cm_outbox_add_batch(db, &ev, 1);
+        ev[0] = (cm_outbox_event){.event_id = id,
+                                  .tenant_id = tenant,
+                                  .topic = app->topic,
+                                  .key = p->channel,
+                                  .type = type,
+                                  .source = CMS_SOURCE,
+                                  .payload = payload,
+                                  .len = len,
+                                  .occurred_at_ms = at};
+        /* and for partners, in the same transaction */
+        rc = cms_partner_payout_event(ar, app->partner_topic,
+                                      kind == CMS_PAYOUT_EV_CREATED ? CMS_PARTNER_PAYOUT_CREATED
+                                      : kind == CMS_PAYOUT_EV_PAID  ? CMS_PARTNER_PAYOUT_PAID
+                                                                    : CMS_PARTNER_PAYOUT_FAILED,
+                                      tenant, p, at, &ev[1]);
     }
+    if (rc == 0)
+        rc = cm_outbox_add_batch(db, ev, 2);
     cm_arena_free(ar);
     return rc;
 }

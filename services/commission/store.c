@@ -529,34 +529,15 @@ int cms_store_list_adjustments(cm_db *db, const char *tenant, const char *channe
     PGresult *r = NULL;
     int rc = cm_db_read(
         db, "list adjustments",
-        "SELECT adjustment_id::text, channel_id, kind, currency, amount, order_id::text, "
-        "refund_id, child_id, (extract(epoch FROM period_start) * 1000)::bigint, (extract(epoch "
-        "FROM posted_at) * 1000)::bigint, state, coalesce((extract(epoch FROM payable_at) * "
-        "1000)::bigint, 0), coalesce(payout_id::text, '') FROM adjustments WHERE tenant_id = $1 "
-        "AND channel_id = "
+        "SELECT " CMS_ADJUSTMENT_COLS " FROM adjustments WHERE tenant_id = $1 AND channel_id = "
         "$2 AND ($3::bigint = 0 OR (posted_at, adjustment_id) < (to_timestamp($3 / 1000.0), "
         "NULLIF($4, '')::uuid)) ORDER BY posted_at DESC, adjustment_id DESC LIMIT $5",
         5, p, &r);
     if (rc)
         return rc;
     *n = PQntuples(r);
-    for (int i = 0; i < *n; i++) {
-        cms_adjustment *a = &out[i];
-        memset(a, 0, sizeof *a);
-        copy(a->id, sizeof a->id, r, i, 0);
-        copy(a->channel, sizeof a->channel, r, i, 1);
-        a->kind = (int)i64(r, i, 2);
-        copy(a->currency, sizeof a->currency, r, i, 3);
-        a->amount = i64(r, i, 4);
-        copy(a->order_id, sizeof a->order_id, r, i, 5);
-        copy(a->refund_id, sizeof a->refund_id, r, i, 6);
-        copy(a->child, sizeof a->child, r, i, 7);
-        a->period_start_ms = i64(r, i, 8);
-        a->posted_ms = i64(r, i, 9);
-        a->state = (int)i64(r, i, 10);
-        a->payable_ms = i64(r, i, 11);
-        copy(a->payout_id, sizeof a->payout_id, r, i, 12);
-    }
+    for (int i = 0; i < *n; i++)
+        cms_store_parse_adjustment(r, i, &out[i]);
     PQclear(r);
     return 0;
 }
@@ -724,4 +705,22 @@ int cms_store_put_settings(cm_db *db, const char *tenant, const char *request_id
     int rc = cm_db_tx(db, NULL, 3, put_settings_fn, &t);
     *verdict = t.verdict;
     return rc;
+}
+
+void cms_store_parse_adjustment(const PGresult *r, int i, cms_adjustment *a)
+{
+    memset(a, 0, sizeof *a);
+    copy(a->id, sizeof a->id, r, i, 0);
+    copy(a->channel, sizeof a->channel, r, i, 1);
+    a->kind = (int)i64(r, i, 2);
+    copy(a->currency, sizeof a->currency, r, i, 3);
+    a->amount = i64(r, i, 4);
+    copy(a->order_id, sizeof a->order_id, r, i, 5);
+    copy(a->refund_id, sizeof a->refund_id, r, i, 6);
+    copy(a->child, sizeof a->child, r, i, 7);
+    a->period_start_ms = i64(r, i, 8);
+    a->posted_ms = i64(r, i, 9);
+    a->state = (int)i64(r, i, 10);
+    a->payable_ms = i64(r, i, 11);
+    copy(a->payout_id, sizeof a->payout_id, r, i, 12);
 }

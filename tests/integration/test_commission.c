@@ -780,43 +780,59 @@ static int payable_events(st *s, const char *order_id)
 
 /* the partner topic as a client that is not ours reads it (kcat), checked
  * by the contract's validate.py: every record of channel valid against the
- * schema and its invariants, and as many records of each type (accrued,
- * payable, clawed_back, settled) as want says */
-static void partner_check(const st *s, const char *channel, int want[4])
+ * schema and its invariants, and as many records of each type of
+ * partner_types as want says (-1: at least one) */
+static const char *const partner_types[] = {"accrued",        "payable",     "clawed_back",
+                                            "settled",        "adjusted",    "adjustment_payable",
+                                            "payout_created", "payout_paid", "payout_failed"};
+enum { NPT = sizeof partner_types / sizeof partner_types[0] };
+
+static void partner_check(const st *s, const char *channel, const int want[NPT])
 {
     char out[] = "/tmp/test_commission_XXXXXX", cmd[2048];
     int fd = mkstemp(out);
     ck_assert_int_ge(fd, 0);
     close(fd);
-    static const char *const types[] = {"accrued", "payable", "clawed_back", "settled"};
-    int have[4] = {0, 0, 0, 0};
+    int have[NPT] = {0};
     for (int tries = 0; tries < 100; tries++) {
         snprintf(cmd, sizeof cmd, "kcat -C -b '%s' -t %s -o beginning -e -q -J > %s 2>/dev/null",
                  hs_kafka_brokers(), s->ptopic, out);
         ck_assert_msg(system(cmd) == 0, "%s failed", cmd);
         int same = 1;
-        for (int k = 0; k < 4; k++) {
+        for (int k = 0; k < NPT; k++) {
             /* kcat -J escapes the value's quotes */
             snprintf(cmd, sizeof cmd,
                      "exit $(grep -F '\"key\":\"%s\"' %s | grep -oF "
                      "'com.commerce.commission.v1.%s\\\"' | wc -l)",
-                     channel, out, types[k]);
+                     channel, out, partner_types[k]);
             int ws = system(cmd);
             have[k] = WIFEXITED(ws) ? WEXITSTATUS(ws) : -1;
-            same = same && have[k] == want[k];
+            same = same && (want[k] < 0 ? have[k] > 0 : have[k] == want[k]);
         }
         if (same)
             break;
         usleep(200 * 1000);
     }
-    for (int k = 0; k < 4; k++)
-        ck_assert_msg(have[k] == want[k], "partner %s events: %d, want %d", types[k], have[k],
+    for (int k = 0; k < NPT; k++)
+        ck_assert_msg(want[k] < 0 ? have[k] > 0 : have[k] == want[k],
+                      "partner %s events of %s: %d, want %d", partner_types[k], channel, have[k],
                       want[k]);
     snprintf(cmd, sizeof cmd, "/usr/bin/python3 %s/validate.py --records --key '%s' < %s",
              PARTNER_DIR, channel, out);
     int ws = system(cmd);
     ck_assert_msg(WIFEXITED(ws) && WEXITSTATUS(ws) == 0, "validate.py rejected a record: %s", cmd);
     unlink(out);
+}
+
+/* the protobuf events of a type read so far, keyed key (NULL: any) */
+static int events_of(st *s, const char *type, const char *key)
+{
+    int n = 0;
+    for (size_t i = 0; i < hs_topic_count(s->events); i++) {
+        const hs_record *r = hs_topic_at(s->events, i);
+        n += strcmp(r->type, type) == 0 && (!key || strcmp(r->key, key) == 0);
+    }
+    return n;
 }
 
 START_TEST(completed_past_the_window_is_payable_and_later_refunds_net_from_it)
@@ -907,9 +923,36 @@ START_TEST(completed_past_the_window_is_payable_and_later_refunds_net_from_it)
              o1);
     ck_assert_int_eq(sql(&S, q), -50000);
     /* for partners: 3 accrued, 1 payable, 2 clawed back (of a PAYABLE
-     * commission), all valid against kafka/partner's schema */
-    int kinds[4] = {3, 1, 2, 0};
+     * commission), the adjustments (true-ups, clawbacks after PAYABLE),
+     * all valid against kafka/partner's schema */
+    int kinds[NPT] = {3, 1, 2, 0, -1, 0, 0, 0, 0};
     partner_check(&S, "ch", kinds);
+    /* the parent: its shares, o1's made payable with o1 (one
+     * adjustment_payable; the shares of the refunds were payable at once) */
+    int par[NPT] = {0, 0, 0, 0, -1, 1, 0, 0, 0};
+    partner_check(&S, "par", par);
+    for (int tries = 0;
+         tries < 100 && events_of(&S, "commerce.events.v1.CommissionAdjustmentPayable", NULL) < 1;
+         tries++)
+        hs_topic_next(S.events, 100);
+    hs_topic_catch_up(S.events, 5000);
+    ck_assert_int_eq(events_of(&S, "commerce.events.v1.CommissionAdjustmentPayable", "par"), 1);
+    ck_assert_int_eq(events_of(&S, "commerce.events.v1.CommissionAdjustmentPayable", NULL), 1);
+    for (size_t i = 0; i < hs_topic_count(S.events); i++) {
+        const hs_record *r = hs_topic_at(S.events, i);
+        if (strcmp(r->type, "commerce.events.v1.CommissionAdjustmentPayable") != 0)
+            continue;
+        Commerce__Events__V1__CommissionAdjustmentPayable *e =
+            commerce__events__v1__commission_adjustment_payable__unpack(NULL, r->len, r->payload);
+        ck_assert_ptr_nonnull(e);
+        ck_assert_str_eq(e->adjustment->order_id, o1);
+        ck_assert_str_eq(e->adjustment->child_channel_id, "ch");
+        ck_assert_int_eq(e->adjustment->amount->amount_minor, 5000);
+        ck_assert_int_eq(e->adjustment->state,
+                         COMMERCE__COMMISSION__V1__COMMISSION_STATE__COMMISSION_STATE_PAYABLE);
+        ck_assert_ptr_nonnull(e->adjustment->payable_at);
+        protobuf_c_message_free_unpacked(&e->base, NULL);
+    }
     st_stop(&S);
 }
 END_TEST
@@ -1068,7 +1111,8 @@ START_TEST(payouts_net_payables_and_clawbacks_after_settlement)
                 strcmp(hs_topic_at(S.events, i)->type, "commerce.events.v1.CommissionSettled") == 0;
     }
     ck_assert_int_eq(settled, 2);
-    int kinds[4] = {3, 3, 1, 2};
+    /* and the payouts: pay-2 (failed), pay-4 (paid), pay-6 (pending) */
+    int kinds[NPT] = {3, 3, 1, 2, -1, 0, 3, 1, 1};
     partner_check(&S, "ch", kinds);
     st_stop(&S);
 }
