@@ -91,6 +91,8 @@ def adjustment_invariants(doc):
         errs.append("partitionkey, data.channel_id and adjustment.channel_id differ")
     if doc["subject"] != a["adjustment_id"]:
         errs.append("subject is not adjustment.adjustment_id")
+    if (a["kind"] == "ADJUSTMENT_KIND_PERIOD_CLOSE") == ("order_id" in a):
+        errs.append("order_id present exactly for every kind but PERIOD_CLOSE")
     if (a["kind"] == "ADJUSTMENT_KIND_PARENT_SHARE") != ("child_channel_id" in a):
         errs.append("child_channel_id present exactly for a PARENT_SHARE")
     if a["kind"] == "ADJUSTMENT_KIND_CLAWBACK":
@@ -220,6 +222,9 @@ BROKEN = [
     ("adjustment amount as a number", "adjusted",
      ["data", "adjustment", "amount", "amount_minor"], -27000),
     ("adjustment without kind", "adjusted", ["data", "adjustment", "kind"], DELETE),
+    ("true-up without order_id", "adjusted", ["data", "adjustment", "order_id"], DELETE),
+    ("period close with an order_id", "adjusted", ["data", "adjustment", "kind"],
+     "ADJUSTMENT_KIND_PERIOD_CLOSE"),
     ("adjustment kind not an enum name", "adjusted", ["data", "adjustment", "kind"], "true_up"),
     ("adjusted but SETTLED", "adjusted", ["data", "adjustment", "state"],
      "COMMISSION_STATE_SETTLED"),

@@ -48,6 +48,7 @@ typedef struct period {
     int64_t revision, start_ms, end_ms;
     int64_t net_sales, posted, orders;
     cms_schedule_row sched;
+    int closed; /* the period is closed: no true-ups any more */
     int dirty;
 } period;
 
@@ -620,7 +621,10 @@ static int lock_rows(cms_accrual *a, cm_db *db)
             db, "lock period rows", "cms_lock_periods",
             "SELECT p.tenant_id, p.channel_id, p.schedule_id, p.schedule_revision, "
             "(extract(epoch FROM p.period_start) * 1000)::bigint, p.net_sales, p.posted, "
-            "p.orders, " CMS_SCHEDULE_COLS " FROM channel_periods p JOIN tier_schedules s ON "
+            "p.orders, " CMS_SCHEDULE_COLS ", EXISTS (SELECT 1 FROM channel_periods q WHERE "
+            "q.tenant_id = p.tenant_id AND q.channel_id = p.channel_id AND q.schedule_id = "
+            "p.schedule_id AND q.period_start = p.period_start AND q.closed_at IS NOT NULL) FROM "
+            "channel_periods p JOIN tier_schedules s ON "
             "s.tenant_id = p.tenant_id AND s.schedule_id = p.schedule_id AND s.revision = "
             "p.schedule_revision WHERE (p.tenant_id, p.channel_id, p.schedule_id, "
             "p.schedule_revision, p.period_start) IN (SELECT u.t, u.c, u.s, u.r, to_timestamp(u.ps "
@@ -644,6 +648,7 @@ static int lock_rows(cms_accrual *a, cm_db *db)
         q->posted = i64(r, i, 6);
         q->orders = i64(r, i, 7);
         cms_store_parse_schedule(r, i, 8, &q->sched);
+        q->closed = PQgetvalue(r, i, 8 + CMS_SCHEDULE_NCOLS)[0] == 't';
     }
     PQclear(r);
     if (rc || !a->npools)
@@ -860,6 +865,8 @@ static int accrue(cms_accrual *a, item *it, int64_t at_ms)
     int rc = cms_accrue(&p->sched.s, p->net_sales, it->amount, &post);
     if (rc == 0)
         rc = cms_portions(&p->sched.s, p->net_sales, it->amount, por, &npor);
+    if (rc == 0 && p->closed)
+        cms_posting_closed(&post); /* a late payment reprices no one */
     if (rc) {
         cm_log_error("commission cannot accrue", "tenant", it->tenant, "order_id", it->order_id,
                      "error", cm_strerror(rc), NULL);
@@ -970,6 +977,8 @@ static int apply_refund(cms_accrual *a, item *it, int64_t at_ms)
                      "refund_id", it->refund_id, "error", cm_strerror(rc), NULL);
         return 0;
     }
+    if (p->closed)
+        cms_posting_closed(&post); /* the order's own clawback, no repricing */
     if ((rc = GROW(a->applied, a->napplied, a->capplied)))
         return rc;
     a->applied[a->napplied++] = (applied){.tenant = it->tenant,

@@ -9,6 +9,7 @@
 #include "cm_page.h"
 #include "cm_pb.h"
 #include "cm_utf8.h"
+#include "cms_close.h"
 #include "cms_domain.h"
 #include "cms_events.h"
 #include "cms_payout.h"
@@ -778,6 +779,75 @@ static int list_payouts(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMe
     return cm_page_next(ctx, more, 'p', fh, end, &resp->next_page_token);
 }
 
+/* ---- closing periods ---- */
+
+static Commerce__Commission__V1__PeriodClose *pb_close(cm_arena *a, const cms_close_row *c)
+{
+    Commerce__Commission__V1__PeriodClose *m = cm_arena_calloc(a, 1, sizeof *m);
+    if (!m)
+        return NULL;
+    commerce__commission__v1__period_close__init(m);
+    m->channel_id = cm_arena_strdup(a, c->channel);
+    m->tier_schedule_id = cm_arena_strdup(a, c->schedule_id);
+    m->tier_schedule_revision = c->revision;
+    m->period_start = cm_pb_timestamp(a, c->start_ms);
+    m->period_end = cm_pb_timestamp(a, c->end_ms);
+    m->net_sales = cm_pb_money(a, c->net_sales, c->currency);
+    m->commission = cm_pb_money(a, c->commission, c->currency);
+    m->true_up = cm_pb_money(a, c->true_up, c->currency);
+    m->adjustment_id = cm_arena_strdup(a, c->adjustment_id);
+    m->closed_at = cm_pb_timestamp(a, c->closed_ms);
+    return m->channel_id && m->tier_schedule_id && m->period_start && m->period_end &&
+                   m->net_sales && m->commission && m->true_up && m->adjustment_id && m->closed_at
+               ? m
+               : NULL;
+}
+
+static int close_period(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    const Commerce__Commission__V1__ClosePeriodRequest *req = (const void *)in;
+    Commerce__Commission__V1__ClosePeriodResponse *resp = (void *)out;
+    cm_arena *a = cm_rpc_ctx_arena(ctx);
+    if (cm_rpc_require_role(ctx, "admin"))
+        return -1;
+    if (!valid_key(req->channel_id))
+        return fail_field(ctx, "channel_id", "required: " KEY_RULE);
+    if (!valid_key(req->tier_schedule_id))
+        return fail_field(ctx, "tier_schedule_id", "required: " KEY_RULE);
+    int64_t start = 0;
+    if (!req->period_start || cm_pb_timestamp_check(req->period_start, &start) || start <= 0)
+        return fail_field(ctx, "period_start",
+                          "required: the period's start (Commission."
+                          "period_start), after 1970");
+    cms_close_row *c = cm_rpc_alloc(ctx, sizeof *c);
+    if (!c)
+        return cm_rpc_fail_err(ctx, CM_ENOMEM, "period close");
+    int verdict = 0;
+    const char *tenant = cm_rpc_ctx_tenant(ctx);
+    int rc = cms_close_period(cm_service_db(ctx), cm_service_app(ctx), tenant, req->channel_id,
+                              req->tier_schedule_id, start, c, &verdict);
+    if (rc)
+        return cm_rpc_fail_err(ctx, rc, "could not close the period");
+    if (verdict == CMS_NO_REF)
+        return cm_rpc_fail_not_found(ctx, "period");
+    if (verdict == CMS_CLOSE_EARLY || verdict == CMS_ILLEGAL) {
+        int early = verdict == CMS_CLOSE_EARLY;
+        int f = cm_rpc_fail(ctx, GRPC_STATUS_FAILED_PRECONDITION, "ILLEGAL_STATE_TRANSITION",
+                            early ? "the period has not ended: it closes after its end"
+                                  : "the period's newest schedule revision is not whole volume: "
+                                    "a marginal period needs no close");
+        cm_rpc_fail_meta(ctx, "field", early ? "period_start" : "tier_schedule_id");
+        return f;
+    }
+    if (verdict == CMS_OK)
+        cm_log_info("period closed", "tenant", tenant, "channel_id", c->channel, "tier_schedule_id",
+                    c->schedule_id, "true_up", num(a, c->true_up), "principal", principal(ctx),
+                    NULL);
+    resp->already_closed = verdict == CMS_SAME;
+    resp->close = pb_close(a, c);
+    return resp->close ? 0 : cm_rpc_fail_err(ctx, CM_ENOMEM, "period close");
+}
+
 /* ---- tenant settings ---- */
 
 static Commerce__Commission__V1__TenantSettings *pb_settings(cm_arena *a, const cms_settings *s,
@@ -878,6 +948,7 @@ const cm_rpc_method cms_methods[] = {
     {"GetPayout", get_payout, 0},
     {"ReportPayoutResult", report_payout_result, 0},
     {"ListPayouts", list_payouts, 0},
+    {"ClosePeriod", close_period, 0},
     {"GetTenantSettings", get_tenant_settings, 0},
     {"PutTenantSettings", put_tenant_settings, 0},
 };

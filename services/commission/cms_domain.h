@@ -223,4 +223,18 @@ int cms_window_check(int64_t seconds, int32_t nanos, cms_violation *v);
  * service's default in days. */
 int64_t cms_window_of(int has_own, int64_t own_s, int64_t default_days);
 
+/* closing a period (README.md, "Closing a period"). the rows of one
+ * channel period under one schedule (one per revision its events used)
+ * are repriced together under the newest revision s: *net = the sum of
+ * net[0..n), *commission = C(*net) under s, *adj = *commission - the sum
+ * of posted[0..n) (cms_true_up). returns 0, CM_EINVAL (bad schedule, n 0,
+ * a net < 0) or CM_EOVERFLOW. */
+int cms_close(const cms_schedule *s, const int64_t *net, const int64_t *posted, size_t n,
+              int64_t *net_total, int64_t *commission, int64_t *adj);
+
+/* a posting of an event of a closed period: the period is not repriced
+ * any more, so the true-up of its other sales is dropped and the posting
+ * moves the period by the order's own change only. */
+void cms_posting_closed(cms_posting *p);
+
 #endif

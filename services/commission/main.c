@@ -5,6 +5,7 @@
  */
 #include "cm_service.h"
 #include "cms_api.h"
+#include "cms_close.h"
 #include "cms_events.h"
 #include "cms_payable.h"
 
@@ -36,6 +37,10 @@ static const cm_knob knobs[] = {
      "payable, for tenants without their own (PutTenantSettings)"},
     {"COMMISSION_PAYABLE_MS", CM_KNOB_INT, 60000, 100, 3600000, NULL,
      "period of the payable ticker: FROZEN commissions past their window -> PAYABLE (ms)"},
+    {"COMMISSION_CLOSE_MS", CM_KNOB_INT, 600000, 100, 86400000, NULL,
+     "period of the close ticker: finished whole-volume periods -> closed, final true-up (ms)"},
+    {"COMMISSION_CLOSE_AFTER_S", CM_KNOB_INT, 86400, 0, 30 * 86400, NULL,
+     "how long after a period's end the close ticker closes it, for late events (s)"},
 };
 
 /* the order events it acts on; the rest of the topic is acknowledged
@@ -63,6 +68,7 @@ static const char *const consumer_conf[] = {"session.timeout.ms", "10000", NULL}
 static const cm_service_ticker tickers[] = {
     {"parker", "COMMISSION_PARKER_MS", cms_parker, 1},
     {"payable", "COMMISSION_PAYABLE_MS", cms_payable_tick, 1},
+    {"close", "COMMISSION_CLOSE_MS", cms_close_tick, 1},
 };
 
 int main(int argc, char **argv)

@@ -181,6 +181,8 @@ static const char *adjustment_kind_name(int kind)
         return "ADJUSTMENT_KIND_PARENT_SHARE";
     case CMS_ADJ_CLAWBACK:
         return "ADJUSTMENT_KIND_CLAWBACK";
+    case CMS_ADJ_PERIOD_CLOSE:
+        return "ADJUSTMENT_KIND_PERIOD_CLOSE";
     default:
         return "ADJUSTMENT_KIND_UNSPECIFIED";
     }
@@ -193,11 +195,13 @@ int cms_partner_adjustment_event(cm_arena *a, const char *topic, const char *typ
     int payable = strcmp(type, CMS_PARTNER_ADJUSTMENT_PAYABLE) == 0;
     if (!x->amount || (payable && (x->state != CMS_PAYABLE || !x->payable_ms)))
         return CM_EINVAL;
-    json_t *j = json_pack("{s:s, s:s, s:s, s:o, s:s, s:o, s:o, s:s}", "adjustment_id", x->id,
+    json_t *j = json_pack("{s:s, s:s, s:s, s:o, s:o, s:o, s:s}", "adjustment_id", x->id,
                           "channel_id", x->channel, "kind", adjustment_kind_name(x->kind), "amount",
-                          money(x->amount, x->currency), "order_id", x->order_id, "period_start",
-                          ts(x->period_start_ms), "posted_at", ts(x->posted_ms), "state",
-                          state_name(x->state));
+                          money(x->amount, x->currency), "period_start", ts(x->period_start_ms),
+                          "posted_at", ts(x->posted_ms), "state", state_name(x->state));
+    /* every kind has its order but a period's close */
+    if (j && x->order_id[0] && json_object_set_new(j, "order_id", json_string(x->order_id)))
+        goto fail;
     if (j && x->child[0] && json_object_set_new(j, "child_channel_id", json_string(x->child)))
         goto fail;
     if (j && x->refund_id[0] && json_object_set_new(j, "refund_id", json_string(x->refund_id)))

@@ -1568,6 +1568,176 @@ START_TEST(payouts_per_period_are_listed_per_tenant_with_their_events)
 }
 END_TEST
 
+/* ---- closing a whole-volume period ---- */
+
+static int close_period(st *s, const char *ch, const char *sched, long long start_ms,
+                        Commerce__Commission__V1__ClosePeriodResponse **out, cm_rpc_status *stt)
+{
+    Google__Protobuf__Timestamp at = GOOGLE__PROTOBUF__TIMESTAMP__INIT;
+    at.seconds = start_ms / 1000;
+    Commerce__Commission__V1__ClosePeriodRequest r =
+        COMMERCE__COMMISSION__V1__CLOSE_PERIOD_REQUEST__INIT;
+    r.channel_id = (char *)ch;
+    r.tier_schedule_id = (char *)sched;
+    r.period_start = start_ms ? &at : NULL;
+    return hs_call(s->c, SVC "ClosePeriod", &r.base,
+                   &commerce__commission__v1__close_period_response__descriptor,
+                   (ProtobufCMessage **)out, stt, md, 1);
+}
+
+/* what a statement changed, through a CTE that counts it */
+static void sql_do(const st *s, const char *q)
+{
+    char w[1024];
+    snprintf(w, sizeof w, "WITH u AS (%s RETURNING 1) SELECT count(*) FROM u", q);
+    ck_assert_int_ge(sql(s, w), 1);
+}
+
+START_TEST(closing_a_whole_volume_period_posts_its_true_up_once)
+{
+    /* the ticker stays away from last month while the rpc is tested */
+    static const char *const env[] = {"COMMISSION_CLOSE_MS=3600000",
+                                      "COMMISSION_CLOSE_AFTER_S=2592000", NULL};
+    st_start_env(&S, "close", env);
+    cm_rpc_status stt;
+    seed_sched w, m;
+    seed(&w, "whole", WHOLE);
+    seed(&m, "marginal", MARGINAL);
+    ck_assert_int_eq(put_schedule(&S, "s-1", &w.s, 0, &stt), 0);
+    ck_assert_int_eq(put_schedule(&S, "s-m", &m.s, 0, &stt), 0);
+    put_channel(&S, "ch", ACTIVE, NULL, 0, "whole");
+    put_channel(&S, "ch2", ACTIVE, NULL, 0, "whole");
+    put_channel(&S, "chm", ACTIVE, NULL, 0, "marginal");
+    /* last month in the schedules' zone; the schedules are made to have
+     * been in force since before it (a finished period needs orders paid
+     * in the past) */
+    long long day = 86400000LL;
+    long long P = sql(&S, "SELECT (extract(epoch FROM (date_trunc('month', now() AT TIME ZONE "
+                          "'Asia/Shanghai') - interval '1 month') AT TIME ZONE 'Asia/Shanghai') "
+                          "* 1000)::bigint");
+    long long cur = sql(&S, "SELECT (extract(epoch FROM date_trunc('month', now() AT TIME ZONE "
+                            "'Asia/Shanghai') AT TIME ZONE 'Asia/Shanghai') * 1000)::bigint");
+    char q[512];
+    snprintf(q, sizeof q, "UPDATE tier_schedules SET effective_from = to_timestamp(%lld / 1000.0)",
+             P - day);
+    sql_do(&S, q);
+    /* revision 1: 12,000.00 reaches 8 % (960.00) */
+    char *o1 = order_uuid(), *o2 = order_uuid(), *o3 = order_uuid(), *o4 = order_uuid();
+    paid_in(&S, TENANT, o1, uuid(), "ch", 1200000, P + 2 * day);
+    paid_in(&S, TENANT, o3, uuid(), "ch2", 1200000, P + 2 * day);
+    paid_in(&S, TENANT, order_uuid(), uuid(), "chm", 100000, P + 2 * day);
+    wait_for(&S, "SELECT count(*) FROM commissions", 3);
+    /* the schedule changes mid-month (same tiers, revision 2): 2,000.00
+     * more counts on a row of its own at 5 % (100.00) */
+    ck_assert_int_eq(put_schedule(&S, "s-2", &w.s, 0, &stt), 0);
+    snprintf(q, sizeof q,
+             "UPDATE tier_schedules SET effective_from = to_timestamp(%lld / 1000.0) WHERE "
+             "schedule_id = 'whole' AND revision = 2",
+             P + 5 * day);
+    sql_do(&S, q);
+    paid_in(&S, TENANT, o2, uuid(), "ch", 200000, P + 10 * day);
+    paid_in(&S, TENANT, o4, uuid(), "ch2", 200000, P + 10 * day);
+    paid_in(&S, TENANT, order_uuid(), uuid(), "ch2", 100000, hs_real_ms()); /* this month */
+    wait_for(&S, "SELECT count(*) FROM commissions", 6);
+    ck_assert_int_eq(sql(&S, "SELECT count(*) FROM channel_periods WHERE channel_id = 'ch'"), 2);
+    ck_assert_int_eq(posted(&S, "ch"), 96000 + 10000);
+    /* bad input, named; what cannot close */
+    Commerce__Commission__V1__ClosePeriodResponse *cr = NULL;
+    ck_assert_int_eq(close_period(&S, "", "whole", P, &cr, &stt), 3);
+    ck_assert_str_eq(stt.field, "channel_id");
+    ck_assert_int_eq(close_period(&S, "ch", "", P, &cr, &stt), 3);
+    ck_assert_str_eq(stt.field, "tier_schedule_id");
+    ck_assert_int_eq(close_period(&S, "ch", "whole", 0, &cr, &stt), 3);
+    ck_assert_str_eq(stt.field, "period_start");
+    ck_assert_int_eq(close_period(&S, "nobody", "whole", P, &cr, &stt), 5);
+    ck_assert_int_eq(close_period(&S, "ch", "whole", P + day, &cr, &stt), 5);
+    ck_assert_int_eq(close_period(&S, "ch2", "whole", cur, &cr, &stt), 9);
+    ck_assert_str_eq(stt.reason, "ILLEGAL_STATE_TRANSITION");
+    ck_assert_int_eq(close_period(&S, "chm", "marginal", P, &cr, &stt), 9);
+    ck_assert_str_eq(stt.reason, "ILLEGAL_STATE_TRANSITION");
+    ck_assert_int_eq(sql(&S, "SELECT count(*) FROM channel_periods WHERE closed_at IS NOT NULL"),
+                     0);
+    /* 14,000.00 of the month at 8 %: 1,120.00; 1,060.00 was posted */
+    ck_assert_int_eq(close_period(&S, "ch", "whole", P, &cr, &stt), 0);
+    ck_assert(!cr->already_closed);
+    ck_assert_int_eq(cr->close->net_sales->amount_minor, 1400000);
+    ck_assert_int_eq(cr->close->commission->amount_minor, 112000);
+    ck_assert_int_eq(cr->close->true_up->amount_minor, 6000);
+    ck_assert_int_eq(cr->close->tier_schedule_revision, 2);
+    ck_assert_int_eq(cr->close->period_start->seconds, P / 1000);
+    ck_assert_str_ne(cr->close->adjustment_id, "");
+    char adj[CM_ID_SIZE];
+    snprintf(adj, sizeof adj, "%s", cr->close->adjustment_id);
+    protobuf_c_message_free_unpacked(&cr->base, NULL);
+    /* again: the same close, nothing posted */
+    ck_assert_int_eq(close_period(&S, "ch", "whole", P, &cr, &stt), 0);
+    ck_assert(cr->already_closed);
+    ck_assert_int_eq(cr->close->true_up->amount_minor, 6000);
+    ck_assert_str_eq(cr->close->adjustment_id, adj);
+    protobuf_c_message_free_unpacked(&cr->base, NULL);
+    ck_assert_int_eq(sql(&S, "SELECT count(*) FROM adjustments WHERE kind = 4"), 1);
+    ck_assert_int_eq(sql(&S, "SELECT amount FROM adjustments WHERE kind = 4 AND channel_id = 'ch' "
+                             "AND state = 2 AND order_id IS NULL"),
+                     6000);
+    ck_assert_int_eq(posted(&S, "ch"), 112000);
+    ck_assert_int_eq(earned(&S, "ch"), 112000);
+    ck_assert_int_eq(sql(&S, "SELECT count(*) FROM channel_periods WHERE channel_id = 'ch' AND "
+                             "closed_at IS NOT NULL"),
+                     2);
+    /* a refund after the close: o1 gives back its own 240.00 (a quarter of
+     * 960.00); the month is not repriced (open, its row falling from
+     * 12,000.00 to 9,000.00 would also have trued its sales down to 5 %) */
+    refunded(&S, o1, uuid(), "ch", "rf-late", 300000);
+    wait_for(&S, "SELECT count(*) FROM refunds_applied", 1);
+    ck_assert_int_eq(comm_col(&S, "clawed_back", o1), 24000);
+    ck_assert_int_eq(sql(&S, "SELECT count(*) FROM adjustments WHERE refund_id = 'rf-late'"), 0);
+    ck_assert_int_eq(posted(&S, "ch"), 112000 - 24000);
+    ck_assert_int_eq(earned(&S, "ch"), posted(&S, "ch"));
+    /* a payment arriving after the close earns its own commission (on its
+     * revision's row, 2,000.00 -> 3,000.00 at 5 %: 50.00) and reprices
+     * no one */
+    char *o5 = order_uuid();
+    paid_in(&S, TENANT, o5, uuid(), "ch", 100000, P + 11 * day);
+    wait_for(&S, "SELECT count(*) FROM commissions WHERE channel_id = 'ch'", 3);
+    ck_assert_int_eq(comm_col(&S, "amount", o5), 5000);
+    ck_assert_int_eq(sql(&S, "SELECT count(*) FROM adjustments WHERE channel_id = 'ch'"), 1);
+    ck_assert_int_eq(earned(&S, "ch"), posted(&S, "ch"));
+    /* the close's CommissionAdjusted, and the partners' adjusted (no
+     * order), valid against the schema */
+    for (int tries = 0;
+         tries < 100 && events_of(&S, "commerce.events.v1.CommissionAdjusted", "ch") < 1; tries++)
+        hs_topic_next(S.events, 100);
+    ck_assert_int_eq(events_of(&S, "commerce.events.v1.CommissionAdjusted", "ch"), 1);
+    int kinds[NPT] = {3, 0, 1, 0, 1, 0, 0, 0, 0};
+    partner_check(&S, "ch", kinds);
+    /* the ticker, in a restarted service, closes ch2's month by itself:
+     * the same true-up, once; ch's stays as it was, this month and the
+     * marginal month stay open */
+    ck_assert_int_eq(hs_stop(&S.p, SIGTERM, 30000), 0);
+    static const char *const tick[] = {"COMMISSION_CLOSE_MS=200", "COMMISSION_CLOSE_AFTER_S=0",
+                                       NULL};
+    const char *env2[32];
+    hs_start(&S.p, COMMISSION_BIN, st_env(&S, env2, 32, tick));
+    cm_rpc_client_free(S.c);
+    S.c = hs_client(&S.p, NULL);
+    wait_for(&S,
+             "SELECT count(*) FROM channel_periods WHERE channel_id = 'ch2' AND closed_at IS "
+             "NOT NULL",
+             2);
+    usleep(600 * 1000); /* three more ticks */
+    ck_assert_int_eq(sql(&S, "SELECT count(*) FROM adjustments WHERE kind = 4"), 2);
+    ck_assert_int_eq(sql(&S, "SELECT amount FROM adjustments WHERE kind = 4 AND channel_id = "
+                             "'ch2'"),
+                     6000);
+    ck_assert_int_eq(sql(&S, "SELECT count(*) FROM channel_periods WHERE closed_at IS NULL"), 2);
+    ck_assert_int_eq(close_period(&S, "ch2", "whole", P, &cr, &stt), 0);
+    ck_assert(cr->already_closed);
+    ck_assert_int_eq(cr->close->true_up->amount_minor, 6000);
+    protobuf_c_message_free_unpacked(&cr->base, NULL);
+    st_stop(&S);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("commission");
@@ -1586,6 +1756,7 @@ int main(void)
     tcase_add_test(tc, payouts_net_payables_and_clawbacks_after_settlement);
     tcase_add_test(tc, tenant_window_decides_when_commissions_become_payable);
     tcase_add_test(tc, payouts_per_period_are_listed_per_tenant_with_their_events);
+    tcase_add_test(tc, closing_a_whole_volume_period_posts_its_true_up_once);
     suite_add_tcase(s, tc);
     return hs_run(s, 1);
 }
