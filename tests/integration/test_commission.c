@@ -851,8 +851,11 @@ START_TEST(completed_past_the_window_is_payable_and_later_refunds_net_from_it)
     T0 = hs_real_ms() + 2000;
     char *o1 = order_uuid(), *o2 = order_uuid(), *o3 = order_uuid();
     paid(&S, o1, uuid(), "ch", 1000000); /* 500.00 at 5 %, parent 50.00 */
-    paid(&S, o2, uuid(), "ch", 200000);  /* 160.00 at 8 %, parent 16.00 */
-    paid(&S, o3, uuid(), "ch", 100000);  /* 80.00 */
+    /* o1 first: the topic's two partitions would otherwise let o2 and o3
+     * accrue before it and take its 5 % slice */
+    wait_for(&S, "SELECT count(*) FROM commissions", 1);
+    paid(&S, o2, uuid(), "ch", 200000); /* 160.00 at 8 %, parent 16.00 */
+    paid(&S, o3, uuid(), "ch", 100000); /* 80.00 */
     wait_for(&S, "SELECT count(*) FROM commissions WHERE state = 1", 3);
     /* completed 8 days ago: past the window; 6 days ago: inside it; o3
      * completes before its payment is seen again (the order is kept) */
@@ -1013,8 +1016,9 @@ START_TEST(payouts_net_payables_and_clawbacks_after_settlement)
     put_channel(&S, "ch", ACTIVE, NULL, 0, "marginal");
     T0 = hs_real_ms() + 2000;
     char *o1 = order_uuid(), *o2 = order_uuid(), *o3 = order_uuid();
-    paid(&S, o1, uuid(), "ch", 1000000); /* 500.00 */
-    paid(&S, o2, uuid(), "ch", 100000);  /* 80.00 (8 % from 10,000.00) */
+    paid(&S, o1, uuid(), "ch", 1000000);                 /* 500.00 */
+    wait_for(&S, "SELECT count(*) FROM commissions", 1); /* o1 first, whatever the partitions */
+    paid(&S, o2, uuid(), "ch", 100000);                  /* 80.00 (8 % from 10,000.00) */
     wait_for(&S, "SELECT count(*) FROM commissions WHERE state = 1", 2);
     /* only o2 payable: 80.00 is below the minimum of 100.00 */
     completed(&S, o2, uuid(), "ch", hs_real_ms());
