@@ -610,7 +610,7 @@ static int read_settings(cm_db *db, const char *tenant, cms_settings *out)
     PGresult *r = NULL;
     memset(out, 0, sizeof *out);
     int rc =
-        cm_db_exec(db, "get tenant settings",
+        cm_db_read(db, "get tenant settings",
                    "SELECT " SETTINGS_COLS " FROM tenant_settings WHERE tenant_id = $1", 1, p, &r);
     if (rc)
         return rc;
