@@ -93,8 +93,11 @@ def adjustment_invariants(doc):
         errs.append("subject is not adjustment.adjustment_id")
     if (a["kind"] == "ADJUSTMENT_KIND_PERIOD_CLOSE") == ("order_id" in a):
         errs.append("order_id present exactly for every kind but PERIOD_CLOSE")
-    if (a["kind"] == "ADJUSTMENT_KIND_PARENT_SHARE") != ("child_channel_id" in a):
-        errs.append("child_channel_id present exactly for a PARENT_SHARE")
+    if a["kind"] == "ADJUSTMENT_KIND_PARENT_SHARE" and "child_channel_id" not in a:
+        errs.append("a PARENT_SHARE without child_channel_id")
+    if a["kind"] not in ("ADJUSTMENT_KIND_PARENT_SHARE", "ADJUSTMENT_KIND_PERIOD_CLOSE") \
+            and "child_channel_id" in a:
+        errs.append("child_channel_id on an adjustment that is no parent's")
     if a["kind"] == "ADJUSTMENT_KIND_CLAWBACK":
         if amount(a["amount"]) >= 0:
             errs.append("a CLAWBACK adjustment is not negative")

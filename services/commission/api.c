@@ -797,8 +797,13 @@ static Commerce__Commission__V1__PeriodClose *pb_close(cm_arena *a, const cms_cl
     m->true_up = cm_pb_money(a, c->true_up, c->currency);
     m->adjustment_id = cm_arena_strdup(a, c->adjustment_id);
     m->closed_at = cm_pb_timestamp(a, c->closed_ms);
+    m->parent_channel_id = cm_arena_strdup(a, c->parent);
+    m->parent_share = cm_pb_money(a, c->parent_share, c->currency);
+    m->parent_adjustment_id = cm_arena_strdup(a, c->parent_adjustment_id);
     return m->channel_id && m->tier_schedule_id && m->period_start && m->period_end &&
-                   m->net_sales && m->commission && m->true_up && m->adjustment_id && m->closed_at
+                   m->net_sales && m->commission && m->true_up && m->adjustment_id &&
+                   m->closed_at && m->parent_channel_id && m->parent_share &&
+                   m->parent_adjustment_id
                ? m
                : NULL;
 }

@@ -35,14 +35,14 @@ static int post_adjustment(cm_db *db, const cms_app *app, const char *tenant,
     snprintf(amt, sizeof amt, "%lld", (long long)x->amount);
     snprintf(start, sizeof start, "%lld", (long long)x->period_start_ms);
     snprintf(at, sizeof at, "%lld", (long long)x->posted_ms);
-    const char *p[] = {x->id, tenant, x->channel, x->currency, amt, start, at};
+    const char *p[] = {x->id, tenant, x->channel, x->currency, amt, start, at, x->child};
     int rc = cm_db_exec_prepared(
         db, "post period close", "cms_close_adj",
         "INSERT INTO adjustments (adjustment_id, tenant_id, channel_id, kind, state, currency, "
-        "amount, order_id, period_start, posted_at, payable_at) VALUES ($1::uuid, $2, $3, 4, 2, "
-        "$4, $5, NULL, to_timestamp($6::bigint / 1000.0), to_timestamp($7::bigint / 1000.0), "
-        "to_timestamp($7::bigint / 1000.0))",
-        7, p, NULL, NULL, NULL);
+        "amount, order_id, child_id, period_start, posted_at, payable_at) VALUES ($1::uuid, $2, "
+        "$3, 4, 2, $4, $5, NULL, $8, to_timestamp($6::bigint / 1000.0), to_timestamp($7::bigint "
+        "/ 1000.0), to_timestamp($7::bigint / 1000.0))",
+        8, p, NULL, NULL, NULL);
     if (rc || !app->events_on)
         return rc;
     cm_arena *ar = cm_arena_new(16 * 1024);
@@ -72,6 +72,69 @@ static int post_adjustment(cm_db *db, const cms_app *app, const char *tenant,
         rc = cm_outbox_add_batch(db, ev, 2);
     cm_arena_free(ar);
     return rc;
+}
+
+/* the parent's share of the channel's close true-up o->true_up: the pool
+ * of the channel's latest parent in the period (its commissions carry the
+ * parent and rate they accrued under) moves by the true-up like by any
+ * child posting, and the share is a PERIOD_CLOSE adjustment of the
+ * parent. the pool is locked after the period rows, as the consumer does */
+static int parent_share(cm_db *db, const close_tx *t, cms_close_row *o, int64_t posted_ms)
+{
+    char start[24];
+    snprintf(start, sizeof start, "%lld", (long long)t->start_ms);
+    const char *p[] = {t->tenant, t->channel, t->schedule_id, start};
+    PGresult *r = NULL;
+    int rc = cm_db_exec_prepared(
+        db, "read the period's parent", "cms_close_parent",
+        "WITH c AS (SELECT parent_id, parent_bps, currency FROM commissions WHERE tenant_id = $1 "
+        "AND channel_id = $2 AND schedule_id = $3 AND period_start = to_timestamp($4::bigint / "
+        "1000.0) AND parent_id <> '' AND parent_bps > 0 ORDER BY accrued_at DESC, commission_id "
+        "DESC LIMIT 1) SELECT c.parent_id, c.parent_bps, q.base FROM c JOIN parent_pools q ON "
+        "q.tenant_id = $1 AND q.parent_id = c.parent_id AND q.currency = c.currency AND "
+        "q.period_start = to_timestamp($4::bigint / 1000.0) AND q.override_bps = c.parent_bps FOR "
+        "UPDATE OF q",
+        4, p, NULL, NULL, &r);
+    if (rc)
+        return rc;
+    if (PQntuples(r) == 0) {
+        PQclear(r);
+        return 0; /* no parent in the period */
+    }
+    cm_db_text(o->parent, sizeof o->parent, r, 0, 0);
+    int64_t bps = cm_db_int(r, 0, 1), base = cm_db_int(r, 0, 2);
+    PQclear(r);
+    rc = cms_parent_share(bps, base, o->true_up, &o->parent_share);
+    if (rc)
+        return rc;
+    char b[24], d[24], sh[24];
+    snprintf(b, sizeof b, "%lld", (long long)bps);
+    snprintf(d, sizeof d, "%lld", (long long)o->true_up);
+    snprintf(sh, sizeof sh, "%lld", (long long)o->parent_share);
+    const char *q[] = {t->tenant, o->parent, o->currency, start, b, d, sh};
+    rc = cm_db_exec_prepared(db, "move the parent's pool", "cms_close_pool",
+                             "UPDATE parent_pools SET base = base + $6::bigint, posted = posted + "
+                             "$7::bigint WHERE tenant_id = $1 AND parent_id = $2 AND currency = $3 "
+                             "AND period_start = to_timestamp($4::bigint / 1000.0) AND "
+                             "override_bps = $5::int",
+                             7, q, NULL, NULL, NULL);
+    if (rc || !o->parent_share)
+        return rc;
+    cms_adjustment x;
+    memset(&x, 0, sizeof x);
+    if ((rc = cm_id_uuid7(x.id)))
+        return rc;
+    snprintf(x.channel, sizeof x.channel, "%s", o->parent);
+    snprintf(x.child, sizeof x.child, "%s", t->channel);
+    x.kind = CMS_ADJ_PERIOD_CLOSE;
+    snprintf(x.currency, sizeof x.currency, "%s", o->currency);
+    x.amount = o->parent_share;
+    x.period_start_ms = t->start_ms;
+    x.posted_ms = posted_ms;
+    x.state = CMS_PAYABLE;
+    x.payable_ms = posted_ms;
+    snprintf(o->parent_adjustment_id, sizeof o->parent_adjustment_id, "%s", x.id);
+    return post_adjustment(db, t->app, t->tenant, &x);
 }
 
 static int close_fn(cm_db *db, void *arg)
@@ -133,10 +196,24 @@ static int close_fn(cm_db *db, void *arg)
     free(sched);
     if (o->closed_ms) {
         /* closed before: as it was then (late events since moved its
-         * sales, never its close) */
+         * sales, never its close), with the parent's share it posted */
         o->true_up = stored_adj;
         t->verdict = CMS_SAME;
-        return 0;
+        const char *q[] = {t->tenant, t->channel, start};
+        r = NULL;
+        rc = cm_db_exec_prepared(
+            db, "read the close's parent share", "cms_close_parent_adj",
+            "SELECT channel_id, amount, adjustment_id::text FROM adjustments WHERE tenant_id = $1 "
+            "AND kind = 4 AND child_id = $2 AND period_start = to_timestamp($3::bigint / 1000.0) "
+            "ORDER BY posted_at DESC LIMIT 1",
+            3, q, NULL, NULL, &r);
+        if (rc == 0 && PQntuples(r)) {
+            cm_db_text(o->parent, sizeof o->parent, r, 0, 0);
+            o->parent_share = cm_db_int(r, 0, 1);
+            cm_db_text(o->parent_adjustment_id, sizeof o->parent_adjustment_id, r, 0, 2);
+        }
+        PQclear(r);
+        return rc;
     }
     if (mode != CMS_MODE_WHOLE_VOLUME) {
         t->verdict = CMS_ILLEGAL;
@@ -165,6 +242,8 @@ static int close_fn(cm_db *db, void *arg)
         x.payable_ms = x.posted_ms;
         snprintf(o->adjustment_id, sizeof o->adjustment_id, "%s", x.id);
         if ((rc = post_adjustment(db, t->app, t->tenant, &x)))
+            return rc;
+        if ((rc = parent_share(db, t, o, x.posted_ms)))
             return rc;
     }
     char rev[24], adj[24];

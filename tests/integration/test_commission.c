@@ -1609,7 +1609,8 @@ START_TEST(closing_a_whole_volume_period_posts_its_true_up_once)
     seed(&m, "marginal", MARGINAL);
     ck_assert_int_eq(put_schedule(&S, "s-1", &w.s, 0, &stt), 0);
     ck_assert_int_eq(put_schedule(&S, "s-m", &m.s, 0, &stt), 0);
-    put_channel(&S, "ch", ACTIVE, NULL, 0, "whole");
+    put_channel(&S, "par", ACTIVE, NULL, 0, "whole");
+    put_channel(&S, "ch", ACTIVE, "par", 1000, "whole"); /* the parent earns 10 % */
     put_channel(&S, "ch2", ACTIVE, NULL, 0, "whole");
     put_channel(&S, "chm", ACTIVE, NULL, 0, "marginal");
     /* last month in the schedules' zone; the schedules are made to have
@@ -1670,6 +1671,10 @@ START_TEST(closing_a_whole_volume_period_posts_its_true_up_once)
     ck_assert_int_eq(cr->close->tier_schedule_revision, 2);
     ck_assert_int_eq(cr->close->period_start->seconds, P / 1000);
     ck_assert_str_ne(cr->close->adjustment_id, "");
+    /* the parent's pool: 10 % of 1,060.00 before, of 1,120.00 after */
+    ck_assert_str_eq(cr->close->parent_channel_id, "par");
+    ck_assert_int_eq(cr->close->parent_share->amount_minor, 600);
+    ck_assert_str_ne(cr->close->parent_adjustment_id, "");
     char adj[CM_ID_SIZE];
     snprintf(adj, sizeof adj, "%s", cr->close->adjustment_id);
     protobuf_c_message_free_unpacked(&cr->base, NULL);
@@ -1678,8 +1683,14 @@ START_TEST(closing_a_whole_volume_period_posts_its_true_up_once)
     ck_assert(cr->already_closed);
     ck_assert_int_eq(cr->close->true_up->amount_minor, 6000);
     ck_assert_str_eq(cr->close->adjustment_id, adj);
+    ck_assert_int_eq(cr->close->parent_share->amount_minor, 600);
     protobuf_c_message_free_unpacked(&cr->base, NULL);
-    ck_assert_int_eq(sql(&S, "SELECT count(*) FROM adjustments WHERE kind = 4"), 1);
+    ck_assert_int_eq(sql(&S, "SELECT count(*) FROM adjustments WHERE kind = 4"), 2);
+    ck_assert_int_eq(sql(&S, "SELECT amount FROM adjustments WHERE kind = 4 AND channel_id = "
+                             "'par' AND child_id = 'ch' AND order_id IS NULL"),
+                     600);
+    /* the parent earned floor(10 % of the child's net commission) */
+    ck_assert_int_eq(earned(&S, "par"), posted(&S, "ch") / 10);
     ck_assert_int_eq(sql(&S, "SELECT amount FROM adjustments WHERE kind = 4 AND channel_id = 'ch' "
                              "AND state = 2 AND order_id IS NULL"),
                      6000);
@@ -1694,9 +1705,12 @@ START_TEST(closing_a_whole_volume_period_posts_its_true_up_once)
     refunded(&S, o1, uuid(), "ch", "rf-late", 300000);
     wait_for(&S, "SELECT count(*) FROM refunds_applied", 1);
     ck_assert_int_eq(comm_col(&S, "clawed_back", o1), 24000);
-    ck_assert_int_eq(sql(&S, "SELECT count(*) FROM adjustments WHERE refund_id = 'rf-late'"), 0);
+    ck_assert_int_eq(sql(&S, "SELECT count(*) FROM adjustments WHERE refund_id = 'rf-late' AND "
+                             "channel_id = 'ch'"),
+                     0);
     ck_assert_int_eq(posted(&S, "ch"), 112000 - 24000);
     ck_assert_int_eq(earned(&S, "ch"), posted(&S, "ch"));
+    ck_assert_int_eq(earned(&S, "par"), posted(&S, "ch") / 10);
     /* a payment arriving after the close earns its own commission (on its
      * revision's row, 2,000.00 -> 3,000.00 at 5 %: 50.00) and reprices
      * no one */
@@ -1706,6 +1720,7 @@ START_TEST(closing_a_whole_volume_period_posts_its_true_up_once)
     ck_assert_int_eq(comm_col(&S, "amount", o5), 5000);
     ck_assert_int_eq(sql(&S, "SELECT count(*) FROM adjustments WHERE channel_id = 'ch'"), 1);
     ck_assert_int_eq(earned(&S, "ch"), posted(&S, "ch"));
+    ck_assert_int_eq(earned(&S, "par"), posted(&S, "ch") / 10);
     /* the close's CommissionAdjusted, and the partners' adjusted (no
      * order), valid against the schema */
     for (int tries = 0;
@@ -1714,6 +1729,8 @@ START_TEST(closing_a_whole_volume_period_posts_its_true_up_once)
     ck_assert_int_eq(events_of(&S, "commerce.events.v1.CommissionAdjusted", "ch"), 1);
     int kinds[NPT] = {3, 0, 1, 0, 1, 0, 0, 0, 0};
     partner_check(&S, "ch", kinds);
+    int par[NPT] = {0, 0, 0, 0, -1, 0, 0, 0, 0};
+    partner_check(&S, "par", par);
     /* the ticker, in a restarted service, closes ch2's month by itself:
      * the same true-up, once; ch's stays as it was, this month and the
      * marginal month stay open */
@@ -1729,7 +1746,7 @@ START_TEST(closing_a_whole_volume_period_posts_its_true_up_once)
              "NOT NULL",
              2);
     usleep(600 * 1000); /* three more ticks */
-    ck_assert_int_eq(sql(&S, "SELECT count(*) FROM adjustments WHERE kind = 4"), 2);
+    ck_assert_int_eq(sql(&S, "SELECT count(*) FROM adjustments WHERE kind = 4"), 3);
     ck_assert_int_eq(sql(&S, "SELECT amount FROM adjustments WHERE kind = 4 AND channel_id = "
                              "'ch2'"),
                      6000);
