@@ -4,7 +4,7 @@
 - the schema is a valid JSON Schema (draft 2020-12);
 - every example in examples/ validates, uses only fields the schema
   declares, and keeps the contract's invariants (key = channel, subject =
-  commission, amounts add up, one currency);
+  the commission, adjustment or payout, amounts add up, one currency);
 - there is one example per known event type;
 - deliberately broken documents, made by editing the examples, are rejected
   by the schema.
@@ -33,7 +33,10 @@ HERE = pathlib.Path(__file__).resolve().parent
 SCHEMA_PATH = HERE / "schema" / "commission-event.v1.schema.json"
 EXAMPLES = HERE / "examples"
 TYPE_PREFIX = "com.commerce.commission.v1."
-KNOWN_TYPES = {"accrued", "payable", "settled", "clawed_back"}
+COMMISSION_TYPES = {"accrued", "payable", "settled", "clawed_back"}
+ADJUSTMENT_TYPES = {"adjusted", "adjustment_payable"}
+PAYOUT_TYPES = {"payout_created", "payout_paid", "payout_failed"}
+KNOWN_TYPES = COMMISSION_TYPES | ADJUSTMENT_TYPES | PAYOUT_TYPES
 
 passed = 0
 failed = 0
@@ -79,8 +82,59 @@ def amount(m):
     return int(m["amount_minor"])
 
 
+def adjustment_invariants(doc):
+    """adjusted, adjustment_payable"""
+    errs = []
+    data = doc["data"]
+    a = data["adjustment"]
+    if doc["partitionkey"] != data["channel_id"] or a["channel_id"] != data["channel_id"]:
+        errs.append("partitionkey, data.channel_id and adjustment.channel_id differ")
+    if doc["subject"] != a["adjustment_id"]:
+        errs.append("subject is not adjustment.adjustment_id")
+    if (a["kind"] == "ADJUSTMENT_KIND_PERIOD_CLOSE") == ("order_id" in a):
+        errs.append("order_id present exactly for every kind but PERIOD_CLOSE")
+    if a["kind"] == "ADJUSTMENT_KIND_PARENT_SHARE" and "child_channel_id" not in a:
+        errs.append("a PARENT_SHARE without child_channel_id")
+    if a["kind"] not in ("ADJUSTMENT_KIND_PARENT_SHARE", "ADJUSTMENT_KIND_PERIOD_CLOSE") \
+            and "child_channel_id" in a:
+        errs.append("child_channel_id on an adjustment that is no parent's")
+    if a["kind"] == "ADJUSTMENT_KIND_CLAWBACK":
+        if amount(a["amount"]) >= 0:
+            errs.append("a CLAWBACK adjustment is not negative")
+        if "refund_id" not in a:
+            errs.append("a CLAWBACK adjustment without refund_id")
+    if (a["state"] == "COMMISSION_STATE_FROZEN") == ("payable_at" in a):
+        errs.append("payable_at present exactly when not FROZEN")
+    return errs
+
+
+def payout_invariants(doc):
+    """payout_created, payout_paid, payout_failed"""
+    errs = []
+    data = doc["data"]
+    p = data["payout"]
+    if doc["partitionkey"] != data["channel_id"] or p["channel_id"] != data["channel_id"]:
+        errs.append("partitionkey, data.channel_id and payout.channel_id differ")
+    if doc["subject"] != p["payout_id"]:
+        errs.append("subject is not payout.payout_id")
+    if int(p["commissions"]) < 0 or int(p["adjustments"]) < 0:
+        errs.append("negative item counts")
+    if int(p["commissions"]) + int(p["adjustments"]) == 0:
+        errs.append("a payout of no items")
+    if "provider_reference" in p and "failure_reason" in p:
+        errs.append("both provider_reference and failure_reason")
+    return errs
+
+
 def invariants(doc):
     """the rules the schema cannot say; returns a list of violations"""
+    kind = doc["type"][len(TYPE_PREFIX):] if doc["type"].startswith(TYPE_PREFIX) else ""
+    if kind in ADJUSTMENT_TYPES:
+        return adjustment_invariants(doc)
+    if kind in PAYOUT_TYPES:
+        return payout_invariants(doc)
+    if kind not in COMMISSION_TYPES:
+        return []  # a type this checker does not know: readers skip it
     errs = []
     data = doc["data"]
     c = data["commission"]
@@ -167,6 +221,35 @@ BROKEN = [
      "8c1e2f7a-5b9d-4c3e-9f21-0a6b7c8d9e0f"),
     ("order_id in upper case", "accrued", ["data", "commission", "order_id"],
      "E1D05D68-9690-8A54-B4B1-BCCE4BDA6785"),
+    ("adjustment amount of zero", "adjusted", ["data", "adjustment", "amount", "amount_minor"], "0"),
+    ("adjustment amount as a number", "adjusted",
+     ["data", "adjustment", "amount", "amount_minor"], -27000),
+    ("adjustment without kind", "adjusted", ["data", "adjustment", "kind"], DELETE),
+    ("true-up without order_id", "adjusted", ["data", "adjustment", "order_id"], DELETE),
+    ("period close with an order_id", "adjusted", ["data", "adjustment", "kind"],
+     "ADJUSTMENT_KIND_PERIOD_CLOSE"),
+    ("adjustment kind not an enum name", "adjusted", ["data", "adjustment", "kind"], "true_up"),
+    ("adjusted but SETTLED", "adjusted", ["data", "adjustment", "state"],
+     "COMMISSION_STATE_SETTLED"),
+    ("adjusted without the adjustment", "adjusted", ["data", "adjustment"], DELETE),
+    ("adjustment_payable without payable_at", "adjustment_payable",
+     ["data", "adjustment", "payable_at"], DELETE),
+    ("adjustment_payable but FROZEN", "adjustment_payable", ["data", "adjustment", "state"],
+     "COMMISSION_STATE_FROZEN"),
+    ("payout of zero", "payout_created", ["data", "payout", "amount", "amount_minor"], "0"),
+    ("payout_created but PAID", "payout_created", ["data", "payout", "state"],
+     "PAYOUT_STATE_PAID"),
+    ("payout without created_at", "payout_created", ["data", "payout", "created_at"], DELETE),
+    ("payout commissions as a number", "payout_created", ["data", "payout", "commissions"], 1),
+    ("payout_paid without provider_reference", "payout_paid",
+     ["data", "payout", "provider_reference"], DELETE),
+    ("payout_paid without reported_at", "payout_paid", ["data", "payout", "reported_at"], DELETE),
+    ("payout_failed without failure_reason", "payout_failed",
+     ["data", "payout", "failure_reason"], DELETE),
+    ("payout_failed but PENDING", "payout_failed", ["data", "payout", "state"],
+     "PAYOUT_STATE_PENDING"),
+    ("payout id not a UUIDv7", "payout_paid", ["data", "payout", "payout_id"],
+     "8c1e2f7a-5b9d-4c3e-9f21-0a6b7c8d9e0f"),
 ]
 
 
@@ -216,7 +299,7 @@ def main():
     doc["data"]["commission"]["new_field"] = "x"
     check(validator.is_valid(doc), "accepts unknown attributes and fields (additive change)")
     doc = copy.deepcopy(examples["accrued"])
-    doc["type"] = TYPE_PREFIX + "adjusted"
+    doc["type"] = TYPE_PREFIX + "something_new"
     doc["data"] = {"anything": True}
     check(validator.is_valid(doc), "accepts an unknown event type (skipped by readers)")
 

@@ -48,6 +48,7 @@ typedef struct period {
     int64_t revision, start_ms, end_ms;
     int64_t net_sales, posted, orders;
     cms_schedule_row sched;
+    int closed; /* the period is closed: no true-ups any more */
     int dirty;
 } period;
 
@@ -631,13 +632,16 @@ static int lock_rows(cms_accrual *a, cm_db *db)
              * per batch row */
             "SELECT p.tenant_id, p.channel_id, p.schedule_id, p.schedule_revision, "
             "(extract(epoch FROM p.period_start) * 1000)::bigint, p.net_sales, p.posted, "
-            "p.orders, " CMS_SCHEDULE_COLS " FROM (SELECT * FROM unnest($1::text[] COLLATE "
-            "\"C\", $2::text[] COLLATE \"C\", $3::text[] COLLATE \"C\", $4::bigint[], "
-            "$5::bigint[]) AS u(t, c, s, r, ps) ORDER BY 1, 2, 3, 4, 5) u CROSS JOIN LATERAL "
-            "(SELECT * FROM channel_periods k WHERE k.tenant_id = u.t AND k.channel_id = u.c AND "
-            "k.schedule_id = u.s AND k.schedule_revision = u.r AND k.period_start = "
-            "to_timestamp(u.ps / 1000.0) FOR UPDATE) p JOIN tier_schedules s ON s.tenant_id = "
-            "p.tenant_id AND s.schedule_id = p.schedule_id AND s.revision = p.schedule_revision",
+            "p.orders, " CMS_SCHEDULE_COLS ", EXISTS (SELECT 1 FROM channel_periods q WHERE "
+            "q.tenant_id = p.tenant_id AND q.channel_id = p.channel_id AND q.schedule_id = "
+            "p.schedule_id AND q.period_start = p.period_start AND q.closed_at IS NOT NULL) FROM "
+            "(SELECT * FROM unnest($1::text[] COLLATE \"C\", $2::text[] COLLATE \"C\", "
+            "$3::text[] COLLATE \"C\", $4::bigint[], $5::bigint[]) AS u(t, c, s, r, ps) ORDER BY "
+            "1, 2, 3, 4, 5) u CROSS JOIN LATERAL (SELECT * FROM channel_periods k WHERE "
+            "k.tenant_id = u.t AND k.channel_id = u.c AND k.schedule_id = u.s AND "
+            "k.schedule_revision = u.r AND k.period_start = to_timestamp(u.ps / 1000.0) FOR "
+            "UPDATE) p JOIN tier_schedules s ON s.tenant_id = p.tenant_id AND s.schedule_id = "
+            "p.schedule_id AND s.revision = p.schedule_revision",
             5, p, NULL, NULL, &r);
     cm_buf_columns_free(c, 7);
     if (rc)
@@ -655,6 +659,7 @@ static int lock_rows(cms_accrual *a, cm_db *db)
         q->posted = i64(r, i, 6);
         q->orders = i64(r, i, 7);
         cms_store_parse_schedule(r, i, 8, &q->sched);
+        q->closed = PQgetvalue(r, i, 8 + CMS_SCHEDULE_NCOLS)[0] == 't';
     }
     PQclear(r);
     if (rc || !a->npools)
@@ -803,9 +808,18 @@ static int adjust(cms_accrual *a, const char *tenant, const char *channel, int k
     rc = cm_id_uuid7(id);
     if (rc == 0)
         rc = cms_ev_pack_adjusted(a->arena, tenant, id, x, &payload, &len);
-    return rc ? rc
-              : add_event(a, tenant, channel, CMS_TYPE_ADJUSTED, id, payload, len, at_ms,
-                          traceparent);
+    if (rc == 0)
+        rc = add_event(a, tenant, channel, CMS_TYPE_ADJUSTED, id, payload, len, at_ms, traceparent);
+    /* and for partners */
+    if (rc == 0 && !GROW(a->evs, a->nevs, a->cevs)) {
+        rc = cms_partner_adjustment_event(a->arena, a->partner_topic, CMS_PARTNER_ADJUSTED, tenant,
+                                          x, at_ms, traceparent, &a->evs[a->nevs]);
+        if (rc == 0)
+            a->nevs++;
+    } else if (rc == 0) {
+        rc = CM_ENOMEM;
+    }
+    return rc;
 }
 
 /* the parent's share of a child's posting of delta */
@@ -870,6 +884,8 @@ static int accrue(cms_accrual *a, item *it, int64_t at_ms)
     int rc = cms_accrue(&p->sched.s, p->net_sales, it->amount, &post);
     if (rc == 0)
         rc = cms_portions(&p->sched.s, p->net_sales, it->amount, por, &npor);
+    if (rc == 0 && p->closed)
+        cms_posting_closed(&post); /* a late payment reprices no one */
     if (rc) {
         cm_log_error("commission cannot accrue", "tenant", it->tenant, "order_id", it->order_id,
                      "error", cm_strerror(rc), NULL);
@@ -981,6 +997,8 @@ static int apply_refund(cms_accrual *a, item *it, int64_t at_ms)
                      "refund_id", it->refund_id, "error", cm_strerror(rc), NULL);
         return 0;
     }
+    if (p->closed)
+        cms_posting_closed(&post); /* the order's own clawback, no repricing */
     if ((rc = GROW(a->applied, a->napplied, a->capplied)))
         return rc;
     a->applied[a->napplied++] = (applied){.tenant = it->tenant,

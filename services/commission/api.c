@@ -9,6 +9,7 @@
 #include "cm_page.h"
 #include "cm_pb.h"
 #include "cm_utf8.h"
+#include "cms_close.h"
 #include "cms_domain.h"
 #include "cms_events.h"
 #include "cms_payout.h"
@@ -634,29 +635,6 @@ static int get_channel_summary(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Prot
 
 /* ---- payouts ---- */
 
-static Commerce__Commission__V1__Payout *pb_payout(cm_arena *a, const cms_payout *p)
-{
-    Commerce__Commission__V1__Payout *m = cm_arena_calloc(a, 1, sizeof *m);
-    if (!m)
-        return NULL;
-    commerce__commission__v1__payout__init(m);
-    m->payout_id = cm_arena_strdup(a, p->id);
-    m->channel_id = cm_arena_strdup(a, p->channel);
-    m->state = (Commerce__Commission__V1__PayoutState)p->state;
-    m->amount = cm_pb_money(a, p->amount, p->currency);
-    m->commissions = p->commissions;
-    m->adjustments = p->adjustments;
-    m->request_id = cm_arena_strdup(a, p->request_id);
-    m->created_at = cm_pb_timestamp(a, p->created_ms);
-    m->reported_at = p->reported_ms ? cm_pb_timestamp(a, p->reported_ms) : NULL;
-    m->provider_reference = cm_arena_strdup(a, p->reference);
-    m->failure_reason = cm_arena_strdup(a, p->reason);
-    return m->payout_id && m->channel_id && m->amount && m->request_id && m->created_at &&
-                   m->provider_reference && m->failure_reason
-               ? m
-               : NULL;
-}
-
 static int settle_commissions(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
 {
     const Commerce__Commission__V1__SettleCommissionsRequest *req = (const void *)in;
@@ -670,6 +648,11 @@ static int settle_commissions(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Proto
         return fail_field(ctx, "channel_id", "required: " KEY_RULE);
     if (!cm_money_currency_valid(req->currency))
         return fail_field(ctx, "currency", "required: an ISO-4217 code");
+    int64_t period = 0;
+    if (req->period_start && (cm_pb_timestamp_check(req->period_start, &period) || period <= 0))
+        return fail_field(ctx, "period_start",
+                          "a valid timestamp after 1970, or unset for every "
+                          "period");
     cms_payout *p = cm_rpc_alloc(ctx, sizeof *p);
     if (!p)
         return cm_rpc_fail_err(ctx, CM_ENOMEM, "payout");
@@ -677,7 +660,7 @@ static int settle_commissions(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Proto
     int verdict = 0;
     const char *tenant = cm_rpc_ctx_tenant(ctx);
     int rc = cms_payout_settle(cm_service_db(ctx), cm_service_app(ctx), tenant, req->request_id,
-                               req->channel_id, req->currency, p, &payable, &verdict);
+                               req->channel_id, req->currency, period, p, &payable, &verdict);
     if (rc)
         return cm_rpc_fail_err(ctx, rc, "could not settle the channel");
     if (verdict == CMS_NO_REF)
@@ -692,7 +675,7 @@ static int settle_commissions(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Proto
     if (verdict == CMS_OK)
         cm_log_info("payout made", "tenant", tenant, "channel_id", p->channel, "payout_id", p->id,
                     "amount", num(a, p->amount), NULL);
-    resp->payout = pb_payout(a, p);
+    resp->payout = cms_pb_payout(a, p);
     return resp->payout ? 0 : cm_rpc_fail_err(ctx, CM_ENOMEM, "payout");
 }
 
@@ -710,7 +693,7 @@ static int get_payout(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMess
         return cm_rpc_fail_not_found(ctx, "payout");
     if (rc)
         return cm_rpc_fail_err(ctx, rc, "could not read the payout");
-    resp->payout = pb_payout(cm_rpc_ctx_arena(ctx), p);
+    resp->payout = cms_pb_payout(cm_rpc_ctx_arena(ctx), p);
     return resp->payout ? 0 : cm_rpc_fail_err(ctx, CM_ENOMEM, "payout");
 }
 
@@ -746,8 +729,214 @@ static int report_payout_result(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Pro
     if (verdict == CMS_OK)
         cm_log_info("payout result", "tenant", tenant, "payout_id", p->id, "state",
                     result == CMS_PAYOUT_PAID ? "paid" : "failed", NULL);
-    resp->payout = pb_payout(cm_rpc_ctx_arena(ctx), p);
+    resp->payout = cms_pb_payout(cm_rpc_ctx_arena(ctx), p);
     return resp->payout ? 0 : cm_rpc_fail_err(ctx, CM_ENOMEM, "payout");
+}
+
+static int list_payouts(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    const Commerce__Commission__V1__ListPayoutsRequest *req = (const void *)in;
+    Commerce__Commission__V1__ListPayoutsResponse *resp = (void *)out;
+    cm_arena *a = cm_rpc_ctx_arena(ctx);
+    if (*req->channel_id && !valid_key(req->channel_id))
+        return fail_field(ctx, "channel_id", KEY_RULE ", or empty for any");
+    unsigned states = 0;
+    for (size_t i = 0; i < req->n_states; i++) {
+        if ((int)req->states[i] < CMS_PAYOUT_PENDING || (int)req->states[i] > CMS_PAYOUT_FAILED)
+            return fail_field(ctx, cm_arena_printf(a, "states[%zu]", i), "PENDING, PAID or FAILED");
+        states |= 1u << req->states[i];
+    }
+    uint64_t fh = cm_page_filters(cm_arena_printf(a, "%s|%u", req->channel_id, states));
+    char pos[CM_PAGE_POSITION_MAX + 1];
+    const char *after;
+    int limit;
+    if (cm_page_begin(ctx, req->page_size, req->page_token, 'p', fh, pos, &after, &limit))
+        return -1;
+    if (after && !cm_id_is_uuid(after))
+        return cm_page_bad_token(ctx);
+    cms_payout *rows = malloc((size_t)(limit + 1) * sizeof *rows);
+    if (!rows)
+        return cm_rpc_fail_err(ctx, CM_ENOMEM, "payouts");
+    int n = 0;
+    int rc = cms_payout_list(cm_service_db(ctx), cm_rpc_ctx_tenant(ctx), req->channel_id, states,
+                             after ? after : "", limit + 1, rows, &n);
+    if (rc) {
+        free(rows);
+        return cm_rpc_fail_err(ctx, rc, "could not list the payouts");
+    }
+    int more = n > limit;
+    if (more)
+        n = limit;
+    resp->payouts = cm_rpc_alloc(ctx, (size_t)(n ? n : 1) * sizeof *resp->payouts);
+    for (int i = 0; resp->payouts && i < n; i++)
+        if (!(resp->payouts[i] = cms_pb_payout(a, &rows[i])))
+            resp->payouts = NULL;
+    const char *end = n ? cm_arena_strdup(a, rows[n - 1].id) : NULL;
+    free(rows);
+    if (!resp->payouts || (n && !end))
+        return cm_rpc_fail_err(ctx, CM_ENOMEM, "payouts");
+    resp->n_payouts = (size_t)n;
+    return cm_page_next(ctx, more, 'p', fh, end, &resp->next_page_token);
+}
+
+/* ---- closing periods ---- */
+
+static Commerce__Commission__V1__PeriodClose *pb_close(cm_arena *a, const cms_close_row *c)
+{
+    Commerce__Commission__V1__PeriodClose *m = cm_arena_calloc(a, 1, sizeof *m);
+    if (!m)
+        return NULL;
+    commerce__commission__v1__period_close__init(m);
+    m->channel_id = cm_arena_strdup(a, c->channel);
+    m->tier_schedule_id = cm_arena_strdup(a, c->schedule_id);
+    m->tier_schedule_revision = c->revision;
+    m->period_start = cm_pb_timestamp(a, c->start_ms);
+    m->period_end = cm_pb_timestamp(a, c->end_ms);
+    m->net_sales = cm_pb_money(a, c->net_sales, c->currency);
+    m->commission = cm_pb_money(a, c->commission, c->currency);
+    m->true_up = cm_pb_money(a, c->true_up, c->currency);
+    m->adjustment_id = cm_arena_strdup(a, c->adjustment_id);
+    m->closed_at = cm_pb_timestamp(a, c->closed_ms);
+    m->parent_channel_id = cm_arena_strdup(a, c->parent);
+    m->parent_share = cm_pb_money(a, c->parent_share, c->currency);
+    m->parent_adjustment_id = cm_arena_strdup(a, c->parent_adjustment_id);
+    return m->channel_id && m->tier_schedule_id && m->period_start && m->period_end &&
+                   m->net_sales && m->commission && m->true_up && m->adjustment_id &&
+                   m->closed_at && m->parent_channel_id && m->parent_share &&
+                   m->parent_adjustment_id
+               ? m
+               : NULL;
+}
+
+static int close_period(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    const Commerce__Commission__V1__ClosePeriodRequest *req = (const void *)in;
+    Commerce__Commission__V1__ClosePeriodResponse *resp = (void *)out;
+    cm_arena *a = cm_rpc_ctx_arena(ctx);
+    if (cm_rpc_require_role(ctx, "admin"))
+        return -1;
+    if (!valid_key(req->channel_id))
+        return fail_field(ctx, "channel_id", "required: " KEY_RULE);
+    if (!valid_key(req->tier_schedule_id))
+        return fail_field(ctx, "tier_schedule_id", "required: " KEY_RULE);
+    int64_t start = 0;
+    if (!req->period_start || cm_pb_timestamp_check(req->period_start, &start) || start <= 0)
+        return fail_field(ctx, "period_start",
+                          "required: the period's start (Commission."
+                          "period_start), after 1970");
+    cms_close_row *c = cm_rpc_alloc(ctx, sizeof *c);
+    if (!c)
+        return cm_rpc_fail_err(ctx, CM_ENOMEM, "period close");
+    int verdict = 0;
+    const char *tenant = cm_rpc_ctx_tenant(ctx);
+    int rc = cms_close_period(cm_service_db(ctx), cm_service_app(ctx), tenant, req->channel_id,
+                              req->tier_schedule_id, start, c, &verdict);
+    if (rc)
+        return cm_rpc_fail_err(ctx, rc, "could not close the period");
+    if (verdict == CMS_NO_REF)
+        return cm_rpc_fail_not_found(ctx, "period");
+    if (verdict == CMS_CLOSE_EARLY || verdict == CMS_ILLEGAL) {
+        int early = verdict == CMS_CLOSE_EARLY;
+        int f = cm_rpc_fail(ctx, GRPC_STATUS_FAILED_PRECONDITION, "ILLEGAL_STATE_TRANSITION",
+                            early ? "the period has not ended: it closes after its end"
+                                  : "the period's newest schedule revision is not whole volume: "
+                                    "a marginal period needs no close");
+        cm_rpc_fail_meta(ctx, "field", early ? "period_start" : "tier_schedule_id");
+        return f;
+    }
+    if (verdict == CMS_OK)
+        cm_log_info("period closed", "tenant", tenant, "channel_id", c->channel, "tier_schedule_id",
+                    c->schedule_id, "true_up", num(a, c->true_up), "principal", principal(ctx),
+                    NULL);
+    resp->already_closed = verdict == CMS_SAME;
+    resp->close = pb_close(a, c);
+    return resp->close ? 0 : cm_rpc_fail_err(ctx, CM_ENOMEM, "period close");
+}
+
+/* ---- tenant settings ---- */
+
+static Commerce__Commission__V1__TenantSettings *pb_settings(cm_arena *a, const cms_settings *s,
+                                                             long long default_days)
+{
+    Commerce__Commission__V1__TenantSettings *m = cm_arena_calloc(a, 1, sizeof *m);
+    Google__Protobuf__Duration *w = cm_arena_calloc(a, 1, sizeof *w);
+    if (!m || !w)
+        return NULL;
+    commerce__commission__v1__tenant_settings__init(m);
+    google__protobuf__duration__init(w);
+    w->seconds = cms_window_of(s->has_window, s->window_s, default_days);
+    m->after_sale_window = w;
+    m->after_sale_window_default = !s->has_window;
+    m->revision = s->revision;
+    m->updated_at = s->updated_ms > 0 && s->revision ? cm_pb_timestamp(a, s->updated_ms) : NULL;
+    m->updated_by = cm_arena_strdup(a, s->updated_by);
+    return m->updated_by ? m : NULL;
+}
+
+static int get_tenant_settings(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    (void)in;
+    Commerce__Commission__V1__GetTenantSettingsResponse *resp = (void *)out;
+    if (cm_rpc_require_role(ctx, "admin"))
+        return -1;
+    cms_settings *s = cm_rpc_alloc(ctx, sizeof *s);
+    if (!s)
+        return cm_rpc_fail_err(ctx, CM_ENOMEM, "tenant settings");
+    int rc = cms_store_get_settings(cm_service_db(ctx), cm_rpc_ctx_tenant(ctx), s);
+    if (rc)
+        return cm_rpc_fail_err(ctx, rc, "could not read the tenant settings");
+    const cms_app *app = cm_service_app(ctx);
+    resp->settings = pb_settings(cm_rpc_ctx_arena(ctx), s, app->after_sale_days);
+    return resp->settings ? 0 : cm_rpc_fail_err(ctx, CM_ENOMEM, "tenant settings");
+}
+
+static int put_tenant_settings(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    const Commerce__Commission__V1__PutTenantSettingsRequest *req = (const void *)in;
+    Commerce__Commission__V1__PutTenantSettingsResponse *resp = (void *)out;
+    cm_arena *a = cm_rpc_ctx_arena(ctx);
+    if (cm_rpc_require_role(ctx, "admin"))
+        return -1;
+    if (!valid_key(req->request_id))
+        return fail_field(ctx, "request_id", "required: " KEY_RULE);
+    if (req->expected_revision < 0)
+        return fail_field(ctx, "expected_revision", "must be >= 0");
+    if (!req->settings)
+        return fail_field(ctx, "settings", "required");
+    const Google__Protobuf__Duration *w = req->settings->after_sale_window;
+    cms_violation v;
+    if (w && cms_window_check(w->seconds, w->nanos, &v))
+        return fail_field(ctx, v.field, v.why);
+    cms_settings *want = cm_rpc_alloc(ctx, sizeof *want);
+    cms_settings *now = cm_rpc_alloc(ctx, sizeof *now);
+    if (!want || !now)
+        return cm_rpc_fail_err(ctx, CM_ENOMEM, "tenant settings");
+    want->has_window = w != NULL;
+    want->window_s = w ? w->seconds : 0;
+    const char *body =
+        cm_arena_printf(a, "settings.v1|%s|%lld|%lld", w ? "own" : "default",
+                        (long long)want->window_s, (long long)req->expected_revision);
+    if (!body)
+        return cm_rpc_fail_err(ctx, CM_ENOMEM, "tenant settings");
+    char hash[CM_SHA256_HEX];
+    cm_sha256_hex(body, strlen(body), hash);
+    int verdict = 0;
+    const char *tenant = cm_rpc_ctx_tenant(ctx);
+    int rc = cms_store_put_settings(cm_service_db(ctx), tenant, req->request_id, hash, want,
+                                    req->expected_revision, principal(ctx), now, &verdict);
+    if (rc)
+        return cm_rpc_fail_err(ctx, rc, "could not store the tenant settings");
+    if (verdict == CMS_KEY_REUSED)
+        return cm_rpc_fail_key_reused(ctx, "request_id");
+    if (verdict == CMS_VERSION)
+        return cm_rpc_fail_version(ctx, "expected_revision", req->expected_revision, now->revision);
+    const cms_app *app = cm_service_app(ctx);
+    if (verdict == CMS_OK)
+        cm_log_info("tenant settings stored", "tenant", tenant, "after_sale_window_s",
+                    want->has_window ? num(a, want->window_s) : "default", "revision",
+                    num(a, now->revision), "principal", principal(ctx), NULL);
+    resp->settings = pb_settings(a, now, app->after_sale_days);
+    return resp->settings ? 0 : cm_rpc_fail_err(ctx, CM_ENOMEM, "tenant settings");
 }
 
 const cm_rpc_method cms_methods[] = {
@@ -763,6 +952,10 @@ const cm_rpc_method cms_methods[] = {
     {"SettleCommissions", settle_commissions, 0},
     {"GetPayout", get_payout, 0},
     {"ReportPayoutResult", report_payout_result, 0},
+    {"ListPayouts", list_payouts, 0},
+    {"ClosePeriod", close_period, 0},
+    {"GetTenantSettings", get_tenant_settings, 0},
+    {"PutTenantSettings", put_tenant_settings, 0},
 };
 const size_t cms_methods_count = sizeof cms_methods / sizeof cms_methods[0];
 
@@ -776,6 +969,7 @@ int cms_app_init(cm_service *svc, void **out, char *err, size_t errlen)
         return CM_ENOMEM;
     }
     app->events_on = (int)cm_service_int(svc, "COMMISSION_EVENTS");
+    app->after_sale_days = cm_service_int(svc, "COMMISSION_AFTER_SALE_DAYS");
     snprintf(app->topic, sizeof app->topic, "%s", cm_service_text(svc, "COMMISSION_TOPIC"));
     cm_metrics *m = cm_service_metrics(svc);
     static const double lag_bounds[] = {0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30, 60};

@@ -13,9 +13,10 @@
 
 typedef struct cms_app {
     int events_on;
-    char topic[256];         /* COMMISSION_TOPIC */
-    char partner_topic[256]; /* COMMISSION_PARTNER_TOPIC */
-    cms_accrual *accrual;    /* the order-event consumer's (one consumer thread) */
+    long long after_sale_days; /* COMMISSION_AFTER_SALE_DAYS: tenants without a window */
+    char topic[256];           /* COMMISSION_TOPIC */
+    char partner_topic[256];   /* COMMISSION_PARTNER_TOPIC */
+    cms_accrual *accrual;      /* the order-event consumer's (one consumer thread) */
     cm_counter *accrued, *clawbacks, *duplicates, *skipped, *parked, *adjustments;
     cm_counter *dead_lettered;
     cm_histogram *lag;

@@ -210,4 +210,31 @@ int cms_portions(const cms_schedule *s, int64_t sales_before, int64_t amount, cm
  * unknown mode */
 const char *cms_mode_name(int mode);
 
+/* the after-sale window of a tenant (TenantSettings.after_sale_window):
+ * whole seconds, 0 .. CMS_WINDOW_MAX_S (90 days). */
+#define CMS_WINDOW_MAX_S (90LL * 86400)
+
+/* checks a window given as a Duration's seconds and nanos. returns 0 or
+ * CM_EINVAL with v (may be NULL) naming "settings.after_sale_window":
+ * negative, a fraction of a second, or longer than 90 days. */
+int cms_window_check(int64_t seconds, int32_t nanos, cms_violation *v);
+
+/* the window that applies to a tenant: its own (has_own, own_s) or the
+ * service's default in days. */
+int64_t cms_window_of(int has_own, int64_t own_s, int64_t default_days);
+
+/* closing a period (README.md, "Closing a period"). the rows of one
+ * channel period under one schedule (one per revision its events used)
+ * are repriced together under the newest revision s: *net = the sum of
+ * net[0..n), *commission = C(*net) under s, *adj = *commission - the sum
+ * of posted[0..n) (cms_true_up). returns 0, CM_EINVAL (bad schedule, n 0,
+ * a net < 0) or CM_EOVERFLOW. */
+int cms_close(const cms_schedule *s, const int64_t *net, const int64_t *posted, size_t n,
+              int64_t *net_total, int64_t *commission, int64_t *adj);
+
+/* a posting of an event of a closed period: the period is not repriced
+ * any more, so the true-up of its other sales is dropped and the posting
+ * moves the period by the order's own change only. */
+void cms_posting_closed(cms_posting *p);
+
 #endif

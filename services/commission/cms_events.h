@@ -22,11 +22,23 @@
 #define CMS_TYPE_ADJUSTED "commerce.events.v1.CommissionAdjusted"
 #define CMS_TYPE_PAYABLE "commerce.events.v1.CommissionPayable"
 #define CMS_TYPE_SETTLED "commerce.events.v1.CommissionSettled"
+#define CMS_TYPE_ADJUSTMENT_PAYABLE "commerce.events.v1.CommissionAdjustmentPayable"
+#define CMS_TYPE_PAYOUT_CREATED "commerce.events.v1.CommissionPayoutCreated"
+#define CMS_TYPE_PAYOUT_PAID "commerce.events.v1.CommissionPayoutPaid"
+#define CMS_TYPE_PAYOUT_FAILED "commerce.events.v1.CommissionPayoutFailed"
+
+/* which payout event (cms_ev_pack_payout) */
+enum { CMS_PAYOUT_EV_CREATED = 1, CMS_PAYOUT_EV_PAID, CMS_PAYOUT_EV_FAILED };
+
+typedef struct cms_payout cms_payout; /* cms_payout.h */
 
 /* the protos of a commission, an adjustment and a schedule (in a); NULL
  * when out of memory */
 Commerce__Commission__V1__Commission *cms_pb_commission(cm_arena *a, const cms_commission *c);
 Commerce__Commission__V1__Adjustment *cms_pb_adjustment(cm_arena *a, const cms_adjustment *x);
+
+/* the proto of a payout (in a); NULL when out of memory */
+Commerce__Commission__V1__Payout *cms_pb_payout(cm_arena *a, const cms_payout *p);
 
 /* pack the events into a. 0 or CM_ENOMEM. */
 int cms_ev_pack_accrued(cm_arena *a, const char *tenant, const char *event_id,
@@ -40,6 +52,15 @@ int cms_ev_pack_clawed_back(cm_arena *a, const char *tenant, const char *event_i
                             const uint8_t **out, size_t *len);
 int cms_ev_pack_adjusted(cm_arena *a, const char *tenant, const char *event_id,
                          const cms_adjustment *x, const uint8_t **out, size_t *len);
+int cms_ev_pack_adjustment_payable(cm_arena *a, const char *tenant, const char *event_id,
+                                   const cms_adjustment *x, const uint8_t **out, size_t *len);
+
+/* a payout event of kind CMS_PAYOUT_EV_*: *type its ce_type, *occurred_ms
+ * its time (created_at for CREATED, reported_at otherwise). 0, CM_ENOMEM
+ * or CM_EINVAL (an unknown kind). */
+int cms_ev_pack_payout(cm_arena *a, const char *tenant, const char *event_id, int kind,
+                       const cms_payout *p, const char **type, int64_t *occurred_ms,
+                       const uint8_t **out, size_t *len);
 
 /* the consumer's handler and transaction hooks (arg: the cms_app) */
 int cms_on_order_event(cm_db *db, const cm_event *ev, void *arg);

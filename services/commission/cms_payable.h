@@ -1,9 +1,11 @@
 /*
  * cms_payable: FROZEN -> PAYABLE (README.md, "Payable"). a singleton
  * ticker moves, in batches, the FROZEN commissions whose order completed
- * more than COMMISSION_AFTER_SALE_DAYS ago, with the FROZEN adjustments
- * their orders caused, and writes a CommissionPayable per commission
- * through the outbox in the same transaction.
+ * more than the tenant's after-sale window ago (its own, else
+ * COMMISSION_AFTER_SALE_DAYS), with the FROZEN adjustments their orders
+ * caused, and writes a CommissionPayable per commission and a
+ * CommissionAdjustmentPayable per adjustment (and the partners' payable
+ * and adjustment_payable) through the outbox in the same transaction.
  */
 #ifndef CMS_PAYABLE_H
 #define CMS_PAYABLE_H

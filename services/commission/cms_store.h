@@ -27,7 +27,12 @@ enum { CMS_PERIOD_WEEK = 1, CMS_PERIOD_MONTH = 2, CMS_PERIOD_QUARTER = 3, CMS_PE
 enum { CMS_PAYER_MERCHANT = 1, CMS_PAYER_PLATFORM = 2 };
 enum { CMS_FROZEN = 1, CMS_PAYABLE = 2, CMS_SETTLED = 3, CMS_CLAWED_BACK = 4 };
 enum { CMS_PAYOUT_PENDING = 1, CMS_PAYOUT_PAID = 2, CMS_PAYOUT_FAILED = 3 };
-enum { CMS_ADJ_TRUE_UP = 1, CMS_ADJ_PARENT_SHARE = 2, CMS_ADJ_CLAWBACK = 3 };
+enum {
+    CMS_ADJ_TRUE_UP = 1,
+    CMS_ADJ_PARENT_SHARE = 2,
+    CMS_ADJ_CLAWBACK = 3,
+    CMS_ADJ_PERIOD_CLOSE = 4
+};
 /* verdicts of idempotent writes */
 enum {
     CMS_OK = 0,
@@ -191,5 +196,35 @@ void cms_store_parse_schedule(const PGresult *r, int row, int col, cms_schedule_
     "1000)::bigint, 0), coalesce(payout_id::text, ''), payer"
 #define CMS_COMMISSION_NCOLS 29
 void cms_store_parse_commission(const PGresult *r, int row, cms_commission *c);
+/* the adjustment columns (of adjustments, unqualified) and their parser */
+#define CMS_ADJUSTMENT_COLS                                                                        \
+    "adjustment_id::text, channel_id, kind, currency, amount, order_id::text, refund_id, "         \
+    "child_id, (extract(epoch FROM period_start) * 1000)::bigint, (extract(epoch FROM posted_at) " \
+    "* 1000)::bigint, state, coalesce((extract(epoch FROM payable_at) * 1000)::bigint, 0), "       \
+    "coalesce(payout_id::text, ''), payer, merchant_id"
+#define CMS_ADJUSTMENT_NCOLS 15
+void cms_store_parse_adjustment(const PGresult *r, int row, cms_adjustment *a);
+
+/* ---- tenant settings ---- */
+
+typedef struct cms_settings {
+    int has_window;   /* the tenant set its own after-sale window */
+    int64_t window_s; /* its window, when has_window */
+    int64_t revision; /* 0: no settings of its own */
+    int64_t updated_ms;
+    char updated_by[CMS_PRINCIPAL_MAX * 4 + 1];
+} cms_settings;
+
+/* the tenant's settings (revision 0 and has_window 0 when it has none) */
+int cms_store_get_settings(cm_db *db, const char *tenant, cms_settings *out);
+
+/* PutTenantSettings: in->has_window / in->window_s replace the tenant's
+ * settings under compare-and-set (expected_revision > 0) and idempotency by
+ * request_id (hash: the canonical body). *verdict: CMS_OK, CMS_SAME (out:
+ * the settings as they are now), CMS_KEY_REUSED or CMS_VERSION (out: the
+ * current revision). 0 or a CM_E* */
+int cms_store_put_settings(cm_db *db, const char *tenant, const char *request_id, const char *hash,
+                           const cms_settings *in, int64_t expected_revision, const char *principal,
+                           cms_settings *out, int *verdict);
 
 #endif

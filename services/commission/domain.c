@@ -242,3 +242,54 @@ const char *cms_mode_name(int mode)
         return NULL;
     }
 }
+
+int cms_window_check(int64_t seconds, int32_t nanos, cms_violation *v)
+{
+    const char *why = NULL;
+    if (seconds < 0 || nanos < 0)
+        why = "must not be negative";
+    else if (nanos != 0)
+        why = "must be a whole number of seconds";
+    else if (seconds > CMS_WINDOW_MAX_S)
+        why = "at most 90 days (7776000 s)";
+    if (!why)
+        return 0;
+    if (v) {
+        snprintf(v->field, sizeof v->field, "%s", "settings.after_sale_window");
+        snprintf(v->why, sizeof v->why, "%s", why);
+    }
+    return CM_EINVAL;
+}
+
+int64_t cms_window_of(int has_own, int64_t own_s, int64_t default_days)
+{
+    return has_own ? own_s : default_days * 86400;
+}
+
+int cms_close(const cms_schedule *s, const int64_t *net, const int64_t *posted, size_t n,
+              int64_t *net_total, int64_t *commission, int64_t *adj)
+{
+    if (!n || shape_check(s, NULL) != 0)
+        return CM_EINVAL;
+    int64_t ns = 0, ps = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (net[i] < 0)
+            return CM_EINVAL;
+        if (cm_money_add(ns, net[i], &ns) != 0 || cm_money_add(ps, posted[i], &ps) != 0)
+            return CM_EOVERFLOW;
+    }
+    int64_t a;
+    int rc = cms_true_up(s, ns, ps, &a);
+    if (rc)
+        return rc;
+    *net_total = ns;
+    *commission = formula(s, ns);
+    *adj = a;
+    return 0;
+}
+
+void cms_posting_closed(cms_posting *p)
+{
+    p->true_up = 0;
+    p->total = p->order_amount;
+}

@@ -9,6 +9,7 @@
 #include "cm_pb.h"
 #include "cms_accrual.h"
 #include "cms_api.h"
+#include "cms_payout.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -149,6 +150,81 @@ int cms_ev_pack_settled(cm_arena *a, const char *tenant, const char *event_id,
     return pack(a, &e.base, out, len);
 }
 
+Commerce__Commission__V1__Payout *cms_pb_payout(cm_arena *a, const cms_payout *p)
+{
+    Commerce__Commission__V1__Payout *m = cm_arena_calloc(a, 1, sizeof *m);
+    if (!m)
+        return NULL;
+    commerce__commission__v1__payout__init(m);
+    m->payout_id = cm_arena_strdup(a, p->id);
+    m->channel_id = cm_arena_strdup(a, p->channel);
+    m->state = (Commerce__Commission__V1__PayoutState)p->state;
+    m->amount = cm_pb_money(a, p->amount, p->currency);
+    m->commissions = p->commissions;
+    m->adjustments = p->adjustments;
+    m->request_id = cm_arena_strdup(a, p->request_id);
+    m->created_at = cm_pb_timestamp(a, p->created_ms);
+    m->reported_at = p->reported_ms ? cm_pb_timestamp(a, p->reported_ms) : NULL;
+    m->provider_reference = cm_arena_strdup(a, p->reference);
+    m->failure_reason = cm_arena_strdup(a, p->reason);
+    m->period_start = p->period_start_ms ? cm_pb_timestamp(a, p->period_start_ms) : NULL;
+    return m->payout_id && m->channel_id && m->amount && m->request_id && m->created_at &&
+                   m->provider_reference && m->failure_reason
+               ? m
+               : NULL;
+}
+
+/* the three payout events share one shape */
+int cms_ev_pack_payout(cm_arena *a, const char *tenant, const char *event_id, int kind,
+                       const cms_payout *p, const char **type, int64_t *occurred_ms,
+                       const uint8_t **out, size_t *len)
+{
+    Commerce__Commission__V1__Payout *m = cms_pb_payout(a, p);
+    if (!m)
+        return CM_ENOMEM;
+    *occurred_ms = kind == CMS_PAYOUT_EV_CREATED ? p->created_ms : p->reported_ms;
+    Google__Protobuf__Timestamp *at = cm_pb_timestamp(a, *occurred_ms);
+    if (!at)
+        return CM_ENOMEM;
+    switch (kind) {
+    case CMS_PAYOUT_EV_CREATED: {
+        Commerce__Events__V1__CommissionPayoutCreated e =
+            COMMERCE__EVENTS__V1__COMMISSION_PAYOUT_CREATED__INIT;
+        e.event_id = (char *)event_id;
+        e.tenant_id = (char *)tenant;
+        e.occurred_at = at;
+        e.channel_id = m->channel_id;
+        e.payout = m;
+        *type = CMS_TYPE_PAYOUT_CREATED;
+        return pack(a, &e.base, out, len);
+    }
+    case CMS_PAYOUT_EV_PAID: {
+        Commerce__Events__V1__CommissionPayoutPaid e =
+            COMMERCE__EVENTS__V1__COMMISSION_PAYOUT_PAID__INIT;
+        e.event_id = (char *)event_id;
+        e.tenant_id = (char *)tenant;
+        e.occurred_at = at;
+        e.channel_id = m->channel_id;
+        e.payout = m;
+        *type = CMS_TYPE_PAYOUT_PAID;
+        return pack(a, &e.base, out, len);
+    }
+    case CMS_PAYOUT_EV_FAILED: {
+        Commerce__Events__V1__CommissionPayoutFailed e =
+            COMMERCE__EVENTS__V1__COMMISSION_PAYOUT_FAILED__INIT;
+        e.event_id = (char *)event_id;
+        e.tenant_id = (char *)tenant;
+        e.occurred_at = at;
+        e.channel_id = m->channel_id;
+        e.payout = m;
+        *type = CMS_TYPE_PAYOUT_FAILED;
+        return pack(a, &e.base, out, len);
+    }
+    default:
+        return CM_EINVAL;
+    }
+}
+
 int cms_ev_pack_clawed_back(cm_arena *a, const char *tenant, const char *event_id,
                             const cms_commission *c, const char *refund_id, int64_t clawback,
                             const uint8_t **out, size_t *len)
@@ -178,6 +254,21 @@ int cms_ev_pack_adjusted(cm_arena *a, const char *tenant, const char *event_id,
     if (!e.adjustment)
         return CM_ENOMEM;
     e.occurred_at = e.adjustment->posted_at;
+    e.channel_id = e.adjustment->channel_id;
+    return pack(a, &e.base, out, len);
+}
+
+int cms_ev_pack_adjustment_payable(cm_arena *a, const char *tenant, const char *event_id,
+                                   const cms_adjustment *x, const uint8_t **out, size_t *len)
+{
+    Commerce__Events__V1__CommissionAdjustmentPayable e =
+        COMMERCE__EVENTS__V1__COMMISSION_ADJUSTMENT_PAYABLE__INIT;
+    e.event_id = (char *)event_id;
+    e.tenant_id = (char *)tenant;
+    e.adjustment = cms_pb_adjustment(a, x);
+    if (!e.adjustment || !e.adjustment->payable_at)
+        return CM_ENOMEM;
+    e.occurred_at = e.adjustment->payable_at;
     e.channel_id = e.adjustment->channel_id;
     return pack(a, &e.base, out, len);
 }

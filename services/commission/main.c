@@ -5,6 +5,7 @@
  */
 #include "cm_service.h"
 #include "cms_api.h"
+#include "cms_close.h"
 #include "cms_events.h"
 #include "cms_payable.h"
 
@@ -15,13 +16,12 @@ extern const size_t cms_migrations_count;
 
 static const cm_knob knobs[] = {
     {"COMMISSION_EVENTS", CM_KNOB_ONOFF, 1, 0, 0, NULL,
-     "write commission events (accrued, payable, clawed back, adjusted; also to partners) to the "
-     "outbox"},
+     "write commission events (accrued, payable, clawed back, adjusted, settled, payouts; also to "
+     "partners) to the outbox"},
     {"COMMISSION_TOPIC", CM_KNOB_TEXT, 0, 0, 0, "commerce.commission.v1",
      "where commission's events go (tests override it)"},
     {"COMMISSION_PARTNER_TOPIC", CM_KNOB_TEXT, 0, 0, 0, "commerce.commission.partner.v1",
-     "where the partners' cloudevents (accrued, payable, settled, clawed back) go (tests override "
-     "it)"},
+     "where the partners' cloudevents (commissions, adjustments, payouts) go (tests override it)"},
     {"COMMISSION_CONSUME_ORDERS", CM_KNOB_ONOFF, 1, 0, 0, NULL,
      "consume order events (paid: accrue, refunded: claw back, completed: after-sale window)"},
     {"COMMISSION_ORDER_TOPIC", CM_KNOB_TEXT, 0, 0, 0, "commerce.order.v1",
@@ -36,9 +36,14 @@ static const cm_knob knobs[] = {
     {"COMMISSION_PARKER_MS", CM_KNOB_INT, 10000, 100, 3600000, NULL,
      "period of the parked-refund expiry (ms)"},
     {"COMMISSION_AFTER_SALE_DAYS", CM_KNOB_INT, 7, 0, 90, NULL,
-     "after-sale window: days after an order's completion before its commission is payable"},
+     "default after-sale window: days after an order's completion before its commission is "
+     "payable, for tenants without their own (PutTenantSettings)"},
     {"COMMISSION_PAYABLE_MS", CM_KNOB_INT, 60000, 100, 3600000, NULL,
      "period of the payable ticker: FROZEN commissions past their window -> PAYABLE (ms)"},
+    {"COMMISSION_CLOSE_MS", CM_KNOB_INT, 600000, 100, 86400000, NULL,
+     "period of the close ticker: finished whole-volume periods -> closed, final true-up (ms)"},
+    {"COMMISSION_CLOSE_AFTER_S", CM_KNOB_INT, 86400, 0, 30 * 86400, NULL,
+     "how long after a period's end the close ticker closes it, for late events (s)"},
 };
 
 /* the order events it acts on; the rest of the topic is acknowledged
@@ -67,6 +72,7 @@ static const char *const consumer_conf[] = {"session.timeout.ms", "10000", NULL}
 static const cm_service_ticker tickers[] = {
     {"parker", "COMMISSION_PARKER_MS", cms_parker, 1},
     {"payable", "COMMISSION_PAYABLE_MS", cms_payable_tick, 1},
+    {"close", "COMMISSION_CLOSE_MS", cms_close_tick, 1},
 };
 
 int main(int argc, char **argv)

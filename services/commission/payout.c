@@ -16,7 +16,9 @@
 #define PAYOUT_COLS                                                                                \
     "payout_id::text, channel_id, currency, request_id, state, amount, commissions, "              \
     "adjustments, (extract(epoch FROM created_at) * 1000)::bigint, coalesce((extract(epoch FROM "  \
-    "reported_at) * 1000)::bigint, 0), provider_reference, failure_reason"
+    "reported_at) * 1000)::bigint, 0), provider_reference, failure_reason, "                       \
+    "coalesce((extract(epoch "                                                                     \
+    "FROM period_start) * 1000)::bigint, 0)"
 
 static void parse(const PGresult *r, int row, cms_payout *p)
 {
@@ -33,6 +35,49 @@ static void parse(const PGresult *r, int row, cms_payout *p)
     p->reported_ms = cm_db_int(r, row, 9);
     cm_db_text(p->reference, sizeof p->reference, r, row, 10);
     cm_db_text(p->reason, sizeof p->reason, r, row, 11);
+    p->period_start_ms = cm_db_int(r, row, 12);
+}
+
+/* the payout event of kind for p through the outbox, in the caller's
+ * transaction (nothing when events are off) */
+static int payout_event(cm_db *db, const cms_app *app, const char *tenant, int kind,
+                        const cms_payout *p)
+{
+    if (!app->events_on)
+        return 0;
+    cm_arena *ar = cm_arena_new(8 * 1024);
+    if (!ar)
+        return CM_ENOMEM;
+    char id[CM_ID_SIZE];
+    const char *type = NULL;
+    int64_t at = 0;
+    const uint8_t *payload = NULL;
+    size_t len = 0;
+    int rc = cm_id_uuid7(id);
+    if (rc == 0)
+        rc = cms_ev_pack_payout(ar, tenant, id, kind, p, &type, &at, &payload, &len);
+    cm_outbox_event ev[2];
+    if (rc == 0) {
+        ev[0] = (cm_outbox_event){.event_id = id,
+                                  .tenant_id = tenant,
+                                  .topic = app->topic,
+                                  .key = p->channel,
+                                  .type = type,
+                                  .source = CMS_SOURCE,
+                                  .payload = payload,
+                                  .len = len,
+                                  .occurred_at_ms = at};
+        /* and for partners, in the same transaction */
+        rc = cms_partner_payout_event(ar, app->partner_topic,
+                                      kind == CMS_PAYOUT_EV_CREATED ? CMS_PARTNER_PAYOUT_CREATED
+                                      : kind == CMS_PAYOUT_EV_PAID  ? CMS_PARTNER_PAYOUT_PAID
+                                                                    : CMS_PARTNER_PAYOUT_FAILED,
+                                      tenant, p, at, &ev[1]);
+    }
+    if (rc == 0)
+        rc = cm_outbox_add_batch(db, ev, 2);
+    cm_arena_free(ar);
+    return rc;
 }
 
 /* the channel's payouts and payable items, one caller at a time */
@@ -48,6 +93,7 @@ static int lock_channel(cm_db *db, const char *tenant, const char *channel)
 typedef struct settle {
     const cms_app *app;
     const char *tenant, *request_id, *channel, *currency;
+    int64_t period_ms; /* 0: every period */
     cms_payout *out;
     int64_t payable;
     int verdict;
@@ -72,10 +118,11 @@ static int settle_fn(cm_db *db, void *arg)
     if (PQntuples(r)) {
         parse(r, 0, s->out);
         PQclear(r);
-        s->verdict =
-            strcmp(s->out->channel, s->channel) == 0 && strcmp(s->out->currency, s->currency) == 0
-                ? CMS_SAME
-                : CMS_KEY_REUSED;
+        s->verdict = strcmp(s->out->channel, s->channel) == 0 &&
+                             strcmp(s->out->currency, s->currency) == 0 &&
+                             s->out->period_start_ms == s->period_ms
+                         ? CMS_SAME
+                         : CMS_KEY_REUSED;
         return 0;
     }
     PQclear(r);
@@ -85,22 +132,26 @@ static int settle_fn(cm_db *db, void *arg)
         return rc;
     /* take the items first, then sum what was taken: an item made payable
      * meanwhile is in the sum or waits, never half */
-    const char *p[] = {s->tenant, s->channel, id, s->currency};
+    char per[24];
+    snprintf(per, sizeof per, "%lld", (long long)s->period_ms);
+    const char *p[] = {s->tenant, s->channel, id, s->currency, per};
     rc = cm_db_exec_prepared(
         db, "take payable items", "cms_payout_take",
         "WITH ch AS (SELECT type, schedule_id FROM channels WHERE tenant_id = $1 AND channel_id = "
         "$2), c AS (UPDATE commissions SET payout_id = $3::uuid WHERE tenant_id = $1 AND "
-        "channel_id = $2 AND currency = $4 AND state = 2 AND payout_id IS NULL AND EXISTS "
-        "(SELECT 1 FROM ch) RETURNING payable_amount), a AS (UPDATE adjustments SET payout_id = "
-        "$3::uuid WHERE tenant_id = $1 AND channel_id = $2 AND currency = $4 AND state = 2 AND "
-        "payout_id IS NULL AND EXISTS (SELECT 1 FROM ch) RETURNING amount) SELECT (SELECT "
+        "channel_id = $2 AND currency = $4 AND state = 2 AND payout_id IS NULL AND ($5::bigint = "
+        "0 OR period_start = to_timestamp($5::bigint / 1000.0)) AND EXISTS (SELECT 1 FROM ch) "
+        "RETURNING payable_amount), a AS (UPDATE adjustments SET payout_id = $3::uuid WHERE "
+        "tenant_id = $1 AND channel_id = $2 AND currency = $4 AND state = 2 AND payout_id IS NULL "
+        "AND ($5::bigint = 0 OR period_start = to_timestamp($5::bigint / 1000.0)) AND EXISTS "
+        "(SELECT 1 FROM ch) RETURNING amount) SELECT (SELECT "
         "count(*) FROM ch), (SELECT coalesce(sum(payable_amount), 0) FROM c) + (SELECT "
         "coalesce(sum(amount), 0) FROM a), (SELECT count(*) FROM c), (SELECT count(*) FROM a), "
         "coalesce((SELECT s.min_payout FROM tier_schedules s, ch WHERE s.tenant_id = $1 AND "
         "s.currency = $4 AND CASE WHEN ch.schedule_id <> '' THEN s.schedule_id = ch.schedule_id "
         "ELSE ch.type = ANY (s.channel_types) END ORDER BY s.effective_from DESC, s.revision DESC "
         "LIMIT 1), 0)",
-        4, p, NULL, NULL, &r);
+        5, p, NULL, NULL, &r);
     if (rc)
         return rc;
     int found = cm_db_int(r, 0, 0) > 0;
@@ -126,27 +177,32 @@ static int settle_fn(cm_db *db, void *arg)
     snprintf(amt, sizeof amt, "%lld", (long long)net);
     snprintf(ncs, sizeof ncs, "%lld", (long long)nc);
     snprintf(nas, sizeof nas, "%lld", (long long)na);
-    const char *q[] = {id, s->tenant, s->channel, s->currency, s->request_id, amt, ncs, nas};
-    rc = cm_db_exec_prepared(db, "insert payout", "cms_payout_insert",
-                             "INSERT INTO payouts (payout_id, tenant_id, channel_id, currency, "
-                             "request_id, state, amount, commissions, adjustments) VALUES "
-                             "($1::uuid, $2, $3, $4, $5, 1, $6, $7, $8) RETURNING " PAYOUT_COLS,
-                             8, q, NULL, NULL, &r);
+    const char *q[] = {id, s->tenant, s->channel, s->currency, s->request_id, amt, ncs, nas, per};
+    rc = cm_db_exec_prepared(
+        db, "insert payout", "cms_payout_insert",
+        "INSERT INTO payouts (payout_id, tenant_id, channel_id, currency, request_id, state, "
+        "amount, commissions, adjustments, period_start) VALUES ($1::uuid, $2, $3, $4, $5, 1, $6, "
+        "$7, $8, CASE WHEN $9::bigint = 0 THEN NULL ELSE to_timestamp($9::bigint / 1000.0) END) "
+        "RETURNING " PAYOUT_COLS,
+        9, q, NULL, NULL, &r);
     if (rc == 0)
         parse(r, 0, s->out);
     PQclear(r);
+    if (rc == 0)
+        rc = payout_event(db, s->app, s->tenant, CMS_PAYOUT_EV_CREATED, s->out);
     return rc;
 }
 
 int cms_payout_settle(cm_db *db, const cms_app *app, const char *tenant, const char *request_id,
-                      const char *channel, const char *currency, cms_payout *out, int64_t *payable,
-                      int *verdict)
+                      const char *channel, const char *currency, int64_t period_ms, cms_payout *out,
+                      int64_t *payable, int *verdict)
 {
     settle s = {.app = app,
                 .tenant = tenant,
                 .request_id = request_id,
                 .channel = channel,
                 .currency = currency,
+                .period_ms = period_ms,
                 .out = out};
     int rc = cm_db_tx(db, NULL, 3, settle_fn, &s);
     *payable = s.payable;
@@ -282,6 +338,10 @@ static int report_fn(cm_db *db, void *arg)
     if (rc == 0)
         parse(r, 0, x->out);
     PQclear(r);
+    if (rc == 0)
+        rc = payout_event(db, x->app, x->tenant,
+                          x->result == CMS_PAYOUT_PAID ? CMS_PAYOUT_EV_PAID : CMS_PAYOUT_EV_FAILED,
+                          x->out);
     return rc;
 }
 
@@ -298,4 +358,27 @@ int cms_payout_report(cm_db *db, const cms_app *app, const char *tenant, const c
     int rc = cm_db_tx(db, NULL, 3, report_fn, &x);
     *verdict = x.verdict;
     return rc;
+}
+
+int cms_payout_list(cm_db *db, const char *tenant, const char *channel, unsigned states,
+                    const char *after_id, int limit, cms_payout *out, int *n)
+{
+    char mask[16], lim[16];
+    snprintf(mask, sizeof mask, "%u", states);
+    snprintf(lim, sizeof lim, "%d", limit);
+    const char *p[] = {tenant, channel, mask, after_id, lim};
+    PGresult *r = NULL;
+    int rc = cm_db_read(db, "list payouts",
+                        "SELECT " PAYOUT_COLS " FROM payouts WHERE tenant_id = $1 AND ($2 = '' OR "
+                        "channel_id = $2) AND ($3::int = 0 OR ($3::int >> state) & 1 = 1) AND ($4 "
+                        "= '' OR payout_id < NULLIF($4, '')::uuid) ORDER BY payout_id DESC LIMIT "
+                        "$5",
+                        5, p, &r);
+    if (rc)
+        return rc;
+    *n = PQntuples(r);
+    for (int i = 0; i < *n; i++)
+        parse(r, i, &out[i]);
+    PQclear(r);
+    return 0;
 }

@@ -530,36 +530,15 @@ int cms_store_list_adjustments(cm_db *db, const char *tenant, const char *channe
     PGresult *r = NULL;
     int rc = cm_db_read(
         db, "list adjustments",
-        "SELECT adjustment_id::text, channel_id, kind, currency, amount, order_id::text, "
-        "refund_id, child_id, (extract(epoch FROM period_start) * 1000)::bigint, (extract(epoch "
-        "FROM posted_at) * 1000)::bigint, state, coalesce((extract(epoch FROM payable_at) * "
-        "1000)::bigint, 0), coalesce(payout_id::text, ''), payer, merchant_id FROM adjustments "
-        "WHERE tenant_id = $1 AND channel_id = "
+        "SELECT " CMS_ADJUSTMENT_COLS " FROM adjustments WHERE tenant_id = $1 AND channel_id = "
         "$2 AND ($3::bigint = 0 OR (posted_at, adjustment_id) < (to_timestamp($3 / 1000.0), "
         "NULLIF($4, '')::uuid)) ORDER BY posted_at DESC, adjustment_id DESC LIMIT $5",
         5, p, &r);
     if (rc)
         return rc;
     *n = PQntuples(r);
-    for (int i = 0; i < *n; i++) {
-        cms_adjustment *a = &out[i];
-        memset(a, 0, sizeof *a);
-        copy(a->id, sizeof a->id, r, i, 0);
-        copy(a->channel, sizeof a->channel, r, i, 1);
-        a->kind = (int)i64(r, i, 2);
-        copy(a->currency, sizeof a->currency, r, i, 3);
-        a->amount = i64(r, i, 4);
-        copy(a->order_id, sizeof a->order_id, r, i, 5);
-        copy(a->refund_id, sizeof a->refund_id, r, i, 6);
-        copy(a->child, sizeof a->child, r, i, 7);
-        a->period_start_ms = i64(r, i, 8);
-        a->posted_ms = i64(r, i, 9);
-        a->state = (int)i64(r, i, 10);
-        a->payable_ms = i64(r, i, 11);
-        copy(a->payout_id, sizeof a->payout_id, r, i, 12);
-        a->payer = (int)i64(r, i, 13);
-        copy(a->merchant, sizeof a->merchant, r, i, 14);
-    }
+    for (int i = 0; i < *n; i++)
+        cms_store_parse_adjustment(r, i, &out[i]);
     PQclear(r);
     return 0;
 }
@@ -618,4 +597,133 @@ int cms_store_summary(cm_db *db, const char *tenant, const cms_channel *ch, int6
     out->payable = i64(r, 0, k + 5);
     PQclear(r);
     return 0;
+}
+
+/* ---- tenant settings ---- */
+
+#define SETTINGS_COLS                                                                              \
+    "after_sale_s IS NOT NULL, coalesce(after_sale_s, 0), revision, (extract(epoch FROM "          \
+    "updated_at) * 1000)::bigint, updated_by"
+
+static int read_settings(cm_db *db, const char *tenant, cms_settings *out)
+{
+    const char *p[] = {tenant};
+    PGresult *r = NULL;
+    memset(out, 0, sizeof *out);
+    int rc =
+        cm_db_read(db, "get tenant settings",
+                   "SELECT " SETTINGS_COLS " FROM tenant_settings WHERE tenant_id = $1", 1, p, &r);
+    if (rc)
+        return rc;
+    if (PQntuples(r)) {
+        out->has_window = PQgetvalue(r, 0, 0)[0] == 't';
+        out->window_s = i64(r, 0, 1);
+        out->revision = i64(r, 0, 2);
+        out->updated_ms = i64(r, 0, 3);
+        copy(out->updated_by, sizeof out->updated_by, r, 0, 4);
+    }
+    PQclear(r);
+    return 0;
+}
+
+int cms_store_get_settings(cm_db *db, const char *tenant, cms_settings *out)
+{
+    return read_settings(db, tenant, out);
+}
+
+typedef struct settings_tx {
+    const char *tenant, *request_id, *hash, *principal;
+    const cms_settings *in;
+    int64_t expected;
+    cms_settings *out;
+    int verdict;
+} settings_tx;
+
+static int put_settings_fn(cm_db *db, void *arg)
+{
+    settings_tx *t = arg;
+    const char *k[] = {t->tenant};
+    /* one writer of a tenant's settings at a time: the revision check and
+     * the idempotency record hold under it */
+    int rc = cm_db_exec(db, "lock tenant settings",
+                        "SELECT pg_advisory_xact_lock(hashtext('commission.settings:' || $1))", 1,
+                        k, NULL);
+    if (rc)
+        return rc;
+    char key[CMS_ID_MAX + 1];
+    int64_t rev = 0;
+    int same = 0;
+    int seen =
+        seen_request(db, t->tenant, "t", t->request_id, t->hash, &same, key, sizeof key, &rev);
+    if (seen < 0)
+        return seen;
+    if (seen) {
+        t->verdict = same ? CMS_SAME : CMS_KEY_REUSED;
+        return same ? read_settings(db, t->tenant, t->out) : 0;
+    }
+    if ((rc = read_settings(db, t->tenant, t->out)))
+        return rc;
+    if (t->expected > 0 && t->expected != t->out->revision) {
+        t->verdict = CMS_VERSION;
+        return 0;
+    }
+    char w[24];
+    const char *p[] = {t->tenant, t->in->has_window ? num(w, sizeof w, t->in->window_s) : NULL,
+                       t->principal};
+    PGresult *r = NULL;
+    rc = cm_db_exec(db, "put tenant settings",
+                    "INSERT INTO tenant_settings (tenant_id, after_sale_s, revision, updated_by) "
+                    "VALUES ($1, $2::int, 1, $3) ON CONFLICT (tenant_id) DO UPDATE SET "
+                    "after_sale_s = $2::int, revision = tenant_settings.revision + 1, updated_at "
+                    "= now(), updated_by = $3 RETURNING " SETTINGS_COLS,
+                    3, p, &r);
+    if (rc)
+        return rc;
+    cms_settings *o = t->out;
+    memset(o, 0, sizeof *o);
+    o->has_window = PQgetvalue(r, 0, 0)[0] == 't';
+    o->window_s = i64(r, 0, 1);
+    o->revision = i64(r, 0, 2);
+    o->updated_ms = i64(r, 0, 3);
+    copy(o->updated_by, sizeof o->updated_by, r, 0, 4);
+    PQclear(r);
+    t->verdict = CMS_OK;
+    return record_request(db, t->tenant, "t", t->request_id, t->hash, "settings", o->revision,
+                          t->principal);
+}
+
+int cms_store_put_settings(cm_db *db, const char *tenant, const char *request_id, const char *hash,
+                           const cms_settings *in, int64_t expected_revision, const char *principal,
+                           cms_settings *out, int *verdict)
+{
+    settings_tx t = {.tenant = tenant,
+                     .request_id = request_id,
+                     .hash = hash,
+                     .principal = principal,
+                     .in = in,
+                     .expected = expected_revision,
+                     .out = out};
+    int rc = cm_db_tx(db, NULL, 3, put_settings_fn, &t);
+    *verdict = t.verdict;
+    return rc;
+}
+
+void cms_store_parse_adjustment(const PGresult *r, int i, cms_adjustment *a)
+{
+    memset(a, 0, sizeof *a);
+    copy(a->id, sizeof a->id, r, i, 0);
+    copy(a->channel, sizeof a->channel, r, i, 1);
+    a->kind = (int)i64(r, i, 2);
+    copy(a->currency, sizeof a->currency, r, i, 3);
+    a->amount = i64(r, i, 4);
+    copy(a->order_id, sizeof a->order_id, r, i, 5);
+    copy(a->refund_id, sizeof a->refund_id, r, i, 6);
+    copy(a->child, sizeof a->child, r, i, 7);
+    a->period_start_ms = i64(r, i, 8);
+    a->posted_ms = i64(r, i, 9);
+    a->state = (int)i64(r, i, 10);
+    a->payable_ms = i64(r, i, 11);
+    copy(a->payout_id, sizeof a->payout_id, r, i, 12);
+    a->payer = (int)i64(r, i, 13);
+    copy(a->merchant, sizeof a->merchant, r, i, 14);
 }

@@ -245,8 +245,8 @@ static void refunded(st *s, const char *order_id, const char *event_id, const ch
     send_event(s, "commerce.events.v1.OrderRefunded", order_id, event_id, TENANT, &e.base);
 }
 
-static void completed(st *s, const char *order_id, const char *event_id, const char *channel,
-                      long long at_ms)
+static void completed_in(st *s, const char *tenant, const char *order_id, const char *event_id,
+                         const char *channel, long long at_ms)
 {
     Google__Protobuf__Timestamp at = GOOGLE__PROTOBUF__TIMESTAMP__INIT;
     at.seconds = at_ms / 1000;
@@ -256,11 +256,17 @@ static void completed(st *s, const char *order_id, const char *event_id, const c
     o.channel_id = (char *)channel;
     Commerce__Events__V1__OrderCompleted e = COMMERCE__EVENTS__V1__ORDER_COMPLETED__INIT;
     e.event_id = (char *)event_id;
-    e.tenant_id = TENANT;
+    e.tenant_id = (char *)tenant;
     e.occurred_at = &at;
     e.order_id = (char *)order_id;
     e.order = &o;
-    send_event(s, "commerce.events.v1.OrderCompleted", order_id, event_id, TENANT, &e.base);
+    send_event(s, "commerce.events.v1.OrderCompleted", order_id, event_id, tenant, &e.base);
+}
+
+static void completed(st *s, const char *order_id, const char *event_id, const char *channel,
+                      long long at_ms)
+{
+    completed_in(s, TENANT, order_id, event_id, channel, at_ms);
 }
 
 static char *uuid(void)
@@ -774,43 +780,59 @@ static int payable_events(st *s, const char *order_id)
 
 /* the partner topic as a client that is not ours reads it (kcat), checked
  * by the contract's validate.py: every record of channel valid against the
- * schema and its invariants, and as many records of each type (accrued,
- * payable, clawed_back, settled) as want says */
-static void partner_check(const st *s, const char *channel, int want[4])
+ * schema and its invariants, and as many records of each type of
+ * partner_types as want says (-1: at least one) */
+static const char *const partner_types[] = {"accrued",        "payable",     "clawed_back",
+                                            "settled",        "adjusted",    "adjustment_payable",
+                                            "payout_created", "payout_paid", "payout_failed"};
+enum { NPT = sizeof partner_types / sizeof partner_types[0] };
+
+static void partner_check(const st *s, const char *channel, const int want[NPT])
 {
     char out[] = "/tmp/test_commission_XXXXXX", cmd[2048];
     int fd = mkstemp(out);
     ck_assert_int_ge(fd, 0);
     close(fd);
-    static const char *const types[] = {"accrued", "payable", "clawed_back", "settled"};
-    int have[4] = {0, 0, 0, 0};
+    int have[NPT] = {0};
     for (int tries = 0; tries < 100; tries++) {
         snprintf(cmd, sizeof cmd, "kcat -C -b '%s' -t %s -o beginning -e -q -J > %s 2>/dev/null",
                  hs_kafka_brokers(), s->ptopic, out);
         ck_assert_msg(system(cmd) == 0, "%s failed", cmd);
         int same = 1;
-        for (int k = 0; k < 4; k++) {
+        for (int k = 0; k < NPT; k++) {
             /* kcat -J escapes the value's quotes */
             snprintf(cmd, sizeof cmd,
                      "exit $(grep -F '\"key\":\"%s\"' %s | grep -oF "
                      "'com.commerce.commission.v1.%s\\\"' | wc -l)",
-                     channel, out, types[k]);
+                     channel, out, partner_types[k]);
             int ws = system(cmd);
             have[k] = WIFEXITED(ws) ? WEXITSTATUS(ws) : -1;
-            same = same && have[k] == want[k];
+            same = same && (want[k] < 0 ? have[k] > 0 : have[k] == want[k]);
         }
         if (same)
             break;
         usleep(200 * 1000);
     }
-    for (int k = 0; k < 4; k++)
-        ck_assert_msg(have[k] == want[k], "partner %s events: %d, want %d", types[k], have[k],
+    for (int k = 0; k < NPT; k++)
+        ck_assert_msg(want[k] < 0 ? have[k] > 0 : have[k] == want[k],
+                      "partner %s events of %s: %d, want %d", partner_types[k], channel, have[k],
                       want[k]);
     snprintf(cmd, sizeof cmd, "/usr/bin/python3 %s/validate.py --records --key '%s' < %s",
              PARTNER_DIR, channel, out);
     int ws = system(cmd);
     ck_assert_msg(WIFEXITED(ws) && WEXITSTATUS(ws) == 0, "validate.py rejected a record: %s", cmd);
     unlink(out);
+}
+
+/* the protobuf events of a type read so far, keyed key (NULL: any) */
+static int events_of(st *s, const char *type, const char *key)
+{
+    int n = 0;
+    for (size_t i = 0; i < hs_topic_count(s->events); i++) {
+        const hs_record *r = hs_topic_at(s->events, i);
+        n += strcmp(r->type, type) == 0 && (!key || strcmp(r->key, key) == 0);
+    }
+    return n;
 }
 
 START_TEST(completed_past_the_window_is_payable_and_later_refunds_net_from_it)
@@ -829,8 +851,11 @@ START_TEST(completed_past_the_window_is_payable_and_later_refunds_net_from_it)
     T0 = hs_real_ms() + 2000;
     char *o1 = order_uuid(), *o2 = order_uuid(), *o3 = order_uuid();
     paid(&S, o1, uuid(), "ch", 1000000); /* 500.00 at 5 %, parent 50.00 */
-    paid(&S, o2, uuid(), "ch", 200000);  /* 160.00 at 8 %, parent 16.00 */
-    paid(&S, o3, uuid(), "ch", 100000);  /* 80.00 */
+    /* o1 first: the topic's two partitions would otherwise let o2 and o3
+     * accrue before it and take its 5 % slice */
+    wait_for(&S, "SELECT count(*) FROM commissions", 1);
+    paid(&S, o2, uuid(), "ch", 200000); /* 160.00 at 8 %, parent 16.00 */
+    paid(&S, o3, uuid(), "ch", 100000); /* 80.00 */
     wait_for(&S, "SELECT count(*) FROM commissions WHERE state = 1", 3);
     /* completed 8 days ago: past the window; 6 days ago: inside it; o3
      * completes before its payment is seen again (the order is kept) */
@@ -901,9 +926,36 @@ START_TEST(completed_past_the_window_is_payable_and_later_refunds_net_from_it)
              o1);
     ck_assert_int_eq(sql(&S, q), -50000);
     /* for partners: 3 accrued, 1 payable, 2 clawed back (of a PAYABLE
-     * commission), all valid against kafka/partner's schema */
-    int kinds[4] = {3, 1, 2, 0};
+     * commission), the adjustments (true-ups, clawbacks after PAYABLE),
+     * all valid against kafka/partner's schema */
+    int kinds[NPT] = {3, 1, 2, 0, -1, 0, 0, 0, 0};
     partner_check(&S, "ch", kinds);
+    /* the parent: its shares, o1's made payable with o1 (one
+     * adjustment_payable; the shares of the refunds were payable at once) */
+    int par[NPT] = {0, 0, 0, 0, -1, 1, 0, 0, 0};
+    partner_check(&S, "par", par);
+    for (int tries = 0;
+         tries < 100 && events_of(&S, "commerce.events.v1.CommissionAdjustmentPayable", NULL) < 1;
+         tries++)
+        hs_topic_next(S.events, 100);
+    hs_topic_catch_up(S.events, 5000);
+    ck_assert_int_eq(events_of(&S, "commerce.events.v1.CommissionAdjustmentPayable", "par"), 1);
+    ck_assert_int_eq(events_of(&S, "commerce.events.v1.CommissionAdjustmentPayable", NULL), 1);
+    for (size_t i = 0; i < hs_topic_count(S.events); i++) {
+        const hs_record *r = hs_topic_at(S.events, i);
+        if (strcmp(r->type, "commerce.events.v1.CommissionAdjustmentPayable") != 0)
+            continue;
+        Commerce__Events__V1__CommissionAdjustmentPayable *e =
+            commerce__events__v1__commission_adjustment_payable__unpack(NULL, r->len, r->payload);
+        ck_assert_ptr_nonnull(e);
+        ck_assert_str_eq(e->adjustment->order_id, o1);
+        ck_assert_str_eq(e->adjustment->child_channel_id, "ch");
+        ck_assert_int_eq(e->adjustment->amount->amount_minor, 5000);
+        ck_assert_int_eq(e->adjustment->state,
+                         COMMERCE__COMMISSION__V1__COMMISSION_STATE__COMMISSION_STATE_PAYABLE);
+        ck_assert_ptr_nonnull(e->adjustment->payable_at);
+        protobuf_c_message_free_unpacked(&e->base, NULL);
+    }
     st_stop(&S);
 }
 END_TEST
@@ -964,8 +1016,9 @@ START_TEST(payouts_net_payables_and_clawbacks_after_settlement)
     put_channel(&S, "ch", ACTIVE, NULL, 0, "marginal");
     T0 = hs_real_ms() + 2000;
     char *o1 = order_uuid(), *o2 = order_uuid(), *o3 = order_uuid();
-    paid(&S, o1, uuid(), "ch", 1000000); /* 500.00 */
-    paid(&S, o2, uuid(), "ch", 100000);  /* 80.00 (8 % from 10,000.00) */
+    paid(&S, o1, uuid(), "ch", 1000000);                 /* 500.00 */
+    wait_for(&S, "SELECT count(*) FROM commissions", 1); /* o1 first, whatever the partitions */
+    paid(&S, o2, uuid(), "ch", 100000);                  /* 80.00 (8 % from 10,000.00) */
     wait_for(&S, "SELECT count(*) FROM commissions WHERE state = 1", 2);
     /* only o2 payable: 80.00 is below the minimum of 100.00 */
     completed(&S, o2, uuid(), "ch", hs_real_ms());
@@ -1062,7 +1115,8 @@ START_TEST(payouts_net_payables_and_clawbacks_after_settlement)
                 strcmp(hs_topic_at(S.events, i)->type, "commerce.events.v1.CommissionSettled") == 0;
     }
     ck_assert_int_eq(settled, 2);
-    int kinds[4] = {3, 3, 1, 2};
+    /* and the payouts: pay-2 (failed), pay-4 (paid), pay-6 (pending) */
+    int kinds[NPT] = {3, 3, 1, 2, -1, 0, 3, 1, 1};
     partner_check(&S, "ch", kinds);
     st_stop(&S);
 }
@@ -1155,6 +1209,556 @@ START_TEST(kill_mid_batch_accrues_each_order_once)
 }
 END_TEST
 
+/* ---- per-tenant settings ---- */
+
+/* PutTenantSettings of tenant m: window_s WINDOW_DEFAULT leaves the window
+ * unset (the default); nanos for the bad-input cases */
+#define WINDOW_DEFAULT (-1000000LL)
+static int put_settings(st *s, const cm_rpc_md *m, const char *req_id, long long window_s,
+                        int nanos, long long expected,
+                        Commerce__Commission__V1__TenantSettings **out, cm_rpc_status *stt)
+{
+    Google__Protobuf__Duration w = GOOGLE__PROTOBUF__DURATION__INIT;
+    w.seconds = window_s;
+    w.nanos = nanos;
+    Commerce__Commission__V1__TenantSettings ts = COMMERCE__COMMISSION__V1__TENANT_SETTINGS__INIT;
+    ts.after_sale_window = window_s == WINDOW_DEFAULT ? NULL : &w;
+    Commerce__Commission__V1__PutTenantSettingsRequest r =
+        COMMERCE__COMMISSION__V1__PUT_TENANT_SETTINGS_REQUEST__INIT;
+    r.request_id = (char *)req_id;
+    r.settings = &ts;
+    r.expected_revision = expected;
+    Commerce__Commission__V1__PutTenantSettingsResponse *resp = NULL;
+    int code = hs_call(s->c, SVC "PutTenantSettings", &r.base,
+                       &commerce__commission__v1__put_tenant_settings_response__descriptor,
+                       (ProtobufCMessage **)&resp, stt, m, 1);
+    if (out && code == 0) {
+        *out = resp->settings;
+        resp->settings = NULL;
+    }
+    if (resp)
+        protobuf_c_message_free_unpacked(&resp->base, NULL);
+    return code;
+}
+
+static Commerce__Commission__V1__TenantSettings *get_settings(st *s, const cm_rpc_md *m)
+{
+    Commerce__Commission__V1__GetTenantSettingsRequest r =
+        COMMERCE__COMMISSION__V1__GET_TENANT_SETTINGS_REQUEST__INIT;
+    Commerce__Commission__V1__GetTenantSettingsResponse *resp = NULL;
+    cm_rpc_status stt;
+    int code = hs_call(s->c, SVC "GetTenantSettings", &r.base,
+                       &commerce__commission__v1__get_tenant_settings_response__descriptor,
+                       (ProtobufCMessage **)&resp, &stt, m, 1);
+    ck_assert_msg(code == 0, "GetTenantSettings: %d %s", code, stt.message);
+    Commerce__Commission__V1__TenantSettings *out = resp->settings;
+    resp->settings = NULL;
+    protobuf_c_message_free_unpacked(&resp->base, NULL);
+    return out;
+}
+
+#define FREE_SETTINGS(x) protobuf_c_message_free_unpacked(&(x)->base, NULL)
+
+START_TEST(tenant_window_decides_when_commissions_become_payable)
+{
+    /* the knob's default: 0 days, so a tenant without settings is payable
+     * at the first tick after completion */
+    static const char *const env[] = {"COMMISSION_AFTER_SALE_DAYS=0", "COMMISSION_PAYABLE_MS=100",
+                                      NULL};
+    st_start_env(&S, "window", env);
+    cm_rpc_status stt;
+    Commerce__Commission__V1__TenantSettings *ts = get_settings(&S, md);
+    ck_assert_int_eq(ts->revision, 0);
+    ck_assert(ts->after_sale_window_default);
+    ck_assert_int_eq(ts->after_sale_window->seconds, 0);
+    FREE_SETTINGS(ts);
+    /* bad input, named */
+    ck_assert_int_eq(put_settings(&S, md, "", 60, 0, 0, NULL, &stt), 3);
+    ck_assert_str_eq(stt.field, "request_id");
+    ck_assert_int_eq(put_settings(&S, md, "w-0", -5, 0, 0, NULL, &stt), 3);
+    ck_assert_str_eq(stt.field, "settings.after_sale_window");
+    ck_assert_int_eq(put_settings(&S, md, "w-0", 91 * 86400LL, 0, 0, NULL, &stt), 3);
+    ck_assert_str_eq(stt.field, "settings.after_sale_window");
+    ck_assert_int_eq(put_settings(&S, md, "w-0", 60, 500, 0, NULL, &stt), 3);
+    ck_assert_str_eq(stt.field, "settings.after_sale_window");
+    ck_assert_int_eq(put_settings(&S, md, "w-0", 60, 0, -1, NULL, &stt), 3);
+    ck_assert_str_eq(stt.field, "expected_revision");
+    {
+        Commerce__Commission__V1__PutTenantSettingsRequest r =
+            COMMERCE__COMMISSION__V1__PUT_TENANT_SETTINGS_REQUEST__INIT;
+        r.request_id = "w-0";
+        ck_assert_int_eq(
+            hs_call(S.c, SVC "PutTenantSettings", &r.base,
+                    &commerce__commission__v1__put_tenant_settings_response__descriptor, NULL, &stt,
+                    md, 1),
+            3);
+        ck_assert_str_eq(stt.field, "settings");
+    }
+    ck_assert_int_eq(sql(&S, "SELECT count(*) FROM tenant_settings"), 0);
+    /* an hour for TENANT; idempotent; compare-and-set */
+    ck_assert_int_eq(put_settings(&S, md, "w-1", 3600, 0, 0, &ts, &stt), 0);
+    ck_assert_int_eq(ts->revision, 1);
+    ck_assert_int_eq(ts->after_sale_window->seconds, 3600);
+    ck_assert(!ts->after_sale_window_default);
+    ck_assert_ptr_nonnull(ts->updated_at);
+    FREE_SETTINGS(ts);
+    ck_assert_int_eq(put_settings(&S, md, "w-1", 3600, 0, 0, &ts, &stt), 0);
+    ck_assert_int_eq(ts->revision, 1);
+    FREE_SETTINGS(ts);
+    ck_assert_int_eq(put_settings(&S, md, "w-1", 7200, 0, 0, NULL, &stt), 6);
+    ck_assert_str_eq(stt.reason, "IDEMPOTENCY_KEY_REUSED");
+    ck_assert_int_eq(put_settings(&S, md, "w-2", 0, 0, 5, NULL, &stt), 10);
+    ck_assert_str_eq(stt.reason, "VERSION_MISMATCH");
+    /* the other tenant still has the default */
+    ts = get_settings(&S, md_other);
+    ck_assert_int_eq(ts->revision, 0);
+    ck_assert(ts->after_sale_window_default);
+    FREE_SETTINGS(ts);
+    /* a channel in each tenant; an order each, completed now */
+    seed_sched m;
+    seed(&m, "marginal", MARGINAL);
+    ck_assert_int_eq(put_schedule(&S, "s-1", &m.s, 0, &stt), 0);
+    put_channel(&S, "ch", ACTIVE, NULL, 0, "marginal");
+    {
+        Commerce__Commission__V1__PutTierScheduleRequest r =
+            COMMERCE__COMMISSION__V1__PUT_TIER_SCHEDULE_REQUEST__INIT;
+        r.request_id = "s-1";
+        r.schedule = &m.s;
+        ck_assert_int_eq(hs_call(S.c, SVC "PutTierSchedule", &r.base,
+                                 &commerce__commission__v1__put_tier_schedule_response__descriptor,
+                                 NULL, &stt, md_other, 1),
+                         0);
+    }
+    ck_assert_int_eq(put_channel_full(&S, md_other, "c-o", "ch", CT(COMMUNITY_LEADER), ACTIVE, NULL,
+                                      0, "marginal", 0, &stt),
+                     0);
+    T0 = hs_real_ms() + 2000;
+    char *o1 = order_uuid(), *o2 = order_uuid();
+    paid(&S, o1, uuid(), "ch", 1000000);
+    paid_in(&S, TENANT "-other", o2, uuid(), "ch", 1000000, T0);
+    wait_for(&S, "SELECT count(*) FROM commissions WHERE state = 1", 2);
+    completed(&S, o1, uuid(), "ch", hs_real_ms());
+    completed_in(&S, TENANT "-other", o2, uuid(), "ch", hs_real_ms());
+    char q[256];
+    /* the other tenant's (default 0 days) becomes payable; TENANT's waits
+     * its hour */
+    snprintf(q, sizeof q, "SELECT state FROM commissions WHERE order_id = '%s'", o2);
+    wait_for(&S, q, 2);
+    wait_for(&S, "SELECT count(*) FROM completed_orders", 2);
+    usleep(500 * 1000); /* five more ticks */
+    ck_assert_int_eq(comm_col(&S, "state", o1), 1);
+    /* TENANT shortens its window: the next tick makes o1 payable */
+    ck_assert_int_eq(put_settings(&S, md, "w-3", 0, 0, 1, &ts, &stt), 0);
+    ck_assert_int_eq(ts->revision, 2);
+    ck_assert_int_eq(ts->after_sale_window->seconds, 0);
+    FREE_SETTINGS(ts);
+    snprintf(q, sizeof q, "SELECT state FROM commissions WHERE order_id = '%s'", o1);
+    wait_for(&S, q, 2);
+    /* back to the default: shown as the knob's days */
+    ck_assert_int_eq(put_settings(&S, md, "w-4", WINDOW_DEFAULT, 0, 2, &ts, &stt), 0);
+    ck_assert_int_eq(ts->revision, 3);
+    ck_assert(ts->after_sale_window_default);
+    ck_assert_int_eq(ts->after_sale_window->seconds, 0);
+    FREE_SETTINGS(ts);
+    ck_assert_int_eq(sql(&S, "SELECT count(*) FROM tenant_settings WHERE after_sale_s IS NULL"), 1);
+    st_stop(&S);
+}
+END_TEST
+
+/* ---- payouts per period, listed, with their events ---- */
+
+static int settle_in(st *s, const cm_rpc_md *m, const char *req_id, const char *ch,
+                     long long period_ms, int nanos,
+                     Commerce__Commission__V1__SettleCommissionsResponse **out, cm_rpc_status *stt)
+{
+    Google__Protobuf__Timestamp at = GOOGLE__PROTOBUF__TIMESTAMP__INIT;
+    at.seconds = period_ms / 1000;
+    at.nanos = nanos;
+    Commerce__Commission__V1__SettleCommissionsRequest r =
+        COMMERCE__COMMISSION__V1__SETTLE_COMMISSIONS_REQUEST__INIT;
+    r.request_id = (char *)req_id;
+    r.channel_id = (char *)ch;
+    r.currency = "CNY";
+    r.period_start = period_ms || nanos ? &at : NULL;
+    return hs_call(s->c, SVC "SettleCommissions", &r.base,
+                   &commerce__commission__v1__settle_commissions_response__descriptor,
+                   (ProtobufCMessage **)out, stt, m, 1);
+}
+
+/* ListPayouts of tenant m: channel ("" any), one state filter (0 none) */
+static int list_payouts(st *s, const cm_rpc_md *m, const char *ch, int state, int page_size,
+                        const char *token, Commerce__Commission__V1__ListPayoutsResponse **out,
+                        cm_rpc_status *stt)
+{
+    Commerce__Commission__V1__PayoutState states[1] = {state};
+    Commerce__Commission__V1__ListPayoutsRequest r =
+        COMMERCE__COMMISSION__V1__LIST_PAYOUTS_REQUEST__INIT;
+    r.channel_id = (char *)ch;
+    r.states = states;
+    r.n_states = state >= 0 && state != 0 ? 1 : 0;
+    if (state == -1) { /* an UNSPECIFIED state, for the bad input */
+        states[0] = 0;
+        r.n_states = 1;
+    }
+    r.page_size = page_size;
+    r.page_token = (char *)(token ? token : "");
+    return hs_call(s->c, SVC "ListPayouts", &r.base,
+                   &commerce__commission__v1__list_payouts_response__descriptor,
+                   (ProtobufCMessage **)out, stt, m, 1);
+}
+
+/* the payout events of a type read so far, for payout id (NULL: any) */
+static int payout_events(st *s, const char *type, const char *payout_id)
+{
+    int n = 0;
+    for (size_t i = 0; i < hs_topic_count(s->events); i++) {
+        const hs_record *r = hs_topic_at(s->events, i);
+        if (strcmp(r->type, type) != 0)
+            continue;
+        /* the three share one shape: read them as the created event */
+        Commerce__Events__V1__CommissionPayoutCreated *e =
+            commerce__events__v1__commission_payout_created__unpack(NULL, r->len, r->payload);
+        ck_assert_ptr_nonnull(e);
+        ck_assert_ptr_nonnull(e->payout);
+        ck_assert_ptr_nonnull(e->occurred_at);
+        ck_assert_str_eq(e->channel_id, r->key);
+        ck_assert_str_eq(e->payout->channel_id, r->key);
+        if (!payout_id || strcmp(e->payout->payout_id, payout_id) == 0)
+            n++;
+        protobuf_c_message_free_unpacked(&e->base, NULL);
+    }
+    return n;
+}
+
+START_TEST(payouts_per_period_are_listed_per_tenant_with_their_events)
+{
+    static const char *const env[] = {"COMMISSION_AFTER_SALE_DAYS=0", "COMMISSION_PAYABLE_MS=100",
+                                      NULL};
+    st_start_env(&S, "plist", env);
+    seed_sched m;
+    seed(&m, "marginal", MARGINAL);
+    cm_rpc_status stt;
+    ck_assert_int_eq(put_schedule(&S, "s-1", &m.s, 0, &stt), 0);
+    put_channel(&S, "ch", ACTIVE, NULL, 0, "marginal");
+    {
+        Commerce__Commission__V1__PutTierScheduleRequest r =
+            COMMERCE__COMMISSION__V1__PUT_TIER_SCHEDULE_REQUEST__INIT;
+        r.request_id = "s-1";
+        r.schedule = &m.s;
+        ck_assert_int_eq(hs_call(S.c, SVC "PutTierSchedule", &r.base,
+                                 &commerce__commission__v1__put_tier_schedule_response__descriptor,
+                                 NULL, &stt, md_other, 1),
+                         0);
+    }
+    ck_assert_int_eq(put_channel_full(&S, md_other, "c-o", "ch", CT(COMMUNITY_LEADER), ACTIVE, NULL,
+                                      0, "marginal", 0, &stt),
+                     0);
+    /* two periods of TENANT's channel (this month, and one 40 days on:
+     * another month), and one order of the other tenant's */
+    long long day = 86400000LL;
+    T0 = hs_real_ms() + 2000;
+    char *o1 = order_uuid(), *o2 = order_uuid(), *o3 = order_uuid();
+    paid(&S, o1, uuid(), "ch", 1000000);                           /* 500.00 */
+    paid_in(&S, TENANT, o2, uuid(), "ch", 2000000, T0 + 40 * day); /* 500 + 800 */
+    paid_in(&S, TENANT "-other", o3, uuid(), "ch", 1000000, T0);   /* 500.00 */
+    wait_for(&S, "SELECT count(*) FROM commissions WHERE state = 1", 3);
+    ck_assert_int_eq(sql(&S, "SELECT count(DISTINCT period_start) FROM commissions"), 2);
+    completed(&S, o1, uuid(), "ch", hs_real_ms());
+    completed(&S, o2, uuid(), "ch", hs_real_ms());
+    completed_in(&S, TENANT "-other", o3, uuid(), "ch", hs_real_ms());
+    wait_for(&S, "SELECT count(*) FROM commissions WHERE state = 2", 3);
+    long long p1 = comm_col(&S, "(extract(epoch FROM period_start) * 1000)::bigint", o1);
+    /* bad input, named */
+    Commerce__Commission__V1__SettleCommissionsResponse *sr = NULL;
+    ck_assert_int_eq(settle_in(&S, md, "pp-0", "ch", p1, -1, &sr, &stt), 3);
+    ck_assert_str_eq(stt.field, "period_start");
+    /* the first period only: o1's 500.00 */
+    ck_assert_int_eq(settle_in(&S, md, "pp-1", "ch", p1, 0, &sr, &stt), 0);
+    ck_assert(!sr->below_minimum);
+    ck_assert_int_eq(sr->payout->amount->amount_minor, 50000);
+    ck_assert_int_eq(sr->payout->commissions, 1);
+    ck_assert_ptr_nonnull(sr->payout->period_start);
+    ck_assert_int_eq(sr->payout->period_start->seconds, p1 / 1000);
+    char pay1[CM_ID_SIZE];
+    snprintf(pay1, sizeof pay1, "%s", sr->payout->payout_id);
+    protobuf_c_message_free_unpacked(&sr->base, NULL);
+    /* the same key for another period (here: every period) is refused;
+     * the same request answers the same payout */
+    ck_assert_int_eq(settle_in(&S, md, "pp-1", "ch", 0, 0, &sr, &stt), 6);
+    ck_assert_int_eq(settle_in(&S, md, "pp-1", "ch", p1, 0, &sr, &stt), 0);
+    ck_assert_str_eq(sr->payout->payout_id, pay1);
+    protobuf_c_message_free_unpacked(&sr->base, NULL);
+    /* nothing more in that period */
+    ck_assert_int_eq(settle_in(&S, md, "pp-2", "ch", p1, 0, &sr, &stt), 0);
+    ck_assert(sr->below_minimum);
+    ck_assert_int_eq(sr->payable->amount_minor, 0);
+    protobuf_c_message_free_unpacked(&sr->base, NULL);
+    /* without a period: everything payable, here o2's 1,300.00 */
+    ck_assert_int_eq(settle_in(&S, md, "pp-3", "ch", 0, 0, &sr, &stt), 0);
+    ck_assert_int_eq(sr->payout->amount->amount_minor, 130000);
+    ck_assert_ptr_null(sr->payout->period_start);
+    char pay2[CM_ID_SIZE];
+    snprintf(pay2, sizeof pay2, "%s", sr->payout->payout_id);
+    protobuf_c_message_free_unpacked(&sr->base, NULL);
+    /* the other tenant's payout */
+    ck_assert_int_eq(settle_in(&S, md_other, "pp-1", "ch", 0, 0, &sr, &stt), 0);
+    ck_assert_int_eq(sr->payout->amount->amount_minor, 50000);
+    char pay3[CM_ID_SIZE];
+    snprintf(pay3, sizeof pay3, "%s", sr->payout->payout_id);
+    protobuf_c_message_free_unpacked(&sr->base, NULL);
+    /* results: the first paid, the second failed */
+    Commerce__Commission__V1__ReportPayoutResultResponse *rr = NULL;
+    ck_assert_int_eq(report(&S, pay1, PAID, &rr, &stt), 0);
+    protobuf_c_message_free_unpacked(&rr->base, NULL);
+    ck_assert_int_eq(report(&S, pay2, FAILED, &rr, &stt), 0);
+    protobuf_c_message_free_unpacked(&rr->base, NULL);
+    /* ListPayouts: newest first, a page at a time, TENANT's only */
+    Commerce__Commission__V1__ListPayoutsResponse *lr = NULL;
+    ck_assert_int_eq(list_payouts(&S, md, "", 0, 1, NULL, &lr, &stt), 0);
+    ck_assert_uint_eq(lr->n_payouts, 1);
+    ck_assert_str_eq(lr->payouts[0]->payout_id, pay2);
+    ck_assert_int_eq(lr->payouts[0]->state, FAILED);
+    ck_assert_str_ne(lr->next_page_token, "");
+    char tok[512];
+    snprintf(tok, sizeof tok, "%s", lr->next_page_token);
+    protobuf_c_message_free_unpacked(&lr->base, NULL);
+    ck_assert_int_eq(list_payouts(&S, md, "", 0, 1, tok, &lr, &stt), 0);
+    ck_assert_uint_eq(lr->n_payouts, 1);
+    ck_assert_str_eq(lr->payouts[0]->payout_id, pay1);
+    ck_assert_int_eq(lr->payouts[0]->state, PAID);
+    ck_assert_str_eq(lr->payouts[0]->provider_reference, "alipay-transfer-1");
+    ck_assert_str_eq(lr->next_page_token, "");
+    protobuf_c_message_free_unpacked(&lr->base, NULL);
+    ck_assert_int_eq(list_payouts(&S, md, "ch", PAID, 0, NULL, &lr, &stt), 0);
+    ck_assert_uint_eq(lr->n_payouts, 1);
+    ck_assert_str_eq(lr->payouts[0]->payout_id, pay1);
+    protobuf_c_message_free_unpacked(&lr->base, NULL);
+    ck_assert_int_eq(list_payouts(&S, md, "nobody", 0, 0, NULL, &lr, &stt), 0);
+    ck_assert_uint_eq(lr->n_payouts, 0);
+    protobuf_c_message_free_unpacked(&lr->base, NULL);
+    /* the other tenant sees its own payout, never TENANT's */
+    ck_assert_int_eq(list_payouts(&S, md_other, "", 0, 0, NULL, &lr, &stt), 0);
+    ck_assert_uint_eq(lr->n_payouts, 1);
+    ck_assert_str_eq(lr->payouts[0]->payout_id, pay3);
+    protobuf_c_message_free_unpacked(&lr->base, NULL);
+    ck_assert_int_eq(list_payouts(&S, md_other, "ch", PAID, 0, NULL, &lr, &stt), 0);
+    ck_assert_uint_eq(lr->n_payouts, 0);
+    protobuf_c_message_free_unpacked(&lr->base, NULL);
+    /* a token of one tenant's query with other filters is refused */
+    ck_assert_int_eq(list_payouts(&S, md, "ch", 0, 1, tok, &lr, &stt), 3);
+    ck_assert_str_eq(stt.reason, "PAGE_TOKEN_INVALID");
+    /* bad input, named */
+    ck_assert_int_eq(list_payouts(&S, md, "", -1, 0, NULL, &lr, &stt), 3);
+    ck_assert_str_eq(stt.field, "states[0]");
+    ck_assert_int_eq(list_payouts(&S, md, "bad id!", 0, 0, NULL, &lr, &stt), 3);
+    ck_assert_str_eq(stt.field, "channel_id");
+    ck_assert_int_eq(list_payouts(&S, md, "", 0, -1, NULL, &lr, &stt), 3);
+    ck_assert_str_eq(stt.field, "page_size");
+    ck_assert_int_eq(list_payouts(&S, md, "", 0, 0, "garbage", &lr, &stt), 3);
+    ck_assert_str_eq(stt.reason, "PAGE_TOKEN_INVALID");
+    /* the payout events, keyed by channel: 3 created, 1 paid, 1 failed */
+    for (int tries = 0; tries < 300; tries++) {
+        if (payout_events(&S, "commerce.events.v1.CommissionPayoutCreated", NULL) == 3 &&
+            payout_events(&S, "commerce.events.v1.CommissionPayoutPaid", NULL) == 1 &&
+            payout_events(&S, "commerce.events.v1.CommissionPayoutFailed", NULL) == 1)
+            break;
+        hs_topic_next(S.events, 100);
+    }
+    ck_assert_int_eq(payout_events(&S, "commerce.events.v1.CommissionPayoutCreated", NULL), 3);
+    ck_assert_int_eq(payout_events(&S, "commerce.events.v1.CommissionPayoutCreated", pay1), 1);
+    ck_assert_int_eq(payout_events(&S, "commerce.events.v1.CommissionPayoutPaid", pay1), 1);
+    ck_assert_int_eq(payout_events(&S, "commerce.events.v1.CommissionPayoutFailed", pay2), 1);
+    st_stop(&S);
+}
+END_TEST
+
+/* ---- closing a whole-volume period ---- */
+
+static int close_period(st *s, const char *ch, const char *sched, long long start_ms,
+                        Commerce__Commission__V1__ClosePeriodResponse **out, cm_rpc_status *stt)
+{
+    Google__Protobuf__Timestamp at = GOOGLE__PROTOBUF__TIMESTAMP__INIT;
+    at.seconds = start_ms / 1000;
+    Commerce__Commission__V1__ClosePeriodRequest r =
+        COMMERCE__COMMISSION__V1__CLOSE_PERIOD_REQUEST__INIT;
+    r.channel_id = (char *)ch;
+    r.tier_schedule_id = (char *)sched;
+    r.period_start = start_ms ? &at : NULL;
+    return hs_call(s->c, SVC "ClosePeriod", &r.base,
+                   &commerce__commission__v1__close_period_response__descriptor,
+                   (ProtobufCMessage **)out, stt, md, 1);
+}
+
+/* what a statement changed, through a CTE that counts it */
+static void sql_do(const st *s, const char *q)
+{
+    char w[1024];
+    snprintf(w, sizeof w, "WITH u AS (%s RETURNING 1) SELECT count(*) FROM u", q);
+    ck_assert_int_ge(sql(s, w), 1);
+}
+
+START_TEST(closing_a_whole_volume_period_posts_its_true_up_once)
+{
+    /* the ticker stays away from last month while the rpc is tested */
+    static const char *const env[] = {"COMMISSION_CLOSE_MS=3600000",
+                                      "COMMISSION_CLOSE_AFTER_S=2592000", NULL};
+    st_start_env(&S, "close", env);
+    cm_rpc_status stt;
+    seed_sched w, m;
+    seed(&w, "whole", WHOLE);
+    seed(&m, "marginal", MARGINAL);
+    ck_assert_int_eq(put_schedule(&S, "s-1", &w.s, 0, &stt), 0);
+    ck_assert_int_eq(put_schedule(&S, "s-m", &m.s, 0, &stt), 0);
+    put_channel(&S, "par", ACTIVE, NULL, 0, "whole");
+    put_channel(&S, "ch", ACTIVE, "par", 1000, "whole"); /* the parent earns 10 % */
+    put_channel(&S, "ch2", ACTIVE, NULL, 0, "whole");
+    put_channel(&S, "chm", ACTIVE, NULL, 0, "marginal");
+    /* last month in the schedules' zone; the schedules are made to have
+     * been in force since before it (a finished period needs orders paid
+     * in the past) */
+    long long day = 86400000LL;
+    long long P = sql(&S, "SELECT (extract(epoch FROM (date_trunc('month', now() AT TIME ZONE "
+                          "'Asia/Shanghai') - interval '1 month') AT TIME ZONE 'Asia/Shanghai') "
+                          "* 1000)::bigint");
+    long long cur = sql(&S, "SELECT (extract(epoch FROM date_trunc('month', now() AT TIME ZONE "
+                            "'Asia/Shanghai') AT TIME ZONE 'Asia/Shanghai') * 1000)::bigint");
+    char q[512];
+    snprintf(q, sizeof q, "UPDATE tier_schedules SET effective_from = to_timestamp(%lld / 1000.0)",
+             P - day);
+    sql_do(&S, q);
+    /* revision 1: 12,000.00 reaches 8 % (960.00) */
+    char *o1 = order_uuid(), *o2 = order_uuid(), *o3 = order_uuid(), *o4 = order_uuid();
+    paid_in(&S, TENANT, o1, uuid(), "ch", 1200000, P + 2 * day);
+    paid_in(&S, TENANT, o3, uuid(), "ch2", 1200000, P + 2 * day);
+    paid_in(&S, TENANT, order_uuid(), uuid(), "chm", 100000, P + 2 * day);
+    wait_for(&S, "SELECT count(*) FROM commissions", 3);
+    /* the schedule changes mid-month (same tiers, revision 2): 2,000.00
+     * more counts on a row of its own at 5 % (100.00) */
+    ck_assert_int_eq(put_schedule(&S, "s-2", &w.s, 0, &stt), 0);
+    snprintf(q, sizeof q,
+             "UPDATE tier_schedules SET effective_from = to_timestamp(%lld / 1000.0) WHERE "
+             "schedule_id = 'whole' AND revision = 2",
+             P + 5 * day);
+    sql_do(&S, q);
+    paid_in(&S, TENANT, o2, uuid(), "ch", 200000, P + 10 * day);
+    paid_in(&S, TENANT, o4, uuid(), "ch2", 200000, P + 10 * day);
+    paid_in(&S, TENANT, order_uuid(), uuid(), "ch2", 100000, hs_real_ms()); /* this month */
+    wait_for(&S, "SELECT count(*) FROM commissions", 6);
+    ck_assert_int_eq(sql(&S, "SELECT count(*) FROM channel_periods WHERE channel_id = 'ch'"), 2);
+    ck_assert_int_eq(posted(&S, "ch"), 96000 + 10000);
+    /* bad input, named; what cannot close */
+    Commerce__Commission__V1__ClosePeriodResponse *cr = NULL;
+    ck_assert_int_eq(close_period(&S, "", "whole", P, &cr, &stt), 3);
+    ck_assert_str_eq(stt.field, "channel_id");
+    ck_assert_int_eq(close_period(&S, "ch", "", P, &cr, &stt), 3);
+    ck_assert_str_eq(stt.field, "tier_schedule_id");
+    ck_assert_int_eq(close_period(&S, "ch", "whole", 0, &cr, &stt), 3);
+    ck_assert_str_eq(stt.field, "period_start");
+    ck_assert_int_eq(close_period(&S, "nobody", "whole", P, &cr, &stt), 5);
+    ck_assert_int_eq(close_period(&S, "ch", "whole", P + day, &cr, &stt), 5);
+    ck_assert_int_eq(close_period(&S, "ch2", "whole", cur, &cr, &stt), 9);
+    ck_assert_str_eq(stt.reason, "ILLEGAL_STATE_TRANSITION");
+    ck_assert_int_eq(close_period(&S, "chm", "marginal", P, &cr, &stt), 9);
+    ck_assert_str_eq(stt.reason, "ILLEGAL_STATE_TRANSITION");
+    ck_assert_int_eq(sql(&S, "SELECT count(*) FROM channel_periods WHERE closed_at IS NOT NULL"),
+                     0);
+    /* 14,000.00 of the month at 8 %: 1,120.00; 1,060.00 was posted */
+    ck_assert_int_eq(close_period(&S, "ch", "whole", P, &cr, &stt), 0);
+    ck_assert(!cr->already_closed);
+    ck_assert_int_eq(cr->close->net_sales->amount_minor, 1400000);
+    ck_assert_int_eq(cr->close->commission->amount_minor, 112000);
+    ck_assert_int_eq(cr->close->true_up->amount_minor, 6000);
+    ck_assert_int_eq(cr->close->tier_schedule_revision, 2);
+    ck_assert_int_eq(cr->close->period_start->seconds, P / 1000);
+    ck_assert_str_ne(cr->close->adjustment_id, "");
+    /* the parent's pool: 10 % of 1,060.00 before, of 1,120.00 after */
+    ck_assert_str_eq(cr->close->parent_channel_id, "par");
+    ck_assert_int_eq(cr->close->parent_share->amount_minor, 600);
+    ck_assert_str_ne(cr->close->parent_adjustment_id, "");
+    char adj[CM_ID_SIZE];
+    snprintf(adj, sizeof adj, "%s", cr->close->adjustment_id);
+    protobuf_c_message_free_unpacked(&cr->base, NULL);
+    /* again: the same close, nothing posted */
+    ck_assert_int_eq(close_period(&S, "ch", "whole", P, &cr, &stt), 0);
+    ck_assert(cr->already_closed);
+    ck_assert_int_eq(cr->close->true_up->amount_minor, 6000);
+    ck_assert_str_eq(cr->close->adjustment_id, adj);
+    ck_assert_int_eq(cr->close->parent_share->amount_minor, 600);
+    protobuf_c_message_free_unpacked(&cr->base, NULL);
+    ck_assert_int_eq(sql(&S, "SELECT count(*) FROM adjustments WHERE kind = 4"), 2);
+    ck_assert_int_eq(sql(&S, "SELECT amount FROM adjustments WHERE kind = 4 AND channel_id = "
+                             "'par' AND child_id = 'ch' AND order_id IS NULL"),
+                     600);
+    /* the parent earned floor(10 % of the child's net commission) */
+    ck_assert_int_eq(earned(&S, "par"), posted(&S, "ch") / 10);
+    ck_assert_int_eq(sql(&S, "SELECT amount FROM adjustments WHERE kind = 4 AND channel_id = 'ch' "
+                             "AND state = 2 AND order_id IS NULL"),
+                     6000);
+    ck_assert_int_eq(posted(&S, "ch"), 112000);
+    ck_assert_int_eq(earned(&S, "ch"), 112000);
+    ck_assert_int_eq(sql(&S, "SELECT count(*) FROM channel_periods WHERE channel_id = 'ch' AND "
+                             "closed_at IS NOT NULL"),
+                     2);
+    /* a refund after the close: o1 gives back its own 240.00 (a quarter of
+     * 960.00); the month is not repriced (open, its row falling from
+     * 12,000.00 to 9,000.00 would also have trued its sales down to 5 %) */
+    refunded(&S, o1, uuid(), "ch", "rf-late", 300000);
+    wait_for(&S, "SELECT count(*) FROM refunds_applied", 1);
+    ck_assert_int_eq(comm_col(&S, "clawed_back", o1), 24000);
+    ck_assert_int_eq(sql(&S, "SELECT count(*) FROM adjustments WHERE refund_id = 'rf-late' AND "
+                             "channel_id = 'ch'"),
+                     0);
+    ck_assert_int_eq(posted(&S, "ch"), 112000 - 24000);
+    ck_assert_int_eq(earned(&S, "ch"), posted(&S, "ch"));
+    ck_assert_int_eq(earned(&S, "par"), posted(&S, "ch") / 10);
+    /* a payment arriving after the close earns its own commission (on its
+     * revision's row, 2,000.00 -> 3,000.00 at 5 %: 50.00) and reprices
+     * no one */
+    char *o5 = order_uuid();
+    paid_in(&S, TENANT, o5, uuid(), "ch", 100000, P + 11 * day);
+    wait_for(&S, "SELECT count(*) FROM commissions WHERE channel_id = 'ch'", 3);
+    ck_assert_int_eq(comm_col(&S, "amount", o5), 5000);
+    ck_assert_int_eq(sql(&S, "SELECT count(*) FROM adjustments WHERE channel_id = 'ch'"), 1);
+    ck_assert_int_eq(earned(&S, "ch"), posted(&S, "ch"));
+    ck_assert_int_eq(earned(&S, "par"), posted(&S, "ch") / 10);
+    /* the close's CommissionAdjusted, and the partners' adjusted (no
+     * order), valid against the schema */
+    for (int tries = 0;
+         tries < 100 && events_of(&S, "commerce.events.v1.CommissionAdjusted", "ch") < 1; tries++)
+        hs_topic_next(S.events, 100);
+    ck_assert_int_eq(events_of(&S, "commerce.events.v1.CommissionAdjusted", "ch"), 1);
+    int kinds[NPT] = {3, 0, 1, 0, 1, 0, 0, 0, 0};
+    partner_check(&S, "ch", kinds);
+    int par[NPT] = {0, 0, 0, 0, -1, 0, 0, 0, 0};
+    partner_check(&S, "par", par);
+    /* the ticker, in a restarted service, closes ch2's month by itself:
+     * the same true-up, once; ch's stays as it was, this month and the
+     * marginal month stay open */
+    ck_assert_int_eq(hs_stop(&S.p, SIGTERM, 30000), 0);
+    static const char *const tick[] = {"COMMISSION_CLOSE_MS=200", "COMMISSION_CLOSE_AFTER_S=0",
+                                       NULL};
+    const char *env2[32];
+    hs_start(&S.p, COMMISSION_BIN, st_env(&S, env2, 32, tick));
+    cm_rpc_client_free(S.c);
+    S.c = hs_client(&S.p, NULL);
+    wait_for(&S,
+             "SELECT count(*) FROM channel_periods WHERE channel_id = 'ch2' AND closed_at IS "
+             "NOT NULL",
+             2);
+    usleep(600 * 1000); /* three more ticks */
+    ck_assert_int_eq(sql(&S, "SELECT count(*) FROM adjustments WHERE kind = 4"), 3);
+    ck_assert_int_eq(sql(&S, "SELECT amount FROM adjustments WHERE kind = 4 AND channel_id = "
+                             "'ch2'"),
+                     6000);
+    ck_assert_int_eq(sql(&S, "SELECT count(*) FROM channel_periods WHERE closed_at IS NULL"), 2);
+    ck_assert_int_eq(close_period(&S, "ch2", "whole", P, &cr, &stt), 0);
+    ck_assert(cr->already_closed);
+    ck_assert_int_eq(cr->close->true_up->amount_minor, 6000);
+    protobuf_c_message_free_unpacked(&cr->base, NULL);
+    st_stop(&S);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("commission");
@@ -1171,6 +1775,9 @@ int main(void)
     tcase_add_test(tc, completed_past_the_window_is_payable_and_later_refunds_net_from_it);
     tcase_add_test(tc, two_replicas_make_each_commission_payable_once);
     tcase_add_test(tc, payouts_net_payables_and_clawbacks_after_settlement);
+    tcase_add_test(tc, tenant_window_decides_when_commissions_become_payable);
+    tcase_add_test(tc, payouts_per_period_are_listed_per_tenant_with_their_events);
+    tcase_add_test(tc, closing_a_whole_volume_period_posts_its_true_up_once);
     suite_add_tcase(s, tc);
     return hs_run(s, 1);
 }

@@ -582,8 +582,8 @@ static void cms_wait_for(const char *schema, const char *q, long long want)
 /* how many records of key in file carry com.commerce.commission.v1.<kind> */
 static int count_kind(const char *file, const char *key, const char *kind)
 {
-    json_t *docs[32];
-    size_t n = records_of(file, key, docs, 32);
+    json_t *docs[64];
+    size_t n = records_of(file, key, docs, 64);
     int k = 0;
     char type[96];
     snprintf(type, sizeof type, "com.commerce.commission.v1.%s", kind);
@@ -657,16 +657,29 @@ START_TEST(commission_partner_events_of_real_orders_validate)
     must_call(cc, CSVC "PutTierSchedule", &ps.base,
               &commerce__commission__v1__put_tier_schedule_response__descriptor, &r, md);
     protobuf_c_message_free_unpacked(r, NULL);
+    /* a parent channel earning 10 % of the channel's commission: its
+     * shares are adjustments of their own, keyed by the parent */
+    char parent[80];
+    snprintf(parent, sizeof parent, "%s-parent", channel);
     Commerce__Commission__V1__Channel ch = COMMERCE__COMMISSION__V1__CHANNEL__INIT;
-    ch.channel_id = channel;
-    ch.name = "partner channel";
-    ch.type = COMMERCE__COMMISSION__V1__CHANNEL_TYPE__CHANNEL_TYPE_COMMUNITY_LEADER;
+    ch.channel_id = parent;
+    ch.name = "partner parent channel";
+    ch.type = COMMERCE__COMMISSION__V1__CHANNEL_TYPE__CHANNEL_TYPE_REGIONAL_AGENT;
     ch.state = COMMERCE__COMMISSION__V1__CHANNEL_STATE__CHANNEL_STATE_ACTIVE;
     ch.tier_schedule_id = "ts-partner";
     Commerce__Commission__V1__PutChannelRequest pc =
         COMMERCE__COMMISSION__V1__PUT_CHANNEL_REQUEST__INIT;
-    pc.request_id = "pc-1";
+    pc.request_id = "pc-0";
     pc.channel = &ch;
+    must_call(cc, CSVC "PutChannel", &pc.base,
+              &commerce__commission__v1__put_channel_response__descriptor, &r, md);
+    protobuf_c_message_free_unpacked(r, NULL);
+    ch.channel_id = channel;
+    ch.name = "partner channel";
+    ch.type = COMMERCE__COMMISSION__V1__CHANNEL_TYPE__CHANNEL_TYPE_COMMUNITY_LEADER;
+    ch.parent_channel_id = parent;
+    ch.parent_override_bps = 1000;
+    pc.request_id = "pc-1";
     must_call(cc, CSVC "PutChannel", &pc.base,
               &commerce__commission__v1__put_channel_response__descriptor, &r, md);
     protobuf_c_message_free_unpacked(r, NULL);
@@ -765,6 +778,26 @@ START_TEST(commission_partner_events_of_real_orders_validate)
     cms_wait_for(schema, "SELECT count(*) FROM refunds_applied", 2);
     ck_assert_int_eq(cms_sql(schema, "SELECT count(*) FROM commissions WHERE state = 4"), 1);
     ck_assert_int_eq(cms_sql(schema, "SELECT count(*) FROM adjustments WHERE kind = 3"), 1);
+    /* the channel is paid what it is owed, then the transfer succeeds */
+    Commerce__Commission__V1__SettleCommissionsRequest sq =
+        COMMERCE__COMMISSION__V1__SETTLE_COMMISSIONS_REQUEST__INIT;
+    sq.request_id = "pcms-payout-1";
+    sq.channel_id = channel;
+    sq.currency = "CNY";
+    Commerce__Commission__V1__SettleCommissionsResponse *sr = NULL;
+    must_call(cc, CSVC "SettleCommissions", &sq.base,
+              &commerce__commission__v1__settle_commissions_response__descriptor,
+              (ProtobufCMessage **)&sr, md);
+    ck_assert_ptr_nonnull(sr->payout);
+    Commerce__Commission__V1__ReportPayoutResultRequest rq =
+        COMMERCE__COMMISSION__V1__REPORT_PAYOUT_RESULT_REQUEST__INIT;
+    rq.payout_id = sr->payout->payout_id;
+    rq.result = COMMERCE__COMMISSION__V1__PAYOUT_STATE__PAYOUT_STATE_PAID;
+    rq.provider_reference = "alipay-transfer-pcms";
+    must_call(cc, CSVC "ReportPayoutResult", &rq.base,
+              &commerce__commission__v1__report_payout_result_response__descriptor, &r, md);
+    protobuf_c_message_free_unpacked(r, NULL);
+    protobuf_c_message_free_unpacked(&sr->base, NULL);
 
     /* the relay publishes what the service committed; kcat reads it */
     char *out = strdup("/tmp/test_partner_cms_XXXXXX");
@@ -772,24 +805,40 @@ START_TEST(commission_partner_events_of_real_orders_validate)
     ck_assert_int_ge(fd, 0);
     close(fd);
     char cmd[2048];
-    int want[3] = {N, 2, 2}, have[3] = {0, 0, 0};
-    static const char *const kinds3[] = {"accrued", "payable", "clawed_back"};
+    /* the channel: its commissions' events, its adjustments (the refunds'
+     * true-ups and the clawback after PAYABLE) and its payout; the parent:
+     * its shares, two of them made payable with orders 0 and 1. -1: at
+     * least one */
+    enum { NK = 9 };
+    static const char *const kinds9[NK] = {"accrued",        "payable",     "clawed_back",
+                                           "settled",        "adjusted",    "adjustment_payable",
+                                           "payout_created", "payout_paid", "payout_failed"};
+    const int want[NK] = {N, 2, 2, 2, -1, 0, 1, 1, 0};
+    const int want_parent[NK] = {0, 0, 0, 0, -1, 2, 0, 0, 0};
+    int have[NK], have_parent[NK];
     for (int tries = 0; tries < 150; tries++) {
         snprintf(cmd, sizeof cmd, "kcat -C -b '%s' -t %s -o beginning -e -q -J > %s 2>/dev/null",
                  brokers, ptopic, out);
         ck_assert_msg(system(cmd) == 0, "%s failed", cmd);
         int same = 1;
-        for (int k = 0; k < 3; k++) {
-            have[k] = count_kind(out, channel, kinds3[k]);
-            same = same && have[k] == want[k];
+        for (int k = 0; k < NK; k++) {
+            have[k] = count_kind(out, channel, kinds9[k]);
+            have_parent[k] = count_kind(out, parent, kinds9[k]);
+            same = same && (want[k] < 0 ? have[k] > 0 : have[k] == want[k]) &&
+                   (want_parent[k] < 0 ? have_parent[k] > 0 : have_parent[k] == want_parent[k]);
         }
         if (same)
             break;
         usleep(200 * 1000);
     }
-    for (int k = 0; k < 3; k++)
-        ck_assert_msg(have[k] == want[k], "%s: %d records, want %d", kinds3[k], have[k], want[k]);
+    for (int k = 0; k < NK; k++) {
+        ck_assert_msg(want[k] < 0 ? have[k] > 0 : have[k] == want[k], "%s: %d records, want %d",
+                      kinds9[k], have[k], want[k]);
+        ck_assert_msg(want_parent[k] < 0 ? have_parent[k] > 0 : have_parent[k] == want_parent[k],
+                      "parent %s: %d records, want %d", kinds9[k], have_parent[k], want_parent[k]);
+    }
     validate_records(out, channel);
+    validate_records(out, parent);
     unlink(out);
     free(out);
 

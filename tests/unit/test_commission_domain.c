@@ -869,6 +869,87 @@ START_TEST(accrual_overflows_exactly_past_int64)
 }
 END_TEST
 
+START_TEST(window_check_names_the_field_and_bounds)
+{
+    cms_violation v;
+    EQ(cms_window_check(0, 0, &v), 0);
+    EQ(cms_window_check(7 * 86400, 0, &v), 0);
+    EQ(cms_window_check(CMS_WINDOW_MAX_S, 0, &v), 0);
+    EQ(cms_window_check(CMS_WINDOW_MAX_S + 1, 0, &v), CM_EINVAL);
+    ck_assert_str_eq(v.field, "settings.after_sale_window");
+    ck_assert_str_eq(v.why, "at most 90 days (7776000 s)");
+    EQ(cms_window_check(-1, 0, &v), CM_EINVAL);
+    ck_assert_str_eq(v.why, "must not be negative");
+    EQ(cms_window_check(0, -5, &v), CM_EINVAL);
+    ck_assert_str_eq(v.why, "must not be negative");
+    EQ(cms_window_check(60, 1, &v), CM_EINVAL);
+    ck_assert_str_eq(v.why, "must be a whole number of seconds");
+    EQ(cms_window_check(INT64_MAX, 0, NULL), CM_EINVAL);
+    /* the tenant's own window wins, even 0; else the default's days */
+    EQ(cms_window_of(1, 0, 7), 0);
+    EQ(cms_window_of(1, 3600, 7), 3600);
+    EQ(cms_window_of(0, 3600, 7), 7 * 86400);
+}
+END_TEST
+
+START_TEST(close_reprices_every_revision_together)
+{
+    cms_schedule w;
+    seed_schedule(&w, CMS_MODE_WHOLE_VOLUME);
+    /* one revision, postings telescoped: the close posts nothing */
+    int64_t net1[1] = {6000000}, posted1[1] = {720000};
+    int64_t ns = 0, c = 0, adj = 1;
+    EQ(cms_close(&w, net1, posted1, 1, &ns, &c, &adj), 0);
+    EQ(ns, 6000000);
+    EQ(c, 720000);
+    EQ(adj, 0);
+    /* a schedule change mid-period: 9,000.00 under revision 1 (450.00 at
+     * 5 %), 2,000.00 under revision 2 (100.00): together 11,000.00 reach
+     * 8 %, 880.00, so the close posts 330.00 */
+    int64_t net2[2] = {900000, 200000}, posted2[2] = {45000, 10000};
+    EQ(cms_close(&w, net2, posted2, 2, &ns, &c, &adj), 0);
+    EQ(ns, 1100000);
+    EQ(c, 88000);
+    EQ(adj, 33000);
+    /* down as well: refunds in one revision take both below a bound */
+    int64_t net3[2] = {600000, 300000}, posted3[2] = {48000, 24000};
+    EQ(cms_close(&w, net3, posted3, 2, &ns, &c, &adj), 0);
+    EQ(c, 45000);
+    EQ(adj, 45000 - 72000);
+    /* bad input */
+    EQ(cms_close(&w, net2, posted2, 0, &ns, &c, &adj), CM_EINVAL);
+    int64_t neg[1] = {-1};
+    EQ(cms_close(&w, neg, posted1, 1, &ns, &c, &adj), CM_EINVAL);
+    int64_t big[2] = {INT64_MAX, 1};
+    EQ(cms_close(&w, big, posted2, 2, &ns, &c, &adj), CM_EOVERFLOW);
+}
+END_TEST
+
+START_TEST(closed_period_posts_the_order_only)
+{
+    cms_schedule w;
+    seed_schedule(&w, CMS_MODE_WHOLE_VOLUME);
+    /* 40,000.00 then a late 10,000.00 order: open, it would reprice the
+     * first 40,000.00 from 8 % to 12 %; closed, it earns its own 1,200.00
+     * and nobody else moves */
+    cms_posting p;
+    EQ(cms_accrue(&w, 4000000, 1000000, &p), 0);
+    EQ(p.order_amount, 120000);
+    EQ(p.true_up, 160000);
+    cms_posting_closed(&p);
+    EQ(p.true_up, 0);
+    EQ(p.total, 120000);
+    EQ(p.order_amount, 120000);
+    /* a late refund: its own clawback, no true-up of the others */
+    cms_order o = {.amount = 1000000, .commission = 120000, .refunded = 0};
+    EQ(cms_clawback(&w, 5000000, &o, 500000, &p), 0);
+    EQ(p.order_amount, -60000);
+    cms_posting_closed(&p);
+    EQ(p.true_up, 0);
+    EQ(p.total, -60000);
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("commission_domain");
@@ -882,6 +963,9 @@ static Suite *suite(void)
     tcase_add_test(t, schedule_check_names_each_bad_field);
     tcase_add_test(t, unchecked_schedules_and_bad_input_are_refused);
     tcase_add_test(t, overflow_is_an_error_not_a_wrapped_amount);
+    tcase_add_test(t, window_check_names_the_field_and_bounds);
+    tcase_add_test(t, close_reprices_every_revision_together);
+    tcase_add_test(t, closed_period_posts_the_order_only);
     suite_add_tcase(s, t);
     TCase *p = tcase_create("properties");
     tcase_set_timeout(p, 60);
