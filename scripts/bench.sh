@@ -2075,9 +2075,11 @@ cms_orders() {
   ord_create_pending "$n" "$workdir/$name-orders.txt" "$ord_schema" "$workdir/$name" \
     --order-channels "$cms_channels"
   sleep 3
+  [ "$cms_statements" = 1 ] && pg_statements_reset "$cms_dsn"
   ord_pay_watched "$workdir/$name-orders.txt" "$cms_rate_paced" "$cms_seconds" "$cms_warmup" \
     "$ord_schema" "$workdir/$name" "$bin/commerce-paidgen" watch-partner --brokers "$cms_brokers" \
     --topic "$topic.partner" || rc=1
+  [ "$cms_statements" = 1 ] && pg_statements "$cms_dsn" "$n" "$workdir/$name-statements.txt"
   cms_hwm_kb=$(hwm_kb "$cms_pid")
   stop_pid "$cms_pid" || { echo "bench.sh: $name: commerce-commission did not exit 0 on SIGTERM" >&2; rc=1; }
   stop_pid "$ord_pid" || { echo "bench.sh: $name: commerce-order did not exit 0 on SIGTERM" >&2; rc=1; }

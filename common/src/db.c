@@ -1065,3 +1065,26 @@ int cm_db_number_params(const char *sql, const char *const *names, size_t n, cha
     out[len] = '\0';
     return 0;
 }
+
+int cm_db_exec_auto(cm_db *db, const char *what, const char *sql, int nparams,
+                    const char *const *params, PGresult **out)
+{
+    if (out)
+        *out = NULL;
+    if (!db || !sql)
+        return CM_EINVAL;
+    char hex[CM_SHA256_HEX], name[CM_DB_PREPARED_NAME];
+    cm_sha256_hex(sql, strlen(sql), hex);
+    snprintf(name, sizeof name, "a_%.32s", hex);
+    return cm_db_exec_prepared(db, what, name, sql, nparams, params, NULL, NULL, out);
+}
+
+int cm_db_read_auto(cm_db *db, const char *what, const char *sql, int nparams,
+                    const char *const *params, PGresult **out)
+{
+    int rc = cm_db_exec_auto(db, what, sql, nparams, params, out);
+    if (rc == CM_EUNAVAIL && db && !db->in_tx && PQstatus(db->conn) == CONNECTION_BAD &&
+        db_reconnect(db) == 0)
+        rc = cm_db_exec_auto(db, what, sql, nparams, params, out);
+    return rc;
+}

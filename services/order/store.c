@@ -49,10 +49,12 @@ static void cpy(char *dst, size_t cap, const PGresult *r, int row, int col)
     snprintf(dst, cap, "%s", PQgetvalue(r, row, col));
 }
 
+/* every statement here is a fixed text (a few with a choice of suffix):
+ * prepared once per connection, by its own text */
 static int exec(cm_db *db, const char *what, const char *sql, int n, const char *const *p,
                 PGresult **out)
 {
-    return cm_db_exec(db, what, sql, n, p, out);
+    return cm_db_exec_auto(db, what, sql, n, p, out);
 }
 
 /* the i-th comma-separated field of s into dst (fields never hold commas:
@@ -196,7 +198,7 @@ static const char *refund_sku(const void *r, size_t i)
 static int read_row(cm_db *db, const char *what, const char *sql, int n, const char *const *p,
                     PGresult **r)
 {
-    int rc = cm_db_read(db, what, sql, n, p, r);
+    int rc = cm_db_read_auto(db, what, sql, n, p, r);
     if (rc == 0 && PQntuples(*r) == 0) {
         PQclear(*r);
         *r = NULL;

@@ -571,6 +571,50 @@ START_TEST(exec_prepared_prepares_once_and_survives_a_lost_session)
 }
 END_TEST
 
+START_TEST(exec_auto_prepares_each_text_once)
+{
+    char s[64];
+    schema_name(s, sizeof s, "auto");
+    cm_db *db = fresh(s, "CREATE TABLE t (id int, v text)");
+    for (int i = 0; i < 3; i++) {
+        char id[16];
+        snprintf(id, sizeof id, "%d", i);
+        const char *p[] = {id, "x"};
+        ck_assert_int_eq(cm_db_exec_auto(db, "insert", "INSERT INTO t VALUES ($1, $2)", 2, p, NULL),
+                         0);
+    }
+    const char *one[] = {"1"};
+    PGresult *r = NULL;
+    ck_assert_int_eq(cm_db_read_auto(db, "get", "SELECT v FROM t WHERE id = $1::int", 1, one, &r),
+                     0);
+    ck_assert_str_eq(PQgetvalue(r, 0, 0), "x");
+    PQclear(r);
+    /* two texts, two statements, each prepared once, named by its text */
+    ck_assert_int_eq(cm_db_exec(db, "count prepared",
+                                "SELECT count(*), count(DISTINCT statement) FROM "
+                                "pg_prepared_statements WHERE name LIKE 'a\\_%'",
+                                0, NULL, &r),
+                     0);
+    ck_assert_str_eq(PQgetvalue(r, 0, 0), "2");
+    ck_assert_str_eq(PQgetvalue(r, 0, 1), "2");
+    PQclear(r);
+    ck_assert_int_eq(count_in(s, "t"), 3);
+    /* a read after a killed session runs again on a new one */
+    PGconn *c = pt_admin();
+    char sql[160];
+    snprintf(sql, sizeof sql, "SELECT pg_terminate_backend(%d, 5000)",
+             PQbackendPID(cm_db_conn(db)));
+    pt_sql(c, sql);
+    PQfinish(c);
+    ck_assert_int_eq(cm_db_read_auto(db, "get", "SELECT v FROM t WHERE id = $1::int", 1, one, &r),
+                     0);
+    ck_assert_str_eq(PQgetvalue(r, 0, 0), "x");
+    PQclear(r);
+    cm_db_free(db);
+    drop_schema(s);
+}
+END_TEST
+
 START_TEST(tx_retries_a_serialization_failure)
 {
     char s[64];
@@ -990,6 +1034,7 @@ static Suite *db_suite(void)
     tcase_add_test(tx, tx_refuses_nesting);
     tcase_add_test(tx, tx_runs_commit_hooks_after_commit_only);
     tcase_add_test(tx, exec_prepared_prepares_once_and_survives_a_lost_session);
+    tcase_add_test(tx, exec_auto_prepares_each_text_once);
     tcase_add_test(tx, tx_retries_a_serialization_failure);
     tcase_add_test(tx, tx_gives_up_after_max_attempts);
     tcase_add_test(tx, tx_retries_write_skew_failing_a_write);
