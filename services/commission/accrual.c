@@ -332,10 +332,12 @@ static int read_known(cms_accrual *a, cm_db *db)
         const char *p[] = {t.p, o.p};
         rc = cm_db_exec_prepared(
             db, "read commissions", "cms_read_comms",
+            /* a unique-index lookup per order, in key order (an IN over
+             * the unnest let a generic plan scan the whole table) */
             "SELECT " CMS_COMMISSION_COLS
-            ", tenant_id FROM commissions WHERE (tenant_id, order_id) IN "
-            "(SELECT * FROM unnest($1::text[] COLLATE \"C\", $2::uuid[])) ORDER BY "
-            "commission_id FOR UPDATE",
+            ", tenant_id FROM (SELECT DISTINCT * FROM unnest($1::text[] COLLATE \"C\", "
+            "$2::uuid[]) AS u(t, o) ORDER BY 1, 2) u CROSS JOIN LATERAL (SELECT * FROM "
+            "commissions k WHERE k.tenant_id = u.t AND k.order_id = u.o FOR UPDATE) c",
             2, p, NULL, NULL, &r);
     }
     for (int i = 0; rc == 0 && i < PQntuples(r); i++) {
@@ -351,9 +353,10 @@ static int read_known(cms_accrual *a, cm_db *db)
     if (rc == 0) {
         const char *p[] = {t.p, o.p};
         rc = cm_db_exec_prepared(db, "read uncommissioned orders", "cms_read_skipped",
-                                 "SELECT tenant_id, order_id::text FROM uncommissioned_orders "
-                                 "WHERE (tenant_id, order_id) IN (SELECT * FROM "
-                                 "unnest($1::text[] COLLATE \"C\", $2::uuid[]))",
+                                 "SELECT k.tenant_id, k.order_id::text FROM (SELECT DISTINCT * "
+                                 "FROM unnest($1::text[] COLLATE \"C\", $2::uuid[]) AS u(t, "
+                                 "o)) u CROSS JOIN LATERAL (SELECT * FROM uncommissioned_orders "
+                                 "x WHERE x.tenant_id = u.t AND x.order_id = u.o) k",
                                  2, p, NULL, NULL, &r);
     }
     for (int i = 0; rc == 0 && i < PQntuples(r); i++) {
@@ -368,10 +371,11 @@ static int read_known(cms_accrual *a, cm_db *db)
     if (rc == 0 && rt.items) {
         const char *p[] = {rt.p, ro.p, rr.p};
         rc = cm_db_exec_prepared(db, "read applied refunds", "cms_read_applied",
-                                 "SELECT tenant_id, order_id::text, refund_id FROM "
-                                 "refunds_applied WHERE (tenant_id, order_id, refund_id) IN "
-                                 "(SELECT * FROM unnest($1::text[] COLLATE \"C\", $2::uuid[], "
-                                 "$3::text[] COLLATE \"C\"))",
+                                 "SELECT k.tenant_id, k.order_id::text, k.refund_id FROM (SELECT "
+                                 "DISTINCT * FROM unnest($1::text[] COLLATE \"C\", $2::uuid[], "
+                                 "$3::text[] COLLATE \"C\") AS u(t, o, r)) u CROSS JOIN LATERAL "
+                                 "(SELECT * FROM refunds_applied x WHERE x.tenant_id = u.t AND "
+                                 "x.order_id = u.o AND x.refund_id = u.r) k",
                                  3, p, NULL, NULL, &r);
         for (int i = 0; rc == 0 && i < PQntuples(r); i++) {
             if ((rc = GROW(a->applied, a->napplied, a->capplied)))
