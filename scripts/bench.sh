@@ -1006,6 +1006,7 @@ ord_stack_start() {
     ADMIN_LISTEN="127.0.0.1:$inv_admin" PG_DSN="${ord_dsn:-$PG_DSN}" WORKERS="$inv_workers" \
     LOG_LEVEL=warn INVENTORY_SCHEMA="$inv_schema" "${inv_env[@]}" "$bin/commerce-inventory"
   ord_inv_pid=$last_pid
+  ord_inv_admin=$inv_admin
   wait_http_ok "http://127.0.0.1:$inv_admin/readyz" "$ord_inv_pid" "$dir/inventory.log"
   wait_tcp "$inv_port" "$ord_inv_pid" "$dir/inventory.log"
   psql "$PG_DSN" -qX -v ON_ERROR_STOP=1 >/dev/null <<SQL || die "could not load the stock"
@@ -1025,6 +1026,23 @@ SQL
   ord_pid=$last_pid
   wait_http_ok "http://127.0.0.1:$ord_admin/readyz" "$ord_pid" "$dir/order.log"
   wait_tcp "$ord_port" "$ord_pid" "$dir/order.log"
+}
+
+# waits (at most 60 s) until every consumer of the services whose admin
+# ports are given has no lag left and every relay no backlog: the payments
+# start on an idle suite, not behind the orders' creation
+wait_idle() {
+  local t_end=$(($(date +%s) + 60)) port busy
+  while [ "$(date +%s)" -lt "$t_end" ]; do
+    busy=0
+    for port in "$@"; do
+      curl -fsS --max-time 2 "http://127.0.0.1:$port/metrics" 2>/dev/null |
+        awk '/^(consumer_lag|outbox_backlog)[{ ]/ {s += $NF} END {exit !(s == 0)}' || busy=1
+    done
+    [ "$busy" = 0 ] && return 0
+    sleep 0.5
+  done
+  echo "bench.sh: the services still had a backlog after 60 s; paying anyway" >&2
 }
 
 # $1 pending orders in the order service started by ord_stack_start (2
@@ -1593,7 +1611,7 @@ stl_orders() {
   local n=$((stl_rate_paced * (stl_seconds + stl_warmup))) rc=0
   ord_create_pending "$n" "$workdir/$name-orders.txt" "$ord_schema" "$workdir/$name"
   # the OrderCreated backlog consumed before the payments start
-  sleep 3
+  wait_idle "$ord_admin" "$ord_inv_admin" "$stl_admin"
   ord_pay_watched "$workdir/$name-orders.txt" "$stl_rate_paced" "$stl_seconds" "$stl_warmup" \
     "$ord_schema" "$workdir/$name" "$bin/commerce-paidgen" watch --dsn "$stl_dsn" --schema "$schema" ||
     rc=1
@@ -2074,7 +2092,7 @@ cms_orders() {
   local n=$((cms_rate_paced * (cms_seconds + cms_warmup))) rc=0
   ord_create_pending "$n" "$workdir/$name-orders.txt" "$ord_schema" "$workdir/$name" \
     --order-channels "$cms_channels"
-  sleep 3
+  wait_idle "$ord_admin" "$ord_inv_admin" "$cms_admin"
   [ "$cms_statements" = 1 ] && pg_statements_reset "$cms_dsn"
   ord_pay_watched "$workdir/$name-orders.txt" "$cms_rate_paced" "$cms_seconds" "$cms_warmup" \
     "$ord_schema" "$workdir/$name" "$bin/commerce-paidgen" watch-partner --brokers "$cms_brokers" \
