@@ -294,8 +294,11 @@ int ord_store_get_by_request(cm_db *db, const char *tenant, const char *request_
 
 /* ---- writes ---- */
 
-/* writes every mutable field of o back (after a transition), version + 1 */
-static int save(cm_db *db, const char *tenant, cm_arena *a, ord_order *o)
+/* writes every mutable field of o back (after a transition), version + 1;
+ * payment_hash, when not NULL, is the recorded payment's request hash (one
+ * row version for a payment, not two) */
+static int save_with(cm_db *db, const char *tenant, cm_arena *a, ord_order *o,
+                     const char *payment_hash)
 {
     o->version++;
     const char *p[] = {
@@ -321,6 +324,7 @@ static int save(cm_db *db, const char *tenant, cm_arena *a, ord_order *o)
         ms_or_null(a, o->shipped_ms),
         num(a, o->version),
         o->completed_by,
+        payment_hash,
     };
     PGresult *r = NULL;
     int rc = exec(db, "update order",
@@ -332,10 +336,16 @@ static int save(cm_db *db, const char *tenant, cm_arena *a, ord_order *o)
                   "paid_at = to_timestamp($16::bigint / 1000.0), "
                   "pay_recorded_at = to_timestamp($17::bigint / 1000.0), carrier = $18, "
                   "tracking_number = $19, shipped_at = to_timestamp($20::bigint / 1000.0), "
-                  "version = $21, completed_by = $22 WHERE tenant_id = $1 AND order_id = $2::uuid",
-                  22, p, &r);
+                  "version = $21, completed_by = $22, payment_hash = coalesce($23, payment_hash) "
+                  "WHERE tenant_id = $1 AND order_id = $2::uuid",
+                  23, p, &r);
     PQclear(r);
     return rc;
+}
+
+static int save(cm_db *db, const char *tenant, cm_arena *a, ord_order *o)
+{
+    return save_with(db, tenant, a, o, NULL);
 }
 
 /* ---- create ---- */
@@ -598,14 +608,7 @@ static int pay_fn(cm_db *db, void *arg)
         o->paid_ms = q->paid_ms;
         o->pay_recorded_ms = q->now_ms;
         o->updated_ms = q->now_ms;
-        rc = save(db, q->tenant, t->a, o);
-        if (rc)
-            return rc;
-        const char *h[] = {q->tenant, q->order_id, q->hash};
-        rc =
-            exec(db, "set payment hash",
-                 "UPDATE orders SET payment_hash = $3 WHERE tenant_id = $1 AND order_id = $2::uuid",
-                 3, h, NULL);
+        rc = save_with(db, q->tenant, t->a, o, q->hash);
         if (rc)
             return rc;
         return ord_ev_emit(db, q->ev, q->tenant, ORD_EV_PAID, o, prev, NULL);
