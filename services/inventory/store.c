@@ -71,10 +71,13 @@ static void parse_change(const PGresult *r, int row, int col, inv_change *c)
 }
 
 /* a growable text buffer for array literals */
+/* every statement here is a fixed text: prepared once per connection, by
+ * its own text (the order-event consumer's confirm and release ran a
+ * handful of them unprepared per event) */
 static int exec(cm_db *db, const char *what, const char *sql, int n, const char *const *p,
                 PGresult **out)
 {
-    return cm_db_exec(db, what, sql, n, p, out);
+    return cm_db_exec_auto(db, what, sql, n, p, out);
 }
 
 /* ---- reads ---- */
@@ -101,7 +104,7 @@ int inv_store_get_reservation(cm_db *db, const char *tenant, const char *order_i
 {
     const char *p[] = {tenant, order_id};
     PGresult *r = NULL;
-    int rc = cm_db_read(
+    int rc = cm_db_read_auto(
         db, "get reservation",
         "SELECT order_id, state, buyer_id, flash_sale::int, " MS("created_at") ", " MS(
             "expires_at") ", coalesce(" MS("resolved_at") ", 0) FROM reservation "
