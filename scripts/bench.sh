@@ -1076,12 +1076,18 @@ ord_create_pending() {
 # rest of the arguments (a watcher's command line, --from-ms and --done-file
 # appended) measure the effect; writes the number of orders paid to the done
 # file when the load has ended. $5 the order schema, $6 a log prefix. sets
-# pay_json (the loadgen's), watch_json (the watcher's) and ord_paid
+# pay_json (the loadgen's), watch_json (the watcher's), ord_paid and
+# pay_cpu (us of cpu per payment over the whole load: order, inventory,
+# $pay_svc_pid (the consuming service), postgres ($pay_pg_pid and its
+# children), the broker ($pay_kafka_pid), loadgen + watcher, the rest)
 ord_pay_watched() {
   local file=$1 rate=$2 secs=$3 warm=$4 schema=$5 log=$6
   shift 6
   local done=$log-done rc=0 from_ms paid watch_pid
+  local o0 i0 v0 p0 k0 s0 o1 i1 v1 p1 k1 s1 g0 g1
   rm -f "$done"
+  o0=$(cpu_ticks "$ord_pid") i0=$(cpu_ticks "$ord_inv_pid") v0=$(cpu_ticks "$pay_svc_pid")
+  p0=$(tree_ticks "$pay_pg_pid") k0=$(tree_ticks "$pay_kafka_pid") s0=$(sys_busy_ticks)
   from_ms=$(($(date +%s%3N) + warm * 1000))
   spawn "$log-watch.txt" "$@" --from-ms "$from_ms" --done-file "$done"
   watch_pid=$last_pid
@@ -1089,7 +1095,10 @@ ord_pay_watched() {
     --method /commerce.order.v1.OrderService/MarkPaid --metadata x-tenant-id=bench \
     --pay-gen "$file" --rate "$rate" --concurrency 256 --warmup "$warm" --duration "$secs" \
     --channels 4 --threads 2 --json
-  forget_wait "$last_pid" || rc=$?
+  local lg_pid=$last_pid
+  forget_wait "$lg_pid" || rc=$?
+  o1=$(cpu_ticks "$ord_pid") i1=$(cpu_ticks "$ord_inv_pid") v1=$(cpu_ticks "$pay_svc_pid")
+  p1=$(tree_ticks "$pay_pg_pid") k1=$(tree_ticks "$pay_kafka_pid") s1=$(sys_busy_ticks)
   paid=$(psql "$PG_DSN" -XAtqc "SELECT count(*) FROM $schema.orders WHERE paid_at IS NOT NULL" ||
     echo 0)
   echo "$paid" >"$done.tmp" && mv "$done.tmp" "$done"
@@ -1097,6 +1106,10 @@ ord_pay_watched() {
   pay_json=$(grep '^{' "$log-pay.txt" || true)
   watch_json=$(grep '^{' "$log-watch.txt" || true)
   ord_paid=$paid
+  pay_cpu=$(awk -v o="$((o1 - o0))" -v i="$((i1 - i0))" -v v="$((v1 - v0))" -v p="$((p1 - p0))" \
+    -v k="$((k1 - k0))" -v s="$((s1 - s0))" -v hz="$(getconf CLK_TCK)" \
+    -v n="$((rate * (secs + warm)))" 'BEGIN {u = 1e6 / hz / n; r = s - o - i - v - p - k;
+      if (r < 0) r = 0; printf "order %.0f, inventory %.0f, service %.0f, postgres %.0f, kafka %.0f, the rest %.0f", o * u, i * u, v * u, p * u, k * u, r * u}')
   if [ "$rc" != 0 ] || [ -z "$pay_json" ] || [ -z "$watch_json" ]; then
     echo "paying through MarkPaid failed (exit $rc):" >&2
     sed 's/^/  /' "$log-pay.txt" "$log-watch.txt" >&2
@@ -1608,6 +1621,7 @@ stl_orders() {
   ord_dsn=$stl_dsn ord_stack_start "$workdir" "$ord_schema" "$inv_schema" "$topic" "$stl_brokers" \
     72 64 on 10000
   stl_start "$workdir/$name.log" "$schema" "$topic" "bench.settlement.$tag"
+  pay_svc_pid=$stl_pid pay_pg_pid=$stl_pg_pid pay_kafka_pid=$(listener_pid "${stl_brokers##*:}")
   local n=$((stl_rate_paced * (stl_seconds + stl_warmup))) rc=0
   ord_create_pending "$n" "$workdir/$name-orders.txt" "$ord_schema" "$workdir/$name"
   # the OrderCreated backlog consumed before the payments start
@@ -1620,7 +1634,7 @@ stl_orders() {
   stop_pid "$ord_pid" || { echo "bench.sh: $name: commerce-order did not exit 0 on SIGTERM" >&2; rc=1; }
   stop_pid "$ord_inv_pid" || { echo "bench.sh: $name: commerce-inventory did not exit 0 on SIGTERM" >&2; rc=1; }
   [ "$rc" = 0 ] || return 1
-  stl_orders_json=$watch_json stl_pay_json=$pay_json
+  stl_orders_json=$watch_json stl_pay_json=$pay_json stl_pay_cpu=$pay_cpu
   stl_check_out=$(stl_check "$schema" "$ord_paid")
   local j=$stl_orders_json
   printf '%-9s %6s %8s %10s %8s %8s  p50 %s p90 %s p99 %s p999 %s max %s ms (posted_at: p50 %s p99 %s)  %s\n' \
@@ -1912,6 +1926,7 @@ bench_settlement() {
   echo "             p50 $(jnum "$stl_orders_json" p50_ms) ms, p99 $p99 ms (target p99 <= $p99_target_ms ms): $t3"
   echo "             ($(jnum "$stl_pay_json" calls_per_s) MarkPaid/s done, their own p99 $(awk -v u="$(jnum "$stl_pay_json" p99_us)" 'BEGIN {printf "%.1f", u / 1000}') ms;"
   echo "             OrderPaid produced straight to the topic: p50 $(jnum "$stl_paced_json" p50_ms) ms, p99 $(jnum "$stl_paced_json" p99_ms) ms)"
+  echo "             cpu per payment (us): $stl_pay_cpu"
   echo "memory       commerce-settlement peak RSS $(mb "$rss_max") MB under load (target <= $rss_target_mb MB): $t4"
   if [ "$do_run" = 1 ]; then
     local t5
@@ -2089,6 +2104,7 @@ cms_orders() {
   ord_dsn=$cms_dsn ord_stack_start "$workdir" "$ord_schema" "$inv_schema" "$topic" "$cms_brokers" \
     72 64 on 10000
   cms_start "$workdir/$name.log" "$schema" "$topic" "bench.commission.$tag"
+  pay_svc_pid=$cms_pid pay_pg_pid=$cms_pg_pid pay_kafka_pid=$(listener_pid "${cms_brokers##*:}")
   local n=$((cms_rate_paced * (cms_seconds + cms_warmup))) rc=0
   ord_create_pending "$n" "$workdir/$name-orders.txt" "$ord_schema" "$workdir/$name" \
     --order-channels "$cms_channels"
@@ -2103,7 +2119,7 @@ cms_orders() {
   stop_pid "$ord_pid" || { echo "bench.sh: $name: commerce-order did not exit 0 on SIGTERM" >&2; rc=1; }
   stop_pid "$ord_inv_pid" || { echo "bench.sh: $name: commerce-inventory did not exit 0 on SIGTERM" >&2; rc=1; }
   [ "$rc" = 0 ] || return 1
-  cms_orders_json=$watch_json cms_pay_json=$pay_json
+  cms_orders_json=$watch_json cms_pay_json=$pay_json cms_pay_cpu=$pay_cpu
   local check j=$watch_json
   check=$(cms_check "$schema" "$ord_paid")
   printf '%-9s %6s %8s %10s %8s %8s  p50 %s p90 %s p99 %s p999 %s max %s ms (accrued_at: p50 %s p99 %s)  %s\n' \
@@ -2257,6 +2273,7 @@ bench_commission() {
   echo "latency      at $cms_rate_paced orders/s paid through commerce-order's MarkPaid -> the accrued event"
   echo "             on the partner topic: p50 $(jnum "$cms_orders_json" p50_ms) ms, p99 $p99 ms (target p99 <= $p99_target_ms ms): $t3"
   echo "             ($(jnum "$cms_pay_json" calls_per_s) MarkPaid/s done, their own p99 $(awk -v u="$(jnum "$cms_pay_json" p99_us)" 'BEGIN {printf "%.1f", u / 1000}') ms)"
+  echo "             cpu per payment (us): $cms_pay_cpu"
   echo "memory       commerce-commission peak RSS $(mb "$rss_max") MB under load (target <= $rss_target_mb MB): $t4"
   echo "checked      every run: one commission per order, every period row = the formula"
   sed 's/^/             /' "$workdir/checks.txt"
