@@ -1088,3 +1088,9 @@ int cm_db_read_auto(cm_db *db, const char *what, const char *sql, int nparams,
         rc = cm_db_exec_auto(db, what, sql, nparams, params, out);
     return rc;
 }
+
+int cm_db_custom_plans(cm_db *db)
+{
+    return cm_db_exec(db, "plan per execution", "SET LOCAL plan_cache_mode = force_custom_plan", 0,
+                      NULL, NULL);
+}

@@ -1418,7 +1418,10 @@ int cms_accrual_flush(cms_accrual *a, cm_db *db)
     if (!a->arena && !(a->arena = cm_arena_new(64 * 1024)))
         return CM_ENOMEM;
     size_t staged = a->nitems;
-    int rc = take_parked(a, db);
+    /* the batch's lookups plan against the tables as they are now */
+    int rc = cm_db_custom_plans(db);
+    if (rc == 0)
+        rc = take_parked(a, db);
     if (rc == 0)
         rc = read_known(a, db);
     if (rc == 0)

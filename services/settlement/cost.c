@@ -192,7 +192,10 @@ int stl_costs_flush(stl_costs *c, cm_db *db)
 {
     if (!c->n)
         return 0;
-    int rc = mark_duplicates(c, db);
+    /* the batch's lookups plan against the tables as they are now */
+    int rc = cm_db_custom_plans(db);
+    if (rc == 0)
+        rc = mark_duplicates(c, db);
     size_t n = 0;
     for (size_t i = 0; i < c->n; i++)
         n += !c->items[i].dup;

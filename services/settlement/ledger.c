@@ -806,10 +806,14 @@ int stl_ledger_flush(stl_ledger *l, cm_db *db)
 {
     if (!l->npays)
         return 0;
+    /* the batch's lookups plan against the tables as they are now */
+    int rc = cm_db_custom_plans(db);
+    if (rc)
+        return rc;
     cm_arena *a = cm_arena_new(64 * 1024);
     if (!a)
         return CM_ENOMEM;
-    int rc = resolve_rules(l, db, a);
+    rc = resolve_rules(l, db, a);
     cm_arena_free(a);
     for (size_t i = 0; i < l->npays && rc == 0; i++) {
         pay *y = &l->pays[i];
