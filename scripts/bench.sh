@@ -990,8 +990,9 @@ ord_run() {
 # runs them: inventory first (it makes its schema), $skus skus of 10^9 units
 # loaded, then order, its events on $topic. inv_events on: inventory as
 # deployed (its events on, consuming $topic; the caller made $topic.dlq and
-# the catalogue topics). the services connect to ${ord_dsn:-$PG_DSN}. sets
-# ord_pid, ord_inv_pid, ord_port, ord_admin
+# the catalogue topics). the services connect to ${ord_dsn:-$PG_DSN}; an
+# empty workers or inv_workers leaves the service's default. sets ord_pid,
+# ord_inv_pid, ord_inv_admin, ord_port, ord_admin
 ord_stack_start() {
   local dir=$1 schema=$2 inv_schema=$3 topic=$4 brokers=$5 workers=$6 inv_workers=$7 inv_events=$8
   local skus=$9
@@ -1002,8 +1003,9 @@ ord_stack_start() {
     inv_env=(INVENTORY_EVENTS=on INVENTORY_CONSUME_ORDERS=on INVENTORY_ORDER_TOPIC="$topic"
       INVENTORY_ORDER_GROUP="bench.inventory.$topic" KAFKA_BROKERS="$brokers")
   fi
+  [ -n "$inv_workers" ] && inv_env+=(WORKERS="$inv_workers")
   spawn "$dir/inventory.log" env GRPC_LISTEN="127.0.0.1:$inv_port" \
-    ADMIN_LISTEN="127.0.0.1:$inv_admin" PG_DSN="${ord_dsn:-$PG_DSN}" WORKERS="$inv_workers" \
+    ADMIN_LISTEN="127.0.0.1:$inv_admin" PG_DSN="${ord_dsn:-$PG_DSN}" \
     LOG_LEVEL=warn INVENTORY_SCHEMA="$inv_schema" "${inv_env[@]}" "$bin/commerce-inventory"
   ord_inv_pid=$last_pid
   ord_inv_admin=$inv_admin
@@ -1019,8 +1021,10 @@ INSERT INTO stock_change (tenant_id, sku, kind, available_delta, reserved_delta,
     FROM stock;
 SQL
   ord_port=$(free_port) ord_admin=$(free_port)
+  local -a ord_env=()
+  [ -n "$workers" ] && ord_env+=(WORKERS="$workers")
   spawn "$dir/order.log" env GRPC_LISTEN="127.0.0.1:$ord_port" \
-    ADMIN_LISTEN="127.0.0.1:$ord_admin" PG_DSN="${ord_dsn:-$PG_DSN}" WORKERS="$workers" \
+    ADMIN_LISTEN="127.0.0.1:$ord_admin" PG_DSN="${ord_dsn:-$PG_DSN}" "${ord_env[@]}" \
     LOG_LEVEL=warn ORDER_SCHEMA="$schema" ORDER_TOPIC="$topic" KAFKA_BROKERS="$brokers" \
     INVENTORY_TARGET="127.0.0.1:$inv_port" "$bin/commerce-order"
   ord_pid=$last_pid
@@ -1429,7 +1433,7 @@ stl_start() {
   local port
   port=$(free_port) stl_admin=$(free_port)
   spawn "$log" env GRPC_LISTEN="127.0.0.1:$port" ADMIN_LISTEN="127.0.0.1:$stl_admin" \
-    PG_DSN="$stl_dsn" KAFKA_BROKERS="$stl_brokers" LOG_LEVEL=warn WORKERS=2 \
+    PG_DSN="$stl_dsn" KAFKA_BROKERS="$stl_brokers" LOG_LEVEL=warn \
     SETTLEMENT_SCHEMA="$schema" SETTLEMENT_ORDER_TOPIC="$topic" SETTLEMENT_ORDER_GROUP="$group" \
     SETTLEMENT_TOPIC="$topic.out" SETTLEMENT_COMMISSION_TOPIC="$topic.cms" \
     SETTLEMENT_COMMISSION_GROUP="$group.cms" "$@" "$bin/commerce-settlement"
@@ -1618,8 +1622,9 @@ stl_orders() {
   topic=bench.settlement.$name.$tag
   "$root/scripts/kafka.sh" topics >/dev/null 2>&1 || die "could not create the catalogue topics"
   stl_prepare "$name" "$schema" "$topic" --merchants 100 --merchant-prefix merchant-
+  # the services at their defaults (WORKERS and the rest), as users run them
   ord_dsn=$stl_dsn ord_stack_start "$workdir" "$ord_schema" "$inv_schema" "$topic" "$stl_brokers" \
-    72 64 on 10000
+    "" "" on 10000
   stl_start "$workdir/$name.log" "$schema" "$topic" "bench.settlement.$tag"
   pay_svc_pid=$stl_pid pay_pg_pid=$stl_pg_pid pay_kafka_pid=$(listener_pid "${stl_brokers##*:}")
   local n=$((stl_rate_paced * (stl_seconds + stl_warmup))) rc=0
@@ -1952,7 +1957,7 @@ cms_start() {
   local port
   port=$(free_port) cms_admin=$(free_port)
   spawn "$log" env GRPC_LISTEN="127.0.0.1:$port" ADMIN_LISTEN="127.0.0.1:$cms_admin" \
-    PG_DSN="$cms_dsn" KAFKA_BROKERS="$cms_brokers" LOG_LEVEL=warn WORKERS=2 \
+    PG_DSN="$cms_dsn" KAFKA_BROKERS="$cms_brokers" LOG_LEVEL=warn \
     COMMISSION_SCHEMA="$schema" COMMISSION_ORDER_TOPIC="$topic" COMMISSION_ORDER_GROUP="$group" \
     COMMISSION_TOPIC="$topic.out" COMMISSION_PARTNER_TOPIC="$topic.partner" "$@" \
     "$bin/commerce-commission"
@@ -2101,8 +2106,9 @@ cms_orders() {
   topic=bench.commission.$name.$tag
   "$root/scripts/kafka.sh" topics >/dev/null 2>&1 || die "could not create the catalogue topics"
   cms_prepare "$name" "$schema" "$topic"
+  # the services at their defaults (WORKERS and the rest), as users run them
   ord_dsn=$cms_dsn ord_stack_start "$workdir" "$ord_schema" "$inv_schema" "$topic" "$cms_brokers" \
-    72 64 on 10000
+    "" "" on 10000
   cms_start "$workdir/$name.log" "$schema" "$topic" "bench.commission.$tag"
   pay_svc_pid=$cms_pid pay_pg_pid=$cms_pg_pid pay_kafka_pid=$(listener_pid "${cms_brokers##*:}")
   local n=$((cms_rate_paced * (cms_seconds + cms_warmup))) rc=0
