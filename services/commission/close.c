@@ -19,12 +19,23 @@
 #define MAX_REVISIONS 64 /* rows of one period: one per schedule revision used */
 #define TICK_BATCH 100
 
+/* the period's merchants by id, their net sales in it (order amounts less
+ * refunds) and which one had its latest commission: what a close true-up
+ * is split over (cms_close_split) */
+typedef struct close_merchants {
+    size_t n, latest;
+    char (*id)[CMS_ID_MAX + 1];
+    int64_t *net, *parts;
+} close_merchants;
+
 typedef struct close_tx {
     const cms_app *app;
     const char *tenant, *channel, *schedule_id;
     int64_t start_ms;
     cms_close_row *out;
     int verdict;
+    int payer; /* the newest revision's: who bears the close */
+    close_merchants m;
 } close_tx;
 
 /* the PERIOD_CLOSE adjustment x and its events, in the transaction */
@@ -35,14 +46,18 @@ static int post_adjustment(cm_db *db, const cms_app *app, const char *tenant,
     snprintf(amt, sizeof amt, "%lld", (long long)x->amount);
     snprintf(start, sizeof start, "%lld", (long long)x->period_start_ms);
     snprintf(at, sizeof at, "%lld", (long long)x->posted_ms);
-    const char *p[] = {x->id, tenant, x->channel, x->currency, amt, start, at, x->child};
+    char payer[8];
+    snprintf(payer, sizeof payer, "%d", x->payer);
+    const char *p[] = {x->id, tenant, x->channel, x->currency, amt,
+                       start, at,     x->child,   payer,       x->merchant};
     int rc = cm_db_exec_prepared(
         db, "post period close", "cms_close_adj",
         "INSERT INTO adjustments (adjustment_id, tenant_id, channel_id, kind, state, currency, "
-        "amount, order_id, child_id, period_start, posted_at, payable_at) VALUES ($1::uuid, $2, "
-        "$3, 4, 2, $4, $5, NULL, $8, to_timestamp($6::bigint / 1000.0), to_timestamp($7::bigint "
-        "/ 1000.0), to_timestamp($7::bigint / 1000.0))",
-        8, p, NULL, NULL, NULL);
+        "amount, order_id, child_id, period_start, posted_at, payable_at, payer, merchant_id) "
+        "VALUES ($1::uuid, $2, $3, 4, 2, $4, $5, NULL, $8, to_timestamp($6::bigint / 1000.0), "
+        "to_timestamp($7::bigint / 1000.0), to_timestamp($7::bigint / 1000.0), $9::smallint, "
+        "$10)",
+        10, p, NULL, NULL, NULL);
     if (rc || !app->events_on)
         return rc;
     cm_arena *ar = cm_arena_new(16 * 1024);
@@ -74,12 +89,85 @@ static int post_adjustment(cm_db *db, const cms_app *app, const char *tenant,
     return rc;
 }
 
+static void merchants_free(close_merchants *m)
+{
+    free(m->id);
+    free(m->net);
+    free(m->parts);
+    memset(m, 0, sizeof *m);
+}
+
+/* t->m: the period's merchants, ordered by id so the split is a pure
+ * function of the period */
+static int read_merchants(cm_db *db, close_tx *t)
+{
+    char start[24];
+    snprintf(start, sizeof start, "%lld", (long long)t->start_ms);
+    const char *p[] = {t->tenant, t->channel, t->schedule_id, start};
+    PGresult *r = NULL;
+    int rc = cm_db_exec_prepared(
+        db, "read the period's merchants", "cms_close_merchants",
+        "WITH c AS (SELECT merchant_id, order_amount - refunded AS net, accrued_at, commission_id "
+        "FROM commissions WHERE tenant_id = $1 AND channel_id = $2 AND schedule_id = $3 AND "
+        "period_start = to_timestamp($4::bigint / 1000.0)) SELECT merchant_id, sum(net)::bigint, "
+        "merchant_id = (SELECT merchant_id FROM c ORDER BY accrued_at DESC, commission_id DESC "
+        "LIMIT 1) FROM c GROUP BY merchant_id ORDER BY merchant_id",
+        4, p, NULL, NULL, &r);
+    if (rc)
+        return rc;
+    close_merchants *m = &t->m;
+    /* no commission at all (not expected of a period with rows): one
+     * part, on no merchant, as a close was posted before the split */
+    size_t rows = (size_t)PQntuples(r), n = rows ? rows : 1;
+    m->id = calloc(n, sizeof *m->id);
+    m->net = calloc(n, sizeof *m->net);
+    m->parts = calloc(n, sizeof *m->parts);
+    if (!m->id || !m->net || !m->parts) {
+        PQclear(r);
+        merchants_free(m);
+        return CM_ENOMEM;
+    }
+    m->n = n;
+    for (size_t i = 0; i < rows; i++) {
+        cm_db_text(m->id[i], sizeof m->id[i], r, (int)i, 0);
+        m->net[i] = cm_db_int(r, (int)i, 1);
+        if (PQgetvalue(r, (int)i, 2)[0] == 't')
+            m->latest = i;
+    }
+    PQclear(r);
+    return 0;
+}
+
+/* amount split over t->m: one PERIOD_CLOSE adjustment like x per merchant
+ * with a nonzero part, each on that merchant and t->payer. first_id gets
+ * the first one's id ("" when nothing was posted) */
+static int post_split(cm_db *db, close_tx *t, cms_adjustment *x, int64_t amount, char *first_id,
+                      size_t cap)
+{
+    close_merchants *m = &t->m;
+    first_id[0] = '\0';
+    int rc = cms_close_split(amount, m->net, m->n, m->latest, m->parts);
+    for (size_t i = 0; i < m->n && rc == 0; i++) {
+        if (!m->parts[i])
+            continue;
+        if ((rc = cm_id_uuid7(x->id)))
+            break;
+        x->amount = m->parts[i];
+        x->payer = t->payer;
+        snprintf(x->merchant, sizeof x->merchant, "%s", m->id[i]);
+        if (!first_id[0])
+            snprintf(first_id, cap, "%s", x->id);
+        rc = post_adjustment(db, t->app, t->tenant, x);
+    }
+    return rc;
+}
+
 /* the parent's share of the channel's close true-up o->true_up: the pool
  * of the channel's latest parent in the period (its commissions carry the
  * parent and rate they accrued under) moves by the true-up like by any
  * child posting, and the share is a PERIOD_CLOSE adjustment of the
  * parent. the pool is locked after the period rows, as the consumer does */
-static int parent_share(cm_db *db, const close_tx *t, cms_close_row *o, int64_t posted_ms)
+static int parent_share(cm_db *db, close_tx *t, cms_close_row *o, int64_t posted_ms)
 {
     char start[24];
     snprintf(start, sizeof start, "%lld", (long long)t->start_ms);
@@ -122,19 +210,18 @@ static int parent_share(cm_db *db, const close_tx *t, cms_close_row *o, int64_t 
         return rc;
     cms_adjustment x;
     memset(&x, 0, sizeof x);
-    if ((rc = cm_id_uuid7(x.id)))
-        return rc;
     snprintf(x.channel, sizeof x.channel, "%s", o->parent);
     snprintf(x.child, sizeof x.child, "%s", t->channel);
     x.kind = CMS_ADJ_PERIOD_CLOSE;
     snprintf(x.currency, sizeof x.currency, "%s", o->currency);
-    x.amount = o->parent_share;
     x.period_start_ms = t->start_ms;
     x.posted_ms = posted_ms;
     x.state = CMS_PAYABLE;
     x.payable_ms = posted_ms;
-    snprintf(o->parent_adjustment_id, sizeof o->parent_adjustment_id, "%s", x.id);
-    return post_adjustment(db, t->app, t->tenant, &x);
+    /* split like the channel's own close: each merchant bears the share
+     * of its part */
+    return post_split(db, t, &x, o->parent_share, o->parent_adjustment_id,
+                      sizeof o->parent_adjustment_id);
 }
 
 static int close_fn(cm_db *db, void *arg)
@@ -192,6 +279,7 @@ static int close_fn(cm_db *db, void *arg)
     cm_db_text(o->adjustment_id, sizeof o->adjustment_id, r, last, 8);
     PQclear(r);
     int mode = sched->s.mode;
+    t->payer = sched->payer;
     rc = cms_close(&sched->s, net, posted, (size_t)n, &o->net_sales, &o->commission, &o->true_up);
     free(sched);
     if (o->closed_ms) {
@@ -203,9 +291,10 @@ static int close_fn(cm_db *db, void *arg)
         r = NULL;
         rc = cm_db_exec_prepared(
             db, "read the close's parent share", "cms_close_parent_adj",
-            "SELECT channel_id, amount, adjustment_id::text FROM adjustments WHERE tenant_id = $1 "
-            "AND kind = 4 AND child_id = $2 AND period_start = to_timestamp($3::bigint / 1000.0) "
-            "ORDER BY posted_at DESC LIMIT 1",
+            "SELECT channel_id, sum(amount)::bigint, (array_agg(adjustment_id::text ORDER BY "
+            "merchant_id))[1] FROM adjustments WHERE tenant_id = $1 AND kind = 4 AND child_id = $2 "
+            "AND period_start = to_timestamp($3::bigint / 1000.0) GROUP BY channel_id ORDER BY "
+            "max(posted_at) DESC LIMIT 1",
             3, q, NULL, NULL, &r);
         if (rc == 0 && PQntuples(r)) {
             cm_db_text(o->parent, sizeof o->parent, r, 0, 0);
@@ -226,24 +315,26 @@ static int close_fn(cm_db *db, void *arg)
     if (rc)
         return rc;
     if (o->true_up) {
+        /* one adjustment per merchant of the period, so settlement books
+         * each merchant's part of the cost against it */
+        if ((rc = read_merchants(db, t)))
+            return rc;
         cms_adjustment x;
         memset(&x, 0, sizeof x);
-        if ((rc = cm_id_uuid7(x.id)))
-            return rc;
         snprintf(x.channel, sizeof x.channel, "%s", t->channel);
         x.kind = CMS_ADJ_PERIOD_CLOSE;
         snprintf(x.currency, sizeof x.currency, "%s", o->currency);
-        x.amount = o->true_up;
         x.period_start_ms = t->start_ms;
         struct timespec now;
         clock_gettime(CLOCK_REALTIME, &now);
         x.posted_ms = (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000;
         x.state = CMS_PAYABLE;
         x.payable_ms = x.posted_ms;
-        snprintf(o->adjustment_id, sizeof o->adjustment_id, "%s", x.id);
-        if ((rc = post_adjustment(db, t->app, t->tenant, &x)))
-            return rc;
-        if ((rc = parent_share(db, t, o, x.posted_ms)))
+        rc = post_split(db, t, &x, o->true_up, o->adjustment_id, sizeof o->adjustment_id);
+        if (rc == 0)
+            rc = parent_share(db, t, o, x.posted_ms);
+        merchants_free(&t->m);
+        if (rc)
             return rc;
     }
     char rev[24], adj[24];

@@ -3,9 +3,11 @@
  * "Closing a period"): ClosePeriod and the close ticker. every revision's
  * row of the period is locked (in the consumer's key order), repriced
  * together under the newest revision (cms_close), the difference posted as
- * a PERIOD_CLOSE adjustment (PAYABLE at once, CommissionAdjusted and the
- * partners' adjusted through the outbox), the parent's share of it a
- * PERIOD_CLOSE adjustment of the parent, and the rows marked closed, in
+ * PERIOD_CLOSE adjustments, one per merchant of the period pro rata to its
+ * net sales there (cms_close_split), on the newest revision's payer
+ * (PAYABLE at once, CommissionAdjusted and the partners' adjusted through
+ * the outbox), the parent's share of it split the same way as
+ * PERIOD_CLOSE adjustments of the parent, and the rows marked closed, in
  * one transaction. a closed period answers the close it had.
  */
 #ifndef CMS_CLOSE_H
@@ -24,12 +26,12 @@ typedef struct cms_close_row {
     int64_t revision; /* the newest revision: what the close prices under */
     int64_t start_ms, end_ms;
     int64_t net_sales, commission, true_up, closed_ms;
-    char adjustment_id[CM_ID_SIZE]; /* "" when true_up is 0 */
+    char adjustment_id[CM_ID_SIZE]; /* the first merchant's part; "" when true_up is 0 */
     /* the parent's share of true_up (the channel's latest parent in the
      * period, its pool's P(base + true_up) - P(base)) */
-    char parent[CMS_ID_MAX + 1]; /* "" when none */
-    int64_t parent_share;
-    char parent_adjustment_id[CM_ID_SIZE]; /* "" when the share is 0 */
+    char parent[CMS_ID_MAX + 1];           /* "" when none */
+    int64_t parent_share;                  /* the sum of its parts */
+    char parent_adjustment_id[CM_ID_SIZE]; /* the first part; "" when the share is 0 */
 } cms_close_row;
 
 /* CMS_CLOSE_EARLY: the period has not ended (a verdict of cms_close_period) */

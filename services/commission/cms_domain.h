@@ -232,6 +232,17 @@ int64_t cms_window_of(int has_own, int64_t own_s, int64_t default_days);
 int cms_close(const cms_schedule *s, const int64_t *net, const int64_t *posted, size_t n,
               int64_t *net_total, int64_t *commission, int64_t *adj);
 
+/* a close true-up's split over the period's merchants (README.md,
+ * "Closing a period"): amount into parts[0..n) pro rata to each
+ * merchant's net sales net[i] in the period (order amounts less refunds),
+ * by cm_money_split's largest remainder: the parts sum to amount exactly,
+ * each has amount's sign (or is 0), ties go to the lower index (so order
+ * the merchants by id for a deterministic split). when no merchant has
+ * net sales (all refunded), the whole amount goes to parts[fallback] (the
+ * merchant of the period's latest commission). returns 0 or CM_EINVAL (n
+ * 0, a net < 0, fallback >= n) or CM_ENOMEM; parts is untouched on error. */
+int cms_close_split(int64_t amount, const int64_t *net, size_t n, size_t fallback, int64_t *parts);
+
 /* a posting of an event of a closed period: the period is not repriced
  * any more, so the true-up of its other sales is dropped and the posting
  * moves the period by the order's own change only. */

@@ -288,6 +288,23 @@ int cms_close(const cms_schedule *s, const int64_t *net, const int64_t *posted, 
     return 0;
 }
 
+int cms_close_split(int64_t amount, const int64_t *net, size_t n, size_t fallback, int64_t *parts)
+{
+    if (!n || fallback >= n)
+        return CM_EINVAL;
+    int any = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (net[i] < 0)
+            return CM_EINVAL;
+        any |= net[i] > 0;
+    }
+    if (any)
+        return cm_money_split(amount, net, n, parts);
+    for (size_t i = 0; i < n; i++)
+        parts[i] = i == fallback ? amount : 0;
+    return 0;
+}
+
 void cms_posting_closed(cms_posting *p)
 {
     p->true_up = 0;

@@ -342,7 +342,7 @@ int stl_cost_of(const stl_cost_in *in, stl_cost *out)
         break;
     case STL_COST_ADJUSTED:
         if (in->adj_kind != STL_ADJ_TRUE_UP && in->adj_kind != STL_ADJ_PARENT_SHARE &&
-            in->adj_kind != STL_ADJ_CLAWBACK)
+            in->adj_kind != STL_ADJ_CLAWBACK && in->adj_kind != STL_ADJ_PERIOD_CLOSE)
             return CM_EINVAL;
         /* the entry's amount is |delta|: INT64_MIN has none */
         if (in->amount == INT64_MIN)

@@ -425,7 +425,10 @@ void stl_on_committed(const cm_event *ev, int duplicate, void *arg)
 /* the fields every commission event's entry needs, checked once */
 static int cost_valid(const stl_cost_event *c)
 {
-    return *c->tenant && valid_key(c->channel) && cm_id_is_uuid(c->order_id) &&
+    /* a period close belongs to a period, not an order */
+    int no_order = c->kind == STL_COST_ADJUSTED && c->adj_kind == STL_ADJ_PERIOD_CLOSE;
+    return *c->tenant && valid_key(c->channel) &&
+           (no_order ? !*c->order_id : cm_id_is_uuid(c->order_id)) &&
            (!*c->merchant || valid_key(c->merchant)) && cm_money_currency_valid(c->currency) &&
            (c->kind == STL_COST_ADJUSTED ? cm_id_is_uuid(c->adjustment_id)
                                          : cm_id_is_uuid(c->commission_id)) &&

@@ -176,17 +176,24 @@ const char *stl_party_name(int type);
  *   STL_COST_ACCRUED      CommissionAccrued: +amount (>= 0)
  *   STL_COST_CLAWED_BACK  CommissionClawedBack: -clawback_amount (>= 0)
  *   STL_COST_ADJUSTED     CommissionAdjusted: +amount (either sign) for a
- *                         TRUE_UP or a PARENT_SHARE; nothing for a
+ *                         TRUE_UP, a PARENT_SHARE or a PERIOD_CLOSE (a
+ *                         whole-volume period's final true-up, one
+ *                         adjustment per merchant, no order); nothing for a
  *                         CLAWBACK adjustment, which is the payout-side
  *                         record of a clawback the CommissionClawedBack of
  *                         the same refund books already (booking both
  *                         would take the clawback twice).
  * so the entries of a channel sum to its net commission: its commissions
- * net of clawbacks, plus its true-ups and parent shares. */
+ * net of clawbacks, plus its true-ups, period closes and parent shares. */
 enum { STL_COST_ACCRUED = 1, STL_COST_CLAWED_BACK = 2, STL_COST_ADJUSTED = 3 };
 /* CommissionPayer and AdjustmentKind of the commission proto */
 enum { STL_PAYER_UNSPECIFIED = 0, STL_PAYER_MERCHANT = 1, STL_PAYER_PLATFORM = 2 };
-enum { STL_ADJ_TRUE_UP = 1, STL_ADJ_PARENT_SHARE = 2, STL_ADJ_CLAWBACK = 3 };
+enum {
+    STL_ADJ_TRUE_UP = 1,
+    STL_ADJ_PARENT_SHARE = 2,
+    STL_ADJ_CLAWBACK = 3,
+    STL_ADJ_PERIOD_CLOSE = 4
+};
 /* the longest natural key: "clawback/" uuid "/" refund id */
 #define STL_COST_KEY_MAX (9 + 36 + 1 + STL_ID_MAX)
 

@@ -188,8 +188,8 @@ static void send_event(st *s, const char *type, const char *order_id, const char
     hs_produce_event(s->prod, s->otopic, order_id, type, "/commerce/order", event_id, tenant, m);
 }
 
-static void paid_in(st *s, const char *tenant, const char *order_id, const char *event_id,
-                    const char *channel, long long amount, long long paid_ms)
+static void paid_by(st *s, const char *tenant, const char *order_id, const char *event_id,
+                    const char *channel, const char *merchant, long long amount, long long paid_ms)
 {
     Commerce__Common__V1__Money m = COMMERCE__COMMON__V1__MONEY__INIT;
     m.amount_minor = amount;
@@ -203,7 +203,7 @@ static void paid_in(st *s, const char *tenant, const char *order_id, const char 
     pay.paid_at = &at;
     Commerce__Order__V1__Order o = COMMERCE__ORDER__V1__ORDER__INIT;
     o.order_id = (char *)order_id;
-    o.merchant_id = "m-1";
+    o.merchant_id = (char *)merchant;
     o.channel_id = (char *)channel;
     o.currency = "CNY";
     o.total_amount = &m;
@@ -214,6 +214,12 @@ static void paid_in(st *s, const char *tenant, const char *order_id, const char 
     e.order_id = (char *)order_id;
     e.order = &o;
     send_event(s, "commerce.events.v1.OrderPaid", order_id, event_id, tenant, &e.base);
+}
+
+static void paid_in(st *s, const char *tenant, const char *order_id, const char *event_id,
+                    const char *channel, long long amount, long long paid_ms)
+{
+    paid_by(s, tenant, order_id, event_id, channel, "m-1", amount, paid_ms);
 }
 
 static long long T0; /* one paid_at per test: every order in one period */
@@ -1597,6 +1603,18 @@ static void sql_do(const st *s, const char *q)
     ck_assert_int_ge(sql(s, w), 1);
 }
 
+/* a close's parts of channel: count, sum, and the part of merchant m
+ * (amount, payer) */
+static long long close_parts(const st *s, const char *channel, const char *what, const char *m)
+{
+    char q[512];
+    snprintf(q, sizeof q,
+             "SELECT %s FROM adjustments WHERE kind = 4 AND channel_id = '%s' AND order_id IS "
+             "NULL%s%s%s",
+             what, channel, m ? " AND merchant_id = '" : "", m ? m : "", m ? "'" : "");
+    return sql(s, q);
+}
+
 START_TEST(closing_a_whole_volume_period_posts_its_true_up_once)
 {
     /* the ticker stays away from last month while the rpc is tested */
@@ -1626,24 +1644,27 @@ START_TEST(closing_a_whole_volume_period_posts_its_true_up_once)
     snprintf(q, sizeof q, "UPDATE tier_schedules SET effective_from = to_timestamp(%lld / 1000.0)",
              P - day);
     sql_do(&S, q);
-    /* revision 1: 12,000.00 reaches 8 % (960.00) */
+    /* revision 1: 12,000.00 of merchant m-a reaches 8 % (960.00) */
     char *o1 = order_uuid(), *o2 = order_uuid(), *o3 = order_uuid(), *o4 = order_uuid();
-    paid_in(&S, TENANT, o1, uuid(), "ch", 1200000, P + 2 * day);
+    paid_by(&S, TENANT, o1, uuid(), "ch", "m-a", 1200000, P + 2 * day);
     paid_in(&S, TENANT, o3, uuid(), "ch2", 1200000, P + 2 * day);
     paid_in(&S, TENANT, order_uuid(), uuid(), "chm", 100000, P + 2 * day);
     wait_for(&S, "SELECT count(*) FROM commissions", 3);
-    /* the schedule changes mid-month (same tiers, revision 2): 2,000.00
-     * more counts on a row of its own at 5 % (100.00) */
+    /* the schedule changes mid-month (same tiers, revision 2, the
+     * platform pays): 2,000.00 more (1,500.00 of m-b, 500.00 of m-c)
+     * counts on a row of its own at 5 % (100.00) */
+    w.s.payer = COMMERCE__COMMISSION__V1__COMMISSION_PAYER__COMMISSION_PAYER_PLATFORM;
     ck_assert_int_eq(put_schedule(&S, "s-2", &w.s, 0, &stt), 0);
     snprintf(q, sizeof q,
              "UPDATE tier_schedules SET effective_from = to_timestamp(%lld / 1000.0) WHERE "
              "schedule_id = 'whole' AND revision = 2",
              P + 5 * day);
     sql_do(&S, q);
-    paid_in(&S, TENANT, o2, uuid(), "ch", 200000, P + 10 * day);
+    paid_by(&S, TENANT, o2, uuid(), "ch", "m-b", 150000, P + 10 * day);
+    paid_by(&S, TENANT, order_uuid(), uuid(), "ch", "m-c", 50000, P + 10 * day);
     paid_in(&S, TENANT, o4, uuid(), "ch2", 200000, P + 10 * day);
     paid_in(&S, TENANT, order_uuid(), uuid(), "ch2", 100000, hs_real_ms()); /* this month */
-    wait_for(&S, "SELECT count(*) FROM commissions", 6);
+    wait_for(&S, "SELECT count(*) FROM commissions", 7);
     ck_assert_int_eq(sql(&S, "SELECT count(*) FROM channel_periods WHERE channel_id = 'ch'"), 2);
     ck_assert_int_eq(posted(&S, "ch"), 96000 + 10000);
     /* bad input, named; what cannot close */
@@ -1685,14 +1706,33 @@ START_TEST(closing_a_whole_volume_period_posts_its_true_up_once)
     ck_assert_str_eq(cr->close->adjustment_id, adj);
     ck_assert_int_eq(cr->close->parent_share->amount_minor, 600);
     protobuf_c_message_free_unpacked(&cr->base, NULL);
-    ck_assert_int_eq(sql(&S, "SELECT count(*) FROM adjustments WHERE kind = 4"), 2);
-    ck_assert_int_eq(sql(&S, "SELECT amount FROM adjustments WHERE kind = 4 AND channel_id = "
-                             "'par' AND child_id = 'ch' AND order_id IS NULL"),
-                     600);
+    /* one part per merchant, pro rata to its net sales (12,000.00,
+     * 1,500.00, 500.00 of 14,000.00) by largest remainder: 60.00 ->
+     * 51.43, 6.43, 2.14; the parent's 6.00 -> 5.14, 0.64, 0.22; each on
+     * its merchant and on the newest revision's payer (the platform) */
+    ck_assert_int_eq(sql(&S, "SELECT count(*) FROM adjustments WHERE kind = 4"), 6);
+    ck_assert_int_eq(close_parts(&S, "ch", "count(*)", NULL), 3);
+    ck_assert_int_eq(close_parts(&S, "ch", "sum(amount)", NULL), 6000);
+    ck_assert_int_eq(close_parts(&S, "ch", "amount", "m-a"), 5143);
+    ck_assert_int_eq(close_parts(&S, "ch", "amount", "m-b"), 643);
+    ck_assert_int_eq(close_parts(&S, "ch", "amount", "m-c"), 214);
+    ck_assert_int_eq(close_parts(&S, "par", "count(*)", NULL), 3);
+    ck_assert_int_eq(close_parts(&S, "par", "sum(amount)", NULL), 600);
+    ck_assert_int_eq(close_parts(&S, "par", "amount", "m-a"), 514);
+    ck_assert_int_eq(close_parts(&S, "par", "amount", "m-b"), 64);
+    ck_assert_int_eq(close_parts(&S, "par", "amount", "m-c"), 22);
+    ck_assert_int_eq(sql(&S, "SELECT count(*) FROM adjustments WHERE kind = 4 AND payer = 2 AND "
+                             "child_id = (CASE channel_id WHEN 'par' THEN 'ch' ELSE '' END)"),
+                     6);
+    /* the close's adjustment_id is the first merchant's part */
+    snprintf(q, sizeof q,
+             "SELECT count(*) FROM adjustments WHERE adjustment_id = '%s' AND merchant_id = 'm-a'",
+             adj);
+    ck_assert_int_eq(sql(&S, q), 1);
     /* the parent earned floor(10 % of the child's net commission) */
     ck_assert_int_eq(earned(&S, "par"), posted(&S, "ch") / 10);
-    ck_assert_int_eq(sql(&S, "SELECT amount FROM adjustments WHERE kind = 4 AND channel_id = 'ch' "
-                             "AND state = 2 AND order_id IS NULL"),
+    ck_assert_int_eq(sql(&S, "SELECT sum(amount) FROM adjustments WHERE kind = 4 AND channel_id = "
+                             "'ch' AND state = 2 AND order_id IS NULL"),
                      6000);
     ck_assert_int_eq(posted(&S, "ch"), 112000);
     ck_assert_int_eq(earned(&S, "ch"), 112000);
@@ -1716,18 +1756,18 @@ START_TEST(closing_a_whole_volume_period_posts_its_true_up_once)
      * no one */
     char *o5 = order_uuid();
     paid_in(&S, TENANT, o5, uuid(), "ch", 100000, P + 11 * day);
-    wait_for(&S, "SELECT count(*) FROM commissions WHERE channel_id = 'ch'", 3);
+    wait_for(&S, "SELECT count(*) FROM commissions WHERE channel_id = 'ch'", 4);
     ck_assert_int_eq(comm_col(&S, "amount", o5), 5000);
-    ck_assert_int_eq(sql(&S, "SELECT count(*) FROM adjustments WHERE channel_id = 'ch'"), 1);
+    ck_assert_int_eq(sql(&S, "SELECT count(*) FROM adjustments WHERE channel_id = 'ch'"), 3);
     ck_assert_int_eq(earned(&S, "ch"), posted(&S, "ch"));
     ck_assert_int_eq(earned(&S, "par"), posted(&S, "ch") / 10);
     /* the close's CommissionAdjusted, and the partners' adjusted (no
      * order), valid against the schema */
     for (int tries = 0;
-         tries < 100 && events_of(&S, "commerce.events.v1.CommissionAdjusted", "ch") < 1; tries++)
+         tries < 100 && events_of(&S, "commerce.events.v1.CommissionAdjusted", "ch") < 3; tries++)
         hs_topic_next(S.events, 100);
-    ck_assert_int_eq(events_of(&S, "commerce.events.v1.CommissionAdjusted", "ch"), 1);
-    int kinds[NPT] = {3, 0, 1, 0, 1, 0, 0, 0, 0};
+    ck_assert_int_eq(events_of(&S, "commerce.events.v1.CommissionAdjusted", "ch"), 3);
+    int kinds[NPT] = {4, 0, 1, 0, 3, 0, 0, 0, 0};
     partner_check(&S, "ch", kinds);
     int par[NPT] = {0, 0, 0, 0, -1, 0, 0, 0, 0};
     partner_check(&S, "par", par);
@@ -1746,10 +1786,9 @@ START_TEST(closing_a_whole_volume_period_posts_its_true_up_once)
              "NOT NULL",
              2);
     usleep(600 * 1000); /* three more ticks */
-    ck_assert_int_eq(sql(&S, "SELECT count(*) FROM adjustments WHERE kind = 4"), 3);
-    ck_assert_int_eq(sql(&S, "SELECT amount FROM adjustments WHERE kind = 4 AND channel_id = "
-                             "'ch2'"),
-                     6000);
+    /* ch2's orders are all m-1's: one part */
+    ck_assert_int_eq(sql(&S, "SELECT count(*) FROM adjustments WHERE kind = 4"), 7);
+    ck_assert_int_eq(close_parts(&S, "ch2", "amount", "m-1"), 6000);
     ck_assert_int_eq(sql(&S, "SELECT count(*) FROM channel_periods WHERE closed_at IS NULL"), 2);
     ck_assert_int_eq(close_period(&S, "ch2", "whole", P, &cr, &stt), 0);
     ck_assert(cr->already_closed);

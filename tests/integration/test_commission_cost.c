@@ -28,6 +28,7 @@
 #define MERCHANT "m-1"
 #define CT(x) COMMERCE__COMMISSION__V1__CHANNEL_TYPE__CHANNEL_TYPE_##x
 #define MARGINAL COMMERCE__COMMISSION__V1__TIER_MODE__TIER_MODE_MARGINAL
+#define WHOLE COMMERCE__COMMISSION__V1__TIER_MODE__TIER_MODE_WHOLE_VOLUME
 #define ACTIVE COMMERCE__COMMISSION__V1__CHANNEL_STATE__CHANNEL_STATE_ACTIVE
 #define PAYER(x) COMMERCE__COMMISSION__V1__COMMISSION_PAYER__COMMISSION_PAYER_##x
 /* settlement's party types (settlement.proto) */
@@ -129,9 +130,9 @@ static void teardown(void)
 
 /* ---- commission: schedules and channels ---- */
 
-/* the seed's table (5 % / 8 % from 10,000.00 / 12 % from 50,000.00),
- * marginal, monthly, paid by payer */
-static void put_schedule(pair *s, const char *id, int payer)
+/* the seed's table (5 % / 8 % from 10,000.00 / 12 % from 50,000.00) in
+ * mode, monthly, paid by payer, under request id req */
+static void put_schedule_as(pair *s, const char *req, const char *id, int payer, int mode)
 {
     static const long long from[3] = {0, 1000000, 5000000};
     static const int bps[3] = {500, 800, 1200};
@@ -154,19 +155,25 @@ static void put_schedule(pair *s, const char *id, int payer)
     sc.time_zone = "Asia/Shanghai";
     sc.tiers = tp;
     sc.n_tiers = 3;
-    sc.mode = MARGINAL;
+    sc.mode = mode;
     sc.payer = payer;
     Commerce__Commission__V1__PutTierScheduleRequest r =
         COMMERCE__COMMISSION__V1__PUT_TIER_SCHEDULE_REQUEST__INIT;
-    char req[64];
-    snprintf(req, sizeof req, "s-%s", id);
-    r.request_id = req;
+    r.request_id = (char *)req;
     r.schedule = &sc;
     cm_rpc_status stt;
     int code = hs_call(s->c, CSVC "PutTierSchedule", &r.base,
                        &commerce__commission__v1__put_tier_schedule_response__descriptor, NULL,
                        &stt, md, 1);
     ck_assert_msg(code == 0, "PutTierSchedule %s: %d %s %s", id, code, stt.field, stt.message);
+}
+
+/* marginal, under request id "s-<id>" */
+static void put_schedule(pair *s, const char *id, int payer)
+{
+    char req[64];
+    snprintf(req, sizeof req, "s-%s", id);
+    put_schedule_as(s, req, id, payer, MARGINAL);
 }
 
 static void put_channel(pair *s, const char *id, const char *parent, int bps, const char *sched)
@@ -205,20 +212,21 @@ static char *uuid(void)
 
 static long long T0;
 
-static void paid(pair *s, const char *order_id, const char *channel, long long amount)
+static void paid_by(pair *s, const char *order_id, const char *channel, const char *merchant,
+                    long long amount, long long at_ms)
 {
     Commerce__Common__V1__Money m = COMMERCE__COMMON__V1__MONEY__INIT;
     m.amount_minor = amount;
     m.currency = "CNY";
     Google__Protobuf__Timestamp at = GOOGLE__PROTOBUF__TIMESTAMP__INIT;
-    at.seconds = T0 / 1000;
+    at.seconds = at_ms / 1000;
     Commerce__Order__V1__Payment pay = COMMERCE__ORDER__V1__PAYMENT__INIT;
     pay.payment_id = "pay-1";
     pay.amount = &m;
     pay.paid_at = &at;
     Commerce__Order__V1__Order o = COMMERCE__ORDER__V1__ORDER__INIT;
     o.order_id = (char *)order_id;
-    o.merchant_id = MERCHANT;
+    o.merchant_id = (char *)merchant;
     o.channel_id = (char *)channel;
     o.currency = "CNY";
     o.total_amount = &m;
@@ -231,6 +239,11 @@ static void paid(pair *s, const char *order_id, const char *channel, long long a
     e.order = &o;
     hs_produce_event(s->prod, s->otopic, order_id, "commerce.events.v1.OrderPaid",
                      "/commerce/order", id, TENANT, &e.base);
+}
+
+static void paid(pair *s, const char *order_id, const char *channel, long long amount)
+{
+    paid_by(s, order_id, channel, MERCHANT, amount, T0);
 }
 
 static void refunded(pair *s, const char *order_id, const char *channel, const char *refund_id,
@@ -643,6 +656,101 @@ START_TEST(cost_follows_its_payer_reverses_exactly_and_books_once)
 }
 END_TEST
 
+/* a statement of the commission schema that must change a row */
+static void csql_do(const pair *s, const char *q)
+{
+    char w[1024];
+    snprintf(w, sizeof w, "WITH u AS (%s RETURNING 1) SELECT count(*) FROM u", q);
+    ck_assert_int_ge(csql(s, w), 1);
+}
+
+/* the cost merchant m bore for channel ch: its commissions there and its
+ * parts of ch's adjustments (the close's), as the commission service has
+ * them */
+static long long merchant_share(const pair *s, const char *ch, const char *m)
+{
+    char q[512];
+    snprintf(q, sizeof q,
+             "SELECT (SELECT coalesce(sum(amount - clawed_back), 0) FROM commissions WHERE "
+             "channel_id = '%s' AND merchant_id = '%s') + (SELECT coalesce(sum(amount), 0) FROM "
+             "adjustments WHERE channel_id = '%s' AND merchant_id = '%s' AND kind <> 3)",
+             ch, m, ch, m);
+    return csql(s, q);
+}
+
+START_TEST(period_close_is_booked_against_each_merchant)
+{
+    pair_start(&S, "close");
+    put_schedule_as(&S, "w-1", "whole", PAYER(MERCHANT), WHOLE);
+    put_channel(&S, "ch-w", NULL, 0, "whole");
+    /* last month in the schedule's zone, the schedule in force since
+     * before it (a period that has ended needs orders paid in the past) */
+    long long day = 86400000LL;
+    long long P = csql(&S, "SELECT (extract(epoch FROM (date_trunc('month', now() AT TIME ZONE "
+                           "'Asia/Shanghai') - interval '1 month') AT TIME ZONE 'Asia/Shanghai') "
+                           "* 1000)::bigint");
+    char q[512];
+    snprintf(q, sizeof q, "UPDATE tier_schedules SET effective_from = to_timestamp(%lld / 1000.0)",
+             P - day);
+    csql_do(&S, q);
+    /* revision 1: 12,000.00 of m-a at 8 % (960.00); revision 2 from the
+     * 6th: 2,000.00 of m-b on a row of its own at 5 % (100.00). the close
+     * reprices 14,000.00 at 8 % (1,120.00): 60.00, split 12 : 2 into
+     * 51.43 for m-a and 8.57 for m-b */
+    paid_by(&S, uuid(), "ch-w", "m-a", 1200000, P + 2 * day);
+    hs_wait_sql(S.cschema, "SELECT count(*) FROM commissions", 1, S.cms.log_path);
+    put_schedule_as(&S, "w-2", "whole", PAYER(MERCHANT), WHOLE);
+    snprintf(q, sizeof q,
+             "UPDATE tier_schedules SET effective_from = to_timestamp(%lld / 1000.0) WHERE "
+             "revision = 2",
+             P + 5 * day);
+    csql_do(&S, q);
+    paid_by(&S, uuid(), "ch-w", "m-b", 200000, P + 10 * day);
+    hs_wait_sql(S.cschema, "SELECT count(*) FROM commissions", 2, S.cms.log_path);
+    Google__Protobuf__Timestamp at = GOOGLE__PROTOBUF__TIMESTAMP__INIT;
+    at.seconds = P / 1000;
+    Commerce__Commission__V1__ClosePeriodRequest r =
+        COMMERCE__COMMISSION__V1__CLOSE_PERIOD_REQUEST__INIT;
+    r.channel_id = "ch-w";
+    r.tier_schedule_id = "whole";
+    r.period_start = &at;
+    Commerce__Commission__V1__ClosePeriodResponse *cr = NULL;
+    cm_rpc_status stt;
+    ck_assert_int_eq(hs_call(S.c, CSVC "ClosePeriod", &r.base,
+                             &commerce__commission__v1__close_period_response__descriptor,
+                             (ProtobufCMessage **)&cr, &stt, md, 1),
+                     0);
+    ck_assert_int_eq(cr->close->true_up->amount_minor, 6000);
+    protobuf_c_message_free_unpacked(&cr->base, NULL);
+    ck_assert_int_eq(csql(&S, "SELECT amount FROM adjustments WHERE kind = 4 AND merchant_id = "
+                              "'m-a'"),
+                     5143);
+    ck_assert_int_eq(csql(&S, "SELECT amount FROM adjustments WHERE kind = 4 AND merchant_id = "
+                              "'m-b'"),
+                     857);
+    /* settlement books each part on its merchant, without an order, by
+     * its adjustment id: the channel holds 1,120.00, each merchant bears
+     * its commissions and its part */
+    wait_booked(&S, "ch-w");
+    ck_assert_int_eq(earned(&S, "ch-w"), 112000);
+    ck_assert_int_eq(cost_of(&S, P_COMMISSION, "ch-w"), 112000);
+    ck_assert_int_eq(merchant_share(&S, "ch-w", "m-a"), 96000 + 5143);
+    ck_assert_int_eq(merchant_share(&S, "ch-w", "m-b"), 10000 + 857);
+    ck_assert_int_eq(cost_of(&S, P_MERCHANT, "m-a"), -(96000 + 5143));
+    ck_assert_int_eq(cost_of(&S, P_MERCHANT, "m-b"), -(10000 + 857));
+    ck_assert_int_eq(ssql(&S, "SELECT count(*) FROM entries WHERE kind = 7 AND order_id IS NULL "
+                              "AND ref LIKE 'adjustment/%' AND merchant_id IN ('m-a', 'm-b')"),
+                     2);
+    ck_ledger_balanced(&S);
+    /* nothing dead-lettered */
+    hs_topic *dl = hs_topic_open(hs_kafka_brokers(), S.dlq, 0);
+    hs_topic_next(dl, 500);
+    ck_assert_uint_eq(hs_topic_count(dl), 0);
+    hs_topic_close(dl);
+    pair_stop(&S);
+}
+END_TEST
+
 START_TEST(kill_mid_batch_books_each_change_once)
 {
     pair_start(&S, "kill");
@@ -685,6 +793,7 @@ int main(void)
     tcase_set_timeout(tc, 240);
     tcase_add_checked_fixture(tc, NULL, teardown);
     tcase_add_test(tc, cost_follows_its_payer_reverses_exactly_and_books_once);
+    tcase_add_test(tc, period_close_is_booked_against_each_merchant);
     tcase_add_test(tc, kill_mid_batch_books_each_change_once);
     suite_add_tcase(s, tc);
     return hs_run(s, 1);

@@ -925,6 +925,64 @@ START_TEST(close_reprices_every_revision_together)
 }
 END_TEST
 
+START_TEST(close_split_follows_each_merchants_net_sales)
+{
+    /* 330.00 over net sales 6,000.00 / 3,000.00 / 2,000.00 (11,000.00):
+     * 180.00, 90.00, 60.00 exactly */
+    int64_t net[3] = {600000, 300000, 200000}, parts[3] = {0};
+    EQ(cms_close_split(33000, net, 3, 0, parts), 0);
+    EQ(parts[0], 18000);
+    EQ(parts[1], 9000);
+    EQ(parts[2], 6000);
+    /* 100 over thirds: 34, 33, 33 (the tie to the lower index), and the
+     * negative mirrors it */
+    int64_t eq[3] = {1, 1, 1};
+    EQ(cms_close_split(100, eq, 3, 2, parts), 0);
+    EQ(parts[0], 34);
+    EQ(parts[1], 33);
+    EQ(parts[2], 33);
+    EQ(cms_close_split(-100, eq, 3, 2, parts), 0);
+    EQ(parts[0], -34);
+    EQ(parts[1], -33);
+    EQ(parts[2], -33);
+    /* a merchant whose orders were all refunded gets nothing */
+    int64_t some[3] = {0, 700, 300};
+    EQ(cms_close_split(-27001, some, 3, 0, parts), 0);
+    EQ(parts[0], 0);
+    EQ(parts[1], -18901);
+    EQ(parts[2], -8100);
+    EQ(parts[0] + parts[1] + parts[2], -27001);
+    /* nobody has net sales: all of it to the fallback merchant */
+    int64_t none[3] = {0, 0, 0};
+    EQ(cms_close_split(-4500, none, 3, 1, parts), 0);
+    EQ(parts[0], 0);
+    EQ(parts[1], -4500);
+    EQ(parts[2], 0);
+    /* random splits sum to the amount, each part with its sign */
+    uint64_t seed = 0x9e3779b97f4a7c15ull;
+    for (int k = 0; k < 1000; k++) {
+        int64_t w[5], p[5], sum = 0;
+        size_t n = 1 + (size_t)(rnd(&seed) % 5);
+        for (size_t i = 0; i < n; i++)
+            w[i] = rnd(&seed) % 3 ? (int64_t)(rnd(&seed) % 1000000) : 0;
+        int64_t amount = (int64_t)(rnd(&seed) % 2000001) - 1000000;
+        EQ(cms_close_split(amount, w, n, n - 1, p), 0);
+        for (size_t i = 0; i < n; i++) {
+            sum += p[i];
+            ck_assert(amount >= 0 ? p[i] >= 0 : p[i] <= 0);
+        }
+        EQ(sum, amount);
+    }
+    /* bad input, parts untouched */
+    parts[0] = 7;
+    EQ(cms_close_split(1, net, 0, 0, parts), CM_EINVAL);
+    EQ(cms_close_split(1, net, 3, 3, parts), CM_EINVAL);
+    int64_t neg[2] = {5, -1};
+    EQ(cms_close_split(1, neg, 2, 0, parts), CM_EINVAL);
+    EQ(parts[0], 7);
+}
+END_TEST
+
 START_TEST(closed_period_posts_the_order_only)
 {
     cms_schedule w;
@@ -965,6 +1023,7 @@ static Suite *suite(void)
     tcase_add_test(t, overflow_is_an_error_not_a_wrapped_amount);
     tcase_add_test(t, window_check_names_the_field_and_bounds);
     tcase_add_test(t, close_reprices_every_revision_together);
+    tcase_add_test(t, close_split_follows_each_merchants_net_sales);
     tcase_add_test(t, closed_period_posts_the_order_only);
     suite_add_tcase(s, t);
     TCase *p = tcase_create("properties");

@@ -823,6 +823,29 @@ START_TEST(commission_cost_debits_the_payer_by_the_signed_change)
 }
 END_TEST
 
+START_TEST(commission_cost_books_a_period_close_like_a_true_up)
+{
+    stl_cost c;
+    /* a PERIOD_CLOSE part: the merchant it was split to pays */
+    ck_assert_int_eq(
+        cost(STL_COST_ADJUSTED, STL_ADJ_PERIOD_CLOSE, STL_PAYER_MERCHANT, 240, "m-2", &c), 0);
+    ck_assert_int_eq(c.payer_type, STL_PARTY_MERCHANT);
+    ck_assert_str_eq(c.payer_owner, "m-2");
+    ck_assert_int_eq(c.delta, 240);
+    /* negative, on the platform */
+    ck_assert_int_eq(
+        cost(STL_COST_ADJUSTED, STL_ADJ_PERIOD_CLOSE, STL_PAYER_PLATFORM, -61, "m-2", &c), 0);
+    ck_assert_int_eq(c.payer_type, STL_PARTY_PLATFORM);
+    ck_assert_str_eq(c.payer_owner, "plat");
+    ck_assert_int_eq(c.delta, -61);
+    ck_assert_int_eq(cost(STL_COST_ADJUSTED, STL_ADJ_PERIOD_CLOSE, 1, 0, "m-2", &c),
+                     STL_COST_NOTHING);
+    ck_assert_int_eq(cost(STL_COST_ADJUSTED, STL_ADJ_PERIOD_CLOSE, 1, INT64_MIN, "m-2", &c),
+                     CM_EINVAL);
+    ck_assert_int_eq(cost(STL_COST_ADJUSTED, STL_ADJ_PERIOD_CLOSE, 1, 5, "", &c), CM_EINVAL);
+}
+END_TEST
+
 START_TEST(commission_cost_books_nothing_twice_and_refuses_bad_events)
 {
     stl_cost c;
@@ -835,7 +858,7 @@ START_TEST(commission_cost_books_nothing_twice_and_refuses_bad_events)
     ck_assert_int_eq(cost(STL_COST_CLAWED_BACK, 0, 1, -1, "m-1", &c), CM_EINVAL);
     ck_assert_int_eq(cost(STL_COST_ADJUSTED, STL_ADJ_TRUE_UP, 1, INT64_MIN, "m-1", &c), CM_EINVAL);
     ck_assert_int_eq(cost(STL_COST_ADJUSTED, 0, 1, 5, "m-1", &c), CM_EINVAL);
-    ck_assert_int_eq(cost(STL_COST_ADJUSTED, 4, 1, 5, "m-1", &c), CM_EINVAL);
+    ck_assert_int_eq(cost(STL_COST_ADJUSTED, 5, 1, 5, "m-1", &c), CM_EINVAL);
     ck_assert_int_eq(cost(0, 0, 1, 5, "m-1", &c), CM_EINVAL);
     ck_assert_int_eq(cost(STL_COST_ACCRUED, 0, 3, 5, "m-1", &c), CM_EINVAL);
     ck_assert_int_eq(cost(STL_COST_ACCRUED, 0, 1, 5, "", &c), CM_EINVAL);
@@ -878,6 +901,7 @@ static Suite *suite(void)
     tcase_add_test(t, refund_validation_refuses_bad_input);
     tcase_add_test(t, party_names_follow_the_proto);
     tcase_add_test(t, commission_cost_debits_the_payer_by_the_signed_change);
+    tcase_add_test(t, commission_cost_books_a_period_close_like_a_true_up);
     tcase_add_test(t, commission_cost_books_nothing_twice_and_refuses_bad_events);
     suite_add_tcase(s, t);
     TCase *p = tcase_create("properties");
