@@ -1419,6 +1419,10 @@ SELECT calls, round(total_exec_time::numeric, 0) AS total_ms,
        left(regexp_replace(query, '\s+', ' ', 'g'), 110) AS query
   FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
  ORDER BY total_exec_time DESC LIMIT 14;
+SELECT sum(calls) AS calls, round(sum(total_exec_time)::numeric, 0) AS total_ms,
+       round((1000 * sum(total_exec_time) / $2)::numeric, 1) AS us_per_order,
+       pg_size_pretty(sum(wal_bytes) / $2) AS wal_per_order, 'every statement' AS query
+  FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database());
 SQL
 }
 
