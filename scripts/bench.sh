@@ -91,7 +91,8 @@ benchmarks:
          options: --events N (200000) --naive-events N (10000) --rate R (1000)
                   --seconds S (20) --warmup S (2) --merchants M (1)
                   --partitions P (6) --run-parts N (1000000)
-                  --run-accounts A (100000) --no-run --no-build
+                  --run-accounts A (100000) --inventory-events on|off (on)
+                  --no-run --no-build
 
   commission
          commerce-commission accruing OrderPaid events with a channel (the
@@ -103,7 +104,9 @@ benchmarks:
          every period row against the formula after every run
          options: --events N (200000) --naive-events N (10000) --rate R (1000)
                   --seconds S (20) --warmup S (2) --channels C (1000)
-                  --mode marginal|whole (marginal) --partitions P (6) --no-build
+                  --mode marginal|whole (marginal) --partitions P (6)
+                  --inventory-events on|off (on: inventory consumes the order
+                  events in the MarkPaid run, as deployed) --no-build
 
 exit: 0 targets met, 1 measurement failed, 2 usage, 3 a target was missed.
 EOF
@@ -1628,7 +1631,7 @@ stl_orders() {
   stl_prepare "$name" "$schema" "$topic" --merchants 100 --merchant-prefix merchant-
   # the services at their defaults (WORKERS and the rest), as users run them
   ord_dsn=$stl_dsn ord_stack_start "$workdir" "$ord_schema" "$inv_schema" "$topic" "$stl_brokers" \
-    "" "" on 10000
+    "" "" "$pay_inv_events" 10000
   stl_start "$workdir/$name.log" "$schema" "$topic" "bench.settlement.$tag"
   pay_svc_pid=$stl_pid pay_pg_pid=$stl_pg_pid pay_kafka_pid=$(listener_pid "${stl_brokers##*:}")
   local n=$((stl_rate_paced * (stl_seconds + stl_warmup))) rc=0
@@ -1769,6 +1772,7 @@ bench_settlement() {
   stl_partitions=6 stl_merchants=1 stl_rate_paced=1000 stl_seconds=20 stl_warmup=2
   stl_run_parts=1000000 stl_run_accounts=100000 stl_run_rate=500 stl_run_seconds=40
   local do_run=1
+  pay_inv_events=on
   while [ $# -gt 0 ]; do
     case "$1" in
     --events) events=$2; shift 2 ;;
@@ -1780,6 +1784,7 @@ bench_settlement() {
     --partitions) stl_partitions=$2; shift 2 ;;
     --run-parts) stl_run_parts=$2; shift 2 ;;
     --run-accounts) stl_run_accounts=$2; shift 2 ;;
+    --inventory-events) pay_inv_events=$2; shift 2 ;;
     --no-run) do_run=0; shift ;;
     --no-build) do_build=0; shift ;;
     -h | --help) usage; exit 0 ;;
@@ -1792,6 +1797,8 @@ bench_settlement() {
       { echo "bench.sh: options take positive whole numbers, got '$v'" >&2; exit 2; }
   done
   [[ "$stl_warmup" =~ ^[0-9]+$ ]] || { echo "bench.sh: --warmup takes seconds, got '$stl_warmup'" >&2; exit 2; }
+  [ "$pay_inv_events" = on ] || [ "$pay_inv_events" = off ] ||
+    { echo "bench.sh: --inventory-events takes on or off, got '$pay_inv_events'" >&2; exit 2; }
   [ "$events" -le 10000000 ] && [ "$naive_events" -le "$events" ] ||
     { echo "bench.sh: --events at most 10^7, --naive-events at most --events" >&2; exit 2; }
   command -v psql >/dev/null || die "psql is needed to check the ledger"
@@ -1864,7 +1871,8 @@ bench_settlement() {
   echo "             reserved in commerce-inventory, 100 merchants each with the seed's rule),"
   echo "             then paid through MarkPaid at $stl_rate_paced/s for $stl_seconds s after ${stl_warmup} s of warmup (open"
   echo "             loop, at most 256 in flight); the order relay publishes OrderPaid, which"
-  echo "             settlement and inventory (committing the reservation) both consume;"
+  echo "             settlement and inventory (committing the reservation) both consume"
+  echo "             (--inventory-events $pay_inv_events: off leaves inventory's consumer and events out);"
   echo "             latency = the 5 ms ledger poll that first saw the entry - the order's"
   echo "             paid_at, which commerce-order takes when MarkPaid arrives, before its"
   echo "             commit (so MarkPaid's own transaction is in it: an upper bound)"
@@ -2112,7 +2120,7 @@ cms_orders() {
   cms_prepare "$name" "$schema" "$topic"
   # the services at their defaults (WORKERS and the rest), as users run them
   ord_dsn=$cms_dsn ord_stack_start "$workdir" "$ord_schema" "$inv_schema" "$topic" "$cms_brokers" \
-    "" "" on 10000
+    "" "" "$pay_inv_events" 10000
   cms_start "$workdir/$name.log" "$schema" "$topic" "bench.commission.$tag"
   pay_svc_pid=$cms_pid pay_pg_pid=$cms_pg_pid pay_kafka_pid=$(listener_pid "${cms_brokers##*:}")
   local n=$((cms_rate_paced * (cms_seconds + cms_warmup))) rc=0
@@ -2150,6 +2158,7 @@ cms_orders() {
 bench_commission() {
   local events=200000 naive_events=10000 do_build=1
   cms_partitions=6 cms_channels=1000 cms_rate_paced=1000 cms_seconds=20 cms_warmup=2 cms_mode=marginal
+  pay_inv_events=on
   while [ $# -gt 0 ]; do
     case "$1" in
     --events) events=$2; shift 2 ;;
@@ -2160,6 +2169,7 @@ bench_commission() {
     --channels) cms_channels=$2; shift 2 ;;
     --partitions) cms_partitions=$2; shift 2 ;;
     --mode) cms_mode=$2; shift 2 ;;
+    --inventory-events) pay_inv_events=$2; shift 2 ;;
     --no-build) do_build=0; shift ;;
     -h | --help) usage; exit 0 ;;
     *) usage >&2; exit 2 ;;
@@ -2173,6 +2183,8 @@ bench_commission() {
   [[ "$cms_warmup" =~ ^[0-9]+$ ]] || { echo "bench.sh: --warmup takes seconds, got '$cms_warmup'" >&2; exit 2; }
   [ "$cms_mode" = marginal ] || [ "$cms_mode" = whole ] ||
     { echo "bench.sh: --mode takes marginal or whole, got '$cms_mode'" >&2; exit 2; }
+  [ "$pay_inv_events" = on ] || [ "$pay_inv_events" = off ] ||
+    { echo "bench.sh: --inventory-events takes on or off, got '$pay_inv_events'" >&2; exit 2; }
   [ "$events" -le 10000000 ] && [ "$naive_events" -le "$events" ] ||
     { echo "bench.sh: --events at most 10^7, --naive-events at most --events" >&2; exit 2; }
   command -v psql >/dev/null || die "psql is needed to check the books"
@@ -2234,6 +2246,7 @@ bench_commission() {
   echo "orders       the suite as deployed: $((cms_rate_paced * (cms_seconds + cms_warmup))) orders with channels (same skew) created in"
   echo "             commerce-order (reserved in commerce-inventory), paid through MarkPaid at"
   echo "             $cms_rate_paced/s for $cms_seconds s after ${cms_warmup} s of warmup (open loop, at most 256 in flight);"
+  echo "             inventory's consumer and events: --inventory-events $pay_inv_events (as deployed: on)"
   echo "             latency = the accrued event's arrival on the partner topic (CloudEvents"
   echo "             JSON, read by paidgen watch-partner) - the order's paid_at, taken when"
   echo "             MarkPaid arrives, before its commit (an upper bound of commit -> event)"
