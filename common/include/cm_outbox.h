@@ -162,9 +162,11 @@ typedef struct cm_outbox_relay_opts {
      * "Recording the ack") */
     int retention_s;
     /* a fetch from the first row, past the lower bound that skips what
-     * was published (outbox.c, fetch_sql's note), every; 0: 1000. a row
-     * whose transaction took its id before its xid is late by at most
-     * this (tests set it high to show the bound alone sends every row) */
+     * was published (outbox.c, fetch_sql's note), every; 0: 1000. only rows
+     * whose ids were not taken by the table's default (written before the
+     * outbox's migration 0002, or given by hand) can need it: they are late
+     * by at most this (tests set it high to show the bound alone sends
+     * every row) */
     int sweep_ms;
 } cm_outbox_relay_opts;
 

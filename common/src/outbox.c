@@ -327,12 +327,12 @@ struct cm_outbox_relay {
 
     /* the fetch's lower bound (fetch_sql's note): every committed row
      * with id <= bound is published; settled: every id <= settled belongs
-     * to a transaction that ended; probe: a sequence value and the
-     * snapshot's xmax that make settled once the oldest running
-     * transaction is past that xmax */
+     * to a transaction that ended; probe_seq and probe_xid: a sequence
+     * value and an xid taken after it, which settle probe_seq once a
+     * snapshot's xmin is past probe_xid */
     int64_t bound, settled, probe_seq;
-    int64_t probe_xmax; /* 0: no probe out */
-    double next_sweep;
+    int64_t probe_xid; /* 0: no probe out */
+    double next_sweep, next_probe;
 
     pthread_t thread;
     int started;
@@ -414,8 +414,8 @@ static void set_leader(cm_outbox_relay *r, int on)
 
 static void forget_bound(cm_outbox_relay *r)
 {
-    r->bound = r->settled = r->probe_seq = r->probe_xmax = 0;
-    r->next_sweep = 0;
+    r->bound = r->settled = r->probe_seq = r->probe_xid = 0;
+    r->next_sweep = r->next_probe = 0;
 }
 
 static void disconnect(cm_outbox_relay *r)
@@ -700,20 +700,27 @@ static void await_batch(cm_outbox_relay *r)
  * A bound is only safe below ids that can no longer appear: an id is taken
  * when its row is inserted, but the row shows when its transaction
  * commits, so a row with a smaller id can commit after a larger one was
- * published. So the relay probes: the sequence's last value S and the
- * snapshot's xmax X (the first unassigned xid). Once the oldest running
- * transaction (xmin) is at or past X, every transaction that held an id
- * <= S has ended: ids <= S are settled. After a fetch whose rows were all
- * acknowledged, bound = min(settled, the largest id fetched) (or settled
- * when nothing was left): every committed row up to it is out. A failure
- * drops the bound; a new leader starts from 0.
+ * published. So the relay probes the horizon: it reads the sequence's last
+ * value S, then takes an xid X of its own (pg_current_xact_id, in a
+ * transaction that commits at once). An id is taken only once its
+ * transaction has an xid (the id's default, outbox_next_id, migration
+ * 0002), so every transaction holding an id <= S had its xid before S was
+ * read, hence before X: once a later snapshot's xmin is past X, every one
+ * of them has ended, and ids <= S are settled. (A snapshot's xmax is not
+ * "the next xid": it is the latest completed xid + 1, and a running
+ * transaction with a higher xid lowers no xmin — so the probe takes an xid
+ * rather than reading xmax; the first version did, and let running
+ * transactions' ids fall below the bound.) A probe is taken at most every
+ * PROBE_EVERY_S, one xid each.
  *
- * The one gap: a transaction whose first write is the outbox row takes
- * its xid after nextval, possibly after the probe. Every service writes
- * its change before its events, but to stay safe whatever a caller does,
- * a full fetch from 0 runs every sweep_ms (1 s): such a row is late by at
- * most that, never lost.
+ * After a fetch whose rows were all acknowledged, bound = min(settled, the
+ * largest id fetched) (or settled when nothing was left): every committed
+ * row up to it is out. A failure drops the bound; a new leader starts from
+ * 0. Rows a database wrote before migration 0002 took their ids the old
+ * way, and callers could insert ids by hand: a fetch from the first row
+ * every sweep_ms (1 s) is the safety net, never needed by the services.
  */
+#define PROBE_EVERY_S 0.1
 
 static const char fetch_sql[] =
     /* aliases matter: ORDER BY id would sort by an output column named id,
@@ -725,32 +732,53 @@ static const char fetch_sql[] =
     "FROM outbox WHERE published_at IS NULL AND failed_at IS NULL AND id > $2::bigint ORDER BY "
     "outbox.id LIMIT $1::int";
 
-static const char probe_sql[] =
-    "SELECT pg_snapshot_xmin(s)::text, pg_snapshot_xmax(s)::text, "
-    "coalesce(pg_sequence_last_value(pg_get_serial_sequence('outbox', 'id')::regclass), 0) "
-    "FROM pg_current_snapshot() s";
+static const char probe_read_sql[] =
+    "SELECT coalesce(pg_sequence_last_value(pg_get_serial_sequence('outbox', 'id')::regclass), "
+    "0), pg_snapshot_xmin(pg_current_snapshot())::text";
+static const char probe_xid_sql[] = "SELECT pg_current_xact_id()::text";
 
-/* advances r->settled from the last probe, and probes anew; 0 or a CM_E* */
-static int probe_horizon(cm_outbox_relay *r)
+/* the values of a one-row statement as numbers (b: a second column, or
+ * NULL); 0 or a CM_E* */
+static int probe_value(cm_outbox_relay *r, const char *sql, int64_t *a, int64_t *b)
 {
-    PGresult *res = PQexecParams(cm_db_conn(r->db), probe_sql, 0, NULL, NULL, NULL, NULL, 0);
+    PGresult *res = PQexecParams(cm_db_conn(r->db), sql, 0, NULL, NULL, NULL, NULL, 0);
     if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
         int rc = relay_error(r, res, "probe the outbox horizon");
         PQclear(res);
         return rc;
     }
-    int64_t xmin = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
-    int64_t xmax = strtoll(PQgetvalue(res, 0, 1), NULL, 10);
-    int64_t seq = strtoll(PQgetvalue(res, 0, 2), NULL, 10);
+    *a = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+    if (b)
+        *b = strtoll(PQgetvalue(res, 0, 1), NULL, 10);
     PQclear(res);
-    if (r->probe_xmax > 0 && xmin >= r->probe_xmax) {
+    return 0;
+}
+
+/* advances r->settled from the probe out and puts out a new one (fetch_sql's
+ * note), at most every PROBE_EVERY_S; 0 or a CM_E* */
+static int probe_horizon(cm_outbox_relay *r)
+{
+    double now = now_s();
+    if (now < r->next_probe)
+        return 0;
+    r->next_probe = now + PROBE_EVERY_S;
+    int64_t seq = 0, xmin = 0;
+    int rc = probe_value(r, probe_read_sql, &seq, &xmin);
+    if (rc)
+        return rc;
+    if (r->probe_xid > 0 && xmin > r->probe_xid) {
         if (r->probe_seq > r->settled)
             r->settled = r->probe_seq;
-        r->probe_xmax = 0;
+        r->probe_xid = 0;
     }
-    if (r->probe_xmax == 0) {
+    if (r->probe_xid == 0) {
+        /* an xid taken after the sequence was read: every id <= seq
+         * belongs to a transaction whose xid is smaller */
+        int64_t xid = 0;
+        if ((rc = probe_value(r, probe_xid_sql, &xid, NULL)))
+            return rc;
         r->probe_seq = seq;
-        r->probe_xmax = xmax;
+        r->probe_xid = xid;
     }
     return 0;
 }
