@@ -1429,6 +1429,59 @@ SELECT sum(calls) AS calls, round(sum(total_exec_time)::numeric, 0) AS total_ms,
 SQL
 }
 
+# the start every service benchmark shares: builds (unless --no-build,
+# do_build=0) and checks the binaries named, makes workdir
+# (build/bench/<name>-<time>), prints the machine, starts or reuses the
+# broker and the benchmark's postgres, and prints their settings. sets
+# sb_brokers, sb_dsn (the services' dsn: the planner at postgres' defaults),
+# sb_pg_pid and sb_statements (1: pg_stat_statements loaded)
+svc_bench_start() {
+  local name=$1
+  shift
+  if [ "$do_build" = 1 ]; then
+    build_release "$@"
+  fi
+  local b
+  for b in "$@"; do
+    [ -x "$bin/$b" ] || die "$bin/$b is missing (build without --no-build)"
+  done
+  workdir=$build/bench/$name-$(date -u +%Y%m%dT%H%M%SZ)
+  mkdir -p "$workdir"
+
+  machine
+  echo
+  echo "== kafka"
+  if "$root/scripts/kafka.sh" status >/dev/null 2>&1; then
+    echo "broker       already running: used, left running"
+  else
+    "$root/scripts/kafka.sh" start >/dev/null || die "could not start kafka (scripts/kafka.sh start)"
+    started_kafka=1
+    echo "broker       started by this run (scripts/kafka.sh), stopped at the end"
+  fi
+  sb_brokers=$("$root/scripts/kafka.sh" bootstrap)
+  echo "bootstrap    $sb_brokers"
+  echo
+  echo "== postgres"
+  start_pg
+  # scripts/pg.sh's cluster is tuned for writes (durable commits, large
+  # wal, lz4 page images) and also lowers random_page_cost and
+  # effective_cache_size; the services' sessions put the planner back at
+  # postgres' defaults, so a plan that only works on the tuned cost model
+  # shows here (NOTES: the same load ran 3.5x slower at random_page_cost 4)
+  sb_dsn="$PG_DSN options='-c random_page_cost=4 -c effective_cache_size=4GB'"
+  sb_pg_pid=$(listener_pid "$(sed -n 's/.*port=\([0-9]*\).*/\1/p' <<<"$PG_DSN")")
+  sb_statements=$(pg_statements_on)
+  echo "dsn          $sb_dsn"
+  echo "durability   fsync $(psql "$PG_DSN" -XAtqc 'SHOW fsync'), synchronous_commit" \
+    "$(psql "$PG_DSN" -XAtqc 'SHOW synchronous_commit'), wal_compression" \
+    "$(psql "$PG_DSN" -XAtqc 'SHOW wal_compression'), max_wal_size $(psql "$PG_DSN" -XAtqc 'SHOW max_wal_size')"
+  echo "planner      random_page_cost $(psql "$sb_dsn" -XAtqc 'SHOW random_page_cost')," \
+    "effective_cache_size $(psql "$sb_dsn" -XAtqc 'SHOW effective_cache_size')" \
+    "(postgres' defaults; the cluster's own: $(psql "$PG_DSN" -XAtqc 'SHOW random_page_cost')," \
+    "$(psql "$PG_DSN" -XAtqc 'SHOW effective_cache_size'))"
+  echo "statements   pg_stat_statements $([ "$sb_statements" = 1 ] && echo "loaded: top statements per run in the logs" || echo "not loaded (shared_preload_libraries)")"
+}
+
 # ---- settlement: OrderPaid -> split posted on the ledger ----
 # (issue 11's benchmark; kept apart from the blocks above)
 
@@ -1806,48 +1859,9 @@ bench_settlement() {
   # its own postgres by default, beside the other benchmarks' clusters
   BENCH_PG_RUN_DIR=${BENCH_PG_RUN_DIR:-$root/.run/pg-bench-settlement}
 
-  if [ "$do_build" = 1 ]; then
-    build_release commerce-settlement commerce-paidgen commerce-order commerce-inventory commerce-loadgen
-  fi
-  local b
-  for b in commerce-settlement commerce-paidgen commerce-order commerce-inventory commerce-loadgen; do
-    [ -x "$bin/$b" ] || die "$bin/$b is missing (build without --no-build)"
-  done
-  workdir=$build/bench/settlement-$(date -u +%Y%m%dT%H%M%SZ)
-  mkdir -p "$workdir"
-
-  machine
-  echo
-  echo "== kafka"
-  if "$root/scripts/kafka.sh" status >/dev/null 2>&1; then
-    echo "broker       already running: used, left running"
-  else
-    "$root/scripts/kafka.sh" start >/dev/null || die "could not start kafka (scripts/kafka.sh start)"
-    started_kafka=1
-    echo "broker       started by this run (scripts/kafka.sh), stopped at the end"
-  fi
-  stl_brokers=$("$root/scripts/kafka.sh" bootstrap)
-  echo "bootstrap    $stl_brokers"
-  echo
-  echo "== postgres"
-  start_pg
-  # scripts/pg.sh's cluster is tuned for writes (durable commits, large
-  # wal, lz4 page images) and also lowers random_page_cost and
-  # effective_cache_size; the service's sessions put the planner back at
-  # postgres' defaults, so a plan that only works on the tuned cost model
-  # shows here (NOTES: the same load ran 3.5x slower at random_page_cost 4)
-  stl_dsn="$PG_DSN options='-c random_page_cost=4 -c effective_cache_size=4GB'"
-  stl_pg_pid=$(listener_pid "$(sed -n 's/.*port=\([0-9]*\).*/\1/p' <<<"$PG_DSN")")
-  stl_statements=$(pg_statements_on)
-  echo "dsn          $stl_dsn"
-  echo "durability   fsync $(psql "$PG_DSN" -XAtqc 'SHOW fsync'), synchronous_commit" \
-    "$(psql "$PG_DSN" -XAtqc 'SHOW synchronous_commit'), wal_compression" \
-    "$(psql "$PG_DSN" -XAtqc 'SHOW wal_compression'), max_wal_size $(psql "$PG_DSN" -XAtqc 'SHOW max_wal_size')"
-  echo "planner      random_page_cost $(psql "$stl_dsn" -XAtqc 'SHOW random_page_cost')," \
-    "effective_cache_size $(psql "$stl_dsn" -XAtqc 'SHOW effective_cache_size')" \
-    "(postgres' defaults; the cluster's own: $(psql "$PG_DSN" -XAtqc 'SHOW random_page_cost')," \
-    "$(psql "$PG_DSN" -XAtqc 'SHOW effective_cache_size'))"
-  echo "statements   pg_stat_statements $([ "$stl_statements" = 1 ] && echo "loaded: top statements per scenario in the logs" || echo "not loaded (shared_preload_libraries)")"
+  svc_bench_start settlement commerce-settlement commerce-paidgen commerce-order \
+    commerce-inventory commerce-loadgen
+  stl_brokers=$sb_brokers stl_dsn=$sb_dsn stl_pg_pid=$sb_pg_pid stl_statements=$sb_statements
   echo
 
   echo "== settings"
@@ -2191,42 +2205,9 @@ bench_commission() {
   local rate_target=10000 p99_target_ms=250 rss_target_mb=64
   BENCH_PG_RUN_DIR=${BENCH_PG_RUN_DIR:-$root/.run/pg-bench-commission}
 
-  if [ "$do_build" = 1 ]; then
-    build_release commerce-commission commerce-paidgen commerce-order commerce-inventory commerce-loadgen
-  fi
-  local b
-  for b in commerce-commission commerce-paidgen commerce-order commerce-inventory commerce-loadgen; do
-    [ -x "$bin/$b" ] || die "$bin/$b is missing (build without --no-build)"
-  done
-  workdir=$build/bench/commission-$(date -u +%Y%m%dT%H%M%SZ)
-  mkdir -p "$workdir"
-
-  machine
-  echo
-  echo "== kafka"
-  if "$root/scripts/kafka.sh" status >/dev/null 2>&1; then
-    echo "broker       already running: used, left running"
-  else
-    "$root/scripts/kafka.sh" start >/dev/null || die "could not start kafka (scripts/kafka.sh start)"
-    started_kafka=1
-    echo "broker       started by this run (scripts/kafka.sh), stopped at the end"
-  fi
-  cms_brokers=$("$root/scripts/kafka.sh" bootstrap)
-  echo "bootstrap    $cms_brokers"
-  echo
-  echo "== postgres"
-  start_pg
-  # the planner at postgres' defaults in the services' sessions (as for
-  # the settlement benchmark: a plan that only works on the tuned cost
-  # model shows here)
-  cms_dsn="$PG_DSN options='-c random_page_cost=4 -c effective_cache_size=4GB'"
-  cms_pg_pid=$(listener_pid "$(sed -n 's/.*port=\([0-9]*\).*/\1/p' <<<"$PG_DSN")")
-  cms_statements=$(pg_statements_on)
-  echo "dsn          $cms_dsn"
-  echo "durability   fsync $(psql "$PG_DSN" -XAtqc 'SHOW fsync'), synchronous_commit" \
-    "$(psql "$PG_DSN" -XAtqc 'SHOW synchronous_commit')"
-  echo "planner      random_page_cost $(psql "$cms_dsn" -XAtqc 'SHOW random_page_cost')," \
-    "effective_cache_size $(psql "$cms_dsn" -XAtqc 'SHOW effective_cache_size') (postgres' defaults)"
+  svc_bench_start commission commerce-commission commerce-paidgen commerce-order \
+    commerce-inventory commerce-loadgen
+  cms_brokers=$sb_brokers cms_dsn=$sb_dsn cms_pg_pid=$sb_pg_pid cms_statements=$sb_statements
   echo
 
   echo "== settings"

@@ -74,6 +74,21 @@ static int seen_request(cm_db *db, const char *tenant, const char *kind, const c
     return seen;
 }
 
+/* a put's start: takes the transaction lock of the tenant's scope (one
+ * writer at a time, so the checks and the idempotency record hold under
+ * it; the key is hashtext('<scope>:<tenant>')), then seen_request */
+static int locked_request(cm_db *db, const char *what, const char *scope, const char *tenant,
+                          const char *kind, const char *request_id, const char *hash, int *same,
+                          char *key, size_t keycap, int64_t *revision)
+{
+    const char *k[] = {scope, tenant};
+    int rc =
+        cm_db_exec(db, what, "SELECT pg_advisory_xact_lock(hashtext($1 || ':' || $2))", 2, k, NULL);
+    if (rc)
+        return rc;
+    return seen_request(db, tenant, kind, request_id, hash, same, key, keycap, revision);
+}
+
 static int record_request(cm_db *db, const char *tenant, const char *kind, const char *request_id,
                           const char *hash, const char *key, int64_t revision,
                           const char *principal)
@@ -137,19 +152,14 @@ static int put_channel_fn(cm_db *db, void *arg)
 {
     channel_tx *t = arg;
     const cms_channel *c = t->in;
-    const char *k[] = {t->tenant};
     /* one writer of a tenant's channel tree at a time: the two-level rule
      * and the idempotency check hold under it */
-    int rc = cm_db_exec(db, "lock channels",
-                        "SELECT pg_advisory_xact_lock(hashtext('commission.channels:' || $1))", 1,
-                        k, NULL);
-    if (rc)
-        return rc;
+    int rc = 0;
     char key[CMS_ID_MAX + 1];
     int64_t rev = 0;
     int same = 0;
-    int seen =
-        seen_request(db, t->tenant, "c", t->request_id, t->hash, &same, key, sizeof key, &rev);
+    int seen = locked_request(db, "lock channels", "commission.channels", t->tenant, "c",
+                              t->request_id, t->hash, &same, key, sizeof key, &rev);
     if (seen < 0)
         return seen;
     if (seen) {
@@ -338,17 +348,12 @@ static int put_schedule_fn(cm_db *db, void *arg)
 {
     schedule_tx *t = arg;
     const cms_schedule_row *s = t->in;
-    const char *k[] = {t->tenant};
-    int rc = cm_db_exec(db, "lock tier schedules",
-                        "SELECT pg_advisory_xact_lock(hashtext('commission.schedules:' || $1))", 1,
-                        k, NULL);
-    if (rc)
-        return rc;
+    int rc = 0;
     char key[CMS_ID_MAX + 1];
     int64_t rev = 0;
     int same = 0;
-    int seen =
-        seen_request(db, t->tenant, "s", t->request_id, t->hash, &same, key, sizeof key, &rev);
+    int seen = locked_request(db, "lock tier schedules", "commission.schedules", t->tenant, "s",
+                              t->request_id, t->hash, &same, key, sizeof key, &rev);
     if (seen < 0)
         return seen;
     if (seen) {
@@ -642,19 +647,14 @@ typedef struct settings_tx {
 static int put_settings_fn(cm_db *db, void *arg)
 {
     settings_tx *t = arg;
-    const char *k[] = {t->tenant};
     /* one writer of a tenant's settings at a time: the revision check and
      * the idempotency record hold under it */
-    int rc = cm_db_exec(db, "lock tenant settings",
-                        "SELECT pg_advisory_xact_lock(hashtext('commission.settings:' || $1))", 1,
-                        k, NULL);
-    if (rc)
-        return rc;
+    int rc = 0;
     char key[CMS_ID_MAX + 1];
     int64_t rev = 0;
     int same = 0;
-    int seen =
-        seen_request(db, t->tenant, "t", t->request_id, t->hash, &same, key, sizeof key, &rev);
+    int seen = locked_request(db, "lock tenant settings", "commission.settings", t->tenant, "t",
+                              t->request_id, t->hash, &same, key, sizeof key, &rev);
     if (seen < 0)
         return seen;
     if (seen) {
