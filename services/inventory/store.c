@@ -71,9 +71,10 @@ static void parse_change(const PGresult *r, int row, int col, inv_change *c)
 }
 
 /* a growable text buffer for array literals */
-/* every statement here is a fixed text: prepared once per connection, by
- * its own text (the order-event consumer's confirm and release ran a
- * handful of them unprepared per event) */
+/* fixed texts whose plan does not depend on their values: prepared once
+ * per connection, by their own text (the order-event consumer's confirm
+ * and release ran a handful of them unprepared per event). statements
+ * with optional filters call cm_db_exec instead */
 static int exec(cm_db *db, const char *what, const char *sql, int n, const char *const *p,
                 PGresult **out)
 {
@@ -1144,7 +1145,10 @@ static int check_fn(cm_db *db, void *arg)
     check_tx *t = arg;
     const char *p[] = {t->tenant, t->skus};
     PGresult *r = NULL;
-    int rc = exec(
+    /* optional filters ($1, $2 NULL: every tenant, every sku): planned per
+     * call, not through exec's prepared statements, whose generic plan
+     * could scan every tenant's stock for one sku's check */
+    int rc = cm_db_exec(
         db, "check invariants",
         "WITH s AS (SELECT * FROM stock WHERE ($1::text IS NULL OR tenant_id = $1) "
         "  AND ($2::text[] IS NULL OR sku = ANY($2::text[]))), "
