@@ -24,7 +24,7 @@ RUN apt-get update -qq \
       libgrpc-dev protobuf-compiler-grpc protobuf-compiler libprotobuf-dev \
       libprotobuf-c-dev protobuf-c-compiler libpq-dev librdkafka-dev \
       libuv1-dev check libsubunit-dev libjwt-dev libjansson-dev \
-      libhttp-parser-dev libssl-dev ca-certificates \
+      libhttp-parser-dev libssl-dev libcurl4-openssl-dev ca-certificates \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .

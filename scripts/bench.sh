@@ -1985,8 +1985,8 @@ cms_start() {
   spawn "$log" env GRPC_LISTEN="127.0.0.1:$port" ADMIN_LISTEN="127.0.0.1:$cms_admin" \
     PG_DSN="$cms_dsn" KAFKA_BROKERS="$cms_brokers" LOG_LEVEL=warn \
     COMMISSION_SCHEMA="$schema" COMMISSION_ORDER_TOPIC="$topic" COMMISSION_ORDER_GROUP="$group" \
-    COMMISSION_TOPIC="$topic.out" COMMISSION_PARTNER_TOPIC="$topic.partner" "$@" \
-    "$bin/commerce-commission"
+    COMMISSION_TOPIC="$topic.out" COMMISSION_PARTNER_TOPIC="$topic.partner" \
+    COMMISSION_FEED_GROUP="$group.feed" "$@" "$bin/commerce-commission"
   cms_pid=$last_pid
   wait_http_ok "http://127.0.0.1:$cms_admin/readyz" "$cms_pid" "$log"
   wait_tcp "$port" "$cms_pid" "$log"

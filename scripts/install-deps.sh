@@ -11,7 +11,7 @@ DEBS=(
   libpq-dev postgresql postgresql-contrib
   librdkafka-dev kcat
   libuv1-dev check libsubunit-dev
-  libjwt-dev libjansson-dev libhttp-parser-dev libssl-dev
+  libjwt-dev libjansson-dev libhttp-parser-dev libssl-dev libcurl4-openssl-dev
   python3-grpcio python3-protobuf python3-jsonschema
   clang-format clang-tidy valgrind
   default-jre-headless maven

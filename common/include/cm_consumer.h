@@ -54,7 +54,11 @@
 #include "cm_metrics.h"
 
 /* one record as the handler sees it. strings are NUL-terminated, "" when
- * the header is absent; everything is valid only during the call. */
+ * the header is absent; everything is valid only during the call. a
+ * structured-mode record (content-type application/cloudevents+json, no
+ * ce_id header: cm_cloudevents.h) has id, type, source, time, traceparent
+ * and tenant_id taken from the attributes of its JSON value instead
+ * ("tenantid" for tenant_id), so such a topic is consumed like any other. */
 typedef struct cm_event {
     const char *topic;
     int32_t partition;

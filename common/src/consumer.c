@@ -5,11 +5,13 @@
  * inbox", explains the order of things.
  */
 #include "cm_consumer.h"
+#include "cm_cloudevents.h"
 #include "cm_err.h"
 #include "cm_id.h"
 #include "cm_log.h"
 #include "kafka_internal.h"
 
+#include <jansson.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -275,18 +277,39 @@ static char *fill_event(cm_consumer *c, const rd_kafka_message_t *m, cm_event *e
     size_t len[N] = {0};
     rd_kafka_headers_t *h = NULL;
     int have = rd_kafka_message_headers(m, &h) == RD_KAFKA_RESP_ERR_NO_ERROR;
-    size_t total = m->key_len + 1;
-    for (size_t i = 0; i < N; i++) {
+    for (size_t i = 0; i < N; i++)
         if (have &&
             rd_kafka_header_get_last(h, names[i], &val[i], &len[i]) != RD_KAFKA_RESP_ERR_NO_ERROR) {
             val[i] = NULL;
             len[i] = 0;
         }
-        total += len[i] + 1;
+    /* structured mode (cm_cloudevents.h): no ce_* headers, the attributes
+     * are members of the JSON value; read them from there */
+    json_t *doc = NULL;
+    if (!val[0] && len[4] && len[4] < 128) {
+        char ct[128];
+        memcpy(ct, val[4], len[4]);
+        ct[len[4]] = '\0';
+        if (cm_cloudevent_is_structured(ct) && m->payload && m->len)
+            doc = json_loadb(m->payload, m->len, JSON_REJECT_DUPLICATES, NULL);
+        static const char *const attrs[] = {"id",   "type",        "source",  "time",
+                                            NULL,   "traceparent", "tenantid"};
+        for (size_t i = 0; json_is_object(doc) && i < N; i++) {
+            json_t *v = attrs[i] ? json_object_get(doc, attrs[i]) : NULL;
+            if (json_is_string(v)) {
+                val[i] = json_string_value(v);
+                len[i] = json_string_length(v);
+            }
+        }
     }
+    size_t total = m->key_len + 1;
+    for (size_t i = 0; i < N; i++)
+        total += len[i] + 1;
     char *buf = malloc(total);
-    if (!buf)
+    if (!buf) {
+        json_decref(doc);
         return NULL;
+    }
     const char *out[N];
     size_t o = 0;
     for (size_t i = 0; i < N; i++) {
@@ -297,6 +320,7 @@ static char *fill_event(cm_consumer *c, const rd_kafka_message_t *m, cm_event *e
         out[i] = memchr(buf + o, '\0', len[i]) ? "" : buf + o;
         o += len[i] + 1;
     }
+    json_decref(doc);
     char *key = buf + o;
     if (m->key_len)
         memcpy(key, m->key, m->key_len);

@@ -525,6 +525,69 @@ int cm_kafka_producer_outq(cm_kafka_producer *p)
     return n;
 }
 
+int cm_kafka_create_topic(cm_kafka_producer *p, const char *topic, int partitions,
+                          int replication, const char *const *configs, int timeout_ms, char *err,
+                          size_t errlen)
+{
+    if (!p || !cm_kafka_topic_valid(topic) || partitions < 1) {
+        snprintf(err, errlen, "bad topic or partition count");
+        return CM_EINVAL;
+    }
+    char why[256] = "";
+    rd_kafka_NewTopic_t *nt =
+        rd_kafka_NewTopic_new(topic, partitions, replication > 0 ? replication : -1, why,
+                              sizeof why);
+    if (!nt) {
+        snprintf(err, errlen, "%s", why);
+        return CM_EINVAL;
+    }
+    for (size_t i = 0; configs && configs[i] && configs[i + 1]; i += 2)
+        rd_kafka_NewTopic_set_config(nt, configs[i], configs[i + 1]);
+    int rc = CM_EUNAVAIL;
+    pthread_rwlock_rdlock(&p->lock);
+    rd_kafka_queue_t *q = p->rk ? rd_kafka_queue_new(p->rk) : NULL;
+    rd_kafka_AdminOptions_t *o =
+        p->rk ? rd_kafka_AdminOptions_new(p->rk, RD_KAFKA_ADMIN_OP_CREATETOPICS) : NULL;
+    if (q && o) {
+        rd_kafka_AdminOptions_set_request_timeout(o, timeout_ms, NULL, 0);
+        rd_kafka_AdminOptions_set_operation_timeout(o, timeout_ms, NULL, 0);
+        rd_kafka_CreateTopics(p->rk, &nt, 1, o, q);
+        rd_kafka_event_t *ev = rd_kafka_queue_poll(q, timeout_ms + 2000);
+        const rd_kafka_CreateTopics_result_t *res = ev ? rd_kafka_event_CreateTopics_result(ev) : NULL;
+        if (!ev) {
+            snprintf(err, errlen, "no answer from the brokers in time");
+        } else if (rd_kafka_event_error(ev)) {
+            snprintf(err, errlen, "%s", rd_kafka_event_error_string(ev));
+        } else if (res) {
+            size_t n = 0;
+            const rd_kafka_topic_result_t **t = rd_kafka_CreateTopics_result_topics(res, &n);
+            rd_kafka_resp_err_t e = n ? rd_kafka_topic_result_error(t[0]) : RD_KAFKA_RESP_ERR_UNKNOWN;
+            if (e == RD_KAFKA_RESP_ERR_NO_ERROR || e == RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS) {
+                rc = 0;
+            } else {
+                const char *m = n ? rd_kafka_topic_result_error_string(t[0]) : NULL;
+                snprintf(err, errlen, "%s", m ? m : rd_kafka_err2str(e));
+                if (e == RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED ||
+                    e == RD_KAFKA_RESP_ERR_CLUSTER_AUTHORIZATION_FAILED ||
+                    e == RD_KAFKA_RESP_ERR_INVALID_REPLICATION_FACTOR ||
+                    e == RD_KAFKA_RESP_ERR_INVALID_CONFIG)
+                    rc = CM_EINVAL;
+            }
+        }
+        if (ev)
+            rd_kafka_event_destroy(ev);
+    } else {
+        snprintf(err, errlen, "no kafka client");
+    }
+    if (o)
+        rd_kafka_AdminOptions_destroy(o);
+    if (q)
+        rd_kafka_queue_destroy(q);
+    pthread_rwlock_unlock(&p->lock);
+    rd_kafka_NewTopic_destroy(nt);
+    return rc;
+}
+
 int cm_kafka_producer_flush(cm_kafka_producer *p, int timeout_ms)
 {
     if (!p)

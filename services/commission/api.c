@@ -12,6 +12,8 @@
 #include "cms_close.h"
 #include "cms_domain.h"
 #include "cms_events.h"
+#include "cms_feed.h"
+#include "cms_partners.h"
 #include "cms_payout.h"
 #include "cms_store.h"
 
@@ -956,6 +958,13 @@ const cm_rpc_method cms_methods[] = {
     {"ClosePeriod", close_period, 0},
     {"GetTenantSettings", get_tenant_settings, 0},
     {"PutTenantSettings", put_tenant_settings, 0},
+    {"PutPartner", cms_rpc_put_partner, 0},
+    {"GetPartner", cms_rpc_get_partner, 0},
+    {"ListPartners", cms_rpc_list_partners, 0},
+    {"RotateWebhookSecret", cms_rpc_rotate_webhook_secret, 0},
+    {"ListWebhookDeliveries", cms_rpc_list_webhook_deliveries, 0},
+    {"RedeliverWebhookEvent", cms_rpc_redeliver_webhook_event, 0},
+    {"ReplayPartnerEvents", cms_rpc_replay_partner_events, 0},
 };
 const size_t cms_methods_count = sizeof cms_methods / sizeof cms_methods[0];
 
@@ -1003,6 +1012,12 @@ int cms_app_init(cm_service *svc, void **out, char *err, size_t errlen)
         free(app);
         return CM_ENOMEM;
     }
+    app->feed = cms_feed_new(svc, err, errlen);
+    if (!app->feed) {
+        cms_accrual_free(app->accrual);
+        free(app);
+        return CM_EINVAL;
+    }
     *out = app;
     return 0;
 }
@@ -1014,5 +1029,6 @@ void cms_app_fini(cm_service *svc, void *p)
     if (!app)
         return;
     cms_accrual_free(app->accrual);
+    cms_feed_free(app->feed);
     free(app);
 }

@@ -17,6 +17,7 @@ typedef struct cms_app {
     char topic[256];           /* COMMISSION_TOPIC */
     char partner_topic[256];   /* COMMISSION_PARTNER_TOPIC */
     cms_accrual *accrual;      /* the order-event consumer's (one consumer thread) */
+    struct cms_feed *feed;     /* the partner feed (cms_feed.h) */
     cm_counter *accrued, *clawbacks, *duplicates, *skipped, *parked, *adjustments;
     cm_counter *dead_lettered;
     cm_histogram *lag;

@@ -227,4 +227,16 @@ int cms_store_put_settings(cm_db *db, const char *tenant, const char *request_id
                            const cms_settings *in, int64_t expected_revision, const char *principal,
                            cms_settings *out, int *verdict);
 
+/* a put's start: takes the transaction lock of the tenant's scope (one
+ * writer at a time; key hashtext('<scope>:<tenant>')), then reads the
+ * idempotency record of (tenant, kind, request_id): 1 seen (*same: the
+ * same body hash; key and revision as recorded), 0 not seen, or < 0 */
+int cms_store_locked_request(cm_db *db, const char *what, const char *scope, const char *tenant,
+                             const char *kind, const char *request_id, const char *hash,
+                             int *same, char *key, size_t keycap, int64_t *revision);
+/* the idempotency record of a put that applied, in its transaction */
+int cms_store_record_request(cm_db *db, const char *tenant, const char *kind,
+                             const char *request_id, const char *hash, const char *key,
+                             int64_t revision, const char *principal);
+
 #endif

@@ -7,6 +7,7 @@
 #include "cms_api.h"
 #include "cms_close.h"
 #include "cms_events.h"
+#include "cms_feed.h"
 #include "cms_payable.h"
 
 #include "commerce/commission/v1/commission_service.pb-c.h"
@@ -42,6 +43,38 @@ static const cm_knob knobs[] = {
      "period of the payable ticker: FROZEN commissions past their window -> PAYABLE (ms)"},
     {"COMMISSION_CLOSE_MS", CM_KNOB_INT, 600000, 100, 86400000, NULL,
      "period of the close ticker: finished whole-volume periods -> closed, final true-up (ms)"},
+    {"COMMISSION_FEED", CM_KNOB_ONOFF, 1, 0, 0, NULL,
+     "the partner feed: consume COMMISSION_PARTNER_TOPIC, route each event to the partner owning "
+     "its channel (its Kafka topic, its webhook) and deliver the webhooks"},
+    {"COMMISSION_FEED_GROUP", CM_KNOB_TEXT, 0, 0, 0, "commerce.commission.feed",
+     "consumer group of the partner feed (tests override it)"},
+    {"COMMISSION_FEED_TOPIC_PARTITIONS", CM_KNOB_INT, 3, 1, 1000, NULL,
+     "partitions of a partner's topic when the service creates it"},
+    {"COMMISSION_FEED_TOPIC_REPLICATION", CM_KNOB_INT, 0, 0, 16, NULL,
+     "replication factor of a partner's topic when the service creates it; 0: the brokers' "
+     "default"},
+    {"COMMISSION_FEED_RETENTION_DAYS", CM_KNOB_INT, 30, 1, 3650, NULL,
+     "how long routed events are kept for replays (events still to be delivered stay)"},
+    {"COMMISSION_FEED_PRUNE_MS", CM_KNOB_INT, 600000, 1000, 86400000, NULL,
+     "period of the feed's retention ticker (ms)"},
+    {"COMMISSION_WEBHOOK_WORKERS", CM_KNOB_INT, 2, 0, 4, NULL,
+     "webhook dispatcher threads per replica (each delivers one partner at a time); 0: none"},
+    {"COMMISSION_WEBHOOK_POLL_MS", CM_KNOB_INT, 50, 5, 60000, NULL,
+     "how often an idle dispatcher looks for deliveries due (ms)"},
+    {"COMMISSION_WEBHOOK_BATCH", CM_KNOB_INT, 200, 1, 10000, NULL,
+     "deliveries a dispatcher sends per lease of a partner, at most"},
+    {"COMMISSION_WEBHOOK_TIMEOUT_MS", CM_KNOB_INT, 10000, 100, 120000, NULL,
+     "one POST's time limit, connection included (ms)"},
+    {"COMMISSION_WEBHOOK_BACKOFF_MAX_MS", CM_KNOB_INT, 3600000, 100, 86400000, NULL,
+     "the longest wait between two attempts of a failing endpoint (ms): 1 s doubling up to it, "
+     "with jitter"},
+    {"COMMISSION_WEBHOOK_DISABLE_AFTER_S", CM_KNOB_INT, 259200, 1, 30 * 86400, NULL,
+     "an endpoint failing for this long is disabled (s); 3 days by default"},
+    {"COMMISSION_WEBHOOK_ALLOW_HTTP", CM_KNOB_ONOFF, 0, 0, 0, NULL,
+     "accept http:// webhook URLs (tests, a private network); https only when off"},
+    {"COMMISSION_WEBHOOK_ALLOW_CIDRS", CM_KNOB_TEXT, 0, 0, 0, "",
+     "comma-separated CIDRs of non-public addresses webhooks may reach (e.g. 127.0.0.0/8 in "
+     "tests); loopback, private and link-local addresses are refused otherwise"},
     {"COMMISSION_CLOSE_AFTER_S", CM_KNOB_INT, 86400, 0, 30 * 86400, NULL,
      "how long after a period's end the close ticker closes it, for late events (s)"},
 };
@@ -64,6 +97,12 @@ static const cm_service_consumer consumers[] = {
      .topic_knob = "COMMISSION_ORDER_TOPIC",
      .group_knob = "COMMISSION_ORDER_GROUP",
      .batch_knob = "COMMISSION_CONSUMER_BATCH"},
+    {.topic = "commerce.commission.partner.v1",
+     .group = "commerce.commission.feed",
+     .handler = cms_feed_on_event,
+     .enabled_knob = "COMMISSION_FEED",
+     .topic_knob = "COMMISSION_PARTNER_TOPIC",
+     .group_knob = "COMMISSION_FEED_GROUP"},
 };
 
 /* a replica that died hands its partitions over within 10 s */
@@ -73,6 +112,12 @@ static const cm_service_ticker tickers[] = {
     {"parker", "COMMISSION_PARKER_MS", cms_parker, 1},
     {"payable", "COMMISSION_PAYABLE_MS", cms_payable_tick, 1},
     {"close", "COMMISSION_CLOSE_MS", cms_close_tick, 1},
+    {"feed-prune", "COMMISSION_FEED_PRUNE_MS", cms_feed_prune, 1},
+    /* the webhook dispatchers: threads of every replica, partners leased */
+    {"webhook-1", "COMMISSION_WEBHOOK_POLL_MS", cms_feed_webhook_1, 0},
+    {"webhook-2", "COMMISSION_WEBHOOK_POLL_MS", cms_feed_webhook_2, 0},
+    {"webhook-3", "COMMISSION_WEBHOOK_POLL_MS", cms_feed_webhook_3, 0},
+    {"webhook-4", "COMMISSION_WEBHOOK_POLL_MS", cms_feed_webhook_4, 0},
 };
 
 int main(int argc, char **argv)

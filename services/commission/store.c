@@ -77,7 +77,7 @@ static int seen_request(cm_db *db, const char *tenant, const char *kind, const c
 /* a put's start: takes the transaction lock of the tenant's scope (one
  * writer at a time, so the checks and the idempotency record hold under
  * it; the key is hashtext('<scope>:<tenant>')), then seen_request */
-static int locked_request(cm_db *db, const char *what, const char *scope, const char *tenant,
+int cms_store_locked_request(cm_db *db, const char *what, const char *scope, const char *tenant,
                           const char *kind, const char *request_id, const char *hash, int *same,
                           char *key, size_t keycap, int64_t *revision)
 {
@@ -89,7 +89,7 @@ static int locked_request(cm_db *db, const char *what, const char *scope, const 
     return seen_request(db, tenant, kind, request_id, hash, same, key, keycap, revision);
 }
 
-static int record_request(cm_db *db, const char *tenant, const char *kind, const char *request_id,
+int cms_store_record_request(cm_db *db, const char *tenant, const char *kind, const char *request_id,
                           const char *hash, const char *key, int64_t revision,
                           const char *principal)
 {
@@ -158,7 +158,7 @@ static int put_channel_fn(cm_db *db, void *arg)
     char key[CMS_ID_MAX + 1];
     int64_t rev = 0;
     int same = 0;
-    int seen = locked_request(db, "lock channels", "commission.channels", t->tenant, "c",
+    int seen = cms_store_locked_request(db, "lock channels", "commission.channels", t->tenant, "c",
                               t->request_id, t->hash, &same, key, sizeof key, &rev);
     if (seen < 0)
         return seen;
@@ -231,7 +231,7 @@ static int put_channel_fn(cm_db *db, void *arg)
     parse_channel(r, 0, t->out);
     PQclear(r);
     t->verdict = CMS_OK;
-    return record_request(db, t->tenant, "c", t->request_id, t->hash, c->id, t->out->revision,
+    return cms_store_record_request(db, t->tenant, "c", t->request_id, t->hash, c->id, t->out->revision,
                           t->principal);
 }
 
@@ -352,7 +352,7 @@ static int put_schedule_fn(cm_db *db, void *arg)
     char key[CMS_ID_MAX + 1];
     int64_t rev = 0;
     int same = 0;
-    int seen = locked_request(db, "lock tier schedules", "commission.schedules", t->tenant, "s",
+    int seen = cms_store_locked_request(db, "lock tier schedules", "commission.schedules", t->tenant, "s",
                               t->request_id, t->hash, &same, key, sizeof key, &rev);
     if (seen < 0)
         return seen;
@@ -435,7 +435,7 @@ static int put_schedule_fn(cm_db *db, void *arg)
     cms_store_parse_schedule(r, 0, 0, t->out);
     PQclear(r);
     t->verdict = CMS_OK;
-    return record_request(db, t->tenant, "s", t->request_id, t->hash, s->id, t->out->revision,
+    return cms_store_record_request(db, t->tenant, "s", t->request_id, t->hash, s->id, t->out->revision,
                           t->principal);
 }
 
@@ -653,7 +653,7 @@ static int put_settings_fn(cm_db *db, void *arg)
     char key[CMS_ID_MAX + 1];
     int64_t rev = 0;
     int same = 0;
-    int seen = locked_request(db, "lock tenant settings", "commission.settings", t->tenant, "t",
+    int seen = cms_store_locked_request(db, "lock tenant settings", "commission.settings", t->tenant, "t",
                               t->request_id, t->hash, &same, key, sizeof key, &rev);
     if (seen < 0)
         return seen;
@@ -688,7 +688,7 @@ static int put_settings_fn(cm_db *db, void *arg)
     copy(o->updated_by, sizeof o->updated_by, r, 0, 4);
     PQclear(r);
     t->verdict = CMS_OK;
-    return record_request(db, t->tenant, "t", t->request_id, t->hash, "settings", o->revision,
+    return cms_store_record_request(db, t->tenant, "t", t->request_id, t->hash, "settings", o->revision,
                           t->principal);
 }
 

@@ -46,7 +46,8 @@ static int seq;
 
 static const char *const *st_env(st *s, const char **env, size_t cap, const char *const *extra)
 {
-    const char *base[] = {s->e[0], s->e[1], s->e[2], s->e[3], s->e[4], NULL};
+    /* the partner feed has its own test (integration.partner_feed) */
+    const char *base[] = {s->e[0], s->e[1], s->e[2], s->e[3], s->e[4], "COMMISSION_FEED=off", NULL};
     return hs_env_join(env, cap, base, extra);
 }
 

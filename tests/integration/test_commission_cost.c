@@ -84,6 +84,7 @@ static void pair_start(pair *s, const char *tag)
                           ce[4],
                           "COMMISSION_AFTER_SALE_DAYS=7",
                           "COMMISSION_PAYABLE_MS=200",
+                          "COMMISSION_FEED=off",
                           NULL};
     hs_start(&s->cms, COMMISSION_BIN, cenv);
     /* settlement: splits from the same order events, the cost from the

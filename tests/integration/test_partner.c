@@ -623,7 +623,8 @@ START_TEST(commission_partner_events_of_real_orders_validate)
     snprintf(e[3], sizeof e[3], "COMMISSION_TOPIC=%s", ctopic);
     snprintf(e[4], sizeof e[4], "COMMISSION_PARTNER_TOPIC=%s", ptopic);
     snprintf(e[5], sizeof e[5], "COMMISSION_AFTER_SALE_DAYS=0");
-    const char *env[] = {e[0], e[1], e[2], e[3], e[4], e[5], "COMMISSION_PAYABLE_MS=200", NULL};
+    const char *env[] = {e[0], e[1], e[2], e[3], e[4], e[5], "COMMISSION_PAYABLE_MS=200",
+                         "COMMISSION_FEED=off", NULL};
     hs_proc cp;
     hs_start(&cp, COMMISSION_BIN, env);
     cm_rpc_client *cc = hs_client(&cp, NULL);

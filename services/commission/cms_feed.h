@@ -1,0 +1,57 @@
+/*
+ * cms_feed: the partner feed (README.md, "The partner feed"). The
+ * partners' cloudevents leave the commission transactions through the
+ * outbox on one internal topic (COMMISSION_PARTNER_TOPIC, every channel's
+ * events); the feed consumes that topic and routes each event to the
+ * partner that owns its channel (channels.partner_id), in the consumer's
+ * transaction:
+ *   - feed_events keeps the event as sent (replays, webhook bodies);
+ *   - a partner with Kafka on gets an outbox row for its own topic,
+ *     commerce.partner.v1.<tenant>.<partner_id> (the relay publishes it);
+ *   - a partner with a webhook gets a webhook_deliveries row.
+ * The dispatchers (tickers "webhook-1".."webhook-4", COMMISSION_WEBHOOK_
+ * WORKERS of them) lease one partner at a time and POST its pending
+ * deliveries in order, stopping at the first failure (retried with
+ * backoff; the order is kept), and record every attempt.
+ */
+#ifndef CMS_FEED_H
+#define CMS_FEED_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "cm_consumer.h"
+#include "cm_service.h"
+#include "cms_webhook.h"
+
+#define CMS_FEED_TOPIC_PREFIX "commerce.partner.v1."
+#define CMS_PARTNER_ID_MAX 64
+#define CMS_FEED_WORKERS_MAX 4
+
+typedef struct cms_feed cms_feed;
+
+/* the feed of a service (its knobs); NULL with err on a bad setting */
+cms_feed *cms_feed_new(cm_service *svc, char *err, size_t errlen);
+void cms_feed_free(cms_feed *f);
+
+const cms_webhook_policy *cms_feed_policy(const cms_feed *f);
+
+/* the partner's topic name into out (256 bytes) */
+void cms_feed_topic(const char *tenant, const char *partner, char out[256]);
+
+/* creates the partner's topic when absent: 0, CM_EUNAVAIL (retry),
+ * CM_EINVAL (refused by the brokers), err says why */
+int cms_feed_ensure_topic(cms_feed *f, const char *tenant, const char *partner, char *err,
+                          size_t errlen);
+
+/* the consumer of COMMISSION_PARTNER_TOPIC (arg: the cms_app) */
+int cms_feed_on_event(cm_db *db, const cm_event *ev, void *arg);
+
+/* the dispatchers and the retention ticker (arg: the cms_app) */
+void cms_feed_webhook_1(cm_service *svc, cm_db *db, void *arg);
+void cms_feed_webhook_2(cm_service *svc, cm_db *db, void *arg);
+void cms_feed_webhook_3(cm_service *svc, cm_db *db, void *arg);
+void cms_feed_webhook_4(cm_service *svc, cm_db *db, void *arg);
+void cms_feed_prune(cm_service *svc, cm_db *db, void *arg);
+
+#endif

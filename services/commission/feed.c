@@ -1,0 +1,468 @@
+/* the partner feed: routing and webhook dispatch, see cms_feed.h */
+#include "cms_feed.h"
+
+#include "cm_buf.h"
+#include "cm_cloudevents.h"
+#include "cm_err.h"
+#include "cm_id.h"
+#include "cm_kafka.h"
+#include "cm_log.h"
+#include "cm_metrics.h"
+#include "cm_outbox.h"
+#include "cms_api.h"
+
+#include <curl/curl.h>
+#include <libpq-fe.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+
+struct cms_feed {
+    cm_kafka_producer *producer;
+    cms_webhook_policy policy;
+    int workers;
+    int timeout_ms;
+    int batch;
+    int64_t backoff_max_ms;
+    int64_t disable_after_s;
+    int partitions, replication;
+    int retention_days;
+    cms_webhook_sender *senders[CMS_FEED_WORKERS_MAX]; /* one per dispatcher thread */
+    cm_counter *routed, *delivered, *failed, *disabled;
+    cm_histogram *latency;
+};
+
+static int64_t now_ms(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_REALTIME, &t);
+    return (int64_t)t.tv_sec * 1000 + t.tv_nsec / 1000000;
+}
+
+static int64_t mono_ms(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (int64_t)t.tv_sec * 1000 + t.tv_nsec / 1000000;
+}
+
+cms_feed *cms_feed_new(cm_service *svc, char *err, size_t errlen)
+{
+    cms_feed *f = calloc(1, sizeof *f);
+    if (!f) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    char why[160];
+    if (cms_webhook_policy_parse(&f->policy, cm_service_text(svc, "COMMISSION_WEBHOOK_ALLOW_CIDRS"),
+                                 why, sizeof why)) {
+        snprintf(err, errlen, "COMMISSION_WEBHOOK_ALLOW_CIDRS: %s", why);
+        free(f);
+        return NULL;
+    }
+    f->policy.allow_http = (int)cm_service_int(svc, "COMMISSION_WEBHOOK_ALLOW_HTTP");
+    f->producer = cm_service_producer(svc);
+    f->workers = (int)cm_service_int(svc, "COMMISSION_WEBHOOK_WORKERS");
+    f->timeout_ms = (int)cm_service_int(svc, "COMMISSION_WEBHOOK_TIMEOUT_MS");
+    f->batch = (int)cm_service_int(svc, "COMMISSION_WEBHOOK_BATCH");
+    f->backoff_max_ms = cm_service_int(svc, "COMMISSION_WEBHOOK_BACKOFF_MAX_MS");
+    f->disable_after_s = cm_service_int(svc, "COMMISSION_WEBHOOK_DISABLE_AFTER_S");
+    f->partitions = (int)cm_service_int(svc, "COMMISSION_FEED_TOPIC_PARTITIONS");
+    f->replication = (int)cm_service_int(svc, "COMMISSION_FEED_TOPIC_REPLICATION");
+    f->retention_days = (int)cm_service_int(svc, "COMMISSION_FEED_RETENTION_DAYS");
+    if (!cm_service_int(svc, "COMMISSION_FEED"))
+        f->workers = 0;
+    cm_metrics *m = cm_service_metrics(svc);
+    f->routed = cm_metrics_counter(m, "commission_feed_routed_total",
+                                   "partner events routed to the partner owning their channel",
+                                   NULL);
+    f->delivered = cm_metrics_counter(m, "commission_webhook_delivered_total",
+                                      "webhook deliveries acknowledged with a 2xx", NULL);
+    f->failed = cm_metrics_counter(m, "commission_webhook_failed_attempts_total",
+                                   "webhook attempts that failed (retried with backoff)", NULL);
+    f->disabled = cm_metrics_counter(
+        m, "commission_webhook_disabled_total",
+        "partner endpoints disabled after failing for COMMISSION_WEBHOOK_DISABLE_AFTER_S", NULL);
+    static const double b[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10};
+    f->latency = cm_metrics_histogram(m, "commission_webhook_request_seconds",
+                                      "one webhook POST, from the request to the answer", NULL, b,
+                                      sizeof b / sizeof b[0]);
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+        snprintf(err, errlen, "libcurl could not start");
+        free(f);
+        return NULL;
+    }
+    return f;
+}
+
+void cms_feed_free(cms_feed *f)
+{
+    if (!f)
+        return;
+    for (int i = 0; i < CMS_FEED_WORKERS_MAX; i++)
+        cms_webhook_sender_free(f->senders[i]);
+    free(f);
+    curl_global_cleanup();
+}
+
+const cms_webhook_policy *cms_feed_policy(const cms_feed *f)
+{
+    return &f->policy;
+}
+
+void cms_feed_topic(const char *tenant, const char *partner, char out[256])
+{
+    snprintf(out, 256, CMS_FEED_TOPIC_PREFIX "%s.%s", tenant, partner);
+}
+
+int cms_feed_ensure_topic(cms_feed *f, const char *tenant, const char *partner, char *err,
+                          size_t errlen)
+{
+    char topic[256];
+    cms_feed_topic(tenant, partner, topic);
+    if (!f->producer) {
+        snprintf(err, errlen, "no kafka producer");
+        return CM_EUNAVAIL;
+    }
+    static const char *const conf[] = {"retention.ms", "2592000000", NULL};
+    return cm_kafka_create_topic(f->producer, topic, f->partitions, f->replication, conf, 10000,
+                                 err, errlen);
+}
+
+/* ---- routing ---- */
+
+/* one statement per event: the owner of the channel, the event kept for
+ * it (once: a redelivered record inserts nothing), a webhook delivery when
+ * its webhook is on. no row: the channel has no partner (the event is
+ * nobody's to receive; it stays on the internal topic only). */
+#define ROUTE_SQL                                                                                  \
+    "WITH p AS (SELECT pa.partner_id, pa.kafka_enabled, pa.webhook_enabled AS hook "              \
+    "FROM channels c JOIN partners pa ON pa.tenant_id = c.tenant_id AND pa.partner_id = "         \
+    "c.partner_id WHERE c.tenant_id = $1 AND c.channel_id = $2 AND c.partner_id <> ''), "        \
+    "f AS (INSERT INTO feed_events (tenant_id, partner_id, channel_id, event_id, type, "          \
+    "event_time, body) SELECT $1, p.partner_id, $2, $3::uuid, $4, $5::timestamptz, $6 FROM p "    \
+    "ON CONFLICT (tenant_id, partner_id, event_id) DO NOTHING RETURNING seq), "                   \
+    "d AS (INSERT INTO webhook_deliveries (tenant_id, partner_id, seq, reason) SELECT $1, "        \
+    "p.partner_id, f.seq, 1 FROM f, p WHERE p.hook RETURNING 1) "                                 \
+    "SELECT p.partner_id, p.kafka_enabled, EXISTS (SELECT 1 FROM f), (SELECT count(*) FROM d) "    \
+    "FROM p"
+
+int cms_feed_on_event(cm_db *db, const cm_event *ev, void *arg)
+{
+    cms_app *app = arg;
+    cms_feed *f = app->feed;
+    if (!*ev->tenant_id || !ev->key_len || !*ev->time || !*ev->type) {
+        cm_log_warn("partner event without tenant, channel, time or type: dead-lettered", "id",
+                    ev->id, NULL);
+        return CM_EINVAL;
+    }
+    char *body = malloc(ev->len + 1);
+    if (!body)
+        return CM_ENOMEM;
+    memcpy(body, ev->payload, ev->len);
+    body[ev->len] = '\0';
+    const char *p[] = {ev->tenant_id, ev->key, ev->id, ev->type, ev->time, body};
+    PGresult *r = NULL;
+    int rc = cm_db_exec_auto(db, "route a partner event", ROUTE_SQL, 6, p, &r);
+    if (rc) {
+        free(body);
+        return rc;
+    }
+    if (PQntuples(r) == 1 && PQgetvalue(r, 0, 2)[0] == 't') {
+        if (f->routed)
+            cm_counter_add(f->routed, 1);
+        if (PQgetvalue(r, 0, 1)[0] == 't') {
+            char topic[256], id[CM_ID_SIZE];
+            cms_feed_topic(ev->tenant_id, PQgetvalue(r, 0, 0), topic);
+            cm_id_uuid7(id);
+            /* a new outbox id: the outbox already holds the event's own id
+             * (the internal topic's row); the record carries it in the body */
+            cm_outbox_event o = {
+                .event_id = id,
+                .tenant_id = ev->tenant_id,
+                .topic = topic,
+                .key = ev->key,
+                .type = ev->type,
+                .source = *ev->source ? ev->source : "/commerce/commission",
+                .payload = body,
+                .len = ev->len,
+                .content_type = CM_CLOUDEVENTS_JSON_CONTENT_TYPE,
+                .traceparent = *ev->traceparent ? ev->traceparent : NULL,
+            };
+            rc = cm_outbox_add(db, &o);
+        }
+    }
+    PQclear(r);
+    free(body);
+    return rc;
+}
+
+/* ---- webhook dispatch ---- */
+
+typedef struct lease {
+    char tenant[128], partner[CMS_PARTNER_ID_MAX + 1];
+    char url[CMS_WEBHOOK_URL_MAX + 1];
+    char secret[128], previous[128];
+    int failures;
+    int64_t failing_since_ms; /* 0: not failing */
+} lease;
+
+typedef struct outcome {
+    long long id;
+    int attempt;
+    int64_t at_ms;
+    cms_webhook_result res;
+} outcome;
+
+static void copy(char *dst, size_t cap, const PGresult *r, int row, int col)
+{
+    snprintf(dst, cap, "%s", PQgetvalue(r, row, col));
+}
+
+/* leases one partner with deliveries due: 1, 0 when none, or < 0 */
+static int claim(cm_db *db, lease *l)
+{
+    PGresult *r = NULL;
+    int rc = cm_db_exec_auto(
+        db, "lease a partner's webhook",
+        "UPDATE partners p SET lease_until = now() + interval '60 seconds' FROM (SELECT tenant_id, "
+        "partner_id FROM partners q WHERE webhook_enabled AND webhook_state <> 3 AND "
+        "next_attempt_at <= now() AND (lease_until IS NULL OR lease_until < now()) AND EXISTS "
+        "(SELECT 1 FROM webhook_deliveries d WHERE d.tenant_id = q.tenant_id AND d.partner_id = "
+        "q.partner_id AND d.delivered_at IS NULL) ORDER BY next_attempt_at LIMIT 1 FOR UPDATE "
+        "SKIP LOCKED) c WHERE p.tenant_id = c.tenant_id AND p.partner_id = c.partner_id "
+        "RETURNING p.tenant_id, p.partner_id, p.webhook_url, p.secret, CASE WHEN "
+        "p.previous_until > now() THEN p.previous_secret ELSE '' END, p.failures, "
+        "COALESCE((extract(epoch FROM p.failing_since) * 1000)::bigint, 0)",
+        0, NULL, &r);
+    if (rc)
+        return rc;
+    int n = PQntuples(r);
+    if (n == 1) {
+        copy(l->tenant, sizeof l->tenant, r, 0, 0);
+        copy(l->partner, sizeof l->partner, r, 0, 1);
+        copy(l->url, sizeof l->url, r, 0, 2);
+        copy(l->secret, sizeof l->secret, r, 0, 3);
+        copy(l->previous, sizeof l->previous, r, 0, 4);
+        l->failures = atoi(PQgetvalue(r, 0, 5));
+        l->failing_since_ms = strtoll(PQgetvalue(r, 0, 6), NULL, 10);
+    }
+    PQclear(r);
+    return n == 1;
+}
+
+typedef struct flush_tx {
+    cms_feed *f;
+    const lease *l;
+    outcome *o;
+    int n;
+    int failed;          /* the last outcome failed */
+    int disable;         /* ... and the endpoint is disabled now */
+    int64_t next_ms;     /* when to try again (failed) */
+} flush_tx;
+
+static int flush(cm_db *db, void *arg)
+{
+    flush_tx *t = arg;
+    const lease *l = t->l;
+    int rc = 0;
+    if (t->n) {
+        cm_buf c[7];
+        cm_buf_columns_begin(c, 7);
+        for (int i = 0; i < t->n; i++) {
+            const outcome *o = &t->o[i];
+            cm_buf_array_int(&c[0], o->id);
+            cm_buf_array_int(&c[1], o->attempt);
+            cm_buf_array_int(&c[2], o->at_ms);
+            cm_buf_array_int(&c[3], o->res.status);
+            cm_buf_array_int(&c[4], o->res.latency_us);
+            cm_buf_array_text(&c[5], o->res.error);
+            cm_buf_array_int(&c[6], o->res.ok);
+        }
+        const char *p[7];
+        rc = cm_buf_columns_end(c, 7, p);
+        if (!rc)
+            rc = cm_db_exec_auto(
+                db, "record webhook attempts",
+                "WITH u AS (SELECT * FROM unnest($1::bigint[], $2::int[], $3::bigint[], $4::int[], "
+                "$5::bigint[], $6::text[], $7::int[]) AS u(id, attempt, at, st, lat, err, ok)), "
+                "a AS (INSERT INTO webhook_attempts (delivery_id, attempt, at, http_status, "
+                "latency_us, error) SELECT id, attempt, to_timestamp(at / 1000.0), st, lat, err "
+                "FROM u ON CONFLICT DO NOTHING RETURNING 1) "
+                "UPDATE webhook_deliveries d SET attempts = u.attempt, last_attempt_at = "
+                "to_timestamp(u.at / 1000.0), last_status = u.st, last_error = u.err, "
+                "last_latency_us = u.lat, delivered_at = CASE WHEN u.ok = 1 THEN now() END FROM u "
+                "WHERE d.delivery_id = u.id",
+                7, p, NULL);
+        cm_buf_columns_free(c, 7);
+        if (rc)
+            return rc;
+    }
+    if (!t->failed) {
+        const char *p[] = {l->tenant, l->partner};
+        return cm_db_exec_auto(db, "release a partner's webhook",
+                               "UPDATE partners SET lease_until = NULL, failures = 0, "
+                               "failing_since = NULL, webhook_state = 1, next_attempt_at = now() "
+                               "WHERE tenant_id = $1 AND partner_id = $2",
+                               2, p, NULL);
+    }
+    const outcome *last = &t->o[t->n - 1];
+    int64_t since = l->failing_since_ms ? l->failing_since_ms : last->at_ms;
+    t->disable = (last->at_ms - since) / 1000 >= t->f->disable_after_s;
+    uint32_t rnd = 0;
+    if (getrandom(&rnd, sizeof rnd, 0) != sizeof rnd)
+        rnd = (uint32_t)last->at_ms;
+    t->next_ms = last->at_ms + cms_webhook_backoff_ms(l->failures + 1, t->f->backoff_max_ms, rnd);
+    char s_since[24], s_next[24];
+    snprintf(s_since, sizeof s_since, "%lld", (long long)since);
+    snprintf(s_next, sizeof s_next, "%lld", (long long)t->next_ms);
+    const char *p[] = {l->tenant, l->partner, s_since, s_next, last->res.error,
+                       t->disable ? "3" : "2"};
+    return cm_db_exec_auto(
+        db, "back off a partner's webhook",
+        "UPDATE partners SET lease_until = NULL, failures = failures + 1, failing_since = "
+        "to_timestamp($3::bigint / 1000.0), next_attempt_at = to_timestamp($4::bigint / 1000.0), "
+        "last_error = $5, webhook_state = $6::smallint, disabled_at = CASE WHEN $6 = '3' THEN "
+        "now() END WHERE tenant_id = $1 AND partner_id = $2",
+        6, p, NULL);
+}
+
+/* sends the leased partner's pending deliveries in order, at most f->batch
+ * and for at most 20 s, stopping at the first failure; records them */
+static int deliver(cms_feed *f, cms_webhook_sender *s, cm_db *db, lease *l)
+{
+    char lim[16];
+    snprintf(lim, sizeof lim, "%d", f->batch);
+    const char *p[] = {l->tenant, l->partner, lim};
+    PGresult *r = NULL;
+    int rc = cm_db_exec_auto(db, "pending webhook deliveries",
+                             "SELECT d.delivery_id, d.attempts, f.event_id, f.body FROM "
+                             "webhook_deliveries d JOIN feed_events f ON f.seq = d.seq WHERE "
+                             "d.tenant_id = $1 AND d.partner_id = $2 AND d.delivered_at IS NULL "
+                             "ORDER BY d.delivery_id LIMIT $3::int",
+                             3, p, &r);
+    if (rc)
+        return rc;
+    int n = PQntuples(r);
+    outcome *o = calloc((size_t)(n ? n : 1), sizeof *o);
+    if (!o) {
+        PQclear(r);
+        return CM_ENOMEM;
+    }
+    const char *secrets[2] = {l->secret, l->previous};
+    int done = 0, failed = 0;
+    int64_t start = mono_ms();
+    for (int i = 0; i < n && !failed && mono_ms() - start < 20000; i++) {
+        outcome *x = &o[done++];
+        x->id = strtoll(PQgetvalue(r, i, 0), NULL, 10);
+        x->attempt = atoi(PQgetvalue(r, i, 1)) + 1;
+        x->at_ms = now_ms();
+        const char *body = PQgetvalue(r, i, 3);
+        size_t len = (size_t)PQgetlength(r, i, 3);
+        char sig[CMS_WEBHOOK_SIG_SIZE];
+        if (cms_webhook_sign(secrets, 2, x->at_ms / 1000, body, len, sig)) {
+            snprintf(x->res.error, sizeof x->res.error, "the partner has no signing secret");
+            failed = 1;
+            break;
+        }
+        cms_webhook_post(s, l->url, PQgetvalue(r, i, 2), x->attempt, sig, body, len, &x->res);
+        cm_histogram_observe(f->latency, (double)x->res.latency_us / 1e6);
+        if (!x->res.ok)
+            failed = 1;
+    }
+    PQclear(r);
+    flush_tx t = {.f = f, .l = l, .o = o, .n = done, .failed = failed};
+    rc = cm_db_tx(db, NULL, 3, flush, &t);
+    if (rc == 0) {
+        cm_counter_add(f->delivered, (uint64_t)(done - failed));
+        if (failed) {
+            cm_counter_add(f->failed, 1);
+            char at[16];
+            snprintf(at, sizeof at, "%d", l->failures + 1);
+            if (t.disable) {
+                cm_counter_add(f->disabled, 1);
+                cm_log_warn("partner webhook disabled: failing for too long", "tenant", l->tenant,
+                            "partner", l->partner, "error", o[done - 1].res.error, NULL);
+            } else if (l->failures == 0 || (l->failures + 1) % 10 == 0) {
+                cm_log_warn("partner webhook failing: retrying with backoff", "tenant", l->tenant,
+                            "partner", l->partner, "failures", at, "error",
+                            o[done - 1].res.error, NULL);
+            }
+        }
+    }
+    free(o);
+    return rc ? rc : (failed ? 0 : done);
+}
+
+static void dispatch(cm_service *svc, cm_db *db, cms_app *app, int idx)
+{
+    (void)svc;
+    cms_feed *f = app ? app->feed : NULL;
+    if (!f || idx >= f->workers)
+        return;
+    if (!f->senders[idx] && !(f->senders[idx] = cms_webhook_sender_new(&f->policy, f->timeout_ms)))
+        return;
+    int64_t start = mono_ms();
+    while (mono_ms() - start < 2000) {
+        lease l = {0};
+        int rc = claim(db, &l);
+        if (rc <= 0) {
+            if (rc < 0)
+                cm_log_warn("webhook dispatcher could not lease a partner", "error",
+                            cm_strerror(rc), NULL);
+            return;
+        }
+        rc = deliver(f, f->senders[idx], db, &l);
+        if (rc < 0) {
+            cm_log_warn("webhook dispatcher could not record deliveries", "partner", l.partner,
+                        "error", cm_strerror(rc), NULL);
+            return; /* the lease expires; the deliveries are retried */
+        }
+    }
+}
+
+void cms_feed_webhook_1(cm_service *svc, cm_db *db, void *arg)
+{
+    dispatch(svc, db, arg, 0);
+}
+void cms_feed_webhook_2(cm_service *svc, cm_db *db, void *arg)
+{
+    dispatch(svc, db, arg, 1);
+}
+void cms_feed_webhook_3(cm_service *svc, cm_db *db, void *arg)
+{
+    dispatch(svc, db, arg, 2);
+}
+void cms_feed_webhook_4(cm_service *svc, cm_db *db, void *arg)
+{
+    dispatch(svc, db, arg, 3);
+}
+
+/* ---- retention ---- */
+
+void cms_feed_prune(cm_service *svc, cm_db *db, void *arg)
+{
+    (void)svc;
+    cms_app *app = arg;
+    if (!app || !app->feed)
+        return;
+    char days[16];
+    snprintf(days, sizeof days, "%d", app->feed->retention_days);
+    const char *p[] = {days};
+    PGresult *r = NULL;
+    /* an event still to be delivered stays, however old */
+    int rc = cm_db_exec(db, "prune the partner feed",
+                        "WITH x AS (SELECT seq FROM feed_events f WHERE routed_at < now() - "
+                        "make_interval(days => $1::int) AND NOT EXISTS (SELECT 1 FROM "
+                        "webhook_deliveries d WHERE d.seq = f.seq AND d.delivered_at IS NULL) "
+                        "ORDER BY seq LIMIT 10000) DELETE FROM feed_events f USING x WHERE f.seq "
+                        "= x.seq",
+                        1, p, &r);
+    if (rc)
+        cm_log_warn("could not prune the partner feed", "error", cm_strerror(rc), NULL);
+    PQclear(r);
+}
