@@ -91,7 +91,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         try:
             length = int(self.headers.get("Content-Length", ""))
         except ValueError:
-            self.answer(411, "Content-Length required")
+            self.answer(411, "Content-Length required", close=True)  # no chunked bodies
             return
         if length < 0 or length > MAX_BODY:
             self.answer(413, "body too large", close=True)
