@@ -74,6 +74,8 @@ def config(args):
         "auto.offset.reset": "earliest" if args.from_beginning else "latest",
         "security.protocol": args.security_protocol,
         "client.id": "partner-reference-consumer",
+        # client-level errors (authentication, brokers down) on stderr
+        "error_cb": lambda err: print(f"kafka_consumer: {err}", file=sys.stderr, flush=True),
     }
     if args.security_protocol.startswith("SASL"):
         if not args.username or not args.password:
