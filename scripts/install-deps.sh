@@ -12,7 +12,7 @@ DEBS=(
   librdkafka-dev kcat
   libuv1-dev check libsubunit-dev
   libjwt-dev libjansson-dev libhttp-parser-dev libssl-dev libcurl4-openssl-dev
-  python3-grpcio python3-protobuf python3-jsonschema
+  python3-grpcio python3-protobuf python3-jsonschema python3-venv
   clang-format clang-tidy valgrind
   default-jre-headless maven
   procps iproute2 curl openssl
@@ -36,5 +36,27 @@ if [ ! -x "$tools/node_modules/.bin/buf" ]; then
   echo "install-deps: installing @bufbuild/buf into .tools/"
   mkdir -p "$tools"
   (cd "$tools" && npm install --silent --no-audit --no-fund --prefix "$tools" @bufbuild/buf@1.75.0 >/dev/null)
+fi
+# the partner reference receivers (kafka/partner/receivers/): a virtualenv
+# of Debian's python3 with requirements.txt from PyPI, outside the checkout
+# (scripts/lib/partner-venv.sh says where); scripts/partner-python runs it.
+# built under a lock (checkouts share it), into place, stamped when complete
+# shellcheck source=scripts/lib/partner-venv.sh
+root=$here
+. "$here/scripts/lib/partner-venv.sh"
+if [ ! -f "$partner_stamp" ]; then
+  mkdir -p "$(dirname "$partner_venv")"
+  (
+    flock 9
+    if [ ! -f "$partner_stamp" ]; then
+      echo "install-deps: building the partner receivers' venv at $partner_venv"
+      rm -rf "$partner_venv"
+      "$partner_base_python" -m venv "$partner_venv"
+      "$partner_venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+        --no-input -r "$partner_requirements"
+      "$partner_venv/bin/python" -c 'import confluent_kafka, jsonschema'
+      sha256sum "$partner_requirements" >"$partner_stamp"
+    fi
+  ) 9>"$partner_venv.lock"
 fi
 echo "install-deps: ok"
