@@ -22,7 +22,7 @@
 #include <time.h>
 
 struct cms_feed {
-    cm_kafka_producer *producer;
+    cm_service *svc; /* its producer exists only after app_init */
     cms_webhook_policy policy;
     int workers;
     int timeout_ms;
@@ -65,7 +65,7 @@ cms_feed *cms_feed_new(cm_service *svc, char *err, size_t errlen)
         return NULL;
     }
     f->policy.allow_http = (int)cm_service_int(svc, "COMMISSION_WEBHOOK_ALLOW_HTTP");
-    f->producer = cm_service_producer(svc);
+    f->svc = svc;
     f->workers = (int)cm_service_int(svc, "COMMISSION_WEBHOOK_WORKERS");
     f->timeout_ms = (int)cm_service_int(svc, "COMMISSION_WEBHOOK_TIMEOUT_MS");
     f->batch = (int)cm_service_int(svc, "COMMISSION_WEBHOOK_BATCH");
@@ -124,12 +124,13 @@ int cms_feed_ensure_topic(cms_feed *f, const char *tenant, const char *partner, 
 {
     char topic[256];
     cms_feed_topic(tenant, partner, topic);
-    if (!f->producer) {
+    cm_kafka_producer *producer = cm_service_producer(f->svc);
+    if (!producer) {
         snprintf(err, errlen, "no kafka producer");
         return CM_EUNAVAIL;
     }
     static const char *const conf[] = {"retention.ms", "2592000000", NULL};
-    return cm_kafka_create_topic(f->producer, topic, f->partitions, f->replication, conf, 10000,
+    return cm_kafka_create_topic(producer, topic, f->partitions, f->replication, conf, 10000,
                                  err, errlen);
 }
 
