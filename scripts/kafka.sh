@@ -466,6 +466,9 @@ start() {
     if [ -n "$pinned_port" ] && [ "$pinned_port" != "$KAFKA_PORT" ]; then
       die "already running on 127.0.0.1:$KAFKA_PORT, not KAFKA_PORT=$pinned_port: scripts/kafka.sh stop first"
     fi
+    if [ -n "$pinned_sasl_port" ] && [ "$pinned_sasl_port" != "$KAFKA_SASL_PORT" ]; then
+      die "already running with sasl on 127.0.0.1:${KAFKA_SASL_PORT:-none}, not KAFKA_SASL_PORT=$pinned_sasl_port: scripts/kafka.sh stop first"
+    fi
     local rc=0
     wait_serving "$pid" || rc=$?
     [ "$rc" = 0 ] || die "$(start_failure "$rc")"
