@@ -46,7 +46,7 @@
 # KAFKA_STOP_TIMEOUT (30 s), KAFKA_REPLICATION_FACTOR (1, for "topics"),
 # JAVA_HOME. when KAFKA_BROKERS is set the user brings their own brokers:
 # start/stop do nothing, bootstrap prints KAFKA_BROKERS and topics creates
-# the catalogue there (partner-topic and partner-access too, as a super
+# the catalogue there (the partner-* commands act there too, as a super
 # user); sasl-bootstrap prints KAFKA_SASL_BROKERS when set, and else this
 # run dir's SASL listener only when KAFKA_BROKERS is this broker.
 #
