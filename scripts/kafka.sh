@@ -10,6 +10,9 @@
 #                               KAFKA_STOP_TIMEOUT
 #   scripts/kafka.sh status     exit 0 when serving, 3 when stopped
 #   scripts/kafka.sh bootstrap  print the bootstrap servers
+#   scripts/kafka.sh sasl-bootstrap
+#                               print the SASL_PLAINTEXT (SCRAM-SHA-512)
+#                               bootstrap servers, where partners' users log in
 #   scripts/kafka.sh topics     create every topic of kafka/topics.tsv on the
 #                               bootstrap broker (any broker; existing ones are
 #                               left alone)
@@ -17,21 +20,46 @@
 #                               create one topic (benchmarks); an existing
 #                               one is left alone
 #   scripts/kafka.sh delete-topic NAME
+#   scripts/kafka.sh partner-topic TENANT PARTNER_ID [PARTITIONS]
+#                               create a partner's topic
+#                               commerce.partner.v1.TENANT.PARTNER_ID (3
+#                               partitions, 30 days) when absent
+#   scripts/kafka.sh partner-access TENANT PARTNER_ID PASSWORD
+#                               create or update the SCRAM-SHA-512 user
+#                               TENANT.PARTNER_ID and allow it READ+DESCRIBE
+#                               on its topic and READ on the groups
+#                               commerce.partner.v1.TENANT.PARTNER_ID.*,
+#                               nothing else (idempotent; the recipe for a
+#                               real cluster: kafka/partner/kafka-access.md)
+#   scripts/kafka.sh partner-revoke TENANT PARTNER_ID
+#                               remove those acls and delete the user's
+#                               credential (idempotent; the topic stays)
 #
-# environment: KAFKA_PORT, KAFKA_CONTROLLER_PORT, KAFKA_RUN_DIR
+# listeners: PLAINTEXT (the bootstrap, no authentication: principal
+# ANONYMOUS, a super user, as on the CONTROLLER listener, so tests and
+# services may do anything) and SASL_PLAINTEXT with SCRAM-SHA-512 (the
+# sasl-bootstrap: partners' users, held to their ACLs by the kraft
+# StandardAuthorizer; no ACL means no access).
+#
+# environment: KAFKA_PORT, KAFKA_CONTROLLER_PORT, KAFKA_SASL_PORT, KAFKA_RUN_DIR
 # (<repo>/.run/kafka), KAFKA_HEAP (512m), KAFKA_START_TIMEOUT (120 s),
 # KAFKA_STOP_TIMEOUT (30 s), KAFKA_REPLICATION_FACTOR (1, for "topics"),
 # JAVA_HOME. when KAFKA_BROKERS is set the user brings their own brokers:
 # start/stop do nothing, bootstrap prints KAFKA_BROKERS and topics creates
-# the catalogue there.
+# the catalogue there (the partner-* commands act there too, as a super
+# user); sasl-bootstrap prints KAFKA_SASL_BROKERS when set, and else this
+# run dir's SASL listener only when KAFKA_BROKERS is this broker.
 #
-# the ports (client and controller): KAFKA_PORT / KAFKA_CONTROLLER_PORT when
-# set (refused when something listens on them). otherwise start picks free
-# ones in 20000-31999 (scripts/lib/ports.sh), so the brokers of several
-# checkouts run side by side. the choice is kept in <run dir>/port and
-# <run dir>/controller-port: bootstrap, status and the topic commands read
-# it, and the next start takes the same ports again while they are free (a
-# restarted broker keeps its address; test_events restarts it under load).
+# the ports (client, controller, sasl): KAFKA_PORT / KAFKA_CONTROLLER_PORT /
+# KAFKA_SASL_PORT when set (refused when something listens on them).
+# otherwise start picks free ones in 20000-31999 (scripts/lib/ports.sh), so
+# the brokers of several checkouts run side by side. the choice is kept in
+# <run dir>/port, <run dir>/controller-port and <run dir>/sasl-port:
+# bootstrap, status and the topic commands read it, and the next start
+# takes the same ports again while they are free (a restarted broker keeps
+# its address; test_events restarts it under load). a broker last started
+# by a kafka.sh without the SASL listener gets a new sasl port on its next
+# start; its data and other ports stay.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -39,6 +67,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 . "$root/scripts/lib/ports.sh"
 pinned_port=${KAFKA_PORT:-}
 pinned_controller_port=${KAFKA_CONTROLLER_PORT:-}
+pinned_sasl_port=${KAFKA_SASL_PORT:-}
 KAFKA_HEAP=${KAFKA_HEAP:-512m}
 KAFKA_START_TIMEOUT=${KAFKA_START_TIMEOUT:-120}
 KAFKA_STOP_TIMEOUT=${KAFKA_STOP_TIMEOUT:-30}
@@ -54,8 +83,14 @@ log4j=$base/log4j.properties
 pidfile=$base/kafka.pid
 portfile=$base/port
 controller_portfile=$base/controller-port
+sasl_portfile=$base/sasl-port
 outfile=$logdir/kafka.out
 probe_topic=commerce.probe
+# partners' topics, groups and users (kafka/partner/kafka-access.md)
+partner_prefix=commerce.partner.v1
+partner_retention_ms=$((30 * 86400000))
+scram_mechanism=SCRAM-SHA-512
+scram_iterations=4096
 java=${JAVA_HOME:+$JAVA_HOME/bin/}java
 
 die() {
@@ -69,13 +104,13 @@ is_uint() { [[ $1 =~ ^[0-9]+$ ]]; }
 
 # a port this broker was last started on: the file $1, or for a broker
 # started by an older kafka.sh (always 59092/59093) its server.properties
-# (listener $2)
+# (listener $2, the whole name: PLAINTEXT is not SASL_PLAINTEXT)
 remembered_port() {
   local p=""
   if [ -f "$1" ]; then
     p=$(cat "$1")
   elif [ -f "$conf" ]; then
-    p=$(sed -n "s/^listeners=.*$2:\/\/127\.0\.0\.1:\([0-9]*\).*/\1/p" "$conf") || true
+    p=$(sed -n "s/^listeners=\(.*,\)*$2:\/\/127\.0\.0\.1:\([0-9]*\).*/\2/p" "$conf") || true
   fi
   if ports_valid "$p"; then echo "$p"; fi
 }
@@ -84,14 +119,21 @@ remembered_port() {
 # remembered ones (empty when this broker never started)
 KAFKA_PORT=${pinned_port:-$(remembered_port "$portfile" PLAINTEXT)}
 KAFKA_CONTROLLER_PORT=${pinned_controller_port:-$(remembered_port "$controller_portfile" CONTROLLER)}
+KAFKA_SASL_PORT=${pinned_sasl_port:-$(remembered_port "$sasl_portfile" SASL_PLAINTEXT)}
 
 check_env() {
   [ -z "$pinned_port" ] || ports_valid "$pinned_port" ||
     die "KAFKA_PORT must be a port number, got '$pinned_port'"
   [ -z "$pinned_controller_port" ] || ports_valid "$pinned_controller_port" ||
     die "KAFKA_CONTROLLER_PORT must be a port number, got '$pinned_controller_port'"
+  [ -z "$pinned_sasl_port" ] || ports_valid "$pinned_sasl_port" ||
+    die "KAFKA_SASL_PORT must be a port number, got '$pinned_sasl_port'"
   [ -z "$pinned_port" ] || [ "$pinned_port" != "$pinned_controller_port" ] ||
     die "KAFKA_PORT and KAFKA_CONTROLLER_PORT must differ"
+  [ -z "$pinned_sasl_port" ] || [ "$pinned_sasl_port" != "$pinned_port" ] ||
+    die "KAFKA_SASL_PORT and KAFKA_PORT must differ"
+  [ -z "$pinned_sasl_port" ] || [ "$pinned_sasl_port" != "$pinned_controller_port" ] ||
+    die "KAFKA_SASL_PORT and KAFKA_CONTROLLER_PORT must differ"
   [[ $KAFKA_HEAP =~ ^[0-9]+[kKmMgG]$ ]] || die "KAFKA_HEAP must look like 512m, got '$KAFKA_HEAP'"
   is_uint "$KAFKA_START_TIMEOUT" || die "KAFKA_START_TIMEOUT must be seconds, got '$KAFKA_START_TIMEOUT'"
   is_uint "$KAFKA_STOP_TIMEOUT" || die "KAFKA_STOP_TIMEOUT must be seconds, got '$KAFKA_STOP_TIMEOUT'"
@@ -107,14 +149,33 @@ bootstrap() {
   fi
 }
 
-# sets the port named $1 (KAFKA_PORT or KAFKA_CONTROLLER_PORT) for a start
-# and remembers it in file $3: the pinned port $2, else the remembered one
-# (of listener $4) while it is free, else a free one; never the other
-# port, $5
+# the SASL_PLAINTEXT listener: KAFKA_SASL_BROKERS, else this run dir's
+# (when KAFKA_BROKERS, if set, is this broker)
+sasl_bootstrap() {
+  if [ -n "${KAFKA_SASL_BROKERS:-}" ]; then
+    printf '%s\n' "$KAFKA_SASL_BROKERS"
+    return 0
+  fi
+  if [ -n "${KAFKA_BROKERS:-}" ] && [ "$KAFKA_BROKERS" != "127.0.0.1:${KAFKA_PORT:-none}" ]; then
+    die "KAFKA_BROKERS ($KAFKA_BROKERS) is not the broker of $base: set KAFKA_SASL_BROKERS to its SASL listener"
+  fi
+  [ -n "$KAFKA_PORT" ] ||
+    die "no broker has been started in $base yet: run scripts/kafka.sh start (or set KAFKA_SASL_BROKERS)"
+  # the listener is in the config only when this kafka.sh wrote it
+  if [ -z "$KAFKA_SASL_PORT" ] || ! grep -q "^listeners=.*SASL_PLAINTEXT://127\.0\.0\.1:$KAFKA_SASL_PORT" "$conf" 2>/dev/null; then
+    die "the broker in $base has no SASL listener (started by an older kafka.sh): scripts/kafka.sh stop, then start"
+  fi
+  printf '127.0.0.1:%s\n' "$KAFKA_SASL_PORT"
+}
+
+# sets the port named $1 (KAFKA_PORT, KAFKA_CONTROLLER_PORT or
+# KAFKA_SASL_PORT) for a start and remembers it in file $3: the pinned port
+# $2, else the remembered one (of listener $4) while it is free, else a free
+# one; never one of the other ports, $5 (space separated)
 choose_port() {
-  local name=$1 pinned=$2 file=$3 listener=$4 other=${5:-} prev port
+  local name=$1 pinned=$2 file=$3 listener=$4 others=" ${5:-} " prev port
   if [ -n "$pinned" ]; then
-    [ "$pinned" != "$other" ] || die "KAFKA_PORT and KAFKA_CONTROLLER_PORT must differ"
+    [[ $others != *" $pinned "* ]] || die "$name $pinned is also another listener's port; they must differ"
     if ports_listening "$pinned"; then
       die "port $pinned ($name) on 127.0.0.1 is in use by $(ports_holder "$pinned"); choose another, or unset $name to get a free one"
     fi
@@ -122,7 +183,7 @@ choose_port() {
     port=$pinned
   else
     prev=$(remembered_port "$file" "$listener")
-    if [ -n "$prev" ] && [ "$prev" != "$other" ] && ports_take "$base" "$prev"; then
+    if [ -n "$prev" ] && [[ $others != *" $prev "* ]] && ports_take "$base" "$prev"; then
       port=$prev
     else
       port=$(ports_pick "$base") || die "no free port in $ports_lo-$ports_hi"
@@ -185,7 +246,8 @@ ensure_libs() {
   mv "$libs.tmp" "$libs"
 }
 
-# a short-lived admin tool (StorageTool, TopicCommand) from the broker jars;
+# a short-lived admin tool (StorageTool, TopicCommand, ConfigCommand,
+# AclCommand) from the broker jars;
 # it logs warnings to stderr, never into the broker's server.log
 run_tool() {
   local tlog4j=$base/tools-log4j.properties
@@ -209,11 +271,20 @@ write_config() {
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$KAFKA_CONTROLLER_PORT
-listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT,SASL_PLAINTEXT://127.0.0.1:$KAFKA_SASL_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,SASL_PLAINTEXT://127.0.0.1:$KAFKA_SASL_PORT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
+# partners log in with SCRAM-SHA-512 on SASL_PLAINTEXT (users: kafka.sh
+# partner-access); PLAINTEXT and CONTROLLER are unauthenticated, principal
+# ANONYMOUS, a super user: tests and services keep full access
+sasl.enabled.mechanisms=$scram_mechanism
+listener.name.sasl_plaintext.sasl.enabled.mechanisms=$scram_mechanism
+listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
+super.users=User:ANONYMOUS
+allow.everyone.if.no.acl.found=false
 log.dirs=$data
 num.partitions=6
 default.replication.factor=1
@@ -363,11 +434,17 @@ launch() {
 repick_taken() {
   local again=1
   if [ -z "$pinned_port" ] && ports_listening "$KAFKA_PORT"; then
-    choose_port KAFKA_PORT "" "$portfile" PLAINTEXT "$KAFKA_CONTROLLER_PORT"
+    choose_port KAFKA_PORT "" "$portfile" PLAINTEXT "$KAFKA_CONTROLLER_PORT $KAFKA_SASL_PORT"
     again=0
   fi
   if [ -z "$pinned_controller_port" ] && ports_listening "$KAFKA_CONTROLLER_PORT"; then
-    choose_port KAFKA_CONTROLLER_PORT "" "$controller_portfile" CONTROLLER "$KAFKA_PORT"
+    choose_port KAFKA_CONTROLLER_PORT "" "$controller_portfile" CONTROLLER \
+      "$KAFKA_PORT $KAFKA_SASL_PORT"
+    again=0
+  fi
+  if [ -z "$pinned_sasl_port" ] && ports_listening "$KAFKA_SASL_PORT"; then
+    choose_port KAFKA_SASL_PORT "" "$sasl_portfile" SASL_PLAINTEXT \
+      "$KAFKA_PORT $KAFKA_CONTROLLER_PORT"
     again=0
   fi
   return "$again"
@@ -385,23 +462,33 @@ start() {
   if pid=$(broker_pid); then
     KAFKA_PORT=$(remembered_port "$portfile" PLAINTEXT)
     KAFKA_CONTROLLER_PORT=$(remembered_port "$controller_portfile" CONTROLLER)
+    KAFKA_SASL_PORT=$(remembered_port "$sasl_portfile" SASL_PLAINTEXT)
     if [ -n "$pinned_port" ] && [ "$pinned_port" != "$KAFKA_PORT" ]; then
       die "already running on 127.0.0.1:$KAFKA_PORT, not KAFKA_PORT=$pinned_port: scripts/kafka.sh stop first"
+    fi
+    if [ -n "$pinned_sasl_port" ] && [ "$pinned_sasl_port" != "$KAFKA_SASL_PORT" ]; then
+      die "already running with sasl on 127.0.0.1:${KAFKA_SASL_PORT:-none}, not KAFKA_SASL_PORT=$pinned_sasl_port: scripts/kafka.sh stop first"
     fi
     local rc=0
     wait_serving "$pid" || rc=$?
     [ "$rc" = 0 ] || die "$(start_failure "$rc")"
+    grep -q '^listeners=.*SASL_PLAINTEXT://' "$conf" 2>/dev/null ||
+      note "this broker was started by an older kafka.sh and has no SASL listener: scripts/kafka.sh stop, then start"
     note "already running on $(bootstrap) (pid $pid)"
     return 0
   fi
   rm -f "$pidfile"
   mkdir -p "$base"
-  # a pinned controller port is claimed first, so the broker's port, when
-  # picked, cannot be it
+  # pinned controller and sasl ports are claimed first, so the broker's
+  # port, when picked, cannot be one of them
   [ -z "$pinned_controller_port" ] || ports_claim "$base" "$pinned_controller_port"
-  choose_port KAFKA_PORT "$pinned_port" "$portfile" PLAINTEXT "$pinned_controller_port"
+  [ -z "$pinned_sasl_port" ] || ports_claim "$base" "$pinned_sasl_port"
+  choose_port KAFKA_PORT "$pinned_port" "$portfile" PLAINTEXT \
+    "$pinned_controller_port $pinned_sasl_port"
   choose_port KAFKA_CONTROLLER_PORT "$pinned_controller_port" "$controller_portfile" CONTROLLER \
-    "$KAFKA_PORT"
+    "$KAFKA_PORT $pinned_sasl_port"
+  choose_port KAFKA_SASL_PORT "$pinned_sasl_port" "$sasl_portfile" SASL_PLAINTEXT \
+    "$KAFKA_PORT $KAFKA_CONTROLLER_PORT"
   ensure_libs
   write_config
   : >"$outfile"
@@ -422,7 +509,7 @@ start() {
     [ "$rc" = 2 ] || stop_pid "$pid"
     die "$(start_failure "$rc")"
   done
-  note "kafka running on $(bootstrap) (pid $pid, data: $data, started in $((SECONDS - t0))s)"
+  note "kafka running on $(bootstrap), sasl on $(sasl_bootstrap) (pid $pid, data: $data, started in $((SECONDS - t0))s)"
 }
 
 stop() {
@@ -560,6 +647,139 @@ delete_topic() {
     --if-exists --topic "$name" >/dev/null || die "could not delete topic $name on $bs"
 }
 
+# --- partners (kafka/partner/kafka-access.md): topic
+# commerce.partner.v1.<tenant>.<partner_id>, groups under that name and a
+# dot, scram user <tenant>.<partner_id>
+
+# checks the partner arguments $1 (command) $2 (tenant) $3 (partner id)
+partner_args() {
+  [ -n "$2" ] || die "$1: no TENANT given"
+  [ -n "$3" ] || die "$1: no PARTNER_ID given"
+  [[ $2 =~ ^[A-Za-z0-9._-]{1,64}$ ]] ||
+    die "$1: bad tenant '$2': 1-64 of A-Z a-z 0-9 . _ -"
+  [[ $3 =~ ^[A-Za-z0-9_-]{1,64}$ ]] ||
+    die "$1: bad partner id '$3': 1-64 of A-Z a-z 0-9 _ - (no dots: the last dot of the topic separates it from the tenant)"
+}
+
+# a partner's topic: commerce.partner.v1.TENANT.PARTNER_ID, PARTITIONS (3)
+# partitions, 30 days retention, when absent
+partner_topic() {
+  if [ $# -lt 2 ] || [ $# -gt 3 ]; then
+    die "usage: kafka.sh partner-topic TENANT PARTNER_ID [PARTITIONS]"
+  fi
+  local tenant=$1 partner=$2 parts=${3:-3} topic bs
+  partner_args partner-topic "$tenant" "$partner"
+  if ! is_uint "$parts" || [ "$parts" -lt 1 ] || [ "$parts" -gt 1000 ]; then
+    die "partner-topic: bad partitions '$parts' (1-1000)"
+  fi
+  if ! is_uint "$KAFKA_REPLICATION_FACTOR" || [ "$KAFKA_REPLICATION_FACTOR" -lt 1 ]; then
+    die "KAFKA_REPLICATION_FACTOR must be a positive number, got '$KAFKA_REPLICATION_FACTOR'"
+  fi
+  topic=$partner_prefix.$tenant.$partner
+  need_java
+  with_lock ensure_libs
+  exec 9>&-
+  bs=$(bootstrap)
+  mkdir -p "$logdir"
+  if ! run_tool org.apache.kafka.tools.TopicCommand --bootstrap-server "$bs" --create \
+    --if-not-exists --topic "$topic" --partitions "$parts" \
+    --replication-factor "$KAFKA_REPLICATION_FACTOR" \
+    --config "retention.ms=$partner_retention_ms" --config cleanup.policy=delete \
+    >"$logdir/partner.log" 2>&1; then
+    tail -n 5 "$logdir/partner.log" >&2 || true
+    die "could not create topic $topic on $bs (log: $logdir/partner.log)"
+  fi
+  note "topic $topic on $bs (created with $parts partitions and 30 days retention unless it existed)"
+}
+
+# the partner's scram user and its acls, nothing else: READ and DESCRIBE on
+# the literal topic, READ on the prefixed groups (READ implies DESCRIBE).
+# adding what exists changes nothing, so a second run only sets the
+# password again
+partner_access() {
+  [ $# -eq 3 ] || die "usage: kafka.sh partner-access TENANT PARTNER_ID PASSWORD"
+  local tenant=$1 partner=$2 password=$3 topic user bs cfg rc=0
+  partner_args partner-access "$tenant" "$partner"
+  [ -n "$password" ] || die "partner-access: empty PASSWORD"
+  if [ ${#password} -lt 8 ] || [ ${#password} -gt 256 ]; then
+    die "partner-access: the password must be 8-256 characters, got ${#password}"
+  fi
+  # printable ascii without space and the separators of kafka-configs'
+  # scram value (iterations=N,password=P) nor the escape of the
+  # properties file that carries it
+  if ! [[ $password =~ ^[!-~]+$ ]] || [[ $password == *[],[=\\]* ]]; then
+    die "partner-access: the password may hold printable ascii but space , [ ] = \\"
+  fi
+  topic=$partner_prefix.$tenant.$partner
+  user=$tenant.$partner
+  need_java
+  with_lock ensure_libs
+  exec 9>&-
+  bs=$(bootstrap)
+  mkdir -p "$logdir"
+  : >"$logdir/partner.log"
+  # the password through a private file, not the tools' command lines
+  cfg=$(mktemp "$base/.scram.XXXXXX")
+  chmod 600 "$cfg"
+  printf '%s=iterations=%s,password=%s\n' "$scram_mechanism" "$scram_iterations" "$password" >"$cfg"
+  run_tool kafka.admin.ConfigCommand --bootstrap-server "$bs" --alter \
+    --entity-type users --entity-name "$user" --add-config-file "$cfg" \
+    >>"$logdir/partner.log" 2>&1 || rc=$?
+  rm -f "$cfg"
+  if [ "$rc" != 0 ]; then
+    tail -n 5 "$logdir/partner.log" >&2 || true
+    die "partner-access: could not set the $scram_mechanism credential of user $user on $bs (log: $logdir/partner.log)"
+  fi
+  if ! run_tool kafka.admin.AclCommand --bootstrap-server "$bs" --add \
+    --allow-principal "User:$user" --operation Read --operation Describe \
+    --topic "$topic" --resource-pattern-type literal >>"$logdir/partner.log" 2>&1; then
+    tail -n 5 "$logdir/partner.log" >&2 || true
+    die "partner-access: could not add the acls of $user on topic $topic (log: $logdir/partner.log)"
+  fi
+  if ! run_tool kafka.admin.AclCommand --bootstrap-server "$bs" --add \
+    --allow-principal "User:$user" --operation Read \
+    --group "$topic." --resource-pattern-type prefixed >>"$logdir/partner.log" 2>&1; then
+    tail -n 5 "$logdir/partner.log" >&2 || true
+    die "partner-access: could not add the acl of $user on groups $topic.* (log: $logdir/partner.log)"
+  fi
+  note "user $user ($scram_mechanism) on $bs: READ+DESCRIBE on topic $topic, READ on groups $topic.*"
+}
+
+# undoes partner-access: its acls removed, the user's scram credential
+# deleted (connections already open keep working until they close; the
+# topic stays). idempotent
+partner_revoke() {
+  [ $# -eq 2 ] || die "usage: kafka.sh partner-revoke TENANT PARTNER_ID"
+  local tenant=$1 partner=$2 topic user bs rc=0
+  partner_args partner-revoke "$tenant" "$partner"
+  topic=$partner_prefix.$tenant.$partner
+  user=$tenant.$partner
+  need_java
+  with_lock ensure_libs
+  exec 9>&-
+  bs=$(bootstrap)
+  mkdir -p "$logdir"
+  : >"$logdir/partner.log"
+  if ! run_tool kafka.admin.AclCommand --bootstrap-server "$bs" --remove --force \
+    --allow-principal "User:$user" --operation Read --operation Describe \
+    --topic "$topic" --resource-pattern-type literal >>"$logdir/partner.log" 2>&1 ||
+    ! run_tool kafka.admin.AclCommand --bootstrap-server "$bs" --remove --force \
+      --allow-principal "User:$user" --operation Read \
+      --group "$topic." --resource-pattern-type prefixed >>"$logdir/partner.log" 2>&1; then
+    tail -n 5 "$logdir/partner.log" >&2 || true
+    die "partner-revoke: could not remove the acls of $user (log: $logdir/partner.log)"
+  fi
+  run_tool kafka.admin.ConfigCommand --bootstrap-server "$bs" --alter \
+    --entity-type users --entity-name "$user" --delete-config "$scram_mechanism" \
+    >>"$logdir/partner.log" 2>&1 || rc=$?
+  # a user without the credential (revoked before) is what we want
+  if [ "$rc" != 0 ] && ! grep -q 'credential that does not exist' "$logdir/partner.log"; then
+    tail -n 5 "$logdir/partner.log" >&2 || true
+    die "partner-revoke: could not delete the $scram_mechanism credential of $user (log: $logdir/partner.log)"
+  fi
+  note "user $user on $bs: acls removed, $scram_mechanism credential deleted"
+}
+
 with_lock() {
   mkdir -p "$base"
   exec 9>"$base/.lock"
@@ -586,11 +806,15 @@ stop)
   ;;
 status) status ;;
 bootstrap) bootstrap ;;
+sasl-bootstrap) sasl_bootstrap ;;
 topics) topics ;;
 topic) one_topic "$@" ;;
 delete-topic) delete_topic "$@" ;;
+partner-topic) partner_topic "$@" ;;
+partner-access) partner_access "$@" ;;
+partner-revoke) partner_revoke "$@" ;;
 *)
-  echo "usage: $0 start|stop|status|bootstrap|topics|topic NAME PARTITIONS|delete-topic NAME" >&2
+  echo "usage: $0 start|stop|status|bootstrap|sasl-bootstrap|topics|topic NAME PARTITIONS|delete-topic NAME|partner-topic TENANT PARTNER_ID [PARTITIONS]|partner-access TENANT PARTNER_ID PASSWORD|partner-revoke TENANT PARTNER_ID" >&2
   exit 2
   ;;
 esac
