@@ -529,22 +529,25 @@ START_TEST(webhooks_isolated_signed_and_kafka_per_partner)
     cm_rpc_status stt;
     Commerce__Commission__V1__PutPartnerResponse *pa = NULL, *pb = NULL;
     const char *ca[] = {"a-1", "a-2", NULL}, *cb[] = {"b-1", NULL};
-    ck_assert_int_eq(put_partner(s, "pa-1", "pa", ca, 1, rcv_url(&ra), 1, &stt, &pa), 0);
-    ck_assert_int_eq(put_partner(s, "pb-1", "pb", cb, 0, rcv_url(&rb), 1, &stt, &pb), 0);
+    /* partner ids of this run: their kafka users and topics outlive it */
+    char ida[32], idb[32];
+    snprintf(ida, sizeof ida, "pa-%d", (int)getpid());
+    snprintf(idb, sizeof idb, "pb-%d", (int)getpid());
+    ck_assert_int_eq(put_partner(s, "pa-1", ida, ca, 1, rcv_url(&ra), 1, &stt, &pa), 0);
+    ck_assert_int_eq(put_partner(s, "pb-1", idb, cb, 0, rcv_url(&rb), 1, &stt, &pb), 0);
     ck_assert_msg(strncmp(pa->webhook_secret, "whsec_", 6) == 0, "secret %s", pa->webhook_secret);
     ck_assert_uint_eq(strlen(pa->webhook_secret), 49);
     ck_assert_str_ne(pa->webhook_secret, pb->webhook_secret);
     /* a retry of the put gets the secret again; a later put none */
     Commerce__Commission__V1__PutPartnerResponse *again = NULL;
-    ck_assert_int_eq(put_partner(s, "pa-1", "pa", ca, 1, rcv_url(&ra), 1, &stt, &again), 0);
+    ck_assert_int_eq(put_partner(s, "pa-1", ida, ca, 1, rcv_url(&ra), 1, &stt, &again), 0);
     ck_assert_str_eq(again->webhook_secret, pa->webhook_secret);
     commerce__commission__v1__put_partner_response__free_unpacked(again, NULL);
     rcv_start(&ra, pa->webhook_secret, NULL);
     rcv_start(&rb, pb->webhook_secret, NULL);
     char topic_a[256];
-    snprintf(topic_a, sizeof topic_a, "commerce.partner.v1." TENANT ".pa");
-    /* from its end: the topic outlives a run (its name has no run id) */
-    hs_topic *ta = hs_topic_open(hs_kafka_brokers(), topic_a, 1);
+    snprintf(topic_a, sizeof topic_a, "commerce.partner.v1." TENANT ".%s", ida);
+    hs_topic *ta = hs_topic_open(hs_kafka_brokers(), topic_a, 0);
 
     for (int i = 0; i < 5; i++) {
         paid(s, "a-1", 10000 + i);
@@ -587,12 +590,53 @@ START_TEST(webhooks_isolated_signed_and_kafka_per_partner)
         json_decref(j);
     }
     hs_topic_close(ta);
+    /* the partner reads its topic as itself: the reference consumer with
+     * its SASL/SCRAM user (the recipe of kafka-access.md, applied by
+     * kafka.sh partner-access); the other partner's user is refused */
+    char cmd[2048], logp[128], outp[128];
+    snprintf(logp, sizeof logp, "/tmp/commerce-feed-kafka-%d.jsonl", (int)getpid());
+    snprintf(outp, sizeof outp, "/tmp/commerce-feed-kafka-%d.out", (int)getpid());
+    unlink(logp);
+    snprintf(cmd, sizeof cmd,
+             "%s/scripts/kafka.sh partner-access " TENANT " %s pa-secret-%d >%s 2>&1 && "
+             "%s/scripts/kafka.sh partner-access " TENANT " %s pb-secret-%d >>%s 2>&1",
+             SOURCE_DIR, ida, (int)getpid(), outp, SOURCE_DIR, idb, (int)getpid(), outp);
+    ck_assert_msg(system(cmd) == 0, "partner-access failed (%s)", outp);
+    for (int who = 0; who < 2; who++) {
+        const char *id = who ? idb : ida;
+        snprintf(cmd, sizeof cmd,
+                 "timeout 90 %s %s/receivers/kafka_consumer.py --bootstrap "
+                 "\"$(%s/scripts/kafka.sh sasl-bootstrap)\" --security-protocol SASL_PLAINTEXT "
+                 "--topic %s --group commerce.partner.v1." TENANT ".%s.stmt --username " TENANT
+                 ".%s --password %s-secret-%d --from-beginning --max-idle 8 --log %s >>%s 2>&1",
+                 PARTNER_PYTHON, PARTNER_DIR, SOURCE_DIR, topic_a, id, id, who ? "pb" : "pa",
+                 (int)getpid(), logp, outp);
+        int rc = system(cmd);
+        rcv lr = {0};
+        snprintf(lr.log, sizeof lr.log, "%s", logp);
+        got gk[32];
+        size_t nk = rcv_read(&lr, gk, 32);
+        if (who == 0) {
+            ck_assert_msg(rc == 0 && nk == 10, "partner a read %zu of its 10 events (rc %d, %s)",
+                          nk, rc, outp);
+            for (size_t i = 0; i < nk; i++)
+                ck_assert_msg(strncmp(gk[i].channel, "a-", 2) == 0, "channel %s", gk[i].channel);
+        } else {
+            ck_assert_msg(rc != 0 && nk == 10, "partner b read partner a's topic (rc %d, %s)", rc,
+                          outp);
+        }
+    }
+    snprintf(cmd, sizeof cmd,
+             "%s/scripts/kafka.sh partner-revoke " TENANT " %s >>%s 2>&1; "
+             "%s/scripts/kafka.sh partner-revoke " TENANT " %s >>%s 2>&1",
+             SOURCE_DIR, ida, outp, SOURCE_DIR, idb, outp);
+    ck_assert_int_eq(system(cmd), 0);
     hs_kafka_delete_topic(hs_kafka_brokers(), topic_a);
     /* a tampered copy of a delivered body is refused by the receiver */
     PGconn *pg = hs_pg_connect(NULL);
     char q[256];
-    snprintf(q, sizeof q, "SELECT body FROM \"%s\".feed_events WHERE partner_id = 'pa' LIMIT 1",
-             s->schema);
+    snprintf(q, sizeof q, "SELECT body FROM \"%s\".feed_events WHERE partner_id = '%s' LIMIT 1",
+             s->schema, ida);
     PGresult *r = PQexec(pg, q);
     ck_assert_int_eq(PQntuples(r), 1);
     char body[8192];
@@ -613,7 +657,7 @@ START_TEST(webhooks_isolated_signed_and_kafka_per_partner)
                      0);
     Commerce__Commission__V1__ListWebhookDeliveriesRequest lr =
         COMMERCE__COMMISSION__V1__LIST_WEBHOOK_DELIVERIES_REQUEST__INIT;
-    lr.partner_id = "pa";
+    lr.partner_id = ida;
     lr.page_size = 4;
     Commerce__Commission__V1__ListWebhookDeliveriesResponse *lresp = NULL;
     ck_assert_int_eq(hs_call(s->c, SVC "ListWebhookDeliveries", &lr.base,

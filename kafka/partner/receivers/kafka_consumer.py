@@ -21,6 +21,9 @@ Offsets: enable.auto.commit is off; the offsets of a batch are committed
 (synchronously) only after every record of it was processed, so a crash
 redelivers at most that batch, which deduplication absorbs.
 
+Authorization or authentication refused (a wrong password, a topic or
+group the ACLs do not grant) ends it at once with exit code 3.
+
 Uses confluent-kafka (librdkafka). Exits on SIGTERM/SIGINT, or after
 --max-idle seconds without a record (counted from the partition
 assignment), printing the statement.
@@ -39,6 +42,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 
 CONTENT_TYPE = "application/cloudevents+json"
+# errors that retrying cannot fix: the consumer exits 3 on them
+DENIED = {KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.GROUP_AUTHORIZATION_FAILED,
+          KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED}
 PARTNER_TOPIC = re.compile(r"^commerce\.partner\.v1\.([A-Za-z0-9._-]+)$")
 
 
@@ -141,6 +147,7 @@ def main(argv=None):
     consumer.subscribe([args.topic], on_assign=on_assign)
     started = last = time.monotonic()
     new = duplicates = refused = 0
+    denied = False
     try:
         while not stopping:
             msgs = consumer.consume(num_messages=args.batch, timeout=1.0)
@@ -161,6 +168,11 @@ def main(argv=None):
                     if msg.error().fatal():
                         raise KafkaException(msg.error())
                     print(f"kafka_consumer: {msg.error()}", file=sys.stderr, flush=True)
+                    if msg.error().code() in DENIED:
+                        # not retriable: the credentials or the ACLs are wrong
+                        denied = True
+                        stopping = True
+                        break
                     continue
                 where = f"{msg.topic()}/{msg.partition()}@{msg.offset()}"
                 doc, problems = check_record(msg)
@@ -195,6 +207,8 @@ def main(argv=None):
         store.close()
         log.close()
         rejects.close()
+    if denied:
+        return 3
     return 2 if refused else 0
 
 
