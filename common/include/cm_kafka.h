@@ -154,9 +154,8 @@ const cm_kafka_report *cm_kafka_batch_report(const cm_kafka_batch *b, size_t i);
  * (created, or there already); CM_EINVAL when the brokers refuse it for
  * good (not authorized, bad settings); CM_EUNAVAIL otherwise (retry). err
  * says why. */
-int cm_kafka_create_topic(cm_kafka_producer *p, const char *topic, int partitions,
-                          int replication, const char *const *configs, int timeout_ms, char *err,
-                          size_t errlen);
+int cm_kafka_create_topic(cm_kafka_producer *p, const char *topic, int partitions, int replication,
+                          const char *const *configs, int timeout_ms, char *err, size_t errlen);
 
 /* writes unix_ms as RFC 3339 UTC with milliseconds,
  * "2026-11-03T08:15:00.123Z". out needs CM_KAFKA_TIME_SIZE bytes. */

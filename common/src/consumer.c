@@ -292,8 +292,8 @@ static char *fill_event(cm_consumer *c, const rd_kafka_message_t *m, cm_event *e
         ct[len[4]] = '\0';
         if (cm_cloudevent_is_structured(ct) && m->payload && m->len)
             doc = json_loadb(m->payload, m->len, JSON_REJECT_DUPLICATES, NULL);
-        static const char *const attrs[] = {"id",   "type",        "source",  "time",
-                                            NULL,   "traceparent", "tenantid"};
+        static const char *const attrs[] = {"id", "type",        "source",  "time",
+                                            NULL, "traceparent", "tenantid"};
         for (size_t i = 0; json_is_object(doc) && i < N; i++) {
             json_t *v = attrs[i] ? json_object_get(doc, attrs[i]) : NULL;
             if (json_is_string(v)) {

@@ -525,18 +525,16 @@ int cm_kafka_producer_outq(cm_kafka_producer *p)
     return n;
 }
 
-int cm_kafka_create_topic(cm_kafka_producer *p, const char *topic, int partitions,
-                          int replication, const char *const *configs, int timeout_ms, char *err,
-                          size_t errlen)
+int cm_kafka_create_topic(cm_kafka_producer *p, const char *topic, int partitions, int replication,
+                          const char *const *configs, int timeout_ms, char *err, size_t errlen)
 {
     if (!p || !cm_kafka_topic_valid(topic) || partitions < 1) {
         snprintf(err, errlen, "bad topic or partition count");
         return CM_EINVAL;
     }
     char why[256] = "";
-    rd_kafka_NewTopic_t *nt =
-        rd_kafka_NewTopic_new(topic, partitions, replication > 0 ? replication : -1, why,
-                              sizeof why);
+    rd_kafka_NewTopic_t *nt = rd_kafka_NewTopic_new(
+        topic, partitions, replication > 0 ? replication : -1, why, sizeof why);
     if (!nt) {
         snprintf(err, errlen, "%s", why);
         return CM_EINVAL;
@@ -553,7 +551,8 @@ int cm_kafka_create_topic(cm_kafka_producer *p, const char *topic, int partition
         rd_kafka_AdminOptions_set_operation_timeout(o, timeout_ms, NULL, 0);
         rd_kafka_CreateTopics(p->rk, &nt, 1, o, q);
         rd_kafka_event_t *ev = rd_kafka_queue_poll(q, timeout_ms + 2000);
-        const rd_kafka_CreateTopics_result_t *res = ev ? rd_kafka_event_CreateTopics_result(ev) : NULL;
+        const rd_kafka_CreateTopics_result_t *res =
+            ev ? rd_kafka_event_CreateTopics_result(ev) : NULL;
         if (!ev) {
             snprintf(err, errlen, "no answer from the brokers in time");
         } else if (rd_kafka_event_error(ev)) {
@@ -561,7 +560,8 @@ int cm_kafka_create_topic(cm_kafka_producer *p, const char *topic, int partition
         } else if (res) {
             size_t n = 0;
             const rd_kafka_topic_result_t **t = rd_kafka_CreateTopics_result_topics(res, &n);
-            rd_kafka_resp_err_t e = n ? rd_kafka_topic_result_error(t[0]) : RD_KAFKA_RESP_ERR_UNKNOWN;
+            rd_kafka_resp_err_t e =
+                n ? rd_kafka_topic_result_error(t[0]) : RD_KAFKA_RESP_ERR_UNKNOWN;
             if (e == RD_KAFKA_RESP_ERR_NO_ERROR || e == RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS) {
                 rc = 0;
             } else {

@@ -232,8 +232,8 @@ int cms_store_put_settings(cm_db *db, const char *tenant, const char *request_id
  * idempotency record of (tenant, kind, request_id): 1 seen (*same: the
  * same body hash; key and revision as recorded), 0 not seen, or < 0 */
 int cms_store_locked_request(cm_db *db, const char *what, const char *scope, const char *tenant,
-                             const char *kind, const char *request_id, const char *hash,
-                             int *same, char *key, size_t keycap, int64_t *revision);
+                             const char *kind, const char *request_id, const char *hash, int *same,
+                             char *key, size_t keycap, int64_t *revision);
 /* the idempotency record of a put that applied, in its transaction */
 int cms_store_record_request(cm_db *db, const char *tenant, const char *kind,
                              const char *request_id, const char *hash, const char *key,

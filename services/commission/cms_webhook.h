@@ -29,8 +29,8 @@ int cms_webhook_secret_new(char out[CMS_WEBHOOK_SECRET_SIZE]);
 
 /* the header value for body signed at unix time t with secrets[0..n)
  * (n 1 or 2, empty ones skipped): 0, or CM_EINVAL (no secret) */
-int cms_webhook_sign(const char *const *secrets, size_t n, int64_t t, const void *body,
-                     size_t len, char out[CMS_WEBHOOK_SIG_SIZE]);
+int cms_webhook_sign(const char *const *secrets, size_t n, int64_t t, const void *body, size_t len,
+                     char out[CMS_WEBHOOK_SIG_SIZE]);
 
 /* what an endpoint may be. allow: CIDRs ("127.0.0.0/8", "::1/128")
  * whose addresses are accepted although not public. */
@@ -72,8 +72,8 @@ cms_webhook_sender *cms_webhook_sender_new(const cms_webhook_policy *p, int time
 void cms_webhook_sender_free(cms_webhook_sender *s);
 
 typedef struct cms_webhook_result {
-    int ok;          /* a 2xx came back */
-    int status;      /* the HTTP status; 0 when none */
+    int ok;     /* a 2xx came back */
+    int status; /* the HTTP status; 0 when none */
     int64_t latency_us;
     char error[160]; /* "" for a 2xx */
 } cms_webhook_result;
@@ -82,7 +82,6 @@ typedef struct cms_webhook_result {
  * the attempt, the signature); never follows redirects; refuses to
  * connect to an address the policy does not allow. */
 void cms_webhook_post(cms_webhook_sender *s, const char *url, const char *event_id, int attempt,
-                      const char *signature, const void *body, size_t len,
-                      cms_webhook_result *out);
+                      const char *signature, const void *body, size_t len, cms_webhook_result *out);
 
 #endif

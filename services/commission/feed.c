@@ -77,9 +77,9 @@ cms_feed *cms_feed_new(cm_service *svc, char *err, size_t errlen)
     if (!cm_service_int(svc, "COMMISSION_FEED"))
         f->workers = 0;
     cm_metrics *m = cm_service_metrics(svc);
-    f->routed = cm_metrics_counter(m, "commission_feed_routed_total",
-                                   "partner events routed to the partner owning their channel",
-                                   NULL);
+    f->routed =
+        cm_metrics_counter(m, "commission_feed_routed_total",
+                           "partner events routed to the partner owning their channel", NULL);
     f->delivered = cm_metrics_counter(m, "commission_webhook_delivered_total",
                                       "webhook deliveries acknowledged with a 2xx", NULL);
     f->failed = cm_metrics_counter(m, "commission_webhook_failed_attempts_total",
@@ -87,7 +87,8 @@ cms_feed *cms_feed_new(cm_service *svc, char *err, size_t errlen)
     f->disabled = cm_metrics_counter(
         m, "commission_webhook_disabled_total",
         "partner endpoints disabled after failing for COMMISSION_WEBHOOK_DISABLE_AFTER_S", NULL);
-    static const double b[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10};
+    static const double b[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                               0.25,  0.5,    1,     2.5,  5,     10};
     f->latency = cm_metrics_histogram(m, "commission_webhook_request_seconds",
                                       "one webhook POST, from the request to the answer", NULL, b,
                                       sizeof b / sizeof b[0]);
@@ -130,8 +131,8 @@ int cms_feed_ensure_topic(cms_feed *f, const char *tenant, const char *partner, 
         return CM_EUNAVAIL;
     }
     static const char *const conf[] = {"retention.ms", "2592000000", NULL};
-    return cm_kafka_create_topic(producer, topic, f->partitions, f->replication, conf, 10000,
-                                 err, errlen);
+    return cm_kafka_create_topic(producer, topic, f->partitions, f->replication, conf, 10000, err,
+                                 errlen);
 }
 
 /* ---- routing ---- */
@@ -141,14 +142,14 @@ int cms_feed_ensure_topic(cms_feed *f, const char *tenant, const char *partner, 
  * its webhook is on. no row: the channel has no partner (the event is
  * nobody's to receive; it stays on the internal topic only). */
 #define ROUTE_SQL                                                                                  \
-    "WITH p AS (SELECT pa.partner_id, pa.kafka_enabled, pa.webhook_enabled AS hook "              \
-    "FROM channels c JOIN partners pa ON pa.tenant_id = c.tenant_id AND pa.partner_id = "         \
-    "c.partner_id WHERE c.tenant_id = $1 AND c.channel_id = $2 AND c.partner_id <> ''), "        \
-    "f AS (INSERT INTO feed_events (tenant_id, partner_id, channel_id, event_id, type, "          \
-    "event_time, body) SELECT $1, p.partner_id, $2, $3::uuid, $4, $5::timestamptz, $6 FROM p "    \
-    "ON CONFLICT (tenant_id, partner_id, event_id) DO NOTHING RETURNING seq), "                   \
+    "WITH p AS (SELECT pa.partner_id, pa.kafka_enabled, pa.webhook_enabled AS hook "               \
+    "FROM channels c JOIN partners pa ON pa.tenant_id = c.tenant_id AND pa.partner_id = "          \
+    "c.partner_id WHERE c.tenant_id = $1 AND c.channel_id = $2 AND c.partner_id <> ''), "          \
+    "f AS (INSERT INTO feed_events (tenant_id, partner_id, channel_id, event_id, type, "           \
+    "event_time, body) SELECT $1, p.partner_id, $2, $3::uuid, $4, $5::timestamptz, $6 FROM p "     \
+    "ON CONFLICT (tenant_id, partner_id, event_id) DO NOTHING RETURNING seq), "                    \
     "d AS (INSERT INTO webhook_deliveries (tenant_id, partner_id, seq, reason) SELECT $1, "        \
-    "p.partner_id, f.seq, 1 FROM f, p WHERE p.hook RETURNING 1) "                                 \
+    "p.partner_id, f.seq, 1 FROM f, p WHERE p.hook RETURNING 1) "                                  \
     "SELECT p.partner_id, p.kafka_enabled, EXISTS (SELECT 1 FROM f), (SELECT count(*) FROM d) "    \
     "FROM p"
 
@@ -261,9 +262,9 @@ typedef struct flush_tx {
     const lease *l;
     outcome *o;
     int n;
-    int failed;          /* the last outcome failed */
-    int disable;         /* ... and the endpoint is disabled now */
-    int64_t next_ms;     /* when to try again (failed) */
+    int failed;      /* the last outcome failed */
+    int disable;     /* ... and the endpoint is disabled now */
+    int64_t next_ms; /* when to try again (failed) */
 } flush_tx;
 
 static int flush(cm_db *db, void *arg)
@@ -321,8 +322,8 @@ static int flush(cm_db *db, void *arg)
     char s_since[24], s_next[24];
     snprintf(s_since, sizeof s_since, "%lld", (long long)since);
     snprintf(s_next, sizeof s_next, "%lld", (long long)t->next_ms);
-    const char *p[] = {l->tenant, l->partner, s_since, s_next, last->res.error,
-                       t->disable ? "3" : "2"};
+    const char *p[] = {l->tenant, l->partner,      s_since,
+                       s_next,    last->res.error, t->disable ? "3" : "2"};
     return cm_db_exec_auto(
         db, "back off a partner's webhook",
         "UPDATE partners SET lease_until = NULL, failures = failures + 1, failing_since = "
@@ -390,8 +391,8 @@ static int deliver(cms_feed *f, cms_webhook_sender *s, cm_db *db, lease *l)
                             "partner", l->partner, "error", o[done - 1].res.error, NULL);
             } else if (l->failures == 0 || (l->failures + 1) % 10 == 0) {
                 cm_log_warn("partner webhook failing: retrying with backoff", "tenant", l->tenant,
-                            "partner", l->partner, "failures", at, "error",
-                            o[done - 1].res.error, NULL);
+                            "partner", l->partner, "failures", at, "error", o[done - 1].res.error,
+                            NULL);
             }
         }
     }

@@ -367,9 +367,9 @@ int cms_rpc_put_partner(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMe
             cm_buf_free(&ch);
             cm_log_warn("could not create a partner topic", "tenant", tenant, "partner",
                         p->partner_id, "error", err, NULL);
-            return cm_rpc_fail(ctx, GRPC_STATUS_UNAVAILABLE, "DEPENDENCY_UNAVAILABLE",
-                               cm_arena_printf(a, "the partner's topic could not be created: %s",
-                                               err));
+            return cm_rpc_fail(
+                ctx, GRPC_STATUS_UNAVAILABLE, "DEPENDENCY_UNAVAILABLE",
+                cm_arena_printf(a, "the partner's topic could not be created: %s", err));
         }
     }
     put_tx t = {.tenant = tenant,
@@ -556,7 +556,7 @@ static int rotate_in_tx(cm_db *db, void *arg)
 }
 
 int cms_rpc_rotate_webhook_secret(cm_rpc_ctx *ctx, const ProtobufCMessage *in,
-                                 ProtobufCMessage *out)
+                                  ProtobufCMessage *out)
 {
     const Commerce__Commission__V1__RotateWebhookSecretRequest *req = (const void *)in;
     Commerce__Commission__V1__RotateWebhookSecretResponse *resp = (void *)out;
@@ -571,8 +571,7 @@ int cms_rpc_rotate_webhook_secret(cm_rpc_ctx *ctx, const ProtobufCMessage *in,
     if (req->previous_secret_ttl) {
         if (cm_pb_duration_check(req->previous_secret_ttl, &ttl_ms) || ttl_ms < 0 ||
             req->previous_secret_ttl->nanos != 0 || ttl_ms > 7LL * 86400000)
-            return cm_rpc_fail_field(ctx, "previous_secret_ttl",
-                                     "whole seconds from 0 to 7 days");
+            return cm_rpc_fail_field(ctx, "previous_secret_ttl", "whole seconds from 0 to 7 days");
     }
     char body[160], hash[CM_SHA256_HEX];
     snprintf(body, sizeof body, "rotate.v1|%s|%lld", req->partner_id, (long long)ttl_ms);
@@ -642,13 +641,14 @@ static int add_attempts(cm_db *db, cm_arena *a, Commerce__Commission__V1__Webhoo
     }
     const char *p[] = {ids.p};
     PGresult *r = NULL;
-    int rc = cm_db_read(db, "read webhook attempts",
-                        "SELECT x.delivery_id, x.attempt, (extract(epoch FROM x.at) * "
-                        "1000)::bigint, x.http_status, x.latency_us, x.error FROM unnest($1::bigint[]) "
-                        "AS u(id), LATERAL (SELECT * FROM webhook_attempts w WHERE w.delivery_id = "
-                        "u.id ORDER BY w.attempt DESC LIMIT 10) x ORDER BY x.delivery_id, x.attempt "
-                        "DESC",
-                        1, p, &r);
+    int rc =
+        cm_db_read(db, "read webhook attempts",
+                   "SELECT x.delivery_id, x.attempt, (extract(epoch FROM x.at) * "
+                   "1000)::bigint, x.http_status, x.latency_us, x.error FROM unnest($1::bigint[]) "
+                   "AS u(id), LATERAL (SELECT * FROM webhook_attempts w WHERE w.delivery_id = "
+                   "u.id ORDER BY w.attempt DESC LIMIT 10) x ORDER BY x.delivery_id, x.attempt "
+                   "DESC",
+                   1, p, &r);
     cm_buf_free(&ids);
     if (rc)
         return rc;
@@ -686,8 +686,7 @@ static int add_attempts(cm_db *db, cm_arena *a, Commerce__Commission__V1__Webhoo
     return 0;
 }
 
-static int partner_exists(cm_db *db, const char *tenant, const char *partner, int *hook,
-                          int *kafka)
+static int partner_exists(cm_db *db, const char *tenant, const char *partner, int *hook, int *kafka)
 {
     const char *p[] = {tenant, partner};
     PGresult *r = NULL;
@@ -709,7 +708,7 @@ static int partner_exists(cm_db *db, const char *tenant, const char *partner, in
 }
 
 int cms_rpc_list_webhook_deliveries(cm_rpc_ctx *ctx, const ProtobufCMessage *in,
-                                   ProtobufCMessage *out)
+                                    ProtobufCMessage *out)
 {
     const Commerce__Commission__V1__ListWebhookDeliveriesRequest *req = (const void *)in;
     Commerce__Commission__V1__ListWebhookDeliveriesResponse *resp = (void *)out;
@@ -787,9 +786,9 @@ static int queue_start(cm_db *db, queue_tx *t, const char *kind, int *hook, int 
     int same = 0;
     int64_t rev = 0;
     t->verdict = Q_OK;
-    int seen = cms_store_locked_request(db, "lock partner queue", "commission.partner-queue",
-                                        t->tenant, kind, t->request_id, t->hash, &same, t->key,
-                                        sizeof t->key, &rev);
+    int seen =
+        cms_store_locked_request(db, "lock partner queue", "commission.partner-queue", t->tenant,
+                                 kind, t->request_id, t->hash, &same, t->key, sizeof t->key, &rev);
     if (seen < 0)
         return seen;
     if (seen) {
@@ -852,14 +851,15 @@ static int queue_fail(cm_rpc_ctx *ctx, const queue_tx *t)
         return fail_ref(ctx, "REFERENCE_NOT_FOUND", "channel_id",
                         "channel_id: not one of the partner's channels");
     case Q_TOO_MANY:
-        return cm_rpc_fail_field(ctx, "range", "more than 1,000,000 events: replay a shorter range");
+        return cm_rpc_fail_field(ctx, "range",
+                                 "more than 1,000,000 events: replay a shorter range");
     default:
         return 0;
     }
 }
 
 int cms_rpc_redeliver_webhook_event(cm_rpc_ctx *ctx, const ProtobufCMessage *in,
-                                   ProtobufCMessage *out)
+                                    ProtobufCMessage *out)
 {
     const Commerce__Commission__V1__RedeliverWebhookEventRequest *req = (const void *)in;
     Commerce__Commission__V1__RedeliverWebhookEventResponse *resp = (void *)out;
@@ -950,11 +950,11 @@ static int replay_in_tx(cm_db *db, void *arg)
         return 0;
     }
     if (t->target == 2)
-        rc = cm_db_exec(db, "replay to the webhook",
-                        "INSERT INTO webhook_deliveries (tenant_id, partner_id, seq, reason) SELECT "
-                        "tenant_id, partner_id, seq, 2 FROM feed_events WHERE " REPLAY_WHERE
-                        " ORDER BY seq",
-                        5, p, NULL);
+        rc = cm_db_exec(
+            db, "replay to the webhook",
+            "INSERT INTO webhook_deliveries (tenant_id, partner_id, seq, reason) SELECT "
+            "tenant_id, partner_id, seq, 2 FROM feed_events WHERE " REPLAY_WHERE " ORDER BY seq",
+            5, p, NULL);
     else {
         char topic[256];
         cms_feed_topic(t->tenant, t->partner, topic);
@@ -979,7 +979,7 @@ static int replay_in_tx(cm_db *db, void *arg)
 }
 
 int cms_rpc_replay_partner_events(cm_rpc_ctx *ctx, const ProtobufCMessage *in,
-                                 ProtobufCMessage *out)
+                                  ProtobufCMessage *out)
 {
     const Commerce__Commission__V1__ReplayPartnerEventsRequest *req = (const void *)in;
     Commerce__Commission__V1__ReplayPartnerEventsResponse *resp = (void *)out;

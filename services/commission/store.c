@@ -78,8 +78,8 @@ static int seen_request(cm_db *db, const char *tenant, const char *kind, const c
  * writer at a time, so the checks and the idempotency record hold under
  * it; the key is hashtext('<scope>:<tenant>')), then seen_request */
 int cms_store_locked_request(cm_db *db, const char *what, const char *scope, const char *tenant,
-                          const char *kind, const char *request_id, const char *hash, int *same,
-                          char *key, size_t keycap, int64_t *revision)
+                             const char *kind, const char *request_id, const char *hash, int *same,
+                             char *key, size_t keycap, int64_t *revision)
 {
     const char *k[] = {scope, tenant};
     int rc =
@@ -89,9 +89,9 @@ int cms_store_locked_request(cm_db *db, const char *what, const char *scope, con
     return seen_request(db, tenant, kind, request_id, hash, same, key, keycap, revision);
 }
 
-int cms_store_record_request(cm_db *db, const char *tenant, const char *kind, const char *request_id,
-                          const char *hash, const char *key, int64_t revision,
-                          const char *principal)
+int cms_store_record_request(cm_db *db, const char *tenant, const char *kind,
+                             const char *request_id, const char *hash, const char *key,
+                             int64_t revision, const char *principal)
 {
     char rev[24];
     const char *p[] = {tenant,   kind, request_id, hash, key, num(rev, sizeof rev, revision),
@@ -159,7 +159,7 @@ static int put_channel_fn(cm_db *db, void *arg)
     int64_t rev = 0;
     int same = 0;
     int seen = cms_store_locked_request(db, "lock channels", "commission.channels", t->tenant, "c",
-                              t->request_id, t->hash, &same, key, sizeof key, &rev);
+                                        t->request_id, t->hash, &same, key, sizeof key, &rev);
     if (seen < 0)
         return seen;
     if (seen) {
@@ -231,8 +231,8 @@ static int put_channel_fn(cm_db *db, void *arg)
     parse_channel(r, 0, t->out);
     PQclear(r);
     t->verdict = CMS_OK;
-    return cms_store_record_request(db, t->tenant, "c", t->request_id, t->hash, c->id, t->out->revision,
-                          t->principal);
+    return cms_store_record_request(db, t->tenant, "c", t->request_id, t->hash, c->id,
+                                    t->out->revision, t->principal);
 }
 
 int cms_store_put_channel(cm_db *db, const char *tenant, const char *request_id, const char *hash,
@@ -352,8 +352,9 @@ static int put_schedule_fn(cm_db *db, void *arg)
     char key[CMS_ID_MAX + 1];
     int64_t rev = 0;
     int same = 0;
-    int seen = cms_store_locked_request(db, "lock tier schedules", "commission.schedules", t->tenant, "s",
-                              t->request_id, t->hash, &same, key, sizeof key, &rev);
+    int seen =
+        cms_store_locked_request(db, "lock tier schedules", "commission.schedules", t->tenant, "s",
+                                 t->request_id, t->hash, &same, key, sizeof key, &rev);
     if (seen < 0)
         return seen;
     if (seen) {
@@ -435,8 +436,8 @@ static int put_schedule_fn(cm_db *db, void *arg)
     cms_store_parse_schedule(r, 0, 0, t->out);
     PQclear(r);
     t->verdict = CMS_OK;
-    return cms_store_record_request(db, t->tenant, "s", t->request_id, t->hash, s->id, t->out->revision,
-                          t->principal);
+    return cms_store_record_request(db, t->tenant, "s", t->request_id, t->hash, s->id,
+                                    t->out->revision, t->principal);
 }
 
 int cms_store_put_schedule(cm_db *db, const char *tenant, const char *request_id, const char *hash,
@@ -653,8 +654,9 @@ static int put_settings_fn(cm_db *db, void *arg)
     char key[CMS_ID_MAX + 1];
     int64_t rev = 0;
     int same = 0;
-    int seen = cms_store_locked_request(db, "lock tenant settings", "commission.settings", t->tenant, "t",
-                              t->request_id, t->hash, &same, key, sizeof key, &rev);
+    int seen =
+        cms_store_locked_request(db, "lock tenant settings", "commission.settings", t->tenant, "t",
+                                 t->request_id, t->hash, &same, key, sizeof key, &rev);
     if (seen < 0)
         return seen;
     if (seen) {
@@ -688,8 +690,8 @@ static int put_settings_fn(cm_db *db, void *arg)
     copy(o->updated_by, sizeof o->updated_by, r, 0, 4);
     PQclear(r);
     t->verdict = CMS_OK;
-    return cms_store_record_request(db, t->tenant, "t", t->request_id, t->hash, "settings", o->revision,
-                          t->principal);
+    return cms_store_record_request(db, t->tenant, "t", t->request_id, t->hash, "settings",
+                                    o->revision, t->principal);
 }
 
 int cms_store_put_settings(cm_db *db, const char *tenant, const char *request_id, const char *hash,

@@ -32,8 +32,8 @@ int cms_webhook_secret_new(char out[CMS_WEBHOOK_SECRET_SIZE])
     return 0;
 }
 
-int cms_webhook_sign(const char *const *secrets, size_t n, int64_t t, const void *body,
-                     size_t len, char out[CMS_WEBHOOK_SIG_SIZE])
+int cms_webhook_sign(const char *const *secrets, size_t n, int64_t t, const void *body, size_t len,
+                     char out[CMS_WEBHOOK_SIG_SIZE])
 {
     char ts[24];
     int tl = snprintf(ts, sizeof ts, "%lld", (long long)t);
@@ -52,8 +52,8 @@ int cms_webhook_sign(const char *const *secrets, size_t n, int64_t t, const void
             continue;
         unsigned char mac[EVP_MAX_MD_SIZE];
         unsigned int maclen = 0;
-        if (!HMAC(EVP_sha256(), secrets[i], (int)strlen(secrets[i]), msg, (size_t)tl + 1 + len,
-                  mac, &maclen)) {
+        if (!HMAC(EVP_sha256(), secrets[i], (int)strlen(secrets[i]), msg, (size_t)tl + 1 + len, mac,
+                  &maclen)) {
             free(msg);
             return CM_ENOMEM;
         }
@@ -93,8 +93,7 @@ int cms_webhook_policy_parse(cms_webhook_policy *p, const char *cidrs, char *why
         size_t n = strcspn(s, ", ");
         char item[64];
         if (n >= sizeof item || p->nallow >= sizeof p->allow / sizeof p->allow[0]) {
-            snprintf(why, cap, "too long or too many entries at '%.*s'", (int)(n < 40 ? n : 40),
-                     s);
+            snprintf(why, cap, "too long or too many entries at '%.*s'", (int)(n < 40 ? n : 40), s);
             return CM_EINVAL;
         }
         memcpy(item, s, n);
@@ -143,11 +142,11 @@ static int v4_special(const unsigned char *a)
         unsigned char net[4];
         int prefix;
     } blocks[] = {
-        {{0, 0, 0, 0}, 8},       {{10, 0, 0, 0}, 8},    {{100, 64, 0, 0}, 10},
-        {{127, 0, 0, 0}, 8},     {{169, 254, 0, 0}, 16}, {{172, 16, 0, 0}, 12},
-        {{192, 0, 0, 0}, 24},    {{192, 0, 2, 0}, 24},   {{192, 168, 0, 0}, 16},
-        {{198, 18, 0, 0}, 15},   {{198, 51, 100, 0}, 24}, {{203, 0, 113, 0}, 24},
-        {{224, 0, 0, 0}, 4},     {{240, 0, 0, 0}, 4},
+        {{0, 0, 0, 0}, 8},     {{10, 0, 0, 0}, 8},      {{100, 64, 0, 0}, 10},
+        {{127, 0, 0, 0}, 8},   {{169, 254, 0, 0}, 16},  {{172, 16, 0, 0}, 12},
+        {{192, 0, 0, 0}, 24},  {{192, 0, 2, 0}, 24},    {{192, 168, 0, 0}, 16},
+        {{198, 18, 0, 0}, 15}, {{198, 51, 100, 0}, 24}, {{203, 0, 113, 0}, 24},
+        {{224, 0, 0, 0}, 4},   {{240, 0, 0, 0}, 4},
     };
     for (size_t i = 0; i < sizeof blocks / sizeof blocks[0]; i++)
         if (in_prefix(a, blocks[i].net, blocks[i].prefix))
@@ -354,8 +353,7 @@ void cms_webhook_sender_free(cms_webhook_sender *s)
 }
 
 void cms_webhook_post(cms_webhook_sender *s, const char *url, const char *event_id, int attempt,
-                      const char *signature, const void *body, size_t len,
-                      cms_webhook_result *out)
+                      const char *signature, const void *body, size_t len, cms_webhook_result *out)
 {
     memset(out, 0, sizeof *out);
     char h_id[96], h_attempt[48], h_sig[CMS_WEBHOOK_SIG_SIZE + 32];
@@ -363,8 +361,8 @@ void cms_webhook_post(cms_webhook_sender *s, const char *url, const char *event_
     snprintf(h_attempt, sizeof h_attempt, "Commerce-Delivery-Attempt: %d", attempt);
     snprintf(h_sig, sizeof h_sig, "Commerce-Signature: %s", signature);
     struct curl_slist *h = NULL, *t;
-    const char *lines[] = {"Content-Type: application/cloudevents+json; charset=UTF-8",
-                           h_id, h_attempt, h_sig, "Expect:"};
+    const char *lines[] = {"Content-Type: application/cloudevents+json; charset=UTF-8", h_id,
+                           h_attempt, h_sig, "Expect:"};
     for (size_t i = 0; i < sizeof lines / sizeof lines[0]; i++) {
         t = curl_slist_append(h, lines[i]);
         if (!t) {
@@ -389,7 +387,8 @@ void cms_webhook_post(cms_webhook_sender *s, const char *url, const char *event_
     curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
     curl_easy_setopt(c, CURLOPT_USERAGENT, "commerce-commission-feed/1");
     curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, (long)s->timeout_ms);
-    curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, (long)(s->timeout_ms < 5000 ? s->timeout_ms : 5000));
+    curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS,
+                     (long)(s->timeout_ms < 5000 ? s->timeout_ms : 5000));
     curl_easy_setopt(c, CURLOPT_OPENSOCKETFUNCTION, open_socket);
     curl_easy_setopt(c, CURLOPT_OPENSOCKETDATA, s);
     curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, drop);

@@ -178,9 +178,9 @@ static void put_channel(st *s, const char *id)
     r.request_id = req;
     r.channel = &c;
     cm_rpc_status stt;
-    int code = hs_call(s->c, SVC "PutChannel", &r.base,
-                       &commerce__commission__v1__put_channel_response__descriptor, NULL, &stt,
-                       md, 1);
+    int code =
+        hs_call(s->c, SVC "PutChannel", &r.base,
+                &commerce__commission__v1__put_channel_response__descriptor, NULL, &stt, md, 1);
     ck_assert_msg(code == 0, "PutChannel %s: %d %s", id, code, stt.message);
 }
 
@@ -322,9 +322,8 @@ static void rcv_start(rcv *r, const char *secret, const char *secret2)
         FILE *f = freopen(r->out, "a", stdout);
         (void)f;
         dup2(1, 2);
-        const char *argv[16] = {PARTNER_PYTHON, RECEIVER,   "--listen", listen, "--log",
-                                r->log,         "--dedup-db", r->db,     "--quiet", "--secret",
-                                secret};
+        const char *argv[16] = {PARTNER_PYTHON, RECEIVER, "--listen", listen,     "--log", r->log,
+                                "--dedup-db",   r->db,    "--quiet",  "--secret", secret};
         int n = 11;
         if (secret2) {
             argv[n++] = "--secret";
@@ -660,10 +659,11 @@ START_TEST(webhooks_isolated_signed_and_kafka_per_partner)
     lr.partner_id = ida;
     lr.page_size = 4;
     Commerce__Commission__V1__ListWebhookDeliveriesResponse *lresp = NULL;
-    ck_assert_int_eq(hs_call(s->c, SVC "ListWebhookDeliveries", &lr.base,
-                             &commerce__commission__v1__list_webhook_deliveries_response__descriptor,
-                             (ProtobufCMessage **)&lresp, &stt, md, 1),
-                     0);
+    ck_assert_int_eq(
+        hs_call(s->c, SVC "ListWebhookDeliveries", &lr.base,
+                &commerce__commission__v1__list_webhook_deliveries_response__descriptor,
+                (ProtobufCMessage **)&lresp, &stt, md, 1),
+        0);
     ck_assert_uint_eq(lresp->n_deliveries, 4);
     ck_assert_str_ne(lresp->next_page_token, "");
     for (size_t i = 0; i < lresp->n_deliveries; i++) {
@@ -672,7 +672,8 @@ START_TEST(webhooks_isolated_signed_and_kafka_per_partner)
         ck_assert_int_eq(d->attempts, 1);
         ck_assert_uint_eq(d->n_recent_attempts, 1);
         ck_assert_int_eq(d->recent_attempts[0]->http_status / 100, 2);
-        ck_assert_int_eq(d->reason, COMMERCE__COMMISSION__V1__DELIVERY_REASON__DELIVERY_REASON_LIVE);
+        ck_assert_int_eq(d->reason,
+                         COMMERCE__COMMISSION__V1__DELIVERY_REASON__DELIVERY_REASON_LIVE);
     }
     commerce__commission__v1__list_webhook_deliveries_response__free_unpacked(lresp, NULL);
     rcv_stop(&ra);
@@ -763,7 +764,8 @@ START_TEST(receiver_down_30s_then_everything_once_in_order)
     int code = 0;
     Commerce__Commission__V1__Partner *p = get_partner(s, "pd", &code);
     ck_assert_ptr_nonnull(p);
-    ck_assert_int_eq(p->webhook->state, COMMERCE__COMMISSION__V1__WEBHOOK_STATE__WEBHOOK_STATE_ACTIVE);
+    ck_assert_int_eq(p->webhook->state,
+                     COMMERCE__COMMISSION__V1__WEBHOOK_STATE__WEBHOOK_STATE_ACTIVE);
     ck_assert_int_eq(p->webhook->pending, 0);
     commerce__commission__v1__partner__free_unpacked(p, NULL);
 
@@ -796,8 +798,9 @@ START_TEST(receiver_down_30s_then_everything_once_in_order)
                              &commerce__commission__v1__replay_partner_events_response__descriptor,
                              NULL, &stt, md, 1),
                      GRPC_STATUS_FAILED_PRECONDITION);
-    wait_sql(s, "SELECT count(*) FROM webhook_deliveries WHERE reason = 2 AND delivered_at IS NOT NULL",
-             sent / 2, 30000);
+    wait_sql(
+        s, "SELECT count(*) FROM webhook_deliveries WHERE reason = 2 AND delivered_at IS NOT NULL",
+        sent / 2, 30000);
     char(*live)[64] = calloc((size_t)sent, 64);
     char(*again)[64] = calloc((size_t)sent, 64);
     size_t nl = delivery_ids(s, "pd", 1, live, (size_t)sent);
@@ -893,20 +896,22 @@ START_TEST(rotation_both_secrets_during_overlap_then_only_new)
     rd.partner_id = "pr";
     rd.event_id = g[0].id;
     Commerce__Commission__V1__RedeliverWebhookEventResponse *rdr = NULL;
-    ck_assert_int_eq(hs_call(s->c, SVC "RedeliverWebhookEvent", &rd.base,
-                             &commerce__commission__v1__redeliver_webhook_event_response__descriptor,
-                             (ProtobufCMessage **)&rdr, &stt, md, 1),
-                     0);
+    ck_assert_int_eq(
+        hs_call(s->c, SVC "RedeliverWebhookEvent", &rd.base,
+                &commerce__commission__v1__redeliver_webhook_event_response__descriptor,
+                (ProtobufCMessage **)&rdr, &stt, md, 1),
+        0);
     ck_assert_str_eq(rdr->delivery->event_id, g[0].id);
     ck_assert_int_eq(rdr->delivery->reason,
                      COMMERCE__COMMISSION__V1__DELIVERY_REASON__DELIVERY_REASON_REDELIVERY);
     commerce__commission__v1__redeliver_webhook_event_response__free_unpacked(rdr, NULL);
     rd.request_id = "redeliver-2";
     rd.event_id = "01900000-0000-7000-8000-000000000000";
-    ck_assert_int_eq(hs_call(s->c, SVC "RedeliverWebhookEvent", &rd.base,
-                             &commerce__commission__v1__redeliver_webhook_event_response__descriptor,
-                             NULL, &stt, md, 1),
-                     GRPC_STATUS_NOT_FOUND);
+    ck_assert_int_eq(
+        hs_call(s->c, SVC "RedeliverWebhookEvent", &rd.base,
+                &commerce__commission__v1__redeliver_webhook_event_response__descriptor, NULL, &stt,
+                md, 1),
+        GRPC_STATUS_NOT_FOUND);
     st_stop(s);
 }
 END_TEST
