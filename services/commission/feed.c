@@ -11,7 +11,10 @@
 #include "cm_outbox.h"
 #include "cms_api.h"
 
+#include "commerce/events/v1/commission_events.pb-c.h"
+
 #include <curl/curl.h>
+#include <protobuf-c/protobuf-c.h>
 #include <libpq-fe.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -31,6 +34,8 @@ struct cms_feed {
     int64_t disable_after_s;
     int partitions, replication;
     int retention_days;
+    int events_on;      /* COMMISSION_EVENTS */
+    char topic[256];    /* COMMISSION_TOPIC: where PartnerWebhookDisabled goes */
     cms_webhook_sender *senders[CMS_FEED_WORKERS_MAX]; /* one per dispatcher thread */
     cm_counter *routed, *delivered, *failed, *disabled;
     cm_histogram *latency;
@@ -74,6 +79,8 @@ cms_feed *cms_feed_new(cm_service *svc, char *err, size_t errlen)
     f->partitions = (int)cm_service_int(svc, "COMMISSION_FEED_TOPIC_PARTITIONS");
     f->replication = (int)cm_service_int(svc, "COMMISSION_FEED_TOPIC_REPLICATION");
     f->retention_days = (int)cm_service_int(svc, "COMMISSION_FEED_RETENTION_DAYS");
+    f->events_on = (int)cm_service_int(svc, "COMMISSION_EVENTS");
+    snprintf(f->topic, sizeof f->topic, "%s", cm_service_text(svc, "COMMISSION_TOPIC"));
     if (!cm_service_int(svc, "COMMISSION_FEED"))
         f->workers = 0;
     cm_metrics *m = cm_service_metrics(svc);
@@ -257,6 +264,49 @@ static int claim(cm_db *db, lease *l)
     return n == 1;
 }
 
+/* PartnerWebhookDisabled on the commission topic, in the transaction that
+ * disables the endpoint: the tenant's cue to tell the partner */
+static int disabled_event(cm_db *db, const cms_feed *f, const lease *l, int64_t since_ms,
+                          int64_t at_ms, const char *error)
+{
+    char id[CM_ID_SIZE];
+    int rc = cm_id_uuid7(id);
+    if (rc)
+        return rc;
+    Google__Protobuf__Timestamp at = GOOGLE__PROTOBUF__TIMESTAMP__INIT,
+                                since = GOOGLE__PROTOBUF__TIMESTAMP__INIT;
+    at.seconds = at_ms / 1000;
+    at.nanos = (int32_t)(at_ms % 1000) * 1000000;
+    since.seconds = since_ms / 1000;
+    since.nanos = (int32_t)(since_ms % 1000) * 1000000;
+    Commerce__Events__V1__PartnerWebhookDisabled e =
+        COMMERCE__EVENTS__V1__PARTNER_WEBHOOK_DISABLED__INIT;
+    e.event_id = id;
+    e.tenant_id = (char *)l->tenant;
+    e.occurred_at = &at;
+    e.partner_id = (char *)l->partner;
+    e.url = (char *)l->url;
+    e.failing_since = &since;
+    e.last_error = (char *)error;
+    size_t n = protobuf_c_message_get_packed_size(&e.base);
+    uint8_t *buf = malloc(n ? n : 1);
+    if (!buf)
+        return CM_ENOMEM;
+    protobuf_c_message_pack(&e.base, buf);
+    cm_outbox_event o = {.event_id = id,
+                         .tenant_id = l->tenant,
+                         .topic = f->topic,
+                         .key = l->partner,
+                         .type = "commerce.events.v1.PartnerWebhookDisabled",
+                         .source = "/commerce/commission",
+                         .payload = buf,
+                         .len = n,
+                         .occurred_at_ms = at_ms};
+    rc = cm_outbox_add(db, &o);
+    free(buf);
+    return rc;
+}
+
 typedef struct flush_tx {
     cms_feed *f;
     const lease *l;
@@ -324,6 +374,11 @@ static int flush(cm_db *db, void *arg)
     snprintf(s_next, sizeof s_next, "%lld", (long long)t->next_ms);
     const char *p[] = {l->tenant, l->partner,      s_since,
                        s_next,    last->res.error, t->disable ? "3" : "2"};
+    if (t->disable && t->f->events_on) {
+        int rc2 = disabled_event(db, t->f, l, since, last->at_ms, last->res.error);
+        if (rc2)
+            return rc2;
+    }
     return cm_db_exec_auto(
         db, "back off a partner's webhook",
         "UPDATE partners SET lease_until = NULL, failures = failures + 1, failing_since = "

@@ -939,6 +939,27 @@ START_TEST(endpoint_disabled_after_failing_then_reenabled)
     ck_assert_ptr_nonnull(p->webhook->disabled_at);
     ck_assert_str_ne(p->webhook->last_error, "");
     commerce__commission__v1__partner__free_unpacked(p, NULL);
+    /* the tenant is told, once: PartnerWebhookDisabled on its commission
+     * topic, keyed by the partner */
+    hs_topic *ct = hs_topic_open(hs_kafka_brokers(), s->ctopic, 0);
+    long long until = hs_real_ms() + 20000;
+    int told = 0;
+    while (hs_real_ms() < until && !told) {
+        hs_topic_next(ct, 500);
+        for (size_t i = 0; i < hs_topic_count(ct); i++) {
+            const hs_record *rec = hs_topic_at(ct, i);
+            if (strcmp(rec->type, "commerce.events.v1.PartnerWebhookDisabled") == 0) {
+                ck_assert_str_eq(rec->key, "px");
+                told++;
+            }
+        }
+    }
+    hs_topic_catch_up(ct, 5000);
+    told = 0;
+    for (size_t i = 0; i < hs_topic_count(ct); i++)
+        told += strcmp(hs_topic_at(ct, i)->type, "commerce.events.v1.PartnerWebhookDisabled") == 0;
+    ck_assert_int_eq(told, 1);
+    hs_topic_close(ct);
     /* events keep queueing while disabled, and nothing is attempted */
     paid(s, "x-1", 200);
     wait_sql(s, "SELECT count(*) FROM webhook_deliveries", 2, 30000);
