@@ -108,6 +108,15 @@ benchmarks:
                   --inventory-events on|off (on: inventory consumes the order
                   events in the MarkPaid run, as deployed) --no-build
 
+  partner
+         the partner feed's signed webhooks (commerce-commission): a backlog of
+         --backlog events queued while the receiver is down (the service's
+         memory as it grows), the drain when it comes back (deliveries/s),
+         commission change -> delivered latency at a fixed rate; the receiver
+         (commerce-webhook-sink) checks every signature and counts duplicates
+         options: --backlog N (100000) --rate R (500) --seconds S (20)
+                  --warmup S (2) --partners P (4) --no-build
+
 exit: 0 targets met, 1 measurement failed, 2 usage, 3 a target was missed.
 EOF
 }
@@ -2286,6 +2295,188 @@ bench_commission() {
   return "$verdict"
 }
 
+# ---- partner: the partner feed's signed webhooks (issue 13) ----
+
+# the sink on $fd_sink_port, measuring from $1 (epoch ms); sets fd_sink_pid
+fd_sink_start() {
+  local from=$1 log=$2
+  rm -f "$workdir/sink-status.json"
+  spawn "$log" "$bin/commerce-webhook-sink" --listen "127.0.0.1:$fd_sink_port" \
+    --secrets "$workdir/secrets.txt" --status "$workdir/sink-status.json" --from-ms "$from"
+  fd_sink_pid=$last_pid
+  wait_tcp "$fd_sink_port" "$fd_sink_pid" "$log"
+}
+
+fd_status() { cat "$workdir/sink-status.json" 2>/dev/null || echo '{}'; }
+
+# waits until the sink has $1 unique ids or $2 seconds passed; 0 when it has
+fd_wait_unique() {
+  local want=$1 until=$(($(date +%s) + $2)) u
+  while [ "$(date +%s)" -lt "$until" ]; do
+    u=$(jnum "$(fd_status)" unique)
+    [ "${u:-0}" -ge "$want" ] && return 0
+    sleep 0.2
+  done
+  return 1
+}
+
+bench_partner() {
+  local backlog=100000 rate=500 seconds=20 warmup=2 partners=4 do_build=1
+  while [ $# -gt 0 ]; do
+    case "$1" in
+    --backlog) backlog=$2; shift 2 ;;
+    --rate) rate=$2; shift 2 ;;
+    --seconds) seconds=$2; shift 2 ;;
+    --warmup) warmup=$2; shift 2 ;;
+    --partners) partners=$2; shift 2 ;;
+    --no-build) do_build=0; shift ;;
+    -h | --help) usage; exit 0 ;;
+    *) usage >&2; exit 2 ;;
+    esac
+  done
+  local v
+  for v in "$backlog" "$rate" "$seconds" "$partners"; do
+    [[ "$v" =~ ^[0-9]+$ ]] && [ "$v" -ge 1 ] ||
+      { echo "bench.sh: options take positive whole numbers, got '$v'" >&2; exit 2; }
+  done
+  [[ "$warmup" =~ ^[0-9]+$ ]] || { echo "bench.sh: --warmup takes seconds, got '$warmup'" >&2; exit 2; }
+  [ "$partners" -le 64 ] && [ "$backlog" -le 2000000 ] ||
+    { echo "bench.sh: --partners at most 64, --backlog at most 2,000,000" >&2; exit 2; }
+  command -v psql >/dev/null || die "psql is needed to watch the queue"
+  local rate_target=2000 p99_target_ms=500 growth_target_mb=16
+  BENCH_PG_RUN_DIR=${BENCH_PG_RUN_DIR:-$root/.run/pg-bench-commission}
+  svc_bench_start partner commerce-commission commerce-paidgen commerce-webhook-sink
+  cms_brokers=$sb_brokers cms_dsn=$sb_dsn cms_pg_pid=$sb_pg_pid
+  cms_partitions=6 cms_channels=$partners cms_mode=marginal
+  echo
+
+  echo "== settings"
+  echo "partners     $partners (p-0 .. p-$((partners - 1))), each owning one channel (ch-k) and a signed webhook"
+  echo "             to commerce-webhook-sink on loopback (HMAC-SHA256 checked, ids deduplicated);"
+  echo "             half of the orders on ch-0: p-0's deliveries are half of the load, in order"
+  echo "service      commerce-commission, release build, its defaults (COMMISSION_WEBHOOK_WORKERS 2,"
+  echo "             backoff up to 1 h) but COMMISSION_WEBHOOK_ALLOW_HTTP=on and"
+  echo "             COMMISSION_WEBHOOK_ALLOW_CIDRS=127.0.0.0/8 (the receiver is local, plain http)"
+  echo "events       OrderPaid (paidgen produce) -> accrual -> the partner topic -> the feed ->"
+  echo "             webhook_deliveries in postgres -> POST"
+  echo "backlog      the receiver down: $backlog events accrue and queue (the dispatchers fail and"
+  echo "             back off); commerce-commission's RSS sampled as the queue grows"
+  echo "throughput   then the receiver starts: deliveries/s = unique ids / (last - first arrival),"
+  echo "             after the dispatchers' backoff runs out (not counted)"
+  echo "latency      $rate events/s for $seconds s after $warmup s of warmup, the receiver up:"
+  echo "             arrival - the event's time (the commit of the commission change)"
+  echo "logs         $workdir"
+  echo
+
+  local tag schema topic
+  tag=$(date -u +%H%M%S)$$
+  schema=cms_bench_feed_$tag
+  topic=bench.partner.$tag
+  cms_prepare partner "$schema" "$topic"
+  fd_sink_port=$(free_port)
+  cms_start "$workdir/partner.log" "$schema" "$topic" "bench.partner.$tag" \
+    COMMISSION_WEBHOOK_ALLOW_HTTP=on COMMISSION_WEBHOOK_ALLOW_CIDRS=127.0.0.0/8
+  "$bin/commerce-paidgen" feed-setup --target "127.0.0.1:$cms_port" --tenant bench \
+    --channels "$partners" --url "http://127.0.0.1:$fd_sink_port" \
+    --secrets "$workdir/secrets.txt" >"$workdir/feed-setup.txt" 2>&1 ||
+    { cat "$workdir/feed-setup.txt" >&2; die "could not put the partners"; }
+  local q="SELECT count(*) FROM $schema.webhook_deliveries WHERE delivered_at IS NULL"
+
+  echo "== runs"
+  # 1. the backlog, the receiver down
+  local rss_start rss_10 rss_end pending=0 t_end failed=0 samples=""
+  rss_start=$(rss_kb "$cms_pid")
+  "$bin/commerce-paidgen" produce --brokers "$cms_brokers" --topic "$topic" --events "$backlog" \
+    --tenant bench --merchants 100 --channels "$partners" >"$workdir/backlog-produce.txt" 2>&1 ||
+    { cat "$workdir/backlog-produce.txt" >&2; die "could not produce the backlog"; }
+  t_end=$(($(date +%s) + 120 + backlog / 200))
+  rss_10=""
+  while [ "$(date +%s)" -lt "$t_end" ]; do
+    pending=$(psql "$cms_dsn" -XAtqc "$q" 2>/dev/null || echo 0)
+    if [ -z "$rss_10" ] && [ "${pending:-0}" -ge $((backlog / 10)) ]; then
+      rss_10=$(rss_kb "$cms_pid")
+    fi
+    samples="$samples $(mb "$(rss_kb "$cms_pid")")"
+    [ "${pending:-0}" -ge "$backlog" ] && break
+    kill -0 "$cms_pid" 2>/dev/null || break
+    sleep 1
+  done
+  rss_end=$(rss_kb "$cms_pid")
+  echo "backlog      $pending of $backlog events queued for the webhooks; commerce-commission RSS"
+  echo "             $(mb "$rss_start") MB at the start, $(mb "${rss_10:-0}") MB at 10 % of the queue, $(mb "$rss_end") MB at 100 %"
+  echo "             (samples, 1 s apart, MB:$(echo "$samples" | awk '{for (i = 1; i <= NF; i += int(NF / 12) + 1) printf " %s", $i}'))"
+  [ "$pending" -ge "$backlog" ] || { echo "partner: the queue reached only $pending of $backlog (log: $workdir/partner.log)" >&2; failed=1; }
+
+  # 2. the receiver comes back: the drain
+  local drain_json="{}" drain_rate=0
+  if [ "$failed" = 0 ]; then
+    fd_sink_start "$(($(date +%s%3N) + 3600000))" "$workdir/sink-drain.log"
+    if fd_wait_unique "$backlog" $((200 + backlog / 500)); then
+      drain_json=$(fd_status)
+      drain_rate=$(awk -v n="$backlog" -v a="$(jnum "$drain_json" first_ms)" \
+        -v b="$(jnum "$drain_json" last_ms)" 'BEGIN {printf "%.0f", (b > a ? (n - 1) / ((b - a) / 1000) : 0)}')
+    else
+      echo "partner: the receiver got $(jnum "$(fd_status)" unique) of $backlog" >&2
+      failed=1
+    fi
+    stop_pid "$fd_sink_pid" || true
+    drain_json=$(fd_status)
+    echo "drain        $(jnum "$drain_json" unique) events delivered at $drain_rate/s (first to last" \
+      "arrival: $(awk -v a="$(jnum "$drain_json" first_ms)" -v b="$(jnum "$drain_json" last_ms)" \
+        'BEGIN {printf "%.1f", (b - a) / 1000}') s); duplicates $(jnum "$drain_json" duplicates)," \
+      "bad signatures $(jnum "$drain_json" bad_signature)"
+  fi
+
+  # 3. latency at a fixed rate, the receiver up
+  local lat_json="{}" n_lat=$((rate * (seconds + warmup)))
+  if [ "$failed" = 0 ]; then
+    local from=$(($(date +%s%3N) + warmup * 1000))
+    fd_sink_start "$from" "$workdir/sink-latency.log"
+    "$bin/commerce-paidgen" produce --brokers "$cms_brokers" --topic "$topic" \
+      --events $((rate * seconds)) --rate "$rate" --warmup "$warmup" --tenant bench \
+      --merchants 100 --channels "$partners" >"$workdir/latency-produce.txt" 2>&1 ||
+      { cat "$workdir/latency-produce.txt" >&2; failed=1; }
+    fd_wait_unique "$n_lat" 60 || { echo "partner: the receiver got $(jnum "$(fd_status)" unique) of $n_lat" >&2; failed=1; }
+    stop_pid "$fd_sink_pid" || true
+    lat_json=$(fd_status)
+    echo "latency      $(jnum "$lat_json" measured) events at $rate/s: p50 $(jnum "$lat_json" p50_ms) p90" \
+      "$(jnum "$lat_json" p90_ms) p99 $(jnum "$lat_json" p99_ms) p999 $(jnum "$lat_json" p999_ms) max" \
+      "$(jnum "$lat_json" max_ms) ms; duplicates $(jnum "$lat_json" duplicates), bad signatures" \
+      "$(jnum "$lat_json" bad_signature)"
+  fi
+  local hwm
+  hwm=$(hwm_kb "$cms_pid")
+  stop_pid "$cms_pid" || { echo "bench.sh: commerce-commission did not exit 0 on SIGTERM" >&2; failed=1; }
+  echo
+  if [ "$failed" = 1 ]; then
+    echo "*** PARTNER BENCHMARK FAILED: see the errors above; these numbers are not a measurement ***"
+    return 1
+  fi
+  psql "$cms_dsn" -XAtqc "DROP SCHEMA IF EXISTS $schema CASCADE" >/dev/null 2>&1 || true
+  local t
+  for t in "$topic" "$topic.out" "$topic.partner" "$topic.dlq"; do
+    "$root/scripts/kafka.sh" delete-topic "$t" >/dev/null 2>&1 || true
+  done
+  local growth p99 t1 t2 t3 verdict=0 bad
+  growth=$(awk -v a="${rss_10:-0}" -v b="$rss_end" 'BEGIN {printf "%.1f", (b - a) / 1024}')
+  p99=$(jnum "$lat_json" p99_ms)
+  bad=$(($(jnum "$drain_json" duplicates) + $(jnum "$drain_json" bad_signature) + $(jnum "$lat_json" bad_signature)))
+  t1=$(awk -v v="$drain_rate" -v t="$rate_target" 'BEGIN {print ((v >= t) ? "met" : "MISSED")}')
+  t2=$(awk -v v="$p99" -v t="$p99_target_ms" 'BEGIN {print ((v <= t) ? "met" : "MISSED")}')
+  t3=$(awk -v g="$growth" -v t="$growth_target_mb" 'BEGIN {print ((g <= t) ? "met" : "MISSED")}')
+  for v in "$t1" "$t2" "$t3"; do [ "$v" = met ] || verdict=3; done
+  [ "$bad" = 0 ] || verdict=3
+  echo "== summary"
+  echo "throughput   $drain_rate signed webhook deliveries/s to a local receiver (target >= $rate_target): $t1"
+  echo "latency      at $rate events/s, commission change -> delivered p99 $p99 ms (target <= $p99_target_ms ms): $t2"
+  echo "memory       while the receiver was down and the queue grew from 10 % to $backlog events:"
+  echo "             RSS +$growth MB (target flat: <= $growth_target_mb MB), peak $(mb "$hwm") MB: $t3"
+  echo "checked      every delivery signed (bad signatures: $(jnum "$drain_json" bad_signature) + $(jnum "$lat_json" bad_signature)), duplicates $(jnum "$drain_json" duplicates)"
+  echo "load         $(cut -d' ' -f1-3 /proc/loadavg) (1, 5, 15 min, after the run)"
+  echo "note         postgres, the broker (a jvm), the generator, the receiver and the service share $(nproc) cpus"
+  return "$verdict"
+}
+
 cmd=${1:-}
 [ $# -gt 0 ] && shift
 case "$cmd" in
@@ -2295,6 +2486,7 @@ events) bench_events "$@" ;;
 order) bench_order "$@" ;;
 settlement) bench_settlement "$@" ;;
 commission) bench_commission "$@" ;;
+partner) bench_partner "$@" ;;
 -h | --help | help) usage ;;
 "")
   usage >&2

@@ -29,9 +29,10 @@
  *       broker takes them (a preload), then flushed. with --rate R: R events/s
  *       on a fixed schedule after S s of warmup at the same rate (not
  *       measured); each event's paid_at is its scheduled time, and the
- *       ledger (DSN, schema S) is polled every 5 ms for new split entries:
- *       an entry's latency is the poll that first saw it minus its order's
- *       paid_at (visible), and its posted_at minus paid_at (posted).
+ *       ledger (DSN, schema S; without --dsn nothing is watched) is
+ *       polled every 5 ms for new split entries: an entry's latency is the
+ *       poll that first saw it minus its order's paid_at (visible), and its
+ *       posted_at minus paid_at (posted).
  *
  *   commerce-paidgen watch --dsn DSN --schema S --from-ms T --done-file F
  *       the ledger's side of a run whose OrderPaid events come from the
@@ -43,6 +44,12 @@
  *       entry - the order's paid_at, which the order service takes when the
  *       MarkPaid call arrives, before its commit: so it includes MarkPaid's
  *       own transaction, an upper bound of commit -> visible.
+ *
+ *   commerce-paidgen feed-setup --target HOST:PORT --channels C --url BASE
+ *       --secrets FILE [--tenant T]
+ *       PutPartner p-0 .. p-<C-1> (C <= 64), each owning the channel of
+ *       cms-setup that names it (ch-<k>), its webhook BASE/p/p-<k>, and
+ *       writes "p-<k> <secret>" lines to FILE (commerce-webhook-sink's).
  *
  *   commerce-paidgen watch-partner --brokers B --topic T --from-ms T
  *       --done-file F
@@ -80,6 +87,7 @@
 
 typedef struct opts {
     const char *target, *brokers, *topic, *tenant, *dsn, *schema, *merchant_prefix, *done_file;
+    const char *url, *secrets; /* feed-setup */
     long events, merchants, rate, warmup, channels;
     long long from_ms;
     int whole; /* cms-setup --mode whole */
@@ -118,6 +126,8 @@ static int usage(void)
             "           [--merchants M] [--channels C] [--rate R --warmup S --dsn DSN\n"
             "           --schema S]\n"
             "       commerce-paidgen watch --dsn DSN --schema S --from-ms T --done-file F\n"
+            "       commerce-paidgen feed-setup --target HOST:PORT --channels C --url BASE\n"
+            "           --secrets FILE [--tenant T]\n"
             "       commerce-paidgen watch-partner --brokers B --topic T --from-ms T\n"
             "           --done-file F\n");
     return 2;
@@ -272,6 +282,71 @@ static int cms_setup(const opts *o)
     if (rc == 0)
         printf("{\"tenant\":\"%s\",\"channels\":%ld,\"mode\":\"%s\"}\n", o->tenant, o->channels,
                o->whole ? "whole" : "marginal");
+    return rc;
+}
+
+/* ---- feed-setup: partners p-0 .. p-<C-1> with webhooks ---- */
+
+/* the partners of cms-setup's channels: p-<k> owns ch-<k> (the channel
+ * names it already), its webhook <url>/p/p-<k>, kafka off; writes
+ * "p-<k> <secret>" lines to the secrets file for the receiver */
+static int feed_setup(const opts *o)
+{
+    cm_rpc_client *c = NULL;
+    char err[256];
+    cm_rpc_client_opts co = {.target = o->target};
+    if (cm_rpc_client_new(&c, &co, err, sizeof err)) {
+        fprintf(stderr, "paidgen: client of %s: %s\n", o->target, err);
+        return 1;
+    }
+    FILE *f = fopen(o->secrets, "w");
+    if (!f) {
+        perror(o->secrets);
+        cm_rpc_client_free(c);
+        return 1;
+    }
+    int rc = 0;
+    for (long k = 0; rc == 0 && k < o->channels; k++) {
+        char id[32], ch[32], url[512], req[48];
+        snprintf(id, sizeof id, "p-%ld", k);
+        snprintf(ch, sizeof ch, "ch-%ld", k);
+        snprintf(url, sizeof url, "%s/p/%s", o->url, id);
+        snprintf(req, sizeof req, "bench-partner-%ld", k);
+        char *chans[1] = {ch};
+        Commerce__Commission__V1__PartnerWebhook w =
+            COMMERCE__COMMISSION__V1__PARTNER_WEBHOOK__INIT;
+        w.enabled = 1;
+        w.url = url;
+        Commerce__Commission__V1__Partner p = COMMERCE__COMMISSION__V1__PARTNER__INIT;
+        p.partner_id = id;
+        p.name = id;
+        p.channel_ids = chans;
+        p.n_channel_ids = 1;
+        p.webhook = &w;
+        Commerce__Commission__V1__PutPartnerRequest r =
+            COMMERCE__COMMISSION__V1__PUT_PARTNER_REQUEST__INIT;
+        r.request_id = req;
+        r.partner = &p;
+        cm_rpc_md md[1] = {{"x-tenant-id", o->tenant}};
+        cm_rpc_status st;
+        ProtobufCMessage *resp = NULL;
+        int code = cm_rpc_call(c, CMS "PutPartner", &r.base,
+                               &commerce__commission__v1__put_partner_response__descriptor, NULL,
+                               &resp, md, 1, 15000, CM_RPC_CALL_IDEMPOTENT, &st);
+        if (code != 0) {
+            fprintf(stderr, "paidgen: PutPartner %s: %d %s\n", id, st.code, st.message);
+            rc = 1;
+            break;
+        }
+        fprintf(f, "%s %s\n", id,
+                ((Commerce__Commission__V1__PutPartnerResponse *)resp)->webhook_secret);
+        protobuf_c_message_free_unpacked(resp, NULL);
+    }
+    if (fclose(f))
+        rc = 1;
+    cm_rpc_client_free(c);
+    if (rc == 0)
+        printf("{\"tenant\":\"%s\",\"partners\":%ld}\n", o->tenant, o->channels);
     return rc;
 }
 
@@ -497,7 +572,8 @@ static int produce(const opts *o)
     }
     watch w = {0};
     int rc = 0;
-    if (o->rate > 0)
+    int watching = o->rate > 0 && o->dsn;
+    if (watching)
         rc = watch_open(&w, o);
     long total = o->events + (o->rate > 0 ? o->rate * o->warmup : 0);
     int64_t t0 = now_us();
@@ -509,7 +585,7 @@ static int produce(const opts *o)
             int64_t due = t0 + (int64_t)((double)i * 1e6 / (double)o->rate);
             /* poll the ledger while waiting for the next event's time */
             for (int64_t t = now_us(); t < due && rc == 0; t = now_us()) {
-                if (t >= next_poll) {
+                if (watching && t >= next_poll) {
                     rc = watch_poll(&w);
                     next_poll = t + POLL_MS * 1000;
                 }
@@ -534,11 +610,11 @@ static int produce(const opts *o)
     int64_t t_acked = now_us();
     /* paced: every entry visible, or give up 30 s after the last produce */
     int64_t deadline = now_us() + DRAIN_MS * 1000LL;
-    while (rc == 0 && o->rate > 0 && w.seen < total && now_us() < deadline) {
+    while (rc == 0 && watching && w.seen < total && now_us() < deadline) {
         rc = watch_poll(&w);
         sleep_us(POLL_MS * 1000);
     }
-    if (rc == 0 && o->rate > 0 && w.seen < total) {
+    if (rc == 0 && watching && w.seen < total) {
         fprintf(stderr, "paidgen: %ld of %ld entries appeared within %d s of the last produce\n",
                 w.seen, total, DRAIN_MS / 1000);
         rc = 1;
@@ -547,8 +623,10 @@ static int produce(const opts *o)
         double secs = (double)(t_produced - t0) / 1e6;
         printf("{\"events\":%ld,\"produced_per_s\":%.0f,\"acked_s\":%.3f", total,
                secs > 0 ? (double)total / secs : 0, (double)(t_acked - t0) / 1e6);
-        if (o->rate > 0) {
-            printf(",\"offered_per_s\":%ld,", o->rate);
+        if (o->rate > 0)
+            printf(",\"offered_per_s\":%ld", o->rate);
+        if (watching) {
+            printf(",");
             watch_report(&w);
         }
         printf("}\n");
@@ -762,6 +840,10 @@ int main(int argc, char **argv)
             o.done_file = v;
         else if (strcmp(a, "--from-ms") == 0)
             o.from_ms = strtoll(v, NULL, 10);
+        else if (strcmp(a, "--url") == 0)
+            o.url = v;
+        else if (strcmp(a, "--secrets") == 0)
+            o.secrets = v;
         else
             return usage();
     }
@@ -776,6 +858,9 @@ int main(int argc, char **argv)
         return usage();
     if (strcmp(argv[1], "cms-setup") == 0)
         return o.target && o.channels > 0 ? cms_setup(&o) : usage();
+    if (strcmp(argv[1], "feed-setup") == 0)
+        return o.target && o.url && o.secrets && o.channels > 0 && o.channels <= 64 ? feed_setup(&o)
+                                                                                  : usage();
     if (strcmp(argv[1], "watch-partner") == 0) {
         if (!o.brokers || !o.topic || !o.done_file || o.from_ms <= 0)
             return usage();
@@ -789,7 +874,7 @@ int main(int argc, char **argv)
     if (strcmp(argv[1], "produce") == 0) {
         if (!o.brokers || !o.topic || o.events < 1 || o.events > 100000000)
             return usage();
-        if (o.rate > 0 && (!o.dsn || !o.schema || strchr(o.schema, '"')))
+        if (o.dsn && (!o.schema || strchr(o.schema, '"')))
             return usage();
         return produce(&o);
     }
