@@ -34,8 +34,8 @@ struct cms_feed {
     int64_t disable_after_s;
     int partitions, replication;
     int retention_days;
-    int events_on;      /* COMMISSION_EVENTS */
-    char topic[256];    /* COMMISSION_TOPIC: where PartnerWebhookDisabled goes */
+    int events_on;   /* COMMISSION_EVENTS */
+    char topic[256]; /* COMMISSION_TOPIC: where PartnerWebhookDisabled goes */
     cms_webhook_sender *senders[CMS_FEED_WORKERS_MAX]; /* one per dispatcher thread */
     cm_counter *routed, *delivered, *failed, *disabled;
     cm_histogram *latency;
@@ -257,7 +257,7 @@ static int claim(cm_db *db, lease *l)
         copy(l->url, sizeof l->url, r, 0, 2);
         copy(l->secret, sizeof l->secret, r, 0, 3);
         copy(l->previous, sizeof l->previous, r, 0, 4);
-        l->failures = atoi(PQgetvalue(r, 0, 5));
+        l->failures = (int)strtol(PQgetvalue(r, 0, 5), NULL, 10);
         l->failing_since_ms = strtoll(PQgetvalue(r, 0, 6), NULL, 10);
     }
     PQclear(r);
@@ -416,7 +416,7 @@ static int deliver(cms_feed *f, cms_webhook_sender *s, cm_db *db, lease *l)
     for (int i = 0; i < n && !failed && mono_ms() - start < 20000; i++) {
         outcome *x = &o[done++];
         x->id = strtoll(PQgetvalue(r, i, 0), NULL, 10);
-        x->attempt = atoi(PQgetvalue(r, i, 1)) + 1;
+        x->attempt = (int)strtol(PQgetvalue(r, i, 1), NULL, 10) + 1;
         x->at_ms = now_ms();
         const char *body = PQgetvalue(r, i, 3);
         size_t len = (size_t)PQgetlength(r, i, 3);

@@ -68,9 +68,13 @@ static char *col_str(cm_arena *a, const PGresult *r, int row, int col)
     return cm_arena_strdup(a, PQgetvalue(r, row, col));
 }
 
-static int fail_ref(cm_rpc_ctx *ctx, const char *reason, const char *field, const char *msg)
+/* FAILED_PRECONDITION naming the field (ErrorInfo metadata "field"):
+ * REFERENCE_NOT_FOUND, or ILLEGAL_STATE_TRANSITION when illegal */
+static int fail_ref(cm_rpc_ctx *ctx, int illegal, const char *field, const char *msg)
 {
-    int f = cm_rpc_fail(ctx, GRPC_STATUS_FAILED_PRECONDITION, reason, msg);
+    int f = illegal
+                ? cm_rpc_fail(ctx, GRPC_STATUS_FAILED_PRECONDITION, "ILLEGAL_STATE_TRANSITION", msg)
+                : cm_rpc_fail(ctx, GRPC_STATUS_FAILED_PRECONDITION, "REFERENCE_NOT_FOUND", msg);
     cm_rpc_fail_meta(ctx, "field", field);
     return f;
 }
@@ -389,12 +393,10 @@ int cms_rpc_put_partner(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMe
     case PUT_VERSION:
         return cm_rpc_fail_version(ctx, "expected_revision", req->expected_revision, t.current);
     case PUT_NO_CHANNEL:
-        return fail_ref(ctx, "REFERENCE_NOT_FOUND",
-                        cm_arena_printf(a, "partner.channel_ids[%d]", t.bad),
+        return fail_ref(ctx, 0, cm_arena_printf(a, "partner.channel_ids[%d]", t.bad),
                         cm_arena_printf(a, "partner.channel_ids[%d]: no such channel", t.bad));
     case PUT_OWNED:
-        return fail_ref(ctx, "ILLEGAL_STATE_TRANSITION",
-                        cm_arena_printf(a, "partner.channel_ids[%d]", t.bad),
+        return fail_ref(ctx, 1, cm_arena_printf(a, "partner.channel_ids[%d]", t.bad),
                         cm_arena_printf(a,
                                         "partner.channel_ids[%d]: the channel belongs to another "
                                         "partner (a channel has one partner at most)",
@@ -844,12 +846,11 @@ static int queue_fail(cm_rpc_ctx *ctx, const queue_tx *t)
     case Q_NO_EVENT:
         return cm_rpc_fail_not_found(ctx, "event of this partner");
     case Q_NO_TARGET:
-        return fail_ref(ctx, "ILLEGAL_STATE_TRANSITION", t->target == 1 ? "target" : "partner_id",
+        return fail_ref(ctx, 1, t->target == 1 ? "target" : "partner_id",
                         t->target == 1 ? "the partner does not receive by Kafka"
                                        : "the partner has no enabled webhook");
     case Q_NO_CHANNEL:
-        return fail_ref(ctx, "REFERENCE_NOT_FOUND", "channel_id",
-                        "channel_id: not one of the partner's channels");
+        return fail_ref(ctx, 0, "channel_id", "channel_id: not one of the partner's channels");
     case Q_TOO_MANY:
         return cm_rpc_fail_field(ctx, "range",
                                  "more than 1,000,000 events: replay a shorter range");

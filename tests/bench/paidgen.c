@@ -860,7 +860,7 @@ int main(int argc, char **argv)
         return o.target && o.channels > 0 ? cms_setup(&o) : usage();
     if (strcmp(argv[1], "feed-setup") == 0)
         return o.target && o.url && o.secrets && o.channels > 0 && o.channels <= 64 ? feed_setup(&o)
-                                                                                  : usage();
+                                                                                    : usage();
     if (strcmp(argv[1], "watch-partner") == 0) {
         if (!o.brokers || !o.topic || !o.done_file || o.from_ms <= 0)
             return usage();

@@ -125,7 +125,7 @@ static int verify(const char *partner, const char *sig, const char *body, size_t
     free(msg);
     char hex[2 * EVP_MAX_MD_SIZE + 1];
     for (unsigned int i = 0; i < maclen; i++)
-        sprintf(hex + 2 * i, "%02x", mac[i]);
+        snprintf(hex + 2 * i, 3, "%02x", mac[i]);
     for (const char *v = strstr(sig, ",v1="); v; v = strstr(v + 1, ",v1="))
         if (strncmp(v + 4, hex, 2 * maclen) == 0)
             return 1;
@@ -250,7 +250,9 @@ static int handle(conn *c)
     pthread_mutex_unlock(&mu);
     char resp[128];
     int n = snprintf(resp, sizeof resp, "HTTP/1.1 %d %s\r\nContent-Length: 0\r\n\r\n", status,
-                     status == 204 ? "No Content" : status == 401 ? "Unauthorized" : "Bad Request");
+                     status == 204   ? "No Content"
+                     : status == 401 ? "Unauthorized"
+                                     : "Bad Request");
     return write(c->fd, resp, (size_t)n) == n ? 0 : -1;
 }
 
@@ -316,7 +318,8 @@ static void write_status(const char *path)
     if (!v)
         return;
     qsort(v, (size_t)n, sizeof *v, cmp);
-#define P(q) (n ? v[(long)((q) / 100.0 * (double)n) < n ? (long)((q) / 100.0 * (double)n) : n - 1] : 0)
+#define P(q)                                                                                       \
+    (n ? v[(long)((q) / 100.0 * (double)n) < n ? (long)((q) / 100.0 * (double)n) : n - 1] : 0)
     char tmp[512];
     snprintf(tmp, sizeof tmp, "%s.tmp", path);
     FILE *o = fopen(tmp, "w");

@@ -623,8 +623,9 @@ START_TEST(commission_partner_events_of_real_orders_validate)
     snprintf(e[3], sizeof e[3], "COMMISSION_TOPIC=%s", ctopic);
     snprintf(e[4], sizeof e[4], "COMMISSION_PARTNER_TOPIC=%s", ptopic);
     snprintf(e[5], sizeof e[5], "COMMISSION_AFTER_SALE_DAYS=0");
-    const char *env[] = {e[0], e[1], e[2], e[3], e[4], e[5], "COMMISSION_PAYABLE_MS=200",
-                         "COMMISSION_FEED=off", NULL};
+    const char *env[] = {
+        e[0], e[1], e[2], e[3], e[4], e[5], "COMMISSION_PAYABLE_MS=200", "COMMISSION_FEED=off",
+        NULL};
     hs_proc cp;
     hs_start(&cp, COMMISSION_BIN, env);
     cm_rpc_client *cc = hs_client(&cp, NULL);
@@ -842,6 +843,87 @@ START_TEST(commission_partner_events_of_real_orders_validate)
     validate_records(out, parent);
     unlink(out);
     free(out);
+
+    /* the chain with nobody calling CompleteOrder: the order service's
+     * sweeper completes a shipped order after the tenant's
+     * auto_complete_after (1 s here), its OrderCompleted reaches
+     * commission, and the commission becomes PAYABLE (window 0) */
+    Commerce__Order__V1__PutTenantSettingsRequest ts =
+        COMMERCE__ORDER__V1__PUT_TENANT_SETTINGS_REQUEST__INIT;
+    Commerce__Order__V1__TenantSettings set = COMMERCE__ORDER__V1__TENANT_SETTINGS__INIT;
+    Google__Protobuf__Duration pt = GOOGLE__PROTOBUF__DURATION__INIT,
+                               ft = GOOGLE__PROTOBUF__DURATION__INIT,
+                               ac = GOOGLE__PROTOBUF__DURATION__INIT;
+    pt.seconds = 1800;
+    ft.seconds = 300;
+    ac.seconds = 1;
+    set.payment_timeout = &pt;
+    set.flash_payment_timeout = &ft;
+    set.auto_complete_after = &ac;
+    ts.request_id = "pcms-auto-complete";
+    ts.settings = &set;
+    ts.actor = "test_partner";
+    ts.reason = "complete shipped orders after 1 s";
+    must_call(oc, OSVC "PutTenantSettings", &ts.base,
+              &commerce__order__v1__put_tenant_settings_response__descriptor, &r, md);
+    protobuf_c_message_free_unpacked(r, NULL);
+    {
+        char rid[48], payid[64], sq_id[64], q[256];
+        snprintf(rid, sizeof rid, "pcms-%ld-auto", pid);
+        Commerce__Common__V1__Money price = COMMERCE__COMMON__V1__MONEY__INIT;
+        price.amount_minor = 12345;
+        price.currency = "CNY";
+        Commerce__Order__V1__CreateOrderLine l = COMMERCE__ORDER__V1__CREATE_ORDER_LINE__INIT;
+        l.sku = "PCMS-SKU";
+        l.quantity = 1;
+        l.unit_price = &price;
+        Commerce__Order__V1__CreateOrderLine *lp[] = {&l};
+        Commerce__Order__V1__CreateOrderRequest co =
+            COMMERCE__ORDER__V1__CREATE_ORDER_REQUEST__INIT;
+        co.request_id = rid;
+        co.buyer_id = "buyer-9";
+        co.merchant_id = "m-1024";
+        co.channel_id = channel;
+        co.currency = "CNY";
+        co.lines = lp;
+        co.n_lines = 1;
+        Commerce__Order__V1__CreateOrderResponse *cr = NULL;
+        must_call(oc, OSVC "CreateOrder", &co.base,
+                  &commerce__order__v1__create_order_response__descriptor, (ProtobufCMessage **)&cr,
+                  md);
+        char auto_id[CM_ID_SIZE];
+        snprintf(auto_id, sizeof auto_id, "%s", cr->order->order_id);
+        Commerce__Order__V1__MarkPaidRequest mp = COMMERCE__ORDER__V1__MARK_PAID_REQUEST__INIT;
+        snprintf(payid, sizeof payid, "pay-%s", rid);
+        mp.payment_id = payid;
+        mp.order_id = auto_id;
+        mp.amount = cr->order->total_amount;
+        mp.provider = "alipay";
+        must_call(oc, OSVC "MarkPaid", &mp.base,
+                  &commerce__order__v1__mark_paid_response__descriptor, &r, md);
+        protobuf_c_message_free_unpacked(r, NULL);
+        protobuf_c_message_free_unpacked(&cr->base, NULL);
+        snprintf(q, sizeof q, "SELECT count(*) FROM commissions WHERE order_id = '%s'", auto_id);
+        cms_wait_for(schema, q, 1);
+        snprintf(sq_id, sizeof sq_id, "ship-%ld-auto", pid);
+        Commerce__Order__V1__ShipOrderRequest so = COMMERCE__ORDER__V1__SHIP_ORDER_REQUEST__INIT;
+        so.request_id = sq_id;
+        so.order_id = auto_id;
+        so.carrier = "sf-express";
+        so.tracking_number = "SF1234567891";
+        must_call(oc, OSVC "ShipOrder", &so.base,
+                  &commerce__order__v1__ship_order_response__descriptor, &r, md);
+        protobuf_c_message_free_unpacked(r, NULL);
+        /* FROZEN until the sweeper completes the order */
+        snprintf(q, sizeof q,
+                 "SELECT count(*) FROM commissions WHERE order_id = '%s' AND state = 2 AND "
+                 "payable_at IS NOT NULL",
+                 auto_id);
+        cms_wait_for(schema, q, 1);
+        snprintf(q, sizeof q, "SELECT count(*) FROM completed_orders WHERE order_id = '%s'",
+                 auto_id);
+        ck_assert_int_eq(cms_sql(schema, q), 1);
+    }
 
     cm_rpc_client_free(cc);
     ck_assert_int_eq(hs_stop(&cp, SIGTERM, 30000), 0);

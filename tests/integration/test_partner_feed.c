@@ -625,6 +625,59 @@ START_TEST(webhooks_isolated_signed_and_kafka_per_partner)
                           outp);
         }
     }
+    /* replay to kafka: channel a-1's events again, the same ids in the same
+     * order, after the 10 live ones */
+    Commerce__Commission__V1__ReplayPartnerEventsRequest rr =
+        COMMERCE__COMMISSION__V1__REPLAY_PARTNER_EVENTS_REQUEST__INIT;
+    Commerce__Common__V1__TimeRange range = COMMERCE__COMMON__V1__TIME_RANGE__INIT;
+    Google__Protobuf__Timestamp from = GOOGLE__PROTOBUF__TIMESTAMP__INIT,
+                                to = GOOGLE__PROTOBUF__TIMESTAMP__INIT;
+    from.seconds = hs_real_ms() / 1000 - 3600;
+    to.seconds = hs_real_ms() / 1000 + 60;
+    range.start_at = &from;
+    range.end_at = &to;
+    rr.request_id = "replay-kafka-1";
+    rr.partner_id = ida;
+    rr.channel_id = "a-1";
+    rr.range = &range;
+    rr.target = COMMERCE__COMMISSION__V1__REPLAY_TARGET__REPLAY_TARGET_KAFKA;
+    Commerce__Commission__V1__ReplayPartnerEventsResponse *rresp = NULL;
+    ck_assert_int_eq(hs_call(s->c, SVC "ReplayPartnerEvents", &rr.base,
+                             &commerce__commission__v1__replay_partner_events_response__descriptor,
+                             (ProtobufCMessage **)&rresp, &stt, md, 1),
+                     0);
+    ck_assert_int_eq(rresp->events, 5);
+    commerce__commission__v1__replay_partner_events_response__free_unpacked(rresp, NULL);
+    /* a retry queues nothing again */
+    ck_assert_int_eq(hs_call(s->c, SVC "ReplayPartnerEvents", &rr.base,
+                             &commerce__commission__v1__replay_partner_events_response__descriptor,
+                             NULL, &stt, md, 1),
+                     0);
+    hs_topic *tr = hs_topic_open(hs_kafka_brokers(), topic_a, 0);
+    ck_assert_uint_eq(hs_topic_read(tr, 15, 30000), 15);
+    usleep(1000000);
+    hs_topic_catch_up(tr, 5000);
+    ck_assert_uint_eq(hs_topic_count(tr), 15);
+    char live_a1[5][64], again_a1[5][64];
+    int nl = 0, nagain = 0;
+    for (size_t i = 0; i < hs_topic_count(tr); i++) {
+        const hs_record *rec = hs_topic_at(tr, i);
+        if (strcmp(rec->key, "a-1") != 0)
+            continue;
+        json_t *j = json_loadb((const char *)rec->payload, rec->len, 0, NULL);
+        const char *id = json_string_value(json_object_get(j, "id"));
+        /* one partition per key: the first five are the live ones */
+        if (nl < 5)
+            snprintf(live_a1[nl++], 64, "%s", id);
+        else if (nagain < 5)
+            snprintf(again_a1[nagain++], 64, "%s", id);
+        json_decref(j);
+    }
+    ck_assert_int_eq(nl, 5);
+    ck_assert_int_eq(nagain, 5);
+    for (int i = 0; i < 5; i++)
+        ck_assert_str_eq(again_a1[i], live_a1[i]);
+    hs_topic_close(tr);
     snprintf(cmd, sizeof cmd,
              "%s/scripts/kafka.sh partner-revoke " TENANT " %s >>%s 2>&1; "
              "%s/scripts/kafka.sh partner-revoke " TENANT " %s >>%s 2>&1",
