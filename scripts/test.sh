@@ -77,8 +77,8 @@ fi
 # the quick start must keep working: release build (other warnings at -O2),
 # the embedded broker, and every service answering health to a non-C client
 if [ $# -eq 0 ]; then
-  echo "== quick start (scripts/run.sh --check)"
-  env -u KAFKA_BROKERS "$root/scripts/run.sh" --check
+  echo "== quick start and its demo (scripts/run.sh --check-demo)"
+  env -u KAFKA_BROKERS "$root/scripts/run.sh" --check-demo
 fi
 
 # the image: built from the Dockerfile with buildah on a debootstrap base,

@@ -686,7 +686,7 @@ START_TEST(webhooks_isolated_signed_and_kafka_per_partner)
     hs_kafka_delete_topic(hs_kafka_brokers(), topic_a);
     /* a tampered copy of a delivered body is refused by the receiver */
     PGconn *pg = hs_pg_connect(NULL);
-    char q[256];
+    char q[4096];
     snprintf(q, sizeof q, "SELECT body FROM \"%s\".feed_events WHERE partner_id = '%s' LIMIT 1",
              s->schema, ida);
     PGresult *r = PQexec(pg, q);
@@ -794,7 +794,7 @@ START_TEST(receiver_down_30s_then_everything_once_in_order)
     for (int c = 0; c < 2; c++) {
         const char *chan = c ? "d-2" : "d-1";
         PGconn *pg = hs_pg_connect(NULL);
-        char q[256];
+        char q[4096];
         snprintf(q, sizeof q,
                  "SELECT event_id FROM \"%s\".feed_events WHERE channel_id = '%s' ORDER BY seq",
                  s->schema, chan);
