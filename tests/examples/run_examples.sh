@@ -138,9 +138,13 @@ run_go() {
 
 run_java() {
   # maven generates the stubs (protoc and protoc-gen-grpc-java from maven
-  # central, cached in ~/.m2), compiles and runs the client
-  timed "generate, compile, run" mvn -q -B -f "$root/examples/java/pom.xml" \
-    -Dproject.build.directory="$out/java-target" compile exec:java
+  # central, cached in ~/.m2), compiles and runs the client. debian's maven
+  # 3.8 writes colour resets even in batch mode into a pipe: stripped
+  timed "generate, compile, run" java_mvn compile exec:java
+}
+java_mvn() {
+  mvn -q -B -f "$root/examples/java/pom.xml" -Dexamples.build.dir="$out/java-target" "$@" 2>&1 |
+    sed -u 's/\x1b\[[0-9;]*m//g'
 }
 
 status=0
