@@ -11,10 +11,11 @@ out=$here/gen
 rm -rf "$out.tmp"
 mkdir -p "$out.tmp"
 cd "$proto"
+mapfile -t files < <(find commerce -name '*.proto' | sort)
 protoc -I . \
   --go_out="$out.tmp" --go_opt=module=github.com/commerce/commerce/gen/go \
   --go-grpc_out="$out.tmp" --go-grpc_opt=module=github.com/commerce/commerce/gen/go \
-  $(find commerce -name '*.proto' | sort)
+  "${files[@]}"
 cat >"$out.tmp/go.mod" <<'MOD'
 module github.com/commerce/commerce/gen/go
 

@@ -9,5 +9,6 @@ proto=$(cd "$here/../../proto" && pwd)
 out=${1:-$here/gen}
 mkdir -p "$out"
 cd "$proto"
+mapfile -t files < <(find commerce -name '*.proto' | sort)
 "${PYTHON:-python3}" -m grpc_tools.protoc -I . --python_out="$out" --grpc_python_out="$out" \
-  $(find commerce -name '*.proto' | sort)
+  "${files[@]}"

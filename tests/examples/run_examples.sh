@@ -30,7 +30,7 @@ run=ex$(date +%s)$$
 work=$(mktemp -d "/tmp/commerce-examples.$run.XXXX")
 topics=("$run.order" "$run.settlement" "$run.commission" "$run.commission.partner")
 schemas=("${run}_inventory" "${run}_order" "${run}_settlement" "${run}_commission")
-pids=()
+pids=() names=()
 
 since() { awk -v s="$1" -v e="$(date +%s.%N)" 'BEGIN { printf "%.1f", e - s }'; }
 
@@ -67,9 +67,17 @@ EOF
 }
 
 cleanup() {
-  local rc=$? pid
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  local rc=$? i code
+  for i in "${!pids[@]}"; do kill -TERM "${pids[$i]}" 2>/dev/null || true; done
+  # a service must drain and exit 0 (under ASan: no leak, no error report)
+  for i in "${!pids[@]}"; do
+    code=0
+    wait "${pids[$i]}" 2>/dev/null || code=$?
+    if [ "$code" != 0 ]; then
+      echo "run_examples: commerce-${names[$i]} exited $code after SIGTERM; see $work/${names[$i]}.log" >&2
+      [ "$rc" = 0 ] && rc=1
+    fi
+  done
   for s in "${schemas[@]}"; do
     psql "$PG_DSN" -qAt -c "drop schema if exists \"$s\" cascade" >/dev/null 2>&1 || true
   done
@@ -88,7 +96,7 @@ start() { # name grpc_port admin_port env...
   shift 3
   env "${common[@]}" GRPC_LISTEN=127.0.0.1:"$g" ADMIN_LISTEN=127.0.0.1:"$a" "$@" \
     "$bin/commerce-$name" 2>"$work/$name.log" &
-  pids+=($!)
+  pids+=($!) names+=("$name")
 }
 start inventory "${p[0]}" "${p[1]}" INVENTORY_SCHEMA="${schemas[0]}" \
   INVENTORY_ORDER_TOPIC="${topics[0]}" INVENTORY_ORDER_GROUP="$run.inventory"
@@ -123,8 +131,8 @@ timed() { # label command...
   local s rc=0
   s=$(date +%s.%N)
   "${@:2}" || rc=$?
-  printf '   (%s: %s s%s)\n' "$1" "$(since "$s")" "$([ $rc = 0 ] || echo ", exit $rc")"
-  return $rc
+  printf '   (%s: %s s%s)\n' "$1" "$(since "$s")" "$([ "$rc" = 0 ] || echo ", exit $rc")"
+  return "$rc"
 }
 
 # each returns 77 when its toolchain is missing (install-deps.sh installs
