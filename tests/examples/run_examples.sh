@@ -53,6 +53,8 @@ print(" ".join(map(str, got)))
 EOF
 }
 
+# topics made and deleted with confluent-kafka's admin client, from the
+# partner receivers' venv that install-deps.sh builds (scripts/partner-python)
 kafka_admin() { # create|delete topic...
   "$root/scripts/partner-python" - "$KAFKA_BROKERS" "$@" <<'EOF'
 import sys
