@@ -59,4 +59,38 @@ if [ ! -f "$partner_stamp" ]; then
     fi
   ) 9>"$partner_venv.lock"
 fi
+# the client examples (examples/): protoc-gen-go and protoc-gen-go-grpc at
+# pinned versions with `go install`, and a venv of Debian's python3 with
+# grpcio-tools and the status protos from PyPI, both outside the checkout
+# (scripts/lib/examples-tools.sh says where); java needs only maven, which
+# fetches protoc and the grpc plugin itself. skipped, saying so, without go
+# shellcheck source=scripts/lib/examples-tools.sh
+. "$here/scripts/lib/examples-tools.sh"
+if command -v go >/dev/null 2>&1; then
+  if [ ! -x "$examples_go_bin/protoc-gen-go" ] || [ ! -x "$examples_go_bin/protoc-gen-go-grpc" ]; then
+    echo "install-deps: installing protoc-gen-go $examples_protoc_gen_go_version and protoc-gen-go-grpc $examples_protoc_gen_go_grpc_version into $examples_go_bin"
+    mkdir -p "$examples_go_bin"
+    GOBIN=$examples_go_bin GOFLAGS=-mod=mod go install \
+      "google.golang.org/protobuf/cmd/protoc-gen-go@$examples_protoc_gen_go_version"
+    GOBIN=$examples_go_bin GOFLAGS=-mod=mod go install \
+      "google.golang.org/grpc/cmd/protoc-gen-go-grpc@$examples_protoc_gen_go_grpc_version"
+  fi
+else
+  echo "install-deps: no go on PATH: the go client example (examples/go) will be skipped"
+fi
+if [ ! -f "$examples_py_stamp" ]; then
+  mkdir -p "$(dirname "$examples_py_venv")"
+  (
+    flock 9
+    if [ ! -f "$examples_py_stamp" ]; then
+      echo "install-deps: building the python client example's venv at $examples_py_venv"
+      rm -rf "$examples_py_venv"
+      "$examples_py_base" -m venv "$examples_py_venv"
+      "$examples_py_python" -m pip install --quiet --disable-pip-version-check \
+        --no-input -r "$examples_py_requirements"
+      "$examples_py_python" -c 'import grpc, grpc_tools.protoc, grpc_status.rpc_status, google.rpc.error_details_pb2'
+      sha256sum "$examples_py_requirements" >"$examples_py_stamp"
+    fi
+  ) 9>"$examples_py_venv.lock"
+fi
 echo "install-deps: ok"
