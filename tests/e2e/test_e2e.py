@@ -116,6 +116,19 @@ class Service:
         self.proc = subprocess.Popen([os.path.join(BIN, f"commerce-{self.name}")], env=env,
                                      stdout=self.log, stderr=self.log)
 
+    def supervise(self, timeout=120):
+        """(re)starts it like a process supervisor would: a start that exits
+        (its database is down, say) is tried again"""
+        end = time.time() + timeout
+        while True:
+            self.start()
+            try:
+                return self.ready(max(1, min(30, end - time.time())))
+            except SystemExit:
+                if time.time() > end:
+                    raise
+                time.sleep(1)
+
     def ready(self, timeout=60):
         end = time.time() + timeout
         while time.time() < end:
@@ -512,6 +525,18 @@ def main():
     # restart the broker and postgres too: only when this run may (ctest
     # runs it alone: RUN_SERIAL) and they are the repo's own
     infra = os.environ.get("E2E_RESTART_INFRA") == "1"
+    # the scripts act on the repo's own servers only without PG_DSN and
+    # KAFKA_BROKERS; restart them only when those are the ones in use
+    infra_env = {k: v for k, v in os.environ.items() if k not in ("PG_DSN", "KAFKA_BROKERS")}
+    if infra:
+        own_pg = subprocess.run([pg_sh, "dsn"], capture_output=True, text=True,
+                                env=infra_env).stdout.strip()
+        own_kafka = subprocess.run([kafka_sh, "bootstrap"], capture_output=True, text=True,
+                                   env=infra_env).stdout.strip()
+        if own_pg != os.environ["PG_DSN"] or own_kafka != brokers:
+            print(f"  (not restarting postgres and the broker: PG_DSN / KAFKA_BROKERS are not "
+                  f"the repo's own, {own_pg!r} / {own_kafka!r})", flush=True)
+            infra = False
     topic = f"e2e.{RUN}"
     topics = [f"{topic}.order", f"{topic}.cms", f"{topic}.partner", f"{topic}.stl"]
     for t in topics:
@@ -582,17 +607,18 @@ def main():
                         sv = svcs[name]
                         sv.kill9()
                         time.sleep(rng.uniform(0.5, 2))
-                        sv.start()
                         try:
-                            sv.ready()
+                            sv.supervise()
                         except SystemExit as e:
                             fail(str(e))
                             return
                         continue
                     script = kafka_sh if name == "kafka" else pg_sh
-                    r1 = subprocess.run([script, "stop"], capture_output=True, text=True)
+                    r1 = subprocess.run([script, "stop"], capture_output=True, text=True,
+                                        env=infra_env)
                     time.sleep(1)
-                    r2 = subprocess.run([script, "start"], capture_output=True, text=True)
+                    r2 = subprocess.run([script, "start"], capture_output=True, text=True,
+                                        env=infra_env)
                     if r1.returncode or r2.returncode:
                         fail(f"could not restart {name}: {r1.stderr[-300:]} {r2.stderr[-300:]}")
                         return
