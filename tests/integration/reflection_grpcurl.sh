@@ -25,6 +25,7 @@ tmp=$(mktemp -d)
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
   rm -rf "$tmp"
 }
 trap cleanup EXIT
@@ -55,7 +56,7 @@ start() {
   local gp ap
   gp=$(free_port)
   ap=$(free_port)
-  env GRPC_LISTEN=127.0.0.1:$gp ADMIN_LISTEN=127.0.0.1:$ap LOG_LEVEL=warn WORKERS=2 "$@" \
+  env GRPC_LISTEN="127.0.0.1:$gp" ADMIN_LISTEN="127.0.0.1:$ap" LOG_LEVEL=warn WORKERS=2 "$@" \
     "$bin" >"$tmp/$name.log" 2>&1 &
   pids+=($!)
   for _ in $(seq 1 300); do
@@ -72,6 +73,7 @@ start() {
 
 gc() { timeout 20 "$grpcurl" -plaintext "$@"; }
 
+port_inventory='' port_order='' port_order_off='' # set by start
 sfx=$$_$RANDOM
 start inventory "$inventory_bin" "INVENTORY_SCHEMA=refl_inv_$sfx"
 start order "$order_bin" "ORDER_SCHEMA=refl_ord_$sfx" "INVENTORY_TARGET=127.0.0.1:$port_inventory"
