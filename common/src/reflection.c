@@ -18,12 +18,9 @@
 /* ServerReflectionResponse's error codes are grpc status codes */
 #define CODE_NOT_FOUND 5
 
-typedef enum { SYM_OTHER, SYM_MESSAGE } sym_kind;
-
 typedef struct symbol {
     char *name; /* full name, no leading dot */
     size_t file;
-    sym_kind kind;
 } symbol;
 
 typedef struct extension {
@@ -79,7 +76,7 @@ static char *join(const char *scope, const char *name)
 }
 
 /* takes ownership of name */
-static int add_symbol(cm_reflection *r, char *name, size_t f, sym_kind kind)
+static int add_symbol(cm_reflection *r, char *name, size_t f)
 {
     if (!name)
         return CM_ENOMEM;
@@ -93,21 +90,20 @@ static int add_symbol(cm_reflection *r, char *name, size_t f, sym_kind kind)
         r->syms = ns;
         r->capsyms = cap;
     }
-    r->syms[r->nsyms++] = (symbol){name, f, kind};
+    r->syms[r->nsyms++] = (symbol){name, f};
     return 0;
 }
 
-static int add_scoped(cm_reflection *r, const char *scope, const char *name, size_t f,
-                      sym_kind kind)
+static int add_scoped(cm_reflection *r, const char *scope, const char *name, size_t f)
 {
-    return name ? add_symbol(r, join(scope, name), f, kind) : 0;
+    return name ? add_symbol(r, join(scope, name), f) : 0;
 }
 
 static int add_extensions(cm_reflection *r, const char *scope, size_t f,
                           Google__Protobuf__FieldDescriptorProto **ext, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
-        int rc = add_scoped(r, scope, ext[i]->name, f, SYM_OTHER);
+        int rc = add_scoped(r, scope, ext[i]->name, f);
         if (rc)
             return rc;
         if (!ext[i]->extendee)
@@ -133,9 +129,9 @@ static int add_extensions(cm_reflection *r, const char *scope, size_t f,
 static int add_enum(cm_reflection *r, const char *scope, size_t f,
                     const Google__Protobuf__EnumDescriptorProto *e)
 {
-    int rc = add_scoped(r, scope, e->name, f, SYM_OTHER);
+    int rc = add_scoped(r, scope, e->name, f);
     for (size_t i = 0; !rc && i < e->n_value; i++)
-        rc = add_scoped(r, scope, e->value[i]->name, f, SYM_OTHER);
+        rc = add_scoped(r, scope, e->value[i]->name, f);
     return rc;
 }
 
@@ -145,13 +141,13 @@ static int add_message(cm_reflection *r, const char *scope, size_t f,
     if (!m->name)
         return 0;
     char *full = join(scope, m->name);
-    int rc = add_symbol(r, full, f, SYM_MESSAGE);
+    int rc = add_symbol(r, full, f);
     if (rc)
         return rc;
     for (size_t i = 0; !rc && i < m->n_field; i++)
-        rc = add_scoped(r, full, m->field[i]->name, f, SYM_OTHER);
+        rc = add_scoped(r, full, m->field[i]->name, f);
     for (size_t i = 0; !rc && i < m->n_oneof_decl; i++)
-        rc = add_scoped(r, full, m->oneof_decl[i]->name, f, SYM_OTHER);
+        rc = add_scoped(r, full, m->oneof_decl[i]->name, f);
     for (size_t i = 0; !rc && i < m->n_enum_type; i++)
         rc = add_enum(r, full, f, m->enum_type[i]);
     for (size_t i = 0; !rc && i < m->n_nested_type; i++)
@@ -174,9 +170,9 @@ static int index_file(cm_reflection *r, size_t f, const Google__Protobuf__FileDe
         if (!sv->name)
             continue;
         char *full = join(pkg, sv->name);
-        rc = add_symbol(r, full, f, SYM_OTHER);
+        rc = add_symbol(r, full, f);
         for (size_t j = 0; !rc && j < sv->n_method; j++)
-            rc = add_scoped(r, full, sv->method[j]->name, f, SYM_OTHER);
+            rc = add_scoped(r, full, sv->method[j]->name, f);
     }
     if (!rc)
         rc = add_extensions(r, pkg, f, fd->extension, fd->n_extension);
@@ -198,7 +194,7 @@ static long find_file(const cm_reflection *r, const char *name)
 
 static const symbol *find_symbol(const cm_reflection *r, const char *name)
 {
-    symbol key = {(char *)name, 0, SYM_OTHER};
+    symbol key = {(char *)name, 0};
     return bsearch(&key, r->syms, r->nsyms, sizeof key, sym_cmp);
 }
 
@@ -486,9 +482,9 @@ int cm_reflection_answer(const cm_reflection *r, unsigned char *sent, const char
                 sc.nums[j] = sc.nums[j - 1];
                 sc.nums[j - 1] = t;
             }
-        /* no extensions is an answer for a message we know, as in grpc-go */
-        const symbol *s = n ? NULL : find_symbol(r, type);
-        if (n == 0 && (!s || s->kind != SYM_MESSAGE)) {
+        /* no extensions is an answer for any name we know, as in grpc-go
+         * (AllExtensionNumbersForTypeName) */
+        if (n == 0 && !find_symbol(r, type)) {
             rc = not_found(&sc, &er, "type not found: %s", type), error = 1;
         } else {
             enr.base_type_name = (char *)type;

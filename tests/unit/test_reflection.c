@@ -225,8 +225,8 @@ START_TEST(extensions_as_grpc_go_answers_them)
     ck_assert_uint_eq(resp->all_extension_numbers_response->n_extension_number, 0);
     free_resp(resp);
 
-    /* a service is not a type */
-    req.all_extension_numbers_of_type = "commerce.order.v1.OrderService";
+    /* a name we do not know is NOT_FOUND */
+    req.all_extension_numbers_of_type = "commerce.order.v1.NoSuchMessage";
     resp = ask(&req);
     ck_assert_int_eq(
         resp->message_response_case,
