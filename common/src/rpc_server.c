@@ -1217,7 +1217,10 @@ static void on_refl_io(refl_stream *st, int ok)
         grpc_byte_buffer_destroy(st->out);
         st->out = NULL;
     }
-    if (ok && !st->closed) {
+    /* once the workers stop (the server's shutdown is over, every call
+     * cancelled) this worker may shut its queue at any moment: no batch may
+     * start on it then. only this thread shuts it, so the check is enough */
+    if (ok && !st->closed && !atomic_load(&st->w->s->stop_workers)) {
         switch (st->phase) {
         case REFL_RECV:
             if (!st->in)
