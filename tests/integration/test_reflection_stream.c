@@ -34,6 +34,7 @@ typedef struct stream {
     grpc_status_code code;
     grpc_slice details;
     int headers; /* the server's initial metadata was asked for */
+    int wait_s;  /* how long a batch may take: 10 s unless a test says */
     int done;
 } stream;
 
@@ -51,12 +52,12 @@ static void teardown(void)
     hs_teardown();
 }
 
-/* runs one batch and waits for it (10 s); the batch's success */
+/* runs one batch and waits for it (s->wait_s); the batch's success */
 static int batch(stream *s, const grpc_op *ops, size_t n)
 {
     ck_assert_int_eq(grpc_call_start_batch(s->call, ops, n, s, NULL), GRPC_CALL_OK);
-    grpc_event ev =
-        grpc_completion_queue_pluck(s->cq, s, gpr_time_from_seconds(10, GPR_TIMESPAN), NULL);
+    grpc_event ev = grpc_completion_queue_pluck(
+        s->cq, s, gpr_time_from_seconds(s->wait_s ? s->wait_s : 10, GPR_TIMESPAN), NULL);
     ck_assert_msg(ev.type == GRPC_OP_COMPLETE, "batch timed out");
     return ev.success;
 }
@@ -71,8 +72,9 @@ static void open_stream(stream *s, const char *method)
     grpc_channel_credentials_release(creds);
     s->cq = grpc_completion_queue_create_for_pluck(NULL);
     grpc_slice m = grpc_slice_from_static_string(method);
+    /* no deadline: the server's idle bound is what ends a quiet stream */
     s->call = grpc_channel_create_call(s->ch, NULL, GRPC_PROPAGATE_DEFAULTS, s->cq, m, NULL,
-                                       gpr_time_from_seconds(30, GPR_TIMESPAN), NULL);
+                                       gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
     ck_assert_ptr_nonnull(s->call);
     grpc_metadata_array_init(&s->initial);
     grpc_metadata_array_init(&s->trailing);
@@ -347,6 +349,26 @@ START_TEST(sigterm_with_a_stream_open_drains_promptly_and_exits_zero)
 }
 END_TEST
 
+START_TEST(a_quiet_stream_is_ended_after_the_idle_bound)
+{
+    start_order(NULL);
+    stream s;
+    open_stream(&s, V1);
+    req_t req = list_req();
+    resp_t *resp = exchange(&s, &req);
+    ck_assert_ptr_nonnull(resp);
+    grpc__reflection__v1__server_reflection_response__free_unpacked(resp, NULL);
+    /* then nothing: the server ends it after 30 s (RPC_REFLECTION_IDLE_MS) */
+    long long t0 = hs_now_ms();
+    s.wait_s = 45;
+    ck_assert_int_eq(finish(&s, 0), GRPC_STATUS_DEADLINE_EXCEEDED);
+    long long took = hs_now_ms() - t0;
+    ck_assert_msg(took >= 29000 && took < 40000, "ended after %lld ms", took);
+    close_stream(&s);
+    ck_assert_int_eq(hs_stop(&order, SIGTERM, 10000), 0);
+}
+END_TEST
+
 START_TEST(grpc_reflection_off_leaves_the_method_unimplemented)
 {
     const char *env[] = {"GRPC_REFLECTION=off", NULL};
@@ -371,9 +393,19 @@ static Suite *suite(void)
     tcase_add_test(tc, several_requests_on_one_stream_get_their_answers_in_order);
     tcase_add_test(tc, a_request_with_no_choice_ends_the_stream_invalid_argument);
     tcase_add_test(tc, streams_past_the_bound_are_refused_resource_exhausted);
-    tcase_add_test(tc, sigterm_with_a_stream_open_drains_promptly_and_exits_zero);
     tcase_add_test(tc, grpc_reflection_off_leaves_the_method_unimplemented);
     suite_add_tcase(s, tc);
+    /* own cases, so each can be run alone (CK_RUN_CASE=drain) */
+    TCase *drain = tcase_create("drain");
+    tcase_add_checked_fixture(drain, NULL, teardown);
+    tcase_set_timeout(drain, 120);
+    tcase_add_test(drain, sigterm_with_a_stream_open_drains_promptly_and_exits_zero);
+    suite_add_tcase(s, drain);
+    TCase *idle = tcase_create("idle");
+    tcase_add_checked_fixture(idle, NULL, teardown);
+    tcase_set_timeout(idle, 120);
+    tcase_add_test(idle, a_quiet_stream_is_ended_after_the_idle_bound);
+    suite_add_tcase(s, idle);
     return s;
 }
 
