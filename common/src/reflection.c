@@ -431,13 +431,13 @@ int cm_reflection_answer(const cm_reflection *r, unsigned char *sent, const char
     scratch sc = {0};
     resp.valid_host = in->host;
     resp.original_request = in;
-    int rc = 0, error = 0;
+    int rc = 0;
 
     switch (in->message_request_case) {
     case GRPC__REFLECTION__V1__SERVER_REFLECTION_REQUEST__MESSAGE_REQUEST_FILE_BY_FILENAME: {
         long f = find_file(r, in->file_by_filename);
         if (f < 0)
-            rc = not_found(&sc, &er, "file not found: %s", in->file_by_filename), error = 1;
+            rc = not_found(&sc, &er, "file not found: %s", in->file_by_filename);
         else
             rc = answer_files(r, sent, (size_t)f, &sc, &fdr);
         break;
@@ -445,7 +445,7 @@ int cm_reflection_answer(const cm_reflection *r, unsigned char *sent, const char
     case GRPC__REFLECTION__V1__SERVER_REFLECTION_REQUEST__MESSAGE_REQUEST_FILE_CONTAINING_SYMBOL: {
         const symbol *s = find_symbol(r, in->file_containing_symbol);
         if (!s)
-            rc = not_found(&sc, &er, "symbol not found: %s", in->file_containing_symbol), error = 1;
+            rc = not_found(&sc, &er, "symbol not found: %s", in->file_containing_symbol);
         else
             rc = answer_files(r, sent, s->file, &sc, &fdr);
         break;
@@ -459,7 +459,7 @@ int cm_reflection_answer(const cm_reflection *r, unsigned char *sent, const char
             if (r->exts[i].number == num && strcmp(r->exts[i].extendee, type) == 0)
                 f = (long)r->exts[i].file;
         if (f < 0)
-            rc = not_found(&sc, &er, "extension not found: %s, %d", type, (int)num), error = 1;
+            rc = not_found(&sc, &er, "extension not found: %s, %d", type, (int)num);
         else
             rc = answer_files(r, sent, (size_t)f, &sc, &fdr);
         break;
@@ -485,7 +485,7 @@ int cm_reflection_answer(const cm_reflection *r, unsigned char *sent, const char
         /* no extensions is an answer for any name we know, as in grpc-go
          * (AllExtensionNumbersForTypeName) */
         if (n == 0 && !find_symbol(r, type)) {
-            rc = not_found(&sc, &er, "type not found: %s", type), error = 1;
+            rc = not_found(&sc, &er, "type not found: %s", type);
         } else {
             enr.base_type_name = (char *)type;
             enr.n_extension_number = n;
@@ -521,21 +521,21 @@ int cm_reflection_answer(const cm_reflection *r, unsigned char *sent, const char
             resp.list_services_response = &lsr;
             break;
         case GRPC__REFLECTION__V1__SERVER_REFLECTION_REQUEST__MESSAGE_REQUEST_ALL_EXTENSION_NUMBERS_OF_TYPE:
-            if (error)
+            if (er.error_code)
                 break;
             resp.message_response_case =
                 GRPC__REFLECTION__V1__SERVER_REFLECTION_RESPONSE__MESSAGE_RESPONSE_ALL_EXTENSION_NUMBERS_RESPONSE;
             resp.all_extension_numbers_response = &enr;
             break;
         default:
-            if (error)
+            if (er.error_code)
                 break;
             resp.message_response_case =
                 GRPC__REFLECTION__V1__SERVER_REFLECTION_RESPONSE__MESSAGE_RESPONSE_FILE_DESCRIPTOR_RESPONSE;
             resp.file_descriptor_response = &fdr;
             break;
         }
-        if (error) {
+        if (er.error_code) {
             resp.message_response_case =
                 GRPC__REFLECTION__V1__SERVER_REFLECTION_RESPONSE__MESSAGE_RESPONSE_ERROR_RESPONSE;
             resp.error_response = &er;
