@@ -37,6 +37,22 @@ if [ ! -x "$tools/node_modules/.bin/buf" ]; then
   mkdir -p "$tools"
   (cd "$tools" && npm install --silent --no-audit --no-fund --prefix "$tools" @bufbuild/buf@1.75.0 >/dev/null)
 fi
+# grpcurl (tests/integration/test_reflection.sh, README "Calling the
+# services"): built with go from the module proxy once per machine into
+# ~/.cache/commerce/grpcurl-<version>, linked into .tools/bin
+grpcurl_version=v1.9.4
+grpcurl_cache="${XDG_CACHE_HOME:-$HOME/.cache}/commerce/grpcurl-$grpcurl_version"
+if [ ! -x "$grpcurl_cache/grpcurl" ] && command -v go >/dev/null; then
+  echo "install-deps: building grpcurl $grpcurl_version into $grpcurl_cache"
+  mkdir -p "$grpcurl_cache"
+  GOBIN="$grpcurl_cache" GOPATH="$grpcurl_cache/gopath" GOFLAGS=-modcacherw \
+    go install "github.com/fullstorydev/grpcurl/cmd/grpcurl@$grpcurl_version"
+  rm -rf "$grpcurl_cache/gopath"
+fi
+if [ -x "$grpcurl_cache/grpcurl" ]; then
+  mkdir -p "$tools/bin"
+  ln -sf "$grpcurl_cache/grpcurl" "$tools/bin/grpcurl"
+fi
 # the partner reference receivers (kafka/partner/receivers/): a virtualenv
 # of Debian's python3 with requirements.txt from PyPI, outside the checkout
 # (scripts/lib/partner-venv.sh says where); scripts/partner-python runs it.

@@ -93,6 +93,7 @@ typedef struct {
     int workers;                            /* WORKERS, 1..256 */
     cm_log_level log_level;                 /* LOG_LEVEL */
     int max_message_bytes;                  /* GRPC_MAX_MESSAGE_BYTES */
+    int reflection;                         /* GRPC_REFLECTION: on (1) or off (0) */
     int drain_grace_ms;                     /* DRAIN_GRACE_SECONDS * 1000 */
     int outbox_retention_s; /* OUTBOX_RETENTION_SECONDS: 0 = delete rows once published */
     cm_auth_mode auth_mode; /* AUTH_MODE */

@@ -9,7 +9,8 @@
  * maps errors to status codes with google.rpc.Status details in
  * grpc-status-details-bin, and records per-method metrics. unknown methods
  * get UNIMPLEMENTED. every server also serves grpc.health.v1.Health (Check,
- * and Watch as a stream of status changes).
+ * and Watch as a stream of status changes) and, unless turned off, gRPC
+ * server reflection (a bidirectional stream, see opts.reflection).
  *
  * a handler runs to completion on its worker thread; it may block (on its
  * worker's database connection, say). it returns 0 for OK, or the value of
@@ -66,6 +67,11 @@ typedef struct cm_rpc_server_opts {
     const char *tls_client_ca_file;
     /* error domain in ErrorInfo, e.g. "order.commerce" */
     const char *error_domain;
+    /* non-zero: also serve grpc.reflection.v1 and v1alpha ServerReflection
+     * from the built-in descriptor set (cm_reflection.h), so grpcurl needs
+     * no proto files. at most RPC_REFLECTION_STREAMS streams at once, each
+     * ended after RPC_REFLECTION_IDLE_MS without a message (rpc_server.c) */
+    int reflection;
 } cm_rpc_server_opts;
 
 /* creates the server; nothing listens until cm_rpc_server_start. */

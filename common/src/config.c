@@ -491,6 +491,13 @@ static int load_all(cm_config *c, const cm_config_defaults *d, char *err, size_t
         (rc =
              load_int(&c->max_message_bytes, "GRPC_MAX_MESSAGE_BYTES", v, 1, INT_MAX, err, errlen)))
         return rc;
+    c->reflection = 1;
+    if ((v = env("GRPC_REFLECTION"))) {
+        if (strcmp(v, "on") != 0 && strcmp(v, "off") != 0)
+            return bad(err, errlen, "GRPC_REFLECTION", "must be on or off, got %s",
+                       quoted(v, q, sizeof q));
+        c->reflection = strcmp(v, "on") == 0;
+    }
     int drain_s = DEF_DRAIN_S;
     if ((v = env("DRAIN_GRACE_SECONDS")) &&
         (rc = load_int(&drain_s, "DRAIN_GRACE_SECONDS", v, 0, DRAIN_MAX_S, err, errlen)))
@@ -637,6 +644,9 @@ static size_t common_rows(const cm_config_defaults *d, row *r, int generic)
                 "largest message; a larger request: RESOURCE_EXHAUSTED, a larger reply: "
                 "FAILED_PRECONDITION / RESPONSE_TOO_LARGE",
                 msg);
+    n = add_row(r, n, "GRPC_REFLECTION",
+                "on or off: gRPC server reflection (v1 and v1alpha), for grpcurl and friends",
+                "on");
     n = add_row(r, n, "DRAIN_GRACE_SECONDS", "on SIGTERM, time for calls in flight, 0..3600",
                 drain);
     n = add_row(r, n, "OUTBOX_RETENTION_SECONDS",

@@ -16,6 +16,7 @@
 #include "cm_file.h"
 #include "cm_log.h"
 #include "cm_pb.h"
+#include "cm_reflection.h"
 #include "cm_rpc_client.h"
 #include "cm_utf8.h"
 
@@ -39,6 +40,8 @@
 #include "google/rpc/error_details.pb-c.h"
 #include "google/rpc/status.pb-c.h"
 #include "grpc/health/v1/health.pb-c.h"
+#include "grpc/reflection/v1/reflection.pb-c.h"
+#include "grpc/reflection/v1alpha/reflection.pb-c.h"
 
 #define NCODES 17 /* grpc status codes 0..16 */
 #define MAX_FIELD_VIOLATIONS 16
@@ -57,6 +60,13 @@
  * leave room in DETAILS_MAX */
 #define ECHO_TOTAL_MAX 2560
 #define ERROR_INFO_URL "type.googleapis.com/google.rpc.ErrorInfo"
+/* server reflection: streams open at once (more: RESOURCE_EXHAUSTED), the
+ * largest request (a symbol or file name; more: RESOURCE_EXHAUSTED), and
+ * how long a stream may go without a message before it is ended */
+#define RPC_REFLECTION_STREAMS 8
+#define RPC_REFLECTION_REQUEST_MAX 16384
+#define RPC_REFLECTION_IDLE_MS 30000
+#define RPC_REFLECTION_NAMES 20
 
 typedef struct worker worker;
 
@@ -71,10 +81,48 @@ typedef struct method_entry {
     _Atomic(cm_counter *) handled[NCODES];
 } method_entry;
 
-typedef enum { TAG_SLOT, TAG_UNKNOWN, TAG_FINISH, TAG_WATCH_SEND, TAG_WATCH_CLOSE } tag_kind;
+typedef enum {
+    TAG_SLOT,
+    TAG_UNKNOWN,
+    TAG_FINISH,
+    TAG_WATCH_SEND,
+    TAG_WATCH_CLOSE,
+    TAG_REFL_IO,
+    TAG_REFL_CLOSE
+} tag_kind;
 
 /* internal method flag: grpc.health.v1.Health/Watch, a server stream */
 #define RPC_WATCH (1u << 31)
+/* internal method flag: ServerReflectionInfo, a bidirectional stream
+ * registered without a payload (its messages are read by refl_*) */
+#define RPC_REFLECT (1u << 30)
+
+typedef struct refl_stream refl_stream;
+typedef struct refl_tag {
+    tag_kind kind;
+    refl_stream *st;
+} refl_tag;
+
+/* one ServerReflectionInfo stream. only the worker whose queue the call
+ * is bound to touches it: no lock. at most one io batch (receive, send or
+ * status) in flight, plus RECV_CLOSE_ON_SERVER from start to end */
+struct refl_stream {
+    refl_tag io_tag, close_tag;
+    worker *w;
+    grpc_call *call;
+    grpc_metadata_array md;
+    enum { REFL_RECV, REFL_SEND, REFL_STATUS } phase;
+    grpc_byte_buffer *in, *out;
+    unsigned char *sent;  /* files sent on this stream (cm_reflection_answer) */
+    struct timespec last; /* last completed message: the idle bound */
+    int io_in_flight;
+    int closed; /* RECV_CLOSE_ON_SERVER completed */
+    int cancelled;
+    int idle_cut; /* ended for idleness: cancelled once */
+    grpc_slice status_slice;
+    int has_status_slice;
+    refl_stream *prev, *next;
+};
 
 typedef struct watcher watcher;
 typedef struct watch_tag {
@@ -176,6 +224,8 @@ struct worker {
     void *state; /* worker_init's result */
     cm_rpc_ctx *free_calls;
     int init_failed;
+    refl_stream *streams; /* open reflection streams bound to this queue */
+    struct timespec last_sweep;
 };
 
 struct cm_rpc_server {
@@ -207,6 +257,12 @@ struct cm_rpc_server {
     /* names for health Check */
     const char *services[16];
     size_t nservices;
+    /* server reflection (opts.reflection): the index, the streams open,
+     * and what list_services answers, sorted */
+    cm_reflection *refl;
+    atomic_int refl_open;
+    const char *refl_names[RPC_REFLECTION_NAMES];
+    size_t nrefl_names;
 };
 
 static const char *const code_names[NCODES] = {
@@ -287,6 +343,18 @@ static const cm_rpc_method health_methods[] = {
     {"Watch", health_watch, CM_RPC_NO_TENANT | RPC_WATCH},
 };
 
+/* never called: on_slot hands reflection calls to refl_start */
+static int reflection_info(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    (void)in;
+    (void)out;
+    return cm_rpc_fail(ctx, GRPC_STATUS_INTERNAL, "INTERNAL", "reflection is a stream");
+}
+
+static const cm_rpc_method reflection_methods[] = {
+    {"ServerReflectionInfo", reflection_info, CM_RPC_NO_TENANT | RPC_REFLECT},
+};
+
 /* ---- server setup ---- */
 
 int cm_rpc_server_new(cm_rpc_server **out, const cm_rpc_server_opts *o, char *err, size_t errlen)
@@ -315,6 +383,7 @@ int cm_rpc_server_new(cm_rpc_server **out, const cm_rpc_server_opts *o, char *er
     pthread_mutex_init(&s->watch_mu, NULL);
     atomic_init(&s->serving, 1);
     atomic_init(&s->draining, 0);
+    atomic_init(&s->refl_open, 0);
     if (!s->listen || !s->domain) {
         cm_rpc_server_free(s);
         return CM_ENOMEM;
@@ -386,8 +455,11 @@ int cm_rpc_server_add_service(cm_rpc_server *s, const ProtobufCServiceDescriptor
         e->output = md->output;
         e->handler = methods[i].handler;
         e->flags = methods[i].flags;
-        e->registered = grpc_server_register_method(s->server, e->path, NULL,
-                                                    GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER, 0);
+        /* a bidirectional stream reads its own messages */
+        grpc_server_register_method_payload_handling payload =
+            e->flags & RPC_REFLECT ? GRPC_SRM_PAYLOAD_NONE
+                                   : GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER;
+        e->registered = grpc_server_register_method(s->server, e->path, NULL, payload, 0);
         if (!e->registered) {
             set_err(err, errlen, "rpc: could not register %s (duplicate?)", e->path);
             return CM_EINVAL;
@@ -511,9 +583,11 @@ static void arm_slot(slot *sl)
     sl->call = NULL;
     sl->payload = NULL;
     grpc_metadata_array_init(&sl->md);
+    /* core wants no payload pointer for a method registered without one */
+    grpc_byte_buffer **payload = sl->m->flags & RPC_REFLECT ? NULL : &sl->payload;
     grpc_call_error e =
         grpc_server_request_registered_call(s->server, sl->m->registered, &sl->call, &sl->deadline,
-                                            &sl->md, &sl->payload, sl->w->cq, sl->w->cq, sl);
+                                            &sl->md, payload, sl->w->cq, sl->w->cq, sl);
     if (e != GRPC_CALL_OK)
         cm_log_error("could not request call", "method", sl->m->path, NULL);
 }
@@ -988,6 +1062,211 @@ static void on_watch_close(watcher *wt)
     pthread_mutex_unlock(&s->watch_mu);
 }
 
+/* ---- server reflection: a bidirectional stream per client ----
+ *
+ * receive a request, answer it, send the answer, receive the next, until
+ * the client half-closes (status OK) or the stream breaks. the drain
+ * cancels open streams with every other call (grpc_server_cancel_all_calls):
+ * they are not counted in flight, so they do not hold it up. */
+
+static void refl_free(refl_stream *st)
+{
+    worker *w = st->w;
+    if (st->prev)
+        st->prev->next = st->next;
+    else
+        w->streams = st->next;
+    if (st->next)
+        st->next->prev = st->prev;
+    grpc_call_unref(st->call);
+    grpc_metadata_array_destroy(&st->md);
+    if (st->in)
+        grpc_byte_buffer_destroy(st->in);
+    if (st->out)
+        grpc_byte_buffer_destroy(st->out);
+    if (st->has_status_slice)
+        grpc_slice_unref(st->status_slice);
+    free(st->sent);
+    atomic_fetch_sub(&w->s->refl_open, 1);
+    free(st);
+}
+
+static void refl_status(refl_stream *st, grpc_status_code code, const char *message)
+{
+    grpc_op op;
+    memset(&op, 0, sizeof op);
+    st->status_slice = grpc_slice_from_static_string(message);
+    st->has_status_slice = 1;
+    op.op = GRPC_OP_SEND_STATUS_FROM_SERVER;
+    op.data.send_status_from_server.status = code;
+    op.data.send_status_from_server.status_details = &st->status_slice;
+    st->phase = REFL_STATUS;
+    if (grpc_call_start_batch(st->call, &op, 1, &st->io_tag, NULL) == GRPC_CALL_OK)
+        st->io_in_flight = 1;
+}
+
+static void refl_recv(refl_stream *st, int with_headers)
+{
+    grpc_op ops[2];
+    memset(ops, 0, sizeof ops);
+    size_t n = 0;
+    if (with_headers)
+        ops[n++].op = GRPC_OP_SEND_INITIAL_METADATA;
+    ops[n].op = GRPC_OP_RECV_MESSAGE;
+    ops[n].data.recv_message.recv_message = &st->in;
+    n++;
+    st->phase = REFL_RECV;
+    if (grpc_call_start_batch(st->call, ops, n, &st->io_tag, NULL) == GRPC_CALL_OK)
+        st->io_in_flight = 1;
+}
+
+/* a request arrived: answer it, or end the stream */
+static void refl_answer(refl_stream *st)
+{
+    cm_rpc_server *s = st->w->s;
+    grpc_byte_buffer_reader r;
+    size_t len = grpc_byte_buffer_length(st->in);
+    if (len > RPC_REFLECTION_REQUEST_MAX) {
+        refl_status(st, GRPC_STATUS_RESOURCE_EXHAUSTED, "reflection request too large");
+        return;
+    }
+    if (atomic_load(&s->draining)) {
+        refl_status(st, GRPC_STATUS_UNAVAILABLE, "server shutting down");
+        return;
+    }
+    if (!grpc_byte_buffer_reader_init(&r, st->in)) {
+        refl_status(st, GRPC_STATUS_INTERNAL, "could not read the request");
+        return;
+    }
+    grpc_slice all = grpc_byte_buffer_reader_readall(&r);
+    grpc_byte_buffer_reader_destroy(&r);
+    grpc_byte_buffer_destroy(st->in);
+    st->in = NULL;
+    uint8_t *out = NULL;
+    size_t outlen = 0;
+    int rc = cm_reflection_answer(s->refl, st->sent, s->refl_names, s->nrefl_names,
+                                  GRPC_SLICE_START_PTR(all), GRPC_SLICE_LENGTH(all), &out, &outlen);
+    grpc_slice_unref(all);
+    if (rc == CM_EINVAL) {
+        refl_status(st, GRPC_STATUS_INVALID_ARGUMENT, "invalid ServerReflectionRequest");
+        return;
+    }
+    if (rc) {
+        refl_status(st, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+        return;
+    }
+    grpc_slice sl = grpc_slice_new(out, outlen, free);
+    st->out = grpc_raw_byte_buffer_create(&sl, 1);
+    grpc_slice_unref(sl);
+    grpc_op op;
+    memset(&op, 0, sizeof op);
+    op.op = GRPC_OP_SEND_MESSAGE;
+    op.data.send_message.send_message = st->out;
+    st->phase = REFL_SEND;
+    if (grpc_call_start_batch(st->call, &op, 1, &st->io_tag, NULL) == GRPC_CALL_OK)
+        st->io_in_flight = 1;
+}
+
+static void refl_start(worker *w, grpc_call *call, grpc_metadata_array md)
+{
+    cm_rpc_server *s = w->s;
+    refl_stream *st = NULL;
+    if (atomic_fetch_add(&s->refl_open, 1) >= RPC_REFLECTION_STREAMS) {
+        atomic_fetch_sub(&s->refl_open, 1);
+        grpc_call_cancel_with_status(call, GRPC_STATUS_RESOURCE_EXHAUSTED,
+                                     "too many reflection streams", NULL);
+    } else if (!(st = calloc(1, sizeof *st)) ||
+               !(st->sent = calloc(cm_reflection_nfiles(s->refl), 1))) {
+        free(st);
+        st = NULL;
+        atomic_fetch_sub(&s->refl_open, 1);
+        grpc_call_cancel_with_status(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory", NULL);
+    }
+    if (!st) {
+        grpc_call_unref(call);
+        grpc_metadata_array_destroy(&md);
+        return;
+    }
+    st->io_tag = (refl_tag){TAG_REFL_IO, st};
+    st->close_tag = (refl_tag){TAG_REFL_CLOSE, st};
+    st->w = w;
+    st->call = call;
+    st->md = md;
+    clock_gettime(CLOCK_MONOTONIC, &st->last);
+    st->next = w->streams;
+    if (w->streams)
+        w->streams->prev = st;
+    w->streams = st;
+
+    grpc_op close_op;
+    memset(&close_op, 0, sizeof close_op);
+    close_op.op = GRPC_OP_RECV_CLOSE_ON_SERVER;
+    close_op.data.recv_close_on_server.cancelled = &st->cancelled;
+    if (grpc_call_start_batch(call, &close_op, 1, &st->close_tag, NULL) != GRPC_CALL_OK) {
+        refl_free(st);
+        return;
+    }
+    refl_recv(st, 1);
+}
+
+static void on_refl_io(refl_stream *st, int ok)
+{
+    st->io_in_flight = 0;
+    clock_gettime(CLOCK_MONOTONIC, &st->last);
+    if (st->out) {
+        grpc_byte_buffer_destroy(st->out);
+        st->out = NULL;
+    }
+    /* once the workers stop (the server's shutdown is over, every call
+     * cancelled) this worker may shut its queue at any moment: no batch may
+     * start on it then. only this thread shuts it, so the check is enough */
+    if (ok && !st->closed && !atomic_load(&st->w->s->stop_workers)) {
+        switch (st->phase) {
+        case REFL_RECV:
+            if (!st->in)
+                refl_status(st, GRPC_STATUS_OK, ""); /* the client half-closed */
+            else
+                refl_answer(st);
+            break;
+        case REFL_SEND:
+            refl_recv(st, 0);
+            break;
+        case REFL_STATUS:
+            break;
+        }
+    }
+    /* a failed batch means the call is gone: RECV_CLOSE_ON_SERVER follows */
+    if (st->closed && !st->io_in_flight)
+        refl_free(st);
+}
+
+static void on_refl_close(refl_stream *st)
+{
+    st->closed = 1;
+    if (!st->io_in_flight)
+        refl_free(st);
+}
+
+/* ends the streams of this worker that went RPC_REFLECTION_IDLE_MS without
+ * a message: a client that opens one and goes quiet holds a stream slot
+ * (of RPC_REFLECTION_STREAMS) only that long */
+static void refl_sweep(worker *w)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    if (elapsed_ns(&w->last_sweep) < 200 * 1000000LL)
+        return;
+    w->last_sweep = now;
+    for (refl_stream *st = w->streams; st; st = st->next) {
+        if (st->idle_cut || st->closed ||
+            elapsed_ns(&st->last) < RPC_REFLECTION_IDLE_MS * 1000000LL)
+            continue;
+        st->idle_cut = 1;
+        grpc_call_cancel_with_status(st->call, GRPC_STATUS_DEADLINE_EXCEEDED,
+                                     "reflection stream idle", NULL);
+    }
+}
+
 static void on_slot(slot *sl, int ok)
 {
     worker *w = sl->w;
@@ -1002,6 +1281,13 @@ static void on_slot(slot *sl, int ok)
         grpc_byte_buffer *payload = sl->payload;
         arm_slot(sl);
         watch_start(w, call, md, payload);
+        return;
+    }
+    if (sl->m->flags & RPC_REFLECT) {
+        grpc_call *call = sl->call;
+        grpc_metadata_array md = sl->md;
+        arm_slot(sl);
+        refl_start(w, call, md);
         return;
     }
     cm_rpc_ctx *c = call_get(w);
@@ -1114,6 +1400,8 @@ static void *worker_main(void *arg)
         grpc_event ev = grpc_completion_queue_next(w->cq, wake, NULL);
         if (ev.type == GRPC_QUEUE_SHUTDOWN)
             break;
+        if (ev.type != GRPC_OP_COMPLETE && w->streams)
+            refl_sweep(w);
         if (!queue_shut && atomic_load(&s->stop_workers)) {
             grpc_completion_queue_shutdown(w->cq);
             queue_shut = 1;
@@ -1133,10 +1421,18 @@ static void *worker_main(void *arg)
         case TAG_WATCH_CLOSE:
             on_watch_close(((watch_tag *)ev.tag)->wt);
             break;
+        case TAG_REFL_IO:
+            on_refl_io(((refl_tag *)ev.tag)->st, ev.success);
+            break;
+        case TAG_REFL_CLOSE:
+            on_refl_close(((refl_tag *)ev.tag)->st);
+            break;
         case TAG_FINISH:
             on_finish(ev.tag, ev.success);
             break;
         }
+        if (w->streams)
+            refl_sweep(w);
     }
     if (s->o.worker_fini && w->state)
         s->o.worker_fini(w->state, s->o.app);
@@ -1166,10 +1462,45 @@ static void join_workers(cm_rpc_server *s)
     }
 }
 
+static int name_cmp(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* grpc.reflection.v1 and v1alpha, answered from the built-in descriptor
+ * set. registered last, so list_services names every service added */
+static int add_reflection(cm_rpc_server *s, char *err, size_t errlen)
+{
+    int rc = cm_reflection_new(&s->refl, cm_descriptor_set, cm_descriptor_set_len, err, errlen);
+    if (rc)
+        return rc;
+    size_t hosted = s->nservices; /* reflection is no name for health Check */
+    rc = cm_rpc_server_add_service(s, &grpc__reflection__v1__server_reflection__descriptor,
+                                   reflection_methods, 1, err, errlen);
+    if (!rc)
+        rc = cm_rpc_server_add_service(s, &grpc__reflection__v1alpha__server_reflection__descriptor,
+                                       reflection_methods, 1, err, errlen);
+    s->nservices = hosted;
+    if (rc)
+        return rc;
+    s->refl_names[s->nrefl_names++] = grpc__health__v1__health__descriptor.name;
+    s->refl_names[s->nrefl_names++] = grpc__reflection__v1__server_reflection__descriptor.name;
+    s->refl_names[s->nrefl_names++] = grpc__reflection__v1alpha__server_reflection__descriptor.name;
+    for (size_t i = 0; i < hosted && s->nrefl_names < RPC_REFLECTION_NAMES; i++)
+        s->refl_names[s->nrefl_names++] = s->services[i];
+    qsort(s->refl_names, s->nrefl_names, sizeof s->refl_names[0], name_cmp);
+    return 0;
+}
+
 int cm_rpc_server_start(cm_rpc_server *s, char *err, size_t errlen)
 {
     if (s->started)
         return CM_ESTATE;
+    if (s->o.reflection && !s->refl) {
+        int rc = add_reflection(s, err, errlen);
+        if (rc)
+            return rc;
+    }
     s->workers = calloc((size_t)s->nworkers, sizeof *s->workers);
     if (!s->workers)
         return CM_ENOMEM;
@@ -1321,6 +1652,7 @@ void cm_rpc_server_free(cm_rpc_server *s)
         free(s->workers);
     }
     free(s->methods);
+    cm_reflection_free(s->refl);
     free(s->listen);
     free(s->domain);
     pthread_mutex_destroy(&s->mu);

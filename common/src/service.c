@@ -517,6 +517,7 @@ static int serve(cm_service *svc)
         .tls_key_file = svc->cfg.tls_key_file[0] ? svc->cfg.tls_key_file : NULL,
         .tls_client_ca_file = svc->cfg.tls_client_ca_file[0] ? svc->cfg.tls_client_ca_file : NULL,
         .error_domain = svc->domain,
+        .reflection = svc->cfg.reflection,
     };
     if (cm_rpc_server_new(&svc->rpc, &o, err, sizeof err) ||
         cm_rpc_server_add_service(svc->rpc, def->api, def->methods, def->nmethods, err,
