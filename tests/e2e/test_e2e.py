@@ -617,8 +617,14 @@ def main():
                     r1 = subprocess.run([script, "stop"], capture_output=True, text=True,
                                         env=infra_env)
                     time.sleep(1)
-                    r2 = subprocess.run([script, "start"], capture_output=True, text=True,
-                                        env=infra_env)
+                    # a start can fail while the old port is still held (a
+                    # client's connection in TIME_WAIT): try again a while
+                    for _ in range(30):
+                        r2 = subprocess.run([script, "start"], capture_output=True, text=True,
+                                            env=infra_env)
+                        if r2.returncode == 0:
+                            break
+                        time.sleep(3)
                     if r1.returncode or r2.returncode:
                         fail(f"could not restart {name}: {r1.stderr[-300:]} {r2.stderr[-300:]}")
                         return
