@@ -13,6 +13,7 @@
 #include "cms_domain.h"
 #include "cms_events.h"
 #include "cms_feed.h"
+#include "cms_invariants.h"
 #include "cms_partners.h"
 #include "cms_payout.h"
 #include "cms_store.h"
@@ -965,6 +966,7 @@ const cm_rpc_method cms_methods[] = {
     {"ListWebhookDeliveries", cms_rpc_list_webhook_deliveries, 0},
     {"RedeliverWebhookEvent", cms_rpc_redeliver_webhook_event, 0},
     {"ReplayPartnerEvents", cms_rpc_replay_partner_events, 0},
+    {"CheckInvariants", cms_rpc_check_invariants, 0},
 };
 const size_t cms_methods_count = sizeof cms_methods / sizeof cms_methods[0];
 

@@ -490,6 +490,11 @@ def check(svcs, model, receiver):
             elif sm.period_commission.amount_minor != commission_formula(sales):
                 problems.append(f"{t} {ch}: commission {sm.period_commission.amount_minor}, the "
                                 f"formula on {sales} says {commission_formula(sales)}")
+        # the operator's own check of the same books
+        cinv = call(c, "commerce.commission.v1.CommissionService", "CheckInvariants",
+                    cmss.CheckInvariantsRequest(), cmss.CheckInvariantsResponse, t)
+        for v in cinv.violations:
+            problems.append(f"{t} commission CheckInvariants: {v.channel_id} {v.description}")
         # the partner feed: every event routed to the partner, received once by id
         schema_name = c.env["COMMISSION_SCHEMA"]
         routed = set(psql(f"SELECT event_id FROM {schema_name}.feed_events WHERE tenant_id = "

@@ -295,6 +295,35 @@ static char *order_uuid(void)
 }
 
 /* ---- reading ---- */
+static void sql_do(const st *s, const char *q);
+
+/* CheckInvariants: the number of violations (their list in *out when set) */
+static size_t invariants(st *s, const char *channel,
+                         Commerce__Commission__V1__CheckInvariantsResponse **out)
+{
+    Commerce__Commission__V1__CheckInvariantsRequest r =
+        COMMERCE__COMMISSION__V1__CHECK_INVARIANTS_REQUEST__INIT;
+    r.channel_id = (char *)(channel ? channel : "");
+    Commerce__Commission__V1__CheckInvariantsResponse *resp = NULL;
+    cm_rpc_status stt;
+    ck_assert_int_eq(hs_call(s->c, SVC "CheckInvariants", &r.base,
+                             &commerce__commission__v1__check_invariants_response__descriptor,
+                             (ProtobufCMessage **)&resp, &stt, md, 1),
+                     0);
+    size_t n = resp->n_violations;
+    for (size_t i = 0; i < n; i++) {
+        Commerce__Commission__V1__CommissionViolation *v = resp->violations[i];
+        fprintf(stderr, "violation: %s %s rev %lld net %lld posted %lld expected %lld: %s\n",
+                v->channel_id, v->tier_schedule_id, (long long)v->tier_schedule_revision,
+                (long long)v->net_sales->amount_minor, (long long)v->posted->amount_minor,
+                (long long)v->expected->amount_minor, v->description);
+    }
+    if (out)
+        *out = resp;
+    else
+        protobuf_c_message_free_unpacked(&resp->base, NULL);
+    return n;
+}
 
 static long long sql(const st *s, const char *q)
 {
@@ -544,6 +573,19 @@ START_TEST(threshold_crossed_and_uncrossed_trues_up_and_parent_shares_exactly)
     ck_assert_int_eq(sum->period_commission->amount_minor, 47500);
     ck_assert_int_eq(sum->frozen->amount_minor, 47500);
     protobuf_c_message_free_unpacked(&sum->base, NULL);
+    /* the operator's check agrees; a posted total one fen off is named */
+    ck_assert_uint_eq(invariants(&S, NULL, NULL), 0);
+    sql_do(&S, "UPDATE channel_periods SET posted = posted + 1 WHERE channel_id = 'kid'");
+    Commerce__Commission__V1__CheckInvariantsResponse *ir = NULL;
+    ck_assert_uint_eq(invariants(&S, NULL, &ir), 1);
+    ck_assert_str_eq(ir->violations[0]->channel_id, "kid");
+    ck_assert_int_eq(ir->violations[0]->posted->amount_minor, 47501);
+    ck_assert_int_eq(ir->violations[0]->expected->amount_minor, 47500);
+    ck_assert_int_eq(ir->violations[0]->net_sales->amount_minor, 950000);
+    protobuf_c_message_free_unpacked(&ir->base, NULL);
+    ck_assert_uint_eq(invariants(&S, "par", NULL), 0);
+    sql_do(&S, "UPDATE channel_periods SET posted = posted - 1 WHERE channel_id = 'kid'");
+    ck_assert_uint_eq(invariants(&S, "kid", NULL), 0);
     st_stop(&S);
 }
 END_TEST
@@ -1795,6 +1837,8 @@ START_TEST(closing_a_whole_volume_period_posts_its_true_up_once)
     ck_assert(cr->already_closed);
     ck_assert_int_eq(cr->close->true_up->amount_minor, 6000);
     protobuf_c_message_free_unpacked(&cr->base, NULL);
+    /* closed periods hold together, open ones row by row */
+    ck_assert_uint_eq(invariants(&S, NULL, NULL), 0);
     st_stop(&S);
 }
 END_TEST
