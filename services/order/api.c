@@ -518,13 +518,24 @@ static void create_apply_reservation(ord_app *app, ord_order *o,
                                      const Commerce__Inventory__V1__Reservation *resv,
                                      int64_t timeout, int64_t flash_timeout)
 {
+    int64_t costs[ORD_LINES_MAX];
+    const char *ccys[ORD_LINES_MAX];
+    for (size_t k = 0; k < o->nlines; k++) {
+        costs[k] = -1;
+        ccys[k] = NULL;
+    }
     for (size_t i = 0; i < resv->n_lines; i++) {
         const Commerce__Inventory__V1__ReservationLine *l = resv->lines[i];
         for (size_t k = 0; k < o->nlines; k++)
-            if (strcmp(o->lines[k].sku, l->sku) == 0)
+            if (strcmp(o->lines[k].sku, l->sku) == 0) {
                 snprintf(o->lines[k].flash_sale_id, sizeof o->lines[k].flash_sale_id, "%s",
                          l->flash_sale_id);
+                /* the cost comes with the reservation: no extra call */
+                costs[k] = l->unit_cost ? l->unit_cost->amount_minor : -1;
+                ccys[k] = l->unit_cost ? l->unit_cost->currency : NULL;
+            }
     }
+    ord_set_costs(o, costs, ccys);
     o->flash = resv->flash_sale;
     if (o->flash && flash_timeout >= 0)
         timeout = flash_timeout;
