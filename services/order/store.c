@@ -1350,3 +1350,50 @@ int ord_store_put_settings(cm_db *db, const ord_settings_req *q, ord_settings *n
         *verdict = t.verdict;
     return rc;
 }
+
+/* ---- margin ---- */
+
+int ord_store_query_margin(cm_db *db, const char *tenant, const char *sku, const char *fs,
+                           int64_t from_ms, int64_t to_ms, ord_margin_row *rows, size_t cap,
+                           size_t *n)
+{
+    char from[24], to[24];
+    snprintf(from, sizeof from, "%lld", (long long)from_ms);
+    snprintf(to, sizeof to, "%lld", (long long)to_ms);
+    const char *p[] = {tenant, sku, fs, from, to};
+    PGresult *r = NULL;
+    /* orders from before migration 0006 have NULL cost arrays: unnest pads
+     * them with NULLs, counted as lines of unknown cost */
+    int rc = cm_db_read(
+        db, "query margin",
+        "SELECT o.currency, count(DISTINCT o.order_id), coalesce(sum(l.q * l.p), 0)::bigint, "
+        "coalesce(sum(l.ra), 0)::bigint, "
+        "coalesce(sum(CASE WHEN l.c >= 0 THEN l.q * l.c ELSE 0 END), 0)::bigint, "
+        "coalesce(sum(coalesce(l.cr, 0)), 0)::bigint, "
+        "count(*) FILTER (WHERE l.c IS NULL OR l.c < 0) "
+        "FROM orders o, unnest(o.line_sku, o.line_qty, o.line_price, o.line_refunded_amount, "
+        "  o.line_flash_sale, o.line_unit_cost, o.line_cost_reversed) AS l(s, q, p, ra, f, c, cr) "
+        "WHERE o.tenant_id = $1 AND o.paid_at IS NOT NULL "
+        "AND ($4::bigint = 0 OR o.paid_at >= " TS(
+            "$4") ") "
+                  "AND ($5::bigint = 0 OR o.paid_at < " TS(
+                      "$5") ") "
+                            "AND ($2 = '' OR l.s = $2) AND ($3 = '' OR l.f = $3) "
+                            "GROUP BY o.currency ORDER BY o.currency",
+        5, p, &r);
+    if (rc)
+        return rc;
+    *n = 0;
+    for (int i = 0; i < PQntuples(r) && *n < cap; i++) {
+        ord_margin_row *m = &rows[(*n)++];
+        cpy(m->currency, sizeof m->currency, r, i, 0);
+        m->orders = i64(r, i, 1);
+        m->revenue = i64(r, i, 2);
+        m->refunded = i64(r, i, 3);
+        m->cost = i64(r, i, 4);
+        m->reversed = i64(r, i, 5);
+        m->uncosted = i64(r, i, 6);
+    }
+    PQclear(r);
+    return 0;
+}
