@@ -157,7 +157,7 @@ step "promtool: the alert rules and their tests"
 # margin-alert.test.yaml: series scraped from a real run of order (a flash
 # sale under cost), written by tests/integration/test_order_margin.c
 "$promtool" test rules "$root/k8s/tests/prometheus-rules.test.yaml" \
-  "$root/k8s/tests/margin-alert.test.yaml" || fail=1
+  "$root/k8s/tests/margin-alert.test.yaml" "$root/k8s/tests/margin-threshold.test.yaml" || fail=1
 
 step "the alerts' and dashboards' metrics exist"
 python3 "$root/scripts/k8s-metrics-check.py" || fail=1
