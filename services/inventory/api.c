@@ -260,6 +260,9 @@ static int get_cost(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessag
 {
     const Commerce__Inventory__V1__GetCostRequest *req = (const void *)in;
     Commerce__Inventory__V1__GetCostResponse *resp = (void *)out;
+    /* cost prices are confidential, as QueryMargin's figures are */
+    if (cm_rpc_require_role(ctx, "admin"))
+        return -1;
     if (!inv_valid_key(req->sku, INV_SKU_MAX))
         return cm_rpc_fail_field(ctx, "sku", "must be 1-64 characters from [A-Za-z0-9._:-]");
     cm_arena *a = cm_rpc_ctx_arena(ctx);

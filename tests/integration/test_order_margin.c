@@ -9,6 +9,7 @@
 #include "fixture.h"
 
 #include <grpc/status.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -486,6 +487,74 @@ START_TEST(query_margin_by_tenant_sku_flash_sale_and_time)
 }
 END_TEST
 
+/* ---- who may see and set costs ---- */
+
+#define SECRET "0123456789abcdef0123456789abcdef-margin-test"
+
+START_TEST(cost_and_margin_calls_require_the_admin_role)
+{
+    static fx f;
+    const char *inv_env[] = {"INVENTORY_SWEEP_MS=100", "WORKERS=8", "AUTH_MODE=required",
+                             "JWT_HS256_SECRET=" SECRET, NULL};
+    fx_start_opts(&f, &(fx_opts){.inventory_env = inv_env, .no_topic = 1});
+    char *clerk = hs_bearer(SECRET, FX_TENANT, "clerk-7", "support", 300);
+    char *admin = hs_bearer(SECRET, FX_TENANT, "admin-1", "admin", 300);
+    cm_rpc_md mc[] = {{"authorization", clerk}}, ma[] = {{"authorization", admin}};
+    fx_set_stock_md(f.ic, "s-1", "sku-1", 5, ma);
+    Commerce__Inventory__V1__SetCostRequest q = COMMERCE__INVENTORY__V1__SET_COST_REQUEST__INIT;
+    Commerce__Common__V1__Money m = COMMERCE__COMMON__V1__MONEY__INIT;
+    m.amount_minor = 100;
+    m.currency = "CNY";
+    q.request_id = "c-1";
+    q.sku = "sku-1";
+    q.unit_cost = &m;
+    q.reason = "supplier price list";
+    q.actor = "ops:test";
+    cm_rpc_status st;
+    ck_assert_int_eq(hs_call(f.ic, FX_ISVC "SetCost", &q.base,
+                             &commerce__inventory__v1__set_cost_response__descriptor, NULL, &st, mc,
+                             1),
+                     GRPC_STATUS_PERMISSION_DENIED);
+    ck_assert_str_eq(st.reason, "ROLE_REQUIRED");
+    Commerce__Inventory__V1__GetCostRequest g = COMMERCE__INVENTORY__V1__GET_COST_REQUEST__INIT;
+    g.sku = "sku-1";
+    ck_assert_int_eq(hs_call(f.ic, FX_ISVC "GetCost", &g.base,
+                             &commerce__inventory__v1__get_cost_response__descriptor, NULL, &st, mc,
+                             1),
+                     GRPC_STATUS_PERMISSION_DENIED);
+    ck_assert_str_eq(st.reason, "ROLE_REQUIRED");
+    /* the refused call changed nothing: the admin's is version 1 */
+    Commerce__Inventory__V1__SetCostResponse *r = NULL;
+    ck_assert_int_eq(hs_call(f.ic, FX_ISVC "SetCost", &q.base,
+                             &commerce__inventory__v1__set_cost_response__descriptor,
+                             (ProtobufCMessage **)&r, &st, ma, 1),
+                     0);
+    ck_assert_int_eq(r->cost->cost_version, 1);
+    ck_assert_str_eq(r->change->principal, "admin-1");
+    protobuf_c_message_free_unpacked(&r->base, NULL);
+
+    hs_proc o;
+    const char *ord_env[] = {"AUTH_MODE=required", "JWT_HS256_SECRET=" SECRET, NULL};
+    fx_spawn_order(&f, &o, ord_env);
+    cm_rpc_client *oc = hs_client(&o, NULL);
+    Commerce__Order__V1__QueryMarginRequest mq = COMMERCE__ORDER__V1__QUERY_MARGIN_REQUEST__INIT;
+    ck_assert_int_eq(hs_call(oc, FX_OSVC "QueryMargin", &mq.base,
+                             &commerce__order__v1__query_margin_response__descriptor, NULL, &st, mc,
+                             1),
+                     GRPC_STATUS_PERMISSION_DENIED);
+    ck_assert_str_eq(st.reason, "ROLE_REQUIRED");
+    ck_assert_int_eq(hs_call(oc, FX_OSVC "QueryMargin", &mq.base,
+                             &commerce__order__v1__query_margin_response__descriptor, NULL, &st, ma,
+                             1),
+                     0);
+    cm_rpc_client_free(oc);
+    ck_assert_int_eq(hs_stop(&o, SIGTERM, 30000), 0);
+    free(clerk);
+    free(admin);
+    fx_stop(&f);
+}
+END_TEST
+
 /* ---- the alert, from a real run ---- */
 
 #define SCRAPES 30
@@ -694,6 +763,7 @@ int main(void)
         orders_keep_the_cost_they_were_created_with,
         refunds_reverse_cost_pro_rata_and_exactly_in_full,
         query_margin_by_tenant_sku_flash_sale_and_time,
+        cost_and_margin_calls_require_the_admin_role,
         flash_sale_under_cost_trips_the_alert_rule,
     };
     return fx_run("order_margin", tests, sizeof tests / sizeof tests[0]);
