@@ -154,7 +154,10 @@ step "helm-unittest (k8s/commerce/tests)"
 
 step "promtool: the alert rules and their tests"
 "$promtool" check rules "$chart/files/prometheus-rules.yaml" || fail=1
-"$promtool" test rules "$root/k8s/tests/prometheus-rules.test.yaml" || fail=1
+# margin-alert.test.yaml: series scraped from a real run of order (a flash
+# sale under cost), written by tests/integration/test_order_margin.c
+"$promtool" test rules "$root/k8s/tests/prometheus-rules.test.yaml" \
+  "$root/k8s/tests/margin-alert.test.yaml" "$root/k8s/tests/margin-threshold.test.yaml" || fail=1
 
 step "the alerts' and dashboards' metrics exist"
 python3 "$root/scripts/k8s-metrics-check.py" || fail=1

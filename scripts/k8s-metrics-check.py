@@ -10,7 +10,8 @@ the dashboards (k8s/commerce/files/dashboards/*.json) use must exist.
                                                 several, their union
 
 Metric names are taken from the PromQL of each expression: identifiers that
-are not functions, keywords, label names or durations.
+are not functions, keywords, label names or durations. Names the rule file
+records itself (`record:`) are not looked for: their expressions are.
 """
 import glob
 import json
@@ -81,6 +82,14 @@ def base(name):
     return name
 
 
+def recorded_names():
+    """names the rule file records itself (`record:`): they exist wherever
+    the rules run, and their own expressions are checked like any other"""
+    rules = os.path.join(ROOT, "k8s", "commerce", "files", "prometheus-rules.yaml")
+    return set(re.findall(r"^\s*-?\s*record:\s*([A-Za-z_:][A-Za-z0-9_:]*)\s*$",
+                          open(rules).read(), re.M))
+
+
 def source_names():
     names = set()
     call = re.compile(r"cm_metrics_(?:counter|gauge|histogram)\s*\([^,]+,\s*\"([a-z_:][a-z0-9_:]*)\"", re.S)
@@ -108,6 +117,9 @@ def main():
             used.setdefault(n, set()).add(where)
     if not used:
         sys.exit("k8s-metrics-check: no expressions found")
+    recorded = recorded_names()
+    for n in recorded:
+        used.pop(n, None)
     checks = [("the source", source_names())]
     if len(sys.argv) > 1:
         checks.append(("the scrape", scraped_names(sys.argv[1:])))

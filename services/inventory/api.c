@@ -199,6 +199,97 @@ static int adjust_stock(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMe
                         req->actor, req->expected_version, &resp->stock, &resp->change);
 }
 
+/* ---- cost price ---- */
+
+static int set_cost(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    const Commerce__Inventory__V1__SetCostRequest *req = (const void *)in;
+    Commerce__Inventory__V1__SetCostResponse *resp = (void *)out;
+    if (cm_rpc_require_role(ctx, "admin"))
+        return -1;
+    const Commerce__Common__V1__Money *m = req->unit_cost;
+    inv_violation v;
+    if (inv_check_cost(req->request_id, req->sku, m != NULL, m ? m->amount_minor : 0,
+                       m ? m->currency : NULL, req->reason, req->actor, req->expected_cost_version,
+                       &v))
+        return fail_v(ctx, &v);
+    cm_arena *a = cm_rpc_ctx_arena(ctx);
+    char *body = cm_arena_printf(a, "s=%s;c=%lld;u=%s;r=%s;a=%s;e=%lld", req->sku,
+                                 (long long)m->amount_minor, m->currency, req->reason, req->actor,
+                                 (long long)req->expected_cost_version);
+    inv_cost_req q = {.tenant = cm_rpc_ctx_tenant(ctx),
+                      .request_id = req->request_id,
+                      .body = body,
+                      .sku = req->sku,
+                      .currency = m->currency,
+                      .reason = req->reason,
+                      .actor = req->actor,
+                      .principal = principal_of(ctx),
+                      .unit_cost = m->amount_minor,
+                      .expected_version = req->expected_cost_version};
+    inv_cost_change *c = cm_arena_calloc(a, 1, sizeof *c);
+    int verdict = -1;
+    int rc = inv_store_set_cost(cm_service_db(ctx), &q, &verdict, c);
+    if (rc == CM_EEXIST)
+        verdict = INV_A_REUSED;
+    else if (rc)
+        return internal(ctx, rc, "could not set the cost");
+    switch (verdict) {
+    case INV_A_APPLIED:
+    case INV_A_REPLAY:
+        resp->cost = inv_pb_cost(a, c->sku, c->unit_cost, c->currency, c->cost_version);
+        resp->change = inv_pb_cost_change(a, c);
+        return 0;
+    case INV_A_REUSED:
+        return cm_rpc_fail(ctx, GRPC_STATUS_ALREADY_EXISTS, "IDEMPOTENCY_KEY_REUSED",
+                           "request_id was already used with a different body");
+    case INV_A_VERSION:
+        return cm_rpc_fail(ctx, GRPC_STATUS_ABORTED, "VERSION_MISMATCH",
+                           "expected_cost_version differs from the sku's cost_version");
+    case INV_A_NOT_FOUND:
+        return cm_rpc_fail(ctx, GRPC_STATUS_NOT_FOUND, "RESOURCE_NOT_FOUND",
+                           cm_arena_printf(a, "sku %s was never stocked", req->sku));
+    default:
+        return internal(ctx, CM_EINTERNAL, "could not set the cost");
+    }
+}
+
+#define INV_COST_CHANGES_MAX 100
+
+static int get_cost(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    const Commerce__Inventory__V1__GetCostRequest *req = (const void *)in;
+    Commerce__Inventory__V1__GetCostResponse *resp = (void *)out;
+    /* cost prices are confidential, as QueryMargin's figures are */
+    if (cm_rpc_require_role(ctx, "admin"))
+        return -1;
+    if (!inv_valid_key(req->sku, INV_SKU_MAX))
+        return cm_rpc_fail_field(ctx, "sku", "must be 1-64 characters from [A-Za-z0-9._:-]");
+    cm_arena *a = cm_rpc_ctx_arena(ctx);
+    inv_cost_change cur;
+    inv_cost_change *cs = cm_arena_calloc(a, INV_COST_CHANGES_MAX, sizeof *cs);
+    size_t n = 0;
+    if (!cs)
+        return internal(ctx, CM_ENOMEM, "could not read the cost");
+    int rc = inv_store_get_cost(cm_service_db(ctx), cm_rpc_ctx_tenant(ctx), req->sku, &cur, cs,
+                                INV_COST_CHANGES_MAX, &n);
+    if (rc == CM_ENOTFOUND)
+        return cm_rpc_fail(ctx, GRPC_STATUS_NOT_FOUND, "RESOURCE_NOT_FOUND",
+                           cm_arena_printf(a, "sku %s was never stocked", req->sku));
+    if (rc)
+        return internal(ctx, rc, "could not read the cost");
+    resp->cost = inv_pb_cost(a, req->sku, cur.unit_cost, cur.currency, cur.cost_version);
+    if (n) {
+        resp->changes = cm_arena_calloc(a, n, sizeof *resp->changes);
+        if (!resp->changes)
+            return internal(ctx, CM_ENOMEM, "could not read the cost");
+        for (size_t i = 0; i < n; i++)
+            resp->changes[i] = inv_pb_cost_change(a, &cs[i]);
+        resp->n_changes = n;
+    }
+    return 0;
+}
+
 /* ---- reservations ---- */
 
 static int sold_out(cm_rpc_ctx *ctx, const inv_reserve_item *it)
@@ -271,7 +362,8 @@ static int reserve(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage
                            .ttl_ms = ttl,
                            .lines = lines,
                            .nlines = n,
-                           .shortages = cm_rpc_alloc(ctx, n * sizeof(inv_shortage))};
+                           .shortages = cm_rpc_alloc(ctx, n * sizeof(inv_shortage)),
+                           .costs = cm_rpc_alloc(ctx, (n ? n : 1) * sizeof(inv_resv_line))};
     int rc = 0;
     /* the sold-out fast path: answered from memory, no database */
     if (app->soldout) {
@@ -318,6 +410,11 @@ static int reserve(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage
         for (size_t i = 0; i < n; i++) {
             snprintf(r->lines[i].sku, sizeof r->lines[i].sku, "%s", lines[i].sku);
             r->lines[i].qty = lines[i].qty;
+            if (it.costs) {
+                r->lines[i].unit_cost = it.costs[i].unit_cost;
+                memcpy(r->lines[i].cost_currency, it.costs[i].cost_currency,
+                       sizeof r->lines[i].cost_currency);
+            }
         }
         resp->reservation = inv_pb_resv(a, r);
         return 0;
@@ -782,6 +879,8 @@ const cm_rpc_method inv_methods[] = {
     {"Confirm", confirm, 0},
     {"Release", release, 0},
     {"GetReservation", get_reservation, 0},
+    {"SetCost", set_cost, 0},
+    {"GetCost", get_cost, 0},
     {"CheckInvariants", check_invariants, 0},
     {"ConfigureFlashSale", configure_flash_sale, 0},
     {"GetFlashSale", get_flash_sale, 0},

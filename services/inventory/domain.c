@@ -3,6 +3,7 @@
 
 #include "cm_err.h"
 #include "cm_id.h"
+#include "cm_money.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -92,6 +93,33 @@ int inv_check_admin(int kind, const char *request_id, const char *sku, int64_t v
         return viol(v, "actor", "must not be empty");
     if (strlen(actor) > INV_ACTOR_MAX)
         return viol(v, "actor", "must be at most 128 characters");
+    return 0;
+}
+
+int inv_check_cost(const char *request_id, const char *sku, int has_cost, int64_t unit_cost,
+                   const char *currency, const char *reason, const char *actor,
+                   int64_t expected_version, inv_violation *v)
+{
+    if (!inv_valid_key(request_id, INV_KEY_MAX))
+        return viol(v, "request_id", "must be 1-64 characters from [A-Za-z0-9._:-]");
+    if (!inv_valid_key(sku, INV_SKU_MAX))
+        return viol(v, "sku", "must be 1-64 characters from [A-Za-z0-9._:-]");
+    if (!has_cost)
+        return viol(v, "unit_cost", "is required");
+    if (unit_cost < 0 || unit_cost > INV_COST_MAX)
+        return viol(v, "unit_cost.amount_minor", "must be between 0 and 1000000000000");
+    if (!currency || !cm_money_currency_valid(currency))
+        return viol(v, "unit_cost.currency", "must be a known ISO-4217 code");
+    if (!reason || !*reason)
+        return viol(v, "reason", "must not be empty");
+    if (strlen(reason) > INV_REASON_MAX)
+        return viol(v, "reason", "must be at most 256 characters");
+    if (!actor || !*actor)
+        return viol(v, "actor", "must not be empty");
+    if (strlen(actor) > INV_ACTOR_MAX)
+        return viol(v, "actor", "must be at most 128 characters");
+    if (expected_version < 0)
+        return viol(v, "expected_cost_version", "must not be negative");
     return 0;
 }
 

@@ -50,6 +50,40 @@ Commerce__Inventory__V1__StockChange *inv_pb_change(cm_arena *a, const inv_chang
     return m;
 }
 
+Commerce__Inventory__V1__CostChange *inv_pb_cost_change(cm_arena *a, const inv_cost_change *c)
+{
+    Commerce__Inventory__V1__CostChange *m = cm_arena_calloc(a, 1, sizeof *m);
+    if (!m)
+        return NULL;
+    commerce__inventory__v1__cost_change__init(m);
+    m->change_id = cm_arena_strdup(a, c->change_id);
+    m->sku = cm_arena_strdup(a, c->sku);
+    m->unit_cost = cm_pb_money(a, c->unit_cost, c->currency);
+    if (c->previous_currency[0])
+        m->previous_unit_cost = cm_pb_money(a, c->previous_cost, c->previous_currency);
+    m->cost_version = c->cost_version;
+    m->request_id = cm_arena_strdup(a, c->request_id);
+    m->reason = cm_arena_strdup(a, c->reason);
+    m->actor = cm_arena_strdup(a, c->actor);
+    m->principal = cm_arena_strdup(a, c->principal);
+    m->occurred_at = cm_pb_timestamp(a, c->occurred_ms);
+    return m;
+}
+
+Commerce__Inventory__V1__CostPrice *inv_pb_cost(cm_arena *a, const char *sku, int64_t unit_cost,
+                                                const char *currency, int64_t version)
+{
+    Commerce__Inventory__V1__CostPrice *m = cm_arena_calloc(a, 1, sizeof *m);
+    if (!m)
+        return NULL;
+    commerce__inventory__v1__cost_price__init(m);
+    m->sku = cm_arena_strdup(a, sku);
+    if (currency[0])
+        m->unit_cost = cm_pb_money(a, unit_cost, currency);
+    m->cost_version = version;
+    return m;
+}
+
 Commerce__Inventory__V1__Reservation *inv_pb_resv(cm_arena *a, const inv_resv *r)
 {
     Commerce__Inventory__V1__Reservation *m = cm_arena_calloc(a, 1, sizeof *m);
@@ -75,6 +109,8 @@ Commerce__Inventory__V1__Reservation *inv_pb_resv(cm_arena *a, const inv_resv *r
             l->sku = cm_arena_strdup(a, r->lines[i].sku);
             l->quantity = r->lines[i].qty;
             l->flash_sale_id = cm_arena_strdup(a, r->lines[i].flash_sale_id);
+            if (r->lines[i].cost_currency[0])
+                l->unit_cost = cm_pb_money(a, r->lines[i].unit_cost, r->lines[i].cost_currency);
             m->lines[i] = l;
         }
         m->n_lines = r->nlines;

@@ -64,6 +64,13 @@ size_t inv_reserve_body(char *out, size_t cap, const char *buyer_id, int64_t ttl
 int inv_check_admin(int kind, const char *request_id, const char *sku, int64_t value,
                     const char *reason, const char *actor, inv_violation *v);
 
+/* SetCost: has_cost is 0 when unit_cost was not sent. 0 or CM_EINVAL
+ * with v filled (the field named as in SetCostRequest). */
+#define INV_COST_MAX 1000000000000LL /* one unit's cost, minor units */
+int inv_check_cost(const char *request_id, const char *sku, int has_cost, int64_t unit_cost,
+                   const char *currency, const char *reason, const char *actor,
+                   int64_t expected_version, inv_violation *v);
+
 /* the available delta an admin change makes from the current available;
  * CM_ESTATE when available would go negative, CM_EOVERFLOW past
  * INV_QTY_MAX * 1000. */
@@ -96,7 +103,9 @@ int inv_back_in_stock(int64_t avail_before, int64_t avail_after);
 typedef struct inv_counter {
     const char *tenant, *sku;
     int64_t available, reserved, sold, on_hand, version;
-    int64_t available0; /* at the start of the batch */
+    int64_t available0;        /* at the start of the batch */
+    int64_t unit_cost;         /* the cost price on the row (migration 0006) */
+    const char *cost_currency; /* "" when the sku has no cost */
 } inv_counter;
 
 /* admits one reservation against the batch's counters, all lines or none:

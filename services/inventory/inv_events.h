@@ -67,6 +67,10 @@ int inv_ev_pack_stock_edge(cm_arena *a, const char *tenant, const inv_level *l, 
 /* conversions; everything is allocated in a (timestamps: cm_pb.h). */
 Commerce__Inventory__V1__StockLevel *inv_pb_level(cm_arena *a, const inv_level *l);
 Commerce__Inventory__V1__StockChange *inv_pb_change(cm_arena *a, const inv_change *c);
+Commerce__Inventory__V1__CostChange *inv_pb_cost_change(cm_arena *a, const inv_cost_change *c);
+/* a CostPrice; unit_cost unset when currency is "" (no cost) */
+Commerce__Inventory__V1__CostPrice *inv_pb_cost(cm_arena *a, const char *sku, int64_t unit_cost,
+                                                const char *currency, int64_t version);
 Commerce__Inventory__V1__Reservation *inv_pb_resv(cm_arena *a, const inv_resv *r);
 
 #endif

@@ -34,6 +34,8 @@ typedef struct inv_resv_line {
     char sku[INV_SKU_MAX + 1];
     int64_t qty;
     char flash_sale_id[40];
+    int64_t unit_cost;     /* the sku's cost price when reserved */
+    char cost_currency[4]; /* "" when the sku had no cost */
 } inv_resv_line;
 
 typedef struct inv_resv {
@@ -78,7 +80,8 @@ typedef struct inv_reserve_item {
     int64_t created_ms, expires_ms;
     inv_shortage *shortages;
     size_t nshort;
-    int flash_batch; /* decided by the flash-sale path: lines may carry a sale id */
+    int flash_batch;      /* decided by the flash-sale path: lines may carry a sale id */
+    inv_resv_line *costs; /* optional, room for nlines: each line's cost (batch path) */
 } inv_reserve_item;
 
 /* called after commit for each sku whose available reached 0 (sold out)
@@ -121,6 +124,31 @@ typedef struct inv_admin_req {
     int kind;
     int64_t value, expected_version;
 } inv_admin_req;
+/* SetCost: verdict as for inv_store_admin (INV_A_NOT_FOUND: never
+ * stocked). change gets the change written (or replayed); the cost after it
+ * is change->unit_cost / currency / cost_version. */
+typedef struct inv_cost_change {
+    char change_id[40];
+    char sku[INV_SKU_MAX + 1];
+    int64_t unit_cost, previous_cost, cost_version;
+    char currency[4], previous_currency[4];
+    char request_id[INV_KEY_MAX + 1];
+    char reason[INV_REASON_MAX + 1];
+    char actor[INV_ACTOR_MAX + 1];
+    char principal[256];
+    int64_t occurred_ms;
+} inv_cost_change;
+typedef struct inv_cost_req {
+    const char *tenant, *request_id, *body, *sku, *currency, *reason, *actor, *principal;
+    int64_t unit_cost, expected_version;
+} inv_cost_req;
+int inv_store_set_cost(cm_db *db, const inv_cost_req *r, int *verdict, inv_cost_change *change);
+
+/* a sku's cost (unit_cost, currency, cost_version in *cur) and up to cap of
+ * its changes, newest first; CM_ENOTFOUND when never stocked */
+int inv_store_get_cost(cm_db *db, const char *tenant, const char *sku, inv_cost_change *cur,
+                       inv_cost_change *changes, size_t cap, size_t *n);
+
 int inv_store_admin(cm_db *db, const inv_admin_req *r, int *verdict, inv_change *change,
                     inv_level *level, inv_stock_cb cb, void *arg);
 

@@ -127,7 +127,8 @@ int inv_store_get_reservation(cm_db *db, const char *tenant, const char *order_i
     out->resolved_ms = i64(r, 0, 6);
     PQclear(r);
     rc = cm_db_read(db, "get reservation lines",
-                    "SELECT sku, quantity, flash_sale_id FROM reservation_line "
+                    "SELECT sku, quantity, flash_sale_id, unit_cost, coalesce(cost_currency, '') "
+                    "FROM reservation_line "
                     "WHERE tenant_id = $1 AND order_id = $2 ORDER BY idx",
                     2, p, &r);
     if (rc)
@@ -137,6 +138,8 @@ int inv_store_get_reservation(cm_db *db, const char *tenant, const char *order_i
         cpy(out->lines[i].sku, sizeof out->lines[i].sku, r, i, 0);
         out->lines[i].qty = i64(r, i, 1);
         cpy(out->lines[i].flash_sale_id, sizeof out->lines[i].flash_sale_id, r, i, 2);
+        out->lines[i].unit_cost = i64(r, i, 3);
+        cpy(out->lines[i].cost_currency, sizeof out->lines[i].cost_currency, r, i, 4);
     }
     out->nlines = (size_t)(n < INV_LINES_MAX ? n : INV_LINES_MAX);
     PQclear(r);
@@ -457,7 +460,7 @@ static void level_of(const inv_counter *c, int64_t at_ms, inv_level *l)
 /* clang-format off */
 #define BATCH_ARRAYS(X)                                                                  \
     X(r_tenant) X(r_order) X(r_buyer) X(r_body) X(r_created) X(r_expires)                \
-    X(l_tenant) X(l_order) X(l_idx) X(l_sku) X(l_qty)                                    \
+    X(l_tenant) X(l_order) X(l_idx) X(l_sku) X(l_qty) X(l_cost) X(l_ccy)                 \
     X(a_id) X(a_available) X(a_reserved) X(a_sold) X(a_on_hand) X(a_version)             \
     X(a_principal)                                                                       \
     X(s_tenant) X(s_sku) X(s_available) X(s_reserved) X(s_version)
@@ -481,9 +484,9 @@ static const char write_sql[] =
     "  to_timestamp(u.e / 1000.0) FROM unnest($r_tenant::text[], $r_order::text[], "
     "  $r_buyer::text[], $r_body::text[], $r_created::bigint[], $r_expires::bigint[]) "
     "  AS u(t, o, b, body, c, e) ON CONFLICT DO NOTHING RETURNING 1), "
-    "l AS (INSERT INTO reservation_line (tenant_id, order_id, idx, sku, quantity) "
-    "  SELECT * FROM unnest($l_tenant::text[], $l_order::text[], $l_idx::int[], "
-    "  $l_sku::text[], $l_qty::bigint[])), "
+    "l AS (INSERT INTO reservation_line (tenant_id, order_id, idx, sku, quantity, unit_cost, "
+    "  cost_currency) SELECT * FROM unnest($l_tenant::text[], $l_order::text[], $l_idx::int[], "
+    "  $l_sku::text[], $l_qty::bigint[], $l_cost::bigint[], $l_ccy::text[])), "
     "c AS (INSERT INTO stock_change (change_id, tenant_id, sku, kind, available_delta, "
     "  reserved_delta, sold_delta, available, reserved, sold, on_hand, version, "
     "  order_id, principal, occurred_at) SELECT u.id, u.t, u.s, 3, -u.q, u.q, 0, u.a, "
@@ -527,15 +530,16 @@ static int lock_batch(cm_db *db, const reserve_tx *t, PGresult **rs)
                        t->params[A_ORDER]};
     return exec_ps(db, PS_LOCK, "lock batch stock",
                    "WITH k AS (SELECT s.tenant_id, s.sku, s.available, s.reserved, s.sold, "
-                   "  s.on_hand, s.version, EXISTS (SELECT 1 FROM flash_sale f "
+                   "  s.on_hand, s.version, s.unit_cost, s.cost_currency, "
+                   "  EXISTS (SELECT 1 FROM flash_sale f "
                    "  WHERE f.tenant_id = s.tenant_id AND f.sku = s.sku AND f.starts_at <= now() "
                    "  AND f.ends_at > now())::int AS fs "
                    "  FROM stock s JOIN (SELECT DISTINCT * FROM unnest($1::text[], $2::text[])) "
                    "  AS u(t, k) ON s.tenant_id = u.t AND s.sku = u.k "
                    "  ORDER BY s.tenant_id, s.sku FOR UPDATE OF s) "
                    "SELECT 0, tenant_id, sku, available, reserved, sold, on_hand, version, fs, "
-                   "  NULL::text FROM k "
-                   "UNION ALL SELECT 1, x.tenant_id, x.order_id, 0, 0, 0, 0, 0, 0, x.body "
+                   "  NULL::text, unit_cost, cost_currency FROM k "
+                   "UNION ALL SELECT 1, x.tenant_id, x.order_id, 0, 0, 0, 0, 0, 0, x.body, 0, '' "
                    "  FROM unnest($3::text[], $4::text[]) AS u(t, o) "
                    "  JOIN reservation x ON x.tenant_id = u.t AND x.order_id = u.o",
                    4, p, -1, 0, rs);
@@ -560,6 +564,8 @@ static inv_counter *read_counters(const PGresult *rs, size_t *nc)
         c->sold = i64(rs, k, 5);
         c->on_hand = i64(rs, k, 6);
         c->version = i64(rs, k, 7);
+        c->unit_cost = i64(rs, k, 10);
+        c->cost_currency = PQgetvalue(rs, k, 11);
     }
     /* the rows come in the key columns' order (COLLATE "C", strcmp's since
      * migration 0005); sorted here all the same, as bsearch needs it */
@@ -620,6 +626,13 @@ static int add_reservation(batch_writes *w, const inv_reserve_item *it, const in
         cm_buf_array_int(&col[W_l_idx], (long long)j);
         cm_buf_array_text(&col[W_l_sku], it->lines[j].sku);
         cm_buf_array_int(&col[W_l_qty], it->lines[j].qty);
+        cm_buf_array_int(&col[W_l_cost], c->unit_cost);
+        cm_buf_array_text(&col[W_l_ccy], c->cost_currency);
+        if (it->costs) {
+            it->costs[j].unit_cost = c->unit_cost;
+            snprintf(it->costs[j].cost_currency, sizeof it->costs[j].cost_currency, "%s",
+                     c->cost_currency);
+        }
         cm_buf_array_text(&col[W_a_id], chg.change_id);
         cm_buf_array_int(&col[W_a_available], c->available);
         cm_buf_array_int(&col[W_a_reserved], c->reserved);
@@ -1589,6 +1602,92 @@ int inv_store_list_sales(cm_db *db, const char *tenant, const char *sku, const i
     *more = rows > cap;
     for (size_t i = 0; i < rows && i < cap; i++)
         parse_sale(r, (int)i, &out[(*n)++]);
+    PQclear(r);
+    return 0;
+}
+
+/* ---- cost price ---- */
+
+/* the columns of inv_set_cost's result from change_id on, as for
+ * inv_store_get_cost's changes */
+static void parse_cost(const PGresult *r, int row, int c0, inv_cost_change *c)
+{
+    cpy(c->change_id, sizeof c->change_id, r, row, c0);
+    cpy(c->sku, sizeof c->sku, r, row, c0 + 1);
+    c->unit_cost = i64(r, row, c0 + 2);
+    cpy(c->currency, sizeof c->currency, r, row, c0 + 3);
+    c->previous_cost = i64(r, row, c0 + 4);
+    cpy(c->previous_currency, sizeof c->previous_currency, r, row, c0 + 5);
+    c->cost_version = i64(r, row, c0 + 6);
+    cpy(c->request_id, sizeof c->request_id, r, row, c0 + 7);
+    cpy(c->reason, sizeof c->reason, r, row, c0 + 8);
+    cpy(c->actor, sizeof c->actor, r, row, c0 + 9);
+    cpy(c->principal, sizeof c->principal, r, row, c0 + 10);
+    c->occurred_ms = i64(r, row, c0 + 11);
+}
+
+int inv_store_set_cost(cm_db *db, const inv_cost_req *q, int *verdict, inv_cost_change *change)
+{
+    char cost[32], expected[32];
+    snprintf(cost, sizeof cost, "%lld", (long long)q->unit_cost);
+    snprintf(expected, sizeof expected, "%lld", (long long)q->expected_version);
+    const char *p[] = {
+        q->tenant,     q->sku,  cost,      q->currency, expected,
+        q->request_id, q->body, q->reason, q->actor,    q->principal ? q->principal : ""};
+    int rc = CM_EEXIST;
+    /* two calls racing with one new request_id: the second's insert hits
+     * the unique index; run it again and it replays the first */
+    for (int attempt = 0; attempt < 2 && rc == CM_EEXIST; attempt++) {
+        PGresult *r = NULL;
+        rc = exec(db, "set cost",
+                  "SELECT * FROM inv_set_cost($1, $2, $3::bigint, $4, $5::bigint, $6, $7, "
+                  "$8, $9, $10)",
+                  10, p, &r);
+        if (rc)
+            continue;
+        *verdict = (int)i64(r, 0, 0);
+        if (*verdict <= INV_A_REPLAY)
+            parse_cost(r, 0, 1, change);
+        PQclear(r);
+    }
+    return rc;
+}
+
+int inv_store_get_cost(cm_db *db, const char *tenant, const char *sku, inv_cost_change *cur,
+                       inv_cost_change *changes, size_t cap, size_t *n)
+{
+    const char *p[] = {tenant, sku};
+    PGresult *r = NULL;
+    int rc = cm_db_read(db, "get cost",
+                        "SELECT unit_cost, cost_currency, cost_version FROM stock "
+                        "WHERE tenant_id = $1 AND sku = $2",
+                        2, p, &r);
+    if (rc)
+        return rc;
+    if (PQntuples(r) != 1) {
+        PQclear(r);
+        return CM_ENOTFOUND;
+    }
+    memset(cur, 0, sizeof *cur);
+    snprintf(cur->sku, sizeof cur->sku, "%s", sku);
+    cur->unit_cost = i64(r, 0, 0);
+    cpy(cur->currency, sizeof cur->currency, r, 0, 1);
+    cur->cost_version = i64(r, 0, 2);
+    PQclear(r);
+    char lim[24];
+    snprintf(lim, sizeof lim, "%zu", cap);
+    const char *pl[] = {tenant, sku, lim};
+    rc = cm_db_read(db, "get cost changes",
+                    "SELECT change_id::text, sku, unit_cost, currency, previous_cost, "
+                    "previous_currency, cost_version, request_id, reason, actor, principal, "
+                    "(extract(epoch FROM occurred_at) * 1000)::bigint FROM cost_change "
+                    "WHERE tenant_id = $1 AND sku = $2 ORDER BY cost_version DESC LIMIT $3::int",
+                    3, pl, &r);
+    if (rc)
+        return rc;
+    *n = (size_t)PQntuples(r);
+    for (size_t i = 0; i < *n; i++)
+        parse_cost(r, (int)i, 0, &changes[i]);
     PQclear(r);
     return 0;
 }

@@ -11,11 +11,13 @@
 #include "cm_id.h"
 #include "cm_log.h"
 #include "cm_metrics.h"
+#include "cm_money.h"
 #include "cm_page.h"
 #include "cm_pb.h"
 #include "cm_rpc_client.h"
 #include "ord_domain.h"
 #include "ord_events.h"
+#include "ord_metrics.h"
 #include "ord_saga.h"
 #include "ord_store.h"
 
@@ -52,6 +54,7 @@ typedef struct ord_app {
     tenant_entry tenants[TENANT_CACHE];
     ord_saga *saga; /* Reserve, and the queued Releases */
     cm_counter *rejected, *timed_out, *continued, *auto_completed;
+    ord_metrics *margin; /* the gross-margin counters */
 } ord_app;
 
 /* ---- helpers ---- */
@@ -518,13 +521,24 @@ static void create_apply_reservation(ord_app *app, ord_order *o,
                                      const Commerce__Inventory__V1__Reservation *resv,
                                      int64_t timeout, int64_t flash_timeout)
 {
+    int64_t costs[ORD_LINES_MAX];
+    const char *ccys[ORD_LINES_MAX];
+    for (size_t k = 0; k < o->nlines; k++) {
+        costs[k] = -1;
+        ccys[k] = NULL;
+    }
     for (size_t i = 0; i < resv->n_lines; i++) {
         const Commerce__Inventory__V1__ReservationLine *l = resv->lines[i];
         for (size_t k = 0; k < o->nlines; k++)
-            if (strcmp(o->lines[k].sku, l->sku) == 0)
+            if (strcmp(o->lines[k].sku, l->sku) == 0) {
                 snprintf(o->lines[k].flash_sale_id, sizeof o->lines[k].flash_sale_id, "%s",
                          l->flash_sale_id);
+                /* the cost comes with the reservation: no extra call */
+                costs[k] = l->unit_cost ? l->unit_cost->amount_minor : -1;
+                ccys[k] = l->unit_cost ? l->unit_cost->currency : NULL;
+            }
     }
+    ord_set_costs(o, costs, ccys);
     o->flash = resv->flash_sale;
     if (o->flash && flash_timeout >= 0)
         timeout = flash_timeout;
@@ -671,6 +685,8 @@ static int mark_paid(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessa
         return key_reused(ctx, "payment_id"); /* taken by another order meanwhile */
     if (rc)
         return db_fail(ctx, rc, "could not record the payment");
+    if (verdict == ORD_OK)
+        ord_metrics_paid(((ord_app *)cm_service_app(ctx))->margin, cm_rpc_ctx_tenant(ctx), o);
     switch (verdict) {
     case ORD_OK:
     case ORD_SAME:
@@ -898,6 +914,9 @@ static int refund_order(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMe
     int rc = ord_store_refund(cm_service_db(ctx), &q, a, o, r, &verdict, &v);
     if (rc)
         return db_fail(ctx, rc, "could not record the refund");
+    if (verdict == ORD_OK)
+        ord_metrics_refunded(((ord_app *)cm_service_app(ctx))->margin, cm_rpc_ctx_tenant(ctx), o,
+                             r);
     switch (verdict) {
     case ORD_OK:
     case ORD_SAME:
@@ -1125,6 +1144,64 @@ static int put_tenant_settings(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Prot
     return resp->settings && resp->change ? 0 : cm_rpc_fail_err(ctx, CM_ENOMEM, "tenant settings");
 }
 
+/* ---- margin ---- */
+
+#define MARGIN_CURRENCIES_MAX 32
+
+static int query_margin(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    const Commerce__Order__V1__QueryMarginRequest *req = (const void *)in;
+    Commerce__Order__V1__QueryMarginResponse *resp = (void *)out;
+    if (cm_rpc_require_role(ctx, "admin"))
+        return -1;
+    if (*req->sku && !ord_valid_key(req->sku, ORD_KEY_MAX))
+        return cm_rpc_fail_field(ctx, "sku", "must be 1-64 characters from [A-Za-z0-9._:-]");
+    if (*req->flash_sale_id && !ord_valid_key(req->flash_sale_id, ORD_KEY_MAX))
+        return cm_rpc_fail_field(ctx, "flash_sale_id",
+                                 "must be 1-64 characters from [A-Za-z0-9._:-]");
+    if (*req->sku && *req->flash_sale_id)
+        return cm_rpc_fail_field(ctx, "flash_sale_id", "must be empty when sku is set");
+    int64_t from, to;
+    if (list_range(ctx, req->paid, "paid", &from, &to))
+        return -1;
+    cm_arena *a = cm_rpc_ctx_arena(ctx);
+    ord_margin_row *rows = cm_arena_calloc(a, MARGIN_CURRENCIES_MAX, sizeof *rows);
+    size_t n = 0;
+    if (!rows)
+        return cm_rpc_fail_err(ctx, CM_ENOMEM, "query margin");
+    int rc = ord_store_query_margin(cm_service_db(ctx), cm_rpc_ctx_tenant(ctx), req->sku,
+                                    req->flash_sale_id, from, to, rows, MARGIN_CURRENCIES_MAX, &n);
+    if (rc)
+        return db_fail(ctx, rc, "could not query the margin");
+    resp->margins = cm_arena_calloc(a, n ? n : 1, sizeof *resp->margins);
+    if (!resp->margins)
+        return cm_rpc_fail_err(ctx, CM_ENOMEM, "query margin");
+    for (size_t i = 0; i < n; i++) {
+        const ord_margin_row *r = &rows[i];
+        Commerce__Order__V1__MarginSummary *m = cm_arena_calloc(a, 1, sizeof *m);
+        if (!m)
+            return cm_rpc_fail_err(ctx, CM_ENOMEM, "query margin");
+        commerce__order__v1__margin_summary__init(m);
+        m->currency = cm_arena_strdup(a, r->currency);
+        m->orders = r->orders;
+        m->revenue = cm_pb_money(a, r->revenue, r->currency);
+        m->refunded = cm_pb_money(a, r->refunded, r->currency);
+        m->cost = cm_pb_money(a, r->cost, r->currency);
+        m->cost_reversed = cm_pb_money(a, r->reversed, r->currency);
+        int64_t net = r->revenue - r->refunded;
+        int64_t margin = net - (r->cost - r->reversed);
+        m->gross_margin = cm_pb_money(a, margin, r->currency);
+        int64_t bps = 0;
+        if (net > 0 && cm_money_muldiv(margin, CM_MONEY_BPS_ONE, net, CM_ROUND_FLOOR, &bps) != 0)
+            bps = 0;
+        m->margin_ratio_bps = bps;
+        m->uncosted_lines = r->uncosted;
+        resp->margins[i] = m;
+    }
+    resp->n_margins = n;
+    return 0;
+}
+
 const cm_rpc_method ord_methods[] = {
     {"CreateOrder", create_order, 0},
     {"GetOrder", get_order, 0},
@@ -1136,6 +1213,7 @@ const cm_rpc_method ord_methods[] = {
     {"RefundOrder", refund_order, 0},
     {"GetTenantSettings", get_tenant_settings, 0},
     {"PutTenantSettings", put_tenant_settings, 0},
+    {"QueryMargin", query_margin, 0},
 };
 const size_t ord_methods_count = sizeof ord_methods / sizeof ord_methods[0];
 
@@ -1216,6 +1294,14 @@ int ord_app_init(cm_service *svc, void **out, char *err, size_t errlen)
         "creates that carried on with an earlier attempt's reservation made under another ttl "
         "(the payment timeout changed between the attempts)",
         NULL);
+    app->margin = ord_metrics_new(m);
+    if (!app->margin) {
+        snprintf(err, errlen, "could not allocate the margin metrics");
+        ord_saga_free(app->saga, cm_service_main_db(svc));
+        cm_group_free(app->creates);
+        free(app);
+        return CM_ENOMEM;
+    }
     *out = app;
     return 0;
 }
@@ -1227,6 +1313,7 @@ void ord_app_fini(cm_service *svc, void *p)
         return;
     ord_saga_free(app->saga, cm_service_main_db(svc));
     cm_group_free(app->creates);
+    ord_metrics_free(app->margin);
     pthread_mutex_destroy(&app->mu);
     free(app);
 }

@@ -129,6 +129,7 @@ int ord_check_create(const ord_create_in *in, ord_order *o, ord_violation *v)
         snprintf(ol->sku, sizeof ol->sku, "%s", l->sku);
         ol->qty = l->qty;
         ol->unit_price = l->unit_price;
+        ol->unit_cost = -1; /* until the reservation says (ord_set_costs) */
     }
     o->nlines = in->nlines;
     o->total = total;
@@ -440,8 +441,8 @@ static int refundable_state(int s)
     return s == ORD_PAID || s == ORD_SHIPPED || s == ORD_COMPLETED || s == ORD_PART_REFUNDED;
 }
 
-ord_verdict ord_plan_refund(const ord_order *o, const ord_refund_in *in, ord_refund *r,
-                            ord_violation *v)
+static ord_verdict plan_refund(const ord_order *o, const ord_refund_in *in, ord_refund *r,
+                               ord_violation *v)
 {
     memset(r, 0, sizeof *r);
     r->scope = in->scope;
@@ -546,6 +547,97 @@ ord_verdict ord_plan_refund(const ord_order *o, const ord_refund_in *in, ord_ref
     }
 }
 
+/* what of line l is refunded after adding qty units and amount: the share
+ * of the line's cost that is reversed (cumulative) */
+static int64_t reversed_after(const ord_line *l, int64_t qty, int64_t amount)
+{
+    int64_t cost;
+    if (ord_line_cost(l, &cost) != 0 || l->unit_cost < 0)
+        return 0;
+    if (l->line_total > 0)
+        return ord_cost_share(cost, l->refunded_amount + amount, l->line_total);
+    return ord_cost_share(cost, l->refunded_qty + qty, l->qty);
+}
+
+ord_verdict ord_plan_refund(const ord_order *o, const ord_refund_in *in, ord_refund *r,
+                            ord_violation *v)
+{
+    ord_verdict verdict = plan_refund(o, in, r, v);
+    if (verdict != ORD_OK)
+        return verdict;
+    r->cost_reversed = 0;
+    for (size_t k = 0; k < r->nlines; k++) {
+        ord_refund_line *rl = &r->lines[k];
+        rl->cost = 0;
+        for (size_t i = 0; i < o->nlines; i++) {
+            const ord_line *l = &o->lines[i];
+            if (strcmp(l->sku, rl->sku) != 0)
+                continue;
+            rl->cost = reversed_after(l, rl->qty, rl->amount) - l->cost_reversed;
+            if (rl->cost < 0) /* cannot happen: the share only grows */
+                rl->cost = 0;
+            break;
+        }
+        r->cost_reversed += rl->cost;
+    }
+    return ORD_OK;
+}
+
+void ord_set_costs(ord_order *o, const int64_t *costs, const char *const *ccys)
+{
+    for (size_t i = 0; i < o->nlines; i++) {
+        ord_line *l = &o->lines[i];
+        int known = ccys[i] && strcmp(ccys[i], o->currency) == 0 && costs[i] >= 0;
+        l->unit_cost = known ? costs[i] : -1;
+        l->cost_reversed = 0;
+    }
+}
+
+int ord_line_cost(const ord_line *l, int64_t *out)
+{
+    *out = 0;
+    if (l->unit_cost < 0)
+        return 0;
+    int64_t c;
+    if (cm_money_mul(l->qty, l->unit_cost, &c) != 0)
+        return CM_EOVERFLOW;
+    *out = c;
+    return 0;
+}
+
+int64_t ord_cost_share(int64_t cost, int64_t done, int64_t whole)
+{
+    if (whole <= 0 || done <= 0 || cost <= 0)
+        return 0;
+    if (done >= whole)
+        return cost;
+    int64_t s;
+    if (cm_money_muldiv(cost, done, whole, CM_ROUND_FLOOR, &s) != 0)
+        return 0; /* cannot happen: done < whole keeps it under cost */
+    return s;
+}
+
+ord_margin ord_order_margin(const ord_order *o)
+{
+    ord_margin m = {.complete = 1};
+    for (size_t i = 0; i < o->nlines; i++) {
+        const ord_line *l = &o->lines[i];
+        int64_t c;
+        if (l->unit_cost < 0 || ord_line_cost(l, &c) != 0) {
+            m.complete = 0;
+            continue;
+        }
+        /* a line's cost is at most ORD_QTY_MAX * the largest cost inventory
+         * accepts (10^9 * 10^12 overflows, caught above); sums of 100 such
+         * lines are kept within int64 by saturating */
+        if (cm_money_add(m.cost, c, &m.cost) != 0)
+            m.cost = INT64_MAX;
+        m.reversed += l->cost_reversed;
+    }
+    m.margin = (o->total - o->refunded) - (m.cost - m.reversed);
+    return m;
+}
+
 void ord_apply_refund(ord_order *o, const ord_refund *r)
 {
     for (size_t k = 0; k < r->nlines; k++) {
@@ -553,6 +645,7 @@ void ord_apply_refund(ord_order *o, const ord_refund *r)
             if (strcmp(o->lines[i].sku, r->lines[k].sku) == 0) {
                 o->lines[i].refunded_qty += r->lines[k].qty;
                 o->lines[i].refunded_amount += r->lines[k].amount;
+                o->lines[i].cost_reversed += r->lines[k].cost;
                 break;
             }
         }

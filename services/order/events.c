@@ -21,6 +21,7 @@ Commerce__Order__V1__Refund *ord_pb_refund(cm_arena *a, const ord_refund *r, con
     m->amount = cm_pb_money(a, r->amount, currency);
     m->reason = cm_arena_strdup(a, r->reason);
     m->created_at = cm_pb_timestamp(a, r->created_ms);
+    m->cost_reversed = cm_pb_money(a, r->cost_reversed, currency);
     if (r->nlines) {
         m->lines = cm_arena_calloc(a, r->nlines, sizeof *m->lines);
         if (!m->lines)
@@ -33,6 +34,7 @@ Commerce__Order__V1__Refund *ord_pb_refund(cm_arena *a, const ord_refund *r, con
             l->sku = cm_arena_strdup(a, r->lines[i].sku);
             l->quantity = r->lines[i].qty;
             l->amount = cm_pb_money(a, r->lines[i].amount, currency);
+            l->cost_reversed = cm_pb_money(a, r->lines[i].cost, currency);
             m->lines[i] = l;
         }
         m->n_lines = r->nlines;
@@ -69,6 +71,9 @@ Commerce__Order__V1__Order *ord_pb_order(cm_arena *a, const ord_order *o)
         l->refunded_quantity = ol->refunded_qty;
         l->refunded_amount = cm_pb_money(a, ol->refunded_amount, o->currency);
         l->flash_sale_id = cm_arena_strdup(a, ol->flash_sale_id);
+        if (ol->unit_cost >= 0)
+            l->unit_cost = cm_pb_money(a, ol->unit_cost, o->currency);
+        l->cost_reversed = cm_pb_money(a, ol->cost_reversed, o->currency);
         m->lines[i] = l;
     }
     m->n_lines = o->nlines;
@@ -118,6 +123,11 @@ Commerce__Order__V1__Order *ord_pb_order(cm_arena *a, const ord_order *o)
     m->cancelled_at = cm_pb_timestamp(a, o->cancelled_ms);
     m->completed_at = cm_pb_timestamp(a, o->completed_ms);
     m->completed_by = cm_arena_strdup(a, o->completed_by);
+    ord_margin mg = ord_order_margin(o);
+    m->cost_amount = cm_pb_money(a, mg.cost, o->currency);
+    m->cost_reversed = cm_pb_money(a, mg.reversed, o->currency);
+    m->gross_margin = cm_pb_money(a, mg.margin, o->currency);
+    m->cost_complete = mg.complete;
     return m;
 }
 

@@ -55,12 +55,15 @@ typedef struct ord_line {
     int64_t refunded_qty;
     int64_t refunded_amount;
     char flash_sale_id[40];
+    int64_t unit_cost;     /* fixed at creation; < 0: unknown (no cost in the order currency) */
+    int64_t cost_reversed; /* cumulative, by refunds (ord_cost_share) */
 } ord_line;
 
 typedef struct ord_refund_line {
     char sku[ORD_KEY_MAX + 1];
     int64_t qty;
     int64_t amount;
+    int64_t cost; /* the line's cost this refund reverses */
 } ord_refund_line;
 
 typedef struct ord_refund {
@@ -71,6 +74,7 @@ typedef struct ord_refund {
     ord_refund_line lines[ORD_LINES_MAX];
     char reason[ORD_NOTE_MAX * 4 + 1];
     int64_t created_ms;
+    int64_t cost_reversed; /* sum of the lines' cost */
 } ord_refund;
 
 /* an order as stored; strings are NUL-terminated, times unix ms (0: unset) */
@@ -223,13 +227,44 @@ int ord_check_refund(const ord_refund_in *in, ord_violation *v);
  * ORD_ILLEGAL (not paid, or already REFUNDED), ORD_BAD_INPUT (unknown sku:
  * v filled), ORD_CURRENCY, or ORD_EXCEEDS (more than is left, in total or
  * on a line: v names the line). AMOUNT spreads over the lines pro rata to
- * what each has left (largest remainder, so the parts sum exactly). */
+ * what each has left (largest remainder, so the parts sum exactly). each
+ * line's cost reversal (r->lines[k].cost, r->cost_reversed) is the
+ * cumulative ord_cost_share after the refund minus before it, by refunded
+ * amount over line_total (by refunded units for a line priced 0). */
 ord_verdict ord_plan_refund(const ord_order *o, const ord_refund_in *in, ord_refund *r,
                             ord_violation *v);
 
-/* applies a planned refund to o: line counters, refunded total, state
+/* applies a planned refund to o: line counters (with cost_reversed), refunded total, state
  * (REFUNDED when everything paid is refunded, else PARTIALLY_REFUNDED) */
 void ord_apply_refund(ord_order *o, const ord_refund *r);
+
+/* ---- gross margin (README.md, "Cost and margin") ---- */
+
+/* records each line's unit cost from the reservation: costs[i] for line i
+ * in ccys[i]; a cost in another currency than the order's, a missing one
+ * (ccy NULL or "") or a negative one leaves the line's cost unknown (-1).
+ * cost_reversed starts at 0. */
+void ord_set_costs(ord_order *o, const int64_t *costs, const char *const *ccys);
+
+/* a line's cost of goods: qty * unit_cost, 0 when unknown. CM_EOVERFLOW
+ * past int64 (the line then counts 0 and is reported unknown). */
+int ord_line_cost(const ord_line *l, int64_t *out);
+
+/* the cost of the refunded part of a line: floor(cost * done / whole),
+ * exact in 128 bits; cost when done >= whole, 0 when whole <= 0. used
+ * cumulatively (after minus before), so partial refunds reverse floor(...)
+ * each and the refund that completes the line reverses the remainder: the
+ * reversals of a fully refunded line sum to its cost exactly. */
+int64_t ord_cost_share(int64_t cost, int64_t done, int64_t whole);
+
+/* the order's margin figures from its lines: cost (sum of known line
+ * costs), reversed (sum of cost_reversed), margin = (total - refunded) -
+ * (cost - reversed), complete = 1 when every line's cost is known */
+typedef struct ord_margin {
+    int64_t cost, reversed, margin;
+    int complete;
+} ord_margin;
+ord_margin ord_order_margin(const ord_order *o);
 
 /* tenant settings (PutTenantSettings) as received: the Durations' raw
  * seconds and nanos, so nothing is computed before it is checked */

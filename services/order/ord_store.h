@@ -186,4 +186,15 @@ typedef struct ord_settings_req {
 int ord_store_put_settings(cm_db *db, const ord_settings_req *q, ord_settings *now,
                            ord_settings_change *c, int *verdict);
 
+/* QueryMargin: the margin figures of the tenant's lines (of sku, or of
+ * flash sale fs, when not "") of orders paid in [from_ms, to_ms) (0: open),
+ * one row per currency, at most cap. */
+typedef struct ord_margin_row {
+    char currency[4];
+    int64_t orders, revenue, refunded, cost, reversed, uncosted;
+} ord_margin_row;
+int ord_store_query_margin(cm_db *db, const char *tenant, const char *sku, const char *fs,
+                           int64_t from_ms, int64_t to_ms, ord_margin_row *rows, size_t cap,
+                           size_t *n);
+
 #endif

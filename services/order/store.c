@@ -30,11 +30,14 @@
     "coalesce(pay_provider, ''), coalesce(pay_reference, ''), "                                    \
     MS0("paid_at") ", " MS0("pay_recorded_at") ", coalesce(carrier, ''), "                         \
     "coalesce(tracking_number, ''), " MS0("shipped_at") ", version, body_hash, "                   \
-    "coalesce(payment_hash, ''), completed_by"
+    "coalesce(payment_hash, ''), completed_by, "                                                   \
+    "coalesce(array_to_string(line_unit_cost, ','), ''), "                                         \
+    "coalesce(array_to_string(line_cost_reversed, ','), '')"
 
 #define REFUND_COLS                                                                                \
     "refund_id, scope, amount, array_to_string(line_sku, ','), array_to_string(line_qty, ','), "   \
-    "array_to_string(line_amount, ','), reason, (extract(epoch FROM created_at) * 1000)::bigint, order_id, body_hash"
+    "array_to_string(line_amount, ','), reason, (extract(epoch FROM created_at) * 1000)::bigint, order_id, body_hash, " \
+    "coalesce(array_to_string(line_cost, ','), ''), cost_reversed"
 // clang-format on
 
 /* ---- small helpers ---- */
@@ -144,6 +147,17 @@ static void parse_order(const PGresult *r, int row, ord_order *o)
     o->shipped_ms = i64(r, row, 33);
     o->version = i64(r, row, 34);
     cpy(o->completed_by, sizeof o->completed_by, r, row, 37);
+    /* no stored costs (an order from before migration 0006): unknown */
+    for (size_t i = 0; i < n; i++) {
+        o->lines[i].unit_cost = -1;
+        o->lines[i].cost_reversed = 0;
+    }
+    size_t nc = split_i64(PQgetvalue(r, row, 38), v, n);
+    for (size_t i = 0; i < nc; i++)
+        o->lines[i].unit_cost = v[i];
+    nc = split_i64(PQgetvalue(r, row, 39), v, n);
+    for (size_t i = 0; i < nc; i++)
+        o->lines[i].cost_reversed = v[i];
 }
 
 static void parse_refund(const PGresult *r, int row, ord_refund *f)
@@ -163,6 +177,10 @@ static void parse_refund(const PGresult *r, int row, ord_refund *f)
     f->nlines = n;
     cpy(f->reason, sizeof f->reason, r, row, 6);
     f->created_ms = i64(r, row, 7);
+    size_t nc = split_i64(PQgetvalue(r, row, 10), m, n);
+    for (size_t i = 0; i < nc; i++)
+        f->lines[i].cost = m[i];
+    f->cost_reversed = i64(r, row, 11);
 }
 
 /* text of a number, in the arena */
@@ -325,6 +343,8 @@ static int save_with(cm_db *db, const char *tenant, cm_arena *a, ord_order *o,
         num(a, o->version),
         o->completed_by,
         payment_hash,
+        LINE_FIELD(o, cost_reversed),
+        num(a, ord_order_margin(o).reversed),
     };
     PGresult *r = NULL;
     int rc = exec(db, "update order",
@@ -336,9 +356,10 @@ static int save_with(cm_db *db, const char *tenant, cm_arena *a, ord_order *o,
                   "paid_at = to_timestamp($16::bigint / 1000.0), "
                   "pay_recorded_at = to_timestamp($17::bigint / 1000.0), carrier = $18, "
                   "tracking_number = $19, shipped_at = to_timestamp($20::bigint / 1000.0), "
-                  "version = $21, completed_by = $22, payment_hash = coalesce($23, payment_hash) "
+                  "version = $21, completed_by = $22, payment_hash = coalesce($23, payment_hash), "
+                  "line_cost_reversed = $24, cost_reversed = $25 "
                   "WHERE tenant_id = $1 AND order_id = $2::uuid",
-                  23, p, &r);
+                  25, p, &r);
     PQclear(r);
     return rc;
 }
@@ -357,13 +378,13 @@ static int save(cm_db *db, const char *tenant, cm_arena *a, ord_order *o)
  * ON CONFLICT, and so is its event (it is inserted only where its order
  * was). the events are the shared batched outbox insert (cm_outbox_rows):
  * parameters $1-$11, the orders' from $12. */
-enum { COLS = 19, FIRST = CM_OUTBOX_ROWS_NPARAMS + 3 };
+enum { COLS = 22, FIRST = CM_OUTBOX_ROWS_NPARAMS + 3 };
 static int insert_many(cm_db *db, ord_new *const *items, size_t n, cm_arena *a, cm_outbox_rows *ev)
 {
     const char **p = cm_arena_calloc(a, FIRST - 1 + n * COLS, sizeof *p);
     int *lengths = cm_arena_calloc(a, FIRST - 1 + n * COLS, sizeof *lengths);
     int *formats = cm_arena_calloc(a, FIRST - 1 + n * COLS, sizeof *formats);
-    size_t cap = 1024 + n * 420, len = 0;
+    size_t cap = 1024 + n * 520, len = 0;
     char *sql = cm_arena_alloc(a, cap);
     size_t *uniq = cm_arena_calloc(a, n, sizeof *uniq);
     if (!p || !lengths || !formats || !sql || !uniq)
@@ -373,7 +394,8 @@ static int insert_many(cm_db *db, ord_new *const *items, size_t n, cm_arena *a, 
         "WITH o AS (INSERT INTO orders (tenant_id, order_id, request_id, body_hash, state, "
         "buyer_id, merchant_id, channel_id, currency, total_amount, flash_sale, external_ref, "
         "line_sku, line_qty, line_price, line_flash_sale, line_refunded_qty, "
-        "line_refunded_amount, created_at, updated_at, payment_deadline, reservation_expires_at) "
+        "line_refunded_amount, created_at, updated_at, payment_deadline, reservation_expires_at, "
+        "line_unit_cost, line_cost_reversed, cost_amount, cost_complete) "
         "VALUES ");
     /* one row per order id: concurrent retries of one create can meet in
      * a batch, and two rows of one id would give its order two events (the
@@ -414,6 +436,10 @@ static int insert_many(cm_db *db, ord_new *const *items, size_t n, cm_arena *a, 
         q[16] = num(a, o->deadline_ms);
         q[17] = num(a, o->resv_expires_ms);
         q[18] = num(a, (long long)o->nlines);
+        q[19] = LINE_FIELD(o, unit_cost);
+        ord_margin mg = ord_order_margin(o);
+        q[20] = num(a, mg.cost);
+        q[21] = mg.complete ? "true" : "false";
         cm_outbox_event e;
         int rc = ord_ev_build(a, items[i]->ev, items[i]->tenant, ORD_EV_CREATED, o, 0, NULL, &e);
         if (rc)
@@ -431,9 +457,12 @@ static int insert_many(cm_db *db, ord_new *const *items, size_t n, cm_arena *a, 
             "$%zu::boolean, $%zu, $%zu::text[], $%zu::bigint[], $%zu::bigint[], $%zu::text[], "
             "array_fill(0::bigint, ARRAY[$%zu::int]), array_fill(0::bigint, ARRAY[$%zu::int]), "
             "to_timestamp($%zu::bigint / 1000.0), to_timestamp($%zu::bigint / 1000.0), "
-            "to_timestamp($%zu::bigint / 1000.0), to_timestamp($%zu::bigint / 1000.0))",
+            "to_timestamp($%zu::bigint / 1000.0), to_timestamp($%zu::bigint / 1000.0), "
+            "$%zu::bigint[], array_fill(0::bigint, ARRAY[$%zu::int]), $%zu::bigint, "
+            "$%zu::boolean)",
             u ? ", " : "", P(1), P(2), P(3), P(4), P(5), P(6), P(7), P(8), P(9), P(10), P(11),
-            P(12), P(13), P(14), P(15), P(19), P(19), P(16), P(16), P(17), P(18));
+            P(12), P(13), P(14), P(15), P(19), P(19), P(16), P(16), P(17), P(18), P(20), P(19),
+            P(21), P(22));
 #undef P
     }
     if (cm_outbox_rows_close(ev) || len >= cap)
@@ -805,13 +834,15 @@ static int refund_fn(cm_db *db, void *arg)
                        cm_buf_int_array(t->a, &f->lines[0].qty, f->nlines, sizeof f->lines[0]),
                        cm_buf_int_array(t->a, &f->lines[0].amount, f->nlines, sizeof f->lines[0]),
                        f->reason,
-                       num(t->a, f->created_ms)};
+                       num(t->a, f->created_ms),
+                       cm_buf_int_array(t->a, &f->lines[0].cost, f->nlines, sizeof f->lines[0]),
+                       num(t->a, f->cost_reversed)};
     rc = exec(db, "insert refund",
               "INSERT INTO refunds (tenant_id, refund_id, order_id, body_hash, scope, amount, "
-              "line_sku, line_qty, line_amount, reason, created_at) VALUES ($1, $2, $3::uuid, $4, "
-              "$5, $6, $7, $8, $9, $10, to_timestamp($11::bigint / 1000.0)) ON CONFLICT DO NOTHING "
-              "RETURNING 1",
-              11, p, &r);
+              "line_sku, line_qty, line_amount, reason, created_at, line_cost, cost_reversed) "
+              "VALUES ($1, $2, $3::uuid, $4, $5, $6, $7, $8, $9, $10, "
+              "to_timestamp($11::bigint / 1000.0), $12, $13) ON CONFLICT DO NOTHING RETURNING 1",
+              13, p, &r);
     if (rc)
         return rc;
     int bound = PQntuples(r) == 1;
@@ -1318,4 +1349,51 @@ int ord_store_put_settings(cm_db *db, const ord_settings_req *q, ord_settings *n
     if (rc == 0)
         *verdict = t.verdict;
     return rc;
+}
+
+/* ---- margin ---- */
+
+int ord_store_query_margin(cm_db *db, const char *tenant, const char *sku, const char *fs,
+                           int64_t from_ms, int64_t to_ms, ord_margin_row *rows, size_t cap,
+                           size_t *n)
+{
+    char from[24], to[24];
+    snprintf(from, sizeof from, "%lld", (long long)from_ms);
+    snprintf(to, sizeof to, "%lld", (long long)to_ms);
+    const char *p[] = {tenant, sku, fs, from, to};
+    PGresult *r = NULL;
+    /* orders from before migration 0006 have NULL cost arrays: unnest pads
+     * them with NULLs, counted as lines of unknown cost */
+    int rc = cm_db_read(
+        db, "query margin",
+        "SELECT o.currency, count(DISTINCT o.order_id), coalesce(sum(l.q * l.p), 0)::bigint, "
+        "coalesce(sum(l.ra), 0)::bigint, "
+        "coalesce(sum(CASE WHEN l.c >= 0 THEN l.q * l.c ELSE 0 END), 0)::bigint, "
+        "coalesce(sum(coalesce(l.cr, 0)), 0)::bigint, "
+        "count(*) FILTER (WHERE l.c IS NULL OR l.c < 0) "
+        "FROM orders o, unnest(o.line_sku, o.line_qty, o.line_price, o.line_refunded_amount, "
+        "  o.line_flash_sale, o.line_unit_cost, o.line_cost_reversed) AS l(s, q, p, ra, f, c, cr) "
+        "WHERE o.tenant_id = $1 AND o.paid_at IS NOT NULL "
+        "AND ($4::bigint = 0 OR o.paid_at >= " TS(
+            "$4") ") "
+                  "AND ($5::bigint = 0 OR o.paid_at < " TS(
+                      "$5") ") "
+                            "AND ($2 = '' OR l.s = $2) AND ($3 = '' OR l.f = $3) "
+                            "GROUP BY o.currency ORDER BY o.currency",
+        5, p, &r);
+    if (rc)
+        return rc;
+    *n = 0;
+    for (int i = 0; i < PQntuples(r) && *n < cap; i++) {
+        ord_margin_row *m = &rows[(*n)++];
+        cpy(m->currency, sizeof m->currency, r, i, 0);
+        m->orders = i64(r, i, 1);
+        m->revenue = i64(r, i, 2);
+        m->refunded = i64(r, i, 3);
+        m->cost = i64(r, i, 4);
+        m->reversed = i64(r, i, 5);
+        m->uncosted = i64(r, i, 6);
+    }
+    PQclear(r);
+    return 0;
 }

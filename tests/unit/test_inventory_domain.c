@@ -120,6 +120,41 @@ START_TEST(resolve_follows_the_state_machine)
 }
 END_TEST
 
+START_TEST(check_cost_names_the_bad_field)
+{
+    inv_violation v;
+    ck_assert_int_eq(
+        inv_check_cost("r-1", "sku-1", 1, 1250, "CNY", "supplier price", "ops:a", 0, &v), 0);
+    ck_assert_int_eq(inv_check_cost("r-1", "sku-1", 1, 0, "JPY", "free sample", "ops:a", 3, &v), 0);
+    struct {
+        const char *req, *sku;
+        int has;
+        int64_t cost;
+        const char *ccy, *reason, *actor;
+        int64_t expected;
+        const char *field;
+    } bad[] = {
+        {"", "sku-1", 1, 1, "CNY", "r", "a", 0, "request_id"},
+        {"r", "bad sku", 1, 1, "CNY", "r", "a", 0, "sku"},
+        {"r", "sku-1", 0, 0, NULL, "r", "a", 0, "unit_cost"},
+        {"r", "sku-1", 1, -1, "CNY", "r", "a", 0, "unit_cost.amount_minor"},
+        {"r", "sku-1", 1, INV_COST_MAX + 1, "CNY", "r", "a", 0, "unit_cost.amount_minor"},
+        {"r", "sku-1", 1, 1, "cny", "r", "a", 0, "unit_cost.currency"},
+        {"r", "sku-1", 1, 1, "", "r", "a", 0, "unit_cost.currency"},
+        {"r", "sku-1", 1, 1, "CNY", "", "a", 0, "reason"},
+        {"r", "sku-1", 1, 1, "CNY", "r", "", 0, "actor"},
+        {"r", "sku-1", 1, 1, "CNY", "r", "a", -1, "expected_cost_version"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        memset(&v, 0, sizeof v);
+        ck_assert_int_eq(inv_check_cost(bad[i].req, bad[i].sku, bad[i].has, bad[i].cost, bad[i].ccy,
+                                        bad[i].reason, bad[i].actor, bad[i].expected, &v),
+                         CM_EINVAL);
+        ck_assert_str_eq(v.field, bad[i].field);
+    }
+}
+END_TEST
+
 START_TEST(admin_delta_refuses_negative_stock)
 {
     int64_t d;
@@ -183,6 +218,7 @@ static Suite *suite(void)
     tcase_add_test(t, admit_never_oversells_a_hot_sku);
     tcase_add_test(t, resolve_follows_the_state_machine);
     tcase_add_test(t, admin_delta_refuses_negative_stock);
+    tcase_add_test(t, check_cost_names_the_bad_field);
     tcase_add_test(t, sale_update_changes_only_what_the_sale_state_allows);
     suite_add_tcase(s, t);
     return s;

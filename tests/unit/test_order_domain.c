@@ -6,6 +6,7 @@
 #include <check.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* scratch space: an ord_order is ~16 KiB, an ord_refund ~8 KiB; each test
@@ -1406,6 +1407,187 @@ START_TEST(text_counts_utf8_characters_and_refuses_bad_encoding)
 }
 END_TEST
 
+/* ---- gross margin ---- */
+
+/* paid_order with every line's unit cost set (CNY) */
+static void costed_order(ord_order *o, const int64_t *qty, const int64_t *price,
+                         const int64_t *cost, size_t n)
+{
+    paid_order(o, qty, price, n);
+    const char *ccys[ORD_LINES_MAX];
+    for (size_t i = 0; i < n; i++)
+        ccys[i] = "CNY";
+    ord_set_costs(o, cost, ccys);
+}
+
+START_TEST(margin_is_revenue_minus_cost_and_negative_under_cost)
+{
+    const int64_t q[] = {3, 2}, p[] = {1000, 500}, c[] = {600, 700};
+    costed_order(&g_o, q, p, c, 2);
+    ord_margin m = ord_order_margin(&g_o);
+    ck_assert_int_eq(m.cost, 3 * 600 + 2 * 700);
+    ck_assert_int_eq(m.reversed, 0);
+    ck_assert_int_eq(m.margin, 4000 - 3200);
+    ck_assert_int_eq(m.complete, 1);
+    /* a flash sale priced under cost */
+    const int64_t q2[] = {1}, p2[] = {99}, c2[] = {150};
+    costed_order(&g_o2, q2, p2, c2, 1);
+    ck_assert_int_eq(ord_order_margin(&g_o2).margin, -51);
+}
+END_TEST
+
+START_TEST(margin_leaves_out_lines_without_a_cost_in_the_order_currency)
+{
+    const int64_t q[] = {1, 1, 1}, p[] = {100, 100, 100}, c[] = {40, 40, 40};
+    paid_order(&g_o, q, p, 3);
+    /* before the reservation says, no line has a cost */
+    ck_assert_int_eq(ord_order_margin(&g_o).complete, 0);
+    ck_assert_int_eq(ord_order_margin(&g_o).cost, 0);
+    const char *ccys[] = {"CNY", "USD", NULL};
+    ord_set_costs(&g_o, c, ccys);
+    ck_assert_int_eq(g_o.lines[0].unit_cost, 40);
+    ck_assert_int_eq(g_o.lines[1].unit_cost, -1);
+    ck_assert_int_eq(g_o.lines[2].unit_cost, -1);
+    ord_margin m = ord_order_margin(&g_o);
+    ck_assert_int_eq(m.cost, 40);
+    ck_assert_int_eq(m.margin, 300 - 40);
+    ck_assert_int_eq(m.complete, 0);
+}
+END_TEST
+
+START_TEST(cost_share_floors_and_is_exact_when_whole)
+{
+    ck_assert_int_eq(ord_cost_share(100, 1, 3), 33);
+    ck_assert_int_eq(ord_cost_share(100, 2, 3), 66);
+    ck_assert_int_eq(ord_cost_share(100, 3, 3), 100);
+    ck_assert_int_eq(ord_cost_share(100, 4, 3), 100);
+    ck_assert_int_eq(ord_cost_share(100, 0, 3), 0);
+    ck_assert_int_eq(ord_cost_share(100, 1, 0), 0);
+    /* no overflow in the product: 128-bit */
+    ck_assert_int_eq(ord_cost_share(INT64_MAX / 2, INT64_MAX / 4, INT64_MAX / 2),
+                     (int64_t)(((__int128)(INT64_MAX / 2) * (INT64_MAX / 4)) / (INT64_MAX / 2)));
+}
+END_TEST
+
+START_TEST(refunds_reverse_cost_pro_rata_and_exactly_in_full)
+{
+    /* one line: 3 units at 100, cost 33 each (99); three amount refunds of
+     * 100 each reverse floor(99*100/300)=33, then 66-33=33, then the rest */
+    const int64_t q[] = {3}, p[] = {100}, c[] = {33};
+    costed_order(&g_o, q, p, c, 1);
+    int64_t reversed = 0;
+    const int64_t want[] = {33, 33, 33};
+    for (int k = 0; k < 3; k++) {
+        ord_refund_in in = amount_in(100);
+        ck_assert_int_eq(ord_plan_refund(&g_o, &in, &g_r, &g_v), ORD_OK);
+        ck_assert_int_eq(g_r.cost_reversed, want[k]);
+        ord_apply_refund(&g_o, &g_r);
+        reversed += g_r.cost_reversed;
+    }
+    ck_assert_int_eq(reversed, 99);
+    ord_margin m = ord_order_margin(&g_o);
+    ck_assert_int_eq(m.reversed, 99);
+    ck_assert_int_eq(m.margin, 0);
+    ck_assert_int_eq(g_o.state, ORD_REFUNDED);
+}
+END_TEST
+
+START_TEST(refund_remainder_of_cost_goes_to_the_last_refund)
+{
+    /* 7 units at 10, cost 3 each (21); refunds of 1 unit (floor(21/7)=3
+     * each) and of an awkward amount: the total reversed is always 21 */
+    const int64_t q[] = {7}, p[] = {10}, c[] = {3};
+    costed_order(&g_o, q, p, c, 1);
+    ord_refund_in a = amount_in(11); /* floor(21 * 11 / 70) = 3 */
+    ck_assert_int_eq(ord_plan_refund(&g_o, &a, &g_r, &g_v), ORD_OK);
+    ck_assert_int_eq(g_r.cost_reversed, 3);
+    ord_apply_refund(&g_o, &g_r);
+    ord_refund_in b = amount_in(23); /* floor(21 * 34 / 70) = 10: 7 more */
+    ck_assert_int_eq(ord_plan_refund(&g_o, &b, &g_r, &g_v), ORD_OK);
+    ck_assert_int_eq(g_r.cost_reversed, 7);
+    ord_apply_refund(&g_o, &g_r);
+    ord_refund_in f = full_in(); /* the rest: 21 - 10 */
+    ck_assert_int_eq(ord_plan_refund(&g_o, &f, &g_r, &g_v), ORD_OK);
+    ck_assert_int_eq(g_r.cost_reversed, 11);
+    ord_apply_refund(&g_o, &g_r);
+    ck_assert_int_eq(ord_order_margin(&g_o).reversed, 21);
+    ck_assert_int_eq(ord_order_margin(&g_o).margin, 0);
+}
+END_TEST
+
+START_TEST(line_refund_reverses_its_own_line_cost_only)
+{
+    const int64_t q[] = {2, 5}, p[] = {100, 0}, c[] = {70, 9};
+    costed_order(&g_o, q, p, c, 2);
+    const char *skus[] = {"sku-0"};
+    const int64_t qs[] = {1};
+    ord_refund_in in = lines_in(skus, qs, 1);
+    ck_assert_int_eq(ord_plan_refund(&g_o, &in, &g_r, &g_v), ORD_OK);
+    ck_assert_int_eq(g_r.nlines, 1);
+    ck_assert_int_eq(g_r.lines[0].cost, 70);
+    ck_assert_int_eq(g_r.cost_reversed, 70);
+    ord_apply_refund(&g_o, &g_r);
+    ck_assert_int_eq(g_o.lines[0].cost_reversed, 70);
+    ck_assert_int_eq(g_o.lines[1].cost_reversed, 0);
+    /* the zero-priced line reverses by units when the full refund returns them */
+    ord_refund_in f = full_in();
+    ck_assert_int_eq(ord_plan_refund(&g_o, &f, &g_r, &g_v), ORD_OK);
+    ck_assert_int_eq(g_r.cost_reversed, 70 + 45);
+    ord_apply_refund(&g_o, &g_r);
+    ord_margin m = ord_order_margin(&g_o);
+    ck_assert_int_eq(m.cost, 140 + 45);
+    ck_assert_int_eq(m.reversed, 140 + 45);
+    ck_assert_int_eq(m.margin, 0);
+}
+END_TEST
+
+START_TEST(refund_sequences_reverse_exactly_the_recorded_cost)
+{
+    /* random refund sequences to the end: the reversals sum to the cost */
+    srand(19);
+    for (int iter = 0; iter < 500; iter++) {
+        size_t n = 1 + (size_t)(rand() % 5);
+        int64_t q[5], p[5], c[5];
+        for (size_t i = 0; i < n; i++) {
+            q[i] = 1 + rand() % 9;
+            p[i] = rand() % 1000;
+            c[i] = rand() % 1200;
+        }
+        costed_order(&g_o, q, p, c, n);
+        ord_margin start = ord_order_margin(&g_o);
+        int64_t reversed = 0;
+        for (int step = 0; step < 20 && g_o.state != ORD_REFUNDED; step++) {
+            int64_t left = g_o.total - g_o.refunded;
+            ord_refund_in in =
+                left > 1 && rand() % 2 ? amount_in(1 + rand() % (left - 1)) : full_in();
+            if (ord_plan_refund(&g_o, &in, &g_r, &g_v) != ORD_OK)
+                break;
+            ck_assert_int_ge(g_r.cost_reversed, 0);
+            ord_apply_refund(&g_o, &g_r);
+            reversed += g_r.cost_reversed;
+            ck_assert_int_le(reversed, start.cost);
+        }
+        ord_refund_in f = full_in();
+        if (g_o.state != ORD_REFUNDED && ord_plan_refund(&g_o, &f, &g_r, &g_v) == ORD_OK) {
+            ord_apply_refund(&g_o, &g_r);
+            reversed += g_r.cost_reversed;
+        }
+        /* every priced line is refunded in full by now and reverses its
+         * whole cost; a line priced 0 reverses by units, which only a
+         * FULL or LINES refund returns */
+        int64_t want = 0;
+        for (size_t i = 0; i < n; i++)
+            want +=
+                g_o.lines[i].line_total > 0 || g_o.lines[i].refunded_qty == q[i] ? q[i] * c[i] : 0;
+        if (g_o.total == 0)
+            want = 0;
+        ck_assert_msg(reversed == want, "iter %d: reversed %lld of %lld (cost %lld)", iter,
+                      (long long)reversed, (long long)want, (long long)start.cost);
+        ck_assert_int_eq(ord_order_margin(&g_o).reversed, reversed);
+    }
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("order_domain");
@@ -1446,6 +1628,16 @@ static Suite *suite(void)
     tcase_add_test(r, apply_refund_moves_to_partially_then_fully_refunded);
     tcase_add_test(r, refund_sequences_never_refund_more_than_was_paid);
     suite_add_tcase(s, r);
+
+    TCase *g = tcase_create("margin");
+    tcase_add_test(g, margin_is_revenue_minus_cost_and_negative_under_cost);
+    tcase_add_test(g, margin_leaves_out_lines_without_a_cost_in_the_order_currency);
+    tcase_add_test(g, cost_share_floors_and_is_exact_when_whole);
+    tcase_add_test(g, refunds_reverse_cost_pro_rata_and_exactly_in_full);
+    tcase_add_test(g, refund_remainder_of_cost_goes_to_the_last_refund);
+    tcase_add_test(g, line_refund_reverses_its_own_line_cost_only);
+    tcase_add_test(g, refund_sequences_reverse_exactly_the_recorded_cost);
+    suite_add_tcase(s, g);
 
     TCase *p = tcase_create("text");
     tcase_add_test(p, text_counts_utf8_characters_and_refuses_bad_encoding);

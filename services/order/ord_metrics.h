@@ -1,0 +1,32 @@
+/*
+ * ord_metrics: the gross-margin counters of the order service (README.md,
+ * "Cost and margin"). labels are tenant, currency and sale ("flash" when
+ * any line was reserved from a flash sale, else "regular"): bounded by the
+ * deployment's tenants, never per sku or per flash sale (QueryMargin
+ * answers those). past ORD_METRICS_TENANTS_MAX distinct tenants a process
+ * counts the rest under tenant="_other", so a flood of tenants cannot
+ * grow /metrics without bound.
+ */
+#ifndef ORD_METRICS_H
+#define ORD_METRICS_H
+
+#include "cm_metrics.h"
+#include "ord_domain.h"
+
+#define ORD_METRICS_TENANTS_MAX 200
+
+typedef struct ord_metrics ord_metrics;
+
+/* NULL on allocation failure; the series live in m */
+ord_metrics *ord_metrics_new(cm_metrics *m);
+void ord_metrics_free(ord_metrics *om);
+
+/* a payment applied (not a replay): revenue, cost of goods, the order
+ * counted, and a negative-margin order when it was sold under cost */
+void ord_metrics_paid(ord_metrics *om, const char *tenant, const ord_order *o);
+
+/* a refund applied (not a replay): refunded revenue and reversed cost */
+void ord_metrics_refunded(ord_metrics *om, const char *tenant, const ord_order *o,
+                          const ord_refund *r);
+
+#endif
