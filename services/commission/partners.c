@@ -79,6 +79,19 @@ static int fail_ref(cm_rpc_ctx *ctx, int illegal, const char *field, const char 
     return f;
 }
 
+/* the start every partner RPC but PutPartner shares: role admin, the
+ * request_id (unless NULL: a read), the partner_id; -1 after a failure */
+static int partner_call(cm_rpc_ctx *ctx, const char *request_id, const char *partner_id)
+{
+    if (cm_rpc_require_role(ctx, "admin"))
+        return -1;
+    if (request_id && !cm_id_key_valid(request_id, CMS_ID_MAX))
+        return cm_rpc_fail_field(ctx, "request_id", "required: " KEY_RULE);
+    if (!valid_partner_id(partner_id))
+        return cm_rpc_fail_field(ctx, "partner_id", "required: " PARTNER_RULE);
+    return 0;
+}
+
 /* ---- reading partners ---- */
 
 #define PARTNER_COLS                                                                               \
@@ -434,10 +447,8 @@ int cms_rpc_get_partner(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMe
 {
     const Commerce__Commission__V1__GetPartnerRequest *req = (const void *)in;
     Commerce__Commission__V1__GetPartnerResponse *resp = (void *)out;
-    if (cm_rpc_require_role(ctx, "admin"))
+    if (partner_call(ctx, NULL, req->partner_id))
         return -1;
-    if (!valid_partner_id(req->partner_id))
-        return cm_rpc_fail_field(ctx, "partner_id", "required: " PARTNER_RULE);
     int rc = load_partner(cm_service_db(ctx), cm_rpc_ctx_arena(ctx), cm_rpc_ctx_tenant(ctx),
                           req->partner_id, &resp->partner);
     if (rc == CM_ENOTFOUND)
@@ -563,12 +574,8 @@ int cms_rpc_rotate_webhook_secret(cm_rpc_ctx *ctx, const ProtobufCMessage *in,
     const Commerce__Commission__V1__RotateWebhookSecretRequest *req = (const void *)in;
     Commerce__Commission__V1__RotateWebhookSecretResponse *resp = (void *)out;
     cm_arena *a = cm_rpc_ctx_arena(ctx);
-    if (cm_rpc_require_role(ctx, "admin"))
+    if (partner_call(ctx, req->request_id, req->partner_id))
         return -1;
-    if (!cm_id_key_valid(req->request_id, CMS_ID_MAX))
-        return cm_rpc_fail_field(ctx, "request_id", "required: " KEY_RULE);
-    if (!valid_partner_id(req->partner_id))
-        return cm_rpc_fail_field(ctx, "partner_id", "required: " PARTNER_RULE);
     int64_t ttl_ms = 86400000;
     if (req->previous_secret_ttl) {
         if (cm_pb_duration_check(req->previous_secret_ttl, &ttl_ms) || ttl_ms < 0 ||
@@ -715,10 +722,8 @@ int cms_rpc_list_webhook_deliveries(cm_rpc_ctx *ctx, const ProtobufCMessage *in,
     const Commerce__Commission__V1__ListWebhookDeliveriesRequest *req = (const void *)in;
     Commerce__Commission__V1__ListWebhookDeliveriesResponse *resp = (void *)out;
     cm_arena *a = cm_rpc_ctx_arena(ctx);
-    if (cm_rpc_require_role(ctx, "admin"))
+    if (partner_call(ctx, NULL, req->partner_id))
         return -1;
-    if (!valid_partner_id(req->partner_id))
-        return cm_rpc_fail_field(ctx, "partner_id", "required: " PARTNER_RULE);
     uint64_t fh =
         cm_page_filters(cm_arena_printf(a, "%s|%d", req->partner_id, (int)req->pending_only));
     char pos[CM_PAGE_POSITION_MAX + 1];
@@ -865,12 +870,8 @@ int cms_rpc_redeliver_webhook_event(cm_rpc_ctx *ctx, const ProtobufCMessage *in,
     const Commerce__Commission__V1__RedeliverWebhookEventRequest *req = (const void *)in;
     Commerce__Commission__V1__RedeliverWebhookEventResponse *resp = (void *)out;
     cm_arena *a = cm_rpc_ctx_arena(ctx);
-    if (cm_rpc_require_role(ctx, "admin"))
+    if (partner_call(ctx, req->request_id, req->partner_id))
         return -1;
-    if (!cm_id_key_valid(req->request_id, CMS_ID_MAX))
-        return cm_rpc_fail_field(ctx, "request_id", "required: " KEY_RULE);
-    if (!valid_partner_id(req->partner_id))
-        return cm_rpc_fail_field(ctx, "partner_id", "required: " PARTNER_RULE);
     if (!cm_id_is_uuid(req->event_id))
         return cm_rpc_fail_field(ctx, "event_id", "required: a UUID");
     char body[200], hash[CM_SHA256_HEX];
@@ -984,12 +985,8 @@ int cms_rpc_replay_partner_events(cm_rpc_ctx *ctx, const ProtobufCMessage *in,
 {
     const Commerce__Commission__V1__ReplayPartnerEventsRequest *req = (const void *)in;
     Commerce__Commission__V1__ReplayPartnerEventsResponse *resp = (void *)out;
-    if (cm_rpc_require_role(ctx, "admin"))
+    if (partner_call(ctx, req->request_id, req->partner_id))
         return -1;
-    if (!cm_id_key_valid(req->request_id, CMS_ID_MAX))
-        return cm_rpc_fail_field(ctx, "request_id", "required: " KEY_RULE);
-    if (!valid_partner_id(req->partner_id))
-        return cm_rpc_fail_field(ctx, "partner_id", "required: " PARTNER_RULE);
     if (*req->channel_id && !cm_id_key_valid(req->channel_id, CMS_ID_MAX))
         return cm_rpc_fail_field(ctx, "channel_id", KEY_RULE ", or empty for all");
     int target = (int)req->target;

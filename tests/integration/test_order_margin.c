@@ -445,7 +445,7 @@ START_TEST(query_margin_by_tenant_sku_flash_sale_and_time)
                         .scope = FX_SCOPE(LINES),
                         .lines = rl,
                         .n = 1};
-    must_refund(f.oc, &r);
+    protobuf_c_message_free_unpacked(&must_refund(f.oc, &r)->base, NULL);
     q = must_margin(f.oc, NULL, sale, 0, 0);
     ck_summary(q, 1, 80, 80, 100, 100, 0);
     protobuf_c_message_free_unpacked(&q->base, NULL);
