@@ -28,6 +28,7 @@
 #define CM_AUTH_ROLE_MAX 63         /* bytes per role */
 #define CM_AUTH_HS256_MIN_SECRET 32 /* RFC 7518: a key at least as long as the hash */
 #define CM_AUTH_TOKEN_MAX 8192      /* longer bearer tokens are refused unparsed */
+#define CM_AUTH_SCOPE_MAX 64        /* merchant_id / channel_id claims, [A-Za-z0-9._:-] */
 
 typedef enum {
     CM_AUTH_OFF = 0,  /* trust x-tenant-id; for development only */
@@ -52,6 +53,11 @@ typedef struct {
     char subject[CM_AUTH_SUBJECT_MAX + 1]; /* "" when the token has no sub */
     int nroles;
     char roles[CM_AUTH_ROLES_MAX][CM_AUTH_ROLE_MAX + 1];
+    /* the scope of a scoped role: role "merchant" comes with a merchant_id
+     * claim, role "channel" with a channel_id claim (tokens carrying the
+     * role without its claim are refused); "" when absent */
+    char merchant[CM_AUTH_SCOPE_MAX + 1];
+    char channel[CM_AUTH_SCOPE_MAX + 1];
     int auth_off; /* 1 when the verifier is in mode off: every role check passes */
 } cm_auth_principal;
 
@@ -77,8 +83,10 @@ cm_auth_mode cm_auth_get_mode(const cm_auth *a);
  * authorization must be "Bearer <token>" (scheme in any case) with a token
  * whose alg is accepted and signature valid, exp present and not passed,
  * nbf (if present) reached — both with the configured leeway — iss and aud
- * matching when configured, a valid `tid`, an optional string `sub`, and
- * `roles` (optional) as an array of strings or one space-separated string.
+ * matching when configured, a valid `tid`, an optional string `sub`,
+ * `roles` (optional) as an array of strings or one space-separated string,
+ * and `merchant_id` / `channel_id`, required with the roles "merchant" /
+ * "channel" (the only merchant or channel such a caller may see).
  * when x_tenant_id is given (not NULL, not "") it must equal tid. in mode
  * off the tenant is x_tenant_id alone and authorization is ignored.
  * returns 0, CM_EAUTH (missing or invalid credentials) or CM_EPERM (valid

@@ -38,13 +38,46 @@ typedef int (*cm_rpc_handler)(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Proto
 enum {
     /* the method needs no tenant (health, server-wide admin) */
     CM_RPC_NO_TENANT = 1 << 0,
+    /* the method's class, exactly one per method of a service: what it
+     * costs and which of a tenant's rate limits it draws on. READ: looks,
+     * changes nothing; WRITE: the business's hot path (orders, payments,
+     * reservations); ADMIN: configuration and operator actions, and reads
+     * only admins may make */
+    CM_RPC_READ = 1 << 1,
+    CM_RPC_WRITE = 1 << 2,
+    CM_RPC_ADMIN = 1 << 3,
 };
+
+/* roles a method allows, space-separated, checked by the runtime before the
+ * handler runs (with authentication on; AUTH_MODE=off trusts every caller):
+ *
+ *   admin     the tenant's operators: every call
+ *   service   the tenant's backends (the monolith, our own services): the
+ *             hot path and its reads
+ *   reader    read-only: dashboards, support tools
+ *   merchant  one merchant (claim merchant_id): its own orders, payouts,
+ *             statements; the handler applies the scope
+ *             (cm_rpc_ctx_merchant_scope)
+ *   channel   one distribution channel (claim channel_id): its own
+ *             commissions and payouts (cm_rpc_ctx_channel_scope)
+ *
+ * a caller needs one of them; a caller that only holds a scoped role is
+ * limited to its merchant or channel. the README's table of roles per RPC
+ * is printed from these (commerce-<svc> --rpc-markdown). */
+#define CM_RPC_ROLES_ADMIN "admin"
+#define CM_RPC_ROLES_WRITE "admin service"
+#define CM_RPC_ROLES_READ "admin service reader"
 
 typedef struct cm_rpc_method {
     const char *name; /* as in the .proto, e.g. "CreateOrder" */
     cm_rpc_handler handler;
-    unsigned flags; /* CM_RPC_* */
+    unsigned flags;    /* CM_RPC_*: a class, and NO_TENANT where it applies */
+    const char *roles; /* CM_RPC_ROLES_* or a literal list; required with a tenant */
 } cm_rpc_method;
+
+/* the class of a method's flags as a word: "read", "write", "admin" or
+ * NULL when the flags name none or several */
+const char *cm_rpc_method_class(unsigned flags);
 
 typedef struct cm_rpc_server_opts {
     const char *listen;       /* "host:port"; port 0 picks a free one */
@@ -78,7 +111,9 @@ typedef struct cm_rpc_server_opts {
 int cm_rpc_server_new(cm_rpc_server **out, const cm_rpc_server_opts *o, char *err, size_t errlen);
 
 /* registers every method of methods[] (names must exist in svc); must be
- * called before start. the tables must outlive the server. */
+ * called before start. the tables must outlive the server. a method with a
+ * tenant must name one class and its roles (CM_EINVAL otherwise), so no
+ * call is served without a role check. */
 int cm_rpc_server_add_service(cm_rpc_server *s, const ProtobufCServiceDescriptor *svc,
                               const cm_rpc_method *methods, size_t n, char *err, size_t errlen);
 
@@ -117,6 +152,14 @@ const char *cm_rpc_ctx_tenant(const cm_rpc_ctx *ctx);
 const char *cm_rpc_ctx_subject(const cm_rpc_ctx *ctx);
 /* 1 when the verified token carries the role (always 0 without auth). */
 int cm_rpc_ctx_has_role(const cm_rpc_ctx *ctx, const char *role);
+/* the merchant (channel) a caller is limited to on this call: its token's
+ * merchant_id (channel_id) when the only role it holds among the method's
+ * roles is "merchant" ("channel"); NULL when the caller is not limited.
+ * a handler of a method that allows a scoped role must apply it: rows of
+ * other merchants (channels) are left out of lists and are NOT_FOUND to
+ * gets, exactly as another tenant's rows are. */
+const char *cm_rpc_ctx_merchant_scope(const cm_rpc_ctx *ctx);
+const char *cm_rpc_ctx_channel_scope(const cm_rpc_ctx *ctx);
 /* 0 when the caller may make a call that needs role: authentication is
  * off (every caller is trusted, AUTH_MODE=off), or its verified token
  * carries the role. otherwise the call fails PERMISSION_DENIED /

@@ -1,6 +1,7 @@
 #include "cm_auth.h"
 #include "cm_err.h"
 #include "cm_file.h"
+#include "cm_id.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -10,6 +11,7 @@
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -437,6 +439,28 @@ static int check_claims(const cm_auth *a, json_t *claims, const char *x_tenant_i
         return fail(out, why, whylen, CM_EAUTH,
                     "token roles must be up to %d strings of 1..%d bytes", CM_AUTH_ROLES_MAX,
                     CM_AUTH_ROLE_MAX);
+
+    static const struct {
+        const char *role, *claim;
+        size_t off;
+    } scopes[] = {
+        {"merchant", "merchant_id", offsetof(cm_auth_principal, merchant)},
+        {"channel", "channel_id", offsetof(cm_auth_principal, channel)},
+    };
+    for (size_t i = 0; i < sizeof scopes / sizeof scopes[0]; i++) {
+        json_t *v = json_object_get(claims, scopes[i].claim);
+        if (!v) {
+            if (cm_auth_has_role(out, scopes[i].role))
+                return fail(out, why, whylen, CM_EAUTH, "token has role %s but no %s",
+                            scopes[i].role, scopes[i].claim);
+            continue;
+        }
+        if (!json_is_string(v) || !cm_id_key_valid(json_string_value(v), CM_AUTH_SCOPE_MAX))
+            return fail(out, why, whylen, CM_EAUTH,
+                        "token %s must be 1..%d characters of [A-Za-z0-9._:-]", scopes[i].claim,
+                        CM_AUTH_SCOPE_MAX);
+        snprintf((char *)out + scopes[i].off, CM_AUTH_SCOPE_MAX + 1, "%s", json_string_value(v));
+    }
 
     const char *t = json_string_value(tid);
     if (x_tenant_id && *x_tenant_id && strcmp(x_tenant_id, t) != 0)

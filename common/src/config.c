@@ -730,12 +730,15 @@ void cm_config_usage(FILE *f, const char *prog, const cm_config_defaults *d)
         snprintf(name, sizeof name, "commerce-%s", svc);
         prog = name;
     }
-    fprintf(f, "usage: %s [--help | --version | --config-markdown=common|service | migrate]\n\n",
+    fprintf(f,
+            "usage: %s [--help | --version | --config-markdown=common|service | --rpc-markdown |"
+            " migrate]\n\n",
             prog);
     fprintf(f, "  (no argument)  serve the %s service\n", svc);
     fprintf(f, "  migrate        apply the database schema and exit\n");
     fprintf(f, "  --help         print this text\n");
-    fprintf(f, "  --version      print the version\n\n");
+    fprintf(f, "  --version      print the version\n");
+    fprintf(f, "  --rpc-markdown print the roles each RPC allows (markdown)\n\n");
     fprintf(f, "environment (a set but empty variable counts as unset):\n");
     row *r = calloc(ROWS_MAX, sizeof *r);
     if (!r)

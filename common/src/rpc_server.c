@@ -76,7 +76,8 @@ typedef struct method_entry {
     const ProtobufCMessageDescriptor *output;
     cm_rpc_handler handler;
     unsigned flags;
-    void *registered; /* grpc core's handle */
+    const char *roles; /* space-separated; NULL for the built-in methods */
+    void *registered;  /* grpc core's handle */
     cm_histogram *latency;
     _Atomic(cm_counter *) handled[NCODES];
 } method_entry;
@@ -190,6 +191,8 @@ struct cm_rpc_ctx {
     /* caller */
     const char *tenant;
     cm_auth_principal *principal;
+    const char *merchant_scope; /* see authorize() */
+    const char *channel_scope;
 
     /* outcome */
     int code;
@@ -339,8 +342,8 @@ static int health_watch(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMe
 }
 
 static const cm_rpc_method health_methods[] = {
-    {"Check", health_check, CM_RPC_NO_TENANT},
-    {"Watch", health_watch, CM_RPC_NO_TENANT | RPC_WATCH},
+    {"Check", health_check, CM_RPC_NO_TENANT, NULL},
+    {"Watch", health_watch, CM_RPC_NO_TENANT | RPC_WATCH, NULL},
 };
 
 /* never called: on_slot hands reflection calls to refl_start */
@@ -352,7 +355,7 @@ static int reflection_info(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Protobuf
 }
 
 static const cm_rpc_method reflection_methods[] = {
-    {"ServerReflectionInfo", reflection_info, CM_RPC_NO_TENANT | RPC_REFLECT},
+    {"ServerReflectionInfo", reflection_info, CM_RPC_NO_TENANT | RPC_REFLECT, NULL},
 };
 
 /* ---- server setup ---- */
@@ -455,6 +458,13 @@ int cm_rpc_server_add_service(cm_rpc_server *s, const ProtobufCServiceDescriptor
         e->output = md->output;
         e->handler = methods[i].handler;
         e->flags = methods[i].flags;
+        e->roles = methods[i].roles;
+        if (!(e->flags & CM_RPC_NO_TENANT) &&
+            (!cm_rpc_method_class(e->flags) || !e->roles || !e->roles[0])) {
+            set_err(err, errlen, "rpc: %s needs a class (CM_RPC_READ/WRITE/ADMIN) and roles",
+                    e->path);
+            return CM_EINVAL;
+        }
         /* a bidirectional stream reads its own messages */
         grpc_server_register_method_payload_handling payload =
             e->flags & RPC_REFLECT ? GRPC_SRM_PAYLOAD_NONE
@@ -763,7 +773,55 @@ static int valid_tenant(const char *t)
     return 1;
 }
 
-/* establishes the caller's tenant; returns 0 or a failure already recorded */
+/* 1 when the space-separated list holds word */
+static int list_has(const char *list, const char *word)
+{
+    size_t n = strlen(word);
+    for (const char *p = list; (p = strstr(p, word)) != NULL; p += n)
+        if ((p == list || p[-1] == ' ') && (p[n] == ' ' || p[n] == '\0'))
+            return 1;
+    return 0;
+}
+
+/* the method's roles against the verified token's: one is needed; a caller
+ * that holds only scoped ones (merchant, channel) is limited to its scope.
+ * returns 0 or a failure already recorded */
+static int authorize(cm_rpc_ctx *c)
+{
+    const char *allowed = c->m->roles;
+    if (!allowed)
+        return 0; /* built-in methods: health, reflection */
+    const cm_auth_principal *p = c->principal;
+    int merchant = 0, channel = 0;
+    for (int i = 0; i < p->nroles && i < CM_AUTH_ROLES_MAX; i++) {
+        const char *r = p->roles[i];
+        if (!list_has(allowed, r))
+            continue;
+        if (strcmp(r, "merchant") == 0)
+            merchant = 1;
+        else if (strcmp(r, "channel") == 0)
+            channel = 1;
+        else
+            return 0; /* an unscoped role: the tenant's whole data */
+    }
+    if (merchant) {
+        c->merchant_scope = p->merchant;
+        return 0;
+    }
+    if (channel) {
+        c->channel_scope = p->channel;
+        return 0;
+    }
+    int f = cm_rpc_fail(c, GRPC_STATUS_PERMISSION_DENIED, "ROLE_REQUIRED",
+                        cm_arena_printf(c->arena, "this call needs one of the roles: %s", allowed));
+    cm_rpc_fail_meta(c, "roles", allowed);
+    /* "role": the first (most privileged) of them, as before the list */
+    cm_rpc_fail_meta(c, "role", cm_arena_strndup(c->arena, allowed, strcspn(allowed, " ")));
+    return f;
+}
+
+/* establishes the caller's tenant and checks its roles; returns 0 or a
+ * failure already recorded */
 static int authenticate(cm_rpc_ctx *c)
 {
     cm_rpc_server *s = c->w->s;
@@ -798,7 +856,7 @@ static int authenticate(cm_rpc_ctx *c)
                            authz ? "CREDENTIALS_INVALID" : "CREDENTIALS_MISSING",
                            cm_arena_strdup(c->arena, why));
     c->tenant = c->principal->tenant;
-    return 0;
+    return authorize(c);
 }
 
 static int read_payload(cm_rpc_ctx *c, const uint8_t **data, size_t *len)
@@ -1697,6 +1755,30 @@ const char *cm_rpc_ctx_subject(const cm_rpc_ctx *ctx)
 int cm_rpc_ctx_has_role(const cm_rpc_ctx *ctx, const char *role)
 {
     return ctx->principal ? cm_auth_has_role(ctx->principal, role) : 0;
+}
+
+const char *cm_rpc_ctx_merchant_scope(const cm_rpc_ctx *ctx)
+{
+    return ctx->merchant_scope;
+}
+
+const char *cm_rpc_ctx_channel_scope(const cm_rpc_ctx *ctx)
+{
+    return ctx->channel_scope;
+}
+
+const char *cm_rpc_method_class(unsigned flags)
+{
+    switch (flags & (CM_RPC_READ | CM_RPC_WRITE | CM_RPC_ADMIN)) {
+    case CM_RPC_READ:
+        return "read";
+    case CM_RPC_WRITE:
+        return "write";
+    case CM_RPC_ADMIN:
+        return "admin";
+    default:
+        return NULL;
+    }
 }
 
 const char *cm_rpc_ctx_metadata(cm_rpc_ctx *ctx, const char *key)

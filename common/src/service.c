@@ -553,8 +553,25 @@ static int serve(cm_service *svc)
     return 0;
 }
 
+/* the README's table of roles per RPC, from the descriptor's method table */
+static void rpc_markdown(const cm_service_def *def)
+{
+    printf("| RPC | class | roles |\n|---|---|---|\n");
+    for (size_t i = 0; i < def->nmethods; i++) {
+        const cm_rpc_method *m = &def->methods[i];
+        const char *cls = cm_rpc_method_class(m->flags);
+        printf("| `%s.%s` | %s | %s |\n", def->api->name, m->name, cls ? cls : "-",
+               m->roles ? m->roles : "(none)");
+    }
+    fflush(stdout);
+}
+
 int cm_service_main(int argc, char **argv, const cm_service_def *def)
 {
+    if (argc == 2 && strcmp(argv[1], "--rpc-markdown") == 0) {
+        rpc_markdown(def);
+        return 0;
+    }
     cm_config_defaults d = {
         .service = def->name,
         .grpc_port = def->grpc_port,

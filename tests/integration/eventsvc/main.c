@@ -599,8 +599,8 @@ static void app_fini(cm_service *svc, void *arg)
 }
 
 static const cm_rpc_method methods[] = {
-    {"Put", put, 0},
-    {"Noop", noop, CM_RPC_NO_TENANT},
+    {"Put", put, CM_RPC_WRITE, CM_RPC_ROLES_WRITE},
+    {"Noop", noop, CM_RPC_NO_TENANT, NULL},
 };
 
 int main(int argc, char **argv)

@@ -51,6 +51,10 @@ static int echo(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *o
         return cm_rpc_fail(ctx, GRPC_STATUS_UNAVAILABLE, "DEPENDENCY_UNAVAILABLE",
                            "unavailable once, on request");
     resp->text = req->text;
+    if (strcmp(req->text, "scope?") == 0) { /* what the runtime limited the caller to */
+        const char *m = cm_rpc_ctx_merchant_scope(ctx), *c = cm_rpc_ctx_channel_scope(ctx);
+        resp->text = cm_rpc_strdup(ctx, m ? m : c ? c : "(none)");
+    }
     resp->tenant = (char *)cm_rpc_ctx_tenant(ctx);
     const char *rid = cm_rpc_ctx_request_id(ctx);
     const char *tid = cm_rpc_ctx_trace_id(ctx);
@@ -256,10 +260,14 @@ static void tick(cm_service *svc, cm_db *db, void *app)
 }
 
 static const cm_rpc_method methods[] = {
-    {"Echo", echo, 0},       {"Sleep", sleep_ms, 0},
-    {"Put", put, 0},         {"Get", get, 0},
-    {"Fail", fail, 0},       {"Noop", noop, CM_RPC_NO_TENANT},
-    {"Forward", forward, 0}, {"ForwardFail", forward_fail, 0},
+    {"Echo", echo, CM_RPC_READ, CM_RPC_ROLES_READ " merchant channel"},
+    {"Sleep", sleep_ms, CM_RPC_READ, CM_RPC_ROLES_READ},
+    {"Put", put, CM_RPC_WRITE, CM_RPC_ROLES_WRITE},
+    {"Get", get, CM_RPC_READ, CM_RPC_ROLES_READ},
+    {"Fail", fail, CM_RPC_READ, CM_RPC_ROLES_READ},
+    {"Noop", noop, CM_RPC_NO_TENANT, NULL},
+    {"Forward", forward, CM_RPC_WRITE, CM_RPC_ROLES_WRITE},
+    {"ForwardFail", forward_fail, CM_RPC_WRITE, CM_RPC_ROLES_WRITE},
 };
 
 static const cm_peer_def peers[] = {{"inventory", "127.0.0.1:50052"}};
