@@ -44,6 +44,12 @@ cm_gauge *cm_metrics_gauge(cm_metrics *m, const char *name, const char *help, co
 cm_histogram *cm_metrics_histogram(cm_metrics *m, const char *name, const char *help,
                                    const char *labels, const double *bounds, size_t nbounds);
 
+/* takes a counter's series off the registry and frees it: the next scrape
+ * no longer has it (Prometheus marks it stale). for label sets that come
+ * and go (a bounded set of the most recent flash sales, say); the caller
+ * guarantees no thread uses c any more. NULL is a no-op. */
+void cm_metrics_counter_remove(cm_metrics *m, cm_counter *c);
+
 /* default latency buckets in seconds, 0.0001 .. 10. */
 extern const double cm_metrics_latency_buckets[];
 extern const size_t cm_metrics_latency_nbuckets;

@@ -6,6 +6,7 @@
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -149,6 +150,33 @@ void cm_metrics_free(cm_metrics *m)
     free(m->table);
     pthread_mutex_destroy(&m->lock);
     free(m);
+}
+
+void cm_metrics_counter_remove(cm_metrics *m, cm_counter *c)
+{
+    if (!m || !c)
+        return;
+    struct series *s = (struct series *)(void *)((char *)c - offsetof(struct series, u.counter));
+    pthread_mutex_lock(&m->lock);
+    struct series **p = &m->table[s->hash & (m->table_size - 1)];
+    while (*p && *p != s)
+        p = &(*p)->hash_next;
+    if (*p) {
+        *p = s->hash_next;
+        struct family *f = s->family;
+        struct series *prev = NULL;
+        for (struct series *q = f->first; q && q != s; q = q->next)
+            prev = q;
+        if (prev)
+            prev->next = s->next;
+        else
+            f->first = s->next;
+        if (f->last == s)
+            f->last = prev;
+        m->nseries--;
+        series_free(s);
+    }
+    pthread_mutex_unlock(&m->lock);
 }
 
 static cm_metrics *default_registry;

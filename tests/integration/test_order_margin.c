@@ -567,9 +567,16 @@ typedef struct series {
 } series;
 
 static const char *const margin_metrics[] = {
-    "order_revenue_minor_total", "order_refunded_minor_total",
-    "order_cost_minor_total",    "order_cost_reversed_minor_total",
-    "order_margin_orders_total", "order_negative_margin_orders_total",
+    "order_revenue_minor_total",
+    "order_refunded_minor_total",
+    "order_cost_minor_total",
+    "order_cost_reversed_minor_total",
+    "order_margin_orders_total",
+    "order_negative_margin_orders_total",
+    "order_flash_sale_revenue_minor_total",
+    "order_flash_sale_refunded_minor_total",
+    "order_flash_sale_cost_minor_total",
+    "order_flash_sale_cost_reversed_minor_total",
 };
 
 /* every sample of the margin metrics in a /metrics body, as scrape k,
@@ -666,6 +673,8 @@ START_TEST(flash_sale_under_cost_trips_the_alert_rule)
     Commerce__Inventory__V1__FlashSale *fs = NULL;
     ck_assert_int_eq(
         fx_configure_sale_in(f.ic, "fs-1", NULL, "sku-f", -5, 3600, 500, 5, 0, &fs, NULL), 0);
+    char sale_id[40];
+    snprintf(sale_id, sizeof sale_id, "%s", fs->flash_sale_id);
     protobuf_c_message_free_unpacked(&fs->base, NULL);
     static series ss[MAX_SERIES];
     size_t n = 0;
@@ -699,7 +708,7 @@ START_TEST(flash_sale_under_cost_trips_the_alert_rule)
     /* both sales' series, each of the six metrics, and the zero series
      * the families start with (tenant _other, currency XXX), which no
      * alert may pick up */
-    ck_assert_uint_eq(n, 18);
+    ck_assert_uint_eq(n, 26); /* and the sale's four, and their zero series */
 
     const char *out = getenv("MARGIN_ALERT_TEST_OUT");
     char path[512], dir[256] = "";
@@ -734,6 +743,28 @@ START_TEST(flash_sale_under_cost_trips_the_alert_rule)
         fprintf(fp, "\"\n");
     }
     fputs(alert_tests, fp);
+    /* the sale's own ratio, recorded per flash_sale, is below 0 */
+    fprintf(fp,
+            "      # the sale itself sells under cost (its own series)\n"
+            "      - eval_time: 28m\n"
+            "        alertname: CommerceFlashSaleUnderCost\n"
+            "        exp_alerts:\n"
+            "          - exp_labels:\n"
+            "              severity: warning\n"
+            "              tenant: " FX_TENANT "\n"
+            "              currency: CNY\n"
+            "              flash_sale: %s\n"
+            "            exp_annotations:\n"
+            "              summary: \"" FX_TENANT ": flash sale %s sells under cost (CNY)\"\n"
+            "              runbook: >-\n"
+            "                the sale's paid lines over the last 15 minutes cost more than they\n"
+            "                brought in: check its price against GetCost (QueryMargin with this\n"
+            "                flash_sale_id gives the whole sale), then pause it with\n"
+            "                ConfigureFlashSale or fix the price.\n"
+            "      - eval_time: 3m\n"
+            "        alertname: CommerceFlashSaleUnderCost\n"
+            "        exp_alerts: []\n",
+            sale_id, sale_id);
     ck_assert_int_eq(fclose(fp), 0);
 
     const char *promtool = promtool_path();

@@ -58,6 +58,36 @@ START_TEST(counter_renders_with_and_without_labels)
 }
 END_TEST
 
+START_TEST(removed_counter_leaves_the_scrape)
+{
+    cm_metrics *m = cm_metrics_new();
+    cm_counter *a = cm_metrics_counter(m, "sale_total", "per sale", "sale=\"a\"");
+    cm_counter *b = cm_metrics_counter(m, "sale_total", "per sale", "sale=\"b\"");
+    cm_counter *c = cm_metrics_counter(m, "sale_total", "per sale", "sale=\"c\"");
+    cm_counter_add(a, 1);
+    cm_counter_add(b, 2);
+    cm_counter_add(c, 3);
+    cm_metrics_counter_remove(m, b); /* the middle of the family */
+    cm_metrics_counter_remove(m, c); /* its last: appending must still work */
+    cm_counter *d = cm_metrics_counter(m, "sale_total", "per sale", "sale=\"d\"");
+    cm_counter_add(d, 4);
+    assert_renders(m, "# HELP sale_total per sale\n"
+                      "# TYPE sale_total counter\n"
+                      "sale_total{sale=\"a\"} 1\n"
+                      "sale_total{sale=\"d\"} 4\n");
+    /* registered again: a new series from 0 (a counter reset to Prometheus) */
+    cm_counter *b2 = cm_metrics_counter(m, "sale_total", "per sale", "sale=\"b\"");
+    ck_assert_uint_eq(cm_counter_value(b2), 0);
+    cm_metrics_counter_remove(m, a); /* the first */
+    cm_metrics_counter_remove(m, NULL);
+    assert_renders(m, "# HELP sale_total per sale\n"
+                      "# TYPE sale_total counter\n"
+                      "sale_total{sale=\"d\"} 4\n"
+                      "sale_total{sale=\"b\"} 0\n");
+    cm_metrics_free(m);
+}
+END_TEST
+
 START_TEST(gauge_renders_shortest_round_trip_values)
 {
     cm_metrics *m = cm_metrics_new();
@@ -350,6 +380,7 @@ static Suite *metrics_suite(void)
     tcase_add_test(tc, concurrent_updates_sum_exactly);
     tcase_add_test(tc, concurrent_registration_yields_one_series);
     tcase_add_test(tc, default_registry_is_shared_and_freed_at_exit);
+    tcase_add_test(tc, removed_counter_leaves_the_scrape);
     tcase_set_timeout(tc, 60);
     suite_add_tcase(s, tc);
     return s;

@@ -2,6 +2,7 @@
 #include "cm_err.h"
 #include "cm_id.h"
 #include "ord_domain.h"
+#include "ord_metrics.h"
 
 #include <check.h>
 #include <stdint.h>
@@ -1541,6 +1542,89 @@ START_TEST(line_refund_reverses_its_own_line_cost_only)
 }
 END_TEST
 
+/* the value of the series whose labels contain all of want, summed; -1
+ * when none matches */
+static long long scraped(const char *text, const char *name, const char *want)
+{
+    long long sum = -1;
+    size_t n = strlen(name);
+    for (const char *p = text; p && *p; p = strchr(p, '\n') ? strchr(p, '\n') + 1 : NULL) {
+        if (strncmp(p, name, n) != 0 || p[n] != '{')
+            continue;
+        const char *end = strchr(p, '}');
+        char labels[256];
+        snprintf(labels, sizeof labels, "%.*s", (int)(end - p), p);
+        if (strstr(labels, want))
+            sum = (sum < 0 ? 0 : sum) + strtoll(end + 1, NULL, 10);
+    }
+    return sum;
+}
+
+/* per flash sale: the most recent sales keep their series, older ones move
+ * to _other, nothing is lost from the sums */
+START_TEST(flash_sale_series_are_bounded_and_keep_the_totals)
+{
+    cm_metrics *m = cm_metrics_new();
+    ord_metrics *om = ord_metrics_new(m);
+    ck_assert_ptr_nonnull(om);
+    ord_order o;
+    memset(&o, 0, sizeof o);
+    snprintf(o.currency, sizeof o.currency, "CNY");
+    o.nlines = 2;
+    o.flash = 1;
+    snprintf(o.lines[0].sku, sizeof o.lines[0].sku, "sku-a");
+    o.lines[0].qty = 2;
+    o.lines[0].line_total = 100; /* a flash line sold at 50 under a cost of 60 */
+    o.lines[0].unit_cost = 60;
+    snprintf(o.lines[1].sku, sizeof o.lines[1].sku, "sku-b");
+    o.lines[1].qty = 1;
+    o.lines[1].line_total = 30; /* a regular line: no flash sale series */
+    o.lines[1].unit_cost = 10;
+    o.total = 130;
+    int sales = ORD_METRICS_FLASH_SALES_MAX + 6;
+    for (int i = 0; i < sales; i++) {
+        snprintf(o.lines[0].flash_sale_id, sizeof o.lines[0].flash_sale_id, "fs-%d", i);
+        ord_metrics_paid(om, "t1", &o);
+    }
+    /* the first sale sold again: it comes back as a new series */
+    snprintf(o.lines[0].flash_sale_id, sizeof o.lines[0].flash_sale_id, "fs-0");
+    ord_metrics_paid(om, "t1", &o);
+    ord_refund r;
+    memset(&r, 0, sizeof r);
+    r.amount = 50;
+    r.cost_reversed = 60;
+    r.nlines = 1;
+    snprintf(r.lines[0].sku, sizeof r.lines[0].sku, "sku-a");
+    r.lines[0].amount = 50;
+    r.lines[0].cost = 60;
+    ord_metrics_refunded(om, "t1", &o, &r);
+
+    char *text = NULL;
+    ck_assert_int_eq(cm_metrics_render(m, &text, NULL), 0);
+    const char *rev = "order_flash_sale_revenue_minor_total";
+    /* every sale's revenue is somewhere: its own series or _other */
+    ck_assert_int_eq(scraped(text, rev, "currency=\"CNY\""), 100LL * (sales + 1));
+    ck_assert_int_eq(scraped(text, "order_flash_sale_cost_minor_total", "currency=\"CNY\""),
+                     120LL * (sales + 1));
+    ck_assert_int_eq(scraped(text, rev, "flash_sale=\"fs-0\""), 100); /* since it came back */
+    ck_assert_int_eq(scraped(text, rev, "flash_sale=\"fs-1\""), -1);  /* evicted */
+    ck_assert_int_eq(scraped(text, rev, "flash_sale=\"fs-69\""), 100);
+    ck_assert_int_eq(scraped(text, rev, "tenant=\"_other\",currency=\"CNY\""), 100LL * 7);
+    ck_assert_int_eq(scraped(text, "order_flash_sale_refunded_minor_total", "flash_sale=\"fs-0\""),
+                     50);
+    ck_assert_int_eq(
+        scraped(text, "order_flash_sale_cost_reversed_minor_total", "flash_sale=\"fs-0\""), 60);
+    /* bounded: the sales kept, one _other per currency, the zero series */
+    int series = 0;
+    for (const char *p = text; (p = strstr(p, "\norder_flash_sale_revenue_minor_total{")); p++)
+        series++;
+    ck_assert_int_eq(series, ORD_METRICS_FLASH_SALES_MAX + 2);
+    free(text);
+    ord_metrics_free(om);
+    cm_metrics_free(m);
+}
+END_TEST
+
 START_TEST(refund_sequences_reverse_exactly_the_recorded_cost)
 {
     /* random refund sequences to the end: the reversals sum to the cost */
@@ -1637,6 +1721,7 @@ static Suite *suite(void)
     tcase_add_test(g, refund_remainder_of_cost_goes_to_the_last_refund);
     tcase_add_test(g, line_refund_reverses_its_own_line_cost_only);
     tcase_add_test(g, refund_sequences_reverse_exactly_the_recorded_cost);
+    tcase_add_test(g, flash_sale_series_are_bounded_and_keep_the_totals);
     suite_add_tcase(s, g);
 
     TCase *p = tcase_create("text");
