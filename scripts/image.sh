@@ -150,7 +150,7 @@ if [ "$smoke" = 1 ]; then
     # settlement's ledger gauges come from its recon ticker, one period
     # after the start (60 s by default): a short period for the scrape
     extra=()
-    [ "$svc" = settlement ] && extra=(-e SETTLEMENT_RECON_MS=500)
+    [ "$svc" = settlement ] && extra=(-e SETTLEMENT_RECON_MS=500 -e SETTLEMENT_PAYOUT_MS=500)
     name=commerce-smoke-$svc-$$
     # a fresh schema per run, dropped at the end
     schema=${svc}_image_$$

@@ -407,8 +407,11 @@ static void tick(void *arg)
         st->def->fn(svc, st->db, svc->app);
     /* a session the server ended took the lock with it: start over */
     if (PQstatus(cm_db_conn(st->db)) == CONNECTION_BAD) {
-        if (st->leader)
+        if (st->leader) {
             cm_log_warn("ticker lost its connection and its lead", "ticker", st->def->name, NULL);
+            if (st->def->resign)
+                st->def->resign(svc, svc->app);
+        }
         cm_db_free(st->db);
         st->db = NULL;
         st->leader = 0;

@@ -109,15 +109,15 @@ static const cm_service_consumer consumers[] = {
 static const char *const consumer_conf[] = {"session.timeout.ms", "10000", NULL};
 
 static const cm_service_ticker tickers[] = {
-    {"parker", "COMMISSION_PARKER_MS", cms_parker, 1},
-    {"payable", "COMMISSION_PAYABLE_MS", cms_payable_tick, 1},
-    {"close", "COMMISSION_CLOSE_MS", cms_close_tick, 1},
-    {"feed-prune", "COMMISSION_FEED_PRUNE_MS", cms_feed_prune, 1},
+    {"parker", "COMMISSION_PARKER_MS", cms_parker, 1, NULL},
+    {"payable", "COMMISSION_PAYABLE_MS", cms_payable_tick, 1, NULL},
+    {"close", "COMMISSION_CLOSE_MS", cms_close_tick, 1, NULL},
+    {"feed-prune", "COMMISSION_FEED_PRUNE_MS", cms_feed_prune, 1, NULL},
     /* the webhook dispatchers: threads of every replica, partners leased */
-    {"webhook-1", "COMMISSION_WEBHOOK_POLL_MS", cms_feed_webhook_1, 0},
-    {"webhook-2", "COMMISSION_WEBHOOK_POLL_MS", cms_feed_webhook_2, 0},
-    {"webhook-3", "COMMISSION_WEBHOOK_POLL_MS", cms_feed_webhook_3, 0},
-    {"webhook-4", "COMMISSION_WEBHOOK_POLL_MS", cms_feed_webhook_4, 0},
+    {"webhook-1", "COMMISSION_WEBHOOK_POLL_MS", cms_feed_webhook_1, 0, NULL},
+    {"webhook-2", "COMMISSION_WEBHOOK_POLL_MS", cms_feed_webhook_2, 0, NULL},
+    {"webhook-3", "COMMISSION_WEBHOOK_POLL_MS", cms_feed_webhook_3, 0, NULL},
+    {"webhook-4", "COMMISSION_WEBHOOK_POLL_MS", cms_feed_webhook_4, 0, NULL},
 };
 
 int main(int argc, char **argv)

@@ -872,9 +872,6 @@ int stl_app_init(cm_service *svc, void **out, char *err, size_t errlen)
                                            "payouts by state reached", "state=\"paid\"");
     app->payouts_failed = cm_metrics_counter(m, "settlement_payouts_total",
                                              "payouts by state reached", "state=\"failed\"");
-    app->payouts_pending = cm_metrics_gauge(
-        m, "settlement_payouts_pending",
-        "payouts waiting for the payment system's report (as of the payer's last pass)", NULL);
     app->costs_lag = cm_metrics_histogram(
         m, "settlement_commission_cost_lag_seconds",
         "from a commission event's occurred_at to its cost entry on the ledger", NULL, lag_bounds,

@@ -645,13 +645,35 @@ START_TEST(a_singleton_ticker_runs_on_one_replica_at_a_time)
     ck_assert_int_eq(tickers_since(pg, schema, 1000, &leader), 1);
     ck_assert(leader == a.pid || leader == b.pid);
     hs_proc *dead = leader == a.pid ? &a : &b, *alive = leader == a.pid ? &b : &a;
-    /* the leader dies without a word: its session ends, the lock with it */
-    ck_assert_int_eq(hs_stop(dead, SIGKILL, 5000), 128 + SIGKILL);
+    /* what only the leader knows is on the leader's /metrics alone */
+    static char body[1 << 16];
+    ck_assert_int_eq(hs_http_get(dead->admin_port, "/metrics", body, sizeof body), 200);
+    ck_assert_ptr_nonnull(strstr(body, "\ntestsvc_leads 1"));
+    ck_assert_int_eq(hs_http_get(alive->admin_port, "/metrics", body, sizeof body), 200);
+    ck_assert_ptr_null(strstr(body, "\ntestsvc_leads"));
+    /* the leader's session ends under it (the lock with it) until the
+     * other replica has taken over: the former leader resigns, and its
+     * gauge leaves its /metrics rather than going stale */
+    int now = leader;
+    for (int i = 0; i < 20 && now == leader; i++) {
+        PQclear(PQexec(pg, "SELECT pg_terminate_backend(pid) FROM pg_locks "
+                           "WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid()"));
+        usleep(400 * 1000);
+        ck_assert_int_eq(tickers_since(pg, schema, 150, &now), 1);
+    }
+    ck_assert_int_ne(now, leader);
+    ck_assert_int_eq(hs_http_get(dead->admin_port, "/metrics", body, sizeof body), 200);
+    ck_assert_msg(strstr(body, "\ntestsvc_leads") == NULL, "the former leader kept its gauge");
+    ck_assert_int_eq(hs_http_get(alive->admin_port, "/metrics", body, sizeof body), 200);
+    ck_assert_ptr_nonnull(strstr(body, "\ntestsvc_leads 1"));
+    /* the new leader dies without a word: its session ends, the lock with
+     * it, and the first one leads again */
+    ck_assert_int_eq(hs_stop(alive, SIGKILL, 5000), 128 + SIGKILL);
     usleep(1500 * 1000);
     int next = 0;
     ck_assert_int_eq(tickers_since(pg, schema, 700, &next), 1);
-    ck_assert_int_eq(next, alive->pid);
-    ck_assert_int_eq(hs_stop(alive, SIGTERM, 10000), 0);
+    ck_assert_int_eq(next, dead->pid);
+    ck_assert_int_eq(hs_stop(dead, SIGTERM, 10000), 0);
     char sql[128];
     snprintf(sql, sizeof sql, "DROP SCHEMA %s CASCADE", schema);
     PQclear(PQexec(pg, "SET client_min_messages = warning"));
