@@ -566,13 +566,6 @@ static int load_all(cm_config *c, const cm_config_defaults *d, char *err, size_t
                        quoted(v, q, sizeof q));
         c->allow_insecure = strcmp(v, "1") == 0;
     }
-    /* without authentication anyone who reaches the port picks a tenant:
-     * only on loopback (the quick start), or when the operator says so */
-    if (c->auth_mode == CM_AUTH_OFF && !c->allow_insecure && !listen_loopback(c->grpc_listen))
-        return bad(err, errlen, "AUTH_MODE",
-                   "off is refused on GRPC_LISTEN=%s (not loopback): set AUTH_MODE=required "
-                   "with a JWT key, listen on 127.0.0.1, or set ALLOW_INSECURE=1",
-                   quoted(c->grpc_listen, q, sizeof q));
     if ((v = env("JWT_ISSUER")) &&
         (rc = copy_value(c->jwt_issuer, sizeof c->jwt_issuer, "JWT_ISSUER", v, err, errlen)))
         return rc;
@@ -603,6 +596,13 @@ static int load_all(cm_config *c, const cm_config_defaults *d, char *err, size_t
     if (ca && (rc = load_file(c->tls_client_ca_file, sizeof c->tls_client_ca_file,
                               "TLS_CLIENT_CA_FILE", ca, err, errlen)))
         return rc;
+    /* without authentication anyone who reaches the port picks a tenant:
+     * only on loopback (the quick start), or when the operator says so */
+    if (c->auth_mode == CM_AUTH_OFF && !c->allow_insecure && !listen_loopback(c->grpc_listen))
+        return bad(err, errlen, "AUTH_MODE",
+                   "off is refused on GRPC_LISTEN=%s (not loopback): set AUTH_MODE=required "
+                   "with a JWT key, listen on 127.0.0.1, or set ALLOW_INSECURE=1",
+                   quoted(c->grpc_listen, q, sizeof q));
     return 0;
 }
 
