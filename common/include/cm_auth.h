@@ -40,9 +40,9 @@
 #define CM_AUTH_TENANT_MAX 64   /* characters, [A-Za-z0-9._-] */
 #define CM_AUTH_SUBJECT_MAX 255 /* bytes */
 #define CM_AUTH_ROLES_MAX 16
-#define CM_AUTH_ROLE_MAX 63         /* bytes per role */
-#define CM_AUTH_HS256_MIN_SECRET 32 /* RFC 7518: a key at least as long as the hash */
-#define CM_AUTH_TOKEN_MAX 8192      /* longer bearer tokens are refused unparsed */
+#define CM_AUTH_ROLE_MAX 63           /* bytes per role */
+#define CM_AUTH_HS256_MIN_SECRET 32   /* RFC 7518: a key at least as long as the hash */
+#define CM_AUTH_TOKEN_MAX 8192        /* longer bearer tokens are refused unparsed */
 #define CM_AUTH_JWKS_MAX (256 * 1024) /* bytes of a JWKS file */
 #define CM_AUTH_JWKS_KEYS_MAX 32      /* keys in one JWKS */
 #define CM_AUTH_KID_MAX 128           /* bytes of a key id */

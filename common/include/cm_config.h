@@ -105,11 +105,11 @@ typedef struct {
     char jwt_rs256_public_key_file[CM_CONFIG_PATH_MAX]; /* JWT_RS256_PUBLIC_KEY_FILE */
     char jwt_jwks_file[CM_CONFIG_PATH_MAX];             /* JWT_JWKS_FILE; "" = none */
     int allow_insecure; /* ALLOW_INSECURE=1: AUTH_MODE=off on a non-loopback GRPC_LISTEN */
-    char jwt_issuer[CM_CONFIG_ADDR_MAX];                /* JWT_ISSUER; "" = not checked */
-    char jwt_audience[CM_CONFIG_ADDR_MAX];              /* JWT_AUDIENCE; "" = not checked */
-    int jwt_leeway_s;                                   /* JWT_LEEWAY_SECONDS */
-    char tls_cert_file[CM_CONFIG_PATH_MAX];             /* TLS_CERT_FILE; "" = plaintext gRPC */
-    char tls_key_file[CM_CONFIG_PATH_MAX];              /* TLS_KEY_FILE, set with the cert */
+    char jwt_issuer[CM_CONFIG_ADDR_MAX];         /* JWT_ISSUER; "" = not checked */
+    char jwt_audience[CM_CONFIG_ADDR_MAX];       /* JWT_AUDIENCE; "" = not checked */
+    int jwt_leeway_s;                            /* JWT_LEEWAY_SECONDS */
+    char tls_cert_file[CM_CONFIG_PATH_MAX];      /* TLS_CERT_FILE; "" = plaintext gRPC */
+    char tls_key_file[CM_CONFIG_PATH_MAX];       /* TLS_KEY_FILE, set with the cert */
     char tls_client_ca_file[CM_CONFIG_PATH_MAX]; /* TLS_CLIENT_CA_FILE; set = mTLS required */
     /* the descriptor's knobs and peers, and their values in the same order */
     const cm_knob *knobs;

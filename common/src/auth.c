@@ -192,8 +192,7 @@ static auth_keyset *keyset_get(const cm_auth *ca)
 /* a base64url member of a JWK (trailing '=' tolerated), at most max bytes
  * decoded, into a malloc'd buffer. 0, -1 (absent or malformed) or
  * CM_ENOMEM. */
-static int jwk_bytes(json_t *jwk, const char *name, size_t max, unsigned char **out,
-                     size_t *outlen)
+static int jwk_bytes(json_t *jwk, const char *name, size_t max, unsigned char **out, size_t *outlen)
 {
     json_t *v = json_object_get(jwk, name);
     if (!json_is_string(v))
@@ -259,8 +258,7 @@ static int jwk_rsa_pem(json_t *jwk, auth_key *k, char *why, size_t whylen)
         goto out;
     }
     if (EVP_PKEY_get_bits(pk) < 2048) {
-        snprintf(why, whylen, "%d-bit RSA is too weak, need at least 2048",
-                 EVP_PKEY_get_bits(pk));
+        snprintf(why, whylen, "%d-bit RSA is too weak, need at least 2048", EVP_PKEY_get_bits(pk));
         goto out;
     }
     char *data = NULL;
@@ -303,8 +301,7 @@ static int jwk_parse(json_t *jwk, auth_key *k, char *why, size_t whylen)
         snprintf(why, whylen, "not an object");
         return CM_EINVAL;
     }
-    const char *kty = jwk_str(jwk, "kty"), *use = jwk_str(jwk, "use"),
-               *alg = jwk_str(jwk, "alg");
+    const char *kty = jwk_str(jwk, "kty"), *use = jwk_str(jwk, "use"), *alg = jwk_str(jwk, "alg");
     if (!kty) {
         snprintf(why, whylen, "no kty");
         return CM_EINVAL;
@@ -415,7 +412,7 @@ static int jwks_load(const char *path, auth_keyset **out, char *err, size_t errl
     int rc = cm_file_read(path, CM_AUTH_JWKS_MAX, &buf, &len);
     if (rc) {
         cm_err_set(err, errlen, "jwks \"%s\": cannot read: %s", path,
-                   rc == CM_ENOMEM ? "out of memory"
+                   rc == CM_ENOMEM  ? "out of memory"
                    : errno == EFBIG ? "larger than 256 KiB"
                                     : strerror(errno));
         return rc;
@@ -841,9 +838,9 @@ static int check_claims(const cm_auth *a, json_t *claims, const char *x_tenant_i
     return 0;
 }
 
-static int verify_with(const cm_auth *a, const auth_keyset *ks, jwt_alg_t alg,
-                       const char *algname, const char *kid, const char *token,
-                       const char *x_tenant_id, cm_auth_principal *out, char *why, size_t whylen);
+static int verify_with(const cm_auth *a, const auth_keyset *ks, jwt_alg_t alg, const char *algname,
+                       const char *kid, const char *token, const char *x_tenant_id,
+                       cm_auth_principal *out, char *why, size_t whylen);
 
 int cm_auth_verify(const cm_auth *a, const char *authorization, const char *x_tenant_id,
                    cm_auth_principal *out, char *why, size_t whylen)
@@ -942,9 +939,9 @@ static int choose_key(const cm_auth *a, const auth_keyset *ks, jwt_alg_t alg, co
     return fail(out, why, whylen, CM_EAUTH, "token alg %s is not accepted", algname);
 }
 
-static int verify_with(const cm_auth *a, const auth_keyset *ks, jwt_alg_t alg,
-                       const char *algname, const char *kid, const char *token,
-                       const char *x_tenant_id, cm_auth_principal *out, char *why, size_t whylen)
+static int verify_with(const cm_auth *a, const auth_keyset *ks, jwt_alg_t alg, const char *algname,
+                       const char *kid, const char *token, const char *x_tenant_id,
+                       cm_auth_principal *out, char *why, size_t whylen)
 {
     const unsigned char *key = NULL;
     size_t keylen = 0;

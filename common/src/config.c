@@ -552,7 +552,7 @@ static int load_all(cm_config *c, const cm_config_defaults *d, char *err, size_t
                         "JWT_RS256_PUBLIC_KEY_FILE", v, err, errlen)))
         return rc;
     if ((v = env("JWT_JWKS_FILE")) && (rc = load_file(c->jwt_jwks_file, sizeof c->jwt_jwks_file,
-                                                       "JWT_JWKS_FILE", v, err, errlen)))
+                                                      "JWT_JWKS_FILE", v, err, errlen)))
         return rc;
     if (c->auth_mode == CM_AUTH_REQUIRED && !c->jwt_hs256_secret[0] &&
         !c->jwt_rs256_public_key_file[0] && !c->jwt_jwks_file[0])

@@ -51,6 +51,5 @@ int cm_file_stat(const char *path, cm_file_id *id)
 
 int cm_file_id_eq(const cm_file_id *a, const cm_file_id *b)
 {
-    return a->dev == b->dev && a->ino == b->ino && a->size == b->size &&
-           a->mtime_ns == b->mtime_ns;
+    return a->dev == b->dev && a->ino == b->ino && a->size == b->size && a->mtime_ns == b->mtime_ns;
 }

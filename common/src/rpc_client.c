@@ -47,7 +47,7 @@ static int read_bearer(const char *path, char **out, char *err, size_t errlen)
     int rc = cm_file_read(path, CM_AUTH_TOKEN_MAX + 2, &buf, &len);
     if (rc) {
         snprintf(err, errlen, "token file \"%s\": cannot read: %s", path,
-                 rc == CM_ENOMEM ? "out of memory"
+                 rc == CM_ENOMEM  ? "out of memory"
                  : errno == EFBIG ? "too large"
                                   : strerror(errno));
         return rc;
@@ -61,8 +61,8 @@ static int read_bearer(const char *path, char **out, char *err, size_t errlen)
         memset(buf, 0, len);
         free(buf);
         snprintf(err, errlen,
-                 "token file \"%s\": must hold one token of 1..%d visible ASCII characters",
-                 path, CM_AUTH_TOKEN_MAX);
+                 "token file \"%s\": must hold one token of 1..%d visible ASCII characters", path,
+                 CM_AUTH_TOKEN_MAX);
         return CM_EINVAL;
     }
     char *b = malloc(len + 8);

@@ -29,7 +29,7 @@ struct cm_service {
     cm_admin *admin;
     uv_signal_t sigterm, sigint, sighup;
     uv_timer_t probe;
-    uv_timer_t creds; /* re-reads the JWKS and the peers' token files */
+    uv_timer_t creds;                             /* re-reads the JWKS and the peers' token files */
     cm_counter *c_reload[2], *c_reload_failed[2]; /* [0] the JWKS, [1] peer tokens */
     cm_gauge *g_jwks_keys;
     uv_work_t probe_req;
@@ -255,8 +255,8 @@ static void reload_creds(cm_service *svc, int force)
             cm_log_info("peer token reloaded", "peer", svc->def->peers[i].name, NULL);
         } else if (rc < 0) {
             cm_counter_add(svc->c_reload_failed[1], 1);
-            cm_log_error("could not reload a peer token", "peer", svc->def->peers[i].name,
-                         "detail", err, NULL);
+            cm_log_error("could not reload a peer token", "peer", svc->def->peers[i].name, "detail",
+                         err, NULL);
         }
     }
 }

@@ -876,8 +876,7 @@ START_TEST(jwks_is_reloaded_while_serving)
     /* SIGHUP: read again though nothing changed */
     ck_assert_int_eq(kill(p.pid, SIGHUP), 0);
     ck_assert_int_eq((int)metric_until(&p, "auth_credential_reloads_total{file=\"jwks\"}", 3), 3);
-    ck_assert_int_eq((int)hs_metric(&p, "auth_credential_reload_failures_total{file=\"jwks\"}"),
-                     1);
+    ck_assert_int_eq((int)hs_metric(&p, "auth_credential_reload_failures_total{file=\"jwks\"}"), 1);
     ck_assert_int_eq(hs_stop(&p, SIGTERM, 10000), 0);
 
     char *log = log_of(&p);

@@ -629,7 +629,9 @@ static void rsa_jwk(const char *pub, const char *kid, char *out, size_t cap)
     char ns[1400], es[32];
     b64url(nb, (size_t)nl, ns, sizeof ns);
     b64url(eb, (size_t)el, es, sizeof es);
-    snprintf(out, cap, "{\"kty\":\"RSA\",\"use\":\"sig\",\"alg\":\"RS256\",\"kid\":\"%s\",\"n\":\"%s\",\"e\":\"%s\"}",
+    snprintf(out, cap,
+             "{\"kty\":\"RSA\",\"use\":\"sig\",\"alg\":\"RS256\",\"kid\":\"%s\",\"n\":\"%s\",\"e\":"
+             "\"%s\"}",
              kid, ns, es);
     BN_free(n);
     BN_free(e);
@@ -848,8 +850,8 @@ START_TEST(jwks_reload_while_verifying)
     verifier_arg v[3];
     pthread_t th[3];
     for (int i = 0; i < 3; i++) {
-        v[i] = (verifier_arg){.token = sign_kid(JWT_ALG_RS256, rsa_priv, "k1",
-                                                std_claims(c, sizeof c, ""))};
+        v[i] = (verifier_arg){
+            .token = sign_kid(JWT_ALG_RS256, rsa_priv, "k1", std_claims(c, sizeof c, ""))};
         ck_assert_int_eq(pthread_create(&th[i], NULL, verify_loop, &v[i]), 0);
     }
     char err[512];

@@ -569,8 +569,8 @@ START_TEST(auth_off_needs_loopback_or_allow_insecure)
     ck_assert_str_eq(err, "AUTH_MODE: off is refused on GRPC_LISTEN=\"0.0.0.0:50051\" (not "
                           "loopback): set AUTH_MODE=required with a JWT key, listen on "
                           "127.0.0.1, or set ALLOW_INSECURE=1");
-    const char *refused[] = {":7001", "10.0.0.1:7001", "[::]:7001", "128.0.0.1:7001",
-                             "localhost.example:7001", "[::2]:7001"};
+    const char *refused[] = {":7001",          "10.0.0.1:7001",          "[::]:7001",
+                             "128.0.0.1:7001", "localhost.example:7001", "[::2]:7001"};
     for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++) {
         setenv("GRPC_LISTEN", refused[i], 1);
         ck_assert_msg(load(&order_defs) == CM_EINVAL, "%s loaded", refused[i]);
