@@ -733,6 +733,25 @@ START_TEST(jwks_kid_selects_the_key)
     cm_auth_jwks_stats st;
     cm_auth_jwks_stats_get(auth, &st);
     ck_assert_int_eq(st.keys, 2);
+
+    /* a kid that is not a short string is refused before any key is tried */
+    char c[256];
+    jwt_t *j = NULL;
+    ck_assert_int_eq(jwt_new(&j), 0);
+    ck_assert_int_eq(jwt_add_grants_json(j, std_claims(c, sizeof c, "")), 0);
+    ck_assert_int_eq(jwt_add_header_int(j, "kid", 1), 0);
+    ck_assert_int_eq(
+        jwt_set_alg(j, JWT_ALG_RS256, (const unsigned char *)rsa_priv, (int)strlen(rsa_priv)), 0);
+    char *t = jwt_encode_str(j);
+    jwt_free(j);
+    ck_assert_int_eq(verify_token(t, NULL), CM_EAUTH);
+    ck_assert_str_eq(why, "token kid must be a string of 1..128 bytes");
+    free(t);
+    char longkid[200];
+    memset(longkid, 'k', sizeof longkid - 1);
+    longkid[sizeof longkid - 1] = '\0';
+    ck_assert_int_eq(verify_kid(JWT_ALG_RS256, rsa_priv, longkid), CM_EAUTH);
+    ck_assert_str_eq(why, "token kid must be a string of 1..128 bytes");
 }
 END_TEST
 
