@@ -394,13 +394,16 @@ int stl_payout_list(cm_db *db, const char *tenant, const char *merchant, int sta
     snprintf(ac, sizeof ac, "%lld", (long long)account);
     snprintf(b, sizeof b, "%lld", (long long)before_ms);
     snprintf(l, sizeof l, "%d", limit);
-    const char *p[] = {tenant, s, ac, b, before_id, l, merchant};
+    /* NULL on the first page: "" is no uuid, and the cast of a parameter
+     * is not spared by the OR; $4 a bigint (ms overflow an int) */
+    const char *p[] = {tenant, s, ac, b, before_ms ? before_id : NULL, l, merchant};
     PGresult *r = NULL;
     int rc = cm_db_read(
         db, "list payouts",
         "SELECT " PAYOUT_COLS " FROM payouts p JOIN accounts a USING (account_id) WHERE "
-        "p.tenant_id = $1 AND ($2 = 0 OR p.state = $2) AND ($3 = 0 OR p.account_id = $3) AND ($4 "
-        "= 0 OR (p.created_at, p.payout_id) < (to_timestamp($4 / 1000.0), $5::uuid)) AND "
+        "p.tenant_id = $1 AND ($2 = 0 OR p.state = $2) AND ($3 = 0 OR p.account_id = $3) AND "
+        "($4::bigint = 0 OR (p.created_at, p.payout_id) < (to_timestamp($4::bigint / 1000.0), "
+        "$5::uuid)) AND "
         "($7::text IS NULL OR (a.party_type = 1 AND a.owner_id = $7)) ORDER BY "
         "p.created_at DESC, p.payout_id DESC LIMIT $6",
         7, p, &r);
