@@ -1767,6 +1767,13 @@ const char *cm_rpc_ctx_channel_scope(const cm_rpc_ctx *ctx)
     return ctx->channel_scope;
 }
 
+const char *cm_rpc_scope_filter(const char *scope, const char *requested)
+{
+    if (!scope || strcmp(requested, scope) == 0)
+        return requested;
+    return *requested ? NULL : scope;
+}
+
 const char *cm_rpc_method_class(unsigned flags)
 {
     switch (flags & (CM_RPC_READ | CM_RPC_WRITE | CM_RPC_ADMIN)) {
