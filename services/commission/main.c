@@ -77,7 +77,7 @@ static const cm_knob knobs[] = {
      "tests); loopback, private and link-local addresses are refused otherwise"},
     {"COMMISSION_SECRETS_KEY_FILE", CM_KNOB_TEXT, 0, 0, 0, "",
      "the keyring sealing the partners' webhook secrets at rest (AES-256-GCM): lines "
-     "<key id>:<base64 of 32 bytes>, the first seals, all open; read at start, which also seals "
+     "KEY_ID:BASE64 (32 bytes), the first seals, all open; read at start, which also seals "
      "rows in plain text or under an older key"},
     {"COMMISSION_SECRETS_PLAINTEXT", CM_KNOB_ONOFF, 0, 0, 0, NULL,
      "without COMMISSION_SECRETS_KEY_FILE: store new webhook secrets in plain text (development "
