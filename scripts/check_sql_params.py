@@ -254,10 +254,31 @@ def assignments(f, name, start, end):
     return rhs
 
 
+def format_ok(f, call, off):
+    """1 when a formatting call (its text from the name on) is one rule 1
+    judges: a format that looks like SQL (flagged there unless marked), or
+    one without conversions. "%s%s" pasting fragments together is not"""
+    m = re.match(r"(\w+)\s*\(", call)
+    if not m or m.group(1) not in FORMATTERS:
+        return False
+    args, end = split_args(call, m.end())
+    k = FORMATTERS[m.group(1)]
+    fmt = literal_run(args[k][0]) if len(args) > k else None
+    if fmt is None:
+        return False
+    if looks_like_sql(fmt.replace("\x00", " ")) or not CONVERSION.search(fmt):
+        return True
+    return f.marked(f.line(off), f.line(off + end))
+
+
 def filled_by_format(f, name, start, end):
-    """1 when name is the destination of a formatting call in the range"""
+    """None when name is not the destination of a formatting call in the
+    range; else 1 when every such call is one rule 1 judges"""
     pat = re.compile(r"\b(snprintf|vsnprintf)\s*\(\s*" + re.escape(name) + r"\s*,")
-    return bool(pat.search(f.code[start:end]))
+    calls = [m for m in pat.finditer(f.code, start, end)]
+    if not calls:
+        return None
+    return all(format_ok(f, f.code[m.start():end], m.start()) for m in calls)
 
 
 def statement_ok(f, expr, off):
@@ -272,13 +293,15 @@ def statement_ok(f, expr, off):
         start, end = (fn[2], fn[3]) if fn else (0, len(f.code))
         rhs = assignments(f, e, start, end)
         formatted = filled_by_format(f, e, start, end)
-        if not rhs and not formatted:
+        if not rhs and formatted is None:
             rhs = assignments(f, e, 0, len(f.code))  # a file-level constant
+        if formatted is False:
+            return False, None
         if (rhs or formatted) and all(
-                constant(r) or re.match(r"^(cm_arena_printf|asprintf|malloc)\b", r) for r in rhs):
+                constant(r) or r.startswith("malloc") or
+                (r.startswith("cm_arena_printf") and format_ok(f, r, off)) for r in rhs):
             return True, None
-    m = re.match(r"^(cm_arena_printf)\s*\(", e)
-    if m:
+    if e.startswith("cm_arena_printf") and format_ok(f, e, off):
         return True, None  # rule 1 looks at the call itself
     return False, None
 

@@ -66,6 +66,17 @@ static int appended(cm_db *db, const req *q)
     return rc;
 }
 
+static int pasted(cm_db *db, cm_arena *a, const req *q)
+{
+    const char *sql = cm_arena_printf(a, "%s%s", fixed_sql, q->filter);
+    char more[256];
+    snprintf(more, sizeof more, "%s AND %s", fixed_sql, q->filter);
+    int rc = cm_db_exec(db, "pasted", sql, 0, NULL, NULL); /* expect: unsafe */
+    if (rc == 0)
+        rc = cm_db_exec(db, "pasted", more, 0, NULL, NULL); /* expect: unsafe */
+    return rc;
+}
+
 /* ---- safe: fixed texts, values as parameters ---- */
 
 static int by_param(cm_db *db, const req *q, int lock)
