@@ -1032,6 +1032,13 @@ int cms_app_init(cm_service *svc, void **out, char *err, size_t errlen)
         free(app);
         return CM_EINVAL;
     }
+    int rc = cms_feed_secrets_reseal(app->feed, cm_service_main_db(svc), err, errlen);
+    if (rc) {
+        cms_feed_free(app->feed);
+        cms_accrual_free(app->accrual);
+        free(app);
+        return rc;
+    }
     *out = app;
     return 0;
 }

@@ -264,6 +264,7 @@ static int load_of(cm_db *db, const char *tenant, const char *order_id, const ch
     const char *p[] = {tenant, order_id, merchant};
     PGresult *r = NULL;
     char sql[2048];
+    /* sql-safe: lock is "FOR UPDATE" or "", literals of this file */
     snprintf(sql, sizeof sql,
              "SELECT " ORDER_COLS " FROM orders WHERE tenant_id = $1 AND order_id = $2::uuid "
              "AND ($3::text IS NULL OR merchant_id = $3) %s",
@@ -459,6 +460,7 @@ static int insert_many(cm_db *db, ord_new *const *items, size_t n, cm_arena *a, 
         cm_outbox_rows_add(ev, &e);
         size_t k = FIRST + u * COLS;
 #define P(j) (k + (j)-1)
+        /* sql-safe: parameter numbers */
         len += (size_t)snprintf(
             sql + len, cap - len,
             "%s($%zu, $%zu::uuid, $%zu, $%zu, 1, $%zu, $%zu, $%zu, $%zu, $%zu::bigint, "
@@ -475,6 +477,7 @@ static int insert_many(cm_db *db, ord_new *const *items, size_t n, cm_arena *a, 
     }
     if (cm_outbox_rows_close(ev) || len >= cap)
         return CM_ENOMEM;
+    /* sql-safe: sql is the VALUES list built above (parameter numbers) */
     const char *full =
         cm_arena_printf(a,
                         "%s ON CONFLICT DO NOTHING RETURNING tenant_id, order_id::text AS oid), "

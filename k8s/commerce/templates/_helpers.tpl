@@ -74,6 +74,9 @@ app.kubernetes.io/component: {{ .name }}
 {{/* knobs the chart sets itself: refused in settings */}}
 {{- define "commerce.managedKnobs" -}}
 {{- $m := list "GRPC_LISTEN" "ADMIN_LISTEN" "PG_DSN" "KAFKA_BROKERS" "DRAIN_GRACE_SECONDS" "AUTH_MODE" "ALLOW_INSECURE" "JWT_HS256_SECRET" "JWT_RS256_PUBLIC_KEY_FILE" "JWT_JWKS_FILE" "JWT_ISSUER" "JWT_AUDIENCE" "TLS_CERT_FILE" "TLS_KEY_FILE" "TLS_CLIENT_CA_FILE" -}}
+{{- if and (eq .name "commission") .root.Values.webhookSecrets.existingSecret -}}
+{{- $m = append $m "COMMISSION_SECRETS_KEY_FILE" -}}
+{{- end -}}
 {{- range .svc.peers -}}
 {{- $p := upper . -}}
 {{- $m = concat $m (list (printf "%s_TARGET" $p) (printf "%s_TLS_CA_FILE" $p) (printf "%s_TLS_CERT_FILE" $p) (printf "%s_TLS_KEY_FILE" $p) (printf "%s_TOKEN_FILE" $p)) -}}
@@ -129,6 +132,9 @@ app.kubernetes.io/component: {{ .name }}
 {{- $_ = set $out "TLS_CLIENT_CA_FILE" "/etc/commerce/tls/ca.crt" -}}
 {{- end -}}
 {{- end -}}
+{{- if and (eq .name "commission") $root.Values.webhookSecrets.existingSecret -}}
+{{- $_ = set $out "COMMISSION_SECRETS_KEY_FILE" (printf "/etc/commerce/webhook-secrets/%s" $root.Values.webhookSecrets.key) -}}
+{{- end -}}
 {{- range $peer := $svc.peers -}}
 {{- $pv := index $root.Values.services $peer | default dict -}}
 {{- if not $pv.enabled -}}
@@ -151,7 +157,7 @@ app.kubernetes.io/component: {{ .name }}
 {{- range $from, $m := dict "commonSettings" $root.Values.commonSettings (printf "services.%s.settings" .name) ($svc.settings | default dict) -}}
 {{- range $k, $v := $m -}}
 {{- if has $k $managed -}}
-{{- fail (printf "%s.%s: the chart sets %s itself (see k8s/README.md: database, kafka, auth, tls, peers, drainGraceSeconds)" $from $k $k) -}}
+{{- fail (printf "%s.%s: the chart sets %s itself (see k8s/README.md: database, kafka, auth, tls, webhookSecrets, peers, drainGraceSeconds)" $from $k $k) -}}
 {{- end -}}
 {{- if not (has $k $known) -}}
 {{- fail (printf "%s.%s: commerce-%s has no such setting (its knobs: files/common-knobs.md, files/%s-knobs.md)" $from $k $.name $.name) -}}
@@ -213,6 +219,11 @@ app.kubernetes.io/component: {{ .name }}
   mountPath: /etc/commerce/jwt
   readOnly: true
 {{- end }}
+{{- if and (eq .name "commission") .root.Values.webhookSecrets.existingSecret }}
+- name: webhook-secrets
+  mountPath: /etc/commerce/webhook-secrets
+  readOnly: true
+{{- end }}
 {{- end -}}
 
 {{- define "commerce.volumes" -}}
@@ -235,6 +246,15 @@ app.kubernetes.io/component: {{ .name }}
       - key: {{ . }}
         path: {{ . }}
 {{- end }}
+{{- end }}
+{{- if and (eq .name "commission") .root.Values.webhookSecrets.existingSecret }}
+- name: webhook-secrets
+  secret:
+    secretName: {{ .root.Values.webhookSecrets.existingSecret }}
+    defaultMode: 0440
+    items:
+      - key: {{ .root.Values.webhookSecrets.key }}
+        path: {{ .root.Values.webhookSecrets.key }}
 {{- end }}
 {{- end -}}
 
