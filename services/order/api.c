@@ -393,10 +393,8 @@ static int answer_existing(cm_rpc_ctx *ctx, const ord_order *o, const char *stor
 
 /* ---- create, in its phases: check, reserve, store ---- */
 
-/* the request as the domain checks it, o filled from it; 0 or a failure
- * naming the field */
-static int create_check(cm_rpc_ctx *ctx, const Commerce__Order__V1__CreateOrderRequest *req,
-                        ord_create_in *ci, ord_order *o)
+int ord_api_create_in(cm_rpc_ctx *ctx, const Commerce__Order__V1__CreateOrderRequest *req,
+                      ord_create_in *ci, ord_order *o)
 {
     size_t n = req->n_lines;
     ord_line_in *lines = cm_rpc_alloc(ctx, (n ? n : 1) * sizeof *lines);
@@ -601,7 +599,7 @@ static int create_order(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMe
     if (!o)
         return cm_rpc_fail_err(ctx, CM_ENOMEM, "create order");
     ord_create_in ci;
-    if (create_check(ctx, req, &ci, o))
+    if (ord_api_create_in(ctx, req, &ci, o))
         return -1;
     char hash[ORD_HASH_HEX + 1];
     ord_create_hash(&ci, hash);
