@@ -255,6 +255,24 @@ START_TEST(failed_load_leaves_config_untouched)
 }
 END_TEST
 
+START_TEST(env_array_is_read_instead_of_environment)
+{
+    setenv("WORKERS", "9", 1);
+    const char *const envp[] = {"WORKERS=3",  "CM_TEST_N=2", "WORKERSX=4",
+                                "WORKERS=5",  "PG_DSN=",     "INVENTORY_TARGET=inv:1",
+                                "GRPC_LISTEN", NULL};
+    ck_assert_int_eq(cm_config_load_env(&cfg, &order_defs, envp, err, sizeof err), 0);
+    ck_assert_int_eq(cfg.workers, 5); /* the last of a name wins; the process env is not read */
+    ck_assert_int_eq(cm_config_int(&cfg, "CM_TEST_N"), 2);
+    ck_assert_str_eq(cfg.pg_dsn, "postgresql:///commerce"); /* empty counts as unset */
+    ck_assert_str_eq(INV(target), "inv:1");
+    ck_assert_str_eq(cfg.grpc_listen, "0.0.0.0:50051"); /* no '=': not a variable */
+    const char *const bad_envp[] = {"WORKERS=abc", NULL};
+    ck_assert_int_eq(cm_config_load_env(&cfg, &order_defs, bad_envp, err, sizeof err), CM_EINVAL);
+    ck_assert_str_eq(err, "WORKERS: must be an integer between 1 and 256, got \"abc\"");
+}
+END_TEST
+
 /* one bad value per row: the message must start with the variable, show
  * the value (unless secret) and fit on one line */
 static const struct {
@@ -559,6 +577,7 @@ static Suite *config_suite(void)
     tcase_add_test(tc, defaults_are_per_service);
     tcase_add_test(tc, environment_overrides_defaults);
     tcase_add_test(tc, empty_variable_means_default);
+    tcase_add_test(tc, env_array_is_read_instead_of_environment);
     tcase_add_test(tc, address_forms_are_normalised);
     tcase_add_test(tc, workers_error_names_variable_and_value);
     tcase_add_test(tc, failed_load_leaves_config_untouched);
