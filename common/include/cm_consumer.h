@@ -90,9 +90,9 @@ typedef struct cm_event {
  * allocation the strings live in (the caller frees it), NULL on out of
  * memory. */
 #define CM_EVENT_HEADERS 7
-char *cm_event_decode(const void *const hval[CM_EVENT_HEADERS],
-                      const size_t hlen[CM_EVENT_HEADERS], const void *payload, size_t plen,
-                      const void *key, size_t key_len, cm_event *ev);
+char *cm_event_decode(const void *const hval[CM_EVENT_HEADERS], const size_t hlen[CM_EVENT_HEADERS],
+                      const void *payload, size_t plen, const void *key, size_t key_len,
+                      cm_event *ev);
 
 /* any header of the record: 0 with *value and *len pointing into the record
  * (not NUL-terminated), or CM_ENOTFOUND. the last one wins on duplicates. */

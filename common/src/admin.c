@@ -33,8 +33,8 @@
 
 #define ADMIN_MAX_HEAD CM_ADMIN_MAX_HEAD
 #define ADMIN_MAX_BODY CM_ADMIN_MAX_BODY
-#define ADMIN_IDLE_MS 30000        /* time allowed for each request */
-#define ADMIN_LINGER_MS 2000       /* discard input this long after a final response */
+#define ADMIN_IDLE_MS 30000  /* time allowed for each request */
+#define ADMIN_LINGER_MS 2000 /* discard input this long after a final response */
 #define ADMIN_MAX_CONNS 256
 #define ADMIN_WRITE_HIGH (256 * 1024) /* pause parsing above this much queued output */
 #define ADMIN_READ_BUF 8192
@@ -574,7 +574,7 @@ cm_admin_route_t cm_admin_route(const cm_admin_req *r, enum http_method method)
         return CM_ADMIN_NOT_FOUND;
     if (method != HTTP_GET && method != HTTP_HEAD)
         return CM_ADMIN_NOT_ALLOWED;
-    return PATH_IS("/metrics") ? CM_ADMIN_METRICS
+    return PATH_IS("/metrics")   ? CM_ADMIN_METRICS
            : PATH_IS("/healthz") ? CM_ADMIN_HEALTHZ
                                  : CM_ADMIN_READYZ;
 #undef PATH_IS
@@ -582,7 +582,8 @@ cm_admin_route_t cm_admin_route(const cm_admin_req *r, enum http_method method)
 
 static int on_message_complete(http_parser *p)
 {
-    struct admin_conn *c = (struct admin_conn *)((char *)p->data - offsetof(struct admin_conn, req));
+    struct admin_conn *c =
+        (struct admin_conn *)((char *)p->data - offsetof(struct admin_conn, req));
     cm_admin *a = c->admin;
     /* an upgrade would switch protocols on this socket: answer, then close */
     int keep_alive = http_should_keep_alive(p) && !p->upgrade && !a->closing;

@@ -327,8 +327,7 @@ static void peer_var(char *out, size_t len, const char *peer, const char *suffix
 /* a peer: its target, and the TLS of the calls to it: the CA that signed
  * its certificate turns TLS on; a client certificate and key (both) add
  * mTLS */
-static int load_peer(env_src e, cm_config_peer *pc, const cm_peer_def *pd, char *err,
-                     size_t errlen)
+static int load_peer(env_src e, cm_config_peer *pc, const cm_peer_def *pd, char *err, size_t errlen)
 {
     char vt[96], vca[96], vcert[96], vkey[96];
     peer_var(vt, sizeof vt, pd->name, "TARGET");
@@ -434,8 +433,7 @@ static int check_defaults(const cm_config_defaults *d, char *err, size_t errlen)
     return 0;
 }
 
-static int load_all(env_src e, cm_config *c, const cm_config_defaults *d, char *err,
-                    size_t errlen)
+static int load_all(env_src e, cm_config *c, const cm_config_defaults *d, char *err, size_t errlen)
 {
     const char *v;
     char q[160];
@@ -467,8 +465,9 @@ static int load_all(env_src e, cm_config *c, const cm_config_defaults *d, char *
         (rc = load_dsn(c->pg_dsn, sizeof c->pg_dsn, "PG_DSN", v, err, errlen)))
         return rc;
     snprintf(c->kafka_brokers, sizeof c->kafka_brokers, "%s", DEF_KAFKA);
-    if ((v = env(e, "KAFKA_BROKERS")) && (rc = load_brokers(c->kafka_brokers, sizeof c->kafka_brokers,
-                                                         "KAFKA_BROKERS", v, err, errlen)))
+    if ((v = env(e, "KAFKA_BROKERS")) &&
+        (rc = load_brokers(c->kafka_brokers, sizeof c->kafka_brokers, "KAFKA_BROKERS", v, err,
+                           errlen)))
         return rc;
     char svar[96];
     schema_var(svar, sizeof svar, d->service);

@@ -297,9 +297,9 @@ static char *fill_event(cm_consumer *c, const rd_kafka_message_t *m, cm_event *e
     return buf;
 }
 
-char *cm_event_decode(const void *const hval[CM_EVENT_HEADERS],
-                      const size_t hlen[CM_EVENT_HEADERS], const void *payload, size_t plen,
-                      const void *key, size_t key_len, cm_event *ev)
+char *cm_event_decode(const void *const hval[CM_EVENT_HEADERS], const size_t hlen[CM_EVENT_HEADERS],
+                      const void *payload, size_t plen, const void *key, size_t key_len,
+                      cm_event *ev)
 {
     enum { N = CM_EVENT_HEADERS };
     const void *val[N];

@@ -1673,9 +1673,9 @@ int cm_rpc_ctx_decode(cm_rpc_ctx *c, const ProtobufCMessageDescriptor *d, const 
         /* named like any bad field: where the encoding broke, or the
          * request itself */
         const char *where = path[0] ? path : "(request)";
-        int rc =
-            cm_rpc_fail(c, GRPC_STATUS_INVALID_ARGUMENT, "MALFORMED_REQUEST",
-                        cm_arena_printf(c->arena, "%s: not a valid encoding of %s", where, d->name));
+        int rc = cm_rpc_fail(
+            c, GRPC_STATUS_INVALID_ARGUMENT, "MALFORMED_REQUEST",
+            cm_arena_printf(c->arena, "%s: not a valid encoding of %s", where, d->name));
         cm_rpc_fail_field(c, where, "not a valid protobuf encoding");
         return rc;
     }

@@ -117,7 +117,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     cm_event ev;
     char *buf = cm_event_decode(val, len, left ? payload : NULL, left, key, key_len, &ev);
     if (buf) {
-        const char *s[] = {ev.id,          ev.type,        ev.source,   ev.time,
+        const char *s[] = {ev.id,           ev.type,        ev.source,   ev.time,
                            ev.content_type, ev.traceparent, ev.tenant_id};
         for (int i = 0; i < CM_EVENT_HEADERS; i++) {
             if (!s[i])

@@ -258,8 +258,8 @@ END_TEST
 START_TEST(env_array_is_read_instead_of_environment)
 {
     setenv("WORKERS", "9", 1);
-    const char *const envp[] = {"WORKERS=3",  "CM_TEST_N=2", "WORKERSX=4",
-                                "WORKERS=5",  "PG_DSN=",     "INVENTORY_TARGET=inv:1",
+    const char *const envp[] = {"WORKERS=3",   "CM_TEST_N=2", "WORKERSX=4",
+                                "WORKERS=5",   "PG_DSN=",     "INVENTORY_TARGET=inv:1",
                                 "GRPC_LISTEN", NULL};
     ck_assert_int_eq(cm_config_load_env(&cfg, &order_defs, envp, err, sizeof err), 0);
     ck_assert_int_eq(cfg.workers, 5); /* the last of a name wins; the process env is not read */
