@@ -36,6 +36,15 @@ static void broken(const char *what, const char *err)
     abort();
 }
 
+/* 1 when secret is part of a variable other than JWT_HS256_SECRET */
+static int elsewhere(const char *const *envp, const char *secret)
+{
+    for (; *envp; envp++)
+        if (strncmp(*envp, "JWT_HS256_SECRET=", 17) != 0 && strstr(*envp, secret))
+            return 1;
+    return 0;
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -79,8 +88,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             broken("refused without CM_EINVAL and one line", err);
         if (memcmp(&cfg, &before, sizeof cfg) != 0)
             broken("a refused load changed the config", err);
-        /* secrets are long enough not to match by chance */
-        if (secret && strlen(secret) >= 8 && strstr(err, secret))
+        /* secrets are long enough not to match by chance; the same text
+         * in another variable may be echoed as that variable's value */
+        if (secret && strlen(secret) >= 8 && strstr(err, secret) && !elsewhere(envp, secret))
             broken("the error echoes the secret", err);
     }
     free(text);
