@@ -1,4 +1,5 @@
-/* OrderService requests: decoding for every method, CreateOrder's checks */
+/* OrderService requests: decoding for every method, CreateOrder's and
+ * RefundOrder's checks */
 #include "fuzz_rpc.h"
 #include "ord_api.h"
 
@@ -9,7 +10,15 @@ static int create_order(cm_rpc_ctx *ctx, const ProtobufCMessage *in)
     return o ? ord_api_create_in(ctx, (const void *)in, &ci, o) : 0;
 }
 
-static const fuzz_rpc_method methods[] = {{"CreateOrder", create_order}};
+static int refund_order(cm_rpc_ctx *ctx, const ProtobufCMessage *in)
+{
+    ord_refund_in ri;
+    char *body;
+    return ord_api_refund_in(ctx, (const void *)in, &ri, &body);
+}
+
+static const fuzz_rpc_method methods[] = {{"CreateOrder", create_order},
+                                          {"RefundOrder", refund_order}};
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)

@@ -57,6 +57,11 @@ def rpcs():
         ("CreateOrder", 'request_id: "r2" buyer_id: "b1" merchant_id: "m1" channel_id: "c1" currency: "JPY" '
                         'lines { sku: "s" quantity: 1 } external_ref: "ext-1"'),
         ("GetOrder", 'order_id: "%s"' % ORDER_ID),
+        ("RefundOrder", 'refund_id: "rf-1" order_id: "%s" scope: 1 reason: "damaged"' % ORDER_ID),
+        ("RefundOrder", 'refund_id: "rf-2" order_id: "%s" scope: 2 lines { sku: "sku-1" quantity: 1 } '
+                        'lines { sku: "sku-2" quantity: 2 }' % ORDER_ID),
+        ("RefundOrder", 'refund_id: "rf-3" order_id: "%s" scope: 3 '
+                        'amount { amount_minor: 500 currency: "CNY" }' % ORDER_ID),
     ])
     rpc("rpc_inventory", inv, "InventoryService", [
         ("Reserve", 'order_id: "o1" buyer_id: "b1" lines { sku: "sku-1" quantity: 2 } '
