@@ -13,7 +13,7 @@ DEBS=(
   libuv1-dev check libsubunit-dev
   libjwt-dev libjansson-dev libhttp-parser-dev libssl-dev libcurl4-openssl-dev
   python3-grpcio python3-protobuf python3-jsonschema python3-venv
-  clang-format clang-tidy valgrind
+  clang-format clang-tidy valgrind clang-14 libclang-rt-14-dev
   default-jre-headless maven
   procps iproute2 curl openssl
 )

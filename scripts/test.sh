@@ -65,6 +65,14 @@ export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 echo "== tests"
 (cd "$build" && ctest --output-on-failure -j2 --timeout 600 "$@")
 
+# the decoders fuzzed (tests/fuzz/README.md): libFuzzer + ASan/UBSan, every
+# regression input once, then each harness for a bounded time from its
+# seeds (FUZZ_SECONDS per harness, 15 by default; about 3 minutes)
+if [ $# -eq 0 ]; then
+  echo "== fuzz (scripts/fuzz.sh)"
+  "$root/scripts/fuzz.sh" "${FUZZ_SECONDS:-15}"
+fi
+
 # the deploy artefacts: the chart linted, rendered and validated offline,
 # its schema refusing bad values, the alert rules tested, installed and
 # upgraded into a local kube-apiserver (tools cached under

@@ -136,6 +136,11 @@ typedef struct {
  * default out of its range, too many knobs). d's knobs and peers must
  * outlive cfg. */
 int cm_config_load(cm_config *cfg, const cm_config_defaults *d, char *err, size_t errlen);
+/* the same from envp, "NAME=value" strings ending with NULL (the last of a
+ * name wins), instead of the process environment: a child's environment,
+ * tests, the fuzz harness. envp NULL reads getenv as cm_config_load. */
+int cm_config_load_env(cm_config *cfg, const cm_config_defaults *d, const char *const *envp,
+                       char *err, size_t errlen);
 /* prints the --help text for prog (NULL: commerce-<service>): usage line,
  * then every variable the service reads — the runtime's, its peers', its
  * knobs — with its meaning and this service's default. */

@@ -80,6 +80,20 @@ typedef struct cm_event {
     const void *priv;         /* the record, for cm_event_header */
 } cm_event;
 
+/* what the consumer does with each record before the handler sees it,
+ * without kafka (tests/fuzz): hval/hlen are the last value of each of the
+ * headers ce_id, ce_type, ce_source, ce_time, content-type, traceparent,
+ * tenant-id, in that order (NULL: absent). the event is filled as the
+ * handler gets it — a structured-mode record's attributes read from its
+ * JSON value, a header holding a NUL read as "" — with topic, partition,
+ * group and priv unset and offset 0, timestamp -1. returns the one
+ * allocation the strings live in (the caller frees it), NULL on out of
+ * memory. */
+#define CM_EVENT_HEADERS 7
+char *cm_event_decode(const void *const hval[CM_EVENT_HEADERS], const size_t hlen[CM_EVENT_HEADERS],
+                      const void *payload, size_t plen, const void *key, size_t key_len,
+                      cm_event *ev);
+
 /* any header of the record: 0 with *value and *len pointing into the record
  * (not NUL-terminated), or CM_ENOTFOUND. the last one wins on duplicates. */
 int cm_event_header(const cm_event *ev, const char *name, const void **value, size_t *len);

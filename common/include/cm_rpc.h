@@ -184,6 +184,26 @@ const char *cm_rpc_ctx_trace_id(cm_rpc_ctx *ctx);
 /* milliseconds left before the caller's deadline (INT64_MAX: none). */
 int64_t cm_rpc_ctx_deadline_left_ms(const cm_rpc_ctx *ctx);
 
+/* the request bytes decoded as the server does before any handler runs:
+ * the encoding checked on the wire (cm_pb_check_wire: strings UTF-8
+ * without NUL), then unpacked into ctx's arena. 0 with *out, or the
+ * failure (INVALID_ARGUMENT naming the field, MALFORMED_REQUEST) recorded
+ * in ctx and returned, *out NULL. */
+int cm_rpc_ctx_decode(cm_rpc_ctx *ctx, const ProtobufCMessageDescriptor *d, const uint8_t *data,
+                      size_t len, ProtobufCMessage **out);
+
+/* a context with no call behind it, for running a handler's checks without
+ * a server (the fuzz harnesses, tests/fuzz/): tenant (copied, may be NULL)
+ * is the caller's, cm_rpc_alloc and the cm_rpc_fail* family work and record
+ * the outcome, the arena is the context's. anything that needs the call,
+ * the worker or the app (cm_service_app, metadata, deadline) must not be
+ * used with it. NULL on out of memory; free with cm_rpc_ctx_detached_free. */
+cm_rpc_ctx *cm_rpc_ctx_detached_new(const char *tenant);
+void cm_rpc_ctx_detached_free(cm_rpc_ctx *ctx);
+/* the outcome recorded so far: the grpc status code (0: none yet), and
+ * the ErrorInfo reason and message (NULL when unset) */
+int cm_rpc_ctx_code(const cm_rpc_ctx *ctx, const char **reason, const char **message);
+
 void *cm_rpc_alloc(cm_rpc_ctx *ctx, size_t n); /* zeroed, from the arena */
 char *cm_rpc_strdup(cm_rpc_ctx *ctx, const char *s);
 

@@ -1,4 +1,5 @@
 #include "cm_admin.h"
+#include "admin_internal.h"
 #include "cm_err.h"
 #include "cm_log.h"
 
@@ -30,11 +31,10 @@
  * kernel send a reset, which can destroy a 400 the client has not read yet.
  */
 
-#define ADMIN_MAX_HEAD (16 * 1024) /* request line + headers */
-#define ADMIN_MAX_URL 4096
-#define ADMIN_MAX_BODY (16 * 1024) /* nothing here takes a body */
-#define ADMIN_IDLE_MS 30000        /* time allowed for each request */
-#define ADMIN_LINGER_MS 2000       /* discard input this long after a final response */
+#define ADMIN_MAX_HEAD CM_ADMIN_MAX_HEAD
+#define ADMIN_MAX_BODY CM_ADMIN_MAX_BODY
+#define ADMIN_IDLE_MS 30000  /* time allowed for each request */
+#define ADMIN_LINGER_MS 2000 /* discard input this long after a final response */
 #define ADMIN_MAX_CONNS 256
 #define ADMIN_WRITE_HIGH (256 * 1024) /* pause parsing above this much queued output */
 #define ADMIN_READ_BUF 8192
@@ -56,13 +56,7 @@ struct admin_conn {
     int paused; /* parser paused because the client is not reading */
     size_t pending_writes;
 
-    /* the request being parsed */
-    char url[ADMIN_MAX_URL];
-    size_t url_len;
-    size_t head_bytes;
-    size_t body_bytes;
-    int last_cb;       /* 0 none yet, 1 header field, 2 header value */
-    int reject_status; /* set by a callback that refused the request */
+    cm_admin_req req; /* the request being parsed; the parser's data */
 
     /* input held back while parsing is paused */
     char *stash;
@@ -466,7 +460,7 @@ static size_t render_process(const cm_admin *a, char *out, size_t outlen)
 
 static int on_message_begin(http_parser *p)
 {
-    struct admin_conn *c = p->data;
+    cm_admin_req *c = p->data;
     c->url_len = 0;
     c->head_bytes = 0;
     c->body_bytes = 0;
@@ -475,7 +469,7 @@ static int on_message_begin(http_parser *p)
     return 0;
 }
 
-static int head_add(struct admin_conn *c, size_t n)
+static int head_add(cm_admin_req *c, size_t n)
 {
     c->head_bytes += n;
     if (c->head_bytes > ADMIN_MAX_HEAD) {
@@ -487,7 +481,7 @@ static int head_add(struct admin_conn *c, size_t n)
 
 static int on_url(http_parser *p, const char *at, size_t len)
 {
-    struct admin_conn *c = p->data;
+    cm_admin_req *c = p->data;
     if (len >= sizeof c->url - c->url_len) {
         c->reject_status = HTTP_STATUS_URI_TOO_LONG;
         return -1;
@@ -500,7 +494,7 @@ static int on_url(http_parser *p, const char *at, size_t len)
 static int on_header_field(http_parser *p, const char *at, size_t len)
 {
     (void)at;
-    struct admin_conn *c = p->data;
+    cm_admin_req *c = p->data;
     /* a new header line also costs its ": " and CRLF; counting them stops a
      * flood of empty headers */
     size_t overhead = c->last_cb != 1 ? 4 : 0;
@@ -511,7 +505,7 @@ static int on_header_field(http_parser *p, const char *at, size_t len)
 static int on_header_value(http_parser *p, const char *at, size_t len)
 {
     (void)at;
-    struct admin_conn *c = p->data;
+    cm_admin_req *c = p->data;
     c->last_cb = 2;
     return head_add(c, len);
 }
@@ -519,7 +513,7 @@ static int on_header_value(http_parser *p, const char *at, size_t len)
 static int on_body(http_parser *p, const char *at, size_t len)
 {
     (void)at;
-    struct admin_conn *c = p->data;
+    cm_admin_req *c = p->data;
     c->body_bytes += len;
     if (c->body_bytes > ADMIN_MAX_BODY) {
         c->reject_status = HTTP_STATUS_PAYLOAD_TOO_LARGE;
@@ -552,44 +546,74 @@ static void serve_metrics(struct admin_conn *c, int head_only, int keep_alive)
     free(body);
 }
 
-static int on_message_complete(http_parser *p)
+void cm_admin_req_settings(http_parser_settings *s)
 {
-    struct admin_conn *c = p->data;
-    cm_admin *a = c->admin;
-    /* an upgrade would switch protocols on this socket: answer, then close */
-    int keep_alive = http_should_keep_alive(p) && !p->upgrade && !a->closing;
-    int head_only = p->method == HTTP_HEAD;
-    int method_ok = p->method == HTTP_GET || p->method == HTTP_HEAD;
+    memset(s, 0, sizeof *s);
+    s->on_message_begin = on_message_begin;
+    s->on_url = on_url;
+    s->on_header_field = on_header_field;
+    s->on_header_value = on_header_value;
+    s->on_body = on_body;
+}
 
+cm_admin_route_t cm_admin_route(const cm_admin_req *r, enum http_method method)
+{
     struct http_parser_url u;
     http_parser_url_init(&u);
     const char *path = NULL;
     size_t path_len = 0;
-    if (http_parser_parse_url(c->url, c->url_len, p->method == HTTP_CONNECT, &u) == 0 &&
+    if (http_parser_parse_url(r->url, r->url_len, method == HTTP_CONNECT, &u) == 0 &&
         (u.field_set & (1 << UF_PATH))) {
-        path = c->url + u.field_data[UF_PATH].off;
+        path = r->url + u.field_data[UF_PATH].off;
         path_len = u.field_data[UF_PATH].len;
     }
-
 #define PATH_IS(lit) (path_len == sizeof(lit) - 1 && memcmp(path, lit, path_len) == 0)
-    if (!path) {
+    if (!path)
+        return CM_ADMIN_BAD_REQUEST;
+    if (!PATH_IS("/metrics") && !PATH_IS("/healthz") && !PATH_IS("/readyz"))
+        return CM_ADMIN_NOT_FOUND;
+    if (method != HTTP_GET && method != HTTP_HEAD)
+        return CM_ADMIN_NOT_ALLOWED;
+    return PATH_IS("/metrics")   ? CM_ADMIN_METRICS
+           : PATH_IS("/healthz") ? CM_ADMIN_HEALTHZ
+                                 : CM_ADMIN_READYZ;
+#undef PATH_IS
+}
+
+static int on_message_complete(http_parser *p)
+{
+    struct admin_conn *c =
+        (struct admin_conn *)((char *)p->data - offsetof(struct admin_conn, req));
+    cm_admin *a = c->admin;
+    /* an upgrade would switch protocols on this socket: answer, then close */
+    int keep_alive = http_should_keep_alive(p) && !p->upgrade && !a->closing;
+    int head_only = p->method == HTTP_HEAD;
+
+    switch (cm_admin_route(&c->req, (enum http_method)p->method)) {
+    case CM_ADMIN_BAD_REQUEST:
         conn_send_text(c, 400, "bad request", head_only, 0);
         keep_alive = 0;
-    } else if (!PATH_IS("/metrics") && !PATH_IS("/healthz") && !PATH_IS("/readyz")) {
+        break;
+    case CM_ADMIN_NOT_FOUND:
         conn_send_text(c, 404, "not found", head_only, keep_alive);
-    } else if (!method_ok) {
+        break;
+    case CM_ADMIN_NOT_ALLOWED:
         conn_send(c, 405, "Allow: GET, HEAD\r\n", "text/plain; charset=utf-8", "method not allowed",
                   strlen("method not allowed"), head_only, keep_alive);
-    } else if (PATH_IS("/metrics")) {
+        break;
+    case CM_ADMIN_METRICS:
         serve_metrics(c, head_only, keep_alive);
-    } else if (PATH_IS("/healthz")) {
+        break;
+    case CM_ADMIN_HEALTHZ:
         conn_send_text(c, 200, "ok", head_only, keep_alive);
-    } else if (!a->ready || a->ready(a->ready_arg) == 1) {
-        conn_send_text(c, 200, "ready", head_only, keep_alive);
-    } else {
-        conn_send_text(c, 503, "not ready", head_only, keep_alive);
+        break;
+    case CM_ADMIN_READYZ:
+        if (!a->ready || a->ready(a->ready_arg) == 1)
+            conn_send_text(c, 200, "ready", head_only, keep_alive);
+        else
+            conn_send_text(c, 503, "not ready", head_only, keep_alive);
+        break;
     }
-#undef PATH_IS
 
     /* each request gets the full idle period from the end of the previous one */
     conn_arm_timer(c, a->idle_ms);
@@ -630,7 +654,7 @@ static void conn_feed(struct admin_conn *c, const char *data, size_t len)
         return;
     }
     if (e != HPE_OK || n != len) {
-        int status = c->reject_status ? c->reject_status : HTTP_STATUS_BAD_REQUEST;
+        int status = c->req.reject_status ? c->req.reject_status : HTTP_STATUS_BAD_REQUEST;
         const char *text = http_status_str((enum http_status)status);
         conn_send_text(c, status, text, 0, 0);
         c->finishing = 1;
@@ -688,7 +712,7 @@ static void on_connection(uv_stream_t *server, int status)
     }
     uv_tcp_nodelay(&c->tcp, 1);
     http_parser_init(&c->parser, HTTP_REQUEST);
-    c->parser.data = c;
+    c->parser.data = &c->req;
     conn_arm_timer(c, a->idle_ms);
     conn_read_start(c);
 }
@@ -843,11 +867,7 @@ int cm_admin_start(cm_admin **out, uv_loop_t *loop, const char *addr, cm_metrics
     a->ready_arg = ready_arg;
     a->idle_ms = ADMIN_IDLE_MS;
     a->start_time = process_start_time();
-    a->settings.on_message_begin = on_message_begin;
-    a->settings.on_url = on_url;
-    a->settings.on_header_field = on_header_field;
-    a->settings.on_header_value = on_header_value;
-    a->settings.on_body = on_body;
+    cm_admin_req_settings(&a->settings);
     a->settings.on_message_complete = on_message_complete;
 
     rc = uv_tcp_init(loop, &a->listener);

@@ -27,10 +27,22 @@
 #define DEF_LEEWAY_S 30
 #define LEEWAY_MAX_S 3600
 
+/* where the variables come from: "NAME=value" strings (the last one of a
+ * name wins, as a shell's), or the process environment when NULL */
+typedef const char *const *env_src;
+
 /* set but empty counts as unset */
-static const char *env(const char *name)
+static const char *env(env_src e, const char *name)
 {
-    const char *v = getenv(name);
+    const char *v = NULL;
+    if (!e) {
+        v = getenv(name);
+    } else {
+        size_t n = strlen(name);
+        for (; *e; e++)
+            if (strncmp(*e, name, n) == 0 && (*e)[n] == '=')
+                v = *e + n + 1;
+    }
     return v && *v ? v : NULL;
 }
 
@@ -298,7 +310,8 @@ static int load_file(char *dst, size_t dstlen, const char *var, const char *v, c
     int rc = copy_value(dst, dstlen, var, v, err, errlen);
     if (rc != 0)
         return rc;
-    int fd = open(v, O_RDONLY | O_CLOEXEC);
+    /* non-blocking: opening a fifo would otherwise wait for a writer */
+    int fd = open(v, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0)
         return bad(err, errlen, var, "cannot read %s: %s", quoted(v, q, sizeof q), strerror(errno));
     struct stat st;
@@ -335,7 +348,7 @@ static void peer_var(char *out, size_t len, const char *peer, const char *suffix
 /* a peer: its target, and the TLS of the calls to it: the CA that signed
  * its certificate turns TLS on; a client certificate and key (both) add
  * mTLS */
-static int load_peer(cm_config_peer *pc, const cm_peer_def *pd, char *err, size_t errlen)
+static int load_peer(env_src e, cm_config_peer *pc, const cm_peer_def *pd, char *err, size_t errlen)
 {
     char vt[96], vca[96], vcert[96], vkey[96], vtok[96];
     peer_var(vtok, sizeof vtok, pd->name, "TOKEN_FILE");
@@ -344,10 +357,10 @@ static int load_peer(cm_config_peer *pc, const cm_peer_def *pd, char *err, size_
     peer_var(vcert, sizeof vcert, pd->name, "TLS_CERT_FILE");
     peer_var(vkey, sizeof vkey, pd->name, "TLS_KEY_FILE");
     int rc;
-    const char *v = env(vt);
+    const char *v = env(e, vt);
     if ((rc = load_target(pc->target, sizeof pc->target, vt, v ? v : pd->target, err, errlen)))
         return rc;
-    const char *ca = env(vca), *cert = env(vcert), *key = env(vkey);
+    const char *ca = env(e, vca), *cert = env(e, vcert), *key = env(e, vkey);
     if (cert && !key)
         return bad(err, errlen, vkey, "unset, but %s is set (mTLS needs both)", vcert);
     if (key && !cert)
@@ -363,7 +376,7 @@ static int load_peer(cm_config_peer *pc, const cm_peer_def *pd, char *err, size_
         return rc;
     if (key && (rc = load_file(pc->tls_key_file, sizeof pc->tls_key_file, vkey, key, err, errlen)))
         return rc;
-    const char *tok = env(vtok);
+    const char *tok = env(e, vtok);
     if (tok && (rc = load_file(pc->token_file, sizeof pc->token_file, vtok, tok, err, errlen)))
         return rc;
     return 0;
@@ -388,10 +401,10 @@ static int identifier_ok(const char *v)
     return 1;
 }
 
-static int load_knob(cm_config *c, size_t i, char *err, size_t errlen)
+static int load_knob(env_src e, cm_config *c, size_t i, char *err, size_t errlen)
 {
     const cm_knob *k = &c->knobs[i];
-    const char *v = env(k->name);
+    const char *v = env(e, k->name);
     char q[160];
     switch (k->type) {
     case CM_KNOB_INT: {
@@ -445,18 +458,18 @@ static int check_defaults(const cm_config_defaults *d, char *err, size_t errlen)
     return 0;
 }
 
-static int load_all(cm_config *c, const cm_config_defaults *d, char *err, size_t errlen)
+static int load_all(env_src e, cm_config *c, const cm_config_defaults *d, char *err, size_t errlen)
 {
     const char *v;
     char q[160];
     int rc;
 
     snprintf(c->grpc_listen, sizeof c->grpc_listen, "0.0.0.0:%d", d->grpc_port);
-    if ((v = env("GRPC_LISTEN")) &&
+    if ((v = env(e, "GRPC_LISTEN")) &&
         (rc = load_listen(c->grpc_listen, sizeof c->grpc_listen, "GRPC_LISTEN", v, err, errlen)))
         return rc;
     snprintf(c->admin_listen, sizeof c->admin_listen, "0.0.0.0:%d", d->admin_port);
-    if ((v = env("ADMIN_LISTEN")) &&
+    if ((v = env(e, "ADMIN_LISTEN")) &&
         (rc = load_listen(c->admin_listen, sizeof c->admin_listen, "ADMIN_LISTEN", v, err, errlen)))
         return rc;
     /* two listeners on one port: the second bind would fail later, less clearly */
@@ -465,7 +478,7 @@ static int load_all(cm_config *c, const cm_config_defaults *d, char *err, size_t
         size_t gl = strlen(g) - strlen(strrchr(g, ':')), al = strlen(a) - strlen(strrchr(a, ':'));
         int any = strncmp(g, "0.0.0.0:", 8) == 0 || strncmp(a, "0.0.0.0:", 8) == 0 ||
                   strncmp(g, "[::]:", 5) == 0 || strncmp(a, "[::]:", 5) == 0;
-        const char *raw = env("ADMIN_LISTEN");
+        const char *raw = env(e, "ADMIN_LISTEN");
         if (any || (gl == al && strncmp(g, a, gl) == 0))
             return bad(err, errlen, "ADMIN_LISTEN",
                        "port %d is already used by GRPC_LISTEN, got %s", cm_config_port_of(a),
@@ -473,16 +486,17 @@ static int load_all(cm_config *c, const cm_config_defaults *d, char *err, size_t
     }
 
     snprintf(c->pg_dsn, sizeof c->pg_dsn, "%s", DEF_PG_DSN);
-    if ((v = env("PG_DSN")) &&
+    if ((v = env(e, "PG_DSN")) &&
         (rc = load_dsn(c->pg_dsn, sizeof c->pg_dsn, "PG_DSN", v, err, errlen)))
         return rc;
     snprintf(c->kafka_brokers, sizeof c->kafka_brokers, "%s", DEF_KAFKA);
-    if ((v = env("KAFKA_BROKERS")) && (rc = load_brokers(c->kafka_brokers, sizeof c->kafka_brokers,
-                                                         "KAFKA_BROKERS", v, err, errlen)))
+    if ((v = env(e, "KAFKA_BROKERS")) &&
+        (rc = load_brokers(c->kafka_brokers, sizeof c->kafka_brokers, "KAFKA_BROKERS", v, err,
+                           errlen)))
         return rc;
     char svar[96];
     schema_var(svar, sizeof svar, d->service);
-    v = env(svar);
+    v = env(e, svar);
     if (!v)
         v = d->schema ? d->schema : d->service;
     if (!v || !identifier_ok(v))
@@ -495,50 +509,50 @@ static int load_all(cm_config *c, const cm_config_defaults *d, char *err, size_t
     c->peer_defs = d->peers;
     c->npeers = d->npeers;
     for (size_t i = 0; i < d->npeers; i++)
-        if ((rc = load_peer(&c->peers[i], &d->peers[i], err, errlen)))
+        if ((rc = load_peer(e, &c->peers[i], &d->peers[i], err, errlen)))
             return rc;
     c->knobs = d->knobs;
     c->nknobs = d->nknobs;
     for (size_t i = 0; i < d->nknobs; i++)
-        if ((rc = load_knob(c, i, err, errlen)))
+        if ((rc = load_knob(e, c, i, err, errlen)))
             return rc;
 
     c->workers = d->workers > 0 ? d->workers : default_workers();
-    if ((v = env("WORKERS")) &&
+    if ((v = env(e, "WORKERS")) &&
         (rc = load_int(&c->workers, "WORKERS", v, 1, CM_CONFIG_WORKERS_MAX, err, errlen)))
         return rc;
     c->log_level = CM_LOG_INFO;
-    if ((v = env("LOG_LEVEL")) && cm_log_level_parse(v, &c->log_level) != 0)
+    if ((v = env(e, "LOG_LEVEL")) && cm_log_level_parse(v, &c->log_level) != 0)
         return bad(err, errlen, "LOG_LEVEL", "must be one of debug, info, warn, error, got %s",
                    quoted(v, q, sizeof q));
     c->max_message_bytes = DEF_MAX_MESSAGE;
-    if ((v = env("GRPC_MAX_MESSAGE_BYTES")) &&
+    if ((v = env(e, "GRPC_MAX_MESSAGE_BYTES")) &&
         (rc =
              load_int(&c->max_message_bytes, "GRPC_MAX_MESSAGE_BYTES", v, 1, INT_MAX, err, errlen)))
         return rc;
     c->reflection = 1;
-    if ((v = env("GRPC_REFLECTION"))) {
+    if ((v = env(e, "GRPC_REFLECTION"))) {
         if (strcmp(v, "on") != 0 && strcmp(v, "off") != 0)
             return bad(err, errlen, "GRPC_REFLECTION", "must be on or off, got %s",
                        quoted(v, q, sizeof q));
         c->reflection = strcmp(v, "on") == 0;
     }
     int drain_s = DEF_DRAIN_S;
-    if ((v = env("DRAIN_GRACE_SECONDS")) &&
+    if ((v = env(e, "DRAIN_GRACE_SECONDS")) &&
         (rc = load_int(&drain_s, "DRAIN_GRACE_SECONDS", v, 0, DRAIN_MAX_S, err, errlen)))
         return rc;
     c->drain_grace_ms = drain_s * 1000;
     c->outbox_retention_s = 0;
-    if ((v = env("OUTBOX_RETENTION_SECONDS")) &&
+    if ((v = env(e, "OUTBOX_RETENTION_SECONDS")) &&
         (rc = load_int(&c->outbox_retention_s, "OUTBOX_RETENTION_SECONDS", v, 0,
                        OUTBOX_RETENTION_MAX_S, err, errlen)))
         return rc;
 
     c->auth_mode = CM_AUTH_OFF;
-    if ((v = env("AUTH_MODE")) && cm_auth_mode_parse(v, &c->auth_mode) != 0)
+    if ((v = env(e, "AUTH_MODE")) && cm_auth_mode_parse(v, &c->auth_mode) != 0)
         return bad(err, errlen, "AUTH_MODE", "must be off or required, got %s",
                    quoted(v, q, sizeof q));
-    if ((v = env("JWT_HS256_SECRET"))) {
+    if ((v = env(e, "JWT_HS256_SECRET"))) {
         /* a secret is never echoed, only measured */
         if (strlen(v) < CM_AUTH_HS256_MIN_SECRET)
             return bad(err, errlen, "JWT_HS256_SECRET", "must be at least %d bytes, got %zu",
@@ -547,11 +561,11 @@ static int load_all(cm_config *c, const cm_config_defaults *d, char *err, size_t
                              err, errlen)))
             return rc;
     }
-    if ((v = env("JWT_RS256_PUBLIC_KEY_FILE")) &&
+    if ((v = env(e, "JWT_RS256_PUBLIC_KEY_FILE")) &&
         (rc = load_file(c->jwt_rs256_public_key_file, sizeof c->jwt_rs256_public_key_file,
                         "JWT_RS256_PUBLIC_KEY_FILE", v, err, errlen)))
         return rc;
-    if ((v = env("JWT_JWKS_FILE")) && (rc = load_file(c->jwt_jwks_file, sizeof c->jwt_jwks_file,
+    if ((v = env(e, "JWT_JWKS_FILE")) && (rc = load_file(c->jwt_jwks_file, sizeof c->jwt_jwks_file,
                                                       "JWT_JWKS_FILE", v, err, errlen)))
         return rc;
     if (c->auth_mode == CM_AUTH_REQUIRED && !c->jwt_hs256_secret[0] &&
@@ -560,25 +574,25 @@ static int load_all(cm_config *c, const cm_config_defaults *d, char *err, size_t
                    "\"required\" needs JWT_HS256_SECRET, JWT_RS256_PUBLIC_KEY_FILE or "
                    "JWT_JWKS_FILE");
     c->allow_insecure = 0;
-    if ((v = env("ALLOW_INSECURE"))) {
+    if ((v = env(e, "ALLOW_INSECURE"))) {
         if (strcmp(v, "0") != 0 && strcmp(v, "1") != 0)
             return bad(err, errlen, "ALLOW_INSECURE", "must be 0 or 1, got %s",
                        quoted(v, q, sizeof q));
         c->allow_insecure = strcmp(v, "1") == 0;
     }
-    if ((v = env("JWT_ISSUER")) &&
+    if ((v = env(e, "JWT_ISSUER")) &&
         (rc = copy_value(c->jwt_issuer, sizeof c->jwt_issuer, "JWT_ISSUER", v, err, errlen)))
         return rc;
-    if ((v = env("JWT_AUDIENCE")) &&
+    if ((v = env(e, "JWT_AUDIENCE")) &&
         (rc = copy_value(c->jwt_audience, sizeof c->jwt_audience, "JWT_AUDIENCE", v, err, errlen)))
         return rc;
     c->jwt_leeway_s = DEF_LEEWAY_S;
-    if ((v = env("JWT_LEEWAY_SECONDS")) &&
+    if ((v = env(e, "JWT_LEEWAY_SECONDS")) &&
         (rc = load_int(&c->jwt_leeway_s, "JWT_LEEWAY_SECONDS", v, 0, LEEWAY_MAX_S, err, errlen)))
         return rc;
 
-    const char *cert = env("TLS_CERT_FILE"), *key = env("TLS_KEY_FILE"),
-               *ca = env("TLS_CLIENT_CA_FILE");
+    const char *cert = env(e, "TLS_CERT_FILE"), *key = env(e, "TLS_KEY_FILE"),
+               *ca = env(e, "TLS_CLIENT_CA_FILE");
     if (cert && !key)
         return bad(err, errlen, "TLS_KEY_FILE", "unset, but TLS_CERT_FILE is set (TLS needs both)");
     if (key && !cert)
@@ -608,6 +622,12 @@ static int load_all(cm_config *c, const cm_config_defaults *d, char *err, size_t
 
 int cm_config_load(cm_config *cfg, const cm_config_defaults *d, char *err, size_t errlen)
 {
+    return cm_config_load_env(cfg, d, NULL, err, errlen);
+}
+
+int cm_config_load_env(cm_config *cfg, const cm_config_defaults *d, const char *const *envp,
+                       char *err, size_t errlen)
+{
     if (err && errlen > 0)
         err[0] = '\0';
     if (!cfg || !d || d->grpc_port < 1 || d->grpc_port > 65535 || d->admin_port < 1 ||
@@ -620,7 +640,7 @@ int cm_config_load(cm_config *cfg, const cm_config_defaults *d, char *err, size_
     cm_config *c = calloc(1, sizeof *c);
     if (!c)
         return bad(err, errlen, "config", "out of memory");
-    rc = load_all(c, d, err, errlen);
+    rc = load_all(envp, c, d, err, errlen);
     if (rc == 0)
         memcpy(cfg, c, sizeof *c);
     /* the secret may be in c: wipe before freeing */

@@ -273,6 +273,7 @@ static char *fill_event(cm_consumer *c, const rd_kafka_message_t *m, cm_event *e
     static const char *const names[] = {"ce_id",        "ce_type",     "ce_source", "ce_time",
                                         "content-type", "traceparent", "tenant-id"};
     enum { N = sizeof names / sizeof names[0] };
+    _Static_assert(N == CM_EVENT_HEADERS, "the headers cm_event_decode takes");
     const void *val[N] = {0};
     size_t len[N] = {0};
     rd_kafka_headers_t *h = NULL;
@@ -283,6 +284,30 @@ static char *fill_event(cm_consumer *c, const rd_kafka_message_t *m, cm_event *e
             val[i] = NULL;
             len[i] = 0;
         }
+    char *buf = cm_event_decode(val, len, m->payload, m->len, m->key, m->key_len, ev);
+    if (!buf)
+        return NULL;
+    rd_kafka_timestamp_type_t tstype;
+    ev->topic = c->topic;
+    ev->partition = m->partition;
+    ev->offset = m->offset;
+    ev->timestamp_ms = rd_kafka_message_timestamp(m, &tstype);
+    ev->group = c->group;
+    ev->priv = m;
+    return buf;
+}
+
+char *cm_event_decode(const void *const hval[CM_EVENT_HEADERS], const size_t hlen[CM_EVENT_HEADERS],
+                      const void *payload, size_t plen, const void *key, size_t key_len,
+                      cm_event *ev)
+{
+    enum { N = CM_EVENT_HEADERS };
+    const void *val[N];
+    size_t len[N];
+    for (size_t i = 0; i < N; i++) {
+        val[i] = hval[i];
+        len[i] = hval[i] ? hlen[i] : 0;
+    }
     /* structured mode (cm_cloudevents.h): no ce_* headers, the attributes
      * are members of the JSON value; read them from there */
     json_t *doc = NULL;
@@ -290,8 +315,8 @@ static char *fill_event(cm_consumer *c, const rd_kafka_message_t *m, cm_event *e
         char ct[128];
         memcpy(ct, val[4], len[4]);
         ct[len[4]] = '\0';
-        if (cm_cloudevent_is_structured(ct) && m->payload && m->len)
-            doc = json_loadb(m->payload, m->len, JSON_REJECT_DUPLICATES, NULL);
+        if (cm_cloudevent_is_structured(ct) && payload && plen)
+            doc = json_loadb(payload, plen, JSON_REJECT_DUPLICATES, NULL);
         static const char *const attrs[] = {"id", "type",        "source",  "time",
                                             NULL, "traceparent", "tenantid"};
         for (size_t i = 0; json_is_object(doc) && i < N; i++) {
@@ -302,7 +327,7 @@ static char *fill_event(cm_consumer *c, const rd_kafka_message_t *m, cm_event *e
             }
         }
     }
-    size_t total = m->key_len + 1;
+    size_t total = key_len + 1;
     for (size_t i = 0; i < N; i++)
         total += len[i] + 1;
     char *buf = malloc(total);
@@ -321,21 +346,17 @@ static char *fill_event(cm_consumer *c, const rd_kafka_message_t *m, cm_event *e
         o += len[i] + 1;
     }
     json_decref(doc);
-    char *key = buf + o;
-    if (m->key_len)
-        memcpy(key, m->key, m->key_len);
-    key[m->key_len] = '\0';
+    char *k = buf + o;
+    if (key_len)
+        memcpy(k, key, key_len);
+    k[key_len] = '\0';
 
-    rd_kafka_timestamp_type_t tstype;
     *ev = (cm_event){
-        .topic = c->topic,
-        .partition = m->partition,
-        .offset = m->offset,
-        .timestamp_ms = rd_kafka_message_timestamp(m, &tstype),
-        .key = key,
-        .key_len = m->key_len,
-        .payload = m->payload ? m->payload : "",
-        .len = m->len,
+        .timestamp_ms = -1,
+        .key = k,
+        .key_len = key_len,
+        .payload = payload ? payload : "",
+        .len = payload ? plen : 0,
         .id = out[0],
         .type = out[1],
         .source = out[2],
@@ -343,8 +364,6 @@ static char *fill_event(cm_consumer *c, const rd_kafka_message_t *m, cm_event *e
         .content_type = out[4],
         .traceparent = out[5],
         .tenant_id = out[6],
-        .group = c->group,
-        .priv = m,
     };
     return buf;
 }

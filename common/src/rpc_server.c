@@ -899,29 +899,9 @@ static void run_handler(cm_rpc_ctx *c)
         cm_rpc_fail(c, GRPC_STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
         return;
     }
-    /* strings are checked on the wire, once for every service: a decoded
-     * C string can no longer show an embedded NUL */
-    char path[256];
-    int wire = cm_pb_check_wire(m->input, data, len, path, sizeof path);
-    if (wire == CM_PB_WIRE_NUL || wire == CM_PB_WIRE_INVALID_UTF8) {
-        cm_rpc_fail_field(c, path,
-                          wire == CM_PB_WIRE_NUL ? "must not contain NUL characters"
-                                                 : "must be valid UTF-8");
+    ProtobufCMessage *in;
+    if (cm_rpc_ctx_decode(c, m->input, data, len, &in))
         return;
-    }
-    ProtobufCAllocator al = cm_arena_allocator(c->arena);
-    ProtobufCMessage *in =
-        wire == CM_PB_WIRE_OK ? protobuf_c_message_unpack(m->input, &al, len, data) : NULL;
-    if (!in) {
-        /* named like any bad field: where the encoding broke, or the
-         * request itself */
-        const char *where = path[0] ? path : "(request)";
-        cm_rpc_fail(
-            c, GRPC_STATUS_INVALID_ARGUMENT, "MALFORMED_REQUEST",
-            cm_arena_printf(c->arena, "%s: not a valid encoding of %s", where, m->input->name));
-        cm_rpc_fail_field(c, where, "not a valid protobuf encoding");
-        return;
-    }
     ProtobufCMessage *out = cm_arena_alloc(c->arena, m->output->sizeof_message);
     if (!out) {
         cm_rpc_fail(c, GRPC_STATUS_RESOURCE_EXHAUSTED, "OUT_OF_MEMORY", "out of memory");
@@ -1730,6 +1710,66 @@ void *cm_rpc_ctx_worker(const cm_rpc_ctx *ctx)
 void *cm_rpc_ctx_app(const cm_rpc_ctx *ctx)
 {
     return ctx->w->s->o.app;
+}
+
+int cm_rpc_ctx_decode(cm_rpc_ctx *c, const ProtobufCMessageDescriptor *d, const uint8_t *data,
+                      size_t len, ProtobufCMessage **out)
+{
+    *out = NULL;
+    /* strings are checked on the wire, once for every service: a decoded
+     * C string can no longer show an embedded NUL */
+    char path[256];
+    int wire = cm_pb_check_wire(d, data, len, path, sizeof path);
+    if (wire == CM_PB_WIRE_NUL || wire == CM_PB_WIRE_INVALID_UTF8)
+        return cm_rpc_fail_field(c, path,
+                                 wire == CM_PB_WIRE_NUL ? "must not contain NUL characters"
+                                                        : "must be valid UTF-8");
+    ProtobufCAllocator al = cm_arena_allocator(c->arena);
+    ProtobufCMessage *in =
+        wire == CM_PB_WIRE_OK ? protobuf_c_message_unpack(d, &al, len, data) : NULL;
+    if (!in) {
+        /* named like any bad field: where the encoding broke, or the
+         * request itself */
+        const char *where = path[0] ? path : "(request)";
+        int rc = cm_rpc_fail(
+            c, GRPC_STATUS_INVALID_ARGUMENT, "MALFORMED_REQUEST",
+            cm_arena_printf(c->arena, "%s: not a valid encoding of %s", where, d->name));
+        cm_rpc_fail_field(c, where, "not a valid protobuf encoding");
+        return rc;
+    }
+    *out = in;
+    return 0;
+}
+
+cm_rpc_ctx *cm_rpc_ctx_detached_new(const char *tenant)
+{
+    cm_rpc_ctx *ctx = calloc(1, sizeof *ctx);
+    if (!ctx)
+        return NULL;
+    ctx->arena = cm_arena_new(0);
+    ctx->tenant = ctx->arena && tenant ? cm_arena_strdup(ctx->arena, tenant) : NULL;
+    if (!ctx->arena || (tenant && !ctx->tenant)) {
+        cm_rpc_ctx_detached_free(ctx);
+        return NULL;
+    }
+    return ctx;
+}
+
+void cm_rpc_ctx_detached_free(cm_rpc_ctx *ctx)
+{
+    if (!ctx)
+        return;
+    cm_arena_free(ctx->arena);
+    free(ctx);
+}
+
+int cm_rpc_ctx_code(const cm_rpc_ctx *ctx, const char **reason, const char **message)
+{
+    if (reason)
+        *reason = ctx->reason;
+    if (message)
+        *message = ctx->message;
+    return ctx->code;
 }
 
 cm_arena *cm_rpc_ctx_arena(const cm_rpc_ctx *ctx)

@@ -271,10 +271,8 @@ static int list_channels(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCM
 
 /* ---- tier schedules ---- */
 
-/* the schedule of a request as the domain checks it; 0 or a failure
- * naming the field */
-static int schedule_in(cm_rpc_ctx *ctx, const Commerce__Commission__V1__TierSchedule *in,
-                       cms_schedule_row *s)
+int cms_api_schedule_in(cm_rpc_ctx *ctx, const Commerce__Commission__V1__TierSchedule *in,
+                        cms_schedule_row *s)
 {
     cm_arena *a = cm_rpc_ctx_arena(ctx);
     memset(s, 0, sizeof *s);
@@ -356,7 +354,7 @@ static int put_tier_schedule(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Protob
     cms_schedule_row *now = cm_rpc_alloc(ctx, sizeof *now);
     if (!want || !now)
         return cm_rpc_fail_err(ctx, CM_ENOMEM, "tier schedule");
-    if (schedule_in(ctx, req->schedule, want))
+    if (cms_api_schedule_in(ctx, req->schedule, want))
         return -1;
     cm_db *db = cm_service_db(ctx);
     int known = cms_store_zone_known(db, want->tz);

@@ -12,9 +12,11 @@
 
 #include "cm_arena.h"
 #include "cm_consumer.h"
+#include "cms_accrual.h"
 #include "cms_store.h"
 
 #include "commerce/commission/v1/commission.pb-c.h"
+#include "commerce/events/v1/order_events.pb-c.h"
 
 #define CMS_SOURCE "/commerce/commission"
 #define CMS_TYPE_ACCRUED "commerce.events.v1.CommissionAccrued"
@@ -72,5 +74,13 @@ void cms_on_committed(const cm_event *ev, int duplicate, void *arg);
  * go to the dead-letter topic */
 struct cm_service;
 void cms_parker(struct cm_service *svc, cm_db *db, void *arg);
+
+/* an OrderPaid record decoded and checked as the accrual stages it (the
+ * consumer's decode step, also run by tests/fuzz): 0 with *msg (free with
+ * protobuf_c_message_free_unpacked) and *in pointing into it and into ev —
+ * in->tenant NULL when the order has no channel (no commission) — or
+ * CM_EINVAL (not an OrderPaid encoding, or missing and invalid fields,
+ * logged) with *msg NULL */
+int cms_ev_paid_in(const cm_event *ev, Commerce__Events__V1__OrderPaid **msg, cms_pay_in *in);
 
 #endif

@@ -285,8 +285,10 @@ static int valid_key(const char *s)
     return cm_id_key_valid(s, CMS_ID_MAX);
 }
 
-static int on_paid(cms_app *app, const cm_event *ev)
+int cms_ev_paid_in(const cm_event *ev, Commerce__Events__V1__OrderPaid **msg, cms_pay_in *in)
 {
+    *msg = NULL;
+    memset(in, 0, sizeof *in);
     Commerce__Events__V1__OrderPaid *p =
         commerce__events__v1__order_paid__unpack(NULL, ev->len, ev->payload);
     if (!p)
@@ -306,24 +308,40 @@ static int on_paid(cms_app *app, const cm_event *ev)
                 paid = ts_ms(o->payment ? o->payment->recorded_at : NULL);
             if (!paid)
                 paid = ts_ms(p->occurred_at);
-            cms_pay_in in = {.tenant = tenant,
-                             .order_id = p->order_id,
-                             .channel = o->channel_id,
-                             .merchant = o->merchant_id,
-                             .currency = amt->currency,
-                             .event_id = ev->id,
-                             .traceparent = ev->traceparent,
-                             .amount = amt->amount_minor,
-                             .paid_ms = paid};
-            rc = cms_accrual_stage_pay(app->accrual, &in);
+            *in = (cms_pay_in){.tenant = tenant,
+                               .order_id = p->order_id,
+                               .channel = o->channel_id,
+                               .merchant = o->merchant_id,
+                               .currency = amt->currency,
+                               .event_id = ev->id,
+                               .traceparent = ev->traceparent,
+                               .amount = amt->amount_minor,
+                               .paid_ms = paid};
         } else {
             rc = CM_EINVAL;
         }
     } else {
         rc = CM_EINVAL;
     }
-    if (rc == CM_EINVAL)
+    if (rc == CM_EINVAL) {
         cm_log_warn("OrderPaid event refused: missing or invalid fields", "event_id", ev->id, NULL);
+        protobuf_c_message_free_unpacked(&p->base, NULL);
+        return rc;
+    }
+    *msg = p;
+    return 0;
+}
+
+static int on_paid(cms_app *app, const cm_event *ev)
+{
+    Commerce__Events__V1__OrderPaid *p;
+    cms_pay_in in;
+    int rc = cms_ev_paid_in(ev, &p, &in);
+    if (rc)
+        return rc;
+    /* no channel (in.tenant unset): no commission */
+    if (in.tenant)
+        rc = cms_accrual_stage_pay(app->accrual, &in);
     protobuf_c_message_free_unpacked(&p->base, NULL);
     return rc;
 }

@@ -256,6 +256,8 @@ int cms_webhook_url_check(const cms_webhook_policy *p, const char *url, char *wh
     char *pct = strchr(lit, '%'); /* a zone id */
     if (pct)
         *pct = '\0';
+    /* lit's own length: a zone id cut it shorter than host */
+    size_t ll = strlen(lit);
     struct sockaddr_in6 s6 = {.sin6_family = AF_INET6};
     struct sockaddr_in s4 = {.sin_family = AF_INET};
     const struct sockaddr *sa = NULL;
@@ -264,7 +266,7 @@ int cms_webhook_url_check(const cms_webhook_policy *p, const char *url, char *wh
     else if (inet_pton(AF_INET6, lit, &s6.sin6_addr) == 1)
         sa = (const struct sockaddr *)&s6;
     else if (strcasecmp(lit, "localhost") == 0 ||
-             (hl > 10 && strcasecmp(lit + strlen(lit) - 10, ".localhost") == 0)) {
+             (ll > 10 && strcasecmp(lit + ll - 10, ".localhost") == 0)) {
         inet_pton(AF_INET, "127.0.0.1", &s4.sin_addr);
         sa = (const struct sockaddr *)&s4;
     }

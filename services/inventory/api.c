@@ -323,14 +323,13 @@ static int sold_out(cm_rpc_ctx *ctx, const inv_reserve_item *it)
     return f;
 }
 
-static int reserve(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+int inv_api_reserve_in(cm_rpc_ctx *ctx, const Commerce__Inventory__V1__ReserveRequest *req,
+                       inv_line **out, int64_t *ttl_out)
 {
-    const Commerce__Inventory__V1__ReserveRequest *req = (const void *)in;
-    Commerce__Inventory__V1__ReserveResponse *resp = (void *)out;
-    inv_app *app = cm_service_app(ctx);
-    cm_arena *a = cm_rpc_ctx_arena(ctx);
     size_t n = req->n_lines;
     inv_line *lines = cm_rpc_alloc(ctx, (n ? n : 1) * sizeof *lines);
+    if (!lines)
+        return cm_rpc_fail_err(ctx, CM_ENOMEM, "reserve");
     for (size_t i = 0; i < n; i++) {
         lines[i].sku = req->lines[i]->sku;
         lines[i].qty = req->lines[i]->quantity;
@@ -343,6 +342,22 @@ static int reserve(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage
     inv_violation v;
     if (inv_check_reserve(req->order_id, req->buyer_id, lines, n, ttl, &ttl, &v))
         return fail_v(ctx, &v);
+    *out = lines;
+    *ttl_out = ttl;
+    return 0;
+}
+
+static int reserve(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    const Commerce__Inventory__V1__ReserveRequest *req = (const void *)in;
+    Commerce__Inventory__V1__ReserveResponse *resp = (void *)out;
+    inv_app *app = cm_service_app(ctx);
+    cm_arena *a = cm_rpc_ctx_arena(ctx);
+    size_t n = req->n_lines;
+    inv_line *lines;
+    int64_t ttl;
+    if (inv_api_reserve_in(ctx, req, &lines, &ttl))
+        return -1;
     size_t cap = inv_reserve_body(NULL, 0, req->buyer_id, ttl, lines, n) + 1;
     char *body = cm_rpc_alloc(ctx, cap);
     inv_reserve_body(body, cap, req->buyer_id, ttl, lines, n);

@@ -7,6 +7,9 @@
 
 #include "cm_rpc.h"
 #include "cm_service.h"
+#include "inv_domain.h"
+
+#include "commerce/inventory/v1/inventory_service.pb-c.h"
 
 #include <stddef.h>
 
@@ -15,6 +18,13 @@
 
 extern const cm_rpc_method inv_methods[];
 extern const size_t inv_methods_count;
+
+/* the lines and ttl of a Reserve request as the domain checks them (the
+ * handler's checks before any i/o, also run by tests/fuzz): 0 with *lines
+ * (in ctx's arena) and *ttl_ms set, or the failure recorded in ctx naming
+ * the field */
+int inv_api_reserve_in(cm_rpc_ctx *ctx, const Commerce__Inventory__V1__ReserveRequest *req,
+                       inv_line **lines, int64_t *ttl_ms);
 
 int inv_app_init(cm_service *svc, void **app, char *err, size_t errlen);
 void inv_app_fini(cm_service *svc, void *app);

@@ -420,10 +420,8 @@ static int answer_existing(cm_rpc_ctx *ctx, const ord_order *o, const char *stor
 
 /* ---- create, in its phases: check, reserve, store ---- */
 
-/* the request as the domain checks it, o filled from it; 0 or a failure
- * naming the field */
-static int create_check(cm_rpc_ctx *ctx, const Commerce__Order__V1__CreateOrderRequest *req,
-                        ord_create_in *ci, ord_order *o)
+int ord_api_create_in(cm_rpc_ctx *ctx, const Commerce__Order__V1__CreateOrderRequest *req,
+                      ord_create_in *ci, ord_order *o)
 {
     size_t n = req->n_lines;
     ord_line_in *lines = cm_rpc_alloc(ctx, (n ? n : 1) * sizeof *lines);
@@ -628,7 +626,7 @@ static int create_order(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMe
     if (!o)
         return cm_rpc_fail_err(ctx, CM_ENOMEM, "create order");
     ord_create_in ci;
-    if (create_check(ctx, req, &ci, o))
+    if (ord_api_create_in(ctx, req, &ci, o))
         return -1;
     char hash[ORD_HASH_HEX + 1];
     ord_create_hash(&ci, hash);
@@ -884,11 +882,9 @@ static int complete_order(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufC
 
 /* ---- refund ---- */
 
-static int refund_order(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+int ord_api_refund_in(cm_rpc_ctx *ctx, const Commerce__Order__V1__RefundOrderRequest *req,
+                      ord_refund_in *out, char **body_out)
 {
-    ord_ev_ctx ev = ev_of(ctx);
-    const Commerce__Order__V1__RefundOrderRequest *req = (const void *)in;
-    Commerce__Order__V1__RefundOrderResponse *resp = (void *)out;
     cm_arena *a = cm_rpc_ctx_arena(ctx);
     if (!ord_valid_key(req->refund_id, ORD_KEY_MAX))
         return cm_rpc_fail_field(ctx, "refund_id",
@@ -922,6 +918,23 @@ static int refund_order(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMe
     ord_violation v;
     if (ord_check_refund(&ri, &v))
         return fail_v(ctx, &v);
+    if (!body)
+        return cm_rpc_fail_err(ctx, CM_ENOMEM, "refund");
+    *out = ri;
+    *body_out = body;
+    return 0;
+}
+
+static int refund_order(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    ord_ev_ctx ev = ev_of(ctx);
+    const Commerce__Order__V1__RefundOrderRequest *req = (const void *)in;
+    Commerce__Order__V1__RefundOrderResponse *resp = (void *)out;
+    cm_arena *a = cm_rpc_ctx_arena(ctx);
+    ord_refund_in ri;
+    char *body;
+    if (ord_api_refund_in(ctx, req, &ri, &body))
+        return -1;
     char hash[ORD_HASH_HEX + 1];
     hash_of(body, hash);
     ord_refund_req q = {.ev = &ev,
@@ -937,6 +950,7 @@ static int refund_order(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMe
     if (!o || !r)
         return cm_rpc_fail_err(ctx, CM_ENOMEM, "refund");
     int verdict = 0;
+    ord_violation v;
     memset(&v, 0, sizeof v);
     int rc = ord_store_refund(cm_service_db(ctx), &q, a, o, r, &verdict, &v);
     if (rc)

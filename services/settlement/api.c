@@ -131,10 +131,8 @@ static Commerce__Settlement__V1__Account *pb_account(cm_arena *a, const stl_acco
 
 /* ---- split rules ---- */
 
-/* the rule of a request as the domain checks it; 0 or a failure naming
- * the field */
-static int rule_in(cm_rpc_ctx *ctx, const Commerce__Settlement__V1__SplitRule *in, stl_rule *r,
-                   char (*desc)[STL_DESC_MAX + 1])
+int stl_api_rule_in(cm_rpc_ctx *ctx, const Commerce__Settlement__V1__SplitRule *in, stl_rule *r,
+                    char (*desc)[STL_DESC_MAX + 1])
 {
     cm_arena *a = cm_rpc_ctx_arena(ctx);
     memset(r, 0, sizeof *r);
@@ -201,7 +199,7 @@ static int put_split_rule(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufC
     stl_settings *set = cm_rpc_alloc(ctx, sizeof *set);
     if (!rule || !desc || !row || !set)
         return cm_rpc_fail_err(ctx, CM_ENOMEM, "split rule");
-    if (rule_in(ctx, req->rule, rule, desc))
+    if (stl_api_rule_in(ctx, req->rule, rule, desc))
         return -1;
     cm_db *db = cm_service_db(ctx);
     const char *tenant = cm_rpc_ctx_tenant(ctx);

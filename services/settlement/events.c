@@ -237,8 +237,9 @@ static int valid_key(const char *s)
     return cm_id_key_valid(s, STL_ID_MAX);
 }
 
-static int on_paid(stl_app *app, const cm_event *ev)
+int stl_ev_paid_in(const cm_event *ev, Commerce__Events__V1__OrderPaid **msg, stl_pay_in *in)
 {
+    *msg = NULL;
     Commerce__Events__V1__OrderPaid *p =
         commerce__events__v1__order_paid__unpack(NULL, ev->len, ev->payload);
     if (!p)
@@ -257,18 +258,31 @@ static int on_paid(stl_app *app, const cm_event *ev)
             paid = ts_ms(o->payment ? o->payment->recorded_at : NULL);
         if (!paid)
             paid = ts_ms(p->occurred_at);
-        stl_pay_in in = {.tenant = tenant,
-                         .order_id = p->order_id,
-                         .merchant = o->merchant_id,
-                         .currency = amt->currency,
-                         .event_id = ev->id,
-                         .traceparent = ev->traceparent,
-                         .amount = amt->amount_minor,
-                         .paid_ms = paid};
-        rc = stl_ledger_stage_pay(app->ledger, &in);
+        *in = (stl_pay_in){.tenant = tenant,
+                           .order_id = p->order_id,
+                           .merchant = o->merchant_id,
+                           .currency = amt->currency,
+                           .event_id = ev->id,
+                           .traceparent = ev->traceparent,
+                           .amount = amt->amount_minor,
+                           .paid_ms = paid};
+        *msg = p;
+        rc = 0;
     } else {
         cm_log_warn("OrderPaid event refused: missing or invalid fields", "event_id", ev->id, NULL);
+        protobuf_c_message_free_unpacked(&p->base, NULL);
     }
+    return rc;
+}
+
+static int on_paid(stl_app *app, const cm_event *ev)
+{
+    Commerce__Events__V1__OrderPaid *p;
+    stl_pay_in in;
+    int rc = stl_ev_paid_in(ev, &p, &in);
+    if (rc)
+        return rc;
+    rc = stl_ledger_stage_pay(app->ledger, &in);
     protobuf_c_message_free_unpacked(&p->base, NULL);
     return rc;
 }

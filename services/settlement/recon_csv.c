@@ -150,7 +150,8 @@ int stl_recon_time_valid(const char *s)
 }
 
 /* a decimal in major units with at most exp decimals ("12.34") into minor
- * units; no sign, at most 18 digits. 0 or CM_EINVAL. */
+ * units; no sign, at most 18 digits, and the minor units within int64.
+ * 0 or CM_EINVAL. */
 static int parse_amount(const char *s, int exp, int64_t *out)
 {
     int64_t v = 0;
@@ -170,8 +171,10 @@ static int parse_amount(const char *s, int exp, int64_t *out)
     }
     if (digits == 0 || decimals == 0)
         return CM_EINVAL;
+    /* 18 digits fit, scaled to minor units they may not */
     for (int i = decimals < 0 ? 0 : decimals; i < exp; i++)
-        v *= 10;
+        if (cm_money_mul(v, 10, &v) != 0)
+            return CM_EINVAL;
     *out = v;
     return 0;
 }

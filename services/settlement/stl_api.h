@@ -13,6 +13,8 @@
 
 #include <stddef.h>
 
+#include "commerce/settlement/v1/settlement_service.pb-c.h"
+
 typedef struct stl_app {
     stl_settings defaults; /* SETTLEMENT_DEFAULT_* */
     int events_on;
@@ -32,6 +34,13 @@ typedef struct stl_app {
 
 extern const cm_rpc_method stl_methods[];
 extern const size_t stl_methods_count;
+
+/* the split rule of a request as the domain checks it, with the receivers'
+ * descriptions in desc (STL_RECEIVERS_MAX of them) — the handler's checks
+ * before any i/o, also run by tests/fuzz: 0, or the failure recorded in ctx
+ * naming the field */
+int stl_api_rule_in(cm_rpc_ctx *ctx, const Commerce__Settlement__V1__SplitRule *in, stl_rule *r,
+                    char (*desc)[STL_DESC_MAX + 1]);
 
 int stl_app_init(cm_service *svc, void **app, char *err, size_t errlen);
 void stl_app_fini(cm_service *svc, void *app);

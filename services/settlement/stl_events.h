@@ -11,9 +11,11 @@
 
 #include "cm_arena.h"
 #include "cm_consumer.h"
+#include "stl_ledger.h"
 #include "stl_run.h"
 #include "stl_store.h"
 
+#include "commerce/events/v1/order_events.pb-c.h"
 #include "commerce/settlement/v1/settlement.pb-c.h"
 
 #define STL_SOURCE "/commerce/settlement"
@@ -70,5 +72,12 @@ int stl_on_commission_event(cm_db *db, const cm_event *ev, void *arg);
 void stl_on_cost_tx_begin(void *arg);
 int stl_on_cost_tx_end(cm_db *db, void *arg);
 void stl_on_cost_committed(const cm_event *ev, int duplicate, void *arg);
+
+/* an OrderPaid record decoded and checked as the ledger stages it (the
+ * consumer's decode step, also run by tests/fuzz): 0 with *msg (free with
+ * protobuf_c_message_free_unpacked) and *in pointing into it and into ev,
+ * or CM_EINVAL (not an OrderPaid encoding, or missing and invalid fields,
+ * logged) with *msg NULL */
+int stl_ev_paid_in(const cm_event *ev, Commerce__Events__V1__OrderPaid **msg, stl_pay_in *in);
 
 #endif

@@ -95,6 +95,22 @@ START_TEST(urls_https_public_without_credentials)
 }
 END_TEST
 
+/* found by fuzz_webhook_url: a zone id ("%...") cut the host short, and the
+ * ".localhost" suffix was then looked for before the start of the buffer
+ * (a stack read out of bounds under ASan) */
+START_TEST(zone_id_shorter_than_localhost_suffix)
+{
+    cms_webhook_policy p = {0};
+    char why[160];
+    ck_assert_int_eq(cms_webhook_policy_parse(&p, "", why, sizeof why), 0);
+    /* a name, not a literal: decided when it resolves */
+    ck_assert(url_ok(&p, "https://ocloc%alhost/h"));
+    ck_assert(url_ok(&p, "https://a%bcdefghijklmnop/h"));
+    /* the suffix is still seen before a zone id */
+    ck_assert(!url_ok(&p, "https://api.localhost%eth0/h"));
+}
+END_TEST
+
 START_TEST(addresses_and_the_allow_list)
 {
     cms_webhook_policy p = {0};
@@ -152,6 +168,7 @@ int main(void)
     tcase_add_test(tc, secrets_are_whsec_base64url_and_fresh);
     tcase_add_test(tc, signature_is_hmac_sha256_of_t_dot_body);
     tcase_add_test(tc, urls_https_public_without_credentials);
+    tcase_add_test(tc, zone_id_shorter_than_localhost_suffix);
     tcase_add_test(tc, addresses_and_the_allow_list);
     tcase_add_test(tc, backoff_doubles_with_jitter_up_to_the_cap);
     suite_add_tcase(s, tc);

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 static const char *const all_vars[] = {
@@ -257,6 +258,45 @@ START_TEST(failed_load_leaves_config_untouched)
     setenv("LOG_LEVEL", "loud", 1);
     ck_assert_int_eq(load(&order_defs), CM_EINVAL);
     ck_assert_int_eq(memcmp(&before, &cfg, sizeof cfg), 0);
+}
+END_TEST
+
+START_TEST(env_array_is_read_instead_of_environment)
+{
+    setenv("WORKERS", "9", 1);
+    const char *const envp[] = {"WORKERS=3",   "CM_TEST_N=2",      "WORKERSX=4",
+                                "WORKERS=5",   "PG_DSN=",          "INVENTORY_TARGET=inv:1",
+                                "GRPC_LISTEN", "ALLOW_INSECURE=1", NULL};
+    ck_assert_int_eq(cm_config_load_env(&cfg, &order_defs, envp, err, sizeof err), 0);
+    ck_assert_int_eq(cfg.workers, 5); /* the last of a name wins; the process env is not read */
+    ck_assert_int_eq(cm_config_int(&cfg, "CM_TEST_N"), 2);
+    ck_assert_str_eq(cfg.pg_dsn, "postgresql:///commerce"); /* empty counts as unset */
+    ck_assert_str_eq(INV(target), "inv:1");
+    ck_assert_str_eq(cfg.grpc_listen, "0.0.0.0:50051"); /* no '=': not a variable */
+    const char *const bad_envp[] = {"WORKERS=abc", NULL};
+    ck_assert_int_eq(cm_config_load_env(&cfg, &order_defs, bad_envp, err, sizeof err), CM_EINVAL);
+    ck_assert_str_eq(err, "WORKERS: must be an integer between 1 and 256, got \"abc\"");
+}
+END_TEST
+
+/* a fifo named as a key file was opened blocking: the start waited for a
+ * writer forever (this test then fails on Check's timeout) */
+START_TEST(fifo_as_a_file_is_refused_without_blocking)
+{
+    char fifo[80];
+    snprintf(fifo, sizeof fifo, "%s.fifo", tmpfile_path);
+    ck_assert_int_eq(mkfifo(fifo, 0600), 0);
+    const char *envp[] = {"TLS_CERT_FILE=", "TLS_KEY_FILE=", NULL};
+    char cert[112], key[112];
+    snprintf(cert, sizeof cert, "TLS_CERT_FILE=%s", fifo);
+    snprintf(key, sizeof key, "TLS_KEY_FILE=%s", tmpfile_path);
+    envp[0] = cert;
+    envp[1] = key;
+    int rc = cm_config_load_env(&cfg, &order_defs, envp, err, sizeof err);
+    unlink(fifo);
+    ck_assert_int_eq(rc, CM_EINVAL);
+    ck_assert_msg(strstr(err, "TLS_CERT_FILE") == err && strstr(err, "not a regular file"), "%s",
+                  err);
 }
 END_TEST
 
@@ -623,6 +663,8 @@ static Suite *config_suite(void)
     tcase_add_test(tc, defaults_are_per_service);
     tcase_add_test(tc, environment_overrides_defaults);
     tcase_add_test(tc, empty_variable_means_default);
+    tcase_add_test(tc, env_array_is_read_instead_of_environment);
+    tcase_add_test(tc, fifo_as_a_file_is_refused_without_blocking);
     tcase_add_test(tc, address_forms_are_normalised);
     tcase_add_test(tc, workers_error_names_variable_and_value);
     tcase_add_test(tc, failed_load_leaves_config_untouched);

@@ -126,6 +126,12 @@ START_TEST(bad_lines_are_refused_by_number)
     ck_refused(HEADER "2026-01-01 10:00:00,1," ORDER ",payment,CNY,1234567890123456789,0,\n", 2,
                "amount");
     ck_refused(HEADER "2026-01-01 10:00:00,1," ORDER ",payment,JPY,1.0,0,\n", 2, "amount");
+    /* found by fuzz_recon_csv: 18 digits in major units overflowed int64
+     * once scaled to minor units (UBSan: signed overflow) */
+    ck_refused(HEADER "2026-01-01 10:00:00,1," ORDER ",payment,CNY,333333333333333333,0,\n", 2,
+               "amount");
+    ck_refused(HEADER "2026-01-01 10:00:00,1," ORDER ",payment,KWD,1,99999999999999999,\n", 2,
+               "fee");
     ck_refused(HEADER "2026-01-01 10:00:00,1," ORDER ",payment,CNY,1,,\n", 2, "fee");
     ck_refused(HEADER "2026-01-01 10:00:00,1," ORDER ",payment,CNY,1,0,rf-1\n", 2,
                "refund_id: must be empty");
