@@ -105,6 +105,11 @@ typedef struct cm_rpc_server_opts {
      * no proto files. at most RPC_REFLECTION_STREAMS streams at once, each
      * ended after RPC_REFLECTION_IDLE_MS without a message (rpc_server.c) */
     int reflection;
+    /* per-tenant rate limits (cm_ratelimit.h), taken after authentication
+     * and before the request is decoded, by the method's class: a refused
+     * call is RESOURCE_EXHAUSTED / RATE_LIMITED with google.rpc.RetryInfo
+     * and QuotaFailure. NULL: none. not owned; must outlive the server */
+    struct cm_ratelimit *ratelimit;
 } cm_rpc_server_opts;
 
 /* creates the server; nothing listens until cm_rpc_server_start. */

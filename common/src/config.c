@@ -25,6 +25,7 @@
 #define OUTBOX_RETENTION_MAX_S 604800 /* a week */
 #define DEF_LEEWAY_S 30
 #define LEEWAY_MAX_S 3600
+#define RATE_LIMIT_MAX 1000000
 
 /* set but empty counts as unset */
 static const char *env(const char *name)
@@ -560,6 +561,17 @@ static int load_all(cm_config *c, const cm_config_defaults *d, char *err, size_t
     if (ca && (rc = load_file(c->tls_client_ca_file, sizeof c->tls_client_ca_file,
                               "TLS_CLIENT_CA_FILE", ca, err, errlen)))
         return rc;
+
+    static const char *const rate_vars[3] = {"RATE_LIMIT_READ", "RATE_LIMIT_WRITE",
+                                             "RATE_LIMIT_ADMIN"};
+    for (int i = 0; i < 3; i++)
+        if ((v = env(rate_vars[i])) &&
+            (rc = load_int(&c->rate_limit[i], rate_vars[i], v, 0, RATE_LIMIT_MAX, err, errlen)))
+            return rc;
+    if ((v = env("RATE_LIMITS_FILE")) &&
+        (rc = load_file(c->rate_limits_file, sizeof c->rate_limits_file, "RATE_LIMITS_FILE", v, err,
+                        errlen)))
+        return rc;
     return 0;
 }
 
@@ -662,6 +674,18 @@ static size_t common_rows(const cm_config_defaults *d, row *r, int generic)
     n = add_row(r, n, "TLS_KEY_FILE", "PEM private key of TLS_CERT_FILE", "(none)");
     n = add_row(r, n, "TLS_CLIENT_CA_FILE", "PEM CA bundle; set = client certificates required",
                 "(no mTLS)");
+    n = add_row(r, n, "RATE_LIMIT_READ",
+                "read calls per second per tenant on each replica (burst: one second's), "
+                "0 = unlimited, 0..1000000",
+                "0");
+    n = add_row(r, n, "RATE_LIMIT_WRITE",
+                "write calls per second per tenant on each replica, as RATE_LIMIT_READ", "0");
+    n = add_row(r, n, "RATE_LIMIT_ADMIN",
+                "admin calls per second per tenant on each replica, as RATE_LIMIT_READ", "0");
+    n = add_row(r, n, "RATE_LIMITS_FILE",
+                "JSON limits per class and tenant, overriding RATE_LIMIT_*; re-read when it "
+                "changes (README: rate limits)",
+                "(none)");
     return n;
 }
 
