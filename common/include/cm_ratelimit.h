@@ -11,7 +11,8 @@
  *   {"default": {"write": {"rate": 200, "burst": 400}},
  *    "tenants": {"acme": {"read": {"rate": 50, "burst": 50}}}}
  *
- * a class a tenant's entry leaves out is the file's default for it, and a
+ * a class (or quota, cm_ratelimit_quota) a tenant's entry leaves out is
+ * the file's default for it, and a
  * class the file's default leaves out is the creation default. the file is
  * looked at (stat) at most once a second, from a taking thread, and re-read
  * when it changed; a bad file keeps the limits in force and logs one line.
@@ -85,6 +86,15 @@ int cm_ratelimit_reload(cm_ratelimit *rl, char *err, size_t errlen);
 /* the limit in force for tenant and cls (for messages and tests) */
 cm_ratelimit_limit cm_ratelimit_limit_of(cm_ratelimit *rl, const char *tenant,
                                          cm_ratelimit_class cls);
+
+/* the quota name (e.g. "skus": how many a tenant may have) in force for
+ * tenant: its entry's in the file, else the file's default's, else def.
+ * quotas are set in the same file, beside the classes:
+ *   {"default": {"quotas": {"skus": 100000}},
+ *    "tenants": {"acme": {"quotas": {"skus": 10}}}}
+ * names are [a-z_]; which ones mean something is the services' business
+ * (their READMEs list them with their defaults). thread-safe; no IO. */
+long long cm_ratelimit_quota(cm_ratelimit *rl, const char *tenant, const char *name, long long def);
 
 /* "read", "write", "admin" */
 const char *cm_ratelimit_class_name(cm_ratelimit_class cls);

@@ -34,6 +34,9 @@
 #define RATE_MAX 1e7
 #define BURST_MAX 1e9
 #define METRIC_TENANTS 32 /* tenants with their own series; the rest are "_other" */
+#define QUOTAS_MAX 8
+#define QUOTA_NAME_MAX 32
+#define QUOTA_MAX 1000000000000LL
 
 typedef struct bucket {
     struct bucket *hnext;       /* hash chain */
@@ -56,14 +59,25 @@ typedef struct shard {
     size_t n, cap;
 } shard;
 
+/* the quotas an entry sets: what a tenant may create, by name */
+typedef struct quotas {
+    struct {
+        char name[QUOTA_NAME_MAX + 1];
+        long long value;
+    } q[QUOTAS_MAX];
+    int n;
+} quotas;
+
 typedef struct tenant_conf {
     char name[TENANT_MAX + 1];
     cm_ratelimit_limit lim[CM_RATELIMIT_NCLASSES];
+    quotas quotas;
 } tenant_conf;
 
 /* one configuration: immutable once built, replaced whole on reload */
 typedef struct conf {
     cm_ratelimit_limit def[CM_RATELIMIT_NCLASSES];
+    quotas def_quotas;
     tenant_conf *tenants; /* sorted by name */
     size_t ntenants;
     int any; /* some limit is set */
@@ -194,23 +208,76 @@ static cm_ratelimit_limit conf_limit(const conf *c, const char *tenant, int cls)
 
 /* {"read": {"rate": r, "burst": b}, ...} over lim (what it leaves out
  * stays); path names the object in errors */
-static int parse_classes(json_t *obj, cm_ratelimit_limit *lim, const char *path, char *err,
-                         size_t errlen)
+static int quota_name_ok(const char *n)
+{
+    size_t len = strlen(n);
+    if (len == 0 || len > QUOTA_NAME_MAX)
+        return 0;
+    for (size_t i = 0; i < len; i++)
+        if (!((n[i] >= 'a' && n[i] <= 'z') || n[i] == '_'))
+            return 0;
+    return 1;
+}
+
+/* {"skus": 100000, ...} over q (what it leaves out stays) */
+static int parse_quotas(json_t *obj, quotas *q, const char *path, char *err, size_t errlen)
 {
     if (!json_is_object(obj)) {
-        set_err(err, errlen, "%s: must be an object of read, write, admin", path);
+        set_err(err, errlen, "%s.quotas: must be an object of name: count", path);
         return CM_EINVAL;
     }
     const char *key;
     json_t *v;
     json_object_foreach(obj, key, v)
     {
+        if (!quota_name_ok(key)) {
+            set_err(err, errlen, "%s.quotas: \"%.64s\" is not a quota name ([a-z_], 1-%d)", path,
+                    key, QUOTA_NAME_MAX);
+            return CM_EINVAL;
+        }
+        if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > QUOTA_MAX) {
+            set_err(err, errlen, "%s.quotas.%s: must be a whole number 0..%lld", path, key,
+                    QUOTA_MAX);
+            return CM_EINVAL;
+        }
+        int i = 0;
+        while (i < q->n && strcmp(q->q[i].name, key) != 0)
+            i++;
+        if (i == QUOTAS_MAX) {
+            set_err(err, errlen, "%s.quotas: at most %d quotas", path, QUOTAS_MAX);
+            return CM_EINVAL;
+        }
+        if (i == q->n) {
+            snprintf(q->q[i].name, sizeof q->q[i].name, "%s", key);
+            q->n++;
+        }
+        q->q[i].value = (long long)json_integer_value(v);
+    }
+    return 0;
+}
+
+static int parse_classes(json_t *obj, cm_ratelimit_limit *lim, quotas *q, const char *path,
+                         char *err, size_t errlen)
+{
+    if (!json_is_object(obj)) {
+        set_err(err, errlen, "%s: must be an object of read, write, admin, quotas", path);
+        return CM_EINVAL;
+    }
+    const char *key;
+    json_t *v;
+    json_object_foreach(obj, key, v)
+    {
+        if (strcmp(key, "quotas") == 0) {
+            if (parse_quotas(v, q, path, err, errlen))
+                return CM_EINVAL;
+            continue;
+        }
         int cls = -1;
         for (int i = 0; i < CM_RATELIMIT_NCLASSES; i++)
             if (strcmp(key, class_names[i]) == 0)
                 cls = i;
         if (cls < 0) {
-            set_err(err, errlen, "%s.%s: unknown class (read, write or admin)", path, key);
+            set_err(err, errlen, "%s.%s: unknown class (read, write, admin) or quotas", path, key);
             return CM_EINVAL;
         }
         if (!json_is_object(v)) {
@@ -307,7 +374,7 @@ static int conf_build(const cm_ratelimit_limit *base, const char *file, conf **o
         }
     }
     json_t *def = json_object_get(root, "default");
-    if (def && parse_classes(def, c->def, "default", err, errlen))
+    if (def && parse_classes(def, c->def, &c->def_quotas, "default", err, errlen))
         goto out;
     json_t *tenants = json_object_get(root, "tenants");
     if (tenants) {
@@ -332,9 +399,10 @@ static int conf_build(const cm_ratelimit_limit *base, const char *file, conf **o
             tenant_conf *t = &c->tenants[c->ntenants++];
             snprintf(t->name, sizeof t->name, "%s", key);
             memcpy(t->lim, c->def, sizeof t->lim);
+            t->quotas = c->def_quotas;
             char path[96];
             snprintf(path, sizeof path, "tenants.%s", key);
-            if (parse_classes(v, t->lim, path, err, errlen))
+            if (parse_classes(v, t->lim, &t->quotas, path, err, errlen))
                 goto out;
         }
         qsort(c->tenants, c->ntenants, sizeof *c->tenants, tenant_cmp);
@@ -610,6 +678,22 @@ cm_ratelimit_limit cm_ratelimit_limit_of(cm_ratelimit *rl, const char *tenant,
     cm_ratelimit_limit l = conf_limit(rl->conf, tenant, cls);
     pthread_rwlock_unlock(&rl->conf_mu);
     return l;
+}
+
+long long cm_ratelimit_quota(cm_ratelimit *rl, const char *tenant, const char *name, long long def)
+{
+    if (!rl || !tenant)
+        return def;
+    if (rl->file)
+        maybe_reload(rl, rl->now_ns(rl->clock_arg));
+    pthread_rwlock_rdlock(&rl->conf_mu);
+    const tenant_conf *t = conf_tenant(rl->conf, tenant);
+    const quotas *q = t ? &t->quotas : &rl->conf->def_quotas;
+    for (int i = 0; i < q->n; i++)
+        if (strcmp(q->q[i].name, name) == 0)
+            def = q->q[i].value;
+    pthread_rwlock_unlock(&rl->conf_mu);
+    return def;
 }
 
 int cm_ratelimit_off(const cm_ratelimit *rl)

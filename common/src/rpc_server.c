@@ -2116,6 +2116,34 @@ int cm_rpc_fail_forward(cm_rpc_ctx *ctx, const cm_rpc_status *st)
                        cm_arena_printf(a, "a dependency failed: %s", code_names[mapped]));
 }
 
+long long cm_rpc_ctx_quota(cm_rpc_ctx *ctx, const char *name, long long def)
+{
+    return cm_ratelimit_quota(ctx->w->s->o.ratelimit, ctx->tenant, name, def);
+}
+
+int cm_rpc_fail_quota(cm_rpc_ctx *ctx, const char *name, long long limit, const char *what)
+{
+    cm_arena *a = ctx->arena;
+    const char *desc = cm_arena_printf(a, "%s: at most %lld", name, limit);
+    int f = cm_rpc_fail(ctx, GRPC_STATUS_RESOURCE_EXHAUSTED, "QUOTA_EXCEEDED",
+                        cm_arena_printf(a,
+                                        "quota %s of tenant %s reached (at most %lld): %s was "
+                                        "not created",
+                                        name, ctx->tenant ? ctx->tenant : "-", limit, what));
+    cm_rpc_fail_meta(ctx, "quota", name);
+    cm_rpc_fail_meta(ctx, "limit", cm_arena_printf(a, "%lld", limit));
+    Google__Rpc__QuotaFailure__Violation v = GOOGLE__RPC__QUOTA_FAILURE__VIOLATION__INIT;
+    v.subject = cm_arena_printf(a, "tenant:%s", ctx->tenant ? ctx->tenant : "-");
+    v.description = (char *)desc;
+    Google__Rpc__QuotaFailure__Violation *vs[] = {&v};
+    Google__Rpc__QuotaFailure qf = GOOGLE__RPC__QUOTA_FAILURE__INIT;
+    qf.n_violations = 1;
+    qf.violations = vs;
+    if (v.subject && v.description)
+        cm_rpc_fail_detail(ctx, &qf.base);
+    return f;
+}
+
 int cm_rpc_fail_key_reused(cm_rpc_ctx *ctx, const char *field)
 {
     int f = cm_rpc_fail(ctx, GRPC_STATUS_ALREADY_EXISTS, "IDEMPOTENCY_KEY_REUSED",

@@ -145,7 +145,8 @@ static int admin_change(cm_rpc_ctx *ctx, int kind, const char *request_id, const
                        .principal = principal_of(ctx),
                        .kind = kind,
                        .value = value,
-                       .expected_version = expected};
+                       .expected_version = expected,
+                       .sku_quota = cm_rpc_ctx_quota(ctx, "skus", INV_SKUS_QUOTA)};
     inv_change *c = cm_arena_calloc(a, 1, sizeof *c);
     inv_level *l = cm_arena_calloc(a, 1, sizeof *l);
     int verdict = -1;
@@ -170,6 +171,11 @@ static int admin_change(cm_rpc_ctx *ctx, int kind, const char *request_id, const
     case INV_A_NOT_FOUND:
         return cm_rpc_fail(ctx, GRPC_STATUS_NOT_FOUND, "RESOURCE_NOT_FOUND",
                            cm_arena_printf(a, "sku %s was never stocked", sku));
+    case INV_A_QUOTA: {
+        int f = cm_rpc_fail_quota(ctx, "skus", q.sku_quota, cm_arena_printf(a, "sku %s", sku));
+        cm_rpc_fail_meta(ctx, "sku", sku);
+        return f;
+    }
     case INV_A_NEGATIVE: {
         int f = cm_rpc_fail(ctx, GRPC_STATUS_FAILED_PRECONDITION, "STOCK_WOULD_GO_NEGATIVE",
                             cm_arena_printf(a, "sku %s: available would go below 0", sku));

@@ -13,6 +13,10 @@
 /* INVENTORY_BATCHERS' ceiling: the hot path's own connections */
 #define INV_BATCHERS_MAX 16
 
+/* quota "skus": how many skus a tenant may have when RATE_LIMITS_FILE
+ * sets no other number (README: quotas) */
+#define INV_SKUS_QUOTA 1000000LL
+
 extern const cm_rpc_method inv_methods[];
 extern const size_t inv_methods_count;
 

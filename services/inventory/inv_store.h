@@ -116,13 +116,25 @@ int inv_store_get_stock(cm_db *db, const char *tenant, const char *sku, inv_leve
 
 /* admin set/adjust. verdict: 0 applied, 1 replay of request_id, 2
  * request_id reused with another body, 3 version mismatch, 4 unknown sku,
- * 5 available would go negative. */
-enum { INV_A_APPLIED, INV_A_REPLAY, INV_A_REUSED, INV_A_VERSION, INV_A_NOT_FOUND, INV_A_NEGATIVE };
+ * 5 available would go negative, 6 a set would create a sku beyond the
+ * tenant's sku_quota (nothing written). */
+enum {
+    INV_A_APPLIED,
+    INV_A_REPLAY,
+    INV_A_REUSED,
+    INV_A_VERSION,
+    INV_A_NOT_FOUND,
+    INV_A_NEGATIVE,
+    INV_A_QUOTA
+};
 typedef struct inv_admin_req {
     const inv_ev_ctx *ev; /* events on, and the call's trace */
     const char *tenant, *request_id, *body, *sku, *reason, *actor, *principal;
     int kind;
     int64_t value, expected_version;
+    /* a set that creates a sku: how many skus the tenant may have, counted
+     * in the creating transaction under a lock per tenant (README: quotas) */
+    long long sku_quota;
 } inv_admin_req;
 /* SetCost: verdict as for inv_store_admin (INV_A_NOT_FOUND: never
  * stocked). change gets the change written (or replayed); the cost after it
