@@ -742,7 +742,8 @@ static int configure_flash_sale(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Pro
                       .ends_ms = en,
                       .sale_stock = req->sale_stock,
                       .per_buyer_limit = req->per_buyer_limit,
-                      .expected_version = update ? req->expected_version : 0};
+                      .expected_version = update ? req->expected_version : 0,
+                      .sale_quota = cm_rpc_ctx_quota(ctx, "flash_sales", INV_FLASH_SALES_QUOTA)};
     inv_sale *sale = cm_rpc_alloc(ctx, sizeof *sale);
     int verdict = -1, refusal = 0, f;
     int64_t held = 0;
@@ -768,6 +769,9 @@ static int configure_flash_sale(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Pro
     case INV_S_VERSION:
         return cm_rpc_fail(ctx, GRPC_STATUS_ABORTED, "VERSION_MISMATCH",
                            "expected_version differs from the flash sale's version");
+    case INV_S_QUOTA:
+        return cm_rpc_fail_quota(ctx, "flash_sales", q.sale_quota,
+                                 cm_arena_printf(a, "a flash sale of sku %s", req->sku));
     case INV_S_REFUSED:
         break;
     default:

@@ -190,13 +190,17 @@ typedef struct inv_sale_req {
     const char *flash_sale_id; /* NULL or "": create; else update this sale */
     int64_t starts_ms, ends_ms, sale_stock, per_buyer_limit;
     int64_t expected_version; /* updates: compare-and-set, 0 = none */
+    /* a create: how many sales not yet ended the tenant may have, counted
+     * under a lock per tenant (README: quotas) */
+    long long sale_quota;
 } inv_sale_req;
 
 /* creates or updates a sale. verdict: created, replay of request_id (out
  * is the sale as it is now), request_id reused with another body, overlaps
  * another sale of the sku, updated, unknown flash_sale_id, version
  * mismatch, or refused by inv_plan_sale_update (*refusal says why, *held
- * is the sale's reserved + sold). */
+ * is the sale's reserved + sold), or a create over the tenant's
+ * sale_quota (nothing written). */
 enum {
     INV_S_CREATED,
     INV_S_REPLAY,
@@ -205,7 +209,8 @@ enum {
     INV_S_UPDATED,
     INV_S_NOT_FOUND,
     INV_S_VERSION,
-    INV_S_REFUSED
+    INV_S_REFUSED,
+    INV_S_QUOTA
 };
 int inv_store_sale_configure(cm_db *db, const inv_sale_req *q, int *verdict, int *refusal,
                              int64_t *held, inv_sale *out);

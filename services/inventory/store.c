@@ -1484,6 +1484,25 @@ static int sale_fn(cm_db *db, void *arg)
         t->verdict = INV_S_OVERLAP;
         return 0;
     }
+    /* the tenant's sales not yet ended, counted one creator at a time (this
+     * lock after the sku's: always in that order) */
+    const char *pt[] = {q->tenant};
+    rc = exec(db, "lock sale quota",
+              "SELECT pg_advisory_xact_lock(hashtext('commerce.inventory.quota.flash_sales'), "
+              "hashtext($1))",
+              1, pt, NULL);
+    if (rc == 0)
+        rc = exec(db, "count sales",
+                  "SELECT count(*) FROM flash_sale WHERE tenant_id = $1 AND ends_at > now()", 1, pt,
+                  &r);
+    if (rc)
+        return rc;
+    long long open_sales = i64(r, 0, 0);
+    PQclear(r);
+    if (open_sales >= q->sale_quota) {
+        t->verdict = INV_S_QUOTA;
+        return 0;
+    }
     const char *pi[] = {q->tenant, q->sku, st, en, stock, lim, q->request_id, q->body};
     rc = exec(db, "create sale",
               "INSERT INTO flash_sale (tenant_id, flash_sale_id, sku, starts_at, ends_at, "

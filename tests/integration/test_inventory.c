@@ -1795,7 +1795,8 @@ START_TEST(sku_quota_refuses_a_new_sku_naming_the_quota_and_creates_nothing)
     FILE *f = fopen(path, "w");
     ck_assert_ptr_nonnull(f);
     fputs("{\"tenants\": {\"small\": {\"quotas\": {\"skus\": 3}},"
-          "              \"race\": {\"quotas\": {\"skus\": 5}}}}",
+          "              \"race\": {\"quotas\": {\"skus\": 5}},"
+          "              \"" FX_TENANT "\": {\"quotas\": {\"flash_sales\": 2}}}}",
           f);
     ck_assert_int_eq(fclose(f), 0);
     snprintf(env_file, sizeof env_file, "RATE_LIMITS_FILE=%s", path);
@@ -1827,6 +1828,31 @@ START_TEST(sku_quota_refuses_a_new_sku_naming_the_quota_and_creates_nothing)
     ck_assert_int_eq(set_stock_as(c, "small", "q-5", "Q-2", &st), 0);
     ck_assert_int_eq(set_stock_as(c, "roomy", "r-1", "Q-1", &st), 0);
     ck_assert_int_eq(set_stock_as(c, "roomy", "r-2", "Q-4", &st), 0);
+
+    /* flash sales: those not yet ended count; an ended one frees its place */
+    fx_set_stock(c, "fs-s1", "FS-1", 10);
+    Commerce__Inventory__V1__FlashSale *fs = NULL;
+    ck_assert_int_eq(fx_configure_sale_in(c, "fs-1", NULL, "FS-1", -5, 1800, 5, 1, 0, &fs, &st), 0);
+    protobuf_c_message_free_unpacked(&fs->base, NULL);
+    ck_assert_int_eq(fx_configure_sale_in(c, "fs-2", NULL, "FS-1", 3600, 5400, 5, 1, 0, &fs, &st),
+                     0);
+    protobuf_c_message_free_unpacked(&fs->base, NULL);
+    fs = NULL;
+    ck_assert_int_eq(fx_configure_sale_in(c, "fs-3", NULL, "FS-1", 7200, 9000, 5, 1, 0, &fs, &st),
+                     GRPC_STATUS_RESOURCE_EXHAUSTED);
+    ck_assert_ptr_null(fs);
+    ck_assert_str_eq(st.reason, "QUOTA_EXCEEDED");
+    ck_assert_str_eq(cm_rpc_status_meta(&st, "quota"), "flash_sales");
+    ck_assert_str_eq(cm_rpc_status_meta(&st, "limit"), "2");
+    ck_assert_int_eq(hs_sql_long(schema, "SELECT count(*) FROM flash_sale"), 2);
+    ck_assert_int_eq(
+        hs_sql_long(schema, "SELECT count(*) FROM flash_sale_request WHERE request_id = 'fs-3'"),
+        0);
+    hs_sql_exec(schema, "UPDATE flash_sale SET starts_at = now() - interval '2 hours', "
+                        "ends_at = now() - interval '1 hour' WHERE request_id = 'fs-2'");
+    ck_assert_int_eq(fx_configure_sale_in(c, "fs-3", NULL, "FS-1", 7200, 9000, 5, 1, 0, &fs, &st),
+                     0);
+    protobuf_c_message_free_unpacked(&fs->base, NULL);
 
     /* concurrent creators on 8 threads do not overshoot */
     enum { N = 8 };
