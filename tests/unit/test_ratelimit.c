@@ -297,6 +297,42 @@ START_TEST(bad_files_are_refused_at_start_naming_the_problem)
 }
 END_TEST
 
+START_TEST(quotas_come_from_the_tenant_then_the_default_then_the_service)
+{
+    char path[] = "/tmp/commerce-ratelimit-XXXXXX";
+    int fd = mkstemp(path);
+    ck_assert_int_ge(fd, 0);
+    close(fd);
+    write_file(path, "{\"default\": {\"quotas\": {\"skus\": 100, \"channels\": 7}},"
+                     " \"tenants\": {\"small\": {\"quotas\": {\"skus\": 3}},"
+                     "               \"plain\": {\"read\": {\"rate\": 5}}}}");
+    cm_ratelimit *rl = limiter(0, 0, path, 0, NULL);
+    ck_assert_int_eq(cm_ratelimit_quota(rl, "small", "skus", 1000000), 3);
+    ck_assert_int_eq(cm_ratelimit_quota(rl, "small", "channels", 1000000), 7);
+    ck_assert_int_eq(cm_ratelimit_quota(rl, "plain", "skus", 1000000), 100);
+    ck_assert_int_eq(cm_ratelimit_quota(rl, "other", "skus", 1000000), 100);
+    ck_assert_int_eq(cm_ratelimit_quota(rl, "other", "flash_sales", 42), 42);
+    ck_assert_int_eq(cm_ratelimit_quota(NULL, "other", "skus", 9), 9);
+    cm_ratelimit_free(rl);
+    static const struct {
+        const char *text, *want;
+    } bad[] = {
+        {"{\"default\": {\"quotas\": {\"skus\": -1}}}", "default.quotas.skus"},
+        {"{\"default\": {\"quotas\": {\"skus\": 1.5}}}", "default.quotas.skus"},
+        {"{\"default\": {\"quotas\": {\"SKUs\": 1}}}", "not a quota name"},
+        {"{\"tenants\": {\"a\": {\"quotas\": []}}}", "tenants.a.quotas"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        write_file(path, bad[i].text);
+        cm_ratelimit_opts o = {.file = path};
+        char err[256] = "";
+        ck_assert_int_eq(cm_ratelimit_new(&rl, &o, err, sizeof err), CM_EINVAL);
+        ck_assert_msg(strstr(err, bad[i].want), "%s: got \"%s\"", bad[i].text, err);
+    }
+    unlink(path);
+}
+END_TEST
+
 START_TEST(take_costs_little)
 {
     /* not a benchmark gate: prints the cost for the README, fails only
@@ -335,6 +371,7 @@ int main(void)
     tcase_add_test(tc, many_threads_never_take_more_than_the_rate_allows);
     tcase_add_test(tc, file_sets_limits_per_tenant_and_reloads_when_it_changes);
     tcase_add_test(tc, bad_files_are_refused_at_start_naming_the_problem);
+    tcase_add_test(tc, quotas_come_from_the_tenant_then_the_default_then_the_service);
     tcase_add_test(tc, take_costs_little);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
