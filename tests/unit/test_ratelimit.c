@@ -354,6 +354,21 @@ START_TEST(take_costs_little)
     double ns = ((double)(b.tv_sec - a.tv_sec) * 1e9 + (double)(b.tv_nsec - a.tv_nsec)) / N;
     printf("ratelimit: %.0f ns per take (64 tenants, one thread)\n", ns);
     ck_assert(ns < 20000);
+    /* the worst case: every thread on one tenant's bucket */
+    enum { T = 4, PER = 500000 };
+    pthread_t th[T];
+    taker tk[T];
+    clock_gettime(CLOCK_MONOTONIC, &a);
+    for (int i = 0; i < T; i++) {
+        tk[i] = (taker){rl, "one", PER, 0, 0};
+        ck_assert_int_eq(pthread_create(&th[i], NULL, take_many, &tk[i]), 0);
+    }
+    for (int i = 0; i < T; i++)
+        pthread_join(th[i], NULL);
+    clock_gettime(CLOCK_MONOTONIC, &b);
+    ns = ((double)(b.tv_sec - a.tv_sec) * 1e9 + (double)(b.tv_nsec - a.tv_nsec)) / (T * PER);
+    printf("ratelimit: %.0f ns per take (one tenant, %d threads at once)\n", ns, T);
+    ck_assert(ns < 20000);
     cm_ratelimit_free(rl);
 }
 END_TEST
