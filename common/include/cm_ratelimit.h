@@ -1,7 +1,7 @@
 /*
  * cm_ratelimit: token buckets per tenant and per call class (read, write,
  * admin), enforced in this process. design note: common/README.md, "rate
- * limits".
+ * limits and quotas".
  *
  * a limit is a rate (calls per second, fractions allowed) and a burst (how
  * many calls may come at once after a quiet spell); rate 0 means unlimited.

@@ -1,6 +1,6 @@
 /*
  * token buckets per tenant and class. design note: common/README.md, "rate
- * limits".
+ * limits and quotas".
  *
  * a bucket is kept as GCRA's theoretical arrival time (tat): a call at now
  * is allowed when max(tat, now) + interval - now <= tolerance, where
