@@ -111,6 +111,11 @@ typedef struct {
     char tls_cert_file[CM_CONFIG_PATH_MAX];      /* TLS_CERT_FILE; "" = plaintext gRPC */
     char tls_key_file[CM_CONFIG_PATH_MAX];       /* TLS_KEY_FILE, set with the cert */
     char tls_client_ca_file[CM_CONFIG_PATH_MAX]; /* TLS_CLIENT_CA_FILE; set = mTLS required */
+    /* RATE_LIMIT_READ, _WRITE, _ADMIN: calls per second per tenant on this
+     * replica, burst one second's worth; 0 = unlimited. RATE_LIMITS_FILE
+     * ("" = none) overrides them, per tenant too (cm_ratelimit.h) */
+    int rate_limit[3];
+    char rate_limits_file[CM_CONFIG_PATH_MAX];
     /* the descriptor's knobs and peers, and their values in the same order */
     const cm_knob *knobs;
     size_t nknobs;

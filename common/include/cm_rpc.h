@@ -105,6 +105,11 @@ typedef struct cm_rpc_server_opts {
      * no proto files. at most RPC_REFLECTION_STREAMS streams at once, each
      * ended after RPC_REFLECTION_IDLE_MS without a message (rpc_server.c) */
     int reflection;
+    /* per-tenant rate limits (cm_ratelimit.h), taken after authentication
+     * and before the request is decoded, by the method's class: a refused
+     * call is RESOURCE_EXHAUSTED / RATE_LIMITED with google.rpc.RetryInfo
+     * and QuotaFailure. NULL: none. not owned; must outlive the server */
+    struct cm_ratelimit *ratelimit;
 } cm_rpc_server_opts;
 
 /* creates the server; nothing listens until cm_rpc_server_start. */
@@ -232,6 +237,17 @@ int cm_rpc_fail_err(cm_rpc_ctx *ctx, int cm_err, const char *message);
 int cm_rpc_fail_key_reused(cm_rpc_ctx *ctx, const char *field);
 int cm_rpc_fail_version(cm_rpc_ctx *ctx, const char *field, long long expected, long long current);
 int cm_rpc_fail_not_found(cm_rpc_ctx *ctx, const char *what);
+
+/* the caller's tenant's quota name (how many of something it may have,
+ * e.g. "skus") from RATE_LIMITS_FILE (cm_ratelimit_quota), or def when
+ * the file sets none or the server has no limiter. */
+long long cm_rpc_ctx_quota(cm_rpc_ctx *ctx, const char *name, long long def);
+/* a creation over the tenant's quota: RESOURCE_EXHAUSTED / QUOTA_EXCEEDED
+ * naming it (metadata "quota", "limit"; a google.rpc.QuotaFailure with
+ * subject "tenant:<id>" and description "<name>: at most <limit>"). what
+ * says what was not created, for the message ("a new sku"). returns the
+ * failure's value. */
+int cm_rpc_fail_quota(cm_rpc_ctx *ctx, const char *name, long long limit, const char *what);
 
 /* adds a typed detail to the failure's google.rpc.Status, packed as an Any
  * with type URL "type.googleapis.com/<full message name>" (e.g. a

@@ -26,6 +26,7 @@
 #define OUTBOX_RETENTION_MAX_S 604800 /* a week */
 #define DEF_LEEWAY_S 30
 #define LEEWAY_MAX_S 3600
+#define RATE_LIMIT_MAX 1000000
 
 /* where the variables come from: "NAME=value" strings (the last one of a
  * name wins, as a shell's), or the process environment when NULL */
@@ -566,7 +567,7 @@ static int load_all(env_src e, cm_config *c, const cm_config_defaults *d, char *
                         "JWT_RS256_PUBLIC_KEY_FILE", v, err, errlen)))
         return rc;
     if ((v = env(e, "JWT_JWKS_FILE")) && (rc = load_file(c->jwt_jwks_file, sizeof c->jwt_jwks_file,
-                                                      "JWT_JWKS_FILE", v, err, errlen)))
+                                                         "JWT_JWKS_FILE", v, err, errlen)))
         return rc;
     if (c->auth_mode == CM_AUTH_REQUIRED && !c->jwt_hs256_secret[0] &&
         !c->jwt_rs256_public_key_file[0] && !c->jwt_jwks_file[0])
@@ -617,6 +618,17 @@ static int load_all(env_src e, cm_config *c, const cm_config_defaults *d, char *
                    "off is refused on GRPC_LISTEN=%s (not loopback): set AUTH_MODE=required "
                    "with a JWT key, listen on 127.0.0.1, or set ALLOW_INSECURE=1",
                    quoted(c->grpc_listen, q, sizeof q));
+
+    static const char *const rate_vars[3] = {"RATE_LIMIT_READ", "RATE_LIMIT_WRITE",
+                                             "RATE_LIMIT_ADMIN"};
+    for (int i = 0; i < 3; i++)
+        if ((v = env(e, rate_vars[i])) &&
+            (rc = load_int(&c->rate_limit[i], rate_vars[i], v, 0, RATE_LIMIT_MAX, err, errlen)))
+            return rc;
+    if ((v = env(e, "RATE_LIMITS_FILE")) &&
+        (rc = load_file(c->rate_limits_file, sizeof c->rate_limits_file, "RATE_LIMITS_FILE", v, err,
+                        errlen)))
+        return rc;
     return 0;
 }
 
@@ -734,6 +746,18 @@ static size_t common_rows(const cm_config_defaults *d, row *r, int generic)
     n = add_row(r, n, "TLS_KEY_FILE", "PEM private key of TLS_CERT_FILE", "(none)");
     n = add_row(r, n, "TLS_CLIENT_CA_FILE", "PEM CA bundle; set = client certificates required",
                 "(no mTLS)");
+    n = add_row(r, n, "RATE_LIMIT_READ",
+                "read calls per second per tenant on each replica (burst: one second's), "
+                "0 = unlimited, 0..1000000",
+                "0");
+    n = add_row(r, n, "RATE_LIMIT_WRITE",
+                "write calls per second per tenant on each replica, as RATE_LIMIT_READ", "0");
+    n = add_row(r, n, "RATE_LIMIT_ADMIN",
+                "admin calls per second per tenant on each replica, as RATE_LIMIT_READ", "0");
+    n = add_row(r, n, "RATE_LIMITS_FILE",
+                "JSON limits per class and tenant, overriding RATE_LIMIT_*; re-read when it "
+                "changes (README: rate limits)",
+                "(none)");
     return n;
 }
 

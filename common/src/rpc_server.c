@@ -16,6 +16,7 @@
 #include "cm_file.h"
 #include "cm_log.h"
 #include "cm_pb.h"
+#include "cm_ratelimit.h"
 #include "cm_reflection.h"
 #include "cm_rpc_client.h"
 #include "cm_utf8.h"
@@ -37,6 +38,7 @@
 #include <time.h>
 
 #include "google/protobuf/any.pb-c.h"
+#include "google/protobuf/duration.pb-c.h"
 #include "google/rpc/error_details.pb-c.h"
 #include "google/rpc/status.pb-c.h"
 #include "grpc/health/v1/health.pb-c.h"
@@ -859,6 +861,61 @@ static int authenticate(cm_rpc_ctx *c)
     return authorize(c);
 }
 
+/* the tenant's bucket for the method's class, before the request is
+ * decoded or a handler runs: a refused call costs next to nothing. health
+ * and reflection have no class and are never limited. returns 0 or a
+ * failure already recorded */
+static int rate_limit(cm_rpc_ctx *c)
+{
+    cm_ratelimit *rl = c->w->s->o.ratelimit;
+    if (!rl || !c->tenant)
+        return 0;
+    cm_ratelimit_class cls;
+    switch (c->m->flags & (CM_RPC_READ | CM_RPC_WRITE | CM_RPC_ADMIN)) {
+    case CM_RPC_READ:
+        cls = CM_RATELIMIT_READ;
+        break;
+    case CM_RPC_WRITE:
+        cls = CM_RATELIMIT_WRITE;
+        break;
+    case CM_RPC_ADMIN:
+        cls = CM_RATELIMIT_ADMIN;
+        break;
+    default:
+        return 0;
+    }
+    cm_ratelimit_refusal why;
+    if (cm_ratelimit_take(rl, c->tenant, cls, &why) == 0)
+        return 0;
+    cm_arena *a = c->arena;
+    const char *name = cm_ratelimit_class_name(cls);
+    long long ms = (long long)((why.retry_ns + 999999) / 1000000);
+    const char *limit = cm_arena_printf(a, "%s calls: %g per second per replica, burst %g", name,
+                                        why.limit.rate, why.limit.burst);
+    int f =
+        cm_rpc_fail(c, GRPC_STATUS_RESOURCE_EXHAUSTED, "RATE_LIMITED",
+                    cm_arena_printf(a, "rate limit of tenant %s exceeded (%s): retry in %lld ms",
+                                    c->tenant, limit ? limit : name, ms));
+    cm_rpc_fail_meta(c, "retry_after_ms", cm_arena_printf(a, "%lld", ms));
+    cm_rpc_fail_meta(c, "class", name);
+    Google__Protobuf__Duration delay = GOOGLE__PROTOBUF__DURATION__INIT;
+    delay.seconds = why.retry_ns / 1000000000;
+    delay.nanos = (int32_t)(why.retry_ns % 1000000000);
+    Google__Rpc__RetryInfo retry = GOOGLE__RPC__RETRY_INFO__INIT;
+    retry.retry_delay = &delay;
+    cm_rpc_fail_detail(c, &retry.base);
+    Google__Rpc__QuotaFailure__Violation v = GOOGLE__RPC__QUOTA_FAILURE__VIOLATION__INIT;
+    v.subject = cm_arena_printf(a, "tenant:%s", c->tenant);
+    v.description = (char *)(limit ? limit : name);
+    Google__Rpc__QuotaFailure__Violation *vs[] = {&v};
+    Google__Rpc__QuotaFailure qf = GOOGLE__RPC__QUOTA_FAILURE__INIT;
+    qf.n_violations = 1;
+    qf.violations = vs;
+    if (v.subject)
+        cm_rpc_fail_detail(c, &qf.base);
+    return f;
+}
+
 static int read_payload(cm_rpc_ctx *c, const uint8_t **data, size_t *len)
 {
     grpc_byte_buffer_reader r;
@@ -887,7 +944,7 @@ static void run_handler(cm_rpc_ctx *c)
                     "deadline passed before the call was handled");
         return;
     }
-    if (authenticate(c))
+    if (authenticate(c) || rate_limit(c))
         return;
     if (!c->payload) {
         cm_rpc_fail(c, GRPC_STATUS_INVALID_ARGUMENT, "MISSING_REQUEST", "no request message");
@@ -2115,6 +2172,34 @@ int cm_rpc_fail_forward(cm_rpc_ctx *ctx, const cm_rpc_status *st)
                 "request_id", md_lookup(ctx, "x-request-id"), "status", seen, NULL);
     return cm_rpc_fail(ctx, mapped, "DEPENDENCY_FAILED",
                        cm_arena_printf(a, "a dependency failed: %s", code_names[mapped]));
+}
+
+long long cm_rpc_ctx_quota(cm_rpc_ctx *ctx, const char *name, long long def)
+{
+    return cm_ratelimit_quota(ctx->w->s->o.ratelimit, ctx->tenant, name, def);
+}
+
+int cm_rpc_fail_quota(cm_rpc_ctx *ctx, const char *name, long long limit, const char *what)
+{
+    cm_arena *a = ctx->arena;
+    const char *desc = cm_arena_printf(a, "%s: at most %lld", name, limit);
+    int f = cm_rpc_fail(ctx, GRPC_STATUS_RESOURCE_EXHAUSTED, "QUOTA_EXCEEDED",
+                        cm_arena_printf(a,
+                                        "quota %s of tenant %s reached (at most %lld): %s was "
+                                        "not created",
+                                        name, ctx->tenant ? ctx->tenant : "-", limit, what));
+    cm_rpc_fail_meta(ctx, "quota", name);
+    cm_rpc_fail_meta(ctx, "limit", cm_arena_printf(a, "%lld", limit));
+    Google__Rpc__QuotaFailure__Violation v = GOOGLE__RPC__QUOTA_FAILURE__VIOLATION__INIT;
+    v.subject = cm_arena_printf(a, "tenant:%s", ctx->tenant ? ctx->tenant : "-");
+    v.description = (char *)desc;
+    Google__Rpc__QuotaFailure__Violation *vs[] = {&v};
+    Google__Rpc__QuotaFailure qf = GOOGLE__RPC__QUOTA_FAILURE__INIT;
+    qf.n_violations = 1;
+    qf.violations = vs;
+    if (v.subject && v.description)
+        cm_rpc_fail_detail(ctx, &qf.base);
+    return f;
 }
 
 int cm_rpc_fail_key_reused(cm_rpc_ctx *ctx, const char *field)

@@ -10,6 +10,7 @@
 #include "cm_err.h"
 #include "cm_log.h"
 #include "cm_outbox.h"
+#include "cm_ratelimit.h"
 
 #include <stdatomic.h>
 #include <stdio.h>
@@ -25,6 +26,7 @@ struct cm_service {
     cm_metrics *metrics;
     cm_db *db; /* main thread's: migrations and the health probe */
     cm_auth *auth;
+    cm_ratelimit *ratelimit;
     cm_rpc_server *rpc;
     cm_admin *admin;
     uv_signal_t sigterm, sigint, sighup;
@@ -557,6 +559,17 @@ static int build_auth(cm_service *svc, char *err, size_t errlen)
     return cm_auth_new(&as, &svc->auth, err, errlen);
 }
 
+static int build_ratelimit(cm_service *svc, char *err, size_t errlen)
+{
+    cm_ratelimit_opts o = {
+        .file = svc->cfg.rate_limits_file,
+        .metrics = svc->metrics,
+    };
+    for (int i = 0; i < CM_RATELIMIT_NCLASSES; i++)
+        o.defaults[i] = (cm_ratelimit_limit){svc->cfg.rate_limit[i], 0};
+    return cm_ratelimit_new(&svc->ratelimit, &o, err, errlen);
+}
+
 static int serve(cm_service *svc)
 {
     char err[512];
@@ -564,6 +577,10 @@ static int serve(cm_service *svc)
     snprintf(svc->domain, sizeof svc->domain, "%s.commerce", def->name);
     if (build_auth(svc, err, sizeof err)) {
         cm_log_error("could not set up authentication", "detail", err, NULL);
+        return 2;
+    }
+    if (build_ratelimit(svc, err, sizeof err)) {
+        cm_log_error("could not load the rate limits", "detail", err, NULL);
         return 2;
     }
     if (start_peers(svc, err, sizeof err)) {
@@ -596,6 +613,7 @@ static int serve(cm_service *svc)
         .tls_client_ca_file = svc->cfg.tls_client_ca_file[0] ? svc->cfg.tls_client_ca_file : NULL,
         .error_domain = svc->domain,
         .reflection = svc->cfg.reflection,
+        .ratelimit = svc->ratelimit,
     };
     if (cm_rpc_server_new(&svc->rpc, &o, err, sizeof err) ||
         cm_rpc_server_add_service(svc->rpc, def->api, def->methods, def->nmethods, err,
@@ -708,6 +726,7 @@ int cm_service_main(int argc, char **argv, const cm_service_def *def)
     for (size_t i = 0; i < CM_CONFIG_PEERS_MAX; i++)
         cm_rpc_client_free(svc->peers[i]);
     cm_auth_free(svc->auth);
+    cm_ratelimit_free(svc->ratelimit);
     cm_db_free(svc->db);
     if (uv_loop_close(&svc->loop) != 0)
         cm_log_warn("event loop closed with live handles", NULL);

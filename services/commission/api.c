@@ -169,10 +169,15 @@ static int put_channel(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMes
     int verdict = 0;
     const char *what = NULL;
     const char *tenant = cm_rpc_ctx_tenant(ctx);
-    int rc = cms_store_put_channel(cm_service_db(ctx), tenant, req->request_id, hash, want,
-                                   req->expected_revision, principal(ctx), now, &verdict, &what);
+    long long quota = cm_rpc_ctx_quota(ctx, "channels", CMS_CHANNELS_QUOTA);
+    int rc =
+        cms_store_put_channel(cm_service_db(ctx), tenant, req->request_id, hash, want,
+                              req->expected_revision, principal(ctx), quota, now, &verdict, &what);
     if (rc)
         return cm_rpc_fail_err(ctx, rc, "could not store the channel");
+    if (verdict == CMS_QUOTA)
+        return cm_rpc_fail_quota(ctx, "channels", quota,
+                                 cm_arena_printf(a, "channel %s", want->id));
     if (verdict == CMS_KEY_REUSED)
         return cm_rpc_fail_key_reused(ctx, "request_id");
     if (verdict == CMS_VERSION)

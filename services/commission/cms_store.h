@@ -16,6 +16,9 @@
 
 #define CMS_ID_MAX 64    /* channel, schedule, partner, merchant ids: bytes */
 #define CMS_NAME_MAX 128 /* display names: characters */
+/* quota "channels": how many channels a tenant may have when
+ * RATE_LIMITS_FILE sets no other number (README: quotas) */
+#define CMS_CHANNELS_QUOTA 100000LL
 #define CMS_TZ_MAX 64
 #define CMS_PRINCIPAL_MAX 128
 #define CMS_TENANT_MAX CM_AUTH_TENANT_MAX
@@ -42,7 +45,8 @@ enum {
     CMS_NO_REF = 4,
     CMS_LEVELS = 5,
     CMS_BELOW_MINIMUM = 6,
-    CMS_ILLEGAL = 7
+    CMS_ILLEGAL = 7,
+    CMS_QUOTA = 8
 };
 
 typedef struct cms_channel {
@@ -119,10 +123,12 @@ int cms_store_zone_known(cm_db *db, const char *tz);
  * by expected_revision, under a per-tenant lock of the channel tree.
  * *verdict: CMS_OK, CMS_SAME, CMS_KEY_REUSED, CMS_VERSION (out: the
  * current one), CMS_NO_REF (the schedule or the parent is unknown: *what
- * names the field) or CMS_LEVELS (a third level). */
+ * names the field), CMS_LEVELS (a third level) or CMS_QUOTA (a new
+ * channel, and the tenant has quota channels already: counted under the
+ * same lock, so concurrent creators cannot overshoot). */
 int cms_store_put_channel(cm_db *db, const char *tenant, const char *request_id, const char *hash,
                           const cms_channel *in, int64_t expected_revision, const char *principal,
-                          cms_channel *out, int *verdict, const char **what);
+                          long long quota, cms_channel *out, int *verdict, const char **what);
 int cms_store_get_channel(cm_db *db, const char *tenant, const char *id, cms_channel *out);
 /* channels after after_id ("" : from the start) by id, filtered by state
  * mask (bit 1 << state; 0: any), schedule ("" : any) and, for a channel's

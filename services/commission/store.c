@@ -143,6 +143,7 @@ typedef struct channel_tx {
     const char *tenant, *request_id, *hash, *principal;
     const cms_channel *in;
     int64_t expected;
+    long long quota;
     cms_channel *out;
     int verdict;
     const char *what;
@@ -175,6 +176,22 @@ static int put_channel_fn(cm_db *db, void *arg)
             memset(t->out, 0, sizeof *t->out);
         t->verdict = CMS_VERSION;
         return 0;
+    }
+    if (current == 0) {
+        /* a new channel: the tenant's quota, counted under the tree's lock */
+        const char *pt[] = {t->tenant};
+        PGresult *cr = NULL;
+        rc = cm_db_exec(db, "count channels", "SELECT count(*) FROM channels WHERE tenant_id = $1",
+                        1, pt, &cr);
+        if (rc)
+            return rc;
+        long long have = i64(cr, 0, 0);
+        PQclear(cr);
+        if (have >= t->quota) {
+            memset(t->out, 0, sizeof *t->out);
+            t->verdict = CMS_QUOTA;
+            return 0;
+        }
     }
     /* the references: the schedule exists; the parent exists and has no
      * parent; a channel that is a parent gets none */
@@ -237,7 +254,7 @@ static int put_channel_fn(cm_db *db, void *arg)
 
 int cms_store_put_channel(cm_db *db, const char *tenant, const char *request_id, const char *hash,
                           const cms_channel *in, int64_t expected_revision, const char *principal,
-                          cms_channel *out, int *verdict, const char **what)
+                          long long quota, cms_channel *out, int *verdict, const char **what)
 {
     channel_tx t = {.tenant = tenant,
                     .request_id = request_id,
@@ -245,6 +262,7 @@ int cms_store_put_channel(cm_db *db, const char *tenant, const char *request_id,
                     .principal = principal,
                     .in = in,
                     .expected = expected_revision,
+                    .quota = quota,
                     .out = out};
     int rc = cm_db_tx(db, NULL, 3, put_channel_fn, &t);
     *verdict = t.verdict;

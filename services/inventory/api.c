@@ -145,7 +145,8 @@ static int admin_change(cm_rpc_ctx *ctx, int kind, const char *request_id, const
                        .principal = principal_of(ctx),
                        .kind = kind,
                        .value = value,
-                       .expected_version = expected};
+                       .expected_version = expected,
+                       .sku_quota = cm_rpc_ctx_quota(ctx, "skus", INV_SKUS_QUOTA)};
     inv_change *c = cm_arena_calloc(a, 1, sizeof *c);
     inv_level *l = cm_arena_calloc(a, 1, sizeof *l);
     int verdict = -1;
@@ -170,6 +171,11 @@ static int admin_change(cm_rpc_ctx *ctx, int kind, const char *request_id, const
     case INV_A_NOT_FOUND:
         return cm_rpc_fail(ctx, GRPC_STATUS_NOT_FOUND, "RESOURCE_NOT_FOUND",
                            cm_arena_printf(a, "sku %s was never stocked", sku));
+    case INV_A_QUOTA: {
+        int f = cm_rpc_fail_quota(ctx, "skus", q.sku_quota, cm_arena_printf(a, "sku %s", sku));
+        cm_rpc_fail_meta(ctx, "sku", sku);
+        return f;
+    }
     case INV_A_NEGATIVE: {
         int f = cm_rpc_fail(ctx, GRPC_STATUS_FAILED_PRECONDITION, "STOCK_WOULD_GO_NEGATIVE",
                             cm_arena_printf(a, "sku %s: available would go below 0", sku));
@@ -751,7 +757,8 @@ static int configure_flash_sale(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Pro
                       .ends_ms = en,
                       .sale_stock = req->sale_stock,
                       .per_buyer_limit = req->per_buyer_limit,
-                      .expected_version = update ? req->expected_version : 0};
+                      .expected_version = update ? req->expected_version : 0,
+                      .sale_quota = cm_rpc_ctx_quota(ctx, "flash_sales", INV_FLASH_SALES_QUOTA)};
     inv_sale *sale = cm_rpc_alloc(ctx, sizeof *sale);
     int verdict = -1, refusal = 0, f;
     int64_t held = 0;
@@ -777,6 +784,9 @@ static int configure_flash_sale(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Pro
     case INV_S_VERSION:
         return cm_rpc_fail(ctx, GRPC_STATUS_ABORTED, "VERSION_MISMATCH",
                            "expected_version differs from the flash sale's version");
+    case INV_S_QUOTA:
+        return cm_rpc_fail_quota(ctx, "flash_sales", q.sale_quota,
+                                 cm_arena_printf(a, "a flash sale of sku %s", req->sku));
     case INV_S_REFUSED:
         break;
     default:

@@ -16,6 +16,12 @@
 /* INVENTORY_BATCHERS' ceiling: the hot path's own connections */
 #define INV_BATCHERS_MAX 16
 
+/* quota "skus": how many skus a tenant may have when RATE_LIMITS_FILE
+ * sets no other number (README: quotas) */
+#define INV_SKUS_QUOTA 1000000LL
+/* quota "flash_sales": sales not yet ended a tenant may have */
+#define INV_FLASH_SALES_QUOTA 10000LL
+
 extern const cm_rpc_method inv_methods[];
 extern const size_t inv_methods_count;
 

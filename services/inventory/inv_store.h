@@ -116,13 +116,25 @@ int inv_store_get_stock(cm_db *db, const char *tenant, const char *sku, inv_leve
 
 /* admin set/adjust. verdict: 0 applied, 1 replay of request_id, 2
  * request_id reused with another body, 3 version mismatch, 4 unknown sku,
- * 5 available would go negative. */
-enum { INV_A_APPLIED, INV_A_REPLAY, INV_A_REUSED, INV_A_VERSION, INV_A_NOT_FOUND, INV_A_NEGATIVE };
+ * 5 available would go negative, 6 a set would create a sku beyond the
+ * tenant's sku_quota (nothing written). */
+enum {
+    INV_A_APPLIED,
+    INV_A_REPLAY,
+    INV_A_REUSED,
+    INV_A_VERSION,
+    INV_A_NOT_FOUND,
+    INV_A_NEGATIVE,
+    INV_A_QUOTA
+};
 typedef struct inv_admin_req {
     const inv_ev_ctx *ev; /* events on, and the call's trace */
     const char *tenant, *request_id, *body, *sku, *reason, *actor, *principal;
     int kind;
     int64_t value, expected_version;
+    /* a set that creates a sku: how many skus the tenant may have, counted
+     * in the creating transaction under a lock per tenant (README: quotas) */
+    long long sku_quota;
 } inv_admin_req;
 /* SetCost: verdict as for inv_store_admin (INV_A_NOT_FOUND: never
  * stocked). change gets the change written (or replayed); the cost after it
@@ -178,13 +190,17 @@ typedef struct inv_sale_req {
     const char *flash_sale_id; /* NULL or "": create; else update this sale */
     int64_t starts_ms, ends_ms, sale_stock, per_buyer_limit;
     int64_t expected_version; /* updates: compare-and-set, 0 = none */
+    /* a create: how many sales not yet ended the tenant may have, counted
+     * under a lock per tenant (README: quotas) */
+    long long sale_quota;
 } inv_sale_req;
 
 /* creates or updates a sale. verdict: created, replay of request_id (out
  * is the sale as it is now), request_id reused with another body, overlaps
  * another sale of the sku, updated, unknown flash_sale_id, version
  * mismatch, or refused by inv_plan_sale_update (*refusal says why, *held
- * is the sale's reserved + sold). */
+ * is the sale's reserved + sold), or a create over the tenant's
+ * sale_quota (nothing written). */
 enum {
     INV_S_CREATED,
     INV_S_REPLAY,
@@ -193,7 +209,8 @@ enum {
     INV_S_UPDATED,
     INV_S_NOT_FOUND,
     INV_S_VERSION,
-    INV_S_REFUSED
+    INV_S_REFUSED,
+    INV_S_QUOTA
 };
 int inv_store_sale_configure(cm_db *db, const inv_sale_req *q, int *verdict, int *refusal,
                              int64_t *held, inv_sale *out);

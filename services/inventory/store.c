@@ -1040,6 +1040,41 @@ typedef struct admin_tx {
     void *arg;
 } admin_tx;
 
+/* a set that would create a sku: the tenant's skus counted under a
+ * transaction lock per tenant, so concurrent creators queue and none
+ * overshoots (read committed: the second one's count sees the first's
+ * committed row). an existing sku costs one index probe. CM_ESTATE with
+ * INV_A_QUOTA when the tenant has its quota's worth already */
+static int sku_quota_check(cm_db *db, const inv_admin_req *q, int *verdict)
+{
+    const char *p2[] = {q->tenant, q->sku};
+    PGresult *r = NULL;
+    int rc =
+        exec(db, "find sku", "SELECT 1 FROM stock WHERE tenant_id = $1 AND sku = $2", 2, p2, &r);
+    if (rc)
+        return rc;
+    int exists = PQntuples(r) == 1;
+    PQclear(r);
+    if (exists)
+        return 0;
+    const char *p1[] = {q->tenant};
+    rc = exec(db, "lock sku quota",
+              "SELECT pg_advisory_xact_lock(hashtext('commerce.inventory.quota.skus'), "
+              "hashtext($1))",
+              1, p1, NULL);
+    if (rc)
+        return rc;
+    rc = exec(db, "count skus", "SELECT count(*) FROM stock WHERE tenant_id = $1", 1, p1, &r);
+    if (rc)
+        return rc;
+    long long used = i64(r, 0, 0);
+    PQclear(r);
+    if (used < q->sku_quota)
+        return 0;
+    *verdict = INV_A_QUOTA;
+    return CM_ESTATE;
+}
+
 static int admin_fn(cm_db *db, void *arg)
 {
     admin_tx *t = arg;
@@ -1047,6 +1082,8 @@ static int admin_fn(cm_db *db, void *arg)
     const char *p2[] = {q->tenant, q->sku};
     PGresult *r = NULL;
     int rc;
+    if (q->kind == INV_KIND_SET && (rc = sku_quota_check(db, q, &t->verdict)))
+        return rc;
     if (q->kind == INV_KIND_SET) {
         rc = exec(db, "create stock",
                   "INSERT INTO stock (tenant_id, sku, available, reserved, sold, on_hand, version) "
@@ -1446,6 +1483,25 @@ static int sale_fn(cm_db *db, void *arg)
         return rc;
     if (overlap) {
         t->verdict = INV_S_OVERLAP;
+        return 0;
+    }
+    /* the tenant's sales not yet ended, counted one creator at a time (this
+     * lock after the sku's: always in that order) */
+    const char *pt[] = {q->tenant};
+    rc = exec(db, "lock sale quota",
+              "SELECT pg_advisory_xact_lock(hashtext('commerce.inventory.quota.flash_sales'), "
+              "hashtext($1))",
+              1, pt, NULL);
+    if (rc == 0)
+        rc = exec(db, "count sales",
+                  "SELECT count(*) FROM flash_sale WHERE tenant_id = $1 AND ends_at > now()", 1, pt,
+                  &r);
+    if (rc)
+        return rc;
+    long long open_sales = i64(r, 0, 0);
+    PQclear(r);
+    if (open_sales >= q->sale_quota) {
+        t->verdict = INV_S_QUOTA;
         return 0;
     }
     const char *pi[] = {q->tenant, q->sku, st, en, stock, lim, q->request_id, q->body};

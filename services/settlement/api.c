@@ -193,6 +193,18 @@ static int put_split_rule(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufC
         return -1;
     if (req->expected_version < 0)
         return fail_field(ctx, "expected_version", "must be >= 0");
+    /* the tenant's quota of receivers per rule: at most the hard limit */
+    long long max_receivers = cm_rpc_ctx_quota(ctx, "split_receivers", STL_RECEIVERS_MAX);
+    if (req->rule && max_receivers < STL_RECEIVERS_MAX &&
+        (long long)req->rule->n_receivers > max_receivers) {
+        int f = cm_rpc_fail_quota(
+            ctx, "split_receivers", max_receivers,
+            cm_arena_printf(a, "a split rule with %zu receivers", req->rule->n_receivers));
+        cm_rpc_fail_field(
+            ctx, "rule.receivers",
+            cm_arena_printf(a, "at most %lld receivers (the tenant's quota)", max_receivers));
+        return f;
+    }
     stl_rule *rule = cm_rpc_alloc(ctx, sizeof *rule);
     char(*desc)[STL_DESC_MAX + 1] = cm_rpc_alloc(ctx, STL_RECEIVERS_MAX * (STL_DESC_MAX + 1));
     stl_rule_row *row = cm_rpc_alloc(ctx, sizeof *row);

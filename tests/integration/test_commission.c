@@ -1843,6 +1843,37 @@ START_TEST(closing_a_whole_volume_period_posts_its_true_up_once)
 }
 END_TEST
 
+START_TEST(channel_quota_refuses_a_new_channel_naming_the_quota)
+{
+    char path[128], env_file[160];
+    snprintf(path, sizeof path, "/tmp/commerce-cms-quotas-%d.json", (int)getpid());
+    FILE *f = fopen(path, "w");
+    ck_assert_ptr_nonnull(f);
+    fputs("{\"tenants\": {\"" TENANT "\": {\"quotas\": {\"channels\": 2}}}}", f);
+    ck_assert_int_eq(fclose(f), 0);
+    snprintf(env_file, sizeof env_file, "RATE_LIMITS_FILE=%s", path);
+    const char *extra[] = {env_file, NULL};
+    st_start_env(&S, "quota", extra);
+    put_channel(&S, "CH-1", ACTIVE, NULL, 0, NULL);
+    put_channel(&S, "CH-2", ACTIVE, NULL, 0, NULL);
+    cm_rpc_status stt;
+    ck_assert_int_eq(put_channel_full(&S, md, "ch-3", "CH-3", CT(COMMUNITY_LEADER), ACTIVE, NULL, 0,
+                                      NULL, 0, &stt),
+                     GRPC_STATUS_RESOURCE_EXHAUSTED);
+    ck_assert_str_eq(stt.reason, "QUOTA_EXCEEDED");
+    ck_assert_str_eq(cm_rpc_status_meta(&stt, "quota"), "channels");
+    ck_assert_str_eq(cm_rpc_status_meta(&stt, "limit"), "2");
+    ck_assert_int_eq(hs_sql_long(S.schema, "SELECT count(*) FROM channels"), 2);
+    /* changing a channel it has is no creation; another tenant has its own */
+    put_channel(&S, "CH-2", SUSPENDED, NULL, 0, NULL);
+    ck_assert_int_eq(put_channel_full(&S, md_other, "ch-3", "CH-3", CT(COMMUNITY_LEADER), ACTIVE,
+                                      NULL, 0, NULL, 0, &stt),
+                     0);
+    st_stop(&S);
+    unlink(path);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("commission");
@@ -1863,5 +1894,10 @@ int main(void)
     tcase_add_test(tc, payouts_per_period_are_listed_per_tenant_with_their_events);
     tcase_add_test(tc, closing_a_whole_volume_period_posts_its_true_up_once);
     suite_add_tcase(s, tc);
+    TCase *q = tcase_create("quotas");
+    tcase_set_timeout(q, 120);
+    tcase_add_checked_fixture(q, NULL, teardown);
+    tcase_add_test(q, channel_quota_refuses_a_new_channel_naming_the_quota);
+    suite_add_tcase(s, q);
     return hs_run(s, 1);
 }

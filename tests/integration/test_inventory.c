@@ -1751,6 +1751,134 @@ START_TEST(events_carry_the_callers_traceparent)
 }
 END_TEST
 
+/* ---- quotas ---- */
+
+static int set_stock_as(cm_rpc_client *c, const char *tenant, const char *rid, const char *sku,
+                        cm_rpc_status *st)
+{
+    const cm_rpc_md md[] = {{"x-tenant-id", tenant}};
+    Commerce__Inventory__V1__SetStockRequest q = COMMERCE__INVENTORY__V1__SET_STOCK_REQUEST__INIT;
+    q.request_id = (char *)rid;
+    q.sku = (char *)sku;
+    q.available = 5;
+    q.reason = "goods received";
+    q.actor = "ops:test";
+    return hs_call(c, SVC "SetStock", &q.base,
+                   &commerce__inventory__v1__set_stock_response__descriptor, NULL, st, md, 1);
+}
+
+typedef struct creator {
+    cm_rpc_client *c;
+    int index, created, refused;
+} creator;
+
+static void *create_skus(void *arg)
+{
+    creator *k = arg;
+    for (int i = 0; i < 4; i++) {
+        char rid[64], sku[64];
+        snprintf(rid, sizeof rid, "race-%d-%d", k->index, i);
+        snprintf(sku, sizeof sku, "RACE-%d-%d", k->index, i);
+        cm_rpc_status st;
+        int code = set_stock_as(k->c, "race", rid, sku, &st);
+        k->created += code == 0;
+        k->refused += code == GRPC_STATUS_RESOURCE_EXHAUSTED;
+    }
+    return NULL;
+}
+
+START_TEST(sku_quota_refuses_a_new_sku_naming_the_quota_and_creates_nothing)
+{
+    new_schema();
+    char path[128], env_file[160];
+    snprintf(path, sizeof path, "/tmp/commerce-inv-quotas-%d.json", (int)getpid());
+    FILE *f = fopen(path, "w");
+    ck_assert_ptr_nonnull(f);
+    fputs("{\"tenants\": {\"small\": {\"quotas\": {\"skus\": 3}},"
+          "              \"race\": {\"quotas\": {\"skus\": 5}},"
+          "              \"" FX_TENANT "\": {\"quotas\": {\"flash_sales\": 2}}}}",
+          f);
+    ck_assert_int_eq(fclose(f), 0);
+    snprintf(env_file, sizeof env_file, "RATE_LIMITS_FILE=%s", path);
+    const char *extra[] = {env_file, NULL};
+    hs_proc p;
+    spawn(&p, extra);
+    cm_rpc_client *c = hs_client(&p, NULL);
+
+    cm_rpc_status st;
+    ck_assert_int_eq(set_stock_as(c, "small", "q-1", "Q-1", &st), 0);
+    ck_assert_int_eq(set_stock_as(c, "small", "q-2", "Q-2", &st), 0);
+    ck_assert_int_eq(set_stock_as(c, "small", "q-3", "Q-3", &st), 0);
+    ck_assert_int_eq(set_stock_as(c, "small", "q-4", "Q-4", &st), GRPC_STATUS_RESOURCE_EXHAUSTED);
+    ck_assert_str_eq(st.reason, "QUOTA_EXCEEDED");
+    ck_assert_str_eq(cm_rpc_status_meta(&st, "quota"), "skus");
+    ck_assert_str_eq(cm_rpc_status_meta(&st, "limit"), "3");
+    ck_assert_str_eq(cm_rpc_status_meta(&st, "sku"), "Q-4");
+    int quota_detail = 0;
+    for (int i = 0; i < st.n_details; i++)
+        quota_detail |=
+            strcmp(st.detail_types[i], "type.googleapis.com/google.rpc.QuotaFailure") == 0;
+    ck_assert(quota_detail);
+    ck_assert_ptr_nonnull(strstr(st.message, "skus"));
+    /* nothing was created: no row, no audit, no event */
+    ck_assert_int_eq(hs_sql_long(schema, "SELECT count(*) FROM stock WHERE sku = 'Q-4'"), 0);
+    ck_assert_int_eq(
+        hs_sql_long(schema, "SELECT count(*) FROM stock_change WHERE request_id = 'q-4'"), 0);
+    /* the skus it has may still be set; another tenant is not held by it */
+    ck_assert_int_eq(set_stock_as(c, "small", "q-5", "Q-2", &st), 0);
+    ck_assert_int_eq(set_stock_as(c, "roomy", "r-1", "Q-1", &st), 0);
+    ck_assert_int_eq(set_stock_as(c, "roomy", "r-2", "Q-4", &st), 0);
+
+    /* flash sales: those not yet ended count; an ended one frees its place */
+    fx_set_stock(c, "fs-s1", "FS-1", 10);
+    Commerce__Inventory__V1__FlashSale *fs = NULL;
+    ck_assert_int_eq(fx_configure_sale_in(c, "fs-1", NULL, "FS-1", -5, 1800, 5, 1, 0, &fs, &st), 0);
+    protobuf_c_message_free_unpacked(&fs->base, NULL);
+    ck_assert_int_eq(fx_configure_sale_in(c, "fs-2", NULL, "FS-1", 3600, 5400, 5, 1, 0, &fs, &st),
+                     0);
+    protobuf_c_message_free_unpacked(&fs->base, NULL);
+    fs = NULL;
+    ck_assert_int_eq(fx_configure_sale_in(c, "fs-3", NULL, "FS-1", 7200, 9000, 5, 1, 0, &fs, &st),
+                     GRPC_STATUS_RESOURCE_EXHAUSTED);
+    ck_assert_ptr_null(fs);
+    ck_assert_str_eq(st.reason, "QUOTA_EXCEEDED");
+    ck_assert_str_eq(cm_rpc_status_meta(&st, "quota"), "flash_sales");
+    ck_assert_str_eq(cm_rpc_status_meta(&st, "limit"), "2");
+    ck_assert_int_eq(hs_sql_long(schema, "SELECT count(*) FROM flash_sale"), 2);
+    ck_assert_int_eq(
+        hs_sql_long(schema, "SELECT count(*) FROM flash_sale_request WHERE request_id = 'fs-3'"),
+        0);
+    hs_sql_exec(schema, "UPDATE flash_sale SET starts_at = now() - interval '2 hours', "
+                        "ends_at = now() - interval '1 hour' WHERE request_id = 'fs-2'");
+    ck_assert_int_eq(fx_configure_sale_in(c, "fs-3", NULL, "FS-1", 7200, 9000, 5, 1, 0, &fs, &st),
+                     0);
+    protobuf_c_message_free_unpacked(&fs->base, NULL);
+
+    /* concurrent creators on 8 threads do not overshoot */
+    enum { N = 8 };
+    pthread_t th[N];
+    creator k[N];
+    for (int i = 0; i < N; i++) {
+        k[i] = (creator){c, i, 0, 0};
+        ck_assert_int_eq(pthread_create(&th[i], NULL, create_skus, &k[i]), 0);
+    }
+    int created = 0, refused = 0;
+    for (int i = 0; i < N; i++) {
+        pthread_join(th[i], NULL);
+        created += k[i].created;
+        refused += k[i].refused;
+    }
+    ck_assert_int_eq(created, 5);
+    ck_assert_int_eq(refused, N * 4 - 5);
+    ck_assert_int_eq(hs_sql_long(schema, "SELECT count(*) FROM stock WHERE tenant_id = 'race'"), 5);
+
+    cm_rpc_client_free(c);
+    ck_assert_int_eq(hs_stop(&p, SIGTERM, 30000), 0);
+    hs_drop_schema(NULL, schema);
+    unlink(path);
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("inventory");
@@ -1774,6 +1902,12 @@ static Suite *suite(void)
     tcase_add_test(t, flash_sale_updates_change_a_running_sale_within_its_invariants);
     tcase_add_test(t, reserve_survives_lost_database_connections);
     suite_add_tcase(s, t);
+
+    TCase *q = tcase_create("quotas");
+    tcase_set_timeout(q, 120);
+    tcase_add_checked_fixture(q, NULL, hs_teardown);
+    tcase_add_test(q, sku_quota_refuses_a_new_sku_naming_the_quota_and_creates_nothing);
+    suite_add_tcase(s, q);
     return s;
 }
 

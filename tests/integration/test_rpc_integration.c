@@ -22,6 +22,8 @@
 
 #include "commerce/test/v1/test.pb-c.h"
 #include "google/protobuf/any.pb-c.h"
+#include "google/protobuf/duration.pb-c.h"
+#include "google/rpc/error_details.pb-c.h"
 #include "google/rpc/status.pb-c.h"
 
 #define SVC "/commerce.test.v1.TestService/"
@@ -1257,6 +1259,170 @@ START_TEST(a_dependency_failure_is_passed_on_intact)
 }
 END_TEST
 
+/* ---- rate limits ---- */
+
+static void write_limits(const char *path, const char *json)
+{
+    /* a new file renamed over the old one: a reload sees a new inode */
+    char tmp[300];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *f = fopen(tmp, "w");
+    ck_assert_ptr_nonnull(f);
+    fputs(json, f);
+    ck_assert_int_eq(fclose(f), 0);
+    ck_assert_int_eq(rename(tmp, path), 0);
+}
+
+/* an Echo as tenant: its status code */
+static int echo_as(cm_rpc_client *c, const char *tenant, cm_rpc_status *st)
+{
+    const cm_rpc_md md[] = {{"x-tenant-id", tenant}};
+    Commerce__Test__V1__EchoRequest req = COMMERCE__TEST__V1__ECHO_REQUEST__INIT;
+    req.text = "limited?";
+    ProtobufCMessage *resp = NULL;
+    cm_rpc_status local;
+    cm_rpc_call(c, SVC "Echo", &req.base, &commerce__test__v1__echo_response__descriptor, NULL,
+                &resp, md, 1, 5000, 0, st ? st : &local);
+    if (resp)
+        protobuf_c_message_free_unpacked(resp, NULL);
+    return st ? st->code : local.code;
+}
+
+/* how many of n Echo calls as tenant pass */
+static int echoes_passing(cm_rpc_client *c, const char *tenant, int n)
+{
+    int ok = 0;
+    for (int i = 0; i < n; i++)
+        ok += echo_as(c, tenant, NULL) == GRPC_STATUS_OK;
+    return ok;
+}
+
+START_TEST(rate_limits_refuse_one_tenant_with_retry_info_and_reload_without_restart)
+{
+    char path[128], env_file[160];
+    snprintf(path, sizeof path, "/tmp/commerce-rate-limits-%d.json", (int)getpid());
+    write_limits(path, "{\"tenants\": {\"tiny\": {\"read\": {\"rate\": 2, \"burst\": 2}}}}");
+    snprintf(env_file, sizeof env_file, "RATE_LIMITS_FILE=%s", path);
+    const char *env[] = {env_file, NULL};
+    hs_proc p;
+    hs_start(&p, TESTSVC_BIN, env);
+    cm_rpc_client *c = hs_client(&p, NULL);
+
+    /* the burst, then a refusal that says when to come back */
+    ck_assert_int_eq(echoes_passing(c, "tiny", 2), 2);
+    cm_rpc_status st;
+    ck_assert_int_eq(echo_as(c, "tiny", &st), GRPC_STATUS_RESOURCE_EXHAUSTED);
+    ck_assert_str_eq(st.reason, "RATE_LIMITED");
+    ck_assert_str_eq(cm_rpc_status_meta(&st, "class"), "read");
+    long long after_ms = strtoll(cm_rpc_status_meta(&st, "retry_after_ms"), NULL, 10);
+    ck_assert_int_gt(after_ms, 0);
+    ck_assert_int_le(after_ms, 500);
+    Google__Rpc__Status *s = google__rpc__status__unpack(NULL, st.details_len, st.details_bin);
+    ck_assert_ptr_nonnull(s);
+    int retry_seen = 0, quota_seen = 0;
+    for (size_t i = 0; i < s->n_details; i++) {
+        Google__Protobuf__Any *any = s->details[i];
+        if (strcmp(any->type_url, "type.googleapis.com/google.rpc.RetryInfo") == 0) {
+            Google__Rpc__RetryInfo *ri =
+                google__rpc__retry_info__unpack(NULL, any->value.len, any->value.data);
+            ck_assert_ptr_nonnull(ri);
+            ck_assert_ptr_nonnull(ri->retry_delay);
+            long long ns = ri->retry_delay->seconds * 1000000000LL + ri->retry_delay->nanos;
+            ck_assert_int_gt(ns, 0);
+            ck_assert_int_le(ns, 500000000LL);
+            google__rpc__retry_info__free_unpacked(ri, NULL);
+            retry_seen = 1;
+        }
+        if (strcmp(any->type_url, "type.googleapis.com/google.rpc.QuotaFailure") == 0) {
+            Google__Rpc__QuotaFailure *qf =
+                google__rpc__quota_failure__unpack(NULL, any->value.len, any->value.data);
+            ck_assert_ptr_nonnull(qf);
+            ck_assert_uint_eq(qf->n_violations, 1);
+            ck_assert_str_eq(qf->violations[0]->subject, "tenant:tiny");
+            ck_assert_ptr_nonnull(
+                strstr(qf->violations[0]->description, "read calls: 2 per second per replica"));
+            google__rpc__quota_failure__free_unpacked(qf, NULL);
+            quota_seen = 1;
+        }
+    }
+    google__rpc__status__free_unpacked(s, NULL);
+    ck_assert(retry_seen && quota_seen);
+
+    /* another tenant, and the same tenant's writes, are not held up */
+    ck_assert_int_eq(echoes_passing(c, "big", 30), 30);
+    Commerce__Test__V1__PutRequest put = COMMERCE__TEST__V1__PUT_REQUEST__INIT;
+    char key[40];
+    random_key(key);
+    put.key = key;
+    put.value = "v";
+    const cm_rpc_md tiny_md[] = {{"x-tenant-id", "tiny"}};
+    ProtobufCMessage *resp = NULL;
+    ck_assert_int_eq(cm_rpc_call(c, SVC "Put", &put.base,
+                                 &commerce__test__v1__put_response__descriptor, NULL, &resp,
+                                 tiny_md, 1, 5000, 0, &st),
+                     0);
+    protobuf_c_message_free_unpacked(resp, NULL);
+    /* health is never limited */
+    ck_assert_int_eq(hs_health(&p), 1);
+
+    /* after the delay it said, the tenant passes again */
+    struct timespec wait = {.tv_sec = 0, .tv_nsec = (long)(after_ms + 20) * 1000000L};
+    nanosleep(&wait, NULL);
+    ck_assert_int_eq(echo_as(c, "tiny", &st), GRPC_STATUS_OK);
+    ck_assert_int_ge(hs_metric(&p, "rpc_server_rate_limited_total{tenant=\"tiny\",class=\"read\"}"),
+                     1);
+    ck_assert_int_eq(hs_metric(&p, "rpc_server_rate_limited_total{tenant=\"big\",class=\"read\"}"),
+                     -1);
+
+    /* the file changes: tiny is let loose, big is held, no restart */
+    write_limits(path, "{\"tenants\": {\"tiny\": {\"read\": {\"rate\": 1000, \"burst\": 1000}},"
+                       " \"big\": {\"read\": {\"rate\": 1, \"burst\": 1}}}}");
+    long long until = hs_now_ms() + 5000;
+    int reloaded = 0;
+    while (!reloaded && hs_now_ms() < until) {
+        reloaded = echo_as(c, "big", NULL) == GRPC_STATUS_RESOURCE_EXHAUSTED;
+        if (!reloaded) {
+            struct timespec ts = {0, 50 * 1000000L};
+            nanosleep(&ts, NULL);
+        }
+    }
+    ck_assert_msg(reloaded, "the new limits were not read within 5 s");
+    ck_assert_int_eq(echoes_passing(c, "tiny", 30), 30);
+
+    /* a bad file keeps the limits in force, and the process serving */
+    write_limits(path, "{\"tenants\": {\"big\": {\"read\": {\"rate\": \"lots\"}}}}");
+    struct timespec ts = {1, 300 * 1000000L};
+    nanosleep(&ts, NULL);
+    ck_assert_int_le(echoes_passing(c, "big", 5), 1); /* the token of the second slept */
+    ck_assert_int_eq(echoes_passing(c, "tiny", 5), 5);
+
+    cm_rpc_client_free(c);
+    ck_assert_int_eq(hs_stop(&p, SIGTERM, 10000), 0);
+    FILE *log = fopen(p.log_path, "r");
+    ck_assert_ptr_nonnull(log);
+    static char text[1 << 16];
+    size_t n = fread(text, 1, sizeof text - 1, log);
+    text[n] = '\0';
+    fclose(log);
+    ck_assert_ptr_nonnull(strstr(text, "could not reload the rate limits"));
+    unlink(path);
+}
+END_TEST
+
+START_TEST(a_bad_rate_limits_file_stops_the_start)
+{
+    char path[128], env_file[160];
+    snprintf(path, sizeof path, "/tmp/commerce-rate-limits-bad-%d.json", (int)getpid());
+    write_limits(path, "{\"default\": {\"write\": {\"rate\": -1}}}");
+    snprintf(env_file, sizeof env_file, "RATE_LIMITS_FILE=%s", path);
+    const char *env[] = {env_file, NULL};
+    hs_proc p;
+    ck_assert_int_eq(hs_spawn(&p, TESTSVC_BIN, env), 0);
+    ck_assert_int_eq(hs_wait_exit(&p, 15000), 2);
+    unlink(path);
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("rpc_integration");
@@ -1298,6 +1464,14 @@ static Suite *suite(void)
     tcase_add_test(own, a_dependency_failure_is_passed_on_intact);
     tcase_add_test(own, a_singleton_ticker_runs_on_one_replica_at_a_time);
     suite_add_tcase(s, own);
+
+    TCase *limits = tcase_create("rate_limits");
+    tcase_add_checked_fixture(limits, NULL, forward_teardown);
+    tcase_set_timeout(limits, 120);
+    tcase_add_test(limits,
+                   rate_limits_refuse_one_tenant_with_retry_info_and_reload_without_restart);
+    tcase_add_test(limits, a_bad_rate_limits_file_stops_the_start);
+    suite_add_tcase(s, limits);
     return s;
 }
 

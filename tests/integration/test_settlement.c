@@ -8,6 +8,7 @@
 
 #include <check.h>
 #include <signal.h>
+#include <grpc/status.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -889,6 +890,39 @@ START_TEST(settle_on_completion_holds_parts_until_completed)
 }
 END_TEST
 
+START_TEST(split_receivers_quota_refuses_a_rule_naming_the_quota_and_the_field)
+{
+    char path[128], env_file[160];
+    snprintf(path, sizeof path, "/tmp/commerce-stl-quotas-%d.json", (int)getpid());
+    FILE *f = fopen(path, "w");
+    ck_assert_ptr_nonnull(f);
+    fputs("{\"tenants\": {\"" TENANT "\": {\"quotas\": {\"split_receivers\": 2}}}}", f);
+    ck_assert_int_eq(fclose(f), 0);
+    snprintf(env_file, sizeof env_file, "RATE_LIMITS_FILE=%s", path);
+    const char *extra[] = {env_file, NULL};
+    st_start_env(&S, "quota", extra);
+    seed_rule x;
+    seed(&x, "m-quota");
+    cm_rpc_status stt;
+    ck_assert_int_eq(put_rule(&S, "r-3", &x.rule, NULL, &stt), GRPC_STATUS_RESOURCE_EXHAUSTED);
+    ck_assert_str_eq(stt.reason, "QUOTA_EXCEEDED");
+    ck_assert_str_eq(cm_rpc_status_meta(&stt, "quota"), "split_receivers");
+    ck_assert_str_eq(cm_rpc_status_meta(&stt, "limit"), "2");
+    ck_assert_str_eq(stt.field, "rule.receivers");
+    ck_assert_int_eq(hs_sql_long(S.schema, "SELECT count(*) FROM split_rules"), 0);
+    /* within the quota it is stored */
+    ck_assert_int_eq(put_settings(&S, "s-1", 10000, &stt), 0);
+    x.r[0].share_bps = 7000;
+    x.rule.n_receivers = 2;
+    Commerce__Settlement__V1__PutSplitRuleResponse *resp = NULL;
+    ck_assert_int_eq(put_rule(&S, "r-2", &x.rule, &resp, &stt), 0);
+    protobuf_c_message_free_unpacked(&resp->base, NULL);
+    ck_assert_int_eq(hs_sql_long(S.schema, "SELECT count(*) FROM split_rules"), 1);
+    st_stop(&S);
+    unlink(path);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("settlement");
@@ -904,5 +938,10 @@ int main(void)
     tcase_add_test(tc, kill_mid_batch_posts_each_order_once);
     tcase_add_test(tc, settle_on_completion_holds_parts_until_completed);
     suite_add_tcase(s, tc);
+    TCase *q = tcase_create("quotas");
+    tcase_set_timeout(q, 120);
+    tcase_add_checked_fixture(q, NULL, teardown);
+    tcase_add_test(q, split_receivers_quota_refuses_a_rule_naming_the_quota_and_the_field);
+    suite_add_tcase(s, q);
     return hs_run(s, 1);
 }
