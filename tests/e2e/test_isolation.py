@@ -674,8 +674,9 @@ def scoped_cases(a):
                                     set()),
             C + "GetChannelSummary": (hidden(cmss.GetChannelSummaryRequest(channel_id=a.ch1)),
                                       ch1, set()),
-            C + "ListAdjustments": (listing(cmss.ListAdjustmentsRequest(page_size=100)), ch1,
-                                    set()),
+            # its channel_id is required: aimed at C1's, nothing (or NOT_FOUND)
+            C + "ListAdjustments": (Case("list", cmss.ListAdjustmentsRequest(
+                channel_id=a.ch1, page_size=100), ("OK", "NOT_FOUND")), ch1, set()),
             C + "GetPayout": (hidden(cmss.GetPayoutRequest(payout_id=a.cpayout_ch1)), ch1, set()),
             C + "ListPayouts": (listing(cmss.ListPayoutsRequest(page_size=100)), ch1, set()),
         },
@@ -832,6 +833,17 @@ def main():
         for name in table:
             if name not in rpcs:
                 fail(f"{name}: a row for an RPC the services do not have")
+        # the rows aim at A's data: A's own token reading the same thing
+        # sees it (else a NOT_FOUND or an empty list would prove nothing)
+        for name, case in table.items():
+            if case.kind == "list" or (case.kind == "hidden" and
+                                       name.rsplit(".", 1)[1].startswith("Get")):
+                o = invoke(name, case.req, a.admin)
+                reach = o.code == grpc.StatusCode.OK and (
+                    leaks(a, o.text) or (case.check and case.check(o.resp) is not True))
+                if not reach:
+                    fail(f"{name}: the row does not reach A's data (A's own token: "
+                         f"{o.code.name} {o.message})")
         before = settle_snapshot(a)
         b_calls = 0
         # reads first: B's own writes below create rows under A's names
@@ -885,7 +897,8 @@ def main():
                 if o.code.name not in case.codes:
                     fail(f"{name} {who}: {o.code.name} ({o.message}), want "
                          f"{' or '.join(case.codes)}")
-                echo = request_strings(case.req) if case.echo else set()
+                # an error may name what was asked; an answer may not
+                echo = request_strings(case.req) if case.echo or o.resp is None else set()
                 shown = {tok_ for tok_ in TOKEN.findall(o.text) + UUID.findall(o.text)
                          if tok_ in forbidden and tok_ not in echo}
                 shown |= {int(n) for n in re.findall(r"account_id: (\d+)", o.text)
