@@ -397,9 +397,9 @@ int stl_payout_list(cm_db *db, const char *tenant, int state, int64_t account, i
     int rc = cm_db_read(
         db, "list payouts",
         "SELECT " PAYOUT_COLS " FROM payouts p JOIN accounts a USING (account_id) WHERE "
-        "p.tenant_id = $1 AND ($2 = 0 OR p.state = $2) AND ($3 = 0 OR p.account_id = $3) AND ($4 "
-        "= 0 OR (p.created_at, p.payout_id) < (to_timestamp($4 / 1000.0), NULLIF($5, '')::uuid)) "
-        "ORDER BY p.created_at DESC, p.payout_id DESC LIMIT $6",
+        "p.tenant_id = $1 AND ($2 = 0 OR p.state = $2) AND ($3::bigint = 0 OR p.account_id = "
+        "$3::bigint) AND ($4::bigint = 0 OR (p.created_at, p.payout_id) < (to_timestamp($4::bigint "
+        "/ 1000.0), NULLIF($5, '')::uuid)) ORDER BY p.created_at DESC, p.payout_id DESC LIMIT $6",
         6, p, &r);
     if (rc)
         return rc;

@@ -567,7 +567,7 @@ def cases(a):
                 time_zone="Asia/Shanghai", max_split_bps=5000, run_at="03:00"))),
         S + "ListAccounts": listing(stls.ListAccountsRequest(party=m1_party, page_size=500)),
         S + "ListJournalEntries": listing(stls.ListJournalEntriesRequest(
-            order_id=o["done"].order_id, page_size=500)),
+            order_id=o["done"].order_id, posted=a.period, page_size=500)),
         S + "RunSettlement": local(stls.RunSettlementRequest(business_date=day)),
         S + "GetSettlementRun": hidden(stls.GetSettlementRunRequest(run_id=a.run)),
         S + "ListSettlementRuns": listing(stls.ListSettlementRunsRequest(page_size=100)),
