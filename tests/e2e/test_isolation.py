@@ -854,8 +854,9 @@ def main():
             check_b(name, case, invoke(name, case.req, b.admin), a, "with B's token")
             b_calls += 1
             o = invoke(name, case.req, b.admin, tenant=TA)
-            if o.code not in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
-                fail(f"{name} with B's token and x-tenant-id A: {o.code.name}")
+            if not ((o.code == grpc.StatusCode.PERMISSION_DENIED and o.reason == "TENANT_MISMATCH")
+                    or o.code == grpc.StatusCode.UNAUTHENTICATED):
+                fail(f"{name} with B's token and x-tenant-id A: {o.code.name} {o.reason}")
             elif leaks(a, o.text, request_strings(case.req) | {TA}):
                 fail(f"{name} with B's token and x-tenant-id A: shows {leaks(a, o.text)}")
         # roles: A's token without any allowed role is refused, and the
