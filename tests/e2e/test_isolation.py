@@ -17,28 +17,32 @@ Design
          statement, a tier schedule, channels, commissions, a clawback
          adjustment, a commission payout, a partner with a webhook (served
          here) and its deliveries.
-  Table  RPCS is enumerated from the generated descriptors (the _pb2
-         modules) and checked against `commerce-<svc> --rpc-markdown` (the
-         roles each RPC allows). CASES holds one row per RPC: a request
-         aimed at A's data and what tenant B may see of it:
+  Table  the RPCs are enumerated from the generated descriptors (the _pb2
+         modules, enumerate_rpcs) and checked against `commerce-<svc>
+         --rpc-markdown` (the roles each RPC allows). cases() holds one row
+         per RPC: a request aimed at A's data and what tenant B may see:
            hidden  NOT_FOUND (existence must not leak)
            list    OK, and nothing of A's in the answer
            local   a create/put that is B's own by construction (A's names,
                    A's request ids reused): any of `codes`, nothing of A's
                    in the answer beyond what B itself sent
          A missing row fails the test, so a new RPC cannot be left out.
+  Aimed  each get and list row is first read with A's own token and must
+         reach A's data: a NOT_FOUND or an empty list then means something.
   Leaks  "nothing of A's": no token starting with A's tenant id and none of
          the server-made ids A's seed saw (order, payout, run, flash sale,
          delivery ids...) in the answer's text, its status message or its
          details; numeric ids (accounts, journal entries) by field.
   Matrix for every row: B's admin token (the expected outcome); B's token
-         with x-tenant-id A (PERMISSION_DENIED or UNAUTHENTICATED); A's
+         with x-tenant-id A (PERMISSION_DENIED / TENANT_MISMATCH or
+         UNAUTHENTICATED, and nothing of A's); A's
          token holding none of the RPC's roles (PERMISSION_DENIED /
          ROLE_REQUIRED); a third, empty tenant's token holding each allowed
-         role alone (not refused for its role). Rows of SCOPED run, for RPCs
-         whose roles list merchant or channel, merchant M2's token against
-         merchant M1's rows, channel C2's against C1's (NOT_FOUND, left out
-         of lists); a scoped RPC without a SCOPED row fails the test.
+         role alone (not refused for its role). Rows of scoped_cases() run,
+         for RPCs whose roles list merchant or channel, merchant M2's token
+         against merchant M1's rows, channel C2's against C1's (NOT_FOUND,
+         left out of lists); a scoped RPC without such a row fails the test.
+         B's own writes come last: they create B rows under A's names.
   Intact A's state is read back with A's token before and after the matrix
          (stock, reservations, costs, orders, settings, ledger, payouts,
          runs, channels, commissions, partner config, deliveries) and must
@@ -835,9 +839,11 @@ def main():
                 fail(f"{name}: a row for an RPC the services do not have")
         # the rows aim at A's data: A's own token reading the same thing
         # sees it (else a NOT_FOUND or an empty list would prove nothing)
+        aimed = 0
         for name, case in table.items():
             if case.kind == "list" or (case.kind == "hidden" and
                                        name.rsplit(".", 1)[1].startswith("Get")):
+                aimed += 1
                 o = invoke(name, case.req, a.admin)
                 reach = o.code == grpc.StatusCode.OK and (
                     leaks(a, o.text) or (case.check and case.check(o.resp) is not True))
@@ -910,7 +916,8 @@ def main():
         changed = [k for k in before if before[k] != after.get(k)]
         for k in changed:
             fail(f"tenant A changed: {k}: {before[k][1][:300]!r} -> {after[k][1][:300]!r}")
-        print(f"  {b_calls} RPCs with B's token (and with x-tenant-id A), {denied} without "
+        print(f"  {aimed} get/list rows reach A's data with A's token; "
+              f"{b_calls} RPCs with B's token (and with x-tenant-id A), {denied} without "
               f"their roles, {allowed} with each allowed role, {ran} scoped; "
               f"{len(before)} reads of A identical after: {not changed}", flush=True)
         rc = 0 if not failures else 1
