@@ -2374,8 +2374,11 @@ bench_partner() {
   topic=bench.partner.$tag
   cms_prepare partner "$schema" "$topic"
   fd_sink_port=$(free_port)
+  # the secrets sealed at rest, as deployed (decryption is on the dispatch path)
+  (umask 077 && printf 'bench:%s\n' "$(head -c 32 /dev/urandom | base64)" >"$workdir/secrets.keys")
   cms_start "$workdir/partner.log" "$schema" "$topic" "bench.partner.$tag" \
-    COMMISSION_WEBHOOK_ALLOW_HTTP=on COMMISSION_WEBHOOK_ALLOW_CIDRS=127.0.0.0/8
+    COMMISSION_WEBHOOK_ALLOW_HTTP=on COMMISSION_WEBHOOK_ALLOW_CIDRS=127.0.0.0/8 \
+    COMMISSION_SECRETS_KEY_FILE="$workdir/secrets.keys"
   "$bin/commerce-paidgen" feed-setup --target "127.0.0.1:$cms_port" --tenant bench \
     --channels "$partners" --url "http://127.0.0.1:$fd_sink_port" \
     --secrets "$workdir/secrets.txt" >"$workdir/feed-setup.txt" 2>&1 ||

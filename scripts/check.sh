@@ -26,6 +26,12 @@ fi
 # every error reason the code can send is in error_reason.proto
 /usr/bin/python3 "$root/scripts/check_error_reasons.py" "$root" || fail=1
 
+# every SQL statement is parameterised (formatting into SQL text only where
+# marked sql-safe), and the checker still finds its planted cases
+/usr/bin/python3 "$root/scripts/check_sql_params.py" "$root" || fail=1
+/usr/bin/python3 "$root/scripts/check_sql_params.py" --expect "$root/tests/check/sql_params_cases.c" >/dev/null ||
+  { echo "check: check_sql_params.py misses its planted cases"; fail=1; }
+
 buf="$root/.tools/node_modules/.bin/buf"
 if [ -d proto/commerce ]; then
   "$buf" lint proto || { echo "check: buf lint failed"; fail=1; }

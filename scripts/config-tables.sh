@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # the configuration tables of README.md come from the binaries' own list
 # (commerce-<svc> --config-markdown=common|service), so the README and
-# --help cannot drift apart. between the markers
+# --help cannot drift apart; so do the tables of roles per RPC (commerce-<svc>
+# --rpc-markdown, from the method tables the runtime enforces). between the
+# markers
 #   <!-- config:common -->  ...  <!-- /config:common -->
 #   <!-- config:<svc> -->   ...  <!-- /config:<svc> -->
+#   <!-- roles:<svc> -->    ...  <!-- /roles:<svc> -->
 # the tables are rewritten (no argument) or compared (--check: exit 1 and
 # a diff when the README differs).
 #
@@ -28,16 +31,17 @@ done
 tmp=$(mktemp)
 trap 'rm -f "$tmp" "$tmp".*' EXIT
 cp "$readme" "$tmp"
-# replace what lies between a pair of markers with a file's content
+# replace what lies between a pair of markers (<!-- kind:tag -->, kind
+# config unless given) with a file's content
 splice() {
-  local tag=$1 content=$2
-  grep -q "^<!-- config:$tag -->\$" "$tmp" || {
-    echo "config-tables: README.md has no <!-- config:$tag --> marker" >&2
+  local tag=$1 content=$2 kind=${3:-config}
+  grep -q "^<!-- $kind:$tag -->\$" "$tmp" || {
+    echo "config-tables: README.md has no <!-- $kind:$tag --> marker" >&2
     exit 1
   }
-  awk -v tag="$tag" -v file="$content" '
-    $0 == "<!-- config:" tag " -->" { print; while ((getline l < file) > 0) print l; skip = 1; next }
-    $0 == "<!-- /config:" tag " -->" { skip = 0 }
+  awk -v tag="$kind:$tag" -v file="$content" '
+    $0 == "<!-- " tag " -->" { print; while ((getline l < file) > 0) print l; skip = 1; next }
+    $0 == "<!-- /" tag " -->" { skip = 0 }
     !skip { print }' "$tmp" >"$tmp.new"
   mv "$tmp.new" "$tmp"
 }
@@ -46,10 +50,12 @@ splice common "$tmp.common"
 for s in "${services[@]}"; do
   "$bin/commerce-$s" --config-markdown=service >"$tmp.$s"
   splice "$s" "$tmp.$s"
+  "$bin/commerce-$s" --rpc-markdown >"$tmp.$s.roles"
+  splice "$s" "$tmp.$s.roles" roles
 done
 if [ "$check" = 1 ]; then
   if ! diff -u "$readme" "$tmp"; then
-    echo "config-tables: README.md's configuration tables differ from the binaries' (run scripts/config-tables.sh $bin)" >&2
+    echo "config-tables: README.md's configuration or roles tables differ from the binaries' (run scripts/config-tables.sh $bin)" >&2
     exit 1
   fi
   echo "config-tables: README.md matches ${services[*]}"

@@ -150,7 +150,7 @@ if [ "$smoke" = 1 ]; then
     # settlement's ledger gauges come from its recon ticker, one period
     # after the start (60 s by default): a short period for the scrape
     extra=()
-    [ "$svc" = settlement ] && extra=(-e SETTLEMENT_RECON_MS=500)
+    [ "$svc" = settlement ] && extra=(-e SETTLEMENT_RECON_MS=500 -e SETTLEMENT_PAYOUT_MS=500)
     name=commerce-smoke-$svc-$$
     # a fresh schema per run, dropped at the end
     schema=${svc}_image_$$
@@ -160,7 +160,10 @@ if [ "$smoke" = 1 ]; then
       -v "$pgdir/sock:/run/postgresql"
       -e PG_DSN="host=/run/postgresql port=$port dbname=commerce user=postgres"
       -e "$(echo "$svc" | tr 'a-z' 'A-Z')_SCHEMA=$schema"
-      -e KAFKA_BROKERS=127.0.0.1:$kafka_port -e LOG_LEVEL=warn "${extra[@]}")
+      -e KAFKA_BROKERS=127.0.0.1:$kafka_port -e LOG_LEVEL=warn "${extra[@]}"
+      # the image listens on all interfaces (0.0.0.0), where AUTH_MODE=off
+      # is refused; this container has no network (--network none)
+      -e ALLOW_INSECURE=1)
     # the chart's hook: `commerce-<svc> migrate`, twice at once on the empty
     # schema (the advisory lock serialises them), then once more (nothing to do)
     podman run --rm "${run_opts[@]}" "$image" "commerce-$svc" migrate >"$gen/migrate-$svc-1.log" 2>&1 &

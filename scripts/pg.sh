@@ -177,6 +177,9 @@ EOF
   as_owner tee "$data/pg_hba.conf" >/dev/null <<EOF
 # written by scripts/pg.sh: a private test cluster reachable only from this host
 local all all trust
+# roles in commerce_password_auth log in with a password (the secrets
+# hygiene test's DSN carries one); everyone else is trusted
+host  all +commerce_password_auth 127.0.0.1/32 scram-sha-256
 host  all all 127.0.0.1/32 trust
 EOF
 }

@@ -243,8 +243,16 @@ start_service() { # name binary grpc admin
   local extra=()
   # the quick start runs on one machine: the demo's partner receives its
   # webhooks on loopback over plain http, which production refuses
-  [ "$name" = commission ] && extra=(COMMISSION_WEBHOOK_ALLOW_HTTP=on
-    COMMISSION_WEBHOOK_ALLOW_CIDRS=127.0.0.0/8)
+  # webhook secrets sealed at rest as in production, under a key made
+  # once for this checkout (.run/, never committed)
+  if [ "$name" = commission ]; then
+    local keys="$root/.run/commission-secrets.keys"
+    if [ ! -s "$keys" ]; then
+      (umask 077 && printf 'run1:%s\n' "$(head -c 32 /dev/urandom | base64)" >"$keys")
+    fi
+    extra=(COMMISSION_WEBHOOK_ALLOW_HTTP=on COMMISSION_WEBHOOK_ALLOW_CIDRS=127.0.0.0/8
+      COMMISSION_SECRETS_KEY_FILE="$keys")
+  fi
   env GRPC_LISTEN="127.0.0.1:$grpc" ADMIN_LISTEN="127.0.0.1:$admin" \
     INVENTORY_TARGET="127.0.0.1:$inventory_grpc" "${extra[@]}" \
     "$bin" 2>"$logs/$name.log" &

@@ -16,6 +16,21 @@
  * RS256 (when a public key is configured); the algorithm is read from the
  * token header before any key is chosen, so a token can neither pick "none"
  * nor get an RSA public key used as an HMAC secret.
+ *
+ * keys by id (JWKS): a JWKS file holds RS256 keys (kty RSA, n, e) and
+ * HS256 keys (kty oct, k), each with a kid. a token whose header names a
+ * kid is verified with that key only, and the key's algorithm must be the
+ * token's; a token without kid uses the single-key settings (hs256_secret,
+ * the rs256 public key) or, when there are none for its algorithm, the
+ * JWKS's only key of that algorithm — never a guess among several.
+ * cm_auth_reload re-reads the file when it changed and swaps the key set
+ * atomically: verifiers running at that moment finish on the set they
+ * started with (a reference-counted snapshot), and a file that does not
+ * parse leaves the old set in place.
+ *
+ * service tokens: a token with tid "*" and role "service" is a service
+ * acting for the tenant named by x-tenant-id (order calling inventory for
+ * its caller's tenant). tid "*" without that role is refused.
  */
 #ifndef CM_AUTH_H
 #define CM_AUTH_H
@@ -25,10 +40,15 @@
 #define CM_AUTH_TENANT_MAX 64   /* characters, [A-Za-z0-9._-] */
 #define CM_AUTH_SUBJECT_MAX 255 /* bytes */
 #define CM_AUTH_ROLES_MAX 16
-#define CM_AUTH_ROLE_MAX 63         /* bytes per role */
-#define CM_AUTH_HS256_MIN_SECRET 32 /* RFC 7518: a key at least as long as the hash */
-#define CM_AUTH_TOKEN_MAX 8192      /* longer bearer tokens are refused unparsed */
-#define CM_AUTH_SCOPE_MAX 64        /* merchant_id / channel_id claims, [A-Za-z0-9._:-] */
+#define CM_AUTH_ROLE_MAX 63           /* bytes per role */
+#define CM_AUTH_HS256_MIN_SECRET 32   /* RFC 7518: a key at least as long as the hash */
+#define CM_AUTH_TOKEN_MAX 8192        /* longer bearer tokens are refused unparsed */
+#define CM_AUTH_SCOPE_MAX 64          /* merchant_id / channel_id claims, [A-Za-z0-9._:-] */
+#define CM_AUTH_JWKS_MAX (256 * 1024) /* bytes of a JWKS file */
+#define CM_AUTH_JWKS_KEYS_MAX 32      /* keys in one JWKS */
+#define CM_AUTH_KID_MAX 128           /* bytes of a key id */
+#define CM_AUTH_ANY_TENANT "*"        /* tid of a service token */
+#define CM_AUTH_SERVICE_ROLE "service"
 
 typedef enum {
     CM_AUTH_OFF = 0,  /* trust x-tenant-id; for development only */
@@ -40,6 +60,7 @@ typedef struct {
     const char *hs256_secret;          /* NULL: HS256 tokens refused */
     const char *rs256_public_key_pem;  /* PEM "PUBLIC KEY" text; NULL: see file */
     const char *rs256_public_key_file; /* read at cm_auth_new when pem is NULL */
+    const char *jwks_file;             /* JWKS json; read at cm_auth_new, see cm_auth_reload */
     const char *issuer;                /* NULL: iss not checked */
     const char *audience;              /* NULL: aud not checked */
     int leeway_s;                      /* clock skew allowed on exp and nbf, >= 0 */
@@ -59,7 +80,15 @@ typedef struct {
     char merchant[CM_AUTH_SCOPE_MAX + 1];
     char channel[CM_AUTH_SCOPE_MAX + 1];
     int auth_off; /* 1 when the verifier is in mode off: every role check passes */
+    int service;  /* 1 for a service token: tenant came from x-tenant-id */
 } cm_auth_principal;
+
+/* the JWKS's counters since cm_auth_new */
+typedef struct {
+    unsigned long long reloads;  /* key sets swapped in after a change */
+    unsigned long long failures; /* changed files that were refused */
+    int keys;                    /* keys in the current set */
+} cm_auth_jwks_stats;
 
 /* parses "off" or "required". returns 0 or CM_EINVAL. */
 int cm_auth_mode_parse(const char *s, cm_auth_mode *out);
@@ -75,7 +104,20 @@ int cm_auth_tenant_valid(const char *s);
  * line in err. */
 int cm_auth_new(const cm_auth_settings *s, cm_auth **out, char *err, size_t errlen);
 
+/* frees a; no cm_auth_verify may be running. */
 void cm_auth_free(cm_auth *a);
+
+/* re-reads the JWKS file when its inode, size or mtime changed since the
+ * last look (or always, when force is set: SIGHUP). one stat(2) when
+ * nothing changed: call it from a timer (once a second), never per call.
+ * safe while other threads verify. returns 0 (no JWKS, or unchanged), 1
+ * (a new key set is in use) or a negative CM_E* with one line in err
+ * naming the file and the problem, never key material; the old keys stay
+ * and the same broken file is not reported again until it changes. */
+int cm_auth_reload(cm_auth *a, int force, char *err, size_t errlen);
+
+/* the JWKS counters; all zero without a JWKS. */
+void cm_auth_jwks_stats_get(cm_auth *a, cm_auth_jwks_stats *out);
 
 cm_auth_mode cm_auth_get_mode(const cm_auth *a);
 
@@ -87,7 +129,9 @@ cm_auth_mode cm_auth_get_mode(const cm_auth *a);
  * `roles` (optional) as an array of strings or one space-separated string,
  * and `merchant_id` / `channel_id`, required with the roles "merchant" /
  * "channel" (the only merchant or channel such a caller may see).
- * when x_tenant_id is given (not NULL, not "") it must equal tid. in mode
+ * when x_tenant_id is given (not NULL, not "") it must equal tid, except
+ * for a service token (tid "*", role "service"), whose tenant is
+ * x_tenant_id and which without one is refused. in mode
  * off the tenant is x_tenant_id alone and authorization is ignored.
  * returns 0, CM_EAUTH (missing or invalid credentials) or CM_EPERM (valid
  * token, other tenant); on failure *out is zeroed and why (may be NULL)

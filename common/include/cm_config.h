@@ -82,6 +82,10 @@ typedef struct cm_config_peer {
     char tls_ca_file[CM_CONFIG_PATH_MAX];
     char tls_cert_file[CM_CONFIG_PATH_MAX];
     char tls_key_file[CM_CONFIG_PATH_MAX];
+    /* TOKEN_FILE: set = calls carry "authorization: Bearer <the file's
+     * token>" (this service's own, re-read when the file changes) instead
+     * of the caller's */
+    char token_file[CM_CONFIG_PATH_MAX];
 } cm_config_peer;
 
 typedef struct {
@@ -99,11 +103,13 @@ typedef struct {
     cm_auth_mode auth_mode; /* AUTH_MODE */
     char jwt_hs256_secret[CM_CONFIG_TEXT_MAX];          /* JWT_HS256_SECRET; "" = none */
     char jwt_rs256_public_key_file[CM_CONFIG_PATH_MAX]; /* JWT_RS256_PUBLIC_KEY_FILE */
-    char jwt_issuer[CM_CONFIG_ADDR_MAX];                /* JWT_ISSUER; "" = not checked */
-    char jwt_audience[CM_CONFIG_ADDR_MAX];              /* JWT_AUDIENCE; "" = not checked */
-    int jwt_leeway_s;                                   /* JWT_LEEWAY_SECONDS */
-    char tls_cert_file[CM_CONFIG_PATH_MAX];             /* TLS_CERT_FILE; "" = plaintext gRPC */
-    char tls_key_file[CM_CONFIG_PATH_MAX];              /* TLS_KEY_FILE, set with the cert */
+    char jwt_jwks_file[CM_CONFIG_PATH_MAX];             /* JWT_JWKS_FILE; "" = none */
+    int allow_insecure; /* ALLOW_INSECURE=1: AUTH_MODE=off on a non-loopback GRPC_LISTEN */
+    char jwt_issuer[CM_CONFIG_ADDR_MAX];         /* JWT_ISSUER; "" = not checked */
+    char jwt_audience[CM_CONFIG_ADDR_MAX];       /* JWT_AUDIENCE; "" = not checked */
+    int jwt_leeway_s;                            /* JWT_LEEWAY_SECONDS */
+    char tls_cert_file[CM_CONFIG_PATH_MAX];      /* TLS_CERT_FILE; "" = plaintext gRPC */
+    char tls_key_file[CM_CONFIG_PATH_MAX];       /* TLS_KEY_FILE, set with the cert */
     char tls_client_ca_file[CM_CONFIG_PATH_MAX]; /* TLS_CLIENT_CA_FILE; set = mTLS required */
     /* the descriptor's knobs and peers, and their values in the same order */
     const cm_knob *knobs;
@@ -123,7 +129,8 @@ typedef struct {
  * range; files must be readable regular files; TLS_CERT_FILE and
  * TLS_KEY_FILE go together, so do a peer's _TLS_CERT_FILE and
  * _TLS_KEY_FILE, which need its _TLS_CA_FILE; AUTH_MODE=required needs a
- * JWT key. returns 0, or CM_EINVAL with one line in err ("VARIABLE:
+ * JWT key; AUTH_MODE=off needs GRPC_LISTEN on loopback (127.0.0.0/8,
+ * [::1], localhost) or ALLOW_INSECURE=1. returns 0, or CM_EINVAL with one line in err ("VARIABLE:
  * problem, got \"value\""; secrets are never echoed) leaving *cfg
  * untouched; also CM_EINVAL for a descriptor that is itself wrong (a
  * default out of its range, too many knobs). d's knobs and peers must

@@ -12,4 +12,18 @@
  * for open/read) or CM_ENOMEM. *out is NULL on failure. */
 int cm_file_read(const char *path, size_t max, char **out, size_t *len);
 
+/* what tells a changed file from the same one without reading it: the
+ * device and inode (a kubernetes secret update swaps a symlink, so the
+ * target is new), the size and the modification time in nanoseconds. */
+typedef struct cm_file_id {
+    unsigned long long dev, ino, size;
+    long long mtime_ns;
+} cm_file_id;
+
+/* stat(2) of path (links followed) into *id. 0, or CM_EIO (errno set). */
+int cm_file_stat(const char *path, cm_file_id *id);
+
+/* 1 when a and b name the same file contents by that measure, else 0. */
+int cm_file_id_eq(const cm_file_id *a, const cm_file_id *b);
+
 #endif

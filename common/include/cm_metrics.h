@@ -49,6 +49,9 @@ cm_histogram *cm_metrics_histogram(cm_metrics *m, const char *name, const char *
  * and go (a bounded set of the most recent flash sales, say); the caller
  * guarantees no thread uses c any more. NULL is a no-op. */
 void cm_metrics_counter_remove(cm_metrics *m, cm_counter *c);
+/* the same for a gauge: a value only one replica can know (what a singleton
+ * ticker computes) leaves the scrape of a replica that no longer leads */
+void cm_metrics_gauge_remove(cm_metrics *m, cm_gauge *g);
 
 /* default latency buckets in seconds, 0.0001 .. 10. */
 extern const double cm_metrics_latency_buckets[];

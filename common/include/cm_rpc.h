@@ -160,6 +160,14 @@ int cm_rpc_ctx_has_role(const cm_rpc_ctx *ctx, const char *role);
  * gets, exactly as another tenant's rows are. */
 const char *cm_rpc_ctx_merchant_scope(const cm_rpc_ctx *ctx);
 const char *cm_rpc_ctx_channel_scope(const cm_rpc_ctx *ctx);
+/* the value a listing's filter on the scoped id (its merchant_id or
+ * channel_id) takes for a caller limited to scope (from the calls above;
+ * NULL: not limited): requested when not limited or when it is the scope,
+ * the scope when the caller filters on none (requested ""), and NULL when
+ * requested names another merchant or channel: the listing is then an
+ * empty page, as for a merchant or channel without rows. so the scope is
+ * the query's own filter and pages stay full. */
+const char *cm_rpc_scope_filter(const char *scope, const char *requested);
 /* 0 when the caller may make a call that needs role: authentication is
  * off (every caller is trusted, AUTH_MODE=off), or its verified token
  * carries the role. otherwise the call fails PERMISSION_DENIED /

@@ -26,6 +26,10 @@ typedef struct cm_rpc_client_opts {
     const char *tls_ca_file;
     const char *tls_cert_file;
     const char *tls_key_file;
+    /* set: every call carries "authorization: Bearer <the file's token>",
+     * this service's own, in place of any authorization in its metadata
+     * (see cm_rpc_client_reload_token). read at cm_rpc_client_new. */
+    const char *token_file;
 } cm_rpc_client_opts;
 
 typedef struct cm_rpc_md {
@@ -78,6 +82,15 @@ enum { CM_RPC_CALL_IDEMPOTENT = 1 << 0 };
 
 int cm_rpc_client_new(cm_rpc_client **out, const cm_rpc_client_opts *o, char *err, size_t errlen);
 void cm_rpc_client_free(cm_rpc_client *c);
+
+/* re-reads the token file when its inode, size or mtime changed (always
+ * when force is set), from one thread at a time: a timer, once a second.
+ * calls in flight keep the token they started with. returns 0 (no token
+ * file, or unchanged), 1 (the new token is in use) or a negative CM_E*
+ * with one line in err that names the file, never the token; the old
+ * token stays in use. a token file holds one line: the token, without
+ * "Bearer", at most CM_AUTH_TOKEN_MAX bytes of visible ASCII. */
+int cm_rpc_client_reload_token(cm_rpc_client *c, int force, char *err, size_t errlen);
 
 /* calls method ("/pkg.Service/Method") with req. on OK, *resp is unpacked
  * with alloc (NULL: malloc; free it with protobuf_c_message_free_unpacked)

@@ -66,6 +66,11 @@ typedef struct cm_service_ticker {
     const char *period_knob; /* an INT knob holding the period in ms */
     void (*fn)(cm_service *svc, cm_db *db, void *app);
     int singleton;
+    /* optional, singletons: called on the ticker's thread when this
+     * replica stops leading (its session, and the lock with it, ended), so
+     * what only the leader can know leaves its metrics
+     * (cm_metrics_gauge_remove) instead of going stale */
+    void (*resign)(cm_service *svc, void *app);
 } cm_service_ticker;
 
 typedef struct cm_service_def {

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <arpa/inet.h>
 #include <unistd.h>
 
 #ifndef COMMERCE_VERSION
@@ -171,6 +172,26 @@ static int load_listen(char *dst, size_t dstlen, const char *var, const char *v,
     return 0;
 }
 
+/* 1 when a listen address (host:port, [ipv6]:port) only takes connections
+ * from this machine: 127.0.0.0/8, ::1 or localhost */
+static int listen_loopback(const char *v)
+{
+    const char *h;
+    size_t hl;
+    int br, port;
+    char host[64];
+    if (split_hostport(v, &h, &hl, &br, &port) != 0 || hl == 0 || hl >= sizeof host)
+        return 0;
+    memcpy(host, h, hl);
+    host[hl] = '\0';
+    unsigned char a[16];
+    if (strcmp(host, "localhost") == 0)
+        return 1;
+    if (inet_pton(AF_INET, host, a) == 1)
+        return a[0] == 127;
+    return inet_pton(AF_INET6, host, a) == 1 && memcmp(a, &in6addr_loopback, 16) == 0;
+}
+
 static int uri_scheme_ok(const char *v)
 {
     static const char *const schemes[] = {"dns:", "ipv4:", "ipv6:", "unix:", "unix-abstract:"};
@@ -316,7 +337,8 @@ static void peer_var(char *out, size_t len, const char *peer, const char *suffix
  * mTLS */
 static int load_peer(cm_config_peer *pc, const cm_peer_def *pd, char *err, size_t errlen)
 {
-    char vt[96], vca[96], vcert[96], vkey[96];
+    char vt[96], vca[96], vcert[96], vkey[96], vtok[96];
+    peer_var(vtok, sizeof vtok, pd->name, "TOKEN_FILE");
     peer_var(vt, sizeof vt, pd->name, "TARGET");
     peer_var(vca, sizeof vca, pd->name, "TLS_CA_FILE");
     peer_var(vcert, sizeof vcert, pd->name, "TLS_CERT_FILE");
@@ -340,6 +362,9 @@ static int load_peer(cm_config_peer *pc, const cm_peer_def *pd, char *err, size_
         (rc = load_file(pc->tls_cert_file, sizeof pc->tls_cert_file, vcert, cert, err, errlen)))
         return rc;
     if (key && (rc = load_file(pc->tls_key_file, sizeof pc->tls_key_file, vkey, key, err, errlen)))
+        return rc;
+    const char *tok = env(vtok);
+    if (tok && (rc = load_file(pc->token_file, sizeof pc->token_file, vtok, tok, err, errlen)))
         return rc;
     return 0;
 }
@@ -526,10 +551,21 @@ static int load_all(cm_config *c, const cm_config_defaults *d, char *err, size_t
         (rc = load_file(c->jwt_rs256_public_key_file, sizeof c->jwt_rs256_public_key_file,
                         "JWT_RS256_PUBLIC_KEY_FILE", v, err, errlen)))
         return rc;
+    if ((v = env("JWT_JWKS_FILE")) && (rc = load_file(c->jwt_jwks_file, sizeof c->jwt_jwks_file,
+                                                      "JWT_JWKS_FILE", v, err, errlen)))
+        return rc;
     if (c->auth_mode == CM_AUTH_REQUIRED && !c->jwt_hs256_secret[0] &&
-        !c->jwt_rs256_public_key_file[0])
+        !c->jwt_rs256_public_key_file[0] && !c->jwt_jwks_file[0])
         return bad(err, errlen, "AUTH_MODE",
-                   "\"required\" needs JWT_HS256_SECRET or JWT_RS256_PUBLIC_KEY_FILE");
+                   "\"required\" needs JWT_HS256_SECRET, JWT_RS256_PUBLIC_KEY_FILE or "
+                   "JWT_JWKS_FILE");
+    c->allow_insecure = 0;
+    if ((v = env("ALLOW_INSECURE"))) {
+        if (strcmp(v, "0") != 0 && strcmp(v, "1") != 0)
+            return bad(err, errlen, "ALLOW_INSECURE", "must be 0 or 1, got %s",
+                       quoted(v, q, sizeof q));
+        c->allow_insecure = strcmp(v, "1") == 0;
+    }
     if ((v = env("JWT_ISSUER")) &&
         (rc = copy_value(c->jwt_issuer, sizeof c->jwt_issuer, "JWT_ISSUER", v, err, errlen)))
         return rc;
@@ -560,6 +596,13 @@ static int load_all(cm_config *c, const cm_config_defaults *d, char *err, size_t
     if (ca && (rc = load_file(c->tls_client_ca_file, sizeof c->tls_client_ca_file,
                               "TLS_CLIENT_CA_FILE", ca, err, errlen)))
         return rc;
+    /* without authentication anyone who reaches the port picks a tenant:
+     * only on loopback (the quick start), or when the operator says so */
+    if (c->auth_mode == CM_AUTH_OFF && !c->allow_insecure && !listen_loopback(c->grpc_listen))
+        return bad(err, errlen, "AUTH_MODE",
+                   "off is refused on GRPC_LISTEN=%s (not loopback): set AUTH_MODE=required "
+                   "with a JWT key, listen on 127.0.0.1, or set ALLOW_INSECURE=1",
+                   quoted(c->grpc_listen, q, sizeof q));
     return 0;
 }
 
@@ -595,7 +638,7 @@ typedef struct row {
     char def[128];
 } row;
 
-#define ROWS_MAX (32 + CM_CONFIG_KNOBS_MAX + 4 * CM_CONFIG_PEERS_MAX)
+#define ROWS_MAX (32 + CM_CONFIG_KNOBS_MAX + 5 * CM_CONFIG_PEERS_MAX)
 
 static size_t add_row(row *r, size_t n, const char *var, const char *meaning, const char *def)
 {
@@ -651,9 +694,18 @@ static size_t common_rows(const cm_config_defaults *d, row *r, int generic)
                 drain);
     n = add_row(r, n, "OUTBOX_RETENTION_SECONDS",
                 "keep published outbox rows this long; 0 deletes them, 0..604800", "0");
-    n = add_row(r, n, "AUTH_MODE", "off (trust x-tenant-id) or required (bearer JWT)", "off");
+    n = add_row(r, n, "AUTH_MODE",
+                "off (trust x-tenant-id; refused unless GRPC_LISTEN is loopback or "
+                "ALLOW_INSECURE=1) or required (bearer JWT)",
+                "off");
+    n = add_row(r, n, "ALLOW_INSECURE", "1: allow AUTH_MODE=off on a non-loopback GRPC_LISTEN",
+                "0");
     n = add_row(r, n, "JWT_HS256_SECRET", "shared secret for HS256 tokens, >= 32 bytes", "(none)");
     n = add_row(r, n, "JWT_RS256_PUBLIC_KEY_FILE", "PEM public key file for RS256 tokens",
+                "(none)");
+    n = add_row(r, n, "JWT_JWKS_FILE",
+                "JWKS file (RS256 and HS256 keys by kid); re-read within a second of a change "
+                "or on SIGHUP",
                 "(none)");
     n = add_row(r, n, "JWT_ISSUER", "required iss claim", "(not checked)");
     n = add_row(r, n, "JWT_AUDIENCE", "required aud claim", "(not checked)");
@@ -691,6 +743,12 @@ static size_t service_rows(const cm_config_defaults *d, row *r)
         peer_var(var2, sizeof var2, p, "TLS_KEY_FILE");
         snprintf(meaning, sizeof meaning, "PEM private key of %s", var);
         n = add_row(r, n, var2, meaning, "(none)");
+        peer_var(var, sizeof var, p, "TOKEN_FILE");
+        snprintf(meaning, sizeof meaning,
+                 "bearer token file sent to %s instead of the caller's (a service token); "
+                 "re-read on change",
+                 p);
+        n = add_row(r, n, var, meaning, "(forward the caller's)");
     }
     for (size_t i = 0; i < d->nknobs && i < CM_CONFIG_KNOBS_MAX; i++) {
         const cm_knob *k = &d->knobs[i];
@@ -817,6 +875,7 @@ void cm_config_auth_settings(const cm_config *cfg, cm_auth_settings *s)
     s->hs256_secret = cfg->jwt_hs256_secret[0] ? cfg->jwt_hs256_secret : NULL;
     s->rs256_public_key_file =
         cfg->jwt_rs256_public_key_file[0] ? cfg->jwt_rs256_public_key_file : NULL;
+    s->jwks_file = cfg->jwt_jwks_file[0] ? cfg->jwt_jwks_file : NULL;
     s->issuer = cfg->jwt_issuer[0] ? cfg->jwt_issuer : NULL;
     s->audience = cfg->jwt_audience[0] ? cfg->jwt_audience : NULL;
     s->leeway_s = cfg->jwt_leeway_s;

@@ -358,12 +358,14 @@ static int apply_session(cm_db *db)
         PQfreemem(ident);
         return CM_ENOMEM;
     }
+    /* sql-safe: identifier quoted by PQescapeIdentifier */
     snprintf(sql, len, "SET search_path TO %s", ident);
     PQfreemem(ident);
     int rc = exec_simple(db, "set search_path", sql);
     free(sql);
     if (rc == 0 && db->timeout_ms > 0) {
         char t[64];
+        /* sql-safe: an int the runtime formats */
         snprintf(t, sizeof t, "SET statement_timeout = %d", db->timeout_ms);
         rc = exec_simple(db, "set statement_timeout", t);
     }
@@ -495,6 +497,7 @@ int cm_db_set_timeout_ms(cm_db *db, int ms)
     if (!db || ms < 0)
         return CM_EINVAL;
     char sql[64];
+    /* sql-safe: an int the runtime formats */
     snprintf(sql, sizeof sql, "SET statement_timeout = %d", ms);
     int rc = exec_simple(db, "set statement_timeout", sql);
     if (rc == 0)
@@ -567,6 +570,7 @@ int cm_db_tx(cm_db *db, const char *isolation, int max_attempts, cm_db_tx_fn fn,
     if (max_attempts < 1)
         max_attempts = 1;
     char begin[64];
+    /* sql-safe: level is a literal of isolation_level's table */
     snprintf(begin, sizeof begin, "BEGIN ISOLATION LEVEL %s", level);
 
     int reconnected = 0;
@@ -727,6 +731,7 @@ static int load_applied(cm_db *db, const char *ident, const char *table, applied
     char *sql = malloc(len);
     if (!sql)
         return CM_ENOMEM;
+    /* sql-safe: identifier quoted by PQescapeIdentifier, table a literal */
     snprintf(sql, len, "SELECT version, name, checksum FROM %s.%s ORDER BY version", ident, table);
     PGresult *res;
     int rc = mig_exec(db, "read schema_migrations", sql, 1, 0, NULL, &res, err, errlen);
@@ -827,6 +832,7 @@ static int apply_one(cm_db *db, const char *schema, const char *ident, const cha
     }
     /* unqualified names land in the target schema; a long migration is not
      * cut short by the session's statement_timeout */
+    /* sql-safe: identifiers quoted by PQescapeIdentifier, table a literal */
     snprintf(set, len, "SET LOCAL search_path TO %s; SET LOCAL statement_timeout = 0", ident);
     snprintf(ins, len,
              "INSERT INTO %s.%s (version, name, checksum, applied_at) "
@@ -843,6 +849,7 @@ static int apply_one(cm_db *db, const char *schema, const char *ident, const cha
     if (rc == 0)
         rc = mig_exec(db, "begin migration", set, 1, 0, NULL, NULL, err, errlen);
     if (rc == 0)
+        /* sql-safe: a migration's text, embedded at build time */
         rc = mig_exec(db, what, m->sql, 0, 0, NULL, NULL, err, errlen);
     if (rc == 0 && PQtransactionStatus(db->conn) != PQTRANS_INTRANS) {
         cm_err_set(err, errlen, "migration %d (%s) must not end the transaction (COMMIT/ROLLBACK)",
@@ -877,9 +884,11 @@ static int migrate_locked(cm_db *db, const char *schema, const char *ident, cons
     char *sql = malloc(len);
     if (!sql)
         return CM_ENOMEM;
+    /* sql-safe: identifier quoted by PQescapeIdentifier */
     snprintf(sql, len, "CREATE SCHEMA IF NOT EXISTS %s", ident);
     int rc = mig_exec(db, "create schema", sql, 1, 0, NULL, NULL, err, errlen);
     if (rc == 0) {
+        /* sql-safe: identifier quoted by PQescapeIdentifier, table a literal */
         snprintf(sql, len,
                  "CREATE TABLE IF NOT EXISTS %s.%s ("
                  "version int PRIMARY KEY, name text NOT NULL, checksum text NOT NULL, "
@@ -1052,6 +1061,7 @@ int cm_db_number_params(const char *sql, const char *const *names, size_t n, cha
                 k++;
             if (k == n)
                 return CM_EINVAL;
+            /* sql-safe: a parameter number */
             snprintf(num, sizeof num, "$%zu", k + 1);
             put = num;
         }

@@ -4,6 +4,8 @@
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
 
 int cm_file_read(const char *path, size_t max, char **out, size_t *len)
 {
@@ -32,4 +34,22 @@ int cm_file_read(const char *path, size_t max, char **out, size_t *len)
     if (len)
         *len = n;
     return 0;
+}
+
+int cm_file_stat(const char *path, cm_file_id *id)
+{
+    struct stat st;
+    memset(id, 0, sizeof *id);
+    if (stat(path, &st) != 0)
+        return CM_EIO;
+    id->dev = (unsigned long long)st.st_dev;
+    id->ino = (unsigned long long)st.st_ino;
+    id->size = (unsigned long long)st.st_size;
+    id->mtime_ns = (long long)st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec;
+    return 0;
+}
+
+int cm_file_id_eq(const cm_file_id *a, const cm_file_id *b)
+{
+    return a->dev == b->dev && a->ino == b->ino && a->size == b->size && a->mtime_ns == b->mtime_ns;
 }

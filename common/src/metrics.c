@@ -152,11 +152,13 @@ void cm_metrics_free(cm_metrics *m)
     free(m);
 }
 
-void cm_metrics_counter_remove(cm_metrics *m, cm_counter *c)
+/* unlinks and frees the series whose value is at u (counters and gauges:
+ * the union's first member) */
+static void series_remove(cm_metrics *m, void *u)
 {
-    if (!m || !c)
+    if (!m || !u)
         return;
-    struct series *s = (struct series *)(void *)((char *)c - offsetof(struct series, u.counter));
+    struct series *s = (struct series *)(void *)((char *)u - offsetof(struct series, u));
     pthread_mutex_lock(&m->lock);
     struct series **p = &m->table[s->hash & (m->table_size - 1)];
     while (*p && *p != s)
@@ -177,6 +179,16 @@ void cm_metrics_counter_remove(cm_metrics *m, cm_counter *c)
         series_free(s);
     }
     pthread_mutex_unlock(&m->lock);
+}
+
+void cm_metrics_counter_remove(cm_metrics *m, cm_counter *c)
+{
+    series_remove(m, c);
+}
+
+void cm_metrics_gauge_remove(cm_metrics *m, cm_gauge *g)
+{
+    series_remove(m, g);
 }
 
 static cm_metrics *default_registry;

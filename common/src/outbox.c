@@ -502,6 +502,7 @@ static int listen_channel(cm_outbox_relay *r)
         PQfreemem(ident);
         return CM_ENOMEM;
     }
+    /* sql-safe: identifier quoted by PQescapeIdentifier */
     snprintf(sql, len, "LISTEN %s", ident);
     PQfreemem(ident);
     rc = simple(r, "listen for outbox rows", sql, 0, NULL, NULL);

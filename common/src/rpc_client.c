@@ -1,4 +1,5 @@
 #include "cm_rpc_client.h"
+#include "cm_auth.h"
 #include "cm_err.h"
 #include "cm_file.h"
 #include "cm_log.h"
@@ -11,6 +12,7 @@
 #include <grpc/slice.h>
 #include <grpc/support/time.h>
 
+#include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,10 +26,100 @@
 
 #define TLS_FILE_MAX (1u << 20) /* certificate chains and keys are small */
 
+#define BEARER_MAX (CM_AUTH_TOKEN_MAX + 8) /* "Bearer " + token + NUL */
+
 struct cm_rpc_client {
     grpc_channel *channel;
     cm_rpc_client_opts o;
+    /* the service token: path, the file as last seen, and the header value
+     * under mu (callers copy it out, so a reload never frees it under them) */
+    char *token_path;
+    cm_file_id token_seen;
+    pthread_mutex_t mu;
+    char *bearer;
 };
+
+/* the token file into a malloc'd "Bearer <token>" */
+static int read_bearer(const char *path, char **out, char *err, size_t errlen)
+{
+    char *buf = NULL;
+    size_t len = 0;
+    int rc = cm_file_read(path, CM_AUTH_TOKEN_MAX + 2, &buf, &len);
+    if (rc) {
+        snprintf(err, errlen, "token file \"%s\": cannot read: %s", path,
+                 rc == CM_ENOMEM  ? "out of memory"
+                 : errno == EFBIG ? "too large"
+                                  : strerror(errno));
+        return rc;
+    }
+    while (len > 0 && (buf[len - 1] == '\n' || buf[len - 1] == '\r' || buf[len - 1] == ' '))
+        buf[--len] = '\0';
+    int ok = len > 0 && len <= CM_AUTH_TOKEN_MAX;
+    for (size_t i = 0; ok && i < len; i++)
+        ok = buf[i] > ' ' && buf[i] < 0x7f;
+    if (!ok) {
+        memset(buf, 0, len);
+        free(buf);
+        snprintf(err, errlen,
+                 "token file \"%s\": must hold one token of 1..%d visible ASCII characters", path,
+                 CM_AUTH_TOKEN_MAX);
+        return CM_EINVAL;
+    }
+    char *b = malloc(len + 8);
+    if (b)
+        snprintf(b, len + 8, "Bearer %s", buf);
+    memset(buf, 0, len);
+    free(buf);
+    if (!b) {
+        snprintf(err, errlen, "token file \"%s\": out of memory", path);
+        return CM_ENOMEM;
+    }
+    *out = b;
+    return 0;
+}
+
+static void free_bearer(char *b)
+{
+    if (!b)
+        return;
+    volatile char *v = b;
+    for (size_t i = 0; b[i]; i++)
+        v[i] = 0;
+    free(b);
+}
+
+int cm_rpc_client_reload_token(cm_rpc_client *c, int force, char *err, size_t errlen)
+{
+    if (!c || !c->token_path)
+        return 0;
+    cm_file_id id;
+    if (cm_file_stat(c->token_path, &id) != 0) {
+        int e = errno;
+        cm_file_id gone;
+        memset(&gone, 0, sizeof gone);
+        if (!force && cm_file_id_eq(&gone, &c->token_seen))
+            return 0;
+        c->token_seen = gone;
+        snprintf(err, errlen, "token file \"%s\": cannot read: %s; the old token stays in use",
+                 c->token_path, strerror(e));
+        return CM_EIO;
+    }
+    if (!force && cm_file_id_eq(&id, &c->token_seen))
+        return 0;
+    c->token_seen = id;
+    char *b = NULL, why[300];
+    int rc = read_bearer(c->token_path, &b, why, sizeof why);
+    if (rc) {
+        snprintf(err, errlen, "%s; the old token stays in use", why);
+        return rc;
+    }
+    pthread_mutex_lock(&c->mu);
+    char *old = c->bearer;
+    c->bearer = b;
+    pthread_mutex_unlock(&c->mu);
+    free_bearer(old);
+    return 1;
+}
 
 /* one pluck queue per thread, reused for every call that thread makes */
 static pthread_key_t cq_key;
@@ -70,6 +162,19 @@ int cm_rpc_client_new(cm_rpc_client **out, const cm_rpc_client_opts *o, char *er
     if (!c)
         return CM_ENOMEM;
     c->o = *o;
+    pthread_mutex_init(&c->mu, NULL);
+    if (o->token_file) {
+        cm_file_stat(o->token_file, &c->token_seen);
+        int rc = read_bearer(o->token_file, &c->bearer, err, errlen);
+        if (rc == 0 && !(c->token_path = strdup(o->token_file)))
+            rc = CM_ENOMEM;
+        if (rc) {
+            free_bearer(c->bearer);
+            pthread_mutex_destroy(&c->mu);
+            free(c);
+            return rc;
+        }
+    }
     if (!c->o.max_attempts)
         c->o.max_attempts = 4;
     if (!c->o.backoff_initial_ms)
@@ -92,6 +197,8 @@ int cm_rpc_client_new(cm_rpc_client **out, const cm_rpc_client_opts *o, char *er
             free(cert);
             free(key);
             snprintf(err, errlen, "rpc client: could not read tls files");
+            free_bearer(c->bearer);
+            free(c->token_path);
             free(c);
             grpc_shutdown();
             return CM_EINVAL;
@@ -122,6 +229,8 @@ int cm_rpc_client_new(cm_rpc_client **out, const cm_rpc_client_opts *o, char *er
     grpc_channel_credentials_release(creds);
     if (!c->channel) {
         snprintf(err, errlen, "rpc client: could not create channel to %s", o->target);
+        free_bearer(c->bearer);
+        free(c->token_path);
         free(c);
         grpc_shutdown();
         return CM_EINVAL;
@@ -135,6 +244,9 @@ void cm_rpc_client_free(cm_rpc_client *c)
     if (!c)
         return;
     grpc_channel_destroy(c->channel);
+    free_bearer(c->bearer);
+    free(c->token_path);
+    pthread_mutex_destroy(&c->mu);
     free(c);
     grpc_shutdown();
 }
@@ -358,6 +470,22 @@ static int call_slice(cm_rpc_client *c, const char *method, grpc_slice sl,
 {
     *resp = NULL;
     memset(st, 0, sizeof *st);
+    /* the service's own token replaces the caller's */
+    char bearer[BEARER_MAX];
+    cm_rpc_md own[16];
+    if (c->token_path) {
+        size_t k = 0;
+        for (size_t i = 0; i < nmd && k < 15; i++)
+            if (strcmp(md[i].key, "authorization") != 0)
+                own[k++] = md[i];
+        pthread_mutex_lock(&c->mu);
+        snprintf(bearer, sizeof bearer, "%s", c->bearer);
+        pthread_mutex_unlock(&c->mu);
+        own[k].key = "authorization";
+        own[k++].value = bearer;
+        md = own;
+        nmd = k;
+    }
     /* copied: gRPC core may keep a static slice's pointer beyond the call
      * (a caller's buffer reused for another method was once sent on with
      * the earlier method's path) */
@@ -421,6 +549,11 @@ size_t cm_rpc_ctx_propagate(struct cm_rpc_ctx *ctx, cm_rpc_md *out, size_t max)
     size_t n = 0;
     for (size_t i = 0; i < sizeof keys / sizeof keys[0] && n < max; i++) {
         const char *v = cm_rpc_ctx_metadata(ctx, keys[i]);
+        /* the tenant the call was authenticated for, also when the caller
+         * named it only in its token: a peer called with a service token
+         * learns it from x-tenant-id */
+        if (i == 1 && cm_rpc_ctx_tenant(ctx))
+            v = cm_rpc_ctx_tenant(ctx);
         if (v) {
             out[n].key = keys[i];
             out[n].value = v;

@@ -1767,6 +1767,13 @@ const char *cm_rpc_ctx_channel_scope(const cm_rpc_ctx *ctx)
     return ctx->channel_scope;
 }
 
+const char *cm_rpc_scope_filter(const char *scope, const char *requested)
+{
+    if (!scope || strcmp(requested, scope) == 0)
+        return requested;
+    return *requested ? NULL : scope;
+}
+
 const char *cm_rpc_method_class(unsigned flags)
 {
     switch (flags & (CM_RPC_READ | CM_RPC_WRITE | CM_RPC_ADMIN)) {
@@ -2017,7 +2024,18 @@ int cm_rpc_fail_forward(cm_rpc_ctx *ctx, const cm_rpc_status *st)
     if (mapped == GRPC_STATUS_INTERNAL) {
         /* on_finish logs the detail with the call */
         ctx->detail = cm_arena_printf(a, "dependency failed: %s", seen);
-        return cm_rpc_fail(ctx, mapped, "DEPENDENCY_FAILED", "internal error");
+        if (code != GRPC_STATUS_UNAUTHENTICATED && code != GRPC_STATUS_PERMISSION_DENIED)
+            return cm_rpc_fail(ctx, mapped, "DEPENDENCY_FAILED", "internal error");
+        /* the credentials we sent (a service token, a client certificate)
+         * are the operator's to fix: say so, with the dependency's reason
+         * code but not its text */
+        int f = cm_rpc_fail(ctx, mapped, "DEPENDENCY_FAILED",
+                            "a dependency refused the credentials this service sent");
+        if (st->domain[0])
+            cm_rpc_fail_meta(ctx, "dependency", cm_arena_strdup(a, st->domain));
+        if (st->reason[0])
+            cm_rpc_fail_meta(ctx, "dependency_reason", cm_arena_strdup(a, st->reason));
+        return f;
     }
     /* a downstream status with details but no reason (a foreign server)
      * gets ours: the dependency failed */

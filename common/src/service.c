@@ -27,8 +27,11 @@ struct cm_service {
     cm_auth *auth;
     cm_rpc_server *rpc;
     cm_admin *admin;
-    uv_signal_t sigterm, sigint;
+    uv_signal_t sigterm, sigint, sighup;
     uv_timer_t probe;
+    uv_timer_t creds;                             /* re-reads the JWKS and the peers' token files */
+    cm_counter *c_reload[2], *c_reload_failed[2]; /* [0] the JWKS, [1] peer tokens */
+    cm_gauge *g_jwks_keys;
     uv_work_t probe_req;
     int probing;      /* a probe is on the thread pool (loop thread only) */
     int probe_result; /* written by the pool thread, read in probe_done */
@@ -226,6 +229,74 @@ static void on_closed(uv_handle_t *h)
     (void)h;
 }
 
+/* the JWKS and the peers' token files, when they changed (force: SIGHUP).
+ * one stat(2) each a second; a failure is logged once per change of the
+ * file, never with its contents */
+static void reload_creds(cm_service *svc, int force)
+{
+    char err[512];
+    int rc = cm_auth_reload(svc->auth, force, err, sizeof err);
+    if (rc == 1) {
+        cm_auth_jwks_stats st;
+        cm_auth_jwks_stats_get(svc->auth, &st);
+        char keys[16];
+        snprintf(keys, sizeof keys, "%d", st.keys);
+        cm_counter_add(svc->c_reload[0], 1);
+        cm_gauge_set(svc->g_jwks_keys, st.keys);
+        cm_log_info("jwks reloaded", "keys", keys, NULL);
+    } else if (rc < 0) {
+        cm_counter_add(svc->c_reload_failed[0], 1);
+        cm_log_error("could not reload the jwks", "detail", err, NULL);
+    }
+    for (size_t i = 0; i < svc->def->npeers; i++) {
+        rc = cm_rpc_client_reload_token(svc->peers[i], force, err, sizeof err);
+        if (rc == 1) {
+            cm_counter_add(svc->c_reload[1], 1);
+            cm_log_info("peer token reloaded", "peer", svc->def->peers[i].name, NULL);
+        } else if (rc < 0) {
+            cm_counter_add(svc->c_reload_failed[1], 1);
+            cm_log_error("could not reload a peer token", "peer", svc->def->peers[i].name, "detail",
+                         err, NULL);
+        }
+    }
+}
+
+static void on_creds_timer(uv_timer_t *t)
+{
+    reload_creds(t->data, 0);
+}
+
+static void on_sighup(uv_signal_t *sig, int signum)
+{
+    (void)signum;
+    reload_creds(sig->data, 1);
+}
+
+static void start_creds(cm_service *svc)
+{
+    static const char *const help[] = {
+        "key sets or tokens read after their file changed",
+        "changed key or token files that were refused (the old ones stay)"};
+    static const char *const labels[] = {"file=\"jwks\"", "file=\"peer_token\""};
+    for (int i = 0; i < 2; i++) {
+        svc->c_reload[i] =
+            cm_metrics_counter(svc->metrics, "auth_credential_reloads_total", help[0], labels[i]);
+        svc->c_reload_failed[i] = cm_metrics_counter(
+            svc->metrics, "auth_credential_reload_failures_total", help[1], labels[i]);
+    }
+    svc->g_jwks_keys =
+        cm_metrics_gauge(svc->metrics, "auth_jwks_keys", "signing keys in the JWKS in use", NULL);
+    cm_auth_jwks_stats st;
+    cm_auth_jwks_stats_get(svc->auth, &st);
+    cm_gauge_set(svc->g_jwks_keys, st.keys);
+    uv_timer_init(&svc->loop, &svc->creds);
+    svc->creds.data = svc;
+    uv_timer_start(&svc->creds, on_creds_timer, 1000, 1000);
+    uv_signal_init(&svc->loop, &svc->sighup);
+    svc->sighup.data = svc;
+    uv_signal_start(&svc->sighup, on_sighup, SIGHUP);
+}
+
 static void drain_done(uv_work_t *req, int status)
 {
     cm_service *svc = req->data;
@@ -237,6 +308,7 @@ static void drain_done(uv_work_t *req, int status)
     svc->admin = NULL;
     uv_close((uv_handle_t *)&svc->sigterm, on_closed);
     uv_close((uv_handle_t *)&svc->sigint, on_closed);
+    uv_close((uv_handle_t *)&svc->sighup, on_closed);
 }
 
 static void on_signal(uv_signal_t *sig, int signum)
@@ -248,6 +320,8 @@ static void on_signal(uv_signal_t *sig, int signum)
     cm_rpc_server_set_serving(svc->rpc, 0);
     uv_timer_stop(&svc->probe);
     uv_close((uv_handle_t *)&svc->probe, on_closed);
+    uv_timer_stop(&svc->creds);
+    uv_close((uv_handle_t *)&svc->creds, on_closed);
     svc->drain.data = svc;
     uv_queue_work(&svc->loop, &svc->drain, drain_work, drain_done);
 }
@@ -407,8 +481,11 @@ static void tick(void *arg)
         st->def->fn(svc, st->db, svc->app);
     /* a session the server ended took the lock with it: start over */
     if (PQstatus(cm_db_conn(st->db)) == CONNECTION_BAD) {
-        if (st->leader)
+        if (st->leader) {
             cm_log_warn("ticker lost its connection and its lead", "ticker", st->def->name, NULL);
+            if (st->def->resign)
+                st->def->resign(svc, svc->app);
+        }
         cm_db_free(st->db);
         st->db = NULL;
         st->leader = 0;
@@ -460,6 +537,7 @@ static int start_peers(cm_service *svc, char *err, size_t errlen)
             .tls_ca_file = p->tls_ca_file[0] ? p->tls_ca_file : NULL,
             .tls_cert_file = p->tls_cert_file[0] ? p->tls_cert_file : NULL,
             .tls_key_file = p->tls_key_file[0] ? p->tls_key_file : NULL,
+            .token_file = p->token_file[0] ? p->token_file : NULL,
             .max_message_bytes = (size_t)svc->cfg.max_message_bytes,
         };
         int rc = cm_rpc_client_new(&svc->peers[i], &o, err, errlen);
@@ -543,6 +621,7 @@ static int serve(cm_service *svc)
     svc->sigterm.data = svc->sigint.data = svc;
     uv_signal_start(&svc->sigterm, on_signal, SIGTERM);
     uv_signal_start(&svc->sigint, on_signal, SIGINT);
+    start_creds(svc);
 
     char port[16], admin_port[16];
     snprintf(port, sizeof port, "%d", cm_rpc_server_port(svc->rpc));
@@ -601,6 +680,10 @@ int cm_service_main(int argc, char **argv, const cm_service_def *def)
         return 2;
     }
     cm_log_init(def->name, svc->cfg.log_level);
+    if (svc->cfg.auth_mode == CM_AUTH_OFF)
+        cm_log_warn("authentication is off: any caller picks its tenant with x-tenant-id",
+                    "auth_mode", "off", "grpc_listen", svc->cfg.grpc_listen, "allow_insecure",
+                    svc->cfg.allow_insecure ? "1" : "0", NULL);
     svc->metrics = cm_metrics_default();
     uv_loop_init(&svc->loop);
 

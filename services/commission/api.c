@@ -199,12 +199,22 @@ static int put_channel(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMes
     return resp->channel ? 0 : cm_rpc_fail_err(ctx, CM_ENOMEM, "channel");
 }
 
+/* 0 when a channel's token asks about another channel: that one is then
+ * as unknown (NOT_FOUND with the same message), as another tenant's is */
+static int channel_visible(cm_rpc_ctx *ctx, const char *channel_id)
+{
+    const char *only = cm_rpc_ctx_channel_scope(ctx);
+    return !only || strcmp(only, channel_id) == 0;
+}
+
 static int get_channel(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
 {
     const Commerce__Commission__V1__GetChannelRequest *req = (const void *)in;
     Commerce__Commission__V1__GetChannelResponse *resp = (void *)out;
     if (!valid_key(req->channel_id))
         return fail_field(ctx, "channel_id", "required: " KEY_RULE);
+    if (!channel_visible(ctx, req->channel_id))
+        return cm_rpc_fail_not_found(ctx, "channel");
     cms_channel *c = cm_rpc_alloc(ctx, sizeof *c);
     if (!c)
         return cm_rpc_fail_err(ctx, CM_ENOMEM, "channel");
@@ -241,9 +251,9 @@ static int list_channels(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCM
     if (!rows)
         return cm_rpc_fail_err(ctx, CM_ENOMEM, "channels");
     int n = 0;
-    int rc =
-        cms_store_list_channels(cm_service_db(ctx), cm_rpc_ctx_tenant(ctx), states,
-                                req->tier_schedule_id, after ? after : "", limit + 1, rows, &n);
+    int rc = cms_store_list_channels(cm_service_db(ctx), cm_rpc_ctx_tenant(ctx),
+                                     cm_rpc_ctx_channel_scope(ctx), states, req->tier_schedule_id,
+                                     after ? after : "", limit + 1, rows, &n);
     if (rc)
         return cm_rpc_fail_err(ctx, rc, "could not list the channels");
     int more = n > limit;
@@ -489,7 +499,11 @@ static int list_commissions(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Protobu
         if (from && to && to <= from)
             return fail_field(ctx, "accrued.end_at", "must be after accrued.start_at");
     }
-    uint64_t fh = cm_page_filters(cm_arena_printf(a, "%s|%u|%s|%lld|%lld", req->channel_id, states,
+    /* a channel's token lists its own: its id is the filter (another
+     * channel's: an empty page) */
+    const char *channel = cm_rpc_scope_filter(cm_rpc_ctx_channel_scope(ctx), req->channel_id);
+    uint64_t fh = cm_page_filters(cm_arena_printf(a, "%s|%u|%s|%lld|%lld",
+                                                  channel ? channel : req->channel_id, states,
                                                   req->order_id, (long long)from, (long long)to));
     char pos[CM_PAGE_POSITION_MAX + 1];
     const char *after, *before_id;
@@ -498,13 +512,15 @@ static int list_commissions(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Protobu
     if (cm_page_begin(ctx, req->page_size, req->page_token, 'm', fh, pos, &after, &limit) ||
         ms_id_position(ctx, after, &before_ms, &before_id))
         return -1;
+    if (!channel)
+        return 0;
     cms_commission *rows = malloc((size_t)(limit + 1) * sizeof *rows);
     if (!rows)
         return cm_rpc_fail_err(ctx, CM_ENOMEM, "commissions");
     int n = 0;
-    int rc = cms_store_list_commissions(cm_service_db(ctx), cm_rpc_ctx_tenant(ctx), req->channel_id,
-                                        states, req->order_id, from, to, before_ms, before_id,
-                                        limit + 1, rows, &n);
+    int rc = cms_store_list_commissions(cm_service_db(ctx), cm_rpc_ctx_tenant(ctx), channel, states,
+                                        req->order_id, from, to, before_ms, before_id, limit + 1,
+                                        rows, &n);
     if (rc) {
         free(rows);
         return cm_rpc_fail_err(ctx, rc, "could not list the commissions");
@@ -540,6 +556,8 @@ static int list_adjustments(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Protobu
     if (cm_page_begin(ctx, req->page_size, req->page_token, 'j', fh, pos, &after, &limit) ||
         ms_id_position(ctx, after, &before_ms, &before_id))
         return -1;
+    if (!channel_visible(ctx, req->channel_id))
+        return 0; /* another channel's adjustments: none to this caller */
     cms_adjustment *rows = cm_rpc_alloc(ctx, (size_t)(limit + 1) * sizeof *rows);
     if (!rows)
         return cm_rpc_fail_err(ctx, CM_ENOMEM, "adjustments");
@@ -586,7 +604,9 @@ static int get_channel_summary(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Prot
     cms_summary_row *s = cm_rpc_alloc(ctx, sizeof *s);
     if (!ch || !s)
         return cm_rpc_fail_err(ctx, CM_ENOMEM, "summary");
-    int rc = cms_store_get_channel(db, tenant, req->channel_id, ch);
+    int rc = channel_visible(ctx, req->channel_id)
+                 ? cms_store_get_channel(db, tenant, req->channel_id, ch)
+                 : CM_ENOTFOUND;
     if (rc == CM_ENOTFOUND)
         return cm_rpc_fail_not_found(ctx, "channel");
     if (rc)
@@ -685,7 +705,9 @@ static int get_payout(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMess
     cms_payout *p = cm_rpc_alloc(ctx, sizeof *p);
     if (!p)
         return cm_rpc_fail_err(ctx, CM_ENOMEM, "payout");
-    int rc = cms_payout_get(cm_service_db(ctx), cm_rpc_ctx_tenant(ctx), req->payout_id, p);
+    /* a channel's token: a payout to another channel is as unknown */
+    int rc = cms_payout_get(cm_service_db(ctx), cm_rpc_ctx_tenant(ctx), req->payout_id,
+                            cm_rpc_ctx_channel_scope(ctx), p);
     if (rc == CM_ENOTFOUND)
         return cm_rpc_fail_not_found(ctx, "payout");
     if (rc)
@@ -741,7 +763,9 @@ static int list_payouts(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMe
             return fail_field(ctx, cm_arena_printf(a, "states[%zu]", i), "PENDING, PAID or FAILED");
         states |= 1u << req->states[i];
     }
-    uint64_t fh = cm_page_filters(cm_arena_printf(a, "%s|%u", req->channel_id, states));
+    const char *channel = cm_rpc_scope_filter(cm_rpc_ctx_channel_scope(ctx), req->channel_id);
+    uint64_t fh =
+        cm_page_filters(cm_arena_printf(a, "%s|%u", channel ? channel : req->channel_id, states));
     char pos[CM_PAGE_POSITION_MAX + 1];
     const char *after;
     int limit;
@@ -749,11 +773,13 @@ static int list_payouts(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMe
         return -1;
     if (after && !cm_id_is_uuid(after))
         return cm_page_bad_token(ctx);
+    if (!channel)
+        return 0; /* another channel's payouts: none to this caller */
     cms_payout *rows = malloc((size_t)(limit + 1) * sizeof *rows);
     if (!rows)
         return cm_rpc_fail_err(ctx, CM_ENOMEM, "payouts");
     int n = 0;
-    int rc = cms_payout_list(cm_service_db(ctx), cm_rpc_ctx_tenant(ctx), req->channel_id, states,
+    int rc = cms_payout_list(cm_service_db(ctx), cm_rpc_ctx_tenant(ctx), channel, states,
                              after ? after : "", limit + 1, rows, &n);
     if (rc) {
         free(rows);
@@ -930,18 +956,18 @@ static int put_tenant_settings(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Prot
 
 const cm_rpc_method cms_methods[] = {
     {"PutChannel", put_channel, CM_RPC_ADMIN, CM_RPC_ROLES_ADMIN},
-    {"GetChannel", get_channel, CM_RPC_READ, CM_RPC_ROLES_READ},
-    {"ListChannels", list_channels, CM_RPC_READ, CM_RPC_ROLES_READ},
+    {"GetChannel", get_channel, CM_RPC_READ, CM_RPC_ROLES_READ " channel"},
+    {"ListChannels", list_channels, CM_RPC_READ, CM_RPC_ROLES_READ " channel"},
     {"PutTierSchedule", put_tier_schedule, CM_RPC_ADMIN, CM_RPC_ROLES_ADMIN},
     {"GetTierSchedule", get_tier_schedule, CM_RPC_READ, CM_RPC_ROLES_READ},
     {"ListTierSchedules", list_tier_schedules, CM_RPC_READ, CM_RPC_ROLES_READ},
-    {"ListCommissions", list_commissions, CM_RPC_READ, CM_RPC_ROLES_READ},
-    {"GetChannelSummary", get_channel_summary, CM_RPC_READ, CM_RPC_ROLES_READ},
-    {"ListAdjustments", list_adjustments, CM_RPC_READ, CM_RPC_ROLES_READ},
+    {"ListCommissions", list_commissions, CM_RPC_READ, CM_RPC_ROLES_READ " channel"},
+    {"GetChannelSummary", get_channel_summary, CM_RPC_READ, CM_RPC_ROLES_READ " channel"},
+    {"ListAdjustments", list_adjustments, CM_RPC_READ, CM_RPC_ROLES_READ " channel"},
     {"SettleCommissions", settle_commissions, CM_RPC_ADMIN, CM_RPC_ROLES_ADMIN},
-    {"GetPayout", get_payout, CM_RPC_READ, CM_RPC_ROLES_READ},
+    {"GetPayout", get_payout, CM_RPC_READ, CM_RPC_ROLES_READ " channel"},
     {"ReportPayoutResult", report_payout_result, CM_RPC_ADMIN, CM_RPC_ROLES_ADMIN},
-    {"ListPayouts", list_payouts, CM_RPC_READ, CM_RPC_ROLES_READ},
+    {"ListPayouts", list_payouts, CM_RPC_READ, CM_RPC_ROLES_READ " channel"},
     {"ClosePeriod", close_period, CM_RPC_ADMIN, CM_RPC_ROLES_ADMIN},
     {"GetTenantSettings", get_tenant_settings, CM_RPC_ADMIN, CM_RPC_ROLES_ADMIN},
     {"PutTenantSettings", put_tenant_settings, CM_RPC_ADMIN, CM_RPC_ROLES_ADMIN},
@@ -1005,6 +1031,13 @@ int cms_app_init(cm_service *svc, void **out, char *err, size_t errlen)
         cms_accrual_free(app->accrual);
         free(app);
         return CM_EINVAL;
+    }
+    int rc = cms_feed_secrets_reseal(app->feed, cm_service_main_db(svc), err, errlen);
+    if (rc) {
+        cms_feed_free(app->feed);
+        cms_accrual_free(app->accrual);
+        free(app);
+        return rc;
     }
     *out = app;
     return 0;

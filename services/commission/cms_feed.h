@@ -22,6 +22,7 @@
 
 #include "cm_consumer.h"
 #include "cm_service.h"
+#include "cms_secrets.h"
 #include "cms_webhook.h"
 
 #define CMS_FEED_TOPIC_PREFIX "commerce.partner.v1."
@@ -35,6 +36,28 @@ cms_feed *cms_feed_new(cm_service *svc, char *err, size_t errlen);
 void cms_feed_free(cms_feed *f);
 
 const cms_webhook_policy *cms_feed_policy(const cms_feed *f);
+
+/* the signing secrets at rest (README.md, "Webhook secrets at rest"):
+ * sealed under COMMISSION_SECRETS_KEY_FILE's first key, or in plain text
+ * with COMMISSION_SECRETS_PLAINTEXT (development), or not stored at all.
+ * writable: 1 when a new secret can be stored. */
+int cms_feed_secrets_writable(const cms_feed *f);
+
+/* the stored form of a new secret for (tenant, partner) into out: 0,
+ * CM_ESTATE when neither knob is set, or a sealing error */
+int cms_feed_secret_store(const cms_feed *f, const char *tenant, const char *partner,
+                          const char *secret, char out[CMS_SECRETS_SEALED_SIZE]);
+
+/* the secret a stored value holds into out: "" and plain text (a row from
+ * before the keyring) as they are, a sealed one opened: 0; CM_ENOTFOUND
+ * (no keyring, or its key id is not in it); CM_EINVAL (it does not open) */
+int cms_feed_secret_open(const cms_feed *f, const char *tenant, const char *partner,
+                         const char *stored, char out[CMS_SECRETS_PLAIN_SIZE]);
+
+/* at start, with a keyring: seals every stored secret that is in plain
+ * text or under another key than the first, in one transaction (values
+ * that do not open are left and logged). 0 or a CM_E* with err. */
+int cms_feed_secrets_reseal(cms_feed *f, cm_db *db, char *err, size_t errlen);
 
 /* the partner's topic name into out (256 bytes) */
 void cms_feed_topic(const char *tenant, const char *partner, char out[256]);

@@ -47,8 +47,10 @@ int cms_payout_settle(cm_db *db, const cms_app *app, const char *tenant, const c
 int cms_payout_list(cm_db *db, const char *tenant, const char *channel, unsigned states,
                     const char *after_id, int limit, cms_payout *out, int *n);
 
-/* GetPayout: 0, CM_ENOTFOUND or a CM_E* */
-int cms_payout_get(cm_db *db, const char *tenant, const char *id, cms_payout *out);
+/* GetPayout: 0, CM_ENOTFOUND or a CM_E*; with channel (not NULL) a payout
+ * to another channel is CM_ENOTFOUND, as an unknown id */
+int cms_payout_get(cm_db *db, const char *tenant, const char *id, const char *channel,
+                   cms_payout *out);
 
 /* ReportPayoutResult (result CMS_PAYOUT_PAID or _FAILED; reference or
  * reason with it), writing CommissionPayoutPaid or _Failed. *verdict: CMS_OK, CMS_SAME (that result

@@ -125,9 +125,11 @@ int cms_store_put_channel(cm_db *db, const char *tenant, const char *request_id,
                           cms_channel *out, int *verdict, const char **what);
 int cms_store_get_channel(cm_db *db, const char *tenant, const char *id, cms_channel *out);
 /* channels after after_id ("" : from the start) by id, filtered by state
- * mask (bit 1 << state; 0: any) and schedule ("" : any) */
-int cms_store_list_channels(cm_db *db, const char *tenant, unsigned states, const char *schedule,
-                            const char *after_id, int limit, cms_channel *out, int *n);
+ * mask (bit 1 << state; 0: any), schedule ("" : any) and, for a channel's
+ * token, to the one channel only (NULL: every channel) */
+int cms_store_list_channels(cm_db *db, const char *tenant, const char *only, unsigned states,
+                            const char *schedule, const char *after_id, int limit, cms_channel *out,
+                            int *n);
 
 /* ---- schedules ---- */
 

@@ -10,10 +10,12 @@
 #include "cm_metrics.h"
 #include "cm_outbox.h"
 #include "cms_api.h"
+#include "cms_secrets.h"
 
 #include "commerce/events/v1/commission_events.pb-c.h"
 
 #include <curl/curl.h>
+#include <openssl/crypto.h>
 #include <protobuf-c/protobuf-c.h>
 #include <libpq-fe.h>
 #include <pthread.h>
@@ -39,6 +41,8 @@ struct cms_feed {
     cms_webhook_sender *senders[CMS_FEED_WORKERS_MAX]; /* one per dispatcher thread */
     cm_counter *routed, *delivered, *failed, *disabled;
     cm_histogram *latency;
+    cms_keyring *keyring; /* COMMISSION_SECRETS_KEY_FILE; NULL: none */
+    int plaintext;        /* COMMISSION_SECRETS_PLAINTEXT */
 };
 
 static int64_t now_ms(void)
@@ -70,6 +74,19 @@ cms_feed *cms_feed_new(cm_service *svc, char *err, size_t errlen)
         return NULL;
     }
     f->policy.allow_http = (int)cm_service_int(svc, "COMMISSION_WEBHOOK_ALLOW_HTTP");
+    const char *keys = cm_service_text(svc, "COMMISSION_SECRETS_KEY_FILE");
+    if (keys[0] && cms_keyring_load(keys, &f->keyring, why, sizeof why)) {
+        snprintf(err, errlen, "COMMISSION_SECRETS_KEY_FILE: %s", why);
+        free(f);
+        return NULL;
+    }
+    f->plaintext = (int)cm_service_int(svc, "COMMISSION_SECRETS_PLAINTEXT");
+    if (!f->keyring)
+        cm_log_warn(f->plaintext ? "webhook secrets are stored in plain text "
+                                   "(COMMISSION_SECRETS_PLAINTEXT; for development only)"
+                                 : "no COMMISSION_SECRETS_KEY_FILE: partner webhooks cannot be "
+                                   "configured",
+                    NULL);
     f->svc = svc;
     f->workers = (int)cm_service_int(svc, "COMMISSION_WEBHOOK_WORKERS");
     f->timeout_ms = (int)cm_service_int(svc, "COMMISSION_WEBHOOK_TIMEOUT_MS");
@@ -101,6 +118,7 @@ cms_feed *cms_feed_new(cm_service *svc, char *err, size_t errlen)
                                       sizeof b / sizeof b[0]);
     if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
         snprintf(err, errlen, "libcurl could not start");
+        cms_keyring_free(f->keyring);
         free(f);
         return NULL;
     }
@@ -113,6 +131,7 @@ void cms_feed_free(cms_feed *f)
         return;
     for (int i = 0; i < CMS_FEED_WORKERS_MAX; i++)
         cms_webhook_sender_free(f->senders[i]);
+    cms_keyring_free(f->keyring);
     free(f);
     curl_global_cleanup();
 }
@@ -120,6 +139,109 @@ void cms_feed_free(cms_feed *f)
 const cms_webhook_policy *cms_feed_policy(const cms_feed *f)
 {
     return &f->policy;
+}
+
+/* ---- the signing secrets at rest ---- */
+
+int cms_feed_secrets_writable(const cms_feed *f)
+{
+    return f->keyring || f->plaintext;
+}
+
+int cms_feed_secret_store(const cms_feed *f, const char *tenant, const char *partner,
+                          const char *secret, char out[CMS_SECRETS_SEALED_SIZE])
+{
+    if (f->keyring)
+        return cms_secrets_seal(f->keyring, tenant, partner, secret, out);
+    if (!f->plaintext)
+        return CM_ESTATE;
+    int n = snprintf(out, CMS_SECRETS_SEALED_SIZE, "%s", secret);
+    return n >= 0 && n < CMS_SECRETS_SEALED_SIZE ? 0 : CM_EINVAL;
+}
+
+int cms_feed_secret_open(const cms_feed *f, const char *tenant, const char *partner,
+                         const char *stored, char out[CMS_SECRETS_PLAIN_SIZE])
+{
+    out[0] = '\0';
+    if (!cms_secrets_is_sealed(stored)) {
+        /* "", or a row from before the keyring (sealed at the next start) */
+        int n = snprintf(out, CMS_SECRETS_PLAIN_SIZE, "%s", stored);
+        return n >= 0 && n < CMS_SECRETS_PLAIN_SIZE ? 0 : CM_EINVAL;
+    }
+    if (!f->keyring)
+        return CM_ENOTFOUND;
+    return cms_secrets_open(f->keyring, tenant, partner, stored, out);
+}
+
+/* seals one stored value again under the primary key: 0, or a CM_E* with
+ * what went wrong logged (never the value) */
+static int reseal(const cms_feed *f, const char *tenant, const char *partner, const char *stored,
+                  char out[CMS_SECRETS_SEALED_SIZE])
+{
+    char plain[CMS_SECRETS_PLAIN_SIZE];
+    int rc = cms_feed_secret_open(f, tenant, partner, stored, plain);
+    if (rc == 0 && plain[0])
+        rc = cms_secrets_seal(f->keyring, tenant, partner, plain, out);
+    else if (rc == 0)
+        out[0] = '\0';
+    OPENSSL_cleanse(plain, sizeof plain);
+    if (rc)
+        cm_log_warn("could not seal a partner's webhook secret again", "tenant", tenant, "partner",
+                    partner, "error",
+                    rc == CM_ENOTFOUND ? "its key id is not in the keyring" : cm_strerror(rc),
+                    NULL);
+    return rc;
+}
+
+static int reseal_in_tx(cm_db *db, void *arg)
+{
+    cms_feed *f = arg;
+    char prefix[64], plen[24];
+    snprintf(prefix, sizeof prefix, CMS_SECRETS_PREFIX "%s:", cms_keyring_primary(f->keyring));
+    snprintf(plen, sizeof plen, "%zu", strlen(prefix));
+    const char *p[] = {plen, prefix};
+    PGresult *r = NULL;
+    /* left(), not LIKE: '_' in a key id is a LIKE wildcard */
+    int rc = cm_db_exec(db, "read webhook secrets to seal",
+                        "SELECT tenant_id, partner_id, secret, previous_secret FROM partners "
+                        "WHERE (secret <> '' AND left(secret, $1::int) <> $2) OR "
+                        "(previous_secret <> '' AND left(previous_secret, $1::int) <> $2) "
+                        "ORDER BY tenant_id, partner_id FOR UPDATE",
+                        2, p, &r);
+    if (rc)
+        return rc;
+    int n = PQntuples(r), sealed = 0;
+    for (int i = 0; i < n && rc == 0; i++) {
+        const char *tenant = PQgetvalue(r, i, 0), *partner = PQgetvalue(r, i, 1);
+        char cur[CMS_SECRETS_SEALED_SIZE], prev[CMS_SECRETS_SEALED_SIZE];
+        if (reseal(f, tenant, partner, PQgetvalue(r, i, 2), cur) ||
+            reseal(f, tenant, partner, PQgetvalue(r, i, 3), prev))
+            continue; /* left as it is: it does not open with this keyring */
+        const char *q[] = {tenant, partner, cur, prev};
+        rc = cm_db_exec(db, "seal webhook secrets",
+                        "UPDATE partners SET secret = $3, previous_secret = $4 WHERE tenant_id = "
+                        "$1 AND partner_id = $2",
+                        4, q, NULL);
+        sealed++;
+    }
+    PQclear(r);
+    if (rc == 0 && sealed) {
+        char count[16];
+        snprintf(count, sizeof count, "%d", sealed);
+        cm_log_info("partner webhook secrets sealed under the first key of the keyring", "key_id",
+                    cms_keyring_primary(f->keyring), "partners", count, NULL);
+    }
+    return rc;
+}
+
+int cms_feed_secrets_reseal(cms_feed *f, cm_db *db, char *err, size_t errlen)
+{
+    if (!f->keyring)
+        return 0;
+    int rc = cm_db_tx(db, NULL, 3, reseal_in_tx, f);
+    if (rc)
+        snprintf(err, errlen, "could not seal the stored webhook secrets: %s", cm_strerror(rc));
+    return rc;
 }
 
 void cms_feed_topic(const char *tenant, const char *partner, char out[256])
@@ -215,7 +337,8 @@ int cms_feed_on_event(cm_db *db, const cm_event *ev, void *arg)
 typedef struct lease {
     char tenant[128], partner[CMS_PARTNER_ID_MAX + 1];
     char url[CMS_WEBHOOK_URL_MAX + 1];
-    char secret[128], previous[128];
+    char secret[CMS_SECRETS_PLAIN_SIZE], previous[CMS_SECRETS_PLAIN_SIZE];
+    const char *secret_problem; /* why the secrets did not open; NULL: they did */
     int failures;
     int64_t failing_since_ms; /* 0: not failing */
 } lease;
@@ -233,7 +356,7 @@ static void copy(char *dst, size_t cap, const PGresult *r, int row, int col)
 }
 
 /* leases one partner with deliveries due: 1, 0 when none, or < 0 */
-static int claim(cm_db *db, lease *l)
+static int claim(const cms_feed *f, cm_db *db, lease *l)
 {
     PGresult *r = NULL;
     int rc = cm_db_exec_auto(
@@ -255,8 +378,18 @@ static int claim(cm_db *db, lease *l)
         copy(l->tenant, sizeof l->tenant, r, 0, 0);
         copy(l->partner, sizeof l->partner, r, 0, 1);
         copy(l->url, sizeof l->url, r, 0, 2);
-        copy(l->secret, sizeof l->secret, r, 0, 3);
-        copy(l->previous, sizeof l->previous, r, 0, 4);
+        int rc3 = cms_feed_secret_open(f, l->tenant, l->partner, PQgetvalue(r, 0, 3), l->secret);
+        int rc4 = cms_feed_secret_open(f, l->tenant, l->partner, PQgetvalue(r, 0, 4), l->previous);
+        if (rc3 || rc4) {
+            /* no signature rather than a wrong one: the attempt fails, is
+             * recorded and retried with backoff (a keyring fixed meanwhile) */
+            l->secret[0] = l->previous[0] = '\0';
+            l->secret_problem = (rc3 ? rc3 : rc4) == CM_ENOTFOUND
+                                    ? "the signing secret's key is not in the keyring"
+                                    : "the signing secret does not open with the keyring";
+            cm_log_warn("could not open a partner's webhook secret", "tenant", l->tenant, "partner",
+                        l->partner, "error", l->secret_problem, NULL);
+        }
         l->failures = (int)strtol(PQgetvalue(r, 0, 5), NULL, 10);
         l->failing_since_ms = strtoll(PQgetvalue(r, 0, 6), NULL, 10);
     }
@@ -422,7 +555,8 @@ static int deliver(cms_feed *f, cms_webhook_sender *s, cm_db *db, lease *l)
         size_t len = (size_t)PQgetlength(r, i, 3);
         char sig[CMS_WEBHOOK_SIG_SIZE];
         if (cms_webhook_sign(secrets, 2, x->at_ms / 1000, body, len, sig)) {
-            snprintf(x->res.error, sizeof x->res.error, "the partner has no signing secret");
+            snprintf(x->res.error, sizeof x->res.error, "%s",
+                     l->secret_problem ? l->secret_problem : "the partner has no signing secret");
             failed = 1;
             break;
         }
@@ -466,7 +600,7 @@ static void dispatch(cm_service *svc, cm_db *db, cms_app *app, int idx)
     int64_t start = mono_ms();
     while (mono_ms() - start < 2000) {
         lease l = {0};
-        int rc = claim(db, &l);
+        int rc = claim(f, db, &l);
         if (rc <= 0) {
             if (rc < 0)
                 cm_log_warn("webhook dispatcher could not lease a partner", "error",
@@ -474,6 +608,8 @@ static void dispatch(cm_service *svc, cm_db *db, cms_app *app, int idx)
             return;
         }
         rc = deliver(f, f->senders[idx], db, &l);
+        OPENSSL_cleanse(l.secret, sizeof l.secret);
+        OPENSSL_cleanse(l.previous, sizeof l.previous);
         if (rc < 0) {
             cm_log_warn("webhook dispatcher could not record deliveries", "partner", l.partner,
                         "error", cm_strerror(rc), NULL);

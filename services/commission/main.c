@@ -75,6 +75,13 @@ static const cm_knob knobs[] = {
     {"COMMISSION_WEBHOOK_ALLOW_CIDRS", CM_KNOB_TEXT, 0, 0, 0, "",
      "comma-separated CIDRs of non-public addresses webhooks may reach (e.g. 127.0.0.0/8 in "
      "tests); loopback, private and link-local addresses are refused otherwise"},
+    {"COMMISSION_SECRETS_KEY_FILE", CM_KNOB_TEXT, 0, 0, 0, "",
+     "the keyring sealing the partners' webhook secrets at rest (AES-256-GCM): lines "
+     "KEY_ID:BASE64 (32 bytes), the first seals, all open; read at start, which also seals "
+     "rows in plain text or under an older key"},
+    {"COMMISSION_SECRETS_PLAINTEXT", CM_KNOB_ONOFF, 0, 0, 0, NULL,
+     "without COMMISSION_SECRETS_KEY_FILE: store new webhook secrets in plain text (development "
+     "and tests); when off too, PutPartner with a webhook and RotateWebhookSecret are refused"},
     {"COMMISSION_CLOSE_AFTER_S", CM_KNOB_INT, 86400, 0, 30 * 86400, NULL,
      "how long after a period's end the close ticker closes it, for late events (s)"},
 };
@@ -109,15 +116,15 @@ static const cm_service_consumer consumers[] = {
 static const char *const consumer_conf[] = {"session.timeout.ms", "10000", NULL};
 
 static const cm_service_ticker tickers[] = {
-    {"parker", "COMMISSION_PARKER_MS", cms_parker, 1},
-    {"payable", "COMMISSION_PAYABLE_MS", cms_payable_tick, 1},
-    {"close", "COMMISSION_CLOSE_MS", cms_close_tick, 1},
-    {"feed-prune", "COMMISSION_FEED_PRUNE_MS", cms_feed_prune, 1},
+    {"parker", "COMMISSION_PARKER_MS", cms_parker, 1, NULL},
+    {"payable", "COMMISSION_PAYABLE_MS", cms_payable_tick, 1, NULL},
+    {"close", "COMMISSION_CLOSE_MS", cms_close_tick, 1, NULL},
+    {"feed-prune", "COMMISSION_FEED_PRUNE_MS", cms_feed_prune, 1, NULL},
     /* the webhook dispatchers: threads of every replica, partners leased */
-    {"webhook-1", "COMMISSION_WEBHOOK_POLL_MS", cms_feed_webhook_1, 0},
-    {"webhook-2", "COMMISSION_WEBHOOK_POLL_MS", cms_feed_webhook_2, 0},
-    {"webhook-3", "COMMISSION_WEBHOOK_POLL_MS", cms_feed_webhook_3, 0},
-    {"webhook-4", "COMMISSION_WEBHOOK_POLL_MS", cms_feed_webhook_4, 0},
+    {"webhook-1", "COMMISSION_WEBHOOK_POLL_MS", cms_feed_webhook_1, 0, NULL},
+    {"webhook-2", "COMMISSION_WEBHOOK_POLL_MS", cms_feed_webhook_2, 0, NULL},
+    {"webhook-3", "COMMISSION_WEBHOOK_POLL_MS", cms_feed_webhook_3, 0, NULL},
+    {"webhook-4", "COMMISSION_WEBHOOK_POLL_MS", cms_feed_webhook_4, 0, NULL},
 };
 
 int main(int argc, char **argv)

@@ -23,6 +23,7 @@
 
 #include <grpc/status.h>
 #include <libpq-fe.h>
+#include <openssl/crypto.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -50,6 +51,14 @@ static int valid_partner_id(const char *s)
             return 0;
     }
     return 1;
+}
+
+/* a webhook needs a signing secret, which this replica may not store */
+static int fail_not_configured(cm_rpc_ctx *ctx)
+{
+    return cm_rpc_fail(ctx, GRPC_STATUS_FAILED_PRECONDITION, "NOT_CONFIGURED",
+                       "partner webhooks are not configured on this server: their signing "
+                       "secrets need COMMISSION_SECRETS_KEY_FILE");
 }
 
 static const char *principal(cm_rpc_ctx *ctx)
@@ -199,8 +208,10 @@ typedef struct put_tx {
     const char *tenant, *request_id, *hash, *principal;
     const pb_partner_t *in;
     const char *channels; /* text[] literal */
+    const cms_feed *feed;
     int64_t expected;
     char secret[CMS_WEBHOOK_SECRET_SIZE]; /* a new one, when the put makes the first */
+    char stored[CMS_SECRETS_SEALED_SIZE]; /* what the row keeps of it */
     int verdict;
     int bad; /* the channel_ids index of PUT_NO_CHANNEL / PUT_OWNED */
     int64_t current;
@@ -259,6 +270,8 @@ static int put_in_tx(cm_db *db, void *arg)
     int want_secret = in->webhook && in->webhook->url[0] && !has_secret;
     if (want_secret) {
         rc = cms_webhook_secret_new(t->secret);
+        if (rc == 0)
+            rc = cms_feed_secret_store(t->feed, t->tenant, in->partner_id, t->secret, t->stored);
         if (rc)
             return rc;
         t->made_secret = 1;
@@ -270,7 +283,7 @@ static int put_in_tx(cm_db *db, void *arg)
                         in->kafka && in->kafka->enabled ? "t" : "f",
                         w ? w->url : "",
                         w && w->enabled ? "t" : "f",
-                        want_secret ? t->secret : "",
+                        want_secret ? t->stored : "",
                         t->request_id};
     rc = cm_db_exec(
         db, "store partner",
@@ -350,6 +363,10 @@ int cms_rpc_put_partner(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMe
     }
     cm_buf_array_end(&ch);
     const Commerce__Commission__V1__PartnerWebhook *w = p->webhook;
+    if (w && w->url[0] && !cms_feed_secrets_writable(app->feed)) {
+        cm_buf_free(&ch);
+        return fail_not_configured(ctx);
+    }
     if (w && (w->enabled || w->url[0])) {
         char why[256];
         if (cms_webhook_url_check(cms_feed_policy(app->feed), w->url, why, sizeof why)) {
@@ -391,6 +408,7 @@ int cms_rpc_put_partner(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMe
                 .principal = principal(ctx),
                 .in = p,
                 .channels = ch.p,
+                .feed = app->feed,
                 .expected = req->expected_revision};
     int rc = cm_db_tx(cm_service_db(ctx), NULL, 3, put_in_tx, &t);
     cm_buf_free(&ch);
@@ -426,8 +444,13 @@ int cms_rpc_put_partner(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMe
                        "SELECT secret FROM partners WHERE tenant_id = $1 AND partner_id = $2 AND "
                        "secret_request = $3",
                        3, q, &r) == 0 &&
-            PQntuples(r))
-            resp->webhook_secret = cm_arena_strdup(a, PQgetvalue(r, 0, 0));
+            PQntuples(r)) {
+            char plain[CMS_SECRETS_PLAIN_SIZE];
+            if (cms_feed_secret_open(app->feed, tenant, p->partner_id, PQgetvalue(r, 0, 0),
+                                     plain) == 0)
+                resp->webhook_secret = cm_arena_strdup(a, plain);
+            OPENSSL_cleanse(plain, sizeof plain);
+        }
         PQclear(r);
     }
     if (t.verdict == PUT_OK)
@@ -496,8 +519,10 @@ int cms_rpc_list_partners(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufC
 
 typedef struct rotate_tx {
     const char *tenant, *partner, *request_id, *hash, *principal;
+    const cms_feed *feed;
     int64_t ttl_ms;
-    char secret[CMS_WEBHOOK_SECRET_SIZE];
+    char secret[CMS_SECRETS_PLAIN_SIZE];
+    char stored[CMS_SECRETS_SEALED_SIZE];
     int found, same, reused;
     int64_t previous_until_ms;
 } rotate_tx;
@@ -528,18 +553,21 @@ static int rotate_in_tx(cm_db *db, void *arg)
         if (rc)
             return rc;
         if (PQntuples(r)) {
-            snprintf(t->secret, sizeof t->secret, "%s", PQgetvalue(r, 0, 0));
+            rc = cms_feed_secret_open(t->feed, t->tenant, t->partner, PQgetvalue(r, 0, 0),
+                                      t->secret);
             t->previous_until_ms = col_i64(r, 0, 1);
         }
         PQclear(r);
-        return 0;
+        return rc;
     }
     int rc = cms_webhook_secret_new(t->secret);
+    if (rc == 0)
+        rc = cms_feed_secret_store(t->feed, t->tenant, t->partner, t->secret, t->stored);
     if (rc)
         return rc;
     char ttl[24];
     snprintf(ttl, sizeof ttl, "%lld", (long long)t->ttl_ms);
-    const char *p1[] = {t->tenant, t->partner, t->secret, ttl, t->request_id};
+    const char *p1[] = {t->tenant, t->partner, t->stored, ttl, t->request_id};
     rc = cm_db_exec(db, "rotate partner secret",
                     "UPDATE partners SET previous_secret = CASE WHEN $4::bigint > 0 THEN secret "
                     "ELSE '' END, previous_until = CASE WHEN $4::bigint > 0 AND secret <> '' THEN "
@@ -570,6 +598,9 @@ int cms_rpc_rotate_webhook_secret(cm_rpc_ctx *ctx, const ProtobufCMessage *in,
     cm_arena *a = cm_rpc_ctx_arena(ctx);
     if (partner_call(ctx, req->request_id, req->partner_id))
         return -1;
+    const cms_app *app = cm_service_app(ctx);
+    if (!cms_feed_secrets_writable(app->feed))
+        return fail_not_configured(ctx);
     int64_t ttl_ms = 86400000;
     if (req->previous_secret_ttl) {
         if (cm_pb_duration_check(req->previous_secret_ttl, &ttl_ms) || ttl_ms < 0 ||
@@ -584,6 +615,7 @@ int cms_rpc_rotate_webhook_secret(cm_rpc_ctx *ctx, const ProtobufCMessage *in,
                    .request_id = req->request_id,
                    .hash = hash,
                    .principal = principal(ctx),
+                   .feed = app->feed,
                    .ttl_ms = ttl_ms};
     int rc = cm_db_tx(cm_service_db(ctx), NULL, 3, rotate_in_tx, &t);
     if (rc)
@@ -593,6 +625,7 @@ int cms_rpc_rotate_webhook_secret(cm_rpc_ctx *ctx, const ProtobufCMessage *in,
     if (!t.found)
         return cm_rpc_fail_not_found(ctx, "partner");
     resp->secret = cm_arena_strdup(a, t.secret);
+    OPENSSL_cleanse(t.secret, sizeof t.secret);
     resp->previous_secret_expires_at = cm_pb_timestamp(a, t.previous_until_ms);
     if (!t.same)
         cm_log_info("partner webhook secret rotated", "tenant", t.tenant, "partner_id",

@@ -210,14 +210,15 @@ int cms_payout_settle(cm_db *db, const cms_app *app, const char *tenant, const c
     return rc;
 }
 
-int cms_payout_get(cm_db *db, const char *tenant, const char *id, cms_payout *out)
+int cms_payout_get(cm_db *db, const char *tenant, const char *id, const char *channel,
+                   cms_payout *out)
 {
-    const char *p[] = {tenant, id};
+    const char *p[] = {tenant, id, channel};
     PGresult *r = NULL;
     int rc = cm_db_read(db, "read payout",
-                        "SELECT " PAYOUT_COLS
-                        " FROM payouts WHERE tenant_id = $1 AND payout_id = $2::uuid",
-                        2, p, &r);
+                        "SELECT " PAYOUT_COLS " FROM payouts WHERE tenant_id = $1 AND payout_id = "
+                        "$2::uuid AND ($3::text IS NULL OR channel_id = $3)",
+                        3, p, &r);
     if (rc)
         return rc;
     if (PQntuples(r) == 0)

@@ -252,18 +252,20 @@ int cms_store_put_channel(cm_db *db, const char *tenant, const char *request_id,
     return rc;
 }
 
-int cms_store_list_channels(cm_db *db, const char *tenant, unsigned states, const char *schedule,
-                            const char *after_id, int limit, cms_channel *out, int *n)
+int cms_store_list_channels(cm_db *db, const char *tenant, const char *only, unsigned states,
+                            const char *schedule, const char *after_id, int limit, cms_channel *out,
+                            int *n)
 {
     char mask[16], lim[16];
-    const char *p[] = {tenant, num(mask, sizeof mask, states), schedule, after_id,
-                       num(lim, sizeof lim, limit)};
+    const char *p[] = {tenant,   num(mask, sizeof mask, states), schedule,
+                       after_id, num(lim, sizeof lim, limit),    only};
     PGresult *r = NULL;
     int rc = cm_db_read(db, "list channels",
                         "SELECT " CHANNEL_COLS " FROM channels WHERE tenant_id = $1 AND ($2::int = "
                         "0 OR ($2::int >> state) & 1 = 1) AND ($3 = '' OR schedule_id = $3) AND "
-                        "channel_id > $4 ORDER BY channel_id LIMIT $5",
-                        5, p, &r);
+                        "($6::text IS NULL OR channel_id = $6) AND channel_id > $4 ORDER BY "
+                        "channel_id LIMIT $5",
+                        6, p, &r);
     if (rc)
         return rc;
     *n = PQntuples(r);

@@ -48,7 +48,7 @@ static const cm_service_consumer consumers[] = {
 
 static const cm_service_ticker tickers[] = {
     /* every replica sweeps: the statements skip what another holds */
-    {"sweeper", "INVENTORY_SWEEP_MS", inv_sweep, 0},
+    {"sweeper", "INVENTORY_SWEEP_MS", inv_sweep, 0, NULL},
 };
 
 int main(int argc, char **argv)

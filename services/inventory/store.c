@@ -731,6 +731,7 @@ static int write_batch(cm_db *db, batch_writes *w)
     p[W_ob_topic] = INV_TOPIC;
     p[W_ob_source] = INV_SOURCE;
     PGresult *r = NULL;
+    /* sql-safe: write_sql, a literal, with its $names numbered */
     int rc = exec_ps(db, PS_WRITE, "write batch", write_numbered, W_COUNT, p, W_ob_blob,
                      w->ev.rows.blob.len, &r);
     if (rc)

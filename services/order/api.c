@@ -222,6 +222,26 @@ static int timeouts_for(ord_app *app, cm_db *db, const char *tenant, int64_t *no
 
 /* ---- reads ---- */
 
+/* cost prices are the tenant's secret (GetCost and QueryMargin are for
+ * admins): a merchant's token gets its orders without the costs and the
+ * margin made of them */
+static Commerce__Order__V1__Order *for_caller(cm_rpc_ctx *ctx, Commerce__Order__V1__Order *m)
+{
+    if (!m || !cm_rpc_ctx_merchant_scope(ctx))
+        return m;
+    m->cost_amount = m->cost_reversed = m->gross_margin = NULL;
+    m->cost_complete = 0;
+    for (size_t i = 0; i < m->n_lines; i++)
+        m->lines[i]->unit_cost = m->lines[i]->cost_reversed = NULL;
+    for (size_t i = 0; i < m->n_refunds; i++) {
+        Commerce__Order__V1__Refund *r = m->refunds[i];
+        r->cost_reversed = NULL;
+        for (size_t k = 0; k < r->n_lines; k++)
+            r->lines[k]->cost_reversed = NULL;
+    }
+    return m;
+}
+
 static int get_order(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
 {
     const Commerce__Order__V1__GetOrderRequest *req = (const void *)in;
@@ -232,12 +252,14 @@ static int get_order(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessa
     ord_order *o = cm_rpc_alloc(ctx, sizeof *o);
     if (!o)
         return cm_rpc_fail_err(ctx, CM_ENOMEM, "get order");
-    int rc = ord_store_get(cm_service_db(ctx), cm_rpc_ctx_tenant(ctx), req->order_id, a, o);
+    /* a merchant's token: another merchant's order is as unknown */
+    int rc = ord_store_get(cm_service_db(ctx), cm_rpc_ctx_tenant(ctx), req->order_id,
+                           cm_rpc_ctx_merchant_scope(ctx), a, o);
     if (rc == CM_ENOTFOUND)
         return not_found(ctx, req->order_id);
     if (rc)
         return db_fail(ctx, rc, "could not read the order");
-    resp->order = ord_pb_order(a, o);
+    resp->order = for_caller(ctx, ord_pb_order(a, o));
     return resp->order ? 0 : cm_rpc_fail_err(ctx, CM_ENOMEM, "get order");
 }
 
@@ -296,9 +318,12 @@ static int list_orders(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMes
     if (list_range(ctx, req->created, "created", &from, &to) ||
         list_range(ctx, req->paid, "paid", &paid_from, &paid_to))
         return -1;
-    char *filters =
-        cm_arena_printf(a, "b=%s\nm=%s\nc=%s\nf=%lld\nt=%lld\ns=", req->buyer_id, req->merchant_id,
-                        req->channel_id, (long long)from, (long long)to);
+    /* a merchant's token lists its own orders: its merchant_id is the
+     * filter (another merchant's: an empty page) */
+    const char *merchant = cm_rpc_scope_filter(cm_rpc_ctx_merchant_scope(ctx), req->merchant_id);
+    char *filters = cm_arena_printf(a, "b=%s\nm=%s\nc=%s\nf=%lld\nt=%lld\ns=", req->buyer_id,
+                                    merchant ? merchant : req->merchant_id, req->channel_id,
+                                    (long long)from, (long long)to);
     for (size_t i = 0; filters && i < req->n_states; i++)
         filters = cm_arena_printf(a, "%s%d,", filters, states[i]);
     /* appended only when set, so the tokens of listings without it stay
@@ -314,9 +339,11 @@ static int list_orders(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMes
     int limit;
     if (cm_page_begin(ctx, req->page_size, req->page_token, 'o', fh, pos, &at, &limit))
         return -1;
+    if (!merchant)
+        return 0; /* another merchant's orders: none to this caller */
     ord_list_q q = {.tenant = cm_rpc_ctx_tenant(ctx),
                     .buyer_id = req->buyer_id,
-                    .merchant_id = req->merchant_id,
+                    .merchant_id = merchant,
                     .channel_id = req->channel_id,
                     .states = states,
                     .nstates = req->n_states,
@@ -349,7 +376,7 @@ static int list_orders(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMes
         if (!resp->orders)
             return cm_rpc_fail_err(ctx, CM_ENOMEM, "list orders");
         for (size_t i = 0; i < n; i++) {
-            resp->orders[i] = ord_pb_order(a, &rows[i]);
+            resp->orders[i] = for_caller(ctx, ord_pb_order(a, &rows[i]));
             if (!resp->orders[i])
                 return cm_rpc_fail_err(ctx, CM_ENOMEM, "list orders");
         }
@@ -1198,8 +1225,8 @@ static int query_margin(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMe
 
 const cm_rpc_method ord_methods[] = {
     {"CreateOrder", create_order, CM_RPC_WRITE, CM_RPC_ROLES_WRITE},
-    {"GetOrder", get_order, CM_RPC_READ, CM_RPC_ROLES_READ},
-    {"ListOrders", list_orders, CM_RPC_READ, CM_RPC_ROLES_READ},
+    {"GetOrder", get_order, CM_RPC_READ, CM_RPC_ROLES_READ " merchant"},
+    {"ListOrders", list_orders, CM_RPC_READ, CM_RPC_ROLES_READ " merchant"},
     {"MarkPaid", mark_paid, CM_RPC_WRITE, CM_RPC_ROLES_WRITE},
     {"CancelOrder", cancel_order, CM_RPC_WRITE, CM_RPC_ROLES_WRITE},
     {"ShipOrder", ship_order, CM_RPC_WRITE, CM_RPC_ROLES_WRITE},

@@ -37,7 +37,7 @@ static const cm_peer_def peers[] = {{"inventory", "127.0.0.1:50052"}};
 
 static const cm_service_ticker tickers[] = {
     /* every replica sweeps: the statements skip what another holds */
-    {"sweeper", "ORDER_SWEEP_MS", ord_sweep, 0},
+    {"sweeper", "ORDER_SWEEP_MS", ord_sweep, 0, NULL},
 };
 
 int main(int argc, char **argv)

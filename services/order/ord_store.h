@@ -40,8 +40,10 @@ typedef struct ord_new {
  * stored. */
 int ord_store_create_many(cm_db *db, ord_new *const *items, size_t n);
 
-/* the order by id (CM_ENOTFOUND if none), with its refunds. */
-int ord_store_get(cm_db *db, const char *tenant, const char *order_id, cm_arena *a, ord_order *o);
+/* the order by id (CM_ENOTFOUND if none), with its refunds; with merchant
+ * (not NULL) only an order of that merchant: another's is CM_ENOTFOUND. */
+int ord_store_get(cm_db *db, const char *tenant, const char *order_id, const char *merchant,
+                  cm_arena *a, ord_order *o);
 
 /* 0 if an order with this id exists, CM_ENOTFOUND if not, or the error. */
 int ord_store_exists(cm_db *db, const char *tenant, const char *order_id);

@@ -255,19 +255,21 @@ static int load_refunds(cm_db *db, const char *tenant, cm_arena *a, ord_order *o
     return 0;
 }
 
-/* one order by id; lock: "FOR UPDATE" or "" */
-static int load(cm_db *db, const char *tenant, const char *order_id, const char *lock, cm_arena *a,
-                ord_order *o)
+/* one order by id, of merchant only when not NULL; lock: "FOR UPDATE" or "" */
+static int load_of(cm_db *db, const char *tenant, const char *order_id, const char *merchant,
+                   const char *lock, cm_arena *a, ord_order *o)
 {
     if (!cm_id_is_uuid(order_id))
         return CM_ENOTFOUND;
-    const char *p[] = {tenant, order_id};
+    const char *p[] = {tenant, order_id, merchant};
     PGresult *r = NULL;
     char sql[2048];
+    /* sql-safe: lock is "FOR UPDATE" or "", literals of this file */
     snprintf(sql, sizeof sql,
-             "SELECT " ORDER_COLS " FROM orders WHERE tenant_id = $1 AND order_id = $2::uuid %s",
+             "SELECT " ORDER_COLS " FROM orders WHERE tenant_id = $1 AND order_id = $2::uuid "
+             "AND ($3::text IS NULL OR merchant_id = $3) %s",
              lock);
-    int rc = read_row(db, "get order", sql, 2, p, &r);
+    int rc = read_row(db, "get order", sql, 3, p, &r);
     if (rc)
         return rc;
     parse_order(r, 0, o);
@@ -275,9 +277,16 @@ static int load(cm_db *db, const char *tenant, const char *order_id, const char 
     return a ? load_refunds(db, tenant, a, o) : 0;
 }
 
-int ord_store_get(cm_db *db, const char *tenant, const char *order_id, cm_arena *a, ord_order *o)
+static int load(cm_db *db, const char *tenant, const char *order_id, const char *lock, cm_arena *a,
+                ord_order *o)
 {
-    return load(db, tenant, order_id, "", a, o);
+    return load_of(db, tenant, order_id, NULL, lock, a, o);
+}
+
+int ord_store_get(cm_db *db, const char *tenant, const char *order_id, const char *merchant,
+                  cm_arena *a, ord_order *o)
+{
+    return load_of(db, tenant, order_id, merchant, "", a, o);
 }
 
 int ord_store_exists(cm_db *db, const char *tenant, const char *order_id)
@@ -451,6 +460,7 @@ static int insert_many(cm_db *db, ord_new *const *items, size_t n, cm_arena *a, 
         cm_outbox_rows_add(ev, &e);
         size_t k = FIRST + u * COLS;
 #define P(j) (k + (j)-1)
+        /* sql-safe: parameter numbers */
         len += (size_t)snprintf(
             sql + len, cap - len,
             "%s($%zu, $%zu::uuid, $%zu, $%zu, 1, $%zu, $%zu, $%zu, $%zu, $%zu::bigint, "
@@ -467,6 +477,7 @@ static int insert_many(cm_db *db, ord_new *const *items, size_t n, cm_arena *a, 
     }
     if (cm_outbox_rows_close(ev) || len >= cap)
         return CM_ENOMEM;
+    /* sql-safe: sql is the VALUES list built above (parameter numbers) */
     const char *full =
         cm_arena_printf(a,
                         "%s ON CONFLICT DO NOTHING RETURNING tenant_id, order_id::text AS oid), "

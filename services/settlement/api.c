@@ -430,6 +430,17 @@ static int list_accounts(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCM
     }
     if (*req->currency && !cm_money_currency_valid(req->currency))
         return fail_field(ctx, "currency", "a known ISO-4217 code, or empty for all");
+    /* a merchant's token sees its own accounts (party MERCHANT, its id):
+     * without a party filter that is the filter; a filter on another party
+     * is an empty page */
+    const char *merchant = cm_rpc_ctx_merchant_scope(ctx);
+    int others = 0;
+    if (merchant && !req->party) {
+        type = STL_PARTY_MERCHANT;
+        owner = merchant;
+    } else if (merchant) {
+        others = type != STL_PARTY_MERCHANT || strcmp(owner, merchant) != 0;
+    }
     uint64_t fh = cm_page_filters(
         cm_arena_printf(a, "%d|%s|%s", type, owner ? owner : "\x01", req->currency));
     char pos[CM_PAGE_POSITION_MAX + 1];
@@ -437,6 +448,8 @@ static int list_accounts(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCM
     int limit;
     if (cm_page_begin(ctx, req->page_size, req->page_token, 'a', fh, pos, &after, &limit))
         return -1;
+    if (others)
+        return 0;
     int64_t after_id = after ? strtoll(after, NULL, 10) : 0;
     if (after && after_id <= 0)
         return cm_page_bad_token(ctx);
@@ -610,7 +623,9 @@ static int get_payout(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMess
     stl_payout *p = cm_rpc_alloc(ctx, sizeof *p);
     if (!p)
         return cm_rpc_fail_err(ctx, CM_ENOMEM, "payout");
-    int rc = stl_payout_get(cm_service_db(ctx), cm_rpc_ctx_tenant(ctx), req->payout_id, p);
+    /* a merchant's token: a payout to another party is as unknown */
+    int rc = stl_payout_get(cm_service_db(ctx), cm_rpc_ctx_tenant(ctx), req->payout_id,
+                            cm_rpc_ctx_merchant_scope(ctx), p);
     if (rc == CM_ENOTFOUND)
         return cm_rpc_fail_not_found(ctx, "payout");
     if (rc)
@@ -649,8 +664,9 @@ static int list_payouts(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMe
     if (!rows)
         return cm_rpc_fail_err(ctx, CM_ENOMEM, "payouts");
     int n = 0;
-    int rc = stl_payout_list(cm_service_db(ctx), cm_rpc_ctx_tenant(ctx), state, req->account_id,
-                             before_ms, before_id, limit + 1, rows, &n);
+    int rc =
+        stl_payout_list(cm_service_db(ctx), cm_rpc_ctx_tenant(ctx), cm_rpc_ctx_merchant_scope(ctx),
+                        state, req->account_id, before_ms, before_id, limit + 1, rows, &n);
     if (rc)
         return cm_rpc_fail_err(ctx, rc, "could not list the payouts");
     int more = n > limit;
@@ -751,9 +767,9 @@ static int get_account_statement(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Pr
     if (!lines || !ks)
         return cm_rpc_fail_err(ctx, CM_ENOMEM, "statement");
     int n = 0;
-    int rc =
-        stl_store_statement(cm_service_db(ctx), cm_rpc_ctx_tenant(ctx), req->account_id, from, to,
-                            after_id, (int)after_k, limit + 1, &acct, &open, &close, lines, ks, &n);
+    int rc = stl_store_statement(cm_service_db(ctx), cm_rpc_ctx_tenant(ctx), req->account_id,
+                                 cm_rpc_ctx_merchant_scope(ctx), from, to, after_id, (int)after_k,
+                                 limit + 1, &acct, &open, &close, lines, ks, &n);
     if (rc == CM_ENOTFOUND)
         return cm_rpc_fail_not_found(ctx, "account");
     if (rc)
@@ -789,25 +805,32 @@ static int get_account_statement(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Pr
     return cm_page_next(ctx, more, 's', fh, end, &resp->next_page_token);
 }
 
+/* the ledger is the tenant's finance: every party's money, the platform's
+ * take, the provider's fees. its readers are finance's (admin, reader) and
+ * each merchant for its own accounts; no backend on the hot path reads it
+ * (settlement is fed by order events), so "service" is not among them */
+#define STL_ROLES_READ "admin reader"
+#define STL_ROLES_MERCHANT STL_ROLES_READ " merchant"
+
 const cm_rpc_method stl_methods[] = {
     {"PutSplitRule", put_split_rule, CM_RPC_ADMIN, CM_RPC_ROLES_ADMIN},
-    {"GetSplitRule", get_split_rule, CM_RPC_READ, CM_RPC_ROLES_READ},
-    {"ListSplitRuleVersions", list_split_rule_versions, CM_RPC_READ, CM_RPC_ROLES_READ},
-    {"GetTenantSettings", get_tenant_settings, CM_RPC_READ, CM_RPC_ROLES_READ},
+    {"GetSplitRule", get_split_rule, CM_RPC_READ, STL_ROLES_READ},
+    {"ListSplitRuleVersions", list_split_rule_versions, CM_RPC_READ, STL_ROLES_READ},
+    {"GetTenantSettings", get_tenant_settings, CM_RPC_READ, STL_ROLES_READ},
     {"PutTenantSettings", put_tenant_settings, CM_RPC_ADMIN, CM_RPC_ROLES_ADMIN},
-    {"ListAccounts", list_accounts, CM_RPC_READ, CM_RPC_ROLES_READ},
-    {"ListJournalEntries", list_journal_entries, CM_RPC_READ, CM_RPC_ROLES_READ},
+    {"ListAccounts", list_accounts, CM_RPC_READ, STL_ROLES_MERCHANT},
+    {"ListJournalEntries", list_journal_entries, CM_RPC_READ, STL_ROLES_READ},
     {"RunSettlement", run_settlement, CM_RPC_ADMIN, CM_RPC_ROLES_ADMIN},
-    {"GetSettlementRun", get_settlement_run, CM_RPC_READ, CM_RPC_ROLES_READ},
-    {"ListSettlementRuns", list_settlement_runs, CM_RPC_READ, CM_RPC_ROLES_READ},
-    {"GetPayout", get_payout, CM_RPC_READ, CM_RPC_ROLES_READ},
-    {"ListPayouts", list_payouts, CM_RPC_READ, CM_RPC_ROLES_READ},
+    {"GetSettlementRun", get_settlement_run, CM_RPC_READ, STL_ROLES_READ},
+    {"ListSettlementRuns", list_settlement_runs, CM_RPC_READ, STL_ROLES_READ},
+    {"GetPayout", get_payout, CM_RPC_READ, STL_ROLES_MERCHANT},
+    {"ListPayouts", list_payouts, CM_RPC_READ, STL_ROLES_MERCHANT},
     {"ReportPayoutResult", report_payout_result, CM_RPC_ADMIN, CM_RPC_ROLES_ADMIN},
-    {"GetAccountStatement", get_account_statement, CM_RPC_READ, CM_RPC_ROLES_READ},
+    {"GetAccountStatement", get_account_statement, CM_RPC_READ, STL_ROLES_MERCHANT},
     {"ImportStatement", stl_import_statement, CM_RPC_ADMIN, CM_RPC_ROLES_ADMIN},
-    {"GetReconciliation", stl_get_reconciliation, CM_RPC_READ, CM_RPC_ROLES_READ},
+    {"GetReconciliation", stl_get_reconciliation, CM_RPC_READ, STL_ROLES_READ},
     {"ListReconciliationDifferences", stl_list_reconciliation_differences, CM_RPC_READ,
-     CM_RPC_ROLES_READ},
+     STL_ROLES_READ},
 };
 const size_t stl_methods_count = sizeof stl_methods / sizeof stl_methods[0];
 
@@ -872,9 +895,6 @@ int stl_app_init(cm_service *svc, void **out, char *err, size_t errlen)
                                            "payouts by state reached", "state=\"paid\"");
     app->payouts_failed = cm_metrics_counter(m, "settlement_payouts_total",
                                              "payouts by state reached", "state=\"failed\"");
-    app->payouts_pending = cm_metrics_gauge(
-        m, "settlement_payouts_pending",
-        "payouts waiting for the payment system's report (as of the payer's last pass)", NULL);
     app->costs_lag = cm_metrics_histogram(
         m, "settlement_commission_cost_lag_seconds",
         "from a commission event's occurred_at to its cost entry on the ledger", NULL, lag_bounds,

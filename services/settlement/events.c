@@ -381,7 +381,6 @@ void stl_settler(cm_service *svc, cm_db *db, void *arg)
 
 void stl_payer(cm_service *svc, cm_db *db, void *arg)
 {
-    (void)svc;
     stl_app *app = arg;
     int payouts = 0;
     int rc = stl_pay_out(db, app->events_on, app->topic, &payouts);
@@ -389,8 +388,21 @@ void stl_payer(cm_service *svc, cm_db *db, void *arg)
         cm_log_warn("payer could not finish", "error", cm_strerror(rc), NULL);
     cm_counter_add(app->payouts, (uint64_t)payouts);
     long long pending = 0;
+    if (!app->payouts_pending)
+        app->payouts_pending = cm_metrics_gauge(
+            cm_service_metrics(svc), "settlement_payouts_pending",
+            "payouts waiting for the payment system's report (as of the payer's last pass; "
+            "only the replica whose payer leads has it)",
+            NULL);
     if (stl_payouts_pending(db, &pending) == 0)
         cm_gauge_set(app->payouts_pending, (double)pending);
+}
+
+void stl_payer_resign(cm_service *svc, void *arg)
+{
+    stl_app *app = arg;
+    cm_metrics_gauge_remove(cm_service_metrics(svc), app->payouts_pending);
+    app->payouts_pending = NULL;
 }
 
 void stl_on_tx_begin(void *arg)

@@ -95,10 +95,10 @@ static const cm_service_consumer consumers[] = {
 static const char *const consumer_conf[] = {"session.timeout.ms", "10000", NULL};
 
 static const cm_service_ticker tickers[] = {
-    {"parker", "SETTLEMENT_PARKER_MS", stl_parker, 1},
-    {"settler", "SETTLEMENT_RUN_TICK_MS", stl_settler, 1},
-    {"payer", "SETTLEMENT_PAYOUT_MS", stl_payer, 1},
-    {"recon", "SETTLEMENT_RECON_MS", stl_recon_tick, 1},
+    {"parker", "SETTLEMENT_PARKER_MS", stl_parker, 1, NULL},
+    {"settler", "SETTLEMENT_RUN_TICK_MS", stl_settler, 1, NULL},
+    {"payer", "SETTLEMENT_PAYOUT_MS", stl_payer, 1, stl_payer_resign},
+    {"recon", "SETTLEMENT_RECON_MS", stl_recon_tick, 1, stl_recon_resign},
 };
 
 int main(int argc, char **argv)

@@ -573,19 +573,37 @@ int stl_list_reconciliation_differences(cm_rpc_ctx *ctx, const ProtobufCMessage 
 
 /* at most 1000 (tenant, date, currency) a tick: the gauge is a signal,
  * GetReconciliation the tool */
+static cm_gauge *balanced_gauge(cm_metrics *m)
+{
+    return cm_metrics_gauge(
+        m, "settlement_ledger_balanced",
+        "1 when every tenant's accounts sum to zero per currency and every account's buckets "
+        "equal the sums of its postings, else 0 (only the replica whose recon ticker leads has it)",
+        NULL);
+}
+
+static cm_gauge *diffs_gauge(cm_metrics *m)
+{
+    return cm_metrics_gauge(
+        m, "settlement_reconciliation_differences",
+        "differences between the ledger and the provider statements of the recent bill dates",
+        NULL);
+}
+
+void stl_recon_resign(cm_service *svc, void *arg)
+{
+    (void)arg;
+    cm_metrics *m = cm_service_metrics(svc);
+    cm_metrics_gauge_remove(m, balanced_gauge(m));
+    cm_metrics_gauge_remove(m, diffs_gauge(m));
+}
+
 void stl_recon_tick(cm_service *svc, cm_db *db, void *arg)
 {
     stl_app *app = arg;
     cm_metrics *m = cm_service_metrics(svc);
-    cm_gauge *balanced = cm_metrics_gauge(
-        m, "settlement_ledger_balanced",
-        "1 when every tenant's accounts sum to zero per currency and every account's buckets "
-        "equal the sums of its postings, else 0",
-        NULL);
-    cm_gauge *diffs = cm_metrics_gauge(
-        m, "settlement_reconciliation_differences",
-        "differences between the ledger and the provider statements of the recent bill dates",
-        NULL);
+    cm_gauge *balanced = balanced_gauge(m);
+    cm_gauge *diffs = diffs_gauge(m);
     PGresult *r = NULL;
     int rc = cm_db_read(
         db, "check the ledger",

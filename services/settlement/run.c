@@ -367,14 +367,16 @@ int stl_pay_out(cm_db *db, int events_on, const char *topic, int *payouts)
     return rc;
 }
 
-int stl_payout_get(cm_db *db, const char *tenant, const char *id, stl_payout *out)
+int stl_payout_get(cm_db *db, const char *tenant, const char *id, const char *merchant,
+                   stl_payout *out)
 {
-    const char *p[] = {tenant, id};
+    const char *p[] = {tenant, id, merchant};
     PGresult *r = NULL;
     int rc = cm_db_read(db, "get payout",
                         "SELECT " PAYOUT_COLS " FROM payouts p JOIN accounts a USING (account_id) "
-                        "WHERE p.tenant_id = $1 AND p.payout_id = $2::uuid",
-                        2, p, &r);
+                        "WHERE p.tenant_id = $1 AND p.payout_id = $2::uuid AND ($3::text IS NULL "
+                        "OR (a.party_type = 1 AND a.owner_id = $3))",
+                        3, p, &r);
     if (rc)
         return rc;
     rc = PQntuples(r) ? 0 : CM_ENOTFOUND;
@@ -384,23 +386,27 @@ int stl_payout_get(cm_db *db, const char *tenant, const char *id, stl_payout *ou
     return rc;
 }
 
-int stl_payout_list(cm_db *db, const char *tenant, int state, int64_t account, int64_t before_ms,
-                    const char *before_id, int limit, stl_payout *out, int *n)
+int stl_payout_list(cm_db *db, const char *tenant, const char *merchant, int state, int64_t account,
+                    int64_t before_ms, const char *before_id, int limit, stl_payout *out, int *n)
 {
     char s[8], ac[24], b[24], l[24];
     snprintf(s, sizeof s, "%d", state);
     snprintf(ac, sizeof ac, "%lld", (long long)account);
     snprintf(b, sizeof b, "%lld", (long long)before_ms);
     snprintf(l, sizeof l, "%d", limit);
-    const char *p[] = {tenant, s, ac, b, before_id, l};
+    /* NULL on the first page: "" is no uuid, and the cast of a parameter
+     * is not spared by the OR; $4 a bigint (ms overflow an int) */
+    const char *p[] = {tenant, s, ac, b, before_ms ? before_id : NULL, l, merchant};
     PGresult *r = NULL;
     int rc = cm_db_read(
         db, "list payouts",
         "SELECT " PAYOUT_COLS " FROM payouts p JOIN accounts a USING (account_id) WHERE "
-        "p.tenant_id = $1 AND ($2 = 0 OR p.state = $2) AND ($3::bigint = 0 OR p.account_id = "
-        "$3::bigint) AND ($4::bigint = 0 OR (p.created_at, p.payout_id) < (to_timestamp($4::bigint "
-        "/ 1000.0), NULLIF($5, '')::uuid)) ORDER BY p.created_at DESC, p.payout_id DESC LIMIT $6",
-        6, p, &r);
+        "p.tenant_id = $1 AND ($2 = 0 OR p.state = $2) AND ($3 = 0 OR p.account_id = $3) AND "
+        "($4::bigint = 0 OR (p.created_at, p.payout_id) < (to_timestamp($4::bigint / 1000.0), "
+        "$5::uuid)) AND "
+        "($7::text IS NULL OR (a.party_type = 1 AND a.owner_id = $7)) ORDER BY "
+        "p.created_at DESC, p.payout_id DESC LIMIT $6",
+        7, p, &r);
     if (rc)
         return rc;
     *n = PQntuples(r);
@@ -484,7 +490,7 @@ int stl_payout_report(cm_db *db, const char *tenant, const char *id, int result,
     int rc = cm_db_tx(db, NULL, 5, report_fn, &t);
     *verdict = t.verdict;
     if (rc == 0 && t.verdict == STL_OK)
-        return stl_payout_get(db, tenant, id, out);
+        return stl_payout_get(db, tenant, id, NULL, out);
     return rc;
 }
 

@@ -20,7 +20,7 @@ typedef struct stl_app {
     stl_ledger *ledger; /* the order-event consumer's (one consumer thread) */
     cm_counter *posted, *reversed, *duplicates, *capped, *parked, *dead_lettered, *runs, *payouts;
     cm_counter *payouts_paid, *payouts_failed;
-    cm_gauge *payouts_pending;
+    cm_gauge *payouts_pending; /* the payer's, while it leads (stl_payer) */
     cm_histogram *lag;
     stl_ledger_stats last; /* what was last added to the counters */
     /* the commission consumer's (one consumer thread) and its metrics */

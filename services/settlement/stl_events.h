@@ -57,6 +57,9 @@ void stl_parker(struct cm_service *svc, cm_db *db, void *arg);
  * payer ticker (payouts of what is available) */
 void stl_settler(struct cm_service *svc, cm_db *db, void *arg);
 void stl_payer(struct cm_service *svc, cm_db *db, void *arg);
+/* the payer's replica stopped leading: settlement_payouts_pending leaves
+ * its scrape (the next leader's payer reports it) */
+void stl_payer_resign(struct cm_service *svc, void *arg);
 int stl_on_tx_end(cm_db *db, void *arg);
 void stl_on_committed(const cm_event *ev, int duplicate, void *arg);
 

@@ -69,5 +69,8 @@ int stl_list_reconciliation_differences(cm_rpc_ctx *ctx, const ProtobufCMessage 
  * tenant and currency). arg: the stl_app. */
 struct cm_service;
 void stl_recon_tick(struct cm_service *svc, cm_db *db, void *arg);
+/* the recon ticker's replica stopped leading: its two gauges leave the
+ * scrape, so a former leader shows no stale verdict */
+void stl_recon_resign(struct cm_service *svc, void *arg);
 
 #endif

@@ -66,11 +66,15 @@ int stl_pay_out(cm_db *db, int events_on, const char *topic, int *payouts);
 /* payouts waiting for a report, every tenant's */
 int stl_payouts_pending(cm_db *db, long long *n);
 
-int stl_payout_get(cm_db *db, const char *tenant, const char *id, stl_payout *out);
+/* a payout by id; with merchant (not NULL) only one to that merchant's
+ * account (party MERCHANT): another's is CM_ENOTFOUND, as an unknown id */
+int stl_payout_get(cm_db *db, const char *tenant, const char *id, const char *merchant,
+                   stl_payout *out);
 /* payouts of a tenant, newest first, before (created ms, id) (0: from the
- * newest), filtered by state (0: any) and account (0: any) */
-int stl_payout_list(cm_db *db, const char *tenant, int state, int64_t account, int64_t before_ms,
-                    const char *before_id, int limit, stl_payout *out, int *n);
+ * newest), filtered by state (0: any), account (0: any) and merchant (the
+ * accounts of party MERCHANT with that id; NULL: any) */
+int stl_payout_list(cm_db *db, const char *tenant, const char *merchant, int state, int64_t account,
+                    int64_t before_ms, const char *before_id, int limit, stl_payout *out, int *n);
 /* the payment system's report (result PAID or FAILED). *verdict STL_OK,
  * STL_SAME (that result was reported before) or STL_VERSION (the other
  * result was); CM_ENOTFOUND for an unknown payout. out: the payout now. */

@@ -164,12 +164,13 @@ typedef struct stl_line {
     int64_t amount;
 } stl_line;
 
-/* the account (CM_ENOTFOUND when not the tenant's), its buckets at from_ms
- * and to_ms, and its postings in [from_ms, to_ms) after (entry after_id,
- * posting index after_k), oldest first, at most limit */
-int stl_store_statement(cm_db *db, const char *tenant, int64_t account, int64_t from_ms,
-                        int64_t to_ms, int64_t after_id, int after_k, int limit, stl_account *acct,
-                        stl_buckets *opening, stl_buckets *closing, stl_line *lines, int *ks,
-                        int *n);
+/* the account (CM_ENOTFOUND when not the tenant's, or with merchant not
+ * NULL when not that merchant's account of party MERCHANT), its buckets at
+ * from_ms and to_ms, and its postings in [from_ms, to_ms) after (entry
+ * after_id, posting index after_k), oldest first, at most limit */
+int stl_store_statement(cm_db *db, const char *tenant, int64_t account, const char *merchant,
+                        int64_t from_ms, int64_t to_ms, int64_t after_id, int after_k, int limit,
+                        stl_account *acct, stl_buckets *opening, stl_buckets *closing,
+                        stl_line *lines, int *ks, int *n);
 
 #endif

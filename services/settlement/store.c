@@ -521,10 +521,10 @@ int stl_store_list_entries(cm_db *db, const char *tenant, const char *order_id, 
 
 /* ---- statements ---- */
 
-int stl_store_statement(cm_db *db, const char *tenant, int64_t account, int64_t from_ms,
-                        int64_t to_ms, int64_t after_id, int after_k, int limit, stl_account *acct,
-                        stl_buckets *opening, stl_buckets *closing, stl_line *lines, int *ks,
-                        int *n)
+int stl_store_statement(cm_db *db, const char *tenant, int64_t account, const char *merchant,
+                        int64_t from_ms, int64_t to_ms, int64_t after_id, int after_k, int limit,
+                        stl_account *acct, stl_buckets *opening, stl_buckets *closing,
+                        stl_line *lines, int *ks, int *n)
 {
     char ac[24], f[24], t[24], a[24], k[24], l[24];
     const char *p[] = {tenant,
@@ -534,12 +534,13 @@ int stl_store_statement(cm_db *db, const char *tenant, int64_t account, int64_t 
                        num(a, sizeof a, after_id),
                        num(k, sizeof k, after_k),
                        num(l, sizeof l, limit)};
+    const char *pa[] = {tenant, p[1], merchant};
     PGresult *r = NULL;
-    int rc =
-        cm_db_read_row(db, "get account",
-                       "SELECT " ACCOUNT_COLS " FROM accounts WHERE tenant_id = $1 AND account_id "
-                       "= $2",
-                       2, p, &r);
+    int rc = cm_db_read_row(db, "get account",
+                            "SELECT " ACCOUNT_COLS " FROM accounts WHERE tenant_id = $1 AND "
+                            "account_id = $2 AND ($3::text IS NULL OR (party_type = 1 AND owner_id "
+                            "= $3))",
+                            3, pa, &r);
     if (rc)
         return rc;
     parse_account(r, 0, acct);

@@ -35,6 +35,7 @@ Environment: PG_DSN, KAFKA_BROKERS, COMMERCE_BIN (the build's bin/),
 COMMERCE_PY_GEN (its gen/python). Exit 0 when every check holds.
 """
 import argparse
+import base64
 import concurrent.futures
 import hashlib
 import hmac
@@ -550,6 +551,10 @@ def main():
                   f"the repo's own, {own_pg!r} / {own_kafka!r})", flush=True)
             infra = False
     topic = f"e2e.{RUN}"
+    # the partners' webhook secrets sealed at rest, as deployed
+    keys = f"/tmp/commerce-e2e-{RUN}.keys"
+    with open(os.open(keys, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+        f.write(f"e2e:{base64.b64encode(os.urandom(32)).decode()}\n")
     topics = [f"{topic}.order", f"{topic}.cms", f"{topic}.partner", f"{topic}.stl"]
     for t in topics:
         subprocess.run([kafka_sh, "topic", t, "3"], check=True, capture_output=True)
@@ -579,7 +584,7 @@ def main():
         "COMMISSION_PARTNER_TOPIC": f"{topic}.partner", "COMMISSION_FEED_GROUP":
         f"{topic}.feed", "COMMISSION_WEBHOOK_ALLOW_HTTP": "on",
         "COMMISSION_WEBHOOK_ALLOW_CIDRS": "127.0.0.0/8", "COMMISSION_WEBHOOK_BACKOFF_MAX_MS":
-        "2000", "KAFKA_BROKERS": brokers})
+        "2000", "COMMISSION_SECRETS_KEY_FILE": keys, "KAFKA_BROKERS": brokers})
     model = Model()
     rc = 1
     try:
@@ -684,6 +689,7 @@ def main():
                 for key, val in sv.env.items():
                     if key.endswith("_SCHEMA"):
                         psql(f"DROP SCHEMA IF EXISTS {val} CASCADE")
+        os.unlink(keys)
     print(f"== e2e: {'ok' if rc == 0 else f'{len(failures)} FAILURES'}", flush=True)
     return rc
 

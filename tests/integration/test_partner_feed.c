@@ -40,7 +40,8 @@ static const cm_rpc_md md[1] = {{"x-tenant-id", TENANT}};
 
 typedef struct st {
     char schema[64], otopic[128], ctopic[128], ptopic[128], group[128], fgroup[128];
-    char e[6][192];
+    char e[7][192];
+    char keys[128]; /* the keyring file: webhook secrets sealed at rest */
     hs_proc p;
     cm_rpc_client *c;
     hs_producer *prod;
@@ -48,6 +49,38 @@ typedef struct st {
 
 static st S;
 static int seq;
+
+#define KEY_1 "k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="
+#define KEY_2 "k2:QkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkI="
+
+static void write_keys(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    ck_assert_ptr_nonnull(f);
+    ck_assert_int_ge(fputs(text, f), 0);
+    ck_assert_int_eq(fclose(f), 0);
+}
+
+/* starts (again) with the test's settings, then extra's */
+static void st_spawn(st *s, const char *const *extra)
+{
+    const char *base[] = {s->e[0],
+                          s->e[1],
+                          s->e[2],
+                          s->e[3],
+                          s->e[4],
+                          s->e[5],
+                          s->e[6],
+                          "COMMISSION_WEBHOOK_ALLOW_HTTP=on",
+                          "COMMISSION_WEBHOOK_ALLOW_CIDRS=127.0.0.0/8",
+                          "COMMISSION_WEBHOOK_POLL_MS=20",
+                          "COMMISSION_WEBHOOK_BACKOFF_MAX_MS=2000",
+                          "COMMISSION_WEBHOOK_TIMEOUT_MS=3000",
+                          NULL};
+    const char *env[40];
+    hs_start(&s->p, COMMISSION_BIN, hs_env_join(env, 40, base, extra));
+    s->c = hs_client(&s->p, NULL);
+}
 
 static void st_start(st *s, const char *tag, const char *const *extra)
 {
@@ -70,21 +103,10 @@ static void st_start(st *s, const char *tag, const char *const *extra)
     snprintf(s->e[3], sizeof s->e[3], "COMMISSION_TOPIC=%s", s->ctopic);
     snprintf(s->e[4], sizeof s->e[4], "COMMISSION_PARTNER_TOPIC=%s", s->ptopic);
     snprintf(s->e[5], sizeof s->e[5], "COMMISSION_FEED_GROUP=%s", s->fgroup);
-    const char *base[] = {s->e[0],
-                          s->e[1],
-                          s->e[2],
-                          s->e[3],
-                          s->e[4],
-                          s->e[5],
-                          "COMMISSION_WEBHOOK_ALLOW_HTTP=on",
-                          "COMMISSION_WEBHOOK_ALLOW_CIDRS=127.0.0.0/8",
-                          "COMMISSION_WEBHOOK_POLL_MS=20",
-                          "COMMISSION_WEBHOOK_BACKOFF_MAX_MS=2000",
-                          "COMMISSION_WEBHOOK_TIMEOUT_MS=3000",
-                          NULL};
-    const char *env[40];
-    hs_start(&s->p, COMMISSION_BIN, hs_env_join(env, 40, base, extra));
-    s->c = hs_client(&s->p, NULL);
+    snprintf(s->keys, sizeof s->keys, "/tmp/commerce-feed-keys-%s-%d-%d", tag, pid, seq);
+    write_keys(s->keys, KEY_1 "\n");
+    snprintf(s->e[6], sizeof s->e[6], "COMMISSION_SECRETS_KEY_FILE=%s", s->keys);
+    st_spawn(s, extra);
     s->prod = hs_producer_new(hs_kafka_brokers());
 }
 
@@ -98,6 +120,16 @@ static void st_stop(st *s)
     hs_kafka_delete_topic(hs_kafka_brokers(), s->ctopic);
     hs_kafka_delete_topic(hs_kafka_brokers(), s->ptopic);
     hs_drop_schema(NULL, s->schema);
+    unlink(s->keys);
+}
+
+/* stops the service (its schema and topics stay) and starts it again */
+static void st_restart(st *s, const char *const *extra)
+{
+    cm_rpc_client_free(s->c);
+    ck_assert_msg(hs_stop(&s->p, SIGTERM, 30000) == 0, "commission did not exit 0 (log %s)",
+                  s->p.log_path);
+    st_spawn(s, extra);
 }
 
 static long long sql(const st *s, const char *q)
@@ -537,6 +569,11 @@ START_TEST(webhooks_isolated_signed_and_kafka_per_partner)
     ck_assert_msg(strncmp(pa->webhook_secret, "whsec_", 6) == 0, "secret %s", pa->webhook_secret);
     ck_assert_uint_eq(strlen(pa->webhook_secret), 49);
     ck_assert_str_ne(pa->webhook_secret, pb->webhook_secret);
+    /* at rest: sealed under the keyring's key, no secret in the clear */
+    ck_assert_int_eq(sql(s, "SELECT count(*) FROM partners WHERE secret LIKE 'cms1:k1:%'"), 2);
+    ck_assert_int_eq(sql(s, "SELECT count(*) FROM partners WHERE strpos(secret || "
+                            "previous_secret, 'whsec_') > 0"),
+                     0);
     /* a retry of the put gets the secret again; a later put none */
     Commerce__Commission__V1__PutPartnerResponse *again = NULL;
     ck_assert_int_eq(put_partner(s, "pa-1", ida, ca, 1, rcv_url(&ra), 1, &stt, &again), 0);
@@ -915,6 +952,13 @@ START_TEST(rotation_both_secrets_during_overlap_then_only_new)
     ck_assert_str_ne(fresh, old);
     ck_assert_ptr_nonnull(rs->previous_secret_expires_at);
     commerce__commission__v1__rotate_webhook_secret_response__free_unpacked(rs, NULL);
+    /* both the new secret and the previous one stay sealed */
+    ck_assert_int_eq(sql(s, "SELECT count(*) FROM partners WHERE secret LIKE 'cms1:k1:%' AND "
+                            "previous_secret LIKE 'cms1:k1:%' AND secret <> previous_secret"),
+                     1);
+    ck_assert_int_eq(sql(s, "SELECT count(*) FROM partners WHERE strpos(secret || "
+                            "previous_secret, 'whsec_') > 0"),
+                     0);
     long long rotated = hs_real_ms();
     /* during the overlap: the receiver that knows only the old secret
      * verifies, and so does one that knows only the new */
@@ -965,6 +1009,83 @@ START_TEST(rotation_both_secrets_during_overlap_then_only_new)
                 &commerce__commission__v1__redeliver_webhook_event_response__descriptor, NULL, &stt,
                 md, 1),
         GRPC_STATUS_NOT_FOUND);
+    st_stop(s);
+}
+END_TEST
+
+/* the secrets at rest across restarts: refused without a key, plain text
+ * with the development knob, sealed at the next start with a keyring,
+ * sealed again under a new first key, and bound to their partner */
+START_TEST(secrets_sealed_at_start_rotated_and_bound_to_their_partner)
+{
+    st *s = &S;
+    const char *nokey[] = {"COMMISSION_SECRETS_KEY_FILE=", NULL};
+    st_start(s, "seal", nokey);
+    put_schedule(s);
+    put_channel(s, "s-1");
+    put_channel(s, "s-2");
+    rcv r, r2;
+    rcv_init(&r, "seal");
+    rcv_init(&r2, "seal-2");
+    cm_rpc_status stt;
+    Commerce__Commission__V1__PutPartnerResponse *pr = NULL;
+    const char *ch[] = {"s-1", NULL}, *ch2[] = {"s-2", NULL};
+    /* no keyring, no plain-text knob: a webhook is refused, not stored */
+    ck_assert_int_eq(put_partner(s, "ps-0", "ps", ch, 0, rcv_url(&r), 1, &stt, NULL),
+                     GRPC_STATUS_FAILED_PRECONDITION);
+    ck_assert_str_eq(stt.reason, "NOT_CONFIGURED");
+    ck_assert_msg(strstr(stt.message, "COMMISSION_SECRETS_KEY_FILE"), "%s", stt.message);
+    ck_assert_int_eq(sql(s, "SELECT count(*) FROM partners"), 0);
+
+    /* the development knob: plain text */
+    const char *plain[] = {"COMMISSION_SECRETS_KEY_FILE=", "COMMISSION_SECRETS_PLAINTEXT=on", NULL};
+    st_restart(s, plain);
+    ck_assert_int_eq(put_partner(s, "ps-1", "ps", ch, 0, rcv_url(&r), 1, &stt, &pr), 0);
+    char secret[64];
+    snprintf(secret, sizeof secret, "%s", pr->webhook_secret);
+    commerce__commission__v1__put_partner_response__free_unpacked(pr, NULL);
+    ck_assert_int_eq(put_partner(s, "ps2-1", "ps2", ch2, 0, rcv_url(&r2), 1, &stt, &pr), 0);
+    char secret2[64];
+    snprintf(secret2, sizeof secret2, "%s", pr->webhook_secret);
+    commerce__commission__v1__put_partner_response__free_unpacked(pr, NULL);
+    ck_assert_int_eq(sql(s, "SELECT count(*) FROM partners WHERE secret LIKE 'whsec_%'"), 2);
+
+    /* a keyring: the start seals both rows; the secret is the same */
+    st_restart(s, NULL);
+    ck_assert_int_eq(sql(s, "SELECT count(*) FROM partners WHERE secret LIKE 'cms1:k1:%'"), 2);
+    ck_assert_int_eq(sql(s, "SELECT count(*) FROM partners WHERE strpos(secret, 'whsec_') > 0"), 0);
+    ck_assert_int_eq(put_partner(s, "ps-1", "ps", ch, 0, rcv_url(&r), 1, &stt, &pr), 0);
+    ck_assert_str_eq(pr->webhook_secret, secret);
+    commerce__commission__v1__put_partner_response__free_unpacked(pr, NULL);
+    rcv_start(&r, secret, NULL);
+    paid(s, "s-1", 100);
+    got g[16];
+    ck_assert_msg(rcv_wait(&r, 1, 30000, g, 16) == 1, "not delivered signed (log %s)",
+                  s->p.log_path);
+
+    /* a new first key: the start seals again under it; the old key still
+     * opens what it sealed until then */
+    write_keys(s->keys, KEY_2 "\n" KEY_1 "\n");
+    st_restart(s, NULL);
+    ck_assert_int_eq(sql(s, "SELECT count(*) FROM partners WHERE secret LIKE 'cms1:k2:%'"), 2);
+    paid(s, "s-1", 200);
+    ck_assert_msg(rcv_wait(&r, 2, 30000, g, 16) == 2,
+                  "not delivered after the key rotation (log %s)", s->p.log_path);
+    rcv_stop(&r);
+
+    /* a sealed secret copied to another partner does not open there: its
+     * deliveries fail (recorded) rather than being signed with it */
+    hs_sql_exec(s->schema, "UPDATE partners SET secret = (SELECT secret FROM partners WHERE "
+                           "partner_id = 'ps') WHERE partner_id = 'ps2'");
+    rcv_start(&r2, secret, NULL);
+    paid(s, "s-2", 300);
+    wait_sql(s,
+             "SELECT least(count(*), 1) FROM webhook_attempts a JOIN webhook_deliveries d USING "
+             "(delivery_id) WHERE d.partner_id = 'ps2' AND a.error LIKE '%does not open%'",
+             1, 30000);
+    ck_assert_uint_eq(rcv_read(&r2, g, 16), 0);
+    rcv_stop(&r2);
+    (void)secret2;
     st_stop(s);
 }
 END_TEST
@@ -1040,6 +1161,7 @@ int main(void)
     tcase_add_test(tc, bad_configuration_is_refused_naming_the_field);
     tcase_add_test(tc, webhooks_isolated_signed_and_kafka_per_partner);
     tcase_add_test(tc, rotation_both_secrets_during_overlap_then_only_new);
+    tcase_add_test(tc, secrets_sealed_at_start_rotated_and_bound_to_their_partner);
     tcase_add_test(tc, endpoint_disabled_after_failing_then_reenabled);
     tcase_add_test(tc, receiver_down_30s_then_everything_once_in_order);
     suite_add_tcase(su, tc);

@@ -645,13 +645,35 @@ START_TEST(a_singleton_ticker_runs_on_one_replica_at_a_time)
     ck_assert_int_eq(tickers_since(pg, schema, 1000, &leader), 1);
     ck_assert(leader == a.pid || leader == b.pid);
     hs_proc *dead = leader == a.pid ? &a : &b, *alive = leader == a.pid ? &b : &a;
-    /* the leader dies without a word: its session ends, the lock with it */
-    ck_assert_int_eq(hs_stop(dead, SIGKILL, 5000), 128 + SIGKILL);
+    /* what only the leader knows is on the leader's /metrics alone */
+    static char body[1 << 16];
+    ck_assert_int_eq(hs_http_get(dead->admin_port, "/metrics", body, sizeof body), 200);
+    ck_assert_ptr_nonnull(strstr(body, "\ntestsvc_leads 1"));
+    ck_assert_int_eq(hs_http_get(alive->admin_port, "/metrics", body, sizeof body), 200);
+    ck_assert_ptr_null(strstr(body, "\ntestsvc_leads"));
+    /* the leader's session ends under it (the lock with it) until the
+     * other replica has taken over: the former leader resigns, and its
+     * gauge leaves its /metrics rather than going stale */
+    int now = leader;
+    for (int i = 0; i < 20 && now == leader; i++) {
+        PQclear(PQexec(pg, "SELECT pg_terminate_backend(pid) FROM pg_locks "
+                           "WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid()"));
+        usleep(400 * 1000);
+        ck_assert_int_eq(tickers_since(pg, schema, 150, &now), 1);
+    }
+    ck_assert_int_ne(now, leader);
+    ck_assert_int_eq(hs_http_get(dead->admin_port, "/metrics", body, sizeof body), 200);
+    ck_assert_msg(strstr(body, "\ntestsvc_leads") == NULL, "the former leader kept its gauge");
+    ck_assert_int_eq(hs_http_get(alive->admin_port, "/metrics", body, sizeof body), 200);
+    ck_assert_ptr_nonnull(strstr(body, "\ntestsvc_leads 1"));
+    /* the new leader dies without a word: its session ends, the lock with
+     * it, and the first one leads again */
+    ck_assert_int_eq(hs_stop(alive, SIGKILL, 5000), 128 + SIGKILL);
     usleep(1500 * 1000);
     int next = 0;
     ck_assert_int_eq(tickers_since(pg, schema, 700, &next), 1);
-    ck_assert_int_eq(next, alive->pid);
-    ck_assert_int_eq(hs_stop(alive, SIGTERM, 10000), 0);
+    ck_assert_int_eq(next, dead->pid);
+    ck_assert_int_eq(hs_stop(dead, SIGTERM, 10000), 0);
     char sql[128];
     snprintf(sql, sizeof sql, "DROP SCHEMA %s CASCADE", schema);
     PQclear(PQexec(pg, "SET client_min_messages = warning"));
@@ -811,6 +833,171 @@ START_TEST(roles_come_from_the_method_table)
     free(both);
     free(unscoped);
     ck_assert_int_eq(hs_stop(&p, SIGTERM, 10000), 0);
+}
+END_TEST
+
+/* the whole log of p (malloc'd) */
+static char *log_of(const hs_proc *p)
+{
+    FILE *f = fopen(p->log_path, "r");
+    ck_assert_ptr_nonnull(f);
+    static const size_t cap = 1 << 20;
+    char *buf = calloc(1, cap + 1);
+    ck_assert_ptr_nonnull(buf);
+    size_t n = fread(buf, 1, cap, f);
+    buf[n] = '\0';
+    fclose(f);
+    return buf;
+}
+
+static int count_of(const char *hay, const char *needle)
+{
+    int n = 0;
+    for (const char *p = hay; (p = strstr(p, needle)); p += strlen(needle))
+        n++;
+    return n;
+}
+
+/* AUTH_MODE=off (the default) listening on all interfaces: exit 2 with
+ * one line naming AUTH_MODE; loopback or ALLOW_INSECURE=1 start, and say
+ * that authentication is off */
+START_TEST(auth_off_is_refused_off_loopback)
+{
+    int port = hs_free_port();
+    char listen[64];
+    snprintf(listen, sizeof listen, "GRPC_LISTEN=0.0.0.0:%d", port);
+    hs_proc p;
+    const char *env[] = {listen, NULL};
+    ck_assert_int_eq(hs_spawn(&p, TESTSVC_BIN, env), 0);
+    ck_assert_int_eq(hs_wait_exit(&p, 30000), 2);
+    char *log = log_of(&p);
+    const char *want = "commerce-testsvc: AUTH_MODE: off is refused on GRPC_LISTEN=\"0.0.0.0:";
+    ck_assert_msg(strncmp(log, want, strlen(want)) == 0, "%s", log);
+    ck_assert_int_eq(count_of(log, "\n"), 1);
+    free(log);
+
+    /* the escape for an address that must not be loopback */
+    const char *insecure[] = {listen, "ALLOW_INSECURE=1", NULL};
+    ck_assert_int_eq(hs_spawn(&p, TESTSVC_BIN, insecure), 0);
+    p.grpc_port = port;
+    snprintf(p.target, sizeof p.target, "127.0.0.1:%d", port);
+    ck_assert_int_eq(hs_wait_serving(&p, 20000), 0);
+    log = log_of(&p);
+    ck_assert_ptr_nonnull(strstr(log, "authentication is off"));
+    ck_assert_ptr_nonnull(strstr(log, "\"allow_insecure\":\"1\""));
+    free(log);
+    ck_assert_int_eq(hs_stop(&p, SIGTERM, 10000), 0);
+
+    /* loopback (the harness's 127.0.0.1): starts, with the warning */
+    hs_start(&p, TESTSVC_BIN, NULL);
+    log = log_of(&p);
+    ck_assert_ptr_nonnull(strstr(log, "authentication is off"));
+    free(log);
+    ck_assert_int_eq(hs_stop(&p, SIGTERM, 10000), 0);
+}
+END_TEST
+
+static void write_file(const char *path, const char *text)
+{
+    char tmp[160];
+    snprintf(tmp, sizeof tmp, "%s.new", path);
+    FILE *f = fopen(tmp, "w");
+    ck_assert_ptr_nonnull(f);
+    fputs(text, f);
+    ck_assert_int_eq(fclose(f), 0);
+    ck_assert_int_eq(rename(tmp, path), 0);
+}
+
+/* an HS256 bearer token for tenant-jwt with kid in its header */
+static char *kid_token(const char *secret, const char *kid)
+{
+    jwt_t *j = NULL;
+    ck_assert_int_eq(jwt_new(&j), 0);
+    jwt_add_grant(j, "tid", "tenant-jwt");
+    jwt_add_grant(j, "roles", "service");
+    jwt_add_grant_int(j, "exp", (long)time(NULL) + 300);
+    jwt_add_header(j, "kid", kid);
+    jwt_set_alg(j, JWT_ALG_HS256, (const unsigned char *)secret, (int)strlen(secret));
+    char *t = jwt_encode_str(j);
+    jwt_free(j);
+    ck_assert_ptr_nonnull(t);
+    char *b = malloc(strlen(t) + 8);
+    snprintf(b, strlen(t) + 8, "Bearer %s", t);
+    free(t);
+    return b;
+}
+
+static int echo_token(const hs_proc *p, const char *bearer, cm_rpc_status *st)
+{
+    cm_rpc_md md[] = {{"authorization", bearer}};
+    return echo_with(p->target, NULL, md, 1, st, NULL, 0);
+}
+
+/* polls (10 s at most) until series reaches want */
+static double metric_until(const hs_proc *p, const char *series, double want)
+{
+    double v = -1;
+    for (int i = 0; i < 100 && (v = hs_metric(p, series)) != want; i++)
+        usleep(100 * 1000);
+    return v;
+}
+
+/* base64url("0123456789abcdef0123456789abcdef-k1") and "...-k2" */
+#define K1 "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWYtazE"
+#define K2 "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWYtazI"
+#define JWK(kid, k) "{\"kty\":\"oct\",\"kid\":\"" kid "\",\"k\":\"" k "\"}"
+
+/* the JWKS file is re-read when it changes (a key rollover: both keys,
+ * then the new one only) and on SIGHUP, without a restart; a broken file
+ * keeps the keys in use and is logged once, without key material */
+START_TEST(jwks_is_reloaded_while_serving)
+{
+    char path[96], var[128];
+    snprintf(path, sizeof path, "/tmp/rpc-it-jwks.%d.json", (int)getpid());
+    snprintf(var, sizeof var, "JWT_JWKS_FILE=%s", path);
+    write_file(path, "{\"keys\":[" JWK("k1", K1) "]}");
+    hs_proc p;
+    const char *env[] = {"AUTH_MODE=required", var, NULL};
+    hs_start(&p, TESTSVC_BIN, env);
+    char *t1 = kid_token("0123456789abcdef0123456789abcdef-k1", "k1");
+    char *t2 = kid_token("0123456789abcdef0123456789abcdef-k2", "k2");
+    cm_rpc_status st;
+    ck_assert_int_eq(echo_token(&p, t1, &st), 0);
+    ck_assert_int_eq(echo_token(&p, t2, &st), CM_EAUTH);
+    ck_assert_str_eq(st.message, "token kid is not in the jwks");
+    ck_assert_int_eq((int)hs_metric(&p, "auth_jwks_keys"), 1);
+
+    write_file(path, "{\"keys\":[" JWK("k1", K1) "," JWK("k2", K2) "]}");
+    ck_assert_int_eq((int)metric_until(&p, "auth_credential_reloads_total{file=\"jwks\"}", 1), 1);
+    ck_assert_int_eq((int)hs_metric(&p, "auth_jwks_keys"), 2);
+    ck_assert_int_eq(echo_token(&p, t1, &st), 0);
+    ck_assert_int_eq(echo_token(&p, t2, &st), 0);
+
+    write_file(path, "{\"keys\":[" JWK("k3", "c2hvcnQ") "]}");
+    ck_assert_int_eq(
+        (int)metric_until(&p, "auth_credential_reload_failures_total{file=\"jwks\"}", 1), 1);
+    ck_assert_int_eq(echo_token(&p, t1, &st), 0);
+    ck_assert_int_eq(echo_token(&p, t2, &st), 0);
+
+    write_file(path, "{\"keys\":[" JWK("k2", K2) "]}");
+    ck_assert_int_eq((int)metric_until(&p, "auth_credential_reloads_total{file=\"jwks\"}", 2), 2);
+    ck_assert_int_eq(echo_token(&p, t1, &st), CM_EAUTH);
+    ck_assert_int_eq(echo_token(&p, t2, &st), 0);
+    /* SIGHUP: read again though nothing changed */
+    ck_assert_int_eq(kill(p.pid, SIGHUP), 0);
+    ck_assert_int_eq((int)metric_until(&p, "auth_credential_reloads_total{file=\"jwks\"}", 3), 3);
+    ck_assert_int_eq((int)hs_metric(&p, "auth_credential_reload_failures_total{file=\"jwks\"}"), 1);
+    ck_assert_int_eq(hs_stop(&p, SIGTERM, 10000), 0);
+
+    char *log = log_of(&p);
+    ck_assert_int_eq(count_of(log, "could not reload the jwks"), 1);
+    ck_assert_ptr_nonnull(strstr(log, "key 0: k must be base64url of 32..1024 bytes"));
+    ck_assert_ptr_null(strstr(log, "c2hvcnQ"));
+    ck_assert_ptr_null(strstr(log, K1));
+    free(log);
+    free(t1);
+    free(t2);
+    unlink(path);
 }
 END_TEST
 
@@ -1103,6 +1290,8 @@ static Suite *suite(void)
     tcase_add_test(own, bad_configuration_exits_2_naming_the_variable);
     tcase_add_test(own, auth_required_verifies_bearer_tokens);
     tcase_add_test(own, roles_come_from_the_method_table);
+    tcase_add_test(own, auth_off_is_refused_off_loopback);
+    tcase_add_test(own, jwks_is_reloaded_while_serving);
     tcase_add_test(own, a_reply_too_large_is_failed_precondition);
     tcase_add_test(own, tls_and_mtls_when_certificates_are_configured);
     tcase_add_test(own, database_outage_turns_health_not_serving_and_back);

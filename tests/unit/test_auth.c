@@ -4,11 +4,15 @@
 #include <check.h>
 #include <jwt.h>
 #include <openssl/bio.h>
+#include <openssl/bn.h>
+#include <openssl/core_names.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -615,6 +619,398 @@ START_TEST(mode_parse_accepts_off_and_required)
 }
 END_TEST
 
+/* ---- JWKS: keys by id, rotation, reload ---- */
+
+static void b64url(const unsigned char *in, size_t n, char *out, size_t cap)
+{
+    static const char a[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    size_t o = 0;
+    for (size_t i = 0; i < n; i += 3) {
+        unsigned v = (unsigned)in[i] << 16;
+        if (i + 1 < n)
+            v |= (unsigned)in[i + 1] << 8;
+        if (i + 2 < n)
+            v |= in[i + 2];
+        int chars = i + 2 < n ? 4 : i + 1 < n ? 3 : 2;
+        for (int c = 0; c < chars; c++) {
+            ck_assert_uint_lt(o + 1, cap);
+            out[o++] = a[(v >> (18 - 6 * c)) & 63];
+        }
+    }
+    out[o] = '\0';
+}
+
+/* the JWK of a PEM public key: {"kty":"RSA","kid":kid,"n":..,"e":..} */
+static void rsa_jwk(const char *pub, const char *kid, char *out, size_t cap)
+{
+    BIO *b = BIO_new_mem_buf(pub, -1);
+    EVP_PKEY *pk = PEM_read_bio_PUBKEY(b, NULL, NULL, NULL);
+    BIO_free(b);
+    ck_assert_ptr_nonnull(pk);
+    BIGNUM *n = NULL, *e = NULL;
+    ck_assert_int_eq(EVP_PKEY_get_bn_param(pk, OSSL_PKEY_PARAM_RSA_N, &n), 1);
+    ck_assert_int_eq(EVP_PKEY_get_bn_param(pk, OSSL_PKEY_PARAM_RSA_E, &e), 1);
+    unsigned char nb[1024], eb[16];
+    int nl = BN_bn2bin(n, nb), el = BN_bn2bin(e, eb);
+    char ns[1400], es[32];
+    b64url(nb, (size_t)nl, ns, sizeof ns);
+    b64url(eb, (size_t)el, es, sizeof es);
+    snprintf(out, cap,
+             "{\"kty\":\"RSA\",\"use\":\"sig\",\"alg\":\"RS256\",\"kid\":\"%s\",\"n\":\"%s\",\"e\":"
+             "\"%s\"}",
+             kid, ns, es);
+    BN_free(n);
+    BN_free(e);
+    EVP_PKEY_free(pk);
+}
+
+static void oct_jwk(const char *secret, const char *kid, char *out, size_t cap)
+{
+    char k[256];
+    b64url((const unsigned char *)secret, strlen(secret), k, sizeof k);
+    snprintf(out, cap, "{\"kty\":\"oct\",\"kid\":\"%s\",\"k\":\"%s\"}", kid, k);
+}
+
+static char jwks_path[64];
+
+/* replaces the JWKS file the way a secret update does: a new file renamed
+ * over the old one (a new inode, so a same-size rewrite is seen too) */
+static void write_jwks(const char *text)
+{
+    char tmp[80];
+    snprintf(tmp, sizeof tmp, "%s.new", jwks_path);
+    FILE *f = fopen(tmp, "w");
+    ck_assert_ptr_nonnull(f);
+    fputs(text, f);
+    ck_assert_int_eq(fclose(f), 0);
+    ck_assert_int_eq(rename(tmp, jwks_path), 0);
+}
+
+static void jwks_setup(void)
+{
+    snprintf(jwks_path, sizeof jwks_path, "/tmp/test_auth_jwks.%d.json", (int)getpid());
+}
+
+static void jwks_teardown(void)
+{
+    cm_auth_free(auth);
+    auth = NULL;
+    unlink(jwks_path);
+}
+
+/* a JWKS of the given JWKs (NULL-terminated) */
+static void jwks_of(const char *const *jwks)
+{
+    static char doc[16384];
+    size_t o = (size_t)snprintf(doc, sizeof doc, "{\"keys\":[");
+    for (size_t i = 0; jwks[i]; i++)
+        o += (size_t)snprintf(doc + o, sizeof doc - o, "%s%s", i ? "," : "", jwks[i]);
+    snprintf(doc + o, sizeof doc - o, "]}");
+    write_jwks(doc);
+}
+
+/* signs claims with alg and key, kid in the header unless NULL */
+static char *sign_kid(jwt_alg_t alg, const char *key, const char *kid, const char *claims)
+{
+    jwt_t *j = NULL;
+    ck_assert_int_eq(jwt_new(&j), 0);
+    ck_assert_int_eq(jwt_add_grants_json(j, claims), 0);
+    if (kid)
+        ck_assert_int_eq(jwt_add_header(j, "kid", kid), 0);
+    ck_assert_int_eq(jwt_set_alg(j, alg, (const unsigned char *)key, (int)strlen(key)), 0);
+    char *t = jwt_encode_str(j);
+    ck_assert_ptr_nonnull(t);
+    jwt_free(j);
+    return t;
+}
+
+static int verify_kid(jwt_alg_t alg, const char *key, const char *kid)
+{
+    char c[256];
+    char *t = sign_kid(alg, key, kid, std_claims(c, sizeof c, ""));
+    int rc = verify_token(t, NULL);
+    free(t);
+    return rc;
+}
+
+static void jwks_verifier(void)
+{
+    cm_auth_settings s = {.mode = CM_AUTH_REQUIRED, .jwks_file = jwks_path};
+    new_verifier(&s);
+}
+
+START_TEST(jwks_kid_selects_the_key)
+{
+    char k1[2048], k2[2048];
+    rsa_jwk(rsa_pub, "k1", k1, sizeof k1);
+    rsa_jwk(rsa2_pub, "k2", k2, sizeof k2);
+    jwks_of((const char *[]){k1, k2, NULL});
+    jwks_verifier();
+    ck_assert_int_eq(verify_kid(JWT_ALG_RS256, rsa_priv, "k1"), 0);
+    ck_assert_str_eq(who.tenant, "acme");
+    ck_assert_int_eq(verify_kid(JWT_ALG_RS256, rsa2_priv, "k2"), 0);
+    /* the right kid, the other key's signature */
+    ck_assert_int_eq(verify_kid(JWT_ALG_RS256, rsa_priv, "k2"), CM_EAUTH);
+    ck_assert_int_eq(verify_kid(JWT_ALG_RS256, rsa_priv, "k3"), CM_EAUTH);
+    ck_assert_str_eq(why, "token kid is not in the jwks");
+    /* two RS256 keys: a token without kid is not tried against either */
+    ck_assert_int_eq(verify_kid(JWT_ALG_RS256, rsa_priv, NULL), CM_EAUTH);
+    ck_assert_str_eq(why, "token has no kid and the jwks has 2 RS256 keys");
+    cm_auth_jwks_stats st;
+    cm_auth_jwks_stats_get(auth, &st);
+    ck_assert_int_eq(st.keys, 2);
+
+    /* a kid that is not a short string is refused before any key is tried */
+    char c[256];
+    jwt_t *j = NULL;
+    ck_assert_int_eq(jwt_new(&j), 0);
+    ck_assert_int_eq(jwt_add_grants_json(j, std_claims(c, sizeof c, "")), 0);
+    ck_assert_int_eq(jwt_add_header_int(j, "kid", 1), 0);
+    ck_assert_int_eq(
+        jwt_set_alg(j, JWT_ALG_RS256, (const unsigned char *)rsa_priv, (int)strlen(rsa_priv)), 0);
+    char *t = jwt_encode_str(j);
+    jwt_free(j);
+    ck_assert_int_eq(verify_token(t, NULL), CM_EAUTH);
+    ck_assert_str_eq(why, "token kid must be a string of 1..128 bytes");
+    free(t);
+    char longkid[200];
+    memset(longkid, 'k', sizeof longkid - 1);
+    longkid[sizeof longkid - 1] = '\0';
+    ck_assert_int_eq(verify_kid(JWT_ALG_RS256, rsa_priv, longkid), CM_EAUTH);
+    ck_assert_str_eq(why, "token kid must be a string of 1..128 bytes");
+}
+END_TEST
+
+START_TEST(jwks_single_key_and_oct_keys)
+{
+    char k1[2048], h1[256];
+    rsa_jwk(rsa_pub, "k1", k1, sizeof k1);
+    oct_jwk(SECRET, "h1", h1, sizeof h1);
+    jwks_of((const char *[]){k1, h1, NULL});
+    jwks_verifier();
+    /* one key of the token's alg: no kid needed */
+    ck_assert_int_eq(verify_kid(JWT_ALG_RS256, rsa_priv, NULL), 0);
+    ck_assert_int_eq(verify_kid(JWT_ALG_HS256, SECRET, NULL), 0);
+    ck_assert_int_eq(verify_kid(JWT_ALG_HS256, SECRET, "h1"), 0);
+    ck_assert_int_eq(verify_kid(JWT_ALG_HS256, OTHER_SECRET, "h1"), CM_EAUTH);
+    /* an HS256 token naming the RSA key, "signed" with its public PEM */
+    ck_assert_int_eq(verify_kid(JWT_ALG_HS256, rsa_pub, "k1"), CM_EAUTH);
+    ck_assert_str_eq(why, "token alg HS256 does not match its key");
+}
+END_TEST
+
+START_TEST(jwks_with_single_key_settings)
+{
+    /* the old knobs keep working beside a JWKS: tokens without kid use
+     * them, tokens with one the JWKS */
+    char k2[2048];
+    rsa_jwk(rsa2_pub, "k2", k2, sizeof k2);
+    jwks_of((const char *[]){k2, NULL});
+    cm_auth_settings s = {
+        .mode = CM_AUTH_REQUIRED, .rs256_public_key_pem = rsa_pub, .jwks_file = jwks_path};
+    new_verifier(&s);
+    ck_assert_int_eq(verify_kid(JWT_ALG_RS256, rsa_priv, NULL), 0);
+    ck_assert_int_eq(verify_kid(JWT_ALG_RS256, rsa2_priv, "k2"), 0);
+    ck_assert_int_eq(verify_kid(JWT_ALG_RS256, rsa2_priv, NULL), CM_EAUTH);
+}
+END_TEST
+
+START_TEST(jwks_rotation_reloads_without_restart)
+{
+    char k1[2048], k2[2048];
+    rsa_jwk(rsa_pub, "k1", k1, sizeof k1);
+    rsa_jwk(rsa2_pub, "k2", k2, sizeof k2);
+    jwks_of((const char *[]){k1, NULL});
+    jwks_verifier();
+    char err[512] = "";
+    ck_assert_int_eq(cm_auth_reload(auth, 0, err, sizeof err), 0); /* unchanged */
+    ck_assert_int_eq(verify_kid(JWT_ALG_RS256, rsa2_priv, "k2"), CM_EAUTH);
+
+    /* rollover: both keys valid */
+    jwks_of((const char *[]){k1, k2, NULL});
+    ck_assert_int_eq(cm_auth_reload(auth, 0, err, sizeof err), 1);
+    ck_assert_int_eq(verify_kid(JWT_ALG_RS256, rsa_priv, "k1"), 0);
+    ck_assert_int_eq(verify_kid(JWT_ALG_RS256, rsa2_priv, "k2"), 0);
+
+    /* a broken file: refused once, the keys in use stay, and it is not
+     * reported again until it changes */
+    write_jwks("{\"keys\": [");
+    ck_assert_int_lt(cm_auth_reload(auth, 0, err, sizeof err), 0);
+    ck_assert_ptr_nonnull(strstr(err, "not valid json"));
+    ck_assert_ptr_nonnull(strstr(err, "the old keys stay in use"));
+    ck_assert_int_eq(cm_auth_reload(auth, 0, err, sizeof err), 0);
+    ck_assert_int_eq(verify_kid(JWT_ALG_RS256, rsa2_priv, "k2"), 0);
+    unlink(jwks_path);
+    ck_assert_int_lt(cm_auth_reload(auth, 0, err, sizeof err), 0);
+    ck_assert_int_eq(cm_auth_reload(auth, 0, err, sizeof err), 0);
+    ck_assert_int_eq(verify_kid(JWT_ALG_RS256, rsa_priv, "k1"), 0);
+
+    /* the old key retired */
+    jwks_of((const char *[]){k2, NULL});
+    ck_assert_int_eq(cm_auth_reload(auth, 0, err, sizeof err), 1);
+    ck_assert_int_eq(verify_kid(JWT_ALG_RS256, rsa_priv, "k1"), CM_EAUTH);
+    ck_assert_int_eq(verify_kid(JWT_ALG_RS256, rsa2_priv, "k2"), 0);
+    /* forced (SIGHUP): read again even though nothing changed */
+    ck_assert_int_eq(cm_auth_reload(auth, 1, err, sizeof err), 1);
+
+    cm_auth_jwks_stats st;
+    cm_auth_jwks_stats_get(auth, &st);
+    ck_assert_uint_eq(st.reloads, 3);
+    ck_assert_uint_eq(st.failures, 2);
+    ck_assert_int_eq(st.keys, 1);
+}
+END_TEST
+
+typedef struct verifier_arg {
+    char *token;
+    int ok, bad;
+} verifier_arg;
+
+static void *verify_loop(void *p)
+{
+    verifier_arg *v = p;
+    char h[CM_AUTH_TOKEN_MAX + 64];
+    snprintf(h, sizeof h, "Bearer %s", v->token);
+    for (int i = 0; i < 300; i++) {
+        cm_auth_principal pr;
+        char w[128];
+        if (cm_auth_verify(auth, h, NULL, &pr, w, sizeof w) == 0 && strcmp(pr.tenant, "acme") == 0)
+            v->ok++;
+        else
+            v->bad++;
+    }
+    return NULL;
+}
+
+START_TEST(jwks_reload_while_verifying)
+{
+    /* every set holds k1, so every verify must pass while sets are swapped
+     * and freed under the verifiers (ASan sees a use after free) */
+    char k1[2048], k2[2048];
+    rsa_jwk(rsa_pub, "k1", k1, sizeof k1);
+    rsa_jwk(rsa2_pub, "k2", k2, sizeof k2);
+    jwks_of((const char *[]){k1, NULL});
+    jwks_verifier();
+    char c[256];
+    verifier_arg v[3];
+    pthread_t th[3];
+    for (int i = 0; i < 3; i++) {
+        v[i] = (verifier_arg){
+            .token = sign_kid(JWT_ALG_RS256, rsa_priv, "k1", std_claims(c, sizeof c, ""))};
+        ck_assert_int_eq(pthread_create(&th[i], NULL, verify_loop, &v[i]), 0);
+    }
+    char err[512];
+    int reloads = 0;
+    for (int i = 0; i < 60; i++) {
+        if (i % 2)
+            jwks_of((const char *[]){k1, NULL});
+        else
+            jwks_of((const char *[]){k2, k1, NULL});
+        reloads += cm_auth_reload(auth, 1, err, sizeof err) == 1;
+    }
+    for (int i = 0; i < 3; i++) {
+        pthread_join(th[i], NULL);
+        ck_assert_int_eq(v[i].ok, 300);
+        ck_assert_int_eq(v[i].bad, 0);
+        free(v[i].token);
+    }
+    ck_assert_int_eq(reloads, 60);
+}
+END_TEST
+
+START_TEST(jwks_bad_files_stop_the_start)
+{
+    char k1[2048], weak[1024], h1[256], shorth[256];
+    rsa_jwk(rsa_pub, "k1", k1, sizeof k1);
+    char *wpriv, *wpub;
+    make_rsa(1024, &wpriv, &wpub);
+    rsa_jwk(wpub, "w", weak, sizeof weak);
+    oct_jwk(SECRET, "h1", h1, sizeof h1);
+    oct_jwk("short", "h2", shorth, sizeof shorth);
+    char dup[4200];
+    snprintf(dup, sizeof dup, "{\"keys\":[%s,%s]}", k1, k1);
+    const struct {
+        const char *doc, *want;
+    } cases[] = {
+        {"not json", "not valid json"},
+        {"{\"keys\": {}}", "no \"keys\" array"},
+        {"{\"keys\": []}", "no RS256 or HS256 signing key"},
+        {"{\"keys\": [{\"kty\":\"EC\",\"kid\":\"e\",\"crv\":\"P-256\"}]}",
+         "no RS256 or HS256 signing key"},
+        {"{\"keys\": [{\"kty\":\"RSA\",\"kid\":\"x\",\"n\":\"!!\",\"e\":\"AQAB\"}]}",
+         "key 0: n and e must be base64url"},
+        {"{\"keys\": [{\"kty\":\"RSA\",\"n\":\"AQAB\",\"e\":\"AQAB\"}]}", "key 0: kid must be"},
+        {dup, "key 1: kid \"k1\" appears twice"},
+    };
+    char err[512];
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        write_jwks(cases[i].doc);
+        cm_auth_settings s = {.mode = CM_AUTH_REQUIRED, .jwks_file = jwks_path};
+        cm_auth *a = NULL;
+        err[0] = '\0';
+        ck_assert_int_ne(cm_auth_new(&s, &a, err, sizeof err), 0);
+        ck_assert_msg(strstr(err, cases[i].want), "case %zu: %s", i, err);
+        ck_assert_ptr_nonnull(strstr(err, jwks_path));
+    }
+    const char *weak_keys[] = {weak, NULL}, *short_keys[] = {shorth, NULL};
+    const char *const *bad[] = {weak_keys, short_keys};
+    const char *want[] = {"1024-bit RSA is too weak", "k must be base64url of 32..1024 bytes"};
+    for (int i = 0; i < 2; i++) {
+        jwks_of(bad[i]);
+        cm_auth_settings s = {.mode = CM_AUTH_REQUIRED, .jwks_file = jwks_path};
+        cm_auth *a = NULL;
+        ck_assert_int_ne(cm_auth_new(&s, &a, err, sizeof err), 0);
+        ck_assert_msg(strstr(err, want[i]), "%s", err);
+        /* never the key material */
+        ck_assert_ptr_null(strstr(err, "short"));
+    }
+    free(wpriv);
+    free(wpub);
+    /* skipped: encryption keys and algorithms we never accept */
+    char doc[4096];
+    snprintf(doc, sizeof doc,
+             "{\"keys\":[{\"kty\":\"RSA\",\"use\":\"enc\",\"kid\":\"x\"},"
+             "{\"kty\":\"RSA\",\"alg\":\"RS512\",\"kid\":\"y\"},%s]}",
+             h1);
+    write_jwks(doc);
+    jwks_verifier();
+    cm_auth_jwks_stats st;
+    cm_auth_jwks_stats_get(auth, &st);
+    ck_assert_int_eq(st.keys, 1);
+}
+END_TEST
+
+/* ---- service tokens ---- */
+
+START_TEST(service_token_acts_for_x_tenant_id)
+{
+    hs_verifier();
+    char c[256];
+    std_claims(c, sizeof c, ",\"roles\":[\"service\"]");
+    /* tid "*": std_claims says acme, swap it */
+    char svc[256];
+    snprintf(svc, sizeof svc, "{\"tid\":\"*\"%s", strchr(c, ','));
+    ck_assert_int_eq(verify_hs(svc, "globex"), 0);
+    ck_assert_str_eq(who.tenant, "globex");
+    ck_assert_int_eq(who.service, 1);
+    ck_assert(cm_auth_has_role(&who, "service"));
+    ck_assert_int_eq(verify_hs(svc, NULL), CM_EAUTH);
+    ck_assert_str_eq(why, "a service token needs x-tenant-id");
+    ck_assert_int_eq(verify_hs(svc, "bad tenant!"), CM_EAUTH);
+
+    /* the same without the role: refused whatever x-tenant-id says */
+    std_claims(c, sizeof c, ",\"roles\":[\"admin\"]");
+    snprintf(svc, sizeof svc, "{\"tid\":\"*\"%s", strchr(c, ','));
+    ck_assert_int_eq(verify_hs(svc, "globex"), CM_EAUTH);
+    ck_assert_str_eq(why, "token tid \"*\" is only accepted with role service");
+    /* a service role with a real tid is an ordinary token of that tenant */
+    std_claims(c, sizeof c, ",\"roles\":[\"service\"]");
+    ck_assert_int_eq(verify_hs(c, "globex"), CM_EPERM);
+    ck_assert_int_eq(verify_hs(c, NULL), 0);
+    ck_assert_int_eq(who.service, 0);
+}
+END_TEST
+
 static Suite *auth_suite(void)
 {
     Suite *s = suite_create("auth");
@@ -650,6 +1046,19 @@ static Suite *auth_suite(void)
     tcase_add_test(tc, tenant_id_charset_and_length);
     tcase_add_test(tc, mode_parse_accepts_off_and_required);
     suite_add_tcase(s, tc);
+
+    TCase *tj = tcase_create("jwks");
+    tcase_set_timeout(tj, 60);
+    tcase_add_unchecked_fixture(tj, rsa_setup, rsa_teardown);
+    tcase_add_checked_fixture(tj, jwks_setup, jwks_teardown);
+    tcase_add_test(tj, jwks_kid_selects_the_key);
+    tcase_add_test(tj, jwks_single_key_and_oct_keys);
+    tcase_add_test(tj, jwks_with_single_key_settings);
+    tcase_add_test(tj, jwks_rotation_reloads_without_restart);
+    tcase_add_test(tj, jwks_reload_while_verifying);
+    tcase_add_test(tj, jwks_bad_files_stop_the_start);
+    tcase_add_test(tj, service_token_acts_for_x_tenant_id);
+    suite_add_tcase(s, tj);
     return s;
 }
 

@@ -22,6 +22,9 @@ static const char *const all_vars[] = {
     "AUTH_MODE",
     "JWT_HS256_SECRET",
     "JWT_RS256_PUBLIC_KEY_FILE",
+    "JWT_JWKS_FILE",
+    "ALLOW_INSECURE",
+    "INVENTORY_TOKEN_FILE",
     "JWT_ISSUER",
     "JWT_AUDIENCE",
     "JWT_LEEWAY_SECONDS",
@@ -64,11 +67,13 @@ static cm_config cfg;
 static char err[512];
 static char tmpfile_path[64];
 
-/* every test starts from a clean environment and a scratch file */
+/* every test starts from a clean environment and a scratch file; with
+ * ALLOW_INSECURE=1, so the defaults (all interfaces, auth off) load */
 static void env_setup(void)
 {
     for (size_t i = 0; i < sizeof all_vars / sizeof all_vars[0]; i++)
         unsetenv(all_vars[i]);
+    setenv("ALLOW_INSECURE", "1", 1);
     memset(&cfg, 0, sizeof cfg);
     err[0] = '\0';
     snprintf(tmpfile_path, sizeof tmpfile_path, "/tmp/test_configXXXXXX");
@@ -300,7 +305,13 @@ static const struct {
      "OUTBOX_RETENTION_SECONDS: must be an integer between 0 and"},
     {"OUTBOX_RETENTION_SECONDS", "604801", "\"604801\""},
     {"AUTH_MODE", "on", "AUTH_MODE: must be off or required, got \"on\""},
-    {"AUTH_MODE", "required", "AUTH_MODE: \"required\" needs JWT_HS256_SECRET or"},
+    {"AUTH_MODE", "required",
+     "AUTH_MODE: \"required\" needs JWT_HS256_SECRET, JWT_RS256_PUBLIC_KEY_FILE or JWT_JWKS_FILE"},
+    {"ALLOW_INSECURE", "yes", "ALLOW_INSECURE: must be 0 or 1, got \"yes\""},
+    {"JWT_JWKS_FILE", "/nonexistent/jwks.json",
+     "JWT_JWKS_FILE: cannot read \"/nonexistent/jwks.json\""},
+    {"INVENTORY_TOKEN_FILE", "/nonexistent/token",
+     "INVENTORY_TOKEN_FILE: cannot read \"/nonexistent/token\""},
     {"JWT_HS256_SECRET", "hunter2", "JWT_HS256_SECRET: must be at least 32 bytes, got 7"},
     {"JWT_RS256_PUBLIC_KEY_FILE", "/nonexistent/key.pem",
      "JWT_RS256_PUBLIC_KEY_FILE: cannot read \"/nonexistent/key.pem\": No such file"},
@@ -550,6 +561,59 @@ START_TEST(a_descriptor_default_outside_its_range_is_refused)
 }
 END_TEST
 
+START_TEST(auth_off_needs_loopback_or_allow_insecure)
+{
+    unsetenv("ALLOW_INSECURE");
+    /* the defaults: all interfaces, no authentication */
+    ck_assert_int_eq(load(&order_defs), CM_EINVAL);
+    ck_assert_str_eq(err, "AUTH_MODE: off is refused on GRPC_LISTEN=\"0.0.0.0:50051\" (not "
+                          "loopback): set AUTH_MODE=required with a JWT key, listen on "
+                          "127.0.0.1, or set ALLOW_INSECURE=1");
+    const char *refused[] = {":7001",          "10.0.0.1:7001",          "[::]:7001",
+                             "128.0.0.1:7001", "localhost.example:7001", "[::2]:7001"};
+    for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++) {
+        setenv("GRPC_LISTEN", refused[i], 1);
+        ck_assert_msg(load(&order_defs) == CM_EINVAL, "%s loaded", refused[i]);
+        ck_assert_msg(strncmp(err, "AUTH_MODE: off is refused", 25) == 0, "%s", err);
+    }
+    const char *loopback[] = {"127.0.0.1:7001", "127.9.8.7:7001", "[::1]:7001", "localhost:7001"};
+    for (size_t i = 0; i < sizeof loopback / sizeof loopback[0]; i++) {
+        setenv("GRPC_LISTEN", loopback[i], 1);
+        ck_assert_msg(load(&order_defs) == 0, "%s: %s", loopback[i], err);
+        ck_assert_int_eq(cfg.allow_insecure, 0);
+    }
+    /* the escape for a non-loopback address */
+    setenv("GRPC_LISTEN", "0.0.0.0:7001", 1);
+    setenv("ALLOW_INSECURE", "0", 1);
+    ck_assert_int_eq(load(&order_defs), CM_EINVAL);
+    setenv("ALLOW_INSECURE", "1", 1);
+    ck_assert_msg(load(&order_defs) == 0, "%s", err);
+    ck_assert_int_eq(cfg.allow_insecure, 1);
+    /* with authentication any address is fine */
+    unsetenv("ALLOW_INSECURE");
+    setenv("AUTH_MODE", "required", 1);
+    setenv("JWT_JWKS_FILE", tmpfile_path, 1);
+    ck_assert_msg(load(&order_defs) == 0, "%s", err);
+    ck_assert_str_eq(cfg.jwt_jwks_file, tmpfile_path);
+    cm_auth_settings as;
+    cm_config_auth_settings(&cfg, &as);
+    ck_assert_str_eq(as.jwks_file, tmpfile_path);
+}
+END_TEST
+
+START_TEST(peer_token_file_is_read)
+{
+    ck_assert_int_eq(load(&order_defs), 0);
+    ck_assert_str_eq(INV(token_file), "");
+    setenv("INVENTORY_TOKEN_FILE", tmpfile_path, 1);
+    ck_assert_msg(load(&order_defs) == 0, "%s", err);
+    ck_assert_str_eq(INV(token_file), tmpfile_path);
+    setenv("INVENTORY_TOKEN_FILE", "/tmp", 1);
+    ck_assert_int_eq(load(&order_defs), CM_EINVAL);
+    ck_assert_str_eq(err, "INVENTORY_TOKEN_FILE: \"/tmp\" is not a regular file");
+}
+END_TEST
+
 static Suite *config_suite(void)
 {
     Suite *s = suite_create("config");
@@ -570,6 +634,8 @@ static Suite *config_suite(void)
     tcase_add_test(tc, port_of_parses_address_forms);
     tcase_add_test(tc, service_knobs_are_checked_whole);
     tcase_add_test(tc, a_descriptor_default_outside_its_range_is_refused);
+    tcase_add_test(tc, auth_off_needs_loopback_or_allow_insecure);
+    tcase_add_test(tc, peer_token_file_is_read);
     suite_add_tcase(s, tc);
 
     TCase *args = tcase_create("args");

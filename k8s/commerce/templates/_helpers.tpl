@@ -73,10 +73,13 @@ app.kubernetes.io/component: {{ .name }}
 
 {{/* knobs the chart sets itself: refused in settings */}}
 {{- define "commerce.managedKnobs" -}}
-{{- $m := list "GRPC_LISTEN" "ADMIN_LISTEN" "PG_DSN" "KAFKA_BROKERS" "DRAIN_GRACE_SECONDS" "AUTH_MODE" "JWT_HS256_SECRET" "JWT_RS256_PUBLIC_KEY_FILE" "JWT_ISSUER" "JWT_AUDIENCE" "TLS_CERT_FILE" "TLS_KEY_FILE" "TLS_CLIENT_CA_FILE" -}}
+{{- $m := list "GRPC_LISTEN" "ADMIN_LISTEN" "PG_DSN" "KAFKA_BROKERS" "DRAIN_GRACE_SECONDS" "AUTH_MODE" "ALLOW_INSECURE" "JWT_HS256_SECRET" "JWT_RS256_PUBLIC_KEY_FILE" "JWT_JWKS_FILE" "JWT_ISSUER" "JWT_AUDIENCE" "TLS_CERT_FILE" "TLS_KEY_FILE" "TLS_CLIENT_CA_FILE" -}}
+{{- if and (eq .name "commission") .root.Values.webhookSecrets.existingSecret -}}
+{{- $m = append $m "COMMISSION_SECRETS_KEY_FILE" -}}
+{{- end -}}
 {{- range .svc.peers -}}
 {{- $p := upper . -}}
-{{- $m = concat $m (list (printf "%s_TARGET" $p) (printf "%s_TLS_CA_FILE" $p) (printf "%s_TLS_CERT_FILE" $p) (printf "%s_TLS_KEY_FILE" $p)) -}}
+{{- $m = concat $m (list (printf "%s_TARGET" $p) (printf "%s_TLS_CA_FILE" $p) (printf "%s_TLS_CERT_FILE" $p) (printf "%s_TLS_KEY_FILE" $p) (printf "%s_TOKEN_FILE" $p)) -}}
 {{- end -}}
 {{- toJson $m -}}
 {{- end -}}
@@ -106,11 +109,21 @@ app.kubernetes.io/component: {{ .name }}
 {{- $_ = set $out "ADMIN_LISTEN" (printf "0.0.0.0:%v" $svc.adminPort) -}}
 {{- $_ = set $out "KAFKA_BROKERS" $root.Values.kafka.brokers -}}
 {{- $_ = set $out "DRAIN_GRACE_SECONDS" (toString $svc.drainGraceSeconds) -}}
-{{- $_ = set $out "AUTH_MODE" $root.Values.auth.mode -}}
+{{- $_ = set $out "AUTH_MODE" (toString $root.Values.auth.mode) -}}
+{{- if eq (toString $root.Values.auth.mode) "off" -}}
+{{- if not $root.Values.auth.allowInsecure -}}
+{{- fail "auth.mode: \"off\" is refused by the services on the pods' all-interfaces address: keep mode required with a key, or set auth.allowInsecure: true as well (development only)" -}}
+{{- end -}}
+{{- $_ = set $out "ALLOW_INSECURE" "1" -}}
+{{- end -}}
 {{- with $root.Values.auth.issuer }}{{ $_ = set $out "JWT_ISSUER" . }}{{ end -}}
 {{- with $root.Values.auth.audience }}{{ $_ = set $out "JWT_AUDIENCE" . }}{{ end -}}
-{{- if $root.Values.auth.rs256PublicKeyKey -}}
+{{- $authOn := ne (toString $root.Values.auth.mode) "off" -}}
+{{- if and $authOn $root.Values.auth.rs256PublicKeyKey -}}
 {{- $_ = set $out "JWT_RS256_PUBLIC_KEY_FILE" (printf "/etc/commerce/jwt/%s" $root.Values.auth.rs256PublicKeyKey) -}}
+{{- end -}}
+{{- if and $authOn $root.Values.auth.jwksKey -}}
+{{- $_ = set $out "JWT_JWKS_FILE" (printf "/etc/commerce/jwt/%s" $root.Values.auth.jwksKey) -}}
 {{- end -}}
 {{- if $root.Values.tls.enabled -}}
 {{- $_ = set $out "TLS_CERT_FILE" "/etc/commerce/tls/tls.crt" -}}
@@ -119,6 +132,9 @@ app.kubernetes.io/component: {{ .name }}
 {{- $_ = set $out "TLS_CLIENT_CA_FILE" "/etc/commerce/tls/ca.crt" -}}
 {{- end -}}
 {{- end -}}
+{{- if and (eq .name "commission") $root.Values.webhookSecrets.existingSecret -}}
+{{- $_ = set $out "COMMISSION_SECRETS_KEY_FILE" (printf "/etc/commerce/webhook-secrets/%s" $root.Values.webhookSecrets.key) -}}
+{{- end -}}
 {{- range $peer := $svc.peers -}}
 {{- $pv := index $root.Values.services $peer | default dict -}}
 {{- if not $pv.enabled -}}
@@ -126,6 +142,10 @@ app.kubernetes.io/component: {{ .name }}
 {{- end -}}
 {{- $p := upper $peer -}}
 {{- $_ = set $out (printf "%s_TARGET" $p) (printf "%s:%v" (include "commerce.name" (dict "root" $root "name" $peer)) $pv.grpcPort) -}}
+{{- $tok := index ($root.Values.auth.serviceTokenKeys | default dict) $peer -}}
+{{- if and $tok (ne (toString $root.Values.auth.mode) "off") -}}
+{{- $_ = set $out (printf "%s_TOKEN_FILE" $p) (printf "/etc/commerce/jwt/%s" $tok) -}}
+{{- end -}}
 {{- if $root.Values.tls.enabled -}}
 {{- $_ = set $out (printf "%s_TLS_CA_FILE" $p) "/etc/commerce/tls/ca.crt" -}}
 {{- if $root.Values.tls.clientAuth -}}
@@ -137,7 +157,7 @@ app.kubernetes.io/component: {{ .name }}
 {{- range $from, $m := dict "commonSettings" $root.Values.commonSettings (printf "services.%s.settings" .name) ($svc.settings | default dict) -}}
 {{- range $k, $v := $m -}}
 {{- if has $k $managed -}}
-{{- fail (printf "%s.%s: the chart sets %s itself (see k8s/README.md: database, kafka, auth, tls, peers, drainGraceSeconds)" $from $k $k) -}}
+{{- fail (printf "%s.%s: the chart sets %s itself (see k8s/README.md: database, kafka, auth, tls, webhookSecrets, peers, drainGraceSeconds)" $from $k $k) -}}
 {{- end -}}
 {{- if not (has $k $known) -}}
 {{- fail (printf "%s.%s: commerce-%s has no such setting (its knobs: files/common-knobs.md, files/%s-knobs.md)" $from $k $.name $.name) -}}
@@ -169,6 +189,23 @@ app.kubernetes.io/component: {{ .name }}
 {{- end }}
 {{- end -}}
 
+{{/* (ctx) -> the keys of auth.existingSecret this service reads as files
+     under /etc/commerce/jwt, space-separated ("" = none): the RS256 key, the
+     JWKS, and the service tokens of its peers. mounted as a whole directory,
+     not with subPath, so the kubelet's updates reach the running pods (the
+     services re-read the JWKS and tokens when they change) */}}
+{{- define "commerce.jwtFiles" -}}
+{{- $keys := list -}}
+{{- with .root.Values.auth.rs256PublicKeyKey }}{{ $keys = append $keys . }}{{ end -}}
+{{- with .root.Values.auth.jwksKey }}{{ $keys = append $keys . }}{{ end -}}
+{{- range $peer := .svc.peers -}}
+{{- with index ($.root.Values.auth.serviceTokenKeys | default dict) $peer }}{{ $keys = append $keys . }}{{ end -}}
+{{- end -}}
+{{- if ne (toString .root.Values.auth.mode) "off" -}}
+{{- join " " (uniq $keys) -}}
+{{- end -}}
+{{- end -}}
+
 {{- define "commerce.volumeMounts" -}}
 - name: tmp
   mountPath: /tmp
@@ -177,9 +214,14 @@ app.kubernetes.io/component: {{ .name }}
   mountPath: /etc/commerce/tls
   readOnly: true
 {{- end }}
-{{- if .root.Values.auth.rs256PublicKeyKey }}
+{{- if include "commerce.jwtFiles" . }}
 - name: jwt
   mountPath: /etc/commerce/jwt
+  readOnly: true
+{{- end }}
+{{- if and (eq .name "commission") .root.Values.webhookSecrets.existingSecret }}
+- name: webhook-secrets
+  mountPath: /etc/commerce/webhook-secrets
   readOnly: true
 {{- end }}
 {{- end -}}
@@ -194,14 +236,25 @@ app.kubernetes.io/component: {{ .name }}
     secretName: {{ .root.Values.tls.existingSecret }}
     defaultMode: 0440
 {{- end }}
-{{- if .root.Values.auth.rs256PublicKeyKey }}
+{{- with include "commerce.jwtFiles" . }}
 - name: jwt
   secret:
-    secretName: {{ .root.Values.auth.existingSecret }}
+    secretName: {{ $.root.Values.auth.existingSecret }}
     defaultMode: 0440
     items:
-      - key: {{ .root.Values.auth.rs256PublicKeyKey }}
-        path: {{ .root.Values.auth.rs256PublicKeyKey }}
+{{- range splitList " " . }}
+      - key: {{ . }}
+        path: {{ . }}
+{{- end }}
+{{- end }}
+{{- if and (eq .name "commission") .root.Values.webhookSecrets.existingSecret }}
+- name: webhook-secrets
+  secret:
+    secretName: {{ .root.Values.webhookSecrets.existingSecret }}
+    defaultMode: 0440
+    items:
+      - key: {{ .root.Values.webhookSecrets.key }}
+        path: {{ .root.Values.webhookSecrets.key }}
 {{- end }}
 {{- end -}}
 

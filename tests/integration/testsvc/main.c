@@ -248,10 +248,23 @@ static int app_init(cm_service *svc, void **app, char *err, size_t errlen)
 
 /* a singleton ticker: each run records this process in the ticks table,
  * so a test sees that one replica at a time runs it */
+static cm_gauge *leads_gauge(cm_service *svc)
+{
+    return cm_metrics_gauge(cm_service_metrics(svc), "testsvc_leads",
+                            "1 on the replica whose singleton ticker leads", NULL);
+}
+
+/* the ticker's replica stopped leading: its gauge leaves /metrics */
+static void resign(cm_service *svc, void *app)
+{
+    (void)app;
+    cm_metrics_gauge_remove(cm_service_metrics(svc), leads_gauge(svc));
+}
+
 static void tick(cm_service *svc, cm_db *db, void *app)
 {
-    (void)svc;
     (void)app;
+    cm_gauge_set(leads_gauge(svc), 1);
     char pid[24];
     snprintf(pid, sizeof pid, "%d", (int)getpid());
     const char *p[] = {pid};
@@ -274,7 +287,7 @@ static const cm_peer_def peers[] = {{"inventory", "127.0.0.1:50052"}};
 static const cm_knob knobs[] = {
     {"TESTSVC_TICK_MS", CM_KNOB_INT, 1000, 10, 60000, NULL, "period of the singleton ticker (ms)"},
 };
-static const cm_service_ticker tickers[] = {{"ticks", "TESTSVC_TICK_MS", tick, 1}};
+static const cm_service_ticker tickers[] = {{"ticks", "TESTSVC_TICK_MS", tick, 1, resign}};
 
 int main(int argc, char **argv)
 {
