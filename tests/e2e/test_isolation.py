@@ -792,6 +792,10 @@ def main():
     brokers = os.environ["KAFKA_BROKERS"]
     kafka_sh = os.path.join(ROOT, "scripts", "kafka.sh")
     topic = f"iso.{RUN}"
+    # the partners' webhook secrets sealed at rest, as deployed
+    keys = f"/tmp/commerce-iso-{RUN}.keys"
+    with open(os.open(keys, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+        f.write(f"iso:{base64.b64encode(os.urandom(32)).decode()}\n")
     topics = [f"{topic}.order", f"{topic}.cms", f"{topic}.partner", f"{topic}.stl"]
     for t in topics:
         subprocess.run([kafka_sh, "topic", t, "3"], check=True, capture_output=True)
@@ -814,7 +818,8 @@ def main():
         "COMMISSION_ORDER_GROUP": f"{topic}.cms", "COMMISSION_TOPIC": f"{topic}.cms",
         "COMMISSION_PARTNER_TOPIC": f"{topic}.partner", "COMMISSION_FEED_GROUP": f"{topic}.feed",
         "COMMISSION_PAYABLE_MS": "200", "COMMISSION_WEBHOOK_ALLOW_HTTP": "on",
-        "COMMISSION_WEBHOOK_ALLOW_CIDRS": "127.0.0.0/8", "KAFKA_BROKERS": brokers})
+        "COMMISSION_WEBHOOK_ALLOW_CIDRS": "127.0.0.0/8", "COMMISSION_SECRETS_KEY_FILE": keys,
+        "KAFKA_BROKERS": brokers})
     rc = 1
     t0 = time.time()
     try:
@@ -939,6 +944,7 @@ def main():
                         subprocess.run(["psql", os.environ["PG_DSN"], "-XAtqc",
                                         f"DROP SCHEMA IF EXISTS {val} CASCADE"],
                                        capture_output=True)
+        os.unlink(keys)
     print(f"== isolation: {'ok' if rc == 0 else f'{len(failures)} FAILURES'} in "
           f"{time.time() - t0:.0f} s", flush=True)
     return rc
