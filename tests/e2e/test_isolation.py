@@ -286,10 +286,12 @@ def seed(t, receiver):
             tiers=[cms.Tier(from_sales=money(0), rate_bps=500),
                    cms.Tier(from_sales=money(1000000), rate_bps=800)])))
     for ch in (t.ch1, t.ch2):
-        t.call(C + "PutChannel", cmss.PutChannelRequest(request_id=f"{r}-put-{ch}", channel=cms.Channel(
+        t.call(C + "PutChannel", cmss.PutChannelRequest(
+            request_id=f"{r}-put-{ch}", channel=cms.Channel(
             channel_id=ch, name=f"{ch} name", type=cms.CHANNEL_TYPE_COMMUNITY_LEADER,
             state=cms.CHANNEL_STATE_ACTIVE, tier_schedule_id=t.sched)))
-    p = t.call(C + "PutPartner", cmss.PutPartnerRequest(request_id=f"{r}-partner", partner=cms.Partner(
+    p = t.call(C + "PutPartner", cmss.PutPartnerRequest(
+        request_id=f"{r}-partner", partner=cms.Partner(
         partner_id=t.partner, name=f"{r} partner", channel_ids=[t.ch1, t.ch2],
         webhook=cms.PartnerWebhook(enabled=True,
                                    url=f"http://127.0.0.1:{receiver.port}/hook/{r}"))))
@@ -359,8 +361,8 @@ def seed(t, receiver):
     t.call(O + "RefundOrder", ords.RefundOrderRequest(
         refund_id=f"{r}-refund-part", order_id=t.orders["done"].order_id,
         scope=ordm.REFUND_SCOPE_AMOUNT, amount=money(5000), reason=f"{r} part"))
-    wait(f"{r}: clawback adjustment", lambda: len(t.call(C + "ListAdjustments", cmss.ListAdjustmentsRequest(
-        channel_id=t.ch1)).adjustments) >= 1)
+    wait(f"{r}: clawback adjustment", lambda: len(t.call(
+        C + "ListAdjustments", cmss.ListAdjustmentsRequest(channel_id=t.ch1)).adjustments) >= 1)
     for ch in (t.ch1, t.ch2):
         pay_out = t.call(C + "SettleCommissions", cmss.SettleCommissionsRequest(
             request_id=f"{r}-settle-{ch}", channel_id=ch, currency="CNY"))
@@ -395,8 +397,9 @@ def seed(t, receiver):
                 f"{t.orders[name].total_amount.amount_minor / 100:.2f},0.01,\n")
     t.call(S + "ImportStatement", rec.ImportStatementRequest(request_id=f"{r}-bill",
                                                              bill_date=t.today, csv=csv))
-    wait(f"{r}: webhook deliveries", lambda: len(t.call(C + "ListWebhookDeliveries", cmss.ListWebhookDeliveriesRequest(
-        partner_id=t.partner)).deliveries) >= 1)
+    wait(f"{r}: webhook deliveries", lambda: len(t.call(
+        C + "ListWebhookDeliveries",
+        cmss.ListWebhookDeliveriesRequest(partner_id=t.partner)).deliveries) >= 1)
     t.event = t.call(C + "ListWebhookDeliveries", cmss.ListWebhookDeliveriesRequest(
         partner_id=t.partner)).deliveries[0].event_id
     # everything A's seed answered with a server-made id, and A's listings
