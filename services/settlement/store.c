@@ -505,9 +505,10 @@ int stl_store_list_entries(cm_db *db, const char *tenant, const char *order_id, 
     int rc = cm_db_read(
         db, "list entries",
         "SELECT " ENTRY_COLS " FROM entries e WHERE e.tenant_id = $1 AND ($2::uuid IS NULL OR "
-        "e.order_id = $2::uuid) AND ($3 = 0 OR e.account_ids @> ARRAY[$3::bigint]) AND ($4 = 0 OR "
-        "e.posted_at >= to_timestamp($4 / 1000.0)) AND ($5 = 0 OR e.posted_at < to_timestamp($5 "
-        "/ 1000.0)) AND ($6 = 0 OR e.entry_id < $6) ORDER BY e.entry_id DESC LIMIT $7",
+        "e.order_id = $2::uuid) AND ($3::bigint = 0 OR e.account_ids @> ARRAY[$3::bigint]) AND "
+        "($4::bigint = 0 OR e.posted_at >= to_timestamp($4::bigint / 1000.0)) AND ($5::bigint = 0 "
+        "OR e.posted_at < to_timestamp($5::bigint / 1000.0)) AND ($6::bigint = 0 OR e.entry_id < "
+        "$6::bigint) ORDER BY e.entry_id DESC LIMIT $7",
         7, p, &r);
     if (rc)
         return rc;
