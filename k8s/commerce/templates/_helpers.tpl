@@ -77,6 +77,9 @@ app.kubernetes.io/component: {{ .name }}
 {{- if and (eq .name "commission") .root.Values.webhookSecrets.existingSecret -}}
 {{- $m = append $m "COMMISSION_SECRETS_KEY_FILE" -}}
 {{- end -}}
+{{- if include "commerce.rateLimitsConfigMap" .root -}}
+{{- $m = append $m "RATE_LIMITS_FILE" -}}
+{{- end -}}
 {{- range .svc.peers -}}
 {{- $p := upper . -}}
 {{- $m = concat $m (list (printf "%s_TARGET" $p) (printf "%s_TLS_CA_FILE" $p) (printf "%s_TLS_CERT_FILE" $p) (printf "%s_TLS_KEY_FILE" $p) (printf "%s_TOKEN_FILE" $p)) -}}
@@ -131,6 +134,9 @@ app.kubernetes.io/component: {{ .name }}
 {{- if $root.Values.tls.clientAuth -}}
 {{- $_ = set $out "TLS_CLIENT_CA_FILE" "/etc/commerce/tls/ca.crt" -}}
 {{- end -}}
+{{- end -}}
+{{- if include "commerce.rateLimitsConfigMap" $root -}}
+{{- $_ = set $out "RATE_LIMITS_FILE" (printf "/etc/commerce/rate-limits/%s" $root.Values.rateLimits.key) -}}
 {{- end -}}
 {{- if and (eq .name "commission") $root.Values.webhookSecrets.existingSecret -}}
 {{- $_ = set $out "COMMISSION_SECRETS_KEY_FILE" (printf "/etc/commerce/webhook-secrets/%s" $root.Values.webhookSecrets.key) -}}
@@ -206,9 +212,24 @@ app.kubernetes.io/component: {{ .name }}
 {{- end -}}
 {{- end -}}
 
+{{/* the ConfigMap holding RATE_LIMITS_FILE: the chart's own when
+     rateLimits.file is set, else rateLimits.existingConfigMap, else none */}}
+{{- define "commerce.rateLimitsConfigMap" -}}
+{{- if .Values.rateLimits.file -}}
+{{- printf "%s-rate-limits" (include "commerce.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- .Values.rateLimits.existingConfigMap -}}
+{{- end -}}
+{{- end -}}
+
 {{- define "commerce.volumeMounts" -}}
 - name: tmp
   mountPath: /tmp
+{{- if include "commerce.rateLimitsConfigMap" .root }}
+- name: rate-limits
+  mountPath: /etc/commerce/rate-limits
+  readOnly: true
+{{- end }}
 {{- if .root.Values.tls.enabled }}
 - name: tls
   mountPath: /etc/commerce/tls
@@ -230,6 +251,14 @@ app.kubernetes.io/component: {{ .name }}
 - name: tmp
   emptyDir:
     sizeLimit: 16Mi
+{{- with include "commerce.rateLimitsConfigMap" .root }}
+- name: rate-limits
+  configMap:
+    name: {{ . }}
+    items:
+      - key: {{ $.root.Values.rateLimits.key }}
+        path: {{ $.root.Values.rateLimits.key }}
+{{- end }}
 {{- if .root.Values.tls.enabled }}
 - name: tls
   secret:
