@@ -10,6 +10,8 @@
  * the same subtraction.
  */
 #include "cm_ratelimit.h"
+
+#include "cm_auth.h"
 #include "cm_err.h"
 #include "cm_file.h"
 #include "cm_log.h"
@@ -26,7 +28,7 @@
 #include <time.h>
 
 #define SHARDS 64
-#define TENANT_MAX 64
+#define TENANT_MAX CM_AUTH_TENANT_MAX
 #define DEF_MAX_BUCKETS 65536
 #define CHECK_EVERY_NS 1000000000LL /* the file is looked at at most once a second */
 #define FILE_MAX (4u << 20)
@@ -151,20 +153,6 @@ static uint64_t hash_of(const char *tenant, int cls)
         h = (h ^ *p) * 1099511628211ULL;
     h = (h ^ (unsigned)cls) * 1099511628211ULL;
     return h ^ (h >> 29);
-}
-
-static int tenant_ok(const char *t)
-{
-    size_t n = strlen(t);
-    if (n == 0 || n > TENANT_MAX)
-        return 0;
-    for (size_t i = 0; i < n; i++) {
-        char ch = t[i];
-        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
-              ch == '-' || ch == '_' || ch == '.'))
-            return 0;
-    }
-    return 1;
 }
 
 /* ---- configuration ---- */
@@ -391,7 +379,7 @@ static int conf_build(const cm_ratelimit_limit *base, const char *file, conf **o
         }
         json_object_foreach(tenants, key, v)
         {
-            if (!tenant_ok(key)) {
+            if (!cm_auth_tenant_valid(key)) {
                 set_err(err, errlen,
                         "tenants: \"%.64s\" is not a tenant id (1-64 of [A-Za-z0-9._-])", key);
                 goto out;
@@ -586,7 +574,7 @@ static cm_counter *refusal_counter(cm_ratelimit *rl, const char *tenant, int cls
     for (size_t i = 0; i < rl->nmt && !m; i++)
         if (strcmp(rl->mt[i].name, tenant) == 0)
             m = &rl->mt[i];
-    if (!m && rl->nmt < METRIC_TENANTS && tenant_ok(tenant)) {
+    if (!m && rl->nmt < METRIC_TENANTS && cm_auth_tenant_valid(tenant)) {
         m = &rl->mt[rl->nmt++];
         snprintf(m->name, sizeof m->name, "%s", tenant);
     }

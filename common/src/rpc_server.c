@@ -761,20 +761,6 @@ static const char *md_lookup(cm_rpc_ctx *c, const char *key)
     return NULL;
 }
 
-static int valid_tenant(const char *t)
-{
-    size_t n = strlen(t);
-    if (n == 0 || n > 64)
-        return 0;
-    for (size_t i = 0; i < n; i++) {
-        char ch = t[i];
-        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
-              ch == '-' || ch == '_' || ch == '.'))
-            return 0;
-    }
-    return 1;
-}
-
 /* 1 when the space-separated list holds word */
 static int list_has(const char *list, const char *word)
 {
@@ -836,7 +822,7 @@ static int authenticate(cm_rpc_ctx *c)
             return cm_rpc_fail_field(c, "metadata.x-tenant-id",
                                      "the x-tenant-id header is required");
         }
-        if (!valid_tenant(xtid))
+        if (!cm_auth_tenant_valid(xtid))
             return cm_rpc_fail_field(c, "metadata.x-tenant-id",
                                      "must be 1-64 characters of [A-Za-z0-9._-]");
         c->tenant = xtid;
