@@ -395,15 +395,18 @@ int stl_payout_list(cm_db *db, const char *tenant, const char *merchant, int sta
     snprintf(b, sizeof b, "%lld", (long long)before_ms);
     snprintf(l, sizeof l, "%d", limit);
     /* NULL on the first page: "" is no uuid, and the cast of a parameter
-     * is not spared by the OR; $4 a bigint (ms overflow an int) */
+     * is not spared by the OR; $4 a bigint (ms overflow an int). the
+     * position is the last row's own (created_at, payout_id), read by id:
+     * created_at holds microseconds (DEFAULT now()), which the token's
+     * milliseconds would round, repeating or skipping rows across pages */
     const char *p[] = {tenant, s, ac, b, before_ms ? before_id : NULL, l, merchant};
     PGresult *r = NULL;
     int rc = cm_db_read(
         db, "list payouts",
         "SELECT " PAYOUT_COLS " FROM payouts p JOIN accounts a USING (account_id) WHERE "
         "p.tenant_id = $1 AND ($2 = 0 OR p.state = $2) AND ($3 = 0 OR p.account_id = $3) AND "
-        "($4::bigint = 0 OR (p.created_at, p.payout_id) < (to_timestamp($4::bigint / 1000.0), "
-        "$5::uuid)) AND "
+        "($4::bigint = 0 OR (p.created_at, p.payout_id) < (SELECT x.created_at, x.payout_id "
+        "FROM payouts x WHERE x.tenant_id = $1 AND x.payout_id = $5::uuid)) AND "
         "($7::text IS NULL OR (a.party_type = 1 AND a.owner_id = $7)) ORDER BY "
         "p.created_at DESC, p.payout_id DESC LIMIT $6",
         7, p, &r);
