@@ -14,8 +14,8 @@
  * a class (or quota, cm_ratelimit_quota) a tenant's entry leaves out is
  * the file's default for it, and a
  * class the file's default leaves out is the creation default. the file is
- * looked at (stat) at most once a second, from a taking thread, and re-read
- * when it changed; a bad file keeps the limits in force and logs one line.
+ * re-read when it changed (cm_ratelimit_reload, which the service runtime
+ * calls once a second from its loop); a bad file keeps the limits in force.
  *
  * takes are thread-safe and cheap: the buckets live in a hash table split
  * into shards, each under its own mutex, and a take touches one shard. the
@@ -78,10 +78,13 @@ int cm_ratelimit_off(const cm_ratelimit *rl);
 int cm_ratelimit_take(cm_ratelimit *rl, const char *tenant, cm_ratelimit_class cls,
                       cm_ratelimit_refusal *why);
 
-/* looks at the file now (rather than within a second of a take) and
- * re-reads it when it changed: 0, or CM_EINVAL with the limits in force
- * kept and the reason in err. */
-int cm_ratelimit_reload(cm_ratelimit *rl, char *err, size_t errlen);
+/* looks at the file (one stat) and re-reads it when it changed, or
+ * always with force: 1 when the new limits are in force, 0 when nothing
+ * changed (or there is no file), CM_EINVAL with the limits in force kept
+ * and the reason in err. the service runtime calls it once a second from
+ * its loop, with the JWKS and the peers' tokens (and forced on SIGHUP):
+ * takes never touch the file. */
+int cm_ratelimit_reload(cm_ratelimit *rl, int force, char *err, size_t errlen);
 
 /* the limit in force for tenant and cls (for messages and tests) */
 cm_ratelimit_limit cm_ratelimit_limit_of(cm_ratelimit *rl, const char *tenant,

@@ -24,13 +24,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <time.h>
 
 #define SHARDS 64
 #define TENANT_MAX CM_AUTH_TENANT_MAX
 #define DEF_MAX_BUCKETS 65536
-#define CHECK_EVERY_NS 1000000000LL /* the file is looked at at most once a second */
 #define FILE_MAX (4u << 20)
 #define FILE_TENANTS_MAX 100000
 #define RATE_MAX 1e7
@@ -104,12 +102,8 @@ struct cm_ratelimit {
     /* the file */
     char *file;
     pthread_mutex_t reload_mu;
-    struct timespec seen_mtime;
-    long long seen_size;
-    unsigned long long seen_ino;
+    cm_file_id seen; /* the file as last read, good or bad; all 0: gone */
     int seen_valid;
-    int seen_missing; /* the last look found no file (reported once) */
-    atomic_llong next_check;
     /* metrics */
     cm_metrics *metrics;
     pthread_mutex_t metrics_mu;
@@ -407,25 +401,13 @@ out:
 
 /* ---- the file ---- */
 
-/* 1 when the file looks different from the one last read */
-static int file_changed(cm_ratelimit *rl, struct stat *st)
+/* 1 when the file looks different from the one last read (a file that
+ * is gone counts as the all-zero id, so its absence is reported once) */
+static int file_changed(cm_ratelimit *rl, cm_file_id *id)
 {
-    if (stat(rl->file, st) != 0)
-        return !rl->seen_missing; /* gone: said once */
-    return rl->seen_missing || !rl->seen_valid || st->st_mtim.tv_sec != rl->seen_mtime.tv_sec ||
-           st->st_mtim.tv_nsec != rl->seen_mtime.tv_nsec || st->st_size != rl->seen_size ||
-           st->st_ino != rl->seen_ino;
-}
-
-/* what the file looked like when last read, good or bad: only its next
- * change is read (and a bad one reported) again */
-static void remember(cm_ratelimit *rl, const struct stat *st, int missing)
-{
-    rl->seen_valid = 1;
-    rl->seen_missing = missing;
-    rl->seen_mtime = st->st_mtim;
-    rl->seen_size = st->st_size;
-    rl->seen_ino = st->st_ino;
+    if (cm_file_stat(rl->file, id) != 0)
+        memset(id, 0, sizeof *id);
+    return !rl->seen_valid || !cm_file_id_eq(id, &rl->seen);
 }
 
 static void install(cm_ratelimit *rl, conf *c)
@@ -439,49 +421,33 @@ static void install(cm_ratelimit *rl, conf *c)
     conf_free(old);
 }
 
-/* re-reads the file when it changed; force: even when it looks the same */
+/* re-reads the file when it changed; force: even when it looks the same.
+ * 1 when a new configuration is in force, 0 when nothing changed */
 static int reload_locked(cm_ratelimit *rl, int force, char *err, size_t errlen)
 {
-    struct stat st;
-    memset(&st, 0, sizeof st);
-    if (!file_changed(rl, &st) && !force)
+    cm_file_id id;
+    if (!file_changed(rl, &id) && !force)
         return 0;
-    int missing = stat(rl->file, &st) != 0;
+    /* remembered good or bad: only the file's next change is read (and a
+     * bad one reported) again */
+    rl->seen = id;
+    rl->seen_valid = 1;
     conf *c = NULL;
     int rc = conf_build(rl->base, rl->file, &c, err, errlen);
-    remember(rl, &st, missing);
     if (rc)
         return rc;
     install(rl, c);
-    return 0;
+    return 1;
 }
 
-int cm_ratelimit_reload(cm_ratelimit *rl, char *err, size_t errlen)
+int cm_ratelimit_reload(cm_ratelimit *rl, int force, char *err, size_t errlen)
 {
-    if (!rl->file)
+    if (!rl || !rl->file)
         return 0;
     pthread_mutex_lock(&rl->reload_mu);
-    int rc = reload_locked(rl, 0, err, errlen);
+    int rc = reload_locked(rl, force, err, errlen);
     pthread_mutex_unlock(&rl->reload_mu);
     return rc;
-}
-
-/* from a taking thread, at most once a second across all of them */
-static void maybe_reload(cm_ratelimit *rl, int64_t now)
-{
-    long long next = atomic_load_explicit(&rl->next_check, memory_order_relaxed);
-    if (now < next || !atomic_compare_exchange_strong(&rl->next_check, &next, now + CHECK_EVERY_NS))
-        return;
-    if (pthread_mutex_trylock(&rl->reload_mu) != 0)
-        return;
-    char err[256];
-    unsigned before = atomic_load(&rl->gen);
-    if (reload_locked(rl, 0, err, sizeof err))
-        cm_log_error("could not reload the rate limits: keeping the ones in force", "file",
-                     rl->file, "detail", err, NULL);
-    else if (atomic_load(&rl->gen) != before)
-        cm_log_info("rate limits reloaded", "file", rl->file, NULL);
-    pthread_mutex_unlock(&rl->reload_mu);
 }
 
 /* ---- buckets ---- */
@@ -599,8 +565,6 @@ int cm_ratelimit_take(cm_ratelimit *rl, const char *tenant, cm_ratelimit_class c
     if (!rl || !tenant || (unsigned)cls >= CM_RATELIMIT_NCLASSES)
         return 0;
     int64_t now = rl->now_ns(rl->clock_arg);
-    if (rl->file)
-        maybe_reload(rl, now);
     if (atomic_load_explicit(&rl->off, memory_order_relaxed))
         return 0;
     if (strlen(tenant) > TENANT_MAX)
@@ -672,8 +636,6 @@ long long cm_ratelimit_quota(cm_ratelimit *rl, const char *tenant, const char *n
 {
     if (!rl || !tenant)
         return def;
-    if (rl->file)
-        maybe_reload(rl, rl->now_ns(rl->clock_arg));
     pthread_rwlock_rdlock(&rl->conf_mu);
     const tenant_conf *t = conf_tenant(rl->conf, tenant);
     const quotas *q = t ? &t->quotas : &rl->conf->def_quotas;
@@ -738,6 +700,8 @@ int cm_ratelimit_new(cm_ratelimit **out, const cm_ratelimit_opts *o, char *err, 
         pthread_mutex_lock(&rl->reload_mu);
         if (rl->file) {
             rc = reload_locked(rl, 1, err, errlen);
+            if (rc > 0)
+                rc = 0; /* read and in force */
         } else {
             conf *c = NULL;
             rc = conf_build(rl->base, NULL, &c, err, errlen);
@@ -750,7 +714,6 @@ int cm_ratelimit_new(cm_ratelimit **out, const cm_ratelimit_opts *o, char *err, 
         cm_ratelimit_free(rl);
         return rc;
     }
-    atomic_store(&rl->next_check, rl->now_ns(rl->clock_arg) + CHECK_EVERY_NS);
     *out = rl;
     return 0;
 }

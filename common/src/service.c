@@ -31,7 +31,7 @@ struct cm_service {
     cm_admin *admin;
     uv_signal_t sigterm, sigint, sighup;
     uv_timer_t probe;
-    uv_timer_t creds;                             /* re-reads the JWKS and the peers' token files */
+    uv_timer_t creds; /* re-reads the JWKS, the peers' token files, RATE_LIMITS_FILE */
     cm_counter *c_reload[2], *c_reload_failed[2]; /* [0] the JWKS, [1] peer tokens */
     cm_gauge *g_jwks_keys;
     uv_work_t probe_req;
@@ -231,13 +231,20 @@ static void on_closed(uv_handle_t *h)
     (void)h;
 }
 
-/* the JWKS and the peers' token files, when they changed (force: SIGHUP).
- * one stat(2) each a second; a failure is logged once per change of the
- * file, never with its contents */
-static void reload_creds(cm_service *svc, int force)
+/* the files a service re-reads while it runs — the JWKS, the peers' token
+ * files, RATE_LIMITS_FILE — when they changed (force: SIGHUP). one stat(2)
+ * each a second, on the loop, never on a call; a failure is logged once per
+ * change of the file, never with key or token material */
+static void reload_files(cm_service *svc, int force)
 {
     char err[512];
-    int rc = cm_auth_reload(svc->auth, force, err, sizeof err);
+    int rc = cm_ratelimit_reload(svc->ratelimit, force, err, sizeof err);
+    if (rc == 1)
+        cm_log_info("rate limits reloaded", "file", svc->cfg.rate_limits_file, NULL);
+    else if (rc < 0)
+        cm_log_error("could not reload the rate limits: keeping the ones in force", "file",
+                     svc->cfg.rate_limits_file, "detail", err, NULL);
+    rc = cm_auth_reload(svc->auth, force, err, sizeof err);
     if (rc == 1) {
         cm_auth_jwks_stats st;
         cm_auth_jwks_stats_get(svc->auth, &st);
@@ -265,13 +272,13 @@ static void reload_creds(cm_service *svc, int force)
 
 static void on_creds_timer(uv_timer_t *t)
 {
-    reload_creds(t->data, 0);
+    reload_files(t->data, 0);
 }
 
 static void on_sighup(uv_signal_t *sig, int signum)
 {
     (void)signum;
-    reload_creds(sig->data, 1);
+    reload_files(sig->data, 1);
 }
 
 static void start_creds(cm_service *svc)

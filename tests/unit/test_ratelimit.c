@@ -239,17 +239,21 @@ START_TEST(file_sets_limits_per_tenant_and_reloads_when_it_changes)
         strstr(text, "rpc_server_rate_limited_total{tenant=\"other\",class=\"write\"} 50"));
     free(text);
 
-    /* a change is seen within a second of a take, without a restart */
+    /* a change is read by the next reload (the runtime's once a second),
+     * without a restart; takes never look at the file */
+    char err[256];
+    ck_assert_int_eq(cm_ratelimit_reload(rl, 0, err, sizeof err), 0); /* unchanged */
     write_file(path, "{\"tenants\": {\"tiny\": {\"write\": {\"rate\": 1000, \"burst\": 1000}}}}");
-    ck_assert_int_eq(takes(rl, "tiny", CM_RATELIMIT_WRITE, 1), 0); /* not looked at yet */
     atomic_fetch_add(&clock_now, SEC);
+    ck_assert_int_eq(takes(rl, "tiny", CM_RATELIMIT_WRITE, 5), 1); /* the old limit still */
+    ck_assert_int_eq(cm_ratelimit_reload(rl, 0, err, sizeof err), 1);
     ck_assert_int_eq(takes(rl, "tiny", CM_RATELIMIT_WRITE, 500), 500);
     ck_assert(cm_ratelimit_limit_of(rl, "other", CM_RATELIMIT_WRITE).rate == 0);
 
     /* a bad file keeps the limits in force */
     write_file(path, "{\"tenants\": {\"tiny\": {\"write\": {\"rate\": -1}}}}");
-    char err[256];
-    ck_assert_int_eq(cm_ratelimit_reload(rl, err, sizeof err), CM_EINVAL);
+    ck_assert_int_eq(cm_ratelimit_reload(rl, 0, err, sizeof err), CM_EINVAL);
+    ck_assert_int_eq(cm_ratelimit_reload(rl, 0, err, sizeof err), 0); /* reported once */
     ck_assert_ptr_nonnull(strstr(err, "tenants.tiny.write.rate"));
     ck_assert(cm_ratelimit_limit_of(rl, "tiny", CM_RATELIMIT_WRITE).rate == 1000);
     atomic_fetch_add(&clock_now, 2 * SEC);
