@@ -564,9 +564,9 @@ int cm_ratelimit_take(cm_ratelimit *rl, const char *tenant, cm_ratelimit_class c
 {
     if (!rl || !tenant || (unsigned)cls >= CM_RATELIMIT_NCLASSES)
         return 0;
-    int64_t now = rl->now_ns(rl->clock_arg);
     if (atomic_load_explicit(&rl->off, memory_order_relaxed))
-        return 0;
+        return 0; /* no limit configured: no clock read either */
+    int64_t now = rl->now_ns(rl->clock_arg);
     if (strlen(tenant) > TENANT_MAX)
         return 0; /* the runtime never lets such a tenant through */
     uint64_t h = hash_of(tenant, cls);
