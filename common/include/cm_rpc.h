@@ -155,8 +155,6 @@ const char *cm_rpc_ctx_method(const cm_rpc_ctx *ctx);
 const char *cm_rpc_ctx_tenant(const cm_rpc_ctx *ctx);
 /* subject ("sub" claim) of the verified token, or NULL. */
 const char *cm_rpc_ctx_subject(const cm_rpc_ctx *ctx);
-/* 1 when the verified token carries the role (always 0 without auth). */
-int cm_rpc_ctx_has_role(const cm_rpc_ctx *ctx, const char *role);
 /* the merchant (channel) a caller is limited to on this call: its token's
  * merchant_id (channel_id) when the only role it holds among the method's
  * roles is "merchant" ("channel"); NULL when the caller is not limited.
@@ -173,12 +171,6 @@ const char *cm_rpc_ctx_channel_scope(const cm_rpc_ctx *ctx);
  * empty page, as for a merchant or channel without rows. so the scope is
  * the query's own filter and pages stay full. */
 const char *cm_rpc_scope_filter(const char *scope, const char *requested);
-/* 0 when the caller may make a call that needs role: authentication is
- * off (every caller is trusted, AUTH_MODE=off), or its verified token
- * carries the role. otherwise the call fails PERMISSION_DENIED /
- * ROLE_REQUIRED with metadata "role", and that failure's value is
- * returned. */
-int cm_rpc_require_role(cm_rpc_ctx *ctx, const char *role);
 /* request metadata value by lower-case key, NUL-terminated in the arena;
  * NULL when absent. binary (-bin) values are returned raw. */
 const char *cm_rpc_ctx_metadata(cm_rpc_ctx *ctx, const char *key);

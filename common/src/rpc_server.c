@@ -1835,11 +1835,6 @@ const char *cm_rpc_ctx_subject(const cm_rpc_ctx *ctx)
     return ctx->principal && ctx->principal->subject[0] ? ctx->principal->subject : NULL;
 }
 
-int cm_rpc_ctx_has_role(const cm_rpc_ctx *ctx, const char *role)
-{
-    return ctx->principal ? cm_auth_has_role(ctx->principal, role) : 0;
-}
-
 const char *cm_rpc_ctx_merchant_scope(const cm_rpc_ctx *ctx)
 {
     return ctx->merchant_scope;
@@ -1920,16 +1915,6 @@ void *cm_rpc_alloc(cm_rpc_ctx *ctx, size_t n)
 char *cm_rpc_strdup(cm_rpc_ctx *ctx, const char *s)
 {
     return cm_arena_strdup(ctx->arena, s ? s : "");
-}
-
-int cm_rpc_require_role(cm_rpc_ctx *ctx, const char *role)
-{
-    if (!ctx->w->s->o.auth || cm_rpc_ctx_has_role(ctx, role))
-        return 0;
-    int f = cm_rpc_fail(ctx, GRPC_STATUS_PERMISSION_DENIED, "ROLE_REQUIRED",
-                        cm_arena_printf(ctx->arena, "this call needs the %s role", role));
-    cm_rpc_fail_meta(ctx, "role", role);
-    return f;
 }
 
 int cm_rpc_fail(cm_rpc_ctx *ctx, int grpc_code, const char *reason, const char *message)
