@@ -553,6 +553,31 @@ void hs_pg_exec(PGconn *pg, const char *sql)
     PQclear(r);
 }
 
+void hs_pg_exec_retry(PGconn *pg, const char *sql)
+{
+    /* A statement that takes several locks (TRUNCATE of many tables) can
+     * deadlock with a service's own transaction; Postgres then aborts one
+     * of the two. Ours is the one to repeat: the service's work is not the
+     * test's to undo. */
+    for (int attempt = 1;; attempt++) {
+        PGresult *r = PQexec(pg, sql);
+        ExecStatusType st = PQresultStatus(r);
+        const char *state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+        int retry =
+            st == PGRES_FATAL_ERROR && state &&
+            (!strcmp(state, "40P01") || !strcmp(state, "40001") || !strcmp(state, "55P03")) &&
+            attempt < 20;
+        if (!retry) {
+            ck_assert_msg(st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK, "%s: %s", sql,
+                          PQerrorMessage(pg));
+            PQclear(r);
+            return;
+        }
+        PQclear(r);
+        usleep((useconds_t)(20000 * attempt));
+    }
+}
+
 /* a connection to PG_DSN with search_path set to schema (NULL: as is) */
 static PGconn *connect_in(const char *schema)
 {

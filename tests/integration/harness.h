@@ -159,6 +159,10 @@ long long hs_pg_scalar(PGconn *pg, const char *sql);
 
 /* runs a statement; asserts it succeeded. */
 void hs_pg_exec(PGconn *pg, const char *sql);
+/* hs_pg_exec, repeated (a few times, with a growing pause) when Postgres
+ * aborts it for a deadlock, a serialization failure or a lock timeout:
+ * for statements that race the services' own transactions */
+void hs_pg_exec_retry(PGconn *pg, const char *sql);
 
 /* hs_pg_scalar on a connection of its own to PG_DSN with search_path set
  * to schema (may be NULL: the default). */

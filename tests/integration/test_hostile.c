@@ -386,7 +386,7 @@ static void fuzz_service(fx *p, cm_rpc_client *c, const ProtobufCServiceDescript
             if (dirty) {
                 /* what an accepted call stored goes, so a refusal after it
                  * can be seen to store nothing */
-                hs_pg_exec(pg, truncate_sql);
+                hs_pg_exec_retry(pg, truncate_sql);
                 dirty = 0;
             }
             wbuf b = {0};
@@ -443,7 +443,7 @@ static void fuzz_service(fx *p, cm_rpc_client *c, const ProtobufCServiceDescript
         ck_assert_msg(hs_alive(&p->inv) && hs_alive(&p->ord), "a service died after %s", path);
     }
     if (dirty)
-        hs_pg_exec(pg, truncate_sql);
+        hs_pg_exec_retry(pg, truncate_sql);
     free(count_sql);
 }
 
