@@ -106,6 +106,7 @@ typedef struct inv_counter {
     int64_t available0;        /* at the start of the batch */
     int64_t unit_cost;         /* the cost price on the row (migration 0006) */
     const char *cost_currency; /* "" when the sku has no cost */
+    const char *tid;           /* the locked row's ctid, as text (the batch's update) */
 } inv_counter;
 
 /* admits one reservation against the batch's counters, all lines or none:

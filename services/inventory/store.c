@@ -463,7 +463,7 @@ static void level_of(const inv_counter *c, int64_t at_ms, inv_level *l)
     X(l_tenant) X(l_order) X(l_idx) X(l_sku) X(l_qty) X(l_cost) X(l_ccy)                 \
     X(a_id) X(a_available) X(a_reserved) X(a_sold) X(a_on_hand) X(a_version)             \
     X(a_principal)                                                                       \
-    X(s_tenant) X(s_sku) X(s_available) X(s_reserved) X(s_version)
+    X(s_tid) X(s_tenant) X(s_sku) X(s_available) X(s_reserved) X(s_version)
 /* the write statement's parameters: the arrays, the batch's time, the
  * outbox rows (CM_OUTBOX_ROWS_NPARAMS of them, in cm_outbox_rows_params'
  * order) and their topic and source */
@@ -498,10 +498,12 @@ static const char write_sql[] =
     "s AS (UPDATE stock x SET available = u.a, reserved = u.r, version = u.v, "
     "  updated_at = to_timestamp($now::bigint / 1000.0) FROM unnest($s_tenant::text[], "
     "  $s_sku::text[], $s_available::bigint[], $s_reserved::bigint[], $s_version::bigint[]) "
-    "  AS u(t, s, a, r, v) WHERE x.tenant_id = u.t AND x.sku = u.s), "
+    "  AS u(t, s, a, r, v) WHERE x.ctid = ANY($s_tid::tid[]) AND x.tenant_id = u.t "
+    "  AND x.sku = u.s RETURNING 1), "
     "o AS (" CM_OUTBOX_ROWS_INSERT("$ob_id", "$ob_tenant", "$ob_key", "$ob_type", "$ob_at",
                                    "$ob_off", "$ob_len", "$ob_tp", "$ob_blob", "$ob_topic",
-                                   "$ob_source") ") SELECT count(*) FROM r";
+                                   "$ob_source") ") SELECT (SELECT count(*) FROM r), "
+                                                 "(SELECT count(*) FROM s)";
 
 /* write_sql with $1... for its names: built once */
 static char write_numbered[sizeof write_sql + W_COUNT * 4];
@@ -516,33 +518,51 @@ static void number_write(void)
 typedef struct batch_writes {
     cm_buf col[W_ARRAYS];
     ev_rows ev;
-    long long reserved; /* reservations admitted */
+    long long reserved;   /* reservations admitted */
+    long long stock_rows; /* stock rows to update */
     int64_t now;
 } batch_writes;
 
-/* phase 1, read: one round trip locks the batch's stock rows (the CTE's
- * rows are locked in its ORDER BY order: (tenant, sku), so batches of two
- * replicas never deadlock) and returns with them the batch's orders that
- * exist: kind 0 a stock row, 1 an order (its stored body last) */
+/* phase 1, read: one round trip locks the batch's stock rows (in (tenant,
+ * sku) order, the key columns' COLLATE "C": batches of two replicas never
+ * deadlock) and returns with them the batch's orders that exist: kind 0 a
+ * stock row, 1 an order (its stored body last).
+ *
+ * Both lookups are one primary-key probe per key of the batch (CROSS JOIN
+ * LATERAL over the sorted keys), a shape no cost model can turn into a
+ * scan. The statement is prepared, so its plan is the generic one made on
+ * the connection's sixth batch: as a join of the unnested arrays with the
+ * tables, that plan was made from the tables' size at that moment, and
+ * with random_page_cost = 4 (PostgreSQL's default) a young schema got a
+ * hash join over sequential scans of stock and reservation that it kept
+ * while reservation grew by thousands of rows a second (hot SKU: 11,100 →
+ * 5,900 reservations/s; tests/bench/README.md, "Planner settings").
+ * OFFSET 0 keeps the planner from flattening the reservation lookup back
+ * into a join and from turning the flash-sale EXISTS into one hashed scan
+ * of every sale (it would: both are "simple" subqueries without it). */
 static int lock_batch(cm_db *db, const reserve_tx *t, PGresult **rs)
 {
     const char *p[] = {t->params[A_LINE_TENANT], t->params[A_LINE_SKU], t->params[A_TENANT],
                        t->params[A_ORDER]};
-    return exec_ps(db, PS_LOCK, "lock batch stock",
-                   "WITH k AS (SELECT s.tenant_id, s.sku, s.available, s.reserved, s.sold, "
-                   "  s.on_hand, s.version, s.unit_cost, s.cost_currency, "
-                   "  EXISTS (SELECT 1 FROM flash_sale f "
-                   "  WHERE f.tenant_id = s.tenant_id AND f.sku = s.sku AND f.starts_at <= now() "
-                   "  AND f.ends_at > now())::int AS fs "
-                   "  FROM stock s JOIN (SELECT DISTINCT * FROM unnest($1::text[], $2::text[])) "
-                   "  AS u(t, k) ON s.tenant_id = u.t AND s.sku = u.k "
-                   "  ORDER BY s.tenant_id, s.sku FOR UPDATE OF s) "
-                   "SELECT 0, tenant_id, sku, available, reserved, sold, on_hand, version, fs, "
-                   "  NULL::text, unit_cost, cost_currency FROM k "
-                   "UNION ALL SELECT 1, x.tenant_id, x.order_id, 0, 0, 0, 0, 0, 0, x.body, 0, '' "
-                   "  FROM unnest($3::text[], $4::text[]) AS u(t, o) "
-                   "  JOIN reservation x ON x.tenant_id = u.t AND x.order_id = u.o",
-                   4, p, -1, 0, rs);
+    return exec_ps(
+        db, PS_LOCK, "lock batch stock",
+        "WITH k AS (SELECT s.tenant_id, s.sku, s.available, s.reserved, s.sold, "
+        "  s.on_hand, s.version, s.unit_cost, s.cost_currency, s.tid, "
+        "  EXISTS (SELECT 1 FROM flash_sale f "
+        "  WHERE f.tenant_id = s.tenant_id AND f.sku = s.sku AND f.starts_at <= now() "
+        "  AND f.ends_at > now() OFFSET 0)::int AS fs "
+        "  FROM (SELECT DISTINCT * FROM unnest($1::text[] COLLATE \"C\", "
+        "  $2::text[] COLLATE \"C\") AS u(t, k) ORDER BY 1, 2) u "
+        "  CROSS JOIN LATERAL (SELECT x.ctid AS tid, x.* FROM stock x WHERE x.tenant_id = u.t "
+        "  AND x.sku = u.k FOR UPDATE) s) "
+        "SELECT 0, tenant_id, sku, available, reserved, sold, on_hand, version, fs, "
+        "  NULL::text, unit_cost, cost_currency, tid::text FROM k "
+        "UNION ALL SELECT 1, x.tenant_id, x.order_id, 0, 0, 0, 0, 0, 0, x.body, 0, '', "
+        "  NULL "
+        "  FROM unnest($3::text[] COLLATE \"C\", $4::text[] COLLATE \"C\") AS u(t, o) "
+        "  CROSS JOIN LATERAL (SELECT * FROM reservation r WHERE r.tenant_id = u.t "
+        "  AND r.order_id = u.o OFFSET 0) x",
+        4, p, -1, 0, rs);
 }
 
 /* the locked counters of rs, sorted for find_counter; they point into rs */
@@ -566,6 +586,7 @@ static inv_counter *read_counters(const PGresult *rs, size_t *nc)
         c->version = i64(rs, k, 7);
         c->unit_cost = i64(rs, k, 10);
         c->cost_currency = PQgetvalue(rs, k, 11);
+        c->tid = PQgetvalue(rs, k, 12);
     }
     /* the rows come in the key columns' order (COLLATE "C", strcmp's since
      * migration 0005); sorted here all the same, as bsearch needs it */
@@ -688,7 +709,9 @@ static int decide(reserve_tx *t, const PGresult *rs, inv_counter *cs, size_t nc,
         const inv_counter *c = &cs[k];
         if (c->available == c->available0)
             continue;
+        cm_buf_array_text(&w->col[W_s_tid], c->tid);
         cm_buf_array_text(&w->col[W_s_tenant], c->tenant);
+        w->stock_rows++;
         cm_buf_array_text(&w->col[W_s_sku], c->sku);
         cm_buf_array_int(&w->col[W_s_available], c->available);
         cm_buf_array_int(&w->col[W_s_reserved], c->reserved);
@@ -736,12 +759,22 @@ static int write_batch(cm_db *db, batch_writes *w)
                      w->ev.rows.blob.len, &r);
     if (rc)
         return rc;
-    long long inserted = i64(r, 0, 0);
+    long long inserted = i64(r, 0, 0), updated = i64(r, 0, 1);
     PQclear(r);
     /* another transaction reserved one of these orders meanwhile: run the
      * batch again, it will then see that reservation */
     if (inserted != w->reserved)
         return CM_ECONFLICT;
+    /* the rows are found by the ctid read under their lock (lock_batch);
+     * nothing else can move a row this transaction holds, so a miss is a
+     * bug: never a lost update, the batch is rolled back and run again */
+    if (updated != w->stock_rows) {
+        char u[24], want[24];
+        snprintf(u, sizeof u, "%lld", updated);
+        snprintf(want, sizeof want, "%lld", w->stock_rows);
+        cm_log_error("batch write missed locked stock rows", "updated", u, "locked", want, NULL);
+        return CM_ECONFLICT;
+    }
     return w->ev.rows.n ? cm_outbox_wake_on_commit(db) : 0;
 }
 
