@@ -95,6 +95,7 @@ typedef struct {
     char kafka_brokers[CM_CONFIG_TEXT_MAX]; /* KAFKA_BROKERS, host:port[,host:port...] */
     char schema[CM_CONFIG_SCHEMA_MAX];      /* <SERVICE>_SCHEMA */
     int workers;                            /* WORKERS, 1..256 */
+    int db_pool;                            /* DB_POOL, 1..256 (default: min(WORKERS, 16)) */
     cm_log_level log_level;                 /* LOG_LEVEL */
     int max_message_bytes;                  /* GRPC_MAX_MESSAGE_BYTES */
     int reflection;                         /* GRPC_REFLECTION: on (1) or off (0) */

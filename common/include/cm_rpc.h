@@ -89,6 +89,9 @@ typedef struct cm_rpc_server_opts {
      * database connection, say). init returning NULL stops the start. */
     void *(*worker_init)(int index, void *app);
     void (*worker_fini)(void *worker, void *app);
+    /* called on the worker's thread when a handler returned, before the
+     * reply is sent (what the call borrowed goes back). NULL: nothing */
+    void (*call_end)(void *worker, void *app);
     void *app; /* given to hooks, and to handlers by cm_rpc_ctx_app() */
     /* caller identity: NULL means tenants come from x-tenant-id alone.
      * not owned. */

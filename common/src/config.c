@@ -323,6 +323,15 @@ static int load_file(char *dst, size_t dstlen, const char *var, const char *v, c
     return 0;
 }
 
+#define WORKERS_MEANING "gRPC worker threads: calls served at once, 1..256"
+#define DB_POOL_MEANING                                                                            \
+    "database connections the workers share, 1..256: a call holds one from its first "             \
+    "statement until its handler returns"
+/* 16 connections commit far more than any service's rate here, and keep a
+ * few replicas of each service under Postgres's default max_connections
+ * (100); common/README.md, "service" */
+#define DEF_DB_POOL 16
+
 static int default_workers(void)
 {
     /* the cpus this process may run on, which containers and taskset narrow */
@@ -522,6 +531,10 @@ static int load_all(env_src e, cm_config *c, const cm_config_defaults *d, char *
     if ((v = env(e, "WORKERS")) &&
         (rc = load_int(&c->workers, "WORKERS", v, 1, CM_CONFIG_WORKERS_MAX, err, errlen)))
         return rc;
+    c->db_pool = c->workers < DEF_DB_POOL ? c->workers : DEF_DB_POOL;
+    if ((v = env(e, "DB_POOL")) &&
+        (rc = load_int(&c->db_pool, "DB_POOL", v, 1, CM_CONFIG_WORKERS_MAX, err, errlen)))
+        return rc;
     c->log_level = CM_LOG_INFO;
     if ((v = env(e, "LOG_LEVEL")) && cm_log_level_parse(v, &c->log_level) != 0)
         return bad(err, errlen, "LOG_LEVEL", "must be one of debug, info, warn, error, got %s",
@@ -713,7 +726,8 @@ static size_t common_rows(const cm_config_defaults *d, row *r, int generic)
     n = add_row(r, n, "PG_DSN", "libpq connection string; the service owns its schema", DEF_PG_DSN);
     n = add_row(r, n, svar, "Postgres schema of the service (tests run side by side)", sdef);
     n = add_row(r, n, "KAFKA_BROKERS", "Kafka bootstrap servers, host:port[,host:port]", DEF_KAFKA);
-    n = add_row(r, n, "WORKERS", "gRPC worker threads (and DB connections), 1..256", workers);
+    n = add_row(r, n, "WORKERS", WORKERS_MEANING, workers);
+    n = add_row(r, n, "DB_POOL", DB_POOL_MEANING, "WORKERS, at most 16");
     n = add_row(r, n, "LOG_LEVEL", "debug, info, warn or error", "info");
     n = add_row(r, n, "GRPC_MAX_MESSAGE_BYTES",
                 "largest message; a larger request: RESOURCE_EXHAUSTED, a larger reply: "
@@ -771,7 +785,7 @@ static size_t service_rows(const cm_config_defaults *d, row *r)
                 d->schema ? d->schema : d->service);
     if (d->workers > 0) {
         snprintf(def, sizeof def, "%d", d->workers);
-        n = add_row(r, n, "WORKERS", "gRPC worker threads (and DB connections), 1..256", def);
+        n = add_row(r, n, "WORKERS", WORKERS_MEANING, def);
     }
     for (size_t i = 0; i < d->npeers && i < CM_CONFIG_PEERS_MAX; i++) {
         const char *p = d->peers[i].name;

@@ -952,6 +952,8 @@ static void run_handler(cm_rpc_ctx *c)
     }
     protobuf_c_message_init(m->output, out);
     int rc = m->handler(c, in, out);
+    if (c->w->s->o.call_end)
+        c->w->s->o.call_end(c->w->state, c->w->s->o.app);
     if (rc && c->code == GRPC_STATUS_OK) {
         /* the handler returned a CM_E* without describing it */
         cm_rpc_fail_err(c, rc, cm_strerror(rc));

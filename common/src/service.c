@@ -12,6 +12,7 @@
 #include "cm_outbox.h"
 #include "cm_ratelimit.h"
 
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -52,7 +53,23 @@ struct cm_service {
     cm_rpc_client *peers[CM_CONFIG_PEERS_MAX];
     struct svc_ticker *tickers;
     size_t ntickers;
+    struct db_pool *pool; /* the workers' connections */
 };
+
+/* the connections the gRPC workers share (DB_POOL of them, opened at the
+ * start): a call takes one on its first cm_service_db and gives it back
+ * when its handler returns (call_end). a call waits only when every
+ * connection is lent; a worker holds at most one, so no call can wait on
+ * another waiting call. common/README.md, "service: workers and
+ * connections" */
+typedef struct db_pool {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    cm_db **idle; /* a stack: the most recently used first, its cache warm */
+    size_t nidle, n;
+    cm_gauge *in_use;
+    cm_counter *waits;
+} db_pool;
 
 /* a descriptor's ticker, running */
 typedef struct svc_ticker {
@@ -118,11 +135,74 @@ cm_rpc_client *cm_service_peer(cm_service *svc, const char *name)
     abort();
 }
 
+static void pool_free(db_pool *p)
+{
+    if (!p)
+        return;
+    for (size_t i = 0; i < p->nidle; i++)
+        cm_db_free(p->idle[i]);
+    pthread_mutex_destroy(&p->mu);
+    pthread_cond_destroy(&p->cv);
+    free(p->idle);
+    free(p);
+}
+
+static int pool_new(cm_service *svc, char *err, size_t errlen)
+{
+    db_pool *p = calloc(1, sizeof *p);
+    size_t n = (size_t)(svc->cfg.db_pool < svc->cfg.workers ? svc->cfg.db_pool : svc->cfg.workers);
+    if (!p || !(p->idle = calloc(n, sizeof *p->idle))) {
+        free(p);
+        return CM_ENOMEM;
+    }
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_cond_init(&p->cv, NULL);
+    svc->pool = p;
+    for (; p->nidle < n; p->nidle++) {
+        int rc = cm_db_connect(&p->idle[p->nidle], svc->cfg.pg_dsn, svc->cfg.schema, err, errlen);
+        if (rc)
+            return rc;
+    }
+    p->n = n;
+    p->in_use = cm_metrics_gauge(svc->metrics, "db_pool_in_use",
+                                 "worker database connections lent to calls (of DB_POOL)", NULL);
+    p->waits = cm_metrics_counter(svc->metrics, "db_pool_waits_total",
+                                  "calls that waited for a worker database connection "
+                                  "(all DB_POOL lent)",
+                                  NULL);
+    return 0;
+}
+
+static cm_db *pool_take(db_pool *p)
+{
+    pthread_mutex_lock(&p->mu);
+    if (p->nidle == 0) {
+        cm_counter_add(p->waits, 1);
+        while (p->nidle == 0)
+            pthread_cond_wait(&p->cv, &p->mu);
+    }
+    cm_db *db = p->idle[--p->nidle];
+    cm_gauge_set(p->in_use, (double)(p->n - p->nidle));
+    pthread_mutex_unlock(&p->mu);
+    return db;
+}
+
+static void pool_give(db_pool *p, cm_db *db)
+{
+    pthread_mutex_lock(&p->mu);
+    p->idle[p->nidle++] = db;
+    cm_gauge_set(p->in_use, (double)(p->n - p->nidle));
+    pthread_cond_signal(&p->cv);
+    pthread_mutex_unlock(&p->mu);
+}
+
 cm_db *cm_service_db(const cm_rpc_ctx *ctx)
 {
     svc_worker *w = cm_rpc_ctx_worker(ctx);
     if (!w)
         return NULL;
+    if (!w->db)
+        w->db = pool_take(w->svc->pool);
     /* a connection libpq already knows is dead is re-established before the
      * handler uses it (cm_db_ping reconnects), so one outage does not leave
      * this worker failing every call */
@@ -144,23 +224,25 @@ static void *worker_init(int index, void *arg)
     if (!w)
         return NULL;
     w->svc = svc;
-    char err[256];
-    if (cm_db_connect(&w->db, svc->cfg.pg_dsn, svc->cfg.schema, err, sizeof err)) {
-        char idx[16];
-        snprintf(idx, sizeof idx, "%d", index);
-        cm_log_error("could not connect worker to database", "worker", idx, "detail", err, NULL);
-        free(w);
-        return NULL;
-    }
+    (void)index;
     return w;
+}
+
+/* the call's connection, if it took one, goes back to the pool */
+static void call_end(void *state, void *arg)
+{
+    (void)arg;
+    svc_worker *w = state;
+    if (w->db) {
+        pool_give(w->svc->pool, w->db);
+        w->db = NULL;
+    }
 }
 
 static void worker_fini(void *state, void *arg)
 {
-    (void)arg;
-    svc_worker *w = state;
-    cm_db_free(w->db);
-    free(w);
+    call_end(state, arg);
+    free(state);
 }
 
 static int ready(void *arg)
@@ -606,6 +688,10 @@ static int serve(cm_service *svc)
         cm_log_error("could not start the event relay and consumers", "detail", err, NULL);
         return 1;
     }
+    if (pool_new(svc, err, sizeof err)) {
+        cm_log_error("could not connect the workers' database pool", "detail", err, NULL);
+        return 1;
+    }
     cm_rpc_server_opts o = {
         .listen = svc->cfg.grpc_listen,
         .workers = svc->cfg.workers,
@@ -613,6 +699,7 @@ static int serve(cm_service *svc)
         .metrics = svc->metrics,
         .worker_init = worker_init,
         .worker_fini = worker_fini,
+        .call_end = call_end,
         .app = svc,
         .auth = svc->auth,
         .tls_cert_file = svc->cfg.tls_cert_file[0] ? svc->cfg.tls_cert_file : NULL,
@@ -726,6 +813,7 @@ int cm_service_main(int argc, char **argv, const cm_service_def *def)
         uv_run(&svc->loop, UV_RUN_NOWAIT);
     }
     cm_rpc_server_free(svc->rpc);
+    pool_free(svc->pool);
     free_events(svc);
     stop_tickers(svc);
     if (def->app_fini && svc->app)

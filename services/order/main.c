@@ -48,9 +48,11 @@ int main(int argc, char **argv)
         .grpc_port = 50051,
         .admin_port = 9091,
         /* a CreateOrder blocks its worker while inventory reserves and while
-         * its transaction commits, so concurrency per replica is WORKERS: more
-         * than one per cpu (each is also a database connection) */
-        .workers = 32,
+         * its transaction commits, so calls in flight per replica are
+         * WORKERS. a worker holds one of the DB_POOL connections only from
+         * its first statement to its handler's return, not while it waits
+         * for inventory (README.md, "Benchmarks") */
+        .workers = 128,
         .knobs = knobs,
         .nknobs = sizeof knobs / sizeof knobs[0],
         .peers = peers,

@@ -492,6 +492,7 @@ END_TEST
 
 typedef struct put_worker {
     int n, ok;
+    cm_rpc_client *c; /* NULL: the suite's */
 } put_worker;
 
 static void *put_many(void *arg)
@@ -505,8 +506,9 @@ static void *put_many(void *arg)
         put.value = "x";
         ProtobufCMessage *resp;
         cm_rpc_status st;
-        if (cm_rpc_call(cli, SVC "Put", &put.base, &commerce__test__v1__put_response__descriptor,
-                        NULL, &resp, tenant_md, 1, 10000, 0, &st) == 0) {
+        if (cm_rpc_call(w->c ? w->c : cli, SVC "Put", &put.base,
+                        &commerce__test__v1__put_response__descriptor, NULL, &resp, tenant_md, 1,
+                        10000, 0, &st) == 0) {
             w->ok += ((Commerce__Test__V1__PutResponse *)resp)->created;
             protobuf_c_message_free_unpacked(resp, NULL);
         }
@@ -532,6 +534,33 @@ START_TEST(concurrent_calls_all_succeed)
 END_TEST
 
 /* ---- processes of their own ---- */
+
+/* 8 workers share 2 connections: every call is served, calls waited for a
+ * connection (the pool is bounded), and none is lent once they are done */
+START_TEST(workers_share_a_bounded_database_pool)
+{
+    hs_proc p;
+    const char *env[] = {"WORKERS=8", "DB_POOL=2", NULL};
+    hs_start(&p, TESTSVC_BIN, env);
+    cm_rpc_client *c = hs_client(&p, NULL);
+    pthread_t t[8];
+    put_worker w[8];
+    for (int i = 0; i < 8; i++) {
+        w[i] = (put_worker){.n = 40, .c = c};
+        pthread_create(&t[i], NULL, put_many, &w[i]);
+    }
+    int ok = 0;
+    for (int i = 0; i < 8; i++) {
+        pthread_join(t[i], NULL);
+        ok += w[i].ok;
+    }
+    ck_assert_int_eq(ok, 320);
+    ck_assert_double_gt(hs_metric(&p, "db_pool_waits_total"), 0);
+    ck_assert_double_eq(hs_metric(&p, "db_pool_in_use"), 0);
+    cm_rpc_client_free(c);
+    ck_assert_int_eq(hs_stop(&p, SIGTERM, 10000), 0);
+}
+END_TEST
 
 typedef struct sleeper {
     const char *target;
@@ -1452,6 +1481,7 @@ static Suite *suite(void)
     tcase_add_checked_fixture(own, NULL, forward_teardown);
     tcase_set_timeout(own, 120);
     tcase_add_test(own, sigterm_drains_the_call_in_flight_and_exits_zero);
+    tcase_add_test(own, workers_share_a_bounded_database_pool);
     tcase_add_test(own, drain_grace_cancels_calls_that_overrun_it);
     tcase_add_test(own, bad_configuration_exits_2_naming_the_variable);
     tcase_add_test(own, auth_required_verifies_bearer_tokens);
