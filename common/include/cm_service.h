@@ -140,8 +140,15 @@ const char *cm_service_schema(const cm_service *svc);
  * (cm_rpc_call's flags). aborts for an undeclared peer. */
 cm_rpc_client *cm_service_peer(cm_service *svc, const char *name);
 
-/* inside a handler: the worker's database connection and the app state. */
+/* inside a handler: a database connection of the workers' pool (DB_POOL),
+ * taken on the call's first use (waiting while every one is lent) and the
+ * same for the rest of the call, given back when the handler returns;
+ * NULL outside a worker. */
 cm_db *cm_service_db(const cm_rpc_ctx *ctx);
+/* gives the call's connection back before the handler returns, for a
+ * handler about to wait on something else (a peer's call); a later
+ * cm_service_db takes one again. never inside a transaction. */
+void cm_service_db_done(const cm_rpc_ctx *ctx);
 void *cm_service_app(const cm_rpc_ctx *ctx);
 
 #endif

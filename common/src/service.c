@@ -211,6 +211,15 @@ cm_db *cm_service_db(const cm_rpc_ctx *ctx)
     return w->db;
 }
 
+void cm_service_db_done(const cm_rpc_ctx *ctx)
+{
+    svc_worker *w = cm_rpc_ctx_worker(ctx);
+    if (w && w->db) {
+        pool_give(w->svc->pool, w->db);
+        w->db = NULL;
+    }
+}
+
 void *cm_service_app(const cm_rpc_ctx *ctx)
 {
     svc_worker *w = cm_rpc_ctx_worker(ctx);

@@ -187,7 +187,7 @@ static tenant_entry *tenant_slot(ord_app *app, const char *tenant)
 /* the tenant's payment timeouts (cached); 0 or the database error. never
  * the defaults in place of a row that could not be read: the timeout sets
  * the reservation's ttl, which a retry must repeat exactly */
-static int timeouts_for(ord_app *app, cm_db *db, const char *tenant, int64_t *normal,
+static int timeouts_for(ord_app *app, cm_rpc_ctx *ctx, const char *tenant, int64_t *normal,
                         int64_t *flash)
 {
     *normal = app->timeout_ms;
@@ -200,7 +200,8 @@ static int timeouts_for(ord_app *app, cm_db *db, const char *tenant, int64_t *no
     pthread_mutex_unlock(&app->mu);
     if (!hit) {
         int64_t n = 0, f = 0;
-        int rc = ord_store_tenant_timeouts(db, tenant, &n, &f); /* survives a lost connection */
+        /* survives a lost connection */
+        int rc = ord_store_tenant_timeouts(cm_service_db(ctx), tenant, &n, &f);
         if (rc != 0 && rc != CM_ENOTFOUND)
             return rc;
         if (rc != 0)
@@ -475,7 +476,6 @@ static create_step create_reserve(cm_rpc_ctx *ctx, ord_app *app,
                                   const Commerce__Inventory__V1__Reservation **out,
                                   Commerce__Order__V1__CreateOrderResponse *resp)
 {
-    cm_db *db = cm_service_db(ctx);
     const char *tenant = cm_rpc_ctx_tenant(ctx);
     const Commerce__Inventory__V1__Reservation *resv = NULL;
     cm_rpc_status st;
@@ -493,8 +493,8 @@ static create_step create_reserve(cm_rpc_ctx *ctx, ord_app *app,
             char stored[ORD_HASH_HEX + 1];
             if (!got)
                 return answered(cm_rpc_fail_err(ctx, CM_ENOMEM, "create order"));
-            int g = ord_store_get_by_request(db, tenant, req->request_id, cm_rpc_ctx_arena(ctx),
-                                             got, stored);
+            int g = ord_store_get_by_request(cm_service_db(ctx), tenant, req->request_id,
+                                             cm_rpc_ctx_arena(ctx), got, stored);
             if (g == 0)
                 return answered(answer_existing(ctx, got, stored, hash, resp));
             if (g != CM_ENOTFOUND)
@@ -631,9 +631,12 @@ static int create_order(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMe
     char hash[ORD_HASH_HEX + 1];
     ord_create_hash(&ci, hash);
     int64_t normal, flash;
-    int trc = timeouts_for(app, cm_service_db(ctx), cm_rpc_ctx_tenant(ctx), &normal, &flash);
+    int trc = timeouts_for(app, ctx, cm_rpc_ctx_tenant(ctx), &normal, &flash);
     if (trc)
         return db_fail(ctx, trc, "could not read the tenant's settings");
+    /* no connection is held while inventory reserves (a settings miss
+     * took one) */
+    cm_service_db_done(ctx);
     /* the request's own timeout wins over the tenant's, flash or not */
     int64_t timeout = ci.timeout_ms >= 0 ? ci.timeout_ms : normal;
     const Commerce__Inventory__V1__Reservation *resv = NULL;
