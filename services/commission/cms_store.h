@@ -124,8 +124,9 @@ int cms_store_zone_known(cm_db *db, const char *tz);
  * *verdict: CMS_OK, CMS_SAME, CMS_KEY_REUSED, CMS_VERSION (out: the
  * current one), CMS_NO_REF (the schedule or the parent is unknown: *what
  * names the field), CMS_LEVELS (a third level) or CMS_QUOTA (a new
- * channel, and the tenant has quota channels already: counted under the
- * same lock, so concurrent creators cannot overshoot). */
+ * channel, and the tenant has quota channels already: its counter row in
+ * quota_usage, read under the same lock, so concurrent creators cannot
+ * overshoot). */
 int cms_store_put_channel(cm_db *db, const char *tenant, const char *request_id, const char *hash,
                           const cms_channel *in, int64_t expected_revision, const char *principal,
                           long long quota, cms_channel *out, int *verdict, const char **what);

@@ -178,10 +178,14 @@ static int put_channel_fn(cm_db *db, void *arg)
         return 0;
     }
     if (current == 0) {
-        /* a new channel: the tenant's quota, counted under the tree's lock */
+        /* a new channel: the tenant's row of quota_usage, which the
+         * insert's trigger adds it to (README: quota channels) */
         const char *pt[] = {t->tenant};
         PGresult *cr = NULL;
-        rc = cm_db_exec(db, "count channels", "SELECT count(*) FROM channels WHERE tenant_id = $1",
+        rc = cm_db_exec(db, "lock channel quota",
+                        "INSERT INTO quota_usage AS u (tenant_id, quota, used) VALUES ($1, "
+                        "'channels', 0) ON CONFLICT (tenant_id, quota) DO UPDATE SET used = u.used "
+                        "RETURNING used",
                         1, pt, &cr);
         if (rc)
             return rc;

@@ -1073,12 +1073,13 @@ typedef struct admin_tx {
     void *arg;
 } admin_tx;
 
-/* a set that would create a sku: the tenant's skus counted under a
- * transaction lock per tenant, so concurrent creators queue and none
- * overshoots (read committed: the second one's count sees the first's
- * committed row). an existing sku costs one index probe. CM_ESTATE with
- * INV_A_QUOTA when the tenant has its quota's worth already */
-static int sku_quota_check(cm_db *db, const inv_admin_req *q, int *verdict)
+/* a set that would create a sku: its tenant's row of quota_usage locked
+ * and compared with the quota, so concurrent creators queue on the row
+ * and none overshoots (the insert's trigger adds the sku to the row, in
+ * this transaction; README: quotas). an existing sku costs one index probe
+ * and takes no lock (*exists = 1). CM_ESTATE with INV_A_QUOTA when the
+ * tenant has its quota's worth already */
+static int sku_quota_check(cm_db *db, const inv_admin_req *q, int *exists, int *verdict)
 {
     const char *p2[] = {q->tenant, q->sku};
     PGresult *r = NULL;
@@ -1086,18 +1087,15 @@ static int sku_quota_check(cm_db *db, const inv_admin_req *q, int *verdict)
         exec(db, "find sku", "SELECT 1 FROM stock WHERE tenant_id = $1 AND sku = $2", 2, p2, &r);
     if (rc)
         return rc;
-    int exists = PQntuples(r) == 1;
+    *exists = PQntuples(r) == 1;
     PQclear(r);
-    if (exists)
+    if (*exists)
         return 0;
     const char *p1[] = {q->tenant};
     rc = exec(db, "lock sku quota",
-              "SELECT pg_advisory_xact_lock(hashtext('commerce.inventory.quota.skus'), "
-              "hashtext($1))",
-              1, p1, NULL);
-    if (rc)
-        return rc;
-    rc = exec(db, "count skus", "SELECT count(*) FROM stock WHERE tenant_id = $1", 1, p1, &r);
+              "INSERT INTO quota_usage AS u (tenant_id, quota, used) VALUES ($1, 'skus', 0) "
+              "ON CONFLICT (tenant_id, quota) DO UPDATE SET used = u.used RETURNING used",
+              1, p1, &r);
     if (rc)
         return rc;
     long long used = i64(r, 0, 0);
@@ -1115,9 +1113,12 @@ static int admin_fn(cm_db *db, void *arg)
     const char *p2[] = {q->tenant, q->sku};
     PGresult *r = NULL;
     int rc;
-    if (q->kind == INV_KIND_SET && (rc = sku_quota_check(db, q, &t->verdict)))
+    int exists = 1;
+    if (q->kind == INV_KIND_SET && (rc = sku_quota_check(db, q, &exists, &t->verdict)))
         return rc;
-    if (q->kind == INV_KIND_SET) {
+    if (!exists) {
+        /* DO NOTHING: a concurrent creator of this sku committed it first
+         * (and the trigger then counts nothing) */
         rc = exec(db, "create stock",
                   "INSERT INTO stock (tenant_id, sku, available, reserved, sold, on_hand, version) "
                   "VALUES ($1, $2, 0, 0, 0, 0, 0) ON CONFLICT DO NOTHING",
@@ -1519,7 +1520,9 @@ static int sale_fn(cm_db *db, void *arg)
         return 0;
     }
     /* the tenant's sales not yet ended, counted one creator at a time (this
-     * lock after the sku's: always in that order) */
+     * lock after the sku's: always in that order). a count, not a counter
+     * row: sales end by time, with no write (README: quotas); the index
+     * flash_sale_ends makes it O(the sales not yet ended) */
     const char *pt[] = {q->tenant};
     rc = exec(db, "lock sale quota",
               "SELECT pg_advisory_xact_lock(hashtext('commerce.inventory.quota.flash_sales'), "

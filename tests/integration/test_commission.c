@@ -9,6 +9,7 @@
 
 #include <check.h>
 #include <grpc/status.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1874,6 +1875,113 @@ START_TEST(channel_quota_refuses_a_new_channel_naming_the_quota)
 }
 END_TEST
 
+/* a RATE_LIMITS_FILE of channel quotas for this test; path: its name */
+static void quota_file(char *path, size_t cap, const char *json)
+{
+    snprintf(path, cap, "/tmp/commerce-cms-quotas-%d.json", (int)getpid());
+    FILE *f = fopen(path, "w");
+    ck_assert_ptr_nonnull(f);
+    fputs(json, f);
+    ck_assert_int_eq(fclose(f), 0);
+}
+
+typedef struct creator {
+    int index, created, refused;
+} creator;
+
+static const cm_rpc_md md_race[1] = {{"x-tenant-id", "race"}};
+
+static void *create_channels(void *arg)
+{
+    creator *k = arg;
+    for (int i = 0; i < 4; i++) {
+        char rid[64], id[64];
+        snprintf(rid, sizeof rid, "race-%d-%d", k->index, i);
+        snprintf(id, sizeof id, "RACE-%d-%d", k->index, i);
+        cm_rpc_status stt;
+        int code = put_channel_full(&S, md_race, rid, id, CT(COMMUNITY_LEADER), ACTIVE, NULL, 0,
+                                    NULL, 0, &stt);
+        k->created += code == 0;
+        k->refused += code == GRPC_STATUS_RESOURCE_EXHAUSTED;
+    }
+    return NULL;
+}
+
+START_TEST(channel_quota_holds_exactly_under_concurrent_creators)
+{
+    char path[128], env_file[160];
+    quota_file(path, sizeof path, "{\"tenants\": {\"race\": {\"quotas\": {\"channels\": 5}}}}");
+    snprintf(env_file, sizeof env_file, "RATE_LIMITS_FILE=%s", path);
+    const char *extra[] = {env_file, NULL};
+    st_start_env(&S, "quota", extra);
+    enum { N = 8 };
+    pthread_t th[N];
+    creator k[N];
+    for (int i = 0; i < N; i++) {
+        k[i] = (creator){i, 0, 0};
+        ck_assert_int_eq(pthread_create(&th[i], NULL, create_channels, &k[i]), 0);
+    }
+    int created = 0, refused = 0;
+    for (int i = 0; i < N; i++) {
+        pthread_join(th[i], NULL);
+        created += k[i].created;
+        refused += k[i].refused;
+    }
+    ck_assert_int_eq(created, 5);
+    ck_assert_int_eq(refused, N * 4 - 5);
+    ck_assert_int_eq(
+        hs_sql_long(S.schema, "SELECT count(*) FROM channels WHERE tenant_id = 'race'"), 5);
+    ck_assert_int_eq(hs_sql_long(S.schema, "SELECT used FROM quota_usage WHERE tenant_id = 'race' "
+                                           "AND quota = 'channels'"),
+                     5);
+    st_stop(&S);
+    unlink(path);
+}
+END_TEST
+
+START_TEST(channel_quota_counter_is_backfilled_and_follows_deletes)
+{
+    char path[128], env_file[160];
+    quota_file(path, sizeof path,
+               "{\"tenants\": {\"" TENANT "\": {\"quotas\": {\"channels\": 3}}}}");
+    snprintf(env_file, sizeof env_file, "RATE_LIMITS_FILE=%s", path);
+    const char *extra[] = {env_file, NULL};
+    st_start_env(&S, "quota", extra);
+    const char *used = "SELECT COALESCE((SELECT used FROM quota_usage WHERE tenant_id = '" TENANT
+                       "' AND quota = 'channels'), -1)";
+    /* channels written in sql (a bulk load) are counted too */
+    hs_sql_exec(S.schema, "INSERT INTO channels (tenant_id, channel_id, name, type, state, "
+                          "revision) SELECT '" TENANT "', 'PRE-' || i, 'pre', 1, 1, 1 "
+                          "FROM generate_series(1, 2) i");
+    ck_assert_int_eq(hs_sql_long(S.schema, used), 2);
+    /* a deployment from before the counter: rows, no counts; the
+     * migration's recount (the backfill) counts them */
+    hs_sql_exec(S.schema, "DELETE FROM quota_usage");
+    hs_sql_exec(S.schema, "SELECT cms_quota_recount()");
+    ck_assert_int_eq(hs_sql_long(S.schema, used), 2);
+    hs_sql_exec(S.schema, "SELECT cms_quota_recount()");
+    ck_assert_int_eq(hs_sql_long(S.schema, used), 2);
+    put_channel(&S, "CH-1", ACTIVE, NULL, 0, NULL);
+    cm_rpc_status stt;
+    ck_assert_int_eq(put_channel_full(&S, md, "ch-2", "CH-2", CT(COMMUNITY_LEADER), ACTIVE, NULL, 0,
+                                      NULL, 0, &stt),
+                     GRPC_STATUS_RESOURCE_EXHAUSTED);
+    ck_assert_str_eq(cm_rpc_status_meta(&stt, "quota"), "channels");
+    /* an update is no creation; a deleted channel frees its place */
+    put_channel(&S, "CH-1", SUSPENDED, NULL, 0, NULL);
+    ck_assert_int_eq(hs_sql_long(S.schema, used), 3);
+    hs_sql_exec(S.schema, "DELETE FROM channels WHERE channel_id = 'PRE-1'");
+    ck_assert_int_eq(hs_sql_long(S.schema, used), 2);
+    ck_assert_int_eq(put_channel_full(&S, md, "ch-2", "CH-2", CT(COMMUNITY_LEADER), ACTIVE, NULL, 0,
+                                      NULL, 0, &stt),
+                     0);
+    ck_assert_int_eq(hs_sql_long(S.schema, used), 3);
+    ck_assert_int_eq(hs_sql_long(S.schema, "SELECT count(*) FROM channels"), 3);
+    st_stop(&S);
+    unlink(path);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("commission");
@@ -1898,6 +2006,8 @@ int main(void)
     tcase_set_timeout(q, 120);
     tcase_add_checked_fixture(q, NULL, teardown);
     tcase_add_test(q, channel_quota_refuses_a_new_channel_naming_the_quota);
+    tcase_add_test(q, channel_quota_holds_exactly_under_concurrent_creators);
+    tcase_add_test(q, channel_quota_counter_is_backfilled_and_follows_deletes);
     suite_add_tcase(s, q);
     return hs_run(s, 1);
 }

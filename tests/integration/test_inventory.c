@@ -1879,6 +1879,69 @@ START_TEST(sku_quota_refuses_a_new_sku_naming_the_quota_and_creates_nothing)
 }
 END_TEST
 
+START_TEST(sku_quota_counter_is_backfilled_and_follows_deletes)
+{
+    new_schema();
+    char path[128], env_file[160];
+    snprintf(path, sizeof path, "/tmp/commerce-inv-quotas-%d.json", (int)getpid());
+    FILE *f = fopen(path, "w");
+    ck_assert_ptr_nonnull(f);
+    fputs("{\"tenants\": {\"pre\": {\"quotas\": {\"skus\": 3}}}}", f);
+    ck_assert_int_eq(fclose(f), 0);
+    snprintf(env_file, sizeof env_file, "RATE_LIMITS_FILE=%s", path);
+    const char *extra[] = {env_file, NULL};
+    hs_proc p;
+    spawn(&p, extra);
+    cm_rpc_client *c = hs_client(&p, NULL);
+    const char *used = "SELECT COALESCE((SELECT used FROM quota_usage WHERE tenant_id = 'pre' AND "
+                       "quota = 'skus'), -1)";
+
+    /* skus written in sql (a bulk load, from a session whose search_path
+     * is not the service's) are counted too */
+    char sql[512];
+    snprintf(sql, sizeof sql,
+             "INSERT INTO %s.stock (tenant_id, sku, available, reserved, sold, on_hand) "
+             "SELECT t, 'PRE-' || i, 1, 0, 0, 1 FROM generate_series(1, 2) i, "
+             "(VALUES ('pre'), ('other')) v(t)",
+             schema);
+    hs_sql_exec(NULL, sql);
+    ck_assert_int_eq(hs_sql_long(schema, used), 2);
+    /* a deployment from before the counter: rows, no counts; the
+     * migration's recount (the backfill) counts them, again and again */
+    hs_sql_exec(schema, "DELETE FROM quota_usage");
+    hs_sql_exec(schema, "SELECT inv_quota_recount()");
+    ck_assert_int_eq(hs_sql_long(schema, used), 2);
+    hs_sql_exec(schema, "SELECT inv_quota_recount()");
+    ck_assert_int_eq(hs_sql_long(schema, used), 2);
+    ck_assert_int_eq(hs_sql_long(schema, "SELECT used FROM quota_usage WHERE tenant_id = 'other'"),
+                     2);
+
+    cm_rpc_status st;
+    ck_assert_int_eq(set_stock_as(c, "pre", "p-1", "P-1", &st), 0);
+    ck_assert_int_eq(set_stock_as(c, "pre", "p-2", "P-2", &st), GRPC_STATUS_RESOURCE_EXHAUSTED);
+    ck_assert_str_eq(cm_rpc_status_meta(&st, "quota"), "skus");
+    /* setting a sku it has is no creation */
+    ck_assert_int_eq(set_stock_as(c, "pre", "p-3", "PRE-1", &st), 0);
+    ck_assert_int_eq(hs_sql_long(schema, used), 3);
+    /* a deleted sku frees its place */
+    hs_sql_exec(schema, "DELETE FROM stock WHERE tenant_id = 'pre' AND sku = 'PRE-2'");
+    ck_assert_int_eq(hs_sql_long(schema, used), 2);
+    ck_assert_int_eq(set_stock_as(c, "pre", "p-2", "P-2", &st), 0);
+    ck_assert_int_eq(hs_sql_long(schema, used), 3);
+    ck_assert_int_eq(hs_sql_long(schema, "SELECT count(*) FROM stock WHERE tenant_id = 'pre'"), 3);
+    /* an emptied table empties the counters */
+    hs_sql_exec(schema, "TRUNCATE stock CASCADE");
+    ck_assert_int_eq(hs_sql_long(schema, "SELECT count(*) FROM quota_usage"), 0);
+    ck_assert_int_eq(set_stock_as(c, "pre", "p-4", "P-4", &st), 0);
+    ck_assert_int_eq(hs_sql_long(schema, used), 1);
+
+    cm_rpc_client_free(c);
+    ck_assert_int_eq(hs_stop(&p, SIGTERM, 30000), 0);
+    hs_drop_schema(NULL, schema);
+    unlink(path);
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("inventory");
@@ -1907,6 +1970,7 @@ static Suite *suite(void)
     tcase_set_timeout(q, 120);
     tcase_add_checked_fixture(q, NULL, hs_teardown);
     tcase_add_test(q, sku_quota_refuses_a_new_sku_naming_the_quota_and_creates_nothing);
+    tcase_add_test(q, sku_quota_counter_is_backfilled_and_follows_deletes);
     suite_add_tcase(s, q);
     return s;
 }
