@@ -539,7 +539,12 @@ typedef struct batch_writes {
  * 5,900 reservations/s; tests/bench/README.md, "Planner settings").
  * OFFSET 0 keeps the planner from flattening the reservation lookup back
  * into a join and from turning the flash-sale EXISTS into one hashed scan
- * of every sale (it would: both are "simple" subqueries without it). */
+ * of every sale (it would: both are "simple" subqueries without it). The
+ * sale's end is compared as "(...) IS TRUE", which no index can serve, so
+ * the probe is always flash_sale_sku's (tenant, sku, starts_at) and never
+ * flash_sale_ends' (tenant, ends_at): with an empty flash_sale the two
+ * cost the same and the cached plan took the latter, a walk over every
+ * running sale of the tenant per SKU of the batch. */
 static int lock_batch(cm_db *db, const reserve_tx *t, PGresult **rs)
 {
     const char *p[] = {t->params[A_LINE_TENANT], t->params[A_LINE_SKU], t->params[A_TENANT],
@@ -550,7 +555,7 @@ static int lock_batch(cm_db *db, const reserve_tx *t, PGresult **rs)
         "  s.on_hand, s.version, s.unit_cost, s.cost_currency, s.tid, "
         "  EXISTS (SELECT 1 FROM flash_sale f "
         "  WHERE f.tenant_id = s.tenant_id AND f.sku = s.sku AND f.starts_at <= now() "
-        "  AND f.ends_at > now() OFFSET 0)::int AS fs "
+        "  AND (f.ends_at > now()) IS TRUE OFFSET 0)::int AS fs "
         "  FROM (SELECT DISTINCT * FROM unnest($1::text[] COLLATE \"C\", "
         "  $2::text[] COLLATE \"C\") AS u(t, k) ORDER BY 1, 2) u "
         "  CROSS JOIN LATERAL (SELECT x.ctid AS tid, x.* FROM stock x WHERE x.tenant_id = u.t "
