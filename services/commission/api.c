@@ -372,20 +372,27 @@ int cms_api_schedule_in(cm_rpc_ctx *ctx, const Commerce__Commission__V1__TierSch
     return 0;
 }
 
+int cms_api_put_schedule_in(cm_rpc_ctx *ctx,
+                            const Commerce__Commission__V1__PutTierScheduleRequest *req,
+                            cms_schedule_row *s)
+{
+    if (!valid_key(req->request_id))
+        return fail_field(ctx, "request_id", "required: " KEY_RULE);
+    if (req->expected_revision < 0)
+        return fail_field(ctx, "expected_revision", "must be >= 0");
+    return cms_api_schedule_in(ctx, req->schedule, s);
+}
+
 static int put_tier_schedule(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
 {
     const Commerce__Commission__V1__PutTierScheduleRequest *req = (const void *)in;
     Commerce__Commission__V1__PutTierScheduleResponse *resp = (void *)out;
     cm_arena *a = cm_rpc_ctx_arena(ctx);
-    if (!valid_key(req->request_id))
-        return fail_field(ctx, "request_id", "required: " KEY_RULE);
-    if (req->expected_revision < 0)
-        return fail_field(ctx, "expected_revision", "must be >= 0");
     cms_schedule_row *want = cm_rpc_alloc(ctx, sizeof *want);
     cms_schedule_row *now = cm_rpc_alloc(ctx, sizeof *now);
     if (!want || !now)
         return cm_rpc_fail_err(ctx, CM_ENOMEM, "tier schedule");
-    if (cms_api_schedule_in(ctx, req->schedule, want))
+    if (cms_api_put_schedule_in(ctx, req, want))
         return -1;
     cm_db *db = cm_service_db(ctx);
     int known = cms_store_zone_known(db, want->tz);

@@ -36,6 +36,12 @@ extern const size_t cms_methods_count;
  * failure recorded in ctx naming the field */
 int cms_api_schedule_in(cm_rpc_ctx *ctx, const Commerce__Commission__V1__TierSchedule *in,
                         cms_schedule_row *s);
+/* PutTierSchedule's checks before any i/o: its request_id and
+ * expected_revision, then cms_api_schedule_in (the time zone is checked
+ * after, against the database's list of zones) */
+int cms_api_put_schedule_in(cm_rpc_ctx *ctx,
+                            const Commerce__Commission__V1__PutTierScheduleRequest *req,
+                            cms_schedule_row *s);
 
 /* the checks before any i/o of the other handlers, each also run by
  * tests/fuzz: 0, or the failure recorded in ctx naming the field.

@@ -183,11 +183,9 @@ int stl_api_rule_in(cm_rpc_ctx *ctx, const Commerce__Settlement__V1__SplitRule *
     return 0;
 }
 
-static int put_split_rule(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+int stl_api_put_rule_in(cm_rpc_ctx *ctx, const Commerce__Settlement__V1__PutSplitRuleRequest *req,
+                        stl_rule *rule, char (*desc)[STL_DESC_MAX + 1])
 {
-    const Commerce__Settlement__V1__PutSplitRuleRequest *req = (const void *)in;
-    Commerce__Settlement__V1__PutSplitRuleResponse *resp = (void *)out;
-    stl_app *app = cm_service_app(ctx);
     cm_arena *a = cm_rpc_ctx_arena(ctx);
     if (request_id_ok(ctx, req->request_id))
         return -1;
@@ -205,13 +203,22 @@ static int put_split_rule(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufC
             cm_arena_printf(a, "at most %lld receivers (the tenant's quota)", max_receivers));
         return f;
     }
+    return stl_api_rule_in(ctx, req->rule, rule, desc);
+}
+
+static int put_split_rule(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    const Commerce__Settlement__V1__PutSplitRuleRequest *req = (const void *)in;
+    Commerce__Settlement__V1__PutSplitRuleResponse *resp = (void *)out;
+    stl_app *app = cm_service_app(ctx);
+    cm_arena *a = cm_rpc_ctx_arena(ctx);
     stl_rule *rule = cm_rpc_alloc(ctx, sizeof *rule);
     char(*desc)[STL_DESC_MAX + 1] = cm_rpc_alloc(ctx, STL_RECEIVERS_MAX * (STL_DESC_MAX + 1));
     stl_rule_row *row = cm_rpc_alloc(ctx, sizeof *row);
     stl_settings *set = cm_rpc_alloc(ctx, sizeof *set);
     if (!rule || !desc || !row || !set)
         return cm_rpc_fail_err(ctx, CM_ENOMEM, "split rule");
-    if (stl_api_rule_in(ctx, req->rule, rule, desc))
+    if (stl_api_put_rule_in(ctx, req, rule, desc))
         return -1;
     cm_db *db = cm_service_db(ctx);
     const char *tenant = cm_rpc_ctx_tenant(ctx);

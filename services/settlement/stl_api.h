@@ -43,6 +43,12 @@ extern const size_t stl_methods_count;
 int stl_api_rule_in(cm_rpc_ctx *ctx, const Commerce__Settlement__V1__SplitRule *in, stl_rule *r,
                     char (*desc)[STL_DESC_MAX + 1]);
 
+/* PutSplitRule's checks before any i/o: its request_id, expected_version
+ * and the tenant's quota of receivers (RESOURCE_EXHAUSTED), then
+ * stl_api_rule_in */
+int stl_api_put_rule_in(cm_rpc_ctx *ctx, const Commerce__Settlement__V1__PutSplitRuleRequest *req,
+                        stl_rule *r, char (*desc)[STL_DESC_MAX + 1]);
+
 /* the checks before any i/o of the other handlers, each also run by
  * tests/fuzz: 0, or the failure recorded in ctx naming the field.
  * PutTenantSettings' time zone is checked after these, against the

@@ -20,7 +20,7 @@ static int put_tier_schedule(cm_rpc_ctx *ctx, const ProtobufCMessage *in)
 {
     const Commerce__Commission__V1__PutTierScheduleRequest *req = (const void *)in;
     cms_schedule_row *s = cm_rpc_alloc(ctx, sizeof *s);
-    return s ? cms_api_schedule_in(ctx, req->schedule, s) : 0;
+    return s ? cms_api_put_schedule_in(ctx, req, s) : 0;
 }
 
 static int put_channel(cm_rpc_ctx *ctx, const ProtobufCMessage *in)

@@ -22,7 +22,7 @@ static int put_split_rule(cm_rpc_ctx *ctx, const ProtobufCMessage *in)
     const Commerce__Settlement__V1__PutSplitRuleRequest *req = (const void *)in;
     stl_rule *rule = cm_rpc_alloc(ctx, sizeof *rule);
     char(*desc)[STL_DESC_MAX + 1] = cm_rpc_alloc(ctx, STL_RECEIVERS_MAX * (STL_DESC_MAX + 1));
-    return rule && desc ? stl_api_rule_in(ctx, req->rule, rule, desc) : 0;
+    return rule && desc ? stl_api_put_rule_in(ctx, req, rule, desc) : 0;
 }
 
 static int get_split_rule(cm_rpc_ctx *ctx, const ProtobufCMessage *in)
