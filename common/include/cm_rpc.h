@@ -195,9 +195,10 @@ int cm_rpc_ctx_decode(cm_rpc_ctx *ctx, const ProtobufCMessageDescriptor *d, cons
 /* a context with no call behind it, for running a handler's checks without
  * a server (the fuzz harnesses, tests/fuzz/): tenant (copied, may be NULL)
  * is the caller's, cm_rpc_alloc and the cm_rpc_fail* family work and record
- * the outcome, the arena is the context's. anything that needs the call,
- * the worker or the app (cm_service_app, metadata, deadline) must not be
- * used with it. NULL on out of memory; free with cm_rpc_ctx_detached_free. */
+ * the outcome, the arena is the context's, cm_rpc_ctx_quota gives the
+ * default. anything else that needs the call, the worker or the app
+ * (cm_service_app, metadata, deadline) must not be used with it. NULL on out of memory; free with
+ * cm_rpc_ctx_detached_free. */
 cm_rpc_ctx *cm_rpc_ctx_detached_new(const char *tenant);
 void cm_rpc_ctx_detached_free(cm_rpc_ctx *ctx);
 /* the outcome recorded so far: the grpc status code (0: none yet), and

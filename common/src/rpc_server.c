@@ -2149,6 +2149,9 @@ int cm_rpc_fail_forward(cm_rpc_ctx *ctx, const cm_rpc_status *st)
 
 long long cm_rpc_ctx_quota(cm_rpc_ctx *ctx, const char *name, long long def)
 {
+    /* a detached context (tests, fuzzing) has no server, so no limits file */
+    if (!ctx->w)
+        return def;
     return cm_ratelimit_quota(ctx->w->s->o.ratelimit, ctx->tenant, name, def);
 }
 

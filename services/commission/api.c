@@ -113,11 +113,8 @@ static Commerce__Commission__V1__TierSchedule *pb_schedule(cm_arena *a, const cm
 
 /* ---- channels ---- */
 
-static int put_channel(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+int cms_api_channel_in(cm_rpc_ctx *ctx, const Commerce__Commission__V1__PutChannelRequest *req)
 {
-    const Commerce__Commission__V1__PutChannelRequest *req = (const void *)in;
-    Commerce__Commission__V1__PutChannelResponse *resp = (void *)out;
-    cm_arena *a = cm_rpc_ctx_arena(ctx);
     if (!valid_key(req->request_id))
         return fail_field(ctx, "request_id", "required: " KEY_RULE);
     if (req->expected_revision < 0)
@@ -145,6 +142,17 @@ static int put_channel(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMes
         return fail_field(ctx, "channel.tier_schedule_id", KEY_RULE ", or empty for the type's");
     if (*c->partner_id && !valid_key(c->partner_id))
         return fail_field(ctx, "channel.partner_id", KEY_RULE ", or empty for none");
+    return 0;
+}
+
+static int put_channel(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    const Commerce__Commission__V1__PutChannelRequest *req = (const void *)in;
+    Commerce__Commission__V1__PutChannelResponse *resp = (void *)out;
+    cm_arena *a = cm_rpc_ctx_arena(ctx);
+    if (cms_api_channel_in(ctx, req))
+        return -1;
+    const Commerce__Commission__V1__Channel *c = req->channel;
     cms_channel *want = cm_rpc_alloc(ctx, sizeof *want);
     cms_channel *now = cm_rpc_alloc(ctx, sizeof *now);
     if (!want || !now)
@@ -232,11 +240,18 @@ static int get_channel(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMes
     return resp->channel ? 0 : cm_rpc_fail_err(ctx, CM_ENOMEM, "channel");
 }
 
-static int list_channels(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+/* a listing's page: its size, the token's position (li->after) */
+static int page_begin(cm_rpc_ctx *ctx, int32_t page_size, const char *token, char kind,
+                      cms_list_in *li)
 {
-    const Commerce__Commission__V1__ListChannelsRequest *req = (const void *)in;
-    Commerce__Commission__V1__ListChannelsResponse *resp = (void *)out;
+    return cm_page_begin(ctx, page_size, token, kind, li->filters, li->pos, &li->after, &li->limit);
+}
+
+int cms_api_channels_in(cm_rpc_ctx *ctx, const Commerce__Commission__V1__ListChannelsRequest *req,
+                        cms_list_in *li)
+{
     cm_arena *a = cm_rpc_ctx_arena(ctx);
+    memset(li, 0, sizeof *li);
     unsigned states = 0;
     for (size_t i = 0; i < req->n_states; i++) {
         if ((int)req->states[i] != CMS_CHANNEL_ACTIVE &&
@@ -246,12 +261,23 @@ static int list_channels(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCM
     }
     if (*req->tier_schedule_id && !valid_key(req->tier_schedule_id))
         return fail_field(ctx, "tier_schedule_id", KEY_RULE ", or empty for any");
-    uint64_t fh = cm_page_filters(cm_arena_printf(a, "%u|%s", states, req->tier_schedule_id));
-    char pos[CM_PAGE_POSITION_MAX + 1];
-    const char *after;
-    int limit;
-    if (cm_page_begin(ctx, req->page_size, req->page_token, 'c', fh, pos, &after, &limit))
+    li->states = states;
+    li->filters = cm_page_filters(cm_arena_printf(a, "%u|%s", states, req->tier_schedule_id));
+    return page_begin(ctx, req->page_size, req->page_token, 'c', li);
+}
+
+static int list_channels(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    const Commerce__Commission__V1__ListChannelsRequest *req = (const void *)in;
+    Commerce__Commission__V1__ListChannelsResponse *resp = (void *)out;
+    cm_arena *a = cm_rpc_ctx_arena(ctx);
+    cms_list_in li;
+    if (cms_api_channels_in(ctx, req, &li))
         return -1;
+    uint64_t fh = li.filters;
+    unsigned states = li.states;
+    int limit = li.limit;
+    const char *after = li.after;
     cms_channel *rows = cm_rpc_alloc(ctx, (size_t)(limit + 1) * sizeof *rows);
     if (!rows)
         return cm_rpc_fail_err(ctx, CM_ENOMEM, "channels");
@@ -346,20 +372,27 @@ int cms_api_schedule_in(cm_rpc_ctx *ctx, const Commerce__Commission__V1__TierSch
     return 0;
 }
 
+int cms_api_put_schedule_in(cm_rpc_ctx *ctx,
+                            const Commerce__Commission__V1__PutTierScheduleRequest *req,
+                            cms_schedule_row *s)
+{
+    if (!valid_key(req->request_id))
+        return fail_field(ctx, "request_id", "required: " KEY_RULE);
+    if (req->expected_revision < 0)
+        return fail_field(ctx, "expected_revision", "must be >= 0");
+    return cms_api_schedule_in(ctx, req->schedule, s);
+}
+
 static int put_tier_schedule(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
 {
     const Commerce__Commission__V1__PutTierScheduleRequest *req = (const void *)in;
     Commerce__Commission__V1__PutTierScheduleResponse *resp = (void *)out;
     cm_arena *a = cm_rpc_ctx_arena(ctx);
-    if (!valid_key(req->request_id))
-        return fail_field(ctx, "request_id", "required: " KEY_RULE);
-    if (req->expected_revision < 0)
-        return fail_field(ctx, "expected_revision", "must be >= 0");
     cms_schedule_row *want = cm_rpc_alloc(ctx, sizeof *want);
     cms_schedule_row *now = cm_rpc_alloc(ctx, sizeof *now);
     if (!want || !now)
         return cm_rpc_fail_err(ctx, CM_ENOMEM, "tier schedule");
-    if (cms_api_schedule_in(ctx, req->schedule, want))
+    if (cms_api_put_schedule_in(ctx, req, want))
         return -1;
     cm_db *db = cm_service_db(ctx);
     int known = cms_store_zone_known(db, want->tz);
@@ -477,11 +510,12 @@ static int ms_id_position(cm_rpc_ctx *ctx, const char *after, long long *ms, con
     return 0;
 }
 
-static int list_commissions(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+int cms_api_commissions_in(cm_rpc_ctx *ctx,
+                           const Commerce__Commission__V1__ListCommissionsRequest *req,
+                           cms_list_in *li)
 {
-    const Commerce__Commission__V1__ListCommissionsRequest *req = (const void *)in;
-    Commerce__Commission__V1__ListCommissionsResponse *resp = (void *)out;
     cm_arena *a = cm_rpc_ctx_arena(ctx);
+    memset(li, 0, sizeof *li);
     if (*req->channel_id && !valid_key(req->channel_id))
         return fail_field(ctx, "channel_id", KEY_RULE ", or empty for any");
     if (*req->order_id && !cm_id_is_uuid(req->order_id))
@@ -505,18 +539,36 @@ static int list_commissions(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Protobu
     /* a channel's token lists its own: its id is the filter (another
      * channel's: an empty page) */
     const char *channel = cm_rpc_scope_filter(cm_rpc_ctx_channel_scope(ctx), req->channel_id);
-    uint64_t fh = cm_page_filters(cm_arena_printf(a, "%s|%u|%s|%lld|%lld",
+    li->filters = cm_page_filters(cm_arena_printf(a, "%s|%u|%s|%lld|%lld",
                                                   channel ? channel : req->channel_id, states,
                                                   req->order_id, (long long)from, (long long)to));
-    char pos[CM_PAGE_POSITION_MAX + 1];
-    const char *after, *before_id;
-    long long before_ms;
-    int limit;
-    if (cm_page_begin(ctx, req->page_size, req->page_token, 'm', fh, pos, &after, &limit) ||
-        ms_id_position(ctx, after, &before_ms, &before_id))
+    li->states = states;
+    li->from_ms = from;
+    li->to_ms = to;
+    li->channel = channel;
+    li->none = !channel;
+    if (page_begin(ctx, req->page_size, req->page_token, 'm', li) ||
+        ms_id_position(ctx, li->after, &li->before_ms, &li->before_id))
         return -1;
-    if (!channel)
+    return 0;
+}
+
+static int list_commissions(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    const Commerce__Commission__V1__ListCommissionsRequest *req = (const void *)in;
+    Commerce__Commission__V1__ListCommissionsResponse *resp = (void *)out;
+    cm_arena *a = cm_rpc_ctx_arena(ctx);
+    cms_list_in li;
+    if (cms_api_commissions_in(ctx, req, &li))
+        return -1;
+    if (li.none)
         return 0;
+    uint64_t fh = li.filters;
+    unsigned states = li.states;
+    int limit = li.limit;
+    int64_t from = li.from_ms, to = li.to_ms;
+    const char *channel = li.channel, *before_id = li.before_id;
+    long long before_ms = li.before_ms;
     cms_commission *rows = malloc((size_t)(limit + 1) * sizeof *rows);
     if (!rows)
         return cm_rpc_fail_err(ctx, CM_ENOMEM, "commissions");
@@ -544,23 +596,37 @@ static int list_commissions(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Protobu
     return cm_page_next(ctx, more, 'm', fh, end, &resp->next_page_token);
 }
 
+int cms_api_adjustments_in(cm_rpc_ctx *ctx,
+                           const Commerce__Commission__V1__ListAdjustmentsRequest *req,
+                           cms_list_in *li)
+{
+    memset(li, 0, sizeof *li);
+    if (!valid_key(req->channel_id))
+        return fail_field(ctx, "channel_id", "required: " KEY_RULE);
+    li->filters = cm_page_filters(req->channel_id);
+    if (page_begin(ctx, req->page_size, req->page_token, 'j', li) ||
+        ms_id_position(ctx, li->after, &li->before_ms, &li->before_id))
+        return -1;
+    li->channel = req->channel_id;
+    /* another channel's adjustments: none to this caller */
+    li->none = !channel_visible(ctx, req->channel_id);
+    return 0;
+}
+
 static int list_adjustments(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
 {
     const Commerce__Commission__V1__ListAdjustmentsRequest *req = (const void *)in;
     Commerce__Commission__V1__ListAdjustmentsResponse *resp = (void *)out;
     cm_arena *a = cm_rpc_ctx_arena(ctx);
-    if (!valid_key(req->channel_id))
-        return fail_field(ctx, "channel_id", "required: " KEY_RULE);
-    uint64_t fh = cm_page_filters(req->channel_id);
-    char pos[CM_PAGE_POSITION_MAX + 1];
-    const char *after, *before_id;
-    long long before_ms;
-    int limit;
-    if (cm_page_begin(ctx, req->page_size, req->page_token, 'j', fh, pos, &after, &limit) ||
-        ms_id_position(ctx, after, &before_ms, &before_id))
+    cms_list_in li;
+    if (cms_api_adjustments_in(ctx, req, &li))
         return -1;
-    if (!channel_visible(ctx, req->channel_id))
-        return 0; /* another channel's adjustments: none to this caller */
+    if (li.none)
+        return 0;
+    uint64_t fh = li.filters;
+    int limit = li.limit;
+    const char *before_id = li.before_id;
+    long long before_ms = li.before_ms;
     cms_adjustment *rows = cm_rpc_alloc(ctx, (size_t)(limit + 1) * sizeof *rows);
     if (!rows)
         return cm_rpc_fail_err(ctx, CM_ENOMEM, "adjustments");
@@ -586,16 +652,25 @@ static int list_adjustments(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Protobu
 
 /* ---- the summary ---- */
 
+int cms_api_summary_in(cm_rpc_ctx *ctx,
+                       const Commerce__Commission__V1__GetChannelSummaryRequest *req, int64_t *at)
+{
+    *at = 0;
+    if (!valid_key(req->channel_id))
+        return fail_field(ctx, "channel_id", "required: " KEY_RULE);
+    if (req->at && cm_pb_timestamp_check(req->at, at))
+        return fail_field(ctx, "at", "not a valid timestamp");
+    return 0;
+}
+
 static int get_channel_summary(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
 {
     const Commerce__Commission__V1__GetChannelSummaryRequest *req = (const void *)in;
     Commerce__Commission__V1__GetChannelSummaryResponse *resp = (void *)out;
     cm_arena *a = cm_rpc_ctx_arena(ctx);
-    if (!valid_key(req->channel_id))
-        return fail_field(ctx, "channel_id", "required: " KEY_RULE);
-    int64_t at = 0;
-    if (req->at && cm_pb_timestamp_check(req->at, &at))
-        return fail_field(ctx, "at", "not a valid timestamp");
+    int64_t at;
+    if (cms_api_summary_in(ctx, req, &at))
+        return -1;
     if (!at) {
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
@@ -657,22 +732,32 @@ static int get_channel_summary(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Prot
 
 /* ---- payouts ---- */
 
-static int settle_commissions(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+int cms_api_settle_in(cm_rpc_ctx *ctx,
+                      const Commerce__Commission__V1__SettleCommissionsRequest *req,
+                      int64_t *period)
 {
-    const Commerce__Commission__V1__SettleCommissionsRequest *req = (const void *)in;
-    Commerce__Commission__V1__SettleCommissionsResponse *resp = (void *)out;
-    cm_arena *a = cm_rpc_ctx_arena(ctx);
+    *period = 0;
     if (!valid_key(req->request_id))
         return fail_field(ctx, "request_id", "required: " KEY_RULE);
     if (!valid_key(req->channel_id))
         return fail_field(ctx, "channel_id", "required: " KEY_RULE);
     if (!cm_money_currency_valid(req->currency))
         return fail_field(ctx, "currency", "required: an ISO-4217 code");
-    int64_t period = 0;
-    if (req->period_start && (cm_pb_timestamp_check(req->period_start, &period) || period <= 0))
+    if (req->period_start && (cm_pb_timestamp_check(req->period_start, period) || *period <= 0))
         return fail_field(ctx, "period_start",
                           "a valid timestamp after 1970, or unset for every "
                           "period");
+    return 0;
+}
+
+static int settle_commissions(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    const Commerce__Commission__V1__SettleCommissionsRequest *req = (const void *)in;
+    Commerce__Commission__V1__SettleCommissionsResponse *resp = (void *)out;
+    cm_arena *a = cm_rpc_ctx_arena(ctx);
+    int64_t period;
+    if (cms_api_settle_in(ctx, req, &period))
+        return -1;
     cms_payout *p = cm_rpc_alloc(ctx, sizeof *p);
     if (!p)
         return cm_rpc_fail_err(ctx, CM_ENOMEM, "payout");
@@ -719,10 +804,9 @@ static int get_payout(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMess
     return resp->payout ? 0 : cm_rpc_fail_err(ctx, CM_ENOMEM, "payout");
 }
 
-static int report_payout_result(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+int cms_api_report_in(cm_rpc_ctx *ctx,
+                      const Commerce__Commission__V1__ReportPayoutResultRequest *req)
 {
-    const Commerce__Commission__V1__ReportPayoutResultRequest *req = (const void *)in;
-    Commerce__Commission__V1__ReportPayoutResultResponse *resp = (void *)out;
     if (!cm_id_is_uuid(req->payout_id))
         return fail_field(ctx, "payout_id", "required: a UUID");
     int result = (int)req->result;
@@ -732,6 +816,16 @@ static int report_payout_result(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Pro
         return fail_field(ctx, "provider_reference", "required with PAID: 1-128 characters");
     if (result == CMS_PAYOUT_FAILED && !cm_utf8_text_valid(req->failure_reason, CMS_REASON_MAX, 1))
         return fail_field(ctx, "failure_reason", "required with FAILED: 1-256 characters");
+    return 0;
+}
+
+static int report_payout_result(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    const Commerce__Commission__V1__ReportPayoutResultRequest *req = (const void *)in;
+    Commerce__Commission__V1__ReportPayoutResultResponse *resp = (void *)out;
+    if (cms_api_report_in(ctx, req))
+        return -1;
+    int result = (int)req->result;
     cms_payout *p = cm_rpc_alloc(ctx, sizeof *p);
     if (!p)
         return cm_rpc_fail_err(ctx, CM_ENOMEM, "payout");
@@ -753,11 +847,11 @@ static int report_payout_result(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Pro
     return resp->payout ? 0 : cm_rpc_fail_err(ctx, CM_ENOMEM, "payout");
 }
 
-static int list_payouts(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+int cms_api_payouts_in(cm_rpc_ctx *ctx, const Commerce__Commission__V1__ListPayoutsRequest *req,
+                       cms_list_in *li)
 {
-    const Commerce__Commission__V1__ListPayoutsRequest *req = (const void *)in;
-    Commerce__Commission__V1__ListPayoutsResponse *resp = (void *)out;
     cm_arena *a = cm_rpc_ctx_arena(ctx);
+    memset(li, 0, sizeof *li);
     if (*req->channel_id && !valid_key(req->channel_id))
         return fail_field(ctx, "channel_id", KEY_RULE ", or empty for any");
     unsigned states = 0;
@@ -767,17 +861,32 @@ static int list_payouts(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMe
         states |= 1u << req->states[i];
     }
     const char *channel = cm_rpc_scope_filter(cm_rpc_ctx_channel_scope(ctx), req->channel_id);
-    uint64_t fh =
+    li->filters =
         cm_page_filters(cm_arena_printf(a, "%s|%u", channel ? channel : req->channel_id, states));
-    char pos[CM_PAGE_POSITION_MAX + 1];
-    const char *after;
-    int limit;
-    if (cm_page_begin(ctx, req->page_size, req->page_token, 'p', fh, pos, &after, &limit))
+    li->states = states;
+    li->channel = channel;
+    if (page_begin(ctx, req->page_size, req->page_token, 'p', li))
         return -1;
-    if (after && !cm_id_is_uuid(after))
+    if (li->after && !cm_id_is_uuid(li->after))
         return cm_page_bad_token(ctx);
-    if (!channel)
-        return 0; /* another channel's payouts: none to this caller */
+    li->none = !channel; /* another channel's payouts: none to this caller */
+    return 0;
+}
+
+static int list_payouts(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    const Commerce__Commission__V1__ListPayoutsRequest *req = (const void *)in;
+    Commerce__Commission__V1__ListPayoutsResponse *resp = (void *)out;
+    cm_arena *a = cm_rpc_ctx_arena(ctx);
+    cms_list_in li;
+    if (cms_api_payouts_in(ctx, req, &li))
+        return -1;
+    if (li.none)
+        return 0;
+    uint64_t fh = li.filters;
+    unsigned states = li.states;
+    int limit = li.limit;
+    const char *channel = li.channel, *after = li.after;
     cms_payout *rows = malloc((size_t)(limit + 1) * sizeof *rows);
     if (!rows)
         return cm_rpc_fail_err(ctx, CM_ENOMEM, "payouts");
@@ -832,20 +941,29 @@ static Commerce__Commission__V1__PeriodClose *pb_close(cm_arena *a, const cms_cl
                : NULL;
 }
 
+int cms_api_close_in(cm_rpc_ctx *ctx, const Commerce__Commission__V1__ClosePeriodRequest *req,
+                     int64_t *start)
+{
+    *start = 0;
+    if (!valid_key(req->channel_id))
+        return fail_field(ctx, "channel_id", "required: " KEY_RULE);
+    if (!valid_key(req->tier_schedule_id))
+        return fail_field(ctx, "tier_schedule_id", "required: " KEY_RULE);
+    if (!req->period_start || cm_pb_timestamp_check(req->period_start, start) || *start <= 0)
+        return fail_field(ctx, "period_start",
+                          "required: the period's start (Commission."
+                          "period_start), after 1970");
+    return 0;
+}
+
 static int close_period(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
 {
     const Commerce__Commission__V1__ClosePeriodRequest *req = (const void *)in;
     Commerce__Commission__V1__ClosePeriodResponse *resp = (void *)out;
     cm_arena *a = cm_rpc_ctx_arena(ctx);
-    if (!valid_key(req->channel_id))
-        return fail_field(ctx, "channel_id", "required: " KEY_RULE);
-    if (!valid_key(req->tier_schedule_id))
-        return fail_field(ctx, "tier_schedule_id", "required: " KEY_RULE);
-    int64_t start = 0;
-    if (!req->period_start || cm_pb_timestamp_check(req->period_start, &start) || start <= 0)
-        return fail_field(ctx, "period_start",
-                          "required: the period's start (Commission."
-                          "period_start), after 1970");
+    int64_t start;
+    if (cms_api_close_in(ctx, req, &start))
+        return -1;
     cms_close_row *c = cm_rpc_alloc(ctx, sizeof *c);
     if (!c)
         return cm_rpc_fail_err(ctx, CM_ENOMEM, "period close");
@@ -910,11 +1028,9 @@ static int get_tenant_settings(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Prot
     return resp->settings ? 0 : cm_rpc_fail_err(ctx, CM_ENOMEM, "tenant settings");
 }
 
-static int put_tenant_settings(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+int cms_api_settings_in(cm_rpc_ctx *ctx,
+                        const Commerce__Commission__V1__PutTenantSettingsRequest *req)
 {
-    const Commerce__Commission__V1__PutTenantSettingsRequest *req = (const void *)in;
-    Commerce__Commission__V1__PutTenantSettingsResponse *resp = (void *)out;
-    cm_arena *a = cm_rpc_ctx_arena(ctx);
     if (!valid_key(req->request_id))
         return fail_field(ctx, "request_id", "required: " KEY_RULE);
     if (req->expected_revision < 0)
@@ -925,6 +1041,17 @@ static int put_tenant_settings(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Prot
     cms_violation v;
     if (w && cms_window_check(w->seconds, w->nanos, &v))
         return fail_field(ctx, v.field, v.why);
+    return 0;
+}
+
+static int put_tenant_settings(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    const Commerce__Commission__V1__PutTenantSettingsRequest *req = (const void *)in;
+    Commerce__Commission__V1__PutTenantSettingsResponse *resp = (void *)out;
+    cm_arena *a = cm_rpc_ctx_arena(ctx);
+    if (cms_api_settings_in(ctx, req))
+        return -1;
+    const Google__Protobuf__Duration *w = req->settings->after_sale_window;
     cms_settings *want = cm_rpc_alloc(ctx, sizeof *want);
     cms_settings *now = cm_rpc_alloc(ctx, sizeof *now);
     if (!want || !now)

@@ -7,6 +7,7 @@
 #include <stddef.h>
 
 #include "cm_metrics.h"
+#include "cm_page.h"
 #include "cm_rpc.h"
 #include "cm_service.h"
 #include "cms_accrual.h"
@@ -35,6 +36,56 @@ extern const size_t cms_methods_count;
  * failure recorded in ctx naming the field */
 int cms_api_schedule_in(cm_rpc_ctx *ctx, const Commerce__Commission__V1__TierSchedule *in,
                         cms_schedule_row *s);
+/* PutTierSchedule's checks before any i/o: its request_id and
+ * expected_revision, then cms_api_schedule_in (the time zone is checked
+ * after, against the database's list of zones) */
+int cms_api_put_schedule_in(cm_rpc_ctx *ctx,
+                            const Commerce__Commission__V1__PutTierScheduleRequest *req,
+                            cms_schedule_row *s);
+
+/* the checks before any i/o of the other handlers, each also run by
+ * tests/fuzz: 0, or the failure recorded in ctx naming the field.
+ * SettleCommissions: *period the period_start in ms, 0 for every period;
+ * ClosePeriod: *start its period_start in ms; GetChannelSummary: *at in
+ * ms, 0 for now. a channel's token asking for another channel is answered
+ * after these (NOT_FOUND or an empty page) */
+int cms_api_channel_in(cm_rpc_ctx *ctx, const Commerce__Commission__V1__PutChannelRequest *req);
+int cms_api_settle_in(cm_rpc_ctx *ctx,
+                      const Commerce__Commission__V1__SettleCommissionsRequest *req,
+                      int64_t *period);
+int cms_api_report_in(cm_rpc_ctx *ctx,
+                      const Commerce__Commission__V1__ReportPayoutResultRequest *req);
+int cms_api_close_in(cm_rpc_ctx *ctx, const Commerce__Commission__V1__ClosePeriodRequest *req,
+                     int64_t *start);
+int cms_api_settings_in(cm_rpc_ctx *ctx,
+                        const Commerce__Commission__V1__PutTenantSettingsRequest *req);
+int cms_api_summary_in(cm_rpc_ctx *ctx,
+                       const Commerce__Commission__V1__GetChannelSummaryRequest *req, int64_t *at);
+
+/* a listing's checked filters and page, as its handler reads them */
+typedef struct cms_list_in {
+    uint64_t filters; /* the hash its page tokens carry */
+    int limit;        /* the page size */
+    char pos[CM_PAGE_POSITION_MAX + 1];
+    const char *after;      /* the token's position (into pos); NULL on the first page */
+    long long before_ms;    /* "<ms>.<uuid>" positions (commissions, adjustments): the ms */
+    const char *before_id;  /* and the id ("" on the first page) */
+    unsigned states;        /* the state filter, a bit per state; 0: all */
+    int64_t from_ms, to_ms; /* the time range, 0 where open */
+    const char *channel;    /* the channel filter (a channel token's own channel) */
+    int none;               /* a channel's token asking for another's: an empty page */
+} cms_list_in;
+
+int cms_api_channels_in(cm_rpc_ctx *ctx, const Commerce__Commission__V1__ListChannelsRequest *req,
+                        cms_list_in *li);
+int cms_api_commissions_in(cm_rpc_ctx *ctx,
+                           const Commerce__Commission__V1__ListCommissionsRequest *req,
+                           cms_list_in *li);
+int cms_api_adjustments_in(cm_rpc_ctx *ctx,
+                           const Commerce__Commission__V1__ListAdjustmentsRequest *req,
+                           cms_list_in *li);
+int cms_api_payouts_in(cm_rpc_ctx *ctx, const Commerce__Commission__V1__ListPayoutsRequest *req,
+                       cms_list_in *li);
 
 int cms_app_init(cm_service *svc, void **app, char *err, size_t errlen);
 void cms_app_fini(cm_service *svc, void *app);

@@ -83,4 +83,18 @@ void cms_parker(struct cm_service *svc, cm_db *db, void *arg);
  * logged) with *msg NULL */
 int cms_ev_paid_in(const cm_event *ev, Commerce__Events__V1__OrderPaid **msg, cms_pay_in *in);
 
+/* the same for an OrderRefunded (the clawback's refund: a tenant, a UUID
+ * order, a valid refund key, a known currency, an amount > 0) and an
+ * OrderCompleted (a tenant, a UUID order, occurred_at set; completed_ms the
+ * order's completed_at, else occurred_at); in->tenant NULL when the order
+ * has no channel */
+int cms_ev_refund_in(const cm_event *ev, Commerce__Events__V1__OrderRefunded **msg,
+                     cms_refund_in *in);
+typedef struct cms_completed_in {
+    const char *tenant, *order_id;
+    int64_t completed_ms;
+} cms_completed_in;
+int cms_ev_completed_in(const cm_event *ev, Commerce__Events__V1__OrderCompleted **msg,
+                        cms_completed_in *in);
+
 #endif

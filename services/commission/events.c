@@ -346,38 +346,82 @@ static int on_paid(cms_app *app, const cm_event *ev)
     return rc;
 }
 
-static int on_refunded(cms_app *app, const cm_event *ev)
+int cms_ev_refund_in(const cm_event *ev, Commerce__Events__V1__OrderRefunded **msg,
+                     cms_refund_in *in)
 {
+    *msg = NULL;
     Commerce__Events__V1__OrderRefunded *p =
         commerce__events__v1__order_refunded__unpack(NULL, ev->len, ev->payload);
     if (!p)
         return CM_EINVAL;
     const char *tenant = *p->tenant_id ? p->tenant_id : ev->tenant_id;
     const Commerce__Order__V1__Refund *rf = p->refund;
-    int rc = 0;
     if (p->order && !*p->order->channel_id) {
         /* no channel: nothing was accrued */
+        *in = (cms_refund_in){.tenant = NULL};
     } else if (rf && rf->amount && *tenant && cm_id_is_uuid(p->order_id) &&
                valid_key(rf->refund_id) && cm_money_currency_valid(rf->amount->currency) &&
                rf->amount->amount_minor > 0) {
-        cms_refund_in in = {.tenant = tenant,
-                            .order_id = p->order_id,
-                            .refund_id = rf->refund_id,
-                            .currency = rf->amount->currency,
-                            .event_id = ev->id,
-                            .traceparent = ev->traceparent,
-                            .amount = rf->amount->amount_minor,
-                            .topic = ev->topic,
-                            .payload = ev->payload,
-                            .len = ev->len};
-        rc = cms_accrual_stage_refund(app->accrual, &in);
+        *in = (cms_refund_in){.tenant = tenant,
+                              .order_id = p->order_id,
+                              .refund_id = rf->refund_id,
+                              .currency = rf->amount->currency,
+                              .event_id = ev->id,
+                              .traceparent = ev->traceparent,
+                              .amount = rf->amount->amount_minor,
+                              .topic = ev->topic,
+                              .payload = ev->payload,
+                              .len = ev->len};
     } else {
         cm_log_warn("OrderRefunded event refused: missing or invalid fields", "event_id", ev->id,
                     NULL);
-        rc = CM_EINVAL;
+        protobuf_c_message_free_unpacked(&p->base, NULL);
+        return CM_EINVAL;
     }
+    *msg = p;
+    return 0;
+}
+
+static int on_refunded(cms_app *app, const cm_event *ev)
+{
+    Commerce__Events__V1__OrderRefunded *p;
+    cms_refund_in in;
+    int rc = cms_ev_refund_in(ev, &p, &in);
+    if (rc)
+        return rc;
+    if (in.tenant)
+        rc = cms_accrual_stage_refund(app->accrual, &in);
     protobuf_c_message_free_unpacked(&p->base, NULL);
     return rc;
+}
+
+int cms_ev_completed_in(const cm_event *ev, Commerce__Events__V1__OrderCompleted **msg,
+                        cms_completed_in *in)
+{
+    *msg = NULL;
+    Commerce__Events__V1__OrderCompleted *p =
+        commerce__events__v1__order_completed__unpack(NULL, ev->len, ev->payload);
+    if (!p)
+        return CM_EINVAL;
+    const char *tenant = *p->tenant_id ? p->tenant_id : ev->tenant_id;
+    if (p->order && !*p->order->channel_id) {
+        /* no channel: no commission */
+        *in = (cms_completed_in){.tenant = NULL};
+    } else if (*tenant && cm_id_is_uuid(p->order_id) && p->occurred_at) {
+        /* the buyer's receipt as the order records it, else when the
+         * completion was recorded */
+        int64_t done = ts_ms(p->order ? p->order->completed_at : NULL);
+        *in = (cms_completed_in){.tenant = tenant,
+                                 .order_id = p->order_id,
+                                 .completed_ms = done ? done : ts_ms(p->occurred_at)};
+    } else {
+        cm_log_warn("OrderCompleted event refused: missing or invalid fields", "event_id", ev->id,
+                    NULL);
+        protobuf_c_message_free_unpacked(&p->base, NULL);
+        return CM_EINVAL;
+    }
+    *msg = p;
+    return 0;
 }
 
 /* the completion is recorded by order, not on the commission: the payable
@@ -385,30 +429,20 @@ static int on_refunded(cms_app *app, const cm_event *ev)
  * accrual (a later partition, or earlier in the same batch) still counts */
 static int on_completed(cm_db *db, const cm_event *ev)
 {
-    Commerce__Events__V1__OrderCompleted *p =
-        commerce__events__v1__order_completed__unpack(NULL, ev->len, ev->payload);
-    if (!p)
-        return CM_EINVAL;
-    const char *tenant = *p->tenant_id ? p->tenant_id : ev->tenant_id;
-    int rc = 0;
-    if (p->order && !*p->order->channel_id) {
-        /* no channel: no commission */
-    } else if (*tenant && cm_id_is_uuid(p->order_id) && p->occurred_at) {
-        /* the buyer's receipt as the order records it, else when the
-         * completion was recorded */
-        int64_t done = ts_ms(p->order ? p->order->completed_at : NULL);
+    Commerce__Events__V1__OrderCompleted *p;
+    cms_completed_in in;
+    int rc = cms_ev_completed_in(ev, &p, &in);
+    if (rc)
+        return rc;
+    if (in.tenant) {
         char at[24];
-        snprintf(at, sizeof at, "%lld", (long long)(done ? done : ts_ms(p->occurred_at)));
-        const char *prm[] = {tenant, p->order_id, at, ev->id};
+        snprintf(at, sizeof at, "%lld", (long long)in.completed_ms);
+        const char *prm[] = {in.tenant, in.order_id, at, ev->id};
         rc = cm_db_exec_prepared(db, "record completion", "cms_completed",
                                  "INSERT INTO completed_orders (tenant_id, order_id, completed_at, "
                                  "event_id) VALUES ($1, $2::uuid, to_timestamp($3::bigint / "
                                  "1000.0), $4::uuid) ON CONFLICT DO NOTHING",
                                  4, prm, NULL, NULL, NULL);
-    } else {
-        cm_log_warn("OrderCompleted event refused: missing or invalid fields", "event_id", ev->id,
-                    NULL);
-        rc = CM_EINVAL;
     }
     protobuf_c_message_free_unpacked(&p->base, NULL);
     return rc;

@@ -84,10 +84,8 @@ static int get_stock(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessa
     return 0;
 }
 
-static int batch_get_stock(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+int inv_api_batch_get_in(cm_rpc_ctx *ctx, const Commerce__Inventory__V1__BatchGetStockRequest *req)
 {
-    const Commerce__Inventory__V1__BatchGetStockRequest *req = (const void *)in;
-    Commerce__Inventory__V1__BatchGetStockResponse *resp = (void *)out;
     cm_arena *a = cm_rpc_ctx_arena(ctx);
     if (req->n_skus == 0)
         return cm_rpc_fail_field(ctx, "skus", "must hold at least one sku");
@@ -102,6 +100,16 @@ static int batch_get_stock(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Protobuf
                 return cm_rpc_fail_field(ctx, cm_arena_printf(a, "skus[%zu]", i),
                                          "duplicates an earlier sku");
     }
+    return 0;
+}
+
+static int batch_get_stock(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    const Commerce__Inventory__V1__BatchGetStockRequest *req = (const void *)in;
+    Commerce__Inventory__V1__BatchGetStockResponse *resp = (void *)out;
+    cm_arena *a = cm_rpc_ctx_arena(ctx);
+    if (inv_api_batch_get_in(ctx, req))
+        return -1;
     resp->stocks = cm_rpc_alloc(ctx, req->n_skus * sizeof *resp->stocks);
     resp->missing_skus = cm_rpc_alloc(ctx, req->n_skus * sizeof *resp->missing_skus);
     for (size_t i = 0; i < req->n_skus; i++) {
@@ -120,17 +128,25 @@ static int batch_get_stock(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Protobuf
 
 /* ---- admin ---- */
 
+int inv_api_admin_in(cm_rpc_ctx *ctx, int kind, const char *request_id, const char *sku,
+                     int64_t value, const char *reason, const char *actor, int64_t expected)
+{
+    inv_violation v;
+    if (inv_check_admin(kind, request_id, sku, value, reason, actor, &v))
+        return fail_v(ctx, &v);
+    if (expected < 0)
+        return cm_rpc_fail_field(ctx, "expected_version", "must not be negative");
+    return 0;
+}
+
 static int admin_change(cm_rpc_ctx *ctx, int kind, const char *request_id, const char *sku,
                         int64_t value, const char *reason, const char *actor, int64_t expected,
                         Commerce__Inventory__V1__StockLevel **stock_out,
                         Commerce__Inventory__V1__StockChange **change_out)
 {
     inv_app *app = cm_service_app(ctx);
-    inv_violation v;
-    if (inv_check_admin(kind, request_id, sku, value, reason, actor, &v))
-        return fail_v(ctx, &v);
-    if (expected < 0)
-        return cm_rpc_fail_field(ctx, "expected_version", "must not be negative");
+    if (inv_api_admin_in(ctx, kind, request_id, sku, value, reason, actor, expected))
+        return -1;
     cm_arena *a = cm_rpc_ctx_arena(ctx);
     char *body = cm_arena_printf(a, "k=%d;s=%s;v=%lld;r=%s;a=%s;e=%lld", kind, sku,
                                  (long long)value, reason, actor, (long long)expected);
@@ -205,16 +221,24 @@ static int adjust_stock(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMe
 
 /* ---- cost price ---- */
 
-static int set_cost(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+int inv_api_cost_in(cm_rpc_ctx *ctx, const Commerce__Inventory__V1__SetCostRequest *req)
 {
-    const Commerce__Inventory__V1__SetCostRequest *req = (const void *)in;
-    Commerce__Inventory__V1__SetCostResponse *resp = (void *)out;
     const Commerce__Common__V1__Money *m = req->unit_cost;
     inv_violation v;
     if (inv_check_cost(req->request_id, req->sku, m != NULL, m ? m->amount_minor : 0,
                        m ? m->currency : NULL, req->reason, req->actor, req->expected_cost_version,
                        &v))
         return fail_v(ctx, &v);
+    return 0;
+}
+
+static int set_cost(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    const Commerce__Inventory__V1__SetCostRequest *req = (const void *)in;
+    Commerce__Inventory__V1__SetCostResponse *resp = (void *)out;
+    const Commerce__Common__V1__Money *m = req->unit_cost;
+    if (inv_api_cost_in(ctx, req))
+        return -1;
     cm_arena *a = cm_rpc_ctx_arena(ctx);
     char *body = cm_arena_printf(a, "s=%s;c=%lld;u=%s;r=%s;a=%s;e=%lld", req->sku,
                                  (long long)m->amount_minor, m->currency, req->reason, req->actor,
@@ -461,12 +485,19 @@ static int reserve(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage
     }
 }
 
+int inv_api_resolve_in(cm_rpc_ctx *ctx, const char *order_id)
+{
+    if (!inv_valid_key(order_id, INV_KEY_MAX))
+        return cm_rpc_fail_field(ctx, "order_id", "must be 1-64 characters from [A-Za-z0-9._:-]");
+    return 0;
+}
+
 static int resolve(cm_rpc_ctx *ctx, const char *order_id, int to,
                    Commerce__Inventory__V1__Reservation **out)
 {
     inv_app *app = cm_service_app(ctx);
-    if (!inv_valid_key(order_id, INV_KEY_MAX))
-        return cm_rpc_fail_field(ctx, "order_id", "must be 1-64 characters from [A-Za-z0-9._:-]");
+    if (inv_api_resolve_in(ctx, order_id))
+        return -1;
     inv_resv *r = cm_rpc_alloc(ctx, sizeof *r);
     inv_resolve_outcome oc;
     inv_ev_ctx ev = ev_of(ctx);
@@ -556,10 +587,8 @@ static const char *invariant_text(int inv)
     return "";
 }
 
-static int check_invariants(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+int inv_api_check_in(cm_rpc_ctx *ctx, const Commerce__Inventory__V1__CheckInvariantsRequest *req)
 {
-    const Commerce__Inventory__V1__CheckInvariantsRequest *req = (const void *)in;
-    Commerce__Inventory__V1__CheckInvariantsResponse *resp = (void *)out;
     cm_arena *a = cm_rpc_ctx_arena(ctx);
     if (req->n_skus > INV_BATCH_GET_MAX)
         return cm_rpc_fail_field(ctx, "skus", "must hold at most 500 skus");
@@ -567,6 +596,16 @@ static int check_invariants(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Protobu
         if (!inv_valid_key(req->skus[i], INV_SKU_MAX))
             return cm_rpc_fail_field(ctx, cm_arena_printf(a, "skus[%zu]", i),
                                      "must be 1-64 characters from [A-Za-z0-9._:-]");
+    return 0;
+}
+
+static int check_invariants(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    const Commerce__Inventory__V1__CheckInvariantsRequest *req = (const void *)in;
+    Commerce__Inventory__V1__CheckInvariantsResponse *resp = (void *)out;
+    cm_arena *a = cm_rpc_ctx_arena(ctx);
+    if (inv_api_check_in(ctx, req))
+        return -1;
     size_t cap = 1000, total = 0;
     inv_breach *b = cm_rpc_alloc(ctx, cap * sizeof *b);
     int64_t checked = 0, at = 0;
@@ -604,11 +643,11 @@ static int64_t ts_us(const Google__Protobuf__Timestamp *t)
     return t->seconds * 1000000 + t->nanos / 1000;
 }
 
-static int list_stock_changes(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+int inv_api_changes_in(cm_rpc_ctx *ctx, const Commerce__Inventory__V1__ListStockChangesRequest *req,
+                       inv_changes_in *li)
 {
-    const Commerce__Inventory__V1__ListStockChangesRequest *req = (const void *)in;
-    Commerce__Inventory__V1__ListStockChangesResponse *resp = (void *)out;
     cm_arena *a = cm_rpc_ctx_arena(ctx);
+    memset(li, 0, sizeof *li);
     if (req->sku[0] && !inv_valid_key(req->sku, INV_SKU_MAX))
         return cm_rpc_fail_field(ctx, "sku", "must be 1-64 characters from [A-Za-z0-9._:-]");
     if (req->order_id[0] && !inv_valid_key(req->order_id, INV_KEY_MAX))
@@ -625,11 +664,12 @@ static int list_stock_changes(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Proto
         kinds[i] = k;
         canon = cm_arena_printf(a, "%s%d,", canon, k);
     }
-    inv_change_query q = {.tenant = cm_rpc_ctx_tenant(ctx),
-                          .sku = req->sku,
-                          .order_id = req->order_id,
-                          .kinds = kinds,
-                          .nkinds = req->n_kinds};
+    inv_change_query *q = &li->q;
+    *q = (inv_change_query){.tenant = cm_rpc_ctx_tenant(ctx),
+                            .sku = req->sku,
+                            .order_id = req->order_id,
+                            .kinds = kinds,
+                            .nkinds = req->n_kinds};
     if (req->occurred) {
         const Google__Protobuf__Timestamp *st = req->occurred->start_at,
                                           *en = req->occurred->end_at;
@@ -640,24 +680,37 @@ static int list_stock_changes(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Proto
             return cm_rpc_fail_field(ctx, "occurred.end_at", "must be a valid timestamp");
         if (st && en && ts_us(en) <= ts_us(st))
             return cm_rpc_fail_field(ctx, "occurred.end_at", "must be after occurred.start_at");
-        q.has_from = st != NULL;
-        q.has_to = en != NULL;
-        q.from_us = st ? ts_us(st) : 0;
-        q.to_us = en ? ts_us(en) : 0;
+        q->has_from = st != NULL;
+        q->has_to = en != NULL;
+        q->from_us = st ? ts_us(st) : 0;
+        q->to_us = en ? ts_us(en) : 0;
     }
-    canon = cm_arena_printf(a, "%s;f=%d:%lld;t=%d:%lld", canon, q.has_from, (long long)q.from_us,
-                            q.has_to, (long long)q.to_us);
-    uint64_t fp = cm_page_filters(canon);
-    char after[CM_PAGE_POSITION_MAX + 1];
-    int size;
-    if (cm_page_begin(ctx, req->page_size, req->page_token, 'c', fp, after, &q.after_id, &size))
+    canon = cm_arena_printf(a, "%s;f=%d:%lld;t=%d:%lld", canon, q->has_from, (long long)q->from_us,
+                            q->has_to, (long long)q->to_us);
+    li->filters = cm_page_filters(canon);
+    return cm_page_begin(ctx, req->page_size, req->page_token, 'c', li->filters, li->after,
+                         &q->after_id, &li->size);
+}
+
+static int list_stock_changes(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    const Commerce__Inventory__V1__ListStockChangesRequest *req = (const void *)in;
+    Commerce__Inventory__V1__ListStockChangesResponse *resp = (void *)out;
+    cm_arena *a = cm_rpc_ctx_arena(ctx);
+    inv_changes_in *li = cm_rpc_alloc(ctx, sizeof *li);
+    if (!li)
+        return internal(ctx, CM_ENOMEM, "could not list stock changes");
+    if (inv_api_changes_in(ctx, req, li))
         return -1;
+    const inv_change_query *q = &li->q;
+    int size = li->size;
+    uint64_t fp = li->filters;
     inv_change *rows = cm_rpc_alloc(ctx, (size_t)size * sizeof *rows);
     if (!rows)
         return internal(ctx, CM_ENOMEM, "could not list stock changes");
     size_t n = 0;
     int more = 0;
-    int rc = inv_store_list_changes(cm_service_db(ctx), &q, rows, (size_t)size, &n, &more);
+    int rc = inv_store_list_changes(cm_service_db(ctx), q, rows, (size_t)size, &n, &more);
     if (rc == CM_ENOTFOUND)
         return cm_page_bad_token(ctx);
     if (rc)
@@ -701,11 +754,9 @@ static Commerce__Inventory__V1__FlashSale *pb_sale(cm_arena *a, const inv_sale *
     return m;
 }
 
-static int configure_flash_sale(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+int inv_api_sale_in(cm_rpc_ctx *ctx, const Commerce__Inventory__V1__ConfigureFlashSaleRequest *req,
+                    int64_t now_ms, int64_t *starts_ms, int64_t *ends_ms)
 {
-    const Commerce__Inventory__V1__ConfigureFlashSaleRequest *req = (const void *)in;
-    Commerce__Inventory__V1__ConfigureFlashSaleResponse *resp = (void *)out;
-    cm_arena *a = cm_rpc_ctx_arena(ctx);
     if (!inv_valid_key(req->request_id, INV_KEY_MAX))
         return cm_rpc_fail_field(ctx, "request_id", "must be 1-64 characters from [A-Za-z0-9._:-]");
     int update = req->flash_sale_id[0] != 0;
@@ -726,11 +777,9 @@ static int configure_flash_sale(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Pro
         return cm_rpc_fail_field(ctx, "starts_at", "must be a valid time after 1970");
     if (cm_pb_timestamp_check(req->ends_at, &en) || en <= 0)
         return cm_rpc_fail_field(ctx, "ends_at", "must be a valid time after 1970");
-    struct timespec now;
-    clock_gettime(CLOCK_REALTIME, &now);
     if (en <= st)
         return cm_rpc_fail_field(ctx, "ends_at", "must be after starts_at");
-    if (en <= (int64_t)now.tv_sec * 1000)
+    if (en <= now_ms)
         return cm_rpc_fail_field(ctx, "ends_at", "must be in the future");
     if (req->sale_stock < 1 || req->sale_stock > INV_QTY_MAX)
         return cm_rpc_fail_field(ctx, "sale_stock", "must be between 1 and 1000000000");
@@ -738,6 +787,23 @@ static int configure_flash_sale(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Pro
         return cm_rpc_fail_field(ctx, "per_buyer_limit", "must be between 1 and 1000000000");
     if (!req->actor[0] || strlen(req->actor) > INV_ACTOR_MAX)
         return cm_rpc_fail_field(ctx, "actor", "must be 1 to 128 characters");
+    *starts_ms = st;
+    *ends_ms = en;
+    return 0;
+}
+
+static int configure_flash_sale(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    const Commerce__Inventory__V1__ConfigureFlashSaleRequest *req = (const void *)in;
+    Commerce__Inventory__V1__ConfigureFlashSaleResponse *resp = (void *)out;
+    cm_arena *a = cm_rpc_ctx_arena(ctx);
+    int update = req->flash_sale_id[0] != 0;
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    int64_t st, en;
+    /* whole seconds: a sale ending within the current second is refused */
+    if (inv_api_sale_in(ctx, req, (int64_t)now.tv_sec * 1000, &st, &en))
+        return -1;
     /* a create's body is unchanged from before updates existed, so its
      * stored request ids keep matching */
     char *body = cm_arena_printf(a, "s=%s;a=%lld;b=%lld;n=%lld;l=%lld;x=%s", req->sku,
@@ -840,11 +906,11 @@ static int get_flash_sale(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufC
     return 0;
 }
 
-static int list_flash_sales(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+int inv_api_sales_in(cm_rpc_ctx *ctx, const Commerce__Inventory__V1__ListFlashSalesRequest *req,
+                     inv_sales_in *li)
 {
-    const Commerce__Inventory__V1__ListFlashSalesRequest *req = (const void *)in;
-    Commerce__Inventory__V1__ListFlashSalesResponse *resp = (void *)out;
     cm_arena *a = cm_rpc_ctx_arena(ctx);
+    memset(li, 0, sizeof *li);
     if (req->sku[0] && !inv_valid_key(req->sku, INV_SKU_MAX))
         return cm_rpc_fail_field(ctx, "sku", "must be 1-64 characters from [A-Za-z0-9._:-]");
     if (req->n_states > 16)
@@ -860,19 +926,32 @@ static int list_flash_sales(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Protobu
         states[i] = v;
         canon = cm_arena_printf(a, "%s%d,", canon, v);
     }
-    uint64_t fp = cm_page_filters(canon);
-    char after[CM_PAGE_POSITION_MAX + 1];
-    const char *after_id;
-    int size;
-    if (cm_page_begin(ctx, req->page_size, req->page_token, 'f', fp, after, &after_id, &size))
+    li->states = states;
+    li->nstates = req->n_states;
+    li->filters = cm_page_filters(canon);
+    return cm_page_begin(ctx, req->page_size, req->page_token, 'f', li->filters, li->after,
+                         &li->after_id, &li->size);
+}
+
+static int list_flash_sales(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    const Commerce__Inventory__V1__ListFlashSalesRequest *req = (const void *)in;
+    Commerce__Inventory__V1__ListFlashSalesResponse *resp = (void *)out;
+    cm_arena *a = cm_rpc_ctx_arena(ctx);
+    inv_sales_in *li = cm_rpc_alloc(ctx, sizeof *li);
+    if (!li)
+        return internal(ctx, CM_ENOMEM, "could not list flash sales");
+    if (inv_api_sales_in(ctx, req, li))
         return -1;
+    uint64_t fp = li->filters;
+    int size = li->size;
     inv_sale *rows = cm_rpc_alloc(ctx, (size_t)size * sizeof *rows);
     if (!rows)
         return internal(ctx, CM_ENOMEM, "could not list flash sales");
     size_t n = 0;
     int more = 0;
-    int rc = inv_store_list_sales(cm_service_db(ctx), cm_rpc_ctx_tenant(ctx), req->sku, states,
-                                  req->n_states, after_id, rows, (size_t)size, &n, &more);
+    int rc = inv_store_list_sales(cm_service_db(ctx), cm_rpc_ctx_tenant(ctx), req->sku, li->states,
+                                  li->nstates, li->after_id, rows, (size_t)size, &n, &more);
     if (rc == CM_ENOTFOUND)
         return cm_page_bad_token(ctx);
     if (rc)
@@ -906,19 +985,18 @@ const size_t inv_methods_count = sizeof inv_methods / sizeof inv_methods[0];
 
 /* ---- order events (inbox) ---- */
 
-int inv_on_order_event(cm_db *db, const cm_event *ev, void *arg)
+int inv_ev_order_in(const cm_event *ev, ProtobufCMessage **msg, inv_order_in *in)
 {
-    inv_app *app = arg;
-    int to;
+    *msg = NULL;
+    ProtobufCMessage *m;
     const char *tenant, *order_id;
-    ProtobufCMessage *m = NULL;
     if (strcmp(ev->type, "commerce.events.v1.OrderPaid") == 0) {
         Commerce__Events__V1__OrderPaid *p =
             commerce__events__v1__order_paid__unpack(NULL, ev->len, ev->payload);
         if (!p)
             return CM_EINVAL;
         m = &p->base;
-        to = INV_CONFIRMED;
+        in->to = INV_CONFIRMED;
         tenant = p->tenant_id;
         order_id = p->order_id;
     } else if (strcmp(ev->type, "commerce.events.v1.OrderCancelled") == 0) {
@@ -927,17 +1005,37 @@ int inv_on_order_event(cm_db *db, const cm_event *ev, void *arg)
         if (!p)
             return CM_EINVAL;
         m = &p->base;
-        to = INV_RELEASED;
+        in->to = INV_RELEASED;
         tenant = p->tenant_id;
         order_id = p->order_id;
     } else {
-        return 0; /* not ours to act on */
+        return 1; /* not ours to act on */
     }
     if (!*tenant)
         tenant = ev->tenant_id;
-    int rc = CM_EINVAL;
+    if (!*tenant || !inv_valid_key(order_id, INV_KEY_MAX)) {
+        protobuf_c_message_free_unpacked(m, NULL);
+        return CM_EINVAL;
+    }
+    in->tenant = tenant;
+    in->order_id = order_id;
+    *msg = m;
+    return 0;
+}
+
+int inv_on_order_event(cm_db *db, const cm_event *ev, void *arg)
+{
+    inv_app *app = arg;
+    ProtobufCMessage *m;
+    inv_order_in in;
+    int rc = inv_ev_order_in(ev, &m, &in);
+    if (rc)
+        return rc == 1 ? 0 : rc;
+    const char *tenant = in.tenant, *order_id = in.order_id;
+    int to = in.to;
+    rc = CM_ENOMEM;
     inv_resv *r = malloc(sizeof *r);
-    if (r && *tenant && inv_valid_key(order_id, INV_KEY_MAX)) {
+    if (r) {
         inv_resolve_outcome oc;
         /* the order event's trace goes on to the events it causes */
         inv_ev_ctx ec = {.on = app ? app->events_on : 1, .traceparent = ev->traceparent};

@@ -290,11 +290,11 @@ static int list_range(cm_rpc_ctx *ctx, const Commerce__Common__V1__TimeRange *tr
     return 0;
 }
 
-static int list_orders(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+int ord_api_list_in(cm_rpc_ctx *ctx, const Commerce__Order__V1__ListOrdersRequest *req,
+                    ord_list_in *li)
 {
-    const Commerce__Order__V1__ListOrdersRequest *req = (const void *)in;
-    Commerce__Order__V1__ListOrdersResponse *resp = (void *)out;
     cm_arena *a = cm_rpc_ctx_arena(ctx);
+    memset(li, 0, sizeof *li);
     if (!ord_valid_text(req->buyer_id, ORD_PARTY_MAX, 0))
         return cm_rpc_fail_field(ctx, "buyer_id",
                                  "at most 64 characters of utf-8, no control characters");
@@ -306,7 +306,7 @@ static int list_orders(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMes
                                  "at most 64 characters of utf-8, no control characters");
     if (req->n_states > 7)
         return cm_rpc_fail_field(ctx, "states", "at most 7 states");
-    int states[8];
+    int *states = li->states;
     for (size_t i = 0; i < req->n_states; i++) {
         int s = (int)req->states[i];
         if (s < ORD_PENDING || s > ORD_REFUNDED)
@@ -333,43 +333,63 @@ static int list_orders(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMes
     if (filters && req->paid)
         filters = cm_arena_printf(a, "%s\np=%lld,%lld", filters, (long long)paid_from,
                                   (long long)paid_to);
-    uint64_t fh = cm_page_filters(filters ? filters : "");
+    li->filters = cm_page_filters(filters ? filters : "");
     /* the position is "<created ms>.<order id>": the listing's order */
-    char pos[CM_PAGE_POSITION_MAX + 1], after[40];
+    char pos[CM_PAGE_POSITION_MAX + 1];
     const char *at;
     int limit;
-    if (cm_page_begin(ctx, req->page_size, req->page_token, 'o', fh, pos, &at, &limit))
+    if (cm_page_begin(ctx, req->page_size, req->page_token, 'o', li->filters, pos, &at, &limit))
         return -1;
-    if (!merchant)
-        return 0; /* another merchant's orders: none to this caller */
-    ord_list_q q = {.tenant = cm_rpc_ctx_tenant(ctx),
-                    .buyer_id = req->buyer_id,
-                    .merchant_id = merchant,
-                    .channel_id = req->channel_id,
-                    .states = states,
-                    .nstates = req->n_states,
-                    .from_ms = from,
-                    .to_ms = to,
-                    .paid = req->paid != NULL,
-                    .paid_from_ms = paid_from,
-                    .paid_to_ms = paid_to,
-                    .limit = limit};
+    if (!merchant) {
+        li->none = 1; /* another merchant's orders: none to this caller */
+        return 0;
+    }
+    li->q = (ord_list_q){.tenant = cm_rpc_ctx_tenant(ctx),
+                         .buyer_id = req->buyer_id,
+                         .merchant_id = merchant,
+                         .channel_id = req->channel_id,
+                         .states = states,
+                         .nstates = req->n_states,
+                         .from_ms = from,
+                         .to_ms = to,
+                         .paid = req->paid != NULL,
+                         .paid_from_ms = paid_from,
+                         .paid_to_ms = paid_to,
+                         .limit = limit};
     if (at) {
         long long ms = 0;
         int used = 0;
         if (sscanf(at, "%lld.%n", &ms, &used) != 1 || used <= 0 ||
-            strlen(at + used) >= sizeof after || !cm_id_is_uuid(at + used))
+            strlen(at + used) >= sizeof li->after || !cm_id_is_uuid(at + used))
             return cm_page_bad_token(ctx);
-        snprintf(after, sizeof after, "%s", at + used);
-        q.after_created_ms = ms;
-        q.after_id = after;
+        snprintf(li->after, sizeof li->after, "%s", at + used);
+        li->q.after_created_ms = ms;
+        li->q.after_id = li->after;
     }
+    return 0;
+}
+
+static int list_orders(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    const Commerce__Order__V1__ListOrdersRequest *req = (const void *)in;
+    Commerce__Order__V1__ListOrdersResponse *resp = (void *)out;
+    cm_arena *a = cm_rpc_ctx_arena(ctx);
+    ord_list_in *li = cm_rpc_alloc(ctx, sizeof *li);
+    if (!li)
+        return cm_rpc_fail_err(ctx, CM_ENOMEM, "list orders");
+    if (ord_api_list_in(ctx, req, li))
+        return -1;
+    if (li->none)
+        return 0;
+    const ord_list_q *q = &li->q;
+    int limit = q->limit;
+    uint64_t fh = li->filters;
     ord_order *rows = cm_rpc_alloc(ctx, (size_t)limit * sizeof *rows);
     if (!rows)
         return cm_rpc_fail_err(ctx, CM_ENOMEM, "list orders");
     size_t n = 0;
     int more = 0;
-    int rc = ord_store_list(cm_service_db(ctx), &q, a, rows, &n, &more);
+    int rc = ord_store_list(cm_service_db(ctx), q, a, rows, &n, &more);
     if (rc)
         return db_fail(ctx, rc, "could not list orders");
     if (n) {
@@ -664,13 +684,9 @@ static int provider_ok(const char *s)
     return 1;
 }
 
-static int mark_paid(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+int ord_api_pay_in(cm_rpc_ctx *ctx, const Commerce__Order__V1__MarkPaidRequest *req, int64_t now,
+                   int64_t *paid_at)
 {
-    ord_ev_ctx ev = ev_of(ctx);
-    const Commerce__Order__V1__MarkPaidRequest *req = (const void *)in;
-    Commerce__Order__V1__MarkPaidResponse *resp = (void *)out;
-    ord_app *app = cm_service_app(ctx);
-    cm_arena *a = cm_rpc_ctx_arena(ctx);
     if (!ord_valid_key(req->payment_id, ORD_KEY_MAX))
         return cm_rpc_fail_field(ctx, "payment_id",
                                  "required: 1-64 characters from [A-Za-z0-9._:-]");
@@ -684,8 +700,18 @@ static int mark_paid(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessa
     if (!ord_valid_text(req->provider_reference, ORD_REF_MAX, 0))
         return cm_rpc_fail_field(ctx, "provider_reference",
                                  "at most 128 characters of utf-8, no control characters");
+    return check_ts(ctx, req->paid_at, "paid_at", now, paid_at);
+}
+
+static int mark_paid(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    ord_ev_ctx ev = ev_of(ctx);
+    const Commerce__Order__V1__MarkPaidRequest *req = (const void *)in;
+    Commerce__Order__V1__MarkPaidResponse *resp = (void *)out;
+    ord_app *app = cm_service_app(ctx);
+    cm_arena *a = cm_rpc_ctx_arena(ctx);
     int64_t now = now_ms(), paid_at = 0;
-    if (check_ts(ctx, req->paid_at, "paid_at", now, &paid_at))
+    if (ord_api_pay_in(ctx, req, now, &paid_at))
         return -1;
     const char *f[] = {req->order_id,         num(a, req->amount->amount_minor),
                        req->amount->currency, req->paid_at ? num(a, paid_at) : "",
@@ -792,12 +818,8 @@ static int op_common(cm_rpc_ctx *ctx, const char *request_id, const char *order_
     return order_id_ok(ctx, order_id);
 }
 
-static int cancel_order(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+int ord_api_cancel_in(cm_rpc_ctx *ctx, const Commerce__Order__V1__CancelOrderRequest *req)
 {
-    ord_ev_ctx ev = ev_of(ctx);
-    const Commerce__Order__V1__CancelOrderRequest *req = (const void *)in;
-    Commerce__Order__V1__CancelOrderResponse *resp = (void *)out;
-    cm_arena *a = cm_rpc_ctx_arena(ctx);
     if (op_common(ctx, req->request_id, req->order_id))
         return -1;
     int r = (int)req->reason;
@@ -808,6 +830,18 @@ static int cancel_order(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMe
     if (!ord_valid_text(req->note, ORD_NOTE_MAX, 0))
         return cm_rpc_fail_field(ctx, "note",
                                  "at most 256 characters of utf-8, no control characters");
+    return 0;
+}
+
+static int cancel_order(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    ord_ev_ctx ev = ev_of(ctx);
+    const Commerce__Order__V1__CancelOrderRequest *req = (const void *)in;
+    Commerce__Order__V1__CancelOrderResponse *resp = (void *)out;
+    cm_arena *a = cm_rpc_ctx_arena(ctx);
+    if (ord_api_cancel_in(ctx, req))
+        return -1;
+    int r = (int)req->reason;
     const char *f[] = {req->order_id, num(a, r), req->note};
     char hash[ORD_HASH_HEX + 1];
     hash_of(canon(a, "cancel.v1", f, 3), hash);
@@ -823,12 +857,9 @@ static int cancel_order(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMe
     return transition(ctx, &q, "cannot cancel", &resp->order);
 }
 
-static int ship_order(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+int ord_api_ship_in(cm_rpc_ctx *ctx, const Commerce__Order__V1__ShipOrderRequest *req, int64_t now,
+                    int64_t *at)
 {
-    ord_ev_ctx ev = ev_of(ctx);
-    const Commerce__Order__V1__ShipOrderRequest *req = (const void *)in;
-    Commerce__Order__V1__ShipOrderResponse *resp = (void *)out;
-    cm_arena *a = cm_rpc_ctx_arena(ctx);
     if (op_common(ctx, req->request_id, req->order_id))
         return -1;
     if (!ord_valid_text(req->carrier, ORD_PARTY_MAX, 0))
@@ -837,8 +868,17 @@ static int ship_order(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMess
     if (!ord_valid_text(req->tracking_number, ORD_REF_MAX, 0))
         return cm_rpc_fail_field(ctx, "tracking_number",
                                  "at most 128 characters of utf-8, no control characters");
+    return check_ts(ctx, req->shipped_at, "shipped_at", now, at);
+}
+
+static int ship_order(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    ord_ev_ctx ev = ev_of(ctx);
+    const Commerce__Order__V1__ShipOrderRequest *req = (const void *)in;
+    Commerce__Order__V1__ShipOrderResponse *resp = (void *)out;
+    cm_arena *a = cm_rpc_ctx_arena(ctx);
     int64_t now = now_ms(), at = 0;
-    if (check_ts(ctx, req->shipped_at, "shipped_at", now, &at))
+    if (ord_api_ship_in(ctx, req, now, &at))
         return -1;
     const char *f[] = {req->order_id, req->carrier, req->tracking_number,
                        req->shipped_at ? num(a, at) : ""};
@@ -857,16 +897,22 @@ static int ship_order(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMess
     return transition(ctx, &q, "cannot ship", &resp->order);
 }
 
+int ord_api_complete_in(cm_rpc_ctx *ctx, const Commerce__Order__V1__CompleteOrderRequest *req,
+                        int64_t now, int64_t *at)
+{
+    if (op_common(ctx, req->request_id, req->order_id))
+        return -1;
+    return check_ts(ctx, req->completed_at, "completed_at", now, at);
+}
+
 static int complete_order(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
 {
     ord_ev_ctx ev = ev_of(ctx);
     const Commerce__Order__V1__CompleteOrderRequest *req = (const void *)in;
     Commerce__Order__V1__CompleteOrderResponse *resp = (void *)out;
     cm_arena *a = cm_rpc_ctx_arena(ctx);
-    if (op_common(ctx, req->request_id, req->order_id))
-        return -1;
     int64_t now = now_ms(), at = 0;
-    if (check_ts(ctx, req->completed_at, "completed_at", now, &at))
+    if (ord_api_complete_in(ctx, req, now, &at))
         return -1;
     const char *f[] = {req->order_id, req->completed_at ? num(a, at) : ""};
     char hash[ORD_HASH_HEX + 1];
@@ -1081,12 +1127,9 @@ static int get_tenant_settings(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Prot
     return resp->settings ? 0 : cm_rpc_fail_err(ctx, CM_ENOMEM, "tenant settings");
 }
 
-static int put_tenant_settings(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+int ord_api_settings_in(cm_rpc_ctx *ctx, const Commerce__Order__V1__PutTenantSettingsRequest *req,
+                        ord_settings_in *out)
 {
-    const Commerce__Order__V1__PutTenantSettingsRequest *req = (const void *)in;
-    Commerce__Order__V1__PutTenantSettingsResponse *resp = (void *)out;
-    ord_app *app = cm_service_app(ctx);
-    cm_arena *a = cm_rpc_ctx_arena(ctx);
     const Commerce__Order__V1__TenantSettings *ts = req->settings;
     const Google__Protobuf__Duration *pt = ts ? ts->payment_timeout : NULL;
     const Google__Protobuf__Duration *ft = ts ? ts->flash_payment_timeout : NULL;
@@ -1108,6 +1151,19 @@ static int put_tenant_settings(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Prot
     ord_violation v;
     if (ord_check_settings(&si, &v))
         return fail_v(ctx, &v);
+    *out = si;
+    return 0;
+}
+
+static int put_tenant_settings(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    const Commerce__Order__V1__PutTenantSettingsRequest *req = (const void *)in;
+    Commerce__Order__V1__PutTenantSettingsResponse *resp = (void *)out;
+    ord_app *app = cm_service_app(ctx);
+    cm_arena *a = cm_rpc_ctx_arena(ctx);
+    ord_settings_in si;
+    if (ord_api_settings_in(ctx, req, &si))
+        return -1;
     /* the body as the caller sent it; the output-only fields are not part
      * of it (they are ignored). without auto_complete_after it hashes as
      * before that field existed, so a retry across the upgrade is the same */
@@ -1188,10 +1244,9 @@ static int put_tenant_settings(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Prot
 
 #define MARGIN_CURRENCIES_MAX 32
 
-static int query_margin(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+int ord_api_margin_in(cm_rpc_ctx *ctx, const Commerce__Order__V1__QueryMarginRequest *req,
+                      int64_t *from, int64_t *to)
 {
-    const Commerce__Order__V1__QueryMarginRequest *req = (const void *)in;
-    Commerce__Order__V1__QueryMarginResponse *resp = (void *)out;
     if (*req->sku && !ord_valid_key(req->sku, ORD_KEY_MAX))
         return cm_rpc_fail_field(ctx, "sku", "must be 1-64 characters from [A-Za-z0-9._:-]");
     if (*req->flash_sale_id && !ord_valid_key(req->flash_sale_id, ORD_KEY_MAX))
@@ -1199,8 +1254,15 @@ static int query_margin(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMe
                                  "must be 1-64 characters from [A-Za-z0-9._:-]");
     if (*req->sku && *req->flash_sale_id)
         return cm_rpc_fail_field(ctx, "flash_sale_id", "must be empty when sku is set");
+    return list_range(ctx, req->paid, "paid", from, to);
+}
+
+static int query_margin(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    const Commerce__Order__V1__QueryMarginRequest *req = (const void *)in;
+    Commerce__Order__V1__QueryMarginResponse *resp = (void *)out;
     int64_t from, to;
-    if (list_range(ctx, req->paid, "paid", &from, &to))
+    if (ord_api_margin_in(ctx, req, &from, &to))
         return -1;
     cm_arena *a = cm_rpc_ctx_arena(ctx);
     ord_margin_row *rows = cm_arena_calloc(a, MARGIN_CURRENCIES_MAX, sizeof *rows);

@@ -183,11 +183,9 @@ int stl_api_rule_in(cm_rpc_ctx *ctx, const Commerce__Settlement__V1__SplitRule *
     return 0;
 }
 
-static int put_split_rule(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+int stl_api_put_rule_in(cm_rpc_ctx *ctx, const Commerce__Settlement__V1__PutSplitRuleRequest *req,
+                        stl_rule *rule, char (*desc)[STL_DESC_MAX + 1])
 {
-    const Commerce__Settlement__V1__PutSplitRuleRequest *req = (const void *)in;
-    Commerce__Settlement__V1__PutSplitRuleResponse *resp = (void *)out;
-    stl_app *app = cm_service_app(ctx);
     cm_arena *a = cm_rpc_ctx_arena(ctx);
     if (request_id_ok(ctx, req->request_id))
         return -1;
@@ -205,13 +203,22 @@ static int put_split_rule(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufC
             cm_arena_printf(a, "at most %lld receivers (the tenant's quota)", max_receivers));
         return f;
     }
+    return stl_api_rule_in(ctx, req->rule, rule, desc);
+}
+
+static int put_split_rule(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    const Commerce__Settlement__V1__PutSplitRuleRequest *req = (const void *)in;
+    Commerce__Settlement__V1__PutSplitRuleResponse *resp = (void *)out;
+    stl_app *app = cm_service_app(ctx);
+    cm_arena *a = cm_rpc_ctx_arena(ctx);
     stl_rule *rule = cm_rpc_alloc(ctx, sizeof *rule);
     char(*desc)[STL_DESC_MAX + 1] = cm_rpc_alloc(ctx, STL_RECEIVERS_MAX * (STL_DESC_MAX + 1));
     stl_rule_row *row = cm_rpc_alloc(ctx, sizeof *row);
     stl_settings *set = cm_rpc_alloc(ctx, sizeof *set);
     if (!rule || !desc || !row || !set)
         return cm_rpc_fail_err(ctx, CM_ENOMEM, "split rule");
-    if (stl_api_rule_in(ctx, req->rule, rule, desc))
+    if (stl_api_put_rule_in(ctx, req, rule, desc))
         return -1;
     cm_db *db = cm_service_db(ctx);
     const char *tenant = cm_rpc_ctx_tenant(ctx);
@@ -279,14 +286,21 @@ static int merchant_currency_ok(cm_rpc_ctx *ctx, const char *merchant, const cha
     return 0;
 }
 
-static int get_split_rule(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+int stl_api_get_rule_in(cm_rpc_ctx *ctx, const Commerce__Settlement__V1__GetSplitRuleRequest *req)
 {
-    const Commerce__Settlement__V1__GetSplitRuleRequest *req = (const void *)in;
-    Commerce__Settlement__V1__GetSplitRuleResponse *resp = (void *)out;
     if (merchant_currency_ok(ctx, req->merchant_id, req->currency))
         return -1;
     if (req->version < 0)
         return fail_field(ctx, "version", "must be >= 0");
+    return 0;
+}
+
+static int get_split_rule(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    const Commerce__Settlement__V1__GetSplitRuleRequest *req = (const void *)in;
+    Commerce__Settlement__V1__GetSplitRuleResponse *resp = (void *)out;
+    if (stl_api_get_rule_in(ctx, req))
+        return -1;
     stl_rule_row *row = cm_rpc_alloc(ctx, sizeof *row);
     if (!row)
         return cm_rpc_fail_err(ctx, CM_ENOMEM, "split rule");
@@ -301,23 +315,42 @@ static int get_split_rule(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufC
     return resp->rule ? 0 : cm_rpc_fail_err(ctx, CM_ENOMEM, "split rule");
 }
 
+/* a listing's page: its size, the token's position (li->at) */
+static int page_begin(cm_rpc_ctx *ctx, int32_t page_size, const char *token, char kind,
+                      stl_list_in *li)
+{
+    return cm_page_begin(ctx, page_size, token, kind, li->filters, li->pos, &li->after, &li->limit);
+}
+
+int stl_api_rules_in(cm_rpc_ctx *ctx,
+                     const Commerce__Settlement__V1__ListSplitRuleVersionsRequest *req,
+                     stl_list_in *li)
+{
+    cm_arena *a = cm_rpc_ctx_arena(ctx);
+    memset(li, 0, sizeof *li);
+    if (merchant_currency_ok(ctx, req->merchant_id, req->currency))
+        return -1;
+    li->filters = cm_page_filters(cm_arena_printf(a, "%s|%s", req->merchant_id, req->currency));
+    if (page_begin(ctx, req->page_size, req->page_token, 'r', li))
+        return -1;
+    li->at = li->after ? strtoll(li->after, NULL, 10) : 0; /* the version to list before */
+    if (li->after && li->at <= 0)
+        return cm_page_bad_token(ctx);
+    return 0;
+}
+
 static int list_split_rule_versions(cm_rpc_ctx *ctx, const ProtobufCMessage *in,
                                     ProtobufCMessage *out)
 {
     const Commerce__Settlement__V1__ListSplitRuleVersionsRequest *req = (const void *)in;
     Commerce__Settlement__V1__ListSplitRuleVersionsResponse *resp = (void *)out;
     cm_arena *a = cm_rpc_ctx_arena(ctx);
-    if (merchant_currency_ok(ctx, req->merchant_id, req->currency))
+    stl_list_in li;
+    if (stl_api_rules_in(ctx, req, &li))
         return -1;
-    uint64_t fh = cm_page_filters(cm_arena_printf(a, "%s|%s", req->merchant_id, req->currency));
-    char pos[CM_PAGE_POSITION_MAX + 1];
-    const char *after;
-    int limit;
-    if (cm_page_begin(ctx, req->page_size, req->page_token, 'r', fh, pos, &after, &limit))
-        return -1;
-    int64_t before = after ? strtoll(after, NULL, 10) : 0;
-    if (after && before <= 0)
-        return cm_page_bad_token(ctx);
+    uint64_t fh = li.filters;
+    int limit = li.limit;
+    int64_t before = li.at;
     stl_rule_row *rows = cm_rpc_alloc(ctx, (size_t)(limit + 1) * sizeof *rows);
     if (!rows)
         return cm_rpc_fail_err(ctx, CM_ENOMEM, "split rules");
@@ -363,12 +396,9 @@ static int valid_hhmm(const char *s)
            s[4] >= '0' && s[4] <= '9';
 }
 
-static int put_tenant_settings(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+int stl_api_settings_in(cm_rpc_ctx *ctx,
+                        const Commerce__Settlement__V1__PutTenantSettingsRequest *req)
 {
-    const Commerce__Settlement__V1__PutTenantSettingsRequest *req = (const void *)in;
-    Commerce__Settlement__V1__PutTenantSettingsResponse *resp = (void *)out;
-    stl_app *app = cm_service_app(ctx);
-    cm_arena *a = cm_rpc_ctx_arena(ctx);
     if (request_id_ok(ctx, req->request_id))
         return -1;
     const Commerce__Settlement__V1__TenantSettings *s = req->settings;
@@ -380,6 +410,19 @@ static int put_tenant_settings(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Prot
         return fail_field(ctx, "settings.max_split_bps", "0-10000 basis points");
     if (!valid_hhmm(s->run_at))
         return fail_field(ctx, "settings.run_at", "required: a local time \"HH:MM\" (24 h)");
+    return 0;
+}
+
+static int put_tenant_settings(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    const Commerce__Settlement__V1__PutTenantSettingsRequest *req = (const void *)in;
+    Commerce__Settlement__V1__PutTenantSettingsResponse *resp = (void *)out;
+    stl_app *app = cm_service_app(ctx);
+    cm_arena *a = cm_rpc_ctx_arena(ctx);
+    if (stl_api_settings_in(ctx, req))
+        return -1;
+    const Commerce__Settlement__V1__TenantSettings *s = req->settings;
+    /* the time zone is checked against postgres's list: i/o, after these */
     cm_db *db = cm_service_db(ctx);
     int known = strlen(s->time_zone) <= STL_TZ_MAX && *s->time_zone
                     ? stl_store_zone_known(db, s->time_zone)
@@ -419,11 +462,11 @@ static int put_tenant_settings(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Prot
 
 /* ---- accounts and the journal ---- */
 
-static int list_accounts(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+int stl_api_accounts_in(cm_rpc_ctx *ctx, const Commerce__Settlement__V1__ListAccountsRequest *req,
+                        stl_list_in *li)
 {
-    const Commerce__Settlement__V1__ListAccountsRequest *req = (const void *)in;
-    Commerce__Settlement__V1__ListAccountsResponse *resp = (void *)out;
     cm_arena *a = cm_rpc_ctx_arena(ctx);
+    memset(li, 0, sizeof *li);
     int type = 0;
     const char *owner = NULL;
     if (req->party) {
@@ -451,18 +494,36 @@ static int list_accounts(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCM
     } else if (merchant) {
         others = type != STL_PARTY_MERCHANT || strcmp(owner, merchant) != 0;
     }
-    uint64_t fh = cm_page_filters(
+    li->filters = cm_page_filters(
         cm_arena_printf(a, "%d|%s|%s", type, owner ? owner : "\x01", req->currency));
-    char pos[CM_PAGE_POSITION_MAX + 1];
-    const char *after;
-    int limit;
-    if (cm_page_begin(ctx, req->page_size, req->page_token, 'a', fh, pos, &after, &limit))
+    li->party_type = type;
+    li->party_id = owner;
+    if (page_begin(ctx, req->page_size, req->page_token, 'a', li))
         return -1;
-    if (others)
+    if (others) {
+        li->none = 1;
         return 0;
-    int64_t after_id = after ? strtoll(after, NULL, 10) : 0;
-    if (after && after_id <= 0)
+    }
+    li->at = li->after ? strtoll(li->after, NULL, 10) : 0; /* the account id to list after */
+    if (li->after && li->at <= 0)
         return cm_page_bad_token(ctx);
+    return 0;
+}
+
+static int list_accounts(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    const Commerce__Settlement__V1__ListAccountsRequest *req = (const void *)in;
+    Commerce__Settlement__V1__ListAccountsResponse *resp = (void *)out;
+    cm_arena *a = cm_rpc_ctx_arena(ctx);
+    stl_list_in li;
+    if (stl_api_accounts_in(ctx, req, &li))
+        return -1;
+    if (li.none)
+        return 0;
+    uint64_t fh = li.filters;
+    int limit = li.limit, type = li.party_type;
+    const char *owner = li.party_id;
+    int64_t after_id = li.at;
     stl_account *rows = cm_rpc_alloc(ctx, (size_t)(limit + 1) * sizeof *rows);
     if (!rows)
         return cm_rpc_fail_err(ctx, CM_ENOMEM, "accounts");
@@ -485,11 +546,12 @@ static int list_accounts(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCM
                         &resp->next_page_token);
 }
 
-static int list_journal_entries(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+int stl_api_journal_in(cm_rpc_ctx *ctx,
+                       const Commerce__Settlement__V1__ListJournalEntriesRequest *req,
+                       stl_list_in *li)
 {
-    const Commerce__Settlement__V1__ListJournalEntriesRequest *req = (const void *)in;
-    Commerce__Settlement__V1__ListJournalEntriesResponse *resp = (void *)out;
     cm_arena *a = cm_rpc_ctx_arena(ctx);
+    memset(li, 0, sizeof *li);
     if (*req->order_id && !cm_id_is_uuid(req->order_id))
         return fail_field(ctx, "order_id", "a UUID, or empty for all");
     if (req->account_id < 0)
@@ -503,17 +565,30 @@ static int list_journal_entries(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Pro
         if (from && to && to <= from)
             return fail_field(ctx, "posted.end_at", "must be after posted.start_at");
     }
-    uint64_t fh = cm_page_filters(cm_arena_printf(a, "%s|%lld|%lld|%lld", req->order_id,
+    li->filters = cm_page_filters(cm_arena_printf(a, "%s|%lld|%lld|%lld", req->order_id,
                                                   (long long)req->account_id, (long long)from,
                                                   (long long)to));
-    char pos[CM_PAGE_POSITION_MAX + 1];
-    const char *after;
-    int limit;
-    if (cm_page_begin(ctx, req->page_size, req->page_token, 'e', fh, pos, &after, &limit))
+    li->from_ms = from;
+    li->to_ms = to;
+    if (page_begin(ctx, req->page_size, req->page_token, 'e', li))
         return -1;
-    int64_t before = after ? strtoll(after, NULL, 10) : 0;
-    if (after && before <= 0)
+    li->at = li->after ? strtoll(li->after, NULL, 10) : 0; /* the entry id to list before */
+    if (li->after && li->at <= 0)
         return cm_page_bad_token(ctx);
+    return 0;
+}
+
+static int list_journal_entries(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    const Commerce__Settlement__V1__ListJournalEntriesRequest *req = (const void *)in;
+    Commerce__Settlement__V1__ListJournalEntriesResponse *resp = (void *)out;
+    cm_arena *a = cm_rpc_ctx_arena(ctx);
+    stl_list_in li;
+    if (stl_api_journal_in(ctx, req, &li))
+        return -1;
+    uint64_t fh = li.filters;
+    int limit = li.limit;
+    int64_t from = li.from_ms, to = li.to_ms, before = li.at;
     /* entries are large (up to 106 postings): a page is read in slices */
     stl_entry *rows = malloc((size_t)(limit + 1) * sizeof *rows);
     if (!rows)
@@ -546,11 +621,9 @@ static int list_journal_entries(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Pro
 
 /* ---- settlement runs and payouts ---- */
 
-static int run_settlement(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+int stl_api_run_in(cm_rpc_ctx *ctx, const Commerce__Settlement__V1__RunSettlementRequest *req,
+                   const char **date_out)
 {
-    const Commerce__Settlement__V1__RunSettlementRequest *req = (const void *)in;
-    Commerce__Settlement__V1__RunSettlementResponse *resp = (void *)out;
-    stl_app *app = cm_service_app(ctx);
     cm_arena *a = cm_rpc_ctx_arena(ctx);
     const char *date = NULL;
     if (req->business_date) {
@@ -561,7 +634,22 @@ static int run_settlement(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufC
             d->day > mdays[d->month - 1] || (d->month == 2 && d->day == 29 && !leap))
             return fail_field(ctx, "business_date", "not a valid date");
         date = cm_arena_printf(a, "%04d-%02d-%02d", d->year, d->month, d->day);
+        if (!date)
+            return cm_rpc_fail_err(ctx, CM_ENOMEM, "settlement run");
     }
+    *date_out = date;
+    return 0;
+}
+
+static int run_settlement(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    const Commerce__Settlement__V1__RunSettlementRequest *req = (const void *)in;
+    Commerce__Settlement__V1__RunSettlementResponse *resp = (void *)out;
+    stl_app *app = cm_service_app(ctx);
+    cm_arena *a = cm_rpc_ctx_arena(ctx);
+    const char *date;
+    if (stl_api_run_in(ctx, req, &date))
+        return -1;
     stl_run run;
     cm_db *db = cm_service_db(ctx);
     int rc = stl_run_request(db, cm_rpc_ctx_tenant(ctx), date, STL_TRIGGER_MANUAL, principal(ctx),
@@ -590,19 +678,29 @@ static int get_settlement_run(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Proto
     return resp->run ? 0 : cm_rpc_fail_err(ctx, CM_ENOMEM, "settlement run");
 }
 
+int stl_api_runs_in(cm_rpc_ctx *ctx, const Commerce__Settlement__V1__ListSettlementRunsRequest *req,
+                    stl_list_in *li)
+{
+    memset(li, 0, sizeof *li);
+    li->filters = cm_page_filters("runs");
+    if (page_begin(ctx, req->page_size, req->page_token, 'u', li))
+        return -1;
+    if (li->after && strlen(li->after) != 10) /* the business date to list before */
+        return cm_page_bad_token(ctx);
+    return 0;
+}
+
 static int list_settlement_runs(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
 {
     const Commerce__Settlement__V1__ListSettlementRunsRequest *req = (const void *)in;
     Commerce__Settlement__V1__ListSettlementRunsResponse *resp = (void *)out;
     cm_arena *a = cm_rpc_ctx_arena(ctx);
-    uint64_t fh = cm_page_filters("runs");
-    char pos[CM_PAGE_POSITION_MAX + 1];
-    const char *after;
-    int limit;
-    if (cm_page_begin(ctx, req->page_size, req->page_token, 'u', fh, pos, &after, &limit))
+    stl_list_in li;
+    if (stl_api_runs_in(ctx, req, &li))
         return -1;
-    if (after && strlen(after) != 10)
-        return cm_page_bad_token(ctx);
+    uint64_t fh = li.filters;
+    int limit = li.limit;
+    const char *after = li.after;
     stl_run *rows = cm_rpc_alloc(ctx, (size_t)(limit + 1) * sizeof *rows);
     if (!rows)
         return cm_rpc_fail_err(ctx, CM_ENOMEM, "settlement runs");
@@ -644,32 +742,43 @@ static int get_payout(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMess
     return resp->payout ? 0 : cm_rpc_fail_err(ctx, CM_ENOMEM, "payout");
 }
 
-static int list_payouts(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+int stl_api_payouts_in(cm_rpc_ctx *ctx, const Commerce__Settlement__V1__ListPayoutsRequest *req,
+                       stl_list_in *li)
 {
-    const Commerce__Settlement__V1__ListPayoutsRequest *req = (const void *)in;
-    Commerce__Settlement__V1__ListPayoutsResponse *resp = (void *)out;
     cm_arena *a = cm_rpc_ctx_arena(ctx);
+    memset(li, 0, sizeof *li);
     int state = (int)req->state;
     if (state < 0 || state > STL_PAYOUT_FAILED)
         return fail_field(ctx, "state", "a payout state, or unset for all");
     if (req->account_id < 0)
         return fail_field(ctx, "account_id", "must be >= 0");
-    uint64_t fh = cm_page_filters(cm_arena_printf(a, "%d|%lld", state, (long long)req->account_id));
-    char pos[CM_PAGE_POSITION_MAX + 1];
-    const char *after;
-    int limit;
-    if (cm_page_begin(ctx, req->page_size, req->page_token, 'p', fh, pos, &after, &limit))
+    li->filters = cm_page_filters(cm_arena_printf(a, "%d|%lld", state, (long long)req->account_id));
+    if (page_begin(ctx, req->page_size, req->page_token, 'p', li))
         return -1;
     /* the position: "<created ms>.<payout id>" */
-    long long before_ms = 0;
-    const char *before_id = "";
-    if (after) {
-        const char *dot = strchr(after, '.');
-        before_ms = strtoll(after, NULL, 10);
-        if (!dot || before_ms <= 0 || !cm_id_is_uuid(dot + 1))
+    li->at_id = "";
+    if (li->after) {
+        const char *dot = strchr(li->after, '.');
+        li->at = strtoll(li->after, NULL, 10);
+        if (!dot || li->at <= 0 || !cm_id_is_uuid(dot + 1))
             return cm_page_bad_token(ctx);
-        before_id = dot + 1;
+        li->at_id = dot + 1;
     }
+    return 0;
+}
+
+static int list_payouts(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    const Commerce__Settlement__V1__ListPayoutsRequest *req = (const void *)in;
+    Commerce__Settlement__V1__ListPayoutsResponse *resp = (void *)out;
+    cm_arena *a = cm_rpc_ctx_arena(ctx);
+    stl_list_in li;
+    if (stl_api_payouts_in(ctx, req, &li))
+        return -1;
+    int state = (int)req->state, limit = li.limit;
+    uint64_t fh = li.filters;
+    long long before_ms = li.at;
+    const char *before_id = li.at_id;
     stl_payout *rows = cm_rpc_alloc(ctx, (size_t)(limit + 1) * sizeof *rows);
     if (!rows)
         return cm_rpc_fail_err(ctx, CM_ENOMEM, "payouts");
@@ -694,11 +803,10 @@ static int list_payouts(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMe
     return cm_page_next(ctx, more, 'p', fh, end, &resp->next_page_token);
 }
 
-static int report_payout_result(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+int stl_api_report_in(cm_rpc_ctx *ctx,
+                      const Commerce__Settlement__V1__ReportPayoutResultRequest *req,
+                      const char **ref_out, const char **why_out)
 {
-    const Commerce__Settlement__V1__ReportPayoutResultRequest *req = (const void *)in;
-    Commerce__Settlement__V1__ReportPayoutResultResponse *resp = (void *)out;
-    stl_app *app = cm_service_app(ctx);
     if (!cm_id_is_uuid(req->payout_id))
         return fail_field(ctx, "payout_id", "required: a UUID");
     int result = (int)req->result;
@@ -712,6 +820,20 @@ static int report_payout_result(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Pro
     if (result == STL_PAYOUT_FAILED && !cm_utf8_text_valid(why, STL_REASON_MAX, 1))
         return fail_field(ctx, "failure_reason",
                           "required for FAILED: 1-256 characters, no control characters");
+    *ref_out = ref;
+    *why_out = why;
+    return 0;
+}
+
+static int report_payout_result(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    const Commerce__Settlement__V1__ReportPayoutResultRequest *req = (const void *)in;
+    Commerce__Settlement__V1__ReportPayoutResultResponse *resp = (void *)out;
+    stl_app *app = cm_service_app(ctx);
+    const char *ref, *why;
+    if (stl_api_report_in(ctx, req, &ref, &why))
+        return -1;
+    int result = (int)req->result;
     stl_payout *p = cm_rpc_alloc(ctx, sizeof *p);
     if (!p)
         return cm_rpc_fail_err(ctx, CM_ENOMEM, "payout");
@@ -744,11 +866,12 @@ static Commerce__Settlement__V1__BucketBalances *pb_buckets(cm_arena *a, const s
     return m;
 }
 
-static int get_account_statement(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+int stl_api_statement_in(cm_rpc_ctx *ctx,
+                         const Commerce__Settlement__V1__GetAccountStatementRequest *req,
+                         stl_list_in *li)
 {
-    const Commerce__Settlement__V1__GetAccountStatementRequest *req = (const void *)in;
-    Commerce__Settlement__V1__GetAccountStatementResponse *resp = (void *)out;
     cm_arena *a = cm_rpc_ctx_arena(ctx);
+    memset(li, 0, sizeof *li);
     if (req->account_id <= 0)
         return fail_field(ctx, "account_id", "required: an account id from ListAccounts");
     int64_t from = 0, to = 0;
@@ -759,17 +882,30 @@ static int get_account_statement(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Pr
         return fail_field(ctx, "period.end_at", "required: a valid timestamp");
     if (to <= from)
         return fail_field(ctx, "period.end_at", "must be after period.start_at");
-    uint64_t fh = cm_page_filters(cm_arena_printf(a, "%lld|%lld|%lld", (long long)req->account_id,
+    li->filters = cm_page_filters(cm_arena_printf(a, "%lld|%lld|%lld", (long long)req->account_id,
                                                   (long long)from, (long long)to));
-    char pos[CM_PAGE_POSITION_MAX + 1];
-    const char *after;
-    int limit;
-    if (cm_page_begin(ctx, req->page_size, req->page_token, 's', fh, pos, &after, &limit))
+    li->from_ms = from;
+    li->to_ms = to;
+    if (page_begin(ctx, req->page_size, req->page_token, 's', li))
         return -1;
     /* the position: "<entry id>.<posting index>" */
-    long long after_id = 0, after_k = 0;
-    if (after && (sscanf(after, "%lld.%lld", &after_id, &after_k) != 2 || after_id <= 0))
+    if (li->after && (sscanf(li->after, "%lld.%lld", &li->at, &li->at_k) != 2 || li->at <= 0))
         return cm_page_bad_token(ctx);
+    return 0;
+}
+
+static int get_account_statement(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    const Commerce__Settlement__V1__GetAccountStatementRequest *req = (const void *)in;
+    Commerce__Settlement__V1__GetAccountStatementResponse *resp = (void *)out;
+    cm_arena *a = cm_rpc_ctx_arena(ctx);
+    stl_list_in li;
+    if (stl_api_statement_in(ctx, req, &li))
+        return -1;
+    uint64_t fh = li.filters;
+    int limit = li.limit;
+    int64_t from = li.from_ms, to = li.to_ms;
+    long long after_id = li.at, after_k = li.at_k;
     stl_account acct;
     stl_buckets open, close;
     stl_line *lines = cm_rpc_alloc(ctx, (size_t)(limit + 1) * sizeof *lines);

@@ -287,67 +287,94 @@ static int on_paid(stl_app *app, const cm_event *ev)
     return rc;
 }
 
-static int on_refunded(stl_app *app, cm_db *db, const cm_event *ev)
+int stl_ev_refund_in(const cm_event *ev, Commerce__Events__V1__OrderRefunded **msg,
+                     stl_refund_in *in)
 {
+    *msg = NULL;
     Commerce__Events__V1__OrderRefunded *p =
         commerce__events__v1__order_refunded__unpack(NULL, ev->len, ev->payload);
     if (!p)
         return CM_EINVAL;
     const char *tenant = *p->tenant_id ? p->tenant_id : ev->tenant_id;
     const Commerce__Order__V1__Refund *rf = p->refund;
-    int rc = CM_EINVAL;
-    if (rf && rf->amount && *tenant && cm_id_is_uuid(p->order_id) && valid_key(rf->refund_id)) {
-        stl_refund_in in = {.tenant = tenant,
-                            .order_id = p->order_id,
-                            .refund_id = rf->refund_id,
-                            .currency = rf->amount->currency,
-                            .event_id = ev->id,
-                            .traceparent = ev->traceparent,
-                            .amount = rf->amount->amount_minor};
-        rc = stl_ledger_refund(app->ledger, db, &in);
-        if (rc == CM_ENOTFOUND) {
-            /* the payment is not posted yet: parked until it is (or until
-             * the parker dead-letters it), the consumer goes on */
-            cm_log_warn("refund before its payment: parked", "tenant", tenant, "order_id",
-                        p->order_id, "refund_id", rf->refund_id, NULL);
-            cm_counter_add(app->parked, 1);
-            cm_park_refund pk = {.tenant = tenant,
-                                 .order_id = p->order_id,
-                                 .refund_id = rf->refund_id,
-                                 .event_id = ev->id,
-                                 .currency = in.currency,
-                                 .amount = in.amount,
-                                 .traceparent = ev->traceparent,
-                                 .topic = ev->topic,
-                                 .payload = ev->payload,
-                                 .len = ev->len};
-            rc = cm_park_add(db, &pk);
-        }
-    } else {
+    if (!(rf && rf->amount && *tenant && cm_id_is_uuid(p->order_id) && valid_key(rf->refund_id))) {
         cm_log_warn("OrderRefunded event refused: missing or invalid fields", "event_id", ev->id,
                     NULL);
+        protobuf_c_message_free_unpacked(&p->base, NULL);
+        return CM_EINVAL;
+    }
+    *in = (stl_refund_in){.tenant = tenant,
+                          .order_id = p->order_id,
+                          .refund_id = rf->refund_id,
+                          .currency = rf->amount->currency,
+                          .event_id = ev->id,
+                          .traceparent = ev->traceparent,
+                          .amount = rf->amount->amount_minor};
+    *msg = p;
+    return 0;
+}
+
+static int on_refunded(stl_app *app, cm_db *db, const cm_event *ev)
+{
+    Commerce__Events__V1__OrderRefunded *p;
+    stl_refund_in in;
+    int rc = stl_ev_refund_in(ev, &p, &in);
+    if (rc)
+        return rc;
+    rc = stl_ledger_refund(app->ledger, db, &in);
+    if (rc == CM_ENOTFOUND) {
+        /* the payment is not posted yet: parked until it is (or until the
+         * parker dead-letters it), the consumer goes on */
+        cm_log_warn("refund before its payment: parked", "tenant", in.tenant, "order_id",
+                    in.order_id, "refund_id", in.refund_id, NULL);
+        cm_counter_add(app->parked, 1);
+        cm_park_refund pk = {.tenant = in.tenant,
+                             .order_id = in.order_id,
+                             .refund_id = in.refund_id,
+                             .event_id = ev->id,
+                             .currency = in.currency,
+                             .amount = in.amount,
+                             .traceparent = ev->traceparent,
+                             .topic = ev->topic,
+                             .payload = ev->payload,
+                             .len = ev->len};
+        rc = cm_park_add(db, &pk);
     }
     protobuf_c_message_free_unpacked(&p->base, NULL);
     return rc;
 }
 
-static int on_completed(stl_app *app, cm_db *db, const cm_event *ev)
+int stl_ev_completed_in(const cm_event *ev, Commerce__Events__V1__OrderCompleted **msg,
+                        stl_completed_in *in)
 {
+    *msg = NULL;
     Commerce__Events__V1__OrderCompleted *p =
         commerce__events__v1__order_completed__unpack(NULL, ev->len, ev->payload);
     if (!p)
         return CM_EINVAL;
     const char *tenant = *p->tenant_id ? p->tenant_id : ev->tenant_id;
-    int rc = CM_EINVAL;
-    if (*tenant && cm_id_is_uuid(p->order_id)) {
-        int64_t at = ts_ms(p->order ? p->order->completed_at : NULL);
-        if (!at)
-            at = ts_ms(p->occurred_at);
-        rc = stl_ledger_complete(app->ledger, db, tenant, p->order_id, at);
-    } else {
+    if (!*tenant || !cm_id_is_uuid(p->order_id)) {
         cm_log_warn("OrderCompleted event refused: missing or invalid fields", "event_id", ev->id,
                     NULL);
+        protobuf_c_message_free_unpacked(&p->base, NULL);
+        return CM_EINVAL;
     }
+    int64_t at = ts_ms(p->order ? p->order->completed_at : NULL);
+    if (!at)
+        at = ts_ms(p->occurred_at);
+    *in = (stl_completed_in){.tenant = tenant, .order_id = p->order_id, .completed_ms = at};
+    *msg = p;
+    return 0;
+}
+
+static int on_completed(stl_app *app, cm_db *db, const cm_event *ev)
+{
+    Commerce__Events__V1__OrderCompleted *p;
+    stl_completed_in in;
+    int rc = stl_ev_completed_in(ev, &p, &in);
+    if (rc)
+        return rc;
+    rc = stl_ledger_complete(app->ledger, db, in.tenant, in.order_id, in.completed_ms);
     protobuf_c_message_free_unpacked(&p->base, NULL);
     return rc;
 }
@@ -474,10 +501,9 @@ static void cost_from_commission(stl_cost_event *out, const Commerce__Commission
     out->amount = money->amount_minor;
 }
 
-int stl_on_commission_event(cm_db *db, const cm_event *ev, void *arg)
+int stl_ev_cost_in(const cm_event *ev, ProtobufCMessage **msg_out, stl_cost_event *out)
 {
-    (void)db;
-    stl_app *app = arg;
+    *msg_out = NULL;
     stl_cost_event c = {.event_id = ev->id, .traceparent = ev->traceparent, .refund_id = ""};
     ProtobufCMessage *msg = NULL;
     const char *tenant = "";
@@ -522,11 +548,29 @@ int stl_on_commission_event(cm_db *db, const cm_event *ev, void *arg)
             ok = 1;
         }
     } else {
-        return 0;
+        return 1;
     }
     c.tenant = *tenant ? tenant : ev->tenant_id;
-    int rc = CM_EINVAL;
-    if (ok && cost_valid(&c))
+    if (!ok || !cost_valid(&c)) {
+        if (msg)
+            protobuf_c_message_free_unpacked(msg, NULL);
+        return CM_EINVAL;
+    }
+    *out = c;
+    *msg_out = msg;
+    return 0;
+}
+
+int stl_on_commission_event(cm_db *db, const cm_event *ev, void *arg)
+{
+    (void)db;
+    stl_app *app = arg;
+    ProtobufCMessage *msg;
+    stl_cost_event c;
+    int rc = stl_ev_cost_in(ev, &msg, &c);
+    if (rc == 1)
+        return 0; /* not ours to act on */
+    if (rc == 0)
         rc = stl_costs_stage(app->costs, &c);
     if (rc == CM_EINVAL)
         cm_log_warn("commission event refused: missing or invalid fields", "event_id", ev->id,

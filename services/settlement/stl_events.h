@@ -11,6 +11,7 @@
 
 #include "cm_arena.h"
 #include "cm_consumer.h"
+#include "stl_cost.h"
 #include "stl_ledger.h"
 #include "stl_run.h"
 #include "stl_store.h"
@@ -79,5 +80,25 @@ void stl_on_cost_committed(const cm_event *ev, int duplicate, void *arg);
  * or CM_EINVAL (not an OrderPaid encoding, or missing and invalid fields,
  * logged) with *msg NULL */
 int stl_ev_paid_in(const cm_event *ev, Commerce__Events__V1__OrderPaid **msg, stl_pay_in *in);
+
+/* the same for an OrderRefunded (the reversal's refund: a tenant, a UUID
+ * order, a valid refund key, an amount; its currency and size are checked
+ * against the payment by the ledger) and an OrderCompleted (completed_ms:
+ * the order's completed_at, else the event's occurred_at, 0 for neither) */
+int stl_ev_refund_in(const cm_event *ev, Commerce__Events__V1__OrderRefunded **msg,
+                     stl_refund_in *in);
+typedef struct stl_completed_in {
+    const char *tenant, *order_id;
+    int64_t completed_ms;
+} stl_completed_in;
+int stl_ev_completed_in(const cm_event *ev, Commerce__Events__V1__OrderCompleted **msg,
+                        stl_completed_in *in);
+
+/* a commission record (CommissionAccrued, CommissionClawedBack,
+ * CommissionAdjusted) decoded and checked as the cost consumer stages it:
+ * 0 with *msg (free with protobuf_c_message_free_unpacked) and *c pointing
+ * into it and into ev; 1 for another type; CM_EINVAL (not an encoding of
+ * its type, missing or invalid fields) with *msg NULL */
+int stl_ev_cost_in(const cm_event *ev, ProtobufCMessage **msg, stl_cost_event *c);
 
 #endif

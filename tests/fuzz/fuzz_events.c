@@ -1,25 +1,38 @@
 /*
- * the inbox's decoding of a kafka record, then the OrderPaid decode steps
- * of the two services that move money on it (settlement's ledger,
- * commission's accrual), without kafka or a database.
+ * the inbox's decoding of a kafka record, then the decode step of every
+ * consumer that acts on its type, without kafka or a database: inventory's
+ * order events (OrderPaid, OrderCancelled), settlement's (OrderPaid,
+ * OrderRefunded, OrderCompleted) and its commission-cost events
+ * (CommissionAccrued, CommissionClawedBack, CommissionAdjusted),
+ * commission's (OrderPaid, OrderRefunded, OrderCompleted).
  *
  * input: a flags byte, then for each of the 7 headers cm_event_decode
  * takes a length byte (255: absent) and that many bytes, then the key the
  * same way, then the payload (the rest). flags bit 0 sets content-type to
  * structured mode when it is absent, so the JSON attributes get fuzzed
- * without having to find the header first; bit 1 sets ce_type OrderPaid.
+ * without having to find the header first; bits 1-3, when ce_type is
+ * absent, set it to one of the types above (1 OrderPaid, 2 OrderRefunded,
+ * 3 OrderCompleted, 4 OrderCancelled, 5 CommissionAccrued,
+ * 6 CommissionClawedBack, 7 CommissionAdjusted; 0 none).
  *
  * invariants: every string of the event is NUL-terminated and no longer
  * than what it came from; a structured-mode record gets its attributes
- * only when it has no ce_id; an accepted OrderPaid names a UUID order, a
- * tenant, a valid currency and a non-negative amount.
+ * only when it has no ce_id; a decode step keeps its message exactly when
+ * it accepts; an accepted event names a tenant and a UUID order (a valid
+ * key for inventory), and what it moves has a known currency and an
+ * amount of the right sign (>= 0 paid, > 0 refunded at commission); a
+ * refund has a valid refund id; a commission cost has a valid channel, a
+ * UUID commission or adjustment; a completion has a time when the event
+ * had one.
  */
 #include "cm_consumer.h"
 #include "cm_err.h"
 #include "cm_id.h"
 #include "cm_log.h"
 #include "cm_money.h"
+#include "cm_pb.h"
 #include "cms_events.h"
+#include "inv_api.h"
 #include "stl_events.h"
 
 #include <stdio.h>
@@ -80,6 +93,107 @@ static void check_paid(const cm_event *ev)
     }
 }
 
+static void check_refunded(const cm_event *ev)
+{
+    Commerce__Events__V1__OrderRefunded *msg;
+    stl_refund_in s;
+    if (stl_ev_refund_in(ev, &msg, &s) == 0) {
+        if (!msg || !s.tenant || !*s.tenant || !cm_id_is_uuid(s.order_id) ||
+            !cm_id_key_valid(s.refund_id, 64) || !s.currency)
+            broken("settlement accepted an OrderRefunded with invalid fields");
+        protobuf_c_message_free_unpacked(&msg->base, NULL);
+    } else if (msg) {
+        broken("settlement refused an OrderRefunded but kept the message");
+    }
+    cms_refund_in c;
+    if (cms_ev_refund_in(ev, &msg, &c) == 0) {
+        if (!msg)
+            broken("commission accepted an OrderRefunded without its message");
+        if (c.tenant &&
+            (!*c.tenant || !cm_id_is_uuid(c.order_id) || !cm_id_key_valid(c.refund_id, 64) ||
+             !cm_money_currency_valid(c.currency) || c.amount <= 0 || c.payload != ev->payload ||
+             c.len != ev->len))
+            broken("commission accepted an OrderRefunded with invalid fields");
+        protobuf_c_message_free_unpacked(&msg->base, NULL);
+    } else if (msg) {
+        broken("commission refused an OrderRefunded but kept the message");
+    }
+}
+
+static void check_completed(const cm_event *ev)
+{
+    Commerce__Events__V1__OrderCompleted *msg;
+    stl_completed_in s;
+    if (stl_ev_completed_in(ev, &msg, &s) == 0) {
+        if (!msg || !s.tenant || !*s.tenant || !cm_id_is_uuid(s.order_id) ||
+            (msg->occurred_at && !s.completed_ms && cm_pb_timestamp_ms(msg->occurred_at)))
+            broken("settlement accepted an OrderCompleted with invalid fields");
+        protobuf_c_message_free_unpacked(&msg->base, NULL);
+    } else if (msg) {
+        broken("settlement refused an OrderCompleted but kept the message");
+    }
+    cms_completed_in c;
+    if (cms_ev_completed_in(ev, &msg, &c) == 0) {
+        if (!msg)
+            broken("commission accepted an OrderCompleted without its message");
+        if (c.tenant && (!*c.tenant || !cm_id_is_uuid(c.order_id) || !msg->occurred_at))
+            broken("commission accepted an OrderCompleted with invalid fields");
+        protobuf_c_message_free_unpacked(&msg->base, NULL);
+    } else if (msg) {
+        broken("commission refused an OrderCompleted but kept the message");
+    }
+}
+
+/* inventory: OrderPaid confirms, OrderCancelled releases */
+static void check_inventory(const cm_event *ev)
+{
+    ProtobufCMessage *msg;
+    inv_order_in in;
+    int rc = inv_ev_order_in(ev, &msg, &in);
+    if ((rc == 0) != (msg != NULL))
+        broken("inventory kept the message of a refused event, or lost an accepted one's");
+    if (rc == 0) {
+        int paid = strcmp(ev->type, "commerce.events.v1.OrderPaid") == 0;
+        if (!in.tenant || !*in.tenant || !inv_valid_key(in.order_id, INV_KEY_MAX) ||
+            in.to != (paid ? INV_CONFIRMED : INV_RELEASED))
+            broken("inventory accepted an order event with invalid fields");
+        protobuf_c_message_free_unpacked(msg, NULL);
+    } else if (rc != CM_EINVAL) {
+        broken("inventory skipped an event type it acts on");
+    }
+}
+
+/* settlement: the commission cost */
+static void check_cost(const cm_event *ev)
+{
+    ProtobufCMessage *msg;
+    stl_cost_event c;
+    int rc = stl_ev_cost_in(ev, &msg, &c);
+    if ((rc == 0) != (msg != NULL))
+        broken("settlement kept the message of a refused commission event, or lost one");
+    if (rc == 0) {
+        if (!c.tenant || !*c.tenant || !cm_id_key_valid(c.channel, 64) ||
+            !cm_money_currency_valid(c.currency) ||
+            !cm_id_is_uuid(c.kind == STL_COST_ADJUSTED ? c.adjustment_id : c.commission_id) ||
+            (c.kind == STL_COST_CLAWED_BACK && !cm_id_key_valid(c.refund_id, 64)))
+            broken("settlement accepted a commission event with invalid fields");
+        protobuf_c_message_free_unpacked(msg, NULL);
+    } else if (rc != CM_EINVAL) {
+        broken("settlement skipped a commission event type it acts on");
+    }
+}
+
+static const char *const types[8] = {
+    NULL,
+    "commerce.events.v1.OrderPaid",
+    "commerce.events.v1.OrderRefunded",
+    "commerce.events.v1.OrderCompleted",
+    "commerce.events.v1.OrderCancelled",
+    "commerce.events.v1.CommissionAccrued",
+    "commerce.events.v1.CommissionClawedBack",
+    "commerce.events.v1.CommissionAdjusted",
+};
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -101,8 +215,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         val[4] = "application/cloudevents+json; charset=UTF-8";
         len[4] = strlen(val[4]);
     }
-    if ((flags & 2) && !val[1]) {
-        val[1] = "commerce.events.v1.OrderPaid";
+    if (types[(flags >> 1) & 7] && !val[1]) {
+        val[1] = types[(flags >> 1) & 7];
         len[1] = strlen(val[1]);
     }
     const void *key;
@@ -131,8 +245,20 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             broken("the id is longer than ce_id");
         if (strlen(ev.key) > ev.key_len || ev.len != left)
             broken("key or payload changed on the way");
-        if (strcmp(ev.type, "commerce.events.v1.OrderPaid") == 0)
+        int t = 0;
+        for (int i = 1; i < 8; i++)
+            if (strcmp(ev.type, types[i]) == 0)
+                t = i;
+        if (t == 1)
             check_paid(&ev);
+        else if (t == 2)
+            check_refunded(&ev);
+        else if (t == 3)
+            check_completed(&ev);
+        if (t == 1 || t == 4)
+            check_inventory(&ev);
+        if (t >= 5)
+            check_cost(&ev);
         free(buf);
     }
     free(payload);

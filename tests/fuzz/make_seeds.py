@@ -17,6 +17,7 @@ sys.path.insert(0, sys.argv[1] if len(sys.argv) > 1 else "build-fuzz/gen/python"
 from google.protobuf import text_format  # noqa: E402
 
 from commerce.commission.v1 import commission_service_pb2 as cms  # noqa: E402
+from commerce.events.v1 import commission_events_pb2 as cev  # noqa: E402
 from commerce.events.v1 import order_events_pb2 as oev  # noqa: E402
 from commerce.inventory.v1 import inventory_service_pb2 as inv  # noqa: E402
 from commerce.order.v1 import order_service_pb2 as ords  # noqa: E402
@@ -42,37 +43,116 @@ def rpc(harness, module, service, requests):
     for i, m in enumerate(methods):
         # every method with an empty request, so each is reachable
         write(harness, "%02d-%s-empty" % (i, m.name), bytes([i]))
+    names = set()
     for method, text in requests:
         i = [m.name for m in methods].index(method)
         msg = module.__dict__[methods[i].input_type.name]()
         text_format.Parse(text, msg)
-        write(harness, "%02d-%s-%d" % (i, method, len(text)), bytes([i]) + msg.SerializeToString())
+        name = "%02d-%s-%d" % (i, method, len(text))
+        while name in names:  # two requests of one method with texts of one length
+            name += "b"
+        names.add(name)
+        write(harness, name, bytes([i]) + msg.SerializeToString())
+
+
+def fnv(canonical):
+    """cm_page_filters: the 64-bit FNV-1a of a listing's canonical filters"""
+    h = 14695981039346656037
+    for c in canonical.encode():
+        h = ((h ^ c) * 1099511628211) & 0xFFFFFFFFFFFFFFFF
+    return h
+
+
+def tok(kind, canonical, position):
+    """a next_page_token as cm_page_token writes it for these filters"""
+    return ("%s.%016x.%s" % (kind, fnv(canonical), position)).encode().hex()
+
+
+PAYOUT_ID = "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a60"
+TS = "{ seconds: 1764000000 }"
+TS2 = "{ seconds: 1764086400 }"
+FUTURE = "{ seconds: 4102444800 }"
 
 
 def rpcs():
     rpc("rpc_order", ords, "OrderService", [
         ("CreateOrder", 'request_id: "r1" buyer_id: "b1" merchant_id: "m1" currency: "CNY" '
                         'lines { sku: "sku-1" quantity: 2 unit_price { amount_minor: 1999 currency: "CNY" } } '
-                        'lines { sku: "sku-2" quantity: 1 } payment_timeout { seconds: 900 }'),
+                        'lines { sku: "sku-2" quantity: 1 unit_price { amount_minor: 500 currency: "CNY" } } '
+                        'payment_timeout { seconds: 900 }'),
         ("CreateOrder", 'request_id: "r2" buyer_id: "b1" merchant_id: "m1" channel_id: "c1" currency: "JPY" '
-                        'lines { sku: "s" quantity: 1 } external_ref: "ext-1"'),
+                        'lines { sku: "s" quantity: 1 unit_price { amount_minor: 300 currency: "JPY" } } '
+                        'external_ref: "ext-1"'),
         ("GetOrder", 'order_id: "%s"' % ORDER_ID),
         ("RefundOrder", 'refund_id: "rf-1" order_id: "%s" scope: 1 reason: "damaged"' % ORDER_ID),
         ("RefundOrder", 'refund_id: "rf-2" order_id: "%s" scope: 2 lines { sku: "sku-1" quantity: 1 } '
                         'lines { sku: "sku-2" quantity: 2 }' % ORDER_ID),
         ("RefundOrder", 'refund_id: "rf-3" order_id: "%s" scope: 3 '
                         'amount { amount_minor: 500 currency: "CNY" }' % ORDER_ID),
+        ("MarkPaid", 'payment_id: "pay-1" order_id: "%s" amount { amount_minor: 3998 currency: "CNY" } '
+                     'provider: "alipay" provider_reference: "2026120122001" paid_at %s' % (ORDER_ID, TS)),
+        ("CancelOrder", 'request_id: "c1" order_id: "%s" reason: 1 note: "changed my mind"' % ORDER_ID),
+        ("ShipOrder", 'request_id: "s1" order_id: "%s" carrier: "SF" tracking_number: "SF123" '
+                      'shipped_at %s' % (ORDER_ID, TS)),
+        ("CompleteOrder", 'request_id: "d1" order_id: "%s" completed_at %s' % (ORDER_ID, TS)),
+        ("PutTenantSettings", 'request_id: "t1" actor: "ops" reason: "flash week" expected_revision: 1 '
+                              'settings { payment_timeout { seconds: 1800 } '
+                              'flash_payment_timeout { seconds: 300 } auto_complete_after { seconds: 864000 } }'),
+        ("QueryMargin", 'sku: "sku-1" paid { start_at %s end_at %s }' % (TS, TS2)),
+        ("ListOrders", 'buyer_id: "b1" states: 2 states: 1 created { start_at %s end_at %s } '
+                       'paid { start_at %s } page_size: 20' % (TS, TS2, TS)),
+        ("ListOrders", 'buyer_id: "b1" page_token: "%s"'
+                       % tok("o", "b=b1\nm=\nc=\nf=0\nt=0\ns=", "1764000000000." + ORDER_ID)),
     ])
     rpc("rpc_inventory", inv, "InventoryService", [
         ("Reserve", 'order_id: "o1" buyer_id: "b1" lines { sku: "sku-1" quantity: 2 } '
                     'lines { sku: "sku-2" quantity: 1 } ttl { seconds: 600 }'),
         ("Reserve", 'order_id: "o2" lines { sku: "a" quantity: 1 }'),
+        ("SetStock", 'request_id: "r1" sku: "sku-1" available: 100 reason: "count" actor: "ops"'),
+        ("AdjustStock", 'request_id: "r2" sku: "sku-1" delta: -3 reason: "damaged" actor: "ops" '
+                        'expected_version: 4'),
+        ("SetCost", 'request_id: "r3" sku: "sku-1" unit_cost { amount_minor: 1200 currency: "CNY" } '
+                    'reason: "supplier" actor: "ops" expected_cost_version: 1'),
+        ("Confirm", 'order_id: "o1"'),
+        ("Release", 'order_id: "o1"'),
+        ("ConfigureFlashSale", 'request_id: "r4" sku: "sku-1" starts_at %s ends_at %s sale_stock: 100 '
+                               'per_buyer_limit: 1 actor: "ops"' % (TS, FUTURE)),
+        ("ConfigureFlashSale", 'request_id: "r5" flash_sale_id: "fs-1" expected_version: 2 sku: "sku-1" '
+                               'starts_at %s ends_at %s sale_stock: 50 per_buyer_limit: 2 actor: "ops"'
+                               % (TS, FUTURE)),
+        # refused: the window ended (the one check against the clock)
+        ("ConfigureFlashSale", 'request_id: "r6" sku: "sku-1" starts_at %s ends_at %s sale_stock: 1 '
+                               'per_buyer_limit: 1 actor: "ops"' % (TS, TS2)),
+        ("BatchGetStock", 'skus: "sku-1" skus: "sku-2"'),
+        ("CheckInvariants", 'skus: "sku-1"'),
+        ("ListStockChanges", 'sku: "sku-1" kinds: 1 occurred { start_at %s end_at %s } page_size: 5'
+                             % (TS, TS2)),
+        ("ListStockChanges", 'sku: "sku-1" kinds: 1 page_token: "%s"'
+                             % tok("c", "s=sku-1;o=;k=1,;f=0:0;t=0:0", "12345")),
+        ("ListFlashSales", 'sku: "sku-1" states: 2 page_token: "%s"' % tok("f", "s=sku-1;st=2,", "fs-1")),
     ])
     rpc("rpc_settlement", stl, "SettlementService", [
         ("PutSplitRule", 'request_id: "r1" rule { merchant_id: "m1" currency: "CNY" '
                          'receivers { type: 1 receiver_id: "platform" share_bps: 1000 } '
                          'receivers { type: 2 receiver_id: "m1" share_bps: 9000 settle_delay_days: 7 } '
                          'fee { bps: 60 } merchant_settle_delay_days: 1 }'),
+        ("GetSplitRule", 'merchant_id: "m1" currency: "CNY" version: 2'),
+        ("PutTenantSettings", 'request_id: "r2" expected_revision: 1 settings { time_zone: "Asia/Shanghai" '
+                              'max_split_bps: 3000 run_at: "02:30" }'),
+        ("RunSettlement", 'business_date { year: 2026 month: 2 day: 28 }'),
+        ("ReportPayoutResult", 'payout_id: "%s" result: 2 provider_reference: "bank-1"' % PAYOUT_ID),
+        ("ReportPayoutResult", 'payout_id: "%s" result: 3 failure_reason: "account closed"' % PAYOUT_ID),
+        ("ListSplitRuleVersions", 'merchant_id: "m1" currency: "CNY" page_token: "%s"'
+                                  % tok("r", "m1|CNY", "3")),
+        ("ListAccounts", 'party { type: 1 id: "m1" } currency: "CNY" page_size: 10'),
+        ("ListAccounts", 'page_token: "%s"' % tok("a", "0|\x01|", "42")),
+        ("ListJournalEntries", 'order_id: "%s" posted { start_at %s end_at %s }' % (ORDER_ID, TS, TS2)),
+        ("ListJournalEntries", 'account_id: 7 page_token: "%s"' % tok("e", "|7|0|0", "100")),
+        ("ListSettlementRuns", 'page_token: "%s"' % tok("u", "runs", "2026-12-01")),
+        ("ListPayouts", 'state: 2 account_id: 7 page_token: "%s"'
+                        % tok("p", "2|7", "1764000000000." + PAYOUT_ID)),
+        ("GetAccountStatement", 'account_id: 7 period { start_at %s end_at %s } page_token: "%s"'
+                                % (TS, TS2, tok("s", "7|1764000000000|1764086400000", "100.2"))),
     ])
     rpc("rpc_commission", cms, "CommissionService", [
         ("PutTierSchedule", 'request_id: "r1" schedule { tier_schedule_id: "std" name: "standard" '
@@ -80,6 +160,20 @@ def rpcs():
                             'tiers { from_sales { amount_minor: 0 currency: "CNY" } rate_bps: 500 } '
                             'tiers { from_sales { amount_minor: 1000000 currency: "CNY" } rate_bps: 800 } '
                             'mode: 1 channel_types: 1 payer: 1 min_payout_minor: 100 }'),
+        ("PutChannel", 'request_id: "r2" channel { channel_id: "c2" name: "Kol two" type: 1 state: 1 '
+                       'parent_channel_id: "c1" parent_override_bps: 500 tier_schedule_id: "std" '
+                       'partner_id: "p1" }'),
+        ("SettleCommissions", 'request_id: "r3" channel_id: "c1" currency: "CNY" period_start %s' % TS),
+        ("ReportPayoutResult", 'payout_id: "%s" result: 2 provider_reference: "bank-1"' % PAYOUT_ID),
+        ("ClosePeriod", 'channel_id: "c1" tier_schedule_id: "std" period_start %s' % TS),
+        ("PutTenantSettings", 'request_id: "r4" settings { after_sale_window { seconds: 604800 } }'),
+        ("GetChannelSummary", 'channel_id: "c1" at %s' % TS),
+        ("ListChannels", 'states: 1 tier_schedule_id: "std" page_token: "%s"' % tok("c", "2|std", "c1")),
+        ("ListCommissions", 'channel_id: "c1" states: 1 accrued { start_at %s end_at %s } page_token: "%s"'
+                            % (TS, TS2, tok("m", "c1|2||1764000000000|1764086400000",
+                                            "1764000000000." + ORDER_ID))),
+        ("ListAdjustments", 'channel_id: "c1" page_token: "%s"' % tok("j", "c1", "1764000000000." + ORDER_ID)),
+        ("ListPayouts", 'channel_id: "c1" states: 1 page_token: "%s"' % tok("p", "c1|2", PAYOUT_ID)),
     ])
 
 
@@ -163,6 +257,44 @@ def events():
     write("events", "structured-with-header",
           event(0, [None, None, None, None, b"application/cloudevents+json", None, None], b"k", js))
     write("events", "typed-paid", event(2, [b"0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5e"] + [None] * 6, b"k", p))
+    # every other type a consumer acts on, binary mode, ce_type from flags bits 1-3
+    eid = [b"0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a61"]
+    refunded = oev.OrderRefunded()
+    text_format.Parse('event_id: "e2" tenant_id: "acme" order_id: "%s" occurred_at %s '
+                      'order { merchant_id: "m1" channel_id: "c1" } '
+                      'refund { refund_id: "rf-1" amount { amount_minor: 500 currency: "CNY" } }'
+                      % (ORDER_ID, TS), refunded)
+    write("events", "typed-refunded", event(4, eid + [None] * 6, b"k", refunded.SerializeToString()))
+    completed = oev.OrderCompleted()
+    text_format.Parse('event_id: "e3" tenant_id: "acme" order_id: "%s" occurred_at %s '
+                      'order { merchant_id: "m1" channel_id: "c1" completed_at %s }'
+                      % (ORDER_ID, TS2, TS), completed)
+    write("events", "typed-completed", event(6, eid + [None] * 6, b"k", completed.SerializeToString()))
+    cancelled = oev.OrderCancelled()
+    text_format.Parse('event_id: "e4" order_id: "%s"' % ORDER_ID, cancelled)
+    write("events", "typed-cancelled-tenant-header",
+          event(8, eid + [None] * 5 + [b"acme"], b"k", cancelled.SerializeToString()))
+    accrued = cev.CommissionAccrued()
+    text_format.Parse('event_id: "e5" tenant_id: "acme" channel_id: "c1" occurred_at %s '
+                      'commission { commission_id: "%s" channel_id: "c1" order_id: "%s" merchant_id: "m1" '
+                      'amount { amount_minor: 200 currency: "CNY" } }' % (TS, PAYOUT_ID, ORDER_ID), accrued)
+    write("events", "typed-accrued", event(10, eid + [None] * 6, b"k", accrued.SerializeToString()))
+    clawed = cev.CommissionClawedBack()
+    clawed.CopyFrom(cev.CommissionClawedBack(event_id="e6", tenant_id="acme", channel_id="c1",
+                                             commission=accrued.commission, refund_id="rf-1"))
+    clawed.clawback_amount.amount_minor = 25
+    clawed.clawback_amount.currency = "CNY"
+    write("events", "typed-clawed-back", event(12, eid + [None] * 6, b"k", clawed.SerializeToString()))
+    adjusted = cev.CommissionAdjusted()
+    text_format.Parse('event_id: "e7" tenant_id: "acme" channel_id: "c1" '
+                      'adjustment { adjustment_id: "%s" channel_id: "c1" kind: 1 order_id: "%s" '
+                      'amount { amount_minor: -40 currency: "CNY" } }' % (PAYOUT_ID, ORDER_ID), adjusted)
+    write("events", "typed-adjusted", event(14, eid + [None] * 6, b"k", adjusted.SerializeToString()))
+    closed = cev.CommissionAdjusted()
+    text_format.Parse('event_id: "e8" tenant_id: "acme" channel_id: "c1" '
+                      'adjustment { adjustment_id: "%s" channel_id: "c1" kind: 4 '
+                      'amount { amount_minor: 90 currency: "CNY" } }' % PAYOUT_ID, closed)
+    write("events", "typed-adjusted-period-close", event(14, eid + [None] * 6, b"k", closed.SerializeToString()))
 
 
 def text():
