@@ -87,6 +87,34 @@ int cms_api_adjustments_in(cm_rpc_ctx *ctx,
 int cms_api_payouts_in(cm_rpc_ctx *ctx, const Commerce__Commission__V1__ListPayoutsRequest *req,
                        cms_list_in *li);
 
+/* the partner methods' checks before any i/o (partners.c), each also run
+ * by tests/fuzz: 0, or the failure recorded in ctx naming the field.
+ * PutPartner: request_id, expected_revision, the partner's id, name and
+ * channel ids (at most 1000, none twice), and a webhook that is on or has a
+ * url: NOT_CONFIGURED with a url when the replica cannot store secrets
+ * (secrets 0), its url checked against policy (the feed's,
+ * cms_webhook_url_check). RotateWebhookSecret: NOT_CONFIGURED when secrets
+ * is 0; *ttl_ms the previous secret's time to live (a day by default).
+ * ReplayPartnerEvents: *from and *to the range in ms, to > from. whether
+ * the partner, its channels or the event exist is read after these */
+struct cms_webhook_policy;
+int cms_api_partner_in(cm_rpc_ctx *ctx, const Commerce__Commission__V1__PutPartnerRequest *req,
+                       const struct cms_webhook_policy *policy, int secrets);
+int cms_api_get_partner_in(cm_rpc_ctx *ctx, const Commerce__Commission__V1__GetPartnerRequest *req);
+int cms_api_partners_in(cm_rpc_ctx *ctx, const Commerce__Commission__V1__ListPartnersRequest *req,
+                        cms_list_in *li);
+int cms_api_rotate_in(cm_rpc_ctx *ctx,
+                      const Commerce__Commission__V1__RotateWebhookSecretRequest *req, int secrets,
+                      int64_t *ttl_ms);
+int cms_api_deliveries_in(cm_rpc_ctx *ctx,
+                          const Commerce__Commission__V1__ListWebhookDeliveriesRequest *req,
+                          cms_list_in *li);
+int cms_api_redeliver_in(cm_rpc_ctx *ctx,
+                         const Commerce__Commission__V1__RedeliverWebhookEventRequest *req);
+int cms_api_replay_in(cm_rpc_ctx *ctx,
+                      const Commerce__Commission__V1__ReplayPartnerEventsRequest *req,
+                      int64_t *from, int64_t *to);
+
 int cms_app_init(cm_service *svc, void **app, char *err, size_t errlen);
 void cms_app_fini(cm_service *svc, void *app);
 

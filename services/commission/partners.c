@@ -325,12 +325,10 @@ static int put_in_tx(cm_db *db, void *arg)
                                     revision, t->principal);
 }
 
-int cms_rpc_put_partner(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+int cms_api_partner_in(cm_rpc_ctx *ctx, const Commerce__Commission__V1__PutPartnerRequest *req,
+                       const struct cms_webhook_policy *policy, int secrets)
 {
-    const Commerce__Commission__V1__PutPartnerRequest *req = (const void *)in;
-    Commerce__Commission__V1__PutPartnerResponse *resp = (void *)out;
     cm_arena *a = cm_rpc_ctx_arena(ctx);
-    const cms_app *app = cm_service_app(ctx);
     if (!cm_id_key_valid(req->request_id, CMS_ID_MAX))
         return cm_rpc_fail_field(ctx, "request_id", "required: " KEY_RULE);
     if (req->expected_revision < 0)
@@ -345,8 +343,6 @@ int cms_rpc_put_partner(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMe
                                  "required: 1-128 characters, no control characters");
     if (p->n_channel_ids > CHANNELS_MAX)
         return cm_rpc_fail_field(ctx, "partner.channel_ids", "at most 1000 channels");
-    cm_buf ch = {0}, canon = {0};
-    cm_buf_array_begin(&ch);
     for (size_t i = 0; i < p->n_channel_ids; i++) {
         const char *c = p->channel_ids[i];
         const char *bad = NULL;
@@ -355,25 +351,36 @@ int cms_rpc_put_partner(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMe
         for (size_t j = 0; !bad && j < i; j++)
             if (strcmp(p->channel_ids[j], c) == 0)
                 bad = cm_arena_printf(a, "repeats channel_ids[%zu]", j);
-        if (bad) {
-            cm_buf_free(&ch);
+        if (bad)
             return cm_rpc_fail_field(ctx, cm_arena_printf(a, "partner.channel_ids[%zu]", i), bad);
-        }
-        cm_buf_array_text(&ch, c);
     }
-    cm_buf_array_end(&ch);
     const Commerce__Commission__V1__PartnerWebhook *w = p->webhook;
-    if (w && w->url[0] && !cms_feed_secrets_writable(app->feed)) {
-        cm_buf_free(&ch);
+    if (w && w->url[0] && !secrets)
         return fail_not_configured(ctx);
-    }
     if (w && (w->enabled || w->url[0])) {
         char why[256];
-        if (cms_webhook_url_check(cms_feed_policy(app->feed), w->url, why, sizeof why)) {
-            cm_buf_free(&ch);
+        if (cms_webhook_url_check(policy, w->url, why, sizeof why))
             return cm_rpc_fail_field(ctx, "partner.webhook.url", why);
-        }
     }
+    return 0;
+}
+
+int cms_rpc_put_partner(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    const Commerce__Commission__V1__PutPartnerRequest *req = (const void *)in;
+    Commerce__Commission__V1__PutPartnerResponse *resp = (void *)out;
+    cm_arena *a = cm_rpc_ctx_arena(ctx);
+    const cms_app *app = cm_service_app(ctx);
+    if (cms_api_partner_in(ctx, req, cms_feed_policy(app->feed),
+                           cms_feed_secrets_writable(app->feed)))
+        return -1;
+    const pb_partner_t *p = req->partner;
+    const Commerce__Commission__V1__PartnerWebhook *w = p->webhook;
+    cm_buf ch = {0}, canon = {0};
+    cm_buf_array_begin(&ch);
+    for (size_t i = 0; i < p->n_channel_ids; i++)
+        cm_buf_array_text(&ch, p->channel_ids[i]);
+    cm_buf_array_end(&ch);
     int kafka = p->kafka && p->kafka->enabled;
     const char *tenant = cm_rpc_ctx_tenant(ctx);
     /* the canonical body: what makes a retry the same request */
@@ -462,11 +469,16 @@ int cms_rpc_put_partner(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMe
 
 /* ---- GetPartner, ListPartners ---- */
 
+int cms_api_get_partner_in(cm_rpc_ctx *ctx, const Commerce__Commission__V1__GetPartnerRequest *req)
+{
+    return partner_call(ctx, NULL, req->partner_id);
+}
+
 int cms_rpc_get_partner(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
 {
     const Commerce__Commission__V1__GetPartnerRequest *req = (const void *)in;
     Commerce__Commission__V1__GetPartnerResponse *resp = (void *)out;
-    if (partner_call(ctx, NULL, req->partner_id))
+    if (cms_api_get_partner_in(ctx, req))
         return -1;
     int rc = load_partner(cm_service_db(ctx), cm_rpc_ctx_arena(ctx), cm_rpc_ctx_tenant(ctx),
                           req->partner_id, &resp->partner);
@@ -475,17 +487,26 @@ int cms_rpc_get_partner(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMe
     return rc ? cm_rpc_fail_err(ctx, rc, "could not read the partner") : 0;
 }
 
+int cms_api_partners_in(cm_rpc_ctx *ctx, const Commerce__Commission__V1__ListPartnersRequest *req,
+                        cms_list_in *li)
+{
+    memset(li, 0, sizeof *li);
+    li->filters = cm_page_filters("partners");
+    return cm_page_begin(ctx, req->page_size, req->page_token, 'p', li->filters, li->pos,
+                         &li->after, &li->limit);
+}
+
 int cms_rpc_list_partners(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
 {
     const Commerce__Commission__V1__ListPartnersRequest *req = (const void *)in;
     Commerce__Commission__V1__ListPartnersResponse *resp = (void *)out;
     cm_arena *a = cm_rpc_ctx_arena(ctx);
-    uint64_t fh = cm_page_filters("partners");
-    char pos[CM_PAGE_POSITION_MAX + 1];
-    const char *after;
-    int limit;
-    if (cm_page_begin(ctx, req->page_size, req->page_token, 'p', fh, pos, &after, &limit))
+    cms_list_in li;
+    if (cms_api_partners_in(ctx, req, &li))
         return -1;
+    uint64_t fh = li.filters;
+    const char *after = li.after;
+    int limit = li.limit;
     const char *tenant = cm_rpc_ctx_tenant(ctx);
     char lim[16];
     snprintf(lim, sizeof lim, "%d", limit + 1);
@@ -590,23 +611,33 @@ static int rotate_in_tx(cm_db *db, void *arg)
                                     t->principal);
 }
 
+int cms_api_rotate_in(cm_rpc_ctx *ctx,
+                      const Commerce__Commission__V1__RotateWebhookSecretRequest *req, int secrets,
+                      int64_t *ttl_ms)
+{
+    if (partner_call(ctx, req->request_id, req->partner_id))
+        return -1;
+    if (!secrets)
+        return fail_not_configured(ctx);
+    *ttl_ms = 86400000;
+    if (req->previous_secret_ttl) {
+        if (cm_pb_duration_check(req->previous_secret_ttl, ttl_ms) || *ttl_ms < 0 ||
+            req->previous_secret_ttl->nanos != 0 || *ttl_ms > 7LL * 86400000)
+            return cm_rpc_fail_field(ctx, "previous_secret_ttl", "whole seconds from 0 to 7 days");
+    }
+    return 0;
+}
+
 int cms_rpc_rotate_webhook_secret(cm_rpc_ctx *ctx, const ProtobufCMessage *in,
                                   ProtobufCMessage *out)
 {
     const Commerce__Commission__V1__RotateWebhookSecretRequest *req = (const void *)in;
     Commerce__Commission__V1__RotateWebhookSecretResponse *resp = (void *)out;
     cm_arena *a = cm_rpc_ctx_arena(ctx);
-    if (partner_call(ctx, req->request_id, req->partner_id))
-        return -1;
     const cms_app *app = cm_service_app(ctx);
-    if (!cms_feed_secrets_writable(app->feed))
-        return fail_not_configured(ctx);
-    int64_t ttl_ms = 86400000;
-    if (req->previous_secret_ttl) {
-        if (cm_pb_duration_check(req->previous_secret_ttl, &ttl_ms) || ttl_ms < 0 ||
-            req->previous_secret_ttl->nanos != 0 || ttl_ms > 7LL * 86400000)
-            return cm_rpc_fail_field(ctx, "previous_secret_ttl", "whole seconds from 0 to 7 days");
-    }
+    int64_t ttl_ms;
+    if (cms_api_rotate_in(ctx, req, cms_feed_secrets_writable(app->feed), &ttl_ms))
+        return -1;
     char body[160], hash[CM_SHA256_HEX];
     snprintf(body, sizeof body, "rotate.v1|%s|%lld", req->partner_id, (long long)ttl_ms);
     cm_sha256_hex(body, strlen(body), hash);
@@ -743,23 +774,36 @@ static int partner_exists(cm_db *db, const char *tenant, const char *partner, in
     return n ? 0 : CM_ENOTFOUND;
 }
 
+int cms_api_deliveries_in(cm_rpc_ctx *ctx,
+                          const Commerce__Commission__V1__ListWebhookDeliveriesRequest *req,
+                          cms_list_in *li)
+{
+    memset(li, 0, sizeof *li);
+    if (partner_call(ctx, NULL, req->partner_id))
+        return -1;
+    char f[CMS_PARTNER_ID_MAX + 16];
+    snprintf(f, sizeof f, "%s|%d", req->partner_id, (int)req->pending_only);
+    li->filters = cm_page_filters(f);
+    if (cm_page_begin(ctx, req->page_size, req->page_token, 'w', li->filters, li->pos, &li->after,
+                      &li->limit))
+        return -1;
+    if (li->after && strspn(li->after, "0123456789") != strlen(li->after))
+        return cm_page_bad_token(ctx);
+    return 0;
+}
+
 int cms_rpc_list_webhook_deliveries(cm_rpc_ctx *ctx, const ProtobufCMessage *in,
                                     ProtobufCMessage *out)
 {
     const Commerce__Commission__V1__ListWebhookDeliveriesRequest *req = (const void *)in;
     Commerce__Commission__V1__ListWebhookDeliveriesResponse *resp = (void *)out;
     cm_arena *a = cm_rpc_ctx_arena(ctx);
-    if (partner_call(ctx, NULL, req->partner_id))
+    cms_list_in li;
+    if (cms_api_deliveries_in(ctx, req, &li))
         return -1;
-    uint64_t fh =
-        cm_page_filters(cm_arena_printf(a, "%s|%d", req->partner_id, (int)req->pending_only));
-    char pos[CM_PAGE_POSITION_MAX + 1];
-    const char *after;
-    int limit;
-    if (cm_page_begin(ctx, req->page_size, req->page_token, 'w', fh, pos, &after, &limit))
-        return -1;
-    if (after && strspn(after, "0123456789") != strlen(after))
-        return cm_page_bad_token(ctx);
+    uint64_t fh = li.filters;
+    const char *after = li.after;
+    int limit = li.limit;
     const char *tenant = cm_rpc_ctx_tenant(ctx);
     cm_db *db = cm_service_db(ctx);
     int rc = partner_exists(db, tenant, req->partner_id, NULL, NULL);
@@ -891,16 +935,24 @@ static int queue_fail(cm_rpc_ctx *ctx, const queue_tx *t)
     }
 }
 
+int cms_api_redeliver_in(cm_rpc_ctx *ctx,
+                         const Commerce__Commission__V1__RedeliverWebhookEventRequest *req)
+{
+    if (partner_call(ctx, req->request_id, req->partner_id))
+        return -1;
+    if (!cm_id_is_uuid(req->event_id))
+        return cm_rpc_fail_field(ctx, "event_id", "required: a UUID");
+    return 0;
+}
+
 int cms_rpc_redeliver_webhook_event(cm_rpc_ctx *ctx, const ProtobufCMessage *in,
                                     ProtobufCMessage *out)
 {
     const Commerce__Commission__V1__RedeliverWebhookEventRequest *req = (const void *)in;
     Commerce__Commission__V1__RedeliverWebhookEventResponse *resp = (void *)out;
     cm_arena *a = cm_rpc_ctx_arena(ctx);
-    if (partner_call(ctx, req->request_id, req->partner_id))
+    if (cms_api_redeliver_in(ctx, req))
         return -1;
-    if (!cm_id_is_uuid(req->event_id))
-        return cm_rpc_fail_field(ctx, "event_id", "required: a UUID");
     char body[200], hash[CM_SHA256_HEX];
     snprintf(body, sizeof body, "redeliver.v1|%s|%s", req->partner_id, req->event_id);
     cm_sha256_hex(body, strlen(body), hash);
@@ -1007,11 +1059,10 @@ static int replay_in_tx(cm_db *db, void *arg)
                                     t->principal);
 }
 
-int cms_rpc_replay_partner_events(cm_rpc_ctx *ctx, const ProtobufCMessage *in,
-                                  ProtobufCMessage *out)
+int cms_api_replay_in(cm_rpc_ctx *ctx,
+                      const Commerce__Commission__V1__ReplayPartnerEventsRequest *req,
+                      int64_t *from, int64_t *to)
 {
-    const Commerce__Commission__V1__ReplayPartnerEventsRequest *req = (const void *)in;
-    Commerce__Commission__V1__ReplayPartnerEventsResponse *resp = (void *)out;
     if (partner_call(ctx, req->request_id, req->partner_id))
         return -1;
     if (*req->channel_id && !cm_id_key_valid(req->channel_id, CMS_ID_MAX))
@@ -1019,15 +1070,26 @@ int cms_rpc_replay_partner_events(cm_rpc_ctx *ctx, const ProtobufCMessage *in,
     int target = (int)req->target;
     if (target != 1 && target != 2)
         return cm_rpc_fail_field(ctx, "target", "required: KAFKA or WEBHOOK");
-    int64_t from = 0, to = 0;
     if (!req->range || !req->range->start_at || !req->range->end_at)
         return cm_rpc_fail_field(ctx, "range", "required: start_at and end_at");
-    if (cm_pb_timestamp_check(req->range->start_at, &from))
+    if (cm_pb_timestamp_check(req->range->start_at, from))
         return cm_rpc_fail_field(ctx, "range.start_at", "not a valid timestamp");
-    if (cm_pb_timestamp_check(req->range->end_at, &to))
+    if (cm_pb_timestamp_check(req->range->end_at, to))
         return cm_rpc_fail_field(ctx, "range.end_at", "not a valid timestamp");
-    if (to <= from)
+    if (*to <= *from)
         return cm_rpc_fail_field(ctx, "range.end_at", "must be after start_at");
+    return 0;
+}
+
+int cms_rpc_replay_partner_events(cm_rpc_ctx *ctx, const ProtobufCMessage *in,
+                                  ProtobufCMessage *out)
+{
+    const Commerce__Commission__V1__ReplayPartnerEventsRequest *req = (const void *)in;
+    Commerce__Commission__V1__ReplayPartnerEventsResponse *resp = (void *)out;
+    int64_t from = 0, to = 0;
+    if (cms_api_replay_in(ctx, req, &from, &to))
+        return -1;
+    int target = (int)req->target;
     char s_from[24], s_to[24], body[256], hash[CM_SHA256_HEX];
     snprintf(s_from, sizeof s_from, "%lld", (long long)from);
     snprintf(s_to, sizeof s_to, "%lld", (long long)to);

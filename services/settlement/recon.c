@@ -215,19 +215,27 @@ static int import_fn(cm_db *db, void *arg)
     return 0;
 }
 
+int stl_api_import_in(cm_rpc_ctx *ctx, const Commerce__Settlement__V1__ImportStatementRequest *req,
+                      char date[STL_DATE_LEN])
+{
+    if (!cm_id_key_valid(req->request_id, STL_ID_MAX))
+        return fail_field(ctx, "request_id", "required: 1-64 characters from [A-Za-z0-9._:-]");
+    if (date_in(ctx, req->bill_date, "bill_date", date))
+        return -1;
+    if (strlen(req->csv) > STL_CSV_MAX_BYTES)
+        return fail_field(ctx, "csv", "at most 4000000 bytes");
+    return 0;
+}
+
 int stl_import_statement(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
 {
     const Commerce__Settlement__V1__ImportStatementRequest *req = (const void *)in;
     Commerce__Settlement__V1__ImportStatementResponse *resp = (void *)out;
     cm_arena *a = cm_rpc_ctx_arena(ctx);
-    if (!cm_id_key_valid(req->request_id, STL_ID_MAX))
-        return fail_field(ctx, "request_id", "required: 1-64 characters from [A-Za-z0-9._:-]");
     char date[STL_DATE_LEN];
-    if (date_in(ctx, req->bill_date, "bill_date", date))
+    if (stl_api_import_in(ctx, req, date))
         return -1;
     size_t len = strlen(req->csv);
-    if (len > STL_CSV_MAX_BYTES)
-        return fail_field(ctx, "csv", "at most 4000000 bytes");
     char h1[CM_SHA256_HEX], hash[CM_SHA256_HEX];
     cm_sha256_hex(req->csv, len, h1);
     const char *body = cm_arena_printf(a, "statement.v1|%s|%s", date, h1);
@@ -417,14 +425,41 @@ static int recon_fn(cm_db *db, void *arg)
     return t->has_stmt ? count_diffs(db, t->p, &t->diffs) : 0;
 }
 
-/* the date, currency and the tenant's zone of a request; 0 or a failure */
+/* the date and currency of a request; 0 or a failure */
 static int recon_in(cm_rpc_ctx *ctx, const Commerce__Common__V1__Date *d, const char *currency,
-                    char date[STL_DATE_LEN], stl_settings *set)
+                    char date[STL_DATE_LEN])
 {
     if (date_in(ctx, d, "date", date))
         return -1;
     if (!cm_money_currency_valid(currency))
         return fail_field(ctx, "currency", "required: a known ISO-4217 code");
+    return 0;
+}
+
+int stl_api_recon_in(cm_rpc_ctx *ctx, const Commerce__Settlement__V1__GetReconciliationRequest *req,
+                     char date[STL_DATE_LEN])
+{
+    return recon_in(ctx, req->date, req->currency, date);
+}
+
+int stl_api_recon_diffs_in(cm_rpc_ctx *ctx,
+                           const Commerce__Settlement__V1__ListReconciliationDifferencesRequest *req,
+                           char date[STL_DATE_LEN], stl_list_in *li)
+{
+    memset(li, 0, sizeof *li);
+    if (recon_in(ctx, req->date, req->currency, date))
+        return -1;
+    const char *f = cm_arena_printf(cm_rpc_ctx_arena(ctx), "%s|%s", date, req->currency);
+    if (!f)
+        return cm_rpc_fail_err(ctx, CM_ENOMEM, "differences");
+    li->filters = cm_page_filters(f);
+    return cm_page_begin(ctx, req->page_size, req->page_token, 'x', li->filters, li->pos,
+                         &li->after, &li->limit);
+}
+
+/* the tenant's settings (its time zone); 0 or a failure */
+static int recon_settings(cm_rpc_ctx *ctx, stl_settings *set)
+{
     stl_app *app = cm_service_app(ctx);
     int rc =
         stl_store_get_settings(cm_service_db(ctx), cm_rpc_ctx_tenant(ctx), &app->defaults, set);
@@ -438,7 +473,7 @@ int stl_get_reconciliation(cm_rpc_ctx *ctx, const ProtobufCMessage *in, Protobuf
     cm_arena *a = cm_rpc_ctx_arena(ctx);
     char date[STL_DATE_LEN];
     stl_settings set;
-    if (recon_in(ctx, req->date, req->currency, date, &set))
+    if (stl_api_recon_in(ctx, req, date) || recon_settings(ctx, &set))
         return -1;
     recon_tx t = {.p = {cm_rpc_ctx_tenant(ctx), date, req->currency, set.tz}};
     /* one snapshot: the sums agree with each other */
@@ -499,14 +534,12 @@ int stl_list_reconciliation_differences(cm_rpc_ctx *ctx, const ProtobufCMessage 
     cm_arena *a = cm_rpc_ctx_arena(ctx);
     char date[STL_DATE_LEN];
     stl_settings set;
-    if (recon_in(ctx, req->date, req->currency, date, &set))
+    stl_list_in li;
+    if (stl_api_recon_diffs_in(ctx, req, date, &li) || recon_settings(ctx, &set))
         return -1;
-    uint64_t fh = cm_page_filters(cm_arena_printf(a, "%s|%s", date, req->currency));
-    char pos[CM_PAGE_POSITION_MAX + 1];
-    const char *after;
-    int limit;
-    if (cm_page_begin(ctx, req->page_size, req->page_token, 'x', fh, pos, &after, &limit))
-        return -1;
+    uint64_t fh = li.filters;
+    const char *after = li.after;
+    int limit = li.limit;
     cm_db *db = cm_service_db(ctx);
     const char *tenant = cm_rpc_ctx_tenant(ctx);
     char l[24];

@@ -96,6 +96,21 @@ int stl_api_statement_in(cm_rpc_ctx *ctx,
                          const Commerce__Settlement__V1__GetAccountStatementRequest *req,
                          stl_list_in *li);
 
+/* the reconciliation's checks before any i/o (recon.c), each also run by
+ * tests/fuzz: 0, or the failure recorded in ctx naming the field; date is
+ * the checked date "YYYY-MM-DD". ImportStatement: request_id, bill_date and
+ * the CSV's size (its lines are stl_recon_parse's, fuzzed in `recon_csv`).
+ * GetReconciliation: date and currency. ListReconciliationDifferences: those
+ * and its page (li: filters, limit, pos, after). the tenant's time zone is
+ * read after these (i/o) */
+int stl_api_import_in(cm_rpc_ctx *ctx, const Commerce__Settlement__V1__ImportStatementRequest *req,
+                      char date[STL_DATE_LEN]);
+int stl_api_recon_in(cm_rpc_ctx *ctx, const Commerce__Settlement__V1__GetReconciliationRequest *req,
+                     char date[STL_DATE_LEN]);
+int stl_api_recon_diffs_in(cm_rpc_ctx *ctx,
+                           const Commerce__Settlement__V1__ListReconciliationDifferencesRequest *req,
+                           char date[STL_DATE_LEN], stl_list_in *li);
+
 int stl_app_init(cm_service *svc, void **app, char *err, size_t errlen);
 void stl_app_fini(cm_service *svc, void *app);
 

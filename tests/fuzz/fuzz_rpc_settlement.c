@@ -1,11 +1,14 @@
 /* SettlementService requests: decoding for every method, then the checks of
  * every method that has any beyond decoding. left out: GetSettlementRun and
  * GetPayout (one check: the id is a UUID, cm_id_is_uuid, fuzzed in `text`),
- * GetTenantSettings (no request fields), ImportStatement (its CSV parser is
- * the `recon_csv` harness), GetReconciliation and
- * ListReconciliationDifferences (recon.c: a date, a page token) */
+ * GetTenantSettings (no request fields). ImportStatement's CSV lines are
+ * the `recon_csv` harness's (stl_recon_parse); its request id, date and
+ * size are here */
+#include "cm_id.h"
+#include "cm_money.h"
 #include "fuzz_rpc.h"
 #include "stl_api.h"
+#include "stl_recon.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -140,6 +143,61 @@ static int get_account_statement(cm_rpc_ctx *ctx, const ProtobufCMessage *in)
     return rc;
 }
 
+/* what an accepted reconciliation date is: "YYYY-MM-DD" of a day that
+ * exists, as the queries cast it to a date */
+static void date_ok(const char *date, const char *method)
+{
+    char t[24];
+    snprintf(t, sizeof t, "%s 00:00:00", date);
+    if (strlen(date) != 10 || !stl_recon_time_valid(t)) {
+        fprintf(stderr, "fuzz_rpc_settlement: %s: %s\n", method, date);
+        broken("a reconciliation date accepted that is not a day that exists");
+    }
+}
+
+static int import_statement(cm_rpc_ctx *ctx, const ProtobufCMessage *in)
+{
+    const Commerce__Settlement__V1__ImportStatementRequest *req = (const void *)in;
+    char date[STL_DATE_LEN] = "";
+    int rc = stl_api_import_in(ctx, req, date);
+    if (rc == 0) {
+        date_ok(date, "ImportStatement");
+        if (!cm_id_key_valid(req->request_id, STL_ID_MAX))
+            broken("ImportStatement accepted a request_id that is no key");
+        if (strlen(req->csv) > STL_CSV_MAX_BYTES)
+            broken("ImportStatement accepted a statement over its size");
+    }
+    return rc;
+}
+
+static int get_reconciliation(cm_rpc_ctx *ctx, const ProtobufCMessage *in)
+{
+    const Commerce__Settlement__V1__GetReconciliationRequest *req = (const void *)in;
+    char date[STL_DATE_LEN] = "";
+    int rc = stl_api_recon_in(ctx, req, date);
+    if (rc == 0) {
+        date_ok(date, "GetReconciliation");
+        if (!cm_money_currency_valid(req->currency))
+            broken("GetReconciliation accepted an unknown currency");
+    }
+    return rc;
+}
+
+static int list_reconciliation_differences(cm_rpc_ctx *ctx, const ProtobufCMessage *in)
+{
+    const Commerce__Settlement__V1__ListReconciliationDifferencesRequest *req = (const void *)in;
+    char date[STL_DATE_LEN] = "";
+    stl_list_in li;
+    int rc = stl_api_recon_diffs_in(ctx, req, date, &li);
+    if (rc == 0) {
+        date_ok(date, "ListReconciliationDifferences");
+        if (!cm_money_currency_valid(req->currency))
+            broken("ListReconciliationDifferences accepted an unknown currency");
+        list_ok(&li, req->page_token);
+    }
+    return rc;
+}
+
 static const fuzz_rpc_method methods[] = {
     {"PutSplitRule", put_split_rule},
     {"GetSplitRule", get_split_rule},
@@ -152,6 +210,9 @@ static const fuzz_rpc_method methods[] = {
     {"ListSettlementRuns", list_settlement_runs},
     {"ListPayouts", list_payouts},
     {"GetAccountStatement", get_account_statement},
+    {"ImportStatement", import_statement},
+    {"GetReconciliation", get_reconciliation},
+    {"ListReconciliationDifferences", list_reconciliation_differences},
 };
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);

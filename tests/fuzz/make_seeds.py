@@ -14,7 +14,7 @@ import os
 import sys
 
 sys.path.insert(0, sys.argv[1] if len(sys.argv) > 1 else "build-fuzz/gen/python")
-from google.protobuf import text_format  # noqa: E402
+from google.protobuf import message_factory, text_format  # noqa: E402
 
 from commerce.commission.v1 import commission_service_pb2 as cms  # noqa: E402
 from commerce.events.v1 import commission_events_pb2 as cev  # noqa: E402
@@ -46,7 +46,8 @@ def rpc(harness, module, service, requests):
     names = set()
     for method, text in requests:
         i = [m.name for m in methods].index(method)
-        msg = module.__dict__[methods[i].input_type.name]()
+        # the request's class, wherever its proto file defines it
+        msg = message_factory.MessageFactory().GetPrototype(methods[i].input_type)()
         text_format.Parse(text, msg)
         name = "%02d-%s-%d" % (i, method, len(text))
         while name in names:  # two requests of one method with texts of one length
@@ -72,6 +73,9 @@ PAYOUT_ID = "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a60"
 TS = "{ seconds: 1764000000 }"
 TS2 = "{ seconds: 1764086400 }"
 FUTURE = "{ seconds: 4102444800 }"
+STATEMENT = ("transaction_time,provider_transaction_id,order_id,kind,currency,amount,fee,refund_id\n"
+             "2026-12-01 10:00:00,tx-1,%s,PAYMENT,CNY,39.98,0.24,\n"
+             "2026-12-01 11:00:00,tx-2,%s,REFUND,CNY,10.00,0.00,rf-1\n" % (ORDER_ID, ORDER_ID))
 
 
 def rpcs():
@@ -153,6 +157,13 @@ def rpcs():
                         % tok("p", "2|7", "1764000000000." + PAYOUT_ID)),
         ("GetAccountStatement", 'account_id: 7 period { start_at %s end_at %s } page_token: "%s"'
                                 % (TS, TS2, tok("s", "7|1764000000000|1764086400000", "100.2"))),
+        ("ImportStatement", 'request_id: "stmt-2026-12-01" bill_date { year: 2026 month: 12 day: 1 } '
+                            'csv: "%s"' % STATEMENT.replace("\n", "\\n")),
+        ("GetReconciliation", 'date { year: 2024 month: 2 day: 29 } currency: "CNY"'),
+        ("ListReconciliationDifferences", 'date { year: 2026 month: 12 day: 1 } currency: "CNY" page_size: 50'),
+        ("ListReconciliationDifferences", 'date { year: 2026 month: 12 day: 1 } currency: "CNY" '
+                                          'page_token: "%s"' % tok("x", "2026-12-01|CNY", ORDER_ID + "."
+                                                                   + "d41d8cd98f00b204e9800998ecf8427e.1")),
     ])
     rpc("rpc_commission", cms, "CommissionService", [
         ("PutTierSchedule", 'request_id: "r1" schedule { tier_schedule_id: "std" name: "standard" '
@@ -174,6 +185,18 @@ def rpcs():
                                             "1764000000000." + ORDER_ID))),
         ("ListAdjustments", 'channel_id: "c1" page_token: "%s"' % tok("j", "c1", "1764000000000." + ORDER_ID)),
         ("ListPayouts", 'channel_id: "c1" states: 1 page_token: "%s"' % tok("p", "c1|2", PAYOUT_ID)),
+        ("PutPartner", 'request_id: "r5" expected_revision: 1 partner { partner_id: "p1" name: "Partner one" '
+                       'channel_ids: "c1" channel_ids: "c2" kafka { enabled: true } '
+                       'webhook { enabled: true url: "https://partner.example.com/hooks/commerce" } }'),
+        ("PutPartner", 'request_id: "r6" partner { partner_id: "p2" name: "Kafka only" kafka { enabled: true } }'),
+        ("GetPartner", 'partner_id: "p1"'),
+        ("ListPartners", 'page_size: 20 page_token: "%s"' % tok("p", "partners", "p1")),
+        ("RotateWebhookSecret", 'request_id: "r7" partner_id: "p1" previous_secret_ttl { seconds: 3600 }'),
+        ("ListWebhookDeliveries", 'partner_id: "p1" pending_only: true page_token: "%s"'
+                                  % tok("w", "p1|1", "42")),
+        ("RedeliverWebhookEvent", 'request_id: "r8" partner_id: "p1" event_id: "%s"' % ORDER_ID),
+        ("ReplayPartnerEvents", 'request_id: "r9" partner_id: "p1" channel_id: "c1" target: 2 '
+                                'range { start_at %s end_at %s }' % (TS, TS2)),
     ])
 
 
