@@ -442,9 +442,9 @@ int stl_api_recon_in(cm_rpc_ctx *ctx, const Commerce__Settlement__V1__GetReconci
     return recon_in(ctx, req->date, req->currency, date);
 }
 
-int stl_api_recon_diffs_in(cm_rpc_ctx *ctx,
-                           const Commerce__Settlement__V1__ListReconciliationDifferencesRequest *req,
-                           char date[STL_DATE_LEN], stl_list_in *li)
+int stl_api_recon_diffs_in(
+    cm_rpc_ctx *ctx, const Commerce__Settlement__V1__ListReconciliationDifferencesRequest *req,
+    char date[STL_DATE_LEN], stl_list_in *li)
 {
     memset(li, 0, sizeof *li);
     if (recon_in(ctx, req->date, req->currency, date))

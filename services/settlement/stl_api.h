@@ -107,9 +107,9 @@ int stl_api_import_in(cm_rpc_ctx *ctx, const Commerce__Settlement__V1__ImportSta
                       char date[STL_DATE_LEN]);
 int stl_api_recon_in(cm_rpc_ctx *ctx, const Commerce__Settlement__V1__GetReconciliationRequest *req,
                      char date[STL_DATE_LEN]);
-int stl_api_recon_diffs_in(cm_rpc_ctx *ctx,
-                           const Commerce__Settlement__V1__ListReconciliationDifferencesRequest *req,
-                           char date[STL_DATE_LEN], stl_list_in *li);
+int stl_api_recon_diffs_in(
+    cm_rpc_ctx *ctx, const Commerce__Settlement__V1__ListReconciliationDifferencesRequest *req,
+    char date[STL_DATE_LEN], stl_list_in *li);
 
 int stl_app_init(cm_service *svc, void **app, char *err, size_t errlen);
 void stl_app_fini(cm_service *svc, void *app);

@@ -137,9 +137,9 @@ static int list_payouts(cm_rpc_ctx *ctx, const ProtobufCMessage *in)
 static void partner_id_ok(const char *id, const char *method)
 {
     size_t n = strlen(id);
-    if (n < 1 || n > CMS_PARTNER_ID_MAX || strspn(id,
-                                                  "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstu"
-                                                  "vwxyz0123456789_-") != n) {
+    if (n < 1 || n > CMS_PARTNER_ID_MAX ||
+        strspn(id, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstu"
+                   "vwxyz0123456789_-") != n) {
         fprintf(stderr, "fuzz_rpc_commission: %s: %s\n", method, id);
         broken("a partner id accepted that is none");
     }
