@@ -11,6 +11,7 @@
 #include "cms_webhook.h"
 #include "fuzz_rpc.h"
 
+#include <curl/curl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -145,6 +146,22 @@ static void partner_id_ok(const char *id, const char *method)
     }
 }
 
+/* as libcurl reads the url (which posts to it): https with a host. the
+ * text may differ ("https:/host" is https://host to libcurl) */
+static int https_with_host(const char *url)
+{
+    CURLU *u = curl_url();
+    char *scheme = NULL, *host = NULL;
+    int ok = u && curl_url_set(u, CURLUPART_URL, url, 0) == CURLUE_OK &&
+             curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) == CURLUE_OK &&
+             curl_url_get(u, CURLUPART_HOST, &host, 0) == CURLUE_OK &&
+             strcmp(scheme, "https") == 0 && host[0];
+    curl_free(scheme);
+    curl_free(host);
+    curl_url_cleanup(u);
+    return ok;
+}
+
 static int put_partner(cm_rpc_ctx *ctx, const ProtobufCMessage *in)
 {
     const Commerce__Commission__V1__PutPartnerRequest *req = (const void *)in;
@@ -164,7 +181,7 @@ static int put_partner(cm_rpc_ctx *ctx, const ProtobufCMessage *in)
             if (strcmp(p->channel_ids[i], p->channel_ids[j]) == 0)
                 broken("PutPartner accepted a channel twice");
     const Commerce__Commission__V1__PartnerWebhook *w = p->webhook;
-    if (w && (w->enabled || w->url[0]) && strncmp(w->url, "https://", 8) != 0)
+    if (w && (w->enabled || w->url[0]) && !https_with_host(w->url))
         broken("PutPartner accepted a webhook that is not https under an https-only policy");
     return 0;
 }
