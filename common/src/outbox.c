@@ -571,9 +571,17 @@ static int wait_for(cm_outbox_relay *r, int ms)
         return 0;
     if (fds[0].revents) {
         char buf[16];
-        atomic_store(&r->kicked, 0);
+        /* drain first, then clear the flag: cleared first, a kick landing
+         * between the two saw it clear, wrote its byte and set it, and the
+         * drain ate that byte, leaving the flag set over an empty pipe: no
+         * kick ever wrote again and every commit waited for the poll
+         * (poll_ms, 200 ms) for the rest of the process's life. A kick
+         * landing between the drain and the clear finds the flag set and
+         * writes nothing; its commit came before this return, so the fetch
+         * that follows sees its rows. */
         while (read(r->wake[0], buf, sizeof buf) > 0) {
         }
+        atomic_store(&r->kicked, 0);
         if (!stopping(r))
             return 1; /* a commit in this process */
     }

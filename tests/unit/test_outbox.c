@@ -425,6 +425,45 @@ START_TEST(batch_add_is_published_in_order_and_all_or_nothing)
 }
 END_TEST
 
+/* thousands of one-row commits in a row, each waking the relay through
+ * its pipe, with a poll far longer than the test: every one is published
+ * soon after its commit. (the wake-up flag was once cleared before the pipe
+ * was drained: a kick landing between the two left it set over an empty
+ * pipe, and from then on only the poll found new rows) */
+START_TEST(wake_ups_keep_working_over_many_commits)
+{
+    cm_db *db = connect_db();
+    cm_kafka_producer *p = producer(NULL);
+    cm_metrics *m = cm_metrics_new();
+    relay_poll_ms = 60000;
+    cm_outbox_relay *r = relay(p, m, 64);
+    relay_poll_ms = 200;
+    long long until = mk_now_ms() + 10000;
+    while (!cm_outbox_relay_is_leader(r) && mk_now_ms() < until)
+        mk_sleep_ms(20);
+    ck_assert(cm_outbox_relay_is_leader(r));
+    mk_sleep_ms(300);
+    enum { N = 3000 };
+    long long slow = 0;
+    for (int i = 0; i < N; i++) {
+        add_events(db, 1);
+        if (i % 500 == 499) {
+            /* every row so far goes out without the poll's help */
+            long long t0 = mk_now_ms();
+            wait_published(i + 1, 10000);
+            if (mk_now_ms() - t0 > slow)
+                slow = mk_now_ms() - t0;
+        }
+    }
+    ck_assert_msg(slow < 2000, "a batch of rows waited %lld ms for the relay", slow);
+    cm_outbox_relay_free(r);
+    cm_kafka_producer_free(p, 1000);
+    cm_db_free(db);
+    check_topic(total_events(), 0);
+    cm_metrics_free(m);
+}
+END_TEST
+
 START_TEST(rows_committed_late_are_not_skipped)
 {
     cm_db *slow = connect_db();
@@ -786,6 +825,7 @@ static Suite *outbox_suite(void)
     tcase_add_test(tc, relay_publishes_once_in_key_order_with_headers);
     tcase_add_test(tc, rows_committed_late_are_not_skipped);
     tcase_add_test(tc, batch_add_is_published_in_order_and_all_or_nothing);
+    tcase_add_test(tc, wake_ups_keep_working_over_many_commits);
     tcase_add_test(tc, rows_insert_writes_each_row_with_its_payload_and_trace);
     tcase_add_test(tc, two_relays_publish_each_row_once);
     tcase_add_test(tc, relay_recovers_from_a_killed_connection);
