@@ -393,13 +393,10 @@ static int add_batch_fn(cm_db *db, void *arg)
     return rc;
 }
 
-START_TEST(batch_add_is_published_in_order_and_all_or_nothing)
+/* a leading relay whose poll is far longer than any test, already idle:
+ * only the wake-up after a commit can get a row published in time */
+static cm_outbox_relay *waiting_relay(cm_kafka_producer *p, cm_metrics *m)
 {
-    cm_db *db = connect_db();
-    cm_kafka_producer *p = producer(NULL);
-    cm_metrics *m = cm_metrics_new();
-    /* a poll far longer than the test: only the wake-up after the commit
-     * can publish in time */
     relay_poll_ms = 60000;
     cm_outbox_relay *r = relay(p, m, 64);
     relay_poll_ms = 200;
@@ -408,6 +405,15 @@ START_TEST(batch_add_is_published_in_order_and_all_or_nothing)
         mk_sleep_ms(20);
     ck_assert(cm_outbox_relay_is_leader(r));
     mk_sleep_ms(300); /* its first fetch found nothing: it is waiting now */
+    return r;
+}
+
+START_TEST(batch_add_is_published_in_order_and_all_or_nothing)
+{
+    cm_db *db = connect_db();
+    cm_kafka_producer *p = producer(NULL);
+    cm_metrics *m = cm_metrics_new();
+    cm_outbox_relay *r = waiting_relay(p, m);
     add_tx bad = {.n = 20, .rc = 1};
     ck_assert_int_eq(cm_db_tx(db, NULL, 1, add_batch_fn, &bad), CM_EINVAL);
     ck_assert_int_eq(query_long("SELECT count(*) FROM %s.outbox", schema), 0);
@@ -435,14 +441,7 @@ START_TEST(wake_ups_keep_working_over_many_commits)
     cm_db *db = connect_db();
     cm_kafka_producer *p = producer(NULL);
     cm_metrics *m = cm_metrics_new();
-    relay_poll_ms = 60000;
-    cm_outbox_relay *r = relay(p, m, 64);
-    relay_poll_ms = 200;
-    long long until = mk_now_ms() + 10000;
-    while (!cm_outbox_relay_is_leader(r) && mk_now_ms() < until)
-        mk_sleep_ms(20);
-    ck_assert(cm_outbox_relay_is_leader(r));
-    mk_sleep_ms(300);
+    cm_outbox_relay *r = waiting_relay(p, m);
     enum { N = 3000 };
     long long slow = 0;
     for (int i = 0; i < N; i++) {
