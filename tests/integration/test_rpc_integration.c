@@ -686,9 +686,16 @@ START_TEST(a_singleton_ticker_runs_on_one_replica_at_a_time)
      * other replica has taken over: the former leader resigns, and its
      * gauge leaves its /metrics rather than going stale */
     int now = leader;
+    /* only this test's sessions: tests run in parallel on one cluster, and
+     * every service holds advisory locks (migrations, relays, tickers) */
+    char kill[320];
+    snprintf(kill, sizeof kill,
+             "SELECT pg_terminate_backend(l.pid) FROM pg_locks l JOIN pg_stat_activity a "
+             "USING (pid) WHERE l.locktype = 'advisory' AND l.granted AND "
+             "a.application_name = 'commerce-%s' AND l.pid <> pg_backend_pid()",
+             schema);
     for (int i = 0; i < 20 && now == leader; i++) {
-        PQclear(PQexec(pg, "SELECT pg_terminate_backend(pid) FROM pg_locks "
-                           "WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid()"));
+        PQclear(PQexec(pg, kill));
         usleep(400 * 1000);
         ck_assert_int_eq(tickers_since(pg, schema, 150, &now), 1);
     }
