@@ -1151,20 +1151,20 @@ int cms_app_init(cm_service *svc, void **out, char *err, size_t errlen)
     app->dead_lettered = cm_metrics_counter(
         m, "commission_refunds_dead_lettered_total",
         "parked refunds whose payment never accrued, sent to the dead-letter topic", NULL);
-    if (!app->accrual) {
+    app->feed_batch = cms_feed_batch_new();
+    if (!app->accrual || !app->feed_batch) {
         snprintf(err, errlen, "out of memory");
+        cms_accrual_free(app->accrual);
+        cms_feed_batch_free(app->feed_batch);
         free(app);
         return CM_ENOMEM;
     }
     app->feed = cms_feed_new(svc, err, errlen);
-    if (!app->feed) {
-        cms_accrual_free(app->accrual);
-        free(app);
-        return CM_EINVAL;
-    }
-    int rc = cms_feed_secrets_reseal(app->feed, cm_service_main_db(svc), err, errlen);
+    int rc = app->feed ? cms_feed_secrets_reseal(app->feed, cm_service_main_db(svc), err, errlen)
+                       : CM_EINVAL;
     if (rc) {
         cms_feed_free(app->feed);
+        cms_feed_batch_free(app->feed_batch);
         cms_accrual_free(app->accrual);
         free(app);
         return rc;
@@ -1181,5 +1181,6 @@ void cms_app_fini(cm_service *svc, void *p)
         return;
     cms_accrual_free(app->accrual);
     cms_feed_free(app->feed);
+    cms_feed_batch_free(app->feed_batch);
     free(app);
 }

@@ -17,11 +17,12 @@
 
 typedef struct cms_app {
     int events_on;
-    long long after_sale_days; /* COMMISSION_AFTER_SALE_DAYS: tenants without a window */
-    char topic[256];           /* COMMISSION_TOPIC */
-    char partner_topic[256];   /* COMMISSION_PARTNER_TOPIC */
-    cms_accrual *accrual;      /* the order-event consumer's (one consumer thread) */
-    struct cms_feed *feed;     /* the partner feed (cms_feed.h) */
+    long long after_sale_days;         /* COMMISSION_AFTER_SALE_DAYS: tenants without a window */
+    char topic[256];                   /* COMMISSION_TOPIC */
+    char partner_topic[256];           /* COMMISSION_PARTNER_TOPIC */
+    cms_accrual *accrual;              /* the order-event consumer's (one consumer thread) */
+    struct cms_feed *feed;             /* the partner feed (cms_feed.h) */
+    struct cms_feed_batch *feed_batch; /* its consumer's staged batch */
     cm_counter *accrued, *clawbacks, *duplicates, *skipped, *parked, *adjustments;
     cm_counter *dead_lettered;
     cm_histogram *lag;

@@ -67,8 +67,16 @@ void cms_feed_topic(const char *tenant, const char *partner, char out[256]);
 int cms_feed_ensure_topic(cms_feed *f, const char *tenant, const char *partner, char *err,
                           size_t errlen);
 
-/* the consumer of COMMISSION_PARTNER_TOPIC (arg: the cms_app) */
+/* the consumer of COMMISSION_PARTNER_TOPIC (arg: the cms_app, whose
+ * feed_batch stages the events): on_event stages one, on_tx_begin drops
+ * what an aborted attempt staged, on_tx_end routes the batch in one
+ * statement inside the consumer's transaction */
+typedef struct cms_feed_batch cms_feed_batch;
+cms_feed_batch *cms_feed_batch_new(void);
+void cms_feed_batch_free(cms_feed_batch *b);
 int cms_feed_on_event(cm_db *db, const cm_event *ev, void *arg);
+void cms_feed_on_tx_begin(void *arg);
+int cms_feed_on_tx_end(cm_db *db, void *arg);
 
 /* the dispatchers and the retention ticker (arg: the cms_app) */
 void cms_feed_webhook_1(cm_service *svc, cm_db *db, void *arg);

@@ -266,69 +266,169 @@ int cms_feed_ensure_topic(cms_feed *f, const char *tenant, const char *partner, 
 
 /* ---- routing ---- */
 
-/* one statement per event: the owner of the channel, the event kept for
- * it (once: a redelivered record inserts nothing), a webhook delivery when
- * its webhook is on. no row: the channel has no partner (the event is
- * nobody's to receive; it stays on the internal topic only). */
+/* the consumer's batch (cm_consumer's tx_begin/tx_end): each event is
+ * staged by the handler and the whole batch routed in one statement at
+ * the end of the transaction (README.md, "Partner feed"). one consumer
+ * thread per service: no lock. */
+typedef struct staged {
+    const char *tenant, *channel, *id, *type, *time, *body, *source, *traceparent;
+    size_t len; /* body's bytes (the record's payload) */
+} staged;
+
+struct cms_feed_batch {
+    cm_arena *a; /* the staged events' strings, reset per transaction */
+    staged *ev;
+    size_t n, cap;
+};
+
+/* each event of the batch, once: the owner of its channel, the event kept
+ * for it (a redelivered record inserts nothing), a webhook delivery when
+ * its webhook is on; the channel found by one index probe per event, the
+ * keys compared as "C" like the tables' columns. a row per event routed to
+ * a partner (an event whose channel has none stays on the internal topic
+ * only), in batch order: its place, the partner, whether the partner reads
+ * kafka, whether it is new. feed_events' seq and the deliveries' ids
+ * follow the batch order, so a channel's events keep theirs. */
 #define ROUTE_SQL                                                                                  \
-    "WITH p AS (SELECT pa.partner_id, pa.kafka_enabled, pa.webhook_enabled AS hook "               \
-    "FROM channels c JOIN partners pa ON pa.tenant_id = c.tenant_id AND pa.partner_id = "          \
-    "c.partner_id WHERE c.tenant_id = $1 AND c.channel_id = $2 AND c.partner_id <> ''), "          \
+    "WITH e AS (SELECT DISTINCT ON (u.t, u.i) u.o, u.t COLLATE \"C\" AS tenant_id, "               \
+    "u.c COLLATE \"C\" AS channel_id, u.i AS event_id, u.y AS type, u.w AS event_time, "           \
+    "u.b AS body FROM unnest($1::text[], $2::text[], $3::uuid[], $4::text[], "                     \
+    "$5::timestamptz[], $6::text[]) WITH ORDINALITY AS u(t, c, i, y, w, b, o) "                    \
+    "ORDER BY u.t, u.i, u.o), "                                                                    \
+    "p AS (SELECT e.*, x.partner_id, x.kafka_enabled, x.hook FROM e CROSS JOIN LATERAL "           \
+    "(SELECT pa.partner_id, pa.kafka_enabled, pa.webhook_enabled AS hook FROM channels c "         \
+    "JOIN partners pa ON pa.tenant_id = c.tenant_id AND pa.partner_id = c.partner_id "             \
+    "WHERE c.tenant_id = e.tenant_id AND c.channel_id = e.channel_id AND c.partner_id <> '' "      \
+    "OFFSET 0) x), "                                                                               \
     "f AS (INSERT INTO feed_events (tenant_id, partner_id, channel_id, event_id, type, "           \
-    "event_time, body) SELECT $1, p.partner_id, $2, $3::uuid, $4, $5::timestamptz, $6 FROM p "     \
-    "ON CONFLICT (tenant_id, partner_id, event_id) DO NOTHING RETURNING seq), "                    \
-    "d AS (INSERT INTO webhook_deliveries (tenant_id, partner_id, seq, reason) SELECT $1, "        \
-    "p.partner_id, f.seq, 1 FROM f, p WHERE p.hook RETURNING 1) "                                  \
-    "SELECT p.partner_id, p.kafka_enabled, EXISTS (SELECT 1 FROM f), (SELECT count(*) FROM d) "    \
-    "FROM p"
+    "event_time, body) SELECT tenant_id, partner_id, channel_id, event_id, type, event_time, "     \
+    "body FROM p ORDER BY o ON CONFLICT (tenant_id, partner_id, event_id) DO NOTHING "             \
+    "RETURNING seq, tenant_id, partner_id, event_id), "                                            \
+    "d AS (INSERT INTO webhook_deliveries (tenant_id, partner_id, seq, reason) SELECT "            \
+    "f.tenant_id, f.partner_id, f.seq, 1 FROM f JOIN p USING (tenant_id, partner_id, event_id) "   \
+    "WHERE p.hook ORDER BY f.seq RETURNING 1) "                                                    \
+    "SELECT p.o, p.partner_id, p.kafka_enabled, f.seq IS NOT NULL, (SELECT count(*) FROM d) "      \
+    "FROM p LEFT JOIN f USING (tenant_id, partner_id, event_id) ORDER BY p.o"
+
+cms_feed_batch *cms_feed_batch_new(void)
+{
+    cms_feed_batch *b = calloc(1, sizeof *b);
+    if (b && !(b->a = cm_arena_new(64 * 1024))) {
+        free(b);
+        b = NULL;
+    }
+    return b;
+}
+
+void cms_feed_batch_free(cms_feed_batch *b)
+{
+    if (!b)
+        return;
+    cm_arena_free(b->a);
+    free(b->ev);
+    free(b);
+}
+
+void cms_feed_on_tx_begin(void *arg)
+{
+    cms_feed_batch *b = ((cms_app *)arg)->feed_batch;
+    cm_arena_reset(b->a);
+    b->n = 0;
+}
 
 int cms_feed_on_event(cm_db *db, const cm_event *ev, void *arg)
 {
-    cms_app *app = arg;
-    cms_feed *f = app->feed;
+    (void)db;
+    cms_feed_batch *b = ((cms_app *)arg)->feed_batch;
     if (!*ev->tenant_id || !ev->key_len || !*ev->time || !*ev->type) {
         cm_log_warn("partner event without tenant, channel, time or type: dead-lettered", "id",
                     ev->id, NULL);
         return CM_EINVAL;
     }
-    char *body = malloc(ev->len + 1);
-    if (!body)
-        return CM_ENOMEM;
-    memcpy(body, ev->payload, ev->len);
-    body[ev->len] = '\0';
-    const char *p[] = {ev->tenant_id, ev->key, ev->id, ev->type, ev->time, body};
-    PGresult *r = NULL;
-    int rc = cm_db_exec_auto(db, "route a partner event", ROUTE_SQL, 6, p, &r);
-    if (rc) {
-        free(body);
-        return rc;
+    if (b->n == b->cap) {
+        size_t cap = b->cap ? b->cap * 2 : 512;
+        staged *ev2 = realloc(b->ev, cap * sizeof *ev2);
+        if (!ev2)
+            return CM_ENOMEM;
+        b->ev = ev2;
+        b->cap = cap;
     }
-    if (PQntuples(r) == 1 && PQgetvalue(r, 0, 2)[0] == 't') {
-        if (f->routed)
-            cm_counter_add(f->routed, 1);
-        if (PQgetvalue(r, 0, 1)[0] == 't') {
-            char topic[256], id[CM_ID_SIZE];
-            cms_feed_topic(ev->tenant_id, PQgetvalue(r, 0, 0), topic);
-            cm_id_uuid7(id);
-            /* a new outbox id: the outbox already holds the event's own id
-             * (the internal topic's row); the record carries it in the body */
-            cm_outbox_event o = {
-                .event_id = id,
-                .tenant_id = ev->tenant_id,
-                .topic = topic,
-                .key = ev->key,
-                .type = ev->type,
-                .source = *ev->source ? ev->source : "/commerce/commission",
-                .payload = body,
-                .len = ev->len,
-                .content_type = CM_CLOUDEVENTS_JSON_CONTENT_TYPE,
-                .traceparent = *ev->traceparent ? ev->traceparent : NULL,
-            };
-            rc = cm_outbox_add(db, &o);
-        }
+    staged *s = &b->ev[b->n];
+    s->tenant = cm_arena_strdup(b->a, ev->tenant_id);
+    s->channel = cm_arena_strndup(b->a, ev->key, ev->key_len);
+    s->id = cm_arena_strdup(b->a, ev->id);
+    s->type = cm_arena_strdup(b->a, ev->type);
+    s->time = cm_arena_strdup(b->a, ev->time);
+    s->body = cm_arena_strndup(b->a, ev->payload, ev->len);
+    s->source = cm_arena_strdup(b->a, *ev->source ? ev->source : "/commerce/commission");
+    s->traceparent = *ev->traceparent ? cm_arena_strdup(b->a, ev->traceparent) : NULL;
+    s->len = s->body ? strlen(s->body) : 0; /* as feed_events keeps it */
+    if (!s->tenant || !s->channel || !s->id || !s->type || !s->time || !s->body || !s->source ||
+        (*ev->traceparent && !s->traceparent))
+        return CM_ENOMEM;
+    b->n++;
+    return 0;
+}
+
+int cms_feed_on_tx_end(cm_db *db, void *arg)
+{
+    cms_app *app = arg;
+    cms_feed_batch *b = app->feed_batch;
+    if (!b->n)
+        return 0;
+    enum { C_TENANT, C_CHANNEL, C_ID, C_TYPE, C_TIME, C_BODY, C_COUNT };
+    cm_buf col[C_COUNT];
+    const char *p[C_COUNT];
+    cm_buf_columns_begin(col, C_COUNT);
+    for (size_t i = 0; i < b->n; i++) {
+        const staged *s = &b->ev[i];
+        cm_buf_array_text(&col[C_TENANT], s->tenant);
+        cm_buf_array_text(&col[C_CHANNEL], s->channel);
+        cm_buf_array_text(&col[C_ID], s->id);
+        cm_buf_array_text(&col[C_TYPE], s->type);
+        cm_buf_array_text(&col[C_TIME], s->time);
+        cm_buf_array_text(&col[C_BODY], s->body);
+    }
+    int rc = cm_buf_columns_end(col, C_COUNT, p);
+    PGresult *r = NULL;
+    if (rc == 0)
+        rc = cm_db_exec_auto(db, "route partner events", ROUTE_SQL, C_COUNT, p, &r);
+    cm_buf_columns_free(col, C_COUNT);
+    if (rc)
+        return rc;
+    int rows = PQntuples(r);
+    uint64_t routed = 0;
+    for (int i = 0; i < rows && rc == 0; i++) {
+        long long o = strtoll(PQgetvalue(r, i, 0), NULL, 10);
+        if (o < 1 || (size_t)o > b->n || PQgetvalue(r, i, 3)[0] != 't')
+            continue;
+        routed++;
+        if (PQgetvalue(r, i, 2)[0] != 't')
+            continue;
+        const staged *s = &b->ev[o - 1];
+        char topic[256], id[CM_ID_SIZE];
+        cms_feed_topic(s->tenant, PQgetvalue(r, i, 1), topic);
+        rc = cm_id_uuid7(id);
+        /* a new outbox id: the outbox already holds the event's own id
+         * (the internal topic's row); the record carries it in the body */
+        cm_outbox_event ob = {
+            .event_id = id,
+            .tenant_id = s->tenant,
+            .topic = topic,
+            .key = s->channel,
+            .type = s->type,
+            .source = s->source,
+            .payload = s->body,
+            .len = s->len,
+            .content_type = CM_CLOUDEVENTS_JSON_CONTENT_TYPE,
+            .traceparent = s->traceparent,
+        };
+        if (rc == 0)
+            rc = cm_outbox_add(db, &ob);
     }
     PQclear(r);
-    free(body);
+    if (rc == 0 && routed && app->feed->routed)
+        cm_counter_add(app->feed->routed, routed);
     return rc;
 }
 
