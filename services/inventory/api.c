@@ -37,6 +37,9 @@ typedef struct inv_app {
     cm_gauge *invariants_ok, *violations;
     cm_counter *expired, *soldout_fast, *refused_events;
     int events_on; /* INVENTORY_EVENTS */
+    /* the order-event consumer's events, written once per batch by its
+     * tx_end hook (its thread only) */
+    cm_outbox_rows staged;
 } inv_app;
 
 /* ---- helpers ---- */
@@ -1038,7 +1041,9 @@ int inv_on_order_event(cm_db *db, const cm_event *ev, void *arg)
     if (r) {
         inv_resolve_outcome oc;
         /* the order event's trace goes on to the events it causes */
-        inv_ev_ctx ec = {.on = app ? app->events_on : 1, .traceparent = ev->traceparent};
+        inv_ev_ctx ec = {.on = app ? app->events_on : 1,
+                         .traceparent = ev->traceparent,
+                         .stage = app ? &app->staged : NULL};
         rc = inv_store_resolve_tx(db, &ec, tenant, order_id, to, "order-events", &oc, r);
         /* a refused transition (paid after expiry, ...) is a fact, not an
          * error to retry: it is logged and the event is done */
@@ -1055,6 +1060,19 @@ int inv_on_order_event(cm_db *db, const cm_event *ev, void *arg)
     free(r);
     protobuf_c_message_free_unpacked(m, NULL);
     return rc;
+}
+
+void inv_on_order_tx_begin(void *arg)
+{
+    inv_app *app = arg;
+    cm_outbox_rows_free(&app->staged);
+    cm_outbox_rows_init(&app->staged);
+}
+
+int inv_on_order_tx_end(cm_db *db, void *arg)
+{
+    inv_app *app = arg;
+    return inv_store_write_events(db, &app->staged);
 }
 
 /* ---- app: hot path, sweeper, invariant metric ---- */
@@ -1110,6 +1128,7 @@ int inv_app_init(cm_service *svc, void **out, char *err, size_t errlen)
     if (!app)
         return CM_ENOMEM;
     app->svc = svc;
+    cm_outbox_rows_init(&app->staged);
     int hot_on = (int)cm_service_int(svc, "INVENTORY_HOT_PATH");
     app->events_on = (int)cm_service_int(svc, "INVENTORY_EVENTS");
     /* the check aggregates every audit row: not too often */
@@ -1170,5 +1189,6 @@ void inv_app_fini(cm_service *svc, void *p)
     inv_soldout_free(app->soldout);
     for (int i = 0; i < INV_BATCHERS_MAX; i++)
         cm_db_free(app->batch_db[i]);
+    cm_outbox_rows_free(&app->staged);
     free(app);
 }

@@ -137,8 +137,9 @@ static int pack(const ProtobufCMessage *msg, cm_arena *a, const uint8_t **out, s
     return 0;
 }
 
-/* adds a packed row to the outbox of the caller's transaction */
-static int add_row(cm_db *db, const inv_ev_row *r)
+/* adds a packed row to the outbox of the caller's transaction, or to the
+ * caller's staged rows */
+static int add_row(cm_db *db, const inv_ev_ctx *ec, const inv_ev_row *r)
 {
     cm_outbox_event ev = {
         .event_id = r->event_id,
@@ -152,6 +153,10 @@ static int add_row(cm_db *db, const inv_ev_row *r)
         .occurred_at_ms = r->occurred_ms,
         .traceparent = r->traceparent,
     };
+    if (ec->stage) {
+        cm_outbox_rows_add(ec->stage, &ev); /* out of memory: at its close */
+        return 0;
+    }
     return cm_outbox_add(db, &ev);
 }
 
@@ -162,7 +167,7 @@ static int add(cm_db *db, const inv_ev_ctx *ec, const char *id, const char *tena
     inv_ev_row r = {.tenant = tenant, .key = key, .type = type, .traceparent = ec->traceparent};
     snprintf(r.event_id, sizeof r.event_id, "%s", id);
     int rc = pack(msg, a, &r.payload, &r.len);
-    return rc ? rc : add_row(db, &r);
+    return rc ? rc : add_row(db, ec, &r);
 }
 
 static int64_t ts_to_ms(const Google__Protobuf__Timestamp *t)
@@ -239,7 +244,7 @@ int inv_ev_stock_changed(cm_db *db, const inv_ev_ctx *ec, const char *tenant, co
     int rc = inv_ev_pack_stock_changed(a, tenant, c, &r);
     r.traceparent = ec->traceparent;
     if (rc == 0)
-        rc = add_row(db, &r);
+        rc = add_row(db, ec, &r);
     cm_arena_free(a);
     return rc;
 }
@@ -256,7 +261,7 @@ int inv_ev_stock_edge(cm_db *db, const inv_ev_ctx *ec, const char *tenant, const
     int rc = inv_ev_pack_stock_edge(a, tenant, l, restock, flash_sale_id, &r);
     r.traceparent = ec->traceparent;
     if (rc == 0)
-        rc = add_row(db, &r);
+        rc = add_row(db, ec, &r);
     cm_arena_free(a);
     return rc;
 }

@@ -101,5 +101,10 @@ void inv_app_fini(cm_service *svc, void *app);
 void inv_sweep(cm_service *svc, cm_db *db, void *app);
 
 int inv_on_order_event(cm_db *db, const cm_event *ev, void *arg);
+/* its batch hooks: the events of a batch's confirms and releases are
+ * staged by the handler and written with one insert at the end (arg: the
+ * app) */
+void inv_on_order_tx_begin(void *arg);
+int inv_on_order_tx_end(cm_db *db, void *arg);
 
 #endif

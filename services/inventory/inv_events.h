@@ -9,6 +9,7 @@
 
 #include "cm_arena.h"
 #include "cm_db.h"
+#include "cm_outbox.h"
 #include "inv_store.h"
 
 #include "commerce/inventory/v1/inventory.pb-c.h"
@@ -28,6 +29,11 @@
 typedef struct inv_ev_ctx {
     int on;
     const char *traceparent;
+    /* non-NULL: the events are added to these rows (which copy them)
+     * instead of inserted one by one; the caller writes them all with
+     * inv_store_write_events before its transaction ends (the order-event
+     * consumer's batch: one insert per batch, not three per event) */
+    cm_outbox_rows *stage;
 } inv_ev_ctx;
 
 /* every inv_ev_* below adds its event to the outbox of the caller's open

@@ -6,6 +6,7 @@
 #define INV_STORE_H
 
 #include "cm_db.h"
+#include "cm_outbox.h"
 #include "inv_domain.h"
 
 #include <stddef.h>
@@ -111,6 +112,11 @@ int inv_store_resolve_tx(cm_db *db, const inv_ev_ctx *ec, const char *tenant, co
 int inv_store_expire_due(cm_db *db, const inv_ev_ctx *ec, int limit, int *expired, inv_stock_cb cb,
                          void *arg);
 
+/* writes rows staged by inv_ev_ctx.stage into the outbox of the caller's
+ * open transaction, one statement, and wakes the relay after its commit;
+ * closes rows (free or re-init them after). 0, CM_ENOMEM or the database
+ * error. */
+int inv_store_write_events(cm_db *db, cm_outbox_rows *rows);
 int inv_store_get_reservation(cm_db *db, const char *tenant, const char *order_id, inv_resv *out);
 int inv_store_get_stock(cm_db *db, const char *tenant, const char *sku, inv_level *out);
 

@@ -243,23 +243,28 @@ static int ev_edge(ev_rows *e, const char *tenant, const inv_level *l, int resto
     return rc;
 }
 
-/* writes the rows in the caller's transaction with one statement */
-static int write_outbox(cm_db *db, ev_rows *e)
+int inv_store_write_events(cm_db *db, cm_outbox_rows *rows)
 {
-    int rc = cm_outbox_rows_close(&e->rows);
-    if (rc || e->rows.n == 0)
+    int rc = cm_outbox_rows_close(rows);
+    if (rc || rows->n == 0)
         return rc;
     const char *p[CM_OUTBOX_ROWS_NPARAMS + 2];
-    cm_outbox_rows_params(&e->rows, p);
+    cm_outbox_rows_params(rows, p);
     p[CM_OUTBOX_ROWS_NPARAMS] = INV_TOPIC;
     p[CM_OUTBOX_ROWS_NPARAMS + 1] = INV_SOURCE;
     rc = exec_ps(
         db, PS_OUTBOX, "write outbox rows",
         CM_OUTBOX_ROWS_INSERT("$1", "$2", "$3", "$4", "$5", "$6", "$7", "$8", "$9", "$10", "$11"),
-        CM_OUTBOX_ROWS_NPARAMS + 2, p, CM_OUTBOX_ROWS_BLOB, e->rows.blob.len, NULL);
+        CM_OUTBOX_ROWS_NPARAMS + 2, p, CM_OUTBOX_ROWS_BLOB, rows->blob.len, NULL);
     /* the relay is woken after the commit (a NOTIFY inside the transaction
      * would hold a database-wide lock through the commit) */
     return rc ? rc : cm_outbox_wake_on_commit(db);
+}
+
+/* writes the rows in the caller's transaction with one statement */
+static int write_outbox(cm_db *db, ev_rows *e)
+{
+    return inv_store_write_events(db, &e->rows);
 }
 
 /* ---- events for a set of audit rows ---- */
@@ -982,7 +987,8 @@ static int resolve_fn(cm_db *db, void *arg)
         if (rc)
             return rc;
     }
-    if (plan.outcome == INV_RESOLVE_NOT_FOUND)
+    /* a change just read the reservation as it now is */
+    if (plan.outcome == INV_RESOLVE_NOT_FOUND || plan.apply_to || plan.expire_first)
         return 0;
     return inv_store_get_reservation(db, t->tenant, t->order_id, t->out);
 }

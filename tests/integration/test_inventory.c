@@ -844,6 +844,24 @@ START_TEST(order_events_confirm_and_release_through_the_inbox)
     ck_assert_int_eq(hs_http_get(p.admin_port, "/metrics", body, sizeof body), 200);
     ck_assert(hs_metric_in(body, "inventory_order_events_refused_total") == 1);
     ck_assert_int_eq(violations(c), 0);
+    /* the consumer's changes wrote their events (staged, one insert per
+     * batch), each order's in the order of its changes and the orders in
+     * the order of their events: o-paid's StockChanged (kind 4, confirm)
+     * and ReservationConfirmed, then o-cancel's StockChanged and
+     * ReservationReleased; the redelivery wrote nothing */
+    ck_assert_int_eq(
+        hs_sql_long(schema, "SELECT count(*) FROM outbox WHERE id > (SELECT max(id) FROM outbox "
+                            "WHERE key = 'o-late-paid')"),
+        4);
+    ck_assert_int_eq(
+        hs_sql_long(schema,
+                    "SELECT (string_agg(type || ':' || key, ',' ORDER BY id) = "
+                    "'commerce.events.v1.StockChanged:sku-o,"
+                    "commerce.events.v1.ReservationConfirmed:o-paid,"
+                    "commerce.events.v1.StockChanged:sku-o,"
+                    "commerce.events.v1.ReservationReleased:o-cancel')::int FROM outbox WHERE "
+                    "id > (SELECT max(id) FROM outbox WHERE key = 'o-late-paid')"),
+        1);
     cm_rpc_client_free(c);
     ck_assert_int_eq(hs_stop(&p, SIGTERM, 30000), 0);
     hs_kafka_delete_topic(brokers, topic);
