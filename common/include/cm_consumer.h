@@ -145,6 +145,11 @@ typedef struct cm_consumer_opts {
      * are acknowledged without a transaction or an inbox row — there is no
      * effect to deduplicate — counted as result="skipped". */
     const char *const *types;
+    /* 1: the handler's effect is idempotent by itself (a redelivered
+     * event changes nothing, e.g. an insert keyed by the event id that
+     * does nothing on conflict): no inbox row is written or read, and a
+     * redelivery is handed to the handler again, counted as applied */
+    int idempotent;
 } cm_consumer_opts;
 
 typedef struct cm_consumer cm_consumer;

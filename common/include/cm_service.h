@@ -44,6 +44,7 @@ typedef struct cm_service_consumer {
     void (*tx_begin)(void *arg);
     int (*tx_end)(cm_db *db, void *arg);
     const char *const *types; /* see cm_consumer_opts.types; NULL: every type */
+    int idempotent;           /* see cm_consumer_opts.idempotent */
     /* optional knobs (declared in the descriptor): an ONOFF knob that turns
      * the subscription off, TEXT knobs that override topic and group, an INT
      * knob that overrides batch_size when > 0 (1: one transaction per event,

@@ -75,7 +75,8 @@ struct cm_consumer {
     cm_counter *c_applied;
     cm_counter *c_duplicate;
     cm_counter *c_skipped;
-    char **types; /* ce_types the handler acts on (NULL: all) */
+    int idempotent; /* no inbox (cm_consumer_opts.idempotent) */
+    char **types;   /* ce_types the handler acts on (NULL: all) */
     size_t ntypes;
     cm_counter *c_dead;
     cm_counter *c_retries;
@@ -385,17 +386,20 @@ static int apply_in_tx(cm_db *db, void *arg)
     /* first, so a concurrent redelivery (a rebalance handing the partition
      * over mid-event) waits on this row and then sees it */
     PGresult *res = NULL;
-    int rc = cm_db_exec(db, "insert inbox row",
+    int rc = 0;
+    if (!t->c->idempotent) {
+        rc = cm_db_exec(db, "insert inbox row",
                         "INSERT INTO inbox (consumer_group, event_id, tenant_id, topic) VALUES "
                         "($1, $2::uuid, $3, $4) ON CONFLICT DO NOTHING",
                         4, p, &res);
-    if (rc)
-        return rc;
-    int inserted = strcmp(PQcmdTuples(res), "1") == 0;
-    PQclear(res);
-    if (!inserted) {
-        t->duplicate = 1;
-        return 0;
+        if (rc)
+            return rc;
+        int inserted = strcmp(PQcmdTuples(res), "1") == 0;
+        PQclear(res);
+        if (!inserted) {
+            t->duplicate = 1;
+            return 0;
+        }
     }
     double t0 = cm_kafka_mono_s();
     rc = t->c->fn(db, ev, t->c->arg);
@@ -655,23 +659,32 @@ static int batch_in_tx(cm_db *db, void *arg)
     memcpy(t->tenants + at, "}", 2);
     const char *p[] = {c->group, t->ids, t->tenants, c->topic};
     PGresult *res = NULL;
+    int rc = 0, nnew = (int)nactive;
     /* first, so a concurrent redelivery (a rebalance handing a partition
-     * over mid-batch) waits on these rows and then sees them */
-    int rc = cm_db_exec(db, "insert inbox rows",
+     * over mid-batch) waits on these rows and then sees them; without an
+     * inbox every record is a first delivery */
+    if (!c->idempotent) {
+        rc = cm_db_exec(db, "insert inbox rows",
                         "INSERT INTO inbox (consumer_group, event_id, tenant_id, topic) SELECT $1, "
                         "e, t, $4 FROM unnest($2::uuid[], $3::text[]) AS u(e, t) ON CONFLICT DO "
                         "NOTHING RETURNING event_id::text",
                         4, p, &res);
-    if (rc)
-        return rc;
-    int nnew = PQntuples(res);
+        if (rc)
+            return rc;
+        nnew = PQntuples(res);
+    }
     inserted_id *fresh = calloc((size_t)nnew + 1, sizeof *fresh);
     if (!fresh) {
         PQclear(res);
         return CM_ENOMEM;
     }
-    for (int i = 0; i < nnew; i++)
-        fresh[i].id = PQgetvalue(res, i, 0);
+    if (res)
+        for (int i = 0; i < nnew; i++)
+            fresh[i].id = PQgetvalue(res, i, 0);
+    else
+        for (size_t i = 0, k = 0; i < t->n; i++)
+            if (t->items[i].state == ACTIVE)
+                fresh[k++].id = t->items[i].ev.id;
     qsort(fresh, (size_t)nnew, sizeof *fresh, cmp_inserted);
     for (size_t i = 0; rc == 0 && i < t->n; i++) {
         batch_item *it = &t->items[i];
@@ -1080,6 +1093,7 @@ int cm_consumer_start(cm_consumer **out, const cm_consumer_opts *o, char *err, s
     c->after_commit = o->after_commit;
     c->tx_begin = o->tx_begin;
     c->tx_end = o->tx_end;
+    c->idempotent = o->idempotent;
     size_t ntypes = 0;
     for (size_t i = 0; o->types && o->types[i]; i++)
         ntypes++;

@@ -526,6 +526,7 @@ static int start_events(cm_service *svc, char *err, size_t errlen)
             .after_commit = sc->after_commit,
             .tx_begin = sc->tx_begin,
             .tx_end = sc->tx_end,
+            .idempotent = sc->idempotent,
             .batch_size = batch,
             .types = sc->types,
         };

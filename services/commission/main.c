@@ -109,6 +109,9 @@ static const cm_service_consumer consumers[] = {
      .handler = cms_feed_on_event,
      .tx_begin = cms_feed_on_tx_begin,
      .tx_end = cms_feed_on_tx_end,
+     /* routing inserts the event into feed_events by its id and does
+      * nothing more when it is there: no inbox needed */
+     .idempotent = 1,
      .enabled_knob = "COMMISSION_FEED",
      .topic_knob = "COMMISSION_PARTNER_TOPIC",
      .group_knob = "COMMISSION_FEED_GROUP"},
