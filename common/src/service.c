@@ -12,6 +12,7 @@
 #include "cm_outbox.h"
 #include "cm_ratelimit.h"
 
+#include <malloc.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -791,6 +792,14 @@ int cm_service_main(int argc, char **argv, const cm_service_def *def)
     if (a < 0)
         return 2;
 
+    /* blocks of 128 KB and more (Kafka fetch responses, big query
+     * results, relay batches) get their own mappings, given back when
+     * freed. glibc's default threshold rises to the largest such block
+     * freed (up to 32 MB), after which they come from the threads' heaps
+     * and stay there: commission's peak RSS draining a backlog was
+     * 69-72 MB so, ~50 MB with the threshold fixed (common/README.md,
+     * "service: memory") */
+    mallopt(M_MMAP_THRESHOLD, 128 * 1024);
     cm_service *svc = calloc(1, sizeof *svc);
     if (!svc)
         return 1;
