@@ -686,6 +686,13 @@ static int batch_in_tx(cm_db *db, void *arg)
             if (t->items[i].state == ACTIVE)
                 fresh[k++].id = t->items[i].ev.id;
     qsort(fresh, (size_t)nnew, sizeof *fresh, cmp_inserted);
+    /* one entry per id (without an inbox the batch's own ids are listed,
+     * repeats included): the first record with an id is its delivery */
+    int nuniq = 0;
+    for (int i = 0; i < nnew; i++)
+        if (nuniq == 0 || strcmp(fresh[nuniq - 1].id, fresh[i].id) != 0)
+            fresh[nuniq++] = fresh[i];
+    nnew = nuniq;
     for (size_t i = 0; rc == 0 && i < t->n; i++) {
         batch_item *it = &t->items[i];
         if (it->state != ACTIVE)

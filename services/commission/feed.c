@@ -310,6 +310,9 @@ struct cms_feed_batch {
     "SELECT p.o, p.partner_id, p.kafka_enabled, f.seq IS NOT NULL, (SELECT count(*) FROM d) "      \
     "FROM p LEFT JOIN f USING (tenant_id, partner_id, event_id) ORDER BY p.o"
 
+/* rows per cm_outbox_add_batch (its limit is 1000) */
+#define CMS_FEED_OUTBOX_BATCH 1000
+
 cms_feed_batch *cms_feed_batch_new(void)
 {
     cms_feed_batch *b = calloc(1, sizeof *b);
@@ -396,7 +399,12 @@ int cms_feed_on_tx_end(cm_db *db, void *arg)
     cm_buf_columns_free(col, C_COUNT);
     if (rc)
         return rc;
+    /* the partners' kafka records, in batch order, written together */
     int rows = PQntuples(r);
+    cm_outbox_event *out = rows ? cm_arena_calloc(b->a, (size_t)rows, sizeof *out) : NULL;
+    if (rows && !out)
+        rc = CM_ENOMEM;
+    size_t nout = 0;
     uint64_t routed = 0;
     for (int i = 0; i < rows && rc == 0; i++) {
         long long o = strtoll(PQgetvalue(r, i, 0), NULL, 10);
@@ -406,15 +414,21 @@ int cms_feed_on_tx_end(cm_db *db, void *arg)
         if (PQgetvalue(r, i, 2)[0] != 't')
             continue;
         const staged *s = &b->ev[o - 1];
-        char topic[256], id[CM_ID_SIZE];
+        char topic[256];
         cms_feed_topic(s->tenant, PQgetvalue(r, i, 1), topic);
-        rc = cm_id_uuid7(id);
+        char *id = cm_arena_alloc(b->a, CM_ID_SIZE);
+        const char *t = cm_arena_strdup(b->a, topic);
+        if (!id || !t) {
+            rc = CM_ENOMEM;
+            break;
+        }
         /* a new outbox id: the outbox already holds the event's own id
          * (the internal topic's row); the record carries it in the body */
-        cm_outbox_event ob = {
+        rc = cm_id_uuid7(id);
+        out[nout++] = (cm_outbox_event){
             .event_id = id,
             .tenant_id = s->tenant,
-            .topic = topic,
+            .topic = t,
             .key = s->channel,
             .type = s->type,
             .source = s->source,
@@ -423,10 +437,11 @@ int cms_feed_on_tx_end(cm_db *db, void *arg)
             .content_type = CM_CLOUDEVENTS_JSON_CONTENT_TYPE,
             .traceparent = s->traceparent,
         };
-        if (rc == 0)
-            rc = cm_outbox_add(db, &ob);
     }
     PQclear(r);
+    for (size_t k = 0; rc == 0 && k < nout; k += CMS_FEED_OUTBOX_BATCH)
+        rc = cm_outbox_add_batch(
+            db, out + k, nout - k < CMS_FEED_OUTBOX_BATCH ? nout - k : CMS_FEED_OUTBOX_BATCH);
     if (rc == 0 && routed && app->feed->routed)
         cm_counter_add(app->feed->routed, routed);
     return rc;

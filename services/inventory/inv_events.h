@@ -51,7 +51,7 @@ int inv_ev_reservation(cm_db *db, const inv_ev_ctx *ec, const char *tenant, cons
 
 /* an event packed but not written: the batched reserve path writes a
  * whole batch of these with one multi-row insert into the outbox table
- * (store.c, write_outbox), with the columns cm_outbox_add would write */
+ * (inv_store_write_events), with the columns cm_outbox_add would write */
 typedef struct inv_ev_row {
     char event_id[CM_ID_SIZE]; /* a fresh UUIDv7, also the payload's event_id */
     const char *tenant;        /* borrowed from the caller */

@@ -261,12 +261,6 @@ int inv_store_write_events(cm_db *db, cm_outbox_rows *rows)
     return rc ? rc : cm_outbox_wake_on_commit(db);
 }
 
-/* writes the rows in the caller's transaction with one statement */
-static int write_outbox(cm_db *db, ev_rows *e)
-{
-    return inv_store_write_events(db, &e->rows);
-}
-
 /* ---- events for a set of audit rows ---- */
 
 static int emit_changes(cm_db *db, const inv_ev_ctx *ec, const char *tenant, const PGresult *r,
@@ -421,7 +415,7 @@ static int reserve_rows(cm_db *db, reserve_tx *t)
     }
     PQclear(r);
     if (rc == 0)
-        rc = write_outbox(db, &ev);
+        rc = inv_store_write_events(db, &ev.rows);
     ev_free(&ev);
     return rc;
 }

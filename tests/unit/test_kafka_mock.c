@@ -735,12 +735,21 @@ START_TEST(idempotent_consumer_keeps_no_inbox)
         snprintf(keys[i], sizeof keys[i], "k%d", i % 4);
         cm_kafka_msg m = event("t.idem", keys[i], "x", ids[i]);
         ck_assert_int_eq(cm_kafka_produce_sync(p, &m, NULL), 0);
+        if (i == 3) {
+            /* the same record twice in a row: handed over once when
+             * both land in one batch (counted a duplicate), twice when a
+             * batch ends between them; which one is up to the fetches */
+            char fresh[CM_ID_SIZE];
+            cm_kafka_msg d = event("t.idem", keys[i], "x", fresh);
+            d.id = ids[i];
+            ck_assert_int_eq(cm_kafka_produce_sync(p, &d, NULL), 0);
+        }
     }
     consumer_idempotent = 1;
     handler_state st = {0};
     cm_consumer *c = start_consumer(p, "t.idem", &st, NULL);
     consumer_idempotent = 0;
-    wait_handled(c, 20);
+    wait_handled(c, 21);
     /* redeliveries after their events were applied (a relay restart):
      * handed to the handler again, which must absorb them itself */
     for (int i = 15; i < 20; i++) {
@@ -749,20 +758,21 @@ START_TEST(idempotent_consumer_keeps_no_inbox)
         m.id = ids[i];
         ck_assert_int_eq(cm_kafka_produce_sync(p, &m, NULL), 0);
     }
-    wait_handled(c, 25);
+    wait_handled(c, 26);
     cm_consumer_stats s;
     cm_consumer_get_stats(c, &s);
     cm_consumer_free(c);
     cm_kafka_producer_free(p, 1000);
-    ck_assert_uint_eq(s.applied, 25);
-    ck_assert_uint_eq(s.duplicates, 0);
-    ck_assert_int_eq(atomic_load(&st.calls), 25);
+    ck_assert_uint_eq(s.applied + s.duplicates, 26);
+    ck_assert_uint_le(s.duplicates, 1);
+    ck_assert_uint_ge(s.applied, 25);
+    ck_assert_int_eq(atomic_load(&st.calls), (int)s.applied);
     PGconn *a = pt_admin();
     char q[256];
     snprintf(q, sizeof q, "SELECT count(*) FROM %s.inbox", schema);
     ck_assert_int_eq(pt_query_long(a, q), 0);
     snprintf(q, sizeof q, "SELECT sum(n) FROM %s.effects", schema);
-    ck_assert_int_eq(pt_query_long(a, q), 25);
+    ck_assert_int_eq(pt_query_long(a, q), (long)s.applied);
     PQfinish(a);
 }
 END_TEST
