@@ -1196,6 +1196,7 @@ ord_pay_watched() {
   local done=$log-done rc=0 from_ms paid watch_pid
   local o0 i0 v0 p0 k0 s0 o1 i1 v1 p1 k1 s1 g0 g1
   rm -f "$done"
+  [ "${sb_statements:-0}" = 1 ] && pg_statements_reset "$PG_DSN"
   o0=$(cpu_ticks "$ord_pid") i0=$(cpu_ticks "$ord_inv_pid") v0=$(cpu_ticks "$pay_svc_pid")
   p0=$(tree_ticks "$pay_pg_pid") k0=$(tree_ticks "$pay_kafka_pid") s0=$(sys_busy_ticks)
   from_ms=$(($(date +%s%3N) + warm * 1000))
@@ -1209,6 +1210,8 @@ ord_pay_watched() {
   forget_wait "$lg_pid" || rc=$?
   o1=$(cpu_ticks "$ord_pid") i1=$(cpu_ticks "$ord_inv_pid") v1=$(cpu_ticks "$pay_svc_pid")
   p1=$(tree_ticks "$pay_pg_pid") k1=$(tree_ticks "$pay_kafka_pid") s1=$(sys_busy_ticks)
+  # every service's statements while paying (the watcher's polls too)
+  [ "${sb_statements:-0}" = 1 ] && pg_statements "$PG_DSN" "$((rate * (secs + warm)))" "$log-statements.txt"
   paid=$(psql "$PG_DSN" -XAtqc "SELECT count(*) FROM $schema.orders WHERE paid_at IS NOT NULL" ||
     echo 0)
   echo "$paid" >"$done.tmp" && mv "$done.tmp" "$done"

@@ -221,17 +221,3 @@ int ord_ev_build(cm_arena *a, const ord_ev_ctx *ec, const char *tenant, int kind
     };
     return 0;
 }
-
-int ord_ev_emit(cm_db *db, const ord_ev_ctx *ec, const char *tenant, int kind, const ord_order *o,
-                int prev_state, const ord_refund *r)
-{
-    cm_arena *a = cm_arena_new(8192);
-    if (!a)
-        return CM_ENOMEM;
-    cm_outbox_event ev;
-    int rc = ord_ev_build(a, ec, tenant, kind, o, prev_state, r, &ev);
-    if (rc == 0)
-        rc = cm_outbox_add(db, &ev);
-    cm_arena_free(a);
-    return rc;
-}

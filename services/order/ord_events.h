@@ -32,12 +32,6 @@ typedef struct ord_ev_ctx {
     const char *traceparent;
 } ord_ev_ctx;
 
-/* writes the event of kind for order o (after the change) into the outbox
- * of the open transaction. prev_state: the state before (not used for
- * ORD_EV_CREATED); r: the refund of ORD_EV_REFUNDED (else NULL). */
-int ord_ev_emit(cm_db *db, const ord_ev_ctx *ec, const char *tenant, int kind, const ord_order *o,
-                int prev_state, const ord_refund *r);
-
 /* the event of kind as an outbox row, everything allocated in a (for
  * cm_outbox_add, or the batched cm_outbox_rows of a create). 0, CM_ENOMEM or
  * CM_EINVAL. */

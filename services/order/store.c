@@ -33,6 +33,7 @@
     "coalesce(payment_hash, ''), completed_by, "                                                   \
     "coalesce(array_to_string(line_unit_cost, ','), ''), "                                         \
     "coalesce(array_to_string(line_cost_reversed, ','), '')"
+enum { ORDER_NCOLS = 40, COL_BODY_HASH = 35, COL_PAYMENT_HASH = 36 };
 
 #define REFUND_COLS                                                                                \
     "refund_id, scope, amount, array_to_string(line_sku, ','), array_to_string(line_qty, ','), "   \
@@ -255,6 +256,20 @@ static int load_refunds(cm_db *db, const char *tenant, cm_arena *a, ord_order *o
     return 0;
 }
 
+/* load_refunds where o may have any: every refund pays back a positive
+ * amount and adds it to the order's refunded_amount in its transaction
+ * (plan_refund refuses less; ord_apply_refund), so an order with none refunded
+ * has no refund rows and its read needs no second round trip */
+static int load_refunds_of(cm_db *db, const char *tenant, cm_arena *a, ord_order *o)
+{
+    if (o->refunded == 0) {
+        o->nrefunds = 0;
+        o->refunds = NULL;
+        return 0;
+    }
+    return load_refunds(db, tenant, a, o);
+}
+
 /* one order by id, of merchant only when not NULL; lock: "FOR UPDATE" or "" */
 static int load_of(cm_db *db, const char *tenant, const char *order_id, const char *merchant,
                    const char *lock, cm_arena *a, ord_order *o)
@@ -274,7 +289,7 @@ static int load_of(cm_db *db, const char *tenant, const char *order_id, const ch
         return rc;
     parse_order(r, 0, o);
     PQclear(r);
-    return a ? load_refunds(db, tenant, a, o) : 0;
+    return a ? load_refunds_of(db, tenant, a, o) : 0;
 }
 
 static int load(cm_db *db, const char *tenant, const char *order_id, const char *lock, cm_arena *a,
@@ -314,21 +329,36 @@ int ord_store_get_by_request(cm_db *db, const char *tenant, const char *request_
     if (rc)
         return rc;
     parse_order(r, 0, o);
-    snprintf(hash, ORD_HASH_HEX + 1, "%s", PQgetvalue(r, 0, 35));
+    snprintf(hash, ORD_HASH_HEX + 1, "%s", PQgetvalue(r, 0, COL_BODY_HASH));
     PQclear(r);
-    return load_refunds(db, tenant, a, o);
+    return load_refunds_of(db, tenant, a, o);
 }
 
 /* ---- writes ---- */
 
 /* writes every mutable field of o back (after a transition), version + 1;
- * payment_hash, when not NULL, is the recorded payment's request hash (one
- * row version for a payment, not two) */
-static int save_with(cm_db *db, const char *tenant, cm_arena *a, ord_order *o,
-                     const char *payment_hash)
+ * $23, when not NULL, is the recorded payment's request hash (one row
+ * version for a payment, not two). $1-$25: save_params */
+#define SAVE_SQL                                                                                   \
+    "UPDATE orders SET state = $3, refunded_amount = $4, line_refunded_qty = $5, "                 \
+    "line_refunded_amount = $6, updated_at = to_timestamp($7::bigint / 1000.0), "                  \
+    "cancelled_at = to_timestamp($8::bigint / 1000.0), cancel_reason = $9, "                       \
+    "cancel_note = $10, completed_at = to_timestamp($11::bigint / 1000.0), "                       \
+    "payment_id = $12, pay_amount = $13, pay_provider = $14, pay_reference = $15, "                \
+    "paid_at = to_timestamp($16::bigint / 1000.0), "                                               \
+    "pay_recorded_at = to_timestamp($17::bigint / 1000.0), carrier = $18, "                        \
+    "tracking_number = $19, shipped_at = to_timestamp($20::bigint / 1000.0), "                     \
+    "version = $21, completed_by = $22, payment_hash = coalesce($23, payment_hash), "              \
+    "line_cost_reversed = $24, cost_reversed = $25 "                                               \
+    "WHERE tenant_id = $1 AND order_id = $2::uuid"
+enum { SAVE_NPARAMS = 25 };
+
+/* the next version of o (its version + 1) as SAVE_SQL's parameters */
+static void save_params(const char *tenant, cm_arena *a, ord_order *o, const char *payment_hash,
+                        const char **p)
 {
     o->version++;
-    const char *p[] = {
+    const char *v[SAVE_NPARAMS] = {
         tenant,
         o->order_id,
         num(a, o->state),
@@ -355,27 +385,63 @@ static int save_with(cm_db *db, const char *tenant, cm_arena *a, ord_order *o,
         LINE_FIELD(o, cost_reversed),
         num(a, ord_order_margin(o).reversed),
     };
-    PGresult *r = NULL;
-    int rc = exec(db, "update order",
-                  "UPDATE orders SET state = $3, refunded_amount = $4, line_refunded_qty = $5, "
-                  "line_refunded_amount = $6, updated_at = to_timestamp($7::bigint / 1000.0), "
-                  "cancelled_at = to_timestamp($8::bigint / 1000.0), cancel_reason = $9, "
-                  "cancel_note = $10, completed_at = to_timestamp($11::bigint / 1000.0), "
-                  "payment_id = $12, pay_amount = $13, pay_provider = $14, pay_reference = $15, "
-                  "paid_at = to_timestamp($16::bigint / 1000.0), "
-                  "pay_recorded_at = to_timestamp($17::bigint / 1000.0), carrier = $18, "
-                  "tracking_number = $19, shipped_at = to_timestamp($20::bigint / 1000.0), "
-                  "version = $21, completed_by = $22, payment_hash = coalesce($23, payment_hash), "
-                  "line_cost_reversed = $24, cost_reversed = $25 "
-                  "WHERE tenant_id = $1 AND order_id = $2::uuid",
-                  25, p, &r);
-    PQclear(r);
-    return rc;
+    memcpy(p, v, sizeof v);
 }
 
-static int save(cm_db *db, const char *tenant, cm_arena *a, ord_order *o)
+/*
+ * a state change of the locked order o and its event (kind, from state
+ * prev; r: the refund of an OrderRefunded) in one statement: the update
+ * and the outbox row as a data-modifying WITH, one round trip where an
+ * update and cm_outbox_add took two (MarkPaid ran seven from BEGIN to
+ * COMMIT). the event row is the shared batched insert (cm_outbox_rows)
+ * with one row, inserted only if the update found the order, and the
+ * relay is woken once the transaction commits. payment_hash: MarkPaid's
+ * request hash, or NULL to keep the stored one.
+ */
+#define SAVE_EMIT_SQL                                                                              \
+    "WITH u AS (" SAVE_SQL " RETURNING 1), e AS (" CM_OUTBOX_ROWS_INSERT_WHERE(                    \
+        "$26", "$27", "$28", "$29", "$30", "$31", "$32", "$33", "$34", "$35", "$36",               \
+        "EXISTS (SELECT 1 FROM u)") ") SELECT (SELECT count(*) FROM u), (SELECT count(*) FROM e)"
+enum { SAVE_EMIT_NPARAMS = SAVE_NPARAMS + CM_OUTBOX_ROWS_NPARAMS + 2 };
+
+static int save_emit(cm_db *db, const ord_ev_ctx *ec, const char *tenant, cm_arena *a, ord_order *o,
+                     const char *payment_hash, int kind, int prev, const ord_refund *rf)
 {
-    return save_with(db, tenant, a, o, NULL);
+    const char *p[SAVE_EMIT_NPARAMS];
+    int lengths[SAVE_EMIT_NPARAMS] = {0}, formats[SAVE_EMIT_NPARAMS] = {0};
+    save_params(tenant, a, o, payment_hash, p); /* first: the event has the new version */
+    cm_outbox_event e;
+    int rc = ord_ev_build(a, ec, tenant, kind, o, prev, rf, &e);
+    if (rc)
+        return rc;
+    cm_outbox_rows rows;
+    cm_outbox_rows_init(&rows);
+    cm_outbox_rows_add(&rows, &e);
+    if (cm_outbox_rows_close(&rows)) {
+        cm_outbox_rows_free(&rows);
+        return CM_ENOMEM;
+    }
+    cm_outbox_rows_params(&rows, p + SAVE_NPARAMS);
+    p[SAVE_NPARAMS + CM_OUTBOX_ROWS_NPARAMS] = e.topic;
+    p[SAVE_NPARAMS + CM_OUTBOX_ROWS_NPARAMS + 1] = e.source;
+    lengths[SAVE_NPARAMS + CM_OUTBOX_ROWS_BLOB] = (int)rows.blob.len;
+    formats[SAVE_NPARAMS + CM_OUTBOX_ROWS_BLOB] = 1;
+    PGresult *r = NULL;
+    rc = cm_db_exec_prepared(db, "update order and add its event", "ord_save_emit", SAVE_EMIT_SQL,
+                             SAVE_EMIT_NPARAMS, p, lengths, formats, &r);
+    cm_outbox_rows_free(&rows);
+    if (rc)
+        return rc;
+    /* the order is locked by the caller's transaction: it is there */
+    int ok = PQntuples(r) == 1 && strcmp(PQgetvalue(r, 0, 0), "1") == 0 &&
+             strcmp(PQgetvalue(r, 0, 1), "1") == 0;
+    PQclear(r);
+    if (!ok) {
+        cm_log_error("order update found no row under its lock", "tenant", tenant, "order_id",
+                     o->order_id, NULL);
+        return CM_EINTERNAL;
+    }
+    return cm_outbox_wake_on_commit(db);
 }
 
 /* ---- create ---- */
@@ -589,12 +655,79 @@ static int record_rejection(cm_db *db, const ord_pay_req *q, cm_arena *a, const 
     return rc;
 }
 
+/* where the payment id was seen: a rejection of it (the order, request
+ * hash and reason) or the order paid by it (hash and reason ""); the first
+ * row decides. $1 tenant, pid the payment id's placeholder. */
+#define PAYMENT_SEEN_SQL(pid)                                                                      \
+    "SELECT order_id::text AS seen_order, body_hash AS seen_hash, reason AS seen_why "             \
+    "FROM payment_rejections WHERE tenant_id = $1 AND payment_id = " pid " UNION ALL "             \
+    "SELECT p.order_id::text, '', '' FROM orders p WHERE p.tenant_id = $1 AND p.payment_id = " pid \
+    " LIMIT 1"
+
+/* the payment's verdict from where its id was seen (row 0 of r at column
+ * c), or -1: not seen */
+static int payment_seen(const ord_pay_req *q, const PGresult *r, int c)
+{
+    if (PQntuples(r) == 0 || PQgetisnull(r, 0, c))
+        return -1;
+    const char *why = PQgetvalue(r, 0, c + 2);
+    if (strcmp(PQgetvalue(r, 0, c), q->order_id) == 0 &&
+        strcmp(PQgetvalue(r, 0, c + 1), q->hash) == 0 && *why)
+        return strcmp(why, "double_payment") == 0 ? ORD_DOUBLE_PAY : ORD_LATE;
+    return ORD_KEY_REUSED;
+}
+
+/*
+ * MarkPaid's first statement: the order locked, and where the payment id
+ * was seen, in one round trip (the lookup was a second). read committed
+ * evaluates the lookup in the statement's snapshot, taken before a wait
+ * for the order's lock, while the locked row is read again once the lock
+ * is ours. so a lookup that found nothing is repeated when the order is no
+ * longer pending (a concurrent change may have recorded this payment);
+ * for a pending order nothing changes: a payment id taken meanwhile by
+ * another order is still refused by the update (orders_payment, unique).
+ * verdict: -1 (not seen) or payment_seen's; paid_hash: the recorded
+ * payment's request hash ("" when none).
+ */
+static int pay_load(cm_db *db, const ord_pay_req *q, cm_arena *a, ord_order *o, int *verdict,
+                    char paid_hash[ORD_HASH_HEX + 1])
+{
+    if (!cm_id_is_uuid(q->order_id))
+        return CM_ENOTFOUND;
+    const char *p[] = {q->tenant, q->order_id, q->payment_id};
+    PGresult *r = NULL;
+    int rc = read_row(db, "get order to pay",
+                      "SELECT " ORDER_COLS ", s.seen_order, s.seen_hash, s.seen_why FROM orders "
+                      "LEFT JOIN LATERAL (" PAYMENT_SEEN_SQL(
+                          "$3") ") s ON true "
+                                "WHERE orders.tenant_id = $1 AND orders.order_id = $2::uuid "
+                                "FOR UPDATE OF orders",
+                      3, p, &r);
+    if (rc)
+        return rc;
+    parse_order(r, 0, o);
+    snprintf(paid_hash, ORD_HASH_HEX + 1, "%s", PQgetvalue(r, 0, COL_PAYMENT_HASH));
+    *verdict = payment_seen(q, r, ORDER_NCOLS);
+    PQclear(r);
+    if (*verdict < 0 && o->state != ORD_PENDING) {
+        const char *pp[] = {q->tenant, q->payment_id};
+        rc = exec(db, "find payment id", PAYMENT_SEEN_SQL("$2"), 2, pp, &r);
+        if (rc)
+            return rc;
+        *verdict = payment_seen(q, r, 0);
+        PQclear(r);
+    }
+    return load_refunds_of(db, q->tenant, a, o);
+}
+
 static int pay_fn(cm_db *db, void *arg)
 {
     change_tx *t = arg;
     const ord_pay_req *q = t->q;
     ord_order *o = t->o;
-    int rc = load(db, q->tenant, q->order_id, "FOR UPDATE", t->a, o);
+    int seen = -1;
+    char paid_hash[ORD_HASH_HEX + 1];
+    int rc = pay_load(db, q, t->a, o, &seen, paid_hash);
     if (rc == CM_ENOTFOUND) {
         t->verdict = ORD_NOT_FOUND;
         return 0;
@@ -602,39 +735,16 @@ static int pay_fn(cm_db *db, void *arg)
     if (rc)
         return rc;
     if (strcmp(o->payment_id, q->payment_id) == 0) {
-        /* this payment was recorded: a duplicate notification */
-        const char *p[] = {q->tenant, q->order_id};
-        PGresult *r = NULL;
-        rc = exec(db, "get payment hash",
-                  "SELECT payment_hash FROM orders WHERE tenant_id = $1 AND order_id = $2::uuid", 2,
-                  p, &r);
-        if (rc)
-            return rc;
-        t->verdict = strcmp(PQgetvalue(r, 0, 0), q->hash) == 0 ? ORD_SAME : ORD_KEY_REUSED;
-        PQclear(r);
+        /* this payment was recorded: a duplicate notification (the row was
+         * read under its lock, so its hash is the recorded one) */
+        t->verdict = strcmp(paid_hash, q->hash) == 0 ? ORD_SAME : ORD_KEY_REUSED;
         return 0;
     }
     /* the payment id with another order, or refused before */
-    const char *p[] = {q->tenant, q->payment_id};
-    PGresult *r = NULL;
-    rc = exec(db, "find payment id",
-              "SELECT order_id::text, body_hash, reason FROM payment_rejections "
-              "WHERE tenant_id = $1 AND payment_id = $2 UNION ALL "
-              "SELECT order_id::text, '', '' FROM orders WHERE tenant_id = $1 AND payment_id = $2",
-              2, p, &r);
-    if (rc)
-        return rc;
-    if (PQntuples(r) > 0) {
-        const char *why = PQgetvalue(r, 0, 2);
-        if (strcmp(PQgetvalue(r, 0, 0), q->order_id) == 0 &&
-            strcmp(PQgetvalue(r, 0, 1), q->hash) == 0 && *why)
-            t->verdict = strcmp(why, "double_payment") == 0 ? ORD_DOUBLE_PAY : ORD_LATE;
-        else
-            t->verdict = ORD_KEY_REUSED;
-        PQclear(r);
+    if (seen >= 0) {
+        t->verdict = seen;
         return 0;
     }
-    PQclear(r);
     ord_verdict v = ord_plan_pay(o, q->amount, q->currency, q->now_ms, q->grace_ms);
     t->verdict = (int)v;
     switch (v) {
@@ -648,10 +758,7 @@ static int pay_fn(cm_db *db, void *arg)
         o->paid_ms = q->paid_ms;
         o->pay_recorded_ms = q->now_ms;
         o->updated_ms = q->now_ms;
-        rc = save_with(db, q->tenant, t->a, o, q->hash);
-        if (rc)
-            return rc;
-        return ord_ev_emit(db, q->ev, q->tenant, ORD_EV_PAID, o, prev, NULL);
+        return save_emit(db, q->ev, q->tenant, t->a, o, q->hash, ORD_EV_PAID, prev, NULL);
     }
     case ORD_LATE:
         if (o->state == ORD_PENDING) {
@@ -661,9 +768,8 @@ static int pay_fn(cm_db *db, void *arg)
             o->cancel_reason = ORD_CANCEL_PAYMENT_TIMEOUT;
             o->cancelled_ms = q->now_ms;
             o->updated_ms = q->now_ms;
-            rc = save(db, q->tenant, t->a, o);
-            if (rc == 0)
-                rc = ord_ev_emit(db, q->ev, q->tenant, ORD_EV_CANCELLED, o, ORD_PENDING, NULL);
+            rc =
+                save_emit(db, q->ev, q->tenant, t->a, o, NULL, ORD_EV_CANCELLED, ORD_PENDING, NULL);
             if (rc)
                 return rc;
         }
@@ -709,10 +815,7 @@ static int apply_op(cm_db *db, const ord_op_req *q, cm_arena *a, ord_order *o, i
                  q->completed_by && *q->completed_by ? q->completed_by : "caller");
         break;
     }
-    int rc = save(db, q->tenant, a, o);
-    if (rc)
-        return rc;
-    return ord_ev_emit(db, q->ev, q->tenant, kind, o, prev, NULL);
+    return save_emit(db, q->ev, q->tenant, a, o, NULL, kind, prev, NULL);
 }
 
 static int op_fn(cm_db *db, void *arg)
@@ -872,10 +975,7 @@ static int refund_fn(cm_db *db, void *arg)
     all[o->nrefunds] = *f;
     o->refunds = all;
     o->nrefunds++;
-    rc = save(db, q->tenant, t->a, o);
-    if (rc)
-        return rc;
-    return ord_ev_emit(db, q->ev, q->tenant, ORD_EV_REFUNDED, o, prev, f);
+    return save_emit(db, q->ev, q->tenant, t->a, o, NULL, ORD_EV_REFUNDED, prev, f);
 }
 
 int ord_store_refund(cm_db *db, const ord_refund_req *q, cm_arena *a, ord_order *o, ord_refund *r,
@@ -932,9 +1032,7 @@ static int due_fn(cm_db *db, void *arg)
         o->cancel_note[0] = 0;
         o->cancelled_ms = t->now_ms;
         o->updated_ms = t->now_ms;
-        rc = save(db, tenant, a, o);
-        if (rc == 0)
-            rc = ord_ev_emit(db, t->ev, tenant, ORD_EV_CANCELLED, o, ORD_PENDING, NULL);
+        rc = save_emit(db, t->ev, tenant, a, o, NULL, ORD_EV_CANCELLED, ORD_PENDING, NULL);
         if (rc == 0)
             t->cancelled++;
         cm_arena_reset(a);
@@ -1114,10 +1212,8 @@ int ord_store_list(cm_db *db, const ord_list_q *q, cm_arena *a, ord_order *out, 
         (*n)++;
     }
     PQclear(r);
-    for (size_t i = 0; i < *n && rc == 0; i++) {
-        if (out[i].refunded > 0)
-            rc = load_refunds(db, q->tenant, a, &out[i]);
-    }
+    for (size_t i = 0; i < *n && rc == 0; i++)
+        rc = load_refunds_of(db, q->tenant, a, &out[i]);
     return rc;
 }
 

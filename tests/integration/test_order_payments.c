@@ -68,6 +68,13 @@ START_TEST(payment_notifications_duplicated_and_out_of_order)
     ck_assert_str_eq(o->payment->provider, "alipay");
     fx_order_free(o);
     ck_assert_int_eq(hs_sql_long(f.ord_schema, "SELECT count(*) FROM payment_rejections"), 1);
+    /* the refused payment's id for a pending order: a reused key (the
+     * order's lock statement finds the rejection), the order still unpaid */
+    fx_pay_spec p2b = p2;
+    p2b.order_id = id[1];
+    ck_assert_int_eq(fx_mark_paid(f.oc, &p2b, NULL, &st), GRPC_STATUS_ALREADY_EXISTS);
+    ck_assert_str_eq(st.reason, "IDEMPOTENCY_KEY_REUSED");
+    ck_assert_int_eq(fx_state_of(f.oc, id[1]), FX_ST(PENDING_PAYMENT));
 
     /* amount and currency must be the order total */
     fx_pay_spec bad = {.payment_id = "pay-3", .order_id = id[1], .amount = 4998};
