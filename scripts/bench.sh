@@ -1047,6 +1047,7 @@ ord_run() {
   shift 2
   local rc=0 t0 i0 p0 k0 s0 t1 i1 p1 k1 s1 hz json calls
   hz=$(getconf CLK_TCK)
+  [ "${ord_statements:-0}" = 1 ] && pg_statements_reset "$PG_DSN"
   t0=$(cpu_ticks "$ord_pid") i0=$(cpu_ticks "$ord_inv_pid") s0=$(sys_busy_ticks)
   p0=$(tree_ticks "$ord_pg_pid") k0=$(tree_ticks "$ord_kafka_pid")
   spawn "$out" "$bin/commerce-loadgen" --target "127.0.0.1:$ord_port" \
@@ -1077,6 +1078,7 @@ ord_run() {
   fi
   calls=$(jnum "$json" calls_total)
   ord_calls=$((ord_calls + calls))
+  [ "${ord_statements:-0}" = 1 ] && pg_statements "$PG_DSN" "$calls" "${out%.txt}-statements.txt"
   # cpu per order over the whole run (warmup included on both sides)
   ord_cpu=$(awk -v o="$((t1 - t0))" -v i="$((i1 - i0))" -v p="$((p1 - p0))" -v k="$((k1 - k0))" \
     -v s="$((s1 - s0))" -v hz="$hz" -v lg="$(jnum "$json" loadgen_cpu_s)" -v n="$calls" 'BEGIN {
@@ -1309,6 +1311,8 @@ bench_order() {
   echo "fsync        $(psql "$PG_DSN" -XAtqc 'SHOW fsync'), synchronous_commit" \
     "$(psql "$PG_DSN" -XAtqc 'SHOW synchronous_commit')," \
     "max_connections $(psql "$PG_DSN" -XAtqc 'SHOW max_connections')"
+  ord_statements=$(pg_statements_on)
+  [ "$ord_statements" = 1 ] && echo "statements   pg_stat_statements loaded: each run's top statements in <logs>/<run>-statements.txt"
   planner_dsn "$planner"
   planner_line "$planner"
   local ord_dsn=$svc_dsn
