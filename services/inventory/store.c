@@ -101,16 +101,26 @@ int inv_store_get_stock(cm_db *db, const char *tenant, const char *sku, inv_leve
     return 0;
 }
 
+/* the reservation and its lines in one prepared statement (the resolve
+ * path reads it once per order event; the lines were a second round trip,
+ * parsed and planned every time): a row per line in line order, or one
+ * row with no line (a tombstone) */
+#define RESV_COLS                                                                                  \
+    "r.order_id, r.state, r.buyer_id, r.flash_sale::int, " MS("r.created_at") ", " MS(             \
+        "r.expires_at") ", coalesce(" MS("r.resolved_at") ", 0)"
+#define RESV_LINE_COLS                                                                             \
+    "l.sku, l.quantity, l.flash_sale_id, l.unit_cost, coalesce(l.cost_currency, '')"
+
 int inv_store_get_reservation(cm_db *db, const char *tenant, const char *order_id, inv_resv *out)
 {
     const char *p[] = {tenant, order_id};
     PGresult *r = NULL;
-    int rc = cm_db_read_auto(
-        db, "get reservation",
-        "SELECT order_id, state, buyer_id, flash_sale::int, " MS("created_at") ", " MS(
-            "expires_at") ", coalesce(" MS("resolved_at") ", 0) FROM reservation "
-                                                          "WHERE tenant_id = $1 AND order_id = $2",
-        2, p, &r);
+    int rc = cm_db_read_auto(db, "get reservation",
+                             "SELECT " RESV_COLS ", " RESV_LINE_COLS
+                             " FROM reservation r LEFT JOIN reservation_line l "
+                             "ON l.tenant_id = r.tenant_id AND l.order_id = r.order_id "
+                             "WHERE r.tenant_id = $1 AND r.order_id = $2 ORDER BY l.idx",
+                             2, p, &r);
     if (rc)
         return rc;
     if (PQntuples(r) == 0) {
@@ -125,21 +135,13 @@ int inv_store_get_reservation(cm_db *db, const char *tenant, const char *order_i
     out->created_ms = i64(r, 0, 4);
     out->expires_ms = i64(r, 0, 5);
     out->resolved_ms = i64(r, 0, 6);
-    PQclear(r);
-    rc = cm_db_read(db, "get reservation lines",
-                    "SELECT sku, quantity, flash_sale_id, unit_cost, coalesce(cost_currency, '') "
-                    "FROM reservation_line "
-                    "WHERE tenant_id = $1 AND order_id = $2 ORDER BY idx",
-                    2, p, &r);
-    if (rc)
-        return rc;
-    int n = PQntuples(r);
+    int n = PQgetisnull(r, 0, 7) ? 0 : PQntuples(r);
     for (int i = 0; i < n && i < INV_LINES_MAX; i++) {
-        cpy(out->lines[i].sku, sizeof out->lines[i].sku, r, i, 0);
-        out->lines[i].qty = i64(r, i, 1);
-        cpy(out->lines[i].flash_sale_id, sizeof out->lines[i].flash_sale_id, r, i, 2);
-        out->lines[i].unit_cost = i64(r, i, 3);
-        cpy(out->lines[i].cost_currency, sizeof out->lines[i].cost_currency, r, i, 4);
+        cpy(out->lines[i].sku, sizeof out->lines[i].sku, r, i, 7);
+        out->lines[i].qty = i64(r, i, 8);
+        cpy(out->lines[i].flash_sale_id, sizeof out->lines[i].flash_sale_id, r, i, 9);
+        out->lines[i].unit_cost = i64(r, i, 10);
+        cpy(out->lines[i].cost_currency, sizeof out->lines[i].cost_currency, r, i, 11);
     }
     out->nlines = (size_t)(n < INV_LINES_MAX ? n : INV_LINES_MAX);
     PQclear(r);
