@@ -45,6 +45,15 @@ typedef struct cm_outbox_event {
     /* extra text headers (NULL-terminated "name", "value" pairs), or NULL.
      * names of the CloudEvents headers above are refused. */
     const char *const *headers;
+    /* a structured-mode event only: publish the envelope as binary-mode
+     * headers as well (ce_id, ce_type, ce_source, ce_time, tenant-id,
+     * traceparent, from the fields above, which must then equal the
+     * value's attributes), so consumers of an internal topic read the
+     * envelope without parsing the value (cm_event_decode takes the
+     * headers when ce_id is there). not for a topic outsiders read: a
+     * reader that looks for ce_ headers before the content type would
+     * take the whole event for its data */
+    int envelope_headers;
 } cm_outbox_event;
 
 /* inserts ev into <schema>.outbox inside the caller's open transaction (the

@@ -147,15 +147,15 @@ int cm_outbox_wake_on_commit(cm_db *db)
 
 #define OUTBOX_COLUMNS                                                                             \
     "event_id, tenant_id, topic, key, type, source, content_type, payload, traceparent, headers, " \
-    "occurred_at"
+    "occurred_at, envelope_headers"
 
 /* cm_outbox_add_batch's rows as the columns one prepared statement
- * unnests: ten text[] literals and the payloads as one bytea[] in the
+ * unnests: eleven text[] literals and the payloads as one bytea[] in the
  * binary array format (raw bytes, no escaping). one statement text for any
  * batch size: a VALUES list of 11 parameters per row was parsed and
  * planned anew for every batch, which cost postgres more than inserting
  * the rows (commission's 1,000-event batches: 11,000 parameters) */
-#define TEXT_COLS 10
+#define TEXT_COLS 11
 #define BYTEA_OID 17
 
 typedef struct outbox_columns {
@@ -241,6 +241,7 @@ static int columns_build(outbox_columns *c, const cm_outbox_event *evs, size_t n
             cm_buf_array_int(&c->text[9], (long long)ev->occurred_at_ms);
         else
             cm_buf_array_null(&c->text[9]);
+        cm_buf_array_text(&c->text[10], ev->envelope_headers ? "t" : "f");
         put_be32(&c->payloads, (uint32_t)ev->len);
         if (ev->len)
             cm_buf_put(&c->payloads, ev->payload, ev->len);
@@ -292,9 +293,10 @@ int cm_outbox_add_batch(cm_db *db, const cm_outbox_event *evs, size_t n)
             db, "insert outbox events", "cm_outbox_add",
             "INSERT INTO outbox (" OUTBOX_COLUMNS ") SELECT u.e::uuid, u.t, u.tp, u.k, u.ty, "
             "u.s, u.ct, u.p, u.tr, u.h::jsonb, coalesce(to_timestamp(u.ms::float8 / 1000), "
-            "now()) FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], "
-            "$6::text[], $7::text[], $8::text[], $9::text[], $10::bigint[], $11::bytea[]) "
-            "WITH ORDINALITY AS u(e, t, tp, k, ty, s, ct, tr, h, ms, p, i) ORDER BY u.i",
+            "now()), u.eh FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], "
+            "$5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::bigint[], "
+            "$11::boolean[], $12::bytea[]) "
+            "WITH ORDINALITY AS u(e, t, tp, k, ty, s, ct, tr, h, ms, eh, p, i) ORDER BY u.i",
             TEXT_COLS + 1, params, lengths, formats, NULL);
     if (rc == 0)
         rc = cm_outbox_wake_on_commit(db);
@@ -745,7 +747,8 @@ static const char fetch_sql[] =
     "SELECT id::text AS row_id, event_id::text AS ev_id, tenant_id, topic, key, type, source, "
     "content_type, "
     "payload, traceparent, headers::text, "
-    "to_char(occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') "
+    "to_char(occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), "
+    "envelope_headers "
     "FROM outbox WHERE published_at IS NULL AND failed_at IS NULL AND id > $2::bigint ORDER BY "
     "outbox.id LIMIT $1::int";
 
@@ -812,7 +815,8 @@ enum {
     F_PAYLOAD,
     F_TRACE,
     F_HEADERS,
-    F_TIME
+    F_TIME,
+    F_ENVELOPE
 };
 
 static const char *col(const PGresult *res, int row, int c)
@@ -840,11 +844,14 @@ static int add_row(cm_outbox_relay *r, const PGresult *res, int i, cm_kafka_head
         .tenant_id = col(res, i, F_TENANT),
         .headers = hdrs,
     };
-    if (cm_cloudevent_is_structured(m.content_type)) {
-        /* structured mode: the value is the whole event, attributes and
-         * all; binary-mode headers beside it would say it twice */
+    /* structured mode: the value is the whole event, attributes and all;
+     * binary-mode headers beside it would say it twice, unless the writer
+     * asked for them (envelope_headers: an internal topic whose consumers
+     * route by the envelope without parsing the value). the binary result
+     * format sends a boolean as one byte, 0 or 1 */
+    int envelope = PQgetlength(res, i, F_ENVELOPE) == 1 && PQgetvalue(res, i, F_ENVELOPE)[0] == 1;
+    if (cm_cloudevent_is_structured(m.content_type) && !envelope)
         m.id = m.type = m.source = m.time = m.traceparent = m.tenant_id = NULL;
-    }
     *json = NULL;
     const char *h = col(res, i, F_HEADERS);
     if (h) {

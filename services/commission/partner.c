@@ -143,8 +143,13 @@ static int envelope(cm_arena *a, const char *topic, const char *type, const char
         .payload = payload,
         .len = len,
         .content_type = CM_CLOUDEVENTS_JSON_CONTENT_TYPE,
+        /* the internal topic's consumer (the partner feed) routes by the
+         * envelope: in headers too, it does not parse every value (~17 µs
+         * per event with jansson). the partners' own topics do not get
+         * them (feed.c) */
+        .envelope_headers = 1,
         .occurred_at_ms = at_ms,
-        .traceparent = traceparent && *traceparent ? cm_arena_strdup(a, traceparent) : NULL};
+        .traceparent = traceparent_ok(traceparent) ? cm_arena_strdup(a, traceparent) : NULL};
     return payload && out->tenant_id && out->key ? 0 : CM_ENOMEM;
 }
 

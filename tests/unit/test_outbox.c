@@ -269,7 +269,7 @@ START_TEST(migrate_component_keeps_its_own_history)
     cm_db_free(db);
     ck_assert_int_eq(query_long("SELECT count(*) FROM %s.schema_migrations_outbox", schema),
                      (long)cm_outbox_migrations_count);
-    ck_assert_int_eq((long)cm_outbox_migrations_count, 2);
+    ck_assert_int_eq((long)cm_outbox_migrations_count, 3);
     /* an id is taken after the row's transaction has an xid (0002) */
     ck_assert_int_eq(query_long("SELECT count(*) FROM information_schema.columns WHERE "
                                 "table_schema = '%s' AND table_name = 'outbox' AND "
@@ -427,6 +427,74 @@ START_TEST(batch_add_is_published_in_order_and_all_or_nothing)
     cm_kafka_producer_free(p, 1000);
     cm_db_free(db);
     check_topic(total_events(), 0);
+    cm_metrics_free(m);
+}
+END_TEST
+
+/* two structured-mode events: one as a partner's topic gets it (the
+ * content type and the extra headers only), one asking for the envelope in
+ * binary-mode headers too (an internal topic: the partner feed reads it
+ * without parsing the value) */
+static int add_structured_fn(cm_db *db, void *arg)
+{
+    char(*ids)[CM_ID_SIZE] = arg;
+    static const char body[] = "{\"specversion\":\"1.0\"}";
+    cm_outbox_event evs[2];
+    for (int i = 0; i < 2; i++) {
+        ck_assert_int_eq(cm_id_uuid7(ids[i]), 0);
+        evs[i] = (cm_outbox_event){
+            .event_id = ids[i],
+            .tenant_id = "t1",
+            .topic = "t.ce",
+            .key = "ch-1",
+            .type = "com.commerce.test.v1.thing",
+            .source = "/commerce/test",
+            .payload = body,
+            .len = strlen(body),
+            .content_type = "application/cloudevents+json; charset=UTF-8",
+            .traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            .occurred_at_ms = 1765000000123,
+            .envelope_headers = i == 1,
+        };
+    }
+    return cm_outbox_add_batch(db, evs, 2);
+}
+
+START_TEST(structured_events_carry_the_envelope_in_headers_only_when_asked)
+{
+    rd_kafka_mock_topic_create(mk.mc, "t.ce", 1, 1);
+    cm_db *db = connect_db();
+    char ids[2][CM_ID_SIZE];
+    ck_assert_int_eq(cm_db_tx(db, NULL, 1, add_structured_fn, ids), 0);
+    cm_kafka_producer *p = producer(NULL);
+    cm_metrics *m = cm_metrics_new();
+    cm_outbox_relay *r = relay(p, m, 64);
+    wait_published(2, 30000);
+    cm_outbox_relay_free(r);
+    cm_kafka_producer_free(p, 1000);
+    cm_db_free(db);
+    mk_record *recs;
+    size_t n = mk_read_topic(mk.brokers, "t.ce", 1, 2, 10000, &recs);
+    ck_assert_uint_eq(n, 2);
+    for (size_t i = 0; i < 2; i++)
+        ck_assert_str_eq(mk_header(&recs[i], "content-type"),
+                         "application/cloudevents+json; charset=UTF-8");
+    /* as the contract has it for partners: the value says it all */
+    const char *const envelope[] = {"ce_id",   "ce_specversion", "ce_type",    "ce_source",
+                                    "ce_time", "tenant-id",      "traceparent"};
+    for (size_t h = 0; h < sizeof envelope / sizeof envelope[0]; h++)
+        ck_assert_ptr_null(mk_header(&recs[0], envelope[h]));
+    /* asked for: the envelope again, equal to the row's fields */
+    ck_assert_str_eq(mk_header(&recs[1], "ce_id"), ids[1]);
+    ck_assert_str_eq(mk_header(&recs[1], "ce_specversion"), "1.0");
+    ck_assert_str_eq(mk_header(&recs[1], "ce_type"), "com.commerce.test.v1.thing");
+    ck_assert_str_eq(mk_header(&recs[1], "ce_source"), "/commerce/test");
+    ck_assert_str_eq(mk_header(&recs[1], "ce_time"), "2025-12-06T05:46:40.123Z");
+    ck_assert_str_eq(mk_header(&recs[1], "tenant-id"), "t1");
+    ck_assert_str_eq(mk_header(&recs[1], "traceparent"),
+                     "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01");
+    ck_assert_str_eq(recs[1].payload, "{\"specversion\":\"1.0\"}");
+    mk_records_free(recs, n);
     cm_metrics_free(m);
 }
 END_TEST
@@ -824,6 +892,7 @@ static Suite *outbox_suite(void)
     tcase_add_test(tc, relay_publishes_once_in_key_order_with_headers);
     tcase_add_test(tc, rows_committed_late_are_not_skipped);
     tcase_add_test(tc, batch_add_is_published_in_order_and_all_or_nothing);
+    tcase_add_test(tc, structured_events_carry_the_envelope_in_headers_only_when_asked);
     tcase_add_test(tc, wake_ups_keep_working_over_many_commits);
     tcase_add_test(tc, rows_insert_writes_each_row_with_its_payload_and_trace);
     tcase_add_test(tc, two_relays_publish_each_row_once);
