@@ -1540,13 +1540,15 @@ pg_statements_reset() {
 pg_statements() {
   psql "$1" -XAq -P pager=off >"$3" 2>&1 <<SQL || true
 SELECT calls, round(total_exec_time::numeric, 0) AS total_ms,
-       round((total_exec_time / calls)::numeric, 3) AS mean_ms, rows,
+       round(total_plan_time::numeric, 0) AS plan_ms,
+       round((total_exec_time / nullif(calls, 0))::numeric, 3) AS mean_ms, rows,
        round((1000 * total_exec_time / $2)::numeric, 1) AS us_per_order,
        pg_size_pretty(wal_bytes / $2) AS wal_per_order,
        left(regexp_replace(query, '\s+', ' ', 'g'), 110) AS query
   FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
- ORDER BY total_exec_time DESC LIMIT 14;
+ ORDER BY total_exec_time + total_plan_time DESC LIMIT 14;
 SELECT sum(calls) AS calls, round(sum(total_exec_time)::numeric, 0) AS total_ms,
+       round(sum(total_plan_time)::numeric, 0) AS plan_ms,
        round((1000 * sum(total_exec_time) / $2)::numeric, 1) AS us_per_order,
        pg_size_pretty(sum(wal_bytes) / $2) AS wal_per_order, 'every statement' AS query
   FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database());
