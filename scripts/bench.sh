@@ -1196,7 +1196,7 @@ ord_pay_watched() {
   local file=$1 rate=$2 secs=$3 warm=$4 schema=$5 log=$6
   shift 6
   local done=$log-done rc=0 from_ms paid watch_pid
-  local o0 i0 v0 p0 k0 s0 o1 i1 v1 p1 k1 s1 g0 g1
+  local o0 i0 v0 p0 k0 s0 o1 i1 v1 p1 k1 s1
   rm -f "$done"
   [ "${sb_statements:-0}" = 1 ] && pg_statements_reset "$PG_DSN"
   o0=$(cpu_ticks "$ord_pid") i0=$(cpu_ticks "$ord_inv_pid") v0=$(cpu_ticks "$pay_svc_pid")
