@@ -689,6 +689,13 @@ static int payment_seen(const ord_pay_req *q, const PGresult *r, int c)
  * verdict: -1 (not seen) or payment_seen's; paid_hash: the recorded
  * payment's request hash ("" when none).
  */
+/* the lock statement's lookup: the payment id is its $3 */
+#define PAYMENT_SEEN_3 PAYMENT_SEEN_SQL("$3")
+#define PAY_LOAD_SQL                                                                               \
+    "SELECT " ORDER_COLS ", s.seen_order, s.seen_hash, s.seen_why FROM orders "                    \
+    "LEFT JOIN LATERAL (" PAYMENT_SEEN_3 ") s ON true "                                            \
+    "WHERE orders.tenant_id = $1 AND orders.order_id = $2::uuid FOR UPDATE OF orders"
+
 static int pay_load(cm_db *db, const ord_pay_req *q, cm_arena *a, ord_order *o, int *verdict,
                     char paid_hash[ORD_HASH_HEX + 1])
 {
@@ -696,13 +703,7 @@ static int pay_load(cm_db *db, const ord_pay_req *q, cm_arena *a, ord_order *o, 
         return CM_ENOTFOUND;
     const char *p[] = {q->tenant, q->order_id, q->payment_id};
     PGresult *r = NULL;
-    int rc = read_row(db, "get order to pay",
-                      "SELECT " ORDER_COLS ", s.seen_order, s.seen_hash, s.seen_why FROM orders "
-                      "LEFT JOIN LATERAL (" PAYMENT_SEEN_SQL(
-                          "$3") ") s ON true "
-                                "WHERE orders.tenant_id = $1 AND orders.order_id = $2::uuid "
-                                "FOR UPDATE OF orders",
-                      3, p, &r);
+    int rc = read_row(db, "get order to pay", PAY_LOAD_SQL, 3, p, &r);
     if (rc)
         return rc;
     parse_order(r, 0, o);
