@@ -76,9 +76,9 @@ int cm_outbox_add_batch(cm_db *db, const cm_outbox_event *evs, size_t n);
  * in a larger statement (a data-modifying WITH): text arrays, and the
  * payloads concatenated into one binary parameter that the insert cuts by
  * offset and length. every row of a batch shares one topic and source
- * (parameters of the statement); content_type and headers keep their
- * defaults. rows get their ids in the order they were added, so a key's
- * events are published in that order.
+ * (parameters of the statement); content_type, headers and
+ * envelope_headers keep their defaults. rows get their ids in the order
+ * they were added, so a key's events are published in that order.
  *
  *   cm_outbox_rows r;
  *   cm_outbox_rows_init(&r);
@@ -102,7 +102,7 @@ typedef struct cm_outbox_rows {
 void cm_outbox_rows_init(cm_outbox_rows *r);
 /* event_id, tenant_id, key, type, payload/len, occurred_at_ms (0: now) and
  * traceparent (NULL: none) of ev are used; its topic, source,
- * content_type and headers are not (see above). */
+ * content_type, headers and envelope_headers are not (see above). */
 void cm_outbox_rows_add(cm_outbox_rows *r, const cm_outbox_event *ev);
 /* ends the arrays: 0, or CM_ENOMEM when a buffer could not grow. */
 int cm_outbox_rows_close(cm_outbox_rows *r);
