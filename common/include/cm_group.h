@@ -53,6 +53,15 @@ int cm_group_new(cm_group **out, const cm_group_opts *o);
  * thread-safe. */
 int cm_group_submit(cm_group *g, void *conn, void *item);
 
+/* queues items[0..n) together and blocks until each was committed:
+ * rcs[i] is item i's batch's result (items may land in different batches).
+ * for a caller that gathered a batch already (inventory's BatchReserve),
+ * which then shares commits with the single callers. only for a group
+ * with opts.threads (CM_EINVAL otherwise: a caller-led group would need
+ * one of several items to lead); 0, or CM_ECANCELLED (shutting down,
+ * nothing queued) / CM_ENOMEM. thread-safe. */
+int cm_group_submit_many(cm_group *g, void *const *items, size_t n, int *rcs);
+
 /* refuses new items (CM_ECANCELLED), then waits until every queued item
  * was committed and no batch is in flight (and the threads ended).
  * idempotent. */

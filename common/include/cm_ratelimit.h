@@ -78,6 +78,12 @@ int cm_ratelimit_off(const cm_ratelimit *rl);
 int cm_ratelimit_take(cm_ratelimit *rl, const char *tenant, cm_ratelimit_class cls,
                       cm_ratelimit_refusal *why);
 
+/* charges n more tokens of tenant's bucket for cls, never refusing: the
+ * bucket may go into debt, which the takes after it wait out. for a call
+ * that does the work of n + 1 (a batch of n + 1 items): it passed its own
+ * take, and the limit holds on average over the items. thread-safe. */
+void cm_ratelimit_charge(cm_ratelimit *rl, const char *tenant, cm_ratelimit_class cls, unsigned n);
+
 /* looks at the file (one stat) and re-reads it when it changed, or
  * always with force: 1 when the new limits are in force, 0 when nothing
  * changed (or there is no file), CM_EINVAL with the limits in force kept

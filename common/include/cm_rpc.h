@@ -205,6 +205,23 @@ void cm_rpc_ctx_detached_free(cm_rpc_ctx *ctx);
  * the ErrorInfo reason and message (NULL when unset) */
 int cm_rpc_ctx_code(const cm_rpc_ctx *ctx, const char **reason, const char **message);
 
+/* batch calls (inventory's BatchReserve): a context for one item of the
+ * call, in its arena. it is the call's — tenant, caller, metadata, worker,
+ * arena — with an outcome of its own: the cm_rpc_fail* family on it
+ * describes that item and leaves the call alone. never returned to the
+ * runtime. NULL on out of memory. */
+cm_rpc_ctx *cm_rpc_ctx_item(cm_rpc_ctx *ctx);
+/* the item's failure, packed in the call's arena as the google.rpc.Status
+ * that grpc-status-details-bin would carry for it (code, message, ErrorInfo,
+ * BadRequest, typed details), length in *len; NULL with *len 0 when the item
+ * did not fail (or out of memory). */
+const uint8_t *cm_rpc_ctx_item_status(cm_rpc_ctx *item, size_t *len);
+
+/* a call that does the work of n + 1 (a batch): n more tokens of the
+ * tenant's rate limit for the method's class, never refused — the bucket
+ * goes into debt that the tenant's next calls wait out (cm_ratelimit_charge) */
+void cm_rpc_ctx_charge(cm_rpc_ctx *ctx, unsigned n);
+
 void *cm_rpc_alloc(cm_rpc_ctx *ctx, size_t n); /* zeroed, from the arena */
 char *cm_rpc_strdup(cm_rpc_ctx *ctx, const char *s);
 

@@ -75,6 +75,12 @@ typedef struct cm_rpc_status {
     unsigned char details_bin[CM_RPC_STATUS_DETAILS_MAX];
 } cm_rpc_status;
 
+/* fills st (zeroed by the caller) from a packed google.rpc.Status: what
+ * grpc-status-details-bin carries, or one item of a batch call's reply
+ * (BatchReserveResult.error). code and message come from the Status when
+ * st->code is still 0. */
+void cm_rpc_status_parse(const uint8_t *bin, size_t len, cm_rpc_status *st);
+
 /* the ErrorInfo metadata value for key, or NULL. */
 const char *cm_rpc_status_meta(const cm_rpc_status *st, const char *key);
 

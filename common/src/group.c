@@ -219,6 +219,49 @@ int cm_group_submit(cm_group *g, void *conn, void *item)
     return me.rc;
 }
 
+int cm_group_submit_many(cm_group *g, void *const *items, size_t n, int *rcs)
+{
+    if (!g->threads)
+        return CM_EINVAL;
+    if (n == 0)
+        return 0;
+    slot *slots = calloc(n, sizeof *slots);
+    if (!slots)
+        return CM_ENOMEM;
+    size_t ready = 0;
+    for (; ready < n; ready++) {
+        slots[ready].item = items[ready];
+        if (sem_init(&slots[ready].wake, 0, 0) != 0)
+            break;
+    }
+    int rc = ready < n ? CM_ENOMEM : 0;
+    pthread_mutex_lock(&g->mu);
+    if (rc == 0 && g->closing)
+        rc = CM_ECANCELLED;
+    if (rc == 0) {
+        /* queued back to back, oldest first: one leader's batch takes
+         * them together unless max_batch cuts them */
+        for (size_t i = 0; i < n; i++) {
+            if (g->tail)
+                g->tail->next = &slots[i];
+            else
+                g->head = &slots[i];
+            g->tail = &slots[i];
+        }
+        pthread_cond_broadcast(&g->more);
+    }
+    pthread_mutex_unlock(&g->mu);
+    for (size_t i = 0; i < ready; i++) {
+        if (rc == 0) {
+            sleep_on(&slots[i]); /* leaders never lead a caller's slot here */
+            rcs[i] = slots[i].rc;
+        }
+        sem_destroy(&slots[i].wake);
+    }
+    free(slots);
+    return rc;
+}
+
 void cm_group_shutdown(cm_group *g)
 {
     if (!g)

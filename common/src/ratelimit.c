@@ -559,8 +559,10 @@ static cm_counter *refusal_counter(cm_ratelimit *rl, const char *tenant, int cls
     return c;
 }
 
-int cm_ratelimit_take(cm_ratelimit *rl, const char *tenant, cm_ratelimit_class cls,
-                      cm_ratelimit_refusal *why)
+/* n tokens: with charge, taken whatever the bucket holds (it may go into
+ * debt, which later takes wait out); else one, or a refusal */
+static int take(cm_ratelimit *rl, const char *tenant, cm_ratelimit_class cls, unsigned n,
+                int charge, cm_ratelimit_refusal *why)
 {
     if (!rl || !tenant || (unsigned)cls >= CM_RATELIMIT_NCLASSES)
         return 0;
@@ -603,8 +605,10 @@ int cm_ratelimit_take(cm_ratelimit *rl, const char *tenant, cm_ratelimit_class c
     int rc = 0;
     if (b->interval) {
         int64_t tat = b->tat > now ? b->tat : now;
-        int64_t next = tat + b->interval;
-        if (next - now > b->tolerance) {
+        int64_t next = tat + b->interval * (int64_t)n;
+        if (charge) {
+            b->tat = next;
+        } else if (next - now > b->tolerance) {
             rc = CM_ELIMIT;
             if (why) {
                 why->retry_ns = next - now - b->tolerance;
@@ -621,6 +625,18 @@ int cm_ratelimit_take(cm_ratelimit *rl, const char *tenant, cm_ratelimit_class c
             cm_counter_add(c, 1);
     }
     return rc;
+}
+
+int cm_ratelimit_take(cm_ratelimit *rl, const char *tenant, cm_ratelimit_class cls,
+                      cm_ratelimit_refusal *why)
+{
+    return take(rl, tenant, cls, 1, 0, why);
+}
+
+void cm_ratelimit_charge(cm_ratelimit *rl, const char *tenant, cm_ratelimit_class cls, unsigned n)
+{
+    if (n)
+        take(rl, tenant, cls, n, 1, NULL);
 }
 
 cm_ratelimit_limit cm_ratelimit_limit_of(cm_ratelimit *rl, const char *tenant,

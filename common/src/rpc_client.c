@@ -300,6 +300,47 @@ static void copy_info(const Google__Rpc__ErrorInfo *ei, cm_rpc_status *st)
     }
 }
 
+void cm_rpc_status_parse(const uint8_t *bin, size_t len, cm_rpc_status *st)
+{
+    /* kept whole or not at all: a cut protobuf is worthless */
+    if (len <= sizeof st->details_bin) {
+        memcpy(st->details_bin, bin, len);
+        st->details_len = len;
+    } else {
+        st->details_truncated = 1;
+    }
+    Google__Rpc__Status *s = google__rpc__status__unpack(NULL, len, bin);
+    if (!s)
+        return;
+    for (size_t d = 0; d < s->n_details; d++) {
+        Google__Protobuf__Any *any = s->details[d];
+        if (st->n_details < 8)
+            snprintf(st->detail_types[st->n_details++], sizeof st->detail_types[0], "%s",
+                     any->type_url);
+        if (strcmp(any->type_url, "type.googleapis.com/google.rpc.ErrorInfo") == 0) {
+            Google__Rpc__ErrorInfo *ei =
+                google__rpc__error_info__unpack(NULL, any->value.len, any->value.data);
+            if (ei) {
+                copy_info(ei, st);
+                google__rpc__error_info__free_unpacked(ei, NULL);
+            }
+        } else if (strcmp(any->type_url, "type.googleapis.com/google.rpc.BadRequest") == 0) {
+            Google__Rpc__BadRequest *br =
+                google__rpc__bad_request__unpack(NULL, any->value.len, any->value.data);
+            if (br) {
+                if (br->n_field_violations)
+                    snprintf(st->field, sizeof st->field, "%s", br->field_violations[0]->field);
+                google__rpc__bad_request__free_unpacked(br, NULL);
+            }
+        }
+    }
+    if (!st->code) {
+        st->code = s->code;
+        snprintf(st->message, sizeof st->message, "%s", s->message ? s->message : "");
+    }
+    google__rpc__status__free_unpacked(s, NULL);
+}
+
 static void parse_details(const grpc_metadata_array *trailers, cm_rpc_status *st)
 {
     for (size_t i = 0; i < trailers->count; i++) {
@@ -307,40 +348,7 @@ static void parse_details(const grpc_metadata_array *trailers, cm_rpc_status *st
         if (grpc_slice_str_cmp(*k, "grpc-status-details-bin") != 0)
             continue;
         const grpc_slice *v = &trailers->metadata[i].value;
-        size_t len = GRPC_SLICE_LENGTH(*v);
-        /* kept whole or not at all: a cut protobuf is worthless */
-        if (len <= sizeof st->details_bin) {
-            memcpy(st->details_bin, GRPC_SLICE_START_PTR(*v), len);
-            st->details_len = len;
-        } else {
-            st->details_truncated = 1;
-        }
-        Google__Rpc__Status *s = google__rpc__status__unpack(NULL, len, GRPC_SLICE_START_PTR(*v));
-        if (!s)
-            return;
-        for (size_t d = 0; d < s->n_details; d++) {
-            Google__Protobuf__Any *any = s->details[d];
-            if (st->n_details < 8)
-                snprintf(st->detail_types[st->n_details++], sizeof st->detail_types[0], "%s",
-                         any->type_url);
-            if (strcmp(any->type_url, "type.googleapis.com/google.rpc.ErrorInfo") == 0) {
-                Google__Rpc__ErrorInfo *ei =
-                    google__rpc__error_info__unpack(NULL, any->value.len, any->value.data);
-                if (ei) {
-                    copy_info(ei, st);
-                    google__rpc__error_info__free_unpacked(ei, NULL);
-                }
-            } else if (strcmp(any->type_url, "type.googleapis.com/google.rpc.BadRequest") == 0) {
-                Google__Rpc__BadRequest *br =
-                    google__rpc__bad_request__unpack(NULL, any->value.len, any->value.data);
-                if (br) {
-                    if (br->n_field_violations)
-                        snprintf(st->field, sizeof st->field, "%s", br->field_violations[0]->field);
-                    google__rpc__bad_request__free_unpacked(br, NULL);
-                }
-            }
-        }
-        google__rpc__status__free_unpacked(s, NULL);
+        cm_rpc_status_parse(GRPC_SLICE_START_PTR(*v), GRPC_SLICE_LENGTH(*v), st);
         return;
     }
 }

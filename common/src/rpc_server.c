@@ -633,7 +633,10 @@ static void pack_any(cm_arena *a, Google__Protobuf__Any *any, const char *type,
     any->value.len = n;
 }
 
-static void set_trailer(cm_rpc_ctx *c, Google__Protobuf__Any **details, size_t ndetails)
+/* the failure as a google.rpc.Status, packed into the call's arena; NULL
+ * (and *len 0) out of memory */
+static uint8_t *pack_status(cm_rpc_ctx *c, Google__Protobuf__Any **details, size_t ndetails,
+                            size_t *len)
 {
     Google__Rpc__Status st = GOOGLE__RPC__STATUS__INIT;
     st.code = c->code;
@@ -641,16 +644,15 @@ static void set_trailer(cm_rpc_ctx *c, Google__Protobuf__Any **details, size_t n
     st.n_details = ndetails;
     st.details = details;
     size_t n = protobuf_c_message_get_packed_size(&st.base);
-    grpc_slice v = grpc_slice_malloc(n);
-    protobuf_c_message_pack(&st.base, GRPC_SLICE_START_PTR(v));
-    c->trailer.key = grpc_slice_from_static_string("grpc-status-details-bin");
-    c->trailer.value = v;
-    c->has_trailer = 1;
+    uint8_t *buf = cm_arena_alloc(c->arena, n ? n : 1);
+    *len = buf ? protobuf_c_message_pack(&st.base, buf) : 0;
+    return buf;
 }
 
-/* builds grpc-status-details-bin: google.rpc.Status{code, message, details:
- * [ErrorInfo, BadRequest?, extra...]}, or a forwarded status's details */
-static void build_trailer(cm_rpc_ctx *c)
+/* the failure as grpc-status-details-bin carries it, packed in the call's
+ * arena: google.rpc.Status{code, message, details: [ErrorInfo, BadRequest?,
+ * extra...]}, or a forwarded status's details */
+static uint8_t *build_status(cm_rpc_ctx *c, size_t *len)
 {
     cm_arena *a = c->arena;
     Google__Rpc__ErrorInfo info = GOOGLE__RPC__ERROR_INFO__INIT;
@@ -676,8 +678,7 @@ static void build_trailer(cm_rpc_ctx *c)
                 d[n++] = &any_info;
             for (size_t i = 0; i < c->n_fwd; i++)
                 d[n++] = c->fwd[i];
-            set_trailer(c, d, n);
-            return;
+            return pack_status(c, d, n, len);
         }
     }
     size_t ndetails = 1;
@@ -706,7 +707,18 @@ static void build_trailer(cm_rpc_ctx *c)
         bad.field_violations = c->violations;
         pack_any(a, &any_bad, "type.googleapis.com/google.rpc.BadRequest", &bad.base);
     }
-    set_trailer(c, details, ndetails);
+    return pack_status(c, details, ndetails, len);
+}
+
+static void build_trailer(cm_rpc_ctx *c)
+{
+    size_t n = 0;
+    uint8_t *buf = build_status(c, &n);
+    if (!buf)
+        return; /* out of memory: the status goes without its details */
+    c->trailer.key = grpc_slice_from_static_string("grpc-status-details-bin");
+    c->trailer.value = grpc_slice_from_copied_buffer((const char *)buf, n);
+    c->has_trailer = 1;
 }
 
 static void start_send(cm_rpc_ctx *c)
@@ -851,25 +863,35 @@ static int authenticate(cm_rpc_ctx *c)
  * decoded or a handler runs: a refused call costs next to nothing. health
  * and reflection have no class and are never limited. returns 0 or a
  * failure already recorded */
+static int rate_class(const cm_rpc_ctx *c, cm_ratelimit_class *cls)
+{
+    switch (c->m ? c->m->flags & (CM_RPC_READ | CM_RPC_WRITE | CM_RPC_ADMIN) : 0) {
+    case CM_RPC_READ:
+        *cls = CM_RATELIMIT_READ;
+        return 1;
+    case CM_RPC_WRITE:
+        *cls = CM_RATELIMIT_WRITE;
+        return 1;
+    case CM_RPC_ADMIN:
+        *cls = CM_RATELIMIT_ADMIN;
+        return 1;
+    }
+    return 0;
+}
+
+void cm_rpc_ctx_charge(cm_rpc_ctx *ctx, unsigned n)
+{
+    cm_ratelimit_class cls;
+    if (ctx->w && ctx->w->s->o.ratelimit && ctx->tenant && rate_class(ctx, &cls))
+        cm_ratelimit_charge(ctx->w->s->o.ratelimit, ctx->tenant, cls, n);
+}
+
 static int rate_limit(cm_rpc_ctx *c)
 {
     cm_ratelimit *rl = c->w->s->o.ratelimit;
-    if (!rl || !c->tenant)
-        return 0;
     cm_ratelimit_class cls;
-    switch (c->m->flags & (CM_RPC_READ | CM_RPC_WRITE | CM_RPC_ADMIN)) {
-    case CM_RPC_READ:
-        cls = CM_RATELIMIT_READ;
-        break;
-    case CM_RPC_WRITE:
-        cls = CM_RATELIMIT_WRITE;
-        break;
-    case CM_RPC_ADMIN:
-        cls = CM_RATELIMIT_ADMIN;
-        break;
-    default:
+    if (!rl || !c->tenant || !rate_class(c, &cls))
         return 0;
-    }
     cm_ratelimit_refusal why;
     if (cm_ratelimit_take(rl, c->tenant, cls, &why) == 0)
         return 0;
@@ -1806,6 +1828,33 @@ void cm_rpc_ctx_detached_free(cm_rpc_ctx *ctx)
         return;
     cm_arena_free(ctx->arena);
     free(ctx);
+}
+
+cm_rpc_ctx *cm_rpc_ctx_item(cm_rpc_ctx *ctx)
+{
+    cm_rpc_ctx *it = cm_arena_alloc(ctx->arena, sizeof *it);
+    if (!it)
+        return NULL;
+    *it = *ctx;
+    /* the caller and the call as they are; the outcome its own */
+    it->next_free = NULL;
+    it->code = 0;
+    it->message = it->reason = it->detail = it->domain = NULL;
+    it->n_violations = it->n_meta = it->echo_bytes = it->n_extra = it->n_fwd = 0;
+    it->fwd = NULL;
+    it->has_trailer = 0;
+    return it;
+}
+
+const uint8_t *cm_rpc_ctx_item_status(cm_rpc_ctx *item, size_t *len)
+{
+    *len = 0;
+    if (item->code == GRPC_STATUS_OK)
+        return NULL;
+    if (item->detail)
+        cm_log_info("batch item failed", "method", item->m ? item->m->path : "-", "code",
+                    code_names[item->code], "detail", item->detail, NULL);
+    return build_status(item, len);
 }
 
 int cm_rpc_ctx_code(const cm_rpc_ctx *ctx, const char **reason, const char **message)

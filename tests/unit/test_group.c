@@ -293,6 +293,68 @@ START_TEST(group_shutdown_drains)
 }
 END_TEST
 
+/* a caller with a batch of its own queues it whole: each item committed
+ * once with its own result, beside single callers, a poisoned item failing
+ * only its batch; a group led by callers refuses it */
+START_TEST(group_submit_many_shares_the_threads_batches)
+{
+    reset_seen();
+    cm_group *g = NULL;
+    cm_group_opts o = {.commit = commit, .max_batch = 8, .leaders = 2, .threads = 1};
+    ck_assert_int_eq(cm_group_new(&g, &o), 0);
+    static worker ws[THREADS];
+    pthread_t th[THREADS];
+    for (int i = 0; i < THREADS; i++) {
+        memset(&ws[i], 0, sizeof ws[i]);
+        ws[i].g = g;
+        ws[i].index = i;
+        ck_assert_int_eq(pthread_create(&th[i], NULL, run, &ws[i]), 0);
+    }
+    enum { N = 20 };
+    item many[N];
+    void *ptrs[N];
+    int rcs[N];
+    for (int round = 0; round < 10; round++) {
+        memset(many, 0, sizeof many);
+        for (int k = 0; k < N; k++) {
+            many[k].value = 9000000 + round * 100 + k;
+            many[k].poison = round == 3 && k == 5;
+            rcs[k] = -1;
+            ptrs[k] = &many[k];
+        }
+        ck_assert_int_eq(cm_group_submit_many(g, ptrs, N, rcs), 0);
+        int poisoned_batch = round == 3 ? many[5].batch : -1;
+        for (int k = 0; k < N; k++) {
+            if (many[k].batch == poisoned_batch) {
+                ck_assert_int_eq(rcs[k], CM_EINTERNAL);
+                ck_assert_int_eq(many[k].committed, 0);
+            } else {
+                ck_assert_int_eq(rcs[k], 0);
+                ck_assert_int_eq(many[k].committed, 1);
+                ck_assert_int_eq(many[k].result, many[k].value * 2);
+            }
+        }
+        if (round == 3) /* max_batch 8: the other items were in other batches */
+            ck_assert_int_lt(seen.size[poisoned_batch], N);
+    }
+    for (int i = 0; i < THREADS; i++)
+        pthread_join(th[i], NULL);
+    for (int i = 0; i < THREADS; i++)
+        for (int k = 0; k < PER_THREAD; k++)
+            ck_assert_int_eq(ws[i].rc[k], 0);
+    unsigned long long batches, items;
+    cm_group_stats(g, &batches, &items);
+    ck_assert_uint_eq(items, (unsigned long long)(THREADS * PER_THREAD + 10 * N));
+    ck_assert_int_eq(cm_group_submit_many(g, ptrs, 0, rcs), 0);
+    cm_group_shutdown(g);
+    ck_assert_int_eq(cm_group_submit_many(g, ptrs, N, rcs), CM_ECANCELLED);
+    cm_group_free(g);
+    ck_assert_int_eq(cm_group_new(&g, &(cm_group_opts){.commit = commit}), 0);
+    ck_assert_int_eq(cm_group_submit_many(g, ptrs, N, rcs), CM_EINVAL);
+    cm_group_free(g);
+}
+END_TEST
+
 START_TEST(group_refuses_bad_options)
 {
     cm_group *g = NULL;
@@ -325,6 +387,7 @@ int main(void)
     tcase_add_test(tc, group_runs_at_most_leaders_batches_at_once);
     tcase_add_loop_test(tc, group_commits_on_its_own_connections, 0, 2);
     tcase_add_loop_test(tc, group_shutdown_drains, 0, 2);
+    tcase_add_test(tc, group_submit_many_shares_the_threads_batches);
     tcase_add_test(tc, group_refuses_bad_options);
     suite_add_tcase(s, tc);
     SRunner *r = srunner_create(s);

@@ -111,6 +111,31 @@ START_TEST(refill_is_at_the_rate_and_never_beyond_the_burst)
 }
 END_TEST
 
+/* a batch call passes on one token and is charged for its other items:
+ * the debt is waited out by the next calls, so the rate holds on average */
+START_TEST(a_charge_goes_into_debt_that_later_takes_wait_out)
+{
+    cm_ratelimit *rl = limiter(10, 5, NULL, 0, NULL);
+    ck_assert_int_eq(takes(rl, "acme", CM_RATELIMIT_WRITE, 1), 1);
+    cm_ratelimit_charge(rl, "acme", CM_RATELIMIT_WRITE, 19); /* a batch of 20 */
+    cm_ratelimit_refusal why;
+    ck_assert_int_eq(cm_ratelimit_take(rl, "acme", CM_RATELIMIT_WRITE, &why), CM_ELIMIT);
+    /* 20 tokens at 10/s from a full bucket of 5: 15 owed, and the next
+     * call's own: 1.6 s */
+    ck_assert_int_eq(why.retry_ns, 1600 * MS);
+    atomic_fetch_add(&clock_now, 1599 * MS);
+    ck_assert_int_eq(takes(rl, "acme", CM_RATELIMIT_WRITE, 1), 0);
+    atomic_fetch_add(&clock_now, 1 * MS);
+    ck_assert_int_eq(takes(rl, "acme", CM_RATELIMIT_WRITE, 3), 1);
+    /* other tenants and classes owe nothing; a charge of 0 is nothing */
+    ck_assert_int_eq(takes(rl, "other", CM_RATELIMIT_WRITE, 5), 5);
+    ck_assert_int_eq(takes(rl, "acme", CM_RATELIMIT_READ, 5), 5);
+    cm_ratelimit_charge(rl, "acme2", CM_RATELIMIT_WRITE, 0);
+    ck_assert_int_eq(takes(rl, "acme2", CM_RATELIMIT_WRITE, 6), 5);
+    cm_ratelimit_free(rl);
+}
+END_TEST
+
 START_TEST(tenants_and_classes_have_their_own_buckets)
 {
     cm_ratelimit *rl = limiter(1, 3, NULL, 0, NULL);
@@ -384,6 +409,7 @@ int main(void)
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, burst_passes_then_refusal_says_when_a_token_is_there);
     tcase_add_test(tc, refill_is_at_the_rate_and_never_beyond_the_burst);
+    tcase_add_test(tc, a_charge_goes_into_debt_that_later_takes_wait_out);
     tcase_add_test(tc, tenants_and_classes_have_their_own_buckets);
     tcase_add_test(tc, no_limit_configured_passes_everything_and_keeps_nothing);
     tcase_add_test(tc, made_up_tenants_cannot_grow_memory);
