@@ -380,12 +380,13 @@ int inv_api_reserve_in(cm_rpc_ctx *ctx, const Commerce__Inventory__V1__ReserveRe
     return 0;
 }
 
-static int reserve(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+/* a Reserve's item, checked, with its body; 0 when it goes to the store.
+ * otherwise the request's failure is recorded on ctx: invalid, or sold out
+ * from memory (the fast path: no database) */
+static int reserve_item(cm_rpc_ctx *ctx, const Commerce__Inventory__V1__ReserveRequest *req,
+                        const inv_ev_ctx *ev, inv_reserve_item *it)
 {
-    const Commerce__Inventory__V1__ReserveRequest *req = (const void *)in;
-    Commerce__Inventory__V1__ReserveResponse *resp = (void *)out;
     inv_app *app = cm_service_app(ctx);
-    cm_arena *a = cm_rpc_ctx_arena(ctx);
     size_t n = req->n_lines;
     inv_line *lines;
     int64_t ttl;
@@ -393,88 +394,94 @@ static int reserve(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage
         return -1;
     size_t cap = inv_reserve_body(NULL, 0, req->buyer_id, ttl, lines, n) + 1;
     char *body = cm_rpc_alloc(ctx, cap);
+    if (!body)
+        return internal(ctx, CM_ENOMEM, "could not reserve stock");
     inv_reserve_body(body, cap, req->buyer_id, ttl, lines, n);
-    inv_ev_ctx ev = ev_of(ctx);
-    inv_reserve_item it = {.ev = &ev,
-                           .tenant = cm_rpc_ctx_tenant(ctx),
-                           .order_id = req->order_id,
-                           .buyer_id = req->buyer_id,
-                           .body = body,
-                           .principal = principal_of(ctx),
-                           .ttl_ms = ttl,
-                           .lines = lines,
-                           .nlines = n,
-                           .shortages = cm_rpc_alloc(ctx, n * sizeof(inv_shortage)),
-                           .costs = cm_rpc_alloc(ctx, (n ? n : 1) * sizeof(inv_resv_line))};
-    int rc = 0;
-    /* the sold-out fast path: answered from memory, no database */
+    *it = (inv_reserve_item){.ev = ev,
+                             .tenant = cm_rpc_ctx_tenant(ctx),
+                             .order_id = req->order_id,
+                             .buyer_id = req->buyer_id,
+                             .body = body,
+                             .principal = principal_of(ctx),
+                             .ttl_ms = ttl,
+                             .lines = lines,
+                             .nlines = n,
+                             .shortages = cm_rpc_alloc(ctx, n * sizeof(inv_shortage)),
+                             .costs = cm_rpc_alloc(ctx, (n ? n : 1) * sizeof(inv_resv_line))};
+    if (!it->shortages || !it->costs)
+        return internal(ctx, CM_ENOMEM, "could not reserve stock");
     if (app->soldout) {
         for (size_t i = 0; i < n; i++) {
-            if (inv_soldout_hit(app->soldout, it.tenant, lines[i].sku)) {
-                inv_shortage *s = &it.shortages[it.nshort++];
-                snprintf(s->sku, sizeof s->sku, "%s", lines[i].sku);
-                s->requested = lines[i].qty;
-                s->available = 0;
+            if (inv_soldout_hit(app->soldout, it->tenant, lines[i].sku)) {
+                inv_shortage *sh = &it->shortages[it->nshort++];
+                snprintf(sh->sku, sizeof sh->sku, "%s", lines[i].sku);
+                sh->requested = lines[i].qty;
+                sh->available = 0;
             }
         }
-        if (it.nshort) {
+        if (it->nshort) {
             cm_counter_add(app->soldout_fast, 1);
-            return sold_out(ctx, &it);
+            return sold_out(ctx, it);
         }
     }
-    if (app->hot) {
-        rc = cm_group_submit(app->hot, NULL, &it);
-    } else {
-        inv_reserve_item *one = &it;
-        rc = inv_store_reserve_batch(cm_service_db(ctx), &one, 1, inv_soldout_mark, app->soldout);
-    }
-    if (rc)
-        return internal(ctx, rc, "could not reserve stock");
+    return 0;
+}
+
+/* what the store decided for a Reserve's item: *out the reservation, or
+ * the failure recorded on ctx */
+static int reserve_answer(cm_rpc_ctx *ctx, const Commerce__Inventory__V1__ReserveRequest *req,
+                          const inv_reserve_item *it, Commerce__Inventory__V1__Reservation **out)
+{
+    inv_app *app = cm_service_app(ctx);
+    cm_arena *a = cm_rpc_ctx_arena(ctx);
+    size_t n = it->nlines;
     inv_resv *r;
-    switch (it.outcome) {
+    int rc;
+    switch (it->outcome) {
     case INV_R_RESERVED:
-        if (it.flash_batch) {
+        r = cm_arena_calloc(a, 1, sizeof *r);
+        if (!r)
+            return internal(ctx, CM_ENOMEM, "could not reserve stock");
+        if (it->flash_batch) {
             /* the flash-sale path: read back the lines' sale ids */
-            r = cm_arena_calloc(a, 1, sizeof *r);
-            rc = inv_store_get_reservation(cm_service_db(ctx), it.tenant, req->order_id, r);
+            rc = inv_store_get_reservation(cm_service_db(ctx), it->tenant, req->order_id, r);
             if (rc)
                 return internal(ctx, rc, "could not read the reservation");
-            resp->reservation = inv_pb_resv(a, r);
+            *out = inv_pb_resv(a, r);
             return 0;
         }
-        r = cm_arena_calloc(a, 1, sizeof *r);
         snprintf(r->order_id, sizeof r->order_id, "%s", req->order_id);
         snprintf(r->buyer_id, sizeof r->buyer_id, "%s", req->buyer_id);
         r->state = INV_ACTIVE;
-        r->created_ms = it.created_ms;
-        r->expires_ms = it.expires_ms;
+        r->created_ms = it->created_ms;
+        r->expires_ms = it->expires_ms;
         r->nlines = n;
         for (size_t i = 0; i < n; i++) {
-            snprintf(r->lines[i].sku, sizeof r->lines[i].sku, "%s", lines[i].sku);
-            r->lines[i].qty = lines[i].qty;
-            if (it.costs) {
-                r->lines[i].unit_cost = it.costs[i].unit_cost;
-                memcpy(r->lines[i].cost_currency, it.costs[i].cost_currency,
-                       sizeof r->lines[i].cost_currency);
-            }
+            snprintf(r->lines[i].sku, sizeof r->lines[i].sku, "%s", it->lines[i].sku);
+            r->lines[i].qty = it->lines[i].qty;
+            r->lines[i].unit_cost = it->costs[i].unit_cost;
+            memcpy(r->lines[i].cost_currency, it->costs[i].cost_currency,
+                   sizeof r->lines[i].cost_currency);
         }
-        resp->reservation = inv_pb_resv(a, r);
+        *out = inv_pb_resv(a, r);
         return 0;
     case INV_R_SAME:
         r = cm_arena_calloc(a, 1, sizeof *r);
-        rc = inv_store_get_reservation(cm_service_db(ctx), it.tenant, req->order_id, r);
+        if (!r)
+            return internal(ctx, CM_ENOMEM, "could not reserve stock");
+        rc = inv_store_get_reservation(cm_service_db(ctx), it->tenant, req->order_id, r);
         if (rc)
             return internal(ctx, rc, "could not read the reservation");
-        resp->reservation = inv_pb_resv(a, r);
+        *out = inv_pb_resv(a, r);
         return 0;
     case INV_R_DIFFERENT:
         return cm_rpc_fail(ctx, GRPC_STATUS_ALREADY_EXISTS, "IDEMPOTENCY_KEY_REUSED",
                            "order_id already has a reservation with other lines, buyer_id or ttl");
     case INV_R_SOLD_OUT:
-        for (size_t i = 0; i < it.nshort; i++)
-            if (it.shortages[i].available == 0 && !it.shortages[i].flash_sale_id[0])
-                inv_soldout_mark(app->soldout, it.tenant, it.shortages[i].sku, 0);
-        return sold_out(ctx, &it);
+        for (size_t i = 0; i < it->nshort; i++)
+            if (it->shortages[i].available == 0 && !it->shortages[i].flash_sale_id[0])
+                inv_soldout_mark(app->soldout, it->tenant, it->shortages[i].sku, 0);
+        return sold_out(ctx, it);
     case INV_R_TOMBSTONE:
         return cm_rpc_fail(ctx, GRPC_STATUS_FAILED_PRECONDITION, "ILLEGAL_STATE_TRANSITION",
                            "order_id was released before it was reserved");
@@ -486,6 +493,106 @@ static int reserve(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage
     default:
         return internal(ctx, CM_EINTERNAL, "could not reserve stock");
     }
+}
+
+/* the items to the store: the hot path's batchers (sharing their commits
+ * with concurrent calls), or one transaction on the call's connection.
+ * rcs[i]: item i's transaction's result */
+static int reserve_store(cm_rpc_ctx *ctx, inv_reserve_item **items, size_t n, int *rcs)
+{
+    inv_app *app = cm_service_app(ctx);
+    if (n == 0)
+        return 0;
+    if (app->hot && n == 1) {
+        rcs[0] = cm_group_submit(app->hot, NULL, items[0]);
+        return 0;
+    }
+    if (app->hot)
+        return cm_group_submit_many(app->hot, (void *const *)items, n, rcs);
+    int rc = inv_store_reserve_batch(cm_service_db(ctx), items, n, inv_soldout_mark, app->soldout);
+    for (size_t i = 0; i < n; i++)
+        rcs[i] = rc;
+    return 0;
+}
+
+static int reserve(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    const Commerce__Inventory__V1__ReserveRequest *req = (const void *)in;
+    Commerce__Inventory__V1__ReserveResponse *resp = (void *)out;
+    inv_ev_ctx ev = ev_of(ctx);
+    inv_reserve_item it, *one = &it;
+    if (reserve_item(ctx, req, &ev, &it))
+        return -1;
+    int rc = 0;
+    int src = reserve_store(ctx, &one, 1, &rc);
+    if (src || rc)
+        return internal(ctx, src ? src : rc, "could not reserve stock");
+    return reserve_answer(ctx, req, &it, &resp->reservation);
+}
+
+/* README.md, "BatchReserve": Reserve's items side by side, each answered on
+ * its own (an item context holds its failure), stored together */
+static int batch_reserve(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCMessage *out)
+{
+    const Commerce__Inventory__V1__BatchReserveRequest *req = (const void *)in;
+    Commerce__Inventory__V1__BatchReserveResponse *resp = (void *)out;
+    cm_arena *a = cm_rpc_ctx_arena(ctx);
+    size_t n = req->n_requests;
+    if (n == 0 || n > INV_BATCH_RESERVE_MAX)
+        return cm_rpc_fail_field(ctx, "requests", "must hold 1 to 100 requests");
+    for (size_t i = 1; i < n; i++)
+        for (size_t k = 0; k < i; k++)
+            if (req->requests[i]->order_id && req->requests[k]->order_id &&
+                strcmp(req->requests[i]->order_id, req->requests[k]->order_id) == 0)
+                return cm_rpc_fail_field(
+                    ctx, cm_arena_printf(a, "requests[%zu].order_id", i),
+                    cm_arena_printf(a, "appears twice (requests[%zu] has it as well)", k));
+    cm_rpc_ctx_charge(ctx, (unsigned)(n - 1));
+    inv_ev_ctx ev = ev_of(ctx);
+    cm_rpc_ctx **sub = cm_arena_calloc(a, n, sizeof *sub);
+    inv_reserve_item *items = cm_arena_calloc(a, n, sizeof *items);
+    inv_reserve_item **stored = cm_arena_calloc(a, n, sizeof *stored);
+    size_t *at = cm_arena_calloc(a, n, sizeof *at);
+    int *rcs = cm_arena_calloc(a, n, sizeof *rcs);
+    resp->results = cm_arena_calloc(a, n, sizeof *resp->results);
+    if (!sub || !items || !stored || !at || !rcs || !resp->results)
+        return internal(ctx, CM_ENOMEM, "could not reserve stock");
+    size_t nstored = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!(sub[i] = cm_rpc_ctx_item(ctx)))
+            return internal(ctx, CM_ENOMEM, "could not reserve stock");
+        if (reserve_item(sub[i], req->requests[i], &ev, &items[i]) == 0) {
+            at[nstored] = i;
+            stored[nstored++] = &items[i];
+        }
+    }
+    int src = reserve_store(ctx, stored, nstored, rcs);
+    if (src)
+        return internal(ctx, src, "could not reserve stock");
+    for (size_t k = 0; k < nstored; k++) {
+        size_t i = at[k];
+        if (rcs[k])
+            internal(sub[i], rcs[k], "could not reserve stock");
+    }
+    for (size_t i = 0; i < n; i++) {
+        Commerce__Inventory__V1__BatchReserveResult *r = cm_arena_calloc(a, 1, sizeof *r);
+        if (!r)
+            return internal(ctx, CM_ENOMEM, "could not reserve stock");
+        commerce__inventory__v1__batch_reserve_result__init(r);
+        if (cm_rpc_ctx_code(sub[i], NULL, NULL) == 0)
+            reserve_answer(sub[i], req->requests[i], &items[i], &r->reservation);
+        size_t len = 0;
+        const uint8_t *st = cm_rpc_ctx_item_status(sub[i], &len);
+        if (cm_rpc_ctx_code(sub[i], NULL, NULL) != 0) {
+            r->reservation = NULL;
+            r->code = cm_rpc_ctx_code(sub[i], NULL, NULL);
+            r->error.data = (uint8_t *)st;
+            r->error.len = len;
+        }
+        resp->results[i] = r;
+    }
+    resp->n_results = n;
+    return 0;
 }
 
 int inv_api_resolve_in(cm_rpc_ctx *ctx, const char *order_id)
@@ -973,6 +1080,7 @@ const cm_rpc_method inv_methods[] = {
     {"SetStock", set_stock, CM_RPC_ADMIN, CM_RPC_ROLES_ADMIN},
     {"AdjustStock", adjust_stock, CM_RPC_ADMIN, CM_RPC_ROLES_ADMIN},
     {"Reserve", reserve, CM_RPC_WRITE, CM_RPC_ROLES_WRITE},
+    {"BatchReserve", batch_reserve, CM_RPC_WRITE, CM_RPC_ROLES_WRITE},
     {"Confirm", confirm, CM_RPC_WRITE, CM_RPC_ROLES_WRITE},
     {"Release", release, CM_RPC_WRITE, CM_RPC_ROLES_WRITE},
     {"GetReservation", get_reservation, CM_RPC_READ, CM_RPC_ROLES_READ},

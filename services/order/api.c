@@ -1367,9 +1367,9 @@ int ord_app_init(cm_service *svc, void **out, char *err, size_t errlen)
     cm_metrics *m = cm_service_metrics(svc);
     int rc = cm_group_new(&app->creates,
                           &(cm_group_opts){.commit = create_batch, .max_batch = max_batch});
-    if (rc == 0 &&
-        (rc = ord_saga_new(&app->saga, cm_service_peer(svc, "inventory"),
-                           (int)cm_service_int(svc, "ORDER_INVENTORY_TIMEOUT_MS"), m)) != 0)
+    if (rc == 0 && (rc = ord_saga_new(&app->saga, cm_service_peer(svc, "inventory"),
+                                      (int)cm_service_int(svc, "ORDER_INVENTORY_TIMEOUT_MS"),
+                                      (int)cm_service_int(svc, "ORDER_RESERVE_BATCH"), m)) != 0)
         cm_group_free(app->creates);
     if (rc) {
         snprintf(err, errlen, "could not create the group-commit queue or the release queue");

@@ -27,6 +27,8 @@ static const cm_knob knobs[] = {
      "deadline of Reserve; a given-up reservation is released 2x later (ms)"},
     {"ORDER_MAX_BATCH", CM_KNOB_INT, 64, 1, ORD_CREATE_MAX, NULL,
      "most creates stored by one group-commit statement"},
+    {"ORDER_RESERVE_BATCH", CM_KNOB_INT, 64, 0, 100, NULL,
+     "most Reserves of concurrent creates sent in one BatchReserve; 0: one call each"},
     {"ORDER_TOPIC", CM_KNOB_TEXT, 0, 0, 0, "commerce.order.v1",
      "topic of the order events (tests and benchmarks override it)"},
     {"ORDER_DEBUG_PAUSE_AFTER_RESERVE_MS", CM_KNOB_INT, 0, 0, 600000, NULL,

@@ -9,6 +9,7 @@
 #define ORD_SAGA_H
 
 #include "cm_db.h"
+#include "cm_group.h"
 #include "cm_metrics.h"
 #include "cm_rpc.h"
 #include "cm_rpc_client.h"
@@ -22,10 +23,12 @@
 typedef struct ord_saga ord_saga;
 
 /* inv: the inventory client (not owned); timeout_ms: a call's deadline
- * (ORDER_INVENTORY_TIMEOUT_MS), which also sets the release delay. counts
- * order_reservations_released_total and order_releases_skipped_total in
- * m. 0 or CM_ENOMEM. */
-int ord_saga_new(ord_saga **out, cm_rpc_client *inv, int timeout_ms, cm_metrics *m);
+ * (ORDER_INVENTORY_TIMEOUT_MS), which also sets the release delay; batch:
+ * most Reserves in one BatchReserve (ORDER_RESERVE_BATCH), 0 one call per
+ * Reserve. counts order_reservations_released_total,
+ * order_releases_skipped_total and order_batch_reserved_total in m. 0 or
+ * CM_ENOMEM. */
+int ord_saga_new(ord_saga **out, cm_rpc_client *inv, int timeout_ms, int batch, cm_metrics *m);
 
 /* sends the releases that are due (on db), logs how many were left to
  * their reservations' ttl, and frees s. call after the gRPC drain and the

@@ -8,6 +8,7 @@
 
 #include <grpc/status.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,10 +17,14 @@
 #define RESERVE_METHOD "/commerce.inventory.v1.InventoryService/Reserve"
 #define RELEASE_METHOD "/commerce.inventory.v1.InventoryService/Release"
 #define GET_RESERVATION_METHOD "/commerce.inventory.v1.InventoryService/GetReservation"
+#define BATCH_RESERVE_METHOD "/commerce.inventory.v1.InventoryService/BatchReserve"
 
 struct ord_saga {
     cm_rpc_client *inv;
     int timeout_ms;
+    cm_group *batch;      /* concurrent Reserves as BatchReserves; NULL: off */
+    atomic_int batch_off; /* inventory answered UNIMPLEMENTED: an older one */
+    cm_counter *batched;  /* reservations made through BatchReserve */
     pthread_mutex_t mu;
     struct pending_release *releases; /* for the sweeper thread to send */
     size_t nreleases;
@@ -33,13 +38,26 @@ static int64_t now_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-int ord_saga_new(ord_saga **out, cm_rpc_client *inv, int timeout_ms, cm_metrics *m)
+static int batch_commit(void *arg, void *conn, void *const *items, size_t n);
+
+int ord_saga_new(ord_saga **out, cm_rpc_client *inv, int timeout_ms, int batch, cm_metrics *m)
 {
     ord_saga *s = calloc(1, sizeof *s);
     if (!s)
         return CM_ENOMEM;
     s->inv = inv;
     s->timeout_ms = timeout_ms;
+    /* two batches in flight: one gathers while the other is at inventory */
+    if (batch > 0 && cm_group_new(&s->batch, &(cm_group_opts){.commit = batch_commit,
+                                                              .arg = s,
+                                                              .max_batch = batch,
+                                                              .leaders = 2}) != 0) {
+        free(s);
+        return CM_ENOMEM;
+    }
+    s->batched = cm_metrics_counter(
+        m, "order_batch_reserved_total",
+        "Reserves sent to inventory inside a BatchReserve (ORDER_RESERVE_BATCH)", NULL);
     pthread_mutex_init(&s->mu, NULL);
     s->released =
         cm_metrics_counter(m, "order_reservations_released_total",
@@ -196,6 +214,136 @@ void ord_saga_send_releases(ord_saga *app, cm_db *db)
     }
 }
 
+/* one Reserve waiting in the batch group: the request and the caller's
+ * metadata in, the outcome out */
+typedef struct batch_job {
+    cm_rpc_ctx *ctx; /* the caller's: its arena receives the reservation */
+    const Commerce__Inventory__V1__ReserveRequest *rr;
+    const char *tenant, *authz; /* calls go out per tenant and credentials */
+    cm_rpc_md md[8];
+    size_t nmd;
+    int budget_ms;
+    /* out */
+    int sent;  /* inventory answered this request: resv or st */
+    int taken; /* the leader put it in a call already */
+    cm_rpc_status *st;
+    const Commerce__Inventory__V1__Reservation *resv;
+} batch_job;
+
+static int same_text(const char *a, const char *b)
+{
+    return a == b || (a && b && strcmp(a, b) == 0);
+}
+
+/* 1 when no job of in[0..k) reserves j's order id (inventory refuses a
+ * call that names one twice: concurrent creates of one request_id) */
+static int unique_in(batch_job *const *in, size_t k, const batch_job *j)
+{
+    for (size_t i = 0; i < k; i++)
+        if (strcmp(in[i]->rr->order_id, j->rr->order_id) == 0)
+            return 0;
+    return 1;
+}
+
+/* a BatchReserve result into its job: the reservation copied into the
+ * caller's arena (the reply lives in the leader's), or the failure */
+static void batch_result(ord_saga *app, batch_job *j,
+                         const Commerce__Inventory__V1__BatchReserveResult *r)
+{
+    memset(j->st, 0, sizeof *j->st);
+    if (r->reservation && r->code == 0) {
+        size_t n = protobuf_c_message_get_packed_size(&r->reservation->base);
+        uint8_t *buf = cm_rpc_alloc(j->ctx, n ? n : 1);
+        ProtobufCAllocator al = cm_arena_allocator(cm_rpc_ctx_arena(j->ctx));
+        if (buf) {
+            protobuf_c_message_pack(&r->reservation->base, buf);
+            j->resv = commerce__inventory__v1__reservation__unpack(&al, n, buf);
+        }
+        if (!j->resv)
+            return; /* out of memory: the caller asks on its own */
+        cm_counter_add(app->batched, 1);
+    } else {
+        cm_rpc_status_parse(r->error.data, r->error.len, j->st);
+        if (j->st->code == GRPC_STATUS_OK)
+            j->st->code = r->code ? r->code : GRPC_STATUS_INTERNAL;
+    }
+    j->sent = 1;
+}
+
+/* a cm_group commit: the queued Reserves, one BatchReserve per tenant and
+ * credentials (a batch never carries one caller's request on another's
+ * token) and never one order id twice, on the leading caller's thread;
+ * conn is its context. a call that failed as a whole (unavailable,
+ * deadline) is each job's failure, as its own Reserve's would have been.
+ * a job the call could not carry (an older inventory without the RPC, a
+ * refused call, a reply that does not fit) is left unsent: its caller
+ * sends its Reserve alone, which is idempotent by order id. always 0: the
+ * outcomes are per job */
+static int batch_commit(void *arg, void *conn, void *const *items, size_t n)
+{
+    ord_saga *app = arg;
+    cm_rpc_ctx *lead = conn;
+    batch_job *const *jobs = (batch_job *const *)items;
+    Commerce__Inventory__V1__ReserveRequest **reqs = cm_rpc_alloc(lead, n * sizeof *reqs);
+    batch_job **in = cm_rpc_alloc(lead, n * sizeof *in);
+    cm_rpc_status *st = cm_rpc_alloc(lead, sizeof *st);
+    if (!reqs || !in || !st)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        batch_job *first = jobs[i];
+        if (first->taken)
+            continue;
+        size_t k = 0;
+        int budget = first->budget_ms;
+        for (size_t j = i; j < n; j++) {
+            batch_job *b = jobs[j];
+            if (b->taken || !same_text(b->tenant, first->tenant) ||
+                !same_text(b->authz, first->authz) || !unique_in(in, k, b))
+                continue; /* a later call of this commit takes it */
+            b->taken = 1;
+            budget = b->budget_ms < budget ? b->budget_ms : budget;
+            in[k] = b;
+            reqs[k++] = (Commerce__Inventory__V1__ReserveRequest *)b->rr;
+        }
+        if (atomic_load(&app->batch_off))
+            continue;
+        Commerce__Inventory__V1__BatchReserveRequest br =
+            COMMERCE__INVENTORY__V1__BATCH_RESERVE_REQUEST__INIT;
+        br.requests = reqs;
+        br.n_requests = k;
+        ProtobufCAllocator al = cm_arena_allocator(cm_rpc_ctx_arena(lead));
+        ProtobufCMessage *rm = NULL;
+        /* the first caller's metadata: its trace and request id stand for
+         * the batch's (every caller of it has the same tenant and token) */
+        int rc = cm_rpc_call(app->inv, BATCH_RESERVE_METHOD, &br.base,
+                             &commerce__inventory__v1__batch_reserve_response__descriptor, &al, &rm,
+                             first->md, first->nmd, budget, CM_RPC_CALL_IDEMPOTENT, st);
+        if (rc) {
+            if (st->code == GRPC_STATUS_UNIMPLEMENTED && !atomic_exchange(&app->batch_off, 1))
+                cm_log_warn("inventory has no BatchReserve (an older version): reserving one "
+                            "order per call",
+                            NULL);
+            if (st->code == GRPC_STATUS_UNIMPLEMENTED || st->code == GRPC_STATUS_INVALID_ARGUMENT)
+                continue; /* the call, not a request: each caller sends its own */
+            /* unavailable, deadline, ...: what each Reserve alone would have
+             * met (inventory may have acted: the callers give their
+             * reservations back, README.md) */
+            for (size_t j = 0; j < k; j++) {
+                memcpy(in[j]->st, st, sizeof *st);
+                in[j]->sent = 1;
+            }
+            continue;
+        }
+        const Commerce__Inventory__V1__BatchReserveResponse *resp = (const void *)rm;
+        if (resp->n_results != k)
+            continue;
+        for (size_t j = 0; j < k; j++)
+            if (resp->results[j])
+                batch_result(app, in[j], resp->results[j]);
+    }
+    return 0;
+}
+
 /* the time left for a call to inventory */
 static int inventory_budget(const ord_saga *app, cm_rpc_ctx *ctx, int want)
 {
@@ -207,40 +355,57 @@ static int inventory_budget(const ord_saga *app, cm_rpc_ctx *ctx, int want)
 }
 
 /* Reserve of o's lines under o->order_id. returns the reservation (in the
- * call's arena) or NULL with st filled. */
+ * call's arena) or NULL with st filled. with ORDER_RESERVE_BATCH, it goes
+ * with the Reserves of concurrent creates in one BatchReserve (README.md,
+ * "Reserving in batches"); alone when that call did not answer it. */
 const Commerce__Inventory__V1__Reservation *
 ord_saga_reserve(ord_saga *app, cm_rpc_ctx *ctx, const Commerce__Order__V1__CreateOrderRequest *req,
                  const ord_order *o, int64_t ttl_ms, cm_rpc_status *st)
 {
     size_t n = req->n_lines;
-    Commerce__Inventory__V1__ReserveRequest rr = COMMERCE__INVENTORY__V1__RESERVE_REQUEST__INIT;
+    Commerce__Inventory__V1__ReserveRequest *rr = cm_rpc_alloc(ctx, sizeof *rr);
     Commerce__Inventory__V1__ReserveLine *rl = cm_rpc_alloc(ctx, n * sizeof *rl);
     Commerce__Inventory__V1__ReserveLine **rlp = cm_rpc_alloc(ctx, n * sizeof *rlp);
-    Google__Protobuf__Duration ttl = GOOGLE__PROTOBUF__DURATION__INIT;
-    if (!rl || !rlp) {
+    Google__Protobuf__Duration *ttl = cm_rpc_alloc(ctx, sizeof *ttl);
+    if (!rr || !rl || !rlp || !ttl) {
         memset(st, 0, sizeof *st);
         st->code = GRPC_STATUS_RESOURCE_EXHAUSTED;
         return NULL;
     }
-    rr.order_id = (char *)o->order_id;
-    rr.buyer_id = (char *)req->buyer_id;
+    commerce__inventory__v1__reserve_request__init(rr);
+    google__protobuf__duration__init(ttl);
+    rr->order_id = (char *)o->order_id;
+    rr->buyer_id = (char *)req->buyer_id;
     for (size_t i = 0; i < n; i++) {
         commerce__inventory__v1__reserve_line__init(&rl[i]);
         rl[i].sku = (char *)req->lines[i]->sku;
         rl[i].quantity = req->lines[i]->quantity;
         rlp[i] = &rl[i];
     }
-    rr.lines = rlp;
-    rr.n_lines = n;
-    ttl.seconds = ttl_ms / 1000;
-    rr.ttl = &ttl;
+    rr->lines = rlp;
+    rr->n_lines = n;
+    ttl->seconds = ttl_ms / 1000;
+    rr->ttl = ttl;
     cm_rpc_md md[8];
     size_t nmd = cm_rpc_ctx_propagate(ctx, md, 8);
+    int budget = inventory_budget(app, ctx, app->timeout_ms);
+    if (app->batch && !atomic_load(&app->batch_off)) {
+        batch_job job = {.ctx = ctx,
+                         .rr = rr,
+                         .tenant = cm_rpc_ctx_tenant(ctx),
+                         .authz = cm_rpc_ctx_metadata(ctx, "authorization"),
+                         .nmd = nmd,
+                         .budget_ms = budget,
+                         .st = st};
+        memcpy(job.md, md, sizeof md);
+        if (cm_group_submit(app->batch, ctx, &job) == 0 && job.sent)
+            return job.resv;
+    }
     ProtobufCAllocator al = cm_arena_allocator(cm_rpc_ctx_arena(ctx));
     ProtobufCMessage *rm = NULL;
-    int rc = cm_rpc_call(app->inv, RESERVE_METHOD, &rr.base,
+    int rc = cm_rpc_call(app->inv, RESERVE_METHOD, &rr->base,
                          &commerce__inventory__v1__reserve_response__descriptor, &al, &rm, md, nmd,
-                         inventory_budget(app, ctx, app->timeout_ms), CM_RPC_CALL_IDEMPOTENT, st);
+                         budget, CM_RPC_CALL_IDEMPOTENT, st);
     if (rc)
         return NULL;
     const Commerce__Inventory__V1__Reservation *r =
@@ -320,6 +485,7 @@ void ord_saga_free(ord_saga *s, cm_db *db)
             "releases not yet due at shutdown; their reservations' ttl will return the stock",
             "count", n, NULL);
     }
+    cm_group_free(s->batch);
     pthread_mutex_destroy(&s->mu);
     free(s);
 }
