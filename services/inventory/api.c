@@ -542,7 +542,8 @@ static int batch_reserve(cm_rpc_ctx *ctx, const ProtobufCMessage *in, ProtobufCM
         return cm_rpc_fail_field(ctx, "requests", "must hold 1 to 100 requests");
     for (size_t i = 1; i < n; i++)
         for (size_t k = 0; k < i; k++)
-            if (req->requests[i]->order_id && req->requests[k]->order_id &&
+            if (req->requests[i]->order_id && req->requests[i]->order_id[0] &&
+                req->requests[k]->order_id &&
                 strcmp(req->requests[i]->order_id, req->requests[k]->order_id) == 0)
                 return cm_rpc_fail_field(
                     ctx, cm_arena_printf(a, "requests[%zu].order_id", i),

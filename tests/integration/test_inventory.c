@@ -22,6 +22,7 @@
 #include "cm_kafka.h"
 
 #include "commerce/events/v1/inventory_events.pb-c.h"
+#include "google/rpc/status.pb-c.h"
 
 #define SVC FX_ISVC
 
@@ -1769,6 +1770,606 @@ START_TEST(events_carry_the_callers_traceparent)
 }
 END_TEST
 
+/* ---- BatchReserve ---- */
+
+/* one request of a BatchReserve: an order and its lines */
+typedef struct breq {
+    const char *order, *buyer;
+    size_t n;
+    const char *sku[4];
+    int64_t qty[4];
+} breq;
+
+#define BATCH_CAP 128 /* requests one helper call can send (above the api's 100) */
+
+/* BatchReserve of rq[0..n) as the tenant md names; callable from any thread */
+static int batch_reserve_md(cm_rpc_client *c, const breq *rq, size_t n,
+                            Commerce__Inventory__V1__BatchReserveResponse **out, cm_rpc_status *st,
+                            const cm_rpc_md *md)
+{
+    Commerce__Inventory__V1__ReserveRequest q[BATCH_CAP], *qp[BATCH_CAP];
+    Commerce__Inventory__V1__ReserveLine lines[BATCH_CAP][4], *lp[BATCH_CAP][4];
+    Commerce__Inventory__V1__BatchReserveRequest b =
+        COMMERCE__INVENTORY__V1__BATCH_RESERVE_REQUEST__INIT;
+    if (n > BATCH_CAP)
+        n = BATCH_CAP;
+    for (size_t i = 0; i < n; i++) {
+        commerce__inventory__v1__reserve_request__init(&q[i]);
+        q[i].order_id = (char *)rq[i].order;
+        q[i].buyer_id = (char *)(rq[i].buyer ? rq[i].buyer : "");
+        for (size_t j = 0; j < rq[i].n && j < 4; j++) {
+            commerce__inventory__v1__reserve_line__init(&lines[i][j]);
+            lines[i][j].sku = (char *)rq[i].sku[j];
+            lines[i][j].quantity = rq[i].qty[j];
+            lp[i][j] = &lines[i][j];
+        }
+        q[i].lines = lp[i];
+        q[i].n_lines = rq[i].n;
+        qp[i] = &q[i];
+    }
+    b.requests = qp;
+    b.n_requests = n;
+    return hs_call(c, SVC "BatchReserve", &b.base,
+                   &commerce__inventory__v1__batch_reserve_response__descriptor,
+                   (ProtobufCMessage **)out, st, md, 1);
+}
+
+static int batch_reserve(cm_rpc_client *c, const breq *rq, size_t n,
+                         Commerce__Inventory__V1__BatchReserveResponse **out, cm_rpc_status *st)
+{
+    return batch_reserve_md(c, rq, n, out, st, fx_md);
+}
+
+/* result i as a client reads it: exactly one of reservation and error; the
+ * error, a packed google.rpc.Status, parsed into *st (zeroed first) and
+ * carrying the result's code and inventory's domain. returns the code */
+static int item_status(const Commerce__Inventory__V1__BatchReserveResponse *r, size_t i,
+                       cm_rpc_status *st)
+{
+    ck_assert_uint_gt(r->n_results, i);
+    const Commerce__Inventory__V1__BatchReserveResult *x = r->results[i];
+    memset(st, 0, sizeof *st);
+    if (x->code == 0) {
+        ck_assert_msg(x->reservation != NULL, "result %zu: code 0 without a reservation", i);
+        ck_assert_uint_eq(x->error.len, 0);
+        return 0;
+    }
+    ck_assert_msg(x->reservation == NULL, "result %zu: code %d with a reservation", i, x->code);
+    ck_assert_msg(x->error.len > 0, "result %zu: code %d without an error", i, x->code);
+    cm_rpc_status_parse(x->error.data, x->error.len, st);
+    ck_assert_int_eq(st->code, x->code);
+    ck_assert_str_eq(st->domain, "inventory.commerce");
+    return x->code;
+}
+
+/* st's details hold a detail of type url (type.googleapis.com/...) */
+static int has_detail(const cm_rpc_status *st, const char *type)
+{
+    for (int i = 0; i < st->n_details; i++)
+        if (strcmp(st->detail_types[i], type) == 0)
+            return 1;
+    return 0;
+}
+
+/* the StockShortage of sku in st's StockShortageDetail: 1 with requested
+ * and available, 0 when there is none */
+static int shortage_of(const cm_rpc_status *st, const char *sku, int64_t *requested,
+                       int64_t *available)
+{
+    Google__Rpc__Status *s = google__rpc__status__unpack(NULL, st->details_len, st->details_bin);
+    int found = 0;
+    for (size_t d = 0; s && d < s->n_details && !found; d++) {
+        const Google__Protobuf__Any *any = s->details[d];
+        if (strcmp(any->type_url,
+                   "type.googleapis.com/commerce.inventory.v1.StockShortageDetail") != 0)
+            continue;
+        Commerce__Inventory__V1__StockShortageDetail *sd =
+            commerce__inventory__v1__stock_shortage_detail__unpack(NULL, any->value.len,
+                                                                   any->value.data);
+        for (size_t k = 0; sd && k < sd->n_shortages && !found; k++) {
+            if (strcmp(sd->shortages[k]->sku, sku) == 0) {
+                *requested = sd->shortages[k]->requested;
+                *available = sd->shortages[k]->available;
+                found = 1;
+            }
+        }
+        if (sd)
+            commerce__inventory__v1__stock_shortage_detail__free_unpacked(sd, NULL);
+    }
+    if (s)
+        google__rpc__status__free_unpacked(s, NULL);
+    return found;
+}
+
+/* r is q's reservation, ACTIVE, with q's lines in q's order */
+static void assert_reservation_of(const Commerce__Inventory__V1__Reservation *r, const breq *q)
+{
+    ck_assert_ptr_nonnull(r);
+    ck_assert_str_eq(r->order_id, q->order);
+    ck_assert_str_eq(r->buyer_id, q->buyer ? q->buyer : "");
+    ck_assert_int_eq(r->state,
+                     COMMERCE__INVENTORY__V1__RESERVATION_STATE__RESERVATION_STATE_ACTIVE);
+    ck_assert_ptr_nonnull(r->expires_at);
+    ck_assert_uint_eq(r->n_lines, q->n);
+    for (size_t j = 0; j < q->n; j++) {
+        ck_assert_str_eq(r->lines[j]->sku, q->sku[j]);
+        ck_assert_int_eq(r->lines[j]->quantity, q->qty[j]);
+    }
+}
+
+/* GetReservation of order as the tenant md names; the status code */
+static int get_reservation_md(cm_rpc_client *c, const char *order, const cm_rpc_md *md,
+                              Commerce__Inventory__V1__GetReservationResponse **out,
+                              cm_rpc_status *st)
+{
+    Commerce__Inventory__V1__GetReservationRequest q =
+        COMMERCE__INVENTORY__V1__GET_RESERVATION_REQUEST__INIT;
+    q.order_id = (char *)order;
+    return hs_call(c, SVC "GetReservation", &q.base,
+                   &commerce__inventory__v1__get_reservation_response__descriptor,
+                   (ProtobufCMessage **)out, st, md, 1);
+}
+
+/* GetStock's levels as the tenant md names (fx_get_level's, for another
+ * tenant); all -1 when the call failed */
+static fx_level level_md(cm_rpc_client *c, const char *sku, const cm_rpc_md *md)
+{
+    Commerce__Inventory__V1__GetStockRequest q = COMMERCE__INVENTORY__V1__GET_STOCK_REQUEST__INIT;
+    q.sku = (char *)sku;
+    Commerce__Inventory__V1__GetStockResponse *r = NULL;
+    fx_level l = {-1, -1, -1, -1};
+    if (hs_call(c, SVC "GetStock", &q.base,
+                &commerce__inventory__v1__get_stock_response__descriptor, (ProtobufCMessage **)&r,
+                NULL, md, 1) == 0) {
+        l.available = r->stock->available;
+        l.reserved = r->stock->reserved;
+        l.sold = r->stock->sold;
+        l.on_hand = r->stock->on_hand;
+        protobuf_c_message_free_unpacked(&r->base, NULL);
+    }
+    return l;
+}
+
+static void assert_level(cm_rpc_client *c, const char *sku, int64_t avail, int64_t reserved)
+{
+    fx_level l = fx_get_level(c, sku);
+    ck_assert_msg(l.available == avail && l.reserved == reserved && l.sold == 0 &&
+                      l.on_hand == avail + reserved,
+                  "%s: available/reserved/sold/on_hand %lld/%lld/%lld/%lld, expected %lld/%lld/0",
+                  sku, (long long)l.available, (long long)l.reserved, (long long)l.sold,
+                  (long long)l.on_hand, (long long)avail, (long long)reserved);
+}
+
+/* the mixed batch both tests below start with, on sku-a 10, sku-b 5,
+ * sku-c 7: [0] and [3] valid, [1] more of sku-b than there is, [2] a line
+ * of quantity 0 */
+static const breq mixed[4] = {
+    {.order = "b-1", .buyer = "u1", .n = 1, .sku = {"sku-a"}, .qty = {3}},
+    {.order = "b-2", .buyer = "u1", .n = 1, .sku = {"sku-b"}, .qty = {6}},
+    {.order = "b-3", .buyer = "u2", .n = 2, .sku = {"sku-c", "sku-a"}, .qty = {1, 0}},
+    {.order = "b-4", .buyer = "u2", .n = 2, .sku = {"sku-b", "sku-c"}, .qty = {2, 4}},
+};
+
+/* sends mixed and asserts each result on its own; the response into *out */
+static void mixed_batch(cm_rpc_client *c, Commerce__Inventory__V1__BatchReserveResponse **out)
+{
+    Commerce__Inventory__V1__BatchReserveResponse *r = NULL;
+    cm_rpc_status st;
+    ck_assert_int_eq(batch_reserve(c, mixed, 4, &r, &st), 0);
+    ck_assert_uint_eq(r->n_results, 4);
+    /* the valid ones: ACTIVE, with their lines */
+    ck_assert_int_eq(item_status(r, 0, &st), 0);
+    assert_reservation_of(r->results[0]->reservation, &mixed[0]);
+    ck_assert_int_eq(item_status(r, 3, &st), 0);
+    assert_reservation_of(r->results[3]->reservation, &mixed[3]);
+    /* sold out, as Reserve says it: the sku, and what was available to it
+     * (sku-b's 5: request 3 comes after it) */
+    ck_assert_int_eq(item_status(r, 1, &st), GRPC_STATUS_FAILED_PRECONDITION);
+    ck_assert_str_eq(st.reason, "SOLD_OUT");
+    ck_assert_str_eq(cm_rpc_status_meta(&st, "skus"), "sku-b");
+    ck_assert_str_eq(cm_rpc_status_meta(&st, "available"), "sku-b:5");
+    ck_assert_msg(strstr(st.message, "sku-b requested 6 available 5"), "message: %s", st.message);
+    ck_assert(has_detail(&st, "type.googleapis.com/google.rpc.ErrorInfo"));
+    ck_assert(has_detail(&st, "type.googleapis.com/commerce.inventory.v1.StockShortageDetail"));
+    int64_t requested = -1, available = -1;
+    ck_assert(shortage_of(&st, "sku-b", &requested, &available));
+    ck_assert_int_eq(requested, 6);
+    ck_assert_int_eq(available, 5);
+    /* invalid: the field named within its own request */
+    ck_assert_int_eq(item_status(r, 2, &st), GRPC_STATUS_INVALID_ARGUMENT);
+    ck_assert_str_eq(st.reason, "INVALID_ARGUMENT");
+    ck_assert_str_eq(st.field, "lines[1].quantity");
+    ck_assert(has_detail(&st, "type.googleapis.com/google.rpc.BadRequest"));
+    *out = r;
+}
+
+START_TEST(batch_reserve_answers_each_request_on_its_own)
+{
+    new_schema();
+    hs_proc p;
+    spawn(&p, NULL);
+    cm_rpc_client *c = hs_client(&p, NULL);
+    fx_set_stock(c, "r1", "sku-a", 10);
+    fx_set_stock(c, "r2", "sku-b", 5);
+    fx_set_stock(c, "r3", "sku-c", 7);
+
+    Commerce__Inventory__V1__BatchReserveResponse *r = NULL;
+    mixed_batch(c, &r);
+    protobuf_c_message_free_unpacked(&r->base, NULL);
+
+    /* the stock moved by the valid requests' lines, nothing else: sku-a 3
+     * (b-1; b-3's line of sku-a was refused with it), sku-b 2, sku-c 4 */
+    assert_level(c, "sku-a", 7, 3);
+    assert_level(c, "sku-b", 3, 2);
+    assert_level(c, "sku-c", 3, 4);
+    /* the reservations as stored: the valid two, the refused none */
+    Commerce__Inventory__V1__GetReservationResponse *g = NULL;
+    ck_assert_int_eq(get_reservation_md(c, "b-1", fx_md, &g, NULL), 0);
+    assert_reservation_of(g->reservation, &mixed[0]);
+    protobuf_c_message_free_unpacked(&g->base, NULL);
+    ck_assert_int_eq(get_reservation_md(c, "b-4", fx_md, &g, NULL), 0);
+    assert_reservation_of(g->reservation, &mixed[3]);
+    protobuf_c_message_free_unpacked(&g->base, NULL);
+    ck_assert_int_eq(get_reservation_md(c, "b-2", fx_md, NULL, NULL), GRPC_STATUS_NOT_FOUND);
+    ck_assert_int_eq(get_reservation_md(c, "b-3", fx_md, NULL, NULL), GRPC_STATUS_NOT_FOUND);
+    ck_assert_int_eq(hs_sql_long(schema, "SELECT count(*) FROM reservation"), 2);
+    /* one audit row per reserved line, for the reserved orders only */
+    ck_assert_int_eq(hs_sql_long(schema, "SELECT count(*) FROM stock_change WHERE kind = 3"), 3);
+    ck_assert_int_eq(hs_sql_long(schema, "SELECT count(*) FROM stock_change WHERE kind = 3 AND "
+                                         "order_id IN ('b-1', 'b-4')"),
+                     3);
+    ck_assert_int_eq(violations(c), 0);
+    cm_rpc_client_free(c);
+    ck_assert_int_eq(hs_stop(&p, SIGTERM, 20000), 0);
+    hs_drop_schema(NULL, schema);
+}
+END_TEST
+
+START_TEST(batch_reserve_retries_are_idempotent_per_order)
+{
+    new_schema();
+    hs_proc p;
+    spawn(&p, NULL);
+    cm_rpc_client *c = hs_client(&p, NULL);
+    fx_set_stock(c, "r1", "sku-a", 10);
+    fx_set_stock(c, "r2", "sku-b", 5);
+    fx_set_stock(c, "r3", "sku-c", 7);
+    Commerce__Inventory__V1__BatchReserveResponse *first = NULL, *again = NULL;
+    mixed_batch(c, &first);
+
+    /* the same batch again: the same reservations, the same refusals (sku-b
+     * now has 3 for b-2's 6), nothing more reserved */
+    cm_rpc_status st;
+    ck_assert_int_eq(batch_reserve(c, mixed, 4, &again, &st), 0);
+    ck_assert_uint_eq(again->n_results, 4);
+    size_t valid[] = {0, 3};
+    for (size_t k = 0; k < 2; k++) {
+        size_t i = valid[k];
+        ck_assert_int_eq(item_status(again, i, &st), 0);
+        const Commerce__Inventory__V1__Reservation *a = first->results[i]->reservation;
+        const Commerce__Inventory__V1__Reservation *b = again->results[i]->reservation;
+        assert_reservation_of(b, &mixed[i]);
+        ck_assert_int_eq(fx_ts_ms(b->created_at), fx_ts_ms(a->created_at));
+        ck_assert_int_eq(fx_ts_ms(b->expires_at), fx_ts_ms(a->expires_at));
+    }
+    ck_assert_int_eq(item_status(again, 1, &st), GRPC_STATUS_FAILED_PRECONDITION);
+    ck_assert_str_eq(st.reason, "SOLD_OUT");
+    ck_assert_str_eq(cm_rpc_status_meta(&st, "available"), "sku-b:3");
+    ck_assert_int_eq(item_status(again, 2, &st), GRPC_STATUS_INVALID_ARGUMENT);
+    ck_assert_str_eq(st.field, "lines[1].quantity");
+    protobuf_c_message_free_unpacked(&again->base, NULL);
+    protobuf_c_message_free_unpacked(&first->base, NULL);
+    assert_level(c, "sku-a", 7, 3);
+    assert_level(c, "sku-b", 3, 2);
+    assert_level(c, "sku-c", 3, 4);
+    ck_assert_int_eq(hs_sql_long(schema, "SELECT count(*) FROM stock_change WHERE kind = 3"), 3);
+
+    /* b-1 with other lines is refused; a new order and b-4's retry beside
+     * it in the same batch are answered as alone */
+    const breq reuse[3] = {
+        {.order = "b-1", .buyer = "u1", .n = 1, .sku = {"sku-a"}, .qty = {4}},
+        {.order = "b-5", .buyer = "u3", .n = 1, .sku = {"sku-c"}, .qty = {1}},
+        mixed[3],
+    };
+    ck_assert_int_eq(batch_reserve(c, reuse, 3, &again, &st), 0);
+    ck_assert_uint_eq(again->n_results, 3);
+    ck_assert_int_eq(item_status(again, 0, &st), GRPC_STATUS_ALREADY_EXISTS);
+    ck_assert_str_eq(st.reason, "IDEMPOTENCY_KEY_REUSED");
+    ck_assert_int_eq(item_status(again, 1, &st), 0);
+    assert_reservation_of(again->results[1]->reservation, &reuse[1]);
+    ck_assert_int_eq(item_status(again, 2, &st), 0);
+    assert_reservation_of(again->results[2]->reservation, &mixed[3]);
+    protobuf_c_message_free_unpacked(&again->base, NULL);
+    /* b-1 still holds its 3 of sku-a; only b-5's unit moved */
+    Commerce__Inventory__V1__GetReservationResponse *g = NULL;
+    ck_assert_int_eq(get_reservation_md(c, "b-1", fx_md, &g, NULL), 0);
+    assert_reservation_of(g->reservation, &mixed[0]);
+    protobuf_c_message_free_unpacked(&g->base, NULL);
+    assert_level(c, "sku-a", 7, 3);
+    assert_level(c, "sku-b", 3, 2);
+    assert_level(c, "sku-c", 2, 5);
+    /* and a single Reserve of a batch's order is its retry too */
+    Commerce__Inventory__V1__ReserveResponse *one = NULL;
+    ck_assert_int_eq(reserve_lines(c, "b-5", "u3", reuse[1].sku, reuse[1].qty, 1, 0, &one, &st), 0);
+    assert_reservation_of(one->reservation, &reuse[1]);
+    protobuf_c_message_free_unpacked(&one->base, NULL);
+    assert_level(c, "sku-c", 2, 5);
+    ck_assert_int_eq(hs_sql_long(schema, "SELECT count(*) FROM reservation"), 3);
+    ck_assert_int_eq(violations(c), 0);
+    cm_rpc_client_free(c);
+    ck_assert_int_eq(hs_stop(&p, SIGTERM, 20000), 0);
+    hs_drop_schema(NULL, schema);
+}
+END_TEST
+
+START_TEST(batch_reserve_refuses_a_malformed_batch_as_a_whole)
+{
+    new_schema();
+    hs_proc p;
+    spawn(&p, NULL);
+    cm_rpc_client *c = hs_client(&p, NULL);
+    fx_set_stock(c, "r1", "sku-w", 1000);
+    static breq many[BATCH_CAP];
+    static char ids[BATCH_CAP][16];
+    for (int i = 0; i < BATCH_CAP; i++) {
+        snprintf(ids[i], sizeof ids[i], "w-%d", i);
+        many[i] = (breq){.order = ids[i], .n = 1, .sku = {"sku-w"}, .qty = {1}};
+    }
+    Commerce__Inventory__V1__BatchReserveResponse *r = NULL;
+    cm_rpc_status st;
+
+    /* no requests */
+    ck_assert_int_eq(batch_reserve(c, many, 0, &r, &st), GRPC_STATUS_INVALID_ARGUMENT);
+    ck_assert_ptr_null(r);
+    ck_assert_str_eq(st.reason, "INVALID_ARGUMENT");
+    ck_assert_str_eq(st.field, "requests");
+    /* 101 requests */
+    ck_assert_int_eq(batch_reserve(c, many, 101, &r, &st), GRPC_STATUS_INVALID_ARGUMENT);
+    ck_assert_ptr_null(r);
+    ck_assert_str_eq(st.field, "requests");
+    assert_level(c, "sku-w", 1000, 0);
+    /* an order twice: named at its second place, whatever is around it */
+    breq dup[4] = {many[0], many[1], many[2], many[1]};
+    dup[2].qty[0] = 0; /* itself invalid: the whole call is refused first */
+    ck_assert_int_eq(batch_reserve(c, dup, 4, &r, &st), GRPC_STATUS_INVALID_ARGUMENT);
+    ck_assert_ptr_null(r);
+    ck_assert_str_eq(st.reason, "INVALID_ARGUMENT");
+    ck_assert_str_eq(st.field, "requests[3].order_id");
+    /* the same order with other lines is the same order */
+    dup[3] = many[1];
+    dup[3].qty[0] = 2;
+    dup[2] = many[2];
+    ck_assert_int_eq(batch_reserve(c, dup, 4, &r, &st), GRPC_STATUS_INVALID_ARGUMENT);
+    ck_assert_str_eq(st.field, "requests[3].order_id");
+    /* nothing of a refused call was reserved */
+    assert_level(c, "sku-w", 1000, 0);
+    ck_assert_int_eq(hs_sql_long(schema, "SELECT count(*) FROM reservation"), 0);
+    ck_assert_int_eq(hs_sql_long(schema, "SELECT count(*) FROM stock_change WHERE kind = 3"), 0);
+    ck_assert_int_eq(get_reservation_md(c, "w-0", fx_md, NULL, NULL), GRPC_STATUS_NOT_FOUND);
+
+    /* 100 is the limit, not above it: each answered, in request order */
+    ck_assert_int_eq(batch_reserve(c, many, 100, &r, &st), 0);
+    ck_assert_uint_eq(r->n_results, 100);
+    for (size_t i = 0; i < 100; i++) {
+        ck_assert_int_eq(item_status(r, i, &st), 0);
+        assert_reservation_of(r->results[i]->reservation, &many[i]);
+    }
+    protobuf_c_message_free_unpacked(&r->base, NULL);
+    assert_level(c, "sku-w", 900, 100);
+    ck_assert_int_eq(violations(c), 0);
+    cm_rpc_client_free(c);
+    ck_assert_int_eq(hs_stop(&p, SIGTERM, 20000), 0);
+    hs_drop_schema(NULL, schema);
+}
+END_TEST
+
+START_TEST(batch_reserve_keeps_tenants_apart)
+{
+    new_schema();
+    hs_proc p;
+    spawn(&p, NULL);
+    cm_rpc_client *c = hs_client(&p, NULL);
+    fx_set_stock(c, "r1", "sku-t", 10);
+    fx_set_stock_md(c, "r1", "sku-t", 3, fx_md_other);
+    /* tenant A holds t-1 (4) and t-2 (1) */
+    const breq a[2] = {
+        {.order = "t-1", .buyer = "ua", .n = 1, .sku = {"sku-t"}, .qty = {4}},
+        {.order = "t-2", .buyer = "ua", .n = 1, .sku = {"sku-t"}, .qty = {1}},
+    };
+    Commerce__Inventory__V1__BatchReserveResponse *r = NULL;
+    cm_rpc_status st;
+    ck_assert_int_eq(batch_reserve(c, a, 2, &r, &st), 0);
+    ck_assert_int_eq(item_status(r, 0, &st), 0);
+    ck_assert_int_eq(item_status(r, 1, &st), 0);
+    long long a_created = fx_ts_ms(r->results[0]->reservation->created_at);
+    protobuf_c_message_free_unpacked(&r->base, NULL);
+
+    /* tenant B, the same order ids with other bodies: not A's orders, so
+     * no IDEMPOTENCY_KEY_REUSED; t-1 is reserved from B's 3, t-2 finds
+     * what is left of B's stock (1), not A's */
+    const breq b[2] = {
+        {.order = "t-1", .buyer = "ub", .n = 1, .sku = {"sku-t"}, .qty = {2}},
+        {.order = "t-2", .buyer = "ub", .n = 1, .sku = {"sku-t"}, .qty = {5}},
+    };
+    ck_assert_int_eq(batch_reserve_md(c, b, 2, &r, &st, fx_md_other), 0);
+    ck_assert_uint_eq(r->n_results, 2);
+    ck_assert_int_eq(item_status(r, 0, &st), 0);
+    assert_reservation_of(r->results[0]->reservation, &b[0]);
+    ck_assert_int_eq(item_status(r, 1, &st), GRPC_STATUS_FAILED_PRECONDITION);
+    ck_assert_str_eq(st.reason, "SOLD_OUT");
+    ck_assert_str_eq(cm_rpc_status_meta(&st, "available"), "sku-t:1");
+    protobuf_c_message_free_unpacked(&r->base, NULL);
+    fx_level lb = level_md(c, "sku-t", fx_md_other);
+    ck_assert_int_eq(lb.available, 1);
+    ck_assert_int_eq(lb.reserved, 2);
+
+    /* A's reservations and stock untouched */
+    assert_level(c, "sku-t", 5, 5);
+    Commerce__Inventory__V1__GetReservationResponse *g = NULL;
+    ck_assert_int_eq(get_reservation_md(c, "t-1", fx_md, &g, NULL), 0);
+    assert_reservation_of(g->reservation, &a[0]);
+    ck_assert_int_eq(fx_ts_ms(g->reservation->created_at), a_created);
+    protobuf_c_message_free_unpacked(&g->base, NULL);
+    ck_assert_int_eq(get_reservation_md(c, "t-2", fx_md, &g, NULL), 0);
+    assert_reservation_of(g->reservation, &a[1]);
+    protobuf_c_message_free_unpacked(&g->base, NULL);
+    /* B sees its own */
+    ck_assert_int_eq(get_reservation_md(c, "t-1", fx_md_other, &g, NULL), 0);
+    assert_reservation_of(g->reservation, &b[0]);
+    protobuf_c_message_free_unpacked(&g->base, NULL);
+    ck_assert_int_eq(get_reservation_md(c, "t-2", fx_md_other, NULL, NULL), GRPC_STATUS_NOT_FOUND);
+    /* A's retry is still A's: the same reservations, nothing more */
+    ck_assert_int_eq(batch_reserve(c, a, 2, &r, &st), 0);
+    ck_assert_int_eq(item_status(r, 0, &st), 0);
+    assert_reservation_of(r->results[0]->reservation, &a[0]);
+    ck_assert_int_eq(fx_ts_ms(r->results[0]->reservation->created_at), a_created);
+    ck_assert_int_eq(item_status(r, 1, &st), 0);
+    assert_reservation_of(r->results[1]->reservation, &a[1]);
+    protobuf_c_message_free_unpacked(&r->base, NULL);
+    assert_level(c, "sku-t", 5, 5);
+    ck_assert_int_eq(
+        hs_sql_long(schema, "SELECT count(*) FROM reservation WHERE tenant_id = '" FX_TENANT "'"),
+        2);
+    ck_assert_int_eq(hs_sql_long(schema,
+                                 "SELECT count(*) FROM reservation WHERE tenant_id = '" FX_TENANT
+                                 "-other'"),
+                     1);
+    ck_assert_int_eq(violations(c), 0);
+    cm_rpc_client_free(c);
+    ck_assert_int_eq(hs_stop(&p, SIGTERM, 20000), 0);
+    hs_drop_schema(NULL, schema);
+}
+END_TEST
+
+/* buyers of one hot sku, each round a BatchReserve of 5 one-unit orders
+ * and a single Reserve */
+typedef struct mixed_buyers {
+    cm_rpc_client *clients[2];
+    int nclients, rounds;
+    atomic_int next, ok_batch, ok_single, sold_out, other;
+} mixed_buyers;
+
+#define HOT_BATCH 5
+
+static void *mixed_buyer(void *p)
+{
+    mixed_buyers *m = p;
+    for (int round = 0; round < m->rounds; round++) {
+        int n = atomic_fetch_add(&m->next, 1);
+        cm_rpc_client *c = m->clients[n % m->nclients];
+        char ids[HOT_BATCH][32];
+        breq rq[HOT_BATCH];
+        for (int k = 0; k < HOT_BATCH; k++) {
+            snprintf(ids[k], sizeof ids[k], "hb-%d-%d", n, k);
+            rq[k] = (breq){.order = ids[k], .n = 1, .sku = {"sku-hot"}, .qty = {1}};
+        }
+        Commerce__Inventory__V1__BatchReserveResponse *r = NULL;
+        cm_rpc_status st;
+        if (batch_reserve(c, rq, HOT_BATCH, &r, &st) != 0 || r->n_results != HOT_BATCH) {
+            atomic_fetch_add(&m->other, HOT_BATCH);
+        } else {
+            for (size_t k = 0; k < HOT_BATCH; k++) {
+                const Commerce__Inventory__V1__BatchReserveResult *x = r->results[k];
+                const Commerce__Inventory__V1__Reservation *v = x->reservation;
+                memset(&st, 0, sizeof st);
+                if (x->code == 0 && v && strcmp(v->order_id, ids[k]) == 0 &&
+                    v->state ==
+                        COMMERCE__INVENTORY__V1__RESERVATION_STATE__RESERVATION_STATE_ACTIVE &&
+                    v->n_lines == 1 && v->lines[0]->quantity == 1) {
+                    atomic_fetch_add(&m->ok_batch, 1);
+                    continue;
+                }
+                if (x->code == GRPC_STATUS_FAILED_PRECONDITION && !v) {
+                    cm_rpc_status_parse(x->error.data, x->error.len, &st);
+                    if (strcmp(st.reason, "SOLD_OUT") == 0) {
+                        atomic_fetch_add(&m->sold_out, 1);
+                        continue;
+                    }
+                }
+                atomic_fetch_add(&m->other, 1);
+            }
+        }
+        if (r)
+            protobuf_c_message_free_unpacked(&r->base, NULL);
+        char one[32];
+        snprintf(one, sizeof one, "hs-%d", n);
+        int code = reserve1(c, one, "sku-hot", 1, &st);
+        if (code == 0)
+            atomic_fetch_add(&m->ok_single, 1);
+        else if (code == GRPC_STATUS_FAILED_PRECONDITION && strcmp(st.reason, "SOLD_OUT") == 0)
+            atomic_fetch_add(&m->sold_out, 1);
+        else
+            atomic_fetch_add(&m->other, 1);
+    }
+    return NULL;
+}
+
+/* 8 threads, 3 rounds each: 144 one-unit orders for 50 units */
+static void batch_and_single_never_oversell(int replicas, const char *const *env)
+{
+    new_schema();
+    hs_proc p[2];
+    mixed_buyers m = {.nclients = replicas, .rounds = 3};
+    for (int i = 0; i < replicas; i++) {
+        spawn(&p[i], env);
+        m.clients[i] = hs_client(&p[i], NULL);
+    }
+    const int stock = 50, threads = 8, tries = threads * m.rounds * (HOT_BATCH + 1);
+    fx_set_stock(m.clients[0], "r1", "sku-hot", stock);
+    pthread_t t[8];
+    for (int i = 0; i < threads; i++)
+        ck_assert_int_eq(pthread_create(&t[i], NULL, mixed_buyer, &m), 0);
+    for (int i = 0; i < threads; i++)
+        pthread_join(t[i], NULL);
+    int ok_batch = atomic_load(&m.ok_batch), ok_single = atomic_load(&m.ok_single);
+    int sold_out = atomic_load(&m.sold_out), other = atomic_load(&m.other);
+    ck_assert_int_eq(other, 0);
+    ck_assert_int_eq(ok_batch + ok_single, stock);
+    ck_assert_int_eq(sold_out, tries - stock);
+    ck_assert_int_gt(ok_batch, 0);
+    fx_level l = fx_get_level(m.clients[0], "sku-hot");
+    ck_assert_int_eq(l.available, 0);
+    ck_assert_int_eq(l.reserved, stock);
+    ck_assert_int_eq(l.on_hand, stock);
+    /* every acknowledged order is held, and no other */
+    ck_assert_int_eq(hs_sql_long(schema, "SELECT count(*) FROM reservation WHERE state = 1"),
+                     stock);
+    ck_assert_int_eq(hs_sql_long(schema, "SELECT count(*) FROM reservation WHERE state = 1 AND "
+                                         "order_id LIKE 'hb-%'"),
+                     ok_batch);
+    ck_assert_int_eq(hs_sql_long(schema, "SELECT count(*) FROM reservation WHERE state = 1 AND "
+                                         "order_id LIKE 'hs-%'"),
+                     ok_single);
+    ck_assert_int_eq(violations(m.clients[0]), 0);
+    for (int i = 0; i < replicas; i++) {
+        cm_rpc_client_free(m.clients[i]);
+        ck_assert_int_eq(hs_stop(&p[i], SIGTERM, 20000), 0);
+    }
+    hs_drop_schema(NULL, schema);
+}
+
+START_TEST(batch_and_single_reserves_never_oversell)
+{
+    batch_and_single_never_oversell(1, NULL);
+}
+END_TEST
+
+/* batches of 3 on two batchers: a BatchReserve's requests are committed in
+ * several transactions, beside other calls' */
+START_TEST(batch_and_single_reserves_never_oversell_small_batches)
+{
+    const char *env[] = {"INVENTORY_MAX_BATCH=3", "INVENTORY_BATCHERS=2", NULL};
+    batch_and_single_never_oversell(1, env);
+}
+END_TEST
+
+START_TEST(batch_and_single_reserves_never_oversell_naive_path)
+{
+    const char *env[] = {"INVENTORY_HOT_PATH=off", NULL};
+    batch_and_single_never_oversell(2, env);
+}
+END_TEST
+
 /* ---- quotas ---- */
 
 static int set_stock_as(cm_rpc_client *c, const char *tenant, const char *rid, const char *sku,
@@ -1983,6 +2584,18 @@ static Suite *suite(void)
     tcase_add_test(t, flash_sale_updates_change_a_running_sale_within_its_invariants);
     tcase_add_test(t, reserve_survives_lost_database_connections);
     suite_add_tcase(s, t);
+
+    TCase *b = tcase_create("batch_reserve");
+    tcase_set_timeout(b, 120);
+    tcase_add_checked_fixture(b, NULL, hs_teardown);
+    tcase_add_test(b, batch_reserve_answers_each_request_on_its_own);
+    tcase_add_test(b, batch_reserve_retries_are_idempotent_per_order);
+    tcase_add_test(b, batch_reserve_refuses_a_malformed_batch_as_a_whole);
+    tcase_add_test(b, batch_reserve_keeps_tenants_apart);
+    tcase_add_test(b, batch_and_single_reserves_never_oversell);
+    tcase_add_test(b, batch_and_single_reserves_never_oversell_small_batches);
+    tcase_add_test(b, batch_and_single_reserves_never_oversell_naive_path);
+    suite_add_tcase(s, b);
 
     TCase *q = tcase_create("quotas");
     tcase_set_timeout(q, 120);
