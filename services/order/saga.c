@@ -217,17 +217,20 @@ void ord_saga_send_releases(ord_saga *app, cm_db *db)
 /* one Reserve waiting in the batch group: the request and the caller's
  * metadata in, the outcome out */
 typedef struct batch_job {
-    cm_rpc_ctx *ctx; /* the caller's: its arena receives the reservation */
     const Commerce__Inventory__V1__ReserveRequest *rr;
     const char *tenant, *authz; /* calls go out per tenant and credentials */
     cm_rpc_md md[8];
     size_t nmd;
     int budget_ms;
     /* out */
-    int sent;  /* inventory answered this request: resv or st */
+    int sent;  /* inventory answered this request: resv_bin or st */
     int taken; /* the leader put it in a call already */
     cm_rpc_status *st;
-    const Commerce__Inventory__V1__Reservation *resv;
+    /* the reservation, packed (malloc'd): the caller unpacks it into its
+     * own arena once woken. the leader never touches a caller's arena: the
+     * caller may be leading another batch at that moment (two leaders) */
+    uint8_t *resv_bin;
+    size_t resv_len;
 } batch_job;
 
 static int same_text(const char *a, const char *b)
@@ -245,22 +248,18 @@ static int unique_in(batch_job *const *in, size_t k, const batch_job *j)
     return 1;
 }
 
-/* a BatchReserve result into its job: the reservation copied into the
- * caller's arena (the reply lives in the leader's), or the failure */
+/* a BatchReserve result into its job: the reservation packed for the
+ * caller (the reply lives in the leader's arena), or the failure */
 static void batch_result(ord_saga *app, batch_job *j,
                          const Commerce__Inventory__V1__BatchReserveResult *r)
 {
     memset(j->st, 0, sizeof *j->st);
     if (r->reservation && r->code == 0) {
         size_t n = protobuf_c_message_get_packed_size(&r->reservation->base);
-        uint8_t *buf = cm_rpc_alloc(j->ctx, n ? n : 1);
-        ProtobufCAllocator al = cm_arena_allocator(cm_rpc_ctx_arena(j->ctx));
-        if (buf) {
-            protobuf_c_message_pack(&r->reservation->base, buf);
-            j->resv = commerce__inventory__v1__reservation__unpack(&al, n, buf);
-        }
-        if (!j->resv)
+        j->resv_bin = malloc(n ? n : 1);
+        if (!j->resv_bin)
             return; /* out of memory: the caller asks on its own */
+        j->resv_len = protobuf_c_message_pack(&r->reservation->base, j->resv_bin);
         cm_counter_add(app->batched, 1);
     } else {
         cm_rpc_status_parse(r->error.data, r->error.len, j->st);
@@ -390,16 +389,27 @@ ord_saga_reserve(ord_saga *app, cm_rpc_ctx *ctx, const Commerce__Order__V1__Crea
     size_t nmd = cm_rpc_ctx_propagate(ctx, md, 8);
     int budget = inventory_budget(app, ctx, app->timeout_ms);
     if (app->batch && !atomic_load(&app->batch_off)) {
-        batch_job job = {.ctx = ctx,
-                         .rr = rr,
+        batch_job job = {.rr = rr,
                          .tenant = cm_rpc_ctx_tenant(ctx),
                          .authz = cm_rpc_ctx_metadata(ctx, "authorization"),
                          .nmd = nmd,
                          .budget_ms = budget,
                          .st = st};
         memcpy(job.md, md, sizeof md);
-        if (cm_group_submit(app->batch, ctx, &job) == 0 && job.sent)
-            return job.resv;
+        if (cm_group_submit(app->batch, ctx, &job) == 0 && job.sent) {
+            if (!job.resv_bin)
+                return NULL; /* st says why */
+            ProtobufCAllocator al = cm_arena_allocator(cm_rpc_ctx_arena(ctx));
+            const Commerce__Inventory__V1__Reservation *r =
+                commerce__inventory__v1__reservation__unpack(&al, job.resv_len, job.resv_bin);
+            free(job.resv_bin);
+            if (r)
+                return r;
+            memset(st, 0, sizeof *st);
+            st->code = GRPC_STATUS_RESOURCE_EXHAUSTED;
+            return NULL;
+        }
+        free(job.resv_bin);
     }
     ProtobufCAllocator al = cm_arena_allocator(cm_rpc_ctx_arena(ctx));
     ProtobufCMessage *rm = NULL;
