@@ -40,6 +40,13 @@ typedef struct inv_app {
     /* the order-event consumer's events, written once per batch by its
      * tx_end hook (its thread only) */
     cm_outbox_rows staged;
+    /* its OrderPaid events not yet applied: confirmed together before the
+     * next other event and at the batch's end (README.md, "Paid orders in
+     * batches"); their strings in pend_arena */
+    inv_confirm_item *pend;
+    inv_ev_ctx *pend_ec;
+    size_t npend, cap_pend;
+    cm_arena *pend_arena;
 } inv_app;
 
 /* ---- helpers ---- */
@@ -1135,6 +1142,80 @@ int inv_ev_order_in(const cm_event *ev, ProtobufCMessage **msg, inv_order_in *in
     return 0;
 }
 
+/* an order event's change of its reservation, one at a time: a refused
+ * transition (paid after expiry, ...) is a fact, not an error to retry:
+ * it is logged and counted, and the event is done */
+static int resolve_one(cm_db *db, inv_app *app, const inv_ev_ctx *ec, const char *tenant,
+                       const char *order_id, int to, const char *type)
+{
+    inv_resv *r = malloc(sizeof *r);
+    if (!r)
+        return CM_ENOMEM;
+    inv_resolve_outcome oc;
+    int rc = inv_store_resolve_tx(db, ec, tenant, order_id, to, "order-events", &oc, r);
+    if (rc == 0 && oc != INV_RESOLVE_OK) {
+        cm_log_warn("order event could not change the reservation", "tenant", tenant, "order_id",
+                    order_id, "type", type, NULL);
+        if (app)
+            cm_counter_add(app->refused_events, 1);
+    }
+    if (rc == 0 && to == INV_RELEASED && app)
+        for (size_t i = 0; i < r->nlines; i++)
+            inv_soldout_mark(app->soldout, tenant, r->lines[i].sku, 1);
+    free(r);
+    return rc;
+}
+
+/* the OrderPaid events waiting: one statement confirms the ACTIVE ones,
+ * and the rest (no reservation, resolved, due to expire) go one by one,
+ * in their order */
+static int flush_confirms(cm_db *db, inv_app *app)
+{
+    size_t n = app->npend;
+    app->npend = 0;
+    if (n == 0)
+        return 0;
+    int rc = inv_store_confirm_batch(db, app->pend, n, "order-events");
+    for (size_t i = 0; rc == 0 && i < n; i++)
+        if (app->pend[i].left)
+            rc = resolve_one(db, app, app->pend[i].ec, app->pend[i].tenant, app->pend[i].order_id,
+                             INV_CONFIRMED, "commerce.events.v1.OrderPaid");
+    return rc;
+}
+
+/* keeps an OrderPaid for flush_confirms, its strings copied (the event's
+ * memory is the consumer's until the handler returns) */
+static int defer_confirm(inv_app *app, const cm_event *ev, const char *tenant, const char *order_id)
+{
+    if (app->npend == app->cap_pend) {
+        size_t cap = app->cap_pend ? app->cap_pend * 2 : 64;
+        inv_confirm_item *p = realloc(app->pend, cap * sizeof *p);
+        if (!p)
+            return CM_ENOMEM;
+        app->pend = p;
+        inv_ev_ctx *e = realloc(app->pend_ec, cap * sizeof *e);
+        if (!e)
+            return CM_ENOMEM;
+        app->pend_ec = e;
+        app->cap_pend = cap;
+        /* the items point at their contexts: point them at the new ones */
+        for (size_t i = 0; i < app->npend; i++)
+            app->pend[i].ec = &app->pend_ec[i];
+    }
+    if (!app->pend_arena && !(app->pend_arena = cm_arena_new(0)))
+        return CM_ENOMEM;
+    size_t i = app->npend;
+    char *t = cm_arena_strdup(app->pend_arena, tenant);
+    char *o = cm_arena_strdup(app->pend_arena, order_id);
+    char *tp = ev->traceparent ? cm_arena_strdup(app->pend_arena, ev->traceparent) : NULL;
+    if (!t || !o || (ev->traceparent && !tp))
+        return CM_ENOMEM;
+    app->pend_ec[i] = (inv_ev_ctx){.on = app->events_on, .traceparent = tp, .stage = &app->staged};
+    app->pend[i] = (inv_confirm_item){.ec = &app->pend_ec[i], .tenant = t, .order_id = o};
+    app->npend++;
+    return 0;
+}
+
 int inv_on_order_event(cm_db *db, const cm_event *ev, void *arg)
 {
     inv_app *app = arg;
@@ -1143,30 +1224,18 @@ int inv_on_order_event(cm_db *db, const cm_event *ev, void *arg)
     int rc = inv_ev_order_in(ev, &m, &in);
     if (rc)
         return rc == 1 ? 0 : rc;
-    const char *tenant = in.tenant, *order_id = in.order_id;
-    int to = in.to;
-    rc = CM_ENOMEM;
-    inv_resv *r = malloc(sizeof *r);
-    if (r) {
-        inv_resolve_outcome oc;
+    if (app && in.to == INV_CONFIRMED) {
+        rc = defer_confirm(app, ev, in.tenant, in.order_id);
+    } else {
+        /* the confirms before it first: an order's events keep their order */
+        rc = app ? flush_confirms(db, app) : 0;
         /* the order event's trace goes on to the events it causes */
         inv_ev_ctx ec = {.on = app ? app->events_on : 1,
                          .traceparent = ev->traceparent,
                          .stage = app ? &app->staged : NULL};
-        rc = inv_store_resolve_tx(db, &ec, tenant, order_id, to, "order-events", &oc, r);
-        /* a refused transition (paid after expiry, ...) is a fact, not an
-         * error to retry: it is logged and the event is done */
-        if (rc == 0 && oc != INV_RESOLVE_OK) {
-            cm_log_warn("order event could not change the reservation", "tenant", tenant,
-                        "order_id", order_id, "type", ev->type, NULL);
-            if (app)
-                cm_counter_add(app->refused_events, 1);
-        }
-        if (rc == 0 && to == INV_RELEASED && app)
-            for (size_t i = 0; i < r->nlines; i++)
-                inv_soldout_mark(app->soldout, tenant, r->lines[i].sku, 1);
+        if (rc == 0)
+            rc = resolve_one(db, app, &ec, in.tenant, in.order_id, in.to, ev->type);
     }
-    free(r);
     protobuf_c_message_free_unpacked(m, NULL);
     return rc;
 }
@@ -1176,12 +1245,17 @@ void inv_on_order_tx_begin(void *arg)
     inv_app *app = arg;
     cm_outbox_rows_free(&app->staged);
     cm_outbox_rows_init(&app->staged);
+    /* a batch run again starts over */
+    app->npend = 0;
+    if (app->pend_arena)
+        cm_arena_reset(app->pend_arena);
 }
 
 int inv_on_order_tx_end(cm_db *db, void *arg)
 {
     inv_app *app = arg;
-    return inv_store_write_events(db, &app->staged);
+    int rc = flush_confirms(db, app);
+    return rc ? rc : inv_store_write_events(db, &app->staged);
 }
 
 /* ---- app: hot path, sweeper, invariant metric ---- */
@@ -1299,5 +1373,8 @@ void inv_app_fini(cm_service *svc, void *p)
     for (int i = 0; i < INV_BATCHERS_MAX; i++)
         cm_db_free(app->batch_db[i]);
     cm_outbox_rows_free(&app->staged);
+    free(app->pend);
+    free(app->pend_ec);
+    cm_arena_free(app->pend_arena);
     free(app);
 }

@@ -107,6 +107,19 @@ int inv_store_resolve_tx(cm_db *db, const inv_ev_ctx *ec, const char *tenant, co
                          int to, const char *principal, inv_resolve_outcome *outcome,
                          inv_resv *out);
 
+/* one OrderPaid of the order-event consumer's batch */
+typedef struct inv_confirm_item {
+    const inv_ev_ctx *ec; /* events on, and the event's trace for the ones it causes */
+    const char *tenant, *order_id;
+    int left; /* out: 1 when not confirmed here (no reservation, resolved, due): the
+               * per-event path (inv_store_resolve_tx) decides it */
+} inv_confirm_item;
+
+/* confirms the items' ACTIVE reservations not yet due in the caller's open
+ * transaction, in array order, with their events, as inv_store_resolve_tx
+ * would one by one; marks the others left. 0 or a CM_E*. */
+int inv_store_confirm_batch(cm_db *db, inv_confirm_item *items, size_t n, const char *principal);
+
 /* expires up to limit due reservations (any tenant), skipping rows other
  * sweepers hold; *expired gets the count. */
 int inv_store_expire_due(cm_db *db, const inv_ev_ctx *ec, int limit, int *expired, inv_stock_cb cb,

@@ -111,6 +111,30 @@ int inv_store_get_stock(cm_db *db, const char *tenant, const char *sku, inv_leve
 #define RESV_LINE_COLS                                                                             \
     "l.sku, l.quantity, l.flash_sale_id, l.unit_cost, coalesce(l.cost_currency, '')"
 
+/* rows [from, to) of RESV_COLS, RESV_LINE_COLS from column col: one
+ * reservation, a row per line (or one without a line) */
+static void parse_resv(const PGresult *r, int from, int to, int col, inv_resv *out)
+{
+    memset(out, 0, offsetof(inv_resv, lines));
+    cpy(out->order_id, sizeof out->order_id, r, from, col);
+    out->state = (int)i64(r, from, col + 1);
+    cpy(out->buyer_id, sizeof out->buyer_id, r, from, col + 2);
+    out->flash = (int)i64(r, from, col + 3);
+    out->created_ms = i64(r, from, col + 4);
+    out->expires_ms = i64(r, from, col + 5);
+    out->resolved_ms = i64(r, from, col + 6);
+    int n = PQgetisnull(r, from, col + 7) ? 0 : to - from;
+    for (int i = 0; i < n && i < INV_LINES_MAX; i++) {
+        int row = from + i;
+        cpy(out->lines[i].sku, sizeof out->lines[i].sku, r, row, col + 7);
+        out->lines[i].qty = i64(r, row, col + 8);
+        cpy(out->lines[i].flash_sale_id, sizeof out->lines[i].flash_sale_id, r, row, col + 9);
+        out->lines[i].unit_cost = i64(r, row, col + 10);
+        cpy(out->lines[i].cost_currency, sizeof out->lines[i].cost_currency, r, row, col + 11);
+    }
+    out->nlines = (size_t)(n < INV_LINES_MAX ? n : INV_LINES_MAX);
+}
+
 int inv_store_get_reservation(cm_db *db, const char *tenant, const char *order_id, inv_resv *out)
 {
     const char *p[] = {tenant, order_id};
@@ -127,23 +151,7 @@ int inv_store_get_reservation(cm_db *db, const char *tenant, const char *order_i
         PQclear(r);
         return CM_ENOTFOUND;
     }
-    memset(out, 0, offsetof(inv_resv, lines));
-    cpy(out->order_id, sizeof out->order_id, r, 0, 0);
-    out->state = (int)i64(r, 0, 1);
-    cpy(out->buyer_id, sizeof out->buyer_id, r, 0, 2);
-    out->flash = (int)i64(r, 0, 3);
-    out->created_ms = i64(r, 0, 4);
-    out->expires_ms = i64(r, 0, 5);
-    out->resolved_ms = i64(r, 0, 6);
-    int n = PQgetisnull(r, 0, 7) ? 0 : PQntuples(r);
-    for (int i = 0; i < n && i < INV_LINES_MAX; i++) {
-        cpy(out->lines[i].sku, sizeof out->lines[i].sku, r, i, 7);
-        out->lines[i].qty = i64(r, i, 8);
-        cpy(out->lines[i].flash_sale_id, sizeof out->lines[i].flash_sale_id, r, i, 9);
-        out->lines[i].unit_cost = i64(r, i, 10);
-        cpy(out->lines[i].cost_currency, sizeof out->lines[i].cost_currency, r, i, 11);
-    }
-    out->nlines = (size_t)(n < INV_LINES_MAX ? n : INV_LINES_MAX);
+    parse_resv(r, 0, PQntuples(r), 0, out);
     PQclear(r);
     return 0;
 }
@@ -265,11 +273,12 @@ int inv_store_write_events(cm_db *db, cm_outbox_rows *rows)
 
 /* ---- events for a set of audit rows ---- */
 
-static int emit_changes(cm_db *db, const inv_ev_ctx *ec, const char *tenant, const PGresult *r,
-                        int col, inv_stock_cb cb, void *arg)
+/* the StockChanged (and sold-out / back-in-stock) events of change rows
+ * [from, to) of r, CHANGE_COLS from column col */
+static int emit_change_rows(cm_db *db, const inv_ev_ctx *ec, const char *tenant, const PGresult *r,
+                            int from, int to, int col, inv_stock_cb cb, void *arg)
 {
-    int n = PQntuples(r);
-    for (int i = 0; i < n; i++) {
+    for (int i = from; i < to; i++) {
         inv_change c;
         parse_change(r, i, col, &c);
         int rc = inv_ev_stock_changed(db, ec, tenant, &c);
@@ -290,6 +299,12 @@ static int emit_changes(cm_db *db, const inv_ev_ctx *ec, const char *tenant, con
         }
     }
     return 0;
+}
+
+static int emit_changes(cm_db *db, const inv_ev_ctx *ec, const char *tenant, const PGresult *r,
+                        int col, inv_stock_cb cb, void *arg)
+{
+    return emit_change_rows(db, ec, tenant, r, 0, PQntuples(r), col, cb, arg);
 }
 
 /* ---- reserve ---- */
@@ -1017,6 +1032,94 @@ int inv_store_resolve_tx(cm_db *db, const inv_ev_ctx *ec, const char *tenant, co
                     .out = out};
     int rc = resolve_fn(db, &t);
     *outcome = t.outcome;
+    return rc;
+}
+
+/* the consumer's OrderPaid events of a batch (0008_confirm_batch.sql):
+ * one statement confirms every ACTIVE reservation not yet due, one reads
+ * them back, and each event's changes and ReservationConfirmed are written
+ * in the events' order, as resolve_lines writes them for one */
+int inv_store_confirm_batch(cm_db *db, inv_confirm_item *items, size_t n, const char *principal)
+{
+    if (n == 0)
+        return 0;
+    cm_buf cols[2];
+    const char *p[3];
+    cm_buf_columns_begin(cols, 2);
+    for (size_t i = 0; i < n; i++) {
+        cm_buf_array_text(&cols[0], items[i].tenant);
+        cm_buf_array_text(&cols[1], items[i].order_id);
+        items[i].left = 1;
+    }
+    int rc = cm_buf_columns_end(cols, 2, p);
+    p[2] = principal ? principal : "";
+    PGresult *r = NULL, *rs = NULL;
+    if (rc == 0)
+        rc = exec(db, "confirm batch",
+                  "SELECT b.ev, b.ok::int, " CHANGE_COLS
+                  " FROM inv_confirm_batch($1::text[], $2::text[], $3) WITH ORDINALITY "
+                  "AS b(ev, ok, ch, n), LATERAL (SELECT (b.ch).*) AS c ORDER BY b.n",
+                  3, p, &r);
+    cm_buf_columns_free(cols, 2);
+    if (rc)
+        return rc;
+    /* the confirmed ones, read back: one primary-key probe each */
+    cm_buf_columns_begin(cols, 2);
+    size_t nok = 0;
+    for (int k = 0; k < PQntuples(r); k++) {
+        if (!PQgetisnull(r, k, 2) || i64(r, k, 1) != 1)
+            continue; /* a change row, or an event left alone */
+        size_t i = (size_t)i64(r, k, 0) - 1;
+        if (i >= n)
+            continue;
+        items[i].left = 0;
+        cm_buf_array_text(&cols[0], items[i].tenant);
+        cm_buf_array_text(&cols[1], items[i].order_id);
+        nok++;
+    }
+    rc = cm_buf_columns_end(cols, 2, p);
+    if (rc == 0 && nok)
+        rc = exec(db, "read confirmed reservations",
+                  "SELECT u.i, " RESV_COLS ", " RESV_LINE_COLS
+                  " FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS u(t, o, i) "
+                  "CROSS JOIN LATERAL (SELECT * FROM reservation x WHERE x.tenant_id = u.t "
+                  "AND x.order_id = u.o OFFSET 0) AS r "
+                  "LEFT JOIN LATERAL (SELECT * FROM reservation_line y WHERE y.tenant_id = "
+                  "r.tenant_id AND y.order_id = r.order_id OFFSET 0) AS l ON true "
+                  "ORDER BY u.i, l.idx",
+                  2, p, &rs);
+    cm_buf_columns_free(cols, 2);
+    inv_resv *resv = rc == 0 ? malloc(sizeof *resv) : NULL;
+    if (rc == 0 && !resv)
+        rc = CM_ENOMEM;
+    /* each confirmed event in order: its change rows follow its marker,
+     * its reservation's rows are the read-back's next (same order) */
+    int nr = PQntuples(r), nrs = rs ? PQntuples(rs) : 0, at = 0;
+    long long seq = 0;
+    for (int k = 0; rc == 0 && k < nr; k++) {
+        if (!PQgetisnull(r, k, 2) || i64(r, k, 1) != 1)
+            continue;
+        size_t i = (size_t)i64(r, k, 0) - 1;
+        int end = k + 1;
+        while (end < nr && !PQgetisnull(r, end, 2))
+            end++;
+        rc = emit_change_rows(db, items[i].ec, items[i].tenant, r, k + 1, end, 2, NULL, NULL);
+        seq++;
+        int to = at;
+        while (to < nrs && i64(rs, to, 0) == seq)
+            to++;
+        if (rc == 0 && to == at)
+            rc = CM_EINTERNAL; /* confirmed a moment ago, in this transaction */
+        if (rc == 0) {
+            parse_resv(rs, at, to, 1, resv);
+            rc = inv_ev_reservation(db, items[i].ec, items[i].tenant, resv);
+        }
+        at = to;
+        k = end - 1;
+    }
+    free(resv);
+    PQclear(r);
+    PQclear(rs);
     return rc;
 }
 

@@ -870,6 +870,145 @@ START_TEST(order_events_confirm_and_release_through_the_inbox)
 }
 END_TEST
 
+/* a consumer batch of OrderPaid events is confirmed by one statement
+ * (0008_confirm_batch.sql); the outcome must be the one-by-one path's:
+ * the events are produced while inventory is down, so they arrive as one
+ * batch, mixed with the cases the batch leaves to that path (a second
+ * OrderPaid, no reservation, a reservation due to expire, a cancel of an
+ * order the batch just confirmed, a cancel in between) */
+START_TEST(paid_orders_in_one_batch_confirm_as_one_by_one)
+{
+    const char *brokers = hs_kafka_brokers();
+    new_schema();
+    char topic[96], group[96];
+    snprintf(topic, sizeof topic, "commerce.order.v1.itb-%s", schema);
+    snprintf(group, sizeof group, "commerce.inventory.itb-%s", schema);
+    hs_kafka_create_topic(brokers, topic, 1);
+    char t_env[128], g_env[128];
+    snprintf(t_env, sizeof t_env, "INVENTORY_ORDER_TOPIC=%s", topic);
+    snprintf(g_env, sizeof g_env, "INVENTORY_ORDER_GROUP=%s", group);
+    const char *env[] = {"INVENTORY_CONSUME_ORDERS=on", t_env, g_env, NULL};
+    hs_proc p;
+    spawn(&p, env);
+    cm_rpc_client *c = hs_client(&p, NULL);
+    fx_set_stock(c, "rb1", "sku-a", 100);
+    fx_set_stock(c, "rb2", "sku-b", 100);
+    fx_set_stock(c, "rb3", "sku-c", 5);
+    const char *ab[] = {"sku-a", "sku-b"}, *cc[] = {"sku-c"};
+    int64_t sold_a = 0;
+    char id[32];
+    for (int i = 0; i < 20; i++) {
+        int64_t q[] = {1 + i % 3, 2};
+        snprintf(id, sizeof id, "p-%02d", i);
+        ck_assert_int_eq(reserve_lines(c, id, NULL, ab, q, 2, 0, NULL, NULL), 0);
+        sold_a += q[0];
+    }
+    int64_t one = 1, two = 2;
+    ck_assert_int_eq(reserve_lines(c, "p-due", NULL, cc, &one, 1, 1, NULL, NULL), 0);
+    ck_assert_int_eq(reserve_lines(c, "p-cancel", NULL, cc, &two, 1, 0, NULL, NULL), 0);
+    cm_rpc_client_free(c);
+    ck_assert_int_eq(hs_stop(&p, SIGTERM, 30000), 0);
+    usleep(1500000); /* p-due's ttl passes: the batch finds it due */
+
+    cm_kafka_producer *kp = NULL;
+    char err[256], ev[64];
+    ck_assert_int_eq(cm_kafka_producer_new(&kp, brokers, "test-inventory", NULL, err, sizeof err),
+                     0);
+    int n = 0;
+#define EV() (snprintf(ev, sizeof ev, "0190a8e0-0000-7000-8000-%012d", ++n), ev)
+    for (int i = 0; i < 10; i++) {
+        snprintf(id, sizeof id, "p-%02d", i);
+        produce_order_event(kp, topic, "commerce.events.v1.OrderPaid", EV(), id);
+    }
+    produce_order_event(kp, topic, "commerce.events.v1.OrderPaid", EV(), "p-05"); /* again */
+    produce_order_event(kp, topic, "commerce.events.v1.OrderPaid", EV(), "p-none");
+    produce_order_event(kp, topic, "commerce.events.v1.OrderCancelled", EV(), "p-03");
+    for (int i = 10; i < 20; i++) {
+        snprintf(id, sizeof id, "p-%02d", i);
+        produce_order_event(kp, topic, "commerce.events.v1.OrderPaid", EV(), id);
+    }
+    produce_order_event(kp, topic, "commerce.events.v1.OrderPaid", EV(), "p-due");
+    produce_order_event(kp, topic, "commerce.events.v1.OrderCancelled", EV(), "p-cancel");
+#undef EV
+    cm_kafka_producer_free(kp, 5000);
+
+    spawn(&p, env);
+    c = hs_client(&p, NULL);
+    long long until = hs_now_ms() + 60000;
+    while (hs_now_ms() < until &&
+           state_of(c, "p-cancel") !=
+               COMMERCE__INVENTORY__V1__RESERVATION_STATE__RESERVATION_STATE_RELEASED)
+        usleep(200000);
+    for (int i = 0; i < 20; i++) {
+        snprintf(id, sizeof id, "p-%02d", i);
+        ck_assert_msg(state_of(c, id) ==
+                          COMMERCE__INVENTORY__V1__RESERVATION_STATE__RESERVATION_STATE_CONFIRMED,
+                      "%s not confirmed", id);
+    }
+    ck_assert_int_eq(state_of(c, "p-due"),
+                     COMMERCE__INVENTORY__V1__RESERVATION_STATE__RESERVATION_STATE_EXPIRED);
+    ck_assert_int_eq(state_of(c, "p-cancel"),
+                     COMMERCE__INVENTORY__V1__RESERVATION_STATE__RESERVATION_STATE_RELEASED);
+    fx_level a = fx_get_level(c, "sku-a"), b = fx_get_level(c, "sku-b"),
+             cl = fx_get_level(c, "sku-c");
+    ck_assert_int_eq(a.sold, sold_a);
+    ck_assert_int_eq(a.reserved, 0);
+    ck_assert_int_eq(a.available, 100 - sold_a);
+    ck_assert_int_eq(b.sold, 40);
+    ck_assert_int_eq(b.reserved, 0);
+    ck_assert_int_eq(cl.available, 5);
+    ck_assert_int_eq(cl.reserved + cl.sold, 0);
+    /* one confirm audit row per line, and every sku's audit trail runs:
+     * each row's counters are the previous row's plus its deltas, its
+     * version the previous one's plus one */
+    ck_assert_int_eq(hs_sql_long(schema, "SELECT count(*) FROM stock_change WHERE kind = 4"), 40);
+    ck_assert_int_eq(
+        hs_sql_long(schema, "SELECT count(*) FROM (SELECT available - lag(available) OVER w AS da, "
+                            "reserved - lag(reserved) OVER w AS dr, sold - lag(sold) OVER w AS ds, "
+                            "version - lag(version) OVER w AS dv, available_delta, reserved_delta, "
+                            "sold_delta FROM stock_change WINDOW w AS (PARTITION BY tenant_id, sku "
+                            "ORDER BY version)) x WHERE dv IS NOT NULL AND (dv <> 1 OR da <> "
+                            "available_delta OR dr <> reserved_delta OR ds <> sold_delta)"),
+        0);
+    /* the events: one ReservationConfirmed per order, one StockChanged per
+     * confirmed line, nothing for the events that changed nothing */
+    ck_assert_int_eq(hs_sql_long(schema, "SELECT count(*) FROM outbox WHERE type = "
+                                         "'commerce.events.v1.ReservationConfirmed'"),
+                     20);
+    ck_assert_int_eq(hs_sql_long(schema, "SELECT count(*) FROM outbox WHERE type = "
+                                         "'commerce.events.v1.ReservationExpired'"),
+                     1);
+    ck_assert_int_eq(hs_sql_long(schema, "SELECT count(*) FROM outbox WHERE type = "
+                                         "'commerce.events.v1.ReservationReleased'"),
+                     1);
+    /* 42 reserved lines, 40 confirmed, p-due's expiry, p-cancel's release */
+    ck_assert_int_eq(hs_sql_long(schema, "SELECT count(*) FROM outbox WHERE type = "
+                                         "'commerce.events.v1.StockChanged'"),
+                     42 + 40 + 1 + 1);
+    ck_assert_int_eq(hs_sql_long(schema, "SELECT count(*) FROM stock_change WHERE kind = 5"), 1);
+    ck_assert_int_eq(hs_sql_long(schema, "SELECT count(*) FROM stock_change WHERE kind = 6"), 1);
+    /* each confirmed order's ReservationConfirmed follows its own
+     * StockChanged: the one written right before it is a confirm of one of
+     * its skus */
+    ck_assert_int_eq(
+        hs_sql_long(schema, "SELECT count(*) FROM outbox o WHERE o.type = "
+                            "'commerce.events.v1.ReservationConfirmed' AND (SELECT p.type FROM "
+                            "outbox p WHERE p.id < o.id ORDER BY p.id DESC LIMIT 1) <> "
+                            "'commerce.events.v1.StockChanged'"),
+        0);
+    /* refused, for the operators: p-none (no reservation), p-03's cancel
+     * (confirmed just before, in the same batch), p-due (expired) */
+    char body[65536];
+    ck_assert_int_eq(hs_http_get(p.admin_port, "/metrics", body, sizeof body), 200);
+    ck_assert(hs_metric_in(body, "inventory_order_events_refused_total") == 3);
+    ck_assert_int_eq(violations(c), 0);
+    cm_rpc_client_free(c);
+    ck_assert_int_eq(hs_stop(&p, SIGTERM, 30000), 0);
+    hs_kafka_delete_topic(brokers, topic);
+    hs_drop_schema(NULL, schema);
+}
+END_TEST
+
 /* ---- lists ---- */
 
 static int list_changes(cm_rpc_client *c, Commerce__Inventory__V1__ListStockChangesRequest *q,
@@ -2578,6 +2717,7 @@ static Suite *suite(void)
     tcase_add_test(t, kill_9_under_load_loses_no_acknowledged_reservation);
     tcase_add_test(t, flash_sale_per_buyer_limit_is_exact_under_concurrency);
     tcase_add_test(t, order_events_confirm_and_release_through_the_inbox);
+    tcase_add_test(t, paid_orders_in_one_batch_confirm_as_one_by_one);
     tcase_add_test(t, list_stock_changes_pages_the_audit_trail);
     tcase_add_test(t, list_flash_sales_returns_configured_sales);
     tcase_add_test(t, reserve_burst_emits_one_stock_changed_per_line);
