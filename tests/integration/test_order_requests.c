@@ -167,6 +167,110 @@ START_TEST(every_order_has_exactly_one_created_and_paid_event)
 }
 END_TEST
 
+/* ---- many creates at once: their Reserves go to inventory in batches ---- */
+
+typedef struct burst_worker {
+    cm_rpc_client *c;
+    int index, failures, sold_out;
+    char first_failure[512];
+    int64_t units; /* reserved by the orders it created */
+} burst_worker;
+
+static void *burst_main(void *arg)
+{
+    burst_worker *w = arg;
+    for (int k = 0; k < 25; k++) {
+        char rid[48], s1[16], s2[16];
+        snprintf(rid, sizeof rid, "req-burst-%d-%d", w->index, k);
+        snprintf(s1, sizeof s1, "sku-b%d", (w->index + k) % 8);
+        snprintf(s2, sizeof s2, "sku-b%d", (w->index + k + 1) % 8);
+        /* sku-b7 runs out: its orders are refused, the others go on */
+        fx_line ls[] = {FX_L(s1, 1 + k % 3, 100), FX_L(s2, 1, 200)};
+        fx_order_spec sp = fx_spec(rid, ls, 2);
+        sp.timeout_s = 600;
+        fx_order *o = NULL;
+        cm_rpc_status st;
+        int code = fx_create(w->c, &sp, &o, &st);
+        if (code == GRPC_STATUS_FAILED_PRECONDITION && strcmp(st.reason, "SOLD_OUT") == 0) {
+            w->sold_out++;
+            continue;
+        }
+        if (code) {
+            if (!w->failures++)
+                snprintf(w->first_failure, sizeof w->first_failure, "create %s: %d %s %s", rid,
+                         code, st.reason, st.message);
+            continue;
+        }
+        for (size_t i = 0; i < o->n_lines; i++)
+            w->units += o->lines[i]->quantity;
+        fx_order_free(o);
+    }
+    return NULL;
+}
+
+/* 32 callers at once, 800 creates: the order service gathers their
+ * Reserves into BatchReserves (ORDER_RESERVE_BATCH), two batches in flight,
+ * each caller possibly leading one while its own request rides in the
+ * other. every create gets its own answer: an order holding exactly its
+ * units, or SOLD_OUT once a sku ran out, and nothing is reserved for
+ * orders that do not exist */
+START_TEST(concurrent_creates_reserve_in_batches_each_with_its_own_answer)
+{
+    static fx f;
+    fx_start(&f, NULL, 0);
+    for (int i = 0; i < 8; i++) {
+        char sku[16], rid[16];
+        snprintf(sku, sizeof sku, "sku-b%d", i);
+        snprintf(rid, sizeof rid, "s-b%d", i);
+        fx_set_stock(f.ic, rid, sku, i == 7 ? 40 : 100000);
+    }
+    enum { N = 32 };
+    static burst_worker w[N];
+    memset(w, 0, sizeof w);
+    cm_rpc_client *second = hs_client(&f.ord, NULL);
+    pthread_t t[N];
+    for (int i = 0; i < N; i++) {
+        w[i].c = i % 2 ? second : f.oc;
+        w[i].index = i;
+        pthread_create(&t[i], NULL, burst_main, &w[i]);
+    }
+    for (int i = 0; i < N; i++)
+        pthread_join(t[i], NULL);
+    cm_rpc_client_free(second);
+    int64_t units = 0;
+    int sold_out = 0;
+    for (int i = 0; i < N; i++) {
+        ck_assert_msg(w[i].failures == 0, "worker %d: %d failures, first: %s", i, w[i].failures,
+                      w[i].first_failure);
+        units += w[i].units;
+        sold_out += w[i].sold_out;
+    }
+    ck_assert_int_gt(sold_out, 0);
+    /* the stock held is exactly what the stored orders hold */
+    int64_t reserved = 0;
+    for (int i = 0; i < 8; i++) {
+        char sku[16];
+        snprintf(sku, sizeof sku, "sku-b%d", i);
+        fx_level l = fx_get_level(f.ic, sku);
+        reserved += l.reserved;
+        if (i == 7)
+            ck_assert_int_le(l.reserved, 40);
+    }
+    ck_assert_int_eq(reserved, units);
+    static char ids[1024][64];
+    ck_assert_uint_eq(fx_all_orders(f.oc, ids, 1024), (size_t)(N * 25 - sold_out));
+    /* the reservations went in batches */
+    double batched = hs_metric(&f.ord, "order_batch_reserved_total");
+    ck_assert_msg(batched > 0, "no reservation made through BatchReserve (%g)", batched);
+    ck_assert_msg(hs_metric(&f.inv, "rpc_server_handled_total{method=\"/"
+                                    "commerce.inventory.v1.InventoryService/BatchReserve\","
+                                    "code=\"OK\"}") > 0,
+                  "inventory answered no BatchReserve");
+    ck_assert_int_eq(fx_violations(f.ic, NULL), 0);
+    fx_stop(&f);
+}
+END_TEST
+
 /* ---- bad input ---- */
 
 typedef struct bad_case {
@@ -695,6 +799,7 @@ int main(void)
 {
     const TTest *const tests[] = {
         every_order_has_exactly_one_created_and_paid_event,
+        concurrent_creates_reserve_in_batches_each_with_its_own_answer,
         bad_input_is_refused_and_stores_nothing,
         list_orders_filters_and_pages,
         list_orders_by_paid_time,
