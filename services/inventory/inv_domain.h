@@ -14,7 +14,7 @@
 #define INV_LINES_MAX 100
 #define INV_BATCH_GET_MAX 500
 #define INV_BATCH_RESERVE_MAX 100 /* requests of one BatchReserve */
-#define INV_QTY_MAX 1000000000LL /* one line, and any counter change */
+#define INV_QTY_MAX 1000000000LL  /* one line, and any counter change */
 #define INV_TTL_MIN_MS 1000LL
 #define INV_TTL_MAX_MS (7LL * 24 * 3600 * 1000)
 #define INV_TTL_DEFAULT_MS (15LL * 60 * 1000)
