@@ -117,6 +117,10 @@ typedef struct {
      * ("" = none) overrides them, per tenant too (cm_ratelimit.h) */
     int rate_limit[3];
     char rate_limits_file[CM_CONFIG_PATH_MAX];
+    /* RPC_DISABLE: method names (comma-separated) this replica does not
+     * serve: callers get UNIMPLEMENTED, as from a version without them.
+     * the service refuses to start on a name it does not have */
+    char rpc_disable[CM_CONFIG_PATH_MAX];
     /* the descriptor's knobs and peers, and their values in the same order */
     const cm_knob *knobs;
     size_t nknobs;

@@ -642,6 +642,16 @@ static int load_all(env_src e, cm_config *c, const cm_config_defaults *d, char *
         (rc = load_file(c->rate_limits_file, sizeof c->rate_limits_file, "RATE_LIMITS_FILE", v, err,
                         errlen)))
         return rc;
+    if ((v = env(e, "RPC_DISABLE"))) {
+        for (const char *x = v; *x; x++)
+            if (!((*x >= 'A' && *x <= 'Z') || (*x >= 'a' && *x <= 'z') ||
+                  (*x >= '0' && *x <= '9') || *x == ',' || *x == '_'))
+                return bad(err, errlen, "RPC_DISABLE",
+                           "must list method names separated by commas, got %s",
+                           quoted(v, q, sizeof q));
+        if ((rc = copy_value(c->rpc_disable, sizeof c->rpc_disable, "RPC_DISABLE", v, err, errlen)))
+            return rc;
+    }
     return 0;
 }
 
@@ -771,6 +781,10 @@ static size_t common_rows(const cm_config_defaults *d, row *r, int generic)
     n = add_row(r, n, "RATE_LIMITS_FILE",
                 "JSON limits per class and tenant, overriding RATE_LIMIT_*; re-read when it "
                 "changes (README: rate limits)",
+                "(none)");
+    n = add_row(r, n, "RPC_DISABLE",
+                "methods not served, comma-separated (e.g. BatchReserve): callers get "
+                "UNIMPLEMENTED, as from an older version; an unknown name stops the start",
                 "(none)");
     return n;
 }

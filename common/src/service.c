@@ -227,6 +227,46 @@ void *cm_service_app(const cm_rpc_ctx *ctx)
     return w ? w->svc->app : NULL;
 }
 
+/* def's methods without those RPC_DISABLE names (README, "Settings"): a
+ * disabled method is not registered, so core answers UNIMPLEMENTED as a
+ * version without it would (a rolling upgrade's mixed replicas, tested
+ * that way; an operator's switch for a misbehaving RPC). a name the
+ * service does not have is an error: a typo must not pass for done */
+static int served_methods(const cm_service_def *def, const char *disable, cm_rpc_method *out,
+                          size_t *n, char *err, size_t errlen)
+{
+    *n = 0;
+    for (size_t i = 0; i < def->nmethods; i++) {
+        const char *name = def->methods[i].name;
+        size_t len = strlen(name);
+        int off = 0;
+        for (const char *p = disable; *p && !off;) {
+            const char *end = strchr(p, ',');
+            size_t l = end ? (size_t)(end - p) : strlen(p);
+            off = l == len && strncmp(p, name, len) == 0;
+            p += l + (end ? 1 : 0);
+        }
+        if (off)
+            cm_log_warn("method disabled by RPC_DISABLE: callers get UNIMPLEMENTED", "method", name,
+                        NULL);
+        else
+            out[(*n)++] = def->methods[i];
+    }
+    for (const char *p = disable; *p;) {
+        const char *end = strchr(p, ',');
+        size_t l = end ? (size_t)(end - p) : strlen(p);
+        int known = l == 0;
+        for (size_t i = 0; i < def->nmethods && !known; i++)
+            known = strlen(def->methods[i].name) == l && strncmp(def->methods[i].name, p, l) == 0;
+        if (!known) {
+            snprintf(err, errlen, "RPC_DISABLE: %.*s is not a method of this service", (int)l, p);
+            return CM_EINVAL;
+        }
+        p += l + (end ? 1 : 0);
+    }
+    return 0;
+}
+
 static void *worker_init(int index, void *arg)
 {
     cm_service *svc = arg;
@@ -720,13 +760,18 @@ static int serve(cm_service *svc)
         .reflection = svc->cfg.reflection,
         .ratelimit = svc->ratelimit,
     };
-    if (cm_rpc_server_new(&svc->rpc, &o, err, sizeof err) ||
-        cm_rpc_server_add_service(svc->rpc, def->api, def->methods, def->nmethods, err,
-                                  sizeof err) ||
+    cm_rpc_method *served = calloc(def->nmethods ? def->nmethods : 1, sizeof *served);
+    size_t nserved = 0;
+    if (!served || served_methods(def, svc->cfg.rpc_disable, served, &nserved, err, sizeof err) ||
+        cm_rpc_server_new(&svc->rpc, &o, err, sizeof err) ||
+        cm_rpc_server_add_service(svc->rpc, def->api, served, nserved, err, sizeof err) ||
         cm_rpc_server_start(svc->rpc, err, sizeof err)) {
-        cm_log_error("could not start the gRPC server", "detail", err, NULL);
+        cm_log_error("could not start the gRPC server", "detail", served ? err : "out of memory",
+                     NULL);
+        free(served);
         return 1;
     }
+    free(served); /* the server copied what it needs */
     if (cm_admin_start(&svc->admin, &svc->loop, svc->cfg.admin_listen, svc->metrics, ready, svc,
                        err, sizeof err)) {
         cm_log_error("could not start the admin server", "detail", err, NULL);

@@ -1242,3 +1242,33 @@ void hs_wait_sql(const char *schema, const char *q, long long want, const char *
     hs_sql_try_long(schema, q, &v);
     ck_assert_msg(rc == 0, "waited for %s = %lld, have %lld (log %s)", q, want, v, log ? log : "-");
 }
+
+int hs_log_contains(const hs_proc *p, const char *what)
+{
+    FILE *f = fopen(p->log_path, "r");
+    if (!f)
+        return 0;
+    /* chunks overlapping by the needle's length: a match across a chunk
+     * boundary is found */
+    size_t w = strlen(what), keep = 0;
+    static char buf[65536 + 1];
+    int found = 0;
+    if (w == 0 || w >= sizeof buf / 2) {
+        fclose(f);
+        return w == 0;
+    }
+    for (;;) {
+        size_t n = fread(buf + keep, 1, sizeof buf - 1 - keep, f);
+        buf[keep + n] = '\0';
+        if (strstr(buf, what)) {
+            found = 1;
+            break;
+        }
+        if (n == 0)
+            break;
+        keep = keep + n < w - 1 ? keep + n : w - 1;
+        memmove(buf, buf + strlen(buf) - keep, keep);
+    }
+    fclose(f);
+    return found;
+}

@@ -107,6 +107,9 @@ void hs_teardown(void);
  * the response is read into a static buffer. */
 int hs_http_get(int port, const char *path, char *body, size_t bodylen);
 
+/* 1 when p's log (its stdout and stderr, p->log_path) holds what */
+int hs_log_contains(const hs_proc *p, const char *what);
+
 /* the value of a sample in a Prometheus text body: series is the name with
  * its labels as written ("x_total" or "x{a=\"b\"}"), matched at the start
  * of a line, so "# HELP x ..." does not count. -1 when absent. */

@@ -981,10 +981,12 @@ START_TEST(paid_orders_in_one_batch_confirm_as_one_by_one)
     ck_assert_int_eq(hs_sql_long(schema, "SELECT count(*) FROM outbox WHERE type = "
                                          "'commerce.events.v1.ReservationReleased'"),
                      1);
-    /* 42 reserved lines, 40 confirmed, p-due's expiry, p-cancel's release */
+    /* a StockChanged per audit row: 3 stockings, 42 reserved lines, 40
+     * confirmed, p-due's expiry, p-cancel's release */
+    ck_assert_int_eq(hs_sql_long(schema, "SELECT count(*) FROM stock_change"), 3 + 42 + 40 + 2);
     ck_assert_int_eq(hs_sql_long(schema, "SELECT count(*) FROM outbox WHERE type = "
                                          "'commerce.events.v1.StockChanged'"),
-                     42 + 40 + 1 + 1);
+                     3 + 42 + 40 + 1 + 1);
     ck_assert_int_eq(hs_sql_long(schema, "SELECT count(*) FROM stock_change WHERE kind = 5"), 1);
     ck_assert_int_eq(hs_sql_long(schema, "SELECT count(*) FROM stock_change WHERE kind = 6"), 1);
     /* each confirmed order's ReservationConfirmed follows its own
@@ -2302,6 +2304,51 @@ START_TEST(batch_reserve_refuses_a_malformed_batch_as_a_whole)
 }
 END_TEST
 
+/* RPC_DISABLE: the method answers UNIMPLEMENTED, the others serve; a name
+ * the service does not have stops the start, naming it */
+START_TEST(rpc_disable_turns_a_method_off_and_refuses_unknown_names)
+{
+    new_schema();
+    char s[96];
+    snprintf(s, sizeof s, "INVENTORY_SCHEMA=%s", schema);
+    hs_proc bad;
+    const char *const bad_env[] = {s, "RPC_DISABLE=BatchReserve,NoSuchRpc", NULL};
+    ck_assert_int_eq(hs_spawn(&bad, INVENTORY_BIN, bad_env), 0);
+    ck_assert_int_ne(hs_wait_exit(&bad, 30000), 0);
+    ck_assert(hs_log_contains(&bad, "RPC_DISABLE: NoSuchRpc is not a method of this service"));
+
+    const char *env[] = {"RPC_DISABLE=BatchReserve", NULL};
+    hs_proc p;
+    spawn(&p, env);
+    cm_rpc_client *c = hs_client(&p, NULL);
+    fx_set_stock(c, "rd1", "sku-d", 5);
+    Commerce__Inventory__V1__ReserveRequest rq = COMMERCE__INVENTORY__V1__RESERVE_REQUEST__INIT;
+    Commerce__Inventory__V1__ReserveLine ln = COMMERCE__INVENTORY__V1__RESERVE_LINE__INIT,
+                                         *lp = &ln;
+    ln.sku = "sku-d";
+    ln.quantity = 1;
+    rq.order_id = "d-1";
+    rq.lines = &lp;
+    rq.n_lines = 1;
+    Commerce__Inventory__V1__ReserveRequest *rqs = &rq;
+    Commerce__Inventory__V1__BatchReserveRequest b =
+        COMMERCE__INVENTORY__V1__BATCH_RESERVE_REQUEST__INIT;
+    b.requests = &rqs;
+    b.n_requests = 1;
+    cm_rpc_status st;
+    ck_assert_int_eq(hs_call(c, SVC "BatchReserve", &b.base,
+                             &commerce__inventory__v1__batch_reserve_response__descriptor, NULL,
+                             &st, fx_md, 1),
+                     GRPC_STATUS_UNIMPLEMENTED);
+    fx_assert_level(c, "sku-d", 5, 0, 0); /* nothing reserved */
+    ck_assert_int_eq(reserve1(c, "d-1", "sku-d", 1, NULL), 0);
+    fx_assert_level(c, "sku-d", 4, 1, 0);
+    cm_rpc_client_free(c);
+    ck_assert_int_eq(hs_stop(&p, SIGTERM, 30000), 0);
+    hs_drop_schema(NULL, schema);
+}
+END_TEST
+
 START_TEST(batch_reserve_keeps_tenants_apart)
 {
     new_schema();
@@ -2718,6 +2765,7 @@ static Suite *suite(void)
     tcase_add_test(t, flash_sale_per_buyer_limit_is_exact_under_concurrency);
     tcase_add_test(t, order_events_confirm_and_release_through_the_inbox);
     tcase_add_test(t, paid_orders_in_one_batch_confirm_as_one_by_one);
+    tcase_add_test(t, rpc_disable_turns_a_method_off_and_refuses_unknown_names);
     tcase_add_test(t, list_stock_changes_pages_the_audit_trail);
     tcase_add_test(t, list_flash_sales_returns_configured_sales);
     tcase_add_test(t, reserve_burst_emits_one_stock_changed_per_line);

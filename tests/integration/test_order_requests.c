@@ -214,23 +214,23 @@ static void *burst_main(void *arg)
  * other. every create gets its own answer: an order holding exactly its
  * units, or SOLD_OUT once a sku ran out, and nothing is reserved for
  * orders that do not exist */
-START_TEST(concurrent_creates_reserve_in_batches_each_with_its_own_answer)
+/* the burst against a started pair: every create answered on its own;
+ * batched says whether the Reserves went to inventory as BatchReserves */
+static void burst(fx *f, int batched)
 {
-    static fx f;
-    fx_start(&f, NULL, 0);
     for (int i = 0; i < 8; i++) {
         char sku[16], rid[16];
         snprintf(sku, sizeof sku, "sku-b%d", i);
         snprintf(rid, sizeof rid, "s-b%d", i);
-        fx_set_stock(f.ic, rid, sku, i == 7 ? 40 : 100000);
+        fx_set_stock(f->ic, rid, sku, i == 7 ? 40 : 100000);
     }
     enum { N = 32 };
     static burst_worker w[N];
     memset(w, 0, sizeof w);
-    cm_rpc_client *second = hs_client(&f.ord, NULL);
+    cm_rpc_client *second = hs_client(&f->ord, NULL);
     pthread_t t[N];
     for (int i = 0; i < N; i++) {
-        w[i].c = i % 2 ? second : f.oc;
+        w[i].c = i % 2 ? second : f->oc;
         w[i].index = i;
         pthread_create(&t[i], NULL, burst_main, &w[i]);
     }
@@ -251,22 +251,55 @@ START_TEST(concurrent_creates_reserve_in_batches_each_with_its_own_answer)
     for (int i = 0; i < 8; i++) {
         char sku[16];
         snprintf(sku, sizeof sku, "sku-b%d", i);
-        fx_level l = fx_get_level(f.ic, sku);
+        fx_level l = fx_get_level(f->ic, sku);
         reserved += l.reserved;
         if (i == 7)
             ck_assert_int_le(l.reserved, 40);
     }
     ck_assert_int_eq(reserved, units);
     static char ids[1024][64];
-    ck_assert_uint_eq(fx_all_orders(f.oc, ids, 1024), (size_t)(N * 25 - sold_out));
-    /* the reservations went in batches */
-    double batched = hs_metric(&f.ord, "order_batch_reserved_total");
-    ck_assert_msg(batched > 0, "no reservation made through BatchReserve (%g)", batched);
-    ck_assert_msg(hs_metric(&f.inv, "rpc_server_handled_total{method=\"/"
-                                    "commerce.inventory.v1.InventoryService/BatchReserve\","
-                                    "code=\"OK\"}") > 0,
-                  "inventory answered no BatchReserve");
-    ck_assert_int_eq(fx_violations(f.ic, NULL), 0);
+    ck_assert_uint_eq(fx_all_orders(f->oc, ids, 1024), (size_t)(N * 25 - sold_out));
+    double made = hs_metric(&f->ord, "order_batch_reserved_total");
+    double ok = hs_metric(&f->inv, "rpc_server_handled_total{method=\"/"
+                                   "commerce.inventory.v1.InventoryService/BatchReserve\","
+                                   "code=\"OK\"}");
+    if (batched) {
+        ck_assert_msg(made > 0, "no reservation made through BatchReserve (%g)", made);
+        ck_assert_msg(ok > 0, "inventory answered no BatchReserve");
+    } else {
+        /* one refused BatchReserve switched batching off: Reserve by itself */
+        ck_assert_msg(made <= 0, "%g reservations made through BatchReserve", made);
+        ck_assert_msg(ok <= 0, "inventory answered a BatchReserve");
+        ck_assert(hs_log_contains(&f->ord, "inventory has no BatchReserve"));
+    }
+    ck_assert_int_eq(fx_violations(f->ic, NULL), 0);
+}
+
+/* 32 callers at once, 800 creates: the order service gathers their
+ * Reserves into BatchReserves (ORDER_RESERVE_BATCH), two batches in flight,
+ * each caller possibly leading one while its own request rides in the
+ * other. every create gets its own answer: an order holding exactly its
+ * units, or SOLD_OUT once a sku ran out, and nothing is reserved for
+ * orders that do not exist */
+START_TEST(concurrent_creates_reserve_in_batches_each_with_its_own_answer)
+{
+    static fx f;
+    fx_start(&f, NULL, 0);
+    burst(&f, 1);
+    fx_stop(&f);
+}
+END_TEST
+
+/* a rolling upgrade: an inventory without BatchReserve (RPC_DISABLE makes
+ * one) answers UNIMPLEMENTED; the order service then reserves one order per
+ * call, and every create still gets its own answer */
+START_TEST(an_inventory_without_batch_reserve_gets_one_reserve_per_create)
+{
+    static fx f;
+    static const char *const inv_env[] = {"INVENTORY_SWEEP_MS=100", "WORKERS=8",
+                                          "RPC_DISABLE=BatchReserve", NULL};
+    fx_start_opts(&f, &(fx_opts){.inventory_env = inv_env});
+    burst(&f, 0);
     fx_stop(&f);
 }
 END_TEST
@@ -800,6 +833,7 @@ int main(void)
     const TTest *const tests[] = {
         every_order_has_exactly_one_created_and_paid_event,
         concurrent_creates_reserve_in_batches_each_with_its_own_answer,
+        an_inventory_without_batch_reserve_gets_one_reserve_per_create,
         bad_input_is_refused_and_stores_nothing,
         list_orders_filters_and_pages,
         list_orders_by_paid_time,

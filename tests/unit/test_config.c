@@ -247,6 +247,9 @@ START_TEST(workers_error_names_variable_and_value)
     setenv("WORKERS", "abc", 1);
     ck_assert_int_eq(load(&order_defs), CM_EINVAL);
     ck_assert_str_eq(err, "WORKERS: must be an integer between 1 and 256, got \"abc\"");
+    const char *const rpc_envp[] = {"RPC_DISABLE=BatchReserve,Reserve", "ALLOW_INSECURE=1", NULL};
+    ck_assert_int_eq(cm_config_load_env(&cfg, &order_defs, rpc_envp, err, sizeof err), 0);
+    ck_assert_str_eq(cfg.rpc_disable, "BatchReserve,Reserve");
 }
 END_TEST
 
@@ -276,6 +279,9 @@ START_TEST(env_array_is_read_instead_of_environment)
     const char *const bad_envp[] = {"WORKERS=abc", NULL};
     ck_assert_int_eq(cm_config_load_env(&cfg, &order_defs, bad_envp, err, sizeof err), CM_EINVAL);
     ck_assert_str_eq(err, "WORKERS: must be an integer between 1 and 256, got \"abc\"");
+    const char *const rpc_envp[] = {"RPC_DISABLE=BatchReserve,Reserve", "ALLOW_INSECURE=1", NULL};
+    ck_assert_int_eq(cm_config_load_env(&cfg, &order_defs, rpc_envp, err, sizeof err), 0);
+    ck_assert_str_eq(cfg.rpc_disable, "BatchReserve,Reserve");
 }
 END_TEST
 
@@ -306,6 +312,8 @@ static const struct {
     const char *var, *value, *expect;
 } bad_rows[] = {
     {"WORKERS", "0", "WORKERS: must be an integer between 1 and 256, got \"0\""},
+    {"RPC_DISABLE", "Batch Reserve", "RPC_DISABLE: must list method names separated by commas"},
+    {"RPC_DISABLE", "/svc/Method", "\"/svc/Method\""},
     {"WORKERS", "257", "WORKERS: must be an integer between 1 and 256, got \"257\""},
     {"WORKERS", "-1", "\"-1\""},
     {"WORKERS", " 4", "\" 4\""},
