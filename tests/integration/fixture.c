@@ -748,13 +748,18 @@ int fx_configure_sale_in(cm_rpc_client *c, const char *rid, const char *id, cons
 
 fx_level fx_get_level(cm_rpc_client *c, const char *sku)
 {
+    return fx_get_level_md(c, sku, fx_md);
+}
+
+fx_level fx_get_level_md(cm_rpc_client *c, const char *sku, const cm_rpc_md *md)
+{
     Commerce__Inventory__V1__GetStockRequest q = COMMERCE__INVENTORY__V1__GET_STOCK_REQUEST__INIT;
     q.sku = (char *)sku;
     Commerce__Inventory__V1__GetStockResponse *r = NULL;
     fx_level l = {-1, -1, -1, -1};
     if (hs_call(c, FX_ISVC "GetStock", &q.base,
                 &commerce__inventory__v1__get_stock_response__descriptor, (ProtobufCMessage **)&r,
-                NULL, fx_md, 1) == 0) {
+                NULL, md, 1) == 0) {
         l.available = r->stock->available;
         l.reserved = r->stock->reserved;
         l.sold = r->stock->sold;

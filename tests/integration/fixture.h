@@ -271,6 +271,8 @@ typedef struct fx_level {
 
 /* GetStock's levels; all -1 when the call failed */
 fx_level fx_get_level(cm_rpc_client *c, const char *sku);
+/* the same as the tenant md names (fx_md_other: another tenant's view) */
+fx_level fx_get_level_md(cm_rpc_client *c, const char *sku, const cm_rpc_md *md);
 /* waits (30 s at most) until sku has these levels, which inventory reaches
  * by consuming the order events; asserts them */
 void fx_wait_level(cm_rpc_client *c, const char *sku, int64_t avail, int64_t reserved,

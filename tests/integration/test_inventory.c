@@ -780,20 +780,35 @@ static int state_of(cm_rpc_client *c, const char *order)
     return state;
 }
 
+/* a fresh one-partition order topic for the schema's inventory to
+ * consume (tag keeps two tests' topics apart); env gets the settings */
+typedef struct consume_env {
+    char topic[96], group[96], t_env[128], g_env[128];
+    const char *env[4];
+} consume_env;
+
+static void consume_setup(consume_env *ce, const char *tag)
+{
+    snprintf(ce->topic, sizeof ce->topic, "commerce.order.v1.%s-%s", tag, schema);
+    snprintf(ce->group, sizeof ce->group, "commerce.inventory.%s-%s", tag, schema);
+    hs_kafka_create_topic(hs_kafka_brokers(), ce->topic, 1);
+    snprintf(ce->t_env, sizeof ce->t_env, "INVENTORY_ORDER_TOPIC=%s", ce->topic);
+    snprintf(ce->g_env, sizeof ce->g_env, "INVENTORY_ORDER_GROUP=%s", ce->group);
+    ce->env[0] = "INVENTORY_CONSUME_ORDERS=on";
+    ce->env[1] = ce->t_env;
+    ce->env[2] = ce->g_env;
+    ce->env[3] = NULL;
+}
+
 START_TEST(order_events_confirm_and_release_through_the_inbox)
 {
     const char *brokers = hs_kafka_brokers();
     new_schema();
-    char topic[96], group[96];
-    snprintf(topic, sizeof topic, "commerce.order.v1.it-%s", schema);
-    snprintf(group, sizeof group, "commerce.inventory.it-%s", schema);
-    hs_kafka_create_topic(brokers, topic, 1);
-    char t_env[128], g_env[128];
-    snprintf(t_env, sizeof t_env, "INVENTORY_ORDER_TOPIC=%s", topic);
-    snprintf(g_env, sizeof g_env, "INVENTORY_ORDER_GROUP=%s", group);
-    const char *env[] = {"INVENTORY_CONSUME_ORDERS=on", t_env, g_env, NULL};
+    static consume_env ce;
+    consume_setup(&ce, "it");
+    const char *topic = ce.topic;
     hs_proc p;
-    spawn(&p, env);
+    spawn(&p, ce.env);
     cm_rpc_client *c = hs_client(&p, NULL);
     fx_set_stock(c, "r1", "sku-o", 10);
     const char *skus[] = {"sku-o"};
@@ -880,14 +895,9 @@ START_TEST(paid_orders_in_one_batch_confirm_as_one_by_one)
 {
     const char *brokers = hs_kafka_brokers();
     new_schema();
-    char topic[96], group[96];
-    snprintf(topic, sizeof topic, "commerce.order.v1.itb-%s", schema);
-    snprintf(group, sizeof group, "commerce.inventory.itb-%s", schema);
-    hs_kafka_create_topic(brokers, topic, 1);
-    char t_env[128], g_env[128];
-    snprintf(t_env, sizeof t_env, "INVENTORY_ORDER_TOPIC=%s", topic);
-    snprintf(g_env, sizeof g_env, "INVENTORY_ORDER_GROUP=%s", group);
-    const char *env[] = {"INVENTORY_CONSUME_ORDERS=on", t_env, g_env, NULL};
+    static consume_env ce;
+    consume_setup(&ce, "itb");
+    const char *topic = ce.topic, *const *env = ce.env;
     hs_proc p;
     spawn(&p, env);
     cm_rpc_client *c = hs_client(&p, NULL);
@@ -2051,26 +2061,6 @@ static int get_reservation_md(cm_rpc_client *c, const char *order, const cm_rpc_
                    (ProtobufCMessage **)out, st, md, 1);
 }
 
-/* GetStock's levels as the tenant md names (fx_get_level's, for another
- * tenant); all -1 when the call failed */
-static fx_level level_md(cm_rpc_client *c, const char *sku, const cm_rpc_md *md)
-{
-    Commerce__Inventory__V1__GetStockRequest q = COMMERCE__INVENTORY__V1__GET_STOCK_REQUEST__INIT;
-    q.sku = (char *)sku;
-    Commerce__Inventory__V1__GetStockResponse *r = NULL;
-    fx_level l = {-1, -1, -1, -1};
-    if (hs_call(c, SVC "GetStock", &q.base,
-                &commerce__inventory__v1__get_stock_response__descriptor, (ProtobufCMessage **)&r,
-                NULL, md, 1) == 0) {
-        l.available = r->stock->available;
-        l.reserved = r->stock->reserved;
-        l.sold = r->stock->sold;
-        l.on_hand = r->stock->on_hand;
-        protobuf_c_message_free_unpacked(&r->base, NULL);
-    }
-    return l;
-}
-
 static void assert_level(cm_rpc_client *c, const char *sku, int64_t avail, int64_t reserved)
 {
     fx_level l = fx_get_level(c, sku);
@@ -2385,7 +2375,7 @@ START_TEST(batch_reserve_keeps_tenants_apart)
     ck_assert_str_eq(st.reason, "SOLD_OUT");
     ck_assert_str_eq(cm_rpc_status_meta(&st, "available"), "sku-t:1");
     protobuf_c_message_free_unpacked(&r->base, NULL);
-    fx_level lb = level_md(c, "sku-t", fx_md_other);
+    fx_level lb = fx_get_level_md(c, "sku-t", fx_md_other);
     ck_assert_int_eq(lb.available, 1);
     ck_assert_int_eq(lb.reserved, 2);
 
