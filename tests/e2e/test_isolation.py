@@ -540,6 +540,16 @@ def cases(a):
         I + "Reserve": local(invs.ReserveRequest(order_id=a.resv_order, buyer_id="iso",
                                                  lines=[invs.ReserveLine(sku=a.skus[1], quantity=1)]),
                              "FAILED_PRECONDITION", "NOT_FOUND"),
+        # each request answered on its own: A's order id and A's sku are
+        # B's own unknown ones (never stocked: sold out), and nothing of A's
+        # comes back
+        I + "BatchReserve": local(
+            invs.BatchReserveRequest(requests=[invs.ReserveRequest(
+                order_id=a.resv_order, buyer_id="iso",
+                lines=[invs.ReserveLine(sku=a.skus[1], quantity=1)])]),
+            check=lambda r: (len(r.results) == 1 and r.results[0].code in (5, 9) and
+                             not r.results[0].HasField("reservation")) or
+            f"BatchReserve answered {r}"),
         I + "Confirm": hidden(invs.ConfirmRequest(order_id=a.resv_order)),
         # a release of an unknown order leaves a tombstone: B's own
         I + "Release": local(invs.ReleaseRequest(order_id=a.resv_order),
