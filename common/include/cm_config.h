@@ -93,6 +93,7 @@ typedef struct {
     char admin_listen[CM_CONFIG_ADDR_MAX];  /* ADMIN_LISTEN, same form */
     char pg_dsn[CM_CONFIG_TEXT_MAX];        /* PG_DSN */
     char kafka_brokers[CM_CONFIG_TEXT_MAX]; /* KAFKA_BROKERS, host:port[,host:port...] */
+    int kafka_linger_ms;                    /* KAFKA_LINGER_MS, 1..1000 (default 20) */
     char schema[CM_CONFIG_SCHEMA_MAX];      /* <SERVICE>_SCHEMA */
     int workers;                            /* WORKERS, 1..256 */
     int db_pool;                            /* DB_POOL, 1..256 (default: min(WORKERS, 16)) */

@@ -500,6 +500,7 @@ static int start_events(cm_service *svc, char *err, size_t errlen)
         .brokers = svc->cfg.kafka_brokers,
         .client_id = client,
         .metrics = svc->metrics,
+        .linger_ms = svc->cfg.kafka_linger_ms,
         .conf = def->kafka_conf,
     };
     int rc = cm_kafka_producer_new_opts(&svc->producer, &po, err, errlen);

@@ -247,9 +247,20 @@ START_TEST(workers_error_names_variable_and_value)
     setenv("WORKERS", "abc", 1);
     ck_assert_int_eq(load(&order_defs), CM_EINVAL);
     ck_assert_str_eq(err, "WORKERS: must be an integer between 1 and 256, got \"abc\"");
-    const char *const rpc_envp[] = {"RPC_DISABLE=BatchReserve,Reserve", "ALLOW_INSECURE=1", NULL};
-    ck_assert_int_eq(cm_config_load_env(&cfg, &order_defs, rpc_envp, err, sizeof err), 0);
+}
+END_TEST
+
+START_TEST(rpc_disable_and_kafka_linger_are_read)
+{
+    const char *const none[] = {"ALLOW_INSECURE=1", NULL};
+    ck_assert_int_eq(cm_config_load_env(&cfg, &order_defs, none, err, sizeof err), 0);
+    ck_assert_str_eq(cfg.rpc_disable, "");
+    ck_assert_int_eq(cfg.kafka_linger_ms, 20); /* the default */
+    const char *const envp[] = {"RPC_DISABLE=BatchReserve,Reserve", "ALLOW_INSECURE=1",
+                                "KAFKA_LINGER_MS=7", NULL};
+    ck_assert_int_eq(cm_config_load_env(&cfg, &order_defs, envp, err, sizeof err), 0);
     ck_assert_str_eq(cfg.rpc_disable, "BatchReserve,Reserve");
+    ck_assert_int_eq(cfg.kafka_linger_ms, 7);
 }
 END_TEST
 
@@ -279,9 +290,12 @@ START_TEST(env_array_is_read_instead_of_environment)
     const char *const bad_envp[] = {"WORKERS=abc", NULL};
     ck_assert_int_eq(cm_config_load_env(&cfg, &order_defs, bad_envp, err, sizeof err), CM_EINVAL);
     ck_assert_str_eq(err, "WORKERS: must be an integer between 1 and 256, got \"abc\"");
-    const char *const rpc_envp[] = {"RPC_DISABLE=BatchReserve,Reserve", "ALLOW_INSECURE=1", NULL};
+    ck_assert_int_eq(cfg.kafka_linger_ms, 20); /* the default */
+    const char *const rpc_envp[] = {"RPC_DISABLE=BatchReserve,Reserve", "ALLOW_INSECURE=1",
+                                    "KAFKA_LINGER_MS=7", NULL};
     ck_assert_int_eq(cm_config_load_env(&cfg, &order_defs, rpc_envp, err, sizeof err), 0);
     ck_assert_str_eq(cfg.rpc_disable, "BatchReserve,Reserve");
+    ck_assert_int_eq(cfg.kafka_linger_ms, 7);
 }
 END_TEST
 
@@ -313,6 +327,7 @@ static const struct {
 } bad_rows[] = {
     {"WORKERS", "0", "WORKERS: must be an integer between 1 and 256, got \"0\""},
     {"RPC_DISABLE", "Batch Reserve", "RPC_DISABLE: must list method names separated by commas"},
+    {"KAFKA_LINGER_MS", "0", "KAFKA_LINGER_MS: must be an integer between 1 and 1000"},
     {"RPC_DISABLE", "/svc/Method", "\"/svc/Method\""},
     {"WORKERS", "257", "WORKERS: must be an integer between 1 and 256, got \"257\""},
     {"WORKERS", "-1", "\"-1\""},
@@ -675,6 +690,7 @@ static Suite *config_suite(void)
     tcase_add_test(tc, fifo_as_a_file_is_refused_without_blocking);
     tcase_add_test(tc, address_forms_are_normalised);
     tcase_add_test(tc, workers_error_names_variable_and_value);
+    tcase_add_test(tc, rpc_disable_and_kafka_linger_are_read);
     tcase_add_test(tc, failed_load_leaves_config_untouched);
     tcase_add_loop_test(tc, bad_value_error_names_variable, 0,
                         (int)(sizeof bad_rows / sizeof bad_rows[0]));
