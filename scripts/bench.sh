@@ -21,6 +21,10 @@
 # private postgres, so it never stops a cluster that tests are using (the
 # order benchmark defaults to .run/pg-bench-order, so it can run beside
 # another benchmark). PG_DSN: use that server instead and start none.
+# BENCH_WRITEBACK: tuned (default) sets vm.dirty_background_bytes to 32 MB
+# for the run and restores the kernel's value at the end, as a database
+# host tuned for writes has it; kernel leaves the kernel's setting
+# (tests/bench/README.md, "Kernel writeback").
 #
 # exit: 0 measured and every target met; 1 the measurement failed (a server
 # did not start, a call returned non-OK); 2 usage; 3 measured but a target
@@ -156,6 +160,7 @@ cleanup() {
   if [ "${started_kafka:-0}" = 1 ]; then
     "$root/scripts/kafka.sh" stop >/dev/null 2>&1 || true
   fi
+  writeback_restore
   exit "$rc"
 }
 trap cleanup EXIT
@@ -187,6 +192,53 @@ build_release() {
   }
 }
 
+# ---- kernel writeback (tests/bench/README.md, "Kernel writeback") ----
+# Postgres writes a new page of a growing table or index into the page
+# cache as zeros and leaves it there until a checkpoint; with the kernel's
+# default (writeback in the background only past 10 % of memory) the
+# flusher lets ~5 MB/s of them age for 30 s and then writes a few hundred
+# MB at once, and every commit's WAL fsync waits behind it: a 100-200 ms
+# stall every 30 s or so. A database host tuned for writes starts writeback
+# early instead. The run sets it and puts the kernel's value back at exit.
+WRITEBACK_BYTES=33554432
+wb_changed=0 wb_saved_bytes="" wb_saved_ratio=""
+writeback_tune() {
+  local mode=${BENCH_WRITEBACK:-tuned} f=/proc/sys/vm/dirty_background_bytes
+  case $mode in
+    tuned | kernel) ;;
+    *) die "BENCH_WRITEBACK: tuned or kernel, not '$mode'" ;;
+  esac
+  wb_saved_bytes=$(cat "$f" 2>/dev/null || echo "")
+  wb_saved_ratio=$(cat /proc/sys/vm/dirty_background_ratio 2>/dev/null || echo "")
+  local now="dirty_background_ratio ${wb_saved_ratio:-?} %"
+  [ -n "$wb_saved_bytes" ] && [ "$wb_saved_bytes" != 0 ] &&
+    now="dirty_background_bytes $((wb_saved_bytes / 1048576)) MB"
+  if [ "$mode" = kernel ]; then
+    echo "writeback    the kernel's as it is: vm.$now (BENCH_WRITEBACK=kernel)"
+  elif [ -n "$wb_saved_bytes" ] && [ "$wb_saved_bytes" != 0 ] &&
+    [ "$wb_saved_bytes" -le "$WRITEBACK_BYTES" ]; then
+    echo "writeback    vm.$now: early already, left as it is"
+  elif [ -w "$f" ] && echo "$WRITEBACK_BYTES" >"$f" 2>/dev/null; then
+    wb_changed=1
+    echo "writeback    vm.dirty_background_bytes $((WRITEBACK_BYTES / 1048576)) MB for this run" \
+      "(was vm.$now; restored at exit; BENCH_WRITEBACK=kernel keeps it)"
+  else
+    echo "writeback    vm.$now: could not set dirty_background_bytes (not root?), the run" \
+      "has the kernel's; expect commit stalls"
+  fi
+}
+
+writeback_restore() {
+  [ "$wb_changed" = 1 ] || return 0
+  wb_changed=0
+  if [ -n "$wb_saved_bytes" ] && [ "$wb_saved_bytes" != 0 ]; then
+    echo "$wb_saved_bytes" >/proc/sys/vm/dirty_background_bytes 2>/dev/null || true
+  elif [ -n "$wb_saved_ratio" ]; then
+    # writing the ratio sets the bytes back to 0 (the two exclude each other)
+    echo "$wb_saved_ratio" >/proc/sys/vm/dirty_background_ratio 2>/dev/null || true
+  fi
+}
+
 machine() {
   local model mem
   model=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
@@ -196,6 +248,7 @@ machine() {
   echo "memory       $mem"
   echo "kernel       $(uname -sr)"
   echo "load         $(cut -d' ' -f1-3 /proc/loadavg) (1, 5, 15 min before the run)"
+  writeback_tune
   echo "note         the load generator and the server share these $(nproc) cpus: the"
   echo "             numbers are for comparing servers in one run, not capacity"
 }
@@ -1400,7 +1453,7 @@ bench_order() {
   done
   ord_waits=$workdir/pg-waits-paced.txt
   if ord_run paced "$workdir/paced.txt" --rate "$rate" --concurrency "$paced_concurrency" \
-    --duration "$paced_duration"; then
+    --duration "$paced_duration" --timeline "$workdir/paced-timeline.txt"; then
     paced_json=$ord_json paced_cpu=$ord_cpu
   else
     failed=1

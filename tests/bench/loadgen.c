@@ -184,6 +184,8 @@ typedef struct config {
     long pay_n;
     /* --rate: calls/s offered in total, 0: closed loop */
     int rate;
+    /* --timeline: where the per-100 ms buckets go, NULL: none */
+    const char *timeline;
 } config;
 
 static void usage(FILE *f)
@@ -194,13 +196,16 @@ static void usage(FILE *f)
                "         [--deadline-ms 5000] [--connect-timeout 10] [--json]\n"
                "         [--reserve-gen PREFIX:NSKUS:MAXLINES:QTY] [--accept-code N ...]\n"
                "         [--order-gen PREFIX:NSKUS:LINES:QTY] [--order-channels N] [--rate R]\n"
-               "         [--pay-gen FILE]\n"
+               "         [--pay-gen FILE] [--timeline FILE]\n"
                "\n"
                "closed-loop unary load: keeps --concurrency calls in flight over --channels\n"
                "connections from --threads threads (each with its own completion queue) for\n"
                "--warmup + --duration seconds; latencies are measured after the warmup.\n"
                "--rate R: open loop, R calls/s on a fixed schedule (latency from the\n"
                "scheduled start), at most --concurrency in flight.\n"
+               "--timeline FILE: the measured window in 100 ms buckets by start time, one\n"
+               "line each: seconds into the window, calls, max and mean latency (ms) and\n"
+               "calls over 25 ms: where the slow calls of a run cluster (stalls).\n"
                "defaults: --channels = --threads = number of cpus (at most --concurrency).\n"
                "exit 0 ok, 1 the run saw non-OK statuses, 2 usage or setup error.\n");
 }
@@ -375,6 +380,8 @@ static int parse_args(int argc, char **argv, config *c)
             rc = parse_int(a, v, 1, 1000000, &c->order_channels);
         } else if (strcmp(a, "--pay-gen") == 0) {
             rc = load_pay_lines(c, v);
+        } else if (strcmp(a, "--timeline") == 0) {
+            c->timeline = v;
         } else if (strcmp(a, "--rate") == 0) {
             rc = parse_int(a, v, 1, 10000000, &c->rate);
         } else if (strcmp(a, "--accept-code") == 0) {
@@ -438,6 +445,14 @@ static int parse_args(int argc, char **argv, config *c)
 typedef struct run run;
 typedef struct loader loader;
 
+/* --timeline: the calls that started in one 100 ms of the window */
+#define TL_BUCKET_NS 100000000LL
+#define TL_SLOW_NS 25000000LL
+typedef struct tl_bucket {
+    uint64_t calls, slow;
+    uint64_t sum_ns, max_ns;
+} tl_bucket;
+
 /* one call in flight; reused for the next call when it completes */
 typedef struct call_slot {
     loader *l;
@@ -469,6 +484,7 @@ struct loader {
     uint64_t errors_in_window;
     uint64_t start_failures;
     char first_error[256];
+    tl_bucket *tl; /* --timeline: this thread's buckets, NULL: none */
 };
 
 struct run {
@@ -697,6 +713,50 @@ static int start_call(call_slot *s)
     return 0;
 }
 
+/* --timeline: a call of the window, by its start (scheduled or sent) */
+static void timeline_record(loader *l, int64_t t0, uint64_t ns)
+{
+    run *r = l->r;
+    if (!l->tl || t0 < r->t_measure || t0 >= r->t_end)
+        return;
+    tl_bucket *b = &l->tl[(t0 - r->t_measure) / TL_BUCKET_NS];
+    b->calls++;
+    b->sum_ns += ns;
+    if (ns > b->max_ns)
+        b->max_ns = ns;
+    if ((int64_t)ns > TL_SLOW_NS)
+        b->slow++;
+}
+
+/* --timeline: every thread's buckets merged, one line each */
+static int timeline_write(const run *r)
+{
+    const config *c = &r->cfg;
+    FILE *f = fopen(c->timeline, "w");
+    if (!f) {
+        fprintf(stderr, "commerce-loadgen: --timeline %s: %s\n", c->timeline, strerror(errno));
+        return -1;
+    }
+    fprintf(f, "t_s calls max_ms mean_ms over_25ms\n");
+    int64_t n = (r->t_end - r->t_measure + TL_BUCKET_NS - 1) / TL_BUCKET_NS;
+    for (int64_t i = 0; i < n; i++) {
+        tl_bucket m = {0};
+        for (int t = 0; t < c->threads; t++) {
+            const tl_bucket *b = &r->loaders[t].tl[i];
+            m.calls += b->calls;
+            m.slow += b->slow;
+            m.sum_ns += b->sum_ns;
+            if (b->max_ns > m.max_ns)
+                m.max_ns = b->max_ns;
+        }
+        fprintf(f, "%.1f %llu %.1f %.1f %llu\n", (double)i * TL_BUCKET_NS / 1e9,
+                (unsigned long long)m.calls, (double)m.max_ns / 1e6,
+                m.calls ? (double)m.sum_ns / (double)m.calls / 1e6 : 0.0,
+                (unsigned long long)m.slow);
+    }
+    return fclose(f) == 0 ? 0 : -1;
+}
+
 /* accounts a completed call and releases what it held; returns 1 when the
  * slot should start the next call */
 static int finish_call(call_slot *s, int ok)
@@ -708,8 +768,11 @@ static int finish_call(call_slot *s, int ok)
     grpc_status_code code = ok ? s->status : GRPC_STATUS_UNKNOWN;
     if (code == GRPC_STATUS_OK || (code > 0 && code < 32 && (r->cfg.accept >> code & 1))) {
         l->calls_total++;
-        if (in_window)
-            hist_record(&l->hist, (uint64_t)(t1 - ts_ns(&s->t0)));
+        if (in_window) {
+            uint64_t ns = (uint64_t)(t1 - ts_ns(&s->t0));
+            hist_record(&l->hist, ns);
+            timeline_record(l, ts_ns(&s->t0), ns);
+        }
     } else {
         int c = code >= 0 && code < NCODES ? (int)code : GRPC_STATUS_UNKNOWN;
         l->errors[c]++;
@@ -1050,6 +1113,12 @@ int main(int argc, char **argv)
             fprintf(stderr, "commerce-loadgen: out of memory\n");
             return 2;
         }
+        if (c->timeline &&
+            !(l->tl = calloc((size_t)(c->duration_s * 1000000000LL / TL_BUCKET_NS + 1),
+                             sizeof *l->tl))) {
+            fprintf(stderr, "commerce-loadgen: out of memory\n");
+            return 2;
+        }
         for (int k = 0; k < l->nslots; k++) {
             l->slots[k].l = l;
             l->slots[k].channel = next_slot++ % c->channels;
@@ -1076,6 +1145,8 @@ int main(int argc, char **argv)
     for (int t = 0; t < started; t++)
         pthread_join(r.loaders[t].thread, NULL);
     double cpu_s = cpu_seconds() - cpu0;
+    if (c->timeline && started == c->threads && timeline_write(&r) != 0)
+        return 2;
 
     static histogram h; /* large: keep it off the stack */
     loader sum;
