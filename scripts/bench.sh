@@ -75,7 +75,7 @@ benchmarks:
          2-line orders over many skus at full speed and at a fixed offered
          rate, the order service's memory under load; checks orders = OK
          replies, one reservation each, the outbox drained
-         options: --duration S (10) --rounds R (3) --concurrency C (80)
+         options: --duration S (10) --rounds R (3) --concurrency C (128)
                   --rate R (1000) --paced-duration S (20) --paced-concurrency C
                   (256) --warmup S (2) --prewarm S (20: a first full-speed run
                   left out of the median) --workers W --inv-workers W (the
@@ -1286,7 +1286,7 @@ ord_pay_watched() {
 }
 
 bench_order() {
-  local duration=10 rounds=3 concurrency=80 rate=1000 paced_duration=20 paced_concurrency=256
+  local duration=10 rounds=3 concurrency=128 rate=1000 paced_duration=20 paced_concurrency=256
   local workers="" inv_workers="" do_build=1 inv_events=on prewarm=20 planner=both
   ord_warmup=2 ord_channels=4 ord_threads=2 ord_skus=10000 ord_lines=2 ord_waits="" ord_sampler=""
   local -a all=("$@")
