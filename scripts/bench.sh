@@ -1009,7 +1009,7 @@ bench_events() {
   echo "== settings"
   echo "path         commerce-eventsvc producer: writer threads -> outbox (same transaction"
   echo "             as a per-key sequence row) -> relay (LISTEN/NOTIFY, batches of up to"
-  echo "             1000, idempotent producer, acks=all, linger 5 ms) -> kafka, $ev_partitions partitions"
+  echo "             1000, idempotent producer, acks=all, linger ${KAFKA_LINGER_MS:-20} ms: KAFKA_LINGER_MS) -> kafka, $ev_partitions partitions"
   echo "             -> commerce-eventsvc consumer: batches of up to $ev_cbatch records, one"
   echo "             transaction each (inbox rows + counter upsert per event), then offsets"
   echo "keys         $ev_keys (the counter row per key is the effect; order checked per key;"
