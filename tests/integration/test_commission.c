@@ -400,11 +400,19 @@ START_TEST(seed_table_to_the_minor_unit_in_both_modes)
     ck_assert_int_eq(put_schedule(&S, "s-2", &w.s, 0, &stt), 0);
     put_channel(&S, "ch-m", ACTIVE, NULL, 0, "marginal");
     put_channel(&S, "ch-w", ACTIVE, NULL, 0, "whole");
-    /* 60,000.00 in one month, as six orders of 10,000.00 */
+    /* 60,000.00 in one month, as six orders of 10,000.00. om[0] accrues
+     * first: the refund below takes back its own commission, the first
+     * slice's 500.00, only if it came first, and the topic's two partitions
+     * would otherwise let any of the six arrive first (the totals do not
+     * depend on it, the refunded order's own commission does) */
     char om[6][CM_ID_SIZE];
-    for (int i = 0; i < 6; i++) {
+    for (int i = 0; i < 6; i++)
         snprintf(om[i], sizeof om[i], "%s", uuid());
-        paid(&S, om[i], uuid(), "ch-m", 1000000);
+    paid(&S, om[0], uuid(), "ch-m", 1000000);
+    wait_for(&S, "SELECT count(*) FROM commissions", 1);
+    for (int i = 0; i < 6; i++) {
+        if (i > 0)
+            paid(&S, om[i], uuid(), "ch-m", 1000000);
         paid(&S, uuid(), uuid(), "ch-w", 1000000);
     }
     wait_for(&S, "SELECT count(*) FROM commissions", 12);
