@@ -1,5 +1,6 @@
 #include "cm_config.h"
 #include "cm_err.h"
+#include "cm_kafka.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -20,9 +21,6 @@
 
 #define DEF_PG_DSN "postgresql:///commerce"
 #define DEF_KAFKA "127.0.0.1:9092"
-/* common/README.md, "kafka producer": 5 ms cost the broker and the relays
- * twice as many rounds as 20 at the same load */
-#define DEF_KAFKA_LINGER_MS 20
 #define DEF_MAX_MESSAGE (4 * 1024 * 1024)
 #define DEF_DRAIN_S 20
 #define DRAIN_MAX_S 3600
@@ -507,7 +505,7 @@ static int load_all(env_src e, cm_config *c, const cm_config_defaults *d, char *
         (rc = load_brokers(c->kafka_brokers, sizeof c->kafka_brokers, "KAFKA_BROKERS", v, err,
                            errlen)))
         return rc;
-    c->kafka_linger_ms = DEF_KAFKA_LINGER_MS;
+    c->kafka_linger_ms = CM_KAFKA_LINGER_MS;
     if ((v = env(e, "KAFKA_LINGER_MS")) &&
         (rc = load_int(&c->kafka_linger_ms, "KAFKA_LINGER_MS", v, 1, 1000, err, errlen)))
         return rc;
@@ -744,7 +742,7 @@ static size_t common_rows(const cm_config_defaults *d, row *r, int generic)
     n = add_row(r, n, svar, "Postgres schema of the service (tests run side by side)", sdef);
     n = add_row(r, n, "KAFKA_BROKERS", "Kafka bootstrap servers, host:port[,host:port]", DEF_KAFKA);
     char linger[16];
-    snprintf(linger, sizeof linger, "%d", DEF_KAFKA_LINGER_MS);
+    snprintf(linger, sizeof linger, "%d", CM_KAFKA_LINGER_MS);
     n = add_row(r, n, "KAFKA_LINGER_MS",
                 "how long the producer gathers events into a request before sending it "
                 "(librdkafka linger.ms), 1..1000",

@@ -482,7 +482,7 @@ int cm_kafka_producer_new_opts(cm_kafka_producer **out, const cm_kafka_producer_
     }
     pthread_rwlock_init(&p->lock, NULL);
     pthread_mutex_init(&p->stats_mu, NULL);
-    p->linger_ms = o->linger_ms > 0 ? o->linger_ms : 5;
+    p->linger_ms = o->linger_ms > 0 ? o->linger_ms : CM_KAFKA_LINGER_MS;
     p->message_timeout_ms = o->message_timeout_ms > 0 ? o->message_timeout_ms : 0;
     p->metrics = o->metrics ? o->metrics : cm_metrics_default();
     p->brokers = strdup(o->brokers);
