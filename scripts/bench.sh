@@ -208,15 +208,14 @@ writeback_tune() {
     tuned | kernel) ;;
     *) die "BENCH_WRITEBACK: tuned or kernel, not '$mode'" ;;
   esac
-  wb_saved_bytes=$(cat "$f" 2>/dev/null || echo "")
+  wb_saved_bytes=$(cat "$f" 2>/dev/null || echo 0)
   wb_saved_ratio=$(cat /proc/sys/vm/dirty_background_ratio 2>/dev/null || echo "")
+  # the kernel uses one of the two: the bytes when they are not 0
   local now="dirty_background_ratio ${wb_saved_ratio:-?} %"
-  [ -n "$wb_saved_bytes" ] && [ "$wb_saved_bytes" != 0 ] &&
-    now="dirty_background_bytes $((wb_saved_bytes / 1048576)) MB"
+  [ "$wb_saved_bytes" != 0 ] && now="dirty_background_bytes $((wb_saved_bytes / 1048576)) MB"
   if [ "$mode" = kernel ]; then
     echo "writeback    the kernel's as it is: vm.$now (BENCH_WRITEBACK=kernel)"
-  elif [ -n "$wb_saved_bytes" ] && [ "$wb_saved_bytes" != 0 ] &&
-    [ "$wb_saved_bytes" -le "$WRITEBACK_BYTES" ]; then
+  elif [ "$wb_saved_bytes" != 0 ] && [ "$wb_saved_bytes" -le "$WRITEBACK_BYTES" ]; then
     echo "writeback    vm.$now: early already, left as it is"
   elif [ -w "$f" ] && echo "$WRITEBACK_BYTES" >"$f" 2>/dev/null; then
     wb_changed=1
@@ -231,7 +230,7 @@ writeback_tune() {
 writeback_restore() {
   [ "$wb_changed" = 1 ] || return 0
   wb_changed=0
-  if [ -n "$wb_saved_bytes" ] && [ "$wb_saved_bytes" != 0 ]; then
+  if [ "$wb_saved_bytes" != 0 ]; then
     echo "$wb_saved_bytes" >/proc/sys/vm/dirty_background_bytes 2>/dev/null || true
   elif [ -n "$wb_saved_ratio" ]; then
     # writing the ratio sets the bytes back to 0 (the two exclude each other)
@@ -1009,7 +1008,7 @@ bench_events() {
   echo "== settings"
   echo "path         commerce-eventsvc producer: writer threads -> outbox (same transaction"
   echo "             as a per-key sequence row) -> relay (LISTEN/NOTIFY, batches of up to"
-  echo "             1000, idempotent producer, acks=all, linger ${KAFKA_LINGER_MS:-20} ms: KAFKA_LINGER_MS) -> kafka, $ev_partitions partitions"
+  echo "             1000, idempotent producer, acks=all, linger KAFKA_LINGER_MS: ${KAFKA_LINGER_MS:-its default}) -> kafka, $ev_partitions partitions"
   echo "             -> commerce-eventsvc consumer: batches of up to $ev_cbatch records, one"
   echo "             transaction each (inbox rows + counter upsert per event), then offsets"
   echo "keys         $ev_keys (the counter row per key is the effect; order checked per key;"

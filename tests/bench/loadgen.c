@@ -713,6 +713,12 @@ static int start_call(call_slot *s)
     return 0;
 }
 
+/* --timeline: buckets of a window of duration_s seconds */
+static size_t timeline_buckets(const config *c)
+{
+    return (size_t)((c->duration_s * 1000000000LL + TL_BUCKET_NS - 1) / TL_BUCKET_NS);
+}
+
 /* --timeline: a call of the window, by its start (scheduled or sent) */
 static void timeline_record(loader *l, int64_t t0, uint64_t ns)
 {
@@ -738,8 +744,7 @@ static int timeline_write(const run *r)
         return -1;
     }
     fprintf(f, "t_s calls max_ms mean_ms over_25ms\n");
-    int64_t n = (r->t_end - r->t_measure + TL_BUCKET_NS - 1) / TL_BUCKET_NS;
-    for (int64_t i = 0; i < n; i++) {
+    for (size_t i = 0; i < timeline_buckets(c); i++) {
         tl_bucket m = {0};
         for (int t = 0; t < c->threads; t++) {
             const tl_bucket *b = &r->loaders[t].tl[i];
@@ -1113,9 +1118,7 @@ int main(int argc, char **argv)
             fprintf(stderr, "commerce-loadgen: out of memory\n");
             return 2;
         }
-        if (c->timeline &&
-            !(l->tl = calloc((size_t)(c->duration_s * 1000000000LL / TL_BUCKET_NS + 1),
-                             sizeof *l->tl))) {
+        if (c->timeline && !(l->tl = calloc(timeline_buckets(c), sizeof *l->tl))) {
             fprintf(stderr, "commerce-loadgen: out of memory\n");
             return 2;
         }
