@@ -17,6 +17,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "cm_json.h"
+
 /* the content type of a structured-mode record */
 #define CM_CLOUDEVENTS_JSON_CONTENT_TYPE "application/cloudevents+json; charset=UTF-8"
 
@@ -45,12 +47,14 @@ typedef struct cm_cloudevent {
  * is not a UUID, or data_json is not a JSON object; CM_ENOMEM. */
 int cm_cloudevent_json(const cm_cloudevent *ce, const char *data_json, char **out, size_t *len);
 
-/* the same with data as a jansson object (a json_t *), taken over whatever
- * the result (the caller's reference is consumed): no text to parse back
- * when the caller built the object (commission's partner events: the parse
- * and the extra dump were most of a batch's json work) */
-struct json_t;
-int cm_cloudevent_json_object(const cm_cloudevent *ce, struct json_t *data, char **out,
-                              size_t *len);
+/* the envelope written into j as it is built: opens the object and writes
+ * the attributes above, in the contract's order; the caller then writes
+ * data (cm_json_object(j, "data"), its members, cm_json_end) and closes
+ * the envelope (cm_json_end). no tree, no parse: commission writes a
+ * partner event per accrual this way (jansson's build and dump had been
+ * over a third of its accrual consumer's CPU). 0, or CM_EINVAL when a
+ * required attribute is missing, the id is not a UUID or a value is not
+ * UTF-8 (nothing is written then that the caller should keep). */
+int cm_cloudevent_begin(cm_json *j, const cm_cloudevent *ce);
 
 #endif

@@ -1,8 +1,10 @@
 /*
- * structured-mode cloudevents, built with jansson so that escaping and
- * utf-8 are jansson's job, not ours.
+ * structured-mode cloudevents: the envelope written with cm_json (which
+ * writes what jansson would), the data of cm_cloudevent_json parsed with
+ * jansson.
  */
 #include "cm_cloudevents.h"
+#include "cm_buf.h"
 #include "cm_err.h"
 #include "cm_id.h"
 #include "cm_kafka.h"
@@ -22,15 +24,34 @@ int cm_cloudevent_is_structured(const char *content_type)
     return next == '\0' || next == ';' || next == ' ';
 }
 
-/* sets key to a string unless v is NULL; 0 or -1 */
-static int set_str(json_t *o, const char *key, const char *v)
+int cm_cloudevent_begin(cm_json *j, const cm_cloudevent *ce)
 {
-    if (!v)
-        return 0;
-    json_t *s = json_string(v);
-    if (!s)
-        return -1; /* not utf-8, or out of memory */
-    return json_object_set_new(o, key, s);
+    if (!ce || !cm_id_is_uuid(ce->id) || !ce->source || !*ce->source || !ce->type || !*ce->type ||
+        ce->time_ms <= 0)
+        return CM_EINVAL;
+    /* the uuid checker accepts upper case; the contract says lower */
+    char id[CM_ID_SIZE];
+    for (size_t i = 0; i < CM_ID_SIZE; i++)
+        id[i] = (ce->id[i] >= 'A' && ce->id[i] <= 'F') ? (char)(ce->id[i] - 'A' + 'a') : ce->id[i];
+    char time[CM_KAFKA_TIME_SIZE];
+    cm_kafka_time_rfc3339(ce->time_ms, time);
+    /* the order of the contract's table, so a human reads the same thing */
+    cm_json_object(j, NULL);
+    cm_json_str(j, "specversion", "1.0");
+    cm_json_str(j, "id", id);
+    cm_json_str(j, "source", ce->source);
+    cm_json_str(j, "type", ce->type);
+    cm_json_str(j, "time", time);
+    cm_json_str(j, "datacontenttype", "application/json");
+    if (ce->subject)
+        cm_json_str(j, "subject", ce->subject);
+    if (ce->tenant_id)
+        cm_json_str(j, "tenantid", ce->tenant_id);
+    if (ce->partition_key)
+        cm_json_str(j, "partitionkey", ce->partition_key);
+    if (ce->traceparent)
+        cm_json_str(j, "traceparent", ce->traceparent);
+    return j->err;
 }
 
 int cm_cloudevent_json(const cm_cloudevent *ce, const char *data_json, char **out, size_t *len)
@@ -41,55 +62,31 @@ int cm_cloudevent_json(const cm_cloudevent *ce, const char *data_json, char **ou
     *len = 0;
     if (!data_json)
         return CM_EINVAL;
+    /* parsed, so a caller cannot slip in text that is not one JSON object */
     json_error_t jerr;
     json_t *data = json_loads(data_json, JSON_REJECT_DUPLICATES, &jerr);
-    if (!data)
+    char *text = json_is_object(data) ? json_dumps(data, JSON_COMPACT) : NULL;
+    int bad = !json_is_object(data);
+    json_decref(data);
+    if (bad)
         return CM_EINVAL;
-    return cm_cloudevent_json_object(ce, data, out, len);
-}
-
-int cm_cloudevent_json_object(const cm_cloudevent *ce, json_t *data, char **out, size_t *len)
-{
-    if (!out || !len) {
-        json_decref(data);
-        return CM_EINVAL;
-    }
-    *out = NULL;
-    *len = 0;
-    if (!ce || !cm_id_is_uuid(ce->id) || !ce->source || !*ce->source || !ce->type || !*ce->type ||
-        ce->time_ms <= 0 || !data || !json_is_object(data)) {
-        json_decref(data);
-        return CM_EINVAL;
-    }
-    /* the uuid checker accepts upper case; the contract says lower */
-    char id[CM_ID_SIZE];
-    for (size_t i = 0; i < CM_ID_SIZE; i++)
-        id[i] = (ce->id[i] >= 'A' && ce->id[i] <= 'F') ? (char)(ce->id[i] - 'A' + 'a') : ce->id[i];
-    char time[CM_KAFKA_TIME_SIZE];
-    cm_kafka_time_rfc3339(ce->time_ms, time);
-    json_t *o = json_object();
-    if (!o) {
-        json_decref(data);
-        return CM_ENOMEM;
-    }
-    /* the order of the contract's table, so a human reads the same thing */
-    int bad = set_str(o, "specversion", "1.0") || set_str(o, "id", id) ||
-              set_str(o, "source", ce->source) || set_str(o, "type", ce->type) ||
-              set_str(o, "time", time) || set_str(o, "datacontenttype", "application/json") ||
-              set_str(o, "subject", ce->subject) || set_str(o, "tenantid", ce->tenant_id) ||
-              set_str(o, "partitionkey", ce->partition_key) ||
-              set_str(o, "traceparent", ce->traceparent);
-    if (bad || json_object_set_new(o, "data", data) != 0) {
-        if (bad)
-            json_decref(data);
-        json_decref(o);
-        return CM_EINVAL;
-    }
-    char *text = json_dumps(o, JSON_COMPACT);
-    json_decref(o);
     if (!text)
         return CM_ENOMEM;
-    *out = text;
-    *len = strlen(text);
+    cm_buf b = {0};
+    cm_json j;
+    cm_json_init(&j, &b);
+    int rc = cm_cloudevent_begin(&j, ce);
+    if (rc == 0) {
+        cm_json_raw(&j, "data", text, strlen(text));
+        cm_json_end(&j);
+        rc = cm_json_done(&j);
+    }
+    free(text);
+    if (rc) {
+        cm_buf_free(&b);
+        return rc;
+    }
+    *out = b.p;
+    *len = b.len;
     return 0;
 }

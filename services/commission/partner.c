@@ -4,11 +4,12 @@
 #include "cm_cloudevents.h"
 #include "cm_err.h"
 #include "cm_id.h"
+#include "cm_json.h"
 #include "cm_kafka.h"
+#include "cm_log.h"
 #include "cms_events.h"
 #include "cms_payout.h"
 
-#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,62 +31,67 @@ static const char *state_name(int state)
 }
 
 /* int64 as the proto3 json mapping writes it: a decimal string */
-static json_t *i64(int64_t v)
+static void i64(cm_json *j, const char *key, int64_t v)
 {
     char s[24];
     snprintf(s, sizeof s, "%lld", (long long)v);
-    return json_string(s);
+    cm_json_str(j, key, s);
 }
 
-static json_t *money(int64_t v, const char *currency)
+static void money(cm_json *j, const char *key, int64_t v, const char *currency)
 {
-    return json_pack("{s:o, s:s}", "amount_minor", i64(v), "currency", currency);
+    cm_json_object(j, key);
+    i64(j, "amount_minor", v);
+    cm_json_str(j, "currency", currency);
+    cm_json_end(j);
 }
 
-static json_t *ts(int64_t ms)
+static void ts(cm_json *j, const char *key, int64_t ms)
 {
     char s[CM_KAFKA_TIME_SIZE];
     cm_kafka_time_rfc3339(ms, s);
-    return json_string(s);
+    cm_json_str(j, key, s);
 }
 
-static json_t *commission(const cms_commission *c)
+static void commission(cm_json *j, const cms_commission *c)
 {
-    json_t *b = json_array();
-    for (size_t k = 0; b && k < c->nb; k++)
-        if (json_array_append_new(b, json_pack("{s:o, s:I, s:o, s:o}", "from_sales",
-                                               money(c->b_from[k], c->currency), "rate_bps",
-                                               (json_int_t)c->b_bps[k], "sales",
-                                               money(c->b_sales[k], c->currency), "commission",
-                                               money(c->b_amount[k], c->currency))) != 0) {
-            json_decref(b);
-            return NULL;
-        }
-    json_t *o = json_pack(
-        "{s:s, s:s, s:s, s:s, s:s, s:o, s:o, s:o, s:o, s:o, s:o, s:s, s:o, s:o, s:o, s:o, s:o}",
-        "commission_id", c->id, "channel_id", c->channel, "order_id", c->order_id, "merchant_id",
-        c->merchant, "state", state_name(c->state), "order_amount",
-        money(c->order_amount, c->currency), "period_sales_before",
-        money(c->sales_before, c->currency), "amount", money(c->amount, c->currency),
-        "clawed_back_amount", money(c->clawed_back, c->currency), "net_amount",
-        money(c->amount - c->clawed_back, c->currency), "brackets", b, "tier_schedule_id",
-        c->schedule_id, "tier_schedule_revision", i64(c->schedule_revision), "period_start",
-        ts(c->period_start_ms), "period_end", ts(c->period_end_ms), "paid_at", ts(c->paid_ms),
-        "accrued_at", ts(c->accrued_ms));
-    if (o && c->payable_ms && json_object_set_new(o, "payable_at", ts(c->payable_ms)) != 0)
-        goto fail;
-    if (o && c->settled_ms && json_object_set_new(o, "settled_at", ts(c->settled_ms)) != 0)
-        goto fail;
+    cm_json_object(j, "commission");
+    cm_json_str(j, "commission_id", c->id);
+    cm_json_str(j, "channel_id", c->channel);
+    cm_json_str(j, "order_id", c->order_id);
+    cm_json_str(j, "merchant_id", c->merchant);
+    cm_json_str(j, "state", state_name(c->state));
+    money(j, "order_amount", c->order_amount, c->currency);
+    money(j, "period_sales_before", c->sales_before, c->currency);
+    money(j, "amount", c->amount, c->currency);
+    money(j, "clawed_back_amount", c->clawed_back, c->currency);
+    money(j, "net_amount", c->amount - c->clawed_back, c->currency);
+    cm_json_array(j, "brackets");
+    for (size_t k = 0; k < c->nb; k++) {
+        cm_json_object(j, NULL);
+        money(j, "from_sales", c->b_from[k], c->currency);
+        cm_json_int(j, "rate_bps", c->b_bps[k]);
+        money(j, "sales", c->b_sales[k], c->currency);
+        money(j, "commission", c->b_amount[k], c->currency);
+        cm_json_end(j);
+    }
+    cm_json_end(j);
+    cm_json_str(j, "tier_schedule_id", c->schedule_id);
+    i64(j, "tier_schedule_revision", c->schedule_revision);
+    ts(j, "period_start", c->period_start_ms);
+    ts(j, "period_end", c->period_end_ms);
+    ts(j, "paid_at", c->paid_ms);
+    ts(j, "accrued_at", c->accrued_ms);
+    if (c->payable_ms)
+        ts(j, "payable_at", c->payable_ms);
+    if (c->settled_ms)
+        ts(j, "settled_at", c->settled_ms);
     /* the contract has payout_id once settled, not while a payout is pending */
-    if (o && c->settled_ms && c->payout_id[0] &&
-        json_object_set_new(o, "payout_id", json_string(c->payout_id)) != 0)
-        goto fail;
-    if (o && c->clawed_ms && json_object_set_new(o, "clawed_back_at", ts(c->clawed_ms)) != 0)
-        goto fail;
-    return o;
-fail:
-    json_decref(o);
-    return NULL;
+    if (c->settled_ms && c->payout_id[0])
+        cm_json_str(j, "payout_id", c->payout_id);
+    if (c->clawed_ms)
+        ts(j, "clawed_back_at", c->clawed_ms);
+    cm_json_end(j);
 }
 
 /* the contract's traceparent: version-trace-parent-flags in lower hex */
@@ -101,38 +107,54 @@ static int traceparent_ok(const char *s)
     return 1;
 }
 
-/* the structured cloudevent of data (taken) about subject, keyed by key,
- * as an outbox event on topic with a new event id, built in a */
+/* writes an event's data object (its members after channel_id) */
+typedef void (*data_fn)(cm_json *j, const void *arg);
+
+/* the structured cloudevent about subject whose data (channel_id = key,
+ * then what fn writes) as an outbox event on topic with a new event id,
+ * built in a */
 static int envelope(cm_arena *a, const char *topic, const char *type, const char *tenant,
-                    const char *subject, const char *key, json_t *data, int64_t at_ms,
-                    const char *traceparent, cm_outbox_event *out)
+                    const char *subject, const char *key, data_fn fn, const void *arg,
+                    int64_t at_ms, const char *traceparent, cm_outbox_event *out)
 {
-    /* data goes into the envelope as an object: no text to parse back */
-    if (!data)
-        return CM_ENOMEM;
     char *id = cm_arena_alloc(a, CM_ID_SIZE);
     int rc = id ? cm_id_uuid7(id) : CM_ENOMEM;
-    char *text = NULL;
-    size_t len = 0;
-    if (rc != 0) {
-        json_decref(data);
-    } else {
-        cm_cloudevent ce = {.id = id,
-                            .source = CMS_SOURCE,
-                            .type = type,
-                            .time_ms = at_ms,
-                            .subject = subject,
-                            .tenant_id = tenant,
-                            .partition_key = key,
-                            .traceparent = traceparent_ok(traceparent) ? traceparent : NULL};
-        rc = cm_cloudevent_json_object(&ce, data, &text, &len);
-    }
     if (rc)
         return rc;
-    char *payload = cm_arena_alloc(a, len + 1);
+    cm_cloudevent ce = {.id = id,
+                        .source = CMS_SOURCE,
+                        .type = type,
+                        .time_ms = at_ms,
+                        .subject = subject,
+                        .tenant_id = tenant,
+                        .partition_key = key,
+                        .traceparent = traceparent_ok(traceparent) ? traceparent : NULL};
+    cm_buf b = {0};
+    cm_json j;
+    cm_json_init(&j, &b);
+    rc = cm_cloudevent_begin(&j, &ce);
+    if (rc == 0) {
+        cm_json_object(&j, "data");
+        cm_json_str(&j, "channel_id", key);
+        fn(&j, arg);
+        cm_json_end(&j);
+        cm_json_end(&j);
+        rc = cm_json_done(&j);
+    }
+    if (rc == CM_EINVAL) {
+        /* ids and names are checked as UTF-8 where they come in: one that
+         * is not is a bug, not an event the contract cannot carry (the
+         * CM_EINVAL callers skip) */
+        cm_log_error("partner event with text that is not UTF-8", "type", type, NULL);
+        rc = CM_EINTERNAL;
+    }
+    char *payload = rc == 0 ? cm_arena_alloc(a, b.len + 1) : NULL;
     if (payload)
-        memcpy(payload, text, len + 1);
-    free(text);
+        memcpy(payload, b.p, b.len + 1);
+    size_t len = b.len;
+    cm_buf_free(&b);
+    if (rc)
+        return rc;
     *out = (cm_outbox_event){
         .event_id = id,
         .tenant_id = cm_arena_strdup(a, tenant),
@@ -153,6 +175,27 @@ static int envelope(cm_arena *a, const char *topic, const char *type, const char
     return payload && out->tenant_id && out->key ? 0 : CM_ENOMEM;
 }
 
+/* a commission event's data */
+typedef struct commission_data {
+    const cms_commission *c;
+    const char *refund_id;
+    int64_t clawback;
+    int clawed, settled;
+} commission_data;
+
+static void commission_members(cm_json *j, const void *arg)
+{
+    const commission_data *d = arg;
+    commission(j, d->c);
+    if (d->clawed) {
+        cm_json_str(j, "refund_id", d->refund_id);
+        money(j, "clawback_amount", d->clawback, d->c->currency);
+        cm_json_bool(j, "after_settlement", d->c->state == CMS_SETTLED);
+    }
+    if (d->settled)
+        cm_json_str(j, "payout_id", d->c->payout_id);
+}
+
 int cms_partner_event(cm_arena *a, const char *topic, const char *type, const char *tenant,
                       const cms_commission *c, const char *refund_id, int64_t clawback,
                       int64_t at_ms, const char *traceparent, cm_outbox_event *out)
@@ -161,20 +204,10 @@ int cms_partner_event(cm_arena *a, const char *topic, const char *type, const ch
     int settled = strcmp(type, CMS_PARTNER_SETTLED) == 0;
     if (!c->nb || (clawed && clawback <= 0) || (settled && !c->payout_id[0]))
         return CM_EINVAL;
-    json_t *data = json_pack("{s:s, s:o}", "channel_id", c->channel, "commission", commission(c));
-    if (data && clawed &&
-        (json_object_set_new(data, "refund_id", json_string(refund_id)) != 0 ||
-         json_object_set_new(data, "clawback_amount", money(clawback, c->currency)) != 0 ||
-         json_object_set_new(data, "after_settlement",
-                             c->state == CMS_SETTLED ? json_true() : json_false()) != 0)) {
-        json_decref(data);
-        data = NULL;
-    }
-    if (data && settled && json_object_set_new(data, "payout_id", json_string(c->payout_id)) != 0) {
-        json_decref(data);
-        data = NULL;
-    }
-    return envelope(a, topic, type, tenant, c->id, c->channel, data, at_ms, traceparent, out);
+    commission_data d = {
+        .c = c, .refund_id = refund_id, .clawback = clawback, .clawed = clawed, .settled = settled};
+    return envelope(a, topic, type, tenant, c->id, c->channel, commission_members, &d, at_ms,
+                    traceparent, out);
 }
 
 static const char *adjustment_kind_name(int kind)
@@ -193,6 +226,29 @@ static const char *adjustment_kind_name(int kind)
     }
 }
 
+static void adjustment_members(cm_json *j, const void *arg)
+{
+    const cms_adjustment *x = arg;
+    cm_json_object(j, "adjustment");
+    cm_json_str(j, "adjustment_id", x->id);
+    cm_json_str(j, "channel_id", x->channel);
+    cm_json_str(j, "kind", adjustment_kind_name(x->kind));
+    money(j, "amount", x->amount, x->currency);
+    ts(j, "period_start", x->period_start_ms);
+    ts(j, "posted_at", x->posted_ms);
+    cm_json_str(j, "state", state_name(x->state));
+    /* every kind has its order but a period's close */
+    if (x->order_id[0])
+        cm_json_str(j, "order_id", x->order_id);
+    if (x->child[0])
+        cm_json_str(j, "child_channel_id", x->child);
+    if (x->refund_id[0])
+        cm_json_str(j, "refund_id", x->refund_id);
+    if (x->payable_ms)
+        ts(j, "payable_at", x->payable_ms);
+    cm_json_end(j);
+}
+
 int cms_partner_adjustment_event(cm_arena *a, const char *topic, const char *type,
                                  const char *tenant, const cms_adjustment *x, int64_t at_ms,
                                  const char *traceparent, cm_outbox_event *out)
@@ -200,24 +256,8 @@ int cms_partner_adjustment_event(cm_arena *a, const char *topic, const char *typ
     int payable = strcmp(type, CMS_PARTNER_ADJUSTMENT_PAYABLE) == 0;
     if (!x->amount || (payable && (x->state != CMS_PAYABLE || !x->payable_ms)))
         return CM_EINVAL;
-    json_t *j = json_pack("{s:s, s:s, s:s, s:o, s:o, s:o, s:s}", "adjustment_id", x->id,
-                          "channel_id", x->channel, "kind", adjustment_kind_name(x->kind), "amount",
-                          money(x->amount, x->currency), "period_start", ts(x->period_start_ms),
-                          "posted_at", ts(x->posted_ms), "state", state_name(x->state));
-    /* every kind has its order but a period's close */
-    if (j && x->order_id[0] && json_object_set_new(j, "order_id", json_string(x->order_id)))
-        goto fail;
-    if (j && x->child[0] && json_object_set_new(j, "child_channel_id", json_string(x->child)))
-        goto fail;
-    if (j && x->refund_id[0] && json_object_set_new(j, "refund_id", json_string(x->refund_id)))
-        goto fail;
-    if (j && x->payable_ms && json_object_set_new(j, "payable_at", ts(x->payable_ms)))
-        goto fail;
-    json_t *data = j ? json_pack("{s:s, s:o}", "channel_id", x->channel, "adjustment", j) : NULL;
-    return envelope(a, topic, type, tenant, x->id, x->channel, data, at_ms, traceparent, out);
-fail:
-    json_decref(j);
-    return CM_ENOMEM;
+    return envelope(a, topic, type, tenant, x->id, x->channel, adjustment_members, x, at_ms,
+                    traceparent, out);
 }
 
 static const char *payout_state_name(int state)
@@ -234,27 +274,32 @@ static const char *payout_state_name(int state)
     }
 }
 
+static void payout_members(cm_json *j, const void *arg)
+{
+    const cms_payout *x = arg;
+    cm_json_object(j, "payout");
+    cm_json_str(j, "payout_id", x->id);
+    cm_json_str(j, "channel_id", x->channel);
+    cm_json_str(j, "state", payout_state_name(x->state));
+    money(j, "amount", x->amount, x->currency);
+    i64(j, "commissions", x->commissions);
+    i64(j, "adjustments", x->adjustments);
+    ts(j, "created_at", x->created_ms);
+    if (x->reported_ms)
+        ts(j, "reported_at", x->reported_ms);
+    if (x->period_start_ms)
+        ts(j, "period_start", x->period_start_ms);
+    if (x->reference[0])
+        cm_json_str(j, "provider_reference", x->reference);
+    if (x->reason[0])
+        cm_json_str(j, "failure_reason", x->reason);
+    cm_json_end(j);
+}
+
 int cms_partner_payout_event(cm_arena *a, const char *topic, const char *type, const char *tenant,
                              const cms_payout *x, int64_t at_ms, cm_outbox_event *out)
 {
     if (x->amount <= 0)
         return CM_EINVAL;
-    json_t *p = json_pack("{s:s, s:s, s:s, s:o, s:o, s:o, s:o}", "payout_id", x->id, "channel_id",
-                          x->channel, "state", payout_state_name(x->state), "amount",
-                          money(x->amount, x->currency), "commissions", i64(x->commissions),
-                          "adjustments", i64(x->adjustments), "created_at", ts(x->created_ms));
-    if (p && x->reported_ms && json_object_set_new(p, "reported_at", ts(x->reported_ms)))
-        goto fail;
-    if (p && x->period_start_ms && json_object_set_new(p, "period_start", ts(x->period_start_ms)))
-        goto fail;
-    if (p && x->reference[0] &&
-        json_object_set_new(p, "provider_reference", json_string(x->reference)))
-        goto fail;
-    if (p && x->reason[0] && json_object_set_new(p, "failure_reason", json_string(x->reason)))
-        goto fail;
-    json_t *data = p ? json_pack("{s:s, s:o}", "channel_id", x->channel, "payout", p) : NULL;
-    return envelope(a, topic, type, tenant, x->id, x->channel, data, at_ms, NULL, out);
-fail:
-    json_decref(p);
-    return CM_ENOMEM;
+    return envelope(a, topic, type, tenant, x->id, x->channel, payout_members, x, at_ms, NULL, out);
 }
