@@ -339,6 +339,120 @@ int cm_db_exec_prepared(cm_db *db, const char *what, const char *name, const cha
     }
 }
 
+int cm_db_pipeline(cm_db *db, cm_db_stmt *s, size_t n)
+{
+    if (!db || !s || n == 0 || n > CM_DB_PIPELINE_MAX)
+        return CM_EINVAL;
+    for (size_t i = 0; i < n; i++) {
+        s[i].res = NULL;
+        if (!s[i].sql || (s[i].name && strlen(s[i].name) >= CM_DB_PREPARED_NAME) ||
+            s[i].nparams < 0 || (s[i].nparams > 0 && !s[i].params))
+            return CM_EINVAL;
+    }
+    if (!db->in_tx) {
+        /* outside a transaction each statement would commit on its own */
+        cm_log_error("cm_db_pipeline called outside a transaction", "what", s[0].what, NULL);
+        return CM_EINVAL;
+    }
+    if (!db->prepared && !(db->prepared = calloc(CM_DB_PREPARED_MAX, CM_DB_PREPARED_NAME)))
+        return CM_ENOMEM;
+    PGconn *conn = db->conn;
+    if (!PQenterPipelineMode(conn))
+        return db_error(db, NULL, "enter pipeline mode", NULL);
+    /* how each went out: 0 unprepared, 1 prepared before, 2 prepared now
+     * (its PREPARE's result comes first) */
+    unsigned char how[CM_DB_PIPELINE_MAX] = {0};
+    size_t sent = 0;
+    int rc = 0;
+    for (; sent < n; sent++) {
+        const cm_db_stmt *t = &s[sent];
+        int ok = 1;
+        if (t->name && is_prepared(db, t->name)) {
+            how[sent] = 1;
+        } else if (t->name && db->n_prepared + (int)sent < CM_DB_PREPARED_MAX) {
+            /* a name twice in one pipeline: prepared by the first */
+            how[sent] = 2;
+            for (size_t k = 0; k < sent; k++)
+                if (how[k] == 2 && strcmp(s[k].name, t->name) == 0)
+                    how[sent] = 1;
+            if (how[sent] == 2)
+                ok = PQsendPrepare(conn, t->name, t->sql, t->nparams, NULL);
+        }
+        if (ok)
+            ok = how[sent] ? PQsendQueryPrepared(conn, t->name, t->nparams, t->params, t->lengths,
+                                                 t->formats, 0)
+                           : PQsendQueryParams(conn, t->sql, t->nparams, NULL, t->params,
+                                               t->lengths, t->formats, 0);
+        if (!ok) {
+            rc = db_error(db, NULL, t->what, t->sql);
+            break;
+        }
+    }
+    /* what went out is read back whatever happened, so the connection
+     * leaves pipeline mode idle (for cm_db_tx's rollback) */
+    if (!PQpipelineSync(conn)) {
+        if (rc == 0)
+            rc = db_error(db, NULL, "pipeline sync", NULL);
+        PQexitPipelineMode(conn);
+        return PQstatus(conn) == CONNECTION_BAD ? CM_EUNAVAIL : rc;
+    }
+    /* each statement's results (its PREPARE's first), each set ended by
+     * NULL; after a failure the rest come back PGRES_PIPELINE_ABORTED */
+    for (size_t i = 0; i < sent; i++) {
+        for (int part = how[i] == 2 ? 0 : 1; part < 2; part++) {
+            PGresult *r = PQgetResult(conn);
+            if (!r) {
+                if (rc == 0)
+                    rc = db_error(db, NULL, s[i].what, s[i].sql);
+                break;
+            }
+            ExecStatusType st = PQresultStatus(r);
+            int good = st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK;
+            if (part == 0 && good) {
+                snprintf(db->prepared[db->n_prepared++], CM_DB_PREPARED_NAME, "%s", s[i].name);
+            } else if (part == 1 && good && rc == 0) {
+                s[i].res = r;
+                r = NULL;
+            } else if (st != PGRES_PIPELINE_ABORTED && rc == 0) {
+                if (sqlstate_is(r, "26000") || sqlstate_is(r, "42P05")) {
+                    /* the session lost it, or had it without us: prepared
+                     * anew (or adopted) when cm_db_tx runs again */
+                    if (sqlstate_is(r, "42P05"))
+                        snprintf(db->prepared[db->n_prepared++], CM_DB_PREPARED_NAME, "%s",
+                                 s[i].name);
+                    else
+                        forget_prepared(db, s[i].name);
+                    rc = CM_ECONFLICT;
+                } else {
+                    rc = db_error(db, r, s[i].what, s[i].sql);
+                }
+            }
+            PQclear(r);
+            /* the end of this set */
+            while ((r = PQgetResult(conn)))
+                PQclear(r);
+        }
+    }
+    /* the sync point */
+    PGresult *r;
+    while ((r = PQgetResult(conn))) {
+        ExecStatusType st = PQresultStatus(r);
+        PQclear(r);
+        if (st == PGRES_PIPELINE_SYNC)
+            break;
+    }
+    if (!PQexitPipelineMode(conn) && rc == 0)
+        rc = db_error(db, NULL, "exit pipeline mode", NULL);
+    if (PQstatus(conn) == CONNECTION_BAD)
+        rc = CM_EUNAVAIL;
+    if (rc)
+        for (size_t i = 0; i < n; i++) {
+            PQclear(s[i].res);
+            s[i].res = NULL;
+        }
+    return rc;
+}
+
 /* for statements built here from quoted identifiers and integers only */
 static int exec_simple(cm_db *db, const char *what, const char *sql)
 {
@@ -1101,6 +1215,5 @@ int cm_db_read_auto(cm_db *db, const char *what, const char *sql, int nparams,
 
 int cm_db_custom_plans(cm_db *db)
 {
-    return cm_db_exec(db, "plan per execution", "SET LOCAL plan_cache_mode = force_custom_plan", 0,
-                      NULL, NULL);
+    return cm_db_exec(db, "plan per execution", CM_DB_CUSTOM_PLANS_SQL, 0, NULL, NULL);
 }

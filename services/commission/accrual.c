@@ -260,22 +260,6 @@ static int64_t i64(const PGresult *r, int row, int col)
 
 /* ---- the batch's keys as array literals ---- */
 
-/* (tenant, order) of every item (and so of every parked refund's order) */
-static int order_keys(cms_accrual *a, cm_buf *t, cm_buf *o, int pays_only)
-{
-    cm_buf_array_begin(t);
-    cm_buf_array_begin(o);
-    for (size_t i = 0; i < a->nitems; i++) {
-        if (pays_only && a->items[i].kind != PAY)
-            continue;
-        cm_buf_array_text(t, a->items[i].tenant);
-        cm_buf_array_text(o, a->items[i].order_id);
-    }
-    cm_buf_array_end(t);
-    cm_buf_array_end(o);
-    return t->oom || o->oom ? CM_ENOMEM : 0;
-}
-
 static comm *find_comm(cms_accrual *a, const char *tenant, const char *order_id)
 {
     for (size_t i = 0; i < a->ncomms; i++)
@@ -305,14 +289,134 @@ static applied *find_applied(cms_accrual *a, const char *tenant, const char *ord
     return NULL;
 }
 
+/* the reads' statements (read_batch, read_applied) */
+#define SQL_UNPARK                                                                                 \
+    "WITH d AS (DELETE FROM parked_refunds WHERE (tenant_id, order_id) IN (SELECT * FROM "         \
+    "unnest($1::text[] COLLATE \"C\", $2::uuid[])) RETURNING *) SELECT tenant_id, "                \
+    "order_id::text, refund_id, currency, event_id::text, traceparent, amount FROM d ORDER BY "    \
+    "parked_at, refund_id"
+/* a unique-index lookup per order, in key order (an IN over the unnest let
+ * a generic plan scan the whole table) */
+#define SQL_COMMS                                                                                  \
+    "SELECT " CMS_COMMISSION_COLS                                                                  \
+    ", tenant_id FROM (SELECT DISTINCT * FROM unnest($1::text[] COLLATE \"C\", "                   \
+    "$2::uuid[]) AS u(t, o) ORDER BY 1, 2) u CROSS JOIN LATERAL (SELECT * FROM "                   \
+    "commissions k WHERE k.tenant_id = u.t AND k.order_id = u.o FOR UPDATE) c"
+#define SQL_SKIPPED                                                                                \
+    "SELECT k.tenant_id, k.order_id::text FROM (SELECT DISTINCT * "                                \
+    "FROM unnest($1::text[] COLLATE \"C\", $2::uuid[]) AS u(t, "                                   \
+    "o)) u CROSS JOIN LATERAL (SELECT * FROM uncommissioned_orders "                               \
+    "x WHERE x.tenant_id = u.t AND x.order_id = u.o) k"
+#define SQL_APPLIED                                                                                \
+    "SELECT k.tenant_id, k.order_id::text, k.refund_id FROM (SELECT "                              \
+    "DISTINCT * FROM unnest($1::text[] COLLATE \"C\", $2::uuid[], "                                \
+    "$3::text[] COLLATE \"C\") AS u(t, o, r)) u CROSS JOIN LATERAL "                               \
+    "(SELECT * FROM refunds_applied x WHERE x.tenant_id = u.t AND "                                \
+    "x.order_id = u.o AND x.refund_id = u.r) k"
+#define SQL_RESOLVE                                                                                \
+    "SELECT c.channel_id IS NOT NULL, coalesce(c.state, 0), coalesce(c.parent_id, ''), "           \
+    "coalesce(c.override_bps, 0), s.schedule_id IS NOT NULL, " CMS_SCHEDULE_COLS                   \
+    ", (extract(epoch FROM (l.ls AT TIME ZONE s.time_zone)) * 1000)::bigint, (extract(epoch FROM " \
+    "((l.ls + CASE s.period WHEN 1 THEN interval '1 week' WHEN 2 THEN interval '1 month' WHEN 3 "  \
+    "THEN interval '3 months' ELSE interval '1 year' END) AT TIME ZONE s.time_zone)) * "           \
+    "1000)::bigint FROM unnest($1::text[] COLLATE \"C\", $2::text[] COLLATE \"C\", $3::text[] "    \
+    "COLLATE \"C\", $4::bigint[]) WITH ORDINALITY AS u(t, ch, cur, ms, i) LEFT JOIN channels c "   \
+    "ON c.tenant_id = u.t AND c.channel_id = u.ch LEFT JOIN LATERAL (SELECT s.* FROM "             \
+    "tier_schedules s WHERE s.tenant_id = u.t AND s.effective_from <= to_timestamp(u.ms::float8 "  \
+    "/ 1000) AND (CASE WHEN c.schedule_id <> '' THEN s.schedule_id = c.schedule_id ELSE c.type = " \
+    "ANY (s.channel_types) AND s.currency = u.cur END) AND s.revision = (SELECT max(x.revision) "  \
+    "FROM tier_schedules x WHERE x.tenant_id = s.tenant_id AND x.schedule_id = s.schedule_id AND " \
+    "x.effective_from <= to_timestamp(u.ms::float8 / 1000)) ORDER BY s.effective_from DESC, "      \
+    "s.schedule_id LIMIT 1) s ON c.channel_id IS NOT NULL LEFT JOIN LATERAL (SELECT "              \
+    "date_trunc(CASE s.period WHEN 1 THEN 'week' WHEN 2 THEN 'month' WHEN 3 THEN 'quarter' ELSE "  \
+    "'year' END, to_timestamp(u.ms::float8 / 1000) AT TIME ZONE s.time_zone) AS ls) l ON true "    \
+    "ORDER BY u.i"
+
 /* ---- flush: reads ---- */
 
-/* the commissions of the batch's orders (locked), the orders that earned
- * nothing, and the refunds already applied */
-static int read_known(cms_accrual *a, cm_db *db)
+/* (tenant, order) of every paid order of the batch, of every item, and
+ * the paid orders' channel, currency and paid_at: the reads' parameters */
+enum { K_PAY_T, K_PAY_O, K_T, K_O, K_CH, K_CUR, K_MS, K_COUNT };
+
+/* the refunds parked for the batch's paid orders, taken out (in the order
+ * they were parked) and staged after the batch: they are applied when
+ * their payment is */
+static int took_parked(cms_accrual *a, const PGresult *r)
 {
-    cm_buf t = {0}, o = {0}, rt = {0}, ro = {0}, rr = {0};
-    int rc = order_keys(a, &t, &o, 0);
+    int rc = 0;
+    for (int i = 0; rc == 0 && i < PQntuples(r); i++) {
+        cms_refund_in in = {.tenant = PQgetvalue(r, i, 0),
+                            .order_id = PQgetvalue(r, i, 1),
+                            .refund_id = PQgetvalue(r, i, 2),
+                            .currency = PQgetvalue(r, i, 3),
+                            .event_id = PQgetvalue(r, i, 4),
+                            .traceparent = PQgetvalue(r, i, 5),
+                            .amount = i64(r, i, 6)};
+        rc = stage_refund(a, &in, 1);
+    }
+    return rc;
+}
+
+/* the commissions of the batch's orders (locked) */
+static int read_comms(cms_accrual *a, const PGresult *r)
+{
+    for (int i = 0; i < PQntuples(r); i++) {
+        int rc = GROW(a->comms, a->ncomms, a->ccomms);
+        if (rc)
+            return rc;
+        comm *c = &a->comms[a->ncomms++];
+        memset(c, 0, sizeof *c);
+        cms_store_parse_commission(r, i, &c->c);
+        snprintf(c->tenant, sizeof c->tenant, "%s", PQgetvalue(r, i, CMS_COMMISSION_NCOLS));
+    }
+    return 0;
+}
+
+/* the batch's orders that earned nothing */
+static int read_skipped(cms_accrual *a, const PGresult *r)
+{
+    for (int i = 0; i < PQntuples(r); i++) {
+        int rc = GROW(a->skipped, a->nskipped, a->cskipped);
+        if (rc)
+            return rc;
+        a->skipped[a->nskipped++] =
+            (skipped){.tenant = cm_arena_strdup(a->arena, PQgetvalue(r, i, 0)),
+                      .order_id = cm_arena_strdup(a->arena, PQgetvalue(r, i, 1))};
+    }
+    return 0;
+}
+
+/* every paid order's channel, schedule revision (the channel's own, else
+ * the newest assigned to its type in the order's currency, as effective
+ * at paid_at) and period there, a row per paid item in order */
+static int resolved(cms_accrual *a, const PGresult *r, size_t npays)
+{
+    if ((size_t)PQntuples(r) != npays)
+        return CM_EIO;
+    for (size_t i = 0, k = 0; i < a->nitems; i++) {
+        item *it = &a->items[i];
+        if (it->kind != PAY)
+            continue;
+        int row = (int)k++;
+        it->channel_found = PQgetvalue(r, row, 0)[0] == 't';
+        it->state = (int)i64(r, row, 1);
+        snprintf(it->parent, sizeof it->parent, "%s", PQgetvalue(r, row, 2));
+        it->parent_bps = i64(r, row, 3);
+        it->has_schedule = PQgetvalue(r, row, 4)[0] == 't';
+        if (it->has_schedule) {
+            cms_store_parse_schedule(r, row, 5, &it->sched);
+            it->pstart_ms = i64(r, row, 5 + CMS_SCHEDULE_NCOLS);
+            it->pend_ms = i64(r, row, 6 + CMS_SCHEDULE_NCOLS);
+        }
+    }
+    return 0;
+}
+
+/* the refunds of the batch (the parked ones taken included) already
+ * applied: a statement of its own, run only when the batch has refunds */
+static int read_applied(cms_accrual *a, cm_db *db)
+{
+    cm_buf rt = {0}, ro = {0}, rr = {0};
     cm_buf_array_begin(&rt);
     cm_buf_array_begin(&ro);
     cm_buf_array_begin(&rr);
@@ -326,58 +430,12 @@ static int read_known(cms_accrual *a, cm_db *db)
     cm_buf_array_end(&rt);
     cm_buf_array_end(&ro);
     cm_buf_array_end(&rr);
-    if (rt.oom || ro.oom || rr.oom)
-        rc = CM_ENOMEM;
+    int rc = rt.oom || ro.oom || rr.oom ? CM_ENOMEM : 0;
     PGresult *r = NULL;
-    if (rc == 0) {
-        const char *p[] = {t.p, o.p};
-        rc = cm_db_exec_prepared(
-            db, "read commissions", "cms_read_comms",
-            /* a unique-index lookup per order, in key order (an IN over
-             * the unnest let a generic plan scan the whole table) */
-            "SELECT " CMS_COMMISSION_COLS
-            ", tenant_id FROM (SELECT DISTINCT * FROM unnest($1::text[] COLLATE \"C\", "
-            "$2::uuid[]) AS u(t, o) ORDER BY 1, 2) u CROSS JOIN LATERAL (SELECT * FROM "
-            "commissions k WHERE k.tenant_id = u.t AND k.order_id = u.o FOR UPDATE) c",
-            2, p, NULL, NULL, &r);
-    }
-    for (int i = 0; rc == 0 && i < PQntuples(r); i++) {
-        if ((rc = GROW(a->comms, a->ncomms, a->ccomms)))
-            break;
-        comm *c = &a->comms[a->ncomms++];
-        memset(c, 0, sizeof *c);
-        cms_store_parse_commission(r, i, &c->c);
-        snprintf(c->tenant, sizeof c->tenant, "%s", PQgetvalue(r, i, CMS_COMMISSION_NCOLS));
-    }
-    PQclear(r);
-    r = NULL;
-    if (rc == 0) {
-        const char *p[] = {t.p, o.p};
-        rc = cm_db_exec_prepared(db, "read uncommissioned orders", "cms_read_skipped",
-                                 "SELECT k.tenant_id, k.order_id::text FROM (SELECT DISTINCT * "
-                                 "FROM unnest($1::text[] COLLATE \"C\", $2::uuid[]) AS u(t, "
-                                 "o)) u CROSS JOIN LATERAL (SELECT * FROM uncommissioned_orders "
-                                 "x WHERE x.tenant_id = u.t AND x.order_id = u.o) k",
-                                 2, p, NULL, NULL, &r);
-    }
-    for (int i = 0; rc == 0 && i < PQntuples(r); i++) {
-        if ((rc = GROW(a->skipped, a->nskipped, a->cskipped)))
-            break;
-        a->skipped[a->nskipped++] =
-            (skipped){.tenant = cm_arena_strdup(a->arena, PQgetvalue(r, i, 0)),
-                      .order_id = cm_arena_strdup(a->arena, PQgetvalue(r, i, 1))};
-    }
-    PQclear(r);
-    r = NULL;
     if (rc == 0 && rt.items) {
         const char *p[] = {rt.p, ro.p, rr.p};
-        rc = cm_db_exec_prepared(db, "read applied refunds", "cms_read_applied",
-                                 "SELECT k.tenant_id, k.order_id::text, k.refund_id FROM (SELECT "
-                                 "DISTINCT * FROM unnest($1::text[] COLLATE \"C\", $2::uuid[], "
-                                 "$3::text[] COLLATE \"C\") AS u(t, o, r)) u CROSS JOIN LATERAL "
-                                 "(SELECT * FROM refunds_applied x WHERE x.tenant_id = u.t AND "
-                                 "x.order_id = u.o AND x.refund_id = u.r) k",
-                                 3, p, NULL, NULL, &r);
+        rc = cm_db_exec_prepared(db, "read applied refunds", "cms_read_applied", SQL_APPLIED, 3, p,
+                                 NULL, NULL, &r);
         for (int i = 0; rc == 0 && i < PQntuples(r); i++) {
             if ((rc = GROW(a->applied, a->napplied, a->capplied)))
                 break;
@@ -388,127 +446,87 @@ static int read_known(cms_accrual *a, cm_db *db)
         }
         PQclear(r);
     }
-    cm_buf_free(&t);
-    cm_buf_free(&o);
     cm_buf_free(&rt);
     cm_buf_free(&ro);
     cm_buf_free(&rr);
     return rc;
 }
 
-/* the refunds parked for the batch's paid orders, taken out (in the order
- * they were parked) and staged after the batch: they are applied when
- * their payment is */
-static int take_parked(cms_accrual *a, cm_db *db)
+/* the batch's reads in one round trip (cm_db_pipeline): custom plans for
+ * the rest of the transaction, the parked refunds of its paid orders taken
+ * out, the known commissions (locked) and uncommissioned orders of its
+ * orders, its paid orders resolved. the parked refunds are refunds of the
+ * batch's paid orders, so the keys read before they are staged are the
+ * keys after; the applied refunds, which they can add to, are read after
+ * (read_applied) */
+static int read_batch(cms_accrual *a, cm_db *db)
 {
-    cm_buf t = {0}, o = {0};
-    int rc = order_keys(a, &t, &o, 1);
-    PGresult *r = NULL;
-    if (rc == 0 && t.items) {
-        const char *p[] = {t.p, o.p};
-        rc = cm_db_exec_prepared(
-            db, "take parked refunds", "cms_unpark",
-            "WITH d AS (DELETE FROM parked_refunds WHERE (tenant_id, order_id) IN (SELECT * FROM "
-            "unnest($1::text[] COLLATE \"C\", $2::uuid[])) RETURNING *) SELECT tenant_id, "
-            "order_id::text, "
-            "refund_id, currency, event_id::text, traceparent, amount FROM d ORDER BY parked_at, "
-            "refund_id",
-            2, p, NULL, NULL, &r);
-        for (int i = 0; rc == 0 && i < PQntuples(r); i++) {
-            cms_refund_in in = {.tenant = PQgetvalue(r, i, 0),
-                                .order_id = PQgetvalue(r, i, 1),
-                                .refund_id = PQgetvalue(r, i, 2),
-                                .currency = PQgetvalue(r, i, 3),
-                                .event_id = PQgetvalue(r, i, 4),
-                                .traceparent = PQgetvalue(r, i, 5),
-                                .amount = i64(r, i, 6)};
-            rc = stage_refund(a, &in, 1);
-        }
-        PQclear(r);
-    }
-    cm_buf_free(&t);
-    cm_buf_free(&o);
-    return rc;
-}
-
-/* every paid order's channel, schedule revision (the channel's own, else
- * the newest assigned to its type in the order's currency, as effective
- * at paid_at) and period there, in one statement */
-static int resolve_pays(cms_accrual *a, cm_db *db)
-{
-    cm_buf t = {0}, ch = {0}, cur = {0}, ms = {0};
-    cm_buf_array_begin(&t);
-    cm_buf_array_begin(&ch);
-    cm_buf_array_begin(&cur);
-    cm_buf_array_begin(&ms);
-    size_t n = 0;
+    cm_buf k[K_COUNT];
+    cm_buf_columns_begin(k, K_COUNT);
+    size_t npays = 0;
     for (size_t i = 0; i < a->nitems; i++) {
-        item *it = &a->items[i];
+        const item *it = &a->items[i];
+        cm_buf_array_text(&k[K_T], it->tenant);
+        cm_buf_array_text(&k[K_O], it->order_id);
         if (it->kind != PAY)
             continue;
-        cm_buf_array_text(&t, it->tenant);
-        cm_buf_array_text(&ch, it->channel);
-        cm_buf_array_text(&cur, it->currency);
-        cm_buf_array_int(&ms, it->paid_ms);
-        n++;
+        cm_buf_array_text(&k[K_PAY_T], it->tenant);
+        cm_buf_array_text(&k[K_PAY_O], it->order_id);
+        cm_buf_array_text(&k[K_CH], it->channel);
+        cm_buf_array_text(&k[K_CUR], it->currency);
+        cm_buf_array_int(&k[K_MS], it->paid_ms);
+        npays++;
     }
-    cm_buf_array_end(&t);
-    cm_buf_array_end(&ch);
-    cm_buf_array_end(&cur);
-    cm_buf_array_end(&ms);
-    int rc = t.oom || ch.oom || cur.oom || ms.oom ? CM_ENOMEM : 0;
-    PGresult *r = NULL;
-    if (rc == 0 && n) {
-        const char *p[] = {t.p, ch.p, cur.p, ms.p};
-        rc = cm_db_exec_prepared(
-            db, "resolve channels and schedules", "cms_resolve",
-            "SELECT c.channel_id IS NOT NULL, coalesce(c.state, 0), coalesce(c.parent_id, ''), "
-            "coalesce(c.override_bps, 0), s.schedule_id IS NOT NULL, " CMS_SCHEDULE_COLS
-            ", (extract(epoch FROM (l.ls AT TIME ZONE s.time_zone)) * 1000)::bigint, "
-            "(extract(epoch FROM ((l.ls + CASE s.period WHEN 1 THEN interval '1 week' WHEN 2 THEN "
-            "interval '1 month' WHEN 3 THEN interval '3 months' ELSE interval '1 year' END) AT "
-            "TIME ZONE s.time_zone)) * 1000)::bigint FROM unnest($1::text[] COLLATE \"C\", "
-            "$2::text[] COLLATE \"C\", "
-            "$3::text[] COLLATE \"C\", $4::bigint[]) WITH ORDINALITY AS u(t, ch, cur, ms, i) LEFT "
-            "JOIN channels "
-            "c ON c.tenant_id = u.t AND c.channel_id = u.ch LEFT JOIN LATERAL (SELECT s.* FROM "
-            "tier_schedules s WHERE s.tenant_id = u.t AND s.effective_from <= "
-            "to_timestamp(u.ms::float8 "
-            " / 1000) AND (CASE WHEN c.schedule_id <> '' THEN s.schedule_id = c.schedule_id "
-            "ELSE c.type = ANY (s.channel_types) AND s.currency = u.cur END) AND s.revision = "
-            "(SELECT max(x.revision) FROM tier_schedules x WHERE x.tenant_id = s.tenant_id AND "
-            "x.schedule_id = s.schedule_id AND x.effective_from <= to_timestamp(u.ms::float8 / "
-            "1000)) "
-            "ORDER BY s.effective_from DESC, s.schedule_id LIMIT 1) s ON c.channel_id IS NOT "
-            "NULL LEFT JOIN LATERAL (SELECT date_trunc(CASE s.period WHEN 1 THEN 'week' WHEN 2 "
-            "THEN 'month' WHEN 3 THEN 'quarter' ELSE 'year' END, to_timestamp(u.ms::float8 / 1000) "
-            "AT "
-            "TIME ZONE s.time_zone) AS ls) l ON true ORDER BY u.i",
-            4, p, NULL, NULL, &r);
-        if (rc == 0 && (size_t)PQntuples(r) != n)
-            rc = CM_EIO;
-        for (size_t i = 0, k = 0; rc == 0 && i < a->nitems; i++) {
-            item *it = &a->items[i];
-            if (it->kind != PAY)
-                continue;
-            int row = (int)k++;
-            it->channel_found = PQgetvalue(r, row, 0)[0] == 't';
-            it->state = (int)i64(r, row, 1);
-            snprintf(it->parent, sizeof it->parent, "%s", PQgetvalue(r, row, 2));
-            it->parent_bps = i64(r, row, 3);
-            it->has_schedule = PQgetvalue(r, row, 4)[0] == 't';
-            if (it->has_schedule) {
-                cms_store_parse_schedule(r, row, 5, &it->sched);
-                it->pstart_ms = i64(r, row, 5 + CMS_SCHEDULE_NCOLS);
-                it->pend_ms = i64(r, row, 6 + CMS_SCHEDULE_NCOLS);
-            }
-        }
-    }
-    PQclear(r);
-    cm_buf_free(&t);
-    cm_buf_free(&ch);
-    cm_buf_free(&cur);
-    cm_buf_free(&ms);
+    const char *p[K_COUNT];
+    int rc = cm_buf_columns_end(k, K_COUNT, p);
+    const char *pays[] = {p[K_PAY_T], p[K_PAY_O]}, *keys[] = {p[K_T], p[K_O]};
+    const char *res[] = {p[K_PAY_T], p[K_CH], p[K_CUR], p[K_MS]};
+    /* without payments, no parked refunds to take and no pays to resolve */
+    cm_db_stmt st[5];
+    size_t n = 0, s_unpark = 0, s_resolve = 0;
+    /* the batch's lookups plan against the tables as they are now */
+    st[n++] = (cm_db_stmt){.what = "plan per execution", .sql = CM_DB_CUSTOM_PLANS_SQL};
+    if (npays)
+        s_unpark = n, st[n++] = (cm_db_stmt){.what = "take parked refunds",
+                                             .name = "cms_unpark",
+                                             .sql = SQL_UNPARK,
+                                             .nparams = 2,
+                                             .params = pays};
+    size_t s_comms = n;
+    st[n++] = (cm_db_stmt){.what = "read commissions",
+                           .name = "cms_read_comms",
+                           .sql = SQL_COMMS,
+                           .nparams = 2,
+                           .params = keys};
+    size_t s_skipped = n;
+    st[n++] = (cm_db_stmt){.what = "read uncommissioned orders",
+                           .name = "cms_read_skipped",
+                           .sql = SQL_SKIPPED,
+                           .nparams = 2,
+                           .params = keys};
+    if (npays)
+        s_resolve = n, st[n++] = (cm_db_stmt){.what = "resolve channels and schedules",
+                                              .name = "cms_resolve",
+                                              .sql = SQL_RESOLVE,
+                                              .nparams = 4,
+                                              .params = res};
+    if (rc == 0)
+        rc = cm_db_pipeline(db, st, n);
+    cm_buf_columns_free(k, K_COUNT);
+    if (rc)
+        return rc;
+    if (npays)
+        rc = took_parked(a, st[s_unpark].res);
+    if (rc == 0)
+        rc = read_comms(a, st[s_comms].res);
+    if (rc == 0)
+        rc = read_skipped(a, st[s_skipped].res);
+    if (rc == 0 && npays)
+        rc = resolved(a, st[s_resolve].res, npays);
+    for (size_t i = 0; i < n; i++)
+        PQclear(st[i].res);
+    if (rc == 0)
+        rc = read_applied(a, db);
     return rc;
 }
 
@@ -1428,14 +1446,7 @@ int cms_accrual_flush(cms_accrual *a, cm_db *db)
     if (!a->arena && !(a->arena = cm_arena_new(64 * 1024)))
         return CM_ENOMEM;
     size_t staged = a->nitems;
-    /* the batch's lookups plan against the tables as they are now */
-    int rc = cm_db_custom_plans(db);
-    if (rc == 0)
-        rc = take_parked(a, db);
-    if (rc == 0)
-        rc = read_known(a, db);
-    if (rc == 0)
-        rc = resolve_pays(a, db);
+    int rc = read_batch(a, db);
     if (rc == 0)
         rc = lock_rows(a, db);
     int64_t at = now_ms();

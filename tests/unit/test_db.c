@@ -571,6 +571,102 @@ START_TEST(exec_prepared_prepares_once_and_survives_a_lost_session)
 }
 END_TEST
 
+/* cm_db_pipeline's transaction functions: three statements (one prepared
+ * before, one prepared by the pipeline, one unprepared) */
+typedef struct pipe_case {
+    int fail; /* the second statement breaks a constraint */
+    int rc;   /* cm_db_pipeline's */
+    char v[3][32];
+} pipe_case;
+
+static int pipe_fn(cm_db *db, void *arg)
+{
+    pipe_case *pc = arg;
+    const char *ins[] = {pc->fail ? "1" : "2", "b"};
+    const char *get[] = {"1"};
+    cm_db_stmt st[] = {
+        {.what = "get",
+         .name = "t_get",
+         .sql = "SELECT v FROM t WHERE id = $1::int",
+         .nparams = 1,
+         .params = get},
+        {.what = "insert",
+         .name = "t_pins",
+         .sql = "INSERT INTO t VALUES ($1::int, $2)",
+         .nparams = 2,
+         .params = ins},
+        {.what = "count", .sql = "SELECT count(*)::text FROM t"},
+    };
+    pc->rc = cm_db_pipeline(db, st, 3);
+    for (int i = 0; i < 3; i++) {
+        if (pc->rc == 0) {
+            ck_assert_ptr_nonnull(st[i].res);
+            snprintf(pc->v[i], sizeof pc->v[i], "%s",
+                     PQntuples(st[i].res) ? PQgetvalue(st[i].res, 0, 0) : PQcmdStatus(st[i].res));
+        } else {
+            ck_assert_ptr_null(st[i].res);
+        }
+        PQclear(st[i].res);
+    }
+    return pc->rc;
+}
+
+START_TEST(pipeline_runs_statements_in_order_in_one_round_trip)
+{
+    char s[64];
+    schema_name(s, sizeof s, "pipe");
+    cm_db *db = fresh(s, "CREATE TABLE t (id int PRIMARY KEY, v text)");
+    const char *one[] = {"1", "a"};
+    ck_assert_int_eq(cm_db_exec(db, "seed", "INSERT INTO t VALUES ($1::int, $2)", 2, one, NULL), 0);
+    const char *get[] = {"1"};
+    PGresult *r = NULL;
+    ck_assert_int_eq(cm_db_exec_prepared(db, "get", "t_get", "SELECT v FROM t WHERE id = $1::int",
+                                         1, get, NULL, NULL, &r),
+                     0);
+    PQclear(r);
+    /* outside a transaction: refused */
+    cm_db_stmt lone = {.what = "count", .sql = "SELECT 1"};
+    ck_assert_int_eq(cm_db_pipeline(db, &lone, 1), CM_EINVAL);
+    ck_assert_int_eq(cm_db_pipeline(db, &lone, 0), CM_EINVAL);
+    /* results in order, the insert seen by the count after it */
+    pipe_case ok = {0};
+    ck_assert_int_eq(cm_db_tx(db, NULL, 1, pipe_fn, &ok), 0);
+    ck_assert_int_eq(ok.rc, 0);
+    ck_assert_str_eq(ok.v[0], "a");
+    ck_assert_str_eq(ok.v[1], "INSERT 0 1");
+    ck_assert_str_eq(ok.v[2], "2");
+    ck_assert_int_eq(count_in(s, "t"), 2);
+    /* the pipeline's prepared statement is the connection's like any other */
+    ck_assert_int_eq(cm_db_exec(db, "count prepared",
+                                "SELECT count(*) FROM pg_prepared_statements WHERE name IN "
+                                "('t_get', 't_pins')",
+                                0, NULL, &r),
+                     0);
+    ck_assert_str_eq(PQgetvalue(r, 0, 0), "2");
+    PQclear(r);
+    /* a failing statement fails the pipeline and rolls the transaction
+     * back; the connection is usable after */
+    pipe_case bad = {.fail = 1};
+    ck_assert_int_eq(cm_db_tx(db, NULL, 1, pipe_fn, &bad), CM_EEXIST);
+    ck_assert_int_eq(bad.rc, CM_EEXIST);
+    ck_assert_int_eq(count_in(s, "t"), 2);
+    ck_assert_int_eq(cm_db_exec(db, "count", "SELECT count(*) FROM t", 0, NULL, &r), 0);
+    ck_assert_str_eq(PQgetvalue(r, 0, 0), "2");
+    PQclear(r);
+    /* the server forgot a statement: the attempt conflicts and cm_db_tx
+     * runs it again, prepared anew */
+    ck_assert_int_eq(cm_db_exec(db, "deallocate", "DEALLOCATE t_get", 0, NULL, NULL), 0);
+    ck_assert_int_eq(cm_db_exec(db, "clean", "DELETE FROM t WHERE id = 2", 0, NULL, NULL), 0);
+    pipe_case again = {0};
+    ck_assert_int_eq(cm_db_tx(db, NULL, 2, pipe_fn, &again), 0);
+    ck_assert_int_eq(again.rc, 0);
+    ck_assert_str_eq(again.v[0], "a");
+    ck_assert_str_eq(again.v[2], "2");
+    cm_db_free(db);
+    drop_schema(s);
+}
+END_TEST
+
 START_TEST(exec_auto_prepares_each_text_once)
 {
     char s[64];
@@ -1034,6 +1130,7 @@ static Suite *db_suite(void)
     tcase_add_test(tx, tx_refuses_nesting);
     tcase_add_test(tx, tx_runs_commit_hooks_after_commit_only);
     tcase_add_test(tx, exec_prepared_prepares_once_and_survives_a_lost_session);
+    tcase_add_test(tx, pipeline_runs_statements_in_order_in_one_round_trip);
     tcase_add_test(tx, exec_auto_prepares_each_text_once);
     tcase_add_test(tx, tx_retries_a_serialization_failure);
     tcase_add_test(tx, tx_gives_up_after_max_attempts);
