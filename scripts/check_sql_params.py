@@ -28,6 +28,8 @@ two rules over the C sources of common/ and services/:
                  checked the same way (found until nothing changes).
                  anything else (a pointer from elsewhere, text appended
                  with cm_buf_puts) is a failure unless marked sql-safe.
+                 a cm_db_pipeline statement's text is checked where it is
+                 set (.sql = ...), by the same rule.
 
 exit 0 when nothing is found; 1 otherwise, naming file, line and rule.
 
@@ -325,6 +327,33 @@ def scan(files):
                 found.append((f, first, "SQL text built with %s conversions: pass the values as "
                               "$n parameters (or say why it is safe: /* sql-safe: ... */)"
                               % m.group(1)))
+    for f in files:
+        # a pipeline's statement (cm_db_stmt.sql): a fixed text where it
+        # is set, since cm_db_pipeline sends whatever it is given
+        for m in re.finditer(r"\.sql\s*=(?!=)", f.code):
+            j, depth = m.end(), 0
+            while j < len(f.code):
+                c = f.code[j]
+                if c in "\"'":
+                    k = j + 1
+                    while k < len(f.code) and f.code[k] != c:
+                        k += 2 if f.code[k] == "\\" else 1
+                    j = k + 1
+                    continue
+                if c in "([{":
+                    depth += 1
+                elif c in ")]}":
+                    if depth == 0:
+                        break
+                    depth -= 1
+                elif c in ";," and depth == 0:
+                    break
+                j += 1
+            ok, wrap = statement_ok(f, f.code[m.end():j], m.end())
+            first, last = f.line(m.start()), f.line(j)
+            if (not ok or wrap) and not f.marked(first, last):
+                found.append((f, first, "a pipeline statement (.sql) is not a fixed text: %s"
+                              % " ".join(f.code[m.end():j].split())[:60]))
     executors = dict(EXECUTORS)
     while True:
         wrappers, bad = {}, []

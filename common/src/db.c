@@ -375,14 +375,17 @@ int cm_db_pipeline(cm_db *db, cm_db_stmt *s, size_t n)
             for (size_t k = 0; k < sent; k++)
                 if (how[k] == 2 && strcmp(s[k].name, t->name) == 0)
                     how[sent] = 1;
+            /* sql-safe: a cm_db_stmt's text, checked where it is set (.sql =) */
             if (how[sent] == 2)
                 ok = PQsendPrepare(conn, t->name, t->sql, t->nparams, NULL);
         }
-        if (ok)
-            ok = how[sent] ? PQsendQueryPrepared(conn, t->name, t->nparams, t->params, t->lengths,
-                                                 t->formats, 0)
-                           : PQsendQueryParams(conn, t->sql, t->nparams, NULL, t->params,
-                                               t->lengths, t->formats, 0);
+        if (ok && how[sent])
+            ok = PQsendQueryPrepared(conn, t->name, t->nparams, t->params, t->lengths, t->formats,
+                                     0);
+        else if (ok)
+            /* sql-safe: a cm_db_stmt's text, checked where it is set (.sql =) */
+            ok = PQsendQueryParams(conn, t->sql, t->nparams, NULL, t->params, t->lengths,
+                                   t->formats, 0);
         if (!ok) {
             rc = db_error(db, NULL, t->what, t->sql);
             break;

@@ -77,6 +77,14 @@ static int pasted(cm_db *db, cm_arena *a, const req *q)
     return rc;
 }
 
+static int piped(cm_db *db, const req *q)
+{
+    char sql[128];
+    snprintf(sql, sizeof sql, "%s", q->filter);
+    cm_db_stmt st[] = {{.what = "a", .sql = sql}}; /* expect: unsafe */
+    return cm_db_pipeline(db, st, 1);
+}
+
 /* ---- safe: fixed texts, values as parameters ---- */
 
 static int by_param(cm_db *db, const req *q, int lock)
@@ -89,6 +97,11 @@ static int by_param(cm_db *db, const req *q, int lock)
         rc = cm_db_exec(db, "read", fixed_sql, 1, p, NULL);
     if (rc == 0)
         rc = wrapped(db, "ternary", lock ? "SELECT 1 WHERE $1::int > 0" : "SELECT 2", NULL);
+    cm_db_stmt st[] = {
+        {.what = "read", .name = "s_read", .sql = "SELECT " COLS " FROM stock", .nparams = 0},
+        {.what = "plans", .sql = CM_DB_CUSTOM_PLANS_SQL}};
+    if (rc == 0)
+        rc = cm_db_pipeline(db, st, 2);
     char lim[16];
     snprintf(lim, sizeof lim, "%d", 10); /* a parameter's value, not SQL */
     return rc;
