@@ -327,6 +327,7 @@ def scan(files):
                 found.append((f, first, "SQL text built with %s conversions: pass the values as "
                               "$n parameters (or say why it is safe: /* sql-safe: ... */)"
                               % m.group(1)))
+    sql_setters = {}
     for f in files:
         # a pipeline's statement (cm_db_stmt.sql): a fixed text where it
         # is set, since cm_db_pipeline sends whatever it is given
@@ -351,10 +352,15 @@ def scan(files):
                 j += 1
             ok, wrap = statement_ok(f, f.code[m.end():j], m.end())
             first, last = f.line(m.start()), f.line(j)
-            if (not ok or wrap) and not f.marked(first, last):
+            if wrap:
+                # a parameter of the enclosing function: its callers are
+                # checked as an executor's
+                sql_setters[wrap[1]] = wrap[2]
+            elif not ok and not f.marked(first, last):
                 found.append((f, first, "a pipeline statement (.sql) is not a fixed text: %s"
                               % " ".join(f.code[m.end():j].split())[:60]))
     executors = dict(EXECUTORS)
+    executors.update(sql_setters)
     while True:
         wrappers, bad = {}, []
         for f in files:

@@ -71,6 +71,17 @@ int cm_outbox_add(cm_db *db, const cm_outbox_event *ev);
  * invalid: none is written), CM_EEXIST or the database error. */
 int cm_outbox_add_batch(cm_db *db, const cm_outbox_event *evs, size_t n);
 
+/* cm_outbox_add_batch in steps, for a caller that sends the insert with
+ * its other writes in one cm_db_pipeline: builds the rows of evs (n at
+ * most 1000) into *rows and sets *st to their insert (its parameters point
+ * into *rows). after the pipeline, cm_outbox_wake_on_commit as add_batch
+ * does; cm_outbox_insert_free in any case. 0, CM_EINVAL (an event invalid),
+ * CM_ENOMEM. */
+typedef struct cm_outbox_insert cm_outbox_insert;
+int cm_outbox_insert_stmt(cm_outbox_insert **rows, const cm_outbox_event *evs, size_t n,
+                          cm_db_stmt *st);
+void cm_outbox_insert_free(cm_outbox_insert *rows);
+
 /* a batch of outbox rows as the columns of one insert whose text does not
  * change with the number of rows, so it can be prepared once and embedded
  * in a larger statement (a data-modifying WITH): text arrays, and the

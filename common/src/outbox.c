@@ -258,6 +258,62 @@ int cm_outbox_add(cm_db *db, const cm_outbox_event *ev)
     return cm_outbox_add_batch(db, ev, 1);
 }
 
+/* no NOTIFY in the statement: a transaction that notifies holds a
+ * database-wide lock from its commit until it ends, serialising every such
+ * commit. the relay is woken after the commit instead
+ * (cm_outbox_wake_on_commit). rows go in in unnest's order, so ids (the
+ * relay's order) follow the batch */
+#define OUTBOX_INSERT_SQL                                                                          \
+    "INSERT INTO outbox (" OUTBOX_COLUMNS ") SELECT u.e::uuid, u.t, u.tp, u.k, u.ty, u.s, u.ct, "  \
+    "u.p, u.tr, u.h::jsonb, coalesce(to_timestamp(u.ms::float8 / 1000), now()), u.eh FROM "        \
+    "unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], "  \
+    "$8::text[], $9::text[], $10::bigint[], $11::boolean[], $12::bytea[]) WITH ORDINALITY AS "     \
+    "u(e, t, tp, k, ty, s, ct, tr, h, ms, eh, p, i) ORDER BY u.i"
+
+struct cm_outbox_insert {
+    outbox_columns c;
+    const char *params[TEXT_COLS + 1];
+    int lengths[TEXT_COLS + 1], formats[TEXT_COLS + 1];
+};
+
+int cm_outbox_insert_stmt(cm_outbox_insert **out, const cm_outbox_event *evs, size_t n,
+                          cm_db_stmt *st)
+{
+    *out = NULL;
+    cm_outbox_insert *r = calloc(1, sizeof *r);
+    if (!r)
+        return CM_ENOMEM;
+    int rc = columns_build(&r->c, evs, n);
+    if (rc) {
+        free(r);
+        return rc;
+    }
+    if (cm_buf_columns_end(r->c.text, TEXT_COLS, r->params)) {
+        cm_outbox_insert_free(r);
+        return CM_ENOMEM;
+    }
+    r->params[TEXT_COLS] = r->c.payloads.p;
+    r->lengths[TEXT_COLS] = (int)r->c.payloads.len;
+    r->formats[TEXT_COLS] = 1; /* the payloads travel as raw bytes */
+    *st = (cm_db_stmt){.what = "insert outbox events",
+                       .name = "cm_outbox_add",
+                       .sql = OUTBOX_INSERT_SQL,
+                       .nparams = TEXT_COLS + 1,
+                       .params = r->params,
+                       .lengths = r->lengths,
+                       .formats = r->formats};
+    *out = r;
+    return 0;
+}
+
+void cm_outbox_insert_free(cm_outbox_insert *r)
+{
+    if (!r)
+        return;
+    columns_free(&r->c);
+    free(r);
+}
+
 int cm_outbox_add_batch(cm_db *db, const cm_outbox_event *evs, size_t n)
 {
     if (!db || (!evs && n) || n > ADD_BATCH_MAX)
@@ -273,36 +329,18 @@ int cm_outbox_add_batch(cm_db *db, const cm_outbox_event *evs, size_t n)
                      "topic", evs[0].topic, NULL);
         return CM_EINVAL;
     }
-    outbox_columns c;
-    int rc = columns_build(&c, evs, n);
-    if (rc)
-        return rc;
-    const char *params[TEXT_COLS + 1];
-    int lengths[TEXT_COLS + 1] = {0}, formats[TEXT_COLS + 1] = {0};
-    rc = cm_buf_columns_end(c.text, TEXT_COLS, params);
-    params[TEXT_COLS] = c.payloads.p;
-    lengths[TEXT_COLS] = (int)c.payloads.len;
-    formats[TEXT_COLS] = 1; /* the payloads travel as raw bytes */
-    /* no NOTIFY in the statement: a transaction that notifies holds a
-     * database-wide lock from its commit until it ends, serialising every
-     * such commit. the relay is woken after the commit instead
-     * (cm_outbox_wake_on_commit). rows go in in unnest's order, so ids
-     * (the relay's order) follow the batch */
+    cm_outbox_insert *r = NULL;
+    cm_db_stmt st;
+    int rc = cm_outbox_insert_stmt(&r, evs, n, &st);
+    /* sql-safe: OUTBOX_INSERT_SQL, set by cm_outbox_insert_stmt */
     if (rc == 0)
-        rc = cm_db_exec_prepared(
-            db, "insert outbox events", "cm_outbox_add",
-            "INSERT INTO outbox (" OUTBOX_COLUMNS ") SELECT u.e::uuid, u.t, u.tp, u.k, u.ty, "
-            "u.s, u.ct, u.p, u.tr, u.h::jsonb, coalesce(to_timestamp(u.ms::float8 / 1000), "
-            "now()), u.eh FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], "
-            "$5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::bigint[], "
-            "$11::boolean[], $12::bytea[]) "
-            "WITH ORDINALITY AS u(e, t, tp, k, ty, s, ct, tr, h, ms, eh, p, i) ORDER BY u.i",
-            TEXT_COLS + 1, params, lengths, formats, NULL);
+        rc = cm_db_exec_prepared(db, st.what, st.name, st.sql, st.nparams, st.params, st.lengths,
+                                 st.formats, NULL);
     if (rc == 0)
         rc = cm_outbox_wake_on_commit(db);
     else if (rc == CM_EEXIST)
         cm_log_warn("outbox event id already used", "event_id", evs[0].event_id, NULL);
-    columns_free(&c);
+    cm_outbox_insert_free(r);
     return rc;
 }
 

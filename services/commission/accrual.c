@@ -596,6 +596,43 @@ static int want_pool(cms_accrual *a, const char *tenant, const char *parent, con
 
 /* the period rows and pools the batch may touch: created when new, then
  * locked once each in key order, their figures and schedules read */
+/* lock_rows' statements */
+#define SQL_NEW_PERIODS                                                                            \
+    "INSERT INTO channel_periods (tenant_id, channel_id, schedule_id, schedule_revision, "         \
+    "period_start, period_end, currency) SELECT u.t, u.c, u.s, u.r, to_timestamp(u.ps::float8 / "  \
+    "1000), to_timestamp(u.pe::float8 / 1000), u.cur FROM unnest($1::text[] COLLATE \"C\", "       \
+    "$2::text[] COLLATE \"C\", $3::text[] COLLATE \"C\", $4::bigint[], $5::bigint[], "             \
+    "$6::bigint[], $7::text[] COLLATE \"C\") AS u(t, c, s, r, ps, pe, cur) ORDER BY 1, 2, 3, 4, "  \
+    "5 ON CONFLICT DO NOTHING"
+/* one primary-key lookup per row, in key order, whatever the
+ * statistics say: an IN (unnest) let a generic plan with
+ * empty-table estimates walk every period row of the tenant
+ * per batch row */
+#define SQL_LOCK_PERIODS                                                                           \
+    "SELECT p.tenant_id, p.channel_id, p.schedule_id, p.schedule_revision, (extract(epoch FROM "   \
+    "p.period_start) * 1000)::bigint, p.net_sales, p.posted, p.orders, " CMS_SCHEDULE_COLS         \
+    ", EXISTS (SELECT 1 FROM channel_periods q WHERE q.tenant_id = p.tenant_id AND q.channel_id "  \
+    "= p.channel_id AND q.schedule_id = p.schedule_id AND q.period_start = p.period_start AND "    \
+    "q.closed_at IS NOT NULL) FROM (SELECT * FROM unnest($1::text[] COLLATE \"C\", $2::text[] "    \
+    "COLLATE \"C\", $3::text[] COLLATE \"C\", $4::bigint[], $5::bigint[]) AS u(t, c, s, r, ps) "   \
+    "ORDER BY 1, 2, 3, 4, 5) u CROSS JOIN LATERAL (SELECT * FROM channel_periods k WHERE "         \
+    "k.tenant_id = u.t AND k.channel_id = u.c AND k.schedule_id = u.s AND k.schedule_revision = "  \
+    "u.r AND k.period_start = to_timestamp(u.ps::float8 / 1000) FOR UPDATE) p JOIN "               \
+    "tier_schedules s ON s.tenant_id = p.tenant_id AND s.schedule_id = p.schedule_id AND "         \
+    "s.revision = p.schedule_revision"
+#define SQL_NEW_POOLS                                                                              \
+    "INSERT INTO parent_pools (tenant_id, parent_id, currency, period_start, override_bps) "       \
+    "SELECT u.t, u.p, u.c, to_timestamp(u.ps::float8 / 1000), u.b FROM unnest($1::text[] COLLATE " \
+    "\"C\", $2::text[] COLLATE \"C\", $3::text[] COLLATE \"C\", $4::bigint[], $5::int[]) AS u(t, " \
+    "p, c, ps, b) ORDER BY 1, 2, 3, 4, 5 ON CONFLICT DO NOTHING"
+#define SQL_LOCK_POOLS                                                                             \
+    "SELECT q.tenant_id, q.parent_id, q.currency, (extract(epoch FROM q.period_start) * "          \
+    "1000)::bigint, q.override_bps, q.base, q.posted FROM (SELECT * FROM unnest($1::text[] "       \
+    "COLLATE \"C\", $2::text[] COLLATE \"C\", $3::text[] COLLATE \"C\", $4::bigint[], $5::int[]) " \
+    "AS u(t, p, c, ps, b) ORDER BY 1, 2, 3, 4, 5) u CROSS JOIN LATERAL (SELECT * FROM "            \
+    "parent_pools k WHERE k.tenant_id = u.t AND k.parent_id = u.p AND k.currency = u.c AND "       \
+    "k.period_start = to_timestamp(u.ps::float8 / 1000) AND k.override_bps = u.b FOR UPDATE) q"
+
 static int lock_rows(cms_accrual *a, cm_db *db)
 {
     int rc = 0;
@@ -620,8 +657,9 @@ static int lock_rows(cms_accrual *a, cm_db *db)
     }
     if (rc || !a->nperiods)
         return rc;
-    cm_buf c[7];
+    cm_buf c[7], d[5];
     cm_buf_columns_begin(c, 7);
+    cm_buf_columns_begin(d, 5);
     for (size_t i = 0; i < a->nperiods; i++) {
         period *p = &a->periods[i];
         cm_buf_array_text(&c[0], p->tenant);
@@ -632,47 +670,49 @@ static int lock_rows(cms_accrual *a, cm_db *db)
         cm_buf_array_int(&c[5], p->end_ms);
         cm_buf_array_text(&c[6], p->currency);
     }
-    const char *c_p[7];
-    if (cm_buf_columns_end(c, 7, c_p))
+    for (size_t i = 0; i < a->npools; i++) {
+        pool *q = &a->pools[i];
+        cm_buf_array_text(&d[0], q->tenant);
+        cm_buf_array_text(&d[1], q->parent);
+        cm_buf_array_text(&d[2], q->currency);
+        cm_buf_array_int(&d[3], q->start_ms);
+        cm_buf_array_int(&d[4], q->bps);
+    }
+    const char *c_p[7], *d_p[5];
+    if (cm_buf_columns_end(c, 7, c_p) || cm_buf_columns_end(d, 5, d_p))
         rc = CM_ENOMEM;
-    PGresult *r = NULL;
-    const char *const *p = c_p;
+    /* the rows made when missing, then locked once for the whole batch in
+     * key order: the periods (the hot rows), then the parents' pools (a
+     * parent's pool only with its child's period), in one round trip */
+    cm_db_stmt st[] = {
+        {.what = "create period rows",
+         .name = "cms_new_periods",
+         .sql = SQL_NEW_PERIODS,
+         .nparams = 7,
+         .params = c_p},
+        {.what = "lock period rows",
+         .name = "cms_lock_periods",
+         .sql = SQL_LOCK_PERIODS,
+         .nparams = 5,
+         .params = c_p},
+        {.what = "create parent pools",
+         .name = "cms_new_pools",
+         .sql = SQL_NEW_POOLS,
+         .nparams = 5,
+         .params = d_p},
+        {.what = "lock parent pools",
+         .name = "cms_lock_pools",
+         .sql = SQL_LOCK_POOLS,
+         .nparams = 5,
+         .params = d_p},
+    };
     if (rc == 0)
-        rc = cm_db_exec_prepared(
-            db, "create period rows", "cms_new_periods",
-            "INSERT INTO channel_periods (tenant_id, channel_id, schedule_id, schedule_revision, "
-            "period_start, period_end, currency) SELECT u.t, u.c, u.s, u.r, "
-            "to_timestamp(u.ps::float8 / "
-            "1000), to_timestamp(u.pe::float8 / 1000), u.cur FROM unnest($1::text[] COLLATE \"C\", "
-            "$2::text[] COLLATE \"C\", "
-            "$3::text[] COLLATE \"C\", $4::bigint[], $5::bigint[], $6::bigint[], $7::text[] "
-            "COLLATE \"C\") AS u(t, c, s, r, "
-            "ps, pe, cur) ORDER BY 1, 2, 3, 4, 5 ON CONFLICT DO NOTHING",
-            7, p, NULL, NULL, NULL);
-    /* the hot rows: locked once for the whole batch, in key order */
-    if (rc == 0)
-        rc = cm_db_exec_prepared(
-            db, "lock period rows", "cms_lock_periods",
-            /* one primary-key lookup per row, in key order, whatever the
-             * statistics say: an IN (unnest) let a generic plan with
-             * empty-table estimates walk every period row of the tenant
-             * per batch row */
-            "SELECT p.tenant_id, p.channel_id, p.schedule_id, p.schedule_revision, "
-            "(extract(epoch FROM p.period_start) * 1000)::bigint, p.net_sales, p.posted, "
-            "p.orders, " CMS_SCHEDULE_COLS ", EXISTS (SELECT 1 FROM channel_periods q WHERE "
-            "q.tenant_id = p.tenant_id AND q.channel_id = p.channel_id AND q.schedule_id = "
-            "p.schedule_id AND q.period_start = p.period_start AND q.closed_at IS NOT NULL) FROM "
-            "(SELECT * FROM unnest($1::text[] COLLATE \"C\", $2::text[] COLLATE \"C\", "
-            "$3::text[] COLLATE \"C\", $4::bigint[], $5::bigint[]) AS u(t, c, s, r, ps) ORDER BY "
-            "1, 2, 3, 4, 5) u CROSS JOIN LATERAL (SELECT * FROM channel_periods k WHERE "
-            "k.tenant_id = u.t AND k.channel_id = u.c AND k.schedule_id = u.s AND "
-            "k.schedule_revision = u.r AND k.period_start = to_timestamp(u.ps::float8 / 1000) FOR "
-            "UPDATE) p JOIN tier_schedules s ON s.tenant_id = p.tenant_id AND s.schedule_id = "
-            "p.schedule_id AND s.revision = p.schedule_revision",
-            5, p, NULL, NULL, &r);
+        rc = cm_db_pipeline(db, st, a->npools ? 4 : 2);
     cm_buf_columns_free(c, 7);
+    cm_buf_columns_free(d, 5);
     if (rc)
         return rc;
+    PGresult *r = st[1].res;
     if ((size_t)PQntuples(r) != a->nperiods)
         rc = CM_EIO;
     for (int i = 0; rc == 0 && i < PQntuples(r); i++) {
@@ -688,51 +728,10 @@ static int lock_rows(cms_accrual *a, cm_db *db)
         cms_store_parse_schedule(r, i, 8, &q->sched);
         q->closed = PQgetvalue(r, i, 8 + CMS_SCHEDULE_NCOLS)[0] == 't';
     }
-    PQclear(r);
-    if (rc || !a->npools)
-        return rc;
-    cm_buf d[5];
-    cm_buf_columns_begin(d, 5);
-    for (size_t i = 0; i < a->npools; i++) {
-        pool *q = &a->pools[i];
-        cm_buf_array_text(&d[0], q->tenant);
-        cm_buf_array_text(&d[1], q->parent);
-        cm_buf_array_text(&d[2], q->currency);
-        cm_buf_array_int(&d[3], q->start_ms);
-        cm_buf_array_int(&d[4], q->bps);
-    }
-    const char *d_p[5];
-    if (cm_buf_columns_end(d, 5, d_p))
-        rc = CM_ENOMEM;
-    const char *const *pp = d_p;
-    if (rc == 0)
-        rc = cm_db_exec_prepared(
-            db, "create parent pools", "cms_new_pools",
-            "INSERT INTO parent_pools (tenant_id, parent_id, currency, period_start, "
-            "override_bps) SELECT u.t, u.p, u.c, to_timestamp(u.ps::float8 / 1000), u.b FROM "
-            "unnest($1::text[] COLLATE \"C\", $2::text[] COLLATE \"C\", $3::text[] COLLATE \"C\", "
-            "$4::bigint[], $5::int[]) AS u(t, p, c, "
-            "ps, b) ORDER BY 1, 2, 3, 4, 5 ON CONFLICT DO NOTHING",
-            5, pp, NULL, NULL, NULL);
-    r = NULL;
-    if (rc == 0)
-        rc = cm_db_exec_prepared(
-            db, "lock parent pools", "cms_lock_pools",
-            "SELECT q.tenant_id, q.parent_id, q.currency, (extract(epoch FROM q.period_start) * "
-            "1000)::bigint, q.override_bps, q.base, q.posted FROM (SELECT * FROM "
-            "unnest($1::text[] COLLATE \"C\", $2::text[] COLLATE \"C\", $3::text[] COLLATE "
-            "\"C\", $4::bigint[], $5::int[]) AS u(t, p, c, ps, b) ORDER BY 1, 2, 3, 4, 5) u "
-            "CROSS JOIN LATERAL (SELECT * FROM parent_pools k WHERE k.tenant_id = u.t AND "
-            "k.parent_id = u.p AND k.currency = u.c AND k.period_start = to_timestamp(u.ps::float8 "
-            "/ "
-            "1000) AND k.override_bps = u.b FOR UPDATE) q",
-            5, pp, NULL, NULL, &r);
-    cm_buf_columns_free(d, 5);
-    if (rc)
-        return rc;
-    if ((size_t)PQntuples(r) != a->npools)
+    r = st[3].res;
+    if (rc == 0 && a->npools && (size_t)PQntuples(r) != a->npools)
         rc = CM_EIO;
-    for (int i = 0; rc == 0 && i < PQntuples(r); i++) {
+    for (int i = 0; rc == 0 && a->npools && i < PQntuples(r); i++) {
         pool *q = find_pool(a, PQgetvalue(r, i, 0), PQgetvalue(r, i, 1), PQgetvalue(r, i, 2),
                             i64(r, i, 3), i64(r, i, 4));
         if (!q) {
@@ -742,7 +741,8 @@ static int lock_rows(cms_accrual *a, cm_db *db)
         q->base = i64(r, i, 5);
         q->posted = i64(r, i, 6);
     }
-    PQclear(r);
+    for (size_t i = 0; i < sizeof st / sizeof *st; i++)
+        PQclear(st[i].res);
     return rc;
 }
 
@@ -1087,11 +1087,145 @@ static int apply_refund(cms_accrual *a, item *it, int64_t at_ms)
  * cost ~0.35 µs a value (five per commission), and the float8 path gives
  * the same instant for every ms up to year 9999 (checked on 6 million
  * random values) */
-static int write_commissions(cms_accrual *a, cm_db *db)
+/* the writes' statements (write_commissions, write_rows) */
+#define SQL_INSERT_COMMS                                                                           \
+    "INSERT INTO commissions (commission_id, tenant_id, channel_id, order_id, merchant_id, "       \
+    "currency, state, order_amount, sales_before, amount, refunded, clawed_back, schedule_id, "    \
+    "schedule_revision, period_start, period_end, paid_at, bracket_from, bracket_bps, "            \
+    "bracket_sales, bracket_amount, parent_id, parent_bps, accrued_at, clawed_back_at, payer, "    \
+    "source_event_id) SELECT u.id::uuid, u.t, u.ch, u.o::uuid, u.m, u.cur, u.st, u.oa, u.sb, "     \
+    "u.a, u.rf, u.cb, u.s, u.r, to_timestamp(u.ps::float8 / 1000), to_timestamp(u.pe::float8 / "   \
+    "1000), to_timestamp(u.pa::float8 / 1000), u.bf::bigint[], u.bb::int[], u.bs::bigint[], "      \
+    "u.ba::bigint[], u.par, u.pb, to_timestamp(u.at::float8 / 1000), CASE WHEN u.rf > 0 THEN "     \
+    "to_timestamp(u.at::float8 / 1000) END, u.py, u.ev::uuid FROM unnest($1::text[] COLLATE "      \
+    "\"C\", $2::text[] COLLATE \"C\", $3::text[] COLLATE \"C\", $4::text[] COLLATE \"C\", "        \
+    "$5::text[] COLLATE \"C\", $6::text[] COLLATE \"C\", $7::int[], $8::bigint[], $9::bigint[], "  \
+    "$10::bigint[], $11::bigint[], $12::bigint[], $13::text[] COLLATE \"C\", $14::bigint[], "      \
+    "$15::bigint[], $16::bigint[], $17::bigint[], $18::text[] COLLATE \"C\", $19::text[] COLLATE " \
+    "\"C\", $20::text[] COLLATE \"C\", $21::text[] COLLATE \"C\", $22::text[] COLLATE \"C\", "     \
+    "$23::int[], $24::bigint[], $25::smallint[], $26::text[] COLLATE \"C\") AS u(id, t, ch, o, "   \
+    "m, cur, st, oa, sb, a, rf, cb, s, r, ps, pe, pa, bf, bb, bs, ba, par, pb, at, py, ev)"
+#define SQL_UPDATE_COMMS                                                                           \
+    "UPDATE commissions c SET refunded = u.rf, clawed_back = u.cb, state = u.st, clawed_back_at "  \
+    "= to_timestamp(u.at::float8 / 1000) FROM unnest($1::uuid[], $2::bigint[], $3::bigint[], "     \
+    "$4::int[], $5::bigint[]) AS u(id, rf, cb, st, at) WHERE c.commission_id = u.id"
+#define SQL_UPDATE_PERIODS                                                                         \
+    "UPDATE channel_periods p SET net_sales = u.ns, posted = u.po, orders = u.n, updated_at = "    \
+    "now() FROM unnest($1::text[] COLLATE \"C\", $2::text[] COLLATE \"C\", $3::text[] COLLATE "    \
+    "\"C\", $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[], $8::bigint[]) AS u(t, c, s, "  \
+    "r, ps, ns, po, n) WHERE p.tenant_id = u.t AND p.channel_id = u.c AND p.schedule_id = u.s "    \
+    "AND p.schedule_revision = u.r AND p.period_start = to_timestamp(u.ps::float8 / 1000)"
+#define SQL_UPDATE_POOLS                                                                           \
+    "UPDATE parent_pools q SET base = u.b, posted = u.po FROM unnest($1::text[] COLLATE \"C\", "   \
+    "$2::text[] COLLATE \"C\", $3::text[] COLLATE \"C\", $4::bigint[], $5::int[], $6::bigint[], "  \
+    "$7::bigint[]) AS u(t, p, c, ps, bps, b, po) WHERE q.tenant_id = u.t AND q.parent_id = u.p "   \
+    "AND q.currency = u.c AND q.period_start = to_timestamp(u.ps::float8 / 1000) AND "             \
+    "q.override_bps = u.bps"
+#define SQL_INSERT_ADJS                                                                            \
+    "INSERT INTO adjustments (adjustment_id, tenant_id, channel_id, kind, currency, amount, "      \
+    "order_id, refund_id, child_id, period_start, posted_at, state, payable_at, payer, "           \
+    "merchant_id) SELECT u.id::uuid, u.t, u.c, u.k, u.cur, u.a, u.o::uuid, u.rf, u.ch, "           \
+    "to_timestamp(u.ps::float8 / 1000), to_timestamp(u.at::float8 / 1000), u.st, CASE WHEN u.st "  \
+    "= 2 THEN to_timestamp(u.at::float8 / 1000) END, u.py, u.m FROM unnest($1::text[] COLLATE "    \
+    "\"C\", $2::text[] COLLATE \"C\", $3::text[] COLLATE \"C\", $4::int[], $5::text[] COLLATE "    \
+    "\"C\", $6::bigint[], $7::text[] COLLATE \"C\", $8::text[] COLLATE \"C\", $9::text[] COLLATE " \
+    "\"C\", $10::bigint[], $11::bigint[], $12::int[], $13::smallint[], $14::text[] COLLATE "       \
+    "\"C\") AS u(id, t, c, k, cur, a, o, rf, ch, ps, at, st, py, m)"
+#define SQL_INSERT_APPLIED                                                                         \
+    "INSERT INTO refunds_applied (tenant_id, order_id, refund_id, amount, clawback, event_id) "    \
+    "SELECT u.t, u.o::uuid, u.r, u.a, u.c, u.e::uuid FROM unnest($1::text[] COLLATE \"C\", "       \
+    "$2::text[] COLLATE \"C\", $3::text[] COLLATE \"C\", $4::bigint[], $5::bigint[], $6::text[] "  \
+    "COLLATE \"C\") AS u(t, o, r, a, c, e)"
+#define SQL_INSERT_SKIPPED                                                                         \
+    "INSERT INTO uncommissioned_orders (tenant_id, order_id, channel_id, reason) SELECT u.t, "     \
+    "u.o::uuid, u.c, u.r FROM unnest($1::text[] COLLATE \"C\", $2::text[] COLLATE \"C\", "         \
+    "$3::text[] COLLATE \"C\", $4::text[] COLLATE \"C\") AS u(t, o, c, r) ON CONFLICT DO NOTHING"
+
+/* the batch's writes: their statements, built one after the other while
+ * nothing is sent, then sent in one round trip (cm_db_pipeline) with the
+ * outbox rows; the column buffers their parameters point into live here
+ * until then */
+#define WRITE_COLUMNS 80
+#define WRITE_OUTBOX 8 /* outbox inserts of up to 1,000 rows per pipeline */
+typedef struct writes {
+    cm_db_stmt st[CM_DB_PIPELINE_MAX];
+    size_t n;
+    cm_buf col[WRITE_COLUMNS];
+    const char *param[WRITE_COLUMNS];
+    size_t ncol;
+    cm_outbox_insert *outbox[WRITE_OUTBOX];
+    size_t nout;
+} writes;
+
+/* n columns of w, begun (write_commissions and write_rows take 70) */
+static cm_buf *write_columns(writes *w, size_t n)
 {
-    cm_buf c[25];
+    cm_buf *c = &w->col[w->ncol];
+    cm_buf_columns_begin(c, n);
+    w->ncol += n;
+    return c;
+}
+
+/* the statement over the n columns at c, when it has rows */
+static int write_stmt(writes *w, cm_buf *c, size_t n, size_t rows, const char *what,
+                      const char *name, const char *sql)
+{
+    const char **p = &w->param[c - w->col];
+    if (cm_buf_columns_end(c, n, p))
+        return CM_ENOMEM;
+    if (rows)
+        w->st[w->n++] =
+            (cm_db_stmt){.what = what, .name = name, .sql = sql, .nparams = (int)n, .params = p};
+    return 0;
+}
+
+/* sends what w holds, then lets go of the outbox rows sent */
+static int send_writes(writes *w, cm_db *db)
+{
+    int rc = w->n ? cm_db_pipeline(db, w->st, w->n) : 0;
+    for (size_t i = 0; i < w->n; i++)
+        PQclear(w->st[i].res);
+    if (rc == 0 && w->nout)
+        rc = cm_outbox_wake_on_commit(db);
+    w->n = 0;
+    for (size_t i = 0; i < w->nout; i++)
+        cm_outbox_insert_free(w->outbox[i]);
+    w->nout = 0;
+    return rc;
+}
+
+static void writes_free(writes *w)
+{
+    cm_buf_columns_free(w->col, w->ncol);
+    for (size_t i = 0; i < w->nout; i++)
+        cm_outbox_insert_free(w->outbox[i]);
+    free(w);
+}
+
+/* the batch's events into the outbox, up to 1,000 rows per insert,
+ * in order */
+static int write_outbox(cms_accrual *a, writes *w, cm_db *db)
+{
+    int rc = 0;
+    for (size_t off = 0; rc == 0 && off < a->nevs; off += 1000) {
+        size_t k = a->nevs - off < 1000 ? a->nevs - off : 1000;
+        if (w->nout == WRITE_OUTBOX || w->n == CM_DB_PIPELINE_MAX)
+            rc = send_writes(w, db);
+        if (rc == 0)
+            rc = cm_outbox_insert_stmt(&w->outbox[w->nout], a->evs + off, k, &w->st[w->n]);
+        if (rc == 0) {
+            w->nout++;
+            w->n++;
+        }
+    }
+    return rc;
+}
+
+static int write_commissions(cms_accrual *a, writes *w)
+{
+    /* 25 columns and the payments' event ids */
+    cm_buf *c = write_columns(w, 26);
     size_t nf = 0, nu = 0;
-    cm_buf_columns_begin(c, 25);
     for (size_t i = 0; i < a->ncomms; i++) {
         comm *m = &a->comms[i];
         const cms_commission *x = &m->c;
@@ -1135,60 +1269,14 @@ static int write_commissions(cms_accrual *a, cm_db *db)
             nf++;
         }
     }
-    int rc = 0;
-    const char *c_p[25];
-    if (cm_buf_columns_end(c, 25, c_p))
-        rc = CM_ENOMEM;
     /* the event id of each fresh commission's payment */
-    cm_buf ev = {0};
-    cm_buf_array_begin(&ev);
-    for (size_t i = 0; i < a->ncomms; i++) {
-        if (!a->comms[i].fresh)
-            continue;
-        cm_buf_array_text(&ev, a->comms[i].event_id);
-    }
-    cm_buf_array_end(&ev);
-    if (ev.oom)
-        rc = CM_ENOMEM;
-    if (rc == 0 && nf) {
-        const char *p[26];
-        for (int k = 0; k < 25; k++)
-            p[k] = c[k].p;
-        p[25] = ev.p;
-        rc = cm_db_exec_prepared(
-            db, "insert commissions", "cms_insert_comms",
-            "INSERT INTO commissions (commission_id, tenant_id, channel_id, order_id, "
-            "merchant_id, currency, state, order_amount, sales_before, amount, refunded, "
-            "clawed_back, schedule_id, schedule_revision, period_start, period_end, paid_at, "
-            "bracket_from, bracket_bps, bracket_sales, bracket_amount, parent_id, parent_bps, "
-            "accrued_at, clawed_back_at, payer, source_event_id) SELECT u.id::uuid, u.t, u.ch, "
-            "u.o::uuid, u.m, u.cur, u.st, u.oa, u.sb, u.a, u.rf, u.cb, u.s, u.r, "
-            "to_timestamp(u.ps::float8 "
-            " / 1000), to_timestamp(u.pe::float8 / 1000), to_timestamp(u.pa::float8 / 1000), "
-            "u.bf::bigint[], "
-            "u.bb::int[], u.bs::bigint[], u.ba::bigint[], u.par, u.pb, to_timestamp(u.at::float8 / "
-            "1000), CASE WHEN u.rf > 0 THEN to_timestamp(u.at::float8 / 1000) END, u.py, "
-            "u.ev::uuid "
-            "FROM "
-            "unnest($1::text[] COLLATE \"C\", $2::text[] COLLATE \"C\", $3::text[] COLLATE \"C\", "
-            "$4::text[] COLLATE \"C\", $5::text[] COLLATE \"C\", $6::text[] COLLATE \"C\", "
-            "$7::int[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[], "
-            "$13::text[] COLLATE \"C\", $14::bigint[], $15::bigint[], $16::bigint[], "
-            "$17::bigint[], "
-            "$18::text[] COLLATE \"C\", $19::text[] COLLATE \"C\", $20::text[] COLLATE \"C\", "
-            "$21::text[] COLLATE \"C\", $22::text[] COLLATE \"C\", $23::int[], "
-            "$24::bigint[], $25::smallint[], $26::text[] COLLATE \"C\") AS u(id, t, ch, o, m, cur, "
-            "st, oa, sb, "
-            "a, rf, cb, s, r, ps, pe, pa, bf, bb, bs, ba, par, pb, at, py, ev)",
-            26, p, NULL, NULL, NULL);
-    }
-    cm_buf_columns_free(c, 25);
-    cm_buf_free(&ev);
-    if (rc)
-        return rc;
+    for (size_t i = 0; i < a->ncomms; i++)
+        if (a->comms[i].fresh)
+            cm_buf_array_text(&c[25], a->comms[i].event_id);
+    int rc = write_stmt(w, c, 26, nf, "insert commissions", "cms_insert_comms", SQL_INSERT_COMMS);
+
     /* the clawbacks of commissions accrued before: their final figures */
-    cm_buf u[5];
-    cm_buf_columns_begin(u, 5);
+    cm_buf *u = write_columns(w, 5);
     for (size_t i = 0; i < a->ncomms; i++) {
         comm *m = &a->comms[i];
         if (m->fresh || !m->dirty)
@@ -1200,31 +1288,16 @@ static int write_commissions(cms_accrual *a, cm_db *db)
         cm_buf_array_int(&u[4], m->c.clawed_ms);
         nu++;
     }
-    const char *u_p[5];
-    if (cm_buf_columns_end(u, 5, u_p))
-        rc = CM_ENOMEM;
-    if (rc == 0 && nu) {
-        const char *p[] = {u[0].p, u[1].p, u[2].p, u[3].p, u[4].p};
-        rc = cm_db_exec_prepared(
-            db, "update commissions", "cms_update_comms",
-            "UPDATE commissions c SET refunded = u.rf, clawed_back = u.cb, "
-            "state = u.st, clawed_back_at = to_timestamp(u.at::float8 / 1000) FROM "
-            "unnest($1::uuid[], $2::bigint[], $3::bigint[], $4::int[], "
-            "$5::bigint[]) AS u(id, rf, cb, st, at) WHERE c.commission_id = "
-            "u.id",
-            5, p, NULL, NULL, NULL);
-    }
-    cm_buf_columns_free(u, 5);
+    if (rc == 0)
+        rc = write_stmt(w, u, 5, nu, "update commissions", "cms_update_comms", SQL_UPDATE_COMMS);
     return rc;
 }
 
-static int write_rows(cms_accrual *a, cm_db *db)
+static int write_rows(cms_accrual *a, writes *w)
 {
-    int rc = 0;
     /* one update per period row */
-    cm_buf c[8];
+    cm_buf *c = write_columns(w, 8);
     size_t n = 0;
-    cm_buf_columns_begin(c, 8);
     for (size_t i = 0; i < a->nperiods; i++) {
         period *p = &a->periods[i];
         if (!p->dirty)
@@ -1239,28 +1312,10 @@ static int write_rows(cms_accrual *a, cm_db *db)
         cm_buf_array_int(&c[7], p->orders);
         n++;
     }
-    const char *c_p[8];
-    if (cm_buf_columns_end(c, 8, c_p))
-        rc = CM_ENOMEM;
-    if (rc == 0 && n) {
-        const char *const *p = c_p;
-        rc = cm_db_exec_prepared(
-            db, "update period rows", "cms_update_periods",
-            "UPDATE channel_periods p SET net_sales = u.ns, posted = u.po, orders = u.n, "
-            "updated_at = now() FROM unnest($1::text[] COLLATE \"C\", $2::text[] COLLATE \"C\", "
-            "$3::text[] COLLATE \"C\", $4::bigint[], "
-            "$5::bigint[], $6::bigint[], $7::bigint[], $8::bigint[]) AS u(t, c, s, r, ps, ns, "
-            "po, n) WHERE p.tenant_id = u.t AND p.channel_id = u.c AND p.schedule_id = u.s AND "
-            "p.schedule_revision = u.r AND p.period_start = to_timestamp(u.ps::float8 / 1000)",
-            8, p, NULL, NULL, NULL);
-    }
-    cm_buf_columns_free(c, 8);
-    if (rc)
-        return rc;
+    int rc = write_stmt(w, c, 8, n, "update period rows", "cms_update_periods", SQL_UPDATE_PERIODS);
     /* one update per pool */
-    cm_buf d[7];
+    cm_buf *d = write_columns(w, 7);
     n = 0;
-    cm_buf_columns_begin(d, 7);
     for (size_t i = 0; i < a->npools; i++) {
         pool *q = &a->pools[i];
         if (!q->dirty)
@@ -1274,77 +1329,33 @@ static int write_rows(cms_accrual *a, cm_db *db)
         cm_buf_array_int(&d[6], q->posted);
         n++;
     }
-    const char *d_p[7];
-    if (cm_buf_columns_end(d, 7, d_p))
-        rc = CM_ENOMEM;
-    if (rc == 0 && n) {
-        const char *const *p = d_p;
-        rc = cm_db_exec_prepared(
-            db, "update parent pools", "cms_update_pools",
-            "UPDATE parent_pools q SET base = u.b, posted = u.po FROM unnest($1::text[] COLLATE "
-            "\"C\", "
-            "$2::text[] COLLATE \"C\", $3::text[] COLLATE \"C\", $4::bigint[], $5::int[], "
-            "$6::bigint[], $7::bigint[]) AS "
-            "u(t, p, c, ps, bps, b, po) WHERE q.tenant_id = u.t AND q.parent_id = u.p AND "
-            "q.currency = u.c AND q.period_start = to_timestamp(u.ps::float8 / 1000) AND "
-            "q.override_bps = u.bps",
-            7, p, NULL, NULL, NULL);
-    }
-    cm_buf_columns_free(d, 7);
-    if (rc)
-        return rc;
+    if (rc == 0)
+        rc = write_stmt(w, d, 7, n, "update parent pools", "cms_update_pools", SQL_UPDATE_POOLS);
     /* adjustments */
-    if (a->nadjs) {
-        cm_buf e[14];
-        cm_buf_columns_begin(e, 14);
-        for (size_t i = 0; i < a->nadjs; i++) {
-            const cms_adjustment *x = &a->adjs[i];
-            cm_buf_array_text(&e[0], x->id);
-            cm_buf_array_text(&e[1], a->adj_tenants[i]);
-            cm_buf_array_text(&e[2], x->channel);
-            cm_buf_array_int(&e[3], x->kind);
-            cm_buf_array_text(&e[4], x->currency);
-            cm_buf_array_int(&e[5], x->amount);
-            cm_buf_array_text(&e[6], x->order_id);
-            cm_buf_array_text(&e[7], x->refund_id);
-            cm_buf_array_text(&e[8], x->child);
-            cm_buf_array_int(&e[9], x->period_start_ms);
-            cm_buf_array_int(&e[10], x->posted_ms);
-            cm_buf_array_int(&e[11], x->state);
-            cm_buf_array_int(&e[12], x->payer);
-            cm_buf_array_text(&e[13], x->merchant);
-        }
-        const char *e_p[14];
-        if (cm_buf_columns_end(e, 14, e_p))
-            rc = CM_ENOMEM;
-        const char *const *p = e_p;
-        if (rc == 0)
-            rc = cm_db_exec_prepared(
-                db, "insert adjustments", "cms_insert_adjs",
-                "INSERT INTO adjustments (adjustment_id, tenant_id, channel_id, kind, currency, "
-                "amount, order_id, refund_id, child_id, period_start, posted_at, state, "
-                "payable_at, payer, merchant_id) SELECT u.id::uuid, u.t, u.c, u.k, u.cur, u.a, "
-                "u.o::uuid, u.rf, u.ch, to_timestamp(u.ps::float8 / 1000), "
-                "to_timestamp(u.at::float8 / 1000), "
-                "u.st, CASE WHEN u.st = 2 THEN to_timestamp(u.at::float8 / 1000) END, u.py, u.m "
-                "FROM "
-                "unnest($1::text[] COLLATE \"C\", $2::text[] COLLATE \"C\", $3::text[] COLLATE "
-                "\"C\", $4::int[], $5::text[] COLLATE \"C\", $6::bigint[], "
-                "$7::text[] COLLATE \"C\", $8::text[] COLLATE \"C\", $9::text[] COLLATE \"C\", "
-                "$10::bigint[], $11::bigint[], $12::int[], "
-                "$13::smallint[], $14::text[] COLLATE \"C\") AS u(id, t, c, k, cur, a, o, rf, ch, "
-                "ps, at, st, "
-                "py, m)",
-                14, p, NULL, NULL, NULL);
-        cm_buf_columns_free(e, 14);
-        if (rc)
-            return rc;
-        atomic_fetch_add(&a->adjustments, a->nadjs);
+    cm_buf *e = write_columns(w, 14);
+    for (size_t i = 0; i < a->nadjs; i++) {
+        const cms_adjustment *x = &a->adjs[i];
+        cm_buf_array_text(&e[0], x->id);
+        cm_buf_array_text(&e[1], a->adj_tenants[i]);
+        cm_buf_array_text(&e[2], x->channel);
+        cm_buf_array_int(&e[3], x->kind);
+        cm_buf_array_text(&e[4], x->currency);
+        cm_buf_array_int(&e[5], x->amount);
+        cm_buf_array_text(&e[6], x->order_id);
+        cm_buf_array_text(&e[7], x->refund_id);
+        cm_buf_array_text(&e[8], x->child);
+        cm_buf_array_int(&e[9], x->period_start_ms);
+        cm_buf_array_int(&e[10], x->posted_ms);
+        cm_buf_array_int(&e[11], x->state);
+        cm_buf_array_int(&e[12], x->payer);
+        cm_buf_array_text(&e[13], x->merchant);
     }
+    if (rc == 0)
+        rc = write_stmt(w, e, 14, a->nadjs, "insert adjustments", "cms_insert_adjs",
+                        SQL_INSERT_ADJS);
     /* refunds applied and orders that earned nothing */
-    cm_buf f[6];
+    cm_buf *f = write_columns(w, 6);
     n = 0;
-    cm_buf_columns_begin(f, 6);
     for (size_t i = 0; i < a->napplied; i++) {
         const applied *x = &a->applied[i];
         if (!x->fresh)
@@ -1357,27 +1368,11 @@ static int write_rows(cms_accrual *a, cm_db *db)
         cm_buf_array_text(&f[5], x->event_id);
         n++;
     }
-    const char *f_p[6];
-    if (cm_buf_columns_end(f, 6, f_p))
-        rc = CM_ENOMEM;
-    if (rc == 0 && n) {
-        const char *const *p = f_p;
-        rc = cm_db_exec_prepared(
-            db, "insert applied refunds", "cms_insert_applied",
-            "INSERT INTO refunds_applied (tenant_id, order_id, refund_id, amount, clawback, "
-            "event_id) SELECT u.t, u.o::uuid, u.r, u.a, u.c, u.e::uuid FROM unnest($1::text[] "
-            "COLLATE \"C\", "
-            "$2::text[] COLLATE \"C\", $3::text[] COLLATE \"C\", $4::bigint[], $5::bigint[], "
-            "$6::text[] COLLATE \"C\") AS u(t, o, r, a, "
-            "c, e)",
-            6, p, NULL, NULL, NULL);
-    }
-    cm_buf_columns_free(f, 6);
-    if (rc)
-        return rc;
-    cm_buf g[4];
+    if (rc == 0)
+        rc = write_stmt(w, f, 6, n, "insert applied refunds", "cms_insert_applied",
+                        SQL_INSERT_APPLIED);
+    cm_buf *g = write_columns(w, 4);
     n = 0;
-    cm_buf_columns_begin(g, 4);
     for (size_t i = 0; i < a->nskipped; i++) {
         const skipped *x = &a->skipped[i];
         if (!x->fresh)
@@ -1388,20 +1383,9 @@ static int write_rows(cms_accrual *a, cm_db *db)
         cm_buf_array_text(&g[3], x->reason);
         n++;
     }
-    const char *g_p[4];
-    if (cm_buf_columns_end(g, 4, g_p))
-        rc = CM_ENOMEM;
-    if (rc == 0 && n) {
-        const char *p[] = {g[0].p, g[1].p, g[2].p, g[3].p};
-        rc = cm_db_exec_prepared(db, "insert uncommissioned orders", "cms_insert_skipped",
-                                 "INSERT INTO uncommissioned_orders (tenant_id, order_id, "
-                                 "channel_id, reason) SELECT u.t, u.o::uuid, u.c, u.r FROM "
-                                 "unnest($1::text[] COLLATE \"C\", $2::text[] COLLATE \"C\", "
-                                 "$3::text[] COLLATE \"C\", $4::text[] COLLATE \"C\") AS u(t, "
-                                 "o, c, r) ON CONFLICT DO NOTHING",
-                                 4, p, NULL, NULL, NULL);
-    }
-    cm_buf_columns_free(g, 4);
+    if (rc == 0)
+        rc = write_stmt(w, g, 4, n, "insert uncommissioned orders", "cms_insert_skipped",
+                        SQL_INSERT_SKIPPED);
     return rc;
 }
 
@@ -1460,16 +1444,24 @@ int cms_accrual_flush(cms_accrual *a, cm_db *db)
             rc = apply_refund(a, it, at);
     }
     /* a parked refund still waiting: its payment earned nothing (dropped) */
-    if (rc == 0)
-        rc = write_commissions(a, db);
-    if (rc == 0)
-        rc = write_rows(a, db);
+    /* the refunds still waiting (rare), then every write in one round trip */
     if (rc == 0)
         rc = park(a, db);
-    for (size_t off = 0; rc == 0 && off < a->nevs; off += 1000) {
-        size_t k = a->nevs - off < 1000 ? a->nevs - off : 1000;
-        rc = cm_outbox_add_batch(db, a->evs + off, k);
-    }
+    writes *w = rc == 0 ? calloc(1, sizeof *w) : NULL;
+    if (rc == 0 && !w)
+        rc = CM_ENOMEM;
+    if (rc == 0)
+        rc = write_commissions(a, w);
+    if (rc == 0)
+        rc = write_rows(a, w);
+    if (rc == 0)
+        rc = write_outbox(a, w, db);
+    if (rc == 0)
+        rc = send_writes(w, db);
+    if (rc == 0 && a->nadjs)
+        atomic_fetch_add(&a->adjustments, a->nadjs);
+    if (w)
+        writes_free(w);
     if (rc == 0) {
         free_items(a);
         reset_flush(a);

@@ -77,8 +77,18 @@ static int pasted(cm_db *db, cm_arena *a, const req *q)
     return rc;
 }
 
+/* a helper that sets a pipeline statement's text from its parameter: its
+ * callers are checked */
+static void stmt_of(cm_db_stmt *st, const char *what, const char *sql)
+{
+    *st = (cm_db_stmt){.what = what, .sql = sql};
+}
+
 static int piped(cm_db *db, const req *q)
 {
+    cm_db_stmt one;
+    stmt_of(&one, "fixed", "SELECT 1");
+    stmt_of(&one, "pasted", q->filter); /* expect: unsafe */
     char sql[128];
     snprintf(sql, sizeof sql, "%s", q->filter);
     cm_db_stmt st[] = {{.what = "a", .sql = sql}}; /* expect: unsafe */
