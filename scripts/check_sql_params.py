@@ -234,26 +234,32 @@ def assignments(f, name, start, end):
     rhs = []
     pat = re.compile(r"(?<![\w.>])" + re.escape(name) + r"\s*(\[[^\]]*\])?\s*=(?!=)")
     for m in pat.finditer(body):
-        j, depth = m.end(), 0
-        while j < len(body):
-            c = body[j]
-            if c in "\"'":
-                k = j + 1
-                while k < len(body) and body[k] != c:
-                    k += 2 if body[k] == "\\" else 1
-                j = k + 1
-                continue
-            if c in "([{":
-                depth += 1
-            elif c in ")]}":
-                if depth == 0:
-                    break
-                depth -= 1
-            elif c in ";," and depth == 0:
-                break
-            j += 1
-        rhs.append(body[m.end():j].strip())
+        rhs.append(body[m.end():expression_end(body, m.end())].strip())
     return rhs
+
+
+def expression_end(code, j):
+    """where the expression starting at j ends: the first ',' ';' or
+    unbalanced closing bracket outside strings and brackets"""
+    depth = 0
+    while j < len(code):
+        c = code[j]
+        if c in "\"'":
+            k = j + 1
+            while k < len(code) and code[k] != c:
+                k += 2 if code[k] == "\\" else 1
+            j = k + 1
+            continue
+        if c in "([{":
+            depth += 1
+        elif c in ")]}":
+            if depth == 0:
+                break
+            depth -= 1
+        elif c in ";," and depth == 0:
+            break
+        j += 1
+    return j
 
 
 def format_ok(f, call, off):
@@ -332,24 +338,7 @@ def scan(files):
         # a pipeline's statement (cm_db_stmt.sql): a fixed text where it
         # is set, since cm_db_pipeline sends whatever it is given
         for m in re.finditer(r"\.sql\s*=(?!=)", f.code):
-            j, depth = m.end(), 0
-            while j < len(f.code):
-                c = f.code[j]
-                if c in "\"'":
-                    k = j + 1
-                    while k < len(f.code) and f.code[k] != c:
-                        k += 2 if f.code[k] == "\\" else 1
-                    j = k + 1
-                    continue
-                if c in "([{":
-                    depth += 1
-                elif c in ")]}":
-                    if depth == 0:
-                        break
-                    depth -= 1
-                elif c in ";," and depth == 0:
-                    break
-                j += 1
+            j = expression_end(f.code, m.end())
             ok, wrap = statement_ok(f, f.code[m.end():j], m.end())
             first, last = f.line(m.start()), f.line(j)
             if wrap:
