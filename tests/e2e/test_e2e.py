@@ -509,6 +509,7 @@ def check(svcs, model, receiver):
                           f"'{t}'").split())
         with receiver.lock:
             got = {k for k, v in receiver.ids.items() if v[0] == t}
+            owned = {k for k, v in receiver.ids.items() if v[0] == t and v[1] not in CHANNELS[:2]}
             bad = list(receiver.bad)
         if routed - got:
             problems.append(f"{t} partner: {len(routed - got)} of {len(routed)} routed events "
@@ -518,7 +519,6 @@ def check(svcs, model, receiver):
                             "routed to it")
         if bad:
             problems.append(f"partner: {len(bad)} deliveries refused by the receiver ({bad[0]})")
-        owned = {k for k, v in receiver.ids.items() if v[0] == t and v[1] not in CHANNELS[:2]}
         if owned:
             problems.append(f"{t} partner: got events of channels it does not own")
     return problems
