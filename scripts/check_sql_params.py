@@ -29,7 +29,8 @@ two rules over the C sources of common/ and services/:
                  anything else (a pointer from elsewhere, text appended
                  with cm_buf_puts) is a failure unless marked sql-safe.
                  a cm_db_pipeline statement's text is checked where it is
-                 set (.sql = ...), by the same rule.
+                 set (.sql = ..., x->sql = ...), by the same rule, and a
+                 cm_db_stmt initialised by position is a failure.
 
 exit 0 when nothing is found; 1 otherwise, naming file, line and rule.
 
@@ -337,7 +338,13 @@ def scan(files):
     for f in files:
         # a pipeline's statement (cm_db_stmt.sql): a fixed text where it
         # is set, since cm_db_pipeline sends whatever it is given
-        for m in re.finditer(r"\.sql\s*=(?!=)", f.code):
+        # a cm_db_stmt initialised by position hides its text from the
+        # rule below: its fields must be named
+        for m in re.finditer(r"\bcm_db_stmt\b[^;=]*=\s*[{(]\s*\{?\s*\"|\(cm_db_stmt\)\s*\{\s*\"",
+                             f.code):
+            found.append((f, f.line(m.start()), "a cm_db_stmt initialised by position: name "
+                          "its fields (.what, .sql, ...) so its text is checked"))
+        for m in re.finditer(r"(?:\.|->)\s*sql\s*=(?!=)", f.code):
             j = expression_end(f.code, m.end())
             ok, wrap = statement_ok(f, f.code[m.end():j], m.end())
             first, last = f.line(m.start()), f.line(j)

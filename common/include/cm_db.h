@@ -107,8 +107,10 @@ typedef struct cm_db_stmt {
  * host (commission's accrual batch: 16 of them). a failing statement
  * fails the rest and the transaction (cm_db_tx rolls it back): the
  * result is then its code, logged as cm_db_exec_prepared logs it, and
- * every res NULL; a prepared statement the server lost is CM_ECONFLICT,
- * so cm_db_tx runs again. 0 < n <= CM_DB_PIPELINE_MAX. */
+ * every res NULL; a prepared statement the server lost is CM_ECONFLICT
+ * (prepared again when the transaction runs again). a connection that
+ * cannot leave pipeline mode afterwards is reconnected: CM_EUNAVAIL.
+ * 0 < n <= CM_DB_PIPELINE_MAX. */
 #define CM_DB_PIPELINE_MAX 32
 int cm_db_pipeline(cm_db *db, cm_db_stmt *stmts, size_t n);
 

@@ -360,7 +360,8 @@ int cm_db_pipeline(cm_db *db, cm_db_stmt *s, size_t n)
     if (!PQenterPipelineMode(conn))
         return db_error(db, NULL, "enter pipeline mode", NULL);
     /* how each went out: 0 unprepared, 1 prepared before, 2 prepared now
-     * (its PREPARE's result comes first) */
+     * (its PREPARE's result comes first), 3 its PREPARE only (the
+     * statement itself could not be sent) */
     unsigned char how[CM_DB_PIPELINE_MAX] = {0};
     size_t sent = 0;
     int rc = 0;
@@ -388,25 +389,27 @@ int cm_db_pipeline(cm_db *db, cm_db_stmt *s, size_t n)
                                    t->formats, 0);
         if (!ok) {
             rc = db_error(db, NULL, t->what, t->sql);
+            if (how[sent] == 2) {
+                how[sent++] = 3; /* its PREPARE went: its result is read */
+            }
             break;
         }
     }
-    /* what went out is read back whatever happened, so the connection
-     * leaves pipeline mode idle (for cm_db_tx's rollback) */
-    if (!PQpipelineSync(conn)) {
-        if (rc == 0)
-            rc = db_error(db, NULL, "pipeline sync", NULL);
-        PQexitPipelineMode(conn);
-        return PQstatus(conn) == CONNECTION_BAD ? CM_EUNAVAIL : rc;
-    }
+    /* what went out is read back whatever happened */
+    int synced = PQpipelineSync(conn);
+    if (!synced && rc == 0)
+        rc = db_error(db, NULL, "pipeline sync", NULL);
     /* each statement's results (its PREPARE's first), each set ended by
      * NULL; after a failure the rest come back PGRES_PIPELINE_ABORTED */
-    for (size_t i = 0; i < sent; i++) {
-        for (int part = how[i] == 2 ? 0 : 1; part < 2; part++) {
+    for (size_t i = 0; synced && i < sent; i++) {
+        int lost = 0;
+        for (int part = how[i] >= 2 ? 0 : 1; part < (how[i] == 3 ? 1 : 2) && !lost; part++) {
             PGresult *r = PQgetResult(conn);
             if (!r) {
+                /* out of step (a lost connection): the drain below ends it */
                 if (rc == 0)
                     rc = db_error(db, NULL, s[i].what, s[i].sql);
+                lost = 1;
                 break;
             }
             ExecStatusType st = PQresultStatus(r);
@@ -416,10 +419,10 @@ int cm_db_pipeline(cm_db *db, cm_db_stmt *s, size_t n)
             } else if (part == 1 && good && rc == 0) {
                 s[i].res = r;
                 r = NULL;
-            } else if (st != PGRES_PIPELINE_ABORTED && rc == 0) {
+            } else if (st != PGRES_PIPELINE_ABORTED && !good && rc == 0) {
                 if (sqlstate_is(r, "26000") || sqlstate_is(r, "42P05")) {
                     /* the session lost it, or had it without us: prepared
-                     * anew (or adopted) when cm_db_tx runs again */
+                     * anew (or adopted) when the transaction runs again */
                     if (sqlstate_is(r, "42P05"))
                         snprintf(db->prepared[db->n_prepared++], CM_DB_PREPARED_NAME, "%s",
                                  s[i].name);
@@ -435,17 +438,32 @@ int cm_db_pipeline(cm_db *db, cm_db_stmt *s, size_t n)
             while ((r = PQgetResult(conn)))
                 PQclear(r);
         }
+        if (lost)
+            break;
     }
-    /* the sync point */
-    PGresult *r;
-    while ((r = PQgetResult(conn))) {
+    /* on to the sync point: NULLs between sets are skipped, two in a row
+     * mean nothing more is coming */
+    for (int nulls = 0; synced && nulls < 2 && PQstatus(conn) != CONNECTION_BAD;) {
+        PGresult *r = PQgetResult(conn);
+        if (!r) {
+            nulls++;
+            continue;
+        }
+        nulls = 0;
         ExecStatusType st = PQresultStatus(r);
         PQclear(r);
         if (st == PGRES_PIPELINE_SYNC)
             break;
     }
-    if (!PQexitPipelineMode(conn) && rc == 0)
-        rc = db_error(db, NULL, "exit pipeline mode", NULL);
+    if (!PQexitPipelineMode(conn)) {
+        /* still busy: a connection that cannot leave pipeline mode would
+         * refuse every later statement, so it is replaced (the
+         * transaction is lost with it, as with a dropped connection) */
+        if (rc == 0)
+            rc = db_error(db, NULL, "exit pipeline mode", NULL);
+        db_reconnect(db);
+        rc = CM_EUNAVAIL;
+    }
     if (PQstatus(conn) == CONNECTION_BAD)
         rc = CM_EUNAVAIL;
     if (rc)

@@ -1185,6 +1185,11 @@ static int send_writes(writes *w, cm_db *db)
     int rc = w->n ? cm_db_pipeline(db, w->st, w->n) : 0;
     for (size_t i = 0; i < w->n; i++)
         PQclear(w->st[i].res);
+    /* a batch's fresh rows never collide (new ids, keys read under lock):
+     * a duplicate (an outbox event id used before?) is worth a warning;
+     * cm_db logged the statement and its constraint at info */
+    if (rc == CM_EEXIST)
+        cm_log_warn("a write of the accrual batch hit a unique key", NULL);
     if (rc == 0 && w->nout)
         rc = cm_outbox_wake_on_commit(db);
     w->n = 0;
@@ -1443,10 +1448,9 @@ int cms_accrual_flush(cms_accrual *a, cm_db *db)
         else
             rc = apply_refund(a, it, at);
     }
-    /* a parked refund still waiting: its payment earned nothing (dropped) */
-    /* the refunds still waiting (rare), then every write in one round trip */
-    if (rc == 0)
-        rc = park(a, db);
+    /* every write in one round trip, then the refunds still waiting for
+     * their payment (rare: one statement each; counted and logged once
+     * the rest is written) */
     writes *w = rc == 0 ? calloc(1, sizeof *w) : NULL;
     if (rc == 0 && !w)
         rc = CM_ENOMEM;
@@ -1462,6 +1466,8 @@ int cms_accrual_flush(cms_accrual *a, cm_db *db)
         atomic_fetch_add(&a->adjustments, a->nadjs);
     if (w)
         writes_free(w);
+    if (rc == 0)
+        rc = park(a, db);
     if (rc == 0) {
         free_items(a);
         reset_flush(a);

@@ -89,6 +89,10 @@ static int piped(cm_db *db, const req *q)
     cm_db_stmt one;
     stmt_of(&one, "fixed", "SELECT 1");
     stmt_of(&one, "pasted", q->filter); /* expect: unsafe */
+    cm_db_stmt *ptr = &one;
+    ptr->sql = q->filter;                           /* expect: unsafe */
+    cm_db_stmt pos[] = {{"what", NULL, q->filter}}; /* expect: unsafe */
+    (void)pos;
     char sql[128];
     snprintf(sql, sizeof sql, "%s", q->filter);
     cm_db_stmt st[] = {{.what = "a", .sql = sql}}; /* expect: unsafe */

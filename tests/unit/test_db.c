@@ -611,6 +611,20 @@ static int pipe_fn(cm_db *db, void *arg)
     return pc->rc;
 }
 
+static int pipe_unsendable(cm_db *db, void *arg)
+{
+    (void)arg;
+    const char *p[] = {"x"};
+    const int formats[] = {1};
+    cm_db_stmt st[] = {{.what = "unsendable",
+                        .name = "t_unsendable",
+                        .sql = "SELECT $1::bytea",
+                        .nparams = 1,
+                        .params = p,
+                        .formats = formats}};
+    return cm_db_pipeline(db, st, 1);
+}
+
 START_TEST(pipeline_runs_statements_in_order_in_one_round_trip)
 {
     char s[64];
@@ -662,6 +676,18 @@ START_TEST(pipeline_runs_statements_in_order_in_one_round_trip)
     ck_assert_int_eq(again.rc, 0);
     ck_assert_str_eq(again.v[0], "a");
     ck_assert_str_eq(again.v[2], "2");
+    /* a statement libpq cannot send (a binary parameter without its
+     * length) after its PREPARE went: an error, and the connection is left
+     * out of pipeline mode, usable */
+    ck_assert_int_eq(cm_db_tx(db, NULL, 1, pipe_unsendable, NULL), CM_EIO);
+    ck_assert_int_eq(PQpipelineStatus(cm_db_conn(db)), PQ_PIPELINE_OFF);
+    ck_assert_int_eq(cm_db_exec(db, "count", "SELECT count(*) FROM t", 0, NULL, &r), 0);
+    ck_assert_str_eq(PQgetvalue(r, 0, 0), "2");
+    PQclear(r);
+    pipe_case after = {0};
+    ck_assert_int_eq(cm_db_exec(db, "clean", "DELETE FROM t WHERE id = 2", 0, NULL, NULL), 0);
+    ck_assert_int_eq(cm_db_tx(db, NULL, 2, pipe_fn, &after), 0);
+    ck_assert_str_eq(after.v[2], "2");
     cm_db_free(db);
     drop_schema(s);
 }
