@@ -104,7 +104,7 @@ typedef struct cm_db_stmt {
  * cm_db_tx transaction only: all are sent, then the server runs them in
  * order while the results come back. for a batch's independent steps: each
  * statement between them had cost a round trip, ~0.4 ms on a busy 2-core
- * host (commission's accrual batch: 16 of them). a failing statement
+ * host (commission's accrual batch: 10 to 16 of them). a failing statement
  * fails the rest and the transaction (cm_db_tx rolls it back): the
  * result is then its code, logged as cm_db_exec_prepared logs it, and
  * every res NULL; a prepared statement the server lost is CM_ECONFLICT
