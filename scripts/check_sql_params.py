@@ -137,8 +137,9 @@ def literal_run(expr):
     return "".join(parts) if parts else None
 
 
-def top_level(e, ch, start=0):
-    """the offset of the first ch outside literals and brackets, or -1"""
+def outside_literals(e, start=0):
+    """(offset, character, brackets open before it) of each character of e
+    from start that is outside string and character literals"""
     depth, j = 0, start
     while j < len(e):
         c = e[j]
@@ -148,13 +149,19 @@ def top_level(e, ch, start=0):
                 k += 2 if e[k] == "\\" else 1
             j = k + 1
             continue
+        yield j, c, depth
         if c in "([{":
             depth += 1
         elif c in ")]}":
             depth -= 1
-        elif c == ch and depth == 0:
-            return j
         j += 1
+
+
+def top_level(e, ch, start=0):
+    """the offset of the first ch outside literals and brackets, or -1"""
+    for j, c, depth in outside_literals(e, start):
+        if c not in "([{)]}" and c == ch and depth == 0:
+            return j
     return -1
 
 
@@ -241,26 +248,11 @@ def assignments(f, name, start, end):
 
 def expression_end(code, j):
     """where the expression starting at j ends: the first ',' ';' or
-    unbalanced closing bracket outside strings and brackets"""
-    depth = 0
-    while j < len(code):
-        c = code[j]
-        if c in "\"'":
-            k = j + 1
-            while k < len(code) and code[k] != c:
-                k += 2 if code[k] == "\\" else 1
-            j = k + 1
-            continue
-        if c in "([{":
-            depth += 1
-        elif c in ")]}":
-            if depth == 0:
-                break
-            depth -= 1
-        elif c in ";," and depth == 0:
-            break
-        j += 1
-    return j
+    unbalanced closing bracket outside literals and brackets"""
+    for k, c, depth in outside_literals(code, j):
+        if depth == 0 and (c in ";," or c in ")]}"):
+            return k
+    return len(code)
 
 
 def format_ok(f, call, off):
