@@ -1795,7 +1795,7 @@ stl_drain() {
   read -r cpu_stl cpu_pg cpu_other <<<"$(awk -v t="$((t1 - t0))" -v p="$((p1 - p0))" \
     -v s="$((s1 - s0))" -v hz="$hz" -v n="$n" 'BEGIN {u = 1e6 / hz / n; o = s - t - p;
       if (o < 0) o = 0; printf "%.0f %.0f %.0f", t * u, p * u, o * u}')"
-  printf '%-9s %6s %8s %10s %8s %8s  %-22s %s\n' "$name" "$([ "$batch" = 0 ] && echo 500 || echo "$batch")" \
+  printf '%-9s %6s %8s %10s %8s %8s  %-22s %s\n' "$name" "$([ "$batch" = 0 ] && echo 1000 || echo "$batch")" \
     "$n" "$stl_rate" "$wall" "$(mb "$stl_hwm_kb")" "$cpu_stl $cpu_pg $cpu_other" "${stl_check_out%% *}"
   if [ "${stl_check_out%% *}" = ok ]; then
     stl_cleanup "$schema" "$topic"
@@ -2252,8 +2252,10 @@ cms_drain() {
   local hz t0 s0 p0 w0 t1 s1 p1 w1 got=0 c=0 t_end
   hz=$(getconf CLK_TCK)
   w0=$(date +%s%N)
-  cms_start "$workdir/$name.log" "$schema" "$topic" "bench.commission.$tag" \
-    COMMISSION_CONSUMER_BATCH="$batch"
+  # batch 0: the service's own default, as deployed
+  local batch_env=()
+  [ "$batch" = 0 ] || batch_env=(COMMISSION_CONSUMER_BATCH="$batch")
+  cms_start "$workdir/$name.log" "$schema" "$topic" "bench.commission.$tag" "${batch_env[@]}"
   t0=$(cpu_ticks "$cms_pid") s0=$(sys_busy_ticks) p0=$(tree_ticks "$cms_pg_pid")
   t_end=$(($(date +%s) + 60 + n / 100))
   while [ "$(date +%s)" -lt "$t_end" ]; do
@@ -2286,7 +2288,7 @@ cms_drain() {
   read -r cpu_cms cpu_pg cpu_other <<<"$(awk -v t="$((t1 - t0))" -v p="$((p1 - p0))" \
     -v s="$((s1 - s0))" -v hz="$hz" -v n="$n" 'BEGIN {u = 1e6 / hz / n; o = s - t - p;
       if (o < 0) o = 0; printf "%.0f %.0f %.0f", t * u, p * u, o * u}')"
-  printf '%-9s %6s %8s %10s %8s %8s  %-22s %s\n' "$name" "$([ "$batch" = 0 ] && echo 500 || echo "$batch")" \
+  printf '%-9s %6s %8s %10s %8s %8s  %-22s %s\n' "$name" "$([ "$batch" = 0 ] && echo 1000 || echo "$batch")" \
     "$n" "$cms_rate" "$wall" "$(mb "$cms_hwm_kb")" "$cpu_cms $cpu_pg $cpu_other" "${check%% *}"
   echo "$name: $check" >>"$workdir/checks.txt"
   if [ "${check%% *}" = ok ]; then
@@ -2333,7 +2335,7 @@ cms_orders() {
   local check j=$watch_json
   check=$(cms_check "$schema" "$ord_paid")
   printf '%-9s %6s %8s %10s %8s %8s  p50 %s p90 %s p99 %s p999 %s max %s ms (accrued_at: p50 %s p99 %s)  %s\n' \
-    "$name" 500 "$ord_paid" "$cms_rate_paced" - "$(mb "$cms_hwm_kb")" "$(jnum "$j" p50_ms)" \
+    "$name" 1000 "$ord_paid" "$cms_rate_paced" - "$(mb "$cms_hwm_kb")" "$(jnum "$j" p50_ms)" \
     "$(jnum "$j" p90_ms)" "$(jnum "$j" p99_ms)" "$(jnum "$j" p999_ms)" "$(jnum "$j" max_ms)" \
     "$(jnum "$j" posted_p50_ms)" "$(jnum "$j" posted_p99_ms)" "${check%% *}"
   echo "$name: $check" >>"$workdir/checks.txt"
@@ -2398,7 +2400,7 @@ bench_commission() {
   echo "service      commerce-commission, release build, LOG_LEVEL=warn, its events through the"
   echo "             outbox and the relay to <topic>.out and the partner topic (as deployed)"
   echo "batched      $events events preloaded, then the service starts; consumer batches of up to"
-  echo "             500 (COMMISSION_CONSUMER_BATCH=0); orders/s = commissions / (last - first"
+  echo "             1,000 (COMMISSION_CONSUMER_BATCH's default); orders/s = commissions / (last - first"
   echo "             accrued_at): the group join and the first fetch are left out (wall_s has them)"
   echo "naive        the same with COMMISSION_CONSUMER_BATCH=1 (one transaction per event):"
   echo "             the baseline, $naive_events events"
