@@ -1795,7 +1795,7 @@ stl_drain() {
   read -r cpu_stl cpu_pg cpu_other <<<"$(awk -v t="$((t1 - t0))" -v p="$((p1 - p0))" \
     -v s="$((s1 - s0))" -v hz="$hz" -v n="$n" 'BEGIN {u = 1e6 / hz / n; o = s - t - p;
       if (o < 0) o = 0; printf "%.0f %.0f %.0f", t * u, p * u, o * u}')"
-  printf '%-9s %6s %8s %10s %8s %8s  %-22s %s\n' "$name" "$([ "$batch" = 0 ] && echo 1000 || echo "$batch")" \
+  printf '%-9s %6s %8s %10s %8s %8s  %-22s %s\n' "$name" "$([ "$batch" = 0 ] && echo 500 || echo "$batch")" \
     "$n" "$stl_rate" "$wall" "$(mb "$stl_hwm_kb")" "$cpu_stl $cpu_pg $cpu_other" "${stl_check_out%% *}"
   if [ "${stl_check_out%% *}" = ok ]; then
     stl_cleanup "$schema" "$topic"

@@ -97,7 +97,7 @@ static int member(cm_json *j, const char *key)
     return j->err ? -1 : 0;
 }
 
-static void open(cm_json *j, const char *key, int array)
+static void open_container(cm_json *j, const char *key, int array)
 {
     if (member(j, key))
         return;
@@ -111,12 +111,12 @@ static void open(cm_json *j, const char *key, int array)
 
 void cm_json_object(cm_json *j, const char *key)
 {
-    open(j, key, 0);
+    open_container(j, key, 0);
 }
 
 void cm_json_array(cm_json *j, const char *key)
 {
-    open(j, key, 1);
+    open_container(j, key, 1);
 }
 
 void cm_json_end(cm_json *j)

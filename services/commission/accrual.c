@@ -258,7 +258,7 @@ static int64_t i64(const PGresult *r, int row, int col)
     return strtoll(PQgetvalue(r, row, col), NULL, 10);
 }
 
-/* ---- the batch's keys as array literals ---- */
+/* ---- the batch's rows, found by key ---- */
 
 static comm *find_comm(cms_accrual *a, const char *tenant, const char *order_id)
 {

@@ -30,9 +30,9 @@ static const cm_knob knobs[] = {
     {"COMMISSION_ORDER_GROUP", CM_KNOB_TEXT, 0, 0, 0, "commerce.commission",
      "consumer group of the order events (tests override it)"},
     {"COMMISSION_CONSUMER_BATCH", CM_KNOB_INT, 1000, 0, 10000, NULL,
-     "order events applied per transaction, at most (1,000: the hot channel's row is locked "
-     "once per batch, so bigger batches accrue faster, ~5 % over 500 at ~5 MB more); 0: the "
-     "consumer's default (500), 1: one transaction per event (the benchmark's naive baseline)"},
+     "order events applied per transaction, at most (the hot channel's row is locked once per "
+     "batch); 0: the consumer's default (500), 1: one transaction per event (the naive "
+     "baseline)"},
     {"COMMISSION_PARK_TIMEOUT_S", CM_KNOB_INT, 3600, 1, 30 * 86400, NULL,
      "how long a refund waits for its payment's accrual before it is dead-lettered (s)"},
     {"COMMISSION_PARKER_MS", CM_KNOB_INT, 10000, 100, 3600000, NULL,
